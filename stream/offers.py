@@ -1,0 +1,262 @@
+"""Offers: the model, loading from YAML with validation, and the snapshot the rules engine reads.
+
+Every error names the offer and the field. The Avro record on the offers topic and the YAML file
+use the same field names.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timezone
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from stream.money import Rounding, is_known_currency
+
+# Cash, quasi-cash, money transfer and gambling never earn cashback, whatever an offer says.
+ALWAYS_EXCLUDED_MCCS = frozenset({"4829", "6010", "6011", "6050", "6051", "6540", "7995"})
+
+
+class RewardKind(str, enum.Enum):
+    CASH = "CASH"
+    POINTS = "POINTS"
+    STORE_CREDIT = "STORE_CREDIT"
+    CHARITY = "CHARITY"
+
+
+class AccrueOn(str, enum.Enum):
+    AUTHORIZATION = "AUTHORIZATION"
+    CLEARING = "CLEARING"
+
+
+class OfferError(ValueError):
+    """An offer is invalid; the message names the offer and the field."""
+
+    def __init__(self, offer_id: str, field_name: str, problem: str) -> None:
+        super().__init__(f"offer {offer_id!r}, field {field_name!r}: {problem}")
+        self.offer_id = offer_id
+        self.field_name = field_name
+
+
+@dataclass(frozen=True, slots=True)
+class MccSet:
+    """Single codes and inclusive ranges; empty means every code."""
+
+    codes: frozenset[str] = frozenset()
+    ranges: tuple[tuple[int, int], ...] = ()
+
+    @classmethod
+    def parse(cls, items: Iterable[str], offer_id: str, field_name: str) -> "MccSet":
+        codes: set[str] = set()
+        ranges: list[tuple[int, int]] = []
+        for item in items:
+            text = str(item).strip()
+            low, dash, high = text.partition("-")
+            if not (low.isdigit() and len(low) == 4 and (not dash or (high.isdigit() and len(high) == 4))):
+                raise OfferError(offer_id, field_name, f"{text!r} is not a four-digit MCC or a range like 5811-5814")
+            if dash:
+                if int(low) > int(high):
+                    raise OfferError(offer_id, field_name, f"range {text!r} is reversed")
+                ranges.append((int(low), int(high)))
+            else:
+                codes.add(low)
+        return cls(frozenset(codes), tuple(ranges))
+
+    def __contains__(self, mcc: str) -> bool:
+        if mcc in self.codes:
+            return True
+        number = int(mcc)
+        return any(low <= number <= high for low, high in self.ranges)
+
+    @property
+    def empty(self) -> bool:
+        return not self.codes and not self.ranges
+
+    def items(self) -> list[str]:
+        return sorted(self.codes) + [f"{low:04d}-{high:04d}" for low, high in self.ranges]
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    offer_id: str
+    version: int
+    name: str
+    rate_bps: int
+    sponsor: str = "BANK"
+    reward_kind: RewardKind = RewardKind.CASH
+    charity_id: str | None = None
+    mccs: MccSet = field(default_factory=MccSet)
+    excluded_mccs: MccSet = field(default_factory=MccSet)
+    merchant_ids: frozenset[str] = frozenset()
+    channels: frozenset[str] = frozenset()
+    merchant_countries: frozenset[str] = frozenset()
+    currency: str | None = None
+    valid_from: datetime | None = None
+    valid_to: datetime | None = None
+    rounding: Rounding = Rounding.DOWN
+    min_spend_minor: int = 0
+    max_reward_per_txn_minor: int | None = None
+    pending_days: int = 30
+    auth_expiry_days: int = 30
+    accrue_on: AccrueOn = AccrueOn.AUTHORIZATION
+    stackable: bool = False
+
+    def to_record(self) -> dict[str, Any]:
+        """The Avro record published on the offers topic."""
+        return {
+            "offer_id": self.offer_id,
+            "version": self.version,
+            "name": self.name,
+            "sponsor": self.sponsor,
+            "reward_kind": self.reward_kind.value,
+            "charity_id": self.charity_id,
+            "mccs": self.mccs.items(),
+            "excluded_mccs": self.excluded_mccs.items(),
+            "merchant_ids": sorted(self.merchant_ids),
+            "channels": sorted(self.channels),
+            "merchant_countries": sorted(self.merchant_countries),
+            "currency": self.currency,
+            "valid_from": self.valid_from,
+            "valid_to": self.valid_to,
+            "rate_bps": self.rate_bps,
+            "rounding": self.rounding.value,
+            "min_spend_minor": self.min_spend_minor,
+            "max_reward_per_txn_minor": self.max_reward_per_txn_minor,
+            "pending_days": self.pending_days,
+            "auth_expiry_days": self.auth_expiry_days,
+            "accrue_on": self.accrue_on.value,
+            "stackable": self.stackable,
+        }
+
+
+_FIELDS = set(Offer.__slots__)
+_CHANNELS = {"IN_STORE", "ONLINE", "CONTACTLESS", "RECURRING"}
+
+
+def _timestamp(value: Any, offer_id: str, field_name: str) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    if isinstance(value, date):
+        return datetime.combine(value, time.min, tzinfo=timezone.utc)
+    if isinstance(value, int):  # epoch milliseconds, as Avro may hand it over
+        return datetime.fromtimestamp(value / 1000, tz=timezone.utc)
+    if isinstance(value, str):
+        try:
+            return _timestamp(datetime.fromisoformat(value), offer_id, field_name)
+        except ValueError:
+            pass
+    raise OfferError(offer_id, field_name, f"{value!r} is not a date or an ISO 8601 timestamp")
+
+
+def _integer(raw: Mapping[str, Any], name: str, offer_id: str, default: Any, minimum: int = 0) -> Any:
+    value = raw.get(name, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise OfferError(offer_id, name, f"{value!r} is not a whole number (money is in minor units)")
+    if value < minimum:
+        raise OfferError(offer_id, name, f"{value} is below {minimum}")
+    return value
+
+
+def _enum(kind: type[enum.Enum], raw: Mapping[str, Any], name: str, offer_id: str, default: enum.Enum) -> Any:
+    value = raw.get(name, default.value)
+    try:
+        return kind(str(value).upper() if kind is not Rounding else str(value).lower())
+    except ValueError:
+        allowed = ", ".join(m.value for m in kind)  # type: ignore[attr-defined]
+        raise OfferError(offer_id, name, f"{value!r} is not one of {allowed}") from None
+
+
+def parse_offer(raw: Mapping[str, Any]) -> Offer:
+    """Validate one offer given as a mapping (YAML or Avro record); raise OfferError naming the field."""
+    if not isinstance(raw, Mapping):
+        raise OfferError("?", "offer", "each offer must be a mapping")
+    offer_id = raw.get("offer_id")
+    if not isinstance(offer_id, str) or not offer_id.strip():
+        raise OfferError(str(offer_id), "offer_id", "required, a non-empty string")
+    unknown = set(raw) - _FIELDS
+    if unknown:
+        raise OfferError(offer_id, sorted(unknown)[0], "unknown field")
+    if not isinstance(raw.get("name", offer_id), str):
+        raise OfferError(offer_id, "name", "must be a string")
+    rate_bps = _integer(raw, "rate_bps", offer_id, None)
+    if rate_bps is None:
+        raise OfferError(offer_id, "rate_bps", "required (basis points: 500 is 5%)")
+    if rate_bps > 10_000:
+        raise OfferError(offer_id, "rate_bps", f"{rate_bps} is above 10000 (100%)")
+    channels = frozenset(str(c).upper() for c in raw.get("channels") or ())
+    if channels - _CHANNELS:
+        raise OfferError(offer_id, "channels", f"unknown channel {sorted(channels - _CHANNELS)[0]!r}")
+    currency = raw.get("currency")
+    if currency is not None and not is_known_currency(currency):
+        raise OfferError(offer_id, "currency", f"{currency!r} is not an ISO 4217 currency")
+    reward_kind = _enum(RewardKind, raw, "reward_kind", offer_id, RewardKind.CASH)
+    charity_id = raw.get("charity_id")
+    if reward_kind is RewardKind.CHARITY and not charity_id:
+        raise OfferError(offer_id, "charity_id", "required when reward_kind is CHARITY")
+    valid_from = _timestamp(raw.get("valid_from"), offer_id, "valid_from")
+    valid_to = _timestamp(raw.get("valid_to"), offer_id, "valid_to")
+    if valid_from and valid_to and valid_to <= valid_from:
+        raise OfferError(offer_id, "valid_to", "must be after valid_from")
+    sponsor = str(raw.get("sponsor", "BANK")).upper()
+    if sponsor not in ("BANK", "MERCHANT"):
+        raise OfferError(offer_id, "sponsor", f"{sponsor!r} is not BANK or MERCHANT")
+    return Offer(
+        offer_id=offer_id,
+        version=_integer(raw, "version", offer_id, 1, minimum=1),
+        name=raw.get("name", offer_id),
+        rate_bps=rate_bps,
+        sponsor=sponsor,
+        reward_kind=reward_kind,
+        charity_id=charity_id,
+        mccs=MccSet.parse(raw.get("mccs") or (), offer_id, "mccs"),
+        excluded_mccs=MccSet.parse(raw.get("excluded_mccs") or (), offer_id, "excluded_mccs"),
+        merchant_ids=frozenset(str(m) for m in raw.get("merchant_ids") or ()),
+        channels=channels,
+        merchant_countries=frozenset(str(c).upper() for c in raw.get("merchant_countries") or ()),
+        currency=currency,
+        valid_from=valid_from,
+        valid_to=valid_to,
+        rounding=_enum(Rounding, raw, "rounding", offer_id, Rounding.DOWN),
+        min_spend_minor=_integer(raw, "min_spend_minor", offer_id, 0),
+        max_reward_per_txn_minor=_integer(raw, "max_reward_per_txn_minor", offer_id, None),
+        pending_days=_integer(raw, "pending_days", offer_id, 30),
+        auth_expiry_days=_integer(raw, "auth_expiry_days", offer_id, 30),
+        accrue_on=_enum(AccrueOn, raw, "accrue_on", offer_id, AccrueOn.AUTHORIZATION),
+        stackable=bool(raw.get("stackable", False)),
+    )
+
+
+def load_offers_file(path: Path) -> list[Offer]:
+    """Offers from a YAML file ``{offers: [...]}``; OfferError on the first invalid field, and on
+    an offer id given twice."""
+    document = yaml.safe_load(Path(path).read_text())
+    if not isinstance(document, dict) or not isinstance(document.get("offers"), list):
+        raise OfferError("?", "offers", f"{path}: expected a top-level 'offers:' list")
+    offers = [parse_offer(raw) for raw in document["offers"]]
+    seen: set[str] = set()
+    for offer in offers:
+        if offer.offer_id in seen:
+            raise OfferError(offer.offer_id, "offer_id", "given twice in the file")
+        seen.add(offer.offer_id)
+    return offers
+
+
+@dataclass(frozen=True, slots=True)
+class OfferBook:
+    """An immutable snapshot of all live offers, as every worker holds it."""
+
+    offers: tuple[Offer, ...] = ()
+
+    @classmethod
+    def of(cls, offers: Iterable[Offer]) -> "OfferBook":
+        return cls(tuple(sorted(offers, key=lambda o: o.offer_id)))
+
+    def get(self, offer_id: str) -> Offer | None:
+        return next((o for o in self.offers if o.offer_id == offer_id), None)

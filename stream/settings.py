@@ -1,0 +1,109 @@
+"""Settings: read once from the environment, frozen, each with a one-line doc.
+
+The README's configuration table is generated from these fields (``cashback config``), so each
+name is documented here and only here. Nothing reads the environment at import time: call
+``Settings.from_env()`` in a process's entry point. A bad value stops the process at start with
+the variable's name.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Mapping
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid; the message names the environment variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=False)
+
+    kafka_bootstrap_servers: str = Field(
+        "127.0.0.1:9092", description="Kafka bootstrap servers, comma-separated host:port."
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security protocol."
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism when the protocol is SASL_*."
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user name.")
+    kafka_sasl_password: str | None = Field(None, description="SASL password (never logged).", repr=False)
+    kafka_ssl_cafile: str | None = Field(None, description="CA bundle file for Kafka TLS.")
+    schema_registry_url: str | None = Field(
+        None, description="Confluent-compatible schema registry; unset means the shipped schema ids."
+    )
+    topic_prefix: str = Field("cashback.", description="Prefix of every topic name in the catalogue.")
+    topic_partitions: int = Field(
+        4, ge=1, le=1024, description="Partitions of the co-partitioned input and output topics."
+    )
+    topic_replication_factor: int = Field(1, ge=1, description="Replication factor of created topics.")
+    database_url: str = Field(
+        "postgresql://postgres@127.0.0.1:5432/cashback",
+        description="Postgres DSN of the ledger (add sslmode=require for TLS).",
+        repr=False,
+    )
+    app_id: str = Field("cashback", description="Faust app id: the matcher's consumer group and table prefix.")
+    worker_data_dir: str = Field(".data/worker", description="Faust worker's local state directory.")
+    sink_batch_size: int = Field(2000, ge=1, le=100_000, description="Most accruals written per database transaction.")
+    sink_batch_wait_ms: int = Field(100, ge=0, le=60_000, description="Longest wait to fill a sink batch.")
+    sink_group_id: str = Field("cashback-sink", description="Consumer group of the sink.")
+    metrics_port: int = Field(0, ge=0, le=65535, description="Port of this process's /metrics (0: none for the worker and sink).")
+    api_host: str = Field("127.0.0.1", description="Address the balance API listens on.")
+    api_port: int = Field(8080, ge=0, le=65535, description="Port of the balance API.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level of every process.")
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _bootstrap_has_ports(cls, value: str) -> str:
+        for server in value.split(","):
+            host, _, port = server.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"expected host:port, got {server.strip()!r}")
+        return value
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Build from ``environ`` (default: the process environment); ConfigError names the variable."""
+        try:
+            if environ is None:
+                return cls()
+            known = {name.upper() for name in cls.model_fields}
+            return cls(**{k.lower(): v for k, v in environ.items() if k.upper() in known})
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in error['loc']).upper()}: {error['msg']}" for error in exc.errors()
+            )
+            raise ConfigError(f"invalid configuration: {problems}") from None
+
+    def kafka_client_options(self) -> dict[str, object]:
+        """Security options shared by every Kafka client (aiokafka keyword names)."""
+        options: dict[str, object] = {"security_protocol": self.kafka_security_protocol}
+        if self.kafka_security_protocol.startswith("SASL"):
+            if not (self.kafka_sasl_mechanism and self.kafka_sasl_username and self.kafka_sasl_password):
+                raise ConfigError(
+                    "invalid configuration: KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME and "
+                    "KAFKA_SASL_PASSWORD are required with a SASL protocol"
+                )
+            options.update(
+                sasl_mechanism=self.kafka_sasl_mechanism,
+                sasl_plain_username=self.kafka_sasl_username,
+                sasl_plain_password=self.kafka_sasl_password,
+            )
+        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            options["ssl_context"] = create_ssl_context(cafile=self.kafka_ssl_cafile)
+        return options
+
+
+def documentation_table() -> str:
+    """The README's configuration table, one row per environment variable."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = "" if field.default is None else f"`{field.default}`"
+        rows.append(f"| `{name.upper()}` | {default} | {field.description} |")
+    return "\n".join(rows)

@@ -1,0 +1,68 @@
+"""The topic catalogue: every topic's name, partitions, key, value schema and retention, defined once.
+
+Input and output topics are keyed by ``account_id`` and co-partitioned (same partition count), so
+every event of one account is handled by one worker, in order within its topic. Offers and
+activations are compacted and read whole by every worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DAY_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    name: str
+    partitions: int
+    key: str  # what the key is, in domain words
+    value_subject: str  # the Avro subject of its values (schemas/<subject>.avsc)
+    compacted: bool
+    retention_ms: int  # -1: keep forever
+    co_partitioned: bool  # must have the same partition count as the other co-partitioned topics
+
+    def config(self) -> dict[str, str]:
+        """Broker-side topic configuration."""
+        if self.compacted:
+            return {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}
+        return {"cleanup.policy": "delete", "retention.ms": str(self.retention_ms)}
+
+
+@dataclass(frozen=True, slots=True)
+class Catalogue:
+    authorizations: Topic
+    settlements: Topic
+    offers: Topic
+    activations: Topic
+    accruals: Topic
+    dead_letters: Topic
+
+    def all(self) -> tuple[Topic, ...]:
+        return (self.authorizations, self.settlements, self.offers, self.activations, self.accruals, self.dead_letters)
+
+    def inputs(self) -> tuple[Topic, Topic]:
+        return (self.authorizations, self.settlements)
+
+    def by_name(self, name: str) -> Topic:
+        for topic in self.all():
+            if topic.name == name:
+                return topic
+        raise KeyError(name)
+
+
+def catalogue(prefix: str = "cashback.", partitions: int = 4) -> Catalogue:
+    """The topics of one deployment; ``partitions`` is the co-partitioned count."""
+
+    def keyed_by_account(name: str, subject: str, retention_days: int) -> Topic:
+        return Topic(prefix + name, partitions, "account_id", subject, False, retention_days * DAY_MS, True)
+
+    return Catalogue(
+        authorizations=keyed_by_account("card.authorizations", "authorization_event", 30),
+        settlements=keyed_by_account("card.settlements", "settlement_event", 30),
+        offers=Topic(prefix + "offers", 1, "offer_id", "offer", True, -1, False),
+        activations=Topic(prefix + "offer-activations", partitions, "account_id:offer_id", "offer_activation", True, -1, False),
+        accruals=keyed_by_account("accruals", "accrual", 30),
+        # Dead letters are kept long: every one must be inspected and replayed or closed.
+        dead_letters=Topic(prefix + "dead-letters", 1, "source topic", "dead_letter", False, 90 * DAY_MS, False),
+    )
