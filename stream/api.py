@@ -1,0 +1,206 @@
+"""The balance API for bank apps: balances and the paginated, explained history of an account.
+
+Reads Postgres only. OpenAPI at ``/openapi.json`` (interactive at ``/docs``). Authentication of
+bank-app clients is a later issue: the routes take the account id and nothing else, so an auth
+dependency can be added in one place (``account_scope``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any, AsyncIterator
+
+import asyncpg
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
+
+from stream import ledger
+from stream.metrics import API_REQUESTS
+from stream.money import format_minor
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ACCOUNT_ID = Path(..., min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$", description="The bank's account id.")
+
+
+class Balance(BaseModel):
+    reward_kind: str = Field(description="CASH, POINTS, STORE_CREDIT or CHARITY.")
+    currency: str = Field(description="ISO 4217; points use the purchase's currency as their unit of account.")
+    pending_minor: int = Field(description="Authorised, not yet settled.")
+    confirmed_minor: int = Field(description="Settled, inside the return window.")
+    available_minor: int = Field(description="Usable now.")
+    lifetime_earned_minor: int
+    clawed_back_minor: int
+    available: str = Field(description="available_minor formatted, e.g. '12.50 EUR'.")
+
+
+class Balances(BaseModel):
+    account_id: str
+    balances: list[Balance]
+
+
+class Explanation(BaseModel):
+    reason: str
+    detail: str
+    basis_minor: int
+    basis_currency: str
+    rate_bps: int
+    rounding: str
+    carried_remainder: int
+    force_post: bool
+
+
+class HistoryLine(BaseModel):
+    accrual_id: str
+    source_event_id: str
+    transaction_ref: str
+    entry_kind: str
+    debit_book: str
+    credit_book: str
+    amount_minor: int
+    currency: str
+    reward_kind: str
+    offer_id: str | None
+    rule_version: int | None
+    occurred_at: datetime
+    recorded_at: datetime
+    explanation: Explanation
+
+
+class History(BaseModel):
+    account_id: str
+    entries: list[HistoryLine]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next (older) page; null on the last page.")
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+def _encode_cursor(entry_seq: int) -> str:
+    return base64.urlsafe_b64encode(str(entry_seq).encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> int:
+    try:
+        return int(base64.urlsafe_b64decode(cursor.encode()).decode())
+    except ValueError:
+        raise HTTPException(status_code=400, detail="cursor is not one this API returned") from None
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=10)
+        try:
+            yield
+        finally:
+            await app.state.pool.close()
+
+    app = FastAPI(
+        title="Cashback balance API",
+        version="1",
+        description="Balances and explained history of card-linked cashback, for bank apps.",
+        lifespan=lifespan,
+    )
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next: Any) -> Any:
+        response = await call_next(request)
+        route = request.scope.get("route")
+        API_REQUESTS.labels(getattr(route, "path", "unmatched"), str(response.status_code)).inc()
+        return response
+
+    def pool(request: Request) -> asyncpg.Pool:
+        return request.app.state.pool
+
+    async def account_scope(account_id: str = ACCOUNT_ID) -> str:
+        """The account this request may read. The seam for bank-app authentication."""
+        return account_id
+
+    not_found = {404: {"model": Problem, "description": "No cashback known for this account."}}
+
+    @app.get("/v1/accounts/{account_id}/balances", response_model=Balances, responses=not_found)
+    async def get_balances(account_id: str = Depends(account_scope), db: asyncpg.Pool = Depends(pool)) -> Balances:
+        rows = await db.fetch(
+            "SELECT * FROM balances WHERE account_id = $1 ORDER BY reward_kind, currency", account_id
+        )
+        if not rows:
+            raise HTTPException(status_code=404, detail=f"account {account_id} has no cashback")
+        return Balances(
+            account_id=account_id,
+            balances=[
+                Balance(
+                    reward_kind=r["reward_kind"],
+                    currency=r["currency"],
+                    pending_minor=r["pending_minor"],
+                    confirmed_minor=r["confirmed_minor"],
+                    available_minor=r["available_minor"],
+                    lifetime_earned_minor=r["lifetime_earned_minor"],
+                    clawed_back_minor=r["clawed_back_minor"],
+                    available=format_minor(r["available_minor"], r["currency"]),
+                )
+                for r in rows
+            ],
+        )
+
+    @app.get("/v1/accounts/{account_id}/history", response_model=History, responses=not_found)
+    async def get_history(
+        account_id: str = Depends(account_scope),
+        limit: int = Query(50, ge=1, le=500, description="Lines per page, newest first."),
+        cursor: str | None = Query(None, max_length=64, description="next_cursor of the previous page."),
+        db: asyncpg.Pool = Depends(pool),
+    ) -> History:
+        before = _decode_cursor(cursor) if cursor else None
+        rows = await db.fetch(
+            "SELECT * FROM ledger_entries WHERE account_id = $1 AND ($2::bigint IS NULL OR entry_seq < $2)"
+            " ORDER BY entry_seq DESC LIMIT $3",
+            account_id,
+            before,
+            limit + 1,
+        )
+        if not rows and before is None:
+            if not await db.fetchval("SELECT EXISTS (SELECT 1 FROM balances WHERE account_id = $1)", account_id):
+                raise HTTPException(status_code=404, detail=f"account {account_id} has no cashback")
+        page = rows[:limit]
+        return History(
+            account_id=account_id,
+            entries=[
+                HistoryLine(
+                    **{k: r[k] for k in HistoryLine.model_fields if k != "explanation"},
+                    explanation=Explanation(**json.loads(r["explanation"])),
+                )
+                for r in page
+            ],
+            next_cursor=_encode_cursor(page[-1]["entry_seq"]) if len(rows) > limit else None,
+        )
+
+    @app.get("/healthz", response_model=dict)
+    async def healthz() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", responses={503: {"model": Problem}})
+    async def readyz(db: asyncpg.Pool = Depends(pool)) -> JSONResponse:
+        """Postgres answers and every migration is applied."""
+        try:
+            async with db.acquire(timeout=2) as connection:
+                missing = await ledger.pending_migrations(connection)
+        except (OSError, asyncpg.PostgresError, TimeoutError) as error:
+            return JSONResponse({"detail": f"database unavailable: {type(error).__name__}"}, status_code=503)
+        if missing:
+            return JSONResponse({"detail": f"migrations not applied: {', '.join(missing)}"}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> PlainTextResponse:
+        return PlainTextResponse(generate_latest().decode(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

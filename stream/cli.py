@@ -1,0 +1,247 @@
+"""One command line for every process: ``cashback <command>`` (or ``python -m stream <command>``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Callable, Coroutine
+
+from schemas.codec import Codec
+from stream.settings import ConfigError, Settings, documentation_table
+from topics.catalogue import Catalogue, catalogue
+
+log = logging.getLogger("cashback")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_OFFERS = REPO_ROOT / "deploy" / "offers" / "example.yaml"
+
+
+def build_codec(settings: Settings) -> Codec:
+    if settings.schema_registry_url:
+        return Codec.from_registry(settings.schema_registry_url)
+    return Codec()
+
+
+def topics_of(settings: Settings) -> Catalogue:
+    return catalogue(settings.topic_prefix, settings.topic_partitions)
+
+
+async def create_topics(settings: Settings) -> list[str]:
+    from topics.admin import ensure_topics
+
+    return await ensure_topics(
+        settings.kafka_bootstrap_servers,
+        topics_of(settings),
+        settings.topic_replication_factor,
+        **settings.kafka_client_options(),
+    )
+
+
+async def migrate_database(settings: Settings) -> list[str]:
+    import asyncpg
+
+    from stream import ledger
+
+    connection = await asyncpg.connect(settings.database_url, timeout=30)
+    try:
+        return await ledger.migrate(connection)
+    finally:
+        await connection.close()
+
+
+def run_until_signalled(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
+    """Run ``main(stop_event)`` on uvloop; SIGINT/SIGTERM set the event for a clean stop."""
+    import uvloop
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    uvloop.run(runner())
+
+
+# --- commands -----------------------------------------------------------------------------------
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
+    import faust
+    import uvloop
+
+    from stream import metrics
+    from stream.matcher import Matcher
+
+    asyncio.run(create_topics(settings))
+    metrics.serve(settings.metrics_port)
+    uvloop.install()
+    matcher = Matcher(settings, build_codec(settings))
+    if args.with_sink:
+        from stream.sink import Sink
+
+        asyncio.run(migrate_database(settings))
+        sink = Sink(settings, matcher.topics, matcher.codec)
+        matcher.app.task(sink.run)
+    worker = faust.Worker(matcher.app, loglevel=settings.log_level.lower(), quiet=True)
+    worker.execute_from_commandline()
+
+
+def cmd_sink(settings: Settings, args: argparse.Namespace) -> None:
+    from stream import metrics
+    from stream.sink import Sink
+
+    async def main(stop: asyncio.Event) -> None:
+        await create_topics(settings)
+        await migrate_database(settings)
+        metrics.serve(settings.metrics_port)
+        sink = Sink(settings, topics_of(settings), build_codec(settings))
+        task = asyncio.create_task(sink.run())
+        await asyncio.wait([task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+        sink.stop()
+        await task
+
+    run_until_signalled(main)
+
+
+def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from stream.api import create_app
+
+    asyncio.run(migrate_database(settings))
+    uvicorn.run(
+        create_app(settings),
+        host=settings.api_host,
+        port=settings.api_port,
+        log_level=settings.log_level.lower(),
+        loop="uvloop",
+        access_log=False,
+    )
+
+
+def cmd_topics(settings: Settings, args: argparse.Namespace) -> None:
+    created = asyncio.run(create_topics(settings))
+    print(f"created: {', '.join(created) if created else 'none (all exist)'}")
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> None:
+    applied = asyncio.run(migrate_database(settings))
+    print(f"applied: {', '.join(applied) if applied else 'none (up to date)'}")
+
+
+def cmd_offers(settings: Settings, args: argparse.Namespace) -> None:
+    from stream.offer_admin import publish_offers, remove_offers
+    from stream.offers import load_offers_file
+
+    codec, topic = build_codec(settings), topics_of(settings).offers.name
+    if args.action == "load":
+        offers = load_offers_file(Path(args.file))
+        asyncio.run(create_topics(settings))
+        asyncio.run(publish_offers(settings, codec, topic, offers))
+        print(f"published {len(offers)} offers to {topic}: {', '.join(o.offer_id for o in offers)}")
+    elif args.action == "check":
+        offers = load_offers_file(Path(args.file))
+        print(f"{len(offers)} valid offers")
+    else:
+        asyncio.run(remove_offers(settings, topic, args.offer_ids))
+        print(f"removed {', '.join(args.offer_ids)}")
+
+
+def cmd_simulate(settings: Settings, args: argparse.Namespace) -> None:
+    from stream.simulate import Scenario, publish
+
+    asyncio.run(create_topics(settings))
+    scenario = Scenario(seed=args.seed, accounts=args.accounts, purchases=args.purchases, bad_ratio=args.bad_ratio)
+    run_until_signalled(
+        lambda stop: publish(settings, build_codec(settings), topics_of(settings), scenario, args.rate, stop, not args.quiet)
+    )
+
+
+def cmd_dead_letters(settings: Settings, args: argparse.Namespace) -> None:
+    from stream.deadletter_admin import show_dead_letters
+
+    asyncio.run(show_dead_letters(settings, build_codec(settings), topics_of(settings).dead_letters.name, args.limit))
+
+
+def cmd_local(settings: Settings, args: argparse.Namespace) -> None:
+    from stream.localstack.stack import LocalStack
+
+    LocalStack(
+        rate=args.rate, purchases=args.purchases, duration_s=args.duration, keep_data=args.keep_data
+    ).run()
+
+
+def cmd_config(settings: Settings | None, args: argparse.Namespace) -> None:
+    print(documentation_table())
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="cashback", description=__doc__)
+    commands = root.add_subparsers(dest="command", required=True)
+
+    worker = commands.add_parser("worker", help="run the matcher (Faust worker)")
+    worker.add_argument("--with-sink", action="store_true", help="also run the sink in this process")
+    worker.set_defaults(run=cmd_worker)
+    commands.add_parser("sink", help="write accruals to the Postgres ledger").set_defaults(run=cmd_sink)
+    commands.add_parser("api", help="serve the balance API").set_defaults(run=cmd_api)
+    commands.add_parser("topics", help="create the catalogue's topics").set_defaults(run=cmd_topics)
+    commands.add_parser("migrate", help="apply the ledger's schema migrations").set_defaults(run=cmd_migrate)
+
+    offers = commands.add_parser("offers", help="validate, publish or remove offers")
+    offer_actions = offers.add_subparsers(dest="action", required=True)
+    for action, text in (("load", "validate and publish a YAML file"), ("check", "validate a YAML file only")):
+        sub = offer_actions.add_parser(action, help=text)
+        sub.add_argument("file", nargs="?", default=str(EXAMPLE_OFFERS))
+    remove = offer_actions.add_parser("remove", help="publish tombstones for offer ids")
+    remove.add_argument("offer_ids", nargs="+")
+    offers.set_defaults(run=cmd_offers)
+
+    simulate = commands.add_parser("simulate", help="publish a seeded card-event stream")
+    simulate.add_argument("--rate", type=float, default=200.0, help="events per second (0: as fast as possible)")
+    simulate.add_argument("--purchases", type=int, default=10_000, help="purchases to simulate (0: endless)")
+    simulate.add_argument("--accounts", type=int, default=1_000)
+    simulate.add_argument("--seed", type=int, default=1)
+    simulate.add_argument("--bad-ratio", type=float, default=0.002, help="share of deliberately bad messages")
+    simulate.add_argument("--quiet", action="store_true", help="no progress display")
+    simulate.set_defaults(run=cmd_simulate)
+
+    dead = commands.add_parser("dead-letters", help="print the dead-letter topic")
+    dead.add_argument("--limit", type=int, default=50)
+    dead.set_defaults(run=cmd_dead_letters)
+
+    local = commands.add_parser("local", help="run the whole system on the embedded local stack")
+    local.add_argument("--rate", type=float, default=50.0, help="simulator events per second")
+    local.add_argument("--purchases", type=int, default=0, help="purchases to simulate (0: endless)")
+    local.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    local.add_argument("--keep-data", action="store_true", help="keep the run's data directory")
+    local.set_defaults(run=cmd_local)
+
+    commands.add_parser("config", help="print the environment variables").set_defaults(run=cmd_config)
+    return root
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    if args.run is cmd_config:
+        cmd_config(None, args)
+        return
+    try:
+        settings = Settings.from_env()
+        settings.kafka_client_options()
+    except ConfigError as error:
+        print(f"cashback: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        args.run(settings, args)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Local stack: embedded services for development and integration tests."""

@@ -1,0 +1,179 @@
+"""The whole system on one machine: ``cashback local`` (what ``make run`` runs).
+
+Starts a real single-node Kafka (KRaft) and an embedded Postgres unless KAFKA_BOOTSTRAP_SERVERS
+or DATABASE_URL point at existing ones, creates the topics, migrates the ledger, loads the example
+offers, then runs the worker, the sink, the balance API, the simulator and (if installed)
+Prometheus as child processes. Every port is picked free, so two runs can coexist. Ctrl-C (or
+SIGTERM) stops everything it started, children first; a child that dies takes the stack down
+with a non-zero exit. Children are also killed by the kernel if this process dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stream.cli import EXAMPLE_OFFERS, REPO_ROOT, build_codec, create_topics, migrate_database, topics_of
+from stream.localstack.kafka import DEFAULT_CACHE_DIR, KafkaBroker
+from stream.localstack.postgres import EmbeddedPostgres
+from stream.localstack.process import spawn, terminate
+from stream.offer_admin import publish_offers
+from stream.offers import load_offers_file
+from stream.settings import Settings
+
+READY_LINE = "cashback local stack is up"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen
+    log_path: Path | None
+    required: bool = True  # its exit stops the stack (the simulator may finish on its own)
+
+
+@dataclass
+class LocalStack:
+    rate: float = 50.0
+    purchases: int = 0
+    duration_s: float | None = None
+    keep_data: bool = False
+    data_dir: Path = field(default_factory=lambda: REPO_ROOT / ".data" / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+
+    def __post_init__(self) -> None:
+        self.children: list[Child] = []
+        self.broker: KafkaBroker | None = None
+        self.postgres: EmbeddedPostgres | None = None
+        self._stop = False
+
+    def run(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+        code = 0
+        try:
+            env = self._start_infrastructure()
+            self._start_children(env)
+            code = self._watch()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self._shutdown()
+        raise SystemExit(code)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if self._stop:  # second Ctrl-C: stop waiting politely
+            raise KeyboardInterrupt
+        self._stop = True
+
+    def _say(self, text: str) -> None:
+        print(text, flush=True)
+
+    def _start_infrastructure(self) -> dict[str, str]:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        if "KAFKA_BOOTSTRAP_SERVERS" not in os.environ:
+            self._say("starting Kafka (KRaft, single node)...")
+            self.broker = KafkaBroker(DEFAULT_CACHE_DIR, self.data_dir / "kafka")
+            env["KAFKA_BOOTSTRAP_SERVERS"] = self.broker.start()
+        if "DATABASE_URL" not in os.environ:
+            self._say("starting Postgres (embedded)...")
+            self.postgres = EmbeddedPostgres(self.data_dir / "postgres")
+            env["DATABASE_URL"] = self.postgres.start()
+        env.update(WORKER_DATA_DIR=str(self.data_dir / "worker"), PYTHONUNBUFFERED="1")
+        settings = Settings.from_env(env)
+        asyncio.run(create_topics(settings))
+        asyncio.run(migrate_database(settings))
+        offers = load_offers_file(EXAMPLE_OFFERS)
+        asyncio.run(publish_offers(settings, build_codec(settings), topics_of(settings).offers.name, offers))
+        self._say(f"loaded {len(offers)} example offers from {EXAMPLE_OFFERS.relative_to(REPO_ROOT)}")
+        return env
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str], required: bool = True, to_log: bool = True) -> None:
+        log_path = self.data_dir / f"{name}.log" if to_log else None
+        output = open(log_path, "ab") if log_path else None  # noqa: SIM115 - closed with the child
+        process = spawn(args, env=env, stdout=output or None, stderr=subprocess.STDOUT if output else None, cwd=REPO_ROOT)
+        if output:
+            output.close()
+        self.children.append(Child(name, process, log_path, required))
+
+    def _start_children(self, env: dict[str, str]) -> None:
+        cli = [sys.executable, "-m", "stream"]
+        ports = {name: free_port() for name in ("worker", "sink", "api")}
+        self._spawn("worker", cli + ["worker"], {**env, "METRICS_PORT": str(ports["worker"])})
+        self._spawn("sink", cli + ["sink"], {**env, "METRICS_PORT": str(ports["sink"])})
+        self._spawn("api", cli + ["api"], {**env, "API_PORT": str(ports["api"]), "API_HOST": "127.0.0.1"})
+        prometheus = self._start_prometheus(ports)
+        api = f"http://127.0.0.1:{ports['api']}"
+        self._say(
+            f"\n{READY_LINE}\n"
+            f"  balance API   {api}/v1/accounts/acct-000001/balances   (docs: {api}/docs)\n"
+            f"  history       {api}/v1/accounts/acct-000001/history\n"
+            f"  metrics       worker http://127.0.0.1:{ports['worker']}/metrics  sink http://127.0.0.1:{ports['sink']}/metrics  api {api}/metrics\n"
+            + (f"  prometheus    {prometheus}\n" if prometheus else "  prometheus    not installed (apt-get install prometheus), skipped\n")
+            + f"  logs and data {self.data_dir}\n"
+            f"  dead letters  KAFKA_BOOTSTRAP_SERVERS={env['KAFKA_BOOTSTRAP_SERVERS']} {sys.executable} -m stream dead-letters\n"
+            "Ctrl-C stops everything.\n"
+        )
+        simulate = cli + ["simulate", "--rate", str(self.rate), "--purchases", str(self.purchases)]
+        self._spawn("simulator", simulate, env, required=False, to_log=False)
+
+    def _start_prometheus(self, ports: dict[str, int]) -> str | None:
+        binary = shutil.which("prometheus")
+        if binary is None:
+            return None
+        port = free_port()
+        targets = ", ".join(f"'127.0.0.1:{p}'" for p in ports.values())
+        config = self.data_dir / "prometheus.yml"
+        rules = REPO_ROOT / "deploy" / "prometheus" / "rules.yml"
+        config.write_text(
+            "global: {scrape_interval: 5s, evaluation_interval: 5s}\n"
+            + (f"rule_files: ['{rules}']\n" if rules.exists() else "")
+            + f"scrape_configs:\n  - job_name: cashback\n    static_configs:\n      - targets: [{targets}]\n"
+        )
+        self._spawn(
+            "prometheus",
+            [binary, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}",
+             f"--storage.tsdb.path={self.data_dir / 'prometheus'}"],
+            dict(os.environ),
+        )
+        return f"http://127.0.0.1:{port}"
+
+    def _watch(self) -> int:
+        deadline = None if self.duration_s is None else time.monotonic() + self.duration_s
+        while not self._stop and (deadline is None or time.monotonic() < deadline):
+            for child in self.children:
+                code = child.process.poll()
+                if code is not None and child.required:
+                    self._say(f"{child.name} exited with code {code}; stopping the stack")
+                    if child.log_path and child.log_path.exists():
+                        tail = child.log_path.read_text(errors="replace").splitlines()[-30:]
+                        self._say("\n".join(f"  | {line}" for line in tail))
+                    return 1
+            time.sleep(0.5)
+        return 0
+
+    def _shutdown(self) -> None:
+        self._say("stopping...")
+        for child in reversed(self.children):  # simulator first, the worker last but one
+            terminate(child.process, grace_s=15.0)
+        if self.postgres is not None:
+            self.postgres.stop()
+        if self.broker is not None:
+            self.broker.stop()
+        if not self.keep_data:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+        self._say("stopped")

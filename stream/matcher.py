@@ -1,0 +1,175 @@
+"""The matcher: a Faust agent over both card-event topics. It only decodes, calls the pure rules
+engine, emits and counts.
+
+Per event, in this order:
+
+1. decode and validate; a bad message goes to the dead-letter topic (with its bytes, topic,
+   partition, offset and reason) and processing moves on;
+2. ``decide(event, offers, state)`` for the event's account;
+3. send the entries to the accruals topic (keyed by account, so co-partitioned with the input),
+   then store the account's new state in the table (its changelog is a topic too).
+
+Delivery is at-least-once: Faust flushes the producer (entries, dead letters and the table's
+changelog) before it commits the input offsets, so a crash redelivers, never loses. Effects are
+exactly-once: the state remembers each event id with what it produced, so a redelivered event
+re-emits the same entries (same ids) instead of applying twice, and the ledger ignores entry ids it
+already holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import faust
+from faust.types import StreamT
+
+from schemas.codec import Codec, DecodeError
+from stream.deadletter import OtherReason, Stage, dead_letter
+from stream.events import to_event, validate
+from stream.metrics import ACCRUALS, CASHBACK_AMOUNT, CONSUMER_LAG, EVENTS_CONSUMED
+from stream.offer_mirror import OfferMirror
+from stream.rules import Outcome, decide
+from stream.settings import Settings
+from topics.catalogue import Catalogue, catalogue
+
+log = logging.getLogger(__name__)
+
+LAG_INTERVAL_S = 5.0
+
+
+def _credentials(settings: Settings) -> Any:
+    if settings.kafka_security_protocol.startswith("SASL"):
+        options = settings.kafka_client_options()
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=settings.kafka_sasl_password,
+            mechanism=settings.kafka_sasl_mechanism,
+            ssl_context=options.get("ssl_context"),
+        )
+    if settings.kafka_security_protocol == "SSL":
+        return faust.SSLCredentials(settings.kafka_client_options()["ssl_context"])
+    return None
+
+
+class Matcher:
+    """The Faust app with its agent, table and offer mirror."""
+
+    def __init__(self, settings: Settings, codec: Codec, topics: Catalogue | None = None) -> None:
+        self.settings = settings
+        self.codec = codec
+        self.topics = topics or catalogue(settings.topic_prefix, settings.topic_partitions)
+        Path(settings.worker_data_dir).mkdir(parents=True, exist_ok=True)
+        self.app = faust.App(
+            settings.app_id,
+            broker=[f"kafka://{server.strip()}" for server in settings.kafka_bootstrap_servers.split(",")],
+            broker_credentials=_credentials(settings),
+            store="memory://",
+            processing_guarantee="at_least_once",
+            topic_partitions=settings.topic_partitions,
+            topic_replication_factor=settings.topic_replication_factor,
+            consumer_auto_offset_reset="earliest",
+            producer_acks=-1,
+            stream_wait_empty=False,
+            web_enabled=False,
+            autodiscover=False,
+            datadir=settings.worker_data_dir,
+            table_cleanup_interval=3600.0,
+        )
+        self.input_subjects = {t.name: t.value_subject for t in self.topics.inputs()}
+        self.input = self.app.topic(
+            *self.input_subjects, key_serializer="raw", value_serializer="raw", acks=True
+        )
+        self.accruals = self.app.topic(self.topics.accruals.name, key_serializer="raw", value_serializer="raw")
+        self.dead_letters = self.app.topic(self.topics.dead_letters.name, key_serializer="raw", value_serializer="raw")
+        self.states = self.app.Table(
+            "account-state",
+            default=None,
+            schema=faust.Schema(key_type=str, value_type=dict, key_serializer="json", value_serializer="json"),
+        )
+        self.offers = OfferMirror(
+            self.topics.offers.name, codec, settings.kafka_bootstrap_servers, **settings.kafka_client_options()
+        )
+        self.agent = self.app.agent(self.input, name="matcher")(self._consume)
+        self.app.task(self._run_offer_mirror)
+        self.app.timer(LAG_INTERVAL_S)(self._observe_lag)
+
+    async def _run_offer_mirror(self) -> None:
+        await self.offers.run()
+
+    async def _consume(self, stream: StreamT) -> None:
+        await self.offers.ready.wait()  # never match a purchase before every offer is known
+        async for event in stream.events():
+            message = event.message
+            await self.handle(message.topic, message.partition, message.offset, message.key, message.value)
+
+    async def handle(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> Outcome | None:
+        """Process one input message (steps 1-3 of the module doc). Returns the outcome, or None
+        when the message was dead-lettered."""
+        subject = self.input_subjects.get(topic)
+        try:
+            _, record = self.codec.decode(value, expected_subject=subject)
+        except DecodeError as error:
+            await self._dead_letter(error.failure.value, error.detail, topic, partition, offset, key, value)
+            return None
+        rejection = validate(record)
+        if rejection is not None:
+            await self._dead_letter(rejection.reason.value, rejection.detail(), topic, partition, offset, key, value)
+            return None
+        account_key = record["account_id"].encode()
+        if key != account_key:
+            await self._dead_letter(
+                OtherReason.KEY_MISMATCH.value, "message key is not the event's account_id", topic, partition, offset, key, value
+            )
+            return None
+        event = to_event(record)
+        try:
+            state = self.states.get(event.account_id)
+            decision = decide(event, self.offers.book, state)
+        except Exception as error:  # a bug in the rules: keep the message, keep going
+            log.exception("rules failed on event %s", event.event_id)
+            await self._dead_letter(OtherReason.PROCESSING_ERROR.value, type(error).__name__, topic, partition, offset, key, value)
+            return None
+        if decision.outcome is Outcome.DUPLICATE_CONFLICT:
+            log.error("event id %s seen before with other content: quarantined", event.event_id)
+            await self._dead_letter(
+                OtherReason.DUPLICATE_CONFLICT.value, "event_id seen before with other content", topic, partition, offset, key, value
+            )
+        for entry in decision.entries:
+            # force=True: hand the entry to the producer now (latency); Faust still flushes the
+            # producer before committing the input offset, so at-least-once holds.
+            await self.accruals.send(key=account_key, value=self.codec.encode("accrual", entry), force=True)
+            if decision.outcome is not Outcome.DUPLICATE:
+                ACCRUALS.labels(entry["entry_kind"], entry["reward_kind"]).inc()
+                CASHBACK_AMOUNT.labels(entry["entry_kind"], entry["reward_kind"], entry["currency"]).inc(entry["amount_minor"])
+        if decision.state is not state:
+            self.states[event.account_id] = decision.state
+        EVENTS_CONSUMED.labels(event.event_type.value, decision.outcome.value).inc()
+        return decision.outcome
+
+    async def _dead_letter(
+        self, reason: str, detail: str, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
+    ) -> None:
+        log.warning("dead letter from %s[%d]@%d: %s (%s)", topic, partition, offset, reason, detail)
+        payload = dead_letter(self.codec, Stage.MATCHER, reason, detail, topic, partition, offset, key, value)
+        await self.dead_letters.send(key=topic.encode(), value=payload, force=True)
+
+    async def _observe_lag(self) -> None:
+        consumer = self.app.consumer
+        for tp in consumer.assignment():
+            if tp.topic not in self.input_subjects:
+                continue
+            try:
+                highwater = consumer.highwater(tp)
+            except (KeyError, AssertionError):
+                continue
+            read = consumer._read_offset.get(tp)  # noqa: SLF001 - Faust has no public read position
+            position = read + 1 if read is not None else (await consumer.position(tp) or 0)
+            if highwater is not None:
+                CONSUMER_LAG.labels(self.settings.app_id, tp.topic, str(tp.partition)).set(max(0, highwater - position))
+
+
+async def wait_ready(matcher: Matcher, timeout_s: float = 60.0) -> None:
+    await asyncio.wait_for(matcher.offers.ready.wait(), timeout_s)

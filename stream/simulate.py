@@ -1,0 +1,287 @@
+"""A card-processor simulator: seeded, realistic event streams, published at a chosen rate.
+
+``generate`` is pure (a seed gives the same stream every time), so tests and the oracle can use
+the very events the broker saw. Card tokens and account ids are synthetic; no card number is ever
+generated except the deliberately bad "card number in a field" messages, whose digits are random
+at run time and which must end in the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import random
+import struct
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterator
+
+from aiokafka import AIOKafkaProducer
+
+from schemas.codec import Codec
+from stream.events import luhn_valid
+from stream.settings import Settings
+from topics.catalogue import Catalogue
+
+# (mcc, merchants, typical amount in minor units, channel weights)
+MERCHANTS: tuple[tuple[str, tuple[str, ...], int], ...] = (
+    ("5411", ("Carrefour Market", "Lidl", "Monoprix", "Auchan"), 4_500),
+    ("5812", ("Bistrot du Coin", "Chez Paul", "Le Zinc"), 3_200),
+    ("5814", ("Burger Bar", "Sandwich Co"), 1_100),
+    ("5541", ("TotalEnergies", "Esso Express"), 6_000),
+    ("5912", ("Pharmacie Centrale",), 2_300),
+    ("5732", ("Fnac", "Boulanger"), 25_000),
+    ("5311", ("Galeries Lafayette", "Printemps"), 8_000),
+    ("4111", ("RATP", "SNCF Transilien"), 250),
+    ("5999", ("Marketplace Online",), 3_900),
+)
+CASH_MCCS = (("6011", "ATM Network"), ("7995", "Casino Royal"), ("6051", "Crypto Exchange"))
+CHANNELS = ("IN_STORE", "CONTACTLESS", "ONLINE", "RECURRING")
+
+# How a purchase unfolds, and how often (weights add up to 100).
+SHAPES: tuple[tuple[str, int], ...] = (
+    ("cleared", 58),
+    ("declined", 5),
+    ("partial_clearing", 5),
+    ("partial_reversal", 4),
+    ("incremental", 4),
+    ("multi_clearing", 4),
+    ("refund", 5),
+    ("full_reversal", 3),
+    ("chargeback", 2),
+    ("force_post", 3),
+    ("clearing_first", 2),
+    ("cash", 3),
+    ("cashback_at_pos", 2),
+)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    seed: int = 1
+    accounts: int = 1_000
+    purchases: int = 10_000  # 0: endless
+    bad_ratio: float = 0.002  # share of deliberately bad messages
+    duplicate_ratio: float = 0.01  # share of events published twice
+    start: datetime = datetime(2026, 12, 1, 8, 0, tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One message to publish: ``record`` is a card-event record, or ``raw`` is bytes as they are."""
+
+    role: str  # "authorizations" or "settlements"
+    key: bytes
+    record: dict[str, Any] | None = None
+    raw: bytes | None = None
+    bad: str | None = None  # which bad kind, for the tests
+
+
+def _random_card_number(rng: random.Random) -> str:
+    while True:
+        digits = "".join(rng.choice("0123456789") for _ in range(16))
+        if luhn_valid(digits):
+            return digits
+
+
+class _Purchase:
+    def __init__(self, rng: random.Random, scenario: Scenario, number: int) -> None:
+        self.rng = rng
+        self.number = number
+        account = rng.randrange(scenario.accounts)
+        self.account_id = f"acct-{account:06d}"
+        self.card_token = f"tok-{account:06d}-{account % 3}"
+        self.ref = f"ref-{scenario.seed}-{number:09d}"
+        self.base = scenario.start + timedelta(seconds=number)
+        self.shape = rng.choices([s for s, _ in SHAPES], [w for _, w in SHAPES])[0]
+        if self.shape == "cash":
+            self.mcc, self.merchant = rng.choice(CASH_MCCS)
+            self.amount = rng.choice((2_000, 5_000, 10_000))
+        else:
+            self.mcc, merchants, typical = rng.choice(MERCHANTS)
+            self.merchant = rng.choice(merchants)
+            self.amount = max(50, int(rng.lognormvariate(0, 0.6) * typical))
+        self.channel = rng.choice(CHANNELS)
+        self.sequence = 0
+
+    def record(self, event_type: str, amount: int, at: datetime, **extra: Any) -> dict[str, Any]:
+        self.sequence += 1
+        record = {
+            "event_id": f"{self.ref}-{self.sequence}",
+            "event_type": event_type,
+            "occurred_at": at,
+            "account_id": self.account_id,
+            "card_token": self.card_token,
+            "transaction_ref": self.ref,
+            "original_transaction_ref": None,
+            "processing_code": "CASH_WITHDRAWAL" if self.mcc == "6011" else ("QUASI_CASH" if self.shape == "cash" else "PURCHASE"),
+            "response_code": "00",
+            "amount_minor": amount,
+            "currency": "EUR",
+            "billing_amount_minor": amount,
+            "billing_currency": "EUR",
+            "cashback_at_pos_minor": 0,
+            "mcc": self.mcc,
+            "merchant_id": f"m-{self.merchant.lower().replace(' ', '-')}",
+            "merchant_name": self.merchant,
+            "merchant_country": "FR",
+            "merchant_timezone": "Europe/Paris",
+            "channel": self.channel,
+        }
+        if event_type in ("CLEARING", "REFUND", "CHARGEBACK", "CHARGEBACK_REVERSAL"):
+            record.update(clearing_sequence=None, clearing_count=None)
+        record.update(extra)
+        return record
+
+    def events(self) -> list[tuple[int, str, dict[str, Any]]]:
+        """(delay in steps, role, record) of this purchase's life."""
+        rng, amount, shape = self.rng, self.amount, self.shape
+        later = lambda low, high: rng.randint(low, high)  # noqa: E731 - steps after the purchase
+
+        def at(steps: int) -> datetime:
+            return self.base + timedelta(seconds=steps)
+
+        def auth(step: int, event_type: str, value: int, **extra: Any) -> tuple[int, str, dict[str, Any]]:
+            return step, "authorizations", self.record(event_type, value, at(step), **extra)
+
+        def settle(step: int, event_type: str, value: int, **extra: Any) -> tuple[int, str, dict[str, Any]]:
+            return step, "settlements", self.record(event_type, value, at(step), **extra)
+
+        clear_at, refund_at = later(3, 40), later(50, 200)
+        if shape == "declined":
+            return [auth(0, "AUTHORIZATION", amount, response_code="51")]
+        if shape == "force_post":
+            return [settle(0, "CLEARING", amount)]
+        if shape == "clearing_first":
+            return [settle(0, "CLEARING", amount), auth(later(1, 5), "AUTHORIZATION", amount)]
+        if shape == "full_reversal":
+            return [auth(0, "AUTHORIZATION", amount), auth(later(1, 30), "AUTHORIZATION_REVERSAL", amount)]
+        if shape == "partial_clearing":
+            return [auth(0, "AUTHORIZATION", amount), settle(clear_at, "CLEARING", amount * 4 // 5)]
+        if shape == "partial_reversal":
+            reversed_part = amount * 2 // 3
+            return [
+                auth(0, "AUTHORIZATION", amount),
+                auth(later(1, 2), "AUTHORIZATION_REVERSAL", reversed_part),
+                settle(clear_at, "CLEARING", amount - reversed_part),
+            ]
+        if shape == "incremental":
+            extra = amount // 2
+            return [
+                auth(0, "AUTHORIZATION", amount),
+                auth(later(1, 2), "INCREMENTAL_AUTHORIZATION", extra),
+                settle(clear_at, "CLEARING", amount + extra),
+            ]
+        if shape == "multi_clearing":
+            first = amount * 3 // 5
+            return [
+                auth(0, "AUTHORIZATION", amount),
+                settle(clear_at, "CLEARING", first, clearing_sequence=1, clearing_count=2),
+                settle(clear_at + later(1, 20), "CLEARING", amount - first, clearing_sequence=2, clearing_count=2),
+            ]
+        if shape == "cashback_at_pos":
+            cash = 2_000
+            total = amount + cash
+            return [
+                auth(0, "AUTHORIZATION", total, processing_code="PURCHASE_WITH_CASHBACK", cashback_at_pos_minor=cash),
+                settle(clear_at, "CLEARING", total, processing_code="PURCHASE_WITH_CASHBACK", cashback_at_pos_minor=cash),
+            ]
+        events = [auth(0, "AUTHORIZATION", amount), settle(clear_at, "CLEARING", amount)]
+        if shape == "refund":
+            refunded = amount if rng.random() < 0.5 else amount * 2 // 5
+            events.append(
+                settle(refund_at, "REFUND", refunded, processing_code="REFUND", original_transaction_ref=self.ref,
+                       transaction_ref=f"{self.ref}-r")
+            )
+        if shape == "chargeback":
+            events.append(settle(refund_at, "CHARGEBACK", amount, original_transaction_ref=self.ref))
+            if rng.random() < 0.5:
+                events.append(settle(refund_at + later(10, 50), "CHARGEBACK_REVERSAL", amount, original_transaction_ref=self.ref))
+        return events
+
+
+def _bad_message(rng: random.Random, codec: Codec, good: dict[str, Any], role: str) -> Outgoing:
+    subject = "authorization_event" if role == "authorizations" else "settlement_event"
+    kind = rng.choice(("undecodable", "unknown_schema_id", "invalid_mcc", "negative_amount", "unknown_currency", "card_number"))
+    key = good["account_id"].encode()
+    bad = dict(good, event_id=good["event_id"] + "-bad")
+    if kind == "undecodable":
+        return Outgoing(role, key, raw=b"\x00\x00\x00\x00\x01" + bytes(rng.randrange(256) for _ in range(7)), bad=kind)
+    if kind == "unknown_schema_id":
+        return Outgoing(role, key, raw=struct.pack(">bI", 0, 999_999) + b"\x02\x04", bad=kind)
+    if kind == "invalid_mcc":
+        bad["mcc"] = "54A1"
+    elif kind == "negative_amount":
+        bad["amount_minor"] = bad["billing_amount_minor"] = -bad["amount_minor"]
+    elif kind == "unknown_currency":
+        bad["billing_currency"] = "XYZ"
+    else:
+        bad["merchant_name"] = f"PAN {_random_card_number(rng)}"
+    return Outgoing(role, key, raw=codec.encode(subject, bad), bad=kind)
+
+
+def generate(scenario: Scenario, codec: Codec | None = None) -> Iterator[Outgoing]:
+    """The scenario's messages in publication order. Purchases start one step apart; their later
+    events (clearings, refunds...) are interleaved by step. With a codec, bad messages are mixed in."""
+    rng = random.Random(scenario.seed)
+    queue: list[tuple[int, int, str, dict[str, Any]]] = []
+    order = 0
+    number = 0
+    while scenario.purchases == 0 or number < scenario.purchases or queue:
+        if scenario.purchases == 0 or number < scenario.purchases:
+            purchase = _Purchase(rng, scenario, number)
+            for delay, role, record in purchase.events():
+                heapq.heappush(queue, (number + delay, order, role, record))
+                order += 1
+            number += 1
+        while queue and (queue[0][0] <= number or (scenario.purchases and number >= scenario.purchases)):
+            _, _, role, record = heapq.heappop(queue)
+            key = record["account_id"].encode()
+            yield Outgoing(role, key, record=record)
+            if rng.random() < scenario.duplicate_ratio:
+                yield Outgoing(role, key, record=record)
+            if codec is not None and rng.random() < scenario.bad_ratio:
+                yield _bad_message(rng, codec, record, role)
+
+
+async def publish(
+    settings: Settings,
+    codec: Codec,
+    topics: Catalogue,
+    scenario: Scenario,
+    rate: float,
+    stop: asyncio.Event,
+    progress: bool = True,
+) -> int:
+    """Publish the scenario at ``rate`` events per second (0: as fast as possible); return the count."""
+    from tqdm import tqdm
+
+    names = {"authorizations": topics.authorizations.name, "settlements": topics.settlements.name}
+    subjects = {"authorizations": "authorization_event", "settlements": "settlement_event"}
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", enable_idempotence=True, linger_ms=5,
+        **settings.kafka_client_options(),
+    )
+    await producer.start()
+    bar = tqdm(total=None, unit="ev", disable=not progress, file=sys.stderr, desc="card events", mininterval=0.5)
+    sent = 0
+    started = time.monotonic()
+    try:
+        for message in generate(scenario, codec):
+            if stop.is_set():
+                break
+            value = message.raw if message.raw is not None else codec.encode(subjects[message.role], message.record or {})
+            await producer.send(names[message.role], value, key=message.key)
+            sent += 1
+            bar.update(1)
+            if rate > 0 and sent % max(1, int(rate // 20)) == 0:
+                ahead = sent / rate - (time.monotonic() - started)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+        await producer.flush()
+    finally:
+        bar.close()
+        await producer.stop()
+    return sent

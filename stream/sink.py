@@ -1,0 +1,207 @@
+"""The sink: accruals topic -> Postgres ledger and balances, in batches.
+
+Order of one batch (the checkpoint order; never change it without changing the tests that pin it):
+
+1. fetch up to ``sink_batch_size`` accruals (``getmany``);
+2. decode them; undecodable ones are sent to the dead-letter topic and the send is awaited;
+3. write the batch in ONE database transaction (entries unique by accrual id, balances from the
+   rows actually inserted); Postgres unreachable -> retry with backoff, forever, blocking: the
+   offsets do not move while the ledger is behind;
+4. only then commit the consumer offsets.
+
+A crash anywhere before 4 redelivers the batch; step 3 makes the replay a no-op. A row Postgres
+refuses (a constraint: a bug upstream) is isolated by splitting the batch and dead-lettered alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from datetime import datetime
+from typing import Any, Sequence
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
+
+from schemas.codec import Codec, DecodeError
+from stream import ledger
+from stream.deadletter import OtherReason, Stage, dead_letter
+from stream.metrics import (
+    CONSUMER_LAG,
+    SINK_BATCH_SECONDS,
+    SINK_BATCH_SIZE,
+    SINK_ENTRIES,
+    SINK_RETRIES,
+)
+from stream.settings import Settings
+from topics.catalogue import Catalogue
+
+log = logging.getLogger(__name__)
+
+# Errors that mean "Postgres is not reachable now", retried forever; anything else is a refusal.
+_UNAVAILABLE = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+)
+_REFUSED = (asyncpg.exceptions.IntegrityConstraintViolationError, asyncpg.exceptions.DataError)
+
+
+def staging_row(position: int, record: dict[str, Any], raw: bytes) -> tuple[Any, ...]:
+    """One decoded accrual as a staging row (``ledger.STAGING_COLUMNS`` order)."""
+    occurred_at = record["occurred_at"]
+    if not isinstance(occurred_at, datetime):
+        raise TypeError("occurred_at must be decoded as a datetime")
+    return (
+        position,
+        record["accrual_id"],
+        record["source_event_id"],
+        record["account_id"],
+        record["transaction_ref"],
+        record["entry_kind"],
+        record["debit_book"],
+        record["credit_book"],
+        record["amount_minor"],
+        record["currency"],
+        record["reward_kind"],
+        record["offer_id"],
+        record["rule_version"],
+        occurred_at,
+        json.dumps(record["explanation"], separators=(",", ":")),
+        hashlib.blake2b(raw[5:], digest_size=12).hexdigest(),
+    )
+
+
+class Sink:
+    def __init__(self, settings: Settings, catalogue: Catalogue, codec: Codec) -> None:
+        self.settings = settings
+        self.topic = catalogue.accruals.name
+        self.dead_letter_topic = catalogue.dead_letters.name
+        self.codec = codec
+        self._connection: asyncpg.Connection | None = None
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        kafka = self.settings.kafka_client_options()
+        consumer = AIOKafkaConsumer(
+            self.topic,
+            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            group_id=self.settings.sink_group_id,
+            enable_auto_commit=False,  # offsets move only after the ledger commit (see module doc)
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            max_poll_records=self.settings.sink_batch_size,
+            **kafka,
+        )
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.kafka_bootstrap_servers, acks="all", enable_idempotence=True, **kafka
+        )
+        await producer.start()
+        await consumer.start()
+        try:
+            while not self._stopping.is_set():
+                batches = await consumer.getmany(
+                    timeout_ms=self.settings.sink_batch_wait_ms, max_records=self.settings.sink_batch_size
+                )
+                records = [r for part in batches.values() for r in part]
+                if records:
+                    await self.handle(records, producer)
+                    await self._commit(consumer, batches)
+                await self._observe_lag(consumer)
+        finally:
+            await consumer.stop()
+            await producer.stop()
+            if self._connection is not None:
+                await self._connection.close()
+
+    async def handle(self, records: Sequence[ConsumerRecord], producer: AIOKafkaProducer) -> None:
+        """Steps 2 and 3 of the module doc for one fetched batch."""
+        rows: list[tuple[Any, ...]] = []
+        sources: list[ConsumerRecord] = []
+        for position, message in enumerate(records):
+            try:
+                _, record = self.codec.decode(message.value, expected_subject="accrual")
+                rows.append(staging_row(position, record, message.value))
+                sources.append(message)
+            except DecodeError as error:
+                await self._dead_letter(producer, message, error.failure.value, error.detail)
+        if rows:
+            await self._write(rows, sources, producer)
+
+    async def _write(self, rows: list[tuple[Any, ...]], sources: list[ConsumerRecord], producer: AIOKafkaProducer) -> None:
+        started = time.perf_counter()
+        try:
+            result = await self._with_retry(rows)
+        except _REFUSED as error:
+            if len(rows) == 1:
+                log.error("ledger refused entry %s: %s", rows[0][1], type(error).__name__)
+                await self._dead_letter(producer, sources[0], OtherReason.LEDGER_REJECTED.value, type(error).__name__)
+                return
+            middle = len(rows) // 2
+            await self._write(rows[:middle], sources[:middle], producer)
+            await self._write(rows[middle:], sources[middle:], producer)
+            return
+        SINK_BATCH_SECONDS.observe(time.perf_counter() - started)
+        SINK_BATCH_SIZE.observe(len(rows))
+        SINK_ENTRIES.labels("written").inc(result.written)
+        SINK_ENTRIES.labels("duplicate").inc(result.duplicates)
+        if result.conflicts:
+            SINK_ENTRIES.labels("conflict").inc(result.conflicts)
+            log.error("%d ledger entries arrived again with other content; kept the first", result.conflicts)
+
+    async def _with_retry(self, rows: list[tuple[Any, ...]]) -> ledger.BatchResult:
+        delay = 0.1
+        while True:
+            try:
+                connection = await self._connect()
+                return await ledger.write_batch(connection, rows)
+            except _UNAVAILABLE as error:
+                SINK_RETRIES.inc()
+                log.warning("Postgres unavailable (%s); retrying the batch in %.1fs", type(error).__name__, delay)
+                await self._drop_connection()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _connect(self) -> asyncpg.Connection:
+        if self._connection is None or self._connection.is_closed():
+            self._connection = await asyncpg.connect(self.settings.database_url, timeout=10)
+        return self._connection
+
+    async def _drop_connection(self) -> None:
+        if self._connection is not None:
+            self._connection.terminate()
+            self._connection = None
+
+    async def _dead_letter(self, producer: AIOKafkaProducer, message: ConsumerRecord, reason: str, detail: str) -> None:
+        value = dead_letter(
+            self.codec, Stage.SINK, reason, detail, message.topic, message.partition, message.offset, message.key, message.value
+        )
+        await producer.send_and_wait(self.dead_letter_topic, value, key=message.topic.encode())
+
+    async def _commit(self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        offsets = {tp: records[-1].offset + 1 for tp, records in batches.items() if records}
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as error:
+            # A rebalance took the partitions: the new owner redelivers, and the ledger ignores the replay.
+            log.info("offset commit skipped after a rebalance: %s", type(error).__name__)
+
+    async def _observe_lag(self, consumer: AIOKafkaConsumer) -> None:
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            if highwater is not None:
+                position = await consumer.position(tp)
+                CONSUMER_LAG.labels(self.settings.sink_group_id, tp.topic, str(tp.partition)).set(max(0, highwater - position))
