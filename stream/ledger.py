@@ -64,8 +64,15 @@ CREATE TEMP TABLE IF NOT EXISTS incoming_accruals (
 ) ON COMMIT DELETE ROWS
 """
 
-# Insert new entries (a known accrual_id is skipped: replays write nothing) and fold exactly the
-# inserted rows into the balances, in one statement.
+_CREATE_DELTAS = """
+CREATE TEMP TABLE IF NOT EXISTS batch_deltas (
+    account_id text, reward_kind text, currency text, pending bigint, confirmed bigint,
+    available bigint, earned bigint, clawed_back bigint, entries bigint
+) ON COMMIT DELETE ROWS
+"""
+
+# Insert new entries (a known accrual_id is skipped: replays write nothing) and sum exactly the
+# inserted rows into per-balance deltas.
 _WRITE_ENTRIES = """
 WITH inserted AS (
     INSERT INTO ledger_entries (accrual_id, source_event_id, account_id, transaction_ref, entry_kind,
@@ -77,29 +84,37 @@ WITH inserted AS (
     FROM incoming_accruals WHERE entry_kind <> 'NOT_EARNED' ORDER BY position
     ON CONFLICT (accrual_id) DO NOTHING
     RETURNING account_id, reward_kind, currency, entry_kind, debit_book, credit_book, amount_minor
-), deltas AS (
-    SELECT account_id, reward_kind, currency,
-        sum(CASE WHEN credit_book = 'PENDING' THEN amount_minor WHEN debit_book = 'PENDING' THEN -amount_minor ELSE 0 END) AS pending,
-        sum(CASE WHEN credit_book = 'CONFIRMED' THEN amount_minor WHEN debit_book = 'CONFIRMED' THEN -amount_minor ELSE 0 END) AS confirmed,
-        sum(CASE WHEN credit_book = 'AVAILABLE' THEN amount_minor WHEN debit_book = 'AVAILABLE' THEN -amount_minor ELSE 0 END) AS available,
-        sum(CASE WHEN entry_kind IN ('CONFIRMED', 'RECREDITED') THEN amount_minor ELSE 0 END) AS earned,
-        sum(CASE WHEN entry_kind = 'CLAWED_BACK' THEN amount_minor ELSE 0 END) AS clawed_back,
-        count(*) AS entries
-    FROM inserted GROUP BY account_id, reward_kind, currency
-), upserted AS (
-    INSERT INTO balances AS b (account_id, reward_kind, currency, pending_minor, confirmed_minor,
-        available_minor, lifetime_earned_minor, clawed_back_minor)
-    SELECT account_id, reward_kind, currency, pending, confirmed, available, earned, clawed_back FROM deltas
-    ON CONFLICT (account_id, reward_kind, currency) DO UPDATE SET
-        pending_minor = b.pending_minor + EXCLUDED.pending_minor,
-        confirmed_minor = b.confirmed_minor + EXCLUDED.confirmed_minor,
-        available_minor = b.available_minor + EXCLUDED.available_minor,
-        lifetime_earned_minor = b.lifetime_earned_minor + EXCLUDED.lifetime_earned_minor,
-        clawed_back_minor = b.clawed_back_minor + EXCLUDED.clawed_back_minor,
-        updated_at = now()
-    RETURNING 1
 )
-SELECT coalesce((SELECT sum(entries) FROM deltas), 0)::bigint
+INSERT INTO batch_deltas
+SELECT account_id, reward_kind, currency,
+    sum(CASE WHEN credit_book = 'PENDING' THEN amount_minor WHEN debit_book = 'PENDING' THEN -amount_minor ELSE 0 END),
+    sum(CASE WHEN credit_book = 'CONFIRMED' THEN amount_minor WHEN debit_book = 'CONFIRMED' THEN -amount_minor ELSE 0 END),
+    sum(CASE WHEN credit_book = 'AVAILABLE' THEN amount_minor WHEN debit_book = 'AVAILABLE' THEN -amount_minor ELSE 0 END),
+    sum(CASE WHEN entry_kind IN ('CONFIRMED', 'RECREDITED') THEN amount_minor ELSE 0 END),
+    sum(CASE WHEN entry_kind = 'CLAWED_BACK' THEN amount_minor ELSE 0 END),
+    count(*)
+FROM inserted GROUP BY account_id, reward_kind, currency
+"""
+
+# Postgres checks CHECK constraints on the row an INSERT proposes before it resolves ON CONFLICT,
+# so a negative delta cannot go through INSERT ... DO UPDATE: create missing rows at zero (safe
+# against a concurrent sink), then add the deltas.
+_ENSURE_BALANCES = """
+INSERT INTO balances (account_id, reward_kind, currency)
+SELECT account_id, reward_kind, currency FROM batch_deltas
+ON CONFLICT (account_id, reward_kind, currency) DO NOTHING
+"""
+
+_APPLY_DELTAS = """
+UPDATE balances AS b SET
+    pending_minor = b.pending_minor + d.pending,
+    confirmed_minor = b.confirmed_minor + d.confirmed,
+    available_minor = b.available_minor + d.available,
+    lifetime_earned_minor = b.lifetime_earned_minor + d.earned,
+    clawed_back_minor = b.clawed_back_minor + d.clawed_back,
+    updated_at = now()
+FROM batch_deltas AS d
+WHERE b.account_id = d.account_id AND b.reward_kind = d.reward_kind AND b.currency = d.currency
 """
 
 _WRITE_NOT_EARNED = """
@@ -128,9 +143,13 @@ async def write_batch(connection: asyncpg.Connection, rows: Sequence[tuple[Any, 
     """Write one batch of staged accrual rows (``STAGING_COLUMNS`` order) in one transaction."""
     async with connection.transaction():
         await connection.execute(_CREATE_STAGING)
+        await connection.execute(_CREATE_DELTAS)
         await connection.copy_records_to_table("incoming_accruals", records=rows, columns=STAGING_COLUMNS)
         conflicts = await connection.fetchval(_COUNT_CONFLICTS)
-        written = await connection.fetchval(_WRITE_ENTRIES)
+        await connection.execute(_WRITE_ENTRIES)
+        await connection.execute(_ENSURE_BALANCES)
+        await connection.execute(_APPLY_DELTAS)
+        written = await connection.fetchval("SELECT coalesce(sum(entries), 0)::bigint FROM batch_deltas")
         await connection.execute(_WRITE_NOT_EARNED)
     ledger_rows = sum(1 for row in rows if row[5] != "NOT_EARNED")
     return BatchResult(written=written, duplicates=ledger_rows - written - conflicts, conflicts=conflicts)

@@ -1,0 +1,169 @@
+"""Integration fixtures: one real Kafka broker and one real Postgres per test session.
+
+They are started by the tests themselves (never skipped): KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL
+point the tests at existing servers instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import asyncpg
+import httpx
+import pytest
+
+from stream.localstack.kafka import DEFAULT_CACHE_DIR, KafkaBroker
+from stream.localstack.postgres import EmbeddedPostgres
+from stream.localstack.process import spawn, terminate
+from stream.localstack.stack import free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def work_dir() -> Iterator[Path]:
+    # Not pytest's tmp_path: the Postgres server runs as another user, and pytest resets the
+    # permissions of its own temporary root at every session start.
+    path = Path(tempfile.mkdtemp(prefix="cashback-it-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(work_dir: Path) -> Iterator[str]:
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+        return
+    with KafkaBroker(DEFAULT_CACHE_DIR, work_dir / "kafka") as broker:
+        yield broker.bootstrap_servers
+
+
+@pytest.fixture(scope="session")
+def postgres_url(work_dir: Path) -> Iterator[str]:
+    if os.environ.get("DATABASE_URL"):
+        yield os.environ["DATABASE_URL"]
+        return
+    with EmbeddedPostgres(work_dir / "postgres", fast=True) as server:
+        yield server.dsn
+
+
+def fresh_database(server_url: str) -> str:
+    """A new empty database on the server, so each module starts from a clean ledger."""
+    name = f"it_{uuid.uuid4().hex[:10]}"
+
+    async def create() -> None:
+        connection = await asyncpg.connect(server_url)
+        try:
+            await connection.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await connection.close()
+
+    asyncio.run(create())
+    base, _, _ = server_url.rpartition("/")
+    return f"{base}/{name}"
+
+
+class Processes:
+    """The project's processes, started as real subprocesses with their own environment."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env = env
+        self.log_dir = log_dir
+        self.children: dict[str, object] = {}
+
+    def cli(self, *args: str, timeout_s: float = 120.0) -> str:
+        import subprocess
+
+        result = subprocess.run(
+            [sys.executable, "-m", "stream", *args], env=self.env, cwd=REPO_ROOT, capture_output=True, text=True,
+            timeout=timeout_s,
+        )
+        assert result.returncode == 0, f"cashback {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+        return result.stdout
+
+    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> None:
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - kept by the child
+        self.children[name] = spawn(
+            [sys.executable, "-m", "stream", *args], env={**self.env, **(env or {})}, cwd=REPO_ROOT,
+            stdout=log, stderr=log,
+        )
+        log.close()
+
+    def stop(self, name: str) -> None:
+        process = self.children.pop(name)
+        terminate(process, grace_s=15.0)  # type: ignore[arg-type]
+
+    def stop_all(self) -> None:
+        for name in list(self.children):
+            self.stop(name)
+
+    def log(self, name: str) -> str:
+        path = self.log_dir / f"{name}.log"
+        return path.read_text(errors="replace")[-5000:] if path.exists() else ""
+
+
+def wait_until(condition, timeout_s: float, what: str, interval_s: float = 0.25, observe=None):  # type: ignore[no-untyped-def]
+    """Poll ``condition`` until true; on time-out say what ``observe()`` (if given) saw last."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if result := condition():
+            return result
+        time.sleep(interval_s)
+    seen = f"; last seen: {observe()!r}" if observe else ""
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}{seen}")
+
+
+def api_ready(base_url: str) -> bool:
+    try:
+        return httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def pipeline(
+    request: pytest.FixtureRequest, kafka_bootstrap: str, postgres_url: str, work_dir: Path
+) -> Iterator[tuple[Processes, str]]:
+    """Worker, sink and API running against fresh topics and a fresh database; yields
+    (processes, API base URL)."""
+    run_id = uuid.uuid4().hex[:8]
+    log_dir = work_dir / f"run-{run_id}"
+    log_dir.mkdir()
+    api_port = free_port()
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "DATABASE_URL": fresh_database(postgres_url),
+        "TOPIC_PREFIX": f"it-{run_id}.",
+        "APP_ID": f"cashback-it-{run_id}",
+        "SINK_GROUP_ID": f"cashback-sink-it-{run_id}",
+        "SINK_BATCH_WAIT_MS": "50",
+        "WORKER_DATA_DIR": str(log_dir / "worker"),
+        "API_PORT": str(api_port),
+        "PYTHONUNBUFFERED": "1",
+    }
+    processes = Processes(env, log_dir)
+    processes.cli("topics")
+    processes.cli("offers", "load", str(REPO_ROOT / "tests" / "integration" / "offers.yaml"))
+    processes.start("worker", "worker")
+    processes.start("sink", "sink")
+    processes.start("api", "api")
+    base_url = f"http://127.0.0.1:{api_port}"
+    failed_before = request.session.testsfailed
+    try:
+        wait_until(lambda: api_ready(base_url), 60, "the API to be ready")
+        yield processes, base_url
+    finally:
+        processes.stop_all()
+        if request.session.testsfailed > failed_before:
+            for name in ("worker", "sink", "api"):
+                print(f"--- {name} log (tail) ---\n{processes.log(name)}")

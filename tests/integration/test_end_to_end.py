@@ -1,0 +1,240 @@
+"""End to end on the real broker and Postgres: card events written by a plain Kafka client in the
+documented wire format (fastavro + the 5-byte header, not the project's codec) come out as
+balances in the API; a replay changes nothing; bad messages land in the dead-letter topic with
+their reason while the good ones around them are processed."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import random
+import struct
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import fastavro
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from tests.factories import card_record
+from tests.integration.conftest import wait_until
+
+pytestmark = pytest.mark.integration
+
+SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
+IDS = json.loads((SCHEMAS / "ids.json").read_text())
+
+
+def _schema(file_name: str) -> Any:
+    return fastavro.parse_schema(json.loads((SCHEMAS / file_name).read_text()))
+
+
+AUTH_SCHEMA, SETTLEMENT_SCHEMA, DEAD_LETTER_SCHEMA = (
+    _schema("authorization_event.avsc"), _schema("settlement_event.avsc"), _schema("dead_letter.avsc")
+)
+
+
+def wire(record: dict[str, Any]) -> bytes:
+    """Confluent wire format by hand: magic 0, big-endian schema id, Avro binary."""
+    is_auth = record["event_type"].startswith("AUTHORIZATION") or record["event_type"] == "INCREMENTAL_AUTHORIZATION"
+    file_name = "authorization_event.avsc" if is_auth else "settlement_event.avsc"
+    buffer = io.BytesIO()
+    buffer.write(struct.pack(">bI", 0, IDS[file_name]))
+    fastavro.schemaless_writer(buffer, AUTH_SCHEMA if is_auth else SETTLEMENT_SCHEMA, record)
+    return buffer.getvalue()
+
+
+def topic_for(env: dict[str, str], record: dict[str, Any]) -> str:
+    is_auth = "AUTHORIZATION" in record["event_type"]
+    return env["TOPIC_PREFIX"] + ("card.authorizations" if is_auth else "card.settlements")
+
+
+async def publish(bootstrap: str, messages: list[tuple[str, bytes, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        for topic, key, value in messages:
+            await producer.send_and_wait(topic, value, key=key)
+    finally:
+        await producer.stop()
+
+
+def publish_records(env: dict[str, str], records: list[dict[str, Any]]) -> None:
+    asyncio.run(publish(env["KAFKA_BOOTSTRAP_SERVERS"], [(topic_for(env, r), r["account_id"].encode(), wire(r)) for r in records]))
+
+
+def purchase_stories(tag: str) -> tuple[list[dict[str, Any]], dict[str, dict[str, int] | None]]:
+    """DOMAIN.md lifecycle cases with the 5% grocery offer, one account each; expected balances."""
+    a, b, c, d, e, f = (f"{tag}-{letter}" for letter in "abcdef")
+
+    def story(account: str, *steps: tuple[str, int, dict[str, Any]]) -> list[dict[str, Any]]:
+        ref = f"{account}-ref"
+        return [
+            card_record(kind, amount, account_id=account, transaction_ref=ref, event_id=f"{account}-{n}", **extra)
+            for n, (kind, amount, extra) in enumerate(steps)
+        ]
+
+    records = (
+        story(a, ("AUTHORIZATION", 10_000, {}), ("CLEARING", 8_000, {}))  # case 2
+        + story(b, ("AUTHORIZATION", 3_000, {}), ("AUTHORIZATION_REVERSAL", 2_000, {}), ("CLEARING", 1_000, {}))  # case 3
+        + story(
+            c, ("AUTHORIZATION", 10_000, {}), ("CLEARING", 10_000, {}),
+            ("REFUND", 4_000, {"processing_code": "REFUND", "original_transaction_ref": f"{c}-ref"}),
+        )  # case 10
+        + story(d, ("AUTHORIZATION", 10_000, {"response_code": "51"}))  # case 12: declined
+        + story(e, ("AUTHORIZATION", 5_000, {"mcc": "5812"}), ("CLEARING", 5_000, {"mcc": "5812"}))  # no return window
+        + story(f, ("AUTHORIZATION", 5_000, {}), ("INCREMENTAL_AUTHORIZATION", 3_000, {}))  # case 4
+    )
+    expected = {
+        a: {"pending_minor": 0, "confirmed_minor": 400, "available_minor": 0, "lifetime_earned_minor": 400, "clawed_back_minor": 0},
+        b: {"pending_minor": 0, "confirmed_minor": 50, "available_minor": 0, "lifetime_earned_minor": 50, "clawed_back_minor": 0},
+        c: {"pending_minor": 0, "confirmed_minor": 300, "available_minor": 0, "lifetime_earned_minor": 500, "clawed_back_minor": 200},
+        d: None,
+        e: {"pending_minor": 0, "confirmed_minor": 0, "available_minor": 150, "lifetime_earned_minor": 150, "clawed_back_minor": 0},
+        f: {"pending_minor": 400, "confirmed_minor": 0, "available_minor": 0, "lifetime_earned_minor": 0, "clawed_back_minor": 0},
+    }
+    return records, expected
+
+
+def balance(base_url: str, account: str) -> dict[str, int] | None:
+    response = httpx.get(f"{base_url}/v1/accounts/{account}/balances", timeout=5)
+    if response.status_code == 404:
+        return None
+    response.raise_for_status()
+    (line,) = response.json()["balances"]
+    return {k: v for k, v in line.items() if k.endswith("_minor")}
+
+
+def wait_for_balance(base_url: str, account: str, expected: dict[str, int], timeout_s: float = 60) -> None:
+    wait_until(
+        lambda: balance(base_url, account) == expected, timeout_s, f"balance of {account} to be {expected}",
+        observe=lambda: balance(base_url, account),
+    )
+
+
+def sentinel(env: dict[str, str], base_url: str) -> None:
+    """Publish one more purchase and wait for it: everything published before it on its partition
+    has been processed by then."""
+    account = f"sentinel-{uuid.uuid4().hex[:6]}"
+    records = [card_record("AUTHORIZATION", 2_000, account_id=account, transaction_ref=f"{account}-ref")]
+    publish_records(env, records)
+    wait_for_balance(base_url, account, {"pending_minor": 100, "confirmed_minor": 0, "available_minor": 0,
+                                         "lifetime_earned_minor": 0, "clawed_back_minor": 0})
+
+
+async def _ledger_count(database_url: str, accounts: list[str]) -> int:
+    connection = await asyncpg.connect(database_url)
+    try:
+        return await connection.fetchval("SELECT count(*) FROM ledger_entries WHERE account_id = ANY($1)", accounts)
+    finally:
+        await connection.close()
+
+
+def test_card_events_become_balances_in_the_api(pipeline) -> None:  # type: ignore[no-untyped-def]
+    processes, base_url = pipeline
+    records, expected = purchase_stories("e2e")
+    publish_records(processes.env, records)
+    for account, want in expected.items():
+        if want is not None:
+            wait_for_balance(base_url, account, want)
+    declined = httpx.get(f"{base_url}/v1/accounts/e2e-d/balances", timeout=5)
+    assert declined.status_code == 404 and "no cashback" in declined.json()["detail"]
+
+    history = httpx.get(f"{base_url}/v1/accounts/e2e-c/history", params={"limit": 2}, timeout=5).json()
+    assert [line["entry_kind"] for line in history["entries"]] == ["CLAWED_BACK", "CONFIRMED"]
+    assert history["entries"][0]["amount_minor"] == 200 and history["entries"][0]["explanation"]["reason"] == "refund"
+    assert history["next_cursor"]
+    older = httpx.get(f"{base_url}/v1/accounts/e2e-c/history", params={"cursor": history["next_cursor"]}, timeout=5).json()
+    assert [line["entry_kind"] for line in older["entries"]] == ["PENDING_CREATED"] and older["next_cursor"] is None
+    assert httpx.get(f"{base_url}/openapi.json", timeout=5).json()["paths"]["/v1/accounts/{account_id}/balances"]
+
+
+def test_publishing_the_same_events_twice_changes_nothing(pipeline) -> None:  # type: ignore[no-untyped-def]
+    processes, base_url = pipeline
+    records, expected = purchase_stories("replay")
+    publish_records(processes.env, records)
+    for account, want in expected.items():
+        if want is not None:
+            wait_for_balance(base_url, account, want)
+    accounts = list(expected)
+    entries_before = asyncio.run(_ledger_count(processes.env["DATABASE_URL"], accounts))
+
+    publish_records(processes.env, records)  # the whole stream again, same event ids
+    sentinel(processes.env, base_url)
+
+    for account, want in expected.items():
+        assert balance(base_url, account) == want
+    assert asyncio.run(_ledger_count(processes.env["DATABASE_URL"], accounts)) == entries_before
+
+
+def _luhn_number(rng: random.Random) -> str:
+    from stream.events import luhn_valid
+
+    while True:
+        digits = "".join(rng.choice("0123456789") for _ in range(16))
+        if luhn_valid(digits):
+            return digits
+
+
+async def _read_dead_letters(bootstrap: str, topic: str, want: int, timeout_s: float = 60) -> list[dict[str, Any]]:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest")
+    await consumer.start()
+    letters: list[dict[str, Any]] = []
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while len(letters) < want and loop.time() < deadline:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for record in records:
+                    assert record.value[:1] == b"\x00"
+                    letters.append(fastavro.schemaless_reader(io.BytesIO(record.value[5:]), DEAD_LETTER_SCHEMA))
+    finally:
+        await consumer.stop()
+    return letters
+
+
+def test_bad_messages_go_to_dead_letters_and_good_ones_still_count(pipeline) -> None:  # type: ignore[no-untyped-def]
+    processes, base_url = pipeline
+    env = processes.env
+    rng = random.Random(7)
+    account = "dlq-good"
+    good_auth = card_record("AUTHORIZATION", 10_000, account_id=account, transaction_ref="dlq-ref", event_id="dlq-1")
+    good_clearing = card_record("CLEARING", 10_000, account_id=account, transaction_ref="dlq-ref", event_id="dlq-2")
+    card_number = _luhn_number(rng)
+    auth_topic = env["TOPIC_PREFIX"] + "card.authorizations"
+
+    def bad(**changes: Any) -> tuple[str, bytes, bytes]:
+        record = card_record("AUTHORIZATION", 1_000, account_id="dlq-bad", event_id=f"bad-{uuid.uuid4().hex[:6]}")
+        record.update(changes)
+        return auth_topic, b"dlq-bad", wire(record)
+
+    bad_messages = {
+        "undecodable": (auth_topic, b"dlq-bad", struct.pack(">bI", 0, IDS["authorization_event.avsc"]) + b"\xff\xff\xff"),
+        "bad_magic_byte": (auth_topic, b"dlq-bad", b"\x07garbage-bytes"),
+        "unknown_schema_id": (auth_topic, b"dlq-bad", struct.pack(">bI", 0, 424_242) + b"\x02"),
+        "invalid_mcc": bad(mcc="54A1"),
+        "negative_amount": bad(amount_minor=-100, billing_amount_minor=-100),
+        "unknown_currency": bad(billing_currency="XYZ"),
+        "card_number_detected": bad(merchant_name=f"SHOP {card_number}"),
+        "key_mismatch": (auth_topic, b"someone-else", wire(card_record("AUTHORIZATION", 1_000, account_id="dlq-bad"))),
+    }
+    messages = [(auth_topic, account.encode(), wire(good_auth))]
+    messages += list(bad_messages.values())
+    messages.append((topic_for(env, good_clearing), account.encode(), wire(good_clearing)))
+    asyncio.run(publish(env["KAFKA_BOOTSTRAP_SERVERS"], messages))
+
+    wait_for_balance(base_url, account, {"pending_minor": 0, "confirmed_minor": 500, "available_minor": 0,
+                                         "lifetime_earned_minor": 500, "clawed_back_minor": 0})
+    letters = asyncio.run(_read_dead_letters(env["KAFKA_BOOTSTRAP_SERVERS"], env["TOPIC_PREFIX"] + "dead-letters", len(bad_messages)))
+    by_reason = {letter["reason"]: letter for letter in letters}
+    assert set(by_reason) == set(bad_messages)
+    for reason, (topic, key, value) in bad_messages.items():
+        letter = by_reason[reason]
+        assert (letter["source_topic"], letter["key"], letter["value"], letter["stage"]) == (topic, key, value, "matcher")
+        assert letter["source_offset"] >= 0 and 0 <= letter["source_partition"] < 4
+    assert by_reason["card_number_detected"]["detail"] == "field merchant_name: card_number_detected"
+    assert card_number not in processes.log("worker")
