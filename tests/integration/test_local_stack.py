@@ -1,0 +1,89 @@
+"""`make run`'s stack (``cashback local``) starts the whole system, serves balances computed from
+the simulator's stream, and stops cleanly on Ctrl-C with no process left behind."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from schemas.codec import Codec
+from stream.events import to_event, validate
+from stream.offers import OfferBook, load_offers_file
+from stream.rules import balances, decide
+from stream.simulate import Scenario, generate
+from tests.integration.conftest import wait_until
+
+pytestmark = pytest.mark.integration
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PURCHASES = 300
+
+
+def accounts_with_cashback(purchases: int) -> list[str]:
+    """Accounts the simulator's default stream (seed 1) gives cashback, by the pure engine."""
+    offers = OfferBook.of(load_offers_file(REPO_ROOT / "deploy" / "offers" / "example.yaml"))
+    states: dict[str, dict] = {}
+    entries: list[dict] = []
+    for message in generate(Scenario(purchases=purchases), Codec()):
+        if message.record is None or validate(message.record) is not None:
+            continue
+        event = to_event(message.record)
+        decision = decide(event, offers, states.get(event.account_id))
+        states[event.account_id] = decision.state
+        entries.extend(decision.entries)
+    earned = {key[0] for key, totals in balances(entries).items() if totals["lifetime_earned_minor"] > 0}
+    return sorted(earned)
+
+
+def test_local_stack_starts_serves_and_stops_cleanly() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL")}
+    stack = subprocess.Popen(
+        [sys.executable, "-m", "stream", "local", "--rate", "300", "--purchases", str(PURCHASES)],
+        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.extend(iter(stack.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    descendants: list[psutil.Process] = []
+    try:
+        wait_until(lambda: any("local stack is up" in line for line in output), 180, "the stack to start",
+                   observe=lambda: "".join(output[-20:]))
+        api = re.search(r"balance API\s+(http://127\.0\.0\.1:\d+)", "".join(output)).group(1)  # type: ignore[union-attr]
+        descendants = psutil.Process(stack.pid).children(recursive=True)
+        names = " ".join(" ".join(p.cmdline()) for p in descendants)
+        for part in ("kafka.Kafka", "postgres", "stream worker", "stream sink", "stream api"):
+            assert part in names, f"{part} is not running under the stack"
+
+        account = accounts_with_cashback(PURCHASES)[0]
+        found = wait_until(
+            lambda: httpx.get(f"{api}/v1/accounts/{account}/balances", timeout=5).status_code == 200, 120,
+            f"a balance for {account}",
+        )
+        assert found
+        metrics = httpx.get(f"{api}/metrics", timeout=5).text
+        assert "cashback_api_requests_total" in metrics
+    finally:
+        stack.send_signal(signal.SIGINT)
+        try:
+            code = stack.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            stack.kill()
+            raise
+        finally:
+            reader.join(timeout=10)
+            stack.stdout.close()  # type: ignore[union-attr]
+    assert code == 0, "".join(output[-40:])
+    time.sleep(1.5)  # let init reap the last children
+    alive = [p for p in descendants if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, f"left behind: {[' '.join(p.cmdline()) for p in alive]}"
+    assert "stopped" in "".join(output[-5:])
