@@ -74,8 +74,8 @@ class SchemaRegistryClient:
     """The few calls of the Confluent schema registry REST API the codec needs (sync, at start-up
     and on the rare unknown id)."""
 
-    def __init__(self, url: str, timeout_s: float = 5.0) -> None:
-        self._http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s)
+    def __init__(self, url: str, timeout_s: float = 5.0, transport: httpx.BaseTransport | None = None) -> None:
+        self._http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s, transport=transport)
 
     def register(self, subject: str, schema_json: str) -> int:
         response = self._http.post(
@@ -111,9 +111,11 @@ class Codec:
         self._headers = {s.subject: _HEADER.pack(MAGIC_BYTE, s.schema_id) for s in self._latest.values()}
 
     @classmethod
-    def from_registry(cls, url: str, schema_dir: Path = SCHEMA_DIR) -> "Codec":
+    def from_registry(
+        cls, url: str, schema_dir: Path = SCHEMA_DIR, transport: httpx.BaseTransport | None = None
+    ) -> "Codec":
         """Register the shipped schemas with the registry and use the ids it assigns."""
-        registry = SchemaRegistryClient(url)
+        registry = SchemaRegistryClient(url, transport=transport)
         ids = json.loads((schema_dir / "ids.json").read_text())
         schemas: dict[int, Schema] = {}
         for path in sorted(schema_dir.glob("*.avsc")):

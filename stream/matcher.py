@@ -108,7 +108,7 @@ class Matcher:
     async def handle(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> Outcome | None:
         """Process one input message (steps 1-3 of the module doc). Returns the outcome, or None
         when the message was dead-lettered."""
-        subject = self.input_subjects.get(topic)
+        subject = self.input_subjects[topic]  # only the two input topics reach here
         try:
             _, record = self.codec.decode(value, expected_subject=subject)
         except DecodeError as error:

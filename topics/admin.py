@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Iterable
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError, for_code
 
-from topics.catalogue import Catalogue
+from topics.catalogue import Catalogue, Topic
 
 log = logging.getLogger(__name__)
 
@@ -23,28 +24,53 @@ async def ensure_topics(
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **client_options)
     await admin.start()
     try:
-        existing = await _partition_counts(admin)
-        problems = [
-            f"topic {t.name} has {existing[t.name]} partitions, the catalogue says {t.partitions}"
-            for t in catalogue.all()
-            if t.name in existing and existing[t.name] != t.partitions
-        ]
-        if problems:
-            raise TopicMismatchError("; ".join(problems))
-        missing = [t for t in catalogue.all() if t.name not in existing]
+        wanted = catalogue.all()
+        existing = await _partition_counts(admin, wanted)
+        _check(wanted, existing)
+        missing = [t for t in wanted if t.name not in existing]
+        created: list[str] = []
         if missing:
-            await admin.create_topics(
+            response = await admin.create_topics(
                 [NewTopic(t.name, t.partitions, replication_factor, topic_configs=t.config()) for t in missing]
             )
-            log.info("created topics %s", ", ".join(t.name for t in missing))
-        return [t.name for t in missing]
+            # aiokafka reports per-topic failures in the response instead of raising them.
+            raced: list[Topic] = []
+            for name, code, *_ in response.topic_errors:
+                error = for_code(code) if code else None
+                if error is None:
+                    created.append(name)
+                elif error is TopicAlreadyExistsError:  # created meanwhile by another process
+                    raced.append(catalogue.by_name(name))
+                else:
+                    raise error(f"cannot create topic {name}")
+            if raced:
+                _check(raced, await _partition_counts(admin, raced))
+            if created:
+                log.info("created topics %s", ", ".join(created))
+        return created
     finally:
         await admin.close()
 
 
-async def _partition_counts(admin: AIOKafkaAdminClient) -> dict[str, int]:
-    names = await admin.list_topics()
-    if not names:
-        return {}
-    described = await admin.describe_topics(list(names))
-    return {d["topic"]: len(d["partitions"]) for d in described if not d.get("error_code")}
+def _check(topics: Iterable[Topic], existing: dict[str, int]) -> None:
+    problems = [
+        f"topic {t.name} has {existing[t.name]} partitions, the catalogue says {t.partitions}"
+        for t in topics
+        if t.name in existing and existing[t.name] != t.partitions
+    ]
+    if problems:
+        raise TopicMismatchError("; ".join(problems))
+
+
+async def _partition_counts(admin: AIOKafkaAdminClient, topics: Iterable[Topic]) -> dict[str, int]:
+    """Partition counts of those of ``topics`` that exist."""
+    described = await admin.describe_topics([t.name for t in topics])
+    counts: dict[str, int] = {}
+    for description in described:
+        code = description.get("error_code", 0)
+        if code == UnknownTopicOrPartitionError.errno:
+            continue
+        if code:
+            raise for_code(code)(f"cannot describe topic {description['topic']}")
+        counts[description["topic"]] = len(description["partitions"])
+    return counts

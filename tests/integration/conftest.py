@@ -79,6 +79,7 @@ class Processes:
         self.env = env
         self.log_dir = log_dir
         self.children: dict[str, object] = {}
+        self.metrics_ports: dict[str, int] = {}
 
     def cli(self, *args: str, timeout_s: float = 120.0) -> str:
         import subprocess
@@ -105,6 +106,19 @@ class Processes:
     def stop_all(self) -> None:
         for name in list(self.children):
             self.stop(name)
+
+    def metric(self, name: str, sample: str, labels: dict[str, str] | None = None) -> float | None:
+        """The sum of the samples of a process's /metrics matching ``labels`` (None when absent)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = httpx.get(f"http://127.0.0.1:{self.metrics_ports[name]}/metrics", timeout=5).text
+        values = [
+            found.value
+            for family in text_string_to_metric_families(text)
+            for found in family.samples
+            if found.name == sample and all(found.labels.get(k) == v for k, v in (labels or {}).items())
+        ]
+        return sum(values) if values else None
 
     def log(self, name: str) -> str:
         path = self.log_dir / f"{name}.log"
@@ -154,8 +168,9 @@ def pipeline(
     processes = Processes(env, log_dir)
     processes.cli("topics")
     processes.cli("offers", "load", str(REPO_ROOT / "tests" / "integration" / "offers.yaml"))
-    processes.start("worker", "worker")
-    processes.start("sink", "sink")
+    processes.metrics_ports = {"worker": free_port(), "sink": free_port()}
+    processes.start("worker", "worker", env={"METRICS_PORT": str(processes.metrics_ports["worker"])})
+    processes.start("sink", "sink", env={"METRICS_PORT": str(processes.metrics_ports["sink"])})
     processes.start("api", "api")
     base_url = f"http://127.0.0.1:{api_port}"
     failed_before = request.session.testsfailed

@@ -19,7 +19,7 @@ import pytest
 from schemas.codec import Codec
 from stream.events import to_event, validate
 from stream.offers import OfferBook, load_offers_file
-from stream.rules import balances, decide
+from stream.rules import Outcome, balances, decide
 from stream.simulate import Scenario, generate
 from tests.integration.conftest import wait_until
 
@@ -40,7 +40,8 @@ def accounts_with_cashback(purchases: int) -> list[str]:
         event = to_event(message.record)
         decision = decide(event, offers, states.get(event.account_id))
         states[event.account_id] = decision.state
-        entries.extend(decision.entries)
+        if decision.outcome is not Outcome.DUPLICATE:
+            entries.extend(decision.entries)
     earned = {key[0] for key, totals in balances(entries).items() if totals["lifetime_earned_minor"] > 0}
     return sorted(earned)
 

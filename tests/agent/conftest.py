@@ -1,0 +1,235 @@
+"""Agent-tier fixtures: the real ``Matcher`` agent driven through Faust's ``agent.test_context()``.
+
+No broker: nothing here connects anywhere (the bootstrap address is a closed port). What is
+replaced, and why:
+
+- ``matcher.accruals.send`` and ``matcher.dead_letters.send`` record what the agent sends (the real
+  sends are covered by the integration tests against a real broker);
+- the offer mirror is not run: its ``book`` is set directly and ``ready`` is set by the test;
+- ``matcher.handle`` is wrapped (the original still does all the work) so a test can wait until
+  the agent has *finished* an event. ``AgentTestWrapper.put(wait=True)`` is not that signal: for an
+  agent that does not yield, it returns as soon as the value has passed the stream's processors,
+  i.e. before the agent body has handled it (as soon as a send really suspends, the caller resumes
+  first). It also never returns while the agent is blocked before its loop (offers not ready);
+- each put names a real input topic: by default the test wrapper stamps every message with the
+  topic ``"<internal>"`` (the agent's channel has two topics, so it has no single name), for which
+  ``Matcher.handle`` knows no expected Avro subject and would accept any schema.
+
+The table's changelog writes are real: they sit in the (never started) producer's buffer, where
+``AgentHarness.changelog()`` reads them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import faust
+import pytest
+import pytest_asyncio
+
+from schemas.codec import Codec
+from stream.matcher import Matcher
+from stream.rules import Outcome
+from stream.settings import Settings
+from tests.factories import book
+
+ACCOUNT = "acct-1"
+ACCOUNT_KEY = ACCOUNT.encode()
+WAIT_S = 5.0  # upper bound of every wait for the agent; a passing test never gets near it
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    key: bytes | None
+    value: bytes | None
+    force: bool
+    options: dict[str, Any]
+
+
+class SendRecorder:
+    """Stands in for ``Topic.send``: records each call, sends nothing."""
+
+    def __init__(self) -> None:
+        self.sent: list[Sent] = []
+
+    async def __call__(self, *, key: bytes | None = None, value: bytes | None = None, force: bool = False, **options: Any) -> None:
+        self.sent.append(Sent(key, value, force, options))
+
+
+@dataclass(frozen=True, slots=True)
+class Handled:
+    """One message the agent finished: where it came from and what ``handle`` returned."""
+
+    topic: str
+    partition: int
+    offset: int
+    outcome: Outcome | None  # None: dead-lettered
+
+
+@dataclass
+class AgentHarness:
+    matcher: Matcher
+    agent: Any  # faust's AgentTestWrapper
+    codec: Codec
+    accruals: SendRecorder
+    dead_letters: SendRecorder
+    handled: list[Handled] = field(default_factory=list)
+    changelog_messages: list[tuple[bytes, Any, int]] = field(default_factory=list)
+    _done: asyncio.Condition = field(default_factory=asyncio.Condition)
+    _failure: BaseException | None = None
+    _named: dict[str, faust.types.TopicT] = field(default_factory=dict)
+
+    @property
+    def auth_topic(self) -> str:
+        return self.matcher.topics.authorizations.name
+
+    @property
+    def settlement_topic(self) -> str:
+        return self.matcher.topics.settlements.name
+
+    async def put(self, value: bytes | None, key: bytes | None = ACCOUNT_KEY, *, topic: str | None = None, partition: int = 0) -> Handled:
+        """Put one raw message on the agent, as if read from ``topic`` (default: authorizations),
+        and wait until the agent has handled it."""
+        expected = len(self.handled) + 1
+        await self.put_nowait(value, key, topic=topic, partition=partition)
+        return await self.wait_handled(expected)
+
+    async def put_nowait(self, value: bytes | None, key: bytes | None = ACCOUNT_KEY, *, topic: str | None = None, partition: int = 0) -> int:
+        """Put one raw message without waiting; returns the offset it was given."""
+        name = topic or self.auth_topic
+        if name not in self._named:
+            self._named[name] = self.matcher.app.topic(name, key_serializer="raw", value_serializer="raw")
+        # The wrapper names messages after its ``original_channel``; a single-topic one has a name.
+        self.agent.original_channel = self._named[name]
+        offset = int(self.agent.sent_offset)
+        await self.agent.put(value=value, key=key, partition=partition, wait=False)
+        return offset
+
+    async def wait_handled(self, count: int, timeout_s: float = WAIT_S) -> Handled:
+        """Wait until ``count`` messages have been handled in all; return the last one."""
+        async with self._done:
+            await asyncio.wait_for(self._done.wait_for(lambda: len(self.handled) >= count or self._failure is not None), timeout_s)
+        if self._failure is not None:
+            raise AssertionError("the agent failed while handling a message") from self._failure
+        return self.handled[count - 1]
+
+    async def _record(self, original: Any, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> Outcome | None:
+        try:
+            outcome = await original(topic, partition, offset, key, value)
+        except BaseException as error:
+            self._failure = error
+            async with self._done:
+                self._done.notify_all()
+            raise
+        async with self._done:
+            self.handled.append(Handled(topic, partition, offset, outcome))
+            self._done.notify_all()
+        return outcome
+
+    def accruals_decoded(self) -> list[tuple[bytes | None, dict[str, Any]]]:
+        result = []
+        for sent in self.accruals.sent:
+            subject, record = self.codec.decode(sent.value, expected_subject="accrual")
+            result.append((sent.key, record))
+        return result
+
+    def dead_letters_decoded(self) -> list[tuple[bytes | None, dict[str, Any]]]:
+        result = []
+        for sent in self.dead_letters.sent:
+            subject, record = self.codec.decode(sent.value, expected_subject="dead_letter")
+            result.append((sent.key, record))
+        return result
+
+    def changelog(self) -> list[tuple[bytes, Any, int]]:
+        """Every write the table has queued for its changelog topic so far: (serialized key,
+        decoded value, partition). The producer is never started, so they wait in its buffer."""
+        pending = self.matcher.app.producer.buffer.pending
+        changelog_topic = self.matcher.states.changelog_topic.get_topic_name()
+        while not pending.empty():
+            message = pending.get_nowait().message
+            if message.channel.get_topic_name() == changelog_topic:
+                self.changelog_messages.append((message.key, json.loads(message.value), message.partition))
+        return list(self.changelog_messages)
+
+    def state(self, account: str = ACCOUNT) -> dict[str, Any] | None:
+        return self.matcher.states.get(account)
+
+
+def encode_auth(codec: Codec, record: dict[str, Any]) -> bytes:
+    return codec.encode("authorization_event", record)
+
+
+def encode_settlement(codec: Codec, record: dict[str, Any]) -> bytes:
+    return codec.encode("settlement_event", record)
+
+
+@pytest.fixture(scope="session")
+def codec() -> Codec:
+    return Codec()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    # Port 9 (discard): nothing in this tier may reach a broker; if something tried, it would fail.
+    return Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9", "WORKER_DATA_DIR": str(tmp_path / "worker")})
+
+
+@pytest_asyncio.fixture
+async def matcher(settings: Settings, codec: Codec) -> AsyncIterator[Matcher]:
+    matcher = Matcher(settings, codec)
+    matcher.app.conf.store = "memory://"
+    matcher.app.finalize()
+    matcher.app.conf.autodiscover = False
+    matcher.offers.book = book()  # the default: 5% at MCC 5411
+    yield matcher
+    # Acking an event creates the app's consumer, whose (never started) consumer thread owns an
+    # event loop that only its own start/stop would close. Close it, or it warns when collected.
+    consumer = matcher.app._consumer  # noqa: SLF001 - app.consumer would create one
+    if consumer is not None:
+        thread = getattr(consumer, "_thread", None)
+        loop = getattr(thread, "thread_loop", None)
+        if loop is not None and not loop.is_running() and not loop.is_closed():
+            loop.close()
+
+
+@asynccontextmanager
+async def agent_harness(matcher: Matcher, codec: Codec, *, ready: bool = True) -> AsyncIterator[AgentHarness]:
+    accruals, dead_letters = SendRecorder(), SendRecorder()
+    matcher.accruals.send = accruals  # type: ignore[method-assign]
+    matcher.dead_letters.send = dead_letters  # type: ignore[method-assign]
+    if ready:
+        matcher.offers.ready.set()
+    # test_context starts the agent only, not the app: the app's tasks and timers (the offer
+    # mirror, the lag gauge; Faust starts both in App.on_started) must never run, they would reach
+    # for the broker. Checked, not assumed.
+    background: list[str] = []
+
+    async def mirror_must_not_run() -> None:
+        background.append("offer mirror")
+
+    matcher.offers.run = mirror_must_not_run  # type: ignore[method-assign]
+    async with matcher.agent.test_context() as agent:
+        harness = AgentHarness(matcher, agent, codec, accruals, dead_letters)
+        original = matcher.handle
+
+        async def handle(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> Outcome | None:
+            return await harness._record(original, topic, partition, offset, key, value)
+
+        matcher.handle = handle  # type: ignore[method-assign]
+        try:
+            yield harness
+        finally:
+            matcher.handle = original  # type: ignore[method-assign]
+    assert background == [], f"app background work ran under test_context: {background}"
+    assert not matcher.app.started
+
+
+@pytest_asyncio.fixture
+async def harness(matcher: Matcher, codec: Codec) -> AsyncIterator[AgentHarness]:
+    async with agent_harness(matcher, codec) as harness:
+        yield harness

@@ -1,0 +1,85 @@
+"""A Faust behaviour the matcher's delivery guarantee rests on, pinned against the installed Faust.
+
+At-least-once: the matcher hands its accruals and dead letters to the producer with
+``send(force=True)`` and the table queues its changelog writes in the producer's buffer; none of
+them is awaited per event. That is only safe because Faust, before it commits the input offsets
+(outside a Kafka transaction, our ``processing_guarantee="at_least_once"``), awaits
+``app.producer.flush()`` (``Consumer._commit_offsets`` in ``faust/transport/consumer.py``). So an
+offset is never committed for an event whose outputs might still be lost in a crash: the worst
+case is a redelivery, which the state's seen-events make harmless.
+
+If a Faust upgrade stops flushing first (or commits while the flush is still running, or commits
+although it failed), this test fails, and the matcher must await its sends instead.
+
+The consumer is Faust's real aiokafka consumer of the matcher's app, never started; only its
+lowest layer (``_commit``: the call to the broker) and the producer are fakes that record the
+order of events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Mapping
+
+import pytest
+from faust.types import TP, Message
+
+from stream.matcher import Matcher
+
+
+class RecordingProducer:
+    """Only what the commit path uses of a producer: ``flush``, which takes a while."""
+
+    def __init__(self, calls: list[object], fail: bool = False) -> None:
+        self.calls = calls
+        self.fail = fail
+
+    async def flush(self) -> None:
+        self.calls.append("flush started")
+        await asyncio.sleep(0.01)  # a real flush waits for the broker's acks
+        if self.fail:
+            self.calls.append("flush failed")
+            raise ConnectionError("broker unreachable")
+        self.calls.append("flush done")
+
+
+@pytest.mark.asyncio
+async def test_consumer_flushes_the_producer_before_committing_offsets(matcher: Matcher) -> None:
+    app = matcher.app
+    assert app.conf.processing_guarantee.value == "at_least_once"
+    calls: list[object] = []
+    consumer = app.consumer
+    assert not consumer.in_transaction
+    tp = TP(matcher.topics.authorizations.name, 2)
+    consumer.assignment = lambda: {tp}  # type: ignore[method-assign]
+
+    async def commit_to_broker(offsets: Mapping[TP, int]) -> bool:
+        calls.append(("commit", dict(offsets)))
+        return True
+
+    consumer._commit = commit_to_broker  # type: ignore[method-assign]  # noqa: SLF001 - the broker call
+    # The conductor learns which topics are acked (our input topic is) as the worker subscribes.
+    app.topics.add(matcher.input)
+    await app.topics._update_indices()  # noqa: SLF001 - what subscribing does, without a broker
+
+    def processed(offset: int) -> bool:
+        message = Message(
+            topic=tp.topic, partition=tp.partition, offset=offset, timestamp=time.time(), timestamp_type=0,
+            headers=None, key=b"acct-1", value=b"", checksum=None,
+        )
+        return consumer.ack(message)
+
+    # A flush that fails: the offset is not committed (the event will be redelivered).
+    app.producer = RecordingProducer(calls, fail=True)
+    assert processed(41)
+    with pytest.raises(ConnectionError):
+        await consumer.commit()
+    assert calls == ["flush started", "flush failed"]
+
+    # A flush that succeeds: the commit comes after it has finished, with the next offset to read.
+    calls.clear()
+    app.producer = RecordingProducer(calls)
+    assert processed(42)
+    assert await consumer.commit()
+    assert calls == ["flush started", "flush done", ("commit", {tp: 43})]

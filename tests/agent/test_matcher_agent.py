@@ -1,0 +1,262 @@
+"""The matcher agent end to end inside one process: raw bytes in through Faust's test context,
+accruals, dead letters, table state and metrics out. No broker (see conftest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+import struct
+
+import pytest
+from prometheus_client import REGISTRY
+
+from stream.events import luhn_valid
+from stream.rules import Outcome
+from tests.agent.conftest import ACCOUNT, ACCOUNT_KEY, AgentHarness, agent_harness, encode_auth, encode_settlement
+from tests.factories import card_record
+
+pytestmark = pytest.mark.asyncio
+
+
+def counter(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def generated_card_number() -> str:
+    """A Luhn-valid 16-digit number, made up at run time (never written in this file)."""
+    body = "4" + "".join(random.choice("0123456789") for _ in range(14))
+    total = 0
+    for index, char in enumerate(reversed(body)):  # the check digit will sit to the right of body
+        value = int(char)
+        if index % 2 == 0:
+            value *= 2
+            if value > 9:
+                value -= 9
+        total += value
+    number = body + str((10 - total % 10) % 10)
+    valid = len(number) == 16 and luhn_valid(number)
+    assert valid  # (a boolean: a failure report must not print the number)
+    return number
+
+
+# --- 1. an approved authorisation earns --------------------------------------------------------
+
+
+async def test_approved_authorization_emits_pending_accrual_and_stores_state(harness: AgentHarness) -> None:
+    record = card_record(amount_minor=10_000, mcc="5411")
+
+    handled = await harness.put(encode_auth(harness.codec, record), ACCOUNT_KEY, partition=3)
+
+    assert handled.outcome is Outcome.EARNED
+    assert (handled.topic, handled.partition) == (harness.auth_topic, 3)
+    assert harness.dead_letters.sent == []
+    [(key, accrual)] = harness.accruals_decoded()
+    assert key == ACCOUNT_KEY
+    assert accrual["accrual_id"] == f"{record['event_id']}#0"
+    assert accrual["source_event_id"] == record["event_id"]
+    assert accrual["account_id"] == ACCOUNT
+    assert accrual["entry_kind"] == "PENDING_CREATED"
+    assert (accrual["debit_book"], accrual["credit_book"]) == ("EXPENSE", "PENDING")
+    assert (accrual["amount_minor"], accrual["currency"]) == (500, "EUR")
+    assert accrual["offer_id"] == "grocery-5"
+    assert accrual["explanation"]["basis_minor"] == 10_000
+    assert accrual["explanation"]["rate_bps"] == 500
+
+    state = harness.state()
+    assert state is not None
+    txn = state["txns"][record["transaction_ref"]]
+    assert txn["status"] == "authorized"
+    assert txn["authorized_basis"] == 10_000
+    assert [share["pending"] for share in txn["shares"]] == [500]
+    assert record["event_id"] in state["seen"]
+    # The new state went to the table's changelog, on the input message's partition (co-partitioned).
+    [(changelog_key, changelog_value, changelog_partition)] = harness.changelog()
+    assert changelog_key == b'"acct-1"'
+    assert changelog_partition == 3
+    assert changelog_value == state
+
+
+# --- 2. state carries across events ------------------------------------------------------------
+
+
+async def test_clearing_after_authorization_confirms_from_pending(harness: AgentHarness) -> None:
+    auth = card_record(amount_minor=10_000, transaction_ref="txn-carry")
+    clearing = card_record("CLEARING", amount_minor=10_000, transaction_ref="txn-carry")
+
+    first = await harness.put(encode_auth(harness.codec, auth))
+    second = await harness.put(encode_settlement(harness.codec, clearing), topic=harness.settlement_topic)
+
+    assert (first.outcome, second.outcome) == (Outcome.EARNED, Outcome.CONFIRMED)
+    assert harness.dead_letters.sent == []
+    entries = [record for _, record in harness.accruals_decoded()]
+    assert [e["entry_kind"] for e in entries] == ["PENDING_CREATED", "CONFIRMED"]
+    confirmed = entries[1]
+    # From PENDING, not a force post from EXPENSE: the clearing saw the authorisation's state.
+    assert (confirmed["debit_book"], confirmed["credit_book"], confirmed["amount_minor"]) == ("PENDING", "CONFIRMED", 500)
+    assert confirmed["accrual_id"] == f"{clearing['event_id']}#0"
+    assert confirmed["explanation"]["force_post"] is False
+    txn = harness.state()["txns"]["txn-carry"]
+    assert txn["status"] == "cleared"
+    assert txn["cleared_basis"] == 10_000
+    [share] = txn["shares"]
+    assert (share["pending"], share["confirmed"], share["earned"]) == (0, 500, 500)
+    assert set(harness.state()["seen"]) == {auth["event_id"], clearing["event_id"]}
+
+
+# --- 3. bad messages are dead-lettered, processing goes on --------------------------------------
+
+
+def _undecodable(codec) -> bytes:
+    return encode_auth(codec, card_record())[:12]  # a valid header, a truncated body
+
+
+def _unknown_schema_id(codec) -> bytes:
+    body = encode_auth(codec, card_record())[5:]
+    return struct.pack(">bI", 0, 999) + body
+
+
+BAD_MESSAGES = {
+    "undecodable": (_undecodable, ACCOUNT_KEY, "undecodable"),
+    "unknown_schema_id": (_unknown_schema_id, ACCOUNT_KEY, "unknown_schema_id"),
+    "invalid_mcc": (lambda codec: encode_auth(codec, card_record(mcc="54A1")), ACCOUNT_KEY, "invalid_mcc"),
+    "negative_amount": (lambda codec: encode_auth(codec, card_record(amount_minor=-100)), ACCOUNT_KEY, "negative_amount"),
+    "unknown_currency": (lambda codec: encode_auth(codec, card_record(currency="QQQ")), ACCOUNT_KEY, "unknown_currency"),
+    "key_mismatch": (lambda codec: encode_auth(codec, card_record()), b"acct-2", "key_mismatch"),
+    # A settlement record on the authorisations topic: only caught because the message names its
+    # real topic (under the test context's default "<internal>" any subject is accepted).
+    "wrong_schema": (lambda codec: encode_settlement(codec, card_record("CLEARING")), ACCOUNT_KEY, "wrong_schema"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_MESSAGES))
+async def test_bad_message_is_dead_lettered_and_the_next_is_processed(harness: AgentHarness, case: str) -> None:
+    make, key, reason = BAD_MESSAGES[case]
+    bad = make(harness.codec)
+    dead_before = counter("cashback_dead_letters_total", stage="matcher", reason=reason)
+
+    rejected = await harness.put(bad, key, partition=2)
+    good = await harness.put(encode_auth(harness.codec, card_record()))
+
+    assert rejected.outcome is None
+    assert good.outcome is Outcome.EARNED
+    [(dl_key, dead)] = harness.dead_letters_decoded()
+    assert dl_key == harness.auth_topic.encode()
+    assert dead["reason"] == reason
+    assert dead["value"] == bad
+    assert dead["key"] == key
+    assert (dead["source_topic"], dead["source_partition"], dead["source_offset"]) == (harness.auth_topic, 2, rejected.offset)
+    assert dead["stage"] == "matcher"
+    assert counter("cashback_dead_letters_total", stage="matcher", reason=reason) == dead_before + 1
+    # Only the good message produced an entry and a state change.
+    [(_, accrual)] = harness.accruals_decoded()
+    assert accrual["entry_kind"] == "PENDING_CREATED"
+    assert len(harness.changelog()) == 1
+
+
+async def test_card_number_in_merchant_name_is_dead_lettered_without_the_digits(
+    harness: AgentHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    pan = generated_card_number()
+    grouped = " ".join(pan[i : i + 4] for i in range(0, 16, 4))
+    bad = encode_auth(harness.codec, card_record(merchant_name=f"SHOP {grouped} PARIS"))
+    caplog.set_level(logging.DEBUG)
+
+    rejected = await harness.put(bad)
+    good = await harness.put(encode_auth(harness.codec, card_record()))
+
+    assert (rejected.outcome, good.outcome) == (None, Outcome.EARNED)
+    [(_, dead)] = harness.dead_letters_decoded()
+    assert dead["reason"] == "card_number_detected"
+    original_bytes_kept = dead["value"] == bad  # for the investigation (the topic is restricted)
+    assert original_bytes_kept
+    assert "merchant_name" in dead["detail"]
+    # Booleans first, so that a failure report does not print the number either.
+    detail_leaks = pan in dead["detail"] or pan[-4:] in dead["detail"] or re.search(r"\d{4}", dead["detail"]) is not None
+    log_leaks = pan in caplog.text or grouped in caplog.text
+    assert not detail_leaks
+    assert not log_leaks
+    [(_, accrual)] = harness.accruals_decoded()
+    assert set(harness.state()["seen"]) == {accrual["source_event_id"]}  # only the good event
+
+
+# --- 4. redelivery ------------------------------------------------------------------------------
+
+
+async def test_redelivered_event_changes_nothing_and_reemits_same_accruals(harness: AgentHarness) -> None:
+    value = encode_auth(harness.codec, card_record())
+    consumed_before = counter("cashback_events_consumed_total", event_type="AUTHORIZATION", outcome="duplicate")
+    accruals_before = counter("cashback_accruals_total", entry_kind="PENDING_CREATED", reward_kind="CASH")
+
+    first = await harness.put(value)
+    state_after_first = harness.state()
+    changelog_after_first = harness.changelog()
+    second = await harness.put(value)
+
+    assert (first.outcome, second.outcome) == (Outcome.EARNED, Outcome.DUPLICATE)
+    assert harness.state() is state_after_first  # no new state stored
+    assert harness.changelog() == changelog_after_first  # and nothing new written to the changelog
+    first_sent, second_sent = harness.accruals.sent
+    assert first_sent.value == second_sent.value and first_sent.key == second_sent.key
+    ids = [record["accrual_id"] for _, record in harness.accruals_decoded()]
+    assert ids[0] == ids[1]
+    assert harness.dead_letters.sent == []
+    # A replay is counted as consumed (outcome duplicate) but not as a new accrual.
+    assert counter("cashback_events_consumed_total", event_type="AUTHORIZATION", outcome="duplicate") == consumed_before + 1
+    assert counter("cashback_accruals_total", entry_kind="PENDING_CREATED", reward_kind="CASH") == accruals_before + 1
+
+
+async def test_same_event_id_with_other_content_is_quarantined(harness: AgentHarness) -> None:
+    original = card_record(amount_minor=10_000)
+    conflicting = dict(original, amount_minor=20_000, billing_amount_minor=20_000)
+    conflicting_bytes = encode_auth(harness.codec, conflicting)
+
+    await harness.put(encode_auth(harness.codec, original))
+    state_before = harness.state()
+    changelog_before = harness.changelog()
+    conflict = await harness.put(conflicting_bytes)
+
+    assert conflict.outcome is Outcome.DUPLICATE_CONFLICT
+    assert len(harness.accruals.sent) == 1  # only the original's
+    [(_, dead)] = harness.dead_letters_decoded()
+    assert dead["reason"] == "duplicate_conflict"
+    assert dead["value"] == conflicting_bytes
+    assert dead["source_offset"] == conflict.offset
+    assert harness.state() is state_before
+    assert harness.changelog() == changelog_before
+    assert harness.state()["txns"][original["transaction_ref"]]["authorized_basis"] == 10_000
+
+
+# --- 5. nothing is matched before the offers are known ------------------------------------------
+
+
+async def test_agent_waits_for_offers_before_processing(matcher, codec) -> None:
+    async with agent_harness(matcher, codec, ready=False) as harness:
+        await harness.put_nowait(encode_auth(codec, card_record()))
+        with pytest.raises(asyncio.TimeoutError):
+            await harness.wait_handled(1, timeout_s=0.3)
+        assert harness.handled == [] and harness.accruals.sent == [] and harness.state() is None
+
+        matcher.offers.ready.set()
+        handled = await harness.wait_handled(1)
+
+        assert handled.outcome is Outcome.EARNED
+        [(_, accrual)] = harness.accruals_decoded()
+        assert accrual["amount_minor"] == 500  # matched against the book that was there when ready
+
+
+# --- 6. metrics ---------------------------------------------------------------------------------
+
+
+async def test_consumed_counter_counts_earned_authorizations(harness: AgentHarness) -> None:
+    labels = {"event_type": "AUTHORIZATION", "outcome": "earned"}
+    before = counter("cashback_events_consumed_total", **labels)
+    declined_before = counter("cashback_events_consumed_total", event_type="AUTHORIZATION", outcome="declined")
+
+    await harness.put(encode_auth(harness.codec, card_record(transaction_ref="txn-a")))
+    await harness.put(encode_auth(harness.codec, card_record(transaction_ref="txn-b")))
+    await harness.put(encode_auth(harness.codec, card_record(transaction_ref="txn-c", response_code="05")))
+
+    assert counter("cashback_events_consumed_total", **labels) == before + 2
+    assert counter("cashback_events_consumed_total", event_type="AUTHORIZATION", outcome="declined") == declined_before + 1

@@ -1,0 +1,130 @@
+"""The balance API against a real Postgres: balances, paginated history with explanations,
+a 404 with a message for an unknown account, 4xx with a message for bad requests, readiness."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, AsyncIterator
+
+import asyncpg
+import pytest
+import httpx
+import pytest_asyncio
+
+from schemas.codec import Codec
+from stream import ledger
+from stream.api import create_app
+from stream.events import to_event
+from stream.rules import decide
+from stream.settings import Settings
+from stream.sink import staging_row
+from tests.factories import book, card_event
+from tests.integration.conftest import fresh_database
+
+pytestmark = pytest.mark.integration
+
+
+def _entries() -> list[dict[str, Any]]:
+    """Account api-1: five purchases of 100.00, authorised and cleared: 10 ledger lines."""
+    offers, state, entries = book(), None, []
+    for n in range(5):
+        for kind in ("AUTHORIZATION", "CLEARING"):
+            event = card_event(kind, 10_000, account_id="api-1", transaction_ref=f"api-ref-{n}")
+            decision = decide(event, offers, state)
+            state = decision.state
+            entries.extend(decision.entries)
+    return entries
+
+
+@pytest.fixture(scope="module")
+def database(postgres_url: str) -> str:
+    database = fresh_database(postgres_url)
+    codec = Codec()
+
+    async def prepare() -> None:
+        connection = await asyncpg.connect(database)
+        try:
+            await ledger.migrate(connection)
+            rows = []
+            for position, entry in enumerate(_entries()):
+                raw = codec.encode("accrual", entry)
+                rows.append(staging_row(position, codec.decode(raw)[1], raw))
+            await ledger.write_batch(connection, rows)
+        finally:
+            await connection.close()
+
+    asyncio.run(prepare())
+    return database
+
+
+@pytest_asyncio.fixture()
+async def client(database: str) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(Settings.from_env({"DATABASE_URL": database}))
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as http:
+            yield http
+
+
+@pytest.mark.asyncio
+async def test_balances_of_an_account(client: httpx.AsyncClient) -> None:
+    body = (await client.get("/v1/accounts/api-1/balances")).json()
+    assert body == {
+        "account_id": "api-1",
+        "balances": [{
+            "reward_kind": "CASH", "currency": "EUR", "pending_minor": 0, "confirmed_minor": 2_500,
+            "available_minor": 0, "lifetime_earned_minor": 2_500, "clawed_back_minor": 0, "available": "0.00 EUR",
+        }],
+    }
+
+
+@pytest.mark.asyncio
+async def test_history_pages_newest_first_with_explanations(client: httpx.AsyncClient) -> None:
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        params = {"limit": 4, **({"cursor": cursor} if cursor else {})}
+        page = (await client.get("/v1/accounts/api-1/history", params=params)).json()
+        seen += [line["accrual_id"] for line in page["entries"]]
+        pages += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert pages == 3 and len(seen) == len(set(seen)) == 10
+    newest = (await client.get("/v1/accounts/api-1/history", params={"limit": 1})).json()["entries"][0]
+    assert newest["entry_kind"] == "CONFIRMED"
+    assert newest["explanation"]["detail"] == "confirmed: 5.00% of 100.00 EUR = 5.00 EUR (rounded down)"
+    assert newest["explanation"]["rate_bps"] == 500 and newest["offer_id"] == "grocery-5"
+
+
+@pytest.mark.asyncio
+async def test_unknown_account_is_404_with_a_message(client: httpx.AsyncClient) -> None:
+    for path in ("/v1/accounts/nobody/balances", "/v1/accounts/nobody/history"):
+        response = await client.get(path)
+        assert response.status_code == 404
+        assert response.json() == {"detail": "account nobody has no cashback"}
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/v1/accounts/bad%20id!/balances", 422),
+        ("/v1/accounts/api-1/history?limit=0", 422),
+        ("/v1/accounts/api-1/history?limit=100000", 422),
+        ("/v1/accounts/api-1/history?cursor=not-a-cursor", 400),
+    ],
+)
+@pytest.mark.asyncio
+async def test_bad_requests_are_4xx_with_a_message(client: httpx.AsyncClient, path: str, status: int) -> None:
+    response = await client.get(path)
+    assert response.status_code == status
+    assert response.json()["detail"]
+
+
+@pytest.mark.asyncio
+async def test_health_readiness_openapi_and_metrics(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    assert (await client.get("/readyz")).json() == {"status": "ready"}
+    paths = (await client.get("/openapi.json")).json()["paths"]
+    assert {"/v1/accounts/{account_id}/balances", "/v1/accounts/{account_id}/history"} <= set(paths)
+    assert 'cashback_api_requests_total{route="/v1/accounts/{account_id}/balances"' in (await client.get("/metrics")).text

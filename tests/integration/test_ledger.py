@@ -1,0 +1,173 @@
+"""The Postgres ledger: balances from the SQL equal the pure engine's, a replayed batch changes
+nothing, conflicts are counted and not written, the journal is append-only, and a sink facing a
+Postgres outage blocks and retries the same batch instead of skipping it."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from prometheus_client import REGISTRY
+
+from schemas.codec import Codec
+from stream import ledger
+from stream.events import to_event, validate
+from stream.localstack.postgres import EmbeddedPostgres
+from stream.localstack.stack import free_port
+from stream.offers import OfferBook, load_offers_file
+from stream.rules import BALANCE_FIELDS, Outcome, balances, decide
+from stream.settings import Settings
+from stream.simulate import Scenario, generate
+from stream.sink import Sink, staging_row
+from tests.integration.conftest import REPO_ROOT, fresh_database
+from topics.catalogue import catalogue
+
+pytestmark = pytest.mark.integration
+
+CODEC = Codec()
+
+
+def simulated_entries(purchases: int, seed: int) -> list[dict[str, Any]]:
+    offers = OfferBook.of(load_offers_file(REPO_ROOT / "deploy" / "offers" / "example.yaml"))
+    states: dict[str, Any] = {}
+    entries: list[dict[str, Any]] = []
+    for message in generate(Scenario(seed=seed, accounts=50, purchases=purchases, bad_ratio=0)):
+        assert message.record is not None and validate(message.record) is None
+        event = to_event(message.record)
+        decision = decide(event, offers, states.get(event.account_id))
+        states[event.account_id] = decision.state
+        if decision.outcome is not Outcome.DUPLICATE:  # a duplicate re-emits entries already counted
+            entries.extend(decision.entries)
+    return entries
+
+
+def rows_of(entries: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    rows = []
+    for position, entry in enumerate(entries):
+        raw = CODEC.encode("accrual", entry)
+        rows.append(staging_row(position, CODEC.decode(raw)[1], raw))
+    return rows
+
+
+async def _connect_migrated(url: str) -> asyncpg.Connection:
+    connection = await asyncpg.connect(url)
+    await ledger.migrate(connection)
+    return connection
+
+
+async def _migrate_and_close(url: str) -> None:
+    connection = await _connect_migrated(url)
+    await connection.close()
+
+
+async def _balances(connection: asyncpg.Connection) -> dict[tuple[str, str, str], dict[str, int]]:
+    rows = await connection.fetch("SELECT * FROM balances")
+    return {(r["account_id"], r["reward_kind"], r["currency"]): {f: r[f] for f in BALANCE_FIELDS} for r in rows}
+
+
+@pytest.fixture()
+def database(postgres_url: str) -> str:
+    return fresh_database(postgres_url)
+
+
+def test_sql_balances_equal_the_engine_and_a_replay_changes_nothing(database: str) -> None:
+    entries = simulated_entries(purchases=600, seed=3)
+    rows = rows_of(entries)
+    ledger_rows = sum(1 for e in entries if e["entry_kind"] != "NOT_EARNED")
+
+    async def scenario() -> None:
+        connection = await _connect_migrated(database)
+        try:
+            assert await ledger.migrate(connection) == []  # already applied: nothing to do
+            written = 0
+            for start in range(0, len(rows), 97):  # uneven batches cut through accounts' histories
+                written += (await ledger.write_batch(connection, rows[start:start + 97])).written
+            assert written == ledger_rows
+            expected = {k: v for k, v in balances(entries).items()}
+            assert await _balances(connection) == expected
+
+            replay = await ledger.write_batch(connection, rows)
+            assert (replay.written, replay.duplicates, replay.conflicts) == (0, ledger_rows, 0)
+            assert await _balances(connection) == expected
+            assert await connection.fetchval("SELECT count(*) FROM ledger_entries") == ledger_rows
+            not_earned = sum(1 for e in entries if e["entry_kind"] == "NOT_EARNED")
+            assert await connection.fetchval("SELECT count(*) FROM purchases_not_earned") == not_earned
+        finally:
+            await connection.close()
+
+    asyncio.run(scenario())
+
+
+def test_same_entry_id_with_other_content_is_a_conflict_not_a_credit(database: str) -> None:
+    entry = next(e for e in simulated_entries(purchases=20, seed=5) if e["entry_kind"] == "PENDING_CREATED")
+    tampered = dict(entry, amount_minor=entry["amount_minor"] + 1_000)
+
+    async def scenario() -> None:
+        connection = await _connect_migrated(database)
+        try:
+            await ledger.write_batch(connection, rows_of([entry]))
+            result = await ledger.write_batch(connection, rows_of([tampered]))
+            assert (result.written, result.conflicts) == (0, 1)
+            amount = await connection.fetchval("SELECT amount_minor FROM ledger_entries WHERE accrual_id = $1", entry["accrual_id"])
+            assert amount == entry["amount_minor"]
+        finally:
+            await connection.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_journal_is_append_only_and_its_invariants_hold_in_the_database(database: str) -> None:
+    entry = next(e for e in simulated_entries(purchases=20, seed=5) if e["entry_kind"] == "PENDING_CREATED")
+
+    async def scenario() -> None:
+        connection = await _connect_migrated(database)
+        try:
+            await ledger.write_batch(connection, rows_of([entry]))
+            for statement in ("UPDATE ledger_entries SET amount_minor = 1", "DELETE FROM ledger_entries", "TRUNCATE ledger_entries"):
+                with pytest.raises(asyncpg.exceptions.InsufficientPrivilegeError, match="append-only"):
+                    await connection.execute(statement)
+            for broken in (dict(entry, amount_minor=0), dict(entry, debit_book="PENDING", credit_book="PENDING")):
+                broken["accrual_id"] += "-broken"
+                with pytest.raises(asyncpg.exceptions.CheckViolationError):
+                    await ledger.write_batch(connection, rows_of([broken]))
+        finally:
+            await connection.close()
+
+    asyncio.run(scenario())
+
+
+def test_sink_blocks_and_retries_while_postgres_is_down() -> None:
+    data_dir = Path(tempfile.mkdtemp(prefix="cashback-outage-"))
+    data_dir.chmod(0o755)
+    port = free_port()
+    server = EmbeddedPostgres(data_dir / "pg", port=port, fast=True)
+    try:
+        url = server.start()
+        asyncio.run(_migrate_and_close(url))
+        server.stop()  # the outage begins
+
+        entries = [e for e in simulated_entries(purchases=30, seed=9) if e["entry_kind"] != "NOT_EARNED"]
+        settings = Settings.from_env({"DATABASE_URL": url})
+        sink = Sink(settings, catalogue(), CODEC)
+        retries_before = REGISTRY.get_sample_value("cashback_sink_retries_total") or 0
+
+        async def scenario() -> ledger.BatchResult:
+            task = asyncio.create_task(sink._with_retry(rows_of(entries)))
+            await asyncio.sleep(2.0)
+            assert not task.done(), "the batch must wait for Postgres, not be skipped"
+            assert (REGISTRY.get_sample_value("cashback_sink_retries_total") or 0) > retries_before
+            await asyncio.to_thread(server.start)  # the outage ends
+            result = await asyncio.wait_for(task, 60)
+            await sink._drop_connection()
+            return result
+
+        result = asyncio.run(scenario())
+        assert result.written == len(entries)
+    finally:
+        server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
