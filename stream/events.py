@@ -85,14 +85,15 @@ class CardEvent:
 
     def fingerprint(self) -> str:
         """Digest of the content: the same event_id with another fingerprint is a conflict."""
-        canonical = "\x1f".join(str(getattr(self, name)) for name in self.__slots__)
+        canonical = repr(tuple(getattr(self, name) for name in self.__slots__))
         return hashlib.blake2b(canonical.encode(), digest_size=12).hexdigest()
 
 
 _REQUIRED_TEXT = ("event_id", "account_id", "card_token", "transaction_ref", "merchant_id")
 _AMOUNTS = ("amount_minor", "billing_amount_minor", "cashback_at_pos_minor")
-_MCC = re.compile(r"\d{4}")
-_DIGIT_RUNS = re.compile(r"(?<!\d)\d(?:[ -]?\d){12,18}(?!\d)")
+_MCC = re.compile(r"[0-9]{4}")
+# Groups of ASCII digits joined by single spaces or dashes: "4111 1111-1111 1111 12".
+_DIGIT_GROUPS = re.compile(r"[0-9]+(?:[ -][0-9]+)*")
 
 
 def luhn_valid(digits: str) -> bool:
@@ -108,11 +109,18 @@ def luhn_valid(digits: str) -> bool:
 
 
 def looks_like_card_number(text: str) -> bool:
-    """True when ``text`` holds 13 to 19 digits (spaces or dashes allowed) passing the Luhn check."""
-    for match in _DIGIT_RUNS.finditer(text):
-        digits = re.sub(r"[ -]", "", match.group())
-        if 13 <= len(digits) <= 19 and luhn_valid(digits):
-            return True
+    """True when ``text`` holds 13 to 19 digits passing the Luhn check, written together or in
+    groups split by spaces or dashes, even beside other digit groups ("<card> 12")."""
+    for match in _DIGIT_GROUPS.finditer(text):
+        groups = re.split(r"[ -]", match.group())
+        for first in range(len(groups)):
+            digits = ""
+            for group in groups[first:]:
+                digits += group
+                if len(digits) > 19:
+                    break
+                if len(digits) >= 13 and luhn_valid(digits):
+                    return True
     return False
 
 

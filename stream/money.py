@@ -108,6 +108,8 @@ def apply_rate(
     if basis_minor < 0 or rate_bps < 0:
         raise ValueError("basis and rate must not be negative")
     exact = basis_minor * rate_bps + carried_remainder
+    if exact < 0:  # an earlier rounding up paid ahead more than this purchase earns: nothing now
+        return RateResult(reward_minor=0, carried_remainder=exact)
     reward, remainder = divide(exact, BASIS_POINTS_PER_UNIT, rounding)
     return RateResult(reward_minor=reward, carried_remainder=remainder)
 

@@ -164,6 +164,13 @@ def _integer(raw: Mapping[str, Any], name: str, offer_id: str, default: Any, min
     return value
 
 
+def _boolean(raw: Mapping[str, Any], name: str, offer_id: str, default: bool) -> bool:
+    value = raw.get(name, default)
+    if not isinstance(value, bool):
+        raise OfferError(offer_id, name, f"{value!r} is not true or false")
+    return value
+
+
 def _enum(kind: type[enum.Enum], raw: Mapping[str, Any], name: str, offer_id: str, default: enum.Enum) -> Any:
     value = raw.get(name, default.value)
     try:
@@ -229,7 +236,7 @@ def parse_offer(raw: Mapping[str, Any]) -> Offer:
         pending_days=_integer(raw, "pending_days", offer_id, 30),
         auth_expiry_days=_integer(raw, "auth_expiry_days", offer_id, 30),
         accrue_on=_enum(AccrueOn, raw, "accrue_on", offer_id, AccrueOn.AUTHORIZATION),
-        stackable=bool(raw.get("stackable", False)),
+        stackable=_boolean(raw, "stackable", offer_id, False),
     )
 
 

@@ -385,14 +385,16 @@ def _on_clearing(step: _Step, offers: OfferBook) -> Outcome:
 
 def _claw_back(step: _Step, share: dict[str, Any], amount: int, reason: str, detail: str) -> int:
     """Take ``amount`` back: from CONFIRMED first, then AVAILABLE (which may go negative, recorded)."""
-    amount = min(amount, share["earned"] - share["clawed_back"])
+    # Never negative: a later clearing part can lower a refund's prorated target below what was
+    # already taken back; that is not a reason to give cashback back.
+    amount = max(0, min(amount, share["earned"] - share["clawed_back"]))
     from_confirmed = min(share["confirmed"], amount)
     step.entry("CLAWED_BACK", "CONFIRMED", "EXPENSE", from_confirmed, share, reason, detail)
     step.entry("CLAWED_BACK", "AVAILABLE", "EXPENSE", amount - from_confirmed, share, reason, detail)
     share["confirmed"] -= from_confirmed
     share["available"] -= amount - from_confirmed
     share["clawed_back"] += amount
-    return max(amount, 0)
+    return amount
 
 
 def _purchase_of(step: _Step) -> dict[str, Any] | None:

@@ -8,6 +8,7 @@ the variable's name.
 
 from __future__ import annotations
 
+import os
 from typing import Literal, Mapping
 
 from pydantic import Field, ValidationError, field_validator
@@ -66,11 +67,16 @@ class Settings(BaseSettings):
         return value
 
     @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):  # type: ignore[no-untyped-def]
+        # The only source is the mapping from_env() passes: nothing is read behind its back.
+        return (init_settings,)
+
+    @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
         """Build from ``environ`` (default: the process environment); ConfigError names the variable."""
+        if environ is None:
+            environ = os.environ
         try:
-            if environ is None:
-                return cls()
             known = {name.upper() for name in cls.model_fields}
             return cls(**{k.lower(): v for k, v in environ.items() if k.upper() in known})
         except ValidationError as exc:

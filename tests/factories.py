@@ -59,3 +59,61 @@ def offer(**overrides: Any) -> Offer:
 
 def book(*offers: Offer) -> OfferBook:
     return OfferBook.of(offers or (offer(),))
+
+
+# --- rules engine helpers (added for the unit tests; the functions above are unchanged) ---------
+
+
+def run_events(events: Any, offers: OfferBook | None = None, state: dict[str, Any] | None = None) -> tuple[
+    dict[str, Any] | None, list[dict[str, Any]], list[Any]
+]:
+    """Feed ``events`` in order through the pure rules engine; return (final state, all entries, outcomes)."""
+    from stream.rules import decide  # imported here so the factories above never depend on the engine
+
+    offers = offers if offers is not None else book()
+    entries: list[dict[str, Any]] = []
+    outcomes: list[Any] = []
+    for event in events:
+        decision = decide(event, offers, state)
+        state = decision.state
+        entries.extend(decision.entries)
+        outcomes.append(decision.outcome)
+    return state, entries, outcomes
+
+
+def legs(entries: Any) -> list[tuple[str, str, str, int]]:
+    """Entries as (kind, debit_book, credit_book, amount_minor): what a lifecycle test asserts."""
+    return [(e["entry_kind"], e["debit_book"], e["credit_book"], e["amount_minor"]) for e in entries]
+
+
+KEY = ("acct-1", "CASH", "EUR")  # the balances key of the factories' account
+
+
+def totals(pending: int = 0, confirmed: int = 0, available: int = 0, lifetime: int = 0, clawed: int = 0) -> dict[str, int]:
+    """One balances() row, every field named, zero unless given."""
+    return {
+        "pending_minor": pending,
+        "confirmed_minor": confirmed,
+        "available_minor": available,
+        "lifetime_earned_minor": lifetime,
+        "clawed_back_minor": clawed,
+    }
+
+
+def auth(amount_minor: int = 10_000, **overrides: Any) -> CardEvent:
+    return card_event("AUTHORIZATION", amount_minor, **overrides)
+
+
+def clearing(amount_minor: int = 10_000, **overrides: Any) -> CardEvent:
+    return card_event("CLEARING", amount_minor, **overrides)
+
+
+def after_purchase(event_type: str, amount_minor: int, **overrides: Any) -> CardEvent:
+    """A refund, chargeback or chargeback reversal pointing at purchase txn-1 under its own reference."""
+    fields: dict[str, Any] = {
+        "processing_code": "REFUND" if event_type == "REFUND" else "PURCHASE",
+        "transaction_ref": f"{event_type.lower()}-1",
+        "original_transaction_ref": "txn-1",
+        **overrides,
+    }
+    return card_event(event_type, amount_minor, **fields)

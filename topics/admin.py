@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, Iterable
 
@@ -44,7 +45,7 @@ async def ensure_topics(
                 else:
                     raise error(f"cannot create topic {name}")
             if raced:
-                _check(raced, await _partition_counts(admin, raced))
+                _check(raced, await _wait_described(admin, raced))
             if created:
                 log.info("created topics %s", ", ".join(created))
         return created
@@ -60,6 +61,19 @@ def _check(topics: Iterable[Topic], existing: dict[str, int]) -> None:
     ]
     if problems:
         raise TopicMismatchError("; ".join(problems))
+
+
+async def _wait_described(admin: AIOKafkaAdminClient, topics: list[Topic], timeout_s: float = 10.0) -> dict[str, int]:
+    """Partition counts of topics the broker says exist, waiting for its metadata to show them."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        counts = await _partition_counts(admin, topics)
+        if len(counts) == len(topics) or asyncio.get_running_loop().time() > deadline:
+            missing = [t.name for t in topics if t.name not in counts]
+            if missing:
+                raise TopicMismatchError(f"topics {', '.join(missing)} exist but cannot be described")
+            return counts
+        await asyncio.sleep(0.2)
 
 
 async def _partition_counts(admin: AIOKafkaAdminClient, topics: Iterable[Topic]) -> dict[str, int]:

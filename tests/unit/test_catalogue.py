@@ -1,0 +1,73 @@
+"""Unit tests of topics.catalogue: co-partitioning, compaction, unique names, schema subjects that exist."""
+
+from __future__ import annotations
+
+import pytest
+
+from schemas.codec import load_shipped_schemas
+from topics.catalogue import DAY_MS, Topic, catalogue
+
+
+@pytest.mark.parametrize("partitions", [1, 4, 12])
+def test_topics_keyed_by_account_are_co_partitioned(partitions: int) -> None:
+    topics = catalogue(partitions=partitions)
+    keyed_by_account = [t for t in topics.all() if t.key == "account_id"]
+    assert {t.name for t in keyed_by_account} == {
+        "cashback.card.authorizations",
+        "cashback.card.settlements",
+        "cashback.accruals",
+    }
+    assert all(t.co_partitioned for t in keyed_by_account)
+    assert {t.partitions for t in keyed_by_account} == {partitions}
+    assert all(t.partitions == partitions for t in topics.all() if t.co_partitioned)
+    assert all(t.co_partitioned for t in topics.inputs())
+
+
+def test_inputs_are_authorisations_then_settlements() -> None:
+    topics = catalogue()
+    assert [t.name for t in topics.inputs()] == ["cashback.card.authorizations", "cashback.card.settlements"]
+    assert [t.value_subject for t in topics.inputs()] == ["authorization_event", "settlement_event"]
+
+
+def test_offers_and_activations_are_compacted() -> None:
+    topics = catalogue()
+    for topic in (topics.offers, topics.activations):
+        assert topic.compacted and topic.retention_ms == -1
+        assert topic.config() == {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}
+    assert topics.offers.key == "offer_id"
+    assert topics.activations.key == "account_id:offer_id"
+
+
+def test_event_topics_are_deleted_after_their_retention() -> None:
+    topics = catalogue()
+    for topic in (*topics.inputs(), topics.accruals):
+        assert topic.config() == {"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)}
+    assert topics.dead_letters.config() == {"cleanup.policy": "delete", "retention.ms": "7776000000"}  # 90 days
+    assert not any(t.compacted for t in (*topics.inputs(), topics.accruals, topics.dead_letters))
+
+
+@pytest.mark.parametrize("prefix", ["cashback.", "test-1.", ""])
+def test_names_are_unique_and_prefixed(prefix: str) -> None:
+    names = [t.name for t in catalogue(prefix=prefix).all()]
+    assert len(names) == len(set(names)) == 6
+    assert all(name.startswith(prefix) for name in names)
+
+
+def test_by_name() -> None:
+    topics = catalogue(prefix="p.")
+    assert topics.by_name("p.accruals") is topics.accruals
+    assert topics.by_name("p.dead-letters") is topics.dead_letters
+    with pytest.raises(KeyError):
+        topics.by_name("cashback.accruals")
+
+
+def test_every_value_subject_is_a_shipped_schema() -> None:
+    subjects = {schema.subject for schema in load_shipped_schemas().values()}
+    assert {t.value_subject for t in catalogue().all()} == subjects
+
+
+def test_topics_are_immutable() -> None:
+    topic = catalogue().offers
+    assert isinstance(topic, Topic)
+    with pytest.raises(AttributeError):
+        topic.partitions = 8  # type: ignore[misc]

@@ -1,0 +1,181 @@
+"""Unit tests of stream.settings: defaults, ConfigError naming the variable, Kafka security options, docs table."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from stream.settings import ConfigError, Settings, documentation_table
+
+VARIABLES = [name.upper() for name in Settings.model_fields]
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Belt and braces: the settings read only the mapping given, and these tests also clear the environment."""
+    for name in VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+
+
+def test_defaults() -> None:
+    settings = Settings.from_env({})
+    assert settings.model_dump() == {
+        "kafka_bootstrap_servers": "127.0.0.1:9092",
+        "kafka_security_protocol": "PLAINTEXT",
+        "kafka_sasl_mechanism": None,
+        "kafka_sasl_username": None,
+        "kafka_sasl_password": None,
+        "kafka_ssl_cafile": None,
+        "schema_registry_url": None,
+        "topic_prefix": "cashback.",
+        "topic_partitions": 4,
+        "topic_replication_factor": 1,
+        "database_url": "postgresql://postgres@127.0.0.1:5432/cashback",
+        "app_id": "cashback",
+        "worker_data_dir": ".data/worker",
+        "sink_batch_size": 2000,
+        "sink_batch_wait_ms": 100,
+        "sink_group_id": "cashback-sink",
+        "metrics_port": 0,
+        "api_host": "127.0.0.1",
+        "api_port": 8080,
+        "log_level": "INFO",
+    }
+
+
+def test_values_are_read_and_converted() -> None:
+    settings = Settings.from_env(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": "broker-1:9092, broker-2:9093",
+            "topic_partitions": "12",  # names are case-insensitive
+            "LOG_LEVEL": "DEBUG",
+            "PATH": "/usr/bin",  # not ours: ignored
+        }
+    )
+    assert settings.kafka_bootstrap_servers == "broker-1:9092, broker-2:9093"
+    assert settings.topic_partitions == 12
+    assert settings.log_level == "DEBUG"
+
+
+def test_process_environment_is_the_default_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOPIC_PREFIX", "test.")
+    assert Settings.from_env().topic_prefix == "test."
+
+
+def test_an_explicit_mapping_is_the_only_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOPIC_PARTITIONS", "9")
+    assert Settings.from_env({}).topic_partitions == 4
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("TOPIC_PARTITIONS", "abc"),
+        ("TOPIC_PARTITIONS", "0"),
+        ("TOPIC_PARTITIONS", "1025"),
+        ("KAFKA_BOOTSTRAP_SERVERS", "nohostport"),
+        ("KAFKA_BOOTSTRAP_SERVERS", "broker:9092,other"),
+        ("KAFKA_BOOTSTRAP_SERVERS", ":9092"),
+        ("KAFKA_BOOTSTRAP_SERVERS", "broker:port"),
+        ("KAFKA_SECURITY_PROTOCOL", "TLS"),
+        ("KAFKA_SASL_MECHANISM", "GSSAPI"),
+        ("TOPIC_REPLICATION_FACTOR", "0"),
+        ("SINK_BATCH_SIZE", "0"),
+        ("SINK_BATCH_WAIT_MS", "-1"),
+        ("METRICS_PORT", "65536"),
+        ("API_PORT", "http"),
+        ("LOG_LEVEL", "TRACE"),
+    ],
+)
+def test_bad_value_names_the_variable(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({variable: value})
+    message = str(caught.value)
+    assert message.startswith("invalid configuration: ")
+    assert f"{variable}:" in message
+
+
+def test_lower_case_variable_is_named_in_upper_case() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"topic_partitions": "abc"})
+    assert "TOPIC_PARTITIONS" in str(caught.value)
+
+
+def test_every_bad_variable_is_named() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"TOPIC_PARTITIONS": "abc", "API_PORT": "-1"})
+    assert "TOPIC_PARTITIONS" in str(caught.value) and "API_PORT" in str(caught.value)
+
+
+def test_settings_are_frozen() -> None:
+    settings = Settings.from_env({})
+    with pytest.raises(ValidationError):
+        settings.topic_partitions = 8  # type: ignore[misc]
+
+
+def test_secrets_are_not_in_the_repr() -> None:
+    settings = Settings.from_env({"KAFKA_SASL_PASSWORD": "s3cret-pw", "DATABASE_URL": "postgresql://u:db-pw@h/x"})
+    assert "s3cret-pw" not in repr(settings)
+    assert "db-pw" not in repr(settings)
+
+
+def test_plaintext_client_options() -> None:
+    assert Settings.from_env({}).kafka_client_options() == {"security_protocol": "PLAINTEXT"}
+
+
+@pytest.mark.parametrize("protocol", ["SASL_PLAINTEXT", "SASL_SSL"])
+@pytest.mark.parametrize(
+    "credentials",
+    [
+        {},
+        {"KAFKA_SASL_MECHANISM": "PLAIN", "KAFKA_SASL_USERNAME": "user"},
+        {"KAFKA_SASL_USERNAME": "user", "KAFKA_SASL_PASSWORD": "pw"},
+        {"KAFKA_SASL_MECHANISM": "PLAIN", "KAFKA_SASL_PASSWORD": "pw"},
+    ],
+)
+def test_sasl_without_credentials_raises_config_error(protocol: str, credentials: dict[str, str]) -> None:
+    settings = Settings.from_env({"KAFKA_SECURITY_PROTOCOL": protocol, **credentials})
+    with pytest.raises(ConfigError) as caught:
+        settings.kafka_client_options()
+    for variable in ("KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD"):
+        assert variable in str(caught.value)
+
+
+def test_sasl_plaintext_client_options() -> None:
+    settings = Settings.from_env(
+        {
+            "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+            "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+            "KAFKA_SASL_USERNAME": "user",
+            "KAFKA_SASL_PASSWORD": "pw",
+        }
+    )
+    assert settings.kafka_client_options() == {
+        "security_protocol": "SASL_PLAINTEXT",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "user",
+        "sasl_plain_password": "pw",
+    }
+
+
+def test_ssl_client_options_carry_an_ssl_context() -> None:
+    import ssl
+
+    options = Settings.from_env({"KAFKA_SECURITY_PROTOCOL": "SSL"}).kafka_client_options()
+    assert options["security_protocol"] == "SSL"
+    assert isinstance(options["ssl_context"], ssl.SSLContext)
+    assert "sasl_mechanism" not in options
+
+
+def test_documentation_table_has_one_row_per_field() -> None:
+    lines = documentation_table().splitlines()
+    assert lines[:2] == ["| variable | default | meaning |", "|---|---|---|"]
+    rows = lines[2:]
+    assert len(rows) == len(Settings.model_fields) == 20
+    assert [row.split("`")[1] for row in rows] == VARIABLES
+    assert "| `TOPIC_PARTITIONS` | `4` | Partitions of the co-partitioned input and output topics. |" in rows
+    assert "| `KAFKA_SASL_PASSWORD` |  | SASL password (never logged). |" in rows
+    for row in rows:
+        assert "None" not in row
+        assert row.count("|") == 4
