@@ -116,6 +116,16 @@ def wait_for_balance(base_url: str, account: str, expected: dict[str, int], time
     )
 
 
+def publish_stories_and_wait(env: dict[str, str], base_url: str, tag: str):  # type: ignore[no-untyped-def]
+    """Publish purchase_stories(tag) and wait until every expected balance shows in the API."""
+    records, expected = purchase_stories(tag)
+    publish_records(env, records)
+    for account, want in expected.items():
+        if want is not None:
+            wait_for_balance(base_url, account, want)
+    return records, expected
+
+
 def sentinel(env: dict[str, str], base_url: str) -> None:
     """Publish one more purchase and wait for it: everything published before it on its partition
     has been processed by then."""
@@ -136,11 +146,7 @@ async def _ledger_count(database_url: str, accounts: list[str]) -> int:
 
 def test_card_events_become_balances_in_the_api(pipeline) -> None:  # type: ignore[no-untyped-def]
     processes, base_url = pipeline
-    records, expected = purchase_stories("e2e")
-    publish_records(processes.env, records)
-    for account, want in expected.items():
-        if want is not None:
-            wait_for_balance(base_url, account, want)
+    publish_stories_and_wait(processes.env, base_url, "e2e")
     declined = httpx.get(f"{base_url}/v1/accounts/e2e-d/balances", timeout=5)
     assert declined.status_code == 404 and "no cashback" in declined.json()["detail"]
 
@@ -178,11 +184,7 @@ def test_card_events_become_balances_in_the_api(pipeline) -> None:  # type: igno
 
 def test_publishing_the_same_events_twice_changes_nothing(pipeline) -> None:  # type: ignore[no-untyped-def]
     processes, base_url = pipeline
-    records, expected = purchase_stories("replay")
-    publish_records(processes.env, records)
-    for account, want in expected.items():
-        if want is not None:
-            wait_for_balance(base_url, account, want)
+    records, expected = publish_stories_and_wait(processes.env, base_url, "replay")
     accounts = list(expected)
     entries_before = asyncio.run(_ledger_count(processes.env["DATABASE_URL"], accounts))
 
