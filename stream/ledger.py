@@ -90,8 +90,9 @@ SELECT account_id, reward_kind, currency,
     sum(CASE WHEN credit_book = 'PENDING' THEN amount_minor WHEN debit_book = 'PENDING' THEN -amount_minor ELSE 0 END),
     sum(CASE WHEN credit_book = 'CONFIRMED' THEN amount_minor WHEN debit_book = 'CONFIRMED' THEN -amount_minor ELSE 0 END),
     sum(CASE WHEN credit_book = 'AVAILABLE' THEN amount_minor WHEN debit_book = 'AVAILABLE' THEN -amount_minor ELSE 0 END),
-    sum(CASE WHEN entry_kind IN ('CONFIRMED', 'RECREDITED') THEN amount_minor ELSE 0 END),
-    sum(CASE WHEN entry_kind = 'CLAWED_BACK' THEN amount_minor ELSE 0 END),
+    sum(CASE WHEN entry_kind = 'CONFIRMED' THEN amount_minor ELSE 0 END),
+    -- a reversed chargeback undoes its clawback rather than earning a second time
+    sum(CASE WHEN entry_kind = 'CLAWED_BACK' THEN amount_minor WHEN entry_kind = 'RECREDITED' THEN -amount_minor ELSE 0 END),
     count(*)
 FROM inserted GROUP BY account_id, reward_kind, currency
 """

@@ -474,10 +474,12 @@ def balances(entries: Iterable[Entry]) -> dict[tuple[str, str, str], dict[str, i
         for book, sign in ((entry["debit_book"], -1), (entry["credit_book"], 1)):
             if book in _BOOK_FIELDS:
                 totals[_BOOK_FIELDS[book]] += sign * amount
-        if entry["entry_kind"] in ("CONFIRMED", "RECREDITED"):
+        if entry["entry_kind"] == "CONFIRMED":
             totals["lifetime_earned_minor"] += amount
-        if entry["entry_kind"] == "CLAWED_BACK":
+        elif entry["entry_kind"] == "CLAWED_BACK":
             totals["clawed_back_minor"] += amount
+        elif entry["entry_kind"] == "RECREDITED":  # a reversed chargeback undoes its clawback
+            totals["clawed_back_minor"] -= amount
     return result
 
 

@@ -183,8 +183,8 @@ def test_case_11_chargeback_claws_all_and_its_reversal_credits_again() -> None:
     _, more, outcomes = run_events([after_purchase("CHARGEBACK_REVERSAL", 10_000)], state=state)
     assert outcomes == [Outcome.RECREDITED]
     assert legs(more) == [("RECREDITED", "EXPENSE", "CONFIRMED", 500)]
-    # lifetime counts the recredit as earned again, clawed back keeps the history: net 5.00
-    assert balances(entries + more) == {KEY: totals(confirmed=500, lifetime=1_000, clawed=500)}
+    # the reversal undoes the clawback: earned once, nothing clawed back in the end
+    assert balances(entries + more) == {KEY: totals(confirmed=500, lifetime=500, clawed=0)}
 
 
 def test_chargeback_after_partial_refund_claws_the_rest_only() -> None:
@@ -196,7 +196,7 @@ def test_chargeback_after_partial_refund_claws_the_rest_only() -> None:
         ("CLAWED_BACK", "CONFIRMED", "EXPENSE", 300),
         ("RECREDITED", "EXPENSE", "CONFIRMED", 300),
     ]
-    assert balances(entries) == {KEY: totals(confirmed=300, lifetime=800, clawed=500)}
+    assert balances(entries) == {KEY: totals(confirmed=300, lifetime=500, clawed=200)}
 
 
 def test_refund_between_clearing_parts_never_claws_back_twice() -> None:
@@ -269,7 +269,7 @@ def test_no_return_window_chargeback_and_reversal_use_available() -> None:
         ("CLAWED_BACK", "AVAILABLE", "EXPENSE", 500),
         ("RECREDITED", "EXPENSE", "AVAILABLE", 500),
     ]
-    assert balances(entries) == {KEY: totals(available=500, lifetime=1_000, clawed=500)}
+    assert balances(entries) == {KEY: totals(available=500, lifetime=500, clawed=0)}
 
 
 def test_accrue_on_clearing_shows_nothing_pending() -> None:

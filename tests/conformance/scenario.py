@@ -1,0 +1,173 @@
+"""Conformance scenarios: DOMAIN.md's lifecycle cases as readable YAML files, events in, expected
+ledger, not-earned reasons and balances out. The same files run through the pure engine
+(tests/unit/test_conformance.py) and end to end through Kafka and Postgres
+(tests/integration/test_conformance.py).
+
+Amounts are written as decimal strings in the currency's unit ("100.00" EUR, "1000" JPY,
+"1.500" BHD) and parsed exactly into integer minor units: never a float.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stream.money import exponent
+from stream.offers import Offer, parse_offer
+
+CASES_DIR = Path(__file__).resolve().parent / "cases"
+T0 = datetime(2026, 12, 1, 10, 0, tzinfo=timezone.utc)
+DEFAULT_OFFERS = [{"offer_id": "grocery-5", "name": "5% at supermarkets", "rate_bps": 500, "mccs": ["5411"]}]
+AUTH_TYPES = {"AUTHORIZATION", "INCREMENTAL_AUTHORIZATION", "AUTHORIZATION_REVERSAL", "AUTHORIZATION_EXPIRY"}
+BALANCE_NAMES = ("pending", "confirmed", "available", "lifetime_earned", "clawed_back")
+_DECIMAL = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def to_minor(text: Any, currency: str, where: str) -> int:
+    """'12.34' EUR -> 1234, exactly; anything but a decimal string is an error naming ``where``."""
+    if not isinstance(text, str) or not _DECIMAL.fullmatch(text):
+        raise ValueError(f"{where}: amounts are decimal strings like \"100.00\", got {text!r}")
+    digits = exponent(currency) if currency != "PTS" else 0
+    whole, _, fraction = text.lstrip("-").partition(".")
+    if len(fraction) > digits:
+        raise ValueError(f"{where}: {text} has more decimals than {currency} allows ({digits})")
+    value = int(whole) * 10**digits + int((fraction or "0").ljust(digits, "0") or "0")
+    return -value if text.startswith("-") else value
+
+
+@dataclass(frozen=True)
+class ExpectedEntry:
+    event: str
+    kind: str
+    debit: str
+    credit: str
+    amount_minor: int
+    reward_kind: str = "CASH"
+    offer: str | None = None  # compared only when the file names it
+
+
+@dataclass
+class Scenario:
+    path: Path
+    case: int
+    title: str
+    offers: list[Offer]
+    records: list[dict[str, Any]]  # card-event records, in delivery order
+    ledger: list[ExpectedEntry]
+    not_earned: list[tuple[str, str]]  # (event label, reason)
+    balances: dict[tuple[str, str], dict[str, int]]  # (reward_kind, currency) -> field -> minor
+    outcomes: list[str] | None
+    profile: dict[str, Any] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)  # event_id -> label in the file
+
+    @property
+    def account_id(self) -> str:
+        return f"conformance-{self.case:02d}-{self.path.stem.split('_', 1)[1]}"
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+
+def _record(raw: dict[str, Any], account_id: str, defaults: dict[str, Any], index: int, prefix: str) -> dict[str, Any]:
+    """One card-event record; ``index`` (the position of the event id's first use) sets its
+    default time, one minute apart, so a repeated id repeats its content."""
+    spec = {**defaults, **raw}
+    where = f"event {spec.get('id', index)}"
+    currency = spec.get("currency", "EUR")
+    billing_currency = spec.get("billing_currency", currency)
+    amount = to_minor(spec["amount"], currency, where)
+    billing = to_minor(spec["billing_amount"], billing_currency, where) if "billing_amount" in spec else amount
+    at = spec.get("at")
+    occurred_at = datetime.fromisoformat(at) if at else T0 + timedelta(minutes=index)
+    record: dict[str, Any] = {
+        "event_id": f"{prefix}-{spec.get('event_id', spec['id'])}",
+        "event_type": spec["type"],
+        "occurred_at": occurred_at,
+        "account_id": account_id,
+        "card_token": "tok-conformance",
+        "transaction_ref": f"{prefix}-{spec.get('ref', 't1')}",
+        "original_transaction_ref": f"{prefix}-{spec['original_ref']}" if "original_ref" in spec else None,
+        "processing_code": spec.get("processing_code", "REFUND" if spec["type"] == "REFUND" else "PURCHASE"),
+        "response_code": str(spec.get("response_code", "00")),
+        "amount_minor": amount,
+        "currency": currency,
+        "billing_amount_minor": billing,
+        "billing_currency": billing_currency,
+        "cashback_at_pos_minor": to_minor(spec["cash_at_pos"], currency, where) if "cash_at_pos" in spec else 0,
+        "mcc": str(spec.get("mcc", "5411")),
+        "merchant_id": spec.get("merchant_id", "m-grocer"),
+        "merchant_name": spec.get("merchant_name", "Grocer"),
+        "merchant_country": spec.get("merchant_country", "FR"),
+        "merchant_timezone": spec.get("timezone", "Europe/Paris"),
+        "channel": spec.get("channel", "IN_STORE"),
+    }
+    if spec["type"] not in AUTH_TYPES:
+        part = spec.get("part")
+        sequence, count = (int(x) for x in part.split("/")) if part else (None, None)
+        record.update(clearing_sequence=sequence, clearing_count=count)
+    for name, value in (spec.get("fields") or {}).items():  # raw overrides, e.g. a changed amount
+        record[name] = value
+    return record
+
+
+def load(path: Path) -> Scenario:
+    document = yaml.safe_load(path.read_text())
+    case = int(document["case"])
+    prefix = f"c{case:02d}-{path.stem.split('_', 1)[1]}"
+    scenario = Scenario(
+        path=path, case=case, title=document["title"],
+        offers=[parse_offer(raw) for raw in document.get("offers", DEFAULT_OFFERS)],
+        records=[], ledger=[], not_earned=[], balances={}, outcomes=document["expect"].get("outcomes"),
+        profile=document.get("account") or {},
+    )
+    defaults = document.get("defaults") or {}
+    first_use: dict[str, int] = {}
+    for index, raw in enumerate(document["events"]):
+        event_key = str(raw.get("event_id", raw.get("id", index)))
+        record = _record(raw, scenario.account_id, defaults, first_use.setdefault(event_key, index), prefix)
+        scenario.records.append(record)
+        scenario.labels.setdefault(record["event_id"], str(raw.get("id", index)))
+    expect = document["expect"]
+    for line in expect.get("ledger") or []:
+        currency = line.get("currency", "EUR")
+        scenario.ledger.append(
+            ExpectedEntry(
+                event=str(line["event"]), kind=line["kind"], debit=line["from"], credit=line["to"],
+                amount_minor=to_minor(line["amount"], currency, f"ledger line of {line['event']}"),
+                reward_kind=line.get("reward_kind", "CASH"), offer=line.get("offer"),
+            )
+        )
+    scenario.not_earned = [(str(x["event"]), x["reason"]) for x in expect.get("not_earned") or []]
+    for line in expect.get("balances") or []:
+        currency = line.get("currency", "EUR")
+        key = (line.get("reward_kind", "CASH"), currency)
+        scenario.balances[key] = {
+            f"{name}_minor": to_minor(line.get(name, "0"), currency, f"balance {name}") for name in BALANCE_NAMES
+        }
+    return scenario
+
+
+def all_scenarios() -> list[Scenario]:
+    return [load(path) for path in sorted(CASES_DIR.glob("*.yaml"))]
+
+
+def entry_view(scenario: Scenario, entry: dict[str, Any]) -> ExpectedEntry:
+    """A ledger entry (Avro-shaped dict or a database row) as the scenario files write it."""
+    return ExpectedEntry(
+        event=scenario.labels.get(entry["source_event_id"], entry["source_event_id"]),
+        kind=entry["entry_kind"], debit=entry["debit_book"], credit=entry["credit_book"],
+        amount_minor=entry["amount_minor"], reward_kind=entry["reward_kind"], offer=entry["offer_id"],
+    )
+
+
+def comparable(actual: list[ExpectedEntry], expected: list[ExpectedEntry]) -> list[ExpectedEntry]:
+    """``actual`` with the offer blanked on the lines where the file does not name one."""
+    if len(actual) != len(expected):
+        return actual
+    return [a if e.offer is not None else replace(a, offer=None) for a, e in zip(actual, expected)]

@@ -1,0 +1,154 @@
+"""The conformance scenarios (tests/conformance/cases) end to end: through the real broker, the
+worker, the sink, Postgres and the balance API, each gives the same ledger, reasons and balances
+as its file (and as the pure engine).
+
+Events are published one at a time and each is waited for, so the worker sees them in the file's
+order even across the two input topics. Each scenario runs with exactly its own offers live."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import asyncpg
+import httpx
+import pytest
+
+from schemas.codec import Codec
+from stream.offer_admin import publish_offers, remove_offers
+from stream.settings import Settings
+from tests.conformance.scenario import ExpectedEntry, Scenario, all_scenarios, comparable
+from tests.integration.conftest import Processes, api_ready, fresh_database, wait_until
+from tests.integration.test_end_to_end import publish, topic_for, wire
+from stream.localstack.stack import free_port
+
+pytestmark = pytest.mark.integration
+
+SCENARIOS = all_scenarios()
+BALANCE_FIELDS = ("pending_minor", "confirmed_minor", "available_minor", "lifetime_earned_minor", "clawed_back_minor")
+
+
+class Conformance:
+    def __init__(self, processes: Processes, base_url: str) -> None:
+        self.processes = processes
+        self.base_url = base_url
+        self.settings = Settings.from_env(processes.env)
+        self.offers_topic = processes.env["TOPIC_PREFIX"] + "offers"
+        self.live_offers: list[str] = []
+
+    def processed(self) -> float:
+        """Input messages the worker has finished with: decided or dead-lettered."""
+        decided = self.processes.metric("worker", "cashback_events_consumed_total") or 0
+        dead = self.processes.metric("worker", "cashback_dead_letters_total", {"stage": "matcher"}) or 0
+        return decided + dead
+
+    def use_offers(self, scenario: Scenario) -> None:
+        loaded = lambda: self.processes.metric("worker", "cashback_offers_loaded")  # noqa: E731
+        if self.live_offers:
+            asyncio.run(remove_offers(self.settings, self.offers_topic, self.live_offers))
+            wait_until(lambda: loaded() == 0, 30, "the old offers to be removed", observe=loaded)
+        asyncio.run(publish_offers(self.settings, Codec(), self.offers_topic, scenario.offers))
+        self.live_offers = [o.offer_id for o in scenario.offers]
+        wait_until(lambda: loaded() == len(scenario.offers), 30, f"the offers of {scenario.name}", observe=loaded)
+
+    def deliver(self, scenario: Scenario) -> None:
+        bootstrap = self.processes.env["KAFKA_BOOTSTRAP_SERVERS"]
+        for record in scenario.records:
+            before = self.processed()
+            message = (topic_for(self.processes.env, record), record["account_id"].encode(), wire(record))
+            asyncio.run(publish(bootstrap, [message]))
+            wait_until(lambda: self.processed() > before, 30, f"event {record['event_id']} to be processed",
+                       observe=self.processed)
+
+    async def _ledger(self, scenario: Scenario) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+        connection = await asyncpg.connect(self.processes.env["DATABASE_URL"])
+        try:
+            entries = await connection.fetch(
+                "SELECT * FROM ledger_entries WHERE account_id = $1 ORDER BY entry_seq", scenario.account_id
+            )
+            not_earned = await connection.fetch(
+                "SELECT source_event_id, reason FROM purchases_not_earned WHERE account_id = $1 ORDER BY recorded_at, accrual_id",
+                scenario.account_id,
+            )
+        finally:
+            await connection.close()
+        return [dict(e) for e in entries], [(scenario.labels[r["source_event_id"]], r["reason"]) for r in not_earned]
+
+    def written(self, scenario: Scenario) -> tuple[list[ExpectedEntry], list[tuple[str, str]]]:
+        def complete():  # type: ignore[no-untyped-def]
+            entries, not_earned = asyncio.run(self._ledger(scenario))
+            if len(entries) >= len(scenario.ledger) and len(not_earned) >= len(scenario.not_earned):
+                return entries, not_earned
+            return None
+
+        entries, not_earned = wait_until(complete, 30, f"the ledger of {scenario.name}",
+                                         observe=lambda: asyncio.run(self._ledger(scenario)))
+        view = [
+            ExpectedEntry(scenario.labels[e["source_event_id"]], e["entry_kind"], e["debit_book"], e["credit_book"],
+                          e["amount_minor"], e["reward_kind"], e["offer_id"])
+            for e in entries
+        ]
+        return view, not_earned
+
+    def balances(self, scenario: Scenario) -> dict[tuple[str, str], dict[str, int]]:
+        response = httpx.get(f"{self.base_url}/v1/accounts/{scenario.account_id}/balances", timeout=5)
+        if response.status_code == 404:
+            return {}
+        response.raise_for_status()
+        return {
+            (line["reward_kind"], line["currency"]): {name: line[name] for name in BALANCE_FIELDS}
+            for line in response.json()["balances"]
+        }
+
+
+@pytest.fixture(scope="module")
+def conformance(request: pytest.FixtureRequest, kafka_bootstrap: str, postgres_url: str, work_dir: Path) -> Iterator[Conformance]:
+    run_id = uuid.uuid4().hex[:8]
+    log_dir = work_dir / f"conformance-{run_id}"
+    log_dir.mkdir()
+    api_port = free_port()
+    import os
+
+    processes = Processes(
+        {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "DATABASE_URL": fresh_database(postgres_url),
+            "TOPIC_PREFIX": f"conf-{run_id}.",
+            "APP_ID": f"cashback-conf-{run_id}",
+            "SINK_GROUP_ID": f"cashback-sink-conf-{run_id}",
+            "SINK_BATCH_WAIT_MS": "20",
+            "WORKER_DATA_DIR": str(log_dir / "worker"),
+            "API_PORT": str(api_port),
+            "PYTHONUNBUFFERED": "1",
+        },
+        log_dir,
+    )
+    processes.cli("topics")
+    processes.metrics_ports = {"worker": free_port(), "sink": free_port()}
+    processes.start("worker", "worker", env={"METRICS_PORT": str(processes.metrics_ports["worker"])})
+    processes.start("sink", "sink", env={"METRICS_PORT": str(processes.metrics_ports["sink"])})
+    processes.start("api", "api")
+    base_url = f"http://127.0.0.1:{api_port}"
+    failed_before = request.session.testsfailed
+    try:
+        wait_until(lambda: api_ready(base_url), 60, "the API to be ready")
+        yield Conformance(processes, base_url)
+    finally:
+        processes.stop_all()
+        if request.session.testsfailed > failed_before:
+            for name in ("worker", "sink"):
+                print(f"--- {name} log (tail) ---\n{processes.log(name)}")
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
+def test_scenario_end_to_end(conformance: Conformance, scenario: Scenario) -> None:
+    conformance.use_offers(scenario)
+    conformance.deliver(scenario)
+    ledger, not_earned = conformance.written(scenario)
+    assert comparable(ledger, scenario.ledger) == scenario.ledger
+    assert sorted(not_earned) == sorted(scenario.not_earned)
+    wait_until(lambda: conformance.balances(scenario) == scenario.balances, 15, f"the balances of {scenario.name}",
+               observe=lambda: conformance.balances(scenario))
