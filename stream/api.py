@@ -1,17 +1,21 @@
-"""The balance API for bank apps: balances and the paginated, explained history of an account.
+"""The balance API for bank apps: balances and the paginated, explained history of an account,
+the live offers, and offer activation.
 
-Reads Postgres only. OpenAPI at ``/openapi.json`` (interactive at ``/docs``). Authentication of
-bank-app clients is a later issue: the routes take the account id and nothing else, so an auth
-dependency can be added in one place (``account_scope``).
+Reads balances and history from Postgres; holds the offers topic in memory (as every worker does)
+and publishes activations to their topic, partitioned like the account's card events. OpenAPI at
+``/openapi.json`` (interactive at ``/docs``). Authentication of bank-app clients is a later issue:
+the routes take the account id and nothing else, so an auth dependency can be added in one place
+(``account_scope``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, AsyncIterator
 
 import asyncpg
@@ -20,13 +24,21 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
+from aiokafka import AIOKafkaProducer
+
+from schemas.codec import Codec
 from stream import ledger
+from stream.accounts import activation_message
+from stream.offer_mirror import OfferMirror
+from stream.offers import Offer
+from topics.catalogue import catalogue
 from stream.metrics import API_REQUESTS
 from stream.money import format_minor
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
+OFFER_ID = Path(..., min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$", description="An offer id.")
 ACCOUNT_ID = Path(..., min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$", description="The bank's account id.")
 
 
@@ -84,6 +96,32 @@ class Problem(BaseModel):
     detail: str
 
 
+class OfferSummary(BaseModel):
+    offer_id: str
+    name: str
+    sponsor: str
+    reward_kind: str
+    rate_bps: int | None
+    valid_from: datetime | None
+    valid_to: datetime | None
+    requires_activation: bool
+
+    @classmethod
+    def of(cls, offer: Offer) -> "OfferSummary":
+        return cls(
+            offer_id=offer.offer_id, name=offer.name, sponsor=offer.sponsor, reward_kind=offer.reward_kind.value,
+            rate_bps=getattr(offer, "rate_bps", None), valid_from=offer.valid_from, valid_to=offer.valid_to,
+            requires_activation=bool(getattr(offer, "requires_activation", False)),
+        )
+
+
+class Activation(BaseModel):
+    account_id: str
+    offer_id: str
+    active: bool
+    changed_at: datetime = Field(description="Purchases from this instant on count (when active).")
+
+
 def _encode_cursor(entry_seq: int) -> str:
     return base64.urlsafe_b64encode(str(entry_seq).encode()).decode()
 
@@ -96,12 +134,27 @@ def _decode_cursor(cursor: str) -> int:
 
 
 def create_app(settings: Settings) -> FastAPI:
+    codec = Codec.from_registry(settings.schema_registry_url) if settings.schema_registry_url else Codec()
+    topics = catalogue(settings.topic_prefix, settings.topic_partitions)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=10)
+        app.state.offers = OfferMirror(
+            topics.offers.name, codec, settings.kafka_bootstrap_servers, **settings.kafka_client_options()
+        )
+        mirror = asyncio.create_task(app.state.offers.run())
+        app.state.producer = AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", enable_idempotence=True,
+            **settings.kafka_client_options(),
+        )
+        await app.state.producer.start()
         try:
             yield
         finally:
+            mirror.cancel()
+            await asyncio.gather(mirror, return_exceptions=True)
+            await app.state.producer.stop()
             await app.state.pool.close()
 
     app = FastAPI(
@@ -182,13 +235,50 @@ def create_app(settings: Settings) -> FastAPI:
             next_cursor=_encode_cursor(page[-1]["entry_seq"]) if len(rows) > limit else None,
         )
 
+    def live_offer(request: Request, offer_id: str) -> Offer:
+        offer = request.app.state.offers.book.get(offer_id)
+        if offer is None:
+            raise HTTPException(status_code=404, detail=f"offer {offer_id} does not exist")
+        return offer
+
+    @app.get("/v1/offers", response_model=list[OfferSummary])
+    async def get_offers(request: Request) -> list[OfferSummary]:
+        """The live offers, as every worker holds them."""
+        return [OfferSummary.of(offer) for offer in request.app.state.offers.book.offers]
+
+    @app.put(
+        "/v1/accounts/{account_id}/offers/{offer_id}/activation", response_model=Activation, status_code=200,
+        responses={404: {"model": Problem, "description": "No such offer."}},
+    )
+    async def activate(
+        request: Request, account_id: str = Depends(account_scope), offer_id: str = OFFER_ID
+    ) -> Activation:
+        """Activate an offer for the account: purchases from now on count (idempotent)."""
+        return await set_activation(request, account_id, live_offer(request, offer_id).offer_id, True)
+
+    @app.delete(
+        "/v1/accounts/{account_id}/offers/{offer_id}/activation", response_model=Activation,
+        responses={404: {"model": Problem, "description": "No such offer."}},
+    )
+    async def deactivate(
+        request: Request, account_id: str = Depends(account_scope), offer_id: str = OFFER_ID
+    ) -> Activation:
+        """Deactivate an offer for the account: later purchases no longer count."""
+        return await set_activation(request, account_id, live_offer(request, offer_id).offer_id, False)
+
+    async def set_activation(request: Request, account_id: str, offer_id: str, active: bool) -> Activation:
+        at = datetime.now(timezone.utc)
+        partition, key, value = activation_message(codec, account_id, offer_id, active, at, settings.topic_partitions)
+        await request.app.state.producer.send_and_wait(topics.activations.name, value, key=key, partition=partition)
+        return Activation(account_id=account_id, offer_id=offer_id, active=active, changed_at=at)
+
     @app.get("/healthz", response_model=dict)
     async def healthz() -> dict[str, str]:
         """The process is up."""
         return {"status": "ok"}
 
     @app.get("/readyz", responses={503: {"model": Problem}})
-    async def readyz(db: asyncpg.Pool = Depends(pool)) -> JSONResponse:
+    async def readyz(request: Request, db: asyncpg.Pool = Depends(pool)) -> JSONResponse:
         """Postgres answers and every migration is applied."""
         try:
             async with db.acquire(timeout=2) as connection:
@@ -197,6 +287,8 @@ def create_app(settings: Settings) -> FastAPI:
             return JSONResponse({"detail": f"database unavailable: {type(error).__name__}"}, status_code=503)
         if missing:
             return JSONResponse({"detail": f"migrations not applied: {', '.join(missing)}"}, status_code=503)
+        if not request.app.state.offers.ready.is_set():
+            return JSONResponse({"detail": "offers not loaded yet"}, status_code=503)
         return JSONResponse({"status": "ready"})
 
     @app.get("/metrics", include_in_schema=False)

@@ -20,6 +20,7 @@ class Stage(str, enum.Enum):
 
 class OtherReason(str, enum.Enum):
     KEY_MISMATCH = "key_mismatch"  # the message key is not the event's account_id
+    WRONG_PARTITION = "wrong_partition"  # an account message off its account's partition
     DUPLICATE_CONFLICT = "duplicate_conflict"  # same event_id, other content: quarantined
     PROCESSING_ERROR = "processing_error"  # a bug: the exception type is in the detail
     LEDGER_REJECTED = "ledger_rejected"  # Postgres refused the entry (a constraint)

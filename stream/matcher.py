@@ -27,6 +27,7 @@ import faust
 from faust.types import StreamT
 
 from schemas.codec import Codec, DecodeError
+from stream.accounts import account_partition, apply_activation, apply_segments
 from stream.deadletter import OtherReason, Stage, dead_letter
 from stream.events import to_event, validate
 from stream.metrics import ACCRUALS, CASHBACK_AMOUNT, CONSUMER_LAG, EVENTS_CONSUMED
@@ -79,13 +80,20 @@ class Matcher:
             table_cleanup_interval=3600.0,
         )
         self.input_subjects = {t.name: t.value_subject for t in self.topics.inputs()}
+        self.account_subjects = {t.name: t.value_subject for t in self.topics.account_inputs()}
         self.input = self.app.topic(
-            *self.input_subjects, key_serializer="raw", value_serializer="raw", acks=True
+            *self.input_subjects, *self.account_subjects, key_serializer="raw", value_serializer="raw", acks=True
         )
         self.accruals = self.app.topic(self.topics.accruals.name, key_serializer="raw", value_serializer="raw")
         self.dead_letters = self.app.topic(self.topics.dead_letters.name, key_serializer="raw", value_serializer="raw")
         self.states = self.app.Table(
             "account-state",
+            default=None,
+            schema=faust.Schema(key_type=str, value_type=dict, key_serializer="json", value_serializer="json"),
+        )
+        # Segments and activations per account (stream.accounts), joined from their own topics.
+        self.profiles = self.app.Table(
+            "account-profile",
             default=None,
             schema=faust.Schema(key_type=str, value_type=dict, key_serializer="json", value_serializer="json"),
         )
@@ -107,8 +115,11 @@ class Matcher:
 
     async def handle(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> Outcome | None:
         """Process one input message (steps 1-3 of the module doc). Returns the outcome, or None
-        when the message was dead-lettered."""
-        subject = self.input_subjects[topic]  # only the two input topics reach here
+        when the message was dead-lettered (or was an account message, not a card event)."""
+        if topic in self.account_subjects:
+            await self.handle_account_message(topic, partition, offset, key, value)
+            return None
+        subject = self.input_subjects[topic]  # only the input topics reach here
         try:
             _, record = self.codec.decode(value, expected_subject=subject)
         except DecodeError as error:
@@ -148,6 +159,39 @@ class Matcher:
             self.states[event.account_id] = decision.state
         EVENTS_CONSUMED.labels(event.event_type.value, decision.outcome.value).inc()
         return decision.outcome
+
+    async def handle_account_message(
+        self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
+    ) -> None:
+        """An activation or a profile: fold it into the account's profile (stream.accounts)."""
+        subject = self.account_subjects[topic]
+        text_key = (key or b"").decode(errors="replace")
+        account_id = text_key.split(":", 1)[0] if subject == "offer_activation" else text_key
+        record: dict[str, Any] | None = None
+        if value is not None:
+            try:
+                _, record = self.codec.decode(value, expected_subject=subject)
+            except DecodeError as error:
+                await self._dead_letter(error.failure.value, error.detail, topic, partition, offset, key, value)
+                return
+            expected_key = f"{record['account_id']}:{record['offer_id']}" if subject == "offer_activation" else record["account_id"]
+            if text_key != expected_key:
+                await self._dead_letter(OtherReason.KEY_MISMATCH.value, f"key is not {subject}'s id", topic, partition, offset, key, value)
+                return
+        if not account_id or account_partition(account_id, self.settings.topic_partitions) != partition:
+            # A profile must live where the account's card events are, or the join misses it.
+            await self._dead_letter(
+                OtherReason.WRONG_PARTITION.value, "not the partition of the account's card events", topic, partition, offset, key, value
+            )
+            return
+        profile = self.profiles.get(account_id)
+        if subject == "offer_activation":
+            if record is None:  # tombstone of account_id:offer_id
+                record = {"account_id": account_id, "offer_id": text_key.split(":", 1)[-1], "active": False}
+            self.profiles[account_id] = apply_activation(profile, record)
+        else:
+            self.profiles[account_id] = apply_segments(profile, record)
+        EVENTS_CONSUMED.labels(subject.upper(), "applied").inc()
 
     async def _dead_letter(
         self, reason: str, detail: str, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None

@@ -68,8 +68,8 @@ class CompactedTopicMirror(Generic[T]):
             auto_offset_reset="earliest",
             **self._client_options,
         )
-        await consumer.start()
         try:
+            await consumer.start()  # inside the try: a cancel during start must still close it
             for _ in range(100):
                 if consumer.assignment():
                     break

@@ -35,14 +35,23 @@ class Catalogue:
     settlements: Topic
     offers: Topic
     activations: Topic
+    profiles: Topic
     accruals: Topic
     dead_letters: Topic
 
     def all(self) -> tuple[Topic, ...]:
-        return (self.authorizations, self.settlements, self.offers, self.activations, self.accruals, self.dead_letters)
+        return (
+            self.authorizations, self.settlements, self.offers, self.activations, self.profiles, self.accruals,
+            self.dead_letters,
+        )
 
     def inputs(self) -> tuple[Topic, Topic]:
+        """The card-event topics."""
         return (self.authorizations, self.settlements)
+
+    def account_inputs(self) -> tuple[Topic, Topic]:
+        """What the matcher joins per account beside card events: activations and profiles."""
+        return (self.activations, self.profiles)
 
     def by_name(self, name: str) -> Topic:
         for topic in self.all():
@@ -61,7 +70,10 @@ def catalogue(prefix: str = "cashback.", partitions: int = 4) -> Catalogue:
         authorizations=keyed_by_account("card.authorizations", "authorization_event", 30),
         settlements=keyed_by_account("card.settlements", "settlement_event", 30),
         offers=Topic(prefix + "offers", 1, "offer_id", "offer", True, -1, False),
-        activations=Topic(prefix + "offer-activations", partitions, "account_id:offer_id", "offer_activation", True, -1, False),
+        # Keyed account_id:offer_id (compaction keeps one per offer) but partitioned by account_id,
+        # so each activation meets the account's card events in the same worker.
+        activations=Topic(prefix + "offer-activations", partitions, "account_id:offer_id", "offer_activation", True, -1, True),
+        profiles=Topic(prefix + "account-profiles", partitions, "account_id", "account_profile", True, -1, True),
         accruals=keyed_by_account("accruals", "accrual", 30),
         # Dead letters are kept long: every one must be inspected and replayed or closed.
         dead_letters=Topic(prefix + "dead-letters", 1, "source topic", "dead_letter", False, 90 * DAY_MS, False),

@@ -4,6 +4,7 @@ a 404 with a message for an unknown account, 4xx with a message for bad requests
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any, AsyncIterator
 
 import asyncpg
@@ -18,8 +19,14 @@ from stream.events import to_event
 from stream.rules import decide
 from stream.settings import Settings
 from stream.sink import staging_row
-from tests.factories import book, card_event
+from aiokafka import AIOKafkaConsumer
+
+from stream.accounts import account_partition
+from stream.offer_admin import publish_offers
+from tests.factories import book, card_event, offer
 from tests.integration.conftest import fresh_database
+from topics.admin import ensure_topics
+from topics.catalogue import catalogue
 
 pytestmark = pytest.mark.integration
 
@@ -57,9 +64,21 @@ def database(postgres_url: str) -> str:
     return database
 
 
+@pytest.fixture(scope="module")
+def settings(database: str, kafka_bootstrap: str) -> Settings:
+    """Fresh topics with one live offer, and the fresh database."""
+    settings = Settings.from_env(
+        {"DATABASE_URL": database, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "TOPIC_PREFIX": f"api-{uuid.uuid4().hex[:6]}."}
+    )
+    topics = catalogue(settings.topic_prefix, settings.topic_partitions)
+    asyncio.run(ensure_topics(kafka_bootstrap, topics))
+    asyncio.run(publish_offers(settings, Codec(), topics.offers.name, [offer()]))
+    return settings
+
+
 @pytest_asyncio.fixture()
-async def client(database: str) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(Settings.from_env({"DATABASE_URL": database}))
+async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings)
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as http:
             yield http
@@ -124,7 +143,53 @@ async def test_bad_requests_are_4xx_with_a_message(client: httpx.AsyncClient, pa
 @pytest.mark.asyncio
 async def test_health_readiness_openapi_and_metrics(client: httpx.AsyncClient) -> None:
     assert (await client.get("/healthz")).json() == {"status": "ok"}
+    await _wait_ready(client)
     assert (await client.get("/readyz")).json() == {"status": "ready"}
     paths = (await client.get("/openapi.json")).json()["paths"]
     assert {"/v1/accounts/{account_id}/balances", "/v1/accounts/{account_id}/history"} <= set(paths)
     assert 'cashback_api_requests_total{route="/v1/accounts/{account_id}/balances"' in (await client.get("/metrics")).text
+
+
+async def _wait_ready(client: httpx.AsyncClient) -> None:
+    for _ in range(100):
+        if (await client.get("/readyz")).status_code == 200:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError((await client.get("/readyz")).json())
+
+
+@pytest.mark.asyncio
+async def test_live_offers_are_listed(client: httpx.AsyncClient) -> None:
+    await _wait_ready(client)
+    offers = (await client.get("/v1/offers")).json()
+    assert [(o["offer_id"], o["rate_bps"], o["reward_kind"]) for o in offers] == [("grocery-5", 500, "CASH")]
+
+
+@pytest.mark.asyncio
+async def test_activation_is_published_on_the_accounts_partition(client: httpx.AsyncClient, settings: Settings) -> None:
+    await _wait_ready(client)
+    response = await client.put("/v1/accounts/api-2/offers/grocery-5/activation")
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["account_id"], body["offer_id"], body["active"]) == ("api-2", "grocery-5", True)
+
+    topic = catalogue(settings.topic_prefix).activations.name
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        batch = await consumer.getmany(timeout_ms=5_000)
+    finally:
+        await consumer.stop()
+    (records,) = batch.values()
+    (record,) = records
+    assert record.key == b"api-2:grocery-5"
+    assert record.partition == account_partition("api-2", settings.topic_partitions)
+    _, activation = Codec().decode(record.value, expected_subject="offer_activation")
+    assert (activation["account_id"], activation["offer_id"], activation["active"]) == ("api-2", "grocery-5", True)
+
+
+@pytest.mark.asyncio
+async def test_activating_an_unknown_offer_is_404(client: httpx.AsyncClient) -> None:
+    await _wait_ready(client)
+    response = await client.put("/v1/accounts/api-2/offers/no-such-offer/activation")
+    assert response.status_code == 404 and response.json() == {"detail": "offer no-such-offer does not exist"}

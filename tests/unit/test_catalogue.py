@@ -15,12 +15,15 @@ def test_topics_keyed_by_account_are_co_partitioned(partitions: int) -> None:
     assert {t.name for t in keyed_by_account} == {
         "cashback.card.authorizations",
         "cashback.card.settlements",
+        "cashback.account-profiles",
         "cashback.accruals",
     }
     assert all(t.co_partitioned for t in keyed_by_account)
     assert {t.partitions for t in keyed_by_account} == {partitions}
     assert all(t.partitions == partitions for t in topics.all() if t.co_partitioned)
     assert all(t.co_partitioned for t in topics.inputs())
+    # Activations are keyed per (account, offer) for compaction but partitioned by account.
+    assert topics.activations.co_partitioned and topics.activations.partitions == partitions
 
 
 def test_inputs_are_authorisations_then_settlements() -> None:
@@ -31,7 +34,7 @@ def test_inputs_are_authorisations_then_settlements() -> None:
 
 def test_offers_and_activations_are_compacted() -> None:
     topics = catalogue()
-    for topic in (topics.offers, topics.activations):
+    for topic in (topics.offers, topics.activations, topics.profiles):
         assert topic.compacted and topic.retention_ms == -1
         assert topic.config() == {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}
     assert topics.offers.key == "offer_id"
@@ -49,7 +52,7 @@ def test_event_topics_are_deleted_after_their_retention() -> None:
 @pytest.mark.parametrize("prefix", ["cashback.", "test-1.", ""])
 def test_names_are_unique_and_prefixed(prefix: str) -> None:
     names = [t.name for t in catalogue(prefix=prefix).all()]
-    assert len(names) == len(set(names)) == 6
+    assert len(names) == len(set(names)) == 7
     assert all(name.startswith(prefix) for name in names)
 
 
