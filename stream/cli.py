@@ -152,6 +152,19 @@ def cmd_offers(settings: Settings, args: argparse.Namespace) -> None:
         print(f"removed {', '.join(args.offer_ids)}")
 
 
+def cmd_accounts(settings: Settings, args: argparse.Namespace) -> None:
+    from stream.accounts import publish_activation, publish_segments
+
+    codec, topics = build_codec(settings), topics_of(settings)
+    if args.action == "segments":
+        asyncio.run(publish_segments(settings, codec, topics.profiles.name, args.account_id, args.segments))
+        print(f"{args.account_id}: segments {', '.join(sorted(set(args.segments))) or 'none'}")
+    else:
+        active = args.action == "activate"
+        at = asyncio.run(publish_activation(settings, codec, topics.activations.name, args.account_id, args.offer_id, active))
+        print(f"{args.account_id}: offer {args.offer_id} {'activated' if active else 'deactivated'} at {at.isoformat()}")
+
+
 def cmd_simulate(settings: Settings, args: argparse.Namespace) -> None:
     from stream.simulate import Scenario, publish
 
@@ -200,6 +213,17 @@ def parser() -> argparse.ArgumentParser:
     remove = offer_actions.add_parser("remove", help="publish tombstones for offer ids")
     remove.add_argument("offer_ids", nargs="+")
     offers.set_defaults(run=cmd_offers)
+
+    accounts = commands.add_parser("accounts", help="set an account's segments, activate or deactivate an offer")
+    account_actions = accounts.add_subparsers(dest="action", required=True)
+    segments = account_actions.add_parser("segments", help="replace the account's segments")
+    segments.add_argument("account_id")
+    segments.add_argument("segments", nargs="*")
+    for action in ("activate", "deactivate"):
+        sub = account_actions.add_parser(action, help=f"{action} an offer for the account from now on")
+        sub.add_argument("account_id")
+        sub.add_argument("offer_id")
+    accounts.set_defaults(run=cmd_accounts)
 
     simulate = commands.add_parser("simulate", help="publish a seeded card-event stream")
     simulate.add_argument("--rate", type=float, default=200.0, help="events per second (0: as fast as possible)")
