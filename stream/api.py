@@ -73,12 +73,12 @@ class HistoryLine(BaseModel):
     accrual_id: str
     source_event_id: str
     transaction_ref: str
-    entry_kind: str
+    entry_kind: str = Field(description="A ledger entry kind, or NOT_EARNED for a purchase that earned nothing (see explanation.reason).")
     debit_book: str
     credit_book: str
     amount_minor: int
     currency: str
-    reward_kind: str
+    reward_kind: str | None
     offer_id: str | None
     rule_version: int | None
     occurred_at: datetime
@@ -120,6 +120,25 @@ class Activation(BaseModel):
     offer_id: str
     active: bool
     changed_at: datetime = Field(description="Purchases from this instant on count (when active).")
+
+
+# Ledger entries and purchases that earned nothing, newest first, one sequence for both.
+_HISTORY = """
+SELECT * FROM (
+    SELECT history_seq, accrual_id, source_event_id, transaction_ref, entry_kind, debit_book, credit_book,
+        amount_minor, currency::text AS currency, reward_kind, offer_id, rule_version, occurred_at, recorded_at,
+        explanation
+    FROM ledger_entries WHERE account_id = $1 AND ($2::bigint IS NULL OR history_seq < $2)
+    UNION ALL
+    SELECT history_seq, accrual_id, source_event_id, transaction_ref, 'NOT_EARNED', 'NONE', 'NONE', 0,
+        basis_currency::text, NULL, NULL, NULL, occurred_at, recorded_at,
+        jsonb_build_object('reason', reason, 'detail', detail, 'basis_minor', basis_minor,
+            'basis_currency', basis_currency, 'rate_bps', 0, 'rounding', 'down', 'carried_remainder', 0,
+            'force_post', false)
+    FROM purchases_not_earned WHERE account_id = $1 AND ($2::bigint IS NULL OR history_seq < $2)
+) AS lines
+ORDER BY history_seq DESC LIMIT $3
+"""
 
 
 def _encode_cursor(entry_seq: int) -> str:
@@ -212,16 +231,9 @@ def create_app(settings: Settings) -> FastAPI:
         db: asyncpg.Pool = Depends(pool),
     ) -> History:
         before = _decode_cursor(cursor) if cursor else None
-        rows = await db.fetch(
-            "SELECT * FROM ledger_entries WHERE account_id = $1 AND ($2::bigint IS NULL OR entry_seq < $2)"
-            " ORDER BY entry_seq DESC LIMIT $3",
-            account_id,
-            before,
-            limit + 1,
-        )
+        rows = await db.fetch(_HISTORY, account_id, before, limit + 1)
         if not rows and before is None:
-            if not await db.fetchval("SELECT EXISTS (SELECT 1 FROM balances WHERE account_id = $1)", account_id):
-                raise HTTPException(status_code=404, detail=f"account {account_id} has no cashback")
+            raise HTTPException(status_code=404, detail=f"account {account_id} has no cashback")
         page = rows[:limit]
         return History(
             account_id=account_id,
@@ -232,7 +244,7 @@ def create_app(settings: Settings) -> FastAPI:
                 )
                 for r in page
             ],
-            next_cursor=_encode_cursor(page[-1]["entry_seq"]) if len(rows) > limit else None,
+            next_cursor=_encode_cursor(page[-1]["history_seq"]) if len(rows) > limit else None,
         )
 
     def live_offer(request: Request, offer_id: str) -> Offer:

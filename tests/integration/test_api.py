@@ -32,7 +32,8 @@ pytestmark = pytest.mark.integration
 
 
 def _entries() -> list[dict[str, Any]]:
-    """Account api-1: five purchases of 100.00, authorised and cleared: 10 ledger lines."""
+    """Account api-1: five purchases of 100.00, authorised and cleared (10 ledger lines), then a
+    declined one (a line that earned nothing)."""
     offers, state, entries = book(), None, []
     for n in range(5):
         for kind in ("AUTHORIZATION", "CLEARING"):
@@ -40,6 +41,8 @@ def _entries() -> list[dict[str, Any]]:
             decision = decide(event, offers, state)
             state = decision.state
             entries.extend(decision.entries)
+    declined = card_event("AUTHORIZATION", 10_000, account_id="api-1", transaction_ref="api-declined", response_code="51")
+    entries.extend(decide(declined, offers, state).entries)
     return entries
 
 
@@ -109,11 +112,13 @@ async def test_history_pages_newest_first_with_explanations(client: httpx.AsyncC
         cursor = page["next_cursor"]
         if cursor is None:
             break
-    assert pages == 3 and len(seen) == len(set(seen)) == 10
-    newest = (await client.get("/v1/accounts/api-1/history", params={"limit": 1})).json()["entries"][0]
-    assert newest["entry_kind"] == "CONFIRMED"
-    assert newest["explanation"]["detail"] == "confirmed: 5.00% of 100.00 EUR = 5.00 EUR (rounded down)"
-    assert newest["explanation"]["rate_bps"] == 500 and newest["offer_id"] == "grocery-5"
+    assert pages == 3 and len(seen) == len(set(seen)) == 11
+    newest, earned = (await client.get("/v1/accounts/api-1/history", params={"limit": 2})).json()["entries"]
+    assert (newest["entry_kind"], newest["amount_minor"], newest["explanation"]["reason"]) == ("NOT_EARNED", 0, "declined")
+    assert newest["explanation"]["basis_minor"] == 10_000 and newest["transaction_ref"] == "api-declined"
+    assert earned["entry_kind"] == "CONFIRMED"
+    assert earned["explanation"]["detail"] == "confirmed: 5.00% of 100.00 EUR = 5.00 EUR (rounded down)"
+    assert earned["explanation"]["rate_bps"] == 500 and earned["offer_id"] == "grocery-5"
 
 
 @pytest.mark.asyncio

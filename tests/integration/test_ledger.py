@@ -171,3 +171,32 @@ def test_sink_blocks_and_retries_while_postgres_is_down() -> None:
     finally:
         server.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def test_history_sequence_migration_backfills_rows_in_recorded_order(database: str, tmp_path: Path) -> None:
+    early = tmp_path / "early"
+    early.mkdir()
+    for name in ("0001_ledger.sql", "0002_budgets.sql"):
+        shutil.copy(ledger.MIGRATIONS_DIR / name, early / name)
+    entries = simulated_entries(purchases=30, seed=11)
+
+    async def scenario() -> list[int]:
+        connection = await asyncpg.connect(database)
+        try:
+            await ledger.migrate(connection, early)
+            await ledger.write_batch(connection, rows_of(entries))
+            assert "0003_history_sequence.sql" in await ledger.migrate(connection)
+            sequence = [r["history_seq"] for r in await connection.fetch("SELECT history_seq FROM ledger_entries ORDER BY entry_seq")]
+            # New rows continue the sequence, and the journal is append-only again.
+            more = [dict(e, accrual_id=e["accrual_id"] + "-later") for e in entries if e["entry_kind"] == "PENDING_CREATED"][:1]
+            await ledger.write_batch(connection, rows_of(more))
+            later = await connection.fetchval("SELECT max(history_seq) FROM ledger_entries")
+            with pytest.raises(asyncpg.exceptions.InsufficientPrivilegeError):
+                await connection.execute("UPDATE ledger_entries SET history_seq = 0")
+            return sequence + [later]
+        finally:
+            await connection.close()
+
+    sequence = asyncio.run(scenario())
+    assert sequence[:-1] == sorted(sequence[:-1]) and len(set(sequence)) == len(sequence)
+    assert sequence[-1] > max(sequence[:-1])
