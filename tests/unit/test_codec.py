@@ -27,6 +27,7 @@ SHIPPED_IDS = {
     "offer_activation": 4,
     "accrual": 5,
     "dead_letter": 6,
+    "account_profile": 8,
 }
 
 
@@ -62,6 +63,7 @@ def valid_records() -> dict[str, dict[str, Any]]:
             "failed_at": T0,
             "stage": "matcher",
         },
+        "account_profile": {"account_id": "acct-1", "segments": ["new", "vip"], "updated_at": T0},
     }
 
 
