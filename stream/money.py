@@ -2,6 +2,10 @@
 
 Nothing here uses floats. Every division names how it rounds. Amounts in different
 currencies are never added: callers carry the currency beside every amount.
+
+Rewards are amounts of a *unit*: an ISO 4217 currency, or ``PTS`` (loyalty points, whole, exponent
+0). ``PTS`` is understood by ``format_minor`` and ``unit_exponent`` but is not a currency: card
+events billed in it are rejected (``is_known_currency`` is False).
 """
 
 from __future__ import annotations
@@ -31,6 +35,14 @@ _EXPONENTS: dict[str, int] = {
 }
 
 
+# Units that are not currencies: amounts of them are rewards, never card amounts.
+POINTS_UNIT = "PTS"
+_NON_ISO_EXPONENTS: dict[str, int] = {POINTS_UNIT: 0}
+
+# Exact amounts (before rounding) are kept in 1/10,000ths of a minor unit, the scale of basis points.
+EXACT_SCALE = 10_000
+
+
 class UnknownCurrencyError(ValueError):
     """The code is not an active ISO 4217 currency with a minor unit."""
 
@@ -44,12 +56,20 @@ def exponent(currency: str) -> int:
 
 
 def is_known_currency(currency: str) -> bool:
+    """An ISO 4217 currency a card amount may be in (``PTS`` is not one)."""
     return currency in _EXPONENTS
 
 
+def unit_exponent(unit: str) -> int:
+    """Minor-unit digits of a reward unit: an ISO 4217 currency or ``PTS`` (0)."""
+    if unit in _NON_ISO_EXPONENTS:
+        return _NON_ISO_EXPONENTS[unit]
+    return exponent(unit)
+
+
 def format_minor(amount_minor: int, currency: str) -> str:
-    """Human-readable amount for explanations and logs, e.g. ``12.50 EUR``; exact, no float."""
-    digits = exponent(currency)
+    """Human-readable amount for explanations and logs, e.g. ``12.50 EUR`` or ``21 PTS``; exact, no float."""
+    digits = unit_exponent(currency)
     sign = "-" if amount_minor < 0 else ""
     whole, fraction = divmod(abs(amount_minor), 10**digits)
     if digits == 0:
@@ -107,11 +127,37 @@ def apply_rate(
     """
     if basis_minor < 0 or rate_bps < 0:
         raise ValueError("basis and rate must not be negative")
-    exact = basis_minor * rate_bps + carried_remainder
+    return round_exact(basis_minor * rate_bps, rounding, carried_remainder)
+
+
+def round_exact(exact: int, rounding: Rounding = Rounding.DOWN, carried_remainder: int = 0) -> RateResult:
+    """An exact reward in 1/10,000ths of a minor unit, plus the carried remainder, as whole minor
+    units under the named rounding; the unpaid (or overpaid) fraction is returned to be carried."""
+    if exact < 0:
+        raise ValueError("exact amount must not be negative")
+    exact += carried_remainder
     if exact < 0:  # an earlier rounding up paid ahead more than this purchase earns: nothing now
         return RateResult(reward_minor=0, carried_remainder=exact)
-    reward, remainder = divide(exact, BASIS_POINTS_PER_UNIT, rounding)
+    reward, remainder = divide(exact, EXACT_SCALE, rounding)
     return RateResult(reward_minor=reward, carried_remainder=remainder)
+
+
+def points_exact(basis_minor: int, points_per_unit: int, basis_currency: str) -> int:
+    """Points earned by ``basis_minor`` at ``points_per_unit`` whole points per whole currency unit,
+    in 1/10,000ths of a point. Exact: no ISO currency has more than four minor digits."""
+    if basis_minor < 0 or points_per_unit < 0:
+        raise ValueError("basis and points per unit must not be negative")
+    return basis_minor * points_per_unit * (EXACT_SCALE // 10 ** exponent(basis_currency))
+
+
+def format_exact(exact: int, unit: str) -> str:
+    """An exact amount in 1/10,000ths of a minor unit, e.g. ``0.0165 EUR``: at least the unit's
+    minor digits, trailing zeros beyond them dropped."""
+    digits = unit_exponent(unit) + 4
+    sign = "-" if exact < 0 else ""
+    whole, fraction = divmod(abs(exact), 10**digits)
+    text = f"{fraction:0{digits}d}".rstrip("0").ljust(unit_exponent(unit), "0")
+    return f"{sign}{whole}.{text} {unit}" if text else f"{sign}{whole} {unit}"
 
 
 def prorate(total_minor: int, part: int, whole: int) -> int:

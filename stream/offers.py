@@ -1,7 +1,13 @@
 """Offers: the model, loading from YAML with validation, and the snapshot the rules engine reads.
 
-Every error names the offer and the field. The Avro record on the offers topic and the YAML file
-use the same field names.
+Every error names the offer and the field. The Avro record on the offers topic (``offer.v2.avsc``)
+and the YAML file use the same field names; every field added since ``offer.avsc`` has a default,
+so an offer written by the first version still parses.
+
+Amounts of reward (``fixed_reward_minor``, ``max_reward_per_txn_minor``, ``cap.amount_minor``,
+``budget_minor``) are in the reward's unit: the offer's ``currency`` for cash, store credit and
+charity, whole points (``PTS``) for points. Amounts of spending (``min_spend_minor``,
+``boost.threshold_minor``) are in the purchase's billing currency.
 """
 
 from __future__ import annotations
@@ -14,7 +20,31 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from stream.money import Rounding, is_known_currency
+from stream.money import POINTS_UNIT, Rounding, is_known_currency
+from stream.offer_terms import (
+    DAYS_OF_WEEK,
+    Boost,
+    Cap,
+    CapPeriod,
+    Hours,
+    OfferError,
+    Tier,
+    boolean,
+    enumerated,
+    integer,
+    parse_boost,
+    parse_cap,
+    parse_days,
+    parse_hours,
+    parse_tiers,
+    rate,
+    string_list,
+)
+
+__all__ = [
+    "ALWAYS_EXCLUDED_MCCS", "AccrueOn", "Boost", "Cap", "CapPeriod", "Hours", "MccSet", "Offer", "OfferBook",
+    "OfferError", "RewardKind", "Tier", "load_offers_file", "parse_offer",
+]
 
 # Cash, quasi-cash, money transfer and gambling never earn cashback, whatever an offer says.
 ALWAYS_EXCLUDED_MCCS = frozenset({"4829", "6010", "6011", "6050", "6051", "6540", "7995"})
@@ -30,15 +60,6 @@ class RewardKind(str, enum.Enum):
 class AccrueOn(str, enum.Enum):
     AUTHORIZATION = "AUTHORIZATION"
     CLEARING = "CLEARING"
-
-
-class OfferError(ValueError):
-    """An offer is invalid; the message names the offer and the field."""
-
-    def __init__(self, offer_id: str, field_name: str, problem: str) -> None:
-        super().__init__(f"offer {offer_id!r}, field {field_name!r}: {problem}")
-        self.offer_id = offer_id
-        self.field_name = field_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +105,7 @@ class Offer:
     offer_id: str
     version: int
     name: str
-    rate_bps: int
+    rate_bps: int | None = None  # exactly one of rate_bps, fixed_reward_minor, points_per_unit
     sponsor: str = "BANK"
     reward_kind: RewardKind = RewardKind.CASH
     charity_id: str | None = None
@@ -103,9 +124,29 @@ class Offer:
     auth_expiry_days: int = 30
     accrue_on: AccrueOn = AccrueOn.AUTHORIZATION
     stackable: bool = False
+    # --- since offer.v2 ---
+    segments: frozenset[str] = frozenset()  # empty: every account
+    tiers: tuple[Tier, ...] = ()
+    requires_activation: bool = False
+    days_of_week: frozenset[str] = frozenset()  # MON..SUN in the merchant's local time; empty: every day
+    hours: Hours | None = None
+    fixed_reward_minor: int | None = None
+    points_per_unit: int | None = None
+    boost: Boost | None = None
+    cap: Cap | None = None
+    budget_minor: int | None = None
+
+    @property
+    def is_points(self) -> bool:
+        return self.reward_kind is RewardKind.POINTS
+
+    def reward_unit(self, billing_currency: str) -> str:
+        """The unit of this offer's rewards (and of its caps and budget) for a purchase billed in
+        ``billing_currency``."""
+        return POINTS_UNIT if self.is_points else billing_currency
 
     def to_record(self) -> dict[str, Any]:
-        """The Avro record published on the offers topic."""
+        """The Avro record published on the offers topic (newest ``offer`` schema)."""
         return {
             "offer_id": self.offer_id,
             "version": self.version,
@@ -129,11 +170,23 @@ class Offer:
             "auth_expiry_days": self.auth_expiry_days,
             "accrue_on": self.accrue_on.value,
             "stackable": self.stackable,
+            "segments": sorted(self.segments),
+            "tiers": [{"segment": t.segment, "rate_bps": t.rate_bps} for t in self.tiers],
+            "requires_activation": self.requires_activation,
+            "days_of_week": [day for day in DAYS_OF_WEEK if day in self.days_of_week],
+            "hours": None if self.hours is None else self.hours.to_record(),
+            "fixed_reward_minor": self.fixed_reward_minor,
+            "points_per_unit": self.points_per_unit,
+            "boost": None if self.boost is None else {"threshold_minor": self.boost.threshold_minor, "rate_bps": self.boost.rate_bps},
+            "cap": None if self.cap is None else {"period": self.cap.period.value, "amount_minor": self.cap.amount_minor},
+            "budget_minor": self.budget_minor,
         }
 
 
 _FIELDS = set(Offer.__slots__)
 _CHANNELS = {"IN_STORE", "ONLINE", "CONTACTLESS", "RECURRING"}
+_AMOUNT_FIELDS = ("rate_bps", "fixed_reward_minor", "points_per_unit")
+MAX_POINTS_PER_UNIT = 10_000
 
 
 def _timestamp(value: Any, offer_id: str, field_name: str) -> datetime | None:
@@ -153,31 +206,40 @@ def _timestamp(value: Any, offer_id: str, field_name: str) -> datetime | None:
     raise OfferError(offer_id, field_name, f"{value!r} is not a date or an ISO 8601 timestamp")
 
 
-def _integer(raw: Mapping[str, Any], name: str, offer_id: str, default: Any, minimum: int = 0) -> Any:
-    value = raw.get(name, default)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise OfferError(offer_id, name, f"{value!r} is not a whole number (money is in minor units)")
-    if value < minimum:
-        raise OfferError(offer_id, name, f"{value} is below {minimum}")
-    return value
-
-
-def _boolean(raw: Mapping[str, Any], name: str, offer_id: str, default: bool) -> bool:
-    value = raw.get(name, default)
-    if not isinstance(value, bool):
-        raise OfferError(offer_id, name, f"{value!r} is not true or false")
-    return value
-
-
 def _enum(kind: type[enum.Enum], raw: Mapping[str, Any], name: str, offer_id: str, default: enum.Enum) -> Any:
-    value = raw.get(name, default.value)
-    try:
-        return kind(str(value).upper() if kind is not Rounding else str(value).lower())
-    except ValueError:
-        allowed = ", ".join(m.value for m in kind)  # type: ignore[attr-defined]
-        raise OfferError(offer_id, name, f"{value!r} is not one of {allowed}") from None
+    return enumerated(kind, raw.get(name, default.value), offer_id, name, lower=kind is Rounding)
+
+
+def _check_amounts(offer: Offer) -> None:
+    """How much: exactly one way to compute the reward, and the fields each way needs."""
+    offer_id = offer.offer_id
+    given = [name for name in _AMOUNT_FIELDS if getattr(offer, name) is not None]
+    if not given:
+        raise OfferError(offer_id, "rate_bps", "required (basis points: 500 is 5%), or fixed_reward_minor, or points_per_unit")
+    if len(given) > 1:
+        raise OfferError(offer_id, given[1], f"give only one of {', '.join(_AMOUNT_FIELDS)} ({given[0]} is given)")
+    if offer.points_per_unit is not None and not offer.is_points:
+        raise OfferError(offer_id, "points_per_unit", "only for reward_kind POINTS")
+    if offer.is_points and offer.rate_bps is not None:
+        raise OfferError(offer_id, "rate_bps", "a POINTS offer earns points_per_unit or fixed_reward_minor, not a rate")
+    if offer.is_points and offer.rounding is not Rounding.DOWN:
+        raise OfferError(offer_id, "rounding", "points are whole and always rounded down")
+    if offer.rate_bps is None:
+        for name in ("tiers", "boost"):
+            if getattr(offer, name):
+                raise OfferError(offer_id, name, "only for offers with a rate_bps")
+    if offer.boost is not None and offer.rate_bps is not None and offer.boost.rate_bps <= offer.rate_bps:
+        raise OfferError(offer_id, "boost.rate_bps", f"must be above the offer's rate_bps ({offer.rate_bps})")
+    # An amount of money means nothing without its currency (points need it to define a unit of spend).
+    needs_currency = [
+        ("points_per_unit", offer.points_per_unit is not None),
+        ("fixed_reward_minor", offer.fixed_reward_minor is not None and not offer.is_points),
+        ("cap", offer.cap is not None and not offer.is_points),
+        ("budget_minor", offer.budget_minor is not None),
+    ]
+    for name, needed in needs_currency:
+        if needed and offer.currency is None:
+            raise OfferError(offer_id, "currency", f"required when {name} is set")
 
 
 def parse_offer(raw: Mapping[str, Any]) -> Offer:
@@ -189,14 +251,9 @@ def parse_offer(raw: Mapping[str, Any]) -> Offer:
         raise OfferError(str(offer_id), "offer_id", "required, a non-empty string")
     unknown = set(raw) - _FIELDS
     if unknown:
-        raise OfferError(offer_id, sorted(unknown)[0], "unknown field")
+        raise OfferError(offer_id, sorted(map(str, unknown))[0], "unknown field")
     if not isinstance(raw.get("name", offer_id), str):
         raise OfferError(offer_id, "name", "must be a string")
-    rate_bps = _integer(raw, "rate_bps", offer_id, None)
-    if rate_bps is None:
-        raise OfferError(offer_id, "rate_bps", "required (basis points: 500 is 5%)")
-    if rate_bps > 10_000:
-        raise OfferError(offer_id, "rate_bps", f"{rate_bps} is above 10000 (100%)")
     channels = frozenset(str(c).upper() for c in raw.get("channels") or ())
     if channels - _CHANNELS:
         raise OfferError(offer_id, "channels", f"unknown channel {sorted(channels - _CHANNELS)[0]!r}")
@@ -214,11 +271,11 @@ def parse_offer(raw: Mapping[str, Any]) -> Offer:
     sponsor = str(raw.get("sponsor", "BANK")).upper()
     if sponsor not in ("BANK", "MERCHANT"):
         raise OfferError(offer_id, "sponsor", f"{sponsor!r} is not BANK or MERCHANT")
-    return Offer(
+    offer = Offer(
         offer_id=offer_id,
-        version=_integer(raw, "version", offer_id, 1, minimum=1),
+        version=integer(raw, "version", offer_id, 1, minimum=1),
         name=raw.get("name", offer_id),
-        rate_bps=rate_bps,
+        rate_bps=rate(raw, "rate_bps", offer_id),
         sponsor=sponsor,
         reward_kind=reward_kind,
         charity_id=charity_id,
@@ -231,13 +288,27 @@ def parse_offer(raw: Mapping[str, Any]) -> Offer:
         valid_from=valid_from,
         valid_to=valid_to,
         rounding=_enum(Rounding, raw, "rounding", offer_id, Rounding.DOWN),
-        min_spend_minor=_integer(raw, "min_spend_minor", offer_id, 0),
-        max_reward_per_txn_minor=_integer(raw, "max_reward_per_txn_minor", offer_id, None),
-        pending_days=_integer(raw, "pending_days", offer_id, 30),
-        auth_expiry_days=_integer(raw, "auth_expiry_days", offer_id, 30),
+        min_spend_minor=integer(raw, "min_spend_minor", offer_id, 0),
+        max_reward_per_txn_minor=integer(raw, "max_reward_per_txn_minor", offer_id, None),
+        pending_days=integer(raw, "pending_days", offer_id, 30),
+        auth_expiry_days=integer(raw, "auth_expiry_days", offer_id, 30),
         accrue_on=_enum(AccrueOn, raw, "accrue_on", offer_id, AccrueOn.AUTHORIZATION),
-        stackable=_boolean(raw, "stackable", offer_id, False),
+        stackable=boolean(raw, "stackable", offer_id, False),
+        segments=frozenset(string_list(raw, "segments", offer_id)),
+        tiers=parse_tiers(raw, offer_id),
+        requires_activation=boolean(raw, "requires_activation", offer_id, False),
+        days_of_week=parse_days(raw, offer_id),
+        hours=parse_hours(raw, offer_id),
+        fixed_reward_minor=integer(raw, "fixed_reward_minor", offer_id, None, minimum=1),
+        points_per_unit=integer(raw, "points_per_unit", offer_id, None, minimum=1),
+        boost=parse_boost(raw, offer_id),
+        cap=parse_cap(raw, offer_id),
+        budget_minor=integer(raw, "budget_minor", offer_id, None),
     )
+    if offer.points_per_unit is not None and offer.points_per_unit > MAX_POINTS_PER_UNIT:
+        raise OfferError(offer_id, "points_per_unit", f"{offer.points_per_unit} is above {MAX_POINTS_PER_UNIT}")
+    _check_amounts(offer)
+    return offer
 
 
 def load_offers_file(path: Path) -> list[Offer]:

@@ -1,10 +1,18 @@
-"""The rules engine: ``decide(event, offers, state) -> Decision``. Pure: no I/O, no clock, no await.
+"""The rules engine: ``decide(event, offers, state, profile, budget_remaining) -> Decision``.
+Pure: no I/O, no clock, no await.
 
-The same function runs in the matcher agent, the tests' oracle and (later) the back-test.
+The same function runs in the matcher agent, the tests' oracle and (later) the back-test. Offer
+selection is in ``stream.matching``, amounts in ``stream.rewards``, the working copy of the state
+with its caps and budgets in ``stream.account_step``; this module applies one event to one
+account's state.
 
-State is one account's: its open transactions and the events it has already seen. It is a plain
-JSON-shaped dict so the worker's table can store it as is; ``decide`` never mutates the state it is
-given, it returns a new one.
+State is one account's, a plain JSON-shaped dict the worker's table stores as is (``decide`` never
+mutates the state it is given, it returns a new one)::
+
+    {"seen":  {event_id: [fingerprint, entries]},      # recent events, for idempotency
+     "txns":  {transaction_ref: {..., "shares": [..]}}, # open purchases, one share per offer earned
+     "caps":  {offer_id: {period_key: held_minor}},     # cap usage per period (see below)
+     "carry": {"offer_id:UNIT": remainder}}             # unpaid fractions, 1/10,000ths of a minor unit
 
 Every money movement is an entry: ``amount_minor`` moves from ``debit_book`` to ``credit_book``,
 so an entry's legs sum to zero by construction (a TigerBeetle-style transfer). Books:
@@ -13,52 +21,68 @@ so an entry's legs sum to zero by construction (a TigerBeetle-style transfer). B
 - PENDING: authorised, not yet settled; CONFIRMED: settled, inside the return window;
 - AVAILABLE: the customer can use it.
 
+Entries are in the reward's unit and kind: cash, store credit and charity in the billing currency
+(a charity entry's ``detail`` ends with ``charity_id=<id>``), points in ``PTS``; they are never
+summed across kinds or units.
+
 Entry ids are ``<event_id>#<n>``: a replayed event produces the same ids, so the ledger's unique
-key makes a replay a no-op.
+key makes a replay a no-op, and it reports no budget deltas.
+
+**Held amount.** What a share holds is its pending plus its confirmed-and-not-clawed-back reward.
+Caps and budgets count held amounts, so pending cashback reserves them (nothing is promised twice)
+and every change of a holding moves them by the same amount:
+
+- *Budget* (per offer, all accounts): ``Decision.budget_deltas[offer_id]`` is what this event
+  changed the offer's holdings by: + when pending is created or grows, a clearing confirms more
+  than was pending, a chargeback is reversed; - when pending is released or expires and when a
+  refund or chargeback claws back. A grant is never more than ``budget_remaining[offer_id]`` (the
+  caller's view; an offer absent from the mapping has its whole ``budget_minor``) less what this
+  event already used. A purchase that gets nothing because of it records ``budget_exhausted``.
+- *Cap* (per account, offer and period, in the merchant's local calendar, ISO weeks): the period
+  is the purchase's (its authorisation, or a force post's own time), kept on the share, so a
+  refund months later gives headroom back to the period the purchase used. Periods are pruned
+  once they ended more than the offer's ``auth_expiry_days`` ago. ``cap_reached`` when nothing is
+  left. Caps and budgets also bound a chargeback reversal's recredit.
+
+**Carried remainder** (case 23): the fraction a confirmation leaves unpaid after rounding is kept per
+account, offer and unit and added to the next confirmation (recorded as ``carried_remainder`` on
+the entry). Pending amounts ignore it (they are provisional); a confirmation cut by a limit (cap,
+budget, per-purchase maximum) carries nothing: what a limit cuts is not owed. Clawbacks prorate
+what was confirmed and leave the carry alone.
+
+**Stacking**: one offer per purchase, the one that pays most *now* (after its cap and budget;
+points count as minor units, no exchange rate is known here; ties: the most recent), plus every
+stackable one.
+
+**Amounts**: a rate (the best tier the account is in replaces the base rate; a boost rate, when
+higher, applies to the whole purchase once its size reaches the threshold: the authorised basis
+for pending, the basis cleared so far, this part included, for a confirmation, so parts of a
+multi-clearing purchase cleared before the threshold is reached keep the lower rate); a fixed
+reward, once per purchase whatever its clearing parts; or whole points per whole currency unit,
+always rounded down, the fraction carried like a cash remainder.
 """
 
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass
-from typing import Any, Iterable
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any, Iterable, Mapping
 
+from stream.account_step import AccountStep, Entry, State, limit_note, purchase_basis
 from stream.events import CardEvent, EventType
-from stream.money import Rounding, apply_rate, format_minor, prorate
-from stream.offers import ALWAYS_EXCLUDED_MCCS, AccrueOn, Offer, OfferBook
+from stream.matching import NO_PROFILE, AccountProfile, match
+from stream.money import format_minor, prorate
+from stream.offers import AccrueOn, Offer, OfferBook
+from stream.outcomes import Outcome
+from stream.rewards import Amount, Share, at_most_per_purchase, compute, describe, new_share
+
+__all__ = ["AccountProfile", "BALANCE_FIELDS", "Decision", "Outcome", "balances", "decide", "new_state"]
 
 # How many recent event ids an account remembers, with what they produced. A redelivery inside
 # this window re-emits the same entries (harmless downstream) and never re-applies the event.
 SEEN_EVENTS_LIMIT = 200
 
-NON_PURCHASE_CODES = frozenset({"QUASI_CASH", "CASH_WITHDRAWAL", "REFUND"})
-
-State = dict[str, Any]
-Entry = dict[str, Any]
-
-
-class Outcome(str, enum.Enum):
-    """What one event did. Values are the ``outcome`` label of ``cashback_decisions_total`` and the
-    ``reason`` of NOT_EARNED records."""
-
-    EARNED = "earned"
-    MATCHED_ACCRUES_ON_CLEARING = "matched_accrues_on_clearing"
-    ADJUSTED = "adjusted"
-    RELEASED = "released"
-    EXPIRED = "expired"
-    CONFIRMED = "confirmed"
-    CLAWED_BACK = "clawed_back"
-    RECREDITED = "recredited"
-    NO_CHANGE = "no_change"
-    DECLINED = "declined"
-    NOT_A_PURCHASE = "not_a_purchase"
-    EXCLUDED_MCC = "excluded_mcc"
-    NO_MATCHING_OFFER = "no_matching_offer"
-    BELOW_MIN_SPEND = "below_min_spend"
-    UNKNOWN_TRANSACTION = "unknown_transaction"
-    ALREADY_SETTLED = "already_settled"
-    DUPLICATE = "duplicate"
-    DUPLICATE_CONFLICT = "duplicate_conflict"
+_NO_DELTAS: Mapping[str, int] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,15 +90,23 @@ class Decision:
     state: State
     entries: tuple[Entry, ...]
     outcome: Outcome
+    # offer_id -> minor units of its budget this event consumed (+) or gave back (-); {} when none
+    budget_deltas: Mapping[str, int] = field(default_factory=lambda: _NO_DELTAS)
 
 
 def new_state() -> State:
-    return {"seen": {}, "txns": {}}
+    return {"seen": {}, "txns": {}, "caps": {}, "carry": {}}
 
 
-def decide(event: CardEvent, offers: OfferBook, state: State | None) -> Decision:
-    """Apply one card event to one account's state; return the new state, the ledger entries and
-    the outcome."""
+def decide(
+    event: CardEvent,
+    offers: OfferBook,
+    state: State | None,
+    profile: AccountProfile | None = None,
+    budget_remaining: Mapping[str, int] | None = None,
+) -> Decision:
+    """Apply one card event to one account's state; return the new state, the ledger entries, the
+    outcome and the budget deltas."""
     state = state or new_state()
     fingerprint = event.fingerprint()
     seen = state["seen"].get(event.event_id)
@@ -83,192 +115,46 @@ def decide(event: CardEvent, offers: OfferBook, state: State | None) -> Decision
             return Decision(state, tuple(seen[1]), Outcome.DUPLICATE)
         return Decision(state, (), Outcome.DUPLICATE_CONFLICT)
 
-    step = _Step(event, state["txns"])
-    outcome = _HANDLERS[event.event_type](step, offers)
+    step = AccountStep(event, state, offers, profile or NO_PROFILE, budget_remaining or _NO_DELTAS)
+    outcome = _HANDLERS[event.event_type](step)
+    step.prune_caps()
 
     seen_events = dict(state["seen"])
     seen_events[event.event_id] = [fingerprint, step.entries]
     while len(seen_events) > SEEN_EVENTS_LIMIT:
         del seen_events[next(iter(seen_events))]
-    return Decision({"seen": seen_events, "txns": step.txns}, tuple(step.entries), outcome)
+    new = {"seen": seen_events, "txns": step.txns, "caps": step.caps, "carry": step.carry}
+    deltas = {offer_id: delta for offer_id, delta in step.budget_deltas.items() if delta}
+    return Decision(new, tuple(step.entries), outcome, deltas)
 
 
-class _Step:
-    """The working copy for one event: copies the transactions it touches, collects entries."""
-
-    def __init__(self, event: CardEvent, txns: dict[str, Any]) -> None:
-        self.event = event
-        self.txns = txns  # replaced by a copy on first write
-        self._copied = False
-        self.entries: list[Entry] = []
-
-    def txn(self, ref: str) -> dict[str, Any] | None:
-        txn = self.txns.get(ref)
-        if txn is None:
-            return None
-        return self.put(ref, {**txn, "shares": [dict(share) for share in txn["shares"]]})
-
-    def put(self, ref: str, txn: dict[str, Any]) -> dict[str, Any]:
-        if not self._copied:
-            self.txns = dict(self.txns)
-            self._copied = True
-        self.txns[ref] = txn
-        return txn
-
-    def entry(
-        self,
-        kind: str,
-        debit: str,
-        credit: str,
-        amount_minor: int,
-        share: dict[str, Any] | None,
-        reason: str,
-        detail: str,
-        basis_minor: int = 0,
-        force_post: bool = False,
-    ) -> None:
-        if kind != "NOT_EARNED" and amount_minor <= 0:
-            return
-        event = self.event
-        self.entries.append(
-            {
-                "accrual_id": f"{event.event_id}#{len(self.entries)}",
-                "source_event_id": event.event_id,
-                "account_id": event.account_id,
-                "transaction_ref": event.transaction_ref,
-                "entry_kind": kind,
-                "debit_book": debit,
-                "credit_book": credit,
-                "amount_minor": amount_minor,
-                "currency": share["currency"] if share else event.billing_currency,
-                "reward_kind": share["reward_kind"] if share else "CASH",
-                "offer_id": share["offer_id"] if share else None,
-                "rule_version": share["version"] if share else None,
-                "occurred_at": event.occurred_at_ms,
-                "explanation": {
-                    "reason": reason,
-                    "detail": detail,
-                    "basis_minor": basis_minor,
-                    "basis_currency": event.billing_currency,
-                    "rate_bps": share["rate_bps"] if share else 0,
-                    "rounding": share["rounding"] if share else Rounding.DOWN.value,
-                    "carried_remainder": 0,
-                    "force_post": force_post,
-                },
-            }
-        )
-
-    def not_earned(self, outcome: Outcome, detail: str) -> Outcome:
-        self.entry("NOT_EARNED", "NONE", "NONE", 0, None, outcome.value, detail, purchase_basis(self.event))
-        return outcome
+# --- matching: the shares a purchase earns under ---------------------------------------------
 
 
-# --- arithmetic ---------------------------------------------------------------------------------
-
-
-def purchase_basis(event: CardEvent) -> int:
-    """The billing amount that can earn cashback: the cash handed over at the till never does.
-
-    DE54 is in the transaction currency; its share of the billing amount is prorated, rounded down.
-    """
-    if event.cashback_at_pos_minor <= 0 or event.amount_minor <= 0:
-        return event.billing_amount_minor
-    goods_minor = event.amount_minor - event.cashback_at_pos_minor
-    return prorate(event.billing_amount_minor, goods_minor, event.amount_minor)
-
-
-def _reward(share: dict[str, Any], basis_minor: int) -> int:
-    reward = apply_rate(basis_minor, share["rate_bps"], Rounding(share["rounding"])).reward_minor
-    if share["max_reward_minor"] is not None:
-        reward = min(reward, share["max_reward_minor"])
-    return reward
-
-
-def _rate_detail(share: dict[str, Any], basis_minor: int, reward_minor: int) -> str:
-    rate = share["rate_bps"]
-    cap = "" if share["max_reward_minor"] is None else f", at most {format_minor(share['max_reward_minor'], share['currency'])}"
-    return (
-        f"{rate // 100}.{rate % 100:02d}% of {format_minor(basis_minor, share['currency'])} = "
-        f"{format_minor(reward_minor, share['currency'])} (rounded {share['rounding'].replace('_', ' ')}{cap})"
-    )
-
-
-# --- matching -----------------------------------------------------------------------------------
-
-
-def _purchase_rejection(event: CardEvent) -> Outcome | None:
-    if not event.approved:
-        return Outcome.DECLINED
-    if event.processing_code in NON_PURCHASE_CODES:
-        return Outcome.NOT_A_PURCHASE
-    if event.mcc in ALWAYS_EXCLUDED_MCCS:
-        return Outcome.EXCLUDED_MCC
-    return None
-
-
-def _offer_applies(offer: Offer, event: CardEvent) -> bool:
-    at = event.occurred_at
-    return (
-        (offer.valid_from is None or at >= offer.valid_from)
-        and (offer.valid_to is None or at < offer.valid_to)
-        and (offer.mccs.empty or event.mcc in offer.mccs)
-        and (not offer.merchant_ids or event.merchant_id in offer.merchant_ids)
-        and (not offer.channels or event.channel in offer.channels)
-        and (not offer.merchant_countries or event.merchant_country in offer.merchant_countries)
-        and (offer.currency is None or offer.currency == event.billing_currency)
-    )
-
-
-def _new_share(offer: Offer, currency: str) -> dict[str, Any]:
-    return {
-        "offer_id": offer.offer_id,
-        "version": offer.version,
-        "rate_bps": offer.rate_bps,
-        "rounding": offer.rounding.value,
-        "reward_kind": offer.reward_kind.value,
-        "max_reward_minor": offer.max_reward_per_txn_minor,
-        "pending_days": offer.pending_days,
-        "accrue_on": offer.accrue_on.value,
-        "currency": currency,
-        "pending": 0,  # now in PENDING
-        "confirmed": 0,  # now in CONFIRMED
-        "available": 0,  # now in AVAILABLE
-        "earned": 0,  # ever confirmed
-        "clawed_back": 0,  # ever clawed back (refunds and chargebacks)
-        "refund_clawed": 0,
-        "chargeback_clawed": 0,
-    }
-
-
-def _match(event: CardEvent, offers: OfferBook) -> tuple[list[dict[str, Any]], Outcome]:
-    """The shares a purchase earns under: the most valuable non-stackable offer (ties: the most
-    recent) plus every stackable one. Returns ([], reason) when none."""
-    rejection = _purchase_rejection(event)
-    if rejection is not None:
-        return [], rejection
+def _shares_for(step: AccountStep) -> tuple[list[Share], Outcome, str]:
+    """The most valuable non-stackable offer (what it can still pay under its cap and budget; ties:
+    the most recent) plus every stackable one. Returns ([], reason, detail) when none."""
+    event = step.event
     basis = purchase_basis(event)
-    candidates = [o for o in offers.offers if _offer_applies(o, event)]
-    candidates = [o for o in candidates if event.mcc not in o.excluded_mccs]
-    if not candidates:
-        return [], Outcome.NO_MATCHING_OFFER
-    eligible = [o for o in candidates if basis >= o.min_spend_minor]
-    if not eligible:
-        return [], Outcome.BELOW_MIN_SPEND
-    shares = [_new_share(o, event.billing_currency) for o in eligible]
-    stackable = [s for s, o in zip(shares, eligible) if o.stackable]
-    exclusive = [(s, o) for s, o in zip(shares, eligible) if not o.stackable]
+    found = match(event, step.offers, step.profile, step.local, basis)
+    if not found.offers:
+        return [], found.outcome, found.detail
+    pairs = [(new_share(o, event, step.profile, step.local), o) for o in found.offers]
+    shares = [s for s, o in pairs if o.stackable]
+    exclusive = [(s, o) for s, o in pairs if not o.stackable]
     if exclusive:
 
-        def rank(pair: tuple[dict[str, Any], Offer]) -> tuple[int, float, int]:
+        def rank(pair: tuple[Share, Offer]) -> tuple[int, float, int]:
             share, offer = pair
+            wanted = at_most_per_purchase(share, compute(share, basis, basis).reward_minor)
             recency = offer.valid_from.timestamp() if offer.valid_from else 0.0
-            return (_reward(share, basis), recency, offer.version)
+            return (step.grant(share, wanted)[0], recency, offer.version)
 
-        stackable.insert(0, max(exclusive, key=rank)[0])
-    return stackable, Outcome.EARNED
+        shares.insert(0, max(exclusive, key=rank)[0])
+    return shares, Outcome.EARNED, ""
 
 
-def _new_txn(event: CardEvent, shares: list[dict[str, Any]], status: str) -> dict[str, Any]:
+def _new_txn(event: CardEvent, shares: list[Share], status: str) -> dict[str, Any]:
     return {
         "status": status,  # authorized | clearing | cleared | expired
         "currency": event.billing_currency,
@@ -283,76 +169,127 @@ def _new_txn(event: CardEvent, shares: list[dict[str, Any]], status: str) -> dic
 # --- handlers, one per event type ---------------------------------------------------------------
 
 
-def _set_pending(step: _Step, txn: dict[str, Any], kind: str) -> bool:
-    """Move each share's pending cashback to what the authorised basis now earns."""
-    changed = False
+Limited = list[tuple[Share, Outcome, str]]  # shares a limit left with nothing, the limit, its note
+
+
+def _set_pending(step: AccountStep, txn: dict[str, Any], kind: str) -> tuple[bool, Limited]:
+    """Move each share's pending cashback to what the authorised basis now earns (no carry: pending
+    is provisional), as far as its cap and budget allow."""
+    changed, limited = False, []
+    basis = txn["authorized_basis"]
     for share in txn["shares"]:
-        target = 0 if share["accrue_on"] == AccrueOn.CLEARING.value else _reward(share, txn["authorized_basis"])
-        delta = target - share["pending"]
-        detail = _rate_detail(share, txn["authorized_basis"], target)
+        amount = replace(compute(share, basis, basis), carried_out=0)
+        target = 0 if share["accrue_on"] == AccrueOn.CLEARING.value else at_most_per_purchase(share, amount.reward_minor)
+        delta, limit = target - share["pending"], None
         if delta > 0:
-            step.entry(kind, "EXPENSE", "PENDING", delta, share, "earned", f"pending {detail}", txn["authorized_basis"])
+            delta, limit = step.grant(share, delta)
+        note = limit_note(share, limit)
+        detail = describe(share, basis, amount, share["pending"] + delta, note)
+        if delta > 0:
+            step.entry(kind, "EXPENSE", "PENDING", delta, share, "earned", f"pending {detail}", basis, amount=amount)
         elif delta < 0:
-            step.entry("PENDING_RELEASED", "PENDING", "EXPENSE", -delta, share, "released", f"pending now {detail}", txn["authorized_basis"])
-        share["pending"] = target
+            step.entry("PENDING_RELEASED", "PENDING", "EXPENSE", -delta, share, "released", f"pending now {detail}", basis, amount=amount)
+        step.hold(share, delta)
+        share["pending"] += delta
         changed = changed or delta != 0
-    return changed
+        if limit is not None and share["pending"] == 0:
+            limited.append((share, limit, note))
+    return changed, limited
 
 
-def _on_authorization(step: _Step, offers: OfferBook) -> Outcome:
+def _limited(step: AccountStep, limited: Limited, what: str) -> Outcome:
+    share, limit, note = limited[0]
+    return step.not_earned(limit, f"{what} earns nothing: {limit.value} ({note})", share)
+
+
+def _on_authorization(step: AccountStep) -> Outcome:
     event = step.event
     existing = step.txns.get(event.transaction_ref)
     if existing is not None:
         # A late authorisation after its clearing (out of order), or a second one for the same ref.
         return Outcome.ALREADY_SETTLED if existing["status"] != "authorized" else Outcome.NO_CHANGE
-    shares, outcome = _match(event, offers)
+    shares, outcome, why = _shares_for(step)
     if not shares:
-        return step.not_earned(outcome, f"authorisation earns nothing: {outcome.value}")
+        return step.not_earned(outcome, f"authorisation earns nothing: {outcome.value}" + (f" ({why})" if why else ""))
     txn = step.put(event.transaction_ref, _new_txn(event, shares, "authorized"))
     txn["authorized_basis"] = purchase_basis(event)
-    if not _set_pending(step, txn, "PENDING_CREATED"):
-        return Outcome.MATCHED_ACCRUES_ON_CLEARING
-    return Outcome.EARNED
+    changed, limited = _set_pending(step, txn, "PENDING_CREATED")
+    if changed:
+        return Outcome.EARNED
+    if limited:  # kept: a clearing may still earn, once a refund gives headroom back
+        return _limited(step, limited, "authorisation")
+    return Outcome.MATCHED_ACCRUES_ON_CLEARING
 
 
-def _on_incremental(step: _Step, offers: OfferBook) -> Outcome:
+def _authorized(step: AccountStep) -> tuple[dict[str, Any] | None, Outcome | None]:
     txn = step.txn(step.event.transaction_ref)
     if txn is None or txn["status"] != "authorized":
-        return Outcome.UNKNOWN_TRANSACTION if txn is None else Outcome.ALREADY_SETTLED
+        return None, Outcome.UNKNOWN_TRANSACTION if txn is None else Outcome.ALREADY_SETTLED
+    return txn, None
+
+
+def _on_incremental(step: AccountStep) -> Outcome:
+    txn, problem = _authorized(step)
+    if txn is None:
+        return problem or Outcome.UNKNOWN_TRANSACTION
     if not step.event.approved:
         return Outcome.DECLINED
     txn["authorized_basis"] += purchase_basis(step.event)
-    return Outcome.ADJUSTED if _set_pending(step, txn, "PENDING_ADJUSTED") else Outcome.NO_CHANGE
+    return Outcome.ADJUSTED if _set_pending(step, txn, "PENDING_ADJUSTED")[0] else Outcome.NO_CHANGE
 
 
-def _on_reversal(step: _Step, offers: OfferBook) -> Outcome:
-    txn = step.txn(step.event.transaction_ref)
-    if txn is None or txn["status"] != "authorized":
-        return Outcome.UNKNOWN_TRANSACTION if txn is None else Outcome.ALREADY_SETTLED
+def _on_reversal(step: AccountStep) -> Outcome:
+    txn, problem = _authorized(step)
+    if txn is None:
+        return problem or Outcome.UNKNOWN_TRANSACTION
     txn["authorized_basis"] = max(0, txn["authorized_basis"] - purchase_basis(step.event))
-    return Outcome.RELEASED if _set_pending(step, txn, "PENDING_ADJUSTED") else Outcome.NO_CHANGE
+    return Outcome.RELEASED if _set_pending(step, txn, "PENDING_ADJUSTED")[0] else Outcome.NO_CHANGE
 
 
-def _on_expiry(step: _Step, offers: OfferBook) -> Outcome:
-    txn = step.txn(step.event.transaction_ref)
-    if txn is None or txn["status"] != "authorized":
-        return Outcome.UNKNOWN_TRANSACTION if txn is None else Outcome.ALREADY_SETTLED
+def _on_expiry(step: AccountStep) -> Outcome:
+    txn, problem = _authorized(step)
+    if txn is None:
+        return problem or Outcome.UNKNOWN_TRANSACTION
     txn["status"] = "expired"
     for share in txn["shares"]:
         step.entry("EXPIRED", "PENDING", "EXPENSE", share["pending"], share, "expired", "authorisation expired: pending released")
+        step.hold(share, -share["pending"])
         share["pending"] = 0
     return Outcome.EXPIRED
 
 
-def _on_clearing(step: _Step, offers: OfferBook) -> Outcome:
+def _confirm(step: AccountStep, share: Share, basis: int, size: int) -> tuple[int, int, Amount, Outcome | None]:
+    """What a clearing part confirms for one share: (from pending, from expense, amount, limit)."""
+    key = step.carry_key(share)
+    if share["method"] == "fixed":  # one fixed reward per purchase, whatever the number of parts
+        amount = compute(share, basis, size)
+        wanted = max(0, amount.reward_minor - share["earned"])
+    else:
+        amount = compute(share, basis, size, step.carry.get(key, 0))
+        wanted = amount.reward_minor
+    wanted = at_most_per_purchase(share, wanted, share["earned"])
+    from_pending = min(share["pending"], wanted)
+    extra, limit = step.grant(share, wanted - from_pending)
+    if share["method"] != "fixed":
+        # What a limit cuts is not owed, nor is its fraction.
+        carried = amount.carried_out if from_pending + extra == amount.reward_minor else 0
+        amount = replace(amount, carried_out=carried)
+        if carried:
+            step.carry[key] = carried
+        else:
+            step.carry.pop(key, None)
+    return from_pending, extra, amount, limit
+
+
+def _on_clearing(step: AccountStep) -> Outcome:
     event = step.event
     txn = step.txn(event.transaction_ref)
     force_post = txn is None
     if txn is None:
         # A force post, or a clearing that arrived before its authorisation: judged on its own.
-        shares, outcome = _match(event, offers)
+        shares, outcome, why = _shares_for(step)
         if not shares:
-            return step.not_earned(outcome, f"clearing earns nothing: {outcome.value}")
+            return step.not_earned(outcome, f"clearing earns nothing: {outcome.value}" + (f" ({why})" if why else ""))
         txn = step.put(event.transaction_ref, _new_txn(event, shares, "clearing"))
         txn["force_post"] = True
     elif txn["status"] == "cleared":
@@ -360,19 +297,25 @@ def _on_clearing(step: _Step, offers: OfferBook) -> Outcome:
     basis = purchase_basis(event)
     final = event.clearing_count is None or event.clearing_sequence == event.clearing_count
     part = "" if event.clearing_count is None else f" (part {event.clearing_sequence} of {event.clearing_count})"
+    limited: Limited = []
+    confirmed_any = False
     for share in txn["shares"]:
-        confirm = _reward(share, basis)
-        if share["max_reward_minor"] is not None:
-            confirm = min(confirm, max(0, share["max_reward_minor"] - share["earned"]))
-        from_pending = min(share["pending"], confirm)
-        detail = f"confirmed{part}: {_rate_detail(share, basis, confirm)}"
-        step.entry("CONFIRMED", "PENDING", "CONFIRMED", from_pending, share, "confirmed", detail, basis, force_post)
-        step.entry("CONFIRMED", "EXPENSE", "CONFIRMED", confirm - from_pending, share, "confirmed", detail, basis, force_post)
+        from_pending, extra, amount, limit = _confirm(step, share, basis, txn["cleared_basis"] + basis)
+        confirm = from_pending + extra
+        note = limit_note(share, limit)
+        detail = f"confirmed{part}: {describe(share, basis, amount, confirm, note)}"
+        step.entry("CONFIRMED", "PENDING", "CONFIRMED", from_pending, share, "confirmed", detail, basis, force_post, amount)
+        step.entry("CONFIRMED", "EXPENSE", "CONFIRMED", extra, share, "confirmed", detail, basis, force_post, amount)
+        step.hold(share, extra)
         share["pending"] -= from_pending
         share["confirmed"] += confirm
         share["earned"] += confirm
+        confirmed_any = confirmed_any or confirm > 0
+        if limit is not None and confirm == 0:
+            limited.append((share, limit, note))
         if final and share["pending"] > 0:
             step.entry("PENDING_RELEASED", "PENDING", "EXPENSE", share["pending"], share, "released", "final clearing: pending not cleared is released")
+            step.hold(share, -share["pending"])
             share["pending"] = 0
         if share["pending_days"] == 0 and share["confirmed"] > 0:
             step.entry("MADE_AVAILABLE", "CONFIRMED", "AVAILABLE", share["confirmed"], share, "available", "no return window: available at once")
@@ -380,30 +323,34 @@ def _on_clearing(step: _Step, offers: OfferBook) -> Outcome:
             share["confirmed"] = 0
     txn["cleared_basis"] += basis
     txn["status"] = "cleared" if final else "clearing"
+    if limited and not confirmed_any:
+        return _limited(step, limited, "clearing")
     return Outcome.CONFIRMED
 
 
-def _claw_back(step: _Step, share: dict[str, Any], amount: int, reason: str, detail: str) -> int:
-    """Take ``amount`` back: from CONFIRMED first, then AVAILABLE (which may go negative, recorded)."""
+def _claw_back(step: AccountStep, share: Share, amount: int, reason: str, detail: str) -> int:
+    """Take ``amount`` back: from CONFIRMED first, then AVAILABLE (which may go negative, recorded).
+    The cap period and the budget get it back."""
     # Never negative: a later clearing part can lower a refund's prorated target below what was
     # already taken back; that is not a reason to give cashback back.
     amount = max(0, min(amount, share["earned"] - share["clawed_back"]))
     from_confirmed = min(share["confirmed"], amount)
     step.entry("CLAWED_BACK", "CONFIRMED", "EXPENSE", from_confirmed, share, reason, detail)
     step.entry("CLAWED_BACK", "AVAILABLE", "EXPENSE", amount - from_confirmed, share, reason, detail)
+    step.hold(share, -amount)
     share["confirmed"] -= from_confirmed
     share["available"] -= amount - from_confirmed
     share["clawed_back"] += amount
     return amount
 
 
-def _purchase_of(step: _Step) -> dict[str, Any] | None:
+def _purchase_of(step: AccountStep) -> dict[str, Any] | None:
     event = step.event
     txn = step.txn(event.original_transaction_ref or event.transaction_ref)
     return txn if txn is not None and txn["cleared_basis"] > 0 else None
 
 
-def _on_refund(step: _Step, offers: OfferBook) -> Outcome:
+def _on_refund(step: AccountStep) -> Outcome:
     txn = _purchase_of(step)
     if txn is None:
         return Outcome.UNKNOWN_TRANSACTION
@@ -421,7 +368,7 @@ def _on_refund(step: _Step, offers: OfferBook) -> Outcome:
     return Outcome.CLAWED_BACK if clawed else Outcome.NO_CHANGE
 
 
-def _on_chargeback(step: _Step, offers: OfferBook) -> Outcome:
+def _on_chargeback(step: AccountStep) -> Outcome:
     txn = _purchase_of(step)
     if txn is None:
         return Outcome.UNKNOWN_TRANSACTION
@@ -433,18 +380,21 @@ def _on_chargeback(step: _Step, offers: OfferBook) -> Outcome:
     return Outcome.CLAWED_BACK if clawed else Outcome.NO_CHANGE
 
 
-def _on_chargeback_reversal(step: _Step, offers: OfferBook) -> Outcome:
+def _on_chargeback_reversal(step: AccountStep) -> Outcome:
     txn = _purchase_of(step)
     if txn is None:
         return Outcome.UNKNOWN_TRANSACTION
     recredited = 0
     for share in txn["shares"]:
-        amount = share["chargeback_clawed"]
+        amount, limit = step.grant(share, share["chargeback_clawed"])
         book = "AVAILABLE" if share["pending_days"] == 0 else "CONFIRMED"
-        step.entry("RECREDITED", "EXPENSE", book, amount, share, "chargeback_reversed", "chargeback reversed: cashback credited again")
+        note = limit_note(share, limit)
+        detail = "chargeback reversed: cashback credited again" + (f" ({note})" if note else "")
+        step.entry("RECREDITED", "EXPENSE", book, amount, share, "chargeback_reversed", detail)
+        step.hold(share, amount)
         share["available" if book == "AVAILABLE" else "confirmed"] += amount
         share["clawed_back"] -= amount
-        share["chargeback_clawed"] = 0
+        share["chargeback_clawed"] -= amount
         recredited += amount
     return Outcome.RECREDITED if recredited else Outcome.NO_CHANGE
 

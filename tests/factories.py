@@ -64,21 +64,40 @@ def book(*offers: Offer) -> OfferBook:
 # --- rules engine helpers (added for the unit tests; the functions above are unchanged) ---------
 
 
-def run_events(events: Any, offers: OfferBook | None = None, state: dict[str, Any] | None = None) -> tuple[
-    dict[str, Any] | None, list[dict[str, Any]], list[Any]
-]:
-    """Feed ``events`` in order through the pure rules engine; return (final state, all entries, outcomes)."""
+def run_events(
+    events: Any,
+    offers: OfferBook | None = None,
+    state: dict[str, Any] | None = None,
+    profile: Any = None,
+    budget: dict[str, int] | None = None,
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]], list[Any]]:
+    """Feed ``events`` in order through the pure rules engine; return (final state, all entries, outcomes).
+    ``profile`` is the account's AccountProfile; ``budget`` the remaining budget per offer, updated
+    in place by each decision's budget deltas (as the caller coordinating budgets would)."""
+    state, decisions = run_decisions(events, offers, state, profile, budget)
+    return state, [e for d in decisions for e in d.entries], [d.outcome for d in decisions]
+
+
+def run_decisions(
+    events: Any,
+    offers: OfferBook | None = None,
+    state: dict[str, Any] | None = None,
+    profile: Any = None,
+    budget: dict[str, int] | None = None,
+) -> tuple[dict[str, Any] | None, list[Any]]:
+    """Like ``run_events``, returning every Decision (entries, outcome, budget deltas)."""
     from stream.rules import decide  # imported here so the factories above never depend on the engine
 
     offers = offers if offers is not None else book()
-    entries: list[dict[str, Any]] = []
-    outcomes: list[Any] = []
+    decisions = []
     for event in events:
-        decision = decide(event, offers, state)
+        decision = decide(event, offers, state, profile, budget)
         state = decision.state
-        entries.extend(decision.entries)
-        outcomes.append(decision.outcome)
-    return state, entries, outcomes
+        for offer_id, delta in decision.budget_deltas.items():
+            if budget is not None:
+                budget[offer_id] = budget.get(offer_id, offers.get(offer_id).budget_minor or 0) - delta  # type: ignore[union-attr]
+        decisions.append(decision)
+    return state, decisions
 
 
 def legs(entries: Any) -> list[tuple[str, str, str, int]]:
@@ -87,6 +106,14 @@ def legs(entries: Any) -> list[tuple[str, str, str, int]]:
 
 
 KEY = ("acct-1", "CASH", "EUR")  # the balances key of the factories' account
+
+
+def profile(*segments: str, **activations: datetime) -> Any:
+    """An AccountProfile: its segments, and offer activations as ``offer_id=activated_at``
+    (use ``**{"offer-id": at}`` for ids that are not Python names)."""
+    from stream.rules import AccountProfile
+
+    return AccountProfile(frozenset(segments), activations)
 
 
 def totals(pending: int = 0, confirmed: int = 0, available: int = 0, lifetime: int = 0, clawed: int = 0) -> dict[str, int]:

@@ -208,3 +208,51 @@ def test_format_minor(amount: int, currency: str, text: str) -> None:
 def test_format_minor_rejects_unknown_currency() -> None:
     with pytest.raises(UnknownCurrencyError):
         format_minor(100, "XAU")
+
+
+# --- reward units, exact amounts, points ---------------------------------------------------------
+
+
+def test_points_are_a_unit_but_not_a_currency() -> None:
+    from stream.money import POINTS_UNIT, unit_exponent
+
+    assert POINTS_UNIT == "PTS"
+    assert format_minor(21, "PTS") == "21 PTS" and format_minor(-3, "PTS") == "-3 PTS"
+    assert unit_exponent("PTS") == 0 and unit_exponent("BHD") == 3
+    assert not is_known_currency("PTS")  # card events billed in points are rejected
+    with pytest.raises(UnknownCurrencyError):
+        exponent("PTS")
+    with pytest.raises(UnknownCurrencyError):
+        unit_exponent("XAU")
+
+
+@pytest.mark.parametrize(
+    ("basis", "points_per_unit", "currency", "exact"),
+    [(1_075, 2, "EUR", 215_000), (1_000, 1, "JPY", 10_000_000), (1_234, 3, "BHD", 37_020), (1, 1, "CLF", 1)],
+)
+def test_points_exact_is_in_ten_thousandths_of_a_point(basis: int, points_per_unit: int, currency: str, exact: int) -> None:
+    from stream.money import points_exact
+
+    assert points_exact(basis, points_per_unit, currency) == exact
+
+
+def test_round_exact_carries_like_apply_rate() -> None:
+    from stream.money import round_exact
+
+    assert round_exact(16_500) == RateResult(1, 6_500)
+    assert round_exact(16_500, Rounding.DOWN, 6_500) == RateResult(2, 3_000)
+    assert round_exact(16_500, Rounding.HALF_UP) == RateResult(2, -3_500)
+    assert round_exact(0, Rounding.DOWN, -3_500) == RateResult(0, -3_500)
+    with pytest.raises(ValueError):
+        round_exact(-1)
+
+
+@pytest.mark.parametrize(
+    ("exact", "unit", "text"),
+    [(16_500, "EUR", "0.0165 EUR"), (50_000, "EUR", "0.05 EUR"), (30, "EUR", "0.00003 EUR"), (5_000, "PTS", "0.5 PTS"),
+     (20_000, "PTS", "2 PTS"), (-6_500, "EUR", "-0.0065 EUR"), (12_345, "JPY", "1.2345 JPY"), (1, "BHD", "0.0000001 BHD")],
+)
+def test_format_exact(exact: int, unit: str, text: str) -> None:
+    from stream.money import format_exact
+
+    assert format_exact(exact, unit) == text

@@ -188,7 +188,8 @@ def test_empty_mcc_set_is_empty() -> None:
 def test_shipped_example_file_loads() -> None:
     offers = load_offers_file(EXAMPLE_FILE)
     by_id = {o.offer_id: o for o in offers}
-    assert list(by_id) == ["grocery-5", "dining-3", "fuel-2", "everyday-1", "fnac-online-8"]
+    assert list(by_id) == ["grocery-5", "dining-3", "fuel-2", "everyday-1", "fnac-online-8",
+                           "weekend-dining-vip", "coffee-fixed", "books-points", "pharmacy-charity"]
     assert by_id["grocery-5"].max_reward_per_txn_minor == 2_000
     assert "5813" in by_id["dining-3"].mccs and by_id["dining-3"].pending_days == 0
     assert by_id["everyday-1"].mccs.empty and by_id["everyday-1"].accrue_on is AccrueOn.CLEARING
@@ -248,7 +249,7 @@ def test_yaml_dates_are_utc_midnight(tmp_path: Path) -> None:
          "auth_expiry_days": 5, "accrue_on": "CLEARING", "stackable": True, "version": 4,
          "sponsor": "MERCHANT"},
         {"reward_kind": "CHARITY", "charity_id": "unicef"},
-        {"reward_kind": "POINTS", "mccs": []},
+        {"reward_kind": "POINTS", "mccs": [], "rate_bps": None, "points_per_unit": 2, "currency": "EUR"},
     ],
 )
 def test_to_record_round_trips_through_the_codec(overrides: dict[str, Any]) -> None:

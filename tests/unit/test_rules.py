@@ -157,7 +157,7 @@ def test_case_10_partial_refund_claws_back_its_share() -> None:
     assert outcomes[-1] is Outcome.CLAWED_BACK
     assert legs(entries[-1:]) == [("CLAWED_BACK", "CONFIRMED", "EXPENSE", 200)]
     assert entries[-1]["explanation"]["reason"] == "refund"
-    # "cap headroom for that period is given back": period caps are not implemented yet.
+    # "cap headroom for that period is given back": test_rules_offer_terms.py (offers without a cap here).
     assert balances(entries) == {KEY: totals(confirmed=300, lifetime=500, clawed=200)}
 
 

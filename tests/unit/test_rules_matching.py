@@ -61,7 +61,7 @@ def test_case_14_minimum_spend(amount: int, outcome: Outcome, expected: list[tup
 
 
 # Cases 15 (period caps), 16 (boost), 17 (tiers), 19 (activation), 20 (days and hours), 21 (budget),
-# 23 (carry in the engine) and 25 (reward kinds) are not implemented by the engine yet.
+# 23 (carry in the engine) and 25 (reward kinds): tests/unit/test_rules_offer_terms.py.
 
 
 def test_max_reward_per_transaction() -> None:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from stream.events import CardEvent, to_event, validate
 from stream.offers import OfferBook
-from stream.rules import balances, decide
+from stream.rules import AccountProfile, balances, decide
 from tests.factories import T0, book, card_record, offer
 
 # Seeded: every run tries the same examples, so a failure replays. Moderate counts keep the suite fast.
@@ -45,7 +45,31 @@ OFFER_BOOKS = {
         offer(offer_id="everyday-1", rate_bps=100, mccs=[], stackable=True, rounding="half_up"),
     ),
     "accrue-on-clearing": book(offer(accrue_on="CLEARING", min_spend_minor=500)),
+    # offer v2 terms: caps per period, boost, tiers, budgets, points, fixed rewards, schedules
+    "capped-boosted-tiered": book(
+        offer(rate_bps=200, boost={"threshold_minor": 20_000, "rate_bps": 500}, tiers=[{"segment": "vip", "rate_bps": 300}],
+              cap={"period": "week", "amount_minor": 600}, currency="EUR"),
+        offer(offer_id="points-2", reward_kind="POINTS", rate_bps=None, points_per_unit=2, currency="EUR", mccs=[],
+              cap={"period": "day", "amount_minor": 300}, stackable=True),
+    ),
+    "budgeted": book(
+        offer(budget_minor=900, currency="EUR", rounding="half_up", max_reward_per_txn_minor=700,
+              cap={"period": "month", "amount_minor": 800}),
+        offer(offer_id="credit-fixed", reward_kind="STORE_CREDIT", rate_bps=None, fixed_reward_minor=150, currency="EUR",
+              budget_minor=300, stackable=True, pending_days=0),
+        offer(offer_id="give-1", reward_kind="CHARITY", charity_id="red-cross", rate_bps=100, mccs=[], budget_minor=50,
+              currency="EUR", stackable=True, accrue_on="CLEARING"),
+    ),
+    "one-capped-budgeted": book(offer(budget_minor=700, currency="EUR", cap={"period": "day", "amount_minor": 400})),
+    "scheduled": book(
+        offer(days_of_week=["TUE", "WED", "SAT"], hours={"from": "08:00", "to": "20:00"}, requires_activation=True),
+        offer(offer_id="vip-only", rate_bps=700, mccs=[], segments=["vip"], budget_minor=1_000, currency="EUR",
+              hours={"from": "22:00", "to": "06:00"}),
+    ),
 }
+# Who the account is: in the vip segment, the grocery offer activated a few minutes after T0.
+PROFILE = AccountProfile(frozenset({"vip"}), {"grocery-5": T0 + timedelta(minutes=4)})
+ZONES = ("Europe/Paris", "Europe/Paris", "America/New_York", "Asia/Tokyo", None, "Not/A_Zone")
 
 
 @st.composite
@@ -64,7 +88,9 @@ def event_sequences(draw: st.DrawFn, multi_clearing: bool = False) -> list[CardE
             event_type,
             amount,
             event_id=f"evt-{index}",
-            occurred_at=T0 + timedelta(minutes=index),
+            # mostly in order, minutes apart; sometimes days later (other cap periods) or earlier
+            occurred_at=T0 + timedelta(minutes=index, hours=draw(st.sampled_from((0, 0, 0, 5, 30, 200, 900)))),
+            merchant_timezone=draw(st.sampled_from(ZONES)),
             mcc=draw(st.sampled_from(("5411", "5411", "5812", "6011"))),
             response_code=draw(st.sampled_from(("00", "00", "00", "05"))),
             cashback_at_pos_minor=draw(st.integers(0, amount)) if draw(st.integers(0, 4)) == 0 else 0,
@@ -89,17 +115,33 @@ def event_sequences(draw: st.DrawFn, multi_clearing: bool = False) -> list[CardE
 
 
 def run(events: list[CardEvent], offers: OfferBook, json_state: bool = False) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
-    """Decide every event in order; return (balances after it, its entries) per event."""
+    """Decide every event in order, with the true remaining budget of every budgeted offer; return
+    (balances after it, its entries) per event. Asserts after every event that no budget is
+    overspent and no cap period holds more than its cap."""
     state: dict[str, Any] | None = None
     steps = []
     rows: dict[str, dict[str, Any]] = {}  # the ledger: a re-emitted accrual id writes nothing
+    budgets = {o.offer_id: o.budget_minor for o in offers.offers if o.budget_minor is not None}
+    spent = dict.fromkeys(budgets, 0)
     for event in events:
         if json_state and state is not None:  # the worker's table stores the state as JSON
             state = json.loads(json.dumps(state))
-        decision = decide(event, offers, state)
+        remaining = {offer_id: budgets[offer_id] - spent[offer_id] for offer_id in budgets}
+        decision = decide(event, offers, state, PROFILE, remaining)
         state = decision.state
+        for offer_id, delta in decision.budget_deltas.items():
+            assert delta != 0 and offer_id in budgets, decision.budget_deltas
+            spent[offer_id] += delta
+            assert 0 <= spent[offer_id] <= budgets[offer_id], (offer_id, spent[offer_id])
+        for offer_id, usage in state["caps"].items():
+            cap = offers.get(offer_id).cap  # type: ignore[union-attr]
+            assert cap is not None and all(0 < held <= cap.amount_minor for held in usage.values()), (offer_id, usage)
         for entry in decision.entries:
             rows.setdefault(entry["accrual_id"], entry)
+        for offer_id in budgets:  # what the budget counts is what the offer's entries cost net
+            expense = sum(e["amount_minor"] * ((e["debit_book"] == "EXPENSE") - (e["credit_book"] == "EXPENSE"))
+                          for e in rows.values() if e["offer_id"] == offer_id)
+            assert expense == spent[offer_id], (offer_id, expense, spent[offer_id])
         steps.append((balances(rows.values()), list(decision.entries)))
     return steps
 

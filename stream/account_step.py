@@ -1,0 +1,192 @@
+"""One event's working copy of an account's state, for the rules engine: copies what it touches,
+collects the entries, keeps the account's cap usage and carried remainders, and the offers' budgets.
+
+Caps and budgets count what a share *holds* (its pending plus its confirmed reward not clawed
+back): ``grant`` says how much more a share may hold, ``hold`` records every change of a holding.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from stream.events import CardEvent
+from stream.matching import AccountProfile, LocalTime, local_time
+from stream.money import format_minor, prorate
+from stream.offers import OfferBook, RewardKind
+from stream.outcomes import Outcome
+from stream.rewards import SHARE_DEFAULTS, Amount, Share, period_over
+
+State = dict[str, Any]
+Entry = dict[str, Any]
+
+
+class AccountStep:
+    """The working copy for one event: copies what it touches, collects entries and budget deltas,
+    and keeps caps and budgets (``grant`` before a holding grows, ``hold`` for every change)."""
+
+    def __init__(
+        self, event: CardEvent, state: State, offers: OfferBook, profile: AccountProfile, budget_remaining: Mapping[str, int]
+    ) -> None:
+        self.event = event
+        self.offers = offers
+        self.profile = profile
+        self.budget_remaining = budget_remaining
+        self.txns: dict[str, Any] = state["txns"]  # replaced by a copy on first write
+        self._copied = False
+        self.caps: dict[str, dict[str, int]] = {k: dict(v) for k, v in state.get("caps", {}).items()}
+        self.carry: dict[str, int] = dict(state.get("carry", {}))
+        self.budget_deltas: dict[str, int] = {}
+        self.entries: list[Entry] = []
+        self._local: LocalTime | None = None
+
+    @property
+    def local(self) -> LocalTime:
+        if self._local is None:
+            self._local = local_time(self.event)
+        return self._local
+
+    def txn(self, ref: str) -> dict[str, Any] | None:
+        txn = self.txns.get(ref)
+        if txn is None:
+            return None
+        return self.put(ref, {**txn, "shares": [{**SHARE_DEFAULTS, "basis_currency": share["currency"], **share} for share in txn["shares"]]})
+
+    def put(self, ref: str, txn: dict[str, Any]) -> dict[str, Any]:
+        if not self._copied:
+            self.txns = dict(self.txns)
+            self._copied = True
+        self.txns[ref] = txn
+        return txn
+
+    # --- limits ----------------------------------------------------------------------------------
+
+    def headroom(self, share: Share) -> tuple[int | None, Outcome | None]:
+        """How much more ``share`` may hold (None: unlimited) and the limit that binds."""
+        room: int | None = None
+        binding: Outcome | None = None
+        if share["cap"] is not None:
+            used = self.caps.get(share["offer_id"], {}).get(share["cap_period"], 0)
+            room, binding = max(0, share["cap"][1] - used), Outcome.CAP_REACHED
+        if share["budget"] is not None:
+            offer_id = share["offer_id"]
+            left = self.budget_remaining.get(offer_id, share["budget"]) - self.budget_deltas.get(offer_id, 0)
+            if room is None or max(0, left) <= room:
+                room, binding = max(0, left), Outcome.BUDGET_EXHAUSTED
+        return room, binding
+
+    def grant(self, share: Share, wanted: int) -> tuple[int, Outcome | None]:
+        """How much of ``wanted`` more the share may hold, and the limit that cut it (if one did).
+        The caller records the grant with ``hold``."""
+        room, binding = self.headroom(share)
+        if room is None or wanted <= room:
+            return wanted, None
+        return room, binding
+
+    def hold(self, share: Share, delta: int) -> None:
+        """The share's holding changed by ``delta``: move its cap period and its offer's budget."""
+        if not delta:
+            return
+        offer_id = share["offer_id"]
+        if share["budget"] is not None:
+            self.budget_deltas[offer_id] = self.budget_deltas.get(offer_id, 0) + delta
+        if share["cap"] is not None:
+            usage = self.caps.setdefault(offer_id, {})
+            key = share["cap_period"]
+            if key in usage or delta > 0:  # a pruned period is over: nothing to give back
+                usage[key] = max(0, usage.get(key, 0) + delta)
+            if not usage.get(key, 1):
+                usage.pop(key, None)
+            if not usage:
+                del self.caps[offer_id]
+
+    def prune_caps(self) -> None:
+        if not self.caps:
+            return
+        today = self.local.at.date()
+        for offer_id in list(self.caps):
+            offer = self.offers.get(offer_id)
+            if offer is None:  # not in the book now: kept as is, it may come back
+                continue
+            usage = self.caps[offer_id]
+            for key in list(usage):
+                if offer.cap is None or period_over(key, offer.cap.period, today, offer.auth_expiry_days):
+                    del usage[key]
+            if not usage:
+                del self.caps[offer_id]
+
+    def carry_key(self, share: Share) -> str:
+        return f"{share['offer_id']}:{share['currency']}"
+
+    # --- entries ---------------------------------------------------------------------------------
+
+    def entry(
+        self,
+        kind: str,
+        debit: str,
+        credit: str,
+        amount_minor: int,
+        share: Share | None,
+        reason: str,
+        detail: str,
+        basis_minor: int = 0,
+        force_post: bool = False,
+        amount: Amount | None = None,
+    ) -> None:
+        if kind != "NOT_EARNED" and amount_minor <= 0:
+            return
+        event = self.event
+        if share is not None and share["reward_kind"] == RewardKind.CHARITY.value and share["charity_id"]:
+            detail = f"{detail}; charity_id={share['charity_id']}"
+        self.entries.append(
+            {
+                "accrual_id": f"{event.event_id}#{len(self.entries)}",
+                "source_event_id": event.event_id,
+                "account_id": event.account_id,
+                "transaction_ref": event.transaction_ref,
+                "entry_kind": kind,
+                "debit_book": debit,
+                "credit_book": credit,
+                "amount_minor": amount_minor,
+                "currency": share["currency"] if share else event.billing_currency,
+                "reward_kind": share["reward_kind"] if share else "CASH",
+                "offer_id": share["offer_id"] if share else None,
+                "rule_version": share["version"] if share else None,
+                "occurred_at": event.occurred_at_ms,
+                "explanation": {
+                    "reason": reason,
+                    "detail": detail,
+                    "basis_minor": basis_minor,
+                    "basis_currency": event.billing_currency,
+                    "rate_bps": amount.rate_bps if amount else share["rate_bps"] if share else 0,
+                    "rounding": share["rounding"] if share else "down",
+                    "carried_remainder": amount.carried_out if amount else 0,
+                    "force_post": force_post,
+                },
+            }
+        )
+
+    def not_earned(self, outcome: Outcome, detail: str, share: Share | None = None) -> Outcome:
+        basis = purchase_basis(self.event)
+        self.entry("NOT_EARNED", "NONE", "NONE", 0, share, outcome.value, detail, basis)
+        return outcome
+
+
+def purchase_basis(event: CardEvent) -> int:
+    """The billing amount that can earn cashback: the cash handed over at the till never does.
+
+    DE54 is in the transaction currency; its share of the billing amount is prorated, rounded down.
+    """
+    if event.cashback_at_pos_minor <= 0 or event.amount_minor <= 0:
+        return event.billing_amount_minor
+    goods_minor = event.amount_minor - event.cashback_at_pos_minor
+    return prorate(event.billing_amount_minor, goods_minor, event.amount_minor)
+
+
+def limit_note(share: Share, limit: Outcome | None) -> str:
+    """The explanation of a cap or budget that cut an amount ("" when none did)."""
+    if limit is Outcome.CAP_REACHED:
+        period, amount = share["cap"]
+        return f"cap {format_minor(amount, share['currency'])} per {period.lower()} {share['cap_period']} reached"
+    if limit is Outcome.BUDGET_EXHAUSTED:
+        return "campaign budget exhausted"
+    return ""

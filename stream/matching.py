@@ -1,0 +1,143 @@
+"""Which offers a purchase can earn under: who the account is, where and when the purchase was made.
+
+Pure. Offers pass a funnel of stages; when the last one drops out, the purchase earns nothing and
+the stage names why (the closest miss): where (MCC, merchant, channel, country, currency, validity)
+``no_matching_offer``, who ``not_in_segment``, when ``outside_schedule``, activation
+``not_activated``, how much ``below_min_spend``. Cap and budget come after, in the engine.
+
+Local time (days of week, hours, cap periods) is the merchant's: the event's ``merchant_timezone``
+(IANA, via zoneinfo); when it is missing or unknown, UTC, and the explanation says so.
+"""
+
+from __future__ import annotations
+
+import functools
+import zoneinfo
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from types import MappingProxyType
+from typing import Callable, Mapping
+
+from stream.events import CardEvent
+from stream.offer_terms import DAYS_OF_WEEK
+from stream.offers import ALWAYS_EXCLUDED_MCCS, Offer, OfferBook
+from stream.outcomes import Outcome
+
+NON_PURCHASE_CODES = frozenset({"QUASI_CASH", "CASH_WITHDRAWAL", "REFUND"})
+
+
+@dataclass(frozen=True, slots=True)
+class AccountProfile:
+    """What the engine knows of the account beyond its events: its segments and, per offer, when it
+    activated the offer (UTC)."""
+
+    segments: frozenset[str] = frozenset()
+    activations: Mapping[str, datetime] = field(default_factory=lambda: MappingProxyType({}))
+
+
+NO_PROFILE = AccountProfile()
+
+
+@dataclass(frozen=True, slots=True)
+class LocalTime:
+    at: datetime  # the event's time in the zone below
+    note: str  # how it was judged, for explanations: "in Europe/Paris", "in UTC (no merchant time zone)"
+
+
+@functools.lru_cache(maxsize=512)
+def _zone(name: str) -> zoneinfo.ZoneInfo | None:
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):  # unknown, or not a valid key ("../x")
+        return None
+
+
+def local_time(event: CardEvent) -> LocalTime:
+    name = event.merchant_timezone
+    zone = _zone(name) if name else None
+    if zone is None:
+        why = "no merchant time zone" if not name else f"merchant time zone {name!r} unknown"
+        return LocalTime(event.occurred_at.astimezone(timezone.utc), f"in UTC ({why})")
+    return LocalTime(event.occurred_at.astimezone(zone), f"in {name}")
+
+
+def purchase_rejection(event: CardEvent) -> Outcome | None:
+    if not event.approved:
+        return Outcome.DECLINED
+    if event.processing_code in NON_PURCHASE_CODES:
+        return Outcome.NOT_A_PURCHASE
+    if event.mcc in ALWAYS_EXCLUDED_MCCS:
+        return Outcome.EXCLUDED_MCC
+    return None
+
+
+def _where(offer: Offer, event: CardEvent) -> bool:
+    at = event.occurred_at
+    return (
+        (offer.valid_from is None or at >= offer.valid_from)
+        and (offer.valid_to is None or at < offer.valid_to)
+        and (offer.mccs.empty or event.mcc in offer.mccs)
+        and event.mcc not in offer.excluded_mccs
+        and (not offer.merchant_ids or event.merchant_id in offer.merchant_ids)
+        and (not offer.channels or event.channel in offer.channels)
+        and (not offer.merchant_countries or event.merchant_country in offer.merchant_countries)
+        and (offer.currency is None or offer.currency == event.billing_currency)
+    )
+
+
+def in_schedule(offer: Offer, local: LocalTime) -> bool:
+    """Days are the local date's weekday; hours the local time of day (a window over midnight
+    counts on the day it is entered and the day it ends alike: each minute is judged on its own)."""
+    at = local.at
+    if offer.days_of_week and DAYS_OF_WEEK[at.weekday()] not in offer.days_of_week:
+        return False
+    return offer.hours is None or at.hour * 60 + at.minute in offer.hours
+
+
+def activated(offer: Offer, event: CardEvent, profile: AccountProfile) -> bool:
+    if not offer.requires_activation:
+        return True
+    at = profile.activations.get(offer.offer_id)
+    if at is None:
+        return False
+    if at.tzinfo is None:  # activations are UTC; a naive one is read as such
+        at = at.replace(tzinfo=timezone.utc)
+    return event.occurred_at >= at
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    offers: tuple[Offer, ...]  # empty when the purchase earns nothing
+    outcome: Outcome  # EARNED, or why not
+    detail: str = ""
+
+
+def match(event: CardEvent, offers: OfferBook, profile: AccountProfile, local: LocalTime, basis_minor: int) -> Match:
+    """The offers a purchase qualifies for (before stacking, caps and budget), or why none."""
+    rejection = purchase_rejection(event)
+    if rejection is not None:
+        return Match((), rejection)
+    stages: list[tuple[Outcome, Callable[[Offer], bool], str]] = [
+        (Outcome.NO_MATCHING_OFFER, lambda o: _where(o, event), ""),
+        (Outcome.NOT_IN_SEGMENT, lambda o: not o.segments or bool(o.segments & profile.segments),
+         f"account segments: {', '.join(sorted(profile.segments)) or 'none'}"),
+        (Outcome.OUTSIDE_SCHEDULE, lambda o: in_schedule(o, local),
+         f"{local.at:%A %H:%M} {local.note}"),
+        (Outcome.NOT_ACTIVATED, lambda o: activated(o, event, profile), "offer not activated before the purchase"),
+        (Outcome.BELOW_MIN_SPEND, lambda o: basis_minor >= o.min_spend_minor, ""),
+    ]
+    candidates = list(offers.offers)
+    for outcome, keep, detail in stages:
+        candidates = [o for o in candidates if keep(o)]
+        if not candidates:
+            return Match((), outcome, detail)
+    return Match(tuple(candidates), Outcome.EARNED)
+
+
+def best_tier(offer: Offer, profile: AccountProfile) -> tuple[int | None, str | None]:
+    """The rate the account earns (the best tier it is in, else the base rate) and the tier's segment."""
+    tiers = [t for t in offer.tiers if t.segment in profile.segments]
+    if not tiers:
+        return offer.rate_bps, None
+    tier = max(tiers, key=lambda t: (t.rate_bps, t.segment))
+    return tier.rate_bps, tier.segment

@@ -1,0 +1,37 @@
+"""The outcome codes of the rules engine: the single list of what one event can do, and of why a
+purchase earned nothing. Re-exported by ``stream.rules``."""
+
+from __future__ import annotations
+
+import enum
+
+
+class Outcome(str, enum.Enum):
+    """What one event did. Values are the ``outcome`` label of ``cashback_decisions_total`` and the
+    ``reason`` of NOT_EARNED records."""
+
+    EARNED = "earned"
+    MATCHED_ACCRUES_ON_CLEARING = "matched_accrues_on_clearing"
+    ADJUSTED = "adjusted"
+    RELEASED = "released"
+    EXPIRED = "expired"
+    CONFIRMED = "confirmed"
+    CLAWED_BACK = "clawed_back"
+    RECREDITED = "recredited"
+    NO_CHANGE = "no_change"
+    # a purchase that earns nothing, and why (the order is the order matching judges them in)
+    DECLINED = "declined"
+    NOT_A_PURCHASE = "not_a_purchase"
+    EXCLUDED_MCC = "excluded_mcc"
+    NO_MATCHING_OFFER = "no_matching_offer"
+    NOT_IN_SEGMENT = "not_in_segment"
+    OUTSIDE_SCHEDULE = "outside_schedule"
+    NOT_ACTIVATED = "not_activated"
+    BELOW_MIN_SPEND = "below_min_spend"
+    CAP_REACHED = "cap_reached"
+    BUDGET_EXHAUSTED = "budget_exhausted"
+    # follow-ups that find nothing to act on, and replays
+    UNKNOWN_TRANSACTION = "unknown_transaction"
+    ALREADY_SETTLED = "already_settled"
+    DUPLICATE = "duplicate"
+    DUPLICATE_CONFLICT = "duplicate_conflict"
