@@ -10,13 +10,17 @@ account use (Kafka's default murmur2 partitioner, as every client computes it).
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, Iterable
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Iterable
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 
 from schemas.codec import Codec
 from stream.settings import Settings
+
+if TYPE_CHECKING:
+    from stream.rules import AccountProfile
 
 Profile = dict[str, Any]  # {"segments": [...], "activations": {offer_id: activated_at_ms}}
 
@@ -28,6 +32,20 @@ def account_partition(account_id: str, partitions: int) -> int:
 
 def new_profile() -> Profile:
     return {"segments": [], "activations": {}}
+
+
+def to_account_profile(profile: Profile | None) -> "AccountProfile":
+    """The engine's view of a stored profile (activation times back to UTC datetimes)."""
+    from stream.rules import AccountProfile
+
+    if not profile:
+        return AccountProfile()
+    return AccountProfile(
+        segments=frozenset(profile["segments"]),
+        activations=MappingProxyType(
+            {offer: datetime.fromtimestamp(ms / 1000, tz=timezone.utc) for offer, ms in profile["activations"].items()}
+        ),
+    )
 
 
 def apply_activation(profile: Profile | None, record: dict[str, Any]) -> Profile:

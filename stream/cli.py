@@ -78,13 +78,13 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
     from stream.matcher import Matcher
 
     asyncio.run(create_topics(settings))
+    asyncio.run(migrate_database(settings))  # campaign budgets live in Postgres
     metrics.serve(settings.metrics_port)
     uvloop.install()
     matcher = Matcher(settings, build_codec(settings))
     if args.with_sink:
         from stream.sink import Sink
 
-        asyncio.run(migrate_database(settings))
         sink = Sink(settings, matcher.topics, matcher.codec)
         matcher.app.task(sink.run)
     worker = faust.Worker(matcher.app, loglevel=settings.log_level.lower(), quiet=True)

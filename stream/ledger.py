@@ -15,6 +15,20 @@ import asyncpg
 
 log = logging.getLogger(__name__)
 
+# Errors that mean "Postgres is not reachable now": whoever meets one waits and tries again
+# (never skips); anything else from Postgres is a refusal.
+POSTGRES_UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+)
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "deploy" / "migrations"
 _MIGRATION_LOCK = 0x636173686261636B  # "cashback": one migrator at a time across processes
 

@@ -21,24 +21,29 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable, TypeVar
 
 import faust
 from faust.types import StreamT
 
 from schemas.codec import Codec, DecodeError
-from stream.accounts import account_partition, apply_activation, apply_segments
+from stream.accounts import account_partition, apply_activation, apply_segments, to_account_profile
+from stream.budget import BudgetStore
 from stream.deadletter import OtherReason, Stage, dead_letter
-from stream.events import to_event, validate
+from stream.events import CardEvent, to_event, validate
+from stream.ledger import POSTGRES_UNAVAILABLE
 from stream.metrics import ACCRUALS, CASHBACK_AMOUNT, CONSUMER_LAG, EVENTS_CONSUMED
 from stream.offer_mirror import OfferMirror
-from stream.rules import Outcome, decide
+from stream.rules import Decision, Outcome, decide
 from stream.settings import Settings
 from topics.catalogue import Catalogue, catalogue
 
 log = logging.getLogger(__name__)
 
 LAG_INTERVAL_S = 5.0
+BUDGET_ATTEMPTS = 20  # decide-and-grant rounds before giving an event up as contended
+
+T = TypeVar("T")
 
 
 def _credentials(settings: Settings) -> Any:
@@ -100,6 +105,7 @@ class Matcher:
         self.offers = OfferMirror(
             self.topics.offers.name, codec, settings.kafka_bootstrap_servers, **settings.kafka_client_options()
         )
+        self.budgets = BudgetStore(settings.database_url)
         self.agent = self.app.agent(self.input, name="matcher")(self._consume)
         self.app.task(self._run_offer_mirror)
         self.app.timer(LAG_INTERVAL_S)(self._observe_lag)
@@ -136,9 +142,9 @@ class Matcher:
             )
             return None
         event = to_event(record)
+        state = self.states.get(event.account_id)
         try:
-            state = self.states.get(event.account_id)
-            decision = decide(event, self.offers.book, state)
+            decision = await self._decide(event, state)
         except Exception as error:  # a bug in the rules: keep the message, keep going
             log.exception("rules failed on event %s", event.event_id)
             await self._dead_letter(OtherReason.PROCESSING_ERROR.value, type(error).__name__, topic, partition, offset, key, value)
@@ -159,6 +165,49 @@ class Matcher:
             self.states[event.account_id] = decision.state
         EVENTS_CONSUMED.labels(event.event_type.value, decision.outcome.value).inc()
         return decision.outcome
+
+    async def _decide(self, event: CardEvent, state: dict[str, Any] | None) -> Decision:
+        """The engine's decision, with the campaign budgets granted across all workers.
+
+        Decided first as if every budget were untouched; only when that touches a budget are the
+        real remaining budgets read and the grant applied atomically (stream.budget), deciding
+        again if another worker got there first. The grant is in Postgres before anything is sent.
+        """
+        book = self.offers.book
+        profile = to_account_profile(self.profiles.get(event.account_id))
+        decision = decide(event, book, state, profile)
+        if not decision.budget_deltas:
+            return decision
+        budgeted = {
+            o.offer_id: (o.budget_minor, o.reward_unit(o.currency or event.billing_currency))
+            for o in book.offers
+            if o.budget_minor is not None
+        }
+        for attempt in range(BUDGET_ATTEMPTS):
+            remaining = await self._postgres(lambda: self._granted_remaining(budgeted, event.event_id))
+            decision = decide(event, book, state, profile, budget_remaining=remaining)
+            if not decision.budget_deltas:
+                return decision
+            if await self._postgres(lambda: self.budgets.apply(event.event_id, decision.budget_deltas)):
+                return decision
+            log.info("budget of event %s taken meanwhile by another worker; deciding again", event.event_id)
+        raise RuntimeError(f"budget contention: no grant after {BUDGET_ATTEMPTS} attempts")
+
+    async def _granted_remaining(self, budgeted: dict[str, tuple[int, str]], event_id: str) -> dict[str, int]:
+        await self.budgets.define(budgeted)
+        return await self.budgets.remaining(budgeted, event_id)
+
+    async def _postgres(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Run ``call`` until Postgres answers: an outage blocks this partition, never skips it."""
+        delay = 0.1
+        while True:
+            try:
+                return await call()
+            except POSTGRES_UNAVAILABLE as error:
+                log.warning("Postgres unavailable for budgets (%s); retrying in %.1fs", type(error).__name__, delay)
+                await self.budgets.close()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def handle_account_message(
         self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None

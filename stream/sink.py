@@ -42,18 +42,6 @@ from topics.catalogue import Catalogue
 
 log = logging.getLogger(__name__)
 
-# Errors that mean "Postgres is not reachable now", retried forever; anything else is a refusal.
-_UNAVAILABLE = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.exceptions.ConnectionDoesNotExistError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.PostgresConnectionError,
-    asyncpg.exceptions.InterfaceError,
-    asyncpg.exceptions.AdminShutdownError,
-    asyncpg.exceptions.CrashShutdownError,
-    asyncpg.exceptions.TooManyConnectionsError,
-)
 _REFUSED = (asyncpg.exceptions.IntegrityConstraintViolationError, asyncpg.exceptions.DataError)
 
 
@@ -168,7 +156,7 @@ class Sink:
             try:
                 connection = await self._connect()
                 return await ledger.write_batch(connection, rows)
-            except _UNAVAILABLE as error:
+            except ledger.POSTGRES_UNAVAILABLE as error:
                 SINK_RETRIES.inc()
                 log.warning("Postgres unavailable (%s); retrying the batch in %.1fs", type(error).__name__, delay)
                 await self._drop_connection()

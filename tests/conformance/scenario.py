@@ -13,12 +13,15 @@ import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from stream.money import exponent
 from stream.offers import Offer, parse_offer
+
+if TYPE_CHECKING:
+    from stream.rules import AccountProfile
 
 CASES_DIR = Path(__file__).resolve().parent / "cases"
 T0 = datetime(2026, 12, 1, 10, 0, tzinfo=timezone.utc)
@@ -151,6 +154,16 @@ def load(path: Path) -> Scenario:
             f"{name}_minor": to_minor(line.get(name, "0"), currency, f"balance {name}") for name in BALANCE_NAMES
         }
     return scenario
+
+
+def account_profile(scenario: Scenario) -> "AccountProfile":
+    """The scenario's ``account:`` section as the engine's AccountProfile."""
+    from stream.rules import AccountProfile
+
+    return AccountProfile(
+        segments=frozenset(scenario.profile.get("segments") or ()),
+        activations={offer: datetime.fromisoformat(at) for offer, at in (scenario.profile.get("activations") or {}).items()},
+    )
 
 
 def all_scenarios() -> list[Scenario]:

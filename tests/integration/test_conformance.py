@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -17,7 +18,9 @@ import httpx
 import pytest
 
 from schemas.codec import Codec
+from stream.accounts import publish_activation, publish_segments
 from stream.offer_admin import publish_offers, remove_offers
+from topics.catalogue import catalogue
 from stream.settings import Settings
 from tests.conformance.scenario import ExpectedEntry, Scenario, all_scenarios, comparable
 from tests.integration.conftest import Processes, api_ready, fresh_database, wait_until
@@ -52,6 +55,21 @@ class Conformance:
         asyncio.run(publish_offers(self.settings, Codec(), self.offers_topic, scenario.offers))
         self.live_offers = [o.offer_id for o in scenario.offers]
         wait_until(lambda: loaded() == len(scenario.offers), 30, f"the offers of {scenario.name}", observe=loaded)
+
+    def use_account(self, scenario: Scenario) -> None:
+        """Publish the scenario's segments and activations and wait for the worker to hold them."""
+        topics = catalogue(self.settings.topic_prefix, self.settings.topic_partitions)
+        codec = Codec()
+        sends = []
+        if scenario.profile.get("segments"):
+            sends.append(publish_segments(self.settings, codec, topics.profiles.name, scenario.account_id, scenario.profile["segments"]))
+        for offer_id, at in (scenario.profile.get("activations") or {}).items():
+            sends.append(publish_activation(self.settings, codec, topics.activations.name, scenario.account_id, offer_id,
+                                            True, datetime.fromisoformat(at)))
+        for send in sends:
+            before = self.processed()
+            asyncio.run(send)
+            wait_until(lambda: self.processed() > before, 30, "the account message to be applied", observe=self.processed)
 
     def deliver(self, scenario: Scenario) -> None:
         bootstrap = self.processes.env["KAFKA_BOOTSTRAP_SERVERS"]
@@ -146,6 +164,7 @@ def conformance(request: pytest.FixtureRequest, kafka_bootstrap: str, postgres_u
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
 def test_scenario_end_to_end(conformance: Conformance, scenario: Scenario) -> None:
     conformance.use_offers(scenario)
+    conformance.use_account(scenario)
     conformance.deliver(scenario)
     ledger, not_earned = conformance.written(scenario)
     assert comparable(ledger, scenario.ledger) == scenario.ledger
