@@ -25,6 +25,9 @@ class EventType(str, enum.Enum):
     REFUND = "REFUND"
     CHARGEBACK = "CHARGEBACK"
     CHARGEBACK_REVERSAL = "CHARGEBACK_REVERSAL"
+    # Internal, made by time passing (stream.lifecycle); no card processor sends it, and the Avro
+    # enums do not have it, so it cannot arrive from a topic.
+    RETURN_WINDOW_ENDED = "RETURN_WINDOW_ENDED"
 
 
 APPROVED_RESPONSE_CODES = frozenset({"00", "08", "10", "11"})  # approved, honour with id, partial, VIP

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Awaitable, Callable, TypeVar
 
@@ -32,6 +33,7 @@ from stream.budget import BudgetStore
 from stream.deadletter import OtherReason, Stage, dead_letter
 from stream.events import CardEvent, to_event, validate
 from stream.ledger import POSTGRES_UNAVAILABLE
+from stream.lifecycle import due_events
 from stream.metrics import ACCRUALS, CASHBACK_AMOUNT, CONSUMER_LAG, EVENTS_CONSUMED
 from stream.offer_mirror import OfferMirror
 from stream.rules import Decision, Outcome, decide
@@ -87,8 +89,10 @@ class Matcher:
         self.input_subjects = {t.name: t.value_subject for t in self.topics.inputs()}
         self.account_subjects = {t.name: t.value_subject for t in self.topics.account_inputs()}
         self.input = self.app.topic(
-            *self.input_subjects, *self.account_subjects, key_serializer="raw", value_serializer="raw", acks=True
+            *self.input_subjects, *self.account_subjects, self.topics.clock.name,
+            key_serializer="raw", value_serializer="raw", acks=True,
         )
+        self.clock = self.app.topic(self.topics.clock.name, key_serializer="raw", value_serializer="raw")
         self.accruals = self.app.topic(self.topics.accruals.name, key_serializer="raw", value_serializer="raw")
         self.dead_letters = self.app.topic(self.topics.dead_letters.name, key_serializer="raw", value_serializer="raw")
         self.states = self.app.Table(
@@ -109,6 +113,7 @@ class Matcher:
         self.agent = self.app.agent(self.input, name="matcher")(self._consume)
         self.app.task(self._run_offer_mirror)
         self.app.timer(LAG_INTERVAL_S)(self._observe_lag)
+        self.app.timer(settings.clock_interval_s)(self._send_ticks)
 
     async def _run_offer_mirror(self) -> None:
         await self.offers.run()
@@ -124,6 +129,9 @@ class Matcher:
         when the message was dead-lettered (or was an account message, not a card event)."""
         if topic in self.account_subjects:
             await self.handle_account_message(topic, partition, offset, key, value)
+            return None
+        if topic == self.topics.clock.name:
+            await self.handle_tick(topic, partition, offset, key, value)
             return None
         subject = self.input_subjects[topic]  # only the input topics reach here
         try:
@@ -141,19 +149,25 @@ class Matcher:
                 OtherReason.KEY_MISMATCH.value, "message key is not the event's account_id", topic, partition, offset, key, value
             )
             return None
-        event = to_event(record)
-        state = self.states.get(event.account_id)
+        return await self._apply(to_event(record), self.states.get(record["account_id"]), (topic, partition, offset, key, value))
+
+    async def _apply(
+        self, event: CardEvent, state: dict[str, Any] | None, source: tuple[str, int, int, bytes | None, bytes | None] | None
+    ) -> Outcome | None:
+        """Decide one event for its account, then send its entries and store the new state (in
+        that order). ``source`` is the input message, None for an internal event of time passing."""
+        account_key = event.account_id.encode()
         try:
             decision = await self._decide(event, state)
         except Exception as error:  # a bug in the rules: keep the message, keep going
             log.exception("rules failed on event %s", event.event_id)
-            await self._dead_letter(OtherReason.PROCESSING_ERROR.value, type(error).__name__, topic, partition, offset, key, value)
+            if source is None:
+                raise
+            await self._dead_letter(OtherReason.PROCESSING_ERROR.value, type(error).__name__, *source)
             return None
-        if decision.outcome is Outcome.DUPLICATE_CONFLICT:
+        if decision.outcome is Outcome.DUPLICATE_CONFLICT and source is not None:
             log.error("event id %s seen before with other content: quarantined", event.event_id)
-            await self._dead_letter(
-                OtherReason.DUPLICATE_CONFLICT.value, "event_id seen before with other content", topic, partition, offset, key, value
-            )
+            await self._dead_letter(OtherReason.DUPLICATE_CONFLICT.value, "event_id seen before with other content", *source)
         for entry in decision.entries:
             # force=True: hand the entry to the producer now (latency); Faust still flushes the
             # producer before committing the input offset, so at-least-once holds.
@@ -165,6 +179,36 @@ class Matcher:
             self.states[event.account_id] = decision.state
         EVENTS_CONSUMED.labels(event.event_type.value, decision.outcome.value).inc()
         return decision.outcome
+
+    async def handle_tick(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> None:
+        """Time passing for one partition: apply everything due by the tick's time
+        (stream.lifecycle) to the accounts of that partition, through the same path as card events."""
+        try:
+            _, record = self.codec.decode(value, expected_subject="clock_tick")
+        except DecodeError as error:
+            await self._dead_letter(error.failure.value, error.detail, topic, partition, offset, key, value)
+            return
+        now_ms = int(record["now"].timestamp() * 1000)
+        partitions = self.settings.topic_partitions
+        due = [
+            (account_id, state)
+            for account_id, state in list(self.states.items())
+            if state and state.get("due_ms") is not None and state["due_ms"] <= now_ms
+            and account_partition(account_id, partitions) == partition
+        ]
+        for account_id, state in due:
+            for event in due_events(state, account_id, now_ms):
+                await self._apply(event, state, None)
+                state = self.states.get(account_id)
+        EVENTS_CONSUMED.labels("CLOCK_TICK", "applied").inc()
+
+    async def _send_ticks(self) -> None:
+        """Tick time for the partitions this worker owns."""
+        now = datetime.now(timezone.utc)
+        for tp in self.app.consumer.assignment():
+            if tp.topic == self.topics.authorizations.name:
+                value = self.codec.encode("clock_tick", {"partition": tp.partition, "now": now})
+                await self.clock.send(key=str(tp.partition).encode(), value=value, partition=tp.partition, force=True)
 
     async def _decide(self, event: CardEvent, state: dict[str, Any] | None) -> Decision:
         """The engine's decision, with the campaign budgets granted across all workers.

@@ -15,6 +15,7 @@ class Outcome(str, enum.Enum):
     ADJUSTED = "adjusted"
     RELEASED = "released"
     EXPIRED = "expired"
+    MADE_AVAILABLE = "made_available"
     CONFIRMED = "confirmed"
     CLAWED_BACK = "clawed_back"
     RECREDITED = "recredited"

@@ -12,7 +12,8 @@ mutates the state it is given, it returns a new one)::
     {"seen":  {event_id: [fingerprint, entries]},      # recent events, for idempotency
      "txns":  {transaction_ref: {..., "shares": [..]}}, # open purchases, one share per offer earned
      "caps":  {offer_id: {period_key: held_minor}},     # cap usage per period (see below)
-     "carry": {"offer_id:UNIT": remainder}}             # unpaid fractions, 1/10,000ths of a minor unit
+     "carry": {"offer_id:UNIT": remainder},             # unpaid fractions, 1/10,000ths of a minor unit
+     "due_ms": epoch_ms | None}                         # earliest expiry or end of a return window (stream.lifecycle)
 
 Every money movement is an entry: ``amount_minor`` moves from ``debit_book`` to ``credit_book``,
 so an entry's legs sum to zero by construction (a TigerBeetle-style transfer). Books:
@@ -70,6 +71,7 @@ from typing import Any, Iterable, Mapping
 
 from stream.account_step import AccountStep, Entry, State, limit_note, purchase_basis
 from stream.events import CardEvent, EventType
+from stream.lifecycle import authorization_expires_at, next_due_ms, open_return_window, window_over
 from stream.matching import NO_PROFILE, AccountProfile, match
 from stream.money import format_minor, prorate
 from stream.offers import AccrueOn, Offer, OfferBook
@@ -95,7 +97,7 @@ class Decision:
 
 
 def new_state() -> State:
-    return {"seen": {}, "txns": {}, "caps": {}, "carry": {}}
+    return {"seen": {}, "txns": {}, "caps": {}, "carry": {}, "due_ms": None}
 
 
 def decide(
@@ -124,6 +126,7 @@ def decide(
     while len(seen_events) > SEEN_EVENTS_LIMIT:
         del seen_events[next(iter(seen_events))]
     new = {"seen": seen_events, "txns": step.txns, "caps": step.caps, "carry": step.carry}
+    new["due_ms"] = next_due_ms(new)
     deltas = {offer_id: delta for offer_id, delta in step.budget_deltas.items() if delta}
     return Decision(new, tuple(step.entries), outcome, deltas)
 
@@ -213,6 +216,7 @@ def _on_authorization(step: AccountStep) -> Outcome:
         return step.not_earned(outcome, f"authorisation earns nothing: {outcome.value}" + (f" ({why})" if why else ""))
     txn = step.put(event.transaction_ref, _new_txn(event, shares, "authorized"))
     txn["authorized_basis"] = purchase_basis(event)
+    txn["expires_at_ms"] = authorization_expires_at(event, [step.offers.get(share["offer_id"]) for share in shares])
     changed, limited = _set_pending(step, txn, "PENDING_CREATED")
     if changed:
         return Outcome.EARNED
@@ -321,6 +325,8 @@ def _on_clearing(step: AccountStep) -> Outcome:
             step.entry("MADE_AVAILABLE", "CONFIRMED", "AVAILABLE", share["confirmed"], share, "available", "no return window: available at once")
             share["available"] += share["confirmed"]
             share["confirmed"] = 0
+        elif confirm > 0:
+            open_return_window(share, event)
     txn["cleared_basis"] += basis
     txn["status"] = "cleared" if final else "clearing"
     if limited and not confirmed_any:
@@ -399,6 +405,23 @@ def _on_chargeback_reversal(step: AccountStep) -> Outcome:
     return Outcome.RECREDITED if recredited else Outcome.NO_CHANGE
 
 
+def _on_return_window_ended(step: AccountStep) -> Outcome:
+    """Time passing (stream.lifecycle): confirmed cashback whose return window is over becomes
+    available."""
+    txn = step.txn(step.event.transaction_ref)
+    if txn is None:
+        return Outcome.UNKNOWN_TRANSACTION
+    moved = 0
+    for share in txn["shares"]:
+        if share["confirmed"] > 0 and window_over(share, step.event):
+            detail = f"return window of {share['pending_days']} days over: available"
+            step.entry("MADE_AVAILABLE", "CONFIRMED", "AVAILABLE", share["confirmed"], share, "available", detail)
+            share["available"] += share["confirmed"]
+            moved += share["confirmed"]
+            share["confirmed"] = 0
+    return Outcome.MADE_AVAILABLE if moved else Outcome.NO_CHANGE
+
+
 _HANDLERS = {
     EventType.AUTHORIZATION: _on_authorization,
     EventType.INCREMENTAL_AUTHORIZATION: _on_incremental,
@@ -408,6 +431,7 @@ _HANDLERS = {
     EventType.REFUND: _on_refund,
     EventType.CHARGEBACK: _on_chargeback,
     EventType.CHARGEBACK_REVERSAL: _on_chargeback_reversal,
+    EventType.RETURN_WINDOW_ENDED: _on_return_window_ended,
 }
 
 

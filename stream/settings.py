@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     sink_batch_size: int = Field(2000, ge=1, le=100_000, description="Most accruals written per database transaction.")
     sink_batch_wait_ms: int = Field(100, ge=0, le=60_000, description="Longest wait to fill a sink batch.")
     sink_group_id: str = Field("cashback-sink", description="Consumer group of the sink.")
+    clock_interval_s: float = Field(
+        10.0, ge=0.05, le=3600, description="How often each worker ticks time for its partitions (ends of return windows, expiries)."
+    )
     metrics_port: int = Field(0, ge=0, le=65535, description="Port of this process's /metrics (0: none for the worker and sink).")
     api_host: str = Field("127.0.0.1", description="Address the balance API listens on.")
     api_port: int = Field(8080, ge=0, le=65535, description="Port of the balance API.")

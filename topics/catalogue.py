@@ -36,13 +36,14 @@ class Catalogue:
     offers: Topic
     activations: Topic
     profiles: Topic
+    clock: Topic
     accruals: Topic
     dead_letters: Topic
 
     def all(self) -> tuple[Topic, ...]:
         return (
-            self.authorizations, self.settlements, self.offers, self.activations, self.profiles, self.accruals,
-            self.dead_letters,
+            self.authorizations, self.settlements, self.offers, self.activations, self.profiles, self.clock,
+            self.accruals, self.dead_letters,
         )
 
     def inputs(self) -> tuple[Topic, Topic]:
@@ -74,6 +75,8 @@ def catalogue(prefix: str = "cashback.", partitions: int = 4) -> Catalogue:
         # so each activation meets the account's card events in the same worker.
         activations=Topic(prefix + "offer-activations", partitions, "account_id:offer_id", "offer_activation", True, -1, True),
         profiles=Topic(prefix + "account-profiles", partitions, "account_id", "account_profile", True, -1, True),
+        # Ticks of time passing, one stream per partition (stream.lifecycle); kept a day.
+        clock=Topic(prefix + "clock", partitions, "partition", "clock_tick", False, DAY_MS, True),
         accruals=keyed_by_account("accruals", "accrual", 30),
         # Dead letters are kept long: every one must be inspected and replayed or closed.
         dead_letters=Topic(prefix + "dead-letters", 1, "source topic", "dead_letter", False, 90 * DAY_MS, False),

@@ -81,6 +81,9 @@ def _record(raw: dict[str, Any], account_id: str, defaults: dict[str, Any], inde
     """One card-event record; ``index`` (the position of the event id's first use) sets its
     default time, one minute apart, so a repeated id repeats its content."""
     spec = {**defaults, **raw}
+    if spec["type"] == "TIME":  # time passes to ``at``: what is due happens (stream.lifecycle)
+        return {"event_type": "TIME", "event_id": f"{prefix}-{spec['id']}", "account_id": account_id,
+                "occurred_at": datetime.fromisoformat(spec["at"])}
     where = f"event {spec.get('id', index)}"
     currency = spec.get("currency", "EUR")
     billing_currency = spec.get("billing_currency", currency)
@@ -170,10 +173,27 @@ def all_scenarios() -> list[Scenario]:
     return [load(path) for path in sorted(CASES_DIR.glob("*.yaml"))]
 
 
+def label_of(scenario: Scenario, source_event_id: str) -> str:
+    """The file's name for the event behind an entry. An internal event of time passing
+    (``<kind>:<account>:<transaction>:<due ms>``) belongs to the first TIME step at or after its
+    due time."""
+    if source_event_id in scenario.labels:
+        return scenario.labels[source_event_id]
+    due_ms = int(source_event_id.rsplit(":", 1)[-1]) if source_event_id.count(":") >= 3 else None
+    for record in scenario.records:
+        if record["event_type"] == "TIME" and due_ms is not None and record["occurred_at"].timestamp() * 1000 >= due_ms:
+            return scenario.labels[record["event_id"]]
+    return source_event_id
+
+
+def is_time(record: dict[str, Any]) -> bool:
+    return record["event_type"] == "TIME"
+
+
 def entry_view(scenario: Scenario, entry: dict[str, Any]) -> ExpectedEntry:
     """A ledger entry (Avro-shaped dict or a database row) as the scenario files write it."""
     return ExpectedEntry(
-        event=scenario.labels.get(entry["source_event_id"], entry["source_event_id"]),
+        event=label_of(scenario, entry["source_event_id"]),
         kind=entry["entry_kind"], debit=entry["debit_book"], credit=entry["credit_book"],
         amount_minor=entry["amount_minor"], reward_kind=entry["reward_kind"], offer=entry["offer_id"],
     )

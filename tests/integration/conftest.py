@@ -161,6 +161,7 @@ def pipeline(
         "APP_ID": f"cashback-it-{run_id}",
         "SINK_GROUP_ID": f"cashback-sink-it-{run_id}",
         "SINK_BATCH_WAIT_MS": "50",
+        "CLOCK_INTERVAL_S": "0.5",
         "WORKER_DATA_DIR": str(log_dir / "worker"),
         "API_PORT": str(api_port),
         "PYTHONUNBUFFERED": "1",

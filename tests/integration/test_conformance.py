@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import asyncpg
+from aiokafka import AIOKafkaProducer
 import httpx
 import pytest
 
@@ -22,7 +23,8 @@ from stream.accounts import publish_activation, publish_segments
 from stream.offer_admin import publish_offers, remove_offers
 from topics.catalogue import catalogue
 from stream.settings import Settings
-from tests.conformance.scenario import ExpectedEntry, Scenario, all_scenarios, comparable
+from stream.accounts import account_partition
+from tests.conformance.scenario import ExpectedEntry, Scenario, all_scenarios, comparable, is_time, label_of
 from tests.integration.conftest import Processes, api_ready, fresh_database, wait_until
 from tests.integration.test_end_to_end import publish, topic_for, wire
 from stream.localstack.stack import free_port
@@ -31,6 +33,15 @@ pytestmark = pytest.mark.integration
 
 SCENARIOS = all_scenarios()
 BALANCE_FIELDS = ("pending_minor", "confirmed_minor", "available_minor", "lifetime_earned_minor", "clawed_back_minor")
+
+
+async def publish_to_partition(bootstrap: str, topic: str, partition: int, value: bytes) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, value, key=str(partition).encode(), partition=partition)
+    finally:
+        await producer.stop()
 
 
 class Conformance:
@@ -73,10 +84,16 @@ class Conformance:
 
     def deliver(self, scenario: Scenario) -> None:
         bootstrap = self.processes.env["KAFKA_BOOTSTRAP_SERVERS"]
+        prefix = self.processes.env["TOPIC_PREFIX"]
         for record in scenario.records:
             before = self.processed()
-            message = (topic_for(self.processes.env, record), record["account_id"].encode(), wire(record))
-            asyncio.run(publish(bootstrap, [message]))
+            if is_time(record):  # a clock tick for the account's partition, at the step's time
+                partition = account_partition(record["account_id"], self.settings.topic_partitions)
+                value = Codec().encode("clock_tick", {"partition": partition, "now": record["occurred_at"]})
+                asyncio.run(publish_to_partition(bootstrap, prefix + "clock", partition, value))
+            else:
+                message = (topic_for(self.processes.env, record), record["account_id"].encode(), wire(record))
+                asyncio.run(publish(bootstrap, [message]))
             wait_until(lambda: self.processed() > before, 30, f"event {record['event_id']} to be processed",
                        observe=self.processed)
 
@@ -104,7 +121,7 @@ class Conformance:
         entries, not_earned = wait_until(complete, 30, f"the ledger of {scenario.name}",
                                          observe=lambda: asyncio.run(self._ledger(scenario)))
         view = [
-            ExpectedEntry(scenario.labels[e["source_event_id"]], e["entry_kind"], e["debit_book"], e["credit_book"],
+            ExpectedEntry(label_of(scenario, e["source_event_id"]), e["entry_kind"], e["debit_book"], e["credit_book"],
                           e["amount_minor"], e["reward_kind"], e["offer_id"])
             for e in entries
         ]
@@ -138,6 +155,7 @@ def conformance(request: pytest.FixtureRequest, kafka_bootstrap: str, postgres_u
             "APP_ID": f"cashback-conf-{run_id}",
             "SINK_GROUP_ID": f"cashback-sink-conf-{run_id}",
             "SINK_BATCH_WAIT_MS": "20",
+            "CLOCK_INTERVAL_S": "3600",  # the scenarios say when time passes
             "WORKER_DATA_DIR": str(log_dir / "worker"),
             "API_PORT": str(api_port),
             "PYTHONUNBUFFERED": "1",

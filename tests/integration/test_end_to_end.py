@@ -271,3 +271,20 @@ def test_bad_messages_go_to_dead_letters_and_good_ones_still_count(pipeline) -> 
         assert letter["source_offset"] >= 0 and 0 <= letter["source_partition"] < 4
     assert by_reason["card_number_detected"]["detail"] == "field merchant_name: card_number_detected"
     assert card_number not in processes.log("worker")
+
+
+def test_the_workers_own_clock_expires_an_old_authorisation(pipeline) -> None:  # type: ignore[no-untyped-def]
+    """Time passing with no further event: an authorisation 31 days old (the offer's
+    auth_expiry_days is 30) is expired by the worker's own clock ticks."""
+    processes, base_url = pipeline
+    from datetime import datetime, timedelta, timezone
+
+    long_ago = datetime.now(timezone.utc) - timedelta(days=31)
+    account = f"clock-{uuid.uuid4().hex[:6]}"
+    publish_records(processes.env, [card_record("AUTHORIZATION", 10_000, account_id=account, transaction_ref=f"{account}-ref",
+                                                occurred_at=long_ago)])
+    wait_for_balance(base_url, account, {"pending_minor": 0, "confirmed_minor": 0, "available_minor": 0,
+                                         "lifetime_earned_minor": 0, "clawed_back_minor": 0})
+    history = httpx.get(f"{base_url}/v1/accounts/{account}/history", timeout=5).json()["entries"]
+    assert [(line["entry_kind"], line["amount_minor"]) for line in history] == [("EXPIRED", 500), ("PENDING_CREATED", 500)]
+    assert history[0]["source_event_id"].startswith(f"authorization_expiry:{account}:")

@@ -52,7 +52,7 @@ def test_event_topics_are_deleted_after_their_retention() -> None:
 @pytest.mark.parametrize("prefix", ["cashback.", "test-1.", ""])
 def test_names_are_unique_and_prefixed(prefix: str) -> None:
     names = [t.name for t in catalogue(prefix=prefix).all()]
-    assert len(names) == len(set(names)) == 7
+    assert len(names) == len(set(names)) == 8
     assert all(name.startswith(prefix) for name in names)
 
 

@@ -28,6 +28,7 @@ SHIPPED_IDS = {
     "accrual": 5,
     "dead_letter": 6,
     "account_profile": 8,
+    "clock_tick": 9,
 }
 
 
@@ -64,6 +65,7 @@ def valid_records() -> dict[str, dict[str, Any]]:
             "stage": "matcher",
         },
         "account_profile": {"account_id": "acct-1", "segments": ["new", "vip"], "updated_at": T0},
+        "clock_tick": {"partition": 3, "now": T0},
     }
 
 

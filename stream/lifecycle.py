@@ -1,0 +1,96 @@
+"""Time passing: return windows that end and authorisations that expire, without waiting for the
+account's next card event.
+
+The rules engine records when things fall due: ``expires_at_ms`` on an authorised purchase (its
+authorisation time plus the longest ``auth_expiry_days`` of its offers), ``available_at_ms`` on a
+share whose cashback was confirmed (the clearing time plus the offer's ``pending_days``; a later
+clearing part pushes it later), and the account's earliest due time as ``state["due_ms"]``.
+
+``due_events(state, account_id, now)`` turns what is due by ``now`` into internal events
+(``AUTHORIZATION_EXPIRY``, ``RETURN_WINDOW_ENDED``) that go through ``decide`` like any other
+event: the same entries, the same budget and cap bookkeeping, and deterministic ids
+(``<kind>:<account>:<transaction>:<due ms>``), so a redelivered clock tick changes nothing. Each
+event happens at its due time, not at the tick's, so the result does not depend on how often the
+clock ticks. Pure: the clock is read by the caller (the worker's ticks, a test, a back-test).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+from stream.events import CardEvent, EventType
+
+DAY_MS = 24 * 3600 * 1000
+
+
+def authorization_expires_at(event: CardEvent, offers: Iterable[Any]) -> int:
+    """When an authorised purchase's pending cashback expires: the longest expiry of its offers
+    (never before any of them would)."""
+    days = max((offer.auth_expiry_days for offer in offers if offer is not None), default=30)
+    return event.occurred_at_ms + days * DAY_MS
+
+
+def open_return_window(share: dict[str, Any], clearing: CardEvent) -> None:
+    """A clearing confirmed cashback on ``share``: it becomes available when the return window
+    after this clearing ends (a later part of a multi-clearing purchase extends it)."""
+    ends = clearing.occurred_at_ms + share["pending_days"] * DAY_MS
+    share["available_at_ms"] = max(share.get("available_at_ms") or 0, ends)
+
+
+def window_over(share: dict[str, Any], event: CardEvent) -> bool:
+    return share.get("available_at_ms") is not None and share["available_at_ms"] <= event.occurred_at_ms
+
+
+def _due(txn: dict[str, Any]) -> list[tuple[int, str]]:
+    due: list[tuple[int, str]] = []
+    if txn["status"] == "authorized" and txn.get("expires_at_ms") and any(s["pending"] > 0 for s in txn["shares"]):
+        due.append((txn["expires_at_ms"], EventType.AUTHORIZATION_EXPIRY.value))
+    windows = [s["available_at_ms"] for s in txn["shares"] if s["confirmed"] > 0 and s.get("available_at_ms")]
+    if windows:
+        due.append((min(windows), EventType.RETURN_WINDOW_ENDED.value))
+    return due
+
+
+def next_due_ms(state: dict[str, Any]) -> int | None:
+    """The earliest time anything of this account falls due, or None."""
+    times = [when for txn in state["txns"].values() for when, _ in _due(txn)]
+    return min(times) if times else None
+
+
+def due_events(state: dict[str, Any] | None, account_id: str, now_ms: int) -> list[CardEvent]:
+    """The internal events due by ``now_ms``, oldest first."""
+    if not state or state.get("due_ms") is None or state["due_ms"] > now_ms:
+        return []
+    due = sorted(
+        (when, kind, ref, txn["currency"])
+        for ref, txn in state["txns"].items()
+        for when, kind in _due(txn)
+        if when <= now_ms
+    )
+    return [_internal_event(kind, account_id, ref, when, currency) for when, kind, ref, currency in due]
+
+
+def _internal_event(kind: str, account_id: str, transaction_ref: str, due_ms: int, currency: str) -> CardEvent:
+    return CardEvent(
+        event_id=f"{kind.lower()}:{account_id}:{transaction_ref}:{due_ms}",
+        event_type=EventType(kind),
+        occurred_at=datetime.fromtimestamp(due_ms / 1000, tz=timezone.utc),
+        account_id=account_id,
+        card_token="",
+        transaction_ref=transaction_ref,
+        original_transaction_ref=None,
+        processing_code="PURCHASE",
+        response_code="00",
+        amount_minor=0,
+        currency=currency,
+        billing_amount_minor=0,
+        billing_currency=currency,
+        cashback_at_pos_minor=0,
+        mcc="0000",
+        merchant_id="",
+        merchant_name="",
+        merchant_country="",
+        merchant_timezone=None,
+        channel="IN_STORE",
+    )
