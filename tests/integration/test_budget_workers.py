@@ -1,0 +1,101 @@
+"""A campaign budget shared by several workers over many partitions is never overspent: two worker
+processes in one consumer group, 40 accounts spread over the partitions, each purchase wanting
+5.00 of a 50.00 budget: exactly 50.00 is granted, the other purchases record budget_exhausted."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import asyncpg
+import httpx
+import pytest
+
+from schemas.codec import Codec
+from stream.accounts import account_partition
+from stream.localstack.stack import free_port
+from stream.offer_admin import publish_offers
+from stream.settings import Settings
+from tests.factories import card_record, offer
+from tests.integration.conftest import Processes, fresh_database, wait_until
+from tests.integration.test_end_to_end import publish_records
+
+pytestmark = pytest.mark.integration
+
+ACCOUNTS = 40
+
+
+@pytest.fixture()
+def two_workers(kafka_bootstrap: str, postgres_url: str, work_dir: Path) -> Iterator[Processes]:
+    run_id = uuid.uuid4().hex[:8]
+    log_dir = work_dir / f"budget-{run_id}"
+    log_dir.mkdir()
+    processes = Processes(
+        {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "DATABASE_URL": fresh_database(postgres_url),
+            "TOPIC_PREFIX": f"budget-{run_id}.",
+            "APP_ID": f"cashback-budget-{run_id}",
+            "SINK_GROUP_ID": f"cashback-sink-budget-{run_id}",
+            "SINK_BATCH_WAIT_MS": "50",
+            "PYTHONUNBUFFERED": "1",
+        },
+        log_dir,
+    )
+    processes.cli("topics")
+    settings = Settings.from_env(processes.env)
+    campaign = offer(offer_id="campaign-5", currency="EUR", budget_minor=5_000)
+    asyncio.run(publish_offers(settings, Codec(), settings.topic_prefix + "offers", [campaign]))
+    for name in ("worker-a", "worker-b"):
+        processes.metrics_ports[name] = free_port()
+        processes.start(name, "worker", env={"METRICS_PORT": str(processes.metrics_ports[name]),
+                                             "WORKER_DATA_DIR": str(log_dir / name)})
+    processes.start("sink", "sink")
+    try:
+        yield processes
+    finally:
+        processes.stop_all()
+
+
+def _assigned(processes: Processes, name: str) -> bool:
+    """The worker reports lag, so it owns partitions (and serves metrics)."""
+    try:
+        return processes.metric(name, "cashback_consumer_lag_messages") is not None
+    except httpx.HTTPError:  # not serving yet
+        return False
+
+
+async def _totals(database_url: str) -> tuple[int, int, int]:
+    connection = await asyncpg.connect(database_url)
+    try:
+        granted = await connection.fetchval(
+            "SELECT coalesce(sum(amount_minor), 0) FROM ledger_entries WHERE offer_id = 'campaign-5' AND entry_kind = 'CONFIRMED'"
+        )
+        exhausted = await connection.fetchval("SELECT count(*) FROM purchases_not_earned WHERE reason = 'budget_exhausted'")
+        used = await connection.fetchval("SELECT used_minor FROM offer_budgets WHERE offer_id = 'campaign-5'")
+        return int(granted), int(exhausted), int(used or 0)
+    finally:
+        await connection.close()
+
+
+def test_two_workers_never_overspend_a_shared_budget(two_workers: Processes) -> None:
+    processes = two_workers
+    # Both workers joined the group and own partitions before the purchases arrive.
+    wait_until(lambda: _assigned(processes, "worker-a") and _assigned(processes, "worker-b"), 90, "both workers to own partitions")
+    accounts = [f"budget-acct-{n:02d}" for n in range(ACCOUNTS)]
+    assert len({account_partition(a, 4) for a in accounts}) == 4  # every partition has buyers
+    purchases = [card_record("CLEARING", 10_000, account_id=a, transaction_ref=f"{a}-ref") for a in accounts]
+    publish_records(processes.env, purchases)
+
+    totals = wait_until(
+        lambda: (t := asyncio.run(_totals(processes.env["DATABASE_URL"])))[0] + 500 * t[1] == 500 * ACCOUNTS and t,
+        90, "every purchase to be decided", observe=lambda: asyncio.run(_totals(processes.env["DATABASE_URL"])),
+    )
+    granted, exhausted, used = totals
+    assert (granted, used, exhausted) == (5_000, 5_000, ACCOUNTS - 10)
+    decided = [processes.metric(name, "cashback_events_consumed_total", {"event_type": "CLEARING"}) or 0 for name in ("worker-a", "worker-b")]
+    assert sum(decided) == ACCOUNTS and all(count > 0 for count in decided), decided  # both workers took part
