@@ -175,6 +175,20 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> None:
     )
 
 
+def cmd_backtest(settings: Settings | None, args: argparse.Namespace) -> None:
+    from datetime import datetime, timedelta
+
+    from stream.backtest import replay, report
+    from stream.offers import OfferBook, load_offers_file
+    from stream.simulate import Scenario, generate
+
+    scenario = Scenario(seed=args.seed, accounts=args.accounts, purchases=args.purchases, bad_ratio=0)
+    offers = OfferBook.of(load_offers_file(Path(args.offers)))
+    until = scenario.start + timedelta(seconds=args.purchases * scenario.step_seconds) + timedelta(days=args.days_after)
+    print(f"back-test of {args.offers} over {args.purchases} simulated purchases (seed {args.seed}), time passed to {until:%Y-%m-%d}")
+    print(report(replay(generate(scenario, build_codec(settings) if settings else None), offers, until)))
+
+
 def cmd_dead_letters(settings: Settings, args: argparse.Namespace) -> None:
     from stream.deadletter_admin import show_dead_letters
 
@@ -234,6 +248,14 @@ def parser() -> argparse.ArgumentParser:
     simulate.add_argument("--quiet", action="store_true", help="no progress display")
     simulate.set_defaults(run=cmd_simulate)
 
+    backtest = commands.add_parser("backtest", help="run offers over a simulated stream through the rules engine, no broker")
+    backtest.add_argument("--offers", default=str(EXAMPLE_OFFERS))
+    backtest.add_argument("--purchases", type=int, default=10_000)
+    backtest.add_argument("--accounts", type=int, default=1_000)
+    backtest.add_argument("--seed", type=int, default=1)
+    backtest.add_argument("--days-after", type=int, default=60, help="time passed after the last purchase")
+    backtest.set_defaults(run=cmd_backtest)
+
     dead = commands.add_parser("dead-letters", help="print the dead-letter topic")
     dead.add_argument("--limit", type=int, default=50)
     dead.set_defaults(run=cmd_dead_letters)
@@ -251,8 +273,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    if args.run is cmd_config:
-        cmd_config(None, args)
+    if args.run in (cmd_config, cmd_backtest):  # need no servers, read no environment
+        args.run(None, args)
         return
     try:
         settings = Settings.from_env()

@@ -16,11 +16,11 @@ from prometheus_client import REGISTRY
 
 from schemas.codec import Codec
 from stream import ledger
-from stream.events import to_event, validate
 from stream.localstack.postgres import EmbeddedPostgres
 from stream.localstack.stack import free_port
 from stream.offers import OfferBook, load_offers_file
-from stream.rules import BALANCE_FIELDS, Outcome, balances, decide
+from stream.backtest import replay
+from stream.rules import BALANCE_FIELDS, balances
 from stream.settings import Settings
 from stream.simulate import Scenario, generate
 from stream.sink import Sink, staging_row
@@ -33,17 +33,9 @@ CODEC = Codec()
 
 
 def simulated_entries(purchases: int, seed: int) -> list[dict[str, Any]]:
+    """The ledger the simulator's stream gives, by the pure engine (the back-test)."""
     offers = OfferBook.of(load_offers_file(REPO_ROOT / "deploy" / "offers" / "example.yaml"))
-    states: dict[str, Any] = {}
-    entries: list[dict[str, Any]] = []
-    for message in generate(Scenario(seed=seed, accounts=50, purchases=purchases, bad_ratio=0)):
-        assert message.record is not None and validate(message.record) is None
-        event = to_event(message.record)
-        decision = decide(event, offers, states.get(event.account_id))
-        states[event.account_id] = decision.state
-        if decision.outcome is not Outcome.DUPLICATE:  # a duplicate re-emits entries already counted
-            entries.extend(decision.entries)
-    return entries
+    return list(replay(generate(Scenario(seed=seed, accounts=50, purchases=purchases, bad_ratio=0)), offers).entries.values())
 
 
 def rows_of(entries: list[dict[str, Any]]) -> list[tuple[Any, ...]]:

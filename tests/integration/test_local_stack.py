@@ -17,9 +17,8 @@ import psutil
 import pytest
 
 from schemas.codec import Codec
-from stream.events import to_event, validate
+from stream.backtest import replay
 from stream.offers import OfferBook, load_offers_file
-from stream.rules import Outcome, balances, decide
 from stream.simulate import Scenario, generate
 from tests.integration.conftest import wait_until
 
@@ -30,20 +29,10 @@ PURCHASES = 300
 
 
 def accounts_with_cashback(purchases: int) -> list[str]:
-    """Accounts the simulator's default stream (seed 1) gives cashback, by the pure engine."""
+    """Accounts the simulator's default stream (seed 1) gives cashback, by the back-test."""
     offers = OfferBook.of(load_offers_file(REPO_ROOT / "deploy" / "offers" / "example.yaml"))
-    states: dict[str, dict] = {}
-    entries: list[dict] = []
-    for message in generate(Scenario(purchases=purchases), Codec()):
-        if message.record is None or validate(message.record) is not None:
-            continue
-        event = to_event(message.record)
-        decision = decide(event, offers, states.get(event.account_id))
-        states[event.account_id] = decision.state
-        if decision.outcome is not Outcome.DUPLICATE:
-            entries.extend(decision.entries)
-    earned = {key[0] for key, totals in balances(entries).items() if totals["lifetime_earned_minor"] > 0}
-    return sorted(earned)
+    result = replay(generate(Scenario(purchases=purchases), Codec()), offers)
+    return sorted({key[0] for key, totals in result.balances().items() if totals["lifetime_earned_minor"] > 0})
 
 
 def test_local_stack_starts_serves_and_stops_cleanly() -> None:
