@@ -135,8 +135,9 @@ class AccountStep:
         if kind != "NOT_EARNED" and amount_minor <= 0:
             return
         event = self.event
-        if share is not None and share["reward_kind"] == RewardKind.CHARITY.value and share["charity_id"]:
-            detail = f"{detail}; charity_id={share['charity_id']}"
+        beneficiary = share["charity_id"] if share is not None and share["reward_kind"] == RewardKind.CHARITY.value else None
+        if beneficiary:
+            detail = f"{detail}; charity_id={beneficiary}"
         self.entries.append(
             {
                 "accrual_id": f"{event.event_id}#{len(self.entries)}",
@@ -151,6 +152,7 @@ class AccountStep:
                 "reward_kind": share["reward_kind"] if share else "CASH",
                 "offer_id": share["offer_id"] if share else None,
                 "rule_version": share["version"] if share else None,
+                "beneficiary_id": beneficiary,
                 "occurred_at": event.occurred_at_ms,
                 "explanation": {
                     "reason": reason,
@@ -190,3 +192,9 @@ def limit_note(share: Share, limit: Outcome | None) -> str:
     if limit is Outcome.BUDGET_EXHAUSTED:
         return "campaign budget exhausted"
     return ""
+
+
+def spendable_book(share: Share) -> str:
+    """Where cashback goes when its return window ends: AVAILABLE to the customer, or DONATED for
+    a charity reward (given to the charity, counted in the customer's donated total)."""
+    return "DONATED" if share["reward_kind"] == RewardKind.CHARITY.value else "AVAILABLE"

@@ -38,6 +38,7 @@ from stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
+CHARITY_ID = Path(..., min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$", description="A charity id.")
 OFFER_ID = Path(..., min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$", description="An offer id.")
 ACCOUNT_ID = Path(..., min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$", description="The bank's account id.")
 
@@ -50,6 +51,7 @@ class Balance(BaseModel):
     available_minor: int = Field(description="Usable now.")
     lifetime_earned_minor: int
     clawed_back_minor: int
+    donated_minor: int = Field(description="Charity rewards given to the charity (reward_kind CHARITY).")
     available: str = Field(description="available_minor formatted, e.g. '12.50 EUR'.")
 
 
@@ -113,6 +115,14 @@ class OfferSummary(BaseModel):
             rate_bps=getattr(offer, "rate_bps", None), valid_from=offer.valid_from, valid_to=offer.valid_to,
             requires_activation=bool(getattr(offer, "requires_activation", False)),
         )
+
+
+class Donations(BaseModel):
+    charity_id: str
+    currency: str
+    donated_minor: int = Field(description="Given: charity rewards whose return window ended.")
+    promised_minor: int = Field(description="Still pending or inside the return window.")
+    donors: int
 
 
 class Activation(BaseModel):
@@ -217,6 +227,7 @@ def create_app(settings: Settings) -> FastAPI:
                     available_minor=r["available_minor"],
                     lifetime_earned_minor=r["lifetime_earned_minor"],
                     clawed_back_minor=r["clawed_back_minor"],
+                    donated_minor=r["donated_minor"],
                     available=format_minor(r["available_minor"], r["currency"]),
                 )
                 for r in rows
@@ -246,6 +257,17 @@ def create_app(settings: Settings) -> FastAPI:
             ],
             next_cursor=_encode_cursor(page[-1]["history_seq"]) if len(rows) > limit else None,
         )
+
+    @app.get(
+        "/v1/charities/{charity_id}/donations", response_model=list[Donations],
+        responses={404: {"model": Problem, "description": "Nothing donated to this charity."}},
+    )
+    async def get_donations(charity_id: str = CHARITY_ID, db: asyncpg.Pool = Depends(pool)) -> list[Donations]:
+        """What customers' charity rewards gave (and have promised) a charity, per currency."""
+        rows = await db.fetch("SELECT * FROM charity_donations WHERE charity_id = $1 ORDER BY currency", charity_id)
+        if not rows:
+            raise HTTPException(status_code=404, detail=f"nothing donated to charity {charity_id}")
+        return [Donations(**dict(row)) for row in rows]
 
     def live_offer(request: Request, offer_id: str) -> Offer:
         offer = request.app.state.offers.book.get(offer_id)

@@ -66,7 +66,7 @@ async def pending_migrations(connection: asyncpg.Connection, directory: Path = M
 STAGING_COLUMNS = (
     "position", "accrual_id", "source_event_id", "account_id", "transaction_ref", "entry_kind",
     "debit_book", "credit_book", "amount_minor", "currency", "reward_kind", "offer_id",
-    "rule_version", "occurred_at", "explanation", "fingerprint",
+    "rule_version", "occurred_at", "explanation", "fingerprint", "beneficiary_id",
 )
 
 _CREATE_STAGING = """
@@ -74,14 +74,14 @@ CREATE TEMP TABLE IF NOT EXISTS incoming_accruals (
     position bigint, accrual_id text, source_event_id text, account_id text, transaction_ref text,
     entry_kind text, debit_book text, credit_book text, amount_minor bigint, currency text,
     reward_kind text, offer_id text, rule_version integer, occurred_at timestamptz,
-    explanation jsonb, fingerprint text
+    explanation jsonb, fingerprint text, beneficiary_id text
 ) ON COMMIT DELETE ROWS
 """
 
 _CREATE_DELTAS = """
 CREATE TEMP TABLE IF NOT EXISTS batch_deltas (
     account_id text, reward_kind text, currency text, pending bigint, confirmed bigint,
-    available bigint, earned bigint, clawed_back bigint, entries bigint
+    available bigint, earned bigint, clawed_back bigint, donated bigint, entries bigint
 ) ON COMMIT DELETE ROWS
 """
 
@@ -91,10 +91,10 @@ _WRITE_ENTRIES = """
 WITH inserted AS (
     INSERT INTO ledger_entries (accrual_id, source_event_id, account_id, transaction_ref, entry_kind,
         debit_book, credit_book, amount_minor, currency, reward_kind, offer_id, rule_version,
-        occurred_at, explanation, fingerprint)
+        occurred_at, explanation, fingerprint, beneficiary_id)
     SELECT accrual_id, source_event_id, account_id, transaction_ref, entry_kind, debit_book,
         credit_book, amount_minor, currency, reward_kind, offer_id, rule_version, occurred_at,
-        explanation, fingerprint
+        explanation, fingerprint, beneficiary_id
     FROM incoming_accruals WHERE entry_kind <> 'NOT_EARNED' ORDER BY position
     ON CONFLICT (accrual_id) DO NOTHING
     RETURNING account_id, reward_kind, currency, entry_kind, debit_book, credit_book, amount_minor
@@ -107,6 +107,7 @@ SELECT account_id, reward_kind, currency,
     sum(CASE WHEN entry_kind = 'CONFIRMED' THEN amount_minor ELSE 0 END),
     -- a reversed chargeback undoes its clawback rather than earning a second time
     sum(CASE WHEN entry_kind = 'CLAWED_BACK' THEN amount_minor WHEN entry_kind = 'RECREDITED' THEN -amount_minor ELSE 0 END),
+    sum(CASE WHEN credit_book = 'DONATED' THEN amount_minor WHEN debit_book = 'DONATED' THEN -amount_minor ELSE 0 END),
     count(*)
 FROM inserted GROUP BY account_id, reward_kind, currency
 """
@@ -127,6 +128,7 @@ UPDATE balances AS b SET
     available_minor = b.available_minor + d.available,
     lifetime_earned_minor = b.lifetime_earned_minor + d.earned,
     clawed_back_minor = b.clawed_back_minor + d.clawed_back,
+    donated_minor = b.donated_minor + d.donated,
     updated_at = now()
 FROM batch_deltas AS d
 WHERE b.account_id = d.account_id AND b.reward_kind = d.reward_kind AND b.currency = d.currency

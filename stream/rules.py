@@ -20,7 +20,8 @@ so an entry's legs sum to zero by construction (a TigerBeetle-style transfer). B
 
 - EXPENSE: the sponsor's cashback expense for the offer (the bank's side);
 - PENDING: authorised, not yet settled; CONFIRMED: settled, inside the return window;
-- AVAILABLE: the customer can use it.
+- AVAILABLE: the customer can use it; DONATED: a charity reward given to the charity (the
+  customer's donated total; ``beneficiary_id`` on the entry names the charity).
 
 Entries are in the reward's unit and kind: cash, store credit and charity in the billing currency
 (a charity entry's ``detail`` ends with ``charity_id=<id>``), points in ``PTS``; they are never
@@ -69,7 +70,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping
 
-from stream.account_step import AccountStep, Entry, State, limit_note, purchase_basis
+from stream.account_step import AccountStep, Entry, State, limit_note, purchase_basis, spendable_book
 from stream.events import CardEvent, EventType
 from stream.lifecycle import authorization_expires_at, next_due_ms, open_return_window, window_over
 from stream.matching import NO_PROFILE, AccountProfile, match
@@ -322,7 +323,7 @@ def _on_clearing(step: AccountStep) -> Outcome:
             step.hold(share, -share["pending"])
             share["pending"] = 0
         if share["pending_days"] == 0 and share["confirmed"] > 0:
-            step.entry("MADE_AVAILABLE", "CONFIRMED", "AVAILABLE", share["confirmed"], share, "available", "no return window: available at once")
+            step.entry("MADE_AVAILABLE", "CONFIRMED", spendable_book(share), share["confirmed"], share, "available", "no return window: available at once")
             share["available"] += share["confirmed"]
             share["confirmed"] = 0
         elif confirm > 0:
@@ -342,7 +343,7 @@ def _claw_back(step: AccountStep, share: Share, amount: int, reason: str, detail
     amount = max(0, min(amount, share["earned"] - share["clawed_back"]))
     from_confirmed = min(share["confirmed"], amount)
     step.entry("CLAWED_BACK", "CONFIRMED", "EXPENSE", from_confirmed, share, reason, detail)
-    step.entry("CLAWED_BACK", "AVAILABLE", "EXPENSE", amount - from_confirmed, share, reason, detail)
+    step.entry("CLAWED_BACK", spendable_book(share), "EXPENSE", amount - from_confirmed, share, reason, detail)
     step.hold(share, -amount)
     share["confirmed"] -= from_confirmed
     share["available"] -= amount - from_confirmed
@@ -393,12 +394,12 @@ def _on_chargeback_reversal(step: AccountStep) -> Outcome:
     recredited = 0
     for share in txn["shares"]:
         amount, limit = step.grant(share, share["chargeback_clawed"])
-        book = "AVAILABLE" if share["pending_days"] == 0 else "CONFIRMED"
+        book = spendable_book(share) if share["pending_days"] == 0 else "CONFIRMED"
         note = limit_note(share, limit)
         detail = "chargeback reversed: cashback credited again" + (f" ({note})" if note else "")
         step.entry("RECREDITED", "EXPENSE", book, amount, share, "chargeback_reversed", detail)
         step.hold(share, amount)
-        share["available" if book == "AVAILABLE" else "confirmed"] += amount
+        share["confirmed" if book == "CONFIRMED" else "available"] += amount
         share["clawed_back"] -= amount
         share["chargeback_clawed"] -= amount
         recredited += amount
@@ -415,7 +416,7 @@ def _on_return_window_ended(step: AccountStep) -> Outcome:
     for share in txn["shares"]:
         if share["confirmed"] > 0 and window_over(share, step.event):
             detail = f"return window of {share['pending_days']} days over: available"
-            step.entry("MADE_AVAILABLE", "CONFIRMED", "AVAILABLE", share["confirmed"], share, "available", detail)
+            step.entry("MADE_AVAILABLE", "CONFIRMED", spendable_book(share), share["confirmed"], share, "available", detail)
             share["available"] += share["confirmed"]
             moved += share["confirmed"]
             share["confirmed"] = 0
@@ -457,5 +458,9 @@ def balances(entries: Iterable[Entry]) -> dict[tuple[str, str, str], dict[str, i
     return result
 
 
-_BOOK_FIELDS = {"PENDING": "pending_minor", "CONFIRMED": "confirmed_minor", "AVAILABLE": "available_minor"}
-BALANCE_FIELDS = ("pending_minor", "confirmed_minor", "available_minor", "lifetime_earned_minor", "clawed_back_minor")
+_BOOK_FIELDS = {
+    "PENDING": "pending_minor", "CONFIRMED": "confirmed_minor", "AVAILABLE": "available_minor", "DONATED": "donated_minor",
+}
+BALANCE_FIELDS = (
+    "pending_minor", "confirmed_minor", "available_minor", "lifetime_earned_minor", "clawed_back_minor", "donated_minor",
+)

@@ -67,6 +67,7 @@ def staging_row(position: int, record: dict[str, Any], raw: bytes) -> tuple[Any,
         occurred_at,
         json.dumps(record["explanation"], separators=(",", ":")),
         hashlib.blake2b(raw[5:], digest_size=12).hexdigest(),
+        record.get("beneficiary_id"),
     )
 
 

@@ -116,7 +116,9 @@ def profile(*segments: str, **activations: datetime) -> Any:
     return AccountProfile(frozenset(segments), activations)
 
 
-def totals(pending: int = 0, confirmed: int = 0, available: int = 0, lifetime: int = 0, clawed: int = 0) -> dict[str, int]:
+def totals(
+    pending: int = 0, confirmed: int = 0, available: int = 0, lifetime: int = 0, clawed: int = 0, donated: int = 0
+) -> dict[str, int]:
     """One balances() row, every field named, zero unless given."""
     return {
         "pending_minor": pending,
@@ -124,6 +126,7 @@ def totals(pending: int = 0, confirmed: int = 0, available: int = 0, lifetime: i
         "available_minor": available,
         "lifetime_earned_minor": lifetime,
         "clawed_back_minor": clawed,
+        "donated_minor": donated,
     }
 
 

@@ -27,7 +27,7 @@ CASES_DIR = Path(__file__).resolve().parent / "cases"
 T0 = datetime(2026, 12, 1, 10, 0, tzinfo=timezone.utc)
 DEFAULT_OFFERS = [{"offer_id": "grocery-5", "name": "5% at supermarkets", "rate_bps": 500, "mccs": ["5411"]}]
 AUTH_TYPES = {"AUTHORIZATION", "INCREMENTAL_AUTHORIZATION", "AUTHORIZATION_REVERSAL", "AUTHORIZATION_EXPIRY"}
-BALANCE_NAMES = ("pending", "confirmed", "available", "lifetime_earned", "clawed_back")
+BALANCE_NAMES = ("pending", "confirmed", "available", "lifetime_earned", "clawed_back", "donated")
 _DECIMAL = re.compile(r"-?\d+(?:\.\d+)?")
 
 

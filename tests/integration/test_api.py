@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import timedelta
 from typing import Any, AsyncIterator
 
 import asyncpg
@@ -23,7 +24,8 @@ from aiokafka import AIOKafkaConsumer
 
 from stream.accounts import account_partition
 from stream.offer_admin import publish_offers
-from tests.factories import book, card_event, offer
+from stream.lifecycle import due_events
+from tests.factories import T0, book, card_event, offer
 from tests.integration.conftest import fresh_database
 from topics.admin import ensure_topics
 from topics.catalogue import catalogue
@@ -43,6 +45,16 @@ def _entries() -> list[dict[str, Any]]:
             entries.extend(decision.entries)
     declined = card_event("AUTHORIZATION", 10_000, account_id="api-1", transaction_ref="api-declined", response_code="51")
     entries.extend(decide(declined, offers, state).entries)
+    # Account api-3 gives 1% of two purchases to a charity; the first one's window has ended.
+    charity = book(offer(offer_id="give-1", reward_kind="CHARITY", charity_id="red-cross", rate_bps=100, pending_days=10))
+    state = None
+    for n, day in enumerate((0, 15)):
+        clearing = card_event("CLEARING", 10_000, account_id="api-3", transaction_ref=f"gift-{n}", occurred_at=T0 + timedelta(days=day))
+        decision = decide(clearing, charity, state)
+        state = decision.state
+        entries.extend(decision.entries)
+    for event in due_events(state, "api-3", int((T0 + timedelta(days=12)).timestamp() * 1000)):
+        entries.extend(decide(event, charity, state).entries)
     return entries
 
 
@@ -94,7 +106,8 @@ async def test_balances_of_an_account(client: httpx.AsyncClient) -> None:
         "account_id": "api-1",
         "balances": [{
             "reward_kind": "CASH", "currency": "EUR", "pending_minor": 0, "confirmed_minor": 2_500,
-            "available_minor": 0, "lifetime_earned_minor": 2_500, "clawed_back_minor": 0, "available": "0.00 EUR",
+            "available_minor": 0, "lifetime_earned_minor": 2_500, "clawed_back_minor": 0, "donated_minor": 0,
+            "available": "0.00 EUR",
         }],
     }
 
@@ -198,3 +211,13 @@ async def test_activating_an_unknown_offer_is_404(client: httpx.AsyncClient) -> 
     await _wait_ready(client)
     response = await client.put("/v1/accounts/api-2/offers/no-such-offer/activation")
     assert response.status_code == 404 and response.json() == {"detail": "offer no-such-offer does not exist"}
+
+
+@pytest.mark.asyncio
+async def test_a_charity_sees_what_was_donated_and_promised(client: httpx.AsyncClient) -> None:
+    donations = (await client.get("/v1/charities/red-cross/donations")).json()
+    assert donations == [{"charity_id": "red-cross", "currency": "EUR", "donated_minor": 100, "promised_minor": 100, "donors": 1}]
+    (line,) = (await client.get("/v1/accounts/api-3/balances")).json()["balances"]
+    assert (line["reward_kind"], line["donated_minor"], line["confirmed_minor"], line["available_minor"]) == ("CHARITY", 100, 100, 0)
+    missing = await client.get("/v1/charities/nobody/donations")
+    assert missing.status_code == 404 and missing.json() == {"detail": "nothing donated to charity nobody"}

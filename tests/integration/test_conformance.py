@@ -32,7 +32,7 @@ from stream.localstack.stack import free_port
 pytestmark = pytest.mark.integration
 
 SCENARIOS = all_scenarios()
-BALANCE_FIELDS = ("pending_minor", "confirmed_minor", "available_minor", "lifetime_earned_minor", "clawed_back_minor")
+from stream.rules import BALANCE_FIELDS
 
 
 async def publish_to_partition(bootstrap: str, topic: str, partition: int, value: bytes) -> None:

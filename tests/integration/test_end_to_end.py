@@ -90,12 +90,12 @@ def purchase_stories(tag: str) -> tuple[list[dict[str, Any]], dict[str, dict[str
         + story(f, ("AUTHORIZATION", 5_000, {}), ("INCREMENTAL_AUTHORIZATION", 3_000, {}))  # case 4
     )
     expected = {
-        a: {"pending_minor": 0, "confirmed_minor": 400, "available_minor": 0, "lifetime_earned_minor": 400, "clawed_back_minor": 0},
-        b: {"pending_minor": 0, "confirmed_minor": 50, "available_minor": 0, "lifetime_earned_minor": 50, "clawed_back_minor": 0},
-        c: {"pending_minor": 0, "confirmed_minor": 300, "available_minor": 0, "lifetime_earned_minor": 500, "clawed_back_minor": 200},
+        a: {"pending_minor": 0, "confirmed_minor": 400, "available_minor": 0, "lifetime_earned_minor": 400, "clawed_back_minor": 0, "donated_minor": 0},
+        b: {"pending_minor": 0, "confirmed_minor": 50, "available_minor": 0, "lifetime_earned_minor": 50, "clawed_back_minor": 0, "donated_minor": 0},
+        c: {"pending_minor": 0, "confirmed_minor": 300, "available_minor": 0, "lifetime_earned_minor": 500, "clawed_back_minor": 200, "donated_minor": 0},
         d: None,
-        e: {"pending_minor": 0, "confirmed_minor": 0, "available_minor": 150, "lifetime_earned_minor": 150, "clawed_back_minor": 0},
-        f: {"pending_minor": 400, "confirmed_minor": 0, "available_minor": 0, "lifetime_earned_minor": 0, "clawed_back_minor": 0},
+        e: {"pending_minor": 0, "confirmed_minor": 0, "available_minor": 150, "lifetime_earned_minor": 150, "clawed_back_minor": 0, "donated_minor": 0},
+        f: {"pending_minor": 400, "confirmed_minor": 0, "available_minor": 0, "lifetime_earned_minor": 0, "clawed_back_minor": 0, "donated_minor": 0},
     }
     return records, expected
 
@@ -133,7 +133,7 @@ def sentinel(env: dict[str, str], base_url: str) -> None:
     records = [card_record("AUTHORIZATION", 2_000, account_id=account, transaction_ref=f"{account}-ref")]
     publish_records(env, records)
     wait_for_balance(base_url, account, {"pending_minor": 100, "confirmed_minor": 0, "available_minor": 0,
-                                         "lifetime_earned_minor": 0, "clawed_back_minor": 0})
+                                         "lifetime_earned_minor": 0, "clawed_back_minor": 0, "donated_minor": 0})
 
 
 async def _ledger_count(database_url: str, accounts: list[str]) -> int:
@@ -255,7 +255,7 @@ def test_bad_messages_go_to_dead_letters_and_good_ones_still_count(pipeline) -> 
     asyncio.run(publish(env["KAFKA_BOOTSTRAP_SERVERS"], messages))
 
     wait_for_balance(base_url, account, {"pending_minor": 0, "confirmed_minor": 500, "available_minor": 0,
-                                         "lifetime_earned_minor": 500, "clawed_back_minor": 0})
+                                         "lifetime_earned_minor": 500, "clawed_back_minor": 0, "donated_minor": 0})
     letters = asyncio.run(
         _read_dead_letters(env["KAFKA_BOOTSTRAP_SERVERS"], env["TOPIC_PREFIX"] + "dead-letters", len(bad_messages) + 1)
     )
@@ -284,7 +284,7 @@ def test_the_workers_own_clock_expires_an_old_authorisation(pipeline) -> None:  
     publish_records(processes.env, [card_record("AUTHORIZATION", 10_000, account_id=account, transaction_ref=f"{account}-ref",
                                                 occurred_at=long_ago)])
     wait_for_balance(base_url, account, {"pending_minor": 0, "confirmed_minor": 0, "available_minor": 0,
-                                         "lifetime_earned_minor": 0, "clawed_back_minor": 0})
+                                         "lifetime_earned_minor": 0, "clawed_back_minor": 0, "donated_minor": 0})
     history = httpx.get(f"{base_url}/v1/accounts/{account}/history", timeout=5).json()["entries"]
     assert [(line["entry_kind"], line["amount_minor"]) for line in history] == [("EXPIRED", 500), ("PENDING_CREATED", 500)]
     assert history[0]["source_event_id"].startswith(f"authorization_expiry:{account}:")

@@ -176,7 +176,15 @@ def test_history_sequence_migration_backfills_rows_in_recorded_order(database: s
         connection = await asyncpg.connect(database)
         try:
             await ledger.migrate(connection, early)
-            await ledger.write_batch(connection, rows_of(entries))
+            # Rows as the code of that time wrote them: the columns of 0001 only.
+            await connection.executemany(
+                "INSERT INTO ledger_entries (accrual_id, source_event_id, account_id, transaction_ref, entry_kind,"
+                " debit_book, credit_book, amount_minor, currency, reward_kind, occurred_at, explanation, fingerprint)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, to_timestamp($11 / 1000.0), '{}', 'old')",
+                [(e["accrual_id"], e["source_event_id"], e["account_id"], e["transaction_ref"], e["entry_kind"],
+                  e["debit_book"], e["credit_book"], e["amount_minor"], e["currency"], e["reward_kind"], e["occurred_at"])
+                 for e in entries if e["entry_kind"] != "NOT_EARNED"],
+            )
             assert "0003_history_sequence.sql" in await ledger.migrate(connection)
             sequence = [r["history_seq"] for r in await connection.fetch("SELECT history_seq FROM ledger_entries ORDER BY entry_seq")]
             # New rows continue the sequence, and the journal is append-only again.

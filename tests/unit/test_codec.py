@@ -25,7 +25,7 @@ SHIPPED_IDS = {
     "settlement_event": 2,
     "offer": 7,  # offer.v2.avsc; offer.avsc keeps id 3 (tests/unit/test_offers_v2.py reads its bytes)
     "offer_activation": 4,
-    "accrual": 5,
+    "accrual": 10,
     "dead_letter": 6,
     "account_profile": 8,
     "clock_tick": 9,

@@ -65,6 +65,7 @@ def test_the_ledger_does_not_depend_on_how_often_the_clock_ticks() -> None:
     assert sorted(every_day, key=key) == sorted(once, key=key)
     assert balances(once) == {("acct-1", "CASH", "EUR"): {
         "pending_minor": 0, "confirmed_minor": 0, "available_minor": 800, "lifetime_earned_minor": 800, "clawed_back_minor": 0,
+        "donated_minor": 0,
     }}
     kinds = sorted((e["entry_kind"], e["transaction_ref"], e["amount_minor"]) for e in once)
     assert ("EXPIRED", "never-cleared", 200) in kinds

@@ -41,6 +41,7 @@ def test_case_1_entry_carries_its_explanation() -> None:
         "reward_kind": "CASH",
         "offer_id": "grocery-5",
         "rule_version": 1,
+        "beneficiary_id": None,
         "occurred_at": 1_796_119_200_000,
         "explanation": {
             "reason": "earned",
