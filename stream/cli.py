@@ -176,7 +176,7 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_backtest(settings: Settings | None, args: argparse.Namespace) -> None:
-    from datetime import datetime, timedelta
+    from datetime import timedelta
 
     from stream.backtest import replay, report
     from stream.offers import OfferBook, load_offers_file

@@ -11,7 +11,7 @@ import asyncio
 import logging
 from typing import Callable, Generic, TypeVar
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
 from schemas.codec import Codec, DecodeError

@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -143,32 +144,37 @@ def api_ready(base_url: str) -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
-def pipeline(
-    request: pytest.FixtureRequest, kafka_bootstrap: str, postgres_url: str, work_dir: Path
-) -> Iterator[tuple[Processes, str]]:
-    """Worker, sink and API running against fresh topics and a fresh database; yields
-    (processes, API base URL)."""
-    run_id = uuid.uuid4().hex[:8]
-    log_dir = work_dir / f"run-{run_id}"
-    log_dir.mkdir()
-    api_port = free_port()
-    env = {
+def isolated_env(kafka_bootstrap: str, postgres_url: str, log_dir: Path, name: str, **extra: str) -> dict[str, str]:
+    """Settings for processes of their own: fresh topics, group ids and database."""
+    run_id = log_dir.name
+    return {
         **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
         "DATABASE_URL": fresh_database(postgres_url),
-        "TOPIC_PREFIX": f"it-{run_id}.",
-        "APP_ID": f"cashback-it-{run_id}",
-        "SINK_GROUP_ID": f"cashback-sink-it-{run_id}",
+        "TOPIC_PREFIX": f"{name}-{run_id}.",
+        "APP_ID": f"cashback-{name}-{run_id}",
+        "SINK_GROUP_ID": f"cashback-sink-{name}-{run_id}",
         "SINK_BATCH_WAIT_MS": "50",
-        "CLOCK_INTERVAL_S": "0.5",
         "WORKER_DATA_DIR": str(log_dir / "worker"),
-        "API_PORT": str(api_port),
         "PYTHONUNBUFFERED": "1",
+        **extra,
     }
-    processes = Processes(env, log_dir)
+
+
+@contextmanager
+def running_pipeline(
+    request: pytest.FixtureRequest, kafka_bootstrap: str, postgres_url: str, work_dir: Path, name: str,
+    offers_file: Path | None = None, **extra_env: str,
+) -> Iterator[tuple[Processes, str]]:
+    """Worker, sink and API running against fresh topics and a fresh database; yields
+    (processes, API base URL). Their logs are printed when a test using them failed."""
+    log_dir = work_dir / f"{name}-{uuid.uuid4().hex[:8]}"
+    log_dir.mkdir()
+    api_port = free_port()
+    processes = Processes(isolated_env(kafka_bootstrap, postgres_url, log_dir, name, API_PORT=str(api_port), **extra_env), log_dir)
     processes.cli("topics")
-    processes.cli("offers", "load", str(REPO_ROOT / "tests" / "integration" / "offers.yaml"))
+    if offers_file is not None:
+        processes.cli("offers", "load", str(offers_file))
     processes.metrics_ports = {"worker": free_port(), "sink": free_port()}
     processes.start("worker", "worker", env={"METRICS_PORT": str(processes.metrics_ports["worker"])})
     processes.start("sink", "sink", env={"METRICS_PORT": str(processes.metrics_ports["sink"])})
@@ -181,5 +187,17 @@ def pipeline(
     finally:
         processes.stop_all()
         if request.session.testsfailed > failed_before:
-            for name in ("worker", "sink", "api"):
-                print(f"--- {name} log (tail) ---\n{processes.log(name)}")
+            for process in ("worker", "sink", "api"):
+                print(f"--- {process} log (tail) ---\n{processes.log(process)}")
+
+
+@pytest.fixture(scope="module")
+def pipeline(
+    request: pytest.FixtureRequest, kafka_bootstrap: str, postgres_url: str, work_dir: Path
+) -> Iterator[tuple[Processes, str]]:
+    """The whole pipeline with the offers of tests/integration/offers.yaml, its clock ticking fast."""
+    with running_pipeline(
+        request, kafka_bootstrap, postgres_url, work_dir, "it", REPO_ROOT / "tests" / "integration" / "offers.yaml",
+        CLOCK_INTERVAL_S="0.5",
+    ) as running:
+        yield running

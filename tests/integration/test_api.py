@@ -16,7 +16,6 @@ import pytest_asyncio
 from schemas.codec import Codec
 from stream import ledger
 from stream.api import create_app
-from stream.events import to_event
 from stream.rules import decide
 from stream.settings import Settings
 from stream.sink import staging_row

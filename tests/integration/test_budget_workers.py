@@ -5,7 +5,6 @@ processes in one consumer group, 40 accounts spread over the partitions, each pu
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -20,7 +19,7 @@ from stream.localstack.stack import free_port
 from stream.offer_admin import publish_offers
 from stream.settings import Settings
 from tests.factories import card_record, offer
-from tests.integration.conftest import Processes, fresh_database, wait_until
+from tests.integration.conftest import Processes, isolated_env, wait_until
 from tests.integration.test_end_to_end import publish_records
 
 pytestmark = pytest.mark.integration
@@ -30,22 +29,9 @@ ACCOUNTS = 40
 
 @pytest.fixture()
 def two_workers(kafka_bootstrap: str, postgres_url: str, work_dir: Path) -> Iterator[Processes]:
-    run_id = uuid.uuid4().hex[:8]
-    log_dir = work_dir / f"budget-{run_id}"
+    log_dir = work_dir / f"budget-{uuid.uuid4().hex[:8]}"
     log_dir.mkdir()
-    processes = Processes(
-        {
-            **os.environ,
-            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-            "DATABASE_URL": fresh_database(postgres_url),
-            "TOPIC_PREFIX": f"budget-{run_id}.",
-            "APP_ID": f"cashback-budget-{run_id}",
-            "SINK_GROUP_ID": f"cashback-sink-budget-{run_id}",
-            "SINK_BATCH_WAIT_MS": "50",
-            "PYTHONUNBUFFERED": "1",
-        },
-        log_dir,
-    )
+    processes = Processes(isolated_env(kafka_bootstrap, postgres_url, log_dir, "budget"), log_dir)
     processes.cli("topics")
     settings = Settings.from_env(processes.env)
     campaign = offer(offer_id="campaign-5", currency="EUR", budget_minor=5_000)

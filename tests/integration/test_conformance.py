@@ -8,7 +8,6 @@ order even across the two input topics. Each scenario runs with exactly its own 
 from __future__ import annotations
 
 import asyncio
-import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
@@ -25,9 +24,8 @@ from topics.catalogue import catalogue
 from stream.settings import Settings
 from stream.accounts import account_partition
 from tests.conformance.scenario import ExpectedEntry, Scenario, all_scenarios, comparable, is_time, label_of
-from tests.integration.conftest import Processes, api_ready, fresh_database, wait_until
+from tests.integration.conftest import Processes, running_pipeline, wait_until
 from tests.integration.test_end_to_end import publish, topic_for, wire
-from stream.localstack.stack import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -140,43 +138,12 @@ class Conformance:
 
 @pytest.fixture(scope="module")
 def conformance(request: pytest.FixtureRequest, kafka_bootstrap: str, postgres_url: str, work_dir: Path) -> Iterator[Conformance]:
-    run_id = uuid.uuid4().hex[:8]
-    log_dir = work_dir / f"conformance-{run_id}"
-    log_dir.mkdir()
-    api_port = free_port()
-    import os
-
-    processes = Processes(
-        {
-            **os.environ,
-            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-            "DATABASE_URL": fresh_database(postgres_url),
-            "TOPIC_PREFIX": f"conf-{run_id}.",
-            "APP_ID": f"cashback-conf-{run_id}",
-            "SINK_GROUP_ID": f"cashback-sink-conf-{run_id}",
-            "SINK_BATCH_WAIT_MS": "20",
-            "CLOCK_INTERVAL_S": "3600",  # the scenarios say when time passes
-            "WORKER_DATA_DIR": str(log_dir / "worker"),
-            "API_PORT": str(api_port),
-            "PYTHONUNBUFFERED": "1",
-        },
-        log_dir,
-    )
-    processes.cli("topics")
-    processes.metrics_ports = {"worker": free_port(), "sink": free_port()}
-    processes.start("worker", "worker", env={"METRICS_PORT": str(processes.metrics_ports["worker"])})
-    processes.start("sink", "sink", env={"METRICS_PORT": str(processes.metrics_ports["sink"])})
-    processes.start("api", "api")
-    base_url = f"http://127.0.0.1:{api_port}"
-    failed_before = request.session.testsfailed
-    try:
-        wait_until(lambda: api_ready(base_url), 60, "the API to be ready")
+    # No offers to start with (each scenario brings its own), and an hourly clock: the scenarios
+    # say when time passes.
+    with running_pipeline(
+        request, kafka_bootstrap, postgres_url, work_dir, "conf", SINK_BATCH_WAIT_MS="20", CLOCK_INTERVAL_S="3600"
+    ) as (processes, base_url):
         yield Conformance(processes, base_url)
-    finally:
-        processes.stop_all()
-        if request.session.testsfailed > failed_before:
-            for name in ("worker", "sink"):
-                print(f"--- {name} log (tail) ---\n{processes.log(name)}")
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
