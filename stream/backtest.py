@@ -32,6 +32,7 @@ class Replay:
     entries: dict[str, dict[str, Any]] = field(default_factory=dict)  # accrual_id -> entry, as the ledger keeps them
     outcomes: Counter = field(default_factory=Counter)
     budget_used: dict[str, int] = field(default_factory=dict)
+    budget_peak: dict[str, int] = field(default_factory=dict)  # the most a budget was ever used
     skipped: int = 0  # messages the matcher would dead-letter
 
     def feed(self, message: Outgoing) -> None:
@@ -58,6 +59,7 @@ class Replay:
         self.outcomes[decision.outcome.value] += 1
         for offer_id, delta in decision.budget_deltas.items():
             self.budget_used[offer_id] = self.budget_used.get(offer_id, 0) + delta
+            self.budget_peak[offer_id] = max(self.budget_peak.get(offer_id, 0), self.budget_used[offer_id])
         if decision.outcome is not Outcome.DUPLICATE:
             for entry in decision.entries:
                 self.entries.setdefault(entry["accrual_id"], entry)

@@ -121,4 +121,6 @@ def test_the_stream_exercises_every_lifecycle_path_of_the_example_offers() -> No
         held[(entry["account_id"], week)] += sign * entry["amount_minor"]
     assert max(held.values()) == 100 and sum(1 for v in held.values() if v == 100) > 5
     assert any(e["explanation"]["force_post"] for e in entries)
+    # The merchant-funded campaign's budget runs out, exactly, never overspent; refunds give some back.
+    assert result.budget_peak["fnac-online-8"] == 30_000 > result.budget_used["fnac-online-8"]
     assert result.skipped > 0  # the bad messages, which a worker dead-letters
