@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -29,16 +31,19 @@ PURCHASES = 300
 
 
 def accounts_with_cashback(purchases: int) -> list[str]:
-    """Accounts the simulator's default stream (seed 1) gives cashback, by the back-test."""
+    """Accounts the simulator's default stream (seed 1) gives cashback, by the back-test, the
+    busiest first (its balance shows soonest)."""
     offers = OfferBook.of(load_offers_file(REPO_ROOT / "deploy" / "offers" / "example.yaml"))
     result = replay(generate(Scenario(purchases=purchases), Codec()), offers)
-    return sorted({key[0] for key, totals in result.balances().items() if totals["lifetime_earned_minor"] > 0})
+    activity = Counter(e["account_id"] for e in result.entries.values() if e["entry_kind"] != "NOT_EARNED")
+    earned = {key[0] for key, totals in result.balances().items() if totals["lifetime_earned_minor"] > 0}
+    return sorted(earned, key=lambda account: (-activity[account], account))  # the busiest first
 
 
 def test_local_stack_starts_serves_and_stops_cleanly() -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL")}
     stack = subprocess.Popen(
-        [sys.executable, "-m", "stream", "local", "--rate", "300", "--purchases", str(PURCHASES)],
+        [sys.executable, "-m", "stream", "local", "--rate", "300", "--purchases", str(PURCHASES), "--keep-data"],
         cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     output: list[str] = []
@@ -56,8 +61,8 @@ def test_local_stack_starts_serves_and_stops_cleanly() -> None:
 
         account = accounts_with_cashback(PURCHASES)[0]
         found = wait_until(
-            lambda: httpx.get(f"{api}/v1/accounts/{account}/balances", timeout=5).status_code == 200, 120,
-            f"a balance for {account}",
+            lambda: httpx.get(f"{api}/v1/accounts/{account}/balances", timeout=5).status_code == 200, 180,
+            f"a balance for {account}", observe=lambda: diagnosis(output),
         )
         assert found
         metrics = httpx.get(f"{api}/metrics", timeout=5).text
@@ -73,7 +78,26 @@ def test_local_stack_starts_serves_and_stops_cleanly() -> None:
             reader.join(timeout=10)
             stack.stdout.close()  # type: ignore[union-attr]
     assert code == 0, "".join(output[-40:])
+    data_dir = run_data_dir(output)
     time.sleep(1.5)  # let init reap the last children
     alive = [p for p in descendants if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not alive, f"left behind: {[' '.join(p.cmdline()) for p in alive]}"
     assert "stopped" in "".join(output[-5:])
+    if data_dir is not None:
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def run_data_dir(output: list[str]) -> Path | None:
+    found = re.search(r"logs and data (\S+)", "".join(output))
+    return Path(found.group(1)) if found else None
+
+
+def diagnosis(output: list[str]) -> str:
+    """What the stack said, and the tails of its processes' logs: enough to see why it stalled."""
+    lines = ["".join(output[-15:])]
+    data_dir = run_data_dir(output)
+    for name in ("worker", "sink", "api"):
+        log = data_dir / f"{name}.log" if data_dir else None
+        if log is not None and log.exists():
+            lines.append(f"--- {name}.log ---\n" + "\n".join(log.read_text(errors="replace").splitlines()[-25:]))
+    return "\n".join(lines)
