@@ -111,6 +111,11 @@ class Codec:
         self._headers = {s.subject: _HEADER.pack(MAGIC_BYTE, s.schema_id) for s in self._latest.values()}
 
     @classmethod
+    def configured(cls, registry_url: str | None) -> "Codec":
+        """The codec a process uses: ids from the registry when one is configured, else the shipped ids."""
+        return cls.from_registry(registry_url) if registry_url else cls()
+
+    @classmethod
     def from_registry(
         cls, url: str, schema_dir: Path = SCHEMA_DIR, transport: httpx.BaseTransport | None = None
     ) -> "Codec":

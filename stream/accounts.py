@@ -13,10 +13,10 @@ from datetime import datetime, timezone
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Iterable
 
-from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 
 from schemas.codec import Codec
+from stream.producing import send_once
 from stream.settings import Settings
 
 if TYPE_CHECKING:
@@ -68,18 +68,6 @@ def apply_segments(profile: Profile | None, record: dict[str, Any] | None) -> Pr
     return profile
 
 
-async def _send(settings: Settings, topic: str, partition: int, key: bytes, value: bytes | None) -> None:
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", enable_idempotence=True,
-        **settings.kafka_client_options(),
-    )
-    await producer.start()
-    try:
-        await producer.send_and_wait(topic, value, key=key, partition=partition)
-    finally:
-        await producer.stop()
-
-
 def activation_message(
     codec: Codec, account_id: str, offer_id: str, active: bool, at: datetime, partitions: int
 ) -> tuple[int, bytes, bytes]:
@@ -96,7 +84,7 @@ async def publish_activation(
 ) -> datetime:
     at = at or datetime.now(timezone.utc)
     partition, key, value = activation_message(codec, account_id, offer_id, active, at, settings.topic_partitions)
-    await _send(settings, topic, partition, key, value)
+    await send_once(settings, [(topic, key, value, partition)])
     return at
 
 
@@ -105,4 +93,4 @@ async def publish_segments(settings: Settings, codec: Codec, topic: str, account
         "account_profile",
         {"account_id": account_id, "segments": sorted(set(segments)), "updated_at": datetime.now(timezone.utc)},
     )
-    await _send(settings, topic, account_partition(account_id, settings.topic_partitions), account_id.encode(), value)
+    await send_once(settings, [(topic, account_id.encode(), value, account_partition(account_id, settings.topic_partitions))])

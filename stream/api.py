@@ -24,7 +24,6 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
-from aiokafka import AIOKafkaProducer
 
 from schemas.codec import Codec
 from stream import ledger
@@ -34,6 +33,7 @@ from stream.offers import Offer
 from topics.catalogue import catalogue
 from stream.metrics import API_REQUESTS
 from stream.money import format_minor
+from stream.producing import producer as make_producer
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ def _decode_cursor(cursor: str) -> int:
 
 
 def create_app(settings: Settings) -> FastAPI:
-    codec = Codec.from_registry(settings.schema_registry_url) if settings.schema_registry_url else Codec()
+    codec = Codec.configured(settings.schema_registry_url)
     topics = catalogue(settings.topic_prefix, settings.topic_partitions)
 
     @asynccontextmanager
@@ -173,10 +173,7 @@ def create_app(settings: Settings) -> FastAPI:
             topics.offers.name, codec, settings.kafka_bootstrap_servers, **settings.kafka_client_options()
         )
         mirror = asyncio.create_task(app.state.offers.run())
-        app.state.producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", enable_idempotence=True,
-            **settings.kafka_client_options(),
-        )
+        app.state.producer = make_producer(settings)
         await app.state.producer.start()
         try:
             yield

@@ -30,7 +30,7 @@ class Replay:
     states: dict[str, Any] = field(default_factory=dict)
     profiles: dict[str, Profile] = field(default_factory=dict)
     entries: dict[str, dict[str, Any]] = field(default_factory=dict)  # accrual_id -> entry, as the ledger keeps them
-    outcomes: Counter = field(default_factory=Counter)
+    outcomes: list[str] = field(default_factory=list)  # one per decision, in order
     budget_used: dict[str, int] = field(default_factory=dict)
     budget_peak: dict[str, int] = field(default_factory=dict)  # the most a budget was ever used
     skipped: int = 0  # messages the matcher would dead-letter
@@ -56,7 +56,7 @@ class Replay:
         profile = to_account_profile(self.profiles.get(event.account_id))
         decision = decide(event, self.offers, self.states.get(event.account_id), profile, budget_remaining=remaining)
         self.states[event.account_id] = decision.state
-        self.outcomes[decision.outcome.value] += 1
+        self.outcomes.append(decision.outcome.value)
         for offer_id, delta in decision.budget_deltas.items():
             self.budget_used[offer_id] = self.budget_used.get(offer_id, 0) + delta
             self.budget_peak[offer_id] = max(self.budget_peak.get(offer_id, 0), self.budget_used[offer_id])
@@ -95,7 +95,7 @@ def report(result: Replay) -> str:
     lines = ["cost per offer (net of releases, expiries and clawbacks):"]
     lines += [f"  {offer:<24} {format_minor(amount, unit)}" for (offer, unit), amount in sorted(cost.items())]
     lines.append("outcomes:")
-    lines += [f"  {outcome:<28} {count}" for outcome, count in result.outcomes.most_common()]
+    lines += [f"  {outcome:<28} {count}" for outcome, count in Counter(result.outcomes).most_common()]
     lines.append(f"accounts {len(result.states)}, ledger entries {sum(1 for e in result.entries.values() if e['entry_kind'] != 'NOT_EARNED')}, "
                  f"messages a worker would dead-letter {result.skipped}")
     return "\n".join(lines)

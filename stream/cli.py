@@ -21,9 +21,7 @@ EXAMPLE_OFFERS = REPO_ROOT / "deploy" / "offers" / "example.yaml"
 
 
 def build_codec(settings: Settings) -> Codec:
-    if settings.schema_registry_url:
-        return Codec.from_registry(settings.schema_registry_url)
-    return Codec()
+    return Codec.configured(settings.schema_registry_url)
 
 
 def topics_of(settings: Settings) -> Catalogue:

@@ -7,8 +7,7 @@ import enum
 import time
 from typing import Any
 
-from schemas.codec import Codec, DecodeFailure
-from stream.events import RejectReason
+from schemas.codec import Codec
 from stream.metrics import DEAD_LETTERS
 
 
@@ -24,11 +23,6 @@ class OtherReason(str, enum.Enum):
     DUPLICATE_CONFLICT = "duplicate_conflict"  # same event_id, other content: quarantined
     PROCESSING_ERROR = "processing_error"  # a bug: the exception type is in the detail
     LEDGER_REJECTED = "ledger_rejected"  # Postgres refused the entry (a constraint)
-
-
-REASONS: tuple[str, ...] = tuple(
-    r.value for group in (DecodeFailure, RejectReason, OtherReason) for r in group  # type: ignore[attr-defined]
-)
 
 
 def dead_letter(

@@ -307,6 +307,3 @@ class Matcher:
             if highwater is not None:
                 CONSUMER_LAG.labels(self.settings.app_id, tp.topic, str(tp.partition)).set(max(0, highwater - position))
 
-
-async def wait_ready(matcher: Matcher, timeout_s: float = 60.0) -> None:
-    await asyncio.wait_for(matcher.offers.ready.wait(), timeout_s)

@@ -13,8 +13,6 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-BASIS_POINTS_PER_UNIT = 10_000
-
 # ISO 4217 minor units (exponent) of the active currency codes. Data, not logic: from the
 # ISO 4217 list, table A.1. Codes with no minor unit ("N.A.", e.g. XAU) are left out on purpose:
 # cashback is never paid in gold or SDRs.

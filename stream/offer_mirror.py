@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
 from schemas.codec import Codec, DecodeError
+from stream.deadletter import Stage
 from stream.metrics import DEAD_LETTERS, OFFERS_LOADED
 from stream.offers import Offer, OfferBook, OfferError, parse_offer
 
@@ -116,7 +117,7 @@ class CompactedTopicMirror(Generic[T]):
             value_parsed = self.parse(record)
         except (DecodeError, OfferError) as error:
             # Offers are validated before publishing; one that is not is counted and left out.
-            DEAD_LETTERS.labels("offers", type(error).__name__).inc()
+            DEAD_LETTERS.labels(Stage.OFFERS.value, type(error).__name__).inc()
             log.error("%s: record %r left out: %s", self.topic, key, error)
             return False
         self.values[key] = value_parsed

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator
 
-from aiokafka import AIOKafkaProducer
 
 from schemas.codec import Codec
 from stream.accounts import account_partition
 from stream.events import luhn_valid
+from stream.producing import producer as make_producer
 from stream.settings import Settings
 from topics.catalogue import Catalogue
 
@@ -327,10 +327,7 @@ async def publish(
         "authorizations": "authorization_event", "settlements": "settlement_event",
         "profiles": "account_profile", "activations": "offer_activation",
     }
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", enable_idempotence=True, linger_ms=5,
-        **settings.kafka_client_options(),
-    )
+    producer = make_producer(settings, linger_ms=5)
     await producer.start()
     bar = tqdm(total=None, unit="ev", disable=not progress, file=sys.stderr, desc="card events", mininterval=0.5)
     sent = 0

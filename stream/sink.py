@@ -37,6 +37,7 @@ from stream.metrics import (
     SINK_ENTRIES,
     SINK_RETRIES,
 )
+from stream.producing import producer as make_producer
 from stream.settings import Settings
 from topics.catalogue import Catalogue
 
@@ -95,9 +96,7 @@ class Sink:
             max_poll_records=self.settings.sink_batch_size,
             **kafka,
         )
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers, acks="all", enable_idempotence=True, **kafka
-        )
+        producer = make_producer(self.settings)
         await producer.start()
         await consumer.start()
         try:

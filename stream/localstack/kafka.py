@@ -41,7 +41,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from stream.localstack.process import child_preexec, spawn, terminate
+from stream.localstack.process import child_preexec, free_port, spawn, terminate
 
 __all__ = [
     "DEFAULT_CACHE_DIR",
@@ -180,11 +180,6 @@ def find_tansu_binary() -> str | None:
 
 # --------------------------------------------------------------------------- helpers
 
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _random_cluster_id() -> str:
@@ -388,10 +383,10 @@ class KafkaBroker:
         return "tansu"
 
     def _pick_ports(self) -> None:
-        self.port = self.requested_port or _free_port()
-        cport = _free_port()
+        self.port = self.requested_port or free_port()
+        cport = free_port()
         while cport == self.port:
-            cport = _free_port()
+            cport = free_port()
         self.controller_port = cport
 
     def _open_log(self) -> IO[bytes]:

@@ -34,7 +34,6 @@ import os
 import pwd
 import queue
 import signal
-import socket
 import stat
 import subprocess
 import threading
@@ -43,7 +42,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import quote
 
-from stream.localstack.process import child_preexec
+from stream.localstack.process import child_preexec, free_port
 
 __all__ = ["EmbeddedPostgres", "bin_dir", "SERVER_OS_USER", "SUPERUSER"]
 
@@ -148,7 +147,7 @@ class EmbeddedPostgres:
 
             attempts = 5 if self._requested_port == 0 else 1
             for attempt in range(attempts):
-                port = self._requested_port or _free_port()
+                port = self._requested_port or free_port()
                 self._launch(owner, port)
                 try:
                     outcome, detail = _run_sync(self._wait_ready(port, deadline))
@@ -440,11 +439,6 @@ def _ensure_traversable(path: Path) -> None:
         if not mode & stat.S_IXOTH:
             os.chmod(p, stat.S_IMODE(mode) | stat.S_IXOTH)
 
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _port_in_use(log_tail: str) -> bool:

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-__all__ = ["child_preexec", "spawn", "terminate"]
+__all__ = ["child_preexec", "free_port", "spawn", "terminate"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -106,3 +106,12 @@ def terminate(proc: subprocess.Popen[Any], grace_s: float = 10.0) -> int | None:
         except ProcessLookupError:  # pragma: no cover - raced with its exit
             pass
     return proc.wait()
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the OS picks it), for a server started next."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -14,7 +14,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,18 +25,12 @@ import httpx
 from stream.cli import EXAMPLE_OFFERS, REPO_ROOT, build_codec, create_topics, migrate_database, topics_of
 from stream.localstack.kafka import DEFAULT_CACHE_DIR, KafkaBroker
 from stream.localstack.postgres import EmbeddedPostgres
-from stream.localstack.process import spawn, terminate
+from stream.localstack.process import free_port, spawn, terminate
 from stream.offer_admin import publish_offers
 from stream.offers import load_offers_file
 from stream.settings import Settings
 
 READY_LINE = "cashback local stack is up"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass

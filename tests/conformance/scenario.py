@@ -13,15 +13,12 @@ import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
 from stream.money import exponent
 from stream.offers import Offer, parse_offer
-
-if TYPE_CHECKING:
-    from stream.rules import AccountProfile
 
 CASES_DIR = Path(__file__).resolve().parent / "cases"
 T0 = datetime(2026, 12, 1, 10, 0, tzinfo=timezone.utc)
@@ -159,14 +156,13 @@ def load(path: Path) -> Scenario:
     return scenario
 
 
-def account_profile(scenario: Scenario) -> "AccountProfile":
-    """The scenario's ``account:`` section as the engine's AccountProfile."""
-    from stream.rules import AccountProfile
-
-    return AccountProfile(
-        segments=frozenset(scenario.profile.get("segments") or ()),
-        activations={offer: datetime.fromisoformat(at) for offer, at in (scenario.profile.get("activations") or {}).items()},
-    )
+def stored_profile(scenario: Scenario) -> dict[str, Any]:
+    """The scenario's ``account:`` section as the matcher stores a profile (stream.accounts)."""
+    activations = scenario.profile.get("activations") or {}
+    return {
+        "segments": sorted(scenario.profile.get("segments") or ()),
+        "activations": {offer: int(datetime.fromisoformat(at).timestamp() * 1000) for offer, at in activations.items()},
+    }
 
 
 def all_scenarios() -> list[Scenario]:

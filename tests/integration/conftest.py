@@ -24,7 +24,7 @@ import pytest
 from stream.localstack.kafka import DEFAULT_CACHE_DIR, KafkaBroker
 from stream.localstack.postgres import EmbeddedPostgres
 from stream.localstack.process import spawn, terminate
-from stream.localstack.stack import free_port
+from stream.localstack.process import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

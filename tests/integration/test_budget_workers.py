@@ -15,7 +15,7 @@ import pytest
 
 from schemas.codec import Codec
 from stream.accounts import account_partition
-from stream.localstack.stack import free_port
+from stream.localstack.process import free_port
 from stream.offer_admin import publish_offers
 from stream.settings import Settings
 from tests.factories import card_record, offer

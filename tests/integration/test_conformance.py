@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import asyncpg
-from aiokafka import AIOKafkaProducer
 import httpx
 import pytest
 
@@ -31,15 +30,6 @@ pytestmark = pytest.mark.integration
 
 SCENARIOS = all_scenarios()
 from stream.rules import BALANCE_FIELDS
-
-
-async def publish_to_partition(bootstrap: str, topic: str, partition: int, value: bytes) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await producer.start()
-    try:
-        await producer.send_and_wait(topic, value, key=str(partition).encode(), partition=partition)
-    finally:
-        await producer.stop()
 
 
 class Conformance:
@@ -88,7 +78,7 @@ class Conformance:
             if is_time(record):  # a clock tick for the account's partition, at the step's time
                 partition = account_partition(record["account_id"], self.settings.topic_partitions)
                 value = Codec().encode("clock_tick", {"partition": partition, "now": record["occurred_at"]})
-                asyncio.run(publish_to_partition(bootstrap, prefix + "clock", partition, value))
+                asyncio.run(publish(bootstrap, [(prefix + "clock", str(partition).encode(), value, partition)]))
             else:
                 message = (topic_for(self.processes.env, record), record["account_id"].encode(), wire(record))
                 asyncio.run(publish(bootstrap, [message]))

@@ -53,12 +53,13 @@ def topic_for(env: dict[str, str], record: dict[str, Any]) -> str:
     return env["TOPIC_PREFIX"] + ("card.authorizations" if is_auth else "card.settlements")
 
 
-async def publish(bootstrap: str, messages: list[tuple[str, bytes, bytes]]) -> None:
+async def publish(bootstrap: str, messages: list[tuple[Any, ...]]) -> None:
+    """(topic, key, value) or (topic, key, value, partition), sent in order by a plain client."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
     await producer.start()
     try:
-        for topic, key, value in messages:
-            await producer.send_and_wait(topic, value, key=key)
+        for topic, key, value, *partition in messages:
+            await producer.send_and_wait(topic, value, key=key, partition=partition[0] if partition else None)
     finally:
         await producer.stop()
 

@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY
 from schemas.codec import Codec
 from stream import ledger
 from stream.localstack.postgres import EmbeddedPostgres
-from stream.localstack.stack import free_port
+from stream.localstack.process import free_port
 from stream.offers import OfferBook, load_offers_file
 from stream.backtest import replay
 from stream.rules import BALANCE_FIELDS, balances

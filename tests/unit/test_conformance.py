@@ -9,42 +9,25 @@ import pytest
 
 from stream.events import to_event, validate
 from stream.offers import OfferBook
-from stream.rules import balances, decide
-from stream.lifecycle import due_events
-from tests.conformance.scenario import (
-    Scenario, account_profile, all_scenarios, comparable, entry_view, is_time, label_of,
-)
+from stream.rules import balances
+from stream.backtest import Replay
+from tests.conformance.scenario import Scenario, all_scenarios, comparable, entry_view, is_time, label_of, stored_profile
 
 SCENARIOS = all_scenarios()
 
 
 def run_pure(scenario: Scenario) -> tuple[list[dict[str, Any]], list[str]]:
-    """Deliver the scenario's events in order; return the ledger as Postgres would hold it
-    (entry ids unique) and the outcomes."""
-    offers = OfferBook.of(scenario.offers)
-    profile = account_profile(scenario)
-    # Budgets as the matcher grants them from Postgres: what is left is the budget less the grants.
-    used = {o.offer_id: 0 for o in scenario.offers if o.budget_minor is not None}
-    state = None
-    ledger: dict[str, dict[str, Any]] = {}
-    outcomes: list[str] = []
+    """Deliver the scenario's events in order through the back-test (the matcher's fold, budgets
+    and time passing included); return the ledger as Postgres would hold it and the outcomes."""
+    replay = Replay(OfferBook.of(scenario.offers))
+    replay.profiles[scenario.account_id] = stored_profile(scenario)
     for record in scenario.records:
         if is_time(record):
-            now_ms = int(record["occurred_at"].timestamp() * 1000)
-            events = due_events(state, scenario.account_id, now_ms)
-        else:
-            assert validate(record) is None, f"{scenario.name}: event {record['event_id']} is invalid"
-            events = [to_event(record)]
-        for event in events:
-            remaining = {o.offer_id: o.budget_minor - used[o.offer_id] for o in scenario.offers if o.offer_id in used}
-            decision = decide(event, offers, state, profile, budget_remaining=remaining)
-            for offer_id, delta in decision.budget_deltas.items():
-                used[offer_id] += delta
-            state = decision.state
-            outcomes.append(decision.outcome.value)
-            for entry in decision.entries:
-                ledger.setdefault(entry["accrual_id"], entry)
-    return list(ledger.values()), outcomes
+            replay.pass_time(record["occurred_at"])
+            continue
+        assert validate(record) is None, f"{scenario.name}: event {record['event_id']} is invalid"
+        replay.decide(to_event(record))
+    return list(replay.entries.values()), replay.outcomes
 
 
 def test_every_case_of_the_domain_has_a_scenario() -> None:
