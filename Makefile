@@ -32,10 +32,13 @@ test: $(STAMP) ## run every test tier (unit, agent, integration against a real b
 test-fast: $(STAMP) ## unit and agent tests only (no broker, no database)
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/agent
 
+chaos: $(STAMP) ## the seeded chaos run: kills, restarts, a rebalance, broker and Postgres outages; CHAOS_EVENTS sets the size
+	$(PY) -m stream.localstack.chaos
+
 config: $(STAMP) ## print the environment variables the processes read
 	@$(PY) -m stream config
 
 clean: ## remove the virtualenv, caches and local data
 	rm -rf $(VENV) .cache .data *.egg-info
 
-.PHONY: help install run test test-fast config clean
+.PHONY: help install run test test-fast chaos config clean

@@ -4,6 +4,7 @@ from and why. Nothing is dropped silently; nothing personal is put in the reason
 from __future__ import annotations
 
 import enum
+import hashlib
 import time
 from typing import Any
 
@@ -23,6 +24,14 @@ class OtherReason(str, enum.Enum):
     DUPLICATE_CONFLICT = "duplicate_conflict"  # same event_id, other content: quarantined
     PROCESSING_ERROR = "processing_error"  # a bug: the exception type is in the detail
     LEDGER_REJECTED = "ledger_rejected"  # Postgres refused the entry (a constraint)
+    TOO_LARGE = "too_large"  # the original bytes would not fit a dead letter: digest and size kept
+
+
+# The most original bytes (key and value) a dead letter carries. Kafka's default message limit is
+# about 1 MB, so a dead letter built around a message near that size could never be sent; past
+# this, the dead letter keeps the size and a SHA-256 digest instead, and says so.
+ORIGINAL_BYTES_LIMIT = 256 * 1024
+KEY_BYTES_LIMIT = 1024  # a too-large message's key is kept up to this size (it names the account)
 
 
 def dead_letter(
@@ -36,7 +45,18 @@ def dead_letter(
     key: bytes | None,
     value: bytes | None,
 ) -> bytes:
-    """The encoded dead-letter record (and the metric counted)."""
+    """The encoded dead-letter record (and the metric counted). Always small enough to send:
+    originals over ``ORIGINAL_BYTES_LIMIT`` are replaced by their size and digest (``too_large``)."""
+    size = len(key or b"") + len(value or b"")
+    if size > ORIGINAL_BYTES_LIMIT:
+        digest = hashlib.sha256(value or b"").hexdigest()
+        detail = (
+            f"{reason}: {detail[:500]}; original dropped: key {len(key or b'')} bytes, "
+            f"value {len(value or b'')} bytes, value sha256 {digest}"
+        )
+        reason, value = OtherReason.TOO_LARGE.value, None
+        if len(key or b"") > KEY_BYTES_LIMIT:
+            key = None
     DEAD_LETTERS.labels(stage.value, reason).inc()
     record: dict[str, Any] = {
         "source_topic": topic,

@@ -35,7 +35,9 @@ from stream.events import CardEvent, to_event, validate
 from stream.ledger import POSTGRES_UNAVAILABLE
 from stream.lifecycle import due_events
 from stream.metrics import ACCRUALS, CASHBACK_AMOUNT, CONSUMER_LAG, EVENTS_CONSUMED
+from stream.guarded_consumer import CommittedOffsets, GuardedApp
 from stream.offer_mirror import OfferMirror
+from stream.progress import Verdict
 from stream.rules import Decision, Outcome, decide
 from stream.settings import Settings
 from topics.catalogue import Catalogue, catalogue
@@ -43,6 +45,10 @@ from topics.catalogue import Catalogue, catalogue
 log = logging.getLogger(__name__)
 
 LAG_INTERVAL_S = 5.0
+COMMIT_INTERVAL_S = 1.0  # how much a crash may make the next owner read again (idempotently)
+# Table values are plain JSON: no value_type, which Faust could not rebuild from the changelog
+# (value_type=dict made every recovery fail and wait forever).
+TABLE_SCHEMA = faust.Schema(key_type=str, key_serializer="json", value_serializer="json")
 BUDGET_ATTEMPTS = 20  # decide-and-grant rounds before giving an event up as contended
 
 T = TypeVar("T")
@@ -70,8 +76,12 @@ class Matcher:
         self.codec = codec
         self.topics = topics or catalogue(settings.topic_prefix, settings.topic_partitions)
         Path(settings.worker_data_dir).mkdir(parents=True, exist_ok=True)
-        self.app = faust.App(
+        self.input_subjects = {t.name: t.value_subject for t in self.topics.inputs()}
+        self.account_subjects = {t.name: t.value_subject for t in self.topics.account_inputs()}
+        input_topics = (*self.input_subjects, *self.account_subjects, self.topics.clock.name)
+        self.app = GuardedApp(
             settings.app_id,
+            guarded_topics=frozenset(input_topics),
             broker=[f"kafka://{server.strip()}" for server in settings.kafka_bootstrap_servers.split(",")],
             broker_credentials=_credentials(settings),
             store="memory://",
@@ -79,6 +89,10 @@ class Matcher:
             topic_partitions=settings.topic_partitions,
             topic_replication_factor=settings.topic_replication_factor,
             consumer_auto_offset_reset="earliest",
+            consumer_group_instance_id=settings.worker_instance_id,
+            broker_session_timeout=settings.worker_session_timeout_s,
+            broker_heartbeat_interval=max(1.0, settings.worker_session_timeout_s / 10),
+            broker_commit_interval=COMMIT_INTERVAL_S,
             producer_acks=-1,
             stream_wait_empty=False,
             web_enabled=False,
@@ -86,10 +100,12 @@ class Matcher:
             datadir=settings.worker_data_dir,
             table_cleanup_interval=3600.0,
         )
-        self.input_subjects = {t.name: t.value_subject for t in self.topics.inputs()}
-        self.account_subjects = {t.name: t.value_subject for t in self.topics.account_inputs()}
+        self.progress = self.app.progress
+        self.start_offsets = CommittedOffsets(
+            settings.app_id, settings.kafka_bootstrap_servers, **settings.kafka_client_options()
+        )
         self.input = self.app.topic(
-            *self.input_subjects, *self.account_subjects, self.topics.clock.name,
+            *input_topics,
             key_serializer="raw", value_serializer="raw", acks=True,
         )
         self.clock = self.app.topic(self.topics.clock.name, key_serializer="raw", value_serializer="raw")
@@ -98,13 +114,13 @@ class Matcher:
         self.states = self.app.Table(
             "account-state",
             default=None,
-            schema=faust.Schema(key_type=str, value_type=dict, key_serializer="json", value_serializer="json"),
+            schema=TABLE_SCHEMA,
         )
         # Segments and activations per account (stream.accounts), joined from their own topics.
         self.profiles = self.app.Table(
             "account-profile",
             default=None,
-            schema=faust.Schema(key_type=str, value_type=dict, key_serializer="json", value_serializer="json"),
+            schema=TABLE_SCHEMA,
         )
         self.offers = OfferMirror(
             self.topics.offers.name, codec, settings.kafka_bootstrap_servers, **settings.kafka_client_options()
@@ -114,15 +130,50 @@ class Matcher:
         self.app.task(self._run_offer_mirror)
         self.app.timer(LAG_INTERVAL_S)(self._observe_lag)
         self.app.timer(settings.clock_interval_s)(self._send_ticks)
+        self.assigned: set[Any] = set()  # the input partitions this worker owns now
+        self.app.on_partitions_revoked.connect(self._on_partitions_revoked)
+        self.app.on_partitions_assigned.connect(self._on_partitions_assigned)
 
     async def _run_offer_mirror(self) -> None:
         await self.offers.run()
 
     async def _consume(self, stream: StreamT) -> None:
+        """Every message is processed exactly when it is the next offset of its partition
+        (stream.progress); a hole below it makes the consumer read the hole again first."""
         await self.offers.ready.wait()  # never match a purchase before every offer is known
         async for event in stream.events():
             message = event.message
+            tp = message.tp
+            if tp not in self.assigned:
+                continue  # revoked while buffered: its next owner reads it from the committed offset
+            if not self.progress.knows(tp):
+                start = await self.start_offsets.start_offset(tp)
+                log.info("accounting for %s[%d] from offset %d (first delivered: %d)", tp.topic, tp.partition, start, message.offset)
+                self.progress.start(tp, start)
+            verdict = self.progress.verdict(tp, message.offset)
+            if verdict is Verdict.SEEK:
+                missing_from = self.progress.next_offset(tp)
+                log.warning(
+                    "offsets %d-%d of %s[%d] were never delivered; reading them again",
+                    missing_from, message.offset - 1, tp.topic, tp.partition,
+                )
+                await self.app.consumer.seek(tp, missing_from)
+                continue
+            if verdict is Verdict.SKIP:
+                continue
             await self.handle(message.topic, message.partition, message.offset, message.key, message.value)
+            self.progress.done(tp, message.offset)
+
+    async def _on_partitions_revoked(self, app: Any, revoked: set[Any], **_: Any) -> None:
+        """Commit what was accounted for (flushing first), then forget the revoked partitions."""
+        self.assigned.difference_update(revoked)
+        await self.app.consumer.commit()
+        self.progress.forget(revoked)
+
+    async def _on_partitions_assigned(self, app: Any, assigned: set[Any], **_: Any) -> None:
+        """The whole new assignment; a partition's accounting restarts from its committed offset."""
+        self.progress.forget(tp for tp in list(self.assigned) if tp not in assigned)
+        self.assigned = set(assigned)
 
     async def handle(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> Outcome | None:
         """Process one input message (steps 1-3 of the module doc). Returns the outcome, or None
@@ -294,16 +345,22 @@ class Matcher:
         await self.dead_letters.send(key=topic.encode(), value=payload, force=True)
 
     async def _observe_lag(self) -> None:
+        """The lag gauge, and the watch for a partition stuck below its end (stream.progress)."""
         consumer = self.app.consumer
         for tp in consumer.assignment():
-            if tp.topic not in self.input_subjects:
+            if tp.topic not in self.app.guarded_topics or not self.progress.knows(tp):
                 continue
             try:
                 highwater = consumer.highwater(tp)
             except (KeyError, AssertionError):
                 continue
-            read = consumer._read_offset.get(tp)  # noqa: SLF001 - Faust has no public read position
-            position = read + 1 if read is not None else (await consumer.position(tp) or 0)
-            if highwater is not None:
-                CONSUMER_LAG.labels(self.settings.app_id, tp.topic, str(tp.partition)).set(max(0, highwater - position))
-
+            if highwater is None:
+                continue
+            if tp.topic in self.input_subjects:
+                CONSUMER_LAG.labels(self.settings.app_id, tp.topic, str(tp.partition)).set(
+                    max(0, highwater - self.progress.next_offset(tp))
+                )
+            stuck_at = self.progress.stalled(tp, highwater)
+            if stuck_at is not None:
+                log.warning("%s[%d] has not moved from offset %d for %.0fs; reading it again", tp.topic, tp.partition, stuck_at, 2 * LAG_INTERVAL_S)
+                await consumer.seek(tp, stuck_at)

@@ -49,6 +49,13 @@ class Settings(BaseSettings):
     )
     app_id: str = Field("cashback", description="Faust app id: the matcher's consumer group and table prefix.")
     worker_data_dir: str = Field(".data/worker", description="Faust worker's local state directory.")
+    worker_instance_id: str | None = Field(
+        None,
+        description="Static group membership id of this worker (e.g. the pod name): a restarted worker takes its partitions back at once.",
+    )
+    worker_session_timeout_s: float = Field(
+        10.0, ge=6.0, le=300.0, description="Seconds without heartbeat before the group gives a dead worker's partitions to the others."
+    )
     sink_batch_size: int = Field(2000, ge=1, le=100_000, description="Most accruals written per database transaction.")
     sink_batch_wait_ms: int = Field(100, ge=0, le=60_000, description="Longest wait to fill a sink batch.")
     sink_group_id: str = Field("cashback-sink", description="Consumer group of the sink.")

@@ -15,6 +15,10 @@ replaced, and why:
   topic ``"<internal>"`` (the agent's channel has two topics, so it has no single name), for which
   ``Matcher.handle`` knows no expected Avro subject and would accept any schema.
 
+- the offset accounting (``stream.progress``) takes every message as the next one of its partition
+  and the matcher owns every partition: the test wrapper numbers messages across all topics, and
+  there is no consumer to seek. The accounting has its own tests (``tests/unit/test_progress.py``,
+  ``tests/agent/test_guarded_consumer.py`` and the restart and chaos tests against a real broker).
 The table's changelog writes are real: they sit in the (never started) producer's buffer, where
 ``AgentHarness.changelog()`` reads them.
 """
@@ -34,6 +38,7 @@ import pytest_asyncio
 
 from schemas.codec import Codec
 from stream.matcher import Matcher
+from stream.progress import InputProgress, Verdict
 from stream.rules import Outcome
 from stream.settings import Settings
 from tests.factories import book
@@ -197,6 +202,26 @@ async def matcher(settings: Settings, codec: Codec) -> AsyncIterator[Matcher]:
             loop.close()
 
 
+class EveryOffsetInOrder(InputProgress):
+    """Offset accounting that takes each message as the next of its partition."""
+
+    def knows(self, tp: Any) -> bool:
+        return True
+
+    def verdict(self, tp: Any, offset: int) -> Verdict:
+        return Verdict.PROCESS
+
+    def done(self, tp: Any, offset: int) -> None:
+        pass
+
+
+class EveryPartition(set):  # type: ignore[type-arg]
+    """The matcher owns every partition."""
+
+    def __contains__(self, tp: object) -> bool:
+        return True
+
+
 @asynccontextmanager
 async def agent_harness(matcher: Matcher, codec: Codec, *, ready: bool = True) -> AsyncIterator[AgentHarness]:
     accruals, dead_letters = SendRecorder(), SendRecorder()
@@ -213,6 +238,8 @@ async def agent_harness(matcher: Matcher, codec: Codec, *, ready: bool = True) -
         background.append("offer mirror")
 
     matcher.offers.run = mirror_must_not_run  # type: ignore[method-assign]
+    matcher.progress = EveryOffsetInOrder()
+    matcher.assigned = EveryPartition()
     async with matcher.agent.test_context() as agent:
         harness = AgentHarness(matcher, agent, codec, accruals, dead_letters)
         original = matcher.handle

@@ -1,6 +1,7 @@
 """A Faust behaviour the matcher's delivery guarantee rests on, pinned against the installed Faust.
 
-At-least-once: the matcher hands its accruals and dead letters to the producer with
+At-least-once: the matcher (whose consumer commits the offsets ``stream.progress`` says are
+accounted for, ``stream.guarded_consumer``) hands its accruals and dead letters to the producer with
 ``send(force=True)`` and the table queues its changelog writes in the producer's buffer; none of
 them is awaited per event. That is only safe because Faust, before it commits the input offsets
 (outside a Kafka transaction, our ``processing_guarantee="at_least_once"``), awaits
@@ -63,12 +64,18 @@ async def test_consumer_flushes_the_producer_before_committing_offsets(matcher: 
     app.topics.add(matcher.input)
     await app.topics._update_indices()  # noqa: SLF001 - what subscribing does, without a broker
 
+    app.progress.start(tp, 41)
+
     def processed(offset: int) -> bool:
+        # What the agent does: the offset is the next one, its effects are handed to the producer.
         message = Message(
             topic=tp.topic, partition=tp.partition, offset=offset, timestamp=time.time(), timestamp_type=0,
             headers=None, key=b"acct-1", value=b"", checksum=None,
         )
-        return consumer.ack(message)
+        consumer.ack(message)  # Faust's own ack, as its stream does; not what decides the commit
+        app.progress.verdict(tp, offset)
+        app.progress.done(tp, offset)
+        return True
 
     # A flush that fails: the offset is not committed (the event will be redelivered).
     app.producer = RecordingProducer(calls, fail=True)

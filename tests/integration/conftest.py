@@ -123,7 +123,7 @@ class Processes:
 
     def log(self, name: str) -> str:
         path = self.log_dir / f"{name}.log"
-        return path.read_text(errors="replace")[-5000:] if path.exists() else ""
+        return path.read_text(errors="replace")[-20000:] if path.exists() else ""
 
 
 def wait_until(condition, timeout_s: float, what: str, interval_s: float = 0.25, observe=None):  # type: ignore[no-untyped-def]
@@ -181,12 +181,16 @@ def running_pipeline(
     processes.start("api", "api")
     base_url = f"http://127.0.0.1:{api_port}"
     failed_before = request.session.testsfailed
+    raised = False
     try:
         wait_until(lambda: api_ready(base_url), 60, "the API to be ready")
         yield processes, base_url
+    except BaseException:
+        raised = True
+        raise
     finally:
         processes.stop_all()
-        if request.session.testsfailed > failed_before:
+        if raised or request.session.testsfailed > failed_before:
             for process in ("worker", "sink", "api"):
                 print(f"--- {process} log (tail) ---\n{processes.log(process)}")
 

@@ -34,6 +34,8 @@ def test_defaults() -> None:
         "database_url": "postgresql://postgres@127.0.0.1:5432/cashback",
         "app_id": "cashback",
         "worker_data_dir": ".data/worker",
+        "worker_instance_id": None,
+        "worker_session_timeout_s": 10.0,
         "sink_batch_size": 2000,
         "sink_batch_wait_ms": 100,
         "sink_group_id": "cashback-sink",

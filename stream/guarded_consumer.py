@@ -1,0 +1,112 @@
+"""The matcher's Faust app with the commit decision taken away from Faust's acks.
+
+Faust commits "the highest run of acknowledged offsets", where any jump in fetched offsets counts
+as acknowledged (its gap filling for compacted topics), and where an offset just above the
+committed one passes its gap check (faust-streaming #596, #606: after a recovery it committed past
+messages no agent saw). Here, for the agent's input topics, the committable offset comes from
+``stream.progress.InputProgress`` alone: the agent marks an offset done only once it has handed
+the offset's effects to the producer, and Faust's commit path still flushes the producer before it
+commits (``Consumer._commit_offsets``), so the order stays: effects, flush, offsets.
+
+The overrides, each pinned by ``tests/agent/test_guarded_consumer.py``:
+
+- ``_new_offset``: the progress's committable offset (Faust's ack lists are emptied, unused);
+- ``_filter_tps_with_pending_acks``: also the partitions the progress holds (acked or not);
+- ``_add_gap``: nothing: a jump in offsets is never counted as processed;
+- ``_commit_offsets``: tells the progress what was committed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Mapping, Optional
+
+import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+
+from stream.progress import InputProgress
+
+
+class GuardedConsumer(faust_aiokafka.Consumer):
+    """Faust's aiokafka consumer, committing only what ``app.progress`` says is accounted for."""
+
+    def _guarded(self, tp: TP) -> bool:
+        return tp.topic in self.app.guarded_topics  # type: ignore[attr-defined]
+
+    def _new_offset(self, tp: TP) -> Optional[int]:
+        if not self._guarded(tp):
+            return super()._new_offset(tp)
+        self._acked[tp].clear()
+        self._acked_index[tp].clear()
+        progress: InputProgress = self.app.progress  # type: ignore[attr-defined]
+        return progress.committable(tp)
+
+    def _filter_tps_with_pending_acks(self, topics: Any = None) -> Iterator[TP]:
+        progress: InputProgress = self.app.progress  # type: ignore[attr-defined]
+        candidates = set(super()._filter_tps_with_pending_acks(topics))
+        candidates.update(
+            tp for tp in progress.partitions() if topics is None or tp in topics or tp.topic in topics
+        )
+        return iter(candidates)
+
+    async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
+        if not self._guarded(tp):
+            await super()._add_gap(tp, offset_from, offset_to)
+
+    async def _commit_offsets(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
+        did_commit = await super()._commit_offsets(offsets, start_new_transaction=start_new_transaction)
+        if did_commit:
+            progress: InputProgress = self.app.progress  # type: ignore[attr-defined]
+            for tp, offset in offsets.items():
+                progress.committed(tp, offset)
+        return did_commit
+
+
+class GuardedTransport(faust_aiokafka.Transport):
+    Consumer = GuardedConsumer
+
+
+class GuardedApp(faust.App):
+    """A Faust app whose consumer commits the agent's own accounted-for offsets on ``guarded_topics``."""
+
+    def __init__(self, *args: Any, guarded_topics: frozenset[str], **kwargs: Any) -> None:
+        self.progress = InputProgress()
+        self.guarded_topics = guarded_topics
+        super().__init__(*args, **kwargs)
+
+    def _new_transport(self) -> Any:
+        return GuardedTransport(self.conf.broker_consumer, self)
+
+
+class CommittedOffsets:
+    """Reads the group's committed offset of a partition (or its log start when none), with
+    clients of its own that never join the group: where the agent must start accounting."""
+
+    def __init__(self, group_id: str, bootstrap_servers: str, **client_options: Any) -> None:
+        self._group_id = group_id
+        self._options = {"bootstrap_servers": bootstrap_servers, **client_options}
+        self._admin: AIOKafkaAdminClient | None = None
+        self._reader: AIOKafkaConsumer | None = None
+
+    async def start_offset(self, tp: TP) -> int:
+        if self._admin is None or self._reader is None:
+            admin, reader = AIOKafkaAdminClient(**self._options), AIOKafkaConsumer(enable_auto_commit=False, **self._options)
+            await admin.start()
+            await reader.start()
+            self._admin, self._reader = admin, reader
+        partition = TopicPartition(tp.topic, tp.partition)
+        committed = (await self._admin.list_consumer_group_offsets(self._group_id, partitions=[partition])).get(partition)
+        log_start = (await self._reader.beginning_offsets([partition]))[partition]
+        if committed is None or committed.offset < 0:
+            return log_start
+        # Below the log start (retention), the consumer resets to the earliest record, as configured.
+        return max(committed.offset, log_start)
+
+    async def close(self) -> None:
+        admin, reader, self._admin, self._reader = self._admin, self._reader, None, None
+        if admin is not None:
+            await admin.close()
+        if reader is not None:
+            await reader.stop()

@@ -1,0 +1,569 @@
+"""The chaos run (``make chaos``): the pipeline on the local stack while an operator's bad day
+happens to it, then every message accounted for against the pure engine.
+
+Seeded and reproducible (``CHAOS_SEED``, ``CHAOS_EVENTS``, ``CHAOS_POISON``):
+
+1. a real broker and Postgres (fixed ports, so they can be restarted), two workers with static
+   group membership and a sink;
+2. a simulated event log (the simulator's lifecycle mix) with re-sent events, conflicting
+   duplicates and poison messages (undecodable, unknown schema, invalid fields, a card number, a
+   wrong key, one message of 1.04 MB);
+3. while it is published, at seeded points of the stream: kill -9 of each worker and twice of the
+   sink, a graceful restart of a worker, a third worker joining and leaving (a rebalance), a
+   broker restart and a 10 s Postgres outage; each worker restart is timed to its first decision;
+4. the pipeline drains (committed offsets reach the end of every topic);
+5. the oracle: the log read back from the broker, each account's card events run through the
+   pure engine in the order the workers decided them (the order of their first entries on the
+   accruals topic: the two input topics have no common order), compared with Postgres.
+
+It prints a table and one line
+``chaos N events: mismatched_accounts=M duplicate_entries=D poison_in_dlq=P/T lost_entries=L recovery_s=R``
+and exits 0 only with M=0, D=0, P=T, L=0 and R within the restart target. Campaign budgets are
+left out of the offers (a budget makes one account's reward depend on other accounts' order,
+which the oracle cannot know); the clock does not tick (time passing has its own tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import os
+import random
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from schemas.codec import Codec, DecodeError
+from stream.accounts import account_partition, apply_activation, apply_segments, to_account_profile
+from stream.events import to_event, validate
+from stream.localstack.kafka import DEFAULT_CACHE_DIR, KafkaBroker
+from stream.localstack.postgres import EmbeddedPostgres
+from stream.localstack.process import free_port, spawn, terminate
+from stream.offer_admin import publish_offers
+from stream.offers import OfferBook, load_offers_file
+from stream.rules import Outcome, balances, decide
+from stream.settings import Settings
+from stream.simulate import Scenario, generate
+from topics.catalogue import catalogue
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE_OFFERS = REPO_ROOT / "deploy" / "offers" / "example.yaml"
+RESTART_TARGET_S = 15.0
+SUBJECTS = {
+    "authorizations": "authorization_event", "settlements": "settlement_event",
+    "profiles": "account_profile", "activations": "offer_activation",
+}
+FAULTS = ("kill_worker_1", "kill_worker_2", "kill_sink", "kill_sink", "restart_worker_2", "third_worker", "broker_restart", "postgres_outage")
+
+
+@dataclass
+class Report:
+    events: int = 0
+    poison_total: int = 0
+    poison_in_dlq: int = 0
+    mismatched_accounts: int = 0
+    duplicate_entries: int = 0
+    lost_entries: int = 0
+    recovery_s: dict[str, float] = field(default_factory=dict)
+    timeline: list[tuple[float, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def recovery_max_s(self) -> float:
+        return max(self.recovery_s.values(), default=0.0)
+
+    def passed(self) -> bool:
+        return (
+            self.mismatched_accounts == 0 and self.duplicate_entries == 0 and self.lost_entries == 0
+            and self.poison_in_dlq == self.poison_total and self.recovery_max_s <= RESTART_TARGET_S
+        )
+
+    def line(self) -> str:
+        return (
+            f"chaos {self.events} events: mismatched_accounts={self.mismatched_accounts} "
+            f"duplicate_entries={self.duplicate_entries} poison_in_dlq={self.poison_in_dlq}/{self.poison_total} "
+            f"lost_entries={self.lost_entries} recovery_s={self.recovery_max_s:.1f}"
+        )
+
+    def table(self) -> str:
+        rows = [f"{'at_s':>7}  what"] + [f"{at:7.1f}  {what}" for at, what in self.timeline]
+        rows += [f"recovery of {name}: {seconds:.1f}s" for name, seconds in self.recovery_s.items()]
+        return "\n".join(rows + self.notes)
+
+
+def poison_messages(rng: random.Random, codec: Codec, good: list[dict[str, Any]], count: int) -> list[tuple[str, bytes, bytes]]:
+    """``count`` messages no worker can process: (role, key, value)."""
+    kinds = ("undecodable", "unknown_schema_id", "invalid_mcc", "card_number", "key_mismatch", "negative_amount", "too_large")
+    result = []
+    for n in range(count):
+        record = dict(rng.choice(good), event_id=f"poison-{n}")
+        kind = "too_large" if n == 0 else kinds[n % len(kinds)]
+        role = "authorizations" if record["event_type"].startswith(("AUTHORIZATION", "INCREMENTAL")) else "settlements"
+        key = record["account_id"].encode()
+        if kind == "undecodable":
+            value = b"\x00\x00\x00\x00\x01" + bytes(rng.randrange(256) for _ in range(9))
+        elif kind == "unknown_schema_id":
+            value = struct.pack(">bI", 0, 999_999) + b"\x02"
+        elif kind == "too_large":  # about 1.04 MB: the broker takes it, a dead letter around it would not fit
+            value = b"\x00" + bytes(rng.randrange(256) for _ in range(1_040_000))
+        else:
+            if kind == "invalid_mcc":
+                record["mcc"] = "54A1"
+            elif kind == "card_number":
+                record["merchant_name"] = "PAN 4111111111111111"
+            elif kind == "negative_amount":
+                record["amount_minor"] = record["billing_amount_minor"] = -abs(record["amount_minor"]) - 1
+            elif kind == "key_mismatch":
+                key = b"another-account"
+            value = codec.encode(SUBJECTS[role], record)
+        result.append((role, key, value))
+    return result
+
+
+class Chaos:
+    def __init__(self, events: int, seed: int, poison: int, work_dir: Path, log: Any = print) -> None:
+        self.events_wanted = events
+        self.seed = seed
+        self.poison = poison
+        self.work_dir = work_dir
+        self.say = log
+        self.rng = random.Random(seed)
+        self.codec = Codec()
+        self.report = Report()
+        self.children: dict[str, subprocess.Popen[Any]] = {}
+        self.metrics_ports: dict[str, int] = {}
+        self.started = time.monotonic()
+        self.broker: KafkaBroker | None = None
+        self.postgres: EmbeddedPostgres | None = None
+
+    # --- the stack -------------------------------------------------------------------------------
+
+    def _note(self, what: str) -> None:
+        at = time.monotonic() - self.started
+        self.report.timeline.append((at, what))
+        self.say(f"[{at:7.1f}s] {what}", flush=True)
+
+    def _env(self, bootstrap: str, database_url: str) -> dict[str, str]:
+        run = f"chaos-{self.seed}-{os.getpid()}"
+        return {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "DATABASE_URL": database_url,
+            "TOPIC_PREFIX": f"{run}.",
+            "APP_ID": run,
+            "SINK_GROUP_ID": f"{run}-sink",
+            "CLOCK_INTERVAL_S": "3600",
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    def start(self, name: str, *args: str, **extra: str) -> None:
+        port = self.metrics_ports.setdefault(name, free_port())
+        log = open(self.work_dir / f"{name}.log", "ab")  # noqa: SIM115 - kept by the child
+        env = {**self.env, "METRICS_PORT": str(port), "WORKER_DATA_DIR": str(self.work_dir / f"{name}-data"), **extra}
+        self.children[name] = spawn([sys.executable, "-m", "stream", *args], env=env, cwd=REPO_ROOT, stdout=log, stderr=log)
+        log.close()
+
+    def start_worker(self, name: str, static: bool = True) -> None:
+        self.start(name, "worker", **({"WORKER_INSTANCE_ID": name} if static else {}))
+
+    def kill(self, name: str) -> None:
+        process = self.children.pop(name)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+
+    def stop(self, name: str) -> None:
+        terminate(self.children.pop(name), grace_s=30.0)
+
+    def decided(self, name: str) -> float:
+        """The worker's count of decided messages (0 until it serves metrics)."""
+        try:
+            text = httpx.get(f"http://127.0.0.1:{self.metrics_ports[name]}/metrics", timeout=2).text
+        except httpx.HTTPError:
+            return 0.0
+        return sum(
+            float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line.startswith("cashback_events_consumed_total{") and 'event_type="CLOCK_TICK"' not in line
+        )
+
+    def time_first_decision(self, name: str, since: float, limit_s: float = 120.0) -> None:
+        while time.monotonic() - since < limit_s:
+            if self.decided(name) > 0:
+                self.report.recovery_s[f"{name} #{len(self.report.recovery_s) + 1}"] = time.monotonic() - since
+                return
+            time.sleep(0.2)
+        self.report.recovery_s[f"{name} #{len(self.report.recovery_s) + 1}"] = limit_s
+        self._note(f"{name} decided nothing within {limit_s:.0f}s")
+
+    # --- faults ----------------------------------------------------------------------------------
+
+    def fault(self, kind: str) -> None:
+        self._note(kind)
+        if kind in ("kill_worker_1", "kill_worker_2"):
+            name = "worker-1" if kind.endswith("1") else "worker-2"
+            self.kill(name)
+            since = time.monotonic()
+            self.start_worker(name)
+            self.time_first_decision(name, since)
+        elif kind == "restart_worker_2":
+            self.stop("worker-2")
+            since = time.monotonic()
+            self.start_worker("worker-2")
+            self.time_first_decision("worker-2", since)
+        elif kind == "kill_sink":
+            self.kill("sink")
+            self.start("sink", "sink")
+        elif kind == "third_worker":
+            since = time.monotonic()
+            self.start_worker("worker-3", static=False)  # dynamic: it leaves the group when it stops
+            self.time_first_decision("worker-3", since)
+            time.sleep(5)
+            self._note("worker-3 leaves")
+            self.stop("worker-3")
+        elif kind == "broker_restart":
+            assert self.broker is not None
+            self.broker.stop()
+            self.broker.start()
+        elif kind == "postgres_outage":
+            assert self.postgres is not None
+            self.postgres.stop()
+            time.sleep(10)
+            self.postgres.start()
+        self._note(f"{kind} done")
+
+    # --- the run ---------------------------------------------------------------------------------
+
+    def run(self) -> Report:
+        self.broker = KafkaBroker(DEFAULT_CACHE_DIR, self.work_dir / "kafka", port=free_port())
+        self.postgres = EmbeddedPostgres(self.work_dir / "postgres", port=free_port(), fast=True)
+        try:
+            bootstrap = self.broker.start()
+            database_url = self.postgres.start()
+            self.env = self._env(bootstrap, database_url)
+            self.settings = Settings.from_env(self.env)
+            self.topics = catalogue(self.settings.topic_prefix, self.settings.topic_partitions)
+            self._prepare()
+            return self._run_stream()
+        finally:
+            for name in list(self.children):
+                terminate(self.children.pop(name), grace_s=15.0)
+            self.postgres.stop()
+            self.broker.stop()
+
+    def _prepare(self) -> None:
+        subprocess.run([sys.executable, "-m", "stream", "topics"], env=self.env, cwd=REPO_ROOT, check=True, capture_output=True)
+        subprocess.run([sys.executable, "-m", "stream", "migrate"], env=self.env, cwd=REPO_ROOT, check=True, capture_output=True)
+        offers = [dataclasses.replace(o, budget_minor=None) for o in load_offers_file(EXAMPLE_OFFERS)]
+        self.book = OfferBook(tuple(offers))
+        asyncio.run(publish_offers(self.settings, self.codec, self.topics.offers.name, offers))
+        scenario = Scenario(
+            seed=self.seed, accounts=max(100, self.events_wanted // 40), purchases=max(1, int(self.events_wanted / 2.2)),
+            bad_ratio=0.0, duplicate_ratio=0.05, conflict_ratio=0.002,
+        )
+        self.account_messages: list[tuple[str, bytes, bytes, int | None]] = []
+        card: list[tuple[str, bytes, bytes]] = []
+        for message in generate(scenario):
+            value = self.codec.encode(SUBJECTS[message.role], message.record or {})
+            if message.role in ("profiles", "activations"):
+                partition = account_partition(message.record["account_id"], self.settings.topic_partitions)  # type: ignore[index]
+                self.account_messages.append((message.role, message.key, value, partition))
+            else:
+                card.append((message.role, message.key, value))
+        records = [m.record for m in generate(dataclasses.replace(scenario, purchases=min(scenario.purchases, 50))) if m.record and m.role == "authorizations"]
+        for poison in poison_messages(self.rng, self.codec, records, self.poison):
+            card.insert(self.rng.randrange(len(card) + 1), poison)
+        self.card_messages = card
+        self.report.events = len(card)
+
+    def _run_stream(self) -> Report:
+        self.start("sink", "sink")
+        self.start_worker("worker-1")
+        self.start_worker("worker-2")
+        self._note(f"publishing {len(self.account_messages)} account messages, then {len(self.card_messages)} card events")
+        asyncio.run(self._publish(self.account_messages))
+        self._wait_drained([self.topics.profiles.name, self.topics.activations.name], with_sink=False, limit_s=180)
+
+        faults = list(FAULTS)
+        self.rng.shuffle(faults)
+        points = sorted(self.rng.uniform(0.08, 0.85) for _ in faults)
+        schedule = list(zip(points, faults))
+        published = [0]
+        done_faults = threading.Event()
+        total = len(self.card_messages)
+        # Faults fire at seeded points of the stream; publication waits for a fault to be over
+        # (and, for a restart, timed) so that the stream still flows after each one.
+        gate = threading.Condition()
+        faults_done = [0]
+
+        def faults_loop() -> None:
+            try:
+                for point, kind in schedule:
+                    with gate:
+                        gate.wait_for(lambda: published[0] >= point * total)
+                    self.fault(kind)
+                    with gate:
+                        faults_done[0] += 1
+                        gate.notify_all()
+            finally:
+                done_faults.set()
+                with gate:
+                    faults_done[0] = len(schedule)
+                    gate.notify_all()
+
+        def allowed(n: int) -> bool:
+            pending = [p for p, _ in schedule[faults_done[0]:]]
+            return not pending or n < pending[0] * total + max(200, total // 50)
+
+        thread = threading.Thread(target=faults_loop, name="chaos-faults", daemon=True)
+        thread.start()
+        rate = max(400.0, total / 240.0)  # the stream lasts about four minutes at most
+        asyncio.run(self._publish_cards(published, gate, allowed, rate))
+        done_faults.wait()
+        self._note("published; waiting for the pipeline to drain")
+        inputs = [self.topics.authorizations.name, self.topics.settlements.name, self.topics.profiles.name, self.topics.activations.name]
+        self._wait_drained(inputs, with_sink=True, limit_s=max(300.0, total / 100))
+        self._note("drained")
+        for name in list(self.children):
+            self.stop(name)
+        asyncio.run(self._judge())
+        return self.report
+
+    async def _producer(self) -> AIOKafkaProducer:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.kafka_bootstrap_servers, acks="all", enable_idempotence=True,
+            max_request_size=1_100_000, request_timeout_ms=120_000, linger_ms=5,
+        )
+        await producer.start()
+        return producer
+
+    async def _publish(self, messages: list[tuple[str, bytes, bytes, int | None]]) -> None:
+        names = {"profiles": self.topics.profiles.name, "activations": self.topics.activations.name}
+        producer = await self._producer()
+        try:
+            for role, key, value, partition in messages:
+                await producer.send(names[role], value, key=key, partition=partition)
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+    async def _publish_cards(self, published: list[int], gate: threading.Condition, allowed: Any, rate: float) -> None:
+        names = {"authorizations": self.topics.authorizations.name, "settlements": self.topics.settlements.name}
+        producer = await self._producer()
+        started = time.monotonic()
+        try:
+            for n, (role, key, value) in enumerate(self.card_messages):
+                while not allowed(n):
+                    await asyncio.sleep(0.05)
+                while True:
+                    try:
+                        await (await producer.send(names[role], value, key=key))
+                        break
+                    except Exception as error:  # noqa: BLE001 - the broker restarts: send it again
+                        self.say(f"publish retry ({type(error).__name__})", flush=True)
+                        await asyncio.sleep(1)
+                        await producer.stop()
+                        producer = await self._producer()
+                with gate:
+                    published[0] = n + 1
+                    gate.notify_all()
+                ahead = (n + 1) / rate - (time.monotonic() - started)
+                if ahead > 0.01:
+                    await asyncio.sleep(ahead)
+        finally:
+            await producer.stop()
+
+    def _wait_drained(self, input_topics: list[str], with_sink: bool, limit_s: float) -> None:
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            if asyncio.run(self._drained(input_topics, with_sink)):
+                return
+            time.sleep(1)
+        self.report.notes.append(f"not drained after {limit_s:.0f}s")
+        self._note("NOT DRAINED")
+
+    async def _drained(self, input_topics: list[str], with_sink: bool) -> bool:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap_servers)
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap_servers)
+        try:
+            await admin.start()
+            await consumer.start()
+            checks = [(self.settings.app_id, input_topics)]
+            if with_sink:
+                checks.append((self.settings.sink_group_id, [self.topics.accruals.name]))
+            for group, topics in checks:
+                committed = await admin.list_consumer_group_offsets(group)
+                tps = [TopicPartition(t, p) for t in topics for p in range(self.settings.topic_partitions)]
+                ends = await consumer.end_offsets(tps)
+                for tp in tps:
+                    done = committed.get(tp)
+                    if ends[tp] > 0 and (done is None or done.offset < ends[tp]):
+                        return False
+            return True
+        except Exception:  # noqa: BLE001 - the broker may be restarting
+            return False
+        finally:
+            await consumer.stop()
+            await admin.close()
+
+    # --- the judgement ---------------------------------------------------------------------------
+
+    async def _read(self, topic: str) -> list[Any]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap_servers, enable_auto_commit=False, max_partition_fetch_bytes=2_000_000)
+        await consumer.start()
+        try:
+            tps = [TopicPartition(topic, p) for p in range(self.settings.topic_partitions)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+            records: list[Any] = []
+            remaining = {tp for tp in tps if ends[tp] > 0}
+            while remaining:
+                batches = await consumer.getmany(timeout_ms=1000)
+                for tp, batch in batches.items():
+                    records.extend(batch)
+                    if batch and batch[-1].offset >= ends[tp] - 1:
+                        remaining.discard(tp)
+            return records
+        finally:
+            await consumer.stop()
+
+    async def _judge(self) -> None:
+        topics = self.topics
+        dead = set()
+        for record in await self._read(topics.dead_letters.name):
+            _, letter = self.codec.decode(record.value, expected_subject="dead_letter")
+            dead.add((letter["source_topic"], letter["source_partition"], letter["source_offset"]))
+        first_entry: dict[str, tuple[int, int]] = {}
+        for record in await self._read(topics.accruals.name):
+            _, entry = self.codec.decode(record.value, expected_subject="accrual")
+            first_entry.setdefault(entry["source_event_id"], (record.partition, record.offset))
+
+        profiles: dict[str, Any] = {}
+        for topic, subject in ((topics.profiles.name, "account_profile"), (topics.activations.name, "offer_activation")):
+            for record in await self._read(topic):
+                if record.value is None:
+                    continue
+                _, value = self.codec.decode(record.value, expected_subject=subject)
+                fold = apply_segments if subject == "account_profile" else apply_activation
+                profiles[value["account_id"]] = fold(profiles.get(value["account_id"]), value)
+
+        must_dead_letter: set[tuple[str, int, int]] = set()
+        per_account: dict[str, dict[str, list[tuple[Any, tuple[str, int, int]]]]] = defaultdict(lambda: defaultdict(list))
+        for topic, subject in ((topics.authorizations.name, "authorization_event"), (topics.settlements.name, "settlement_event")):
+            for record in await self._read(topic):
+                where = (topic, record.partition, record.offset)
+                try:
+                    _, value = self.codec.decode(record.value, expected_subject=subject)
+                except DecodeError:
+                    must_dead_letter.add(where)
+                    continue
+                if validate(value) is not None or record.key != value["account_id"].encode():
+                    must_dead_letter.add(where)
+                    continue
+                per_account[value["account_id"]][topic].append((to_event(value), where))
+
+        oracle: dict[str, dict[str, Any]] = {}
+        for account, by_topic in per_account.items():
+            auths, settlements = by_topic[topics.authorizations.name], by_topic[topics.settlements.name]
+            state, profile = None, to_account_profile(profiles.get(account))
+            for event, where in _decision_order(auths, settlements, first_entry):
+                decision = decide(event, self.book, state, profile)
+                state = decision.state
+                if decision.outcome is Outcome.DUPLICATE_CONFLICT:
+                    must_dead_letter.add(where)
+                elif decision.outcome is not Outcome.DUPLICATE:
+                    for entry in decision.entries:
+                        if entry["entry_kind"] != "NOT_EARNED":
+                            oracle.setdefault(entry["accrual_id"], entry)
+
+        connection = await asyncpg.connect(self.settings.database_url)
+        try:
+            ledger_ids = {row["accrual_id"] for row in await connection.fetch("SELECT accrual_id FROM ledger_entries")}
+            rows = await connection.fetch("SELECT * FROM balances")
+        finally:
+            await connection.close()
+        stored: dict[str, dict[Any, Any]] = defaultdict(dict)
+        fields = ("pending_minor", "confirmed_minor", "available_minor", "lifetime_earned_minor", "clawed_back_minor", "donated_minor")
+        for row in rows:
+            totals = {f: row[f] for f in fields}
+            if any(totals.values()):
+                stored[row["account_id"]][(row["reward_kind"], row["currency"].strip())] = totals
+        expected: dict[str, dict[Any, Any]] = defaultdict(dict)
+        for (account, kind, unit), totals in balances(oracle.values()).items():
+            if any(totals.values()):
+                expected[account][(kind, unit)] = totals
+        mismatched = sorted(a for a in set(stored) | set(expected) if stored.get(a) != expected.get(a))
+        self.report.mismatched_accounts = len(mismatched)
+        self.report.lost_entries = len(set(oracle) - ledger_ids)
+        self.report.duplicate_entries = len(ledger_ids - set(oracle))
+        self.report.poison_total = len(must_dead_letter)
+        self.report.poison_in_dlq = len(must_dead_letter & dead)
+        for account in mismatched[:5]:
+            self.report.notes.append(f"mismatch {account}: postgres {stored.get(account)} oracle {expected.get(account)}")
+        missing_dead = sorted(must_dead_letter - dead)[:5]
+        if missing_dead:
+            self.report.notes.append(f"not dead-lettered: {missing_dead}")
+
+
+def _decision_order(
+    auths: list[tuple[Any, Any]], settlements: list[tuple[Any, Any]], first_entry: dict[str, tuple[int, int]]
+) -> list[tuple[Any, Any]]:
+    """One account's card events in the order a worker decided them: each topic's own order,
+    interleaved by where each event's first entry sits on the accruals topic (an event that
+    produced no entry goes as early as its topic allows)."""
+    order: list[tuple[Any, Any]] = []
+    a = s = 0
+    while a < len(auths) or s < len(settlements):
+        if a == len(auths):
+            order.append(settlements[s]); s += 1; continue  # noqa: E702
+        if s == len(settlements):
+            order.append(auths[a]); a += 1; continue  # noqa: E702
+        at_a = first_entry.get(auths[a][0].event_id)
+        at_s = first_entry.get(settlements[s][0].event_id)
+        if at_a is None or (at_s is not None and at_a <= at_s):
+            order.append(auths[a]); a += 1  # noqa: E702
+        else:
+            order.append(settlements[s]); s += 1  # noqa: E702
+    return order
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="chaos", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=int(os.environ.get("CHAOS_EVENTS", "200000")), help="card events to publish (CHAOS_EVENTS)")
+    parser.add_argument("--seed", type=int, default=int(os.environ.get("CHAOS_SEED", "1")), help="seed of the log and the faults (CHAOS_SEED)")
+    parser.add_argument("--poison", type=int, default=int(os.environ.get("CHAOS_POISON", "50")), help="poison messages (CHAOS_POISON)")
+    parser.add_argument("--keep", action="store_true", help="keep the run's directory (logs, data)")
+    args = parser.parse_args(argv)
+    if args.events < 100 or args.poison < 1:
+        parser.error("--events must be at least 100 and --poison at least 1")
+    work_dir = Path(tempfile.mkdtemp(prefix="cashback-chaos-"))
+    work_dir.chmod(0o755)
+    report = Report()
+    try:
+        report = Chaos(args.events, args.seed, args.poison, work_dir).run()
+        print(report.table())
+        print(report.line(), flush=True)
+    finally:
+        if args.keep:
+            print(f"run directory kept: {work_dir}")
+        else:
+            shutil.rmtree(work_dir, ignore_errors=True)
+    raise SystemExit(0 if report.passed() else 1)
+
+
+if __name__ == "__main__":
+    main()

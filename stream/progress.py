@@ -1,0 +1,138 @@
+"""Which input offsets the matcher has accounted for, per partition: the project's own answer to
+"what may be committed", instead of Faust's acks.
+
+Why not Faust's acks (see the README, "Nothing lost"): Faust treats any jump in the offsets it
+fetched as a compaction gap and counts the skipped offsets as acknowledged, and its recovery can
+drop messages it fetched while restoring tables (faust-streaming #596, #606). Both commit past
+messages no agent ever saw. Here an offset is committable only when every offset below it, from
+the group's committed offset on, has been processed (decided or dead-lettered).
+
+The protocol, per partition, for the agent:
+
+- ``start(tp, offset)`` after an assignment, with the group's committed offset (or the log start);
+- ``verdict(tp, offset)`` for each message before processing it:
+  - ``PROCESS``: the next offset; process it, then ``done(tp, offset)``;
+  - ``SKIP``: already processed (a redelivery), or a stale message buffered before a seek;
+  - ``SEEK``: a hole below this message; seek the consumer to ``next_offset(tp)`` and drop the
+    message: it comes again after the hole is filled;
+  - ``ACCEPT_GAP``: the same hole came back after the seek, so the offsets in it hold no record
+    (compaction, or transaction markers): process the message.
+- ``committable(tp)``: the offset to commit (the next one to process), None when nothing new;
+- ``stalled(tp, end_offset)`` now and then: a hole with no later message to reveal it.
+
+Pure bookkeeping: no Kafka, no clock. Replaying is free downstream (effects are idempotent), so
+every doubt resolves to "read again".
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Hashable, Iterable
+
+
+class Verdict(enum.Enum):
+    PROCESS = "process"
+    SKIP = "skip"
+    SEEK = "seek"
+    ACCEPT_GAP = "accept_gap"
+
+
+@dataclass
+class _Partition:
+    next_offset: int  # every offset below it is accounted for
+    committed: int  # what the group has committed (the next offset it would read)
+    seeking_since: int | None = None  # the highest offset seen since we sought back, if seeking
+    watched: int | None = None  # next_offset at the previous watch
+
+
+class InputProgress:
+    """Accounted-for offsets of the partitions this worker owns, keyed by topic-partition."""
+
+    def __init__(self) -> None:
+        self._partitions: dict[Hashable, _Partition] = {}
+        self.seeks = 0  # holes found below a message: sought back to read them
+        self.gaps_accepted = 0  # holes that were real (no record there)
+
+    def knows(self, tp: Hashable) -> bool:
+        return tp in self._partitions
+
+    def start(self, tp: Hashable, committed: int) -> None:
+        """The group will deliver ``tp`` from ``committed`` on (its committed offset or log start)."""
+        self._partitions[tp] = _Partition(next_offset=committed, committed=committed)
+
+    def forget(self, tps: Iterable[Hashable]) -> None:
+        """Partitions revoked: the next owner (perhaps us again) starts from the committed offset."""
+        for tp in tps:
+            self._partitions.pop(tp, None)
+
+    def partitions(self) -> list[Hashable]:
+        return list(self._partitions)
+
+    def next_offset(self, tp: Hashable) -> int:
+        return self._partitions[tp].next_offset
+
+    def verdict(self, tp: Hashable, offset: int) -> Verdict:
+        part = self._partitions[tp]
+        if offset < part.next_offset:
+            return Verdict.SKIP
+        if offset == part.next_offset:
+            part.seeking_since = None
+            return Verdict.PROCESS
+        # A hole [next_offset, offset).
+        if part.seeking_since is None:
+            part.seeking_since = offset
+            self.seeks += 1
+            return Verdict.SEEK
+        if offset > part.seeking_since:  # still draining what was buffered before the seek
+            part.seeking_since = offset
+            return Verdict.SKIP
+        # The stream went back: this is the re-read after the seek, and it starts past the hole
+        # again, so the hole holds no record.
+        part.seeking_since = None
+        self.gaps_accepted += 1
+        return Verdict.ACCEPT_GAP
+
+    def done(self, tp: Hashable, offset: int) -> None:
+        """``offset`` was processed (its effects handed to the producer)."""
+        part = self._partitions.get(tp)
+        if part is None:  # revoked meanwhile: the next owner reads it again
+            return
+        part.next_offset = max(part.next_offset, offset + 1)
+
+    def rewind(self, tp: Hashable, offset: int) -> None:
+        """Read again from ``offset`` (a send that failed); the caller seeks the consumer there."""
+        part = self._partitions.get(tp)
+        if part is not None and offset < part.next_offset:
+            part.next_offset = max(offset, part.committed)
+            part.seeking_since = None
+
+    def stalled(self, tp: Hashable, end_offset: int) -> int | None:
+        """Called periodically with the partition's end offset: where to read again when records
+        exist past ``next_offset`` and it has not moved since the previous call (a message lost
+        with nothing after it to reveal the hole); None when all is well."""
+        part = self._partitions.get(tp)
+        if part is None:
+            return None
+        if part.next_offset >= end_offset:  # all read: nothing to wait for
+            part.watched = None
+            return None
+        stuck = part.watched == part.next_offset
+        part.watched = part.next_offset
+        if not stuck:
+            return None
+        part.seeking_since = None
+        self.seeks += 1
+        return part.next_offset
+
+    def committable(self, tp: Hashable) -> int | None:
+        """The offset to commit for ``tp`` (None: nothing new, or not ours)."""
+        part = self._partitions.get(tp)
+        if part is None or part.next_offset <= part.committed:
+            return None
+        return part.next_offset
+
+    def committed(self, tp: Hashable, offset: int) -> None:
+        part = self._partitions.get(tp)
+        if part is not None:
+            part.committed = max(part.committed, offset)

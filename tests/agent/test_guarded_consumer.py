@@ -1,0 +1,91 @@
+"""The matcher's consumer commits only what the agent accounted for, whatever Faust acked.
+
+Faust's own commit rule counts a jump in fetched offsets as processed (its gap filling) and lets an
+ack just above the committed offset through its gap check: after a table recovery that dropped
+fetched messages, it committed past them (faust-streaming #596, #606). These tests drive the real
+consumer class of the matcher's app (never started; only ``_commit``, the broker call, and the
+producer are fakes) the way Faust's fetch loop and streams do, and pin that none of that moves a
+commit past an offset the agent has not processed.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Mapping
+
+import pytest
+from faust.types import TP, Message
+
+from stream.guarded_consumer import GuardedConsumer
+from stream.matcher import Matcher
+
+
+class FlushingProducer:
+    async def flush(self) -> None:
+        pass
+
+
+def message(tp: TP, offset: int) -> Message:
+    return Message(
+        topic=tp.topic, partition=tp.partition, offset=offset, timestamp=time.time(), timestamp_type=0,
+        headers=None, key=b"acct-1", value=b"", checksum=None,
+    )
+
+
+@pytest.fixture
+def wired(matcher: Matcher):  # type: ignore[no-untyped-def]
+    app = matcher.app
+    consumer = app.consumer
+    tp = TP(matcher.topics.settlements.name, 1)
+    commits: list[dict[TP, int]] = []
+    consumer.assignment = lambda: {tp}  # type: ignore[method-assign]
+
+    async def commit_to_broker(offsets: Mapping[TP, int]) -> bool:
+        commits.append(dict(offsets))
+        return True
+
+    consumer._commit = commit_to_broker  # type: ignore[method-assign]  # noqa: SLF001 - the broker call
+    app.producer = FlushingProducer()
+    return app, consumer, tp, commits
+
+
+def test_the_matcher_app_uses_the_guarded_consumer(matcher: Matcher) -> None:
+    assert isinstance(matcher.app.consumer, GuardedConsumer)
+    assert matcher.topics.authorizations.name in matcher.app.guarded_topics
+    assert matcher.topics.clock.name in matcher.app.guarded_topics
+
+
+@pytest.mark.asyncio
+async def test_a_jump_in_fetched_offsets_is_not_committed(wired) -> None:  # type: ignore[no-untyped-def]
+    app, consumer, tp, commits = wired
+    app.progress.start(tp, 100)
+    # Faust's fetch loop saw offset 99 and then 230: it records the jump as a gap.
+    await consumer._add_gap(tp, 100, 229)  # noqa: SLF001 - what Faust's fetch loop calls
+    for offset in range(230, 240):
+        consumer.ack(message(tp, offset))  # and its stream acked what it delivered
+    assert not await consumer.commit()
+    assert commits == []
+
+
+@pytest.mark.asyncio
+async def test_an_ack_just_above_the_committed_offset_is_not_committed(wired) -> None:  # type: ignore[no-untyped-def]
+    app, consumer, tp, commits = wired
+    app.progress.start(tp, 0)  # Faust's own check skips a committed offset of 0 altogether
+    consumer.ack(message(tp, 1))
+    consumer.ack(message(tp, 2))
+    assert not await consumer.commit()
+    assert commits == []
+
+
+@pytest.mark.asyncio
+async def test_commits_follow_what_the_agent_accounted_for(wired) -> None:  # type: ignore[no-untyped-def]
+    app, consumer, tp, commits = wired
+    app.progress.start(tp, 100)
+    for offset in (100, 101, 102):
+        app.progress.verdict(tp, offset)
+        app.progress.done(tp, offset)
+    assert await consumer.commit()
+    assert commits == [{tp: 103}]
+    assert app.progress.committable(tp) is None  # told what was committed
+    assert not await consumer.commit()  # nothing new
+    assert commits == [{tp: 103}]

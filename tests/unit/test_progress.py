@@ -1,0 +1,131 @@
+"""Offset accounting (stream.progress): an offset is committable only when every offset below it
+was processed, whatever the consumer drops, redelivers or skips."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stream.progress import InputProgress, Verdict
+
+TP = ("cashback.card.authorizations", 0)
+
+
+def test_in_order_messages_are_processed_and_committable() -> None:
+    progress = InputProgress()
+    progress.start(TP, 10)
+    assert progress.committable(TP) is None
+    for offset in (10, 11, 12):
+        assert progress.verdict(TP, offset) is Verdict.PROCESS
+        progress.done(TP, offset)
+    assert progress.committable(TP) == 13
+    progress.committed(TP, 13)
+    assert progress.committable(TP) is None
+
+
+def test_a_redelivered_message_is_skipped() -> None:
+    progress = InputProgress()
+    progress.start(TP, 0)
+    progress.verdict(TP, 0)
+    progress.done(TP, 0)
+    assert progress.verdict(TP, 0) is Verdict.SKIP
+
+
+def test_a_hole_asks_for_a_seek_then_skips_what_was_buffered_until_the_hole_comes() -> None:
+    progress = InputProgress()
+    progress.start(TP, 100)
+    assert progress.verdict(TP, 230) is Verdict.SEEK
+    assert progress.next_offset(TP) == 100
+    assert progress.verdict(TP, 231) is Verdict.SKIP  # buffered before the seek
+    assert progress.verdict(TP, 100) is Verdict.PROCESS  # the re-read
+    progress.done(TP, 100)
+    assert progress.committable(TP) == 101
+    assert progress.seeks == 1 and progress.gaps_accepted == 0
+
+
+def test_a_hole_that_comes_back_after_the_seek_holds_no_record() -> None:
+    progress = InputProgress()
+    progress.start(TP, 5)
+    assert progress.verdict(TP, 8) is Verdict.SEEK  # 5-7: compacted away, or transaction markers
+    assert progress.verdict(TP, 9) is Verdict.SKIP
+    assert progress.verdict(TP, 8) is Verdict.ACCEPT_GAP  # read again from 5: 8 comes first again
+    progress.done(TP, 8)
+    assert progress.committable(TP) == 9
+    assert progress.gaps_accepted == 1
+
+
+def test_a_revoked_partition_is_forgotten_and_commits_nothing() -> None:
+    progress = InputProgress()
+    progress.start(TP, 0)
+    progress.verdict(TP, 0)
+    progress.forget([TP])
+    progress.done(TP, 0)  # finished after the revocation: the next owner reads it again
+    assert not progress.knows(TP)
+    assert progress.committable(TP) is None
+
+
+def test_a_partition_stuck_below_its_end_is_read_again_at_the_second_watch() -> None:
+    progress = InputProgress()
+    progress.start(TP, 0)
+    assert progress.stalled(TP, 0) is None  # nothing to read
+    assert progress.stalled(TP, 3) is None  # records to read: give the agent a period
+    assert progress.stalled(TP, 3) == 0  # still nothing processed: read again
+    progress.verdict(TP, 0)
+    progress.done(TP, 0)
+    assert progress.stalled(TP, 3) is None  # it moved
+
+
+def test_rewind_reads_again_but_never_below_the_committed_offset() -> None:
+    progress = InputProgress()
+    progress.start(TP, 10)
+    for offset in range(10, 20):
+        progress.verdict(TP, offset)
+        progress.done(TP, offset)
+    progress.committed(TP, 15)
+    progress.rewind(TP, 12)
+    assert progress.next_offset(TP) == 15
+    assert progress.committable(TP) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    present=st.lists(st.booleans(), min_size=1, max_size=40),
+    drops=st.lists(st.integers(min_value=0, max_value=39), max_size=10),
+)
+def test_whatever_is_dropped_every_record_is_processed_once_in_order_and_commits_never_pass_one(
+    present: list[bool], drops: list[int]
+) -> None:
+    """A log with real holes (offsets holding no record); a consumer that drops the deliveries
+    named in ``drops`` (once each) and honours seeks by reading again from there."""
+    log = [offset for offset, here in enumerate(present) if here]
+    to_drop = set(drops)
+    progress = InputProgress()
+    progress.start(TP, 0)
+    processed: list[int] = []
+    position, deliveries = 0, 0
+    while deliveries < 10_000:
+        batch = [offset for offset in log if offset >= position]
+        if not batch:
+            break
+        sought = None
+        for offset in batch:
+            deliveries += 1
+            if offset in to_drop:
+                to_drop.discard(offset)  # a library lost it on the way to the agent
+                continue
+            verdict = progress.verdict(TP, offset)
+            if verdict in (Verdict.PROCESS, Verdict.ACCEPT_GAP):
+                processed.append(offset)
+                progress.done(TP, offset)
+            elif verdict is Verdict.SEEK and sought is None:
+                sought = progress.next_offset(TP)
+            committable = progress.committable(TP)
+            if committable is not None:
+                assert all(o in processed for o in log if o < committable)
+        if sought is None:  # nothing after a lost message revealed it: the periodic watch does
+            end = log[-1] + 1
+            sought = progress.stalled(TP, end) or progress.stalled(TP, end)
+        if sought is None:
+            break
+        position = sought
+    assert processed == log
