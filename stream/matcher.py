@@ -347,14 +347,21 @@ class Matcher:
     async def _observe_lag(self) -> None:
         """The lag gauge, and the watch for a partition stuck below its end (stream.progress)."""
         consumer = self.app.consumer
+        if self.app.rebalancing:
+            return
         for tp in consumer.assignment():
-            if tp.topic not in self.app.guarded_topics or not self.progress.knows(tp):
+            if tp.topic not in self.app.guarded_topics:
                 continue
             try:
                 highwater = consumer.highwater(tp)
             except (KeyError, AssertionError):
                 continue
             if highwater is None:
+                continue
+            if not self.progress.knows(tp):
+                # Nothing delivered since the assignment: the partition may have been left paused.
+                if highwater > 0:
+                    self.progress.start(tp, await self.start_offsets.start_offset(tp))
                 continue
             if tp.topic in self.input_subjects:
                 CONSUMER_LAG.labels(self.settings.app_id, tp.topic, str(tp.partition)).set(
@@ -363,4 +370,5 @@ class Matcher:
             stuck_at = self.progress.stalled(tp, highwater)
             if stuck_at is not None:
                 log.warning("%s[%d] has not moved from offset %d for %.0fs; reading it again", tp.topic, tp.partition, stuck_at, 2 * LAG_INTERVAL_S)
+                consumer.resume_partitions([tp])
                 await consumer.seek(tp, stuck_at)

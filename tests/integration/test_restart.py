@@ -44,8 +44,9 @@ async def _confirmations(database_url: str, account: str) -> list[tuple[str, str
 
 
 def _decided(processes) -> float:  # type: ignore[no-untyped-def]
+    """Card events the worker decided (clock ticks do not count)."""
     try:
-        return processes.metric("worker", "cashback_events_consumed_total") or 0.0
+        return processes.metric("worker", "cashback_events_consumed_total", {"event_type": "CLEARING"}) or 0.0
     except Exception:  # noqa: BLE001 - not serving yet
         return 0.0
 
