@@ -131,6 +131,7 @@ class Matcher:
         self.app.timer(LAG_INTERVAL_S)(self._observe_lag)
         self.app.timer(settings.clock_interval_s)(self._send_ticks)
         self.assigned: set[Any] = set()  # the input partitions this worker owns now
+        self.deliveries: list[Any] = []  # the sends of the message being processed
         self.app.on_partitions_revoked.connect(self._on_partitions_revoked)
         self.app.on_partitions_assigned.connect(self._on_partitions_assigned)
 
@@ -161,8 +162,9 @@ class Matcher:
                 continue
             if verdict is Verdict.SKIP:
                 continue
+            self.deliveries = []
             await self.handle(message.topic, message.partition, message.offset, message.key, message.value)
-            self.progress.done(tp, message.offset)
+            self.progress.done(tp, message.offset, self.deliveries)
 
     async def _on_partitions_revoked(self, app: Any, revoked: set[Any], **_: Any) -> None:
         """Commit what was accounted for (flushing first), then forget the revoked partitions."""
@@ -222,7 +224,7 @@ class Matcher:
         for entry in decision.entries:
             # force=True: hand the entry to the producer now (latency); Faust still flushes the
             # producer before committing the input offset, so at-least-once holds.
-            await self.accruals.send(key=account_key, value=self.codec.encode("accrual", entry), force=True)
+            self._sent(await self.accruals.send(key=account_key, value=self.codec.encode("accrual", entry), force=True))
             if decision.outcome is not Outcome.DUPLICATE:
                 ACCRUALS.labels(entry["entry_kind"], entry["reward_kind"]).inc()
                 CASHBACK_AMOUNT.labels(entry["entry_kind"], entry["reward_kind"], entry["currency"]).inc(entry["amount_minor"])
@@ -342,7 +344,12 @@ class Matcher:
     ) -> None:
         log.warning("dead letter from %s[%d]@%d: %s (%s)", topic, partition, offset, reason, detail)
         payload = dead_letter(self.codec, Stage.MATCHER, reason, detail, topic, partition, offset, key, value)
-        await self.dead_letters.send(key=topic.encode(), value=payload, force=True)
+        self._sent(await self.dead_letters.send(key=topic.encode(), value=payload, force=True))
+
+    def _sent(self, delivery: Any) -> None:
+        """Keep a send's delivery future: the message's offset is committed only once it succeeded."""
+        if delivery is not None:
+            self.deliveries.append(delivery)
 
     async def _observe_lag(self) -> None:
         """The lag gauge, and the watch for a partition stuck below its end (stream.progress)."""
@@ -369,6 +376,6 @@ class Matcher:
                 )
             stuck_at = self.progress.stalled(tp, highwater)
             if stuck_at is not None:
-                log.warning("%s[%d] has not moved from offset %d for %.0fs; reading it again", tp.topic, tp.partition, stuck_at, 2 * LAG_INTERVAL_S)
+                log.warning("%s[%d]: reading again from offset %d (a send failed, or nothing moved for %.0fs)", tp.topic, tp.partition, stuck_at, 2 * LAG_INTERVAL_S)
                 consumer.resume_partitions([tp])
                 await consumer.seek(tp, stuck_at)

@@ -18,7 +18,8 @@ The protocol, per partition, for the agent:
   - ``ACCEPT_GAP``: the same hole came back after the seek, so the offsets in it hold no record
     (compaction, or transaction markers): process the message.
 - ``committable(tp)``: the offset to commit (the next one to process), None when nothing new;
-- ``stalled(tp, end_offset)`` now and then: a hole with no later message to reveal it.
+- ``stalled(tp, end_offset)`` now and then: where to read again, after a send that failed or when
+  a hole has no later message to reveal it.
 
 Pure bookkeeping: no Kafka, no clock. Replaying is free downstream (effects are idempotent), so
 every doubt resolves to "read again".
@@ -27,8 +28,19 @@ every doubt resolves to "read again".
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from typing import Hashable, Iterable
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Hashable, Iterable, Protocol, Sequence
+
+
+class Delivery(Protocol):
+    """A send's outcome, as an asyncio future gives it."""
+
+    def done(self) -> bool: ...
+
+    def cancelled(self) -> bool: ...
+
+    def exception(self) -> BaseException | None: ...
 
 
 class Verdict(enum.Enum):
@@ -44,6 +56,9 @@ class _Partition:
     committed: int  # what the group has committed (the next offset it would read)
     seeking_since: int | None = None  # the highest offset seen since we sought back, if seeking
     watched: int | None = None  # next_offset at the previous watch
+    # Processed offsets whose sends are not yet known to be delivered, oldest first.
+    unconfirmed: deque[tuple[int, Sequence[Any]]] = field(default_factory=deque)
+    rewind_to: int | None = None  # a send failed: read again from here
 
 
 class InputProgress:
@@ -93,19 +108,15 @@ class InputProgress:
         self.gaps_accepted += 1
         return Verdict.ACCEPT_GAP
 
-    def done(self, tp: Hashable, offset: int) -> None:
-        """``offset`` was processed (its effects handed to the producer)."""
+    def done(self, tp: Hashable, offset: int, deliveries: Sequence[Delivery] = ()) -> None:
+        """``offset`` was processed: its effects were handed to the producer, and ``deliveries``
+        say when they arrive. It is committable once every one of them succeeded."""
         part = self._partitions.get(tp)
         if part is None:  # revoked meanwhile: the next owner reads it again
             return
+        if deliveries:
+            part.unconfirmed.append((offset, deliveries))
         part.next_offset = max(part.next_offset, offset + 1)
-
-    def rewind(self, tp: Hashable, offset: int) -> None:
-        """Read again from ``offset`` (a send that failed); the caller seeks the consumer there."""
-        part = self._partitions.get(tp)
-        if part is not None and offset < part.next_offset:
-            part.next_offset = max(offset, part.committed)
-            part.seeking_since = None
 
     def stalled(self, tp: Hashable, end_offset: int) -> int | None:
         """Called periodically with the partition's end offset: where to read again when records
@@ -114,6 +125,13 @@ class InputProgress:
         part = self._partitions.get(tp)
         if part is None:
             return None
+        if part.rewind_to is not None:  # a send failed: everything from it again (idempotent)
+            offset, part.rewind_to = part.rewind_to, None
+            part.next_offset = max(offset, part.committed)
+            part.unconfirmed.clear()
+            part.seeking_since = None
+            self.seeks += 1
+            return part.next_offset
         if part.next_offset >= end_offset:  # all read: nothing to wait for
             part.watched = None
             return None
@@ -126,11 +144,24 @@ class InputProgress:
         return part.next_offset
 
     def committable(self, tp: Hashable) -> int | None:
-        """The offset to commit for ``tp`` (None: nothing new, or not ours)."""
+        """The offset to commit for ``tp`` (None: nothing new, or not ours): the next offset to
+        process, or the first one whose sends are not known to be delivered. A send that failed
+        asks for its offset to be read again (``stalled`` returns it)."""
         part = self._partitions.get(tp)
-        if part is None or part.next_offset <= part.committed:
+        if part is None:
             return None
-        return part.next_offset
+        bound = part.next_offset
+        while part.unconfirmed:
+            offset, deliveries = part.unconfirmed[0]
+            if not all(d.done() for d in deliveries):
+                bound = offset
+                break
+            if any(d.cancelled() or d.exception() is not None for d in deliveries):
+                bound = offset
+                part.rewind_to = offset if part.rewind_to is None else min(part.rewind_to, offset)
+                break
+            part.unconfirmed.popleft()
+        return bound if bound > part.committed else None
 
     def committed(self, tp: Hashable, offset: int) -> None:
         part = self._partitions.get(tp)

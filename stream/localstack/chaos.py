@@ -20,7 +20,8 @@ It prints a table and one line
 ``chaos N events: mismatched_accounts=M duplicate_entries=D poison_in_dlq=P/T lost_entries=L recovery_s=R``
 and exits 0 only with M=0, D=0, P=T, L=0 and R within the restart target. Campaign budgets are
 left out of the offers (a budget makes one account's reward depend on other accounts' order,
-which the oracle cannot know); the clock does not tick (time passing has its own tests).
+which the oracle cannot know); the log's timeline is moved years ahead so that the workers'
+clock ticks make nothing fall due (time passing has its own tests).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import logging
 import os
 import random
 import shutil
@@ -40,6 +42,7 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +67,7 @@ from topics.catalogue import catalogue
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_OFFERS = REPO_ROOT / "deploy" / "offers" / "example.yaml"
 RESTART_TARGET_S = 15.0
+FUTURE = timedelta(weeks=261)  # about five years, whole weeks: the same weekdays
 SUBJECTS = {
     "authorizations": "authorization_event", "settlements": "settlement_event",
     "profiles": "account_profile", "activations": "offer_activation",
@@ -167,7 +171,10 @@ class Chaos:
             "TOPIC_PREFIX": f"{run}.",
             "APP_ID": run,
             "SINK_GROUP_ID": f"{run}-sink",
-            "CLOCK_INTERVAL_S": "3600",
+            # Workers tick every second (a tick is a decision: a restarted worker shows it processes
+            # again even when no card event is due for its partitions), but the log's timeline is
+            # years ahead (FUTURE), so nothing falls due while the run lasts.
+            "CLOCK_INTERVAL_S": "1",
             "PYTHONUNBUFFERED": "1",
         }
 
@@ -267,12 +274,18 @@ class Chaos:
     def _prepare(self) -> None:
         subprocess.run([sys.executable, "-m", "stream", "topics"], env=self.env, cwd=REPO_ROOT, check=True, capture_output=True)
         subprocess.run([sys.executable, "-m", "stream", "migrate"], env=self.env, cwd=REPO_ROOT, check=True, capture_output=True)
-        offers = [dataclasses.replace(o, budget_minor=None) for o in load_offers_file(EXAMPLE_OFFERS)]
+        offers = [
+            dataclasses.replace(
+                o, budget_minor=None,
+                valid_from=o.valid_from and o.valid_from + FUTURE, valid_to=o.valid_to and o.valid_to + FUTURE,
+            )
+            for o in load_offers_file(EXAMPLE_OFFERS)
+        ]
         self.book = OfferBook(tuple(offers))
         asyncio.run(publish_offers(self.settings, self.codec, self.topics.offers.name, offers))
         scenario = Scenario(
             seed=self.seed, accounts=max(100, self.events_wanted // 40), purchases=max(1, int(self.events_wanted / 2.2)),
-            bad_ratio=0.0, duplicate_ratio=0.05, conflict_ratio=0.002,
+            bad_ratio=0.0, duplicate_ratio=0.05, conflict_ratio=0.002, start=Scenario.start + FUTURE,
         )
         self.account_messages: list[tuple[str, bytes, bytes, int | None]] = []
         card: list[tuple[str, bytes, bytes]] = []
@@ -307,30 +320,30 @@ class Chaos:
         # Faults fire at seeded points of the stream; publication waits for a fault to be over
         # (and, for a restart, timed) so that the stream still flows after each one.
         gate = threading.Condition()
-        faults_done = [0]
+        faults_started = [0]
 
         def faults_loop() -> None:
             try:
                 for point, kind in schedule:
                     with gate:
                         gate.wait_for(lambda: published[0] >= point * total)
+                        faults_started[0] += 1
                     self.fault(kind)
-                    with gate:
-                        faults_done[0] += 1
-                        gate.notify_all()
             finally:
                 done_faults.set()
                 with gate:
-                    faults_done[0] = len(schedule)
+                    faults_started[0] = len(schedule)
                     gate.notify_all()
 
         def allowed(n: int) -> bool:
-            pending = [p for p, _ in schedule[faults_done[0]:]]
-            return not pending or n < pending[0] * total + max(200, total // 50)
+            # Events flow while a fault runs (a restarted worker needs some to decide), up to a
+            # little past the next fault's point, which waits for this one to be over.
+            pending = [p for p, _ in schedule[faults_started[0]:]]
+            return not pending or n < pending[0] * total + max(100, total // 50)
 
         thread = threading.Thread(target=faults_loop, name="chaos-faults", daemon=True)
         thread.start()
-        rate = max(400.0, total / 240.0)  # the stream lasts about four minutes at most
+        rate = min(2_000.0, max(20.0, total / 150.0))  # the stream lasts at least two and a half minutes
         asyncio.run(self._publish_cards(published, gate, allowed, rate))
         done_faults.wait()
         self._note("published; waiting for the pipeline to drain")
@@ -406,7 +419,8 @@ class Chaos:
                 checks.append((self.settings.sink_group_id, [self.topics.accruals.name]))
             for group, topics in checks:
                 committed = await admin.list_consumer_group_offsets(group)
-                tps = [TopicPartition(t, p) for t in topics for p in range(self.settings.topic_partitions)]
+                await consumer.topics()  # loads the metadata partitions_for_topic reads
+                tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
                 ends = await consumer.end_offsets(tps)
                 for tp in tps:
                     done = committed.get(tp)
@@ -425,7 +439,8 @@ class Chaos:
         consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap_servers, enable_auto_commit=False, max_partition_fetch_bytes=2_000_000)
         await consumer.start()
         try:
-            tps = [TopicPartition(topic, p) for p in range(self.settings.topic_partitions)]
+            await consumer.topics()  # loads the metadata partitions_for_topic reads
+            tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
             ends = await consumer.end_offsets(tps)
@@ -550,6 +565,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.events < 100 or args.poison < 1:
         parser.error("--events must be at least 100 and --poison at least 1")
+    # The harness's own clients retry through the broker restart; their per-attempt logs are noise.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     work_dir = Path(tempfile.mkdtemp(prefix="cashback-chaos-"))
     work_dir.chmod(0o755)
     report = Report()

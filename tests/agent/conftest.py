@@ -211,7 +211,7 @@ class EveryOffsetInOrder(InputProgress):
     def verdict(self, tp: Any, offset: int) -> Verdict:
         return Verdict.PROCESS
 
-    def done(self, tp: Any, offset: int) -> None:
+    def done(self, tp: Any, offset: int, deliveries: Any = ()) -> None:
         pass
 
 

@@ -10,6 +10,7 @@ commit past an offset the agent has not processed.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Mapping
 
@@ -89,3 +90,30 @@ async def test_commits_follow_what_the_agent_accounted_for(wired) -> None:  # ty
     assert app.progress.committable(tp) is None  # told what was committed
     assert not await consumer.commit()  # nothing new
     assert commits == [{tp: 103}]
+
+
+@pytest.mark.asyncio
+async def test_the_agent_hands_each_message_s_deliveries_to_the_accounting(harness) -> None:  # type: ignore[no-untyped-def]
+    """An offset becomes committable only when its sends are delivered: the agent must pass them."""
+    from tests.agent.conftest import ACCOUNT_KEY, EveryOffsetInOrder, encode_auth
+    from tests.factories import card_record
+
+    recorded: list[tuple[int, list[object]]] = []
+
+    class Recording(EveryOffsetInOrder):
+        def done(self, tp, offset, deliveries=()):  # type: ignore[no-untyped-def]
+            recorded.append((offset, list(deliveries)))
+
+    delivered = asyncio.get_running_loop().create_future()
+    delivered.set_result(None)
+    sent = harness.accruals
+
+    async def send_returning_a_future(**kwargs):  # type: ignore[no-untyped-def]
+        await sent(**kwargs)
+        return delivered
+
+    harness.matcher.progress = Recording()
+    harness.matcher.accruals.send = send_returning_a_future
+    await harness.put(encode_auth(harness.codec, card_record(amount_minor=10_000)), ACCOUNT_KEY)
+    await asyncio.sleep(0)  # the agent marks the offset done right after handle returns
+    assert recorded and recorded[-1][1] == [delivered]

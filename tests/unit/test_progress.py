@@ -75,16 +75,48 @@ def test_a_partition_stuck_below_its_end_is_read_again_at_the_second_watch() -> 
     assert progress.stalled(TP, 3) is None  # it moved
 
 
-def test_rewind_reads_again_but_never_below_the_committed_offset() -> None:
+class Sent:
+    """A send's outcome: pending, delivered or failed."""
+
+    def __init__(self, error: BaseException | None = None, done: bool = True) -> None:
+        self.error, self.finished = error, done
+
+    def done(self) -> bool:
+        return self.finished
+
+    def cancelled(self) -> bool:
+        return False
+
+    def exception(self) -> BaseException | None:
+        return self.error
+
+
+def test_an_offset_is_committable_only_once_its_sends_are_delivered() -> None:
     progress = InputProgress()
     progress.start(TP, 10)
-    for offset in range(10, 20):
+    pending = Sent(done=False)
+    for offset, deliveries in ((10, [Sent()]), (11, [pending]), (12, [])):
         progress.verdict(TP, offset)
-        progress.done(TP, offset)
-    progress.committed(TP, 15)
-    progress.rewind(TP, 12)
-    assert progress.next_offset(TP) == 15
-    assert progress.committable(TP) is None
+        progress.done(TP, offset, deliveries)
+    assert progress.committable(TP) == 11  # 11's entry is not delivered yet
+    pending.finished = True
+    assert progress.committable(TP) == 13
+
+
+def test_a_failed_send_reads_its_offset_again_and_never_commits_it() -> None:
+    progress = InputProgress()
+    progress.start(TP, 10)
+    for offset, deliveries in ((10, [Sent()]), (11, [Sent(), Sent(ConnectionError("broker gone"))]), (12, [Sent()])):
+        progress.verdict(TP, offset)
+        progress.done(TP, offset, deliveries)
+    assert progress.committable(TP) == 11
+    assert progress.stalled(TP, 13) == 11  # read again from the failed one (idempotent downstream)
+    assert progress.next_offset(TP) == 11
+    assert progress.verdict(TP, 11) is Verdict.PROCESS
+    progress.done(TP, 11, [Sent()])
+    progress.verdict(TP, 12)
+    progress.done(TP, 12, [Sent()])
+    assert progress.committable(TP) == 13
 
 
 @settings(max_examples=300, deadline=None)

@@ -175,7 +175,7 @@ def test_documentation_table_has_one_row_per_field() -> None:
     lines = documentation_table().splitlines()
     assert lines[:2] == ["| variable | default | meaning |", "|---|---|---|"]
     rows = lines[2:]
-    assert len(rows) == len(Settings.model_fields) == 21
+    assert len(rows) == len(Settings.model_fields) == 23
     assert [row.split("`")[1] for row in rows] == VARIABLES
     assert "| `TOPIC_PARTITIONS` | `4` | Partitions of the co-partitioned input and output topics. |" in rows
     assert "| `KAFKA_SASL_PASSWORD` |  | SASL password (never logged). |" in rows
