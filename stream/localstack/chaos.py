@@ -175,6 +175,10 @@ class Chaos:
             # again even when no card event is due for its partitions), but the log's timeline is
             # years ahead (FUTURE), so nothing falls due while the run lasts.
             "CLOCK_INTERVAL_S": "1",
+            # Eight partitions: with four, Faust's sticky assignor keeps two on each of the first
+            # two workers and gives a third nothing; with eight, partitions (and their table state)
+            # really move to the third worker and back when it leaves.
+            "TOPIC_PARTITIONS": "8",
             "PYTHONUNBUFFERED": "1",
         }
 
@@ -419,8 +423,7 @@ class Chaos:
                 checks.append((self.settings.sink_group_id, [self.topics.accruals.name]))
             for group, topics in checks:
                 committed = await admin.list_consumer_group_offsets(group)
-                await consumer.topics()  # loads the metadata partitions_for_topic reads
-                tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+                tps = [tp for t in topics for tp in await self._partitions(t)]
                 ends = await consumer.end_offsets(tps)
                 for tp in tps:
                     done = committed.get(tp)
@@ -435,12 +438,23 @@ class Chaos:
 
     # --- the judgement ---------------------------------------------------------------------------
 
+    async def _partitions(self, topic: str) -> list[TopicPartition]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap_servers)
+        await admin.start()
+        try:
+            (described,) = await admin.describe_topics([topic])
+        finally:
+            await admin.close()
+        tps = sorted(TopicPartition(topic, p["partition"]) for p in described["partitions"])
+        if not tps:
+            raise RuntimeError(f"topic {topic} has no partitions")
+        return tps
+
     async def _read(self, topic: str) -> list[Any]:
         consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap_servers, enable_auto_commit=False, max_partition_fetch_bytes=2_000_000)
         await consumer.start()
         try:
-            await consumer.topics()  # loads the metadata partitions_for_topic reads
-            tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+            tps = await self._partitions(topic)
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
             ends = await consumer.end_offsets(tps)
