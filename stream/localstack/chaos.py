@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import json
 import logging
 import os
 import random
@@ -480,6 +481,13 @@ class Chaos:
         for record in await self._read(topics.accruals.name):
             _, entry = self.codec.decode(record.value, expected_subject="accrual")
             first_entry.setdefault(entry["source_event_id"], (record.partition, record.offset))
+        # Each account's state, as its worker last stored it: its recent event ids are in the
+        # order they were decided (events that produced no entry included).
+        decided_order: dict[str, dict[str, int]] = {}
+        for record in await self._read(f"{self.settings.app_id}-account-state-changelog"):
+            account = json.loads(record.key)
+            state = json.loads(record.value) if record.value else None
+            decided_order[account] = {event_id: rank for rank, event_id in enumerate((state or {}).get("seen", {}))}
 
         profiles: dict[str, Any] = {}
         for topic, subject in ((topics.profiles.name, "account_profile"), (topics.activations.name, "offer_activation")):
@@ -506,10 +514,14 @@ class Chaos:
                 per_account[value["account_id"]][topic].append((to_event(value), where))
 
         oracle: dict[str, dict[str, Any]] = {}
+        windowed = 0  # accounts with more events than their state remembers in order
         for account, by_topic in per_account.items():
             auths, settlements = by_topic[topics.authorizations.name], by_topic[topics.settlements.name]
             state, profile = None, to_account_profile(profiles.get(account))
-            for event, where in _decision_order(auths, settlements, first_entry):
+            ranks = decided_order.get(account, {})
+            if len(auths) + len(settlements) > len(ranks):
+                windowed += 1
+            for event, where in _decision_order(auths, settlements, ranks, first_entry):
                 decision = decide(event, self.book, state, profile)
                 state = decision.state
                 if decision.outcome is Outcome.DUPLICATE_CONFLICT:
@@ -543,30 +555,45 @@ class Chaos:
         self.report.poison_in_dlq = len(must_dead_letter & dead)
         for account in mismatched[:5]:
             self.report.notes.append(f"mismatch {account}: postgres {stored.get(account)} oracle {expected.get(account)}")
+        if windowed:
+            self.report.notes.append(
+                f"{windowed} accounts had more card events than their state remembers in order; "
+                "their oldest events were ordered by where their first entries sit"
+            )
         missing_dead = sorted(must_dead_letter - dead)[:5]
         if missing_dead:
             self.report.notes.append(f"not dead-lettered: {missing_dead}")
 
 
 def _decision_order(
-    auths: list[tuple[Any, Any]], settlements: list[tuple[Any, Any]], first_entry: dict[str, tuple[int, int]]
+    auths: list[tuple[Any, Any]], settlements: list[tuple[Any, Any]], ranks: dict[str, int],
+    first_entry: dict[str, tuple[int, int]],
 ) -> list[tuple[Any, Any]]:
-    """One account's card events in the order a worker decided them: each topic's own order,
-    interleaved by where each event's first entry sits on the accruals topic (an event that
-    produced no entry goes as early as its topic allows)."""
+    """One account's card events in the order its worker decided them: each topic's own order,
+    interleaved by the order the account's state recorded its recent event ids in (``ranks``).
+    Events older than that window come first; between two of them, the one whose first entry on
+    the accruals topic comes first (an event with no entry as early as its topic allows)."""
     order: list[tuple[Any, Any]] = []
     a = s = 0
     while a < len(auths) or s < len(settlements):
-        if a == len(auths):
-            order.append(settlements[s]); s += 1; continue  # noqa: E702
-        if s == len(settlements):
-            order.append(auths[a]); a += 1; continue  # noqa: E702
-        at_a = first_entry.get(auths[a][0].event_id)
-        at_s = first_entry.get(settlements[s][0].event_id)
-        if at_a is None or (at_s is not None and at_a <= at_s):
-            order.append(auths[a]); a += 1  # noqa: E702
+        if a == len(auths) or s == len(settlements):
+            order.extend(auths[a:] if s == len(settlements) else settlements[s:])
+            break
+        id_a, id_s = auths[a][0].event_id, settlements[s][0].event_id
+        rank_a, rank_s = ranks.get(id_a), ranks.get(id_s)
+        if rank_a is not None and rank_s is not None:
+            auth_first = rank_a <= rank_s
+        elif rank_a is not None or rank_s is not None:
+            auth_first = rank_a is None  # outside the window: older
         else:
-            order.append(settlements[s]); s += 1  # noqa: E702
+            at_a, at_s = first_entry.get(id_a), first_entry.get(id_s)
+            auth_first = at_a is None or (at_s is not None and at_a <= at_s)
+        if auth_first:
+            order.append(auths[a])
+            a += 1
+        else:
+            order.append(settlements[s])
+            s += 1
     return order
 
 
