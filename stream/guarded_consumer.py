@@ -18,6 +18,7 @@ The overrides, each pinned by ``tests/agent/test_guarded_consumer.py``:
 
 from __future__ import annotations
 
+import time
 from typing import Any, Iterator, Mapping, Optional
 
 import faust
@@ -80,9 +81,10 @@ class GuardedApp(faust.App):
         return GuardedTransport(self.conf.broker_consumer, self)
 
 
-class CommittedOffsets:
-    """Reads the group's committed offset of a partition (or its log start when none), with
-    clients of its own that never join the group: where the agent must start accounting."""
+class OffsetLookups:
+    """What the agent asks the broker directly, with clients of its own that never join the group:
+    where a partition's accounting starts (the group's committed offset, or the log start), and
+    whether a hole in what the consumer delivered really holds no record."""
 
     def __init__(self, group_id: str, bootstrap_servers: str, **client_options: Any) -> None:
         self._group_id = group_id
@@ -90,19 +92,39 @@ class CommittedOffsets:
         self._admin: AIOKafkaAdminClient | None = None
         self._reader: AIOKafkaConsumer | None = None
 
-    async def start_offset(self, tp: TP) -> int:
+    async def _clients(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
         if self._admin is None or self._reader is None:
             admin, reader = AIOKafkaAdminClient(**self._options), AIOKafkaConsumer(enable_auto_commit=False, **self._options)
             await admin.start()
             await reader.start()
             self._admin, self._reader = admin, reader
+        return self._admin, self._reader
+
+    async def start_offset(self, tp: TP) -> int:
+        admin, reader = await self._clients()
         partition = TopicPartition(tp.topic, tp.partition)
-        committed = (await self._admin.list_consumer_group_offsets(self._group_id, partitions=[partition])).get(partition)
-        log_start = (await self._reader.beginning_offsets([partition]))[partition]
+        committed = (await admin.list_consumer_group_offsets(self._group_id, partitions=[partition])).get(partition)
+        log_start = (await reader.beginning_offsets([partition]))[partition]
         if committed is None or committed.offset < 0:
             return log_start
         # Below the log start (retention), the consumer resets to the earliest record, as configured.
         return max(committed.offset, log_start)
+
+    async def holds_records(self, tp: TP, start: int, end: int, timeout_s: float = 10.0) -> bool:
+        """Whether offsets [start, end) of ``tp`` hold any record; True when the broker does not
+        answer in time (the caller then reads again: the safe side)."""
+        _, reader = await self._clients()
+        partition = TopicPartition(tp.topic, tp.partition)
+        reader.assign([partition])
+        reader.seek(partition, start)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            batch = await reader.getmany(partition, timeout_ms=500)
+            for record in batch.get(partition, []):
+                return record.offset < end
+            if await reader.position(partition) >= end:  # past the hole with no record in it
+                return False
+        return True
 
     async def close(self) -> None:
         admin, reader, self._admin, self._reader = self._admin, self._reader, None, None

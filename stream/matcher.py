@@ -35,7 +35,7 @@ from stream.events import CardEvent, to_event, validate
 from stream.ledger import POSTGRES_UNAVAILABLE
 from stream.lifecycle import due_events
 from stream.metrics import ACCRUALS, CASHBACK_AMOUNT, CONSUMER_LAG, EVENTS_CONSUMED
-from stream.guarded_consumer import CommittedOffsets, GuardedApp
+from stream.guarded_consumer import OffsetLookups, GuardedApp
 from stream.offer_mirror import OfferMirror
 from stream.progress import Verdict
 from stream.rules import Decision, Outcome, decide
@@ -101,7 +101,7 @@ class Matcher:
             table_cleanup_interval=3600.0,
         )
         self.progress = self.app.progress
-        self.start_offsets = CommittedOffsets(
+        self.broker_view = OffsetLookups(
             settings.app_id, settings.kafka_bootstrap_servers, **settings.kafka_client_options()
         )
         self.input = self.app.topic(
@@ -148,10 +148,19 @@ class Matcher:
             if tp not in self.assigned:
                 continue  # revoked while buffered: its next owner reads it from the committed offset
             if not self.progress.knows(tp):
-                start = await self.start_offsets.start_offset(tp)
+                start = await self.broker_view.start_offset(tp)
                 log.info("accounting for %s[%d] from offset %d (first delivered: %d)", tp.topic, tp.partition, start, message.offset)
                 self.progress.start(tp, start)
             verdict = self.progress.verdict(tp, message.offset)
+            if verdict is Verdict.CHECK_HOLE:
+                missing_from = self.progress.next_offset(tp)
+                empty = not await self.broker_view.holds_records(tp, missing_from, message.offset)
+                verdict = self.progress.hole_checked(tp, message.offset, empty)
+                if empty:
+                    log.warning(
+                        "offsets %d-%d of %s[%d] hold no record (compaction or transaction markers); going on",
+                        missing_from, message.offset - 1, tp.topic, tp.partition,
+                    )
             if verdict is Verdict.SEEK:
                 missing_from = self.progress.next_offset(tp)
                 log.warning(
@@ -368,7 +377,7 @@ class Matcher:
             if not self.progress.knows(tp):
                 # Nothing delivered since the assignment: the partition may have been left paused.
                 if highwater > 0:
-                    self.progress.start(tp, await self.start_offsets.start_offset(tp))
+                    self.progress.start(tp, await self.broker_view.start_offset(tp))
                 continue
             if tp.topic in self.input_subjects:
                 CONSUMER_LAG.labels(self.settings.app_id, tp.topic, str(tp.partition)).set(

@@ -15,8 +15,12 @@ The protocol, per partition, for the agent:
   - ``SKIP``: already processed (a redelivery), or a stale message buffered before a seek;
   - ``SEEK``: a hole below this message; seek the consumer to ``next_offset(tp)`` and drop the
     message: it comes again after the hole is filled;
-  - ``ACCEPT_GAP``: the same hole came back after the seek, so the offsets in it hold no record
-    (compaction, or transaction markers): process the message.
+  - ``CHECK_HOLE``: the re-read after the seek starts past the hole again: ask the broker whether
+    the hole holds records and say so with ``hole_checked(tp, offset, empty)``, which answers
+    ``PROCESS`` (no record there: compaction, transaction markers) or ``SEEK`` (the consumer
+    dropped them again). A hole is never accepted on the consumer's word: Faust's fetch loop
+    drops re-read messages below its own read position, which made a first version of this
+    protocol skip a clearing in the chaos run.
 - ``committable(tp)``: the offset to commit (the next one to process), None when nothing new;
 - ``stalled(tp, end_offset)`` now and then: where to read again, after a send that failed or when
   a hole has no later message to reveal it.
@@ -47,7 +51,7 @@ class Verdict(enum.Enum):
     PROCESS = "process"
     SKIP = "skip"
     SEEK = "seek"
-    ACCEPT_GAP = "accept_gap"
+    CHECK_HOLE = "check_hole"
 
 
 @dataclass
@@ -102,11 +106,22 @@ class InputProgress:
         if offset > part.seeking_since:  # still draining what was buffered before the seek
             part.seeking_since = offset
             return Verdict.SKIP
-        # The stream went back: this is the re-read after the seek, and it starts past the hole
-        # again, so the hole holds no record.
-        part.seeking_since = None
-        self.gaps_accepted += 1
-        return Verdict.ACCEPT_GAP
+        # The stream went back (the re-read after the seek) and it starts past the hole again:
+        # either the hole holds no record, or the consumer dropped it once more. Only the broker
+        # can tell (``hole_checked``).
+        return Verdict.CHECK_HOLE
+
+    def hole_checked(self, tp: Hashable, offset: int, empty: bool) -> Verdict:
+        """The broker's answer for the hole below ``offset`` (after ``CHECK_HOLE``): ``PROCESS``
+        the message when the hole holds no record, otherwise ``SEEK`` again."""
+        part = self._partitions[tp]
+        if empty:
+            part.seeking_since = None
+            self.gaps_accepted += 1
+            return Verdict.PROCESS
+        part.seeking_since = offset
+        self.seeks += 1
+        return Verdict.SEEK
 
     def done(self, tp: Hashable, offset: int, deliveries: Sequence[Delivery] = ()) -> None:
         """``offset`` was processed: its effects were handed to the producer, and ``deliveries``

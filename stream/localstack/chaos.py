@@ -519,7 +519,7 @@ class Chaos:
             auths, settlements = by_topic[topics.authorizations.name], by_topic[topics.settlements.name]
             state, profile = None, to_account_profile(profiles.get(account))
             ranks = decided_order.get(account, {})
-            if len(auths) + len(settlements) > len(ranks):
+            if len({event.event_id for event, _ in auths + settlements} - set(ranks)):
                 windowed += 1
             for event, where in _decision_order(auths, settlements, ranks, first_entry):
                 decision = decide(event, self.book, state, profile)
