@@ -14,6 +14,9 @@ The overrides, each pinned by ``tests/agent/test_guarded_consumer.py``:
 - ``_filter_tps_with_pending_acks``: also the partitions the progress holds (acked or not);
 - ``_add_gap``: nothing: a jump in offsets is never counted as processed;
 - ``_commit_offsets``: tells the progress what was committed.
+
+``OffsetLookups`` asks the broker, outside the group, what the agent cannot learn from Faust:
+where a partition's accounting starts, and whether a hole holds records.
 """
 
 from __future__ import annotations

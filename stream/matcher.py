@@ -10,7 +10,10 @@ Per event, in this order:
    then store the account's new state in the table (its changelog is a topic too).
 
 Delivery is at-least-once: Faust flushes the producer (entries, dead letters and the table's
-changelog) before it commits the input offsets, so a crash redelivers, never loses. Effects are
+changelog) before it commits the input offsets, so a crash redelivers, never loses. Which offsets
+are committed is the matcher's decision, not Faust's acks: a message is processed only when it is
+the next offset of its partition, holes are read again, and an offset is committed only once its
+sends were delivered (``stream.progress``, ``stream.guarded_consumer``). Effects are
 exactly-once: the state remembers each event id with what it produced, so a redelivered event
 re-emits the same entries (same ids) instead of applying twice, and the ledger ignores entry ids it
 already holds.
@@ -35,7 +38,7 @@ from stream.events import CardEvent, to_event, validate
 from stream.ledger import POSTGRES_UNAVAILABLE
 from stream.lifecycle import due_events
 from stream.metrics import ACCRUALS, CASHBACK_AMOUNT, CONSUMER_LAG, EVENTS_CONSUMED
-from stream.guarded_consumer import OffsetLookups, GuardedApp
+from stream.guarded_consumer import GuardedApp, OffsetLookups
 from stream.offer_mirror import OfferMirror
 from stream.progress import Verdict
 from stream.rules import Decision, Outcome, decide
@@ -139,41 +142,38 @@ class Matcher:
         await self.offers.run()
 
     async def _consume(self, stream: StreamT) -> None:
-        """Every message is processed exactly when it is the next offset of its partition
-        (stream.progress); a hole below it makes the consumer read the hole again first."""
         await self.offers.ready.wait()  # never match a purchase before every offer is known
         async for event in stream.events():
             message = event.message
-            tp = message.tp
-            if tp not in self.assigned:
-                continue  # revoked while buffered: its next owner reads it from the committed offset
-            if not self.progress.knows(tp):
-                start = await self.broker_view.start_offset(tp)
-                log.info("accounting for %s[%d] from offset %d (first delivered: %d)", tp.topic, tp.partition, start, message.offset)
-                self.progress.start(tp, start)
-            verdict = self.progress.verdict(tp, message.offset)
-            if verdict is Verdict.CHECK_HOLE:
-                missing_from = self.progress.next_offset(tp)
-                empty = not await self.broker_view.holds_records(tp, missing_from, message.offset)
-                verdict = self.progress.hole_checked(tp, message.offset, empty)
-                if empty:
-                    log.warning(
-                        "offsets %d-%d of %s[%d] hold no record (compaction or transaction markers); going on",
-                        missing_from, message.offset - 1, tp.topic, tp.partition,
-                    )
-            if verdict is Verdict.SEEK:
-                missing_from = self.progress.next_offset(tp)
-                log.warning(
-                    "offsets %d-%d of %s[%d] were never delivered; reading them again",
-                    missing_from, message.offset - 1, tp.topic, tp.partition,
-                )
-                await self.app.consumer.seek(tp, missing_from)
-                continue
-            if verdict is Verdict.SKIP:
-                continue
-            self.deliveries = []
-            await self.handle(message.topic, message.partition, message.offset, message.key, message.value)
-            self.progress.done(tp, message.offset, self.deliveries)
+            if await self._is_next(message.tp, message.offset):
+                self.deliveries = []
+                await self.handle(message.topic, message.partition, message.offset, message.key, message.value)
+                self.progress.done(message.tp, message.offset, self.deliveries)
+
+    async def _is_next(self, tp: Any, offset: int) -> bool:
+        """Whether the message at ``offset`` is the next one of its partition to process
+        (stream.progress). Below it: already processed. Above it: a hole, read again first."""
+        if tp not in self.assigned:
+            return False  # revoked while buffered: its next owner reads it from the committed offset
+        if not self.progress.knows(tp):
+            start = await self.broker_view.start_offset(tp)
+            log.info("accounting for %s[%d] from offset %d (first delivered: %d)", tp.topic, tp.partition, start, offset)
+            self.progress.start(tp, start)
+        verdict = self.progress.verdict(tp, offset)
+        if verdict in (Verdict.PROCESS, Verdict.SKIP):
+            return verdict is Verdict.PROCESS
+        missing_from = self.progress.next_offset(tp)
+        if verdict is Verdict.CHECK_HOLE:
+            empty = not await self.broker_view.holds_records(tp, missing_from, offset)
+            verdict = self.progress.hole_checked(tp, offset, empty)
+            if empty:
+                log.warning("offsets %d-%d of %s[%d] hold no record (compaction or transaction markers)",
+                            missing_from, offset - 1, tp.topic, tp.partition)
+        if verdict is Verdict.SEEK:
+            log.warning("offsets %d-%d of %s[%d] were never delivered; reading them again",
+                        missing_from, offset - 1, tp.topic, tp.partition)
+            await self.app.consumer.seek(tp, missing_from)
+        return verdict is Verdict.PROCESS
 
     async def _on_partitions_revoked(self, app: Any, revoked: set[Any], **_: Any) -> None:
         """Commit what was accounted for (flushing first), then forget the revoked partitions."""

@@ -12,9 +12,9 @@ Seeded and reproducible (``CHAOS_SEED``, ``CHAOS_EVENTS``, ``CHAOS_POISON``):
    sink, a graceful restart of a worker, a third worker joining and leaving (a rebalance), a
    broker restart and a 10 s Postgres outage; each worker restart is timed to its first decision;
 4. the pipeline drains (committed offsets reach the end of every topic);
-5. the oracle: the log read back from the broker, each account's card events run through the
-   pure engine in the order the workers decided them (the order of their first entries on the
-   accruals topic: the two input topics have no common order), compared with Postgres.
+5. the oracle (``stream.localstack.chaos_oracle``): the log read back from the broker, each
+   account's card events run through the pure engine in the order its worker decided them (the
+   two input topics have no common order), compared with Postgres.
 
 It prints a table and one line
 ``chaos N events: mismatched_accounts=M duplicate_entries=D poison_in_dlq=P/T lost_entries=L recovery_s=R``
@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import json
 import logging
 import os
 import random
@@ -41,26 +40,23 @@ import sys
 import tempfile
 import threading
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from schemas.codec import Codec, DecodeError
-from stream.accounts import account_partition, apply_activation, apply_segments, to_account_profile
-from stream.events import to_event, validate
+from schemas.codec import Codec
+from stream.accounts import account_partition
+from stream.localstack.chaos_oracle import judge, partitions
 from stream.localstack.kafka import DEFAULT_CACHE_DIR, KafkaBroker
 from stream.localstack.postgres import EmbeddedPostgres
 from stream.localstack.process import free_port, spawn, terminate
 from stream.offer_admin import publish_offers
 from stream.offers import OfferBook, load_offers_file
-from stream.rules import Outcome, balances, decide
 from stream.settings import Settings
 from stream.simulate import Scenario, generate
 from topics.catalogue import catalogue
@@ -357,7 +353,7 @@ class Chaos:
         self._note("drained")
         for name in list(self.children):
             self.stop(name)
-        asyncio.run(self._judge())
+        asyncio.run(judge(self.settings, self.topics, self.codec, self.book, self.report))
         return self.report
 
     async def _producer(self) -> AIOKafkaProducer:
@@ -424,7 +420,7 @@ class Chaos:
                 checks.append((self.settings.sink_group_id, [self.topics.accruals.name]))
             for group, topics in checks:
                 committed = await admin.list_consumer_group_offsets(group)
-                tps = [tp for t in topics for tp in await self._partitions(t)]
+                tps = [tp for t in topics for tp in await partitions(self.settings.kafka_bootstrap_servers, t)]
                 ends = await consumer.end_offsets(tps)
                 for tp in tps:
                     done = committed.get(tp)
@@ -436,166 +432,6 @@ class Chaos:
         finally:
             await consumer.stop()
             await admin.close()
-
-    # --- the judgement ---------------------------------------------------------------------------
-
-    async def _partitions(self, topic: str) -> list[TopicPartition]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap_servers)
-        await admin.start()
-        try:
-            (described,) = await admin.describe_topics([topic])
-        finally:
-            await admin.close()
-        tps = sorted(TopicPartition(topic, p["partition"]) for p in described["partitions"])
-        if not tps:
-            raise RuntimeError(f"topic {topic} has no partitions")
-        return tps
-
-    async def _read(self, topic: str) -> list[Any]:
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap_servers, enable_auto_commit=False, max_partition_fetch_bytes=2_000_000)
-        await consumer.start()
-        try:
-            tps = await self._partitions(topic)
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            ends = await consumer.end_offsets(tps)
-            records: list[Any] = []
-            remaining = {tp for tp in tps if ends[tp] > 0}
-            while remaining:
-                batches = await consumer.getmany(timeout_ms=1000)
-                for tp, batch in batches.items():
-                    records.extend(batch)
-                    if batch and batch[-1].offset >= ends[tp] - 1:
-                        remaining.discard(tp)
-            return records
-        finally:
-            await consumer.stop()
-
-    async def _judge(self) -> None:
-        topics = self.topics
-        dead = set()
-        for record in await self._read(topics.dead_letters.name):
-            _, letter = self.codec.decode(record.value, expected_subject="dead_letter")
-            dead.add((letter["source_topic"], letter["source_partition"], letter["source_offset"]))
-        first_entry: dict[str, tuple[int, int]] = {}
-        for record in await self._read(topics.accruals.name):
-            _, entry = self.codec.decode(record.value, expected_subject="accrual")
-            first_entry.setdefault(entry["source_event_id"], (record.partition, record.offset))
-        # Each account's state, as its worker last stored it: its recent event ids are in the
-        # order they were decided (events that produced no entry included).
-        decided_order: dict[str, dict[str, int]] = {}
-        for record in await self._read(f"{self.settings.app_id}-account-state-changelog"):
-            account = json.loads(record.key)
-            state = json.loads(record.value) if record.value else None
-            decided_order[account] = {event_id: rank for rank, event_id in enumerate((state or {}).get("seen", {}))}
-
-        profiles: dict[str, Any] = {}
-        for topic, subject in ((topics.profiles.name, "account_profile"), (topics.activations.name, "offer_activation")):
-            for record in await self._read(topic):
-                if record.value is None:
-                    continue
-                _, value = self.codec.decode(record.value, expected_subject=subject)
-                fold = apply_segments if subject == "account_profile" else apply_activation
-                profiles[value["account_id"]] = fold(profiles.get(value["account_id"]), value)
-
-        must_dead_letter: set[tuple[str, int, int]] = set()
-        per_account: dict[str, dict[str, list[tuple[Any, tuple[str, int, int]]]]] = defaultdict(lambda: defaultdict(list))
-        for topic, subject in ((topics.authorizations.name, "authorization_event"), (topics.settlements.name, "settlement_event")):
-            for record in await self._read(topic):
-                where = (topic, record.partition, record.offset)
-                try:
-                    _, value = self.codec.decode(record.value, expected_subject=subject)
-                except DecodeError:
-                    must_dead_letter.add(where)
-                    continue
-                if validate(value) is not None or record.key != value["account_id"].encode():
-                    must_dead_letter.add(where)
-                    continue
-                per_account[value["account_id"]][topic].append((to_event(value), where))
-
-        oracle: dict[str, dict[str, Any]] = {}
-        windowed = 0  # accounts with more events than their state remembers in order
-        for account, by_topic in per_account.items():
-            auths, settlements = by_topic[topics.authorizations.name], by_topic[topics.settlements.name]
-            state, profile = None, to_account_profile(profiles.get(account))
-            ranks = decided_order.get(account, {})
-            if len({event.event_id for event, _ in auths + settlements} - set(ranks)):
-                windowed += 1
-            for event, where in _decision_order(auths, settlements, ranks, first_entry):
-                decision = decide(event, self.book, state, profile)
-                state = decision.state
-                if decision.outcome is Outcome.DUPLICATE_CONFLICT:
-                    must_dead_letter.add(where)
-                elif decision.outcome is not Outcome.DUPLICATE:
-                    for entry in decision.entries:
-                        if entry["entry_kind"] != "NOT_EARNED":
-                            oracle.setdefault(entry["accrual_id"], entry)
-
-        connection = await asyncpg.connect(self.settings.database_url)
-        try:
-            ledger_ids = {row["accrual_id"] for row in await connection.fetch("SELECT accrual_id FROM ledger_entries")}
-            rows = await connection.fetch("SELECT * FROM balances")
-        finally:
-            await connection.close()
-        stored: dict[str, dict[Any, Any]] = defaultdict(dict)
-        fields = ("pending_minor", "confirmed_minor", "available_minor", "lifetime_earned_minor", "clawed_back_minor", "donated_minor")
-        for row in rows:
-            totals = {f: row[f] for f in fields}
-            if any(totals.values()):
-                stored[row["account_id"]][(row["reward_kind"], row["currency"].strip())] = totals
-        expected: dict[str, dict[Any, Any]] = defaultdict(dict)
-        for (account, kind, unit), totals in balances(oracle.values()).items():
-            if any(totals.values()):
-                expected[account][(kind, unit)] = totals
-        mismatched = sorted(a for a in set(stored) | set(expected) if stored.get(a) != expected.get(a))
-        self.report.mismatched_accounts = len(mismatched)
-        self.report.lost_entries = len(set(oracle) - ledger_ids)
-        self.report.duplicate_entries = len(ledger_ids - set(oracle))
-        self.report.poison_total = len(must_dead_letter)
-        self.report.poison_in_dlq = len(must_dead_letter & dead)
-        for account in mismatched[:5]:
-            self.report.notes.append(f"mismatch {account}: postgres {stored.get(account)} oracle {expected.get(account)}")
-        if windowed:
-            self.report.notes.append(
-                f"{windowed} accounts had more card events than their state remembers in order; "
-                "their oldest events were ordered by where their first entries sit"
-            )
-        missing_dead = sorted(must_dead_letter - dead)[:5]
-        if missing_dead:
-            self.report.notes.append(f"not dead-lettered: {missing_dead}")
-
-
-def _decision_order(
-    auths: list[tuple[Any, Any]], settlements: list[tuple[Any, Any]], ranks: dict[str, int],
-    first_entry: dict[str, tuple[int, int]],
-) -> list[tuple[Any, Any]]:
-    """One account's card events in the order its worker decided them: each topic's own order,
-    interleaved by the order the account's state recorded its recent event ids in (``ranks``).
-    Events older than that window come first; between two of them, the one whose first entry on
-    the accruals topic comes first (an event with no entry as early as its topic allows)."""
-    order: list[tuple[Any, Any]] = []
-    a = s = 0
-    while a < len(auths) or s < len(settlements):
-        if a == len(auths) or s == len(settlements):
-            order.extend(auths[a:] if s == len(settlements) else settlements[s:])
-            break
-        id_a, id_s = auths[a][0].event_id, settlements[s][0].event_id
-        rank_a, rank_s = ranks.get(id_a), ranks.get(id_s)
-        if rank_a is not None and rank_s is not None:
-            auth_first = rank_a <= rank_s
-        elif rank_a is not None or rank_s is not None:
-            auth_first = rank_a is None  # outside the window: older
-        else:
-            at_a, at_s = first_entry.get(id_a), first_entry.get(id_s)
-            auth_first = at_a is None or (at_s is not None and at_a <= at_s)
-        if auth_first:
-            order.append(auths[a])
-            a += 1
-        else:
-            order.append(settlements[s])
-            s += 1
-    return order
-
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="chaos", description=__doc__.split("\n\n")[0])

@@ -1,0 +1,193 @@
+"""The chaos run's judgement: every message accounted for, against the pure engine.
+
+The log is read back from the broker; each account's card events go through ``decide`` in the
+order its worker decided them. That order is what the account's state recorded (its recent event
+ids, in order, on the table's changelog), since the two input topics have no common order; events
+older than that window are ordered by where their first entries sit on the accruals topic. The
+entries and balances that come out are compared with Postgres, and every message that must be
+dead-lettered (undecodable, invalid, a conflicting duplicate) is looked for on the dead-letter
+topic.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from schemas.codec import Codec, DecodeError
+from stream.accounts import apply_activation, apply_segments, to_account_profile
+from stream.events import to_event, validate
+from stream.offers import OfferBook
+from stream.rules import Outcome, balances, decide
+from stream.settings import Settings
+from topics.catalogue import Catalogue
+
+
+async def partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    tps = sorted(TopicPartition(topic, p["partition"]) for p in described["partitions"])
+    if not tps:
+        raise RuntimeError(f"topic {topic} has no partitions")
+    return tps
+
+
+async def read_topic(bootstrap: str, topic: str) -> list[Any]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=2_000_000)
+    await consumer.start()
+    try:
+        tps = await partitions(bootstrap, topic)
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        records: list[Any] = []
+        remaining = {tp for tp in tps if ends[tp] > 0}
+        while remaining:
+            batches = await consumer.getmany(timeout_ms=1000)
+            for tp, batch in batches.items():
+                records.extend(batch)
+                if batch and batch[-1].offset >= ends[tp] - 1:
+                    remaining.discard(tp)
+        return records
+    finally:
+        await consumer.stop()
+
+
+async def judge(settings: Settings, topics: Catalogue, codec: Codec, book: OfferBook, report: Any) -> None:
+    """Fill ``report``'s counts and notes (``stream.localstack.chaos.Report``)."""
+    bootstrap = settings.kafka_bootstrap_servers
+
+    async def read(topic: str) -> list[Any]:
+        return await read_topic(bootstrap, topic)
+
+    dead = set()
+    for record in await read(topics.dead_letters.name):
+        _, letter = codec.decode(record.value, expected_subject="dead_letter")
+        dead.add((letter["source_topic"], letter["source_partition"], letter["source_offset"]))
+    first_entry: dict[str, tuple[int, int]] = {}
+    for record in await read(topics.accruals.name):
+        _, entry = codec.decode(record.value, expected_subject="accrual")
+        first_entry.setdefault(entry["source_event_id"], (record.partition, record.offset))
+    # Each account's state, as its worker last stored it: its recent event ids are in the
+    # order they were decided (events that produced no entry included).
+    decided_order: dict[str, dict[str, int]] = {}
+    for record in await read(f"{settings.app_id}-account-state-changelog"):
+        account = json.loads(record.key)
+        state = json.loads(record.value) if record.value else None
+        decided_order[account] = {event_id: rank for rank, event_id in enumerate((state or {}).get("seen", {}))}
+
+    profiles: dict[str, Any] = {}
+    for topic, subject in ((topics.profiles.name, "account_profile"), (topics.activations.name, "offer_activation")):
+        for record in await read(topic):
+            if record.value is None:
+                continue
+            _, value = codec.decode(record.value, expected_subject=subject)
+            fold = apply_segments if subject == "account_profile" else apply_activation
+            profiles[value["account_id"]] = fold(profiles.get(value["account_id"]), value)
+
+    must_dead_letter: set[tuple[str, int, int]] = set()
+    per_account: dict[str, dict[str, list[tuple[Any, tuple[str, int, int]]]]] = defaultdict(lambda: defaultdict(list))
+    for topic, subject in ((topics.authorizations.name, "authorization_event"), (topics.settlements.name, "settlement_event")):
+        for record in await read(topic):
+            where = (topic, record.partition, record.offset)
+            try:
+                _, value = codec.decode(record.value, expected_subject=subject)
+            except DecodeError:
+                must_dead_letter.add(where)
+                continue
+            if validate(value) is not None or record.key != value["account_id"].encode():
+                must_dead_letter.add(where)
+                continue
+            per_account[value["account_id"]][topic].append((to_event(value), where))
+
+    oracle: dict[str, dict[str, Any]] = {}
+    windowed = 0  # accounts with more events than their state remembers in order
+    for account, by_topic in per_account.items():
+        auths, settlements = by_topic[topics.authorizations.name], by_topic[topics.settlements.name]
+        state, profile = None, to_account_profile(profiles.get(account))
+        ranks = decided_order.get(account, {})
+        if len({event.event_id for event, _ in auths + settlements} - set(ranks)):
+            windowed += 1
+        for event, where in decision_order(auths, settlements, ranks, first_entry):
+            decision = decide(event, book, state, profile)
+            state = decision.state
+            if decision.outcome is Outcome.DUPLICATE_CONFLICT:
+                must_dead_letter.add(where)
+            elif decision.outcome is not Outcome.DUPLICATE:
+                for entry in decision.entries:
+                    if entry["entry_kind"] != "NOT_EARNED":
+                        oracle.setdefault(entry["accrual_id"], entry)
+
+    connection = await asyncpg.connect(settings.database_url)
+    try:
+        ledger_ids = {row["accrual_id"] for row in await connection.fetch("SELECT accrual_id FROM ledger_entries")}
+        rows = await connection.fetch("SELECT * FROM balances")
+    finally:
+        await connection.close()
+    stored: dict[str, dict[Any, Any]] = defaultdict(dict)
+    fields = ("pending_minor", "confirmed_minor", "available_minor", "lifetime_earned_minor", "clawed_back_minor", "donated_minor")
+    for row in rows:
+        totals = {f: row[f] for f in fields}
+        if any(totals.values()):
+            stored[row["account_id"]][(row["reward_kind"], row["currency"].strip())] = totals
+    expected: dict[str, dict[Any, Any]] = defaultdict(dict)
+    for (account, kind, unit), totals in balances(oracle.values()).items():
+        if any(totals.values()):
+            expected[account][(kind, unit)] = totals
+    mismatched = sorted(a for a in set(stored) | set(expected) if stored.get(a) != expected.get(a))
+    report.mismatched_accounts = len(mismatched)
+    report.lost_entries = len(set(oracle) - ledger_ids)
+    report.duplicate_entries = len(ledger_ids - set(oracle))
+    report.poison_total = len(must_dead_letter)
+    report.poison_in_dlq = len(must_dead_letter & dead)
+    for account in mismatched[:5]:
+        report.notes.append(f"mismatch {account}: postgres {stored.get(account)} oracle {expected.get(account)}")
+    if windowed:
+        report.notes.append(
+            f"{windowed} accounts had more card events than their state remembers in order; "
+            "their oldest events were ordered by where their first entries sit"
+        )
+    missing_dead = sorted(must_dead_letter - dead)[:5]
+    if missing_dead:
+        report.notes.append(f"not dead-lettered: {missing_dead}")
+
+
+def decision_order(
+    auths: list[tuple[Any, Any]], settlements: list[tuple[Any, Any]], ranks: dict[str, int],
+    first_entry: dict[str, tuple[int, int]],
+) -> list[tuple[Any, Any]]:
+    """One account's card events in the order its worker decided them: each topic's own order,
+    interleaved by the order the account's state recorded its recent event ids in (``ranks``).
+    Events older than that window come first; between two of them, the one whose first entry on
+    the accruals topic comes first (an event with no entry as early as its topic allows)."""
+    order: list[tuple[Any, Any]] = []
+    a = s = 0
+    while a < len(auths) or s < len(settlements):
+        if a == len(auths) or s == len(settlements):
+            order.extend(auths[a:] if s == len(settlements) else settlements[s:])
+            break
+        id_a, id_s = auths[a][0].event_id, settlements[s][0].event_id
+        rank_a, rank_s = ranks.get(id_a), ranks.get(id_s)
+        if rank_a is not None and rank_s is not None:
+            auth_first = rank_a <= rank_s
+        elif rank_a is not None or rank_s is not None:
+            auth_first = rank_a is None  # outside the window: older
+        else:
+            at_a, at_s = first_entry.get(id_a), first_entry.get(id_s)
+            auth_first = at_a is None or (at_s is not None and at_a <= at_s)
+        if auth_first:
+            order.append(auths[a])
+            a += 1
+        else:
+            order.append(settlements[s])
+            s += 1
+    return order
