@@ -87,7 +87,9 @@ class Matcher:
             guarded_topics=frozenset(input_topics),
             broker=[f"kafka://{server.strip()}" for server in settings.kafka_bootstrap_servers.split(",")],
             broker_credentials=_credentials(settings),
-            store="memory://",
+            # Persistent local tables (RocksDB through rocksdict): a restarted worker reads its
+            # state from disk and only the changelog's tail, not the whole changelog.
+            store="rocksdb://",
             processing_guarantee="at_least_once",
             topic_partitions=settings.topic_partitions,
             topic_replication_factor=settings.topic_replication_factor,

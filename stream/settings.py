@@ -48,7 +48,10 @@ class Settings(BaseSettings):
         repr=False,
     )
     app_id: str = Field("cashback", description="Faust app id: the matcher's consumer group and table prefix.")
-    worker_data_dir: str = Field(".data/worker", description="Faust worker's local state directory.")
+    worker_data_dir: str = Field(
+        ".data/worker",
+        description="The worker's local copy of its tables (RocksDB): one per worker process; delete it when the topics are recreated.",
+    )
     worker_instance_id: str | None = Field(
         None,
         description="Static group membership id of this worker (e.g. the pod name): a restarted worker takes its partitions back at once.",

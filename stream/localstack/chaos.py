@@ -375,26 +375,33 @@ class Chaos:
             await producer.stop()
 
     async def _publish_cards(self, published: list[int], gate: threading.Condition, allowed: Any, rate: float) -> None:
+        """Publish the card events in order, paced, in chunks whose deliveries are awaited together;
+        a send that fails (the broker restarting) is sent again."""
         names = {"authorizations": self.topics.authorizations.name, "settlements": self.topics.settlements.name}
         producer = await self._producer()
-        started = time.monotonic()
+        started, n, total = time.monotonic(), 0, len(self.card_messages)
         try:
-            for n, (role, key, value) in enumerate(self.card_messages):
+            while n < total:
                 while not allowed(n):
                     await asyncio.sleep(0.05)
-                while True:
-                    try:
-                        await (await producer.send(names[role], value, key=key))
-                        break
-                    except Exception as error:  # noqa: BLE001 - the broker restarts: send it again
-                        self.say(f"publish retry ({type(error).__name__})", flush=True)
-                        await asyncio.sleep(1)
-                        await producer.stop()
-                        producer = await self._producer()
+                chunk = []
+                while n + len(chunk) < total and len(chunk) < 200 and allowed(n + len(chunk)):
+                    chunk.append(self.card_messages[n + len(chunk)])
+                sends = [await producer.send(names[role], value, key=key) for role, key, value in chunk]
+                for (role, key, value), delivery in zip(chunk, sends):
+                    while True:
+                        try:
+                            await delivery
+                            break
+                        except Exception as error:  # noqa: BLE001 - the broker restarts: send it again
+                            self.say(f"publish retry ({type(error).__name__})", flush=True)
+                            await asyncio.sleep(1)
+                            delivery = await producer.send(names[role], value, key=key)
+                n += len(chunk)
                 with gate:
-                    published[0] = n + 1
+                    published[0] = n
                     gate.notify_all()
-                ahead = (n + 1) / rate - (time.monotonic() - started)
+                ahead = n / rate - (time.monotonic() - started)
                 if ahead > 0.01:
                     await asyncio.sleep(ahead)
         finally:
