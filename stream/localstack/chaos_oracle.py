@@ -1,9 +1,10 @@
 """The chaos run's judgement: every message accounted for, against the pure engine.
 
 The log is read back from the broker; each account's card events go through ``decide`` in the
-order its worker decided them. That order is what the account's state recorded (its recent event
-ids, in order, on the table's changelog), since the two input topics have no common order; events
-older than that window are ordered by where their first entries sit on the accruals topic. The
+order its worker decided them, since the two input topics have no common order. That order is
+read from the table's changelog: each stored state adds the event it decided to the account's
+recent event ids. Were the changelog compacted, events missing from it would be ordered by where
+their first entries sit on the accruals topic. The
 entries and balances that come out are compared with Postgres, and every message that must be
 dead-lettered (undecodable, invalid, a conflicting duplicate) is looked for on the dead-letter
 topic.
@@ -77,13 +78,21 @@ async def judge(settings: Settings, topics: Catalogue, codec: Codec, book: Offer
     for record in await read(topics.accruals.name):
         _, entry = codec.decode(record.value, expected_subject="accrual")
         first_entry.setdefault(entry["source_event_id"], (record.partition, record.offset))
-    # Each account's state, as its worker last stored it: its recent event ids are in the
-    # order they were decided (events that produced no entry included).
-    decided_order: dict[str, dict[str, int]] = {}
+    # Each account's states as its workers stored them, one per decision, in order on the table's
+    # changelog: the event ids each adds to its recent events give the order they were decided in
+    # (events that produced no entry included).
+    decided_order: dict[str, dict[str, int]] = defaultdict(dict)
     for record in await read(f"{settings.app_id}-account-state-changelog"):
-        account = json.loads(record.key)
-        state = json.loads(record.value) if record.value else None
-        decided_order[account] = {event_id: rank for rank, event_id in enumerate((state or {}).get("seen", {}))}
+        if not record.value:
+            continue
+        ranks = decided_order[json.loads(record.key)]
+        added = []
+        for event_id in reversed(json.loads(record.value).get("seen", {})):  # new ids come last
+            if event_id in ranks:
+                break
+            added.append(event_id)
+        for event_id in reversed(added):
+            ranks[event_id] = len(ranks)
 
     profiles: dict[str, Any] = {}
     for topic, subject in ((topics.profiles.name, "account_profile"), (topics.activations.name, "offer_activation")):
@@ -110,7 +119,7 @@ async def judge(settings: Settings, topics: Catalogue, codec: Codec, book: Offer
             per_account[value["account_id"]][topic].append((to_event(value), where))
 
     oracle: dict[str, dict[str, Any]] = {}
-    windowed = 0  # accounts with more events than their state remembers in order
+    windowed = 0  # accounts with card events the changelog does not order
     for account, by_topic in per_account.items():
         auths, settlements = by_topic[topics.authorizations.name], by_topic[topics.settlements.name]
         state, profile = None, to_account_profile(profiles.get(account))
@@ -145,16 +154,22 @@ async def judge(settings: Settings, topics: Catalogue, codec: Codec, book: Offer
             expected[account][(kind, unit)] = totals
     mismatched = sorted(a for a in set(stored) | set(expected) if stored.get(a) != expected.get(a))
     report.mismatched_accounts = len(mismatched)
-    report.lost_entries = len(set(oracle) - ledger_ids)
-    report.duplicate_entries = len(ledger_ids - set(oracle))
+    lost, extra = sorted(set(oracle) - ledger_ids), sorted(ledger_ids - set(oracle))
+    report.lost_entries = len(lost)
+    report.duplicate_entries = len(extra)
+    for accrual_id in lost[:5]:
+        entry = oracle[accrual_id]
+        report.notes.append(f"lost {accrual_id}: {entry['entry_kind']} {entry['amount_minor']} {entry['currency']} of {entry['account_id']}")
+    if extra:
+        report.notes.append(f"in the ledger, not in the oracle: {extra[:5]}")
     report.poison_total = len(must_dead_letter)
     report.poison_in_dlq = len(must_dead_letter & dead)
     for account in mismatched[:5]:
         report.notes.append(f"mismatch {account}: postgres {stored.get(account)} oracle {expected.get(account)}")
     if windowed:
         report.notes.append(
-            f"{windowed} accounts had more card events than their state remembers in order; "
-            "their oldest events were ordered by where their first entries sit"
+            f"{windowed} accounts had card events the changelog does not order; "
+            "some of their events were ordered by where their first entries sit"
         )
     missing_dead = sorted(must_dead_letter - dead)[:5]
     if missing_dead:
