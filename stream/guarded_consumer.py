@@ -21,16 +21,22 @@ where a partition's accounting starts, and whether a hole holds records.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Awaitable, Callable, Iterator, Mapping, Optional, TypeVar
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
 from stream.progress import InputProgress
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class GuardedConsumer(faust_aiokafka.Consumer):
@@ -95,6 +101,19 @@ class OffsetLookups:
         self._admin: AIOKafkaAdminClient | None = None
         self._reader: AIOKafkaConsumer | None = None
 
+    async def _until_answered(self, what: str, ask: Callable[[], Awaitable[T]]) -> T:
+        """Ask until the broker answers: while it is away (a restart), the caller waits, it never
+        goes on without the answer."""
+        delay = 0.2
+        while True:
+            try:
+                return await ask()
+            except (KafkaError, OSError) as error:
+                log.warning("broker did not answer %s (%s); asking again in %.1fs", what, type(error).__name__, delay)
+                await self.close()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
     async def _clients(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
         if self._admin is None or self._reader is None:
             admin, reader = AIOKafkaAdminClient(**self._options), AIOKafkaConsumer(enable_auto_commit=False, **self._options)
@@ -104,6 +123,13 @@ class OffsetLookups:
         return self._admin, self._reader
 
     async def start_offset(self, tp: TP) -> int:
+        return await self._until_answered("where a partition starts", lambda: self._start_offset(tp))
+
+    async def holds_records(self, tp: TP, start: int, end: int) -> bool:
+        """Whether offsets [start, end) of ``tp`` hold any record."""
+        return await self._until_answered("what a hole holds", lambda: self._holds_records(tp, start, end))
+
+    async def _start_offset(self, tp: TP) -> int:
         admin, reader = await self._clients()
         partition = TopicPartition(tp.topic, tp.partition)
         committed = (await admin.list_consumer_group_offsets(self._group_id, partitions=[partition])).get(partition)
@@ -113,9 +139,8 @@ class OffsetLookups:
         # Below the log start (retention), the consumer resets to the earliest record, as configured.
         return max(committed.offset, log_start)
 
-    async def holds_records(self, tp: TP, start: int, end: int, timeout_s: float = 10.0) -> bool:
-        """Whether offsets [start, end) of ``tp`` hold any record; True when the broker does not
-        answer in time (the caller then reads again: the safe side)."""
+    async def _holds_records(self, tp: TP, start: int, end: int, timeout_s: float = 10.0) -> bool:
+        # True when the broker does not answer in time: the caller then reads again (the safe side).
         _, reader = await self._clients()
         partition = TopicPartition(tp.topic, tp.partition)
         reader.assign([partition])
@@ -131,7 +156,9 @@ class OffsetLookups:
 
     async def close(self) -> None:
         admin, reader, self._admin, self._reader = self._admin, self._reader, None, None
-        if admin is not None:
-            await admin.close()
-        if reader is not None:
-            await reader.stop()
+        for stop in (admin.close if admin else None, reader.stop if reader else None):
+            if stop is not None:
+                try:
+                    await stop()
+                except (KafkaError, OSError):  # already broken: nothing to close politely
+                    pass

@@ -35,10 +35,10 @@ from stream.accounts import account_partition, apply_activation, apply_segments,
 from stream.budget import BudgetStore
 from stream.deadletter import OtherReason, Stage, dead_letter
 from stream.events import CardEvent, to_event, validate
+from stream.guarded_consumer import GuardedApp, OffsetLookups
 from stream.ledger import POSTGRES_UNAVAILABLE
 from stream.lifecycle import due_events
 from stream.metrics import ACCRUALS, CASHBACK_AMOUNT, CONSUMER_LAG, EVENTS_CONSUMED
-from stream.guarded_consumer import GuardedApp, OffsetLookups
 from stream.offer_mirror import OfferMirror
 from stream.progress import Verdict
 from stream.rules import Decision, Outcome, decide
@@ -137,6 +137,7 @@ class Matcher:
         self.app.timer(settings.clock_interval_s)(self._send_ticks)
         self.assigned: set[Any] = set()  # the input partitions this worker owns now
         self.deliveries: list[Any] = []  # the sends of the message being processed
+        self.processed = self._processed_at_watch = 0  # messages processed; at the last watch
         self.app.on_partitions_revoked.connect(self._on_partitions_revoked)
         self.app.on_partitions_assigned.connect(self._on_partitions_assigned)
 
@@ -151,6 +152,7 @@ class Matcher:
                 self.deliveries = []
                 await self.handle(message.topic, message.partition, message.offset, message.key, message.value)
                 self.progress.done(message.tp, message.offset, self.deliveries)
+                self.processed += 1
 
     async def _is_next(self, tp: Any, offset: int) -> bool:
         """Whether the message at ``offset`` is the next one of its partition to process
@@ -365,6 +367,7 @@ class Matcher:
     async def _observe_lag(self) -> None:
         """The lag gauge, and the watch for a partition stuck below its end (stream.progress)."""
         consumer = self.app.consumer
+        busy, self._processed_at_watch = self.processed != self._processed_at_watch, self.processed
         if self.app.rebalancing:
             return
         for tp in consumer.assignment():
@@ -378,14 +381,14 @@ class Matcher:
                 continue
             if not self.progress.knows(tp):
                 # Nothing delivered since the assignment: the partition may have been left paused.
-                if highwater > 0:
+                if highwater > 0 and not busy:
                     self.progress.start(tp, await self.broker_view.start_offset(tp))
                 continue
             if tp.topic in self.input_subjects:
                 CONSUMER_LAG.labels(self.settings.app_id, tp.topic, str(tp.partition)).set(
                     max(0, highwater - self.progress.next_offset(tp))
                 )
-            stuck_at = self.progress.stalled(tp, highwater)
+            stuck_at = self.progress.stalled(tp, highwater, busy)
             if stuck_at is not None:
                 log.warning("%s[%d]: reading again from offset %d (a send failed, or nothing moved for %.0fs)", tp.topic, tp.partition, stuck_at, 2 * LAG_INTERVAL_S)
                 consumer.resume_partitions([tp])

@@ -133,10 +133,12 @@ class InputProgress:
             part.unconfirmed.append((offset, deliveries))
         part.next_offset = max(part.next_offset, offset + 1)
 
-    def stalled(self, tp: Hashable, end_offset: int) -> int | None:
-        """Called periodically with the partition's end offset: where to read again when records
-        exist past ``next_offset`` and it has not moved since the previous call (a message lost
-        with nothing after it to reveal the hole); None when all is well."""
+    def stalled(self, tp: Hashable, end_offset: int, busy: bool = False) -> int | None:
+        """Called periodically with the partition's end offset: where to read again after a send
+        that failed, or when records exist past ``next_offset`` and it has not moved since the
+        previous call while the agent was idle (a message lost with nothing after it to reveal
+        the hole, or a partition left paused); None when all is well. ``busy``: the agent
+        processed messages since the previous call, so a partition that waits is only queued."""
         part = self._partitions.get(tp)
         if part is None:
             return None
@@ -147,7 +149,7 @@ class InputProgress:
             part.seeking_since = None
             self.seeks += 1
             return part.next_offset
-        if part.next_offset >= end_offset:  # all read: nothing to wait for
+        if part.next_offset >= end_offset or busy:  # all read, or queued behind other work
             part.watched = None
             return None
         stuck = part.watched == part.next_offset

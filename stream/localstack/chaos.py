@@ -83,6 +83,7 @@ class Report:
     recovery_s: dict[str, float] = field(default_factory=dict)
     timeline: list[tuple[float, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    crashed: list[str] = field(default_factory=list)  # processes that exited without being told to
 
     @property
     def recovery_max_s(self) -> float:
@@ -92,6 +93,7 @@ class Report:
         return (
             self.mismatched_accounts == 0 and self.duplicate_entries == 0 and self.lost_entries == 0
             and self.poison_in_dlq == self.poison_total and self.recovery_max_s <= RESTART_TARGET_S
+            and not self.crashed
         )
 
     def line(self) -> str:
@@ -99,6 +101,7 @@ class Report:
             f"chaos {self.events} events: mismatched_accounts={self.mismatched_accounts} "
             f"duplicate_entries={self.duplicate_entries} poison_in_dlq={self.poison_in_dlq}/{self.poison_total} "
             f"lost_entries={self.lost_entries} recovery_s={self.recovery_max_s:.1f}"
+            + (f" crashed={','.join(self.crashed)}" if self.crashed else "")
         )
 
     def table(self) -> str:
@@ -219,7 +222,20 @@ class Chaos:
 
     # --- faults ----------------------------------------------------------------------------------
 
+    def check_alive(self) -> None:
+        """A process that exited by itself is a failure of the run (and is started again)."""
+        for name, process in list(self.children.items()):
+            if process.poll() is not None:
+                self.report.crashed.append(f"{name}(exit {process.returncode})")
+                self._note(f"{name} exited by itself with {process.returncode}; starting it again")
+                del self.children[name]
+                if name == "sink":
+                    self.start("sink", "sink")
+                else:
+                    self.start_worker(name, static=name != "worker-3")
+
     def fault(self, kind: str) -> None:
+        self.check_alive()
         self._note(kind)
         if kind in ("kill_worker_1", "kill_worker_2"):
             name = "worker-1" if kind.endswith("1") else "worker-2"
@@ -349,8 +365,10 @@ class Chaos:
         done_faults.wait()
         self._note("published; waiting for the pipeline to drain")
         inputs = [self.topics.authorizations.name, self.topics.settlements.name, self.topics.profiles.name, self.topics.activations.name]
+        self.check_alive()
         self._wait_drained(inputs, with_sink=True, limit_s=max(300.0, total / 100))
         self._note("drained")
+        self.check_alive()
         for name in list(self.children):
             self.stop(name)
         asyncio.run(judge(self.settings, self.topics, self.codec, self.book, self.report))

@@ -88,6 +88,9 @@ def test_a_partition_stuck_below_its_end_is_read_again_at_the_second_watch() -> 
     progress.verdict(TP, 0)
     progress.done(TP, 0)
     assert progress.stalled(TP, 3) is None  # it moved
+    assert progress.stalled(TP, 3, busy=True) is None  # queued behind other partitions' work
+    assert progress.stalled(TP, 3) is None  # a busy agent restarts the wait
+    assert progress.stalled(TP, 3) == 1
 
 
 class Sent:
