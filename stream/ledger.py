@@ -27,6 +27,9 @@ POSTGRES_UNAVAILABLE = (
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.TooManyConnectionsError,
+    # A connection left mid-operation by an outage ("cannot switch to state ..., another operation
+    # is in progress"): seen in the chaos run's Postgres outage; drop it and connect again.
+    asyncpg.exceptions.InternalClientError,
 )
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "deploy" / "migrations"
