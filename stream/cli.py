@@ -29,11 +29,13 @@ def topics_of(settings: Settings) -> Catalogue:
 
 
 async def create_topics(settings: Settings) -> list[str]:
+    """The catalogue's topics and the matcher's table changelogs."""
     from topics.admin import ensure_topics
+    from topics.catalogue import table_changelogs
 
     return await ensure_topics(
         settings.kafka_bootstrap_servers,
-        topics_of(settings),
+        (*topics_of(settings).all(), *table_changelogs(settings.app_id, settings.topic_partitions)),
         settings.topic_replication_factor,
         **settings.kafka_client_options(),
     )

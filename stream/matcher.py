@@ -43,7 +43,7 @@ from stream.offer_mirror import OfferMirror
 from stream.progress import Verdict
 from stream.rules import Decision, Outcome, decide
 from stream.settings import Settings
-from topics.catalogue import Catalogue, catalogue
+from topics.catalogue import ACCOUNT_PROFILE_TABLE, ACCOUNT_STATE_TABLE, Catalogue, catalogue
 
 log = logging.getLogger(__name__)
 
@@ -117,13 +117,13 @@ class Matcher:
         self.accruals = self.app.topic(self.topics.accruals.name, key_serializer="raw", value_serializer="raw")
         self.dead_letters = self.app.topic(self.topics.dead_letters.name, key_serializer="raw", value_serializer="raw")
         self.states = self.app.Table(
-            "account-state",
+            ACCOUNT_STATE_TABLE,
             default=None,
             schema=TABLE_SCHEMA,
         )
         # Segments and activations per account (stream.accounts), joined from their own topics.
         self.profiles = self.app.Table(
-            "account-profile",
+            ACCOUNT_PROFILE_TABLE,
             default=None,
             schema=TABLE_SCHEMA,
         )

@@ -19,13 +19,15 @@ class TopicMismatchError(RuntimeError):
 
 
 async def ensure_topics(
-    bootstrap_servers: str, catalogue: Catalogue, replication_factor: int = 1, **client_options: Any
+    bootstrap_servers: str, catalogue: Catalogue | Iterable[Topic], replication_factor: int = 1, **client_options: Any
 ) -> list[str]:
-    """Create the missing topics; return their names. Raise TopicMismatchError on a partition mismatch."""
+    """Create the missing topics (a catalogue's, or those given); return their names. Raise
+    TopicMismatchError on a partition mismatch."""
+    wanted = tuple(catalogue.all() if isinstance(catalogue, Catalogue) else catalogue)
+    by_name = {t.name: t for t in wanted}
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **client_options)
     await admin.start()
     try:
-        wanted = catalogue.all()
         existing = await _partition_counts(admin, wanted)
         _check(wanted, existing)
         missing = [t for t in wanted if t.name not in existing]
@@ -41,7 +43,7 @@ async def ensure_topics(
                 if error is None:
                     created.append(name)
                 elif error is TopicAlreadyExistsError:  # created meanwhile by another process
-                    raced.append(catalogue.by_name(name))
+                    raced.append(by_name[name])
                 else:
                     raise error(f"cannot create topic {name}")
             if raced:

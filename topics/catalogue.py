@@ -61,6 +61,22 @@ class Catalogue:
         raise KeyError(name)
 
 
+# The matcher's tables (Faust names their changelog topics "<app id>-<table>-changelog").
+ACCOUNT_STATE_TABLE = "account-state"
+ACCOUNT_PROFILE_TABLE = "account-profile"
+
+
+def table_changelogs(app_id: str, partitions: int) -> tuple[Topic, ...]:
+    """The changelog topics of the matcher's tables: compacted, co-partitioned with the inputs.
+    Created with the other topics, before any worker starts: when two workers started on a fresh
+    cluster and Faust created them itself, a worker's metadata could still show them with 0
+    partitions and Faust's table refused every write (PartitionsMismatch)."""
+    return tuple(
+        Topic(f"{app_id}-{table}-changelog", partitions, "account_id", "json", True, -1, True)
+        for table in (ACCOUNT_STATE_TABLE, ACCOUNT_PROFILE_TABLE)
+    )
+
+
 def catalogue(prefix: str = "cashback.", partitions: int = 4) -> Catalogue:
     """The topics of one deployment; ``partitions`` is the co-partitioned count."""
 

@@ -84,6 +84,7 @@ class Report:
     timeline: list[tuple[float, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     crashed: list[str] = field(default_factory=list)  # processes that exited without being told to
+    stuck: list[str] = field(default_factory=list)  # waits for the pipeline to drain that timed out
 
     @property
     def recovery_max_s(self) -> float:
@@ -93,7 +94,7 @@ class Report:
         return (
             self.mismatched_accounts == 0 and self.duplicate_entries == 0 and self.lost_entries == 0
             and self.poison_in_dlq == self.poison_total and self.recovery_max_s <= RESTART_TARGET_S
-            and not self.crashed
+            and not self.crashed and not self.stuck
         )
 
     def line(self) -> str:
@@ -102,6 +103,7 @@ class Report:
             f"duplicate_entries={self.duplicate_entries} poison_in_dlq={self.poison_in_dlq}/{self.poison_total} "
             f"lost_entries={self.lost_entries} recovery_s={self.recovery_max_s:.1f}"
             + (f" crashed={','.join(self.crashed)}" if self.crashed else "")
+            + (f" not_drained={','.join(self.stuck)}" if self.stuck else "")
         )
 
     def table(self) -> str:
@@ -431,8 +433,8 @@ class Chaos:
             if asyncio.run(self._drained(input_topics, with_sink)):
                 return
             time.sleep(1)
-        self.report.notes.append(f"not drained after {limit_s:.0f}s")
-        self._note("NOT DRAINED")
+        self.report.stuck.append(f"{'+'.join(input_topics)}@{limit_s:.0f}s")
+        self._note(f"NOT DRAINED after {limit_s:.0f}s")
 
     async def _drained(self, input_topics: list[str], with_sink: bool) -> bool:
         admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap_servers)

@@ -26,7 +26,7 @@ from stream.events import to_event, validate
 from stream.offers import OfferBook
 from stream.rules import Outcome, balances, decide
 from stream.settings import Settings
-from topics.catalogue import Catalogue
+from topics.catalogue import Catalogue, table_changelogs
 
 
 async def partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
@@ -82,7 +82,8 @@ async def judge(settings: Settings, topics: Catalogue, codec: Codec, book: Offer
     # changelog: the event ids each adds to its recent events give the order they were decided in
     # (events that produced no entry included).
     decided_order: dict[str, dict[str, int]] = defaultdict(dict)
-    for record in await read(f"{settings.app_id}-account-state-changelog"):
+    state_changelog, _ = table_changelogs(settings.app_id, settings.topic_partitions)
+    for record in await read(state_changelog.name):
         if not record.value:
             continue
         ranks = decided_order[json.loads(record.key)]
