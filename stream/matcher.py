@@ -383,6 +383,8 @@ class Matcher:
                 # Nothing delivered since the assignment: the partition may have been left paused.
                 if highwater > 0 and not busy:
                     self.progress.start(tp, await self.broker_view.start_offset(tp))
+                elif highwater == 0 and tp.topic in self.input_subjects:
+                    CONSUMER_LAG.labels(self.settings.app_id, tp.topic, str(tp.partition)).set(0)
                 continue
             if tp.topic in self.input_subjects:
                 CONSUMER_LAG.labels(self.settings.app_id, tp.topic, str(tp.partition)).set(
