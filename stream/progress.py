@@ -11,7 +11,8 @@ The protocol, per partition, for the agent:
 
 - ``start(tp, offset)`` after an assignment, with the group's committed offset (or the log start);
 - ``verdict(tp, offset)`` for each message before processing it:
-  - ``PROCESS``: the next offset; process it, then ``done(tp, offset)``;
+  - ``PROCESS``: the next offset; process it, then ``done(tp, offset, deliveries)`` with the
+    futures of the sends it made;
   - ``SKIP``: already processed (a redelivery), or a stale message buffered before a seek;
   - ``SEEK``: a hole below this message; seek the consumer to ``next_offset(tp)`` and drop the
     message: it comes again after the hole is filled;
@@ -21,7 +22,8 @@ The protocol, per partition, for the agent:
     dropped them again). A hole is never accepted on the consumer's word: Faust's fetch loop
     drops re-read messages below its own read position, which made a first version of this
     protocol skip a clearing in the chaos run.
-- ``committable(tp)``: the offset to commit (the next one to process), None when nothing new;
+- ``committable(tp)``: the offset to commit (the next one to process, or the first one whose sends
+  are not known to be delivered), None when nothing new;
 - ``stalled(tp, end_offset)`` now and then: where to read again, after a send that failed or when
   a hole has no later message to reveal it.
 
