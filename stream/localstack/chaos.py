@@ -40,7 +40,6 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -51,7 +50,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from schemas.codec import Codec
 from stream.accounts import account_partition
-from stream.localstack.chaos_oracle import judge, partitions
+from stream.localstack.chaos_oracle import Report, judge, partitions
 from stream.localstack.kafka import DEFAULT_CACHE_DIR, KafkaBroker
 from stream.localstack.postgres import EmbeddedPostgres
 from stream.localstack.process import free_port, spawn, terminate
@@ -63,53 +62,12 @@ from topics.catalogue import catalogue
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_OFFERS = REPO_ROOT / "deploy" / "offers" / "example.yaml"
-RESTART_TARGET_S = 15.0
 FUTURE = timedelta(weeks=261)  # about five years, whole weeks: the same weekdays
 SUBJECTS = {
     "authorizations": "authorization_event", "settlements": "settlement_event",
     "profiles": "account_profile", "activations": "offer_activation",
 }
 FAULTS = ("kill_worker_1", "kill_worker_2", "kill_sink", "kill_sink", "restart_worker_2", "third_worker", "broker_restart", "postgres_outage")
-
-
-@dataclass
-class Report:
-    events: int = 0
-    poison_total: int = 0
-    poison_in_dlq: int = 0
-    mismatched_accounts: int = 0
-    duplicate_entries: int = 0
-    lost_entries: int = 0
-    recovery_s: dict[str, float] = field(default_factory=dict)
-    timeline: list[tuple[float, str]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    crashed: list[str] = field(default_factory=list)  # processes that exited without being told to
-    stuck: list[str] = field(default_factory=list)  # waits for the pipeline to drain that timed out
-
-    @property
-    def recovery_max_s(self) -> float:
-        return max(self.recovery_s.values(), default=0.0)
-
-    def passed(self) -> bool:
-        return (
-            self.mismatched_accounts == 0 and self.duplicate_entries == 0 and self.lost_entries == 0
-            and self.poison_in_dlq == self.poison_total and self.recovery_max_s <= RESTART_TARGET_S
-            and not self.crashed and not self.stuck
-        )
-
-    def line(self) -> str:
-        return (
-            f"chaos {self.events} events: mismatched_accounts={self.mismatched_accounts} "
-            f"duplicate_entries={self.duplicate_entries} poison_in_dlq={self.poison_in_dlq}/{self.poison_total} "
-            f"lost_entries={self.lost_entries} recovery_s={self.recovery_max_s:.1f}"
-            + (f" crashed={','.join(self.crashed)}" if self.crashed else "")
-            + (f" not_drained={','.join(self.stuck)}" if self.stuck else "")
-        )
-
-    def table(self) -> str:
-        rows = [f"{'at_s':>7}  what"] + [f"{at:7.1f}  {what}" for at, what in self.timeline]
-        rows += [f"recovery of {name}: {seconds:.1f}s" for name, seconds in self.recovery_s.items()]
-        return "\n".join(rows + self.notes)
 
 
 def poison_messages(rng: random.Random, codec: Codec, good: list[dict[str, Any]], count: int) -> list[tuple[str, bytes, bytes]]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -27,6 +28,48 @@ from stream.offers import OfferBook
 from stream.rules import Outcome, balances, decide
 from stream.settings import Settings
 from topics.catalogue import Catalogue, table_changelogs
+
+RESTART_TARGET_S = 15.0
+
+
+@dataclass
+class Report:
+    events: int = 0
+    poison_total: int = 0
+    poison_in_dlq: int = 0
+    mismatched_accounts: int = 0
+    duplicate_entries: int = 0
+    lost_entries: int = 0
+    recovery_s: dict[str, float] = field(default_factory=dict)
+    timeline: list[tuple[float, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    crashed: list[str] = field(default_factory=list)  # processes that exited without being told to
+    stuck: list[str] = field(default_factory=list)  # waits for the pipeline to drain that timed out
+
+    @property
+    def recovery_max_s(self) -> float:
+        return max(self.recovery_s.values(), default=0.0)
+
+    def passed(self) -> bool:
+        return (
+            self.mismatched_accounts == 0 and self.duplicate_entries == 0 and self.lost_entries == 0
+            and self.poison_in_dlq == self.poison_total and self.recovery_max_s <= RESTART_TARGET_S
+            and not self.crashed and not self.stuck
+        )
+
+    def line(self) -> str:
+        return (
+            f"chaos {self.events} events: mismatched_accounts={self.mismatched_accounts} "
+            f"duplicate_entries={self.duplicate_entries} poison_in_dlq={self.poison_in_dlq}/{self.poison_total} "
+            f"lost_entries={self.lost_entries} recovery_s={self.recovery_max_s:.1f}"
+            + (f" crashed={','.join(self.crashed)}" if self.crashed else "")
+            + (f" not_drained={','.join(self.stuck)}" if self.stuck else "")
+        )
+
+    def table(self) -> str:
+        rows = [f"{'at_s':>7}  what"] + [f"{at:7.1f}  {what}" for at, what in self.timeline]
+        rows += [f"recovery of {name}: {seconds:.1f}s" for name, seconds in self.recovery_s.items()]
+        return "\n".join(rows + self.notes)
 
 
 async def partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
@@ -63,8 +106,8 @@ async def read_topic(bootstrap: str, topic: str) -> list[Any]:
         await consumer.stop()
 
 
-async def judge(settings: Settings, topics: Catalogue, codec: Codec, book: OfferBook, report: Any) -> None:
-    """Fill ``report``'s counts and notes (``stream.localstack.chaos.Report``)."""
+async def judge(settings: Settings, topics: Catalogue, codec: Codec, book: OfferBook, report: Report) -> None:
+    """Fill ``report``'s counts and notes."""
     bootstrap = settings.kafka_bootstrap_servers
 
     async def read(topic: str) -> list[Any]:
