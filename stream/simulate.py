@@ -240,8 +240,17 @@ class _Purchase:
         return events
 
 
-def _bad_message(rng: random.Random, codec: Codec, good: dict[str, Any], role: str) -> Outgoing:
-    subject = "authorization_event" if role == "authorizations" else "settlement_event"
+# The Avro subject of each role's messages.
+ROLE_SUBJECTS = {
+    "authorizations": "authorization_event", "settlements": "settlement_event",
+    "profiles": "account_profile", "activations": "offer_activation",
+}
+
+
+def bad_message(rng: random.Random, codec: Codec, good: dict[str, Any], role: str) -> Outgoing:
+    """A message a worker must dead-letter, made from ``good``: undecodable, an unknown schema id,
+    an invalid MCC, a negative amount, an unknown currency or a card number."""
+    subject = ROLE_SUBJECTS[role]
     kind = rng.choice(("undecodable", "unknown_schema_id", "invalid_mcc", "negative_amount", "unknown_currency", "card_number"))
     key = good["account_id"].encode()
     bad = dict(good, event_id=good["event_id"] + "-bad")
@@ -304,7 +313,7 @@ def generate(scenario: Scenario, codec: Codec | None = None) -> Iterator[Outgoin
                 yield Outgoing(role, key, record=dict(record, amount_minor=record["amount_minor"] + 100,
                                                      billing_amount_minor=record["billing_amount_minor"] + 100), bad="conflict")
             if codec is not None and rng.random() < scenario.bad_ratio:
-                yield _bad_message(rng, codec, record, role)
+                yield bad_message(rng, codec, record, role)
 
 
 async def publish(
@@ -323,10 +332,6 @@ async def publish(
         "authorizations": topics.authorizations.name, "settlements": topics.settlements.name,
         "profiles": topics.profiles.name, "activations": topics.activations.name,
     }
-    subjects = {
-        "authorizations": "authorization_event", "settlements": "settlement_event",
-        "profiles": "account_profile", "activations": "offer_activation",
-    }
     producer = make_producer(settings, linger_ms=5)
     await producer.start()
     bar = tqdm(total=None, unit="ev", disable=not progress, file=sys.stderr, desc="card events", mininterval=0.5)
@@ -336,7 +341,7 @@ async def publish(
         for message in generate(scenario, codec):
             if stop.is_set():
                 break
-            value = message.raw if message.raw is not None else codec.encode(subjects[message.role], message.record or {})
+            value = message.raw if message.raw is not None else codec.encode(ROLE_SUBJECTS[message.role], message.record or {})
             # Account messages go where the account's card events go (stream.accounts).
             partition = (
                 account_partition(message.record["account_id"], settings.topic_partitions)

@@ -5,7 +5,7 @@ Seeded and reproducible (``CHAOS_SEED``, ``CHAOS_EVENTS``, ``CHAOS_POISON``):
 
 1. a real broker and Postgres (fixed ports, so they can be restarted), two workers with static
    group membership and a sink;
-2. a simulated event log (the simulator's lifecycle mix) with re-sent events, conflicting
+2. a simulated event log (``stream.localstack.chaos_log``: the simulator's lifecycle mix) with re-sent events, conflicting
    duplicates and poison messages (undecodable, unknown schema, invalid fields, a card number, a
    wrong key, one message of 1.04 MB);
 3. while it is published, at seeded points of the stream: kill -9 of each worker and twice of the
@@ -28,19 +28,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import logging
 import os
 import random
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -49,54 +46,18 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from schemas.codec import Codec
-from stream.accounts import account_partition
+from stream.cli import REPO_ROOT
+from stream.localstack.chaos_log import Message, chaos_log, chaos_offers
 from stream.localstack.chaos_oracle import Report, judge, partitions
 from stream.localstack.kafka import DEFAULT_CACHE_DIR, KafkaBroker
 from stream.localstack.postgres import EmbeddedPostgres
 from stream.localstack.process import free_port, spawn, terminate
 from stream.offer_admin import publish_offers
-from stream.offers import OfferBook, load_offers_file
+from stream.offers import OfferBook
 from stream.settings import Settings
-from stream.simulate import Scenario, generate
 from topics.catalogue import catalogue
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE_OFFERS = REPO_ROOT / "deploy" / "offers" / "example.yaml"
-FUTURE = timedelta(weeks=261)  # about five years, whole weeks: the same weekdays
-SUBJECTS = {
-    "authorizations": "authorization_event", "settlements": "settlement_event",
-    "profiles": "account_profile", "activations": "offer_activation",
-}
 FAULTS = ("kill_worker_1", "kill_worker_2", "kill_sink", "kill_sink", "restart_worker_2", "third_worker", "broker_restart", "postgres_outage")
-
-
-def poison_messages(rng: random.Random, codec: Codec, good: list[dict[str, Any]], count: int) -> list[tuple[str, bytes, bytes]]:
-    """``count`` messages no worker can process: (role, key, value)."""
-    kinds = ("undecodable", "unknown_schema_id", "invalid_mcc", "card_number", "key_mismatch", "negative_amount", "too_large")
-    result = []
-    for n in range(count):
-        record = dict(rng.choice(good), event_id=f"poison-{n}")
-        kind = "too_large" if n == 0 else kinds[n % len(kinds)]
-        role = "authorizations" if record["event_type"].startswith(("AUTHORIZATION", "INCREMENTAL")) else "settlements"
-        key = record["account_id"].encode()
-        if kind == "undecodable":
-            value = b"\x00\x00\x00\x00\x01" + bytes(rng.randrange(256) for _ in range(9))
-        elif kind == "unknown_schema_id":
-            value = struct.pack(">bI", 0, 999_999) + b"\x02"
-        elif kind == "too_large":  # about 1.04 MB: the broker takes it, a dead letter around it would not fit
-            value = b"\x00" + bytes(rng.randrange(256) for _ in range(1_040_000))
-        else:
-            if kind == "invalid_mcc":
-                record["mcc"] = "54A1"
-            elif kind == "card_number":
-                record["merchant_name"] = "PAN 4111111111111111"
-            elif kind == "negative_amount":
-                record["amount_minor"] = record["billing_amount_minor"] = -abs(record["amount_minor"]) - 1
-            elif kind == "key_mismatch":
-                key = b"another-account"
-            value = codec.encode(SUBJECTS[role], record)
-        result.append((role, key, value))
-    return result
 
 
 class Chaos:
@@ -251,33 +212,12 @@ class Chaos:
     def _prepare(self) -> None:
         subprocess.run([sys.executable, "-m", "stream", "topics"], env=self.env, cwd=REPO_ROOT, check=True, capture_output=True)
         subprocess.run([sys.executable, "-m", "stream", "migrate"], env=self.env, cwd=REPO_ROOT, check=True, capture_output=True)
-        offers = [
-            dataclasses.replace(
-                o, budget_minor=None,
-                valid_from=o.valid_from and o.valid_from + FUTURE, valid_to=o.valid_to and o.valid_to + FUTURE,
-            )
-            for o in load_offers_file(EXAMPLE_OFFERS)
-        ]
+        offers = chaos_offers()
         self.book = OfferBook(tuple(offers))
         asyncio.run(publish_offers(self.settings, self.codec, self.topics.offers.name, offers))
-        scenario = Scenario(
-            seed=self.seed, accounts=max(100, self.events_wanted // 40), purchases=max(1, int(self.events_wanted / 2.2)),
-            bad_ratio=0.0, duplicate_ratio=0.05, conflict_ratio=0.002, start=Scenario.start + FUTURE,
-        )
-        self.account_messages: list[tuple[str, bytes, bytes, int | None]] = []
-        card: list[tuple[str, bytes, bytes]] = []
-        for message in generate(scenario):
-            value = self.codec.encode(SUBJECTS[message.role], message.record or {})
-            if message.role in ("profiles", "activations"):
-                partition = account_partition(message.record["account_id"], self.settings.topic_partitions)  # type: ignore[index]
-                self.account_messages.append((message.role, message.key, value, partition))
-            else:
-                card.append((message.role, message.key, value))
-        records = [m.record for m in generate(dataclasses.replace(scenario, purchases=min(scenario.purchases, 50))) if m.record and m.role == "authorizations"]
-        for poison in poison_messages(self.rng, self.codec, records, self.poison):
-            card.insert(self.rng.randrange(len(card) + 1), poison)
-        self.card_messages = card
-        self.report.events = len(card)
+        log = chaos_log(self.seed, self.events_wanted, self.poison, self.settings.topic_partitions, self.codec)
+        self.account_messages, self.card_messages = log.account_messages, log.card_messages
+        self.report.events = len(self.card_messages)
 
     def _run_stream(self) -> Report:
         self.start("sink", "sink")
@@ -342,7 +282,7 @@ class Chaos:
         await producer.start()
         return producer
 
-    async def _publish(self, messages: list[tuple[str, bytes, bytes, int | None]]) -> None:
+    async def _publish(self, messages: list[Message]) -> None:
         names = {"profiles": self.topics.profiles.name, "activations": self.topics.activations.name}
         producer = await self._producer()
         try:
@@ -365,8 +305,8 @@ class Chaos:
                 chunk = []
                 while n + len(chunk) < total and len(chunk) < 200 and allowed(n + len(chunk)):
                     chunk.append(self.card_messages[n + len(chunk)])
-                sends = [await producer.send(names[role], value, key=key) for role, key, value in chunk]
-                for (role, key, value), delivery in zip(chunk, sends):
+                sends = [await producer.send(names[role], value, key=key) for role, key, value, _ in chunk]
+                for (role, key, value, _), delivery in zip(chunk, sends):
                     while True:
                         try:
                             await delivery
