@@ -1,11 +1,16 @@
 """The whole system on one machine: ``cashback local`` (what ``make run`` runs).
 
 Starts a real single-node Kafka (KRaft) and an embedded Postgres unless KAFKA_BOOTSTRAP_SERVERS
-or DATABASE_URL point at existing ones, creates the topics, migrates the ledger, loads the example
-offers, then runs the worker, the sink, the balance API, the simulator and (if installed)
-Prometheus as child processes. Every port is picked free, so two runs can coexist. Ctrl-C (or
-SIGTERM) stops everything it started, children first; a child that dies takes the stack down
-with a non-zero exit. Children are also killed by the kernel if this process dies.
+or DATABASE_URL point at existing ones, creates the topics, migrates the ledger, loads offers,
+then runs the worker, the sink, the balance API, the simulator and (if installed) Prometheus as
+child processes. Every port is picked free, so two runs can coexist. Ctrl-C (or SIGTERM) stops
+everything it started, children first; a child that dies takes the stack down with a non-zero
+exit. Children are also killed by the kernel if this process dies.
+
+Demo data goes only where the stack owns the servers: with its own Kafka and Postgres it loads the
+example offers and runs the simulator by default; when either server is an existing one (the
+variables are set), it loads no offers and simulates nothing unless told to (``offers`` /
+``simulator``), so a real cluster never receives demo offers or simulated card traffic.
 """
 
 from __future__ import annotations
@@ -22,15 +27,20 @@ from pathlib import Path
 
 import httpx
 
-from stream.cli import EXAMPLE_OFFERS, REPO_ROOT, build_codec, create_topics, migrate_database, topics_of
+from stream.cli import (
+    EXAMPLE_OFFERS, REPO_ROOT, UsageError, build_codec, create_topics, masked_dsn, migrate_database, read_offers,
+    topics_of,
+)
 from stream.localstack.kafka import DEFAULT_CACHE_DIR, KafkaBroker
 from stream.localstack.postgres import EmbeddedPostgres
 from stream.localstack.process import free_port, spawn, terminate
 from stream.offer_admin import publish_offers
-from stream.offers import load_offers_file
+from stream.offers import Offer
 from stream.settings import Settings
 
 READY_LINE = "cashback local stack is up"
+OFFERS_EXAMPLES = "examples"  # ``offers``: the example offers (deploy/offers/example.yaml)
+OFFERS_NONE = "none"  # ``offers``: publish none
 
 
 @dataclass
@@ -47,6 +57,8 @@ class LocalStack:
     purchases: int = 0
     duration_s: float | None = None
     keep_data: bool = False
+    offers: str | None = None  # a YAML file, OFFERS_EXAMPLES or OFFERS_NONE; None: examples only on its own servers
+    simulator: bool | None = None  # None: on only when the stack started both Kafka and Postgres
     data_dir: Path = field(default_factory=lambda: REPO_ROOT / ".data" / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
 
     def __post_init__(self) -> None:
@@ -54,8 +66,29 @@ class LocalStack:
         self.broker: KafkaBroker | None = None
         self.postgres: EmbeddedPostgres | None = None
         self._stop = False
+        self._offers_file: Path | None = None
+        self._offers: list[Offer] = []
+        self._simulate = False
+
+    def _offers_given(self) -> None:
+        """Read an offers file named explicitly before anything starts (UsageError if it is bad)."""
+        if self.offers is None or self.offers == OFFERS_NONE:
+            return
+        self._offers_file = EXAMPLE_OFFERS if self.offers == OFFERS_EXAMPLES else Path(self.offers)
+        self._offers = read_offers(self._offers_file)
+        if not self._offers:
+            raise UsageError(f"offers file {self._offers_file}: no offers in it")
+
+    def _decide_demo(self) -> None:
+        """What to publish and simulate, now that it is known whose servers these are."""
+        own_servers = self.broker is not None and self.postgres is not None
+        if self.offers is None and own_servers:
+            self._offers_file = EXAMPLE_OFFERS
+            self._offers = read_offers(EXAMPLE_OFFERS)
+        self._simulate = own_servers if self.simulator is None else self.simulator
 
     def run(self) -> None:
+        self._offers_given()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
         code = 0
@@ -90,12 +123,36 @@ class LocalStack:
             env["DATABASE_URL"] = self.postgres.start()
         env.update(WORKER_DATA_DIR=str(self.data_dir / "worker"), PYTHONUNBUFFERED="1")
         settings = Settings.from_env(env)
+        self._decide_demo()
         asyncio.run(create_topics(settings))
         asyncio.run(migrate_database(settings))
-        offers = load_offers_file(EXAMPLE_OFFERS)
-        asyncio.run(publish_offers(settings, build_codec(settings), topics_of(settings).offers.name, offers))
-        self._say(f"loaded {len(offers)} example offers from {EXAMPLE_OFFERS.relative_to(REPO_ROOT)}")
+        if self._offers:
+            topic = topics_of(settings).offers.name
+            asyncio.run(publish_offers(settings, build_codec(settings), topic, self._offers))
+            self._say(f"loaded {len(self._offers)} offers from {self._shown(self._offers_file)} to {topic}")
         return env
+
+    @staticmethod
+    def _shown(path: Path | None) -> str:
+        if path is None:
+            return "-"
+        try:
+            return str(path.resolve().relative_to(REPO_ROOT))
+        except ValueError:
+            return str(path)
+
+    def _demo_lines(self) -> str:
+        whose = "the stack's own" if self.broker is not None and self.postgres is not None else "existing"
+        if self._offers:
+            offers = f"{len(self._offers)} loaded from {self._shown(self._offers_file)}"
+        else:
+            offers = f"none loaded into {whose} servers (--offers FILE or --offers examples loads some)"
+        if self._simulate:
+            purchases = f"{self.purchases} purchases" if self.purchases else "endless"
+            simulator = f"on, {self.rate:g} events/s, {purchases}"
+        else:
+            simulator = f"off for {whose} servers (--simulator turns it on)"
+        return f"  offers        {offers}\n  simulator     {simulator}\n"
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str], required: bool = True, to_log: bool = True) -> None:
         log_path = self.data_dir / f"{name}.log" if to_log else None
@@ -120,12 +177,25 @@ class LocalStack:
             f"  history       {api}/v1/accounts/acct-000001/history\n"
             f"  metrics       worker http://127.0.0.1:{ports['worker']}/metrics  sink http://127.0.0.1:{ports['sink']}/metrics  api {api}/metrics\n"
             + (f"  prometheus    {prometheus}\n" if prometheus else "  prometheus    not installed (apt-get install prometheus), skipped\n")
+            + f"  kafka         {env['KAFKA_BOOTSTRAP_SERVERS']}   (topics {env.get('TOPIC_PREFIX', 'cashback.')}*)\n"
+            f"  postgres      {masked_dsn(env['DATABASE_URL'])}\n"
+            + self._demo_lines()
             + f"  logs and data {self.data_dir}\n"
-            f"  dead letters  KAFKA_BOOTSTRAP_SERVERS={env['KAFKA_BOOTSTRAP_SERVERS']} {sys.executable} -m stream dead-letters\n"
+            f"  dead letters  {self._dead_letters_command(env)}\n"
             "Ctrl-C stops everything.\n"
         )
-        simulate = cli + ["simulate", "--rate", str(self.rate), "--purchases", str(self.purchases)]
-        self._spawn("simulator", simulate, env, required=False, to_log=False)
+        if self._simulate:
+            simulate = cli + ["simulate", "--rate", str(self.rate), "--purchases", str(self.purchases)]
+            self._spawn("simulator", simulate, env, required=False, to_log=False)
+
+    @staticmethod
+    def _dead_letters_command(env: dict[str, str]) -> str:
+        """The command that lists this stack's dead letters, runnable from any shell."""
+        import shlex
+
+        names = ["KAFKA_BOOTSTRAP_SERVERS"] + (["TOPIC_PREFIX"] if "TOPIC_PREFIX" in env else [])
+        assignments = " ".join(f"{n}={shlex.quote(env[n])}" for n in names)
+        return f"{assignments} {shlex.quote(sys.executable)} -m stream dead-letters"
 
     def _wait_ready(self, url: str, timeout_s: float = 90.0) -> None:
         """Wait for the API to answer ready (its database is migrated); fail if a child died."""
