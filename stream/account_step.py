@@ -131,7 +131,9 @@ class AccountStep:
         basis_minor: int = 0,
         force_post: bool = False,
         amount: Amount | None = None,
+        number: str | None = None,
     ) -> None:
+        """Record one entry; its id is ``<event_id>#<number>``, the number its position unless given."""
         if kind != "NOT_EARNED" and amount_minor <= 0:
             return
         event = self.event
@@ -140,7 +142,7 @@ class AccountStep:
             detail = f"{detail}; charity_id={beneficiary}"
         self.entries.append(
             {
-                "accrual_id": f"{event.event_id}#{len(self.entries)}",
+                "accrual_id": f"{event.event_id}#{len(self.entries) if number is None else number}",
                 "source_event_id": event.event_id,
                 "account_id": event.account_id,
                 "transaction_ref": event.transaction_ref,
@@ -167,9 +169,9 @@ class AccountStep:
             }
         )
 
-    def not_earned(self, outcome: Outcome, detail: str, share: Share | None = None) -> Outcome:
+    def not_earned(self, outcome: Outcome, detail: str, share: Share | None = None, number: str | None = None) -> Outcome:
         basis = purchase_basis(self.event)
-        self.entry("NOT_EARNED", "NONE", "NONE", 0, share, outcome.value, detail, basis)
+        self.entry("NOT_EARNED", "NONE", "NONE", 0, share, outcome.value, detail, basis, number=number)
         return outcome
 
 

@@ -20,7 +20,7 @@ from stream.lifecycle import due_events
 from stream.money import format_minor
 from stream.offers import OfferBook
 from stream.events import CardEvent
-from stream.rules import Outcome, balances, decide
+from stream.rules import TRANSACTION_HORIZON_DAYS, Outcome, balances, decide
 from stream.simulate import Outgoing
 
 
@@ -34,6 +34,7 @@ class Replay:
     budget_used: dict[str, int] = field(default_factory=dict)
     budget_peak: dict[str, int] = field(default_factory=dict)  # the most a budget was ever used
     skipped: int = 0  # messages the matcher would dead-letter
+    horizon_days: int = TRANSACTION_HORIZON_DAYS  # the workers' TRANSACTION_HORIZON_DAYS
 
     def feed(self, message: Outgoing) -> None:
         record = message.record
@@ -54,7 +55,10 @@ class Replay:
             if o.budget_minor is not None
         }
         profile = to_account_profile(self.profiles.get(event.account_id))
-        decision = decide(event, self.offers, self.states.get(event.account_id), profile, budget_remaining=remaining)
+        decision = decide(
+            event, self.offers, self.states.get(event.account_id), profile, budget_remaining=remaining,
+            horizon_days=self.horizon_days,
+        )
         self.states[event.account_id] = decision.state
         self.outcomes.append(decision.outcome.value)
         for offer_id, delta in decision.budget_deltas.items():

@@ -52,6 +52,12 @@ def _due(txn: dict[str, Any]) -> list[tuple[int, str]]:
     return due
 
 
+def settled(txn: dict[str, Any]) -> bool:
+    """Nothing of the transaction is pending, confirmed or due: only a refund or a chargeback can
+    still change it."""
+    return not _due(txn) and all(s["pending"] == 0 and s["confirmed"] == 0 for s in txn["shares"])
+
+
 def next_due_ms(state: dict[str, Any]) -> int | None:
     """The earliest time anything of this account falls due, or None."""
     times = [when for txn in state["txns"].values() for when, _ in _due(txn)]

@@ -285,7 +285,8 @@ class Matcher:
         """
         book = self.offers.book
         profile = to_account_profile(self.profiles.get(event.account_id))
-        decision = decide(event, book, state, profile)
+        horizon = self.settings.transaction_horizon_days
+        decision = decide(event, book, state, profile, horizon_days=horizon)
         if not decision.budget_deltas:
             return decision
         budgeted = {
@@ -295,7 +296,7 @@ class Matcher:
         }
         for attempt in range(BUDGET_ATTEMPTS):
             remaining = await self._postgres(lambda: self._granted_remaining(budgeted, event.event_id))
-            decision = decide(event, book, state, profile, budget_remaining=remaining)
+            decision = decide(event, book, state, profile, budget_remaining=remaining, horizon_days=horizon)
             if not decision.budget_deltas:
                 return decision
             if await self._postgres(lambda: self.budgets.apply(event.event_id, decision.budget_deltas)):

@@ -110,6 +110,9 @@ class Match:
     offers: tuple[Offer, ...]  # empty when the purchase earns nothing
     outcome: Outcome  # EARNED, or why not
     detail: str = ""
+    # BELOW_MIN_SPEND only: the offers the purchase met every other condition of. A later clearing
+    # or incremental authorisation that lifts the amount may still earn under them (stream.rules).
+    short_of_min_spend: tuple[Offer, ...] = ()
 
 
 def match(event: CardEvent, offers: OfferBook, profile: AccountProfile, local: LocalTime, basis_minor: int) -> Match:
@@ -128,9 +131,10 @@ def match(event: CardEvent, offers: OfferBook, profile: AccountProfile, local: L
     ]
     candidates = list(offers.offers)
     for outcome, keep, detail in stages:
-        candidates = [o for o in candidates if keep(o)]
+        before, candidates = candidates, [o for o in candidates if keep(o)]
         if not candidates:
-            return Match((), outcome, detail)
+            near = tuple(before) if outcome is Outcome.BELOW_MIN_SPEND else ()
+            return Match((), outcome, detail, near)
     return Match(tuple(candidates), Outcome.EARNED)
 
 

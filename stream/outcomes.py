@@ -33,6 +33,9 @@ class Outcome(str, enum.Enum):
     BUDGET_EXHAUSTED = "budget_exhausted"
     # follow-ups that find nothing to act on, and replays
     UNKNOWN_TRANSACTION = "unknown_transaction"
+    # an event of a transaction older than the account's horizon (stream.rules): forgotten, so
+    # neither applied nor judged again
+    BEYOND_HORIZON = "beyond_horizon"
     ALREADY_SETTLED = "already_settled"
     DUPLICATE = "duplicate"
     DUPLICATE_CONFLICT = "duplicate_conflict"

@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     worker_session_timeout_s: float = Field(
         10.0, ge=6.0, le=300.0, description="Seconds without heartbeat before the group gives a dead worker's partitions to the others."
     )
+    transaction_horizon_days: int = Field(
+        180, ge=30, le=3650,
+        description="Days a settled transaction (and every event id of it) is remembered after its last event: the chargeback horizon.",
+    )
     sink_batch_size: int = Field(2000, ge=1, le=100_000, description="Most accruals written per database transaction.")
     sink_batch_wait_ms: int = Field(100, ge=0, le=60_000, description="Longest wait to fill a sink batch.")
     sink_group_id: str = Field("cashback-sink", description="Consumer group of the sink.")

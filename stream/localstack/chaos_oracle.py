@@ -131,7 +131,8 @@ async def judge(settings: Settings, topics: Catalogue, codec: Codec, book: Offer
             continue
         ranks = decided_order[json.loads(record.key)]
         added = []
-        for event_id in reversed(json.loads(record.value).get("seen", {})):  # new ids come last
+        stored = json.loads(record.value)
+        for event_id in reversed(stored.get("recent", stored.get("seen", {}))):  # new ids come last
             if event_id in ranks:
                 break
             added.append(event_id)
@@ -171,7 +172,7 @@ async def judge(settings: Settings, topics: Catalogue, codec: Codec, book: Offer
         if len({event.event_id for event, _ in auths + settlements} - set(ranks)):
             windowed += 1
         for event, where in decision_order(auths, settlements, ranks, first_entry):
-            decision = decide(event, book, state, profile)
+            decision = decide(event, book, state, profile, horizon_days=settings.transaction_horizon_days)
             state = decision.state
             if decision.outcome is Outcome.DUPLICATE_CONFLICT:
                 must_dead_letter.add(where)

@@ -70,7 +70,7 @@ async def test_approved_authorization_emits_pending_accrual_and_stores_state(har
     assert txn["status"] == "authorized"
     assert txn["authorized_basis"] == 10_000
     assert [share["pending"] for share in txn["shares"]] == [500]
-    assert record["event_id"] in state["seen"]
+    assert record["event_id"] in state["recent"]
     # The new state went to the table's changelog, on the input message's partition (co-partitioned).
     [(changelog_key, changelog_value, changelog_partition)] = harness.changelog()
     assert changelog_key == b'"acct-1"'
@@ -102,7 +102,7 @@ async def test_clearing_after_authorization_confirms_from_pending(harness: Agent
     assert txn["cleared_basis"] == 10_000
     [share] = txn["shares"]
     assert (share["pending"], share["confirmed"], share["earned"]) == (0, 500, 500)
-    assert set(harness.state()["seen"]) == {auth["event_id"], clearing["event_id"]}
+    assert set(harness.state()["recent"]) == {auth["event_id"], clearing["event_id"]}
 
 
 # --- 3. bad messages are dead-lettered, processing goes on --------------------------------------
@@ -178,7 +178,7 @@ async def test_card_number_in_merchant_name_is_dead_lettered_without_the_digits(
     assert not detail_leaks
     assert not log_leaks
     [(_, accrual)] = harness.accruals_decoded()
-    assert set(harness.state()["seen"]) == {accrual["source_event_id"]}  # only the good event
+    assert set(harness.state()["recent"]) == {accrual["source_event_id"]}  # only the good event
 
 
 # --- 4. redelivery ------------------------------------------------------------------------------

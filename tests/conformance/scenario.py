@@ -131,11 +131,11 @@ def load(path: Path) -> Scenario:
     )
     defaults = document.get("defaults") or {}
     first_use: dict[str, int] = {}
-    for index, raw in enumerate(document["events"]):
+    for index, raw in enumerate(_expanded(document["events"])):
         event_key = str(raw.get("event_id", raw.get("id", index)))
         record = _record(raw, scenario.account_id, defaults, first_use.setdefault(event_key, index), prefix)
         scenario.records.append(record)
-        scenario.labels.setdefault(record["event_id"], str(raw.get("id", index)))
+        scenario.labels.setdefault(record["event_id"], str(raw.get("label", raw.get("id", index))))
     expect = document["expect"]
     for line in expect.get("ledger") or []:
         currency = line.get("currency", "EUR")
@@ -146,7 +146,9 @@ def load(path: Path) -> Scenario:
                 reward_kind=line.get("reward_kind", "CASH"), offer=line.get("offer"),
             )
         )
-    scenario.not_earned = [(str(x["event"]), x["reason"]) for x in expect.get("not_earned") or []]
+    scenario.not_earned = [
+        (str(x["event"]), x["reason"]) for x in expect.get("not_earned") or [] for _ in range(int(x.get("times", 1)))
+    ]
     for line in expect.get("balances") or []:
         currency = line.get("currency", "EUR")
         key = (line.get("reward_kind", "CASH"), currency)
@@ -154,6 +156,20 @@ def load(path: Path) -> Scenario:
             f"{name}_minor": to_minor(line.get(name, "0"), currency, f"balance {name}") for name in BALANCE_NAMES
         }
     return scenario
+
+
+def _expanded(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The file's events with ``repeat: N`` written out: N events ``<id>-1``... on transactions
+    ``<ref>-1``..., all labelled ``<id>`` (expected lines name them once, with ``times: N``)."""
+    out: list[dict[str, Any]] = []
+    for raw in events:
+        if "repeat" not in raw:
+            out.append(raw)
+            continue
+        spec = {k: v for k, v in raw.items() if k != "repeat"}
+        for n in range(1, int(raw["repeat"]) + 1):
+            out.append({**spec, "id": f"{raw['id']}-{n}", "ref": f"{raw.get('ref', 'x')}-{n}", "label": raw["id"]})
+    return out
 
 
 def stored_profile(scenario: Scenario) -> dict[str, Any]:

@@ -32,7 +32,7 @@ def run_pure(scenario: Scenario) -> tuple[list[dict[str, Any]], list[str]]:
 
 def test_every_case_of_the_domain_has_a_scenario() -> None:
     covered = {s.case for s in SCENARIOS}
-    assert set(range(1, 26)) == covered
+    assert set(range(1, 26)) <= covered  # 26 on: the cases of later issues
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)

@@ -377,7 +377,8 @@ def test_fixed_reward_is_paid_once_per_purchase_over_its_clearing_parts() -> Non
 def test_old_state_without_caps_and_carry_still_works() -> None:
     state, _, _ = run_events([auth()])
     assert state is not None
-    old = {"seen": state["seen"], "txns": {ref: {**txn, "shares": [
+    # stored before: recent events under "seen", no event ids, clock or refusals on transactions
+    old = {"seen": state["recent"], "txns": {ref: {**{k: v for k, v in txn.items() if k not in ("events", "last_ms")}, "shares": [
         {k: v for k, v in share.items() if k not in ("method", "tier", "boost", "fixed_minor", "points_per_unit", "cap",
                                                     "cap_period", "budget", "charity_id", "place", "basis_currency")}
         for share in txn["shares"]]} for ref, txn in state["txns"].items()}}

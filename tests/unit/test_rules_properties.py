@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from stream.events import CardEvent, to_event, validate
 from stream.offers import OfferBook
-from stream.rules import AccountProfile, balances, decide
+from stream.rules import BALANCE_FIELDS, RECENT_EVENTS_LIMIT, AccountProfile, balances, decide
 from tests.factories import T0, book, card_record, offer
 
 # Seeded: every run tries the same examples, so a failure replays. Moderate counts keep the suite fast.
@@ -247,3 +247,69 @@ def test_ledger_invariants_with_refunds_between_clearing_parts(events: list[Card
     # The capped offer makes a later part earn less than its share, which is what exposes the bug
     # (about one example in ten; with the plain 5% offer, only rounding does, about one in seventy).
     check_invariants(events, OFFER_BOOKS["capped-and-stacked"])
+
+
+# --- redelivery at any distance (issue: the engine once remembered only its last 200 events) ------
+
+
+def state_balances(state: dict[str, Any]) -> dict[tuple[str, str], dict[str, int]]:
+    """The balances the engine's own state holds, per (reward kind, unit): what its shares hold."""
+    result: dict[tuple[str, str], dict[str, int]] = {}
+    for txn in state["txns"].values():
+        for share in txn["shares"]:
+            totals = result.setdefault((share["reward_kind"], share["currency"]), dict.fromkeys(BALANCE_FIELDS, 0))
+            totals["pending_minor"] += share["pending"]
+            totals["confirmed_minor"] += share["confirmed"]
+            totals["donated_minor" if share["reward_kind"] == "CHARITY" else "available_minor"] += share["available"]
+            totals["lifetime_earned_minor"] += share["earned"]
+            totals["clawed_back_minor"] += share["clawed_back"]
+    return {key: totals for key, totals in result.items() if any(totals.values())}
+
+
+def ledger_balances(rows: dict[str, dict[str, Any]]) -> dict[tuple[str, str], dict[str, int]]:
+    return {(kind, unit): totals for (_, kind, unit), totals in balances(rows.values()).items() if any(totals.values())}
+
+
+def fillers(count: int, start: int) -> list[CardEvent]:
+    """Purchases that earn nothing (a restaurant, no offer for it), each on its own transaction."""
+    return [
+        to_event(card_record("AUTHORIZATION", 1_000, event_id=f"filler-{start + n}", transaction_ref=f"filler-{start + n}",
+                             mcc="4121", occurred_at=T0 + timedelta(minutes=30 + start + n)))
+        for n in range(count)
+    ]
+
+
+@SEEDED
+@given(offers_name=OFFER_NAMES, events=event_sequences(multi_clearing=True), data=st.data())
+def test_a_redelivery_at_any_distance_changes_nothing(offers_name: str, events: list[CardEvent], data: st.DataObject) -> None:
+    """Any interleaving of the account's events with redeliveries of earlier ones, near or far
+    beyond the recent-events window: the ledger is the one without redeliveries, and it equals
+    the balances the engine's state holds."""
+    offers = OFFER_BOOKS[offers_name]
+    sequence: list[CardEvent] = []  # the account's events, each once, with purchases in between
+    delivered: list[CardEvent] = []  # the same, with redeliveries of earlier ones
+    for index, event in enumerate(events):
+        extra = [event]
+        if data.draw(st.integers(0, 3)) == 0:
+            extra += fillers(data.draw(st.sampled_from((1, 10, RECENT_EVENTS_LIMIT + 5))), start=100 * index)
+        sequence += extra
+        delivered += extra
+        if data.draw(st.integers(0, 2)) == 0:
+            delivered.append(data.draw(st.sampled_from(delivered)))
+    once = ledger(entries_of(run(sequence, offers)))
+    state: dict[str, Any] | None = None
+    rows: dict[str, dict[str, Any]] = {}
+    for event in delivered:
+        remaining = {o.offer_id: o.budget_minor - sum(  # the budget as the ledger shows it spent
+            r["amount_minor"] * ((r["debit_book"] == "EXPENSE") - (r["credit_book"] == "EXPENSE"))
+            for r in rows.values() if r["offer_id"] == o.offer_id) for o in offers.offers if o.budget_minor is not None}
+        decision = decide(event, offers, state, PROFILE, remaining)
+        state = decision.state
+        for entry in decision.entries:
+            assert rows.setdefault(entry["accrual_id"], entry) == entry, "an accrual id with two contents"
+    assert rows == once, (
+        [(e.event_id, e.event_type.value, e.transaction_ref) for e in delivered if not e.event_id.startswith("filler")],
+        {k: v["entry_kind"] for k, v in rows.items() if once.get(k) != v},
+        {k: v["entry_kind"] for k, v in once.items() if rows.get(k) != v},
+    )
+    assert state is not None and state_balances(state) == ledger_balances(rows)

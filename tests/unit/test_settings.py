@@ -36,6 +36,7 @@ def test_defaults() -> None:
         "worker_data_dir": ".data/worker",
         "worker_instance_id": None,
         "worker_session_timeout_s": 10.0,
+        "transaction_horizon_days": 180,
         "sink_batch_size": 2000,
         "sink_batch_wait_ms": 100,
         "sink_group_id": "cashback-sink",
@@ -175,7 +176,7 @@ def test_documentation_table_has_one_row_per_field() -> None:
     lines = documentation_table().splitlines()
     assert lines[:2] == ["| variable | default | meaning |", "|---|---|---|"]
     rows = lines[2:]
-    assert len(rows) == len(Settings.model_fields) == 23
+    assert len(rows) == len(Settings.model_fields) == 24
     assert [row.split("`")[1] for row in rows] == VARIABLES
     assert "| `TOPIC_PARTITIONS` | `4` | Partitions of the co-partitioned input and output topics. |" in rows
     assert "| `KAFKA_SASL_PASSWORD` |  | SASL password (never logged). |" in rows
