@@ -43,21 +43,31 @@ OFFER_ID = Path(..., min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$"
 ACCOUNT_ID = Path(..., min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$", description="The bank's account id.")
 
 
+# The unit of a reward, said the same way in the accrual schema (accrual.v2.avsc), the README and here.
+REWARD_UNIT = (
+    "The reward's unit: the purchase's ISO 4217 billing currency for CASH, STORE_CREDIT and CHARITY; "
+    "PTS (whole points, not a currency) for POINTS."
+)
+
+
 class Balance(BaseModel):
     reward_kind: str = Field(description="CASH, POINTS, STORE_CREDIT or CHARITY.")
-    currency: str = Field(description="ISO 4217; points use the purchase's currency as their unit of account.")
+    currency: str = Field(description=REWARD_UNIT)
     pending_minor: int = Field(description="Authorised, not yet settled.")
     confirmed_minor: int = Field(description="Settled, inside the return window.")
     available_minor: int = Field(description="Usable now.")
     lifetime_earned_minor: int
     clawed_back_minor: int
     donated_minor: int = Field(description="Charity rewards given to the charity (reward_kind CHARITY).")
-    available: str = Field(description="available_minor formatted, e.g. '12.50 EUR'.")
+    available: str = Field(description="available_minor formatted, e.g. '12.50 EUR' or '21 PTS'.")
 
 
 class Balances(BaseModel):
     account_id: str
-    balances: list[Balance]
+    balances: list[Balance] = Field(
+        description="One line per reward kind and unit the account has ledger entries in. Empty for an account "
+        "whose purchases have earned nothing yet: every balance is zero."
+    )
 
 
 class Explanation(BaseModel):
@@ -79,7 +89,7 @@ class HistoryLine(BaseModel):
     debit_book: str
     credit_book: str
     amount_minor: int
-    currency: str
+    currency: str = Field(description=REWARD_UNIT + " NOT_EARNED lines: the purchase's billing currency.")
     reward_kind: str | None
     offer_id: str | None
     rule_version: int | None
@@ -118,11 +128,19 @@ class OfferSummary(BaseModel):
 
 
 class Donations(BaseModel):
+    """One charity's account in one currency. Each amount counts once: a reward is promised until its
+    return window ends, then donated; what a refund or chargeback took back is in neither."""
+
     charity_id: str
-    currency: str
-    donated_minor: int = Field(description="Given: charity rewards whose return window ended.")
-    promised_minor: int = Field(description="Still pending or inside the return window.")
-    donors: int
+    currency: str = Field(description="The purchases' ISO 4217 billing currency.")
+    donated_minor: int = Field(description="Given: charity rewards whose return window ended, net of clawbacks of them.")
+    promised_minor: int = Field(
+        description="Not given yet: charity rewards pending or inside their return window, net of releases and clawbacks."
+    )
+    clawed_back_minor: int = Field(
+        description="Taken back by refunds and chargebacks (less reversed chargebacks); already out of donated and promised."
+    )
+    donors: int = Field(description="Accounts with something donated or promised to the charity in this currency.")
 
 
 class Activation(BaseModel):
@@ -148,6 +166,14 @@ SELECT * FROM (
     FROM purchases_not_earned WHERE account_id = $1 AND ($2::bigint IS NULL OR history_seq < $2)
 ) AS lines
 ORDER BY history_seq DESC LIMIT $3
+"""
+
+
+# An account is known once a ledger entry or a purchase that earned nothing names it (the sink writes
+# an account's balances in the transaction of its first ledger entry, so this is asked only without them).
+_SEEN = """
+SELECT EXISTS (SELECT 1 FROM purchases_not_earned WHERE account_id = $1)
+    OR EXISTS (SELECT 1 FROM ledger_entries WHERE account_id = $1)
 """
 
 
@@ -204,14 +230,17 @@ def create_app(settings: Settings) -> FastAPI:
         """The account this request may read. The seam for bank-app authentication."""
         return account_id
 
-    not_found = {404: {"model": Problem, "description": "No cashback known for this account."}}
+    not_found = {404: {"model": Problem, "description": "An account the system has never seen: no ledger entry, no purchase."}}
 
     @app.get("/v1/accounts/{account_id}/balances", response_model=Balances, responses=not_found)
     async def get_balances(account_id: str = Depends(account_scope), db: asyncpg.Pool = Depends(pool)) -> Balances:
+        """The account's balances per reward kind and unit. An account the system has seen whose
+        purchases earned nothing (its history has only NOT_EARNED lines) has no line: 200 with an
+        empty list, every balance zero. An account never seen is a 404, as for its history."""
         rows = await db.fetch(
             "SELECT * FROM balances WHERE account_id = $1 ORDER BY reward_kind, currency", account_id
         )
-        if not rows:
+        if not rows and not await db.fetchval(_SEEN, account_id):
             raise HTTPException(status_code=404, detail=f"account {account_id} has no cashback")
         return Balances(
             account_id=account_id,
@@ -257,10 +286,11 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get(
         "/v1/charities/{charity_id}/donations", response_model=list[Donations],
-        responses={404: {"model": Problem, "description": "Nothing donated to this charity."}},
+        responses={404: {"model": Problem, "description": "No charity reward ever named this charity."}},
     )
     async def get_donations(charity_id: str = CHARITY_ID, db: asyncpg.Pool = Depends(pool)) -> list[Donations]:
-        """What customers' charity rewards gave (and have promised) a charity, per currency."""
+        """What customers' charity rewards gave a charity and have promised it, per currency, each
+        amount counted once (a reward is promised, then donated, never both)."""
         rows = await db.fetch("SELECT * FROM charity_donations WHERE charity_id = $1 ORDER BY currency", charity_id)
         if not rows:
             raise HTTPException(status_code=404, detail=f"nothing donated to charity {charity_id}")

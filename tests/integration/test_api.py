@@ -1,11 +1,15 @@
 """The balance API against a real Postgres: balances, paginated history with explanations,
-a 404 with a message for an unknown account, 4xx with a message for bad requests, readiness."""
+a 404 with a message for an unknown account (and zero balances for an account whose purchases
+earned nothing), points in PTS, each charity's donations counted once, 4xx with a message for bad
+requests, readiness."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, AsyncIterator
 
 import asyncpg
@@ -16,7 +20,7 @@ import pytest_asyncio
 from schemas.codec import Codec
 from stream import ledger
 from stream.api import create_app
-from stream.rules import decide
+from stream.rules import balances, decide
 from stream.settings import Settings
 from stream.sink import staging_row
 from aiokafka import AIOKafkaConsumer
@@ -25,6 +29,7 @@ from stream.accounts import account_partition
 from stream.offer_admin import publish_offers
 from stream.lifecycle import due_events
 from tests.factories import T0, book, card_event, offer
+from schemas.codec import SCHEMA_DIR
 from tests.integration.conftest import fresh_database
 from topics.admin import ensure_topics
 from topics.catalogue import catalogue
@@ -54,7 +59,72 @@ def _entries() -> list[dict[str, Any]]:
         entries.extend(decision.entries)
     for event in due_events(state, "api-3", int((T0 + timedelta(days=12)).timestamp() * 1000)):
         entries.extend(decide(event, charity, state).entries)
+    return entries + _charity_entries() + _nothing_earned_entries() + _points_entries()
+
+
+def _at(days: int) -> Any:
+    return T0 + timedelta(days=days)
+
+
+def _run(account_id: str, offers: Any, steps: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    """Run one account's purchase ``p-1`` through the engine: (event_type, amount, day) steps, and
+    ("TIME", day) for time passing (what falls due by then)."""
+    state, entries = None, []
+    for step in steps:
+        if step[0] == "TIME":
+            events = due_events(state, account_id, int(_at(step[1]).timestamp() * 1000))
+        else:
+            kind, amount, day = step
+            after = kind in ("REFUND", "CHARGEBACK", "CHARGEBACK_REVERSAL")
+            events = [card_event(
+                kind, amount, account_id=account_id, occurred_at=_at(day),
+                transaction_ref=f"{kind.lower()}-1" if after else "p-1",
+                original_transaction_ref="p-1" if after else None,
+                processing_code="REFUND" if kind == "REFUND" else "PURCHASE",
+                **({"currency": "JPY", "billing_currency": "JPY"} if account_id.endswith("-yen") else {}),
+            )]
+        for event in events:
+            decision = decide(event, offers, state)
+            state = decision.state
+            entries.extend(decision.entries)
     return entries
+
+
+# Charity food-bank gets 10% of 50.00 (5.00) from each of these accounts' purchase p-1, with a
+# 10-day return window: authorised on day 0, cleared on day 1, the window ends on day 11.
+FOOD_BANK = book(offer(offer_id="give-10", reward_kind="CHARITY", charity_id="food-bank", rate_bps=1_000, pending_days=10))
+AUTH, CLEAR, WINDOW_ENDS = ("AUTHORIZATION", 5_000, 0), ("CLEARING", 5_000, 1), ("TIME", 12)
+FOOD_BANK_DONORS = {
+    "fb-pending": [AUTH],  # 5.00 pending: promised
+    "fb-confirmed": [AUTH, CLEAR],  # 5.00 confirmed inside the window: promised
+    "fb-donated": [AUTH, CLEAR, WINDOW_ENDS],  # 5.00 donated (the issue's case: not promised too)
+    "fb-refunded-after": [AUTH, CLEAR, WINDOW_ENDS, ("REFUND", 2_000, 20)],  # 2.00 clawed back from DONATED: 3.00 donated
+    "fb-refunded-within": [AUTH, CLEAR, ("REFUND", 2_000, 5)],  # 2.00 clawed back from CONFIRMED: 3.00 promised
+    "fb-charged-back": [AUTH, CLEAR, ("CHARGEBACK", 5_000, 5)],  # all 5.00 clawed back: no donor
+    "fb-yen": [AUTH],  # 500 JPY pending: another currency, another line
+}
+
+
+def _charity_entries() -> list[dict[str, Any]]:
+    return [e for account, steps in FOOD_BANK_DONORS.items() for e in _run(account, FOOD_BANK, steps)]
+
+
+def _nothing_earned_entries() -> list[dict[str, Any]]:
+    """Account api-4: a declined purchase and one at an MCC no offer covers; nothing earned."""
+    return [
+        entry
+        for event in (
+            card_event("AUTHORIZATION", 10_000, account_id="api-4", transaction_ref="n-1", response_code="51"),
+            card_event("AUTHORIZATION", 10_000, account_id="api-4", transaction_ref="n-2", mcc="5999"),
+        )
+        for entry in decide(event, book(), None).entries
+    ]
+
+
+def _points_entries() -> list[dict[str, Any]]:
+    """Account api-5: 2 points per EUR of 10.75 EUR, authorised and cleared: 21 points confirmed."""
+    points = book(offer(offer_id="books-2pts", reward_kind="POINTS", rate_bps=None, points_per_unit=2, currency="EUR"))
+    return _run("api-5", points, [("AUTHORIZATION", 1_075, 0), ("CLEARING", 1_075, 1)])
 
 
 @pytest.fixture(scope="module")
@@ -215,8 +285,61 @@ async def test_activating_an_unknown_offer_is_404(client: httpx.AsyncClient) -> 
 @pytest.mark.asyncio
 async def test_a_charity_sees_what_was_donated_and_promised(client: httpx.AsyncClient) -> None:
     donations = (await client.get("/v1/charities/red-cross/donations")).json()
-    assert donations == [{"charity_id": "red-cross", "currency": "EUR", "donated_minor": 100, "promised_minor": 100, "donors": 1}]
+    assert donations == [{
+        "charity_id": "red-cross", "currency": "EUR", "donated_minor": 100, "promised_minor": 100,
+        "clawed_back_minor": 0, "donors": 1,
+    }]
     (line,) = (await client.get("/v1/accounts/api-3/balances")).json()["balances"]
     assert (line["reward_kind"], line["donated_minor"], line["confirmed_minor"], line["available_minor"]) == ("CHARITY", 100, 100, 0)
     missing = await client.get("/v1/charities/nobody/donations")
     assert missing.status_code == 404 and missing.json() == {"detail": "nothing donated to charity nobody"}
+
+
+@pytest.mark.asyncio
+async def test_each_charity_amount_counts_once(client: httpx.AsyncClient) -> None:
+    """Pending, confirmed, donated and clawed-back charity rewards: a reward is promised until its
+    window ends, then donated, never both; what a refund or chargeback took back is in neither."""
+    donations = (await client.get("/v1/charities/food-bank/donations")).json()
+    assert donations == [
+        # donated 5.00 + 3.00; promised 5.00 pending + 5.00 confirmed + 3.00; clawed back 2.00 + 2.00 + 5.00
+        {"charity_id": "food-bank", "currency": "EUR", "donated_minor": 800, "promised_minor": 1_300,
+         "clawed_back_minor": 900, "donors": 5},
+        {"charity_id": "food-bank", "currency": "JPY", "donated_minor": 0, "promised_minor": 500,
+         "clawed_back_minor": 0, "donors": 1},
+    ]
+    # The same figures as the customers' balances (the engine's oracle and the API's /balances).
+    oracle = balances(_charity_entries())
+    for line in donations:
+        rows = [totals for (_, _, unit), totals in oracle.items() if unit == line["currency"]]
+        assert line["donated_minor"] == sum(t["donated_minor"] for t in rows)
+        assert line["promised_minor"] == sum(t["pending_minor"] + t["confirmed_minor"] for t in rows)
+        assert line["clawed_back_minor"] == sum(t["clawed_back_minor"] for t in rows)
+    (donated,) = (await client.get("/v1/accounts/fb-donated/balances")).json()["balances"]
+    assert (donated["donated_minor"], donated["pending_minor"], donated["confirmed_minor"]) == (500, 0, 0)
+
+
+@pytest.mark.asyncio
+async def test_an_account_whose_purchases_earned_nothing_has_zero_balances(client: httpx.AsyncClient) -> None:
+    history = await client.get("/v1/accounts/api-4/history")
+    assert history.status_code == 200
+    assert {line["entry_kind"] for line in history.json()["entries"]} == {"NOT_EARNED"}
+    response = await client.get("/v1/accounts/api-4/balances")
+    assert response.status_code == 200
+    assert response.json() == {"account_id": "api-4", "balances": []}
+
+
+@pytest.mark.asyncio
+async def test_points_are_pts_in_the_api_the_schema_and_the_readme(client: httpx.AsyncClient) -> None:
+    (line,) = (await client.get("/v1/accounts/api-5/balances")).json()["balances"]
+    assert (line["reward_kind"], line["currency"], line["confirmed_minor"]) == ("POINTS", "PTS", 21)
+    history = (await client.get("/v1/accounts/api-5/history")).json()["entries"]
+    assert {(h["reward_kind"], h["currency"]) for h in history} == {("POINTS", "PTS")}
+    # The three say the same: the OpenAPI description, the accrual schema's doc, the README.
+    described = (await client.get("/openapi.json")).json()["components"]["schemas"]["Balance"]["properties"]["currency"]
+    schema = json.loads((SCHEMA_DIR / "accrual.v2.avsc").read_text())
+    (currency,) = [field for field in schema["fields"] if field["name"] == "currency"]
+    assert described["description"] == currency["doc"]
+    assert "PTS (whole points, not a currency) for POINTS" in currency["doc"]
+    assert "purchase's currency" not in currency["doc"] + described["description"]
+    readme = " ".join((Path(__file__).resolve().parents[2] / "README.md").read_text().split())
+    assert "and `PTS` (whole points, not a currency) for points, in the API as in the accrual schema" in readme
