@@ -24,9 +24,10 @@ from tests.factories import T0, card_event, card_record
 _RANDOM = random.Random(20261201)  # seeded: a failure replays
 
 
-def luhn_number(length: int = 16, rng: random.Random = _RANDOM) -> str:
-    """A Luhn-valid digit string made at run time (no card number is written in this file)."""
-    body = "9" + "".join(rng.choice("0123456789") for _ in range(length - 2))
+def luhn_number(length: int = 16, rng: random.Random = _RANDOM, first: str = "4") -> str:
+    """A Luhn-valid digit string made at run time (no card number is written in this file), by
+    default in a card scheme's range (4: Visa), so that it counts in identifiers too."""
+    body = first + "".join(rng.choice("0123456789") for _ in range(length - 2))
     check = next(d for d in "0123456789" if luhn_valid(body + d))
     return body + check
 
@@ -104,7 +105,7 @@ def test_inconsistent_clearing_sequence_is_invalid(sequence: int | None, count: 
 
 
 @pytest.mark.parametrize("field", ["merchant_name", "card_token", "merchant_id", "transaction_ref", "event_id"])
-@pytest.mark.parametrize("separator", ["", " ", "-"])
+@pytest.mark.parametrize("separator", ["", " ", "-", ".", "/", "_"])
 def test_card_number_in_any_text_field_is_detected(field: str, separator: str) -> None:
     number = luhn_number()
     record = card_record(**{field: f"paid {grouped(number, separator)} thanks"})
@@ -151,9 +152,43 @@ def test_card_number_with_separators(separator: str) -> None:
     assert not looks_like_card_number(grouped(not_luhn(number), separator))
 
 
-def test_other_separators_split_the_run() -> None:
-    assert not looks_like_card_number(grouped(luhn_number(), "/"))
-    assert not looks_like_card_number(grouped(luhn_number(), "  "))  # two spaces
+@pytest.mark.parametrize("separator", ["/", ".", "_", "  ", " - ", "\u2013", "\u00a0"])
+def test_card_number_with_other_separators(separator: str) -> None:
+    assert looks_like_card_number(grouped(luhn_number(), separator))
+
+
+@pytest.mark.parametrize("separator", [",", ":", "    ", "--", "x"])
+def test_other_separators_split_the_run(separator: str) -> None:
+    assert not looks_like_card_number(grouped(luhn_number(), separator))
+
+
+def test_mixed_separators_split_the_run() -> None:
+    number = luhn_number()
+    assert not looks_like_card_number(f"{number[:4]}-{number[4:8]} {number[8:12]}-{number[12:]}")
+
+
+def test_full_width_digits_are_digits() -> None:
+    number = luhn_number()
+    assert looks_like_card_number("".join(chr(0xFF10 + int(d)) for d in number))
+
+
+def test_more_than_19_digits_in_a_row_are_no_card_number() -> None:
+    """No window is slid along a long run: a card is never written glued to other digits, and long
+    numeric ids (a 23-digit acquirer reference number) would nearly all hold a Luhn-valid window."""
+    number = luhn_number()
+    assert not looks_like_card_number(number + "1234567")
+    assert looks_like_card_number(number + " 1234567")
+
+
+@pytest.mark.parametrize("field", ["event_id", "transaction_ref", "original_transaction_ref", "card_token",
+                                   "account_id", "merchant_id"])
+def test_an_identifier_holds_a_card_number_only_in_a_card_schemes_range(field: str) -> None:
+    outside = luhn_number(first="9")  # 9: national ranges, no bank card scheme of ours
+    assert validate(card_record(**{field: f"x-{outside}"})) is None
+    in_free_text = validate(card_record(merchant_name=f"x-{outside}"))
+    assert in_free_text == Rejection(RejectReason.CARD_NUMBER_DETECTED, "merchant_name")
+    inside = luhn_number(first="5")
+    assert validate(card_record(**{field: f"x-{inside}"})) == Rejection(RejectReason.CARD_NUMBER_DETECTED, field)
 
 
 def test_text_without_digits_is_not_a_card_number() -> None:
