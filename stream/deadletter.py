@@ -24,6 +24,7 @@ class OtherReason(str, enum.Enum):
     DUPLICATE_CONFLICT = "duplicate_conflict"  # same event_id, other content: quarantined
     PROCESSING_ERROR = "processing_error"  # a bug: the exception type is in the detail
     LEDGER_REJECTED = "ledger_rejected"  # Postgres refused the entry (a constraint)
+    LEDGER_CONFLICT = "ledger_conflict"  # the account's ledger holds the entry's id with other content
     TOO_LARGE = "too_large"  # the original bytes would not fit a dead letter: digest and size kept
 
 

@@ -88,7 +88,7 @@ CREATE TEMP TABLE IF NOT EXISTS batch_deltas (
 ) ON COMMIT DELETE ROWS
 """
 
-# Insert new entries (a known accrual_id is skipped: replays write nothing) and sum exactly the
+# Insert new entries (an id the account's ledger holds is skipped: replays write nothing) and sum exactly the
 # inserted rows into per-balance deltas.
 _WRITE_ENTRIES = """
 WITH inserted AS (
@@ -99,7 +99,7 @@ WITH inserted AS (
         credit_book, amount_minor, currency, reward_kind, offer_id, rule_version, occurred_at,
         explanation, fingerprint, beneficiary_id
     FROM incoming_accruals WHERE entry_kind <> 'NOT_EARNED' ORDER BY position
-    ON CONFLICT (accrual_id) DO NOTHING
+    ON CONFLICT (account_id, accrual_id) DO NOTHING
     RETURNING account_id, reward_kind, currency, entry_kind, debit_book, credit_book, amount_minor
 )
 INSERT INTO batch_deltas
@@ -143,12 +143,39 @@ INSERT INTO purchases_not_earned (accrual_id, source_event_id, account_id, trans
 SELECT accrual_id, source_event_id, account_id, transaction_ref, explanation->>'reason',
     explanation->>'detail', (explanation->>'basis_minor')::bigint, explanation->>'basis_currency', occurred_at
 FROM incoming_accruals WHERE entry_kind = 'NOT_EARNED'
-ON CONFLICT (accrual_id) DO NOTHING
+ON CONFLICT (account_id, accrual_id) DO NOTHING
 """
 
-_COUNT_CONFLICTS = """
-SELECT count(*) FROM incoming_accruals i JOIN ledger_entries l USING (accrual_id)
-WHERE l.fingerprint <> i.fingerprint
+# Entries whose id the account's ledger already holds with other content (another fingerprint,
+# another kind, or a NOT_EARNED line under an entry's id and the reverse): a bug or a re-used id
+# upstream. They are recorded in ledger_conflicts, taken out of the batch (never written) and
+# returned by position, for the sink to dead-letter.
+_FIND_CONFLICTS = """
+WITH found AS (
+    SELECT i.position, i.account_id, i.accrual_id, i.source_event_id, l.entry_kind AS held_kind, i.entry_kind,
+        i.amount_minor, i.currency, i.fingerprint, i.explanation
+    FROM incoming_accruals i JOIN ledger_entries l USING (account_id, accrual_id)
+    WHERE l.fingerprint <> i.fingerprint
+    UNION ALL
+    SELECT i.position, i.account_id, i.accrual_id, i.source_event_id, 'NOT_EARNED', i.entry_kind,
+        i.amount_minor, i.currency, i.fingerprint, i.explanation
+    FROM incoming_accruals i JOIN purchases_not_earned p USING (account_id, accrual_id)
+    WHERE i.entry_kind <> 'NOT_EARNED'
+       OR (p.reason, p.detail) IS DISTINCT FROM (i.explanation->>'reason', i.explanation->>'detail')
+    UNION ALL  -- the same id twice in one batch, with other content: the first one is held
+    SELECT i.position, i.account_id, i.accrual_id, i.source_event_id, e.entry_kind, i.entry_kind,
+        i.amount_minor, i.currency, i.fingerprint, i.explanation
+    FROM incoming_accruals i JOIN incoming_accruals e
+        ON e.account_id = i.account_id AND e.accrual_id = i.accrual_id AND e.position < i.position
+    WHERE e.fingerprint <> i.fingerprint
+), recorded AS (
+    INSERT INTO ledger_conflicts (account_id, accrual_id, source_event_id, held_kind, arrived_kind,
+        arrived_amount_minor, arrived_currency, arrived_fingerprint, arrived)
+    SELECT account_id, accrual_id, source_event_id, held_kind, entry_kind, amount_minor, currency, fingerprint, explanation
+    FROM found
+    ON CONFLICT (account_id, accrual_id, arrived_fingerprint) DO NOTHING
+)
+SELECT DISTINCT position FROM found ORDER BY position
 """
 
 
@@ -156,7 +183,7 @@ WHERE l.fingerprint <> i.fingerprint
 class BatchResult:
     written: int  # new ledger entries
     duplicates: int  # entries already in the ledger, identical: replays
-    conflicts: int  # entries whose id is in the ledger with other content: alerted, never written
+    conflicts: tuple[int, ...] = ()  # positions of entries whose id the ledger holds with other content: never written
 
 
 async def write_batch(connection: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> BatchResult:
@@ -165,11 +192,14 @@ async def write_batch(connection: asyncpg.Connection, rows: Sequence[tuple[Any, 
         await connection.execute(_CREATE_STAGING)
         await connection.execute(_CREATE_DELTAS)
         await connection.copy_records_to_table("incoming_accruals", records=rows, columns=STAGING_COLUMNS)
-        conflicts = await connection.fetchval(_COUNT_CONFLICTS)
+        conflicts = tuple(row["position"] for row in await connection.fetch(_FIND_CONFLICTS))
+        if conflicts:
+            await connection.execute("DELETE FROM incoming_accruals WHERE position = ANY($1::bigint[])", list(conflicts))
         await connection.execute(_WRITE_ENTRIES)
         await connection.execute(_ENSURE_BALANCES)
         await connection.execute(_APPLY_DELTAS)
         written = await connection.fetchval("SELECT coalesce(sum(entries), 0)::bigint FROM batch_deltas")
         await connection.execute(_WRITE_NOT_EARNED)
-    ledger_rows = sum(1 for row in rows if row[5] != "NOT_EARNED")
-    return BatchResult(written=written, duplicates=ledger_rows - written - conflicts, conflicts=conflicts)
+    refused = set(conflicts)
+    ledger_rows = sum(1 for row in rows if row[5] != "NOT_EARNED" and row[0] not in refused)
+    return BatchResult(written=written, duplicates=ledger_rows - written, conflicts=conflicts)

@@ -4,8 +4,9 @@ Order of one batch (the checkpoint order; never change it without changing the t
 
 1. fetch up to ``sink_batch_size`` accruals (``getmany``);
 2. decode them; undecodable ones are sent to the dead-letter topic and the send is awaited;
-3. write the batch in ONE database transaction (entries unique by accrual id, balances from the
-   rows actually inserted); Postgres unreachable -> retry with backoff, forever, blocking: the
+3. write the batch in ONE database transaction (entries unique by account and accrual id,
+   balances from the rows actually inserted; an entry whose id the account's ledger holds with
+   other content is recorded in ledger_conflicts, not written, and dead-lettered after the commit); Postgres unreachable -> retry with backoff, forever, blocking: the
    offsets do not move while the ledger is behind;
 4. only then commit the consumer offsets.
 
@@ -147,8 +148,12 @@ class Sink:
         SINK_ENTRIES.labels("written").inc(result.written)
         SINK_ENTRIES.labels("duplicate").inc(result.duplicates)
         if result.conflicts:
-            SINK_ENTRIES.labels("conflict").inc(result.conflicts)
-            log.error("%d ledger entries arrived again with other content; kept the first", result.conflicts)
+            SINK_ENTRIES.labels("conflict").inc(len(result.conflicts))
+            log.error("%d ledger entries arrived with an id the ledger holds with other content: dead-lettered", len(result.conflicts))
+            by_position = {row[0]: source for row, source in zip(rows, sources)}
+            for position in result.conflicts:
+                detail = "entry id held in the account's ledger with other content (see ledger_conflicts)"
+                await self._dead_letter(producer, by_position[position], OtherReason.LEDGER_CONFLICT.value, detail)
 
     async def _with_retry(self, rows: list[tuple[Any, ...]]) -> ledger.BatchResult:
         delay = 0.1

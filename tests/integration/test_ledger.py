@@ -1,5 +1,5 @@
 """The Postgres ledger: balances from the SQL equal the pure engine's, a replayed batch changes
-nothing, conflicts are counted and not written, the journal is append-only, and a sink facing a
+nothing, event ids are the account's, conflicts are recorded, dead-lettered and not written, the journal is append-only, and a sink facing a
 Postgres outage blocks and retries the same batch instead of skipping it."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from aiokafka import ConsumerRecord
 from prometheus_client import REGISTRY
 
 from schemas.codec import Codec
@@ -84,7 +85,7 @@ def test_sql_balances_equal_the_engine_and_a_replay_changes_nothing(database: st
             assert await _balances(connection) == expected
 
             replay = await ledger.write_batch(connection, rows)
-            assert (replay.written, replay.duplicates, replay.conflicts) == (0, ledger_rows, 0)
+            assert (replay.written, replay.duplicates, replay.conflicts) == (0, ledger_rows, ())
             assert await _balances(connection) == expected
             assert await connection.fetchval("SELECT count(*) FROM ledger_entries") == ledger_rows
             not_earned = sum(1 for e in entries if e["entry_kind"] == "NOT_EARNED")
@@ -104,13 +105,96 @@ def test_same_entry_id_with_other_content_is_a_conflict_not_a_credit(database: s
         try:
             await ledger.write_batch(connection, rows_of([entry]))
             result = await ledger.write_batch(connection, rows_of([tampered]))
-            assert (result.written, result.conflicts) == (0, 1)
+            assert (result.written, result.conflicts) == (0, (0,))
             amount = await connection.fetchval("SELECT amount_minor FROM ledger_entries WHERE accrual_id = $1", entry["accrual_id"])
             assert amount == entry["amount_minor"]
+            # visible: recorded once for the operations view, however often it is redelivered
+            await ledger.write_batch(connection, rows_of([tampered]))
+            conflicts = await connection.fetch("SELECT * FROM ledger_conflicts")
+            assert [(c["accrual_id"], c["held_kind"], c["arrived_amount_minor"]) for c in conflicts] == [
+                (entry["accrual_id"], "PENDING_CREATED", entry["amount_minor"] + 1_000)
+            ]
         finally:
             await connection.close()
 
     asyncio.run(scenario())
+
+
+def test_event_ids_are_the_accounts_the_same_id_on_two_accounts_is_two_entries(database: str) -> None:
+    entry = next(e for e in simulated_entries(purchases=20, seed=5) if e["entry_kind"] == "PENDING_CREATED")
+    other_account = dict(entry, account_id=entry["account_id"] + "-other")
+
+    async def scenario() -> None:
+        connection = await _connect_migrated(database)
+        try:
+            result = await ledger.write_batch(connection, rows_of([entry, other_account]))
+            assert (result.written, result.conflicts) == (2, ())
+            held = await connection.fetch("SELECT account_id FROM ledger_entries WHERE accrual_id = $1 ORDER BY account_id", entry["accrual_id"])
+            assert [r["account_id"] for r in held] == [entry["account_id"], other_account["account_id"]]
+        finally:
+            await connection.close()
+
+    asyncio.run(scenario())
+
+
+def test_conflicts_in_one_batch_and_across_not_earned_lines_are_never_written(database: str) -> None:
+    entries = simulated_entries(purchases=40, seed=5)
+    entry = next(e for e in entries if e["entry_kind"] == "PENDING_CREATED")
+    not_earned = next(e for e in entries if e["entry_kind"] == "NOT_EARNED")
+    twin = dict(entry, amount_minor=entry["amount_minor"] + 1)  # same id, same batch, other content
+    credit_under_a_refusal = dict(entry, accrual_id=not_earned["accrual_id"], account_id=not_earned["account_id"])
+
+    async def scenario() -> None:
+        connection = await _connect_migrated(database)
+        try:
+            await ledger.write_batch(connection, rows_of([not_earned]))
+            result = await ledger.write_batch(connection, rows_of([entry, twin, credit_under_a_refusal]))
+            assert (result.written, result.conflicts) == (1, (1, 2))
+            kinds = await connection.fetch("SELECT held_kind, arrived_kind FROM ledger_conflicts ORDER BY conflict_seq")
+            assert sorted((k["held_kind"], k["arrived_kind"]) for k in kinds) == sorted(
+                [("PENDING_CREATED", "PENDING_CREATED"), ("NOT_EARNED", "PENDING_CREATED")]
+            )
+            assert await connection.fetchval(
+                "SELECT count(*) FROM ledger_entries WHERE account_id = $1 AND accrual_id = $2", not_earned["account_id"], not_earned["accrual_id"]
+            ) == 0
+        finally:
+            await connection.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_sink_dead_letters_a_conflict_with_its_reason_and_counts_it(database: str) -> None:
+    entry = next(e for e in simulated_entries(purchases=20, seed=5) if e["entry_kind"] == "PENDING_CREATED")
+    tampered = dict(entry, amount_minor=entry["amount_minor"] + 7)
+    messages = [
+        ConsumerRecord("cashback.accruals", 0, offset, 0, 0, entry["account_id"].encode(), CODEC.encode("accrual", e), None, 0, 0, [])
+        for offset, e in enumerate([entry, tampered])
+    ]
+
+    class Producer:  # what the sink sends to the dead-letter topic
+        def __init__(self) -> None:
+            self.sent: list[tuple[str, bytes]] = []
+
+        async def send_and_wait(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+            self.sent.append((topic, value))
+
+    sink = Sink(Settings.from_env({"DATABASE_URL": database}), catalogue(), CODEC)
+    producer = Producer()
+    before = REGISTRY.get_sample_value("cashback_sink_entries_total", {"result": "conflict"}) or 0
+
+    async def scenario() -> None:
+        await (await _connect_migrated(database)).close()
+        try:
+            await sink.handle(messages, producer)  # type: ignore[arg-type]
+        finally:
+            await sink._drop_connection()
+
+    asyncio.run(scenario())
+    (topic, value), = producer.sent
+    _, letter = CODEC.decode(value, expected_subject="dead_letter")
+    assert topic == catalogue().dead_letters.name
+    assert (letter["reason"], letter["source_offset"]) == ("ledger_conflict", 1)
+    assert REGISTRY.get_sample_value("cashback_sink_entries_total", {"result": "conflict"}) == before + 1
 
 
 def test_the_journal_is_append_only_and_its_invariants_hold_in_the_database(database: str) -> None:
