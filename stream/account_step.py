@@ -65,11 +65,11 @@ class AccountStep:
         room: int | None = None
         binding: Outcome | None = None
         if share["cap"] is not None:
-            used = self.caps.get(share["offer_id"], {}).get(share["cap_period"], 0)
+            used = self.caps.get(limits_key(share), {}).get(share["cap_period"], 0)
             room, binding = max(0, share["cap"][1] - used), Outcome.CAP_REACHED
         if share["budget"] is not None:
-            offer_id = share["offer_id"]
-            left = self.budget_remaining.get(offer_id, share["budget"]) - self.budget_deltas.get(offer_id, 0)
+            key = limits_key(share)
+            left = self.budget_remaining.get(key, share["budget"]) - self.budget_deltas.get(key, 0)
             if room is None or max(0, left) <= room:
                 room, binding = max(0, left), Outcome.BUDGET_EXHAUSTED
         return room, binding
@@ -86,33 +86,33 @@ class AccountStep:
         """The share's holding changed by ``delta``: move its cap period and its offer's budget."""
         if not delta:
             return
-        offer_id = share["offer_id"]
+        key = limits_key(share)
         if share["budget"] is not None:
-            self.budget_deltas[offer_id] = self.budget_deltas.get(offer_id, 0) + delta
+            self.budget_deltas[key] = self.budget_deltas.get(key, 0) + delta
         if share["cap"] is not None:
-            usage = self.caps.setdefault(offer_id, {})
-            key = share["cap_period"]
-            if key in usage or delta > 0:  # a pruned period is over: nothing to give back
-                usage[key] = max(0, usage.get(key, 0) + delta)
-            if not usage.get(key, 1):
-                usage.pop(key, None)
+            usage = self.caps.setdefault(key, {})
+            period = share["cap_period"]
+            if period in usage or delta > 0:  # a pruned period is over: nothing to give back
+                usage[period] = max(0, usage.get(period, 0) + delta)
+            if not usage.get(period, 1):
+                usage.pop(period, None)
             if not usage:
-                del self.caps[offer_id]
+                del self.caps[key]
 
     def prune_caps(self) -> None:
         if not self.caps:
             return
         today = self.local.at.date()
-        for offer_id in list(self.caps):
-            offer = self.offers.get(offer_id)
+        for key in list(self.caps):
+            offer = self.offers.get(key) or self.offers.get(key.rpartition("@")[0])  # "<offer_id>@<currency>"
             if offer is None:  # not in the book now: kept as is, it may come back
                 continue
-            usage = self.caps[offer_id]
-            for key in list(usage):
-                if offer.cap is None or period_over(key, offer.cap.period, today, offer.auth_expiry_days):
-                    del usage[key]
+            usage = self.caps[key]
+            for period in list(usage):
+                if offer.cap is None or period_over(period, offer.cap.period, today, offer.auth_expiry_days):
+                    del usage[period]
             if not usage:
-                del self.caps[offer_id]
+                del self.caps[key]
 
     def carry_key(self, share: Share) -> str:
         return f"{share['offer_id']}:{share['currency']}"
@@ -173,6 +173,13 @@ class AccountStep:
         basis = purchase_basis(self.event)
         self.entry("NOT_EARNED", "NONE", "NONE", 0, share, outcome.value, detail, basis, number=number)
         return outcome
+
+
+def limits_key(share: Share) -> str:
+    """The key of the cap usage and campaign budget a share counts against: its offer's id, or
+    ``<offer_id>@<currency>`` when the offer is priced in the purchase's other currency (money caps
+    and budgets are kept per currency: stream.offers)."""
+    return str(share.get("limits_key") or share["offer_id"])
 
 
 def purchase_basis(event: CardEvent) -> int:

@@ -50,9 +50,7 @@ class Replay:
 
     def decide(self, event: CardEvent) -> None:
         remaining = {
-            o.offer_id: o.budget_minor - self.budget_used.get(o.offer_id, 0)
-            for o in self.offers.offers
-            if o.budget_minor is not None
+            key: amount - self.budget_used.get(key, 0) for o in self.offers.offers for key, amount, _ in o.budget_lines()
         }
         profile = to_account_profile(self.profiles.get(event.account_id))
         decision = decide(

@@ -24,6 +24,12 @@ from typing import Iterable, Mapping
 import asyncpg
 
 
+def movement_id(account_id: str, event_id: str) -> str:
+    """The id of one event's budget movement. Event ids are the account's, so the movement is keyed
+    by both (length-prefixed: no account id can make two pairs collide)."""
+    return f"{len(account_id)}:{account_id}/{event_id}"
+
+
 class BudgetStore:
     def __init__(self, database_url: str) -> None:
         self._database_url = database_url

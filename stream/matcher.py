@@ -32,7 +32,7 @@ from faust.types import StreamT
 
 from schemas.codec import Codec, DecodeError
 from stream.accounts import account_partition, apply_activation, apply_segments, to_account_profile
-from stream.budget import BudgetStore
+from stream.budget import BudgetStore, movement_id
 from stream.deadletter import OtherReason, Stage, dead_letter
 from stream.events import CardEvent, to_event, validate
 from stream.guarded_consumer import GuardedApp, OffsetLookups
@@ -289,17 +289,14 @@ class Matcher:
         decision = decide(event, book, state, profile, horizon_days=horizon)
         if not decision.budget_deltas:
             return decision
-        budgeted = {
-            o.offer_id: (o.budget_minor, o.reward_unit(o.currency or event.billing_currency))
-            for o in book.offers
-            if o.budget_minor is not None
-        }
+        budgeted = {key: (amount, unit) for o in book.offers for key, amount, unit in o.budget_lines()}
+        movement = movement_id(event.account_id, event.event_id)
         for attempt in range(BUDGET_ATTEMPTS):
-            remaining = await self._postgres(lambda: self._granted_remaining(budgeted, event.event_id))
+            remaining = await self._postgres(lambda: self._granted_remaining(budgeted, movement))
             decision = decide(event, book, state, profile, budget_remaining=remaining, horizon_days=horizon)
             if not decision.budget_deltas:
                 return decision
-            if await self._postgres(lambda: self.budgets.apply(event.event_id, decision.budget_deltas)):
+            if await self._postgres(lambda: self.budgets.apply(movement, decision.budget_deltas)):
                 return decision
             log.info("budget of event %s taken meanwhile by another worker; deciding again", event.event_id)
         raise RuntimeError(f"budget contention: no grant after {BUDGET_ATTEMPTS} attempts")

@@ -1,9 +1,10 @@
 """Which offers a purchase can earn under: who the account is, where and when the purchase was made.
 
 Pure. Offers pass a funnel of stages; when the last one drops out, the purchase earns nothing and
-the stage names why (the closest miss): where (MCC, merchant, channel, country, currency, validity)
+the stage names why (the closest miss): where (MCC, merchant, channel, country, validity)
 ``no_matching_offer``, who ``not_in_segment``, when ``outside_schedule``, activation
-``not_activated``, how much ``below_min_spend``. Cap and budget come after, in the engine.
+``not_activated``, the billing currency ``currency_not_priced`` (stream.offers: ``Offer.priced``),
+how much ``below_min_spend``. The offers a match returns are priced in the purchase's currency. Cap and budget come after, in the engine.
 
 Local time (days of week, hours, cap periods) is the merchant's: the event's ``merchant_timezone``
 (IANA, via zoneinfo); when it is missing or unknown, UTC, and the explanation says so.
@@ -81,7 +82,6 @@ def _where(offer: Offer, event: CardEvent) -> bool:
         and (not offer.merchant_ids or event.merchant_id in offer.merchant_ids)
         and (not offer.channels or event.channel in offer.channels)
         and (not offer.merchant_countries or event.merchant_country in offer.merchant_countries)
-        and (offer.currency is None or offer.currency == event.billing_currency)
     )
 
 
@@ -120,6 +120,7 @@ def match(event: CardEvent, offers: OfferBook, profile: AccountProfile, local: L
     rejection = purchase_rejection(event)
     if rejection is not None:
         return Match((), rejection)
+    currency = event.billing_currency
     stages: list[tuple[Outcome, Callable[[Offer], bool], str]] = [
         (Outcome.NO_MATCHING_OFFER, lambda o: _where(o, event), ""),
         (Outcome.NOT_IN_SEGMENT, lambda o: not o.segments or bool(o.segments & profile.segments),
@@ -127,6 +128,7 @@ def match(event: CardEvent, offers: OfferBook, profile: AccountProfile, local: L
         (Outcome.OUTSIDE_SCHEDULE, lambda o: in_schedule(o, local),
          f"{local.at:%A %H:%M} {local.note}"),
         (Outcome.NOT_ACTIVATED, lambda o: activated(o, event, profile), "offer not activated before the purchase"),
+        (Outcome.CURRENCY_NOT_PRICED, lambda o: o.priced(currency) is not None, f"offer not priced in {currency}"),
         (Outcome.BELOW_MIN_SPEND, lambda o: basis_minor >= o.min_spend_minor, ""),
     ]
     candidates = list(offers.offers)
@@ -135,6 +137,8 @@ def match(event: CardEvent, offers: OfferBook, profile: AccountProfile, local: L
         if not candidates:
             near = tuple(before) if outcome is Outcome.BELOW_MIN_SPEND else ()
             return Match((), outcome, detail, near)
+        if outcome is Outcome.CURRENCY_NOT_PRICED:  # from here on, each offer in the purchase's currency
+            candidates = [priced for o in candidates if (priced := o.priced(currency)) is not None]
     return Match(tuple(candidates), Outcome.EARNED)
 
 

@@ -212,3 +212,52 @@ def parse_days(raw: Mapping[str, Any], offer_id: str) -> frozenset[str]:
     if unknown:
         raise OfferError(offer_id, "days_of_week", f"{unknown[0]!r} is not one of {', '.join(DAYS_OF_WEEK)}")
     return frozenset(days)
+
+
+# --- prices in other currencies ------------------------------------------------------------------
+
+PRICE_FIELDS = (
+    "min_spend_minor", "max_reward_per_txn_minor", "fixed_reward_minor", "points_per_unit",
+    "boost_threshold_minor", "cap_amount_minor", "budget_minor",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """An offer's money amounts for purchases billed in one more currency, in its minor units. A
+    field is None when not given; which ones an offer must give is checked with the offer."""
+
+    min_spend_minor: int | None = None
+    max_reward_per_txn_minor: int | None = None
+    fixed_reward_minor: int | None = None
+    points_per_unit: int | None = None
+    boost_threshold_minor: int | None = None
+    cap_amount_minor: int | None = None
+    budget_minor: int | None = None
+
+    def given(self) -> list[str]:
+        return [name for name in PRICE_FIELDS if getattr(self, name) is not None]
+
+
+def parse_prices(raw: Mapping[str, Any], offer_id: str, is_currency: Any) -> tuple[tuple[str, Price], ...]:
+    """``prices: {JPY: {min_spend_minor: 3000, cap_amount_minor: 3000}, ...}``, sorted by currency."""
+    value = raw.get("prices")
+    if not value:
+        return ()
+    if not isinstance(value, Mapping):
+        raise OfferError(offer_id, "prices", "a mapping of currency to its amounts, like {JPY: {min_spend_minor: 3000}}")
+    prices = []
+    for currency, amounts in value.items():
+        if not isinstance(currency, str) or not is_currency(currency):
+            raise OfferError(offer_id, f"prices.{currency}", f"{currency!r} is not an ISO 4217 currency")
+        if not isinstance(amounts, Mapping):
+            raise OfferError(offer_id, f"prices.{currency}", f"a mapping of {', '.join(PRICE_FIELDS)}")
+        unknown = set(amounts) - set(PRICE_FIELDS)
+        if unknown:
+            raise OfferError(offer_id, f"prices.{currency}.{sorted(map(str, unknown))[0]}", "unknown field")
+        path = f"prices.{currency}."
+        minimum = {"min_spend_minor": 0, "budget_minor": 0}
+        prices.append((currency, Price(**{
+            name: integer(amounts, name, offer_id, None, minimum.get(name, 1), path) for name in PRICE_FIELDS
+        })))
+    return tuple(sorted(prices))

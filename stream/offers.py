@@ -8,12 +8,23 @@ Amounts of reward (``fixed_reward_minor``, ``max_reward_per_txn_minor``, ``cap.a
 ``budget_minor``) are in the reward's unit: the offer's ``currency`` for cash, store credit and
 charity, whole points (``PTS``) for points. Amounts of spending (``min_spend_minor``,
 ``boost.threshold_minor``) are in the purchase's billing currency.
+
+**Priced in every currency.** An offer with a ``currency`` is priced in it; ``prices`` prices it in
+more currencies, each with every money amount the offer uses (``Offer.priced``). A purchase billed
+in a currency the offer is not priced in earns nothing under it, with the reason
+``currency_not_priced``. An offer without a ``currency`` keeps its first meaning: its amounts are
+minor units of whatever currency the purchase is billed in. Caps and campaign budgets in money are
+kept per currency (no exchange rate is assumed; keyed ``<offer_id>@<currency>`` outside the
+offer's own currency): ``budget_minor`` for the offer's currency, each price's ``budget_minor``
+for its own. Points are one unit everywhere: a points offer's caps, fixed reward
+and budget are the same in every currency; only its ``points_per_unit`` and spending amounts are
+priced.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timezone
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -23,11 +34,13 @@ import yaml
 from stream.money import POINTS_UNIT, Rounding, is_known_currency
 from stream.offer_terms import (
     DAYS_OF_WEEK,
+    PRICE_FIELDS,
     Boost,
     Cap,
     CapPeriod,
     Hours,
     OfferError,
+    Price,
     Tier,
     boolean,
     enumerated,
@@ -36,6 +49,7 @@ from stream.offer_terms import (
     parse_cap,
     parse_days,
     parse_hours,
+    parse_prices,
     parse_tiers,
     rate,
     string_list,
@@ -135,10 +149,51 @@ class Offer:
     boost: Boost | None = None
     cap: Cap | None = None
     budget_minor: int | None = None
+    # --- since offer.v3 ---
+    prices: tuple[tuple[str, Price], ...] = ()  # (currency, its amounts), sorted
+    # Derived, never loaded: the key of the caps and budget this (priced) offer counts against.
+    limits_key: str | None = None
 
     @property
     def is_points(self) -> bool:
         return self.reward_kind is RewardKind.POINTS
+
+    def priced(self, billing_currency: str) -> "Offer | None":
+        """This offer as it applies to a purchase billed in ``billing_currency``: its amounts in
+        that currency, or None when it is not priced in it."""
+        if self.currency is None or billing_currency == self.currency:
+            return self
+        price = next((p for currency, p in self.prices if currency == billing_currency), None)
+        if price is None:
+            return None
+        money = not self.is_points  # a points offer's rewards, caps and budget are in points everywhere
+        return replace(
+            self,
+            currency=billing_currency,
+            min_spend_minor=price.min_spend_minor or 0,
+            max_reward_per_txn_minor=price.max_reward_per_txn_minor if money else self.max_reward_per_txn_minor,
+            fixed_reward_minor=price.fixed_reward_minor if money else self.fixed_reward_minor,
+            points_per_unit=price.points_per_unit,
+            boost=None if self.boost is None else Boost(price.boost_threshold_minor or 0, self.boost.rate_bps),
+            cap=self.cap if self.cap is None or not money else Cap(self.cap.period, price.cap_amount_minor or 0),
+            budget_minor=price.budget_minor if money else self.budget_minor,
+            limits_key=f"{self.offer_id}@{billing_currency}" if money else None,
+            prices=(),
+        )
+
+    def budget_lines(self) -> list[tuple[str, int, str]]:
+        """Each campaign budget of the offer: (budget key, amount, unit). One per priced currency for
+        money (kept apart: no exchange rate), one in points."""
+        if self.budget_minor is None:
+            return []
+        if self.is_points:
+            return [(self.offer_id, self.budget_minor, POINTS_UNIT)]
+        assert self.currency is not None  # a money budget requires the currency (parse_offer)
+        lines = [(self.offer_id, self.budget_minor, self.currency)]
+        for currency, price in self.prices:
+            if price.budget_minor is not None:
+                lines.append((f"{self.offer_id}@{currency}", price.budget_minor, currency))
+        return lines
 
     def reward_unit(self, billing_currency: str) -> str:
         """The unit of this offer's rewards (and of its caps and budget) for a purchase billed in
@@ -180,10 +235,11 @@ class Offer:
             "boost": None if self.boost is None else {"threshold_minor": self.boost.threshold_minor, "rate_bps": self.boost.rate_bps},
             "cap": None if self.cap is None else {"period": self.cap.period.value, "amount_minor": self.cap.amount_minor},
             "budget_minor": self.budget_minor,
+            "prices": {currency: {name: getattr(price, name) for name in PRICE_FIELDS} for currency, price in self.prices},
         }
 
 
-_FIELDS = set(Offer.__slots__)
+_FIELDS = set(Offer.__slots__) - {"limits_key"}
 _CHANNELS = {"IN_STORE", "ONLINE", "CONTACTLESS", "RECURRING"}
 _AMOUNT_FIELDS = ("rate_bps", "fixed_reward_minor", "points_per_unit")
 MAX_POINTS_PER_UNIT = 10_000
@@ -304,11 +360,42 @@ def parse_offer(raw: Mapping[str, Any]) -> Offer:
         boost=parse_boost(raw, offer_id),
         cap=parse_cap(raw, offer_id),
         budget_minor=integer(raw, "budget_minor", offer_id, None),
+        prices=parse_prices(raw, offer_id, is_known_currency),
     )
     if offer.points_per_unit is not None and offer.points_per_unit > MAX_POINTS_PER_UNIT:
         raise OfferError(offer_id, "points_per_unit", f"{offer.points_per_unit} is above {MAX_POINTS_PER_UNIT}")
     _check_amounts(offer)
+    _check_prices(offer)
     return offer
+
+
+def _check_prices(offer: Offer) -> None:
+    """Each price gives exactly the money amounts the offer uses, so no amount is ever read in the
+    wrong currency."""
+    if not offer.prices:
+        return
+    if offer.currency is None:
+        raise OfferError(offer.offer_id, "currency", "required when prices is set (the currency the offer's own amounts are in)")
+    money = not offer.is_points
+    needed = {
+        "min_spend_minor": offer.min_spend_minor > 0,
+        "max_reward_per_txn_minor": money and offer.max_reward_per_txn_minor is not None,
+        "fixed_reward_minor": money and offer.fixed_reward_minor is not None,
+        "points_per_unit": offer.points_per_unit is not None,
+        "boost_threshold_minor": offer.boost is not None,
+        "cap_amount_minor": money and offer.cap is not None,
+        "budget_minor": money and offer.budget_minor is not None,
+    }
+    for currency, price in offer.prices:
+        if currency == offer.currency:
+            raise OfferError(offer.offer_id, f"prices.{currency}", "is the offer's own currency: its amounts are the offer's")
+        given = set(price.given())
+        for name, need in needed.items():
+            if need and name not in given:
+                raise OfferError(offer.offer_id, f"prices.{currency}.{name}", "required: the offer has this amount in its own currency")
+            if name in given and not need:
+                why = "in points, the same in every currency" if offer.is_points and name != "min_spend_minor" else "the offer has no such amount"
+                raise OfferError(offer.offer_id, f"prices.{currency}.{name}", why)
 
 
 def load_offers_file(path: Path) -> list[Offer]:

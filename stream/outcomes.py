@@ -28,6 +28,7 @@ class Outcome(str, enum.Enum):
     NOT_IN_SEGMENT = "not_in_segment"
     OUTSIDE_SCHEDULE = "outside_schedule"
     NOT_ACTIVATED = "not_activated"
+    CURRENCY_NOT_PRICED = "currency_not_priced"
     BELOW_MIN_SPEND = "below_min_spend"
     CAP_REACHED = "cap_reached"
     BUDGET_EXHAUSTED = "budget_exhausted"

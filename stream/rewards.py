@@ -52,6 +52,7 @@ def new_share(offer: Offer, event: CardEvent, profile: AccountProfile, local: Lo
         "cap": None if offer.cap is None else [offer.cap.period.value, offer.cap.amount_minor],
         "cap_period": None if offer.cap is None else period_key(offer.cap.period, local.at),
         "budget": offer.budget_minor,
+        "limits_key": offer.limits_key or offer.offer_id,  # money caps and budgets are kept per currency
         "place": local.note if local_matters else "",
         "pending": 0,  # now in PENDING
         "confirmed": 0,  # now in CONFIRMED

@@ -14,7 +14,7 @@ mutates the state it is given, it returns a new one)::
                                   "events": {event_id: fingerprint}}},  # with every event id of theirs
      "loose":  {event_id: [fingerprint, occurred_ms]},   # events with no transaction (a refund of a
                                                          # purchase never seen, a declined authorisation)
-     "caps":   {offer_id: {period_key: held_minor}},     # cap usage per period (see below)
+     "caps":   {limits_key: {period_key: held_minor}},   # cap usage per offer (and currency) and period
      "carry":  {"offer_id:UNIT": remainder},             # unpaid fractions, 1/10,000ths of a minor unit
      "due_ms": epoch_ms | None,                          # earliest expiry or end of a return window (stream.lifecycle)
      "clock_ms": epoch_ms}                               # the latest event time of the account
@@ -56,7 +56,8 @@ makes a replay a no-op, and it reports no budget deltas.
 Caps and budgets count held amounts, so pending cashback reserves them (nothing is promised twice)
 and every change of a holding moves them by the same amount:
 
-- *Budget* (per offer, all accounts): ``Decision.budget_deltas[offer_id]`` is what this event
+- *Budget* (per offer, all accounts; a money budget per currency, keyed ``<offer_id>@<currency>``
+  outside the offer's own currency): ``Decision.budget_deltas[key]`` is what this event
   changed the offer's holdings by: + when pending is created or grows, a clearing confirms more
   than was pending, a chargeback is reversed; - when pending is released or expires and when a
   refund or chargeback claws back. A grant is never more than ``budget_remaining[offer_id]`` (the
@@ -294,7 +295,8 @@ def _reconsider(step: AccountStep, txn: dict[str, Any], basis: int) -> tuple[lis
     refusal = txn.get("refused")
     if not refusal or refusal["reason"] not in AMOUNT_REFUSALS:
         return [], step.event
-    offers = [step.offers.get(offer_id) for offer_id in refusal["near"]]
+    known = [step.offers.get(offer_id) for offer_id in refusal["near"]]
+    offers = [o.priced(txn["currency"]) for o in known if o is not None]
     qualifying = [o for o in offers if o is not None and basis >= o.min_spend_minor]
     if not qualifying:
         return [], step.event

@@ -23,7 +23,7 @@ SEEDED = settings(
 SHIPPED_IDS = {
     "authorization_event": 1,
     "settlement_event": 2,
-    "offer": 7,  # offer.v2.avsc; offer.avsc keeps id 3 (tests/unit/test_offers_v2.py reads its bytes)
+    "offer": 11,  # offer.v3.avsc; offer.avsc (3) and offer.v2.avsc (7) keep theirs (tests/unit/test_offers_v2.py reads their bytes)
     "offer_activation": 4,
     "accrual": 10,
     "dead_letter": 6,

@@ -195,7 +195,7 @@ def test_v2_offer_round_trips_through_the_codec(overrides: dict[str, Any]) -> No
     original = offer(**overrides)
     codec = Codec()
     data = codec.encode("offer", original.to_record())
-    assert data[1:5] == (7).to_bytes(4, "big")  # offer.v2.avsc
+    assert data[1:5] == (11).to_bytes(4, "big")  # offer.v3.avsc
     subject, record = codec.decode(data, expected_subject="offer")
     assert subject == "offer"
     assert parse_offer(record) == original
@@ -223,12 +223,98 @@ def test_version_1_bytes_decode_into_an_offer_with_the_new_defaults() -> None:
     assert parsed.requires_activation is False and parsed.budget_minor is None
 
 
-def test_offer_v2_schema_is_v1_plus_fields_with_defaults() -> None:
+def test_each_offer_schema_is_the_previous_plus_fields_with_defaults() -> None:
     v1 = {f["name"]: f for f in json.loads((SCHEMA_DIR / "offer.avsc").read_text())["fields"]}
     v2 = {f["name"]: f for f in json.loads((SCHEMA_DIR / "offer.v2.avsc").read_text())["fields"]}
-    assert list(v2)[: len(v1)] == list(v1)
-    assert set(v2) - set(v1) == set(Offer.__slots__) - set(v1)
-    assert all("default" in v2[name] for name in set(v2) - set(v1))
+    v3 = {f["name"]: f for f in json.loads((SCHEMA_DIR / "offer.v3.avsc").read_text())["fields"]}
+    assert list(v2)[: len(v1)] == list(v1) and list(v3)[: len(v2)] == list(v2)
+    assert set(v3) - set(v1) == set(Offer.__slots__) - set(v1) - {"limits_key"}  # derived
+    assert set(v3) - set(v2) == {"prices"}
+    assert all("default" in v3[name] for name in set(v3) - set(v1))
     assert v2["rate_bps"]["type"] == ["null", "int"]  # fixed and points offers have no rate
     ids = json.loads((SCHEMA_DIR / "ids.json").read_text())
-    assert (ids["offer.avsc"], ids["offer.v2.avsc"]) == (3, 7)
+    assert (ids["offer.avsc"], ids["offer.v2.avsc"], ids["offer.v3.avsc"]) == (3, 7, 11)
+
+
+def _v2_bytes(record: dict[str, Any]) -> bytes:
+    """Bytes a producer still on offer.v2.avsc (schema id 7) writes."""
+    schema = fastavro.parse_schema(json.loads((SCHEMA_DIR / "offer.v2.avsc").read_text()))
+    buffer = io.BytesIO()
+    buffer.write(struct.pack(">bI", 0, 7))
+    fastavro.schemaless_writer(buffer, schema, record)
+    return buffer.getvalue()
+
+
+def test_version_2_bytes_decode_into_an_offer_priced_in_its_currency_only() -> None:
+    original = offer(currency="EUR", cap={"period": "month", "amount_minor": 1_000})
+    v2_record = {k: v for k, v in original.to_record().items() if k != "prices"}
+    _, record = Codec().decode(_v2_bytes(v2_record), expected_subject="offer")
+    assert record["prices"] == {}
+    assert parse_offer(record) == original
+
+
+# --- priced in every currency ---------------------------------------------------------------------
+
+
+PRICED = {
+    "offer_id": "dining-5", "rate_bps": 500, "currency": "EUR", "min_spend_minor": 2_000, "max_reward_per_txn_minor": 800,
+    "boost": {"threshold_minor": 10_000, "rate_bps": 700}, "cap": {"period": "month", "amount_minor": 1_000},
+    "budget_minor": 100_000,
+    "prices": {"JPY": {"min_spend_minor": 3_000, "max_reward_per_txn_minor": 1_200, "boost_threshold_minor": 15_000,
+                       "cap_amount_minor": 1_500, "budget_minor": 150_000}},
+}
+
+
+def test_a_priced_offer_gives_its_amounts_in_each_currency_and_none_where_unpriced() -> None:
+    offer_ = parse_offer(PRICED)
+    assert offer_.priced("EUR") is offer_
+    yen = offer_.priced("JPY")
+    assert yen is not None
+    assert (yen.currency, yen.min_spend_minor, yen.max_reward_per_txn_minor, yen.boost, yen.cap, yen.budget_minor) == (
+        "JPY", 3_000, 1_200, Boost(15_000, 700), Cap(CapPeriod.MONTH, 1_500), 150_000
+    )
+    assert yen.limits_key == "dining-5@JPY" and yen.rate_bps == 500
+    assert offer_.priced("BHD") is None
+    assert offer_.budget_lines() == [("dining-5", 100_000, "EUR"), ("dining-5@JPY", 150_000, "JPY")]
+    # an offer without a currency keeps its first meaning: its amounts in any billing currency
+    anywhere = parse_offer({"offer_id": "any-1", "rate_bps": 100, "min_spend_minor": 500})
+    assert anywhere.priced("BHD") is anywhere
+
+
+def test_points_are_one_unit_everywhere_only_the_spending_is_priced() -> None:
+    points = parse_offer({
+        "offer_id": "pts", "reward_kind": "POINTS", "points_per_unit": 2, "currency": "EUR", "budget_minor": 10_000,
+        "cap": {"period": "day", "amount_minor": 300}, "prices": {"JPY": {"points_per_unit": 1}},
+    })
+    yen = points.priced("JPY")
+    assert yen is not None and yen.points_per_unit == 1 and yen.cap == points.cap and yen.budget_minor == 10_000
+    assert yen.limits_key is None  # caps and budget in points are shared by every currency
+    assert points.budget_lines() == [("pts", 10_000, "PTS")]
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "message"),
+    [
+        ({"currency": None, "budget_minor": None, "cap": None}, "currency", "required when prices is set"),
+        ({"prices": {"JPY": {"min_spend_minor": 3_000}}}, "prices.JPY.max_reward_per_txn_minor", "required"),
+        ({"prices": {"JPY": {k: v for k, v in PRICED["prices"]["JPY"].items() if k != "budget_minor"}}},
+         "prices.JPY.budget_minor", "required"),
+        ({"prices": {"EUR": dict(PRICED["prices"]["JPY"])}}, "prices.EUR", "own currency"),
+        ({"prices": {"XYZ": {}}}, "prices.XYZ", "not an ISO 4217 currency"),
+        ({"prices": {"JPY": {**PRICED["prices"]["JPY"], "fixed_reward_minor": 5}}}, "prices.JPY.fixed_reward_minor", "no such amount"),
+        ({"prices": {"JPY": {**PRICED["prices"]["JPY"], "fee": 5}}}, "prices.JPY.fee", "unknown field"),
+        ({"prices": {"JPY": {**PRICED["prices"]["JPY"], "cap_amount_minor": 1.5}}}, "prices.JPY.cap_amount_minor", "whole number"),
+        ({"prices": ["JPY"]}, "prices", "mapping"),
+    ],
+)
+def test_a_price_gives_exactly_the_amounts_the_offer_uses(change: dict[str, Any], field: str, message: str) -> None:
+    with pytest.raises(OfferError) as error:
+        parse_offer({**PRICED, **change})
+    assert error.value.field_name == field and message in str(error.value)
+
+
+def test_a_priced_offer_round_trips_through_the_codec() -> None:
+    original = parse_offer(PRICED)
+    codec = Codec()
+    _, record = codec.decode(codec.encode("offer", original.to_record()), expected_subject="offer")
+    assert parse_offer(record) == original
