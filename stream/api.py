@@ -183,9 +183,36 @@ def _encode_cursor(entry_seq: int) -> str:
 
 def _decode_cursor(cursor: str) -> int:
     try:
-        return int(base64.urlsafe_b64decode(cursor.encode()).decode())
+        value = int(base64.urlsafe_b64decode(cursor.encode()).decode())
     except ValueError:
-        raise HTTPException(status_code=400, detail="cursor is not one this API returned") from None
+        value = 0
+    if not 0 < value < 2**63:  # sequences are positive bigints
+        raise HTTPException(status_code=400, detail="cursor is not one this API returned")
+    return value
+
+
+class LedgerConflict(BaseModel):
+    conflict_seq: int
+    account_id: str
+    accrual_id: str = Field(description="The entry id the account's ledger holds with other content.")
+    source_event_id: str
+    held_kind: str = Field(description="What the ledger holds under the id: an entry kind, or NOT_EARNED.")
+    arrived_kind: str
+    arrived_amount_minor: int
+    arrived_currency: str
+    detected_at: datetime
+
+
+class LedgerConflicts(BaseModel):
+    conflicts: list[LedgerConflict]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next (older) page; null on the last page.")
+
+
+_CONFLICTS = """
+SELECT conflict_seq, account_id, accrual_id, source_event_id, held_kind, arrived_kind, arrived_amount_minor,
+    arrived_currency, detected_at
+FROM ledger_conflicts WHERE $1::bigint IS NULL OR conflict_seq < $1 ORDER BY conflict_seq DESC LIMIT $2
+"""
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -295,6 +322,22 @@ def create_app(settings: Settings) -> FastAPI:
         if not rows:
             raise HTTPException(status_code=404, detail=f"nothing donated to charity {charity_id}")
         return [Donations(**dict(row)) for row in rows]
+
+    @app.get("/v1/operations/ledger-conflicts", response_model=LedgerConflicts)
+    async def get_ledger_conflicts(
+        limit: int = Query(50, ge=1, le=500, description="Conflicts per page, newest first."),
+        cursor: str | None = Query(None, max_length=64, description="next_cursor of the previous page."),
+        db: asyncpg.Pool = Depends(pool),
+    ) -> LedgerConflicts:
+        """For operators: entries that arrived with an id the account's ledger holds with other
+        content. Never written; each was dead-lettered by the sink (reason ledger_conflict)."""
+        before = _decode_cursor(cursor) if cursor else None
+        rows = await db.fetch(_CONFLICTS, before, limit + 1)
+        page = rows[:limit]
+        return LedgerConflicts(
+            conflicts=[LedgerConflict(**dict(r)) for r in page],
+            next_cursor=_encode_cursor(page[-1]["conflict_seq"]) if len(rows) > limit else None,
+        )
 
     def live_offer(request: Request, offer_id: str) -> Offer:
         offer = request.app.state.offers.book.get(offer_id)

@@ -6,6 +6,7 @@ requests, readiness."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import uuid
 from datetime import timedelta
@@ -127,6 +128,9 @@ def _points_entries() -> list[dict[str, Any]]:
     return _run("api-5", points, [("AUTHORIZATION", 1_075, 0), ("CLEARING", 1_075, 1)])
 
 
+CONFLICTING: dict[str, Any] = {}  # the entry the database fixture sends again with another amount
+
+
 @pytest.fixture(scope="module")
 def database(postgres_url: str) -> str:
     database = fresh_database(postgres_url)
@@ -136,11 +140,16 @@ def database(postgres_url: str) -> str:
         connection = await asyncpg.connect(database)
         try:
             await ledger.migrate(connection)
-            rows = []
-            for position, entry in enumerate(_entries()):
+            rows, entries = [], _entries()
+            for position, entry in enumerate(entries):
                 raw = codec.encode("accrual", entry)
                 rows.append(staging_row(position, codec.decode(raw)[1], raw))
             await ledger.write_batch(connection, rows)
+            # an entry arriving again under a held id with another amount: a conflict, for the operations view
+            held = next(e for e in entries if e["entry_kind"] == "PENDING_CREATED")
+            CONFLICTING.update(held, amount_minor=held["amount_minor"] + 1)
+            raw = codec.encode("accrual", CONFLICTING)
+            await ledger.write_batch(connection, [staging_row(0, codec.decode(raw)[1], raw)])
         finally:
             await connection.close()
 
@@ -218,6 +227,12 @@ async def test_unknown_account_is_404_with_a_message(client: httpx.AsyncClient) 
         ("/v1/accounts/api-1/history?limit=0", 422),
         ("/v1/accounts/api-1/history?limit=100000", 422),
         ("/v1/accounts/api-1/history?cursor=not-a-cursor", 400),
+        # cursors that decode to numbers a bigint cannot hold, or no sequence has
+        (f"/v1/accounts/api-1/history?cursor={base64.urlsafe_b64encode(str(2**63).encode()).decode()}", 400),
+        (f"/v1/accounts/api-1/history?cursor={base64.urlsafe_b64encode(str(-2**63).encode()).decode()}", 400),
+        (f"/v1/accounts/api-1/history?cursor={base64.urlsafe_b64encode(str(10**40).encode()).decode()}", 400),
+        ("/v1/operations/ledger-conflicts?cursor=not-a-cursor", 400),
+        ("/v1/operations/ledger-conflicts?limit=0", 422),
     ],
 )
 @pytest.mark.asyncio
@@ -343,3 +358,16 @@ async def test_points_are_pts_in_the_api_the_schema_and_the_readme(client: httpx
     assert "purchase's currency" not in currency["doc"] + described["description"]
     readme = " ".join((Path(__file__).resolve().parents[2] / "README.md").read_text().split())
     assert "and `PTS` (whole points, not a currency) for points, in the API as in the accrual schema" in readme
+
+
+@pytest.mark.asyncio
+async def test_operators_see_each_ledger_conflict(client: httpx.AsyncClient) -> None:
+    held = CONFLICTING
+    response = await client.get("/v1/operations/ledger-conflicts", params={"limit": 1})
+    assert response.status_code == 200
+    body = response.json()
+    (conflict,) = body["conflicts"]
+    assert (conflict["account_id"], conflict["accrual_id"], conflict["held_kind"], conflict["arrived_amount_minor"]) == (
+        held["account_id"], held["accrual_id"], "PENDING_CREATED", held["amount_minor"]
+    )
+    assert body["next_cursor"] is None
