@@ -98,6 +98,8 @@ class BudgetStore:
                         offer_id, difference,
                     )
                     if not granted:
+                        if not await connection.fetchval("SELECT true FROM offer_budgets WHERE offer_id = $1", offer_id):
+                            raise LookupError(f"no campaign budget {offer_id!r} is defined (a bug: the offers' budget lines miss it)")
                         raise _NotCovered
                 await connection.execute(
                     "INSERT INTO budget_movements (event_id, offer_id, delta_minor) VALUES ($1, $2, $3)"

@@ -44,7 +44,9 @@ def window_over(share: dict[str, Any], event: CardEvent) -> bool:
 
 def _due(txn: dict[str, Any]) -> list[tuple[int, str]]:
     due: list[tuple[int, str]] = []
-    if txn["status"] == "authorized" and txn.get("expires_at_ms") and any(s["pending"] > 0 for s in txn["shares"]):
+    # Pending expires on a purchase not (or only partly) cleared: a final part that never comes
+    # must not hold its cap and budget forever.
+    if txn["status"] in ("authorized", "clearing") and txn.get("expires_at_ms") and any(s["pending"] > 0 for s in txn["shares"]):
         due.append((txn["expires_at_ms"], EventType.AUTHORIZATION_EXPIRY.value))
     windows = [s["available_at_ms"] for s in txn["shares"] if s["confirmed"] > 0 and s.get("available_at_ms")]
     if windows:

@@ -14,15 +14,18 @@ changelog) before it commits the input offsets, so a crash redelivers, never los
 are committed is the matcher's decision, not Faust's acks: a message is processed only when it is
 the next offset of its partition, holes are read again, and an offset is committed only once its
 sends were delivered (``stream.progress``, ``stream.guarded_consumer``). Effects are
-exactly-once: the state remembers each event id with what it produced, so a redelivered event
-re-emits the same entries (same ids) instead of applying twice, and the ledger ignores entry ids it
-already holds.
+exactly-once: the state keeps every event id with its transaction, so a redelivered event is never
+applied twice, and the ledger ignores entry ids it already holds. The state is stored before the
+entries are delivered, so a crash can leave decisions whose entries never left: at most
+``IN_FLIGHT_LIMIT`` of them, each among the recent events its account keeps with their entries,
+which a redelivery re-emits (same ids).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Awaitable, Callable, TypeVar
@@ -41,7 +44,7 @@ from stream.lifecycle import due_events
 from stream.metrics import ACCRUALS, CASHBACK_AMOUNT, CONSUMER_LAG, EVENTS_CONSUMED
 from stream.offer_mirror import OfferMirror
 from stream.progress import Verdict
-from stream.rules import Decision, Outcome, decide
+from stream.rules import RECENT_EVENTS_LIMIT, Decision, Outcome, decide
 from stream.settings import Settings
 from topics.catalogue import ACCOUNT_PROFILE_TABLE, ACCOUNT_STATE_TABLE, Catalogue, catalogue
 
@@ -52,7 +55,10 @@ COMMIT_INTERVAL_S = 1.0  # how much a crash may make the next owner read again (
 # Table values are plain JSON: no value_type, which Faust could not rebuild from the changelog
 # (value_type=dict made every recovery fail and wait forever).
 TABLE_SCHEMA = faust.Schema(key_type=str, key_serializer="json", value_serializer="json")
-BUDGET_ATTEMPTS = 20  # decide-and-grant rounds before giving an event up as contended
+BUDGET_ATTEMPTS = 20
+# Decisions whose entries may be undelivered at once: at most the events an account's state keeps
+# with their entries, so a crash never loses one (see Matcher._within_in_flight_limit).
+IN_FLIGHT_LIMIT = RECENT_EVENTS_LIMIT  # decide-and-grant rounds before giving an event up as contended
 
 T = TypeVar("T")
 
@@ -137,6 +143,7 @@ class Matcher:
         self.app.timer(settings.clock_interval_s)(self._send_ticks)
         self.assigned: set[Any] = set()  # the input partitions this worker owns now
         self.deliveries: list[Any] = []  # the sends of the message being processed
+        self.in_flight: deque[list[Any]] = deque()  # per decision, oldest first: its entries' sends
         self.processed = self._processed_at_watch = 0  # messages processed; at the last watch
         self.app.on_partitions_revoked.connect(self._on_partitions_revoked)
         self.app.on_partitions_assigned.connect(self._on_partitions_assigned)
@@ -223,6 +230,7 @@ class Matcher:
         """Decide one event for its account, then send its entries and store the new state (in
         that order). ``source`` is the input message, None for an internal event of time passing."""
         account_key = event.account_id.encode()
+        await self._within_in_flight_limit()
         try:
             decision = await self._decide(event, state)
         except Exception as error:  # a bug in the rules: keep the message, keep going
@@ -234,15 +242,18 @@ class Matcher:
         if decision.outcome is Outcome.DUPLICATE_CONFLICT and source is not None:
             log.error("event id %s seen before with other content: quarantined", event.event_id)
             await self._dead_letter(OtherReason.DUPLICATE_CONFLICT.value, "event_id seen before with other content", *source)
+        sends = []
         for entry in decision.entries:
             # force=True: hand the entry to the producer now (latency); Faust still flushes the
             # producer before committing the input offset, so at-least-once holds.
-            self._sent(await self.accruals.send(key=account_key, value=self.codec.encode("accrual", entry), force=True))
+            sends.append(await self.accruals.send(key=account_key, value=self.codec.encode("accrual", entry), force=True))
+            self._sent(sends[-1])
             if decision.outcome is not Outcome.DUPLICATE:
                 ACCRUALS.labels(entry["entry_kind"], entry["reward_kind"]).inc()
                 CASHBACK_AMOUNT.labels(entry["entry_kind"], entry["reward_kind"], entry["currency"]).inc(entry["amount_minor"])
         if decision.state is not state:
             self.states[event.account_id] = decision.state
+            self.in_flight.append([send for send in sends if send is not None])
         EVENTS_CONSUMED.labels(event.event_type.value, decision.outcome.value).inc()
         return decision.outcome
 
@@ -356,6 +367,22 @@ class Matcher:
         log.warning("dead letter from %s[%d]@%d: %s (%s)", topic, partition, offset, reason, detail)
         payload = dead_letter(self.codec, Stage.MATCHER, reason, detail, topic, partition, offset, key, value)
         self._sent(await self.dead_letters.send(key=topic.encode(), value=payload, force=True))
+
+    async def _within_in_flight_limit(self) -> None:
+        """Wait until fewer than ``IN_FLIGHT_LIMIT`` decisions have entries not yet delivered.
+
+        The account's state is stored (on local disk at once) before its entries are delivered, so
+        a worker killed in between restarts with decisions whose entries never left. A redelivered
+        event re-emits its entries only while it is among its account's last
+        ``RECENT_EVENTS_LIMIT`` decisions (stream.rules); bounding the decisions in flight by that
+        number keeps every undelivered one among them (an account's entries share a partition, so
+        they are delivered in order)."""
+        while self.in_flight and all(send.done() for send in self.in_flight[0]):
+            self.in_flight.popleft()
+        while len(self.in_flight) >= IN_FLIGHT_LIMIT:
+            await asyncio.wait(self.in_flight[0])
+            while self.in_flight and all(send.done() for send in self.in_flight[0]):
+                self.in_flight.popleft()
 
     def _sent(self, delivery: Any) -> None:
         """Keep a send's delivery future: the message's offset is committed only once it succeeded."""

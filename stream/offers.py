@@ -176,7 +176,8 @@ class Offer:
             points_per_unit=price.points_per_unit,
             boost=None if self.boost is None else Boost(price.boost_threshold_minor or 0, self.boost.rate_bps),
             cap=self.cap if self.cap is None or not money else Cap(self.cap.period, price.cap_amount_minor or 0),
-            budget_minor=price.budget_minor if money else self.budget_minor,
+            # a budget only where the offer has one (its budget lines say the same)
+            budget_minor=price.budget_minor if money and self.budget_minor is not None else self.budget_minor,
             limits_key=f"{self.offer_id}@{billing_currency}" if money else None,
             prices=(),
         )

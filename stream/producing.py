@@ -30,8 +30,8 @@ def producer(settings: Settings, **options: object) -> AIOKafkaProducer:
 async def send_once(settings: Settings, messages: Iterable[Message]) -> None:
     """Publish ``messages`` in order and wait until the broker has them all."""
     client = producer(settings)
-    await client.start()
     try:
+        await client.start()  # stopped below even when it cannot start (an unreachable broker)
         for topic, key, value, partition in messages:
             await client.send(topic, value, key=key, partition=partition)
         await client.flush()

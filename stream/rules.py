@@ -409,10 +409,15 @@ def _on_reversal(step: AccountStep) -> Outcome:
 
 
 def _on_expiry(step: AccountStep) -> Outcome:
-    txn, problem = _authorized(step)
+    """The authorisation expired: what is still pending is released. A partly cleared purchase
+    keeps its status, so a late part still confirms (from the expense, like a late clearing)."""
+    txn = step.txn(step.event.transaction_ref)
     if txn is None:
-        return problem or Outcome.UNKNOWN_TRANSACTION
-    txn["status"] = "expired"
+        return Outcome.UNKNOWN_TRANSACTION
+    if txn["status"] not in ("authorized", "clearing"):
+        return Outcome.ALREADY_SETTLED
+    if txn["status"] == "authorized":
+        txn["status"] = "expired"
     for share in txn["shares"]:
         step.entry("EXPIRED", "PENDING", "EXPENSE", share["pending"], share, "expired", "authorisation expired: pending released")
         step.hold(share, -share["pending"])

@@ -34,6 +34,7 @@ def chaos_offers() -> list[Offer]:
     return [
         dataclasses.replace(
             o, budget_minor=None, valid_from=o.valid_from and o.valid_from + FUTURE, valid_to=o.valid_to and o.valid_to + FUTURE,
+            prices=tuple((currency, dataclasses.replace(price, budget_minor=None)) for currency, price in o.prices),
         )
         for o in load_offers_file(EXAMPLE_OFFERS)
     ]

@@ -260,3 +260,27 @@ async def test_consumed_counter_counts_earned_authorizations(harness: AgentHarne
 
     assert counter("cashback_events_consumed_total", **labels) == before + 2
     assert counter("cashback_events_consumed_total", event_type="AUTHORIZATION", outcome="declined") == declined_before + 1
+
+
+@pytest.mark.asyncio
+async def test_decisions_with_undelivered_entries_are_bounded_by_the_recent_window(harness: AgentHarness) -> None:
+    """At most IN_FLIGHT_LIMIT decisions may have entries not yet delivered: the next decision
+    waits for the oldest, so a crash never leaves an undelivered decision outside the events its
+    account keeps with their entries (RECENT_EVENTS_LIMIT)."""
+    from stream.matcher import IN_FLIGHT_LIMIT
+    from stream.rules import RECENT_EVENTS_LIMIT
+
+    assert IN_FLIGHT_LIMIT <= RECENT_EVENTS_LIMIT
+    matcher = harness.matcher
+    loop = asyncio.get_running_loop()
+    pending = [[loop.create_future()] for _ in range(IN_FLIGHT_LIMIT)]
+    matcher.in_flight.extend(pending)
+    waiting = asyncio.create_task(matcher._within_in_flight_limit())
+    await asyncio.sleep(0.05)
+    assert not waiting.done(), "a decision went ahead with IN_FLIGHT_LIMIT undelivered ones"
+    pending[1][0].set_result(None)  # a later one delivered: still the oldest missing
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    pending[0][0].set_exception(RuntimeError("send failed"))  # done (its offset is read again)
+    await asyncio.wait_for(waiting, 1)
+    assert len(matcher.in_flight) == IN_FLIGHT_LIMIT - 2

@@ -3,6 +3,7 @@ field, the Avro record (new bytes round-trip, version-1 bytes still decode with 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import struct
@@ -279,6 +280,23 @@ def test_a_priced_offer_gives_its_amounts_in_each_currency_and_none_where_unpric
     # an offer without a currency keeps its first meaning: its amounts in any billing currency
     anywhere = parse_offer({"offer_id": "any-1", "rate_bps": 100, "min_spend_minor": 500})
     assert anywhere.priced("BHD") is anywhere
+
+
+def test_every_budget_a_priced_offer_draws_from_is_one_of_its_budget_lines() -> None:
+    for raw in (PRICED, {**PRICED, "budget_minor": None, "prices": {"JPY": {
+            k: v for k, v in PRICED["prices"]["JPY"].items() if k != "budget_minor"}}}):
+        offer_ = parse_offer(raw)
+        lines = {key for key, _, _ in offer_.budget_lines()}
+        for currency in ("EUR", "JPY"):
+            priced = offer_.priced(currency)
+            assert priced is not None
+            assert (priced.budget_minor is None) == (not lines)
+            if priced.budget_minor is not None:
+                assert (priced.limits_key or priced.offer_id) in lines
+    # an offer stripped of its budget (as the chaos run does) keeps no budget in any currency
+    stripped = dataclasses.replace(parse_offer(PRICED), budget_minor=None)
+    priced = stripped.priced("JPY")
+    assert priced is not None and priced.budget_minor is None and stripped.budget_lines() == []
 
 
 def test_points_are_one_unit_everywhere_only_the_spending_is_priced() -> None:

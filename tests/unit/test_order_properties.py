@@ -580,20 +580,23 @@ def test_a_carried_remainder_follows_the_confirmations_it_is_carried_to() -> Non
     assert carried == {"p1": 7_000, "p2": 2_000}  # in 1/10,000ths of a cent: 0.007 and 0.002
 
 
-def test_a_reversal_read_after_a_partial_clearing_is_ignored_and_the_rest_stays_pending() -> None:
+def test_a_reversal_read_after_a_partial_clearing_is_ignored_and_the_rest_stays_pending_until_expiry() -> None:
     """Both orders keep the authorisation before the clearing. A purchase cleared in parts is no
-    longer 'authorised': a reversal read after its first part is ``already_settled``. Only the
-    final part releases what was not cleared, and a purchase being cleared never expires; so when
-    the final part never comes, the reversed part stays pending (holding its cap and budget) for
-    good. Pinned as the engine does it today (see the README)."""
+    longer 'authorised': a reversal read after its first part is ``already_settled``, and the
+    reversed part stays pending (holding its cap and budget) until the authorisation expires, when
+    what is still pending is released (conformance case 30). Pinned as the engine does it today
+    (see the README)."""
     offers = OfferBook.of((offer(pending_days=0),))
     a = message("AUTHORIZATION", 10_000, "txn", T0)  # 5.00 pending
     r = message("AUTHORIZATION_REVERSAL", 6_000, "txn", T0 + timedelta(minutes=5))
     c1 = message("CLEARING", 4_000, "txn", T0 + timedelta(days=1), clearing_sequence=1, clearing_count=2)
-    reversal_first, clearing_first = run([a, r, c1], offers), run([a, c1, r], offers)
+    before_expiry = T0 + timedelta(days=2)
+    reversal_first, clearing_first = run([a, r, c1], offers, until=before_expiry), run([a, c1, r], offers, until=before_expiry)
     assert outcomes(clearing_first, [a, c1, r])[r.event.event_id] == "already_settled"
     assert (row(reversal_first)["pending_minor"], row(reversal_first)["available_minor"]) == (0, 200)
     assert (row(clearing_first)["pending_minor"], row(clearing_first)["available_minor"]) == (300, 200)
+    after_expiry = run([a, c1, r], offers)  # time passed far beyond the authorisation's expiry
+    assert (row(after_expiry)["pending_minor"], row(after_expiry)["available_minor"]) == (0, 200)
 
 
 def test_a_refund_is_read_behind_its_clearing_whenever_its_authorisation_comes() -> None:
