@@ -27,12 +27,12 @@ from pydantic import BaseModel, Field
 
 from schemas.codec import Codec
 from stream import ledger
-from stream.accounts import activation_message
+from stream.account_messages import activation_message
 from stream.offer_mirror import OfferMirror
-from stream.offers import Offer
+from stream.core.offers import Offer
 from topics.catalogue import catalogue
 from stream.metrics import API_REQUESTS
-from stream.money import format_minor
+from stream.core.money import format_minor
 from stream.producing import producer as make_producer
 from stream.settings import Settings
 

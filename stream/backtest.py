@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Iterable
 
-from stream.accounts import Profile, apply_activation, apply_segments, to_account_profile
-from stream.events import to_event, validate
-from stream.lifecycle import due_events
-from stream.money import format_minor
-from stream.offers import OfferBook
-from stream.events import CardEvent
-from stream.rules import TRANSACTION_HORIZON_DAYS, Outcome, balances, decide
+from stream.core.profiles import Profile, apply_activation, apply_segments, to_account_profile
+from stream.core.events import to_event, validate
+from stream.core.lifecycle import due_events
+from stream.core.money import format_minor
+from stream.core.offers import OfferBook
+from stream.core.events import CardEvent
+from stream.core.rules import TRANSACTION_HORIZON_DAYS, Outcome, balances, decide
 from stream.simulate import Outgoing
 
 

@@ -20,7 +20,7 @@ from stream.settings import ConfigError, Settings, documentation_table
 from topics.catalogue import Catalogue, catalogue
 
 if TYPE_CHECKING:
-    from stream.offers import Offer
+    from stream.core.offers import Offer
 
 log = logging.getLogger("cashback")
 
@@ -55,7 +55,8 @@ def read_offers(path: str | Path) -> list["Offer"]:
     """The offers of a YAML file; UsageError naming the file for a missing, unreadable or invalid one."""
     import yaml
 
-    from stream.offers import OfferError, load_offers_file
+    from stream.core.offers import OfferError
+    from stream.offer_admin import load_offers_file
 
     try:
         return load_offers_file(Path(path))
@@ -217,7 +218,7 @@ def cmd_offers(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_accounts(settings: Settings, args: argparse.Namespace) -> None:
-    from stream.accounts import publish_activation, publish_segments
+    from stream.account_messages import publish_activation, publish_segments
 
     codec, topics = build_codec(settings), topics_of(settings)
     if args.action == "segments":
@@ -243,7 +244,7 @@ def cmd_backtest(settings: Settings | None, args: argparse.Namespace) -> None:
     from datetime import timedelta
 
     from stream.backtest import replay, report
-    from stream.offers import OfferBook
+    from stream.core.offers import OfferBook
     from stream.simulate import Scenario, generate
 
     scenario = Scenario(seed=args.seed, accounts=args.accounts, purchases=args.purchases, bad_ratio=0)

@@ -1,6 +1,6 @@
 """Postgres: migrations, the batch write of accruals, and the reads of the balance API.
 
-The SQL here and ``stream.rules.balances`` compute balances by the same rules; the tests hold them
+The SQL here and ``stream.core.rules.balances`` compute balances by the same rules; the tests hold them
 equal.
 """
 

@@ -34,17 +34,18 @@ import faust
 from faust.types import StreamT
 
 from schemas.codec import Codec, DecodeError
-from stream.accounts import account_partition, apply_activation, apply_segments, to_account_profile
+from topics.catalogue import account_partition
+from stream.core.profiles import apply_activation, apply_segments, to_account_profile
 from stream.budget import BudgetStore, movement_id
 from stream.deadletter import OtherReason, Stage, dead_letter
-from stream.events import CardEvent, to_event, validate
+from stream.core.events import CardEvent, to_event, validate
 from stream.guarded_consumer import GuardedApp, OffsetLookups
 from stream.ledger import POSTGRES_UNAVAILABLE
-from stream.lifecycle import due_events
+from stream.core.lifecycle import due_events
 from stream.metrics import ACCRUALS, CASHBACK_AMOUNT, CONSUMER_LAG, EVENTS_CONSUMED
 from stream.offer_mirror import OfferMirror
 from stream.progress import Verdict
-from stream.rules import RECENT_EVENTS_LIMIT, Decision, Outcome, decide
+from stream.core.rules import RECENT_EVENTS_LIMIT, Decision, Outcome, decide
 from stream.settings import Settings
 from topics.catalogue import ACCOUNT_PROFILE_TABLE, ACCOUNT_STATE_TABLE, Catalogue, catalogue
 
@@ -127,7 +128,7 @@ class Matcher:
             default=None,
             schema=TABLE_SCHEMA,
         )
-        # Segments and activations per account (stream.accounts), joined from their own topics.
+        # Segments and activations per account (stream.core.profiles), joined from their own topics.
         self.profiles = self.app.Table(
             ACCOUNT_PROFILE_TABLE,
             default=None,
@@ -259,7 +260,7 @@ class Matcher:
 
     async def handle_tick(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> None:
         """Time passing for one partition: apply everything due by the tick's time
-        (stream.lifecycle) to the accounts of that partition, through the same path as card events."""
+        (stream.core.lifecycle) to the accounts of that partition, through the same path as card events."""
         try:
             _, record = self.codec.decode(value, expected_subject="clock_tick")
         except DecodeError as error:
@@ -331,7 +332,7 @@ class Matcher:
     async def handle_account_message(
         self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
     ) -> None:
-        """An activation or a profile: fold it into the account's profile (stream.accounts)."""
+        """An activation or a profile: fold it into the account's profile (stream.core.profiles)."""
         subject = self.account_subjects[topic]
         text_key = (key or b"").decode(errors="replace")
         account_id = text_key.split(":", 1)[0] if subject == "offer_activation" else text_key
@@ -374,7 +375,7 @@ class Matcher:
         The account's state is stored (on local disk at once) before its entries are delivered, so
         a worker killed in between restarts with decisions whose entries never left. A redelivered
         event re-emits its entries only while it is among its account's last
-        ``RECENT_EVENTS_LIMIT`` decisions (stream.rules); bounding the decisions in flight by that
+        ``RECENT_EVENTS_LIMIT`` decisions (stream.core.rules); bounding the decisions in flight by that
         number keeps every undelivered one among them (an account's entries share a partition, so
         they are delivered in order)."""
         while self.in_flight and all(send.done() for send in self.in_flight[0]):

@@ -17,7 +17,7 @@ from aiokafka.errors import KafkaError
 from schemas.codec import Codec, DecodeError
 from stream.deadletter import Stage
 from stream.metrics import DEAD_LETTERS, OFFERS_LOADED
-from stream.offers import Offer, OfferBook, OfferError, parse_offer
+from stream.core.offers import Offer, OfferBook, OfferError, parse_offer
 
 log = logging.getLogger(__name__)
 

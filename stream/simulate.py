@@ -20,8 +20,8 @@ from typing import Any, Iterator
 
 
 from schemas.codec import Codec
-from stream.accounts import account_partition
-from stream.events import luhn_valid
+from topics.catalogue import account_partition
+from stream.core.events import luhn_valid
 from stream.producing import producer as make_producer
 from stream.settings import Settings
 from topics.catalogue import Catalogue
@@ -342,7 +342,7 @@ async def publish(
             if stop.is_set():
                 break
             value = message.raw if message.raw is not None else codec.encode(ROLE_SUBJECTS[message.role], message.record or {})
-            # Account messages go where the account's card events go (stream.accounts).
+            # Account messages go where the account's card events go (topics.catalogue.account_partition).
             partition = (
                 account_partition(message.record["account_id"], settings.topic_partitions)
                 if message.role in ("profiles", "activations") and message.record else None

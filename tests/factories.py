@@ -6,8 +6,8 @@ import itertools
 from datetime import datetime, timezone
 from typing import Any
 
-from stream.events import CardEvent, to_event
-from stream.offers import Offer, OfferBook, parse_offer
+from stream.core.events import CardEvent, to_event
+from stream.core.offers import Offer, OfferBook, parse_offer
 
 _ids = itertools.count(1)
 T0 = datetime(2026, 12, 1, 10, 0, tzinfo=timezone.utc)
@@ -86,7 +86,7 @@ def run_decisions(
     budget: dict[str, int] | None = None,
 ) -> tuple[dict[str, Any] | None, list[Any]]:
     """Like ``run_events``, returning every Decision (entries, outcome, budget deltas)."""
-    from stream.rules import decide  # imported here so the factories above never depend on the engine
+    from stream.core.rules import decide  # imported here so the factories above never depend on the engine
 
     offers = offers if offers is not None else book()
     decisions = []
@@ -111,7 +111,7 @@ KEY = ("acct-1", "CASH", "EUR")  # the balances key of the factories' account
 def profile(*segments: str, **activations: datetime) -> Any:
     """An AccountProfile: its segments, and offer activations as ``offer_id=activated_at``
     (use ``**{"offer-id": at}`` for ids that are not Python names)."""
-    from stream.rules import AccountProfile
+    from stream.core.rules import AccountProfile
 
     return AccountProfile(frozenset(segments), activations)
 

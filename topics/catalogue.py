@@ -2,14 +2,23 @@
 
 Input and output topics are keyed by ``account_id`` and co-partitioned (same partition count), so
 every event of one account is handled by one worker, in order within its topic. Offers and
-activations are compacted and read whole by every worker.
+activations are compacted and read whole by every worker. ``account_partition`` is the one rule
+that says where an account's messages go.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from aiokafka.partitioner import murmur2
+
 DAY_MS = 24 * 3600 * 1000
+
+
+def account_partition(account_id: str, partitions: int) -> int:
+    """The partition of ``account_id``'s messages under Kafka's default (murmur2) partitioner, as
+    every client computes it: card events, profiles, activations and clock ticks alike."""
+    return (murmur2(account_id.encode()) & 0x7FFFFFFF) % partitions
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +100,7 @@ def catalogue(prefix: str = "cashback.", partitions: int = 4) -> Catalogue:
         # so each activation meets the account's card events in the same worker.
         activations=Topic(prefix + "offer-activations", partitions, "account_id:offer_id", "offer_activation", True, -1, True),
         profiles=Topic(prefix + "account-profiles", partitions, "account_id", "account_profile", True, -1, True),
-        # Ticks of time passing, one stream per partition (stream.lifecycle); kept a day.
+        # Ticks of time passing, one stream per partition (stream.core.lifecycle); kept a day.
         clock=Topic(prefix + "clock", partitions, "partition", "clock_tick", False, DAY_MS, True),
         accruals=keyed_by_account("accruals", "accrual", 30),
         # Dead letters are kept long: every one must be inspected and replayed or closed.

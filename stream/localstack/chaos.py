@@ -53,7 +53,7 @@ from stream.localstack.kafka import DEFAULT_CACHE_DIR, KafkaBroker
 from stream.localstack.postgres import EmbeddedPostgres
 from stream.localstack.process import free_port, spawn, terminate
 from stream.offer_admin import publish_offers
-from stream.offers import OfferBook
+from stream.core.offers import OfferBook
 from stream.settings import Settings
 from topics.catalogue import catalogue
 

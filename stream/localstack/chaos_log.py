@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from schemas.codec import Codec
-from stream.accounts import account_partition
+from topics.catalogue import account_partition
 from stream.cli import EXAMPLE_OFFERS
-from stream.offers import Offer, load_offers_file
+from stream.core.offers import Offer
+from stream.offer_admin import load_offers_file
 from stream.simulate import ROLE_SUBJECTS, Scenario, bad_message, generate
 
 FUTURE = timedelta(weeks=261)  # about five years, whole weeks: the same weekdays

@@ -22,10 +22,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from schemas.codec import Codec, DecodeError
-from stream.accounts import apply_activation, apply_segments, to_account_profile
-from stream.events import to_event, validate
-from stream.offers import OfferBook
-from stream.rules import Outcome, balances, decide
+from stream.core.profiles import apply_activation, apply_segments, to_account_profile
+from stream.core.events import to_event, validate
+from stream.core.offers import OfferBook
+from stream.core.rules import Outcome, balances, decide
 from stream.settings import Settings
 from topics.catalogue import Catalogue, table_changelogs
 

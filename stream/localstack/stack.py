@@ -35,7 +35,7 @@ from stream.localstack.kafka import DEFAULT_CACHE_DIR, KafkaBroker
 from stream.localstack.postgres import EmbeddedPostgres
 from stream.localstack.process import free_port, spawn, terminate
 from stream.offer_admin import publish_offers
-from stream.offers import Offer
+from stream.core.offers import Offer
 from stream.settings import Settings
 
 READY_LINE = "cashback local stack is up"

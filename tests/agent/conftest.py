@@ -39,7 +39,7 @@ import pytest_asyncio
 from schemas.codec import Codec
 from stream.matcher import Matcher
 from stream.progress import InputProgress, Verdict
-from stream.rules import Outcome
+from stream.core.rules import Outcome
 from stream.settings import Settings
 from tests.factories import book
 

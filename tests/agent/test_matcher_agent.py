@@ -12,8 +12,8 @@ import struct
 import pytest
 from prometheus_client import REGISTRY
 
-from stream.events import luhn_valid
-from stream.rules import Outcome
+from stream.core.events import luhn_valid
+from stream.core.rules import Outcome
 from tests.agent.conftest import ACCOUNT, ACCOUNT_KEY, AgentHarness, agent_harness, encode_auth, encode_settlement
 from tests.factories import card_record
 
@@ -268,7 +268,7 @@ async def test_decisions_with_undelivered_entries_are_bounded_by_the_recent_wind
     waits for the oldest, so a crash never leaves an undelivered decision outside the events its
     account keeps with their entries (RECENT_EVENTS_LIMIT)."""
     from stream.matcher import IN_FLIGHT_LIMIT
-    from stream.rules import RECENT_EVENTS_LIMIT
+    from stream.core.rules import RECENT_EVENTS_LIMIT
 
     assert IN_FLIGHT_LIMIT <= RECENT_EVENTS_LIMIT
     matcher = harness.matcher

@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from stream.money import exponent
-from stream.offers import Offer, parse_offer
+from stream.core.money import exponent
+from stream.core.offers import Offer, parse_offer
 
 CASES_DIR = Path(__file__).resolve().parent / "cases"
 T0 = datetime(2026, 12, 1, 10, 0, tzinfo=timezone.utc)
@@ -78,7 +78,7 @@ def _record(raw: dict[str, Any], account_id: str, defaults: dict[str, Any], inde
     """One card-event record; ``index`` (the position of the event id's first use) sets its
     default time, one minute apart, so a repeated id repeats its content."""
     spec = {**defaults, **raw}
-    if spec["type"] == "TIME":  # time passes to ``at``: what is due happens (stream.lifecycle)
+    if spec["type"] == "TIME":  # time passes to ``at``: what is due happens (stream.core.lifecycle)
         return {"event_type": "TIME", "event_id": f"{prefix}-{spec['id']}", "account_id": account_id,
                 "occurred_at": datetime.fromisoformat(spec["at"])}
     where = f"event {spec.get('id', index)}"
@@ -173,7 +173,7 @@ def _expanded(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def stored_profile(scenario: Scenario) -> dict[str, Any]:
-    """The scenario's ``account:`` section as the matcher stores a profile (stream.accounts)."""
+    """The scenario's ``account:`` section as the matcher stores a profile (stream.core.profiles)."""
     activations = scenario.profile.get("activations") or {}
     return {
         "segments": sorted(scenario.profile.get("segments") or ()),

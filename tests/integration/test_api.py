@@ -21,14 +21,14 @@ import pytest_asyncio
 from schemas.codec import Codec
 from stream import ledger
 from stream.api import create_app
-from stream.rules import balances, decide
+from stream.core.rules import balances, decide
 from stream.settings import Settings
 from stream.sink import staging_row
 from aiokafka import AIOKafkaConsumer
 
-from stream.accounts import account_partition
+from topics.catalogue import account_partition
 from stream.offer_admin import publish_offers
-from stream.lifecycle import due_events
+from stream.core.lifecycle import due_events
 from tests.factories import T0, book, card_event, offer
 from schemas.codec import SCHEMA_DIR
 from tests.integration.conftest import fresh_database

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from schemas.codec import Codec
-from stream.accounts import account_partition
+from topics.catalogue import account_partition
 from stream.localstack.process import free_port
 from stream.offer_admin import publish_offers
 from stream.settings import Settings

@@ -23,7 +23,7 @@ from schemas.codec import Codec
 from stream.cli import masked_dsn
 from stream.deadletter import Stage, dead_letter
 from stream.localstack.process import free_port, terminate
-from stream.offers import load_offers_file
+from stream.offer_admin import load_offers_file
 from stream.producing import send_once
 from stream.settings import Settings
 from tests.integration.conftest import isolated_env, wait_until

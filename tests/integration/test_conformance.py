@@ -17,11 +17,11 @@ import httpx
 import pytest
 
 from schemas.codec import Codec
-from stream.accounts import publish_activation, publish_segments
+from stream.account_messages import publish_activation, publish_segments
 from stream.offer_admin import publish_offers, remove_offers
 from topics.catalogue import catalogue
 from stream.settings import Settings
-from stream.accounts import account_partition
+from topics.catalogue import account_partition
 from tests.conformance.scenario import ExpectedEntry, Scenario, all_scenarios, comparable, is_time, label_of
 from tests.integration.conftest import Processes, running_pipeline, wait_until
 from tests.integration.test_end_to_end import publish, topic_for, wire
@@ -29,7 +29,7 @@ from tests.integration.test_end_to_end import publish, topic_for, wire
 pytestmark = pytest.mark.integration
 
 SCENARIOS = all_scenarios()
-from stream.rules import BALANCE_FIELDS
+from stream.core.rules import BALANCE_FIELDS
 
 
 class Conformance:

@@ -201,7 +201,7 @@ def test_publishing_the_same_events_twice_changes_nothing(pipeline) -> None:  # 
 
 
 def _luhn_number(rng: random.Random) -> str:
-    from stream.events import luhn_valid
+    from stream.core.events import luhn_valid
 
     while True:
         digits = "".join(rng.choice("0123456789") for _ in range(16))

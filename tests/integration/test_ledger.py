@@ -19,9 +19,10 @@ from schemas.codec import Codec
 from stream import ledger
 from stream.localstack.postgres import EmbeddedPostgres
 from stream.localstack.process import free_port
-from stream.offers import OfferBook, load_offers_file
+from stream.core.offers import OfferBook
+from stream.offer_admin import load_offers_file
 from stream.backtest import replay
-from stream.rules import BALANCE_FIELDS, balances
+from stream.core.rules import BALANCE_FIELDS, balances
 from stream.settings import Settings
 from stream.simulate import Scenario, generate
 from stream.sink import Sink, staging_row

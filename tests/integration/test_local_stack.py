@@ -20,7 +20,8 @@ import pytest
 
 from schemas.codec import Codec
 from stream.backtest import replay
-from stream.offers import OfferBook, load_offers_file
+from stream.core.offers import OfferBook
+from stream.offer_admin import load_offers_file
 from stream.simulate import Scenario, generate
 from tests.integration.conftest import wait_until
 

@@ -1,4 +1,4 @@
-"""Property tests of the card-number detector (stream.events.looks_like_card_number and the field
+"""Property tests of the card-number detector (stream.core.events.looks_like_card_number and the field
 rule ``validate`` applies), in both directions: every written form of a card number is caught, and
 realistic ids are never refused. No card number is written in this file: they are made at run
 time from random digits, so a falsifying example printed by hypothesis is no real card."""
@@ -12,12 +12,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream.events import IDENTIFIER_FIELDS, RejectReason, Rejection, looks_like_card_number, luhn_valid, validate
+from stream.core.events import IDENTIFIER_FIELDS, RejectReason, Rejection, looks_like_card_number, luhn_valid, validate
 from tests.factories import card_record
 
 SEEDED = settings(max_examples=150, derandomize=True, database=None, deadline=None)
 
-# Issuer ranges of real card schemes, written here independently of stream.events:
+# Issuer ranges of real card schemes, written here independently of stream.core.events:
 # Visa, Mastercard, Maestro, Amex, Discover, JCB, Diners, UnionPay, RuPay, Mir, Troy.
 SCHEME_RANGES = (
     ("4", "4"), ("51", "55"), ("2221", "2720"), ("50", "50"), ("56", "69"), ("34", "34"), ("37", "37"),

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.codec import SCHEMA_DIR, Codec, DecodeError, DecodeFailure, Schema, load_shipped_schemas
-from stream.rules import decide
+from stream.core.rules import decide
 from tests.factories import T0, book, card_event, card_record, offer
 
 SEEDED = settings(

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from stream.events import to_event, validate
-from stream.offers import OfferBook
-from stream.rules import balances
+from stream.core.events import to_event, validate
+from stream.core.offers import OfferBook
+from stream.core.rules import balances
 from stream.backtest import Replay
 from tests.conformance.scenario import Scenario, all_scenarios, comparable, entry_view, is_time, label_of, stored_profile
 

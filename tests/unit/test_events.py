@@ -1,4 +1,4 @@
-"""Unit tests of stream.events: validation reasons, card-number detection, CardEvent mapping and fingerprint."""
+"""Unit tests of stream.core.events: validation reasons, card-number detection, CardEvent mapping and fingerprint."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from stream.events import (
+from stream.core.events import (
     CardEvent,
     EventType,
     RejectReason,

@@ -1,4 +1,4 @@
-"""Time passing (stream.lifecycle): return windows end and authorisations expire by the clock,
+"""Time passing (stream.core.lifecycle): return windows end and authorisations expire by the clock,
 deterministically: the ledger does not depend on how often the clock ticks, and a redelivered
 tick changes nothing."""
 
@@ -7,8 +7,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from stream.lifecycle import DAY_MS, due_events
-from stream.rules import Outcome, balances, decide
+from stream.core.lifecycle import DAY_MS, due_events
+from stream.core.rules import Outcome, balances, decide
 from tests.factories import book, card_event, offer
 
 T0 = datetime(2026, 12, 1, 10, 0, tzinfo=timezone.utc)

@@ -1,4 +1,4 @@
-"""Unit tests of stream.money: ISO 4217 exponents, named rounding, rates with carry, prorating, formatting."""
+"""Unit tests of stream.core.money: ISO 4217 exponents, named rounding, rates with carry, prorating, formatting."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream.money import (
+from stream.core.money import (
     RateResult,
     Rounding,
     UnknownCurrencyError,
@@ -214,7 +214,7 @@ def test_format_minor_rejects_unknown_currency() -> None:
 
 
 def test_points_are_a_unit_but_not_a_currency() -> None:
-    from stream.money import POINTS_UNIT, unit_exponent
+    from stream.core.money import POINTS_UNIT, unit_exponent
 
     assert POINTS_UNIT == "PTS"
     assert format_minor(21, "PTS") == "21 PTS" and format_minor(-3, "PTS") == "-3 PTS"
@@ -231,13 +231,13 @@ def test_points_are_a_unit_but_not_a_currency() -> None:
     [(1_075, 2, "EUR", 215_000), (1_000, 1, "JPY", 10_000_000), (1_234, 3, "BHD", 37_020), (1, 1, "CLF", 1)],
 )
 def test_points_exact_is_in_ten_thousandths_of_a_point(basis: int, points_per_unit: int, currency: str, exact: int) -> None:
-    from stream.money import points_exact
+    from stream.core.money import points_exact
 
     assert points_exact(basis, points_per_unit, currency) == exact
 
 
 def test_round_exact_carries_like_apply_rate() -> None:
-    from stream.money import round_exact
+    from stream.core.money import round_exact
 
     assert round_exact(16_500) == RateResult(1, 6_500)
     assert round_exact(16_500, Rounding.DOWN, 6_500) == RateResult(2, 3_000)
@@ -253,6 +253,6 @@ def test_round_exact_carries_like_apply_rate() -> None:
      (20_000, "PTS", "2 PTS"), (-6_500, "EUR", "-0.0065 EUR"), (12_345, "JPY", "1.2345 JPY"), (1, "BHD", "0.0000001 BHD")],
 )
 def test_format_exact(exact: int, unit: str, text: str) -> None:
-    from stream.money import format_exact
+    from stream.core.money import format_exact
 
     assert format_exact(exact, unit) == text

@@ -1,4 +1,4 @@
-"""Unit tests of stream.offers: validation errors naming offer and field, MCC sets, YAML files, Avro records."""
+"""Unit tests of stream.core.offers: validation errors naming offer and field, MCC sets, YAML files, Avro records."""
 
 from __future__ import annotations
 
@@ -9,17 +9,9 @@ from typing import Any
 import pytest
 
 from schemas.codec import Codec
-from stream.money import Rounding
-from stream.offers import (
-    AccrueOn,
-    MccSet,
-    Offer,
-    OfferBook,
-    OfferError,
-    RewardKind,
-    load_offers_file,
-    parse_offer,
-)
+from stream.core.money import Rounding
+from stream.core.offers import AccrueOn, MccSet, Offer, OfferBook, OfferError, RewardKind, parse_offer
+from stream.offer_admin import load_offers_file
 from tests.factories import offer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

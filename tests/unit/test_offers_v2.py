@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from schemas.codec import SCHEMA_DIR, Codec
-from stream.offers import Boost, Cap, CapPeriod, Hours, Offer, OfferError, RewardKind, Tier, load_offers_file, parse_offer
+from stream.core.offers import Boost, Cap, CapPeriod, Hours, Offer, OfferError, RewardKind, Tier, parse_offer
+from stream.offer_admin import load_offers_file
 from tests.factories import offer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -28,13 +28,13 @@ from typing import Any, Iterable, Sequence
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream.account_step import purchase_basis
+from stream.core.working_copy import purchase_basis
 from stream.backtest import Replay
-from stream.events import CardEvent, to_event
-from stream.lifecycle import due_events
-from stream.money import EXACT_SCALE, points_exact
-from stream.offers import Offer, OfferBook
-from stream.rules import balances
+from stream.core.events import CardEvent, to_event
+from stream.core.lifecycle import due_events
+from stream.core.money import EXACT_SCALE, points_exact
+from stream.core.offers import Offer, OfferBook
+from stream.core.rules import balances
 from stream.simulate import Outgoing
 from tests.factories import T0, card_record, offer
 
@@ -658,11 +658,11 @@ def measure(delays: Sequence[int] = (0, 500, 3_000), seed: int = 1, purchases: i
     from dataclasses import replace
     from pathlib import Path
 
-    from stream.accounts import to_account_profile
+    from stream.core.profiles import to_account_profile
     from stream.backtest import replay
-    from stream.matching import local_time, match
-    from stream.offers import load_offers_file
-    from stream.rewards import at_most_per_purchase, compute, new_share, period_key
+    from stream.core.eligibility import local_time, match
+    from stream.offer_admin import load_offers_file
+    from stream.core.rewards import at_most_per_purchase, compute, new_share, period_key
     from stream.simulate import Scenario, generate
 
     scenario = Scenario(seed=seed, purchases=purchases, bad_ratio=0)

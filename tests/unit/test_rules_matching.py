@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from stream.rules import Outcome, balances, decide
+from stream.core.rules import Outcome, balances, decide
 from tests.factories import KEY, T0, auth, book, clearing, legs, offer, run_events, totals
 
 

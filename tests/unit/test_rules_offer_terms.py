@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from stream.rules import AccountProfile, Outcome, balances, decide, new_state
+from stream.core.rules import AccountProfile, Outcome, balances, decide, new_state
 from tests.factories import (
     KEY,
     T0,

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import Counter
 
 from schemas.codec import Codec, DecodeError
-from stream.events import looks_like_card_number, validate
+from stream.core.events import looks_like_card_number, validate
 from stream.simulate import SHAPES, Scenario, generate
 
 CODEC = Codec()
@@ -89,7 +89,8 @@ def test_the_stream_exercises_every_lifecycle_path_of_the_example_offers() -> No
     from pathlib import Path
 
     from stream.backtest import replay
-    from stream.offers import OfferBook, load_offers_file
+    from stream.core.offers import OfferBook
+    from stream.offer_admin import load_offers_file
 
     offers = OfferBook.of(load_offers_file(Path(__file__).resolve().parents[2] / "deploy" / "offers" / "example.yaml"))
     scenario = Scenario(seed=1, purchases=3_000)

@@ -19,7 +19,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
-from stream.events import CardEvent, EventType
+from stream.core.events import CardEvent, EventType
 
 DAY_MS = 24 * 3600 * 1000
 

@@ -58,7 +58,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterator, Mapping
 
-from stream.money import is_known_currency
+from stream.core.money import is_known_currency
 
 
 class EventType(str, enum.Enum):
@@ -70,7 +70,7 @@ class EventType(str, enum.Enum):
     REFUND = "REFUND"
     CHARGEBACK = "CHARGEBACK"
     CHARGEBACK_REVERSAL = "CHARGEBACK_REVERSAL"
-    # Internal, made by time passing (stream.lifecycle); no card processor sends it, and the Avro
+    # Internal, made by time passing (stream.core.lifecycle); no card processor sends it, and the Avro
     # enums do not have it, so it cannot arrive from a topic.
     RETURN_WINDOW_ENDED = "RETURN_WINDOW_ENDED"
 

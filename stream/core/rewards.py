@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from stream.events import CardEvent
-from stream.matching import AccountProfile, LocalTime, best_tier
-from stream.money import EXACT_SCALE, Rounding, format_exact, format_minor, points_exact, round_exact
-from stream.offer_terms import CapPeriod
-from stream.offers import Offer
+from stream.core.events import CardEvent
+from stream.core.eligibility import AccountProfile, LocalTime, best_tier
+from stream.core.money import EXACT_SCALE, Rounding, format_exact, format_minor, points_exact, round_exact
+from stream.core.offer_terms import CapPeriod
+from stream.core.offers import Offer
 
 Share = dict[str, Any]
 

@@ -26,13 +26,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timezone
-from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import yaml
-
-from stream.money import POINTS_UNIT, Rounding, is_known_currency
-from stream.offer_terms import (
+from stream.core.money import POINTS_UNIT, Rounding, is_known_currency
+from stream.core.offer_terms import (
     DAYS_OF_WEEK,
     PRICE_FIELDS,
     Boost,
@@ -57,7 +54,7 @@ from stream.offer_terms import (
 
 __all__ = [
     "ALWAYS_EXCLUDED_MCCS", "AccrueOn", "Boost", "Cap", "CapPeriod", "Hours", "MccSet", "Offer", "OfferBook",
-    "OfferError", "RewardKind", "Tier", "load_offers_file", "parse_offer",
+    "OfferError", "RewardKind", "Tier", "parse_offer",
 ]
 
 # Cash, quasi-cash, money transfer and gambling never earn cashback, whatever an offer says.
@@ -397,21 +394,6 @@ def _check_prices(offer: Offer) -> None:
             if name in given and not need:
                 why = "in points, the same in every currency" if offer.is_points and name != "min_spend_minor" else "the offer has no such amount"
                 raise OfferError(offer.offer_id, f"prices.{currency}.{name}", why)
-
-
-def load_offers_file(path: Path) -> list[Offer]:
-    """Offers from a YAML file ``{offers: [...]}``; OfferError on the first invalid field, and on
-    an offer id given twice."""
-    document = yaml.safe_load(Path(path).read_text())
-    if not isinstance(document, dict) or not isinstance(document.get("offers"), list):
-        raise OfferError("?", "offers", f"{path}: expected a top-level 'offers:' list")
-    offers = [parse_offer(raw) for raw in document["offers"]]
-    seen: set[str] = set()
-    for offer in offers:
-        if offer.offer_id in seen:
-            raise OfferError(offer.offer_id, "offer_id", "given twice in the file")
-        seen.add(offer.offer_id)
-    return offers
 
 
 @dataclass(frozen=True, slots=True)

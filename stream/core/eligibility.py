@@ -3,7 +3,7 @@
 Pure. Offers pass a funnel of stages; when the last one drops out, the purchase earns nothing and
 the stage names why (the closest miss): where (MCC, merchant, channel, country, validity)
 ``no_matching_offer``, who ``not_in_segment``, when ``outside_schedule``, activation
-``not_activated``, the billing currency ``currency_not_priced`` (stream.offers: ``Offer.priced``),
+``not_activated``, the billing currency ``currency_not_priced`` (stream.core.offers: ``Offer.priced``),
 how much ``below_min_spend``. The offers a match returns are priced in the purchase's currency. Cap and budget come after, in the engine.
 
 Local time (days of week, hours, cap periods) is the merchant's: the event's ``merchant_timezone``
@@ -19,10 +19,10 @@ from datetime import datetime, timezone
 from types import MappingProxyType
 from typing import Callable, Mapping
 
-from stream.events import CardEvent
-from stream.offer_terms import DAYS_OF_WEEK
-from stream.offers import ALWAYS_EXCLUDED_MCCS, Offer, OfferBook
-from stream.outcomes import Outcome
+from stream.core.events import CardEvent
+from stream.core.offer_terms import DAYS_OF_WEEK
+from stream.core.offers import ALWAYS_EXCLUDED_MCCS, Offer, OfferBook
+from stream.core.outcomes import Outcome
 
 NON_PURCHASE_CODES = frozenset({"QUASI_CASH", "CASH_WITHDRAWAL", "REFUND"})
 
@@ -111,7 +111,7 @@ class Match:
     outcome: Outcome  # EARNED, or why not
     detail: str = ""
     # BELOW_MIN_SPEND only: the offers the purchase met every other condition of. A later clearing
-    # or incremental authorisation that lifts the amount may still earn under them (stream.rules).
+    # or incremental authorisation that lifts the amount may still earn under them (stream.core.rules).
     short_of_min_spend: tuple[Offer, ...] = ()
 
 

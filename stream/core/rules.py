@@ -2,8 +2,8 @@
 Pure: no I/O, no clock, no await.
 
 The same function runs in the matcher agent, the tests' oracle and (later) the back-test. Offer
-selection is in ``stream.matching``, amounts in ``stream.rewards``, the working copy of the state
-with its caps and budgets in ``stream.account_step``; this module applies one event to one
+selection is in ``stream.core.eligibility``, amounts in ``stream.core.rewards``, the working copy of the state
+with its caps and budgets in ``stream.core.working_copy``; this module applies one event to one
 account's state.
 
 State is one account's, a plain JSON-shaped dict the worker's table stores as is (``decide`` never
@@ -16,7 +16,7 @@ mutates the state it is given, it returns a new one)::
                                                          # purchase never seen, a declined authorisation)
      "caps":   {limits_key: {period_key: held_minor}},   # cap usage per offer (and currency) and period
      "carry":  {"offer_id:UNIT": remainder},             # unpaid fractions, 1/10,000ths of a minor unit
-     "due_ms": epoch_ms | None,                          # earliest expiry or end of a return window (stream.lifecycle)
+     "due_ms": epoch_ms | None,                          # earliest expiry or end of a return window (stream.core.lifecycle)
      "clock_ms": epoch_ms}                               # the latest event time of the account
 
 **Judged once.** A purchase is decided at its authorisation: one that earns nothing keeps its
@@ -94,14 +94,14 @@ from datetime import datetime, timezone
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping
 
-from stream.account_step import AccountStep, Entry, State, limit_note, purchase_basis, spendable_book
-from stream.events import CardEvent, EventType
-from stream.lifecycle import DAY_MS, authorization_expires_at, next_due_ms, open_return_window, settled, window_over
-from stream.matching import NO_PROFILE, AccountProfile, LocalTime, Match, local_time, match
-from stream.money import format_minor, prorate
-from stream.offers import AccrueOn, Offer, OfferBook
-from stream.outcomes import Outcome
-from stream.rewards import Amount, Share, at_most_per_purchase, compute, describe, new_share
+from stream.core.working_copy import AccountStep, Entry, State, limit_note, purchase_basis, spendable_book
+from stream.core.events import CardEvent, EventType
+from stream.core.lifecycle import DAY_MS, authorization_expires_at, next_due_ms, open_return_window, settled, window_over
+from stream.core.eligibility import NO_PROFILE, AccountProfile, LocalTime, Match, local_time, match
+from stream.core.money import format_minor, prorate
+from stream.core.offers import AccrueOn, Offer, OfferBook
+from stream.core.outcomes import Outcome
+from stream.core.rewards import Amount, Share, at_most_per_purchase, compute, describe, new_share
 
 __all__ = ["AccountProfile", "BALANCE_FIELDS", "Decision", "Outcome", "balances", "decide", "new_state"]
 
@@ -576,7 +576,7 @@ def _on_chargeback_reversal(step: AccountStep) -> Outcome:
 
 
 def _on_return_window_ended(step: AccountStep) -> Outcome:
-    """Time passing (stream.lifecycle): confirmed cashback whose return window is over becomes
+    """Time passing (stream.core.lifecycle): confirmed cashback whose return window is over becomes
     available."""
     txn = step.txn(step.event.transaction_ref)
     if txn is None:

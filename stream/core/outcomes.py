@@ -1,5 +1,5 @@
 """The outcome codes of the rules engine: the single list of what one event can do, and of why a
-purchase earned nothing. Re-exported by ``stream.rules``."""
+purchase earned nothing. Re-exported by ``stream.core.rules``."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ class Outcome(str, enum.Enum):
     BUDGET_EXHAUSTED = "budget_exhausted"
     # follow-ups that find nothing to act on, and replays
     UNKNOWN_TRANSACTION = "unknown_transaction"
-    # an event of a transaction older than the account's horizon (stream.rules): forgotten, so
+    # an event of a transaction older than the account's horizon (stream.core.rules): forgotten, so
     # neither applied nor judged again
     BEYOND_HORIZON = "beyond_horizon"
     ALREADY_SETTLED = "already_settled"

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from stream.events import CardEvent
-from stream.matching import AccountProfile, LocalTime, local_time
-from stream.money import format_minor, prorate
-from stream.offers import OfferBook, RewardKind
-from stream.outcomes import Outcome
-from stream.rewards import SHARE_DEFAULTS, Amount, Share, period_over
+from stream.core.events import CardEvent
+from stream.core.eligibility import AccountProfile, LocalTime, local_time
+from stream.core.money import format_minor, prorate
+from stream.core.offers import OfferBook, RewardKind
+from stream.core.outcomes import Outcome
+from stream.core.rewards import SHARE_DEFAULTS, Amount, Share, period_over
 
 State = dict[str, Any]
 Entry = dict[str, Any]
@@ -178,7 +178,7 @@ class AccountStep:
 def limits_key(share: Share) -> str:
     """The key of the cap usage and campaign budget a share counts against: its offer's id, or
     ``<offer_id>@<currency>`` when the offer is priced in the purchase's other currency (money caps
-    and budgets are kept per currency: stream.offers)."""
+    and budgets are kept per currency: stream.core.offers)."""
     return str(share.get("limits_key") or share["offer_id"])
 
 
