@@ -26,6 +26,12 @@ install: $(STAMP) ## create .venv, install the package, fetch the Kafka jars
 run: $(STAMP) ## run Kafka, Postgres, worker, sink, API and simulator locally; Ctrl-C stops all
 	$(PY) -m stream local
 
+lint: $(STAMP) ## ruff (lint and format), the pure core's import boundary, mypy
+	$(VENV)/bin/ruff check stream topics schemas tests
+	$(VENV)/bin/ruff format --check stream topics schemas tests
+	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/mypy
+
 test: $(STAMP) ## run every test tier (unit, agent, integration against a real broker and Postgres)
 	$(PY) -m pytest -q -p no:cacheprovider
 
@@ -41,4 +47,4 @@ config: $(STAMP) ## print the environment variables the processes read
 clean: ## remove the virtualenv, caches and local data
 	rm -rf $(VENV) .cache .data *.egg-info
 
-.PHONY: help install run test test-fast chaos config clean
+.PHONY: help install run lint test test-fast chaos config clean

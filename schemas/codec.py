@@ -15,9 +15,10 @@ import enum
 import io
 import json
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import fastavro
 import httpx
@@ -111,14 +112,12 @@ class Codec:
         self._headers = {s.subject: _HEADER.pack(MAGIC_BYTE, s.schema_id) for s in self._latest.values()}
 
     @classmethod
-    def configured(cls, registry_url: str | None) -> "Codec":
+    def configured(cls, registry_url: str | None) -> Codec:
         """The codec a process uses: ids from the registry when one is configured, else the shipped ids."""
         return cls.from_registry(registry_url) if registry_url else cls()
 
     @classmethod
-    def from_registry(
-        cls, url: str, schema_dir: Path = SCHEMA_DIR, transport: httpx.BaseTransport | None = None
-    ) -> "Codec":
+    def from_registry(cls, url: str, schema_dir: Path = SCHEMA_DIR, transport: httpx.BaseTransport | None = None) -> Codec:
         """Register the shipped schemas with the registry and use the ids it assigns."""
         registry = SchemaRegistryClient(url, transport=transport)
         ids = json.loads((schema_dir / "ids.json").read_text())
@@ -161,10 +160,8 @@ class Codec:
         stream = io.BytesIO(data)
         stream.seek(_HEADER.size)
         try:
-            record = fastavro.schemaless_reader(
-                stream, writer.parsed, reader.parsed if reader is not writer else None
-            )
-        except Exception as exc:  # fastavro raises many types on corrupt input; all mean the same here
+            record = fastavro.schemaless_reader(stream, writer.parsed, reader.parsed if reader is not writer else None)
+        except Exception as exc:  # noqa: BLE001 - fastavro raises many types on corrupt input; all mean the same here
             raise DecodeError(DecodeFailure.UNDECODABLE, type(exc).__name__) from None
         if stream.tell() != len(data):
             raise DecodeError(DecodeFailure.UNDECODABLE, f"{len(data) - stream.tell()} trailing bytes")

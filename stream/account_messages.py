@@ -8,8 +8,8 @@ account's card events are; the matcher folds both into the account's profile
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Iterable
+from collections.abc import Iterable
+from datetime import UTC, datetime
 
 from schemas.codec import Codec
 from stream.producing import send_once
@@ -21,17 +21,20 @@ def activation_message(
     codec: Codec, account_id: str, offer_id: str, active: bool, at: datetime, partitions: int
 ) -> tuple[int, bytes, bytes]:
     """(partition, key, value) of an activation."""
-    value = codec.encode(
-        "offer_activation", {"account_id": account_id, "offer_id": offer_id, "active": active, "changed_at": at}
-    )
+    value = codec.encode("offer_activation", {"account_id": account_id, "offer_id": offer_id, "active": active, "changed_at": at})
     return account_partition(account_id, partitions), f"{account_id}:{offer_id}".encode(), value
 
 
 async def publish_activation(
-    settings: Settings, codec: Codec, topic: str, account_id: str, offer_id: str, active: bool = True,
+    settings: Settings,
+    codec: Codec,
+    topic: str,
+    account_id: str,
+    offer_id: str,
+    active: bool = True,
     at: datetime | None = None,
 ) -> datetime:
-    at = at or datetime.now(timezone.utc)
+    at = at or datetime.now(UTC)
     partition, key, value = activation_message(codec, account_id, offer_id, active, at, settings.topic_partitions)
     await send_once(settings, [(topic, key, value, partition)])
     return at
@@ -40,6 +43,6 @@ async def publish_activation(
 async def publish_segments(settings: Settings, codec: Codec, topic: str, account_id: str, segments: Iterable[str]) -> None:
     value = codec.encode(
         "account_profile",
-        {"account_id": account_id, "segments": sorted(set(segments)), "updated_at": datetime.now(timezone.utc)},
+        {"account_id": account_id, "segments": sorted(set(segments)), "updated_at": datetime.now(UTC)},
     )
     await send_once(settings, [(topic, account_id.encode(), value, account_partition(account_id, settings.topic_partitions))])

@@ -14,9 +14,10 @@ import asyncio
 import base64
 import json
 import logging
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime, timezone
-from typing import Any, AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
@@ -24,17 +25,16 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
-
 from schemas.codec import Codec
 from stream import ledger
 from stream.account_messages import activation_message
-from stream.offer_mirror import OfferMirror
-from stream.core.offers import Offer
-from topics.catalogue import catalogue
-from stream.metrics import API_REQUESTS
 from stream.core.money import format_minor
+from stream.core.offers import Offer
+from stream.metrics import API_REQUESTS
+from stream.offer_mirror import OfferMirror
 from stream.producing import producer as make_producer
 from stream.settings import Settings
+from topics.catalogue import catalogue
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,9 @@ class HistoryLine(BaseModel):
     accrual_id: str
     source_event_id: str
     transaction_ref: str
-    entry_kind: str = Field(description="A ledger entry kind, or NOT_EARNED for a purchase that earned nothing (see explanation.reason).")
+    entry_kind: str = Field(
+        description="A ledger entry kind, or NOT_EARNED for a purchase that earned nothing (see explanation.reason)."
+    )
     debit_book: str
     credit_book: str
     amount_minor: int
@@ -119,10 +121,15 @@ class OfferSummary(BaseModel):
     requires_activation: bool
 
     @classmethod
-    def of(cls, offer: Offer) -> "OfferSummary":
+    def of(cls, offer: Offer) -> OfferSummary:
         return cls(
-            offer_id=offer.offer_id, name=offer.name, sponsor=offer.sponsor, reward_kind=offer.reward_kind.value,
-            rate_bps=getattr(offer, "rate_bps", None), valid_from=offer.valid_from, valid_to=offer.valid_to,
+            offer_id=offer.offer_id,
+            name=offer.name,
+            sponsor=offer.sponsor,
+            reward_kind=offer.reward_kind.value,
+            rate_bps=getattr(offer, "rate_bps", None),
+            valid_from=offer.valid_from,
+            valid_to=offer.valid_to,
             requires_activation=bool(getattr(offer, "requires_activation", False)),
         )
 
@@ -257,16 +264,16 @@ def create_app(settings: Settings) -> FastAPI:
         """The account this request may read. The seam for bank-app authentication."""
         return account_id
 
-    not_found = {404: {"model": Problem, "description": "An account the system has never seen: no ledger entry, no purchase."}}
+    not_found: dict[int | str, dict[str, Any]] = {
+        404: {"model": Problem, "description": "An account the system has never seen: no ledger entry, no purchase."}
+    }
 
     @app.get("/v1/accounts/{account_id}/balances", response_model=Balances, responses=not_found)
     async def get_balances(account_id: str = Depends(account_scope), db: asyncpg.Pool = Depends(pool)) -> Balances:
         """The account's balances per reward kind and unit. An account the system has seen whose
         purchases earned nothing (its history has only NOT_EARNED lines) has no line: 200 with an
         empty list, every balance zero. An account never seen is a 404, as for its history."""
-        rows = await db.fetch(
-            "SELECT * FROM balances WHERE account_id = $1 ORDER BY reward_kind, currency", account_id
-        )
+        rows = await db.fetch("SELECT * FROM balances WHERE account_id = $1 ORDER BY reward_kind, currency", account_id)
         if not rows and not await db.fetchval(_SEEN, account_id):
             raise HTTPException(status_code=404, detail=f"account {account_id} has no cashback")
         return Balances(
@@ -312,7 +319,8 @@ def create_app(settings: Settings) -> FastAPI:
         )
 
     @app.get(
-        "/v1/charities/{charity_id}/donations", response_model=list[Donations],
+        "/v1/charities/{charity_id}/donations",
+        response_model=list[Donations],
         responses={404: {"model": Problem, "description": "No charity reward ever named this charity."}},
     )
     async def get_donations(charity_id: str = CHARITY_ID, db: asyncpg.Pool = Depends(pool)) -> list[Donations]:
@@ -351,27 +359,26 @@ def create_app(settings: Settings) -> FastAPI:
         return [OfferSummary.of(offer) for offer in request.app.state.offers.book.offers]
 
     @app.put(
-        "/v1/accounts/{account_id}/offers/{offer_id}/activation", response_model=Activation, status_code=200,
+        "/v1/accounts/{account_id}/offers/{offer_id}/activation",
+        response_model=Activation,
+        status_code=200,
         responses={404: {"model": Problem, "description": "No such offer."}},
     )
-    async def activate(
-        request: Request, account_id: str = Depends(account_scope), offer_id: str = OFFER_ID
-    ) -> Activation:
+    async def activate(request: Request, account_id: str = Depends(account_scope), offer_id: str = OFFER_ID) -> Activation:
         """Activate an offer for the account: purchases from now on count (idempotent)."""
         return await set_activation(request, account_id, live_offer(request, offer_id).offer_id, True)
 
     @app.delete(
-        "/v1/accounts/{account_id}/offers/{offer_id}/activation", response_model=Activation,
+        "/v1/accounts/{account_id}/offers/{offer_id}/activation",
+        response_model=Activation,
         responses={404: {"model": Problem, "description": "No such offer."}},
     )
-    async def deactivate(
-        request: Request, account_id: str = Depends(account_scope), offer_id: str = OFFER_ID
-    ) -> Activation:
+    async def deactivate(request: Request, account_id: str = Depends(account_scope), offer_id: str = OFFER_ID) -> Activation:
         """Deactivate an offer for the account: later purchases no longer count."""
         return await set_activation(request, account_id, live_offer(request, offer_id).offer_id, False)
 
     async def set_activation(request: Request, account_id: str, offer_id: str, active: bool) -> Activation:
-        at = datetime.now(timezone.utc)
+        at = datetime.now(UTC)
         partition, key, value = activation_message(codec, account_id, offer_id, active, at, settings.topic_partitions)
         await request.app.state.producer.send_and_wait(topics.activations.name, value, key=key, partition=partition)
         return Activation(account_id=account_id, offer_id=offer_id, active=active, changed_at=at)

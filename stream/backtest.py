@@ -10,16 +10,16 @@ leave); messages the matcher would dead-letter are skipped; at the end, time pas
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Iterable
+from typing import Any
 
-from stream.core.profiles import Profile, apply_activation, apply_segments, to_account_profile
-from stream.core.events import to_event, validate
+from stream.core.events import CardEvent, to_event, validate
 from stream.core.lifecycle import due_events
 from stream.core.money import format_minor
 from stream.core.offers import OfferBook
-from stream.core.events import CardEvent
+from stream.core.profiles import Profile, apply_activation, apply_segments, to_account_profile
 from stream.core.rules import TRANSACTION_HORIZON_DAYS, Outcome, balances, decide
 from stream.simulate import Outgoing
 
@@ -54,7 +54,11 @@ class Replay:
         }
         profile = to_account_profile(self.profiles.get(event.account_id))
         decision = decide(
-            event, self.offers, self.states.get(event.account_id), profile, budget_remaining=remaining,
+            event,
+            self.offers,
+            self.states.get(event.account_id),
+            profile,
+            budget_remaining=remaining,
             horizon_days=self.horizon_days,
         )
         self.states[event.account_id] = decision.state
@@ -98,6 +102,8 @@ def report(result: Replay) -> str:
     lines += [f"  {offer:<24} {format_minor(amount, unit)}" for (offer, unit), amount in sorted(cost.items())]
     lines.append("outcomes:")
     lines += [f"  {outcome:<28} {count}" for outcome, count in Counter(result.outcomes).most_common()]
-    lines.append(f"accounts {len(result.states)}, ledger entries {sum(1 for e in result.entries.values() if e['entry_kind'] != 'NOT_EARNED')}, "
-                 f"messages a worker would dead-letter {result.skipped}")
+    lines.append(
+        f"accounts {len(result.states)}, ledger entries {sum(1 for e in result.entries.values() if e['entry_kind'] != 'NOT_EARNED')}, "
+        f"messages a worker would dead-letter {result.skipped}"
+    )
     return "\n".join(lines)

@@ -19,7 +19,7 @@ state always has its budget behind it.
 from __future__ import annotations
 
 import asyncio
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import asyncpg
 
@@ -85,26 +85,35 @@ class BudgetStore:
         pool = await self._connection_pool()
         async with pool.acquire() as connection, connection.transaction():
             for offer_id, delta in sorted(deltas.items()):  # a fixed order: no deadlock between workers
-                before = await connection.fetchval(
-                    "SELECT delta_minor FROM budget_movements WHERE event_id = $1 AND offer_id = $2 FOR UPDATE",
-                    event_id, offer_id,
-                ) or 0
+                before = (
+                    await connection.fetchval(
+                        "SELECT delta_minor FROM budget_movements WHERE event_id = $1 AND offer_id = $2 FOR UPDATE",
+                        event_id,
+                        offer_id,
+                    )
+                    or 0
+                )
                 difference = delta - before
                 if difference:
                     granted = await connection.fetchval(
                         "UPDATE offer_budgets SET used_minor = used_minor + $2, updated_at = now()"
                         " WHERE offer_id = $1 AND used_minor + $2 <= budget_minor AND used_minor + $2 >= 0"
                         " RETURNING true",
-                        offer_id, difference,
+                        offer_id,
+                        difference,
                     )
                     if not granted:
                         if not await connection.fetchval("SELECT true FROM offer_budgets WHERE offer_id = $1", offer_id):
-                            raise LookupError(f"no campaign budget {offer_id!r} is defined (a bug: the offers' budget lines miss it)")
+                            raise LookupError(
+                                f"no campaign budget {offer_id!r} is defined (a bug: the offers' budget lines miss it)"
+                            )
                         raise _NotCovered
                 await connection.execute(
                     "INSERT INTO budget_movements (event_id, offer_id, delta_minor) VALUES ($1, $2, $3)"
                     " ON CONFLICT (event_id, offer_id) DO UPDATE SET delta_minor = EXCLUDED.delta_minor",
-                    event_id, offer_id, delta,
+                    event_id,
+                    offer_id,
+                    delta,
                 )
         return True
 

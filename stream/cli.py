@@ -11,8 +11,9 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from schemas.codec import Codec
@@ -51,7 +52,7 @@ def masked_dsn(dsn: str) -> str:
         return "<unparsable DSN>"
 
 
-def read_offers(path: str | Path) -> list["Offer"]:
+def read_offers(path: str | Path) -> list[Offer]:
     """The offers of a YAML file; UsageError naming the file for a missing, unreadable or invalid one."""
     import yaml
 
@@ -108,7 +109,7 @@ async def migrate_database(settings: Settings) -> list[str]:
 
     try:
         connection = await asyncpg.connect(settings.database_url, timeout=30)
-    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
         reason = str(error) or type(error).__name__
         raise UsageError(f"cannot connect to Postgres at {masked_dsn(settings.database_url)}: {reason}") from None
     try:
@@ -117,7 +118,7 @@ async def migrate_database(settings: Settings) -> list[str]:
         await connection.close()
 
 
-def run_until_signalled(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
+def run_until_signalled(main: Callable[[asyncio.Event], Coroutine[Any, Any, Any]]) -> None:
     """Run ``main(stop_event)`` on uvloop; SIGINT/SIGTERM set the event for a clean stop."""
     import uvloop
 
@@ -250,7 +251,9 @@ def cmd_backtest(settings: Settings | None, args: argparse.Namespace) -> None:
     scenario = Scenario(seed=args.seed, accounts=args.accounts, purchases=args.purchases, bad_ratio=0)
     offers = OfferBook.of(read_offers(args.offers))
     until = scenario.start + timedelta(seconds=args.purchases * scenario.step_seconds) + timedelta(days=args.days_after)
-    print(f"back-test of {args.offers} over {args.purchases} simulated purchases (seed {args.seed}), time passed to {until:%Y-%m-%d}")
+    print(
+        f"back-test of {args.offers} over {args.purchases} simulated purchases (seed {args.seed}), time passed to {until:%Y-%m-%d}"
+    )
     print(report(replay(generate(scenario, build_codec(settings) if settings else None), offers, until)))
 
 
@@ -273,8 +276,12 @@ def cmd_local(settings: Settings, args: argparse.Namespace) -> None:
     from stream.localstack.stack import LocalStack
 
     LocalStack(
-        rate=args.rate, purchases=args.purchases, duration_s=args.duration, keep_data=args.keep_data,
-        offers=args.offers, simulator=args.simulator,
+        rate=args.rate,
+        purchases=args.purchases,
+        duration_s=args.duration,
+        keep_data=args.keep_data,
+        offers=args.offers,
+        simulator=args.simulator,
     ).run()
 
 
@@ -367,12 +374,16 @@ def parser() -> argparse.ArgumentParser:
 
     local = commands.add_parser("local", help="run the whole system on the embedded local stack")
     local.add_argument(
-        "--offers", metavar="FILE|examples|none", default=None,
+        "--offers",
+        metavar="FILE|examples|none",
+        default=None,
         help="offers to publish before the start: a YAML file, the example offers, or none "
         "(default: the examples when the stack starts its own Kafka and Postgres, else none)",
     )
     local.add_argument(
-        "--simulator", action=argparse.BooleanOptionalAction, default=None,
+        "--simulator",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="run the simulator (default: on when the stack starts its own Kafka and Postgres, else off)",
     )
     local.add_argument("--rate", type=RATE, default=50.0, help="simulator events per second")

@@ -41,7 +41,9 @@ async def read_dead_letters(
     listed with the reason ``unreadable`` (and the decoding problem as its detail)."""
     partitions = [TopicPartition(topic, p) for p in await _partitions(settings, topic)]
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None, enable_auto_commit=False,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
         **settings.kafka_client_options(),
     )
     try:
@@ -82,8 +84,13 @@ def _letter(codec: Codec, record: Any) -> dict[str, Any]:
         return codec.decode(record.value, "dead_letter")[1]
     except DecodeError as error:
         return {
-            "failed_at": None, "stage": "?", "reason": "unreadable", "source_topic": record.topic,
-            "source_partition": record.partition, "source_offset": record.offset, "value": None,
+            "failed_at": None,
+            "stage": "?",
+            "reason": "unreadable",
+            "source_topic": record.topic,
+            "source_partition": record.partition,
+            "source_offset": record.offset,
+            "value": None,
             "detail": f"this record of the dead-letter topic is not a dead letter: {error}",
         }
 

@@ -24,7 +24,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Awaitable, Callable, Iterator, Mapping, Optional, TypeVar
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import Any, TypeVar, cast
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -45,7 +46,7 @@ class GuardedConsumer(faust_aiokafka.Consumer):
     def _guarded(self, tp: TP) -> bool:
         return tp.topic in self.app.guarded_topics  # type: ignore[attr-defined]
 
-    def _new_offset(self, tp: TP) -> Optional[int]:
+    def _new_offset(self, tp: TP) -> int | None:
         if not self._guarded(tp):
             return super()._new_offset(tp)
         self._acked[tp].clear()
@@ -56,9 +57,8 @@ class GuardedConsumer(faust_aiokafka.Consumer):
     def _filter_tps_with_pending_acks(self, topics: Any = None) -> Iterator[TP]:
         progress: InputProgress = self.app.progress  # type: ignore[attr-defined]
         candidates = set(super()._filter_tps_with_pending_acks(topics))
-        candidates.update(
-            tp for tp in progress.partitions() if topics is None or tp in topics or tp.topic in topics
-        )
+        known = cast(list[TP], progress.partitions())  # the accounting keys partitions by Faust's TP
+        candidates.update(tp for tp in known if topics is None or tp in topics or tp.topic in topics)
         return iter(candidates)
 
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:

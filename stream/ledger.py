@@ -7,9 +7,10 @@ equal.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import asyncpg
 
@@ -67,9 +68,23 @@ async def pending_migrations(connection: asyncpg.Connection, directory: Path = M
 
 # Columns of the staging table, in the order the sink hands rows over.
 STAGING_COLUMNS = (
-    "position", "accrual_id", "source_event_id", "account_id", "transaction_ref", "entry_kind",
-    "debit_book", "credit_book", "amount_minor", "currency", "reward_kind", "offer_id",
-    "rule_version", "occurred_at", "explanation", "fingerprint", "beneficiary_id",
+    "position",
+    "accrual_id",
+    "source_event_id",
+    "account_id",
+    "transaction_ref",
+    "entry_kind",
+    "debit_book",
+    "credit_book",
+    "amount_minor",
+    "currency",
+    "reward_kind",
+    "offer_id",
+    "rule_version",
+    "occurred_at",
+    "explanation",
+    "fingerprint",
+    "beneficiary_id",
 )
 
 _CREATE_STAGING = """

@@ -24,30 +24,32 @@ which a redelivery re-emits (same ids).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import ssl
 from collections import deque
-from datetime import datetime, timezone
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, TypeVar, cast
 
 import faust
 from faust.types import StreamT
 
 from schemas.codec import Codec, DecodeError
-from topics.catalogue import account_partition
-from stream.core.profiles import apply_activation, apply_segments, to_account_profile
 from stream.budget import BudgetStore, movement_id
-from stream.deadletter import OtherReason, Stage, dead_letter
 from stream.core.events import CardEvent, to_event, validate
+from stream.core.lifecycle import due_events
+from stream.core.profiles import apply_activation, apply_segments, to_account_profile
+from stream.core.rules import RECENT_EVENTS_LIMIT, Decision, Outcome, decide
+from stream.deadletter import OtherReason, Stage, dead_letter
 from stream.guarded_consumer import GuardedApp, OffsetLookups
 from stream.ledger import POSTGRES_UNAVAILABLE
-from stream.core.lifecycle import due_events
 from stream.metrics import ACCRUALS, CASHBACK_AMOUNT, CONSUMER_LAG, EVENTS_CONSUMED
 from stream.offer_mirror import OfferMirror
 from stream.progress import Verdict
-from stream.core.rules import RECENT_EVENTS_LIMIT, Decision, Outcome, decide
 from stream.settings import Settings
-from topics.catalogue import ACCOUNT_PROFILE_TABLE, ACCOUNT_STATE_TABLE, Catalogue, catalogue
+from topics.catalogue import ACCOUNT_PROFILE_TABLE, ACCOUNT_STATE_TABLE, Catalogue, account_partition, catalogue
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,7 @@ LAG_INTERVAL_S = 5.0
 COMMIT_INTERVAL_S = 1.0  # how much a crash may make the next owner read again (idempotently)
 # Table values are plain JSON: no value_type, which Faust could not rebuild from the changelog
 # (value_type=dict made every recovery fail and wait forever).
-TABLE_SCHEMA = faust.Schema(key_type=str, key_serializer="json", value_serializer="json")
+TABLE_SCHEMA: faust.Schema = faust.Schema(key_type=str, key_serializer="json", value_serializer="json")
 BUDGET_ATTEMPTS = 20
 # Decisions whose entries may be undelivered at once: at most the events an account's state keeps
 # with their entries, so a crash never loses one (see Matcher._within_in_flight_limit).
@@ -71,10 +73,10 @@ def _credentials(settings: Settings) -> Any:
             username=settings.kafka_sasl_username,
             password=settings.kafka_sasl_password,
             mechanism=settings.kafka_sasl_mechanism,
-            ssl_context=options.get("ssl_context"),
+            ssl_context=cast(ssl.SSLContext | None, options.get("ssl_context")),
         )
     if settings.kafka_security_protocol == "SSL":
-        return faust.SSLCredentials(settings.kafka_client_options()["ssl_context"])
+        return faust.SSLCredentials(cast(ssl.SSLContext, settings.kafka_client_options()["ssl_context"]))
     return None
 
 
@@ -113,12 +115,12 @@ class Matcher:
             table_cleanup_interval=3600.0,
         )
         self.progress = self.app.progress
-        self.broker_view = OffsetLookups(
-            settings.app_id, settings.kafka_bootstrap_servers, **settings.kafka_client_options()
-        )
+        self.broker_view = OffsetLookups(settings.app_id, settings.kafka_bootstrap_servers, **settings.kafka_client_options())
         self.input = self.app.topic(
             *input_topics,
-            key_serializer="raw", value_serializer="raw", acks=True,
+            key_serializer="raw",
+            value_serializer="raw",
+            acks=True,
         )
         self.clock = self.app.topic(self.topics.clock.name, key_serializer="raw", value_serializer="raw")
         self.accruals = self.app.topic(self.topics.accruals.name, key_serializer="raw", value_serializer="raw")
@@ -146,8 +148,9 @@ class Matcher:
         self.deliveries: list[Any] = []  # the sends of the message being processed
         self.in_flight: deque[list[Any]] = deque()  # per decision, oldest first: its entries' sends
         self.processed = self._processed_at_watch = 0  # messages processed; at the last watch
-        self.app.on_partitions_revoked.connect(self._on_partitions_revoked)
-        self.app.on_partitions_assigned.connect(self._on_partitions_assigned)
+        # Faust sends these signals as (app, <partitions>), which its own typing does not express.
+        self.app.on_partitions_revoked.connect(cast(Any, self._on_partitions_revoked))
+        self.app.on_partitions_assigned.connect(cast(Any, self._on_partitions_assigned))
 
     async def _run_offer_mirror(self) -> None:
         await self.offers.run()
@@ -179,11 +182,21 @@ class Matcher:
             empty = not await self.broker_view.holds_records(tp, missing_from, offset)
             verdict = self.progress.hole_checked(tp, offset, empty)
             if empty:
-                log.warning("offsets %d-%d of %s[%d] hold no record (compaction or transaction markers)",
-                            missing_from, offset - 1, tp.topic, tp.partition)
+                log.warning(
+                    "offsets %d-%d of %s[%d] hold no record (compaction or transaction markers)",
+                    missing_from,
+                    offset - 1,
+                    tp.topic,
+                    tp.partition,
+                )
         if verdict is Verdict.SEEK:
-            log.warning("offsets %d-%d of %s[%d] were never delivered; reading them again",
-                        missing_from, offset - 1, tp.topic, tp.partition)
+            log.warning(
+                "offsets %d-%d of %s[%d] were never delivered; reading them again",
+                missing_from,
+                offset - 1,
+                tp.topic,
+                tp.partition,
+            )
             await self.app.consumer.seek(tp, missing_from)
         return verdict is Verdict.PROCESS
 
@@ -271,7 +284,9 @@ class Matcher:
         due = [
             (account_id, state)
             for account_id, state in list(self.states.items())
-            if state and state.get("due_ms") is not None and state["due_ms"] <= now_ms
+            if state
+            and state.get("due_ms") is not None
+            and state["due_ms"] <= now_ms
             and account_partition(account_id, partitions) == partition
         ]
         for account_id, state in due:
@@ -282,7 +297,7 @@ class Matcher:
 
     async def _send_ticks(self) -> None:
         """Tick time for the partitions this worker owns."""
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         for tp in self.app.consumer.assignment():
             if tp.topic == self.topics.authorizations.name:
                 value = self.codec.encode("clock_tick", {"partition": tp.partition, "now": now})
@@ -303,12 +318,12 @@ class Matcher:
             return decision
         budgeted = {key: (amount, unit) for o in book.offers for key, amount, unit in o.budget_lines()}
         movement = movement_id(event.account_id, event.event_id)
-        for attempt in range(BUDGET_ATTEMPTS):
+        for _ in range(BUDGET_ATTEMPTS):
             remaining = await self._postgres(lambda: self._granted_remaining(budgeted, movement))
             decision = decide(event, book, state, profile, budget_remaining=remaining, horizon_days=horizon)
             if not decision.budget_deltas:
                 return decision
-            if await self._postgres(lambda: self.budgets.apply(movement, decision.budget_deltas)):
+            if await self._postgres(functools.partial(self.budgets.apply, movement, decision.budget_deltas)):
                 return decision
             log.info("budget of event %s taken meanwhile by another worker; deciding again", event.event_id)
         raise RuntimeError(f"budget contention: no grant after {BUDGET_ATTEMPTS} attempts")
@@ -343,14 +358,24 @@ class Matcher:
             except DecodeError as error:
                 await self._dead_letter(error.failure.value, error.detail, topic, partition, offset, key, value)
                 return
-            expected_key = f"{record['account_id']}:{record['offer_id']}" if subject == "offer_activation" else record["account_id"]
+            expected_key = (
+                f"{record['account_id']}:{record['offer_id']}" if subject == "offer_activation" else record["account_id"]
+            )
             if text_key != expected_key:
-                await self._dead_letter(OtherReason.KEY_MISMATCH.value, f"key is not {subject}'s id", topic, partition, offset, key, value)
+                await self._dead_letter(
+                    OtherReason.KEY_MISMATCH.value, f"key is not {subject}'s id", topic, partition, offset, key, value
+                )
                 return
         if not account_id or account_partition(account_id, self.settings.topic_partitions) != partition:
             # A profile must live where the account's card events are, or the join misses it.
             await self._dead_letter(
-                OtherReason.WRONG_PARTITION.value, "not the partition of the account's card events", topic, partition, offset, key, value
+                OtherReason.WRONG_PARTITION.value,
+                "not the partition of the account's card events",
+                topic,
+                partition,
+                offset,
+                key,
+                value,
             )
             return
         profile = self.profiles.get(account_id)
@@ -418,6 +443,12 @@ class Matcher:
                 )
             stuck_at = self.progress.stalled(tp, highwater, busy)
             if stuck_at is not None:
-                log.warning("%s[%d]: reading again from offset %d (a send failed, or nothing moved for %.0fs)", tp.topic, tp.partition, stuck_at, 2 * LAG_INTERVAL_S)
+                log.warning(
+                    "%s[%d]: reading again from offset %d (a send failed, or nothing moved for %.0fs)",
+                    tp.topic,
+                    tp.partition,
+                    stuck_at,
+                    2 * LAG_INTERVAL_S,
+                )
                 consumer.resume_partitions([tp])
                 await consumer.seek(tp, stuck_at)

@@ -27,7 +27,8 @@ SINK_BATCH_SIZE = Histogram(
     "cashback_sink_batch_size", "Accruals per sink batch.", buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000, 10000)
 )
 SINK_BATCH_SECONDS = Histogram(
-    "cashback_sink_batch_seconds", "Time to write one sink batch to Postgres (one transaction).",
+    "cashback_sink_batch_seconds",
+    "Time to write one sink batch to Postgres (one transaction).",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 SINK_ENTRIES = Counter("cashback_sink_entries_total", "Ledger entries handled by the sink, by result.", ["result"])

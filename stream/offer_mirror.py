@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
 from schemas.codec import Codec, DecodeError
+from stream.core.offers import Offer, OfferBook, OfferError, parse_offer
 from stream.deadletter import Stage
 from stream.metrics import DEAD_LETTERS, OFFERS_LOADED
-from stream.core.offers import Offer, OfferBook, OfferError, parse_offer
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ that publish a few messages and stop (offers, accounts).
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from aiokafka import AIOKafkaProducer
 

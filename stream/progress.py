@@ -35,8 +35,9 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Iterable, Protocol, Sequence
+from typing import Any, Protocol
 
 
 class Delivery(Protocol):

@@ -9,7 +9,8 @@ the variable's name.
 from __future__ import annotations
 
 import os
-from typing import Literal, Mapping
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -22,9 +23,7 @@ class ConfigError(Exception):
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=False)
 
-    kafka_bootstrap_servers: str = Field(
-        "127.0.0.1:9092", description="Kafka bootstrap servers, comma-separated host:port."
-    )
+    kafka_bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, comma-separated host:port.")
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT", description="Kafka security protocol."
     )
@@ -38,9 +37,7 @@ class Settings(BaseSettings):
         None, description="Confluent-compatible schema registry; unset means the shipped schema ids."
     )
     topic_prefix: str = Field("cashback.", description="Prefix of every topic name in the catalogue.")
-    topic_partitions: int = Field(
-        4, ge=1, le=1024, description="Partitions of the co-partitioned input and output topics."
-    )
+    topic_partitions: int = Field(4, ge=1, le=1024, description="Partitions of the co-partitioned input and output topics.")
     topic_replication_factor: int = Field(1, ge=1, description="Replication factor of created topics.")
     database_url: str = Field(
         "postgresql://postgres@127.0.0.1:5432/cashback",
@@ -57,17 +54,25 @@ class Settings(BaseSettings):
         description="Static group membership id of this worker (e.g. the pod name): a restarted worker takes its partitions back at once.",
     )
     worker_session_timeout_s: float = Field(
-        10.0, ge=6.0, le=300.0, description="Seconds without heartbeat before the group gives a dead worker's partitions to the others."
+        10.0,
+        ge=6.0,
+        le=300.0,
+        description="Seconds without heartbeat before the group gives a dead worker's partitions to the others.",
     )
     transaction_horizon_days: int = Field(
-        180, ge=30, le=3650,
+        180,
+        ge=30,
+        le=3650,
         description="Days a settled transaction (and every event id of it) is remembered after its last event: the chargeback horizon.",
     )
     sink_batch_size: int = Field(2000, ge=1, le=100_000, description="Most accruals written per database transaction.")
     sink_batch_wait_ms: int = Field(100, ge=0, le=60_000, description="Longest wait to fill a sink batch.")
     sink_group_id: str = Field("cashback-sink", description="Consumer group of the sink.")
     clock_interval_s: float = Field(
-        10.0, ge=0.05, le=3600, description="How often each worker ticks time for its partitions (ends of return windows, expiries)."
+        10.0,
+        ge=0.05,
+        le=3600,
+        description="How often each worker ticks time for its partitions (ends of return windows, expiries).",
     )
     metrics_port: int = Field(0, ge=0, le=65535, description="Port of this process's /metrics (0: none for the worker and sink).")
     api_host: str = Field("127.0.0.1", description="Address the balance API listens on.")
@@ -84,22 +89,21 @@ class Settings(BaseSettings):
         return value
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):  # type: ignore[no-untyped-def]
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
         # The only source is the mapping from_env() passes: nothing is read behind its back.
         return (init_settings,)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build from ``environ`` (default: the process environment); ConfigError names the variable."""
         if environ is None:
             environ = os.environ
         try:
             known = {name.upper() for name in cls.model_fields}
-            return cls(**{k.lower(): v for k, v in environ.items() if k.upper() in known})
+            values: dict[str, Any] = {k.lower(): v for k, v in environ.items() if k.upper() in known}
+            return cls(**values)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in error['loc']).upper()}: {error['msg']}" for error in exc.errors()
-            )
+            problems = "; ".join(f"{'.'.join(str(p) for p in error['loc']).upper()}: {error['msg']}" for error in exc.errors())
             raise ConfigError(f"invalid configuration: {problems}") from None
 
     def kafka_client_options(self) -> dict[str, object]:

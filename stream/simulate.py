@@ -14,17 +14,16 @@ import random
 import struct
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any, Iterator
-
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from schemas.codec import Codec
-from topics.catalogue import account_partition
 from stream.core.events import luhn_valid
 from stream.producing import producer as make_producer
 from stream.settings import Settings
-from topics.catalogue import Catalogue
+from topics.catalogue import Catalogue, account_partition
 
 # (mcc, merchants, typical amount in minor units, channel weights)
 MERCHANTS: tuple[tuple[str, tuple[str, ...], int], ...] = (
@@ -77,7 +76,7 @@ class Scenario:
     bad_ratio: float = 0.002  # share of deliberately bad messages
     duplicate_ratio: float = 0.01  # share of events published twice
     conflict_ratio: float = 0.001  # share of events published again with the same id and other content
-    start: datetime = datetime(2026, 12, 1, 8, 0, tzinfo=timezone.utc)
+    start: datetime = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
     step_seconds: int = 300  # simulated time between two purchases: 10,000 purchases span 35 days
 
 
@@ -230,20 +229,32 @@ class _Purchase:
         if shape == "refund":
             refunded = amount if rng.random() < 0.5 else amount * 2 // 5
             events.append(
-                settle(refund_at, "REFUND", refunded, processing_code="REFUND", original_transaction_ref=self.ref,
-                       transaction_ref=f"{self.ref}-r")
+                settle(
+                    refund_at,
+                    "REFUND",
+                    refunded,
+                    processing_code="REFUND",
+                    original_transaction_ref=self.ref,
+                    transaction_ref=f"{self.ref}-r",
+                )
             )
         if shape == "chargeback":
             events.append(settle(refund_at, "CHARGEBACK", amount, original_transaction_ref=self.ref))
             if rng.random() < 0.5:
-                events.append(settle(refund_at + later(10 * DAY, 30 * DAY), "CHARGEBACK_REVERSAL", amount, original_transaction_ref=self.ref))
+                events.append(
+                    settle(
+                        refund_at + later(10 * DAY, 30 * DAY), "CHARGEBACK_REVERSAL", amount, original_transaction_ref=self.ref
+                    )
+                )
         return events
 
 
 # The Avro subject of each role's messages.
 ROLE_SUBJECTS = {
-    "authorizations": "authorization_event", "settlements": "settlement_event",
-    "profiles": "account_profile", "activations": "offer_activation",
+    "authorizations": "authorization_event",
+    "settlements": "settlement_event",
+    "profiles": "account_profile",
+    "activations": "offer_activation",
 }
 
 
@@ -310,8 +321,16 @@ def generate(scenario: Scenario, codec: Codec | None = None) -> Iterator[Outgoin
             if rng.random() < scenario.duplicate_ratio:
                 yield Outgoing(role, key, record=record)
             if rng.random() < scenario.conflict_ratio:  # same id, other content: quarantined, never credited
-                yield Outgoing(role, key, record=dict(record, amount_minor=record["amount_minor"] + 100,
-                                                     billing_amount_minor=record["billing_amount_minor"] + 100), bad="conflict")
+                yield Outgoing(
+                    role,
+                    key,
+                    record=dict(
+                        record,
+                        amount_minor=record["amount_minor"] + 100,
+                        billing_amount_minor=record["billing_amount_minor"] + 100,
+                    ),
+                    bad="conflict",
+                )
             if codec is not None and rng.random() < scenario.bad_ratio:
                 yield bad_message(rng, codec, record, role)
 
@@ -329,8 +348,10 @@ async def publish(
     from tqdm import tqdm
 
     names = {
-        "authorizations": topics.authorizations.name, "settlements": topics.settlements.name,
-        "profiles": topics.profiles.name, "activations": topics.activations.name,
+        "authorizations": topics.authorizations.name,
+        "settlements": topics.settlements.name,
+        "profiles": topics.profiles.name,
+        "activations": topics.activations.name,
     }
     producer = make_producer(settings, linger_ms=5)
     await producer.start()
@@ -345,7 +366,8 @@ async def publish(
             # Account messages go where the account's card events go (topics.catalogue.account_partition).
             partition = (
                 account_partition(message.record["account_id"], settings.topic_partitions)
-                if message.role in ("profiles", "activations") and message.record else None
+                if message.role in ("profiles", "activations") and message.record
+                else None
             )
             await producer.send(names[message.role], value, key=message.key, partition=partition)
             sent += 1

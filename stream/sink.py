@@ -6,8 +6,9 @@ Order of one batch (the checkpoint order; never change it without changing the t
 2. decode them; undecodable ones are sent to the dead-letter topic and the send is awaited;
 3. write the batch in ONE database transaction (entries unique by account and accrual id,
    balances from the rows actually inserted; an entry whose id the account's ledger holds with
-   other content is recorded in ledger_conflicts, not written, and dead-lettered after the commit); Postgres unreachable -> retry with backoff, forever, blocking: the
-   offsets do not move while the ledger is behind;
+   other content is recorded in ledger_conflicts, not written, and dead-lettered after the
+   commit); Postgres unreachable -> retry with backoff, forever, blocking: the offsets do not
+   move while the ledger is behind;
 4. only then commit the consumer offsets.
 
 A crash anywhere before 4 redelivers the batch; step 3 makes the replay a no-op. A row Postgres
@@ -21,8 +22,9 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Sequence
+from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -149,8 +151,10 @@ class Sink:
         SINK_ENTRIES.labels("duplicate").inc(result.duplicates)
         if result.conflicts:
             SINK_ENTRIES.labels("conflict").inc(len(result.conflicts))
-            log.error("%d ledger entries arrived with an id the ledger holds with other content: dead-lettered", len(result.conflicts))
-            by_position = {row[0]: source for row, source in zip(rows, sources)}
+            log.error(
+                "%d ledger entries arrived with an id the ledger holds with other content: dead-lettered", len(result.conflicts)
+            )
+            by_position = {row[0]: source for row, source in zip(rows, sources, strict=True)}
             for position in result.conflicts:
                 detail = "entry id held in the account's ledger with other content (see ledger_conflicts)"
                 await self._dead_letter(producer, by_position[position], OtherReason.LEDGER_CONFLICT.value, detail)

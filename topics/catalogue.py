@@ -51,8 +51,14 @@ class Catalogue:
 
     def all(self) -> tuple[Topic, ...]:
         return (
-            self.authorizations, self.settlements, self.offers, self.activations, self.profiles, self.clock,
-            self.accruals, self.dead_letters,
+            self.authorizations,
+            self.settlements,
+            self.offers,
+            self.activations,
+            self.profiles,
+            self.clock,
+            self.accruals,
+            self.dead_letters,
         )
 
     def inputs(self) -> tuple[Topic, Topic]:

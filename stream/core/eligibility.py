@@ -3,8 +3,9 @@
 Pure. Offers pass a funnel of stages; when the last one drops out, the purchase earns nothing and
 the stage names why (the closest miss): where (MCC, merchant, channel, country, validity)
 ``no_matching_offer``, who ``not_in_segment``, when ``outside_schedule``, activation
-``not_activated``, the billing currency ``currency_not_priced`` (stream.core.offers: ``Offer.priced``),
-how much ``below_min_spend``. The offers a match returns are priced in the purchase's currency. Cap and budget come after, in the engine.
+``not_activated``, the billing currency ``currency_not_priced`` (stream.core.offers:
+``Offer.priced``), how much ``below_min_spend``. The offers a match returns are priced in the
+purchase's currency. Cap and budget come after, in the engine.
 
 Local time (days of week, hours, cap periods) is the merchant's: the event's ``merchant_timezone``
 (IANA, via zoneinfo); when it is missing or unknown, UTC, and the explanation says so.
@@ -14,10 +15,10 @@ from __future__ import annotations
 
 import functools
 import zoneinfo
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Callable, Mapping
 
 from stream.core.events import CardEvent
 from stream.core.offer_terms import DAYS_OF_WEEK
@@ -58,7 +59,7 @@ def local_time(event: CardEvent) -> LocalTime:
     zone = _zone(name) if name else None
     if zone is None:
         why = "no merchant time zone" if not name else f"merchant time zone {name!r} unknown"
-        return LocalTime(event.occurred_at.astimezone(timezone.utc), f"in UTC ({why})")
+        return LocalTime(event.occurred_at.astimezone(UTC), f"in UTC ({why})")
     return LocalTime(event.occurred_at.astimezone(zone), f"in {name}")
 
 
@@ -101,7 +102,7 @@ def activated(offer: Offer, event: CardEvent, profile: AccountProfile) -> bool:
     if at is None:
         return False
     if at.tzinfo is None:  # activations are UTC; a naive one is read as such
-        at = at.replace(tzinfo=timezone.utc)
+        at = at.replace(tzinfo=UTC)
     return event.occurred_at >= at
 
 
@@ -123,10 +124,12 @@ def match(event: CardEvent, offers: OfferBook, profile: AccountProfile, local: L
     currency = event.billing_currency
     stages: list[tuple[Outcome, Callable[[Offer], bool], str]] = [
         (Outcome.NO_MATCHING_OFFER, lambda o: _where(o, event), ""),
-        (Outcome.NOT_IN_SEGMENT, lambda o: not o.segments or bool(o.segments & profile.segments),
-         f"account segments: {', '.join(sorted(profile.segments)) or 'none'}"),
-        (Outcome.OUTSIDE_SCHEDULE, lambda o: in_schedule(o, local),
-         f"{local.at:%A %H:%M} {local.note}"),
+        (
+            Outcome.NOT_IN_SEGMENT,
+            lambda o: not o.segments or bool(o.segments & profile.segments),
+            f"account segments: {', '.join(sorted(profile.segments)) or 'none'}",
+        ),
+        (Outcome.OUTSIDE_SCHEDULE, lambda o: in_schedule(o, local), f"{local.at:%A %H:%M} {local.note}"),
         (Outcome.NOT_ACTIVATED, lambda o: activated(o, event, profile), "offer not activated before the purchase"),
         (Outcome.CURRENCY_NOT_PRICED, lambda o: o.priced(currency) is not None, f"offer not priced in {currency}"),
         (Outcome.BELOW_MIN_SPEND, lambda o: basis_minor >= o.min_spend_minor, ""),

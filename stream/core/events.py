@@ -54,9 +54,10 @@ import functools
 import hashlib
 import re
 import unicodedata
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from stream.core.money import is_known_currency
 
@@ -150,8 +151,7 @@ IDENTIFIER_FIELDS = frozenset(
 # Issuer ranges of the card schemes (ISO/IEC 7812 IINs), each compared on as many leading digits as
 # it has: Mir, Mastercard 2-series, Diners 30x, Amex/JCB/Diners 34-39, Visa 4, Mastercard/Maestro 5,
 # Discover/UnionPay/RuPay/Maestro 6, UnionPay/RuPay 81-82, Troy.
-_SCHEME_RANGES = (("2200", "2204"), ("2221", "2720"), ("30", "30"), ("34", "39"), ("4", "6"), ("81", "82"),
-                  ("9792", "9792"))
+_SCHEME_RANGES = (("2200", "2204"), ("2221", "2720"), ("30", "30"), ("34", "39"), ("4", "6"), ("81", "82"), ("9792", "9792"))
 _DASHES = "\u2212\u2043\u02d7"  # minus sign, hyphen bullet, modifier minus (the other dashes are category Pd)
 _SLASHES = "\u2044\u2215\u29f8"  # fraction slash, division slash, big solidus
 _DOTS = "\u00b7\u2022\u2027\u2219\u22c5\u30fb"  # middle dots and bullets
@@ -209,9 +209,11 @@ def _candidates(plain: str, identifier: bool) -> Iterator[str]:
     runs = [(m.group(), m.start(), m.end()) for m in _DIGIT_RUN.finditer(plain)]
     if identifier:
         digests = [m.span() for m in _HEX_DIGEST.finditer(plain)]
-        runs = [("" if any(low <= start and end <= high for low, high in digests) else digits, start, end)
-                for digits, start, end in runs]
-    gaps = [_GAP.fullmatch(plain[end:start]) for (_, _, end), (_, start, _) in zip(runs, runs[1:])]
+        runs = [
+            ("" if any(low <= start and end <= high for low, high in digests) else digits, start, end)
+            for digits, start, end in runs
+        ]
+    gaps = [_GAP.fullmatch(plain[end:start]) for (_, _, end), (_, start, _) in zip(runs, runs[1:], strict=False)]
     kinds = [gap.group(1) or " " if gap else None for gap in gaps]
     for index, (digits, _, _) in enumerate(runs):
         if 13 <= len(digits) <= 19:
@@ -238,8 +240,7 @@ def looks_like_card_number(text: str, *, identifier: bool = False) -> bool:
     if len(_ANY_DIGIT.findall(text)) < 13:
         return False
     plain = "".join(map(_plain, text))
-    return any(luhn_valid(digits) and (not identifier or _in_scheme_range(digits))
-               for digits in _candidates(plain, identifier))
+    return any(luhn_valid(digits) and (not identifier or _in_scheme_range(digits)) for digits in _candidates(plain, identifier))
 
 
 def validate(record: Mapping[str, Any]) -> Rejection | None:
@@ -262,7 +263,7 @@ def validate(record: Mapping[str, Any]) -> Rejection | None:
     if record.get("cashback_at_pos_minor", 0) > record.get("amount_minor", 0):
         return Rejection(RejectReason.INVALID_FIELD, "cashback_at_pos_minor")
     sequence, count = record.get("clearing_sequence"), record.get("clearing_count")
-    if (sequence is None) != (count is None) or (count is not None and not 1 <= sequence <= count):
+    if (sequence is None) != (count is None) or (sequence is not None and count is not None and not 1 <= sequence <= count):
         return Rejection(RejectReason.INVALID_FIELD, "clearing_sequence")
     if record["event_type"] in ("REFUND", "CHARGEBACK", "CHARGEBACK_REVERSAL") and not (
         record.get("original_transaction_ref") or record.get("transaction_ref")

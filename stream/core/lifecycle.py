@@ -16,8 +16,9 @@ clock ticks. Pure: the clock is read by the caller (the worker's ticks, a test, 
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Any, Iterable
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
 
 from stream.core.events import CardEvent, EventType
 
@@ -71,10 +72,7 @@ def due_events(state: dict[str, Any] | None, account_id: str, now_ms: int) -> li
     if not state or state.get("due_ms") is None or state["due_ms"] > now_ms:
         return []
     due = sorted(
-        (when, kind, ref, txn["currency"])
-        for ref, txn in state["txns"].items()
-        for when, kind in _due(txn)
-        if when <= now_ms
+        (when, kind, ref, txn["currency"]) for ref, txn in state["txns"].items() for when, kind in _due(txn) if when <= now_ms
     )
     return [_internal_event(kind, account_id, ref, when, currency) for when, kind, ref, currency in due]
 
@@ -83,7 +81,7 @@ def _internal_event(kind: str, account_id: str, transaction_ref: str, due_ms: in
     return CardEvent(
         event_id=f"{kind.lower()}:{account_id}:{transaction_ref}:{due_ms}",
         event_type=EventType(kind),
-        occurred_at=datetime.fromtimestamp(due_ms / 1000, tz=timezone.utc),
+        occurred_at=datetime.fromtimestamp(due_ms / 1000, tz=UTC),
         account_id=account_id,
         card_token="",
         transaction_ref=transaction_ref,

@@ -96,9 +96,7 @@ def divide(numerator: int, denominator: int, rounding: Rounding) -> tuple[int, i
     quotient, remainder = divmod(numerator, denominator)
     if rounding is Rounding.HALF_UP and remainder * 2 >= denominator:
         quotient += 1
-    elif rounding is Rounding.HALF_EVEN and (
-        remainder * 2 > denominator or (remainder * 2 == denominator and quotient % 2 == 1)
-    ):
+    elif rounding is Rounding.HALF_EVEN and (remainder * 2 > denominator or (remainder * 2 == denominator and quotient % 2 == 1)):
         quotient += 1
     return quotient, numerator - quotient * denominator
 

@@ -6,8 +6,9 @@ field as ``cap.amount_minor`` or ``tiers[0].rate_bps``).
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 MAX_RATE_BPS = 10_000  # 100%
 DAYS_OF_WEEK = ("MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN")  # index = datetime.weekday()
@@ -56,7 +57,7 @@ def enumerated(kind: type[enum.Enum], value: Any, offer_id: str, name: str, lowe
     try:
         return kind(str(value).lower() if lower else str(value).upper())
     except ValueError:
-        allowed = ", ".join(m.value for m in kind)  # type: ignore[attr-defined]
+        allowed = ", ".join(m.value for m in kind)
         raise OfferError(offer_id, name, f"{value!r} is not one of {allowed}") from None
 
 
@@ -184,11 +185,19 @@ def _clock(minute: int) -> str:
 def _minute_of(value: Any, offer_id: str, name: str, latest: int) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         # YAML 1.1 reads an unquoted 18:00 as the base-60 number 1080.
-        raise OfferError(offer_id, name, f"{value!r} is a number: write the time quoted, as \"18:00\"")
+        raise OfferError(offer_id, name, f'{value!r} is a number: write the time quoted, as "18:00"')
     text = str(value)
     hour, colon, minute = text.partition(":")
-    if not (colon and len(hour) == 2 and len(minute) == 2 and hour.isdigit() and minute.isdigit() and hour.isascii() and minute.isascii()):
-        raise OfferError(offer_id, name, f"{value!r} is not a time like \"18:00\"")
+    if not (
+        colon
+        and len(hour) == 2
+        and len(minute) == 2
+        and hour.isdigit()
+        and minute.isdigit()
+        and hour.isascii()
+        and minute.isascii()
+    ):
+        raise OfferError(offer_id, name, f'{value!r} is not a time like "18:00"')
     total = int(hour) * 60 + int(minute)
     if int(minute) > 59 or total > latest:
         raise OfferError(offer_id, name, f"{value!r} is not a time of day")
@@ -217,8 +226,13 @@ def parse_days(raw: Mapping[str, Any], offer_id: str) -> frozenset[str]:
 # --- prices in other currencies ------------------------------------------------------------------
 
 PRICE_FIELDS = (
-    "min_spend_minor", "max_reward_per_txn_minor", "fixed_reward_minor", "points_per_unit",
-    "boost_threshold_minor", "cap_amount_minor", "budget_minor",
+    "min_spend_minor",
+    "max_reward_per_txn_minor",
+    "fixed_reward_minor",
+    "points_per_unit",
+    "boost_threshold_minor",
+    "cap_amount_minor",
+    "budget_minor",
 )
 
 
@@ -257,7 +271,10 @@ def parse_prices(raw: Mapping[str, Any], offer_id: str, is_currency: Any) -> tup
             raise OfferError(offer_id, f"prices.{currency}.{sorted(map(str, unknown))[0]}", "unknown field")
         path = f"prices.{currency}."
         minimum = {"min_spend_minor": 0, "budget_minor": 0}
-        prices.append((currency, Price(**{
-            name: integer(amounts, name, offer_id, None, minimum.get(name, 1), path) for name in PRICE_FIELDS
-        })))
+        prices.append(
+            (
+                currency,
+                Price(**{name: integer(amounts, name, offer_id, None, minimum.get(name, 1), path) for name in PRICE_FIELDS}),
+            )
+        )
     return tuple(sorted(prices))

@@ -1,4 +1,5 @@
-"""Offers: the model, loading from YAML with validation, and the snapshot the rules engine reads.
+"""Offers: the model, validation of an offer given as a mapping (YAML files are read by
+``stream.offer_admin``), and the snapshot the rules engine reads.
 
 Every error names the offer and the field. The Avro record on the offers topic (``offer.v2.avsc``)
 and the YAML file use the same field names; every field added since ``offer.avsc`` has a default,
@@ -24,9 +25,10 @@ priced.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, time, timezone
-from typing import Any, Iterable, Mapping
+from datetime import UTC, date, datetime, time
+from typing import Any
 
 from stream.core.money import POINTS_UNIT, Rounding, is_known_currency
 from stream.core.offer_terms import (
@@ -53,8 +55,19 @@ from stream.core.offer_terms import (
 )
 
 __all__ = [
-    "ALWAYS_EXCLUDED_MCCS", "AccrueOn", "Boost", "Cap", "CapPeriod", "Hours", "MccSet", "Offer", "OfferBook",
-    "OfferError", "RewardKind", "Tier", "parse_offer",
+    "ALWAYS_EXCLUDED_MCCS",
+    "AccrueOn",
+    "Boost",
+    "Cap",
+    "CapPeriod",
+    "Hours",
+    "MccSet",
+    "Offer",
+    "OfferBook",
+    "OfferError",
+    "RewardKind",
+    "Tier",
+    "parse_offer",
 ]
 
 # Cash, quasi-cash, money transfer and gambling never earn cashback, whatever an offer says.
@@ -81,7 +94,7 @@ class MccSet:
     ranges: tuple[tuple[int, int], ...] = ()
 
     @classmethod
-    def parse(cls, items: Iterable[str], offer_id: str, field_name: str) -> "MccSet":
+    def parse(cls, items: Iterable[str], offer_id: str, field_name: str) -> MccSet:
         codes: set[str] = set()
         ranges: list[tuple[int, int]] = []
         for item in items:
@@ -155,7 +168,7 @@ class Offer:
     def is_points(self) -> bool:
         return self.reward_kind is RewardKind.POINTS
 
-    def priced(self, billing_currency: str) -> "Offer | None":
+    def priced(self, billing_currency: str) -> Offer | None:
         """This offer as it applies to a purchase billed in ``billing_currency``: its amounts in
         that currency, or None when it is not priced in it."""
         if self.currency is None or billing_currency == self.currency:
@@ -230,7 +243,9 @@ class Offer:
             "hours": None if self.hours is None else self.hours.to_record(),
             "fixed_reward_minor": self.fixed_reward_minor,
             "points_per_unit": self.points_per_unit,
-            "boost": None if self.boost is None else {"threshold_minor": self.boost.threshold_minor, "rate_bps": self.boost.rate_bps},
+            "boost": None
+            if self.boost is None
+            else {"threshold_minor": self.boost.threshold_minor, "rate_bps": self.boost.rate_bps},
             "cap": None if self.cap is None else {"period": self.cap.period.value, "amount_minor": self.cap.amount_minor},
             "budget_minor": self.budget_minor,
             "prices": {currency: {name: getattr(price, name) for name in PRICE_FIELDS} for currency, price in self.prices},
@@ -247,11 +262,11 @@ def _timestamp(value: Any, offer_id: str, field_name: str) -> datetime | None:
     if value is None:
         return None
     if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
     if isinstance(value, date):
-        return datetime.combine(value, time.min, tzinfo=timezone.utc)
+        return datetime.combine(value, time.min, tzinfo=UTC)
     if isinstance(value, int):  # epoch milliseconds, as Avro may hand it over
-        return datetime.fromtimestamp(value / 1000, tz=timezone.utc)
+        return datetime.fromtimestamp(value / 1000, tz=UTC)
     if isinstance(value, str):
         try:
             return _timestamp(datetime.fromisoformat(value), offer_id, field_name)
@@ -390,9 +405,15 @@ def _check_prices(offer: Offer) -> None:
         given = set(price.given())
         for name, need in needed.items():
             if need and name not in given:
-                raise OfferError(offer.offer_id, f"prices.{currency}.{name}", "required: the offer has this amount in its own currency")
+                raise OfferError(
+                    offer.offer_id, f"prices.{currency}.{name}", "required: the offer has this amount in its own currency"
+                )
             if name in given and not need:
-                why = "in points, the same in every currency" if offer.is_points and name != "min_spend_minor" else "the offer has no such amount"
+                why = (
+                    "in points, the same in every currency"
+                    if offer.is_points and name != "min_spend_minor"
+                    else "the offer has no such amount"
+                )
                 raise OfferError(offer.offer_id, f"prices.{currency}.{name}", why)
 
 
@@ -403,7 +424,7 @@ class OfferBook:
     offers: tuple[Offer, ...] = ()
 
     @classmethod
-    def of(cls, offers: Iterable[Offer]) -> "OfferBook":
+    def of(cls, offers: Iterable[Offer]) -> OfferBook:
         return cls(tuple(sorted(offers, key=lambda o: o.offer_id)))
 
     def get(self, offer_id: str) -> Offer | None:

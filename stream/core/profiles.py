@@ -8,7 +8,7 @@ and activations and keeps them in a table, as this module folds them.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
@@ -28,7 +28,7 @@ def to_account_profile(profile: Profile | None) -> AccountProfile:
     return AccountProfile(
         segments=frozenset(profile["segments"]),
         activations=MappingProxyType(
-            {offer: datetime.fromtimestamp(ms / 1000, tz=timezone.utc) for offer, ms in profile["activations"].items()}
+            {offer: datetime.fromtimestamp(ms / 1000, tz=UTC) for offer, ms in profile["activations"].items()}
         ),
     )
 
@@ -39,7 +39,9 @@ def apply_activation(profile: Profile | None, record: dict[str, Any]) -> Profile
     activations = dict(profile["activations"])
     if record.get("active", True):
         changed_at = record["changed_at"]
-        activations[record["offer_id"]] = int(changed_at.timestamp() * 1000) if isinstance(changed_at, datetime) else int(changed_at)
+        activations[record["offer_id"]] = (
+            int(changed_at.timestamp() * 1000) if isinstance(changed_at, datetime) else int(changed_at)
+        )
     else:
         activations.pop(record["offer_id"], None)
     profile["activations"] = activations

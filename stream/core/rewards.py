@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from stream.core.events import CardEvent
 from stream.core.eligibility import AccountProfile, LocalTime, best_tier
+from stream.core.events import CardEvent
 from stream.core.money import EXACT_SCALE, Rounding, format_exact, format_minor, points_exact, round_exact
 from stream.core.offer_terms import CapPeriod
 from stream.core.offers import Offer
@@ -23,8 +23,16 @@ Share = dict[str, Any]
 # Fields a share stored before offer v2 lacks; read as these (a rate offer without limits; its
 # basis currency is its currency).
 SHARE_DEFAULTS: dict[str, Any] = {
-    "method": "rate", "tier": None, "boost": None, "fixed_minor": None, "points_per_unit": None, "cap": None,
-    "cap_period": None, "budget": None, "charity_id": None, "place": "",
+    "method": "rate",
+    "tier": None,
+    "boost": None,
+    "fixed_minor": None,
+    "points_per_unit": None,
+    "cap": None,
+    "cap_period": None,
+    "budget": None,
+    "charity_id": None,
+    "place": "",
 }
 
 
@@ -168,8 +176,8 @@ def period_end(key: str) -> date | None:
         year, week = key.split("-W")
         return date.fromisocalendar(int(year), int(week), 1) + timedelta(days=7)
     if period is CapPeriod.MONTH:
-        year, month = (int(part) for part in key.split("-"))
-        return date(year + month // 12, month % 12 + 1, 1)
+        year_number, month = (int(part) for part in key.split("-"))
+        return date(year_number + month // 12, month % 12 + 1, 1)
     return None
 
 

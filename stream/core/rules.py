@@ -89,19 +89,20 @@ always rounded down, the fraction carried like a cash remainder.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping
+from typing import Any
 
-from stream.core.working_copy import AccountStep, Entry, State, limit_note, purchase_basis, spendable_book
+from stream.core.eligibility import NO_PROFILE, AccountProfile, LocalTime, Match, local_time, match
 from stream.core.events import CardEvent, EventType
 from stream.core.lifecycle import DAY_MS, authorization_expires_at, next_due_ms, open_return_window, settled, window_over
-from stream.core.eligibility import NO_PROFILE, AccountProfile, LocalTime, Match, local_time, match
 from stream.core.money import format_minor, prorate
 from stream.core.offers import AccrueOn, Offer, OfferBook
 from stream.core.outcomes import Outcome
 from stream.core.rewards import Amount, Share, at_most_per_purchase, compute, describe, new_share
+from stream.core.working_copy import AccountStep, Entry, State, limit_note, purchase_basis, spendable_book
 
 __all__ = ["AccountProfile", "BALANCE_FIELDS", "Decision", "Outcome", "balances", "decide", "new_state"]
 
@@ -149,7 +150,7 @@ def decide(
     outcome and the budget deltas."""
     state = state or new_state()
     fingerprint = event.fingerprint()
-    recent: dict[str, Any] = state.get("recent", state.get("seen", {}))  # "seen": states stored before
+    recent: dict[str, Any] = state.get("recent") or state.get("seen") or {}  # "seen": states stored before
     known = _known_fingerprint(state, recent, event)
     if known is not None:
         if known != fingerprint:
@@ -184,8 +185,11 @@ def decide(
     recent[event.event_id] = [fingerprint, step.entries]
     while len(recent) > RECENT_EVENTS_LIMIT:
         del recent[next(iter(recent))]
-    new = {
-        "recent": recent, "txns": _forget_settled(step.txns, forget_before_ms), "loose": loose, "caps": step.caps,
+    new: State = {
+        "recent": recent,
+        "txns": _forget_settled(step.txns, forget_before_ms),
+        "loose": loose,
+        "caps": step.caps,
         "carry": step.carry,
     }
     new["due_ms"] = next_due_ms(new)
@@ -302,7 +306,7 @@ def _reconsider(step: AccountStep, txn: dict[str, Any], basis: int) -> tuple[lis
         return [], step.event
     purchase = replace(
         step.event,
-        occurred_at=datetime.fromtimestamp(refusal["at_ms"] / 1000, tz=timezone.utc),
+        occurred_at=datetime.fromtimestamp(refusal["at_ms"] / 1000, tz=UTC),
         merchant_timezone=refusal["timezone"],
     )
     txn["refused"] = None
@@ -338,7 +342,9 @@ def _set_pending(step: AccountStep, txn: dict[str, Any], kind: str) -> tuple[boo
         if delta > 0:
             step.entry(kind, "EXPENSE", "PENDING", delta, share, "earned", f"pending {detail}", basis, amount=amount)
         elif delta < 0:
-            step.entry("PENDING_RELEASED", "PENDING", "EXPENSE", -delta, share, "released", f"pending now {detail}", basis, amount=amount)
+            step.entry(
+                "PENDING_RELEASED", "PENDING", "EXPENSE", -delta, share, "released", f"pending now {detail}", basis, amount=amount
+            )
         step.hold(share, delta)
         share["pending"] += delta
         changed = changed or delta != 0
@@ -488,11 +494,27 @@ def _on_clearing(step: AccountStep) -> Outcome:
         if limit is not None and confirm == 0:
             limited.append((share, limit, note))
         if final and share["pending"] > 0:
-            step.entry("PENDING_RELEASED", "PENDING", "EXPENSE", share["pending"], share, "released", "final clearing: pending not cleared is released")
+            step.entry(
+                "PENDING_RELEASED",
+                "PENDING",
+                "EXPENSE",
+                share["pending"],
+                share,
+                "released",
+                "final clearing: pending not cleared is released",
+            )
             step.hold(share, -share["pending"])
             share["pending"] = 0
         if share["pending_days"] == 0 and share["confirmed"] > 0:
-            step.entry("MADE_AVAILABLE", "CONFIRMED", spendable_book(share), share["confirmed"], share, "available", "no return window: available at once")
+            step.entry(
+                "MADE_AVAILABLE",
+                "CONFIRMED",
+                spendable_book(share),
+                share["confirmed"],
+                share,
+                "available",
+                "no return window: available at once",
+            )
             share["available"] += share["confirmed"]
             share["confirmed"] = 0
         elif confirm > 0:
@@ -550,7 +572,9 @@ def _on_chargeback(step: AccountStep) -> Outcome:
         return Outcome.UNKNOWN_TRANSACTION
     clawed = 0
     for share in txn["shares"]:
-        taken = _claw_back(step, share, share["earned"] - share["clawed_back"], "chargeback", "chargeback: all cashback of the purchase")
+        taken = _claw_back(
+            step, share, share["earned"] - share["clawed_back"], "chargeback", "chargeback: all cashback of the purchase"
+        )
         share["chargeback_clawed"] += taken
         clawed += taken
     return Outcome.CLAWED_BACK if clawed else Outcome.NO_CHANGE
@@ -628,8 +652,16 @@ def balances(entries: Iterable[Entry]) -> dict[tuple[str, str, str], dict[str, i
 
 
 _BOOK_FIELDS = {
-    "PENDING": "pending_minor", "CONFIRMED": "confirmed_minor", "AVAILABLE": "available_minor", "DONATED": "donated_minor",
+    "PENDING": "pending_minor",
+    "CONFIRMED": "confirmed_minor",
+    "AVAILABLE": "available_minor",
+    "DONATED": "donated_minor",
 }
 BALANCE_FIELDS = (
-    "pending_minor", "confirmed_minor", "available_minor", "lifetime_earned_minor", "clawed_back_minor", "donated_minor",
+    "pending_minor",
+    "confirmed_minor",
+    "available_minor",
+    "lifetime_earned_minor",
+    "clawed_back_minor",
+    "donated_minor",
 )

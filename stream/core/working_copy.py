@@ -7,10 +7,11 @@ back): ``grant`` says how much more a share may hold, ``hold`` records every cha
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
-from stream.core.events import CardEvent
 from stream.core.eligibility import AccountProfile, LocalTime, local_time
+from stream.core.events import CardEvent
 from stream.core.money import format_minor, prorate
 from stream.core.offers import OfferBook, RewardKind
 from stream.core.outcomes import Outcome
@@ -49,7 +50,9 @@ class AccountStep:
         txn = self.txns.get(ref)
         if txn is None:
             return None
-        return self.put(ref, {**txn, "shares": [{**SHARE_DEFAULTS, "basis_currency": share["currency"], **share} for share in txn["shares"]]})
+        return self.put(
+            ref, {**txn, "shares": [{**SHARE_DEFAULTS, "basis_currency": share["currency"], **share} for share in txn["shares"]]}
+        )
 
     def put(self, ref: str, txn: dict[str, Any]) -> dict[str, Any]:
         if not self._copied:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
 import random
@@ -47,17 +48,26 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from schemas.codec import Codec
 from stream.cli import REPO_ROOT
+from stream.core.offers import OfferBook
 from stream.localstack.chaos_log import Message, chaos_log, chaos_offers
 from stream.localstack.chaos_oracle import Report, judge, partitions
 from stream.localstack.kafka import DEFAULT_CACHE_DIR, KafkaBroker
 from stream.localstack.postgres import EmbeddedPostgres
 from stream.localstack.process import free_port, spawn, terminate
 from stream.offer_admin import publish_offers
-from stream.core.offers import OfferBook
 from stream.settings import Settings
 from topics.catalogue import catalogue
 
-FAULTS = ("kill_worker_1", "kill_worker_2", "kill_sink", "kill_sink", "restart_worker_2", "third_worker", "broker_restart", "postgres_outage")
+FAULTS = (
+    "kill_worker_1",
+    "kill_worker_2",
+    "kill_sink",
+    "kill_sink",
+    "restart_worker_2",
+    "third_worker",
+    "broker_restart",
+    "postgres_outage",
+)
 
 
 class Chaos:
@@ -128,7 +138,8 @@ class Chaos:
         except httpx.HTTPError:
             return 0.0
         return sum(
-            float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
             if line.startswith("cashback_events_consumed_total{") and 'event_type="CLOCK_TICK"' not in line
         )
 
@@ -230,7 +241,7 @@ class Chaos:
         faults = list(FAULTS)
         self.rng.shuffle(faults)
         points = sorted(self.rng.uniform(0.08, 0.85) for _ in faults)
-        schedule = list(zip(points, faults))
+        schedule = list(zip(points, faults, strict=True))
         published = [0]
         done_faults = threading.Event()
         total = len(self.card_messages)
@@ -242,8 +253,9 @@ class Chaos:
         def faults_loop() -> None:
             try:
                 for point, kind in schedule:
+                    reached = functools.partial(lambda at: published[0] >= at * total, point)
                     with gate:
-                        gate.wait_for(lambda: published[0] >= point * total)
+                        gate.wait_for(reached)
                         faults_started[0] += 1
                     self.fault(kind)
             finally:
@@ -255,7 +267,7 @@ class Chaos:
         def allowed(n: int) -> bool:
             # Events flow while a fault runs (a restarted worker needs some to decide), up to a
             # little past the next fault's point, which waits for this one to be over.
-            pending = [p for p, _ in schedule[faults_started[0]:]]
+            pending = [p for p, _ in schedule[faults_started[0] :]]
             return not pending or n < pending[0] * total + max(100, total // 50)
 
         thread = threading.Thread(target=faults_loop, name="chaos-faults", daemon=True)
@@ -264,7 +276,12 @@ class Chaos:
         asyncio.run(self._publish_cards(published, gate, allowed, rate))
         done_faults.wait()
         self._note("published; waiting for the pipeline to drain")
-        inputs = [self.topics.authorizations.name, self.topics.settlements.name, self.topics.profiles.name, self.topics.activations.name]
+        inputs = [
+            self.topics.authorizations.name,
+            self.topics.settlements.name,
+            self.topics.profiles.name,
+            self.topics.activations.name,
+        ]
         self.check_alive()
         self._wait_drained(inputs, with_sink=True, limit_s=max(300.0, total / 100))
         self._note("drained")
@@ -276,8 +293,12 @@ class Chaos:
 
     async def _producer(self) -> AIOKafkaProducer:
         producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers, acks="all", enable_idempotence=True,
-            max_request_size=1_100_000, request_timeout_ms=120_000, linger_ms=5,
+            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            acks="all",
+            enable_idempotence=True,
+            max_request_size=1_100_000,
+            request_timeout_ms=120_000,
+            linger_ms=5,
         )
         await producer.start()
         return producer
@@ -302,11 +323,11 @@ class Chaos:
             while n < total:
                 while not allowed(n):
                     await asyncio.sleep(0.05)
-                chunk = []
+                chunk: list[Message] = []
                 while n + len(chunk) < total and len(chunk) < 200 and allowed(n + len(chunk)):
                     chunk.append(self.card_messages[n + len(chunk)])
                 sends = [await producer.send(names[role], value, key=key) for role, key, value, _ in chunk]
-                for (role, key, value, _), delivery in zip(chunk, sends):
+                for (role, key, value, _), delivery in zip(chunk, sends, strict=True):
                     while True:
                         try:
                             await delivery
@@ -358,11 +379,18 @@ class Chaos:
             await consumer.stop()
             await admin.close()
 
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="chaos", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--events", type=int, default=int(os.environ.get("CHAOS_EVENTS", "200000")), help="card events to publish (CHAOS_EVENTS)")
-    parser.add_argument("--seed", type=int, default=int(os.environ.get("CHAOS_SEED", "1")), help="seed of the log and the faults (CHAOS_SEED)")
-    parser.add_argument("--poison", type=int, default=int(os.environ.get("CHAOS_POISON", "50")), help="poison messages (CHAOS_POISON)")
+    parser.add_argument(
+        "--events", type=int, default=int(os.environ.get("CHAOS_EVENTS", "200000")), help="card events to publish (CHAOS_EVENTS)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=int(os.environ.get("CHAOS_SEED", "1")), help="seed of the log and the faults (CHAOS_SEED)"
+    )
+    parser.add_argument(
+        "--poison", type=int, default=int(os.environ.get("CHAOS_POISON", "50")), help="poison messages (CHAOS_POISON)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the run's directory (logs, data)")
     args = parser.parse_args(argv)
     if args.events < 100 or args.poison < 1:

@@ -12,13 +12,14 @@ import dataclasses
 import random
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from schemas.codec import Codec
-from topics.catalogue import account_partition
 from stream.cli import EXAMPLE_OFFERS
 from stream.core.offers import Offer
 from stream.offer_admin import load_offers_file
 from stream.simulate import ROLE_SUBJECTS, Scenario, bad_message, generate
+from topics.catalogue import account_partition
 
 FUTURE = timedelta(weeks=261)  # about five years, whole weeks: the same weekdays
 
@@ -34,7 +35,10 @@ class ChaosLog:
 def chaos_offers() -> list[Offer]:
     return [
         dataclasses.replace(
-            o, budget_minor=None, valid_from=o.valid_from and o.valid_from + FUTURE, valid_to=o.valid_to and o.valid_to + FUTURE,
+            o,
+            budget_minor=None,
+            valid_from=o.valid_from and o.valid_from + FUTURE,
+            valid_to=o.valid_to and o.valid_to + FUTURE,
             prices=tuple((currency, dataclasses.replace(price, budget_minor=None)) for currency, price in o.prices),
         )
         for o in load_offers_file(EXAMPLE_OFFERS)
@@ -45,12 +49,17 @@ def chaos_log(seed: int, events: int, poison: int, partitions: int, codec: Codec
     """About ``events`` card events and ``poison`` poison messages mixed in at seeded places."""
     rng = random.Random(seed)
     scenario = Scenario(
-        seed=seed, accounts=max(100, events // 40), purchases=max(1, int(events / 2.2)),
-        bad_ratio=0.0, duplicate_ratio=0.05, conflict_ratio=0.002, start=Scenario.start + FUTURE,
+        seed=seed,
+        accounts=max(100, events // 40),
+        purchases=max(1, int(events / 2.2)),
+        bad_ratio=0.0,
+        duplicate_ratio=0.05,
+        conflict_ratio=0.002,
+        start=Scenario.start + FUTURE,
     )
     accounts: list[Message] = []
     cards: list[Message] = []
-    goods = []
+    goods: list[dict[str, Any]] = []
     for message in generate(scenario):
         record = message.record or {}
         value = codec.encode(ROLE_SUBJECTS[message.role], record)

@@ -22,9 +22,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from schemas.codec import Codec, DecodeError
-from stream.core.profiles import apply_activation, apply_segments, to_account_profile
 from stream.core.events import to_event, validate
 from stream.core.offers import OfferBook
+from stream.core.profiles import apply_activation, apply_segments, to_account_profile
 from stream.core.rules import Outcome, balances, decide
 from stream.settings import Settings
 from topics.catalogue import Catalogue, table_changelogs
@@ -52,9 +52,13 @@ class Report:
 
     def passed(self) -> bool:
         return (
-            self.mismatched_accounts == 0 and self.duplicate_entries == 0 and self.lost_entries == 0
-            and self.poison_in_dlq == self.poison_total and self.recovery_max_s <= RESTART_TARGET_S
-            and not self.crashed and not self.stuck
+            self.mismatched_accounts == 0
+            and self.duplicate_entries == 0
+            and self.lost_entries == 0
+            and self.poison_in_dlq == self.poison_total
+            and self.recovery_max_s <= RESTART_TARGET_S
+            and not self.crashed
+            and not self.stuck
         )
 
     def line(self) -> str:
@@ -131,8 +135,8 @@ async def judge(settings: Settings, topics: Catalogue, codec: Codec, book: Offer
             continue
         ranks = decided_order[json.loads(record.key)]
         added = []
-        stored = json.loads(record.value)
-        for event_id in reversed(stored.get("recent", stored.get("seen", {}))):  # new ids come last
+        account_state = json.loads(record.value)
+        for event_id in reversed(account_state.get("recent", account_state.get("seen", {}))):  # new ids come last
             if event_id in ranks:
                 break
             added.append(event_id)
@@ -188,7 +192,14 @@ async def judge(settings: Settings, topics: Catalogue, codec: Codec, book: Offer
     finally:
         await connection.close()
     stored: dict[str, dict[Any, Any]] = defaultdict(dict)
-    fields = ("pending_minor", "confirmed_minor", "available_minor", "lifetime_earned_minor", "clawed_back_minor", "donated_minor")
+    fields = (
+        "pending_minor",
+        "confirmed_minor",
+        "available_minor",
+        "lifetime_earned_minor",
+        "clawed_back_minor",
+        "donated_minor",
+    )
     for row in rows:
         totals = {f: row[f] for f in fields}
         if any(totals.values()):
@@ -204,7 +215,9 @@ async def judge(settings: Settings, topics: Catalogue, codec: Codec, book: Offer
     report.duplicate_entries = len(extra)
     for accrual_id in lost[:5]:
         entry = oracle[accrual_id]
-        report.notes.append(f"lost {accrual_id}: {entry['entry_kind']} {entry['amount_minor']} {entry['currency']} of {entry['account_id']}")
+        report.notes.append(
+            f"lost {accrual_id}: {entry['entry_kind']} {entry['amount_minor']} {entry['currency']} of {entry['account_id']}"
+        )
     if extra:
         report.notes.append(f"in the ledger, not in the oracle: {extra[:5]}")
     report.poison_total = len(must_dead_letter)
@@ -222,7 +235,9 @@ async def judge(settings: Settings, topics: Catalogue, codec: Codec, book: Offer
 
 
 def decision_order(
-    auths: list[tuple[Any, Any]], settlements: list[tuple[Any, Any]], ranks: dict[str, int],
+    auths: list[tuple[Any, Any]],
+    settlements: list[tuple[Any, Any]],
+    ranks: dict[str, int],
     first_entry: dict[str, tuple[int, int]],
 ) -> list[tuple[Any, Any]]:
     """One account's card events in the order its worker decided them: each topic's own order,

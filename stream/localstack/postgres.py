@@ -38,8 +38,9 @@ import stat
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import quote
 
 from stream.localstack.process import child_preexec, free_port
@@ -165,12 +166,10 @@ class EmbeddedPostgres:
                     continue
                 if outcome == "exited":
                     raise RuntimeError(
-                        f"postgres exited during startup (data dir {self.data_dir}); "
-                        f"last lines of {self.log_path}:\n{tail}"
+                        f"postgres exited during startup (data dir {self.data_dir}); last lines of {self.log_path}:\n{tail}"
                     )
                 raise RuntimeError(
-                    f"postgres not ready after {timeout_s:.0f}s (last error: {detail!r}); "
-                    f"last lines of {self.log_path}:\n{tail}"
+                    f"postgres not ready after {timeout_s:.0f}s (last error: {detail!r}); last lines of {self.log_path}:\n{tail}"
                 )
             raise AssertionError("unreachable")
 
@@ -180,7 +179,7 @@ class EmbeddedPostgres:
             atexit.unregister(self.stop)
             self._terminate(timeout_s)
 
-    def __enter__(self) -> "EmbeddedPostgres":
+    def __enter__(self) -> EmbeddedPostgres:
         self.start()
         return self
 
@@ -211,8 +210,10 @@ class EmbeddedPostgres:
     def _initdb(self, owner: pwd.struct_passwd | None, deadline: float) -> None:
         args = [
             str(bin_dir() / "initdb"),
-            "-D", str(self.data_dir),
-            "-U", SUPERUSER,
+            "-D",
+            str(self.data_dir),
+            "-U",
+            SUPERUSER,
             "--auth=trust",
             "--encoding=UTF8",
             "--no-locale",  # C collation: no dependency on the host's locales
@@ -288,7 +289,7 @@ class EmbeddedPostgres:
         return str(self.data_dir)
 
     def _launch(self, owner: pwd.struct_passwd | None, port: int) -> None:
-        self._log_file = open(self.log_path, "ab")
+        self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed when the server stops
         self._log_offset = self._log_file.tell()
         args = self._server_args(port)
         kwargs = _child_kwargs(owner)
@@ -338,14 +339,12 @@ class EmbeddedPostgres:
                 continue
             try:
                 conn = attempt.result()
-            except Exception as exc:  # refused / starting up / reset: retry
+            except Exception as exc:  # noqa: BLE001 - refused / starting up / reset: retry
                 last_error = exc
                 await asyncio.sleep(0.05)
                 continue
             try:
-                exists = await conn.fetchval(
-                    "SELECT 1 FROM pg_database WHERE datname = $1", self.database
-                )
+                exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", self.database)
                 if not exists:
                     quoted = '"' + self.database.replace('"', '""') + '"'
                     try:
@@ -407,8 +406,17 @@ def _server_owner() -> pwd.struct_passwd | None:
         except KeyError:
             pass
         result = subprocess.run(
-            ["useradd", "--system", "--user-group", "--no-create-home",
-             "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", SERVER_OS_USER],
+            [
+                "useradd",
+                "--system",
+                "--user-group",
+                "--no-create-home",
+                "--home-dir",
+                "/nonexistent",
+                "--shell",
+                "/usr/sbin/nologin",
+                SERVER_OS_USER,
+            ],
             capture_output=True,
             text=True,
         )
@@ -438,7 +446,6 @@ def _ensure_traversable(path: Path) -> None:
         mode = p.stat().st_mode
         if not mode & stat.S_IXOTH:
             os.chmod(p, stat.S_IMODE(mode) | stat.S_IXOTH)
-
 
 
 def _port_in_use(log_tail: str) -> bool:
@@ -487,7 +494,7 @@ def _run_sync(coro: Any) -> Any:
 # process.  Forking from a worker thread (asyncio.to_thread, an executor) would
 # kill the server when that thread ends, so children are forked either from the
 # main thread or from one daemon thread that lives as long as the process.
-_spawn_queue: "queue.Queue[tuple[Callable[[], Any], concurrent.futures.Future[Any]]]" = queue.Queue()
+_spawn_queue: queue.Queue[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = queue.Queue()
 _spawn_thread: threading.Thread | None = None
 _spawn_thread_lock = threading.Lock()
 
@@ -508,9 +515,7 @@ def _spawn(fn: Callable[[], Any]) -> Any:
         return fn()
     with _spawn_thread_lock:
         if _spawn_thread is None:
-            _spawn_thread = threading.Thread(
-                target=_spawner_loop, name="embedded-postgres-spawner", daemon=True
-            )
+            _spawn_thread = threading.Thread(target=_spawner_loop, name="embedded-postgres-spawner", daemon=True)
             _spawn_thread.start()
     fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
     _spawn_queue.put((fn, fut))

@@ -57,9 +57,7 @@ def child_preexec() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-_spawn_queue: queue.SimpleQueue[tuple[Callable[[], subprocess.Popen[Any]], Future[subprocess.Popen[Any]]]] = (
-    queue.SimpleQueue()
-)
+_spawn_queue: queue.SimpleQueue[tuple[Callable[[], subprocess.Popen[Any]], Future[subprocess.Popen[Any]]]] = queue.SimpleQueue()
 _spawn_thread: threading.Thread | None = None
 _spawn_lock = threading.Lock()
 

@@ -28,14 +28,21 @@ from pathlib import Path
 import httpx
 
 from stream.cli import (
-    EXAMPLE_OFFERS, REPO_ROOT, UsageError, build_codec, create_topics, masked_dsn, migrate_database, read_offers,
+    EXAMPLE_OFFERS,
+    REPO_ROOT,
+    UsageError,
+    build_codec,
+    create_topics,
+    masked_dsn,
+    migrate_database,
+    read_offers,
     topics_of,
 )
+from stream.core.offers import Offer
 from stream.localstack.kafka import DEFAULT_CACHE_DIR, KafkaBroker
 from stream.localstack.postgres import EmbeddedPostgres
 from stream.localstack.process import free_port, spawn, terminate
 from stream.offer_admin import publish_offers
-from stream.core.offers import Offer
 from stream.settings import Settings
 
 READY_LINE = "cashback local stack is up"
@@ -176,11 +183,13 @@ class LocalStack:
             f"  balance API   {api}/v1/accounts/acct-000001/balances   (docs: {api}/docs)\n"
             f"  history       {api}/v1/accounts/acct-000001/history\n"
             f"  metrics       worker http://127.0.0.1:{ports['worker']}/metrics  sink http://127.0.0.1:{ports['sink']}/metrics  api {api}/metrics\n"
-            + (f"  prometheus    {prometheus}\n" if prometheus else "  prometheus    not installed (apt-get install prometheus), skipped\n")
+            + (
+                f"  prometheus    {prometheus}\n"
+                if prometheus
+                else "  prometheus    not installed (apt-get install prometheus), skipped\n"
+            )
             + f"  kafka         {env['KAFKA_BOOTSTRAP_SERVERS']}   (topics {env.get('TOPIC_PREFIX', 'cashback.')}*)\n"
-            f"  postgres      {masked_dsn(env['DATABASE_URL'])}\n"
-            + self._demo_lines()
-            + f"  logs and data {self.data_dir}\n"
+            f"  postgres      {masked_dsn(env['DATABASE_URL'])}\n" + self._demo_lines() + f"  logs and data {self.data_dir}\n"
             f"  dead letters  {self._dead_letters_command(env)}\n"
             "Ctrl-C stops everything.\n"
         )
@@ -228,8 +237,12 @@ class LocalStack:
         )
         self._spawn(
             "prometheus",
-            [binary, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}",
-             f"--storage.tsdb.path={self.data_dir / 'prometheus'}"],
+            [
+                binary,
+                f"--config.file={config}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                f"--storage.tsdb.path={self.data_dir / 'prometheus'}",
+            ],
             dict(os.environ),
         )
         return f"http://127.0.0.1:{port}"

@@ -27,19 +27,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import faust
 import pytest
 import pytest_asyncio
 
 from schemas.codec import Codec
+from stream.core.rules import Outcome
 from stream.matcher import Matcher
 from stream.progress import InputProgress, Verdict
-from stream.core.rules import Outcome
 from stream.settings import Settings
 from tests.factories import book
 
@@ -62,7 +63,9 @@ class SendRecorder:
     def __init__(self) -> None:
         self.sent: list[Sent] = []
 
-    async def __call__(self, *, key: bytes | None = None, value: bytes | None = None, force: bool = False, **options: Any) -> None:
+    async def __call__(
+        self, *, key: bytes | None = None, value: bytes | None = None, force: bool = False, **options: Any
+    ) -> None:
         self.sent.append(Sent(key, value, force, options))
 
 
@@ -97,14 +100,18 @@ class AgentHarness:
     def settlement_topic(self) -> str:
         return self.matcher.topics.settlements.name
 
-    async def put(self, value: bytes | None, key: bytes | None = ACCOUNT_KEY, *, topic: str | None = None, partition: int = 0) -> Handled:
+    async def put(
+        self, value: bytes | None, key: bytes | None = ACCOUNT_KEY, *, topic: str | None = None, partition: int = 0
+    ) -> Handled:
         """Put one raw message on the agent, as if read from ``topic`` (default: authorizations),
         and wait until the agent has handled it."""
         expected = len(self.handled) + 1
         await self.put_nowait(value, key, topic=topic, partition=partition)
         return await self.wait_handled(expected)
 
-    async def put_nowait(self, value: bytes | None, key: bytes | None = ACCOUNT_KEY, *, topic: str | None = None, partition: int = 0) -> int:
+    async def put_nowait(
+        self, value: bytes | None, key: bytes | None = ACCOUNT_KEY, *, topic: str | None = None, partition: int = 0
+    ) -> int:
         """Put one raw message without waiting; returns the offset it was given."""
         name = topic or self.auth_topic
         if name not in self._named:
@@ -118,12 +125,16 @@ class AgentHarness:
     async def wait_handled(self, count: int, timeout_s: float = WAIT_S) -> Handled:
         """Wait until ``count`` messages have been handled in all; return the last one."""
         async with self._done:
-            await asyncio.wait_for(self._done.wait_for(lambda: len(self.handled) >= count or self._failure is not None), timeout_s)
+            await asyncio.wait_for(
+                self._done.wait_for(lambda: len(self.handled) >= count or self._failure is not None), timeout_s
+            )
         if self._failure is not None:
             raise AssertionError("the agent failed while handling a message") from self._failure
         return self.handled[count - 1]
 
-    async def _record(self, original: Any, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> Outcome | None:
+    async def _record(
+        self, original: Any, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
+    ) -> Outcome | None:
         try:
             outcome = await original(topic, partition, offset, key, value)
         except BaseException as error:
@@ -194,7 +205,7 @@ async def matcher(settings: Settings, codec: Codec) -> AsyncIterator[Matcher]:
     yield matcher
     # Acking an event creates the app's consumer, whose (never started) consumer thread owns an
     # event loop that only its own start/stop would close. Close it, or it warns when collected.
-    consumer = matcher.app._consumer  # noqa: SLF001 - app.consumer would create one
+    consumer = matcher.app._consumer
     if consumer is not None:
         thread = getattr(consumer, "_thread", None)
         loop = getattr(thread, "thread_loop", None)

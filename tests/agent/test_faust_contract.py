@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Mapping
+from collections.abc import Mapping
 
 import pytest
 from faust.types import TP, Message
@@ -59,18 +59,25 @@ async def test_consumer_flushes_the_producer_before_committing_offsets(matcher: 
         calls.append(("commit", dict(offsets)))
         return True
 
-    consumer._commit = commit_to_broker  # type: ignore[method-assign]  # noqa: SLF001 - the broker call
+    consumer._commit = commit_to_broker  # type: ignore[method-assign]
     # The conductor learns which topics are acked (our input topic is) as the worker subscribes.
     app.topics.add(matcher.input)
-    await app.topics._update_indices()  # noqa: SLF001 - what subscribing does, without a broker
+    await app.topics._update_indices()
 
     app.progress.start(tp, 41)
 
     def processed(offset: int) -> bool:
         # What the agent does: the offset is the next one, its effects are handed to the producer.
         message = Message(
-            topic=tp.topic, partition=tp.partition, offset=offset, timestamp=time.time(), timestamp_type=0,
-            headers=None, key=b"acct-1", value=b"", checksum=None,
+            topic=tp.topic,
+            partition=tp.partition,
+            offset=offset,
+            timestamp=time.time(),
+            timestamp_type=0,
+            headers=None,
+            key=b"acct-1",
+            value=b"",
+            checksum=None,
         )
         consumer.ack(message)  # Faust's own ack, as its stream does; not what decides the commit
         app.progress.verdict(tp, offset)

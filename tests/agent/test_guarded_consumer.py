@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Mapping
+from collections.abc import Mapping
 
 import pytest
 from faust.types import TP, Message
@@ -28,8 +28,15 @@ class FlushingProducer:
 
 def message(tp: TP, offset: int) -> Message:
     return Message(
-        topic=tp.topic, partition=tp.partition, offset=offset, timestamp=time.time(), timestamp_type=0,
-        headers=None, key=b"acct-1", value=b"", checksum=None,
+        topic=tp.topic,
+        partition=tp.partition,
+        offset=offset,
+        timestamp=time.time(),
+        timestamp_type=0,
+        headers=None,
+        key=b"acct-1",
+        value=b"",
+        checksum=None,
     )
 
 
@@ -45,7 +52,7 @@ def wired(matcher: Matcher):  # type: ignore[no-untyped-def]
         commits.append(dict(offsets))
         return True
 
-    consumer._commit = commit_to_broker  # type: ignore[method-assign]  # noqa: SLF001 - the broker call
+    consumer._commit = commit_to_broker  # type: ignore[method-assign]
     app.producer = FlushingProducer()
     return app, consumer, tp, commits
 
@@ -61,7 +68,7 @@ async def test_a_jump_in_fetched_offsets_is_not_committed(wired) -> None:  # typ
     app, consumer, tp, commits = wired
     app.progress.start(tp, 100)
     # Faust's fetch loop saw offset 99 and then 230: it records the jump as a gap.
-    await consumer._add_gap(tp, 100, 229)  # noqa: SLF001 - what Faust's fetch loop calls
+    await consumer._add_gap(tp, 100, 229)
     for offset in range(230, 240):
         consumer.ack(message(tp, offset))  # and its stream acked what it delivered
     assert not await consumer.commit()

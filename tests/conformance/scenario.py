@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from stream.core.money import exponent
 from stream.core.offers import Offer, parse_offer
 
 CASES_DIR = Path(__file__).resolve().parent / "cases"
-T0 = datetime(2026, 12, 1, 10, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
 DEFAULT_OFFERS = [{"offer_id": "grocery-5", "name": "5% at supermarkets", "rate_bps": 500, "mccs": ["5411"]}]
 AUTH_TYPES = {"AUTHORIZATION", "INCREMENTAL_AUTHORIZATION", "AUTHORIZATION_REVERSAL", "AUTHORIZATION_EXPIRY"}
 BALANCE_NAMES = ("pending", "confirmed", "available", "lifetime_earned", "clawed_back", "donated")
@@ -31,7 +31,7 @@ _DECIMAL = re.compile(r"-?\d+(?:\.\d+)?")
 def to_minor(text: Any, currency: str, where: str) -> int:
     """'12.34' EUR -> 1234, exactly; anything but a decimal string is an error naming ``where``."""
     if not isinstance(text, str) or not _DECIMAL.fullmatch(text):
-        raise ValueError(f"{where}: amounts are decimal strings like \"100.00\", got {text!r}")
+        raise ValueError(f'{where}: amounts are decimal strings like "100.00", got {text!r}')
     digits = exponent(currency) if currency != "PTS" else 0
     whole, _, fraction = text.lstrip("-").partition(".")
     if len(fraction) > digits:
@@ -79,8 +79,12 @@ def _record(raw: dict[str, Any], account_id: str, defaults: dict[str, Any], inde
     default time, one minute apart, so a repeated id repeats its content."""
     spec = {**defaults, **raw}
     if spec["type"] == "TIME":  # time passes to ``at``: what is due happens (stream.core.lifecycle)
-        return {"event_type": "TIME", "event_id": f"{prefix}-{spec['id']}", "account_id": account_id,
-                "occurred_at": datetime.fromisoformat(spec["at"])}
+        return {
+            "event_type": "TIME",
+            "event_id": f"{prefix}-{spec['id']}",
+            "account_id": account_id,
+            "occurred_at": datetime.fromisoformat(spec["at"]),
+        }
     where = f"event {spec.get('id', index)}"
     currency = spec.get("currency", "EUR")
     billing_currency = spec.get("billing_currency", currency)
@@ -124,9 +128,15 @@ def load(path: Path) -> Scenario:
     case = int(document["case"])
     prefix = f"c{case:02d}-{path.stem.split('_', 1)[1]}"
     scenario = Scenario(
-        path=path, case=case, title=document["title"],
+        path=path,
+        case=case,
+        title=document["title"],
         offers=[parse_offer(raw) for raw in document.get("offers", DEFAULT_OFFERS)],
-        records=[], ledger=[], not_earned=[], balances={}, outcomes=document["expect"].get("outcomes"),
+        records=[],
+        ledger=[],
+        not_earned=[],
+        balances={},
+        outcomes=document["expect"].get("outcomes"),
         profile=document.get("account") or {},
     )
     defaults = document.get("defaults") or {}
@@ -141,9 +151,13 @@ def load(path: Path) -> Scenario:
         currency = line.get("currency", "EUR")
         scenario.ledger.append(
             ExpectedEntry(
-                event=str(line["event"]), kind=line["kind"], debit=line["from"], credit=line["to"],
+                event=str(line["event"]),
+                kind=line["kind"],
+                debit=line["from"],
+                credit=line["to"],
                 amount_minor=to_minor(line["amount"], currency, f"ledger line of {line['event']}"),
-                reward_kind=line.get("reward_kind", "CASH"), offer=line.get("offer"),
+                reward_kind=line.get("reward_kind", "CASH"),
+                offer=line.get("offer"),
             )
         )
     scenario.not_earned = [
@@ -206,8 +220,12 @@ def entry_view(scenario: Scenario, entry: dict[str, Any]) -> ExpectedEntry:
     """A ledger entry (Avro-shaped dict or a database row) as the scenario files write it."""
     return ExpectedEntry(
         event=label_of(scenario, entry["source_event_id"]),
-        kind=entry["entry_kind"], debit=entry["debit_book"], credit=entry["credit_book"],
-        amount_minor=entry["amount_minor"], reward_kind=entry["reward_kind"], offer=entry["offer_id"],
+        kind=entry["entry_kind"],
+        debit=entry["debit_book"],
+        credit=entry["credit_book"],
+        amount_minor=entry["amount_minor"],
+        reward_kind=entry["reward_kind"],
+        offer=entry["offer_id"],
     )
 
 
@@ -215,4 +233,4 @@ def comparable(actual: list[ExpectedEntry], expected: list[ExpectedEntry]) -> li
     """``actual`` with the offer blanked on the lines where the file does not name one."""
     if len(actual) != len(expected):
         return actual
-    return [a if e.offer is not None else replace(a, offer=None) for a, e in zip(actual, expected)]
+    return [a if e.offer is not None else replace(a, offer=None) for a, e in zip(actual, expected, strict=True)]

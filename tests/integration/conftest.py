@@ -13,9 +13,9 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import asyncpg
 import httpx
@@ -23,8 +23,7 @@ import pytest
 
 from stream.localstack.kafka import DEFAULT_CACHE_DIR, KafkaBroker
 from stream.localstack.postgres import EmbeddedPostgres
-from stream.localstack.process import spawn, terminate
-from stream.localstack.process import free_port
+from stream.localstack.process import free_port, spawn, terminate
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -86,7 +85,11 @@ class Processes:
         import subprocess
 
         result = subprocess.run(
-            [sys.executable, "-m", "stream", *args], env=self.env, cwd=REPO_ROOT, capture_output=True, text=True,
+            [sys.executable, "-m", "stream", *args],
+            env=self.env,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
             timeout=timeout_s,
         )
         assert result.returncode == 0, f"cashback {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
@@ -95,8 +98,11 @@ class Processes:
     def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> None:
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - kept by the child
         self.children[name] = spawn(
-            [sys.executable, "-m", "stream", *args], env={**self.env, **(env or {})}, cwd=REPO_ROOT,
-            stdout=log, stderr=log,
+            [sys.executable, "-m", "stream", *args],
+            env={**self.env, **(env or {})},
+            cwd=REPO_ROOT,
+            stdout=log,
+            stderr=log,
         )
         log.close()
 
@@ -163,15 +169,22 @@ def isolated_env(kafka_bootstrap: str, postgres_url: str, log_dir: Path, name: s
 
 @contextmanager
 def running_pipeline(
-    request: pytest.FixtureRequest, kafka_bootstrap: str, postgres_url: str, work_dir: Path, name: str,
-    offers_file: Path | None = None, **extra_env: str,
+    request: pytest.FixtureRequest,
+    kafka_bootstrap: str,
+    postgres_url: str,
+    work_dir: Path,
+    name: str,
+    offers_file: Path | None = None,
+    **extra_env: str,
 ) -> Iterator[tuple[Processes, str]]:
     """Worker, sink and API running against fresh topics and a fresh database; yields
     (processes, API base URL). Their logs are printed when a test using them failed."""
     log_dir = work_dir / f"{name}-{uuid.uuid4().hex[:8]}"
     log_dir.mkdir()
     api_port = free_port()
-    processes = Processes(isolated_env(kafka_bootstrap, postgres_url, log_dir, name, API_PORT=str(api_port), **extra_env), log_dir)
+    processes = Processes(
+        isolated_env(kafka_bootstrap, postgres_url, log_dir, name, API_PORT=str(api_port), **extra_env), log_dir
+    )
     processes.cli("topics")
     if offers_file is not None:
         processes.cli("offers", "load", str(offers_file))
@@ -201,7 +214,12 @@ def pipeline(
 ) -> Iterator[tuple[Processes, str]]:
     """The whole pipeline with the offers of tests/integration/offers.yaml, its clock ticking fast."""
     with running_pipeline(
-        request, kafka_bootstrap, postgres_url, work_dir, "it", REPO_ROOT / "tests" / "integration" / "offers.yaml",
+        request,
+        kafka_bootstrap,
+        postgres_url,
+        work_dir,
+        "it",
+        REPO_ROOT / "tests" / "integration" / "offers.yaml",
         CLOCK_INTERVAL_S="0.5",
     ) as running:
         yield running

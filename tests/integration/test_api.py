@@ -9,31 +9,29 @@ import asyncio
 import base64
 import json
 import uuid
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import asyncpg
-import pytest
 import httpx
+import pytest
 import pytest_asyncio
-
-from schemas.codec import Codec
-from stream import ledger
-from stream.api import create_app
-from stream.core.rules import balances, decide
-from stream.settings import Settings
-from stream.sink import staging_row
 from aiokafka import AIOKafkaConsumer
 
-from topics.catalogue import account_partition
-from stream.offer_admin import publish_offers
+from schemas.codec import SCHEMA_DIR, Codec
+from stream import ledger
+from stream.api import create_app
 from stream.core.lifecycle import due_events
+from stream.core.rules import balances, decide
+from stream.offer_admin import publish_offers
+from stream.settings import Settings
+from stream.sink import staging_row
 from tests.factories import T0, book, card_event, offer
-from schemas.codec import SCHEMA_DIR
 from tests.integration.conftest import fresh_database
 from topics.admin import ensure_topics
-from topics.catalogue import catalogue
+from topics.catalogue import account_partition, catalogue
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +52,9 @@ def _entries() -> list[dict[str, Any]]:
     charity = book(offer(offer_id="give-1", reward_kind="CHARITY", charity_id="red-cross", rate_bps=100, pending_days=10))
     state = None
     for n, day in enumerate((0, 15)):
-        clearing = card_event("CLEARING", 10_000, account_id="api-3", transaction_ref=f"gift-{n}", occurred_at=T0 + timedelta(days=day))
+        clearing = card_event(
+            "CLEARING", 10_000, account_id="api-3", transaction_ref=f"gift-{n}", occurred_at=T0 + timedelta(days=day)
+        )
         decision = decide(clearing, charity, state)
         state = decision.state
         entries.extend(decision.entries)
@@ -77,13 +77,18 @@ def _run(account_id: str, offers: Any, steps: list[tuple[Any, ...]]) -> list[dic
         else:
             kind, amount, day = step
             after = kind in ("REFUND", "CHARGEBACK", "CHARGEBACK_REVERSAL")
-            events = [card_event(
-                kind, amount, account_id=account_id, occurred_at=_at(day),
-                transaction_ref=f"{kind.lower()}-1" if after else "p-1",
-                original_transaction_ref="p-1" if after else None,
-                processing_code="REFUND" if kind == "REFUND" else "PURCHASE",
-                **({"currency": "JPY", "billing_currency": "JPY"} if account_id.endswith("-yen") else {}),
-            )]
+            events = [
+                card_event(
+                    kind,
+                    amount,
+                    account_id=account_id,
+                    occurred_at=_at(day),
+                    transaction_ref=f"{kind.lower()}-1" if after else "p-1",
+                    original_transaction_ref="p-1" if after else None,
+                    processing_code="REFUND" if kind == "REFUND" else "PURCHASE",
+                    **({"currency": "JPY", "billing_currency": "JPY"} if account_id.endswith("-yen") else {}),
+                )
+            ]
         for event in events:
             decision = decide(event, offers, state)
             state = decision.state
@@ -182,11 +187,19 @@ async def test_balances_of_an_account(client: httpx.AsyncClient) -> None:
     body = (await client.get("/v1/accounts/api-1/balances")).json()
     assert body == {
         "account_id": "api-1",
-        "balances": [{
-            "reward_kind": "CASH", "currency": "EUR", "pending_minor": 0, "confirmed_minor": 2_500,
-            "available_minor": 0, "lifetime_earned_minor": 2_500, "clawed_back_minor": 0, "donated_minor": 0,
-            "available": "0.00 EUR",
-        }],
+        "balances": [
+            {
+                "reward_kind": "CASH",
+                "currency": "EUR",
+                "pending_minor": 0,
+                "confirmed_minor": 2_500,
+                "available_minor": 0,
+                "lifetime_earned_minor": 2_500,
+                "clawed_back_minor": 0,
+                "donated_minor": 0,
+                "available": "0.00 EUR",
+            }
+        ],
     }
 
 
@@ -229,7 +242,7 @@ async def test_unknown_account_is_404_with_a_message(client: httpx.AsyncClient) 
         ("/v1/accounts/api-1/history?cursor=not-a-cursor", 400),
         # cursors that decode to numbers a bigint cannot hold, or no sequence has
         (f"/v1/accounts/api-1/history?cursor={base64.urlsafe_b64encode(str(2**63).encode()).decode()}", 400),
-        (f"/v1/accounts/api-1/history?cursor={base64.urlsafe_b64encode(str(-2**63).encode()).decode()}", 400),
+        (f"/v1/accounts/api-1/history?cursor={base64.urlsafe_b64encode(str(-(2**63)).encode()).decode()}", 400),
         (f"/v1/accounts/api-1/history?cursor={base64.urlsafe_b64encode(str(10**40).encode()).decode()}", 400),
         ("/v1/operations/ledger-conflicts?cursor=not-a-cursor", 400),
         ("/v1/operations/ledger-conflicts?limit=0", 422),
@@ -276,7 +289,9 @@ async def test_activation_is_published_on_the_accounts_partition(client: httpx.A
     assert (body["account_id"], body["offer_id"], body["active"]) == ("api-2", "grocery-5", True)
 
     topic = catalogue(settings.topic_prefix).activations.name
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None, auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None, auto_offset_reset="earliest"
+    )
     await consumer.start()
     try:
         batch = await consumer.getmany(timeout_ms=5_000)
@@ -300,12 +315,23 @@ async def test_activating_an_unknown_offer_is_404(client: httpx.AsyncClient) -> 
 @pytest.mark.asyncio
 async def test_a_charity_sees_what_was_donated_and_promised(client: httpx.AsyncClient) -> None:
     donations = (await client.get("/v1/charities/red-cross/donations")).json()
-    assert donations == [{
-        "charity_id": "red-cross", "currency": "EUR", "donated_minor": 100, "promised_minor": 100,
-        "clawed_back_minor": 0, "donors": 1,
-    }]
+    assert donations == [
+        {
+            "charity_id": "red-cross",
+            "currency": "EUR",
+            "donated_minor": 100,
+            "promised_minor": 100,
+            "clawed_back_minor": 0,
+            "donors": 1,
+        }
+    ]
     (line,) = (await client.get("/v1/accounts/api-3/balances")).json()["balances"]
-    assert (line["reward_kind"], line["donated_minor"], line["confirmed_minor"], line["available_minor"]) == ("CHARITY", 100, 100, 0)
+    assert (line["reward_kind"], line["donated_minor"], line["confirmed_minor"], line["available_minor"]) == (
+        "CHARITY",
+        100,
+        100,
+        0,
+    )
     missing = await client.get("/v1/charities/nobody/donations")
     assert missing.status_code == 404 and missing.json() == {"detail": "nothing donated to charity nobody"}
 
@@ -317,10 +343,22 @@ async def test_each_charity_amount_counts_once(client: httpx.AsyncClient) -> Non
     donations = (await client.get("/v1/charities/food-bank/donations")).json()
     assert donations == [
         # donated 5.00 + 3.00; promised 5.00 pending + 5.00 confirmed + 3.00; clawed back 2.00 + 2.00 + 5.00
-        {"charity_id": "food-bank", "currency": "EUR", "donated_minor": 800, "promised_minor": 1_300,
-         "clawed_back_minor": 900, "donors": 5},
-        {"charity_id": "food-bank", "currency": "JPY", "donated_minor": 0, "promised_minor": 500,
-         "clawed_back_minor": 0, "donors": 1},
+        {
+            "charity_id": "food-bank",
+            "currency": "EUR",
+            "donated_minor": 800,
+            "promised_minor": 1_300,
+            "clawed_back_minor": 900,
+            "donors": 5,
+        },
+        {
+            "charity_id": "food-bank",
+            "currency": "JPY",
+            "donated_minor": 0,
+            "promised_minor": 500,
+            "clawed_back_minor": 0,
+            "donors": 1,
+        },
     ]
     # The same figures as the customers' balances (the engine's oracle and the API's /balances).
     oracle = balances(_charity_entries())
@@ -368,6 +406,9 @@ async def test_operators_see_each_ledger_conflict(client: httpx.AsyncClient) -> 
     body = response.json()
     (conflict,) = body["conflicts"]
     assert (conflict["account_id"], conflict["accrual_id"], conflict["held_kind"], conflict["arrived_amount_minor"]) == (
-        held["account_id"], held["accrual_id"], "PENDING_CREATED", held["amount_minor"]
+        held["account_id"],
+        held["accrual_id"],
+        "PENDING_CREATED",
+        held["amount_minor"],
     )
     assert body["next_cursor"] is None

@@ -37,9 +37,7 @@ def test_concurrent_workers_never_overspend(database: str) -> None:
             for worker in workers:
                 await worker.define({"campaign": (1_000, "EUR")})
             # 60 purchases each wanting 30.00... of a 1000 budget, raced from both workers.
-            results = await asyncio.gather(
-                *(workers[n % 2].apply(f"evt-{n}", {"campaign": 30}) for n in range(60))
-            )
+            results = await asyncio.gather(*(workers[n % 2].apply(f"evt-{n}", {"campaign": 30}) for n in range(60)))
             return sum(results), await workers[0].used("campaign")
         finally:
             for worker in workers:

@@ -6,21 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import asyncpg
 import httpx
 import pytest
 
 from schemas.codec import Codec
-from topics.catalogue import account_partition
 from stream.localstack.process import free_port
 from stream.offer_admin import publish_offers
 from stream.settings import Settings
 from tests.factories import card_record, offer
 from tests.integration.conftest import Processes, isolated_env, wait_until
 from tests.integration.test_end_to_end import publish_records
+from topics.catalogue import account_partition
 
 pytestmark = pytest.mark.integration
 
@@ -38,8 +38,9 @@ def two_workers(kafka_bootstrap: str, postgres_url: str, work_dir: Path) -> Iter
     asyncio.run(publish_offers(settings, Codec(), settings.topic_prefix + "offers", [campaign]))
     for name in ("worker-a", "worker-b"):
         processes.metrics_ports[name] = free_port()
-        processes.start(name, "worker", env={"METRICS_PORT": str(processes.metrics_ports[name]),
-                                             "WORKER_DATA_DIR": str(log_dir / name)})
+        processes.start(
+            name, "worker", env={"METRICS_PORT": str(processes.metrics_ports[name]), "WORKER_DATA_DIR": str(log_dir / name)}
+        )
     processes.start("sink", "sink")
     try:
         yield processes
@@ -71,7 +72,9 @@ async def _totals(database_url: str) -> tuple[int, int, int]:
 def test_two_workers_never_overspend_a_shared_budget(two_workers: Processes) -> None:
     processes = two_workers
     # Both workers joined the group and own partitions before the purchases arrive.
-    wait_until(lambda: _assigned(processes, "worker-a") and _assigned(processes, "worker-b"), 90, "both workers to own partitions")
+    wait_until(
+        lambda: _assigned(processes, "worker-a") and _assigned(processes, "worker-b"), 90, "both workers to own partitions"
+    )
     accounts = [f"budget-acct-{n:02d}" for n in range(ACCOUNTS)]
     assert len({account_partition(a, 4) for a in accounts}) == 4  # every partition has buyers
     purchases = [card_record("CLEARING", 10_000, account_id=a, transaction_ref=f"{a}-ref") for a in accounts]
@@ -79,9 +82,14 @@ def test_two_workers_never_overspend_a_shared_budget(two_workers: Processes) -> 
 
     totals = wait_until(
         lambda: (t := asyncio.run(_totals(processes.env["DATABASE_URL"])))[0] + 500 * t[1] == 500 * ACCOUNTS and t,
-        90, "every purchase to be decided", observe=lambda: asyncio.run(_totals(processes.env["DATABASE_URL"])),
+        90,
+        "every purchase to be decided",
+        observe=lambda: asyncio.run(_totals(processes.env["DATABASE_URL"])),
     )
     granted, exhausted, used = totals
     assert (granted, used, exhausted) == (5_000, 5_000, ACCOUNTS - 10)
-    decided = [processes.metric(name, "cashback_events_consumed_total", {"event_type": "CLEARING"}) or 0 for name in ("worker-a", "worker-b")]
+    decided = [
+        processes.metric(name, "cashback_events_consumed_total", {"event_type": "CLEARING"}) or 0
+        for name in ("worker-a", "worker-b")
+    ]
     assert sum(decided) == ACCOUNTS and all(count > 0 for count in decided), decided  # both workers took part

@@ -12,8 +12,8 @@ import subprocess
 import sys
 import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import psutil
 import pytest
@@ -46,7 +46,11 @@ def env(kafka_bootstrap: str, postgres_url: str, work_dir: Path) -> dict[str, st
 
 def cashback(environ: dict[str, str], *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "stream", *args], env=environ, cwd=REPO_ROOT, capture_output=True, text=True,
+        [sys.executable, "-m", "stream", *args],
+        env=environ,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
         timeout=timeout_s,
     )
 
@@ -241,9 +245,15 @@ def test_bad_configuration_exits_2_naming_the_variable(env: dict[str, str]) -> N
 @pytest.mark.parametrize(
     "args",
     [
-        ["topics"], ["dead-letters"], ["offers", "load", str(TEST_OFFERS)], ["offers", "remove", "grocery-5"],
-        ["accounts", "segments", "acct-1", "vip"], ["accounts", "activate", "acct-1", "grocery-5"],
-        ["simulate", "--purchases", "1", "--quiet"], ["sink"], ["worker"],
+        ["topics"],
+        ["dead-letters"],
+        ["offers", "load", str(TEST_OFFERS)],
+        ["offers", "remove", "grocery-5"],
+        ["accounts", "segments", "acct-1", "vip"],
+        ["accounts", "activate", "acct-1", "grocery-5"],
+        ["simulate", "--purchases", "1", "--quiet"],
+        ["sink"],
+        ["worker"],
     ],
 )
 def test_an_unreachable_broker_is_one_line_and_exit_2(env: dict[str, str], args: list[str]) -> None:
@@ -274,8 +284,12 @@ class Stack:
 
     def __init__(self, environ: dict[str, str], *args: str) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "stream", "local", *args], cwd=REPO_ROOT, env=environ,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [sys.executable, "-m", "stream", "local", *args],
+            cwd=REPO_ROOT,
+            env=environ,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         self.lines: list[str] = []
         self.reader = threading.Thread(target=lambda: self.lines.extend(iter(self.process.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
@@ -286,8 +300,12 @@ class Stack:
         return "".join(self.lines)
 
     def wait_ready(self, timeout_s: float = 90) -> str:
-        wait_until(lambda: "local stack is up" in self.output or self.process.poll() is not None, timeout_s,
-                   "the stack to start", observe=lambda: self.output[-3000:])
+        wait_until(
+            lambda: "local stack is up" in self.output or self.process.poll() is not None,
+            timeout_s,
+            "the stack to start",
+            observe=lambda: self.output[-3000:],
+        )
         assert "local stack is up" in self.output, self.output
         return self.output
 
@@ -345,8 +363,11 @@ def test_local_stack_on_existing_servers_publishes_no_demo_and_stops_on_ctrl_c(s
             stack.kill()
     assert code == 0, stack.output[-3000:]
     assert "stopped" in stack.output
-    wait_until(lambda: not [p for p in descendants if p.is_running() and p.status() != psutil.STATUS_ZOMBIE],
-               10, "the stack's children to stop")
+    wait_until(
+        lambda: not [p for p in descendants if p.is_running() and p.status() != psutil.STATUS_ZOMBIE],
+        10,
+        "the stack's children to stop",
+    )
 
 
 def test_local_stack_loads_the_offers_file_it_is_given(stack_env: dict[str, str]) -> None:
@@ -369,8 +390,12 @@ def test_local_stack_refuses_a_bad_offers_file_before_starting(
 ) -> None:
     path, says = bad_files["invalid_field"]
     result = subprocess.run(
-        [sys.executable, "-m", "stream", "local", "--offers", str(path)], cwd=REPO_ROOT, env=stack_env,
-        capture_output=True, text=True, timeout=30,
+        [sys.executable, "-m", "stream", "local", "--offers", str(path)],
+        cwd=REPO_ROOT,
+        env=stack_env,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     refused(result, says)
     assert "starting" not in result.stdout

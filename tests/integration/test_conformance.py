@@ -8,9 +8,10 @@ order even across the two input topics. Each scenario runs with exactly its own 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import asyncpg
 import httpx
@@ -18,18 +19,17 @@ import pytest
 
 from schemas.codec import Codec
 from stream.account_messages import publish_activation, publish_segments
+from stream.core.rules import BALANCE_FIELDS
 from stream.offer_admin import publish_offers, remove_offers
-from topics.catalogue import catalogue
 from stream.settings import Settings
-from topics.catalogue import account_partition
 from tests.conformance.scenario import ExpectedEntry, Scenario, all_scenarios, comparable, is_time, label_of
 from tests.integration.conftest import Processes, running_pipeline, wait_until
 from tests.integration.test_end_to_end import publish, topic_for, wire
+from topics.catalogue import account_partition, catalogue
 
 pytestmark = pytest.mark.integration
 
 SCENARIOS = all_scenarios()
-from stream.core.rules import BALANCE_FIELDS
 
 
 class Conformance:
@@ -61,14 +61,21 @@ class Conformance:
         codec = Codec()
         sends = []
         if scenario.profile.get("segments"):
-            sends.append(publish_segments(self.settings, codec, topics.profiles.name, scenario.account_id, scenario.profile["segments"]))
+            sends.append(
+                publish_segments(self.settings, codec, topics.profiles.name, scenario.account_id, scenario.profile["segments"])
+            )
         for offer_id, at in (scenario.profile.get("activations") or {}).items():
-            sends.append(publish_activation(self.settings, codec, topics.activations.name, scenario.account_id, offer_id,
-                                            True, datetime.fromisoformat(at)))
+            sends.append(
+                publish_activation(
+                    self.settings, codec, topics.activations.name, scenario.account_id, offer_id, True, datetime.fromisoformat(at)
+                )
+            )
         for send in sends:
             before = self.processed()
             asyncio.run(send)
-            wait_until(lambda: self.processed() > before, 30, "the account message to be applied", observe=self.processed)
+            wait_until(
+                lambda before=before: self.processed() > before, 30, "the account message to be applied", observe=self.processed
+            )
 
     def deliver(self, scenario: Scenario) -> None:
         bootstrap = self.processes.env["KAFKA_BOOTSTRAP_SERVERS"]
@@ -82,8 +89,12 @@ class Conformance:
             else:
                 message = (topic_for(self.processes.env, record), record["account_id"].encode(), wire(record))
                 asyncio.run(publish(bootstrap, [message]))
-            wait_until(lambda: self.processed() > before, 30, f"event {record['event_id']} to be processed",
-                       observe=self.processed)
+            wait_until(
+                lambda before=before: self.processed() > before,
+                30,
+                f"event {record['event_id']} to be processed",
+                observe=self.processed,
+            )
 
     async def _ledger(self, scenario: Scenario) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
         connection = await asyncpg.connect(self.processes.env["DATABASE_URL"])
@@ -106,11 +117,19 @@ class Conformance:
                 return entries, not_earned
             return None
 
-        entries, not_earned = wait_until(complete, 30, f"the ledger of {scenario.name}",
-                                         observe=lambda: asyncio.run(self._ledger(scenario)))
+        entries, not_earned = wait_until(
+            complete, 30, f"the ledger of {scenario.name}", observe=lambda: asyncio.run(self._ledger(scenario))
+        )
         view = [
-            ExpectedEntry(label_of(scenario, e["source_event_id"]), e["entry_kind"], e["debit_book"], e["credit_book"],
-                          e["amount_minor"], e["reward_kind"], e["offer_id"])
+            ExpectedEntry(
+                label_of(scenario, e["source_event_id"]),
+                e["entry_kind"],
+                e["debit_book"],
+                e["credit_book"],
+                e["amount_minor"],
+                e["reward_kind"],
+                e["offer_id"],
+            )
             for e in entries
         ]
         return view, not_earned
@@ -144,5 +163,9 @@ def test_scenario_end_to_end(conformance: Conformance, scenario: Scenario) -> No
     ledger, not_earned = conformance.written(scenario)
     assert comparable(ledger, scenario.ledger) == scenario.ledger
     assert sorted(not_earned) == sorted(scenario.not_earned)
-    wait_until(lambda: conformance.balances(scenario) == scenario.balances, 15, f"the balances of {scenario.name}",
-               observe=lambda: conformance.balances(scenario))
+    wait_until(
+        lambda: conformance.balances(scenario) == scenario.balances,
+        15,
+        f"the balances of {scenario.name}",
+        observe=lambda: conformance.balances(scenario),
+    )

@@ -142,9 +142,7 @@ def test_two_servers_in_parallel_get_distinct_ports(workdir: Path) -> None:
         assert len(ports) == 2
 
         async def both() -> list[list[str]]:
-            return list(
-                await asyncio.gather(*(_roundtrip(pg.dsn, f"s{i}") for i, pg in enumerate(servers)))
-            )
+            return list(await asyncio.gather(*(_roundtrip(pg.dsn, f"s{i}") for i, pg in enumerate(servers))))
 
         assert asyncio.run(both()) == [["s0"], ["s1"]]
     finally:
@@ -170,9 +168,10 @@ def test_server_dies_with_its_parent_on_sigkill(workdir: Path) -> None:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
     stderr_path = workdir / "parent.stderr"
-    with open(stderr_path, "w") as stderr, subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=stderr, env=env, text=True
-    ) as parent:
+    with (
+        open(stderr_path, "w") as stderr,
+        subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=stderr, env=env, text=True) as parent,
+    ):
         _kill_parent_and_check(parent, data_dir, stderr_path)
 
     # The crashed cluster is reusable: postgres recovers on the next start.

@@ -11,6 +11,7 @@ import json
 import random
 import struct
 import uuid
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,9 @@ def _schema(file_name: str) -> Any:
 
 
 AUTH_SCHEMA, SETTLEMENT_SCHEMA, DEAD_LETTER_SCHEMA = (
-    _schema("authorization_event.avsc"), _schema("settlement_event.avsc"), _schema("dead_letter.avsc")
+    _schema("authorization_event.avsc"),
+    _schema("settlement_event.avsc"),
+    _schema("dead_letter.avsc"),
 )
 
 
@@ -65,7 +68,9 @@ async def publish(bootstrap: str, messages: list[tuple[Any, ...]]) -> None:
 
 
 def publish_records(env: dict[str, str], records: list[dict[str, Any]]) -> None:
-    asyncio.run(publish(env["KAFKA_BOOTSTRAP_SERVERS"], [(topic_for(env, r), r["account_id"].encode(), wire(r)) for r in records]))
+    asyncio.run(
+        publish(env["KAFKA_BOOTSTRAP_SERVERS"], [(topic_for(env, r), r["account_id"].encode(), wire(r)) for r in records])
+    )
 
 
 def purchase_stories(tag: str) -> tuple[list[dict[str, Any]], dict[str, dict[str, int] | None]]:
@@ -83,7 +88,9 @@ def purchase_stories(tag: str) -> tuple[list[dict[str, Any]], dict[str, dict[str
         story(a, ("AUTHORIZATION", 10_000, {}), ("CLEARING", 8_000, {}))  # case 2
         + story(b, ("AUTHORIZATION", 3_000, {}), ("AUTHORIZATION_REVERSAL", 2_000, {}), ("CLEARING", 1_000, {}))  # case 3
         + story(
-            c, ("AUTHORIZATION", 10_000, {}), ("CLEARING", 10_000, {}),
+            c,
+            ("AUTHORIZATION", 10_000, {}),
+            ("CLEARING", 10_000, {}),
             ("REFUND", 4_000, {"processing_code": "REFUND", "original_transaction_ref": f"{c}-ref"}),
         )  # case 10
         + story(d, ("AUTHORIZATION", 10_000, {"response_code": "51"}))  # case 12: declined
@@ -91,12 +98,47 @@ def purchase_stories(tag: str) -> tuple[list[dict[str, Any]], dict[str, dict[str
         + story(f, ("AUTHORIZATION", 5_000, {}), ("INCREMENTAL_AUTHORIZATION", 3_000, {}))  # case 4
     )
     expected = {
-        a: {"pending_minor": 0, "confirmed_minor": 400, "available_minor": 0, "lifetime_earned_minor": 400, "clawed_back_minor": 0, "donated_minor": 0},
-        b: {"pending_minor": 0, "confirmed_minor": 50, "available_minor": 0, "lifetime_earned_minor": 50, "clawed_back_minor": 0, "donated_minor": 0},
-        c: {"pending_minor": 0, "confirmed_minor": 300, "available_minor": 0, "lifetime_earned_minor": 500, "clawed_back_minor": 200, "donated_minor": 0},
+        a: {
+            "pending_minor": 0,
+            "confirmed_minor": 400,
+            "available_minor": 0,
+            "lifetime_earned_minor": 400,
+            "clawed_back_minor": 0,
+            "donated_minor": 0,
+        },
+        b: {
+            "pending_minor": 0,
+            "confirmed_minor": 50,
+            "available_minor": 0,
+            "lifetime_earned_minor": 50,
+            "clawed_back_minor": 0,
+            "donated_minor": 0,
+        },
+        c: {
+            "pending_minor": 0,
+            "confirmed_minor": 300,
+            "available_minor": 0,
+            "lifetime_earned_minor": 500,
+            "clawed_back_minor": 200,
+            "donated_minor": 0,
+        },
         d: None,
-        e: {"pending_minor": 0, "confirmed_minor": 0, "available_minor": 150, "lifetime_earned_minor": 150, "clawed_back_minor": 0, "donated_minor": 0},
-        f: {"pending_minor": 400, "confirmed_minor": 0, "available_minor": 0, "lifetime_earned_minor": 0, "clawed_back_minor": 0, "donated_minor": 0},
+        e: {
+            "pending_minor": 0,
+            "confirmed_minor": 0,
+            "available_minor": 150,
+            "lifetime_earned_minor": 150,
+            "clawed_back_minor": 0,
+            "donated_minor": 0,
+        },
+        f: {
+            "pending_minor": 400,
+            "confirmed_minor": 0,
+            "available_minor": 0,
+            "lifetime_earned_minor": 0,
+            "clawed_back_minor": 0,
+            "donated_minor": 0,
+        },
     }
     return records, expected
 
@@ -115,7 +157,9 @@ def balance(base_url: str, account: str) -> dict[str, int] | None:
 
 def wait_for_balance(base_url: str, account: str, expected: dict[str, int], timeout_s: float = 60) -> None:
     wait_until(
-        lambda: balance(base_url, account) == expected, timeout_s, f"balance of {account} to be {expected}",
+        lambda: balance(base_url, account) == expected,
+        timeout_s,
+        f"balance of {account} to be {expected}",
         observe=lambda: balance(base_url, account),
     )
 
@@ -136,8 +180,18 @@ def sentinel(env: dict[str, str], base_url: str) -> None:
     account = f"sentinel-{uuid.uuid4().hex[:6]}"
     records = [card_record("AUTHORIZATION", 2_000, account_id=account, transaction_ref=f"{account}-ref")]
     publish_records(env, records)
-    wait_for_balance(base_url, account, {"pending_minor": 100, "confirmed_minor": 0, "available_minor": 0,
-                                         "lifetime_earned_minor": 0, "clawed_back_minor": 0, "donated_minor": 0})
+    wait_for_balance(
+        base_url,
+        account,
+        {
+            "pending_minor": 100,
+            "confirmed_minor": 0,
+            "available_minor": 0,
+            "lifetime_earned_minor": 0,
+            "clawed_back_minor": 0,
+            "donated_minor": 0,
+        },
+    )
 
 
 async def _ledger_count(database_url: str, accounts: list[str]) -> int:
@@ -159,10 +213,13 @@ def test_card_events_become_balances_in_the_api(pipeline) -> None:  # type: igno
     # late authorisation changes nothing): 2 or 3 lines, the same balances.
     kinds, cursor = [], None
     while True:
-        page = httpx.get(f"{base_url}/v1/accounts/e2e-c/history", params={"limit": 1, **({"cursor": cursor} if cursor else {})},
-                         timeout=5).json()
+        page = httpx.get(
+            f"{base_url}/v1/accounts/e2e-c/history", params={"limit": 1, **({"cursor": cursor} if cursor else {})}, timeout=5
+        ).json()
         assert len(page["entries"]) == 1
-        kinds.append((page["entries"][0]["entry_kind"], page["entries"][0]["amount_minor"], page["entries"][0]["explanation"]["reason"]))
+        kinds.append(
+            (page["entries"][0]["entry_kind"], page["entries"][0]["amount_minor"], page["entries"][0]["explanation"]["reason"])
+        )
         cursor = page["next_cursor"]
         if cursor is None:
             break
@@ -175,9 +232,13 @@ def test_card_events_become_balances_in_the_api(pipeline) -> None:  # type: igno
     # Metrics: what the worker and the sink did, without any account id in a label.
     assert processes.metric("worker", "cashback_events_consumed_total", {"event_type": "AUTHORIZATION"}) >= 6
     assert processes.metric("worker", "cashback_events_consumed_total", {"event_type": "CLEARING", "outcome": "confirmed"}) >= 4
-    assert processes.metric("worker", "cashback_events_consumed_total", {"event_type": "AUTHORIZATION", "outcome": "declined"}) >= 1
+    assert (
+        processes.metric("worker", "cashback_events_consumed_total", {"event_type": "AUTHORIZATION", "outcome": "declined"}) >= 1
+    )
     assert processes.metric("worker", "cashback_amount_minor_total", {"entry_kind": "CLAWED_BACK", "currency": "EUR"}) >= 200
-    assert processes.metric("sink", "cashback_sink_entries_total", {"result": "written"}) >= 8  # fewest: every clearing before its auth
+    assert (
+        processes.metric("sink", "cashback_sink_entries_total", {"result": "written"}) >= 8
+    )  # fewest: every clearing before its auth
     assert processes.metric("sink", "cashback_sink_batch_seconds_count") >= 1
     wait_until(lambda: processes.metric("worker", "cashback_consumer_lag_messages") is not None, 30, "the worker's lag gauge")
     assert processes.metric("sink", "cashback_consumer_lag_messages") is not None
@@ -258,8 +319,18 @@ def test_bad_messages_go_to_dead_letters_and_good_ones_still_count(pipeline) -> 
     messages.append(accruals_junk)
     asyncio.run(publish(env["KAFKA_BOOTSTRAP_SERVERS"], messages))
 
-    wait_for_balance(base_url, account, {"pending_minor": 0, "confirmed_minor": 500, "available_minor": 0,
-                                         "lifetime_earned_minor": 500, "clawed_back_minor": 0, "donated_minor": 0})
+    wait_for_balance(
+        base_url,
+        account,
+        {
+            "pending_minor": 0,
+            "confirmed_minor": 500,
+            "available_minor": 0,
+            "lifetime_earned_minor": 500,
+            "clawed_back_minor": 0,
+            "donated_minor": 0,
+        },
+    )
     letters = asyncio.run(
         _read_dead_letters(env["KAFKA_BOOTSTRAP_SERVERS"], env["TOPIC_PREFIX"] + "dead-letters", len(bad_messages) + 1)
     )
@@ -281,14 +352,26 @@ def test_the_workers_own_clock_expires_an_old_authorisation(pipeline) -> None:  
     """Time passing with no further event: an authorisation 31 days old (the offer's
     auth_expiry_days is 30) is expired by the worker's own clock ticks."""
     processes, base_url = pipeline
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
-    long_ago = datetime.now(timezone.utc) - timedelta(days=31)
+    long_ago = datetime.now(UTC) - timedelta(days=31)
     account = f"clock-{uuid.uuid4().hex[:6]}"
-    publish_records(processes.env, [card_record("AUTHORIZATION", 10_000, account_id=account, transaction_ref=f"{account}-ref",
-                                                occurred_at=long_ago)])
-    wait_for_balance(base_url, account, {"pending_minor": 0, "confirmed_minor": 0, "available_minor": 0,
-                                         "lifetime_earned_minor": 0, "clawed_back_minor": 0, "donated_minor": 0})
+    publish_records(
+        processes.env,
+        [card_record("AUTHORIZATION", 10_000, account_id=account, transaction_ref=f"{account}-ref", occurred_at=long_ago)],
+    )
+    wait_for_balance(
+        base_url,
+        account,
+        {
+            "pending_minor": 0,
+            "confirmed_minor": 0,
+            "available_minor": 0,
+            "lifetime_earned_minor": 0,
+            "clawed_back_minor": 0,
+            "donated_minor": 0,
+        },
+    )
     history = httpx.get(f"{base_url}/v1/accounts/{account}/history", timeout=5).json()["entries"]
     assert [(line["entry_kind"], line["amount_minor"]) for line in history] == [("EXPIRED", 500), ("PENDING_CREATED", 500)]
     assert history[0]["source_event_id"].startswith(f"authorization_expiry:{account}:")

@@ -1,6 +1,7 @@
 """The Postgres ledger: balances from the SQL equal the pure engine's, a replayed batch changes
-nothing, event ids are the account's, conflicts are recorded, dead-lettered and not written, the journal is append-only, and a sink facing a
-Postgres outage blocks and retries the same batch instead of skipping it."""
+nothing, event ids are the account's, conflicts are recorded, dead-lettered and not written, the
+journal is append-only, and a sink facing a Postgres outage blocks and retries the same batch
+instead of skipping it."""
 
 from __future__ import annotations
 
@@ -17,12 +18,12 @@ from prometheus_client import REGISTRY
 
 from schemas.codec import Codec
 from stream import ledger
+from stream.backtest import replay
+from stream.core.offers import OfferBook
+from stream.core.rules import BALANCE_FIELDS, balances
 from stream.localstack.postgres import EmbeddedPostgres
 from stream.localstack.process import free_port
-from stream.core.offers import OfferBook
 from stream.offer_admin import load_offers_file
-from stream.backtest import replay
-from stream.core.rules import BALANCE_FIELDS, balances
 from stream.settings import Settings
 from stream.simulate import Scenario, generate
 from stream.sink import Sink, staging_row
@@ -80,7 +81,7 @@ def test_sql_balances_equal_the_engine_and_a_replay_changes_nothing(database: st
             assert await ledger.migrate(connection) == []  # already applied: nothing to do
             written = 0
             for start in range(0, len(rows), 97):  # uneven batches cut through accounts' histories
-                written += (await ledger.write_batch(connection, rows[start:start + 97])).written
+                written += (await ledger.write_batch(connection, rows[start : start + 97])).written
             assert written == ledger_rows
             expected = {k: v for k, v in balances(entries).items()}
             assert await _balances(connection) == expected
@@ -107,7 +108,9 @@ def test_same_entry_id_with_other_content_is_a_conflict_not_a_credit(database: s
             await ledger.write_batch(connection, rows_of([entry]))
             result = await ledger.write_batch(connection, rows_of([tampered]))
             assert (result.written, result.conflicts) == (0, (0,))
-            amount = await connection.fetchval("SELECT amount_minor FROM ledger_entries WHERE accrual_id = $1", entry["accrual_id"])
+            amount = await connection.fetchval(
+                "SELECT amount_minor FROM ledger_entries WHERE accrual_id = $1", entry["accrual_id"]
+            )
             assert amount == entry["amount_minor"]
             # visible: recorded once for the operations view, however often it is redelivered
             await ledger.write_batch(connection, rows_of([tampered]))
@@ -130,7 +133,9 @@ def test_event_ids_are_the_accounts_the_same_id_on_two_accounts_is_two_entries(d
         try:
             result = await ledger.write_batch(connection, rows_of([entry, other_account]))
             assert (result.written, result.conflicts) == (2, ())
-            held = await connection.fetch("SELECT account_id FROM ledger_entries WHERE accrual_id = $1 ORDER BY account_id", entry["accrual_id"])
+            held = await connection.fetch(
+                "SELECT account_id FROM ledger_entries WHERE accrual_id = $1 ORDER BY account_id", entry["accrual_id"]
+            )
             assert [r["account_id"] for r in held] == [entry["account_id"], other_account["account_id"]]
         finally:
             await connection.close()
@@ -155,9 +160,14 @@ def test_conflicts_in_one_batch_and_across_not_earned_lines_are_never_written(da
             assert sorted((k["held_kind"], k["arrived_kind"]) for k in kinds) == sorted(
                 [("PENDING_CREATED", "PENDING_CREATED"), ("NOT_EARNED", "PENDING_CREATED")]
             )
-            assert await connection.fetchval(
-                "SELECT count(*) FROM ledger_entries WHERE account_id = $1 AND accrual_id = $2", not_earned["account_id"], not_earned["accrual_id"]
-            ) == 0
+            assert (
+                await connection.fetchval(
+                    "SELECT count(*) FROM ledger_entries WHERE account_id = $1 AND accrual_id = $2",
+                    not_earned["account_id"],
+                    not_earned["accrual_id"],
+                )
+                == 0
+            )
         finally:
             await connection.close()
 
@@ -168,7 +178,9 @@ def test_the_sink_dead_letters_a_conflict_with_its_reason_and_counts_it(database
     entry = next(e for e in simulated_entries(purchases=20, seed=5) if e["entry_kind"] == "PENDING_CREATED")
     tampered = dict(entry, amount_minor=entry["amount_minor"] + 7)
     messages = [
-        ConsumerRecord("cashback.accruals", 0, offset, 0, 0, entry["account_id"].encode(), CODEC.encode("accrual", e), None, 0, 0, [])
+        ConsumerRecord(
+            "cashback.accruals", 0, offset, 0, 0, entry["account_id"].encode(), CODEC.encode("accrual", e), None, 0, 0, []
+        )
         for offset, e in enumerate([entry, tampered])
     ]
 
@@ -191,7 +203,7 @@ def test_the_sink_dead_letters_a_conflict_with_its_reason_and_counts_it(database
             await sink._drop_connection()
 
     asyncio.run(scenario())
-    (topic, value), = producer.sent
+    ((topic, value),) = producer.sent
     _, letter = CODEC.decode(value, expected_subject="dead_letter")
     assert topic == catalogue().dead_letters.name
     assert (letter["reason"], letter["source_offset"]) == ("ledger_conflict", 1)
@@ -205,7 +217,11 @@ def test_the_journal_is_append_only_and_its_invariants_hold_in_the_database(data
         connection = await _connect_migrated(database)
         try:
             await ledger.write_batch(connection, rows_of([entry]))
-            for statement in ("UPDATE ledger_entries SET amount_minor = 1", "DELETE FROM ledger_entries", "TRUNCATE ledger_entries"):
+            for statement in (
+                "UPDATE ledger_entries SET amount_minor = 1",
+                "DELETE FROM ledger_entries",
+                "TRUNCATE ledger_entries",
+            ):
                 with pytest.raises(asyncpg.exceptions.InsufficientPrivilegeError, match="append-only"):
                     await connection.execute(statement)
             for broken in (dict(entry, amount_minor=0), dict(entry, debit_book="PENDING", credit_book="PENDING")):
@@ -266,12 +282,28 @@ def test_history_sequence_migration_backfills_rows_in_recorded_order(database: s
                 "INSERT INTO ledger_entries (accrual_id, source_event_id, account_id, transaction_ref, entry_kind,"
                 " debit_book, credit_book, amount_minor, currency, reward_kind, occurred_at, explanation, fingerprint)"
                 " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, to_timestamp($11 / 1000.0), '{}', 'old')",
-                [(e["accrual_id"], e["source_event_id"], e["account_id"], e["transaction_ref"], e["entry_kind"],
-                  e["debit_book"], e["credit_book"], e["amount_minor"], e["currency"], e["reward_kind"], e["occurred_at"])
-                 for e in entries if e["entry_kind"] != "NOT_EARNED"],
+                [
+                    (
+                        e["accrual_id"],
+                        e["source_event_id"],
+                        e["account_id"],
+                        e["transaction_ref"],
+                        e["entry_kind"],
+                        e["debit_book"],
+                        e["credit_book"],
+                        e["amount_minor"],
+                        e["currency"],
+                        e["reward_kind"],
+                        e["occurred_at"],
+                    )
+                    for e in entries
+                    if e["entry_kind"] != "NOT_EARNED"
+                ],
             )
             assert "0003_history_sequence.sql" in await ledger.migrate(connection)
-            sequence = [r["history_seq"] for r in await connection.fetch("SELECT history_seq FROM ledger_entries ORDER BY entry_seq")]
+            sequence = [
+                r["history_seq"] for r in await connection.fetch("SELECT history_seq FROM ledger_entries ORDER BY entry_seq")
+            ]
             # New rows continue the sequence, and the journal is append-only again.
             more = [dict(e, accrual_id=e["accrual_id"] + "-later") for e in entries if e["entry_kind"] == "PENDING_CREATED"][:1]
             await ledger.write_batch(connection, rows_of(more))

@@ -45,15 +45,23 @@ def test_local_stack_starts_serves_and_stops_cleanly() -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL")}
     stack = subprocess.Popen(
         [sys.executable, "-m", "stream", "local", "--rate", "300", "--purchases", str(PURCHASES), "--keep-data"],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     output: list[str] = []
     reader = threading.Thread(target=lambda: output.extend(iter(stack.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
     reader.start()
     descendants: list[psutil.Process] = []
     try:
-        wait_until(lambda: any("local stack is up" in line for line in output), 180, "the stack to start",
-                   observe=lambda: "".join(output[-20:]))
+        wait_until(
+            lambda: any("local stack is up" in line for line in output),
+            180,
+            "the stack to start",
+            observe=lambda: "".join(output[-20:]),
+        )
         api = re.search(r"balance API\s+(http://127\.0\.0\.1:\d+)", "".join(output)).group(1)  # type: ignore[union-attr]
         descendants = psutil.Process(stack.pid).children(recursive=True)
         names = " ".join(" ".join(p.cmdline()) for p in descendants)
@@ -62,8 +70,10 @@ def test_local_stack_starts_serves_and_stops_cleanly() -> None:
 
         account = accounts_with_cashback(PURCHASES)[0]
         found = wait_until(
-            lambda: httpx.get(f"{api}/v1/accounts/{account}/balances", timeout=5).status_code == 200, 180,
-            f"a balance for {account}", observe=lambda: diagnosis(output),
+            lambda: httpx.get(f"{api}/v1/accounts/{account}/balances", timeout=5).status_code == 200,
+            180,
+            f"a balance for {account}",
+            observe=lambda: diagnosis(output),
         )
         assert found
         metrics = httpx.get(f"{api}/metrics", timeout=5).text

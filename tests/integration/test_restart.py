@@ -26,10 +26,22 @@ from tests.integration.test_end_to_end import balance, publish_records, wait_for
 pytestmark = pytest.mark.integration
 
 RESTART_TARGET_S = 15.0
-PENDING_500 = {"pending_minor": 500, "confirmed_minor": 0, "available_minor": 0, "lifetime_earned_minor": 0,
-               "clawed_back_minor": 0, "donated_minor": 0}
-CONFIRMED_500 = {"pending_minor": 0, "confirmed_minor": 500, "available_minor": 0, "lifetime_earned_minor": 500,
-                 "clawed_back_minor": 0, "donated_minor": 0}
+PENDING_500 = {
+    "pending_minor": 500,
+    "confirmed_minor": 0,
+    "available_minor": 0,
+    "lifetime_earned_minor": 0,
+    "clawed_back_minor": 0,
+    "donated_minor": 0,
+}
+CONFIRMED_500 = {
+    "pending_minor": 0,
+    "confirmed_minor": 500,
+    "available_minor": 0,
+    "lifetime_earned_minor": 500,
+    "clawed_back_minor": 0,
+    "donated_minor": 0,
+}
 
 
 async def _confirmations(database_url: str, account: str) -> list[tuple[str, str]]:
@@ -54,13 +66,22 @@ def _decided(processes) -> float:  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("how", ["sigterm", "sigkill"])
 def test_a_restarted_worker_processes_again_with_its_state(request, kafka_bootstrap, postgres_url, work_dir, how) -> None:  # type: ignore[no-untyped-def]
     with running_pipeline(
-        request, kafka_bootstrap, postgres_url, work_dir, f"restart-{how}", REPO_ROOT / "tests" / "integration" / "offers.yaml",
+        request,
+        kafka_bootstrap,
+        postgres_url,
+        work_dir,
+        f"restart-{how}",
+        REPO_ROOT / "tests" / "integration" / "offers.yaml",
         WORKER_INSTANCE_ID="worker-a",
     ) as (processes, base_url):
         accounts = [f"{how}-{uuid.uuid4().hex[:6]}-{n}" for n in range(8)]  # spread over the partitions
-        publish_records(processes.env, [
-            card_record("AUTHORIZATION", 10_000, account_id=a, transaction_ref=f"{a}-ref", event_id=f"{a}-auth") for a in accounts
-        ])
+        publish_records(
+            processes.env,
+            [
+                card_record("AUTHORIZATION", 10_000, account_id=a, transaction_ref=f"{a}-ref", event_id=f"{a}-auth")
+                for a in accounts
+            ],
+        )
         for account in accounts:
             wait_for_balance(base_url, account, PENDING_500)
 
@@ -69,9 +90,10 @@ def test_a_restarted_worker_processes_again_with_its_state(request, kafka_bootst
         worker.wait(timeout=30)  # type: ignore[attr-defined]
         del processes.children["worker"]
 
-        publish_records(processes.env, [
-            card_record("CLEARING", 10_000, account_id=a, transaction_ref=f"{a}-ref", event_id=f"{a}-clear") for a in accounts
-        ])
+        publish_records(
+            processes.env,
+            [card_record("CLEARING", 10_000, account_id=a, transaction_ref=f"{a}-ref", event_id=f"{a}-clear") for a in accounts],
+        )
         started = time.monotonic()
         processes.start("worker", "worker", env={"METRICS_PORT": str(processes.metrics_ports["worker"])})
         wait_until(lambda: _decided(processes) > 0, 60, "the restarted worker to decide an event")

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream.core.events import IDENTIFIER_FIELDS, RejectReason, Rejection, looks_like_card_number, luhn_valid, validate
+from stream.core.events import IDENTIFIER_FIELDS, Rejection, RejectReason, looks_like_card_number, luhn_valid, validate
 from tests.factories import card_record
 
 SEEDED = settings(max_examples=150, derandomize=True, database=None, deadline=None)
@@ -20,9 +20,25 @@ SEEDED = settings(max_examples=150, derandomize=True, database=None, deadline=No
 # Issuer ranges of real card schemes, written here independently of stream.core.events:
 # Visa, Mastercard, Maestro, Amex, Discover, JCB, Diners, UnionPay, RuPay, Mir, Troy.
 SCHEME_RANGES = (
-    ("4", "4"), ("51", "55"), ("2221", "2720"), ("50", "50"), ("56", "69"), ("34", "34"), ("37", "37"),
-    ("6011", "6011"), ("644", "649"), ("65", "65"), ("3528", "3589"), ("300", "305"), ("36", "36"),
-    ("38", "39"), ("62", "62"), ("81", "82"), ("508", "508"), ("2200", "2204"), ("9792", "9792"),
+    ("4", "4"),
+    ("51", "55"),
+    ("2221", "2720"),
+    ("50", "50"),
+    ("56", "69"),
+    ("34", "34"),
+    ("37", "37"),
+    ("6011", "6011"),
+    ("644", "649"),
+    ("65", "65"),
+    ("3528", "3589"),
+    ("300", "305"),
+    ("36", "36"),
+    ("38", "39"),
+    ("62", "62"),
+    ("81", "82"),
+    ("508", "508"),
+    ("2200", "2204"),
+    ("9792", "9792"),
 )
 # Decimal digits of several scripts: ASCII, full-width, Arabic-Indic, extended Arabic-Indic,
 # Devanagari, Bengali, Thai, Myanmar, mathematical bold.
@@ -47,8 +63,7 @@ PRINTED = {
 }
 # Text around a number: anything but digits (and ASCII hex letters, which glued to a number in an
 # id may make a digest of it: the module doc says so).
-AROUND = st.text(st.characters(blacklist_categories=("Nd", "Cs", "Co", "Cn"), blacklist_characters="abcdefABCDEF"),
-                 max_size=8)
+AROUND = st.text(st.characters(blacklist_categories=("Nd", "Cs", "Co", "Cn"), blacklist_characters="abcdefABCDEF"), max_size=8)
 
 
 def with_check_digit(body: str) -> str:
@@ -146,12 +161,42 @@ def test_a_card_number_among_other_digit_groups_is_detected(number: str, other: 
 # --- (b) no realistic id is refused -------------------------------------------------------------
 
 DATE_FORMATS = (
-    "%Y", "%Y%m", "%Y%m%d", "%Y-%m-%d", "%Y/%m/%d", "%Y.%m.%d", "%Y_%m_%d", "%Y-%m%d", "%Y%j", "%Y-%j",
-    "%Y%m%d%H%M%S", "%Y%m%dT%H%M%S", "%Y%m%d-%H%M%S", "%Y-%m-%dT%H:%M:%S", "%Y%m%d%H%M%S%f",
-    "%d-%m-%Y", "%d.%m.%Y", "%d/%m/%Y", "%m%d%Y", "%m-%d-%Y", "%m/%d/%Y",
+    "%Y",
+    "%Y%m",
+    "%Y%m%d",
+    "%Y-%m-%d",
+    "%Y/%m/%d",
+    "%Y.%m.%d",
+    "%Y_%m_%d",
+    "%Y-%m%d",
+    "%Y%j",
+    "%Y-%j",
+    "%Y%m%d%H%M%S",
+    "%Y%m%dT%H%M%S",
+    "%Y%m%d-%H%M%S",
+    "%Y-%m-%dT%H:%M:%S",
+    "%Y%m%d%H%M%S%f",
+    "%d-%m-%Y",
+    "%d.%m.%Y",
+    "%d/%m/%Y",
+    "%m%d%Y",
+    "%m-%d-%Y",
+    "%m/%d/%Y",
 )
-GLUED = {"%Y", "%Y%m", "%Y%m%d", "%Y%j", "%Y%m%d%H%M%S", "%Y%m%d%H%M%S%f", "%d-%m-%Y", "%d.%m.%Y", "%d/%m/%Y",
-         "%m%d%Y", "%m-%d-%Y", "%m/%d/%Y"}
+GLUED = {
+    "%Y",
+    "%Y%m",
+    "%Y%m%d",
+    "%Y%j",
+    "%Y%m%d%H%M%S",
+    "%Y%m%d%H%M%S%f",
+    "%d-%m-%Y",
+    "%d.%m.%Y",
+    "%d/%m/%Y",
+    "%m%d%Y",
+    "%m-%d-%Y",
+    "%m/%d/%Y",
+}
 PREFIXES = st.one_of(
     st.sampled_from(("", "INV", "evt", "auth", "ref", "txn", "ord", "tok", "acct", "m", "settle", "CB")),
     st.text("ghijklmnopqrstuvwxyzGHIJKLMNOPQRSTUVWXYZ", min_size=1, max_size=6),
@@ -212,10 +257,18 @@ def simulator_ids(draw: st.DrawFn) -> str:
     """The simulator's ids for any seed and purchase number (stream.simulate)."""
     seed, number = draw(st.integers(0, 2**32)), draw(st.integers(0, 999_999_999))
     account = draw(st.integers(0, 999_999))
-    return draw(st.sampled_from((
-        f"ref-{seed}-{number:09d}", f"ref-{seed}-{number:09d}-r", f"ref-{seed}-{number:09d}-{number % 7 + 1}",
-        f"ref-{seed}-{number:09d}-{number % 7 + 1}-bad", f"tok-{account:06d}-{account % 3}", f"acct-{account:06d}",
-    )))
+    return draw(
+        st.sampled_from(
+            (
+                f"ref-{seed}-{number:09d}",
+                f"ref-{seed}-{number:09d}-r",
+                f"ref-{seed}-{number:09d}-{number % 7 + 1}",
+                f"ref-{seed}-{number:09d}-{number % 7 + 1}-bad",
+                f"tok-{account:06d}-{account % 3}",
+                f"acct-{account:06d}",
+            )
+        )
+    )
 
 
 REALISTIC_IDS = st.one_of(dated_ids(), timestamp_ids(), uuid_ids(), simulator_ids())
@@ -229,20 +282,23 @@ def test_realistic_ids_are_never_refused(identifier: str) -> None:
     assert validate(record) is None
 
 
-@pytest.mark.parametrize("identifier", [
-    "INV-2026-1201-0000-0001",  # 4-4-4-4 and Luhn-valid: only its year tells it from a card
-    "evt-20261201-000123",
-    "auth-2026-12-01-123456789",
-    "ref-20261201-000000123-1",  # the simulator's, which the old check refused one time in five
-    "tok-000123-0",
-    "acct-000001",
-    "123e4567-e89b-12d3-a456-426614174000",
-    str(uuid.UUID(int=0x4111_1111_1111_1111_4111_1111_1111_1111)),
-    "evt-20261201235959000123",  # 23 digits in a row: longer than any card
-    "evt-1796119200000",  # epoch ms
-    "txn-2026.1201.0000.0001",
-    "INV/2026/1201/4000/0001/7",
-])
+@pytest.mark.parametrize(
+    "identifier",
+    [
+        "INV-2026-1201-0000-0001",  # 4-4-4-4 and Luhn-valid: only its year tells it from a card
+        "evt-20261201-000123",
+        "auth-2026-12-01-123456789",
+        "ref-20261201-000000123-1",  # the simulator's, which the old check refused one time in five
+        "tok-000123-0",
+        "acct-000001",
+        "123e4567-e89b-12d3-a456-426614174000",
+        str(uuid.UUID(int=0x4111_1111_1111_1111_4111_1111_1111_1111)),
+        "evt-20261201235959000123",  # 23 digits in a row: longer than any card
+        "evt-1796119200000",  # epoch ms
+        "txn-2026.1201.0000.0001",
+        "INV/2026/1201/4000/0001/7",
+    ],
+)
 def test_examples_of_realistic_ids_are_not_refused(identifier: str) -> None:
     assert not looks_like_card_number(identifier, identifier=True)
     assert validate(card_record(event_id=identifier, transaction_ref=identifier)) is None

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import struct
-from datetime import datetime, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import fastavro
 import pytest
@@ -17,13 +18,12 @@ from schemas.codec import SCHEMA_DIR, Codec, DecodeError, DecodeFailure, Schema,
 from stream.core.rules import decide
 from tests.factories import T0, book, card_event, card_record, offer
 
-SEEDED = settings(
-    max_examples=200, derandomize=True, database=None, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+SEEDED = settings(max_examples=200, derandomize=True, database=None, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SHIPPED_IDS = {
     "authorization_event": 1,
     "settlement_event": 2,
-    "offer": 11,  # offer.v3.avsc; offer.avsc (3) and offer.v2.avsc (7) keep theirs (tests/unit/test_offers_v2.py reads their bytes)
+    # offer.v3.avsc; offer.avsc (3) and offer.v2.avsc (7) keep theirs (test_offers_v2.py reads their bytes)
+    "offer": 11,
     "offer_activation": 4,
     "accrual": 10,
     "dead_letter": 6,
@@ -70,7 +70,7 @@ def valid_records() -> dict[str, dict[str, Any]]:
 
 
 def _ms_to_datetime(value: Any) -> Any:
-    return datetime.fromtimestamp(value / 1000, tz=timezone.utc) if isinstance(value, int) else value
+    return datetime.fromtimestamp(value / 1000, tz=UTC) if isinstance(value, int) else value
 
 
 def test_every_shipped_subject_has_a_valid_record_here(codec: Codec) -> None:

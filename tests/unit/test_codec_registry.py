@@ -8,7 +8,7 @@ import struct
 
 import httpx
 
-from schemas.codec import Codec, DecodeFailure, DecodeError
+from schemas.codec import Codec, DecodeError, DecodeFailure
 from tests.factories import card_record
 
 

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
+from stream.backtest import Replay
 from stream.core.events import to_event, validate
 from stream.core.offers import OfferBook
 from stream.core.rules import balances
-from stream.backtest import Replay
 from tests.conformance.scenario import Scenario, all_scenarios, comparable, entry_view, is_time, label_of, stored_profile
 
 SCENARIOS = all_scenarios()
@@ -40,7 +40,9 @@ def test_scenario_through_the_pure_engine(scenario: Scenario) -> None:
     entries, outcomes = run_pure(scenario)
     ledger = [entry_view(scenario, e) for e in entries if e["entry_kind"] != "NOT_EARNED"]
     assert comparable(ledger, scenario.ledger) == scenario.ledger
-    not_earned = [(label_of(scenario, e["source_event_id"]), e["explanation"]["reason"]) for e in entries if e["entry_kind"] == "NOT_EARNED"]
+    not_earned = [
+        (label_of(scenario, e["source_event_id"]), e["explanation"]["reason"]) for e in entries if e["entry_kind"] == "NOT_EARNED"
+    ]
     assert not_earned == scenario.not_earned
     got = {(kind, currency): totals for (_, kind, currency), totals in balances(entries).items()}
     assert got == scenario.balances

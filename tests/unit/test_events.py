@@ -12,8 +12,8 @@ import pytest
 from stream.core.events import (
     CardEvent,
     EventType,
-    RejectReason,
     Rejection,
+    RejectReason,
     looks_like_card_number,
     luhn_valid,
     to_event,
@@ -180,8 +180,9 @@ def test_more_than_19_digits_in_a_row_are_no_card_number() -> None:
     assert looks_like_card_number(number + " 1234567")
 
 
-@pytest.mark.parametrize("field", ["event_id", "transaction_ref", "original_transaction_ref", "card_token",
-                                   "account_id", "merchant_id"])
+@pytest.mark.parametrize(
+    "field", ["event_id", "transaction_ref", "original_transaction_ref", "card_token", "account_id", "merchant_id"]
+)
 def test_an_identifier_holds_a_card_number_only_in_a_card_schemes_range(field: str) -> None:
     outside = luhn_number(first="9")  # 9: national ranges, no bank card scheme of ours
     assert validate(card_record(**{field: f"x-{outside}"})) is None
@@ -240,8 +241,14 @@ def test_to_event_maps_every_field() -> None:
 
 def test_to_event_fills_defaults_of_optional_fields() -> None:
     record = card_record()
-    for name in ("original_transaction_ref", "response_code", "cashback_at_pos_minor", "merchant_name",
-                 "merchant_country", "merchant_timezone"):
+    for name in (
+        "original_transaction_ref",
+        "response_code",
+        "cashback_at_pos_minor",
+        "merchant_name",
+        "merchant_country",
+        "merchant_timezone",
+    ):
         del record[name]
     event = to_event(record)
     assert event.original_transaction_ref is None
@@ -251,8 +258,10 @@ def test_to_event_fills_defaults_of_optional_fields() -> None:
     assert (event.clearing_sequence, event.clearing_count) == (None, None)
 
 
-@pytest.mark.parametrize(("code", "approved"), [("00", True), ("08", True), ("10", True), ("11", True),
-                                                 ("05", False), ("51", False), ("", False), ("0", False)])
+@pytest.mark.parametrize(
+    ("code", "approved"),
+    [("00", True), ("08", True), ("10", True), ("11", True), ("05", False), ("51", False), ("", False), ("0", False)],
+)
 def test_approved_by_response_code(code: str, approved: bool) -> None:
     assert card_event(response_code=code).approved is approved
 

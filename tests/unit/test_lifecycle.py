@@ -4,14 +4,14 @@ tick changes nothing."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from stream.core.lifecycle import DAY_MS, due_events
 from stream.core.rules import Outcome, balances, decide
 from tests.factories import book, card_event, offer
 
-T0 = datetime(2026, 12, 1, 10, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
 
 
 def ms(at: datetime) -> int:
@@ -47,11 +47,15 @@ def test_nothing_is_due_before_its_time_and_due_events_are_deterministic() -> No
     assert due_events(state, "acct-1", state["due_ms"] - 1) == []
     later = T0 + timedelta(days=45)
     first, again = due_events(state, "acct-1", ms(later)), due_events(state, "acct-1", ms(later))
-    assert [e.event_id for e in first] == [e.event_id for e in again] == [
-        f"authorization_expiry:acct-1:never-cleared:{ms(T0 + timedelta(days=8))}",
-        f"return_window_ended:acct-1:cleared:{ms(T0 + timedelta(days=32))}",
-        f"return_window_ended:acct-1:force-post:{ms(T0 + timedelta(days=40))}",
-    ]
+    assert (
+        [e.event_id for e in first]
+        == [e.event_id for e in again]
+        == [
+            f"authorization_expiry:acct-1:never-cleared:{ms(T0 + timedelta(days=8))}",
+            f"return_window_ended:acct-1:cleared:{ms(T0 + timedelta(days=32))}",
+            f"return_window_ended:acct-1:force-post:{ms(T0 + timedelta(days=40))}",
+        ]
+    )
     # Each happens at its due time, not at the tick's.
     assert [e.occurred_at for e in first] == [T0 + timedelta(days=8), T0 + timedelta(days=32), T0 + timedelta(days=40)]
 
@@ -63,10 +67,16 @@ def test_the_ledger_does_not_depend_on_how_often_the_clock_ticks() -> None:
     _, once, _ = run(events, [T0 + timedelta(days=60)])
     key = lambda e: e["accrual_id"]  # noqa: E731
     assert sorted(every_day, key=key) == sorted(once, key=key)
-    assert balances(once) == {("acct-1", "CASH", "EUR"): {
-        "pending_minor": 0, "confirmed_minor": 0, "available_minor": 800, "lifetime_earned_minor": 800, "clawed_back_minor": 0,
-        "donated_minor": 0,
-    }}
+    assert balances(once) == {
+        ("acct-1", "CASH", "EUR"): {
+            "pending_minor": 0,
+            "confirmed_minor": 0,
+            "available_minor": 800,
+            "lifetime_earned_minor": 800,
+            "clawed_back_minor": 0,
+            "donated_minor": 0,
+        }
+    }
     kinds = sorted((e["entry_kind"], e["transaction_ref"], e["amount_minor"]) for e in once)
     assert ("EXPIRED", "never-cleared", 200) in kinds
     assert ("MADE_AVAILABLE", "cleared", 500) in kinds and ("MADE_AVAILABLE", "force-post", 300) in kinds

@@ -249,8 +249,16 @@ def test_round_exact_carries_like_apply_rate() -> None:
 
 @pytest.mark.parametrize(
     ("exact", "unit", "text"),
-    [(16_500, "EUR", "0.0165 EUR"), (50_000, "EUR", "0.05 EUR"), (30, "EUR", "0.00003 EUR"), (5_000, "PTS", "0.5 PTS"),
-     (20_000, "PTS", "2 PTS"), (-6_500, "EUR", "-0.0065 EUR"), (12_345, "JPY", "1.2345 JPY"), (1, "BHD", "0.0000001 BHD")],
+    [
+        (16_500, "EUR", "0.0165 EUR"),
+        (50_000, "EUR", "0.05 EUR"),
+        (30, "EUR", "0.00003 EUR"),
+        (5_000, "PTS", "0.5 PTS"),
+        (20_000, "PTS", "2 PTS"),
+        (-6_500, "EUR", "-0.0065 EUR"),
+        (12_345, "JPY", "1.2345 JPY"),
+        (1, "BHD", "0.0000001 BHD"),
+    ],
 )
 def test_format_exact(exact: int, unit: str, text: str) -> None:
     from stream.core.money import format_exact

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +71,8 @@ def test_full_offer_is_parsed() -> None:
     assert parsed.merchant_ids == frozenset({"m-1", "42"})
     assert parsed.channels == frozenset({"ONLINE", "IN_STORE"})
     assert parsed.merchant_countries == frozenset({"FR", "DE"})
-    assert parsed.valid_from == datetime(2026, 12, 1, tzinfo=timezone.utc)
-    assert parsed.valid_to == datetime(2026, 12, 31, 23, tzinfo=timezone.utc)
+    assert parsed.valid_from == datetime(2026, 12, 1, tzinfo=UTC)
+    assert parsed.valid_to == datetime(2026, 12, 31, 23, tzinfo=UTC)
     assert parsed.rounding is Rounding.HALF_EVEN and parsed.accrue_on is AccrueOn.CLEARING
     assert (parsed.min_spend_minor, parsed.max_reward_per_txn_minor, parsed.pending_days) == (2_000, 2_000, 0)
     assert parsed.auth_expiry_days == 7 and parsed.stackable is True
@@ -180,15 +180,24 @@ def test_empty_mcc_set_is_empty() -> None:
 def test_shipped_example_file_loads() -> None:
     offers = load_offers_file(EXAMPLE_FILE)
     by_id = {o.offer_id: o for o in offers}
-    assert list(by_id) == ["grocery-5", "dining-3", "fuel-2", "everyday-1", "fnac-online-8",
-                           "weekend-dining-vip", "coffee-fixed", "books-points", "pharmacy-charity"]
+    assert list(by_id) == [
+        "grocery-5",
+        "dining-3",
+        "fuel-2",
+        "everyday-1",
+        "fnac-online-8",
+        "weekend-dining-vip",
+        "coffee-fixed",
+        "books-points",
+        "pharmacy-charity",
+    ]
     assert by_id["grocery-5"].max_reward_per_txn_minor == 2_000
     assert "5813" in by_id["dining-3"].mccs and by_id["dining-3"].pending_days == 0
     assert by_id["everyday-1"].mccs.empty and by_id["everyday-1"].accrue_on is AccrueOn.CLEARING
     fnac = by_id["fnac-online-8"]
     assert fnac.sponsor == "MERCHANT" and fnac.channels == frozenset({"ONLINE"})
-    assert fnac.valid_from == datetime(2026, 11, 1, tzinfo=timezone.utc)
-    assert fnac.valid_to == datetime(2027, 1, 1, tzinfo=timezone.utc)
+    assert fnac.valid_from == datetime(2026, 11, 1, tzinfo=UTC)
+    assert fnac.valid_to == datetime(2027, 1, 1, tzinfo=UTC)
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -198,8 +207,10 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 
 def test_duplicate_offer_id_in_a_file(tmp_path: Path) -> None:
-    path = _write(tmp_path, "offers:\n  - {offer_id: a, rate_bps: 100}\n  - {offer_id: b, rate_bps: 100}\n"
-                            "  - {offer_id: a, rate_bps: 200}\n")
+    path = _write(
+        tmp_path,
+        "offers:\n  - {offer_id: a, rate_bps: 100}\n  - {offer_id: b, rate_bps: 100}\n  - {offer_id: a, rate_bps: 200}\n",
+    )
     with pytest.raises(OfferError) as caught:
         load_offers_file(path)
     assert (caught.value.offer_id, caught.value.field_name) == ("a", "offer_id")
@@ -220,11 +231,10 @@ def test_invalid_offer_in_a_file_names_it(tmp_path: Path) -> None:
 
 
 def test_yaml_dates_are_utc_midnight(tmp_path: Path) -> None:
-    path = _write(tmp_path, "offers:\n  - {offer_id: a, rate_bps: 100, valid_from: 2026-12-01,"
-                            " valid_to: 2026-12-24T18:30:00Z}\n")
+    path = _write(tmp_path, "offers:\n  - {offer_id: a, rate_bps: 100, valid_from: 2026-12-01, valid_to: 2026-12-24T18:30:00Z}\n")
     (parsed,) = load_offers_file(path)
-    assert parsed.valid_from == datetime(2026, 12, 1, tzinfo=timezone.utc)
-    assert parsed.valid_to == datetime(2026, 12, 24, 18, 30, tzinfo=timezone.utc)
+    assert parsed.valid_from == datetime(2026, 12, 1, tzinfo=UTC)
+    assert parsed.valid_to == datetime(2026, 12, 24, 18, 30, tzinfo=UTC)
 
 
 # --- Avro record ---------------------------------------------------------------------------------
@@ -234,12 +244,25 @@ def test_yaml_dates_are_utc_midnight(tmp_path: Path) -> None:
     "overrides",
     [
         {},
-        {"mccs": ["5411", "5811-5814"], "excluded_mccs": ["5499"], "channels": ["ONLINE"],
-         "merchant_ids": ["m-2", "m-1"], "merchant_countries": ["FR"], "currency": "EUR",
-         "valid_from": "2026-12-01", "valid_to": "2027-01-01T12:30:00+00:00", "rounding": "half_up",
-         "min_spend_minor": 2_000, "max_reward_per_txn_minor": 2_000, "pending_days": 0,
-         "auth_expiry_days": 5, "accrue_on": "CLEARING", "stackable": True, "version": 4,
-         "sponsor": "MERCHANT"},
+        {
+            "mccs": ["5411", "5811-5814"],
+            "excluded_mccs": ["5499"],
+            "channels": ["ONLINE"],
+            "merchant_ids": ["m-2", "m-1"],
+            "merchant_countries": ["FR"],
+            "currency": "EUR",
+            "valid_from": "2026-12-01",
+            "valid_to": "2027-01-01T12:30:00+00:00",
+            "rounding": "half_up",
+            "min_spend_minor": 2_000,
+            "max_reward_per_txn_minor": 2_000,
+            "pending_days": 0,
+            "auth_expiry_days": 5,
+            "accrue_on": "CLEARING",
+            "stackable": True,
+            "version": 4,
+            "sponsor": "MERCHANT",
+        },
         {"reward_kind": "CHARITY", "charity_id": "unicef"},
         {"reward_kind": "POINTS", "mccs": [], "rate_bps": None, "points_per_unit": 2, "currency": "EUR"},
     ],

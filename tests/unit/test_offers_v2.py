@@ -68,7 +68,9 @@ def test_every_new_field_is_parsed() -> None:
 def test_fixed_and_points_rewards() -> None:
     fixed = parse_offer(raw(rate_bps=None, fixed_reward_minor=200, currency="EUR"))
     assert (fixed.rate_bps, fixed.fixed_reward_minor) == (None, 200)
-    points = parse_offer(raw(rate_bps=None, points_per_unit=2, reward_kind="POINTS", currency="EUR", cap={"period": "week", "amount_minor": 500}))
+    points = parse_offer(
+        raw(rate_bps=None, points_per_unit=2, reward_kind="POINTS", currency="EUR", cap={"period": "week", "amount_minor": 500})
+    )
     assert points.points_per_unit == 2 and points.reward_kind is RewardKind.POINTS
     assert points.reward_unit("EUR") == "PTS"
     fixed_points = parse_offer(raw(rate_bps=None, fixed_reward_minor=50, reward_kind="POINTS"))  # 50 points a purchase
@@ -77,7 +79,9 @@ def test_fixed_and_points_rewards() -> None:
 
 def test_hours_over_midnight_and_until_midnight() -> None:
     night = parse_offer(raw(hours={"from": "22:00", "to": "02:00"})).hours
-    assert night is not None and [m in night for m in (22 * 60, 23 * 60 + 59, 0, 119, 120, 21 * 60 + 59)] == [True] * 4 + [False] * 2
+    assert (
+        night is not None and [m in night for m in (22 * 60, 23 * 60 + 59, 0, 119, 120, 21 * 60 + 59)] == [True] * 4 + [False] * 2
+    )
     evening = parse_offer(raw(hours={"from": "18:00", "to": "24:00"})).hours
     assert evening is not None and 23 * 60 + 59 in evening and 0 not in evening
     assert evening.to_record() == {"from": "18:00", "to": "24:00"}
@@ -130,7 +134,10 @@ INVALID = [
     ({"boost": {"threshold_minor": 0, "rate_bps": 1_000}}, "boost.threshold_minor"),
     ({"boost": {"threshold_minor": 20_000, "rate_bps": 500}}, "boost.rate_bps"),
     ({"boost": {"threshold_minor": 20_000, "rate_bps": 10_001}}, "boost.rate_bps"),
-    ({"boost": {"threshold_minor": 20_000, "rate_bps": 1_000}, "rate_bps": None, "fixed_reward_minor": 1, "currency": "EUR"}, "boost"),
+    (
+        {"boost": {"threshold_minor": 20_000, "rate_bps": 1_000}, "rate_bps": None, "fixed_reward_minor": 1, "currency": "EUR"},
+        "boost",
+    ),
     # cap
     ({"cap": {"period": "fortnight", "amount_minor": 2_000}, "currency": "EUR"}, "cap.period"),
     ({"cap": {"period": "month", "amount_minor": 20.0}, "currency": "EUR"}, "cap.amount_minor"),
@@ -157,7 +164,7 @@ def test_invalid_new_field_names_offer_and_field(overrides: dict[str, Any], fiel
 
 def test_unquoted_yaml_time_is_rejected_with_a_hint(tmp_path: Path) -> None:
     path = tmp_path / "offers.yaml"
-    path.write_text("offers:\n  - {offer_id: evening, rate_bps: 100, hours: {from: 18:00, to: \"23:00\"}}\n")
+    path.write_text('offers:\n  - {offer_id: evening, rate_bps: 100, hours: {from: 18:00, to: "23:00"}}\n')
     with pytest.raises(OfferError) as caught:
         load_offers_file(path)
     assert caught.value.field_name == "hours.from" and "quoted" in str(caught.value)
@@ -187,8 +194,20 @@ def test_example_file_has_no_float_and_uses_the_new_fields() -> None:
 V2_CASES = [
     FULL_V2,
     {"rate_bps": None, "fixed_reward_minor": 300, "currency": "EUR", "reward_kind": "STORE_CREDIT", "days_of_week": ["MON"]},
-    {"rate_bps": None, "points_per_unit": 2, "reward_kind": "POINTS", "currency": "EUR", "cap": {"period": "campaign", "amount_minor": 5_000}},
-    {"reward_kind": "CHARITY", "charity_id": "red-cross", "hours": {"from": "22:00", "to": "02:00"}, "budget_minor": 0, "currency": "JPY"},
+    {
+        "rate_bps": None,
+        "points_per_unit": 2,
+        "reward_kind": "POINTS",
+        "currency": "EUR",
+        "cap": {"period": "campaign", "amount_minor": 5_000},
+    },
+    {
+        "reward_kind": "CHARITY",
+        "charity_id": "red-cross",
+        "hours": {"from": "22:00", "to": "02:00"},
+        "budget_minor": 0,
+        "currency": "JPY",
+    },
 ]
 
 
@@ -214,8 +233,18 @@ def _v1_bytes(record: dict[str, Any]) -> bytes:
 
 def test_version_1_bytes_decode_into_an_offer_with_the_new_defaults() -> None:
     v1_record = offer(max_reward_per_txn_minor=2_000, valid_from="2026-11-01").to_record()
-    for name in ("segments", "tiers", "requires_activation", "days_of_week", "hours", "fixed_reward_minor",
-                 "points_per_unit", "boost", "cap", "budget_minor"):
+    for name in (
+        "segments",
+        "tiers",
+        "requires_activation",
+        "days_of_week",
+        "hours",
+        "fixed_reward_minor",
+        "points_per_unit",
+        "boost",
+        "cap",
+        "budget_minor",
+    ):
         del v1_record[name]
     subject, record = Codec().decode(_v1_bytes(v1_record), expected_subject="offer")
     assert subject == "offer"
@@ -259,11 +288,23 @@ def test_version_2_bytes_decode_into_an_offer_priced_in_its_currency_only() -> N
 
 
 PRICED = {
-    "offer_id": "dining-5", "rate_bps": 500, "currency": "EUR", "min_spend_minor": 2_000, "max_reward_per_txn_minor": 800,
-    "boost": {"threshold_minor": 10_000, "rate_bps": 700}, "cap": {"period": "month", "amount_minor": 1_000},
+    "offer_id": "dining-5",
+    "rate_bps": 500,
+    "currency": "EUR",
+    "min_spend_minor": 2_000,
+    "max_reward_per_txn_minor": 800,
+    "boost": {"threshold_minor": 10_000, "rate_bps": 700},
+    "cap": {"period": "month", "amount_minor": 1_000},
     "budget_minor": 100_000,
-    "prices": {"JPY": {"min_spend_minor": 3_000, "max_reward_per_txn_minor": 1_200, "boost_threshold_minor": 15_000,
-                       "cap_amount_minor": 1_500, "budget_minor": 150_000}},
+    "prices": {
+        "JPY": {
+            "min_spend_minor": 3_000,
+            "max_reward_per_txn_minor": 1_200,
+            "boost_threshold_minor": 15_000,
+            "cap_amount_minor": 1_500,
+            "budget_minor": 150_000,
+        }
+    },
 }
 
 
@@ -273,7 +314,12 @@ def test_a_priced_offer_gives_its_amounts_in_each_currency_and_none_where_unpric
     yen = offer_.priced("JPY")
     assert yen is not None
     assert (yen.currency, yen.min_spend_minor, yen.max_reward_per_txn_minor, yen.boost, yen.cap, yen.budget_minor) == (
-        "JPY", 3_000, 1_200, Boost(15_000, 700), Cap(CapPeriod.MONTH, 1_500), 150_000
+        "JPY",
+        3_000,
+        1_200,
+        Boost(15_000, 700),
+        Cap(CapPeriod.MONTH, 1_500),
+        150_000,
     )
     assert yen.limits_key == "dining-5@JPY" and yen.rate_bps == 500
     assert offer_.priced("BHD") is None
@@ -284,8 +330,14 @@ def test_a_priced_offer_gives_its_amounts_in_each_currency_and_none_where_unpric
 
 
 def test_every_budget_a_priced_offer_draws_from_is_one_of_its_budget_lines() -> None:
-    for raw in (PRICED, {**PRICED, "budget_minor": None, "prices": {"JPY": {
-            k: v for k, v in PRICED["prices"]["JPY"].items() if k != "budget_minor"}}}):
+    for raw in (
+        PRICED,
+        {
+            **PRICED,
+            "budget_minor": None,
+            "prices": {"JPY": {k: v for k, v in PRICED["prices"]["JPY"].items() if k != "budget_minor"}},
+        },
+    ):
         offer_ = parse_offer(raw)
         lines = {key for key, _, _ in offer_.budget_lines()}
         for currency in ("EUR", "JPY"):
@@ -301,10 +353,17 @@ def test_every_budget_a_priced_offer_draws_from_is_one_of_its_budget_lines() -> 
 
 
 def test_points_are_one_unit_everywhere_only_the_spending_is_priced() -> None:
-    points = parse_offer({
-        "offer_id": "pts", "reward_kind": "POINTS", "points_per_unit": 2, "currency": "EUR", "budget_minor": 10_000,
-        "cap": {"period": "day", "amount_minor": 300}, "prices": {"JPY": {"points_per_unit": 1}},
-    })
+    points = parse_offer(
+        {
+            "offer_id": "pts",
+            "reward_kind": "POINTS",
+            "points_per_unit": 2,
+            "currency": "EUR",
+            "budget_minor": 10_000,
+            "cap": {"period": "day", "amount_minor": 300},
+            "prices": {"JPY": {"points_per_unit": 1}},
+        }
+    )
     yen = points.priced("JPY")
     assert yen is not None and yen.points_per_unit == 1 and yen.cap == points.cap and yen.budget_minor == 10_000
     assert yen.limits_key is None  # caps and budget in points are shared by every currency
@@ -316,13 +375,24 @@ def test_points_are_one_unit_everywhere_only_the_spending_is_priced() -> None:
     [
         ({"currency": None, "budget_minor": None, "cap": None}, "currency", "required when prices is set"),
         ({"prices": {"JPY": {"min_spend_minor": 3_000}}}, "prices.JPY.max_reward_per_txn_minor", "required"),
-        ({"prices": {"JPY": {k: v for k, v in PRICED["prices"]["JPY"].items() if k != "budget_minor"}}},
-         "prices.JPY.budget_minor", "required"),
+        (
+            {"prices": {"JPY": {k: v for k, v in PRICED["prices"]["JPY"].items() if k != "budget_minor"}}},
+            "prices.JPY.budget_minor",
+            "required",
+        ),
         ({"prices": {"EUR": dict(PRICED["prices"]["JPY"])}}, "prices.EUR", "own currency"),
         ({"prices": {"XYZ": {}}}, "prices.XYZ", "not an ISO 4217 currency"),
-        ({"prices": {"JPY": {**PRICED["prices"]["JPY"], "fixed_reward_minor": 5}}}, "prices.JPY.fixed_reward_minor", "no such amount"),
+        (
+            {"prices": {"JPY": {**PRICED["prices"]["JPY"], "fixed_reward_minor": 5}}},
+            "prices.JPY.fixed_reward_minor",
+            "no such amount",
+        ),
         ({"prices": {"JPY": {**PRICED["prices"]["JPY"], "fee": 5}}}, "prices.JPY.fee", "unknown field"),
-        ({"prices": {"JPY": {**PRICED["prices"]["JPY"], "cap_amount_minor": 1.5}}}, "prices.JPY.cap_amount_minor", "whole number"),
+        (
+            {"prices": {"JPY": {**PRICED["prices"]["JPY"], "cap_amount_minor": 1.5}}},
+            "prices.JPY.cap_amount_minor",
+            "whole number",
+        ),
         ({"prices": ["JPY"]}, "prices", "mapping"),
     ],
 )

@@ -21,20 +21,21 @@ import itertools
 import random
 import sys
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream.core.working_copy import purchase_basis
 from stream.backtest import Replay
 from stream.core.events import CardEvent, to_event
 from stream.core.lifecycle import due_events
 from stream.core.money import EXACT_SCALE, points_exact
 from stream.core.offers import Offer, OfferBook
 from stream.core.rules import balances
+from stream.core.working_copy import purchase_basis
 from stream.simulate import Outgoing
 from tests.factories import T0, card_record, offer
 
@@ -63,26 +64,63 @@ class Msg:
     purchase: str  # the transaction ref of the purchase the event belongs to
 
 
-def message(event_type: str, amount: int, ref: str, at: datetime, event_id: str | None = None, account: str = "acct-1",
-            mcc: str = "5411", merchant: str = "m-grocer", purchase_ref: str | None = None, **extra: Any) -> Msg:
+def message(
+    event_type: str,
+    amount: int,
+    ref: str,
+    at: datetime,
+    event_id: str | None = None,
+    account: str = "acct-1",
+    mcc: str = "5411",
+    merchant: str = "m-grocer",
+    purchase_ref: str | None = None,
+    **extra: Any,
+) -> Msg:
     """One card event as the topic it comes on carries it."""
     record = card_record(
-        event_type, amount, event_id=event_id or f"{ref}-{event_type.lower()}", occurred_at=at, account_id=account,
-        card_token=f"tok-{account}", transaction_ref=ref, mcc=mcc, merchant_id=merchant, merchant_name=merchant,
+        event_type,
+        amount,
+        event_id=event_id or f"{ref}-{event_type.lower()}",
+        occurred_at=at,
+        account_id=account,
+        card_token=f"tok-{account}",
+        transaction_ref=ref,
+        mcc=mcc,
+        merchant_id=merchant,
+        merchant_name=merchant,
         processing_code="CASH_WITHDRAWAL" if mcc == "6011" else "PURCHASE",
     )
     record.update(extra)
     return Msg(AUTH if event_type in AUTH_TOPIC else SETTLE, to_event(record), purchase_ref or ref)
 
 
-def purchase(shape: str, account: str, ref: str, at: datetime, amount: int, mcc: str = "5411", merchant: str = "m-grocer",
-             clear_after: timedelta = timedelta(hours=30), refund_part: int = 5) -> list[Msg]:
+def purchase(
+    shape: str,
+    account: str,
+    ref: str,
+    at: datetime,
+    amount: int,
+    mcc: str = "5411",
+    merchant: str = "m-grocer",
+    clear_after: timedelta = timedelta(hours=30),
+    refund_part: int = 5,
+) -> list[Msg]:
     """One purchase's messages, shaped like the simulator's (``stream.simulate``)."""
     number = itertools.count(1)
 
     def msg(event_type: str, value: int, after: timedelta = timedelta(0), **extra: Any) -> Msg:
-        return message(event_type, value, extra.pop("transaction_ref", ref), at + after, f"{ref}-{next(number)}", account, mcc,
-                       merchant, ref, **extra)
+        return message(
+            event_type,
+            value,
+            extra.pop("transaction_ref", ref),
+            at + after,
+            f"{ref}-{next(number)}",
+            account,
+            mcc,
+            merchant,
+            ref,
+            **extra,
+        )
 
     def a(value: int, after: timedelta = timedelta(0), **extra: Any) -> Msg:
         return msg("AUTHORIZATION", value, after, **extra)
@@ -117,13 +155,24 @@ def purchase(shape: str, account: str, ref: str, at: datetime, amount: int, mcc:
         return [a(amount), msg("INCREMENTAL_AUTHORIZATION", amount // 2, minutes), c(amount)]
     if shape == "multi_clearing":
         first = amount * 3 // 5
-        return [a(amount), c(first, clearing_sequence=1, clearing_count=2),
-                c(amount - first, clear_after + timedelta(days=1), clearing_sequence=2, clearing_count=2)]
+        return [
+            a(amount),
+            c(first, clearing_sequence=1, clearing_count=2),
+            c(amount - first, clear_after + timedelta(days=1), clearing_sequence=2, clearing_count=2),
+        ]
     messages = [a(amount), c(amount)]
     later = {"original_transaction_ref": ref}
     if shape == "refund":
-        messages.append(msg("REFUND", amount * refund_part // 5, timedelta(days=9), processing_code="REFUND",
-                            transaction_ref=f"{ref}-r", **later))
+        messages.append(
+            msg(
+                "REFUND",
+                amount * refund_part // 5,
+                timedelta(days=9),
+                processing_code="REFUND",
+                transaction_ref=f"{ref}-r",
+                **later,
+            )
+        )
     if shape in ("chargeback", "chargeback_reversed"):
         messages.append(msg("CHARGEBACK", amount, timedelta(days=12), **later))
     if shape == "chargeback_reversed":
@@ -132,14 +181,34 @@ def purchase(shape: str, account: str, ref: str, at: datetime, amount: int, mcc:
 
 
 SHAPES = (
-    "cleared", "cleared", "partial_clearing", "tip", "partial_reversal", "incremental", "incremental_cleared_less",
-    "multi_clearing", "full_reversal", "never_cleared", "issuer_expiry", "expired_then_cleared", "declined", "force_post",
+    "cleared",
+    "cleared",
+    "partial_clearing",
+    "tip",
+    "partial_reversal",
+    "incremental",
+    "incremental_cleared_less",
+    "multi_clearing",
+    "full_reversal",
+    "never_cleared",
+    "issuer_expiry",
+    "expired_then_cleared",
+    "declined",
+    "force_post",
     "clearing_first",
-    "refund", "chargeback", "chargeback_reversed",
+    "refund",
+    "chargeback",
+    "chargeback_reversed",
 )
 MERCHANTS = (
-    ("5411", "m-grocer"), ("5812", "m-bistro"), ("5814", "m-coffee"), ("5541", "m-fuel"), ("5942", "m-books"),
-    ("5912", "m-pharmacy"), ("5732", "m-shop"), ("6011", "m-atm"),
+    ("5411", "m-grocer"),
+    ("5812", "m-bistro"),
+    ("5814", "m-coffee"),
+    ("5541", "m-fuel"),
+    ("5942", "m-books"),
+    ("5912", "m-pharmacy"),
+    ("5732", "m-shop"),
+    ("6011", "m-atm"),
 )
 
 
@@ -161,9 +230,15 @@ def streams(draw: st.DrawFn, accounts: Sequence[str] = ("acct-1", "acct-2")) -> 
         at += timedelta(minutes=draw(st.sampled_from((5, 45, 200, 700, 1_500, 3_000))))
         mcc, merchant = draw(st.sampled_from(MERCHANTS))
         messages += purchase(
-            draw(st.sampled_from(SHAPES)), draw(st.sampled_from(accounts)), f"p{number}", at,
-            draw(st.one_of(st.integers(50, 1_000), st.integers(1_000, 40_000))), mcc, merchant,
-            timedelta(hours=draw(st.integers(1, 72))), draw(st.integers(1, 5)),
+            draw(st.sampled_from(SHAPES)),
+            draw(st.sampled_from(accounts)),
+            f"p{number}",
+            at,
+            draw(st.one_of(st.integers(50, 1_000), st.integers(1_000, 40_000))),
+            mcc,
+            merchant,
+            timedelta(hours=draw(st.integers(1, 72))),
+            draw(st.integers(1, 5)),
         )
     return messages
 
@@ -206,16 +281,21 @@ def interleave(messages: Sequence[Msg], choices: Sequence[bool] = (), wait: str 
 
 
 def profile_messages(vip: Iterable[str] = ("acct-1",), activated: Iterable[tuple[str, str]] = ()) -> list[Outgoing]:
-    segments = [Outgoing("profiles", a.encode(), record={"account_id": a, "segments": ["vip"], "updated_at": VIP_SINCE})
-                for a in vip]
+    segments = [
+        Outgoing("profiles", a.encode(), record={"account_id": a, "segments": ["vip"], "updated_at": VIP_SINCE}) for a in vip
+    ]
     activations = [
-        Outgoing("activations", f"{a}:{o}".encode(), record={"account_id": a, "offer_id": o, "active": True, "changed_at": VIP_SINCE})
+        Outgoing(
+            "activations", f"{a}:{o}".encode(), record={"account_id": a, "offer_id": o, "active": True, "changed_at": VIP_SINCE}
+        )
         for a, o in activated
     ]
     return segments + activations
 
 
-def run(order: Iterable[Msg | CardEvent], offers: OfferBook, profiles: Sequence[Outgoing] = (), until: datetime | None = END) -> Replay:
+def run(
+    order: Iterable[Msg | CardEvent], offers: OfferBook, profiles: Sequence[Outgoing] = (), until: datetime | None = END
+) -> Replay:
     """The back-test's fold over messages read in ``order``, then time passed to ``until``."""
     replay = Replay(offers)
     for message in profiles:
@@ -257,7 +337,7 @@ def confirmed(replay: Replay, ref: str) -> dict[str, int]:
 
 def outcomes(replay: Replay, order: Sequence[Msg]) -> dict[str, str]:
     """Outcome per event id, for the messages (not time passing)."""
-    return {m.event.event_id: outcome for m, outcome in zip(order, replay.outcomes)}
+    return {m.event.event_id: outcome for m, outcome in zip(order, replay.outcomes, strict=False)}
 
 
 # --- (a) what does not depend on the interleaving ---------------------------------------------------
@@ -266,30 +346,61 @@ def outcomes(replay: Replay, order: Sequence[Msg]) -> dict[str, str]:
 # rounding that carries, per-purchase maxima, fixed rewards, points, tiers, a boost, a schedule,
 # activation, stacking, accrue on clearing, return windows, charity).
 UNLIMITED = {
-    "rates-and-rounding": OfferBook.of((
-        offer(max_reward_per_txn_minor=2_000, pending_days=30),
-        offer(offer_id="dining-3", rate_bps=300, mccs=["5811-5814"], pending_days=0, rounding="half_up"),
-        offer(offer_id="fuel-2", rate_bps=200, mccs=["5541", "5542"], max_reward_per_txn_minor=300),
-        offer(offer_id="everyday-1", rate_bps=110, mccs=[], accrue_on="CLEARING"),
-        offer(offer_id="give-1", reward_kind="CHARITY", charity_id="red-cross", rate_bps=150, mccs=[], stackable=True,
-              rounding="half_even", pending_days=7),
-    )),
-    "kinds-tiers-schedules": OfferBook.of((
-        offer(offer_id="coffee", reward_kind="STORE_CREDIT", rate_bps=None, fixed_reward_minor=50, currency="EUR",
-              mccs=[], merchant_ids=["m-coffee"], pending_days=0),
-        offer(offer_id="weekend", rate_bps=400, tiers=[{"segment": "vip", "rate_bps": 800}],
-              boost={"threshold_minor": 20_000, "rate_bps": 1_000}, mccs=["5811-5814"], days_of_week=["SAT", "SUN"],
-              hours={"from": "18:00", "to": "23:30"}, currency="EUR", stackable=True, requires_activation=True),
-        offer(offer_id="books", reward_kind="POINTS", rate_bps=None, points_per_unit=3, currency="EUR", mccs=["5942"]),
-        offer(offer_id="everyday-1", rate_bps=125, mccs=[], pending_days=3, rounding="half_up"),
-    )),
+    "rates-and-rounding": OfferBook.of(
+        (
+            offer(max_reward_per_txn_minor=2_000, pending_days=30),
+            offer(offer_id="dining-3", rate_bps=300, mccs=["5811-5814"], pending_days=0, rounding="half_up"),
+            offer(offer_id="fuel-2", rate_bps=200, mccs=["5541", "5542"], max_reward_per_txn_minor=300),
+            offer(offer_id="everyday-1", rate_bps=110, mccs=[], accrue_on="CLEARING"),
+            offer(
+                offer_id="give-1",
+                reward_kind="CHARITY",
+                charity_id="red-cross",
+                rate_bps=150,
+                mccs=[],
+                stackable=True,
+                rounding="half_even",
+                pending_days=7,
+            ),
+        )
+    ),
+    "kinds-tiers-schedules": OfferBook.of(
+        (
+            offer(
+                offer_id="coffee",
+                reward_kind="STORE_CREDIT",
+                rate_bps=None,
+                fixed_reward_minor=50,
+                currency="EUR",
+                mccs=[],
+                merchant_ids=["m-coffee"],
+                pending_days=0,
+            ),
+            offer(
+                offer_id="weekend",
+                rate_bps=400,
+                tiers=[{"segment": "vip", "rate_bps": 800}],
+                boost={"threshold_minor": 20_000, "rate_bps": 1_000},
+                mccs=["5811-5814"],
+                days_of_week=["SAT", "SUN"],
+                hours={"from": "18:00", "to": "23:30"},
+                currency="EUR",
+                stackable=True,
+                requires_activation=True,
+            ),
+            offer(offer_id="books", reward_kind="POINTS", rate_bps=None, points_per_unit=3, currency="EUR", mccs=["5942"]),
+            offer(offer_id="everyday-1", rate_bps=125, mccs=[], pending_days=3, rounding="half_up"),
+        )
+    ),
 }
 # A minimum spend judges the purchase's amount, so its incremental authorisations count too.
-MINIMUM_SPEND = OfferBook.of((
-    offer(min_spend_minor=2_000, max_reward_per_txn_minor=1_500),
-    offer(offer_id="everyday-1", rate_bps=130, mccs=[], min_spend_minor=500, pending_days=0),
-    offer(offer_id="dining-3", rate_bps=300, mccs=["5811-5814"], min_spend_minor=1_500, accrue_on="CLEARING"),
-))
+MINIMUM_SPEND = OfferBook.of(
+    (
+        offer(min_spend_minor=2_000, max_reward_per_txn_minor=1_500),
+        offer(offer_id="everyday-1", rate_bps=130, mccs=[], min_spend_minor=500, pending_days=0),
+        offer(offer_id="dining-3", rate_bps=300, mccs=["5811-5814"], min_spend_minor=1_500, accrue_on="CLEARING"),
+    )
+)
 PROFILES = profile_messages(vip=("acct-1",), activated=(("acct-1", "weekend"), ("acct-2", "weekend")))
 
 
@@ -326,22 +437,66 @@ def test_balances_do_not_depend_on_the_interleaving_with_a_minimum_spend_when_cl
 
 # --- (b) what holds whatever the interleaving -------------------------------------------------------
 
-LIMITED = OfferBook.of((
-    offer(offer_id="coffee", reward_kind="STORE_CREDIT", rate_bps=None, fixed_reward_minor=50, currency="EUR", mccs=[],
-          merchant_ids=["m-coffee"], cap={"period": "week", "amount_minor": 50}, pending_days=0),
-    offer(offer_id="dining-3", rate_bps=300, mccs=["5811-5814"], pending_days=0),
-    offer(offer_id="shop-8", rate_bps=800, mccs=[], merchant_ids=["m-shop"], currency="EUR", budget_minor=3_000),
-    offer(offer_id="everyday-1", rate_bps=100, mccs=[], min_spend_minor=500, accrue_on="CLEARING"),
-    offer(offer_id="books", reward_kind="POINTS", rate_bps=None, points_per_unit=2, currency="EUR", mccs=["5942"],
-          cap={"period": "campaign", "amount_minor": 100}),
-    offer(offer_id="weekend", rate_bps=400, tiers=[{"segment": "vip", "rate_bps": 800}], mccs=["5811-5814"],
-          days_of_week=["SAT", "SUN"], hours={"from": "18:00", "to": "23:30"}, currency="EUR", stackable=True,
-          cap={"period": "month", "amount_minor": 150}, budget_minor=400),
-    offer(offer_id="grocery-5", rate_bps=500, mccs=["5411"], max_reward_per_txn_minor=700, rounding="half_up",
-          cap={"period": "day", "amount_minor": 150}, budget_minor=1_000, currency="EUR"),
-    offer(offer_id="give-1", reward_kind="CHARITY", charity_id="red-cross", rate_bps=100, mccs=[], stackable=True,
-          budget_minor=60, currency="EUR", rounding="half_even"),
-))
+LIMITED = OfferBook.of(
+    (
+        offer(
+            offer_id="coffee",
+            reward_kind="STORE_CREDIT",
+            rate_bps=None,
+            fixed_reward_minor=50,
+            currency="EUR",
+            mccs=[],
+            merchant_ids=["m-coffee"],
+            cap={"period": "week", "amount_minor": 50},
+            pending_days=0,
+        ),
+        offer(offer_id="dining-3", rate_bps=300, mccs=["5811-5814"], pending_days=0),
+        offer(offer_id="shop-8", rate_bps=800, mccs=[], merchant_ids=["m-shop"], currency="EUR", budget_minor=3_000),
+        offer(offer_id="everyday-1", rate_bps=100, mccs=[], min_spend_minor=500, accrue_on="CLEARING"),
+        offer(
+            offer_id="books",
+            reward_kind="POINTS",
+            rate_bps=None,
+            points_per_unit=2,
+            currency="EUR",
+            mccs=["5942"],
+            cap={"period": "campaign", "amount_minor": 100},
+        ),
+        offer(
+            offer_id="weekend",
+            rate_bps=400,
+            tiers=[{"segment": "vip", "rate_bps": 800}],
+            mccs=["5811-5814"],
+            days_of_week=["SAT", "SUN"],
+            hours={"from": "18:00", "to": "23:30"},
+            currency="EUR",
+            stackable=True,
+            cap={"period": "month", "amount_minor": 150},
+            budget_minor=400,
+        ),
+        offer(
+            offer_id="grocery-5",
+            rate_bps=500,
+            mccs=["5411"],
+            max_reward_per_txn_minor=700,
+            rounding="half_up",
+            cap={"period": "day", "amount_minor": 150},
+            budget_minor=1_000,
+            currency="EUR",
+        ),
+        offer(
+            offer_id="give-1",
+            reward_kind="CHARITY",
+            charity_id="red-cross",
+            rate_bps=100,
+            mccs=[],
+            stackable=True,
+            budget_minor=60,
+            currency="EUR",
+            rounding="half_even",
+        ),
+    )
+)
 THREE = ("acct-1", "acct-2", "acct-3")
 
 
@@ -396,7 +551,9 @@ def test_invariants_hold_for_every_interleaving(messages: list[Msg], turns: list
             entry = replay.entries[accrual_id]
             if entry["entry_kind"] == "NOT_EARNED":
                 continue
-            spent[entry["offer_id"]] += entry["amount_minor"] * ((entry["debit_book"] == "EXPENSE") - (entry["credit_book"] == "EXPENSE"))
+            spent[entry["offer_id"]] += entry["amount_minor"] * (
+                (entry["debit_book"] == "EXPENSE") - (entry["credit_book"] == "EXPENSE")
+            )
             for key, fields in balances([entry]).items():
                 totals[key].update(fields)
         # after every decision: no budget overspent (over all accounts), no cap exceeded, no book
@@ -442,11 +599,20 @@ MONDAY = datetime(2026, 12, 7, 3, 0, tzinfo=T0.tzinfo)
 def test_a_clearing_read_before_its_authorisation_is_judged_at_the_clearings_time() -> None:
     """A force post is judged on its own: where and when the clearing says. A Saturday-evening
     dinner cleared on Monday earns the weekend offer only if its authorisation is read first."""
-    offers = OfferBook.of((
-        offer(offer_id="dining-3", rate_bps=300, mccs=["5811-5814"], pending_days=0),
-        offer(offer_id="weekend", rate_bps=400, mccs=["5811-5814"], days_of_week=["SAT", "SUN"],
-              hours={"from": "18:00", "to": "23:30"}, stackable=True, pending_days=0),
-    ))
+    offers = OfferBook.of(
+        (
+            offer(offer_id="dining-3", rate_bps=300, mccs=["5811-5814"], pending_days=0),
+            offer(
+                offer_id="weekend",
+                rate_bps=400,
+                mccs=["5811-5814"],
+                days_of_week=["SAT", "SUN"],
+                hours={"from": "18:00", "to": "23:30"},
+                stackable=True,
+                pending_days=0,
+            ),
+        )
+    )
     a, c = purchase("cleared", "acct-1", "dinner", SAT_EVENING, 5_000, "5812", "m-bistro", MONDAY - SAT_EVENING)
     authorisation_first, clearing_first = run([a, c], offers), run([c, a], offers)
     assert confirmed(authorisation_first, "dinner") == {"dining-3": 150, "weekend": 200}
@@ -470,10 +636,12 @@ def test_a_clearing_read_before_its_authorisation_chooses_its_offer_on_the_clear
     """One offer per purchase, the one that pays most. At the authorisation (250.00) fuel's 2%
     capped at 3.00 beats 1%; on the clearing (375.00, after an incremental authorisation), 1% pays
     3.75 and wins."""
-    offers = OfferBook.of((
-        offer(offer_id="fuel-2", rate_bps=200, mccs=["5541"], max_reward_per_txn_minor=300, pending_days=0),
-        offer(offer_id="everyday-1", rate_bps=100, mccs=[], pending_days=0),
-    ))
+    offers = OfferBook.of(
+        (
+            offer(offer_id="fuel-2", rate_bps=200, mccs=["5541"], max_reward_per_txn_minor=300, pending_days=0),
+            offer(offer_id="everyday-1", rate_bps=100, mccs=[], pending_days=0),
+        )
+    )
     a, i, c = purchase("incremental", "acct-1", "fill", T0, 25_000, "5541", "m-fuel")
     authorisation_first, clearing_first = run([a, i, c], offers), run([c, a, i], offers)
     assert confirmed(authorisation_first, "fill") == {"fuel-2": 300}
@@ -484,10 +652,21 @@ def test_a_clearing_read_before_its_authorisation_falls_in_the_clearings_cap_per
     """Two coffees a week (cap 1.00 of 0.50 rewards, ISO weeks). A coffee on Sunday cleared on
     Tuesday counts in Sunday's week if its authorisation is read first, in Tuesday's otherwise,
     where it takes the place of Wednesday's coffee."""
-    offers = OfferBook.of((
-        offer(offer_id="coffee", reward_kind="STORE_CREDIT", rate_bps=None, fixed_reward_minor=50, currency="EUR",
-              mccs=[], merchant_ids=["m-coffee"], cap={"period": "week", "amount_minor": 100}, pending_days=0),
-    ))
+    offers = OfferBook.of(
+        (
+            offer(
+                offer_id="coffee",
+                reward_kind="STORE_CREDIT",
+                rate_bps=None,
+                fixed_reward_minor=50,
+                currency="EUR",
+                mccs=[],
+                merchant_ids=["m-coffee"],
+                cap={"period": "week", "amount_minor": 100},
+                pending_days=0,
+            ),
+        )
+    )
     sunday = datetime(2026, 12, 6, 9, 0, tzinfo=T0.tzinfo)
     a1, c1 = purchase("cleared", "acct-1", "sun", sunday, 400, "5814", "m-coffee", timedelta(days=2))
     a2, c2 = purchase("cleared", "acct-1", "mon", sunday + timedelta(days=1), 400, "5814", "m-coffee", timedelta(days=2))
@@ -521,11 +700,20 @@ def test_a_cap_goes_to_the_offer_choice_of_whichever_purchase_is_decided_first()
     until the clearing confirms less and releases the rest. A second purchase authorised while the
     first one still holds the cap finds the capped offer paying nothing and is judged once, under
     the other offer; authorised after the release, it gets the capped offer."""
-    offers = OfferBook.of((
-        offer(offer_id="shop-10", rate_bps=1_000, mccs=[], merchant_ids=["m-shop"],
-              cap={"period": "month", "amount_minor": 300}, currency="EUR", pending_days=0),
-        offer(offer_id="everyday-2", rate_bps=200, mccs=[], pending_days=0),
-    ))
+    offers = OfferBook.of(
+        (
+            offer(
+                offer_id="shop-10",
+                rate_bps=1_000,
+                mccs=[],
+                merchant_ids=["m-shop"],
+                cap={"period": "month", "amount_minor": 300},
+                currency="EUR",
+                pending_days=0,
+            ),
+            offer(offer_id="everyday-2", rate_bps=200, mccs=[], pending_days=0),
+        )
+    )
     shop = {"mcc": "5732", "merchant": "m-shop"}
     ax = message("AUTHORIZATION", 3_000, "x", T0, **shop)  # 3.00 pending: the whole cap
     cx = message("CLEARING", 1_000, "x", T0 + timedelta(days=1), **shop)  # confirms 1.00, releases 2.00
@@ -542,11 +730,20 @@ def test_a_campaign_budget_goes_to_whichever_account_is_decided_first() -> None:
     """A budget is shared by every account: which purchase it pays depends on the order of
     different accounts' events (other partitions, often other workers), so no single right order
     exists. Account 1's pending holds the whole 10.00 budget; its clearing releases 6.00."""
-    offers = OfferBook.of((
-        offer(offer_id="shop-8", rate_bps=800, mccs=[], merchant_ids=["m-shop"], currency="EUR", budget_minor=1_000,
-              pending_days=0),
-        offer(offer_id="everyday-1", rate_bps=100, mccs=[], pending_days=0),
-    ))
+    offers = OfferBook.of(
+        (
+            offer(
+                offer_id="shop-8",
+                rate_bps=800,
+                mccs=[],
+                merchant_ids=["m-shop"],
+                currency="EUR",
+                budget_minor=1_000,
+                pending_days=0,
+            ),
+            offer(offer_id="everyday-1", rate_bps=100, mccs=[], pending_days=0),
+        )
+    )
     shop = {"mcc": "5732", "merchant": "m-shop"}
     ax = message("AUTHORIZATION", 20_000, "x", T0, **shop)
     cx = message("CLEARING", 5_000, "x", T0 + timedelta(days=1), **shop)  # cleared 50.00 of 200.00
@@ -575,8 +772,11 @@ def test_a_carried_remainder_follows_the_confirmations_it_is_carried_to() -> Non
     assert confirmed(clearing_first, "p1") == {}
     assert confirmed(authorisation_first, "p2") == {"everyday-1": 11}
     assert confirmed(clearing_first, "p2") == {"everyday-1": 10}
-    carried = {e["transaction_ref"]: e["explanation"]["carried_remainder"]
-               for e in authorisation_first.entries.values() if e["entry_kind"] == "CONFIRMED"}
+    carried = {
+        e["transaction_ref"]: e["explanation"]["carried_remainder"]
+        for e in authorisation_first.entries.values()
+        if e["entry_kind"] == "CONFIRMED"
+    }
     assert carried == {"p1": 7_000, "p2": 2_000}  # in 1/10,000ths of a cent: 0.007 and 0.002
 
 
@@ -617,7 +817,9 @@ def test_a_refund_is_read_behind_its_clearing_whenever_its_authorisation_comes()
 def delayed(messages: Sequence[Outgoing], n: int) -> list[Outgoing]:
     """The simulator's messages with every authorisation-topic message read ``n`` messages later
     than published (each topic keeps its own order; profiles and activations first)."""
-    keyed = [(-1 if m.role in ("profiles", "activations") else i + n if m.role == AUTH else i, i, m) for i, m in enumerate(messages)]
+    keyed = [
+        (-1 if m.role in ("profiles", "activations") else i + n if m.role == AUTH else i, i, m) for i, m in enumerate(messages)
+    ]
     return [m for *_, m in sorted(keyed, key=lambda k: (k[0], k[1]))]
 
 
@@ -658,11 +860,11 @@ def measure(delays: Sequence[int] = (0, 500, 3_000), seed: int = 1, purchases: i
     from dataclasses import replace
     from pathlib import Path
 
-    from stream.core.profiles import to_account_profile
     from stream.backtest import replay
     from stream.core.eligibility import local_time, match
-    from stream.offer_admin import load_offers_file
+    from stream.core.profiles import to_account_profile
     from stream.core.rewards import at_most_per_purchase, compute, new_share, period_key
+    from stream.offer_admin import load_offers_file
     from stream.simulate import Scenario, generate
 
     scenario = Scenario(seed=seed, purchases=purchases, bad_ratio=0)
@@ -670,8 +872,10 @@ def measure(delays: Sequence[int] = (0, 500, 3_000), seed: int = 1, purchases: i
     until = scenario.start + timedelta(seconds=purchases * scenario.step_seconds) + timedelta(days=60)
     messages = list(generate(scenario))
     limited = {o.offer_id for o in offers.offers if o.cap or o.budget_minor is not None}
-    print(f"simulator seed {seed}, {purchases} purchases, {len(messages)} messages; deploy/offers/example.yaml; "
-          f"time passed to {until:%Y-%m-%d}")
+    print(
+        f"simulator seed {seed}, {purchases} purchases, {len(messages)} messages; deploy/offers/example.yaml; "
+        f"time passed to {until:%Y-%m-%d}"
+    )
     published = replay(messages, offers, until)
     base_rows = published.balances()
     print(f"  {len(base_rows)} balance rows in the published order")
@@ -712,7 +916,8 @@ def measure(delays: Sequence[int] = (0, 500, 3_000), seed: int = 1, purchases: i
         auth, clearing = events[ref]["AUTHORIZATION"], events[ref]["CLEARING"]
         at_auth_time = replace(clearing, occurred_at=auth.occurred_at, merchant_timezone=auth.merchant_timezone)
         authorised, cleared_then, cleared = (
-            judged(auth, purchase_basis(auth)), judged(at_auth_time, purchase_basis(clearing)),
+            judged(auth, purchase_basis(auth)),
+            judged(at_auth_time, purchase_basis(clearing)),
             judged(clearing, purchase_basis(clearing)),
         )
         if authorised[0] != cleared_then[0]:
@@ -745,16 +950,21 @@ def measure(delays: Sequence[int] = (0, 500, 3_000), seed: int = 1, purchases: i
             flipped = ref in first and base_first[ref][0] < base_first[ref][1] and first[ref][0] > first[ref][1]
             off_by_one = set(was) == set(now) and all(abs(was[o] - now[o]) <= 1 for o in was)
             cause = (flipped and read_before_its_authorisation(ref, set(was) | set(now))) or (
-                "carried remainder" if off_by_one and not (set(was) & limited)
-                else "cap or budget held by another purchase" if set(was) != set(now) or (set(was) | set(now)) & limited
-                else "other")
+                "carried remainder"
+                if off_by_one and not (set(was) & limited)
+                else "cap or budget held by another purchase"
+                if set(was) != set(now) or (set(was) | set(now)) & limited
+                else "other"
+            )
             purchases_by_cause[cause] += 1
             for entry in list(result.entries.values()) + list(published.entries.values()):
                 if entry["transaction_ref"] == ref and entry["entry_kind"] == "CONFIRMED":
                     causes[(key[0], entry["reward_kind"], entry["currency"])].add(cause)
         flips = sum(1 for ref, (a, c) in first.items() if base_first[ref][0] < base_first[ref][1] and a > c)
-        print(f"  {label}: {flips} clearings read before their authorisation; {len(differing)} balance rows differ, "
-              f"in {len({k[0] for k in differing})} accounts")
+        print(
+            f"  {label}: {flips} clearings read before their authorisation; {len(differing)} balance rows differ, "
+            f"in {len({k[0] for k in differing})} accounts"
+        )
         rows_by_cause = Counter(cause for k in differing for cause in causes[k])
         for cause, count in purchases_by_cause.most_common():
             print(f"      {cause:<66} {rows_by_cause[cause]:4d} rows {count:5d} purchases")

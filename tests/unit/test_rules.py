@@ -163,8 +163,7 @@ def test_case_10_partial_refund_claws_back_its_share() -> None:
 
 
 def test_refunds_add_up_and_never_claw_back_more_than_was_earned() -> None:
-    refunds = [after_purchase("REFUND", amount, transaction_ref=f"refund-{i}") for i, amount in
-               enumerate((4_000, 4_000, 4_000))]
+    refunds = [after_purchase("REFUND", amount, transaction_ref=f"refund-{i}") for i, amount in enumerate((4_000, 4_000, 4_000))]
     _, entries, outcomes = run_events([auth(), clearing(), *refunds])
     assert outcomes[2:] == [Outcome.CLAWED_BACK, Outcome.CLAWED_BACK, Outcome.CLAWED_BACK]
     assert legs(entries[2:]) == [
@@ -189,8 +188,13 @@ def test_case_11_chargeback_claws_all_and_its_reversal_credits_again() -> None:
 
 
 def test_chargeback_after_partial_refund_claws_the_rest_only() -> None:
-    events = [auth(), clearing(), after_purchase("REFUND", 4_000), after_purchase("CHARGEBACK", 10_000),
-              after_purchase("CHARGEBACK_REVERSAL", 10_000)]
+    events = [
+        auth(),
+        clearing(),
+        after_purchase("REFUND", 4_000),
+        after_purchase("CHARGEBACK", 10_000),
+        after_purchase("CHARGEBACK_REVERSAL", 10_000),
+    ]
     _, entries, _ = run_events(events)
     assert legs(entries[2:]) == [
         ("CLAWED_BACK", "CONFIRMED", "EXPENSE", 200),

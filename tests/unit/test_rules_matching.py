@@ -53,10 +53,13 @@ def test_case_13_cash_back_at_the_till_never_earns() -> None:
     assert decision.entries[0]["explanation"]["basis_minor"] == 3_000
 
 
-@pytest.mark.parametrize(("amount", "outcome", "expected"), [
-    (1_999, Outcome.BELOW_MIN_SPEND, [("NOT_EARNED", "NONE", "NONE", 0)]),
-    (2_000, Outcome.EARNED, [("PENDING_CREATED", "EXPENSE", "PENDING", 100)]),
-])
+@pytest.mark.parametrize(
+    ("amount", "outcome", "expected"),
+    [
+        (1_999, Outcome.BELOW_MIN_SPEND, [("NOT_EARNED", "NONE", "NONE", 0)]),
+        (2_000, Outcome.EARNED, [("PENDING_CREATED", "EXPENSE", "PENDING", 100)]),
+    ],
+)
 def test_case_14_minimum_spend(amount: int, outcome: Outcome, expected: list[tuple[str, str, str, int]]) -> None:
     decision = decide(auth(amount), book(offer(min_spend_minor=2_000)), None)
     assert decision.outcome is outcome
@@ -91,7 +94,7 @@ def test_case_18_most_valuable_offer_only() -> None:
 
 def test_case_18_stackable_offer_adds_up() -> None:
     state, entries, _ = run_events([auth(), clearing()], _stacking_offers(stackable=True))
-    assert [(e["offer_id"], *leg) for e, leg in zip(entries, legs(entries))] == [
+    assert [(e["offer_id"], *leg) for e, leg in zip(entries, legs(entries), strict=True)] == [
         ("grocer-5", "PENDING_CREATED", "EXPENSE", "PENDING", 500),
         ("everyday-1", "PENDING_CREATED", "EXPENSE", "PENDING", 100),
         ("grocer-5", "CONFIRMED", "PENDING", "CONFIRMED", 500),
@@ -118,8 +121,10 @@ def test_stacking_tie_goes_to_the_most_recent_offer() -> None:
 )
 def test_case_22_reward_on_the_billing_amount_in_its_currency(currency: str, amount: int, reward: int, detail: str) -> None:
     # paid in US dollars abroad; the account is billed in its own currency
-    events = [auth(6_789, billing_amount_minor=amount, billing_currency=currency),
-              clearing(6_789, billing_amount_minor=amount, billing_currency=currency)]
+    events = [
+        auth(6_789, billing_amount_minor=amount, billing_currency=currency),
+        clearing(6_789, billing_amount_minor=amount, billing_currency=currency),
+    ]
     _, entries, _ = run_events(events)
     assert legs(entries) == [("PENDING_CREATED", "EXPENSE", "PENDING", reward), ("CONFIRMED", "PENDING", "CONFIRMED", reward)]
     assert {e["currency"] for e in entries} == {currency}

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -25,7 +25,7 @@ from tests.factories import (
 )
 
 CAPPED = book(offer(offer_id="grocery-10", rate_bps=1_000, cap={"period": "month", "amount_minor": 2_000}, currency="EUR"))
-JANUARY = datetime(2027, 1, 4, 10, tzinfo=timezone.utc)
+JANUARY = datetime(2027, 1, 4, 10, tzinfo=UTC)
 
 
 def details(entries: list[dict[str, Any]]) -> list[str]:
@@ -70,10 +70,15 @@ def test_case_15_cap_periods_are_local_days_and_iso_weeks() -> None:
     assert legs(entries) == [("CONFIRMED", "EXPENSE", "CONFIRMED", 500), ("CONFIRMED", "EXPENSE", "CONFIRMED", 500)]
 
     weekly = book(offer(rate_bps=1_000, cap={"period": "week", "amount_minor": 500}, currency="EUR"))
-    sunday, monday = datetime(2026, 12, 6, 12, tzinfo=timezone.utc), datetime(2026, 12, 7, 12, tzinfo=timezone.utc)
+    sunday, monday = datetime(2026, 12, 6, 12, tzinfo=UTC), datetime(2026, 12, 7, 12, tzinfo=UTC)
     state, entries, outcomes = run_events(
-        [clearing(5_000, occurred_at=sunday), clearing(5_000, transaction_ref="txn-2", occurred_at=sunday),
-         clearing(5_000, transaction_ref="txn-3", occurred_at=monday)], weekly)
+        [
+            clearing(5_000, occurred_at=sunday),
+            clearing(5_000, transaction_ref="txn-2", occurred_at=sunday),
+            clearing(5_000, transaction_ref="txn-3", occurred_at=monday),
+        ],
+        weekly,
+    )
     assert outcomes == [Outcome.CONFIRMED, Outcome.CAP_REACHED, Outcome.CONFIRMED]
     assert [leg[3] for leg in legs(entries)] == [500, 0, 500]
     assert state is not None and state["caps"] == {"grocery-5": {"2026-W49": 500, "2026-W50": 500}}
@@ -85,13 +90,17 @@ def test_cap_periods_are_pruned_once_over() -> None:
     # December ends on 1 January; its usage is kept for the offer's auth_expiry_days (30) after.
     state, _, _ = run_events([clearing(5_000, transaction_ref="txn-2", occurred_at=JANUARY)], CAPPED, state)
     assert state is not None and state["caps"] == {"grocery-10": {"2026-12": 500, "2027-01": 500}}
-    february = datetime(2027, 2, 1, 10, tzinfo=timezone.utc)
+    february = datetime(2027, 2, 1, 10, tzinfo=UTC)
     state, _, _ = run_events([clearing(5_000, transaction_ref="txn-3", occurred_at=february)], CAPPED, state)
     assert state is not None and state["caps"] == {"grocery-10": {"2027-01": 500, "2027-02": 500}}
 
 
 def test_case_10_refund_gives_cap_headroom_back_to_the_purchase_period() -> None:
-    full_month = [clearing(15_000), clearing(10_000, transaction_ref="txn-2"), after_purchase("REFUND", 4_000, original_transaction_ref="txn-2")]
+    full_month = [
+        clearing(15_000),
+        clearing(10_000, transaction_ref="txn-2"),
+        after_purchase("REFUND", 4_000, original_transaction_ref="txn-2"),
+    ]
     state, entries, _ = run_events(full_month, CAPPED)
     assert legs(entries) == [
         ("CONFIRMED", "EXPENSE", "CONFIRMED", 1_500),
@@ -101,9 +110,11 @@ def test_case_10_refund_gives_cap_headroom_back_to_the_purchase_period() -> None
     assert state is not None and state["caps"] == {"grocery-10": {"2026-12": 1_800}}
 
     # a January purchase uses January's cap; a January refund of a December purchase gives December back
-    later = [clearing(15_000, transaction_ref="txn-3", occurred_at=JANUARY),
-             after_purchase("REFUND", 15_000, original_transaction_ref="txn-1", occurred_at=JANUARY),
-             clearing(10_000, transaction_ref="txn-4", occurred_at=JANUARY + timedelta(hours=1))]
+    later = [
+        clearing(15_000, transaction_ref="txn-3", occurred_at=JANUARY),
+        after_purchase("REFUND", 15_000, original_transaction_ref="txn-1", occurred_at=JANUARY),
+        clearing(10_000, transaction_ref="txn-4", occurred_at=JANUARY + timedelta(hours=1)),
+    ]
     state, more, _ = run_events(later, CAPPED, state)
     assert legs(more) == [
         ("CONFIRMED", "EXPENSE", "CONFIRMED", 1_500),
@@ -171,8 +182,11 @@ def test_segment_offer_is_only_for_accounts_in_it() -> None:
 def test_case_19_purchase_before_activation_earns_nothing_after_it_does() -> None:
     offers = book(offer(requires_activation=True))
     activated = profile(**{"grocery-5": T0 + timedelta(hours=1)})
-    before, at, after = auth(transaction_ref="txn-1"), auth(transaction_ref="txn-2", occurred_at=T0 + timedelta(hours=1)), \
-        auth(transaction_ref="txn-3", occurred_at=T0 + timedelta(days=1))
+    before, at, after = (
+        auth(transaction_ref="txn-1"),
+        auth(transaction_ref="txn-2", occurred_at=T0 + timedelta(hours=1)),
+        auth(transaction_ref="txn-3", occurred_at=T0 + timedelta(days=1)),
+    )
     _, entries, outcomes = run_events([before, at, after], offers, profile=activated)
     assert outcomes == [Outcome.NOT_ACTIVATED, Outcome.EARNED, Outcome.EARNED]
     assert legs(entries) == [
@@ -188,23 +202,48 @@ def test_case_19_purchase_before_activation_earns_nothing_after_it_does() -> Non
 # --- case 20: days of week and hours, in the merchant's time zone --------------------------------
 
 WEEKENDS = book(offer(days_of_week=["SAT", "SUN"]))
-FRIDAY_NIGHT_UTC = datetime(2026, 12, 4, 23, 30, tzinfo=timezone.utc)  # Saturday 00:30 in Paris
-SUNDAY_NIGHT_UTC = datetime(2026, 12, 6, 23, 30, tzinfo=timezone.utc)  # Monday 00:30 in Paris
+FRIDAY_NIGHT_UTC = datetime(2026, 12, 4, 23, 30, tzinfo=UTC)  # Saturday 00:30 in Paris
+SUNDAY_NIGHT_UTC = datetime(2026, 12, 6, 23, 30, tzinfo=UTC)  # Monday 00:30 in Paris
 
 
 @pytest.mark.parametrize(
     ("occurred_at", "zone", "outcome", "detail"),
     [
-        (FRIDAY_NIGHT_UTC, "Europe/Paris", Outcome.EARNED, "pending 5.00% of 100.00 EUR = 5.00 EUR (rounded down, judged in Europe/Paris)"),
-        (SUNDAY_NIGHT_UTC, "Europe/Paris", Outcome.OUTSIDE_SCHEDULE, "authorisation earns nothing: outside_schedule (Monday 00:30 in Europe/Paris)"),
-        (datetime(2026, 12, 5, 3, tzinfo=timezone.utc), "America/New_York", Outcome.OUTSIDE_SCHEDULE,
-         "authorisation earns nothing: outside_schedule (Friday 22:00 in America/New_York)"),
-        (SUNDAY_NIGHT_UTC, None, Outcome.EARNED, "pending 5.00% of 100.00 EUR = 5.00 EUR (rounded down, judged in UTC (no merchant time zone))"),
-        (FRIDAY_NIGHT_UTC, "Mars/Olympus_Mons", Outcome.OUTSIDE_SCHEDULE,
-         "authorisation earns nothing: outside_schedule (Friday 23:30 in UTC (merchant time zone 'Mars/Olympus_Mons' unknown))"),
+        (
+            FRIDAY_NIGHT_UTC,
+            "Europe/Paris",
+            Outcome.EARNED,
+            "pending 5.00% of 100.00 EUR = 5.00 EUR (rounded down, judged in Europe/Paris)",
+        ),
+        (
+            SUNDAY_NIGHT_UTC,
+            "Europe/Paris",
+            Outcome.OUTSIDE_SCHEDULE,
+            "authorisation earns nothing: outside_schedule (Monday 00:30 in Europe/Paris)",
+        ),
+        (
+            datetime(2026, 12, 5, 3, tzinfo=UTC),
+            "America/New_York",
+            Outcome.OUTSIDE_SCHEDULE,
+            "authorisation earns nothing: outside_schedule (Friday 22:00 in America/New_York)",
+        ),
+        (
+            SUNDAY_NIGHT_UTC,
+            None,
+            Outcome.EARNED,
+            "pending 5.00% of 100.00 EUR = 5.00 EUR (rounded down, judged in UTC (no merchant time zone))",
+        ),
+        (
+            FRIDAY_NIGHT_UTC,
+            "Mars/Olympus_Mons",
+            Outcome.OUTSIDE_SCHEDULE,
+            "authorisation earns nothing: outside_schedule (Friday 23:30 in UTC (merchant time zone 'Mars/Olympus_Mons' unknown))",
+        ),
     ],
 )
-def test_case_20_weekends_only_in_the_merchants_time_zone(occurred_at: datetime, zone: str | None, outcome: Outcome, detail: str) -> None:
+def test_case_20_weekends_only_in_the_merchants_time_zone(
+    occurred_at: datetime, zone: str | None, outcome: Outcome, detail: str
+) -> None:
     decision = decide(auth(occurred_at=occurred_at, merchant_timezone=zone), WEEKENDS, None)
     assert decision.outcome is outcome
     (entry,) = decision.entries
@@ -214,12 +253,17 @@ def test_case_20_weekends_only_in_the_merchants_time_zone(occurred_at: datetime,
 
 @pytest.mark.parametrize(
     ("local_time", "outcome"),
-    [("17:59", Outcome.OUTSIDE_SCHEDULE), ("18:00", Outcome.EARNED), ("22:59", Outcome.EARNED), ("23:00", Outcome.OUTSIDE_SCHEDULE)],
+    [
+        ("17:59", Outcome.OUTSIDE_SCHEDULE),
+        ("18:00", Outcome.EARNED),
+        ("22:59", Outcome.EARNED),
+        ("23:00", Outcome.OUTSIDE_SCHEDULE),
+    ],
 )
 def test_case_20_hours_from_inclusive_to_exclusive(local_time: str, outcome: Outcome) -> None:
     evenings = book(offer(hours={"from": "18:00", "to": "23:00"}))
     hour, minute = map(int, local_time.split(":"))
-    at = datetime(2026, 12, 1, hour, minute, tzinfo=timezone.utc) - timedelta(hours=1)  # Paris is UTC+1 in December
+    at = datetime(2026, 12, 1, hour, minute, tzinfo=UTC) - timedelta(hours=1)  # Paris is UTC+1 in December
     assert decide(auth(occurred_at=at), evenings, None).outcome is outcome
 
 
@@ -231,19 +275,32 @@ BUDGETED = book(offer(budget_minor=1_000, currency="EUR"))
 def test_case_21_budget_used_up_then_a_refund_gives_some_back() -> None:
     budget = {"grocery-5": 1_000}
     events = [
-        auth(10_000), clearing(10_000),  # 5.00: reserved at authorisation, confirmed
-        auth(15_000, transaction_ref="txn-2"), clearing(15_000, transaction_ref="txn-2"),  # 7.50 wanted, 5.00 left
+        auth(10_000),
+        clearing(10_000),  # 5.00: reserved at authorisation, confirmed
+        auth(15_000, transaction_ref="txn-2"),
+        clearing(15_000, transaction_ref="txn-2"),  # 7.50 wanted, 5.00 left
         auth(10_000, transaction_ref="txn-3"),  # nothing left
         after_purchase("REFUND", 4_000),  # 2.00 of txn-1 back to the budget
         auth(10_000, transaction_ref="txn-4"),  # 2.00 of 5.00
     ]
     _, decisions = run_decisions(events, BUDGETED, budget=budget)
     assert [d.outcome for d in decisions] == [
-        Outcome.EARNED, Outcome.CONFIRMED, Outcome.EARNED, Outcome.CONFIRMED, Outcome.BUDGET_EXHAUSTED,
-        Outcome.CLAWED_BACK, Outcome.EARNED,
+        Outcome.EARNED,
+        Outcome.CONFIRMED,
+        Outcome.EARNED,
+        Outcome.CONFIRMED,
+        Outcome.BUDGET_EXHAUSTED,
+        Outcome.CLAWED_BACK,
+        Outcome.EARNED,
     ]
     assert [dict(d.budget_deltas) for d in decisions] == [
-        {"grocery-5": 500}, {}, {"grocery-5": 500}, {}, {}, {"grocery-5": -200}, {"grocery-5": 200},
+        {"grocery-5": 500},
+        {},
+        {"grocery-5": 500},
+        {},
+        {},
+        {"grocery-5": -200},
+        {"grocery-5": 200},
     ]
     entries = [e for d in decisions for e in d.entries]
     assert legs(entries) == [
@@ -262,7 +319,9 @@ def test_case_21_budget_used_up_then_a_refund_gives_some_back() -> None:
 
 
 def test_budget_reserved_at_authorisation_is_released_by_expiry_and_partial_clearing() -> None:
-    expiry = after_purchase("AUTHORIZATION_EXPIRY", 10_000, transaction_ref="txn-1", original_transaction_ref=None, processing_code="PURCHASE")
+    expiry = after_purchase(
+        "AUTHORIZATION_EXPIRY", 10_000, transaction_ref="txn-1", original_transaction_ref=None, processing_code="PURCHASE"
+    )
     _, decisions = run_decisions([auth(), expiry], BUDGETED)
     assert [dict(d.budget_deltas) for d in decisions] == [{"grocery-5": 500}, {"grocery-5": -500}]
     _, decisions = run_decisions([auth(), clearing(8_000)], BUDGETED)
@@ -332,18 +391,28 @@ def test_case_25_points_are_whole_and_their_fraction_is_carried() -> None:
         ("CONFIRMED", "EXPENSE", "CONFIRMED", 1),  # 21.5 + 0.5 = 22
     ]
     assert {(e["reward_kind"], e["currency"]) for e in entries} == {("POINTS", "PTS")}
-    assert details(entries)[1] == "confirmed: 2 points per EUR of 10.75 EUR = 21 PTS (rounded down, exactly 21.5 PTS, 0.5 PTS carried forward)"
+    assert (
+        details(entries)[1]
+        == "confirmed: 2 points per EUR of 10.75 EUR = 21 PTS (rounded down, exactly 21.5 PTS, 0.5 PTS carried forward)"
+    )
     assert balances(entries) == {("acct-1", "POINTS", "PTS"): totals(confirmed=43, lifetime=43)}
 
 
 def test_case_25_store_credit_charity_and_cash_are_separate_balances() -> None:
     offers = book(
         offer(offer_id="cash-1", rate_bps=100, stackable=True),
-        offer(offer_id="credit-fixed", reward_kind="STORE_CREDIT", rate_bps=None, fixed_reward_minor=50, currency="EUR", stackable=True),
+        offer(
+            offer_id="credit-fixed",
+            reward_kind="STORE_CREDIT",
+            rate_bps=None,
+            fixed_reward_minor=50,
+            currency="EUR",
+            stackable=True,
+        ),
         offer(offer_id="give-2", reward_kind="CHARITY", charity_id="red-cross", rate_bps=200, stackable=True),
     )
     _, entries, _ = run_events([auth(), clearing(), after_purchase("REFUND", 5_000)], offers)
-    assert [(e["offer_id"], e["reward_kind"], *leg) for e, leg in zip(entries, legs(entries))] == [
+    assert [(e["offer_id"], e["reward_kind"], *leg) for e, leg in zip(entries, legs(entries), strict=True)] == [
         ("cash-1", "CASH", "PENDING_CREATED", "EXPENSE", "PENDING", 100),
         ("credit-fixed", "STORE_CREDIT", "PENDING_CREATED", "EXPENSE", "PENDING", 50),
         ("give-2", "CHARITY", "PENDING_CREATED", "EXPENSE", "PENDING", 200),
@@ -366,7 +435,11 @@ def test_case_25_store_credit_charity_and_cash_are_separate_balances() -> None:
 
 def test_fixed_reward_is_paid_once_per_purchase_over_its_clearing_parts() -> None:
     offers = book(offer(rate_bps=None, fixed_reward_minor=300, currency="EUR"))
-    parts = [auth(), clearing(6_000, clearing_sequence=1, clearing_count=2), clearing(4_000, clearing_sequence=2, clearing_count=2)]
+    parts = [
+        auth(),
+        clearing(6_000, clearing_sequence=1, clearing_count=2),
+        clearing(4_000, clearing_sequence=2, clearing_count=2),
+    ]
     _, entries, _ = run_events(parts, offers)
     assert legs(entries) == [("PENDING_CREATED", "EXPENSE", "PENDING", 300), ("CONFIRMED", "PENDING", "CONFIRMED", 300)]
 
@@ -378,10 +451,36 @@ def test_old_state_without_caps_and_carry_still_works() -> None:
     state, _, _ = run_events([auth()])
     assert state is not None
     # stored before: recent events under "seen", no event ids, clock or refusals on transactions
-    old = {"seen": state["recent"], "txns": {ref: {**{k: v for k, v in txn.items() if k not in ("events", "last_ms")}, "shares": [
-        {k: v for k, v in share.items() if k not in ("method", "tier", "boost", "fixed_minor", "points_per_unit", "cap",
-                                                    "cap_period", "budget", "charity_id", "place", "basis_currency")}
-        for share in txn["shares"]]} for ref, txn in state["txns"].items()}}
+    old = {
+        "seen": state["recent"],
+        "txns": {
+            ref: {
+                **{k: v for k, v in txn.items() if k not in ("events", "last_ms")},
+                "shares": [
+                    {
+                        k: v
+                        for k, v in share.items()
+                        if k
+                        not in (
+                            "method",
+                            "tier",
+                            "boost",
+                            "fixed_minor",
+                            "points_per_unit",
+                            "cap",
+                            "cap_period",
+                            "budget",
+                            "charity_id",
+                            "place",
+                            "basis_currency",
+                        )
+                    }
+                    for share in txn["shares"]
+                ],
+            }
+            for ref, txn in state["txns"].items()
+        },
+    }
     decision = decide(clearing(), book(), old)
     assert legs(decision.entries) == [("CONFIRMED", "PENDING", "CONFIRMED", 500)]
     assert set(decision.state) == set(new_state())
@@ -399,8 +498,17 @@ def test_entries_of_every_reward_kind_encode_as_accruals() -> None:
 
     offers = book(
         offer(offer_id="pts", reward_kind="POINTS", rate_bps=None, points_per_unit=3, currency="EUR", stackable=True),
-        offer(offer_id="credit", reward_kind="STORE_CREDIT", rate_bps=None, fixed_reward_minor=50, currency="EUR", stackable=True),
-        offer(offer_id="give", reward_kind="CHARITY", charity_id="unicef", rate_bps=100, cap={"period": "week", "amount_minor": 10}, currency="EUR"),
+        offer(
+            offer_id="credit", reward_kind="STORE_CREDIT", rate_bps=None, fixed_reward_minor=50, currency="EUR", stackable=True
+        ),
+        offer(
+            offer_id="give",
+            reward_kind="CHARITY",
+            charity_id="unicef",
+            rate_bps=100,
+            cap={"period": "week", "amount_minor": 10},
+            currency="EUR",
+        ),
     )
     _, entries, _ = run_events([auth(), clearing(), auth(transaction_ref="txn-2")], offers)
     codec = Codec()

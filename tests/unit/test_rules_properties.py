@@ -46,24 +46,66 @@ OFFER_BOOKS = {
     "accrue-on-clearing": book(offer(accrue_on="CLEARING", min_spend_minor=500)),
     # offer v2 terms: caps per period, boost, tiers, budgets, points, fixed rewards, schedules
     "capped-boosted-tiered": book(
-        offer(rate_bps=200, boost={"threshold_minor": 20_000, "rate_bps": 500}, tiers=[{"segment": "vip", "rate_bps": 300}],
-              cap={"period": "week", "amount_minor": 600}, currency="EUR"),
-        offer(offer_id="points-2", reward_kind="POINTS", rate_bps=None, points_per_unit=2, currency="EUR", mccs=[],
-              cap={"period": "day", "amount_minor": 300}, stackable=True),
+        offer(
+            rate_bps=200,
+            boost={"threshold_minor": 20_000, "rate_bps": 500},
+            tiers=[{"segment": "vip", "rate_bps": 300}],
+            cap={"period": "week", "amount_minor": 600},
+            currency="EUR",
+        ),
+        offer(
+            offer_id="points-2",
+            reward_kind="POINTS",
+            rate_bps=None,
+            points_per_unit=2,
+            currency="EUR",
+            mccs=[],
+            cap={"period": "day", "amount_minor": 300},
+            stackable=True,
+        ),
     ),
     "budgeted": book(
-        offer(budget_minor=900, currency="EUR", rounding="half_up", max_reward_per_txn_minor=700,
-              cap={"period": "month", "amount_minor": 800}),
-        offer(offer_id="credit-fixed", reward_kind="STORE_CREDIT", rate_bps=None, fixed_reward_minor=150, currency="EUR",
-              budget_minor=300, stackable=True, pending_days=0),
-        offer(offer_id="give-1", reward_kind="CHARITY", charity_id="red-cross", rate_bps=100, mccs=[], budget_minor=50,
-              currency="EUR", stackable=True, accrue_on="CLEARING"),
+        offer(
+            budget_minor=900,
+            currency="EUR",
+            rounding="half_up",
+            max_reward_per_txn_minor=700,
+            cap={"period": "month", "amount_minor": 800},
+        ),
+        offer(
+            offer_id="credit-fixed",
+            reward_kind="STORE_CREDIT",
+            rate_bps=None,
+            fixed_reward_minor=150,
+            currency="EUR",
+            budget_minor=300,
+            stackable=True,
+            pending_days=0,
+        ),
+        offer(
+            offer_id="give-1",
+            reward_kind="CHARITY",
+            charity_id="red-cross",
+            rate_bps=100,
+            mccs=[],
+            budget_minor=50,
+            currency="EUR",
+            stackable=True,
+            accrue_on="CLEARING",
+        ),
     ),
     "one-capped-budgeted": book(offer(budget_minor=700, currency="EUR", cap={"period": "day", "amount_minor": 400})),
     "scheduled": book(
         offer(days_of_week=["TUE", "WED", "SAT"], hours={"from": "08:00", "to": "20:00"}, requires_activation=True),
-        offer(offer_id="vip-only", rate_bps=700, mccs=[], segments=["vip"], budget_minor=1_000, currency="EUR",
-              hours={"from": "22:00", "to": "06:00"}),
+        offer(
+            offer_id="vip-only",
+            rate_bps=700,
+            mccs=[],
+            segments=["vip"],
+            budget_minor=1_000,
+            currency="EUR",
+            hours={"from": "22:00", "to": "06:00"},
+        ),
     ),
 }
 # Who the account is: in the vip segment, the grocery offer activated a few minutes after T0.
@@ -113,7 +155,9 @@ def event_sequences(draw: st.DrawFn, multi_clearing: bool = False) -> list[CardE
     return events
 
 
-def run(events: list[CardEvent], offers: OfferBook, json_state: bool = False) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+def run(
+    events: list[CardEvent], offers: OfferBook, json_state: bool = False
+) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
     """Decide every event in order, with the true remaining budget of every budgeted offer; return
     (balances after it, its entries) per event. Asserts after every event that no budget is
     overspent and no cap period holds more than its cap."""
@@ -138,8 +182,11 @@ def run(events: list[CardEvent], offers: OfferBook, json_state: bool = False) ->
         for entry in decision.entries:
             rows.setdefault(entry["accrual_id"], entry)
         for offer_id in budgets:  # what the budget counts is what the offer's entries cost net
-            expense = sum(e["amount_minor"] * ((e["debit_book"] == "EXPENSE") - (e["credit_book"] == "EXPENSE"))
-                          for e in rows.values() if e["offer_id"] == offer_id)
+            expense = sum(
+                e["amount_minor"] * ((e["debit_book"] == "EXPENSE") - (e["credit_book"] == "EXPENSE"))
+                for e in rows.values()
+                if e["offer_id"] == offer_id
+            )
             assert expense == spent[offer_id], (offer_id, expense, spent[offer_id])
         steps.append((balances(rows.values()), list(decision.entries)))
     return steps
@@ -213,7 +260,7 @@ def test_state_survives_a_json_round_trip(offers_name: str, events: list[CardEve
 def test_exact_repeats_emit_the_same_accrual_ids(events: list[CardEvent]) -> None:
     steps = run(events, OFFER_BOOKS["grocery-5"])
     ids_by_content: dict[tuple[str, str], list[str]] = {}
-    for event, (_, entries) in zip(events, steps):
+    for event, (_, entries) in zip(events, steps, strict=True):
         ids = [entry["accrual_id"] for entry in entries]
         assert all(i.startswith(f"{event.event_id}#") for i in ids)
         first = ids_by_content.setdefault((event.event_id, event.fingerprint()), ids)
@@ -273,8 +320,16 @@ def ledger_balances(rows: dict[str, dict[str, Any]]) -> dict[tuple[str, str], di
 def fillers(count: int, start: int) -> list[CardEvent]:
     """Purchases that earn nothing (a restaurant, no offer for it), each on its own transaction."""
     return [
-        to_event(card_record("AUTHORIZATION", 1_000, event_id=f"filler-{start + n}", transaction_ref=f"filler-{start + n}",
-                             mcc="4121", occurred_at=T0 + timedelta(minutes=30 + start + n)))
+        to_event(
+            card_record(
+                "AUTHORIZATION",
+                1_000,
+                event_id=f"filler-{start + n}",
+                transaction_ref=f"filler-{start + n}",
+                mcc="4121",
+                occurred_at=T0 + timedelta(minutes=30 + start + n),
+            )
+        )
         for n in range(count)
     ]
 
@@ -300,9 +355,16 @@ def test_a_redelivery_at_any_distance_changes_nothing(offers_name: str, events: 
     state: dict[str, Any] | None = None
     rows: dict[str, dict[str, Any]] = {}
     for event in delivered:
-        remaining = {o.offer_id: o.budget_minor - sum(  # the budget as the ledger shows it spent
-            r["amount_minor"] * ((r["debit_book"] == "EXPENSE") - (r["credit_book"] == "EXPENSE"))
-            for r in rows.values() if r["offer_id"] == o.offer_id) for o in offers.offers if o.budget_minor is not None}
+        remaining = {
+            o.offer_id: o.budget_minor
+            - sum(  # the budget as the ledger shows it spent
+                r["amount_minor"] * ((r["debit_book"] == "EXPENSE") - (r["credit_book"] == "EXPENSE"))
+                for r in rows.values()
+                if r["offer_id"] == o.offer_id
+            )
+            for o in offers.offers
+            if o.budget_minor is not None
+        }
         decision = decide(event, offers, state, PROFILE, remaining)
         state = decision.state
         for entry in decision.entries:

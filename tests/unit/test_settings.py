@@ -41,7 +41,7 @@ def test_defaults() -> None:
         "sink_batch_wait_ms": 100,
         "sink_group_id": "cashback-sink",
         "clock_interval_s": 10.0,
-    "metrics_port": 0,
+        "metrics_port": 0,
         "api_host": "127.0.0.1",
         "api_port": 8080,
         "log_level": "INFO",

@@ -32,8 +32,14 @@ def test_the_stream_covers_every_shape_and_event_type() -> None:
     records = [m.record for m in messages if m.record is not None and m.role in CARD_ROLES]
     types = Counter(r["event_type"] for r in records)
     assert set(types) == {
-        "AUTHORIZATION", "INCREMENTAL_AUTHORIZATION", "AUTHORIZATION_REVERSAL", "AUTHORIZATION_EXPIRY", "CLEARING",
-        "REFUND", "CHARGEBACK", "CHARGEBACK_REVERSAL",
+        "AUTHORIZATION",
+        "INCREMENTAL_AUTHORIZATION",
+        "AUTHORIZATION_REVERSAL",
+        "AUTHORIZATION_EXPIRY",
+        "CLEARING",
+        "REFUND",
+        "CHARGEBACK",
+        "CHARGEBACK_REVERSAL",
     }
     assert {r["billing_currency"] for r in records} == {"EUR", "JPY", "BHD"}
     assert {r["merchant_timezone"] for r in records} == {"Europe/Paris", "America/New_York"}
@@ -96,9 +102,22 @@ def test_the_stream_exercises_every_lifecycle_path_of_the_example_offers() -> No
     scenario = Scenario(seed=1, purchases=3_000)
     result = replay(generate(scenario, CODEC), offers, until=scenario.start + timedelta(days=120))
     assert set(result.outcomes) >= {
-        "earned", "confirmed", "made_available", "expired", "released", "adjusted", "clawed_back", "recredited",
-        "declined", "not_a_purchase", "excluded_mcc", "below_min_spend", "already_settled", "duplicate",
-        "duplicate_conflict", "matched_accrues_on_clearing",
+        "earned",
+        "confirmed",
+        "made_available",
+        "expired",
+        "released",
+        "adjusted",
+        "clawed_back",
+        "recredited",
+        "declined",
+        "not_a_purchase",
+        "excluded_mcc",
+        "below_min_spend",
+        "already_settled",
+        "duplicate",
+        "duplicate_conflict",
+        "matched_accrues_on_clearing",
     }
     entries = list(result.entries.values())
     assert {e["reward_kind"] for e in entries if e["entry_kind"] != "NOT_EARNED"} == {"CASH", "POINTS", "STORE_CREDIT", "CHARITY"}
