@@ -26,7 +26,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from schemas.codec import Codec
-from stream import ledger
 from stream.account_messages import activation_message
 from stream.core.money import format_minor
 from stream.core.offers import Offer
@@ -34,6 +33,7 @@ from stream.metrics import API_REQUESTS
 from stream.offer_mirror import OfferMirror
 from stream.producing import producer as make_producer
 from stream.settings import Settings
+from stream.store.migrations import pending_migrations
 from topics.catalogue import catalogue
 
 log = logging.getLogger(__name__)
@@ -393,7 +393,7 @@ def create_app(settings: Settings) -> FastAPI:
         """Postgres answers and every migration is applied."""
         try:
             async with db.acquire(timeout=2) as connection:
-                missing = await ledger.pending_migrations(connection)
+                missing = await pending_migrations(connection)
         except (OSError, asyncpg.PostgresError, TimeoutError) as error:
             return JSONResponse({"detail": f"database unavailable: {type(error).__name__}"}, status_code=503)
         if missing:

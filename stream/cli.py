@@ -105,7 +105,7 @@ async def create_topics(settings: Settings) -> list[str]:
 async def migrate_database(settings: Settings) -> list[str]:
     import asyncpg
 
-    from stream import ledger
+    from stream.store.migrations import migrate
 
     try:
         connection = await asyncpg.connect(settings.database_url, timeout=30)
@@ -113,7 +113,7 @@ async def migrate_database(settings: Settings) -> list[str]:
         reason = str(error) or type(error).__name__
         raise UsageError(f"cannot connect to Postgres at {masked_dsn(settings.database_url)}: {reason}") from None
     try:
-        return await ledger.migrate(connection)
+        return await migrate(connection)
     finally:
         await connection.close()
 

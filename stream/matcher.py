@@ -37,18 +37,18 @@ import faust
 from faust.types import StreamT
 
 from schemas.codec import Codec, DecodeError
-from stream.budget import BudgetStore, movement_id
 from stream.core.events import CardEvent, to_event, validate
 from stream.core.lifecycle import due_events
 from stream.core.profiles import apply_activation, apply_segments, to_account_profile
 from stream.core.rules import RECENT_EVENTS_LIMIT, Decision, Outcome, decide
 from stream.deadletter import OtherReason, Stage, dead_letter
 from stream.guarded_consumer import GuardedApp, OffsetLookups
-from stream.ledger import POSTGRES_UNAVAILABLE
 from stream.metrics import ACCRUALS, CASHBACK_AMOUNT, CONSUMER_LAG, EVENTS_CONSUMED
 from stream.offer_mirror import OfferMirror
 from stream.progress import Verdict
 from stream.settings import Settings
+from stream.store.availability import until_postgres_answers
+from stream.store.budgets import BudgetStore, movement_id
 from topics.catalogue import ACCOUNT_PROFILE_TABLE, ACCOUNT_STATE_TABLE, Catalogue, account_partition, catalogue
 
 log = logging.getLogger(__name__)
@@ -307,7 +307,7 @@ class Matcher:
         """The engine's decision, with the campaign budgets granted across all workers.
 
         Decided first as if every budget were untouched; only when that touches a budget are the
-        real remaining budgets read and the grant applied atomically (stream.budget), deciding
+        real remaining budgets read and the grant applied atomically (stream.store.budgets), deciding
         again if another worker got there first. The grant is in Postgres before anything is sent.
         """
         book = self.offers.book
@@ -334,15 +334,11 @@ class Matcher:
 
     async def _postgres(self, call: Callable[[], Awaitable[T]]) -> T:
         """Run ``call`` until Postgres answers: an outage blocks this partition, never skips it."""
-        delay = 0.1
-        while True:
-            try:
-                return await call()
-            except POSTGRES_UNAVAILABLE as error:
-                log.warning("Postgres unavailable for budgets (%s); retrying in %.1fs", type(error).__name__, delay)
-                await self.budgets.close()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+
+        async def outage(_: BaseException) -> None:
+            await self.budgets.close()
+
+        return await until_postgres_answers(call, "budgets", outage)
 
     async def handle_account_message(
         self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None

@@ -31,7 +31,6 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from schemas.codec import Codec, DecodeError
-from stream import ledger
 from stream.deadletter import OtherReason, Stage, dead_letter
 from stream.metrics import (
     CONSUMER_LAG,
@@ -42,6 +41,8 @@ from stream.metrics import (
 )
 from stream.producing import producer as make_producer
 from stream.settings import Settings
+from stream.store.availability import until_postgres_answers
+from stream.store.journal import BatchResult, write_batch
 from topics.catalogue import Catalogue
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ _REFUSED = (asyncpg.exceptions.IntegrityConstraintViolationError, asyncpg.except
 
 
 def staging_row(position: int, record: dict[str, Any], raw: bytes) -> tuple[Any, ...]:
-    """One decoded accrual as a staging row (``ledger.STAGING_COLUMNS`` order)."""
+    """One decoded accrual as a staging row (``STAGING_COLUMNS`` order)."""
     occurred_at = record["occurred_at"]
     if not isinstance(occurred_at, datetime):
         raise TypeError("occurred_at must be decoded as a datetime")
@@ -159,18 +160,17 @@ class Sink:
                 detail = "entry id held in the account's ledger with other content (see ledger_conflicts)"
                 await self._dead_letter(producer, by_position[position], OtherReason.LEDGER_CONFLICT.value, detail)
 
-    async def _with_retry(self, rows: list[tuple[Any, ...]]) -> ledger.BatchResult:
-        delay = 0.1
-        while True:
-            try:
-                connection = await self._connect()
-                return await ledger.write_batch(connection, rows)
-            except ledger.POSTGRES_UNAVAILABLE as error:
-                SINK_RETRIES.inc()
-                log.warning("Postgres unavailable (%s); retrying the batch in %.1fs", type(error).__name__, delay)
-                await self._drop_connection()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+    async def _with_retry(self, rows: list[tuple[Any, ...]]) -> BatchResult:
+        """Write the batch, waiting for Postgres as long as it takes (step 3)."""
+
+        async def attempt() -> BatchResult:
+            return await write_batch(await self._connect(), rows)
+
+        async def outage(_: BaseException) -> None:
+            SINK_RETRIES.inc()
+            await self._drop_connection()
+
+        return await until_postgres_answers(attempt, "the sink's batch", outage)
 
     async def _connect(self) -> asyncpg.Connection:
         if self._connection is None or self._connection.is_closed():

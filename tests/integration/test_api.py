@@ -21,13 +21,14 @@ import pytest_asyncio
 from aiokafka import AIOKafkaConsumer
 
 from schemas.codec import SCHEMA_DIR, Codec
-from stream import ledger
 from stream.api import create_app
 from stream.core.lifecycle import due_events
 from stream.core.rules import balances, decide
 from stream.offer_admin import publish_offers
 from stream.settings import Settings
 from stream.sink import staging_row
+from stream.store.journal import write_batch
+from stream.store.migrations import migrate
 from tests.factories import T0, book, card_event, offer
 from tests.integration.conftest import fresh_database
 from topics.admin import ensure_topics
@@ -144,17 +145,17 @@ def database(postgres_url: str) -> str:
     async def prepare() -> None:
         connection = await asyncpg.connect(database)
         try:
-            await ledger.migrate(connection)
+            await migrate(connection)
             rows, entries = [], _entries()
             for position, entry in enumerate(entries):
                 raw = codec.encode("accrual", entry)
                 rows.append(staging_row(position, codec.decode(raw)[1], raw))
-            await ledger.write_batch(connection, rows)
+            await write_batch(connection, rows)
             # an entry arriving again under a held id with another amount: a conflict, for the operations view
             held = next(e for e in entries if e["entry_kind"] == "PENDING_CREATED")
             CONFLICTING.update(held, amount_minor=held["amount_minor"] + 1)
             raw = codec.encode("accrual", CONFLICTING)
-            await ledger.write_batch(connection, [staging_row(0, codec.decode(raw)[1], raw)])
+            await write_batch(connection, [staging_row(0, codec.decode(raw)[1], raw)])
         finally:
             await connection.close()
 

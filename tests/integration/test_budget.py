@@ -8,8 +8,8 @@ import asyncio
 import asyncpg
 import pytest
 
-from stream import ledger
-from stream.budget import BudgetStore
+from stream.store.budgets import BudgetStore
+from stream.store.migrations import migrate
 from tests.integration.conftest import fresh_database
 
 pytestmark = pytest.mark.integration
@@ -19,14 +19,14 @@ pytestmark = pytest.mark.integration
 def database(postgres_url: str) -> str:
     url = fresh_database(postgres_url)
 
-    async def migrate() -> None:
+    async def migrated() -> None:
         connection = await asyncpg.connect(url)
         try:
-            await ledger.migrate(connection)
+            await migrate(connection)
         finally:
             await connection.close()
 
-    asyncio.run(migrate())
+    asyncio.run(migrated())
     return url
 
 

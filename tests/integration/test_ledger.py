@@ -17,7 +17,6 @@ from aiokafka import ConsumerRecord
 from prometheus_client import REGISTRY
 
 from schemas.codec import Codec
-from stream import ledger
 from stream.backtest import replay
 from stream.core.offers import OfferBook
 from stream.core.rules import BALANCE_FIELDS, balances
@@ -27,6 +26,8 @@ from stream.offer_admin import load_offers_file
 from stream.settings import Settings
 from stream.simulate import Scenario, generate
 from stream.sink import Sink, staging_row
+from stream.store.journal import BatchResult, write_batch
+from stream.store.migrations import MIGRATIONS_DIR, migrate
 from tests.integration.conftest import REPO_ROOT, fresh_database
 from topics.catalogue import catalogue
 
@@ -51,7 +52,7 @@ def rows_of(entries: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
 
 async def _connect_migrated(url: str) -> asyncpg.Connection:
     connection = await asyncpg.connect(url)
-    await ledger.migrate(connection)
+    await migrate(connection)
     return connection
 
 
@@ -78,15 +79,15 @@ def test_sql_balances_equal_the_engine_and_a_replay_changes_nothing(database: st
     async def scenario() -> None:
         connection = await _connect_migrated(database)
         try:
-            assert await ledger.migrate(connection) == []  # already applied: nothing to do
+            assert await migrate(connection) == []  # already applied: nothing to do
             written = 0
             for start in range(0, len(rows), 97):  # uneven batches cut through accounts' histories
-                written += (await ledger.write_batch(connection, rows[start : start + 97])).written
+                written += (await write_batch(connection, rows[start : start + 97])).written
             assert written == ledger_rows
             expected = {k: v for k, v in balances(entries).items()}
             assert await _balances(connection) == expected
 
-            replay = await ledger.write_batch(connection, rows)
+            replay = await write_batch(connection, rows)
             assert (replay.written, replay.duplicates, replay.conflicts) == (0, ledger_rows, ())
             assert await _balances(connection) == expected
             assert await connection.fetchval("SELECT count(*) FROM ledger_entries") == ledger_rows
@@ -105,15 +106,15 @@ def test_same_entry_id_with_other_content_is_a_conflict_not_a_credit(database: s
     async def scenario() -> None:
         connection = await _connect_migrated(database)
         try:
-            await ledger.write_batch(connection, rows_of([entry]))
-            result = await ledger.write_batch(connection, rows_of([tampered]))
+            await write_batch(connection, rows_of([entry]))
+            result = await write_batch(connection, rows_of([tampered]))
             assert (result.written, result.conflicts) == (0, (0,))
             amount = await connection.fetchval(
                 "SELECT amount_minor FROM ledger_entries WHERE accrual_id = $1", entry["accrual_id"]
             )
             assert amount == entry["amount_minor"]
             # visible: recorded once for the operations view, however often it is redelivered
-            await ledger.write_batch(connection, rows_of([tampered]))
+            await write_batch(connection, rows_of([tampered]))
             conflicts = await connection.fetch("SELECT * FROM ledger_conflicts")
             assert [(c["accrual_id"], c["held_kind"], c["arrived_amount_minor"]) for c in conflicts] == [
                 (entry["accrual_id"], "PENDING_CREATED", entry["amount_minor"] + 1_000)
@@ -131,7 +132,7 @@ def test_event_ids_are_the_accounts_the_same_id_on_two_accounts_is_two_entries(d
     async def scenario() -> None:
         connection = await _connect_migrated(database)
         try:
-            result = await ledger.write_batch(connection, rows_of([entry, other_account]))
+            result = await write_batch(connection, rows_of([entry, other_account]))
             assert (result.written, result.conflicts) == (2, ())
             held = await connection.fetch(
                 "SELECT account_id FROM ledger_entries WHERE accrual_id = $1 ORDER BY account_id", entry["accrual_id"]
@@ -153,8 +154,8 @@ def test_conflicts_in_one_batch_and_across_not_earned_lines_are_never_written(da
     async def scenario() -> None:
         connection = await _connect_migrated(database)
         try:
-            await ledger.write_batch(connection, rows_of([not_earned]))
-            result = await ledger.write_batch(connection, rows_of([entry, twin, credit_under_a_refusal]))
+            await write_batch(connection, rows_of([not_earned]))
+            result = await write_batch(connection, rows_of([entry, twin, credit_under_a_refusal]))
             assert (result.written, result.conflicts) == (1, (1, 2))
             kinds = await connection.fetch("SELECT held_kind, arrived_kind FROM ledger_conflicts ORDER BY conflict_seq")
             assert sorted((k["held_kind"], k["arrived_kind"]) for k in kinds) == sorted(
@@ -216,7 +217,7 @@ def test_the_journal_is_append_only_and_its_invariants_hold_in_the_database(data
     async def scenario() -> None:
         connection = await _connect_migrated(database)
         try:
-            await ledger.write_batch(connection, rows_of([entry]))
+            await write_batch(connection, rows_of([entry]))
             for statement in (
                 "UPDATE ledger_entries SET amount_minor = 1",
                 "DELETE FROM ledger_entries",
@@ -227,7 +228,7 @@ def test_the_journal_is_append_only_and_its_invariants_hold_in_the_database(data
             for broken in (dict(entry, amount_minor=0), dict(entry, debit_book="PENDING", credit_book="PENDING")):
                 broken["accrual_id"] += "-broken"
                 with pytest.raises(asyncpg.exceptions.CheckViolationError):
-                    await ledger.write_batch(connection, rows_of([broken]))
+                    await write_batch(connection, rows_of([broken]))
         finally:
             await connection.close()
 
@@ -249,7 +250,7 @@ def test_sink_blocks_and_retries_while_postgres_is_down() -> None:
         sink = Sink(settings, catalogue(), CODEC)
         retries_before = REGISTRY.get_sample_value("cashback_sink_retries_total") or 0
 
-        async def scenario() -> ledger.BatchResult:
+        async def scenario() -> BatchResult:
             task = asyncio.create_task(sink._with_retry(rows_of(entries)))
             await asyncio.sleep(2.0)
             assert not task.done(), "the batch must wait for Postgres, not be skipped"
@@ -270,13 +271,13 @@ def test_history_sequence_migration_backfills_rows_in_recorded_order(database: s
     early = tmp_path / "early"
     early.mkdir()
     for name in ("0001_ledger.sql", "0002_budgets.sql"):
-        shutil.copy(ledger.MIGRATIONS_DIR / name, early / name)
+        shutil.copy(MIGRATIONS_DIR / name, early / name)
     entries = simulated_entries(purchases=30, seed=11)
 
     async def scenario() -> list[int]:
         connection = await asyncpg.connect(database)
         try:
-            await ledger.migrate(connection, early)
+            await migrate(connection, early)
             # Rows as the code of that time wrote them: the columns of 0001 only.
             await connection.executemany(
                 "INSERT INTO ledger_entries (accrual_id, source_event_id, account_id, transaction_ref, entry_kind,"
@@ -300,13 +301,13 @@ def test_history_sequence_migration_backfills_rows_in_recorded_order(database: s
                     if e["entry_kind"] != "NOT_EARNED"
                 ],
             )
-            assert "0003_history_sequence.sql" in await ledger.migrate(connection)
+            assert "0003_history_sequence.sql" in await migrate(connection)
             sequence = [
                 r["history_seq"] for r in await connection.fetch("SELECT history_seq FROM ledger_entries ORDER BY entry_seq")
             ]
             # New rows continue the sequence, and the journal is append-only again.
             more = [dict(e, accrual_id=e["accrual_id"] + "-later") for e in entries if e["entry_kind"] == "PENDING_CREATED"][:1]
-            await ledger.write_batch(connection, rows_of(more))
+            await write_batch(connection, rows_of(more))
             later = await connection.fetchval("SELECT max(history_seq) FROM ledger_entries")
             with pytest.raises(asyncpg.exceptions.InsufficientPrivilegeError):
                 await connection.execute("UPDATE ledger_entries SET history_seq = 0")

@@ -1,70 +1,17 @@
-"""Postgres: migrations, the batch write of accruals, and the reads of the balance API.
+"""The journal: one batch of accruals written in one Postgres transaction (entries unique by account
+and accrual id, conflicts recorded apart, balances folded from exactly the rows inserted).
 
-The SQL here and ``stream.core.rules.balances`` compute balances by the same rules; the tests hold them
-equal.
+The SQL here and ``stream.core.rules.balances`` compute balances by the same rules; the tests hold
+them equal (tests/integration/test_ledger.py).
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import asyncpg
-
-log = logging.getLogger(__name__)
-
-# Errors that mean "Postgres is not reachable now": whoever meets one waits and tries again
-# (never skips); anything else from Postgres is a refusal.
-POSTGRES_UNAVAILABLE = (
-    OSError,
-    TimeoutError,
-    asyncpg.exceptions.ConnectionDoesNotExistError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.PostgresConnectionError,
-    asyncpg.exceptions.InterfaceError,
-    asyncpg.exceptions.AdminShutdownError,
-    asyncpg.exceptions.CrashShutdownError,
-    asyncpg.exceptions.TooManyConnectionsError,
-    # A connection left mid-operation by an outage ("cannot switch to state ..., another operation
-    # is in progress"): seen in the chaos run's Postgres outage; drop it and connect again.
-    asyncpg.exceptions.InternalClientError,
-)
-
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "deploy" / "migrations"
-_MIGRATION_LOCK = 0x636173686261636B  # "cashback": one migrator at a time across processes
-
-
-async def migrate(connection: asyncpg.Connection, directory: Path = MIGRATIONS_DIR) -> list[str]:
-    """Apply the SQL files of ``directory`` not applied yet, in name order, each in a transaction.
-    Safe to call from several processes at once. Returns the names applied."""
-    applied: list[str] = []
-    await connection.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
-    try:
-        await connection.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        done = {row["name"] for row in await connection.fetch("SELECT name FROM schema_migrations")}
-        for path in sorted(directory.glob("*.sql")):
-            if path.name in done:
-                continue
-            async with connection.transaction():
-                await connection.execute(path.read_text())
-                await connection.execute("INSERT INTO schema_migrations (name) VALUES ($1)", path.name)
-            applied.append(path.name)
-            log.info("applied migration %s", path.name)
-    finally:
-        await connection.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
-    return applied
-
-
-async def pending_migrations(connection: asyncpg.Connection, directory: Path = MIGRATIONS_DIR) -> list[str]:
-    exists = await connection.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
-    done = {r["name"] for r in await connection.fetch("SELECT name FROM schema_migrations")} if exists else set()
-    return [p.name for p in sorted(directory.glob("*.sql")) if p.name not in done]
-
 
 # Columns of the staging table, in the order the sink hands rows over.
 STAGING_COLUMNS = (
