@@ -47,7 +47,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from schemas.codec import Codec
-from stream.cli import REPO_ROOT
+from stream.composition import REPO_ROOT
 from stream.core.offers import OfferBook
 from stream.localstack.chaos_log import Message, chaos_log, chaos_offers
 from stream.localstack.chaos_oracle import Report, judge, partitions

@@ -15,7 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 from schemas.codec import Codec
-from stream.cli import EXAMPLE_OFFERS
+from stream.composition import EXAMPLE_OFFERS
 from stream.core.offers import Offer
 from stream.offer_admin import load_offers_file
 from stream.simulate import ROLE_SUBJECTS, Scenario, bad_message, generate

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import httpx
 
-from stream.cli import (
+from stream.composition import (
     EXAMPLE_OFFERS,
     REPO_ROOT,
     UsageError,

@@ -20,7 +20,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.codec import Codec
-from stream.cli import masked_dsn
+from stream.composition import masked_dsn
 from stream.deadletter import Stage, dead_letter
 from stream.localstack.process import free_port, terminate
 from stream.offer_admin import load_offers_file
