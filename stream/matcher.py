@@ -24,14 +24,13 @@ which a redelivery re-emits (same ids).
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import ssl
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import faust
 from faust.types import StreamT
@@ -42,12 +41,12 @@ from stream.core.lifecycle import due_events
 from stream.core.profiles import apply_activation, apply_segments, to_account_profile
 from stream.core.rules import RECENT_EVENTS_LIMIT, Decision, Outcome, decide
 from stream.deadletter import OtherReason, Stage, dead_letter
+from stream.granting import BudgetLedger, PostgresBudgets, grant
 from stream.guarded_consumer import GuardedApp, OffsetLookups
 from stream.metrics import ACCRUALS, CASHBACK_AMOUNT, CONSUMER_LAG, EVENTS_CONSUMED
 from stream.offer_mirror import OfferMirror
 from stream.progress import Verdict
 from stream.settings import Settings
-from stream.store.availability import until_postgres_answers
 from stream.store.budgets import BudgetStore, movement_id
 from topics.catalogue import ACCOUNT_PROFILE_TABLE, ACCOUNT_STATE_TABLE, Catalogue, account_partition, catalogue
 
@@ -58,12 +57,9 @@ COMMIT_INTERVAL_S = 1.0  # how much a crash may make the next owner read again (
 # Table values are plain JSON: no value_type, which Faust could not rebuild from the changelog
 # (value_type=dict made every recovery fail and wait forever).
 TABLE_SCHEMA: faust.Schema = faust.Schema(key_type=str, key_serializer="json", value_serializer="json")
-BUDGET_ATTEMPTS = 20
 # Decisions whose entries may be undelivered at once: at most the events an account's state keeps
 # with their entries, so a crash never loses one (see Matcher._within_in_flight_limit).
 IN_FLIGHT_LIMIT = RECENT_EVENTS_LIMIT  # decide-and-grant rounds before giving an event up as contended
-
-T = TypeVar("T")
 
 
 def _credentials(settings: Settings) -> Any:
@@ -139,7 +135,7 @@ class Matcher:
         self.offers = OfferMirror(
             self.topics.offers.name, codec, settings.kafka_bootstrap_servers, **settings.kafka_client_options()
         )
-        self.budgets = BudgetStore(settings.database_url)
+        self.budget_ledger: BudgetLedger = PostgresBudgets(BudgetStore(settings.database_url))
         self.agent = self.app.agent(self.input, name="matcher")(self._consume)
         self.app.task(self._run_offer_mirror)
         self.app.timer(LAG_INTERVAL_S)(self._observe_lag)
@@ -304,41 +300,17 @@ class Matcher:
                 await self.clock.send(key=str(tp.partition).encode(), value=value, partition=tp.partition, force=True)
 
     async def _decide(self, event: CardEvent, state: dict[str, Any] | None) -> Decision:
-        """The engine's decision, with the campaign budgets granted across all workers.
-
-        Decided first as if every budget were untouched; only when that touches a budget are the
-        real remaining budgets read and the grant applied atomically (stream.store.budgets), deciding
-        again if another worker got there first. The grant is in Postgres before anything is sent.
-        """
+        """The engine's decision, with its campaign budgets granted across all workers
+        (stream.granting). The grant is in Postgres before anything is sent."""
         book = self.offers.book
         profile = to_account_profile(self.profiles.get(event.account_id))
         horizon = self.settings.transaction_horizon_days
-        decision = decide(event, book, state, profile, horizon_days=horizon)
-        if not decision.budget_deltas:
-            return decision
-        budgeted = {key: (amount, unit) for o in book.offers for key, amount, unit in o.budget_lines()}
-        movement = movement_id(event.account_id, event.event_id)
-        for _ in range(BUDGET_ATTEMPTS):
-            remaining = await self._postgres(lambda: self._granted_remaining(budgeted, movement))
-            decision = decide(event, book, state, profile, budget_remaining=remaining, horizon_days=horizon)
-            if not decision.budget_deltas:
-                return decision
-            if await self._postgres(functools.partial(self.budgets.apply, movement, decision.budget_deltas)):
-                return decision
-            log.info("budget of event %s taken meanwhile by another worker; deciding again", event.event_id)
-        raise RuntimeError(f"budget contention: no grant after {BUDGET_ATTEMPTS} attempts")
 
-    async def _granted_remaining(self, budgeted: dict[str, tuple[int, str]], event_id: str) -> dict[str, int]:
-        await self.budgets.define(budgeted)
-        return await self.budgets.remaining(budgeted, event_id)
+        def decide_with(remaining: Mapping[str, int] | None) -> Decision:
+            return decide(event, book, state, profile, budget_remaining=remaining, horizon_days=horizon)
 
-    async def _postgres(self, call: Callable[[], Awaitable[T]]) -> T:
-        """Run ``call`` until Postgres answers: an outage blocks this partition, never skips it."""
-
-        async def outage(_: BaseException) -> None:
-            await self.budgets.close()
-
-        return await until_postgres_answers(call, "budgets", outage)
+        budgets = {key: (amount, unit) for o in book.offers for key, amount, unit in o.budget_lines()}
+        return await grant(decide_with, budgets, movement_id(event.account_id, event.event_id), self.budget_ledger)
 
     async def handle_account_message(
         self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None

@@ -8,14 +8,16 @@ import logging
 import random
 import re
 import struct
+from collections.abc import Mapping
 
 import pytest
 from prometheus_client import REGISTRY
 
 from stream.core.events import luhn_valid
 from stream.core.rules import Outcome
+from stream.store.budgets import movement_id
 from tests.agent.conftest import ACCOUNT, ACCOUNT_KEY, AgentHarness, agent_harness, encode_auth, encode_settlement
-from tests.factories import card_record
+from tests.factories import book, card_record, offer
 
 pytestmark = pytest.mark.asyncio
 
@@ -284,3 +286,49 @@ async def test_decisions_with_undelivered_entries_are_bounded_by_the_recent_wind
     pending[0][0].set_exception(RuntimeError("send failed"))  # done (its offset is read again)
     await asyncio.wait_for(waiting, 1)
     assert len(matcher.in_flight) == IN_FLIGHT_LIMIT - 2
+
+
+class ContendedBudgets:
+    """A BudgetLedger (stream.granting) whose first grant is refused: another worker spent
+    ``taken_meanwhile`` of the budget between the read and the grant."""
+
+    def __init__(self, budget: int, taken_meanwhile: int) -> None:
+        self.budget, self.used, self.taken_meanwhile = budget, 0, taken_meanwhile
+        self.reads: list[tuple[str, dict[str, int]]] = []
+        self.grants: list[tuple[str, dict[str, int]]] = []
+
+    async def remaining(self, budgets: Mapping[str, tuple[int, str]], movement: str) -> dict[str, int]:
+        left = {key: self.budget - self.used for key in budgets}
+        self.reads.append((movement, left))
+        return left
+
+    async def apply(self, movement: str, deltas: Mapping[str, int]) -> bool:
+        if self.taken_meanwhile:
+            self.used, self.taken_meanwhile = self.used + self.taken_meanwhile, 0
+            return False
+        self.grants.append((movement, dict(deltas)))
+        self.used += sum(deltas.values())
+        return True
+
+
+async def test_a_budget_taken_meanwhile_by_another_worker_is_read_again_and_decided_again(harness: AgentHarness) -> None:
+    harness.matcher.offers.book = book(offer(budget_minor=1_000, currency="EUR"))  # 5%, 10.00 EUR in all
+    ledger = ContendedBudgets(budget=1_000, taken_meanwhile=800)
+    harness.matcher.budget_ledger = ledger
+    record = card_record(amount_minor=10_000, mcc="5411")  # wants 5.00
+
+    handled = await harness.put(encode_auth(harness.codec, record), ACCOUNT_KEY)
+
+    assert handled.outcome is Outcome.EARNED
+    [(_, accrual)] = harness.accruals_decoded()
+    assert (accrual["entry_kind"], accrual["amount_minor"]) == ("PENDING_CREATED", 200)  # what was left
+    movement = movement_id(ACCOUNT, record["event_id"])  # event ids are the account's
+    assert [left for _, left in ledger.reads] == [{"grocery-5": 1_000}, {"grocery-5": 200}]
+    assert ledger.grants == [(movement, {"grocery-5": 200})]
+
+
+async def test_a_decision_that_touches_no_budget_never_reads_one(harness: AgentHarness) -> None:
+    ledger = ContendedBudgets(budget=0, taken_meanwhile=0)
+    harness.matcher.budget_ledger = ledger  # the default book has no budget
+    await harness.put(encode_auth(harness.codec, card_record(amount_minor=10_000, mcc="5411")), ACCOUNT_KEY)
+    assert ledger.reads == [] and ledger.grants == []
