@@ -28,6 +28,7 @@ import logging
 import ssl
 from collections import deque
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -74,6 +75,17 @@ def _credentials(settings: Settings) -> Any:
     if settings.kafka_security_protocol == "SSL":
         return faust.SSLCredentials(cast(ssl.SSLContext, settings.kafka_client_options()["ssl_context"]))
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One input message: where it was read, and its bytes (kept whole for a dead letter)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
 
 
 class Matcher:
@@ -210,33 +222,29 @@ class Matcher:
     async def handle(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> Outcome | None:
         """Process one input message (steps 1-3 of the module doc). Returns the outcome, or None
         when the message was dead-lettered (or was an account message, not a card event)."""
+        source = Source(topic, partition, offset, key, value)
         if topic in self.account_subjects:
-            await self.handle_account_message(topic, partition, offset, key, value)
+            await self.handle_account_message(source)
             return None
         if topic == self.topics.clock.name:
-            await self.handle_tick(topic, partition, offset, key, value)
+            await self.handle_tick(source)
             return None
         subject = self.input_subjects[topic]  # only the input topics reach here
         try:
             _, record = self.codec.decode(value, expected_subject=subject)
         except DecodeError as error:
-            await self._dead_letter(error.failure.value, error.detail, topic, partition, offset, key, value)
+            await self._dead_letter(error.failure.value, error.detail, source)
             return None
         rejection = validate(record)
         if rejection is not None:
-            await self._dead_letter(rejection.reason.value, rejection.detail(), topic, partition, offset, key, value)
+            await self._dead_letter(rejection.reason.value, rejection.detail(), source)
             return None
-        account_key = record["account_id"].encode()
-        if key != account_key:
-            await self._dead_letter(
-                OtherReason.KEY_MISMATCH.value, "message key is not the event's account_id", topic, partition, offset, key, value
-            )
+        if key != record["account_id"].encode():
+            await self._dead_letter(OtherReason.KEY_MISMATCH.value, "message key is not the event's account_id", source)
             return None
-        return await self._apply(to_event(record), self.states.get(record["account_id"]), (topic, partition, offset, key, value))
+        return await self._apply(to_event(record), self.states.get(record["account_id"]), source)
 
-    async def _apply(
-        self, event: CardEvent, state: dict[str, Any] | None, source: tuple[str, int, int, bytes | None, bytes | None] | None
-    ) -> Outcome | None:
+    async def _apply(self, event: CardEvent, state: dict[str, Any] | None, source: Source | None) -> Outcome | None:
         """Decide one event for its account, then send its entries and store the new state (in
         that order). ``source`` is the input message, None for an internal event of time passing."""
         account_key = event.account_id.encode()
@@ -247,11 +255,11 @@ class Matcher:
             log.exception("rules failed on event %s", event.event_id)
             if source is None:
                 raise
-            await self._dead_letter(OtherReason.PROCESSING_ERROR.value, type(error).__name__, *source)
+            await self._dead_letter(OtherReason.PROCESSING_ERROR.value, type(error).__name__, source)
             return None
         if decision.outcome is Outcome.DUPLICATE_CONFLICT and source is not None:
             log.error("event id %s seen before with other content: quarantined", event.event_id)
-            await self._dead_letter(OtherReason.DUPLICATE_CONFLICT.value, "event_id seen before with other content", *source)
+            await self._dead_letter(OtherReason.DUPLICATE_CONFLICT.value, "event_id seen before with other content", source)
         sends = []
         for entry in decision.entries:
             # force=True: hand the entry to the producer now (latency); Faust still flushes the
@@ -267,13 +275,13 @@ class Matcher:
         EVENTS_CONSUMED.labels(event.event_type.value, decision.outcome.value).inc()
         return decision.outcome
 
-    async def handle_tick(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> None:
+    async def handle_tick(self, source: Source) -> None:
         """Time passing for one partition: apply everything due by the tick's time
         (stream.core.lifecycle) to the accounts of that partition, through the same path as card events."""
         try:
-            _, record = self.codec.decode(value, expected_subject="clock_tick")
+            _, record = self.codec.decode(source.value, expected_subject="clock_tick")
         except DecodeError as error:
-            await self._dead_letter(error.failure.value, error.detail, topic, partition, offset, key, value)
+            await self._dead_letter(error.failure.value, error.detail, source)
             return
         now_ms = int(record["now"].timestamp() * 1000)
         partitions = self.settings.topic_partitions
@@ -283,7 +291,7 @@ class Matcher:
             if state
             and state.get("due_ms") is not None
             and state["due_ms"] <= now_ms
-            and account_partition(account_id, partitions) == partition
+            and account_partition(account_id, partitions) == source.partition
         ]
         for account_id, state in due:
             for event in due_events(state, account_id, now_ms):
@@ -312,39 +320,27 @@ class Matcher:
         budgets = {key: (amount, unit) for o in book.offers for key, amount, unit in o.budget_lines()}
         return await grant(decide_with, budgets, movement_id(event.account_id, event.event_id), self.budget_ledger)
 
-    async def handle_account_message(
-        self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
-    ) -> None:
+    async def handle_account_message(self, source: Source) -> None:
         """An activation or a profile: fold it into the account's profile (stream.core.profiles)."""
-        subject = self.account_subjects[topic]
-        text_key = (key or b"").decode(errors="replace")
+        subject = self.account_subjects[source.topic]
+        text_key = (source.key or b"").decode(errors="replace")
         account_id = text_key.split(":", 1)[0] if subject == "offer_activation" else text_key
         record: dict[str, Any] | None = None
-        if value is not None:
+        if source.value is not None:
             try:
-                _, record = self.codec.decode(value, expected_subject=subject)
+                _, record = self.codec.decode(source.value, expected_subject=subject)
             except DecodeError as error:
-                await self._dead_letter(error.failure.value, error.detail, topic, partition, offset, key, value)
+                await self._dead_letter(error.failure.value, error.detail, source)
                 return
             expected_key = (
                 f"{record['account_id']}:{record['offer_id']}" if subject == "offer_activation" else record["account_id"]
             )
             if text_key != expected_key:
-                await self._dead_letter(
-                    OtherReason.KEY_MISMATCH.value, f"key is not {subject}'s id", topic, partition, offset, key, value
-                )
+                await self._dead_letter(OtherReason.KEY_MISMATCH.value, f"key is not {subject}'s id", source)
                 return
-        if not account_id or account_partition(account_id, self.settings.topic_partitions) != partition:
+        if not account_id or account_partition(account_id, self.settings.topic_partitions) != source.partition:
             # A profile must live where the account's card events are, or the join misses it.
-            await self._dead_letter(
-                OtherReason.WRONG_PARTITION.value,
-                "not the partition of the account's card events",
-                topic,
-                partition,
-                offset,
-                key,
-                value,
-            )
+            await self._dead_letter(OtherReason.WRONG_PARTITION.value, "not the partition of the account's card events", source)
             return
         profile = self.profiles.get(account_id)
         if subject == "offer_activation":
@@ -355,12 +351,12 @@ class Matcher:
             self.profiles[account_id] = apply_segments(profile, record)
         EVENTS_CONSUMED.labels(subject.upper(), "applied").inc()
 
-    async def _dead_letter(
-        self, reason: str, detail: str, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
-    ) -> None:
-        log.warning("dead letter from %s[%d]@%d: %s (%s)", topic, partition, offset, reason, detail)
-        payload = dead_letter(self.codec, Stage.MATCHER, reason, detail, topic, partition, offset, key, value)
-        self._sent(await self.dead_letters.send(key=topic.encode(), value=payload, force=True))
+    async def _dead_letter(self, reason: str, detail: str, source: Source) -> None:
+        log.warning("dead letter from %s[%d]@%d: %s (%s)", source.topic, source.partition, source.offset, reason, detail)
+        payload = dead_letter(
+            self.codec, Stage.MATCHER, reason, detail, source.topic, source.partition, source.offset, source.key, source.value
+        )
+        self._sent(await self.dead_letters.send(key=source.topic.encode(), value=payload, force=True))
 
     async def _within_in_flight_limit(self) -> None:
         """Wait until fewer than ``IN_FLIGHT_LIMIT`` decisions have entries not yet delivered.
