@@ -33,6 +33,7 @@ from stream.metrics import API_REQUESTS
 from stream.offer_mirror import OfferMirror
 from stream.producing import producer as make_producer
 from stream.settings import Settings
+from stream.store import reads
 from stream.store.migrations import pending_migrations
 from topics.catalogue import catalogue
 
@@ -157,33 +158,6 @@ class Activation(BaseModel):
     changed_at: datetime = Field(description="Purchases from this instant on count (when active).")
 
 
-# Ledger entries and purchases that earned nothing, newest first, one sequence for both.
-_HISTORY = """
-SELECT * FROM (
-    SELECT history_seq, accrual_id, source_event_id, transaction_ref, entry_kind, debit_book, credit_book,
-        amount_minor, currency::text AS currency, reward_kind, offer_id, rule_version, occurred_at, recorded_at,
-        explanation
-    FROM ledger_entries WHERE account_id = $1 AND ($2::bigint IS NULL OR history_seq < $2)
-    UNION ALL
-    SELECT history_seq, accrual_id, source_event_id, transaction_ref, 'NOT_EARNED', 'NONE', 'NONE', 0,
-        basis_currency::text, NULL, NULL, NULL, occurred_at, recorded_at,
-        jsonb_build_object('reason', reason, 'detail', detail, 'basis_minor', basis_minor,
-            'basis_currency', basis_currency, 'rate_bps', 0, 'rounding', 'down', 'carried_remainder', 0,
-            'force_post', false)
-    FROM purchases_not_earned WHERE account_id = $1 AND ($2::bigint IS NULL OR history_seq < $2)
-) AS lines
-ORDER BY history_seq DESC LIMIT $3
-"""
-
-
-# An account is known once a ledger entry or a purchase that earned nothing names it (the sink writes
-# an account's balances in the transaction of its first ledger entry, so this is asked only without them).
-_SEEN = """
-SELECT EXISTS (SELECT 1 FROM purchases_not_earned WHERE account_id = $1)
-    OR EXISTS (SELECT 1 FROM ledger_entries WHERE account_id = $1)
-"""
-
-
 def _encode_cursor(entry_seq: int) -> str:
     return base64.urlsafe_b64encode(str(entry_seq).encode()).decode()
 
@@ -213,13 +187,6 @@ class LedgerConflict(BaseModel):
 class LedgerConflicts(BaseModel):
     conflicts: list[LedgerConflict]
     next_cursor: str | None = Field(description="Pass as ?cursor= for the next (older) page; null on the last page.")
-
-
-_CONFLICTS = """
-SELECT conflict_seq, account_id, accrual_id, source_event_id, held_kind, arrived_kind, arrived_amount_minor,
-    arrived_currency, detected_at
-FROM ledger_conflicts WHERE $1::bigint IS NULL OR conflict_seq < $1 ORDER BY conflict_seq DESC LIMIT $2
-"""
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -273,8 +240,8 @@ def create_app(settings: Settings) -> FastAPI:
         """The account's balances per reward kind and unit. An account the system has seen whose
         purchases earned nothing (its history has only NOT_EARNED lines) has no line: 200 with an
         empty list, every balance zero. An account never seen is a 404, as for its history."""
-        rows = await db.fetch("SELECT * FROM balances WHERE account_id = $1 ORDER BY reward_kind, currency", account_id)
-        if not rows and not await db.fetchval(_SEEN, account_id):
+        rows = await reads.balances(db, account_id)
+        if not rows and not await reads.account_seen(db, account_id):
             raise HTTPException(status_code=404, detail=f"account {account_id} has no cashback")
         return Balances(
             account_id=account_id,
@@ -302,7 +269,7 @@ def create_app(settings: Settings) -> FastAPI:
         db: asyncpg.Pool = Depends(pool),
     ) -> History:
         before = _decode_cursor(cursor) if cursor else None
-        rows = await db.fetch(_HISTORY, account_id, before, limit + 1)
+        rows = await reads.history(db, account_id, before, limit + 1)
         if not rows and before is None:
             raise HTTPException(status_code=404, detail=f"account {account_id} has no cashback")
         page = rows[:limit]
@@ -326,7 +293,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def get_donations(charity_id: str = CHARITY_ID, db: asyncpg.Pool = Depends(pool)) -> list[Donations]:
         """What customers' charity rewards gave a charity and have promised it, per currency, each
         amount counted once (a reward is promised, then donated, never both)."""
-        rows = await db.fetch("SELECT * FROM charity_donations WHERE charity_id = $1 ORDER BY currency", charity_id)
+        rows = await reads.donations(db, charity_id)
         if not rows:
             raise HTTPException(status_code=404, detail=f"nothing donated to charity {charity_id}")
         return [Donations(**dict(row)) for row in rows]
@@ -340,7 +307,7 @@ def create_app(settings: Settings) -> FastAPI:
         """For operators: entries that arrived with an id the account's ledger holds with other
         content. Never written; each was dead-lettered by the sink (reason ledger_conflict)."""
         before = _decode_cursor(cursor) if cursor else None
-        rows = await db.fetch(_CONFLICTS, before, limit + 1)
+        rows = await reads.ledger_conflicts(db, before, limit + 1)
         page = rows[:limit]
         return LedgerConflicts(
             conflicts=[LedgerConflict(**dict(r)) for r in page],

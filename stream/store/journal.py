@@ -51,7 +51,7 @@ CREATE TEMP TABLE IF NOT EXISTS batch_deltas (
 """
 
 # Insert new entries (an id the account's ledger holds is skipped: replays write nothing) and sum exactly the
-# inserted rows into per-balance deltas.
+# inserted rows into per-balance deltas, with the balance arithmetic of migration 0007.
 _WRITE_ENTRIES = """
 WITH inserted AS (
     INSERT INTO ledger_entries (accrual_id, source_event_id, account_id, transaction_ref, entry_kind,
@@ -66,13 +66,12 @@ WITH inserted AS (
 )
 INSERT INTO batch_deltas
 SELECT account_id, reward_kind, currency,
-    sum(CASE WHEN credit_book = 'PENDING' THEN amount_minor WHEN debit_book = 'PENDING' THEN -amount_minor ELSE 0 END),
-    sum(CASE WHEN credit_book = 'CONFIRMED' THEN amount_minor WHEN debit_book = 'CONFIRMED' THEN -amount_minor ELSE 0 END),
-    sum(CASE WHEN credit_book = 'AVAILABLE' THEN amount_minor WHEN debit_book = 'AVAILABLE' THEN -amount_minor ELSE 0 END),
-    sum(CASE WHEN entry_kind = 'CONFIRMED' THEN amount_minor ELSE 0 END),
-    -- a reversed chargeback undoes its clawback rather than earning a second time
-    sum(CASE WHEN entry_kind = 'CLAWED_BACK' THEN amount_minor WHEN entry_kind = 'RECREDITED' THEN -amount_minor ELSE 0 END),
-    sum(CASE WHEN credit_book = 'DONATED' THEN amount_minor WHEN debit_book = 'DONATED' THEN -amount_minor ELSE 0 END),
+    sum(book_movement('PENDING', debit_book, credit_book, amount_minor)),
+    sum(book_movement('CONFIRMED', debit_book, credit_book, amount_minor)),
+    sum(book_movement('AVAILABLE', debit_book, credit_book, amount_minor)),
+    sum(earned_movement(entry_kind, amount_minor)),
+    sum(clawed_back_movement(entry_kind, amount_minor)),
+    sum(book_movement('DONATED', debit_book, credit_book, amount_minor)),
     count(*)
 FROM inserted GROUP BY account_id, reward_kind, currency
 """

@@ -318,3 +318,49 @@ def test_history_sequence_migration_backfills_rows_in_recorded_order(database: s
     sequence = asyncio.run(scenario())
     assert sequence[:-1] == sorted(sequence[:-1]) and len(set(sequence)) == len(sequence)
     assert sequence[-1] > max(sequence[:-1])
+
+
+def test_the_databases_balance_arithmetic_is_the_oracles_for_every_kind_of_entry(database: str) -> None:
+    """Migration 0007's functions (what the sink and the charity view sum) against
+    stream.core.rules.balances, entry kind by entry kind and book by book."""
+    kinds = (
+        "PENDING_CREATED",
+        "PENDING_ADJUSTED",
+        "PENDING_RELEASED",
+        "CONFIRMED",
+        "MADE_AVAILABLE",
+        "EXPIRED",
+        "CLAWED_BACK",
+        "RECREDITED",
+    )
+    books = ("EXPENSE", "PENDING", "CONFIRMED", "AVAILABLE", "DONATED")
+    legs = [(kind, debit, credit, 1_234) for kind in kinds for debit in books for credit in books if debit != credit]
+
+    async def in_sql() -> list[tuple[int, ...]]:
+        connection = await _connect_migrated(database)
+        try:
+            rows = await connection.fetch(
+                "SELECT book_movement('PENDING', d, c, a), book_movement('CONFIRMED', d, c, a),"
+                " book_movement('AVAILABLE', d, c, a), earned_movement(k, a), clawed_back_movement(k, a),"
+                " book_movement('DONATED', d, c, a)"
+                " FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) WITH ORDINALITY AS t(k, d, c, a, n) ORDER BY n",
+                *[list(column) for column in zip(*legs, strict=True)],
+            )
+            return [tuple(row) for row in rows]
+        finally:
+            await connection.close()
+
+    expected = []
+    for kind, debit, credit, amount in legs:
+        entry = {
+            "account_id": "a",
+            "reward_kind": "CASH",
+            "currency": "EUR",
+            "entry_kind": kind,
+            "debit_book": debit,
+            "credit_book": credit,
+            "amount_minor": amount,
+        }
+        totals = balances([entry])[("a", "CASH", "EUR")]
+        expected.append(tuple(totals[name] for name in BALANCE_FIELDS))
+    assert asyncio.run(in_sql()) == expected
