@@ -25,7 +25,7 @@ from schemas.codec import Codec, DecodeError
 from stream.core.events import to_event, validate
 from stream.core.offers import OfferBook
 from stream.core.profiles import apply_activation, apply_segments, to_account_profile
-from stream.core.rules import Outcome, balances, decide
+from stream.core.rules import BALANCE_FIELDS, Outcome, balances, decide
 from stream.settings import Settings
 from topics.catalogue import Catalogue, table_changelogs
 
@@ -192,14 +192,7 @@ async def judge(settings: Settings, topics: Catalogue, codec: Codec, book: Offer
     finally:
         await connection.close()
     stored: dict[str, dict[Any, Any]] = defaultdict(dict)
-    fields = (
-        "pending_minor",
-        "confirmed_minor",
-        "available_minor",
-        "lifetime_earned_minor",
-        "clawed_back_minor",
-        "donated_minor",
-    )
+    fields = BALANCE_FIELDS
     for row in rows:
         totals = {f: row[f] for f in fields}
         if any(totals.values()):

@@ -437,19 +437,25 @@ def test_balances_do_not_depend_on_the_interleaving_with_a_minimum_spend_when_cl
 
 # --- (b) what holds whatever the interleaving -------------------------------------------------------
 
+
+def coffee(cap_minor: int) -> Offer:
+    """0.50 store credit a coffee at m-coffee, ``cap_minor`` of it per ISO week."""
+    return offer(
+        offer_id="coffee",
+        reward_kind="STORE_CREDIT",
+        rate_bps=None,
+        fixed_reward_minor=50,
+        currency="EUR",
+        mccs=[],
+        merchant_ids=["m-coffee"],
+        cap={"period": "week", "amount_minor": cap_minor},
+        pending_days=0,
+    )
+
+
 LIMITED = OfferBook.of(
     (
-        offer(
-            offer_id="coffee",
-            reward_kind="STORE_CREDIT",
-            rate_bps=None,
-            fixed_reward_minor=50,
-            currency="EUR",
-            mccs=[],
-            merchant_ids=["m-coffee"],
-            cap={"period": "week", "amount_minor": 50},
-            pending_days=0,
-        ),
+        coffee(cap_minor=50),
         offer(offer_id="dining-3", rate_bps=300, mccs=["5811-5814"], pending_days=0),
         offer(offer_id="shop-8", rate_bps=800, mccs=[], merchant_ids=["m-shop"], currency="EUR", budget_minor=3_000),
         offer(offer_id="everyday-1", rate_bps=100, mccs=[], min_spend_minor=500, accrue_on="CLEARING"),
@@ -652,21 +658,7 @@ def test_a_clearing_read_before_its_authorisation_falls_in_the_clearings_cap_per
     """Two coffees a week (cap 1.00 of 0.50 rewards, ISO weeks). A coffee on Sunday cleared on
     Tuesday counts in Sunday's week if its authorisation is read first, in Tuesday's otherwise,
     where it takes the place of Wednesday's coffee."""
-    offers = OfferBook.of(
-        (
-            offer(
-                offer_id="coffee",
-                reward_kind="STORE_CREDIT",
-                rate_bps=None,
-                fixed_reward_minor=50,
-                currency="EUR",
-                mccs=[],
-                merchant_ids=["m-coffee"],
-                cap={"period": "week", "amount_minor": 100},
-                pending_days=0,
-            ),
-        )
-    )
+    offers = OfferBook.of((coffee(cap_minor=100),))
     sunday = datetime(2026, 12, 6, 9, 0, tzinfo=T0.tzinfo)
     a1, c1 = purchase("cleared", "acct-1", "sun", sunday, 400, "5814", "m-coffee", timedelta(days=2))
     a2, c2 = purchase("cleared", "acct-1", "mon", sunday + timedelta(days=1), 400, "5814", "m-coffee", timedelta(days=2))
