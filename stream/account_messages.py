@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from schemas.codec import Codec
 from stream.producing import send_once
 from stream.settings import Settings
-from topics.catalogue import account_partition
+from topics.catalogue import Topic, account_partition
 
 
 def activation_message(
@@ -28,21 +28,21 @@ def activation_message(
 async def publish_activation(
     settings: Settings,
     codec: Codec,
-    topic: str,
+    topic: Topic,
     account_id: str,
     offer_id: str,
     active: bool = True,
     at: datetime | None = None,
 ) -> datetime:
     at = at or datetime.now(UTC)
-    partition, key, value = activation_message(codec, account_id, offer_id, active, at, settings.topic_partitions)
-    await send_once(settings, [(topic, key, value, partition)])
+    partition, key, value = activation_message(codec, account_id, offer_id, active, at, topic.partitions)
+    await send_once(settings, [(topic.name, key, value, partition)])
     return at
 
 
-async def publish_segments(settings: Settings, codec: Codec, topic: str, account_id: str, segments: Iterable[str]) -> None:
+async def publish_segments(settings: Settings, codec: Codec, topic: Topic, account_id: str, segments: Iterable[str]) -> None:
     value = codec.encode(
         "account_profile",
         {"account_id": account_id, "segments": sorted(set(segments)), "updated_at": datetime.now(UTC)},
     )
-    await send_once(settings, [(topic, account_id.encode(), value, account_partition(account_id, settings.topic_partitions))])
+    await send_once(settings, [(topic.name, account_id.encode(), value, account_partition(account_id, topic.partitions))])

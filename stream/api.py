@@ -27,6 +27,7 @@ from pydantic import BaseModel, Field
 
 from schemas.codec import Codec
 from stream.account_messages import activation_message
+from stream.composition import topics_of
 from stream.core.money import format_minor
 from stream.core.offers import Offer
 from stream.metrics import API_REQUESTS
@@ -35,7 +36,6 @@ from stream.producing import producer as make_producer
 from stream.settings import Settings
 from stream.store import reads
 from stream.store.migrations import pending_migrations
-from topics.catalogue import catalogue
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ class LedgerConflicts(BaseModel):
 
 def create_app(settings: Settings) -> FastAPI:
     codec = Codec.configured(settings.schema_registry_url)
-    topics = catalogue(settings.topic_prefix, settings.topic_partitions)
+    topics = topics_of(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -346,7 +346,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     async def set_activation(request: Request, account_id: str, offer_id: str, active: bool) -> Activation:
         at = datetime.now(UTC)
-        partition, key, value = activation_message(codec, account_id, offer_id, active, at, settings.topic_partitions)
+        partition, key, value = activation_message(codec, account_id, offer_id, active, at, topics.activations.partitions)
         await request.app.state.producer.send_and_wait(topics.activations.name, value, key=key, partition=partition)
         return Activation(account_id=account_id, offer_id=offer_id, active=active, changed_at=at)
 

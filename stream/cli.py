@@ -122,11 +122,11 @@ def cmd_accounts(settings: Settings, args: argparse.Namespace) -> None:
 
     codec, topics = build_codec(settings), topics_of(settings)
     if args.action == "segments":
-        asyncio.run(publish_segments(settings, codec, topics.profiles.name, args.account_id, args.segments))
+        asyncio.run(publish_segments(settings, codec, topics.profiles, args.account_id, args.segments))
         print(f"{args.account_id}: segments {', '.join(sorted(set(args.segments))) or 'none'}")
     else:
         active = args.action == "activate"
-        at = asyncio.run(publish_activation(settings, codec, topics.activations.name, args.account_id, args.offer_id, active))
+        at = asyncio.run(publish_activation(settings, codec, topics.activations, args.account_id, args.offer_id, active))
         print(f"{args.account_id}: offer {args.offer_id} {'activated' if active else 'deactivated'} at {at.isoformat()}")
 
 

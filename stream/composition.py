@@ -92,9 +92,10 @@ async def create_topics(settings: Settings) -> list[str]:
     from topics.admin import ensure_topics
     from topics.catalogue import table_changelogs
 
+    topics = topics_of(settings)
     return await ensure_topics(
         settings.kafka_bootstrap_servers,
-        (*topics_of(settings).all(), *table_changelogs(settings.app_id, settings.topic_partitions)),
+        (*topics.all(), *table_changelogs(settings.app_id, topics.authorizations.partitions)),
         settings.topic_replication_factor,
         **settings.kafka_client_options(),
     )

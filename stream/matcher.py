@@ -37,6 +37,7 @@ import faust
 from faust.types import StreamT
 
 from schemas.codec import Codec, DecodeError
+from stream.composition import topics_of
 from stream.core.events import CardEvent, to_event, validate
 from stream.core.lifecycle import due_events
 from stream.core.profiles import apply_activation, apply_segments, to_account_profile
@@ -49,7 +50,7 @@ from stream.offer_mirror import OfferMirror
 from stream.progress import Verdict
 from stream.settings import Settings
 from stream.store.budgets import BudgetStore, movement_id
-from topics.catalogue import ACCOUNT_PROFILE_TABLE, ACCOUNT_STATE_TABLE, Catalogue, account_partition, catalogue
+from topics.catalogue import ACCOUNT_PROFILE_TABLE, ACCOUNT_STATE_TABLE, Catalogue, account_partition
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ class Matcher:
     def __init__(self, settings: Settings, codec: Codec, topics: Catalogue | None = None) -> None:
         self.settings = settings
         self.codec = codec
-        self.topics = topics or catalogue(settings.topic_prefix, settings.topic_partitions)
+        self.topics = topics or topics_of(settings)
         Path(settings.worker_data_dir).mkdir(parents=True, exist_ok=True)
         self.input_subjects = {t.name: t.value_subject for t in self.topics.inputs()}
         self.account_subjects = {t.name: t.value_subject for t in self.topics.account_inputs()}
@@ -108,7 +109,7 @@ class Matcher:
             # state from disk and only the changelog's tail, not the whole changelog.
             store="rocksdb://",
             processing_guarantee="at_least_once",
-            topic_partitions=settings.topic_partitions,
+            topic_partitions=self.topics.authorizations.partitions,
             topic_replication_factor=settings.topic_replication_factor,
             consumer_auto_offset_reset="earliest",
             consumer_group_instance_id=settings.worker_instance_id,
@@ -284,7 +285,7 @@ class Matcher:
             await self._dead_letter(error.failure.value, error.detail, source)
             return
         now_ms = int(record["now"].timestamp() * 1000)
-        partitions = self.settings.topic_partitions
+        partitions = self.topics.authorizations.partitions
         due = [
             (account_id, state)
             for account_id, state in list(self.states.items())
@@ -338,7 +339,7 @@ class Matcher:
             if text_key != expected_key:
                 await self._dead_letter(OtherReason.KEY_MISMATCH.value, f"key is not {subject}'s id", source)
                 return
-        if not account_id or account_partition(account_id, self.settings.topic_partitions) != source.partition:
+        if not account_id or account_partition(account_id, self.topics.authorizations.partitions) != source.partition:
             # A profile must live where the account's card events are, or the join misses it.
             await self._dead_letter(OtherReason.WRONG_PARTITION.value, "not the partition of the account's card events", source)
             return

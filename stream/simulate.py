@@ -365,7 +365,7 @@ async def publish(
             value = message.raw if message.raw is not None else codec.encode(ROLE_SUBJECTS[message.role], message.record or {})
             # Account messages go where the account's card events go (topics.catalogue.account_partition).
             partition = (
-                account_partition(message.record["account_id"], settings.topic_partitions)
+                account_partition(message.record["account_id"], topics.profiles.partitions)
                 if message.role in ("profiles", "activations") and message.record
                 else None
             )

@@ -47,7 +47,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from schemas.codec import Codec
-from stream.composition import REPO_ROOT
+from stream.composition import REPO_ROOT, topics_of
 from stream.core.offers import OfferBook
 from stream.localstack.chaos_log import Message, chaos_log, chaos_offers
 from stream.localstack.chaos_oracle import Report, judge, partitions
@@ -56,7 +56,6 @@ from stream.localstack.postgres import EmbeddedPostgres
 from stream.localstack.process import free_port, spawn, terminate
 from stream.offer_admin import publish_offers
 from stream.settings import Settings
-from topics.catalogue import catalogue
 
 FAULTS = (
     "kill_worker_1",
@@ -211,7 +210,7 @@ class Chaos:
             database_url = self.postgres.start()
             self.env = self._env(bootstrap, database_url)
             self.settings = Settings.from_env(self.env)
-            self.topics = catalogue(self.settings.topic_prefix, self.settings.topic_partitions)
+            self.topics = topics_of(self.settings)
             self._prepare()
             return self._run_stream()
         finally:
@@ -226,7 +225,7 @@ class Chaos:
         offers = chaos_offers()
         self.book = OfferBook(tuple(offers))
         asyncio.run(publish_offers(self.settings, self.codec, self.topics.offers.name, offers))
-        log = chaos_log(self.seed, self.events_wanted, self.poison, self.settings.topic_partitions, self.codec)
+        log = chaos_log(self.seed, self.events_wanted, self.poison, self.topics.authorizations.partitions, self.codec)
         self.account_messages, self.card_messages = log.account_messages, log.card_messages
         self.report.events = len(self.card_messages)
 

@@ -129,7 +129,7 @@ async def judge(settings: Settings, topics: Catalogue, codec: Codec, book: Offer
     # changelog: the event ids each adds to its recent events give the order they were decided in
     # (events that produced no entry included).
     decided_order: dict[str, dict[str, int]] = defaultdict(dict)
-    state_changelog, _ = table_changelogs(settings.app_id, settings.topic_partitions)
+    state_changelog, _ = table_changelogs(settings.app_id, topics.authorizations.partitions)
     for record in await read(state_changelog.name):
         if not record.value:
             continue

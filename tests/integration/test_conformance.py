@@ -62,12 +62,12 @@ class Conformance:
         sends = []
         if scenario.profile.get("segments"):
             sends.append(
-                publish_segments(self.settings, codec, topics.profiles.name, scenario.account_id, scenario.profile["segments"])
+                publish_segments(self.settings, codec, topics.profiles, scenario.account_id, scenario.profile["segments"])
             )
         for offer_id, at in (scenario.profile.get("activations") or {}).items():
             sends.append(
                 publish_activation(
-                    self.settings, codec, topics.activations.name, scenario.account_id, offer_id, True, datetime.fromisoformat(at)
+                    self.settings, codec, topics.activations, scenario.account_id, offer_id, True, datetime.fromisoformat(at)
                 )
             )
         for send in sends:
