@@ -27,7 +27,6 @@ from pydantic import BaseModel, Field
 
 from schemas.codec import Codec
 from stream.account_messages import activation_message
-from stream.composition import topics_of
 from stream.core.money import format_minor
 from stream.core.offers import Offer
 from stream.metrics import API_REQUESTS
@@ -191,7 +190,7 @@ class LedgerConflicts(BaseModel):
 
 def create_app(settings: Settings) -> FastAPI:
     codec = Codec.configured(settings.schema_registry_url)
-    topics = topics_of(settings)
+    topics = settings.topics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

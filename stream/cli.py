@@ -11,7 +11,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from stream.composition import (
     EXAMPLE_OFFERS,
@@ -20,13 +20,13 @@ from stream.composition import (
     create_topics,
     migrate_database,
     read_offers,
+    run_api,
+    run_sink,
     run_until_signalled,
+    run_worker,
     topics_of,
 )
 from stream.settings import ConfigError, Settings, documentation_table
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("cashback")
 
@@ -35,57 +35,15 @@ log = logging.getLogger("cashback")
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
-    import faust
-    import uvloop
-
-    from stream import metrics
-    from stream.matcher import Matcher
-
-    asyncio.run(create_topics(settings))
-    asyncio.run(migrate_database(settings))  # campaign budgets live in Postgres
-    metrics.serve(settings.metrics_port)
-    uvloop.install()
-    matcher = Matcher(settings, build_codec(settings))
-    if args.with_sink:
-        from stream.sink import Sink
-
-        sink = Sink(settings, matcher.topics, matcher.codec)
-        matcher.app.task(sink.run)
-    worker = faust.Worker(matcher.app, loglevel=settings.log_level.lower(), quiet=True)
-    worker.execute_from_commandline()
+    run_worker(settings, with_sink=args.with_sink)
 
 
 def cmd_sink(settings: Settings, args: argparse.Namespace) -> None:
-    from stream import metrics
-    from stream.sink import Sink
-
-    async def main(stop: asyncio.Event) -> None:
-        await create_topics(settings)
-        await migrate_database(settings)
-        metrics.serve(settings.metrics_port)
-        sink = Sink(settings, topics_of(settings), build_codec(settings))
-        task = asyncio.create_task(sink.run())
-        await asyncio.wait([task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
-        sink.stop()
-        await task
-
-    run_until_signalled(main)
+    run_sink(settings)
 
 
 def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
-    import uvicorn
-
-    from stream.api import create_app
-
-    asyncio.run(migrate_database(settings))
-    uvicorn.run(
-        create_app(settings),
-        host=settings.api_host,
-        port=settings.api_port,
-        log_level=settings.log_level.lower(),
-        loop="uvloop",
-        access_log=False,
-    )
+    run_api(settings)
 
 
 def cmd_topics(settings: Settings, args: argparse.Namespace) -> None:

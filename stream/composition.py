@@ -1,7 +1,8 @@
 """The composition root: what every process and command is built from, made one way here (the
 codec with its registry, the topic catalogue, the topics and the database schema), and the
-operator's errors (``UsageError``: one line, exit code 2). The command line (``stream.cli``) only
-parses arguments and calls these; the development stack (``stream.localstack``) uses them too.
+operator's errors (``UsageError``: one line, exit code 2). The processes (worker, sink, API) are
+built and run here. The command line (``stream.cli``) only parses arguments and calls these; the
+development stack (``stream.localstack``) uses them too.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from schemas.codec import Codec
 from stream.settings import Settings
-from topics.catalogue import Catalogue, catalogue
+from topics.catalogue import Catalogue
 
 if TYPE_CHECKING:
     from stream.core.offers import Offer
@@ -84,7 +85,7 @@ def build_codec(settings: Settings) -> Codec:
 
 
 def topics_of(settings: Settings) -> Catalogue:
-    return catalogue(settings.topic_prefix, settings.topic_partitions)
+    return settings.topics()
 
 
 async def create_topics(settings: Settings) -> list[str]:
@@ -129,3 +130,64 @@ def run_until_signalled(main: Callable[[asyncio.Event], Coroutine[Any, Any, Any]
         await main(stop)
 
     uvloop.run(runner())
+
+
+# --- the processes -----------------------------------------------------------------------------
+
+
+def run_worker(settings: Settings, with_sink: bool = False) -> None:
+    """The worker process: topics and schema ensured, metrics served, the matcher (and the sink in
+    the same process when asked) under Faust's worker until it is stopped."""
+    import faust
+    import uvloop
+
+    from stream import metrics
+    from stream.matcher import Matcher
+
+    asyncio.run(create_topics(settings))
+    asyncio.run(migrate_database(settings))  # campaign budgets live in Postgres
+    metrics.serve(settings.metrics_port)
+    uvloop.install()
+    matcher = Matcher(settings, build_codec(settings))
+    if with_sink:
+        from stream.sink import Sink
+
+        sink = Sink(settings, matcher.topics, matcher.codec)
+        matcher.app.task(sink.run)
+    worker = faust.Worker(matcher.app, loglevel=settings.log_level.lower(), quiet=True)
+    worker.execute_from_commandline()
+
+
+def run_sink(settings: Settings) -> None:
+    """The sink process, until SIGINT or SIGTERM."""
+    from stream import metrics
+    from stream.sink import Sink
+
+    async def main(stop: asyncio.Event) -> None:
+        await create_topics(settings)
+        await migrate_database(settings)
+        metrics.serve(settings.metrics_port)
+        sink = Sink(settings, topics_of(settings), build_codec(settings))
+        task = asyncio.create_task(sink.run())
+        await asyncio.wait([task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+        sink.stop()
+        await task
+
+    run_until_signalled(main)
+
+
+def run_api(settings: Settings) -> None:
+    """The balance API process (uvicorn), the schema migrated first."""
+    import uvicorn
+
+    from stream.api import create_app
+
+    asyncio.run(migrate_database(settings))
+    uvicorn.run(
+        create_app(settings),
+        host=settings.api_host,
+        port=settings.api_port,
+        log_level=settings.log_level.lower(),
+        loop="uvloop",
+        access_log=False,
+    )

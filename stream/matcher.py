@@ -37,7 +37,6 @@ import faust
 from faust.types import StreamT
 
 from schemas.codec import Codec, DecodeError
-from stream.composition import topics_of
 from stream.core.events import CardEvent, to_event, validate
 from stream.core.lifecycle import due_events
 from stream.core.profiles import apply_activation, apply_segments, to_account_profile
@@ -95,7 +94,7 @@ class Matcher:
     def __init__(self, settings: Settings, codec: Codec, topics: Catalogue | None = None) -> None:
         self.settings = settings
         self.codec = codec
-        self.topics = topics or topics_of(settings)
+        self.topics = topics or settings.topics()
         Path(settings.worker_data_dir).mkdir(parents=True, exist_ok=True)
         self.input_subjects = {t.name: t.value_subject for t in self.topics.inputs()}
         self.account_subjects = {t.name: t.value_subject for t in self.topics.account_inputs()}

@@ -15,6 +15,8 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from topics.catalogue import Catalogue, catalogue
+
 
 class ConfigError(Exception):
     """A setting is missing or invalid; the message names the environment variable."""
@@ -105,6 +107,10 @@ class Settings(BaseSettings):
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(str(p) for p in error['loc']).upper()}: {error['msg']}" for error in exc.errors())
             raise ConfigError(f"invalid configuration: {problems}") from None
+
+    def topics(self) -> Catalogue:
+        """The topic catalogue these settings name: the one place TOPIC_PARTITIONS is read."""
+        return catalogue(self.topic_prefix, self.topic_partitions)
 
     def kafka_client_options(self) -> dict[str, object]:
         """Security options shared by every Kafka client (aiokafka keyword names)."""
