@@ -375,3 +375,32 @@ def test_the_workers_own_clock_expires_an_old_authorisation(pipeline) -> None:  
     history = httpx.get(f"{base_url}/v1/accounts/{account}/history", timeout=5).json()["entries"]
     assert [(line["entry_kind"], line["amount_minor"]) for line in history] == [("EXPIRED", 500), ("PENDING_CREATED", 500)]
     assert history[0]["source_event_id"].startswith(f"authorization_expiry:{account}:")
+
+
+def test_the_same_event_id_on_two_accounts_is_two_events_each_paid_once(pipeline) -> None:  # type: ignore[no-untyped-def]
+    """Event ids are the account's: a card processor's id seen on two accounts is two purchases,
+    both paid, and no ledger conflict (the ledger's key is the account and the entry id)."""
+    processes, base_url = pipeline
+    tag = uuid.uuid4().hex[:6]
+    accounts = [f"scope-{tag}-1", f"scope-{tag}-2"]
+    records = [
+        card_record("AUTHORIZATION", 10_000, account_id=account, transaction_ref=f"ref-{tag}", event_id=f"evt-{tag}")
+        for account in accounts
+    ]
+    publish_records(processes.env, records)
+    for account in accounts:
+        wait_for_balance(
+            base_url,
+            account,
+            {
+                "pending_minor": 500,
+                "confirmed_minor": 0,
+                "available_minor": 0,
+                "lifetime_earned_minor": 0,
+                "clawed_back_minor": 0,
+                "donated_minor": 0,
+            },
+        )
+    assert asyncio.run(_ledger_count(processes.env["DATABASE_URL"], accounts)) == 2
+    conflicts = httpx.get(f"{base_url}/v1/operations/ledger-conflicts", timeout=5).json()["conflicts"]
+    assert not [c for c in conflicts if c["account_id"] in accounts]
