@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream.backtest import Replay
@@ -38,14 +38,9 @@ from stream.core.rules import balances
 from stream.core.working_copy import purchase_basis
 from stream.simulate import Outgoing
 from tests.factories import T0, card_record, offer
+from tests.unit.test_rules_properties import SEEDED as RULES_SEEDED
 
-SEEDED = settings(
-    max_examples=150,
-    derandomize=True,
-    database=None,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+SEEDED = settings(RULES_SEEDED, max_examples=150)  # the engine's property tests' profile, fewer examples
 
 AUTH, SETTLE = "authorizations", "settlements"
 AUTH_TOPIC = frozenset({"AUTHORIZATION", "INCREMENTAL_AUTHORIZATION", "AUTHORIZATION_REVERSAL", "AUTHORIZATION_EXPIRY"})
