@@ -104,7 +104,7 @@ from stream.core.outcomes import Outcome
 from stream.core.rewards import Amount, Share, at_most_per_purchase, compute, describe, new_share
 from stream.core.working_copy import AccountStep, Entry, State, limit_note, purchase_basis, spendable_book
 
-__all__ = ["AccountProfile", "BALANCE_FIELDS", "Decision", "Outcome", "balances", "decide", "new_state"]
+__all__ = ["AccountProfile", "Decision", "Outcome", "decide", "new_state"]
 
 # How many recent events an account keeps with the entries they produced. A redelivery of one of
 # them re-emits the same entries (same ids, a no-op downstream), so a worker stopped after storing
@@ -627,41 +627,3 @@ _HANDLERS = {
     EventType.CHARGEBACK_REVERSAL: _on_chargeback_reversal,
     EventType.RETURN_WINDOW_ENDED: _on_return_window_ended,
 }
-
-
-def balances(entries: Iterable[Entry]) -> dict[tuple[str, str, str], dict[str, int]]:
-    """Customer balances implied by entries, per (account, reward kind, currency): the oracle the
-    tests compare Postgres with. Same rules as the sink's SQL."""
-    result: dict[tuple[str, str, str], dict[str, int]] = {}
-    for entry in entries:
-        if entry["entry_kind"] == "NOT_EARNED":
-            continue
-        key = (entry["account_id"], entry["reward_kind"], entry["currency"])
-        totals = result.setdefault(key, dict.fromkeys(BALANCE_FIELDS, 0))
-        amount = entry["amount_minor"]
-        for book, sign in ((entry["debit_book"], -1), (entry["credit_book"], 1)):
-            if book in _BOOK_FIELDS:
-                totals[_BOOK_FIELDS[book]] += sign * amount
-        if entry["entry_kind"] == "CONFIRMED":
-            totals["lifetime_earned_minor"] += amount
-        elif entry["entry_kind"] == "CLAWED_BACK":
-            totals["clawed_back_minor"] += amount
-        elif entry["entry_kind"] == "RECREDITED":  # a reversed chargeback undoes its clawback
-            totals["clawed_back_minor"] -= amount
-    return result
-
-
-_BOOK_FIELDS = {
-    "PENDING": "pending_minor",
-    "CONFIRMED": "confirmed_minor",
-    "AVAILABLE": "available_minor",
-    "DONATED": "donated_minor",
-}
-BALANCE_FIELDS = (
-    "pending_minor",
-    "confirmed_minor",
-    "available_minor",
-    "lifetime_earned_minor",
-    "clawed_back_minor",
-    "donated_minor",
-)

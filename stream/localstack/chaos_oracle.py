@@ -22,10 +22,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from schemas.codec import Codec, DecodeError
+from stream.core.balances import BALANCE_FIELDS, balances
 from stream.core.events import to_event, validate
 from stream.core.offers import OfferBook
 from stream.core.profiles import apply_activation, apply_segments, to_account_profile
-from stream.core.rules import BALANCE_FIELDS, Outcome, balances, decide
+from stream.core.rules import Outcome, decide
 from stream.settings import Settings
 from topics.catalogue import Catalogue, table_changelogs
 

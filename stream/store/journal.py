@@ -1,7 +1,7 @@
 """The journal: one batch of accruals written in one Postgres transaction (entries unique by account
 and accrual id, conflicts recorded apart, balances folded from exactly the rows inserted).
 
-The SQL here and ``stream.core.rules.balances`` compute balances by the same rules; the tests hold
+The SQL here and ``stream.core.balances`` compute balances by the same rules; the tests hold
 them equal (tests/integration/test_ledger.py).
 """
 

@@ -22,8 +22,9 @@ from aiokafka import AIOKafkaConsumer
 
 from schemas.codec import SCHEMA_DIR, Codec
 from stream.api import create_app
+from stream.core.balances import balances
 from stream.core.lifecycle import due_events
-from stream.core.rules import balances, decide
+from stream.core.rules import decide
 from stream.offer_admin import publish_offers
 from stream.settings import Settings
 from stream.sink import staging_row

@@ -19,7 +19,7 @@ import pytest
 
 from schemas.codec import Codec
 from stream.account_messages import publish_activation, publish_segments
-from stream.core.rules import BALANCE_FIELDS
+from stream.core.balances import BALANCE_FIELDS
 from stream.offer_admin import publish_offers, remove_offers
 from stream.settings import Settings
 from tests.conformance.scenario import ExpectedEntry, Scenario, all_scenarios, comparable, is_time, label_of

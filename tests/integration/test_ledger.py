@@ -18,8 +18,8 @@ from prometheus_client import REGISTRY
 
 from schemas.codec import Codec
 from stream.backtest import replay
+from stream.core.balances import BALANCE_FIELDS, balances
 from stream.core.offers import OfferBook
-from stream.core.rules import BALANCE_FIELDS, balances
 from stream.localstack.postgres import EmbeddedPostgres
 from stream.localstack.process import free_port
 from stream.offer_admin import load_offers_file
@@ -322,7 +322,7 @@ def test_history_sequence_migration_backfills_rows_in_recorded_order(database: s
 
 def test_the_databases_balance_arithmetic_is_the_oracles_for_every_kind_of_entry(database: str) -> None:
     """Migration 0007's functions (what the sink and the charity view sum) against
-    stream.core.rules.balances, entry kind by entry kind and book by book."""
+    stream.core.balances, entry kind by entry kind and book by book."""
     kinds = (
         "PENDING_CREATED",
         "PENDING_ADJUSTED",

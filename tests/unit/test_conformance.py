@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from stream.backtest import Replay
+from stream.core.balances import balances
 from stream.core.events import to_event, validate
 from stream.core.offers import OfferBook
-from stream.core.rules import balances
 from tests.conformance.scenario import Scenario, all_scenarios, comparable, entry_view, is_time, label_of, stored_profile
 
 SCENARIOS = all_scenarios()

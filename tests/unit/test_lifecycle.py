@@ -7,8 +7,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from stream.core.balances import balances
 from stream.core.lifecycle import DAY_MS, due_events
-from stream.core.rules import Outcome, balances, decide
+from stream.core.rules import Outcome, decide
 from tests.factories import book, card_event, offer
 
 T0 = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)

@@ -30,11 +30,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream.backtest import Replay
+from stream.core.balances import balances
 from stream.core.events import CardEvent, to_event
 from stream.core.lifecycle import due_events
 from stream.core.money import EXACT_SCALE, points_exact
 from stream.core.offers import Offer, OfferBook
-from stream.core.rules import balances
 from stream.core.working_copy import purchase_basis
 from stream.simulate import Outgoing
 from tests.factories import T0, card_record, offer

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from stream.core.rules import Outcome, balances, decide
+from stream.core.balances import balances
+from stream.core.rules import Outcome, decide
 from tests.factories import KEY, after_purchase, auth, book, card_event, clearing, legs, offer, run_events, totals
 
 

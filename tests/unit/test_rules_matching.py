@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from stream.core.rules import Outcome, balances, decide
+from stream.core.balances import balances
+from stream.core.rules import Outcome, decide
 from tests.factories import KEY, T0, auth, book, clearing, legs, offer, run_events, totals
 
 

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from stream.core.rules import AccountProfile, Outcome, balances, decide, new_state
+from stream.core.balances import balances
+from stream.core.rules import AccountProfile, Outcome, decide, new_state
 from tests.factories import (
     KEY,
     T0,

@@ -1,6 +1,6 @@
 -- Balance arithmetic, defined once for the database: what one entry moves on one book, and what it
 -- adds to the lifetime earned and clawed-back totals. The sink's batch write and the charity view
--- use these; stream.core.rules.balances is the same arithmetic in Python, the tests' oracle, and
+-- use these; stream.core.balances is the same arithmetic in Python, the tests' oracle, and
 -- tests/integration/test_ledger.py holds the two equal.
 
 CREATE FUNCTION book_movement(book text, debit_book text, credit_book text, amount_minor bigint)

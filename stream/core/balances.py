@@ -1,0 +1,47 @@
+"""Customer balances implied by ledger entries, per (account, reward kind, unit): the oracle the
+tests compare Postgres with. The same arithmetic as the database's (migration 0007:
+``book_movement``, ``earned_movement``, ``clawed_back_movement``); a test holds them equal."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from stream.core.working_copy import Entry
+
+
+def balances(entries: Iterable[Entry]) -> dict[tuple[str, str, str], dict[str, int]]:
+    """Customer balances implied by entries, per (account, reward kind, currency): the oracle the
+    tests compare Postgres with. Same rules as the sink's SQL."""
+    result: dict[tuple[str, str, str], dict[str, int]] = {}
+    for entry in entries:
+        if entry["entry_kind"] == "NOT_EARNED":
+            continue
+        key = (entry["account_id"], entry["reward_kind"], entry["currency"])
+        totals = result.setdefault(key, dict.fromkeys(BALANCE_FIELDS, 0))
+        amount = entry["amount_minor"]
+        for book, sign in ((entry["debit_book"], -1), (entry["credit_book"], 1)):
+            if book in _BOOK_FIELDS:
+                totals[_BOOK_FIELDS[book]] += sign * amount
+        if entry["entry_kind"] == "CONFIRMED":
+            totals["lifetime_earned_minor"] += amount
+        elif entry["entry_kind"] == "CLAWED_BACK":
+            totals["clawed_back_minor"] += amount
+        elif entry["entry_kind"] == "RECREDITED":  # a reversed chargeback undoes its clawback
+            totals["clawed_back_minor"] -= amount
+    return result
+
+
+_BOOK_FIELDS = {
+    "PENDING": "pending_minor",
+    "CONFIRMED": "confirmed_minor",
+    "AVAILABLE": "available_minor",
+    "DONATED": "donated_minor",
+}
+BALANCE_FIELDS = (
+    "pending_minor",
+    "confirmed_minor",
+    "available_minor",
+    "lifetime_earned_minor",
+    "clawed_back_minor",
+    "donated_minor",
+)
