@@ -18,10 +18,11 @@ from typing import Any
 from stream.core.balances import balances
 from stream.core.events import CardEvent, to_event, validate
 from stream.core.lifecycle import due_events
+from stream.core.memory import TRANSACTION_HORIZON_DAYS
 from stream.core.money import format_minor
 from stream.core.offers import OfferBook
 from stream.core.profiles import Profile, apply_activation, apply_segments, to_account_profile
-from stream.core.rules import TRANSACTION_HORIZON_DAYS, Outcome, decide
+from stream.core.rules import Outcome, decide
 from stream.simulate import Outgoing
 
 

@@ -39,8 +39,9 @@ from faust.types import StreamT
 from schemas.codec import Codec, DecodeError
 from stream.core.events import CardEvent, to_event, validate
 from stream.core.lifecycle import due_events
+from stream.core.memory import RECENT_EVENTS_LIMIT
 from stream.core.profiles import apply_activation, apply_segments, to_account_profile
-from stream.core.rules import RECENT_EVENTS_LIMIT, Decision, Outcome, decide
+from stream.core.rules import Decision, Outcome, decide
 from stream.deadletter import OtherReason, Stage, dead_letter
 from stream.granting import BudgetLedger, PostgresBudgets, grant
 from stream.guarded_consumer import GuardedApp, OffsetLookups

@@ -1,8 +1,8 @@
 """The rules engine: ``decide(event, offers, state, profile, budget_remaining) -> Decision``.
 Pure: no I/O, no clock, no await.
 
-The same function runs in the matcher agent, the tests' oracle and (later) the back-test. Offer
-selection is in ``stream.core.eligibility``, amounts in ``stream.core.rewards``, the working copy of the state
+The same function runs in the matcher agent, the tests' oracle and the back-test. Offer selection
+is in ``stream.core.eligibility``, amounts in ``stream.core.rewards``, the working copy of the state
 with its caps and budgets in ``stream.core.working_copy``; this module applies one event to one
 account's state.
 
@@ -19,22 +19,12 @@ mutates the state it is given, it returns a new one)::
      "due_ms": epoch_ms | None,                          # earliest expiry or end of a return window (stream.core.lifecycle)
      "clock_ms": epoch_ms}                               # the latest event time of the account
 
-**Judged once.** A purchase is decided at its authorisation: one that earns nothing keeps its
-transaction with the refusal (``refused``: the reason, and for ``below_min_spend`` the offers it met
-every other condition of), so its clearings, refunds and chargebacks follow that decision instead
-of being judged again at the clearing's time. Only the amount can overturn a refusal: a clearing
-or an incremental authorisation that lifts the purchase over an offer's minimum spend earns under
-those offers, at the authorisation's time and place. A declined authorisation keeps nothing (no
-approved authorisation existed): its clearing is a force post, judged on its own, as is any
-clearing without an authorisation.
-
-**Idempotency for the life of a transaction.** Every event id stays with its transaction (or, with
-none, in ``loose``) until the transaction is settled and its last event is older than the horizon
-(``horizon_days``, the chargeback horizon; the worker's ``TRANSACTION_HORIZON_DAYS``); memory is
-bounded by the transactions still open, not by a window of events. An event of a transaction the
-account no longer knows, older than the horizon, is not applied: ``beyond_horizon``, recorded as a
-NOT_EARNED line numbered ``<event_id>#beyond_horizon`` (the event may be a redelivery whose first
-entries the ledger holds). The same event id with other content is ``duplicate_conflict``.
+**Judged once** (``stream.core.judgement``): a purchase is decided at its authorisation, and its
+clearings, refunds and chargebacks follow that decision. **Remembered for the life of a
+transaction** (``stream.core.memory``): a redelivered event is recognised at any distance; an event
+of a transaction forgotten at the horizon is ``beyond_horizon``, recorded as a NOT_EARNED line
+numbered ``<event_id>#beyond_horizon`` (its first entries may be in the ledger); the same event id
+with other content is ``duplicate_conflict``.
 
 Every money movement is an entry: ``amount_minor`` moves from ``debit_book`` to ``credit_book``,
 so an entry's legs sum to zero by construction (a TigerBeetle-style transfer). Books:
@@ -89,33 +79,25 @@ always rounded down, the fraction carried like a cash remainder.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
-from stream.core.eligibility import NO_PROFILE, AccountProfile, LocalTime, Match, local_time, match
+from stream.core.eligibility import NO_PROFILE, AccountProfile
 from stream.core.events import CardEvent, EventType
-from stream.core.lifecycle import DAY_MS, authorization_expires_at, next_due_ms, open_return_window, settled, window_over
+from stream.core.judgement import new_txn, reconsider, refuse, shares_for, still_refused
+from stream.core.lifecycle import DAY_MS, authorization_expires_at, next_due_ms, open_return_window, window_over
+from stream.core.memory import TRANSACTION_HORIZON_DAYS, home_ref, known, remember
 from stream.core.money import format_minor, prorate
-from stream.core.offers import AccrueOn, Offer, OfferBook
+from stream.core.offers import AccrueOn, OfferBook
 from stream.core.outcomes import Outcome
-from stream.core.rewards import Amount, Share, at_most_per_purchase, compute, describe, new_share
+from stream.core.rewards import Amount, Share, at_most_per_purchase, compute, describe
 from stream.core.working_copy import AccountStep, Entry, State, limit_note, purchase_basis, spendable_book
 
 __all__ = ["AccountProfile", "Decision", "Outcome", "decide", "new_state"]
 
-# How many recent events an account keeps with the entries they produced. A redelivery of one of
-# them re-emits the same entries (same ids, a no-op downstream), so a worker stopped after storing
-# the state and before its entries were delivered loses nothing. Idempotency does not depend on
-# this window: every event id stays with its transaction for the transaction's whole life.
-RECENT_EVENTS_LIMIT = 32
-# How long a settled transaction is remembered after its last event (the chargeback horizon).
-TRANSACTION_HORIZON_DAYS = 180
-
 _NO_DELTAS: Mapping[str, int] = MappingProxyType({})
-_FOLLOW_UPS = frozenset({EventType.REFUND, EventType.CHARGEBACK, EventType.CHARGEBACK_REVERSAL})
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,13 +113,6 @@ def new_state() -> State:
     return {"recent": {}, "txns": {}, "loose": {}, "caps": {}, "carry": {}, "due_ms": None, "clock_ms": None}
 
 
-def home_ref(event: CardEvent) -> str:
-    """The transaction an event belongs to: a refund or a chargeback belongs to its purchase."""
-    if event.event_type in _FOLLOW_UPS:
-        return event.original_transaction_ref or event.transaction_ref
-    return event.transaction_ref
-
-
 def decide(
     event: CardEvent,
     offers: OfferBook,
@@ -150,19 +125,16 @@ def decide(
     outcome and the budget deltas."""
     state = state or new_state()
     fingerprint = event.fingerprint()
-    recent: dict[str, Any] = state.get("recent") or state.get("seen") or {}  # "seen": states stored before
-    known = _known_fingerprint(state, recent, event)
-    if known is not None:
-        if known != fingerprint:
+    held, replay = known(state, event)
+    if held is not None:
+        if held != fingerprint:
             return Decision(state, (), Outcome.DUPLICATE_CONFLICT)
-        replay = recent.get(event.event_id)
-        return Decision(state, tuple(replay[1]) if replay else (), Outcome.DUPLICATE)
+        return Decision(state, replay, Outcome.DUPLICATE)
 
     step = AccountStep(event, state, offers, profile or NO_PROFILE, budget_remaining or _NO_DELTAS)
-    ref = home_ref(event)
     clock_ms = max(state.get("clock_ms") or 0, event.occurred_at_ms)
     forget_before_ms = clock_ms - horizon_days * DAY_MS
-    if ref not in state["txns"] and event.occurred_at_ms < forget_before_ms:
+    if home_ref(event) not in state["txns"] and event.occurred_at_ms < forget_before_ms:
         # Numbered apart: the event may be a redelivery whose first entries the ledger holds.
         outcome = step.not_earned(
             Outcome.BEYOND_HORIZON,
@@ -172,22 +144,10 @@ def decide(
     else:
         outcome = _HANDLERS[event.event_type](step)
     step.prune_caps()
-    loose = {k: v for k, v in state.get("loose", {}).items() if v[1] >= forget_before_ms}
-    if ref in step.txns:  # the id stays with its transaction: a redelivery at any distance is known
-        txn = step.txn(ref)
-        assert txn is not None
-        txn["events"] = {**txn.get("events", {}), event.event_id: fingerprint}
-        txn["last_ms"] = max(txn.get("last_ms", 0), event.occurred_at_ms)
-    elif event.occurred_at_ms >= forget_before_ms:  # no transaction to keep it (a refund of a purchase never seen...)
-        loose[event.event_id] = [fingerprint, event.occurred_at_ms]
-
-    recent = dict(recent)
-    recent[event.event_id] = [fingerprint, step.entries]
-    while len(recent) > RECENT_EVENTS_LIMIT:
-        del recent[next(iter(recent))]
+    recent, loose, txns = remember(state, step, fingerprint, forget_before_ms)
     new: State = {
         "recent": recent,
-        "txns": _forget_settled(step.txns, forget_before_ms),
+        "txns": txns,
         "loose": loose,
         "caps": step.caps,
         "carry": step.carry,
@@ -196,128 +156,6 @@ def decide(
     new["clock_ms"] = clock_ms
     deltas = {offer_id: delta for offer_id, delta in step.budget_deltas.items() if delta}
     return Decision(new, tuple(step.entries), outcome, deltas)
-
-
-def _known_fingerprint(state: State, recent: Mapping[str, Any], event: CardEvent) -> str | None:
-    """The fingerprint this account already holds for the event's id, or None: in the recent
-    events, among the events kept with no transaction, with the event's transaction, or with
-    another transaction of the account."""
-    if event.event_id in recent:
-        return str(recent[event.event_id][0])
-    if event.event_id in state.get("loose", ()):
-        return str(state["loose"][event.event_id][0])
-    home = state["txns"].get(home_ref(event))
-    if home is not None and event.event_id in home.get("events", ()):
-        return str(home["events"][event.event_id])
-    for txn in state["txns"].values():
-        if event.event_id in txn.get("events", ()):
-            return str(txn["events"][event.event_id])
-    return None
-
-
-def _forget_settled(txns: dict[str, Any], before_ms: int) -> dict[str, Any]:
-    """``txns`` without the settled transactions whose last event is older than ``before_ms``."""
-    stale = [ref for ref, txn in txns.items() if txn.get("last_ms", before_ms) < before_ms and settled(txn)]
-    if not stale:
-        return txns
-    return {ref: txn for ref, txn in txns.items() if ref not in stale}
-
-
-# --- matching: the shares a purchase earns under ---------------------------------------------
-
-
-def _shares_for(step: AccountStep) -> tuple[list[Share], Match]:
-    """The shares the event's purchase earns (see ``_stack``), and the match they came from."""
-    found = match(step.event, step.offers, step.profile, step.local, purchase_basis(step.event))
-    if not found.offers:
-        return [], found
-    return _stack(step, found.offers, step.event, step.local, purchase_basis(step.event)), found
-
-
-def _stack(step: AccountStep, offers: Iterable[Offer], purchase: CardEvent, local: LocalTime, basis: int) -> list[Share]:
-    """The most valuable non-stackable offer (what it can still pay under its cap and budget; ties:
-    the most recent) plus every stackable one."""
-    pairs = [(new_share(o, purchase, step.profile, local), o) for o in offers]
-    shares = [s for s, o in pairs if o.stackable]
-    exclusive = [(s, o) for s, o in pairs if not o.stackable]
-    if exclusive:
-
-        def rank(pair: tuple[Share, Offer]) -> tuple[int, float, int]:
-            share, offer = pair
-            wanted = at_most_per_purchase(share, compute(share, basis, basis).reward_minor)
-            recency = offer.valid_from.timestamp() if offer.valid_from else 0.0
-            return (step.grant(share, wanted)[0], recency, offer.version)
-
-        shares.insert(0, max(exclusive, key=rank)[0])
-    return shares
-
-
-def _new_txn(event: CardEvent, shares: list[Share], status: str) -> dict[str, Any]:
-    return {
-        "status": status,  # authorized | clearing | cleared | expired
-        "currency": event.billing_currency,
-        "authorized_basis": 0,
-        "cleared_basis": 0,
-        "refunded_basis": 0,
-        "force_post": False,
-        "shares": shares,
-    }
-
-
-# --- a purchase is judged once ------------------------------------------------------------------
-
-# The refusals a later clearing or incremental authorisation may overturn: only the amount can
-# change after the authorisation; where, when, who and which offers were active are the purchase's.
-AMOUNT_REFUSALS = frozenset({Outcome.BELOW_MIN_SPEND.value})
-
-
-def _refuse(step: AccountStep, found: Match, status: str) -> Outcome:
-    """A purchase that earns nothing: its NOT_EARNED line, and (unless the authorisation was
-    declined: no approved authorisation, so its clearing is a force post) a transaction that keeps
-    the decision, so its clearings, refunds and chargebacks follow it instead of judging again."""
-    event = step.event
-    what = "authorisation" if status == "authorized" else "clearing"
-    detail = f"{what} earns nothing: {found.outcome.value}" + (f" ({found.detail})" if found.detail else "")
-    step.not_earned(found.outcome, detail)
-    if found.outcome is not Outcome.DECLINED:
-        txn = step.put(event.transaction_ref, _new_txn(event, [], status))
-        txn["authorized_basis" if status == "authorized" else "cleared_basis"] = purchase_basis(event)
-        txn["refused"] = {
-            "reason": found.outcome.value,
-            "detail": detail,
-            "near": [offer.offer_id for offer in found.short_of_min_spend],
-            "at_ms": event.occurred_at_ms,
-            "timezone": event.merchant_timezone,
-        }
-    return found.outcome
-
-
-def _reconsider(step: AccountStep, txn: dict[str, Any], basis: int) -> tuple[list[Share], CardEvent]:
-    """The shares a refused purchase earns now that its amount is ``basis``: only a refusal for the
-    amount (below the minimum spend) is judged again, under the offers it met every other condition
-    of, at the authorisation's time and place."""
-    refusal = txn.get("refused")
-    if not refusal or refusal["reason"] not in AMOUNT_REFUSALS:
-        return [], step.event
-    known = [step.offers.get(offer_id) for offer_id in refusal["near"]]
-    offers = [o.priced(txn["currency"]) for o in known if o is not None]
-    qualifying = [o for o in offers if o is not None and basis >= o.min_spend_minor]
-    if not qualifying:
-        return [], step.event
-    purchase = replace(
-        step.event,
-        occurred_at=datetime.fromtimestamp(refusal["at_ms"] / 1000, tz=UTC),
-        merchant_timezone=refusal["timezone"],
-    )
-    txn["refused"] = None
-    return _stack(step, qualifying, purchase, local_time(purchase), basis), purchase
-
-
-def _still_refused(step: AccountStep, txn: dict[str, Any], what: str) -> Outcome:
-    refusal = txn["refused"]
-    outcome = Outcome(refusal["reason"])
-    step.not_earned(outcome, f"{what} earns nothing: decided at the purchase ({refusal['detail']})")
-    return outcome
 
 
 # --- handlers, one per event type ---------------------------------------------------------------
@@ -364,10 +202,10 @@ def _on_authorization(step: AccountStep) -> Outcome:
     if existing is not None:
         # A late authorisation after its clearing (out of order), or a second one for the same ref.
         return Outcome.ALREADY_SETTLED if existing["status"] != "authorized" else Outcome.NO_CHANGE
-    shares, found = _shares_for(step)
+    shares, found = shares_for(step)
     if not shares:
-        return _refuse(step, found, "authorized")
-    txn = step.put(event.transaction_ref, _new_txn(event, shares, "authorized"))
+        return refuse(step, found, "authorized")
+    txn = step.put(event.transaction_ref, new_txn(event, shares, "authorized"))
     txn["authorized_basis"] = purchase_basis(event)
     txn["expires_at_ms"] = authorization_expires_at(event, [step.offers.get(share["offer_id"]) for share in shares])
     return _pending_outcome(step, txn, "PENDING_CREATED", "authorisation")
@@ -397,7 +235,7 @@ def _on_incremental(step: AccountStep) -> Outcome:
         return Outcome.DECLINED
     txn["authorized_basis"] += purchase_basis(step.event)
     if txn.get("refused"):
-        shares, purchase = _reconsider(step, txn, txn["authorized_basis"])
+        shares, purchase = reconsider(step, txn, txn["authorized_basis"])
         if not shares:
             return Outcome.NO_CHANGE
         txn["shares"] = shares
@@ -461,19 +299,19 @@ def _on_clearing(step: AccountStep) -> Outcome:
     final = event.clearing_count is None or event.clearing_sequence == event.clearing_count
     if txn is None:
         # A force post, or a clearing that arrived before its authorisation: judged on its own.
-        shares, found = _shares_for(step)
+        shares, found = shares_for(step)
         if not shares:
-            return _refuse(step, found, "cleared" if final else "clearing")
-        txn = step.put(event.transaction_ref, _new_txn(event, shares, "clearing"))
+            return refuse(step, found, "cleared" if final else "clearing")
+        txn = step.put(event.transaction_ref, new_txn(event, shares, "clearing"))
         txn["force_post"] = True
     elif txn["status"] == "cleared":
         return Outcome.ALREADY_SETTLED
     elif txn.get("refused"):
-        shares, _ = _reconsider(step, txn, txn["cleared_basis"] + purchase_basis(event))
+        shares, _ = reconsider(step, txn, txn["cleared_basis"] + purchase_basis(event))
         if not shares:
             txn["cleared_basis"] += purchase_basis(event)
             txn["status"] = "cleared" if final else "clearing"
-            return _still_refused(step, txn, "clearing")
+            return still_refused(step, txn, "clearing")
         txn["shares"] = shares
     basis = purchase_basis(event)
     part = "" if event.clearing_count is None else f" (part {event.clearing_sequence} of {event.clearing_count})"

@@ -269,7 +269,7 @@ async def test_decisions_with_undelivered_entries_are_bounded_by_the_recent_wind
     """At most IN_FLIGHT_LIMIT decisions may have entries not yet delivered: the next decision
     waits for the oldest, so a crash never leaves an undelivered decision outside the events its
     account keeps with their entries (RECENT_EVENTS_LIMIT)."""
-    from stream.core.rules import RECENT_EVENTS_LIMIT
+    from stream.core.memory import RECENT_EVENTS_LIMIT
     from stream.matcher import IN_FLIGHT_LIMIT
 
     assert IN_FLIGHT_LIMIT <= RECENT_EVENTS_LIMIT

@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 
 from stream.core.balances import BALANCE_FIELDS, balances
 from stream.core.events import CardEvent, to_event, validate
+from stream.core.memory import RECENT_EVENTS_LIMIT
 from stream.core.offers import OfferBook
-from stream.core.rules import RECENT_EVENTS_LIMIT, AccountProfile, decide
+from stream.core.rules import AccountProfile, decide
 from tests.factories import T0, book, card_record, offer
 
 # Seeded: every run tries the same examples, so a failure replays. Moderate counts keep the suite fast.

@@ -1,0 +1,116 @@
+"""A purchase's judgement: the offers whose shares it earns, or why it earns nothing, decided once,
+at its authorisation (or at a force post's clearing), and kept with its transaction.
+
+One non-stackable offer per purchase, the one that pays most now (after its cap and budget;
+ties: the most recent), plus every stackable one. A refusal keeps its reason; only a refusal for
+the amount (``below_min_spend``) can be overturned, by a clearing or an incremental authorisation
+that lifts the amount, under the offers the purchase met every other condition of, at the
+authorisation's time and place (``reconsider``). A declined authorisation keeps nothing: its
+clearing is a force post.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from stream.core.eligibility import LocalTime, Match, local_time, match
+from stream.core.events import CardEvent
+from stream.core.offers import Offer
+from stream.core.outcomes import Outcome
+from stream.core.rewards import Share, at_most_per_purchase, compute, new_share
+from stream.core.working_copy import AccountStep, purchase_basis
+
+
+def shares_for(step: AccountStep) -> tuple[list[Share], Match]:
+    """The shares the event's purchase earns (see ``stack``), and the match they came from."""
+    found = match(step.event, step.offers, step.profile, step.local, purchase_basis(step.event))
+    if not found.offers:
+        return [], found
+    return stack(step, found.offers, step.event, step.local, purchase_basis(step.event)), found
+
+
+def stack(step: AccountStep, offers: Iterable[Offer], purchase: CardEvent, local: LocalTime, basis: int) -> list[Share]:
+    """The most valuable non-stackable offer (what it can still pay under its cap and budget; ties:
+    the most recent) plus every stackable one."""
+    pairs = [(new_share(o, purchase, step.profile, local), o) for o in offers]
+    shares = [s for s, o in pairs if o.stackable]
+    exclusive = [(s, o) for s, o in pairs if not o.stackable]
+    if exclusive:
+
+        def rank(pair: tuple[Share, Offer]) -> tuple[int, float, int]:
+            share, offer = pair
+            wanted = at_most_per_purchase(share, compute(share, basis, basis).reward_minor)
+            recency = offer.valid_from.timestamp() if offer.valid_from else 0.0
+            return (step.grant(share, wanted)[0], recency, offer.version)
+
+        shares.insert(0, max(exclusive, key=rank)[0])
+    return shares
+
+
+def new_txn(event: CardEvent, shares: list[Share], status: str) -> dict[str, Any]:
+    return {
+        "status": status,  # authorized | clearing | cleared | expired
+        "currency": event.billing_currency,
+        "authorized_basis": 0,
+        "cleared_basis": 0,
+        "refunded_basis": 0,
+        "force_post": False,
+        "shares": shares,
+    }
+
+
+# The refusals a later clearing or incremental authorisation may overturn: only the amount can
+# change after the authorisation; where, when, who and which offers were active are the purchase's.
+AMOUNT_REFUSALS = frozenset({Outcome.BELOW_MIN_SPEND.value})
+
+
+def refuse(step: AccountStep, found: Match, status: str) -> Outcome:
+    """A purchase that earns nothing: its NOT_EARNED line, and (unless the authorisation was
+    declined: no approved authorisation, so its clearing is a force post) a transaction that keeps
+    the decision, so its clearings, refunds and chargebacks follow it instead of judging again."""
+    event = step.event
+    what = "authorisation" if status == "authorized" else "clearing"
+    detail = f"{what} earns nothing: {found.outcome.value}" + (f" ({found.detail})" if found.detail else "")
+    step.not_earned(found.outcome, detail)
+    if found.outcome is not Outcome.DECLINED:
+        txn = step.put(event.transaction_ref, new_txn(event, [], status))
+        txn["authorized_basis" if status == "authorized" else "cleared_basis"] = purchase_basis(event)
+        txn["refused"] = {
+            "reason": found.outcome.value,
+            "detail": detail,
+            "near": [offer.offer_id for offer in found.short_of_min_spend],
+            "at_ms": event.occurred_at_ms,
+            "timezone": event.merchant_timezone,
+        }
+    return found.outcome
+
+
+def reconsider(step: AccountStep, txn: dict[str, Any], basis: int) -> tuple[list[Share], CardEvent]:
+    """The shares a refused purchase earns now that its amount is ``basis``: only a refusal for the
+    amount (below the minimum spend) is judged again, under the offers it met every other condition
+    of, at the authorisation's time and place."""
+    refusal = txn.get("refused")
+    if not refusal or refusal["reason"] not in AMOUNT_REFUSALS:
+        return [], step.event
+    known = [step.offers.get(offer_id) for offer_id in refusal["near"]]
+    offers = [o.priced(txn["currency"]) for o in known if o is not None]
+    qualifying = [o for o in offers if o is not None and basis >= o.min_spend_minor]
+    if not qualifying:
+        return [], step.event
+    purchase = replace(
+        step.event,
+        occurred_at=datetime.fromtimestamp(refusal["at_ms"] / 1000, tz=UTC),
+        merchant_timezone=refusal["timezone"],
+    )
+    txn["refused"] = None
+    return stack(step, qualifying, purchase, local_time(purchase), basis), purchase
+
+
+def still_refused(step: AccountStep, txn: dict[str, Any], what: str) -> Outcome:
+    refusal = txn["refused"]
+    outcome = Outcome(refusal["reason"])
+    step.not_earned(outcome, f"{what} earns nothing: decided at the purchase ({refusal['detail']})")
+    return outcome
