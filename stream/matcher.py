@@ -78,6 +78,10 @@ def _credentials(settings: Settings) -> Any:
     return None
 
 
+class PartitionRevoked(Exception):
+    """The partition of the message being processed was revoked while it waited: stop, decide nothing."""
+
+
 @dataclass(frozen=True, slots=True)
 class Source:
     """One input message: where it was read, and its bytes (kept whole for a dead letter)."""
@@ -156,6 +160,7 @@ class Matcher:
         self.assigned: set[Any] = set()  # the input partitions this worker owns now
         self.deliveries: list[Any] = []  # the sends of the message being processed
         self.in_flight: deque[list[Any]] = deque()  # per decision, oldest first: its entries' sends
+        self.current_tp: Any = None  # the partition of the message being processed
         self.processed = self._processed_at_watch = 0  # messages processed; at the last watch
         # Faust sends these signals as (app, <partitions>), which its own typing does not express.
         self.app.on_partitions_revoked.connect(cast(Any, self._on_partitions_revoked))
@@ -170,7 +175,12 @@ class Matcher:
             message = event.message
             if await self._is_next(message.tp, message.offset):
                 self.deliveries = []
-                await self.handle(message.topic, message.partition, message.offset, message.key, message.value)
+                self.current_tp = message.tp
+                try:
+                    await self.handle(message.topic, message.partition, message.offset, message.key, message.value)
+                except PartitionRevoked:
+                    log.info("%s[%d] revoked while offset %d waited: left to its next owner", *message.tp, message.offset)
+                    continue
                 self.progress.done(message.tp, message.offset, self.deliveries)
                 self.processed += 1
 
@@ -250,6 +260,7 @@ class Matcher:
         that order). ``source`` is the input message, None for an internal event of time passing."""
         account_key = event.account_id.encode()
         await self._within_in_flight_limit()
+        self._still_owned()
         try:
             decision = await self._decide(event, state)
         except Exception as error:  # a bug in the rules: keep the message, keep going
@@ -258,6 +269,7 @@ class Matcher:
                 raise
             await self._dead_letter(OtherReason.PROCESSING_ERROR.value, type(error).__name__, source)
             return None
+        self._still_owned()  # a budget grant may have waited for Postgres
         if decision.outcome is Outcome.DUPLICATE_CONFLICT and source is not None:
             log.error("event id %s seen before with other content: quarantined", event.event_id)
             await self._dead_letter(OtherReason.DUPLICATE_CONFLICT.value, "event_id seen before with other content", source)
@@ -358,6 +370,14 @@ class Matcher:
             self.codec, Stage.MATCHER, reason, detail, source.topic, source.partition, source.offset, source.key, source.value
         )
         self._sent(await self.dead_letters.send(key=source.topic.encode(), value=payload, force=True))
+
+    def _still_owned(self) -> None:
+        """Raise PartitionRevoked when the message being processed lost its partition while it
+        waited (Faust does not wait for the agent before a rebalance completes: stream_wait_empty is
+        off). Its next owner reads it from the committed offset; deciding it here too would apply it
+        twice, on two states."""
+        if self.current_tp is not None and self.current_tp not in self.assigned:
+            raise PartitionRevoked(self.current_tp)
 
     async def _within_in_flight_limit(self) -> None:
         """Wait until fewer than ``IN_FLIGHT_LIMIT`` decisions have entries not yet delivered.

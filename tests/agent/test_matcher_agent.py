@@ -332,3 +332,27 @@ async def test_a_decision_that_touches_no_budget_never_reads_one(harness: AgentH
     harness.matcher.budget_ledger = ledger  # the default book has no budget
     await harness.put(encode_auth(harness.codec, card_record(amount_minor=10_000, mcc="5411")), ACCOUNT_KEY)
     assert ledger.reads == [] and ledger.grants == []
+
+
+async def test_a_message_whose_partition_is_revoked_while_it_waits_is_left_to_the_next_owner(harness: AgentHarness) -> None:
+    """Faust does not wait for the agent before a rebalance completes: a message waiting for
+    earlier deliveries may lose its partition meanwhile. It is then not decided here (its next
+    owner reads it from the committed offset), so it is never applied twice, on two states."""
+    from stream.core.events import to_event
+    from stream.matcher import IN_FLIGHT_LIMIT, PartitionRevoked, Source
+
+    matcher = harness.matcher
+    loop = asyncio.get_running_loop()
+    pending = [[loop.create_future()] for _ in range(IN_FLIGHT_LIMIT)]
+    matcher.in_flight.extend(pending)
+    matcher.current_tp = ("cashback.card.authorizations", 0)
+    matcher.assigned = {matcher.current_tp}
+    record = card_record(amount_minor=10_000, mcc="5411")
+    source = Source(harness.auth_topic, 0, 0, ACCOUNT_KEY, encode_auth(harness.codec, record))
+    waiting = asyncio.create_task(matcher._apply(to_event(record), None, source))
+    await asyncio.sleep(0.05)
+    matcher.assigned = set()  # the rebalance took the partition
+    pending[0][0].set_result(None)
+    with pytest.raises(PartitionRevoked):
+        await asyncio.wait_for(waiting, 1)
+    assert harness.accruals.sent == [] and harness.state() is None
