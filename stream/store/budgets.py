@@ -1,16 +1,18 @@
-"""Campaign budgets across all workers, kept in Postgres.
+"""Campaign budgets across all workers, kept in Postgres (``stream.granting`` drives them).
 
 The rules engine is pure: it is told how much budget is left (``budget_remaining``) and says what
 the event consumes or gives back (``Decision.budget_deltas``). This store turns that into a grant
-that holds across partitions and workers:
+that holds across partitions and workers. A budget is keyed by its offer (``<offer_id>@<currency>``
+for a money budget in another currency), a grant by its movement (the account and event id,
+``movement_id``):
 
-1. ``remaining(offers, event_id)``: budget - used, plus what this same event was granted before
-   (a redelivery sees the budget it already holds);
-2. the matcher decides with that;
-3. ``apply(event_id, deltas)``: in one transaction, for each offer, move ``used`` by the
-   difference from the event's earlier grant, only if the budget still covers it
+1. ``remaining(budgets, movement)``: budget - used, plus what this same movement was granted
+   before (a redelivery sees the budget it already holds);
+2. the engine decides with that;
+3. ``apply(movement, deltas)``: in one transaction, for each budget, move ``used`` by the
+   difference from the movement's earlier grant, only if the budget still covers it
    (``used + difference <= budget``), and record the grant. False when another worker got there
-   first: the matcher reads ``remaining`` again and decides again (pure, so that is free).
+   first: ``stream.granting`` reads ``remaining`` again and decides again (pure, so that is free).
 
 The grant is applied before the event's entries are sent and its state is stored, so a stored
 state always has its budget behind it.
@@ -61,34 +63,35 @@ class BudgetStore:
         )
         self._known.update(changed)
 
-    async def remaining(self, offer_ids: Iterable[str], event_id: str) -> dict[str, int]:
-        """Budget left per offer, counting what ``event_id`` was already granted as its own."""
+    async def remaining(self, budget_keys: Iterable[str], movement: str) -> dict[str, int]:
+        """Budget left per key, counting what ``movement`` was already granted as its own (the
+        column ``budget_movements.event_id`` holds movement ids, ``offer_id`` budget keys)."""
         pool = await self._connection_pool()
         rows = await pool.fetch(
             "SELECT b.offer_id, b.budget_minor - b.used_minor + coalesce(m.delta_minor, 0) AS remaining"
             " FROM offer_budgets b LEFT JOIN budget_movements m ON m.offer_id = b.offer_id AND m.event_id = $2"
             " WHERE b.offer_id = ANY($1)",
-            list(offer_ids),
-            event_id,
+            list(budget_keys),
+            movement,
         )
         return {row["offer_id"]: max(0, row["remaining"]) for row in rows}
 
-    async def apply(self, event_id: str, deltas: Mapping[str, int]) -> bool:
-        """Record ``event_id``'s grants atomically; False (nothing changed) if a budget no longer
+    async def apply(self, movement: str, deltas: Mapping[str, int]) -> bool:
+        """Record ``movement``'s grants atomically; False (nothing changed) if a budget no longer
         covers them."""
         try:
-            return await self._apply(event_id, deltas)
+            return await self._apply(movement, deltas)
         except _NotCovered:
             return False
 
-    async def _apply(self, event_id: str, deltas: Mapping[str, int]) -> bool:
+    async def _apply(self, movement: str, deltas: Mapping[str, int]) -> bool:
         pool = await self._connection_pool()
         async with pool.acquire() as connection, connection.transaction():
             for offer_id, delta in sorted(deltas.items()):  # a fixed order: no deadlock between workers
                 before = (
                     await connection.fetchval(
                         "SELECT delta_minor FROM budget_movements WHERE event_id = $1 AND offer_id = $2 FOR UPDATE",
-                        event_id,
+                        movement,
                         offer_id,
                     )
                     or 0
@@ -111,7 +114,7 @@ class BudgetStore:
                 await connection.execute(
                     "INSERT INTO budget_movements (event_id, offer_id, delta_minor) VALUES ($1, $2, $3)"
                     " ON CONFLICT (event_id, offer_id) DO UPDATE SET delta_minor = EXCLUDED.delta_minor",
-                    event_id,
+                    movement,
                     offer_id,
                     delta,
                 )
