@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, TypeVar, cast
@@ -35,6 +36,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
 from stream.progress import InputProgress
+from stream.settings import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -162,3 +164,18 @@ class OffsetLookups:
                     await stop()
                 except (KafkaError, OSError):  # already broken: nothing to close politely
                     pass
+
+
+def broker_credentials(settings: Settings) -> Any:
+    """Faust's form of the Kafka security settings (None for PLAINTEXT)."""
+    if settings.kafka_security_protocol.startswith("SASL"):
+        options = settings.kafka_client_options()
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=settings.kafka_sasl_password,
+            mechanism=settings.kafka_sasl_mechanism,
+            ssl_context=cast(ssl.SSLContext | None, options.get("ssl_context")),
+        )
+    if settings.kafka_security_protocol == "SSL":
+        return faust.SSLCredentials(cast(ssl.SSLContext, settings.kafka_client_options()["ssl_context"]))
+    return None

@@ -23,10 +23,7 @@ which a redelivery re-emits (same ids).
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import ssl
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -44,10 +41,10 @@ from stream.core.profiles import apply_activation, apply_segments, to_account_pr
 from stream.core.rules import Decision, Outcome, decide
 from stream.deadletter import OtherReason, Stage, dead_letter
 from stream.granting import BudgetLedger, PostgresBudgets, grant
-from stream.guarded_consumer import GuardedApp, OffsetLookups
+from stream.guarded_consumer import GuardedApp, OffsetLookups, broker_credentials
 from stream.metrics import ACCRUALS, CASHBACK_AMOUNT, CONSUMER_LAG, EVENTS_CONSUMED
 from stream.offer_mirror import OfferMirror
-from stream.progress import Verdict
+from stream.progress import InFlightDecisions, Verdict
 from stream.settings import Settings
 from stream.store.budgets import BudgetStore, movement_id
 from topics.catalogue import ACCOUNT_PROFILE_TABLE, ACCOUNT_STATE_TABLE, Catalogue, account_partition
@@ -60,22 +57,8 @@ COMMIT_INTERVAL_S = 1.0  # how much a crash may make the next owner read again (
 # (value_type=dict made every recovery fail and wait forever).
 TABLE_SCHEMA: faust.Schema = faust.Schema(key_type=str, key_serializer="json", value_serializer="json")
 # Decisions whose entries may be undelivered at once: at most the events an account's state keeps
-# with their entries, so a crash never loses one (see Matcher._within_in_flight_limit).
-IN_FLIGHT_LIMIT = RECENT_EVENTS_LIMIT  # decide-and-grant rounds before giving an event up as contended
-
-
-def _credentials(settings: Settings) -> Any:
-    if settings.kafka_security_protocol.startswith("SASL"):
-        options = settings.kafka_client_options()
-        return faust.SASLCredentials(
-            username=settings.kafka_sasl_username,
-            password=settings.kafka_sasl_password,
-            mechanism=settings.kafka_sasl_mechanism,
-            ssl_context=cast(ssl.SSLContext | None, options.get("ssl_context")),
-        )
-    if settings.kafka_security_protocol == "SSL":
-        return faust.SSLCredentials(cast(ssl.SSLContext, settings.kafka_client_options()["ssl_context"]))
-    return None
+# with their entries, so a crash never loses one (stream.progress.InFlightDecisions).
+IN_FLIGHT_LIMIT = RECENT_EVENTS_LIMIT
 
 
 class PartitionRevoked(Exception):
@@ -108,7 +91,7 @@ class Matcher:
             settings.app_id,
             guarded_topics=frozenset(input_topics),
             broker=[f"kafka://{server.strip()}" for server in settings.kafka_bootstrap_servers.split(",")],
-            broker_credentials=_credentials(settings),
+            broker_credentials=broker_credentials(settings),
             # Persistent local tables (RocksDB through rocksdict): a restarted worker reads its
             # state from disk and only the changelog's tail, not the whole changelog.
             store="rocksdb://",
@@ -159,7 +142,7 @@ class Matcher:
         self.app.timer(settings.clock_interval_s)(self._send_ticks)
         self.assigned: set[Any] = set()  # the input partitions this worker owns now
         self.deliveries: list[Any] = []  # the sends of the message being processed
-        self.in_flight: deque[list[Any]] = deque()  # per decision, oldest first: its entries' sends
+        self.in_flight = InFlightDecisions(IN_FLIGHT_LIMIT)  # decisions whose entries are undelivered
         self.current_tp: Any = None  # the partition of the message being processed
         self.processed = self._processed_at_watch = 0  # messages processed; at the last watch
         # Faust sends these signals as (app, <partitions>), which its own typing does not express.
@@ -259,7 +242,7 @@ class Matcher:
         """Decide one event for its account, then send its entries and store the new state (in
         that order). ``source`` is the input message, None for an internal event of time passing."""
         account_key = event.account_id.encode()
-        await self._within_in_flight_limit()
+        await self.in_flight.wait_for_room()
         self._still_owned()
         try:
             decision = await self._decide(event, state)
@@ -284,7 +267,7 @@ class Matcher:
                 CASHBACK_AMOUNT.labels(entry["entry_kind"], entry["reward_kind"], entry["currency"]).inc(entry["amount_minor"])
         if decision.state is not state:
             self.states[event.account_id] = decision.state
-            self.in_flight.append([send for send in sends if send is not None])
+            self.in_flight.add(sends)
         EVENTS_CONSUMED.labels(event.event_type.value, decision.outcome.value).inc()
         return decision.outcome
 
@@ -378,22 +361,6 @@ class Matcher:
         twice, on two states."""
         if self.current_tp is not None and self.current_tp not in self.assigned:
             raise PartitionRevoked(self.current_tp)
-
-    async def _within_in_flight_limit(self) -> None:
-        """Wait until fewer than ``IN_FLIGHT_LIMIT`` decisions have entries not yet delivered.
-
-        The account's state is stored (on local disk at once) before its entries are delivered, so
-        a worker killed in between restarts with decisions whose entries never left. A redelivered
-        event re-emits its entries only while it is among its account's last
-        ``RECENT_EVENTS_LIMIT`` decisions (stream.core.rules); bounding the decisions in flight by that
-        number keeps every undelivered one among them (an account's entries share a partition, so
-        they are delivered in order)."""
-        while self.in_flight and all(send.done() for send in self.in_flight[0]):
-            self.in_flight.popleft()
-        while len(self.in_flight) >= IN_FLIGHT_LIMIT:
-            await asyncio.wait(self.in_flight[0])
-            while self.in_flight and all(send.done() for send in self.in_flight[0]):
-                self.in_flight.popleft()
 
     def _sent(self, delivery: Any) -> None:
         """Keep a send's delivery future: the message's offset is committed only once it succeeded."""

@@ -33,6 +33,7 @@ every doubt resolves to "read again".
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections import deque
 from collections.abc import Hashable, Iterable, Sequence
@@ -187,3 +188,42 @@ class InputProgress:
         part = self._partitions.get(tp)
         if part is not None:
             part.committed = max(part.committed, offset)
+
+
+class InFlightDecisions:
+    """The decisions whose entries are not yet known to be delivered, oldest first, at most
+    ``limit`` of them: ``wait_for_room`` before deciding, ``add`` the sends of each decision.
+
+    The matcher stores an account's state (on local disk at once) before its entries are
+    delivered, so a worker killed in between restarts with decisions whose entries never left.
+    A redelivered event re-emits its entries only while it is among its account's last
+    ``RECENT_EVENTS_LIMIT`` decisions (stream.core.memory); a limit no higher keeps every
+    undelivered decision among them (an account's entries share a partition, so they are
+    delivered in order)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._decisions: deque[list[Any]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._decisions)
+
+    def add(self, sends: Iterable[Any]) -> None:
+        """One decision's sends (awaitable delivery futures)."""
+        self._decisions.append([send for send in sends if send is not None])
+
+    def extend(self, decisions: Iterable[Iterable[Any]]) -> None:
+        for sends in decisions:
+            self.add(sends)
+
+    async def wait_for_room(self) -> None:
+        """Return once fewer than ``limit`` decisions wait for their deliveries (a failed delivery
+        counts as done: its offset is read again, stream.progress)."""
+        self._drop_delivered()
+        while len(self._decisions) >= self.limit:
+            await asyncio.wait(self._decisions[0])
+            self._drop_delivered()
+
+    def _drop_delivered(self) -> None:
+        while self._decisions and all(send.done() for send in self._decisions[0]):
+            self._decisions.popleft()

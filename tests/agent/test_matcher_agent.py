@@ -277,7 +277,7 @@ async def test_decisions_with_undelivered_entries_are_bounded_by_the_recent_wind
     loop = asyncio.get_running_loop()
     pending = [[loop.create_future()] for _ in range(IN_FLIGHT_LIMIT)]
     matcher.in_flight.extend(pending)
-    waiting = asyncio.create_task(matcher._within_in_flight_limit())
+    waiting = asyncio.create_task(matcher.in_flight.wait_for_room())
     await asyncio.sleep(0.05)
     assert not waiting.done(), "a decision went ahead with IN_FLIGHT_LIMIT undelivered ones"
     pending[1][0].set_result(None)  # a later one delivered: still the oldest missing
