@@ -13,7 +13,12 @@ The overrides, each pinned by ``tests/agent/test_guarded_consumer.py``:
 - ``_new_offset``: the progress's committable offset (Faust's ack lists are emptied, unused);
 - ``_filter_tps_with_pending_acks``: also the partitions the progress holds (acked or not);
 - ``_add_gap``: nothing: a jump in offsets is never counted as processed;
-- ``_commit_offsets``: tells the progress what was committed.
+- ``_commit_offsets``: tells the progress what was committed;
+- ``seek_to_committed`` (Faust's seek after a recovery): also moves a partition with no committed
+  offset back to its start. aiokafka's ``seek_to_committed`` seeks only committed offsets above 0,
+  so such a partition kept the position the fetcher reached while the tables recovered, past the
+  messages Faust dropped meanwhile: a worker restarted after kill -9, rebuilding its tables, never
+  saw the clearings published while it was down.
 
 ``OffsetLookups`` asks the broker, outside the group, what the agent cannot learn from Faust:
 where a partition's accounting starts, and whether a hole holds records.
@@ -32,6 +37,7 @@ import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
+from faust.transport.consumer import ensure_TP
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
@@ -66,6 +72,16 @@ class GuardedConsumer(faust_aiokafka.Consumer):
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
         if not self._guarded(tp):
             await super()._add_gap(tp, offset_from, offset_to)
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        committed = await super().seek_to_committed()
+        for tp, offset in committed.items():
+            if self._guarded(ensure_TP(tp)) and not (offset and offset > 0):
+                # Never committed: read from the log start (the reset policy moves a seek below
+                # it up to the earliest record). aiokafka seeks only offsets above 0, and the
+                # position stays wherever the fetcher was, past what a table recovery dropped.
+                await self.seek(ensure_TP(tp), 0)
+        return committed
 
     async def _commit_offsets(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
         did_commit = await super()._commit_offsets(offsets, start_new_transaction=start_new_transaction)

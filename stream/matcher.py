@@ -34,6 +34,7 @@ import faust
 from faust.types import StreamT
 
 from schemas.codec import Codec, DecodeError
+from stream.account_states import AccountStates
 from stream.core.events import CardEvent, to_event, validate
 from stream.core.lifecycle import due_events
 from stream.core.memory import RECENT_EVENTS_LIMIT
@@ -126,6 +127,8 @@ class Matcher:
             default=None,
             schema=TABLE_SCHEMA,
         )
+        # The states as the engine takes them: a summary and rows per account in that table.
+        self.accounts = AccountStates(self.states, self.topics.authorizations.partitions)
         # Segments and activations per account (stream.core.profiles), joined from their own topics.
         self.profiles = self.app.Table(
             ACCOUNT_PROFILE_TABLE,
@@ -207,10 +210,13 @@ class Matcher:
         self.assigned.difference_update(revoked)
         await self.app.consumer.commit()
         self.progress.forget(revoked)
+        self.accounts.forget(tp.partition for tp in revoked if tp.topic == self.topics.authorizations.name)
 
     async def _on_partitions_assigned(self, app: Any, assigned: set[Any], **_: Any) -> None:
         """The whole new assignment; a partition's accounting restarts from its committed offset."""
         self.progress.forget(tp for tp in list(self.assigned) if tp not in assigned)
+        # Whatever was held of a partition before may have changed under another owner meanwhile.
+        self.accounts.forget(tp.partition for tp in assigned if tp.topic == self.topics.authorizations.name)
         self.assigned = set(assigned)
 
     async def handle(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> Outcome | None:
@@ -236,7 +242,7 @@ class Matcher:
         if key != record["account_id"].encode():
             await self._dead_letter(OtherReason.KEY_MISMATCH.value, "message key is not the event's account_id", source)
             return None
-        return await self._apply(to_event(record), self.states.get(record["account_id"]), source)
+        return await self._apply(to_event(record), self.accounts.get(record["account_id"]), source)
 
     async def _apply(self, event: CardEvent, state: dict[str, Any] | None, source: Source | None) -> Outcome | None:
         """Decide one event for its account, then send its entries and store the new state (in
@@ -266,7 +272,10 @@ class Matcher:
                 ACCRUALS.labels(entry["entry_kind"], entry["reward_kind"]).inc()
                 CASHBACK_AMOUNT.labels(entry["entry_kind"], entry["reward_kind"], entry["currency"]).inc(entry["amount_minor"])
         if decision.state is not state:
-            self.states[event.account_id] = decision.state
+            # The sends may have waited: a partition lost meanwhile has a new owner, whose state
+            # this one must not overwrite (the entries sent are the same ids its next owner sends).
+            self._still_owned()
+            self.accounts.put(event.account_id, state, decision.state)
             self.in_flight.add(sends)
         EVENTS_CONSUMED.labels(event.event_type.value, decision.outcome.value).inc()
         return decision.outcome
@@ -280,19 +289,9 @@ class Matcher:
             await self._dead_letter(error.failure.value, error.detail, source)
             return
         now_ms = int(record["now"].timestamp() * 1000)
-        partitions = self.topics.authorizations.partitions
-        due = [
-            (account_id, state)
-            for account_id, state in list(self.states.items())
-            if state
-            and state.get("due_ms") is not None
-            and state["due_ms"] <= now_ms
-            and account_partition(account_id, partitions) == source.partition
-        ]
-        for account_id, state in due:
-            for event in due_events(state, account_id, now_ms):
-                await self._apply(event, state, None)
-                state = self.states.get(account_id)
+        for account_id in self.accounts.due(source.partition, now_ms):
+            for event in due_events(self.accounts.get(account_id), account_id, now_ms):
+                await self._apply(event, self.accounts.get(account_id), None)
         EVENTS_CONSUMED.labels("CLOCK_TICK", "applied").inc()
 
     async def _send_ticks(self) -> None:

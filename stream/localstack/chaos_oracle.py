@@ -27,6 +27,7 @@ from stream.core.events import to_event, validate
 from stream.core.offers import OfferBook
 from stream.core.profiles import apply_activation, apply_segments, to_account_profile
 from stream.core.rules import Outcome, decide
+from stream.core.state_rows import is_summary_key
 from stream.settings import Settings
 from topics.catalogue import Catalogue, table_changelogs
 
@@ -134,7 +135,10 @@ async def judge(settings: Settings, topics: Catalogue, codec: Codec, book: Offer
     for record in await read(state_changelog.name):
         if not record.value:
             continue
-        ranks = decided_order[json.loads(record.key)]
+        key = json.loads(record.key)
+        if not is_summary_key(key):
+            continue  # a transaction's or a recent event's row (stream.core.state_rows)
+        ranks = decided_order[key]
         added = []
         account_state = json.loads(record.value)
         for event_id in reversed(account_state.get("recent", account_state.get("seen", {}))):  # new ids come last

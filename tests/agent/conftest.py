@@ -39,6 +39,7 @@ import pytest_asyncio
 
 from schemas.codec import Codec
 from stream.core.rules import Outcome
+from stream.core.state_rows import is_summary_key
 from stream.matcher import Matcher
 from stream.progress import InputProgress, Verdict
 from stream.settings import Settings
@@ -172,8 +173,12 @@ class AgentHarness:
                 self.changelog_messages.append((message.key, json.loads(message.value), message.partition))
         return list(self.changelog_messages)
 
+    def summaries(self) -> list[tuple[bytes, Any, int]]:
+        """The changelog's account summaries (``stream.core.state_rows``), without the rows."""
+        return [written for written in self.changelog() if is_summary_key(json.loads(written[0]))]
+
     def state(self, account: str = ACCOUNT) -> dict[str, Any] | None:
-        return self.matcher.states.get(account)
+        return self.matcher.accounts.get(account)
 
 
 def encode_auth(codec: Codec, record: dict[str, Any]) -> bytes:

@@ -124,3 +124,55 @@ async def test_the_agent_hands_each_message_s_deliveries_to_the_accounting(harne
     await harness.put(encode_auth(harness.codec, card_record(amount_minor=10_000)), ACCOUNT_KEY)
     await asyncio.sleep(0)  # the agent marks the offset done right after handle returns
     assert recorded and recorded[-1][1] == [delivered]
+
+
+@pytest.mark.asyncio
+async def test_aiokafka_seeks_only_committed_offsets_above_zero() -> None:
+    """Pinned library behaviour the override below answers: ``seek_to_committed`` leaves a
+    partition with no committed offset (or 0) where the fetcher left it."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    never, zero, ten = TopicPartition("t", 0), TopicPartition("t", 1), TopicPartition("t", 2)
+    committed = {never: None, zero: 0, ten: 10}
+    seeks: list[tuple[TopicPartition, int]] = []
+
+    class Fetcher:
+        def seek_to(self, tp: TopicPartition, offset: int) -> None:
+            seeks.append((tp, offset))
+
+    class Subscription:
+        def assigned_partitions(self) -> set[TopicPartition]:
+            return set(committed)
+
+    consumer = AIOKafkaConsumer.__new__(AIOKafkaConsumer)
+    consumer._fetcher = Fetcher()  # type: ignore[attr-defined]
+    consumer._subscription = Subscription()  # type: ignore[attr-defined]
+
+    async def committed_offset(tp: TopicPartition) -> int | None:
+        return committed[tp]
+
+    consumer.committed = committed_offset  # type: ignore[method-assign]
+    assert await consumer.seek_to_committed(never, zero, ten) == committed
+    assert seeks == [(ten, 10)]
+
+
+@pytest.mark.asyncio
+async def test_a_guarded_partition_never_committed_is_read_from_its_start(wired) -> None:  # type: ignore[no-untyped-def]
+    """After a recovery Faust seeks to the committed offsets: a guarded partition with none goes
+    back to its start (what the fetcher read while the tables recovered was dropped)."""
+    app, consumer, tp, commits = wired
+    offers = TP(app.conf.id + "-not-guarded", 0)
+    committed_before = TP(tp.topic, 2)
+
+    async def thread_seek_to_committed() -> Mapping[TP, int | None]:
+        return {tp: None, offers: None, committed_before: 7}
+
+    seeks: list[tuple[TP, int]] = []
+
+    async def seek(partition: TP, offset: int) -> None:
+        seeks.append((partition, offset))
+
+    consumer._thread.seek_to_committed = thread_seek_to_committed  # type: ignore[method-assign]
+    consumer._seek = seek  # type: ignore[method-assign]
+    await consumer.seek_to_committed()
+    assert seeks == [(tp, 0)]

@@ -4,6 +4,7 @@ accruals, dead letters, table state and metrics out. No broker (see conftest.py)
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import re
@@ -15,6 +16,7 @@ from prometheus_client import REGISTRY
 
 from stream.core.events import luhn_valid
 from stream.core.rules import Outcome
+from stream.core.state_rows import assemble, recent_key, txn_key
 from stream.store.budgets import movement_id
 from tests.agent.conftest import ACCOUNT, ACCOUNT_KEY, AgentHarness, agent_harness, encode_auth, encode_settlement
 from tests.factories import book, card_record, offer
@@ -73,11 +75,18 @@ async def test_approved_authorization_emits_pending_accrual_and_stores_state(har
     assert txn["authorized_basis"] == 10_000
     assert [share["pending"] for share in txn["shares"]] == [500]
     assert record["event_id"] in state["recent"]
-    # The new state went to the table's changelog, on the input message's partition (co-partitioned).
-    [(changelog_key, changelog_value, changelog_partition)] = harness.changelog()
-    assert changelog_key == b'"acct-1"'
-    assert changelog_partition == 3
-    assert changelog_value == state
+    # The new state went to the table's changelog, on the input message's partition (co-partitioned):
+    # the account's summary first, then its rows (the transaction, the event with its entries).
+    written = harness.changelog()
+    assert [key for key, _, _ in written] == [
+        b'"acct-1"',
+        json.dumps(txn_key(ACCOUNT, record["transaction_ref"])).encode(),
+        json.dumps(recent_key(ACCOUNT, record["event_id"])).encode(),
+    ]
+    assert {partition for _, _, partition in written} == {3}
+    stored = {json.loads(key): value for key, value, _ in written}
+    # The rows alone, without the copy the summary carries of them, give the state back.
+    assert assemble(ACCOUNT, {**stored[ACCOUNT], "fresh": {}}, stored.get) == state
 
 
 # --- 2. state carries across events ------------------------------------------------------------
@@ -154,7 +163,7 @@ async def test_bad_message_is_dead_lettered_and_the_next_is_processed(harness: A
     # Only the good message produced an entry and a state change.
     [(_, accrual)] = harness.accruals_decoded()
     assert accrual["entry_kind"] == "PENDING_CREATED"
-    assert len(harness.changelog()) == 1
+    assert len(harness.summaries()) == 1
 
 
 async def test_card_number_in_merchant_name_is_dead_lettered_without_the_digits(

@@ -1,0 +1,99 @@
+"""The matcher's account states: the Faust table they are stored in (a summary and rows per
+account, ``stream.core.state_rows``), the states in use kept whole in memory, and an index of when
+each account next falls due, so that a clock tick reads only the accounts it concerns.
+
+Everything here runs inside the agent (Faust keys a table write to the partition of the message
+being processed): reads and writes for an account happen while a message of its partition is.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Any
+
+from stream.core.state_rows import assemble, carried, in_rows, is_summary_key, split
+from topics.catalogue import account_partition
+
+State = dict[str, Any]
+
+# How many accounts' whole states stay in memory between their events. A state not here is read
+# from the local store (the summary, then each row it names).
+CACHED_ACCOUNTS = 4096
+
+
+class AccountStates:
+    """Read, write and find due the states of the accounts of this worker's partitions."""
+
+    def __init__(self, table: Any, partitions: int, cached: int = CACHED_ACCOUNTS) -> None:
+        self.table = table
+        self.partitions = partitions
+        self.cached = cached
+        # account -> (its state, whether stored in rows, the rows its summary carried when read)
+        self._whole: OrderedDict[str, tuple[State, bool, frozenset[str]]] = OrderedDict()
+        self._due: dict[int, dict[str, int]] = {}  # partition -> {account: due_ms}, once scanned
+
+    def get(self, account_id: str) -> State | None:
+        """The account's state as the engine takes it (None: never seen)."""
+        held = self._whole.get(account_id)
+        if held is not None:
+            self._whole.move_to_end(account_id)
+            return held[0]
+        summary = self.table.get(account_id)
+        state = assemble(account_id, summary, self.table.get)
+        if state is not None:
+            self._keep(account_id, state, in_rows(summary), carried(summary))
+        return state
+
+    def put(self, account_id: str, before: State | None, after: State) -> None:
+        """Store the step from ``before`` (what ``get`` returned) to ``after``: the summary first,
+        then the rows that changed, then the deletions (``stream.core.state_rows``)."""
+        held = self._whole.get(account_id)
+        if held is not None and held[0] is before:
+            writes = split(account_id, before, after, before_in_rows=held[1], rewrite=held[2])
+        else:  # not the state last read or written (never seen, or dropped from memory meanwhile)
+            writes = split(account_id, before, after, before_in_rows=False)
+        self.table[account_id] = writes.summary
+        for key, value in writes.rows.items():
+            self.table[key] = value
+        for key in writes.deletes:
+            del self.table[key]
+        self._keep(account_id, after, True, frozenset())
+        due = self._due.get(account_partition(account_id, self.partitions))
+        if due is not None:
+            if after.get("due_ms") is None:
+                due.pop(account_id, None)
+            else:
+                due[account_id] = after["due_ms"]
+
+    def due(self, partition: int, now_ms: int) -> list[str]:
+        """The accounts of ``partition`` with something due by ``now_ms``, the earliest first. The
+        partition's accounts are read once from the store, then followed write by write."""
+        index = self._due.get(partition)
+        if index is None:
+            index = self._due[partition] = self._scan(partition)
+        return sorted((account for account, when in index.items() if when <= now_ms), key=index.__getitem__)
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        """Partitions this worker no longer owns (or owns anew): their states may change elsewhere,
+        so nothing of them is kept in memory."""
+        gone = set(partitions)
+        for partition in gone:
+            self._due.pop(partition, None)
+        for account_id in [a for a in self._whole if account_partition(a, self.partitions) in gone]:
+            del self._whole[account_id]
+
+    def _scan(self, partition: int) -> dict[str, int]:
+        index: dict[str, int] = {}
+        for key in list(self.table.keys()):
+            if is_summary_key(key) and account_partition(key, self.partitions) == partition:
+                summary = self.table.get(key)
+                if summary and summary.get("due_ms") is not None:
+                    index[key] = summary["due_ms"]
+        return index
+
+    def _keep(self, account_id: str, state: State, stored_in_rows: bool, rewrite: frozenset[str]) -> None:
+        self._whole[account_id] = (state, stored_in_rows, rewrite)
+        self._whole.move_to_end(account_id)
+        while len(self._whole) > self.cached:
+            self._whole.popitem(last=False)
