@@ -7,7 +7,8 @@ Per event, in this order:
    partition, offset and reason) and processing moves on;
 2. ``decide(event, offers, state)`` for the event's account;
 3. send the entries to the accruals topic (keyed by account, so co-partitioned with the input),
-   then store the account's new state in the table (its changelog is a topic too).
+   then store what the event changed of the account's state in the table (its summary, its
+   transaction and itself: ``stream.account_states``; the table's changelog is a topic too).
 
 Delivery is at-least-once: Faust flushes the producer (entries, dead letters and the table's
 changelog) before it commits the input offsets, so a crash redelivers, never loses. Which offsets

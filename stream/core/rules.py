@@ -6,8 +6,9 @@ is in ``stream.core.eligibility``, amounts in ``stream.core.rewards``, the worki
 with its caps and budgets in ``stream.core.working_copy``; this module applies one event to one
 account's state.
 
-State is one account's, a plain JSON-shaped dict the worker's table stores as is (``decide`` never
-mutates the state it is given, it returns a new one)::
+State is one account's, a plain JSON-shaped dict (``decide`` never mutates the state it is given,
+it returns a new one, sharing the transactions it did not touch; the worker stores it as a summary
+and a row per transaction and recent event: ``stream.core.state_rows``)::
 
     {"recent": {event_id: [fingerprint, entries]},       # the last 32 events, to re-emit after a crash
      "txns":   {transaction_ref: {..., "shares": [..],    # purchases, one share per offer earned,

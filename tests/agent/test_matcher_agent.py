@@ -365,3 +365,37 @@ async def test_a_message_whose_partition_is_revoked_while_it_waits_is_left_to_th
     with pytest.raises(PartitionRevoked):
         await asyncio.wait_for(waiting, 1)
     assert harness.accruals.sent == [] and harness.state() is None
+
+
+# --- time passing: a clock tick applies what is due, to the accounts of its partition ------------
+
+
+async def test_a_clock_tick_expires_what_fell_due_and_only_that(harness: AgentHarness) -> None:
+    """Ticks reach the accounts through the due index of ``stream.account_states``: a tick before
+    the expiry changes nothing, one after it expires the pending cashback, and a tick of another
+    partition never touches the account."""
+    from datetime import timedelta
+
+    from topics.catalogue import account_partition
+
+    auth = card_record(amount_minor=10_000, transaction_ref="txn-expiring")
+    await harness.put(encode_auth(harness.codec, auth))
+    partitions = harness.matcher.topics.authorizations.partitions
+    home = account_partition(ACCOUNT, partitions)
+    clock = harness.matcher.topics.clock.name
+
+    async def tick(partition: int, days: int) -> None:
+        now = auth["occurred_at"] + timedelta(days=days)
+        value = harness.codec.encode("clock_tick", {"partition": partition, "now": now})
+        await harness.put(value, str(partition).encode(), topic=clock, partition=partition)
+
+    await tick(home, days=29)  # the example offer's authorisations expire after 30 days
+    await tick((home + 1) % partitions, days=40)
+    assert [accrual["entry_kind"] for _, accrual in harness.accruals_decoded()] == ["PENDING_CREATED"]
+    assert harness.state()["txns"]["txn-expiring"]["status"] == "authorized"  # type: ignore[index]
+
+    await tick(home, days=31)
+    kinds = [accrual["entry_kind"] for _, accrual in harness.accruals_decoded()]
+    assert kinds == ["PENDING_CREATED", "EXPIRED"]
+    assert harness.state()["due_ms"] is None  # type: ignore[index]
+    assert harness.matcher.accounts.due(home, 2**62) == []
