@@ -12,6 +12,9 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
+import faust
+from faust.types import FutureMessage
+
 from stream.core.state_rows import assemble, carried, in_rows, is_summary_key, split
 from topics.catalogue import account_partition
 
@@ -20,6 +23,24 @@ State = dict[str, Any]
 # How many accounts' whole states stay in memory between their events. A state not here is read
 # from the local store (the summary, then each row it names).
 CACHED_ACCOUNTS = 4096
+
+
+class ChangelogTable(faust.Table):
+    """A Faust table that keeps the futures of its changelog sends until they are taken, so that
+    a caller can wait until what it wrote is on the changelog topic."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.unacked: list[FutureMessage] = []
+
+    def send_changelog(self, *args: Any, **kwargs: Any) -> FutureMessage:
+        sent = super().send_changelog(*args, **kwargs)
+        self.unacked.append(sent)
+        return sent
+
+    def take_sends(self) -> list[FutureMessage]:
+        sends, self.unacked = self.unacked, []
+        return sends
 
 
 class AccountStates:
@@ -45,9 +66,10 @@ class AccountStates:
             self._keep(account_id, state, in_rows(summary), carried(summary))
         return state
 
-    def put(self, account_id: str, before: State | None, after: State) -> None:
+    def put(self, account_id: str, before: State | None, after: State) -> list[FutureMessage]:
         """Store the step from ``before`` (what ``get`` returned) to ``after``: the summary first,
-        then the rows that changed, then the deletions (``stream.core.state_rows``)."""
+        then the rows that changed, then the deletions (``stream.core.state_rows``). Returns the
+        changelog sends, done once the step is on the changelog topic."""
         held = self._whole.get(account_id)
         if held is not None and held[0] is before:
             writes = split(account_id, before, after, before_in_rows=held[1], rewrite=held[2])
@@ -65,6 +87,7 @@ class AccountStates:
                 due.pop(account_id, None)
             else:
                 due[account_id] = after["due_ms"]
+        return self.table.take_sends() if isinstance(self.table, ChangelogTable) else []
 
     def due(self, partition: int, now_ms: int) -> list[str]:
         """The accounts of ``partition`` with something due by ``now_ms``, the earliest first. The

@@ -24,6 +24,7 @@ which a redelivery re-emits (same ids).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ import faust
 from faust.types import StreamT
 
 from schemas.codec import Codec, DecodeError
-from stream.account_states import AccountStates
+from stream.account_states import AccountStates, ChangelogTable
 from stream.core.events import CardEvent, to_event, validate
 from stream.core.lifecycle import due_events
 from stream.core.memory import RECENT_EVENTS_LIMIT
@@ -123,10 +124,8 @@ class Matcher:
         self.clock = self.app.topic(self.topics.clock.name, key_serializer="raw", value_serializer="raw")
         self.accruals = self.app.topic(self.topics.accruals.name, key_serializer="raw", value_serializer="raw")
         self.dead_letters = self.app.topic(self.topics.dead_letters.name, key_serializer="raw", value_serializer="raw")
-        self.states = self.app.Table(
-            ACCOUNT_STATE_TABLE,
-            default=None,
-            schema=TABLE_SCHEMA,
+        self.states = self.app.tables.add(
+            ChangelogTable(self.app, name=ACCOUNT_STATE_TABLE, default=None, schema=TABLE_SCHEMA, beacon=self.app.tables.beacon)
         )
         # The states as the engine takes them: a summary and rows per account in that table.
         self.accounts = AccountStates(self.states, self.topics.authorizations.partitions)
@@ -259,10 +258,17 @@ class Matcher:
                 raise
             await self._dead_letter(OtherReason.PROCESSING_ERROR.value, type(error).__name__, source)
             return None
-        self._still_owned()  # a budget grant may have waited for Postgres
+        self._still_owned()  # a budget grant may have waited for Postgres; nothing waits from here to the state write
         if decision.outcome is Outcome.DUPLICATE_CONFLICT and source is not None:
             log.error("event id %s seen before with other content: quarantined", event.event_id)
             await self._dead_letter(OtherReason.DUPLICATE_CONFLICT.value, "event_id seen before with other content", source)
+        stored = decision.state is not state
+        if stored:
+            # The state first, on the changelog, and only then its entries: a crash before the
+            # changelog has it lets no entry out (the event is decided again, maybe in another
+            # order of the two input topics, on the changelog's state); a crash after it finds the
+            # event decided and sends the same entries again (the recent events keep them).
+            await self._written(self.accounts.put(event.account_id, state, decision.state))
         sends = []
         for entry in decision.entries:
             # force=True: hand the entry to the producer now (latency); Faust still flushes the
@@ -272,14 +278,25 @@ class Matcher:
             if decision.outcome is not Outcome.DUPLICATE:
                 ACCRUALS.labels(entry["entry_kind"], entry["reward_kind"]).inc()
                 CASHBACK_AMOUNT.labels(entry["entry_kind"], entry["reward_kind"], entry["currency"]).inc(entry["amount_minor"])
-        if decision.state is not state:
-            # The sends may have waited: a partition lost meanwhile has a new owner, whose state
-            # this one must not overwrite (the entries sent are the same ids its next owner sends).
-            self._still_owned()
-            self.accounts.put(event.account_id, state, decision.state)
+        if stored:
             self.in_flight.add(sends)
         EVENTS_CONSUMED.labels(event.event_type.value, decision.outcome.value).inc()
         return decision.outcome
+
+    async def _written(self, changelog_sends: list[Any]) -> None:
+        """Wait until a state's changelog writes are on the broker. ``_still_owned`` was checked
+        just before the write, with no wait in between: a partition lost after that has a next
+        owner that reads this state from the changelog and finds the event decided."""
+        if not changelog_sends:
+            return
+        try:
+            await asyncio.gather(*changelog_sends)
+        except Exception as error:
+            # The local table has a state its changelog may never get: only a restart that
+            # rebuilds the tables from the changelogs is safe now (stream.local_tables).
+            log.critical("a state write did not reach the changelog (%s): the worker stops", type(error).__name__)
+            await self.app.crash(error)
+            raise
 
     async def handle_tick(self, source: Source) -> None:
         """Time passing for one partition: apply everything due by the tick's time

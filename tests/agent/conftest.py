@@ -6,6 +6,7 @@ replaced, and why:
 - ``matcher.accruals.send`` and ``matcher.dead_letters.send`` record what the agent sends (the real
   sends are covered by the integration tests against a real broker);
 - the offer mirror is not run: its ``book`` is set directly and ``ready`` is set by the test;
+- the table's changelog writes are acknowledged at once (there is no broker to do it);
 - ``matcher.handle`` is wrapped (the original still does all the work) so a test can wait until
   the agent has *finished* an event. ``AgentTestWrapper.put(wait=True)`` is not that signal: for an
   agent that does not yield, it returns as soon as the value has passed the stream's processors,
@@ -207,6 +208,17 @@ async def matcher(settings: Settings, codec: Codec) -> AsyncIterator[Matcher]:
     matcher.app.finalize()
     matcher.app.conf.autodiscover = False
     matcher.offers.book = book()  # the default: 5% at MCC 5411
+    written = matcher._written
+
+    async def acked_at_once(changelog_sends: list[Any]) -> None:
+        # No broker: the changelog writes wait in the producer's buffer. The broker acknowledges
+        # each at once here; test_matcher_agent holds the acknowledgements back where it matters.
+        for sent in changelog_sends:
+            if not sent.done():
+                sent.set_result(None)
+        await written(changelog_sends)
+
+    matcher._written = acked_at_once  # type: ignore[method-assign]
     yield matcher
     # Acking an event creates the app's consumer, whose (never started) consumer thread owns an
     # event loop that only its own start/stop would close. Close it, or it warns when collected.

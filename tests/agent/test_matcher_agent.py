@@ -399,3 +399,26 @@ async def test_a_clock_tick_expires_what_fell_due_and_only_that(harness: AgentHa
     assert kinds == ["PENDING_CREATED", "EXPIRED"]
     assert harness.state()["due_ms"] is None  # type: ignore[index]
     assert harness.matcher.accounts.due(home, 2**62) == []
+
+
+async def test_entries_leave_only_once_the_state_is_on_the_changelog(harness: AgentHarness) -> None:
+    """A crash before the changelog has the state must let no entry out: the event is then decided
+    again on the changelog's state, maybe after other events (the two input topics have no common
+    order), and entries of the first decision would disagree with the state."""
+    acks = asyncio.Event()
+    acked_at_once = harness.matcher._written
+
+    async def acked_later(changelog_sends: list) -> None:  # type: ignore[type-arg]
+        assert changelog_sends, "a state write sends to the changelog"
+        await acks.wait()
+        await acked_at_once(changelog_sends)
+
+    harness.matcher._written = acked_later  # type: ignore[method-assign]
+    expected = len(harness.handled) + 1
+    await harness.put_nowait(encode_auth(harness.codec, card_record(amount_minor=10_000)))
+    await asyncio.sleep(0.2)
+    assert harness.summaries(), "the state was written"
+    assert harness.accruals.sent == []  # but its entry waits for the changelog's acknowledgement
+    acks.set()
+    await harness.wait_handled(expected)
+    assert [accrual["entry_kind"] for _, accrual in harness.accruals_decoded()] == ["PENDING_CREATED"]
