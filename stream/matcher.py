@@ -16,10 +16,10 @@ are committed is the matcher's decision, not Faust's acks: a message is processe
 the next offset of its partition, holes are read again, and an offset is committed only once its
 sends were delivered (``stream.progress``, ``stream.guarded_consumer``). Effects are
 exactly-once: the state keeps every event id with its transaction, so a redelivered event is never
-applied twice, and the ledger ignores entry ids it already holds. The state is stored before the
-entries are delivered, so a crash can leave decisions whose entries never left: at most
-``IN_FLIGHT_LIMIT`` of them, each among the recent events its account keeps with their entries,
-which a redelivery re-emits (same ids).
+applied twice, and the ledger ignores entry ids it already holds. The state is on the changelog
+before its entries are sent (so no entry outlives a crash its state did not), and a crash can leave
+decisions whose entries never left: at most ``IN_FLIGHT_LIMIT`` of them, each among the recent
+events its account keeps with their entries, which a redelivery re-emits (same ids).
 """
 
 from __future__ import annotations
