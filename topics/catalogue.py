@@ -30,24 +30,11 @@ class Topic:
     compacted: bool
     retention_ms: int  # -1: keep forever
     co_partitioned: bool  # must have the same partition count as the other co-partitioned topics
-    # A compacted topic rewritten all the time (a table's changelog): small segments, cleaned early,
-    # so that a worker rebuilding a table reads little more than the live keys. None: the broker's.
-    segment_bytes: int | None = None
 
     def config(self) -> dict[str, str]:
         """Broker-side topic configuration."""
         if self.compacted:
-            config = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}
-            if self.segment_bytes is not None:
-                config.update(
-                    {
-                        "segment.bytes": str(self.segment_bytes),
-                        "min.cleanable.dirty.ratio": "0.1",
-                        # a reader rebuilding a table takes far less than this to read past a deletion
-                        "delete.retention.ms": str(10 * 60_000),
-                    }
-                )
-            return config
+            return {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}
         return {"cleanup.policy": "delete", "retention.ms": str(self.retention_ms)}
 
 
@@ -94,18 +81,13 @@ ACCOUNT_STATE_TABLE = "account-state"
 ACCOUNT_PROFILE_TABLE = "account-profile"
 
 
-# Each event rewrites its account's summary: segments of 16 MiB are closed, then cleaned, within
-# seconds to minutes of load, where the broker's 1 GiB default kept every rewrite of a run.
-CHANGELOG_SEGMENT_BYTES = 16 * 1024 * 1024
-
-
 def table_changelogs(app_id: str, partitions: int) -> tuple[Topic, ...]:
     """The changelog topics of the matcher's tables: compacted, co-partitioned with the inputs.
     Created with the other topics, before any worker starts: when two workers started on a fresh
     cluster and Faust created them itself, a worker's metadata could still show them with 0
     partitions and Faust's table refused every write (PartitionsMismatch)."""
     return tuple(
-        Topic(f"{app_id}-{table}-changelog", partitions, "account_id", "json", True, -1, True, CHANGELOG_SEGMENT_BYTES)
+        Topic(f"{app_id}-{table}-changelog", partitions, "account_id", "json", True, -1, True)
         for table in (ACCOUNT_STATE_TABLE, ACCOUNT_PROFILE_TABLE)
     )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from schemas.codec import load_shipped_schemas
-from topics.catalogue import DAY_MS, Topic, catalogue, table_changelogs
+from topics.catalogue import DAY_MS, Topic, catalogue
 
 
 @pytest.mark.parametrize("partitions", [1, 4, 12])
@@ -39,18 +39,6 @@ def test_offers_and_activations_are_compacted() -> None:
         assert topic.config() == {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}
     assert topics.offers.key == "offer_id"
     assert topics.activations.key == "account_id:offer_id"
-
-
-def test_table_changelogs_are_compacted_in_small_segments_cleaned_early() -> None:
-    for changelog in table_changelogs("cashback-matcher", 4):
-        assert changelog.partitions == 4 and changelog.co_partitioned
-        assert changelog.config() == {
-            "cleanup.policy": "compact",
-            "min.compaction.lag.ms": "60000",
-            "segment.bytes": str(16 * 1024 * 1024),
-            "min.cleanable.dirty.ratio": "0.1",
-            "delete.retention.ms": "600000",
-        }
 
 
 def test_event_topics_are_deleted_after_their_retention() -> None:
