@@ -15,7 +15,7 @@ from typing import Any
 import faust
 from faust.types import FutureMessage
 
-from stream.core.state_rows import assemble, carried, in_rows, is_summary_key, split
+from stream.core.state_rows import assemble, carried, in_rows, is_summary_key, slots_of, split
 from topics.catalogue import account_partition
 
 State = dict[str, Any]
@@ -50,8 +50,9 @@ class AccountStates:
         self.table = table
         self.partitions = partitions
         self.cached = cached
-        # account -> (its state, whether stored in rows, the rows its summary carried when read)
-        self._whole: OrderedDict[str, tuple[State, bool, frozenset[str]]] = OrderedDict()
+        # account -> its state, whether stored in rows, the rows its summary carried when read
+        # (to write again), and the slots of its recent events
+        self._whole: OrderedDict[str, tuple[State, bool, frozenset[str], dict[str, int]]] = OrderedDict()
         self._due: dict[int, dict[str, int]] = {}  # partition -> {account: due_ms}, once scanned
 
     def get(self, account_id: str) -> State | None:
@@ -63,7 +64,7 @@ class AccountStates:
         summary = self.table.get(account_id)
         state = assemble(account_id, summary, self.table.get)
         if state is not None:
-            self._keep(account_id, state, in_rows(summary), carried(summary))
+            self._keep(account_id, state, in_rows(summary), carried(summary), slots_of(summary))
         return state
 
     def put(self, account_id: str, before: State | None, after: State) -> list[FutureMessage]:
@@ -72,7 +73,7 @@ class AccountStates:
         changelog sends, done once the step is on the changelog topic."""
         held = self._whole.get(account_id)
         if held is not None and held[0] is before:
-            writes = split(account_id, before, after, before_in_rows=held[1], rewrite=held[2])
+            writes = split(account_id, before, after, before_in_rows=held[1], rewrite=held[2], slots=held[3])
         else:  # not the state last read or written (never seen, or dropped from memory meanwhile)
             writes = split(account_id, before, after, before_in_rows=False)
         self.table[account_id] = writes.summary
@@ -80,7 +81,7 @@ class AccountStates:
             self.table[key] = value
         for key in writes.deletes:
             del self.table[key]
-        self._keep(account_id, after, True, frozenset())
+        self._keep(account_id, after, True, frozenset(), writes.slots)
         due = self._due.get(account_partition(account_id, self.partitions))
         if due is not None:
             if after.get("due_ms") is None:
@@ -115,8 +116,8 @@ class AccountStates:
                     index[key] = summary["due_ms"]
         return index
 
-    def _keep(self, account_id: str, state: State, stored_in_rows: bool, rewrite: frozenset[str]) -> None:
-        self._whole[account_id] = (state, stored_in_rows, rewrite)
+    def _keep(self, account_id: str, state: State, stored_in_rows: bool, rewrite: frozenset[str], slots: dict[str, int]) -> None:
+        self._whole[account_id] = (state, stored_in_rows, rewrite, slots)
         self._whole.move_to_end(account_id)
         while len(self._whole) > self.cached:
             self._whole.popitem(last=False)

@@ -141,7 +141,9 @@ async def judge(settings: Settings, topics: Catalogue, codec: Codec, book: Offer
         ranks = decided_order[key]
         added = []
         account_state = json.loads(record.value)
-        for event_id in reversed(account_state.get("recent", account_state.get("seen", {}))):  # new ids come last
+        recent = account_state.get("recent", account_state.get("seen", {}))
+        ids = [held[0] for held in recent] if isinstance(recent, list) else list(recent)  # rows: [event_id, slot]
+        for event_id in reversed(ids):  # new ids come last
             if event_id in ranks:
                 break
             added.append(event_id)

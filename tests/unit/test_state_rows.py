@@ -22,6 +22,7 @@ from stream.core.state_rows import (
     in_rows,
     is_summary_key,
     recent_key,
+    slots_of,
     split,
     txn_key,
 )
@@ -55,12 +56,13 @@ def test_every_step_reads_back_as_the_engine_state(offers_name: str, events: lis
     store: dict[str, Any] = {}
     state = None
     rewrite: frozenset[str] = frozenset()
+    slots: dict[str, int] = {}
     cuts = 0
     for event in sequence:
         after = decide(event, offers, state, PROFILE).state
         if after is state:
             continue  # a redelivery: nothing to store
-        writes = split(ACCOUNT, state, after, before_in_rows=True, rewrite=rewrite)
+        writes = split(ACCOUNT, state, after, before_in_rows=True, rewrite=rewrite, slots=slots)
         # Only what changed is written: the event's own transaction (a refund: its purchase) and
         # the event itself, whatever the account's size (and what a cut step left to write).
         assert len(writes.rows) <= 2 + len(rewrite)
@@ -70,15 +72,17 @@ def test_every_step_reads_back_as_the_engine_state(offers_name: str, events: lis
             write(store, writes, rows=False)
             stored = assemble(ACCOUNT, store[ACCOUNT], store.get)
             assert stored == as_stored(after)
-            state, rewrite = stored, carried(store[ACCOUNT])
+            state, rewrite, slots = stored, carried(store[ACCOUNT]), slots_of(store[ACCOUNT])
             cuts += 1
             continue
         write(store, writes)
-        rewrite = frozenset()
+        rewrite, slots = frozenset(), writes.slots
         # The rows alone hold the state, and the store holds no row the summary does not name
         # (but those a cut step left undeleted: never read, they only take room).
         assert assemble(ACCOUNT, {**store[ACCOUNT], "fresh": {}}, store.get) == as_stored(after)
-        named = {txn_key(ACCOUNT, ref) for ref in after["txns"]} | {recent_key(ACCOUNT, e) for e in after["recent"]}
+        named = {txn_key(ACCOUNT, ref) for ref in after["txns"]} | {recent_key(ACCOUNT, n) for n in writes.slots.values()}
+        # one slot per recent event, never more than the recent events kept
+        assert sorted(writes.slots.values()) == list(range(len(after["recent"])))
         held = {key for key in store if not is_summary_key(key)}
         assert held >= named
         if not cuts:
@@ -98,7 +102,7 @@ def test_a_state_stored_whole_is_read_as_is_and_then_written_in_rows() -> None:
     after = decide(fillers(1, start=10)[0], offers, whole, PROFILE).state
     writes = split(ACCOUNT, whole, after, before_in_rows=False)
     assert set(writes.rows) == {txn_key(ACCOUNT, ref) for ref in after["txns"]} | {
-        recent_key(ACCOUNT, e) for e in after["recent"]
+        recent_key(ACCOUNT, n) for n in range(len(after["recent"]))
     }
     store: dict[str, Any] = {}
     write(store, writes)
@@ -118,5 +122,5 @@ def test_a_missing_row_is_an_error_not_a_smaller_state() -> None:
 def test_keys_tell_summaries_from_rows() -> None:
     assert is_summary_key("acct-1")
     assert not is_summary_key(txn_key("acct-1", "txn-1"))
-    assert not is_summary_key(recent_key("acct-1", "evt-1"))
-    assert txn_key("acct-1", "x") != recent_key("acct-1", "x")
+    assert not is_summary_key(recent_key("acct-1", 0))
+    assert txn_key("acct-1", "0") != recent_key("acct-1", 0)
