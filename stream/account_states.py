@@ -15,7 +15,7 @@ from typing import Any
 import faust
 from faust.types import FutureMessage
 
-from stream.core.state_rows import assemble, carried, in_rows, is_summary_key, slots_of, split
+from stream.core.state_rows import Writes, assemble, carried, in_rows, is_summary_key, slots_of, split
 from topics.catalogue import account_partition
 
 State = dict[str, Any]
@@ -54,6 +54,7 @@ class AccountStates:
         # (to write again), and the slots of its recent events
         self._whole: OrderedDict[str, tuple[State, bool, frozenset[str], dict[str, int]]] = OrderedDict()
         self._due: dict[int, dict[str, int]] = {}  # partition -> {account: due_ms}, once scanned
+        self._last_writes: tuple[str, Writes] = ("", Writes({}, {}, (), {}))
 
     def get(self, account_id: str) -> State | None:
         """The account's state as the engine takes it (None: never seen)."""
@@ -76,11 +77,8 @@ class AccountStates:
             writes = split(account_id, before, after, before_in_rows=held[1], rewrite=held[2], slots=held[3])
         else:  # not the state last read or written (never seen, or dropped from memory meanwhile)
             writes = split(account_id, before, after, before_in_rows=False)
-        self.table[account_id] = writes.summary
-        for key, value in writes.rows.items():
-            self.table[key] = value
-        for key in writes.deletes:
-            del self.table[key]
+        self._last_writes = (account_id, writes)
+        self._store(account_id, writes)
         self._keep(account_id, after, True, frozenset(), writes.slots)
         due = self._due.get(account_partition(account_id, self.partitions))
         if due is not None:
@@ -89,6 +87,20 @@ class AccountStates:
             else:
                 due[account_id] = after["due_ms"]
         return self.table.take_sends() if isinstance(self.table, ChangelogTable) else []
+
+    def write_again(self) -> list[FutureMessage]:
+        """Store the last step's writes once more (a changelog send failed): the same keys and
+        values, in the same order, so whatever part of them the changelog has is only repeated."""
+        account_id, writes = self._last_writes
+        self._store(account_id, writes)
+        return self.table.take_sends() if isinstance(self.table, ChangelogTable) else []
+
+    def _store(self, account_id: str, writes: Writes) -> None:
+        self.table[account_id] = writes.summary
+        for key, value in writes.rows.items():
+            self.table[key] = value
+        for key in writes.deletes:
+            del self.table[key]
 
     def due(self, partition: int, now_ms: int) -> list[str]:
         """The accounts of ``partition`` with something due by ``now_ms``, the earliest first. The

@@ -288,19 +288,22 @@ class Matcher:
         return decision.outcome
 
     async def _written(self, changelog_sends: list[Any]) -> None:
-        """Wait until a state's changelog writes are on the broker. ``_still_owned`` was checked
-        just before the write, with no wait in between: a partition lost after that has a next
-        owner that reads this state from the changelog and finds the event decided."""
-        if not changelog_sends:
-            return
-        try:
-            await asyncio.gather(*changelog_sends)
-        except Exception as error:
-            # The local table has a state its changelog may never get: only a restart that
-            # rebuilds the tables from the changelogs is safe now (stream.local_tables).
-            log.critical("a state write did not reach the changelog (%s): the worker stops", type(error).__name__)
-            await self.app.crash(error)
-            raise
+        """Wait until a state's changelog writes are on the broker; a send that failed (the broker
+        away longer than the producer retries) is made again, the same writes, until it is. The
+        entries wait meanwhile, and so does the input offset. ``_still_owned`` was checked just
+        before the write, with no wait in between: a partition lost after that has a next owner
+        that reads this state from the changelog and finds the event decided."""
+        delay = 0.2
+        while changelog_sends:
+            results = await asyncio.gather(*changelog_sends, return_exceptions=True)
+            failed = next((r for r in results if isinstance(r, BaseException)), None)
+            if failed is None:
+                return
+            log.warning("a state write did not reach the changelog (%s); writing it again in %.1fs", type(failed).__name__, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            self._still_owned()  # lost meanwhile: its next owner decides from what the changelog has
+            changelog_sends = self.accounts.write_again()
 
     async def handle_tick(self, source: Source) -> None:
         """Time passing for one partition: apply everything due by the tick's time

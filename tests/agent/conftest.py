@@ -208,17 +208,18 @@ async def matcher(settings: Settings, codec: Codec) -> AsyncIterator[Matcher]:
     matcher.app.finalize()
     matcher.app.conf.autodiscover = False
     matcher.offers.book = book()  # the default: 5% at MCC 5411
-    written = matcher._written
+    take_sends = matcher.states.take_sends
 
-    async def acked_at_once(changelog_sends: list[Any]) -> None:
+    def acked_at_once() -> list[Any]:
         # No broker: the changelog writes wait in the producer's buffer. The broker acknowledges
         # each at once here; test_matcher_agent holds the acknowledgements back where it matters.
-        for sent in changelog_sends:
+        sends = take_sends()
+        for sent in sends:
             if not sent.done():
                 sent.set_result(None)
-        await written(changelog_sends)
+        return sends
 
-    matcher._written = acked_at_once  # type: ignore[method-assign]
+    matcher.states.take_sends = acked_at_once  # type: ignore[method-assign]
     yield matcher
     # Acking an event creates the app's consumer, whose (never started) consumer thread owns an
     # event loop that only its own start/stop would close. Close it, or it warns when collected.

@@ -406,12 +406,12 @@ async def test_entries_leave_only_once_the_state_is_on_the_changelog(harness: Ag
     again on the changelog's state, maybe after other events (the two input topics have no common
     order), and entries of the first decision would disagree with the state."""
     acks = asyncio.Event()
-    acked_at_once = harness.matcher._written
+    written = harness.matcher._written
 
     async def acked_later(changelog_sends: list) -> None:  # type: ignore[type-arg]
         assert changelog_sends, "a state write sends to the changelog"
         await acks.wait()
-        await acked_at_once(changelog_sends)
+        await written(changelog_sends)
 
     harness.matcher._written = acked_later  # type: ignore[method-assign]
     expected = len(harness.handled) + 1
@@ -422,3 +422,30 @@ async def test_entries_leave_only_once_the_state_is_on_the_changelog(harness: Ag
     acks.set()
     await harness.wait_handled(expected)
     assert [accrual["entry_kind"] for _, accrual in harness.accruals_decoded()] == ["PENDING_CREATED"]
+
+
+async def test_a_state_write_the_changelog_refused_is_made_again_before_any_entry_leaves(harness: AgentHarness) -> None:
+    """The broker away longer than the producer retries: the state's writes are made again (same
+    keys, same values) until acknowledged, and only then do the entries leave."""
+    refusals: list[int] = []
+    table = harness.matcher.states
+    original = type(table).take_sends
+
+    def first_refused() -> list:  # type: ignore[type-arg]
+        sends = original(table)
+        if not refusals:
+            refusals.append(len(sends))
+            for sent in sends:
+                sent.set_exception(ConnectionError("broker away"))
+            return sends
+        for sent in sends:
+            sent.set_result(None)
+        return sends
+
+    table.take_sends = first_refused  # type: ignore[method-assign]
+    await harness.put(encode_auth(harness.codec, card_record(amount_minor=10_000, transaction_ref="txn-refused")))
+    assert refusals and refusals[0] >= 3  # the summary, the transaction and the event's slot
+    summaries = harness.summaries()
+    assert len(summaries) == 2 and summaries[0][1] == summaries[1][1]  # the same summary, twice
+    assert [accrual["entry_kind"] for _, accrual in harness.accruals_decoded()] == ["PENDING_CREATED"]
+    assert harness.state()["txns"]["txn-refused"]["status"] == "authorized"  # type: ignore[index]
