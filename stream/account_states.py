@@ -8,8 +8,10 @@ being processed): reads and writes for an account happen while a message of its 
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import faust
@@ -17,6 +19,8 @@ from faust.types import FutureMessage
 
 from stream.core.state_rows import Writes, assemble, carried, in_rows, is_summary_key, slots_of, split
 from topics.catalogue import account_partition
+
+log = logging.getLogger(__name__)
 
 State = dict[str, Any]
 
@@ -54,7 +58,6 @@ class AccountStates:
         # (to write again), and the slots of its recent events
         self._whole: OrderedDict[str, tuple[State, bool, frozenset[str], dict[str, int]]] = OrderedDict()
         self._due: dict[int, dict[str, int]] = {}  # partition -> {account: due_ms}, once scanned
-        self._last_writes: tuple[str, Writes] = ("", Writes({}, {}, (), {}))
 
     def get(self, account_id: str) -> State | None:
         """The account's state as the engine takes it (None: never seen)."""
@@ -68,17 +71,18 @@ class AccountStates:
             self._keep(account_id, state, in_rows(summary), carried(summary), slots_of(summary))
         return state
 
-    def put(self, account_id: str, before: State | None, after: State) -> list[FutureMessage]:
+    async def store(self, account_id: str, before: State | None, after: State, still_owned: Callable[[], None]) -> None:
         """Store the step from ``before`` (what ``get`` returned) to ``after``: the summary first,
-        then the rows that changed, then the deletions (``stream.core.state_rows``). Returns the
-        changelog sends, done once the step is on the changelog topic."""
+        then the rows that changed, then the deletions (``stream.core.state_rows``); return once the
+        changelog has them all. A send the broker refused (away longer than the producer retries)
+        is made again, the same keys and values, until it is acknowledged; ``still_owned`` raises
+        when the partition was lost meanwhile (its next owner decides from what the changelog has)."""
         held = self._whole.get(account_id)
         if held is not None and held[0] is before:
             writes = split(account_id, before, after, before_in_rows=held[1], rewrite=held[2], slots=held[3])
         else:  # not the state last read or written (never seen, or dropped from memory meanwhile)
             writes = split(account_id, before, after, before_in_rows=False)
-        self._last_writes = (account_id, writes)
-        self._store(account_id, writes)
+        sends = self._write(account_id, writes)
         self._keep(account_id, after, True, frozenset(), writes.slots)
         due = self._due.get(account_partition(account_id, self.partitions))
         if due is not None:
@@ -86,21 +90,25 @@ class AccountStates:
                 due.pop(account_id, None)
             else:
                 due[account_id] = after["due_ms"]
-        return self.table.take_sends() if isinstance(self.table, ChangelogTable) else []
+        delay = 0.2
+        while sends:
+            results = await asyncio.gather(*sends, return_exceptions=True)
+            failed = next((r for r in results if isinstance(r, BaseException)), None)
+            if failed is None:
+                return
+            log.warning("a state write did not reach the changelog (%s); writing it again in %.1fs", type(failed).__name__, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            still_owned()
+            sends = self._write(account_id, writes)
 
-    def write_again(self) -> list[FutureMessage]:
-        """Store the last step's writes once more (a changelog send failed): the same keys and
-        values, in the same order, so whatever part of them the changelog has is only repeated."""
-        account_id, writes = self._last_writes
-        self._store(account_id, writes)
-        return self.table.take_sends() if isinstance(self.table, ChangelogTable) else []
-
-    def _store(self, account_id: str, writes: Writes) -> None:
+    def _write(self, account_id: str, writes: Writes) -> list[FutureMessage]:
         self.table[account_id] = writes.summary
         for key, value in writes.rows.items():
             self.table[key] = value
         for key in writes.deletes:
             del self.table[key]
+        return self.table.take_sends() if isinstance(self.table, ChangelogTable) else []
 
     def due(self, partition: int, now_ms: int) -> list[str]:
         """The accounts of ``partition`` with something due by ``now_ms``, the earliest first. The

@@ -20,7 +20,8 @@ The overrides, each pinned by ``tests/agent/test_guarded_consumer.py``:
   messages Faust dropped meanwhile: a worker restarted after kill -9, rebuilding its tables, never
   saw the clearings published while it was down.
 
-``OffsetLookups`` asks the broker, outside the group, what the agent cannot learn from Faust:
+``watch_partitions`` reports each guarded partition's lag and reads again a partition stuck below
+its end. ``OffsetLookups`` asks the broker, outside the group, what the agent cannot learn from Faust:
 where a partition's accounting starts, and whether a hole holds records.
 """
 
@@ -180,6 +181,46 @@ class OffsetLookups:
                     await stop()
                 except (KafkaError, OSError):  # already broken: nothing to close politely
                     pass
+
+
+async def watch_partitions(
+    app: GuardedApp, broker_view: OffsetLookups, busy: bool, lag: Callable[[TP, int], None], stuck_after_s: float
+) -> None:
+    """Called periodically: report each guarded partition's lag (``lag(tp, behind)``), and read a
+    partition again from where it stopped when it is stuck below its end (``InputProgress.stalled``:
+    a send failed, or nothing moved since the previous call while the agent was idle). ``busy``:
+    the agent processed messages since the previous call."""
+    consumer = app.consumer
+    if app.rebalancing:
+        return
+    for tp in consumer.assignment():
+        if tp.topic not in app.guarded_topics:
+            continue
+        try:
+            highwater = consumer.highwater(tp)
+        except (KeyError, AssertionError):
+            continue
+        if highwater is None:
+            continue
+        if not app.progress.knows(tp):
+            # Nothing delivered since the assignment: the partition may have been left paused.
+            if highwater > 0 and not busy:
+                app.progress.start(tp, await broker_view.start_offset(tp))
+            elif highwater == 0:
+                lag(tp, 0)
+            continue
+        lag(tp, max(0, highwater - app.progress.next_offset(tp)))
+        stuck_at = app.progress.stalled(tp, highwater, busy)
+        if stuck_at is not None:
+            log.warning(
+                "%s[%d]: reading again from offset %d (a send failed, or nothing moved for %.0fs)",
+                tp.topic,
+                tp.partition,
+                stuck_at,
+                stuck_after_s,
+            )
+            consumer.resume_partitions([tp])
+            await consumer.seek(tp, stuck_at)
 
 
 def broker_credentials(settings: Settings) -> Any:

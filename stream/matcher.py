@@ -24,7 +24,6 @@ events its account keeps with their entries, which a redelivery re-emits (same i
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ from stream.core.profiles import apply_activation, apply_segments, to_account_pr
 from stream.core.rules import Decision, Outcome, decide
 from stream.deadletter import OtherReason, Stage, dead_letter
 from stream.granting import BudgetLedger, PostgresBudgets, grant
-from stream.guarded_consumer import GuardedApp, OffsetLookups, broker_credentials
+from stream.guarded_consumer import GuardedApp, OffsetLookups, broker_credentials, watch_partitions
 from stream.metrics import ACCRUALS, CASHBACK_AMOUNT, CONSUMER_LAG, EVENTS_CONSUMED
 from stream.offer_mirror import OfferMirror
 from stream.progress import InFlightDecisions, Verdict
@@ -272,7 +271,7 @@ class Matcher:
             # changelog has it lets no entry out (the event is decided again, maybe in another
             # order of the two input topics, on the changelog's state); a crash after it finds the
             # event decided and sends the same entries again (the recent events keep them).
-            await self._written(self.accounts.put(event.account_id, state, decision.state))
+            await self.accounts.store(event.account_id, state, decision.state, self._still_owned)
         sends = []
         for entry in decision.entries:
             # force=True: hand the entry to the producer now (latency); Faust still flushes the
@@ -286,24 +285,6 @@ class Matcher:
             self.in_flight.add(sends)
         EVENTS_CONSUMED.labels(event.event_type.value, decision.outcome.value).inc()
         return decision.outcome
-
-    async def _written(self, changelog_sends: list[Any]) -> None:
-        """Wait until a state's changelog writes are on the broker; a send that failed (the broker
-        away longer than the producer retries) is made again, the same writes, until it is. The
-        entries wait meanwhile, and so does the input offset. ``_still_owned`` was checked just
-        before the write, with no wait in between: a partition lost after that has a next owner
-        that reads this state from the changelog and finds the event decided."""
-        delay = 0.2
-        while changelog_sends:
-            results = await asyncio.gather(*changelog_sends, return_exceptions=True)
-            failed = next((r for r in results if isinstance(r, BaseException)), None)
-            if failed is None:
-                return
-            log.warning("a state write did not reach the changelog (%s); writing it again in %.1fs", type(failed).__name__, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
-            self._still_owned()  # lost meanwhile: its next owner decides from what the changelog has
-            changelog_sends = self.accounts.write_again()
 
     async def handle_tick(self, source: Source) -> None:
         """Time passing for one partition: apply everything due by the tick's time
@@ -392,39 +373,11 @@ class Matcher:
             self.deliveries.append(delivery)
 
     async def _observe_lag(self) -> None:
-        """The lag gauge, and the watch for a partition stuck below its end (stream.progress)."""
-        consumer = self.app.consumer
+        """The lag gauge, and the watch for a partition stuck below its end (stream.guarded_consumer)."""
         busy, self._processed_at_watch = self.processed != self._processed_at_watch, self.processed
-        if self.app.rebalancing:
-            return
-        for tp in consumer.assignment():
-            if tp.topic not in self.app.guarded_topics:
-                continue
-            try:
-                highwater = consumer.highwater(tp)
-            except (KeyError, AssertionError):
-                continue
-            if highwater is None:
-                continue
-            if not self.progress.knows(tp):
-                # Nothing delivered since the assignment: the partition may have been left paused.
-                if highwater > 0 and not busy:
-                    self.progress.start(tp, await self.broker_view.start_offset(tp))
-                elif highwater == 0 and tp.topic in self.input_subjects:
-                    CONSUMER_LAG.labels(self.settings.app_id, tp.topic, str(tp.partition)).set(0)
-                continue
+
+        def lag(tp: Any, behind: int) -> None:
             if tp.topic in self.input_subjects:
-                CONSUMER_LAG.labels(self.settings.app_id, tp.topic, str(tp.partition)).set(
-                    max(0, highwater - self.progress.next_offset(tp))
-                )
-            stuck_at = self.progress.stalled(tp, highwater, busy)
-            if stuck_at is not None:
-                log.warning(
-                    "%s[%d]: reading again from offset %d (a send failed, or nothing moved for %.0fs)",
-                    tp.topic,
-                    tp.partition,
-                    stuck_at,
-                    2 * LAG_INTERVAL_S,
-                )
-                consumer.resume_partitions([tp])
-                await consumer.seek(tp, stuck_at)
+                CONSUMER_LAG.labels(self.settings.app_id, tp.topic, str(tp.partition)).set(behind)
+
+        await watch_partitions(self.app, self.broker_view, busy, lag, stuck_after_s=2 * LAG_INTERVAL_S)

@@ -405,21 +405,23 @@ async def test_entries_leave_only_once_the_state_is_on_the_changelog(harness: Ag
     """A crash before the changelog has the state must let no entry out: the event is then decided
     again on the changelog's state, maybe after other events (the two input topics have no common
     order), and entries of the first decision would disagree with the state."""
-    acks = asyncio.Event()
-    written = harness.matcher._written
+    table = harness.matcher.states
+    unacked: list = []  # type: ignore[type-arg]
 
-    async def acked_later(changelog_sends: list) -> None:  # type: ignore[type-arg]
-        assert changelog_sends, "a state write sends to the changelog"
-        await acks.wait()
-        await written(changelog_sends)
+    def held_back() -> list:  # type: ignore[type-arg]
+        sends = type(table).take_sends(table)
+        unacked.extend(sends)
+        return sends
 
-    harness.matcher._written = acked_later  # type: ignore[method-assign]
+    table.take_sends = held_back  # type: ignore[method-assign]
     expected = len(harness.handled) + 1
     await harness.put_nowait(encode_auth(harness.codec, card_record(amount_minor=10_000)))
     await asyncio.sleep(0.2)
     assert harness.summaries(), "the state was written"
+    assert unacked, "a state write sends to the changelog"
     assert harness.accruals.sent == []  # but its entry waits for the changelog's acknowledgement
-    acks.set()
+    for sent in unacked:
+        sent.set_result(None)
     await harness.wait_handled(expected)
     assert [accrual["entry_kind"] for _, accrual in harness.accruals_decoded()] == ["PENDING_CREATED"]
 
