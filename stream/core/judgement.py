@@ -2,10 +2,11 @@
 at its authorisation (or at a force post's clearing), and kept with its transaction.
 
 One non-stackable offer per purchase, the one that pays most now (after its cap and budget;
-ties: the most recent), plus every stackable one. A refusal keeps its reason; only a refusal for
-the amount (``below_min_spend``) can be overturned, by a clearing or an incremental authorisation
-that lifts the amount, under the offers the purchase met every other condition of, at the
-authorisation's time and place (``reconsider``). A declined authorisation keeps nothing: its
+ties: the most recent, then the first offer id in alphabetical order), plus every stackable one.
+A refusal keeps its reason; only a refusal for the amount (``below_min_spend``) can be
+overturned, by a clearing or an incremental authorisation that lifts the amount, under the offers
+the purchase met every other condition of, at the authorisation's time and place
+(``reconsider``). A declined authorisation keeps nothing: its
 clearing is a force post.
 """
 
@@ -34,19 +35,21 @@ def shares_for(step: AccountStep) -> tuple[list[Share], Match]:
 
 def stack(step: AccountStep, offers: Iterable[Offer], purchase: CardEvent, local: LocalTime, basis: int) -> list[Share]:
     """The most valuable non-stackable offer (what it can still pay under its cap and budget; ties:
-    the most recent) plus every stackable one."""
+    the most recent, then the first offer id in alphabetical order) plus every stackable one."""
     pairs = [(new_share(o, purchase, step.profile, local), o) for o in offers]
     shares = [s for s, o in pairs if o.stackable]
     exclusive = [(s, o) for s, o in pairs if not o.stackable]
     if exclusive:
 
-        def rank(pair: tuple[Share, Offer]) -> tuple[int, float, int]:
+        def rank(pair: tuple[Share, Offer]) -> tuple[int, float, int, str]:
             share, offer = pair
             wanted = at_most_per_purchase(share, compute(share, basis, basis).reward_minor)
             recency = offer.valid_from.timestamp() if offer.valid_from else 0.0
-            return (step.grant(share, wanted)[0], recency, offer.version)
+            # Smallest first: most paid, then most recent (start, then version), then the offer id,
+            # so that the choice never depends on the order the offers were listed or loaded in.
+            return (-step.grant(share, wanted)[0], -recency, -offer.version, offer.offer_id)
 
-        shares.insert(0, max(exclusive, key=rank)[0])
+        shares.insert(0, min(exclusive, key=rank)[0])
     return shares
 
 

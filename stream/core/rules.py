@@ -67,7 +67,8 @@ budget, per-purchase maximum) carries nothing: what a limit cuts is not owed. Cl
 what was confirmed and leave the carry alone.
 
 **Stacking**: one offer per purchase, the one that pays most *now* (after its cap and budget;
-points count as minor units, no exchange rate is known here; ties: the most recent), plus every
+points count as minor units, no exchange rate is known here; ties: the most recent, then the
+first offer id in alphabetical order, whatever order the offers were loaded in), plus every
 stackable one.
 
 **Amounts**: a rate (the best tier the account is in replaces the base rate; a boost rate, when

@@ -223,7 +223,7 @@ class Chaos:
         subprocess.run([sys.executable, "-m", "stream", "topics"], env=self.env, cwd=REPO_ROOT, check=True, capture_output=True)
         subprocess.run([sys.executable, "-m", "stream", "migrate"], env=self.env, cwd=REPO_ROOT, check=True, capture_output=True)
         offers = chaos_offers()
-        self.book = OfferBook(tuple(offers))
+        self.book = OfferBook.of(offers)
         asyncio.run(publish_offers(self.settings, self.codec, self.topics.offers.name, offers))
         log = chaos_log(self.seed, self.events_wanted, self.poison, self.topics.authorizations.partitions, self.codec)
         self.account_messages, self.card_messages = log.account_messages, log.card_messages

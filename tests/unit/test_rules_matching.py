@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from stream.core.balances import balances
+from stream.core.offers import OfferBook
 from stream.core.rules import Outcome, decide
 from tests.factories import KEY, T0, auth, book, clearing, legs, offer, run_events, totals
 
@@ -109,6 +110,20 @@ def test_stacking_tie_goes_to_the_most_recent_offer() -> None:
     newer = offer(offer_id="b-newer", valid_from="2026-06-01")
     decision = decide(auth(), book(older, newer), None)
     assert [e["offer_id"] for e in decision.entries] == ["b-newer"]
+
+
+@pytest.mark.parametrize("listed", ["in_id_order", "reversed"])
+def test_a_full_tie_goes_to_the_first_offer_id_whatever_order_the_offers_are_listed_in(listed: str) -> None:
+    """Same pay, same start, same version: the choice must not follow the book's order (the chaos
+    run's oracle, which listed the offers as the file does, paid 3% cash where the workers, which
+    list them by id, paid 0.50 store credit, on purchases where both came to exactly 0.50)."""
+    cash = offer(offer_id="dining-3", rate_bps=300, mccs=["5814"], merchant_ids=[])
+    credit = offer(
+        offer_id="coffee-fixed", rate_bps=None, fixed_reward_minor=50, currency="EUR", reward_kind="STORE_CREDIT", mccs=[]
+    )
+    listed_offers = (credit, cash) if listed == "in_id_order" else (cash, credit)
+    decision = decide(auth(mcc="5814", billing_amount_minor=1_667), OfferBook(listed_offers), None)
+    assert [(e["offer_id"], e["amount_minor"]) for e in decision.entries] == [("coffee-fixed", 50)]
 
 
 @pytest.mark.parametrize(
