@@ -8,19 +8,13 @@ being processed): reads and writes for an account happen while a message of its 
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import faust
-from faust.types import FutureMessage
-
+from stream.changelog_table import ChangelogTable
 from stream.core.state_rows import Writes, assemble, carried, in_rows, is_summary_key, slots_of, split
 from topics.catalogue import account_partition
-
-log = logging.getLogger(__name__)
 
 State = dict[str, Any]
 
@@ -29,28 +23,10 @@ State = dict[str, Any]
 CACHED_ACCOUNTS = 4096
 
 
-class ChangelogTable(faust.Table):
-    """A Faust table that keeps the futures of its changelog sends until they are taken, so that
-    a caller can wait until what it wrote is on the changelog topic."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.unacked: list[FutureMessage] = []
-
-    def send_changelog(self, *args: Any, **kwargs: Any) -> FutureMessage:
-        sent = super().send_changelog(*args, **kwargs)
-        self.unacked.append(sent)
-        return sent
-
-    def take_sends(self) -> list[FutureMessage]:
-        sends, self.unacked = self.unacked, []
-        return sends
-
-
 class AccountStates:
     """Read, write and find due the states of the accounts of this worker's partitions."""
 
-    def __init__(self, table: Any, partitions: int, cached: int = CACHED_ACCOUNTS) -> None:
+    def __init__(self, table: ChangelogTable, partitions: int, cached: int = CACHED_ACCOUNTS) -> None:
         self.table = table
         self.partitions = partitions
         self.cached = cached
@@ -74,15 +50,15 @@ class AccountStates:
     async def store(self, account_id: str, before: State | None, after: State, still_owned: Callable[[], None]) -> None:
         """Store the step from ``before`` (what ``get`` returned) to ``after``: the summary first,
         then the rows that changed, then the deletions (``stream.core.state_rows``); return once the
-        changelog has them all. A send the broker refused (away longer than the producer retries)
-        is made again, the same keys and values, until it is acknowledged; ``still_owned`` raises
-        when the partition was lost meanwhile (its next owner decides from what the changelog has)."""
+        changelog has them all, and then the local store (``ChangelogTable.settle``: a refused
+        send is made again; ``still_owned`` raises when the partition was lost meanwhile, and its
+        next owner decides from what the changelog has)."""
         held = self._whole.get(account_id)
         if held is not None and held[0] is before:
             writes = split(account_id, before, after, before_in_rows=held[1], rewrite=held[2], slots=held[3])
         else:  # not the state last read or written (never seen, or dropped from memory meanwhile)
             writes = split(account_id, before, after, before_in_rows=False)
-        sends = self._write(account_id, writes)
+        self._write(account_id, writes)
         self._keep(account_id, after, True, frozenset(), writes.slots)
         due = self._due.get(account_partition(account_id, self.partitions))
         if due is not None:
@@ -90,25 +66,14 @@ class AccountStates:
                 due.pop(account_id, None)
             else:
                 due[account_id] = after["due_ms"]
-        delay = 0.2
-        while sends:
-            results = await asyncio.gather(*sends, return_exceptions=True)
-            failed = next((r for r in results if isinstance(r, BaseException)), None)
-            if failed is None:
-                return
-            log.warning("a state write did not reach the changelog (%s); writing it again in %.1fs", type(failed).__name__, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
-            still_owned()
-            sends = self._write(account_id, writes)
+        await self.table.settle(still_owned)
 
-    def _write(self, account_id: str, writes: Writes) -> list[FutureMessage]:
+    def _write(self, account_id: str, writes: Writes) -> None:
         self.table[account_id] = writes.summary
         for key, value in writes.rows.items():
             self.table[key] = value
         for key in writes.deletes:
             del self.table[key]
-        return self.table.take_sends() if isinstance(self.table, ChangelogTable) else []
 
     def due(self, partition: int, now_ms: int) -> list[str]:
         """The accounts of ``partition`` with something due by ``now_ms``, the earliest first. The

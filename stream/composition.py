@@ -142,7 +142,6 @@ def run_worker(settings: Settings, with_sink: bool = False) -> None:
     import uvloop
 
     from stream import metrics
-    from stream.local_tables import LocalTables
     from stream.matcher import Matcher
 
     asyncio.run(create_topics(settings))
@@ -155,16 +154,7 @@ def run_worker(settings: Settings, with_sink: bool = False) -> None:
 
         sink = Sink(settings, matcher.topics, matcher.codec)
         matcher.app.task(sink.run)
-    local = LocalTables(Path(matcher.app.conf.tabledir), Path(matcher.app.conf.datadir))
-    local.open()
-
-    class Worker(faust.Worker):
-        def stop_and_shutdown(self) -> None:
-            super().stop_and_shutdown()
-            if self.crash_reason is None and matcher.app.crash_reason is None:
-                local.stopped_cleanly()
-
-    Worker(matcher.app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
+    faust.Worker(matcher.app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
 
 
 def run_sink(settings: Settings) -> None:

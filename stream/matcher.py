@@ -35,7 +35,8 @@ import faust
 from faust.types import StreamT
 
 from schemas.codec import Codec, DecodeError
-from stream.account_states import AccountStates, ChangelogTable
+from stream.account_states import AccountStates
+from stream.changelog_table import ChangelogTable
 from stream.core.events import CardEvent, to_event, validate
 from stream.core.lifecycle import due_events
 from stream.core.memory import RECENT_EVENTS_LIMIT
@@ -127,17 +128,17 @@ class Matcher:
         self.clock = self.app.topic(self.topics.clock.name, key_serializer="raw", value_serializer="raw")
         self.accruals = self.app.topic(self.topics.accruals.name, key_serializer="raw", value_serializer="raw")
         self.dead_letters = self.app.topic(self.topics.dead_letters.name, key_serializer="raw", value_serializer="raw")
-        self.states = self.app.tables.add(
-            ChangelogTable(self.app, name=ACCOUNT_STATE_TABLE, default=None, schema=TABLE_SCHEMA, beacon=self.app.tables.beacon)
+        self.states = ChangelogTable(
+            self.app, name=ACCOUNT_STATE_TABLE, default=None, schema=TABLE_SCHEMA, beacon=self.app.tables.beacon
         )
+        self.app.tables.add(self.states)
         # The states as the engine takes them: a summary and rows per account in that table.
         self.accounts = AccountStates(self.states, self.topics.authorizations.partitions)
         # Segments and activations per account (stream.core.profiles), joined from their own topics.
-        self.profiles = self.app.Table(
-            ACCOUNT_PROFILE_TABLE,
-            default=None,
-            schema=TABLE_SCHEMA,
+        self.profiles = ChangelogTable(
+            self.app, name=ACCOUNT_PROFILE_TABLE, default=None, schema=TABLE_SCHEMA, beacon=self.app.tables.beacon
         )
+        self.app.tables.add(self.profiles)
         self.offers = OfferMirror(
             self.topics.offers.name, codec, settings.kafka_bootstrap_servers, **settings.kafka_client_options()
         )
@@ -350,6 +351,7 @@ class Matcher:
             self.profiles[account_id] = apply_activation(profile, record)
         else:
             self.profiles[account_id] = apply_segments(profile, record)
+        await self.profiles.settle(self._still_owned)
         EVENTS_CONSUMED.labels(subject.upper(), "applied").inc()
 
     async def _dead_letter(self, reason: str, detail: str, source: Source) -> None:

@@ -208,18 +208,10 @@ async def matcher(settings: Settings, codec: Codec) -> AsyncIterator[Matcher]:
     matcher.app.finalize()
     matcher.app.conf.autodiscover = False
     matcher.offers.book = book()  # the default: 5% at MCC 5411
-    take_sends = matcher.states.take_sends
-
-    def acked_at_once() -> list[Any]:
+    for table in (matcher.states, matcher.profiles):
         # No broker: the changelog writes wait in the producer's buffer. The broker acknowledges
         # each at once here; test_matcher_agent holds the acknowledgements back where it matters.
-        sends = take_sends()
-        for sent in sends:
-            if not sent.done():
-                sent.set_result(None)
-        return sends
-
-    matcher.states.take_sends = acked_at_once  # type: ignore[method-assign]
+        table.take_sends = acked_at_once(table.take_sends)  # type: ignore[method-assign]
     yield matcher
     # Acking an event creates the app's consumer, whose (never started) consumer thread owns an
     # event loop that only its own start/stop would close. Close it, or it warns when collected.
@@ -229,6 +221,17 @@ async def matcher(settings: Settings, codec: Codec) -> AsyncIterator[Matcher]:
         loop = getattr(thread, "thread_loop", None)
         if loop is not None and not loop.is_running() and not loop.is_closed():
             loop.close()
+
+
+def acked_at_once(take_sends: Any) -> Any:
+    def taken() -> list[Any]:
+        sends = take_sends()
+        for sent in sends:
+            if not sent.done():
+                sent.set_result(None)
+        return sends
+
+    return taken
 
 
 class EveryOffsetInOrder(InputProgress):

@@ -426,6 +426,92 @@ async def test_entries_leave_only_once_the_state_is_on_the_changelog(harness: Ag
     assert [accrual["entry_kind"] for _, accrual in harness.accruals_decoded()] == ["PENDING_CREATED"]
 
 
+class Acknowledged:
+    """What the producer hands back for a send the broker acknowledged (the fields read of it)."""
+
+    def __init__(self, topic_partition: object, offset: int) -> None:
+        self.topic_partition, self.offset = topic_partition, offset
+
+
+async def test_the_local_store_gets_a_write_only_after_the_changelog_and_then_the_persisted_offset(
+    harness: AgentHarness,
+) -> None:
+    """kill -9 at any moment must leave a local store holding nothing its changelog does not: the
+    write reaches the local store once acknowledged, and the persisted offset (where a restart
+    resumes reading the changelog) moves only after that (stream.changelog_table)."""
+    table = harness.matcher.states
+    unacked: list = []  # type: ignore[type-arg]
+    events: list[str] = []
+
+    def held_back() -> list:  # type: ignore[type-arg]
+        sends = type(table).take_sends(table)
+        unacked.extend(sends)
+        return sends
+
+    table.take_sends = held_back  # type: ignore[method-assign]
+    table.data.set_persisted_offset = lambda tp, offset: events.append(  # type: ignore[method-assign]
+        f"offset {offset}, local store {'has' if ACCOUNT in table.data else 'lacks'} the summary"
+    )
+    expected = len(harness.handled) + 1
+    await harness.put_nowait(encode_auth(harness.codec, card_record(amount_minor=10_000)))
+    await asyncio.sleep(0.2)
+    assert unacked
+    assert ACCOUNT not in table.data, "the local store has a write the changelog has not acknowledged"
+    assert table.get(ACCOUNT) is not None, "the table itself reads its unsettled write"
+    # Faust's own callback would move the persisted offset at the acknowledgement, before the local
+    # store has the write; the table's does not.
+    changelog = (table.changelog_topic.get_topic_name(), 0)
+    unacked[0].set_result(Acknowledged(changelog, 41))
+    table._on_changelog_sent(unacked[0])
+    assert events == []
+    for n, sent in enumerate(unacked[1:], start=42):
+        sent.set_result(Acknowledged(changelog, n))
+    await harness.wait_handled(expected)
+    assert ACCOUNT in table.data and table.unsettled == {}
+    assert events == [f"offset {40 + len(unacked)}, local store has the summary"]
+
+
+async def test_faust_moves_the_persisted_offset_when_the_changelog_acknowledges(harness: AgentHarness) -> None:
+    """Pins the Faust behaviour the table works around: its send callback records the changelog
+    offset as held by the local store, whatever the local store has."""
+    import faust
+
+    table = harness.matcher.states
+    moved: list[int] = []
+    table.data.set_persisted_offset = lambda tp, offset: moved.append(offset)  # type: ignore[method-assign]
+    sent = asyncio.get_running_loop().create_future()
+    sent.set_result(Acknowledged(("changelog", 0), 7))
+    faust.Table._on_changelog_sent(table, sent)  # type: ignore[arg-type]
+    assert moved == [7]
+
+
+async def test_a_write_made_while_the_partition_is_lost_never_reaches_the_local_store(harness: AgentHarness) -> None:
+    """The broker refuses the write, and the partition goes elsewhere before it is made again: the
+    write is dropped from memory (its next owner reads the changelog), not written locally."""
+    table = harness.matcher.states
+    original = type(table).take_sends
+
+    def refused() -> list:  # type: ignore[type-arg]
+        sends = original(table)
+        for sent in sends:
+            if not sent.done():
+                sent.set_exception(ConnectionError("broker away"))
+        return sends
+
+    table.take_sends = refused  # type: ignore[method-assign]
+    handled = len(harness.handled)
+    await harness.put_nowait(encode_auth(harness.codec, card_record(amount_minor=10_000)), ACCOUNT_KEY, partition=3)
+    await asyncio.sleep(0.1)
+    assert table.unsettled, "the write waits for the changelog"
+    harness.matcher.assigned = set()  # the rebalance took the partition away
+    for _ in range(50):
+        await asyncio.sleep(0.1)
+        if not table.unsettled:
+            break
+    assert table.unsettled == {} and ACCOUNT not in table.data and table.get(ACCOUNT) is None
+    assert harness.accruals.sent == [] and len(harness.handled) == handled  # left to the next owner
+
+
 async def test_a_state_write_the_changelog_refused_is_made_again_before_any_entry_leaves(harness: AgentHarness) -> None:
     """The broker away longer than the producer retries: the state's writes are made again (same
     keys, same values) until acknowledged, and only then do the entries leave."""

@@ -1,0 +1,130 @@
+"""A Faust table whose local store never holds a change its changelog topic does not.
+
+Faust writes a table change to the local store at once, and to the changelog topic when the
+producer sends it; the send's callback then records, in the local store, the changelog offset it
+holds up to (the *persisted offset*, where a restart resumes reading the changelog). A worker
+killed between the two leaves a local store ahead of its changelog. Restarted on that store, it
+would build on a write no other worker can ever read back: it sees the message again (its input
+offset was not committed), finds it decided locally, commits it, and from then on the changelog
+misses that step for good. The chaos run caught it: a summary naming a row the changelog never
+received, on which the partition's next owner stopped.
+
+So this table turns the order around. A change waits in memory (``unsettled``, where reads find
+it) until ``settle`` has the changelog's acknowledgement; only then is it written to the local
+store, and only after that is the persisted offset moved (the send's callback no longer moves
+it). Killed at any moment, the local store holds at most what the changelog holds, and whatever
+the changelog holds past the persisted offset is read again at the restart. A restart after
+kill -9 thus reads the changelog's tail, like a graceful one, not the whole changelog.
+
+A change must be settled while the message that made it is being processed (Faust keys the local
+write to that message's partition).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import faust
+from faust.types import TP, FutureMessage
+
+log = logging.getLogger(__name__)
+
+_DELETED = object()  # an unsettled deletion
+
+FIRST_RETRY_S, LAST_RETRY_S = 0.2, 5.0
+
+
+class ChangelogTable(faust.Table):
+    """A Faust table written to its local store only once its changelog acknowledged the change."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.unacked: list[FutureMessage] = []
+        self.unsettled: dict[Any, Any] = {}  # key -> value (or _DELETED), in the order written
+
+    # --- writes wait in memory -------------------------------------------------------------------
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.on_key_set(key, value)  # the changelog send
+        self.unsettled[key] = value
+
+    def __delitem__(self, key: Any) -> None:
+        self.on_key_del(key)
+        self.unsettled[key] = _DELETED
+
+    def __getitem__(self, key: Any) -> Any:
+        if key in self.unsettled:
+            value = self.unsettled[key]
+            return self.__missing__(key) if value is _DELETED else value
+        return super().__getitem__(key)
+
+    def __contains__(self, key: object) -> bool:
+        if key in self.unsettled:
+            return self.unsettled[key] is not _DELETED
+        return super().__contains__(key)
+
+    # --- the changelog ---------------------------------------------------------------------------
+
+    def send_changelog(self, *args: Any, **kwargs: Any) -> FutureMessage:
+        sent = super().send_changelog(*args, **kwargs)
+        self.unacked.append(sent)
+        return sent
+
+    def take_sends(self) -> list[FutureMessage]:
+        """The changelog sends made since the last call."""
+        sends, self.unacked = self.unacked, []
+        return sends
+
+    def _on_changelog_sent(self, fut: FutureMessage) -> None:
+        """Faust moves the persisted offset here, before the local store has the change;
+        ``settle`` moves it after."""
+
+    async def settle(self, still_owned: Callable[[], None] = lambda: None) -> None:
+        """Return once the changelog has acknowledged every change made since the last settle, and
+        the local store has them. A send the broker refused (away longer than the producer retries)
+        is made again, the same keys and values in the same order, until acknowledged;
+        ``still_owned`` raises when the partition was lost meanwhile, and the changes are then
+        dropped from memory (the partition's next owner reads what the changelog has)."""
+        try:
+            held_to = await self._acknowledged(still_owned)
+        except BaseException:
+            self.unsettled.clear()
+            self.unacked.clear()
+            raise
+        for key, value in self.unsettled.items():
+            if value is _DELETED:
+                self.data.pop(key, None)
+            else:
+                self.data[key] = value
+        self.unsettled.clear()
+        for tp, offset in held_to.items():
+            self.data.set_persisted_offset(tp, offset)
+
+    async def _acknowledged(self, still_owned: Callable[[], None]) -> dict[TP, int]:
+        """Wait for the sends; return the last changelog offset acknowledged per partition."""
+        delay = FIRST_RETRY_S
+        sends = self.take_sends()
+        while True:
+            results = await asyncio.gather(*sends, return_exceptions=True)
+            failed = next((r for r in results if isinstance(r, BaseException)), None)
+            if failed is None:
+                held_to: dict[TP, int] = {}
+                for result in results:
+                    metadata: Any = result  # the producer's record metadata (None in the agent tests)
+                    if metadata is not None:
+                        tp = metadata.topic_partition
+                        held_to[tp] = max(held_to.get(tp, -1), metadata.offset)
+                return held_to
+            log.warning("a table write did not reach the changelog (%s); writing it again in %.1fs", type(failed).__name__, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, LAST_RETRY_S)
+            still_owned()
+            for key, value in self.unsettled.items():
+                if value is _DELETED:
+                    self.on_key_del(key)
+                else:
+                    self.on_key_set(key, value)
+            sends = self.take_sends()
