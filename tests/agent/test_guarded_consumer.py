@@ -176,3 +176,54 @@ async def test_a_guarded_partition_never_committed_is_read_from_its_start(wired)
     consumer._seek = seek  # type: ignore[method-assign]
     await consumer.seek_to_committed()
     assert seeks == [(tp, 0)]
+
+
+async def drain(consumer, tp: TP, batches: list[list[int]], seek_back_at: int, seek_to: int) -> list[int]:  # type: ignore[no-untyped-def]
+    """Run Faust's fetch loop (``Consumer._drain_messages``) over ``batches`` of offsets, the agent
+    seeking back to ``seek_to`` when it is handed ``seek_back_at`` (in the middle of a batch, as
+    it happens when the agent finds a hole). Returns the offsets handed to the agent."""
+    handed: list[int] = []
+    pending = list(batches)
+
+    class Fetcher:
+        _stopped = asyncio.Event()
+
+    async def seek_in_thread(partition: TP, offset: int) -> None:
+        pass
+
+    async def callback(received: Message) -> None:
+        handed.append(received.offset)
+        if received.offset == seek_back_at and handed.count(seek_back_at) == 1:
+            await consumer.seek(tp, seek_to)
+
+    async def getmany(timeout: float):  # type: ignore[no-untyped-def]
+        if not pending:
+            Fetcher._stopped.set()
+            return
+        for offset in pending.pop(0):
+            yield tp, message(tp, offset)
+
+    consumer._seek = seek_in_thread
+    consumer.callback = callback
+    consumer.getmany = getmany
+    await asyncio.wait_for(consumer._drain_messages(Fetcher()), 5)
+    return handed
+
+
+@pytest.mark.asyncio
+async def test_faust_drops_the_re_read_after_a_seek_back_from_the_middle_of_a_batch(wired) -> None:  # type: ignore[no-untyped-def]
+    """Pinned library behaviour: the rest of the batch moves Faust's read position past the seek,
+    and the re-read (5-8) falls below it."""
+    from collections import defaultdict
+
+    app, consumer, tp, commits = wired
+    consumer._read_offset = defaultdict(lambda: None)  # Faust's own read positions
+    handed = await drain(consumer, tp, [[10, 11, 12, 13], [5, 6, 7, 8, 9, 10, 11, 12, 13, 14]], seek_back_at=11, seek_to=5)
+    assert handed == [10, 11, 12, 13, 13, 14]
+
+
+@pytest.mark.asyncio
+async def test_the_guarded_consumer_hands_on_the_re_read_after_a_seek_back(wired) -> None:  # type: ignore[no-untyped-def]
+    app, consumer, tp, commits = wired
+    handed = await drain(consumer, tp, [[10, 11, 12, 13], [5, 6, 7, 8, 9, 10, 11, 12, 13, 14]], seek_back_at=11, seek_to=5)
+    assert handed == [10, 11, 12, 13, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
