@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from stream.core.balances import balances
+from stream.core.entries import Entry
 from stream.core.events import CardEvent, to_event, validate
 from stream.core.lifecycle import due_events
 from stream.core.memory import TRANSACTION_HORIZON_DAYS
@@ -31,7 +32,7 @@ class Replay:
     offers: OfferBook
     states: dict[str, Any] = field(default_factory=dict)
     profiles: dict[str, Profile] = field(default_factory=dict)
-    entries: dict[str, dict[str, Any]] = field(default_factory=dict)  # accrual_id -> entry, as the ledger keeps them
+    entries: dict[str, Entry] = field(default_factory=dict)  # accrual_id -> entry, as the ledger keeps them
     outcomes: list[str] = field(default_factory=list)  # one per decision, in order
     budget_used: dict[str, int] = field(default_factory=dict)
     budget_peak: dict[str, int] = field(default_factory=dict)  # the most a budget was ever used
@@ -70,7 +71,7 @@ class Replay:
             self.budget_peak[offer_id] = max(self.budget_peak.get(offer_id, 0), self.budget_used[offer_id])
         if decision.outcome is not Outcome.DUPLICATE:
             for entry in decision.entries:
-                self.entries.setdefault(entry["accrual_id"], entry)
+                self.entries.setdefault(entry.accrual_id, entry)
 
     def pass_time(self, until: datetime) -> None:
         now_ms = int(until.timestamp() * 1000)
@@ -96,16 +97,16 @@ def report(result: Replay) -> str:
     nothing."""
     cost: Counter = Counter()
     for entry in result.entries.values():
-        if entry["entry_kind"] == "NOT_EARNED":
+        if entry.entry_kind == "NOT_EARNED":
             continue
-        sign = 1 if entry["debit_book"] == "EXPENSE" else -1 if entry["credit_book"] == "EXPENSE" else 0
-        cost[(entry["offer_id"], entry["currency"])] += sign * entry["amount_minor"]
+        sign = 1 if entry.debit_book == "EXPENSE" else -1 if entry.credit_book == "EXPENSE" else 0
+        cost[(entry.offer_id, entry.currency)] += sign * entry.amount_minor
     lines = ["cost per offer (net of releases, expiries and clawbacks):"]
     lines += [f"  {offer:<24} {format_minor(amount, unit)}" for (offer, unit), amount in sorted(cost.items())]
     lines.append("outcomes:")
     lines += [f"  {outcome:<28} {count}" for outcome, count in Counter(result.outcomes).most_common()]
     lines.append(
-        f"accounts {len(result.states)}, ledger entries {sum(1 for e in result.entries.values() if e['entry_kind'] != 'NOT_EARNED')}, "
+        f"accounts {len(result.states)}, ledger entries {sum(1 for e in result.entries.values() if e.entry_kind != 'NOT_EARNED')}, "
         f"messages a worker would dead-letter {result.skipped}"
     )
     return "\n".join(lines)

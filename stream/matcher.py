@@ -277,11 +277,13 @@ class Matcher:
         for entry in decision.entries:
             # force=True: hand the entry to the producer now (latency); Faust still flushes the
             # producer before committing the input offset, so at-least-once holds.
-            sends.append(await self.accruals.send(key=account_key, value=self.codec.encode("accrual", entry), force=True))
+            sends.append(
+                await self.accruals.send(key=account_key, value=self.codec.encode("accrual", entry.record()), force=True)
+            )
             self._sent(sends[-1])
             if decision.outcome is not Outcome.DUPLICATE:
-                ACCRUALS.labels(entry["entry_kind"], entry["reward_kind"]).inc()
-                CASHBACK_AMOUNT.labels(entry["entry_kind"], entry["reward_kind"], entry["currency"]).inc(entry["amount_minor"])
+                ACCRUALS.labels(entry.entry_kind, entry.reward_kind).inc()
+                CASHBACK_AMOUNT.labels(entry.entry_kind, entry.reward_kind, entry.currency).inc(entry.amount_minor)
         if stored:
             self.in_flight.add(sends)
         EVENTS_CONSUMED.labels(event.event_type.value, decision.outcome.value).inc()

@@ -102,7 +102,7 @@ def run_decisions(
 
 def legs(entries: Any) -> list[tuple[str, str, str, int]]:
     """Entries as (kind, debit_book, credit_book, amount_minor): what a lifecycle test asserts."""
-    return [(e["entry_kind"], e["debit_book"], e["credit_book"], e["amount_minor"]) for e in entries]
+    return [(e.entry_kind, e.debit_book, e.credit_book, e.amount_minor) for e in entries]
 
 
 KEY = ("acct-1", "CASH", "EUR")  # the balances key of the factories' account

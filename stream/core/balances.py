@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from stream.core.working_copy import Entry
+from stream.core.entries import Entry
 
 
 def balances(entries: Iterable[Entry]) -> dict[tuple[str, str, str], dict[str, int]]:
@@ -14,19 +14,19 @@ def balances(entries: Iterable[Entry]) -> dict[tuple[str, str, str], dict[str, i
     tests compare Postgres with. Same rules as the sink's SQL."""
     result: dict[tuple[str, str, str], dict[str, int]] = {}
     for entry in entries:
-        if entry["entry_kind"] == "NOT_EARNED":
+        if entry.entry_kind == "NOT_EARNED":
             continue
-        key = (entry["account_id"], entry["reward_kind"], entry["currency"])
+        key = (entry.account_id, entry.reward_kind, entry.currency)
         totals = result.setdefault(key, dict.fromkeys(BALANCE_FIELDS, 0))
-        amount = entry["amount_minor"]
-        for book, sign in ((entry["debit_book"], -1), (entry["credit_book"], 1)):
+        amount = entry.amount_minor
+        for book, sign in ((entry.debit_book, -1), (entry.credit_book, 1)):
             if book in _BOOK_FIELDS:
                 totals[_BOOK_FIELDS[book]] += sign * amount
-        if entry["entry_kind"] == "CONFIRMED":
+        if entry.entry_kind == "CONFIRMED":
             totals["lifetime_earned_minor"] += amount
-        elif entry["entry_kind"] == "CLAWED_BACK":
+        elif entry.entry_kind == "CLAWED_BACK":
             totals["clawed_back_minor"] += amount
-        elif entry["entry_kind"] == "RECREDITED":  # a reversed chargeback undoes its clawback
+        elif entry.entry_kind == "RECREDITED":  # a reversed chargeback undoes its clawback
             totals["clawed_back_minor"] -= amount
     return result
 

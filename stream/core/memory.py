@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from stream.core.entries import Entry
 from stream.core.events import CardEvent, EventType
 from stream.core.lifecycle import settled
-from stream.core.working_copy import AccountStep, Entry, State
+from stream.core.working_copy import AccountStep, State
 
 # How many recent events an account keeps with the entries they produced. A redelivery of one of
 # them re-emits the same entries (same ids, a no-op downstream), so a worker stopped after storing
@@ -46,7 +47,7 @@ def known(state: State, event: CardEvent) -> tuple[str | None, tuple[Entry, ...]
     recent = _recent(state)
     if event.event_id in recent:
         held, entries = recent[event.event_id]
-        return str(held), tuple(entries)
+        return str(held), tuple(Entry.of(entry) for entry in entries)
     if event.event_id in state.get("loose", ()):
         return str(state["loose"][event.event_id][0]), ()
     home = state["txns"].get(home_ref(event))
@@ -75,7 +76,7 @@ def remember(
     elif event.occurred_at_ms >= forget_before_ms:
         loose[event.event_id] = [fingerprint, event.occurred_at_ms]
     recent = dict(_recent(state))
-    recent[event.event_id] = [fingerprint, step.entries]
+    recent[event.event_id] = [fingerprint, [entry.record() for entry in step.entries]]
     while len(recent) > RECENT_EVENTS_LIMIT:
         del recent[next(iter(recent))]
     return recent, loose, _forget_settled(step.txns, forget_before_ms)

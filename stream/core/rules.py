@@ -87,6 +87,7 @@ from types import MappingProxyType
 from typing import Any
 
 from stream.core.eligibility import NO_PROFILE, AccountProfile
+from stream.core.entries import Entry
 from stream.core.events import CardEvent, EventType
 from stream.core.judgement import new_txn, reconsider, refuse, shares_for, still_refused
 from stream.core.lifecycle import DAY_MS, authorization_expires_at, next_due_ms, open_return_window, window_over
@@ -95,7 +96,7 @@ from stream.core.money import format_minor, prorate
 from stream.core.offers import AccrueOn, OfferBook
 from stream.core.outcomes import Outcome
 from stream.core.rewards import Amount, Share, at_most_per_purchase, compute, describe
-from stream.core.working_copy import AccountStep, Entry, State, limit_note, purchase_basis, spendable_book
+from stream.core.working_copy import AccountStep, State, limit_note, purchase_basis, spendable_book
 
 __all__ = ["AccountProfile", "Decision", "Outcome", "decide", "new_state"]
 

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from stream.core.eligibility import AccountProfile, LocalTime, local_time
+from stream.core.entries import Entry, Explanation
 from stream.core.events import CardEvent
 from stream.core.money import format_minor, prorate
 from stream.core.offers import OfferBook, RewardKind
@@ -18,7 +19,6 @@ from stream.core.outcomes import Outcome
 from stream.core.rewards import SHARE_DEFAULTS, Amount, Share, period_over
 
 State = dict[str, Any]
-Entry = dict[str, Any]
 
 
 class AccountStep:
@@ -144,32 +144,32 @@ class AccountStep:
         if beneficiary:
             detail = f"{detail}; charity_id={beneficiary}"
         self.entries.append(
-            {
-                "accrual_id": f"{event.event_id}#{len(self.entries) if number is None else number}",
-                "source_event_id": event.event_id,
-                "account_id": event.account_id,
-                "transaction_ref": event.transaction_ref,
-                "entry_kind": kind,
-                "debit_book": debit,
-                "credit_book": credit,
-                "amount_minor": amount_minor,
-                "currency": share["currency"] if share else event.billing_currency,
-                "reward_kind": share["reward_kind"] if share else "CASH",
-                "offer_id": share["offer_id"] if share else None,
-                "rule_version": share["version"] if share else None,
-                "beneficiary_id": beneficiary,
-                "occurred_at": event.occurred_at_ms,
-                "explanation": {
-                    "reason": reason,
-                    "detail": detail,
-                    "basis_minor": basis_minor,
-                    "basis_currency": event.billing_currency,
-                    "rate_bps": amount.rate_bps if amount else share["rate_bps"] if share else 0,
-                    "rounding": share["rounding"] if share else "down",
-                    "carried_remainder": amount.carried_out if amount else 0,
-                    "force_post": force_post,
-                },
-            }
+            Entry(
+                accrual_id=f"{event.event_id}#{len(self.entries) if number is None else number}",
+                source_event_id=event.event_id,
+                account_id=event.account_id,
+                transaction_ref=event.transaction_ref,
+                entry_kind=kind,
+                debit_book=debit,
+                credit_book=credit,
+                amount_minor=amount_minor,
+                currency=share["currency"] if share else event.billing_currency,
+                reward_kind=share["reward_kind"] if share else "CASH",
+                offer_id=share["offer_id"] if share else None,
+                rule_version=share["version"] if share else None,
+                beneficiary_id=beneficiary,
+                occurred_at=event.occurred_at_ms,
+                explanation=Explanation(
+                    reason=reason,
+                    detail=detail,
+                    basis_minor=basis_minor,
+                    basis_currency=event.billing_currency,
+                    rate_bps=amount.rate_bps if amount else share["rate_bps"] if share else 0,
+                    rounding=share["rounding"] if share else "down",
+                    carried_remainder=amount.carried_out if amount else 0,
+                    force_post=force_post,
+                ),
+            )
         )
 
     def not_earned(self, outcome: Outcome, detail: str, share: Share | None = None, number: str | None = None) -> Outcome:

@@ -23,6 +23,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from schemas.codec import Codec, DecodeError
 from stream.core.balances import BALANCE_FIELDS, balances
+from stream.core.entries import Entry
 from stream.core.events import to_event, validate
 from stream.core.offers import OfferBook
 from stream.core.profiles import apply_activation, apply_segments, to_account_profile
@@ -125,8 +126,8 @@ async def judge(settings: Settings, topics: Catalogue, codec: Codec, book: Offer
         dead.add((letter["source_topic"], letter["source_partition"], letter["source_offset"]))
     first_entry: dict[str, tuple[int, int]] = {}
     for record in await read(topics.accruals.name):
-        _, entry = codec.decode(record.value, expected_subject="accrual")
-        first_entry.setdefault(entry["source_event_id"], (record.partition, record.offset))
+        _, accrual = codec.decode(record.value, expected_subject="accrual")
+        first_entry.setdefault(accrual["source_event_id"], (record.partition, record.offset))
     # Each account's states as its workers stored them, one per decision, in order on the table's
     # changelog: the event ids each adds to its recent events give the order they were decided in
     # (events that produced no entry included).
@@ -174,7 +175,7 @@ async def judge(settings: Settings, topics: Catalogue, codec: Codec, book: Offer
                 continue
             per_account[value["account_id"]][topic].append((to_event(value), where))
 
-    oracle: dict[str, dict[str, Any]] = {}
+    oracle: dict[str, Entry] = {}
     windowed = 0  # accounts with card events the changelog does not order
     for account, by_topic in per_account.items():
         auths, settlements = by_topic[topics.authorizations.name], by_topic[topics.settlements.name]
@@ -189,8 +190,8 @@ async def judge(settings: Settings, topics: Catalogue, codec: Codec, book: Offer
                 must_dead_letter.add(where)
             elif decision.outcome is not Outcome.DUPLICATE:
                 for entry in decision.entries:
-                    if entry["entry_kind"] != "NOT_EARNED":
-                        oracle.setdefault(entry["accrual_id"], entry)
+                    if entry.entry_kind != "NOT_EARNED":
+                        oracle.setdefault(entry.accrual_id, entry)
 
     connection = await asyncpg.connect(settings.database_url)
     try:
@@ -215,9 +216,7 @@ async def judge(settings: Settings, topics: Catalogue, codec: Codec, book: Offer
     report.duplicate_entries = len(extra)
     for accrual_id in lost[:5]:
         entry = oracle[accrual_id]
-        report.notes.append(
-            f"lost {accrual_id}: {entry['entry_kind']} {entry['amount_minor']} {entry['currency']} of {entry['account_id']}"
-        )
+        report.notes.append(f"lost {accrual_id}: {entry.entry_kind} {entry.amount_minor} {entry.currency} of {entry.account_id}")
     if extra:
         report.notes.append(f"in the ledger, not in the oracle: {extra[:5]}")
     report.poison_total = len(must_dead_letter)

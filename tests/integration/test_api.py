@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaConsumer
 from schemas.codec import SCHEMA_DIR, Codec
 from stream.api import create_app
 from stream.core.balances import balances
+from stream.core.entries import Entry
 from stream.core.lifecycle import due_events
 from stream.core.rules import decide
 from stream.offer_admin import publish_offers
@@ -38,7 +39,7 @@ from topics.catalogue import account_partition, catalogue
 pytestmark = pytest.mark.integration
 
 
-def _entries() -> list[dict[str, Any]]:
+def _entries() -> list[Entry]:
     """Account api-1: five purchases of 100.00, authorised and cleared (10 ledger lines), then a
     declined one (a line that earned nothing)."""
     offers, state, entries = book(), None, []
@@ -69,7 +70,7 @@ def _at(days: int) -> Any:
     return T0 + timedelta(days=days)
 
 
-def _run(account_id: str, offers: Any, steps: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+def _run(account_id: str, offers: Any, steps: list[tuple[Any, ...]]) -> list[Entry]:
     """Run one account's purchase ``p-1`` through the engine: (event_type, amount, day) steps, and
     ("TIME", day) for time passing (what falls due by then)."""
     state, entries = None, []
@@ -113,11 +114,11 @@ FOOD_BANK_DONORS = {
 }
 
 
-def _charity_entries() -> list[dict[str, Any]]:
+def _charity_entries() -> list[Entry]:
     return [e for account, steps in FOOD_BANK_DONORS.items() for e in _run(account, FOOD_BANK, steps)]
 
 
-def _nothing_earned_entries() -> list[dict[str, Any]]:
+def _nothing_earned_entries() -> list[Entry]:
     """Account api-4: a declined purchase and one at an MCC no offer covers; nothing earned."""
     return [
         entry
@@ -129,7 +130,7 @@ def _nothing_earned_entries() -> list[dict[str, Any]]:
     ]
 
 
-def _points_entries() -> list[dict[str, Any]]:
+def _points_entries() -> list[Entry]:
     """Account api-5: 2 points per EUR of 10.75 EUR, authorised and cleared: 21 points confirmed."""
     points = book(offer(offer_id="books-2pts", reward_kind="POINTS", rate_bps=None, points_per_unit=2, currency="EUR"))
     return _run("api-5", points, [("AUTHORIZATION", 1_075, 0), ("CLEARING", 1_075, 1)])
@@ -149,12 +150,12 @@ def database(postgres_url: str) -> str:
             await migrate(connection)
             rows, entries = [], _entries()
             for position, entry in enumerate(entries):
-                raw = codec.encode("accrual", entry)
+                raw = codec.encode("accrual", entry.record())
                 rows.append(staging_row(position, codec.decode(raw)[1], raw))
             await write_batch(connection, rows)
             # an entry arriving again under a held id with another amount: a conflict, for the operations view
-            held = next(e for e in entries if e["entry_kind"] == "PENDING_CREATED")
-            CONFLICTING.update(held, amount_minor=held["amount_minor"] + 1)
+            held = next(e for e in entries if e.entry_kind == "PENDING_CREATED")
+            CONFLICTING.update(held.record(), amount_minor=held.amount_minor + 1)
             raw = codec.encode("accrual", CONFLICTING)
             await write_batch(connection, [staging_row(0, codec.decode(raw)[1], raw)])
         finally:

@@ -19,6 +19,7 @@ from prometheus_client import REGISTRY
 from schemas.codec import Codec
 from stream.backtest import replay
 from stream.core.balances import BALANCE_FIELDS, balances
+from stream.core.entries import Entry, Explanation
 from stream.core.offers import OfferBook
 from stream.localstack.postgres import EmbeddedPostgres
 from stream.localstack.process import free_port
@@ -39,7 +40,8 @@ CODEC = Codec()
 def simulated_entries(purchases: int, seed: int) -> list[dict[str, Any]]:
     """The ledger the simulator's stream gives, by the pure engine (the back-test)."""
     offers = OfferBook.of(load_offers_file(REPO_ROOT / "deploy" / "offers" / "example.yaml"))
-    return list(replay(generate(Scenario(seed=seed, accounts=50, purchases=purchases, bad_ratio=0)), offers).entries.values())
+    result = replay(generate(Scenario(seed=seed, accounts=50, purchases=purchases, bad_ratio=0)), offers)
+    return [entry.record() for entry in result.entries.values()]
 
 
 def rows_of(entries: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
@@ -84,7 +86,7 @@ def test_sql_balances_equal_the_engine_and_a_replay_changes_nothing(database: st
             for start in range(0, len(rows), 97):  # uneven batches cut through accounts' histories
                 written += (await write_batch(connection, rows[start : start + 97])).written
             assert written == ledger_rows
-            expected = {k: v for k, v in balances(entries).items()}
+            expected = balances(Entry.of(entry) for entry in entries)
             assert await _balances(connection) == expected
 
             replay = await write_batch(connection, rows)
@@ -352,15 +354,23 @@ def test_the_databases_balance_arithmetic_is_the_oracles_for_every_kind_of_entry
 
     expected = []
     for kind, debit, credit, amount in legs:
-        entry = {
-            "account_id": "a",
-            "reward_kind": "CASH",
-            "currency": "EUR",
-            "entry_kind": kind,
-            "debit_book": debit,
-            "credit_book": credit,
-            "amount_minor": amount,
-        }
+        entry = Entry(
+            accrual_id="e#0",
+            source_event_id="e",
+            account_id="a",
+            transaction_ref="t",
+            entry_kind=kind,
+            debit_book=debit,
+            credit_book=credit,
+            amount_minor=amount,
+            currency="EUR",
+            reward_kind="CASH",
+            offer_id=None,
+            rule_version=None,
+            beneficiary_id=None,
+            occurred_at=0,
+            explanation=Explanation("", "", 0, "EUR", 0, "down", 0, False),
+        )
         totals = balances([entry])[("a", "CASH", "EUR")]
         expected.append(tuple(totals[name] for name in BALANCE_FIELDS))
     assert asyncio.run(in_sql()) == expected

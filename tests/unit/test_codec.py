@@ -42,7 +42,7 @@ def codec() -> Codec:
 
 def _accrual_record() -> dict[str, Any]:
     decision = decide(card_event("AUTHORIZATION", 10_000), book(), None)
-    return dict(decision.entries[0])
+    return decision.entries[0].record()
 
 
 def valid_records() -> dict[str, dict[str, Any]]:

@@ -38,11 +38,9 @@ def test_every_case_of_the_domain_has_a_scenario() -> None:
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
 def test_scenario_through_the_pure_engine(scenario: Scenario) -> None:
     entries, outcomes = run_pure(scenario)
-    ledger = [entry_view(scenario, e) for e in entries if e["entry_kind"] != "NOT_EARNED"]
+    ledger = [entry_view(scenario, e.record()) for e in entries if e.entry_kind != "NOT_EARNED"]
     assert comparable(ledger, scenario.ledger) == scenario.ledger
-    not_earned = [
-        (label_of(scenario, e["source_event_id"]), e["explanation"]["reason"]) for e in entries if e["entry_kind"] == "NOT_EARNED"
-    ]
+    not_earned = [(label_of(scenario, e.source_event_id), e.explanation.reason) for e in entries if e.entry_kind == "NOT_EARNED"]
     assert not_earned == scenario.not_earned
     got = {(kind, currency): totals for (_, kind, currency), totals in balances(entries).items()}
     assert got == scenario.balances

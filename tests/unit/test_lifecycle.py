@@ -29,7 +29,7 @@ def run(events: list[Any], ticks: list[datetime], offers=None) -> tuple[dict, li
         for event in todo:
             decision = decide(event, offers, state)
             state, outcomes = decision.state, outcomes + [decision.outcome]
-            entries += [e for e in decision.entries if e["accrual_id"] not in {x["accrual_id"] for x in entries}]
+            entries += [e for e in decision.entries if e.accrual_id not in {x.accrual_id for x in entries}]
     return state, entries, outcomes
 
 
@@ -66,7 +66,7 @@ def test_the_ledger_does_not_depend_on_how_often_the_clock_ticks() -> None:
     events = purchases()
     _, every_day, _ = run(events, daily)
     _, once, _ = run(events, [T0 + timedelta(days=60)])
-    key = lambda e: e["accrual_id"]  # noqa: E731
+    key = lambda e: e.accrual_id  # noqa: E731
     assert sorted(every_day, key=key) == sorted(once, key=key)
     assert balances(once) == {
         ("acct-1", "CASH", "EUR"): {
@@ -78,7 +78,7 @@ def test_the_ledger_does_not_depend_on_how_often_the_clock_ticks() -> None:
             "donated_minor": 0,
         }
     }
-    kinds = sorted((e["entry_kind"], e["transaction_ref"], e["amount_minor"]) for e in once)
+    kinds = sorted((e.entry_kind, e.transaction_ref, e.amount_minor) for e in once)
     assert ("EXPIRED", "never-cleared", 200) in kinds
     assert ("MADE_AVAILABLE", "cleared", 500) in kinds and ("MADE_AVAILABLE", "force-post", 300) in kinds
 
@@ -91,7 +91,7 @@ def test_a_redelivered_tick_changes_nothing() -> None:
     replayed = due_events(run(events, [])[0], "acct-1", ms(T0 + timedelta(days=60)))[0]
     decision = decide(replayed, book(offer(pending_days=30, auth_expiry_days=7)), state)
     assert decision.outcome is Outcome.DUPLICATE and decision.state is state
-    assert all(e["accrual_id"] in {x["accrual_id"] for x in entries} for e in decision.entries)
+    assert all(e.accrual_id in {x.accrual_id for x in entries} for e in decision.entries)
 
 
 def test_an_expiry_gives_budget_back() -> None:

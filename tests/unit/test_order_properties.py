@@ -307,9 +307,9 @@ def cashback_per_purchase(replay: Replay, purchases: dict[str, str]) -> dict[tup
     clawed back, recredited."""
     result: Counter = Counter()
     for entry in replay.entries.values():
-        if entry["entry_kind"] in ("CONFIRMED", "CLAWED_BACK", "RECREDITED", "PENDING_CREATED", "MADE_AVAILABLE"):
-            owner = purchases.get(entry["source_event_id"], entry["transaction_ref"])
-            result[(owner, entry["offer_id"], entry["entry_kind"])] += entry["amount_minor"]
+        if entry.entry_kind in ("CONFIRMED", "CLAWED_BACK", "RECREDITED", "PENDING_CREATED", "MADE_AVAILABLE"):
+            owner = purchases.get(entry.source_event_id, entry.transaction_ref)
+            result[(owner, entry.offer_id, entry.entry_kind)] += entry.amount_minor
     return dict(result)
 
 
@@ -325,8 +325,8 @@ def confirmed(replay: Replay, ref: str) -> dict[str, int]:
     """Cashback confirmed per offer for purchase ``ref``."""
     result: Counter = Counter()
     for entry in replay.entries.values():
-        if entry["entry_kind"] == "CONFIRMED" and entry["transaction_ref"] == ref:
-            result[entry["offer_id"]] += entry["amount_minor"]
+        if entry.entry_kind == "CONFIRMED" and entry.transaction_ref == ref:
+            result[entry.offer_id] += entry.amount_minor
     return dict(result)
 
 
@@ -550,11 +550,9 @@ def test_invariants_hold_for_every_interleaving(messages: list[Msg], turns: list
         replay.decide(event)
         for accrual_id in set(replay.entries) - before:
             entry = replay.entries[accrual_id]
-            if entry["entry_kind"] == "NOT_EARNED":
+            if entry.entry_kind == "NOT_EARNED":
                 continue
-            spent[entry["offer_id"]] += entry["amount_minor"] * (
-                (entry["debit_book"] == "EXPENSE") - (entry["credit_book"] == "EXPENSE")
-            )
+            spent[entry.offer_id] += entry.amount_minor * ((entry.debit_book == "EXPENSE") - (entry.credit_book == "EXPENSE"))
             for key, fields in balances([entry]).items():
                 totals[key].update(fields)
         # after every decision: no budget overspent (over all accounts), no cap exceeded, no book
@@ -760,9 +758,9 @@ def test_a_carried_remainder_follows_the_confirmations_it_is_carried_to() -> Non
     assert confirmed(authorisation_first, "p2") == {"everyday-1": 11}
     assert confirmed(clearing_first, "p2") == {"everyday-1": 10}
     carried = {
-        e["transaction_ref"]: e["explanation"]["carried_remainder"]
+        e.transaction_ref: e.explanation.carried_remainder
         for e in authorisation_first.entries.values()
-        if e["entry_kind"] == "CONFIRMED"
+        if e.entry_kind == "CONFIRMED"
     }
     assert carried == {"p1": 7_000, "p2": 2_000}  # in 1/10,000ths of a cent: 0.007 and 0.002
 
@@ -874,9 +872,9 @@ def measure(delays: Sequence[int] = (0, 500, 3_000), seed: int = 1, purchases: i
     def per_purchase(result: Replay) -> dict[tuple[str, str], dict[str, int]]:
         net: dict[tuple[str, str], Counter] = defaultdict(Counter)
         for e in result.entries.values():
-            if e["entry_kind"] in ("CONFIRMED", "CLAWED_BACK", "RECREDITED"):
-                sign = -1 if e["entry_kind"] == "CLAWED_BACK" else 1
-                net[(e["account_id"], e["transaction_ref"])][e["offer_id"]] += sign * e["amount_minor"]
+            if e.entry_kind in ("CONFIRMED", "CLAWED_BACK", "RECREDITED"):
+                sign = -1 if e.entry_kind == "CLAWED_BACK" else 1
+                net[(e.account_id, e.transaction_ref)][e.offer_id] += sign * e.amount_minor
         return {k: dict(v) for k, v in net.items()}
 
     def first_read(order: Sequence[Outgoing]) -> dict[str, tuple[int, int]]:
@@ -945,8 +943,8 @@ def measure(delays: Sequence[int] = (0, 500, 3_000), seed: int = 1, purchases: i
             )
             purchases_by_cause[cause] += 1
             for entry in list(result.entries.values()) + list(published.entries.values()):
-                if entry["transaction_ref"] == ref and entry["entry_kind"] == "CONFIRMED":
-                    causes[(key[0], entry["reward_kind"], entry["currency"])].add(cause)
+                if entry.transaction_ref == ref and entry.entry_kind == "CONFIRMED":
+                    causes[(key[0], entry.reward_kind, entry.currency)].add(cause)
         flips = sum(1 for ref, (a, c) in first.items() if base_first[ref][0] < base_first[ref][1] and a > c)
         print(
             f"  {label}: {flips} clearings read before their authorisation; {len(differing)} balance rows differ, "

@@ -29,7 +29,7 @@ def test_case_1_auth_then_clearing() -> None:
 def test_case_1_entry_carries_its_explanation() -> None:
     event = auth()
     (entry,) = decide(event, book(), None).entries
-    assert entry == {
+    assert entry.record() == {
         "accrual_id": f"{event.event_id}#0",
         "source_event_id": event.event_id,
         "account_id": "acct-1",
@@ -88,7 +88,7 @@ def test_case_4_incremental_authorisation_on_the_running_total() -> None:
         ("PENDING_CREATED", "EXPENSE", "PENDING", 250),
         ("PENDING_ADJUSTED", "EXPENSE", "PENDING", 150),
     ]
-    assert entries[1]["explanation"]["basis_minor"] == 8_000
+    assert entries[1].explanation.basis_minor == 8_000
     assert balances(entries) == {KEY: totals(pending=400)}
 
 
@@ -98,7 +98,7 @@ def test_case_5_multi_clearing_confirms_in_two_lines() -> None:
     state, entries, outcomes = run_events([auth(), first])
     assert legs(entries[1:]) == [("CONFIRMED", "PENDING", "CONFIRMED", 300)]
     assert balances(entries) == {KEY: totals(pending=200, confirmed=300, lifetime=300)}
-    assert "(part 1 of 2)" in entries[1]["explanation"]["detail"]
+    assert "(part 1 of 2)" in entries[1].explanation.detail
 
     _, more, outcomes = run_events([second], state=state)
     assert outcomes == [Outcome.CONFIRMED]
@@ -114,20 +114,20 @@ def test_case_6_clearing_above_the_authorisation() -> None:
         ("CONFIRMED", "EXPENSE", "CONFIRMED", 100),
     ]
     assert balances(entries) == {KEY: totals(confirmed=600, lifetime=600)}
-    assert all(e["explanation"]["basis_minor"] == 12_000 for e in entries[1:])
+    assert all(e.explanation.basis_minor == 12_000 for e in entries[1:])
 
 
 def test_case_7_force_post_is_confirmed_and_flagged() -> None:
     _, entries, outcomes = run_events([clearing()])
     assert outcomes == [Outcome.CONFIRMED]
     assert legs(entries) == [("CONFIRMED", "EXPENSE", "CONFIRMED", 500)]
-    assert entries[0]["explanation"]["force_post"] is True
+    assert entries[0].explanation.force_post is True
     assert balances(entries) == {KEY: totals(confirmed=500, lifetime=500)}
 
 
 def test_clearing_of_an_authorisation_is_not_a_force_post() -> None:
     _, entries, _ = run_events([auth(), clearing()])
-    assert [e["explanation"]["force_post"] for e in entries] == [False, False]
+    assert [e.explanation.force_post for e in entries] == [False, False]
 
 
 def test_case_8_late_authorisation_after_its_clearing_changes_nothing() -> None:
@@ -150,7 +150,7 @@ def test_case_9_expiry_releases_pending_and_late_clearing_confirms() -> None:
     _, more, outcomes = run_events([clearing()], state=state)
     assert outcomes == [Outcome.CONFIRMED]
     assert legs(more) == [("CONFIRMED", "EXPENSE", "CONFIRMED", 500)]
-    assert more[0]["explanation"]["force_post"] is False
+    assert more[0].explanation.force_post is False
     assert balances(entries + more) == {KEY: totals(confirmed=500, lifetime=500)}
 
 
@@ -158,7 +158,7 @@ def test_case_10_partial_refund_claws_back_its_share() -> None:
     _, entries, outcomes = run_events([auth(), clearing(), after_purchase("REFUND", 4_000)])
     assert outcomes[-1] is Outcome.CLAWED_BACK
     assert legs(entries[-1:]) == [("CLAWED_BACK", "CONFIRMED", "EXPENSE", 200)]
-    assert entries[-1]["explanation"]["reason"] == "refund"
+    assert entries[-1].explanation.reason == "refund"
     # "cap headroom for that period is given back": test_rules_offer_terms.py (offers without a cap here).
     assert balances(entries) == {KEY: totals(confirmed=300, lifetime=500, clawed=200)}
 
@@ -232,7 +232,7 @@ def test_case_24_same_event_twice_is_one_effect() -> None:
     second = decide(event, book(), first.state)
     assert second.outcome is Outcome.DUPLICATE
     assert second.entries == first.entries
-    assert [e["accrual_id"] for e in second.entries] == [f"{event.event_id}#0"]
+    assert [e.accrual_id for e in second.entries] == [f"{event.event_id}#0"]
     assert second.state == before
 
 

@@ -32,9 +32,9 @@ def test_case_12_nothing_earned_with_the_reason(overrides: dict[str, Any], reaso
     assert decision.outcome.value == reason
     assert legs(decision.entries) == [("NOT_EARNED", "NONE", "NONE", 0)]
     (entry,) = decision.entries
-    assert entry["explanation"]["reason"] == reason
-    assert entry["explanation"]["basis_minor"] == 10_000
-    assert entry["offer_id"] is None and entry["accrual_id"] == f"{event.event_id}#0"
+    assert entry.explanation.reason == reason
+    assert entry.explanation.basis_minor == 10_000
+    assert entry.offer_id is None and entry.accrual_id == f"{event.event_id}#0"
     assert balances(decision.entries) == {}
     if reason == "declined":  # no approved authorisation: a clearing would be a force post
         assert decision.state["txns"] == {}
@@ -52,7 +52,7 @@ def test_case_13_cash_back_at_the_till_never_earns() -> None:
     event = auth(5_000, processing_code="PURCHASE_WITH_CASHBACK", cashback_at_pos_minor=2_000)
     decision = decide(event, book(), None)
     assert legs(decision.entries) == [("PENDING_CREATED", "EXPENSE", "PENDING", 150)]
-    assert decision.entries[0]["explanation"]["basis_minor"] == 3_000
+    assert decision.entries[0].explanation.basis_minor == 3_000
 
 
 @pytest.mark.parametrize(
@@ -66,7 +66,7 @@ def test_case_14_minimum_spend(amount: int, outcome: Outcome, expected: list[tup
     decision = decide(auth(amount), book(offer(min_spend_minor=2_000)), None)
     assert decision.outcome is outcome
     assert legs(decision.entries) == expected
-    assert decision.entries[0]["explanation"]["reason"] == outcome.value
+    assert decision.entries[0].explanation.reason == outcome.value
 
 
 # Cases 15 (period caps), 16 (boost), 17 (tiers), 19 (activation), 20 (days and hours), 21 (budget),
@@ -79,7 +79,7 @@ def test_max_reward_per_transaction() -> None:
         ("PENDING_CREATED", "EXPENSE", "PENDING", 2_000),
         ("CONFIRMED", "PENDING", "CONFIRMED", 2_000),
     ]
-    assert entries[0]["explanation"]["detail"].endswith("(rounded down, at most 20.00 EUR)")
+    assert entries[0].explanation.detail.endswith("(rounded down, at most 20.00 EUR)")
 
 
 def _stacking_offers(stackable: bool) -> Any:
@@ -91,12 +91,12 @@ def _stacking_offers(stackable: bool) -> Any:
 def test_case_18_most_valuable_offer_only() -> None:
     decision = decide(auth(), _stacking_offers(stackable=False), None)
     assert legs(decision.entries) == [("PENDING_CREATED", "EXPENSE", "PENDING", 500)]
-    assert decision.entries[0]["offer_id"] == "grocer-5"
+    assert decision.entries[0].offer_id == "grocer-5"
 
 
 def test_case_18_stackable_offer_adds_up() -> None:
     state, entries, _ = run_events([auth(), clearing()], _stacking_offers(stackable=True))
-    assert [(e["offer_id"], *leg) for e, leg in zip(entries, legs(entries), strict=True)] == [
+    assert [(e.offer_id, *leg) for e, leg in zip(entries, legs(entries), strict=True)] == [
         ("grocer-5", "PENDING_CREATED", "EXPENSE", "PENDING", 500),
         ("everyday-1", "PENDING_CREATED", "EXPENSE", "PENDING", 100),
         ("grocer-5", "CONFIRMED", "PENDING", "CONFIRMED", 500),
@@ -109,7 +109,7 @@ def test_stacking_tie_goes_to_the_most_recent_offer() -> None:
     older = offer(offer_id="a-older", valid_from="2026-01-01")
     newer = offer(offer_id="b-newer", valid_from="2026-06-01")
     decision = decide(auth(), book(older, newer), None)
-    assert [e["offer_id"] for e in decision.entries] == ["b-newer"]
+    assert [e.offer_id for e in decision.entries] == ["b-newer"]
 
 
 @pytest.mark.parametrize("listed", ["in_id_order", "reversed"])
@@ -123,7 +123,7 @@ def test_a_full_tie_goes_to_the_first_offer_id_whatever_order_the_offers_are_lis
     )
     listed_offers = (credit, cash) if listed == "in_id_order" else (cash, credit)
     decision = decide(auth(mcc="5814", billing_amount_minor=1_667), OfferBook(listed_offers), None)
-    assert [(e["offer_id"], e["amount_minor"]) for e in decision.entries] == [("coffee-fixed", 50)]
+    assert [(e.offer_id, e.amount_minor) for e in decision.entries] == [("coffee-fixed", 50)]
 
 
 @pytest.mark.parametrize(
@@ -143,9 +143,9 @@ def test_case_22_reward_on_the_billing_amount_in_its_currency(currency: str, amo
     ]
     _, entries, _ = run_events(events)
     assert legs(entries) == [("PENDING_CREATED", "EXPENSE", "PENDING", reward), ("CONFIRMED", "PENDING", "CONFIRMED", reward)]
-    assert {e["currency"] for e in entries} == {currency}
-    assert entries[0]["explanation"]["detail"] == detail
-    assert entries[0]["explanation"]["basis_currency"] == currency
+    assert {e.currency for e in entries} == {currency}
+    assert entries[0].explanation.detail == detail
+    assert entries[0].explanation.basis_currency == currency
     assert balances(entries) == {("acct-1", "CASH", currency): totals(confirmed=reward, lifetime=reward)}
 
 

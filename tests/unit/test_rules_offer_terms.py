@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from stream.core.balances import balances
+from stream.core.entries import Entry
 from stream.core.rules import AccountProfile, Outcome, decide, new_state
 from tests.factories import (
     KEY,
@@ -30,7 +31,7 @@ JANUARY = datetime(2027, 1, 4, 10, tzinfo=UTC)
 
 
 def details(entries: list[dict[str, Any]]) -> list[str]:
-    return [e["explanation"]["detail"] for e in entries]
+    return [e.explanation.detail for e in entries]
 
 
 # --- case 15: cap per account and period ---------------------------------------------------------
@@ -56,7 +57,7 @@ def test_case_15_monthly_cap_then_the_next_month_starts_again() -> None:
     state, more, outcomes = run_events([auth(5_000, transaction_ref="txn-3")], CAPPED, state)
     assert outcomes == [Outcome.CAP_REACHED]
     assert legs(more) == [("NOT_EARNED", "NONE", "NONE", 0)]
-    assert (more[0]["offer_id"], more[0]["explanation"]["reason"]) == ("grocery-10", "cap_reached")
+    assert (more[0].offer_id, more[0].explanation.reason) == ("grocery-10", "cap_reached")
 
     _, january, outcomes = run_events([auth(15_000, transaction_ref="txn-4", occurred_at=JANUARY)], CAPPED, state)
     assert outcomes == [Outcome.EARNED]
@@ -135,13 +136,13 @@ BOOSTED = book(offer(rate_bps=200, boost={"threshold_minor": 20_000, "rate_bps":
 def test_case_16_boost_for_the_whole_purchase_from_the_threshold(amount: int, reward: int, rate: int) -> None:
     _, entries, _ = run_events([auth(amount), clearing(amount)], BOOSTED)
     assert legs(entries) == [("PENDING_CREATED", "EXPENSE", "PENDING", reward), ("CONFIRMED", "PENDING", "CONFIRMED", reward)]
-    assert [e["explanation"]["rate_bps"] for e in entries] == [rate, rate]
+    assert [e.explanation.rate_bps for e in entries] == [rate, rate]
     assert balances(entries) == {KEY: totals(confirmed=reward, lifetime=reward)}
 
 
 def test_case_16_boost_is_explained() -> None:
     (entry,) = decide(auth(30_000), BOOSTED, None).entries
-    assert entry["explanation"]["detail"] == (
+    assert entry.explanation.detail == (
         "pending 5.00% (boost: purchase of at least 200.00 EUR) of 300.00 EUR = 15.00 EUR (rounded down)"
     )
 
@@ -163,7 +164,7 @@ TIERED = book(offer(rate_bps=100, tiers=[{"segment": "vip", "rate_bps": 300}, {"
 def test_case_17_vip_tier_rate(segments: tuple[str, ...], reward: int, detail: str) -> None:
     _, entries, _ = run_events([auth(), clearing()], TIERED, profile=profile(*segments))
     assert legs(entries) == [("PENDING_CREATED", "EXPENSE", "PENDING", reward), ("CONFIRMED", "PENDING", "CONFIRMED", reward)]
-    assert entries[0]["explanation"]["detail"] == detail
+    assert entries[0].explanation.detail == detail
     assert balances(entries) == {KEY: totals(confirmed=reward, lifetime=reward)}
 
 
@@ -172,7 +173,7 @@ def test_segment_offer_is_only_for_accounts_in_it() -> None:
     decision = decide(auth(), offers, None, profile("staff"))
     assert decision.outcome is Outcome.NOT_IN_SEGMENT
     assert legs(decision.entries) == [("NOT_EARNED", "NONE", "NONE", 0)]
-    assert decision.entries[0]["explanation"]["detail"] == "authorisation earns nothing: not_in_segment (account segments: staff)"
+    assert decision.entries[0].explanation.detail == "authorisation earns nothing: not_in_segment (account segments: staff)"
     assert decide(auth(), offers, None).outcome is Outcome.NOT_IN_SEGMENT  # no profile: no segment
     assert decide(auth(), offers, None, profile("new")).outcome is Outcome.EARNED
 
@@ -195,7 +196,7 @@ def test_case_19_purchase_before_activation_earns_nothing_after_it_does() -> Non
         ("PENDING_CREATED", "EXPENSE", "PENDING", 500),
         ("PENDING_CREATED", "EXPENSE", "PENDING", 500),
     ]
-    assert entries[0]["explanation"]["reason"] == "not_activated"
+    assert entries[0].explanation.reason == "not_activated"
     assert balances(entries) == {KEY: totals(pending=1_000)}
     assert decide(after, offers, None, profile("vip")).outcome is Outcome.NOT_ACTIVATED  # never activated
 
@@ -248,8 +249,8 @@ def test_case_20_weekends_only_in_the_merchants_time_zone(
     decision = decide(auth(occurred_at=occurred_at, merchant_timezone=zone), WEEKENDS, None)
     assert decision.outcome is outcome
     (entry,) = decision.entries
-    assert entry["explanation"]["detail"] == detail
-    assert entry["explanation"]["reason"] == outcome.value
+    assert entry.explanation.detail == detail
+    assert entry.explanation.reason == outcome.value
 
 
 @pytest.mark.parametrize(
@@ -314,7 +315,7 @@ def test_case_21_budget_used_up_then_a_refund_gives_some_back() -> None:
         ("PENDING_CREATED", "EXPENSE", "PENDING", 200),
     ]
     assert details(entries)[2] == "pending 5.00% of 150.00 EUR = 5.00 EUR (rounded down, campaign budget exhausted)"
-    assert (entries[4]["offer_id"], entries[4]["explanation"]["reason"]) == ("grocery-5", "budget_exhausted")
+    assert (entries[4].offer_id, entries[4].explanation.reason) == ("grocery-5", "budget_exhausted")
     assert budget == {"grocery-5": 0}
     assert balances(entries) == {KEY: totals(pending=200, confirmed=800, lifetime=1_000, clawed=200)}
 
@@ -352,7 +353,7 @@ def test_case_23_small_purchases_carry_the_remainder() -> None:
     events = [clearing(33, transaction_ref=f"txn-{i}") for i in range(3)]
     state, entries, _ = run_events(events)
     assert legs(entries) == [("CONFIRMED", "EXPENSE", "CONFIRMED", amount) for amount in (1, 2, 1)]  # 1.65, 2.30, 1.95
-    assert [e["explanation"]["carried_remainder"] for e in entries] == [6_500, 3_000, 9_500]
+    assert [e.explanation.carried_remainder for e in entries] == [6_500, 3_000, 9_500]
     assert details(entries) == [
         "confirmed: 5.00% of 0.33 EUR = 0.01 EUR (rounded down, exactly 0.0165 EUR, 0.0065 EUR carried forward)",
         "confirmed: 5.00% of 0.33 EUR = 0.02 EUR (rounded down, exactly 0.0165 EUR, 0.0065 EUR carried in, 0.003 EUR carried forward)",
@@ -391,7 +392,7 @@ def test_case_25_points_are_whole_and_their_fraction_is_carried() -> None:
         ("CONFIRMED", "PENDING", "CONFIRMED", 21),
         ("CONFIRMED", "EXPENSE", "CONFIRMED", 1),  # 21.5 + 0.5 = 22
     ]
-    assert {(e["reward_kind"], e["currency"]) for e in entries} == {("POINTS", "PTS")}
+    assert {(e.reward_kind, e.currency) for e in entries} == {("POINTS", "PTS")}
     assert (
         details(entries)[1]
         == "confirmed: 2 points per EUR of 10.75 EUR = 21 PTS (rounded down, exactly 21.5 PTS, 0.5 PTS carried forward)"
@@ -413,7 +414,7 @@ def test_case_25_store_credit_charity_and_cash_are_separate_balances() -> None:
         offer(offer_id="give-2", reward_kind="CHARITY", charity_id="red-cross", rate_bps=200, stackable=True),
     )
     _, entries, _ = run_events([auth(), clearing(), after_purchase("REFUND", 5_000)], offers)
-    assert [(e["offer_id"], e["reward_kind"], *leg) for e, leg in zip(entries, legs(entries), strict=True)] == [
+    assert [(e.offer_id, e.reward_kind, *leg) for e, leg in zip(entries, legs(entries), strict=True)] == [
         ("cash-1", "CASH", "PENDING_CREATED", "EXPENSE", "PENDING", 100),
         ("credit-fixed", "STORE_CREDIT", "PENDING_CREATED", "EXPENSE", "PENDING", 50),
         ("give-2", "CHARITY", "PENDING_CREATED", "EXPENSE", "PENDING", 200),
@@ -425,8 +426,8 @@ def test_case_25_store_credit_charity_and_cash_are_separate_balances() -> None:
         ("give-2", "CHARITY", "CLAWED_BACK", "CONFIRMED", "EXPENSE", 100),
     ]
     assert details(entries)[1] == "pending fixed 0.50 EUR per purchase of 100.00 EUR = 0.50 EUR"
-    charity = [e for e in entries if e["reward_kind"] == "CHARITY"]
-    assert all(e["explanation"]["detail"].endswith("; charity_id=red-cross") for e in charity)
+    charity = [e for e in entries if e.reward_kind == "CHARITY"]
+    assert all(e.explanation.detail.endswith("; charity_id=red-cross") for e in charity)
     assert balances(entries) == {
         KEY: totals(confirmed=50, lifetime=100, clawed=50),
         ("acct-1", "STORE_CREDIT", "EUR"): totals(confirmed=25, lifetime=50, clawed=25),
@@ -514,6 +515,6 @@ def test_entries_of_every_reward_kind_encode_as_accruals() -> None:
     _, entries, _ = run_events([auth(), clearing(), auth(transaction_ref="txn-2")], offers)
     codec = Codec()
     for entry in entries:
-        decoded = codec.decode(codec.encode("accrual", entry), expected_subject="accrual")[1]
-        assert {**decoded, "occurred_at": entry["occurred_at"]} == entry  # the timestamp comes back as a datetime
-    assert {e["reward_kind"] for e in entries} == {"POINTS", "STORE_CREDIT", "CHARITY"}
+        decoded = codec.decode(codec.encode("accrual", entry.record()), expected_subject="accrual")[1]
+        assert Entry.of({**decoded, "occurred_at": entry.occurred_at}) == entry  # the timestamp comes back as a datetime
+    assert {e.reward_kind for e in entries} == {"POINTS", "STORE_CREDIT", "CHARITY"}

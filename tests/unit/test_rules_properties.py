@@ -182,12 +182,12 @@ def run(
             cap = offers.get(offer_id).cap  # type: ignore[union-attr]
             assert cap is not None and all(0 < held <= cap.amount_minor for held in usage.values()), (offer_id, usage)
         for entry in decision.entries:
-            rows.setdefault(entry["accrual_id"], entry)
+            rows.setdefault(entry.accrual_id, entry)
         for offer_id in budgets:  # what the budget counts is what the offer's entries cost net
             expense = sum(
-                e["amount_minor"] * ((e["debit_book"] == "EXPENSE") - (e["credit_book"] == "EXPENSE"))
+                e.amount_minor * ((e.debit_book == "EXPENSE") - (e.credit_book == "EXPENSE"))
                 for e in rows.values()
-                if e["offer_id"] == offer_id
+                if e.offer_id == offer_id
             )
             assert expense == spent[offer_id], (offer_id, expense, spent[offer_id])
         steps.append((balances(rows.values()), list(decision.entries)))
@@ -198,7 +198,7 @@ def ledger(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """What the ledger keeps: one row per accrual id. The same id must always carry the same entry."""
     rows: dict[str, dict[str, Any]] = {}
     for entry in entries:
-        previous = rows.setdefault(entry["accrual_id"], entry)
+        previous = rows.setdefault(entry.accrual_id, entry)
         assert previous == entry, f"accrual id {entry['accrual_id']} re-emitted with other content"
     return rows
 
@@ -210,14 +210,14 @@ def entries_of(steps: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> list
 def check_invariants(events: list[CardEvent], offers: OfferBook) -> None:
     steps = run(events, offers)
     for entry in entries_of(steps):
-        assert entry["debit_book"] in BOOKS and entry["credit_book"] in BOOKS
-        if entry["entry_kind"] == "NOT_EARNED":
-            assert entry["amount_minor"] == 0
-            assert entry["debit_book"] == entry["credit_book"] == "NONE"
+        assert entry.debit_book in BOOKS and entry.credit_book in BOOKS
+        if entry.entry_kind == "NOT_EARNED":
+            assert entry.amount_minor == 0
+            assert entry.debit_book == entry.credit_book == "NONE"
         else:
-            assert entry["amount_minor"] > 0, entry
-            assert entry["debit_book"] != entry["credit_book"], entry
-            assert "NONE" not in (entry["debit_book"], entry["credit_book"]), entry
+            assert entry.amount_minor > 0, entry
+            assert entry.debit_book != entry.credit_book, entry
+            assert "NONE" not in (entry.debit_book, entry.credit_book), entry
     for totals, _ in steps:  # after every event, not only at the end
         for key, balance in totals.items():
             assert balance["pending_minor"] >= 0, (key, balance)
@@ -263,7 +263,7 @@ def test_exact_repeats_emit_the_same_accrual_ids(events: list[CardEvent]) -> Non
     steps = run(events, OFFER_BOOKS["grocery-5"])
     ids_by_content: dict[tuple[str, str], list[str]] = {}
     for event, (_, entries) in zip(events, steps, strict=True):
-        ids = [entry["accrual_id"] for entry in entries]
+        ids = [entry.accrual_id for entry in entries]
         assert all(i.startswith(f"{event.event_id}#") for i in ids)
         first = ids_by_content.setdefault((event.event_id, event.fingerprint()), ids)
         assert ids in (first, [])  # a repeat re-emits its entries; a conflict emits nothing
@@ -360,9 +360,9 @@ def test_a_redelivery_at_any_distance_changes_nothing(offers_name: str, events: 
         remaining = {
             o.offer_id: o.budget_minor
             - sum(  # the budget as the ledger shows it spent
-                r["amount_minor"] * ((r["debit_book"] == "EXPENSE") - (r["credit_book"] == "EXPENSE"))
+                r.amount_minor * ((r.debit_book == "EXPENSE") - (r.credit_book == "EXPENSE"))
                 for r in rows.values()
-                if r["offer_id"] == o.offer_id
+                if r.offer_id == o.offer_id
             )
             for o in offers.offers
             if o.budget_minor is not None
@@ -370,10 +370,10 @@ def test_a_redelivery_at_any_distance_changes_nothing(offers_name: str, events: 
         decision = decide(event, offers, state, PROFILE, remaining)
         state = decision.state
         for entry in decision.entries:
-            assert rows.setdefault(entry["accrual_id"], entry) == entry, "an accrual id with two contents"
+            assert rows.setdefault(entry.accrual_id, entry) == entry, "an accrual id with two contents"
     assert rows == once, (
         [(e.event_id, e.event_type.value, e.transaction_ref) for e in delivered if not e.event_id.startswith("filler")],
-        {k: v["entry_kind"] for k, v in rows.items() if once.get(k) != v},
-        {k: v["entry_kind"] for k, v in once.items() if rows.get(k) != v},
+        {k: v.entry_kind for k, v in rows.items() if once.get(k) != v},
+        {k: v.entry_kind for k, v in once.items() if rows.get(k) != v},
     )
     assert state is not None and state_balances(state) == ledger_balances(rows)

@@ -120,10 +120,10 @@ def test_the_stream_exercises_every_lifecycle_path_of_the_example_offers() -> No
         "matched_accrues_on_clearing",
     }
     entries = list(result.entries.values())
-    assert {e["reward_kind"] for e in entries if e["entry_kind"] != "NOT_EARNED"} == {"CASH", "POINTS", "STORE_CREDIT", "CHARITY"}
-    assert {e["currency"] for e in entries if e["entry_kind"] != "NOT_EARNED"} == {"EUR", "JPY", "BHD", "PTS"}
-    assert any(e["explanation"]["carried_remainder"] for e in entries)  # rounding remainders carried
-    assert any(e["offer_id"] == "weekend-dining-vip" for e in entries)  # segment, activation, weekend evening
+    assert {e.reward_kind for e in entries if e.entry_kind != "NOT_EARNED"} == {"CASH", "POINTS", "STORE_CREDIT", "CHARITY"}
+    assert {e.currency for e in entries if e.entry_kind != "NOT_EARNED"} == {"EUR", "JPY", "BHD", "PTS"}
+    assert any(e.explanation.carried_remainder for e in entries)  # rounding remainders carried
+    assert any(e.offer_id == "weekend-dining-vip" for e in entries)  # segment, activation, weekend evening
     # The coffee offer's cap (1.00 a week, Paris weeks, a purchase counted in its own week) is
     # reached by heavy users and never exceeded, net of what refunds give back.
     from collections import Counter as Tally
@@ -132,15 +132,15 @@ def test_the_stream_exercises_every_lifecycle_path_of_the_example_offers() -> No
 
     week_of: dict[str, tuple[int, int]] = {}
     held: Tally = Tally()
-    for entry in sorted(entries, key=lambda e: e["occurred_at"]):
-        if entry["offer_id"] != "coffee-fixed" or entry["entry_kind"] == "NOT_EARNED":
+    for entry in sorted(entries, key=lambda e: e.occurred_at):
+        if entry.offer_id != "coffee-fixed" or entry.entry_kind == "NOT_EARNED":
             continue
-        when = datetime.fromtimestamp(entry["occurred_at"] / 1000, ZoneInfo("Europe/Paris")).isocalendar()
-        week = week_of.setdefault(entry["transaction_ref"], (when.year, when.week))
-        sign = 1 if entry["debit_book"] == "EXPENSE" else -1 if entry["credit_book"] == "EXPENSE" else 0
-        held[(entry["account_id"], week)] += sign * entry["amount_minor"]
+        when = datetime.fromtimestamp(entry.occurred_at / 1000, ZoneInfo("Europe/Paris")).isocalendar()
+        week = week_of.setdefault(entry.transaction_ref, (when.year, when.week))
+        sign = 1 if entry.debit_book == "EXPENSE" else -1 if entry.credit_book == "EXPENSE" else 0
+        held[(entry.account_id, week)] += sign * entry.amount_minor
     assert max(held.values()) == 100 and sum(1 for v in held.values() if v == 100) > 5
-    assert any(e["explanation"]["force_post"] for e in entries)
+    assert any(e.explanation.force_post for e in entries)
     # The merchant-funded campaign's budget runs out, exactly, never overspent; refunds give some back.
     assert result.budget_peak["fnac-online-8"] == 30_000 > result.budget_used["fnac-online-8"]
     assert result.skipped > 0  # the bad messages, which a worker dead-letters

@@ -1,0 +1,59 @@
+"""A ledger entry as the engine makes it: a typed, immutable record.
+
+One entry moves ``amount_minor`` of one reward kind and currency from ``debit_book`` to
+``credit_book`` of one account (PENDING, CONFIRMED, AVAILABLE, ... and EXPENSE, the bank's side;
+NOT_EARNED moves nothing and says why). Its ``accrual_id`` (``<event_id>#<n>``) is the ledger's
+unique key. ``explanation`` is how it was computed, line by line.
+
+Its wire and stored form (the ``accrual`` Avro record, the account state's recent events, the
+ledger's rows) is a plain mapping with the same field names: ``record()`` and ``Entry.of``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    reason: str  # the outcome's value, or what moved the money ("confirmed", "expired", ...)
+    detail: str  # the computation in words: "pending 5.00% of 100.00 EUR = 5.00 EUR (rounded down)"
+    basis_minor: int  # the purchase amount the reward was computed on
+    basis_currency: str
+    rate_bps: int
+    rounding: str  # down | half_up | half_even
+    carried_remainder: int  # sub-unit remainder carried to the offer's next purchase
+    force_post: bool  # a clearing without an approved authorisation
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    accrual_id: str  # <event_id>#<n>: the ledger's unique key
+    source_event_id: str
+    account_id: str
+    transaction_ref: str
+    entry_kind: str  # PENDING_CREATED, CONFIRMED, MADE_AVAILABLE, EXPIRED, CLAWED_BACK, ... or NOT_EARNED
+    debit_book: str
+    credit_book: str
+    amount_minor: int  # > 0, except for NOT_EARNED (0)
+    currency: str  # ISO 4217, or PTS for points
+    reward_kind: str  # CASH, STORE_CREDIT, POINTS, CHARITY
+    offer_id: str | None
+    rule_version: int | None  # the offer's version that earned it
+    beneficiary_id: str | None  # the charity of a CHARITY reward
+    occurred_at: int  # the source event's time, epoch milliseconds
+    explanation: Explanation
+
+    def record(self) -> dict[str, Any]:
+        """The entry as a plain mapping (the Avro ``accrual`` record's fields, JSON-ready)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def of(cls, record: Mapping[str, Any]) -> Entry:
+        """An entry from its plain mapping (``record()``, a decoded ``accrual``, a stored state)."""
+        fields = dict(record)
+        fields["explanation"] = Explanation(**fields["explanation"])
+        return cls(**fields)
