@@ -9,7 +9,8 @@ from pathlib import Path
 import yaml
 
 from schemas.codec import Codec
-from stream.core.offers import Offer, OfferError, parse_offer
+from stream.core.offer_parsing import parse_offer
+from stream.core.offers import Offer, OfferError
 from stream.producing import send_once
 from stream.settings import Settings
 

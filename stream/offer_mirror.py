@@ -16,7 +16,8 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
 from schemas.codec import Codec, DecodeError
-from stream.core.offers import Offer, OfferBook, OfferError, parse_offer
+from stream.core.offer_parsing import parse_offer
+from stream.core.offers import Offer, OfferBook, OfferError
 from stream.deadletter import Stage
 from stream.metrics import DEAD_LETTERS, OFFERS_LOADED
 

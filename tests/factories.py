@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from stream.core.events import CardEvent, to_event
-from stream.core.offers import Offer, OfferBook, parse_offer
+from stream.core.offer_parsing import parse_offer
+from stream.core.offers import Offer, OfferBook
 
 _ids = itertools.count(1)
 T0 = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)

@@ -3,8 +3,10 @@ Pure: no I/O, no clock, no await.
 
 The same function runs in the matcher agent, the tests' oracle and the back-test. Offer selection
 is in ``stream.core.eligibility``, amounts in ``stream.core.rewards``, the working copy of the state
-with its caps and budgets in ``stream.core.working_copy``; this module applies one event to one
-account's state.
+with its caps and budgets in ``stream.core.working_copy``, and one handler per event type in
+``stream.core.authorisations`` (the pending side), ``stream.core.clearings`` (confirmed and
+available) and ``stream.core.clawbacks`` (refunds and chargebacks); this module applies one event
+to one account's state: idempotency, the horizon, the handler, and the new state.
 
 State is one account's, a plain JSON-shaped dict (``decide`` never mutates the state it is given,
 it returns a new one, sharing the transactions it did not touch; the worker stores it as a summary
@@ -82,21 +84,20 @@ always rounded down, the fraction carried like a cash remainder.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
 
+from stream.core.authorisations import on_authorization, on_expiry, on_incremental, on_reversal
+from stream.core.clawbacks import on_chargeback, on_chargeback_reversal, on_refund
+from stream.core.clearings import on_clearing, on_return_window_ended
 from stream.core.eligibility import NO_PROFILE, AccountProfile
 from stream.core.entries import Entry
 from stream.core.events import CardEvent, EventType
-from stream.core.judgement import new_txn, reconsider, refuse, shares_for, still_refused
-from stream.core.lifecycle import DAY_MS, authorization_expires_at, next_due_ms, open_return_window, window_over
+from stream.core.lifecycle import DAY_MS, next_due_ms
 from stream.core.memory import TRANSACTION_HORIZON_DAYS, home_ref, known, remember
-from stream.core.money import format_minor, prorate
-from stream.core.offers import AccrueOn, OfferBook
+from stream.core.offers import OfferBook
 from stream.core.outcomes import Outcome
-from stream.core.rewards import Amount, Share, at_most_per_purchase, compute, describe
-from stream.core.working_copy import AccountStep, State, limit_note, purchase_basis, spendable_book
+from stream.core.working_copy import AccountStep, State
 
 __all__ = ["AccountProfile", "Decision", "Outcome", "decide", "new_state"]
 
@@ -161,310 +162,15 @@ def decide(
     return Decision(new, tuple(step.entries), outcome, deltas)
 
 
-# --- handlers, one per event type ---------------------------------------------------------------
-
-
-Limited = list[tuple[Share, Outcome, str]]  # shares a limit left with nothing, the limit, its note
-
-
-def _set_pending(step: AccountStep, txn: dict[str, Any], kind: str) -> tuple[bool, Limited]:
-    """Move each share's pending cashback to what the authorised basis now earns (no carry: pending
-    is provisional), as far as its cap and budget allow."""
-    changed, limited = False, []
-    basis = txn["authorized_basis"]
-    for share in txn["shares"]:
-        amount = replace(compute(share, basis, basis), carried_out=0)
-        target = 0 if share["accrue_on"] == AccrueOn.CLEARING.value else at_most_per_purchase(share, amount.reward_minor)
-        delta, limit = target - share["pending"], None
-        if delta > 0:
-            delta, limit = step.grant(share, delta)
-        note = limit_note(share, limit)
-        detail = describe(share, basis, amount, share["pending"] + delta, note)
-        if delta > 0:
-            step.entry(kind, "EXPENSE", "PENDING", delta, share, "earned", f"pending {detail}", basis, amount=amount)
-        elif delta < 0:
-            step.entry(
-                "PENDING_RELEASED", "PENDING", "EXPENSE", -delta, share, "released", f"pending now {detail}", basis, amount=amount
-            )
-        step.hold(share, delta)
-        share["pending"] += delta
-        changed = changed or delta != 0
-        if limit is not None and share["pending"] == 0:
-            limited.append((share, limit, note))
-    return changed, limited
-
-
-def _limited(step: AccountStep, limited: Limited, what: str) -> Outcome:
-    share, limit, note = limited[0]
-    return step.not_earned(limit, f"{what} earns nothing: {limit.value} ({note})", share)
-
-
-def _on_authorization(step: AccountStep) -> Outcome:
-    event = step.event
-    existing = step.txns.get(event.transaction_ref)
-    if existing is not None:
-        # A late authorisation after its clearing (out of order), or a second one for the same ref.
-        return Outcome.ALREADY_SETTLED if existing["status"] != "authorized" else Outcome.NO_CHANGE
-    shares, found = shares_for(step)
-    if not shares:
-        return refuse(step, found, "authorized")
-    txn = step.put(event.transaction_ref, new_txn(event, shares, "authorized"))
-    txn["authorized_basis"] = purchase_basis(event)
-    txn["expires_at_ms"] = authorization_expires_at(event, [step.offers.get(share["offer_id"]) for share in shares])
-    return _pending_outcome(step, txn, "PENDING_CREATED", "authorisation")
-
-
-def _pending_outcome(step: AccountStep, txn: dict[str, Any], kind: str, what: str) -> Outcome:
-    changed, limited = _set_pending(step, txn, kind)
-    if changed:
-        return Outcome.EARNED
-    if limited:  # kept: a clearing may still earn, once a refund gives headroom back
-        return _limited(step, limited, what)
-    return Outcome.MATCHED_ACCRUES_ON_CLEARING
-
-
-def _authorized(step: AccountStep) -> tuple[dict[str, Any] | None, Outcome | None]:
-    txn = step.txn(step.event.transaction_ref)
-    if txn is None or txn["status"] != "authorized":
-        return None, Outcome.UNKNOWN_TRANSACTION if txn is None else Outcome.ALREADY_SETTLED
-    return txn, None
-
-
-def _on_incremental(step: AccountStep) -> Outcome:
-    txn, problem = _authorized(step)
-    if txn is None:
-        return problem or Outcome.UNKNOWN_TRANSACTION
-    if not step.event.approved:
-        return Outcome.DECLINED
-    txn["authorized_basis"] += purchase_basis(step.event)
-    if txn.get("refused"):
-        shares, purchase = reconsider(step, txn, txn["authorized_basis"])
-        if not shares:
-            return Outcome.NO_CHANGE
-        txn["shares"] = shares
-        txn["expires_at_ms"] = authorization_expires_at(purchase, [step.offers.get(s["offer_id"]) for s in shares])
-        return _pending_outcome(step, txn, "PENDING_CREATED", "incremental authorisation")
-    return Outcome.ADJUSTED if _set_pending(step, txn, "PENDING_ADJUSTED")[0] else Outcome.NO_CHANGE
-
-
-def _on_reversal(step: AccountStep) -> Outcome:
-    txn, problem = _authorized(step)
-    if txn is None:
-        return problem or Outcome.UNKNOWN_TRANSACTION
-    txn["authorized_basis"] = max(0, txn["authorized_basis"] - purchase_basis(step.event))
-    return Outcome.RELEASED if _set_pending(step, txn, "PENDING_ADJUSTED")[0] else Outcome.NO_CHANGE
-
-
-def _on_expiry(step: AccountStep) -> Outcome:
-    """The authorisation expired: what is still pending is released. A partly cleared purchase
-    keeps its status, so a late part still confirms (from the expense, like a late clearing)."""
-    txn = step.txn(step.event.transaction_ref)
-    if txn is None:
-        return Outcome.UNKNOWN_TRANSACTION
-    if txn["status"] not in ("authorized", "clearing"):
-        return Outcome.ALREADY_SETTLED
-    if txn["status"] == "authorized":
-        txn["status"] = "expired"
-    for share in txn["shares"]:
-        step.entry("EXPIRED", "PENDING", "EXPENSE", share["pending"], share, "expired", "authorisation expired: pending released")
-        step.hold(share, -share["pending"])
-        share["pending"] = 0
-    return Outcome.EXPIRED
-
-
-def _confirm(step: AccountStep, share: Share, basis: int, size: int) -> tuple[int, int, Amount, Outcome | None]:
-    """What a clearing part confirms for one share: (from pending, from expense, amount, limit)."""
-    key = step.carry_key(share)
-    if share["method"] == "fixed":  # one fixed reward per purchase, whatever the number of parts
-        amount = compute(share, basis, size)
-        wanted = max(0, amount.reward_minor - share["earned"])
-    else:
-        amount = compute(share, basis, size, step.carry.get(key, 0))
-        wanted = amount.reward_minor
-    wanted = at_most_per_purchase(share, wanted, share["earned"])
-    from_pending = min(share["pending"], wanted)
-    extra, limit = step.grant(share, wanted - from_pending)
-    if share["method"] != "fixed":
-        # What a limit cuts is not owed, nor is its fraction.
-        carried = amount.carried_out if from_pending + extra == amount.reward_minor else 0
-        amount = replace(amount, carried_out=carried)
-        if carried:
-            step.carry[key] = carried
-        else:
-            step.carry.pop(key, None)
-    return from_pending, extra, amount, limit
-
-
-def _on_clearing(step: AccountStep) -> Outcome:
-    event = step.event
-    txn = step.txn(event.transaction_ref)
-    force_post = txn is None
-    final = event.clearing_count is None or event.clearing_sequence == event.clearing_count
-    if txn is None:
-        # A force post, or a clearing that arrived before its authorisation: judged on its own.
-        shares, found = shares_for(step)
-        if not shares:
-            return refuse(step, found, "cleared" if final else "clearing")
-        txn = step.put(event.transaction_ref, new_txn(event, shares, "clearing"))
-        txn["force_post"] = True
-    elif txn["status"] == "cleared":
-        return Outcome.ALREADY_SETTLED
-    elif txn.get("refused"):
-        shares, _ = reconsider(step, txn, txn["cleared_basis"] + purchase_basis(event))
-        if not shares:
-            txn["cleared_basis"] += purchase_basis(event)
-            txn["status"] = "cleared" if final else "clearing"
-            return still_refused(step, txn, "clearing")
-        txn["shares"] = shares
-    basis = purchase_basis(event)
-    part = "" if event.clearing_count is None else f" (part {event.clearing_sequence} of {event.clearing_count})"
-    limited: Limited = []
-    confirmed_any = False
-    for share in txn["shares"]:
-        from_pending, extra, amount, limit = _confirm(step, share, basis, txn["cleared_basis"] + basis)
-        confirm = from_pending + extra
-        note = limit_note(share, limit)
-        detail = f"confirmed{part}: {describe(share, basis, amount, confirm, note)}"
-        step.entry("CONFIRMED", "PENDING", "CONFIRMED", from_pending, share, "confirmed", detail, basis, force_post, amount)
-        step.entry("CONFIRMED", "EXPENSE", "CONFIRMED", extra, share, "confirmed", detail, basis, force_post, amount)
-        step.hold(share, extra)
-        share["pending"] -= from_pending
-        share["confirmed"] += confirm
-        share["earned"] += confirm
-        confirmed_any = confirmed_any or confirm > 0
-        if limit is not None and confirm == 0:
-            limited.append((share, limit, note))
-        if final and share["pending"] > 0:
-            step.entry(
-                "PENDING_RELEASED",
-                "PENDING",
-                "EXPENSE",
-                share["pending"],
-                share,
-                "released",
-                "final clearing: pending not cleared is released",
-            )
-            step.hold(share, -share["pending"])
-            share["pending"] = 0
-        if share["pending_days"] == 0 and share["confirmed"] > 0:
-            step.entry(
-                "MADE_AVAILABLE",
-                "CONFIRMED",
-                spendable_book(share),
-                share["confirmed"],
-                share,
-                "available",
-                "no return window: available at once",
-            )
-            share["available"] += share["confirmed"]
-            share["confirmed"] = 0
-        elif confirm > 0:
-            open_return_window(share, event)
-    txn["cleared_basis"] += basis
-    txn["status"] = "cleared" if final else "clearing"
-    if limited and not confirmed_any:
-        return _limited(step, limited, "clearing")
-    return Outcome.CONFIRMED
-
-
-def _claw_back(step: AccountStep, share: Share, amount: int, reason: str, detail: str) -> int:
-    """Take ``amount`` back: from CONFIRMED first, then AVAILABLE (which may go negative, recorded).
-    The cap period and the budget get it back."""
-    # Never negative: a later clearing part can lower a refund's prorated target below what was
-    # already taken back; that is not a reason to give cashback back.
-    amount = max(0, min(amount, share["earned"] - share["clawed_back"]))
-    from_confirmed = min(share["confirmed"], amount)
-    step.entry("CLAWED_BACK", "CONFIRMED", "EXPENSE", from_confirmed, share, reason, detail)
-    step.entry("CLAWED_BACK", spendable_book(share), "EXPENSE", amount - from_confirmed, share, reason, detail)
-    step.hold(share, -amount)
-    share["confirmed"] -= from_confirmed
-    share["available"] -= amount - from_confirmed
-    share["clawed_back"] += amount
-    return amount
-
-
-def _purchase_of(step: AccountStep) -> dict[str, Any] | None:
-    event = step.event
-    txn = step.txn(event.original_transaction_ref or event.transaction_ref)
-    return txn if txn is not None and txn["cleared_basis"] > 0 else None
-
-
-def _on_refund(step: AccountStep) -> Outcome:
-    txn = _purchase_of(step)
-    if txn is None:
-        return Outcome.UNKNOWN_TRANSACTION
-    txn["refunded_basis"] = min(txn["cleared_basis"], txn["refunded_basis"] + step.event.billing_amount_minor)
-    clawed = 0
-    for share in txn["shares"]:
-        target = prorate(share["earned"], txn["refunded_basis"], txn["cleared_basis"])
-        detail = (
-            f"refund: {format_minor(txn['refunded_basis'], txn['currency'])} of "
-            f"{format_minor(txn['cleared_basis'], txn['currency'])} refunded in all"
-        )
-        taken = _claw_back(step, share, target - share["refund_clawed"], "refund", detail)
-        share["refund_clawed"] += taken
-        clawed += taken
-    return Outcome.CLAWED_BACK if clawed else Outcome.NO_CHANGE
-
-
-def _on_chargeback(step: AccountStep) -> Outcome:
-    txn = _purchase_of(step)
-    if txn is None:
-        return Outcome.UNKNOWN_TRANSACTION
-    clawed = 0
-    for share in txn["shares"]:
-        taken = _claw_back(
-            step, share, share["earned"] - share["clawed_back"], "chargeback", "chargeback: all cashback of the purchase"
-        )
-        share["chargeback_clawed"] += taken
-        clawed += taken
-    return Outcome.CLAWED_BACK if clawed else Outcome.NO_CHANGE
-
-
-def _on_chargeback_reversal(step: AccountStep) -> Outcome:
-    txn = _purchase_of(step)
-    if txn is None:
-        return Outcome.UNKNOWN_TRANSACTION
-    recredited = 0
-    for share in txn["shares"]:
-        amount, limit = step.grant(share, share["chargeback_clawed"])
-        book = spendable_book(share) if share["pending_days"] == 0 else "CONFIRMED"
-        note = limit_note(share, limit)
-        detail = "chargeback reversed: cashback credited again" + (f" ({note})" if note else "")
-        step.entry("RECREDITED", "EXPENSE", book, amount, share, "chargeback_reversed", detail)
-        step.hold(share, amount)
-        share["confirmed" if book == "CONFIRMED" else "available"] += amount
-        share["clawed_back"] -= amount
-        share["chargeback_clawed"] -= amount
-        recredited += amount
-    return Outcome.RECREDITED if recredited else Outcome.NO_CHANGE
-
-
-def _on_return_window_ended(step: AccountStep) -> Outcome:
-    """Time passing (stream.core.lifecycle): confirmed cashback whose return window is over becomes
-    available."""
-    txn = step.txn(step.event.transaction_ref)
-    if txn is None:
-        return Outcome.UNKNOWN_TRANSACTION
-    moved = 0
-    for share in txn["shares"]:
-        if share["confirmed"] > 0 and window_over(share, step.event):
-            detail = f"return window of {share['pending_days']} days over: available"
-            step.entry("MADE_AVAILABLE", "CONFIRMED", spendable_book(share), share["confirmed"], share, "available", detail)
-            share["available"] += share["confirmed"]
-            moved += share["confirmed"]
-            share["confirmed"] = 0
-    return Outcome.MADE_AVAILABLE if moved else Outcome.NO_CHANGE
-
-
+# One handler per event type: stream.core.authorisations, .clearings and .clawbacks.
 _HANDLERS = {
-    EventType.AUTHORIZATION: _on_authorization,
-    EventType.INCREMENTAL_AUTHORIZATION: _on_incremental,
-    EventType.AUTHORIZATION_REVERSAL: _on_reversal,
-    EventType.AUTHORIZATION_EXPIRY: _on_expiry,
-    EventType.CLEARING: _on_clearing,
-    EventType.REFUND: _on_refund,
-    EventType.CHARGEBACK: _on_chargeback,
-    EventType.CHARGEBACK_REVERSAL: _on_chargeback_reversal,
-    EventType.RETURN_WINDOW_ENDED: _on_return_window_ended,
+    EventType.AUTHORIZATION: on_authorization,
+    EventType.INCREMENTAL_AUTHORIZATION: on_incremental,
+    EventType.AUTHORIZATION_REVERSAL: on_reversal,
+    EventType.AUTHORIZATION_EXPIRY: on_expiry,
+    EventType.CLEARING: on_clearing,
+    EventType.REFUND: on_refund,
+    EventType.CHARGEBACK: on_chargeback,
+    EventType.CHARGEBACK_REVERSAL: on_chargeback_reversal,
+    EventType.RETURN_WINDOW_ENDED: on_return_window_ended,
 }

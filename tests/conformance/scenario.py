@@ -18,7 +18,8 @@ from typing import Any
 import yaml
 
 from stream.core.money import exponent
-from stream.core.offers import Offer, parse_offer
+from stream.core.offer_parsing import parse_offer
+from stream.core.offers import Offer
 
 CASES_DIR = Path(__file__).resolve().parent / "cases"
 T0 = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)

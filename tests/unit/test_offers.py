@@ -10,7 +10,8 @@ import pytest
 
 from schemas.codec import Codec
 from stream.core.money import Rounding
-from stream.core.offers import AccrueOn, MccSet, Offer, OfferBook, OfferError, RewardKind, parse_offer
+from stream.core.offer_parsing import parse_offer
+from stream.core.offers import AccrueOn, MccSet, Offer, OfferBook, OfferError, RewardKind
 from stream.offer_admin import load_offers_file
 from tests.factories import offer
 

@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from schemas.codec import SCHEMA_DIR, Codec
-from stream.core.offers import Boost, Cap, CapPeriod, Hours, Offer, OfferError, RewardKind, Tier, parse_offer
+from stream.core.offer_parsing import parse_offer
+from stream.core.offers import Boost, Cap, CapPeriod, Hours, Offer, OfferError, RewardKind, Tier
 from stream.offer_admin import load_offers_file
 from tests.factories import offer
 

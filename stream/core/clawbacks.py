@@ -1,0 +1,86 @@
+"""The rules engine's handlers for money going back: a refund claws back its prorated share of the
+cashback, a chargeback all of it, and a chargeback reversal credits it again (within the cap and
+budget). Clawbacks prorate what was confirmed and leave the carried remainder alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stream.core.money import format_minor, prorate
+from stream.core.outcomes import Outcome
+from stream.core.rewards import Share
+from stream.core.working_copy import AccountStep, limit_note, spendable_book
+
+
+def _claw_back(step: AccountStep, share: Share, amount: int, reason: str, detail: str) -> int:
+    """Take ``amount`` back: from CONFIRMED first, then AVAILABLE (which may go negative, recorded).
+    The cap period and the budget get it back."""
+    # Never negative: a later clearing part can lower a refund's prorated target below what was
+    # already taken back; that is not a reason to give cashback back.
+    amount = max(0, min(amount, share["earned"] - share["clawed_back"]))
+    from_confirmed = min(share["confirmed"], amount)
+    step.entry("CLAWED_BACK", "CONFIRMED", "EXPENSE", from_confirmed, share, reason, detail)
+    step.entry("CLAWED_BACK", spendable_book(share), "EXPENSE", amount - from_confirmed, share, reason, detail)
+    step.hold(share, -amount)
+    share["confirmed"] -= from_confirmed
+    share["available"] -= amount - from_confirmed
+    share["clawed_back"] += amount
+    return amount
+
+
+def _purchase_of(step: AccountStep) -> dict[str, Any] | None:
+    event = step.event
+    txn = step.txn(event.original_transaction_ref or event.transaction_ref)
+    return txn if txn is not None and txn["cleared_basis"] > 0 else None
+
+
+def on_refund(step: AccountStep) -> Outcome:
+    txn = _purchase_of(step)
+    if txn is None:
+        return Outcome.UNKNOWN_TRANSACTION
+    txn["refunded_basis"] = min(txn["cleared_basis"], txn["refunded_basis"] + step.event.billing_amount_minor)
+    clawed = 0
+    for share in txn["shares"]:
+        target = prorate(share["earned"], txn["refunded_basis"], txn["cleared_basis"])
+        detail = (
+            f"refund: {format_minor(txn['refunded_basis'], txn['currency'])} of "
+            f"{format_minor(txn['cleared_basis'], txn['currency'])} refunded in all"
+        )
+        taken = _claw_back(step, share, target - share["refund_clawed"], "refund", detail)
+        share["refund_clawed"] += taken
+        clawed += taken
+    return Outcome.CLAWED_BACK if clawed else Outcome.NO_CHANGE
+
+
+def on_chargeback(step: AccountStep) -> Outcome:
+    txn = _purchase_of(step)
+    if txn is None:
+        return Outcome.UNKNOWN_TRANSACTION
+    clawed = 0
+    for share in txn["shares"]:
+        taken = _claw_back(
+            step, share, share["earned"] - share["clawed_back"], "chargeback", "chargeback: all cashback of the purchase"
+        )
+        share["chargeback_clawed"] += taken
+        clawed += taken
+    return Outcome.CLAWED_BACK if clawed else Outcome.NO_CHANGE
+
+
+def on_chargeback_reversal(step: AccountStep) -> Outcome:
+    txn = _purchase_of(step)
+    if txn is None:
+        return Outcome.UNKNOWN_TRANSACTION
+    recredited = 0
+    for share in txn["shares"]:
+        amount, limit = step.grant(share, share["chargeback_clawed"])
+        book = spendable_book(share) if share["pending_days"] == 0 else "CONFIRMED"
+        note = limit_note(share, limit)
+        detail = "chargeback reversed: cashback credited again" + (f" ({note})" if note else "")
+        step.entry("RECREDITED", "EXPENSE", book, amount, share, "chargeback_reversed", detail)
+        step.hold(share, amount)
+        share["confirmed" if book == "CONFIRMED" else "available"] += amount
+        share["clawed_back"] -= amount
+        share["chargeback_clawed"] -= amount
+        recredited += amount
+    return Outcome.RECREDITED if recredited else Outcome.NO_CHANGE
