@@ -35,28 +35,27 @@ import faust
 from faust.types import StreamT
 
 from schemas.codec import Codec, DecodeError
+from stream.account_profiles import AccountProfiles
 from stream.account_states import AccountStates
 from stream.changelog_table import ChangelogTable
 from stream.core.events import CardEvent, to_event, validate
 from stream.core.lifecycle import due_events
 from stream.core.memory import RECENT_EVENTS_LIMIT
-from stream.core.profiles import apply_activation, apply_segments, to_account_profile
 from stream.core.rules import Decision, Outcome, decide
 from stream.deadletter import OtherReason, Stage, dead_letter
 from stream.granting import BudgetLedger, PostgresBudgets, grant
-from stream.guarded_consumer import GuardedApp, OffsetLookups, broker_credentials, watch_partitions
+from stream.guarded_consumer import OffsetLookups, watch_partitions
 from stream.metrics import ACCRUALS, CASHBACK_AMOUNT, CONSUMER_LAG, EVENTS_CONSUMED
 from stream.offer_mirror import OfferMirror
 from stream.progress import InFlightDecisions, Verdict
 from stream.settings import Settings
 from stream.store.budgets import BudgetStore, movement_id
-from topics.catalogue import ACCOUNT_PROFILE_TABLE, ACCOUNT_STATE_TABLE, Catalogue, account_partition
+from stream.worker_app import worker_app
+from topics.catalogue import ACCOUNT_PROFILE_TABLE, ACCOUNT_STATE_TABLE, Catalogue
 
 log = logging.getLogger(__name__)
 
 LAG_INTERVAL_S = 5.0
-CONSUMER_FETCH_BYTES = 8 * 1024 * 1024
-COMMIT_INTERVAL_S = 1.0  # how much a crash may make the next owner read again (idempotently)
 # Table values are plain JSON: no value_type, which Faust could not rebuild from the changelog
 # (value_type=dict made every recovery fail and wait forever).
 TABLE_SCHEMA: faust.Schema = faust.Schema(key_type=str, key_serializer="json", value_serializer="json")
@@ -91,32 +90,7 @@ class Matcher:
         self.input_subjects = {t.name: t.value_subject for t in self.topics.inputs()}
         self.account_subjects = {t.name: t.value_subject for t in self.topics.account_inputs()}
         input_topics = (*self.input_subjects, *self.account_subjects, self.topics.clock.name)
-        self.app = GuardedApp(
-            settings.app_id,
-            guarded_topics=frozenset(input_topics),
-            broker=[f"kafka://{server.strip()}" for server in settings.kafka_bootstrap_servers.split(",")],
-            broker_credentials=broker_credentials(settings),
-            # Persistent local tables (RocksDB through rocksdict): a restarted worker reads its
-            # state from disk and only the changelog's tail, not the whole changelog.
-            store="rocksdb://",
-            processing_guarantee="at_least_once",
-            topic_partitions=self.topics.authorizations.partitions,
-            topic_replication_factor=settings.topic_replication_factor,
-            consumer_auto_offset_reset="earliest",
-            consumer_group_instance_id=settings.worker_instance_id,
-            broker_session_timeout=settings.worker_session_timeout_s,
-            broker_heartbeat_interval=max(1.0, settings.worker_session_timeout_s / 10),
-            broker_commit_interval=COMMIT_INTERVAL_S,
-            # Per partition and fetch: a worker rebuilding its tables reads changelogs of small
-            # records; Faust's 1 MiB made that many round trips (about 3,400 records/s).
-            consumer_max_fetch_size=CONSUMER_FETCH_BYTES,
-            producer_acks=-1,
-            stream_wait_empty=False,
-            web_enabled=False,
-            autodiscover=False,
-            datadir=settings.worker_data_dir,
-            table_cleanup_interval=3600.0,
-        )
+        self.app = worker_app(settings, frozenset(input_topics), self.topics.authorizations.partitions)
         self.progress = self.app.progress
         self.broker_view = OffsetLookups(settings.app_id, settings.kafka_bootstrap_servers, **settings.kafka_client_options())
         self.input = self.app.topic(
@@ -139,6 +113,9 @@ class Matcher:
             self.app, name=ACCOUNT_PROFILE_TABLE, default=None, schema=TABLE_SCHEMA, beacon=self.app.tables.beacon
         )
         self.app.tables.add(self.profiles)
+        self.account_profiles = AccountProfiles(
+            self.profiles, codec, self.account_subjects, self.topics.authorizations.partitions
+        )
         self.offers = OfferMirror(
             self.topics.offers.name, codec, settings.kafka_bootstrap_servers, **settings.kafka_client_options()
         )
@@ -315,7 +292,7 @@ class Matcher:
         """The engine's decision, with its campaign budgets granted across all workers
         (stream.granting). The grant is in Postgres before anything is sent."""
         book = self.offers.book
-        profile = to_account_profile(self.profiles.get(event.account_id))
+        profile = self.account_profiles.get(event.account_id)
         horizon = self.settings.transaction_horizon_days
 
         def decide_with(remaining: Mapping[str, int] | None) -> Decision:
@@ -325,36 +302,13 @@ class Matcher:
         return await grant(decide_with, budgets, movement_id(event.account_id, event.event_id), self.budget_ledger)
 
     async def handle_account_message(self, source: Source) -> None:
-        """An activation or a profile: fold it into the account's profile (stream.core.profiles)."""
-        subject = self.account_subjects[source.topic]
-        text_key = (source.key or b"").decode(errors="replace")
-        account_id = text_key.split(":", 1)[0] if subject == "offer_activation" else text_key
-        record: dict[str, Any] | None = None
-        if source.value is not None:
-            try:
-                _, record = self.codec.decode(source.value, expected_subject=subject)
-            except DecodeError as error:
-                await self._dead_letter(error.failure.value, error.detail, source)
-                return
-            expected_key = (
-                f"{record['account_id']}:{record['offer_id']}" if subject == "offer_activation" else record["account_id"]
-            )
-            if text_key != expected_key:
-                await self._dead_letter(OtherReason.KEY_MISMATCH.value, f"key is not {subject}'s id", source)
-                return
-        if not account_id or account_partition(account_id, self.topics.authorizations.partitions) != source.partition:
-            # A profile must live where the account's card events are, or the join misses it.
-            await self._dead_letter(OtherReason.WRONG_PARTITION.value, "not the partition of the account's card events", source)
+        """An activation or a profile: fold it into the account's profile (stream.account_profiles)."""
+        refusal = self.account_profiles.fold(source.topic, source.partition, source.key, source.value)
+        if refusal is not None:
+            await self._dead_letter(refusal.reason, refusal.detail, source)
             return
-        profile = self.profiles.get(account_id)
-        if subject == "offer_activation":
-            if record is None:  # tombstone of account_id:offer_id
-                record = {"account_id": account_id, "offer_id": text_key.split(":", 1)[-1], "active": False}
-            self.profiles[account_id] = apply_activation(profile, record)
-        else:
-            self.profiles[account_id] = apply_segments(profile, record)
         await self.profiles.settle(self._still_owned)
-        EVENTS_CONSUMED.labels(subject.upper(), "applied").inc()
+        EVENTS_CONSUMED.labels(self.account_subjects[source.topic].upper(), "applied").inc()
 
     async def _dead_letter(self, reason: str, detail: str, source: Source) -> None:
         log.warning("dead letter from %s[%d]@%d: %s (%s)", source.topic, source.partition, source.offset, reason, detail)

@@ -1,0 +1,71 @@
+"""The matcher's account profiles: each account's segments and offer activations
+(``stream.core.profiles``), joined from their own topics into a table that lives where the
+account's card events are, so that a decision reads its account's profile locally.
+
+A profile or activation message is checked first: it decodes, its key is its record's id
+(``account_id``, or ``account_id:offer_id`` for an activation), and it sits on its account's
+partition. One that fails is handed back with the reason to dead-letter it; one that passes is
+folded into the profile (an activation's tombstone deactivates). The write waits in the table
+until the matcher settles it (``stream.changelog_table``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from schemas.codec import Codec, DecodeError
+from stream.changelog_table import ChangelogTable
+from stream.core.eligibility import AccountProfile
+from stream.core.profiles import apply_activation, apply_segments, to_account_profile
+from stream.deadletter import OtherReason
+from topics.catalogue import account_partition
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a message cannot be folded: its dead letter's reason and detail."""
+
+    reason: str
+    detail: str
+
+
+class AccountProfiles:
+    """Fold profile and activation messages into the accounts' profiles; read a profile."""
+
+    def __init__(self, table: ChangelogTable, codec: Codec, subjects: dict[str, str], partitions: int) -> None:
+        self.table = table
+        self.codec = codec
+        self.subjects = subjects  # topic -> its value subject (account_profile, offer_activation)
+        self.partitions = partitions
+
+    def get(self, account_id: str) -> AccountProfile:
+        return to_account_profile(self.table.get(account_id))
+
+    def fold(self, topic: str, partition: int, key: bytes | None, value: bytes | None) -> Refusal | None:
+        """Fold one message into its account's profile; the reason to dead-letter it instead."""
+        subject = self.subjects[topic]
+        text_key = (key or b"").decode(errors="replace")
+        account_id = text_key.split(":", 1)[0] if subject == "offer_activation" else text_key
+        record: dict[str, Any] | None = None
+        if value is not None:
+            try:
+                _, record = self.codec.decode(value, expected_subject=subject)
+            except DecodeError as error:
+                return Refusal(error.failure.value, error.detail)
+            expected_key = (
+                f"{record['account_id']}:{record['offer_id']}" if subject == "offer_activation" else record["account_id"]
+            )
+            if text_key != expected_key:
+                return Refusal(OtherReason.KEY_MISMATCH.value, f"key is not {subject}'s id")
+        if not account_id or account_partition(account_id, self.partitions) != partition:
+            # A profile must live where the account's card events are, or the join misses it.
+            return Refusal(OtherReason.WRONG_PARTITION.value, "not the partition of the account's card events")
+        profile = self.table.get(account_id)
+        if subject == "offer_activation":
+            if record is None:  # tombstone of account_id:offer_id
+                record = {"account_id": account_id, "offer_id": text_key.split(":", 1)[-1], "active": False}
+            self.table[account_id] = apply_activation(profile, record)
+        else:
+            self.table[account_id] = apply_segments(profile, record)
+        return None
