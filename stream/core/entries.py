@@ -11,7 +11,6 @@ ledger's rows) is a plain mapping with the same field names: ``record()`` and ``
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -48,8 +47,35 @@ class Entry:
     explanation: Explanation
 
     def record(self) -> dict[str, Any]:
-        """The entry as a plain mapping (the Avro ``accrual`` record's fields, JSON-ready)."""
-        return dataclasses.asdict(self)
+        """The entry as a plain mapping (the Avro ``accrual`` record's fields, JSON-ready). Spelled
+        out: ``dataclasses.asdict`` deep-copies, and took a fifth of the engine's time."""
+        x = self.explanation
+        return {
+            "accrual_id": self.accrual_id,
+            "source_event_id": self.source_event_id,
+            "account_id": self.account_id,
+            "transaction_ref": self.transaction_ref,
+            "entry_kind": self.entry_kind,
+            "debit_book": self.debit_book,
+            "credit_book": self.credit_book,
+            "amount_minor": self.amount_minor,
+            "currency": self.currency,
+            "reward_kind": self.reward_kind,
+            "offer_id": self.offer_id,
+            "rule_version": self.rule_version,
+            "beneficiary_id": self.beneficiary_id,
+            "occurred_at": self.occurred_at,
+            "explanation": {
+                "reason": x.reason,
+                "detail": x.detail,
+                "basis_minor": x.basis_minor,
+                "basis_currency": x.basis_currency,
+                "rate_bps": x.rate_bps,
+                "rounding": x.rounding,
+                "carried_remainder": x.carried_remainder,
+                "force_post": x.force_post,
+            },
+        }
 
     @classmethod
     def of(cls, record: Mapping[str, Any]) -> Entry:
