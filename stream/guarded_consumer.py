@@ -19,7 +19,7 @@ The overrides, each pinned by ``tests/agent/test_guarded_consumer.py``:
 - ``seek_to_committed`` (Faust's seek after a recovery): also moves a partition with no committed
   offset back to its start. aiokafka's ``seek_to_committed`` seeks only committed offsets above 0,
   so such a partition kept the position the fetcher reached while the tables recovered, past the
-  messages Faust dropped meanwhile: a worker restarted after kill -9, rebuilding its tables, never
+  messages Faust dropped meanwhile: a worker restarted after kill -9 (which then rebuilt its tables) never
   saw the clearings published while it was down.
 
 ``watch_partitions`` reports each guarded partition's lag and reads again a partition stuck below

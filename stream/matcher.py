@@ -5,10 +5,12 @@ Per event, in this order:
 
 1. decode and validate; a bad message goes to the dead-letter topic (with its bytes, topic,
    partition, offset and reason) and processing moves on;
-2. ``decide(event, offers, state)`` for the event's account;
-3. send the entries to the accruals topic (keyed by account, so co-partitioned with the input),
-   then store what the event changed of the account's state in the table (its summary, its
-   transaction and itself: ``stream.account_states``; the table's changelog is a topic too).
+2. ``decide(event, offers, state)`` for the event's account (its profile joined from
+   ``stream.account_profiles``, its campaign budgets granted through ``stream.granting``);
+3. store what the event changed of the account's state in the table (its summary, its
+   transaction and its recent-event slot: ``stream.account_states``) and wait until the table's
+   changelog topic has it, then send the entries to the accruals topic (keyed by account, so
+   co-partitioned with the input).
 
 Delivery is at-least-once: Faust flushes the producer (entries, dead letters and the table's
 changelog) before it commits the input offsets, so a crash redelivers, never loses. Which offsets
