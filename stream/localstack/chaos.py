@@ -22,6 +22,11 @@ and exits 0 only with M=0, D=0, P=T, L=0 and R within the restart target. Campai
 left out of the offers (a budget makes one account's reward depend on other accounts' order,
 which the oracle cannot know); the log's timeline is moved years ahead so that the workers'
 clock ticks make nothing fall due (time passing has its own tests).
+
+This module is the run's orchestration and its command line. Beside it: the fault catalogue and
+the child processes the faults hit (``stream.localstack.chaos_faults``), the run's own Kafka
+clients, publishing the log and telling when the pipeline has drained
+(``stream.localstack.chaos_clients``), the log (``chaos_log``) and the judgement (``chaos_oracle``).
 """
 
 from __future__ import annotations
@@ -33,7 +38,6 @@ import logging
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -42,31 +46,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
-
 from schemas.codec import Codec
 from stream.composition import REPO_ROOT, topics_of
 from stream.core.offers import OfferBook
-from stream.localstack.chaos_log import Message, chaos_log, chaos_offers
-from stream.localstack.chaos_oracle import Report, judge, partitions
+from stream.localstack.chaos_clients import drained, publish_accounts, publish_cards
+from stream.localstack.chaos_faults import FAULTS, Processes
+from stream.localstack.chaos_log import chaos_log, chaos_offers
+from stream.localstack.chaos_oracle import Report, judge
 from stream.localstack.kafka import DEFAULT_CACHE_DIR, KafkaBroker
 from stream.localstack.postgres import EmbeddedPostgres
-from stream.localstack.process import free_port, spawn, terminate
+from stream.localstack.process import free_port
 from stream.offer_admin import publish_offers
 from stream.settings import Settings
 
-FAULTS = (
-    "kill_worker_1",
-    "kill_worker_2",
-    "kill_sink",
-    "kill_sink",
-    "restart_worker_2",
-    "third_worker",
-    "broker_restart",
-    "postgres_outage",
-)
+__all__ = ["FAULTS", "Chaos", "main"]
 
 
 class Chaos:
@@ -79,8 +72,7 @@ class Chaos:
         self.rng = random.Random(seed)
         self.codec = Codec()
         self.report = Report()
-        self.children: dict[str, subprocess.Popen[Any]] = {}
-        self.metrics_ports: dict[str, int] = {}
+        self.processes: Processes | None = None  # once the broker and Postgres are up
         self.started = time.monotonic()
         self.broker: KafkaBroker | None = None
         self.postgres: EmbeddedPostgres | None = None
@@ -112,94 +104,6 @@ class Chaos:
             "PYTHONUNBUFFERED": "1",
         }
 
-    def start(self, name: str, *args: str, **extra: str) -> None:
-        port = self.metrics_ports.setdefault(name, free_port())
-        log = open(self.work_dir / f"{name}.log", "ab")  # noqa: SIM115 - kept by the child
-        env = {**self.env, "METRICS_PORT": str(port), "WORKER_DATA_DIR": str(self.work_dir / f"{name}-data"), **extra}
-        self.children[name] = spawn([sys.executable, "-m", "stream", *args], env=env, cwd=REPO_ROOT, stdout=log, stderr=log)
-        log.close()
-
-    def start_worker(self, name: str, static: bool = True) -> None:
-        self.start(name, "worker", **({"WORKER_INSTANCE_ID": name} if static else {}))
-
-    def kill(self, name: str) -> None:
-        process = self.children.pop(name)
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=30)
-
-    def stop(self, name: str) -> None:
-        terminate(self.children.pop(name), grace_s=30.0)
-
-    def decided(self, name: str) -> float:
-        """The worker's count of decided messages (0 until it serves metrics)."""
-        try:
-            text = httpx.get(f"http://127.0.0.1:{self.metrics_ports[name]}/metrics", timeout=2).text
-        except httpx.HTTPError:
-            return 0.0
-        return sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith("cashback_events_consumed_total{") and 'event_type="CLOCK_TICK"' not in line
-        )
-
-    def time_first_decision(self, name: str, since: float, limit_s: float = 120.0) -> None:
-        while time.monotonic() - since < limit_s:
-            if self.decided(name) > 0:
-                self.report.recovery_s[f"{name} #{len(self.report.recovery_s) + 1}"] = time.monotonic() - since
-                return
-            time.sleep(0.2)
-        self.report.recovery_s[f"{name} #{len(self.report.recovery_s) + 1}"] = limit_s
-        self._note(f"{name} decided nothing within {limit_s:.0f}s")
-
-    # --- faults ----------------------------------------------------------------------------------
-
-    def check_alive(self) -> None:
-        """A process that exited by itself is a failure of the run (and is started again)."""
-        for name, process in list(self.children.items()):
-            if process.poll() is not None:
-                self.report.crashed.append(f"{name}(exit {process.returncode})")
-                self._note(f"{name} exited by itself with {process.returncode}; starting it again")
-                del self.children[name]
-                if name == "sink":
-                    self.start("sink", "sink")
-                else:
-                    self.start_worker(name, static=name != "worker-3")
-
-    def fault(self, kind: str) -> None:
-        self.check_alive()
-        self._note(kind)
-        if kind in ("kill_worker_1", "kill_worker_2"):
-            name = "worker-1" if kind.endswith("1") else "worker-2"
-            self.kill(name)
-            since = time.monotonic()
-            self.start_worker(name)
-            self.time_first_decision(name, since)
-        elif kind == "restart_worker_2":
-            self.stop("worker-2")
-            since = time.monotonic()
-            self.start_worker("worker-2")
-            self.time_first_decision("worker-2", since)
-        elif kind == "kill_sink":
-            self.kill("sink")
-            self.start("sink", "sink")
-        elif kind == "third_worker":
-            since = time.monotonic()
-            self.start_worker("worker-3", static=False)  # dynamic: it leaves the group when it stops
-            self.time_first_decision("worker-3", since)
-            time.sleep(5)
-            self._note("worker-3 leaves")
-            self.stop("worker-3")
-        elif kind == "broker_restart":
-            assert self.broker is not None
-            self.broker.stop()
-            self.broker.start()
-        elif kind == "postgres_outage":
-            assert self.postgres is not None
-            self.postgres.stop()
-            time.sleep(10)
-            self.postgres.start()
-        self._note(f"{kind} done")
-
     # --- the run ---------------------------------------------------------------------------------
 
     def run(self) -> Report:
@@ -211,11 +115,12 @@ class Chaos:
             self.env = self._env(bootstrap, database_url)
             self.settings = Settings.from_env(self.env)
             self.topics = topics_of(self.settings)
+            self.processes = Processes(self.work_dir, self.env, self.broker, self.postgres, self.report, self._note)
             self._prepare()
-            return self._run_stream()
+            return self._run_stream(self.processes)
         finally:
-            for name in list(self.children):
-                terminate(self.children.pop(name), grace_s=15.0)
+            if self.processes is not None:
+                self.processes.terminate_all()
             self.postgres.stop()
             self.broker.stop()
 
@@ -229,12 +134,12 @@ class Chaos:
         self.account_messages, self.card_messages = log.account_messages, log.card_messages
         self.report.events = len(self.card_messages)
 
-    def _run_stream(self) -> Report:
-        self.start("sink", "sink")
-        self.start_worker("worker-1")
-        self.start_worker("worker-2")
+    def _run_stream(self, processes: Processes) -> Report:
+        processes.start("sink", "sink")
+        processes.start_worker("worker-1")
+        processes.start_worker("worker-2")
         self._note(f"publishing {len(self.account_messages)} account messages, then {len(self.card_messages)} card events")
-        asyncio.run(self._publish(self.account_messages))
+        asyncio.run(publish_accounts(self.settings, self.topics, self.account_messages))
         self._wait_drained([self.topics.profiles.name, self.topics.activations.name], with_sink=False, limit_s=180)
 
         faults = list(FAULTS)
@@ -256,7 +161,7 @@ class Chaos:
                     with gate:
                         gate.wait_for(reached)
                         faults_started[0] += 1
-                    self.fault(kind)
+                    processes.fault(kind)
             finally:
                 done_faults.set()
                 with gate:
@@ -272,7 +177,7 @@ class Chaos:
         thread = threading.Thread(target=faults_loop, name="chaos-faults", daemon=True)
         thread.start()
         rate = min(2_000.0, max(20.0, total / 150.0))  # the stream lasts at least two and a half minutes
-        asyncio.run(self._publish_cards(published, gate, allowed, rate))
+        asyncio.run(publish_cards(self.settings, self.topics, self.card_messages, published, gate, allowed, rate, self.say))
         done_faults.wait()
         self._note("published; waiting for the pipeline to drain")
         inputs = [
@@ -281,102 +186,23 @@ class Chaos:
             self.topics.profiles.name,
             self.topics.activations.name,
         ]
-        self.check_alive()
+        processes.check_alive()
         self._wait_drained(inputs, with_sink=True, limit_s=max(300.0, total / 100))
         self._note("drained")
-        self.check_alive()
-        for name in list(self.children):
-            self.stop(name)
+        processes.check_alive()
+        for name in list(processes.children):
+            processes.stop(name)
         asyncio.run(judge(self.settings, self.topics, self.codec, self.book, self.report))
         return self.report
-
-    async def _producer(self) -> AIOKafkaProducer:
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers,
-            acks="all",
-            enable_idempotence=True,
-            max_request_size=1_100_000,
-            request_timeout_ms=120_000,
-            linger_ms=5,
-        )
-        await producer.start()
-        return producer
-
-    async def _publish(self, messages: list[Message]) -> None:
-        names = {"profiles": self.topics.profiles.name, "activations": self.topics.activations.name}
-        producer = await self._producer()
-        try:
-            for role, key, value, partition in messages:
-                await producer.send(names[role], value, key=key, partition=partition)
-            await producer.flush()
-        finally:
-            await producer.stop()
-
-    async def _publish_cards(self, published: list[int], gate: threading.Condition, allowed: Any, rate: float) -> None:
-        """Publish the card events in order, paced, in chunks whose deliveries are awaited together;
-        a send that fails (the broker restarting) is sent again."""
-        names = {"authorizations": self.topics.authorizations.name, "settlements": self.topics.settlements.name}
-        producer = await self._producer()
-        started, n, total = time.monotonic(), 0, len(self.card_messages)
-        try:
-            while n < total:
-                while not allowed(n):
-                    await asyncio.sleep(0.05)
-                chunk: list[Message] = []
-                while n + len(chunk) < total and len(chunk) < 200 and allowed(n + len(chunk)):
-                    chunk.append(self.card_messages[n + len(chunk)])
-                sends = [await producer.send(names[role], value, key=key) for role, key, value, _ in chunk]
-                for (role, key, value, _), delivery in zip(chunk, sends, strict=True):
-                    while True:
-                        try:
-                            await delivery
-                            break
-                        except Exception as error:  # noqa: BLE001 - the broker restarts: send it again
-                            self.say(f"publish retry ({type(error).__name__})", flush=True)
-                            await asyncio.sleep(1)
-                            delivery = await producer.send(names[role], value, key=key)
-                n += len(chunk)
-                with gate:
-                    published[0] = n
-                    gate.notify_all()
-                ahead = n / rate - (time.monotonic() - started)
-                if ahead > 0.01:
-                    await asyncio.sleep(ahead)
-        finally:
-            await producer.stop()
 
     def _wait_drained(self, input_topics: list[str], with_sink: bool, limit_s: float) -> None:
         deadline = time.monotonic() + limit_s
         while time.monotonic() < deadline:
-            if asyncio.run(self._drained(input_topics, with_sink)):
+            if asyncio.run(drained(self.settings, self.topics, input_topics, with_sink)):
                 return
             time.sleep(1)
         self.report.stuck.append(f"{'+'.join(input_topics)}@{limit_s:.0f}s")
         self._note(f"NOT DRAINED after {limit_s:.0f}s")
-
-    async def _drained(self, input_topics: list[str], with_sink: bool) -> bool:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap_servers)
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap_servers)
-        try:
-            await admin.start()
-            await consumer.start()
-            checks = [(self.settings.app_id, input_topics)]
-            if with_sink:
-                checks.append((self.settings.sink_group_id, [self.topics.accruals.name]))
-            for group, topics in checks:
-                committed = await admin.list_consumer_group_offsets(group)
-                tps = [tp for t in topics for tp in await partitions(self.settings.kafka_bootstrap_servers, t)]
-                ends = await consumer.end_offsets(tps)
-                for tp in tps:
-                    done = committed.get(tp)
-                    if ends[tp] > 0 and (done is None or done.offset < ends[tp]):
-                        return False
-            return True
-        except Exception:  # noqa: BLE001 - the broker may be restarting
-            return False
-        finally:
-            await consumer.stop()
-            await admin.close()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,29 +1,19 @@
-"""A card-processor simulator: seeded, realistic event streams, published at a chosen rate.
+"""The simulator's lifecycle mix: what a purchase looks like and how it unfolds.
 
-``generate`` is pure (a seed gives the same stream every time), so tests and the oracle can use
-the very events the broker saw. Card tokens and account ids are synthetic; no card number is ever
-generated except the deliberately bad "card number in a field" messages, whose digits are random
-at run time and which must end in the dead-letter topic.
+The merchants (with their MCCs, typical amounts and time zones), the shapes a purchase's life
+takes and how often (``SHAPES``), the ``Scenario`` a run is drawn from (seed, sizes, ratios,
+timeline), the synthetic account ids, and ``Purchase``: one purchase drawn from a seeded random
+generator, with its card events (authorisations, clearings, refunds...) timed in steps after it.
+Pure and seeded: ``stream.simulate.ordering`` interleaves the purchases into the stream. Kept apart
+from the stream and the bad messages because a new lifecycle case changes only this.
 """
 
 from __future__ import annotations
 
-import asyncio
-import heapq
 import random
-import struct
-import sys
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
-
-from schemas.codec import Codec
-from stream.core.events import luhn_valid
-from stream.producing import producer as make_producer
-from stream.settings import Settings
-from topics.catalogue import Catalogue, account_partition
 
 # (mcc, merchants, typical amount in minor units, channel weights)
 MERCHANTS: tuple[tuple[str, tuple[str, ...], int], ...] = (
@@ -41,8 +31,6 @@ MERCHANTS: tuple[tuple[str, tuple[str, ...], int], ...] = (
 )
 # Online merchants judge "weekends" and "evenings" in their own zone, not the customer's.
 MERCHANT_TIMEZONES = {"Marketplace Online": "America/New_York"}
-SEGMENTS = (("vip", 10), ("new", 7))  # every 10th account is vip, every 7th new
-ACTIVATED_OFFER = "weekend-dining-vip"  # an offer of deploy/offers/example.yaml that needs activation
 CASH_MCCS = (("6011", "ATM Network"), ("7995", "Casino Royal"), ("6051", "Crypto Exchange"))
 CHANNELS = ("IN_STORE", "CONTACTLESS", "ONLINE", "RECURRING")
 
@@ -80,25 +68,13 @@ class Scenario:
     step_seconds: int = 300  # simulated time between two purchases: 10,000 purchases span 35 days
 
 
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """One message to publish: ``record`` is a card-event record, or ``raw`` is bytes as they are."""
-
-    role: str  # "authorizations", "settlements", "profiles" or "activations"
-    key: bytes
-    record: dict[str, Any] | None = None
-    raw: bytes | None = None
-    bad: str | None = None  # which bad kind, for the tests
+def account_id(number: int) -> str:
+    return f"acct-{number:06d}"
 
 
-def _random_card_number(rng: random.Random) -> str:
-    while True:
-        digits = "".join(rng.choice("0123456789") for _ in range(16))
-        if luhn_valid(digits):
-            return digits
+class Purchase:
+    """One purchase of the mix: its account, card, merchant, amount and shape, drawn from ``rng``."""
 
-
-class _Purchase:
     def __init__(self, rng: random.Random, scenario: Scenario, number: int) -> None:
         self.rng = rng
         self.number = number
@@ -247,137 +223,3 @@ class _Purchase:
                     )
                 )
         return events
-
-
-# The Avro subject of each role's messages.
-ROLE_SUBJECTS = {
-    "authorizations": "authorization_event",
-    "settlements": "settlement_event",
-    "profiles": "account_profile",
-    "activations": "offer_activation",
-}
-
-
-def bad_message(rng: random.Random, codec: Codec, good: dict[str, Any], role: str) -> Outgoing:
-    """A message a worker must dead-letter, made from ``good``: undecodable, an unknown schema id,
-    an invalid MCC, a negative amount, an unknown currency or a card number."""
-    subject = ROLE_SUBJECTS[role]
-    kind = rng.choice(("undecodable", "unknown_schema_id", "invalid_mcc", "negative_amount", "unknown_currency", "card_number"))
-    key = good["account_id"].encode()
-    bad = dict(good, event_id=good["event_id"] + "-bad")
-    if kind == "undecodable":
-        return Outgoing(role, key, raw=b"\x00\x00\x00\x00\x01" + bytes(rng.randrange(256) for _ in range(7)), bad=kind)
-    if kind == "unknown_schema_id":
-        return Outgoing(role, key, raw=struct.pack(">bI", 0, 999_999) + b"\x02\x04", bad=kind)
-    if kind == "invalid_mcc":
-        bad["mcc"] = "54A1"
-    elif kind == "negative_amount":
-        bad["amount_minor"] = bad["billing_amount_minor"] = -bad["amount_minor"]
-    elif kind == "unknown_currency":
-        bad["billing_currency"] = "XYZ"
-    else:
-        bad["merchant_name"] = f"PAN {_random_card_number(rng)}"
-    return Outgoing(role, key, raw=codec.encode(subject, bad), bad=kind)
-
-
-def account_id(number: int) -> str:
-    return f"acct-{number:06d}"
-
-
-def account_messages(scenario: Scenario) -> Iterator[Outgoing]:
-    """Segments for some accounts, and an activation of the offer that needs one for every third
-    account, a day before the first purchase: what the bank's systems would have published."""
-    activated_at = scenario.start - timedelta(days=1)
-    for number in range(scenario.accounts):
-        account = account_id(number)
-        segments = [name for name, every in SEGMENTS if number % every == 0]
-        if segments:
-            record = {"account_id": account, "segments": segments, "updated_at": activated_at}
-            yield Outgoing("profiles", account.encode(), record=record)
-        if number % 3 == 0:
-            record = {"account_id": account, "offer_id": ACTIVATED_OFFER, "active": True, "changed_at": activated_at}
-            yield Outgoing("activations", f"{account}:{ACTIVATED_OFFER}".encode(), record=record)
-
-
-def generate(scenario: Scenario, codec: Codec | None = None) -> Iterator[Outgoing]:
-    """The scenario's messages in publication order. Purchases start one step apart; their later
-    events (clearings, refunds...) are interleaved by step. With a codec, bad messages are mixed in."""
-    rng = random.Random(scenario.seed)
-    yield from account_messages(scenario)
-    queue: list[tuple[int, int, str, dict[str, Any]]] = []
-    order = 0
-    number = 0
-    while scenario.purchases == 0 or number < scenario.purchases or queue:
-        if scenario.purchases == 0 or number < scenario.purchases:
-            purchase = _Purchase(rng, scenario, number)
-            for delay, role, record in purchase.events():
-                heapq.heappush(queue, (number + delay, order, role, record))
-                order += 1
-            number += 1
-        while queue and (queue[0][0] <= number or (scenario.purchases and number >= scenario.purchases)):
-            _, _, role, record = heapq.heappop(queue)
-            key = record["account_id"].encode()
-            yield Outgoing(role, key, record=record)
-            if rng.random() < scenario.duplicate_ratio:
-                yield Outgoing(role, key, record=record)
-            if rng.random() < scenario.conflict_ratio:  # same id, other content: quarantined, never credited
-                yield Outgoing(
-                    role,
-                    key,
-                    record=dict(
-                        record,
-                        amount_minor=record["amount_minor"] + 100,
-                        billing_amount_minor=record["billing_amount_minor"] + 100,
-                    ),
-                    bad="conflict",
-                )
-            if codec is not None and rng.random() < scenario.bad_ratio:
-                yield bad_message(rng, codec, record, role)
-
-
-async def publish(
-    settings: Settings,
-    codec: Codec,
-    topics: Catalogue,
-    scenario: Scenario,
-    rate: float,
-    stop: asyncio.Event,
-    progress: bool = True,
-) -> int:
-    """Publish the scenario at ``rate`` events per second (0: as fast as possible); return the count."""
-    from tqdm import tqdm
-
-    names = {
-        "authorizations": topics.authorizations.name,
-        "settlements": topics.settlements.name,
-        "profiles": topics.profiles.name,
-        "activations": topics.activations.name,
-    }
-    producer = make_producer(settings, linger_ms=5)
-    await producer.start()
-    bar = tqdm(total=None, unit="ev", disable=not progress, file=sys.stderr, desc="card events", mininterval=0.5)
-    sent = 0
-    started = time.monotonic()
-    try:
-        for message in generate(scenario, codec):
-            if stop.is_set():
-                break
-            value = message.raw if message.raw is not None else codec.encode(ROLE_SUBJECTS[message.role], message.record or {})
-            # Account messages go where the account's card events go (topics.catalogue.account_partition).
-            partition = (
-                account_partition(message.record["account_id"], topics.profiles.partitions)
-                if message.role in ("profiles", "activations") and message.record
-                else None
-            )
-            await producer.send(names[message.role], value, key=message.key, partition=partition)
-            sent += 1
-            bar.update(1)
-            if rate > 0 and sent % max(1, int(rate // 20)) == 0:
-                ahead = sent / rate - (time.monotonic() - started)
-                if ahead > 0:
-                    await asyncio.sleep(ahead)
-        await producer.flush()
-    finally:
-        bar.close()
-        await producer.stop()
-    return sent
