@@ -5,6 +5,7 @@ budget). Clawbacks prorate what was confirmed and leave the carried remainder al
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from stream.core.money import format_minor, prorate
@@ -35,13 +36,28 @@ def _purchase_of(step: AccountStep) -> dict[str, Any] | None:
     return txn if txn is not None and txn["cleared_basis"] > 0 else None
 
 
-def on_refund(step: AccountStep) -> Outcome:
+def _on_each_share(
+    step: AccountStep,
+    moved: Outcome,
+    act: Callable[[dict[str, Any], Share], int],
+    first: Callable[[dict[str, Any]], None] | None = None,
+) -> Outcome:
+    """The purchase the event is about (cleared at least in part): ``first`` on it, then ``act`` on
+    each of its shares, which returns the amount it moved; ``moved`` when any did."""
     txn = _purchase_of(step)
     if txn is None:
         return Outcome.UNKNOWN_TRANSACTION
-    txn["refunded_basis"] = min(txn["cleared_basis"], txn["refunded_basis"] + step.event.billing_amount_minor)
-    clawed = 0
-    for share in txn["shares"]:
+    if first is not None:
+        first(txn)
+    total = sum(act(txn, share) for share in txn["shares"])
+    return moved if total else Outcome.NO_CHANGE
+
+
+def on_refund(step: AccountStep) -> Outcome:
+    def add_refund(txn: dict[str, Any]) -> None:
+        txn["refunded_basis"] = min(txn["cleared_basis"], txn["refunded_basis"] + step.event.billing_amount_minor)
+
+    def claw_back(txn: dict[str, Any], share: Share) -> int:
         target = prorate(share["earned"], txn["refunded_basis"], txn["cleared_basis"])
         detail = (
             f"refund: {format_minor(txn['refunded_basis'], txn['currency'])} of "
@@ -49,30 +65,23 @@ def on_refund(step: AccountStep) -> Outcome:
         )
         taken = _claw_back(step, share, target - share["refund_clawed"], "refund", detail)
         share["refund_clawed"] += taken
-        clawed += taken
-    return Outcome.CLAWED_BACK if clawed else Outcome.NO_CHANGE
+        return taken
+
+    return _on_each_share(step, Outcome.CLAWED_BACK, claw_back, first=add_refund)
 
 
 def on_chargeback(step: AccountStep) -> Outcome:
-    txn = _purchase_of(step)
-    if txn is None:
-        return Outcome.UNKNOWN_TRANSACTION
-    clawed = 0
-    for share in txn["shares"]:
-        taken = _claw_back(
-            step, share, share["earned"] - share["clawed_back"], "chargeback", "chargeback: all cashback of the purchase"
-        )
+    def claw_back(txn: dict[str, Any], share: Share) -> int:
+        detail = "chargeback: all cashback of the purchase"
+        taken = _claw_back(step, share, share["earned"] - share["clawed_back"], "chargeback", detail)
         share["chargeback_clawed"] += taken
-        clawed += taken
-    return Outcome.CLAWED_BACK if clawed else Outcome.NO_CHANGE
+        return taken
+
+    return _on_each_share(step, Outcome.CLAWED_BACK, claw_back)
 
 
 def on_chargeback_reversal(step: AccountStep) -> Outcome:
-    txn = _purchase_of(step)
-    if txn is None:
-        return Outcome.UNKNOWN_TRANSACTION
-    recredited = 0
-    for share in txn["shares"]:
+    def recredit(txn: dict[str, Any], share: Share) -> int:
         amount, limit = step.grant(share, share["chargeback_clawed"])
         book = spendable_book(share) if share["pending_days"] == 0 else "CONFIRMED"
         note = limit_note(share, limit)
@@ -82,5 +91,6 @@ def on_chargeback_reversal(step: AccountStep) -> Outcome:
         share["confirmed" if book == "CONFIRMED" else "available"] += amount
         share["clawed_back"] -= amount
         share["chargeback_clawed"] -= amount
-        recredited += amount
-    return Outcome.RECREDITED if recredited else Outcome.NO_CHANGE
+        return amount
+
+    return _on_each_share(step, Outcome.RECREDITED, recredit)
