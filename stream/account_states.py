@@ -10,13 +10,21 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from stream.changelog_table import ChangelogTable
-from stream.core.state_rows import Writes, assemble, carried, in_rows, is_summary_key, slots_of, split
+from stream.core.account_state import AccountState
+from stream.core.state_rows import (
+    Writes,
+    assemble,
+    carried,
+    decode_summary,
+    encode,
+    in_rows,
+    is_summary_key,
+    slots_of,
+    split,
+)
 from topics.catalogue import account_partition
-
-State = dict[str, Any]
 
 # How many accounts' whole states stay in memory between their events. A state not here is read
 # from the local store (the summary, then each row it names).
@@ -32,22 +40,24 @@ class AccountStates:
         self.cached = cached
         # account -> its state, whether stored in rows, the rows its summary carried when read
         # (to write again), and the slots of its recent events
-        self._whole: OrderedDict[str, tuple[State, bool, frozenset[str], dict[str, int]]] = OrderedDict()
+        self._whole: OrderedDict[str, tuple[AccountState, bool, frozenset[str], dict[str, int]]] = OrderedDict()
         self._due: dict[int, dict[str, int]] = {}  # partition -> {account: due_ms}, once scanned
 
-    def get(self, account_id: str) -> State | None:
+    def get(self, account_id: str) -> AccountState | None:
         """The account's state as the engine takes it (None: never seen)."""
         held = self._whole.get(account_id)
         if held is not None:
             self._whole.move_to_end(account_id)
             return held[0]
-        summary = self.table.get(account_id)
-        state = assemble(account_id, summary, self.table.get)
+        stored = decode_summary(self.table.get(account_id))
+        state = assemble(account_id, stored, self.table.get)
         if state is not None:
-            self._keep(account_id, state, in_rows(summary), carried(summary), slots_of(summary))
+            self._keep(account_id, state, in_rows(stored), carried(stored), slots_of(stored))
         return state
 
-    async def store(self, account_id: str, before: State | None, after: State, still_owned: Callable[[], None]) -> None:
+    async def store(
+        self, account_id: str, before: AccountState | None, after: AccountState, still_owned: Callable[[], None]
+    ) -> None:
         """Store the step from ``before`` (what ``get`` returned) to ``after``: the summary first,
         then the rows that changed, then the deletions (``stream.core.state_rows``); return once the
         changelog has them all, and then the local store (``ChangelogTable.settle``: a refused
@@ -62,16 +72,16 @@ class AccountStates:
         self._keep(account_id, after, True, frozenset(), writes.slots)
         due = self._due.get(account_partition(account_id, self.partitions))
         if due is not None:
-            if after.get("due_ms") is None:
+            if after.due_ms is None:
                 due.pop(account_id, None)
             else:
-                due[account_id] = after["due_ms"]
+                due[account_id] = after.due_ms
         await self.table.settle(still_owned)
 
     def _write(self, account_id: str, writes: Writes) -> None:
-        self.table[account_id] = writes.summary
+        self.table[account_id] = encode(writes.summary)
         for key, value in writes.rows.items():
-            self.table[key] = value
+            self.table[key] = encode(value)
         for key in writes.deletes:
             del self.table[key]
 
@@ -96,12 +106,14 @@ class AccountStates:
         index: dict[str, int] = {}
         for key in list(self.table.keys()):
             if is_summary_key(key) and account_partition(key, self.partitions) == partition:
-                summary = self.table.get(key)
-                if summary and summary.get("due_ms") is not None:
-                    index[key] = summary["due_ms"]
+                stored = decode_summary(self.table.get(key))
+                if stored is not None and stored.due_ms is not None:
+                    index[key] = stored.due_ms
         return index
 
-    def _keep(self, account_id: str, state: State, stored_in_rows: bool, rewrite: frozenset[str], slots: dict[str, int]) -> None:
+    def _keep(
+        self, account_id: str, state: AccountState, stored_in_rows: bool, rewrite: frozenset[str], slots: dict[str, int]
+    ) -> None:
         self._whole[account_id] = (state, stored_in_rows, rewrite, slots)
         self._whole.move_to_end(account_id)
         while len(self._whole) > self.cached:

@@ -48,6 +48,7 @@ from stream.producing import producer as make_producer
 from stream.settings import Settings
 from stream.store import reads
 from stream.store.migrations import pending_migrations
+from topics.catalogue import Catalogue
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +71,9 @@ def _decode_cursor(cursor: str) -> int:
     return value
 
 
-def create_app(settings: Settings) -> FastAPI:
-    codec = Codec.configured(settings.schema_registry_url)
-    topics = settings.topics()
+def create_app(settings: Settings, codec: Codec, topics: Catalogue) -> FastAPI:
+    """The API over ``settings``' servers, with the process's codec and topic catalogue (built
+    once, by ``stream.composition.System``)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -13,8 +13,8 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
+from stream.core.account_state import AccountState
 from stream.core.balances import balances
 from stream.core.entries import Entry
 from stream.core.events import CardEvent, to_event, validate
@@ -30,7 +30,7 @@ from stream.simulate import Outgoing
 @dataclass
 class Replay:
     offers: OfferBook
-    states: dict[str, Any] = field(default_factory=dict)
+    states: dict[str, AccountState] = field(default_factory=dict)
     profiles: dict[str, Profile] = field(default_factory=dict)
     entries: dict[str, Entry] = field(default_factory=dict)  # accrual_id -> entry, as the ledger keeps them
     outcomes: list[str] = field(default_factory=list)  # one per decision, in order

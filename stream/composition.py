@@ -1,16 +1,18 @@
-"""The composition root: what every process and command is built from, made one way here (the
-codec with its registry, the topic catalogue, the topics and the database schema), and the
-operator's errors (``UsageError``: one line, exit code 2). The processes (worker, sink, API) are
-built and run here. The command line (``stream.cli``) only parses arguments and calls these; the
-development stack (``stream.localstack``) uses them too.
+"""The composition root: ``System``, what every process and command is built from, each part
+made once and one way here (the settings, the topic catalogue, the codec with its registry), which
+creates the topics, migrates the database schema and builds and runs the processes (worker, sink,
+API). Beside it, what needs no state: the operator's errors (``UsageError``: one line, exit code
+2), reading an offers file, a DSN with its password masked, and running a coroutine until SIGINT
+or SIGTERM. The command line (``stream.cli``) only parses arguments and builds the ``System`` its
+commands (``stream.commands``) use; the development stack (``stream.localstack``) builds its own.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
+import functools
 import signal
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -21,8 +23,6 @@ from topics.catalogue import Catalogue
 
 if TYPE_CHECKING:
     from stream.core.offers import Offer
-
-log = logging.getLogger("cashback")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_OFFERS = REPO_ROOT / "deploy" / "offers" / "example.yaml"
@@ -75,49 +75,6 @@ def read_offers(path: str | Path) -> list[Offer]:
         raise UsageError(f"offers file {path}: {error}") from None
 
 
-def build_codec(settings: Settings) -> Codec:
-    import httpx
-
-    try:
-        return Codec.configured(settings.schema_registry_url)
-    except httpx.HTTPError as error:
-        raise UsageError(f"cannot use the schema registry at {settings.schema_registry_url}: {error}") from None
-
-
-def topics_of(settings: Settings) -> Catalogue:
-    return settings.topics()
-
-
-async def create_topics(settings: Settings) -> list[str]:
-    """The catalogue's topics and the matcher's table changelogs."""
-    from topics.admin import ensure_topics
-    from topics.catalogue import table_changelogs
-
-    topics = topics_of(settings)
-    return await ensure_topics(
-        settings.kafka_bootstrap_servers,
-        (*topics.all(), *table_changelogs(settings.app_id, topics.authorizations.partitions)),
-        settings.topic_replication_factor,
-        **settings.kafka_client_options(),
-    )
-
-
-async def migrate_database(settings: Settings) -> list[str]:
-    import asyncpg
-
-    from stream.store.migrations import migrate
-
-    try:
-        connection = await asyncpg.connect(settings.database_url, timeout=30)
-    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-        reason = str(error) or type(error).__name__
-        raise UsageError(f"cannot connect to Postgres at {masked_dsn(settings.database_url)}: {reason}") from None
-    try:
-        return await migrate(connection)
-    finally:
-        await connection.close()
-
-
 def run_until_signalled(main: Callable[[asyncio.Event], Coroutine[Any, Any, Any]]) -> None:
     """Run ``main(stop_event)`` on uvloop; SIGINT/SIGTERM set the event for a clean stop."""
     import uvloop
@@ -132,61 +89,122 @@ def run_until_signalled(main: Callable[[asyncio.Event], Coroutine[Any, Any, Any]
     uvloop.run(runner())
 
 
-# --- the processes -----------------------------------------------------------------------------
+# --- the composition root ----------------------------------------------------------------------
 
 
-def run_worker(settings: Settings, with_sink: bool = False) -> None:
-    """The worker process: topics and schema ensured, metrics served, the matcher (and the sink in
-    the same process when asked) under Faust's worker until it is stopped."""
-    import faust
-    import uvloop
+class System:
+    """What one process or command is built from, each part made once: the settings, the topic
+    catalogue and the codec (built when first used: with a schema registry configured it registers
+    the schemas there, which a command that encodes nothing must not need). The processes and the
+    commands take their settings, catalogue and codec from here."""
 
-    from stream import metrics
-    from stream.matcher import Matcher
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
 
-    asyncio.run(create_topics(settings))
-    asyncio.run(migrate_database(settings))  # campaign budgets live in Postgres
-    metrics.serve(settings.metrics_port)
-    uvloop.install()
-    matcher = Matcher(settings, build_codec(settings))
-    if with_sink:
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> System:
+        """The system the environment (or ``environ``) configures; ConfigError for a bad one,
+        the Kafka security options included, before anything starts."""
+        settings = Settings.from_env(environ)
+        settings.kafka_client_options()
+        return cls(settings)
+
+    @functools.cached_property
+    def catalogue(self) -> Catalogue:
+        return self.settings.topics()
+
+    @functools.cached_property
+    def codec(self) -> Codec:
+        import httpx
+
+        try:
+            return Codec.configured(self.settings.schema_registry_url)
+        except httpx.HTTPError as error:
+            raise UsageError(f"cannot use the schema registry at {self.settings.schema_registry_url}: {error}") from None
+
+    async def create_topics(self) -> list[str]:
+        """The catalogue's topics and the matcher's table changelogs; the names of those created."""
+        from topics.admin import ensure_topics
+        from topics.catalogue import table_changelogs
+
+        settings, topics = self.settings, self.catalogue
+        return await ensure_topics(
+            settings.kafka_bootstrap_servers,
+            (*topics.all(), *table_changelogs(settings.app_id, topics.authorizations.partitions)),
+            settings.topic_replication_factor,
+            **settings.kafka_client_options(),
+        )
+
+    async def migrate_database(self) -> list[str]:
+        """The ledger's schema migrations applied; the names of those applied now."""
+        import asyncpg
+
+        from stream.store.migrations import migrate
+
+        dsn = self.settings.database_url
+        try:
+            connection = await asyncpg.connect(dsn, timeout=30)
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            reason = str(error) or type(error).__name__
+            raise UsageError(f"cannot connect to Postgres at {masked_dsn(dsn)}: {reason}") from None
+        try:
+            return await migrate(connection)
+        finally:
+            await connection.close()
+
+    # --- the processes ---------------------------------------------------------------------------
+
+    def run_worker(self, with_sink: bool = False) -> None:
+        """The worker process: topics and schema ensured, metrics served, the matcher (and the sink
+        in the same process when asked) under Faust's worker until it is stopped."""
+        import faust
+        import uvloop
+
+        from stream import metrics
+        from stream.matcher import Matcher
+
+        settings = self.settings
+        asyncio.run(self.create_topics())
+        asyncio.run(self.migrate_database())  # campaign budgets live in Postgres
+        metrics.serve(settings.metrics_port)
+        uvloop.install()
+        matcher = Matcher(settings, self.codec, self.catalogue)
+        if with_sink:
+            from stream.sink import Sink
+
+            matcher.app.task(Sink(settings, self.catalogue, self.codec).run)
+        faust.Worker(matcher.app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
+
+    def run_sink(self) -> None:
+        """The sink process, until SIGINT or SIGTERM."""
+        from stream import metrics
         from stream.sink import Sink
 
-        sink = Sink(settings, matcher.topics, matcher.codec)
-        matcher.app.task(sink.run)
-    faust.Worker(matcher.app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
+        async def main(stop: asyncio.Event) -> None:
+            await self.create_topics()
+            await self.migrate_database()
+            metrics.serve(self.settings.metrics_port)
+            sink = Sink(self.settings, self.catalogue, self.codec)
+            task = asyncio.create_task(sink.run())
+            await asyncio.wait([task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+            sink.stop()
+            await task
 
+        run_until_signalled(main)
 
-def run_sink(settings: Settings) -> None:
-    """The sink process, until SIGINT or SIGTERM."""
-    from stream import metrics
-    from stream.sink import Sink
+    def run_api(self) -> None:
+        """The balance API process (uvicorn), the schema migrated first."""
+        import uvicorn
 
-    async def main(stop: asyncio.Event) -> None:
-        await create_topics(settings)
-        await migrate_database(settings)
-        metrics.serve(settings.metrics_port)
-        sink = Sink(settings, topics_of(settings), build_codec(settings))
-        task = asyncio.create_task(sink.run())
-        await asyncio.wait([task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
-        sink.stop()
-        await task
+        from stream.api import create_app
 
-    run_until_signalled(main)
-
-
-def run_api(settings: Settings) -> None:
-    """The balance API process (uvicorn), the schema migrated first."""
-    import uvicorn
-
-    from stream.api import create_app
-
-    asyncio.run(migrate_database(settings))
-    uvicorn.run(
-        create_app(settings),
-        host=settings.api_host,
-        port=settings.api_port,
-        log_level=settings.log_level.lower(),
-        loop="uvloop",
-        access_log=False,
-    )
+        settings = self.settings
+        asyncio.run(self.migrate_database())
+        uvicorn.run(
+            create_app(settings, self.codec, self.catalogue),
+            host=settings.api_host,
+            port=settings.api_port,
+            log_level=settings.log_level.lower(),
+            loop="uvloop",
+            access_log=False,
+        )

@@ -40,6 +40,7 @@ from schemas.codec import Codec, DecodeError
 from stream.account_profiles import AccountProfiles
 from stream.account_states import AccountStates
 from stream.changelog_table import ChangelogTable
+from stream.core.account_state import AccountState
 from stream.core.events import CardEvent, to_event, validate
 from stream.core.lifecycle import due_events
 from stream.core.memory import RECENT_EVENTS_LIMIT
@@ -58,9 +59,11 @@ from topics.catalogue import ACCOUNT_PROFILE_TABLE, ACCOUNT_STATE_TABLE, Catalog
 log = logging.getLogger(__name__)
 
 LAG_INTERVAL_S = 5.0
-# Table values are plain JSON: no value_type, which Faust could not rebuild from the changelog
-# (value_type=dict made every recovery fail and wait forever).
-TABLE_SCHEMA: faust.Schema = faust.Schema(key_type=str, key_serializer="json", value_serializer="json")
+# Profiles are plain JSON: no value_type, which Faust could not rebuild from the changelog
+# (value_type=dict made every recovery fail and wait forever). States are bytes the account states
+# encode and decode themselves (MessagePack: stream.core.state_rows).
+PROFILE_SCHEMA: faust.Schema = faust.Schema(key_type=str, key_serializer="json", value_serializer="json")
+STATE_SCHEMA: faust.Schema = faust.Schema(key_type=str, key_serializer="json", value_serializer="raw")
 # Decisions whose entries may be undelivered at once: at most the events an account's state keeps
 # with their entries, so a crash never loses one (stream.progress.InFlightDecisions).
 IN_FLIGHT_LIMIT = RECENT_EVENTS_LIMIT
@@ -105,14 +108,14 @@ class Matcher:
         self.accruals = self.app.topic(self.topics.accruals.name, key_serializer="raw", value_serializer="raw")
         self.dead_letters = self.app.topic(self.topics.dead_letters.name, key_serializer="raw", value_serializer="raw")
         self.states = ChangelogTable(
-            self.app, name=ACCOUNT_STATE_TABLE, default=None, schema=TABLE_SCHEMA, beacon=self.app.tables.beacon
+            self.app, name=ACCOUNT_STATE_TABLE, default=None, schema=STATE_SCHEMA, beacon=self.app.tables.beacon
         )
         self.app.tables.add(self.states)
         # The states as the engine takes them: a summary and rows per account in that table.
         self.accounts = AccountStates(self.states, self.topics.authorizations.partitions)
         # Segments and activations per account (stream.core.profiles), joined from their own topics.
         self.profiles = ChangelogTable(
-            self.app, name=ACCOUNT_PROFILE_TABLE, default=None, schema=TABLE_SCHEMA, beacon=self.app.tables.beacon
+            self.app, name=ACCOUNT_PROFILE_TABLE, default=None, schema=PROFILE_SCHEMA, beacon=self.app.tables.beacon
         )
         self.app.tables.add(self.profiles)
         self.account_profiles = AccountProfiles(
@@ -227,7 +230,7 @@ class Matcher:
             return None
         return await self._apply(to_event(record), self.accounts.get(record["account_id"]), source)
 
-    async def _apply(self, event: CardEvent, state: dict[str, Any] | None, source: Source | None) -> Outcome | None:
+    async def _apply(self, event: CardEvent, state: AccountState | None, source: Source | None) -> Outcome | None:
         """Decide one event for its account, then send its entries and store the new state (in
         that order). ``source`` is the input message, None for an internal event of time passing."""
         account_key = event.account_id.encode()
@@ -290,7 +293,7 @@ class Matcher:
                 value = self.codec.encode("clock_tick", {"partition": tp.partition, "now": now})
                 await self.clock.send(key=str(tp.partition).encode(), value=value, partition=tp.partition, force=True)
 
-    async def _decide(self, event: CardEvent, state: dict[str, Any] | None) -> Decision:
+    async def _decide(self, event: CardEvent, state: AccountState | None) -> Decision:
         """The engine's decision, with its campaign budgets granted across all workers
         (stream.granting). The grant is in Postgres before anything is sent."""
         book = self.offers.book

@@ -10,31 +10,31 @@ reserves its cap and budget so that nothing is promised twice.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
 
+from stream.core.account_state import Share, Txn
 from stream.core.judgement import new_txn, reconsider, refuse, shares_for
 from stream.core.lifecycle import authorization_expires_at
 from stream.core.offers import AccrueOn
 from stream.core.outcomes import Outcome
-from stream.core.rewards import Share, at_most_per_purchase, compute, describe
+from stream.core.rewards import at_most_per_purchase, compute, describe
 from stream.core.working_copy import AccountStep, limit_note, purchase_basis
 
 Limited = list[tuple[Share, Outcome, str]]  # shares a limit left with nothing, the limit, its note
 
 
-def _set_pending(step: AccountStep, txn: dict[str, Any], kind: str) -> tuple[bool, Limited]:
+def _set_pending(step: AccountStep, txn: Txn, kind: str) -> tuple[bool, Limited]:
     """Move each share's pending cashback to what the authorised basis now earns (no carry: pending
     is provisional), as far as its cap and budget allow."""
     changed, limited = False, []
-    basis = txn["authorized_basis"]
-    for share in txn["shares"]:
+    basis = txn.authorized_basis
+    for share in txn.shares:
         amount = replace(compute(share, basis, basis), carried_out=0)
-        target = 0 if share["accrue_on"] == AccrueOn.CLEARING.value else at_most_per_purchase(share, amount.reward_minor)
-        delta, limit = target - share["pending"], None
+        target = 0 if share.accrue_on == AccrueOn.CLEARING.value else at_most_per_purchase(share, amount.reward_minor)
+        delta, limit = target - share.pending, None
         if delta > 0:
             delta, limit = step.grant(share, delta)
         note = limit_note(share, limit)
-        detail = describe(share, basis, amount, share["pending"] + delta, note)
+        detail = describe(share, basis, amount, share.pending + delta, note)
         if delta > 0:
             step.entry(kind, "EXPENSE", "PENDING", delta, share, "earned", f"pending {detail}", basis, amount=amount)
         elif delta < 0:
@@ -42,9 +42,9 @@ def _set_pending(step: AccountStep, txn: dict[str, Any], kind: str) -> tuple[boo
                 "PENDING_RELEASED", "PENDING", "EXPENSE", -delta, share, "released", f"pending now {detail}", basis, amount=amount
             )
         step.hold(share, delta)
-        share["pending"] += delta
+        share.pending += delta
         changed = changed or delta != 0
-        if limit is not None and share["pending"] == 0:
+        if limit is not None and share.pending == 0:
             limited.append((share, limit, note))
     return changed, limited
 
@@ -59,17 +59,17 @@ def on_authorization(step: AccountStep) -> Outcome:
     existing = step.txns.get(event.transaction_ref)
     if existing is not None:
         # A late authorisation after its clearing (out of order), or a second one for the same ref.
-        return Outcome.ALREADY_SETTLED if existing["status"] != "authorized" else Outcome.NO_CHANGE
+        return Outcome.ALREADY_SETTLED if existing.status != "authorized" else Outcome.NO_CHANGE
     shares, found = shares_for(step)
     if not shares:
         return refuse(step, found, "authorized")
     txn = step.put(event.transaction_ref, new_txn(event, shares, "authorized"))
-    txn["authorized_basis"] = purchase_basis(event)
-    txn["expires_at_ms"] = authorization_expires_at(event, [step.offers.get(share["offer_id"]) for share in shares])
+    txn.authorized_basis = purchase_basis(event)
+    txn.expires_at_ms = authorization_expires_at(event, [step.offers.get(share.offer_id) for share in shares])
     return _pending_outcome(step, txn, "PENDING_CREATED", "authorisation")
 
 
-def _pending_outcome(step: AccountStep, txn: dict[str, Any], kind: str, what: str) -> Outcome:
+def _pending_outcome(step: AccountStep, txn: Txn, kind: str, what: str) -> Outcome:
     changed, limited = _set_pending(step, txn, kind)
     if changed:
         return Outcome.EARNED
@@ -78,9 +78,9 @@ def _pending_outcome(step: AccountStep, txn: dict[str, Any], kind: str, what: st
     return Outcome.MATCHED_ACCRUES_ON_CLEARING
 
 
-def _authorized(step: AccountStep) -> tuple[dict[str, Any] | None, Outcome | None]:
+def _authorized(step: AccountStep) -> tuple[Txn | None, Outcome | None]:
     txn = step.txn(step.event.transaction_ref)
-    if txn is None or txn["status"] != "authorized":
+    if txn is None or txn.status != "authorized":
         return None, Outcome.UNKNOWN_TRANSACTION if txn is None else Outcome.ALREADY_SETTLED
     return txn, None
 
@@ -91,13 +91,13 @@ def on_incremental(step: AccountStep) -> Outcome:
         return problem or Outcome.UNKNOWN_TRANSACTION
     if not step.event.approved:
         return Outcome.DECLINED
-    txn["authorized_basis"] += purchase_basis(step.event)
-    if txn.get("refused"):
-        shares, purchase = reconsider(step, txn, txn["authorized_basis"])
+    txn.authorized_basis += purchase_basis(step.event)
+    if txn.refused:
+        shares, purchase = reconsider(step, txn, txn.authorized_basis)
         if not shares:
             return Outcome.NO_CHANGE
-        txn["shares"] = shares
-        txn["expires_at_ms"] = authorization_expires_at(purchase, [step.offers.get(s["offer_id"]) for s in shares])
+        txn.shares = shares
+        txn.expires_at_ms = authorization_expires_at(purchase, [step.offers.get(s.offer_id) for s in shares])
         return _pending_outcome(step, txn, "PENDING_CREATED", "incremental authorisation")
     return Outcome.ADJUSTED if _set_pending(step, txn, "PENDING_ADJUSTED")[0] else Outcome.NO_CHANGE
 
@@ -106,7 +106,7 @@ def on_reversal(step: AccountStep) -> Outcome:
     txn, problem = _authorized(step)
     if txn is None:
         return problem or Outcome.UNKNOWN_TRANSACTION
-    txn["authorized_basis"] = max(0, txn["authorized_basis"] - purchase_basis(step.event))
+    txn.authorized_basis = max(0, txn.authorized_basis - purchase_basis(step.event))
     return Outcome.RELEASED if _set_pending(step, txn, "PENDING_ADJUSTED")[0] else Outcome.NO_CHANGE
 
 
@@ -116,12 +116,12 @@ def on_expiry(step: AccountStep) -> Outcome:
     txn = step.txn(step.event.transaction_ref)
     if txn is None:
         return Outcome.UNKNOWN_TRANSACTION
-    if txn["status"] not in ("authorized", "clearing"):
+    if txn.status not in ("authorized", "clearing"):
         return Outcome.ALREADY_SETTLED
-    if txn["status"] == "authorized":
-        txn["status"] = "expired"
-    for share in txn["shares"]:
-        step.entry("EXPIRED", "PENDING", "EXPENSE", share["pending"], share, "expired", "authorisation expired: pending released")
-        step.hold(share, -share["pending"])
-        share["pending"] = 0
+    if txn.status == "authorized":
+        txn.status = "expired"
+    for share in txn.shares:
+        step.entry("EXPIRED", "PENDING", "EXPENSE", share.pending, share, "expired", "authorisation expired: pending released")
+        step.hold(share, -share.pending)
+        share.pending = 0
     return Outcome.EXPIRED

@@ -6,11 +6,10 @@ budget). Clawbacks prorate what was confirmed and leave the carried remainder al
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
+from stream.core.account_state import Share, Txn
 from stream.core.money import format_minor, prorate
 from stream.core.outcomes import Outcome
-from stream.core.rewards import Share
 from stream.core.working_copy import AccountStep, limit_note, spendable_book
 
 
@@ -19,28 +18,28 @@ def _claw_back(step: AccountStep, share: Share, amount: int, reason: str, detail
     The cap period and the budget get it back."""
     # Never negative: a later clearing part can lower a refund's prorated target below what was
     # already taken back; that is not a reason to give cashback back.
-    amount = max(0, min(amount, share["earned"] - share["clawed_back"]))
-    from_confirmed = min(share["confirmed"], amount)
+    amount = max(0, min(amount, share.earned - share.clawed_back))
+    from_confirmed = min(share.confirmed, amount)
     step.entry("CLAWED_BACK", "CONFIRMED", "EXPENSE", from_confirmed, share, reason, detail)
     step.entry("CLAWED_BACK", spendable_book(share), "EXPENSE", amount - from_confirmed, share, reason, detail)
     step.hold(share, -amount)
-    share["confirmed"] -= from_confirmed
-    share["available"] -= amount - from_confirmed
-    share["clawed_back"] += amount
+    share.confirmed -= from_confirmed
+    share.available -= amount - from_confirmed
+    share.clawed_back += amount
     return amount
 
 
-def _purchase_of(step: AccountStep) -> dict[str, Any] | None:
+def _purchase_of(step: AccountStep) -> Txn | None:
     event = step.event
     txn = step.txn(event.original_transaction_ref or event.transaction_ref)
-    return txn if txn is not None and txn["cleared_basis"] > 0 else None
+    return txn if txn is not None and txn.cleared_basis > 0 else None
 
 
 def _on_each_share(
     step: AccountStep,
     moved: Outcome,
-    act: Callable[[dict[str, Any], Share], int],
-    first: Callable[[dict[str, Any]], None] | None = None,
+    act: Callable[[Txn, Share], int],
+    first: Callable[[Txn], None] | None = None,
 ) -> Outcome:
     """The purchase the event is about (cleared at least in part): ``first`` on it, then ``act`` on
     each of its shares, which returns the amount it moved; ``moved`` when any did."""
@@ -49,48 +48,51 @@ def _on_each_share(
         return Outcome.UNKNOWN_TRANSACTION
     if first is not None:
         first(txn)
-    total = sum(act(txn, share) for share in txn["shares"])
+    total = sum(act(txn, share) for share in txn.shares)
     return moved if total else Outcome.NO_CHANGE
 
 
 def on_refund(step: AccountStep) -> Outcome:
-    def add_refund(txn: dict[str, Any]) -> None:
-        txn["refunded_basis"] = min(txn["cleared_basis"], txn["refunded_basis"] + step.event.billing_amount_minor)
+    def add_refund(txn: Txn) -> None:
+        txn.refunded_basis = min(txn.cleared_basis, txn.refunded_basis + step.event.billing_amount_minor)
 
-    def claw_back(txn: dict[str, Any], share: Share) -> int:
-        target = prorate(share["earned"], txn["refunded_basis"], txn["cleared_basis"])
+    def claw_back(txn: Txn, share: Share) -> int:
+        target = prorate(share.earned, txn.refunded_basis, txn.cleared_basis)
         detail = (
-            f"refund: {format_minor(txn['refunded_basis'], txn['currency'])} of "
-            f"{format_minor(txn['cleared_basis'], txn['currency'])} refunded in all"
+            f"refund: {format_minor(txn.refunded_basis, txn.currency)} of "
+            f"{format_minor(txn.cleared_basis, txn.currency)} refunded in all"
         )
-        taken = _claw_back(step, share, target - share["refund_clawed"], "refund", detail)
-        share["refund_clawed"] += taken
+        taken = _claw_back(step, share, target - share.refund_clawed, "refund", detail)
+        share.refund_clawed += taken
         return taken
 
     return _on_each_share(step, Outcome.CLAWED_BACK, claw_back, first=add_refund)
 
 
 def on_chargeback(step: AccountStep) -> Outcome:
-    def claw_back(txn: dict[str, Any], share: Share) -> int:
+    def claw_back(txn: Txn, share: Share) -> int:
         detail = "chargeback: all cashback of the purchase"
-        taken = _claw_back(step, share, share["earned"] - share["clawed_back"], "chargeback", detail)
-        share["chargeback_clawed"] += taken
+        taken = _claw_back(step, share, share.earned - share.clawed_back, "chargeback", detail)
+        share.chargeback_clawed += taken
         return taken
 
     return _on_each_share(step, Outcome.CLAWED_BACK, claw_back)
 
 
 def on_chargeback_reversal(step: AccountStep) -> Outcome:
-    def recredit(txn: dict[str, Any], share: Share) -> int:
-        amount, limit = step.grant(share, share["chargeback_clawed"])
-        book = spendable_book(share) if share["pending_days"] == 0 else "CONFIRMED"
+    def recredit(txn: Txn, share: Share) -> int:
+        amount, limit = step.grant(share, share.chargeback_clawed)
+        book = spendable_book(share) if share.pending_days == 0 else "CONFIRMED"
         note = limit_note(share, limit)
         detail = "chargeback reversed: cashback credited again" + (f" ({note})" if note else "")
         step.entry("RECREDITED", "EXPENSE", book, amount, share, "chargeback_reversed", detail)
         step.hold(share, amount)
-        share["confirmed" if book == "CONFIRMED" else "available"] += amount
-        share["clawed_back"] -= amount
-        share["chargeback_clawed"] -= amount
+        if book == "CONFIRMED":
+            share.confirmed += amount
+        else:
+            share.available += amount
+        share.clawed_back -= amount
+        share.chargeback_clawed -= amount
         return amount
 
     return _on_each_share(step, Outcome.RECREDITED, recredit)

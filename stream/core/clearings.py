@@ -8,27 +8,28 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from stream.core.account_state import Share
 from stream.core.authorisations import Limited, limited_outcome
 from stream.core.judgement import new_txn, reconsider, refuse, shares_for, still_refused
 from stream.core.lifecycle import open_return_window, window_over
 from stream.core.outcomes import Outcome
-from stream.core.rewards import Amount, Share, at_most_per_purchase, compute, describe
+from stream.core.rewards import Amount, at_most_per_purchase, compute, describe
 from stream.core.working_copy import AccountStep, limit_note, purchase_basis, spendable_book
 
 
 def _confirm(step: AccountStep, share: Share, basis: int, size: int) -> tuple[int, int, Amount, Outcome | None]:
     """What a clearing part confirms for one share: (from pending, from expense, amount, limit)."""
     key = step.carry_key(share)
-    if share["method"] == "fixed":  # one fixed reward per purchase, whatever the number of parts
+    if share.method == "fixed":  # one fixed reward per purchase, whatever the number of parts
         amount = compute(share, basis, size)
-        wanted = max(0, amount.reward_minor - share["earned"])
+        wanted = max(0, amount.reward_minor - share.earned)
     else:
         amount = compute(share, basis, size, step.carry.get(key, 0))
         wanted = amount.reward_minor
-    wanted = at_most_per_purchase(share, wanted, share["earned"])
-    from_pending = min(share["pending"], wanted)
+    wanted = at_most_per_purchase(share, wanted, share.earned)
+    from_pending = min(share.pending, wanted)
     extra, limit = step.grant(share, wanted - from_pending)
-    if share["method"] != "fixed":
+    if share.method != "fixed":
         # What a limit cuts is not owed, nor is its fraction.
         carried = amount.carried_out if from_pending + extra == amount.reward_minor else 0
         amount = replace(amount, carried_out=carried)
@@ -50,62 +51,62 @@ def on_clearing(step: AccountStep) -> Outcome:
         if not shares:
             return refuse(step, found, "cleared" if final else "clearing")
         txn = step.put(event.transaction_ref, new_txn(event, shares, "clearing"))
-        txn["force_post"] = True
-    elif txn["status"] == "cleared":
+        txn.force_post = True
+    elif txn.status == "cleared":
         return Outcome.ALREADY_SETTLED
-    elif txn.get("refused"):
-        shares, _ = reconsider(step, txn, txn["cleared_basis"] + purchase_basis(event))
+    elif txn.refused:
+        shares, _ = reconsider(step, txn, txn.cleared_basis + purchase_basis(event))
         if not shares:
-            txn["cleared_basis"] += purchase_basis(event)
-            txn["status"] = "cleared" if final else "clearing"
+            txn.cleared_basis += purchase_basis(event)
+            txn.status = "cleared" if final else "clearing"
             return still_refused(step, txn, "clearing")
-        txn["shares"] = shares
+        txn.shares = shares
     basis = purchase_basis(event)
     part = "" if event.clearing_count is None else f" (part {event.clearing_sequence} of {event.clearing_count})"
     limited: Limited = []
     confirmed_any = False
-    for share in txn["shares"]:
-        from_pending, extra, amount, limit = _confirm(step, share, basis, txn["cleared_basis"] + basis)
+    for share in txn.shares:
+        from_pending, extra, amount, limit = _confirm(step, share, basis, txn.cleared_basis + basis)
         confirm = from_pending + extra
         note = limit_note(share, limit)
         detail = f"confirmed{part}: {describe(share, basis, amount, confirm, note)}"
         step.entry("CONFIRMED", "PENDING", "CONFIRMED", from_pending, share, "confirmed", detail, basis, force_post, amount)
         step.entry("CONFIRMED", "EXPENSE", "CONFIRMED", extra, share, "confirmed", detail, basis, force_post, amount)
         step.hold(share, extra)
-        share["pending"] -= from_pending
-        share["confirmed"] += confirm
-        share["earned"] += confirm
+        share.pending -= from_pending
+        share.confirmed += confirm
+        share.earned += confirm
         confirmed_any = confirmed_any or confirm > 0
         if limit is not None and confirm == 0:
             limited.append((share, limit, note))
-        if final and share["pending"] > 0:
+        if final and share.pending > 0:
             step.entry(
                 "PENDING_RELEASED",
                 "PENDING",
                 "EXPENSE",
-                share["pending"],
+                share.pending,
                 share,
                 "released",
                 "final clearing: pending not cleared is released",
             )
-            step.hold(share, -share["pending"])
-            share["pending"] = 0
-        if share["pending_days"] == 0 and share["confirmed"] > 0:
+            step.hold(share, -share.pending)
+            share.pending = 0
+        if share.pending_days == 0 and share.confirmed > 0:
             step.entry(
                 "MADE_AVAILABLE",
                 "CONFIRMED",
                 spendable_book(share),
-                share["confirmed"],
+                share.confirmed,
                 share,
                 "available",
                 "no return window: available at once",
             )
-            share["available"] += share["confirmed"]
-            share["confirmed"] = 0
+            share.available += share.confirmed
+            share.confirmed = 0
         elif confirm > 0:
             open_return_window(share, event)
-    txn["cleared_basis"] += basis
-    txn["status"] = "cleared" if final else "clearing"
+    txn.cleared_basis += basis
+    txn.status = "cleared" if final else "clearing"
     if limited and not confirmed_any:
         return limited_outcome(step, limited, "clearing")
     return Outcome.CONFIRMED
@@ -118,11 +119,11 @@ def on_return_window_ended(step: AccountStep) -> Outcome:
     if txn is None:
         return Outcome.UNKNOWN_TRANSACTION
     moved = 0
-    for share in txn["shares"]:
-        if share["confirmed"] > 0 and window_over(share, step.event):
-            detail = f"return window of {share['pending_days']} days over: available"
-            step.entry("MADE_AVAILABLE", "CONFIRMED", spendable_book(share), share["confirmed"], share, "available", detail)
-            share["available"] += share["confirmed"]
-            moved += share["confirmed"]
-            share["confirmed"] = 0
+    for share in txn.shares:
+        if share.confirmed > 0 and window_over(share, step.event):
+            detail = f"return window of {share.pending_days} days over: available"
+            step.entry("MADE_AVAILABLE", "CONFIRMED", spendable_book(share), share.confirmed, share, "available", detail)
+            share.available += share.confirmed
+            moved += share.confirmed
+            share.confirmed = 0
     return Outcome.MADE_AVAILABLE if moved else Outcome.NO_CHANGE

@@ -15,13 +15,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
 
+from stream.core.account_state import Refusal, Share, Txn
 from stream.core.eligibility import LocalTime, Match, local_time, match
 from stream.core.events import CardEvent
 from stream.core.offers import Offer
 from stream.core.outcomes import Outcome
-from stream.core.rewards import Share, at_most_per_purchase, compute, new_share
+from stream.core.rewards import at_most_per_purchase, compute, new_share
 from stream.core.working_copy import AccountStep, purchase_basis
 
 
@@ -53,16 +53,8 @@ def stack(step: AccountStep, offers: Iterable[Offer], purchase: CardEvent, local
     return shares
 
 
-def new_txn(event: CardEvent, shares: list[Share], status: str) -> dict[str, Any]:
-    return {
-        "status": status,  # authorized | clearing | cleared | expired
-        "currency": event.billing_currency,
-        "authorized_basis": 0,
-        "cleared_basis": 0,
-        "refunded_basis": 0,
-        "force_post": False,
-        "shares": shares,
-    }
+def new_txn(event: CardEvent, shares: list[Share], status: str) -> Txn:
+    return Txn(status=status, currency=event.billing_currency, shares=shares)
 
 
 # The refusals a later clearing or incremental authorisation may overturn: only the amount can
@@ -80,40 +72,44 @@ def refuse(step: AccountStep, found: Match, status: str) -> Outcome:
     step.not_earned(found.outcome, detail)
     if found.outcome is not Outcome.DECLINED:
         txn = step.put(event.transaction_ref, new_txn(event, [], status))
-        txn["authorized_basis" if status == "authorized" else "cleared_basis"] = purchase_basis(event)
-        txn["refused"] = {
-            "reason": found.outcome.value,
-            "detail": detail,
-            "near": [offer.offer_id for offer in found.short_of_min_spend],
-            "at_ms": event.occurred_at_ms,
-            "timezone": event.merchant_timezone,
-        }
+        if status == "authorized":
+            txn.authorized_basis = purchase_basis(event)
+        else:
+            txn.cleared_basis = purchase_basis(event)
+        txn.refused = Refusal(
+            reason=found.outcome.value,
+            detail=detail,
+            near=tuple(offer.offer_id for offer in found.short_of_min_spend),
+            at_ms=event.occurred_at_ms,
+            timezone=event.merchant_timezone,
+        )
     return found.outcome
 
 
-def reconsider(step: AccountStep, txn: dict[str, Any], basis: int) -> tuple[list[Share], CardEvent]:
+def reconsider(step: AccountStep, txn: Txn, basis: int) -> tuple[list[Share], CardEvent]:
     """The shares a refused purchase earns now that its amount is ``basis``: only a refusal for the
     amount (below the minimum spend) is judged again, under the offers it met every other condition
     of, at the authorisation's time and place."""
-    refusal = txn.get("refused")
-    if not refusal or refusal["reason"] not in AMOUNT_REFUSALS:
+    refusal = txn.refused
+    if not refusal or refusal.reason not in AMOUNT_REFUSALS:
         return [], step.event
-    known = [step.offers.get(offer_id) for offer_id in refusal["near"]]
-    offers = [o.priced(txn["currency"]) for o in known if o is not None]
+    known = [step.offers.get(offer_id) for offer_id in refusal.near]
+    offers = [o.priced(txn.currency) for o in known if o is not None]
     qualifying = [o for o in offers if o is not None and basis >= o.min_spend_minor]
     if not qualifying:
         return [], step.event
     purchase = replace(
         step.event,
-        occurred_at=datetime.fromtimestamp(refusal["at_ms"] / 1000, tz=UTC),
-        merchant_timezone=refusal["timezone"],
+        occurred_at=datetime.fromtimestamp(refusal.at_ms / 1000, tz=UTC),
+        merchant_timezone=refusal.timezone,
     )
-    txn["refused"] = None
+    txn.refused = None
     return stack(step, qualifying, purchase, local_time(purchase), basis), purchase
 
 
-def still_refused(step: AccountStep, txn: dict[str, Any], what: str) -> Outcome:
-    refusal = txn["refused"]
-    outcome = Outcome(refusal["reason"])
-    step.not_earned(outcome, f"{what} earns nothing: decided at the purchase ({refusal['detail']})")
+def still_refused(step: AccountStep, txn: Txn, what: str) -> Outcome:
+    refusal = txn.refused
+    assert refusal is not None  # called only on a refused purchase
+    outcome = Outcome(refusal.reason)
+    step.not_earned(outcome, f"{what} earns nothing: decided at the purchase ({refusal.detail})")
     return outcome

@@ -4,7 +4,7 @@ account's next card event.
 The rules engine records when things fall due: ``expires_at_ms`` on an authorised purchase (its
 authorisation time plus the longest ``auth_expiry_days`` of its offers), ``available_at_ms`` on a
 share whose cashback was confirmed (the clearing time plus the offer's ``pending_days``; a later
-clearing part pushes it later), and the account's earliest due time as ``state["due_ms"]``.
+clearing part pushes it later), and the account's earliest due time as ``state.due_ms``.
 
 ``due_events(state, account_id, now)`` turns what is due by ``now`` into internal events
 (``AUTHORIZATION_EXPIRY``, ``RETURN_WINDOW_ENDED``) that go through ``decide`` like any other
@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+from stream.core.account_state import AccountState, Share, Txn
 from stream.core.events import CardEvent, EventType
 
 DAY_MS = 24 * 3600 * 1000
@@ -32,48 +33,46 @@ def authorization_expires_at(event: CardEvent, offers: Iterable[Any]) -> int:
     return event.occurred_at_ms + days * DAY_MS
 
 
-def open_return_window(share: dict[str, Any], clearing: CardEvent) -> None:
+def open_return_window(share: Share, clearing: CardEvent) -> None:
     """A clearing confirmed cashback on ``share``: it becomes available when the return window
     after this clearing ends (a later part of a multi-clearing purchase extends it)."""
-    ends = clearing.occurred_at_ms + share["pending_days"] * DAY_MS
-    share["available_at_ms"] = max(share.get("available_at_ms") or 0, ends)
+    ends = clearing.occurred_at_ms + share.pending_days * DAY_MS
+    share.available_at_ms = max(share.available_at_ms or 0, ends)
 
 
-def window_over(share: dict[str, Any], event: CardEvent) -> bool:
-    return share.get("available_at_ms") is not None and share["available_at_ms"] <= event.occurred_at_ms
+def window_over(share: Share, event: CardEvent) -> bool:
+    return share.available_at_ms is not None and share.available_at_ms <= event.occurred_at_ms
 
 
-def _due(txn: dict[str, Any]) -> list[tuple[int, str]]:
+def _due(txn: Txn) -> list[tuple[int, str]]:
     due: list[tuple[int, str]] = []
     # Pending expires on a purchase not (or only partly) cleared: a final part that never comes
     # must not hold its cap and budget forever.
-    if txn["status"] in ("authorized", "clearing") and txn.get("expires_at_ms") and any(s["pending"] > 0 for s in txn["shares"]):
-        due.append((txn["expires_at_ms"], EventType.AUTHORIZATION_EXPIRY.value))
-    windows = [s["available_at_ms"] for s in txn["shares"] if s["confirmed"] > 0 and s.get("available_at_ms")]
+    if txn.status in ("authorized", "clearing") and txn.expires_at_ms and any(s.pending > 0 for s in txn.shares):
+        due.append((txn.expires_at_ms, EventType.AUTHORIZATION_EXPIRY.value))
+    windows = [s.available_at_ms for s in txn.shares if s.confirmed > 0 and s.available_at_ms]
     if windows:
         due.append((min(windows), EventType.RETURN_WINDOW_ENDED.value))
     return due
 
 
-def settled(txn: dict[str, Any]) -> bool:
+def settled(txn: Txn) -> bool:
     """Nothing of the transaction is pending, confirmed or due: only a refund or a chargeback can
     still change it."""
-    return not _due(txn) and all(s["pending"] == 0 and s["confirmed"] == 0 for s in txn["shares"])
+    return not _due(txn) and all(s.pending == 0 and s.confirmed == 0 for s in txn.shares)
 
 
-def next_due_ms(state: dict[str, Any]) -> int | None:
+def next_due_ms(state: AccountState) -> int | None:
     """The earliest time anything of this account falls due, or None."""
-    times = [when for txn in state["txns"].values() for when, _ in _due(txn)]
+    times = [when for txn in state.txns.values() for when, _ in _due(txn)]
     return min(times) if times else None
 
 
-def due_events(state: dict[str, Any] | None, account_id: str, now_ms: int) -> list[CardEvent]:
+def due_events(state: AccountState | None, account_id: str, now_ms: int) -> list[CardEvent]:
     """The internal events due by ``now_ms``, oldest first."""
-    if not state or state.get("due_ms") is None or state["due_ms"] > now_ms:
+    if state is None or state.due_ms is None or state.due_ms > now_ms:
         return []
-    due = sorted(
-        (when, kind, ref, txn["currency"]) for ref, txn in state["txns"].items() for when, kind in _due(txn) if when <= now_ms
-    )
+    due = sorted((when, kind, ref, txn.currency) for ref, txn in state.txns.items() for when, kind in _due(txn) if when <= now_ms)
     return [_internal_event(kind, account_id, ref, when, currency) for when, kind, ref, currency in due]
 
 

@@ -1,6 +1,6 @@
 """What an account remembers of its events, so that a redelivery at any distance changes nothing.
 
-- Every event id stays with its transaction (``txns[ref]["events"]``), or, with no transaction to
+- Every event id stays with its transaction (``Txn.events``), or, with no transaction to
   keep it (a refund of a purchase never seen, a declined authorisation), in ``loose``, until the
   transaction is settled and its last event is older than the horizon (the chargeback horizon).
   Memory is bounded by the transactions still open, not by a window of events.
@@ -11,12 +11,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from stream.core.account_state import AccountState, Loose, Recent, Txn
 from stream.core.entries import Entry
 from stream.core.events import CardEvent, EventType
 from stream.core.lifecycle import settled
-from stream.core.working_copy import AccountStep, State
+from stream.core.working_copy import AccountStep
 
 # How many recent events an account keeps with the entries they produced. A redelivery of one of
 # them re-emits the same entries (same ids, a no-op downstream), so a worker stopped after storing
@@ -36,55 +35,51 @@ def home_ref(event: CardEvent) -> str:
     return event.transaction_ref
 
 
-def _recent(state: State) -> dict[str, Any]:
-    return state.get("recent") or state.get("seen") or {}  # "seen": states stored before
-
-
-def known(state: State, event: CardEvent) -> tuple[str | None, tuple[Entry, ...]]:
+def known(state: AccountState, event: CardEvent) -> tuple[str | None, tuple[Entry, ...]]:
     """The fingerprint the account holds for the event's id (None: a new event), and the entries
     to re-emit for it (while it is among the recent events). Looked up among the recent events,
     the loose ones, the event's transaction, and the account's other transactions."""
-    recent = _recent(state)
-    if event.event_id in recent:
-        held, entries = recent[event.event_id]
-        return str(held), tuple(Entry.of(entry) for entry in entries)
-    if event.event_id in state.get("loose", ()):
-        return str(state["loose"][event.event_id][0]), ()
-    home = state["txns"].get(home_ref(event))
-    if home is not None and event.event_id in home.get("events", ()):
-        return str(home["events"][event.event_id]), ()
-    for txn in state["txns"].values():
-        if event.event_id in txn.get("events", ()):
-            return str(txn["events"][event.event_id]), ()
+    recent = state.recent.get(event.event_id)
+    if recent is not None:
+        return recent.fingerprint, recent.entries
+    loose = state.loose.get(event.event_id)
+    if loose is not None:
+        return loose.fingerprint, ()
+    home = state.txns.get(home_ref(event))
+    if home is not None and event.event_id in home.events:
+        return home.events[event.event_id], ()
+    for txn in state.txns.values():
+        if event.event_id in txn.events:
+            return txn.events[event.event_id], ()
     return None, ()
 
 
 def remember(
-    state: State, step: AccountStep, fingerprint: str, forget_before_ms: int
-) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    state: AccountState, step: AccountStep, fingerprint: str, forget_before_ms: int
+) -> tuple[dict[str, Recent], dict[str, Loose], dict[str, Txn]]:
     """After ``step`` decided its event: the account's new (recent, loose, txns). The event's id
     joins its transaction (or the loose ones), it joins the recent events with its entries, and
     what fell behind the horizon is forgotten."""
     event = step.event
     ref = home_ref(event)
-    loose = {k: v for k, v in state.get("loose", {}).items() if v[1] >= forget_before_ms}
+    loose = {k: v for k, v in state.loose.items() if v.occurred_ms >= forget_before_ms}
     if ref in step.txns:
         txn = step.txn(ref)
         assert txn is not None
-        txn["events"] = {**txn.get("events", {}), event.event_id: fingerprint}
-        txn["last_ms"] = max(txn.get("last_ms", 0), event.occurred_at_ms)
+        txn.events = {**txn.events, event.event_id: fingerprint}
+        txn.last_ms = max(txn.last_ms or 0, event.occurred_at_ms)
     elif event.occurred_at_ms >= forget_before_ms:
-        loose[event.event_id] = [fingerprint, event.occurred_at_ms]
-    recent = dict(_recent(state))
-    recent[event.event_id] = [fingerprint, [entry.record() for entry in step.entries]]
+        loose[event.event_id] = Loose(fingerprint, event.occurred_at_ms)
+    recent = dict(state.recent)
+    recent[event.event_id] = Recent(fingerprint, tuple(step.entries))
     while len(recent) > RECENT_EVENTS_LIMIT:
         del recent[next(iter(recent))]
     return recent, loose, _forget_settled(step.txns, forget_before_ms)
 
 
-def _forget_settled(txns: dict[str, Any], before_ms: int) -> dict[str, Any]:
+def _forget_settled(txns: dict[str, Txn], before_ms: int) -> dict[str, Txn]:
     """``txns`` without the settled transactions whose last event is older than ``before_ms``."""
-    stale = [ref for ref, txn in txns.items() if txn.get("last_ms", before_ms) < before_ms and settled(txn)]
+    stale = [ref for ref, txn in txns.items() if txn.last_ms is not None and txn.last_ms < before_ms and settled(txn)]
     if not stale:
         return txns
     return {ref: txn for ref, txn in txns.items() if ref not in stale}

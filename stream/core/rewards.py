@@ -1,5 +1,5 @@
 """How much one offer pays for one purchase: the share of a transaction an offer holds, its amounts,
-the explanation line, and cap periods. Pure functions over JSON-shaped dicts.
+the explanation line, and cap periods. Pure functions over the share records of ``stream.core.account_state``.
 
 Exact amounts are integers in 1/10,000ths of the reward's minor unit (``EXACT_SCALE``), so a rate in
 basis points, points per unit and a carried remainder add up without rounding; only the final
@@ -10,66 +10,42 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Any
 
+from stream.core.account_state import Share
 from stream.core.eligibility import AccountProfile, LocalTime, best_tier
 from stream.core.events import CardEvent
 from stream.core.money import EXACT_SCALE, Rounding, format_exact, format_minor, points_exact, round_exact
 from stream.core.offer_terms import CapPeriod
 from stream.core.offers import Offer
 
-Share = dict[str, Any]
-
-# Fields a share stored before offer v2 lacks; read as these (a rate offer without limits; its
-# basis currency is its currency).
-SHARE_DEFAULTS: dict[str, Any] = {
-    "method": "rate",
-    "tier": None,
-    "boost": None,
-    "fixed_minor": None,
-    "points_per_unit": None,
-    "cap": None,
-    "cap_period": None,
-    "budget": None,
-    "charity_id": None,
-    "place": "",
-}
-
 
 def new_share(offer: Offer, event: CardEvent, profile: AccountProfile, local: LocalTime) -> Share:
     rate_bps, tier = best_tier(offer, profile)
     method = "fixed" if offer.fixed_reward_minor is not None else "points" if offer.points_per_unit is not None else "rate"
     local_matters = bool(offer.days_of_week or offer.hours or (offer.cap and offer.cap.period is not CapPeriod.CAMPAIGN))
-    return {
-        "offer_id": offer.offer_id,
-        "version": offer.version,
-        "method": method,
-        "rate_bps": rate_bps or 0,
-        "tier": tier,
-        "boost": None if offer.boost is None else [offer.boost.threshold_minor, offer.boost.rate_bps],
-        "fixed_minor": offer.fixed_reward_minor,
-        "points_per_unit": offer.points_per_unit,
-        "rounding": offer.rounding.value,
-        "reward_kind": offer.reward_kind.value,
-        "charity_id": offer.charity_id,
-        "max_reward_minor": offer.max_reward_per_txn_minor,
-        "pending_days": offer.pending_days,
-        "accrue_on": offer.accrue_on.value,
-        "currency": offer.reward_unit(event.billing_currency),  # the unit of every amount below
-        "basis_currency": event.billing_currency,
-        "cap": None if offer.cap is None else [offer.cap.period.value, offer.cap.amount_minor],
-        "cap_period": None if offer.cap is None else period_key(offer.cap.period, local.at),
-        "budget": offer.budget_minor,
-        "limits_key": offer.limits_key or offer.offer_id,  # money caps and budgets are kept per currency
-        "place": local.note if local_matters else "",
-        "pending": 0,  # now in PENDING
-        "confirmed": 0,  # now in CONFIRMED
-        "available": 0,  # now in AVAILABLE
-        "earned": 0,  # ever confirmed
-        "clawed_back": 0,  # ever clawed back (refunds and chargebacks), less what was recredited
-        "refund_clawed": 0,
-        "chargeback_clawed": 0,
-    }
+    return Share(
+        offer_id=offer.offer_id,
+        version=offer.version,
+        method=method,
+        rate_bps=rate_bps or 0,
+        tier=tier,
+        boost=None if offer.boost is None else (offer.boost.threshold_minor, offer.boost.rate_bps),
+        fixed_minor=offer.fixed_reward_minor,
+        points_per_unit=offer.points_per_unit,
+        rounding=offer.rounding.value,
+        reward_kind=offer.reward_kind.value,
+        charity_id=offer.charity_id,
+        max_reward_minor=offer.max_reward_per_txn_minor,
+        pending_days=offer.pending_days,
+        accrue_on=offer.accrue_on.value,
+        currency=offer.reward_unit(event.billing_currency),  # the unit of every amount below
+        basis_currency=event.billing_currency,
+        cap=None if offer.cap is None else (offer.cap.period.value, offer.cap.amount_minor),
+        cap_period=None if offer.cap is None else period_key(offer.cap.period, local.at),
+        budget=offer.budget_minor,
+        limits_key=offer.limits_key or offer.offer_id,  # money caps and budgets are kept per currency
+        place=local.note if local_matters else "",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,58 +62,58 @@ class Amount:
 def compute(share: Share, basis_minor: int, size_minor: int, carried_in: int = 0) -> Amount:
     """What ``basis_minor`` earns, the boost judged on the purchase's ``size_minor``; a fixed reward
     is the whole reward of a purchase (any basis above zero)."""
-    method = share["method"]
+    method = share.method
     rate_bps = 0
     if method == "fixed":
-        exact = share["fixed_minor"] * EXACT_SCALE if basis_minor > 0 else 0
+        exact = (share.fixed_minor or 0) * EXACT_SCALE if basis_minor > 0 else 0
         return Amount(exact // EXACT_SCALE, exact, 0)
     if method == "points":
-        exact = points_exact(basis_minor, share["points_per_unit"], share["basis_currency"])
+        exact = points_exact(basis_minor, share.points_per_unit or 0, share.basis_currency)
     else:
-        rate_bps = share["rate_bps"]
-        boost = share["boost"]
+        rate_bps = share.rate_bps
+        boost = share.boost
         if boost is not None and size_minor >= boost[0]:
             rate_bps = max(rate_bps, boost[1])
         exact = basis_minor * rate_bps
-    result = round_exact(exact, Rounding(share["rounding"]), carried_in)
+    result = round_exact(exact, Rounding(share.rounding), carried_in)
     return Amount(result.reward_minor, exact, rate_bps, carried_in, result.carried_remainder)
 
 
 def at_most_per_purchase(share: Share, reward_minor: int, already_minor: int = 0) -> int:
-    if share["max_reward_minor"] is None:
+    if share.max_reward_minor is None:
         return reward_minor
-    return min(reward_minor, max(0, share["max_reward_minor"] - already_minor))
+    return min(reward_minor, max(0, share.max_reward_minor - already_minor))
 
 
 def describe(share: Share, basis_minor: int, amount: Amount, paid_minor: int, limit: str = "") -> str:
     """The arithmetic of one amount, e.g. ``5.00% of 100.00 EUR = 5.00 EUR (rounded down)``."""
-    unit, basis = share["currency"], format_minor(basis_minor, share["basis_currency"])
-    method = share["method"]
+    unit, basis = share.currency, format_minor(basis_minor, share.basis_currency)
+    method = share.method
     if method == "fixed":
-        head = f"fixed {format_minor(share['fixed_minor'], unit)} per purchase of {basis}"
+        head = f"fixed {format_minor(share.fixed_minor or 0, unit)} per purchase of {basis}"
     elif method == "points":
-        head = f"{share['points_per_unit']} points per {share['basis_currency']} of {basis}"
+        head = f"{share.points_per_unit} points per {share.basis_currency} of {basis}"
     else:
         rate = amount.rate_bps
         head = f"{rate // 100}.{rate % 100:02d}%"
-        if share["boost"] is not None and rate == share["boost"][1] and rate != share["rate_bps"]:
-            head += f" (boost: purchase of at least {format_minor(share['boost'][0], share['basis_currency'])})"
-        elif share["tier"] is not None:
-            head += f" (tier {share['tier']})"
+        if share.boost is not None and rate == share.boost[1] and rate != share.rate_bps:
+            head += f" (boost: purchase of at least {format_minor(share.boost[0], share.basis_currency)})"
+        elif share.tier is not None:
+            head += f" (tier {share.tier})"
         head += f" of {basis}"
-    notes = [] if method == "fixed" else [f"rounded {share['rounding'].replace('_', ' ')}"]
+    notes = [] if method == "fixed" else [f"rounded {share.rounding.replace('_', ' ')}"]
     if amount.carried_in or amount.carried_out:
         notes.append(f"exactly {format_exact(amount.exact, unit)}")
     if amount.carried_in:
         notes.append(f"{format_exact(amount.carried_in, unit)} carried in")
     if amount.carried_out:
         notes.append(f"{format_exact(amount.carried_out, unit)} carried forward")
-    if share["max_reward_minor"] is not None:
-        notes.append(f"at most {format_minor(share['max_reward_minor'], unit)}")
+    if share.max_reward_minor is not None:
+        notes.append(f"at most {format_minor(share.max_reward_minor, unit)}")
     if limit:
         notes.append(limit)
-    if share["place"]:
-        notes.append(f"judged {share['place']}")
+    if share.place:
+        notes.append(f"judged {share.place}")
     text = f"{head} = {format_minor(paid_minor, unit)}"
     return f"{text} ({', '.join(notes)})" if notes else text
 

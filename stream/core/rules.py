@@ -8,19 +8,20 @@ with its caps and budgets in ``stream.core.working_copy``, and one handler per e
 available) and ``stream.core.clawbacks`` (refunds and chargebacks); this module applies one event
 to one account's state: idempotency, the horizon, the handler, and the new state.
 
-State is one account's, a plain JSON-shaped dict (``decide`` never mutates the state it is given,
-it returns a new one, sharing the transactions it did not touch; the worker stores it as a summary
-and a row per transaction and recent event: ``stream.core.state_rows``)::
+State is one account's ``AccountState`` (``stream.core.account_state``: typed records; ``decide``
+never mutates the state it is given, it returns a new one, sharing the transactions it did not
+touch; the worker stores it as a summary and a row per transaction and recent event:
+``stream.core.state_rows``)::
 
-    {"recent": {event_id: [fingerprint, entries]},       # the last 32 events, to re-emit after a crash
-     "txns":   {transaction_ref: {..., "shares": [..],    # purchases, one share per offer earned,
-                                  "events": {event_id: fingerprint}}},  # with every event id of theirs
-     "loose":  {event_id: [fingerprint, occurred_ms]},   # events with no transaction (a refund of a
-                                                         # purchase never seen, a declined authorisation)
-     "caps":   {limits_key: {period_key: held_minor}},   # cap usage per offer (and currency) and period
-     "carry":  {"offer_id:UNIT": remainder},             # unpaid fractions, 1/10,000ths of a minor unit
-     "due_ms": epoch_ms | None,                          # earliest expiry or end of a return window (stream.core.lifecycle)
-     "clock_ms": epoch_ms}                               # the latest event time of the account
+    recent:   {event_id: Recent(fingerprint, entries)}  # the last 32 events, to re-emit after a crash
+    txns:     {transaction_ref: Txn(..., shares=[Share, ..],  # purchases, one share per offer earned,
+                                    events={event_id: fingerprint})}  # with every event id of theirs
+    loose:    {event_id: Loose(fingerprint, occurred_ms)}  # events with no transaction (a refund of a
+                                                           # purchase never seen, a declined authorisation)
+    caps:     {limits_key: {period_key: held_minor}}    # cap usage per offer (and currency) and period
+    carry:    {"offer_id:UNIT": remainder}              # unpaid fractions, 1/10,000ths of a minor unit
+    due_ms:   epoch_ms | None                           # earliest expiry or end of a return window (stream.core.lifecycle)
+    clock_ms: epoch_ms | None                           # the latest event time of the account
 
 **Judged once** (``stream.core.judgement``): a purchase is decided at its authorisation, and its
 clearings, refunds and chargebacks follow that decision. **Remembered for the life of a
@@ -87,6 +88,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from stream.core.account_state import AccountState
 from stream.core.authorisations import on_authorization, on_expiry, on_incremental, on_reversal
 from stream.core.clawbacks import on_chargeback, on_chargeback_reversal, on_refund
 from stream.core.clearings import on_clearing, on_return_window_ended
@@ -97,7 +99,7 @@ from stream.core.lifecycle import DAY_MS, next_due_ms
 from stream.core.memory import TRANSACTION_HORIZON_DAYS, home_ref, known, remember
 from stream.core.offers import OfferBook
 from stream.core.outcomes import Outcome
-from stream.core.working_copy import AccountStep, State
+from stream.core.working_copy import AccountStep
 
 __all__ = ["AccountProfile", "Decision", "Outcome", "decide", "new_state"]
 
@@ -106,21 +108,21 @@ _NO_DELTAS: Mapping[str, int] = MappingProxyType({})
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    state: State
+    state: AccountState
     entries: tuple[Entry, ...]
     outcome: Outcome
     # offer_id -> minor units of its budget this event consumed (+) or gave back (-); {} when none
     budget_deltas: Mapping[str, int] = field(default_factory=lambda: _NO_DELTAS)
 
 
-def new_state() -> State:
-    return {"recent": {}, "txns": {}, "loose": {}, "caps": {}, "carry": {}, "due_ms": None, "clock_ms": None}
+def new_state() -> AccountState:
+    return AccountState()
 
 
 def decide(
     event: CardEvent,
     offers: OfferBook,
-    state: State | None,
+    state: AccountState | None,
     profile: AccountProfile | None = None,
     budget_remaining: Mapping[str, int] | None = None,
     horizon_days: int = TRANSACTION_HORIZON_DAYS,
@@ -136,9 +138,9 @@ def decide(
         return Decision(state, replay, Outcome.DUPLICATE)
 
     step = AccountStep(event, state, offers, profile or NO_PROFILE, budget_remaining or _NO_DELTAS)
-    clock_ms = max(state.get("clock_ms") or 0, event.occurred_at_ms)
+    clock_ms = max(state.clock_ms or 0, event.occurred_at_ms)
     forget_before_ms = clock_ms - horizon_days * DAY_MS
-    if home_ref(event) not in state["txns"] and event.occurred_at_ms < forget_before_ms:
+    if home_ref(event) not in state.txns and event.occurred_at_ms < forget_before_ms:
         # Numbered apart: the event may be a redelivery whose first entries the ledger holds.
         outcome = step.not_earned(
             Outcome.BEYOND_HORIZON,
@@ -149,15 +151,8 @@ def decide(
         outcome = _HANDLERS[event.event_type](step)
     step.prune_caps()
     recent, loose, txns = remember(state, step, fingerprint, forget_before_ms)
-    new: State = {
-        "recent": recent,
-        "txns": txns,
-        "loose": loose,
-        "caps": step.caps,
-        "carry": step.carry,
-    }
-    new["due_ms"] = next_due_ms(new)
-    new["clock_ms"] = clock_ms
+    new = AccountState(recent=recent, txns=txns, loose=loose, caps=step.caps, carry=step.carry, clock_ms=clock_ms)
+    new.due_ms = next_due_ms(new)
     deltas = {offer_id: delta for offer_id, delta in step.budget_deltas.items() if delta}
     return Decision(new, tuple(step.entries), outcome, deltas)
 

@@ -19,28 +19,95 @@ and a crash before it leaves the step unwritten, to be decided again from the re
 A row no longer named (a forgotten transaction) is deleted after the summary: a crash in between
 leaves a row no summary names, never read (it only takes room).
 
-A summary stored before this layout (the whole state, with ``txns``) is read as it is, and the next
-step of that account writes all of its rows.
+Values are MessagePack (``encode``; the records of ``stream.core.account_state``). A value stored
+by an earlier version, in JSON (its first byte ``{`` or ``[``; MessagePack never starts a map or an
+array with either), is read as well: a summary of the same layout, or the whole state of the first
+one (``txns`` and all). The next step of such an account writes all of its rows.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-State = dict[str, Any]
+import msgspec
 
-LAYOUT_VERSION = 2
+from stream.core.account_state import AccountState, Loose, Recent, Txn, state_from_plain
+
+LAYOUT_VERSION = 3  # summary and rows in MessagePack
+JSON_LAYOUT = 2  # the same, in JSON: read, never written
 _SEPARATOR = "\x1f"  # never in an account id, a transaction ref or an event id (they are printable)
 _TXN = "t"
 _RECENT = "r"
-# What a summary holds as is: the state's fields other than its transactions and recent events.
-_SUMMARY_FIELDS = ("loose", "caps", "carry", "due_ms", "clock_ms")
+_JSON_STARTS = frozenset(b"{[")
+
+T = TypeVar("T")
 
 
 class MissingRow(LookupError):
     """A summary names a row the store does not hold: the stored state is incomplete."""
+
+
+class Summary(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What is stored under the account id: the state but its transactions and recent events, the
+    rows to read for those (``refs``; ``recent``: event id and slot, the oldest first), and the
+    rows its step wrote (``fresh``: key to row, the step's commit point)."""
+
+    layout: int
+    refs: list[str] = msgspec.field(default_factory=list)
+    recent: list[tuple[str, int]] = msgspec.field(default_factory=list)
+    loose: dict[str, Loose] = msgspec.field(default_factory=dict)
+    caps: dict[str, dict[str, int]] = msgspec.field(default_factory=dict)
+    carry: dict[str, int] = msgspec.field(default_factory=dict)
+    due_ms: int | None = None
+    clock_ms: int | None = None
+    fresh: dict[str, Any] = msgspec.field(default_factory=dict)  # rows as plain values once read back
+
+
+class RecentRow(msgspec.Struct, array_like=True):
+    """A recent event's slot: which event it holds, and that event's fingerprint and entries."""
+
+    event_id: str
+    recent: Recent
+
+
+Stored = Summary | AccountState  # a summary, or a whole state stored by the first layout
+
+_encoder = msgspec.msgpack.Encoder()
+_summaries = msgspec.msgpack.Decoder(Summary)
+_decoders: dict[type, msgspec.msgpack.Decoder[Any]] = {
+    Txn: msgspec.msgpack.Decoder(Txn),
+    RecentRow: msgspec.msgpack.Decoder(RecentRow),
+}
+
+
+def encode(value: Summary | Txn | RecentRow) -> bytes:
+    """A stored value's bytes."""
+    return _encoder.encode(value)
+
+
+def decode_summary(raw: bytes | None) -> Stored | None:
+    """What is stored under an account id (None: nothing, a new account)."""
+    if raw is None:
+        return None
+    if raw[0] not in _JSON_STARTS:
+        return _summaries.decode(raw)
+    plain = json.loads(raw)
+    if plain.get("layout") == JSON_LAYOUT:
+        return msgspec.convert(plain, Summary)
+    return state_from_plain(plain)
+
+
+def _row(raw: Any, kind: type[T]) -> T:
+    """A row's record from its stored bytes (MessagePack, or JSON from an earlier version) or from
+    the plain value a summary's ``fresh`` holds once decoded."""
+    if isinstance(raw, bytes | bytearray | memoryview):
+        if raw[0] not in _JSON_STARTS:
+            return _decoders[kind].decode(raw)
+        raw = json.loads(bytes(raw))
+    return msgspec.convert(raw, kind)
 
 
 def txn_key(account_id: str, ref: str) -> str:
@@ -58,9 +125,9 @@ def is_summary_key(key: str) -> bool:
     return _SEPARATOR not in key
 
 
-def in_rows(summary: State | None) -> bool:
-    """Whether a stored summary is in this layout (its rows are stored apart)."""
-    return summary is not None and summary.get("layout") == LAYOUT_VERSION
+def in_rows(stored: Stored | None) -> bool:
+    """Whether a stored value is a summary (its rows are stored apart)."""
+    return isinstance(stored, Summary)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,52 +135,57 @@ class Writes:
     """What one step stores, in this order: the summary, then ``rows``, then ``deletes``; and the
     slots of the recent events it leaves (the next step's ``slots``)."""
 
-    summary: State
-    rows: dict[str, Any]
+    summary: Summary
+    rows: dict[str, Txn | RecentRow]
     deletes: tuple[str, ...]
     slots: dict[str, int]
 
 
-def slots_of(summary: State | None) -> dict[str, int]:
+def slots_of(stored: Stored | None) -> dict[str, int]:
     """The slot of each recent event a stored summary names."""
-    return {event_id: slot for event_id, slot in summary["recent"]} if in_rows(summary) else {}  # type: ignore[index]
+    return dict(stored.recent) if isinstance(stored, Summary) else {}
 
 
-def assemble(account_id: str, summary: State | None, row: Callable[[str], Any]) -> State | None:
-    """The engine's state of an account from its stored summary, reading each row it names with
-    ``row`` (None when absent). A summary stored whole, before this layout, is returned as is."""
-    if summary is None or not in_rows(summary):
-        return summary
-    fresh: dict[str, Any] = summary.get("fresh") or {}
+def assemble(account_id: str, stored: Stored | None, row: Callable[[str], Any]) -> AccountState | None:
+    """The engine's state of an account from what is stored under its id, reading each row it
+    names with ``row`` (its stored bytes, None when absent). A whole state is returned as is."""
+    if not isinstance(stored, Summary):
+        return stored
+    fresh = stored.fresh
 
-    def read(key: str) -> Any:
+    def read(key: str, kind: type[T]) -> T:
         value = fresh[key] if key in fresh else row(key)
         if value is None:
             raise MissingRow(f"account {account_id}: the stored state names a row the store does not hold")
-        return value
+        return _row(value, kind)
 
-    state: State = {field: summary.get(field) for field in _SUMMARY_FIELDS}
-    state["txns"] = {ref: read(txn_key(account_id, ref)) for ref in summary["refs"]}
-    recent: dict[str, Any] = {}
-    for event_id, slot in summary["recent"]:
-        held_for, held = read(recent_key(account_id, slot))
-        if held_for != event_id:
+    recent: dict[str, Recent] = {}
+    for event_id, slot in stored.recent:
+        held = read(recent_key(account_id, slot), RecentRow)
+        if held.event_id != event_id:
             raise MissingRow(f"account {account_id}: a recent event's slot holds another event")
-        recent[event_id] = held
-    state["recent"] = recent
-    return state
+        recent[event_id] = held.recent
+    return AccountState(
+        recent=recent,
+        txns={ref: read(txn_key(account_id, ref), Txn) for ref in stored.refs},
+        loose=stored.loose,
+        caps=stored.caps,
+        carry=stored.carry,
+        due_ms=stored.due_ms,
+        clock_ms=stored.clock_ms,
+    )
 
 
-def carried(summary: State | None) -> frozenset[str]:
+def carried(stored: Stored | None) -> frozenset[str]:
     """The rows a stored summary carries (its step's): the store may not hold them yet, so the
     next step of the account writes them again (``split``'s ``rewrite``)."""
-    return frozenset((summary or {}).get("fresh") or ()) if in_rows(summary) else frozenset()
+    return frozenset(stored.fresh) if isinstance(stored, Summary) else frozenset()
 
 
 def split(
     account_id: str,
-    before: State | None,
-    after: State,
+    before: AccountState | None,
+    after: AccountState,
     before_in_rows: bool,
     rewrite: frozenset[str] = frozenset(),
     slots: Mapping[str, int] | None = None,
@@ -124,36 +196,40 @@ def split(
     stored whole before this layout, ``before_in_rows`` False, has all its rows written), and the
     rows in ``rewrite`` that ``after`` still names (``carried``). ``slots``: where ``before``'s
     recent events are stored (``slots_of`` its summary, or the last ``Writes.slots``)."""
-    old_txns: dict[str, Any] = before["txns"] if before is not None and before_in_rows else {}
+    old_txns: dict[str, Txn] = before.txns if before is not None and before_in_rows else {}
     old_slots = dict(slots or {}) if before is not None and before_in_rows else {}
-    rows: dict[str, Any] = {}
-    for ref, txn in after["txns"].items():
+    rows: dict[str, Txn | RecentRow] = {}
+    for ref, txn in after.txns.items():
         key = txn_key(account_id, ref)
         if old_txns.get(ref) is not txn or key in rewrite:
             rows[key] = txn
-    new_slots = {event_id: old_slots[event_id] for event_id in after["recent"] if event_id in old_slots}
+    new_slots = {event_id: old_slots[event_id] for event_id in after.recent if event_id in old_slots}
     free = sorted(set(old_slots.values()) - set(new_slots.values()))
     taken = set(new_slots.values())
-    for event_id, held in after["recent"].items():
+    for event_id, held in after.recent.items():
         if event_id in new_slots:
             key = recent_key(account_id, new_slots[event_id])
             if key in rewrite:
-                rows[key] = [event_id, held]
+                rows[key] = RecentRow(event_id, held)
             continue
         slot = free.pop(0) if free else min(n for n in range(len(taken) + 1) if n not in taken)
         taken.add(slot)
         new_slots[event_id] = slot
-        rows[recent_key(account_id, slot)] = [event_id, held]
+        rows[recent_key(account_id, slot)] = RecentRow(event_id, held)
     deletes = (
-        *(txn_key(account_id, ref) for ref in old_txns if ref not in after["txns"]),
+        *(txn_key(account_id, ref) for ref in old_txns if ref not in after.txns),
         *(recent_key(account_id, slot) for slot in free),  # slots no event took (not in a normal step)
     )
-    summary: State = {
-        "layout": LAYOUT_VERSION,
-        **{field: after.get(field) for field in _SUMMARY_FIELDS},
-        "refs": list(after["txns"]),
+    summary = Summary(
+        layout=LAYOUT_VERSION,
+        refs=list(after.txns),
         # in the order decided, the oldest first, each with its row's slot
-        "recent": [[event_id, new_slots[event_id]] for event_id in after["recent"]],
-        "fresh": rows,
-    }
+        recent=[(event_id, new_slots[event_id]) for event_id in after.recent],
+        loose=after.loose,
+        caps=after.caps,
+        carry=after.carry,
+        due_ms=after.due_ms,
+        clock_ms=after.clock_ms,
+        fresh=dict(rows),
+    )
     return Writes(summary, rows, deletes, new_slots)

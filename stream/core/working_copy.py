@@ -8,17 +8,15 @@ back): ``grant`` says how much more a share may hold, ``hold`` records every cha
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
+from stream.core.account_state import AccountState, Share, Txn, copy_txn
 from stream.core.eligibility import AccountProfile, LocalTime, local_time
 from stream.core.entries import Entry, Explanation
 from stream.core.events import CardEvent
 from stream.core.money import format_minor, prorate
 from stream.core.offers import OfferBook, RewardKind
 from stream.core.outcomes import Outcome
-from stream.core.rewards import SHARE_DEFAULTS, Amount, Share, period_over
-
-State = dict[str, Any]
+from stream.core.rewards import Amount, period_over
 
 
 class AccountStep:
@@ -26,16 +24,22 @@ class AccountStep:
     and keeps caps and budgets (``grant`` before a holding grows, ``hold`` for every change)."""
 
     def __init__(
-        self, event: CardEvent, state: State, offers: OfferBook, profile: AccountProfile, budget_remaining: Mapping[str, int]
+        self,
+        event: CardEvent,
+        state: AccountState,
+        offers: OfferBook,
+        profile: AccountProfile,
+        budget_remaining: Mapping[str, int],
     ) -> None:
         self.event = event
         self.offers = offers
         self.profile = profile
         self.budget_remaining = budget_remaining
-        self.txns: dict[str, Any] = state["txns"]  # replaced by a copy on first write
+        self.txns: dict[str, Txn] = state.txns  # replaced by a copy on first write
         self._copied = False
-        self.caps: dict[str, dict[str, int]] = {k: dict(v) for k, v in state.get("caps", {}).items()}
-        self.carry: dict[str, int] = dict(state.get("carry", {}))
+        self._mine: set[str] = set()  # the transactions this step copied or made (its own to change)
+        self.caps: dict[str, dict[str, int]] = {k: dict(v) for k, v in state.caps.items()}
+        self.carry: dict[str, int] = dict(state.carry)
         self.budget_deltas: dict[str, int] = {}
         self.entries: list[Entry] = []
         self._local: LocalTime | None = None
@@ -46,19 +50,20 @@ class AccountStep:
             self._local = local_time(self.event)
         return self._local
 
-    def txn(self, ref: str) -> dict[str, Any] | None:
+    def txn(self, ref: str) -> Txn | None:
+        """The transaction ``ref`` to change (a copy of the state's; None when unknown)."""
         txn = self.txns.get(ref)
-        if txn is None:
-            return None
-        return self.put(
-            ref, {**txn, "shares": [{**SHARE_DEFAULTS, "basis_currency": share["currency"], **share} for share in txn["shares"]]}
-        )
+        if txn is None or ref in self._mine:
+            return txn
+        return self.put(ref, copy_txn(txn))
 
-    def put(self, ref: str, txn: dict[str, Any]) -> dict[str, Any]:
+    def put(self, ref: str, txn: Txn) -> Txn:
+        """Make ``txn`` the account's transaction ``ref`` (new, or a copy ``txn`` made)."""
         if not self._copied:
             self.txns = dict(self.txns)
             self._copied = True
         self.txns[ref] = txn
+        self._mine.add(ref)
         return txn
 
     # --- limits ----------------------------------------------------------------------------------
@@ -67,12 +72,12 @@ class AccountStep:
         """How much more ``share`` may hold (None: unlimited) and the limit that binds."""
         room: int | None = None
         binding: Outcome | None = None
-        if share["cap"] is not None:
-            used = self.caps.get(limits_key(share), {}).get(share["cap_period"], 0)
-            room, binding = max(0, share["cap"][1] - used), Outcome.CAP_REACHED
-        if share["budget"] is not None:
+        if share.cap is not None:
+            used = self.caps.get(limits_key(share), {}).get(share.cap_period or "", 0)
+            room, binding = max(0, share.cap[1] - used), Outcome.CAP_REACHED
+        if share.budget is not None:
             key = limits_key(share)
-            left = self.budget_remaining.get(key, share["budget"]) - self.budget_deltas.get(key, 0)
+            left = self.budget_remaining.get(key, share.budget) - self.budget_deltas.get(key, 0)
             if room is None or max(0, left) <= room:
                 room, binding = max(0, left), Outcome.BUDGET_EXHAUSTED
         return room, binding
@@ -90,11 +95,11 @@ class AccountStep:
         if not delta:
             return
         key = limits_key(share)
-        if share["budget"] is not None:
+        if share.budget is not None:
             self.budget_deltas[key] = self.budget_deltas.get(key, 0) + delta
-        if share["cap"] is not None:
+        if share.cap is not None:
             usage = self.caps.setdefault(key, {})
-            period = share["cap_period"]
+            period = share.cap_period or ""  # always set with a cap
             if period in usage or delta > 0:  # a pruned period is over: nothing to give back
                 usage[period] = max(0, usage.get(period, 0) + delta)
             if not usage.get(period, 1):
@@ -118,7 +123,7 @@ class AccountStep:
                 del self.caps[key]
 
     def carry_key(self, share: Share) -> str:
-        return f"{share['offer_id']}:{share['currency']}"
+        return f"{share.offer_id}:{share.currency}"
 
     # --- entries ---------------------------------------------------------------------------------
 
@@ -140,7 +145,7 @@ class AccountStep:
         if kind != "NOT_EARNED" and amount_minor <= 0:
             return
         event = self.event
-        beneficiary = share["charity_id"] if share is not None and share["reward_kind"] == RewardKind.CHARITY.value else None
+        beneficiary = share.charity_id if share is not None and share.reward_kind == RewardKind.CHARITY.value else None
         if beneficiary:
             detail = f"{detail}; charity_id={beneficiary}"
         self.entries.append(
@@ -153,10 +158,10 @@ class AccountStep:
                 debit_book=debit,
                 credit_book=credit,
                 amount_minor=amount_minor,
-                currency=share["currency"] if share else event.billing_currency,
-                reward_kind=share["reward_kind"] if share else "CASH",
-                offer_id=share["offer_id"] if share else None,
-                rule_version=share["version"] if share else None,
+                currency=share.currency if share else event.billing_currency,
+                reward_kind=share.reward_kind if share else "CASH",
+                offer_id=share.offer_id if share else None,
+                rule_version=share.version if share else None,
                 beneficiary_id=beneficiary,
                 occurred_at=event.occurred_at_ms,
                 explanation=Explanation(
@@ -164,8 +169,8 @@ class AccountStep:
                     detail=detail,
                     basis_minor=basis_minor,
                     basis_currency=event.billing_currency,
-                    rate_bps=amount.rate_bps if amount else share["rate_bps"] if share else 0,
-                    rounding=share["rounding"] if share else "down",
+                    rate_bps=amount.rate_bps if amount else share.rate_bps if share else 0,
+                    rounding=share.rounding if share else "down",
                     carried_remainder=amount.carried_out if amount else 0,
                     force_post=force_post,
                 ),
@@ -182,7 +187,7 @@ def limits_key(share: Share) -> str:
     """The key of the cap usage and campaign budget a share counts against: its offer's id, or
     ``<offer_id>@<currency>`` when the offer is priced in the purchase's other currency (money caps
     and budgets are kept per currency: stream.core.offers)."""
-    return str(share.get("limits_key") or share["offer_id"])
+    return str(share.limits_key or share.offer_id)
 
 
 def purchase_basis(event: CardEvent) -> int:
@@ -198,9 +203,9 @@ def purchase_basis(event: CardEvent) -> int:
 
 def limit_note(share: Share, limit: Outcome | None) -> str:
     """The explanation of a cap or budget that cut an amount ("" when none did)."""
-    if limit is Outcome.CAP_REACHED:
-        period, amount = share["cap"]
-        return f"cap {format_minor(amount, share['currency'])} per {period.lower()} {share['cap_period']} reached"
+    if limit is Outcome.CAP_REACHED and share.cap is not None:
+        period, amount = share.cap
+        return f"cap {format_minor(amount, share.currency)} per {period.lower()} {share.cap_period} reached"
     if limit is Outcome.BUDGET_EXHAUSTED:
         return "campaign budget exhausted"
     return ""
@@ -209,4 +214,4 @@ def limit_note(share: Share, limit: Outcome | None) -> str:
 def spendable_book(share: Share) -> str:
     """Where cashback goes when its return window ends: AVAILABLE to the customer, or DONATED for
     a charity reward (given to the charity, counted in the customer's donated total)."""
-    return "DONATED" if share["reward_kind"] == RewardKind.CHARITY.value else "AVAILABLE"
+    return "DONATED" if share.reward_kind == RewardKind.CHARITY.value else "AVAILABLE"

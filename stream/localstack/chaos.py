@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas.codec import Codec
-from stream.composition import REPO_ROOT, topics_of
+from stream.composition import REPO_ROOT, System
 from stream.core.offers import OfferBook
 from stream.localstack.chaos_clients import drained, publish_accounts, publish_cards
 from stream.localstack.chaos_faults import FAULTS, Processes
@@ -57,7 +57,6 @@ from stream.localstack.kafka import DEFAULT_CACHE_DIR, KafkaBroker
 from stream.localstack.postgres import EmbeddedPostgres
 from stream.localstack.process import free_port
 from stream.offer_admin import publish_offers
-from stream.settings import Settings
 
 __all__ = ["FAULTS", "Chaos", "main"]
 
@@ -113,8 +112,8 @@ class Chaos:
             bootstrap = self.broker.start()
             database_url = self.postgres.start()
             self.env = self._env(bootstrap, database_url)
-            self.settings = Settings.from_env(self.env)
-            self.topics = topics_of(self.settings)
+            system = System.from_env(self.env)
+            self.settings, self.topics = system.settings, system.catalogue
             self.processes = Processes(self.work_dir, self.env, self.broker, self.postgres, self.report, self._note)
             self._prepare()
             return self._run_stream(self.processes)

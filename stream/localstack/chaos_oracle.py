@@ -28,7 +28,7 @@ from stream.core.events import to_event, validate
 from stream.core.offers import OfferBook
 from stream.core.profiles import apply_activation, apply_segments, to_account_profile
 from stream.core.rules import Outcome, decide
-from stream.core.state_rows import is_summary_key
+from stream.core.state_rows import Summary, decode_summary, is_summary_key
 from stream.settings import Settings
 from topics.catalogue import Catalogue, table_changelogs
 
@@ -141,9 +141,10 @@ async def judge(settings: Settings, topics: Catalogue, codec: Codec, book: Offer
             continue  # a transaction's or a recent event's row (stream.core.state_rows)
         ranks = decided_order[key]
         added = []
-        account_state = json.loads(record.value)
-        recent = account_state.get("recent", account_state.get("seen", {}))
-        ids = [held[0] for held in recent] if isinstance(recent, list) else list(recent)  # rows: [event_id, slot]
+        stored = decode_summary(record.value)  # a summary, or a state stored whole by the first layout
+        ids = (
+            [event_id for event_id, _ in stored.recent] if isinstance(stored, Summary) else list(stored.recent if stored else ())
+        )
         for event_id in reversed(ids):  # new ids come last
             if event_id in ranks:
                 break
@@ -199,17 +200,17 @@ async def judge(settings: Settings, topics: Catalogue, codec: Codec, book: Offer
         rows = await connection.fetch("SELECT * FROM balances")
     finally:
         await connection.close()
-    stored: dict[str, dict[Any, Any]] = defaultdict(dict)
+    in_postgres: dict[str, dict[Any, Any]] = defaultdict(dict)
     fields = BALANCE_FIELDS
     for row in rows:
         totals = {f: row[f] for f in fields}
         if any(totals.values()):
-            stored[row["account_id"]][(row["reward_kind"], row["currency"].strip())] = totals
+            in_postgres[row["account_id"]][(row["reward_kind"], row["currency"].strip())] = totals
     expected: dict[str, dict[Any, Any]] = defaultdict(dict)
     for (account, kind, unit), totals in balances(oracle.values()).items():
         if any(totals.values()):
             expected[account][(kind, unit)] = totals
-    mismatched = sorted(a for a in set(stored) | set(expected) if stored.get(a) != expected.get(a))
+    mismatched = sorted(a for a in set(in_postgres) | set(expected) if in_postgres.get(a) != expected.get(a))
     report.mismatched_accounts = len(mismatched)
     lost, extra = sorted(set(oracle) - ledger_ids), sorted(ledger_ids - set(oracle))
     report.lost_entries = len(lost)
@@ -222,7 +223,7 @@ async def judge(settings: Settings, topics: Catalogue, codec: Codec, book: Offer
     report.poison_total = len(must_dead_letter)
     report.poison_in_dlq = len(must_dead_letter & dead)
     for account in mismatched[:5]:
-        report.notes.append(f"mismatch {account}: postgres {stored.get(account)} oracle {expected.get(account)}")
+        report.notes.append(f"mismatch {account}: postgres {in_postgres.get(account)} oracle {expected.get(account)}")
     if windowed:
         report.notes.append(
             f"{windowed} accounts had card events the changelog does not order; "

@@ -27,23 +27,12 @@ from pathlib import Path
 
 import httpx
 
-from stream.composition import (
-    EXAMPLE_OFFERS,
-    REPO_ROOT,
-    UsageError,
-    build_codec,
-    create_topics,
-    masked_dsn,
-    migrate_database,
-    read_offers,
-    topics_of,
-)
+from stream.composition import EXAMPLE_OFFERS, REPO_ROOT, System, UsageError, masked_dsn, read_offers
 from stream.core.offers import Offer
 from stream.localstack.kafka import DEFAULT_CACHE_DIR, KafkaBroker
 from stream.localstack.postgres import EmbeddedPostgres
 from stream.localstack.process import free_port, spawn, terminate
 from stream.offer_admin import publish_offers
-from stream.settings import Settings
 
 READY_LINE = "cashback local stack is up"
 OFFERS_EXAMPLES = "examples"  # ``offers``: the example offers (deploy/offers/example.yaml)
@@ -129,13 +118,13 @@ class LocalStack:
             self.postgres = EmbeddedPostgres(self.data_dir / "postgres")
             env["DATABASE_URL"] = self.postgres.start()
         env.update(WORKER_DATA_DIR=str(self.data_dir / "worker"), PYTHONUNBUFFERED="1")
-        settings = Settings.from_env(env)
+        system = System.from_env(env)
         self._decide_demo()
-        asyncio.run(create_topics(settings))
-        asyncio.run(migrate_database(settings))
+        asyncio.run(system.create_topics())
+        asyncio.run(system.migrate_database())
         if self._offers:
-            topic = topics_of(settings).offers.name
-            asyncio.run(publish_offers(settings, build_codec(settings), topic, self._offers))
+            topic = system.catalogue.offers.name
+            asyncio.run(publish_offers(system.settings, system.codec, topic, self._offers))
             self._say(f"loaded {len(self._offers)} offers from {self._shown(self._offers_file)} to {topic}")
         return env
 

@@ -39,6 +39,7 @@ import pytest
 import pytest_asyncio
 
 from schemas.codec import Codec
+from stream.core.account_state import AccountState
 from stream.core.rules import Outcome
 from stream.core.state_rows import is_summary_key
 from stream.matcher import Matcher
@@ -165,20 +166,20 @@ class AgentHarness:
 
     def changelog(self) -> list[tuple[bytes, Any, int]]:
         """Every write the table has queued for its changelog topic so far: (serialized key,
-        decoded value, partition). The producer is never started, so they wait in its buffer."""
+        stored value bytes, partition). The producer is never started, so they wait in its buffer."""
         pending = self.matcher.app.producer.buffer.pending
         changelog_topic = self.matcher.states.changelog_topic.get_topic_name()
         while not pending.empty():
             message = pending.get_nowait().message
             if message.channel.get_topic_name() == changelog_topic:
-                self.changelog_messages.append((message.key, json.loads(message.value), message.partition))
+                self.changelog_messages.append((message.key, message.value, message.partition))
         return list(self.changelog_messages)
 
     def summaries(self) -> list[tuple[bytes, Any, int]]:
         """The changelog's account summaries (``stream.core.state_rows``), without the rows."""
         return [written for written in self.changelog() if is_summary_key(json.loads(written[0]))]
 
-    def state(self, account: str = ACCOUNT) -> dict[str, Any] | None:
+    def state(self, account: str = ACCOUNT) -> AccountState | None:
         return self.matcher.accounts.get(account)
 
 

@@ -11,12 +11,13 @@ import re
 import struct
 from collections.abc import Mapping
 
+import msgspec
 import pytest
 from prometheus_client import REGISTRY
 
 from stream.core.events import luhn_valid
 from stream.core.rules import Outcome
-from stream.core.state_rows import assemble, recent_key, txn_key
+from stream.core.state_rows import Summary, assemble, decode_summary, recent_key, txn_key
 from stream.store.budgets import movement_id
 from tests.agent.conftest import ACCOUNT, ACCOUNT_KEY, AgentHarness, agent_harness, encode_auth, encode_settlement
 from tests.factories import book, card_record, offer
@@ -70,11 +71,11 @@ async def test_approved_authorization_emits_pending_accrual_and_stores_state(har
 
     state = harness.state()
     assert state is not None
-    txn = state["txns"][record["transaction_ref"]]
-    assert txn["status"] == "authorized"
-    assert txn["authorized_basis"] == 10_000
-    assert [share["pending"] for share in txn["shares"]] == [500]
-    assert record["event_id"] in state["recent"]
+    txn = state.txns[record["transaction_ref"]]
+    assert txn.status == "authorized"
+    assert txn.authorized_basis == 10_000
+    assert [share.pending for share in txn.shares] == [500]
+    assert record["event_id"] in state.recent
     # The new state went to the table's changelog, on the input message's partition (co-partitioned):
     # the account's summary first, then its rows (the transaction, the event with its entries).
     written = harness.changelog()
@@ -86,7 +87,9 @@ async def test_approved_authorization_emits_pending_accrual_and_stores_state(har
     assert {partition for _, _, partition in written} == {3}
     stored = {json.loads(key): value for key, value, _ in written}
     # The rows alone, without the copy the summary carries of them, give the state back.
-    assert assemble(ACCOUNT, {**stored[ACCOUNT], "fresh": {}}, stored.get) == state
+    summary = decode_summary(stored[ACCOUNT])
+    assert isinstance(summary, Summary)
+    assert assemble(ACCOUNT, msgspec.structs.replace(summary, fresh={}), stored.get) == state
 
 
 # --- 2. state carries across events ------------------------------------------------------------
@@ -108,12 +111,12 @@ async def test_clearing_after_authorization_confirms_from_pending(harness: Agent
     assert (confirmed["debit_book"], confirmed["credit_book"], confirmed["amount_minor"]) == ("PENDING", "CONFIRMED", 500)
     assert confirmed["accrual_id"] == f"{clearing['event_id']}#0"
     assert confirmed["explanation"]["force_post"] is False
-    txn = harness.state()["txns"]["txn-carry"]
-    assert txn["status"] == "cleared"
-    assert txn["cleared_basis"] == 10_000
-    [share] = txn["shares"]
-    assert (share["pending"], share["confirmed"], share["earned"]) == (0, 500, 500)
-    assert set(harness.state()["recent"]) == {auth["event_id"], clearing["event_id"]}
+    txn = harness.state().txns["txn-carry"]
+    assert txn.status == "cleared"
+    assert txn.cleared_basis == 10_000
+    [share] = txn.shares
+    assert (share.pending, share.confirmed, share.earned) == (0, 500, 500)
+    assert set(harness.state().recent) == {auth["event_id"], clearing["event_id"]}
 
 
 # --- 3. bad messages are dead-lettered, processing goes on --------------------------------------
@@ -189,7 +192,7 @@ async def test_card_number_in_merchant_name_is_dead_lettered_without_the_digits(
     assert not detail_leaks
     assert not log_leaks
     [(_, accrual)] = harness.accruals_decoded()
-    assert set(harness.state()["recent"]) == {accrual["source_event_id"]}  # only the good event
+    assert set(harness.state().recent) == {accrual["source_event_id"]}  # only the good event
 
 
 # --- 4. redelivery ------------------------------------------------------------------------------
@@ -236,7 +239,7 @@ async def test_same_event_id_with_other_content_is_quarantined(harness: AgentHar
     assert dead["source_offset"] == conflict.offset
     assert harness.state() is state_before
     assert harness.changelog() == changelog_before
-    assert harness.state()["txns"][original["transaction_ref"]]["authorized_basis"] == 10_000
+    assert harness.state().txns[original["transaction_ref"]].authorized_basis == 10_000
 
 
 # --- 5. nothing is matched before the offers are known ------------------------------------------
@@ -392,12 +395,12 @@ async def test_a_clock_tick_expires_what_fell_due_and_only_that(harness: AgentHa
     await tick(home, days=29)  # the example offer's authorisations expire after 30 days
     await tick((home + 1) % partitions, days=40)
     assert [accrual["entry_kind"] for _, accrual in harness.accruals_decoded()] == ["PENDING_CREATED"]
-    assert harness.state()["txns"]["txn-expiring"]["status"] == "authorized"  # type: ignore[index]
+    assert harness.state().txns["txn-expiring"].status == "authorized"
 
     await tick(home, days=31)
     kinds = [accrual["entry_kind"] for _, accrual in harness.accruals_decoded()]
     assert kinds == ["PENDING_CREATED", "EXPIRED"]
-    assert harness.state()["due_ms"] is None  # type: ignore[index]
+    assert harness.state().due_ms is None
     assert harness.matcher.accounts.due(home, 2**62) == []
 
 
@@ -536,4 +539,4 @@ async def test_a_state_write_the_changelog_refused_is_made_again_before_any_entr
     summaries = harness.summaries()
     assert len(summaries) == 2 and summaries[0][1] == summaries[1][1]  # the same summary, twice
     assert [accrual["entry_kind"] for _, accrual in harness.accruals_decoded()] == ["PENDING_CREATED"]
-    assert harness.state()["txns"]["txn-refused"]["status"] == "authorized"  # type: ignore[index]
+    assert harness.state().txns["txn-refused"].status == "authorized"

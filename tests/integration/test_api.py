@@ -179,7 +179,7 @@ def settings(database: str, kafka_bootstrap: str) -> Settings:
 
 @pytest_asyncio.fixture()
 async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
+    app = create_app(settings, Codec(), settings.topics())
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as http:
             yield http

@@ -44,8 +44,8 @@ def purchases() -> list[Any]:
 
 def test_nothing_is_due_before_its_time_and_due_events_are_deterministic() -> None:
     state, _, _ = run(purchases(), [])
-    assert state["due_ms"] == ms(T0 + timedelta(days=8))  # the uncleared authorisation expires first
-    assert due_events(state, "acct-1", state["due_ms"] - 1) == []
+    assert state.due_ms == ms(T0 + timedelta(days=8))  # the uncleared authorisation expires first
+    assert due_events(state, "acct-1", state.due_ms - 1) == []
     later = T0 + timedelta(days=45)
     first, again = due_events(state, "acct-1", ms(later)), due_events(state, "acct-1", ms(later))
     assert (
@@ -102,4 +102,4 @@ def test_an_expiry_gives_budget_back() -> None:
     (expiry,) = due_events(first.state, "acct-1", ms(T0) + 7 * DAY_MS)
     expired = decide(expiry, offers, first.state)
     assert expired.outcome is Outcome.EXPIRED and expired.budget_deltas == {"grocery-5": -500}
-    assert expired.state["due_ms"] is None
+    assert expired.state.due_ms is None

@@ -521,10 +521,10 @@ def check_holdings(replay: Replay, account: str, offers: OfferBook) -> None:
     """What the account's purchases hold (pending, plus confirmed less clawed back) per offer and cap
     period never exceeds the cap."""
     held: Counter = Counter()
-    for txn in replay.states[account]["txns"].values():
-        for share in txn["shares"]:
-            if share.get("cap"):
-                held[(share["offer_id"], share["cap_period"])] += share["pending"] + share["earned"] - share["clawed_back"]
+    for txn in replay.states[account].txns.values():
+        for share in txn.shares:
+            if share.cap:
+                held[(share.offer_id, share.cap_period)] += share.pending + share.earned - share.clawed_back
     for (offer_id, period), amount in held.items():
         cap = offers.get(offer_id).cap  # type: ignore[union-attr]
         assert 0 <= amount <= cap.amount_minor, (account, offer_id, period, amount)

@@ -37,10 +37,10 @@ def test_case_12_nothing_earned_with_the_reason(overrides: dict[str, Any], reaso
     assert entry.offer_id is None and entry.accrual_id == f"{event.event_id}#0"
     assert balances(decision.entries) == {}
     if reason == "declined":  # no approved authorisation: a clearing would be a force post
-        assert decision.state["txns"] == {}
+        assert decision.state.txns == {}
     else:  # judged once: the transaction keeps the refusal, so its clearing is not judged again
-        (txn,) = decision.state["txns"].values()
-        assert txn["shares"] == [] and txn["refused"]["reason"] == reason
+        (txn,) = decision.state.txns.values()
+        assert txn.shares == [] and txn.refused.reason == reason
 
 
 def test_offer_excluded_mcc_wins_over_its_own_mcc_set() -> None:

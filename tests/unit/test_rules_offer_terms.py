@@ -3,14 +3,18 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 import pytest
 
+from stream.core.account_state import AccountState
 from stream.core.balances import balances
 from stream.core.entries import Entry
-from stream.core.rules import AccountProfile, Outcome, decide, new_state
+from stream.core.rules import AccountProfile, Outcome, decide
+from stream.core.state_rows import decode_summary
 from tests.factories import (
     KEY,
     T0,
@@ -52,7 +56,7 @@ def test_case_15_monthly_cap_then_the_next_month_starts_again() -> None:
         "(rounded down, cap 20.00 EUR per month 2026-12 reached, judged in Europe/Paris)"
     )
     assert balances(entries) == {KEY: totals(confirmed=2_000, lifetime=2_000)}
-    assert state is not None and state["caps"] == {"grocery-10": {"2026-12": 2_000}}
+    assert state is not None and state.caps == {"grocery-10": {"2026-12": 2_000}}
 
     state, more, outcomes = run_events([auth(5_000, transaction_ref="txn-3")], CAPPED, state)
     assert outcomes == [Outcome.CAP_REACHED]
@@ -83,18 +87,18 @@ def test_case_15_cap_periods_are_local_days_and_iso_weeks() -> None:
     )
     assert outcomes == [Outcome.CONFIRMED, Outcome.CAP_REACHED, Outcome.CONFIRMED]
     assert [leg[3] for leg in legs(entries)] == [500, 0, 500]
-    assert state is not None and state["caps"] == {"grocery-5": {"2026-W49": 500, "2026-W50": 500}}
+    assert state is not None and state.caps == {"grocery-5": {"2026-W49": 500, "2026-W50": 500}}
 
 
 def test_cap_periods_are_pruned_once_over() -> None:
     state, _, _ = run_events([clearing(5_000)], CAPPED)
-    assert state is not None and state["caps"] == {"grocery-10": {"2026-12": 500}}
+    assert state is not None and state.caps == {"grocery-10": {"2026-12": 500}}
     # December ends on 1 January; its usage is kept for the offer's auth_expiry_days (30) after.
     state, _, _ = run_events([clearing(5_000, transaction_ref="txn-2", occurred_at=JANUARY)], CAPPED, state)
-    assert state is not None and state["caps"] == {"grocery-10": {"2026-12": 500, "2027-01": 500}}
+    assert state is not None and state.caps == {"grocery-10": {"2026-12": 500, "2027-01": 500}}
     february = datetime(2027, 2, 1, 10, tzinfo=UTC)
     state, _, _ = run_events([clearing(5_000, transaction_ref="txn-3", occurred_at=february)], CAPPED, state)
-    assert state is not None and state["caps"] == {"grocery-10": {"2027-01": 500, "2027-02": 500}}
+    assert state is not None and state.caps == {"grocery-10": {"2027-01": 500, "2027-02": 500}}
 
 
 def test_case_10_refund_gives_cap_headroom_back_to_the_purchase_period() -> None:
@@ -109,7 +113,7 @@ def test_case_10_refund_gives_cap_headroom_back_to_the_purchase_period() -> None
         ("CONFIRMED", "EXPENSE", "CONFIRMED", 500),
         ("CLAWED_BACK", "CONFIRMED", "EXPENSE", 200),  # 40% of the 5.00 the purchase earned
     ]
-    assert state is not None and state["caps"] == {"grocery-10": {"2026-12": 1_800}}
+    assert state is not None and state.caps == {"grocery-10": {"2026-12": 1_800}}
 
     # a January purchase uses January's cap; a January refund of a December purchase gives December back
     later = [
@@ -123,7 +127,7 @@ def test_case_10_refund_gives_cap_headroom_back_to_the_purchase_period() -> None
         ("CLAWED_BACK", "CONFIRMED", "EXPENSE", 1_500),
         ("CONFIRMED", "EXPENSE", "CONFIRMED", 500),  # January has 5.00 left, whatever December got back
     ]
-    assert state is not None and state["caps"] == {"grocery-10": {"2026-12": 300, "2027-01": 2_000}}
+    assert state is not None and state.caps == {"grocery-10": {"2026-12": 300, "2027-01": 2_000}}
     assert balances(entries + more) == {KEY: totals(confirmed=2_300, lifetime=4_000, clawed=1_700)}
 
 
@@ -359,7 +363,7 @@ def test_case_23_small_purchases_carry_the_remainder() -> None:
         "confirmed: 5.00% of 0.33 EUR = 0.02 EUR (rounded down, exactly 0.0165 EUR, 0.0065 EUR carried in, 0.003 EUR carried forward)",
         "confirmed: 5.00% of 0.33 EUR = 0.01 EUR (rounded down, exactly 0.0165 EUR, 0.003 EUR carried in, 0.0095 EUR carried forward)",
     ]
-    assert state is not None and state["carry"] == {"grocery-5:EUR": 9_500}
+    assert state is not None and state.carry == {"grocery-5:EUR": 9_500}
 
 
 def test_case_23_a_hundred_small_purchases_earn_what_one_large_one_would() -> None:
@@ -375,7 +379,7 @@ def test_carry_is_dropped_when_a_limit_cuts_the_reward() -> None:
     offers = book(offer(max_reward_per_txn_minor=1))
     state, entries, _ = run_events([clearing(33), clearing(33, transaction_ref="txn-2")], offers)
     assert [leg[3] for leg in legs(entries)] == [1, 1]  # 1.65 then 1.65 (not 2.30): the cut fraction is not owed
-    assert state is not None and state["carry"] == {}
+    assert state is not None and state.carry == {}
 
 
 # --- case 25: reward kinds -----------------------------------------------------------------------
@@ -452,40 +456,27 @@ def test_fixed_reward_is_paid_once_per_purchase_over_its_clearing_parts() -> Non
 def test_old_state_without_caps_and_carry_still_works() -> None:
     state, _, _ = run_events([auth()])
     assert state is not None
-    # stored before: recent events under "seen", no event ids, clock or refusals on transactions
+    # stored whole in JSON by the first versions: recent events under "seen", no caps, carry,
+    # clock, event ids or refusals, and shares from before offer v2
+    before_v2 = ("method", "tier", "boost", "fixed_minor", "points_per_unit", "cap", "cap_period", "budget")
+    before_v2 += ("charity_id", "place", "basis_currency")
+    plain = msgspec.to_builtins(state)
     old = {
-        "seen": state["recent"],
+        "seen": plain["recent"],
         "txns": {
             ref: {
                 **{k: v for k, v in txn.items() if k not in ("events", "last_ms")},
-                "shares": [
-                    {
-                        k: v
-                        for k, v in share.items()
-                        if k
-                        not in (
-                            "method",
-                            "tier",
-                            "boost",
-                            "fixed_minor",
-                            "points_per_unit",
-                            "cap",
-                            "cap_period",
-                            "budget",
-                            "charity_id",
-                            "place",
-                            "basis_currency",
-                        )
-                    }
-                    for share in txn["shares"]
-                ],
+                "shares": [{k: v for k, v in share.items() if k not in before_v2} for share in txn["shares"]],
             }
-            for ref, txn in state["txns"].items()
+            for ref, txn in plain["txns"].items()
         },
     }
-    decision = decide(clearing(), book(), old)
+    stored = decode_summary(json.dumps(old).encode())
+    assert isinstance(stored, AccountState)
+    (share,) = next(iter(stored.txns.values())).shares
+    assert (share.method, share.basis_currency, share.cap) == ("rate", "EUR", None)
+    decision = decide(clearing(), book(), stored)
     assert legs(decision.entries) == [("CONFIRMED", "PENDING", "CONFIRMED", 500)]
-    assert set(decision.state) == set(new_state())
 
 
 def test_account_profile_defaults_are_empty_and_frozen() -> None:

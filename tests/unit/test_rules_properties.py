@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from stream.core.account_state import AccountState
 from stream.core.balances import BALANCE_FIELDS, balances
 from stream.core.events import CardEvent, to_event, validate
 from stream.core.memory import RECENT_EVENTS_LIMIT
 from stream.core.offers import OfferBook
 from stream.core.rules import AccountProfile, decide
+from stream.core.state_rows import assemble, decode_summary, encode, split
 from tests.factories import T0, book, card_record, offer
 
 # Seeded: every run tries the same examples, so a failure replays. Moderate counts keep the suite fast.
@@ -158,19 +159,19 @@ def event_sequences(draw: st.DrawFn, multi_clearing: bool = False) -> list[CardE
 
 
 def run(
-    events: list[CardEvent], offers: OfferBook, json_state: bool = False
+    events: list[CardEvent], offers: OfferBook, stored_state: bool = False
 ) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
     """Decide every event in order, with the true remaining budget of every budgeted offer; return
     (balances after it, its entries) per event. Asserts after every event that no budget is
     overspent and no cap period holds more than its cap."""
-    state: dict[str, Any] | None = None
+    state: AccountState | None = None
     steps = []
     rows: dict[str, dict[str, Any]] = {}  # the ledger: a re-emitted accrual id writes nothing
     budgets = {o.offer_id: o.budget_minor for o in offers.offers if o.budget_minor is not None}
     spent = dict.fromkeys(budgets, 0)
     for event in events:
-        if json_state and state is not None:  # the worker's table stores the state as JSON
-            state = json.loads(json.dumps(state))
+        if stored_state and state is not None:  # the worker's table stores the state encoded
+            state = as_stored(state)
         remaining = {offer_id: budgets[offer_id] - spent[offer_id] for offer_id in budgets}
         decision = decide(event, offers, state, PROFILE, remaining)
         state = decision.state
@@ -178,7 +179,7 @@ def run(
             assert delta != 0 and offer_id in budgets, decision.budget_deltas
             spent[offer_id] += delta
             assert 0 <= spent[offer_id] <= budgets[offer_id], (offer_id, spent[offer_id])
-        for offer_id, usage in state["caps"].items():
+        for offer_id, usage in state.caps.items():
             cap = offers.get(offer_id).cap  # type: ignore[union-attr]
             assert cap is not None and all(0 < held <= cap.amount_minor for held in usage.values()), (offer_id, usage)
         for entry in decision.entries:
@@ -252,9 +253,18 @@ def test_redelivery_gives_the_same_ledger(offers_name: str, events: list[CardEve
 
 @SEEDED
 @given(offers_name=OFFER_NAMES, events=event_sequences(multi_clearing=True))
-def test_state_survives_a_json_round_trip(offers_name: str, events: list[CardEvent]) -> None:
+def test_state_survives_being_stored_and_read_back(offers_name: str, events: list[CardEvent]) -> None:
     offers = OFFER_BOOKS[offers_name]
-    assert run(events, offers, json_state=True) == run(events, offers)
+    assert run(events, offers, stored_state=True) == run(events, offers)
+
+
+def as_stored(state: AccountState) -> AccountState:
+    """``state`` written as the worker's table stores it (a summary carrying every row, encoded)
+    and read back."""
+    summary = split("acct-1", None, state, before_in_rows=True).summary
+    read = assemble("acct-1", decode_summary(encode(summary)), {}.get)
+    assert read is not None
+    return read
 
 
 @SEEDED
@@ -301,17 +311,17 @@ def test_ledger_invariants_with_refunds_between_clearing_parts(events: list[Card
 # --- redelivery at any distance (issue: the engine once remembered only its last 200 events) ------
 
 
-def state_balances(state: dict[str, Any]) -> dict[tuple[str, str], dict[str, int]]:
+def state_balances(state: AccountState) -> dict[tuple[str, str], dict[str, int]]:
     """The balances the engine's own state holds, per (reward kind, unit): what its shares hold."""
     result: dict[tuple[str, str], dict[str, int]] = {}
-    for txn in state["txns"].values():
-        for share in txn["shares"]:
-            totals = result.setdefault((share["reward_kind"], share["currency"]), dict.fromkeys(BALANCE_FIELDS, 0))
-            totals["pending_minor"] += share["pending"]
-            totals["confirmed_minor"] += share["confirmed"]
-            totals["donated_minor" if share["reward_kind"] == "CHARITY" else "available_minor"] += share["available"]
-            totals["lifetime_earned_minor"] += share["earned"]
-            totals["clawed_back_minor"] += share["clawed_back"]
+    for txn in state.txns.values():
+        for share in txn.shares:
+            totals = result.setdefault((share.reward_kind, share.currency), dict.fromkeys(BALANCE_FIELDS, 0))
+            totals["pending_minor"] += share.pending
+            totals["confirmed_minor"] += share.confirmed
+            totals["donated_minor" if share.reward_kind == "CHARITY" else "available_minor"] += share.available
+            totals["lifetime_earned_minor"] += share.earned
+            totals["clawed_back_minor"] += share.clawed_back
     return {key: totals for key, totals in result.items() if any(totals.values())}
 
 

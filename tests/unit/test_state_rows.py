@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -15,10 +16,14 @@ from stream.core.events import CardEvent
 from stream.core.memory import RECENT_EVENTS_LIMIT
 from stream.core.rules import decide
 from stream.core.state_rows import (
+    JSON_LAYOUT,
     MissingRow,
+    Summary,
     Writes,
     assemble,
     carried,
+    decode_summary,
+    encode,
     in_rows,
     is_summary_key,
     recent_key,
@@ -31,15 +36,11 @@ from tests.unit.test_rules_properties import OFFER_BOOKS, OFFER_NAMES, PROFILE, 
 ACCOUNT = "acct-1"
 
 
-def as_stored(value: Any) -> Any:
-    """What the table gives back: its values are JSON."""
-    return json.loads(json.dumps(value))
-
-
-def write(store: dict[str, Any], writes: Writes, rows: bool = True) -> None:
-    store[ACCOUNT] = as_stored(writes.summary)
+def write(store: dict[str, bytes], writes: Writes, rows: bool = True) -> None:
+    """Store one step's writes as the worker's table does (encoded values)."""
+    store[ACCOUNT] = encode(writes.summary)
     if rows:
-        store.update({key: as_stored(value) for key, value in writes.rows.items()})
+        store.update({key: encode(value) for key, value in writes.rows.items()})
         for key in writes.deletes:
             store.pop(key, None)  # a row a cut step never wrote may be gone by now
 
@@ -53,7 +54,7 @@ def test_every_step_reads_back_as_the_engine_state(offers_name: str, events: lis
         sequence.append(event)
         if data.draw(st.integers(0, 4)) == 0:  # enough purchases to push events out of the recent ones
             sequence += fillers(data.draw(st.sampled_from((3, RECENT_EVENTS_LIMIT + 2))), start=100 * index)
-    store: dict[str, Any] = {}
+    store: dict[str, bytes] = {}
     state = None
     rewrite: frozenset[str] = frozenset()
     slots: dict[str, int] = {}
@@ -70,24 +71,36 @@ def test_every_step_reads_back_as_the_engine_state(offers_name: str, events: lis
             # A crash after the summary and before the rows loses nothing: the summary carries
             # them, and the state read back writes them with its next step.
             write(store, writes, rows=False)
-            stored = assemble(ACCOUNT, store[ACCOUNT], store.get)
-            assert stored == as_stored(after)
-            state, rewrite, slots = stored, carried(store[ACCOUNT]), slots_of(store[ACCOUNT])
+            summary = decode_summary(store[ACCOUNT])
+            stored = assemble(ACCOUNT, summary, store.get)
+            assert stored == after
+            state, rewrite, slots = stored, carried(summary), slots_of(summary)
             cuts += 1
             continue
         write(store, writes)
         rewrite, slots = frozenset(), writes.slots
         # The rows alone hold the state, and the store holds no row the summary does not name
         # (but those a cut step left undeleted: never read, they only take room).
-        assert assemble(ACCOUNT, {**store[ACCOUNT], "fresh": {}}, store.get) == as_stored(after)
-        named = {txn_key(ACCOUNT, ref) for ref in after["txns"]} | {recent_key(ACCOUNT, n) for n in writes.slots.values()}
+        assert assemble(ACCOUNT, without_fresh(store[ACCOUNT]), store.get) == after
+        named = {txn_key(ACCOUNT, ref) for ref in after.txns} | {recent_key(ACCOUNT, n) for n in writes.slots.values()}
         # one slot per recent event, never more than the recent events kept
-        assert sorted(writes.slots.values()) == list(range(len(after["recent"])))
+        assert sorted(writes.slots.values()) == list(range(len(after.recent)))
         held = {key for key in store if not is_summary_key(key)}
         assert held >= named
         if not cuts:
             assert held == named
         state = after
+
+
+def without_fresh(raw: bytes) -> Summary:
+    """A stored summary without the rows it carries: what the rows alone hold."""
+    summary = decode_summary(raw)
+    assert isinstance(summary, Summary)
+    return msgspec.structs.replace(summary, fresh={})
+
+
+def as_json(value: Any) -> bytes:
+    return json.dumps(msgspec.to_builtins(value)).encode()
 
 
 def test_a_state_stored_whole_is_read_as_is_and_then_written_in_rows() -> None:
@@ -96,27 +109,54 @@ def test_a_state_stored_whole_is_read_as_is_and_then_written_in_rows() -> None:
     for event in fillers(3, start=0):
         state = decide(event, offers, state, PROFILE).state
     assert state is not None
-    whole = as_stored(state)  # how a worker stored it before the summary and rows
-    assert not in_rows(whole)
+    whole = decode_summary(as_json(state))  # how the first workers stored it: whole, in JSON
+    assert not in_rows(whole) and whole == state
     assert assemble(ACCOUNT, whole, {}.get) is whole
     after = decide(fillers(1, start=10)[0], offers, whole, PROFILE).state
     writes = split(ACCOUNT, whole, after, before_in_rows=False)
-    assert set(writes.rows) == {txn_key(ACCOUNT, ref) for ref in after["txns"]} | {
-        recent_key(ACCOUNT, n) for n in range(len(after["recent"]))
+    assert set(writes.rows) == {txn_key(ACCOUNT, ref) for ref in after.txns} | {
+        recent_key(ACCOUNT, n) for n in range(len(after.recent))
     }
-    store: dict[str, Any] = {}
+    store: dict[str, bytes] = {}
     write(store, writes)
-    assert in_rows(store[ACCOUNT])
-    assert assemble(ACCOUNT, {**store[ACCOUNT], "fresh": {}}, store.get) == as_stored(after)
+    assert in_rows(decode_summary(store[ACCOUNT]))
+    assert assemble(ACCOUNT, without_fresh(store[ACCOUNT]), store.get) == after
+
+
+def test_a_summary_and_rows_stored_in_json_are_read() -> None:
+    offers = OFFER_BOOKS["grocery-5"]
+    state = None
+    for event in fillers(3, start=0):
+        state = decide(event, offers, state, PROFILE).state
+    assert state is not None
+    writes = split(ACCOUNT, None, state, before_in_rows=True)
+    summary = {**msgspec.to_builtins(writes.summary), "layout": JSON_LAYOUT}
+    store = {key: as_json(value) for key, value in writes.rows.items()}
+    read = decode_summary(json.dumps({**summary, "fresh": {}}).encode())
+    assert in_rows(read)
+    assert assemble(ACCOUNT, read, store.get) == state
+    with_fresh = decode_summary(json.dumps(summary).encode())
+    assert assemble(ACCOUNT, with_fresh, {}.get) == state
+
+
+def test_values_are_messagepack_smaller_than_their_json() -> None:
+    offers = OFFER_BOOKS["grocery-5"]
+    state = None
+    for event in fillers(40, start=0):
+        state = decide(event, offers, state, PROFILE).state
+    assert state is not None
+    writes = split(ACCOUNT, None, state, before_in_rows=True)
+    for key, value in [*writes.rows.items(), (ACCOUNT, writes.summary)]:
+        stored = encode(value)
+        assert stored[:1] not in (b"{", b"[") and len(stored) < len(as_json(value)), key
 
 
 def test_a_missing_row_is_an_error_not_a_smaller_state() -> None:
     offers = OFFER_BOOKS["grocery-5"]
     after = decide(fillers(1, start=0)[0], offers, None, PROFILE).state
     writes = split(ACCOUNT, None, after, before_in_rows=True)
-    summary = {**as_stored(writes.summary), "fresh": {}}
     with pytest.raises(MissingRow, match="acct-1"):
-        assemble(ACCOUNT, summary, {}.get)
+        assemble(ACCOUNT, without_fresh(encode(writes.summary)), {}.get)
 
 
 def test_keys_tell_summaries_from_rows() -> None:

@@ -1,0 +1,125 @@
+"""What each ``cashback`` command does, once ``stream.cli`` has parsed its arguments: one function
+per command, taking the composition root (``System``; None for ``backtest`` and ``config``, which
+read no environment and need no servers) and the parsed arguments. A command that runs once prints
+its result; bad input raises ``UsageError``, which the command line prints as one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from stream.composition import System, UsageError, read_offers, run_until_signalled
+
+
+def worker(system: System, args: argparse.Namespace) -> None:
+    system.run_worker(with_sink=args.with_sink)
+
+
+def sink(system: System, args: argparse.Namespace) -> None:
+    system.run_sink()
+
+
+def api(system: System, args: argparse.Namespace) -> None:
+    system.run_api()
+
+
+def topics(system: System, args: argparse.Namespace) -> None:
+    created = asyncio.run(system.create_topics())
+    print(f"created: {', '.join(created) if created else 'none (all exist)'}")
+
+
+def migrate(system: System, args: argparse.Namespace) -> None:
+    applied = asyncio.run(system.migrate_database())
+    print(f"applied: {', '.join(applied) if applied else 'none (up to date)'}")
+
+
+def offers(system: System, args: argparse.Namespace) -> None:
+    from stream.offer_admin import publish_offers, remove_offers
+
+    topic = system.catalogue.offers.name
+    if args.action == "load":
+        loaded = read_offers(args.file)
+        if not loaded:
+            raise UsageError(f"offers file {args.file}: no offers in it (nothing to publish)")
+        asyncio.run(system.create_topics())
+        asyncio.run(publish_offers(system.settings, system.codec, topic, loaded))
+        print(f"published {len(loaded)} offers to {topic}: {', '.join(o.offer_id for o in loaded)}")
+    elif args.action == "check":
+        print(f"{len(read_offers(args.file))} valid offers in {args.file}")
+    else:
+        asyncio.run(remove_offers(system.settings, topic, args.offer_ids))
+        print(f"removed {', '.join(args.offer_ids)}")
+
+
+def accounts(system: System, args: argparse.Namespace) -> None:
+    from stream.account_messages import publish_activation, publish_segments
+
+    settings, codec, catalogue = system.settings, system.codec, system.catalogue
+    if args.action == "segments":
+        asyncio.run(publish_segments(settings, codec, catalogue.profiles, args.account_id, args.segments))
+        print(f"{args.account_id}: segments {', '.join(sorted(set(args.segments))) or 'none'}")
+    else:
+        active = args.action == "activate"
+        at = asyncio.run(publish_activation(settings, codec, catalogue.activations, args.account_id, args.offer_id, active))
+        print(f"{args.account_id}: offer {args.offer_id} {'activated' if active else 'deactivated'} at {at.isoformat()}")
+
+
+def simulate(system: System, args: argparse.Namespace) -> None:
+    from stream.simulate import Scenario, publish
+
+    asyncio.run(system.create_topics())
+    scenario = Scenario(seed=args.seed, accounts=args.accounts, purchases=args.purchases, bad_ratio=args.bad_ratio)
+    run_until_signalled(
+        lambda stop: publish(system.settings, system.codec, system.catalogue, scenario, args.rate, stop, not args.quiet)
+    )
+
+
+def backtest(system: System | None, args: argparse.Namespace) -> None:
+    from datetime import timedelta
+
+    from stream.backtest import replay, report
+    from stream.core.offers import OfferBook
+    from stream.simulate import Scenario, generate
+
+    scenario = Scenario(seed=args.seed, accounts=args.accounts, purchases=args.purchases, bad_ratio=0)
+    book = OfferBook.of(read_offers(args.offers))
+    until = scenario.start + timedelta(seconds=args.purchases * scenario.step_seconds) + timedelta(days=args.days_after)
+    print(
+        f"back-test of {args.offers} over {args.purchases} simulated purchases (seed {args.seed}), time passed to {until:%Y-%m-%d}"
+    )
+    print(report(replay(generate(scenario, system.codec if system else None), book, until)))
+
+
+def dead_letters(system: System, args: argparse.Namespace) -> None:
+    from stream.deadletter_admin import NoDeadLetterTopic, show_dead_letters
+
+    settings, topic = system.settings, system.catalogue.dead_letters.name
+    try:
+        asyncio.run(show_dead_letters(settings, system.codec, topic, args.limit))
+    except NoDeadLetterTopic:
+        raise UsageError(
+            f"Kafka at {settings.kafka_bootstrap_servers} has no topic {topic} (is TOPIC_PREFIX right? "
+            "`topics` or the first worker creates it)"
+        ) from None
+    except TimeoutError as error:
+        raise UsageError(str(error)) from None
+
+
+def local(system: System, args: argparse.Namespace) -> None:
+    from stream.localstack.stack import LocalStack
+
+    LocalStack(
+        rate=args.rate,
+        purchases=args.purchases,
+        duration_s=args.duration,
+        keep_data=args.keep_data,
+        offers=args.offers,
+        simulator=args.simulator,
+    ).run()
+
+
+def config(system: System | None, args: argparse.Namespace) -> None:
+    from stream.settings import documentation_table
+
+    print(documentation_table())

@@ -1,0 +1,127 @@
+"""One account's state, as the rules engine takes and returns it: typed records (msgspec Structs),
+which are also how the worker stores them (``stream.core.state_rows`` encodes them as MessagePack).
+
+- ``AccountState``: the account's transactions, the events it remembers, its cap usage and carried
+  remainders, and when something of it next falls due;
+- ``Txn``: one purchase (by transaction ref), with one ``Share`` per offer it earns, every event id
+  of its life (``events``) and, for a purchase that earns nothing, why (``Refusal``);
+- ``Share``: what one offer pays on one purchase: its terms as they were at the purchase, and the
+  amounts it holds in each book.
+
+``decide`` never mutates a state it is given: it returns a new one, sharing the transactions it did
+not touch (``AccountStep.txn`` copies a transaction and its shares before changing them). A field
+missing from a record stored by an earlier version reads as its default (a share stored before
+offer v2 reads as a rate offer without limits, its basis currency its currency).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from stream.core.entries import Entry
+
+
+class Share(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One offer's share of one purchase: its terms at the purchase and what it holds."""
+
+    offer_id: str
+    version: int
+    rounding: str
+    reward_kind: str
+    pending_days: int
+    accrue_on: str
+    currency: str  # the unit of every amount below (ISO 4217, or PTS)
+    max_reward_minor: int | None = None
+    method: str = "rate"  # rate | fixed | points
+    rate_bps: int = 0
+    tier: str | None = None
+    boost: tuple[int, int] | None = None  # (threshold_minor, rate_bps)
+    fixed_minor: int | None = None
+    points_per_unit: int | None = None
+    charity_id: str | None = None
+    basis_currency: str = ""  # the purchase's billing currency ("" read as ``currency``)
+    cap: tuple[str, int] | None = None  # (period, amount_minor)
+    cap_period: str | None = None  # the period key the purchase counts in
+    budget: int | None = None
+    limits_key: str | None = None  # what caps and budgets count against (None: the offer id)
+    place: str = ""  # the local time and place the offer was judged at, when it mattered
+    pending: int = 0  # now in PENDING
+    confirmed: int = 0  # now in CONFIRMED
+    available: int = 0  # now in AVAILABLE
+    earned: int = 0  # ever confirmed
+    clawed_back: int = 0  # ever clawed back (refunds and chargebacks), less what was recredited
+    refund_clawed: int = 0
+    chargeback_clawed: int = 0
+    available_at_ms: int | None = None  # when confirmed cashback becomes available
+
+    def __post_init__(self) -> None:
+        if not self.basis_currency:
+            self.basis_currency = self.currency
+
+
+class Refusal(msgspec.Struct, kw_only=True):
+    """Why a purchase earns nothing, kept so its clearings follow the decision; only a refusal for
+    the amount may be overturned, under the ``near`` offers, at the purchase's time and place."""
+
+    reason: str
+    detail: str
+    near: tuple[str, ...] = ()
+    at_ms: int = 0
+    timezone: str | None = None
+
+
+class Txn(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One purchase of the account, by its transaction ref."""
+
+    status: str  # authorized | clearing | cleared | expired
+    currency: str  # the billing currency
+    authorized_basis: int = 0
+    cleared_basis: int = 0
+    refunded_basis: int = 0
+    force_post: bool = False
+    shares: list[Share] = msgspec.field(default_factory=list)
+    refused: Refusal | None = None
+    expires_at_ms: int | None = None  # when pending cashback of an uncleared purchase expires
+    events: dict[str, str] = msgspec.field(default_factory=dict)  # every event id of its life: fingerprint
+    last_ms: int | None = None  # the time of its latest event
+
+
+class Recent(msgspec.Struct, array_like=True):
+    """A recent event: its fingerprint and the entries it produced (re-emitted on a redelivery)."""
+
+    fingerprint: str
+    entries: tuple[Entry, ...]
+
+
+class Loose(msgspec.Struct, array_like=True):
+    """An event with no transaction to keep its id (a refund of a purchase never seen, a declined
+    authorisation)."""
+
+    fingerprint: str
+    occurred_ms: int
+
+
+class AccountState(msgspec.Struct, kw_only=True):
+    recent: dict[str, Recent] = msgspec.field(default_factory=dict)  # the last events, oldest first
+    txns: dict[str, Txn] = msgspec.field(default_factory=dict)
+    loose: dict[str, Loose] = msgspec.field(default_factory=dict)
+    caps: dict[str, dict[str, int]] = msgspec.field(default_factory=dict)  # limits key: period: held
+    carry: dict[str, int] = msgspec.field(default_factory=dict)  # "offer_id:UNIT": 1/10,000ths of a minor unit
+    due_ms: int | None = None  # the earliest expiry or end of a return window (stream.core.lifecycle)
+    clock_ms: int | None = None  # the latest event time of the account
+
+
+def copy_txn(txn: Txn) -> Txn:
+    """A transaction to change: its shares copied too (their amounts change in place)."""
+    return msgspec.structs.replace(txn, shares=[msgspec.structs.replace(share) for share in txn.shares])
+
+
+def state_from_plain(plain: dict[str, Any]) -> AccountState:
+    """A state from its JSON shape (how workers stored it before these records): recent events
+    under ``recent`` or, older still, ``seen``; anything an older version lacked as its default."""
+    plain = dict(plain)
+    if "recent" not in plain and "seen" in plain:
+        plain["recent"] = plain.pop("seen")
+    return msgspec.convert(plain, AccountState, strict=False)
