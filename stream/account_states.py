@@ -12,7 +12,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
 from stream.changelog_table import ChangelogTable
-from stream.core.account_state import AccountState
+from stream.core.state import AccountState
 from stream.core.state_rows import (
     Writes,
     assemble,

@@ -14,7 +14,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from stream.core.account_state import AccountState
 from stream.core.balances import balances
 from stream.core.entries import Entry
 from stream.core.events import CardEvent, to_event, validate
@@ -24,6 +23,7 @@ from stream.core.money import format_minor
 from stream.core.offers import OfferBook
 from stream.core.profiles import Profile, apply_activation, apply_segments, to_account_profile
 from stream.core.rules import Outcome, decide
+from stream.core.state import AccountState
 from stream.simulate import Outgoing
 
 

@@ -16,7 +16,7 @@ Delivery is at-least-once: Faust flushes the producer (entries, dead letters and
 changelog) before it commits the input offsets, so a crash redelivers, never loses. Which offsets
 are committed is the matcher's decision, not Faust's acks: a message is processed only when it is
 the next offset of its partition, holes are read again, and an offset is committed only once its
-sends were delivered (``stream.progress``, ``stream.guarded_consumer``). Effects are
+sends were delivered (``stream.input_partitions``). Effects are
 exactly-once: the state keeps every event id with its transaction, so a redelivered event is never
 applied twice, and the ledger ignores entry ids it already holds. The state is on the changelog
 before its entries are sent (so no entry outlives a crash its state did not), and a crash can leave
@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import faust
 from faust.types import StreamT
@@ -40,17 +40,18 @@ from schemas.codec import Codec, DecodeError
 from stream.account_profiles import AccountProfiles
 from stream.account_states import AccountStates
 from stream.changelog_table import ChangelogTable
-from stream.core.account_state import AccountState
 from stream.core.events import CardEvent, to_event, validate
 from stream.core.lifecycle import due_events
 from stream.core.memory import RECENT_EVENTS_LIMIT
 from stream.core.rules import Decision, Outcome, decide
+from stream.core.state import AccountState
 from stream.deadletter import OtherReason, Stage, dead_letter
 from stream.granting import BudgetLedger, PostgresBudgets, grant
-from stream.guarded_consumer import OffsetLookups, watch_partitions
-from stream.metrics import ACCRUALS, CASHBACK_AMOUNT, CONSUMER_LAG, EVENTS_CONSUMED
+from stream.guarded_consumer import OffsetLookups
+from stream.input_partitions import InputPartitions, PartitionRevoked
+from stream.metrics import ACCRUALS, CASHBACK_AMOUNT, EVENTS_CONSUMED
 from stream.offer_mirror import OfferMirror
-from stream.progress import InFlightDecisions, Verdict
+from stream.progress import InFlightDecisions
 from stream.settings import Settings
 from stream.store.budgets import BudgetStore, movement_id
 from stream.worker_app import worker_app
@@ -61,16 +62,14 @@ log = logging.getLogger(__name__)
 LAG_INTERVAL_S = 5.0
 # Profiles are plain JSON: no value_type, which Faust could not rebuild from the changelog
 # (value_type=dict made every recovery fail and wait forever). States are bytes the account states
-# encode and decode themselves (MessagePack: stream.core.state_rows).
+# encode and decode themselves (MessagePack: stream.core.state_rows); the table must be given
+# value_type=bytes as well, because Faust picks its local store's serializer from the table's
+# value_type alone ("raw" for bytes, JSON otherwise, whatever the schema says).
 PROFILE_SCHEMA: faust.Schema = faust.Schema(key_type=str, key_serializer="json", value_serializer="json")
-STATE_SCHEMA: faust.Schema = faust.Schema(key_type=str, key_serializer="json", value_serializer="raw")
+STATE_SCHEMA: faust.Schema = faust.Schema(key_type=str, value_type=bytes, key_serializer="json", value_serializer="raw")
 # Decisions whose entries may be undelivered at once: at most the events an account's state keeps
 # with their entries, so a crash never loses one (stream.progress.InFlightDecisions).
 IN_FLIGHT_LIMIT = RECENT_EVENTS_LIMIT
-
-
-class PartitionRevoked(Exception):
-    """The partition of the message being processed was revoked while it waited: stop, decide nothing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +95,7 @@ class Matcher:
         self.account_subjects = {t.name: t.value_subject for t in self.topics.account_inputs()}
         input_topics = (*self.input_subjects, *self.account_subjects, self.topics.clock.name)
         self.app = worker_app(settings, frozenset(input_topics), self.topics.authorizations.partitions)
-        self.progress = self.app.progress
-        self.broker_view = OffsetLookups(settings.app_id, settings.kafka_bootstrap_servers, **settings.kafka_client_options())
+        broker_view = OffsetLookups(settings.app_id, settings.kafka_bootstrap_servers, **settings.kafka_client_options())
         self.input = self.app.topic(
             *input_topics,
             key_serializer="raw",
@@ -108,11 +106,19 @@ class Matcher:
         self.accruals = self.app.topic(self.topics.accruals.name, key_serializer="raw", value_serializer="raw")
         self.dead_letters = self.app.topic(self.topics.dead_letters.name, key_serializer="raw", value_serializer="raw")
         self.states = ChangelogTable(
-            self.app, name=ACCOUNT_STATE_TABLE, default=None, schema=STATE_SCHEMA, beacon=self.app.tables.beacon
+            self.app, name=ACCOUNT_STATE_TABLE, default=None, schema=STATE_SCHEMA, value_type=bytes, beacon=self.app.tables.beacon
         )
         self.app.tables.add(self.states)
         # The states as the engine takes them: a summary and rows per account in that table.
         self.accounts = AccountStates(self.states, self.topics.authorizations.partitions)
+        card_partitions = self.topics.authorizations.name
+        self.inputs = InputPartitions(
+            self.app,
+            broker_view,
+            settings.app_id,
+            self.input_subjects,
+            lambda lost: self.accounts.forget(tp.partition for tp in lost if tp.topic == card_partitions),
+        )
         # Segments and activations per account (stream.core.profiles), joined from their own topics.
         self.profiles = ChangelogTable(
             self.app, name=ACCOUNT_PROFILE_TABLE, default=None, schema=PROFILE_SCHEMA, beacon=self.app.tables.beacon
@@ -129,14 +135,8 @@ class Matcher:
         self.app.task(self._run_offer_mirror)
         self.app.timer(LAG_INTERVAL_S)(self._observe_lag)
         self.app.timer(settings.clock_interval_s)(self._send_ticks)
-        self.assigned: set[Any] = set()  # the input partitions this worker owns now
         self.deliveries: list[Any] = []  # the sends of the message being processed
         self.in_flight = InFlightDecisions(IN_FLIGHT_LIMIT)  # decisions whose entries are undelivered
-        self.current_tp: Any = None  # the partition of the message being processed
-        self.processed = self._processed_at_watch = 0  # messages processed; at the last watch
-        # Faust sends these signals as (app, <partitions>), which its own typing does not express.
-        self.app.on_partitions_revoked.connect(cast(Any, self._on_partitions_revoked))
-        self.app.on_partitions_assigned.connect(cast(Any, self._on_partitions_assigned))
 
     async def _run_offer_mirror(self) -> None:
         await self.offers.run()
@@ -145,65 +145,15 @@ class Matcher:
         await self.offers.ready.wait()  # never match a purchase before every offer is known
         async for event in stream.events():
             message = event.message
-            if await self._is_next(message.tp, message.offset):
+            if await self.inputs.is_next(message.tp, message.offset):
                 self.deliveries = []
-                self.current_tp = message.tp
+                self.inputs.current_tp = message.tp
                 try:
                     await self.handle(message.topic, message.partition, message.offset, message.key, message.value)
                 except PartitionRevoked:
                     log.info("%s[%d] revoked while offset %d waited: left to its next owner", *message.tp, message.offset)
                     continue
-                self.progress.done(message.tp, message.offset, self.deliveries)
-                self.processed += 1
-
-    async def _is_next(self, tp: Any, offset: int) -> bool:
-        """Whether the message at ``offset`` is the next one of its partition to process
-        (stream.progress). Below it: already processed. Above it: a hole, read again first."""
-        if tp not in self.assigned:
-            return False  # revoked while buffered: its next owner reads it from the committed offset
-        if not self.progress.knows(tp):
-            start = await self.broker_view.start_offset(tp)
-            log.info("accounting for %s[%d] from offset %d (first delivered: %d)", tp.topic, tp.partition, start, offset)
-            self.progress.start(tp, start)
-        verdict = self.progress.verdict(tp, offset)
-        if verdict in (Verdict.PROCESS, Verdict.SKIP):
-            return verdict is Verdict.PROCESS
-        missing_from = self.progress.next_offset(tp)
-        if verdict is Verdict.CHECK_HOLE:
-            empty = not await self.broker_view.holds_records(tp, missing_from, offset)
-            verdict = self.progress.hole_checked(tp, offset, empty)
-            if empty:
-                log.warning(
-                    "offsets %d-%d of %s[%d] hold no record (compaction or transaction markers)",
-                    missing_from,
-                    offset - 1,
-                    tp.topic,
-                    tp.partition,
-                )
-        if verdict is Verdict.SEEK:
-            log.warning(
-                "offsets %d-%d of %s[%d] were never delivered; reading them again",
-                missing_from,
-                offset - 1,
-                tp.topic,
-                tp.partition,
-            )
-            await self.app.consumer.seek(tp, missing_from)
-        return verdict is Verdict.PROCESS
-
-    async def _on_partitions_revoked(self, app: Any, revoked: set[Any], **_: Any) -> None:
-        """Commit what was accounted for (flushing first), then forget the revoked partitions."""
-        self.assigned.difference_update(revoked)
-        await self.app.consumer.commit()
-        self.progress.forget(revoked)
-        self.accounts.forget(tp.partition for tp in revoked if tp.topic == self.topics.authorizations.name)
-
-    async def _on_partitions_assigned(self, app: Any, assigned: set[Any], **_: Any) -> None:
-        """The whole new assignment; a partition's accounting restarts from its committed offset."""
-        self.progress.forget(tp for tp in list(self.assigned) if tp not in assigned)
-        # Whatever was held of a partition before may have changed under another owner meanwhile.
-        self.accounts.forget(tp.partition for tp in assigned if tp.topic == self.topics.authorizations.name)
-        self.assigned = set(assigned)
+                self.inputs.done(message.tp, message.offset, self.deliveries)
 
     async def handle(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> Outcome | None:
         """Process one input message (steps 1-3 of the module doc). Returns the outcome, or None
@@ -235,7 +185,7 @@ class Matcher:
         that order). ``source`` is the input message, None for an internal event of time passing."""
         account_key = event.account_id.encode()
         await self.in_flight.wait_for_room()
-        self._still_owned()
+        self.inputs.still_owned()
         try:
             decision = await self._decide(event, state)
         except Exception as error:  # a bug in the rules: keep the message, keep going
@@ -244,7 +194,7 @@ class Matcher:
                 raise
             await self._dead_letter(OtherReason.PROCESSING_ERROR.value, type(error).__name__, source)
             return None
-        self._still_owned()  # a budget grant may have waited for Postgres; nothing waits from here to the state write
+        self.inputs.still_owned()  # a budget grant may have waited for Postgres; nothing waits from here to the state write
         if decision.outcome is Outcome.DUPLICATE_CONFLICT and source is not None:
             log.error("event id %s seen before with other content: quarantined", event.event_id)
             await self._dead_letter(OtherReason.DUPLICATE_CONFLICT.value, "event_id seen before with other content", source)
@@ -254,7 +204,7 @@ class Matcher:
             # changelog has it lets no entry out (the event is decided again, maybe in another
             # order of the two input topics, on the changelog's state); a crash after it finds the
             # event decided and sends the same entries again (the recent events keep them).
-            await self.accounts.store(event.account_id, state, decision.state, self._still_owned)
+            await self.accounts.store(event.account_id, state, decision.state, self.inputs.still_owned)
         sends = []
         for entry in decision.entries:
             # force=True: hand the entry to the producer now (latency); Faust still flushes the
@@ -312,7 +262,7 @@ class Matcher:
         if refusal is not None:
             await self._dead_letter(refusal.reason, refusal.detail, source)
             return
-        await self.profiles.settle(self._still_owned)
+        await self.profiles.settle(self.inputs.still_owned)
         EVENTS_CONSUMED.labels(self.account_subjects[source.topic].upper(), "applied").inc()
 
     async def _dead_letter(self, reason: str, detail: str, source: Source) -> None:
@@ -322,25 +272,10 @@ class Matcher:
         )
         self._sent(await self.dead_letters.send(key=source.topic.encode(), value=payload, force=True))
 
-    def _still_owned(self) -> None:
-        """Raise PartitionRevoked when the message being processed lost its partition while it
-        waited (Faust does not wait for the agent before a rebalance completes: stream_wait_empty is
-        off). Its next owner reads it from the committed offset; deciding it here too would apply it
-        twice, on two states."""
-        if self.current_tp is not None and self.current_tp not in self.assigned:
-            raise PartitionRevoked(self.current_tp)
-
     def _sent(self, delivery: Any) -> None:
         """Keep a send's delivery future: the message's offset is committed only once it succeeded."""
         if delivery is not None:
             self.deliveries.append(delivery)
 
     async def _observe_lag(self) -> None:
-        """The lag gauge, and the watch for a partition stuck below its end (stream.guarded_consumer)."""
-        busy, self._processed_at_watch = self.processed != self._processed_at_watch, self.processed
-
-        def lag(tp: Any, behind: int) -> None:
-            if tp.topic in self.input_subjects:
-                CONSUMER_LAG.labels(self.settings.app_id, tp.topic, str(tp.partition)).set(behind)
-
-        await watch_partitions(self.app, self.broker_view, busy, lag, stuck_after_s=2 * LAG_INTERVAL_S)
+        await self.inputs.observe_lag(stuck_after_s=2 * LAG_INTERVAL_S)

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from stream.core.account_state import Share, Txn
 from stream.core.judgement import new_txn, reconsider, refuse, shares_for
 from stream.core.lifecycle import authorization_expires_at
 from stream.core.offers import AccrueOn
 from stream.core.outcomes import Outcome
 from stream.core.rewards import at_most_per_purchase, compute, describe
+from stream.core.state import Share, Txn
 from stream.core.working_copy import AccountStep, limit_note, purchase_basis
 
 Limited = list[tuple[Share, Outcome, str]]  # shares a limit left with nothing, the limit, its note

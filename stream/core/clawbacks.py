@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from stream.core.account_state import Share, Txn
 from stream.core.money import format_minor, prorate
 from stream.core.outcomes import Outcome
+from stream.core.state import Share, Txn
 from stream.core.working_copy import AccountStep, limit_note, spendable_book
 
 

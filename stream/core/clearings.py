@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from stream.core.account_state import Share
 from stream.core.authorisations import Limited, limited_outcome
 from stream.core.judgement import new_txn, reconsider, refuse, shares_for, still_refused
 from stream.core.lifecycle import open_return_window, window_over
 from stream.core.outcomes import Outcome
 from stream.core.rewards import Amount, at_most_per_purchase, compute, describe
+from stream.core.state import Share
 from stream.core.working_copy import AccountStep, limit_note, purchase_basis, spendable_book
 
 

@@ -16,12 +16,12 @@ from collections.abc import Iterable
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from stream.core.account_state import Refusal, Share, Txn
 from stream.core.eligibility import LocalTime, Match, local_time, match
 from stream.core.events import CardEvent
 from stream.core.offers import Offer
 from stream.core.outcomes import Outcome
 from stream.core.rewards import at_most_per_purchase, compute, new_share
+from stream.core.state import Refusal, Share, Txn
 from stream.core.working_copy import AccountStep, purchase_basis
 
 

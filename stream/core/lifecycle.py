@@ -20,8 +20,8 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from stream.core.account_state import AccountState, Share, Txn
 from stream.core.events import CardEvent, EventType
+from stream.core.state import AccountState, Share, Txn
 
 DAY_MS = 24 * 3600 * 1000
 

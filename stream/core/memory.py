@@ -11,10 +11,10 @@
 
 from __future__ import annotations
 
-from stream.core.account_state import AccountState, Loose, Recent, Txn
 from stream.core.entries import Entry
 from stream.core.events import CardEvent, EventType
 from stream.core.lifecycle import settled
+from stream.core.state import AccountState, Loose, Recent, Txn
 from stream.core.working_copy import AccountStep
 
 # How many recent events an account keeps with the entries they produced. A redelivery of one of

@@ -1,5 +1,5 @@
 """How much one offer pays for one purchase: the share of a transaction an offer holds, its amounts,
-the explanation line, and cap periods. Pure functions over the share records of ``stream.core.account_state``.
+the explanation line, and cap periods. Pure functions over the share records of ``stream.core.state``.
 
 Exact amounts are integers in 1/10,000ths of the reward's minor unit (``EXACT_SCALE``), so a rate in
 basis points, points per unit and a carried remainder add up without rounding; only the final
@@ -11,12 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
-from stream.core.account_state import Share
 from stream.core.eligibility import AccountProfile, LocalTime, best_tier
 from stream.core.events import CardEvent
 from stream.core.money import EXACT_SCALE, Rounding, format_exact, format_minor, points_exact, round_exact
 from stream.core.offer_terms import CapPeriod
 from stream.core.offers import Offer
+from stream.core.state import Share
 
 
 def new_share(offer: Offer, event: CardEvent, profile: AccountProfile, local: LocalTime) -> Share:

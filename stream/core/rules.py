@@ -8,7 +8,7 @@ with its caps and budgets in ``stream.core.working_copy``, and one handler per e
 available) and ``stream.core.clawbacks`` (refunds and chargebacks); this module applies one event
 to one account's state: idempotency, the horizon, the handler, and the new state.
 
-State is one account's ``AccountState`` (``stream.core.account_state``: typed records; ``decide``
+State is one account's ``AccountState`` (``stream.core.state``: typed records; ``decide``
 never mutates the state it is given, it returns a new one, sharing the transactions it did not
 touch; the worker stores it as a summary and a row per transaction and recent event:
 ``stream.core.state_rows``)::
@@ -88,7 +88,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from stream.core.account_state import AccountState
 from stream.core.authorisations import on_authorization, on_expiry, on_incremental, on_reversal
 from stream.core.clawbacks import on_chargeback, on_chargeback_reversal, on_refund
 from stream.core.clearings import on_clearing, on_return_window_ended
@@ -99,6 +98,7 @@ from stream.core.lifecycle import DAY_MS, next_due_ms
 from stream.core.memory import TRANSACTION_HORIZON_DAYS, home_ref, known, remember
 from stream.core.offers import OfferBook
 from stream.core.outcomes import Outcome
+from stream.core.state import AccountState
 from stream.core.working_copy import AccountStep
 
 __all__ = ["AccountProfile", "Decision", "Outcome", "decide", "new_state"]

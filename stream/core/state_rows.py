@@ -19,7 +19,7 @@ and a crash before it leaves the step unwritten, to be decided again from the re
 A row no longer named (a forgotten transaction) is deleted after the summary: a crash in between
 leaves a row no summary names, never read (it only takes room).
 
-Values are MessagePack (``encode``; the records of ``stream.core.account_state``). A value stored
+Values are MessagePack (``encode``; the records of ``stream.core.state``). A value stored
 by an earlier version, in JSON (its first byte ``{`` or ``[``; MessagePack never starts a map or an
 array with either), is read as well: a summary of the same layout, or the whole state of the first
 one (``txns`` and all). The next step of such an account writes all of its rows.
@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from stream.core.account_state import AccountState, Loose, Recent, Txn, state_from_plain
+from stream.core.state import AccountState, Loose, Recent, Txn, state_from_plain
 
 LAYOUT_VERSION = 3  # summary and rows in MessagePack
 JSON_LAYOUT = 2  # the same, in JSON: read, never written

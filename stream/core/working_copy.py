@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from stream.core.account_state import AccountState, Share, Txn, copy_txn
 from stream.core.eligibility import AccountProfile, LocalTime, local_time
 from stream.core.entries import Entry, Explanation
 from stream.core.events import CardEvent
@@ -17,6 +16,7 @@ from stream.core.money import format_minor, prorate
 from stream.core.offers import OfferBook, RewardKind
 from stream.core.outcomes import Outcome
 from stream.core.rewards import Amount, period_over
+from stream.core.state import AccountState, Share, Txn, copy_txn
 
 
 class AccountStep:

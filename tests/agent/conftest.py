@@ -39,8 +39,8 @@ import pytest
 import pytest_asyncio
 
 from schemas.codec import Codec
-from stream.core.account_state import AccountState
 from stream.core.rules import Outcome
+from stream.core.state import AccountState
 from stream.core.state_rows import is_summary_key
 from stream.matcher import Matcher
 from stream.progress import InputProgress, Verdict
@@ -271,8 +271,8 @@ async def agent_harness(matcher: Matcher, codec: Codec, *, ready: bool = True) -
         background.append("offer mirror")
 
     matcher.offers.run = mirror_must_not_run  # type: ignore[method-assign]
-    matcher.progress = EveryOffsetInOrder()
-    matcher.assigned = EveryPartition()
+    matcher.inputs.progress = EveryOffsetInOrder()
+    matcher.inputs.assigned = EveryPartition()
     async with matcher.agent.test_context() as agent:
         harness = AgentHarness(matcher, agent, codec, accruals, dead_letters)
         original = matcher.handle

@@ -119,7 +119,7 @@ async def test_the_agent_hands_each_message_s_deliveries_to_the_accounting(harne
         await sent(**kwargs)
         return delivered
 
-    harness.matcher.progress = Recording()
+    harness.matcher.inputs.progress = Recording()
     harness.matcher.accruals.send = send_returning_a_future
     await harness.put(encode_auth(harness.codec, card_record(amount_minor=10_000)), ACCOUNT_KEY)
     await asyncio.sleep(0)  # the agent marks the offset done right after handle returns

@@ -351,19 +351,20 @@ async def test_a_message_whose_partition_is_revoked_while_it_waits_is_left_to_th
     earlier deliveries may lose its partition meanwhile. It is then not decided here (its next
     owner reads it from the committed offset), so it is never applied twice, on two states."""
     from stream.core.events import to_event
-    from stream.matcher import IN_FLIGHT_LIMIT, PartitionRevoked, Source
+    from stream.input_partitions import PartitionRevoked
+    from stream.matcher import IN_FLIGHT_LIMIT, Source
 
     matcher = harness.matcher
     loop = asyncio.get_running_loop()
     pending = [[loop.create_future()] for _ in range(IN_FLIGHT_LIMIT)]
     matcher.in_flight.extend(pending)
-    matcher.current_tp = ("cashback.card.authorizations", 0)
-    matcher.assigned = {matcher.current_tp}
+    matcher.inputs.current_tp = ("cashback.card.authorizations", 0)
+    matcher.inputs.assigned = {matcher.inputs.current_tp}
     record = card_record(amount_minor=10_000, mcc="5411")
     source = Source(harness.auth_topic, 0, 0, ACCOUNT_KEY, encode_auth(harness.codec, record))
     waiting = asyncio.create_task(matcher._apply(to_event(record), None, source))
     await asyncio.sleep(0.05)
-    matcher.assigned = set()  # the rebalance took the partition
+    matcher.inputs.assigned = set()  # the rebalance took the partition
     pending[0][0].set_result(None)
     with pytest.raises(PartitionRevoked):
         await asyncio.wait_for(waiting, 1)
@@ -506,7 +507,7 @@ async def test_a_write_made_while_the_partition_is_lost_never_reaches_the_local_
     await harness.put_nowait(encode_auth(harness.codec, card_record(amount_minor=10_000)), ACCOUNT_KEY, partition=3)
     await asyncio.sleep(0.1)
     assert table.unsettled, "the write waits for the changelog"
-    harness.matcher.assigned = set()  # the rebalance took the partition away
+    harness.matcher.inputs.assigned = set()  # the rebalance took the partition away
     for _ in range(50):
         await asyncio.sleep(0.1)
         if not table.unsettled:

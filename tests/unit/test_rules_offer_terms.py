@@ -10,10 +10,10 @@ from typing import Any
 import msgspec
 import pytest
 
-from stream.core.account_state import AccountState
 from stream.core.balances import balances
 from stream.core.entries import Entry
 from stream.core.rules import AccountProfile, Outcome, decide
+from stream.core.state import AccountState
 from stream.core.state_rows import decode_summary
 from tests.factories import (
     KEY,

@@ -8,12 +8,12 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream.core.account_state import AccountState
 from stream.core.balances import BALANCE_FIELDS, balances
 from stream.core.events import CardEvent, to_event, validate
 from stream.core.memory import RECENT_EVENTS_LIMIT
 from stream.core.offers import OfferBook
 from stream.core.rules import AccountProfile, decide
+from stream.core.state import AccountState
 from stream.core.state_rows import assemble, decode_summary, encode, split
 from tests.factories import T0, book, card_record, offer
 

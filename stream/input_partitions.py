@@ -1,0 +1,124 @@
+"""The matcher's input partitions: which ones this worker owns, whether a message is the next one of
+its partition to process, what a rebalance takes and gives, and the watch for a partition stuck
+below its end.
+
+Which offsets are committed is the matcher's decision, not Faust's acks: a message is processed
+only when it is the next offset of its partition (``stream.progress``), a hole is read again, and
+an offset is committed once its sends were delivered (``stream.guarded_consumer``). A message whose
+partition was revoked while it waited is left to the partition's next owner (``still_owned``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from stream.guarded_consumer import GuardedApp, OffsetLookups, watch_partitions
+from stream.metrics import CONSUMER_LAG
+from stream.progress import Verdict
+
+log = logging.getLogger(__name__)
+
+
+class PartitionRevoked(Exception):
+    """The partition of the message being processed was revoked while it waited: stop, decide nothing."""
+
+
+class InputPartitions:
+    """The input partitions of one worker and where each stands."""
+
+    def __init__(
+        self,
+        app: GuardedApp,
+        broker_view: OffsetLookups,
+        app_id: str,
+        card_topics: Iterable[str],
+        lost: Callable[[Iterable[Any]], None],
+    ) -> None:
+        """``card_topics``: those whose lag is reported; ``lost(partitions)``: partitions whose
+        state may change elsewhere from now on (revoked, or assigned anew)."""
+        self.app = app
+        self.progress = app.progress
+        self.broker_view = broker_view
+        self.app_id = app_id
+        self.card_topics = frozenset(card_topics)
+        self.lost = lost
+        self.assigned: set[Any] = set()  # the input partitions this worker owns now
+        self.current_tp: Any = None  # the partition of the message being processed
+        self.processed = self._processed_at_watch = 0  # messages processed; at the last watch
+        # Faust sends these signals as (app, <partitions>), which its own typing does not express.
+        app.on_partitions_revoked.connect(self._on_partitions_revoked)  # type: ignore[arg-type]
+        app.on_partitions_assigned.connect(self._on_partitions_assigned)  # type: ignore[arg-type]
+
+    async def is_next(self, tp: Any, offset: int) -> bool:
+        """Whether the message at ``offset`` is the next one of its partition to process
+        (stream.progress). Below it: already processed. Above it: a hole, read again first."""
+        if tp not in self.assigned:
+            return False  # revoked while buffered: its next owner reads it from the committed offset
+        if not self.progress.knows(tp):
+            start = await self.broker_view.start_offset(tp)
+            log.info("accounting for %s[%d] from offset %d (first delivered: %d)", tp.topic, tp.partition, start, offset)
+            self.progress.start(tp, start)
+        verdict = self.progress.verdict(tp, offset)
+        if verdict in (Verdict.PROCESS, Verdict.SKIP):
+            return verdict is Verdict.PROCESS
+        missing_from = self.progress.next_offset(tp)
+        if verdict is Verdict.CHECK_HOLE:
+            empty = not await self.broker_view.holds_records(tp, missing_from, offset)
+            verdict = self.progress.hole_checked(tp, offset, empty)
+            if empty:
+                log.warning(
+                    "offsets %d-%d of %s[%d] hold no record (compaction or transaction markers)",
+                    missing_from,
+                    offset - 1,
+                    tp.topic,
+                    tp.partition,
+                )
+        if verdict is Verdict.SEEK:
+            log.warning(
+                "offsets %d-%d of %s[%d] were never delivered; reading them again",
+                missing_from,
+                offset - 1,
+                tp.topic,
+                tp.partition,
+            )
+            await self.app.consumer.seek(tp, missing_from)
+        return verdict is Verdict.PROCESS
+
+    def done(self, tp: Any, offset: int, deliveries: list[Any]) -> None:
+        """The message at ``offset`` was processed; committed once ``deliveries`` succeeded."""
+        self.progress.done(tp, offset, deliveries)
+        self.processed += 1
+
+    def still_owned(self) -> None:
+        """Raise PartitionRevoked when the message being processed lost its partition while it
+        waited (Faust does not wait for the agent before a rebalance completes: stream_wait_empty is
+        off). Its next owner reads it from the committed offset; deciding it here too would apply it
+        twice, on two states."""
+        if self.current_tp is not None and self.current_tp not in self.assigned:
+            raise PartitionRevoked(self.current_tp)
+
+    async def _on_partitions_revoked(self, app: Any, revoked: set[Any], **_: Any) -> None:
+        """Commit what was accounted for (flushing first), then forget the revoked partitions."""
+        self.assigned.difference_update(revoked)
+        await self.app.consumer.commit()
+        self.progress.forget(revoked)
+        self.lost(revoked)
+
+    async def _on_partitions_assigned(self, app: Any, assigned: set[Any], **_: Any) -> None:
+        """The whole new assignment; a partition's accounting restarts from its committed offset."""
+        self.progress.forget(tp for tp in list(self.assigned) if tp not in assigned)
+        # Whatever was held of a partition before may have changed under another owner meanwhile.
+        self.lost(assigned)
+        self.assigned = set(assigned)
+
+    async def observe_lag(self, stuck_after_s: float) -> None:
+        """The lag gauge, and the watch for a partition stuck below its end (stream.guarded_consumer)."""
+        busy, self._processed_at_watch = self.processed != self._processed_at_watch, self.processed
+
+        def lag(tp: Any, behind: int) -> None:
+            if tp.topic in self.card_topics:
+                CONSUMER_LAG.labels(self.app_id, tp.topic, str(tp.partition)).set(behind)
+
+        await watch_partitions(self.app, self.broker_view, busy, lag, stuck_after_s=stuck_after_s)

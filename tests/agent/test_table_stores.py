@@ -1,0 +1,71 @@
+"""The matcher's tables on the local store a worker really uses (RocksDB through rocksdict), pinned
+against the installed Faust: what goes in comes back out, byte for byte.
+
+The other agent tests run the tables on Faust's in-memory store, which keeps Python objects and
+never serializes, so they cannot see this. Faust picks the local store's serializer from the
+table's ``value_type`` alone ("raw" for ``bytes``, JSON for anything else, whatever the table's
+schema says): a state table built without ``value_type=bytes`` wrote its MessagePack values and
+could not read them back, and the worker stopped at the first account it had stored before.
+"""
+
+from __future__ import annotations
+
+import json
+
+import faust
+import pytest
+from faust.exceptions import ValueDecodeError
+
+from schemas.codec import Codec
+from stream.changelog_table import ChangelogTable
+from stream.core.events import to_event
+from stream.core.rules import decide
+from stream.core.state_rows import decode_summary, encode, split
+from stream.matcher import STATE_SCHEMA, Matcher
+from stream.settings import Settings
+from tests.factories import T0, book, card_record
+
+
+def stored_state_bytes() -> bytes:
+    event = to_event(card_record(amount_minor=10_000, occurred_at=T0))
+    state = decide(event, book(), None).state
+    return encode(split("acct-1", None, state, before_in_rows=True).summary)
+
+
+def put(store: faust.stores.base.Store, partition: int, key: str, value: bytes) -> None:  # type: ignore[name-defined]
+    """Write as the table does when a change settles (its store's own encoding), outside an event."""
+    db = store._db_for_partition(partition)
+    encoded_key = store._encode_key(key)
+    store._key_index[encoded_key] = partition
+    db.put(encoded_key, store._encode_value(value))
+
+
+def test_the_state_table_reads_back_the_bytes_it_stored(settings: Settings, codec: Codec) -> None:
+    matcher = Matcher(settings, codec)
+    store = matcher.states._new_store_by_url("rocksdb://")
+    value = stored_state_bytes()
+    with pytest.raises(UnicodeDecodeError):
+        value.decode()  # MessagePack, not text: a JSON serializer cannot read it
+    put(store, 0, "acct-1", value)
+    assert store["acct-1"] == value
+    assert decode_summary(store["acct-1"]) is not None
+    put(store, 1, "acct-2", b'{"layout": 2}')  # a value written by an earlier version, in JSON
+    assert store["acct-2"] == b'{"layout": 2}'
+
+
+def test_the_profile_table_reads_back_its_json(settings: Settings, codec: Codec) -> None:
+    matcher = Matcher(settings, codec)
+    store = matcher.profiles._new_store_by_url("rocksdb://")
+    put(store, 0, "acct-1", {"segments": ["vip"]})  # type: ignore[arg-type]
+    assert store["acct-1"] == {"segments": ["vip"]}
+    assert json.loads(store._encode_value({"segments": ["vip"]})) == {"segments": ["vip"]}
+
+
+def test_faust_takes_the_store_serializer_from_the_value_type_not_the_schema(settings: Settings, codec: Codec) -> None:
+    """Why the state table is given ``value_type=bytes``: with the schema alone, the store reads JSON."""
+    matcher = Matcher(settings, codec)
+    schema_only = ChangelogTable(matcher.app, name="schema-only", default=None, schema=STATE_SCHEMA)
+    store = schema_only._new_store_by_url("rocksdb://")
+    put(store, 0, "acct-1", stored_state_bytes())
+    with pytest.raises(ValueDecodeError):
+        store["acct-1"]
