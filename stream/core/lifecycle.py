@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from stream.core.events import CardEvent, EventType
-from stream.core.state import AccountState, Share, Txn
+from stream.core.state import UNKNOWN_DUE, AccountState, Share, Txn
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -59,13 +59,21 @@ def _due(txn: Txn) -> list[tuple[int, str]]:
 def settled(txn: Txn) -> bool:
     """Nothing of the transaction is pending, confirmed or due: only a refund or a chargeback can
     still change it."""
-    return not _due(txn) and all(s.pending == 0 and s.confirmed == 0 for s in txn.shares)
+    return txn_due_ms(txn) is None and all(s.pending == 0 and s.confirmed == 0 for s in txn.shares)
+
+
+def earliest_due_ms(txn: Txn) -> int | None:
+    """When something of the transaction next falls due, or None (what ``Txn.due_ms`` keeps)."""
+    return min((when for when, _ in _due(txn)), default=None)
+
+
+def txn_due_ms(txn: Txn) -> int | None:
+    return earliest_due_ms(txn) if txn.due_ms == UNKNOWN_DUE else txn.due_ms
 
 
 def next_due_ms(state: AccountState) -> int | None:
     """The earliest time anything of this account falls due, or None."""
-    times = [when for txn in state.txns.values() for when, _ in _due(txn)]
-    return min(times) if times else None
+    return min((due for txn in state.txns.values() if (due := txn_due_ms(txn)) is not None), default=None)
 
 
 def due_events(state: AccountState | None, account_id: str, now_ms: int) -> list[CardEvent]:

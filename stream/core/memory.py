@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from stream.core.entries import Entry
 from stream.core.events import CardEvent, EventType
-from stream.core.lifecycle import settled
+from stream.core.lifecycle import earliest_due_ms, settled
 from stream.core.state import AccountState, Loose, Recent, Txn
 from stream.core.working_copy import AccountStep
 
@@ -70,6 +70,8 @@ def remember(
         txn.last_ms = max(txn.last_ms or 0, event.occurred_at_ms)
     elif event.occurred_at_ms >= forget_before_ms:
         loose[event.event_id] = Loose(fingerprint, event.occurred_at_ms)
+    for changed in step.changed:  # before the horizon judges what is settled
+        step.txns[changed].due_ms = earliest_due_ms(step.txns[changed])
     recent = dict(state.recent)
     recent[event.event_id] = Recent(fingerprint, tuple(step.entries))
     while len(recent) > RECENT_EVENTS_LIMIT:

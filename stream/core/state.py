@@ -72,6 +72,9 @@ class Refusal(msgspec.Struct, kw_only=True):
     timezone: str | None = None
 
 
+UNKNOWN_DUE = -1
+
+
 class Txn(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One purchase of the account, by its transaction ref."""
 
@@ -86,6 +89,10 @@ class Txn(msgspec.Struct, kw_only=True, omit_defaults=True):
     expires_at_ms: int | None = None  # when pending cashback of an uncleared purchase expires
     events: dict[str, str] = msgspec.field(default_factory=dict)  # every event id of its life: fingerprint
     last_ms: int | None = None  # the time of its latest event
+    # When something of it next falls due (stream.core.lifecycle), kept so that the account's next
+    # due time does not recompute every transaction's; UNKNOWN_DUE (stored before it was kept) is
+    # computed when read.
+    due_ms: int | None = -1
 
 
 class Recent(msgspec.Struct, array_like=True):

@@ -200,16 +200,18 @@ def split(
     old_slots = dict(slots or {}) if before is not None and before_in_rows else {}
     rows: dict[str, Txn | RecentRow] = {}
     for ref, txn in after.txns.items():
-        key = txn_key(account_id, ref)
-        if old_txns.get(ref) is not txn or key in rewrite:
-            rows[key] = txn
+        if old_txns.get(ref) is not txn:
+            rows[txn_key(account_id, ref)] = txn
+    for key in rewrite:  # rows a cut step may not have written, still named
+        ref = key.split(_SEPARATOR, 2)[2]
+        if key.split(_SEPARATOR, 2)[1] == _TXN and ref in after.txns:
+            rows.setdefault(key, after.txns[ref])
     new_slots = {event_id: old_slots[event_id] for event_id in after.recent if event_id in old_slots}
     free = sorted(set(old_slots.values()) - set(new_slots.values()))
     taken = set(new_slots.values())
     for event_id, held in after.recent.items():
         if event_id in new_slots:
-            key = recent_key(account_id, new_slots[event_id])
-            if key in rewrite:
+            if rewrite and (key := recent_key(account_id, new_slots[event_id])) in rewrite:
                 rows[key] = RecentRow(event_id, held)
             continue
         slot = free.pop(0) if free else min(n for n in range(len(taken) + 1) if n not in taken)

@@ -37,7 +37,7 @@ class AccountStep:
         self.budget_remaining = budget_remaining
         self.txns: dict[str, Txn] = state.txns  # replaced by a copy on first write
         self._copied = False
-        self._mine: set[str] = set()  # the transactions this step copied or made (its own to change)
+        self.changed: set[str] = set()  # the transactions this step copied or made (its own to change)
         self.caps: dict[str, dict[str, int]] = {k: dict(v) for k, v in state.caps.items()}
         self.carry: dict[str, int] = dict(state.carry)
         self.budget_deltas: dict[str, int] = {}
@@ -53,7 +53,7 @@ class AccountStep:
     def txn(self, ref: str) -> Txn | None:
         """The transaction ``ref`` to change (a copy of the state's; None when unknown)."""
         txn = self.txns.get(ref)
-        if txn is None or ref in self._mine:
+        if txn is None or ref in self.changed:
             return txn
         return self.put(ref, copy_txn(txn))
 
@@ -63,7 +63,7 @@ class AccountStep:
             self.txns = dict(self.txns)
             self._copied = True
         self.txns[ref] = txn
-        self._mine.add(ref)
+        self.changed.add(ref)
         return txn
 
     # --- limits ----------------------------------------------------------------------------------
