@@ -9,7 +9,7 @@ being processed): reads and writes for an account happen while a message of its 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from stream.changelog_table import ChangelogTable
 from stream.core.state import AccountState
@@ -55,14 +55,11 @@ class AccountStates:
             self._keep(account_id, state, in_rows(stored), carried(stored), slots_of(stored))
         return state
 
-    async def store(
-        self, account_id: str, before: AccountState | None, after: AccountState, still_owned: Callable[[], None]
-    ) -> None:
-        """Store the step from ``before`` (what ``get`` returned) to ``after``: the summary first,
-        then the rows that changed, then the deletions (``stream.core.state_rows``); return once the
-        changelog has them all, and then the local store (``ChangelogTable.settle``: a refused
-        send is made again; ``still_owned`` raises when the partition was lost meanwhile, and its
-        next owner decides from what the changelog has)."""
+    def write(self, account_id: str, before: AccountState | None, after: AccountState) -> None:
+        """Write the step from ``before`` (what ``get`` returned) to ``after``: the summary first,
+        then the rows that changed, then the deletions (``stream.core.state_rows``). The writes are
+        sent to the changelog at once and reach the local store once the changelog has them
+        (``ChangelogTable.settle``, which the matcher awaits before the step's entries leave)."""
         held = self._whole.get(account_id)
         if held is not None and held[0] is before:
             writes = split(account_id, before, after, before_in_rows=held[1], rewrite=held[2], slots=held[3])
@@ -76,7 +73,6 @@ class AccountStates:
                 due.pop(account_id, None)
             else:
                 due[account_id] = after.due_ms
-        await self.table.settle(still_owned)
 
     def _write(self, account_id: str, writes: Writes) -> None:
         self.table[account_id] = encode(writes.summary)
@@ -101,6 +97,12 @@ class AccountStates:
             self._due.pop(partition, None)
         for account_id in [a for a in self._whole if account_partition(a, self.partitions) in gone]:
             del self._whole[account_id]
+
+    def forget_accounts(self, accounts: Iterable[str]) -> None:
+        """Accounts whose last writes were dropped before the changelog acknowledged them: read
+        them again from the store."""
+        for account_id in accounts:
+            self._whole.pop(account_id, None)
 
     def _scan(self, partition: int) -> dict[str, int]:
         index: dict[str, int] = {}

@@ -16,8 +16,10 @@ it). Killed at any moment, the local store holds at most what the changelog hold
 the changelog holds past the persisted offset is read again at the restart. A restart after
 kill -9 thus reads the changelog's tail, like a graceful one, not the whole changelog.
 
-A change must be settled while the message that made it is being processed (Faust keys the local
-write to that message's partition).
+Changes may wait for several messages of several partitions and be settled together (the matcher
+settles once per batch): each is written to the local store of the partition it was made on (the
+partition of the message being processed when it was made), whatever message is being processed
+when it settles.
 """
 
 from __future__ import annotations
@@ -43,27 +45,35 @@ class ChangelogTable(faust.Table):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.unacked: list[FutureMessage] = []
-        self.unsettled: dict[Any, Any] = {}  # key -> value (or _DELETED), in the order written
+        # key -> (partition, value or _DELETED), in the order written
+        self.unsettled: dict[Any, tuple[int, Any]] = {}
 
     # --- writes wait in memory -------------------------------------------------------------------
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        self.on_key_set(key, value)  # the changelog send
-        self.unsettled[key] = value
+        self.on_key_set(key, value)  # the changelog send, to the partition of the message processed
+        self.unsettled.pop(key, None)  # keep the order written
+        self.unsettled[key] = (self._last_partition(), value)
 
     def __delitem__(self, key: Any) -> None:
         self.on_key_del(key)
-        self.unsettled[key] = _DELETED
+        self.unsettled.pop(key, None)
+        self.unsettled[key] = (self._last_partition(), _DELETED)
+
+    def _last_partition(self) -> int:
+        partition = self.unacked[-1].message.partition
+        assert partition is not None  # a table keyed by its input's partition (no partitioner)
+        return partition
 
     def __getitem__(self, key: Any) -> Any:
         if key in self.unsettled:
-            value = self.unsettled[key]
+            value = self.unsettled[key][1]
             return self.__missing__(key) if value is _DELETED else value
         return super().__getitem__(key)
 
     def __contains__(self, key: object) -> bool:
         if key in self.unsettled:
-            return self.unsettled[key] is not _DELETED
+            return self.unsettled[key][1] is not _DELETED
         return super().__contains__(key)
 
     # --- the changelog ---------------------------------------------------------------------------
@@ -94,14 +104,31 @@ class ChangelogTable(faust.Table):
             self.unsettled.clear()
             self.unacked.clear()
             raise
-        for key, value in self.unsettled.items():
-            if value is _DELETED:
-                self.data.pop(key, None)
-            else:
-                self.data[key] = value
+        for key, (partition, value) in self.unsettled.items():
+            self._write_local(partition, key, value)
         self.unsettled.clear()
         for tp, offset in held_to.items():
             self.data.set_persisted_offset(tp, offset)
+
+    def _write_local(self, partition: int, key: Any, value: Any) -> None:
+        """Write one settled change to the local store of ``partition``. Faust's RocksDB store
+        would take the partition from the message being processed; it is given here instead
+        (``tests/agent/test_table_stores.py`` pins the store's parts used)."""
+        store: Any = self.data
+        if not hasattr(store, "_db_for_partition"):  # the in-memory store: one mapping, no partitions
+            if value is _DELETED:
+                store.pop(key, None)
+            else:
+                store[key] = value
+            return
+        encoded = store._encode_key(key)
+        db = store._db_for_partition(partition)
+        if value is _DELETED:
+            db.delete(encoded)
+            store._key_index.pop(encoded, None)
+        else:
+            db.put(encoded, store._encode_value(value))
+            store._key_index[encoded] = partition
 
     async def _acknowledged(self, still_owned: Callable[[], None]) -> dict[TP, int]:
         """Wait for the sends; return the last changelog offset acknowledged per partition."""
@@ -122,9 +149,9 @@ class ChangelogTable(faust.Table):
             await asyncio.sleep(delay)
             delay = min(delay * 2, LAST_RETRY_S)
             still_owned()
-            for key, value in self.unsettled.items():
+            for key, (partition, value) in self.unsettled.items():
                 if value is _DELETED:
-                    self.on_key_del(key)
+                    self.send_changelog(partition, key, value=None, value_serializer="raw")
                 else:
-                    self.on_key_set(key, value)
+                    self.send_changelog(partition, key, value)
             sends = self.take_sends()

@@ -91,13 +91,16 @@ class InputPartitions:
         self.progress.done(tp, offset, deliveries)
         self.processed += 1
 
-    def still_owned(self) -> None:
-        """Raise PartitionRevoked when the message being processed lost its partition while it
-        waited (Faust does not wait for the agent before a rebalance completes: stream_wait_empty is
-        off). Its next owner reads it from the committed offset; deciding it here too would apply it
-        twice, on two states."""
+    def still_owned(self, partitions: Iterable[Any] | None = None) -> None:
+        """Raise PartitionRevoked when the message being processed (or one of ``partitions``) lost
+        its partition while it waited (Faust does not wait for the agent before a rebalance
+        completes: stream_wait_empty is off). Its next owner reads it from the committed offset;
+        deciding it here too would apply it twice, on two states."""
         if self.current_tp is not None and self.current_tp not in self.assigned:
             raise PartitionRevoked(self.current_tp)
+        lost = [tp for tp in partitions or () if tp not in self.assigned]
+        if lost:
+            raise PartitionRevoked(*lost)
 
     async def _on_partitions_revoked(self, app: Any, revoked: set[Any], **_: Any) -> None:
         """Commit what was accounted for (flushing first), then forget the revoked partitions."""

@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faust
 from faust.types import StreamT
@@ -39,6 +39,7 @@ from faust.types import StreamT
 from schemas.codec import Codec, DecodeError
 from stream.account_profiles import AccountProfiles
 from stream.account_states import AccountStates
+from stream.batch import Batch, Decided, InFlightDecisions, Staged
 from stream.changelog_table import ChangelogTable
 from stream.core.events import CardEvent, to_event, validate
 from stream.core.lifecycle import due_events
@@ -51,7 +52,6 @@ from stream.guarded_consumer import OffsetLookups
 from stream.input_partitions import InputPartitions, PartitionRevoked
 from stream.metrics import ACCRUALS, CASHBACK_AMOUNT, EVENTS_CONSUMED
 from stream.offer_mirror import OfferMirror
-from stream.progress import InFlightDecisions
 from stream.settings import Settings
 from stream.store.budgets import BudgetStore, movement_id
 from stream.worker_app import worker_app
@@ -70,6 +70,9 @@ STATE_SCHEMA: faust.Schema = faust.Schema(key_type=str, value_type=bytes, key_se
 # Decisions whose entries may be undelivered at once: at most the events an account's state keeps
 # with their entries, so a crash never loses one (stream.progress.InFlightDecisions).
 IN_FLIGHT_LIMIT = RECENT_EVENTS_LIMIT
+# The most messages a batch holds before it is flushed (it is flushed sooner when the stream holds
+# nothing more): bounds the memory and the time a batch's entries wait.
+BATCH_LIMIT = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,25 +138,76 @@ class Matcher:
         self.app.task(self._run_offer_mirror)
         self.app.timer(LAG_INTERVAL_S)(self._observe_lag)
         self.app.timer(settings.clock_interval_s)(self._send_ticks)
-        self.deliveries: list[Any] = []  # the sends of the message being processed
-        self.in_flight = InFlightDecisions(IN_FLIGHT_LIMIT)  # decisions whose entries are undelivered
+        self.batch = Batch()  # the messages processed since the last flush (stream.batch)
+        self.current: Staged | None = None  # the message being processed
+        self.in_flight = InFlightDecisions(IN_FLIGHT_LIMIT)  # per account, decisions whose entries are undelivered
 
     async def _run_offer_mirror(self) -> None:
         await self.offers.run()
 
     async def _consume(self, stream: StreamT) -> None:
         await self.offers.ready.wait()  # never match a purchase before every offer is known
+        buffered = cast(Any, stream.channel).queue  # what the stream holds, read but not yet processed
         async for event in stream.events():
             message = event.message
             if await self.inputs.is_next(message.tp, message.offset):
-                self.deliveries = []
+                self.current = self.batch.start(message.tp, message.offset)
                 self.inputs.current_tp = message.tp
                 try:
                     await self.handle(message.topic, message.partition, message.offset, message.key, message.value)
                 except PartitionRevoked:
                     log.info("%s[%d] revoked while offset %d waited: left to its next owner", *message.tp, message.offset)
+                    self.batch.drop(self.current)
                     continue
-                self.inputs.done(message.tp, message.offset, self.deliveries)
+                finally:
+                    self.current.complete = True
+                    self.current = None
+            # One flush for all the stream held: none waits for a message not yet read.
+            if self.batch and (buffered.empty() or len(self.batch) >= BATCH_LIMIT):
+                await self.flush()
+
+    async def flush(self) -> None:
+        """The batch's states on the changelog (one wait for all of them), then its entries sent,
+        then its messages accounted for (their offsets committed once their sends are delivered).
+        A partition lost while a refused changelog write was retried drops the whole batch: its
+        messages are read again, by this worker or the partition's next owner."""
+        batch, self.batch = self.batch, Batch()
+        partitions = batch.partitions()
+
+        def still_owned() -> None:
+            self.inputs.still_owned(partitions)
+
+        try:
+            await self.states.settle(still_owned)
+            await self.profiles.settle(still_owned)
+        except PartitionRevoked:
+            log.info("partitions %s revoked while the batch's states were written: left to be read again", partitions)
+            self.accounts.forget_accounts(batch.accounts())
+            return
+        for staged in batch.messages:
+            for decided in staged.decisions:
+                await self._send_entries(staged, decided)
+            staged.decisions.clear()
+            if not staged.complete:
+                self.batch.keep(staged)  # a flush in the middle of a clock tick: the tick goes on
+            elif staged.tp in self.inputs.assigned:
+                self.inputs.done(staged.tp, staged.offset, staged.deliveries)
+
+    async def _send_entries(self, staged: Staged, decided: Decided) -> None:
+        account_key = decided.account_id.encode()
+        sends = []
+        for entry in decided.entries:
+            # Handed to the producer now; Faust still flushes the producer before committing the
+            # input offsets, so at-least-once holds.
+            sends.append(
+                await self.accruals.send(key=account_key, value=self.codec.encode("accrual", entry.record()), force=True)
+            )
+            if decided.counted:
+                ACCRUALS.labels(entry.entry_kind, entry.reward_kind).inc()
+                CASHBACK_AMOUNT.labels(entry.entry_kind, entry.reward_kind, entry.currency).inc(entry.amount_minor)
+        staged.deliveries.extend(sends)
+        if decided.stored:
+            self.in_flight.add(decided.account_id, sends)
 
     async def handle(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> Outcome | None:
         """Process one input message (steps 1-3 of the module doc). Returns the outcome, or None
@@ -181,10 +235,10 @@ class Matcher:
         return await self._apply(to_event(record), self.accounts.get(record["account_id"]), source)
 
     async def _apply(self, event: CardEvent, state: AccountState | None, source: Source | None) -> Outcome | None:
-        """Decide one event for its account, then send its entries and store the new state (in
-        that order). ``source`` is the input message, None for an internal event of time passing."""
-        account_key = event.account_id.encode()
-        await self.in_flight.wait_for_room()
+        """Decide one event for its account and write the new state; its entries are sent at the
+        next flush, once the changelog has the state. ``source`` is the input message, None for an
+        internal event of time passing."""
+        await self._room_for(event.account_id)
         self.inputs.still_owned()
         try:
             decision = await self._decide(event, state)
@@ -200,26 +254,25 @@ class Matcher:
             await self._dead_letter(OtherReason.DUPLICATE_CONFLICT.value, "event_id seen before with other content", source)
         stored = decision.state is not state
         if stored:
-            # The state first, on the changelog, and only then its entries: a crash before the
-            # changelog has it lets no entry out (the event is decided again, maybe in another
-            # order of the two input topics, on the changelog's state); a crash after it finds the
-            # event decided and sends the same entries again (the recent events keep them).
-            await self.accounts.store(event.account_id, state, decision.state, self.inputs.still_owned)
-        sends = []
-        for entry in decision.entries:
-            # force=True: hand the entry to the producer now (latency); Faust still flushes the
-            # producer before committing the input offset, so at-least-once holds.
-            sends.append(
-                await self.accruals.send(key=account_key, value=self.codec.encode("accrual", entry.record()), force=True)
-            )
-            self._sent(sends[-1])
-            if decision.outcome is not Outcome.DUPLICATE:
-                ACCRUALS.labels(entry.entry_kind, entry.reward_kind).inc()
-                CASHBACK_AMOUNT.labels(entry.entry_kind, entry.reward_kind, entry.currency).inc(entry.amount_minor)
-        if stored:
-            self.in_flight.add(sends)
+            # The state first, on the changelog, and only then its entries (at the flush): a crash
+            # before the changelog has it lets no entry out (the event is decided again, maybe in
+            # another order of the two input topics, on the changelog's state); a crash after it
+            # finds the event decided and sends the same entries again (the recent events keep them).
+            self.accounts.write(event.account_id, state, decision.state)
+        if decision.entries and self.current is not None:
+            counted = decision.outcome is not Outcome.DUPLICATE
+            self.batch.decided(self.current, Decided(event.account_id, decision.entries, stored, counted))
         EVENTS_CONSUMED.labels(event.event_type.value, decision.outcome.value).inc()
         return decision.outcome
+
+    async def _room_for(self, account_id: str) -> None:
+        """Wait until the account has fewer than IN_FLIGHT_LIMIT decisions whose entries are staged
+        or undelivered (stream.batch): flush the batch, or wait for the oldest delivery."""
+        while self.batch.staged(account_id) + self.in_flight.count(account_id) >= IN_FLIGHT_LIMIT:
+            if self.batch.staged(account_id):
+                await self.flush()
+            else:
+                await self.in_flight.wait_for_one(account_id)
 
     async def handle_tick(self, source: Source) -> None:
         """Time passing for one partition: apply everything due by the tick's time
@@ -262,7 +315,6 @@ class Matcher:
         if refusal is not None:
             await self._dead_letter(refusal.reason, refusal.detail, source)
             return
-        await self.profiles.settle(self.inputs.still_owned)
         EVENTS_CONSUMED.labels(self.account_subjects[source.topic].upper(), "applied").inc()
 
     async def _dead_letter(self, reason: str, detail: str, source: Source) -> None:
@@ -274,8 +326,8 @@ class Matcher:
 
     def _sent(self, delivery: Any) -> None:
         """Keep a send's delivery future: the message's offset is committed only once it succeeded."""
-        if delivery is not None:
-            self.deliveries.append(delivery)
+        if delivery is not None and self.current is not None:
+            self.current.deliveries.append(delivery)
 
     async def _observe_lag(self) -> None:
         await self.inputs.observe_lag(stuck_after_s=2 * LAG_INTERVAL_S)

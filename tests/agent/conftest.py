@@ -7,8 +7,9 @@ replaced, and why:
   sends are covered by the integration tests against a real broker);
 - the offer mirror is not run: its ``book`` is set directly and ``ready`` is set by the test;
 - the table's changelog writes are acknowledged at once (there is no broker to do it);
-- ``matcher.handle`` is wrapped (the original still does all the work) so a test can wait until
-  the agent has *finished* an event. ``AgentTestWrapper.put(wait=True)`` is not that signal: for an
+- ``matcher.handle`` and ``matcher.flush`` are wrapped (the originals still do all the work) so a
+  test can wait until the agent has *finished* an event: handled it, and flushed its batch (its
+  entries are sent at the flush). ``AgentTestWrapper.put(wait=True)`` is not that signal: for an
   agent that does not yield, it returns as soon as the value has passed the stream's processors,
   i.e. before the agent body has handled it (as soon as a send really suspends, the caller resumes
   first). It also never returns while the agent is blocked before its loop (offers not ready);
@@ -91,6 +92,7 @@ class AgentHarness:
     dead_letters: SendRecorder
     handled: list[Handled] = field(default_factory=list)
     changelog_messages: list[tuple[bytes, Any, int]] = field(default_factory=list)
+    flushing: int = 0  # flushes under way
     _done: asyncio.Condition = field(default_factory=asyncio.Condition)
     _failure: BaseException | None = None
     _named: dict[str, faust.types.TopicT] = field(default_factory=dict)
@@ -129,7 +131,12 @@ class AgentHarness:
         """Wait until ``count`` messages have been handled in all; return the last one."""
         async with self._done:
             await asyncio.wait_for(
-                self._done.wait_for(lambda: len(self.handled) >= count or self._failure is not None), timeout_s
+                self._done.wait_for(
+                    lambda: (
+                        (len(self.handled) >= count and not self.matcher.batch and not self.flushing) or self._failure is not None
+                    )
+                ),
+                timeout_s,
             )
         if self._failure is not None:
             raise AssertionError("the agent failed while handling a message") from self._failure
@@ -280,11 +287,24 @@ async def agent_harness(matcher: Matcher, codec: Codec, *, ready: bool = True) -
         async def handle(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> Outcome | None:
             return await harness._record(original, topic, partition, offset, key, value)
 
+        original_flush = matcher.flush
+
+        async def flush() -> None:
+            harness.flushing += 1
+            try:
+                await original_flush()
+            finally:
+                harness.flushing -= 1
+                async with harness._done:
+                    harness._done.notify_all()
+
         matcher.handle = handle  # type: ignore[method-assign]
+        matcher.flush = flush  # type: ignore[method-assign]
         try:
             yield harness
         finally:
             matcher.handle = original  # type: ignore[method-assign]
+            matcher.flush = original_flush  # type: ignore[method-assign]
     assert background == [], f"app background work ran under test_context: {background}"
     assert not matcher.app.started
 

@@ -278,9 +278,9 @@ async def test_consumed_counter_counts_earned_authorizations(harness: AgentHarne
 
 @pytest.mark.asyncio
 async def test_decisions_with_undelivered_entries_are_bounded_by_the_recent_window(harness: AgentHarness) -> None:
-    """At most IN_FLIGHT_LIMIT decisions may have entries not yet delivered: the next decision
-    waits for the oldest, so a crash never leaves an undelivered decision outside the events its
-    account keeps with their entries (RECENT_EVENTS_LIMIT)."""
+    """At most IN_FLIGHT_LIMIT decisions of an account may have entries not yet delivered: its next
+    decision waits for the oldest, so a crash never leaves an undelivered decision outside the
+    events the account keeps with their entries (RECENT_EVENTS_LIMIT). Other accounts go on."""
     from stream.core.memory import RECENT_EVENTS_LIMIT
     from stream.matcher import IN_FLIGHT_LIMIT
 
@@ -288,8 +288,10 @@ async def test_decisions_with_undelivered_entries_are_bounded_by_the_recent_wind
     matcher = harness.matcher
     loop = asyncio.get_running_loop()
     pending = [[loop.create_future()] for _ in range(IN_FLIGHT_LIMIT)]
-    matcher.in_flight.extend(pending)
-    waiting = asyncio.create_task(matcher.in_flight.wait_for_room())
+    for sends in pending:
+        matcher.in_flight.add(ACCOUNT, sends)
+    await asyncio.wait_for(matcher._room_for("acct-other"), 1)
+    waiting = asyncio.create_task(matcher._room_for(ACCOUNT))
     await asyncio.sleep(0.05)
     assert not waiting.done(), "a decision went ahead with IN_FLIGHT_LIMIT undelivered ones"
     pending[1][0].set_result(None)  # a later one delivered: still the oldest missing
@@ -297,7 +299,28 @@ async def test_decisions_with_undelivered_entries_are_bounded_by_the_recent_wind
     assert not waiting.done()
     pending[0][0].set_exception(RuntimeError("send failed"))  # done (its offset is read again)
     await asyncio.wait_for(waiting, 1)
-    assert len(matcher.in_flight) == IN_FLIGHT_LIMIT - 2
+    assert matcher.in_flight.count(ACCOUNT) == IN_FLIGHT_LIMIT - 2
+
+
+@pytest.mark.asyncio
+async def test_an_account_never_has_more_decisions_staged_than_its_recent_window(harness: AgentHarness) -> None:
+    """Decisions staged in a batch count too: the account's next decision flushes the batch first
+    (its states on the changelog, its entries sent), whatever the batch's size."""
+    from stream.matcher import IN_FLIGHT_LIMIT
+
+    flushes: list[int] = []
+    flush = harness.matcher.flush
+
+    async def counted_flush() -> None:
+        flushes.append(harness.matcher.batch.staged(ACCOUNT))
+        await flush()
+
+    harness.matcher.flush = counted_flush  # type: ignore[method-assign]
+    for n in range(IN_FLIGHT_LIMIT + 3):
+        await harness.put_nowait(encode_auth(harness.codec, card_record(amount_minor=1_000, transaction_ref=f"txn-{n}")))
+    await harness.wait_handled(IN_FLIGHT_LIMIT + 3)
+    assert max(flushes) <= IN_FLIGHT_LIMIT
+    assert len(harness.accruals.sent) == IN_FLIGHT_LIMIT + 3
 
 
 class ContendedBudgets:
@@ -357,7 +380,8 @@ async def test_a_message_whose_partition_is_revoked_while_it_waits_is_left_to_th
     matcher = harness.matcher
     loop = asyncio.get_running_loop()
     pending = [[loop.create_future()] for _ in range(IN_FLIGHT_LIMIT)]
-    matcher.in_flight.extend(pending)
+    for sends in pending:
+        matcher.in_flight.add(ACCOUNT, sends)
     matcher.inputs.current_tp = ("cashback.card.authorizations", 0)
     matcher.inputs.assigned = {matcher.inputs.current_tp}
     record = card_record(amount_minor=10_000, mcc="5411")
@@ -503,7 +527,8 @@ async def test_a_write_made_while_the_partition_is_lost_never_reaches_the_local_
         return sends
 
     table.take_sends = refused  # type: ignore[method-assign]
-    handled = len(harness.handled)
+    accounted: list[int] = []
+    harness.matcher.inputs.done = lambda tp, offset, deliveries: accounted.append(offset)  # type: ignore[method-assign]
     await harness.put_nowait(encode_auth(harness.codec, card_record(amount_minor=10_000)), ACCOUNT_KEY, partition=3)
     await asyncio.sleep(0.1)
     assert table.unsettled, "the write waits for the changelog"
@@ -513,7 +538,8 @@ async def test_a_write_made_while_the_partition_is_lost_never_reaches_the_local_
         if not table.unsettled:
             break
     assert table.unsettled == {} and ACCOUNT not in table.data and table.get(ACCOUNT) is None
-    assert harness.accruals.sent == [] and len(harness.handled) == handled  # left to the next owner
+    assert harness.accruals.sent == [] and accounted == []  # left to the next owner
+    assert harness.state() is None  # nor kept in memory: read again from what the store holds
 
 
 async def test_a_state_write_the_changelog_refused_is_made_again_before_any_entry_leaves(harness: AgentHarness) -> None:
