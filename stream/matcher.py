@@ -7,10 +7,12 @@ Per event, in this order:
    partition, offset and reason) and processing moves on;
 2. ``decide(event, offers, state)`` for the event's account (its profile joined from
    ``stream.account_profiles``, its campaign budgets granted through ``stream.granting``);
-3. store what the event changed of the account's state in the table (its summary, its
-   transaction and its recent-event slot: ``stream.account_states``) and wait until the table's
-   changelog topic has it, then send the entries to the accruals topic (keyed by account, so
-   co-partitioned with the input).
+3. write what the event changed of the account's state in the table (its summary, its
+   transaction and its recent-event slot: ``stream.account_states``), and stage its entries;
+4. once the stream holds no more messages (or the batch is full), flush the batch
+   (``stream.outbox``): wait once until the table's changelog topic has every state the batch
+   wrote, then send the entries to the accruals topic (keyed by account, so co-partitioned with
+   the input) and account for the batch's messages.
 
 Delivery is at-least-once: Faust flushes the producer (entries, dead letters and the table's
 changelog) before it commits the input offsets, so a crash redelivers, never loses. Which offsets
@@ -20,8 +22,8 @@ sends were delivered (``stream.input_partitions``). Effects are
 exactly-once: the state keeps every event id with its transaction, so a redelivered event is never
 applied twice, and the ledger ignores entry ids it already holds. The state is on the changelog
 before its entries are sent (so no entry outlives a crash its state did not), and a crash can leave
-decisions whose entries never left: at most ``IN_FLIGHT_LIMIT`` of them, each among the recent
-events its account keeps with their entries, which a redelivery re-emits (same ids).
+decisions whose entries never left: at most ``IN_FLIGHT_LIMIT`` of them per account, each among
+the recent events its account keeps with their entries, which a redelivery re-emits (same ids).
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ from faust.types import StreamT
 from schemas.codec import Codec, DecodeError
 from stream.account_profiles import AccountProfiles
 from stream.account_states import AccountStates
-from stream.batch import Batch, Decided, InFlightDecisions, Staged
 from stream.changelog_table import ChangelogTable
 from stream.core.events import CardEvent, to_event, validate
 from stream.core.lifecycle import due_events
@@ -50,8 +51,9 @@ from stream.deadletter import OtherReason, Stage, dead_letter
 from stream.granting import BudgetLedger, PostgresBudgets, grant
 from stream.guarded_consumer import OffsetLookups
 from stream.input_partitions import InputPartitions, PartitionRevoked
-from stream.metrics import ACCRUALS, CASHBACK_AMOUNT, EVENTS_CONSUMED
+from stream.metrics import EVENTS_CONSUMED
 from stream.offer_mirror import OfferMirror
+from stream.outbox import Decided, Outbox, Staged
 from stream.settings import Settings
 from stream.store.budgets import BudgetStore, movement_id
 from stream.worker_app import worker_app
@@ -138,9 +140,9 @@ class Matcher:
         self.app.task(self._run_offer_mirror)
         self.app.timer(LAG_INTERVAL_S)(self._observe_lag)
         self.app.timer(settings.clock_interval_s)(self._send_ticks)
-        self.batch = Batch()  # the messages processed since the last flush (stream.batch)
+        # The messages processed since the last flush, and the entries they wait to send.
+        self.outbox = Outbox((self.states, self.profiles), self.accruals, codec, self.inputs, self.accounts, IN_FLIGHT_LIMIT)
         self.current: Staged | None = None  # the message being processed
-        self.in_flight = InFlightDecisions(IN_FLIGHT_LIMIT)  # per account, decisions whose entries are undelivered
 
     async def _run_offer_mirror(self) -> None:
         await self.offers.run()
@@ -151,63 +153,24 @@ class Matcher:
         async for event in stream.events():
             message = event.message
             if await self.inputs.is_next(message.tp, message.offset):
-                self.current = self.batch.start(message.tp, message.offset)
+                self.current = staged = self.outbox.batch.start(message.tp, message.offset)
                 self.inputs.current_tp = message.tp
+                self.inputs.done(message.tp, message.offset, staged.deliveries)  # committable once flushed and delivered
                 try:
                     await self.handle(message.topic, message.partition, message.offset, message.key, message.value)
-                except PartitionRevoked:
+                except PartitionRevoked as revoked:
                     log.info("%s[%d] revoked while offset %d waited: left to its next owner", *message.tp, message.offset)
-                    self.batch.drop(self.current)
+                    self.outbox.batch.drop(staged, revoked)
                     continue
+                except BaseException as error:  # the agent fails: the message is read again
+                    self.outbox.batch.drop(staged, error)
+                    raise
                 finally:
-                    self.current.complete = True
+                    staged.complete = True
                     self.current = None
             # One flush for all the stream held: none waits for a message not yet read.
-            if self.batch and (buffered.empty() or len(self.batch) >= BATCH_LIMIT):
-                await self.flush()
-
-    async def flush(self) -> None:
-        """The batch's states on the changelog (one wait for all of them), then its entries sent,
-        then its messages accounted for (their offsets committed once their sends are delivered).
-        A partition lost while a refused changelog write was retried drops the whole batch: its
-        messages are read again, by this worker or the partition's next owner."""
-        batch, self.batch = self.batch, Batch()
-        partitions = batch.partitions()
-
-        def still_owned() -> None:
-            self.inputs.still_owned(partitions)
-
-        try:
-            await self.states.settle(still_owned)
-            await self.profiles.settle(still_owned)
-        except PartitionRevoked:
-            log.info("partitions %s revoked while the batch's states were written: left to be read again", partitions)
-            self.accounts.forget_accounts(batch.accounts())
-            return
-        for staged in batch.messages:
-            for decided in staged.decisions:
-                await self._send_entries(staged, decided)
-            staged.decisions.clear()
-            if not staged.complete:
-                self.batch.keep(staged)  # a flush in the middle of a clock tick: the tick goes on
-            elif staged.tp in self.inputs.assigned:
-                self.inputs.done(staged.tp, staged.offset, staged.deliveries)
-
-    async def _send_entries(self, staged: Staged, decided: Decided) -> None:
-        account_key = decided.account_id.encode()
-        sends = []
-        for entry in decided.entries:
-            # Handed to the producer now; Faust still flushes the producer before committing the
-            # input offsets, so at-least-once holds.
-            sends.append(
-                await self.accruals.send(key=account_key, value=self.codec.encode("accrual", entry.record()), force=True)
-            )
-            if decided.counted:
-                ACCRUALS.labels(entry.entry_kind, entry.reward_kind).inc()
-                CASHBACK_AMOUNT.labels(entry.entry_kind, entry.reward_kind, entry.currency).inc(entry.amount_minor)
-        staged.deliveries.extend(sends)
-        if decided.stored:
-            self.in_flight.add(decided.account_id, sends)
+            if self.outbox.batch and (buffered.empty() or len(self.outbox.batch) >= BATCH_LIMIT):
+                await self.outbox.flush()
 
     async def handle(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> Outcome | None:
         """Process one input message (steps 1-3 of the module doc). Returns the outcome, or None
@@ -238,7 +201,7 @@ class Matcher:
         """Decide one event for its account and write the new state; its entries are sent at the
         next flush, once the changelog has the state. ``source`` is the input message, None for an
         internal event of time passing."""
-        await self._room_for(event.account_id)
+        await self.outbox.room_for(event.account_id)
         self.inputs.still_owned()
         try:
             decision = await self._decide(event, state)
@@ -261,18 +224,9 @@ class Matcher:
             self.accounts.write(event.account_id, state, decision.state)
         if decision.entries and self.current is not None:
             counted = decision.outcome is not Outcome.DUPLICATE
-            self.batch.decided(self.current, Decided(event.account_id, decision.entries, stored, counted))
+            self.outbox.batch.decided(self.current, Decided(event.account_id, decision.entries, stored, counted))
         EVENTS_CONSUMED.labels(event.event_type.value, decision.outcome.value).inc()
         return decision.outcome
-
-    async def _room_for(self, account_id: str) -> None:
-        """Wait until the account has fewer than IN_FLIGHT_LIMIT decisions whose entries are staged
-        or undelivered (stream.batch): flush the batch, or wait for the oldest delivery."""
-        while self.batch.staged(account_id) + self.in_flight.count(account_id) >= IN_FLIGHT_LIMIT:
-            if self.batch.staged(account_id):
-                await self.flush()
-            else:
-                await self.in_flight.wait_for_one(account_id)
 
     async def handle_tick(self, source: Source) -> None:
         """Time passing for one partition: apply everything due by the tick's time

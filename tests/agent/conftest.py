@@ -7,7 +7,7 @@ replaced, and why:
   sends are covered by the integration tests against a real broker);
 - the offer mirror is not run: its ``book`` is set directly and ``ready`` is set by the test;
 - the table's changelog writes are acknowledged at once (there is no broker to do it);
-- ``matcher.handle`` and ``matcher.flush`` are wrapped (the originals still do all the work) so a
+- ``matcher.handle`` and ``matcher.outbox.flush`` are wrapped (the originals still do all the work) so a
   test can wait until the agent has *finished* an event: handled it, and flushed its batch (its
   entries are sent at the flush). ``AgentTestWrapper.put(wait=True)`` is not that signal: for an
   agent that does not yield, it returns as soon as the value has passed the stream's processors,
@@ -133,7 +133,8 @@ class AgentHarness:
             await asyncio.wait_for(
                 self._done.wait_for(
                     lambda: (
-                        (len(self.handled) >= count and not self.matcher.batch and not self.flushing) or self._failure is not None
+                        (len(self.handled) >= count and not self.matcher.outbox.batch and not self.flushing)
+                        or self._failure is not None
                     )
                 ),
                 timeout_s,
@@ -287,7 +288,7 @@ async def agent_harness(matcher: Matcher, codec: Codec, *, ready: bool = True) -
         async def handle(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> Outcome | None:
             return await harness._record(original, topic, partition, offset, key, value)
 
-        original_flush = matcher.flush
+        original_flush = matcher.outbox.flush
 
         async def flush() -> None:
             harness.flushing += 1
@@ -299,12 +300,12 @@ async def agent_harness(matcher: Matcher, codec: Codec, *, ready: bool = True) -
                     harness._done.notify_all()
 
         matcher.handle = handle  # type: ignore[method-assign]
-        matcher.flush = flush  # type: ignore[method-assign]
+        matcher.outbox.flush = flush  # type: ignore[method-assign]
         try:
             yield harness
         finally:
             matcher.handle = original  # type: ignore[method-assign]
-            matcher.flush = original_flush  # type: ignore[method-assign]
+            matcher.outbox.flush = original_flush  # type: ignore[method-assign]
     assert background == [], f"app background work ran under test_context: {background}"
     assert not matcher.app.started
 

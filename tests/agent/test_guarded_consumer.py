@@ -101,7 +101,9 @@ async def test_commits_follow_what_the_agent_accounted_for(wired) -> None:  # ty
 
 @pytest.mark.asyncio
 async def test_the_agent_hands_each_message_s_deliveries_to_the_accounting(harness) -> None:  # type: ignore[no-untyped-def]
-    """An offset becomes committable only when its sends are delivered: the agent must pass them."""
+    """An offset becomes committable only when its batch was flushed and its sends are delivered:
+    the agent passes the accounting the message's deliveries when it starts processing it, and
+    fills them in at the flush."""
     from tests.agent.conftest import ACCOUNT_KEY, EveryOffsetInOrder, encode_auth
     from tests.factories import card_record
 
@@ -109,7 +111,7 @@ async def test_the_agent_hands_each_message_s_deliveries_to_the_accounting(harne
 
     class Recording(EveryOffsetInOrder):
         def done(self, tp, offset, deliveries=()):  # type: ignore[no-untyped-def]
-            recorded.append((offset, list(deliveries)))
+            recorded.append((offset, deliveries))  # as the accounting keeps them: filled in later
 
     delivered = asyncio.get_running_loop().create_future()
     delivered.set_result(None)
@@ -122,8 +124,10 @@ async def test_the_agent_hands_each_message_s_deliveries_to_the_accounting(harne
     harness.matcher.inputs.progress = Recording()
     harness.matcher.accruals.send = send_returning_a_future
     await harness.put(encode_auth(harness.codec, card_record(amount_minor=10_000)), ACCOUNT_KEY)
-    await asyncio.sleep(0)  # the agent marks the offset done right after handle returns
-    assert recorded and recorded[-1][1] == [delivered]
+    (offset, deliveries) = recorded[-1]
+    flushed, *sends = deliveries
+    assert flushed.done() and flushed.exception() is None  # the batch was flushed
+    assert sends == [delivered]
 
 
 @pytest.mark.asyncio
@@ -227,3 +231,34 @@ async def test_the_guarded_consumer_hands_on_the_re_read_after_a_seek_back(wired
     app, consumer, tp, commits = wired
     handed = await drain(consumer, tp, [[10, 11, 12, 13], [5, 6, 7, 8, 9, 10, 11, 12, 13, 14]], seek_back_at=11, seek_to=5)
     assert handed == [10, 11, 12, 13, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
+
+
+@pytest.mark.asyncio
+async def test_messages_of_one_partition_follow_each_other_in_one_batch(harness) -> None:  # type: ignore[no-untyped-def]
+    """A message is accounted for when it is processed, not when its batch is flushed: the next
+    offset of its partition, already read, is the next to process, not a hole to seek back for.
+    The offsets become committable once the batch was flushed."""
+    from stream.progress import InputProgress
+    from tests.agent.conftest import encode_auth
+    from tests.factories import card_record
+
+    progress = InputProgress()
+    tp = TP(harness.auth_topic, 0)
+    progress.start(tp, 0)
+    harness.matcher.inputs.progress = progress
+    flushes: list[int] = []
+    flush = harness.matcher.outbox.flush
+
+    async def counted_flush() -> None:
+        committable = progress.committable(tp)  # nothing the batch holds yet
+        assert committable is None or committable <= sum(flushes)
+        flushes.append(len(harness.matcher.outbox.batch))
+        await flush()
+
+    harness.matcher.outbox.flush = counted_flush
+    for n in range(6):
+        await harness.put_nowait(encode_auth(harness.codec, card_record(amount_minor=1_000, transaction_ref=f"txn-{n}")))
+    await harness.wait_handled(6)
+    assert progress.seeks == 0
+    assert max(flushes) > 1, "the messages were flushed one by one: no batch to test"
+    assert progress.committable(tp) == 6

@@ -10,6 +10,7 @@ import random
 import re
 import struct
 from collections.abc import Mapping
+from typing import Any
 
 import msgspec
 import pytest
@@ -18,6 +19,7 @@ from prometheus_client import REGISTRY
 from stream.core.events import luhn_valid
 from stream.core.rules import Outcome
 from stream.core.state_rows import Summary, assemble, decode_summary, recent_key, txn_key
+from stream.input_partitions import PartitionRevoked
 from stream.store.budgets import movement_id
 from tests.agent.conftest import ACCOUNT, ACCOUNT_KEY, AgentHarness, agent_harness, encode_auth, encode_settlement
 from tests.factories import book, card_record, offer
@@ -289,9 +291,9 @@ async def test_decisions_with_undelivered_entries_are_bounded_by_the_recent_wind
     loop = asyncio.get_running_loop()
     pending = [[loop.create_future()] for _ in range(IN_FLIGHT_LIMIT)]
     for sends in pending:
-        matcher.in_flight.add(ACCOUNT, sends)
-    await asyncio.wait_for(matcher._room_for("acct-other"), 1)
-    waiting = asyncio.create_task(matcher._room_for(ACCOUNT))
+        matcher.outbox.in_flight.add(ACCOUNT, sends)
+    await asyncio.wait_for(matcher.outbox.room_for("acct-other"), 1)
+    waiting = asyncio.create_task(matcher.outbox.room_for(ACCOUNT))
     await asyncio.sleep(0.05)
     assert not waiting.done(), "a decision went ahead with IN_FLIGHT_LIMIT undelivered ones"
     pending[1][0].set_result(None)  # a later one delivered: still the oldest missing
@@ -299,7 +301,7 @@ async def test_decisions_with_undelivered_entries_are_bounded_by_the_recent_wind
     assert not waiting.done()
     pending[0][0].set_exception(RuntimeError("send failed"))  # done (its offset is read again)
     await asyncio.wait_for(waiting, 1)
-    assert matcher.in_flight.count(ACCOUNT) == IN_FLIGHT_LIMIT - 2
+    assert matcher.outbox.in_flight.count(ACCOUNT) == IN_FLIGHT_LIMIT - 2
 
 
 @pytest.mark.asyncio
@@ -309,13 +311,13 @@ async def test_an_account_never_has_more_decisions_staged_than_its_recent_window
     from stream.matcher import IN_FLIGHT_LIMIT
 
     flushes: list[int] = []
-    flush = harness.matcher.flush
+    flush = harness.matcher.outbox.flush
 
     async def counted_flush() -> None:
-        flushes.append(harness.matcher.batch.staged(ACCOUNT))
+        flushes.append(harness.matcher.outbox.batch.staged(ACCOUNT))
         await flush()
 
-    harness.matcher.flush = counted_flush  # type: ignore[method-assign]
+    harness.matcher.outbox.flush = counted_flush  # type: ignore[method-assign]
     for n in range(IN_FLIGHT_LIMIT + 3):
         await harness.put_nowait(encode_auth(harness.codec, card_record(amount_minor=1_000, transaction_ref=f"txn-{n}")))
     await harness.wait_handled(IN_FLIGHT_LIMIT + 3)
@@ -374,14 +376,13 @@ async def test_a_message_whose_partition_is_revoked_while_it_waits_is_left_to_th
     earlier deliveries may lose its partition meanwhile. It is then not decided here (its next
     owner reads it from the committed offset), so it is never applied twice, on two states."""
     from stream.core.events import to_event
-    from stream.input_partitions import PartitionRevoked
     from stream.matcher import IN_FLIGHT_LIMIT, Source
 
     matcher = harness.matcher
     loop = asyncio.get_running_loop()
     pending = [[loop.create_future()] for _ in range(IN_FLIGHT_LIMIT)]
     for sends in pending:
-        matcher.in_flight.add(ACCOUNT, sends)
+        matcher.outbox.in_flight.add(ACCOUNT, sends)
     matcher.inputs.current_tp = ("cashback.card.authorizations", 0)
     matcher.inputs.assigned = {matcher.inputs.current_tp}
     record = card_record(amount_minor=10_000, mcc="5411")
@@ -527,8 +528,9 @@ async def test_a_write_made_while_the_partition_is_lost_never_reaches_the_local_
         return sends
 
     table.take_sends = refused  # type: ignore[method-assign]
-    accounted: list[int] = []
-    harness.matcher.inputs.done = lambda tp, offset, deliveries: accounted.append(offset)  # type: ignore[method-assign]
+    accounted: list[list[Any]] = []
+    done = harness.matcher.inputs.done
+    harness.matcher.inputs.done = lambda tp, offset, deliveries: (accounted.append(deliveries), done(tp, offset, deliveries))  # type: ignore[method-assign]
     await harness.put_nowait(encode_auth(harness.codec, card_record(amount_minor=10_000)), ACCOUNT_KEY, partition=3)
     await asyncio.sleep(0.1)
     assert table.unsettled, "the write waits for the changelog"
@@ -538,7 +540,9 @@ async def test_a_write_made_while_the_partition_is_lost_never_reaches_the_local_
         if not table.unsettled:
             break
     assert table.unsettled == {} and ACCOUNT not in table.data and table.get(ACCOUNT) is None
-    assert harness.accruals.sent == [] and accounted == []  # left to the next owner
+    assert harness.accruals.sent == []  # left to the next owner: no entry sent, the offset never committable
+    [(flushed,)] = accounted
+    assert flushed.done() and isinstance(flushed.exception(), PartitionRevoked)
     assert harness.state() is None  # nor kept in memory: read again from what the store holds
 
 

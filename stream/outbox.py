@@ -1,0 +1,239 @@
+"""The matcher's outbox: the batch of messages processed since the last flush, with the decisions
+whose entries wait for the states to be on the changelog, and the decisions per account whose
+entries are sent but not yet known to be delivered.
+
+A flush waits once for the changelog to acknowledge every state the batch wrote, then sends the
+batch's entries and accounts for its messages, instead of one changelog round trip per event.
+
+How much may wait: a worker killed after an account's state reached the changelog and before that
+decision's entries were delivered restarts with decisions whose entries never left. A redelivered
+event re-emits its entries only while it is among its account's last ``RECENT_EVENTS_LIMIT``
+decisions (``stream.core.memory``), so an account never has more than that many decisions whose
+entries are staged or undelivered (``room``); an account's entries share a partition, so they are
+delivered in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemas.codec import Codec
+from stream.account_states import AccountStates
+from stream.changelog_table import ChangelogTable
+from stream.core.entries import Entry
+from stream.input_partitions import InputPartitions, PartitionRevoked
+from stream.metrics import ACCRUALS, CASHBACK_AMOUNT
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Decided:
+    """One decision whose entries wait for the flush."""
+
+    account_id: str
+    entries: tuple[Entry, ...]
+    stored: bool  # it changed the state (a redelivery's entries are sent again, nothing stored)
+    counted: bool  # its entries count in the cashback metrics (not a redelivery's)
+
+
+class Flushed:
+    """A delivery (``stream.progress``) that is done when the message's batch was flushed: its
+    offset is never committed before its entries were even sent. A dropped batch fails it, and the
+    offset is read again."""
+
+    __slots__ = ("_done", "_error")
+
+    def __init__(self) -> None:
+        self._done = False
+        self._error: BaseException | None = None
+
+    def done(self) -> bool:
+        return self._done
+
+    def cancelled(self) -> bool:
+        return False
+
+    def exception(self) -> BaseException | None:
+        return self._error
+
+    def succeed(self) -> None:
+        self._done = True
+
+    def fail(self, error: BaseException) -> None:
+        if not self._done:
+            self._done, self._error = True, error
+
+
+@dataclass(slots=True)
+class Staged:
+    """One input message of the batch: where it was read, its deliveries (that its batch was
+    flushed, the sends made for it: dead letters, and its entries once flushed), and its decisions
+    waiting for the flush."""
+
+    tp: Any
+    offset: int
+    flushed: Flushed = field(default_factory=Flushed)
+    deliveries: list[Any] = field(default_factory=list)
+    decisions: list[Decided] = field(default_factory=list)
+    complete: bool = False  # processed to the end (a flush in its middle keeps it for the next)
+
+    def __post_init__(self) -> None:
+        self.deliveries.append(self.flushed)
+
+
+class Batch:
+    """The messages processed since the last flush, in order."""
+
+    def __init__(self) -> None:
+        self.messages: list[Staged] = []
+        self._staged: Counter[str] = Counter()  # account -> its decisions that stored a state
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def start(self, tp: Any, offset: int) -> Staged:
+        staged = Staged(tp, offset)
+        self.messages.append(staged)
+        return staged
+
+    def keep(self, staged: Staged) -> None:
+        """Carry a message still being processed into this batch."""
+        self.messages.append(staged)
+
+    def decided(self, staged: Staged, decision: Decided) -> None:
+        staged.decisions.append(decision)
+        if decision.stored:
+            self._staged[decision.account_id] += 1
+
+    def drop(self, staged: Staged, error: BaseException) -> None:
+        """A message left to be read again: nothing of it is sent, and its offset is not committed."""
+        staged.flushed.fail(error)
+        if staged in self.messages:  # not when a flush in its middle dropped the batch already
+            self.messages.remove(staged)
+        for decision in staged.decisions:
+            if decision.stored:
+                self._staged[decision.account_id] -= 1
+
+    def staged(self, account_id: str) -> int:
+        return self._staged[account_id]
+
+    def accounts(self) -> set[str]:
+        return {decision.account_id for staged in self.messages for decision in staged.decisions}
+
+    def partitions(self) -> set[Any]:
+        return {staged.tp for staged in self.messages}
+
+
+class InFlightDecisions:
+    """Per account, the decisions whose entries were sent and are not yet known to be delivered,
+    oldest first (a failed delivery counts as done: its offset is read again, stream.progress)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._by_account: dict[str, deque[list[Any]]] = {}
+
+    def add(self, account_id: str, sends: Iterable[Any]) -> None:
+        """One decision's sends (awaitable delivery futures)."""
+        self._by_account.setdefault(account_id, deque()).append([send for send in sends if send is not None])
+
+    def count(self, account_id: str) -> int:
+        decisions = self._by_account.get(account_id)
+        if decisions is None:
+            return 0
+        while decisions and all(send.done() for send in decisions[0]):
+            decisions.popleft()
+        if not decisions:
+            del self._by_account[account_id]
+            return 0
+        return len(decisions)
+
+    async def wait_for_one(self, account_id: str) -> None:
+        """Return once the account's oldest undelivered decision is delivered."""
+        decisions = self._by_account.get(account_id)
+        if decisions:
+            await asyncio.wait(decisions[0])
+        self.count(account_id)
+
+
+class Outbox:
+    """The batch, and what leaves it at a flush: the states first, then the entries. A message is
+    accounted for as soon as it is processed (``stream.progress``: the next one of its partition may
+    follow in the same batch); its offset is committable once its batch was flushed and its sends
+    were delivered (``Flushed``)."""
+
+    def __init__(
+        self,
+        tables: Iterable[ChangelogTable],
+        accruals: Any,
+        codec: Codec,
+        inputs: InputPartitions,
+        accounts: AccountStates,
+        limit: int,
+    ) -> None:
+        self.tables = tuple(tables)
+        self.accruals = accruals  # the accruals topic
+        self.codec = codec
+        self.inputs = inputs
+        self.accounts = accounts
+        self.batch = Batch()
+        self.in_flight = InFlightDecisions(limit)
+
+    async def room_for(self, account_id: str) -> None:
+        """Wait until the account has fewer than ``limit`` decisions whose entries are staged or
+        undelivered: flush the batch, or wait for the account's oldest delivery."""
+        while self.batch.staged(account_id) + self.in_flight.count(account_id) >= self.in_flight.limit:
+            if self.batch.staged(account_id):
+                await self.flush()
+            else:
+                await self.in_flight.wait_for_one(account_id)
+
+    async def flush(self) -> None:
+        """The batch's states on the changelog (one wait for all of them), then its entries sent,
+        then its messages accounted for (their offsets committed once their sends are delivered).
+        A partition lost while a refused changelog write was retried drops the whole batch: its
+        messages are read again, by this worker or the partition's next owner."""
+        batch, self.batch = self.batch, Batch()
+        partitions = batch.partitions()
+
+        def still_owned() -> None:
+            self.inputs.still_owned(partitions)
+
+        try:
+            for table in self.tables:
+                await table.settle(still_owned)
+        except PartitionRevoked as revoked:
+            log.info("partitions %s revoked while the batch's states were written: left to be read again", partitions)
+            self.accounts.forget_accounts(batch.accounts())
+            for staged in batch.messages:
+                staged.flushed.fail(revoked)
+            return
+        for staged in batch.messages:
+            for decided in staged.decisions:
+                await self._send_entries(staged, decided)
+            staged.decisions.clear()
+            if staged.complete:
+                staged.flushed.succeed()
+            else:
+                self.batch.keep(staged)  # a flush in the middle of a clock tick: the tick goes on
+
+    async def _send_entries(self, staged: Staged, decided: Decided) -> None:
+        account_key = decided.account_id.encode()
+        sends = []
+        for entry in decided.entries:
+            # Handed to the producer now; Faust still flushes the producer before committing the
+            # input offsets, so at-least-once holds.
+            sends.append(
+                await self.accruals.send(key=account_key, value=self.codec.encode("accrual", entry.record()), force=True)
+            )
+            if decided.counted:
+                ACCRUALS.labels(entry.entry_kind, entry.reward_kind).inc()
+                CASHBACK_AMOUNT.labels(entry.entry_kind, entry.reward_kind, entry.currency).inc(entry.amount_minor)
+        staged.deliveries.extend(send for send in sends if send is not None)
+        if decided.stored:
+            self.in_flight.add(decided.account_id, sends)
