@@ -1,9 +1,9 @@
 """How an account's state is stored: one small summary and a row per transaction and per recent
 event, so that an event writes what it changed, not the whole account.
 
-The rules engine works on one dict per account (``stream.core.rules``). Stored as one value, an
-account with 2,000 purchases rewrote 1.6 MB on each of its events (the changelog, the local store,
-and its JSON encoding, for every event). Here the same state is kept as:
+The rules engine works on one ``AccountState`` per account (``stream.core.state``). Stored as one
+value, an account with 2,000 purchases rewrote 1.6 MB on each of its events (the changelog, the
+local store, and its encoding, for every event). Here the same state is kept as:
 
 - the **summary**, under the account id: everything but the transactions and the recent events'
   entries, with the names of the rows to read (``refs``, ``recent``) and the rows this step wrote
