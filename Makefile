@@ -41,10 +41,13 @@ test-fast: $(STAMP) ## unit and agent tests only (no broker, no database)
 chaos: $(STAMP) ## the seeded chaos run: kills, restarts, a rebalance, broker and Postgres outages; CHAOS_EVENTS sets the size
 	$(PY) -m stream.localstack.chaos
 
+bench: $(STAMP) ## the seeded benchmark: the worker and sink against plain clients, latency, memory, restart, two workers; BENCH_EVENTS sets the size
+	$(PY) -m stream.localstack.bench
+
 config: $(STAMP) ## print the environment variables the processes read
 	@$(PY) -m stream config
 
 clean: ## remove the virtualenv, caches and local data
 	rm -rf $(VENV) .cache .data *.egg-info
 
-.PHONY: help install run lint test test-fast chaos config clean
+.PHONY: help install run lint test test-fast chaos bench config clean

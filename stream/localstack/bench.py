@@ -1,0 +1,139 @@
+"""The benchmark (``make bench``): the project against plain clients, side by side in one run, on
+its own broker and Postgres, seeded, then every ledger total checked against the pure engine.
+
+In order, on a log of the simulator's lifecycle mix (``stream.localstack.bench_streams``):
+
+1. **raw**: a plain aiokafka loop over the preloaded card-event topics (consume, decode, build and
+   encode an accrual, produce; ``stream.localstack.bench_baselines``), events/s;
+2. **worker**: ``stream worker``, one process, drains the same preloaded log from its start, the
+   sink not running; events/s by its own ``cashback_events_consumed_total``;
+3. **sink**: ``stream sink`` then drains the accruals the worker produced; new ledger entries/s by
+   its own ``cashback_sink_entries_total{result="written"}``;
+4. **COPY**: asyncpg's ``copy_records_to_table`` of those ledger rows into a scratch ledger, rows/s;
+5. **latency**: with both caught up, more of the log published at 1,000 events/s; per event, the
+   sink's commit of its first row minus the message's broker timestamp, p99
+   (``stream.localstack.bench_latency``);
+6. **correctness**: the chaos run's oracle (``stream.localstack.chaos_oracle``) replays every card
+   event of those topics through the pure engine in the order the worker decided them and
+   compares each account's balances, and every ledger entry, with Postgres;
+7. **two workers**: the preloaded log on topics of their own, drained by two workers;
+8. **the long run**: one worker drains ``BENCH_LONG_EVENTS`` events (its RSS at a quarter and at
+   the end), is stopped with SIGTERM, more events are published, and it is started again with
+   its data directory and instance id: the time to its first card event.
+
+Throughput windows are explained in ``stream.localstack.bench_watch``. Every topic set has eight
+partitions; campaign budgets are left out of the offers, as in the chaos run. It prints a table,
+writes ``results.json`` and ``results.png`` (``stream.localstack.bench_results``) and ends with
+the line ``processor/raw=R.RR sink/copy=S.SS p99_ms_at_1k=P rss_growth=G restart_s=T two_workers=W``;
+the exit code is 1 when the ledger differs from the oracle or a stage could not finish.
+
+Sizes: ``BENCH_EVENTS`` (200,000), ``BENCH_LONG_EVENTS`` (1,000,000), ``BENCH_PACED_S`` (60),
+``BENCH_SEED`` (1); ``--quick`` or ``BENCH_QUICK=1`` runs 3,000, 4,000 and 5 s instead (the size
+``make test`` runs). Results go to ``BENCH_OUTPUT_DIR``, by default ``build/bench`` (``build/bench-quick``
+for the quick mode, so that it never overwrites a full run's). This module is the command line;
+the run is ``stream.localstack.bench_run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, NoReturn
+
+from stream.composition import REPO_ROOT
+from stream.localstack.bench_results import write
+from stream.localstack.bench_run import Bench, Plan
+from stream.localstack.bench_watch import BenchError
+
+__all__ = ["Bench", "Plan", "main", "plan_of"]
+
+QUICK = {"events": 3_000, "long_events": 4_000, "paced_s": 5.0}
+FULL = {"events": 200_000, "long_events": 1_000_000, "paced_s": 60.0}
+
+
+def plan_of(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> Plan:
+    """The run's sizes: the flags, else the ``BENCH_*`` variables, else the mode's defaults (the
+    quick mode ignores the size variables: a test must not inherit a full run's sizes)."""
+    env = dict(os.environ if environ is None else environ)
+    parser = argparse.ArgumentParser(prog="bench", description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", default=env.get("BENCH_QUICK", "") not in ("", "0"))
+    parser.add_argument("--events", type=int, help="card events preloaded (BENCH_EVENTS)")
+    parser.add_argument("--long-events", type=int, help="card events of the long run (BENCH_LONG_EVENTS)")
+    parser.add_argument("--paced-seconds", type=float, help="seconds published at 1,000 events/s (BENCH_PACED_S)")
+    parser.add_argument("--seed", type=int, default=int(env.get("BENCH_SEED", "1")), help="seed of the logs (BENCH_SEED)")
+    parser.add_argument("--output", type=Path, help="where results.json and results.png go (BENCH_OUTPUT_DIR)")
+    parser.add_argument("--keep", action="store_true", help="keep the run's directory (process logs, data)")
+    args = parser.parse_args(argv)
+    defaults = QUICK if args.quick else FULL
+    variables = {} if args.quick else {"events": "BENCH_EVENTS", "long_events": "BENCH_LONG_EVENTS", "paced_s": "BENCH_PACED_S"}
+
+    def size(name: str, given: Any) -> float:
+        if given is not None:
+            return float(given)
+        if name not in variables or not env.get(variables[name]):
+            return float(defaults[name])
+        try:
+            return float(env[variables[name]].replace("_", ""))
+        except ValueError:
+            parser.error(f"{variables[name]}={env[variables[name]]!r} is not a number")
+
+    output = args.output or env.get("BENCH_OUTPUT_DIR") or REPO_ROOT / "build" / ("bench-quick" if args.quick else "bench")
+    plan = Plan(
+        events=int(size("events", args.events)),
+        long_events=int(size("long_events", args.long_events)),
+        seed=args.seed,
+        paced_s=size("paced_s", args.paced_seconds),
+        quick=args.quick,
+        output_dir=Path(output),
+        keep=args.keep,
+    )
+    if plan.events < 500 or plan.long_events < 1_000 or plan.paced_s < 1:
+        parser.error("the sizes must be at least 500 events, 1,000 long-run events and 1 paced second")
+    return plan
+
+
+def _interrupted(signum: int, frame: Any) -> NoReturn:
+    raise KeyboardInterrupt  # SIGTERM stops the run like Ctrl-C: through every finally
+
+
+def main(argv: list[str] | None = None) -> None:
+    plan = plan_of(argv)
+    signal.signal(signal.SIGTERM, _interrupted)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C stops it even when started with SIGINT ignored
+    # The bench's own clients ask for topics just created; aiokafka logs each retry as an error.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    # Not pytest's tmp_path nor a folder of the repository: the Postgres server may run as another user.
+    work_dir = Path(tempfile.mkdtemp(prefix="cashback-bench-"))
+    work_dir.chmod(0o755)
+    code, line = 1, None
+    try:
+        results = Bench(plan, work_dir).run()
+        print(results.table(), flush=True)
+        data, chart = write(results, plan.output_dir)
+        print(f"results: {data} and {chart}", flush=True)
+        if not results.correctness.passed:
+            print("bench FAILED: the ledger in Postgres differs from the pure engine's on the same log", file=sys.stderr)
+        code, line = (0 if results.correctness.passed else 1), results.line()
+    except BenchError as error:
+        print(f"bench FAILED: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("bench interrupted: everything it started is stopped", file=sys.stderr)
+        code = 130
+    finally:
+        if plan.keep or code == 1:  # a failed run keeps its processes' logs
+            print(f"run directory kept: {work_dir}", file=sys.stderr, flush=True)
+        else:
+            shutil.rmtree(work_dir, ignore_errors=True)
+    if line is not None:
+        print(line, flush=True)  # the last line, whatever happened before it
+    raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    main()

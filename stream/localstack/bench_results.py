@@ -1,0 +1,203 @@
+"""The benchmark's results: every figure of one run, its table, its one line, ``results.json`` and
+the chart ``results.png``.
+
+The line, the last the benchmark prints:
+``processor/raw=R.RR sink/copy=S.SS p99_ms_at_1k=P rss_growth=G restart_s=T two_workers=W``
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Correctness:
+    """The chaos oracle's judgement of the main topic set (``stream.localstack.chaos_oracle``)."""
+
+    accounts: int = 0  # accounts whose balances were compared
+    mismatched_accounts: int = 0
+    lost_entries: int = 0
+    duplicate_entries: int = 0
+    must_dead_letter: int = 0  # conflicting duplicates
+    dead_lettered: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return (
+            self.mismatched_accounts == 0
+            and self.lost_entries == 0
+            and self.duplicate_entries == 0
+            and self.dead_lettered == self.must_dead_letter
+        )
+
+
+@dataclass
+class Results:
+    # the run
+    seed: int
+    quick: bool
+    events: int  # card events preloaded for the throughput runs
+    long_events: int  # card events of the long run (memory, restart)
+    paced_events: int  # card events published at the paced rate
+    paced_rate: float
+    restart_events: int  # card events published while the long run's worker was stopped
+    partitions: int
+    cpu_count: int = field(default_factory=lambda: os.cpu_count() or 0)
+    date: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    # throughput
+    raw_events_per_s: float = 0.0
+    worker_events_per_s: float = 0.0
+    worker_first_event_s: float = 0.0  # from the worker's start to its first card event
+    accrual_records: int = 0  # what the worker produced for the preloaded log (NOT_EARNED lines too)
+    sink_entries_per_s: float = 0.0  # new ledger entries
+    sink_records_per_s: float = 0.0  # every accrual record (NOT_EARNED lines and re-sent entries too)
+    ledger_rows: int = 0
+    copy_rows_per_s: float = 0.0
+    two_workers_events_per_s: float = 0.0
+    # latency at the paced rate
+    p50_ms_at_1k: float = 0.0
+    p99_ms_at_1k: float = 0.0
+    max_ms_at_1k: float = 0.0
+    latency_events: int = 0
+    latency_events_without_row: int = 0
+    published_per_s: float = 0.0
+    paced_backlog_s: float = 0.0  # from the paced publication's end to the worker's last decision of it
+    # the long run
+    rss_at_quarter_bytes: int = 0
+    rss_at_end_bytes: int = 0
+    long_worker_events_per_s: float = 0.0
+    restart_s: float = 0.0
+    correctness: Correctness = field(default_factory=Correctness)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0  # the whole run
+
+    @property
+    def processor_over_raw(self) -> float:
+        return _ratio(self.worker_events_per_s, self.raw_events_per_s)
+
+    @property
+    def sink_over_copy(self) -> float:
+        return _ratio(self.sink_entries_per_s, self.copy_rows_per_s)
+
+    @property
+    def rss_growth(self) -> float:
+        return _ratio(self.rss_at_end_bytes, self.rss_at_quarter_bytes)
+
+    @property
+    def two_workers(self) -> float:
+        return _ratio(self.two_workers_events_per_s, self.worker_events_per_s)
+
+    def line(self) -> str:
+        return (
+            f"processor/raw={self.processor_over_raw:.2f} sink/copy={self.sink_over_copy:.2f} "
+            f"p99_ms_at_1k={self.p99_ms_at_1k:.0f} rss_growth={self.rss_growth:.2f} "
+            f"restart_s={self.restart_s:.1f} two_workers={self.two_workers:.2f}"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["correctness"]["passed"] = self.correctness.passed
+        data["figures"] = {
+            "processor_over_raw": self.processor_over_raw,
+            "sink_over_copy": self.sink_over_copy,
+            "p99_ms_at_1k": self.p99_ms_at_1k,
+            "rss_growth": self.rss_growth,
+            "restart_s": self.restart_s,
+            "two_workers": self.two_workers,
+        }
+        data["line"] = self.line()
+        return data
+
+    def table(self) -> str:
+        mib = 1024 * 1024
+        rows = [
+            ("raw aiokafka loop", f"{self.raw_events_per_s:,.0f} events/s", f"{self.events:,} card events"),
+            ("worker (1 process)", f"{self.worker_events_per_s:,.0f} events/s", f"first event {self.worker_first_event_s:.1f}s after start"),
+            ("  processor/raw", f"{self.processor_over_raw:.3f}", "target >= 0.5"),
+            ("sink", f"{self.sink_entries_per_s:,.0f} entries/s", f"{self.sink_records_per_s:,.0f} accrual records/s (with NOT_EARNED lines)"),
+            ("asyncpg COPY", f"{self.copy_rows_per_s:,.0f} rows/s", f"{self.ledger_rows:,} ledger rows"),
+            ("  sink/copy", f"{self.sink_over_copy:.3f}", "target >= 0.5"),
+            ("latency p50 / p99 / max", f"{self.p50_ms_at_1k:,.0f} / {self.p99_ms_at_1k:,.0f} / {self.max_ms_at_1k:,.0f} ms",
+             f"{self.latency_events:,} events at {self.published_per_s:,.0f}/s ({self.latency_events_without_row:,} without a row), "
+             f"worker done {self.paced_backlog_s:.1f}s after the last"),
+            ("worker RSS at 1/4 / end", f"{self.rss_at_quarter_bytes / mib:,.0f} / {self.rss_at_end_bytes / mib:,.0f} MiB",
+             f"growth {self.rss_growth:.2f} over {self.long_events:,} events ({self.long_worker_events_per_s:,.0f} events/s)"),
+            ("restart to first event", f"{self.restart_s:.1f} s", f"after SIGTERM, {self.restart_events:,} events published meanwhile; target <= 15"),
+            ("two workers", f"{self.two_workers_events_per_s:,.0f} events/s", f"{self.two_workers:.2f} of one; target >= 1.7"),
+            ("correctness", "passed" if self.correctness.passed else "FAILED",
+             f"{self.correctness.accounts:,} accounts, mismatched {self.correctness.mismatched_accounts}, "
+             f"lost {self.correctness.lost_entries}, duplicate {self.correctness.duplicate_entries}, "
+             f"dead-lettered {self.correctness.dead_lettered}/{self.correctness.must_dead_letter}"),
+        ]  # fmt: skip
+        width = max(len(r[0]) for r in rows)
+        value_width = max(len(r[1]) for r in rows)
+        head = (
+            f"bench seed={self.seed} events={self.events:,} long={self.long_events:,} partitions={self.partitions} "
+            f"cpus={self.cpu_count} {self.date}{' (quick)' if self.quick else ''}"
+        )
+        lines = [head] + [f"  {a:<{width}}  {b:>{value_width}}  {c}" for a, b, c in rows]
+        return "\n".join(lines + [f"  note: {n}" for n in self.notes + self.correctness.notes])
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator else 0.0
+
+
+def write(results: Results, output_dir: Path) -> tuple[Path, Path]:
+    """``results.json`` and ``results.png`` in ``output_dir`` (created)."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    data_path, chart_path = output_dir / "results.json", output_dir / "results.png"
+    data_path.write_text(json.dumps(results.to_json(), indent=2) + "\n")
+    chart(results, chart_path)
+    return data_path, chart_path
+
+
+def chart(results: Results, path: Path) -> None:
+    """Throughput side by side with its baseline (log scale), and the other figures beside their targets."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display
+    import matplotlib.pyplot as plt
+
+    figure, (rates, others) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [3, 2]})
+    names = ["raw loop", "worker", "2 workers", "COPY", "sink"]
+    values = [
+        results.raw_events_per_s,
+        results.worker_events_per_s,
+        results.two_workers_events_per_s,
+        results.copy_rows_per_s,
+        results.sink_entries_per_s,
+    ]
+    colours = ["#9e9e9e", "#1f77b4", "#1f77b4", "#9e9e9e", "#ff7f0e"]
+    bars = rates.bar(names, [max(v, 1.0) for v in values], color=colours)
+    rates.set_yscale("log")
+    rates.set_ylabel("per second (events; COPY and sink: ledger rows)")
+    rates.set_title("throughput: the project (colour) and plain clients (grey)")
+    for bar, value in zip(bars, values, strict=True):
+        rates.annotate(f"{value:,.0f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom")
+    figures = [
+        ("processor/raw", results.processor_over_raw, 0.5),
+        ("sink/copy", results.sink_over_copy, 0.5),
+        ("two workers", results.two_workers, 1.7),
+        ("rss growth", results.rss_growth, 1.0),
+    ]
+    labels = [f[0] for f in figures]
+    others.barh(labels, [f[1] for f in figures], color="#1f77b4")
+    others.scatter([f[2] for f in figures], labels, marker="|", s=400, color="#d62728", label="target", zorder=3)
+    for y, (_, value, _) in enumerate(figures):
+        others.annotate(f"{value:.2f}", (value, y), va="center", xytext=(4, 0), textcoords="offset points")
+    others.legend(loc="lower right")
+    others.set_title(f"p99 at 1k/s {results.p99_ms_at_1k:,.0f} ms; restart {results.restart_s:.1f} s")
+    verdict = "correct" if results.correctness.passed else "LEDGER DIFFERS FROM THE ORACLE"
+    figure.suptitle(
+        f"make bench: {results.events:,} events, seed {results.seed}, {results.cpu_count} CPUs, {results.date}: {verdict}"
+    )
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

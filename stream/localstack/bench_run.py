@@ -1,0 +1,287 @@
+"""The benchmark's run (``Bench``): its own broker and Postgres, its stages in order, each figure
+into ``Results``, and everything it started stopped at the end, whatever happened.
+
+The stages and what each measures are described in ``stream.localstack.bench``, the command line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import uvloop
+
+from schemas.codec import Codec
+from stream.composition import System
+from stream.core.offers import OfferBook
+from stream.localstack.bench_baselines import copy_baseline, raw_loop
+from stream.localstack.bench_latency import (
+    broker_times,
+    enable_commit_timestamps,
+    latency,
+    publish_paced,
+    readable_times,
+    table_marks,
+)
+from stream.localstack.bench_results import Correctness, Results
+from stream.localstack.bench_streams import (
+    PARTITIONS,
+    BenchLog,
+    TopicSet,
+    bench_log,
+    end_offsets,
+    message_count,
+    preload,
+    prepare,
+    publish_all,
+    topic_set,
+)
+from stream.localstack.bench_watch import BenchError, alive, card_events_decided, first_count, rss_bytes, sink_counts, watch_drain
+from stream.localstack.chaos_clients import drained
+from stream.localstack.chaos_faults import Processes
+from stream.localstack.chaos_log import chaos_offers
+from stream.localstack.chaos_oracle import Report, judge
+from stream.localstack.kafka import DEFAULT_CACHE_DIR, KafkaBroker
+from stream.localstack.postgres import EmbeddedPostgres
+from stream.localstack.process import free_port
+from stream.settings import Settings
+
+PACED_RATE = 1_000.0  # events/s of the latency figure (p99_ms_at_1k)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The sizes of one run (``BENCH_*`` or the command line's flags)."""
+
+    events: int  # card events preloaded for the throughput stages
+    long_events: int  # card events of the long run
+    seed: int
+    paced_s: float  # seconds of publication at PACED_RATE
+    quick: bool
+    output_dir: Path
+    keep: bool = False  # keep the run's directory
+
+    @property
+    def paced_events(self) -> int:
+        return int(PACED_RATE * self.paced_s)
+
+    @property
+    def restart_events(self) -> int:
+        """Card events published while the long run's worker is stopped."""
+        return max(200, self.long_events // 100)
+
+
+class Bench:
+    def __init__(self, plan: Plan, work_dir: Path, say: Callable[..., Any] = print) -> None:
+        self.plan = plan
+        self.work_dir = work_dir
+        self._say = say
+        self.started = time.monotonic()
+        self.codec = Codec()
+        self.offers = chaos_offers()
+        self.book = OfferBook.of(self.offers)
+        self.run_id = f"{plan.seed}-{os.getpid()}"
+        self.groups: list[Processes] = []
+        self.results = Results(
+            seed=plan.seed,
+            quick=plan.quick,
+            events=plan.events,
+            long_events=plan.long_events,
+            paced_events=plan.paced_events,
+            paced_rate=PACED_RATE,
+            restart_events=plan.restart_events,
+            partitions=PARTITIONS,
+        )
+
+    def say(self, what: str) -> None:
+        self._say(f"[{time.monotonic() - self.started:7.1f}s] {what}", flush=True)
+
+    def run(self) -> Results:
+        broker = KafkaBroker(DEFAULT_CACHE_DIR, self.work_dir / "kafka", port=free_port(), partitions_default=PARTITIONS)
+        postgres = EmbeddedPostgres(self.work_dir / "postgres", port=free_port(), fast=True)
+        try:
+            self.say("starting Kafka and Postgres")
+            bootstrap = broker.start()
+            asyncio.run(enable_commit_timestamps(postgres.start()))
+            postgres.stop()  # track_commit_timestamp takes effect at a start
+            self.database_url = postgres.start()
+            self.base_env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DATABASE_URL": self.database_url}
+            asyncio.run(System(Settings.from_env(self.base_env)).migrate_database())
+            log = bench_log(self.plan.seed, self.plan.events, self.plan.paced_events, self.codec)
+            self.main_topic_set(log)
+            self.two_workers(BenchLog(log.account_messages, log.preloaded, []))
+            del log
+            self.long_run()
+        finally:
+            for group in self.groups:
+                group.terminate_all()
+            postgres.stop()
+            broker.stop()
+        self.results.seconds = time.monotonic() - self.started
+        return self.results
+
+    # --- the stages ------------------------------------------------------------------------------
+
+    def main_topic_set(self, log: BenchLog) -> None:
+        """Stages 1 to 6 of the module doc, on one topic set."""
+        results, codec = self.results, self.codec
+        topics = self._prepare("main", log)
+        settings, catalogue = topics.settings, topics.catalogue
+        self.say(f"raw loop over {len(log.preloaded):,} card events")
+        results.raw_events_per_s = uvloop.run(raw_loop(settings, catalogue, codec, len(log.preloaded))).rate
+        self.say(f"raw loop: {results.raw_events_per_s:,.0f} events/s")
+
+        group = self._processes(topics)
+        self.say("worker draining the preloaded log")
+        since = time.monotonic()
+        group.start_worker("main-worker")
+        port, check = group.metrics_ports["main-worker"], alive(group.children, self.work_dir)
+        results.worker_first_event_s = first_count(lambda: card_events_decided(port), since, check, "the worker")
+        window = watch_drain(lambda: [card_events_decided(port)], len(log.preloaded), check, "the worker")
+        results.worker_events_per_s = window.rate
+        self.say(f"worker: {window.rate:,.0f} events/s over {window.seconds:.1f}s")
+        self._wait_drained(topics, with_sink=False, check=check)
+
+        results.accrual_records = asyncio.run(message_count(settings, [catalogue.accruals.name]))
+        self.say(f"sink writing {results.accrual_records:,} accrual records")
+        group.start("main-sink", "sink")
+        sink_port = group.metrics_ports["main-sink"]
+        window = watch_drain(lambda: [sink_counts(sink_port)[0]], results.accrual_records, check, "the sink")
+        results.sink_records_per_s = window.rate
+        results.sink_entries_per_s = sink_counts(sink_port)[1] / window.seconds if window.seconds else 0.0
+        self.say(f"sink: {results.sink_entries_per_s:,.0f} ledger entries/s over {window.seconds:.1f}s")
+        self._wait_drained(topics, with_sink=True, check=check)
+
+        copied = asyncio.run(copy_baseline(self.database_url))
+        results.ledger_rows, results.copy_rows_per_s = int(copied.counted), copied.rate
+        self.say(f"COPY of {results.ledger_rows:,} ledger rows: {copied.seconds:.2f}s")
+
+        self.say(f"publishing {len(log.later):,} more card events at {PACED_RATE:,.0f}/s")
+        marks = asyncio.run(table_marks(self.database_url))
+        inputs = [catalogue.authorizations.name, catalogue.settlements.name]
+        since_offsets = asyncio.run(end_offsets(settings, inputs))
+        published_per_s = uvloop.run(publish_paced(settings, catalogue, log.later, PACED_RATE))
+        published_at = time.monotonic()
+        total = len(log.preloaded) + len(log.later)
+        watch_drain(lambda: [card_events_decided(port)], total, check, "the worker at the paced rate")
+        results.paced_backlog_s = time.monotonic() - published_at
+        self._wait_drained(topics, with_sink=True, check=check)
+        measured = latency(
+            asyncio.run(broker_times(settings, codec, since_offsets)),
+            asyncio.run(readable_times(self.database_url, marks)),
+            published_per_s,
+        )
+        results.p50_ms_at_1k, results.p99_ms_at_1k, results.max_ms_at_1k = measured.p50_ms, measured.p99_ms, measured.max_ms
+        results.latency_events, results.latency_events_without_row = measured.events, measured.without_row
+        results.published_per_s = measured.published_per_s
+        self.say(f"latency: p50 {measured.p50_ms:,.0f} ms, p99 {measured.p99_ms:,.0f} ms")
+        group.terminate_all()
+
+        self.say("judging the ledger against the pure engine")
+        results.correctness = asyncio.run(self._judge(settings, catalogue))
+        self.say("correctness " + ("passed" if results.correctness.passed else "FAILED"))
+
+    def two_workers(self, log: BenchLog) -> None:
+        """Stage 7: the preloaded log drained by two workers."""
+        topics = self._prepare("pair", log)
+        group = self._processes(topics)
+        self.say("two workers draining the preloaded log")
+        group.start_worker("pair-worker-1")
+        group.start_worker("pair-worker-2")
+        ports = [group.metrics_ports["pair-worker-1"], group.metrics_ports["pair-worker-2"]]
+        window = watch_drain(
+            lambda: [card_events_decided(p) for p in ports],
+            len(log.preloaded),
+            alive(group.children, self.work_dir),
+            "two workers",
+        )
+        self.results.two_workers_events_per_s = window.rate
+        self.say(f"two workers: {window.rate:,.0f} events/s over {window.seconds:.1f}s")
+        if not window.every_process_started:
+            self.results.notes.append("one of the two workers decided nothing: the pair's figure is one worker's")
+        group.terminate_all()
+
+    def long_run(self) -> None:
+        """Stage 8: memory over a long drain, and a restart holding its state."""
+        plan, results = self.plan, self.results
+        log = bench_log(plan.seed, plan.long_events, plan.restart_events, self.codec)
+        topics = self._prepare("long", log)
+        group = self._processes(topics)
+        self.say(f"one worker draining {plan.long_events:,} card events")
+        group.start_worker("long-worker")
+        port, check = group.metrics_ports["long-worker"], alive(group.children, self.work_dir)
+        pid = group.children["long-worker"].pid
+        rss: dict[str, int] = {}
+
+        def sample(counted: float) -> None:
+            if counted >= plan.long_events // 4:
+                rss.setdefault("quarter", rss_bytes(pid))
+            if counted >= plan.long_events:
+                rss.setdefault("end", rss_bytes(pid))
+
+        window = watch_drain(lambda: [card_events_decided(port)], plan.long_events, check, "the long run", on_poll=sample)
+        results.long_worker_events_per_s = window.rate
+        results.rss_at_quarter_bytes, results.rss_at_end_bytes = rss["quarter"], rss["end"]
+        self.say(
+            f"long run: {window.rate:,.0f} events/s; RSS {rss['quarter'] >> 20} MiB at a quarter, {rss['end'] >> 20} MiB at the end"
+        )
+        self._wait_drained(topics, with_sink=False, check=check)
+        self.say("stopping the worker (SIGTERM), publishing more, starting it again")
+        group.stop("long-worker")
+        asyncio.run(publish_all(topics.settings, topics.catalogue, log.later))
+        since = time.monotonic()
+        group.start_worker("long-worker")
+        check = alive(group.children, self.work_dir)
+        results.restart_s = first_count(lambda: card_events_decided(port), since, check, "the restarted worker")
+        self.say(f"restarted worker: first card event after {results.restart_s:.1f}s")
+        self._wait_drained(topics, with_sink=False, check=check)
+        group.terminate_all()
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    def _prepare(self, name: str, log: BenchLog) -> TopicSet:
+        topics = topic_set(name, self.base_env, self.run_id)
+        self.say(f"{name}: topics, offers, {len(log.account_messages):,} account messages, {len(log.preloaded):,} card events")
+        asyncio.run(prepare(topics, self.offers, self.codec))
+        asyncio.run(preload(topics, log))
+        return topics
+
+    def _processes(self, topics: TopicSet) -> Processes:
+        group = Processes(self.work_dir, topics.env, None, None, Report(), self.say)  # type: ignore[arg-type]  # no faults
+        self.groups.append(group)
+        return group
+
+    def _wait_drained(self, topics: TopicSet, with_sink: bool, check: Callable[[], None], limit_s: float = 600.0) -> None:
+        """Until the workers' (and the sink's) committed offsets reach the end of their topics."""
+        settings, catalogue = topics.settings, topics.catalogue
+        inputs = [t.name for t in (*catalogue.inputs(), *catalogue.account_inputs())]
+        deadline = time.monotonic() + limit_s
+        while not asyncio.run(drained(settings, catalogue, inputs, with_sink)):
+            check()
+            if time.monotonic() > deadline:
+                raise BenchError(f"{topics.name}: offsets not committed to the end after {limit_s:.0f}s")
+            time.sleep(0.5)
+
+    async def _judge(self, settings: Settings, catalogue: Any) -> Correctness:
+        report = Report()
+        await judge(settings, catalogue, self.codec, self.book, report)
+        connection = await asyncpg.connect(self.database_url)
+        try:
+            accounts = await connection.fetchval("SELECT count(DISTINCT account_id) FROM balances")
+        finally:
+            await connection.close()
+        return Correctness(
+            accounts=int(accounts),
+            mismatched_accounts=report.mismatched_accounts,
+            lost_entries=report.lost_entries,
+            duplicate_entries=report.duplicate_entries,
+            must_dead_letter=report.poison_total,
+            dead_lettered=report.poison_in_dlq,
+            notes=report.notes,
+        )

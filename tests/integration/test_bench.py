@@ -1,0 +1,59 @@
+"""The benchmark's quick mode (``make bench`` at 3,000 events): it runs every stage on its own broker
+and Postgres, judges the ledger against the pure engine, and reports every figure. The figures
+themselves are not asserted (a shared 2-core machine makes them noise at this size); that each
+was measured, and that the ledger is right, is. Run as the operator runs it, in a subprocess, with
+its results written to the test's own directory, never over a full run's ``build/bench``."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stream.composition import REPO_ROOT
+
+pytestmark = pytest.mark.integration
+
+LINE = re.compile(
+    r"^processor/raw=(\d+\.\d\d) sink/copy=(\d+\.\d\d) p99_ms_at_1k=(\d+) rss_growth=(\d+\.\d\d) "
+    r"restart_s=(\d+\.\d) two_workers=(\d+\.\d\d)$"
+)
+RATES = ("raw_events_per_s", "worker_events_per_s", "sink_entries_per_s", "sink_records_per_s", "copy_rows_per_s")
+RATES += ("two_workers_events_per_s", "long_worker_events_per_s")
+
+
+def test_the_quick_benchmark_measures_every_figure_on_a_correct_ledger(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BENCH_")}
+    env.update(BENCH_OUTPUT_DIR=str(tmp_path), BENCH_SEED="1", PYTHONUNBUFFERED="1")
+    run = subprocess.run(
+        [sys.executable, "-m", "stream.localstack.bench", "--quick"],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    output = f"exit {run.returncode}\n--- stdout ---\n{run.stdout}\n--- stderr ---\n{run.stderr[-5000:]}"
+    assert run.returncode == 0, output
+    last = run.stdout.rstrip("\n").splitlines()[-1]
+    assert LINE.match(last), output
+
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert (tmp_path / "results.png").stat().st_size > 10_000
+    assert results["line"] == last
+    assert results["quick"] is True and results["seed"] == 1 and results["cpu_count"] >= 1 and results["date"]
+    assert results["events"] == 3_000 and results["long_events"] == 4_000 and results["partitions"] == 8
+    figures = results["figures"]
+    assert set(figures) == {"processor_over_raw", "sink_over_copy", "p99_ms_at_1k", "rss_growth", "restart_s", "two_workers"}
+    assert all(value > 0 for value in figures.values()), figures
+    assert all(results[rate] > 0 for rate in RATES), {rate: results[rate] for rate in RATES}
+    assert results["latency_events"] > 0 and results["ledger_rows"] > 0
+
+    correctness = results["correctness"]
+    assert correctness["passed"] is True, correctness
+    assert correctness["accounts"] > 0 and correctness["mismatched_accounts"] == 0 and correctness["lost_entries"] == 0
