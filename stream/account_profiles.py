@@ -7,10 +7,15 @@ A profile or activation message is checked first: it decodes, its key is its rec
 partition. One that fails is handed back with the reason to dead-letter it; one that passes is
 folded into the profile (an activation's tombstone deactivates). The write waits in the table
 until the matcher settles it (``stream.changelog_table``).
+
+Profiles read are kept in memory (most accounts have none: that is kept too), so a card event does
+not read and decode its account's profile from the local store; a fold replaces the account's, and
+the matcher forgets them all when partitions move or a batch's writes are dropped.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +25,9 @@ from stream.core.eligibility import AccountProfile
 from stream.core.profiles import apply_activation, apply_segments, to_account_profile
 from stream.deadletter import OtherReason
 from topics.catalogue import account_partition
+
+# How many accounts' profiles stay in memory between their events.
+CACHED_PROFILES = 65536
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,9 +46,20 @@ class AccountProfiles:
         self.codec = codec
         self.subjects = subjects  # topic -> its value subject (account_profile, offer_activation)
         self.partitions = partitions
+        self._read: OrderedDict[str, AccountProfile] = OrderedDict()
 
     def get(self, account_id: str) -> AccountProfile:
-        return to_account_profile(self.table.get(account_id))
+        profile = self._read.get(account_id)
+        if profile is None:
+            profile = self._read[account_id] = to_account_profile(self.table.get(account_id))
+            if len(self._read) > CACHED_PROFILES:
+                self._read.popitem(last=False)
+        return profile
+
+    def forget(self) -> None:
+        """The profiles read may have changed elsewhere (partitions moved) or never reached the
+        changelog (a dropped batch): read them again from the table."""
+        self._read.clear()
 
     def fold(self, topic: str, partition: int, key: bytes | None, value: bytes | None) -> Refusal | None:
         """Fold one message into its account's profile; the reason to dead-letter it instead."""
@@ -62,6 +81,7 @@ class AccountProfiles:
             # A profile must live where the account's card events are, or the join misses it.
             return Refusal(OtherReason.WRONG_PARTITION.value, "not the partition of the account's card events")
         profile = self.table.get(account_id)
+        self._read.pop(account_id, None)
         if subject == "offer_activation":
             if record is None:  # tombstone of account_id:offer_id
                 record = {"account_id": account_id, "offer_id": text_key.split(":", 1)[-1], "active": False}

@@ -29,7 +29,7 @@ the recent events its account keeps with their entries, which a redelivery re-em
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -122,7 +122,7 @@ class Matcher:
             broker_view,
             settings.app_id,
             self.input_subjects,
-            lambda lost: self.accounts.forget(tp.partition for tp in lost if tp.topic == card_partitions),
+            lambda lost: self._lost(tp.partition for tp in lost if tp.topic == card_partitions),
         )
         # Segments and activations per account (stream.core.profiles), joined from their own topics.
         self.profiles = ChangelogTable(
@@ -141,8 +141,21 @@ class Matcher:
         self.app.timer(LAG_INTERVAL_S)(self._observe_lag)
         self.app.timer(settings.clock_interval_s)(self._send_ticks)
         # The messages processed since the last flush, and the entries they wait to send.
-        self.outbox = Outbox((self.states, self.profiles), self.accruals, codec, self.inputs, self.accounts, IN_FLIGHT_LIMIT)
+        self.outbox = Outbox(
+            (self.states, self.profiles),
+            self.accruals,
+            codec,
+            self.inputs,
+            self.accounts,
+            IN_FLIGHT_LIMIT,
+            dropped=self.account_profiles.forget,
+        )
         self.current: Staged | None = None  # the message being processed
+
+    def _lost(self, partitions: Iterable[int]) -> None:
+        """Partitions whose accounts may change elsewhere from now on: forget what was read of them."""
+        self.accounts.forget(partitions)
+        self.account_profiles.forget()
 
     async def _run_offer_mirror(self) -> None:
         await self.offers.run()

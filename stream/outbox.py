@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -175,12 +175,15 @@ class Outbox:
         inputs: InputPartitions,
         accounts: AccountStates,
         limit: int,
+        dropped: Callable[[], None] = lambda: None,
     ) -> None:
+        """``dropped``: called when a batch's writes are dropped, for what was read from them."""
         self.tables = tuple(tables)
         self.accruals = accruals  # the accruals topic
         self.codec = codec
         self.inputs = inputs
         self.accounts = accounts
+        self.dropped = dropped
         self.batch = Batch()
         self.in_flight = InFlightDecisions(limit)
 
@@ -210,6 +213,7 @@ class Outbox:
         except PartitionRevoked as revoked:
             log.info("partitions %s revoked while the batch's states were written: left to be read again", partitions)
             self.accounts.forget_accounts(batch.accounts())
+            self.dropped()
             for staged in batch.messages:
                 staged.flushed.fail(revoked)
             return

@@ -571,3 +571,25 @@ async def test_a_state_write_the_changelog_refused_is_made_again_before_any_entr
     assert len(summaries) == 2 and summaries[0][1] == summaries[1][1]  # the same summary, twice
     assert [accrual["entry_kind"] for _, accrual in harness.accruals_decoded()] == ["PENDING_CREATED"]
     assert harness.state().txns["txn-refused"].status == "authorized"
+
+
+# --- account profiles: read once, folded between events --------------------------------------------
+
+
+async def test_an_activation_between_two_purchases_applies_to_the_second(harness: AgentHarness) -> None:
+    """The matcher keeps the profiles it read in memory; folding an activation replaces the
+    account's, so the next purchase sees it (in the same batch or the next)."""
+    from datetime import UTC, datetime
+
+    from topics.catalogue import account_partition
+
+    harness.matcher.offers.book = book(offer(requires_activation=True))
+    first = await harness.put(encode_auth(harness.codec, card_record(amount_minor=10_000, transaction_ref="txn-before")))
+    assert first.outcome is Outcome.NOT_ACTIVATED
+    activation = {"account_id": ACCOUNT, "offer_id": "grocery-5", "active": True, "changed_at": datetime(2026, 1, 1, tzinfo=UTC)}
+    topic = harness.matcher.topics.activations.name
+    partition = account_partition(ACCOUNT, harness.matcher.topics.authorizations.partitions)
+    value = harness.codec.encode("offer_activation", activation)
+    await harness.put(value, f"{ACCOUNT}:grocery-5".encode(), topic=topic, partition=partition)
+    second = await harness.put(encode_auth(harness.codec, card_record(amount_minor=10_000, transaction_ref="txn-after")))
+    assert second.outcome is Outcome.EARNED
