@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from stream.core.events import CardEvent
 from stream.core.memory import RECENT_EVENTS_LIMIT
 from stream.core.rules import decide
+from stream.core.state import AccountState
 from stream.core.state_rows import (
     JSON_LAYOUT,
     MissingRow,
@@ -92,6 +93,15 @@ def test_every_step_reads_back_as_the_engine_state(offers_name: str, events: lis
         state = after
 
 
+def state_after(purchases: int) -> AccountState:
+    """An account's state after ``purchases`` filler purchases under the grocery offer."""
+    state = None
+    for event in fillers(purchases, start=0):
+        state = decide(event, OFFER_BOOKS["grocery-5"], state, PROFILE).state
+    assert state is not None
+    return state
+
+
 def without_fresh(raw: bytes) -> Summary:
     """A stored summary without the rows it carries: what the rows alone hold."""
     summary = decode_summary(raw)
@@ -104,15 +114,11 @@ def as_json(value: Any) -> bytes:
 
 
 def test_a_state_stored_whole_is_read_as_is_and_then_written_in_rows() -> None:
-    offers = OFFER_BOOKS["grocery-5"]
-    state = None
-    for event in fillers(3, start=0):
-        state = decide(event, offers, state, PROFILE).state
-    assert state is not None
+    state = state_after(3)
     whole = decode_summary(as_json(state))  # how the first workers stored it: whole, in JSON
     assert not in_rows(whole) and whole == state
     assert assemble(ACCOUNT, whole, {}.get) is whole
-    after = decide(fillers(1, start=10)[0], offers, whole, PROFILE).state
+    after = decide(fillers(1, start=10)[0], OFFER_BOOKS["grocery-5"], whole, PROFILE).state
     writes = split(ACCOUNT, whole, after, before_in_rows=False)
     assert set(writes.rows) == {txn_key(ACCOUNT, ref) for ref in after.txns} | {
         recent_key(ACCOUNT, n) for n in range(len(after.recent))
@@ -124,11 +130,7 @@ def test_a_state_stored_whole_is_read_as_is_and_then_written_in_rows() -> None:
 
 
 def test_a_summary_and_rows_stored_in_json_are_read() -> None:
-    offers = OFFER_BOOKS["grocery-5"]
-    state = None
-    for event in fillers(3, start=0):
-        state = decide(event, offers, state, PROFILE).state
-    assert state is not None
+    state = state_after(3)
     writes = split(ACCOUNT, None, state, before_in_rows=True)
     summary = {**msgspec.to_builtins(writes.summary), "layout": JSON_LAYOUT}
     store = {key: as_json(value) for key, value in writes.rows.items()}
@@ -140,11 +142,7 @@ def test_a_summary_and_rows_stored_in_json_are_read() -> None:
 
 
 def test_values_are_messagepack_smaller_than_their_json() -> None:
-    offers = OFFER_BOOKS["grocery-5"]
-    state = None
-    for event in fillers(40, start=0):
-        state = decide(event, offers, state, PROFILE).state
-    assert state is not None
+    state = state_after(40)
     writes = split(ACCOUNT, None, state, before_in_rows=True)
     for key, value in [*writes.rows.items(), (ACCOUNT, writes.summary)]:
         stored = encode(value)
