@@ -69,6 +69,11 @@ LAG_INTERVAL_S = 5.0
 # value_type alone ("raw" for bytes, JSON otherwise, whatever the schema says).
 PROFILE_SCHEMA: faust.Schema = faust.Schema(key_type=str, key_serializer="json", value_serializer="json")
 STATE_SCHEMA: faust.Schema = faust.Schema(key_type=str, value_type=bytes, key_serializer="json", value_serializer="raw")
+# Each table partition's local store (RocksDB): Faust's defaults give each one up to 3 write buffers of
+# 64 MiB and its own 2 GiB block cache, so a worker's memory grew with every partition it held (the
+# benchmark saw its RSS 1.5 times larger after 40,000 events than after 10,000). Bounded here: at
+# most 2 x 8 MiB of write buffers and a 16 MiB cache per partition and table.
+STORE_OPTIONS = {"write_buffer_size": 8 * 2**20, "max_write_buffer_number": 2, "block_cache_size": 16 * 2**20}
 # Decisions whose entries may be undelivered at once: at most the events an account's state keeps
 # with their entries, so a crash never loses one (stream.progress.InFlightDecisions).
 IN_FLIGHT_LIMIT = RECENT_EVENTS_LIMIT
@@ -111,7 +116,13 @@ class Matcher:
         self.accruals = self.app.topic(self.topics.accruals.name, key_serializer="raw", value_serializer="raw")
         self.dead_letters = self.app.topic(self.topics.dead_letters.name, key_serializer="raw", value_serializer="raw")
         self.states = ChangelogTable(
-            self.app, name=ACCOUNT_STATE_TABLE, default=None, schema=STATE_SCHEMA, value_type=bytes, beacon=self.app.tables.beacon
+            self.app,
+            name=ACCOUNT_STATE_TABLE,
+            default=None,
+            schema=STATE_SCHEMA,
+            value_type=bytes,
+            options=dict(STORE_OPTIONS),  # a copy: Faust's store takes keys out of it
+            beacon=self.app.tables.beacon,
         )
         self.app.tables.add(self.states)
         # The states as the engine takes them: a summary and rows per account in that table.
@@ -126,7 +137,12 @@ class Matcher:
         )
         # Segments and activations per account (stream.core.profiles), joined from their own topics.
         self.profiles = ChangelogTable(
-            self.app, name=ACCOUNT_PROFILE_TABLE, default=None, schema=PROFILE_SCHEMA, beacon=self.app.tables.beacon
+            self.app,
+            name=ACCOUNT_PROFILE_TABLE,
+            default=None,
+            schema=PROFILE_SCHEMA,
+            options=dict(STORE_OPTIONS),
+            beacon=self.app.tables.beacon,
         )
         self.app.tables.add(self.profiles)
         self.account_profiles = AccountProfiles(

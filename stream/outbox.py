@@ -131,34 +131,43 @@ class Batch:
 
 
 class InFlightDecisions:
-    """Per account, the decisions whose entries were sent and are not yet known to be delivered,
-    oldest first (a failed delivery counts as done: its offset is read again, stream.progress)."""
+    """The decisions whose entries were sent and are not yet known to be delivered, oldest first,
+    and how many of them each account has (a failed delivery counts as done: its offset is read
+    again, stream.progress). Only undelivered decisions are held: the oldest are let go as they
+    are delivered, whatever their account, so an account that never comes back holds nothing."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._by_account: dict[str, deque[list[Any]]] = {}
+        self._decisions: deque[tuple[str, list[Any]]] = deque()
+        self._counts: Counter[str] = Counter()
 
     def add(self, account_id: str, sends: Iterable[Any]) -> None:
         """One decision's sends (awaitable delivery futures)."""
-        self._by_account.setdefault(account_id, deque()).append([send for send in sends if send is not None])
+        self._decisions.append((account_id, [send for send in sends if send is not None]))
+        self._counts[account_id] += 1
 
     def count(self, account_id: str) -> int:
-        decisions = self._by_account.get(account_id)
-        if decisions is None:
-            return 0
-        while decisions and all(send.done() for send in decisions[0]):
-            decisions.popleft()
-        if not decisions:
-            del self._by_account[account_id]
-            return 0
-        return len(decisions)
+        """The account's decisions not known to be delivered (counting any held behind an older
+        undelivered one of another account: never fewer than there are)."""
+        self._let_go_delivered()
+        return self._counts[account_id]
 
-    async def wait_for_one(self, account_id: str) -> None:
-        """Return once the account's oldest undelivered decision is delivered."""
-        decisions = self._by_account.get(account_id)
-        if decisions:
-            await asyncio.wait(decisions[0])
-        self.count(account_id)
+    async def wait_for_one(self) -> None:
+        """Return once the oldest undelivered decision is delivered."""
+        self._let_go_delivered()
+        if self._decisions:
+            await asyncio.wait(self._decisions[0][1])
+        self._let_go_delivered()
+
+    def __len__(self) -> int:
+        return len(self._decisions)
+
+    def _let_go_delivered(self) -> None:
+        while self._decisions and all(send.done() for send in self._decisions[0][1]):
+            account_id, _ = self._decisions.popleft()
+            self._counts[account_id] -= 1
+            if not self._counts[account_id]:
+                del self._counts[account_id]
 
 
 class Outbox:
@@ -194,7 +203,7 @@ class Outbox:
             if self.batch.staged(account_id):
                 await self.flush()
             else:
-                await self.in_flight.wait_for_one(account_id)
+                await self.in_flight.wait_for_one()
 
     async def flush(self) -> None:
         """The batch's states on the changelog (one wait for all of them), then its entries sent,

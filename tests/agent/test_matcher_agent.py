@@ -593,3 +593,22 @@ async def test_an_activation_between_two_purchases_applies_to_the_second(harness
     await harness.put(value, f"{ACCOUNT}:grocery-5".encode(), topic=topic, partition=partition)
     second = await harness.put(encode_auth(harness.codec, card_record(amount_minor=10_000, transaction_ref="txn-after")))
     assert second.outcome is Outcome.EARNED
+
+
+async def test_delivered_decisions_are_let_go_whatever_their_account() -> None:
+    """Only undelivered decisions are held: an account whose entries were delivered and that never
+    comes back holds nothing (the worker's memory does not grow with the accounts it has seen)."""
+    from stream.outbox import InFlightDecisions
+
+    loop = asyncio.get_running_loop()
+    delivered, pending = loop.create_future(), loop.create_future()
+    delivered.set_result(None)
+    in_flight = InFlightDecisions(limit=32)
+    for n in range(1_000):
+        in_flight.add(f"acct-{n}", [delivered])
+    in_flight.add("acct-slow", [pending])
+    in_flight.add("acct-later", [delivered])
+    assert in_flight.count("acct-0") == 0 and len(in_flight) == 2  # held behind the undelivered one
+    assert in_flight.count("acct-later") == 1  # never fewer than there are
+    pending.set_result(None)
+    assert in_flight.count("acct-slow") == 0 and len(in_flight) == 0

@@ -69,3 +69,16 @@ def test_faust_takes_the_store_serializer_from_the_value_type_not_the_schema(set
     put(store, 0, "acct-1", stored_state_bytes())
     with pytest.raises(ValueDecodeError):
         store["acct-1"]
+
+
+def test_each_partition_store_has_bounded_memory(settings: Settings, codec: Codec) -> None:
+    """Faust's defaults give each partition's store 3 x 64 MiB write buffers and a 2 GiB cache."""
+    from stream.matcher import STORE_OPTIONS
+
+    matcher = Matcher(settings, codec)
+    for table in (matcher.states, matcher.profiles):
+        for _ in range(2):  # Faust's store takes keys out of the options it is given: a second store too
+            options = table._new_store_by_url("rocksdb://").rocksdb_options
+            assert options.write_buffer_size == STORE_OPTIONS["write_buffer_size"]
+            assert options.max_write_buffer_number == STORE_OPTIONS["max_write_buffer_number"]
+            assert options.block_cache_size == STORE_OPTIONS["block_cache_size"]
