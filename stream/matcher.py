@@ -35,7 +35,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
-import faust
 from faust.types import StreamT
 
 from schemas.codec import Codec, DecodeError
@@ -56,24 +55,12 @@ from stream.offer_mirror import OfferMirror
 from stream.outbox import Decided, Outbox, Staged
 from stream.settings import Settings
 from stream.store.budgets import BudgetStore, movement_id
-from stream.worker_app import worker_app
+from stream.worker_app import PROFILE_SCHEMA, STATE_SCHEMA, STORE_OPTIONS, worker_app
 from topics.catalogue import ACCOUNT_PROFILE_TABLE, ACCOUNT_STATE_TABLE, Catalogue
 
 log = logging.getLogger(__name__)
 
 LAG_INTERVAL_S = 5.0
-# Profiles are plain JSON: no value_type, which Faust could not rebuild from the changelog
-# (value_type=dict made every recovery fail and wait forever). States are bytes the account states
-# encode and decode themselves (MessagePack: stream.core.state_rows); the table must be given
-# value_type=bytes as well, because Faust picks its local store's serializer from the table's
-# value_type alone ("raw" for bytes, JSON otherwise, whatever the schema says).
-PROFILE_SCHEMA: faust.Schema = faust.Schema(key_type=str, key_serializer="json", value_serializer="json")
-STATE_SCHEMA: faust.Schema = faust.Schema(key_type=str, value_type=bytes, key_serializer="json", value_serializer="raw")
-# Each table partition's local store (RocksDB): Faust's defaults give each one up to 3 write buffers of
-# 64 MiB and its own 2 GiB block cache, so a worker's memory grew with every partition it held (the
-# benchmark saw its RSS 1.5 times larger after 40,000 events than after 10,000). Bounded here: at
-# most 2 x 8 MiB of write buffers and a 16 MiB cache per partition and table.
-STORE_OPTIONS = {"write_buffer_size": 8 * 2**20, "max_write_buffer_number": 2, "block_cache_size": 16 * 2**20}
 # Decisions whose entries may be undelivered at once: at most the events an account's state keeps
 # with their entries, so a crash never loses one (stream.progress.InFlightDecisions).
 IN_FLIGHT_LIMIT = RECENT_EVENTS_LIMIT

@@ -21,8 +21,9 @@ from stream.changelog_table import ChangelogTable
 from stream.core.events import to_event
 from stream.core.rules import decide
 from stream.core.state_rows import decode_summary, encode, split
-from stream.matcher import STATE_SCHEMA, Matcher
+from stream.matcher import Matcher
 from stream.settings import Settings
+from stream.worker_app import STATE_SCHEMA
 from tests.factories import T0, book, card_record
 
 
@@ -73,7 +74,7 @@ def test_faust_takes_the_store_serializer_from_the_value_type_not_the_schema(set
 
 def test_each_partition_store_has_bounded_memory(settings: Settings, codec: Codec) -> None:
     """Faust's defaults give each partition's store 3 x 64 MiB write buffers and a 2 GiB cache."""
-    from stream.matcher import STORE_OPTIONS
+    from stream.worker_app import STORE_OPTIONS
 
     matcher = Matcher(settings, codec)
     for table in (matcher.states, matcher.profiles):
