@@ -1,6 +1,6 @@
-"""A worker's Faust app and its tables' schemas and local stores: the settings Faust would get wrong by
-default for this pipeline, each with
-its reason. The matcher (``stream.matcher``) builds its agent, tables and timers on it.
+"""A worker's Faust app, and its tables' schemas and local stores: the settings Faust would get
+wrong by default for this pipeline, each with its reason. The matcher (``stream.matcher``) builds
+its agent, tables and timers on it.
 """
 
 from __future__ import annotations
