@@ -13,13 +13,16 @@ Order of one batch (the checkpoint order; never change it without changing the t
 
 A crash anywhere before 4 redelivers the batch; step 3 makes the replay a no-op. A row Postgres
 refuses (a constraint: a bug upstream) is isolated by splitting the batch and dead-lettered alone.
+
+Steps 1 and 2 of the next batch run while step 3 of this one waits for Postgres (at most one
+transaction in flight), so decoding and writing overlap; each batch's own order is the one above,
+and offsets are still committed batch after batch, each only after its own transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -27,6 +30,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
@@ -47,6 +51,10 @@ from topics.catalogue import Catalogue
 
 log = logging.getLogger(__name__)
 
+_JSON = msgspec.json.Encoder()
+# Messages decoded between two yields to the event loop while the previous batch is written: its statements
+# go out as soon as Postgres answers, not after the whole batch is decoded (256: about 8 ms of decoding).
+_DECODE_SLICE = 256
 _REFUSED = (asyncpg.exceptions.IntegrityConstraintViolationError, asyncpg.exceptions.DataError)
 
 
@@ -70,7 +78,7 @@ def staging_row(position: int, record: dict[str, Any], raw: bytes) -> tuple[Any,
         record["offer_id"],
         record["rule_version"],
         occurred_at,
-        json.dumps(record["explanation"], separators=(",", ":")),
+        _JSON.encode(record["explanation"]).decode(),  # msgspec: a sixth of json.dumps's time, the same jsonb
         hashlib.blake2b(raw[5:], digest_size=12).hexdigest(),
         record.get("beneficiary_id"),
     )
@@ -104,36 +112,67 @@ class Sink:
         await producer.start()
         await consumer.start()
         try:
-            while not self._stopping.is_set():
-                batches = await consumer.getmany(
-                    timeout_ms=self.settings.sink_batch_wait_ms, max_records=self.settings.sink_batch_size
-                )
-                records = [r for part in batches.values() for r in part]
-                if records:
-                    await self.handle(records, producer)
-                    await self._commit(consumer, batches)
-                await self._observe_lag(consumer)
+            await self._drain(consumer, producer)
         finally:
             await consumer.stop()
             await producer.stop()
             if self._connection is not None:
                 await self._connection.close()
 
+    async def _drain(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
+        """Steps 1 to 4, batch after batch, until stopped."""
+        # One batch is written while the next is fetched and decoded: the decoding (Python, this process) and
+        # the write (Postgres) overlap. Each batch still goes 2 -> 3 -> 4 in order, and its offsets are committed
+        # only after its own transaction; at most one transaction is in flight.
+        writing: tuple[asyncio.Task[None], dict[TopicPartition, list[ConsumerRecord]]] | None = None
+        try:
+            while not self._stopping.is_set():
+                batches = await consumer.getmany(
+                    timeout_ms=self.settings.sink_batch_wait_ms, max_records=self.settings.sink_batch_size
+                )
+                records = [r for part in batches.values() for r in part]
+                decoded = await self._decode(records, producer) if records else None
+                if writing is not None:
+                    await writing[0]
+                    await self._commit(consumer, writing[1])
+                    writing = None
+                if decoded is not None:
+                    writing = (asyncio.create_task(self._write(*decoded, producer)), batches)
+                await self._observe_lag(consumer)
+            if writing is not None:
+                await writing[0]
+                await self._commit(consumer, writing[1])
+                writing = None
+        finally:
+            if writing is not None:  # left by an error: its transaction rolls back and its offsets never moved
+                writing[0].cancel()
+                await asyncio.gather(writing[0], return_exceptions=True)
+
     async def handle(self, records: Sequence[ConsumerRecord], producer: AIOKafkaProducer) -> None:
         """Steps 2 and 3 of the module doc for one fetched batch."""
+        rows, sources = await self._decode(records, producer)
+        await self._write(rows, sources, producer)
+
+    async def _decode(
+        self, records: Sequence[ConsumerRecord], producer: AIOKafkaProducer
+    ) -> tuple[list[tuple[Any, ...]], list[ConsumerRecord]]:
+        """Step 2: the batch's staging rows and their messages; an undecodable message is dead-lettered."""
         rows: list[tuple[Any, ...]] = []
         sources: list[ConsumerRecord] = []
         for position, message in enumerate(records):
+            if position % _DECODE_SLICE == _DECODE_SLICE - 1:
+                await asyncio.sleep(0)  # let the batch being written take its next round trip meanwhile
             try:
                 _, record = self.codec.decode(message.value, expected_subject="accrual")
                 rows.append(staging_row(position, record, message.value))
                 sources.append(message)
             except DecodeError as error:
                 await self._dead_letter(producer, message, error.failure.value, error.detail)
-        if rows:
-            await self._write(rows, sources, producer)
+        return rows, sources
 
     async def _write(self, rows: list[tuple[Any, ...]], sources: list[ConsumerRecord], producer: AIOKafkaProducer) -> None:
+        if not rows:
+            return
         started = time.perf_counter()
         try:
             result = await self._with_retry(rows)
