@@ -114,8 +114,9 @@ class Batch:
     def drop(self, staged: Staged, error: BaseException) -> None:
         """A message left to be read again: nothing of it is sent, and its offset is not committed."""
         staged.flushed.fail(error)
-        if staged in self.messages:  # not when a flush in its middle dropped the batch already
-            self.messages.remove(staged)
+        if staged not in self.messages:  # a flush in its middle dropped the batch already
+            return
+        self.messages.remove(staged)
         for decision in staged.decisions:
             if decision.stored:
                 self._staged[decision.account_id] -= 1
