@@ -6,7 +6,9 @@ In order, on a log of the simulator's lifecycle mix (``stream.localstack.bench_s
 1. **raw**: a plain aiokafka loop over the preloaded card-event topics (consume, decode, build and
    encode an accrual, produce; ``stream.localstack.bench_baselines``), events/s;
 2. **worker**: ``stream worker``, one process, drains the same preloaded log from its start, the
-   sink not running; events/s by its own ``cashback_events_consumed_total``;
+   sink not running; events/s by its own ``cashback_events_consumed_total``. It folded the account
+   messages before the card events were published (then stopped, and started again on them), so
+   every purchase is decided with its account's profile, as the judgement assumes;
 3. **sink**: ``stream sink`` then drains the accruals the worker produced; new ledger entries/s by
    its own ``cashback_sink_entries_total{result="written"}``;
 4. **COPY**: asyncpg's ``copy_records_to_table`` of those ledger rows into a scratch ledger, rows/s;

@@ -111,11 +111,12 @@ async def publish_all(settings: Settings, catalogue: Catalogue, messages: list[M
         await producer.stop()
 
 
-async def preload(topics: TopicSet, log: BenchLog) -> None:
-    """The account messages (each to its account's partition), then the preloaded card events."""
+async def preload(topics: TopicSet, log: BenchLog, cards: bool = True) -> None:
+    """The account messages (each to its account's partition), then (``cards``) the preloaded card events."""
     settings, catalogue = topics.settings, topics.catalogue
     await publish_accounts(settings, catalogue, log.account_messages)
-    await publish_all(settings, catalogue, log.preloaded)
+    if cards:
+        await publish_all(settings, catalogue, log.preloaded)
 
 
 async def message_count(settings: Settings, topic_names: list[str]) -> int:
