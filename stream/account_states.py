@@ -2,19 +2,29 @@
 account, ``stream.core.state_rows``), the states in use kept whole in memory, and an index of when
 each account next falls due, so that a clock tick reads only the accounts it concerns.
 
-Everything here runs inside the agent (Faust keys a table write to the partition of the message
-being processed): reads and writes for an account happen while a message of its partition is.
+Everything here runs inside the agent: reads and writes for an account happen while a message of
+its partition is, and its writes go to that partition.
+
+A batch's writes wait here (``pending``) until the matcher's flush hands them to the table
+(``hand_over``): one summary per account and batch, however many of its events the batch holds,
+carrying every row the batch wrote for it, then those rows, then the deletions. The summary stays
+the commit point of all the account's steps in the batch (``stream.core.state_rows``): a changelog
+cut after it and before a row loses nothing, a cut before it leaves the batch's steps unwritten.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
-from stream.changelog_table import ChangelogTable
-from stream.core.state import AccountState
+import msgspec
+
+from stream.changelog_table import DELETED, ChangelogTable
+from stream.core.state import AccountState, Txn
 from stream.core.state_rows import (
-    Writes,
+    RecentRow,
+    Summary,
     assemble,
     carried,
     decode_summary,
@@ -31,6 +41,18 @@ from topics.catalogue import account_partition
 CACHED_ACCOUNTS = 4096
 
 
+@dataclass(slots=True)
+class Pending:
+    """An account's writes since the last hand-over: its last summary, every row written since (its
+    last value) and every row deleted since, on the partition they were made on."""
+
+    partition: int
+    state: AccountState
+    summary: Summary
+    rows: dict[str, Txn | RecentRow] = field(default_factory=dict)
+    deletes: set[str] = field(default_factory=set)
+
+
 class AccountStates:
     """Read, write and find due the states of the accounts of this worker's partitions."""
 
@@ -42,9 +64,13 @@ class AccountStates:
         # (to write again), and the slots of its recent events
         self._whole: OrderedDict[str, tuple[AccountState, bool, frozenset[str], dict[str, int]]] = OrderedDict()
         self._due: dict[int, dict[str, int]] = {}  # partition -> {account: due_ms}, once scanned
+        self.pending: dict[str, Pending] = {}  # account -> its writes not yet handed to the table
 
     def get(self, account_id: str) -> AccountState | None:
         """The account's state as the engine takes it (None: never seen)."""
+        pending = self.pending.get(account_id)
+        if pending is not None:
+            return pending.state
         held = self._whole.get(account_id)
         if held is not None:
             self._whole.move_to_end(account_id)
@@ -55,17 +81,27 @@ class AccountStates:
             self._keep(account_id, state, in_rows(stored), carried(stored), slots_of(stored))
         return state
 
-    def write(self, account_id: str, before: AccountState | None, after: AccountState) -> None:
-        """Write the step from ``before`` (what ``get`` returned) to ``after``: the summary first,
-        then the rows that changed, then the deletions (``stream.core.state_rows``). The writes are
-        sent to the changelog at once and reach the local store once the changelog has them
-        (``ChangelogTable.settle``, which the matcher awaits before the step's entries leave)."""
+    def write(self, account_id: str, before: AccountState | None, after: AccountState, partition: int) -> None:
+        """Write the step from ``before`` (what ``get`` returned) to ``after`` on ``partition``
+        (the account's: that of the message being processed). It waits in ``pending`` until the
+        next ``hand_over``; the table sends it to the changelog at the flush, and the local store
+        has it once the changelog acknowledged it (``ChangelogTable.settle``, which the matcher
+        awaits before the step's entries leave)."""
         held = self._whole.get(account_id)
         if held is not None and held[0] is before:
             writes = split(account_id, before, after, before_in_rows=held[1], rewrite=held[2], slots=held[3])
         else:  # not the state last read or written (never seen, or dropped from memory meanwhile)
             writes = split(account_id, before, after, before_in_rows=False)
-        self._write(account_id, writes)
+        pending = self.pending.get(account_id)
+        if pending is None:
+            pending = self.pending[account_id] = Pending(partition, after, writes.summary)
+        pending.state, pending.summary = after, writes.summary
+        for key, row in writes.rows.items():
+            pending.rows[key] = row
+            pending.deletes.discard(key)
+        for key in writes.deletes:
+            pending.rows.pop(key, None)
+            pending.deletes.add(key)
         self._keep(account_id, after, True, frozenset(), writes.slots)
         due = self._due.get(account_partition(account_id, self.partitions))
         if due is not None:
@@ -74,12 +110,26 @@ class AccountStates:
             else:
                 due[account_id] = after.due_ms
 
-    def _write(self, account_id: str, writes: Writes) -> None:
-        self.table[account_id] = encode(writes.summary)
-        for key, value in writes.rows.items():
-            self.table[key] = encode(value)
-        for key in writes.deletes:
-            del self.table[key]
+    def hand_over(self) -> list[str]:
+        """Stage every pending write in the table, account by account: its summary (carrying all
+        the rows the batch wrote for it), then those rows, then its deletions. Returns the accounts
+        (to ``forget_accounts`` should the table drop the writes)."""
+        table = self.table
+        accounts = list(self.pending)
+        for account_id, pending in self.pending.items():
+            summary = msgspec.structs.replace(pending.summary, fresh=dict(pending.rows))
+            table.stage(account_id, encode(summary), pending.partition)
+            for key, row in pending.rows.items():
+                table.stage(key, encode(row), pending.partition)
+            for key in pending.deletes:
+                table.stage(key, DELETED, pending.partition)
+        self.pending.clear()
+        return accounts
+
+    def drop_pending(self) -> None:
+        """The batch's writes were dropped: forget the pending accounts (read again from the store)."""
+        self.forget_accounts(self.pending)
+        self.pending.clear()
 
     def due(self, partition: int, now_ms: int) -> list[str]:
         """The accounts of ``partition`` with something due by ``now_ms``, the earliest first. The
@@ -111,6 +161,12 @@ class AccountStates:
                 stored = decode_summary(self.table.get(key))
                 if stored is not None and stored.due_ms is not None:
                     index[key] = stored.due_ms
+        for account_id, pending in self.pending.items():  # not in the store yet
+            if account_partition(account_id, self.partitions) == partition:
+                if pending.state.due_ms is None:
+                    index.pop(account_id, None)
+                else:
+                    index[account_id] = pending.state.due_ms
         return index
 
     def _keep(

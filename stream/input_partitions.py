@@ -10,6 +10,7 @@ partition was revoked while it waited is left to the partition's next owner (``s
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -35,15 +36,20 @@ class InputPartitions:
         app_id: str,
         card_topics: Iterable[str],
         lost: Callable[[Iterable[Any]], None],
+        handing_over: asyncio.Lock | None = None,
     ) -> None:
         """``card_topics``: those whose lag is reported; ``lost(partitions)``: partitions whose
-        state may change elsewhere from now on (revoked, or assigned anew)."""
+        state may change elsewhere from now on (revoked, or assigned anew); ``handing_over``: held
+        while table changes are handed to the producer, which a revocation waits for
+        (``stream.changelog_table``)."""
         self.app = app
         self.progress = app.progress
         self.broker_view = broker_view
         self.app_id = app_id
         self.card_topics = frozenset(card_topics)
         self.lost = lost
+        self.handing_over = handing_over or asyncio.Lock()
+        self.rebalances = 0  # revocations so far: a batch begun before one is dropped
         self.assigned: set[Any] = set()  # the input partitions this worker owns now
         self.current_tp: Any = None  # the partition of the message being processed
         self.processed = self._processed_at_watch = 0  # messages processed; at the last watch
@@ -91,20 +97,29 @@ class InputPartitions:
         self.progress.done(tp, offset, deliveries)
         self.processed += 1
 
-    def still_owned(self, partitions: Iterable[Any] | None = None) -> None:
+    def still_owned(self, partitions: Iterable[Any] | None = None, since: int | None = None) -> None:
         """Raise PartitionRevoked when the message being processed (or one of ``partitions``) lost
         its partition while it waited (Faust does not wait for the agent before a rebalance
-        completes: stream_wait_empty is off). Its next owner reads it from the committed offset;
-        deciding it here too would apply it twice, on two states."""
+        completes: stream_wait_empty is off), or when a rebalance happened after ``since`` (a
+        partition may have gone and come back, its state changed elsewhere meanwhile). Its next
+        owner reads it from the committed offset; deciding it here too would apply it twice, on
+        two states."""
         if self.current_tp is not None and self.current_tp not in self.assigned:
             raise PartitionRevoked(self.current_tp)
         lost = [tp for tp in partitions or () if tp not in self.assigned]
         if lost:
             raise PartitionRevoked(*lost)
+        if since is not None and since != self.rebalances:
+            raise PartitionRevoked(*(partitions or ()))
 
     async def _on_partitions_revoked(self, app: Any, revoked: set[Any], **_: Any) -> None:
-        """Commit what was accounted for (flushing first), then forget the revoked partitions."""
+        """Wait for table changes being handed to the producer, commit what was accounted for
+        (flushing the producer first, changes included), then forget the revoked partitions."""
         self.assigned.difference_update(revoked)
+        self.rebalances += 1
+        async with self.handing_over:  # Faust flushed the producer before this signal: again, for them
+            pass
+        await self.app.producer.flush()
         await self.app.consumer.commit()
         self.progress.forget(revoked)
         self.lost(revoked)

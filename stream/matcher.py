@@ -7,12 +7,13 @@ Per event, in this order:
    partition, offset and reason) and processing moves on;
 2. ``decide(event, offers, state)`` for the event's account (its profile joined from
    ``stream.account_profiles``, its campaign budgets granted through ``stream.granting``);
-3. write what the event changed of the account's state in the table (its summary, its
-   transaction and its recent-event slot: ``stream.account_states``), and stage its entries;
+3. write what the event changed of the account's state (its summary, its transaction and its
+   recent-event slot: ``stream.account_states``), and stage its entries;
 4. once the stream holds no more messages (or the batch is full), flush the batch
-   (``stream.outbox``): wait once until the table's changelog topic has every state the batch
-   wrote, then send the entries to the accruals topic (keyed by account, so co-partitioned with
-   the input) and account for the batch's messages.
+   (``stream.outbox``): hand the batch's states to the table (one summary per account), wait
+   once until the table's changelog topic has them all, then send the entries to the accruals
+   topic (keyed by account, so co-partitioned with the input) and account for the batch's
+   messages. Every record goes straight to the producer's Kafka client (``stream.producing``).
 
 Delivery is at-least-once: Faust flushes the producer (entries, dead letters and the table's
 changelog) before it commits the input offsets, so a crash redelivers, never loses. Which offsets
@@ -28,6 +29,7 @@ the recent events its account keeps with their entries, which a redelivery re-em
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -53,6 +55,7 @@ from stream.input_partitions import InputPartitions, PartitionRevoked
 from stream.metrics import EVENTS_CONSUMED
 from stream.offer_mirror import OfferMirror
 from stream.outbox import Decided, Outbox, Staged
+from stream.producing import AppSends
 from stream.settings import Settings
 from stream.store.budgets import BudgetStore, movement_id
 from stream.worker_app import PROFILE_SCHEMA, STATE_SCHEMA, STORE_OPTIONS, worker_app
@@ -100,8 +103,10 @@ class Matcher:
             acks=True,
         )
         self.clock = self.app.topic(self.topics.clock.name, key_serializer="raw", value_serializer="raw")
-        self.accruals = self.app.topic(self.topics.accruals.name, key_serializer="raw", value_serializer="raw")
-        self.dead_letters = self.app.topic(self.topics.dead_letters.name, key_serializer="raw", value_serializer="raw")
+        # Entries, dead letters and the tables' changes go straight to the producer (stream.producing).
+        self.sends = AppSends(self.app)
+        # Held while the tables' changes are handed to the producer; a revocation waits for it.
+        self.handing_over = asyncio.Lock()
         self.states = ChangelogTable(
             self.app,
             name=ACCOUNT_STATE_TABLE,
@@ -121,6 +126,7 @@ class Matcher:
             settings.app_id,
             self.input_subjects,
             lambda lost: self._lost(tp.partition for tp in lost if tp.topic == card_partitions),
+            self.handing_over,
         )
         # Segments and activations per account (stream.core.profiles), joined from their own topics.
         self.profiles = ChangelogTable(
@@ -132,6 +138,8 @@ class Matcher:
             beacon=self.app.tables.beacon,
         )
         self.app.tables.add(self.profiles)
+        for table in (self.states, self.profiles):
+            table.sends, table.handing_over = self.sends, self.handing_over
         self.account_profiles = AccountProfiles(
             self.profiles, codec, self.account_subjects, self.topics.authorizations.partitions
         )
@@ -146,7 +154,8 @@ class Matcher:
         # The messages processed since the last flush, and the entries they wait to send.
         self.outbox = Outbox(
             (self.states, self.profiles),
-            self.accruals,
+            self.sends,
+            self.topics.accruals.name,
             codec,
             self.inputs,
             self.accounts,
@@ -169,7 +178,7 @@ class Matcher:
         async for event in stream.events():
             message = event.message
             if await self.inputs.is_next(message.tp, message.offset):
-                self.current = staged = self.outbox.batch.start(message.tp, message.offset)
+                self.current = staged = self.outbox.start(message.tp, message.offset)
                 self.inputs.current_tp = message.tp
                 self.inputs.done(message.tp, message.offset, staged.deliveries)  # committable once flushed and delivered
                 try:
@@ -237,8 +246,10 @@ class Matcher:
             # before the changelog has it lets no entry out (the event is decided again, maybe in
             # another order of the two input topics, on the changelog's state); a crash after it
             # finds the event decided and sends the same entries again (the recent events keep them).
-            self.accounts.write(event.account_id, state, decision.state)
-        if decision.entries and self.current is not None:
+            self.accounts.write(event.account_id, state, decision.state, self.inputs.current_tp.partition)
+        # Every stored decision counts toward its account's room in the batch (with entries or not),
+        # so the batch's summary of the account names each of its decisions among its recent events.
+        if (decision.entries or stored) and self.current is not None:
             counted = decision.outcome is not Outcome.DUPLICATE
             self.outbox.batch.decided(self.current, Decided(event.account_id, decision.entries, stored, counted))
         EVENTS_CONSUMED.labels(event.event_type.value, decision.outcome.value).inc()
@@ -292,7 +303,7 @@ class Matcher:
         payload = dead_letter(
             self.codec, Stage.MATCHER, reason, detail, source.topic, source.partition, source.offset, source.key, source.value
         )
-        self._sent(await self.dead_letters.send(key=source.topic.encode(), value=payload, force=True))
+        self._sent(await self.sends.send(self.topics.dead_letters.name, source.topic.encode(), payload))
 
     def _sent(self, delivery: Any) -> None:
         """Keep a send's delivery future: the message's offset is committed only once it succeeded."""

@@ -2,15 +2,20 @@
 whose entries wait for the states to be on the changelog, and the decisions per account whose
 entries are sent but not yet known to be delivered.
 
-A flush waits once for the changelog to acknowledge every state the batch wrote, then sends the
-batch's entries and accounts for its messages, instead of one changelog round trip per event.
+A flush hands the batch's states to the table (one summary per account: ``stream.account_states``),
+waits once for the changelog to acknowledge them, then sends the batch's entries and accounts for
+its messages, instead of one changelog round trip per event. A rebalance during the batch drops it
+(its messages are read again): its states would otherwise reach the changelog after the partitions'
+next owner started reading it.
 
 How much may wait: a worker killed after an account's state reached the changelog and before that
 decision's entries were delivered restarts with decisions whose entries never left. A redelivered
 event re-emits its entries only while it is among its account's last ``RECENT_EVENTS_LIMIT``
-decisions (``stream.core.memory``), so an account never has more than that many decisions whose
-entries are staged or undelivered (``room``); an account's entries share a partition, so they are
-delivered in order.
+decisions (``stream.core.memory``), so an account never has more than that many decisions staged
+in the batch or with entries undelivered (``room_for``); an account's entries share a partition, so
+they are delivered in order. Staged decisions count whether they have entries or not: the batch's
+one summary of an account then names every decision of the batch among its recent events, so the
+changelog keeps the order an account's events were decided in.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Any
 
 from schemas.codec import Codec
 from stream.account_states import AccountStates
-from stream.changelog_table import ChangelogTable
+from stream.changelog_table import ChangelogTable, Sends
 from stream.core.entries import Entry
 from stream.input_partitions import InputPartitions, PartitionRevoked
 from stream.metrics import ACCRUALS, CASHBACK_AMOUNT
@@ -88,11 +93,13 @@ class Staged:
 
 
 class Batch:
-    """The messages processed since the last flush, in order."""
+    """The messages processed since the last flush, in order, and the rebalance count when the
+    first of them started (``InputPartitions.rebalances``)."""
 
     def __init__(self) -> None:
         self.messages: list[Staged] = []
         self._staged: Counter[str] = Counter()  # account -> its decisions that stored a state
+        self.rebalances: int | None = None
 
     def __len__(self) -> int:
         return len(self.messages)
@@ -180,7 +187,8 @@ class Outbox:
     def __init__(
         self,
         tables: Iterable[ChangelogTable],
-        accruals: Any,
+        sends: Sends,
+        accruals: str,
         codec: Codec,
         inputs: InputPartitions,
         accounts: AccountStates,
@@ -189,7 +197,8 @@ class Outbox:
     ) -> None:
         """``dropped``: called when a batch's writes are dropped, for what was read from them."""
         self.tables = tuple(tables)
-        self.accruals = accruals  # the accruals topic
+        self.sends = sends
+        self.accruals = accruals  # the accruals topic's name
         self.codec = codec
         self.inputs = inputs
         self.accounts = accounts
@@ -197,8 +206,14 @@ class Outbox:
         self.batch = Batch()
         self.in_flight = InFlightDecisions(limit)
 
+    def start(self, tp: Any, offset: int) -> Staged:
+        """A message starts to be processed, in the current batch."""
+        if self.batch.rebalances is None:
+            self.batch.rebalances = self.inputs.rebalances
+        return self.batch.start(tp, offset)
+
     async def room_for(self, account_id: str) -> None:
-        """Wait until the account has fewer than ``limit`` decisions whose entries are staged or
+        """Wait until the account has fewer than ``limit`` decisions staged or with entries
         undelivered: flush the batch, or wait for the account's oldest delivery."""
         while self.batch.staged(account_id) + self.in_flight.count(account_id) >= self.in_flight.limit:
             if self.batch.staged(account_id):
@@ -209,24 +224,30 @@ class Outbox:
     async def flush(self) -> None:
         """The batch's states on the changelog (one wait for all of them), then its entries sent,
         then its messages accounted for (their offsets committed once their sends are delivered).
-        A partition lost while a refused changelog write was retried drops the whole batch: its
-        messages are read again, by this worker or the partition's next owner."""
+        A rebalance since the batch started, or a partition lost while a refused changelog write
+        was retried, drops the whole batch: its messages are read again, by this worker or the
+        partition's next owner."""
         batch, self.batch = self.batch, Batch()
         partitions = batch.partitions()
 
         def still_owned() -> None:
-            self.inputs.still_owned(partitions)
+            self.inputs.still_owned(partitions, since=batch.rebalances)
 
+        written = self.accounts.hand_over()
         try:
             for table in self.tables:
                 await table.settle(still_owned)
         except PartitionRevoked as revoked:
             log.info("partitions %s revoked while the batch's states were written: left to be read again", partitions)
-            self.accounts.forget_accounts(batch.accounts())
+            self.accounts.forget_accounts(written)
             self.dropped()
             for staged in batch.messages:
                 staged.flushed.fail(revoked)
             return
+        except BaseException:  # the agent fails (its messages are read again): nothing of it is kept
+            self.accounts.forget_accounts(written)
+            self.dropped()
+            raise
         for staged in batch.messages:
             for decided in staged.decisions:
                 await self._send_entries(staged, decided)
@@ -240,11 +261,9 @@ class Outbox:
         account_key = decided.account_id.encode()
         sends = []
         for entry in decided.entries:
-            # Handed to the producer now; Faust still flushes the producer before committing the
-            # input offsets, so at-least-once holds.
-            sends.append(
-                await self.accruals.send(key=account_key, value=self.codec.encode("accrual", entry.record()), force=True)
-            )
+            # Handed to the producer now (keyed by account: the account's partition); Faust still
+            # flushes the producer before committing the input offsets, so at-least-once holds.
+            sends.append(await self.sends.send(self.accruals, account_key, self.codec.encode("accrual", entry.record())))
             if decided.counted:
                 ACCRUALS.labels(entry.entry_kind, entry.reward_kind).inc()
                 CASHBACK_AMOUNT.labels(entry.entry_kind, entry.reward_kind, entry.currency).inc(entry.amount_minor)

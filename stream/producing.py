@@ -1,12 +1,14 @@
 """Kafka producers, made one way: the project's reliability options and the security settings.
 
 ``producer`` is for processes that keep one (sink, simulator, API); ``send_once`` for commands
-that publish a few messages and stop (offers, accounts).
+that publish a few messages and stop (offers, accounts); ``AppSends`` for the worker's hot path,
+through its Faust app's producer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
@@ -37,3 +39,20 @@ async def send_once(settings: Settings, messages: Iterable[Message]) -> None:
         await client.flush()
     finally:
         await client.stop()
+
+
+class AppSends:
+    """Records of bytes sent through a Faust app's producer straight to its Kafka client: no
+    ``FutureMessage``, no buffer of pending messages, no serializers, no callbacks (that path cost
+    the worker about 40 microseconds a record). The producer is the app's, so Faust still flushes
+    these sends before it commits input offsets."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> Awaitable[Any]:
+        """Hand one record to the producer; returns its delivery (the record's metadata). Waits
+        only when the producer's buffer is full. ``partition`` None: the key's (murmur2, as Java
+        clients partition)."""
+        producer = self.app.producer
+        return await producer.send(topic, key, value, partition, None, None)

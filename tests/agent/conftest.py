@@ -3,8 +3,9 @@
 No broker: nothing here connects anywhere (the bootstrap address is a closed port). What is
 replaced, and why:
 
-- ``matcher.accruals.send`` and ``matcher.dead_letters.send`` record what the agent sends (the real
-  sends are covered by the integration tests against a real broker);
+- ``matcher.sends`` (the producer) records what the agent sends, by topic (the real sends are
+  covered by the integration tests against a real broker): entries and dead letters are delivered
+  at once, the tables' changelog writes wait (below);
 - the offer mirror is not run: its ``book`` is set directly and ``ready`` is set by the test;
 - the table's changelog writes are acknowledged at once (there is no broker to do it);
 - ``matcher.handle`` and ``matcher.outbox.flush`` are wrapped (the originals still do all the work) so a
@@ -21,8 +22,7 @@ replaced, and why:
   and the matcher owns every partition: the test wrapper numbers messages across all topics, and
   there is no consumer to seek. The accounting has its own tests (``tests/unit/test_progress.py``,
   ``tests/agent/test_guarded_consumer.py`` and the restart and chaos tests against a real broker).
-The table's changelog writes are real: they sit in the (never started) producer's buffer, where
-``AgentHarness.changelog()`` reads them.
+The table's changelog writes are real records, recorded where ``AgentHarness.changelog()`` reads them.
 """
 
 from __future__ import annotations
@@ -55,22 +55,41 @@ WAIT_S = 5.0  # upper bound of every wait for the agent; a passing test never ge
 
 @dataclass(frozen=True, slots=True)
 class Sent:
+    topic: str
     key: bytes | None
     value: bytes | None
-    force: bool
-    options: dict[str, Any]
+    partition: int | None
 
 
-class SendRecorder:
-    """Stands in for ``Topic.send``: records each call, sends nothing."""
+class RecordedSends:
+    """Stands in for the matcher's ``AppSends``: records each record, sends nothing. A changelog
+    write's delivery is left to the test (the tables' ``take_sends``); any other is delivered."""
 
-    def __init__(self) -> None:
+    def __init__(self, changelogs: set[str]) -> None:
+        self.changelogs = changelogs
         self.sent: list[Sent] = []
 
-    async def __call__(
-        self, *, key: bytes | None = None, value: bytes | None = None, force: bool = False, **options: Any
-    ) -> None:
-        self.sent.append(Sent(key, value, force, options))
+    async def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> Any:
+        self.sent.append(Sent(topic, key, value, partition))
+        delivery = asyncio.get_running_loop().create_future()
+        if topic not in self.changelogs:
+            delivery.set_result(None)
+        return delivery
+
+    def to(self, topic: str) -> TopicSends:
+        return TopicSends(self, topic)
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSends:
+    """What was sent to one topic."""
+
+    sends: RecordedSends
+    topic: str
+
+    @property
+    def sent(self) -> list[Sent]:
+        return [sent for sent in self.sends.sent if sent.topic == self.topic]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,10 +107,10 @@ class AgentHarness:
     matcher: Matcher
     agent: Any  # faust's AgentTestWrapper
     codec: Codec
-    accruals: SendRecorder
-    dead_letters: SendRecorder
+    sends: RecordedSends
+    accruals: TopicSends
+    dead_letters: TopicSends
     handled: list[Handled] = field(default_factory=list)
-    changelog_messages: list[tuple[bytes, Any, int]] = field(default_factory=list)
     flushing: int = 0  # flushes under way
     _done: asyncio.Condition = field(default_factory=asyncio.Condition)
     _failure: BaseException | None = None
@@ -173,15 +192,10 @@ class AgentHarness:
         return result
 
     def changelog(self) -> list[tuple[bytes, Any, int]]:
-        """Every write the table has queued for its changelog topic so far: (serialized key,
-        stored value bytes, partition). The producer is never started, so they wait in its buffer."""
-        pending = self.matcher.app.producer.buffer.pending
+        """Every write the state table has sent to its changelog topic so far: (serialized key,
+        stored value bytes, partition)."""
         changelog_topic = self.matcher.states.changelog_topic.get_topic_name()
-        while not pending.empty():
-            message = pending.get_nowait().message
-            if message.channel.get_topic_name() == changelog_topic:
-                self.changelog_messages.append((message.key, message.value, message.partition))
-        return list(self.changelog_messages)
+        return [(sent.key, sent.value, sent.partition) for sent in self.sends.to(changelog_topic).sent]  # type: ignore[misc]
 
     def summaries(self) -> list[tuple[bytes, Any, int]]:
         """The changelog's account summaries (``stream.core.state_rows``), without the rows."""
@@ -218,8 +232,8 @@ async def matcher(settings: Settings, codec: Codec) -> AsyncIterator[Matcher]:
     matcher.app.conf.autodiscover = False
     matcher.offers.book = book()  # the default: 5% at MCC 5411
     for table in (matcher.states, matcher.profiles):
-        # No broker: the changelog writes wait in the producer's buffer. The broker acknowledges
-        # each at once here; test_matcher_agent holds the acknowledgements back where it matters.
+        # No broker: the broker acknowledges each changelog write at once here; test_matcher_agent
+        # holds the acknowledgements back where it matters.
         table.take_sends = acked_at_once(table.take_sends)  # type: ignore[method-assign]
     yield matcher
     # Acking an event creates the app's consumer, whose (never started) consumer thread owns an
@@ -265,9 +279,8 @@ class EveryPartition(set):  # type: ignore[type-arg]
 
 @asynccontextmanager
 async def agent_harness(matcher: Matcher, codec: Codec, *, ready: bool = True) -> AsyncIterator[AgentHarness]:
-    accruals, dead_letters = SendRecorder(), SendRecorder()
-    matcher.accruals.send = accruals  # type: ignore[method-assign]
-    matcher.dead_letters.send = dead_letters  # type: ignore[method-assign]
+    sends = RecordedSends({table.changelog_topic.get_topic_name() for table in (matcher.states, matcher.profiles)})
+    matcher.sends.send = sends.send  # type: ignore[method-assign]
     if ready:
         matcher.offers.ready.set()
     # test_context starts the agent only, not the app: the app's tasks and timers (the offer
@@ -282,7 +295,8 @@ async def agent_harness(matcher: Matcher, codec: Codec, *, ready: bool = True) -
     matcher.inputs.progress = EveryOffsetInOrder()
     matcher.inputs.assigned = EveryPartition()
     async with matcher.agent.test_context() as agent:
-        harness = AgentHarness(matcher, agent, codec, accruals, dead_letters)
+        topics = matcher.topics
+        harness = AgentHarness(matcher, agent, codec, sends, sends.to(topics.accruals.name), sends.to(topics.dead_letters.name))
         original = matcher.handle
 
         async def handle(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> Outcome | None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from faust.types import TP
 from prometheus_client import REGISTRY
 
 from stream.core.events import luhn_valid
@@ -612,3 +613,56 @@ async def test_delivered_decisions_are_let_go_whatever_their_account() -> None:
     assert in_flight.count("acct-later") == 1  # never fewer than there are
     pending.set_result(None)
     assert in_flight.count("acct-slow") == 0 and len(in_flight) == 0
+
+
+async def test_a_batch_begun_before_a_rebalance_is_dropped_and_its_states_never_sent(harness: AgentHarness) -> None:
+    """Eager rebalancing takes every partition and may give them back at once: ownership alone
+    cannot tell that a partition went elsewhere meanwhile. A batch begun before a revocation is
+    dropped whole: no state of it reaches the changelog (the next owner may have read it already),
+    no entry leaves, its offsets are never committable, its accounts are read again."""
+    from stream.core.events import to_event
+    from stream.matcher import Source
+
+    matcher = harness.matcher
+    tp = TP(harness.auth_topic, 0)
+    matcher.inputs.assigned = {tp}
+    record = card_record(amount_minor=10_000, mcc="5411")
+    staged = matcher.current = matcher.outbox.start(tp, 0)
+    matcher.inputs.current_tp = tp
+    source = Source(harness.auth_topic, 0, 0, ACCOUNT_KEY, encode_auth(harness.codec, record))
+    assert await matcher._apply(to_event(record), None, source) is Outcome.EARNED
+    staged.complete, matcher.current = True, None
+    assert harness.state() is not None
+    matcher.inputs.rebalances += 1  # revoked, and given back by the same rebalance
+    await matcher.outbox.flush()
+    assert staged.flushed.done() and isinstance(staged.flushed.exception(), PartitionRevoked)
+    assert harness.changelog() == [] and harness.accruals.sent == []
+    assert harness.state() is None and matcher.accounts.pending == {}
+
+
+async def test_a_revocation_waits_for_the_changes_being_handed_to_the_producer(harness: AgentHarness) -> None:
+    """The tables' changes of a batch are handed to the producer under a lock; the revocation takes
+    it before it flushes the producer and commits, so none of them reaches the changelog after the
+    partitions went to their next owner."""
+    matcher = harness.matcher
+    tp = TP(harness.auth_topic, 0)
+    matcher.inputs.assigned = {tp}
+    steps: list[str] = []
+
+    async def flush() -> None:
+        steps.append("producer flushed")
+
+    async def commit() -> None:
+        steps.append("committed")
+
+    matcher.app.producer.flush = flush  # type: ignore[method-assign]
+    matcher.app.consumer.commit = commit  # type: ignore[method-assign]
+    await matcher.handing_over.acquire()
+    revoking = asyncio.create_task(matcher.inputs._on_partitions_revoked(matcher.app, {tp}))
+    await asyncio.sleep(0.05)
+    assert steps == [] and not revoking.done()
+    assert matcher.inputs.assigned == set(), "no hand-over may start once the revocation began"
+    steps.append("handed over")
+    matcher.handing_over.release()
+    await asyncio.wait_for(revoking, 1)
+    assert steps == ["handed over", "producer flushed", "committed"]

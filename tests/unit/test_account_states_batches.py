@@ -1,0 +1,126 @@
+"""A batch's writes per account (``stream.account_states``): one summary per account and batch,
+carrying every row the batch wrote, then the rows, then the deletions. Whatever prefix of a batch's
+writes the changelog holds when a worker dies, the state read back is the one before the batch or
+the one after it, never a mix of the two."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from stream.account_states import AccountStates
+from stream.changelog_table import DELETED
+from stream.core.events import CardEvent
+from stream.core.memory import RECENT_EVENTS_LIMIT
+from stream.core.rules import decide
+from stream.core.state import AccountState
+from stream.core.state_rows import assemble, decode_summary, is_summary_key
+from tests.unit.test_rules_properties import OFFER_BOOKS, OFFER_NAMES, PROFILE, SEEDED, event_sequences, fillers
+
+ACCOUNT = "acct-1"
+PARTITION = 2
+
+
+class StagedTable:
+    """The part of ``ChangelogTable`` the account states use: what is staged, in order, and a
+    store holding what was settled."""
+
+    def __init__(self) -> None:
+        self.store: dict[str, bytes] = {}
+        self.staged: list[tuple[str, Any, int]] = []
+
+    def stage(self, key: str, value: Any, partition: int) -> None:
+        self.staged.append((key, value, partition))
+
+    def get(self, key: str) -> Any:
+        return self.store.get(key)
+
+    def keys(self) -> list[str]:
+        return list(self.store)
+
+    def settle(self, upto: int | None = None) -> None:
+        """The changelog has the first ``upto`` staged writes (all: None), read back into a store."""
+        for key, value, _ in self.staged[:upto]:
+            if value is DELETED:
+                self.store.pop(key, None)
+            else:
+                self.store[key] = value
+        self.staged.clear()
+
+
+def read_back(store: dict[str, bytes]) -> AccountState | None:
+    return assemble(ACCOUNT, decode_summary(store.get(ACCOUNT)), store.get)
+
+
+@SEEDED
+@given(offers_name=OFFER_NAMES, events=event_sequences(multi_clearing=True), data=st.data())
+def test_any_cut_of_a_batch_reads_back_as_before_or_after_it(
+    offers_name: str, events: list[CardEvent], data: st.DataObject
+) -> None:
+    offers = OFFER_BOOKS[offers_name]
+    sequence = list(events) + fillers(data.draw(st.sampled_from((0, 3, RECENT_EVENTS_LIMIT + 2))), start=1_000)
+    table = StagedTable()
+    accounts = AccountStates(table, partitions=4)  # type: ignore[arg-type]
+    before: AccountState | None = None
+    position = 0
+    while position < len(sequence):
+        size = data.draw(st.integers(1, 8), label="batch size")
+        for event in sequence[position : position + size]:
+            state = accounts.get(ACCOUNT)
+            after = decide(event, offers, state, PROFILE).state
+            if after is not state:
+                accounts.write(ACCOUNT, state, after, PARTITION)
+        position += size
+        expected = accounts.get(ACCOUNT)
+        handed = accounts.hand_over()
+        staged = list(table.staged)
+        assert handed == ([ACCOUNT] if staged else [])
+        if not staged:
+            continue
+        summaries = [key for key, _, _ in staged if is_summary_key(key)]
+        assert summaries == [ACCOUNT] and staged[0][0] == ACCOUNT  # one summary, first
+        assert {partition for _, _, partition in staged} == {PARTITION}
+        for cut in range(len(staged)):
+            trial = dict(table.store)
+            for key, value, _ in staged[:cut]:
+                if value is DELETED:
+                    trial.pop(key, None)
+                else:
+                    trial[key] = value
+            assert read_back(trial) == (before if cut == 0 else expected)
+        if data.draw(st.integers(0, 4)) == 0:
+            # the worker dies with a part of the batch on the changelog: a new one reads it back
+            table.settle(upto=data.draw(st.integers(1, len(staged))))
+            accounts = AccountStates(table, partitions=4)  # type: ignore[arg-type]
+        else:
+            table.settle()
+        assert read_back(table.store) == expected
+        before = expected
+
+
+def test_a_pending_state_is_read_even_when_the_memory_let_it_go() -> None:
+    """The states kept whole are bounded; one whose writes wait for the flush is still the one read."""
+    table = StagedTable()
+    accounts = AccountStates(table, partitions=4, cached=1)  # type: ignore[arg-type]
+    offers = OFFER_BOOKS["grocery-5"]
+    first, second = fillers(2, start=0)
+    after = decide(first, offers, None, PROFILE).state
+    accounts.write(ACCOUNT, None, after, PARTITION)
+    accounts._keep("acct-2", after, True, frozenset(), {})  # another account takes the only place
+    assert accounts.get(ACCOUNT) is after
+    then = decide(second, offers, after, PROFILE).state
+    accounts.write(ACCOUNT, after, then, PARTITION)
+    assert accounts.hand_over() == [ACCOUNT]
+    table.settle()
+    assert read_back(table.store) == then
+
+
+def test_a_dropped_batch_forgets_its_accounts() -> None:
+    table = StagedTable()
+    accounts = AccountStates(table, partitions=4)  # type: ignore[arg-type]
+    [event] = fillers(1, start=0)
+    accounts.write(ACCOUNT, None, decide(event, OFFER_BOOKS["grocery-5"], None, PROFILE).state, PARTITION)
+    accounts.drop_pending()
+    assert accounts.pending == {} and accounts.get(ACCOUNT) is None
