@@ -4,9 +4,11 @@ the live offers, and offer activation.
 Reads balances and history from Postgres; holds the offers topic in memory (as every worker does)
 and publishes activations to their topic, partitioned like the account's card events. OpenAPI at
 ``/openapi.json`` (interactive at ``/docs``); the answers' models are in ``stream.api_models``.
-Authentication of bank-app clients is a later issue:
-the routes take the account id and nothing else, so an auth dependency can be added in one place
-(``account_scope``).
+
+Every route but ``/healthz``, ``/readyz``, ``/metrics`` and the OpenAPI document needs a bearer
+token (``stream.auth`` checks it and says what it may do): no valid token is a 401, a token without the route's scope a
+403, and an account the token does not act for the same 404 as an account never seen. The live
+offers need a valid token and no scope: they are what bank apps show every customer.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from stream.api_models import (
     OfferSummary,
     Problem,
 )
+from stream.auth import ACCOUNTS_READ, OFFERS_ACTIVATE, OPERATIONS, SCOPES, Authenticator, InvalidToken, Principal
 from stream.core.money import format_minor
 from stream.core.offers import Offer
 from stream.metrics import API_REQUESTS
@@ -56,6 +59,31 @@ CHARITY_ID = Path(..., min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+
 OFFER_ID = Path(..., min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$", description="An offer id.")
 ACCOUNT_ID = Path(..., min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$", description="The bank's account id.")
 
+BEARER = "bearerAuth"  # the OpenAPI security scheme
+
+
+def _no_cashback(account_id: str) -> HTTPException:
+    """The 404 of an account never seen, and of an account the token does not act for: the same."""
+    return HTTPException(status_code=404, detail=f"account {account_id} has no cashback")
+
+
+def _secured(*alternatives: str, not_found: str | None = None) -> dict[str, Any]:
+    """A protected route's OpenAPI: its security requirement (any one of ``alternatives``' scopes; none:
+    any valid token) and its 401, 403 and 404 answers."""
+    responses: dict[int | str, dict[str, Any]] = {
+        401: {
+            "model": Problem,
+            "description": "No valid bearer token: missing, malformed, expired, signed by an "
+            "unknown key, or for another issuer or audience (see WWW-Authenticate).",
+        },
+    }
+    if alternatives:
+        responses[403] = {"model": Problem, "description": f"The token has none of the scopes {', '.join(alternatives)}."}
+    if not_found:
+        responses[404] = {"model": Problem, "description": not_found}
+    security = [{BEARER: [scope]} for scope in alternatives] or [{BEARER: []}]
+    return {"responses": responses, "openapi_extra": {"security": security}}
+
 
 def _encode_cursor(entry_seq: int) -> str:
     return base64.urlsafe_b64encode(str(entry_seq).encode()).decode()
@@ -71,9 +99,11 @@ def _decode_cursor(cursor: str) -> int:
     return value
 
 
-def create_app(settings: Settings, codec: Codec, topics: Catalogue) -> FastAPI:
+def create_app(settings: Settings, codec: Codec, topics: Catalogue, authenticator: Authenticator | None = None) -> FastAPI:
     """The API over ``settings``' servers, with the process's codec and topic catalogue (built
-    once, by ``stream.composition.System``)."""
+    once, by ``stream.composition.System``), checking tokens with ``authenticator`` (default: the
+    one the settings describe, its keys loaded now; ConfigError naming the variable if it cannot be)."""
+    auth = authenticator or Authenticator.from_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -84,6 +114,13 @@ def create_app(settings: Settings, codec: Codec, topics: Catalogue) -> FastAPI:
         mirror = asyncio.create_task(app.state.offers.run())
         app.state.producer = make_producer(settings)
         await app.state.producer.start()
+        log.info(
+            "bearer tokens of %s for %s, signed by keys of %s: %s",
+            auth.issuer,
+            auth.audience,
+            auth.keys.source,
+            auth.keys.describe(),
+        )
         try:
             yield
         finally:
@@ -106,25 +143,77 @@ def create_app(settings: Settings, codec: Codec, topics: Catalogue) -> FastAPI:
         API_REQUESTS.labels(getattr(route, "path", "unmatched"), str(response.status_code)).inc()
         return response
 
+    generate_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = generate_openapi()
+        schema.setdefault("components", {}).setdefault("securitySchemes", {})[BEARER] = {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "JWT",
+            "description": "An OAuth2 access token (JWT) from the bank's identity provider. Its `scope` claim (space "
+            "separated) grants: " + "; ".join(f"`{name}` {text}" for name, text in SCOPES.items()) + ". Any valid token "
+            "reads the live offers.",
+        }
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
     def pool(request: Request) -> asyncpg.Pool:
         return request.app.state.pool
 
-    async def account_scope(account_id: str = ACCOUNT_ID) -> str:
-        """The account this request may read. The seam for bank-app authentication."""
+    async def principal(request: Request) -> Principal:
+        """The caller the request's bearer token names; 401 without a valid one. The token is never logged."""
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer":
+            raise HTTPException(401, "missing bearer token (Authorization: Bearer <token>)", {"WWW-Authenticate": "Bearer"})
+        try:
+            return await auth.authenticate(token.strip())
+        except InvalidToken as refused:
+            log.debug("bearer token refused: %s", refused)
+            challenge = f'Bearer error="invalid_token", error_description="{refused}"'
+            raise HTTPException(401, str(refused), {"WWW-Authenticate": challenge}) from None
+
+    def scoped(*alternatives: str) -> Any:
+        """A dependency: the caller, if its token has one of ``alternatives``' scopes (else 403)."""
+
+        async def check(who: Principal = Depends(principal)) -> Principal:
+            if not who.has_any(alternatives):
+                challenge = f'Bearer error="insufficient_scope", scope="{" ".join(alternatives)}"'
+                detail = f"the token has none of the scopes {', '.join(alternatives)}"
+                raise HTTPException(403, detail, {"WWW-Authenticate": challenge})
+            return who
+
+        return check
+
+    readers, operators, activators = scoped(ACCOUNTS_READ, OPERATIONS), scoped(OPERATIONS), scoped(OFFERS_ACTIVATE)
+
+    async def readable_account(account_id: str = ACCOUNT_ID, who: Principal = Depends(readers)) -> str:
+        """The path's account, if the token may read it; else the 404 of an account never seen."""
+        if not who.may_read(account_id):
+            raise _no_cashback(account_id)
         return account_id
 
-    not_found: dict[int | str, dict[str, Any]] = {
-        404: {"model": Problem, "description": "An account the system has never seen: no ledger entry, no purchase."}
-    }
+    async def activatable_account(account_id: str = ACCOUNT_ID, who: Principal = Depends(activators)) -> str:
+        """The path's account, if the token acts for it; else the 404 of an account never seen."""
+        if not who.may_activate_for(account_id):
+            raise _no_cashback(account_id)
+        return account_id
 
-    @app.get("/v1/accounts/{account_id}/balances", response_model=Balances, responses=not_found)
-    async def get_balances(account_id: str = Depends(account_scope), db: asyncpg.Pool = Depends(pool)) -> Balances:
+    unknown_account = "An account the system has never seen (no ledger entry, no purchase), or one the token does not act for."
+
+    @app.get(
+        "/v1/accounts/{account_id}/balances",
+        response_model=Balances,
+        **_secured(ACCOUNTS_READ, OPERATIONS, not_found=unknown_account),
+    )
+    async def get_balances(account_id: str = Depends(readable_account), db: asyncpg.Pool = Depends(pool)) -> Balances:
         """The account's balances per reward kind and unit. An account the system has seen whose
         purchases earned nothing (its history has only NOT_EARNED lines) has no line: 200 with an
         empty list, every balance zero. An account never seen is a 404, as for its history."""
         rows = await reads.balances(db, account_id)
         if not rows and not await reads.account_seen(db, account_id):
-            raise HTTPException(status_code=404, detail=f"account {account_id} has no cashback")
+            raise _no_cashback(account_id)
         return Balances(
             account_id=account_id,
             balances=[
@@ -143,9 +232,13 @@ def create_app(settings: Settings, codec: Codec, topics: Catalogue) -> FastAPI:
             ],
         )
 
-    @app.get("/v1/accounts/{account_id}/history", response_model=History, responses=not_found)
+    @app.get(
+        "/v1/accounts/{account_id}/history",
+        response_model=History,
+        **_secured(ACCOUNTS_READ, OPERATIONS, not_found=unknown_account),
+    )
     async def get_history(
-        account_id: str = Depends(account_scope),
+        account_id: str = Depends(readable_account),
         limit: int = Query(50, ge=1, le=500, description="Lines per page, newest first."),
         cursor: str | None = Query(None, max_length=64, description="next_cursor of the previous page."),
         db: asyncpg.Pool = Depends(pool),
@@ -153,7 +246,7 @@ def create_app(settings: Settings, codec: Codec, topics: Catalogue) -> FastAPI:
         before = _decode_cursor(cursor) if cursor else None
         rows = await reads.history(db, account_id, before, limit + 1)
         if not rows and before is None:
-            raise HTTPException(status_code=404, detail=f"account {account_id} has no cashback")
+            raise _no_cashback(account_id)
         page = rows[:limit]
         return History(
             account_id=account_id,
@@ -170,17 +263,24 @@ def create_app(settings: Settings, codec: Codec, topics: Catalogue) -> FastAPI:
     @app.get(
         "/v1/charities/{charity_id}/donations",
         response_model=list[Donations],
-        responses={404: {"model": Problem, "description": "No charity reward ever named this charity."}},
+        dependencies=[Depends(operators)],
+        **_secured(OPERATIONS, not_found="No charity reward ever named this charity."),
     )
     async def get_donations(charity_id: str = CHARITY_ID, db: asyncpg.Pool = Depends(pool)) -> list[Donations]:
         """What customers' charity rewards gave a charity and have promised it, per currency, each
-        amount counted once (a reward is promised, then donated, never both)."""
+        amount counted once (a reward is promised, then donated, never both). An aggregate over every
+        customer: for operations (scope cashback:operations)."""
         rows = await reads.donations(db, charity_id)
         if not rows:
             raise HTTPException(status_code=404, detail=f"nothing donated to charity {charity_id}")
         return [Donations(**dict(row)) for row in rows]
 
-    @app.get("/v1/operations/ledger-conflicts", response_model=LedgerConflicts)
+    @app.get(
+        "/v1/operations/ledger-conflicts",
+        response_model=LedgerConflicts,
+        dependencies=[Depends(operators)],
+        **_secured(OPERATIONS),
+    )
     async def get_ledger_conflicts(
         limit: int = Query(50, ge=1, le=500, description="Conflicts per page, newest first."),
         cursor: str | None = Query(None, max_length=64, description="next_cursor of the previous page."),
@@ -202,27 +302,31 @@ def create_app(settings: Settings, codec: Codec, topics: Catalogue) -> FastAPI:
             raise HTTPException(status_code=404, detail=f"offer {offer_id} does not exist")
         return offer
 
-    @app.get("/v1/offers", response_model=list[OfferSummary])
+    @app.get("/v1/offers", response_model=list[OfferSummary], dependencies=[Depends(principal)], **_secured())
     async def get_offers(request: Request) -> list[OfferSummary]:
-        """The live offers, as every worker holds them."""
+        """The live offers, as every worker holds them: for any valid token, whatever its scopes."""
         return [OfferSummary.of(offer) for offer in request.app.state.offers.book.offers]
+
+    no_offer = "No such offer, or an account the token does not act for."
 
     @app.put(
         "/v1/accounts/{account_id}/offers/{offer_id}/activation",
         response_model=Activation,
         status_code=200,
-        responses={404: {"model": Problem, "description": "No such offer."}},
+        **_secured(OFFERS_ACTIVATE, not_found=no_offer),
     )
-    async def activate(request: Request, account_id: str = Depends(account_scope), offer_id: str = OFFER_ID) -> Activation:
+    async def activate(request: Request, account_id: str = Depends(activatable_account), offer_id: str = OFFER_ID) -> Activation:
         """Activate an offer for the account: purchases from now on count (idempotent)."""
         return await set_activation(request, account_id, live_offer(request, offer_id).offer_id, True)
 
     @app.delete(
         "/v1/accounts/{account_id}/offers/{offer_id}/activation",
         response_model=Activation,
-        responses={404: {"model": Problem, "description": "No such offer."}},
+        **_secured(OFFERS_ACTIVATE, not_found=no_offer),
     )
-    async def deactivate(request: Request, account_id: str = Depends(account_scope), offer_id: str = OFFER_ID) -> Activation:
+    async def deactivate(
+        request: Request, account_id: str = Depends(activatable_account), offer_id: str = OFFER_ID
+    ) -> Activation:
         """Deactivate an offer for the account: later purchases no longer count."""
         return await set_activation(request, account_id, live_offer(request, offer_id).offer_id, False)
 

@@ -126,6 +126,22 @@ def parser() -> argparse.ArgumentParser:
     local.add_argument("--keep-data", action="store_true", help="keep the run's data directory")
     local.set_defaults(run=commands.local)
 
+    token = subcommands.add_parser(
+        "token",
+        help="sign a bearer token for the balance API with a private key file (the local stack's, or a test key)",
+    )
+    token.add_argument("--key", required=True, metavar="FILE", help="the private key (PEM: ES256 P-256, RS256 or Ed25519)")
+    token.add_argument("--kid", type=_text, help="the key id in the API's JWKS (default: the key's RFC 7638 thumbprint)")
+    token.add_argument("--issuer", type=_text, help="the iss claim (default: API_AUTH_ISSUER)")
+    token.add_argument("--audience", type=_text, help="the aud claim (default: API_AUTH_AUDIENCE)")
+    token.add_argument(
+        "--account", dest="accounts", action="append", type=_text, default=[], help="an account it acts for (repeat)"
+    )
+    token.add_argument("--scope", dest="scopes", action="append", type=_text, default=[], help="a scope it carries (repeat)")
+    token.add_argument("--subject", type=_text, default="cashback-cli", help="the sub claim")
+    token.add_argument("--ttl", type=SECONDS, default=3600.0, help="seconds until it expires")
+    token.set_defaults(run=commands.token)
+
     subcommands.add_parser("config", help="print the environment variables").set_defaults(run=commands.config)
     return root
 

@@ -119,6 +119,39 @@ def local(system: System, args: argparse.Namespace) -> None:
     ).run()
 
 
+def token(system: System, args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from stream.localstack.tokens import SigningKey, mint
+
+    settings = system.settings
+    issuer = args.issuer or settings.api_auth_issuer
+    if not issuer:
+        raise UsageError("no issuer: pass --issuer or set API_AUTH_ISSUER")
+    try:
+        key = SigningKey.from_pem(Path(args.key).read_bytes(), kid=args.kid)
+    except FileNotFoundError:
+        raise UsageError(f"key file {args.key}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"key file {args.key}: is a directory, not a PEM file") from None
+    except OSError as error:
+        raise UsageError(f"key file {args.key}: cannot read it ({error.strerror})") from None
+    except ValueError as error:
+        raise UsageError(f"key file {args.key}: not a usable private key ({error})") from None
+    audience = args.audience or settings.api_auth_audience
+    print(
+        mint(
+            key,
+            issuer=issuer,
+            audience=audience,
+            scopes=args.scopes,
+            accounts=args.accounts,
+            subject=args.subject,
+            ttl_s=args.ttl,
+        )
+    )
+
+
 def config(system: System | None, args: argparse.Namespace) -> None:
     from stream.settings import documentation_table
 

@@ -193,15 +193,18 @@ class System:
         run_until_signalled(main)
 
     def run_api(self) -> None:
-        """The balance API process (uvicorn), the schema migrated first."""
+        """The balance API process (uvicorn): its token keys loaded (ConfigError naming API_AUTH_* if
+        they cannot be, before anything else), the schema migrated, then served."""
         import uvicorn
 
         from stream.api import create_app
+        from stream.auth import Authenticator
 
         settings = self.settings
+        authenticator = Authenticator.from_settings(settings)
         asyncio.run(self.migrate_database())
         uvicorn.run(
-            create_app(settings, self.codec, self.catalogue),
+            create_app(settings, self.codec, self.catalogue, authenticator),
             host=settings.api_host,
             port=settings.api_port,
             log_level=settings.log_level.lower(),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -79,6 +80,25 @@ class Settings(BaseSettings):
     metrics_port: int = Field(0, ge=0, le=65535, description="Port of this process's /metrics (0: none for the worker and sink).")
     api_host: str = Field("127.0.0.1", description="Address the balance API listens on.")
     api_port: int = Field(8080, ge=0, le=65535, description="Port of the balance API.")
+    api_auth_jwks: str | None = Field(
+        None,
+        description="The keys that sign the balance API's bearer tokens: a JWKS file path or http(s) URL; the API refuses to start without it.",
+    )
+    api_auth_issuer: str | None = Field(
+        None, description="The issuer (iss) the API's bearer tokens must name; the API refuses to start without it."
+    )
+    api_auth_audience: str = Field(
+        "cashback-api", min_length=1, description="The audience (aud) the API's bearer tokens must name."
+    )
+    api_auth_leeway_s: float = Field(
+        30.0, ge=0, le=300, description="Clock skew allowed when the API checks a token's exp, nbf and iat, in seconds."
+    )
+    api_auth_jwks_max_age_s: float = Field(
+        300.0,
+        ge=10,
+        le=86_400,
+        description="Seconds the API keeps its copy of the JWKS; a token naming an unknown key fetches it again (at most every 30 s).",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level of every process.")
 
     @field_validator("kafka_bootstrap_servers")
@@ -88,6 +108,19 @@ class Settings(BaseSettings):
             host, _, port = server.strip().rpartition(":")
             if not host or not port.isdigit():
                 raise ValueError(f"expected host:port, got {server.strip()!r}")
+        return value
+
+    @field_validator("api_auth_jwks")
+    @classmethod
+    def _jwks_is_a_path_or_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.strip():
+            raise ValueError("expected a JWKS file path or an http(s) URL, got an empty value")
+        if "://" in value:
+            parts = urlsplit(value)
+            if parts.scheme not in ("https", "http") or not parts.hostname:
+                raise ValueError(f"expected an https:// or http:// URL with a host, got {value!r}")
         return value
 
     @classmethod

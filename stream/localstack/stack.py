@@ -11,6 +11,10 @@ Demo data goes only where the stack owns the servers: with its own Kafka and Pos
 example offers and runs the simulator by default; when either server is an existing one (the
 variables are set), it loads no offers and simulates nothing unless told to (``offers`` /
 ``simulator``), so a real cluster never receives demo offers or simulated card traffic.
+
+The stack's API trusts one key only, made for the run (``auth/`` in the data directory: the
+private key and the JWKS the API reads), whatever API_AUTH_* say; the banner prints a customer
+token for the demo account and an operations token, signed with it and valid for 12 hours.
 """
 
 from __future__ import annotations
@@ -32,11 +36,13 @@ from stream.core.offers import Offer
 from stream.localstack.kafka import DEFAULT_CACHE_DIR, KafkaBroker
 from stream.localstack.postgres import EmbeddedPostgres
 from stream.localstack.process import free_port, spawn, terminate
+from stream.localstack.tokens import DEMO_TTL_S, LOCAL_ISSUER, SigningKey, mint, write_jwks
 from stream.offer_admin import publish_offers
 
 READY_LINE = "cashback local stack is up"
 OFFERS_EXAMPLES = "examples"  # ``offers``: the example offers (deploy/offers/example.yaml)
 OFFERS_NONE = "none"  # ``offers``: publish none
+DEMO_ACCOUNT = "acct-000001"
 
 
 @dataclass
@@ -65,6 +71,7 @@ class LocalStack:
         self._offers_file: Path | None = None
         self._offers: list[Offer] = []
         self._simulate = False
+        self._tokens: dict[str, str] = {}
 
     def _offers_given(self) -> None:
         """Read an offers file named explicitly before anything starts (UsageError if it is bad)."""
@@ -158,19 +165,53 @@ class LocalStack:
             output.close()
         self.children.append(Child(name, process, log_path, required))
 
+    def _auth_env(self) -> dict[str, str]:
+        """The API's token settings: a key pair made for this run, its JWKS, and the banner's tokens."""
+        from stream.auth import ACCOUNTS_READ, OFFERS_ACTIVATE, OPERATIONS
+        from stream.settings import Settings
+
+        directory = self.data_dir / "auth"
+        key = SigningKey.generate()
+        key.write_private(directory / "signing-key.pem")
+        write_jwks(directory / "jwks.json", [key])
+        audience = Settings.model_fields["api_auth_audience"].default
+        self._tokens = {
+            "customer": mint(
+                key,
+                issuer=LOCAL_ISSUER,
+                audience=audience,
+                scopes=[ACCOUNTS_READ, OFFERS_ACTIVATE],
+                accounts=[DEMO_ACCOUNT],
+                subject="demo-bank-app",
+                ttl_s=DEMO_TTL_S,
+            ),
+            "operations": mint(
+                key, issuer=LOCAL_ISSUER, audience=audience, scopes=[OPERATIONS], subject="demo-operator", ttl_s=DEMO_TTL_S
+            ),
+        }
+        return {"API_AUTH_JWKS": str(directory / "jwks.json"), "API_AUTH_ISSUER": LOCAL_ISSUER, "API_AUTH_AUDIENCE": audience}
+
     def _start_children(self, env: dict[str, str]) -> None:
         cli = [sys.executable, "-m", "stream"]
         ports = {name: free_port() for name in ("worker", "sink", "api")}
         self._spawn("worker", cli + ["worker"], {**env, "METRICS_PORT": str(ports["worker"])})
         self._spawn("sink", cli + ["sink"], {**env, "METRICS_PORT": str(ports["sink"])})
-        self._spawn("api", cli + ["api"], {**env, "API_PORT": str(ports["api"]), "API_HOST": "127.0.0.1"})
+        api_env = {**env, **self._auth_env(), "API_PORT": str(ports["api"]), "API_HOST": "127.0.0.1"}
+        self._spawn("api", cli + ["api"], api_env)
         prometheus = self._start_prometheus(ports)
         api = f"http://127.0.0.1:{ports['api']}"
         self._wait_ready(f"{api}/readyz")
+        hours = f"{DEMO_TTL_S // 3600} h"
         self._say(
             f"\n{READY_LINE}\n"
-            f"  balance API   {api}/v1/accounts/acct-000001/balances   (docs: {api}/docs)\n"
-            f"  history       {api}/v1/accounts/acct-000001/history\n"
+            f"  balance API   {api}/v1/accounts/{DEMO_ACCOUNT}/balances   (docs: {api}/docs)\n"
+            f"  history       {api}/v1/accounts/{DEMO_ACCOUNT}/history\n"
+            f"  token         {self._tokens['customer']}\n"
+            f"                ({DEMO_ACCOUNT}: accounts.read, offers.activate; {hours})\n"
+            f"  ops token     {self._tokens['operations']}\n"
+            f"                (cashback:operations: any account, /v1/operations/*, donations; {hours})\n"
+            f'  try           curl -H "Authorization: Bearer {self._tokens["customer"]}" {api}/v1/accounts/{DEMO_ACCOUNT}/balances\n'
+            f"                (more tokens: {self._token_command()})\n"
             f"  metrics       worker http://127.0.0.1:{ports['worker']}/metrics  sink http://127.0.0.1:{ports['sink']}/metrics  api {api}/metrics\n"
             + (
                 f"  prometheus    {prometheus}\n"
@@ -185,6 +226,16 @@ class LocalStack:
         if self._simulate:
             simulate = cli + ["simulate", "--rate", str(self.rate), "--purchases", str(self.purchases)]
             self._spawn("simulator", simulate, env, required=False, to_log=False)
+
+    def _token_command(self) -> str:
+        """The command that mints another token for this stack's API, runnable from any shell."""
+        import shlex
+
+        key = shlex.quote(str(self.data_dir / "auth" / "signing-key.pem"))
+        return (
+            f"{shlex.quote(sys.executable)} -m stream token --key {key} --issuer {LOCAL_ISSUER} "
+            f"--account {DEMO_ACCOUNT} --scope cashback:accounts.read"
+        )
 
     @staticmethod
     def _dead_letters_command(env: dict[str, str]) -> str:

@@ -1,7 +1,9 @@
 """Integration fixtures: one real Kafka broker and one real Postgres per test session.
 
 They are started by the tests themselves (never skipped): KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL
-point the tests at existing servers instead.
+point the tests at existing servers instead. The balance API of every test trusts one signing key,
+made for the session (``API_KEY``, never written outside the session's directories); ``api_headers``
+mints a bearer token with it.
 """
 
 from __future__ import annotations
@@ -13,19 +15,46 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 
+from stream.auth import OPERATIONS
 from stream.localstack.kafka import DEFAULT_CACHE_DIR, KafkaBroker
 from stream.localstack.postgres import EmbeddedPostgres
 from stream.localstack.process import free_port, spawn, terminate
+from stream.localstack.tokens import SigningKey, mint, write_jwks
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+API_ISSUER = "cashback-integration-tests"
+API_AUDIENCE = "cashback-api"
+API_KEY = SigningKey.generate("ES256")
+
+
+def api_token(
+    scopes: Iterable[str] = (OPERATIONS,), accounts: Iterable[str] | None = None, *, key: SigningKey = API_KEY, **options: Any
+) -> str:
+    """A bearer token the tests' APIs accept (an operations token unless told otherwise); ``options``
+    override ``mint``'s arguments (issuer, audience, ttl_s, now) or add claims."""
+    arguments: dict[str, Any] = {"issuer": API_ISSUER, "audience": API_AUDIENCE, "ttl_s": 600, **options}
+    return mint(key, scopes=scopes, accounts=accounts, **arguments)
+
+
+def api_headers(scopes: Iterable[str] = (OPERATIONS,), accounts: Iterable[str] | None = None, **options: Any) -> dict[str, str]:
+    """The Authorization header of ``api_token``."""
+    return {"Authorization": f"Bearer {api_token(scopes, accounts, **options)}"}
+
+
+def api_auth_env(directory: Path) -> dict[str, str]:
+    """The API settings that make it trust ``API_KEY`` (its JWKS written to ``directory``)."""
+    jwks = directory / "jwks.json"
+    write_jwks(jwks, [API_KEY])
+    return {"API_AUTH_JWKS": str(jwks), "API_AUTH_ISSUER": API_ISSUER, "API_AUTH_AUDIENCE": API_AUDIENCE}
 
 
 @pytest.fixture(scope="session")
@@ -151,7 +180,8 @@ def api_ready(base_url: str) -> bool:
 
 
 def isolated_env(kafka_bootstrap: str, postgres_url: str, log_dir: Path, name: str, **extra: str) -> dict[str, str]:
-    """Settings for processes of their own: fresh topics, group ids and database."""
+    """Settings for processes of their own: fresh topics, group ids and database, and an API that
+    trusts the session's key."""
     run_id = log_dir.name
     return {
         **os.environ,
@@ -163,6 +193,7 @@ def isolated_env(kafka_bootstrap: str, postgres_url: str, log_dir: Path, name: s
         "SINK_BATCH_WAIT_MS": "50",
         "WORKER_DATA_DIR": str(log_dir / "worker"),
         "PYTHONUNBUFFERED": "1",
+        **api_auth_env(log_dir),
         **extra,
     }
 

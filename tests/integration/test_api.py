@@ -1,15 +1,21 @@
 """The balance API against a real Postgres: balances, paginated history with explanations,
 a 404 with a message for an unknown account (and zero balances for an account whose purchases
 earned nothing), points in PTS, each charity's donations counted once, 4xx with a message for bad
-requests, readiness."""
+requests, readiness. And who may ask: a bearer token for every route but health, readiness and
+metrics (401 without a valid one), the route's scope (403), and an account the token acts for (else
+the 404 of an unknown account, the same bytes); the signing keys rotate; OpenAPI says all this.
+
+``client`` carries an operations token (any account, every route); ``api`` carries none."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import json
+import logging
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -22,17 +28,19 @@ from aiokafka import AIOKafkaConsumer
 
 from schemas.codec import SCHEMA_DIR, Codec
 from stream.api import create_app
+from stream.auth import ACCOUNTS_READ, OFFERS_ACTIVATE, OPERATIONS
 from stream.core.balances import balances
 from stream.core.entries import Entry
 from stream.core.lifecycle import due_events
 from stream.core.rules import decide
+from stream.localstack.tokens import SigningKey, write_jwks
 from stream.offer_admin import publish_offers
 from stream.settings import Settings
 from stream.sink import staging_row
 from stream.store.journal import write_batch
 from stream.store.migrations import migrate
 from tests.factories import T0, book, card_event, offer
-from tests.integration.conftest import fresh_database
+from tests.integration.conftest import API_KEY, api_auth_env, api_headers, api_token, fresh_database
 from topics.admin import ensure_topics
 from topics.catalogue import account_partition, catalogue
 
@@ -166,10 +174,22 @@ def database(postgres_url: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def settings(database: str, kafka_bootstrap: str) -> Settings:
-    """Fresh topics with one live offer, and the fresh database."""
+def jwks_dir(work_dir: Path) -> Path:
+    path = work_dir / f"api-auth-{uuid.uuid4().hex[:8]}"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture(scope="module")
+def settings(database: str, kafka_bootstrap: str, jwks_dir: Path) -> Settings:
+    """Fresh topics with one live offer, the fresh database, and tokens signed by the session's key."""
     settings = Settings.from_env(
-        {"DATABASE_URL": database, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "TOPIC_PREFIX": f"api-{uuid.uuid4().hex[:6]}."}
+        {
+            "DATABASE_URL": database,
+            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "TOPIC_PREFIX": f"api-{uuid.uuid4().hex[:6]}.",
+            **api_auth_env(jwks_dir),
+        }
     )
     topics = catalogue(settings.topic_prefix, settings.topic_partitions)
     asyncio.run(ensure_topics(kafka_bootstrap, topics))
@@ -178,11 +198,19 @@ def settings(database: str, kafka_bootstrap: str) -> Settings:
 
 
 @pytest_asyncio.fixture()
-async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The API, asked without a token unless a request brings one."""
     app = create_app(settings, Codec(), settings.topics())
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as http:
             yield http
+
+
+@pytest.fixture()
+def client(api: httpx.AsyncClient) -> httpx.AsyncClient:
+    """The API as operations ask it: every request carries an operations token unless it brings another."""
+    api.headers.update(api_headers([OPERATIONS]))
+    return api
 
 
 @pytest.mark.asyncio
@@ -259,13 +287,15 @@ async def test_bad_requests_are_4xx_with_a_message(client: httpx.AsyncClient, pa
 
 
 @pytest.mark.asyncio
-async def test_health_readiness_openapi_and_metrics(client: httpx.AsyncClient) -> None:
-    assert (await client.get("/healthz")).json() == {"status": "ok"}
-    await _wait_ready(client)
-    assert (await client.get("/readyz")).json() == {"status": "ready"}
-    paths = (await client.get("/openapi.json")).json()["paths"]
+async def test_health_readiness_openapi_and_metrics_need_no_token(api: httpx.AsyncClient) -> None:
+    assert (await api.get("/healthz")).json() == {"status": "ok"}
+    await _wait_ready(api)
+    assert (await api.get("/readyz")).json() == {"status": "ready"}
+    paths = (await api.get("/openapi.json")).json()["paths"]
     assert {"/v1/accounts/{account_id}/balances", "/v1/accounts/{account_id}/history"} <= set(paths)
-    assert 'cashback_api_requests_total{route="/v1/accounts/{account_id}/balances"' in (await client.get("/metrics")).text
+    assert (await api.get("/docs")).status_code == 200
+    await api.get("/v1/accounts/api-1/balances", headers=api_headers([ACCOUNTS_READ], ["api-1"]))
+    assert 'cashback_api_requests_total{route="/v1/accounts/{account_id}/balances"' in (await api.get("/metrics")).text
 
 
 async def _wait_ready(client: httpx.AsyncClient) -> None:
@@ -286,7 +316,9 @@ async def test_live_offers_are_listed(client: httpx.AsyncClient) -> None:
 @pytest.mark.asyncio
 async def test_activation_is_published_on_the_accounts_partition(client: httpx.AsyncClient, settings: Settings) -> None:
     await _wait_ready(client)
-    response = await client.put("/v1/accounts/api-2/offers/grocery-5/activation")
+    response = await client.put(
+        "/v1/accounts/api-2/offers/grocery-5/activation", headers=api_headers([OFFERS_ACTIVATE], ["api-2"])
+    )
     assert response.status_code == 200
     body = response.json()
     assert (body["account_id"], body["offer_id"], body["active"]) == ("api-2", "grocery-5", True)
@@ -311,7 +343,9 @@ async def test_activation_is_published_on_the_accounts_partition(client: httpx.A
 @pytest.mark.asyncio
 async def test_activating_an_unknown_offer_is_404(client: httpx.AsyncClient) -> None:
     await _wait_ready(client)
-    response = await client.put("/v1/accounts/api-2/offers/no-such-offer/activation")
+    response = await client.put(
+        "/v1/accounts/api-2/offers/no-such-offer/activation", headers=api_headers([OFFERS_ACTIVATE], ["api-2"])
+    )
     assert response.status_code == 404 and response.json() == {"detail": "offer no-such-offer does not exist"}
 
 
@@ -415,3 +449,193 @@ async def test_operators_see_each_ledger_conflict(client: httpx.AsyncClient) -> 
         held["amount_minor"],
     )
     assert body["next_cursor"] is None
+
+
+# --- who may ask -----------------------------------------------------------------------------------
+
+PROTECTED = [
+    ("GET", "/v1/accounts/api-1/balances"),
+    ("GET", "/v1/accounts/api-1/history"),
+    ("GET", "/v1/offers"),
+    ("GET", "/v1/charities/red-cross/donations"),
+    ("GET", "/v1/operations/ledger-conflicts"),
+    ("PUT", "/v1/accounts/api-2/offers/grocery-5/activation"),
+    ("DELETE", "/v1/accounts/api-2/offers/grocery-5/activation"),
+]
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.mark.parametrize(("method", "path"), PROTECTED)
+@pytest.mark.asyncio
+async def test_no_token_is_401_with_a_bearer_challenge(api: httpx.AsyncClient, method: str, path: str) -> None:
+    for headers in ({}, {"Authorization": "Basic dXNlcjpwdw=="}):
+        response = await api.request(method, path, headers=headers)
+        assert response.status_code == 401
+        assert response.headers["www-authenticate"] == "Bearer"
+        assert response.json() == {"detail": "missing bearer token (Authorization: Bearer <token>)"}
+
+
+# Each token is made when its test runs (a token made at collection could expire before it is used).
+INVALID_TOKENS: dict[str, tuple[Callable[[], str], str]] = {
+    "garbage": (lambda: "garbage", "malformed token"),
+    "empty": (lambda: "", "malformed token"),
+    "expired": (lambda: api_token([ACCOUNTS_READ], ["api-1"], now=time.time() - 3600), "token expired"),
+    "audience": (lambda: api_token([ACCOUNTS_READ], ["api-1"], audience="another-api"), "token is for another audience (aud)"),
+    "issuer": (
+        lambda: api_token([ACCOUNTS_READ], ["api-1"], issuer="https://evil.example.test"),
+        "token is from another issuer (iss)",
+    ),
+    "unknown-key": (
+        lambda: api_token([ACCOUNTS_READ], ["api-1"], key=SigningKey.generate("ES256")),
+        "token signed by an unknown key",
+    ),
+    "forged-signature": (  # another key under the trusted key's kid
+        lambda: api_token([ACCOUNTS_READ], ["api-1"], key=SigningKey.generate("ES256", kid=API_KEY.kid)),
+        "token signature does not verify",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", INVALID_TOKENS)
+@pytest.mark.asyncio
+async def test_an_invalid_token_is_401_invalid_token(api: httpx.AsyncClient, case: str) -> None:
+    make, reason = INVALID_TOKENS[case]
+    response = await api.get("/v1/accounts/api-1/balances", headers=_bearer(make()))
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == f'Bearer error="invalid_token", error_description="{reason}"'
+    assert response.json() == {"detail": reason}
+
+
+@pytest.mark.asyncio
+async def test_a_customer_token_reads_its_own_account(api: httpx.AsyncClient) -> None:
+    headers = api_headers([ACCOUNTS_READ], ["api-1", "api-4"])
+    balances = await api.get("/v1/accounts/api-1/balances", headers=headers)
+    assert balances.status_code == 200 and balances.json()["account_id"] == "api-1"
+    history = await api.get("/v1/accounts/api-4/history", headers=headers)
+    assert history.status_code == 200 and history.json()["entries"]
+
+
+@pytest.mark.parametrize("route", ["balances", "history"])
+@pytest.mark.asyncio
+async def test_another_customers_account_is_the_404_of_an_unknown_account(api: httpx.AsyncClient, route: str) -> None:
+    """api-1 exists; api-9 does not. A token for api-3 and api-9 cannot tell one from the other."""
+    headers = api_headers([ACCOUNTS_READ], ["api-3", "api-9"])
+    foreign = await api.get(f"/v1/accounts/api-1/{route}", headers=headers)
+    unknown = await api.get(f"/v1/accounts/api-9/{route}", headers=headers)
+    assert foreign.status_code == unknown.status_code == 404
+    assert foreign.content == unknown.content.replace(b"api-9", b"api-1") == b'{"detail":"account api-1 has no cashback"}'
+    assert foreign.headers == unknown.headers
+    # and an operations token sees api-1, and the same 404 for api-9
+    assert (await api.get(f"/v1/accounts/api-1/{route}", headers=api_headers([OPERATIONS]))).status_code == 200
+    ops_unknown = await api.get(f"/v1/accounts/api-9/{route}", headers=api_headers([OPERATIONS]))
+    assert (ops_unknown.content, ops_unknown.headers) == (unknown.content, unknown.headers)
+
+
+@pytest.mark.asyncio
+async def test_a_token_without_the_routes_scope_is_403(api: httpx.AsyncClient) -> None:
+    activator = api_headers([OFFERS_ACTIVATE], ["api-1"])
+    response = await api.get("/v1/accounts/api-1/balances", headers=activator)
+    assert response.status_code == 403
+    assert response.json() == {"detail": "the token has none of the scopes cashback:accounts.read, cashback:operations"}
+    assert (
+        response.headers["www-authenticate"]
+        == 'Bearer error="insufficient_scope", scope="cashback:accounts.read cashback:operations"'
+    )
+    # a customer's token never reaches the operations views, for any account it holds
+    customer = api_headers([ACCOUNTS_READ, OFFERS_ACTIVATE], ["api-1", "api-3"])
+    for path in ("/v1/operations/ledger-conflicts", "/v1/charities/red-cross/donations"):
+        refused = await api.get(path, headers=customer)
+        assert refused.status_code == 403
+        assert refused.json() == {"detail": "the token has none of the scopes cashback:operations"}
+
+
+@pytest.mark.asyncio
+async def test_operations_read_any_account_and_the_operations_routes(api: httpx.AsyncClient) -> None:
+    operator = api_headers([OPERATIONS])  # no accounts claim at all
+    for path in ("/v1/accounts/api-1/balances", "/v1/accounts/api-5/history", "/v1/operations/ledger-conflicts"):
+        assert (await api.get(path, headers=operator)).status_code == 200, path
+    assert (await api.get("/v1/charities/red-cross/donations", headers=operator)).status_code == 200
+
+
+@pytest.mark.asyncio
+async def test_activation_needs_the_offers_scope_and_the_account(api: httpx.AsyncClient) -> None:
+    await _wait_ready(api)
+    path = "/v1/accounts/api-2/offers/grocery-5/activation"
+    reader = await api.put(path, headers=api_headers([ACCOUNTS_READ], ["api-2"]))
+    assert reader.status_code == 403
+    assert reader.json() == {"detail": "the token has none of the scopes cashback:offers.activate"}
+    operator = await api.delete(path, headers=api_headers([OPERATIONS]))
+    assert operator.status_code == 403  # operations read; they never act for a customer
+    foreign = await api.put(path, headers=api_headers([OFFERS_ACTIVATE], ["api-3"]))
+    assert foreign.status_code == 404 and foreign.json() == {"detail": "account api-2 has no cashback"}
+    own = await api.delete(path, headers=api_headers([OFFERS_ACTIVATE], ["api-2"]))
+    assert own.status_code == 200 and own.json()["active"] is False
+
+
+@pytest.mark.asyncio
+async def test_the_live_offers_need_a_valid_token_and_no_scope(api: httpx.AsyncClient) -> None:
+    await _wait_ready(api)
+    assert (await api.get("/v1/offers")).status_code == 401
+    response = await api.get("/v1/offers", headers=api_headers([], None))
+    assert response.status_code == 200 and [o["offer_id"] for o in response.json()] == ["grocery-5"]
+
+
+@pytest.mark.asyncio
+async def test_a_rotated_signing_key_is_accepted_at_its_first_token(api: httpx.AsyncClient, jwks_dir: Path) -> None:
+    """The API loaded the JWKS at its start; the issuer then publishes its next key (another algorithm
+    too): the first token signed with it makes the API fetch the JWKS again."""
+    new = SigningKey.generate("RS256")
+    write_jwks(jwks_dir / "jwks.json", [API_KEY, new])
+    try:
+        response = await api.get("/v1/accounts/api-1/balances", headers=api_headers([ACCOUNTS_READ], ["api-1"], key=new))
+        assert response.status_code == 200, response.json()
+        assert (await api.get("/v1/accounts/api-1/balances", headers=api_headers([ACCOUNTS_READ], ["api-1"]))).status_code == 200
+    finally:
+        write_jwks(jwks_dir / "jwks.json", [API_KEY])
+
+
+@pytest.mark.asyncio
+async def test_a_refused_token_is_not_logged(api: httpx.AsyncClient, caplog: pytest.LogCaptureFixture) -> None:
+    tokens = [api_token([ACCOUNTS_READ], ["api-1"], now=time.time() - 3600), api_token(key=SigningKey.generate("ES256")) + "x"]
+    with caplog.at_level(logging.DEBUG):
+        for token in tokens:
+            assert (await api.get("/v1/accounts/api-1/balances", headers=_bearer(token))).status_code == 401
+    assert "bearer token refused" in caplog.text  # the reason is logged (at DEBUG)
+    for token in tokens:
+        for part in token.split("."):
+            assert part not in caplog.text
+
+
+@pytest.mark.asyncio
+async def test_openapi_declares_the_bearer_scheme_on_every_protected_route(api: httpx.AsyncClient) -> None:
+    document = (await api.get("/openapi.json")).json()
+    assert document["components"]["securitySchemes"]["bearerAuth"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+        "description": document["components"]["securitySchemes"]["bearerAuth"]["description"],
+    }
+    expected = {
+        ("get", "/v1/accounts/{account_id}/balances"): [[ACCOUNTS_READ], [OPERATIONS]],
+        ("get", "/v1/accounts/{account_id}/history"): [[ACCOUNTS_READ], [OPERATIONS]],
+        ("put", "/v1/accounts/{account_id}/offers/{offer_id}/activation"): [[OFFERS_ACTIVATE]],
+        ("delete", "/v1/accounts/{account_id}/offers/{offer_id}/activation"): [[OFFERS_ACTIVATE]],
+        ("get", "/v1/charities/{charity_id}/donations"): [[OPERATIONS]],
+        ("get", "/v1/operations/ledger-conflicts"): [[OPERATIONS]],
+        ("get", "/v1/offers"): [[]],
+    }
+    operations = {(method, path): op for path, item in document["paths"].items() for method, op in item.items()}
+    assert set(operations) == set(expected) | {("get", "/healthz"), ("get", "/readyz")}
+    for key, scopes in expected.items():
+        operation = operations[key]
+        assert operation["security"] == [{"bearerAuth": alternative} for alternative in scopes], key
+        assert operation["responses"]["401"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Problem"}
+        assert ("403" in operation["responses"]) == (scopes != [[]]), key
+    for key in (("get", "/v1/accounts/{account_id}/balances"), ("put", "/v1/accounts/{account_id}/offers/{offer_id}/activation")):
+        assert "the token does not act for" in operations[key]["responses"]["404"]["description"]
+    for open_route in (("get", "/healthz"), ("get", "/readyz")):
+        assert "security" not in operations[open_route]
+        assert "401" not in operations[open_route]["responses"]

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -345,6 +346,15 @@ def test_local_stack_on_existing_servers_publishes_no_demo_and_stops_on_ctrl_c(s
         command = re.search(r"dead letters  (.+)", banner).group(1)  # type: ignore[union-attr]
         listed = subprocess.run(["bash", "-c", command], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
         assert listed.returncode == 0 and "0 dead letters shown" in listed.stdout, listed.stdout + listed.stderr
+
+        # The banner's token command mints a token its API accepts (no cashback for the demo account here: 404, not 401).
+        command = re.search(r"\(more tokens: (.+)\)\n", banner).group(1)  # type: ignore[union-attr]
+        minted = subprocess.run(["bash", "-c", command], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+        assert minted.returncode == 0, minted.stderr
+        api = re.search(r"balance API\s+(http://127\.0\.0\.1:\d+)", banner).group(1)  # type: ignore[union-attr]
+        bearer = {"Authorization": f"Bearer {minted.stdout.strip()}"}
+        assert httpx.get(f"{api}/v1/accounts/acct-000001/balances", headers=bearer, timeout=5).status_code == 404
+        assert httpx.get(f"{api}/v1/accounts/acct-000001/balances", timeout=5).status_code == 401
 
         descendants = psutil.Process(stack.process.pid).children(recursive=True)
         running = " ".join(" ".join(p.cmdline()) for p in descendants)

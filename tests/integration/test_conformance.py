@@ -19,11 +19,12 @@ import pytest
 
 from schemas.codec import Codec
 from stream.account_messages import publish_activation, publish_segments
+from stream.auth import ACCOUNTS_READ
 from stream.core.balances import BALANCE_FIELDS
 from stream.offer_admin import publish_offers, remove_offers
 from stream.settings import Settings
 from tests.conformance.scenario import ExpectedEntry, Scenario, all_scenarios, comparable, is_time, label_of
-from tests.integration.conftest import Processes, running_pipeline, wait_until
+from tests.integration.conftest import Processes, api_headers, running_pipeline, wait_until
 from tests.integration.test_end_to_end import publish, topic_for, wire
 from topics.catalogue import account_partition, catalogue
 
@@ -135,7 +136,10 @@ class Conformance:
         return view, not_earned
 
     def balances(self, scenario: Scenario) -> dict[tuple[str, str], dict[str, int]]:
-        response = httpx.get(f"{self.base_url}/v1/accounts/{scenario.account_id}/balances", timeout=5)
+        account = scenario.account_id
+        response = httpx.get(
+            f"{self.base_url}/v1/accounts/{account}/balances", headers=api_headers([ACCOUNTS_READ], [account]), timeout=5
+        )
         if response.status_code == 404:
             return {}
         response.raise_for_status()

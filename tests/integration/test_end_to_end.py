@@ -21,8 +21,9 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from stream.auth import ACCOUNTS_READ, OPERATIONS
 from tests.factories import card_record
-from tests.integration.conftest import wait_until
+from tests.integration.conftest import api_headers, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -144,7 +145,8 @@ def purchase_stories(tag: str) -> tuple[list[dict[str, Any]], dict[str, dict[str
 
 
 def balance(base_url: str, account: str) -> dict[str, int] | None:
-    response = httpx.get(f"{base_url}/v1/accounts/{account}/balances", timeout=5)
+    """The account's one balance line, as the bank app acting for its customer reads it."""
+    response = httpx.get(f"{base_url}/v1/accounts/{account}/balances", headers=api_headers([ACCOUNTS_READ], [account]), timeout=5)
     if response.status_code == 404:
         return None
     response.raise_for_status()
@@ -205,8 +207,16 @@ async def _ledger_count(database_url: str, accounts: list[str]) -> int:
 def test_card_events_become_balances_in_the_api(pipeline) -> None:  # type: ignore[no-untyped-def]
     processes, base_url = pipeline
     publish_stories_and_wait(processes.env, base_url, "e2e")
-    declined = httpx.get(f"{base_url}/v1/accounts/e2e-d/balances", timeout=5)
+    declined = httpx.get(f"{base_url}/v1/accounts/e2e-d/balances", headers=api_headers([ACCOUNTS_READ], ["e2e-d"]), timeout=5)
     assert declined.status_code == 200 and declined.json()["balances"] == []  # seen: zero balances
+    # The API process serves no one without a token, nor another customer's account.
+    assert httpx.get(f"{base_url}/v1/accounts/e2e-d/balances", timeout=5).status_code == 401
+    assert (
+        httpx.get(
+            f"{base_url}/v1/accounts/e2e-d/balances", headers=api_headers([ACCOUNTS_READ], ["e2e-c"]), timeout=5
+        ).status_code
+        == 404
+    )
 
     # History, newest first, one line a page. The authorisation and its clearing travel on two
     # topics, so the clearing may be processed first (DOMAIN case 8: confirmed from EXPENSE, the
@@ -214,7 +224,10 @@ def test_card_events_become_balances_in_the_api(pipeline) -> None:  # type: igno
     kinds, cursor = [], None
     while True:
         page = httpx.get(
-            f"{base_url}/v1/accounts/e2e-c/history", params={"limit": 1, **({"cursor": cursor} if cursor else {})}, timeout=5
+            f"{base_url}/v1/accounts/e2e-c/history",
+            params={"limit": 1, **({"cursor": cursor} if cursor else {})},
+            headers=api_headers([ACCOUNTS_READ], ["e2e-c"]),
+            timeout=5,
         ).json()
         assert len(page["entries"]) == 1
         kinds.append(
@@ -372,7 +385,9 @@ def test_the_workers_own_clock_expires_an_old_authorisation(pipeline) -> None:  
             "donated_minor": 0,
         },
     )
-    history = httpx.get(f"{base_url}/v1/accounts/{account}/history", timeout=5).json()["entries"]
+    history = httpx.get(f"{base_url}/v1/accounts/{account}/history", headers=api_headers([OPERATIONS]), timeout=5).json()[
+        "entries"
+    ]
     assert [(line["entry_kind"], line["amount_minor"]) for line in history] == [("EXPIRED", 500), ("PENDING_CREATED", 500)]
     assert history[0]["source_event_id"].startswith(f"authorization_expiry:{account}:")
 
@@ -402,5 +417,7 @@ def test_the_same_event_id_on_two_accounts_is_two_events_each_paid_once(pipeline
             },
         )
     assert asyncio.run(_ledger_count(processes.env["DATABASE_URL"], accounts)) == 2
-    conflicts = httpx.get(f"{base_url}/v1/operations/ledger-conflicts", timeout=5).json()["conflicts"]
+    conflicts = httpx.get(f"{base_url}/v1/operations/ledger-conflicts", headers=api_headers([OPERATIONS]), timeout=5).json()[
+        "conflicts"
+    ]
     assert not [c for c in conflicts if c["account_id"] in accounts]

@@ -1,5 +1,6 @@
 """`make run`'s stack (``cashback local``) starts the whole system, serves balances computed from
-the simulator's stream, and stops cleanly on Ctrl-C with no process left behind."""
+the simulator's stream to the tokens its banner prints (and to no one without one), and stops
+cleanly on Ctrl-C with no process left behind."""
 
 from __future__ import annotations
 
@@ -68,14 +69,24 @@ def test_local_stack_starts_serves_and_stops_cleanly() -> None:
         for part in ("kafka.Kafka", "postgres", "stream worker", "stream sink", "stream api"):
             assert part in names, f"{part} is not running under the stack"
 
+        banner = "".join(output)
+        ops_token = re.search(r"ops token\s+(\S+)", banner).group(1)  # type: ignore[union-attr]
+        operations = {"Authorization": f"Bearer {ops_token}"}
         account = accounts_with_cashback(PURCHASES)[0]
         found = wait_until(
-            lambda: httpx.get(f"{api}/v1/accounts/{account}/balances", timeout=5).status_code == 200,
+            lambda: httpx.get(f"{api}/v1/accounts/{account}/balances", headers=operations, timeout=5).status_code == 200,
             180,
             f"a balance for {account}",
             observe=lambda: diagnosis(output),
         )
         assert found
+        assert httpx.get(f"{api}/v1/accounts/{account}/balances", timeout=5).status_code == 401
+        # The banner's curl line, as printed: the demo account's token reads it (200, or 404 before its first purchase).
+        header, url = re.search(r'curl -H "(Authorization: Bearer \S+)" (\S+)', banner).groups()  # type: ignore[union-attr]
+        name, _, value = header.partition(": ")
+        assert url == f"{api}/v1/accounts/acct-000001/balances"
+        assert httpx.get(url, headers={name: value}, timeout=5).status_code in (200, 404)
+        assert httpx.get(f"{api}/v1/operations/ledger-conflicts", headers={name: value}, timeout=5).status_code == 403
         metrics = httpx.get(f"{api}/metrics", timeout=5).text
         assert "cashback_api_requests_total" in metrics
     finally:

@@ -44,6 +44,11 @@ def test_defaults() -> None:
         "metrics_port": 0,
         "api_host": "127.0.0.1",
         "api_port": 8080,
+        "api_auth_jwks": None,
+        "api_auth_issuer": None,
+        "api_auth_audience": "cashback-api",
+        "api_auth_leeway_s": 30.0,
+        "api_auth_jwks_max_age_s": 300.0,
         "log_level": "INFO",
     }
 
@@ -90,6 +95,13 @@ def test_an_explicit_mapping_is_the_only_source(monkeypatch: pytest.MonkeyPatch)
         ("METRICS_PORT", "65536"),
         ("API_PORT", "http"),
         ("LOG_LEVEL", "TRACE"),
+        ("API_AUTH_JWKS", ""),
+        ("API_AUTH_JWKS", "ftp://idp/keys"),
+        ("API_AUTH_JWKS", "https://"),
+        ("API_AUTH_AUDIENCE", ""),
+        ("API_AUTH_LEEWAY_S", "-1"),
+        ("API_AUTH_LEEWAY_S", "3600"),
+        ("API_AUTH_JWKS_MAX_AGE_S", "1"),
     ],
 )
 def test_bad_value_names_the_variable(variable: str, value: str) -> None:
@@ -98,6 +110,22 @@ def test_bad_value_names_the_variable(variable: str, value: str) -> None:
     message = str(caught.value)
     assert message.startswith("invalid configuration: ")
     assert f"{variable}:" in message
+
+
+def test_the_api_auth_settings_are_read() -> None:
+    settings = Settings.from_env(
+        {
+            "API_AUTH_JWKS": "https://idp.example.test/realms/bank/protocol/openid-connect/certs",
+            "API_AUTH_ISSUER": "https://idp.example.test/realms/bank",
+            "API_AUTH_AUDIENCE": "balances",
+            "API_AUTH_LEEWAY_S": "5",
+            "API_AUTH_JWKS_MAX_AGE_S": "60",
+        }
+    )
+    assert settings.api_auth_jwks == "https://idp.example.test/realms/bank/protocol/openid-connect/certs"
+    assert (settings.api_auth_issuer, settings.api_auth_audience) == ("https://idp.example.test/realms/bank", "balances")
+    assert (settings.api_auth_leeway_s, settings.api_auth_jwks_max_age_s) == (5.0, 60.0)
+    assert Settings.from_env({"API_AUTH_JWKS": "deploy/auth/jwks.json"}).api_auth_jwks == "deploy/auth/jwks.json"
 
 
 def test_lower_case_variable_is_named_in_upper_case() -> None:
@@ -176,7 +204,7 @@ def test_documentation_table_has_one_row_per_field() -> None:
     lines = documentation_table().splitlines()
     assert lines[:2] == ["| variable | default | meaning |", "|---|---|---|"]
     rows = lines[2:]
-    assert len(rows) == len(Settings.model_fields) == 24
+    assert len(rows) == len(Settings.model_fields) == 29
     assert [row.split("`")[1] for row in rows] == VARIABLES
     assert "| `TOPIC_PARTITIONS` | `4` | Partitions of the co-partitioned input and output topics. |" in rows
     assert "| `KAFKA_SASL_PASSWORD` |  | SASL password (never logged). |" in rows
