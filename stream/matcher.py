@@ -46,6 +46,7 @@ from stream.changelog_table import ChangelogTable
 from stream.core.events import CardEvent, to_event, validate
 from stream.core.lifecycle import due_events
 from stream.core.memory import RECENT_EVENTS_LIMIT
+from stream.core.offers import OfferBook
 from stream.core.rules import Decision, Outcome, decide
 from stream.core.state import AccountState
 from stream.deadletter import OtherReason, Stage, dead_letter
@@ -163,6 +164,8 @@ class Matcher:
             dropped=self.account_profiles.forget,
         )
         self.current: Staged | None = None  # the message being processed
+        self._budgets_of: OfferBook | None = None
+        self._budget_lines: Mapping[str, tuple[int, str]] = {}
 
     def _lost(self, partitions: Iterable[int]) -> None:
         """Partitions whose accounts may change elsewhere from now on: forget what was read of them."""
@@ -287,8 +290,14 @@ class Matcher:
         def decide_with(remaining: Mapping[str, int] | None) -> Decision:
             return decide(event, book, state, profile, budget_remaining=remaining, horizon_days=horizon)
 
-        budgets = {key: (amount, unit) for o in book.offers for key, amount, unit in o.budget_lines()}
-        return await grant(decide_with, budgets, movement_id(event.account_id, event.event_id), self.budget_ledger)
+        return await grant(decide_with, self._budgets(book), movement_id(event.account_id, event.event_id), self.budget_ledger)
+
+    def _budgets(self, book: OfferBook) -> Mapping[str, tuple[int, str]]:
+        """The campaign budgets of ``book`` (key: amount and unit), worked out once per book."""
+        if self._budgets_of is not book:
+            self._budget_lines = {key: (amount, unit) for o in book.offers for key, amount, unit in o.budget_lines()}
+            self._budgets_of = book
+        return self._budget_lines
 
     async def handle_account_message(self, source: Source) -> None:
         """An activation or a profile: fold it into the account's profile (stream.account_profiles)."""

@@ -122,24 +122,25 @@ def match(event: CardEvent, offers: OfferBook, profile: AccountProfile, local: L
     if rejection is not None:
         return Match((), rejection)
     currency = event.billing_currency
-    stages: list[tuple[Outcome, Callable[[Offer], bool], str]] = [
-        (Outcome.NO_MATCHING_OFFER, lambda o: _where(o, event), ""),
+    # (why none qualifies, which offers pass, what the refusal says: written only when it is one)
+    stages: list[tuple[Outcome, Callable[[Offer], bool], Callable[[], str]]] = [
+        (Outcome.NO_MATCHING_OFFER, lambda o: _where(o, event), str),
         (
             Outcome.NOT_IN_SEGMENT,
             lambda o: not o.segments or bool(o.segments & profile.segments),
-            f"account segments: {', '.join(sorted(profile.segments)) or 'none'}",
+            lambda: f"account segments: {', '.join(sorted(profile.segments)) or 'none'}",
         ),
-        (Outcome.OUTSIDE_SCHEDULE, lambda o: in_schedule(o, local), f"{local.at:%A %H:%M} {local.note}"),
-        (Outcome.NOT_ACTIVATED, lambda o: activated(o, event, profile), "offer not activated before the purchase"),
-        (Outcome.CURRENCY_NOT_PRICED, lambda o: o.priced(currency) is not None, f"offer not priced in {currency}"),
-        (Outcome.BELOW_MIN_SPEND, lambda o: basis_minor >= o.min_spend_minor, ""),
+        (Outcome.OUTSIDE_SCHEDULE, lambda o: in_schedule(o, local), lambda: f"{local.at:%A %H:%M} {local.note}"),
+        (Outcome.NOT_ACTIVATED, lambda o: activated(o, event, profile), lambda: "offer not activated before the purchase"),
+        (Outcome.CURRENCY_NOT_PRICED, lambda o: o.priced(currency) is not None, lambda: f"offer not priced in {currency}"),
+        (Outcome.BELOW_MIN_SPEND, lambda o: basis_minor >= o.min_spend_minor, str),
     ]
     candidates = list(offers.offers)
     for outcome, keep, detail in stages:
         before, candidates = candidates, [o for o in candidates if keep(o)]
         if not candidates:
             near = tuple(before) if outcome is Outcome.BELOW_MIN_SPEND else ()
-            return Match((), outcome, detail, near)
+            return Match((), outcome, detail(), near)
         if outcome is Outcome.CURRENCY_NOT_PRICED:  # from here on, each offer in the purchase's currency
             candidates = [priced for o in candidates if (priced := o.priced(currency)) is not None]
     return Match(tuple(candidates), Outcome.EARNED)

@@ -80,6 +80,13 @@ class MccSet:
 
     codes: frozenset[str] = frozenset()
     ranges: tuple[tuple[int, int], ...] = ()
+    # every code the set holds, ranges spelt out (at most the 10,000 four-digit codes): one lookup
+    # per purchase instead of a parse and a scan of the ranges
+    every: frozenset[str] = field(init=False, repr=False, compare=False, default=frozenset())
+
+    def __post_init__(self) -> None:
+        spelt = (f"{number:04d}" for low, high in self.ranges for number in range(low, high + 1))
+        object.__setattr__(self, "every", self.codes.union(spelt))
 
     @classmethod
     def parse(cls, items: Iterable[str], offer_id: str, field_name: str) -> MccSet:
@@ -99,10 +106,7 @@ class MccSet:
         return cls(frozenset(codes), tuple(ranges))
 
     def __contains__(self, mcc: str) -> bool:
-        if mcc in self.codes:
-            return True
-        number = int(mcc)
-        return any(low <= number <= high for low, high in self.ranges)
+        return mcc in self.every
 
     @property
     def empty(self) -> bool:
