@@ -65,6 +65,14 @@ class ChangelogTable(faust.Table):
         # key -> (partition, value or DELETED), in the order written
         self.unsettled: dict[Any, tuple[int, Any]] = {}
 
+    # set by the matcher: what to do with each local store made for this table (its memory budget)
+    configure_store: Callable[[Any], None] = staticmethod(lambda store: None)
+
+    def _new_store_by_url(self, url: Any) -> Any:
+        store = super()._new_store_by_url(url)
+        self.configure_store(store)
+        return store
+
     # --- writes wait in memory -------------------------------------------------------------------
 
     def __setitem__(self, key: Any, value: Any) -> None:

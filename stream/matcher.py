@@ -59,7 +59,7 @@ from stream.outbox import Decided, Outbox, Staged
 from stream.producing import AppSends
 from stream.settings import Settings
 from stream.store.budgets import BudgetStore, movement_id
-from stream.worker_app import PROFILE_SCHEMA, STATE_SCHEMA, STORE_OPTIONS, worker_app
+from stream.worker_app import PROFILE_SCHEMA, STATE_SCHEMA, STORE_OPTIONS, share_store_memory, worker_app
 from topics.catalogue import ACCOUNT_PROFILE_TABLE, ACCOUNT_STATE_TABLE, Catalogue
 
 log = logging.getLogger(__name__)
@@ -141,6 +141,7 @@ class Matcher:
         self.app.tables.add(self.profiles)
         for table in (self.states, self.profiles):
             table.sends, table.handing_over = self.sends, self.handing_over
+            table.configure_store = share_store_memory  # one memory budget for every local store
         self.account_profiles = AccountProfiles(
             self.profiles, codec, self.account_subjects, self.topics.authorizations.partitions
         )

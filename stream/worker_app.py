@@ -5,7 +5,11 @@ its agent, tables and timers on it.
 
 from __future__ import annotations
 
+from typing import Any
+
 import faust
+import rocksdict
+from faust.stores.rocksdb import RocksDBOptions
 
 from stream.guarded_consumer import GuardedApp, broker_credentials
 from stream.settings import Settings
@@ -19,9 +23,56 @@ PROFILE_SCHEMA: faust.Schema = faust.Schema(key_type=str, key_serializer="json",
 STATE_SCHEMA: faust.Schema = faust.Schema(key_type=str, value_type=bytes, key_serializer="json", value_serializer="raw")
 # Each table partition's local store (RocksDB): Faust's defaults give each one up to 3 write buffers of
 # 64 MiB and its own 2 GiB block cache, so a worker's memory grew with every partition it held (the
-# benchmark saw its RSS 1.5 times larger after 40,000 events than after 10,000). Bounded here: at
-# most 2 x 8 MiB of write buffers and a 16 MiB cache per partition and table.
-STORE_OPTIONS = {"write_buffer_size": 8 * 2**20, "max_write_buffer_number": 2, "block_cache_size": 16 * 2**20}
+# benchmark saw its RSS 1.5 times larger after 40,000 events than after 10,000). Here every store of
+# the worker (all partitions of both tables) shares one budget, ``STORE_MEMORY_BYTES``: one block
+# cache, to which their memtables are charged too (RocksDB's write buffer manager), so the worker's
+# memory for its stores does not grow with the partitions or the events it holds
+# (``SharedMemoryOptions``; ``tests/agent/test_table_stores.py`` pins it on a real store).
+STORE_OPTIONS = {"write_buffer_size": 8 * 2**20, "max_write_buffer_number": 2}  # per store, within the budget
+STORE_MEMORY_BYTES = 64 * 2**20
+
+_shared: dict[str, Any] = {}  # the process's one block cache and write buffer manager, made on first use
+
+
+def _shared_memory() -> tuple[Any, Any]:
+    if not _shared:
+        cache = rocksdict.Cache(STORE_MEMORY_BYTES)
+        _shared["cache"] = cache
+        _shared["buffers"] = rocksdict.WriteBufferManager.new_write_buffer_manager_with_cache(
+            STORE_MEMORY_BYTES // 2, False, cache
+        )
+    return _shared["cache"], _shared["buffers"]
+
+
+class SharedMemoryOptions(RocksDBOptions):
+    """Faust's RocksDB options (rocksdict), but the block cache and the memtables' budget are the
+    process's, shared by every store, instead of a cache of their own per store."""
+
+    def as_options(self) -> Any:
+        cache, buffers = _shared_memory()
+        options = rocksdict.Options(raw_mode=True)
+        options.create_if_missing(True)
+        if self.max_open_files is not None:
+            options.set_max_open_files(self.max_open_files)
+        options.set_write_buffer_size(self.write_buffer_size)
+        options.set_target_file_size_base(self.target_file_size_base)
+        options.set_max_write_buffer_number(self.max_write_buffer_number)
+        options.set_write_buffer_manager(buffers)
+        table = rocksdict.BlockBasedOptions()
+        table.set_bloom_filter(self.bloom_filter_size, block_based=True)
+        table.set_block_cache(cache)
+        table.set_index_type(rocksdict.BlockBasedIndexType.binary_search())
+        options.set_block_based_table_factory(table)
+        return options
+
+
+def share_store_memory(store: Any) -> None:
+    """Make a table's new local store draw on the worker's shared memory budget (a RocksDB store
+    through rocksdict; any other store is left as it is)."""
+    options = getattr(store, "rocksdb_options", None)
+    if isinstance(options, RocksDBOptions) and options.use_rocksdict:
+        options.__class__ = SharedMemoryOptions  # the same settings, the shared cache
+
 
 COMMIT_INTERVAL_S = 1.0  # how much a crash may make the next owner read again (idempotently)
 CONSUMER_FETCH_BYTES = 8 * 1024 * 1024

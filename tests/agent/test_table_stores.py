@@ -73,7 +73,8 @@ def test_faust_takes_the_store_serializer_from_the_value_type_not_the_schema(set
 
 
 def test_each_partition_store_has_bounded_memory(settings: Settings, codec: Codec) -> None:
-    """Faust's defaults give each partition's store 3 x 64 MiB write buffers and a 2 GiB cache."""
+    """Faust's defaults give each partition's store 3 x 64 MiB write buffers (and a 2 GiB cache of its
+    own: see the shared budget below)."""
     from stream.worker_app import STORE_OPTIONS
 
     matcher = Matcher(settings, codec)
@@ -82,4 +83,24 @@ def test_each_partition_store_has_bounded_memory(settings: Settings, codec: Code
             options = table._new_store_by_url("rocksdb://").rocksdb_options
             assert options.write_buffer_size == STORE_OPTIONS["write_buffer_size"]
             assert options.max_write_buffer_number == STORE_OPTIONS["max_write_buffer_number"]
-            assert options.block_cache_size == STORE_OPTIONS["block_cache_size"]
+
+
+def test_every_local_store_draws_on_one_shared_memory_budget(settings: Settings, codec: Codec) -> None:
+    """Stores of several partitions and both tables share one block cache, and their memtables are
+    charged to it: writing several times the budget across stores keeps the cache's usage near it."""
+    from stream.worker_app import STORE_MEMORY_BYTES, SharedMemoryOptions, _shared_memory
+
+    matcher = Matcher(settings, codec)
+    stores = [table._new_store_by_url("rocksdb://") for table in (matcher.states, matcher.profiles)]
+    assert all(isinstance(store.rocksdb_options, SharedMemoryOptions) for store in stores)
+    cache, _ = _shared_memory()
+    before = cache.get_usage()
+    value = bytes(range(256)) * 64  # 16 KiB, not compressible to nothing
+    written = 0
+    for n in range(3 * STORE_MEMORY_BYTES // len(value)):
+        db = stores[0]._db_for_partition(n % 4)
+        db.put(stores[0]._encode_key(f"acct-{n}"), value)
+        written += len(value)
+    assert cache.get_usage() > before, "the memtables are charged to the shared cache"
+    assert written > 2 * STORE_MEMORY_BYTES
+    assert cache.get_usage() <= 1.5 * STORE_MEMORY_BYTES
