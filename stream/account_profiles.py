@@ -11,16 +11,27 @@ until the matcher settles it (``stream.changelog_table``).
 Profiles read are kept in memory (most accounts have none: that is kept too), so a card event does
 not read and decode its account's profile from the local store; a fold replaces the account's, and
 the matcher forgets them all when partitions move or a batch's writes are dropped.
+
+An erasure instruction (``account_erasure``, GDPR: ``stream.gdpr``) is checked the same way; the
+matcher then deletes the account's state (``stream.account_states``) and ``erase`` deletes its
+profile (a tombstone on the table's changelog) and writes the account's *erased marker*: a key
+made of the SHA-256 of the account id (``erased_key``), holding nothing else, on the account's
+partition. From then on a profile or activation of the account is dead-lettered
+(``account_erased``) instead of folded: a profile kept for an erased account would be personal data
+the erasure missed. A tombstone of one (the erasure command publishes them) is let through
+without writing anything. The marker stays: an erased account id is never folded again, and
+``erased`` tells the matcher to refuse the account's card events too.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 from schemas.codec import Codec, DecodeError
-from stream.changelog_table import ChangelogTable
+from stream.changelog_table import DELETED, ChangelogTable
 from stream.core.eligibility import AccountProfile
 from stream.core.profiles import apply_activation, apply_segments, to_account_profile
 from stream.deadletter import OtherReason
@@ -28,6 +39,15 @@ from topics.catalogue import account_partition
 
 # How many accounts' profiles stay in memory between their events.
 CACHED_PROFILES = 65536
+
+ERASURE_SUBJECT = "account_erasure"
+ACCOUNT_ERASED = "account_erased"  # the dead-letter reason of a message of an erased account
+
+
+def erased_key(account_id: str) -> str:
+    """The profile table's key of an account's erased marker: the SHA-256 of its id (the digest
+    the ledger's ``erased_accounts`` keeps too), behind a separator no account id holds."""
+    return "\x1ferased\x1f" + hashlib.sha256(account_id.encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +67,7 @@ class AccountProfiles:
         self.subjects = subjects  # topic -> its value subject (account_profile, offer_activation)
         self.partitions = partitions
         self._read: OrderedDict[str, AccountProfile] = OrderedDict()
+        self._erased: OrderedDict[str, bool] = OrderedDict()
 
     def get(self, account_id: str) -> AccountProfile:
         profile = self._read.get(account_id)
@@ -60,6 +81,38 @@ class AccountProfiles:
         """The profiles read may have changed elsewhere (partitions moved) or never reached the
         changelog (a dropped batch): read them again from the table."""
         self._read.clear()
+        self._erased.clear()
+
+    def erased(self, account_id: str) -> bool:
+        """Whether the account was erased (its marker is in the table)."""
+        known = self._erased.get(account_id)
+        if known is None:
+            known = self._erased[account_id] = self.table.get(erased_key(account_id)) is not None
+            if len(self._erased) > CACHED_PROFILES:
+                self._erased.popitem(last=False)
+        return known
+
+    def erasure_of(self, partition: int, key: bytes | None, value: bytes | None) -> str | Refusal:
+        """The account an erasure instruction names, once checked like a profile (it decodes, its
+        key is its account id, it is on its account's partition); else why it is refused."""
+        try:
+            _, record = self.codec.decode(value, expected_subject=ERASURE_SUBJECT)
+        except DecodeError as error:
+            return Refusal(error.failure.value, error.detail)
+        account_id = record["account_id"]
+        if (key or b"").decode(errors="replace") != account_id:
+            return Refusal(OtherReason.KEY_MISMATCH.value, f"key is not {ERASURE_SUBJECT}'s id")
+        if not account_id or account_partition(account_id, self.partitions) != partition:
+            return Refusal(OtherReason.WRONG_PARTITION.value, "not the partition of the account's card events")
+        return account_id
+
+    def erase(self, account_id: str, partition: int) -> None:
+        """Delete the account's profile (segments and activations) and write its erased marker, on
+        ``partition`` (the account's); both reach the changelog at the next settle."""
+        self.table.stage(account_id, DELETED, partition)
+        self.table.stage(erased_key(account_id), {"erased": True}, partition)
+        self._read.pop(account_id, None)
+        self._erased[account_id] = True
 
     def fold(self, topic: str, partition: int, key: bytes | None, value: bytes | None) -> Refusal | None:
         """Fold one message into its account's profile; the reason to dead-letter it instead."""
@@ -80,6 +133,10 @@ class AccountProfiles:
         if not account_id or account_partition(account_id, self.partitions) != partition:
             # A profile must live where the account's card events are, or the join misses it.
             return Refusal(OtherReason.WRONG_PARTITION.value, "not the partition of the account's card events")
+        if self.erased(account_id):
+            if value is None:  # a tombstone: what the erasure left already says as much
+                return None
+            return Refusal(ACCOUNT_ERASED, f"the account was erased: its {subject} is not kept")
         profile = self.table.get(account_id)
         self._read.pop(account_id, None)
         if subject == "offer_activation":

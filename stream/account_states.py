@@ -10,6 +10,11 @@ A batch's writes wait here (``pending``) until the matcher's flush hands them to
 carrying every row the batch wrote for it, then those rows, then the deletions. The summary stays
 the commit point of all the account's steps in the batch (``stream.core.state_rows``): a changelog
 cut after it and before a row loses nothing, a cut before it leaves the batch's steps unwritten.
+
+An erasure (``erase``, GDPR: ``stream.gdpr``) deletes every key of an account, its summary and
+each of its rows, whether its summary names the row or not (a step cut between its summary and its
+deletions leaves a row no summary names); the deletions are staged in the table at once, after
+whatever the batch had staged, so they are the account's last word on the changelog (tombstones).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 
@@ -31,14 +37,19 @@ from stream.core.state_rows import (
     encode,
     in_rows,
     is_summary_key,
+    recent_key,
     slots_of,
     split,
+    txn_key,
 )
 from topics.catalogue import account_partition
 
 # How many accounts' whole states stay in memory between their events. A state not here is read
 # from the local store (the summary, then each row it names).
 CACHED_ACCOUNTS = 4096
+# What separates an account id from the rest of its rows' keys (``stream.core.state_rows``: never
+# in an account id), so that ``<account><separator>`` starts every row key of the account.
+_ROW_SEPARATOR = txn_key("", "")[0]
 
 
 @dataclass(slots=True)
@@ -153,6 +164,49 @@ class AccountStates:
         them again from the store."""
         for account_id in accounts:
             self._whole.pop(account_id, None)
+
+    def erase(self, account_id: str, partition: int) -> list[str]:
+        """Delete every key of the account on ``partition`` (its own): its summary and all its rows.
+        The batch's pending writes of the account are dropped first (their entries still leave at the
+        flush: decided before the erasure), then each deletion is staged in the table, to reach the
+        changelog as a tombstone at the next settle. Returns the keys deleted, the summary first."""
+        pending = self.pending.pop(account_id, None)
+        prefix = account_id + _ROW_SEPARATOR
+        rows = set(self._stored_keys(prefix, partition))
+        rows.update(key for key in getattr(self.table, "unsettled", {}) if isinstance(key, str) and key.startswith(prefix))
+        if pending is not None:
+            rows.update(pending.rows)
+        held = self._whole.pop(account_id, None)
+        stored = decode_summary(self.table.get(account_id)) if held is None else None
+        if held is not None:  # the rows its state names, should the store not have them yet
+            rows.update(txn_key(account_id, ref) for ref in held[0].txns)
+            rows.update(recent_key(account_id, slot) for slot in held[3].values())
+        elif isinstance(stored, Summary):
+            rows.update(txn_key(account_id, ref) for ref in stored.refs)
+            rows.update(recent_key(account_id, slot) for _, slot in stored.recent)
+            rows.update(stored.fresh)
+        keys = [account_id, *sorted(rows)]
+        for key in keys:
+            self.table.stage(key, DELETED, partition)
+        due = self._due.get(partition)
+        if due is not None:
+            due.pop(account_id, None)
+        return keys
+
+    def _stored_keys(self, prefix: str, partition: int) -> list[str]:
+        """The keys the local store holds that start with ``prefix``. On RocksDB, only the
+        partition's own store is read, from the prefix on (its keys are JSON strings, in byte
+        order); any other store (in memory) is read whole."""
+        store: Any = getattr(self.table, "data", None)
+        if store is None or not hasattr(store, "_db_for_partition"):
+            return [key for key in self.table.keys() if isinstance(key, str) and key.startswith(prefix)]
+        start = store._encode_key(prefix)[:-1]  # the JSON string without its closing quote
+        found = []
+        for raw in store._db_for_partition(partition).keys(from_key=start):
+            if not raw.startswith(start):
+                break
+            found.append(store._decode_key(raw))
+        return found
 
     def _scan(self, partition: int) -> dict[str, int]:
         index: dict[str, int] = {}

@@ -25,8 +25,14 @@ class Balance(BaseModel):
     confirmed_minor: int = Field(description="Settled, inside the return window.")
     available_minor: int = Field(description="Usable now.")
     lifetime_earned_minor: int
-    clawed_back_minor: int
+    clawed_back_minor: int = Field(
+        description="Taken back: by refunds and chargebacks (less reversed ones), and held rewards forfeited."
+    )
     donated_minor: int = Field(description="Charity rewards given to the charity (reward_kind CHARITY).")
+    held_minor: int = Field(
+        0,
+        description="Held for review: rewards an abuse rule flagged where they would have become available, not usable until released.",
+    )
     available: str = Field(description="available_minor formatted, e.g. '12.50 EUR' or '21 PTS'.")
 
 
@@ -139,4 +145,156 @@ class LedgerConflict(BaseModel):
 
 class LedgerConflicts(BaseModel):
     conflicts: list[LedgerConflict]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next (older) page; null on the last page.")
+
+
+# --- GDPR: an account's export and its erasure (stream.gdpr) ----------------------------------------
+
+
+class ExportedProfile(BaseModel):
+    segments: list[str]
+    updated_at: datetime = Field(description="When the bank last set the account's segments.")
+
+
+class ErasureStatus(BaseModel):
+    erased: bool = Field(description="False in an export: an erased account has nothing left to export (404).")
+
+
+class RefusedEntry(BaseModel):
+    accrual_id: str = Field(description="The entry id the account's ledger holds with other content.")
+    source_event_id: str
+    held_kind: str
+    arrived_kind: str
+    arrived_amount_minor: int
+    arrived_currency: str
+    detected_at: datetime
+
+
+class ExportedLine(HistoryLine):
+    beneficiary_id: str | None = Field(description="The charity of a CHARITY reward.")
+
+
+class AccountExport(BaseModel):
+    """Everything the cashback system holds about one account (GDPR article 15), as it holds it."""
+
+    account_id: str
+    exported_at: datetime
+    erasure: ErasureStatus
+    balances: list[Balance] = Field(description="As /balances: one line per reward kind and unit.")
+    history: list[ExportedLine] = Field(description="Every ledger line and purchase that earned nothing, the oldest first.")
+    profile: ExportedProfile | None = Field(description="The account's segments as the bank last published them; null: none.")
+    activations: list[Activation] = Field(
+        description="The last word the bank published per offer (a deactivation too), as the worker folds them."
+    )
+    refused_entries: list[RefusedEntry] = Field(
+        description="Entries refused because the ledger held their id with other content."
+    )
+    sources: dict[str, str] = Field(description="Where each part was read.")
+
+
+class ErasureRequest(BaseModel):
+    reason: str = Field(
+        min_length=1,
+        max_length=500,
+        description="The request's reference in the DPO's register (e.g. DSR-2026-0042), never the customer's name: "
+        "it is kept in the erasure log beside the pseudonym.",
+    )
+
+
+class ErasureResult(BaseModel):
+    """One erasure, as the erasure log keeps it (never the account id), and what was published."""
+
+    erasure_id: str
+    erased_at: datetime
+    erased_by: str
+    reason: str
+    pseudonym: str | None = Field(description="What the account's ledger rows now name; null: the ledger held none.")
+    ledger_rows: int
+    not_earned_rows: int
+    balance_rows: int
+    conflict_rows: int
+    budget_rows: int
+    tombstones: int = Field(description="Tombstones published to the profile and activation topics.")
+
+
+# --- abuse controls: held rewards and their review (stream.api_holds) ----------------------------
+
+
+class HeldReward(BaseModel):
+    """What one offer's share of one purchase holds for review now."""
+
+    account_id: str
+    transaction_ref: str = Field(description="The purchase.")
+    offer_id: str | None
+    reward_kind: str
+    currency: str = Field(description=REWARD_UNIT)
+    held_minor: int = Field(description="In HELD now (net of clawbacks since).")
+    held: str = Field(description="held_minor formatted, e.g. '5.00 EUR'.")
+    rule: str = Field(description="The abuse rule of its latest hold: refund_loop, purchase_burst or merchant_concentration.")
+    detail: str = Field(description="The held entry's explanation: the rule's figures.")
+    merchant_id: str | None
+    held_at: datetime = Field(description="When it would have become available.")
+
+
+class HeldRewards(BaseModel):
+    holds: list[HeldReward] = Field(description="The latest held first.")
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next (older) page; null on the last page.")
+
+
+class HoldDecision(BaseModel):
+    """A release or a forfeit of what a purchase holds, and why."""
+
+    account_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
+    transaction_ref: str = Field(
+        min_length=1, max_length=256, pattern=r"^[ -~]+$", description="The purchase, as the held rewards list it."
+    )
+    offer_id: str | None = Field(
+        None, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$", description="Only that offer's share; null: every held share."
+    )
+    reason: str = Field(
+        min_length=3,
+        max_length=500,
+        pattern=r"^[^\x00-\x1f\x7f]+$",
+        description="Why, in words, for the ledger's explanation (never a card number).",
+    )
+
+
+class HeldShare(BaseModel):
+    offer_id: str | None
+    currency: str = Field(description=REWARD_UNIT)
+    held_minor: int
+
+
+class HoldReview(BaseModel):
+    """What the API did with a release or a forfeit. The ledger movement itself is the worker's (an
+    instruction folded in the account's order): it shows in the history and balances shortly after."""
+
+    status: str = Field(
+        description="accepted (an instruction was sent: 202), or already_released / already_forfeited (nothing sent: 200)."
+    )
+    decision: str = Field(description="release or forfeit.")
+    account_id: str
+    transaction_ref: str
+    offer_id: str | None
+    instruction_id: str | None = Field(
+        description="The instruction's event id (the ledger entry's source_event_id); null when none was sent."
+    )
+    held: list[HeldShare] = Field(description="What the purchase's shares hold now (before the instruction is applied).")
+
+
+class MerchantFlag(BaseModel):
+    flag_seq: int
+    merchant_id: str
+    currency: str = Field(description="The rewards' unit the merchant was judged in.")
+    window_from: datetime
+    window_to: datetime
+    accounts: int = Field(description="Accounts its rewards went to in the window.")
+    total_minor: int = Field(description="Its confirmed rewards in the window.")
+    until_at: datetime = Field(description="Its accounts' purchases there stay flagged until then.")
+    detail: str
+    flagged_at: datetime
+
+
+class MerchantFlags(BaseModel):
+    flags: list[MerchantFlag] = Field(description="The latest first.")
     next_cursor: str | None = Field(description="Pass as ?cursor= for the next (older) page; null on the last page.")

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from stream.core.abuse import AbuseRules
 from stream.core.balances import balances
 from stream.core.entries import Entry
 from stream.core.events import CardEvent, to_event, validate
@@ -38,6 +39,7 @@ class Replay:
     budget_peak: dict[str, int] = field(default_factory=dict)  # the most a budget was ever used
     skipped: int = 0  # messages the matcher would dead-letter
     horizon_days: int = TRANSACTION_HORIZON_DAYS  # the workers' TRANSACTION_HORIZON_DAYS
+    abuse: AbuseRules | None = None  # the workers' ABUSE_RULES_FILE (None: the process's, stream.core.abuse.configured)
 
     def feed(self, message: Outgoing) -> None:
         record = message.record
@@ -63,6 +65,7 @@ class Replay:
             profile,
             budget_remaining=remaining,
             horizon_days=self.horizon_days,
+            abuse=self.abuse,
         )
         self.states[event.account_id] = decision.state
         self.outcomes.append(decision.outcome.value)
@@ -83,8 +86,10 @@ class Replay:
         return balances(self.entries.values())
 
 
-def replay(messages: Iterable[Outgoing], offers: OfferBook, until: datetime | None = None) -> Replay:
-    result = Replay(offers)
+def replay(
+    messages: Iterable[Outgoing], offers: OfferBook, until: datetime | None = None, abuse: AbuseRules | None = None
+) -> Replay:
+    result = Replay(offers, abuse=abuse)
     for message in messages:
         result.feed(message)
     if until is not None:
@@ -103,6 +108,10 @@ def report(result: Replay) -> str:
         cost[(entry.offer_id, entry.currency)] += sign * entry.amount_minor
     lines = ["cost per offer (net of releases, expiries and clawbacks):"]
     lines += [f"  {offer:<24} {format_minor(amount, unit)}" for (offer, unit), amount in sorted(cost.items())]
+    held = Counter(e.explanation.reason for e in result.entries.values() if e.credit_book == "HELD")
+    if held:
+        lines.append("rewards held for review, by abuse rule (entries into HELD):")
+        lines += [f"  {rule:<24} {count}" for rule, count in held.most_common()]
     lines.append("outcomes:")
     lines += [f"  {outcome:<28} {count}" for outcome, count in Counter(result.outcomes).most_common()]
     lines.append(

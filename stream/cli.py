@@ -46,6 +46,22 @@ def _text(text: str) -> str:
     return text
 
 
+def _reason(text: str) -> str:
+    """An argparse type: some text, not blank."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty")
+    return text.strip()
+
+
+def _operator() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name (a container's numeric user)
+        return "unknown"
+
+
 POSITIVE = _number(int, 1, what="a whole number of 1 or more")
 COUNT = _number(int, 0, what="a whole number of 0 or more")
 RATE = _number(float, 0, 1e9, what="a rate of 0 or more")
@@ -85,6 +101,19 @@ def parser() -> argparse.ArgumentParser:
         sub.add_argument("offer_id", type=_text)
     accounts.set_defaults(run=commands.accounts)
 
+    gdpr = subcommands.add_parser("gdpr", help="export everything held about an account, or erase it (GDPR)")
+    gdpr_actions = gdpr.add_subparsers(dest="action", required=True)
+    export = gdpr_actions.add_parser("export", help="print the account's data as JSON")
+    export.add_argument("account_id", type=_text)
+    erase = gdpr_actions.add_parser(
+        "erase", help="tombstone the account in Kafka and pseudonymise its ledger rows (waits for the worker and the sink)"
+    )
+    erase.add_argument("account_id", type=_text)
+    erase.add_argument("--reason", required=True, type=_reason, help="the request's reference (e.g. DSR-2026-0042), never a name")
+    erase.add_argument("--operator", type=_reason, default=_operator(), help="who runs it (default: the login name)")
+    erase.add_argument("--timeout", type=SECONDS, default=120.0, help="seconds to wait for the worker, then for the sink")
+    gdpr.set_defaults(run=commands.gdpr)
+
     simulate = subcommands.add_parser("simulate", help="publish a seeded card-event stream")
     simulate.add_argument("--rate", type=RATE, default=200.0, help="events per second (0: as fast as possible)")
     simulate.add_argument("--purchases", type=COUNT, default=10_000, help="purchases to simulate (0: endless)")
@@ -100,7 +129,12 @@ def parser() -> argparse.ArgumentParser:
     backtest.add_argument("--accounts", type=POSITIVE, default=1_000)
     backtest.add_argument("--seed", type=int, default=1)
     backtest.add_argument("--days-after", type=COUNT, default=60, help="time passed after the last purchase")
+    backtest.add_argument("--abuse-rules", metavar="FILE", help="the abuse rules' YAML file (default: their defaults)")
     backtest.set_defaults(run=commands.backtest)
+
+    abuse = subcommands.add_parser("abuse-rules", help="check an abuse rules file and print the rules in effect")
+    abuse.add_argument("file", nargs="?", help="the YAML file (default: ABUSE_RULES_FILE, else the documented defaults)")
+    abuse.set_defaults(run=commands.abuse_rules)
 
     dead = subcommands.add_parser("dead-letters", help="print the dead-letter topic")
     dead.add_argument("--limit", type=POSITIVE, default=50, help="the newest N dead letters")
@@ -156,7 +190,12 @@ def _operator_error(error: BaseException, system: System | None) -> str | None:
     if isinstance(error, (UsageError, ConfigError, TopicMismatchError)):
         return str(error)
     if isinstance(error, KafkaConnectionError):
-        return f"cannot reach Kafka at {servers} (KAFKA_BOOTSTRAP_SERVERS)"
+        why = _OneShotNoise.last_connect_failure
+        if why and "SaslAuthenticationFailed" in why:
+            return f"Kafka at {servers} refused the SASL login (KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD): {why}"
+        tls = system is not None and system.settings.kafka_security_protocol.endswith("SSL")
+        variables = "KAFKA_BOOTSTRAP_SERVERS" + (", KAFKA_SSL_*" if tls else "")
+        return f"cannot reach Kafka at {servers} ({variables})" + (f": {why}" if why else "")
     if isinstance(error, KafkaError):
         return f"Kafka at {servers} refused: {error}"
     return None
@@ -165,17 +204,21 @@ def _operator_error(error: BaseException, system: System | None) -> str | None:
 class _OneShotNoise(logging.Filter):
     """For commands that run once and stop: aiokafka's error per failed connection attempt, and
     the unclosed-client complaint after a failed start, say again what the command's own one-line
-    error says (a long-running process keeps them: they tell a broker outage in its log)."""
+    error says (a long-running process keeps them: they tell a broker outage in its log). The last
+    connection failure's reason (aiokafka's words: a refused login or TLS handshake, never a
+    password) is kept for that line."""
+
+    last_connect_failure: str | None = None
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return not (
-            (record.name.startswith("aiokafka") and message.startswith("Unable connect"))
-            or (record.name == "asyncio" and message.startswith("Unclosed AIOKafka"))
-        )
+        if record.name.startswith("aiokafka") and message.startswith("Unable connect"):
+            _OneShotNoise.last_connect_failure = message.partition('": ')[2] or None
+            return False
+        return not (record.name == "asyncio" and message.startswith("Unclosed AIOKafka"))
 
 
-ONE_SHOT = ("offers", "accounts", "dead-letters", "topics", "migrate")
+ONE_SHOT = ("offers", "accounts", "dead-letters", "topics", "migrate", "gdpr")
 
 
 def main(argv: list[str] | None = None) -> None:

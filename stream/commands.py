@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from stream.composition import System, UsageError, read_offers, run_until_signalled
+from stream.composition import System, UsageError, read_abuse_rules, read_offers, run_until_signalled
 
 
 def worker(system: System, args: argparse.Namespace) -> None:
@@ -65,6 +65,79 @@ def accounts(system: System, args: argparse.Namespace) -> None:
         print(f"{args.account_id}: offer {args.offer_id} {'activated' if active else 'deactivated'} at {at.isoformat()}")
 
 
+async def _ledger_up_to_date(system: System) -> None:
+    """UsageError unless Postgres answers with every migration applied (the GDPR commands never
+    change the schema themselves: ``migrate``, the sink or the API do)."""
+    import asyncpg
+
+    from stream.composition import masked_dsn
+    from stream.store.migrations import pending_migrations
+
+    dsn = system.settings.database_url
+    try:
+        connection = await asyncpg.connect(dsn, timeout=30)
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+        raise UsageError(f"cannot connect to Postgres at {masked_dsn(dsn)}: {str(error) or type(error).__name__}") from None
+    try:
+        missing = await pending_migrations(connection)
+    finally:
+        await connection.close()
+    if missing:
+        raise UsageError(f"the ledger's schema misses {', '.join(missing)}: run `cashback migrate` first")
+
+
+def gdpr(system: System, args: argparse.Namespace) -> None:
+    """``gdpr export ACCOUNT``: the account's data as JSON on stdout. ``gdpr erase ACCOUNT --reason``:
+    its erasure (stream.gdpr), progress on stderr, the erasure log's row on stdout."""
+    import sys
+
+    from stream.gdpr import AccountErased, ErasureIncomplete, NothingHeld, erase_account, export_account
+
+    settings, codec, topics = system.settings, system.codec, system.catalogue
+    asyncio.run(_ledger_up_to_date(system))
+
+    async def export() -> str:
+        import asyncpg
+
+        connection = await asyncpg.connect(settings.database_url, timeout=30)
+        try:
+            return (await export_account(settings, codec, topics, connection, args.account_id)).model_dump_json(indent=2)
+        finally:
+            await connection.close()
+
+    if args.action == "export":
+        try:
+            print(asyncio.run(export()))
+        except AccountErased:
+            raise UsageError(f"account {args.account_id} was erased: no personal data of it is held") from None
+        except NothingHeld:
+            raise UsageError(f"account {args.account_id}: nothing is held about it") from None
+        return
+    asyncio.run(system.create_topics())  # the erasures topic, on a cluster that predates it
+    try:
+        report = asyncio.run(
+            erase_account(
+                settings,
+                codec,
+                topics,
+                args.account_id,
+                args.reason,
+                args.operator,
+                args.timeout,
+                say=lambda line: print(f"{args.account_id}: {line}", file=sys.stderr),
+            )
+        )
+    except (ErasureIncomplete, ValueError) as error:
+        raise UsageError(f"account {args.account_id}: {error}") from None
+    logged = report.erasure
+    print(
+        f"erasure {logged.erasure_id} at {logged.erased_at.isoformat()} by {logged.erased_by} ({logged.reason}): "
+        f"pseudonym {logged.pseudonym or 'none (the ledger held no row of the account)'}; ledger rows {logged.ledger_rows}, "
+        f"purchases not earned {logged.not_earned_rows}, balances {logged.balance_rows}, refused entries "
+        f"{logged.conflict_rows}, budget grants {logged.budget_rows}; {report.tombstones} tombstones published"
+    )
+
+
 def simulate(system: System, args: argparse.Namespace) -> None:
     from stream.simulate import Scenario, publish
 
@@ -88,7 +161,15 @@ def backtest(system: System | None, args: argparse.Namespace) -> None:
     print(
         f"back-test of {args.offers} over {args.purchases} simulated purchases (seed {args.seed}), time passed to {until:%Y-%m-%d}"
     )
-    print(report(replay(generate(scenario, system.codec if system else None), book, until)))
+    rules = read_abuse_rules(args.abuse_rules, variable=None)
+    print(report(replay(generate(scenario, system.codec if system else None), book, until, abuse=rules)))
+
+
+def abuse_rules(system: System, args: argparse.Namespace) -> None:
+    path = args.file or system.settings.abuse_rules_file
+    rules = read_abuse_rules(path, variable=None if args.file else "ABUSE_RULES_FILE")
+    print(f"abuse rules of {path or 'the defaults (no ABUSE_RULES_FILE)'}: a reward they flag is held for review")
+    print("\n".join(f"  {line}" for line in rules.describe()))
 
 
 def dead_letters(system: System, args: argparse.Namespace) -> None:

@@ -22,6 +22,8 @@ from stream.settings import Settings
 from topics.catalogue import Catalogue
 
 if TYPE_CHECKING:
+    from stream.abuse_scan import MerchantScan
+    from stream.core.abuse import AbuseRules
     from stream.core.offers import Offer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -75,6 +77,30 @@ def read_offers(path: str | Path) -> list[Offer]:
         raise UsageError(f"offers file {path}: {error}") from None
 
 
+def read_abuse_rules(path: str | Path | None, variable: str | None = "ABUSE_RULES_FILE") -> AbuseRules:
+    """The abuse rules of a YAML file (None: the documented defaults); UsageError naming the file (and
+    the ``variable`` that named it) and the field for a missing, unreadable or invalid one."""
+    import yaml
+
+    from stream.core.abuse import DEFAULT_RULES, AbuseRulesError, parse_rules
+
+    if path is None:
+        return DEFAULT_RULES
+    where = f"abuse rules file {path}" + (f" ({variable})" if variable else "")
+    try:
+        return parse_rules(yaml.safe_load(Path(path).read_text()))
+    except FileNotFoundError:
+        raise UsageError(f"{where}: no such file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UsageError(f"{where}: cannot read it ({error})") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise UsageError(f"{where}: not valid YAML{at}: {getattr(error, 'problem', None) or type(error).__name__}") from None
+    except AbuseRulesError as error:
+        raise UsageError(f"{where}: {error}") from None
+
+
 def run_until_signalled(main: Callable[[asyncio.Event], Coroutine[Any, Any, Any]]) -> None:
     """Run ``main(stop_event)`` on uvloop; SIGINT/SIGTERM set the event for a clean stop."""
     import uvloop
@@ -122,6 +148,11 @@ class System:
         except httpx.HTTPError as error:
             raise UsageError(f"cannot use the schema registry at {self.settings.schema_registry_url}: {error}") from None
 
+    @functools.cached_property
+    def abuse_rules(self) -> AbuseRules:
+        """The abuse rules ``ABUSE_RULES_FILE`` configures (read once; UsageError naming the field)."""
+        return read_abuse_rules(self.settings.abuse_rules_file)
+
     async def create_topics(self) -> list[str]:
         """The catalogue's topics and the matcher's table changelogs; the names of those created."""
         from topics.admin import ensure_topics
@@ -161,36 +192,60 @@ class System:
         import uvloop
 
         from stream import metrics
+        from stream.core.abuse import configure as configure_abuse_rules
+        from stream.deadletter import configure_hash_key
         from stream.matcher import Matcher
 
         settings = self.settings
+        configure_hash_key(settings.dead_letter_hash_key)
+        configure_abuse_rules(self.abuse_rules)  # the matcher's decisions use them (stream.core.abuse)
         asyncio.run(self.create_topics())
         asyncio.run(self.migrate_database())  # campaign budgets live in Postgres
-        metrics.serve(settings.metrics_port)
+        metrics.serve(settings.metrics_port, settings.metrics_host)
         uvloop.install()
-        matcher = Matcher(settings, self.codec, self.catalogue)
+        matcher = Matcher(settings, self.codec, self.catalogue, abuse=self.abuse_rules)
         if with_sink:
             from stream.sink import Sink
 
             matcher.app.task(Sink(settings, self.catalogue, self.codec).run)
+            if scan := self.merchant_scan():
+                matcher.app.task(scan.run)
         faust.Worker(matcher.app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
 
     def run_sink(self) -> None:
         """The sink process, until SIGINT or SIGTERM."""
         from stream import metrics
+        from stream.deadletter import configure_hash_key
         from stream.sink import Sink
+
+        configure_hash_key(self.settings.dead_letter_hash_key)
+        scan = self.merchant_scan()  # a bad ABUSE_RULES_FILE stops the sink here, before anything starts
 
         async def main(stop: asyncio.Event) -> None:
             await self.create_topics()
             await self.migrate_database()
-            metrics.serve(self.settings.metrics_port)
+            metrics.serve(self.settings.metrics_port, self.settings.metrics_host)
             sink = Sink(self.settings, self.catalogue, self.codec)
             task = asyncio.create_task(sink.run())
+            scanning = asyncio.create_task(scan.run()) if scan else None
             await asyncio.wait([task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+            if scanning is not None:
+                scanning.cancel()
+                await asyncio.gather(scanning, return_exceptions=True)
             sink.stop()
             await task
 
         run_until_signalled(main)
+
+    def merchant_scan(self) -> MerchantScan | None:
+        """The cross-account abuse rule's scan (``stream.abuse_scan``), run beside a sink; None when
+        the rule is off or ABUSE_SCAN_INTERVAL_S is 0."""
+        from stream.abuse_scan import MerchantScan
+
+        rule = self.abuse_rules.merchant_concentration
+        if not rule.enabled or not self.settings.abuse_scan_interval_s:
+            return None
+        return MerchantScan(self.settings, self.catalogue, self.codec, rule)
 
     def run_api(self) -> None:
         """The balance API process (uvicorn): its token keys loaded (ConfigError naming API_AUTH_* if

@@ -10,6 +10,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import UnknownTopicOrPartitionError, for_code
 
 from schemas.codec import Codec, DecodeError
+from stream.core.events import mask_card_numbers
 from stream.settings import Settings
 
 
@@ -96,14 +97,18 @@ def _letter(codec: Codec, record: Any) -> dict[str, Any]:
 
 
 def format_letter(letter: dict[str, Any]) -> str:
-    """One line: when, stage, reason, where it came from, the original's size and the detail.
-    The original bytes themselves are never shown."""
+    """One line: when, stage, reason, where it came from, the original's size, the detail (any card
+    number in it masked, also in a dead letter written before masking) and the card numbers masked
+    in the original (the first 12 hex digits of each one's keyed hash, to tell the same card). The
+    original bytes themselves are never shown."""
     size = len(letter["value"]) if letter.get("value") is not None else 0
     when = f"{letter['failed_at']:%Y-%m-%d %H:%M:%S}" if letter.get("failed_at") is not None else "?" * 19
+    hashes = letter.get("card_number_hashes") or []
+    cards = f" [card numbers masked: {', '.join(digest[:12] for digest in hashes)}]" if hashes else ""
     return (
         f"{when} {letter['stage']:<7} {letter['reason']:<22} "
         f"{letter['source_topic']}[{letter['source_partition']}]@{letter['source_offset']} "
-        f"({size} bytes) {letter['detail']}"
+        f"({size} bytes) {mask_card_numbers(str(letter['detail']), glued=True).text}{cards}"
     )
 
 

@@ -40,9 +40,10 @@ from typing import Any, cast
 from faust.types import StreamT
 
 from schemas.codec import Codec, DecodeError
-from stream.account_profiles import AccountProfiles
+from stream.account_profiles import ACCOUNT_ERASED, ERASURE_SUBJECT, AccountProfiles, Refusal
 from stream.account_states import AccountStates
 from stream.changelog_table import ChangelogTable
+from stream.core.abuse import AbuseRules
 from stream.core.events import CardEvent, to_event, validate
 from stream.core.lifecycle import due_events
 from stream.core.memory import RECENT_EVENTS_LIMIT
@@ -87,8 +88,12 @@ class Source:
 class Matcher:
     """The Faust app with its agent, table and offer mirror."""
 
-    def __init__(self, settings: Settings, codec: Codec, topics: Catalogue | None = None) -> None:
+    def __init__(
+        self, settings: Settings, codec: Codec, topics: Catalogue | None = None, abuse: AbuseRules | None = None
+    ) -> None:
+        """``abuse``: the abuse rules the decisions apply (None: ``stream.core.abuse``'s configured ones)."""
         self.settings = settings
+        self.abuse = abuse
         self.codec = codec
         self.topics = topics or settings.topics()
         Path(settings.worker_data_dir).mkdir(parents=True, exist_ok=True)
@@ -224,6 +229,8 @@ class Matcher:
         if key != record["account_id"].encode():
             await self._dead_letter(OtherReason.KEY_MISMATCH.value, "message key is not the event's account_id", source)
             return None
+        if await self.refuse_erased(record["account_id"], source):
+            return None
         return await self._apply(to_event(record), self.accounts.get(record["account_id"]), source)
 
     async def _apply(self, event: CardEvent, state: AccountState | None, source: Source | None) -> Outcome | None:
@@ -289,7 +296,7 @@ class Matcher:
         horizon = self.settings.transaction_horizon_days
 
         def decide_with(remaining: Mapping[str, int] | None) -> Decision:
-            return decide(event, book, state, profile, budget_remaining=remaining, horizon_days=horizon)
+            return decide(event, book, state, profile, budget_remaining=remaining, horizon_days=horizon, abuse=self.abuse)
 
         return await grant(decide_with, self._budgets(book), movement_id(event.account_id, event.event_id), self.budget_ledger)
 
@@ -301,12 +308,41 @@ class Matcher:
         return self._budget_lines
 
     async def handle_account_message(self, source: Source) -> None:
-        """An activation or a profile: fold it into the account's profile (stream.account_profiles)."""
-        refusal = self.account_profiles.fold(source.topic, source.partition, source.key, source.value)
-        if refusal is not None:
-            await self._dead_letter(refusal.reason, refusal.detail, source)
-            return
-        EVENTS_CONSUMED.labels(self.account_subjects[source.topic].upper(), "applied").inc()
+        """An activation or a profile: fold it into the account's profile (stream.account_profiles).
+        An erasure instruction: erase the account (``erase_account``)."""
+        subject = self.account_subjects[source.topic]
+        if subject == ERASURE_SUBJECT:
+            erased = self.account_profiles.erasure_of(source.partition, source.key, source.value)
+            if isinstance(erased, Refusal):
+                await self._dead_letter(erased.reason, erased.detail, source)
+                return
+            self.erase_account(erased, source.partition)
+        else:
+            refusal = self.account_profiles.fold(source.topic, source.partition, source.key, source.value)
+            if refusal is not None:
+                await self._dead_letter(refusal.reason, refusal.detail, source)
+                return
+        EVENTS_CONSUMED.labels(subject.upper(), "applied").inc()
+
+    def erase_account(self, account_id: str, partition: int) -> None:
+        """GDPR erasure (stream.gdpr): delete every key of the account's state and its profile, and
+        mark it erased, on its partition. The deletions are staged now, after anything the batch
+        decided for it (whose entries still leave at the flush: they were decided before the
+        erasure), and reach the changelogs as tombstones at the flush; the instruction's offset is
+        committed only after that. Nothing here logs the account id."""
+        deleted = self.accounts.erase(account_id, partition)
+        self.account_profiles.erase(account_id, partition)
+        log.info("erasure on partition %d: %d state keys and the profile deleted", partition, len(deleted))
+
+    async def refuse_erased(self, account_id: str, source: Source) -> bool:
+        """Whether the card event of ``source`` is for an erased account, in which case it is
+        dead-lettered (``account_erased``) instead of decided: deciding it would store a new state
+        and ledger entries under the erased id. The card-event path calls it once the
+        event is validated, before it is decided."""
+        if not self.account_profiles.erased(account_id):
+            return False
+        await self._dead_letter(ACCOUNT_ERASED, "the account was erased: its card events are no longer processed", source)
+        return True
 
     async def _dead_letter(self, reason: str, detail: str, source: Source) -> None:
         log.warning("dead letter from %s[%d]@%d: %s (%s)", source.topic, source.partition, source.offset, reason, detail)

@@ -4,6 +4,7 @@ value is ever a label: labels are small closed sets (event type, outcome, kind, 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
@@ -34,10 +35,23 @@ SINK_BATCH_SECONDS = Histogram(
 SINK_ENTRIES = Counter("cashback_sink_entries_total", "Ledger entries handled by the sink, by result.", ["result"])
 SINK_RETRIES = Counter("cashback_sink_retries_total", "Batch writes retried because Postgres was unreachable.")
 API_REQUESTS = Counter("cashback_api_requests_total", "Balance API requests by route and status.", ["route", "status"])
+# Abuse controls (stream.core.holds), counted by the sink as the ledger takes each entry (a replay counts nothing):
+# rule is one of stream.core.abuse.RULE_NAMES (else "other"), decision released or forfeited.
+HOLDS = Counter("cashback_holds_total", "Rewards an abuse rule held for review (entries into HELD), by rule.", ["rule"])
+HOLD_REVIEWS = Counter(
+    "cashback_hold_reviews_total", "Held rewards released or forfeited by operations, by rule and decision.", ["rule", "decision"]
+)
+MERCHANTS_FLAGGED = Counter(
+    "cashback_merchants_flagged_total", "Merchants the sink's scan found concentrating rewards on few accounts (each flag once)."
+)
 
 
-def serve(port: int) -> None:
-    """Expose /metrics on ``port`` (127.0.0.1 unless bound elsewhere by the deployment); 0: not served."""
-    if port:
-        start_http_server(port, addr="0.0.0.0")
-        log.info("metrics on :%d/metrics", port)
+def serve(port: int, host: str = "127.0.0.1") -> Any:
+    """Expose /metrics on ``host``:``port`` (METRICS_HOST: loopback unless the deployment opens it
+    wider, e.g. 0.0.0.0 for a scraper on another host); port 0: not served. Returns the server (None
+    when not served), which serves in a thread until the process ends."""
+    if not port:
+        return None
+    server, _ = start_http_server(port, addr=host)
+    log.info("metrics on %s:%d/metrics", host, port)
+    return server

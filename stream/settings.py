@@ -9,6 +9,7 @@ the variable's name.
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Mapping
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -36,6 +37,13 @@ class Settings(BaseSettings):
     kafka_sasl_username: str | None = Field(None, description="SASL user name.")
     kafka_sasl_password: str | None = Field(None, description="SASL password (never logged).", repr=False)
     kafka_ssl_cafile: str | None = Field(None, description="CA bundle file for Kafka TLS.")
+    kafka_ssl_certfile: str | None = Field(
+        None, description="Client certificate (PEM) for Kafka mutual TLS; needs KAFKA_SSL_KEYFILE."
+    )
+    kafka_ssl_keyfile: str | None = Field(None, description="Private key (PEM) of KAFKA_SSL_CERTFILE.")
+    kafka_ssl_key_password: str | None = Field(
+        None, description="Password of KAFKA_SSL_KEYFILE when it is encrypted (never logged).", repr=False
+    )
     schema_registry_url: str | None = Field(
         None, description="Confluent-compatible schema registry; unset means the shipped schema ids."
     )
@@ -68,6 +76,17 @@ class Settings(BaseSettings):
         le=3650,
         description="Days a settled transaction (and every event id of it) is remembered after its last event: the chargeback horizon.",
     )
+    abuse_rules_file: str | None = Field(
+        None,
+        description="YAML file of the abuse rules that hold a reward for review (deploy/abuse/rules.yaml shows each field); "
+        "unset: their documented defaults. Read by the worker and the sink; a bad file stops them, naming the field.",
+    )
+    abuse_scan_interval_s: float = Field(
+        300.0,
+        ge=0,
+        le=86_400,
+        description="How often the sink looks for a merchant concentrating rewards on few accounts (0: never).",
+    )
     sink_batch_size: int = Field(2000, ge=1, le=100_000, description="Most accruals written per database transaction.")
     sink_batch_wait_ms: int = Field(100, ge=0, le=60_000, description="Longest wait to fill a sink batch.")
     sink_group_id: str = Field("cashback-sink", description="Consumer group of the sink.")
@@ -78,6 +97,11 @@ class Settings(BaseSettings):
         description="How often each worker ticks time for its partitions (ends of return windows, expiries).",
     )
     metrics_port: int = Field(0, ge=0, le=65535, description="Port of this process's /metrics (0: none for the worker and sink).")
+    metrics_host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="Address the worker's and the sink's /metrics listen on (0.0.0.0: every interface, for a remote scraper).",
+    )
     api_host: str = Field("127.0.0.1", description="Address the balance API listens on.")
     api_port: int = Field(8080, ge=0, le=65535, description="Port of the balance API.")
     api_auth_jwks: str | None = Field(
@@ -98,6 +122,13 @@ class Settings(BaseSettings):
         ge=10,
         le=86_400,
         description="Seconds the API keeps its copy of the JWKS; a token naming an unknown key fetches it again (at most every 30 s).",
+    )
+    dead_letter_hash_key: str | None = Field(
+        None,
+        min_length=32,
+        repr=False,
+        description="Secret key (32+ characters, never logged) of the HMAC-SHA256 kept for each card number masked in a "
+        "dead letter; unset: a random key per process (hashes comparable within one process only).",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level of every process.")
 
@@ -160,10 +191,54 @@ class Settings(BaseSettings):
                 sasl_plain_password=self.kafka_sasl_password,
             )
         if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
-            from aiokafka.helpers import create_ssl_context
-
-            options["ssl_context"] = create_ssl_context(cafile=self.kafka_ssl_cafile)
+            options["ssl_context"] = self._kafka_ssl_context()
+        else:
+            given = [name.upper() for name in _KAFKA_TLS_FIELDS if getattr(self, name)]
+            if given:
+                raise ConfigError(
+                    f"invalid configuration: {', '.join(given)} {'need' if len(given) > 1 else 'needs'} "
+                    "KAFKA_SECURITY_PROTOCOL SSL or SASL_SSL, "
+                    f"not {self.kafka_security_protocol} (the connection would not use TLS)"
+                )
         return options
+
+    def _kafka_ssl_context(self) -> ssl.SSLContext:
+        """The TLS context of every Kafka client: the CA to trust, and the client certificate for mutual TLS."""
+        from aiokafka.helpers import create_ssl_context
+
+        certfile, keyfile = self.kafka_ssl_certfile, self.kafka_ssl_keyfile
+        if bool(certfile) != bool(keyfile):
+            missing = "KAFKA_SSL_KEYFILE" if certfile else "KAFKA_SSL_CERTFILE"
+            raise ConfigError(
+                f"invalid configuration: {missing} is required: KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE go together"
+            )
+        if self.kafka_ssl_key_password and not keyfile:
+            raise ConfigError("invalid configuration: KAFKA_SSL_KEY_PASSWORD is given without KAFKA_SSL_KEYFILE")
+        for name in ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile"):
+            path = getattr(self, name)
+            if path and not os.path.isfile(path):
+                raise ConfigError(f"invalid configuration: {name.upper()}: no such file {path!r}")
+        try:
+            context = create_ssl_context(cafile=self.kafka_ssl_cafile)
+        except (ssl.SSLError, OSError) as error:
+            raise ConfigError(
+                f"invalid configuration: KAFKA_SSL_CAFILE: cannot load {self.kafka_ssl_cafile!r} ({error})"
+            ) from None
+        if certfile:
+            # A callable, never None: OpenSSL would otherwise prompt on the terminal for an encrypted key.
+            password = self.kafka_ssl_key_password or ""
+            try:
+                context.load_cert_chain(certfile, keyfile, password=lambda: password)
+            except (ssl.SSLError, OSError) as error:
+                raise ConfigError(
+                    "invalid configuration: KAFKA_SSL_CERTFILE, KAFKA_SSL_KEYFILE: cannot load the client certificate "
+                    f"and its key ({error}; an encrypted key needs KAFKA_SSL_KEY_PASSWORD)"
+                ) from None
+        return context
+
+
+#: The settings that only mean something over TLS (KAFKA_SECURITY_PROTOCOL SSL or SASL_SSL).
+_KAFKA_TLS_FIELDS = ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile", "kafka_ssl_key_password")
 
 
 def documentation_table() -> str:

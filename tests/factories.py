@@ -118,7 +118,13 @@ def profile(*segments: str, **activations: datetime) -> Any:
 
 
 def totals(
-    pending: int = 0, confirmed: int = 0, available: int = 0, lifetime: int = 0, clawed: int = 0, donated: int = 0
+    pending: int = 0,
+    confirmed: int = 0,
+    available: int = 0,
+    lifetime: int = 0,
+    clawed: int = 0,
+    donated: int = 0,
+    held: int = 0,
 ) -> dict[str, int]:
     """One balances() row, every field named, zero unless given."""
     return {
@@ -128,6 +134,7 @@ def totals(
         "lifetime_earned_minor": lifetime,
         "clawed_back_minor": clawed,
         "donated_minor": donated,
+        "held_minor": held,
     }
 
 

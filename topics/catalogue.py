@@ -48,6 +48,8 @@ class Catalogue:
     clock: Topic
     accruals: Topic
     dead_letters: Topic
+    erasures: Topic
+    instructions: Topic
 
     def all(self) -> tuple[Topic, ...]:
         return (
@@ -59,15 +61,18 @@ class Catalogue:
             self.clock,
             self.accruals,
             self.dead_letters,
+            self.erasures,
+            self.instructions,
         )
 
-    def inputs(self) -> tuple[Topic, Topic]:
-        """The card-event topics."""
-        return (self.authorizations, self.settlements)
+    def inputs(self) -> tuple[Topic, Topic, Topic]:
+        """What the rules engine decides: the card-event topics, and the bank's instructions about
+        an account's held rewards (decided like card events, in the account's order: stream.core.holds)."""
+        return (self.authorizations, self.settlements, self.instructions)
 
-    def account_inputs(self) -> tuple[Topic, Topic]:
-        """What the matcher joins per account beside card events: activations and profiles."""
-        return (self.activations, self.profiles)
+    def account_inputs(self) -> tuple[Topic, Topic, Topic]:
+        """What the matcher folds per account beside card events: activations, profiles and erasures."""
+        return (self.activations, self.profiles, self.erasures)
 
     def by_name(self, name: str) -> Topic:
         for topic in self.all():
@@ -111,4 +116,10 @@ def catalogue(prefix: str = "cashback.", partitions: int = 4) -> Catalogue:
         accruals=keyed_by_account("accruals", "accrual", 30),
         # Dead letters are kept long: every one must be inspected and replayed or closed.
         dead_letters=Topic(prefix + "dead-letters", 1, "source topic", "dead_letter", False, 90 * DAY_MS, False),
+        # Erasure instructions (stream.gdpr): read once by the worker owning the account, which then
+        # holds its own record of the erasure; kept a week, not longer, since each names an account.
+        erasures=keyed_by_account("account-erasures", "account_erasure", 7),
+        # Instructions about held rewards (release, forfeit, a merchant flagged: stream.core.holds), from
+        # the API's operations routes and the sink's scan; apart from the card processors' topics.
+        instructions=keyed_by_account("account-instructions", "account_instruction", 30),
     )

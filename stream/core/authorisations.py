@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from stream.core.holds import note_purchase
 from stream.core.judgement import new_txn, reconsider, refuse, shares_for
 from stream.core.lifecycle import authorization_expires_at
 from stream.core.offers import AccrueOn
@@ -66,6 +67,7 @@ def on_authorization(step: AccountStep) -> Outcome:
     txn = step.put(event.transaction_ref, new_txn(event, shares, "authorized"))
     txn.authorized_basis = purchase_basis(event)
     txn.expires_at_ms = authorization_expires_at(event, [step.offers.get(share.offer_id) for share in shares])
+    note_purchase(step, event.transaction_ref)  # the abuse rules (stream.core.holds)
     return _pending_outcome(step, txn, "PENDING_CREATED", "authorisation")
 
 

@@ -1,6 +1,7 @@
 """Customer balances implied by ledger entries, per (account, reward kind, unit): the oracle the
 tests compare Postgres with. The same arithmetic as the database's (migration 0007:
-``book_movement``, ``earned_movement``, ``clawed_back_movement``); a test holds them equal."""
+``book_movement``, ``earned_movement``, ``clawed_back_movement``, which 0009 makes count a
+forfeited hold; ``held_minor`` is the HELD book); a test holds them equal."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def balances(entries: Iterable[Entry]) -> dict[tuple[str, str, str], dict[str, i
                 totals[_BOOK_FIELDS[book]] += sign * amount
         if entry.entry_kind == "CONFIRMED":
             totals["lifetime_earned_minor"] += amount
-        elif entry.entry_kind == "CLAWED_BACK":
+        elif entry.entry_kind in ("CLAWED_BACK", "HOLD_FORFEITED"):  # a forfeited hold is taken back too
             totals["clawed_back_minor"] += amount
         elif entry.entry_kind == "RECREDITED":  # a reversed chargeback undoes its clawback
             totals["clawed_back_minor"] -= amount
@@ -36,6 +37,7 @@ _BOOK_FIELDS = {
     "CONFIRMED": "confirmed_minor",
     "AVAILABLE": "available_minor",
     "DONATED": "donated_minor",
+    "HELD": "held_minor",
 }
 BALANCE_FIELDS = (
     "pending_minor",
@@ -44,4 +46,5 @@ BALANCE_FIELDS = (
     "lifetime_earned_minor",
     "clawed_back_minor",
     "donated_minor",
+    "held_minor",
 )

@@ -1,12 +1,14 @@
 """The rules engine's handlers for money going back: a refund claws back its prorated share of the
 cashback, a chargeback all of it, and a chargeback reversal credits it again (within the cap and
-budget). Clawbacks prorate what was confirmed and leave the carried remainder alone.
+budget; or held, when an abuse rule flags it: ``stream.core.holds``). Clawbacks prorate what was
+confirmed and leave the carried remainder alone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from stream.core.holds import HELD, note_refund, spend
 from stream.core.money import format_minor, prorate
 from stream.core.outcomes import Outcome
 from stream.core.state import Share, Txn
@@ -14,17 +16,21 @@ from stream.core.working_copy import AccountStep, limit_note, spendable_book
 
 
 def _claw_back(step: AccountStep, share: Share, amount: int, reason: str, detail: str) -> int:
-    """Take ``amount`` back: from CONFIRMED first, then AVAILABLE (which may go negative, recorded).
-    The cap period and the budget get it back."""
+    """Take ``amount`` back: from CONFIRMED first, then HELD (a reward held for review), then
+    AVAILABLE (which may go negative, recorded). The cap period and the budget get it back."""
     # Never negative: a later clearing part can lower a refund's prorated target below what was
     # already taken back; that is not a reason to give cashback back.
     amount = max(0, min(amount, share.earned - share.clawed_back))
     from_confirmed = min(share.confirmed, amount)
+    from_held = min(share.held, amount - from_confirmed)
+    from_spendable = amount - from_confirmed - from_held
     step.entry("CLAWED_BACK", "CONFIRMED", "EXPENSE", from_confirmed, share, reason, detail)
-    step.entry("CLAWED_BACK", spendable_book(share), "EXPENSE", amount - from_confirmed, share, reason, detail)
+    step.entry("CLAWED_BACK", HELD, "EXPENSE", from_held, share, reason, detail)
+    step.entry("CLAWED_BACK", spendable_book(share), "EXPENSE", from_spendable, share, reason, detail)
     step.hold(share, -amount)
     share.confirmed -= from_confirmed
-    share.available -= amount - from_confirmed
+    share.held -= from_held
+    share.available -= from_spendable
     share.clawed_back += amount
     return amount
 
@@ -66,7 +72,9 @@ def on_refund(step: AccountStep) -> Outcome:
         share.refund_clawed += taken
         return taken
 
-    return _on_each_share(step, Outcome.CLAWED_BACK, claw_back, first=add_refund)
+    outcome = _on_each_share(step, Outcome.CLAWED_BACK, claw_back, first=add_refund)
+    note_refund(step)  # for the refund loops (stream.core.holds)
+    return outcome
 
 
 def on_chargeback(step: AccountStep) -> Outcome:
@@ -82,15 +90,14 @@ def on_chargeback(step: AccountStep) -> Outcome:
 def on_chargeback_reversal(step: AccountStep) -> Outcome:
     def recredit(txn: Txn, share: Share) -> int:
         amount, limit = step.grant(share, share.chargeback_clawed)
-        book = spendable_book(share) if share.pending_days == 0 else "CONFIRMED"
         note = limit_note(share, limit)
         detail = "chargeback reversed: cashback credited again" + (f" ({note})" if note else "")
-        step.entry("RECREDITED", "EXPENSE", book, amount, share, "chargeback_reversed", detail)
-        step.hold(share, amount)
-        if book == "CONFIRMED":
-            share.confirmed += amount
+        if share.pending_days == 0:  # spendable at once, or held when an abuse rule flags it
+            spend(step, txn, share, amount, "EXPENSE", "RECREDITED", "chargeback_reversed", detail, detail)
         else:
-            share.available += amount
+            step.entry("RECREDITED", "EXPENSE", "CONFIRMED", amount, share, "chargeback_reversed", detail)
+            share.confirmed += amount
+        step.hold(share, amount)
         share.clawed_back -= amount
         share.chargeback_clawed -= amount
         return amount

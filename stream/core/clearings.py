@@ -9,12 +9,13 @@ from __future__ import annotations
 from dataclasses import replace
 
 from stream.core.authorisations import Limited, limited_outcome
+from stream.core.holds import note_purchase, note_rewarded, spend
 from stream.core.judgement import new_txn, reconsider, refuse, shares_for, still_refused
 from stream.core.lifecycle import open_return_window, window_over
 from stream.core.outcomes import Outcome
 from stream.core.rewards import Amount, at_most_per_purchase, compute, describe
 from stream.core.state import Share
-from stream.core.working_copy import AccountStep, limit_note, purchase_basis, spendable_book
+from stream.core.working_copy import AccountStep, limit_note, purchase_basis
 
 
 def _confirm(step: AccountStep, share: Share, basis: int, size: int) -> tuple[int, int, Amount, Outcome | None]:
@@ -52,6 +53,7 @@ def on_clearing(step: AccountStep) -> Outcome:
             return refuse(step, found, "cleared" if final else "clearing")
         txn = step.put(event.transaction_ref, new_txn(event, shares, "clearing"))
         txn.force_post = True
+        note_purchase(step, event.transaction_ref)  # before it may become spendable below
     elif txn.status == "cleared":
         return Outcome.ALREADY_SETTLED
     elif txn.refused:
@@ -65,6 +67,7 @@ def on_clearing(step: AccountStep) -> Outcome:
     part = "" if event.clearing_count is None else f" (part {event.clearing_sequence} of {event.clearing_count})"
     limited: Limited = []
     confirmed_any = False
+    rewarded_before = any(share.earned > 0 for share in txn.shares)
     for share in txn.shares:
         from_pending, extra, amount, limit = _confirm(step, share, basis, txn.cleared_basis + basis)
         confirm = from_pending + extra
@@ -77,6 +80,9 @@ def on_clearing(step: AccountStep) -> Outcome:
         share.confirmed += confirm
         share.earned += confirm
         confirmed_any = confirmed_any or confirm > 0
+        if confirm > 0 and not rewarded_before:  # its first reward: the refund loop's share (stream.core.holds)
+            note_rewarded(step)
+            rewarded_before = True
         if limit is not None and confirm == 0:
             limited.append((share, limit, note))
         if final and share.pending > 0:
@@ -92,16 +98,8 @@ def on_clearing(step: AccountStep) -> Outcome:
             step.hold(share, -share.pending)
             share.pending = 0
         if share.pending_days == 0 and share.confirmed > 0:
-            step.entry(
-                "MADE_AVAILABLE",
-                "CONFIRMED",
-                spendable_book(share),
-                share.confirmed,
-                share,
-                "available",
-                "no return window: available at once",
-            )
-            share.available += share.confirmed
+            detail = "no return window: available at once"
+            spend(step, txn, share, share.confirmed, "CONFIRMED", "MADE_AVAILABLE", "available", detail, "no return window")
             share.confirmed = 0
         elif confirm > 0:
             open_return_window(share, event)
@@ -114,16 +112,19 @@ def on_clearing(step: AccountStep) -> Outcome:
 
 def on_return_window_ended(step: AccountStep) -> Outcome:
     """Time passing (stream.core.lifecycle): confirmed cashback whose return window is over becomes
-    available."""
+    available, or held when an abuse rule flags it (stream.core.holds)."""
     txn = step.txn(step.event.transaction_ref)
     if txn is None:
         return Outcome.UNKNOWN_TRANSACTION
-    moved = 0
+    available = held = 0
     for share in txn.shares:
         if share.confirmed > 0 and window_over(share, step.event):
-            detail = f"return window of {share.pending_days} days over: available"
-            step.entry("MADE_AVAILABLE", "CONFIRMED", spendable_book(share), share.confirmed, share, "available", detail)
-            share.available += share.confirmed
-            moved += share.confirmed
+            cause = f"return window of {share.pending_days} days over"
+            spent = spend(
+                step, txn, share, share.confirmed, "CONFIRMED", "MADE_AVAILABLE", "available", f"{cause}: available", cause
+            )
+            available, held = available + spent.available, held + spent.held
             share.confirmed = 0
-    return Outcome.MADE_AVAILABLE if moved else Outcome.NO_CHANGE
+    if available:
+        return Outcome.MADE_AVAILABLE
+    return Outcome.HELD if held else Outcome.NO_CHANGE

@@ -1,8 +1,8 @@
 """A ledger entry as the engine makes it: a typed, immutable record.
 
 One entry moves ``amount_minor`` of one reward kind and currency from ``debit_book`` to
-``credit_book`` of one account (PENDING, CONFIRMED, AVAILABLE, ... and EXPENSE, the bank's side;
-NOT_EARNED moves nothing and says why). Its ``accrual_id`` (``<event_id>#<n>``) is the ledger's
+``credit_book`` of one account (PENDING, CONFIRMED, AVAILABLE, HELD, ... and EXPENSE, the bank's
+side; NOT_EARNED moves nothing and says why). Its ``accrual_id`` (``<event_id>#<n>``) is the ledger's
 unique key. ``explanation`` is how it was computed, line by line.
 
 Its wire and stored form (the ``accrual`` Avro record, the account state's recent events, the
@@ -45,6 +45,8 @@ class Entry:
     beneficiary_id: str | None  # the charity of a CHARITY reward
     occurred_at: int  # the source event's time, epoch milliseconds
     explanation: Explanation
+    merchant_id: str | None = None  # where the purchase was made (None: an entry made before it was kept)
+    purchase_ref: str | None = None  # the purchase's transaction ref (a refund's or chargeback's own ref is another)
 
     def record(self) -> dict[str, Any]:
         """The entry as a plain mapping (the Avro ``accrual`` record's fields, JSON-ready). Spelled
@@ -75,6 +77,8 @@ class Entry:
                 "carried_remainder": x.carried_remainder,
                 "force_post": x.force_post,
             },
+            "merchant_id": self.merchant_id,
+            "purchase_ref": self.purchase_ref,
         }
 
     @classmethod

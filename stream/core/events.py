@@ -74,6 +74,14 @@ class EventType(str, enum.Enum):
     # Internal, made by time passing (stream.core.lifecycle); no card processor sends it, and the Avro
     # enums do not have it, so it cannot arrive from a topic.
     RETURN_WINDOW_ENDED = "RETURN_WINDOW_ENDED"
+    # The bank's instructions about an account's held rewards (stream.core.holds), on their own topic
+    # (the account_instruction schema), never on the card processors' topics.
+    RELEASE_HOLD = "RELEASE_HOLD"
+    FORFEIT_HOLD = "FORFEIT_HOLD"
+    HOLD_MERCHANT = "HOLD_MERCHANT"
+
+
+INSTRUCTION_TYPES = frozenset({EventType.RELEASE_HOLD, EventType.FORFEIT_HOLD, EventType.HOLD_MERCHANT})
 
 
 APPROVED_RESPONSE_CODES = frozenset({"00", "08", "10", "11"})  # approved, honour with id, partial, VIP
@@ -100,6 +108,18 @@ class Rejection:
 
 
 @dataclass(frozen=True, slots=True)
+class Instruction:
+    """What an instruction adds to an event: who gave it and why (both on the ledger's entry), the
+    one offer's share it is about (None: every held share of the purchase), and until when a
+    merchant's purchases stay flagged (HOLD_MERCHANT)."""
+
+    actor: str
+    reason: str
+    offer_id: str | None = None
+    until_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class CardEvent:
     event_id: str
     event_type: EventType
@@ -123,6 +143,7 @@ class CardEvent:
     channel: str
     clearing_sequence: int | None = None
     clearing_count: int | None = None
+    note: Instruction | None = None  # an instruction's (stream.core.holds); None for a card event
 
     @property
     def approved(self) -> bool:
@@ -134,8 +155,15 @@ class CardEvent:
 
     def fingerprint(self) -> str:
         """Digest of the content: the same event_id with another fingerprint is a conflict."""
-        canonical = repr(tuple(getattr(self, name) for name in self.__slots__))
-        return hashlib.blake2b(canonical.encode(), digest_size=12).hexdigest()
+        values = tuple(getattr(self, name) for name in _CARD_FIELDS)
+        if self.note is not None:  # only then: a card event's fingerprint is the one its account holds
+            values += (self.note,)
+        return hashlib.blake2b(repr(values).encode(), digest_size=12).hexdigest()
+
+
+# The fields a card event's fingerprint is made of, as they were before instructions: the states hold
+# fingerprints of events decided by earlier versions, and a redelivery must match them.
+_CARD_FIELDS = tuple(name for name in CardEvent.__slots__ if name != "note")
 
 
 _REQUIRED_TEXT = ("event_id", "account_id", "card_token", "transaction_ref", "merchant_id")
@@ -201,11 +229,9 @@ def _in_scheme_range(digits: str) -> bool:
     return any(low <= digits[: len(low)] <= high for low, high in _SCHEME_RANGES)
 
 
-def _candidates(plain: str, identifier: bool) -> Iterator[str]:
-    """The digit strings of ``plain`` written the way a card number is: a whole run of 13-19 digits,
-    or groups as cards print them (the first of 4 digits, middle ones of 3-6, the last of 1-7,
-    13-19 digits in all, one kind of separator throughout). In an identifier, digits inside a
-    hexadecimal string of 24 characters or more belong to a digest or a dashless UUID."""
+def _digit_runs(plain: str, identifier: bool) -> list[tuple[str, int, int]]:
+    """The runs of ASCII digits of ``plain``: (digits, start, end). In an identifier, digits inside a
+    hexadecimal string of 24 characters or more belong to a digest or a dashless UUID (blanked)."""
     runs = [(m.group(), m.start(), m.end()) for m in _DIGIT_RUN.finditer(plain)]
     if identifier:
         digests = [m.span() for m in _HEX_DIGEST.finditer(plain)]
@@ -213,22 +239,39 @@ def _candidates(plain: str, identifier: bool) -> Iterator[str]:
             ("" if any(low <= start and end <= high for low, high in digests) else digits, start, end)
             for digits, start, end in runs
         ]
+    return runs
+
+
+def _gap_kinds(plain: str, runs: list[tuple[str, int, int]]) -> list[str | None]:
+    """What stands between each run and the next: a separator's kind, or None (not a card's gap)."""
     gaps = [_GAP.fullmatch(plain[end:start]) for (_, _, end), (_, start, _) in zip(runs, runs[1:], strict=False)]
-    kinds = [gap.group(1) or " " if gap else None for gap in gaps]
-    for index, (digits, _, _) in enumerate(runs):
+    return [gap.group(1) or " " if gap else None for gap in gaps]
+
+
+def _candidates(plain: str, identifier: bool) -> Iterator[tuple[str, tuple[tuple[int, int], ...]]]:
+    """The digit strings of ``plain`` written the way a card number is, each with the spans of
+    ``plain`` its digits are in: a whole run of 13-19 digits, or groups as cards print them (the
+    first of 4 digits, middle ones of 3-6, the last of 1-7, 13-19 digits in all, one kind of
+    separator throughout). In an identifier, digits inside a hexadecimal string of 24 characters or
+    more belong to a digest or a dashless UUID."""
+    runs = _digit_runs(plain, identifier)
+    kinds = _gap_kinds(plain, runs)
+    for index, (digits, start, end) in enumerate(runs):
         if 13 <= len(digits) <= 19:
-            yield digits
+            yield digits, ((start, end),)
         if len(digits) != 4:
             continue
+        spans = [(start, end)]
         for following in range(index + 1, len(runs)):
-            group = runs[following][0]
+            group, group_start, group_end = runs[following]
             if kinds[following - 1] is None or kinds[following - 1] != kinds[index] or not 1 <= len(group) <= 7:
                 break
             digits += group
+            spans.append((group_start, group_end))
             if len(digits) > 19:
                 break
             if len(digits) >= 13:
-                yield digits
+                yield digits, tuple(spans)
             if not 3 <= len(group) <= 6:
                 break
 
@@ -240,12 +283,113 @@ def looks_like_card_number(text: str, *, identifier: bool = False) -> bool:
     if len(_ANY_DIGIT.findall(text)) < 13:
         return False
     plain = "".join(map(_plain, text))
-    return any(luhn_valid(digits) and (not identifier or _in_scheme_range(digits)) for digits in _candidates(plain, identifier))
+    return any(
+        luhn_valid(digits) and (not identifier or _in_scheme_range(digits)) for digits, _ in _candidates(plain, identifier)
+    )
+
+
+# --- masking card numbers (dead letters keep their original bytes, never a card number) ---------
+
+MASK = "*"
+_GLUED_RUN_LIMIT = 24  # a longer run of digits is masked whole (but its first 6 and last 4) rather than searched
+
+
+def _glued_candidates(plain: str) -> Iterator[tuple[str, tuple[tuple[int, int], ...]]]:
+    """What ``_candidates`` finds, and also the card numbers glued to other digits, as in raw bytes
+    where a length or a number's byte next to a text may read as a digit: every window of 13-19
+    digits inside a longer run, and printed groups whose first group is the end of a longer run and
+    whose last group is the start of one. A superset of the cautious rule (no issuer range, no digest
+    exception), for bytes whose fields cannot be told apart."""
+    runs = _digit_runs(plain, False)
+    kinds = _gap_kinds(plain, runs)
+    for index, (digits, start, end) in enumerate(runs):
+        if 13 <= len(digits) <= _GLUED_RUN_LIMIT:
+            for length in range(13, min(19, len(digits)) + 1):
+                for offset in range(len(digits) - length + 1):
+                    yield digits[offset : offset + length], ((start + offset, start + offset + length),)
+        if len(digits) < 4:
+            continue
+        joined, spans = digits[-4:], [(end - 4, end)]
+        for following in range(index + 1, len(runs)):
+            group, group_start, _ = runs[following]
+            if kinds[following - 1] is None or kinds[following - 1] != kinds[index]:
+                break
+            for length in range(1, min(7, len(group)) + 1):  # the last group: the start of the run
+                if 13 <= len(joined) + length <= 19:
+                    yield joined + group[:length], (*spans, (group_start, group_start + length))
+            if not 3 <= len(group) <= 6 or len(joined) + len(group) > 19:
+                break
+            joined += group
+            spans.append((group_start, group_start + len(group)))
+
+
+@dataclass(frozen=True, slots=True)
+class MaskedText:
+    text: str  # the text with every card number's hidden digits replaced by MASK
+    numbers: frozenset[str]  # the card numbers masked, as ASCII digits
+
+
+def _kept(length: int) -> tuple[int, int]:
+    """How many leading and trailing digits of a card number of ``length`` digits stay readable: at
+    most the first 6 and the last 4, and never fewer than 6 hidden (a 13-digit number shows 3 + 4)."""
+    return max(0, min(6, length - 10)), 4
+
+
+def mask_card_numbers(text: str, *, identifier: bool = False, glued: bool = False) -> MaskedText:
+    """``text`` with every card number ``looks_like_card_number`` finds in it masked: its first 6 and
+    last 4 digits kept at most (never fewer than 6 hidden), each other digit replaced by as many MASK
+    characters as the digit has bytes in UTF-8, so the text's UTF-8 length is unchanged (a full-width
+    digit becomes three). With ``glued`` (bytes whose fields cannot be told apart): the cautious rule
+    (any leading digit), and where it finds nothing, the numbers glued to other digits
+    (``_glued_candidates``, every one of them), and a run of more than 24 digits whole but its first
+    6 and last 4. Text decoded from bytes with ``surrogateescape`` encodes back to bytes of the same
+    length."""
+    if len(_ANY_DIGIT.findall(text)) < 13:
+        return MaskedText(text, frozenset())
+    plain_chars: list[str] = []
+    origin: list[int] = []  # the index in ``text`` of each character of ``plain``
+    for index, char in enumerate(text):
+        folded = _plain(char)
+        if folded:
+            plain_chars.append(folded)
+            origin.append(index)
+    plain = "".join(plain_chars)
+    hidden: set[int] = set()
+    numbers: set[str] = set()
+    found: set[int] = set()  # the positions of the numbers the matcher's rule finds
+
+    def mask(digits: str, spans: tuple[tuple[int, int], ...]) -> list[int]:
+        numbers.add(digits)
+        positions = [position for low, high in spans for position in range(low, high)]
+        first, last = _kept(len(positions))
+        hidden.update(positions[first : len(positions) - last])
+        return positions
+
+    for digits, spans in _candidates(plain, identifier and not glued):
+        if luhn_valid(digits) and (glued or not identifier or _in_scheme_range(digits)):
+            found.update(mask(digits, spans))
+    if glued:
+        # Only where the rule found nothing: a window of a clean card number is no other number.
+        for digits, spans in _glued_candidates(plain):
+            if luhn_valid(digits) and not any(position in found for low, high in spans for position in range(low, high)):
+                mask(digits, spans)
+        for run in _DIGIT_RUN.finditer(plain):
+            if len(run.group()) > _GLUED_RUN_LIMIT:
+                hidden.update(range(run.start() + 6, run.end() - 4))
+    if not hidden:
+        return MaskedText(text, frozenset())
+    chars = list(text)
+    for position in hidden:
+        at = origin[position]
+        chars[at] = MASK * len(chars[at].encode("utf-8", "surrogateescape"))
+    return MaskedText("".join(chars), frozenset(numbers))
 
 
 def validate(record: Mapping[str, Any]) -> Rejection | None:
-    """The first thing wrong with a decoded card-event record, or None. Never looks at values in
-    messages it returns: a card number is reported by field name only."""
+    """The first thing wrong with a decoded card-event record (or instruction), or None. Never looks
+    at values in messages it returns: a card number is reported by field name only."""
+    if "instruction" in record:
+        return _validate_instruction(record)
     for name, value in record.items():
         if isinstance(value, str) and looks_like_card_number(value, identifier=name in IDENTIFIER_FIELDS):
             return Rejection(RejectReason.CARD_NUMBER_DETECTED, name)
@@ -272,8 +416,70 @@ def validate(record: Mapping[str, Any]) -> Rejection | None:
     return None
 
 
+# An instruction's free text (who, why) is written by people: bounded, and checked for card numbers.
+INSTRUCTION_TEXT_LIMIT = 500
+_INSTRUCTION_IDS = frozenset({"event_id", "account_id", "transaction_ref", "offer_id", "merchant_id"})
+
+
+def _validate_instruction(record: Mapping[str, Any]) -> Rejection | None:
+    """The first thing wrong with a decoded instruction (the ``account_instruction`` schema)."""
+    for name, value in record.items():
+        if isinstance(value, str) and looks_like_card_number(value, identifier=name in _INSTRUCTION_IDS):
+            return Rejection(RejectReason.CARD_NUMBER_DETECTED, name)
+    kind = record["instruction"]
+    needed = ("transaction_ref",) if kind != EventType.HOLD_MERCHANT.value else ("merchant_id", "until")
+    for name in ("event_id", "account_id", "actor", "reason", *needed):
+        if not record.get(name):
+            return Rejection(RejectReason.MISSING_FIELD, name)
+    if not (
+        is_known_currency(record.get("currency", "")) or record.get("currency") == "PTS"
+    ):  # PTS: a merchant flagged in points
+        return Rejection(RejectReason.UNKNOWN_CURRENCY, "currency")
+    for name in ("actor", "reason"):
+        if len(record[name]) > INSTRUCTION_TEXT_LIMIT:
+            return Rejection(RejectReason.INVALID_FIELD, name)
+    return None
+
+
+def _instruction_event(record: Mapping[str, Any]) -> CardEvent:
+    kind = EventType(record["instruction"])
+    merchant = record.get("merchant_id") or ""
+    until = record.get("until")
+    return CardEvent(
+        event_id=record["event_id"],
+        event_type=kind,
+        occurred_at=record["occurred_at"],
+        account_id=record["account_id"],
+        card_token="",
+        # a merchant's flag belongs to no purchase: its id is kept apart, like a refund of an unknown purchase
+        transaction_ref=record.get("transaction_ref") or f"merchant:{merchant}",
+        original_transaction_ref=None,
+        processing_code="PURCHASE",
+        response_code="00",
+        amount_minor=0,
+        currency=record["currency"],
+        billing_amount_minor=0,
+        billing_currency=record["currency"],
+        cashback_at_pos_minor=0,
+        mcc="0000",
+        merchant_id=merchant,
+        merchant_name="",
+        merchant_country="",
+        merchant_timezone=None,
+        channel="IN_STORE",
+        note=Instruction(
+            actor=record["actor"],
+            reason=record["reason"],
+            offer_id=record.get("offer_id"),
+            until_ms=int(until.timestamp() * 1000) if until is not None else None,
+        ),
+    )
+
+
 def to_event(record: Mapping[str, Any]) -> CardEvent:
     """A validated record as a CardEvent (call ``validate`` first)."""
+    if "instruction" in record:
+        return _instruction_event(record)
     return CardEvent(
         event_id=record["event_id"],
         event_type=EventType(record["event_type"]),

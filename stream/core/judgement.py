@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 
 from stream.core.eligibility import LocalTime, Match, local_time, match
 from stream.core.events import CardEvent
+from stream.core.holds import note_purchase
 from stream.core.offers import Offer
 from stream.core.outcomes import Outcome
 from stream.core.rewards import at_most_per_purchase, compute, new_share
@@ -54,7 +55,7 @@ def stack(step: AccountStep, offers: Iterable[Offer], purchase: CardEvent, local
 
 
 def new_txn(event: CardEvent, shares: list[Share], status: str) -> Txn:
-    return Txn(status=status, currency=event.billing_currency, shares=shares)
+    return Txn(status=status, currency=event.billing_currency, shares=shares, merchant_id=event.merchant_id)
 
 
 # The refusals a later clearing or incremental authorisation may overturn: only the amount can
@@ -83,6 +84,8 @@ def refuse(step: AccountStep, found: Match, status: str) -> Outcome:
             at_ms=event.occurred_at_ms,
             timezone=event.merchant_timezone,
         )
+        if found.outcome is not Outcome.NOT_A_PURCHASE:  # it counts in a burst (stream.core.holds)
+            note_purchase(step, event.transaction_ref)
     return found.outcome
 
 

@@ -57,9 +57,9 @@ def _due(txn: Txn) -> list[tuple[int, str]]:
 
 
 def settled(txn: Txn) -> bool:
-    """Nothing of the transaction is pending, confirmed or due: only a refund or a chargeback can
-    still change it."""
-    return txn_due_ms(txn) is None and all(s.pending == 0 and s.confirmed == 0 for s in txn.shares)
+    """Nothing of the transaction is pending, confirmed, held for review or due: only a refund or a
+    chargeback can still change it."""
+    return txn_due_ms(txn) is None and all(s.pending == 0 and s.confirmed == 0 and s.held == 0 for s in txn.shares)
 
 
 def earliest_due_ms(txn: Txn) -> int | None:

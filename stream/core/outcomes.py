@@ -19,6 +19,12 @@ class Outcome(str, enum.Enum):
     CONFIRMED = "confirmed"
     CLAWED_BACK = "clawed_back"
     RECREDITED = "recredited"
+    # abuse controls (stream.core.holds): a reward held instead of made available, and what
+    # operations decided; a merchant flagged across accounts
+    HELD = "held"
+    HOLD_RELEASED = "hold_released"
+    HOLD_FORFEITED = "hold_forfeited"
+    FLAGGED = "flagged"
     NO_CHANGE = "no_change"
     # a purchase that earns nothing, and why (the order is the order matching judges them in)
     DECLINED = "declined"

@@ -20,6 +20,7 @@ touch; the worker stores it as a summary and a row per transaction and recent ev
                                                            # purchase never seen, a declined authorisation)
     caps:     {limits_key: {period_key: held_minor}}    # cap usage per offer (and currency) and period
     carry:    {"offer_id:UNIT": remainder}              # unpaid fractions, 1/10,000ths of a minor unit
+    watch:    Watch(refunds, small, merchants) | None   # what the abuse rules remember (stream.core.holds)
     due_ms:   epoch_ms | None                           # earliest expiry or end of a return window (stream.core.lifecycle)
     clock_ms: epoch_ms | None                           # the latest event time of the account
 
@@ -36,7 +37,11 @@ so an entry's legs sum to zero by construction (a TigerBeetle-style transfer). B
 - EXPENSE: the sponsor's cashback expense for the offer (the bank's side);
 - PENDING: authorised, not yet settled; CONFIRMED: settled, inside the return window;
 - AVAILABLE: the customer can use it; DONATED: a charity reward given to the charity (the
-  customer's donated total; ``beneficiary_id`` on the entry names the charity).
+  customer's donated total; ``beneficiary_id`` on the entry names the charity);
+- HELD: a reward an abuse rule flagged where it would have become AVAILABLE (or DONATED), until
+  operations release or forfeit it (``stream.core.abuse`` the rules, ``stream.core.holds`` what
+  they do; the instructions RELEASE_HOLD, FORFEIT_HOLD and HOLD_MERCHANT are decided here like
+  card events).
 
 Entries are in the reward's unit and kind: cash, store credit and charity in the billing currency
 (a charity entry's ``detail`` ends with ``charity_id=<id>``), points in ``PTS``; they are never
@@ -88,12 +93,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from stream.core.abuse import AbuseRules, configured
 from stream.core.authorisations import on_authorization, on_expiry, on_incremental, on_reversal
 from stream.core.clawbacks import on_chargeback, on_chargeback_reversal, on_refund
 from stream.core.clearings import on_clearing, on_return_window_ended
 from stream.core.eligibility import NO_PROFILE, AccountProfile
 from stream.core.entries import Entry
 from stream.core.events import CardEvent, EventType
+from stream.core.holds import on_forfeit_hold, on_hold_merchant, on_release_hold, remembered
 from stream.core.lifecycle import DAY_MS, next_due_ms
 from stream.core.memory import TRANSACTION_HORIZON_DAYS, home_ref, known, remember
 from stream.core.offers import OfferBook
@@ -126,9 +133,11 @@ def decide(
     profile: AccountProfile | None = None,
     budget_remaining: Mapping[str, int] | None = None,
     horizon_days: int = TRANSACTION_HORIZON_DAYS,
+    abuse: AbuseRules | None = None,
 ) -> Decision:
     """Apply one card event to one account's state; return the new state, the ledger entries, the
-    outcome and the budget deltas."""
+    outcome and the budget deltas. ``abuse``: the abuse rules (None: those the process configured,
+    ``stream.core.abuse.configured``)."""
     state = state or new_state()
     fingerprint = event.fingerprint()
     held, replay = known(state, event)
@@ -137,7 +146,7 @@ def decide(
             return Decision(state, (), Outcome.DUPLICATE_CONFLICT)
         return Decision(state, replay, Outcome.DUPLICATE)
 
-    step = AccountStep(event, state, offers, profile or NO_PROFILE, budget_remaining or _NO_DELTAS)
+    step = AccountStep(event, state, offers, profile or NO_PROFILE, budget_remaining or _NO_DELTAS, abuse or configured())
     clock_ms = max(state.clock_ms or 0, event.occurred_at_ms)
     forget_before_ms = clock_ms - horizon_days * DAY_MS
     if home_ref(event) not in state.txns and event.occurred_at_ms < forget_before_ms:
@@ -151,13 +160,21 @@ def decide(
         outcome = _HANDLERS[event.event_type](step)
     step.prune_caps()
     recent, loose, txns = remember(state, step, fingerprint, forget_before_ms)
-    new = AccountState(recent=recent, txns=txns, loose=loose, caps=step.caps, carry=step.carry, clock_ms=clock_ms)
+    new = AccountState(
+        recent=recent,
+        txns=txns,
+        loose=loose,
+        caps=step.caps,
+        carry=step.carry,
+        clock_ms=clock_ms,
+        watch=remembered(step, clock_ms),
+    )
     new.due_ms = next_due_ms(new)
     deltas = {offer_id: delta for offer_id, delta in step.budget_deltas.items() if delta}
     return Decision(new, tuple(step.entries), outcome, deltas)
 
 
-# One handler per event type: stream.core.authorisations, .clearings and .clawbacks.
+# One handler per event type: stream.core.authorisations, .clearings, .clawbacks and .holds.
 _HANDLERS = {
     EventType.AUTHORIZATION: on_authorization,
     EventType.INCREMENTAL_AUTHORIZATION: on_incremental,
@@ -168,4 +185,7 @@ _HANDLERS = {
     EventType.CHARGEBACK: on_chargeback,
     EventType.CHARGEBACK_REVERSAL: on_chargeback_reversal,
     EventType.RETURN_WINDOW_ENDED: on_return_window_ended,
+    EventType.RELEASE_HOLD: on_release_hold,
+    EventType.FORFEIT_HOLD: on_forfeit_hold,
+    EventType.HOLD_MERCHANT: on_hold_merchant,
 }

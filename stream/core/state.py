@@ -6,7 +6,9 @@ which are also how the worker stores them (``stream.core.state_rows`` encodes th
 - ``Txn``: one purchase (by transaction ref), with one ``Share`` per offer it earns, every event id
   of its life (``events``) and, for a purchase that earns nothing, why (``Refusal``);
 - ``Share``: what one offer pays on one purchase: its terms as they were at the purchase, and the
-  amounts it holds in each book.
+  amounts it holds in each book;
+- ``Watch`` and ``Flag``: what the abuse rules remember of the account, and why a purchase's reward
+  is held (``stream.core.holds``).
 
 ``decide`` never mutates a state it is given: it returns a new one, sharing the transactions it did
 not touch (``AccountStep.txn`` copies a transaction and its shares before changing them). A field
@@ -55,6 +57,8 @@ class Share(msgspec.Struct, kw_only=True, omit_defaults=True):
     refund_clawed: int = 0
     chargeback_clawed: int = 0
     available_at_ms: int | None = None  # when confirmed cashback becomes available
+    held: int = 0  # now in HELD: flagged by an abuse rule, awaiting review (stream.core.holds)
+    held_for: str | None = None  # the rule of its latest hold
 
     def __post_init__(self) -> None:
         if not self.basis_currency:
@@ -70,6 +74,15 @@ class Refusal(msgspec.Struct, kw_only=True):
     near: tuple[str, ...] = ()
     at_ms: int = 0
     timezone: str | None = None
+
+
+class Flag(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Why a purchase's reward is held when it would become available (an abuse rule and its
+    figures, ``stream.core.holds``), or, ``released``, that operations reviewed it: never held again."""
+
+    rule: str
+    detail: str
+    released: bool = False
 
 
 UNKNOWN_DUE = -1
@@ -93,6 +106,8 @@ class Txn(msgspec.Struct, kw_only=True, omit_defaults=True):
     # due time does not recompute every transaction's; UNKNOWN_DUE (stored before it was kept) is
     # computed when read.
     due_ms: int | None = -1
+    merchant_id: str = ""  # where it was bought ("" when stored before it was kept)
+    hold: Flag | None = None  # a flag of the purchase itself (a burst, a merchant), or its review
 
 
 class Recent(msgspec.Struct, array_like=True):
@@ -110,6 +125,24 @@ class Loose(msgspec.Struct, array_like=True):
     occurred_ms: int
 
 
+class MerchantWatch(msgspec.Struct, array_like=True):
+    """A merchant the cross-account scan flagged for this account: its purchases there until
+    ``until_ms`` are flagged, with the scan's figures."""
+
+    until_ms: int
+    detail: str
+
+
+class Watch(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What the per-account abuse rules remember (``stream.core.holds``), each bounded by its time
+    window and a count."""
+
+    refunds: list[tuple[int, str]] = msgspec.field(default_factory=list)  # (time, ref) of rewarded purchases refunded
+    small: list[tuple[int, str, str]] = msgspec.field(default_factory=list)  # (time, merchant, ref) of small purchases
+    merchants: dict[str, MerchantWatch] = msgspec.field(default_factory=dict)  # flagged by the scan, until when
+    rewarded: dict[int, int] = msgspec.field(default_factory=dict)  # UTC day: purchases first confirmed that day
+
+
 class AccountState(msgspec.Struct, kw_only=True):
     recent: dict[str, Recent] = msgspec.field(default_factory=dict)  # the last events, oldest first
     txns: dict[str, Txn] = msgspec.field(default_factory=dict)
@@ -118,6 +151,7 @@ class AccountState(msgspec.Struct, kw_only=True):
     carry: dict[str, int] = msgspec.field(default_factory=dict)  # "offer_id:UNIT": 1/10,000ths of a minor unit
     due_ms: int | None = None  # the earliest expiry or end of a return window (stream.core.lifecycle)
     clock_ms: int | None = None  # the latest event time of the account
+    watch: Watch | None = None  # what the abuse rules remember (None: nothing)
 
 
 def copy_txn(txn: Txn) -> Txn:

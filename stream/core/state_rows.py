@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from stream.core.state import AccountState, Loose, Recent, Txn, state_from_plain
+from stream.core.state import AccountState, Loose, Recent, Txn, Watch, state_from_plain
 
 LAYOUT_VERSION = 3  # summary and rows in MessagePack
 JSON_LAYOUT = 2  # the same, in JSON: read, never written
@@ -64,6 +64,7 @@ class Summary(msgspec.Struct, kw_only=True, omit_defaults=True):
     due_ms: int | None = None
     clock_ms: int | None = None
     fresh: dict[str, Any] = msgspec.field(default_factory=dict)  # rows as plain values once read back
+    watch: Watch | None = None  # what the abuse rules remember (small and bounded: kept in the summary)
 
 
 class RecentRow(msgspec.Struct, array_like=True):
@@ -173,6 +174,7 @@ def assemble(account_id: str, stored: Stored | None, row: Callable[[str], Any]) 
         carry=stored.carry,
         due_ms=stored.due_ms,
         clock_ms=stored.clock_ms,
+        watch=stored.watch,
     )
 
 
@@ -233,5 +235,6 @@ def split(
         due_ms=after.due_ms,
         clock_ms=after.clock_ms,
         fresh=dict(rows),
+        watch=after.watch,
     )
     return Writes(summary, rows, deletes, new_slots)

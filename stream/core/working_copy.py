@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from stream.core.abuse import DEFAULT_RULES, AbuseRules
 from stream.core.eligibility import AccountProfile, LocalTime, local_time
 from stream.core.entries import Entry, Explanation
-from stream.core.events import CardEvent
+from stream.core.events import CardEvent, EventType
 from stream.core.money import format_minor, prorate
 from stream.core.offers import OfferBook, RewardKind
 from stream.core.outcomes import Outcome
 from stream.core.rewards import Amount, period_over
-from stream.core.state import AccountState, Share, Txn, copy_txn
+from stream.core.state import AccountState, Share, Txn, Watch, copy_txn
 
 
 class AccountStep:
@@ -30,8 +31,11 @@ class AccountStep:
         offers: OfferBook,
         profile: AccountProfile,
         budget_remaining: Mapping[str, int],
+        abuse: AbuseRules = DEFAULT_RULES,
     ) -> None:
         self.event = event
+        self.abuse = abuse  # the abuse rules (stream.core.holds)
+        self.watch: Watch = state.watch or Watch()  # what they remember; replaced, never changed in place
         self.offers = offers
         self.profile = profile
         self.budget_remaining = budget_remaining
@@ -145,6 +149,8 @@ class AccountStep:
         if kind != "NOT_EARNED" and amount_minor <= 0:
             return
         event = self.event
+        ref = purchase_ref(event)
+        bought = self.txns.get(ref)
         beneficiary = share.charity_id if share is not None and share.reward_kind == RewardKind.CHARITY.value else None
         if beneficiary:
             detail = f"{detail}; charity_id={beneficiary}"
@@ -174,6 +180,8 @@ class AccountStep:
                     carried_remainder=amount.carried_out if amount else 0,
                     force_post=force_post,
                 ),
+                merchant_id=(bought.merchant_id if bought is not None else "") or event.merchant_id or None,
+                purchase_ref=ref,
             )
         )
 
@@ -188,6 +196,17 @@ def limits_key(share: Share) -> str:
     ``<offer_id>@<currency>`` when the offer is priced in the purchase's other currency (money caps
     and budgets are kept per currency: stream.core.offers)."""
     return str(share.limits_key or share.offer_id)
+
+
+_FOLLOW_UPS = frozenset({EventType.REFUND, EventType.CHARGEBACK, EventType.CHARGEBACK_REVERSAL})
+
+
+def purchase_ref(event: CardEvent) -> str:
+    """The purchase an event is about (``Entry.purchase_ref``): a refund's or a chargeback's
+    original transaction, else the event's own (the rule of ``stream.core.memory.home_ref``)."""
+    if event.event_type in _FOLLOW_UPS:
+        return event.original_transaction_ref or event.transaction_ref
+    return event.transaction_ref
 
 
 def purchase_basis(event: CardEvent) -> int:

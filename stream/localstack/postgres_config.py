@@ -1,8 +1,8 @@
 """How the embedded server is configured and reached: its settings, and connecting to it as the superuser.
 
 The server listens on 127.0.0.1 (and a Unix socket in the data dir when the path is short
-enough); clients log in as :data:`~stream.localstack.postgres_cluster.SUPERUSER` with trust
-auth and no TLS (the wheel's server is built without OpenSSL). Readiness means a real asyncpg
+enough); clients log in as :data:`~stream.localstack.postgres_cluster.SUPERUSER` with its password
+(SCRAM-SHA-256, as production does) and no TLS (the wheel's server is built without OpenSSL). Readiness means a real asyncpg
 connection, which also creates the application's database when it is missing. Apart from
 :class:`~stream.localstack.postgres.EmbeddedPostgres` because these change with Postgres's
 settings and its clients, not with how the server process is started and stopped.
@@ -41,6 +41,8 @@ def server_args(data_dir: Path, port: int, *, fast: bool) -> list[str]:
         # (64 MB in many containers) is no limit.
         "dynamic_shared_memory_type": "mmap",
         "logging_collector": "off",
+        # Passwords set later (ALTER ROLE ... PASSWORD) are stored as SCRAM verifiers too, never MD5.
+        "password_encryption": "scram-sha-256",
     }
     if fast:
         settings.update(fsync="off", synchronous_commit="off", full_page_writes="off")
@@ -62,11 +64,13 @@ def port_in_use(log_tail: str) -> bool:
     return "Address already in use" in log_tail or "could not bind" in log_tail
 
 
-async def wait_ready(proc: subprocess.Popen[bytes], port: int, database: str, deadline: float) -> tuple[str, object]:
-    """Connect until the server answers, then create ``database`` if it is missing.
+async def wait_ready(
+    proc: subprocess.Popen[bytes], port: int, database: str, deadline: float, password: str
+) -> tuple[str, object]:
+    """Connect (as the superuser, with ``password``) until the server answers, then create ``database`` if it is missing.
 
-    Returns ``("ok", None)``, ``("exited", returncode)`` when ``proc`` died first, or
-    ``("timeout", last_error)`` at ``deadline``.
+    Returns ``("ok", None)``, ``("exited", returncode)`` when ``proc`` died first,
+    ``("refused", error)`` when it refused the password, or ``("timeout", last_error)`` at ``deadline``.
     """
     import asyncpg
 
@@ -83,7 +87,7 @@ async def wait_ready(proc: subprocess.Popen[bytes], port: int, database: str, de
                 port=port,
                 user=SUPERUSER,
                 database="postgres",
-                password="",  # trust auth; and do not read ~/.pgpass
+                password=password,  # never ~/.pgpass
                 ssl=False,  # the wheel's server is built without OpenSSL
                 timeout=min(5.0, remaining),
             )
@@ -98,6 +102,8 @@ async def wait_ready(proc: subprocess.Popen[bytes], port: int, database: str, de
             continue
         try:
             conn = attempt.result()
+        except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError) as exc:
+            return "refused", exc  # the server is up and says no: waiting will not change that
         except Exception as exc:  # noqa: BLE001 - refused / starting up / reset: retry
             last_error = exc
             await asyncio.sleep(0.05)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -194,8 +195,10 @@ class LocalStack:
     def _start_children(self, env: dict[str, str]) -> None:
         cli = [sys.executable, "-m", "stream"]
         ports = {name: free_port() for name in ("worker", "sink", "api")}
-        self._spawn("worker", cli + ["worker"], {**env, "METRICS_PORT": str(ports["worker"])})
-        self._spawn("sink", cli + ["sink"], {**env, "METRICS_PORT": str(ports["sink"])})
+        # One dead-letter hash key for the run's worker and sink (unless given): their hashes of a card number match.
+        hashing = {"DEAD_LETTER_HASH_KEY": env.get("DEAD_LETTER_HASH_KEY") or secrets.token_hex(32)}
+        self._spawn("worker", cli + ["worker"], {**env, **hashing, "METRICS_PORT": str(ports["worker"])})
+        self._spawn("sink", cli + ["sink"], {**env, **hashing, "METRICS_PORT": str(ports["sink"])})
         api_env = {**env, **self._auth_env(), "API_PORT": str(ports["api"]), "API_HOST": "127.0.0.1"}
         self._spawn("api", cli + ["api"], api_env)
         prometheus = self._start_prometheus(ports)
@@ -219,13 +222,21 @@ class LocalStack:
                 else "  prometheus    not installed (apt-get install prometheus), skipped\n"
             )
             + f"  kafka         {env['KAFKA_BOOTSTRAP_SERVERS']}   (topics {env.get('TOPIC_PREFIX', 'cashback.')}*)\n"
-            f"  postgres      {masked_dsn(env['DATABASE_URL'])}\n" + self._demo_lines() + f"  logs and data {self.data_dir}\n"
+            f"  postgres      {masked_dsn(env['DATABASE_URL'])}{self._password_hint()}\n"
+            + self._demo_lines()
+            + f"  logs and data {self.data_dir}\n"
             f"  dead letters  {self._dead_letters_command(env)}\n"
             "Ctrl-C stops everything.\n"
         )
         if self._simulate:
             simulate = cli + ["simulate", "--rate", str(self.rate), "--purchases", str(self.purchases)]
             self._spawn("simulator", simulate, env, required=False, to_log=False)
+
+    def _password_hint(self) -> str:
+        """Where the stack's own Postgres keeps its superuser's password (never the password itself)."""
+        if self.postgres is None:
+            return ""
+        return f"   (password in {self.postgres.password_path})"
 
     def _token_command(self) -> str:
         """The command that mints another token for this stack's API, runnable from any shell."""

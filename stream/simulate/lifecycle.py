@@ -66,6 +66,7 @@ class Scenario:
     conflict_ratio: float = 0.001  # share of events published again with the same id and other content
     start: datetime = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
     step_seconds: int = 300  # simulated time between two purchases: 10,000 purchases span 35 days
+    burst_every: int = 500  # one burst of small purchases (an abuse the rules hold) per so many purchases; 0: none
 
 
 def account_id(number: int) -> str:
@@ -223,3 +224,33 @@ class Purchase:
                     )
                 )
         return events
+
+
+BURST_SIZE = 6  # the abuse rules' default burst is 5 purchases under 10.00 at one merchant in an hour
+BURST_GAP_MINUTES = 4
+
+
+def burst(scenario: Scenario, number: int) -> list[tuple[int, str, dict[str, Any]]]:
+    """(delay in steps, role, record) of a burst of small purchases at one merchant (the abuse rule
+    ``purchase_burst`` holds their rewards: ``stream.core.holds``): one EUR account buys
+    ``BURST_SIZE`` coffees ``BURST_GAP_MINUTES`` apart, each cleared an hour later. Drawn from its
+    own generator, so the rest of the stream is the one it was without bursts."""
+    rng = random.Random(f"burst-{scenario.seed}-{number}")
+    account = rng.randrange(scenario.accounts)
+    while account % 40 < 2 and scenario.accounts > 2:  # the yen and dinar accounts (``Purchase``): a euro one
+        account = rng.randrange(scenario.accounts)
+    start = scenario.start + timedelta(seconds=number * scenario.step_seconds)
+    events: list[tuple[int, str, dict[str, Any]]] = []
+    for n in range(BURST_SIZE):
+        purchase = Purchase(rng, scenario, number)  # its draws are this generator's; what matters is set below
+        purchase.account_id, purchase.card_token = account_id(account), f"tok-{account:06d}-{account % 3}"
+        purchase.billing_currency, purchase.per_euro_cent = "EUR", (1, 1)
+        purchase.ref = f"burst-{scenario.seed}-{number:09d}-{n}"
+        purchase.mcc, purchase.merchant, purchase.channel = "5814", "Coffee", "CONTACTLESS"
+        bought = start + timedelta(minutes=BURST_GAP_MINUTES * n)
+        amount = rng.randint(250, 480)
+        after = (bought - start).total_seconds()
+        events.append((int(after) // scenario.step_seconds, "authorizations", purchase.record("AUTHORIZATION", amount, bought)))
+        cleared = bought + timedelta(hours=1)
+        events.append((int(after + 3600) // scenario.step_seconds, "settlements", purchase.record("CLEARING", amount, cleared)))
+    return events

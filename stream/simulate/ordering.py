@@ -3,7 +3,9 @@
 Account messages come first (segments and offer activations, as the bank's systems would have
 published them), then the purchases of the lifecycle mix (``stream.simulate.lifecycle``), one
 step apart, their later events interleaved by step, with some events sent twice, some sent again
-with other content, and, given a codec, bad messages (``stream.simulate.messages``) mixed in.
+with other content, and, given a codec, bad messages (``stream.simulate.messages``) mixed in; and
+every ``burst_every`` purchases, a burst of small purchases at one merchant that the abuse rules
+hold (``stream.simulate.lifecycle.burst``).
 Pure: a seed gives the same stream every time, so tests and the oracle can use the very events
 the broker saw.
 """
@@ -17,7 +19,7 @@ from datetime import timedelta
 from typing import Any
 
 from schemas.codec import Codec
-from stream.simulate.lifecycle import Purchase, Scenario, account_id
+from stream.simulate.lifecycle import Purchase, Scenario, account_id, burst
 from stream.simulate.messages import Outgoing, bad_message
 
 SEGMENTS = (("vip", 10), ("new", 7))  # every 10th account is vip, every 7th new
@@ -44,20 +46,28 @@ def generate(scenario: Scenario, codec: Codec | None = None) -> Iterator[Outgoin
     events (clearings, refunds...) are interleaved by step. With a codec, bad messages are mixed in."""
     rng = random.Random(scenario.seed)
     yield from account_messages(scenario)
-    queue: list[tuple[int, int, str, dict[str, Any]]] = []
+    # (step, order, role, record, plain): a plain message (a burst's) is sent once as it is, and draws
+    # nothing from ``rng``, so the stream around it is the one it would be without it.
+    queue: list[tuple[int, int, str, dict[str, Any], bool]] = []
     order = 0
     number = 0
     while scenario.purchases == 0 or number < scenario.purchases or queue:
         if scenario.purchases == 0 or number < scenario.purchases:
             purchase = Purchase(rng, scenario, number)
             for delay, role, record in purchase.events():
-                heapq.heappush(queue, (number + delay, order, role, record))
+                heapq.heappush(queue, (number + delay, order, role, record, False))
                 order += 1
+            if scenario.burst_every and number % scenario.burst_every == scenario.burst_every - 1:
+                for delay, role, record in burst(scenario, number):
+                    heapq.heappush(queue, (number + delay, order, role, record, True))
+                    order += 1
             number += 1
         while queue and (queue[0][0] <= number or (scenario.purchases and number >= scenario.purchases)):
-            _, _, role, record = heapq.heappop(queue)
+            _, _, role, record, plain = heapq.heappop(queue)
             key = record["account_id"].encode()
             yield Outgoing(role, key, record=record)
+            if plain:
+                continue
             if rng.random() < scenario.duplicate_ratio:
                 yield Outgoing(role, key, record=record)
             if rng.random() < scenario.conflict_ratio:  # same id, other content: quarantined, never credited

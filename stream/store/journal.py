@@ -36,6 +36,8 @@ STAGING_COLUMNS = (
     "explanation",
     "fingerprint",
     "beneficiary_id",
+    "merchant_id",
+    "purchase_ref",
 )
 
 # The batch's two scratch tables, made once per connection (temp tables live as long as the
@@ -45,11 +47,11 @@ CREATE TEMP TABLE IF NOT EXISTS incoming_accruals (
     position bigint, accrual_id text, source_event_id text, account_id text, transaction_ref text,
     entry_kind text, debit_book text, credit_book text, amount_minor bigint, currency text,
     reward_kind text, offer_id text, rule_version integer, occurred_at timestamptz,
-    explanation jsonb, fingerprint text, beneficiary_id text
+    explanation jsonb, fingerprint text, beneficiary_id text, merchant_id text, purchase_ref text
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS batch_deltas (
     account_id text, reward_kind text, currency text, pending bigint, confirmed bigint,
-    available bigint, earned bigint, clawed_back bigint, donated bigint, entries bigint
+    available bigint, earned bigint, clawed_back bigint, donated bigint, held bigint, entries bigint
 ) ON COMMIT DELETE ROWS;
 """
 
@@ -97,13 +99,14 @@ WITH found AS (
 ), inserted AS (
     INSERT INTO ledger_entries (accrual_id, source_event_id, account_id, transaction_ref, entry_kind,
         debit_book, credit_book, amount_minor, currency, reward_kind, offer_id, rule_version,
-        occurred_at, explanation, fingerprint, beneficiary_id)
+        occurred_at, explanation, fingerprint, beneficiary_id, merchant_id, purchase_ref)
     SELECT accrual_id, source_event_id, account_id, transaction_ref, entry_kind, debit_book,
         credit_book, amount_minor, currency, reward_kind, offer_id, rule_version, occurred_at,
-        explanation, fingerprint, beneficiary_id
+        explanation, fingerprint, beneficiary_id, merchant_id, purchase_ref
     FROM accepted WHERE entry_kind <> 'NOT_EARNED' ORDER BY position
     ON CONFLICT (account_id, accrual_id) DO NOTHING
-    RETURNING account_id, reward_kind, currency, entry_kind, debit_book, credit_book, amount_minor
+    RETURNING account_id, reward_kind, currency, entry_kind, debit_book, credit_book, amount_minor,
+        explanation->>'reason' AS reason
 ), deltas AS (
     INSERT INTO batch_deltas
     SELECT account_id, reward_kind, currency,
@@ -113,6 +116,7 @@ WITH found AS (
         sum(earned_movement(entry_kind, amount_minor)),
         sum(clawed_back_movement(entry_kind, amount_minor)),
         sum(book_movement('DONATED', debit_book, credit_book, amount_minor)),
+        sum(book_movement('HELD', debit_book, credit_book, amount_minor)),
         count(*)
     FROM inserted GROUP BY account_id, reward_kind, currency
     RETURNING entries
@@ -127,7 +131,9 @@ WITH found AS (
 SELECT
     (SELECT coalesce(array_agg(DISTINCT position ORDER BY position), '{}') FROM found) AS conflicts,
     (SELECT coalesce(sum(entries), 0) FROM deltas)::bigint AS written,
-    (SELECT count(*) FROM accepted WHERE entry_kind <> 'NOT_EARNED') AS ledger_rows
+    (SELECT count(*) FROM accepted WHERE entry_kind <> 'NOT_EARNED') AS ledger_rows,
+    (SELECT coalesce(array_agg(entry_kind || ':' || coalesce(reason, '')), '{}') FROM inserted  -- for the metrics
+        WHERE credit_book = 'HELD' OR entry_kind IN ('HOLD_RELEASED', 'HOLD_FORFEITED')) AS holds
 """
 
 # Postgres checks CHECK constraints on the row an INSERT proposes before it resolves ON CONFLICT,
@@ -147,6 +153,7 @@ UPDATE balances AS b SET
     lifetime_earned_minor = b.lifetime_earned_minor + d.earned,
     clawed_back_minor = b.clawed_back_minor + d.clawed_back,
     donated_minor = b.donated_minor + d.donated,
+    held_minor = b.held_minor + d.held,
     updated_at = now()
 FROM batch_deltas AS d
 WHERE b.account_id = d.account_id AND b.reward_kind = d.reward_kind AND b.currency = d.currency
@@ -158,6 +165,7 @@ class BatchResult:
     written: int  # new ledger entries
     duplicates: int  # entries already in the ledger, identical: replays
     conflicts: tuple[int, ...] = ()  # positions of entries whose id the ledger holds with other content: never written
+    holds: tuple[str, ...] = ()  # "<entry kind>:<rule>" of each new entry into HELD, and each release or forfeit of one
 
 
 async def write_batch(connection: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> BatchResult:
@@ -175,4 +183,6 @@ async def write_batch(connection: asyncpg.Connection, rows: Sequence[tuple[Any, 
     if fresh:
         _PREPARED.add(connection)  # only once committed: a rolled-back batch took its CREATE with it
     written, ledger_rows = outcome["written"], outcome["ledger_rows"]
-    return BatchResult(written=written, duplicates=ledger_rows - written, conflicts=tuple(outcome["conflicts"]))
+    return BatchResult(
+        written=written, duplicates=ledger_rows - written, conflicts=tuple(outcome["conflicts"]), holds=tuple(outcome["holds"])
+    )

@@ -25,7 +25,8 @@ CASES_DIR = Path(__file__).resolve().parent / "cases"
 T0 = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
 DEFAULT_OFFERS = [{"offer_id": "grocery-5", "name": "5% at supermarkets", "rate_bps": 500, "mccs": ["5411"]}]
 AUTH_TYPES = {"AUTHORIZATION", "INCREMENTAL_AUTHORIZATION", "AUTHORIZATION_REVERSAL", "AUTHORIZATION_EXPIRY"}
-BALANCE_NAMES = ("pending", "confirmed", "available", "lifetime_earned", "clawed_back", "donated")
+REVIEWS = {"RELEASE_HOLD", "FORFEIT_HOLD"}  # operations' instructions (stream.core.holds), on their own topic
+BALANCE_NAMES = ("pending", "confirmed", "available", "lifetime_earned", "clawed_back", "donated", "held")
 _DECIMAL = re.compile(r"-?\d+(?:\.\d+)?")
 
 
@@ -50,6 +51,7 @@ class ExpectedEntry:
     amount_minor: int
     reward_kind: str = "CASH"
     offer: str | None = None  # compared only when the file names it
+    reason: str | None = None  # the explanation's reason (a hold's rule), compared only when the file names it
 
 
 @dataclass
@@ -85,6 +87,22 @@ def _record(raw: dict[str, Any], account_id: str, defaults: dict[str, Any], inde
             "event_id": f"{prefix}-{spec['id']}",
             "account_id": account_id,
             "occurred_at": datetime.fromisoformat(spec["at"]),
+        }
+    if spec["type"] in REVIEWS:  # a release or forfeit of what purchase ``ref`` holds
+        at = spec.get("at")
+        return {
+            "event_id": f"{prefix}-{spec['id']}",
+            "event_type": spec["type"],
+            "instruction": spec["type"],
+            "occurred_at": datetime.fromisoformat(at) if at else T0 + timedelta(minutes=index),
+            "account_id": account_id,
+            "transaction_ref": f"{prefix}-{spec.get('ref', 't1')}",
+            "offer_id": spec.get("offer"),
+            "merchant_id": None,
+            "until": None,
+            "currency": spec.get("currency", "EUR"),
+            "actor": spec.get("actor", "ops-conformance"),
+            "reason": spec.get("reason", "reviewed"),
         }
     where = f"event {spec.get('id', index)}"
     currency = spec.get("currency", "EUR")
@@ -159,6 +177,7 @@ def load(path: Path) -> Scenario:
                 amount_minor=to_minor(line["amount"], currency, f"ledger line of {line['event']}"),
                 reward_kind=line.get("reward_kind", "CASH"),
                 offer=line.get("offer"),
+                reason=line.get("reason"),
             )
         )
     scenario.not_earned = [
@@ -227,11 +246,15 @@ def entry_view(scenario: Scenario, entry: dict[str, Any]) -> ExpectedEntry:
         amount_minor=entry["amount_minor"],
         reward_kind=entry["reward_kind"],
         offer=entry["offer_id"],
+        reason=entry["explanation"]["reason"],
     )
 
 
 def comparable(actual: list[ExpectedEntry], expected: list[ExpectedEntry]) -> list[ExpectedEntry]:
-    """``actual`` with the offer blanked on the lines where the file does not name one."""
+    """``actual`` with the offer and the reason blanked on the lines where the file does not name them."""
     if len(actual) != len(expected):
         return actual
-    return [a if e.offer is not None else replace(a, offer=None) for a, e in zip(actual, expected, strict=True)]
+    return [
+        replace(a, offer=a.offer if e.offer is not None else None, reason=a.reason if e.reason is not None else None)
+        for a, e in zip(actual, expected, strict=True)
+    ]

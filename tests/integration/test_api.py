@@ -228,6 +228,7 @@ async def test_balances_of_an_account(client: httpx.AsyncClient) -> None:
                 "lifetime_earned_minor": 2_500,
                 "clawed_back_minor": 0,
                 "donated_minor": 0,
+                "held_minor": 0,
                 "available": "0.00 EUR",
             }
         ],
@@ -625,6 +626,12 @@ async def test_openapi_declares_the_bearer_scheme_on_every_protected_route(api: 
         ("delete", "/v1/accounts/{account_id}/offers/{offer_id}/activation"): [[OFFERS_ACTIVATE]],
         ("get", "/v1/charities/{charity_id}/donations"): [[OPERATIONS]],
         ("get", "/v1/operations/ledger-conflicts"): [[OPERATIONS]],
+        ("get", "/v1/operations/holds"): [[OPERATIONS]],
+        ("post", "/v1/operations/holds/release"): [[OPERATIONS]],
+        ("post", "/v1/operations/holds/forfeit"): [[OPERATIONS]],
+        ("get", "/v1/operations/merchant-flags"): [[OPERATIONS]],
+        ("get", "/v1/operations/accounts/{account_id}/export"): [[OPERATIONS]],
+        ("post", "/v1/operations/accounts/{account_id}/erasure"): [[OPERATIONS]],
         ("get", "/v1/offers"): [[]],
     }
     operations = {(method, path): op for path, item in document["paths"].items() for method, op in item.items()}

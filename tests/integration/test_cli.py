@@ -14,6 +14,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import psutil
@@ -27,7 +28,7 @@ from stream.localstack.process import free_port, terminate
 from stream.offer_admin import load_offers_file
 from stream.producing import send_once
 from stream.settings import Settings
-from tests.integration.conftest import isolated_env, wait_until
+from tests.integration.conftest import fresh_database, isolated_env, wait_until
 from topics.catalogue import Topic, catalogue
 
 pytestmark = pytest.mark.integration
@@ -210,6 +211,46 @@ def test_dead_letters_lists_where_and_why_never_the_bytes(env: dict[str, str]) -
     assert "1 dead letters shown" in newest
 
 
+def test_dead_letters_show_card_numbers_masked_only(env: dict[str, str]) -> None:
+    """A card number in a dead letter is listed masked: in the original (masked when written; its
+    keyed hash shown), and in the detail of a dead letter written before masking existed (version 1)."""
+    from schemas.codec import load_shipped_schemas
+    from stream.core.events import luhn_valid
+    from tests.factories import card_record
+
+    ok(cashback(env, "topics"))
+    names, codec, settings = topic_names(env), Codec(), Settings.from_env(env)
+    number = next(n for n in (f"4{uuid.uuid4().int % 10**15:015d}" for _ in range(100)) if luhn_valid(n))
+    older = Codec({i: s for i, s in load_shipped_schemas().items() if i != codec.schema_id("dead_letter")})
+    old = older.encode(
+        "dead_letter",
+        {
+            "source_topic": names.settlements.name,
+            "source_partition": 1,
+            "source_offset": 771,
+            "key": b"acct-1",
+            "value": None,
+            "reason": "processing_error",
+            "detail": f"written before masking: {number}",
+            "failed_at": 0,
+            "stage": "matcher",
+        },
+    )
+    original = codec.encode("authorization_event", card_record(merchant_name=f"SHOP {number}"))
+    new = dead_letter(
+        codec, Stage.MATCHER, "card_number_detected", "field merchant_name: card_number_detected",
+        names.authorizations.name, 2, 772, b"acct-1", original,
+    )  # fmt: skip
+    asyncio.run(send_once(settings, [(names.dead_letters.name, b"x", old, None), (names.dead_letters.name, b"x", new, None)]))
+
+    out = ok(cashback(env, "dead-letters"))
+    assert number not in out and number[6:-4] not in out
+    old_line = next(line for line in out.splitlines() if "@771 " in line)
+    assert f"written before masking: {number[:6]}******{number[-4:]}" in old_line
+    new_line = next(line for line in out.splitlines() if "@772 " in line)
+    assert f"({len(original)} bytes)" in new_line and "[card numbers masked: " in new_line
+
+
 def test_dead_letters_without_the_topic_says_so(env: dict[str, str]) -> None:
     prefix = f"nothing-here-{uuid.uuid4().hex[:6]}."
     refused(cashback({**env, "TOPIC_PREFIX": prefix}, "dead-letters"), f"{prefix}dead-letters", "TOPIC_PREFIX")
@@ -228,6 +269,8 @@ def test_dead_letters_without_the_topic_says_so(env: dict[str, str]) -> None:
         ["backtest", "--purchases", "0"],
         ["accounts", "activate", "", "grocery-5"],
         ["offers", "remove", " "],
+        ["gdpr", "erase", "acct-1"],
+        ["gdpr", "erase", "acct-1", "--reason", " "],
         ["local", "--duration", "0"],
         ["offers"],
         ["no-such-command"],
@@ -268,6 +311,14 @@ def test_an_unreachable_broker_is_one_line_and_exit_2(env: dict[str, str], args:
 def test_an_unreachable_postgres_is_one_line_without_the_password(env: dict[str, str], command: str) -> None:
     dsn = f"postgresql://cashback:hunter2@127.0.0.1:{free_port()}/cashback"
     message = refused(cashback({**env, "DATABASE_URL": dsn}, command), "cannot connect to Postgres", "cashback:***@")
+    assert "hunter2" not in message
+
+
+def test_the_gdpr_commands_never_migrate_and_say_so_in_one_line(env: dict[str, str]) -> None:
+    for args in (["gdpr", "export", "acct-1"], ["gdpr", "erase", "acct-1", "--reason", "DSR-1"]):
+        refused(cashback({**env, "DATABASE_URL": fresh_database(env["DATABASE_URL"])}, *args), "run `cashback migrate` first")
+    dsn = f"postgresql://cashback:hunter2@127.0.0.1:{free_port()}/cashback"
+    message = refused(cashback({**env, "DATABASE_URL": dsn}, "gdpr", "export", "acct-1"), "cannot connect to Postgres", "***@")
     assert "hunter2" not in message
 
 
@@ -325,7 +376,8 @@ class Stack:
 @pytest.fixture
 def stack_env(kafka_bootstrap: str, postgres_url: str, work_dir: Path) -> Iterator[dict[str, str]]:
     """Existing servers (the session's), with their own topics and a database whose DSN carries a
-    password (trust authentication ignores it), so the banner's masking shows."""
+    password (the embedded Postgres's own; one is added for a server given by DATABASE_URL that
+    trusts its clients), so the banner's masking shows."""
     log_dir = work_dir / f"cli-local-{uuid.uuid4().hex[:8]}"
     log_dir.mkdir()
     environ = isolated_env(kafka_bootstrap, postgres_url, log_dir, "clilocal")
@@ -337,7 +389,8 @@ def test_local_stack_on_existing_servers_publishes_no_demo_and_stops_on_ctrl_c(s
     stack = Stack(stack_env)
     try:
         banner = stack.wait_ready()
-        assert "hunter2" not in banner
+        password = urlsplit(stack_env["DATABASE_URL"]).password
+        assert password and password not in banner
         assert f"postgres      {masked_dsn(stack_env['DATABASE_URL'])}" in banner
         assert ":***@" in banner
         assert "offers        none loaded" in banner and "simulator     off" in banner

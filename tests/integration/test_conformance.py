@@ -8,6 +8,7 @@ order even across the two input topics. Each scenario runs with exactly its own 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -87,6 +88,11 @@ class Conformance:
                 partition = account_partition(record["account_id"], self.settings.topic_partitions)
                 value = Codec().encode("clock_tick", {"partition": partition, "now": record["occurred_at"]})
                 asyncio.run(publish(bootstrap, [(prefix + "clock", str(partition).encode(), value, partition)]))
+            elif "instruction" in record:  # operations' release or forfeit, on the instructions topic
+                instruction = {k: v for k, v in record.items() if k != "event_type"}
+                value = Codec().encode("account_instruction", instruction)
+                message = (prefix + "account-instructions", record["account_id"].encode(), value)
+                asyncio.run(publish(bootstrap, [message]))
             else:
                 message = (topic_for(self.processes.env, record), record["account_id"].encode(), wire(record))
                 asyncio.run(publish(bootstrap, [message]))
@@ -130,6 +136,7 @@ class Conformance:
                 e["amount_minor"],
                 e["reward_kind"],
                 e["offer_id"],
+                json.loads(e["explanation"])["reason"],
             )
             for e in entries
         ]

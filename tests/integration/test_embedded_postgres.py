@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -15,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -93,7 +95,7 @@ def test_start_query_stop_and_restart(workdir: Path) -> None:
     pg = EmbeddedPostgres(data_dir, fast=True)
     dsn = pg.start()
     assert dsn == pg.dsn
-    assert dsn.startswith("postgresql://postgres@127.0.0.1:")
+    assert dsn.startswith(f"postgresql://postgres:{pg.password}@127.0.0.1:")
     assert dsn.endswith("/cashback")
     assert pg.pid is not None
     assert (data_dir / "PG_VERSION").exists()
@@ -115,6 +117,46 @@ def test_start_query_stop_and_restart(workdir: Path) -> None:
     with EmbeddedPostgres(data_dir, fast=True) as again:
         assert asyncio.run(_roundtrip(again.dsn, "second")) == ["first", "second"]
     assert not _server_pids(data_dir)
+
+
+def test_the_superuser_needs_its_password_over_tcp_and_the_socket(workdir: Path) -> None:
+    """SCRAM-SHA-256 as in production: no trust line, a random password per cluster kept in mode 600,
+    refused when wrong or missing on either way in, and the same password after a restart."""
+    data_dir = workdir / "pg"
+    with EmbeddedPostgres(data_dir, fast=True) as pg:
+        password = pg.password
+        assert len(password) >= 24 and urlsplit(pg.dsn).password == password
+        assert stat.S_IMODE(pg.password_path.stat().st_mode) == 0o600
+        assert pg.password_path.read_text().strip() == password
+        rules = [
+            line.split()
+            for line in (data_dir / "pg_hba.conf").read_text().splitlines()
+            if line.strip() and not line.startswith("#")
+        ]
+        assert rules and all(rule[-1] == "scram-sha-256" for rule in rules), rules
+        assert {rule[0] for rule in rules} == {"local", "host"}
+        assert password not in (data_dir / "postgres.log").read_text(errors="replace")
+
+        async def attempts() -> None:
+            connection = await asyncpg.connect(pg.dsn)
+            try:
+                assert await connection.fetchval("SHOW password_encryption") == "scram-sha-256"
+                stored = await connection.fetchval("SELECT rolpassword FROM pg_authid WHERE rolname = 'postgres'")
+                assert stored.startswith("SCRAM-SHA-256$")
+            finally:
+                await connection.close()
+            for host in ("127.0.0.1", str(data_dir)):  # TCP, then the Unix socket in the data dir
+                where = {"host": host, "port": pg.port, "user": "postgres", "database": "cashback"}
+                for wrong in ("not-the-password", "", None):
+                    with pytest.raises(asyncpg.InvalidPasswordError):
+                        await asyncpg.connect(**where, password=wrong)
+                connection = await asyncpg.connect(**where, password=password)
+                await connection.close()
+
+        asyncio.run(attempts())
+    with EmbeddedPostgres(data_dir, fast=True) as again:  # a restart keeps the cluster's password
+        assert again.password == password
+        assert asyncio.run(_roundtrip(again.dsn, "after-restart")) == ["after-restart"]
 
 
 def test_two_servers_in_parallel_get_distinct_ports(workdir: Path) -> None:

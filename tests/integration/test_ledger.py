@@ -334,8 +334,11 @@ def test_the_databases_balance_arithmetic_is_the_oracles_for_every_kind_of_entry
         "EXPIRED",
         "CLAWED_BACK",
         "RECREDITED",
+        "HELD",
+        "HOLD_RELEASED",
+        "HOLD_FORFEITED",
     )
-    books = ("EXPENSE", "PENDING", "CONFIRMED", "AVAILABLE", "DONATED")
+    books = ("EXPENSE", "PENDING", "CONFIRMED", "AVAILABLE", "DONATED", "HELD")
     legs = [(kind, debit, credit, 1_234) for kind in kinds for debit in books for credit in books if debit != credit]
 
     async def in_sql() -> list[tuple[int, ...]]:
@@ -344,7 +347,7 @@ def test_the_databases_balance_arithmetic_is_the_oracles_for_every_kind_of_entry
             rows = await connection.fetch(
                 "SELECT book_movement('PENDING', d, c, a), book_movement('CONFIRMED', d, c, a),"
                 " book_movement('AVAILABLE', d, c, a), earned_movement(k, a), clawed_back_movement(k, a),"
-                " book_movement('DONATED', d, c, a)"
+                " book_movement('DONATED', d, c, a), book_movement('HELD', d, c, a)"
                 " FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) WITH ORDINALITY AS t(k, d, c, a, n) ORDER BY n",
                 *[list(column) for column in zip(*legs, strict=True)],
             )

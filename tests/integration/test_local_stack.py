@@ -106,6 +106,12 @@ def test_local_stack_starts_serves_and_stops_cleanly() -> None:
     assert not alive, f"left behind: {[' '.join(p.cmdline()) for p in alive]}"
     assert "stopped" in "".join(output[-5:])
     if data_dir is not None:
+        # Its Postgres asked for a password (made for the run, mode 600), which the banner never showed.
+        password_file = data_dir / "postgres" / "superuser.password"
+        assert password_file.stat().st_mode & 0o777 == 0o600
+        password = password_file.read_text().strip()
+        assert password and password not in "".join(output)
+        assert "postgresql://postgres:***@127.0.0.1:" in banner and f"(password in {password_file})" in banner
         shutil.rmtree(data_dir, ignore_errors=True)
 
 

@@ -35,6 +35,7 @@ PENDING_500 = {
     "lifetime_earned_minor": 0,
     "clawed_back_minor": 0,
     "donated_minor": 0,
+    "held_minor": 0,
 }
 CONFIRMED_500 = {
     "pending_minor": 0,
@@ -43,6 +44,7 @@ CONFIRMED_500 = {
     "lifetime_earned_minor": 500,
     "clawed_back_minor": 0,
     "donated_minor": 0,
+    "held_minor": 0,
 }
 
 

@@ -17,6 +17,8 @@ def test_topics_keyed_by_account_are_co_partitioned(partitions: int) -> None:
         "cashback.card.settlements",
         "cashback.account-profiles",
         "cashback.accruals",
+        "cashback.account-erasures",
+        "cashback.account-instructions",
     }
     assert all(t.co_partitioned for t in keyed_by_account)
     assert {t.partitions for t in keyed_by_account} == {partitions}
@@ -26,10 +28,14 @@ def test_topics_keyed_by_account_are_co_partitioned(partitions: int) -> None:
     assert topics.activations.co_partitioned and topics.activations.partitions == partitions
 
 
-def test_inputs_are_authorisations_then_settlements() -> None:
+def test_inputs_are_authorisations_then_settlements_then_instructions() -> None:
     topics = catalogue()
-    assert [t.name for t in topics.inputs()] == ["cashback.card.authorizations", "cashback.card.settlements"]
-    assert [t.value_subject for t in topics.inputs()] == ["authorization_event", "settlement_event"]
+    assert [t.name for t in topics.inputs()] == [
+        "cashback.card.authorizations",
+        "cashback.card.settlements",
+        "cashback.account-instructions",
+    ]
+    assert [t.value_subject for t in topics.inputs()] == ["authorization_event", "settlement_event", "account_instruction"]
 
 
 def test_offers_and_activations_are_compacted() -> None:
@@ -49,10 +55,18 @@ def test_event_topics_are_deleted_after_their_retention() -> None:
     assert not any(t.compacted for t in (*topics.inputs(), topics.accruals, topics.dead_letters))
 
 
+def test_erasure_instructions_are_kept_a_week_and_folded_per_account() -> None:
+    """They name accounts, so they are not kept longer than the worker needs to read them."""
+    topics = catalogue()
+    assert topics.erasures.config() == {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)}
+    assert topics.erasures.value_subject == "account_erasure"
+    assert topics.account_inputs() == (topics.activations, topics.profiles, topics.erasures)
+
+
 @pytest.mark.parametrize("prefix", ["cashback.", "test-1.", ""])
 def test_names_are_unique_and_prefixed(prefix: str) -> None:
     names = [t.name for t in catalogue(prefix=prefix).all()]
-    assert len(names) == len(set(names)) == 8
+    assert len(names) == len(set(names)) == 10
     assert all(name.startswith(prefix) for name in names)
 
 

@@ -25,10 +25,12 @@ SHIPPED_IDS = {
     # offer.v3.avsc; offer.avsc (3) and offer.v2.avsc (7) keep theirs (test_offers_v2.py reads their bytes)
     "offer": 11,
     "offer_activation": 4,
-    "accrual": 10,
-    "dead_letter": 6,
+    "accrual": 14,  # accrual.v3.avsc; accrual.avsc (5) and accrual.v2.avsc (10) still decode
+    "dead_letter": 13,  # dead_letter.v2.avsc; dead_letter.avsc (6) still decodes (test_deadletter.py)
     "account_profile": 8,
     "clock_tick": 9,
+    "account_erasure": 12,
+    "account_instruction": 15,
 }
 
 
@@ -63,9 +65,24 @@ def valid_records() -> dict[str, dict[str, Any]]:
             "detail": "magic byte 1",
             "failed_at": T0,
             "stage": "matcher",
+            "card_number_hashes": ["0f" * 32],
         },
         "account_profile": {"account_id": "acct-1", "segments": ["new", "vip"], "updated_at": T0},
         "clock_tick": {"partition": 3, "now": T0},
+        "account_erasure": {"account_id": "acct-1", "requested_at": T0},
+        "account_instruction": {
+            "event_id": "release:1",
+            "instruction": "RELEASE_HOLD",
+            "occurred_at": T0,
+            "account_id": "acct-1",
+            "transaction_ref": "txn-1",
+            "offer_id": None,
+            "merchant_id": None,
+            "until": None,
+            "currency": "EUR",
+            "actor": "ops-1",
+            "reason": "customer called, receipts checked",
+        },
     }
 
 

@@ -54,6 +54,8 @@ def test_case_1_entry_carries_its_explanation() -> None:
             "carried_remainder": 0,
             "force_post": False,
         },
+        "merchant_id": "m-grocer",
+        "purchase_ref": "txn-1",
     }
 
 

@@ -8,8 +8,10 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from stream.core.abuse import AbuseRules, PurchaseBurst, RefundLoop
 from stream.core.balances import BALANCE_FIELDS, balances
 from stream.core.events import CardEvent, to_event, validate
+from stream.core.lifecycle import _internal_event
 from stream.core.memory import RECENT_EVENTS_LIMIT
 from stream.core.offers import OfferBook
 from stream.core.rules import AccountProfile, decide
@@ -37,7 +39,7 @@ EVENT_TYPES = (
     "CHARGEBACK",
     "CHARGEBACK_REVERSAL",
 )
-BOOKS = {"NONE", "EXPENSE", "PENDING", "CONFIRMED", "AVAILABLE"}
+BOOKS = {"NONE", "EXPENSE", "PENDING", "CONFIRMED", "AVAILABLE", "HELD", "DONATED"}  # DONATED: once time passes
 
 OFFER_BOOKS = {
     "grocery-5": book(),
@@ -159,7 +161,7 @@ def event_sequences(draw: st.DrawFn, multi_clearing: bool = False) -> list[CardE
 
 
 def run(
-    events: list[CardEvent], offers: OfferBook, stored_state: bool = False
+    events: list[CardEvent], offers: OfferBook, stored_state: bool = False, abuse: AbuseRules | None = None
 ) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
     """Decide every event in order, with the true remaining budget of every budgeted offer; return
     (balances after it, its entries) per event. Asserts after every event that no budget is
@@ -173,7 +175,7 @@ def run(
         if stored_state and state is not None:  # the worker's table stores the state encoded
             state = as_stored(state)
         remaining = {offer_id: budgets[offer_id] - spent[offer_id] for offer_id in budgets}
-        decision = decide(event, offers, state, PROFILE, remaining)
+        decision = decide(event, offers, state, PROFILE, remaining, abuse=abuse)
         state = decision.state
         for offer_id, delta in decision.budget_deltas.items():
             assert delta != 0 and offer_id in budgets, decision.budget_deltas
@@ -208,8 +210,8 @@ def entries_of(steps: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> list
     return [entry for _, entries in steps for entry in entries]
 
 
-def check_invariants(events: list[CardEvent], offers: OfferBook) -> None:
-    steps = run(events, offers)
+def check_invariants(events: list[CardEvent], offers: OfferBook, abuse: AbuseRules | None = None) -> None:
+    steps = run(events, offers, abuse=abuse)
     for entry in entries_of(steps):
         assert entry.debit_book in BOOKS and entry.credit_book in BOOKS
         if entry.entry_kind == "NOT_EARNED":
@@ -224,6 +226,7 @@ def check_invariants(events: list[CardEvent], offers: OfferBook) -> None:
             assert balance["pending_minor"] >= 0, (key, balance)
             assert balance["confirmed_minor"] >= 0, (key, balance)
             assert balance["clawed_back_minor"] <= balance["lifetime_earned_minor"], (key, balance)
+            assert balance["held_minor"] >= 0, (key, balance)
 
 
 OFFER_NAMES = st.sampled_from(sorted(OFFER_BOOKS))
@@ -322,6 +325,7 @@ def state_balances(state: AccountState) -> dict[tuple[str, str], dict[str, int]]
             totals["donated_minor" if share.reward_kind == "CHARITY" else "available_minor"] += share.available
             totals["lifetime_earned_minor"] += share.earned
             totals["clawed_back_minor"] += share.clawed_back
+            totals["held_minor"] += share.held
     return {key: totals for key, totals in result.items() if any(totals.values())}
 
 
@@ -387,3 +391,100 @@ def test_a_redelivery_at_any_distance_changes_nothing(offers_name: str, events: 
         {k: v.entry_kind for k, v in once.items() if rows.get(k) != v},
     )
     assert state is not None and state_balances(state) == ledger_balances(rows)
+
+
+# --- abuse controls: holds, and their review (stream.core.holds) ----------------------------------
+
+# Rules that fire often on these short sequences: two refunded purchases make a loop, two purchases
+# under 500.00 at one merchant within a day a burst.
+TRIGGER_HAPPY = AbuseRules(
+    refund_loop=RefundLoop(min_refunds=2, window_days=30),
+    purchase_burst=PurchaseBurst(min_purchases=2, window_minutes=1_440, below_minor={"EUR": 50_000}),
+)
+
+
+@st.composite
+def reviewed_sequences(draw: st.DrawFn) -> list[CardEvent]:
+    """Event sequences with releases and forfeits of the purchases' holds among them (some
+    repeated), and time passing (the end of every return window) somewhere."""
+    base = []  # purchases of every ref first, so that rewards exist to hold (a burst, from the second)
+    for ref in REFS:
+        amount = draw(st.integers(100, 20_000))
+        for kind in ("AUTHORIZATION", "CLEARING")[: draw(st.integers(1, 2))]:
+            base.append(to_event(card_record(kind, amount, event_id=f"base-{ref}-{kind}", transaction_ref=ref, occurred_at=T0)))
+    events = base + draw(event_sequences(multi_clearing=True))
+    out: list[CardEvent] = []
+    for index, event in enumerate(events):
+        out.append(event)
+        for n in range(draw(st.integers(0, 2)) if draw(st.integers(0, 2)) == 0 else 0):
+            kind = draw(st.sampled_from(("RELEASE_HOLD", "FORFEIT_HOLD")))
+            record = {
+                "event_id": f"review-{index}-{n}",
+                "instruction": kind,
+                "occurred_at": event.occurred_at + timedelta(days=draw(st.sampled_from((0, 20, 40)))),
+                "account_id": "acct-1",
+                "transaction_ref": draw(st.sampled_from(REFS)),
+                "offer_id": draw(st.sampled_from((None, None, "grocery-5", "everyday-1"))),
+                "merchant_id": None,
+                "until": None,
+                "currency": "EUR",
+                "actor": "ops",
+                "reason": "reviewed",
+            }
+            assert validate(record) is None
+            out.append(to_event(record))
+        if draw(st.integers(0, 5)) == 0:  # time passes: the return windows ended by then end (as a clock tick would say)
+            at = int((event.occurred_at + timedelta(days=draw(st.sampled_from((1, 31, 61))))).timestamp() * 1000)
+            out += [_internal_event("RETURN_WINDOW_ENDED", "acct-1", ref, at, "EUR") for ref in REFS]
+    return out
+
+
+REVIEWED_BOOKS = st.sampled_from(["grocery-5", "no-return-window", "capped-and-stacked", "budgeted"])
+
+
+@SEEDED
+@given(offers_name=REVIEWED_BOOKS, events=reviewed_sequences())
+def test_ledger_invariants_with_holds_and_reviews(offers_name: str, events: list[CardEvent]) -> None:
+    check_invariants(events, OFFER_BOOKS[offers_name], abuse=TRIGGER_HAPPY)
+
+
+@SEEDED
+@given(offers_name=REVIEWED_BOOKS, events=reviewed_sequences(), data=st.data())
+def test_holds_and_reviews_redelivered_give_the_same_ledger_and_the_state_agrees(
+    offers_name: str, events: list[CardEvent], data: st.DataObject
+) -> None:
+    offers = OFFER_BOOKS[offers_name]
+    once = ledger(entries_of(run(events, offers, abuse=TRIGGER_HAPPY)))
+    delivered = [e for event in events for e in ((event, event) if data.draw(st.booleans()) else (event,))]
+    assert ledger(entries_of(run(delivered, offers, abuse=TRIGGER_HAPPY))) == once
+    assert run(events, offers, stored_state=True, abuse=TRIGGER_HAPPY) == run(events, offers, abuse=TRIGGER_HAPPY)
+    if any(o.budget_minor is not None for o in offers.offers):
+        return  # the state's balances are compared below without budgets to coordinate
+    state = None
+    for event in delivered:
+        state = decide(event, offers, state, PROFILE, abuse=TRIGGER_HAPPY).state
+    assert state is not None and state_balances(state) == ledger_balances(once)
+
+
+def test_the_trigger_happy_rules_do_hold_and_review() -> None:
+    """The properties above are not vacuous: such sequences hold rewards, and a review moves them."""
+    events = []
+    for n, ref in enumerate(REFS):
+        events.append(to_event(card_record("AUTHORIZATION", 10_000, event_id=f"a{n}", transaction_ref=ref)))
+        events.append(to_event(card_record("CLEARING", 10_000, event_id=f"c{n}", transaction_ref=ref)))
+    review = {
+        "event_id": "review-1",
+        "instruction": "FORFEIT_HOLD",
+        "occurred_at": T0 + timedelta(days=1),
+        "account_id": "acct-1",
+        "transaction_ref": "txn-3",  # txn-1's reward was spendable before the burst was seen: not held
+        "offer_id": None,
+        "merchant_id": None,
+        "until": None,
+        "currency": "EUR",
+        "actor": "ops",
+        "reason": "reviewed",
+    }
+    events.append(to_event(review))
+    kinds = {e.entry_kind for _, entries in run(events, OFFER_BOOKS["no-return-window"], abuse=TRIGGER_HAPPY) for e in entries}
+    assert {"HELD", "HOLD_FORFEITED"} <= kinds

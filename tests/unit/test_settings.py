@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
+from stream.localstack.kafka_security import BrokerSecurity
 from stream.settings import ConfigError, Settings, documentation_table
 
 VARIABLES = [name.upper() for name in Settings.model_fields]
@@ -27,6 +30,9 @@ def test_defaults() -> None:
         "kafka_sasl_username": None,
         "kafka_sasl_password": None,
         "kafka_ssl_cafile": None,
+        "kafka_ssl_certfile": None,
+        "kafka_ssl_keyfile": None,
+        "kafka_ssl_key_password": None,
         "schema_registry_url": None,
         "topic_prefix": "cashback.",
         "topic_partitions": 4,
@@ -37,11 +43,14 @@ def test_defaults() -> None:
         "worker_instance_id": None,
         "worker_session_timeout_s": 10.0,
         "transaction_horizon_days": 180,
+        "abuse_rules_file": None,
+        "abuse_scan_interval_s": 300.0,
         "sink_batch_size": 2000,
         "sink_batch_wait_ms": 100,
         "sink_group_id": "cashback-sink",
         "clock_interval_s": 10.0,
         "metrics_port": 0,
+        "metrics_host": "127.0.0.1",
         "api_host": "127.0.0.1",
         "api_port": 8080,
         "api_auth_jwks": None,
@@ -49,8 +58,19 @@ def test_defaults() -> None:
         "api_auth_audience": "cashback-api",
         "api_auth_leeway_s": 30.0,
         "api_auth_jwks_max_age_s": 300.0,
+        "dead_letter_hash_key": None,
         "log_level": "INFO",
     }
+
+
+def test_the_dead_letter_hash_key_is_long_never_shown_and_never_echoed() -> None:
+    secret = "k" * 40
+    settings = Settings.from_env({"DEAD_LETTER_HASH_KEY": secret})
+    assert settings.dead_letter_hash_key == secret
+    assert secret not in repr(settings) and secret not in str(settings)
+    with pytest.raises(ConfigError, match="DEAD_LETTER_HASH_KEY") as refused:
+        Settings.from_env({"DEAD_LETTER_HASH_KEY": "short-secret"})
+    assert "short-secret" not in str(refused.value)
 
 
 def test_values_are_read_and_converted() -> None:
@@ -147,9 +167,12 @@ def test_settings_are_frozen() -> None:
 
 
 def test_secrets_are_not_in_the_repr() -> None:
-    settings = Settings.from_env({"KAFKA_SASL_PASSWORD": "s3cret-pw", "DATABASE_URL": "postgresql://u:db-pw@h/x"})
+    settings = Settings.from_env(
+        {"KAFKA_SASL_PASSWORD": "s3cret-pw", "DATABASE_URL": "postgresql://u:db-pw@h/x", "KAFKA_SSL_KEY_PASSWORD": "key-pw"}
+    )
     assert "s3cret-pw" not in repr(settings)
     assert "db-pw" not in repr(settings)
+    assert "key-pw" not in repr(settings)
 
 
 def test_plaintext_client_options() -> None:
@@ -200,11 +223,133 @@ def test_ssl_client_options_carry_an_ssl_context() -> None:
     assert "sasl_mechanism" not in options
 
 
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> BrokerSecurity:
+    """A CA, a client certificate and its key, as the local broker makes them."""
+    return BrokerSecurity.ensure(tmp_path_factory.mktemp("tls"))
+
+
+def _mutual_tls(files: BrokerSecurity, **more: str) -> dict[str, str]:
+    return {
+        "KAFKA_SECURITY_PROTOCOL": "SSL",
+        "KAFKA_SSL_CAFILE": str(files.ca_file),
+        "KAFKA_SSL_CERTFILE": str(files.client_cert),
+        "KAFKA_SSL_KEYFILE": str(files.client_key),
+        **more,
+    }
+
+
+@pytest.mark.parametrize("protocol", ["SSL", "SASL_SSL"])
+def test_mutual_tls_client_options_carry_the_certificate(tls_files: BrokerSecurity, protocol: str) -> None:
+    import ssl
+
+    sasl = {"KAFKA_SASL_MECHANISM": "SCRAM-SHA-512", "KAFKA_SASL_USERNAME": "u", "KAFKA_SASL_PASSWORD": "pw"}
+    environ = _mutual_tls(tls_files, KAFKA_SECURITY_PROTOCOL=protocol, **(sasl if protocol == "SASL_SSL" else {}))
+    context = Settings.from_env(environ).kafka_client_options()["ssl_context"]
+    assert isinstance(context, ssl.SSLContext)
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname  # the broker is checked too
+    assert [cert["subject"] for cert in context.get_ca_certs()] == [((("commonName", "cashback local Kafka CA"),),)]
+
+
+@pytest.mark.parametrize(
+    ("left_out", "named"),
+    [("KAFKA_SSL_KEYFILE", "KAFKA_SSL_KEYFILE"), ("KAFKA_SSL_CERTFILE", "KAFKA_SSL_CERTFILE")],
+)
+def test_a_certificate_and_its_key_go_together(tls_files: BrokerSecurity, left_out: str, named: str) -> None:
+    environ = {k: v for k, v in _mutual_tls(tls_files).items() if k != left_out}
+    with pytest.raises(ConfigError, match=f"{named} is required"):
+        Settings.from_env(environ).kafka_client_options()
+
+
+def test_a_key_password_without_a_key_is_refused() -> None:
+    settings = Settings.from_env({"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_KEY_PASSWORD": "pw"})
+    with pytest.raises(ConfigError, match="KAFKA_SSL_KEY_PASSWORD"):
+        settings.kafka_client_options()
+
+
+@pytest.mark.parametrize("protocol", ["PLAINTEXT", "SASL_PLAINTEXT"])
+def test_tls_files_without_tls_are_refused(tls_files: BrokerSecurity, protocol: str) -> None:
+    sasl = {"KAFKA_SASL_MECHANISM": "SCRAM-SHA-512", "KAFKA_SASL_USERNAME": "u", "KAFKA_SASL_PASSWORD": "pw"}
+    settings = Settings.from_env(_mutual_tls(tls_files, KAFKA_SECURITY_PROTOCOL=protocol, **sasl))
+    with pytest.raises(ConfigError) as caught:
+        settings.kafka_client_options()
+    for variable in ("KAFKA_SSL_CAFILE", "KAFKA_SSL_CERTFILE", "KAFKA_SSL_KEYFILE", protocol):
+        assert variable in str(caught.value)
+
+
+@pytest.mark.parametrize("variable", ["KAFKA_SSL_CAFILE", "KAFKA_SSL_CERTFILE", "KAFKA_SSL_KEYFILE"])
+def test_a_missing_tls_file_is_named(tls_files: BrokerSecurity, tmp_path: Path, variable: str) -> None:
+    settings = Settings.from_env(_mutual_tls(tls_files, **{variable: str(tmp_path / "nowhere.pem")}))
+    with pytest.raises(ConfigError, match=f"{variable}: no such file"):
+        settings.kafka_client_options()
+
+
+def test_an_unreadable_ca_or_a_mismatched_key_is_named(tls_files: BrokerSecurity, tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate")
+    with pytest.raises(ConfigError, match="KAFKA_SSL_CAFILE: cannot load"):
+        Settings.from_env(_mutual_tls(tls_files, KAFKA_SSL_CAFILE=str(garbage))).kafka_client_options()
+    with pytest.raises(ConfigError, match="KAFKA_SSL_CERTFILE, KAFKA_SSL_KEYFILE"):
+        # the CA's certificate with the client's key: they do not match
+        Settings.from_env(_mutual_tls(tls_files, KAFKA_SSL_CERTFILE=str(tls_files.ca_file))).kafka_client_options()
+
+
+def test_an_encrypted_key_needs_its_password(tls_files: BrokerSecurity, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(tls_files.client_key.read_bytes(), password=None)
+    encrypted = tmp_path / "client-key-encrypted.pem"
+    encrypted.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(b"key-pw")
+        )
+    )
+    environ = _mutual_tls(tls_files, KAFKA_SSL_KEYFILE=str(encrypted))
+    assert "ssl_context" in Settings.from_env({**environ, "KAFKA_SSL_KEY_PASSWORD": "key-pw"}).kafka_client_options()
+    for wrong in ({}, {"KAFKA_SSL_KEY_PASSWORD": "not-it"}):  # never a prompt on the terminal
+        with pytest.raises(ConfigError, match="KAFKA_SSL_KEY_PASSWORD"):
+            Settings.from_env({**environ, **wrong}).kafka_client_options()
+
+
+def test_faust_gets_the_same_tls_and_sasl_settings(tls_files: BrokerSecurity) -> None:
+    """The worker's Faust app connects with what every other client uses: mutual TLS as SSL
+    credentials, SCRAM over TLS as SASL credentials with the TLS context."""
+    import faust
+    from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
+
+    from stream.guarded_consumer import broker_credentials
+
+    mutual = Settings.from_env(_mutual_tls(tls_files))
+    credentials = broker_credentials(mutual)
+    assert isinstance(credentials, faust.SSLCredentials)
+    auth = credentials_to_aiokafka_auth(credentials)
+    assert auth["security_protocol"] == "SSL" and auth["ssl_context"].verify_mode.name == "CERT_REQUIRED"
+
+    scram = Settings.from_env(
+        {
+            "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "KAFKA_SSL_CAFILE": str(tls_files.ca_file),
+            "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+            "KAFKA_SASL_USERNAME": "cashback",
+            "KAFKA_SASL_PASSWORD": "pw",
+        }
+    )
+    auth = credentials_to_aiokafka_auth(broker_credentials(scram))
+    assert {k: auth[k] for k in ("security_protocol", "sasl_mechanism", "sasl_plain_username", "sasl_plain_password")} == {
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "cashback",
+        "sasl_plain_password": "pw",
+    }
+    assert auth["ssl_context"] is not None
+    assert broker_credentials(Settings.from_env({})) is None
+
+
 def test_documentation_table_has_one_row_per_field() -> None:
     lines = documentation_table().splitlines()
     assert lines[:2] == ["| variable | default | meaning |", "|---|---|---|"]
     rows = lines[2:]
-    assert len(rows) == len(Settings.model_fields) == 29
+    assert len(rows) == len(Settings.model_fields) == 36
     assert [row.split("`")[1] for row in rows] == VARIABLES
     assert "| `TOPIC_PARTITIONS` | `4` | Partitions of the co-partitioned input and output topics. |" in rows
     assert "| `KAFKA_SASL_PASSWORD` |  | SASL password (never logged). |" in rows

@@ -1,0 +1,84 @@
+"""The pieces of a GDPR erasure that need no server: the messages it publishes
+(``stream.account_messages``), the account states' deletion of every key of an account
+(``AccountStates.erase``), the profile table's erased marker, and the command line's arguments."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+
+import pytest
+
+from schemas.codec import Codec
+from stream.account_messages import erasure_message, tombstones
+from stream.account_profiles import erased_key
+from stream.account_states import AccountStates
+from stream.changelog_table import DELETED
+from stream.cli import parser
+from stream.core.rules import decide
+from tests.factories import book, card_event
+from tests.unit.test_account_states_batches import StagedTable
+from topics.catalogue import account_partition, catalogue
+
+ACCOUNT = "acct-1"
+AT = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+def test_the_erasure_publishes_a_tombstone_per_key_of_the_account_on_its_partition() -> None:
+    topics = catalogue(partitions=8)
+    home = account_partition(ACCOUNT, 8)
+    messages = tombstones(ACCOUNT, ["grocery-5", "dining-3", "grocery-5"], topics.profiles, topics.activations)
+    assert messages == [
+        (topics.profiles.name, b"acct-1", None, home),
+        (topics.activations.name, b"acct-1:dining-3", None, home),
+        (topics.activations.name, b"acct-1:grocery-5", None, home),
+    ]
+    partition, key, value = erasure_message(Codec(), ACCOUNT, AT, topics.erasures.partitions)
+    assert (partition, key) == (home, b"acct-1")
+    assert Codec().decode(value, expected_subject="account_erasure")[1] == {"account_id": ACCOUNT, "requested_at": AT}
+
+
+def test_the_erased_marker_is_the_accounts_digest_and_never_an_account_key() -> None:
+    key = erased_key(ACCOUNT)
+    assert key.endswith(hashlib.sha256(b"acct-1").hexdigest()) and ACCOUNT not in key
+    assert key.startswith("\x1f")  # no account id holds the separator: never another account's profile
+
+
+def test_erase_stages_a_deletion_of_every_key_the_account_has_or_had_pending() -> None:
+    """Its stored summary and rows, a row no summary names (a cut step), the batch's pending writes;
+    never a key of an account whose id merely starts the same."""
+    table = StagedTable()
+    states = AccountStates(table, partitions=4)  # type: ignore[arg-type]
+    before = None
+    for n, event in enumerate([card_event("AUTHORIZATION", 10_000, transaction_ref=f"txn-{n}") for n in range(3)]):
+        after = decide(event, book(), before).state
+        states.write(ACCOUNT, before, after, 2)
+        before = after
+        if n == 1:
+            states.hand_over()
+            table.settle()
+    table.store[f"{ACCOUNT}\x1ft\x1forphan"] = b"left by a cut step"
+    table.store["acct-10"] = table.store["acct-10\x1ft\x1fx"] = b"another account"
+    stored = {key for key in table.store if key.startswith(ACCOUNT + "\x1f") or key == ACCOUNT}
+    assert states.pending  # the third purchase is not handed over yet
+
+    deleted = states.erase(ACCOUNT, 2)
+
+    assert deleted[0] == ACCOUNT
+    assert set(deleted) >= stored | {f"{ACCOUNT}\x1ft\x1ftxn-2"}  # the pending one too
+    assert not any(key.startswith("acct-10") for key in deleted)
+    assert table.staged == [(key, DELETED, 2) for key in deleted]
+    assert states.pending == {} and states.hand_over() == []
+    table.settle()
+    assert states.get(ACCOUNT) is None and set(table.store) == {"acct-10", "acct-10\x1ft\x1fx"}
+    assert states.due(2, 2**62) == []
+
+
+def test_the_command_line_takes_an_erasure_with_a_reason_only() -> None:
+    args = parser().parse_args(["gdpr", "erase", ACCOUNT, "--reason", " DSR-1 ", "--operator", "dpo"])
+    assert (args.account_id, args.reason, args.operator, args.timeout) == (ACCOUNT, "DSR-1", "dpo", 120.0)
+    assert parser().parse_args(["gdpr", "export", ACCOUNT]).action == "export"
+    for missing in (["gdpr", "erase", ACCOUNT], ["gdpr", "erase", ACCOUNT, "--reason", "  "]):
+        with pytest.raises(SystemExit) as stopped:
+            parser().parse_args(missing)
+        assert stopped.value.code == 2
