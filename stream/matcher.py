@@ -61,7 +61,7 @@ from stream.producing import AppSends
 from stream.settings import Settings
 from stream.store.budgets import BudgetStore, movement_id
 from stream.worker_app import PROFILE_SCHEMA, STATE_SCHEMA, STORE_OPTIONS, share_store_memory, worker_app
-from topics.catalogue import ACCOUNT_PROFILE_TABLE, ACCOUNT_STATE_TABLE, Catalogue
+from topics.catalogue import ACCOUNT_PROFILE_TABLE, ACCOUNT_STATE_TABLE, MAX_COMPACTION_LAG_MS, Catalogue
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,10 @@ class Matcher:
             default=None,
             schema=STATE_SCHEMA,
             value_type=bytes,
-            options=dict(STORE_OPTIONS),  # a copy: Faust's store takes keys out of it
+            options=dict(STORE_OPTIONS),
+            extra_topic_configs={
+                "max.compaction.lag.ms": str(MAX_COMPACTION_LAG_MS)
+            },  # a copy: Faust's store takes keys out of it
             beacon=self.app.tables.beacon,
         )
         self.app.tables.add(self.states)
@@ -141,6 +144,7 @@ class Matcher:
             default=None,
             schema=PROFILE_SCHEMA,
             options=dict(STORE_OPTIONS),
+            extra_topic_configs={"max.compaction.lag.ms": str(MAX_COMPACTION_LAG_MS)},
             beacon=self.app.tables.beacon,
         )
         self.app.tables.add(self.profiles)

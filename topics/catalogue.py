@@ -32,10 +32,20 @@ class Topic:
     co_partitioned: bool  # must have the same partition count as the other co-partitioned topics
 
     def config(self) -> dict[str, str]:
-        """Broker-side topic configuration."""
+        """Broker-side topic configuration. A compacted topic is compacted at most
+        ``MAX_COMPACTION_LAG_MS`` after a write, so a value replaced or erased (a tombstone) leaves
+        the disk within a bounded time (the GDPR erasure's promise), not whenever the cleaner gets to it."""
         if self.compacted:
-            return {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}
+            return COMPACTED_CONFIG
         return {"cleanup.policy": "delete", "retention.ms": str(self.retention_ms)}
+
+
+MAX_COMPACTION_LAG_MS = 7 * 24 * 3600 * 1000
+COMPACTED_CONFIG = {
+    "cleanup.policy": "compact",
+    "min.compaction.lag.ms": "60000",
+    "max.compaction.lag.ms": str(MAX_COMPACTION_LAG_MS),
+}
 
 
 @dataclass(frozen=True, slots=True)

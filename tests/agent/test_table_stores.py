@@ -104,3 +104,13 @@ def test_every_local_store_draws_on_one_shared_memory_budget(settings: Settings,
     assert cache.get_usage() > before, "the memtables are charged to the shared cache"
     assert written > 2 * STORE_MEMORY_BYTES
     assert cache.get_usage() <= 1.5 * STORE_MEMORY_BYTES
+
+
+def test_the_tables_changelogs_are_compacted_within_a_bounded_time(settings: Settings, codec: Codec) -> None:
+    """An erased account's tombstones must reach the disk of the changelogs within a week, like the
+    compacted topics of the catalogue."""
+    from topics.catalogue import MAX_COMPACTION_LAG_MS
+
+    matcher = Matcher(settings, codec)
+    for table in (matcher.states, matcher.profiles):
+        assert table.changelog_topic.config["max.compaction.lag.ms"] == str(MAX_COMPACTION_LAG_MS)

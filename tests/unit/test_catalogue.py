@@ -42,7 +42,11 @@ def test_offers_and_activations_are_compacted() -> None:
     topics = catalogue()
     for topic in (topics.offers, topics.activations, topics.profiles):
         assert topic.compacted and topic.retention_ms == -1
-        assert topic.config() == {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}
+        assert topic.config() == {
+            "cleanup.policy": "compact",
+            "min.compaction.lag.ms": "60000",
+            "max.compaction.lag.ms": str(7 * 24 * 3600 * 1000),  # an erased value leaves the disk within a week
+        }
     assert topics.offers.key == "offer_id"
     assert topics.activations.key == "account_id:offer_id"
 
