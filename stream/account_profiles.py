@@ -33,6 +33,7 @@ from typing import Any
 from schemas.codec import Codec, DecodeError
 from stream.changelog_table import DELETED, ChangelogTable
 from stream.core.eligibility import AccountProfile
+from stream.core.events import RejectReason, looks_like_card_number
 from stream.core.profiles import apply_activation, apply_segments, to_account_profile
 from stream.deadletter import OtherReason
 from topics.catalogue import account_partition
@@ -130,6 +131,9 @@ class AccountProfiles:
             )
             if text_key != expected_key:
                 return Refusal(OtherReason.KEY_MISMATCH.value, f"key is not {subject}'s id")
+        if _holds_card_number(account_id, record):
+            # Never kept in a table: the dead letter masks it (stream.deadletter).
+            return Refusal(RejectReason.CARD_NUMBER_DETECTED.value, f"a card number in the {subject}")
         if not account_id or account_partition(account_id, self.partitions) != partition:
             # A profile must live where the account's card events are, or the join misses it.
             return Refusal(OtherReason.WRONG_PARTITION.value, "not the partition of the account's card events")
@@ -146,3 +150,12 @@ class AccountProfiles:
         else:
             self.table[account_id] = apply_segments(profile, record)
         return None
+
+
+def _holds_card_number(account_id: str, record: dict[str, Any] | None) -> bool:
+    """Whether an account message carries a card number: as its account id (a careless integrator
+    keying by card), or in its free text (a segment's name)."""
+    if looks_like_card_number(account_id, identifier=True):
+        return True
+    texts = (record or {}).get("segments") or []
+    return any(isinstance(text, str) and looks_like_card_number(text) for text in texts)

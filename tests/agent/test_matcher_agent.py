@@ -668,3 +668,35 @@ async def test_a_revocation_waits_for_the_changes_being_handed_to_the_producer(h
     matcher.handing_over.release()
     await asyncio.wait_for(revoking, 1)
     assert steps == ["handed over", "producer flushed", "committed"]
+
+
+async def test_an_account_message_carrying_a_card_number_is_dead_lettered_masked_and_never_kept(
+    harness: AgentHarness,
+) -> None:
+    """An integrator keying activations by card number, or naming a segment after one: the message
+    is dead-lettered with the number masked, and no profile is kept for it."""
+    from datetime import UTC, datetime
+
+    from topics.catalogue import account_partition
+
+    pan = generated_card_number()
+    partitions = harness.matcher.topics.authorizations.partitions
+    activation = {"account_id": pan, "offer_id": "grocery-5", "active": True, "changed_at": datetime(2026, 1, 1, tzinfo=UTC)}
+    await harness.put(
+        harness.codec.encode("offer_activation", activation),
+        f"{pan}:grocery-5".encode(),
+        topic=harness.matcher.topics.activations.name,
+        partition=account_partition(pan, partitions),
+    )
+    profile = {"account_id": ACCOUNT, "segments": ["vip", f"card {pan}"], "updated_at": datetime(2026, 1, 1, tzinfo=UTC)}
+    await harness.put(
+        harness.codec.encode("account_profile", profile),
+        ACCOUNT_KEY,
+        topic=harness.matcher.topics.profiles.name,
+        partition=account_partition(ACCOUNT, partitions),
+    )
+    letters = harness.dead_letters_decoded()
+    assert [letter["reason"] for _, letter in letters] == ["card_number_detected", "card_number_detected"]
+    leaked = any(pan.encode() in (letter["value"] or b"") + (letter["key"] or b"") for _, letter in letters)
+    assert not leaked
+    assert harness.matcher.profiles.get(pan) is None and harness.matcher.profiles.get(ACCOUNT) is None
