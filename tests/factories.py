@@ -155,3 +155,18 @@ def after_purchase(event_type: str, amount_minor: int, **overrides: Any) -> Card
         **overrides,
     }
     return card_event(event_type, amount_minor, **fields)
+
+
+def card_text_fields() -> list[str]:
+    """Every text field of the card-event schemas (both of them, in schema order): where a careless
+    card processor could put a card number."""
+    import json
+    from pathlib import Path
+
+    names: list[str] = []
+    for name in ("authorization_event.avsc", "settlement_event.avsc"):
+        for field in json.loads((Path(__file__).parent.parent / "schemas" / name).read_text())["fields"]:
+            types = field["type"] if isinstance(field["type"], list) else [field["type"]]
+            if "string" in types and field["name"] not in names:
+                names.append(field["name"])
+    return names

@@ -35,7 +35,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from schemas.codec import Codec
 from stream.auth import ACCOUNTS_READ
 from stream.core.events import luhn_valid
-from tests.factories import card_record
+from tests.factories import card_record, card_text_fields
 from tests.integration.conftest import REPO_ROOT, Processes, api_headers, running_pipeline, wait_until
 from tests.integration.test_end_to_end import IDS, publish, wire
 from topics.catalogue import catalogue, table_changelogs
@@ -43,21 +43,7 @@ from topics.catalogue import catalogue, table_changelogs
 pytestmark = pytest.mark.integration
 
 HASH_KEY = f"pan-test-{uuid.uuid4().hex}{uuid.uuid4().hex}"
-TEXT_FIELDS = [
-    "event_id",
-    "account_id",
-    "card_token",
-    "transaction_ref",
-    "original_transaction_ref",
-    "response_code",
-    "currency",
-    "billing_currency",
-    "mcc",
-    "merchant_id",
-    "merchant_name",
-    "merchant_country",
-    "merchant_timezone",
-]
+TEXT_FIELDS = card_text_fields()  # every text field of both card schemas
 GOOD_BALANCE = {
     "pending_minor": 0,
     "confirmed_minor": 400,
