@@ -398,8 +398,8 @@ def create_app(settings: Settings, codec: Codec, topics: Catalogue, authenticato
             )
         except gdpr.ErasureIncomplete as incomplete:
             raise HTTPException(status_code=503, detail=str(incomplete), headers={"Retry-After": "30"}) from None
-        except ValueError as refused:  # an id that is a pseudonym, a blank reason
-            raise HTTPException(status_code=422, detail=str(refused)) from None
+        except ValueError as refused:  # an id that is a pseudonym, a blank reason (a 400, documented for every route)
+            raise HTTPException(status_code=400, detail=str(refused)) from None
         logged = report.erasure
         return ErasureResult(
             **{k: v for k, v in asdict(logged).items() if k in ErasureResult.model_fields and k != "erasure_id"},

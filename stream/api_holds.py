@@ -84,7 +84,7 @@ def hold_routes(
         200: {"model": HoldReview, "description": "Already decided so: nothing sent."},
         404: {"model": Problem, "description": "No reward of that purchase (or offer) of that account was ever held."},
         409: {"model": Problem, "description": "Nothing is held any more: decided otherwise, or clawed back by a refund."},
-        422: {"model": Problem, "description": "A bad body, or a reason that looks like a card number."},
+        400: {"model": Problem, "description": "A bad query parameter, or a reason that looks like a card number."},
     }
 
     decision_route = secured(OPERATIONS)
@@ -126,7 +126,7 @@ def hold_routes(
         )
         refused = validate(instruction)  # what the worker would dead-letter is refused here, with why
         if refused is not None:
-            raise HTTPException(422, f"the instruction would be refused: {refused.detail()}")
+            raise HTTPException(400, f"the instruction would be refused: {refused.detail()}")
         name, key, value, partition = instructions.message(codec, topic, instruction)
         await request.app.state.producer.send_and_wait(name, value, key=key, partition=partition)
         return review.model_copy(update={"instruction_id": instruction["event_id"]})

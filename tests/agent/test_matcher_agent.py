@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import re
 import struct
 from collections.abc import Mapping
@@ -17,36 +16,18 @@ import pytest
 from faust.types import TP
 from prometheus_client import REGISTRY
 
-from stream.core.events import luhn_valid
 from stream.core.rules import Outcome
 from stream.core.state_rows import Summary, assemble, decode_summary, recent_key, txn_key
 from stream.input_partitions import PartitionRevoked
 from stream.store.budgets import movement_id
 from tests.agent.conftest import ACCOUNT, ACCOUNT_KEY, AgentHarness, agent_harness, encode_auth, encode_settlement
-from tests.factories import book, card_record, offer
+from tests.factories import book, card_record, generated_card_number, offer
 
 pytestmark = pytest.mark.asyncio
 
 
 def counter(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
-
-
-def generated_card_number() -> str:
-    """A Luhn-valid 16-digit number, made up at run time (never written in this file)."""
-    body = "4" + "".join(random.choice("0123456789") for _ in range(14))
-    total = 0
-    for index, char in enumerate(reversed(body)):  # the check digit will sit to the right of body
-        value = int(char)
-        if index % 2 == 0:
-            value *= 2
-            if value > 9:
-                value -= 9
-        total += value
-    number = body + str((10 - total % 10) % 10)
-    valid = len(number) == 16 and luhn_valid(number)
-    assert valid  # (a boolean: a failure report must not print the number)
-    return number
 
 
 # --- 1. an approved authorisation earns --------------------------------------------------------

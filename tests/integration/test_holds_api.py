@@ -40,7 +40,7 @@ from stream.settings import Settings
 from stream.sink import count_holds, staging_row
 from stream.store.journal import write_batch
 from stream.store.migrations import migrate
-from tests.factories import T0, book, card_event, offer
+from tests.factories import T0, book, card_event, generated_card_number, offer
 from tests.integration.conftest import api_auth_env, api_headers, fresh_database
 from topics.admin import ensure_topics
 from topics.catalogue import account_partition, catalogue
@@ -307,10 +307,10 @@ async def test_bad_decisions_are_refused_with_a_message(ops: httpx.AsyncClient) 
         "/v1/operations/holds/release", json={"account_id": "free-1", "transaction_ref": "f1", "reason": "why"}
     )
     assert never.status_code == 404
-    card = {"account_id": "hold-1", "transaction_ref": "k2", "reason": "card 4111 1111 1111 1111 stolen"}
+    card = {"account_id": "hold-1", "transaction_ref": "k2", "reason": f"card {generated_card_number()} stolen"}
     refused = await ops.post("/v1/operations/holds/release", json=card)
     assert (
-        refused.status_code == 422
+        refused.status_code == 400
         and refused.json()["detail"] == "the instruction would be refused: field reason: card_number_detected"
     )
     short = await ops.post("/v1/operations/holds/release", json={"account_id": "hold-1", "transaction_ref": "k2", "reason": ""})

@@ -34,8 +34,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from schemas.codec import Codec
 from stream.auth import ACCOUNTS_READ
-from stream.core.events import luhn_valid
-from tests.factories import card_record, card_text_fields
+from tests.factories import card_record, card_text_fields, generated_card_number
 from tests.integration.conftest import REPO_ROOT, Processes, api_headers, running_pipeline, wait_until
 from tests.integration.test_end_to_end import IDS, publish, wire
 from topics.catalogue import catalogue, table_changelogs
@@ -56,9 +55,7 @@ GOOD_BALANCE = {
 
 
 def card_number() -> str:
-    """A 16-digit number in Visa's range with a valid Luhn digit, from random digits."""
-    body = f"4{uuid.uuid4().int % 10**14:014d}"
-    return body + next(digit for digit in "0123456789" if luhn_valid(body + digit))
+    return generated_card_number()
 
 
 def forms(number: str) -> list[str]:

@@ -19,17 +19,14 @@ from stream.core.events import (
     to_event,
     validate,
 )
-from tests.factories import T0, card_event, card_record
+from tests.factories import T0, card_event, card_record, generated_card_number
 
 _RANDOM = random.Random(20261201)  # seeded: a failure replays
 
 
 def luhn_number(length: int = 16, rng: random.Random = _RANDOM, first: str = "4") -> str:
-    """A Luhn-valid digit string made at run time (no card number is written in this file), by
-    default in a card scheme's range (4: Visa), so that it counts in identifiers too."""
-    body = first + "".join(rng.choice("0123456789") for _ in range(length - 2))
-    check = next(d for d in "0123456789" if luhn_valid(body + d))
-    return body + check
+    """A Luhn-valid digit string made at run time (tests.factories), in a card scheme's range by default."""
+    return generated_card_number(length, first, rng)
 
 
 def not_luhn(number: str) -> str:
