@@ -32,8 +32,9 @@ from typing import Any
 
 from schemas.codec import Codec, DecodeError
 from stream.changelog_table import DELETED, ChangelogTable
+from stream.core.card_numbers import looks_like_card_number
 from stream.core.eligibility import AccountProfile
-from stream.core.events import RejectReason, looks_like_card_number
+from stream.core.events import RejectReason
 from stream.core.profiles import apply_activation, apply_segments, to_account_profile
 from stream.deadletter import OtherReason
 from topics.catalogue import account_partition

@@ -14,34 +14,39 @@ offers need a valid token and no scope: they are what bank apps show every custo
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
-import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
-from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from schemas.codec import Codec
-from stream import gdpr
 from stream.account_messages import activation_message
+from stream.api_common import (
+    ACCOUNT_ID,
+    BEARER,
+    CHARITY_ID,
+    CURSOR_PATTERN,
+    OFFER_ID,
+    declared_query_only,
+    decode_cursor,
+    encode_cursor,
+    no_cashback,
+    secured,
+)
+from stream.api_gdpr import gdpr_routes
 from stream.api_holds import hold_routes
 from stream.api_models import (
-    AccountExport,
     Activation,
     Balance,
     Balances,
     Donations,
-    ErasureRequest,
-    ErasureResult,
     Explanation,
     History,
     HistoryLine,
@@ -62,89 +67,6 @@ from stream.store.migrations import pending_migrations
 from topics.catalogue import Catalogue
 
 log = logging.getLogger(__name__)
-
-CHARITY_ID = Path(..., min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$", description="A charity id.")
-OFFER_ID = Path(..., min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$", description="An offer id.")
-ACCOUNT_ID = Path(..., min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$", description="The bank's account id.")
-
-BEARER = "bearerAuth"  # the OpenAPI security scheme
-ERASURE_WAIT_S = 60.0  # how long an erasure request waits for the worker, then for the sink
-
-
-def _no_cashback(account_id: str) -> HTTPException:
-    """The 404 of an account never seen, and of an account the token does not act for: the same."""
-    return HTTPException(status_code=404, detail=f"account {account_id} has no cashback")
-
-
-def _secured(*alternatives: str, not_found: str | None = None, paged: bool = False) -> dict[str, Any]:
-    """A protected route's OpenAPI: its security requirement (any one of ``alternatives``' scopes; none:
-    any valid token) and its 400, 401, 403 and 404 answers."""
-    bad_request = "A query parameter the route does not take" + (", or a cursor this API did not return." if paged else ".")
-    responses: dict[int | str, dict[str, Any]] = {
-        400: {"model": Problem, "description": bad_request},
-        401: {
-            "model": Problem,
-            "description": "No valid bearer token: missing, malformed, expired, signed by an "
-            "unknown key, or for another issuer or audience (see WWW-Authenticate).",
-        },
-    }
-    if alternatives:
-        responses[403] = {"model": Problem, "description": f"The token has none of the scopes {', '.join(alternatives)}."}
-    if not_found:
-        responses[404] = {"model": Problem, "description": not_found}
-    security = [{BEARER: [scope]} for scope in alternatives] or [{BEARER: []}]
-    return {"responses": responses, "openapi_extra": {"security": security}}
-
-
-def _retryable(secured: dict[str, Any]) -> dict[str, Any]:
-    """A protected route's OpenAPI (``_secured``) with the 503 of a wait that ran out."""
-    description = "The worker or the sink did not follow in time: nothing was lost, send it again."
-    return {**secured, "responses": {**secured["responses"], 503: {"model": Problem, "description": description}}}
-
-
-# A cursor is the URL-safe base64 of a positive sequence number: anything else is refused before it
-# is read (422), and one of that form this API never issued is a 400.
-CURSOR_PATTERN = r"^[A-Za-z0-9_-]{1,62}={0,2}$"
-
-
-def _encode_cursor(entry_seq: int) -> str:
-    return base64.urlsafe_b64encode(str(entry_seq).encode()).decode()
-
-
-def _decode_cursor(cursor: str) -> int:
-    try:
-        value = int(base64.urlsafe_b64decode(cursor.encode()).decode())
-    except ValueError:
-        value = 0
-    if not 0 < value < 2**63:  # sequences are positive bigints
-        raise HTTPException(status_code=400, detail="cursor is not one this API returned")
-    return value
-
-
-def _query_names(dependant: Any) -> set[str]:
-    """The query parameters a route (or a dependency of it) declares."""
-    names = {param.alias for param in dependant.query_params}
-    for dependency in dependant.dependencies:
-        names |= _query_names(dependency)
-    return names
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-async def _declared_query_only(request: Request) -> None:
-    """A /v1 route refuses a query parameter it does not take (400), rather than ignore it: a misspelt
-    ``limt`` is the caller's error, said at once. And a value holding a control character (a NUL
-    Postgres cannot store in text, a line break meant for a log) is refused before any route reads it."""
-    route = request.scope.get("route")
-    if not isinstance(route, APIRoute) or not route.path.startswith("/v1/"):
-        return
-    unknown = sorted(set(request.query_params) - _query_names(route.dependant))
-    if unknown:
-        raise HTTPException(400, f"unknown query parameter: {', '.join(repr(name) for name in unknown)}"[:300])
-    controlled = sorted({name for name, value in request.query_params.multi_items() if _CONTROL.search(value)})
-    if controlled:
-        raise HTTPException(400, f"control character in query parameter: {', '.join(controlled)}")
 
 
 def create_app(settings: Settings, codec: Codec, topics: Catalogue, authenticator: Authenticator | None = None) -> FastAPI:
@@ -182,7 +104,7 @@ def create_app(settings: Settings, codec: Codec, topics: Catalogue, authenticato
         version="1",
         description="Balances and explained history of card-linked cashback, for bank apps.",
         lifespan=lifespan,
-        dependencies=[Depends(_declared_query_only)],
+        dependencies=[Depends(declared_query_only)],
     )
 
     @app.middleware("http")
@@ -240,13 +162,13 @@ def create_app(settings: Settings, codec: Codec, topics: Catalogue, authenticato
     async def readable_account(account_id: str = ACCOUNT_ID, who: Principal = Depends(readers)) -> str:
         """The path's account, if the token may read it; else the 404 of an account never seen."""
         if not who.may_read(account_id):
-            raise _no_cashback(account_id)
+            raise no_cashback(account_id)
         return account_id
 
     async def activatable_account(account_id: str = ACCOUNT_ID, who: Principal = Depends(activators)) -> str:
         """The path's account, if the token acts for it; else the 404 of an account never seen."""
         if not who.may_activate_for(account_id):
-            raise _no_cashback(account_id)
+            raise no_cashback(account_id)
         return account_id
 
     unknown_account = "An account the system has never seen (no ledger entry, no purchase), or one the token does not act for."
@@ -254,7 +176,7 @@ def create_app(settings: Settings, codec: Codec, topics: Catalogue, authenticato
     @app.get(
         "/v1/accounts/{account_id}/balances",
         response_model=Balances,
-        **_secured(ACCOUNTS_READ, OPERATIONS, not_found=unknown_account),
+        **secured(ACCOUNTS_READ, OPERATIONS, not_found=unknown_account),
     )
     async def get_balances(account_id: str = Depends(readable_account), db: asyncpg.Pool = Depends(pool)) -> Balances:
         """The account's balances per reward kind and unit. An account the system has seen whose
@@ -262,7 +184,7 @@ def create_app(settings: Settings, codec: Codec, topics: Catalogue, authenticato
         empty list, every balance zero. An account never seen is a 404, as for its history."""
         rows = await reads.balances(db, account_id)
         if not rows and not await reads.account_seen(db, account_id):
-            raise _no_cashback(account_id)
+            raise no_cashback(account_id)
         return Balances(
             account_id=account_id,
             balances=[
@@ -285,7 +207,7 @@ def create_app(settings: Settings, codec: Codec, topics: Catalogue, authenticato
     @app.get(
         "/v1/accounts/{account_id}/history",
         response_model=History,
-        **_secured(ACCOUNTS_READ, OPERATIONS, not_found=unknown_account, paged=True),
+        **secured(ACCOUNTS_READ, OPERATIONS, not_found=unknown_account, paged=True),
     )
     async def get_history(
         account_id: str = Depends(readable_account),
@@ -293,10 +215,10 @@ def create_app(settings: Settings, codec: Codec, topics: Catalogue, authenticato
         cursor: str | None = Query(None, max_length=64, pattern=CURSOR_PATTERN, description="next_cursor of the previous page."),
         db: asyncpg.Pool = Depends(pool),
     ) -> History:
-        before = _decode_cursor(cursor) if cursor else None
+        before = decode_cursor(cursor) if cursor else None
         rows = await reads.history(db, account_id, before, limit + 1)
         if not rows and before is None:
-            raise _no_cashback(account_id)
+            raise no_cashback(account_id)
         page = rows[:limit]
         return History(
             account_id=account_id,
@@ -307,14 +229,14 @@ def create_app(settings: Settings, codec: Codec, topics: Catalogue, authenticato
                 )
                 for r in page
             ],
-            next_cursor=_encode_cursor(page[-1]["history_seq"]) if len(rows) > limit else None,
+            next_cursor=encode_cursor(page[-1]["history_seq"]) if len(rows) > limit else None,
         )
 
     @app.get(
         "/v1/charities/{charity_id}/donations",
         response_model=list[Donations],
         dependencies=[Depends(operators)],
-        **_secured(OPERATIONS, not_found="No charity reward ever named this charity."),
+        **secured(OPERATIONS, not_found="No charity reward ever named this charity."),
     )
     async def get_donations(charity_id: str = CHARITY_ID, db: asyncpg.Pool = Depends(pool)) -> list[Donations]:
         """What customers' charity rewards gave a charity and have promised it, per currency, each
@@ -329,7 +251,7 @@ def create_app(settings: Settings, codec: Codec, topics: Catalogue, authenticato
         "/v1/operations/ledger-conflicts",
         response_model=LedgerConflicts,
         dependencies=[Depends(operators)],
-        **_secured(OPERATIONS, paged=True),
+        **secured(OPERATIONS, paged=True),
     )
     async def get_ledger_conflicts(
         limit: int = Query(50, ge=1, le=500, description="Conflicts per page, newest first."),
@@ -338,12 +260,12 @@ def create_app(settings: Settings, codec: Codec, topics: Catalogue, authenticato
     ) -> LedgerConflicts:
         """For operators: entries that arrived with an id the account's ledger holds with other
         content. Never written; each was dead-lettered by the sink (reason ledger_conflict)."""
-        before = _decode_cursor(cursor) if cursor else None
+        before = decode_cursor(cursor) if cursor else None
         rows = await reads.ledger_conflicts(db, before, limit + 1)
         page = rows[:limit]
         return LedgerConflicts(
             conflicts=[LedgerConflict(**dict(r)) for r in page],
-            next_cursor=_encode_cursor(page[-1]["conflict_seq"]) if len(rows) > limit else None,
+            next_cursor=encode_cursor(page[-1]["conflict_seq"]) if len(rows) > limit else None,
         )
 
     # Held rewards and their review, merchants flagged: the abuse controls (stream.api_holds).
@@ -353,59 +275,22 @@ def create_app(settings: Settings, codec: Codec, topics: Catalogue, authenticato
             operators=operators,
             codec=codec,
             topic=topics.instructions,
-            secured=_secured,
-            cursor=(_encode_cursor, _decode_cursor),
+            secured=secured,
+            cursor=(encode_cursor, decode_cursor),
             cursor_pattern=CURSOR_PATTERN,
         )
     )
 
-    @app.get(
-        "/v1/operations/accounts/{account_id}/export",
-        response_model=AccountExport,
-        dependencies=[Depends(operators)],
-        **_secured(
-            OPERATIONS, not_found="Nothing is held about the account (never seen), or it was erased (the detail says so)."
-        ),
-    )
-    async def export_account(account_id: str = ACCOUNT_ID, db: asyncpg.Pool = Depends(pool)) -> AccountExport:
-        """For operators (GDPR article 15): everything held about the account, as stream.gdpr
-        describes it: balances, every history line with its explanation, refused entries, its
-        profile and activations as last published, its erasure status."""
-        try:
-            return await gdpr.export_account(settings, codec, topics, db, account_id)
-        except gdpr.AccountErased:
-            raise HTTPException(
-                status_code=404, detail=f"account {account_id} was erased: no personal data of it is held"
-            ) from None
-        except gdpr.NothingHeld:
-            raise _no_cashback(account_id) from None
-
-    @app.post(
-        "/v1/operations/accounts/{account_id}/erasure",
-        response_model=ErasureResult,
-        **_retryable(_secured(OPERATIONS)),
-    )
-    async def erase_account(
-        body: ErasureRequest, account_id: str = ACCOUNT_ID, who: Principal = Depends(operators), db: asyncpg.Pool = Depends(pool)
-    ) -> ErasureResult:
-        """For operators (GDPR article 17): erase the account (stream.gdpr): tombstones in Kafka,
-        its state and profile deleted by the worker, its ledger rows moved to a random pseudonym
-        with their amounts kept, the erasure logged (the token's subject as the operator). Waits
-        for the worker and the sink (up to a minute each); idempotent, so a 503 is retried."""
-        try:
-            report = await gdpr.erase_account(
-                settings, codec, topics, account_id, body.reason, who.subject or "unknown", ERASURE_WAIT_S, db=db
-            )
-        except gdpr.ErasureIncomplete as incomplete:
-            raise HTTPException(status_code=503, detail=str(incomplete), headers={"Retry-After": "30"}) from None
-        except ValueError as refused:  # an id that is a pseudonym, a blank reason (a 400, documented for every route)
-            raise HTTPException(status_code=400, detail=str(refused)) from None
-        logged = report.erasure
-        return ErasureResult(
-            **{k: v for k, v in asdict(logged).items() if k in ErasureResult.model_fields and k != "erasure_id"},
-            erasure_id=str(logged.erasure_id),
-            tombstones=report.tombstones,
+    # Everything held about an account, and its erasure (GDPR): stream.api_gdpr.
+    app.include_router(
+        gdpr_routes(
+            settings=settings,
+            codec=codec,
+            topics=topics,
+            pool=pool,
+            operators=operators,
         )
+    )
 
     def live_offer(request: Request, offer_id: str) -> Offer:
         offer = request.app.state.offers.book.get(offer_id)
@@ -413,7 +298,7 @@ def create_app(settings: Settings, codec: Codec, topics: Catalogue, authenticato
             raise HTTPException(status_code=404, detail=f"offer {offer_id} does not exist")
         return offer
 
-    @app.get("/v1/offers", response_model=list[OfferSummary], dependencies=[Depends(principal)], **_secured())
+    @app.get("/v1/offers", response_model=list[OfferSummary], dependencies=[Depends(principal)], **secured())
     async def get_offers(request: Request) -> list[OfferSummary]:
         """The live offers, as every worker holds them: for any valid token, whatever its scopes."""
         return [OfferSummary.of(offer) for offer in request.app.state.offers.book.offers]
@@ -424,7 +309,7 @@ def create_app(settings: Settings, codec: Codec, topics: Catalogue, authenticato
         "/v1/accounts/{account_id}/offers/{offer_id}/activation",
         response_model=Activation,
         status_code=200,
-        **_secured(OFFERS_ACTIVATE, not_found=no_offer),
+        **secured(OFFERS_ACTIVATE, not_found=no_offer),
     )
     async def activate(request: Request, account_id: str = Depends(activatable_account), offer_id: str = OFFER_ID) -> Activation:
         """Activate an offer for the account: purchases from now on count (idempotent)."""
@@ -433,7 +318,7 @@ def create_app(settings: Settings, codec: Codec, topics: Catalogue, authenticato
     @app.delete(
         "/v1/accounts/{account_id}/offers/{offer_id}/activation",
         response_model=Activation,
-        **_secured(OFFERS_ACTIVATE, not_found=no_offer),
+        **secured(OFFERS_ACTIVATE, not_found=no_offer),
     )
     async def deactivate(
         request: Request, account_id: str = Depends(activatable_account), offer_id: str = OFFER_ID

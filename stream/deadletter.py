@@ -32,7 +32,7 @@ import time
 from typing import Any
 
 from schemas.codec import Codec, DecodeError
-from stream.core.events import IDENTIFIER_FIELDS, MASK, looks_like_card_number, mask_card_numbers
+from stream.core.card_numbers import IDENTIFIER_FIELDS, MASK, looks_like_card_number, mask_card_numbers
 from stream.metrics import DEAD_LETTERS
 
 log = logging.getLogger(__name__)

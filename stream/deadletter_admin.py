@@ -10,7 +10,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import UnknownTopicOrPartitionError, for_code
 
 from schemas.codec import Codec, DecodeError
-from stream.core.events import mask_card_numbers
+from stream.core.card_numbers import mask_card_numbers
 from stream.settings import Settings
 
 

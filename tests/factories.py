@@ -177,7 +177,7 @@ def generated_card_number(length: int = 16, first: str = "4", rng: Any = None) -
     16 digits in Visa's range, so that it counts in identifiers too."""
     import random
 
-    from stream.core.events import luhn_valid
+    from stream.core.card_numbers import luhn_valid
 
     draw = rng or random.SystemRandom()
     body = first + "".join(draw.choice("0123456789") for _ in range(length - len(first) - 1))

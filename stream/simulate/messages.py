@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from schemas.codec import Codec
-from stream.core.events import luhn_valid
+from stream.core.card_numbers import luhn_valid
 
 # The Avro subject of each role's messages.
 ROLE_SUBJECTS = {

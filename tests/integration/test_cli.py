@@ -215,7 +215,7 @@ def test_dead_letters_show_card_numbers_masked_only(env: dict[str, str]) -> None
     """A card number in a dead letter is listed masked: in the original (masked when written; its
     keyed hash shown), and in the detail of a dead letter written before masking existed (version 1)."""
     from schemas.codec import load_shipped_schemas
-    from stream.core.events import luhn_valid
+    from stream.core.card_numbers import luhn_valid
     from tests.factories import card_record
 
     ok(cashback(env, "topics"))

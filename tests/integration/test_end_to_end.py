@@ -279,7 +279,7 @@ def test_publishing_the_same_events_twice_changes_nothing(pipeline) -> None:  # 
 
 
 def _luhn_number(rng: random.Random) -> str:
-    from stream.core.events import luhn_valid
+    from stream.core.card_numbers import luhn_valid
 
     while True:
         digits = "".join(rng.choice("0123456789") for _ in range(16))

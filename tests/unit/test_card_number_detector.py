@@ -1,4 +1,4 @@
-"""Property tests of the card-number detector (stream.core.events.looks_like_card_number and the field
+"""Property tests of the card-number detector (stream.core.card_numbers.looks_like_card_number and the field
 rule ``validate`` applies), in both directions: every written form of a card number is caught, and
 realistic ids are never refused. No card number is written in this file: they are made at run
 time from random digits, so a falsifying example printed by hypothesis is no real card."""
@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream.core.events import IDENTIFIER_FIELDS, Rejection, RejectReason, looks_like_card_number, luhn_valid, validate
+from stream.core.card_numbers import IDENTIFIER_FIELDS, looks_like_card_number, luhn_valid
+from stream.core.events import Rejection, RejectReason, validate
 from tests.factories import card_record
 
 SEEDED = settings(max_examples=150, derandomize=True, database=None, deadline=None)

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.codec import Codec, load_shipped_schemas
-from stream.core.events import looks_like_card_number, mask_card_numbers
+from stream.core.card_numbers import looks_like_card_number, mask_card_numbers
 from stream.deadletter import (
     HASHES_LIMIT,
     ORIGINAL_BYTES_LIMIT,

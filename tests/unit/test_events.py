@@ -9,13 +9,12 @@ from typing import Any
 
 import pytest
 
+from stream.core.card_numbers import looks_like_card_number, luhn_valid
 from stream.core.events import (
     CardEvent,
     EventType,
     Rejection,
     RejectReason,
-    looks_like_card_number,
-    luhn_valid,
     to_event,
     validate,
 )

@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections import Counter
 
 from schemas.codec import Codec, DecodeError
-from stream.core.events import looks_like_card_number, validate
+from stream.core.card_numbers import looks_like_card_number
+from stream.core.events import validate
 from stream.simulate import SHAPES, Scenario, generate
 
 CODEC = Codec()

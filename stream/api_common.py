@@ -1,0 +1,98 @@
+"""What the balance API's route modules share (``stream.api``, ``stream.api_holds``,
+``stream.api_gdpr``): the path parameters' rules, each protected route's OpenAPI (its security
+requirement and error answers), the unknown-account answer, the cursors, and the refusal of query
+parameters a route does not take.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from typing import Any
+
+from fastapi import HTTPException, Path, Request
+from fastapi.routing import APIRoute
+
+from stream.api_models import Problem
+
+CHARITY_ID = Path(..., min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$", description="A charity id.")
+OFFER_ID = Path(..., min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$", description="An offer id.")
+ACCOUNT_ID = Path(..., min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$", description="The bank's account id.")
+
+BEARER = "bearerAuth"  # the OpenAPI security scheme
+
+
+def no_cashback(account_id: str) -> HTTPException:
+    """The 404 of an account never seen, and of an account the token does not act for: the same."""
+    return HTTPException(status_code=404, detail=f"account {account_id} has no cashback")
+
+
+def secured(*alternatives: str, not_found: str | None = None, paged: bool = False) -> dict[str, Any]:
+    """A protected route's OpenAPI: its security requirement (any one of ``alternatives``' scopes; none:
+    any valid token) and its 400, 401, 403 and 404 answers."""
+    bad_request = "A query parameter the route does not take" + (", or a cursor this API did not return." if paged else ".")
+    responses: dict[int | str, dict[str, Any]] = {
+        400: {"model": Problem, "description": bad_request},
+        401: {
+            "model": Problem,
+            "description": "No valid bearer token: missing, malformed, expired, signed by an "
+            "unknown key, or for another issuer or audience (see WWW-Authenticate).",
+        },
+    }
+    if alternatives:
+        responses[403] = {"model": Problem, "description": f"The token has none of the scopes {', '.join(alternatives)}."}
+    if not_found:
+        responses[404] = {"model": Problem, "description": not_found}
+    security = [{BEARER: [scope]} for scope in alternatives] or [{BEARER: []}]
+    return {"responses": responses, "openapi_extra": {"security": security}}
+
+
+def retryable(route: dict[str, Any]) -> dict[str, Any]:
+    """A protected route's OpenAPI (``secured``) with the 503 of a wait that ran out."""
+    description = "The worker or the sink did not follow in time: nothing was lost, send it again."
+    return {**route, "responses": {**route["responses"], 503: {"model": Problem, "description": description}}}
+
+
+# A cursor is the URL-safe base64 of a positive sequence number: anything else is refused before it
+# is read (422), and one of that form this API never issued is a 400.
+CURSOR_PATTERN = r"^[A-Za-z0-9_-]{1,62}={0,2}$"
+
+
+def encode_cursor(entry_seq: int) -> str:
+    return base64.urlsafe_b64encode(str(entry_seq).encode()).decode()
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        value = int(base64.urlsafe_b64decode(cursor.encode()).decode())
+    except ValueError:
+        value = 0
+    if not 0 < value < 2**63:  # sequences are positive bigints
+        raise HTTPException(status_code=400, detail="cursor is not one this API returned")
+    return value
+
+
+def query_names(dependant: Any) -> set[str]:
+    """The query parameters a route (or a dependency of it) declares."""
+    names = {param.alias for param in dependant.query_params}
+    for dependency in dependant.dependencies:
+        names |= query_names(dependency)
+    return names
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+async def declared_query_only(request: Request) -> None:
+    """A /v1 route refuses a query parameter it does not take (400), rather than ignore it: a misspelt
+    ``limt`` is the caller's error, said at once. And a value holding a control character (a NUL
+    Postgres cannot store in text, a line break meant for a log) is refused before any route reads it."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute) or not route.path.startswith("/v1/"):
+        return
+    unknown = sorted(set(request.query_params) - query_names(route.dependant))
+    if unknown:
+        raise HTTPException(400, f"unknown query parameter: {', '.join(repr(name) for name in unknown)}"[:300])
+    controlled = sorted({name for name, value in request.query_params.multi_items() if _CONTROL.search(value)})
+    if controlled:
+        raise HTTPException(400, f"control character in query parameter: {', '.join(controlled)}")
