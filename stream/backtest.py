@@ -39,7 +39,7 @@ class Replay:
     budget_peak: dict[str, int] = field(default_factory=dict)  # the most a budget was ever used
     skipped: int = 0  # messages the matcher would dead-letter
     horizon_days: int = TRANSACTION_HORIZON_DAYS  # the workers' TRANSACTION_HORIZON_DAYS
-    abuse: AbuseRules | None = None  # the workers' ABUSE_RULES_FILE (None: the process's, stream.core.abuse.configured)
+    abuse: AbuseRules | None = None  # the workers' ABUSE_RULES_FILE (None: the documented defaults)
 
     def feed(self, message: Outgoing) -> None:
         record = message.record

@@ -192,13 +192,11 @@ class System:
         import uvloop
 
         from stream import metrics
-        from stream.core.abuse import configure as configure_abuse_rules
         from stream.deadletter import configure_hash_key
         from stream.matcher import Matcher
 
         settings = self.settings
         configure_hash_key(settings.dead_letter_hash_key)
-        configure_abuse_rules(self.abuse_rules)  # the matcher's decisions use them (stream.core.abuse)
         asyncio.run(self.create_topics())
         asyncio.run(self.migrate_database())  # campaign budgets live in Postgres
         metrics.serve(settings.metrics_port, settings.metrics_host)

@@ -213,18 +213,3 @@ def _amounts(raw: Mapping[str, Any], rule: str, name: str, default: Mapping[str,
             raise AbuseRulesError(f"field '{where}': expected minor units above 0, got {amount!r}")
         amounts[currency] = amount
     return _frozen(amounts)
-
-
-_configured: AbuseRules = DEFAULT_RULES
-
-
-def configure(rules: AbuseRules) -> None:
-    """Install the process's rules: the composition root calls it once at start, before any
-    decision (the worker's matcher calls ``decide`` without them)."""
-    global _configured
-    _configured = rules
-
-
-def configured() -> AbuseRules:
-    """The rules ``configure`` installed, ``DEFAULT_RULES`` if none were."""
-    return _configured

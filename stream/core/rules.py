@@ -93,7 +93,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from stream.core.abuse import AbuseRules, configured
+from stream.core.abuse import DEFAULT_RULES, AbuseRules
 from stream.core.authorisations import on_authorization, on_expiry, on_incremental, on_reversal
 from stream.core.clawbacks import on_chargeback, on_chargeback_reversal, on_refund
 from stream.core.clearings import on_clearing, on_return_window_ended
@@ -136,8 +136,8 @@ def decide(
     abuse: AbuseRules | None = None,
 ) -> Decision:
     """Apply one card event to one account's state; return the new state, the ledger entries, the
-    outcome and the budget deltas. ``abuse``: the abuse rules (None: those the process configured,
-    ``stream.core.abuse.configured``)."""
+    outcome and the budget deltas. ``abuse``: the abuse rules (None: their documented defaults,
+    ``stream.core.abuse.DEFAULT_RULES``)."""
     state = state or new_state()
     fingerprint = event.fingerprint()
     held, replay = known(state, event)
@@ -146,7 +146,7 @@ def decide(
             return Decision(state, (), Outcome.DUPLICATE_CONFLICT)
         return Decision(state, replay, Outcome.DUPLICATE)
 
-    step = AccountStep(event, state, offers, profile or NO_PROFILE, budget_remaining or _NO_DELTAS, abuse or configured())
+    step = AccountStep(event, state, offers, profile or NO_PROFILE, budget_remaining or _NO_DELTAS, abuse or DEFAULT_RULES)
     clock_ms = max(state.clock_ms or 0, event.occurred_at_ms)
     forget_before_ms = clock_ms - horizon_days * DAY_MS
     if home_ref(event) not in state.txns and event.occurred_at_ms < forget_before_ms:

@@ -22,8 +22,6 @@ from stream.core.abuse import (
     AbuseRulesError,
     PurchaseBurst,
     RefundLoop,
-    configure,
-    configured,
     parse_rules,
 )
 from stream.core.balances import balances
@@ -146,15 +144,6 @@ def test_a_bad_file_stops_the_process_naming_the_file_and_the_field(tmp_path: An
     path.write_text("refund_loop: [\n")
     with pytest.raises(UsageError, match="not valid YAML at line"):
         read_abuse_rules(path)
-
-
-def test_the_process_rules_are_the_defaults_until_configured() -> None:
-    assert configured() is DEFAULT_RULES
-    try:
-        configure(NO_RULES)
-        assert configured() is NO_RULES
-    finally:
-        configure(DEFAULT_RULES)
 
 
 # --- refund loops ---------------------------------------------------------------------------------
