@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from stream.guarded_consumer import GuardedApp, OffsetLookups, watch_partitions
-from stream.metrics import CONSUMER_LAG
+from stream.metrics import CONSUMER_LAG, forget_lag
 from stream.progress import Verdict
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,8 @@ class InputPartitions:
         await self.app.consumer.commit()
         self.progress.forget(revoked)
         self.lost(revoked)
+        for tp in revoked:  # their next owner reports their lag: a stale value here would hold the lag alert
+            forget_lag(self.app_id, tp.topic, tp.partition)
 
     async def _on_partitions_assigned(self, app: Any, assigned: set[Any], **_: Any) -> None:
         """The whole new assignment; a partition's accounting restarts from its committed offset."""

@@ -9,8 +9,8 @@ Per event, in this order:
    ``stream.account_profiles``, its campaign budgets granted through ``stream.granting``);
 3. write what the event changed of the account's state (its summary, its transaction and its
    recent-event slot: ``stream.account_states``), and stage its entries;
-4. once the stream holds no more messages (or the batch is full), flush the batch
-   (``stream.outbox``): hand the batch's states to the table (one summary per account), wait
+4. once the stream holds no more messages and the batch is ``BATCH_LINGER_S`` old (or the batch
+   is full), flush the batch (``stream.outbox``): hand the batch's states to the table (one summary per account), wait
    once until the table's changelog topic has them all, then send the entries to the accruals
    topic (keyed by account, so co-partitioned with the input) and account for the batch's
    messages. Every record goes straight to the producer's Kafka client (``stream.producing``).
@@ -72,6 +72,9 @@ IN_FLIGHT_LIMIT = RECENT_EVENTS_LIMIT
 # The most messages a batch holds before it is flushed (it is flushed sooner when the stream holds
 # nothing more): bounds the memory and the time a batch's entries wait.
 BATCH_LIMIT = 2000
+# How long a batch waits for more messages when the stream holds none: what an event's entries may
+# wait for others to share its changelog round trip (stream.outbox.Outbox.linger).
+BATCH_LINGER_S = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +130,7 @@ class Matcher:
         )
         self.app.tables.add(self.states)
         # The states as the engine takes them: a summary and rows per account in that table.
-        self.accounts = AccountStates(self.states, self.topics.authorizations.partitions)
+        self.accounts = AccountStates(self.states, self.topics.authorizations.partitions, settings.worker_state_cache_items)
         card_partitions = self.topics.authorizations.name
         self.inputs = InputPartitions(
             self.app,
@@ -206,7 +209,9 @@ class Matcher:
                 finally:
                     staged.complete = True
                     self.current = None
-            # One flush for all the stream held: none waits for a message not yet read.
+            # One flush for what the stream brought within the batch's linger (or a full batch).
+            if self.outbox.batch and buffered.empty():
+                await self.outbox.linger(buffered, BATCH_LINGER_S)
             if self.outbox.batch and (buffered.empty() or len(self.outbox.batch) >= BATCH_LIMIT):
                 await self.outbox.flush()
 

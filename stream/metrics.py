@@ -3,10 +3,19 @@ value is ever a label: labels are small closed sets (event type, outcome, kind, 
 
 from __future__ import annotations
 
+import heapq
 import logging
+import time
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics, start_http_server
+
+from stream.core.abuse import RULE_NAMES
+
+# No ``*_created`` series (a creation timestamp beside every counter and histogram): they double what
+# each scrape reads and no rule or dashboard uses them (Prometheus computes rates from the counters).
+disable_created_metrics()
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +41,16 @@ SINK_BATCH_SECONDS = Histogram(
     "Time to write one sink batch to Postgres (one transaction).",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+WORKER_BATCH_SIZE = Histogram(
+    "cashback_worker_batch_size",
+    "Input messages per worker batch (one changelog wait for all their states, then their entries).",
+    buckets=(1, 10, 50, 100, 250, 500, 1000, 2000),
+)
+WORKER_FLUSH_SECONDS = Histogram(
+    "cashback_worker_flush_seconds",
+    "Time to flush one worker batch: its states to the changelog, acknowledged, then its entries handed to the producer.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
 SINK_ENTRIES = Counter("cashback_sink_entries_total", "Ledger entries handled by the sink, by result.", ["result"])
 SINK_RETRIES = Counter("cashback_sink_retries_total", "Batch writes retried because Postgres was unreachable.")
 API_REQUESTS = Counter("cashback_api_requests_total", "Balance API requests by route and status.", ["route", "status"])
@@ -44,6 +63,60 @@ HOLD_REVIEWS = Counter(
 MERCHANTS_FLAGGED = Counter(
     "cashback_merchants_flagged_total", "Merchants the sink's scan found concentrating rewards on few accounts (each flag once)."
 )
+
+
+# --- for the alert rules and dashboards (deploy/prometheus/rules.yml, stream/ops/dashboard_panels.py) ------------
+# Pre-bound so that the series exist at 0 from the start: rate() and increase() cannot see the first
+# increment of a series that appears with it (the first ledger conflict would never alert).
+for _result in ("written", "duplicate", "conflict"):
+    SINK_ENTRIES.labels(_result)
+for _rule in (*RULE_NAMES, "other"):  # the sink's labels of the abuse controls (stream.sink.count_holds)
+    HOLDS.labels(_rule)
+    for _decision in ("released", "forfeited"):
+        HOLD_REVIEWS.labels(_rule, _decision)
+LEDGER_LATENCY_SECONDS = Histogram(
+    "cashback_ledger_latency_seconds",
+    "Seconds from an accrual message's Kafka timestamp to the commit of the sink transaction that wrote it "
+    "(the entries the transaction added; a replay's entries were readable before).",
+    # 1 s is the latency objective's threshold (deploy/prometheus/rules.yml): keep it a bucket boundary.
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+# budget: a campaign budget's key (an offer id, or <offer id>@<currency>): the offers' own closed set, never
+# an account; unit: the budget's currency or points. Set by each worker whenever it reads what is left.
+CAMPAIGN_BUDGET = Gauge("cashback_campaign_budget_minor", "A campaign budget, in minor units of its unit.", ["budget", "unit"])
+CAMPAIGN_BUDGET_REMAINING = Gauge(
+    "cashback_campaign_budget_remaining_minor",
+    "What is left of a campaign budget, as this worker last read it (minor units of its unit).",
+    ["budget", "unit"],
+)
+
+
+def observe_ledger_latency(timestamps_ms: Iterable[int], written: int, now_s: float | None = None) -> None:
+    """``LEDGER_LATENCY_SECONDS`` for one committed sink batch: ``timestamps_ms`` its messages' Kafka
+    timestamps, ``written`` how many entries the transaction added. The ``written`` newest count: the
+    others are duplicates, mostly a replay's redelivered messages, the oldest of the batch."""
+    if written <= 0:
+        return
+    now_ms = (time.time() if now_s is None else now_s) * 1000.0
+    for timestamp_ms in heapq.nlargest(written, timestamps_ms):
+        LEDGER_LATENCY_SECONDS.observe(max(0.0, now_ms - timestamp_ms) / 1000.0)
+
+
+def observe_budgets(budgets: Mapping[str, tuple[int, str]], remaining: Mapping[str, int]) -> None:
+    """The budget gauges from one read of what is left (``budgets``: key -> (amount, unit))."""
+    for key, left in remaining.items():
+        if key in budgets:
+            amount, unit = budgets[key]
+            CAMPAIGN_BUDGET.labels(key, unit).set(amount)
+            CAMPAIGN_BUDGET_REMAINING.labels(key, unit).set(left)
+
+
+def forget_lag(group: str, topic: str, partition: int) -> None:
+    """Stop reporting the lag of a partition this process no longer owns."""
+    try:
+        CONSUMER_LAG.remove(group, topic, str(partition))
+    except KeyError:  # never reported
+        pass
 
 
 def serve(port: int, host: str = "127.0.0.1") -> Any:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -32,9 +33,11 @@ from stream.account_states import AccountStates
 from stream.changelog_table import ChangelogTable, Sends
 from stream.core.entries import Entry
 from stream.input_partitions import InputPartitions, PartitionRevoked
-from stream.metrics import ACCRUALS, CASHBACK_AMOUNT
+from stream.metrics import ACCRUALS, CASHBACK_AMOUNT, WORKER_BATCH_SIZE, WORKER_FLUSH_SECONDS
 
 log = logging.getLogger(__name__)
+
+LINGER_POLL_S = 0.001  # how often a lingering batch looks for a new message
 
 
 @dataclass(slots=True)
@@ -100,11 +103,14 @@ class Batch:
         self.messages: list[Staged] = []
         self._staged: Counter[str] = Counter()  # account -> its decisions that stored a state
         self.rebalances: int | None = None
+        self.opened = time.monotonic()  # when its first message started
 
     def __len__(self) -> int:
         return len(self.messages)
 
     def start(self, tp: Any, offset: int) -> Staged:
+        if not self.messages:
+            self.opened = time.monotonic()
         staged = Staged(tp, offset)
         self.messages.append(staged)
         return staged
@@ -221,12 +227,22 @@ class Outbox:
             else:
                 await self.in_flight.wait_for_one()
 
+    async def linger(self, buffered: Any, wait_s: float) -> None:
+        """Give the stream until the batch is ``wait_s`` old to bring more messages, while it holds
+        none (``buffered``: its queue). Faust hands the agent one message per turn of the event loop,
+        so the stream is empty between most messages even on a backlog: flushing then would cost a
+        changelog round trip per message or two."""
+        deadline = self.batch.opened + wait_s
+        while buffered.empty() and time.monotonic() < deadline:
+            await asyncio.sleep(LINGER_POLL_S)
+
     async def flush(self) -> None:
         """The batch's states on the changelog (one wait for all of them), then its entries sent,
         then its messages accounted for (their offsets committed once their sends are delivered).
         A rebalance since the batch started, or a partition lost while a refused changelog write
         was retried, drops the whole batch: its messages are read again, by this worker or the
         partition's next owner."""
+        started = time.perf_counter()
         batch, self.batch = self.batch, Batch()
         partitions = batch.partitions()
 
@@ -256,6 +272,8 @@ class Outbox:
                 staged.flushed.succeed()
             else:
                 self.batch.keep(staged)  # a flush in the middle of a clock tick: the tick goes on
+        WORKER_BATCH_SIZE.observe(len(batch.messages))
+        WORKER_FLUSH_SECONDS.observe(time.perf_counter() - started)
 
     async def _send_entries(self, staged: Staged, decided: Decided) -> None:
         account_key = decided.account_id.encode()

@@ -309,6 +309,32 @@ async def test_an_account_never_has_more_decisions_staged_than_its_recent_window
     assert len(harness.accruals.sent) == IN_FLIGHT_LIMIT + 3
 
 
+async def test_messages_arriving_a_little_apart_share_one_flush(harness: AgentHarness) -> None:
+    """Faust hands the agent one message per turn of the event loop, so the stream is empty between
+    most messages even on a backlog: a batch waits up to BATCH_LINGER_S for more before it flushes
+    (one changelog round trip for all), and no longer (a lone message is not held back)."""
+    from stream.matcher import BATCH_LINGER_S
+
+    sizes: list[int] = []
+    flush = harness.matcher.outbox.flush
+
+    async def counted_flush() -> None:
+        sizes.append(len(harness.matcher.outbox.batch))
+        await flush()
+
+    harness.matcher.outbox.flush = counted_flush  # type: ignore[method-assign]
+    gap_s = BATCH_LINGER_S / 10
+    for n in range(5):
+        await harness.put_nowait(encode_auth(harness.codec, card_record(amount_minor=1_000, transaction_ref=f"txn-{n}")))
+        await asyncio.sleep(gap_s)
+    await harness.wait_handled(5)
+    assert sizes == [5]
+    started = asyncio.get_running_loop().time()
+    await harness.put(encode_auth(harness.codec, card_record(amount_minor=1_000, transaction_ref="alone")))
+    assert sizes == [5, 1]
+    assert asyncio.get_running_loop().time() - started < BATCH_LINGER_S + 1.0
+
+
 class ContendedBudgets:
     """A BudgetLedger (stream.granting) whose first grant is refused: another worker spent
     ``taken_meanwhile`` of the budget between the read and the grant."""
@@ -649,6 +675,35 @@ async def test_a_revocation_waits_for_the_changes_being_handed_to_the_producer(h
     matcher.handing_over.release()
     await asyncio.wait_for(revoking, 1)
     assert steps == ["handed over", "producer flushed", "committed"]
+
+
+async def test_a_revoked_partition_stops_reporting_its_lag(harness: AgentHarness) -> None:
+    """Its next owner reports it: a last value left here would hold the lag alert up forever."""
+    from stream.metrics import CONSUMER_LAG
+
+    matcher = harness.matcher
+    kept, revoked = TP(harness.auth_topic, 0), TP(harness.auth_topic, 1)
+    matcher.inputs.assigned = {kept, revoked}
+
+    async def nothing() -> None:
+        pass
+
+    matcher.app.producer.flush = nothing  # type: ignore[method-assign]
+    matcher.app.consumer.commit = nothing  # type: ignore[method-assign]
+    for tp in (kept, revoked):
+        CONSUMER_LAG.labels(matcher.settings.app_id, tp.topic, str(tp.partition)).set(5_000)
+
+    def reported() -> set[str]:
+        return {
+            sample.labels["partition"]
+            for metric in CONSUMER_LAG.collect()
+            for sample in metric.samples
+            if sample.labels.get("topic") == harness.auth_topic and sample.labels.get("group") == matcher.settings.app_id
+        }
+
+    assert reported() >= {"0", "1"}
+    await matcher.inputs._on_partitions_revoked(matcher.app, {revoked})
+    assert "1" not in reported() and "0" in reported()
 
 
 async def test_an_account_message_carrying_a_card_number_is_dead_lettered_masked_and_never_kept(

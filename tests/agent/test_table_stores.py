@@ -41,6 +41,46 @@ def put(store: faust.stores.base.Store, partition: int, key: str, value: bytes) 
     db.put(encoded_key, store._encode_value(value))
 
 
+def test_settled_changes_and_their_persisted_offset_land_in_one_write_per_partition(settings: Settings, codec: Codec) -> None:
+    """A settle writes each partition's changes and its persisted offset in one RocksDB write: a
+    kill between two puts cannot leave an offset ahead of the values it covers (or one WAL append
+    per change)."""
+    from faust.types import TP
+
+    from stream.changelog_table import DELETED
+
+    table = Matcher(settings, codec).states
+    store = table._new_store_by_url("rocksdb://")
+    table._data = store
+    put(store, 1, "gone", b"old")
+    writes: dict[int, int] = {}
+    open_db = store._db_for_partition
+
+    class Counted:
+        def __init__(self, partition: int) -> None:
+            self.db, self.partition = open_db(partition), partition
+
+        def write(self, batch: object) -> None:
+            writes[self.partition] = writes.get(self.partition, 0) + 1
+            self.db.write(batch)
+
+        def put(self, *_: object) -> None:
+            raise AssertionError("a settled change written alone")
+
+        delete = put
+
+    store._db_for_partition = Counted
+    changelog = table.changelog_topic.get_topic_name()
+    changes = {"a": (0, b"A"), "b": (1, b"B"), "gone": (1, DELETED), "c": (0, b"C")}
+    table.write_settled(changes, {TP(changelog, 0): 41, TP(changelog, 1): 7})
+    assert writes == {0: 1, 1: 1}
+    store._db_for_partition = open_db
+    assert (store["a"], store["b"], store["c"]) == (b"A", b"B", b"C")
+    assert "gone" not in store
+    assert store.persisted_offset(TP(changelog, 0)) == 41
+    assert store.persisted_offset(TP(changelog, 1)) == 7
+
+
 def test_the_state_table_reads_back_the_bytes_it_stored(settings: Settings, codec: Codec) -> None:
     matcher = Matcher(settings, codec)
     store = matcher.states._new_store_by_url("rocksdb://")

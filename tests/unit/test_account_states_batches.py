@@ -124,3 +124,33 @@ def test_a_dropped_batch_forgets_its_accounts() -> None:
     accounts.write(ACCOUNT, None, decide(event, OFFER_BOOKS["grocery-5"], None, PROFILE).state, PARTITION)
     accounts.drop_pending()
     assert accounts.pending == {} and accounts.get(ACCOUNT) is None
+
+
+def test_the_states_kept_in_memory_are_bounded_by_what_they_hold_not_by_their_number() -> None:
+    """A few large states take the room of many small ones: the least recently used leave first,
+    and the count of what is kept follows every way a state leaves (forgotten, erased, replaced)."""
+    table = StagedTable()
+    offers = OFFER_BOOKS["grocery-5"]
+    small = decide(fillers(1, start=0)[0], offers, None, PROFILE).state
+    large: AccountState | None = None
+    for event in fillers(12, start=100):
+        large = decide(event, offers, large, PROFILE).state
+    assert large is not None
+    weight = 1 + len(large.txns) + len(large.recent) + len(large.loose)
+    small_weight = 1 + len(small.txns) + len(small.recent) + len(small.loose)
+    accounts = AccountStates(table, partitions=4, cached=2 * weight)  # type: ignore[arg-type]
+    for n in range(2 * weight // small_weight):
+        accounts._keep(f"small-{n}", small, True, frozenset(), {})
+    assert accounts.cached_items <= 2 * weight
+    accounts._keep("large-1", large, True, frozenset(), {})
+    accounts._keep("large-2", large, True, frozenset(), {})
+    assert list(accounts._whole) == ["large-1", "large-2"], "the small ones, used least recently, left"
+    assert accounts.cached_items == 2 * weight
+    accounts.get("large-1")  # used: now the most recent
+    accounts._keep("small-x", small, True, frozenset(), {})
+    assert list(accounts._whole) == ["large-1", "small-x"]
+    accounts._keep("small-x", large, True, frozenset(), {})  # replaced by a larger state
+    assert accounts.cached_items == 2 * weight
+    accounts.forget_accounts(["large-1"])
+    accounts.erase("small-x", PARTITION)
+    assert accounts.cached_items == 0 and not accounts._whole
