@@ -1,7 +1,30 @@
 """The journal: one batch of accruals written in one Postgres transaction (entries unique by account
 and accrual id, conflicts recorded apart, balances folded from exactly the rows inserted).
 
-The SQL here and ``stream.core.balances`` compute balances by the same rules; the tests hold
+The ledger does part of it itself (migration 0010): every statement that inserts entries folds exactly those rows
+into balances (the arithmetic of migration 0007, per balance), and an id is held by one kind of line at most (an
+entry under the id of a purchase that earned nothing, or the reverse, is refused as ``ledger_ids_once``). So a batch
+of new lines is written as it is, without looking first: the new entries in one ``COPY`` (Postgres's fastest way
+in, triggers and constraints checked as for any insert), the purchases that earned nothing in one ``INSERT``.
+
+When an id of the batch is held already (a replay, a conflict: the unique keys or ``ledger_ids_once`` refuse the
+write and the transaction rolls back), when the batch holds one id twice, or when the connection's last batch met
+held ids (a backlog replayed after a crash: ``_CAREFUL``), the batch is written judged:
+
+1. the look-up: for every row, what the account's ledger and its purchases that earned nothing already hold under
+   the row's id (two index probes a row: ``LATERAL ... LIMIT 1`` is never turned into a join over a table);
+2. the verdict, here in Python (``judge``): an entry whose id the account's ledger holds with other content
+   (another fingerprint, another kind, or a NOT_EARNED line under an entry's id and the reverse; or the same id
+   twice in this batch with other content, the first one held) is a conflict: recorded in ledger_conflicts, never
+   written, and returned by position for the sink to dead-letter. An id the ledger holds with the same content is
+   a replay (nothing written), and so is the same line twice in one batch after its first;
+3. the new lines written as above.
+
+A row another writer committed under one of the batch's ids between 1 and 3 makes 3 fail the same way: the batch
+is judged again, on what is committed then (``_RACE_ATTEMPTS``). The statements are planned at each execution, for
+the tables' sizes then (``_SET_UP``).
+
+The SQL of migration 0010 and ``stream.core.balances`` compute balances by the same rules; the tests hold
 them equal (tests/integration/test_ledger.py).
 """
 
@@ -13,11 +36,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import msgspec
 
-# Connections whose scratch tables exist (weak: a closed connection leaves).
-_PREPARED: weakref.WeakSet[asyncpg.Connection] = weakref.WeakSet()
-
-# Columns of the staging table, in the order the sink hands rows over.
+# Columns of a staged row, in the order the sink hands rows over.
 STAGING_COLUMNS = (
     "position",
     "accrual_id",
@@ -39,124 +60,59 @@ STAGING_COLUMNS = (
     "merchant_id",
     "purchase_ref",
 )
+LEDGER_COLUMNS = STAGING_COLUMNS[1:]  # a new entry's row in ledger_entries: all but the position
+_POSITION, _ID, _SOURCE, _ACCOUNT, _REF, _KIND, _DEBIT, _CREDIT, _AMOUNT, _CURRENCY, _REWARD = range(11)
+_OCCURRED, _EXPLANATION, _FINGERPRINT = 13, 14, 15
+assert STAGING_COLUMNS[_REWARD] == "reward_kind" and STAGING_COLUMNS[_FINGERPRINT] == "fingerprint"
 
-# The batch's two scratch tables, made once per connection (temp tables live as long as the
-# session; ON COMMIT DELETE ROWS empties them at each commit).
-_CREATE_SCRATCH = """
-CREATE TEMP TABLE IF NOT EXISTS incoming_accruals (
-    position bigint, accrual_id text, source_event_id text, account_id text, transaction_ref text,
-    entry_kind text, debit_book text, credit_book text, amount_minor bigint, currency text,
-    reward_kind text, offer_id text, rule_version integer, occurred_at timestamptz,
-    explanation jsonb, fingerprint text, beneficiary_id text, merchant_id text, purchase_ref text
-) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS batch_deltas (
-    account_id text, reward_kind text, currency text, pending bigint, confirmed bigint,
-    available bigint, earned bigint, clawed_back bigint, donated bigint, held bigint, entries bigint
-) ON COMMIT DELETE ROWS;
+NOT_EARNED = "NOT_EARNED"
+_HOLD_REVIEWS = ("HOLD_RELEASED", "HOLD_FORFEITED")
+_RACE_ATTEMPTS = 5  # judged writes of one batch before a key violation is taken for a refusal
+# What refuses a line whose id is held: the unique keys of the two tables, and migration 0010's check across them.
+_KEYS = frozenset({"ledger_entries_account_accrual", "purchases_not_earned_pkey", "ledger_ids_once"})
+_EXPLANATION_JSON = msgspec.json.Decoder()
+
+# Connections set up for the journal, and those whose last batch met ids held already (weak: a closed one leaves).
+_PREPARED: weakref.WeakSet[asyncpg.Connection] = weakref.WeakSet()
+_CAREFUL: weakref.WeakSet[asyncpg.Connection] = weakref.WeakSet()
+
+# The statements are prepared once per connection (asyncpg's cache, and the triggers' of migration 0010); this makes
+# Postgres plan them at each execution for the tables' sizes then, never keeping a plan made while they were small
+# (a look-up that reads a small table whole, a balances update that hashes it) for as long as the connection lives.
+_SET_UP = "SET plan_cache_mode = force_custom_plan"
+
+# Step 1: per row (by its place in the arrays, from 1), what is held under its id, for the rows something is.
+_LOOK_UP = """
+SELECT b.n, l.entry_kind, l.fingerprint, p.held, p.reason, p.detail
+FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS b(account_id, accrual_id, n)
+LEFT JOIN LATERAL (
+    SELECT entry_kind, fingerprint FROM ledger_entries l
+    WHERE l.account_id = b.account_id AND l.accrual_id = b.accrual_id LIMIT 1) l ON true
+LEFT JOIN LATERAL (
+    SELECT true AS held, reason, detail FROM purchases_not_earned p
+    WHERE p.account_id = b.account_id AND p.accrual_id = b.accrual_id LIMIT 1) p ON true
+WHERE l.entry_kind IS NOT NULL OR p.held
 """
 
-# The staged batch in one statement (one round trip), all of it judged on one snapshot taken before it writes.
-# The statement is prepared once per connection, so its plan must not depend on the ledger's size when prepared:
-# the look-ups into the ledger are index probes (LATERAL ... LIMIT 1 is never flattened into a hash join).
-# - found: entries whose id the account's ledger already holds with other content (another fingerprint, another
-#   kind, or a NOT_EARNED line under an entry's id and the reverse; or the same id twice in this batch with other
-#   content, the first one held): a bug or a re-used id upstream. They are recorded in ledger_conflicts, never
-#   written, and returned by position for the sink to dead-letter;
-# - inserted: the other entries, new ones only (an id the account's ledger holds is skipped: replays write
-#   nothing), summed into per-balance deltas with the balance arithmetic of migration 0007, exactly the rows
-#   inserted;
-# - the purchases that earned nothing, their lines written the same way.
-_WRITE_STAGED = """
-WITH found AS (
-    SELECT i.position, i.account_id, i.accrual_id, i.source_event_id, l.entry_kind AS held_kind, i.entry_kind,
-        i.amount_minor, i.currency, i.fingerprint, i.explanation
-    FROM incoming_accruals i CROSS JOIN LATERAL (  -- LIMIT: an index probe per row, never a scan of the ledger
-        SELECT entry_kind, fingerprint FROM ledger_entries l
-        WHERE l.account_id = i.account_id AND l.accrual_id = i.accrual_id LIMIT 1) l
-    WHERE l.fingerprint <> i.fingerprint
-    UNION ALL
-    SELECT i.position, i.account_id, i.accrual_id, i.source_event_id, 'NOT_EARNED', i.entry_kind,
-        i.amount_minor, i.currency, i.fingerprint, i.explanation
-    FROM incoming_accruals i CROSS JOIN LATERAL (
-        SELECT reason, detail FROM purchases_not_earned p
-        WHERE p.account_id = i.account_id AND p.accrual_id = i.accrual_id LIMIT 1) p
-    WHERE i.entry_kind <> 'NOT_EARNED'
-       OR (p.reason, p.detail) IS DISTINCT FROM (i.explanation->>'reason', i.explanation->>'detail')
-    UNION ALL  -- the same id twice in one batch, with other content: the first one is held
-    SELECT i.position, i.account_id, i.accrual_id, i.source_event_id, e.entry_kind, i.entry_kind,
-        i.amount_minor, i.currency, i.fingerprint, i.explanation
-    FROM incoming_accruals i JOIN incoming_accruals e
-        ON e.account_id = i.account_id AND e.accrual_id = i.accrual_id AND e.position < i.position
-    WHERE e.fingerprint <> i.fingerprint
-), recorded AS (
-    INSERT INTO ledger_conflicts (account_id, accrual_id, source_event_id, held_kind, arrived_kind,
-        arrived_amount_minor, arrived_currency, arrived_fingerprint, arrived)
-    SELECT account_id, accrual_id, source_event_id, held_kind, entry_kind, amount_minor, currency, fingerprint, explanation
-    FROM found
-    ON CONFLICT (account_id, accrual_id, arrived_fingerprint) DO NOTHING
-), accepted AS MATERIALIZED (
-    SELECT * FROM incoming_accruals i WHERE NOT EXISTS (SELECT FROM found f WHERE f.position = i.position)
-), inserted AS (
-    INSERT INTO ledger_entries (accrual_id, source_event_id, account_id, transaction_ref, entry_kind,
-        debit_book, credit_book, amount_minor, currency, reward_kind, offer_id, rule_version,
-        occurred_at, explanation, fingerprint, beneficiary_id, merchant_id, purchase_ref)
-    SELECT accrual_id, source_event_id, account_id, transaction_ref, entry_kind, debit_book,
-        credit_book, amount_minor, currency, reward_kind, offer_id, rule_version, occurred_at,
-        explanation, fingerprint, beneficiary_id, merchant_id, purchase_ref
-    FROM accepted WHERE entry_kind <> 'NOT_EARNED' ORDER BY position
-    ON CONFLICT (account_id, accrual_id) DO NOTHING
-    RETURNING account_id, reward_kind, currency, entry_kind, debit_book, credit_book, amount_minor,
-        explanation->>'reason' AS reason
-), deltas AS (
-    INSERT INTO batch_deltas
-    SELECT account_id, reward_kind, currency,
-        sum(book_movement('PENDING', debit_book, credit_book, amount_minor)),
-        sum(book_movement('CONFIRMED', debit_book, credit_book, amount_minor)),
-        sum(book_movement('AVAILABLE', debit_book, credit_book, amount_minor)),
-        sum(earned_movement(entry_kind, amount_minor)),
-        sum(clawed_back_movement(entry_kind, amount_minor)),
-        sum(book_movement('DONATED', debit_book, credit_book, amount_minor)),
-        sum(book_movement('HELD', debit_book, credit_book, amount_minor)),
-        count(*)
-    FROM inserted GROUP BY account_id, reward_kind, currency
-    RETURNING entries
-), refusals AS (
-    INSERT INTO purchases_not_earned (accrual_id, source_event_id, account_id, transaction_ref, reason,
-        detail, basis_minor, basis_currency, occurred_at)
-    SELECT accrual_id, source_event_id, account_id, transaction_ref, explanation->>'reason',
-        explanation->>'detail', (explanation->>'basis_minor')::bigint, explanation->>'basis_currency', occurred_at
-    FROM accepted WHERE entry_kind = 'NOT_EARNED'
-    ON CONFLICT (account_id, accrual_id) DO NOTHING
-)
-SELECT
-    (SELECT coalesce(array_agg(DISTINCT position ORDER BY position), '{}') FROM found) AS conflicts,
-    (SELECT coalesce(sum(entries), 0) FROM deltas)::bigint AS written,
-    (SELECT count(*) FROM accepted WHERE entry_kind <> 'NOT_EARNED') AS ledger_rows,
-    (SELECT coalesce(array_agg(entry_kind || ':' || coalesce(reason, '')), '{}') FROM inserted  -- for the metrics
-        WHERE credit_book = 'HELD' OR entry_kind IN ('HOLD_RELEASED', 'HOLD_FORFEITED')) AS holds
+_RECORD_CONFLICTS = """
+INSERT INTO ledger_conflicts (account_id, accrual_id, source_event_id, held_kind, arrived_kind,
+    arrived_amount_minor, arrived_currency, arrived_fingerprint, arrived)
+SELECT account_id, accrual_id, source_event_id, held_kind, arrived_kind, amount_minor, currency, fingerprint, explanation
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::text[], $9::jsonb[])
+    WITH ORDINALITY AS c(account_id, accrual_id, source_event_id, held_kind, arrived_kind, amount_minor, currency,
+        fingerprint, explanation, n)
+ORDER BY n  -- the same conflict found twice is recorded once, the first time: what the ledger holds before the batch
+ON CONFLICT (account_id, accrual_id, arrived_fingerprint) DO NOTHING
 """
 
-# Postgres checks CHECK constraints on the row an INSERT proposes before it resolves ON CONFLICT,
-# so a negative delta cannot go through INSERT ... DO UPDATE: create missing rows at zero (safe
-# against a concurrent sink), then add the deltas.
-_ENSURE_BALANCES = """
-INSERT INTO balances (account_id, reward_kind, currency)
-SELECT account_id, reward_kind, currency FROM batch_deltas
-ON CONFLICT (account_id, reward_kind, currency) DO NOTHING
-"""
-
-_APPLY_DELTAS = """
-UPDATE balances AS b SET
-    pending_minor = b.pending_minor + d.pending,
-    confirmed_minor = b.confirmed_minor + d.confirmed,
-    available_minor = b.available_minor + d.available,
-    lifetime_earned_minor = b.lifetime_earned_minor + d.earned,
-    clawed_back_minor = b.clawed_back_minor + d.clawed_back,
-    donated_minor = b.donated_minor + d.donated,
-    held_minor = b.held_minor + d.held,
-    updated_at = now()
-FROM batch_deltas AS d
-WHERE b.account_id = d.account_id AND b.reward_kind = d.reward_kind AND b.currency = d.currency
+# Step 3, the purchases that earned nothing (a new entry's row is ``LEDGER_COLUMNS``, copied).
+_INSERT_REFUSALS = """
+INSERT INTO purchases_not_earned (accrual_id, source_event_id, account_id, transaction_ref, reason,
+    detail, basis_minor, basis_currency, occurred_at)
+SELECT accrual_id, source_event_id, account_id, transaction_ref, explanation->>'reason',
+    explanation->>'detail', (explanation->>'basis_minor')::bigint, explanation->>'basis_currency', occurred_at
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::jsonb[])
+    AS n(accrual_id, source_event_id, account_id, transaction_ref, occurred_at, explanation)
 """
 
 
@@ -168,21 +124,140 @@ class BatchResult:
     holds: tuple[str, ...] = ()  # "<entry kind>:<rule>" of each new entry into HELD, and each release or forfeit of one
 
 
+# What step 1 found under a row's id: (ledger entry's kind, its fingerprint, whether a purchase that earned
+# nothing is held, that purchase's reason, its detail); None where nothing is.
+Held = tuple[str | None, str | None, bool | None, str | None, str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    # (rule, index, index of the earlier row held, kind held), in the order they are recorded; rule 1: the ledger
+    # holds the id as an entry with other content, 2: as a purchase that earned nothing (and the row is an entry,
+    # or another refusal), 3: an earlier row of the batch has it with other content. One row may break several.
+    conflicts: list[tuple[int, int, int, str]]
+    new: list[int]  # indexes of the rows to write (entries and purchases that earned nothing)
+    refused: frozenset[int]  # indexes of the rows in conflict
+
+
+def judge(rows: Sequence[tuple[Any, ...]], held: dict[int, Held], repeats: bool) -> Verdict:
+    """Step 2 (module doc): the verdict on each row of a batch from what the ledger holds under its id (``held``,
+    by index) and the rows before it in the batch (``repeats``: some (account, id) occurs twice)."""
+    if not held and not repeats:  # nothing under these ids, each once: all new (the common case)
+        return Verdict([], list(range(len(rows))), frozenset())
+    conflicts: list[tuple[int, int, int, str]] = []
+    refused: set[int] = set()
+    new: list[int] = []
+    seen: dict[tuple[str, str], list[int]] = {}
+    for index, row in enumerate(rows):
+        kind, fingerprint = row[_KIND], row[_FINGERPRINT]
+        found = len(conflicts)
+        here = held.get(index)
+        if here is not None:
+            held_kind, held_fingerprint, not_earned, reason, detail = here
+            if held_kind is not None and held_fingerprint != fingerprint:
+                conflicts.append((1, index, index, held_kind))
+            if not_earned and (kind != NOT_EARNED or (reason, detail) != _reason_and_detail(row)):
+                conflicts.append((2, index, index, NOT_EARNED))
+        first = True  # of its id in this batch
+        if repeats:
+            earlier = seen.setdefault((row[_ACCOUNT], row[_ID]), [])
+            conflicts.extend((3, index, e, rows[e][_KIND]) for e in earlier if rows[e][_FINGERPRINT] != fingerprint)
+            first = not earlier
+            earlier.append(index)
+        if len(conflicts) > found:
+            refused.add(index)
+        elif here is not None and (here[2] if kind == NOT_EARNED else here[0] is not None):
+            pass  # a replay: the ledger holds it as it is
+        elif first:  # else the same row again in this batch, after its first
+            new.append(index)
+    conflicts.sort()
+    return Verdict(conflicts, new, frozenset(refused))
+
+
+def _reason_and_detail(row: tuple[Any, ...]) -> tuple[Any, Any]:
+    explanation = _EXPLANATION_JSON.decode(row[_EXPLANATION])
+    return explanation.get("reason"), explanation.get("detail")
+
+
 async def write_batch(connection: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> BatchResult:
-    """Write one batch of staged accrual rows (``STAGING_COLUMNS`` order) in one transaction: the
-    COPY into the staging table, one statement for the entries, one round trip for the balances."""
-    fresh = connection not in _PREPARED
+    """Write one batch of staged accrual rows (``STAGING_COLUMNS`` order) in one transaction (module doc)."""
+    if connection not in _PREPARED:
+        await connection.execute(_SET_UP)
+        _PREPARED.add(connection)
+    repeats = len({(row[_ACCOUNT], row[_ID]) for row in rows}) < len(rows)
+    attempt = 1
+    while True:
+        judged = repeats or connection in _CAREFUL
+        try:
+            if not judged:
+                entries = [row for row in rows if row[_KIND] != NOT_EARNED]
+                await _write_lines(connection, entries, [row for row in rows if row[_KIND] == NOT_EARNED])
+                return _result(rows, entries, Verdict([], [], frozenset()))
+            return await _write_judged(connection, rows, repeats)
+        except asyncpg.exceptions.UniqueViolationError as error:
+            if error.constraint_name not in _KEYS or (judged and attempt >= _RACE_ATTEMPTS):
+                raise
+            attempt += judged  # judged: another writer committed one of these ids since the look-up
+            _CAREFUL.add(connection)
+
+
+async def _write_lines(connection: asyncpg.Connection, entries: list[tuple[Any, ...]], lines: list[tuple[Any, ...]]) -> None:
+    """The batch's lines, all new, written without looking (module doc)."""
     async with connection.transaction():
-        if fresh:
-            await connection.execute(_CREATE_SCRATCH)
-        await connection.copy_records_to_table("incoming_accruals", records=rows, columns=STAGING_COLUMNS)
-        outcome = await connection.fetchrow(_WRITE_STAGED)
-        if outcome["written"]:
-            # two statements, one round trip: the UPDATE's own snapshot sees a row another sink created meanwhile
-            await connection.execute(_ENSURE_BALANCES + ";" + _APPLY_DELTAS)
-    if fresh:
-        _PREPARED.add(connection)  # only once committed: a rolled-back batch took its CREATE with it
-    written, ledger_rows = outcome["written"], outcome["ledger_rows"]
+        await _insert(connection, entries, lines)
+
+
+async def _insert(connection: asyncpg.Connection, entries: list[tuple[Any, ...]], lines: list[tuple[Any, ...]]) -> None:
+    """New entries and purchases that earned nothing into the ledger (it folds the entries into balances)."""
+    if entries:
+        await connection.copy_records_to_table("ledger_entries", records=[r[1:] for r in entries], columns=LEDGER_COLUMNS)
+    if lines:
+        await connection.execute(
+            _INSERT_REFUSALS, *([r[c] for r in lines] for c in (_ID, _SOURCE, _ACCOUNT, _REF, _OCCURRED, _EXPLANATION))
+        )
+
+
+async def _write_judged(connection: asyncpg.Connection, rows: Sequence[tuple[Any, ...]], repeats: bool) -> BatchResult:
+    async with connection.transaction():
+        found = await connection.fetch(_LOOK_UP, [row[_ACCOUNT] for row in rows], [row[_ID] for row in rows])
+        verdict = judge(rows, {f[0] - 1: (f[1], f[2], f[3], f[4], f[5]) for f in found}, repeats)
+        if verdict.conflicts:
+            await _record(connection, rows, verdict.conflicts)
+        entries = [rows[i] for i in verdict.new if rows[i][_KIND] != NOT_EARNED]
+        await _insert(connection, entries, [rows[i] for i in verdict.new if rows[i][_KIND] == NOT_EARNED])
+    if not found:
+        _CAREFUL.discard(connection)  # nothing held under this batch's ids: the next one is written without looking
+    return _result(rows, entries, verdict)
+
+
+def _result(rows: Sequence[tuple[Any, ...]], entries: list[tuple[Any, ...]], verdict: Verdict) -> BatchResult:
+    ledger_rows = sum(1 for i, row in enumerate(rows) if row[_KIND] != NOT_EARNED and i not in verdict.refused)
     return BatchResult(
-        written=written, duplicates=ledger_rows - written, conflicts=tuple(outcome["conflicts"]), holds=tuple(outcome["holds"])
+        written=len(entries),
+        duplicates=ledger_rows - len(entries),
+        conflicts=tuple(sorted({rows[i][_POSITION] for _, i, _, _ in verdict.conflicts})),
+        holds=tuple(
+            f"{r[_KIND]}:{_EXPLANATION_JSON.decode(r[_EXPLANATION]).get('reason') or ''}"
+            for r in entries
+            if r[_CREDIT] == "HELD" or r[_KIND] in _HOLD_REVIEWS
+        ),
+    )
+
+
+async def _record(
+    connection: asyncpg.Connection, rows: Sequence[tuple[Any, ...]], conflicts: list[tuple[int, int, int, str]]
+) -> None:
+    """The conflicts into ledger_conflicts, in the verdict's order (the first of the same one is kept)."""
+    arrived = [rows[i] for _, i, _, _ in conflicts]
+    await connection.execute(
+        _RECORD_CONFLICTS,
+        [r[_ACCOUNT] for r in arrived],
+        [r[_ID] for r in arrived],
+        [r[_SOURCE] for r in arrived],
+        [held_kind for _, _, _, held_kind in conflicts],
+        [r[_KIND] for r in arrived],
+        [r[_AMOUNT] for r in arrived],
+        [r[_CURRENCY] for r in arrived],
+        [r[_FINGERPRINT] for r in arrived],
+        [r[_EXPLANATION] for r in arrived],
     )

@@ -1,6 +1,6 @@
 """The sink's batch loop against the real Postgres, with a scripted consumer: the next batch is
 decoded while this one is written, yet each batch's offsets move only after its own transaction;
-and the batch statement looks entries up in the ledger by index, whatever the ledger's size."""
+and the journal looks a batch's ids up in the ledger by index, whatever the ledger's size."""
 
 from __future__ import annotations
 
@@ -141,26 +141,31 @@ def test_a_batch_that_fails_to_write_moves_no_offset(database: str) -> None:
     assert consumer.committed == {TopicPartition(TOPIC, 0): batches[0][-1].offset + 1}
 
 
-def test_the_batch_statement_probes_the_ledger_by_index_never_scans_it(database: str) -> None:
+def test_the_look_up_probes_the_ledger_by_index_never_scans_it(database: str) -> None:
     entries = simulated_entries(purchases=200, seed=13)
     rows = rows_of(entries)
 
-    async def scenario() -> str:
+    async def scenario() -> tuple[str, str]:
         connection = await asyncpg.connect(database)
         try:
             await migrate(connection)
-            await write_batch(connection, rows)  # the ledger and the refusals hold rows; the scratch tables exist
+            await write_batch(connection, rows)  # the ledger and the refusals hold rows
             await connection.execute("ANALYZE ledger_entries; ANALYZE purchases_not_earned")
-            async with connection.transaction():
-                await connection.copy_records_to_table("incoming_accruals", records=rows, columns=journal.STAGING_COLUMNS)
-                plan = await connection.fetch("EXPLAIN (COSTS OFF) " + journal._WRITE_STAGED)
-                replay = await connection.fetchrow(journal._WRITE_STAGED)
-                assert (replay["written"], list(replay["conflicts"])) == (0, [])
-            return "\n".join(line[0] for line in plan)
+            keys = [[row[3] for row in rows], [row[1] for row in rows]]
+            plan = await connection.fetch("EXPLAIN (COSTS OFF) " + journal._LOOK_UP, *keys)
+            replay = await write_batch(connection, rows)
+            assert (replay.written, replay.duplicates, replay.conflicts) == (
+                0,
+                len(entries) - sum(1 for e in entries if e["entry_kind"] == "NOT_EARNED"),
+                (),
+            )
+            return "\n".join(line[0] for line in plan), await connection.fetchval("SHOW plan_cache_mode")
         finally:
             await connection.close()
 
-    plan = asyncio.run(scenario())
+    plan, plan_cache_mode = asyncio.run(scenario())
     # per incoming row, an index probe into the ledger (a page or two of refusals may be read whole: cheaper)
     assert "Index Scan using ledger_entries_account_accrual on ledger_entries" in plan
     assert "Seq Scan on ledger_entries" not in plan
+    # and no plan made once for the tables' sizes then: the journal's statements are planned for their sizes now
+    assert plan_cache_mode == "force_custom_plan"

@@ -1,0 +1,267 @@
+"""The journal's verdicts, batch for batch what the statement before it gave (tests/integration/journal_oracle.py),
+on batches that mix new entries with replays, conflicts with the ledger, conflicts across kinds (an entry under the
+id of a purchase that earned nothing, and the reverse) and the same id twice in one batch, with the same content or
+another; a batch that meets a row another writer committed under one of its ids after the look-up is written again,
+and a balance that new entries would take below zero is refused as before."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import shutil
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from stream.sink import staging_row
+from stream.store import journal
+from stream.store.journal import BatchResult, write_batch
+from stream.store.migrations import MIGRATIONS_DIR, migrate, migration_files
+from tests.integration.conftest import fresh_database
+from tests.integration.journal_oracle import write_batch_before
+from tests.integration.test_ledger import CODEC, simulated_entries
+
+pytestmark = pytest.mark.integration
+
+Write = Callable[[asyncpg.Connection, Sequence[tuple[Any, ...]]], Awaitable[BatchResult]]
+
+
+def staged(records: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """Staging rows at positions 1, 4, 7...: a position is the message's place in its fetch, not the row's."""
+    rows = []
+    for index, record in enumerate(records):
+        raw = CODEC.encode("accrual", record)
+        rows.append(staging_row(3 * index + 1, CODEC.decode(raw)[1], raw))
+    return rows
+
+
+def other_amount(entry: dict[str, Any]) -> dict[str, Any]:
+    return dict(entry, amount_minor=entry["amount_minor"] + 1)
+
+
+def mixed(seed: int, repeats: bool = True) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
+    """(what the ledger holds before, a batch mixing every case of the module doc (without ``repeats``, no id twice
+    in it), how many new entries it has)."""
+    rng = random.Random(seed)
+    entries = simulated_entries(purchases=120, seed=seed)
+    cut = len(entries) // 3
+    before, new = entries[:cut], entries[cut:]
+    held_entries = [e for e in before if e["entry_kind"] != "NOT_EARNED"]
+    held_refusals = [e for e in before if e["entry_kind"] == "NOT_EARNED"]
+    new_entries = [e for e in new if e["entry_kind"] != "NOT_EARNED"]
+    new_refusals = [e for e in new if e["entry_kind"] == "NOT_EARNED"]
+    assert len(held_refusals) >= 3 and len(new_entries) >= 8 and len(new_refusals) >= 2
+
+    batch = list(new)  # in their order: the balances stay valid
+    extras: list[dict[str, Any]] = []  # anywhere: each is a replay or a conflict, never written
+    extras += rng.sample(before, 10)  # replays, refusals among them
+    conflicting = [other_amount(e) for e in rng.sample(held_entries, 4)]
+    extras += conflicting
+    extras += [dict(n, explanation=dict(n["explanation"], detail="another detail")) for n in held_refusals[:2]]
+    extras.append(dict(new_entries[0], accrual_id=held_refusals[2]["accrual_id"], account_id=held_refusals[2]["account_id"]))
+    extras.append(dict(held_refusals[0], accrual_id=held_entries[0]["accrual_id"], account_id=held_entries[0]["account_id"]))
+    if repeats:
+        extras += [other_amount(held_entries[1]), held_entries[1]]  # another content first, then what the ledger holds
+        extras.append(conflicting[0])  # the same conflict twice
+    else:
+        extras = list({(e["account_id"], e["accrual_id"]): e for e in extras}.values())
+    for extra in extras:
+        batch.insert(rng.randrange(len(batch) + 1), extra)
+    if not repeats:
+        return before, batch, len(new_entries)
+
+    def after(original: dict[str, Any], *followers: dict[str, Any]) -> None:  # later in the batch than the original
+        start = batch.index(original) + 1
+        for follower in followers:
+            start = rng.randrange(start, len(batch) + 1)
+            batch.insert(start, follower)
+            start += 1
+
+    for entry in new_entries[1:4]:
+        after(entry, dict(entry))  # the same entry twice
+    for entry in new_entries[4:6]:
+        after(entry, other_amount(entry))  # the same id twice, other content
+    after(new_entries[6], other_amount(new_entries[6]), dict(new_entries[6]))  # A, B, then A again
+    after(
+        new_refusals[0], dict(new_entries[0], accrual_id=new_refusals[0]["accrual_id"], account_id=new_refusals[0]["account_id"])
+    )
+    after(new_entries[7], dict(new_refusals[1], accrual_id=new_entries[7]["accrual_id"], account_id=new_entries[7]["account_id"]))
+    return before, batch, len(new_entries)
+
+
+async def state(connection: asyncpg.Connection) -> dict[str, list[tuple[Any, ...]]]:
+    """The tables the journal writes, without what a sequence or the clock numbers (the statement before wrote the
+    refusals of a batch and its conflicts in no set order)."""
+    ledger = await connection.fetch("SELECT * FROM ledger_entries ORDER BY entry_seq")
+    refusals = await connection.fetch("SELECT * FROM purchases_not_earned")
+    conflicts = await connection.fetch("SELECT * FROM ledger_conflicts")
+    balances = await connection.fetch("SELECT * FROM balances ORDER BY account_id, reward_kind, currency")
+    drop = {"entry_seq", "history_seq", "recorded_at", "conflict_seq", "detected_at", "updated_at"}
+    return {
+        name: [tuple(v for k, v in row.items() if k not in drop) for row in rows]
+        for name, rows in (("ledger", ledger), ("balances", balances))
+    } | {
+        name: sorted(tuple(v for k, v in row.items() if k not in drop) for row in rows)
+        for name, rows in (("refusals", refusals), ("conflicts", conflicts))
+    }
+
+
+def run(database: str, write: Write, before: list[tuple[Any, ...]], parts: list[list[tuple[Any, ...]]], migrations: Path) -> Any:
+    async def scenario() -> tuple[list[BatchResult], dict[str, list[tuple[Any, ...]]]]:
+        connection = await asyncpg.connect(database)
+        try:
+            await migrate(connection, migrations)
+            await write(connection, before)
+            results = [await write(connection, part) for part in parts]
+            return results, await state(connection)
+        finally:
+            await connection.close()
+
+    return asyncio.run(scenario())
+
+
+@pytest.fixture(scope="module")
+def schema_before(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The migrations the statement before ran on: the ledger folded no balances itself (0010)."""
+    directory = tmp_path_factory.mktemp("schema_before")
+    for path in migration_files():
+        if path.name < "0010":
+            shutil.copy(path, directory / path.name)
+    return directory
+
+
+@pytest.mark.parametrize(("seed", "repeats"), [(21, True), (22, True), (23, True), (21, False), (22, False)])
+def test_a_mixed_batch_gives_what_the_statement_before_gave(
+    postgres_url: str, schema_before: Path, seed: int, repeats: bool
+) -> None:
+    before, batch, new_entries = mixed(seed, repeats)
+    rows = staged(batch)
+    cut = random.Random(seed).randrange(len(rows) // 4, 3 * len(rows) // 4)
+    outcomes = []
+    for parts in ([rows], [rows[:cut], rows[cut:]]):  # one batch, and the same rows in two
+        now = run(fresh_database(postgres_url), write_batch, staged(before), parts, MIGRATIONS_DIR)
+        then = run(fresh_database(postgres_url), write_batch_before, staged(before), parts, schema_before)
+        assert now[0] == then[0]  # written, duplicates, conflicts by position, holds
+        assert now[1] == then[1]  # ledger, refusals, balances, conflicts recorded
+        outcomes.append(now)
+    (result,), tables = outcomes[0]
+    assert len(result.conflicts) >= (14 if repeats else 6) and result.duplicates >= 3  # the cases above, some by chance
+    assert result.written == new_entries  # each new entry once, none lost among the replays and conflicts
+    held_kinds = {c[3] for c in tables["conflicts"]}
+    assert "NOT_EARNED" in held_kinds and len(held_kinds) >= 2
+
+
+class Interfering(asyncpg.Connection):  # type: ignore[misc]
+    """Before its first COPY, another connection writes ``ahead`` and commits: what a second sink does."""
+
+    ahead: Sequence[tuple[Any, ...]] = ()
+    url = ""
+
+    async def copy_records_to_table(self, *args: Any, **kwargs: Any) -> Any:
+        if self.ahead:
+            other = await asyncpg.connect(self.url)
+            try:
+                await write_batch(other, self.ahead)
+            finally:
+                await other.close()
+            type(self).ahead = ()
+        return await super().copy_records_to_table(*args, **kwargs)
+
+
+def test_a_row_committed_by_another_writer_after_the_look_up_makes_the_batch_look_again(database: str) -> None:
+    entries = [e for e in simulated_entries(purchases=30, seed=24) if e["entry_kind"] == "PENDING_CREATED"]
+    rows = staged(entries)
+    Interfering.ahead, Interfering.url = rows[2:4], database
+
+    async def scenario() -> tuple[BatchResult, int, int]:
+        connection = await asyncpg.connect(database, connection_class=Interfering)
+        try:
+            await migrate(connection)
+            result = await write_batch(connection, rows)
+            pending = await connection.fetchval("SELECT sum(pending_minor) FROM balances")
+            return result, await connection.fetchval("SELECT count(*) FROM ledger_entries"), pending
+        finally:
+            await connection.close()
+
+    result, ledger, pending = asyncio.run(scenario())
+    assert (result.written, result.duplicates, result.conflicts) == (len(rows) - 2, 2, ())
+    assert ledger == len(rows) and pending == sum(e["amount_minor"] for e in entries)  # each credited once
+
+
+def test_new_entries_that_would_take_a_balance_below_zero_are_refused(database: str) -> None:
+    entries = simulated_entries(purchases=40, seed=25)
+    release = next(e for e in entries if e["entry_kind"] == "PENDING_RELEASED")  # its creation never arrives
+
+    async def scenario() -> None:
+        connection = await asyncpg.connect(database)
+        try:
+            await migrate(connection)
+            with pytest.raises(asyncpg.exceptions.CheckViolationError, match="balances"):
+                await write_batch(connection, staged([release]))
+            assert await connection.fetchval("SELECT count(*) FROM ledger_entries") == 0
+            assert await connection.fetchval("SELECT count(*) FROM balances") == 0
+        finally:
+            await connection.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.fixture()
+def database(postgres_url: str) -> str:
+    return fresh_database(postgres_url)
+
+
+def test_a_batch_is_written_without_looking_until_ids_are_held_and_again_once_none_are(database: str) -> None:
+    entries = [e for e in simulated_entries(purchases=60, seed=26) if e["entry_kind"] != "NOT_EARNED"]
+    first, second, third = staged(entries[:40]), staged(entries[40:80]), staged(entries[80:])
+
+    async def scenario() -> list[tuple[int, int, bool]]:
+        connection = await asyncpg.connect(database)
+        seen = []
+        try:
+            await migrate(connection)
+            for rows in (first, first, second, third):  # new, a replay, new (still looked up), new
+                result = await write_batch(connection, rows)
+                seen.append((result.written, result.duplicates, connection in journal._CAREFUL))
+            return seen
+        finally:
+            await connection.close()
+
+    assert asyncio.run(scenario()) == [(40, 0, False), (0, 40, True), (40, 0, False), (len(third), 0, False)]
+
+
+def test_an_id_is_held_by_one_kind_of_line_whoever_writes_it(database: str) -> None:
+    entries = simulated_entries(purchases=40, seed=27)
+    entry = next(e for e in entries if e["entry_kind"] == "PENDING_CREATED")
+    refusal = next(e for e in entries if e["entry_kind"] == "NOT_EARNED")
+
+    async def scenario() -> list[str | None]:
+        connection = await asyncpg.connect(database)
+        names = []
+        try:
+            await migrate(connection)
+            await write_batch(connection, staged([entry, refusal]))
+            with pytest.raises(asyncpg.exceptions.UniqueViolationError) as refused:  # a refusal under the entry's id
+                await connection.execute(
+                    "INSERT INTO purchases_not_earned (accrual_id, source_event_id, account_id, transaction_ref, reason,"
+                    " detail, basis_minor, basis_currency, occurred_at) VALUES ($1, $2, $3, $4, 'declined', 'd', 0, 'EUR', now())",
+                    entry["accrual_id"],
+                    entry["source_event_id"],
+                    entry["account_id"],
+                    entry["transaction_ref"],
+                )
+            names.append(refused.value.constraint_name)
+            under_refusal = staged([dict(entry, accrual_id=refusal["accrual_id"], account_id=refusal["account_id"])])
+            with pytest.raises(asyncpg.exceptions.UniqueViolationError) as refused:  # an entry under the refusal's id
+                await connection.copy_records_to_table(
+                    "ledger_entries", records=[under_refusal[0][1:]], columns=journal.LEDGER_COLUMNS
+                )
+            names.append(refused.value.constraint_name)
+        finally:
+            await connection.close()
+        return names
+
+    assert asyncio.run(scenario()) == ["ledger_ids_once", "ledger_ids_once"]
