@@ -51,7 +51,7 @@ from stream.metrics import (
 from stream.producing import producer as make_producer
 from stream.settings import Settings
 from stream.store.availability import until_postgres_answers
-from stream.store.journal import BatchResult, write_batch
+from stream.store.journal import STAGING_COLUMNS, BatchResult, write_batch
 from topics.catalogue import Catalogue
 
 log = logging.getLogger(__name__)
@@ -70,22 +70,9 @@ _REFUSED = (asyncpg.exceptions.IntegrityConstraintViolationError, asyncpg.except
 _APPENDED_IN_V3 = ("merchant_id", "purchase_ref")
 
 
-# The record's fields that begin a staging row, in ``STAGING_COLUMNS`` order (one C call: the sink's hot path).
-_LEADING = operator.itemgetter(
-    "accrual_id",
-    "source_event_id",
-    "account_id",
-    "transaction_ref",
-    "entry_kind",
-    "debit_book",
-    "credit_book",
-    "amount_minor",
-    "currency",
-    "reward_kind",
-    "offer_id",
-    "rule_version",
-    "occurred_at",
-)
+# The record's fields that begin a staging row, in ``STAGING_COLUMNS`` order (after the position, up to
+# occurred_at): one C call, the sink's hot path.
+_LEADING = operator.itemgetter(*STAGING_COLUMNS[1 : STAGING_COLUMNS.index("occurred_at") + 1])
 
 
 def staging_row(
