@@ -10,12 +10,14 @@ leave); messages the matcher would dead-letter are skipped; at the end, time pas
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from stream.core.abuse import AbuseRules
 from stream.core.balances import balances
+from stream.core.eligibility import AccountProfile
 from stream.core.entries import Entry
 from stream.core.events import CardEvent, to_event, validate
 from stream.core.lifecycle import due_events
@@ -40,6 +42,9 @@ class Replay:
     skipped: int = 0  # messages the matcher would dead-letter
     horizon_days: int = TRANSACTION_HORIZON_DAYS  # the workers' TRANSACTION_HORIZON_DAYS
     abuse: AbuseRules | None = None  # the workers' ABUSE_RULES_FILE (None: the documented defaults)
+    # made once, not per event: the offers' budget lines, each account's profile as the engine reads it
+    _lines: tuple[OfferBook | None, dict[str, int]] = field(default=(None, {}), init=False, repr=False, compare=False)
+    _views: dict[str, tuple[Profile | None, AccountProfile]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def feed(self, message: Outgoing) -> None:
         record = message.record
@@ -54,10 +59,8 @@ class Replay:
         self.decide(to_event(record))
 
     def decide(self, event: CardEvent) -> None:
-        remaining = {
-            key: amount - self.budget_used.get(key, 0) for o in self.offers.offers for key, amount, _ in o.budget_lines()
-        }
-        profile = to_account_profile(self.profiles.get(event.account_id))
+        remaining = _Remaining(self._budget_lines(), self.budget_used)
+        profile = self._profile(event.account_id)
         decision = decide(
             event,
             self.offers,
@@ -68,13 +71,28 @@ class Replay:
             abuse=self.abuse,
         )
         self.states[event.account_id] = decision.state
-        self.outcomes.append(decision.outcome.value)
+        self.outcomes.append(decision.outcome._value_)
         for offer_id, delta in decision.budget_deltas.items():
             self.budget_used[offer_id] = self.budget_used.get(offer_id, 0) + delta
             self.budget_peak[offer_id] = max(self.budget_peak.get(offer_id, 0), self.budget_used[offer_id])
         if decision.outcome is not Outcome.DUPLICATE:
             for entry in decision.entries:
                 self.entries.setdefault(entry.accrual_id, entry)
+
+    def _budget_lines(self) -> dict[str, int]:
+        """Every campaign budget of the offers: key to amount, made once per offer book."""
+        if self._lines[0] is not self.offers:
+            self._lines = (self.offers, {key: amount for o in self.offers.offers for key, amount, _ in o.budget_lines()})
+        return self._lines[1]
+
+    def _profile(self, account_id: str) -> AccountProfile:
+        """The engine's view of the account's profile, made again when its profile is another one
+        (the messages' folds make a new one: never changed in place)."""
+        stored = self.profiles.get(account_id)
+        seen = self._views.get(account_id)
+        if seen is None or seen[0] is not stored:
+            seen = self._views[account_id] = (stored, to_account_profile(stored))
+        return seen[1]
 
     def pass_time(self, until: datetime) -> None:
         now_ms = int(until.timestamp() * 1000)
@@ -84,6 +102,29 @@ class Replay:
 
     def balances(self) -> dict[tuple[str, str, str], dict[str, int]]:
         return balances(self.entries.values())
+
+
+class _Remaining(Mapping[str, int]):
+    """What each campaign budget has left: its amount less what was used, read when the engine asks
+    (a few budgets per event, never all of them)."""
+
+    __slots__ = ("_lines", "_used")
+
+    def __init__(self, lines: dict[str, int], used: dict[str, int]) -> None:
+        self._lines, self._used = lines, used
+
+    def __getitem__(self, key: str) -> int:
+        return self._lines[key] - self._used.get(key, 0)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        amount = self._lines.get(key)
+        return default if amount is None else amount - self._used.get(key, 0)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._lines)
+
+    def __len__(self) -> int:
+        return len(self._lines)
 
 
 def replay(

@@ -9,7 +9,7 @@ reserves its cap and budget so that nothing is promised twice.
 
 from __future__ import annotations
 
-from dataclasses import replace
+import msgspec
 
 from stream.core.holds import note_purchase
 from stream.core.judgement import new_txn, reconsider, refuse, shares_for
@@ -20,6 +20,7 @@ from stream.core.rewards import at_most_per_purchase, compute, describe
 from stream.core.state import Share, Txn
 from stream.core.working_copy import AccountStep, limit_note, purchase_basis
 
+_ON_CLEARING = AccrueOn.CLEARING.value
 Limited = list[tuple[Share, Outcome, str]]  # shares a limit left with nothing, the limit, its note
 
 
@@ -29,16 +30,17 @@ def _set_pending(step: AccountStep, txn: Txn, kind: str) -> tuple[bool, Limited]
     changed, limited = False, []
     basis = txn.authorized_basis
     for share in txn.shares:
-        amount = replace(compute(share, basis, basis), carried_out=0)
-        target = 0 if share.accrue_on == AccrueOn.CLEARING.value else at_most_per_purchase(share, amount.reward_minor)
+        amount = msgspec.structs.replace(compute(share, basis, basis), carried_out=0)
+        target = 0 if share.accrue_on == _ON_CLEARING else at_most_per_purchase(share, amount.reward_minor)
         delta, limit = target - share.pending, None
         if delta > 0:
             delta, limit = step.grant(share, delta)
         note = limit_note(share, limit)
-        detail = describe(share, basis, amount, share.pending + delta, note)
-        if delta > 0:
+        if delta > 0:  # the explanation only for an entry
+            detail = describe(share, basis, amount, share.pending + delta, note)
             step.entry(kind, "EXPENSE", "PENDING", delta, share, "earned", f"pending {detail}", basis, amount=amount)
         elif delta < 0:
+            detail = describe(share, basis, amount, share.pending + delta, note)
             step.entry(
                 "PENDING_RELEASED", "PENDING", "EXPENSE", -delta, share, "released", f"pending now {detail}", basis, amount=amount
             )

@@ -6,7 +6,7 @@ dispatches to them.
 
 from __future__ import annotations
 
-from dataclasses import replace
+import msgspec
 
 from stream.core.authorisations import Limited, limited_outcome
 from stream.core.holds import note_purchase, note_rewarded, spend
@@ -33,11 +33,11 @@ def _confirm(step: AccountStep, share: Share, basis: int, size: int) -> tuple[in
     if share.method != "fixed":
         # What a limit cuts is not owed, nor is its fraction.
         carried = amount.carried_out if from_pending + extra == amount.reward_minor else 0
-        amount = replace(amount, carried_out=carried)
+        amount = msgspec.structs.replace(amount, carried_out=carried)
         if carried:
-            step.carry[key] = carried
-        else:
-            step.carry.pop(key, None)
+            step.own_carry()[key] = carried
+        elif key in step.carry:
+            step.own_carry().pop(key)
     return from_pending, extra, amount, limit
 
 
@@ -72,9 +72,10 @@ def on_clearing(step: AccountStep) -> Outcome:
         from_pending, extra, amount, limit = _confirm(step, share, basis, txn.cleared_basis + basis)
         confirm = from_pending + extra
         note = limit_note(share, limit)
-        detail = f"confirmed{part}: {describe(share, basis, amount, confirm, note)}"
-        step.entry("CONFIRMED", "PENDING", "CONFIRMED", from_pending, share, "confirmed", detail, basis, force_post, amount)
-        step.entry("CONFIRMED", "EXPENSE", "CONFIRMED", extra, share, "confirmed", detail, basis, force_post, amount)
+        if from_pending > 0 or extra > 0:  # the explanation only for an entry
+            detail = f"confirmed{part}: {describe(share, basis, amount, confirm, note)}"
+            step.entry("CONFIRMED", "PENDING", "CONFIRMED", from_pending, share, "confirmed", detail, basis, force_post, amount)
+            step.entry("CONFIRMED", "EXPENSE", "CONFIRMED", extra, share, "confirmed", detail, basis, force_post, amount)
         step.hold(share, extra)
         share.pending -= from_pending
         share.confirmed += confirm

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import functools
 import zoneinfo
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
+
+import msgspec
 
 from stream.core.events import CardEvent
 from stream.core.offer_terms import DAYS_OF_WEEK
@@ -40,8 +42,7 @@ class AccountProfile:
 NO_PROFILE = AccountProfile()
 
 
-@dataclass(frozen=True, slots=True)
-class LocalTime:
+class LocalTime(msgspec.Struct, frozen=True, gc=False):  # a record: made for most events
     at: datetime  # the event's time in the zone below
     note: str  # how it was judged, for explanations: "in Europe/Paris", "in UTC (no merchant time zone)"
 
@@ -106,8 +107,7 @@ def activated(offer: Offer, event: CardEvent, profile: AccountProfile) -> bool:
     return event.occurred_at >= at
 
 
-@dataclass(frozen=True, slots=True)
-class Match:
+class Match(msgspec.Struct, frozen=True, gc=False):  # a record: made for every purchase
     offers: tuple[Offer, ...]  # empty when the purchase earns nothing
     outcome: Outcome  # EARNED, or why not
     detail: str = ""
@@ -117,33 +117,36 @@ class Match:
 
 
 def match(event: CardEvent, offers: OfferBook, profile: AccountProfile, local: LocalTime, basis_minor: int) -> Match:
-    """The offers a purchase qualifies for (before stacking, caps and budget), or why none."""
+    """The offers a purchase qualifies for (before stacking, caps and budget), or why none.
+
+    The stages in order, each keeping the offers that pass it; the first to keep none is why:
+    where (``_where``, of the offers whose MCCs admit the purchase's: ``OfferBook.for_mcc``), who
+    (segments), when (``in_schedule``), activation, the billing currency (priced in it: from here
+    on each offer as priced in it), how much (the minimum spend)."""
     rejection = purchase_rejection(event)
     if rejection is not None:
         return Match((), rejection)
-    currency = event.billing_currency
-    # (why none qualifies, which offers pass, what the refusal says: written only when it is one)
-    stages: list[tuple[Outcome, Callable[[Offer], bool], Callable[[], str]]] = [
-        (Outcome.NO_MATCHING_OFFER, lambda o: _where(o, event), str),
-        (
-            Outcome.NOT_IN_SEGMENT,
-            lambda o: not o.segments or bool(o.segments & profile.segments),
-            lambda: f"account segments: {', '.join(sorted(profile.segments)) or 'none'}",
-        ),
-        (Outcome.OUTSIDE_SCHEDULE, lambda o: in_schedule(o, local), lambda: f"{local.at:%A %H:%M} {local.note}"),
-        (Outcome.NOT_ACTIVATED, lambda o: activated(o, event, profile), lambda: "offer not activated before the purchase"),
-        (Outcome.CURRENCY_NOT_PRICED, lambda o: o.priced(currency) is not None, lambda: f"offer not priced in {currency}"),
-        (Outcome.BELOW_MIN_SPEND, lambda o: basis_minor >= o.min_spend_minor, str),
-    ]
-    candidates = list(offers.offers)
-    for outcome, keep, detail in stages:
-        before, candidates = candidates, [o for o in candidates if keep(o)]
-        if not candidates:
-            near = tuple(before) if outcome is Outcome.BELOW_MIN_SPEND else ()
-            return Match((), outcome, detail(), near)
-        if outcome is Outcome.CURRENCY_NOT_PRICED:  # from here on, each offer in the purchase's currency
-            candidates = [priced for o in candidates if (priced := o.priced(currency)) is not None]
-    return Match(tuple(candidates), Outcome.EARNED)
+    listed, priced = offers.offers, offers.priced(event.billing_currency)
+    candidates = [(listed[n], priced[n]) for n in offers.for_mcc(event.mcc) if _where(listed[n], event)]
+    if not candidates:
+        return Match((), Outcome.NO_MATCHING_OFFER)
+    segments = profile.segments
+    candidates = [c for c in candidates if not c[0].segments or not c[0].segments.isdisjoint(segments)]
+    if not candidates:
+        return Match((), Outcome.NOT_IN_SEGMENT, f"account segments: {', '.join(sorted(segments)) or 'none'}")
+    candidates = [c for c in candidates if in_schedule(c[0], local)]
+    if not candidates:
+        return Match((), Outcome.OUTSIDE_SCHEDULE, f"{local.at:%A %H:%M} {local.note}")
+    candidates = [c for c in candidates if activated(c[0], event, profile)]
+    if not candidates:
+        return Match((), Outcome.NOT_ACTIVATED, "offer not activated before the purchase")
+    each = [p for _, p in candidates if p is not None]
+    if not each:
+        return Match((), Outcome.CURRENCY_NOT_PRICED, f"offer not priced in {event.billing_currency}")
+    kept = tuple(p for p in each if basis_minor >= p.min_spend_minor)
+    if not kept:
+        return Match((), Outcome.BELOW_MIN_SPEND, "", tuple(each))
+    return Match(kept, Outcome.EARNED)
 
 
 def best_tier(offer: Offer, profile: AccountProfile) -> tuple[int | None, str | None]:

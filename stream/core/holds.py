@@ -47,8 +47,10 @@ moment is at or after the refund.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
+
+import msgspec
 
 from stream.core.abuse import MERCHANT_CONCENTRATION, PURCHASE_BURST, REFUND_LOOP
 from stream.core.events import Instruction
@@ -63,6 +65,8 @@ HELD = "HELD"  # the book, and the kind of the entry that moves a reward into it
 KEPT_REFUNDS = 64
 KEPT_SMALL_PURCHASES = 64
 KEPT_MERCHANTS = 32
+
+T = TypeVar("T", bound=tuple)
 
 
 def _utc(at_ms: int) -> str:
@@ -80,13 +84,13 @@ def note_purchase(step: AccountStep, ref: str) -> None:
     txn = step.txns[ref]  # made by this step: its own to change
     merchant = event.merchant_id
     flagged = step.watch.merchants.get(merchant)
-    if flagged is not None and flagged.until_ms >= event.occurred_at_ms and txn.hold is None:
+    if flagged is not None and flagged.until_ms >= step.at_ms and txn.hold is None:
         txn.hold = Flag(rule=MERCHANT_CONCENTRATION, detail=flagged.detail)
     rule = step.abuse.purchase_burst
     limit = rule.below_minor.get(txn.currency)
     if not rule.enabled or limit is None or purchase_basis(event) >= limit:
         return
-    at = event.occurred_at_ms
+    at = step.at_ms
     small = [*step.watch.small, (at, merchant, ref)]
     step.watch = _replace(step.watch, small=small)
     times = sorted((t, r) for t, m, r in small if m == merchant)
@@ -121,7 +125,7 @@ def note_refund(step: AccountStep) -> None:
     txn = step.txns.get(ref)
     if txn is None or not any(share.earned > 0 for share in txn.shares):
         return  # not a rewarded purchase: nothing was earned to loop on
-    at = step.event.occurred_at_ms
+    at = step.at_ms
     latest = max([at, *(t for t, r in step.watch.refunds if r == ref)])
     refunds = [(t, r) for t, r in step.watch.refunds if r != ref]
     step.watch = _replace(step.watch, refunds=[*refunds, (latest, ref)])
@@ -132,7 +136,7 @@ def note_rewarded(step: AccountStep) -> None:
     its UTC day (the refund loop's share)."""
     if not step.abuse.refund_loop.enabled:
         return
-    day = step.event.occurred_at_ms // DAY_MS
+    day = step.at_ms // DAY_MS
     step.watch = _replace(step.watch, rewarded={**step.watch.rewarded, day: step.watch.rewarded.get(day, 0) + 1})
 
 
@@ -142,18 +146,32 @@ def _replace(watch: Watch, **changes: object) -> Watch:
 
 
 def remembered(step: AccountStep, clock_ms: int) -> Watch | None:
-    """What the account keeps for the rules after the step: each list within its bounds."""
+    """What the account keeps for the rules after the step: each list within its bounds (the very
+    lists when nothing falls out: a watch is replaced, never changed in place)."""
     watch = step.watch
     loop, burst = step.abuse.refund_loop, step.abuse.purchase_burst
-    refunds = [x for x in watch.refunds if x[0] >= clock_ms - 2 * loop.window_days * DAY_MS][-KEPT_REFUNDS:]
-    small = [x for x in watch.small if x[0] >= clock_ms - 2 * burst.window_minutes * MINUTE_MS][-KEPT_SMALL_PURCHASES:]
-    live = sorted(((m, w) for m, w in watch.merchants.items() if w.until_ms >= clock_ms), key=lambda mw: mw[1].until_ms)
-    merchants = dict(live[-KEPT_MERCHANTS:])
+    refunds = _within(watch.refunds, clock_ms - 2 * loop.window_days * DAY_MS, KEPT_REFUNDS)
+    small = _within(watch.small, clock_ms - 2 * burst.window_minutes * MINUTE_MS, KEPT_SMALL_PURCHASES)
+    merchants = watch.merchants
+    if merchants:
+        live = sorted(((m, w) for m, w in merchants.items() if w.until_ms >= clock_ms), key=lambda mw: mw[1].until_ms)
+        merchants = dict(live[-KEPT_MERCHANTS:])
     first_day = (clock_ms - 2 * loop.window_days * DAY_MS) // DAY_MS
-    rewarded = {day: count for day, count in watch.rewarded.items() if day >= first_day}
+    rewarded = watch.rewarded
+    if rewarded and min(rewarded) < first_day:
+        rewarded = {day: count for day, count in rewarded.items() if day >= first_day}
     if not (refunds or small or merchants or rewarded):
         return None
+    if refunds is watch.refunds and small is watch.small and merchants is watch.merchants and rewarded is watch.rewarded:
+        return watch
     return Watch(refunds=refunds, small=small, merchants=merchants, rewarded=rewarded)
+
+
+def _within(items: list[T], since_ms: int, kept: int) -> list[T]:
+    """The last ``kept`` of ``items`` (tuples, their time first) at or after ``since_ms``."""
+    if not items or (len(items) <= kept and min(items)[0] >= since_ms):
+        return items
+    return [x for x in items if x[0] >= since_ms][-kept:]
 
 
 # --- holding: where a reward would become spendable -----------------------------------------------
@@ -166,7 +184,7 @@ def hold_for(step: AccountStep, txn: Txn) -> Flag | None:
     rule = step.abuse.refund_loop
     if not rule.enabled:
         return None
-    at = step.event.occurred_at_ms
+    at = step.at_ms
     since = at - rule.window_days * DAY_MS
     refunded = len({ref for t, ref in step.watch.refunds if since < t <= at})
     if refunded < rule.min_refunds:
@@ -184,8 +202,7 @@ def hold_for(step: AccountStep, txn: Txn) -> Flag | None:
     return Flag(rule=REFUND_LOOP, detail=detail)
 
 
-@dataclass(frozen=True, slots=True)
-class Spent:
+class Spent(msgspec.Struct, frozen=True, gc=False):
     available: int = 0
     held: int = 0
 
@@ -261,7 +278,7 @@ def on_hold_merchant(step: AccountStep) -> Outcome:
     until the flag ends."""
     note = _instruction(step)
     merchant = step.event.merchant_id
-    until = note.until_ms if note.until_ms is not None else step.event.occurred_at_ms
+    until = note.until_ms if note.until_ms is not None else step.at_ms
     merchants = {**step.watch.merchants, merchant: MerchantWatch(until, note.reason)}
     step.watch = _replace(step.watch, merchants=merchants)
     waiting = [

@@ -81,7 +81,7 @@ def refuse(step: AccountStep, found: Match, status: str) -> Outcome:
             reason=found.outcome.value,
             detail=detail,
             near=tuple(offer.offer_id for offer in found.short_of_min_spend),
-            at_ms=event.occurred_at_ms,
+            at_ms=step.at_ms,
             timezone=event.merchant_timezone,
         )
         if found.outcome is not Outcome.NOT_A_PURCHASE:  # it counts in a burst (stream.core.holds)

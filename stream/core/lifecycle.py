@@ -24,6 +24,8 @@ from stream.core.events import CardEvent, EventType
 from stream.core.state import UNKNOWN_DUE, AccountState, Share, Txn
 
 DAY_MS = 24 * 3600 * 1000
+_EXPIRY = EventType.AUTHORIZATION_EXPIRY.value
+_WINDOW_ENDED = EventType.RETURN_WINDOW_ENDED.value
 
 
 def authorization_expires_at(event: CardEvent, offers: Iterable[Any]) -> int:
@@ -49,10 +51,10 @@ def _due(txn: Txn) -> list[tuple[int, str]]:
     # Pending expires on a purchase not (or only partly) cleared: a final part that never comes
     # must not hold its cap and budget forever.
     if txn.status in ("authorized", "clearing") and txn.expires_at_ms and any(s.pending > 0 for s in txn.shares):
-        due.append((txn.expires_at_ms, EventType.AUTHORIZATION_EXPIRY.value))
+        due.append((txn.expires_at_ms, _EXPIRY))
     windows = [s.available_at_ms for s in txn.shares if s.confirmed > 0 and s.available_at_ms]
     if windows:
-        due.append((min(windows), EventType.RETURN_WINDOW_ENDED.value))
+        due.append((min(windows), _WINDOW_ENDED))
     return due
 
 
@@ -63,8 +65,17 @@ def settled(txn: Txn) -> bool:
 
 
 def earliest_due_ms(txn: Txn) -> int | None:
-    """When something of the transaction next falls due, or None (what ``Txn.due_ms`` keeps)."""
-    return min((when for when, _ in _due(txn)), default=None)
+    """When something of the transaction next falls due, or None (what ``Txn.due_ms`` keeps): the
+    earliest of ``_due``'s times, without making them."""
+    shares = txn.shares
+    due = None
+    if txn.status in ("authorized", "clearing") and txn.expires_at_ms and any(s.pending > 0 for s in shares):
+        due = txn.expires_at_ms
+    for share in shares:
+        window = share.available_at_ms
+        if share.confirmed > 0 and window and (due is None or window < due):
+            due = window
+    return due
 
 
 def txn_due_ms(txn: Txn) -> int | None:

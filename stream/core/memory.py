@@ -11,9 +11,10 @@
 
 from __future__ import annotations
 
+from stream.core.account_index import TxnIndex, index_of
 from stream.core.entries import Entry
 from stream.core.events import CardEvent, EventType
-from stream.core.lifecycle import earliest_due_ms, settled
+from stream.core.lifecycle import earliest_due_ms
 from stream.core.state import AccountState, Loose, Recent, Txn
 from stream.core.working_copy import AccountStep
 
@@ -38,7 +39,8 @@ def home_ref(event: CardEvent) -> str:
 def known(state: AccountState, event: CardEvent) -> tuple[str | None, tuple[Entry, ...]]:
     """The fingerprint the account holds for the event's id (None: a new event), and the entries
     to re-emit for it (while it is among the recent events). Looked up among the recent events,
-    the loose ones, the event's transaction, and the account's other transactions."""
+    the loose ones, the event's transaction, and the account's other transactions (through their
+    index, ``stream.core.account_index``)."""
     recent = state.recent.get(event.event_id)
     if recent is not None:
         return recent.fingerprint, recent.entries
@@ -48,40 +50,35 @@ def known(state: AccountState, event: CardEvent) -> tuple[str | None, tuple[Entr
     home = state.txns.get(home_ref(event))
     if home is not None and event.event_id in home.events:
         return home.events[event.event_id], ()
-    for txn in state.txns.values():
-        if event.event_id in txn.events:
-            return txn.events[event.event_id], ()
-    return None, ()
+    return index_of(state).fingerprint(event.event_id), ()
 
 
 def remember(
-    state: AccountState, step: AccountStep, fingerprint: str, forget_before_ms: int
-) -> tuple[dict[str, Recent], dict[str, Loose], dict[str, Txn]]:
-    """After ``step`` decided its event: the account's new (recent, loose, txns). The event's id
-    joins its transaction (or the loose ones), it joins the recent events with its entries, and
-    what fell behind the horizon is forgotten."""
+    state: AccountState, step: AccountStep, fingerprint: str, forget_before_ms: int, index: TxnIndex
+) -> tuple[dict[str, Recent], dict[str, Loose], dict[str, Txn], tuple[str, ...]]:
+    """After ``step`` decided its event: the account's new (recent, loose, txns) and the
+    transactions forgotten. The event's id joins its transaction (or the loose ones), it joins the
+    recent events with its entries, and what fell behind the horizon is forgotten. ``index``:
+    derived from the state's (``stream.core.account_index.derive``), changed to describe the new
+    transactions."""
     event = step.event
     ref = home_ref(event)
-    loose = {k: v for k, v in state.loose.items() if v.occurred_ms >= forget_before_ms}
+    loose = {k: v for k, v in state.loose.items() if v.occurred_ms >= forget_before_ms} if state.loose else {}
+    home = None
     if ref in step.txns:
         txn = step.txn(ref)
         assert txn is not None
         txn.events = {**txn.events, event.event_id: fingerprint}
-        txn.last_ms = max(txn.last_ms or 0, event.occurred_at_ms)
-    elif event.occurred_at_ms >= forget_before_ms:
-        loose[event.event_id] = Loose(fingerprint, event.occurred_at_ms)
+        txn.last_ms = max(txn.last_ms or 0, step.at_ms)
+        home = ref
+    elif step.at_ms >= forget_before_ms:
+        loose[event.event_id] = Loose(fingerprint, step.at_ms)
     for changed in step.changed:  # before the horizon judges what is settled
         step.txns[changed].due_ms = earliest_due_ms(step.txns[changed])
     recent = dict(state.recent)
     recent[event.event_id] = Recent(fingerprint, tuple(step.entries))
     while len(recent) > RECENT_EVENTS_LIMIT:
         del recent[next(iter(recent))]
-    return recent, loose, _forget_settled(step.txns, forget_before_ms)
-
-
-def _forget_settled(txns: dict[str, Txn], before_ms: int) -> dict[str, Txn]:
-    """``txns`` without the settled transactions whose last event is older than ``before_ms``."""
-    stale = [ref for ref, txn in txns.items() if txn.last_ms is not None and txn.last_ms < before_ms and settled(txn)]
-    if not stale:
-        return txns
-    return {ref: txn for ref, txn in txns.items() if ref not in stale}
+    # The settled transactions whose last event is older than the horizon are forgotten.
+    txns, forgotten = index.advance(step.txns, step.owns_txns, step.changed, event.event_id, home, forget_before_ms)
+    return recent, loose, txns, forgotten

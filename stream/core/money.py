@@ -11,7 +11,8 @@ events billed in it are rejected (``is_known_currency`` is False).
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+
+import msgspec
 
 # ISO 4217 minor units (exponent) of the active currency codes. Data, not logic: from the
 # ISO 4217 list, table A.1. Codes with no minor unit ("N.A.", e.g. XAU) are left out on purpose:
@@ -36,6 +37,8 @@ _EXPONENTS: dict[str, int] = {
 # Units that are not currencies: amounts of them are rewards, never card amounts.
 POINTS_UNIT = "PTS"
 _NON_ISO_EXPONENTS: dict[str, int] = {POINTS_UNIT: 0}
+
+_UNIT_EXPONENTS: dict[str, int] = {**_EXPONENTS, **_NON_ISO_EXPONENTS}
 
 # Exact amounts (before rounding) are kept in 1/10,000ths of a minor unit, the scale of basis points.
 EXACT_SCALE = 10_000
@@ -67,7 +70,12 @@ def unit_exponent(unit: str) -> int:
 
 def format_minor(amount_minor: int, currency: str) -> str:
     """Human-readable amount for explanations and logs, e.g. ``12.50 EUR`` or ``21 PTS``; exact, no float."""
-    digits = unit_exponent(currency)
+    digits = _UNIT_EXPONENTS.get(currency)
+    if digits == 2 and amount_minor >= 0:  # the common case, spelled out
+        whole, fraction = divmod(amount_minor, 100)
+        return f"{whole}.{fraction:02d} {currency}"
+    if digits is None:
+        digits = unit_exponent(currency)  # an unknown unit: its error
     sign = "-" if amount_minor < 0 else ""
     whole, fraction = divmod(abs(amount_minor), 10**digits)
     if digits == 0:
@@ -101,8 +109,7 @@ def divide(numerator: int, denominator: int, rounding: Rounding) -> tuple[int, i
     return quotient, numerator - quotient * denominator
 
 
-@dataclass(frozen=True, slots=True)
-class RateResult:
+class RateResult(msgspec.Struct, frozen=True, gc=False):  # a record: made for every amount
     """A rate applied to a basis: the reward and the fraction carried to the next computation."""
 
     reward_minor: int
@@ -149,10 +156,11 @@ def points_exact(basis_minor: int, points_per_unit: int, basis_currency: str) ->
 def format_exact(exact: int, unit: str) -> str:
     """An exact amount in 1/10,000ths of a minor unit, e.g. ``0.0165 EUR``: at least the unit's
     minor digits, trailing zeros beyond them dropped."""
-    digits = unit_exponent(unit) + 4
+    minor = unit_exponent(unit)
+    digits = minor + 4
     sign = "-" if exact < 0 else ""
     whole, fraction = divmod(abs(exact), 10**digits)
-    text = f"{fraction:0{digits}d}".rstrip("0").ljust(unit_exponent(unit), "0")
+    text = f"{fraction:0{digits}d}".rstrip("0").ljust(minor, "0")
     return f"{sign}{whole}.{text} {unit}" if text else f"{sign}{whole} {unit}"
 
 

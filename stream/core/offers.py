@@ -58,6 +58,8 @@ __all__ = [
     "Tier",
 ]
 
+_MCC_CODES = 10_000
+
 # Cash, quasi-cash, money transfer and gambling never earn cashback, whatever an offer says.
 ALWAYS_EXCLUDED_MCCS = frozenset({"4829", "6010", "6011", "6050", "6051", "6540", "7995"})
 
@@ -249,10 +251,37 @@ class OfferBook:
     """An immutable snapshot of all live offers, as every worker holds it."""
 
     offers: tuple[Offer, ...] = ()
+    # Derived, for the rules engine: each offer by id (the first listed), and each currency's
+    # offers as ``Offer.priced`` prices them (None where not priced), made once per book.
+    by_id: dict[str, Offer] = field(init=False, repr=False, compare=False, default_factory=dict)
+    _priced: dict[str, tuple[Offer | None, ...]] = field(init=False, repr=False, compare=False, default_factory=dict)
+    _by_mcc: dict[str, tuple[int, ...]] = field(init=False, repr=False, compare=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for offer in self.offers:
+            self.by_id.setdefault(offer.offer_id, offer)
 
     @classmethod
     def of(cls, offers: Iterable[Offer]) -> OfferBook:
         return cls(tuple(sorted(offers, key=lambda o: o.offer_id)))
 
     def get(self, offer_id: str) -> Offer | None:
-        return next((o for o in self.offers if o.offer_id == offer_id), None)
+        return self.by_id.get(offer_id)
+
+    def priced(self, billing_currency: str) -> tuple[Offer | None, ...]:
+        """``offer.priced(billing_currency)`` of each offer, in the book's order (the same offers
+        for every purchase in that currency: made once)."""
+        priced = self._priced.get(billing_currency)
+        if priced is None:
+            priced = self._priced[billing_currency] = tuple(o.priced(billing_currency) for o in self.offers)
+        return priced
+
+    def for_mcc(self, mcc: str) -> tuple[int, ...]:
+        """The positions of the offers whose MCCs admit ``mcc`` (the others cannot match a purchase
+        there), in the book's order; made once per code."""
+        found = self._by_mcc.get(mcc)
+        if found is None:
+            found = tuple(n for n, o in enumerate(self.offers) if (o.mccs.empty or mcc in o.mccs) and mcc not in o.excluded_mccs)
+            if len(self._by_mcc) < _MCC_CODES:  # four digits (checked on the way in): bounded anyway
+                self._by_mcc[mcc] = found
+        return found

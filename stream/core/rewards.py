@@ -8,8 +8,11 @@ amount is rounded, as the offer names (points always down).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
 from datetime import date, datetime, timedelta
+from typing import Literal
+
+import msgspec
 
 from stream.core.eligibility import AccountProfile, LocalTime, best_tier
 from stream.core.events import CardEvent
@@ -32,15 +35,15 @@ def new_share(offer: Offer, event: CardEvent, profile: AccountProfile, local: Lo
         boost=None if offer.boost is None else (offer.boost.threshold_minor, offer.boost.rate_bps),
         fixed_minor=offer.fixed_reward_minor,
         points_per_unit=offer.points_per_unit,
-        rounding=offer.rounding.value,
-        reward_kind=offer.reward_kind.value,
+        rounding=offer.rounding._value_,  # the enums' values (``_value_``: ``value`` is a slower property)
+        reward_kind=offer.reward_kind._value_,
         charity_id=offer.charity_id,
         max_reward_minor=offer.max_reward_per_txn_minor,
         pending_days=offer.pending_days,
-        accrue_on=offer.accrue_on.value,
+        accrue_on=offer.accrue_on._value_,
         currency=offer.reward_unit(event.billing_currency),  # the unit of every amount below
         basis_currency=event.billing_currency,
-        cap=None if offer.cap is None else (offer.cap.period.value, offer.cap.amount_minor),
+        cap=None if offer.cap is None else (offer.cap.period._value_, offer.cap.amount_minor),
         cap_period=None if offer.cap is None else period_key(offer.cap.period, local.at),
         budget=offer.budget_minor,
         limits_key=offer.limits_key or offer.offer_id,  # money caps and budgets are kept per currency
@@ -48,8 +51,10 @@ def new_share(offer: Offer, event: CardEvent, profile: AccountProfile, local: Lo
     )
 
 
-@dataclass(frozen=True, slots=True)
-class Amount:
+_ROUNDINGS = {rounding.value: rounding for rounding in Rounding}
+
+
+class Amount(msgspec.Struct, frozen=True, gc=False):  # a record: made several times per event
     """One computation: ``reward_minor`` from ``exact`` plus ``carried_in``, ``carried_out`` left."""
 
     reward_minor: int
@@ -75,7 +80,10 @@ def compute(share: Share, basis_minor: int, size_minor: int, carried_in: int = 0
         if boost is not None and size_minor >= boost[0]:
             rate_bps = max(rate_bps, boost[1])
         exact = basis_minor * rate_bps
-    result = round_exact(exact, Rounding(share.rounding), carried_in)
+    if share.rounding == "down" and exact >= 0 and exact + carried_in >= 0:  # round_exact's most common case
+        reward, remainder = divmod(exact + carried_in, EXACT_SCALE)
+        return Amount(reward, exact, rate_bps, carried_in, remainder)
+    result = round_exact(exact, _ROUNDINGS.get(share.rounding) or Rounding(share.rounding), carried_in)
     return Amount(result.reward_minor, exact, rate_bps, carried_in, result.carried_remainder)
 
 
@@ -143,6 +151,7 @@ def period_of_key(key: str) -> CapPeriod:
     return CapPeriod.DAY if len(key) == 10 else CapPeriod.MONTH
 
 
+@functools.lru_cache(maxsize=4096)
 def period_end(key: str) -> date | None:
     """The first local day after the period; None for the campaign (it never ends by itself)."""
     period = period_of_key(key)
@@ -161,7 +170,16 @@ def period_over(key: str, period: CapPeriod, today: date, grace_days: int) -> bo
     """True when usage of period ``key`` is no longer needed: another kind of period than the
     offer's cap now, or ended more than ``grace_days`` before ``today`` (a late clearing of a
     purchase in the period can still arrive within the authorisation expiry)."""
-    if period_of_key(key) is not period:
+    kept = period_kept_until(key, period.value, grace_days)
+    return kept is True or (kept is not None and kept < today)
+
+
+@functools.lru_cache(maxsize=4096)
+def period_kept_until(key: str, period: str, grace_days: int) -> date | Literal[True] | None:
+    """``period_over`` of period ``key`` for a cap of ``period`` (its value) without the day: True
+    (over whatever the day), None (never over), or the last day it is not over (over once
+    ``today`` is after it). The same for every purchase: made once per period."""
+    if period_of_key(key).value != period:
         return True
     end = period_end(key)
-    return end is not None and end + timedelta(days=grace_days) < today
+    return None if end is None else end + timedelta(days=grace_days)

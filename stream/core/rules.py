@@ -11,7 +11,10 @@ to one account's state: idempotency, the horizon, the handler, and the new state
 State is one account's ``AccountState`` (``stream.core.state``: typed records; ``decide``
 never mutates the state it is given, it returns a new one, sharing the transactions it did not
 touch; the worker stores it as a summary and a row per transaction and recent event:
-``stream.core.state_rows``)::
+``stream.core.state_rows``). What it derives from the transactions (which event ids they keep,
+when they fall due, which the horizon may forget: ``stream.core.account_index``) is kept beside
+the state and carried from the state given to the state returned, so an event costs what it
+touches, not what the account holds::
 
     recent:   {event_id: Recent(fingerprint, entries)}  # the last 32 events, to re-emit after a crash
     txns:     {transaction_ref: Txn(..., shares=[Share, ..],  # purchases, one share per offer earned,
@@ -90,10 +93,12 @@ always rounded down, the fraction carried like a cash remainder.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
 
+import msgspec
+
 from stream.core.abuse import DEFAULT_RULES, AbuseRules
+from stream.core.account_index import derive, keep
 from stream.core.authorisations import on_authorization, on_expiry, on_incremental, on_reversal
 from stream.core.clawbacks import on_chargeback, on_chargeback_reversal, on_refund
 from stream.core.clearings import on_clearing, on_return_window_ended
@@ -101,7 +106,7 @@ from stream.core.eligibility import NO_PROFILE, AccountProfile
 from stream.core.entries import Entry
 from stream.core.events import CardEvent, EventType
 from stream.core.holds import on_forfeit_hold, on_hold_merchant, on_release_hold, remembered
-from stream.core.lifecycle import DAY_MS, next_due_ms
+from stream.core.lifecycle import DAY_MS
 from stream.core.memory import TRANSACTION_HORIZON_DAYS, home_ref, known, remember
 from stream.core.offers import OfferBook
 from stream.core.outcomes import Outcome
@@ -113,13 +118,12 @@ __all__ = ["AccountProfile", "Decision", "Outcome", "decide", "new_state"]
 _NO_DELTAS: Mapping[str, int] = MappingProxyType({})
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(msgspec.Struct, frozen=True, gc=False):  # a record: made for every event
     state: AccountState
     entries: tuple[Entry, ...]
     outcome: Outcome
     # offer_id -> minor units of its budget this event consumed (+) or gave back (-); {} when none
-    budget_deltas: Mapping[str, int] = field(default_factory=lambda: _NO_DELTAS)
+    budget_deltas: Mapping[str, int] = msgspec.field(default_factory=lambda: _NO_DELTAS)
 
 
 def new_state() -> AccountState:
@@ -147,9 +151,9 @@ def decide(
         return Decision(state, replay, Outcome.DUPLICATE)
 
     step = AccountStep(event, state, offers, profile or NO_PROFILE, budget_remaining or _NO_DELTAS, abuse or DEFAULT_RULES)
-    clock_ms = max(state.clock_ms or 0, event.occurred_at_ms)
+    clock_ms = max(state.clock_ms or 0, step.at_ms)
     forget_before_ms = clock_ms - horizon_days * DAY_MS
-    if home_ref(event) not in state.txns and event.occurred_at_ms < forget_before_ms:
+    if home_ref(event) not in state.txns and step.at_ms < forget_before_ms:
         # Numbered apart: the event may be a redelivery whose first entries the ledger holds.
         outcome = step.not_earned(
             Outcome.BEYOND_HORIZON,
@@ -159,7 +163,8 @@ def decide(
     else:
         outcome = _HANDLERS[event.event_type](step)
     step.prune_caps()
-    recent, loose, txns = remember(state, step, fingerprint, forget_before_ms)
+    index = derive(state)
+    recent, loose, txns, forgotten = remember(state, step, fingerprint, forget_before_ms, index)
     new = AccountState(
         recent=recent,
         txns=txns,
@@ -169,7 +174,8 @@ def decide(
         clock_ms=clock_ms,
         watch=remembered(step, clock_ms),
     )
-    new.due_ms = next_due_ms(new)
+    new.due_ms = index.next_due_ms()  # stream.core.lifecycle.next_due_ms(new), kept by the index
+    keep(new, index, state, step.changed, forgotten)
     deltas = {offer_id: delta for offer_id, delta in step.budget_deltas.items() if delta}
     return Decision(new, tuple(step.entries), outcome, deltas)
 

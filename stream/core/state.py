@@ -25,7 +25,7 @@ import msgspec
 from stream.core.entries import Entry
 
 
-class Share(msgspec.Struct, kw_only=True, omit_defaults=True):
+class Share(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     """One offer's share of one purchase: its terms at the purchase and what it holds."""
 
     offer_id: str
@@ -65,7 +65,7 @@ class Share(msgspec.Struct, kw_only=True, omit_defaults=True):
             self.basis_currency = self.currency
 
 
-class Refusal(msgspec.Struct, kw_only=True):
+class Refusal(msgspec.Struct, kw_only=True, gc=False):
     """Why a purchase earns nothing, kept so its clearings follow the decision; only a refusal for
     the amount may be overturned, under the ``near`` offers, at the purchase's time and place."""
 
@@ -76,7 +76,7 @@ class Refusal(msgspec.Struct, kw_only=True):
     timezone: str | None = None
 
 
-class Flag(msgspec.Struct, kw_only=True, omit_defaults=True):
+class Flag(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     """Why a purchase's reward is held when it would become available (an abuse rule and its
     figures, ``stream.core.holds``), or, ``released``, that operations reviewed it: never held again."""
 
@@ -88,7 +88,7 @@ class Flag(msgspec.Struct, kw_only=True, omit_defaults=True):
 UNKNOWN_DUE = -1
 
 
-class Txn(msgspec.Struct, kw_only=True, omit_defaults=True):
+class Txn(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     """One purchase of the account, by its transaction ref."""
 
     status: str  # authorized | clearing | cleared | expired
@@ -110,14 +110,14 @@ class Txn(msgspec.Struct, kw_only=True, omit_defaults=True):
     hold: Flag | None = None  # a flag of the purchase itself (a burst, a merchant), or its review
 
 
-class Recent(msgspec.Struct, array_like=True):
+class Recent(msgspec.Struct, array_like=True, gc=False):
     """A recent event: its fingerprint and the entries it produced (re-emitted on a redelivery)."""
 
     fingerprint: str
     entries: tuple[Entry, ...]
 
 
-class Loose(msgspec.Struct, array_like=True):
+class Loose(msgspec.Struct, array_like=True, gc=False):
     """An event with no transaction to keep its id (a refund of a purchase never seen, a declined
     authorisation)."""
 
@@ -125,7 +125,7 @@ class Loose(msgspec.Struct, array_like=True):
     occurred_ms: int
 
 
-class MerchantWatch(msgspec.Struct, array_like=True):
+class MerchantWatch(msgspec.Struct, array_like=True, gc=False):
     """A merchant the cross-account scan flagged for this account: its purchases there until
     ``until_ms`` are flagged, with the scan's figures."""
 
@@ -133,7 +133,7 @@ class MerchantWatch(msgspec.Struct, array_like=True):
     detail: str
 
 
-class Watch(msgspec.Struct, kw_only=True, omit_defaults=True):
+class Watch(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     """What the per-account abuse rules remember (``stream.core.holds``), each bounded by its time
     window and a count."""
 
@@ -143,7 +143,10 @@ class Watch(msgspec.Struct, kw_only=True, omit_defaults=True):
     rewarded: dict[int, int] = msgspec.field(default_factory=dict)  # UTC day: purchases first confirmed that day
 
 
-class AccountState(msgspec.Struct, kw_only=True):
+class AccountState(msgspec.Struct, kw_only=True, dict=True):
+    """One account's state. ``dict=True``: the engine keeps an index beside it
+    (``stream.core.account_index``), an undeclared attribute never encoded, compared or copied."""
+
     recent: dict[str, Recent] = msgspec.field(default_factory=dict)  # the last events, oldest first
     txns: dict[str, Txn] = msgspec.field(default_factory=dict)
     loose: dict[str, Loose] = msgspec.field(default_factory=dict)

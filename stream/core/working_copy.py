@@ -16,13 +16,34 @@ from stream.core.events import CardEvent, EventType
 from stream.core.money import format_minor, prorate
 from stream.core.offers import OfferBook, RewardKind
 from stream.core.outcomes import Outcome
-from stream.core.rewards import Amount, period_over
+from stream.core.rewards import Amount, period_kept_until
 from stream.core.state import AccountState, Share, Txn, Watch, copy_txn
 
 
 class AccountStep:
     """The working copy for one event: copies what it touches, collects entries and budget deltas,
     and keeps caps and budgets (``grant`` before a holding grows, ``hold`` for every change)."""
+
+    __slots__ = (
+        "_copied",
+        "_local",
+        "_own_caps",
+        "_own_carry",
+        "abuse",
+        "at_ms",
+        "budget_deltas",
+        "budget_remaining",
+        "caps",
+        "carry",
+        "changed",
+        "entries",
+        "event",
+        "offers",
+        "profile",
+        "purchase",
+        "txns",
+        "watch",
+    )
 
     def __init__(
         self,
@@ -34,6 +55,8 @@ class AccountStep:
         abuse: AbuseRules = DEFAULT_RULES,
     ) -> None:
         self.event = event
+        self.at_ms = event.occurred_at_ms  # the event's time, epoch milliseconds
+        self.purchase = purchase_ref(event)  # the purchase it is about (``purchase_ref``)
         self.abuse = abuse  # the abuse rules (stream.core.holds)
         self.watch: Watch = state.watch or Watch()  # what they remember; replaced, never changed in place
         self.offers = offers
@@ -42,8 +65,10 @@ class AccountStep:
         self.txns: dict[str, Txn] = state.txns  # replaced by a copy on first write
         self._copied = False
         self.changed: set[str] = set()  # the transactions this step copied or made (its own to change)
-        self.caps: dict[str, dict[str, int]] = {k: dict(v) for k, v in state.caps.items()}
-        self.carry: dict[str, int] = dict(state.carry)
+        # the state's until first changed (``own_caps``, ``own_carry``): then a copy
+        self.caps: dict[str, dict[str, int]] = state.caps
+        self.carry: dict[str, int] = state.carry
+        self._own_caps = self._own_carry = False
         self.budget_deltas: dict[str, int] = {}
         self.entries: list[Entry] = []
         self._local: LocalTime | None = None
@@ -53,6 +78,11 @@ class AccountStep:
         if self._local is None:
             self._local = local_time(self.event)
         return self._local
+
+    @property
+    def owns_txns(self) -> bool:
+        """Whether ``txns`` is the step's own copy (not the state's dict)."""
+        return self._copied
 
     def txn(self, ref: str) -> Txn | None:
         """The transaction ``ref`` to change (a copy of the state's; None when unknown)."""
@@ -102,29 +132,61 @@ class AccountStep:
         if share.budget is not None:
             self.budget_deltas[key] = self.budget_deltas.get(key, 0) + delta
         if share.cap is not None:
-            usage = self.caps.setdefault(key, {})
+            caps = self.own_caps()
+            usage = caps.setdefault(key, {})
             period = share.cap_period or ""  # always set with a cap
             if period in usage or delta > 0:  # a pruned period is over: nothing to give back
                 usage[period] = max(0, usage.get(period, 0) + delta)
             if not usage.get(period, 1):
                 usage.pop(period, None)
             if not usage:
-                del self.caps[key]
+                del caps[key]
+
+    def own_caps(self) -> dict[str, dict[str, int]]:
+        """The cap usage to change: the state's copied (once)."""
+        if not self._own_caps:
+            self.caps = {k: dict(v) for k, v in self.caps.items()}
+            self._own_caps = True
+        return self.caps
+
+    def own_carry(self) -> dict[str, int]:
+        """The carried remainders to change: the state's copied (once)."""
+        if not self._own_carry:
+            self.carry = dict(self.carry)
+            self._own_carry = True
+        return self.carry
 
     def prune_caps(self) -> None:
+        """Drop the usage of the cap periods over (``stream.core.rewards.period_over``, judged on
+        the local day), and of caps the offer no longer has."""
         if not self.caps:
             return
-        today = self.local.at.date()
-        for key in list(self.caps):
+        today = None
+        over: list[tuple[str, str]] = []
+        empty: list[str] = []
+        for key, usage in self.caps.items():
             offer = self.offers.get(key) or self.offers.get(key.rpartition("@")[0])  # "<offer_id>@<currency>"
             if offer is None:  # not in the book now: kept as is, it may come back
                 continue
-            usage = self.caps[key]
-            for period in list(usage):
-                if offer.cap is None or period_over(period, offer.cap.period, today, offer.auth_expiry_days):
-                    del usage[period]
-            if not usage:
-                del self.caps[key]
+            cap, dropped = offer.cap, 0
+            for period in usage:
+                kept = True if cap is None else period_kept_until(period, cap.period._value_, offer.auth_expiry_days)
+                if kept is None:
+                    continue
+                if kept is not True:
+                    today = self.local.at.date() if today is None else today
+                    if kept >= today:
+                        continue
+                over.append((key, period))
+                dropped += 1
+            if dropped == len(usage):
+                empty.append(key)
+        if over or empty:
+            caps = self.own_caps()
+            for key, period in over:
+                del caps[key][period]
+            for key in empty:
+                del caps[key]
 
     def carry_key(self, share: Share) -> str:
         return f"{share.offer_id}:{share.currency}"
@@ -149,9 +211,9 @@ class AccountStep:
         if kind != "NOT_EARNED" and amount_minor <= 0:
             return
         event = self.event
-        ref = purchase_ref(event)
+        ref = self.purchase
         bought = self.txns.get(ref)
-        beneficiary = share.charity_id if share is not None and share.reward_kind == RewardKind.CHARITY.value else None
+        beneficiary = share.charity_id if share is not None and share.reward_kind == _CHARITY else None
         if beneficiary:
             detail = f"{detail}; charity_id={beneficiary}"
         self.entries.append(
@@ -169,7 +231,7 @@ class AccountStep:
                 offer_id=share.offer_id if share else None,
                 rule_version=share.version if share else None,
                 beneficiary_id=beneficiary,
-                occurred_at=event.occurred_at_ms,
+                occurred_at=self.at_ms,
                 explanation=Explanation(
                     reason=reason,
                     detail=detail,
@@ -187,7 +249,7 @@ class AccountStep:
 
     def not_earned(self, outcome: Outcome, detail: str, share: Share | None = None, number: str | None = None) -> Outcome:
         basis = purchase_basis(self.event)
-        self.entry("NOT_EARNED", "NONE", "NONE", 0, share, outcome.value, detail, basis, number=number)
+        self.entry("NOT_EARNED", "NONE", "NONE", 0, share, outcome._value_, detail, basis, number=number)
         return outcome
 
 
@@ -199,6 +261,7 @@ def limits_key(share: Share) -> str:
 
 
 _FOLLOW_UPS = frozenset({EventType.REFUND, EventType.CHARGEBACK, EventType.CHARGEBACK_REVERSAL})
+_CHARITY = RewardKind.CHARITY.value
 
 
 def purchase_ref(event: CardEvent) -> str:
@@ -233,4 +296,4 @@ def limit_note(share: Share, limit: Outcome | None) -> str:
 def spendable_book(share: Share) -> str:
     """Where cashback goes when its return window ends: AVAILABLE to the customer, or DONATED for
     a charity reward (given to the charity, counted in the customer's donated total)."""
-    return "DONATED" if share.reward_kind == RewardKind.CHARITY.value else "AVAILABLE"
+    return "DONATED" if share.reward_kind == _CHARITY else "AVAILABLE"

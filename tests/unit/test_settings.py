@@ -43,6 +43,7 @@ def test_defaults() -> None:
         "worker_instance_id": None,
         "worker_session_timeout_s": 10.0,
         "transaction_horizon_days": 180,
+        "worker_state_cache_items": 65_536,
         "abuse_rules_file": None,
         "abuse_scan_interval_s": 300.0,
         "sink_batch_size": 2000,
@@ -349,7 +350,7 @@ def test_documentation_table_has_one_row_per_field() -> None:
     lines = documentation_table().splitlines()
     assert lines[:2] == ["| variable | default | meaning |", "|---|---|---|"]
     rows = lines[2:]
-    assert len(rows) == len(Settings.model_fields) == 36
+    assert len(rows) == len(Settings.model_fields) == 37
     assert [row.split("`")[1] for row in rows] == VARIABLES
     assert "| `TOPIC_PARTITIONS` | `4` | Partitions of the co-partitioned input and output topics. |" in rows
     assert "| `KAFKA_SASL_PASSWORD` |  | SASL password (never logged). |" in rows
