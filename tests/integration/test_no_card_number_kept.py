@@ -34,6 +34,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from schemas.codec import Codec
 from stream.auth import ACCOUNTS_READ
+from stream.core.card_numbers import luhn_valid
 from tests.factories import card_record, card_text_fields, generated_card_number
 from tests.integration.conftest import REPO_ROOT, Processes, api_headers, running_pipeline, wait_until
 from tests.integration.test_end_to_end import IDS, publish, wire
@@ -241,8 +242,19 @@ def test_no_card_number_is_kept_anywhere(run: Any) -> None:
     # Every bad message was dead-lettered, the number masked in it, and hashed with the key.
     assert len(letters) == len(bad)
     assert sum(letter["reason"] == "card_number_detected" for letter in letters) == 2 * len(TEXT_FIELDS) * 3
-    hashed = hmac.new(HASH_KEY.encode(), number.encode(), hashlib.sha256).hexdigest()
-    assert all(hashed in letter["card_number_hashes"] for letter in letters), [x["card_number_hashes"] for x in letters]
+
+    def hashed(digits: str) -> str:
+        return hmac.new(HASH_KEY.encode(), digits.encode(), hashlib.sha256).hexdigest()
+
+    # In bytes glued to a digit ("6" after the number, bad_messages), the 17 digits are one Luhn-valid
+    # number one time in ten: undecodable bytes cannot say where a number ends, so that run is what is
+    # masked and hashed.
+    glued = number + "6"
+    for letter in letters:
+        accepted = {hashed(number)} | (
+            {hashed(glued)} if (letter["value"] or b"").endswith(b"\x36\xff") and luhn_valid(glued) else set()
+        )
+        assert accepted & set(letter["card_number_hashes"]), (letter["reason"], letter["card_number_hashes"])
     assert any(masked(number).encode() in (letter["value"] or b"") for letter in letters)
     assert any(masked(number).encode() in (letter["key"] or b"") for letter in letters)
 
