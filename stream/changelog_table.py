@@ -52,7 +52,14 @@ FIRST_RETRY_S, LAST_RETRY_S = 0.2, 5.0
 class Sends(Protocol):
     """Where a table's changelog records go (``stream.producing.AppSends``)."""
 
-    async def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> Awaitable[Any]: ...
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> Awaitable[Any]: ...
 
 
 class ChangelogTable(faust.Table):

@@ -194,7 +194,7 @@ class Matcher:
         async for event in stream.events():
             message = event.message
             if await self.inputs.is_next(message.tp, message.offset):
-                self.current = staged = self.outbox.start(message.tp, message.offset)
+                self.current = staged = self.outbox.start(message.tp, message.offset, message.timestamp)
                 self.inputs.current_tp = message.tp
                 self.inputs.done(message.tp, message.offset, staged.deliveries)  # committable once flushed and delivered
                 try:

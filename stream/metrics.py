@@ -76,8 +76,9 @@ for _rule in (*RULE_NAMES, "other"):  # the sink's labels of the abuse controls 
         HOLD_REVIEWS.labels(_rule, _decision)
 LEDGER_LATENCY_SECONDS = Histogram(
     "cashback_ledger_latency_seconds",
-    "Seconds from an accrual message's Kafka timestamp to the commit of the sink transaction that wrote it "
-    "(the entries the transaction added; a replay's entries were readable before).",
+    "Seconds from the broker timestamp of the card event (or clock tick) behind a ledger entry to the commit of "
+    "the sink transaction that wrote it: event to balance (the entries the transaction added; a replay's entries "
+    "were readable before).",
     # 1 s is the latency objective's threshold (deploy/prometheus/rules.yml): keep it a bucket boundary.
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )

@@ -34,6 +34,7 @@ from stream.changelog_table import ChangelogTable, Sends
 from stream.core.entries import Entry
 from stream.input_partitions import InputPartitions, PartitionRevoked
 from stream.metrics import ACCRUALS, CASHBACK_AMOUNT, WORKER_BATCH_SIZE, WORKER_FLUSH_SECONDS
+from topics.catalogue import SOURCE_TIME_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,13 @@ class Flushed:
             self._done, self._error = True, error
 
 
+def _source_time(timestamp_s: float | None) -> list[tuple[str, bytes]] | None:
+    """The accruals' header naming their input's broker timestamp (``topics.catalogue.SOURCE_TIME_HEADER``)."""
+    if timestamp_s is None or timestamp_s <= 0:
+        return None
+    return [(SOURCE_TIME_HEADER, str(round(timestamp_s * 1000)).encode())]
+
+
 @dataclass(slots=True)
 class Staged:
     """One input message of the batch: where it was read, its deliveries (that its batch was
@@ -86,6 +94,7 @@ class Staged:
 
     tp: Any
     offset: int
+    source_time: list[tuple[str, bytes]] | None = None  # its accruals' SOURCE_TIME_HEADER: its broker timestamp
     flushed: Flushed = field(default_factory=Flushed)
     deliveries: list[Any] = field(default_factory=list)
     decisions: list[Decided] = field(default_factory=list)
@@ -108,10 +117,10 @@ class Batch:
     def __len__(self) -> int:
         return len(self.messages)
 
-    def start(self, tp: Any, offset: int) -> Staged:
+    def start(self, tp: Any, offset: int, timestamp_s: float | None = None) -> Staged:
         if not self.messages:
             self.opened = time.monotonic()
-        staged = Staged(tp, offset)
+        staged = Staged(tp, offset, _source_time(timestamp_s))
         self.messages.append(staged)
         return staged
 
@@ -212,11 +221,12 @@ class Outbox:
         self.batch = Batch()
         self.in_flight = InFlightDecisions(limit)
 
-    def start(self, tp: Any, offset: int) -> Staged:
-        """A message starts to be processed, in the current batch."""
+    def start(self, tp: Any, offset: int, timestamp_s: float | None = None) -> Staged:
+        """A message starts to be processed, in the current batch (``timestamp_s``: its broker
+        timestamp, which its accruals carry to the sink)."""
         if self.batch.rebalances is None:
             self.batch.rebalances = self.inputs.rebalances
-        return self.batch.start(tp, offset)
+        return self.batch.start(tp, offset, timestamp_s)
 
     async def room_for(self, account_id: str) -> None:
         """Wait until the account has fewer than ``limit`` decisions staged or with entries
@@ -281,7 +291,8 @@ class Outbox:
         for entry in decided.entries:
             # Handed to the producer now (keyed by account: the account's partition); Faust still
             # flushes the producer before committing the input offsets, so at-least-once holds.
-            sends.append(await self.sends.send(self.accruals, account_key, self.codec.encode("accrual", entry.record())))
+            value = self.codec.encode("accrual", entry.record())
+            sends.append(await self.sends.send(self.accruals, account_key, value, None, staged.source_time))
             if decided.counted:
                 ACCRUALS.labels(entry.entry_kind, entry.reward_kind).inc()
                 CASHBACK_AMOUNT.labels(entry.entry_kind, entry.reward_kind, entry.currency).inc(entry.amount_minor)

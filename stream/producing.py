@@ -50,9 +50,16 @@ class AppSends:
     def __init__(self, app: Any) -> None:
         self.app = app
 
-    async def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> Awaitable[Any]:
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> Awaitable[Any]:
         """Hand one record to the producer; returns its delivery (the record's metadata). Waits
         only when the producer's buffer is full. ``partition`` None: the key's (murmur2, as Java
         clients partition)."""
         producer = self.app.producer
-        return await producer.send(topic, key, value, partition, None, None)
+        return await producer.send(topic, key, value, partition, None, headers)

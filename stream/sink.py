@@ -52,7 +52,7 @@ from stream.producing import producer as make_producer
 from stream.settings import Settings
 from stream.store.availability import until_postgres_answers
 from stream.store.journal import STAGING_COLUMNS, BatchResult, write_batch
-from topics.catalogue import Catalogue
+from topics.catalogue import SOURCE_TIME_HEADER, Catalogue
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,16 @@ def staging_row(
         merchant_id,
         purchase_ref,
     )
+
+
+def source_time_ms(message: ConsumerRecord) -> int:
+    """When the card event (or clock tick) behind an accrual reached the broker: its
+    ``SOURCE_TIME_HEADER``, which the workers set; the accrual's own timestamp when the header is
+    missing or not a number (an accrual from an older worker)."""
+    for name, value in message.headers or ():
+        if name == SOURCE_TIME_HEADER and value is not None and 0 < len(value) <= 15 and value.isdigit():
+            return int(value)
+    return int(message.timestamp)
 
 
 def count_holds(holds: Sequence[str]) -> None:
@@ -220,7 +230,7 @@ class Sink:
             return
         SINK_BATCH_SECONDS.observe(time.perf_counter() - started)
         SINK_BATCH_SIZE.observe(len(rows))
-        observe_ledger_latency([source.timestamp for source in sources], result.written)
+        observe_ledger_latency([source_time_ms(source) for source in sources], result.written)
         SINK_ENTRIES.labels("written").inc(result.written)
         SINK_ENTRIES.labels("duplicate").inc(result.duplicates)
         count_holds(result.holds)

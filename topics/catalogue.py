@@ -14,6 +14,11 @@ from aiokafka.partitioner import murmur2
 
 DAY_MS = 24 * 3600 * 1000
 
+# The header of an accrual that carries the broker timestamp (milliseconds since the epoch, ASCII digits) of
+# the input message that caused it: the card event, or the clock tick of a time-driven entry. The sink
+# measures event-to-balance latency from it (``cashback_ledger_latency_seconds``).
+SOURCE_TIME_HEADER = "cashback-source-time-ms"
+
 
 def account_partition(account_id: str, partitions: int) -> int:
     """The partition of ``account_id``'s messages under Kafka's default (murmur2) partitioner, as

@@ -59,6 +59,7 @@ class Sent:
     key: bytes | None
     value: bytes | None
     partition: int | None
+    headers: list[tuple[str, bytes]] | None = None
 
 
 class RecordedSends:
@@ -69,8 +70,15 @@ class RecordedSends:
         self.changelogs = changelogs
         self.sent: list[Sent] = []
 
-    async def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> Any:
-        self.sent.append(Sent(topic, key, value, partition))
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> Any:
+        self.sent.append(Sent(topic, key, value, partition, headers))
         delivery = asyncio.get_running_loop().create_future()
         if topic not in self.changelogs:
             delivery.set_result(None)
@@ -125,16 +133,28 @@ class AgentHarness:
         return self.matcher.topics.settlements.name
 
     async def put(
-        self, value: bytes | None, key: bytes | None = ACCOUNT_KEY, *, topic: str | None = None, partition: int = 0
+        self,
+        value: bytes | None,
+        key: bytes | None = ACCOUNT_KEY,
+        *,
+        topic: str | None = None,
+        partition: int = 0,
+        timestamp: float | None = None,
     ) -> Handled:
-        """Put one raw message on the agent, as if read from ``topic`` (default: authorizations),
-        and wait until the agent has handled it."""
+        """Put one raw message on the agent, as if read from ``topic`` (default: authorizations) with
+        the broker ``timestamp`` (seconds; default now), and wait until the agent has handled it."""
         expected = len(self.handled) + 1
-        await self.put_nowait(value, key, topic=topic, partition=partition)
+        await self.put_nowait(value, key, topic=topic, partition=partition, timestamp=timestamp)
         return await self.wait_handled(expected)
 
     async def put_nowait(
-        self, value: bytes | None, key: bytes | None = ACCOUNT_KEY, *, topic: str | None = None, partition: int = 0
+        self,
+        value: bytes | None,
+        key: bytes | None = ACCOUNT_KEY,
+        *,
+        topic: str | None = None,
+        partition: int = 0,
+        timestamp: float | None = None,
     ) -> int:
         """Put one raw message without waiting; returns the offset it was given."""
         name = topic or self.auth_topic
@@ -143,7 +163,7 @@ class AgentHarness:
         # The wrapper names messages after its ``original_channel``; a single-topic one has a name.
         self.agent.original_channel = self._named[name]
         offset = int(self.agent.sent_offset)
-        await self.agent.put(value=value, key=key, partition=partition, wait=False)
+        await self.agent.put(value=value, key=key, partition=partition, timestamp=timestamp, wait=False)
         return offset
 
     async def wait_handled(self, count: int, timeout_s: float = WAIT_S) -> Handled:

@@ -440,6 +440,28 @@ async def test_a_clock_tick_expires_what_fell_due_and_only_that(harness: AgentHa
     assert harness.matcher.accounts.due(home, 2**62) == []
 
 
+async def test_every_accrual_carries_the_broker_timestamp_of_the_message_that_caused_it(harness: AgentHarness) -> None:
+    """The sink measures event-to-balance latency from the accruals' ``SOURCE_TIME_HEADER``: the
+    card event's broker timestamp for its entries, the clock tick's for an expiry (not the worker's
+    send time, which would hide the time the event waited for the worker)."""
+    from datetime import timedelta
+
+    from topics.catalogue import SOURCE_TIME_HEADER, account_partition
+
+    auth = card_record(amount_minor=10_000, transaction_ref="txn-timed")
+    await harness.put(encode_auth(harness.codec, auth), timestamp=1_700_000_000.123)
+    home = account_partition(ACCOUNT, harness.matcher.topics.authorizations.partitions)
+    clock = harness.matcher.topics.clock.name
+    tick = harness.codec.encode("clock_tick", {"partition": home, "now": auth["occurred_at"] + timedelta(days=31)})
+    await harness.put(tick, str(home).encode(), topic=clock, partition=home, timestamp=1_700_000_900.5)
+
+    assert [sent.headers for sent in harness.accruals.sent] == [
+        [(SOURCE_TIME_HEADER, b"1700000000123")],  # PENDING_CREATED
+        [(SOURCE_TIME_HEADER, b"1700000900500")],  # EXPIRED, by the tick
+    ]
+    assert [accrual["entry_kind"] for _, accrual in harness.accruals_decoded()] == ["PENDING_CREATED", "EXPIRED"]
+
+
 async def test_entries_leave_only_once_the_state_is_on_the_changelog(harness: AgentHarness) -> None:
     """A crash before the changelog has the state must let no entry out: the event is then decided
     again on the changelog's state, maybe after other events (the two input topics have no common

@@ -66,6 +66,16 @@ async def publish(bootstrap: str, messages: list[tuple[Any, ...]]) -> None:
         await producer.stop()
 
 
+async def publish_at(bootstrap: str, topic: str, key: bytes, value: bytes, timestamp_ms: int) -> None:
+    """One message with the broker timestamp ``timestamp_ms`` (CreateTime, as a card processor's client sets it)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, value, key=key, timestamp_ms=timestamp_ms)
+    finally:
+        await producer.stop()
+
+
 def publish_records(env: dict[str, str], records: list[dict[str, Any]]) -> None:
     asyncio.run(
         publish(env["KAFKA_BOOTSTRAP_SERVERS"], [(topic_for(env, r), r["account_id"].encode(), wire(r)) for r in records])
@@ -432,3 +442,34 @@ def test_the_same_event_id_on_two_accounts_is_two_events_each_paid_once(pipeline
         "conflicts"
     ]
     assert not [c for c in conflicts if c["account_id"] in accounts]
+
+
+def test_the_latency_objective_counts_from_the_card_events_broker_time(pipeline) -> None:  # type: ignore[no-untyped-def]
+    """A card event that reached the broker ten minutes before the worker could read it (a backlog):
+    its entry is slower than every bucket of the sink's event-to-balance histogram but the last,
+    although the worker sent the accrual a moment before the sink wrote it."""
+    import time
+
+    processes, base_url = pipeline
+    account = f"late-{uuid.uuid4().hex[:6]}"
+
+    def slower_than_300_s() -> float:
+        count = processes.metric("sink", "cashback_ledger_latency_seconds_count") or 0.0
+        return count - (processes.metric("sink", "cashback_ledger_latency_seconds_bucket", {"le": "300.0"}) or 0.0)
+
+    before = slower_than_300_s()
+    record = card_record("AUTHORIZATION", 10_000, account_id=account, transaction_ref=f"{account}-ref")
+    ten_minutes_ago_ms = int(time.time() * 1000) - 600_000
+    asyncio.run(
+        publish_at(
+            processes.env["KAFKA_BOOTSTRAP_SERVERS"],
+            topic_for(processes.env, record),
+            account.encode(),
+            wire(record),
+            ten_minutes_ago_ms,
+        )
+    )
+    pending = {"pending_minor": 500, "confirmed_minor": 0, "available_minor": 0, "lifetime_earned_minor": 0}
+    wait_for_balance(base_url, account, {**pending, "clawed_back_minor": 0, "donated_minor": 0, "held_minor": 0})
+    # observed just after the commit the API already reads from
+    wait_until(lambda: slower_than_300_s() == before + 1, 10, "one entry slower than 300 s", observe=slower_than_300_s)

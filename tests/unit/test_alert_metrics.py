@@ -3,9 +3,12 @@ entries a transaction added, the campaign budget gauges, the conflict series pre
 
 from __future__ import annotations
 
+from aiokafka import ConsumerRecord
 from prometheus_client import REGISTRY
 
 from stream.metrics import observe_budgets, observe_ledger_latency
+from stream.sink import source_time_ms
+from topics.catalogue import SOURCE_TIME_HEADER
 
 
 def sample(name: str, labels: dict[str, str] | None = None) -> float:
@@ -46,3 +49,20 @@ def test_budget_gauges_carry_the_budget_and_what_is_left() -> None:
     assert sample("cashback_campaign_budget_minor", labels) == 30_000
     assert sample("cashback_campaign_budget_remaining_minor", labels) == 2_000
     assert REGISTRY.get_sample_value("cashback_campaign_budget_minor", {"budget": "books-points", "unit": "PTS"}) is None
+
+
+def _accrual(timestamp_ms: int, headers: list[tuple[str, bytes | None]]) -> ConsumerRecord:
+    return ConsumerRecord("cashback.accruals", 0, 7, timestamp_ms, 0, b"k", b"v", None, 1, 1, headers)
+
+
+def test_latency_starts_at_the_card_events_broker_time_that_the_accrual_carries() -> None:
+    """The accrual was sent 3 s after its card event reached the broker: the latency counts those 3 s."""
+    assert source_time_ms(_accrual(1_700_000_003_000, [("other", b"1"), (SOURCE_TIME_HEADER, b"1700000000000")])) == (
+        1_700_000_000_000
+    )
+
+
+def test_an_accrual_without_a_readable_source_time_falls_back_to_its_own_timestamp() -> None:
+    for headers in ([], [(SOURCE_TIME_HEADER, b"soon")], [(SOURCE_TIME_HEADER, b"")], [(SOURCE_TIME_HEADER, None)]):
+        assert source_time_ms(_accrual(1_700_000_003_000, headers)) == 1_700_000_003_000
+    assert source_time_ms(_accrual(5, [(SOURCE_TIME_HEADER, b"9" * 40)])) == 5  # no absurd number
