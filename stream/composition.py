@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import signal
 from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
@@ -27,6 +28,15 @@ if TYPE_CHECKING:
     from stream.core.offers import Offer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# The worker's garbage collector runs a young collection every 10,000 net allocations of container objects
+# instead of 700 (each older generation still every 10 of the one below). A worker keeps hundreds of
+# thousands of objects alive (the states it caches, Faust's and aiokafka's), and the collector's passes
+# over them, set off by the many short-lived dicts each message makes, took about a fifth of the engine's
+# time: replaying 96,077 simulated events over 20,000 accounts, 22% of the CPU in 750/68/6 collections
+# with the default, 6% in 53/4/0 with this one. Cyclic garbage waits a little longer to be freed; the
+# local stores' explicit collections (Faust's, on revocation) are unchanged.
+WORKER_GC_THRESHOLD = (10_000, 10, 10)
 EXAMPLE_OFFERS = REPO_ROOT / "deploy" / "offers" / "example.yaml"
 
 
@@ -196,6 +206,7 @@ class System:
         from stream.matcher import Matcher
 
         settings = self.settings
+        gc.set_threshold(*WORKER_GC_THRESHOLD)
         configure_hash_key(settings.dead_letter_hash_key)
         asyncio.run(self.create_topics())
         asyncio.run(self.migrate_database())  # campaign budgets live in Postgres
