@@ -116,8 +116,8 @@ async def test_the_agent_hands_each_message_s_deliveries_to_the_accounting(harne
     entries: list[object] = []  # the deliveries of the accruals sent
     record = harness.sends.send
 
-    async def send(topic, key, value, partition=None):  # type: ignore[no-untyped-def]
-        delivery = await record(topic, key, value, partition)
+    async def send(topic, key, value, partition=None, headers=None):  # type: ignore[no-untyped-def]
+        delivery = await record(topic, key, value, partition, headers)
         if topic == harness.matcher.topics.accruals.name:
             entries.append(delivery)
         return delivery
