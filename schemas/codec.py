@@ -133,6 +133,15 @@ class Codec:
     def schema_id(self, subject: str) -> int:
         return self._latest[subject].schema_id
 
+    def schema_ids(self, subject: str, having_field: str | None = None) -> frozenset[int]:
+        """The ids of every known version of ``subject`` (only those whose record has ``having_field``)."""
+        return frozenset(
+            s.schema_id
+            for s in self._by_id.values()
+            if s.subject == subject
+            and (having_field is None or any(f.get("name") == having_field for f in s.parsed.get("fields", ())))
+        )
+
     def encode(self, subject: str, record: Mapping[str, Any]) -> bytes:
         """Encode ``record`` with the newest schema of ``subject``. Raises ValueError on a record
         that does not fit the schema (a bug in the caller, not bad input)."""

@@ -55,12 +55,15 @@ from stream.api_models import (
     OfferSummary,
     Problem,
 )
+from stream.api_reconciliation import reconciliation_routes
 from stream.auth import ACCOUNTS_READ, OFFERS_ACTIVATE, OPERATIONS, SCOPES, Authenticator, InvalidToken, Principal
+from stream.core.holdout import held_out
 from stream.core.money import format_minor
 from stream.core.offers import Offer
 from stream.metrics import API_REQUESTS
 from stream.offer_mirror import OfferMirror
 from stream.producing import producer as make_producer
+from stream.reconciliation import ReconciliationGauges, offer_windows
 from stream.settings import Settings
 from stream.store import reads
 from stream.store.migrations import pending_migrations
@@ -82,6 +85,8 @@ def create_app(settings: Settings, codec: Codec, topics: Catalogue, authenticato
             topics.offers.name, codec, settings.kafka_bootstrap_servers, **settings.kafka_client_options()
         )
         mirror = asyncio.create_task(app.state.offers.run())
+        gauges = ReconciliationGauges(app.state.pool, lambda: offer_windows(app.state.offers.book), settings.reconcile_interval_s)
+        reconciling = asyncio.create_task(gauges.run()) if settings.reconcile_interval_s else None
         app.state.producer = make_producer(settings)
         await app.state.producer.start()
         log.info(
@@ -94,8 +99,10 @@ def create_app(settings: Settings, codec: Codec, topics: Catalogue, authenticato
         try:
             yield
         finally:
-            mirror.cancel()
-            await asyncio.gather(mirror, return_exceptions=True)
+            for task in (mirror, reconciling):
+                if task is not None:
+                    task.cancel()
+            await asyncio.gather(*(t for t in (mirror, reconciling) if t is not None), return_exceptions=True)
             await app.state.producer.stop()
             await app.state.pool.close()
 
@@ -281,6 +288,9 @@ def create_app(settings: Settings, codec: Codec, topics: Catalogue, authenticato
         )
     )
 
+    # The items behind the reconciliation gauges: stream.api_reconciliation.
+    app.include_router(reconciliation_routes(pool=pool, operators=operators))
+
     # Everything held about an account, and its erasure (GDPR): stream.api_gdpr.
     app.include_router(
         gdpr_routes(
@@ -312,8 +322,9 @@ def create_app(settings: Settings, codec: Codec, topics: Catalogue, authenticato
         **secured(OFFERS_ACTIVATE, not_found=no_offer),
     )
     async def activate(request: Request, account_id: str = Depends(activatable_account), offer_id: str = OFFER_ID) -> Activation:
-        """Activate an offer for the account: purchases from now on count (idempotent)."""
-        return await set_activation(request, account_id, live_offer(request, offer_id).offer_id, True)
+        """Activate an offer for the account: purchases from now on count (idempotent), unless the
+        account is in the offer's holdout group (``held_out``)."""
+        return await set_activation(request, account_id, live_offer(request, offer_id), True)
 
     @app.delete(
         "/v1/accounts/{account_id}/offers/{offer_id}/activation",
@@ -324,13 +335,15 @@ def create_app(settings: Settings, codec: Codec, topics: Catalogue, authenticato
         request: Request, account_id: str = Depends(activatable_account), offer_id: str = OFFER_ID
     ) -> Activation:
         """Deactivate an offer for the account: later purchases no longer count."""
-        return await set_activation(request, account_id, live_offer(request, offer_id).offer_id, False)
+        return await set_activation(request, account_id, live_offer(request, offer_id), False)
 
-    async def set_activation(request: Request, account_id: str, offer_id: str, active: bool) -> Activation:
+    async def set_activation(request: Request, account_id: str, offer: Offer, active: bool) -> Activation:
         at = datetime.now(UTC)
+        offer_id = offer.offer_id
         partition, key, value = activation_message(codec, account_id, offer_id, active, at, topics.activations.partitions)
         await request.app.state.producer.send_and_wait(topics.activations.name, value, key=key, partition=partition)
-        return Activation(account_id=account_id, offer_id=offer_id, active=active, changed_at=at)
+        out = held_out(account_id, offer)
+        return Activation(account_id=account_id, offer_id=offer_id, active=active, changed_at=at, held_out=out)
 
     @app.get("/healthz", response_model=dict)
     async def healthz() -> dict[str, str]:

@@ -93,6 +93,7 @@ class OfferSummary(BaseModel):
     valid_from: datetime | None
     valid_to: datetime | None
     requires_activation: bool
+    holdout_bps: int = Field(default=0, description="Basis points of the accounts held out of the offer to measure it (0: none).")
 
     @classmethod
     def of(cls, offer: Offer) -> OfferSummary:
@@ -105,6 +106,7 @@ class OfferSummary(BaseModel):
             valid_from=offer.valid_from,
             valid_to=offer.valid_to,
             requires_activation=bool(getattr(offer, "requires_activation", False)),
+            holdout_bps=offer.holdout_bps,
         )
 
 
@@ -129,6 +131,11 @@ class Activation(BaseModel):
     offer_id: str
     active: bool
     changed_at: datetime = Field(description="Purchases from this instant on count (when active).")
+    held_out: bool = Field(
+        default=False,
+        description="The account is in the offer's holdout group (stream.core.holdout): activated or not, its purchases "
+        "earn nothing from this offer (history lines with the reason holdout), so the spending the offer adds can be measured.",
+    )
 
 
 class LedgerConflict(BaseModel):
@@ -170,6 +177,20 @@ class RefusedEntry(BaseModel):
     detected_at: datetime
 
 
+class ExportedItem(BaseModel):
+    """A reconciliation item of the account (``stream.reconciliation``): an event the processor could not follow."""
+
+    item_id: str
+    kind: str
+    transaction_ref: str
+    purchase_ref: str | None
+    amount_minor: int
+    currency: str
+    occurred_at: datetime
+    recorded_at: datetime
+    detail: str
+
+
 class ExportedLine(HistoryLine):
     beneficiary_id: str | None = Field(description="The charity of a CHARITY reward.")
 
@@ -188,6 +209,9 @@ class AccountExport(BaseModel):
     )
     refused_entries: list[RefusedEntry] = Field(
         description="Entries refused because the ledger held their id with other content."
+    )
+    reconciliation_items: list[ExportedItem] = Field(
+        default_factory=list, description="Events of the account kept for operations to reconcile, the oldest first."
     )
     sources: dict[str, str] = Field(description="Where each part was read.")
 
@@ -214,6 +238,7 @@ class ErasureResult(BaseModel):
     balance_rows: int
     conflict_rows: int
     budget_rows: int
+    reconciliation_rows: int = Field(0, description="Reconciliation items moved to the pseudonym.")
     tombstones: int = Field(description="Tombstones published to the profile and activation topics.")
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from stream.core.abuse import AbuseRules
 from stream.core.balances import balances
 from stream.core.eligibility import AccountProfile
-from stream.core.entries import Entry
+from stream.core.entries import Entry, moves_money
 from stream.core.events import CardEvent, to_event, validate
 from stream.core.lifecycle import due_events
 from stream.core.memory import TRANSACTION_HORIZON_DAYS
@@ -139,11 +139,11 @@ def replay(
 
 
 def report(result: Replay) -> str:
-    """What a rewards team asks of a back-test: cost per offer and unit, and why purchases earned
-    nothing."""
+    """What a rewards team asks of a back-test: cost per offer and unit, the purchases each offer's
+    holdout group made that it would have rewarded, and why purchases earned nothing."""
     cost: Counter = Counter()
     for entry in result.entries.values():
-        if entry.entry_kind == "NOT_EARNED":
+        if not moves_money(entry.entry_kind):
             continue
         sign = 1 if entry.debit_book == "EXPENSE" else -1 if entry.credit_book == "EXPENSE" else 0
         cost[(entry.offer_id, entry.currency)] += sign * entry.amount_minor
@@ -153,10 +153,14 @@ def report(result: Replay) -> str:
     if held:
         lines.append("rewards held for review, by abuse rule (entries into HELD):")
         lines += [f"  {rule:<24} {count}" for rule, count in held.most_common()]
+    held_out = Counter(e.offer_id for e in result.entries.values() if e.explanation.reason == "holdout" and e.offer_id)
+    if held_out:  # the offers' control groups (stream.core.holdout): purchases each would have rewarded
+        lines.append("purchases held out of an offer (its holdout group), by offer:")
+        lines += [f"  {offer:<24} {count}" for offer, count in sorted(held_out.items())]
     lines.append("outcomes:")
     lines += [f"  {outcome:<28} {count}" for outcome, count in Counter(result.outcomes).most_common()]
     lines.append(
-        f"accounts {len(result.states)}, ledger entries {sum(1 for e in result.entries.values() if e.entry_kind != 'NOT_EARNED')}, "
+        f"accounts {len(result.states)}, ledger entries {sum(1 for e in result.entries.values() if moves_money(e.entry_kind))}, "
         f"messages a worker would dead-letter {result.skipped}"
     )
     return "\n".join(lines)

@@ -134,7 +134,8 @@ def gdpr(system: System, args: argparse.Namespace) -> None:
         f"erasure {logged.erasure_id} at {logged.erased_at.isoformat()} by {logged.erased_by} ({logged.reason}): "
         f"pseudonym {logged.pseudonym or 'none (the ledger held no row of the account)'}; ledger rows {logged.ledger_rows}, "
         f"purchases not earned {logged.not_earned_rows}, balances {logged.balance_rows}, refused entries "
-        f"{logged.conflict_rows}, budget grants {logged.budget_rows}; {report.tombstones} tombstones published"
+        f"{logged.conflict_rows}, budget grants {logged.budget_rows}, reconciliation items {logged.reconciliation_rows}; "
+        f"{report.tombstones} tombstones published"
     )
 
 

@@ -66,6 +66,7 @@ from stream.api_models import (
     Balance,
     ErasureStatus,
     Explanation,
+    ExportedItem,
     ExportedLine,
     ExportedProfile,
     RefusedEntry,
@@ -188,9 +189,10 @@ async def export_account(
             for offer_id, record in sorted(messages.activations.items())
         ],
         refused_entries=[RefusedEntry(**entry) for entry in held.refused_entries],
+        reconciliation_items=[ExportedItem(**item) for item in held.items],
         sources={
-            "balances, history, refused_entries": "the Postgres ledger (balances, ledger_entries, purchases_not_earned, "
-            "ledger_conflicts)",
+            "balances, history, refused_entries, reconciliation_items": "the Postgres ledger (balances, ledger_entries, "
+            "purchases_not_earned, ledger_conflicts, reconciliation_items)",
             "profile": f"{topics.profiles.name} (compacted), the account's last record",
             "activations": f"{topics.activations.name} (compacted), the last record per offer",
         },

@@ -12,6 +12,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics, start_http_server
 
 from stream.core.abuse import RULE_NAMES
+from stream.core.entries import ITEM_KINDS
 
 # No ``*_created`` series (a creation timestamp beside every counter and histogram): they double what
 # each scrape reads and no rule or dashboard uses them (Prometheus computes rates from the counters).
@@ -90,6 +91,35 @@ CAMPAIGN_BUDGET_REMAINING = Gauge(
     "What is left of a campaign budget, as this worker last read it (minor units of its unit).",
     ["budget", "unit"],
 )
+
+# Reconciliation (stream.reconciliation): kind is one of stream.core.entries.ITEM_KINDS, age one of
+# stream.reconciliation.AGE_BUCKETS. The items counter is the sink's (new rows only: a replay counts nothing); the
+# gauges are set by each API process from the ledger every RECONCILE_INTERVAL_S (replicas report the same values).
+RECONCILIATION_ITEMS = Counter(
+    "cashback_reconciliation_items_total",
+    "Reconciliation items the ledger took (refunds and chargebacks of purchases never seen cleared, force posts), by kind.",
+    ["kind"],
+)
+RECONCILIATION_ITEMS_LAST_DAY = Gauge(
+    "cashback_reconciliation_items_last_day", "Reconciliation items recorded in the last 24 hours, by kind.", ["kind"]
+)
+RECONCILIATION_UNCLEARED = Gauge(
+    "cashback_reconciliation_uncleared_authorisations",
+    "Authorised purchases whose pending cashback the ledger still holds (not cleared, not expired), by age of the pending.",
+    ["age"],
+)
+RECONCILIATION_PAST_WINDOW = Gauge(
+    "cashback_reconciliation_pending_past_window",
+    "Purchases still pending more than an hour after their offers' auth_expiry_days: the worker's clock is not releasing them.",
+)
+RECONCILIATION_OLDEST_PENDING = Gauge(
+    "cashback_reconciliation_oldest_pending_seconds", "Age of the oldest pending cashback the ledger holds (0: none)."
+)
+RECONCILIATION_LAST_RUN = Gauge(
+    "cashback_reconciliation_last_run_timestamp_seconds", "When this process last computed the reconciliation gauges."
+)
+for _kind in ITEM_KINDS:
+    RECONCILIATION_ITEMS.labels(_kind)
 
 
 def observe_ledger_latency(timestamps_ms: Iterable[int], written: int, now_s: float | None = None) -> None:

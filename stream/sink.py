@@ -37,11 +37,13 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from schemas.codec import Codec, DecodeError
 from stream.core.abuse import RULE_NAMES
+from stream.core.entries import ITEM_KINDS
 from stream.deadletter import OtherReason, Stage, dead_letter
 from stream.metrics import (
     CONSUMER_LAG,
     HOLD_REVIEWS,
     HOLDS,
+    RECONCILIATION_ITEMS,
     SINK_BATCH_SECONDS,
     SINK_BATCH_SIZE,
     SINK_ENTRIES,
@@ -67,7 +69,14 @@ _REFUSED = (asyncpg.exceptions.IntegrityConstraintViolationError, asyncpg.except
 # The fields accrual v3 appended (merchant_id, purchase_ref): an entry that sets neither is its version 2 bytes
 # followed by two zero bytes (each union's null branch). Its fingerprint is that of the version 2 bytes, so the
 # same entry sent before the upgrade (re-emitted after it from the account's recent events) is no conflict.
+# Version 4 appended only an entry-kind symbol (RECONCILIATION): every entry of version 3 has the same bytes in
+# version 4, so the rule holds for every version that has these fields (``appending_ids``), not only the newest.
 _APPENDED_IN_V3 = ("merchant_id", "purchase_ref")
+
+
+def appending_ids(codec: Codec) -> frozenset[int]:
+    """The schema ids of the accrual versions that have ``_APPENDED_IN_V3`` (version 3 and later)."""
+    return codec.schema_ids("accrual", having_field=_APPENDED_IN_V3[-1])
 
 
 # The record's fields that begin a staging row, in ``STAGING_COLUMNS`` order (after the position, up to
@@ -79,7 +88,7 @@ def staging_row(
     position: int, record: dict[str, Any], raw: bytes, appending_ids: frozenset[int] = frozenset()
 ) -> tuple[Any, ...]:
     """One decoded accrual as a staging row (``STAGING_COLUMNS`` order). ``appending_ids``: the schema ids of
-    the accrual versions that appended ``_APPENDED_IN_V3`` (the sink's codec's newest)."""
+    the accrual versions that have ``_APPENDED_IN_V3`` (``appending_ids``)."""
     get = record.get
     merchant_id, purchase_ref = get("merchant_id"), get("purchase_ref")
     end = len(raw)
@@ -122,13 +131,19 @@ def count_holds(holds: Sequence[str]) -> None:
             HOLDS.labels(rule).inc()
 
 
+def count_items(kinds: Sequence[str]) -> None:
+    """The reconciliation items the ledger took in a batch (new rows only), by kind (a closed set)."""
+    for kind in kinds:
+        RECONCILIATION_ITEMS.labels(kind if kind in ITEM_KINDS else "other").inc()
+
+
 class Sink:
     def __init__(self, settings: Settings, catalogue: Catalogue, codec: Codec) -> None:
         self.settings = settings
         self.topic = catalogue.accruals.name
         self.dead_letter_topic = catalogue.dead_letters.name
         self.codec = codec
-        self._appending_ids = frozenset({codec.schema_id("accrual")})  # accrual v3 (see staging_row)
+        self._appending_ids = appending_ids(codec)  # accrual v3 and later (see staging_row)
         self._connection: asyncpg.Connection | None = None
         self._stopping = asyncio.Event()
 
@@ -234,6 +249,7 @@ class Sink:
         SINK_ENTRIES.labels("written").inc(result.written)
         SINK_ENTRIES.labels("duplicate").inc(result.duplicates)
         count_holds(result.holds)
+        count_items(result.items)
         if result.conflicts:
             SINK_ENTRIES.labels("conflict").inc(len(result.conflicts))
             log.error(

@@ -102,8 +102,14 @@ def run_decisions(
 
 
 def legs(entries: Any) -> list[tuple[str, str, str, int]]:
-    """Entries as (kind, debit_book, credit_book, amount_minor): what a lifecycle test asserts."""
-    return [(e.entry_kind, e.debit_book, e.credit_book, e.amount_minor) for e in entries]
+    """Entries as (kind, debit_book, credit_book, amount_minor): what a lifecycle test asserts. Reconciliation
+    items are left out (``items`` lists them; tests/unit/test_reconciliation_items.py asserts them)."""
+    return [(e.entry_kind, e.debit_book, e.credit_book, e.amount_minor) for e in entries if e.entry_kind != "RECONCILIATION"]
+
+
+def items(entries: Any) -> list[tuple[str, str]]:
+    """The reconciliation items among entries, as (kind, accrual id)."""
+    return [(e.explanation.reason, e.accrual_id) for e in entries if e.entry_kind == "RECONCILIATION"]
 
 
 KEY = ("acct-1", "CASH", "EUR")  # the balances key of the factories' account

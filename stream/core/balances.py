@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from stream.core.entries import Entry
+from stream.core.entries import Entry, moves_money
 
 
 def balances(entries: Iterable[Entry]) -> dict[tuple[str, str, str], dict[str, int]]:
@@ -15,7 +15,7 @@ def balances(entries: Iterable[Entry]) -> dict[tuple[str, str, str], dict[str, i
     tests compare Postgres with. Same rules as the sink's SQL."""
     result: dict[tuple[str, str, str], dict[str, int]] = {}
     for entry in entries:
-        if entry.entry_kind == "NOT_EARNED":
+        if not moves_money(entry.entry_kind):
             continue
         key = (entry.account_id, entry.reward_kind, entry.currency)
         totals = result.setdefault(key, dict.fromkeys(BALANCE_FIELDS, 0))

@@ -41,6 +41,21 @@ def _purchase_of(step: AccountStep) -> Txn | None:
     return txn if txn is not None and txn.cleared_basis > 0 else None
 
 
+_ITEMS = {"REFUND": "unknown_refund", "CHARGEBACK": "unknown_chargeback", "CHARGEBACK_REVERSAL": "unknown_chargeback_reversal"}
+
+
+def _unknown_purchase(step: AccountStep) -> None:
+    """A reconciliation item (``AccountStep.reconcile``): the purchase is not one the worker saw
+    cleared; never seen (or forgotten at the horizon), or only authorised."""
+    event = step.event
+    ref = event.original_transaction_ref or event.transaction_ref
+    seen = step.txns.get(ref)
+    what = event.event_type.value.lower().replace("_", " ")
+    why = "never seen by the worker" if seen is None else f"not cleared (status {seen.status})"
+    amount = format_minor(event.billing_amount_minor, event.billing_currency)
+    step.reconcile(_ITEMS[event.event_type.value], f"{what} of {amount} for purchase {ref}: {why}")
+
+
 def _on_each_share(
     step: AccountStep,
     moved: Outcome,
@@ -51,6 +66,7 @@ def _on_each_share(
     each of its shares, which returns the amount it moved; ``moved`` when any did."""
     txn = _purchase_of(step)
     if txn is None:
+        _unknown_purchase(step)
         return Outcome.UNKNOWN_TRANSACTION
     if first is not None:
         first(txn)

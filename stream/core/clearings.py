@@ -12,6 +12,7 @@ from stream.core.authorisations import Limited, limited_outcome
 from stream.core.holds import note_purchase, note_rewarded, spend
 from stream.core.judgement import new_txn, reconsider, refuse, shares_for, still_refused
 from stream.core.lifecycle import open_return_window, window_over
+from stream.core.money import format_minor
 from stream.core.outcomes import Outcome
 from stream.core.rewards import Amount, at_most_per_purchase, compute, describe
 from stream.core.state import Share
@@ -47,7 +48,10 @@ def on_clearing(step: AccountStep) -> Outcome:
     force_post = txn is None
     final = event.clearing_count is None or event.clearing_sequence == event.clearing_count
     if txn is None:
-        # A force post, or a clearing that arrived before its authorisation: judged on its own.
+        # A force post, or a clearing that arrived before its authorisation: judged on its own, and an item for
+        # operations to reconcile whether it earns or not (a late authorisation then changes nothing).
+        billed = format_minor(event.billing_amount_minor, event.billing_currency)
+        step.reconcile("force_post", f"clearing of {billed} without an authorisation the worker saw")
         shares, found = shares_for(step)
         if not shares:
             return refuse(step, found, "cleared" if final else "clearing")

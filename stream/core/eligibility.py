@@ -7,6 +7,14 @@ the stage names why (the closest miss): where (MCC, merchant, channel, country, 
 ``Offer.priced``), how much ``below_min_spend``. The offers a match returns are priced in the
 purchase's currency. Cap and budget come after, in the engine.
 
+**Holdout** comes last (``stream.core.holdout``): for an account in an offer's holdout group the
+offer does not exist, so it never wins the stacking and then pays nothing while a lesser offer the
+customer qualifies for would have paid (the customer gets what the world without the offer gives,
+and the measurement compares exactly that). The held-out offers the purchase met every condition
+of, the minimum spend included, are kept on the match (``held_out``): each gets a NOT_EARNED line
+with the reason ``holdout``, and when nothing else pays, ``holdout`` is the purchase's reason. A
+held-out offer the purchase fell short of in any way is not recorded: it would not have paid.
+
 Local time (days of week, hours, cap periods) is the merchant's: the event's ``merchant_timezone``
 (IANA, via zoneinfo); when it is missing or unknown, UTC, and the explanation says so.
 """
@@ -23,6 +31,7 @@ from types import MappingProxyType
 import msgspec
 
 from stream.core.events import CardEvent
+from stream.core.holdout import held_out
 from stream.core.offer_terms import DAYS_OF_WEEK
 from stream.core.offers import ALWAYS_EXCLUDED_MCCS, Offer, OfferBook
 from stream.core.outcomes import Outcome
@@ -111,9 +120,12 @@ class Match(msgspec.Struct, frozen=True, gc=False):  # a record: made for every 
     offers: tuple[Offer, ...]  # empty when the purchase earns nothing
     outcome: Outcome  # EARNED, or why not
     detail: str = ""
-    # BELOW_MIN_SPEND only: the offers the purchase met every other condition of. A later clearing
-    # or incremental authorisation that lifts the amount may still earn under them (stream.core.rules).
+    # BELOW_MIN_SPEND (and HOLDOUT): the offers the purchase met every other condition of. A later
+    # clearing or incremental authorisation that lifts the amount may still earn under them
+    # (stream.core.rules); never an offer that holds the account out.
     short_of_min_spend: tuple[Offer, ...] = ()
+    # the offers that would have paid but hold the account out (their ``holdout`` lines), priced
+    held_out: tuple[Offer, ...] = ()
 
 
 def match(event: CardEvent, offers: OfferBook, profile: AccountProfile, local: LocalTime, basis_minor: int) -> Match:
@@ -122,7 +134,7 @@ def match(event: CardEvent, offers: OfferBook, profile: AccountProfile, local: L
     The stages in order, each keeping the offers that pass it; the first to keep none is why:
     where (``_where``, of the offers whose MCCs admit the purchase's: ``OfferBook.for_mcc``), who
     (segments), when (``in_schedule``), activation, the billing currency (priced in it: from here
-    on each offer as priced in it), how much (the minimum spend)."""
+    on each offer as priced in it), how much (the minimum spend), then the holdout groups."""
     rejection = purchase_rejection(event)
     if rejection is not None:
         return Match((), rejection)
@@ -143,10 +155,27 @@ def match(event: CardEvent, offers: OfferBook, profile: AccountProfile, local: L
     each = [p for _, p in candidates if p is not None]
     if not each:
         return Match((), Outcome.CURRENCY_NOT_PRICED, f"offer not priced in {event.billing_currency}")
+    if offers.holdouts:
+        held = {p.offer_id for p in each if held_out(event.account_id, p)}
+        if held:
+            return _without_held_out(each, held, basis_minor)
     kept = tuple(p for p in each if basis_minor >= p.min_spend_minor)
     if not kept:
         return Match((), Outcome.BELOW_MIN_SPEND, "", tuple(each))
     return Match(kept, Outcome.EARNED)
+
+
+def _without_held_out(each: list[Offer], held: set[str], basis_minor: int) -> Match:
+    """The match as if the offers holding the account out did not exist, keeping the ones the
+    purchase qualified for (minimum spend included) for their ``holdout`` lines."""
+    others = tuple(p for p in each if p.offer_id not in held)
+    qualified = tuple(p for p in each if p.offer_id in held and basis_minor >= p.min_spend_minor)
+    kept = tuple(p for p in others if basis_minor >= p.min_spend_minor)
+    if kept:
+        return Match(kept, Outcome.EARNED, held_out=qualified)
+    if qualified:  # nothing else pays: the holdout is why (the others are all short of their minimum)
+        return Match((), Outcome.HOLDOUT, "", others, qualified)
+    return Match((), Outcome.BELOW_MIN_SPEND, "", others)
 
 
 def best_tier(offer: Offer, profile: AccountProfile) -> tuple[int | None, str | None]:

@@ -16,6 +16,19 @@ from typing import Any
 
 import msgspec
 
+NOT_EARNED = "NOT_EARNED"  # a purchase that earned nothing, and why (no books moved)
+# An item for operations to reconcile (accrual v4): a refund or a chargeback of a purchase the worker never saw,
+# a clearing without an authorisation. No books moved; ``explanation.reason`` is its kind (``ITEM_KINDS``), the
+# event's amount its basis. Written to ``reconciliation_items``, never to the ledger's entries.
+RECONCILIATION = "RECONCILIATION"
+ITEM_KINDS = ("unknown_refund", "unknown_chargeback", "unknown_chargeback_reversal", "force_post")
+LINES_NOT_ENTRIES = frozenset({NOT_EARNED, RECONCILIATION})  # records of the accruals topic that move no money
+
+
+def moves_money(entry_kind: str) -> bool:
+    """Whether a record of that kind is a ledger entry (not a NOT_EARNED line nor a reconciliation item)."""
+    return entry_kind not in LINES_NOT_ENTRIES
+
 
 # Records, not dataclasses: an engine step makes one or more of each, and a msgspec record is made
 # more than ten times faster (and, holding nothing that could refer back to it, is left out of the

@@ -8,6 +8,16 @@ overturned, by a clearing or an incremental authorisation that lifts the amount,
 the purchase met every other condition of, at the authorisation's time and place
 (``reconsider``). A declined authorisation keeps nothing: its
 clearing is a force post.
+
+**Holdout** (``stream.core.holdout``): an offer that holds the account out is left out before the
+stacking (``stream.core.eligibility``), so the purchase earns what it would without that offer,
+and the offer's cap and budget are never touched. Each held-out offer the purchase qualified for
+gets one NOT_EARNED line with the reason ``holdout``, naming it (its offer id and rule version on
+the entry, and in the detail), at the purchase's judgement: before the entries of the offers that
+pay, or as the purchase's refusal when none does. That refusal is kept like any other (its
+clearings record ``holdout`` again, never re-judged), except that a later clearing or incremental
+authorisation that lifts the amount may still earn under the offers that were only short of their
+minimum spend (what ``below_min_spend`` allows; never under an offer that holds the account out).
 """
 
 from __future__ import annotations
@@ -17,7 +27,8 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 from stream.core.eligibility import LocalTime, Match, local_time, match
-from stream.core.events import CardEvent
+from stream.core.events import CardEvent, EventType
+from stream.core.holdout import held_out, holdout_note
 from stream.core.holds import note_purchase
 from stream.core.offers import Offer
 from stream.core.outcomes import Outcome
@@ -31,7 +42,26 @@ def shares_for(step: AccountStep) -> tuple[list[Share], Match]:
     found = match(step.event, step.offers, step.profile, step.local, purchase_basis(step.event))
     if not found.offers:
         return [], found
+    if found.held_out:  # before the paying offers' entries (stream.core.holdout)
+        note_held_out(step, found.held_out, _what(step))
     return stack(step, found.offers, step.event, step.local, purchase_basis(step.event)), found
+
+
+def _what(step: AccountStep) -> str:
+    return "authorisation" if step.event.event_type is EventType.AUTHORIZATION else "clearing"
+
+
+def note_held_out(step: AccountStep, offers: tuple[Offer, ...], what: str) -> str:
+    """One NOT_EARNED line per offer holding the account out of the purchase, each naming its offer
+    (on the entry and in the detail); returns the details, joined."""
+    details = []
+    for offer in offers:
+        detail = (
+            f"{what} earns nothing from {offer.offer_id}: {Outcome.HOLDOUT.value} ({holdout_note(step.event.account_id, offer)})"
+        )
+        step.not_earned(Outcome.HOLDOUT, detail, new_share(offer, step.event, step.profile, step.local))
+        details.append(detail)
+    return "; ".join(details)
 
 
 def stack(step: AccountStep, offers: Iterable[Offer], purchase: CardEvent, local: LocalTime, basis: int) -> list[Share]:
@@ -60,7 +90,8 @@ def new_txn(event: CardEvent, shares: list[Share], status: str) -> Txn:
 
 # The refusals a later clearing or incremental authorisation may overturn: only the amount can
 # change after the authorisation; where, when, who and which offers were active are the purchase's.
-AMOUNT_REFUSALS = frozenset({Outcome.BELOW_MIN_SPEND.value})
+# A refusal for holdout keeps the offers that were only short of their minimum spend likewise.
+AMOUNT_REFUSALS = frozenset({Outcome.BELOW_MIN_SPEND.value, Outcome.HOLDOUT.value})
 
 
 def refuse(step: AccountStep, found: Match, status: str) -> Outcome:
@@ -69,8 +100,11 @@ def refuse(step: AccountStep, found: Match, status: str) -> Outcome:
     the decision, so its clearings, refunds and chargebacks follow it instead of judging again."""
     event = step.event
     what = "authorisation" if status == "authorized" else "clearing"
-    detail = f"{what} earns nothing: {found.outcome.value}" + (f" ({found.detail})" if found.detail else "")
-    step.not_earned(found.outcome, detail)
+    if found.outcome is Outcome.HOLDOUT:
+        detail = note_held_out(step, found.held_out, what)
+    else:
+        detail = f"{what} earns nothing: {found.outcome.value}" + (f" ({found.detail})" if found.detail else "")
+        step.not_earned(found.outcome, detail)
     if found.outcome is not Outcome.DECLINED:
         txn = step.put(event.transaction_ref, new_txn(event, [], status))
         if status == "authorized":
@@ -98,7 +132,8 @@ def reconsider(step: AccountStep, txn: Txn, basis: int) -> tuple[list[Share], Ca
         return [], step.event
     known = [step.offers.get(offer_id) for offer_id in refusal.near]
     offers = [o.priced(txn.currency) for o in known if o is not None]
-    qualifying = [o for o in offers if o is not None and basis >= o.min_spend_minor]
+    account = step.event.account_id
+    qualifying = [o for o in offers if o is not None and basis >= o.min_spend_minor and not held_out(account, o)]
     if not qualifying:
         return [], step.event
     purchase = replace(

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from datetime import UTC, date, datetime, time
 from typing import Any
 
+from stream.core.holdout import MAX_HOLDOUT_BPS
 from stream.core.money import Rounding, is_known_currency
 from stream.core.offer_terms import (
     OfferError,
@@ -149,7 +150,10 @@ def parse_offer(raw: Mapping[str, Any]) -> Offer:
         cap=parse_cap(raw, offer_id),
         budget_minor=integer(raw, "budget_minor", offer_id, None),
         prices=parse_prices(raw, offer_id, is_known_currency),
+        holdout_bps=integer(raw, "holdout_bps", offer_id, 0) or 0,  # null: none
     )
+    if offer.holdout_bps > MAX_HOLDOUT_BPS:
+        raise OfferError(offer_id, "holdout_bps", f"{offer.holdout_bps} is above {MAX_HOLDOUT_BPS} (half the accounts held out)")
     if offer.points_per_unit is not None and offer.points_per_unit > MAX_POINTS_PER_UNIT:
         raise OfferError(offer_id, "points_per_unit", f"{offer.points_per_unit} is above {MAX_POINTS_PER_UNIT}")
     _check_amounts(offer)

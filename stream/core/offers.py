@@ -1,7 +1,7 @@
 """Offers: the model and the snapshot the rules engine reads (an offer given as a mapping is
 validated by ``stream.core.offer_parsing``; YAML files are read by ``stream.offer_admin``).
 
-Every error names the offer and the field. The Avro record on the offers topic (``offer.v2.avsc``)
+Every error names the offer and the field. The Avro record on the offers topic (``offer.v4.avsc``)
 and the YAML file use the same field names; every field added since ``offer.avsc`` has a default,
 so an offer written by the first version still parses.
 
@@ -20,6 +20,11 @@ offer's own currency): ``budget_minor`` for the offer's currency, each price's `
 for its own. Points are one unit everywhere: a points offer's caps, fixed reward
 and budget are the same in every currency; only its ``points_per_unit`` and spending amounts are
 priced.
+
+**Holdout groups** (``offer.v4``): ``holdout_bps`` (0..5,000, default 0) holds out that share of
+the accounts, chosen by a keyed hash of account and offer (``stream.core.holdout``); a held-out
+account earns nothing from the offer, recorded with the reason ``holdout``
+(``stream.core.eligibility``, ``stream.core.judgement``).
 """
 
 from __future__ import annotations
@@ -155,6 +160,8 @@ class Offer:
     budget_minor: int | None = None
     # --- since offer.v3 ---
     prices: tuple[tuple[str, Price], ...] = ()  # (currency, its amounts), sorted
+    # --- since offer.v4 ---
+    holdout_bps: int = 0  # the share of accounts held out of the offer (stream.core.holdout); 0: none
     # Derived, never loaded: the key of the caps and budget this (priced) offer counts against.
     limits_key: str | None = None
 
@@ -243,6 +250,7 @@ class Offer:
             "cap": None if self.cap is None else {"period": self.cap.period.value, "amount_minor": self.cap.amount_minor},
             "budget_minor": self.budget_minor,
             "prices": {currency: {name: getattr(price, name) for name in PRICE_FIELDS} for currency, price in self.prices},
+            "holdout_bps": self.holdout_bps,
         }
 
 
@@ -256,10 +264,13 @@ class OfferBook:
     by_id: dict[str, Offer] = field(init=False, repr=False, compare=False, default_factory=dict)
     _priced: dict[str, tuple[Offer | None, ...]] = field(init=False, repr=False, compare=False, default_factory=dict)
     _by_mcc: dict[str, tuple[int, ...]] = field(init=False, repr=False, compare=False, default_factory=dict)
+    # whether any offer holds accounts out (else the funnel skips the holdout stage: no hash at all)
+    holdouts: bool = field(init=False, repr=False, compare=False, default=False)
 
     def __post_init__(self) -> None:
         for offer in self.offers:
             self.by_id.setdefault(offer.offer_id, offer)
+        object.__setattr__(self, "holdouts", any(offer.holdout_bps for offer in self.offers))
 
     @classmethod
     def of(cls, offers: Iterable[Offer]) -> OfferBook:

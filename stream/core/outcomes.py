@@ -36,6 +36,8 @@ class Outcome(str, enum.Enum):
     NOT_ACTIVATED = "not_activated"
     CURRENCY_NOT_PRICED = "currency_not_priced"
     BELOW_MIN_SPEND = "below_min_spend"
+    # the account is in the holdout group of every offer that would have paid (stream.core.holdout)
+    HOLDOUT = "holdout"
     CAP_REACHED = "cap_reached"
     BUDGET_EXHAUSTED = "budget_exhausted"
     # follow-ups that find nothing to act on, and replays

@@ -80,7 +80,8 @@ what was confirmed and leave the carry alone.
 **Stacking**: one offer per purchase, the one that pays most *now* (after its cap and budget;
 points count as minor units, no exchange rate is known here; ties: the most recent, then the
 first offer id in alphabetical order, whatever order the offers were loaded in), plus every
-stackable one.
+stackable one. An offer that holds the account out (``stream.core.holdout``) takes no part: the
+purchase earns what it would without it, and a NOT_EARNED line with the reason ``holdout`` names it.
 
 **Amounts**: a rate (the best tier the account is in replaces the base rate; a boost rate, when
 higher, applies to the whole purchase once its size reaches the threshold: the authorised basis

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 from stream.core.abuse import DEFAULT_RULES, AbuseRules
 from stream.core.eligibility import AccountProfile, LocalTime, local_time
-from stream.core.entries import Entry, Explanation
+from stream.core.entries import RECONCILIATION, Entry, Explanation, moves_money
 from stream.core.events import CardEvent, EventType
 from stream.core.money import format_minor, prorate
 from stream.core.offers import OfferBook, RewardKind
@@ -26,6 +26,7 @@ class AccountStep:
 
     __slots__ = (
         "_copied",
+        "_items",
         "_local",
         "_own_caps",
         "_own_carry",
@@ -71,6 +72,7 @@ class AccountStep:
         self._own_caps = self._own_carry = False
         self.budget_deltas: dict[str, int] = {}
         self.entries: list[Entry] = []
+        self._items = 0  # reconciliation items among the entries: they take no position (``entry``)
         self._local: LocalTime | None = None
 
     @property
@@ -207,8 +209,9 @@ class AccountStep:
         amount: Amount | None = None,
         number: str | None = None,
     ) -> None:
-        """Record one entry; its id is ``<event_id>#<number>``, the number its position unless given."""
-        if kind != "NOT_EARNED" and amount_minor <= 0:
+        """Record one entry; its id is ``<event_id>#<number>``, the number its position unless given (a
+        reconciliation item, named, takes none: the entries' ids are those they had before items existed)."""
+        if amount_minor <= 0 and moves_money(kind):
             return
         event = self.event
         ref = self.purchase
@@ -218,7 +221,7 @@ class AccountStep:
             detail = f"{detail}; charity_id={beneficiary}"
         self.entries.append(
             Entry(
-                accrual_id=f"{event.event_id}#{len(self.entries) if number is None else number}",
+                accrual_id=f"{event.event_id}#{len(self.entries) - self._items if number is None else number}",
                 source_event_id=event.event_id,
                 account_id=event.account_id,
                 transaction_ref=event.transaction_ref,
@@ -251,6 +254,25 @@ class AccountStep:
         basis = purchase_basis(self.event)
         self.entry("NOT_EARNED", "NONE", "NONE", 0, share, outcome._value_, detail, basis, number=number)
         return outcome
+
+    def reconcile(self, kind: str, detail: str) -> None:
+        """Record an item for operations to reconcile (``stream.core.entries.ITEM_KINDS``): numbered
+        ``<event_id>#reconciliation`` (one per event at most, whatever entries it also makes), with
+        the event's own billing amount as its basis."""
+        event = self.event
+        self._items += 1
+        self.entry(
+            RECONCILIATION,
+            "NONE",
+            "NONE",
+            0,
+            None,
+            kind,
+            detail,
+            event.billing_amount_minor,
+            kind == "force_post",
+            number="reconciliation",
+        )
 
 
 def limits_key(share: Share) -> str:

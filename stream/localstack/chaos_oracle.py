@@ -23,7 +23,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from schemas.codec import Codec, DecodeError
 from stream.core.balances import BALANCE_FIELDS, balances
-from stream.core.entries import Entry
+from stream.core.entries import Entry, moves_money
 from stream.core.events import to_event, validate
 from stream.core.offers import OfferBook
 from stream.core.profiles import apply_activation, apply_segments, to_account_profile
@@ -191,7 +191,7 @@ async def judge(settings: Settings, topics: Catalogue, codec: Codec, book: Offer
                 must_dead_letter.add(where)
             elif decision.outcome is not Outcome.DUPLICATE:
                 for entry in decision.entries:
-                    if entry.entry_kind != "NOT_EARNED":
+                    if moves_money(entry.entry_kind):
                         oracle.setdefault(entry.accrual_id, entry)
 
     connection = await asyncpg.connect(settings.database_url)

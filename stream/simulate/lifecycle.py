@@ -54,6 +54,7 @@ SHAPES: tuple[tuple[str, int], ...] = (
     ("issuer_expiry", 1),  # the issuer's expiry message
 )
 DAY = 86_400  # seconds
+UNKNOWN_FOLLOW_UP_EVERY = 4  # of the refund and chargeback purchases, every 4th by number has one more of an unknown purchase
 
 
 @dataclass(frozen=True)
@@ -223,6 +224,21 @@ class Purchase:
                         refund_at + later(10 * DAY, 30 * DAY), "CHARGEBACK_REVERSAL", amount, original_transaction_ref=self.ref
                     )
                 )
+        if shape in ("refund", "chargeback") and self.number % UNKNOWN_FOLLOW_UP_EVERY == 0:
+            # A refund or a chargeback of a purchase made before the card was enrolled: the worker never saw it
+            # (a reconciliation item, stream.reconciliation). Chosen by number, not drawn: the stream is otherwise
+            # the one it was (made last: the purchase's other event ids are unchanged).
+            kind = "REFUND" if shape == "refund" else "CHARGEBACK"
+            events.append(
+                settle(
+                    refund_at,
+                    kind,
+                    amount,
+                    processing_code="REFUND" if kind == "REFUND" else "PURCHASE",
+                    original_transaction_ref=f"{self.ref}-before-enrolment",
+                    transaction_ref=f"{self.ref}-u",
+                )
+            )
         return events
 
 

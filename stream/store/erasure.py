@@ -34,6 +34,11 @@ SELECT * FROM (
 ORDER BY history_seq
 """
 
+_ITEMS = """
+SELECT item_id, kind, transaction_ref, purchase_ref, amount_minor, currency::text AS currency, occurred_at, recorded_at, detail
+FROM reconciliation_items WHERE account_id = $1 ORDER BY item_seq
+"""
+
 _REFUSED_ENTRIES = """
 SELECT accrual_id, source_event_id, held_kind, arrived_kind, arrived_amount_minor, arrived_currency::text AS arrived_currency,
     detected_at
@@ -48,9 +53,10 @@ class LedgerHoldings:
     balances: list[dict[str, Any]]
     history: list[dict[str, Any]]  # every line, the oldest first, its explanation a mapping
     refused_entries: list[dict[str, Any]]  # entries that arrived with an id its ledger holds with other content
+    items: list[dict[str, Any]]  # its reconciliation items (migration 0011), the oldest first
 
     def empty(self) -> bool:
-        return not (self.balances or self.history or self.refused_entries)
+        return not (self.balances or self.history or self.refused_entries or self.items)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +74,7 @@ class Erasure:
     balance_rows: int
     conflict_rows: int
     budget_rows: int
+    reconciliation_rows: int = 0  # reconciliation items (migration 0011)
 
     @classmethod
     def of(cls, row: asyncpg.Record) -> Erasure:
@@ -87,8 +94,9 @@ async def holdings(db: asyncpg.Pool | asyncpg.Connection, account_id: str) -> Le
             )
             lines = await connection.fetch(_EVERY_LINE, account_id)
             refused = await connection.fetch(_REFUSED_ENTRIES, account_id)
+            items = await connection.fetch(_ITEMS, account_id)
         history = [{**dict(line), "explanation": json.loads(line["explanation"])} for line in lines]
-        return LedgerHoldings([dict(b) for b in balances], history, [dict(r) for r in refused])
+        return LedgerHoldings([dict(b) for b in balances], history, [dict(r) for r in refused], [dict(i) for i in items])
 
     if isinstance(db, asyncpg.Connection):
         return await read(db)

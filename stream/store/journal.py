@@ -26,6 +26,13 @@ the tables' sizes then (``_SET_UP``).
 
 The SQL of migration 0010 and ``stream.core.balances`` compute balances by the same rules; the tests hold
 them equal (tests/integration/test_ledger.py).
+
+Reconciliation items (accrual v4's RECONCILIATION records, ``stream.core.entries``) go to their own table,
+``reconciliation_items`` (migration 0011), in the same transaction, on both paths: one ``INSERT ... ON CONFLICT DO
+NOTHING`` keyed by account and item id, so a replayed item writes nothing and needs no look-up. Their id
+(``<event_id>#reconciliation``) is never an entry's nor a NOT_EARNED line's, so they take no part in the verdicts.
+An item arriving again under its id with other content is not judged a conflict: the first one stays (it moves no
+money; the worker's own duplicate check, ``stream.core.rules``, refuses an event id with other content first).
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ from typing import Any
 
 import asyncpg
 import msgspec
+
+from stream.core.entries import RECONCILIATION, moves_money
 
 # Columns of a staged row, in the order the sink hands rows over.
 STAGING_COLUMNS = (
@@ -62,8 +71,9 @@ STAGING_COLUMNS = (
 )
 LEDGER_COLUMNS = STAGING_COLUMNS[1:]  # a new entry's row in ledger_entries: all but the position
 _POSITION, _ID, _SOURCE, _ACCOUNT, _REF, _KIND, _DEBIT, _CREDIT, _AMOUNT, _CURRENCY, _REWARD = range(11)
-_OCCURRED, _EXPLANATION, _FINGERPRINT = 13, 14, 15
+_OCCURRED, _EXPLANATION, _FINGERPRINT, _PURCHASE = 13, 14, 15, 18
 assert STAGING_COLUMNS[_REWARD] == "reward_kind" and STAGING_COLUMNS[_FINGERPRINT] == "fingerprint"
+assert STAGING_COLUMNS[_PURCHASE] == "purchase_ref"
 
 NOT_EARNED = "NOT_EARNED"
 _HOLD_REVIEWS = ("HOLD_RELEASED", "HOLD_FORFEITED")
@@ -106,6 +116,18 @@ ON CONFLICT (account_id, accrual_id, arrived_fingerprint) DO NOTHING
 """
 
 # Step 3, the purchases that earned nothing (a new entry's row is ``LEDGER_COLUMNS``, copied).
+# Reconciliation items (module doc): the kinds the ledger took, one per new row.
+_INSERT_ITEMS = """
+INSERT INTO reconciliation_items (item_id, source_event_id, account_id, transaction_ref, purchase_ref, kind,
+    amount_minor, currency, occurred_at, detail, fingerprint)
+SELECT item_id, source_event_id, account_id, transaction_ref, purchase_ref, explanation->>'reason',
+    (explanation->>'basis_minor')::bigint, explanation->>'basis_currency', occurred_at, explanation->>'detail', fingerprint
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::jsonb[], $8::text[])
+    AS n(item_id, source_event_id, account_id, transaction_ref, purchase_ref, occurred_at, explanation, fingerprint)
+ON CONFLICT (account_id, item_id) DO NOTHING
+RETURNING kind
+"""
+
 _INSERT_REFUSALS = """
 INSERT INTO purchases_not_earned (accrual_id, source_event_id, account_id, transaction_ref, reason,
     detail, basis_minor, basis_currency, occurred_at)
@@ -122,6 +144,7 @@ class BatchResult:
     duplicates: int  # entries already in the ledger, identical: replays
     conflicts: tuple[int, ...] = ()  # positions of entries whose id the ledger holds with other content: never written
     holds: tuple[str, ...] = ()  # "<entry kind>:<rule>" of each new entry into HELD, and each release or forfeit of one
+    items: tuple[str, ...] = ()  # the kind of each new reconciliation item (a replayed one is not new)
 
 
 # What step 1 found under a row's id: (ledger entry's kind, its fingerprint, whether a purchase that earned
@@ -166,7 +189,7 @@ def judge(rows: Sequence[tuple[Any, ...]], held: dict[int, Held], repeats: bool)
             earlier.append(index)
         if len(conflicts) > found:
             refused.add(index)
-        elif here is not None and (here[2] if kind == NOT_EARNED else here[0] is not None):
+        elif kind != RECONCILIATION and here is not None and (here[2] if kind == NOT_EARNED else here[0] is not None):
             pass  # a replay: the ledger holds it as it is
         elif first:  # else the same row again in this batch, after its first
             new.append(index)
@@ -190,9 +213,9 @@ async def write_batch(connection: asyncpg.Connection, rows: Sequence[tuple[Any, 
         judged = repeats or connection in _CAREFUL
         try:
             if not judged:
-                entries = [row for row in rows if row[_KIND] != NOT_EARNED]
-                await _write_lines(connection, entries, [row for row in rows if row[_KIND] == NOT_EARNED])
-                return _result(rows, entries, Verdict([], [], frozenset()))
+                entries = [row for row in rows if moves_money(row[_KIND])]
+                items = await _write_lines(connection, entries, [row for row in rows if not moves_money(row[_KIND])])
+                return _result(rows, entries, Verdict([], [], frozenset()), items)
             return await _write_judged(connection, rows, repeats)
         except asyncpg.exceptions.UniqueViolationError as error:
             if error.constraint_name not in _KEYS or (judged and attempt >= _RACE_ATTEMPTS):
@@ -201,20 +224,34 @@ async def write_batch(connection: asyncpg.Connection, rows: Sequence[tuple[Any, 
             _CAREFUL.add(connection)
 
 
-async def _write_lines(connection: asyncpg.Connection, entries: list[tuple[Any, ...]], lines: list[tuple[Any, ...]]) -> None:
+async def _write_lines(
+    connection: asyncpg.Connection, entries: list[tuple[Any, ...]], lines: list[tuple[Any, ...]]
+) -> tuple[str, ...]:
     """The batch's lines, all new, written without looking (module doc)."""
     async with connection.transaction():
-        await _insert(connection, entries, lines)
+        return await _insert(connection, entries, lines)
 
 
-async def _insert(connection: asyncpg.Connection, entries: list[tuple[Any, ...]], lines: list[tuple[Any, ...]]) -> None:
-    """New entries and purchases that earned nothing into the ledger (it folds the entries into balances)."""
+async def _insert(
+    connection: asyncpg.Connection, entries: list[tuple[Any, ...]], lines: list[tuple[Any, ...]]
+) -> tuple[str, ...]:
+    """New entries and purchases that earned nothing into the ledger (it folds the entries into balances), and
+    reconciliation items into theirs (``lines`` holds both kinds): the kinds of the items new to it."""
     if entries:
         await connection.copy_records_to_table("ledger_entries", records=[r[1:] for r in entries], columns=LEDGER_COLUMNS)
-    if lines:
+    refusals = [r for r in lines if r[_KIND] == NOT_EARNED]
+    if refusals:
         await connection.execute(
-            _INSERT_REFUSALS, *([r[c] for r in lines] for c in (_ID, _SOURCE, _ACCOUNT, _REF, _OCCURRED, _EXPLANATION))
+            _INSERT_REFUSALS, *([r[c] for r in refusals] for c in (_ID, _SOURCE, _ACCOUNT, _REF, _OCCURRED, _EXPLANATION))
         )
+    items = [r for r in lines if r[_KIND] == RECONCILIATION]
+    if not items:
+        return ()
+    found = await connection.fetch(
+        _INSERT_ITEMS,
+        *([r[c] for r in items] for c in (_ID, _SOURCE, _ACCOUNT, _REF, _PURCHASE, _OCCURRED, _EXPLANATION, _FINGERPRINT)),
+    )
+    return tuple(row[0] for row in found)
 
 
 async def _write_judged(connection: asyncpg.Connection, rows: Sequence[tuple[Any, ...]], repeats: bool) -> BatchResult:
@@ -223,15 +260,17 @@ async def _write_judged(connection: asyncpg.Connection, rows: Sequence[tuple[Any
         verdict = judge(rows, {f[0] - 1: (f[1], f[2], f[3], f[4], f[5]) for f in found}, repeats)
         if verdict.conflicts:
             await _record(connection, rows, verdict.conflicts)
-        entries = [rows[i] for i in verdict.new if rows[i][_KIND] != NOT_EARNED]
-        await _insert(connection, entries, [rows[i] for i in verdict.new if rows[i][_KIND] == NOT_EARNED])
+        entries = [rows[i] for i in verdict.new if moves_money(rows[i][_KIND])]
+        items = await _insert(connection, entries, [rows[i] for i in verdict.new if not moves_money(rows[i][_KIND])])
     if not found:
         _CAREFUL.discard(connection)  # nothing held under this batch's ids: the next one is written without looking
-    return _result(rows, entries, verdict)
+    return _result(rows, entries, verdict, items)
 
 
-def _result(rows: Sequence[tuple[Any, ...]], entries: list[tuple[Any, ...]], verdict: Verdict) -> BatchResult:
-    ledger_rows = sum(1 for i, row in enumerate(rows) if row[_KIND] != NOT_EARNED and i not in verdict.refused)
+def _result(
+    rows: Sequence[tuple[Any, ...]], entries: list[tuple[Any, ...]], verdict: Verdict, items: tuple[str, ...] = ()
+) -> BatchResult:
+    ledger_rows = sum(1 for i, row in enumerate(rows) if moves_money(row[_KIND]) and i not in verdict.refused)
     return BatchResult(
         written=len(entries),
         duplicates=ledger_rows - len(entries),
@@ -241,6 +280,7 @@ def _result(rows: Sequence[tuple[Any, ...]], entries: list[tuple[Any, ...]], ver
             for r in entries
             if r[_CREDIT] == "HELD" or r[_KIND] in _HOLD_REVIEWS
         ),
+        items=items,
     )
 
 

@@ -67,6 +67,10 @@ class Scenario:
     outcomes: list[str] | None
     profile: dict[str, Any] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)  # event_id -> label in the file
+    # (event label, reason, offer) of the not-earned lines the file says name an offer (a holdout's)
+    not_earned_offers: list[tuple[str, str, str]] = field(default_factory=list)
+    # campaign budget key -> minor units the scenario's events leave used (compared only when the file says)
+    budgets_used: dict[str, int] = field(default_factory=dict)
 
     @property
     def account_id(self) -> str:
@@ -183,6 +187,11 @@ def load(path: Path) -> Scenario:
     scenario.not_earned = [
         (str(x["event"]), x["reason"]) for x in expect.get("not_earned") or [] for _ in range(int(x.get("times", 1)))
     ]
+    scenario.not_earned_offers = [
+        (str(x["event"]), x["reason"], x["offer"]) for x in expect.get("not_earned") or [] if "offer" in x
+    ]
+    for line in expect.get("budgets_used") or []:
+        scenario.budgets_used[line["offer"]] = to_minor(line["used"], line.get("currency", "EUR"), f"budget of {line['offer']}")
     for line in expect.get("balances") or []:
         currency = line.get("currency", "EUR")
         key = (line.get("reward_kind", "CASH"), currency)
@@ -230,6 +239,12 @@ def label_of(scenario: Scenario, source_event_id: str) -> str:
         if record["event_type"] == "TIME" and due_ms is not None and record["occurred_at"].timestamp() * 1000 >= due_ms:
             return scenario.labels[record["event_id"]]
     return source_event_id
+
+
+def names_offer(detail: str, offer_id: str) -> bool:
+    """Whether a not-earned line's detail names the offer it is about (a holdout line: "... earns
+    nothing from <offer>: holdout (...)"; the purchases_not_earned table keeps no offer id)."""
+    return f"from {offer_id}: " in detail
 
 
 def is_time(record: dict[str, Any]) -> bool:

@@ -252,5 +252,6 @@ def pipeline(
         "it",
         REPO_ROOT / "tests" / "integration" / "offers.yaml",
         CLOCK_INTERVAL_S="0.5",
+        RECONCILE_INTERVAL_S="1",
     ) as running:
         yield running

@@ -31,6 +31,7 @@ from stream.api import create_app
 from stream.auth import ACCOUNTS_READ, OFFERS_ACTIVATE, OPERATIONS
 from stream.core.balances import balances
 from stream.core.entries import Entry
+from stream.core.holdout import held_out
 from stream.core.lifecycle import due_events
 from stream.core.rules import decide
 from stream.localstack.tokens import SigningKey, write_jwks
@@ -71,7 +72,7 @@ def _entries() -> list[Entry]:
         entries.extend(decision.entries)
     for event in due_events(state, "api-3", int((T0 + timedelta(days=12)).timestamp() * 1000)):
         entries.extend(decide(event, charity, state).entries)
-    return entries + _charity_entries() + _nothing_earned_entries() + _points_entries()
+    return entries + _charity_entries() + _nothing_earned_entries() + _points_entries() + _held_out_entries()
 
 
 def _at(days: int) -> Any:
@@ -144,6 +145,17 @@ def _points_entries() -> list[Entry]:
     return _run("api-5", points, [("AUTHORIZATION", 1_075, 0), ("CLEARING", 1_075, 1)])
 
 
+# The live offer: grocery-5 holding out 40% of the accounts (stream.core.holdout). api-held's bucket
+# for it is 170 and api-2's 3361, both below 4000: held out.
+LIVE_OFFER = offer(holdout_bps=4_000)
+
+
+def _held_out_entries() -> list[Entry]:
+    """Account api-held: a purchase of 100.00 authorised and cleared, held out of grocery-5."""
+    assert held_out("api-held", LIVE_OFFER)
+    return _run("api-held", book(LIVE_OFFER), [("AUTHORIZATION", 10_000, 0), ("CLEARING", 10_000, 1)])
+
+
 CONFLICTING: dict[str, Any] = {}  # the entry the database fixture sends again with another amount
 
 
@@ -193,7 +205,7 @@ def settings(database: str, kafka_bootstrap: str, jwks_dir: Path) -> Settings:
     )
     topics = catalogue(settings.topic_prefix, settings.topic_partitions)
     asyncio.run(ensure_topics(kafka_bootstrap, topics))
-    asyncio.run(publish_offers(settings, Codec(), topics.offers.name, [offer()]))
+    asyncio.run(publish_offers(settings, Codec(), topics.offers.name, [LIVE_OFFER]))
     return settings
 
 
@@ -311,7 +323,9 @@ async def _wait_ready(client: httpx.AsyncClient) -> None:
 async def test_live_offers_are_listed(client: httpx.AsyncClient) -> None:
     await _wait_ready(client)
     offers = (await client.get("/v1/offers")).json()
-    assert [(o["offer_id"], o["rate_bps"], o["reward_kind"]) for o in offers] == [("grocery-5", 500, "CASH")]
+    assert [(o["offer_id"], o["rate_bps"], o["reward_kind"], o["holdout_bps"]) for o in offers] == [
+        ("grocery-5", 500, "CASH", 4_000)
+    ]
 
 
 @pytest.mark.asyncio
@@ -323,6 +337,7 @@ async def test_activation_is_published_on_the_accounts_partition(client: httpx.A
     assert response.status_code == 200
     body = response.json()
     assert (body["account_id"], body["offer_id"], body["active"]) == ("api-2", "grocery-5", True)
+    assert body["held_out"] is True and held_out("api-2", LIVE_OFFER)  # activated, and still held out: told so
 
     topic = catalogue(settings.topic_prefix).activations.name
     consumer = AIOKafkaConsumer(
@@ -407,6 +422,16 @@ async def test_each_charity_amount_counts_once(client: httpx.AsyncClient) -> Non
         assert line["clawed_back_minor"] == sum(t["clawed_back_minor"] for t in rows)
     (donated,) = (await client.get("/v1/accounts/fb-donated/balances")).json()["balances"]
     assert (donated["donated_minor"], donated["pending_minor"], donated["confirmed_minor"]) == (500, 0, 0)
+
+
+@pytest.mark.asyncio
+async def test_a_held_out_account_sees_why_it_earned_nothing(client: httpx.AsyncClient) -> None:
+    lines = (await client.get("/v1/accounts/api-held/history")).json()["entries"]
+    assert [(line["entry_kind"], line["explanation"]["reason"]) for line in lines] == [("NOT_EARNED", "holdout")] * 2
+    authorisation = lines[-1]["explanation"]  # oldest last
+    assert authorisation["detail"].startswith("authorisation earns nothing from grocery-5: holdout (")
+    assert "bucket 170 < holdout_bps 4000 of 10000" in authorisation["detail"]
+    assert (await client.get("/v1/accounts/api-held/balances")).json() == {"account_id": "api-held", "balances": []}
 
 
 @pytest.mark.asyncio
@@ -630,6 +655,7 @@ async def test_openapi_declares_the_bearer_scheme_on_every_protected_route(api: 
         ("post", "/v1/operations/holds/release"): [[OPERATIONS]],
         ("post", "/v1/operations/holds/forfeit"): [[OPERATIONS]],
         ("get", "/v1/operations/merchant-flags"): [[OPERATIONS]],
+        ("get", "/v1/operations/reconciliation/{kind}"): [[OPERATIONS]],
         ("get", "/v1/operations/accounts/{account_id}/export"): [[OPERATIONS]],
         ("post", "/v1/operations/accounts/{account_id}/erasure"): [[OPERATIONS]],
         ("get", "/v1/offers"): [[]],

@@ -24,7 +24,7 @@ from stream.auth import ACCOUNTS_READ
 from stream.core.balances import BALANCE_FIELDS
 from stream.offer_admin import publish_offers, remove_offers
 from stream.settings import Settings
-from tests.conformance.scenario import ExpectedEntry, Scenario, all_scenarios, comparable, is_time, label_of
+from tests.conformance.scenario import ExpectedEntry, Scenario, all_scenarios, comparable, is_time, label_of, names_offer
 from tests.integration.conftest import Processes, api_headers, running_pipeline, wait_until
 from tests.integration.test_end_to_end import publish, topic_for, wire
 from topics.catalogue import account_partition, catalogue
@@ -41,6 +41,7 @@ class Conformance:
         self.settings = Settings.from_env(processes.env)
         self.offers_topic = processes.env["TOPIC_PREFIX"] + "offers"
         self.live_offers: list[str] = []
+        self.details: list[tuple[str, str, str]] = []  # (event label, reason, detail) of the last ledger read
 
     def processed(self) -> float:
         """Input messages the worker has finished with: decided or dead-lettered."""
@@ -110,12 +111,29 @@ class Conformance:
                 "SELECT * FROM ledger_entries WHERE account_id = $1 ORDER BY entry_seq", scenario.account_id
             )
             not_earned = await connection.fetch(
-                "SELECT source_event_id, reason FROM purchases_not_earned WHERE account_id = $1 ORDER BY recorded_at, accrual_id",
+                "SELECT source_event_id, reason, detail FROM purchases_not_earned WHERE account_id = $1"
+                " ORDER BY recorded_at, accrual_id",
                 scenario.account_id,
             )
         finally:
             await connection.close()
+        self.details = [(scenario.labels[r["source_event_id"]], r["reason"], r["detail"]) for r in not_earned]
         return [dict(e) for e in entries], [(scenario.labels[r["source_event_id"]], r["reason"]) for r in not_earned]
+
+    def budgets_used(self, scenario: Scenario) -> dict[str, int]:
+        """What the shared campaign budgets the scenario names have used (0: never granted from)."""
+
+        async def read() -> dict[str, int]:
+            connection = await asyncpg.connect(self.processes.env["DATABASE_URL"])
+            try:
+                rows = await connection.fetch(
+                    "SELECT offer_id, used_minor FROM offer_budgets WHERE offer_id = ANY($1::text[])", list(scenario.budgets_used)
+                )
+            finally:
+                await connection.close()
+            return {key: 0 for key in scenario.budgets_used} | {r["offer_id"]: r["used_minor"] for r in rows}
+
+        return asyncio.run(read())
 
     def written(self, scenario: Scenario) -> tuple[list[ExpectedEntry], list[tuple[str, str]]]:
         def complete():  # type: ignore[no-untyped-def]
@@ -174,6 +192,10 @@ def test_scenario_end_to_end(conformance: Conformance, scenario: Scenario) -> No
     ledger, not_earned = conformance.written(scenario)
     assert comparable(ledger, scenario.ledger) == scenario.ledger
     assert sorted(not_earned) == sorted(scenario.not_earned)
+    for label, reason, offer_id in scenario.not_earned_offers:  # the line names its offer (the table keeps no offer id)
+        assert any(x[:2] == (label, reason) and names_offer(x[2], offer_id) for x in conformance.details), (label, offer_id)
+    if scenario.budgets_used:
+        assert conformance.budgets_used(scenario) == scenario.budgets_used
     wait_until(
         lambda: conformance.balances(scenario) == scenario.balances,
         15,

@@ -160,6 +160,7 @@ HEALTH_ALERTS = (
     "CashbackPostgresUnreachable",
     "CashbackWorkerWithoutOffers",
     "CashbackWorkerOffersStale",
+    "CashbackReconciliationStale",
 )
 
 

@@ -473,3 +473,50 @@ def test_the_latency_objective_counts_from_the_card_events_broker_time(pipeline)
     wait_for_balance(base_url, account, {**pending, "clawed_back_minor": 0, "donated_minor": 0, "held_minor": 0})
     # observed just after the commit the API already reads from
     wait_until(lambda: slower_than_300_s() == before + 1, 10, "one entry slower than 300 s", observe=slower_than_300_s)
+
+
+def test_a_refund_of_a_purchase_never_seen_is_listed_and_counted(pipeline) -> None:  # type: ignore[no-untyped-def]
+    """Reconciliation end to end: a refund naming a purchase the worker never saw reaches the operations listing
+    (through the accruals topic and the sink), the sink's counter and the API's gauge; published twice, once."""
+    processes, base_url = pipeline
+    from prometheus_client.parser import text_string_to_metric_families
+
+    account = f"recon-{uuid.uuid4().hex[:6]}"
+    refund = card_record(
+        "REFUND",
+        2_500,
+        account_id=account,
+        transaction_ref=f"{account}-r",
+        original_transaction_ref=f"{account}-never",
+        processing_code="REFUND",
+    )
+    counted_before = processes.metric("sink", "cashback_reconciliation_items_total", {"kind": "unknown_refund"}) or 0.0
+    publish_records(processes.env, [refund, refund])
+    route = f"{base_url}/v1/operations/reconciliation/unknown_refund"
+    ops = api_headers([OPERATIONS])
+
+    def listed() -> list[dict[str, Any]]:
+        return httpx.get(route, params={"account_id": account}, headers=ops, timeout=5).json()["items"]
+
+    wait_until(lambda: listed(), 60, "the unknown refund in the operations listing")
+    (item,) = listed()
+    assert (item["item_id"], item["purchase_ref"], item["amount"]) == (
+        f"{refund['event_id']}#reconciliation",
+        f"{account}-never",
+        "25.00 EUR",
+    )
+    assert "never seen by the worker" in item["detail"]
+
+    def last_day() -> float:
+        text = httpx.get(f"{base_url}/metrics", timeout=5).text
+        return sum(
+            s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == "cashback_reconciliation_items_last_day" and s.labels.get("kind") == "unknown_refund"
+        )
+
+    wait_until(lambda: last_day() >= 1, 30, "the API's reconciliation gauge")
+    counted = processes.metric("sink", "cashback_reconciliation_items_total", {"kind": "unknown_refund"}) or 0.0
+    assert counted >= counted_before + 1
+    assert httpx.get(route, headers=api_headers([ACCOUNTS_READ]), timeout=5).status_code == 403

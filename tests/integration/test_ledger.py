@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY
 from schemas.codec import Codec
 from stream.backtest import replay
 from stream.core.balances import BALANCE_FIELDS, balances
-from stream.core.entries import Entry, Explanation
+from stream.core.entries import Entry, Explanation, moves_money
 from stream.core.offers import OfferBook
 from stream.localstack.postgres import EmbeddedPostgres
 from stream.localstack.process import free_port
@@ -76,7 +76,7 @@ def database(postgres_url: str) -> str:
 def test_sql_balances_equal_the_engine_and_a_replay_changes_nothing(database: str) -> None:
     entries = simulated_entries(purchases=600, seed=3)
     rows = rows_of(entries)
-    ledger_rows = sum(1 for e in entries if e["entry_kind"] != "NOT_EARNED")
+    ledger_rows = sum(1 for e in entries if moves_money(e["entry_kind"]))
 
     async def scenario() -> None:
         connection = await _connect_migrated(database)
@@ -247,7 +247,7 @@ def test_sink_blocks_and_retries_while_postgres_is_down() -> None:
         asyncio.run(_migrate_and_close(url))
         server.stop()  # the outage begins
 
-        entries = [e for e in simulated_entries(purchases=30, seed=9) if e["entry_kind"] != "NOT_EARNED"]
+        entries = [e for e in simulated_entries(purchases=30, seed=9) if moves_money(e["entry_kind"])]
         settings = Settings.from_env({"DATABASE_URL": url})
         sink = Sink(settings, catalogue(), CODEC)
         retries_before = REGISTRY.get_sample_value("cashback_sink_retries_total") or 0
@@ -300,7 +300,7 @@ def test_history_sequence_migration_backfills_rows_in_recorded_order(database: s
                         e["occurred_at"],
                     )
                     for e in entries
-                    if e["entry_kind"] != "NOT_EARNED"
+                    if moves_money(e["entry_kind"])
                 ],
             )
             assert "0003_history_sequence.sql" in await migrate(connection)

@@ -21,6 +21,7 @@ import pytest
 
 from schemas.codec import Codec
 from stream.backtest import replay
+from stream.core.entries import moves_money
 from stream.core.offers import OfferBook
 from stream.offer_admin import load_offers_file
 from stream.simulate import Scenario, generate
@@ -37,7 +38,7 @@ def accounts_with_cashback(purchases: int) -> list[str]:
     busiest first (its balance shows soonest)."""
     offers = OfferBook.of(load_offers_file(REPO_ROOT / "deploy" / "offers" / "example.yaml"))
     result = replay(generate(Scenario(purchases=purchases), Codec()), offers)
-    activity = Counter(e.account_id for e in result.entries.values() if e.entry_kind != "NOT_EARNED")
+    activity = Counter(e.account_id for e in result.entries.values() if moves_money(e.entry_kind))
     earned = {key[0] for key, totals in result.balances().items() if totals["lifetime_earned_minor"] > 0}
     return sorted(earned, key=lambda account: (-activity[account], account))  # the busiest first
 

@@ -81,7 +81,10 @@ def test_the_runbook_documents_no_alert_that_does_not_exist() -> None:
 
 
 # The labels the rules aggregate by or match on: small closed sets (stream/metrics.py), never an account or a card.
-BOUNDED_LABELS = {"group", "topic", "partition", "stage", "reason", "event_type", "budget", "unit", "job", "instance", "le"}
+BOUNDED_LABELS = {
+    *("group", "topic", "partition", "stage", "reason", "event_type", "budget", "unit", "job", "instance", "le"),
+    *("kind", "age"),  # reconciliation: stream.core.entries.ITEM_KINDS, stream.store.reconciliation.AGE_BUCKETS
+}
 
 
 def test_the_rules_aggregate_only_by_bounded_labels() -> None:

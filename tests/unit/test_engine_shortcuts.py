@@ -26,6 +26,7 @@ from stream.core.eligibility import (
     purchase_rejection,
 )
 from stream.core.events import _CARD_FIELDS, CardEvent, to_event
+from stream.core.holdout import bucket
 from stream.core.holds import KEPT_MERCHANTS, KEPT_REFUNDS, KEPT_SMALL_PURCHASES, MINUTE_MS, remembered
 from stream.core.lifecycle import DAY_MS
 from stream.core.money import Rounding, round_exact
@@ -112,17 +113,26 @@ def plain_match(event: CardEvent, offers: OfferBook, profile: AccountProfile, lo
         (Outcome.OUTSIDE_SCHEDULE, lambda o: in_schedule(o, local), lambda: f"{local.at:%A %H:%M} {local.note}"),
         (Outcome.NOT_ACTIVATED, lambda o: activated(o, event, profile), lambda: "offer not activated before the purchase"),
         (Outcome.CURRENCY_NOT_PRICED, lambda o: o.priced(currency) is not None, lambda: f"offer not priced in {currency}"),
-        (Outcome.BELOW_MIN_SPEND, lambda o: basis_minor >= o.min_spend_minor, str),
     ]
     candidates = list(offers.offers)
     for outcome, keep, detail in stages:
-        before, candidates = candidates, [o for o in candidates if keep(o)]
+        candidates = [o for o in candidates if keep(o)]
         if not candidates:
-            near = tuple(before) if outcome is Outcome.BELOW_MIN_SPEND else ()
-            return Match((), outcome, detail(), near)
+            return Match((), outcome, detail())
         if outcome is Outcome.CURRENCY_NOT_PRICED:
             candidates = [priced for o in candidates if (priced := o.priced(currency)) is not None]
-    return Match(tuple(candidates), Outcome.EARNED)
+    # The minimum spend, then the holdout groups: what holds the account out never pays, and is
+    # never a near miss to reconsider; when nothing else pays, the holdout is why.
+    held = {o.offer_id for o in candidates if o.holdout_bps and bucket(event.account_id, o.offer_id) < o.holdout_bps}
+    free = tuple(o for o in candidates if o.offer_id not in held)
+    fits = [o for o in candidates if basis_minor >= o.min_spend_minor]
+    if not fits:
+        return Match((), Outcome.BELOW_MIN_SPEND, "", free)
+    paying = tuple(o for o in fits if o.offer_id not in held)
+    qualified = tuple(o for o in fits if o.offer_id in held)
+    if paying:
+        return Match(paying, Outcome.EARNED, held_out=qualified)
+    return Match((), Outcome.HOLDOUT, "", free, qualified)
 
 
 PROFILES = (PROFILE, AccountProfile(), AccountProfile(frozenset({"students"})))

@@ -189,6 +189,7 @@ def test_shipped_example_file_loads() -> None:
         "fnac-online-8",
         "weekend-dining-vip",
         "coffee-fixed",
+        "transit-10",
         "books-points",
         "pharmacy-charity",
     ]

@@ -297,9 +297,16 @@ def test_authorisation_follow_up_without_its_authorisation(event_type: str) -> N
 @pytest.mark.parametrize("event_type", ["REFUND", "CHARGEBACK", "CHARGEBACK_REVERSAL"])
 def test_settlement_follow_up_without_a_cleared_purchase(event_type: str) -> None:
     state, _, _ = run_events([auth()])  # authorised, never cleared
-    decision = decide(after_purchase(event_type, 10_000), book(), state)
+    event = after_purchase(event_type, 10_000)
+    decision = decide(event, book(), state)
     assert decision.outcome is Outcome.UNKNOWN_TRANSACTION
-    assert decision.entries == ()
+    (item,) = decision.entries  # only an item for operations to reconcile: nothing moved
+    assert (item.entry_kind, item.explanation.reason, item.accrual_id) == (
+        "RECONCILIATION",
+        f"unknown_{event_type.lower()}",
+        f"{event.event_id}#reconciliation",
+    )
+    assert "not cleared (status authorized)" in item.explanation.detail
 
 
 def test_second_clearing_of_a_cleared_purchase_is_already_settled() -> None:

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from stream.core.abuse import AbuseRules, PurchaseBurst, RefundLoop
 from stream.core.balances import BALANCE_FIELDS, balances
+from stream.core.entries import moves_money
 from stream.core.events import CardEvent, to_event, validate
 from stream.core.lifecycle import _internal_event
 from stream.core.memory import RECENT_EVENTS_LIMIT
@@ -100,6 +101,13 @@ OFFER_BOOKS = {
         ),
     ),
     "one-capped-budgeted": book(offer(budget_minor=700, currency="EUR", cap={"period": "day", "amount_minor": 400})),
+    # holdout groups: acct-1 is held out of g1 (its bucket 4016 < 5000), not of grocery-5 (6959);
+    # everyday-1 pays what is left (stream.core.holdout)
+    "held-out": book(
+        offer(offer_id="g1", rate_bps=800, holdout_bps=5_000, budget_minor=900, currency="EUR", min_spend_minor=1_000),
+        offer(holdout_bps=5_000, cap={"period": "day", "amount_minor": 400}, currency="EUR"),
+        offer(offer_id="everyday-1", rate_bps=100, mccs=[], min_spend_minor=2_000),
+    ),
     "scheduled": book(
         offer(days_of_week=["TUE", "WED", "SAT"], hours={"from": "08:00", "to": "20:00"}, requires_activation=True),
         offer(
@@ -214,7 +222,7 @@ def check_invariants(events: list[CardEvent], offers: OfferBook, abuse: AbuseRul
     steps = run(events, offers, abuse=abuse)
     for entry in entries_of(steps):
         assert entry.debit_book in BOOKS and entry.credit_book in BOOKS
-        if entry.entry_kind == "NOT_EARNED":
+        if not moves_money(entry.entry_kind):
             assert entry.amount_minor == 0
             assert entry.debit_book == entry.credit_book == "NONE"
         else:

@@ -46,6 +46,7 @@ def test_defaults() -> None:
         "worker_state_cache_items": 65_536,
         "abuse_rules_file": None,
         "abuse_scan_interval_s": 300.0,
+        "reconcile_interval_s": 30.0,
         "sink_batch_size": 2000,
         "sink_batch_wait_ms": 100,
         "sink_group_id": "cashback-sink",
@@ -350,7 +351,7 @@ def test_documentation_table_has_one_row_per_field() -> None:
     lines = documentation_table().splitlines()
     assert lines[:2] == ["| variable | default | meaning |", "|---|---|---|"]
     rows = lines[2:]
-    assert len(rows) == len(Settings.model_fields) == 37
+    assert len(rows) == len(Settings.model_fields) == 38
     assert [row.split("`")[1] for row in rows] == VARIABLES
     assert "| `TOPIC_PARTITIONS` | `4` | Partitions of the co-partitioned input and output topics. |" in rows
     assert "| `KAFKA_SASL_PASSWORD` |  | SASL password (never logged). |" in rows

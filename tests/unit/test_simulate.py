@@ -95,7 +95,7 @@ def test_the_stream_exercises_every_lifecycle_path_of_the_example_offers() -> No
     from datetime import timedelta
     from pathlib import Path
 
-    from stream.backtest import replay
+    from stream.backtest import replay, report
     from stream.core.offers import OfferBook
     from stream.offer_admin import load_offers_file
 
@@ -145,3 +145,19 @@ def test_the_stream_exercises_every_lifecycle_path_of_the_example_offers() -> No
     # The merchant-funded campaign's budget runs out, exactly, never overspent; refunds give some back.
     assert result.budget_peak["fnac-online-8"] == 30_000 > result.budget_used["fnac-online-8"]
     assert result.skipped > 0  # the bad messages, which a worker dead-letters
+    # grocery-5 holds out 10% of the accounts: their grocery purchases earn nothing from it (reason
+    # holdout) and never a grocery-5 entry, but everyday-1's 1%; the others' earn grocery-5. Accounts
+    # held out are in 5%..15%. transit-10's held out (20%) earn nothing at all: the outcome holdout.
+    from stream.core.holdout import held_out
+
+    grocery = next(o for o in offers.offers if o.offer_id == "grocery-5")
+    held_lines = [e for e in entries if e.explanation.reason == "holdout" and e.offer_id == "grocery-5"]
+    assert held_lines and "holdout" in result.outcomes
+    held_refs = {e.transaction_ref for e in held_lines}
+    assert any(e.offer_id == "everyday-1" and e.transaction_ref in held_refs for e in entries)
+    assert all(held_out(e.account_id, grocery) for e in held_lines)
+    paid = {e.account_id for e in entries if e.offer_id == "grocery-5" and e.entry_kind != "NOT_EARNED"}
+    assert paid and not any(held_out(account, grocery) for account in paid)
+    shoppers = paid | {e.account_id for e in held_lines}
+    assert 0.05 < sum(held_out(a, grocery) for a in shoppers) / len(shoppers) < 0.15
+    assert "purchases held out of an offer (its holdout group), by offer:" in report(result)

@@ -1,0 +1,133 @@
+"""The engine's reconciliation items (``AccountStep.reconcile``, accrual v4's RECONCILIATION records): which
+events make one, under which id, and that adding them changed no entry's id or bytes."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+
+import fastavro
+import pytest
+
+from schemas.codec import SCHEMA_DIR, Codec
+from stream.core.entries import ITEM_KINDS, moves_money
+from stream.core.outcomes import Outcome
+from stream.core.rules import decide
+from stream.sink import appending_ids, staging_row
+from tests.factories import after_purchase, auth, book, card_event, clearing, items, legs, offer, run_decisions, run_events
+
+CODEC = Codec()
+
+
+def test_a_refund_of_a_purchase_never_seen_is_an_item_and_moves_nothing() -> None:
+    refund = after_purchase("REFUND", 4_000, event_id="refund-x")
+    decision = decide(refund, book(), None)
+    assert decision.outcome is Outcome.UNKNOWN_TRANSACTION
+    (item,) = decision.entries
+    assert (item.accrual_id, item.entry_kind, item.debit_book, item.credit_book, item.amount_minor) == (
+        "refund-x#reconciliation",
+        "RECONCILIATION",
+        "NONE",
+        "NONE",
+        0,
+    )
+    x = item.explanation
+    assert (x.reason, x.basis_minor, x.basis_currency, item.purchase_ref) == ("unknown_refund", 4_000, "EUR", "txn-1")
+    assert x.detail == "refund of 40.00 EUR for purchase txn-1: never seen by the worker"
+    assert not moves_money(item.entry_kind) and x.reason in ITEM_KINDS
+
+
+@pytest.mark.parametrize("event_type", ["CHARGEBACK", "CHARGEBACK_REVERSAL"])
+def test_a_chargeback_of_a_purchase_never_seen_is_an_item(event_type: str) -> None:
+    decision = decide(after_purchase(event_type, 10_000), book(), None)
+    assert items(decision.entries) == [(f"unknown_{event_type.lower()}", f"{decision.entries[0].source_event_id}#reconciliation")]
+
+
+def test_a_refund_of_a_known_purchase_is_no_item() -> None:
+    _, entries, outcomes = run_events([auth(), clearing(), after_purchase("REFUND", 4_000)])
+    assert outcomes[-1] is Outcome.CLAWED_BACK
+    assert items(entries) == []
+
+
+def test_a_force_post_is_an_item_and_its_entries_keep_their_ids() -> None:
+    """The item takes no position: the clearing's entries are numbered as before items existed."""
+    force = clearing(event_id="force-1")
+    _, entries, _ = run_events([force])
+    assert [e.accrual_id for e in entries if moves_money(e.entry_kind)] == ["force-1#0"]
+    assert items(entries) == [("force_post", "force-1#reconciliation")]
+    (item,) = (e for e in entries if not moves_money(e.entry_kind))
+    assert item.explanation.force_post and item.explanation.basis_minor == 10_000
+
+
+def test_a_force_post_that_earns_nothing_is_an_item_too() -> None:
+    _, entries, outcomes = run_events([clearing(event_id="cash-1", mcc="6011")])
+    assert outcomes == [Outcome.EXCLUDED_MCC]
+    assert [(e.entry_kind, e.accrual_id) for e in entries] == [
+        ("RECONCILIATION", "cash-1#reconciliation"),
+        ("NOT_EARNED", "cash-1#0"),
+    ]
+
+
+def test_a_clearing_of_an_authorisation_and_a_later_part_are_no_items() -> None:
+    first = clearing(6_000, clearing_sequence=1, clearing_count=2, event_id="part-1")
+    second = clearing(4_000, clearing_sequence=2, clearing_count=2, event_id="part-2")
+    _, entries, _ = run_events([first, second])
+    assert items(entries) == [("force_post", "part-1#reconciliation")]  # one item for the purchase
+    _, entries, _ = run_events([auth(), clearing()])
+    assert items(entries) == []
+
+
+def test_a_redelivered_event_re_emits_its_item_under_the_same_id() -> None:
+    refund = after_purchase("REFUND", 4_000, event_id="refund-again")
+    state, decisions = run_decisions([refund, refund])
+    assert decisions[1].outcome is Outcome.DUPLICATE
+    assert decisions[1].entries == decisions[0].entries and items(decisions[1].entries)
+
+
+def test_a_late_authorisation_after_a_force_post_adds_no_item() -> None:
+    _, entries, _ = run_events([clearing(), auth()])
+    assert len(items(entries)) == 1 and legs(entries) == [("CONFIRMED", "EXPENSE", "CONFIRMED", 500)]
+
+
+def test_an_item_round_trips_through_accrual_v4() -> None:
+    (item,) = decide(after_purchase("CHARGEBACK", 2_500), book(offer()), None).entries
+    raw = CODEC.encode("accrual", item.record())
+    assert int.from_bytes(raw[1:5], "big") == json.loads((SCHEMA_DIR / "ids.json").read_text())["accrual.v4.avsc"]
+    subject, record = CODEC.decode(raw, expected_subject="accrual")
+    assert subject == "accrual" and record["entry_kind"] == "RECONCILIATION"
+    assert record["explanation"]["reason"] == "unknown_chargeback"
+
+
+def test_an_entry_sent_in_v3_bytes_has_the_fingerprint_of_its_v4_bytes() -> None:
+    """Version 4 appended only a symbol: an entry published before the upgrade and re-emitted after it is the
+    same line to the sink (not a conflict), with or without the fields version 3 appended."""
+    v3 = fastavro.parse_schema(json.loads((SCHEMA_DIR / "accrual.v3.avsc").read_text()))
+    v3_id = json.loads((SCHEMA_DIR / "ids.json").read_text())["accrual.v3.avsc"]
+    _, entries, _ = run_events([auth(), clearing()])
+    appending = appending_ids(CODEC)
+    assert v3_id in appending and CODEC.schema_id("accrual") in appending
+    for entry in entries:
+        for record in (entry.record(), {**entry.record(), "merchant_id": None, "purchase_ref": None}):
+            buffer = io.BytesIO()
+            buffer.write(struct.pack(">bI", 0, v3_id))
+            fastavro.schemaless_writer(buffer, v3, record)
+            old, new = buffer.getvalue(), CODEC.encode("accrual", record)
+            assert old[5:] == new[5:]
+            fingerprints = {staging_row(0, CODEC.decode(raw)[1], raw, appending)[15] for raw in (old, new)}
+            assert len(fingerprints) == 1, entry.accrual_id
+
+
+def test_the_new_kind_is_appended_and_nothing_else_changed() -> None:
+    v3 = json.loads((SCHEMA_DIR / "accrual.v3.avsc").read_text())
+    v4 = json.loads((SCHEMA_DIR / "accrual.v4.avsc").read_text())
+    kinds3, kinds4 = (s["fields"][4]["type"]["symbols"] for s in (v3, v4))
+    assert kinds4 == [*kinds3, "RECONCILIATION"]
+    v4["fields"][4]["type"]["symbols"] = kinds3
+    assert [f for f in v4["fields"]] == v3["fields"]
+
+
+def test_an_item_is_numbered_apart_from_a_card_event_s_own_id() -> None:
+    refund = card_event("REFUND", 1_000, event_id="r-9", processing_code="REFUND", original_transaction_ref="nowhere")
+    (item,) = decide(refund, book(), None).entries
+    assert item.accrual_id == "r-9#reconciliation" and item.source_event_id == "r-9"
