@@ -52,6 +52,7 @@ from stream.core.rules import Decision, Outcome, decide
 from stream.core.state import AccountState
 from stream.deadletter import OtherReason, Stage, dead_letter
 from stream.granting import BudgetLedger, PostgresBudgets, grant
+from stream.group_membership import GroupWatch
 from stream.guarded_consumer import OffsetLookups
 from stream.input_partitions import InputPartitions, PartitionRevoked
 from stream.metrics import EVENTS_CONSUMED
@@ -163,6 +164,8 @@ class Matcher:
         self.budget_ledger: BudgetLedger = PostgresBudgets(BudgetStore(settings.database_url))
         self.agent = self.app.agent(self.input, name="matcher")(self._consume)
         self.app.task(self._run_offer_mirror)
+        # A consumer out of its group owns nothing and reports no lag: watched apart (stream.group_membership).
+        self.membership = GroupWatch(self.app, settings.worker_out_of_group_limit_s)
         self.app.timer(LAG_INTERVAL_S)(self._observe_lag)
         self.app.timer(settings.clock_interval_s)(self._send_ticks)
         # The messages processed since the last flush, and the entries they wait to send.
@@ -366,4 +369,5 @@ class Matcher:
             self.current.deliveries.append(delivery)
 
     async def _observe_lag(self) -> None:
+        await self.membership.check()  # first: the lag watch stands aside while a rebalance is under way
         await self.inputs.observe_lag(stuck_after_s=2 * LAG_INTERVAL_S)

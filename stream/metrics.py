@@ -34,6 +34,14 @@ OFFERS_LOADED = Gauge("cashback_offers_loaded", "Offers in this worker's offer b
 CONSUMER_LAG = Gauge(
     "cashback_consumer_lag_messages", "Messages behind the end of each assigned partition.", ["group", "topic", "partition"]
 )
+# The lag above covers only the partitions a worker owns: a worker out of its group owns none and
+# shows no lag at all (stream.group_membership).
+WORKER_IN_GROUP = Gauge(
+    "cashback_worker_in_group", "1 while this worker's consumer is a member of its consumer group, 0 while it is out of it."
+)
+WORKER_REJOINS = Counter(
+    "cashback_worker_rejoins_total", "Times this worker found its consumer out of its group too long and made it rejoin."
+)
 SINK_BATCH_SIZE = Histogram(
     "cashback_sink_batch_size", "Accruals per sink batch.", buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000, 10000)
 )

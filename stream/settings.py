@@ -70,6 +70,13 @@ class Settings(BaseSettings):
         le=300.0,
         description="Seconds without heartbeat before the group gives a dead worker's partitions to the others.",
     )
+    worker_out_of_group_limit_s: float = Field(
+        120.0,
+        ge=5.0,
+        le=3600.0,
+        description="Seconds a worker's consumer may stay out of its group before the worker rejoins it "
+        "(and, out that long again, exits for its supervisor to restart it).",
+    )
     transaction_horizon_days: int = Field(
         180,
         ge=30,

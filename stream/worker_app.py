@@ -75,6 +75,22 @@ def share_store_memory(store: Any) -> None:
 
 
 COMMIT_INTERVAL_S = 1.0  # how much a crash may make the next owner read again (idempotently)
+# The most records one fetch hands to Faust. Faust's default is no bound: one fetch took everything
+# aiokafka held (up to CONSUMER_FETCH_BYTES per partition, hundreds of thousands of events on a
+# backlog), and Faust fetches again only once it has put the whole batch in the agent's stream
+# buffer, one message at a time, each waiting for room (stream_buffer_maxsize, 4096). aiokafka counts
+# that wait as its consumer being idle, and leaves the group after MAX_POLL_INTERVAL_S of it: the
+# benchmark's long run drained one batch for more than Faust's 1000 s, dropped out of its group and
+# never came back (stream.group_membership). 500 records are a second or two of the agent's work.
+MAX_POLL_RECORDS = 500
+# How long the fetcher may go without fetching before aiokafka leaves the group (Faust's default:
+# 1000 s, unset before). Between two fetches the fetcher waits for the agent to take one batch
+# (MAX_POLL_RECORDS) behind a full stream buffer (4096): about 4,600 messages, 8 s at the 587
+# messages/s of the loaded benchmark, 230 s at 20 messages/s. 300 s leaves that margin and still
+# bounds how long a worker whose fetching really stopped keeps its partitions from the others
+# (a dead one loses them after WORKER_SESSION_TIMEOUT_S without heartbeat, which is unrelated:
+# heartbeats go on while the fetcher waits).
+MAX_POLL_INTERVAL_S = 300.0
 CONSUMER_FETCH_BYTES = 8 * 1024 * 1024
 
 
@@ -97,6 +113,8 @@ def worker_app(settings: Settings, guarded_topics: frozenset[str], partitions: i
         broker_session_timeout=settings.worker_session_timeout_s,
         broker_heartbeat_interval=max(1.0, settings.worker_session_timeout_s / 10),
         broker_commit_interval=COMMIT_INTERVAL_S,
+        broker_max_poll_records=MAX_POLL_RECORDS,
+        broker_max_poll_interval=MAX_POLL_INTERVAL_S,
         # Per partition and fetch, for the changelogs a worker reads when it takes a partition over.
         # Faust's 1 MiB was suspected of the slow reads (about 3,400 records/s); 8 MiB measured no
         # faster on this machine, where reading is bound by the CPU the whole stack shares.

@@ -154,6 +154,7 @@ def test_every_alert_evaluates_and_names_only_metrics_that_exist(stack: RunningS
 # letters, conflicts, a campaign budget the demo offers spend in seconds) may rightly fire here.
 HEALTH_ALERTS = (
     "CashbackWorkerDown",
+    "CashbackWorkerOutOfGroup",
     "CashbackSinkDown",
     "CashbackProcessRestarting",
     "CashbackSinkRetrying",

@@ -42,6 +42,7 @@ def test_defaults() -> None:
         "worker_data_dir": ".data/worker",
         "worker_instance_id": None,
         "worker_session_timeout_s": 10.0,
+        "worker_out_of_group_limit_s": 120.0,
         "transaction_horizon_days": 180,
         "worker_state_cache_items": 65_536,
         "abuse_rules_file": None,
@@ -351,7 +352,7 @@ def test_documentation_table_has_one_row_per_field() -> None:
     lines = documentation_table().splitlines()
     assert lines[:2] == ["| variable | default | meaning |", "|---|---|---|"]
     rows = lines[2:]
-    assert len(rows) == len(Settings.model_fields) == 38
+    assert len(rows) == len(Settings.model_fields) == 39
     assert [row.split("`")[1] for row in rows] == VARIABLES
     assert "| `TOPIC_PARTITIONS` | `4` | Partitions of the co-partitioned input and output topics. |" in rows
     assert "| `KAFKA_SASL_PASSWORD` |  | SASL password (never logged). |" in rows
