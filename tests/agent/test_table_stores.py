@@ -94,6 +94,34 @@ def test_the_state_table_reads_back_the_bytes_it_stored(settings: Settings, code
     assert store["acct-2"] == b'{"layout": 2}'
 
 
+def test_reading_a_row_asks_the_local_store_once(settings: Settings, codec: Codec) -> None:
+    """A state is read row by row (``stream.core.state_rows.assemble``): each read is one RocksDB
+    look-up, present or absent, not a ``contains`` followed by a ``get``."""
+    matcher = Matcher(settings, codec)
+    table = matcher.states
+    store = table._new_store_by_url("rocksdb://")
+    table._data = store
+    value = stored_state_bytes()
+    put(store, 0, "acct-1", value)
+    calls = {"get": 0, "contains": 0}
+    get, contains = store._get, store._contains
+
+    def counted_get(key: bytes) -> bytes | None:
+        calls["get"] += 1
+        return get(key)
+
+    def counted_contains(key: bytes) -> bool:
+        calls["contains"] += 1
+        return contains(key)
+
+    store._get, store._contains = counted_get, counted_contains
+    assert table.get("acct-1") == value
+    assert table.get("acct-404") is None
+    with pytest.raises(KeyError):
+        table["acct-404"]
+    assert calls == {"get": 3, "contains": 0}
+
+
 def test_the_profile_table_reads_back_its_json(settings: Settings, codec: Codec) -> None:
     matcher = Matcher(settings, codec)
     store = matcher.profiles._new_store_by_url("rocksdb://")
