@@ -37,6 +37,10 @@ class ReconciliationItem(BaseModel):
     occurred_at: datetime = Field(description="When the card event happened.")
     recorded_at: datetime = Field(description="When the ledger took the item.")
     detail: str = Field(description="Why it is an item, in one line.")
+    authorised_later: bool = Field(
+        description="A force_post whose authorisation arrived after its clearing (a late_authorisation item of the "
+        "same purchase): out of order, not a force post after all. Always false for the other kinds."
+    )
 
 
 class ReconciliationItems(BaseModel):

@@ -14,6 +14,7 @@ import msgspec
 from stream.core.holds import note_purchase
 from stream.core.judgement import new_txn, reconsider, refuse, shares_for
 from stream.core.lifecycle import authorization_expires_at
+from stream.core.money import format_minor
 from stream.core.offers import AccrueOn
 from stream.core.outcomes import Outcome
 from stream.core.rewards import at_most_per_purchase, compute, describe
@@ -62,7 +63,14 @@ def on_authorization(step: AccountStep) -> Outcome:
     existing = step.txns.get(event.transaction_ref)
     if existing is not None:
         # A late authorisation after its clearing (out of order), or a second one for the same ref.
-        return Outcome.ALREADY_SETTLED if existing.status != "authorized" else Outcome.NO_CHANGE
+        if existing.status == "authorized":
+            return Outcome.NO_CHANGE
+        if existing.authorized_basis == 0 and event.approved:
+            # The clearing was taken for a force post (no authorisation seen then: a ``force_post`` item);
+            # its authorisation came after all: an item that answers it, for operations' count of force posts.
+            billed = format_minor(event.billing_amount_minor, event.billing_currency)
+            step.reconcile("late_authorisation", f"authorisation of {billed} after its clearing (not a force post after all)")
+        return Outcome.ALREADY_SETTLED
     shares, found = shares_for(step)
     if not shares:
         return refuse(step, found, "authorized")

@@ -21,7 +21,7 @@ NOT_EARNED = "NOT_EARNED"  # a purchase that earned nothing, and why (no books m
 # a clearing without an authorisation. No books moved; ``explanation.reason`` is its kind (``ITEM_KINDS``), the
 # event's amount its basis. Written to ``reconciliation_items``, never to the ledger's entries.
 RECONCILIATION = "RECONCILIATION"
-ITEM_KINDS = ("unknown_refund", "unknown_chargeback", "unknown_chargeback_reversal", "force_post")
+ITEM_KINDS = ("unknown_refund", "unknown_chargeback", "unknown_chargeback_reversal", "force_post", "late_authorisation")
 LINES_NOT_ENTRIES = frozenset({NOT_EARNED, RECONCILIATION})  # records of the accruals topic that move no money
 
 

@@ -24,8 +24,12 @@ CLOCK_GRACE_S = 3_600  # past its window: an hour after it ended, time for the w
 
 _ITEMS = """
 SELECT item_seq, item_id, kind, account_id, transaction_ref, purchase_ref, amount_minor, currency::text AS currency,
-    occurred_at, recorded_at, detail
-FROM reconciliation_items
+    occurred_at, recorded_at, detail,
+    kind = 'force_post' AND EXISTS (
+        SELECT 1 FROM reconciliation_items late
+        WHERE late.account_id = r.account_id AND late.transaction_ref = r.transaction_ref AND late.kind = 'late_authorisation'
+    ) AS authorised_later
+FROM reconciliation_items r
 WHERE kind = $1 AND ($2::text IS NULL OR account_id = $2) AND ($3::bigint IS NULL OR item_seq < $3)
 ORDER BY item_seq DESC LIMIT $4
 """

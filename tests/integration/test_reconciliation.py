@@ -58,6 +58,9 @@ def _replay() -> Replay:
     replay.decide(refund("u-2", "half", NOW - timedelta(hours=2)))
     replay.decide(card_event("CLEARING", 10_000, account_id="f-1", transaction_ref="fp-1", event_id="force-earns"))
     replay.decide(card_event("CLEARING", 10_000, account_id="f-2", transaction_ref="fp-2", event_id="force-cash", mcc="6011"))
+    # f-3: a clearing before its authorisation (DOMAIN case 8): a force post first, answered by the late authorisation
+    replay.decide(card_event("CLEARING", 10_000, account_id="f-3", transaction_ref="fp-3", event_id="force-late"))
+    replay.decide(card_event("AUTHORIZATION", 10_000, account_id="f-3", transaction_ref="fp-3", event_id="auth-late"))
     for ref, age, mcc in (("a", 0.5, "5411"), ("b", 3, "5411"), ("c", 10, "5411"), ("d", 40, "5411"), ("e", 10, "5541")):
         replay.decide(
             card_event(
@@ -126,7 +129,7 @@ def database(postgres_url: str) -> str:
     replay = _replay()
     entries = list(replay.entries.values())
     first = asyncio.run(_write(database, entries))
-    assert sorted(first.items) == ["force_post"] * 2 + ["unknown_chargeback"] + ["unknown_refund"] * 4
+    assert sorted(first.items) == ["force_post"] * 3 + ["late_authorisation", "unknown_chargeback"] + ["unknown_refund"] * 4
     again = asyncio.run(_write(database, entries))  # the whole batch replayed: the judged path, nothing new
     assert (again.written, again.items) == (0, ())
     assert again.duplicates == first.written
@@ -144,7 +147,7 @@ async def test_each_item_is_in_the_table_once_with_its_figures(database: str) ->
         ledger_ids = {r["accrual_id"] for r in await connection.fetch("SELECT accrual_id FROM ledger_entries")}
     finally:
         await connection.close()
-    assert len(rows) == 7 and len({r["item_id"] for r in rows}) == 7
+    assert len(rows) == 9 and len({r["item_id"] for r in rows}) == 9
     assert all(r["item_id"].endswith("#reconciliation") for r in rows) and not ledger_ids & {r["item_id"] for r in rows}
     half = next(r for r in rows if r["account_id"] == "u-2")
     assert (half["kind"], half["purchase_ref"], half["amount_minor"], half["currency"]) == (
@@ -303,6 +306,12 @@ async def test_the_listing_pages_one_kind_latest_first(api: httpx.AsyncClient) -
     assert sorted(i["purchase_ref"] for i in one.json()["items"]) == ["gone-0", "gone-1", "gone-2"]
     force = (await api.get("/v1/operations/reconciliation/force_post", headers=headers)).json()["items"]
     assert {i["item_id"] for i in force} >= {"force-earns#reconciliation", "force-cash#reconciliation"}
+    answered = {i["item_id"]: i["authorised_later"] for i in force}
+    assert answered["force-late#reconciliation"] and not answered["force-earns#reconciliation"]
+    late = (await api.get("/v1/operations/reconciliation/late_authorisation", headers=headers)).json()["items"]
+    assert [(i["item_id"], i["transaction_ref"], i["authorised_later"]) for i in late] == [
+        ("auth-late#reconciliation", "fp-3", False)
+    ]
 
 
 @pytest.mark.asyncio

@@ -85,9 +85,23 @@ def test_a_redelivered_event_re_emits_its_item_under_the_same_id() -> None:
     assert decisions[1].entries == decisions[0].entries and items(decisions[1].entries)
 
 
-def test_a_late_authorisation_after_a_force_post_adds_no_item() -> None:
-    _, entries, _ = run_events([clearing(), auth()])
-    assert len(items(entries)) == 1 and legs(entries) == [("CONFIRMED", "EXPENSE", "CONFIRMED", 500)]
+def test_a_late_authorisation_answers_the_force_post_its_clearing_was_taken_for() -> None:
+    """DOMAIN case 8: the clearing arrived first (a ``force_post`` item: nothing else was known then);
+    its approved authorisation, arriving after, changes no money and adds a ``late_authorisation``
+    item for the same purchase, so operations count and list only the force posts never answered."""
+    _, entries, outcomes = run_events([clearing(event_id="clr-1"), auth(event_id="auth-1")])
+    assert outcomes[-1] is Outcome.ALREADY_SETTLED
+    assert legs(entries) == [("CONFIRMED", "EXPENSE", "CONFIRMED", 500)]
+    assert items(entries) == [("force_post", "clr-1#reconciliation"), ("late_authorisation", "auth-1#reconciliation")]
+    late = next(e for e in entries if e.accrual_id == "auth-1#reconciliation")
+    assert late.transaction_ref == "txn-1" and late.explanation.basis_minor == 10_000
+
+
+def test_a_declined_or_second_authorisation_after_a_clearing_answers_nothing() -> None:
+    _, entries, _ = run_events([clearing(event_id="clr-1"), auth(event_id="auth-d", response_code="05")])
+    assert items(entries) == [("force_post", "clr-1#reconciliation")]  # declined: a force post indeed
+    _, entries, outcomes = run_events([auth(event_id="a-1"), clearing(event_id="c-1"), auth(event_id="a-2")])
+    assert outcomes[-1] is Outcome.ALREADY_SETTLED and items(entries) == []  # it had its authorisation
 
 
 def test_an_item_round_trips_through_accrual_v4() -> None:
