@@ -16,7 +16,8 @@ watch counts it as fetching, as there is nothing to fetch. Once the consumer has
 what aiokafka counts as fetching (its fetch context, in the consumer's thread) and asks it to
 rejoin: the usual rebalance follows (revocation done, assignment, tables' recovery). Still out
 ``limit_s`` after that, the worker exits (``EXIT_OUT_OF_GROUP``) for its supervisor to start it
-again, as after a kill: nothing it owns is left uncommitted, it owns nothing.
+again, as after a kill: nothing it owns is left uncommitted, it owns nothing. Time out of the group
+while aiokafka knows no coordinator (the broker away) is not counted: the worker waits for the broker.
 """
 
 from __future__ import annotations
@@ -49,6 +50,11 @@ def in_group(client: Any) -> bool:
     if coordinator is None or not hasattr(coordinator, "generation"):
         return False
     return bool(coordinator.generation > 0 and coordinator.member_id != JoinGroupRequest.UNKNOWN_MEMBER_ID)
+
+
+def broker_away(client: Any) -> bool:
+    """Whether aiokafka knows no group coordinator (the broker unreachable, or being found again)."""
+    return getattr(getattr(client, "_coordinator", None), "coordinator_id", None) is None
 
 
 def owns_nothing(client: Any) -> bool:
@@ -99,6 +105,11 @@ class GroupWatch:
             self._out_since = self._rejoined_at = None
             if owns_nothing(client):
                 await self._in_thread(_fetched, client)
+            return
+        if broker_away(client):
+            # Out of the group because the broker is away: waiting is all there is to do (README: the
+            # broker being away blocks), never a reason to exit. The count starts again once it answers.
+            self._out_since = self._rejoined_at = None
             return
         if self._out_since is None:
             self._out_since = now

@@ -24,6 +24,7 @@ class Coordinator:
 
     def __init__(self) -> None:
         self.generation, self.member_id = 3, "worker-a-1234"
+        self.coordinator_id: int | None = 1  # the broker node that coordinates the group (None: not known)
         self.rejoins_requested = 0
 
     def request_rejoin(self) -> None:
@@ -102,6 +103,24 @@ async def test_a_worker_out_of_its_group_too_long_rejoins_it(world: World) -> No
     await world.at(LIMIT_S + 5)
     assert WORKER_IN_GROUP._value.get() == 1
     assert world.exits == []
+
+
+@pytest.mark.asyncio
+async def test_a_broker_away_is_waited_for_not_counted_as_time_out_of_the_group(world: World) -> None:
+    """The broker being away blocks (README): the worker waits for it, however long, and never exits;
+    once a coordinator answers again, the time out of the group counts from then."""
+    world.coordinator.reset_generation()
+    world.coordinator.coordinator_id = None
+    for seconds in (0, LIMIT_S, 5 * LIMIT_S, 20 * LIMIT_S):
+        await world.at(seconds)
+        assert WORKER_IN_GROUP._value.get() == 0
+    assert world.thread.calls == 0 and world.exits == []
+    world.coordinator.coordinator_id = 1
+    await world.at(20 * LIMIT_S + 1)
+    await world.at(21 * LIMIT_S)
+    assert world.thread.calls == 0  # out for LIMIT_S - 1 since the broker came back
+    await world.at(21 * LIMIT_S + 1)
+    assert world.thread.calls == 1 and world.exits == []
 
 
 @pytest.mark.asyncio
