@@ -94,7 +94,7 @@ class Staged:
 
     tp: Any
     offset: int
-    source_time: list[tuple[str, bytes]] | None = None  # its accruals' SOURCE_TIME_HEADER: its broker timestamp
+    timestamp_s: float | None = None  # its broker timestamp: its accruals carry it (SOURCE_TIME_HEADER)
     flushed: Flushed = field(default_factory=Flushed)
     deliveries: list[Any] = field(default_factory=list)
     decisions: list[Decided] = field(default_factory=list)
@@ -120,7 +120,7 @@ class Batch:
     def start(self, tp: Any, offset: int, timestamp_s: float | None = None) -> Staged:
         if not self.messages:
             self.opened = time.monotonic()
-        staged = Staged(tp, offset, _source_time(timestamp_s))
+        staged = Staged(tp, offset, timestamp_s)
         self.messages.append(staged)
         return staged
 
@@ -287,12 +287,13 @@ class Outbox:
 
     async def _send_entries(self, staged: Staged, decided: Decided) -> None:
         account_key = decided.account_id.encode()
+        headers = _source_time(staged.timestamp_s)
         sends = []
         for entry in decided.entries:
             # Handed to the producer now (keyed by account: the account's partition); Faust still
             # flushes the producer before committing the input offsets, so at-least-once holds.
             value = self.codec.encode("accrual", entry.record())
-            sends.append(await self.sends.send(self.accruals, account_key, value, None, staged.source_time))
+            sends.append(await self.sends.send(self.accruals, account_key, value, None, headers))
             if decided.counted:
                 ACCRUALS.labels(entry.entry_kind, entry.reward_kind).inc()
                 CASHBACK_AMOUNT.labels(entry.entry_kind, entry.reward_kind, entry.currency).inc(entry.amount_minor)
