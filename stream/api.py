@@ -60,6 +60,7 @@ from stream.auth import ACCOUNTS_READ, OFFERS_ACTIVATE, OPERATIONS, SCOPES, Auth
 from stream.core.holdout import held_out
 from stream.core.money import format_minor
 from stream.core.offers import Offer
+from stream.kafka_clients import start_client
 from stream.metrics import API_REQUESTS
 from stream.offer_mirror import OfferMirror
 from stream.producing import producer as make_producer
@@ -88,7 +89,7 @@ def create_app(settings: Settings, codec: Codec, topics: Catalogue, authenticato
         gauges = ReconciliationGauges(app.state.pool, lambda: offer_windows(app.state.offers.book), settings.reconcile_interval_s)
         reconciling = asyncio.create_task(gauges.run()) if settings.reconcile_interval_s else None
         app.state.producer = make_producer(settings)
-        await app.state.producer.start()
+        await start_client(app.state.producer)
         log.info(
             "bearer tokens of %s for %s, signed by keys of %s: %s",
             auth.issuer,

@@ -45,6 +45,7 @@ from faust.transport.consumer import ensure_TP
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
+from stream.kafka_clients import start_client
 from stream.progress import InputProgress
 from stream.settings import Settings
 
@@ -161,8 +162,12 @@ class OffsetLookups:
     async def _clients(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
         if self._admin is None or self._reader is None:
             admin, reader = AIOKafkaAdminClient(**self._options), AIOKafkaConsumer(enable_auto_commit=False, **self._options)
-            await admin.start()
-            await reader.start()
+            try:
+                await start_client(admin)
+                await start_client(reader)
+            except BaseException:
+                await _close_quietly(admin, reader)
+                raise
             self._admin, self._reader = admin, reader
         return self._admin, self._reader
 
@@ -200,12 +205,16 @@ class OffsetLookups:
 
     async def close(self) -> None:
         admin, reader, self._admin, self._reader = self._admin, self._reader, None, None
-        for stop in (admin.close if admin else None, reader.stop if reader else None):
-            if stop is not None:
-                try:
-                    await stop()
-                except (KafkaError, OSError):  # already broken: nothing to close politely
-                    pass
+        await _close_quietly(admin, reader)
+
+
+async def _close_quietly(admin: AIOKafkaAdminClient | None, reader: AIOKafkaConsumer | None) -> None:
+    for stop in (admin.close if admin else None, reader.stop if reader else None):
+        if stop is not None:
+            try:
+                await stop()
+            except (KafkaError, OSError):  # already broken: nothing to close politely
+                pass
 
 
 async def watch_partitions(

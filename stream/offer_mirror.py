@@ -19,6 +19,7 @@ from schemas.codec import Codec, DecodeError
 from stream.core.offer_parsing import parse_offer
 from stream.core.offers import Offer, OfferBook, OfferError
 from stream.deadletter import Stage
+from stream.kafka_clients import start_client
 from stream.metrics import DEAD_LETTERS, OFFERS_LOADED
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ class CompactedTopicMirror(Generic[T]):
             **self._client_options,
         )
         try:
-            await consumer.start()  # inside the try: a cancel during start must still close it
+            await start_client(consumer)  # inside the try: a cancel during start must still close it
             for _ in range(100):
                 if consumer.assignment():
                     break

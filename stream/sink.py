@@ -39,6 +39,7 @@ from schemas.codec import Codec, DecodeError
 from stream.core.abuse import RULE_NAMES
 from stream.core.entries import ITEM_KINDS
 from stream.deadletter import OtherReason, Stage, dead_letter
+from stream.kafka_clients import start_client
 from stream.metrics import (
     CONSUMER_LAG,
     HOLD_REVIEWS,
@@ -163,9 +164,9 @@ class Sink:
             **kafka,
         )
         producer = make_producer(self.settings)
-        await producer.start()
-        await consumer.start()
         try:
+            await start_client(producer)
+            await start_client(consumer)
             await self._drain(consumer, producer)
         finally:
             await consumer.stop()
