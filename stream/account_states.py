@@ -199,9 +199,9 @@ class AccountStates:
         return keys
 
     def _stored_keys(self, prefix: str, partition: int) -> list[str]:
-        """The keys the local store holds that start with ``prefix``. On RocksDB, only the
-        partition's own store is read, from the prefix on (its keys are JSON strings, in byte
-        order); any other store (in memory) is read whole."""
+        """The keys the local store holds that start with ``prefix`` (every key: ``""``). On
+        RocksDB, only the partition's own store is read, from the prefix on (its keys are JSON
+        strings, in byte order); any other store (in memory) is read whole."""
         store: Any = getattr(self.table, "data", None)
         if store is None or not hasattr(store, "_db_for_partition"):
             return [key for key in self.table.keys() if isinstance(key, str) and key.startswith(prefix)]
@@ -214,8 +214,10 @@ class AccountStates:
         return found
 
     def _scan(self, partition: int) -> dict[str, int]:
+        # The partition's own keys: the table's whole key view reads every partition's store, and
+        # Faust's RocksDB store counts its keys (list() asks) by reading them all once more.
         index: dict[str, int] = {}
-        for key in list(self.table.keys()):
+        for key in self._stored_keys("", partition):
             if is_summary_key(key) and account_partition(key, self.partitions) == partition:
                 stored = decode_summary(self.table.get(key))
                 if stored is not None and stored.due_ms is not None:

@@ -219,3 +219,21 @@ async def test_on_rocksdb_only_the_accounts_keys_of_its_partition_are_read(setti
     assert deleted[0] == ACCOUNT and set(deleted) == {*keys[:4], f"{ACCOUNT}\x1ft\x1fnot-yet-settled"}
     assert all(value is DELETED and partition == 1 for _, value, partition in table.staged)
     assert not any(is_summary_key(key) and key != ACCOUNT for key in deleted)
+
+
+async def test_on_rocksdb_the_due_accounts_of_a_partition_are_read_from_its_own_store(settings: Settings, codec: Any) -> None:
+    """The first tick of a partition finds its due accounts among that partition's keys only: the
+    table's whole key view (every partition, read twice) is never asked (``StoreTable.keys``)."""
+    store = Matcher(settings, codec).states._new_store_by_url("rocksdb://")
+    partitions = 4
+    mine = [a for a in (f"acct-{n}" for n in range(40)) if account_partition(a, partitions) == 1][:3]
+    other = next(a for a in (f"acct-{n}" for n in range(40)) if account_partition(a, partitions) == 2)
+    for due_ms, account in zip((300, 100, None), mine, strict=True):
+        store._db_for_partition(1).put(store._encode_key(account), encode(Summary(layout=3, due_ms=due_ms)))
+        store._db_for_partition(1).put(store._encode_key(f"{account}\x1ft\x1ftxn-1"), encode(Summary(layout=3)))
+    store._db_for_partition(2).put(store._encode_key(other), encode(Summary(layout=3, due_ms=50)))
+    states = AccountStates(StoreTable(store), partitions=partitions)  # type: ignore[arg-type]
+
+    assert states.due(1, 1_000) == [mine[1], mine[0]]  # the earliest first; the one with nothing due left out
+    assert states.due(1, 200) == [mine[1]]
+    assert states.due(2, 1_000) == [other]
