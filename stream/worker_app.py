@@ -92,6 +92,14 @@ MAX_POLL_RECORDS = 500
 # heartbeats go on while the fetcher waits).
 MAX_POLL_INTERVAL_S = 300.0
 CONSUMER_FETCH_BYTES = 8 * 1024 * 1024
+# The producer gathers a flush's records for up to 5 ms into batches of up to 256 KiB (Faust's
+# defaults: no wait, 16 KiB), so a flush of a few thousand records (the changelog's rows, then the
+# entries) leaves in a few large produce requests instead of many small ones. Measured in two pairs
+# of benchmark runs (60,000 card events, the worker's CPU seconds over its drain): 43.5 and 39.6 s
+# before, 29.5 and 30.0 s after. A flush waits for the changelog once, so the wait adds at most
+# 5 ms to each batch.
+PRODUCER_LINGER_S = 0.005
+PRODUCER_BATCH_BYTES = 256 * 1024
 
 
 def worker_app(settings: Settings, guarded_topics: frozenset[str], partitions: int) -> GuardedApp:
@@ -120,6 +128,8 @@ def worker_app(settings: Settings, guarded_topics: frozenset[str], partitions: i
         # faster on this machine, where reading is bound by the CPU the whole stack shares.
         consumer_max_fetch_size=CONSUMER_FETCH_BYTES,
         producer_acks=-1,
+        producer_linger=PRODUCER_LINGER_S,
+        producer_max_batch_size=PRODUCER_BATCH_BYTES,
         stream_wait_empty=False,
         web_enabled=False,
         autodiscover=False,
