@@ -55,6 +55,7 @@ from stream.api_models import (
     OfferSummary,
     Problem,
 )
+from stream.api_offer_results import offer_results_routes
 from stream.api_reconciliation import reconciliation_routes
 from stream.auth import ACCOUNTS_READ, OFFERS_ACTIVATE, OPERATIONS, SCOPES, Authenticator, InvalidToken, Principal
 from stream.core.holdout import held_out
@@ -63,6 +64,7 @@ from stream.core.offers import Offer
 from stream.kafka_clients import start_client
 from stream.metrics import API_REQUESTS
 from stream.offer_mirror import OfferMirror
+from stream.offer_results import ActivationMirror, OfferResultsGauges
 from stream.producing import producer as make_producer
 from stream.reconciliation import ReconciliationGauges, offer_windows
 from stream.settings import Settings
@@ -88,6 +90,14 @@ def create_app(settings: Settings, codec: Codec, topics: Catalogue, authenticato
         mirror = asyncio.create_task(app.state.offers.run())
         gauges = ReconciliationGauges(app.state.pool, lambda: offer_windows(app.state.offers.book), settings.reconcile_interval_s)
         reconciling = asyncio.create_task(gauges.run()) if settings.reconcile_interval_s else None
+        app.state.activations = ActivationMirror(
+            topics.activations.name, codec, settings.kafka_bootstrap_servers, **settings.kafka_client_options()
+        )
+        following = asyncio.create_task(app.state.activations.run())
+        results = OfferResultsGauges(
+            app.state.pool, lambda: app.state.offers.book, app.state.activations, settings.offer_results_interval_s
+        )
+        reporting = asyncio.create_task(results.run()) if settings.offer_results_interval_s else None
         app.state.producer = make_producer(settings)
         await start_client(app.state.producer)
         log.info(
@@ -100,10 +110,10 @@ def create_app(settings: Settings, codec: Codec, topics: Catalogue, authenticato
         try:
             yield
         finally:
-            for task in (mirror, reconciling):
-                if task is not None:
-                    task.cancel()
-            await asyncio.gather(*(t for t in (mirror, reconciling) if t is not None), return_exceptions=True)
+            tasks = [t for t in (mirror, reconciling, following, reporting) if t is not None]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await app.state.producer.stop()
             await app.state.pool.close()
 
@@ -291,6 +301,9 @@ def create_app(settings: Settings, codec: Codec, topics: Catalogue, authenticato
 
     # The items behind the reconciliation gauges: stream.api_reconciliation.
     app.include_router(reconciliation_routes(pool=pool, operators=operators))
+
+    # What each offer did for its treated and holdout groups: stream.api_offer_results.
+    app.include_router(offer_results_routes(pool=pool, operators=operators))
 
     # Everything held about an account, and its erasure (GDPR): stream.api_gdpr.
     app.include_router(

@@ -129,6 +129,37 @@ RECONCILIATION_LAST_RUN = Gauge(
 for _kind in ITEM_KINDS:
     RECONCILIATION_ITEMS.labels(_kind)
 
+# Offer results (stream.offer_results): per live offer (the book bounds offer_id), group treated|holdout, currency the
+# purchases' ISO 4217 billing currency, unit the cost's (ISO 4217 or PTS). Set by each API process every
+# RECONCILE_INTERVAL_S over the offer's whole life (replicas report the same values: rules and panels take max).
+OFFER_ACCOUNTS = Gauge(
+    "cashback_offer_accounts", "Accounts with a purchase of the offer's group, every currency.", ["offer_id", "group"]
+)
+OFFER_ELIGIBLE_ACCOUNTS = Gauge(
+    "cashback_offer_eligible_accounts", "Accounts with a purchase the offer applied to, treated or held out.", ["offer_id"]
+)
+OFFER_PURCHASES = Gauge(
+    "cashback_offer_purchases", "Purchases the offer paid (treated) or would have (holdout).", ["offer_id", "group", "currency"]
+)
+OFFER_SPEND = Gauge(
+    "cashback_offer_spend_minor",
+    "Spend of those purchases (their amount as judged), in minor units of the currency.",
+    ["offer_id", "group", "currency"],
+)
+OFFER_COST = Gauge(
+    "cashback_offer_cost_minor",
+    "Cashback the offer booked net of releases, expiries and clawbacks, in minor units.",
+    ["offer_id", "unit"],
+)
+OFFER_ACTIVATIONS = Gauge(
+    "cashback_offer_activations",
+    "Accounts holding the offer activated, by group, as the API last read them.",
+    ["offer_id", "group"],
+)
+OFFER_RESULTS_LAST_RUN = Gauge(
+    "cashback_offer_results_last_run_timestamp_seconds", "When this process last computed the offer results gauges."
+)
+
 
 def observe_ledger_latency(timestamps_ms: Iterable[int], written: int, now_s: float | None = None) -> None:
     """``LEDGER_LATENCY_SECONDS`` for one committed sink batch: ``timestamps_ms`` its messages' Kafka

@@ -107,6 +107,12 @@ class Settings(BaseSettings):
         le=3_600,
         description="How often the API computes the reconciliation gauges from the ledger (0: never).",
     )
+    offer_results_interval_s: float = Field(
+        300.0,
+        ge=0,
+        le=86_400,
+        description="How often the API computes the offer results gauges, reading every live offer's ledger lines (0: never).",
+    )
     sink_batch_size: int = Field(2000, ge=1, le=100_000, description="Most accruals written per database transaction.")
     sink_batch_wait_ms: int = Field(100, ge=0, le=60_000, description="Longest wait to fill a sink batch.")
     sink_group_id: str = Field("cashback-sink", description="Consumer group of the sink.")

@@ -11,42 +11,14 @@ gauges, say) is one more ``Row`` in a dashboard's tuple.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from stream.ops.panel_model import Dashboard, Panel, Query, Row
 
 RATE = "$__rate_interval"
 WORKER = 'job="cashback-worker"'
 SINKS = 'job=~"cashback-sink|cashback-worker"'  # a worker run --with-sink writes the ledger too
 CARD_EVENTS = f'{WORKER}, event_type!="CLOCK_TICK"'
-
-
-@dataclass(frozen=True)
-class Query:
-    expr: str
-    legend: str = ""
-
-
-@dataclass(frozen=True)
-class Panel:
-    title: str
-    description: str
-    unit: str
-    queries: tuple[Query, ...]
-    stacked: bool = False
-
-
-@dataclass(frozen=True)
-class Row:
-    title: str
-    panels: tuple[Panel, ...]
-
-
-@dataclass(frozen=True)
-class Dashboard:
-    name: str  # the file: deploy/grafana/<name>.json
-    uid: str
-    title: str
-    description: str
-    rows: tuple[Row, ...]
+API = 'job="cashback-api"'
+OFFER = "(offer_id, group, currency)"
 
 
 def quantiles(metric: str, selector: str, legend: str) -> tuple[Query, ...]:
@@ -170,7 +142,7 @@ MONEY = Dashboard(
     name="money",
     uid="cashback-money",
     title="Cashback: money",
-    description="Cashback by kind and currency, pending against available, clawbacks, holds, campaign budgets.",
+    description="Cashback by kind and currency, pending against available, clawbacks, holds, campaign budgets, offer results.",
     rows=(
         Row(
             "Cashback",
@@ -262,11 +234,38 @@ MONEY = Dashboard(
                 ),
             ),
         ),
+        Row(
+            "Offer results",
+            (
+                Panel(
+                    "Offer average basket: treated against holdout",
+                    "Spend over purchases per offer, group and currency (minor units), whole life, as the API reads the ledger.",
+                    "short",
+                    (
+                        Query(
+                            f"max by {OFFER} (cashback_offer_spend_minor{{{API}}}) / max by {OFFER} (cashback_offer_purchases{{{API}}} > 0)",
+                            "{{offer_id}} {{group}} {{currency}}",
+                        ),
+                    ),
+                ),
+                Panel(
+                    "Offer accounts by group",
+                    "Accounts with a purchase each live offer paid (treated) or would have (holdout).",
+                    "short",
+                    (Query(f"max by (offer_id, group) (cashback_offer_accounts{{{API}}})", "{{offer_id}} {{group}}"),),
+                ),
+                Panel(
+                    "Offer cost",
+                    "Cashback each live offer booked net of releases, expiries and clawbacks, in minor units of its unit.",
+                    "short",
+                    (Query(f"max by (offer_id, unit) (cashback_offer_cost_minor{{{API}}})", "{{offer_id}} {{unit}}"),),
+                ),
+            ),
+        ),
     ),
 )
 
 PROCESSES = 'job=~"cashback-.*"'
-API = 'job="cashback-api"'
 ACCRUALS_LAG = 'cashback_consumer_lag_messages{topic=~".*accruals"}'  # only the sinks read the accruals topic
 
 RELIABILITY = Dashboard(

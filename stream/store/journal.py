@@ -71,8 +71,9 @@ STAGING_COLUMNS = (
 )
 LEDGER_COLUMNS = STAGING_COLUMNS[1:]  # a new entry's row in ledger_entries: all but the position
 _POSITION, _ID, _SOURCE, _ACCOUNT, _REF, _KIND, _DEBIT, _CREDIT, _AMOUNT, _CURRENCY, _REWARD = range(11)
-_OCCURRED, _EXPLANATION, _FINGERPRINT, _PURCHASE = 13, 14, 15, 18
+_OFFER, _OCCURRED, _EXPLANATION, _FINGERPRINT, _PURCHASE = 11, 13, 14, 15, 18
 assert STAGING_COLUMNS[_REWARD] == "reward_kind" and STAGING_COLUMNS[_FINGERPRINT] == "fingerprint"
+assert STAGING_COLUMNS[_OFFER] == "offer_id"
 assert STAGING_COLUMNS[_PURCHASE] == "purchase_ref"
 
 NOT_EARNED = "NOT_EARNED"
@@ -128,13 +129,14 @@ ON CONFLICT (account_id, item_id) DO NOTHING
 RETURNING kind
 """
 
+# A line's offer_id is the offer it is about where the record names one (a holdout line: migration 0013).
 _INSERT_REFUSALS = """
 INSERT INTO purchases_not_earned (accrual_id, source_event_id, account_id, transaction_ref, reason,
-    detail, basis_minor, basis_currency, occurred_at)
+    detail, basis_minor, basis_currency, occurred_at, offer_id)
 SELECT accrual_id, source_event_id, account_id, transaction_ref, explanation->>'reason',
-    explanation->>'detail', (explanation->>'basis_minor')::bigint, explanation->>'basis_currency', occurred_at
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::jsonb[])
-    AS n(accrual_id, source_event_id, account_id, transaction_ref, occurred_at, explanation)
+    explanation->>'detail', (explanation->>'basis_minor')::bigint, explanation->>'basis_currency', occurred_at, offer_id
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::jsonb[], $7::text[])
+    AS n(accrual_id, source_event_id, account_id, transaction_ref, occurred_at, explanation, offer_id)
 """
 
 
@@ -242,7 +244,8 @@ async def _insert(
     refusals = [r for r in lines if r[_KIND] == NOT_EARNED]
     if refusals:
         await connection.execute(
-            _INSERT_REFUSALS, *([r[c] for r in refusals] for c in (_ID, _SOURCE, _ACCOUNT, _REF, _OCCURRED, _EXPLANATION))
+            _INSERT_REFUSALS,
+            *([r[c] for r in refusals] for c in (_ID, _SOURCE, _ACCOUNT, _REF, _OCCURRED, _EXPLANATION, _OFFER)),
         )
     items = [r for r in lines if r[_KIND] == RECONCILIATION]
     if not items:

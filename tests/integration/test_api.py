@@ -656,6 +656,7 @@ async def test_openapi_declares_the_bearer_scheme_on_every_protected_route(api: 
         ("post", "/v1/operations/holds/forfeit"): [[OPERATIONS]],
         ("get", "/v1/operations/merchant-flags"): [[OPERATIONS]],
         ("get", "/v1/operations/reconciliation/{kind}"): [[OPERATIONS]],
+        ("get", "/v1/operations/offers/{offer_id}/results"): [[OPERATIONS]],
         ("get", "/v1/operations/accounts/{account_id}/export"): [[OPERATIONS]],
         ("post", "/v1/operations/accounts/{account_id}/erasure"): [[OPERATIONS]],
         ("get", "/v1/offers"): [[]],

@@ -99,7 +99,10 @@ async def state(connection: asyncpg.Connection) -> dict[str, list[tuple[Any, ...
     """The tables the journal writes, without what a sequence or the clock numbers (the statement before wrote the
     refusals of a batch and its conflicts in no set order)."""
     ledger = await connection.fetch("SELECT * FROM ledger_entries ORDER BY entry_seq")
-    refusals = await connection.fetch("SELECT * FROM purchases_not_earned")
+    # offer_id: the holdout line's offer, which the statement before did not keep (its schema predates 0013)
+    refusals = [
+        {k: v for k, v in row.items() if k != "offer_id"} for row in await connection.fetch("SELECT * FROM purchases_not_earned")
+    ]
     conflicts = await connection.fetch("SELECT * FROM ledger_conflicts")
     balances = await connection.fetch("SELECT * FROM balances ORDER BY account_id, reward_kind, currency")
     drop = {"entry_seq", "history_seq", "recorded_at", "conflict_seq", "detected_at", "updated_at"}

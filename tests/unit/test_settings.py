@@ -48,6 +48,7 @@ def test_defaults() -> None:
         "abuse_rules_file": None,
         "abuse_scan_interval_s": 300.0,
         "reconcile_interval_s": 30.0,
+        "offer_results_interval_s": 300.0,
         "sink_batch_size": 2000,
         "sink_batch_wait_ms": 100,
         "sink_group_id": "cashback-sink",
@@ -352,7 +353,7 @@ def test_documentation_table_has_one_row_per_field() -> None:
     lines = documentation_table().splitlines()
     assert lines[:2] == ["| variable | default | meaning |", "|---|---|---|"]
     rows = lines[2:]
-    assert len(rows) == len(Settings.model_fields) == 39
+    assert len(rows) == len(Settings.model_fields) == 40
     assert [row.split("`")[1] for row in rows] == VARIABLES
     assert "| `TOPIC_PARTITIONS` | `4` | Partitions of the co-partitioned input and output topics. |" in rows
     assert "| `KAFKA_SASL_PASSWORD` |  | SASL password (never logged). |" in rows
