@@ -71,6 +71,7 @@ class Results:
     # the long run
     rss_at_quarter_bytes: int = 0
     rss_at_end_bytes: int = 0
+    rss_at_eighths_bytes: list[int] = field(default_factory=list)  # after 1/8, 2/8, ... 8/8 of the long run
     long_worker_events_per_s: float = 0.0
     restart_s: float = 0.0
     correctness: Correctness = field(default_factory=Correctness)
@@ -128,6 +129,8 @@ class Results:
              f"worker done {self.paced_backlog_s:.1f}s after the last"),
             ("worker RSS at 1/4 / end", f"{self.rss_at_quarter_bytes / mib:,.0f} / {self.rss_at_end_bytes / mib:,.0f} MiB",
              f"growth {self.rss_growth:.2f} over {self.long_events:,} events ({self.long_worker_events_per_s:,.0f} events/s)"),
+            ("worker RSS at each 1/8", " ".join(f"{rss / mib:,.0f}" for rss in self.rss_at_eighths_bytes) + " MiB",
+             "whether it levels off (the bounded caches full) or keeps growing"),
             ("restart to first event", f"{self.restart_s:.1f} s", f"after SIGTERM, {self.restart_events:,} events published meanwhile; target <= 15"),
             ("two workers", f"{self.two_workers_events_per_s:,.0f} events/s", f"{self.two_workers:.2f} of one; target >= 1.7"),
             ("correctness", "passed" if self.correctness.passed else "FAILED",

@@ -228,16 +228,23 @@ class Bench:
         port, check = group.metrics_ports["long-worker"], alive(group.children, self.work_dir)
         pid = group.children["long-worker"].pid
         rss: dict[str, int] = {}
+        eighths: list[int] = []  # the RSS once each eighth of the log is decided: the curve behind the growth
 
         def sample(counted: float) -> None:
+            if counted < plan.long_events // 8:
+                return
+            now = rss_bytes(pid)
             if counted >= plan.long_events // 4:
-                rss.setdefault("quarter", rss_bytes(pid))
+                rss.setdefault("quarter", now)
             if counted >= plan.long_events:
-                rss.setdefault("end", rss_bytes(pid))
+                rss.setdefault("end", now)
+            while len(eighths) < 8 and counted >= plan.long_events * (len(eighths) + 1) // 8:
+                eighths.append(now)
 
         window = watch_drain(lambda: [card_events_decided(port)], plan.long_events, check, "the long run", on_poll=sample)
         results.long_worker_events_per_s = window.rate
         results.rss_at_quarter_bytes, results.rss_at_end_bytes = rss["quarter"], rss["end"]
+        results.rss_at_eighths_bytes = eighths
         self.say(
             f"long run: {window.rate:,.0f} events/s; RSS {rss['quarter'] >> 20} MiB at a quarter, {rss['end'] >> 20} MiB at the end"
         )

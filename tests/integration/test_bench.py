@@ -53,6 +53,8 @@ def test_the_quick_benchmark_measures_every_figure_on_a_correct_ledger(tmp_path:
     assert all(value > 0 for value in figures.values()), figures
     assert all(results[rate] > 0 for rate in RATES), {rate: results[rate] for rate in RATES}
     assert results["latency_events"] > 0 and results["ledger_rows"] > 0
+    eighths = results["rss_at_eighths_bytes"]  # a poll may see several eighths at once: then equal values
+    assert len(eighths) == 8 and all(rss > 0 for rss in eighths) and eighths[-1] == results["rss_at_end_bytes"], eighths
 
     correctness = results["correctness"]
     assert correctness["passed"] is True, correctness
