@@ -94,6 +94,13 @@ class OfferSummary(BaseModel):
     valid_to: datetime | None
     requires_activation: bool
     holdout_bps: int = Field(default=0, description="Basis points of the accounts held out of the offer to measure it (0: none).")
+    available_expiry_days: int | None = Field(
+        default=None,
+        description="Days a POINTS or STORE_CREDIT reward stays available before it expires unused, at the end of that UTC day (null: never).",
+    )
+    expiry_notice_days: int | None = Field(
+        default=None, description="Days before such an expiry the customer is to be told (null: no notice)."
+    )
 
     @classmethod
     def of(cls, offer: Offer) -> OfferSummary:
@@ -107,6 +114,8 @@ class OfferSummary(BaseModel):
             valid_to=offer.valid_to,
             requires_activation=bool(getattr(offer, "requires_activation", False)),
             holdout_bps=offer.holdout_bps,
+            available_expiry_days=offer.available_expiry_days,
+            expiry_notice_days=offer.expiry_notice_days,
         )
 
 

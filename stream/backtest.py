@@ -139,8 +139,8 @@ def replay(
 
 
 def report(result: Replay) -> str:
-    """What a rewards team asks of a back-test: cost per offer and unit, the purchases each offer's
-    holdout group made that it would have rewarded, and why purchases earned nothing."""
+    """What a rewards team asks of a back-test: cost per offer and unit, what expired unused, the
+    purchases each offer's holdout group made that it would have rewarded, and why purchases earned nothing."""
     cost: Counter = Counter()
     for entry in result.entries.values():
         if not moves_money(entry.entry_kind):
@@ -153,6 +153,13 @@ def report(result: Replay) -> str:
     if held:
         lines.append("rewards held for review, by abuse rule (entries into HELD):")
         lines += [f"  {rule:<24} {count}" for rule, count in held.most_common()]
+    expired: Counter = Counter()  # breakage: points and store credit left unused (stream.core.expiry)
+    for entry in result.entries.values():
+        if entry.entry_kind == "AVAILABLE_EXPIRED":
+            expired[(entry.offer_id, entry.currency)] += entry.amount_minor
+    if expired:
+        lines.append("unused rewards expired (first earned first expired; back to the sponsor), by offer:")
+        lines += [f"  {offer:<24} {format_minor(amount, unit)}" for (offer, unit), amount in sorted(expired.items())]
     held_out = Counter(e.offer_id for e in result.entries.values() if e.explanation.reason == "holdout" and e.offer_id)
     if held_out:  # the offers' control groups (stream.core.holdout): purchases each would have rewarded
         lines.append("purchases held out of an offer (its holdout group), by offer:")

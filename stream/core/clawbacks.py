@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from stream.core.expiry import consume
 from stream.core.holds import HELD, note_refund, spend
 from stream.core.money import format_minor, prorate
 from stream.core.outcomes import Outcome
@@ -24,6 +25,11 @@ def _claw_back(step: AccountStep, share: Share, amount: int, reason: str, detail
     from_confirmed = min(share.confirmed, amount)
     from_held = min(share.held, amount - from_confirmed)
     from_spendable = amount - from_confirmed - from_held
+    taken = consume(step, share, from_spendable)  # first earned, first used (stream.core.expiry)
+    if share.expiry_days is not None and taken < from_spendable:  # the rest expired: the sponsor has it back
+        detail = f"{detail}; {format_minor(from_spendable - taken, share.currency)} of it expired unused before: not taken again"
+        amount -= from_spendable - taken
+        from_spendable = taken
     step.entry("CLAWED_BACK", "CONFIRMED", "EXPENSE", from_confirmed, share, reason, detail)
     step.entry("CLAWED_BACK", HELD, "EXPENSE", from_held, share, reason, detail)
     step.entry("CLAWED_BACK", spendable_book(share), "EXPENSE", from_spendable, share, reason, detail)

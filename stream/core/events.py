@@ -33,6 +33,7 @@ class EventType(str, enum.Enum):
     # Internal, made by time passing (stream.core.lifecycle); no card processor sends it, and the Avro
     # enums do not have it, so it cannot arrive from a topic.
     RETURN_WINDOW_ENDED = "RETURN_WINDOW_ENDED"
+    AVAILABLE_EXPIRY = "AVAILABLE_EXPIRY"  # unused points or store credit expire (stream.core.expiry)
     # The bank's instructions about an account's held rewards (stream.core.holds), on their own topic
     # (the account_instruction schema), never on the card processors' topics.
     RELEASE_HOLD = "RELEASE_HOLD"

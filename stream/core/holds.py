@@ -54,6 +54,7 @@ import msgspec
 
 from stream.core.abuse import MERCHANT_CONCENTRATION, PURCHASE_BURST, REFUND_LOOP
 from stream.core.events import Instruction
+from stream.core.expiry import open_lot
 from stream.core.lifecycle import DAY_MS
 from stream.core.money import format_minor
 from stream.core.outcomes import Outcome
@@ -219,6 +220,7 @@ def spend(
     if flag is None:
         step.entry(kind, debit, spendable_book(share), amount, share, reason, detail)
         share.available += amount
+        open_lot(step, purchase_ref(step.event), share, amount)  # points and store credit that expire
         return Spent(available=amount)
     held_kind = HELD if kind == "MADE_AVAILABLE" else kind
     step.entry(held_kind, debit, HELD, amount, share, flag.rule, f"{cause}: held for review ({flag.rule}: {flag.detail})")
@@ -261,6 +263,7 @@ def _review(step: AccountStep, release: bool) -> Outcome:
             detail = f"released after review by {note.actor}: {note.reason}"
             step.entry("HOLD_RELEASED", HELD, spendable_book(share), amount, share, rule, detail)
             share.available += amount
+            open_lot(step, ref, share, amount)
         else:
             detail = f"forfeited after review by {note.actor}: {note.reason}"
             step.entry("HOLD_FORFEITED", HELD, "EXPENSE", amount, share, rule, detail)

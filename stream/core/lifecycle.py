@@ -7,7 +7,8 @@ share whose cashback was confirmed (the clearing time plus the offer's ``pending
 clearing part pushes it later), and the account's earliest due time as ``state.due_ms``.
 
 ``due_events(state, account_id, now)`` turns what is due by ``now`` into internal events
-(``AUTHORIZATION_EXPIRY``, ``RETURN_WINDOW_ENDED``) that go through ``decide`` like any other
+(``AUTHORIZATION_EXPIRY``, ``RETURN_WINDOW_ENDED``, and ``AVAILABLE_EXPIRY`` when a lot of unused
+points or store credit expires: ``stream.core.expiry``) that go through ``decide`` like any other
 event: the same entries, the same budget and cap bookkeeping, and deterministic ids
 (``<kind>:<account>:<transaction>:<due ms>``), so a redelivered clock tick changes nothing. Each
 event happens at its due time, not at the tick's, so the result does not depend on how often the
@@ -21,11 +22,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from stream.core.events import CardEvent, EventType
-from stream.core.state import UNKNOWN_DUE, AccountState, Share, Txn
+from stream.core.state import UNKNOWN_DUE, AccountState, Lot, Share, Txn
 
 DAY_MS = 24 * 3600 * 1000
 _EXPIRY = EventType.AUTHORIZATION_EXPIRY.value
 _WINDOW_ENDED = EventType.RETURN_WINDOW_ENDED.value
+_LOT_EXPIRY = EventType.AVAILABLE_EXPIRY.value
 
 
 def authorization_expires_at(event: CardEvent, offers: Iterable[Any]) -> int:
@@ -84,14 +86,31 @@ def txn_due_ms(txn: Txn) -> int | None:
 
 def next_due_ms(state: AccountState) -> int | None:
     """The earliest time anything of this account falls due, or None."""
-    return min((due for txn in state.txns.values() if (due := txn_due_ms(txn)) is not None), default=None)
+    due = min((due for txn in state.txns.values() if (due := txn_due_ms(txn)) is not None), default=None)
+    return with_lots(due, state.lots)
+
+
+def with_lots(due_ms: int | None, lots: list[Lot]) -> int | None:
+    """``due_ms`` (the transactions' earliest) or the earliest expiry of ``lots``, whichever is first."""
+    if not lots:
+        return due_ms
+    expires = min(lot.expires_ms for lot in lots)
+    return expires if due_ms is None or expires < due_ms else due_ms
 
 
 def due_events(state: AccountState | None, account_id: str, now_ms: int) -> list[CardEvent]:
-    """The internal events due by ``now_ms``, oldest first."""
+    """The internal events due by ``now_ms``, oldest first: one per transaction and kind, and one
+    per lot's opening purchase and expiry time (``stream.core.expiry``)."""
     if state is None or state.due_ms is None or state.due_ms > now_ms:
         return []
     due = sorted((when, kind, ref, txn.currency) for ref, txn in state.txns.items() for when, kind in _due(txn) if when <= now_ms)
+    expiring: dict[tuple[int, str], str] = {}  # (expiry, ref): a unit (one event expires all the ref's lots then)
+    for lot in state.lots:
+        if lot.expires_ms <= now_ms:
+            key = (lot.expires_ms, lot.ref)
+            expiring[key] = min(expiring.get(key, lot.unit), lot.unit)
+    if expiring:
+        due = sorted([*due, *((when, _LOT_EXPIRY, ref, unit) for (when, ref), unit in expiring.items())])
     return [_internal_event(kind, account_id, ref, when, currency) for when, kind, ref, currency in due]
 
 

@@ -32,6 +32,7 @@ _FIELDS = set(Offer.__slots__) - {"limits_key"}
 _CHANNELS = {"IN_STORE", "ONLINE", "CONTACTLESS", "RECURRING"}
 _AMOUNT_FIELDS = ("rate_bps", "fixed_reward_minor", "points_per_unit")
 MAX_POINTS_PER_UNIT = 10_000
+MAX_EXPIRY_DAYS = 3660  # ten years: a longer period is a typo (a balance is not kept longer)
 
 
 def _timestamp(value: Any, offer_id: str, field_name: str) -> datetime | None:
@@ -151,6 +152,8 @@ def parse_offer(raw: Mapping[str, Any]) -> Offer:
         budget_minor=integer(raw, "budget_minor", offer_id, None),
         prices=parse_prices(raw, offer_id, is_known_currency),
         holdout_bps=integer(raw, "holdout_bps", offer_id, 0) or 0,  # null: none
+        available_expiry_days=integer(raw, "available_expiry_days", offer_id, None, minimum=1),
+        expiry_notice_days=integer(raw, "expiry_notice_days", offer_id, None, minimum=1),
     )
     if offer.holdout_bps > MAX_HOLDOUT_BPS:
         raise OfferError(offer_id, "holdout_bps", f"{offer.holdout_bps} is above {MAX_HOLDOUT_BPS} (half the accounts held out)")
@@ -158,7 +161,25 @@ def parse_offer(raw: Mapping[str, Any]) -> Offer:
         raise OfferError(offer_id, "points_per_unit", f"{offer.points_per_unit} is above {MAX_POINTS_PER_UNIT}")
     _check_amounts(offer)
     _check_prices(offer)
+    _check_expiry(offer)
     return offer
+
+
+def _check_expiry(offer: Offer) -> None:
+    """Only points and store credit expire (cash is the customer's money, a charity reward is given
+    away), within ``MAX_EXPIRY_DAYS``; a notice comes before the expiry, never without one."""
+    days, notice = offer.available_expiry_days, offer.expiry_notice_days
+    if days is not None:
+        if offer.reward_kind not in (RewardKind.POINTS, RewardKind.STORE_CREDIT):
+            why = f"only POINTS and STORE_CREDIT rewards expire, not {offer.reward_kind.value}"
+            raise OfferError(offer.offer_id, "available_expiry_days", why)
+        if days > MAX_EXPIRY_DAYS:
+            raise OfferError(offer.offer_id, "available_expiry_days", f"{days} is above {MAX_EXPIRY_DAYS} (ten years)")
+    if notice is not None:
+        if days is None:
+            raise OfferError(offer.offer_id, "expiry_notice_days", "requires available_expiry_days (a notice of no expiry)")
+        if notice >= days:
+            raise OfferError(offer.offer_id, "expiry_notice_days", f"{notice} must be below available_expiry_days ({days})")
 
 
 def _check_prices(offer: Offer) -> None:

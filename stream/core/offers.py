@@ -1,7 +1,7 @@
 """Offers: the model and the snapshot the rules engine reads (an offer given as a mapping is
 validated by ``stream.core.offer_parsing``; YAML files are read by ``stream.offer_admin``).
 
-Every error names the offer and the field. The Avro record on the offers topic (``offer.v4.avsc``)
+Every error names the offer and the field. The Avro record on the offers topic (``offer.v5.avsc``)
 and the YAML file use the same field names; every field added since ``offer.avsc`` has a default,
 so an offer written by the first version still parses.
 
@@ -25,6 +25,11 @@ priced.
 the accounts, chosen by a keyed hash of account and offer (``stream.core.holdout``); a held-out
 account earns nothing from the offer, recorded with the reason ``holdout``
 (``stream.core.eligibility``, ``stream.core.judgement``).
+
+**Expiry of unused rewards** (``offer.v5``): ``available_expiry_days`` (POINTS and STORE_CREDIT
+only) makes a reward left AVAILABLE expire at the end of the UTC day that many days after it became
+available, first earned first expired; ``expiry_notice_days`` records when the customer is to be
+told before (``stream.core.expiry``).
 """
 
 from __future__ import annotations
@@ -162,6 +167,9 @@ class Offer:
     prices: tuple[tuple[str, Price], ...] = ()  # (currency, its amounts), sorted
     # --- since offer.v4 ---
     holdout_bps: int = 0  # the share of accounts held out of the offer (stream.core.holdout); 0: none
+    # --- since offer.v5 ---
+    available_expiry_days: int | None = None  # POINTS and STORE_CREDIT left AVAILABLE expire (stream.core.expiry); None: never
+    expiry_notice_days: int | None = None  # the notice before an expiry (kept with each lot); None: none
     # Derived, never loaded: the key of the caps and budget this (priced) offer counts against.
     limits_key: str | None = None
 
@@ -251,6 +259,8 @@ class Offer:
             "budget_minor": self.budget_minor,
             "prices": {currency: {name: getattr(price, name) for name in PRICE_FIELDS} for currency, price in self.prices},
             "holdout_bps": self.holdout_bps,
+            "available_expiry_days": self.available_expiry_days,
+            "expiry_notice_days": self.expiry_notice_days,
         }
 
 

@@ -16,6 +16,7 @@ class Outcome(str, enum.Enum):
     RELEASED = "released"
     EXPIRED = "expired"
     MADE_AVAILABLE = "made_available"
+    AVAILABLE_EXPIRED = "available_expired"  # unused points or store credit expired (stream.core.expiry)
     CONFIRMED = "confirmed"
     CLAWED_BACK = "clawed_back"
     RECREDITED = "recredited"

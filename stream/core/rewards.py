@@ -48,6 +48,8 @@ def new_share(offer: Offer, event: CardEvent, profile: AccountProfile, local: Lo
         budget=offer.budget_minor,
         limits_key=offer.limits_key or offer.offer_id,  # money caps and budgets are kept per currency
         place=local.note if local_matters else "",
+        expiry_days=offer.available_expiry_days,
+        notice_days=offer.expiry_notice_days,
     )
 
 

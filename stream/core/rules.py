@@ -24,6 +24,7 @@ touches, not what the account holds::
     caps:     {limits_key: {period_key: held_minor}}    # cap usage per offer (and currency) and period
     carry:    {"offer_id:UNIT": remainder}              # unpaid fractions, 1/10,000ths of a minor unit
     watch:    Watch(refunds, small, merchants) | None   # what the abuse rules remember (stream.core.holds)
+    lots:     [Lot(offer, unit, amount, expires, notice)]  # unused points and store credit that expire (stream.core.expiry)
     due_ms:   epoch_ms | None                           # earliest expiry or end of a return window (stream.core.lifecycle)
     clock_ms: epoch_ms | None                           # the latest event time of the account
 
@@ -106,8 +107,9 @@ from stream.core.clearings import on_clearing, on_return_window_ended
 from stream.core.eligibility import NO_PROFILE, AccountProfile
 from stream.core.entries import Entry
 from stream.core.events import CardEvent, EventType
+from stream.core.expiry import on_available_expiry
 from stream.core.holds import on_forfeit_hold, on_hold_merchant, on_release_hold, remembered
-from stream.core.lifecycle import DAY_MS
+from stream.core.lifecycle import DAY_MS, with_lots
 from stream.core.memory import TRANSACTION_HORIZON_DAYS, home_ref, known, remember
 from stream.core.offers import OfferBook
 from stream.core.outcomes import Outcome
@@ -117,6 +119,8 @@ from stream.core.working_copy import AccountStep
 __all__ = ["AccountProfile", "Decision", "Outcome", "decide", "new_state"]
 
 _NO_DELTAS: Mapping[str, int] = MappingProxyType({})
+# A lot's expiry (stream.core.expiry) is never beyond the horizon: its purchase may be long forgotten.
+_LOT_EXPIRY = EventType.AVAILABLE_EXPIRY
 
 
 class Decision(msgspec.Struct, frozen=True, gc=False):  # a record: made for every event
@@ -154,7 +158,7 @@ def decide(
     step = AccountStep(event, state, offers, profile or NO_PROFILE, budget_remaining or _NO_DELTAS, abuse or DEFAULT_RULES)
     clock_ms = max(state.clock_ms or 0, step.at_ms)
     forget_before_ms = clock_ms - horizon_days * DAY_MS
-    if home_ref(event) not in state.txns and step.at_ms < forget_before_ms:
+    if home_ref(event) not in state.txns and step.at_ms < forget_before_ms and event.event_type is not _LOT_EXPIRY:
         # Numbered apart: the event may be a redelivery whose first entries the ledger holds.
         outcome = step.not_earned(
             Outcome.BEYOND_HORIZON,
@@ -174,8 +178,9 @@ def decide(
         carry=step.carry,
         clock_ms=clock_ms,
         watch=remembered(step, clock_ms),
+        lots=step.lots,
     )
-    new.due_ms = index.next_due_ms()  # stream.core.lifecycle.next_due_ms(new), kept by the index
+    new.due_ms = with_lots(index.next_due_ms(), new.lots)  # stream.core.lifecycle.next_due_ms(new), kept by the index
     keep(new, index, state, step.changed, forgotten)
     deltas = {offer_id: delta for offer_id, delta in step.budget_deltas.items() if delta}
     return Decision(new, tuple(step.entries), outcome, deltas)
@@ -192,6 +197,7 @@ _HANDLERS = {
     EventType.CHARGEBACK: on_chargeback,
     EventType.CHARGEBACK_REVERSAL: on_chargeback_reversal,
     EventType.RETURN_WINDOW_ENDED: on_return_window_ended,
+    EventType.AVAILABLE_EXPIRY: on_available_expiry,
     EventType.RELEASE_HOLD: on_release_hold,
     EventType.FORFEIT_HOLD: on_forfeit_hold,
     EventType.HOLD_MERCHANT: on_hold_merchant,

@@ -7,6 +7,7 @@ which are also how the worker stores them (``stream.core.state_rows`` encodes th
   of its life (``events``) and, for a purchase that earns nothing, why (``Refusal``);
 - ``Share``: what one offer pays on one purchase: its terms as they were at the purchase, and the
   amounts it holds in each book;
+- ``Lot``: points or store credit available on one day, which expire together (``stream.core.expiry``);
 - ``Watch`` and ``Flag``: what the abuse rules remember of the account, and why a purchase's reward
   is held (``stream.core.holds``).
 
@@ -59,6 +60,8 @@ class Share(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     available_at_ms: int | None = None  # when confirmed cashback becomes available
     held: int = 0  # now in HELD: flagged by an abuse rule, awaiting review (stream.core.holds)
     held_for: str | None = None  # the rule of its latest hold
+    expiry_days: int | None = None  # days an AVAILABLE reward of it lasts (offer.v5; stream.core.expiry); None: forever
+    notice_days: int | None = None  # the notice before that expiry; None: none
 
     def __post_init__(self) -> None:
         if not self.basis_currency:
@@ -143,6 +146,23 @@ class Watch(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     rewarded: dict[int, int] = msgspec.field(default_factory=dict)  # UTC day: purchases first confirmed that day
 
 
+class Lot(msgspec.Struct, array_like=True, gc=False):
+    """Points or store credit of one offer that became AVAILABLE on one UTC day and will expire
+    together (``stream.core.expiry``): what is left of it, when it expires and when the customer
+    is to be told. ``ref``: the purchase that opened it, ``count`` how many purchases it holds."""
+
+    offer_id: str
+    version: int
+    reward_kind: str  # POINTS or STORE_CREDIT
+    unit: str  # PTS or the ISO 4217 currency
+    amount: int  # left, > 0
+    available_ms: int  # when its first reward became available
+    expires_ms: int  # the end of the UTC day its period ends on
+    notice_ms: int | None  # when the customer is to be told (None: no notice)
+    ref: str
+    count: int = 1
+
+
 class AccountState(msgspec.Struct, kw_only=True, dict=True):
     """One account's state. ``dict=True``: the engine keeps an index beside it
     (``stream.core.account_index``), an undeclared attribute never encoded, compared or copied."""
@@ -155,6 +175,7 @@ class AccountState(msgspec.Struct, kw_only=True, dict=True):
     due_ms: int | None = None  # the earliest expiry or end of a return window (stream.core.lifecycle)
     clock_ms: int | None = None  # the latest event time of the account
     watch: Watch | None = None  # what the abuse rules remember (None: nothing)
+    lots: list[Lot] = msgspec.field(default_factory=list)  # unused points and store credit that expire, oldest first
 
 
 def copy_txn(txn: Txn) -> Txn:

@@ -35,7 +35,7 @@ from typing import Any, NamedTuple, TypeVar
 import msgspec
 
 from stream.core.account_index import step_from
-from stream.core.state import AccountState, Loose, Recent, Txn, Watch, state_from_plain
+from stream.core.state import AccountState, Loose, Lot, Recent, Txn, Watch, state_from_plain
 
 LAYOUT_VERSION = 3  # summary and rows in MessagePack
 JSON_LAYOUT = 2  # the same, in JSON: read, never written
@@ -66,6 +66,7 @@ class Summary(msgspec.Struct, kw_only=True, omit_defaults=True):
     clock_ms: int | None = None
     fresh: dict[str, Any] = msgspec.field(default_factory=dict)  # rows as plain values once read back
     watch: Watch | None = None  # what the abuse rules remember (small and bounded: kept in the summary)
+    lots: list[Lot] = msgspec.field(default_factory=list)  # rewards that expire (bounded: kept in the summary)
 
 
 class RecentRow(msgspec.Struct, array_like=True):
@@ -175,6 +176,7 @@ def assemble(account_id: str, stored: Stored | None, row: Callable[[str], Any]) 
         due_ms=stored.due_ms,
         clock_ms=stored.clock_ms,
         watch=stored.watch,
+        lots=stored.lots,
     )
 
 
@@ -316,5 +318,6 @@ def split(
         clock_ms=after.clock_ms,
         fresh=dict(rows),
         watch=after.watch,
+        lots=after.lots,
     )
     return Writes(summary, rows, deletes, new_slots)

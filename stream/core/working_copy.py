@@ -17,7 +17,7 @@ from stream.core.money import format_minor, prorate
 from stream.core.offers import OfferBook, RewardKind
 from stream.core.outcomes import Outcome
 from stream.core.rewards import Amount, period_kept_until
-from stream.core.state import AccountState, Share, Txn, Watch, copy_txn
+from stream.core.state import AccountState, Lot, Share, Txn, Watch, copy_txn
 
 
 class AccountStep:
@@ -30,6 +30,7 @@ class AccountStep:
         "_local",
         "_own_caps",
         "_own_carry",
+        "_own_lots",
         "abuse",
         "at_ms",
         "budget_deltas",
@@ -39,6 +40,7 @@ class AccountStep:
         "changed",
         "entries",
         "event",
+        "lots",
         "offers",
         "profile",
         "purchase",
@@ -69,7 +71,8 @@ class AccountStep:
         # the state's until first changed (``own_caps``, ``own_carry``): then a copy
         self.caps: dict[str, dict[str, int]] = state.caps
         self.carry: dict[str, int] = state.carry
-        self._own_caps = self._own_carry = False
+        self.lots: list[Lot] = state.lots  # unused rewards that expire (stream.core.expiry); ``own_lots`` to change
+        self._own_caps = self._own_carry = self._own_lots = False
         self.budget_deltas: dict[str, int] = {}
         self.entries: list[Entry] = []
         self._items = 0  # reconciliation items among the entries: they take no position (``entry``)
@@ -157,6 +160,13 @@ class AccountStep:
             self.carry = dict(self.carry)
             self._own_carry = True
         return self.carry
+
+    def own_lots(self) -> list[Lot]:
+        """The lots to change: the state's copied (once; a lot is replaced, never changed in place)."""
+        if not self._own_lots:
+            self.lots = list(self.lots)
+            self._own_lots = True
+        return self.lots
 
     def prune_caps(self) -> None:
         """Drop the usage of the cap periods over (``stream.core.rewards.period_over``, judged on

@@ -160,6 +160,16 @@ class Conformance:
         ]
         return view, not_earned
 
+    def history(self, scenario: Scenario) -> list[dict[str, Any]]:
+        """The account's history as a bank app reads it (the newest first; one page is enough here)."""
+        account = scenario.account_id
+        response = httpx.get(
+            f"{self.base_url}/v1/accounts/{account}/history", headers=api_headers([ACCOUNTS_READ], [account]), timeout=5
+        )
+        response.raise_for_status()
+        lines: list[dict[str, Any]] = response.json()["entries"]
+        return lines
+
     def balances(self, scenario: Scenario) -> dict[tuple[str, str], dict[str, int]]:
         account = scenario.account_id
         response = httpx.get(
@@ -196,6 +206,11 @@ def test_scenario_end_to_end(conformance: Conformance, scenario: Scenario) -> No
         assert any(x[:2] == (label, reason) and names_offer(x[2], offer_id) for x in conformance.details), (label, offer_id)
     if scenario.budgets_used:
         assert conformance.budgets_used(scenario) == scenario.budgets_used
+    expiries = sum(1 for line in scenario.ledger if line.kind == "AVAILABLE_EXPIRED")
+    if expiries:  # the customer's history explains each expiry (stream.core.expiry)
+        explained = [line for line in conformance.history(scenario) if line["entry_kind"] == "AVAILABLE_EXPIRED"]
+        assert len(explained) == expiries
+        assert all(line["explanation"]["detail"].startswith("expired unused: ") for line in explained), explained
     wait_until(
         lambda: conformance.balances(scenario) == scenario.balances,
         15,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from schemas.codec import Codec
 from stream.backtest import replay
 from stream.core.balances import BALANCE_FIELDS, balances
 from stream.core.entries import Entry, Explanation, moves_money
+from stream.core.offer_parsing import parse_offer
 from stream.core.offers import OfferBook
 from stream.localstack.postgres import EmbeddedPostgres
 from stream.localstack.process import free_port
@@ -237,6 +239,40 @@ def test_the_journal_is_append_only_and_its_invariants_hold_in_the_database(data
     asyncio.run(scenario())
 
 
+def test_an_expiry_is_written_folded_out_of_available_and_only_in_its_shape(database: str) -> None:
+    """Migration 0015: the ledger takes AVAILABLE_EXPIRED (accrual v5), the balances fold it like the
+    oracle, a replay writes nothing, and it is refused for cash or other books."""
+    from stream.backtest import Replay
+    from tests.factories import T0, card_event
+
+    offer = {"offer_id": "pts", "reward_kind": "POINTS", "points_per_unit": 2, "currency": "EUR", "pending_days": 0}
+    result = Replay(OfferBook.of([parse_offer({**offer, "available_expiry_days": 10})]))
+    result.decide(card_event("CLEARING", 10_000, occurred_at=T0, account_id="expiring-1"))
+    result.pass_time(T0 + timedelta(days=20))
+    entries = [entry.record() for entry in result.entries.values()]
+    assert [e["entry_kind"] for e in entries if moves_money(e["entry_kind"])][-1] == "AVAILABLE_EXPIRED"
+
+    async def scenario() -> None:
+        connection = await _connect_migrated(database)
+        try:
+            await write_batch(connection, rows_of(entries))
+            expected = balances(Entry.of(entry) for entry in entries)
+            assert expected[("expiring-1", "POINTS", "PTS")]["available_minor"] == 0
+            assert await _balances(connection) == expected
+            assert (await write_batch(connection, rows_of(entries))).written == 0
+            expired = next(e for e in entries if e["entry_kind"] == "AVAILABLE_EXPIRED")
+            for n, broken in enumerate(
+                (dict(expired, reward_kind="CASH", currency="EUR"), dict(expired, debit_book="CONFIRMED"))
+            ):
+                broken["accrual_id"] += f"-broken-{n}"
+                with pytest.raises(asyncpg.exceptions.CheckViolationError, match="available_expired_shape"):
+                    await write_batch(connection, rows_of([broken]))
+        finally:
+            await connection.close()
+
+    asyncio.run(scenario())
+
+
 def test_sink_blocks_and_retries_while_postgres_is_down() -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="cashback-outage-"))
     data_dir.chmod(0o755)
@@ -337,6 +373,7 @@ def test_the_databases_balance_arithmetic_is_the_oracles_for_every_kind_of_entry
         "HELD",
         "HOLD_RELEASED",
         "HOLD_FORFEITED",
+        "AVAILABLE_EXPIRED",
     )
     books = ("EXPENSE", "PENDING", "CONFIRMED", "AVAILABLE", "DONATED", "HELD")
     legs = [(kind, debit, credit, 1_234) for kind in kinds for debit in books for credit in books if debit != credit]

@@ -136,7 +136,7 @@ async def _with_legacy_lines(database: str, work_dir: Path) -> None:
                 detail,
                 T0 - timedelta(days=30),
             )
-        assert await migrate(connection) == ["0013_not_earned_offer.sql"]
+        assert (await migrate(connection))[:1] == ["0013_not_earned_offer.sql"]  # then the later ones (0015...)
     finally:
         await connection.close()
 

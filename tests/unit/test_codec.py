@@ -22,10 +22,10 @@ SEEDED = settings(max_examples=200, derandomize=True, database=None, deadline=No
 SHIPPED_IDS = {
     "authorization_event": 1,
     "settlement_event": 2,
-    # offer.v4.avsc; offer.avsc (3), offer.v2.avsc (7) and offer.v3.avsc (11) keep theirs (test_offers_v2.py reads their bytes)
-    "offer": 17,
+    # offer.v5.avsc; offer.avsc (3), .v2 (7), .v3 (11) and .v4 (17) keep theirs (test_offers_v2.py reads their bytes)
+    "offer": 19,
     "offer_activation": 4,
-    "accrual": 16,  # accrual.v4.avsc; accrual.avsc (5), .v2 (10) and .v3 (14) still decode
+    "accrual": 18,  # accrual.v5.avsc; accrual.avsc (5), .v2 (10), .v3 (14) and .v4 (16) still decode
     "dead_letter": 13,  # dead_letter.v2.avsc; dead_letter.avsc (6) still decodes (test_deadletter.py)
     "account_profile": 8,
     "clock_tick": 9,
