@@ -94,10 +94,10 @@ MAX_POLL_INTERVAL_S = 300.0
 CONSUMER_FETCH_BYTES = 8 * 1024 * 1024
 # The producer gathers a flush's records for up to 5 ms into batches of up to 256 KiB (Faust's
 # defaults: no wait, 16 KiB), so a flush of a few thousand records (the changelog's rows, then the
-# entries) leaves in a few large produce requests instead of many small ones. Measured in two pairs
-# of benchmark runs (60,000 card events, the worker's CPU seconds over its drain): 43.5 and 39.6 s
-# before, 29.5 and 30.0 s after. A flush waits for the changelog once, so the wait adds at most
-# 5 ms to each batch.
+# entries) leaves in a few large produce requests instead of many small ones. The worker's CPU
+# seconds over the benchmark's 60,000-event drain, nine runs with the same output: a mean of 33.4 s
+# with these, 39.8 s with Faust's defaults (README, Performance). A flush waits for the changelog
+# once, so the wait adds at most 5 ms to each batch.
 PRODUCER_LINGER_S = 0.005
 PRODUCER_BATCH_BYTES = 256 * 1024
 
