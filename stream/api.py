@@ -95,7 +95,11 @@ def create_app(settings: Settings, codec: Codec, topics: Catalogue, authenticato
         )
         following = asyncio.create_task(app.state.activations.run())
         results = OfferResultsGauges(
-            app.state.pool, lambda: app.state.offers.book, app.state.activations, settings.offer_results_interval_s
+            app.state.pool,
+            lambda: app.state.offers.book,
+            app.state.activations,
+            settings.offer_results_interval_s,
+            offers_ready=app.state.offers.ready,
         )
         reporting = asyncio.create_task(results.run()) if settings.offer_results_interval_s else None
         app.state.producer = make_producer(settings)

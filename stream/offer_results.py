@@ -103,15 +103,26 @@ class OfferResultsGauges:
     """Sets the offer results gauges for every live offer, over its whole life, now and every ``interval_s``."""
 
     def __init__(
-        self, pool: asyncpg.Pool, book: Callable[[], OfferBook], activations: ActivationMirror | None, interval_s: float
+        self,
+        pool: asyncpg.Pool,
+        book: Callable[[], OfferBook],
+        activations: ActivationMirror | None,
+        interval_s: float,
+        offers_ready: asyncio.Event | None = None,
     ) -> None:
+        """``offers_ready``: set once ``book`` holds every offer (the API's offer mirror read its topic)."""
         self.pool = pool
         self.book = book
         self.activations = activations
         self.interval_s = interval_s
+        self.offers_ready = offers_ready
 
     async def run(self) -> None:
-        """Observe every ``interval_s``, forever; a failed round is logged and tried at the next."""
+        """Observe every ``interval_s``, forever, from the moment the offers are known (a first round on an
+        empty book would leave the gauges without series until the next); a failed round is logged and tried
+        at the next."""
+        if self.offers_ready is not None:
+            await self.offers_ready.wait()
         while True:
             try:
                 await self.observe()

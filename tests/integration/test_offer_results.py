@@ -247,6 +247,28 @@ async def test_the_gauges_follow_the_live_offers(database: str) -> None:
         await pool.close()
 
 
+@pytest.mark.asyncio
+async def test_the_gauges_wait_for_the_offers_before_their_first_round(database: str) -> None:
+    """At the API's start its offer book is empty until the offers topic is read: a first round then would
+    leave the gauges without series for a whole interval."""
+    ready, since = asyncio.Event(), time.time()
+    pool = await asyncpg.create_pool(database, min_size=1, max_size=2)
+    gauges = asyncio.create_task(OfferResultsGauges(pool, lambda: OFFERS, None, 3600, offers_ready=ready).run())
+    try:
+        await asyncio.sleep(0.5)
+        assert (REGISTRY.get_sample_value("cashback_offer_results_last_run_timestamp_seconds") or 0) < since
+        ready.set()
+        for _ in range(100):
+            if (REGISTRY.get_sample_value("cashback_offer_results_last_run_timestamp_seconds") or 0) >= since:
+                break
+            await asyncio.sleep(0.1)
+        assert REGISTRY.get_sample_value("cashback_offer_accounts", {"offer_id": "grocer-8", "group": "holdout"}) == 3
+    finally:
+        gauges.cancel()
+        await asyncio.gather(gauges, return_exceptions=True)
+        await pool.close()
+
+
 @pytest.fixture(scope="module")
 def settings(database: str, kafka_bootstrap: str, work_dir: Path) -> Settings:
     jwks_dir = work_dir / f"results-auth-{uuid.uuid4().hex[:8]}"
