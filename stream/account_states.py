@@ -92,7 +92,8 @@ class AccountStates:
             self._whole.move_to_end(account_id)
             return held[0]
         stored = decode_summary(self.table.get(account_id))
-        state = assemble(account_id, stored, self.table.get)
+        partition = account_partition(account_id, self.partitions)
+        state = assemble(account_id, stored, self.table.get, lambda keys: self.table.get_many(keys, partition))
         if state is not None:
             self._keep(account_id, state, in_rows(stored), carried(stored), slots_of(stored))
         return state

@@ -148,12 +148,24 @@ def slots_of(stored: Stored | None) -> dict[str, int]:
     return dict(stored.recent) if isinstance(stored, Summary) else {}
 
 
-def assemble(account_id: str, stored: Stored | None, row: Callable[[str], Any]) -> AccountState | None:
+def assemble(
+    account_id: str,
+    stored: Stored | None,
+    row: Callable[[str], Any],
+    rows: Callable[[list[str]], list[Any]] | None = None,
+) -> AccountState | None:
     """The engine's state of an account from what is stored under its id, reading each row it
-    names with ``row`` (its stored bytes, None when absent). A whole state is returned as is."""
+    names with ``row`` (its stored bytes, None when absent), or all of them at once with ``rows``
+    (their stored bytes in the order asked, None where absent) when given. A whole state is
+    returned as is."""
     if not isinstance(stored, Summary):
         return stored
     fresh = stored.fresh
+    if rows is not None:
+        wanted = [recent_key(account_id, slot) for _, slot in stored.recent if recent_key(account_id, slot) not in fresh]
+        wanted += [key for key in (txn_key(account_id, ref) for ref in stored.refs) if key not in fresh]
+        fetched = dict(zip(wanted, rows(wanted), strict=True))
+        row = fetched.get
 
     def read(key: str, kind: type[T]) -> T:
         value = fresh[key] if key in fresh else row(key)

@@ -191,6 +191,9 @@ class StoreTable:
     def get(self, key: str) -> Any:
         return self.data.get(key)
 
+    def get_many(self, keys: list[str], partition: int) -> list[Any]:
+        return [self.data.get(key) for key in keys]
+
     def keys(self) -> Any:
         raise AssertionError("a RocksDB store is read by prefix, never whole")
 

@@ -37,6 +37,9 @@ class StagedTable:
     def get(self, key: str) -> Any:
         return self.store.get(key)
 
+    def get_many(self, keys: list[str], partition: int) -> list[Any]:
+        return [self.store.get(key) for key in keys]
+
     def keys(self) -> list[str]:
         return list(self.store)
 

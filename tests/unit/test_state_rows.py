@@ -5,6 +5,7 @@ when a crash cuts a step after its summary."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -46,6 +47,22 @@ def write(store: dict[str, bytes], writes: Writes, rows: bool = True) -> None:
             store.pop(key, None)  # a row a cut step never wrote may be gone by now
 
 
+
+def no_single_reads(key: str) -> Any:
+    raise AssertionError(f"row {key!r} read alone: every row is read at once")
+
+
+def all_at_once(store: Mapping[str, Any]) -> Callable[[list[str]], list[Any]]:
+    """A reader of many rows (``ChangelogTable.get_many`` for one partition) that counts nothing
+    twice: each key asked once, none a summary's ``fresh`` row holds."""
+
+    def read(keys: list[str]) -> list[Any]:
+        assert len(set(keys)) == len(keys)
+        return [store.get(key) for key in keys]
+
+    return read
+
+
 @SEEDED
 @given(offers_name=OFFER_NAMES, events=event_sequences(multi_clearing=True), data=st.data())
 def test_every_step_reads_back_as_the_engine_state(offers_name: str, events: list[CardEvent], data: st.DataObject) -> None:
@@ -75,6 +92,7 @@ def test_every_step_reads_back_as_the_engine_state(offers_name: str, events: lis
             summary = decode_summary(store[ACCOUNT])
             stored = assemble(ACCOUNT, summary, store.get)
             assert stored == after
+            assert assemble(ACCOUNT, summary, no_single_reads, all_at_once(store)) == after
             state, rewrite, slots = stored, carried(summary), slots_of(summary)
             cuts += 1
             continue
@@ -83,6 +101,8 @@ def test_every_step_reads_back_as_the_engine_state(offers_name: str, events: lis
         # The rows alone hold the state, and the store holds no row the summary does not name
         # (but those a cut step left undeleted: never read, they only take room).
         assert assemble(ACCOUNT, without_fresh(store[ACCOUNT]), store.get) == after
+        # Read all at once (one multi-get of the local store), the same state, no row read alone.
+        assert assemble(ACCOUNT, without_fresh(store[ACCOUNT]), no_single_reads, all_at_once(store)) == after
         named = {txn_key(ACCOUNT, ref) for ref in after.txns} | {recent_key(ACCOUNT, n) for n in writes.slots.values()}
         # one slot per recent event, never more than the recent events kept
         assert sorted(writes.slots.values()) == list(range(len(after.recent)))
