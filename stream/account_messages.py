@@ -43,10 +43,13 @@ async def publish_activation(
     return at
 
 
-async def publish_segments(settings: Settings, codec: Codec, topic: Topic, account_id: str, segments: Iterable[str]) -> None:
+async def publish_segments(
+    settings: Settings, codec: Codec, topic: Topic, account_id: str, segments: Iterable[str], language: str | None = None
+) -> None:
+    """The account's profile: its segments, and the language of its notifications (None: the bank's default)."""
     value = codec.encode(
         "account_profile",
-        {"account_id": account_id, "segments": sorted(set(segments)), "updated_at": datetime.now(UTC)},
+        {"account_id": account_id, "segments": sorted(set(segments)), "updated_at": datetime.now(UTC), "language": language},
     )
     await send_once(settings, [(topic.name, account_id.encode(), value, account_partition(account_id, topic.partitions))])
 

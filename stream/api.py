@@ -57,6 +57,7 @@ from stream.api_models import (
 )
 from stream.api_offer_results import offer_results_routes
 from stream.api_reconciliation import reconciliation_routes
+from stream.api_sponsors import sponsor_routes
 from stream.auth import ACCOUNTS_READ, OFFERS_ACTIVATE, OPERATIONS, SCOPES, Authenticator, InvalidToken, Principal
 from stream.core.holdout import held_out
 from stream.core.money import format_minor
@@ -308,6 +309,9 @@ def create_app(settings: Settings, codec: Codec, topics: Catalogue, authenticato
 
     # What each offer did for its treated and holdout groups: stream.api_offer_results.
     app.include_router(offer_results_routes(pool=pool, operators=operators))
+
+    # Who pays: a sponsor's monthly statement and the entries behind it: stream.api_sponsors.
+    app.include_router(sponsor_routes(pool=pool, operators=operators))
 
     # Everything held about an account, and its erasure (GDPR): stream.api_gdpr.
     app.include_router(

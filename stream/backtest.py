@@ -23,6 +23,7 @@ from stream.core.events import CardEvent, to_event, validate
 from stream.core.lifecycle import due_events
 from stream.core.memory import TRANSACTION_HORIZON_DAYS
 from stream.core.money import format_minor
+from stream.core.notices import DEFAULT_LANGUAGE, ExpiryNotice, Notification, from_entry, from_notice, kind_of, language_of
 from stream.core.offers import OfferBook
 from stream.core.profiles import Profile, apply_activation, apply_segments, to_account_profile
 from stream.core.rules import Outcome, decide
@@ -37,6 +38,10 @@ class Replay:
     profiles: dict[str, Profile] = field(default_factory=dict)
     entries: dict[str, Entry] = field(default_factory=dict)  # accrual_id -> entry, as the ledger keeps them
     outcomes: list[str] = field(default_factory=list)  # one per decision, in order
+    # what tells the customer something (stream.core.notices), in the order the matcher sends it: kept
+    # only when asked (``keep_notifications``: the tests' oracle), not by a long back-test
+    keep_notifications: bool = False
+    told: list[tuple[Entry | ExpiryNotice, str | None]] = field(default_factory=list)  # (cause, the account's language)
     budget_used: dict[str, int] = field(default_factory=dict)
     budget_peak: dict[str, int] = field(default_factory=dict)  # the most a budget was ever used
     skipped: int = 0  # messages the matcher would dead-letter
@@ -78,6 +83,9 @@ class Replay:
         if decision.outcome is not Outcome.DUPLICATE:
             for entry in decision.entries:
                 self.entries.setdefault(entry.accrual_id, entry)
+            if self.keep_notifications:
+                self.told += [(entry, profile.language) for entry in decision.entries if kind_of(entry) is not None]
+                self.told += [(notice, profile.language) for notice in decision.notices]
 
     def _budget_lines(self) -> dict[str, int]:
         """Every campaign budget of the offers: key to amount, made once per offer book."""
@@ -102,6 +110,16 @@ class Replay:
 
     def balances(self) -> dict[tuple[str, str, str], dict[str, int]]:
         return balances(self.entries.values())
+
+    def notifications(self, default_language: str = DEFAULT_LANGUAGE) -> list[Notification]:
+        """The customer notifications the matcher would send, once each, in order."""
+        made: list[Notification] = []
+        for cause, language in self.told:
+            chosen = language_of(language, default_language)
+            notification = from_notice(cause, chosen) if isinstance(cause, ExpiryNotice) else from_entry(cause, chosen)
+            if notification is not None:
+                made.append(notification)
+        return made
 
 
 class _Remaining(Mapping[str, int]):
@@ -142,13 +160,17 @@ def report(result: Replay) -> str:
     """What a rewards team asks of a back-test: cost per offer and unit, what expired unused, the
     purchases each offer's holdout group made that it would have rewarded, and why purchases earned nothing."""
     cost: Counter = Counter()
+    funded: Counter = Counter()  # who pays (stream.store.sponsor_statements): a merchant sponsor, or the bank
     for entry in result.entries.values():
         if not moves_money(entry.entry_kind):
             continue
         sign = 1 if entry.debit_book == "EXPENSE" else -1 if entry.credit_book == "EXPENSE" else 0
         cost[(entry.offer_id, entry.currency)] += sign * entry.amount_minor
+        funded[(entry.sponsor_id or "bank", entry.currency)] += sign * entry.amount_minor
     lines = ["cost per offer (net of releases, expiries and clawbacks):"]
     lines += [f"  {offer:<24} {format_minor(amount, unit)}" for (offer, unit), amount in sorted(cost.items())]
+    lines.append("cost per sponsor (who pays: a merchant sponsor, or bank, its own budget):")
+    lines += [f"  {sponsor:<24} {format_minor(amount, unit)}" for (sponsor, unit), amount in sorted(funded.items())]
     held = Counter(e.explanation.reason for e in result.entries.values() if e.credit_book == "HELD")
     if held:
         lines.append("rewards held for review, by abuse rule (entries into HELD):")

@@ -53,6 +53,26 @@ def _reason(text: str) -> str:
     return text.strip()
 
 
+def _sponsor(text: str) -> str:
+    """An argparse type: ``bank``, or a merchant sponsor's id (an offer's ``sponsor_id``)."""
+    from stream.store.sponsor_statements import is_sponsor_id
+
+    if not is_sponsor_id(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not bank nor a sponsor id (1 to 64 letters, digits, '.', '_', '-')")
+    return text
+
+
+def _month(text: str) -> str:
+    """An argparse type: a calendar month, ``YYYY-MM``."""
+    from stream.store.sponsor_statements import MonthError, month_bounds
+
+    try:
+        month_bounds(text)
+    except MonthError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
 def _operator() -> str:
     import getpass
 
@@ -95,6 +115,9 @@ def parser() -> argparse.ArgumentParser:
     segments = account_actions.add_parser("segments", help="replace the account's segments")
     segments.add_argument("account_id", type=_text)
     segments.add_argument("segments", nargs="*", type=_text)
+    segments.add_argument(
+        "--language", choices=("en", "fr"), default=None, help="the language of its notifications (default: the bank's)"
+    )
     for action in ("activate", "deactivate"):
         sub = account_actions.add_parser(action, help=f"{action} an offer for the account from now on")
         sub.add_argument("account_id", type=_text)
@@ -113,6 +136,11 @@ def parser() -> argparse.ArgumentParser:
     erase.add_argument("--operator", type=_reason, default=_operator(), help="who runs it (default: the login name)")
     erase.add_argument("--timeout", type=SECONDS, default=120.0, help="seconds to wait for the worker, then for the sink")
     gdpr.set_defaults(run=commands.gdpr)
+
+    statement = subcommands.add_parser("statement", help="print a sponsor's monthly statement: who pays for the rewards")
+    statement.add_argument("--sponsor", required=True, type=_sponsor, help="a merchant sponsor's id, or bank (its own budget)")
+    statement.add_argument("--month", required=True, type=_month, help="the calendar month, YYYY-MM (UTC, by event time)")
+    statement.set_defaults(run=commands.statement)
 
     simulate = subcommands.add_parser("simulate", help="publish a seeded card-event stream")
     simulate.add_argument("--rate", type=RATE, default=200.0, help="events per second (0: as fast as possible)")
@@ -218,7 +246,7 @@ class _OneShotNoise(logging.Filter):
         return not (record.name == "asyncio" and message.startswith("Unclosed AIOKafka"))
 
 
-ONE_SHOT = ("offers", "accounts", "dead-letters", "topics", "migrate", "gdpr")
+ONE_SHOT = ("offers", "accounts", "dead-letters", "topics", "migrate", "gdpr", "statement")
 
 
 def main(argv: list[str] | None = None) -> None:

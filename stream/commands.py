@@ -57,8 +57,10 @@ def accounts(system: System, args: argparse.Namespace) -> None:
 
     settings, codec, catalogue = system.settings, system.codec, system.catalogue
     if args.action == "segments":
-        asyncio.run(publish_segments(settings, codec, catalogue.profiles, args.account_id, args.segments))
-        print(f"{args.account_id}: segments {', '.join(sorted(set(args.segments))) or 'none'}")
+        language = args.language
+        asyncio.run(publish_segments(settings, codec, catalogue.profiles, args.account_id, args.segments, language))
+        told = f", notifications in {language}" if language else ""
+        print(f"{args.account_id}: segments {', '.join(sorted(set(args.segments))) or 'none'}{told}")
     else:
         active = args.action == "activate"
         at = asyncio.run(publish_activation(settings, codec, catalogue.activations, args.account_id, args.offer_id, active))
@@ -137,6 +139,38 @@ def gdpr(system: System, args: argparse.Namespace) -> None:
         f"{logged.conflict_rows}, budget grants {logged.budget_rows}, reconciliation items {logged.reconciliation_rows}; "
         f"{report.tombstones} tombstones published"
     )
+
+
+def statement(system: System, args: argparse.Namespace) -> None:
+    """``statement --sponsor ID --month YYYY-MM``: a sponsor's monthly statement (stream.statements) on stdout."""
+    from stream.statements import read, render
+
+    asyncio.run(_ledger_up_to_date(system))
+    found = asyncio.run(read(system.settings.database_url, args.sponsor, args.month))
+    if found is None and asyncio.run(_live_sponsor(system, args.sponsor)):
+        found = asyncio.run(read(system.settings.database_url, args.sponsor, args.month, known=True))
+    if found is None:
+        raise UsageError(f"sponsor {args.sponsor}: funds no live offer and no ledger entry (bank: the bank's own budget)")
+    print(render(found))
+
+
+async def _live_sponsor(system: System, sponsor_id: str, timeout_s: float = 30.0) -> bool:
+    """Whether a live offer names ``sponsor_id`` (as the API answers it): the offers topic read to its end."""
+    from stream.offer_mirror import OfferMirror
+
+    settings = system.settings
+    mirror = OfferMirror(
+        system.catalogue.offers.name, system.codec, settings.kafka_bootstrap_servers, **settings.kafka_client_options()
+    )
+    reading = asyncio.create_task(mirror.run())
+    try:
+        await asyncio.wait_for(mirror.ready.wait(), timeout_s)
+    except TimeoutError:
+        raise UsageError(f"cannot read the offers topic at {settings.kafka_bootstrap_servers} within {timeout_s:.0f} s") from None
+    finally:
+        reading.cancel()
+        await asyncio.gather(reading, return_exceptions=True)
+    return any(offer.sponsor_id == sponsor_id for offer in mirror.book.offers)
 
 
 def simulate(system: System, args: argparse.Namespace) -> None:

@@ -14,6 +14,9 @@ Per event, in this order:
    once until the table's changelog topic has them all, then send the entries to the accruals
    topic (keyed by account, so co-partitioned with the input) and account for the batch's
    messages. Every record goes straight to the producer's Kafka client (``stream.producing``).
+   Then the customer notifications those entries make (``stream.core.notices``), on the
+   notifications topic, keyed by account, their deliveries counted before the commit like the
+   entries'.
 
 Delivery is at-least-once: Faust flushes the producer (entries, dead letters and the table's
 changelog) before it commits the input offsets, so a crash redelivers, never loses. Which offsets
@@ -178,6 +181,8 @@ class Matcher:
             self.accounts,
             IN_FLIGHT_LIMIT,
             dropped=self.account_profiles.forget,
+            notifications=self.topics.notifications.name,
+            language=settings.notification_default_language,
         )
         self.current: Staged | None = None  # the message being processed
         self._budgets_of: OfferBook | None = None
@@ -274,7 +279,10 @@ class Matcher:
         # so the batch's summary of the account names each of its decisions among its recent events.
         if (decision.entries or stored) and self.current is not None:
             counted = decision.outcome is not Outcome.DUPLICATE
-            self.outbox.batch.decided(self.current, Decided(event.account_id, decision.entries, stored, counted))
+            # The account's language for its notifications (its profile is read once per account and cached).
+            language = self.account_profiles.get(event.account_id).language if decision.entries or decision.notices else None
+            decided = Decided(event.account_id, decision.entries, stored, counted, decision.notices, language)
+            self.outbox.batch.decided(self.current, decided)
         EVENTS_CONSUMED.labels(event.event_type.value, decision.outcome.value).inc()
         return decision.outcome
 

@@ -29,6 +29,9 @@ CASHBACK_AMOUNT = Counter(
     "Cashback moved by the matcher's entries, in minor units of the currency.",
     ["entry_kind", "reward_kind", "currency"],
 )
+NOTIFICATIONS = Counter(
+    "cashback_notifications_total", "Customer notifications sent by the matcher (stream.core.notices).", ["kind", "language"]
+)
 DEAD_LETTERS = Counter("cashback_dead_letters_total", "Messages sent to the dead-letter topic.", ["stage", "reason"])
 OFFERS_LOADED = Gauge("cashback_offers_loaded", "Offers in this worker's offer book.")
 CONSUMER_LAG = Gauge(

@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
 from schemas.codec import Codec, DecodeError
-from stream.core.offer_parsing import parse_offer
+from stream.core.offer_parsing import UNATTRIBUTED_SPONSOR, parse_published_offer
 from stream.core.offers import Offer, OfferBook, OfferError
 from stream.deadletter import Stage
 from stream.kafka_clients import start_client
@@ -131,10 +131,18 @@ class OfferMirror(CompactedTopicMirror[Offer]):
     """The offers topic as an OfferBook snapshot, rebuilt on every change."""
 
     def __init__(self, topic: str, codec: Codec, bootstrap_servers: str, **client_options: object) -> None:
-        super().__init__(topic, "offer", codec, parse_offer, bootstrap_servers, **client_options)
+        super().__init__(topic, "offer", codec, parse_published_offer, bootstrap_servers, **client_options)
         self.book = OfferBook()
         self.on_change(self._rebuild)
 
     def _rebuild(self) -> None:
         self.book = OfferBook.of(self.values.values())
+        for offer in self.book.offers:
+            if offer.sponsor_id == UNATTRIBUTED_SPONSOR:
+                log.warning(
+                    "offer %s is MERCHANT-funded but was published without its sponsor_id (before offer v6): "
+                    "its rewards are booked to sponsor %r until it is republished with one",
+                    offer.offer_id,
+                    UNATTRIBUTED_SPONSOR,
+                )
         OFFERS_LOADED.set(len(self.book.offers))

@@ -16,6 +16,14 @@ in the batch or with entries undelivered (``room_for``); an account's entries sh
 they are delivered in order. Staged decisions count whether they have entries or not: the batch's
 one summary of an account then names every decision of the batch among its recent events, so the
 changelog keeps the order an account's events were decided in.
+
+Customer notifications (``stream.core.notices``) leave with the entries that cause them, by the
+same path: after the changelog has the batch's states, each decision's entries, then its
+notifications (the entries that tell the customer something, and the engine's expiry notices),
+keyed by account on the notifications topic, in the account's language. Their deliveries join the
+message's like the entries' (``Staged.deliveries``, ``InFlightDecisions``), so an offset is
+committed only once its notifications were delivered too: at least once, and a repeat (a
+redelivered event re-emits its entries) carries the same notification ids.
 """
 
 from __future__ import annotations
@@ -32,8 +40,9 @@ from schemas.codec import Codec
 from stream.account_states import AccountStates
 from stream.changelog_table import ChangelogTable, Sends
 from stream.core.entries import Entry
+from stream.core.notices import DEFAULT_LANGUAGE, ExpiryNotice, from_entry, from_notice, language_of
 from stream.input_partitions import InputPartitions, PartitionRevoked
-from stream.metrics import ACCRUALS, CASHBACK_AMOUNT, WORKER_BATCH_SIZE, WORKER_FLUSH_SECONDS
+from stream.metrics import ACCRUALS, CASHBACK_AMOUNT, NOTIFICATIONS, WORKER_BATCH_SIZE, WORKER_FLUSH_SECONDS
 from topics.catalogue import SOURCE_TIME_HEADER
 
 log = logging.getLogger(__name__)
@@ -49,6 +58,8 @@ class Decided:
     entries: tuple[Entry, ...]
     stored: bool  # it changed the state (a redelivery's entries are sent again, nothing stored)
     counted: bool  # its entries count in the cashback metrics (not a redelivery's)
+    notices: tuple[ExpiryNotice, ...] = ()  # the engine's expiry notices (stream.core.notices)
+    language: str | None = None  # the account's notifications' language (None: the worker's default)
 
 
 class Flushed:
@@ -209,11 +220,17 @@ class Outbox:
         accounts: AccountStates,
         limit: int,
         dropped: Callable[[], None] = lambda: None,
+        notifications: str | None = None,
+        language: str = DEFAULT_LANGUAGE,
     ) -> None:
-        """``dropped``: called when a batch's writes are dropped, for what was read from them."""
+        """``dropped``: called when a batch's writes are dropped, for what was read from them;
+        ``notifications``: the notifications topic's name (None: none sent); ``language``: theirs
+        for an account whose profile names none."""
         self.tables = tuple(tables)
         self.sends = sends
         self.accruals = accruals  # the accruals topic's name
+        self.notifications = notifications
+        self.language = language
         self.codec = codec
         self.inputs = inputs
         self.accounts = accounts
@@ -297,6 +314,23 @@ class Outbox:
             if decided.counted:
                 ACCRUALS.labels(entry.entry_kind, entry.reward_kind).inc()
                 CASHBACK_AMOUNT.labels(entry.entry_kind, entry.reward_kind, entry.currency).inc(entry.amount_minor)
+        if self.notifications is not None and (decided.entries or decided.notices):
+            await self._notify(decided, account_key, headers, sends)
         staged.deliveries.extend(send for send in sends if send is not None)
         if decided.stored:
             self.in_flight.add(decided.account_id, sends)
+
+    async def _notify(
+        self, decided: Decided, account_key: bytes, headers: list[tuple[str, bytes]] | None, sends: list[Any]
+    ) -> None:
+        """The decision's notifications, sent after its entries (their deliveries join ``sends``):
+        one per entry that tells the customer something, one per expiry notice."""
+        assert self.notifications is not None
+        language = language_of(decided.language, self.language)
+        made = [n for entry in decided.entries if (n := from_entry(entry, language)) is not None]
+        made += [from_notice(notice, language) for notice in decided.notices]
+        for notification in made:
+            value = self.codec.encode("notification", notification.record())
+            sends.append(await self.sends.send(self.notifications, account_key, value, None, headers))
+            if decided.counted:
+                NOTIFICATIONS.labels(notification.kind, language).inc()

@@ -122,6 +122,9 @@ class Settings(BaseSettings):
         le=3600,
         description="How often each worker ticks time for its partitions (ends of return windows, expiries).",
     )
+    notification_default_language: Literal["en", "fr"] = Field(
+        "en", description="Language of an account's notifications when its profile names none (en, fr)."
+    )
     metrics_port: int = Field(0, ge=0, le=65535, description="Port of this process's /metrics (0: none for the worker and sink).")
     metrics_host: str = Field(
         "127.0.0.1",

@@ -80,20 +80,39 @@ def appending_ids(codec: Codec) -> frozenset[int]:
     return codec.schema_ids("accrual", having_field=_APPENDED_IN_V3[-1])
 
 
+# Version 6 appended sponsor_id, by the same rule: an entry with no sponsor (bank-funded) is its version 5 bytes
+# followed by one zero byte, and has their fingerprint; with no merchant and no purchase ref either, version 2's.
+_APPENDED_IN_V6 = "sponsor_id"
+
+
+def sponsoring_ids(codec: Codec) -> frozenset[int]:
+    """The schema ids of the accrual versions that have ``_APPENDED_IN_V6`` (version 6 and later)."""
+    return codec.schema_ids("accrual", having_field=_APPENDED_IN_V6)
+
+
 # The record's fields that begin a staging row, in ``STAGING_COLUMNS`` order (after the position, up to
 # occurred_at): one C call, the sink's hot path.
 _LEADING = operator.itemgetter(*STAGING_COLUMNS[1 : STAGING_COLUMNS.index("occurred_at") + 1])
 
 
 def staging_row(
-    position: int, record: dict[str, Any], raw: bytes, appending_ids: frozenset[int] = frozenset()
+    position: int,
+    record: dict[str, Any],
+    raw: bytes,
+    appending_ids: frozenset[int] = frozenset(),
+    sponsoring_ids: frozenset[int] = frozenset(),
 ) -> tuple[Any, ...]:
     """One decoded accrual as a staging row (``STAGING_COLUMNS`` order). ``appending_ids``: the schema ids of
-    the accrual versions that have ``_APPENDED_IN_V3`` (``appending_ids``)."""
+    the accrual versions that have ``_APPENDED_IN_V3`` (``appending_ids``); ``sponsoring_ids``: of those that
+    have ``_APPENDED_IN_V6`` (``sponsoring_ids``)."""
     get = record.get
-    merchant_id, purchase_ref = get("merchant_id"), get("purchase_ref")
+    merchant_id, purchase_ref, sponsor_id = get("merchant_id"), get("purchase_ref"), get("sponsor_id")
     end = len(raw)
-    if merchant_id is None and purchase_ref is None and int.from_bytes(raw[1:5], "big") in appending_ids:
+    schema_id = int.from_bytes(raw[1:5], "big")
+    trailing = sponsor_id is None or schema_id not in sponsoring_ids  # nothing set after version 3's fields
+    if sponsor_id is None and schema_id in sponsoring_ids:
+        end -= 1
+    if trailing and merchant_id is None and purchase_ref is None and schema_id in appending_ids:
         end -= len(_APPENDED_IN_V3)
     leading = _LEADING(record)
     if not isinstance(leading[-1], datetime):
@@ -106,6 +125,7 @@ def staging_row(
         get("beneficiary_id"),
         merchant_id,
         purchase_ref,
+        sponsor_id,
     )
 
 
@@ -145,6 +165,7 @@ class Sink:
         self.dead_letter_topic = catalogue.dead_letters.name
         self.codec = codec
         self._appending_ids = appending_ids(codec)  # accrual v3 and later (see staging_row)
+        self._sponsoring_ids = sponsoring_ids(codec)  # accrual v6 and later (see staging_row)
         self._connection: asyncpg.Connection | None = None
         self._stopping = asyncio.Event()
 
@@ -214,7 +235,8 @@ class Sink:
         """Step 2: the batch's staging rows and their messages; an undecodable message is dead-lettered."""
         rows: list[tuple[Any, ...]] = []
         sources: list[ConsumerRecord] = []
-        decode, appending_ids = self.codec.decode, self._appending_ids  # the loop is the sink's hot path
+        # the loop is the sink's hot path
+        decode, appending_ids, sponsoring_ids = self.codec.decode, self._appending_ids, self._sponsoring_ids
         for start in range(0, len(records), _DECODE_SLICE):
             if start:
                 await asyncio.sleep(0)  # let the batch being written take its next round trip meanwhile
@@ -223,7 +245,7 @@ class Sink:
                 value = message.value
                 try:
                     _, record = decode(value, expected_subject="accrual")
-                    rows.append(staging_row(position, record, value, appending_ids))
+                    rows.append(staging_row(position, record, value, appending_ids, sponsoring_ids))
                     sources.append(message)
                 except DecodeError as error:
                     await self._dead_letter(producer, message, error.failure.value, error.detail)

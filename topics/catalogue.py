@@ -65,6 +65,7 @@ class Catalogue:
     dead_letters: Topic
     erasures: Topic
     instructions: Topic
+    notifications: Topic
 
     def all(self) -> tuple[Topic, ...]:
         return (
@@ -78,6 +79,7 @@ class Catalogue:
             self.dead_letters,
             self.erasures,
             self.instructions,
+            self.notifications,
         )
 
     def inputs(self) -> tuple[Topic, Topic, Topic]:
@@ -137,4 +139,8 @@ def catalogue(prefix: str = "cashback.", partitions: int = 4) -> Catalogue:
         # Instructions about held rewards (release, forfeit, a merchant flagged: stream.core.holds), from
         # the API's operations routes and the sink's scan; apart from the card processors' topics.
         instructions=keyed_by_account("account-instructions", "account_instruction", 30),
+        # Customer notifications for bank apps to push (stream.core.notices), in each account's order.
+        # Kept a week: an app's consumer reads them within minutes, and each names an account (an
+        # erasure cannot take a record out of a topic that is not compacted: retention does).
+        notifications=keyed_by_account("notifications", "notification", 7),
     )

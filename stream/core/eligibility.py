@@ -42,10 +42,11 @@ NON_PURCHASE_CODES = frozenset({"QUASI_CASH", "CASH_WITHDRAWAL", "REFUND"})
 @dataclass(frozen=True, slots=True)
 class AccountProfile:
     """What the engine knows of the account beyond its events: its segments and, per offer, when it
-    activated the offer (UTC)."""
+    activated the offer (UTC); and the language it is told things in (no part of any decision)."""
 
     segments: frozenset[str] = frozenset()
     activations: Mapping[str, datetime] = field(default_factory=lambda: MappingProxyType({}))
+    language: str | None = None  # its notifications' language (stream.core.notices); None: the bank's default
 
 
 NO_PROFILE = AccountProfile()

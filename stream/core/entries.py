@@ -2,7 +2,8 @@
 
 One entry moves ``amount_minor`` of one reward kind and currency from ``debit_book`` to
 ``credit_book`` of one account (PENDING, CONFIRMED, AVAILABLE, HELD, ... and EXPENSE, the bank's
-side; NOT_EARNED moves nothing and says why). Its ``accrual_id`` (``<event_id>#<n>``) is the ledger's
+side; NOT_EARNED moves nothing and says why); ``sponsor_id`` says whose side EXPENSE is (a merchant sponsor's, or
+None: the bank's). Its ``accrual_id`` (``<event_id>#<n>``) is the ledger's
 unique key. ``explanation`` is how it was computed, line by line.
 
 Its wire and stored form (the ``accrual`` Avro record, the account state's recent events, the
@@ -62,6 +63,7 @@ class Entry(msgspec.Struct, frozen=True, gc=False):
     explanation: Explanation
     merchant_id: str | None = None  # where the purchase was made (None: an entry made before it was kept)
     purchase_ref: str | None = None  # the purchase's transaction ref (a refund's or chargeback's own ref is another)
+    sponsor_id: str | None = None  # who funds the reward moved: its offer's merchant sponsor (accrual v6); None: the bank
 
     def record(self) -> dict[str, Any]:
         """The entry as a plain mapping (the Avro ``accrual`` record's fields, JSON-ready). Spelled
@@ -95,6 +97,7 @@ class Entry(msgspec.Struct, frozen=True, gc=False):
             },
             "merchant_id": self.merchant_id,
             "purchase_ref": self.purchase_ref,
+            "sponsor_id": self.sponsor_id,
         }
 
     @classmethod

@@ -34,6 +34,7 @@ class EventType(str, enum.Enum):
     # enums do not have it, so it cannot arrive from a topic.
     RETURN_WINDOW_ENDED = "RETURN_WINDOW_ENDED"
     AVAILABLE_EXPIRY = "AVAILABLE_EXPIRY"  # unused points or store credit expire (stream.core.expiry)
+    EXPIRY_NOTICE = "EXPIRY_NOTICE"  # the customer is told they will (stream.core.expiry, stream.core.notices)
     # The bank's instructions about an account's held rewards (stream.core.holds), on their own topic
     # (the account_instruction schema), never on the card processors' topics.
     RELEASE_HOLD = "RELEASE_HOLD"

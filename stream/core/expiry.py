@@ -13,8 +13,8 @@ under one offer and unit expires together, at the end of the UTC day ``expiry_da
 (``expires_at``), so an account keeps at most one lot per offer, unit and day of its period:
 bounded by the period, whatever the number of purchases. A lot keeps what is left of it, when it
 became available, when it expires, when the customer is to be told (``notice_ms``: the expiry less
-``notice_days``, None without a notice: recorded only; the notifications topic is part 3), the
-purchase that opened it and how many rewards it holds.
+``notice_days``, None without a notice) and whether they were (``noticed``), the purchase that
+opened it and how many rewards it holds.
 
 **First earned, first used.** Whatever takes from AVAILABLE takes from the lots of its offer and
 unit, the oldest first (``consume``): today a refund or a chargeback clawing back a reward already
@@ -32,6 +32,14 @@ what is left from AVAILABLE back to the sponsor's EXPENSE book, in an entry of k
 finds nothing; the event id is remembered like any other, so a replayed event re-emits the same
 entries. Caps and campaign budgets are not given back: the reward was given, the customer let it
 lapse (a budget counts what was granted).
+
+**Notice** (issue 12, part 3). At a lot's ``notice_ms``, ``stream.core.lifecycle`` makes an
+internal ``EXPIRY_NOTICE`` event (id ``expiry_notice:<account>:<opening purchase>:<notice ms>``);
+``on_expiry_notice`` marks each lot of that purchase due for notice by then ``noticed`` and makes
+an ``ExpiryNotice`` per lot (what is left and when it expires: ``Decision.notices``), which the
+worker sends as an EXPIRING notification (``stream.core.notices``). No entry: nothing moved. A
+noticed lot is never due for notice again, so the notice is made once whatever the ticks; rewards
+that join a lot after its notice (an event arriving late for that day) are not noticed again.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ import msgspec
 
 from stream.core.lifecycle import DAY_MS
 from stream.core.money import format_minor
+from stream.core.notices import ExpiryNotice
 from stream.core.outcomes import Outcome
 from stream.core.state import Lot, Share
 from stream.core.working_copy import AccountStep, spendable_book
@@ -128,3 +137,32 @@ def on_available_expiry(step: AccountStep) -> Outcome:
         )
         step.entry(ENTRY_KIND, AVAILABLE, "EXPENSE", lot.amount, terms, REASON, detail)
     return Outcome.AVAILABLE_EXPIRED
+
+
+def on_expiry_notice(step: AccountStep) -> Outcome:
+    """Time passing: each lot opened by the event's purchase whose notice is due by the event's
+    time, and not made yet, is noticed: the customer is told what is left of it and when it expires."""
+    ref, at = step.event.transaction_ref, step.at_ms
+    due = [
+        n
+        for n, lot in enumerate(step.lots)
+        if lot.ref == ref and not lot.noticed and lot.notice_ms is not None and lot.notice_ms <= at < lot.expires_ms
+    ]
+    if not due:
+        return Outcome.NO_CHANGE  # used up by clawbacks, or noticed already
+    lots = step.own_lots()
+    for n in due:
+        lot = lots[n] = msgspec.structs.replace(lots[n], noticed=True)
+        step.notices.append(
+            ExpiryNotice(
+                f"{step.event.event_id}#{lot.offer_id}:{lot.unit}",
+                step.event.account_id,
+                lot.offer_id,
+                lot.reward_kind,
+                lot.unit,
+                lot.amount,
+                at,
+                lot.expires_ms,
+            )
+        )
+    return Outcome.EXPIRY_NOTICED

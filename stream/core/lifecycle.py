@@ -7,8 +7,9 @@ share whose cashback was confirmed (the clearing time plus the offer's ``pending
 clearing part pushes it later), and the account's earliest due time as ``state.due_ms``.
 
 ``due_events(state, account_id, now)`` turns what is due by ``now`` into internal events
-(``AUTHORIZATION_EXPIRY``, ``RETURN_WINDOW_ENDED``, and ``AVAILABLE_EXPIRY`` when a lot of unused
-points or store credit expires: ``stream.core.expiry``) that go through ``decide`` like any other
+(``AUTHORIZATION_EXPIRY``, ``RETURN_WINDOW_ENDED``, ``AVAILABLE_EXPIRY`` when a lot of unused
+points or store credit expires and ``EXPIRY_NOTICE`` when the customer is to be told it will:
+``stream.core.expiry``) that go through ``decide`` like any other
 event: the same entries, the same budget and cap bookkeeping, and deterministic ids
 (``<kind>:<account>:<transaction>:<due ms>``), so a redelivered clock tick changes nothing. Each
 event happens at its due time, not at the tick's, so the result does not depend on how often the
@@ -28,6 +29,7 @@ DAY_MS = 24 * 3600 * 1000
 _EXPIRY = EventType.AUTHORIZATION_EXPIRY.value
 _WINDOW_ENDED = EventType.RETURN_WINDOW_ENDED.value
 _LOT_EXPIRY = EventType.AVAILABLE_EXPIRY.value
+_LOT_NOTICE = EventType.EXPIRY_NOTICE.value
 
 
 def authorization_expires_at(event: CardEvent, offers: Iterable[Any]) -> int:
@@ -90,27 +92,38 @@ def next_due_ms(state: AccountState) -> int | None:
     return with_lots(due, state.lots)
 
 
+def lot_due_ms(lot: Lot) -> int:
+    """When something of the lot next falls due: its notice until it was made, then its expiry."""
+    notice = lot.notice_ms
+    return notice if notice is not None and not lot.noticed and notice < lot.expires_ms else lot.expires_ms
+
+
 def with_lots(due_ms: int | None, lots: list[Lot]) -> int | None:
-    """``due_ms`` (the transactions' earliest) or the earliest expiry of ``lots``, whichever is first."""
+    """``due_ms`` (the transactions' earliest) or the earliest expiry or notice of ``lots``, whichever is first."""
     if not lots:
         return due_ms
-    expires = min(lot.expires_ms for lot in lots)
+    expires = min(lot_due_ms(lot) for lot in lots)
     return expires if due_ms is None or expires < due_ms else due_ms
 
 
 def due_events(state: AccountState | None, account_id: str, now_ms: int) -> list[CardEvent]:
     """The internal events due by ``now_ms``, oldest first: one per transaction and kind, and one
-    per lot's opening purchase and expiry time (``stream.core.expiry``)."""
+    per lot's opening purchase and expiry time, or notice time (``stream.core.expiry``)."""
     if state is None or state.due_ms is None or state.due_ms > now_ms:
         return []
     due = sorted((when, kind, ref, txn.currency) for ref, txn in state.txns.items() for when, kind in _due(txn) if when <= now_ms)
-    expiring: dict[tuple[int, str], str] = {}  # (expiry, ref): a unit (one event expires all the ref's lots then)
+    # (time, kind, ref): a unit (one event expires, or gives notice of, all the ref's lots due then)
+    expiring: dict[tuple[int, str, str], str] = {}
     for lot in state.lots:
         if lot.expires_ms <= now_ms:
-            key = (lot.expires_ms, lot.ref)
+            key = (lot.expires_ms, _LOT_EXPIRY, lot.ref)
+            expiring[key] = min(expiring.get(key, lot.unit), lot.unit)
+        notice = lot.notice_ms
+        if notice is not None and notice <= now_ms and not lot.noticed and notice < lot.expires_ms:
+            key = (notice, _LOT_NOTICE, lot.ref)
             expiring[key] = min(expiring.get(key, lot.unit), lot.unit)
     if expiring:
-        due = sorted([*due, *((when, _LOT_EXPIRY, ref, unit) for (when, ref), unit in expiring.items())])
+        due = sorted([*due, *((when, kind, ref, unit) for (when, kind, ref), unit in expiring.items())])
     return [_internal_event(kind, account_id, ref, when, currency) for when, kind, ref, currency in due]
 
 

@@ -6,6 +6,7 @@ parsers (tiers, boost, cap, hours, prices) are in ``stream.core.offer_terms``.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, time
 from typing import Any
@@ -32,6 +33,13 @@ _FIELDS = set(Offer.__slots__) - {"limits_key"}
 _CHANNELS = {"IN_STORE", "ONLINE", "CONTACTLESS", "RECURRING"}
 _AMOUNT_FIELDS = ("rate_bps", "fixed_reward_minor", "points_per_unit")
 MAX_POINTS_PER_UNIT = 10_000
+# A merchant sponsor's id: it names the sponsor in statements' paths (/v1/operations/sponsors/{id}/...).
+SPONSOR_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+BANK_SPONSOR = "bank"  # the sponsor id statements give the bank's own budget (entries with no sponsor_id)
+# The sponsor of a MERCHANT offer published before offer.v6 (which had no sponsor_id): its rewards are
+# billed to nobody known until it is republished with its sponsor, and its statement shows what that cost.
+UNATTRIBUTED_SPONSOR = "unattributed"
+_RESERVED_SPONSORS = (BANK_SPONSOR, UNATTRIBUTED_SPONSOR)
 MAX_EXPIRY_DAYS = 3660  # ten years: a longer period is a typo (a balance is not kept longer)
 
 
@@ -88,7 +96,34 @@ def _check_amounts(offer: Offer) -> None:
             raise OfferError(offer_id, "currency", f"required when {name} is set")
 
 
-def parse_offer(raw: Mapping[str, Any]) -> Offer:
+def _sponsor_id(value: Any, sponsor: str, offer_id: str, published: bool) -> str | None:
+    """Who funds the offer (offer.v6): a MERCHANT offer names its merchant sponsor, billed for its rewards
+    (stream.store.sponsor_statements); a BANK offer names none (its rewards are the bank's own budget)."""
+    if published and sponsor == "MERCHANT" and value is None:
+        return UNATTRIBUTED_SPONSOR  # published before offer.v6: kept live, see parse_published_offer
+    if sponsor == "BANK":
+        if value is not None:
+            raise OfferError(offer_id, "sponsor_id", "only for sponsor MERCHANT (a BANK offer is the bank's own budget)")
+        return None
+    if value is None:
+        raise OfferError(offer_id, "sponsor_id", "required when sponsor is MERCHANT (the merchant sponsor that funds it)")
+    if not isinstance(value, str) or not SPONSOR_ID.fullmatch(value):
+        raise OfferError(offer_id, "sponsor_id", f"{value!r} is not 1 to 64 letters, digits, '.', '_' or '-'")
+    if value.lower() in _RESERVED_SPONSORS:
+        reserved_for = "the bank's own budget" if value.lower() == BANK_SPONSOR else "merchant offers published without one"
+        raise OfferError(offer_id, "sponsor_id", f"{value!r} is reserved for {reserved_for}")
+    return value
+
+
+def parse_published_offer(raw: Mapping[str, Any]) -> Offer:
+    """An offer read back from the offers topic. As parse_offer, except for a MERCHANT offer published before
+    offer.v6, which could not name its sponsor: it stays live (the customers it promised cashback keep
+    earning it across the workers' upgrade) and its rewards are booked to the sponsor ``unattributed``
+    until it is republished with its ``sponsor_id``."""
+    return parse_offer(raw, published=True)
+
+
+def parse_offer(raw: Mapping[str, Any], *, published: bool = False) -> Offer:
     """Validate one offer given as a mapping (YAML or Avro record); raise OfferError naming the field."""
     if not isinstance(raw, Mapping):
         raise OfferError("?", "offer", "each offer must be a mapping")
@@ -117,6 +152,7 @@ def parse_offer(raw: Mapping[str, Any]) -> Offer:
     sponsor = str(raw.get("sponsor", "BANK")).upper()
     if sponsor not in ("BANK", "MERCHANT"):
         raise OfferError(offer_id, "sponsor", f"{sponsor!r} is not BANK or MERCHANT")
+    sponsor_id = _sponsor_id(raw.get("sponsor_id"), sponsor, offer_id, published)
     offer = Offer(
         offer_id=offer_id,
         version=integer(raw, "version", offer_id, 1, minimum=1),
@@ -154,6 +190,7 @@ def parse_offer(raw: Mapping[str, Any]) -> Offer:
         holdout_bps=integer(raw, "holdout_bps", offer_id, 0) or 0,  # null: none
         available_expiry_days=integer(raw, "available_expiry_days", offer_id, None, minimum=1),
         expiry_notice_days=integer(raw, "expiry_notice_days", offer_id, None, minimum=1),
+        sponsor_id=sponsor_id,
     )
     if offer.holdout_bps > MAX_HOLDOUT_BPS:
         raise OfferError(offer_id, "holdout_bps", f"{offer.holdout_bps} is above {MAX_HOLDOUT_BPS} (half the accounts held out)")

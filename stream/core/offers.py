@@ -170,6 +170,8 @@ class Offer:
     # --- since offer.v5 ---
     available_expiry_days: int | None = None  # POINTS and STORE_CREDIT left AVAILABLE expire (stream.core.expiry); None: never
     expiry_notice_days: int | None = None  # the notice before an expiry (kept with each lot); None: none
+    # --- since offer.v6 ---
+    sponsor_id: str | None = None  # the merchant sponsor funding a MERCHANT offer; None: the bank's budget
     # Derived, never loaded: the key of the caps and budget this (priced) offer counts against.
     limits_key: str | None = None
 
@@ -261,6 +263,7 @@ class Offer:
             "holdout_bps": self.holdout_bps,
             "available_expiry_days": self.available_expiry_days,
             "expiry_notice_days": self.expiry_notice_days,
+            "sponsor_id": self.sponsor_id,
         }
 
 

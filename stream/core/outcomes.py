@@ -17,6 +17,7 @@ class Outcome(str, enum.Enum):
     EXPIRED = "expired"
     MADE_AVAILABLE = "made_available"
     AVAILABLE_EXPIRED = "available_expired"  # unused points or store credit expired (stream.core.expiry)
+    EXPIRY_NOTICED = "expiry_noticed"  # the customer is told points or store credit expire soon (stream.core.notices)
     CONFIRMED = "confirmed"
     CLAWED_BACK = "clawed_back"
     RECREDITED = "recredited"

@@ -14,7 +14,9 @@ from typing import Any
 
 from stream.core.eligibility import AccountProfile
 
-Profile = dict[str, Any]  # {"segments": [...], "activations": {offer_id: activated_at_ms}}
+# {"segments": [...], "activations": {offer_id: activated_at_ms}, "language": "fr" | "en" (absent or None: the
+# bank's default; account_profile v2)}
+Profile = dict[str, Any]
 
 
 def new_profile() -> Profile:
@@ -30,6 +32,7 @@ def to_account_profile(profile: Profile | None) -> AccountProfile:
         activations=MappingProxyType(
             {offer: datetime.fromtimestamp(ms / 1000, tz=UTC) for offer, ms in profile["activations"].items()}
         ),
+        language=profile.get("language"),
     )
 
 
@@ -49,7 +52,13 @@ def apply_activation(profile: Profile | None, record: dict[str, Any]) -> Profile
 
 
 def apply_segments(profile: Profile | None, record: dict[str, Any] | None) -> Profile:
-    """The profile after a profile record (None: a tombstone, erasing the segments)."""
+    """The profile after a profile record (None: a tombstone, erasing the segments and the language).
+    A record of account_profile v1 has no language: the bank's default."""
     profile = dict(profile or new_profile())
     profile["segments"] = sorted(set(record["segments"])) if record else []
+    language = record.get("language") if record else None
+    if language is None:
+        profile.pop("language", None)  # stored as before v2: the profile of most accounts
+    else:
+        profile["language"] = language
     return profile

@@ -50,6 +50,7 @@ def new_share(offer: Offer, event: CardEvent, profile: AccountProfile, local: Lo
         place=local.note if local_matters else "",
         expiry_days=offer.available_expiry_days,
         notice_days=offer.expiry_notice_days,
+        sponsor_id=offer.sponsor_id,
     )
 
 

@@ -1,5 +1,7 @@
 """The rules engine: ``decide(event, offers, state, profile, budget_remaining) -> Decision``.
-Pure: no I/O, no clock, no await.
+Pure: no I/O, no clock, no await. A decision is the new state, its ledger entries, the outcome,
+the budget deltas and, for a lot's expiry notice, what the customer is to be told
+(``Decision.notices``: ``stream.core.notices``).
 
 The same function runs in the matcher agent, the tests' oracle and the back-test. Offer selection
 is in ``stream.core.eligibility``, amounts in ``stream.core.rewards``, the working copy of the state
@@ -107,10 +109,11 @@ from stream.core.clearings import on_clearing, on_return_window_ended
 from stream.core.eligibility import NO_PROFILE, AccountProfile
 from stream.core.entries import Entry
 from stream.core.events import CardEvent, EventType
-from stream.core.expiry import on_available_expiry
+from stream.core.expiry import on_available_expiry, on_expiry_notice
 from stream.core.holds import on_forfeit_hold, on_hold_merchant, on_release_hold, remembered
 from stream.core.lifecycle import DAY_MS, with_lots
 from stream.core.memory import TRANSACTION_HORIZON_DAYS, home_ref, known, remember
+from stream.core.notices import ExpiryNotice
 from stream.core.offers import OfferBook
 from stream.core.outcomes import Outcome
 from stream.core.state import AccountState
@@ -119,8 +122,8 @@ from stream.core.working_copy import AccountStep
 __all__ = ["AccountProfile", "Decision", "Outcome", "decide", "new_state"]
 
 _NO_DELTAS: Mapping[str, int] = MappingProxyType({})
-# A lot's expiry (stream.core.expiry) is never beyond the horizon: its purchase may be long forgotten.
-_LOT_EXPIRY = EventType.AVAILABLE_EXPIRY
+# A lot's expiry and its notice (stream.core.expiry) are never beyond the horizon: its purchase may be long forgotten.
+_LOT_EVENTS = frozenset({EventType.AVAILABLE_EXPIRY, EventType.EXPIRY_NOTICE})
 
 
 class Decision(msgspec.Struct, frozen=True, gc=False):  # a record: made for every event
@@ -129,6 +132,8 @@ class Decision(msgspec.Struct, frozen=True, gc=False):  # a record: made for eve
     outcome: Outcome
     # offer_id -> minor units of its budget this event consumed (+) or gave back (-); {} when none
     budget_deltas: Mapping[str, int] = msgspec.field(default_factory=lambda: _NO_DELTAS)
+    # what the customer is to be told beside the entries: expiry notices (stream.core.notices); () when none
+    notices: tuple[ExpiryNotice, ...] = ()
 
 
 def new_state() -> AccountState:
@@ -158,7 +163,7 @@ def decide(
     step = AccountStep(event, state, offers, profile or NO_PROFILE, budget_remaining or _NO_DELTAS, abuse or DEFAULT_RULES)
     clock_ms = max(state.clock_ms or 0, step.at_ms)
     forget_before_ms = clock_ms - horizon_days * DAY_MS
-    if home_ref(event) not in state.txns and step.at_ms < forget_before_ms and event.event_type is not _LOT_EXPIRY:
+    if home_ref(event) not in state.txns and step.at_ms < forget_before_ms and event.event_type not in _LOT_EVENTS:
         # Numbered apart: the event may be a redelivery whose first entries the ledger holds.
         outcome = step.not_earned(
             Outcome.BEYOND_HORIZON,
@@ -183,7 +188,7 @@ def decide(
     new.due_ms = with_lots(index.next_due_ms(), new.lots)  # stream.core.lifecycle.next_due_ms(new), kept by the index
     keep(new, index, state, step.changed, forgotten)
     deltas = {offer_id: delta for offer_id, delta in step.budget_deltas.items() if delta}
-    return Decision(new, tuple(step.entries), outcome, deltas)
+    return Decision(new, tuple(step.entries), outcome, deltas, tuple(step.notices) if step.notices else ())
 
 
 # One handler per event type: stream.core.authorisations, .clearings, .clawbacks and .holds.
@@ -198,6 +203,7 @@ _HANDLERS = {
     EventType.CHARGEBACK_REVERSAL: on_chargeback_reversal,
     EventType.RETURN_WINDOW_ENDED: on_return_window_ended,
     EventType.AVAILABLE_EXPIRY: on_available_expiry,
+    EventType.EXPIRY_NOTICE: on_expiry_notice,
     EventType.RELEASE_HOLD: on_release_hold,
     EventType.FORFEIT_HOLD: on_forfeit_hold,
     EventType.HOLD_MERCHANT: on_hold_merchant,

@@ -62,6 +62,7 @@ class Share(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     held_for: str | None = None  # the rule of its latest hold
     expiry_days: int | None = None  # days an AVAILABLE reward of it lasts (offer.v5; stream.core.expiry); None: forever
     notice_days: int | None = None  # the notice before that expiry; None: none
+    sponsor_id: str | None = None  # the offer's merchant sponsor at the purchase (offer.v6); None: the bank's budget
 
     def __post_init__(self) -> None:
         if not self.basis_currency:
@@ -149,7 +150,8 @@ class Watch(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
 class Lot(msgspec.Struct, array_like=True, gc=False):
     """Points or store credit of one offer that became AVAILABLE on one UTC day and will expire
     together (``stream.core.expiry``): what is left of it, when it expires and when the customer
-    is to be told. ``ref``: the purchase that opened it, ``count`` how many purchases it holds."""
+    is to be told. ``ref``: the purchase that opened it, ``count`` how many purchases it holds,
+    ``noticed`` whether the customer was told (``stream.core.notices``)."""
 
     offer_id: str
     version: int
@@ -161,6 +163,7 @@ class Lot(msgspec.Struct, array_like=True, gc=False):
     notice_ms: int | None  # when the customer is to be told (None: no notice)
     ref: str
     count: int = 1
+    noticed: bool = False  # the expiry notice was made (sent once: a lot stored before it was kept reads False)
 
 
 class AccountState(msgspec.Struct, kw_only=True, dict=True):

@@ -14,6 +14,7 @@ from stream.core.eligibility import AccountProfile, LocalTime, local_time
 from stream.core.entries import RECONCILIATION, Entry, Explanation, moves_money
 from stream.core.events import CardEvent, EventType
 from stream.core.money import format_minor, prorate
+from stream.core.notices import ExpiryNotice
 from stream.core.offers import OfferBook, RewardKind
 from stream.core.outcomes import Outcome
 from stream.core.rewards import Amount, period_kept_until
@@ -41,6 +42,7 @@ class AccountStep:
         "entries",
         "event",
         "lots",
+        "notices",
         "offers",
         "profile",
         "purchase",
@@ -75,6 +77,7 @@ class AccountStep:
         self._own_caps = self._own_carry = self._own_lots = False
         self.budget_deltas: dict[str, int] = {}
         self.entries: list[Entry] = []
+        self.notices: list[ExpiryNotice] = []  # what the customer is to be told beside the entries (stream.core.notices)
         self._items = 0  # reconciliation items among the entries: they take no position (``entry``)
         self._local: LocalTime | None = None
 
@@ -227,6 +230,9 @@ class AccountStep:
         ref = self.purchase
         bought = self.txns.get(ref)
         beneficiary = share.charity_id if share is not None and share.reward_kind == _CHARITY else None
+        sponsor = None if share is None else share.sponsor_id  # who funds it: the share's, kept from the purchase
+        if sponsor is None and kind == _AVAILABLE_EXPIRED and share is not None:
+            sponsor = self._lot_sponsor(share, bought)
         if beneficiary:
             detail = f"{detail}; charity_id={beneficiary}"
         self.entries.append(
@@ -257,8 +263,20 @@ class AccountStep:
                 ),
                 merchant_id=(bought.merchant_id if bought is not None else "") or event.merchant_id or None,
                 purchase_ref=ref,
+                sponsor_id=sponsor,
             )
         )
+
+    def _lot_sponsor(self, share: Share, bought: Txn | None) -> str | None:
+        """Who funds an expiry's reward: its terms are rebuilt from the lot (``stream.core.expiry``), which keeps
+        no sponsor, so it is the purchase's share of the same offer (what the reward was booked to), else the
+        offer's sponsor now (the purchase gone from the state), else the bank. Any other entry's is its share's."""
+        if bought is not None:
+            for held in bought.shares:
+                if held.offer_id == share.offer_id:
+                    return held.sponsor_id
+        offer = self.offers.get(share.offer_id)
+        return None if offer is None else offer.sponsor_id
 
     def not_earned(self, outcome: Outcome, detail: str, share: Share | None = None, number: str | None = None) -> Outcome:
         basis = purchase_basis(self.event)
@@ -294,6 +312,7 @@ def limits_key(share: Share) -> str:
 
 _FOLLOW_UPS = frozenset({EventType.REFUND, EventType.CHARGEBACK, EventType.CHARGEBACK_REVERSAL})
 _CHARITY = RewardKind.CHARITY.value
+_AVAILABLE_EXPIRED = "AVAILABLE_EXPIRED"  # stream.core.expiry's entry kind (not imported: it imports this module)
 
 
 def purchase_ref(event: CardEvent) -> str:

@@ -27,14 +27,17 @@ ACTIVATED_OFFER = "weekend-dining-vip"  # an offer of deploy/offers/example.yaml
 
 
 def account_messages(scenario: Scenario) -> Iterator[Outgoing]:
-    """Segments for some accounts, and an activation of the offer that needs one for every third
-    account, a day before the first purchase: what the bank's systems would have published."""
+    """Segments for some accounts, with the language of their notifications (every other one
+    French, the rest English; accounts without a profile get the bank's default), and an activation
+    of the offer that needs one for every third account, a day before the first purchase: what the
+    bank's systems would have published."""
     activated_at = scenario.start - timedelta(days=1)
     for number in range(scenario.accounts):
         account = account_id(number)
         segments = [name for name, every in SEGMENTS if number % every == 0]
         if segments:
-            record = {"account_id": account, "segments": segments, "updated_at": activated_at}
+            language = "fr" if number % 2 == 0 else "en"
+            record = {"account_id": account, "segments": segments, "updated_at": activated_at, "language": language}
             yield Outgoing("profiles", account.encode(), record=record)
         if number % 3 == 0:
             record = {"account_id": account, "offer_id": ACTIVATED_OFFER, "active": True, "changed_at": activated_at}

@@ -68,6 +68,7 @@ STAGING_COLUMNS = (
     "beneficiary_id",
     "merchant_id",
     "purchase_ref",
+    "sponsor_id",  # who funds the entry (accrual v6, migration 0016): NULL is the bank's own budget
 )
 LEDGER_COLUMNS = STAGING_COLUMNS[1:]  # a new entry's row in ledger_entries: all but the position
 _POSITION, _ID, _SOURCE, _ACCOUNT, _REF, _KIND, _DEBIT, _CREDIT, _AMOUNT, _CURRENCY, _REWARD = range(11)

@@ -113,12 +113,13 @@ async def test_the_agent_hands_each_message_s_deliveries_to_the_accounting(harne
         def done(self, tp, offset, deliveries=()):  # type: ignore[no-untyped-def]
             recorded.append((offset, deliveries))  # as the accounting keeps them: filled in later
 
-    entries: list[object] = []  # the deliveries of the accruals sent
+    entries: list[object] = []  # the deliveries of the accruals sent, then of their notifications
     record = harness.sends.send
+    outputs = (harness.matcher.topics.accruals.name, harness.matcher.topics.notifications.name)
 
     async def send(topic, key, value, partition=None, headers=None):  # type: ignore[no-untyped-def]
         delivery = await record(topic, key, value, partition, headers)
-        if topic == harness.matcher.topics.accruals.name:
+        if topic in outputs:
             entries.append(delivery)
         return delivery
 
@@ -128,7 +129,7 @@ async def test_the_agent_hands_each_message_s_deliveries_to_the_accounting(harne
     (offset, deliveries) = recorded[-1]
     flushed, *sends = deliveries
     assert flushed.done() and flushed.exception() is None  # the batch was flushed
-    assert len(entries) == 1 and sends == entries
+    assert len(entries) == 2 and sends == entries  # the PENDING_CREATED entry and its EARNED notification
 
 
 @pytest.mark.asyncio

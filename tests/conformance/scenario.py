@@ -5,6 +5,11 @@ ledger, not-earned reasons and balances out. The same files run through the pure
 
 Amounts are written as decimal strings in the currency's unit ("100.00" EUR, "1000" JPY,
 "1.500" BHD) and parsed exactly into integer minor units: never a float.
+
+A file may also say what the customer is told (``expect.notifications``: ``stream.core.notices``),
+each notification by the event behind it, its kind, amount and, when named, its line; the
+account's ``language`` is in its ``account:`` section. A file without the list says nothing of
+notifications (compared only when the file names them).
 """
 
 from __future__ import annotations
@@ -52,6 +57,17 @@ class ExpectedEntry:
     reward_kind: str = "CASH"
     offer: str | None = None  # compared only when the file names it
     reason: str | None = None  # the explanation's reason (a hold's rule), compared only when the file names it
+    sponsor: str | None = None  # who funds it (its sponsor_id, or bank), compared only when the file names it
+
+
+@dataclass(frozen=True)
+class ExpectedNotification:
+    event: str
+    kind: str
+    amount_minor: int
+    currency: str = "EUR"
+    line: str | None = None  # compared only when the file names it
+    language: str | None = None  # compared only when the file names it
 
 
 @dataclass
@@ -71,6 +87,7 @@ class Scenario:
     not_earned_offers: list[tuple[str, str, str]] = field(default_factory=list)
     # campaign budget key -> minor units the scenario's events leave used (compared only when the file says)
     budgets_used: dict[str, int] = field(default_factory=dict)
+    notifications: list[ExpectedNotification] | None = None  # None: the file says nothing of them
 
     @property
     def account_id(self) -> str:
@@ -182,6 +199,7 @@ def load(path: Path) -> Scenario:
                 reward_kind=line.get("reward_kind", "CASH"),
                 offer=line.get("offer"),
                 reason=line.get("reason"),
+                sponsor=line.get("sponsor"),
             )
         )
     scenario.not_earned = [
@@ -190,6 +208,18 @@ def load(path: Path) -> Scenario:
     scenario.not_earned_offers = [
         (str(x["event"]), x["reason"], x["offer"]) for x in expect.get("not_earned") or [] if "offer" in x
     ]
+    if "notifications" in expect:
+        scenario.notifications = [
+            ExpectedNotification(
+                event=str(line["event"]),
+                kind=line["kind"],
+                amount_minor=to_minor(line["amount"], line.get("currency", "EUR"), f"notification of {line['event']}"),
+                currency=line.get("currency", "EUR"),
+                line=line.get("line"),
+                language=line.get("language"),
+            )
+            for line in expect["notifications"] or []
+        ]
     for line in expect.get("budgets_used") or []:
         scenario.budgets_used[line["offer"]] = to_minor(line["used"], line.get("currency", "EUR"), f"budget of {line['offer']}")
     for line in expect.get("balances") or []:
@@ -218,10 +248,13 @@ def _expanded(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def stored_profile(scenario: Scenario) -> dict[str, Any]:
     """The scenario's ``account:`` section as the matcher stores a profile (stream.core.profiles)."""
     activations = scenario.profile.get("activations") or {}
-    return {
+    stored: dict[str, Any] = {
         "segments": sorted(scenario.profile.get("segments") or ()),
         "activations": {offer: int(datetime.fromisoformat(at).timestamp() * 1000) for offer, at in activations.items()},
     }
+    if scenario.profile.get("language"):
+        stored["language"] = scenario.profile["language"]
+    return stored
 
 
 def all_scenarios() -> list[Scenario]:
@@ -262,14 +295,45 @@ def entry_view(scenario: Scenario, entry: dict[str, Any]) -> ExpectedEntry:
         reward_kind=entry["reward_kind"],
         offer=entry["offer_id"],
         reason=entry["explanation"]["reason"],
+        sponsor=entry.get("sponsor_id") or "bank",
     )
 
 
-def comparable(actual: list[ExpectedEntry], expected: list[ExpectedEntry]) -> list[ExpectedEntry]:
-    """``actual`` with the offer and the reason blanked on the lines where the file does not name them."""
+def notification_view(scenario: Scenario, notification: dict[str, Any]) -> ExpectedNotification:
+    """A notification (Avro-shaped dict) as the scenario files write it: the event behind it is its
+    id's (an entry's ``<event_id>#<n>``, an expiry notice's ``<notice event id>#<offer>:<unit>``)."""
+    return ExpectedNotification(
+        event=label_of(scenario, notification["notification_id"].rsplit("#", 1)[0]),
+        kind=notification["kind"],
+        amount_minor=notification["amount_minor"],
+        currency=notification["currency"],
+        line=notification["line"].replace("\u202f", " ").replace("\u00a0", " "),  # files write no-break spaces plainly
+        language=notification["language"],
+    )
+
+
+def comparable_notifications(
+    actual: list[ExpectedNotification], expected: list[ExpectedNotification]
+) -> list[ExpectedNotification]:
+    """``actual`` with the line and the language blanked where the file does not name them."""
     if len(actual) != len(expected):
         return actual
     return [
-        replace(a, offer=a.offer if e.offer is not None else None, reason=a.reason if e.reason is not None else None)
+        replace(a, line=a.line if e.line is not None else None, language=a.language if e.language is not None else None)
+        for a, e in zip(actual, expected, strict=True)
+    ]
+
+
+def comparable(actual: list[ExpectedEntry], expected: list[ExpectedEntry]) -> list[ExpectedEntry]:
+    """``actual`` with the offer, the reason and the sponsor blanked on the lines where the file does not name them."""
+    if len(actual) != len(expected):
+        return actual
+    return [
+        replace(
+            a,
+            offer=a.offer if e.offer is not None else None,
+            reason=a.reason if e.reason is not None else None,
+            sponsor=a.sponsor if e.sponsor is not None else None,
+        )
         for a, e in zip(actual, expected, strict=True)
     ]

@@ -22,7 +22,8 @@ CREATE TEMP TABLE IF NOT EXISTS incoming_accruals (
     position bigint, accrual_id text, source_event_id text, account_id text, transaction_ref text,
     entry_kind text, debit_book text, credit_book text, amount_minor bigint, currency text,
     reward_kind text, offer_id text, rule_version integer, occurred_at timestamptz,
-    explanation jsonb, fingerprint text, beneficiary_id text, merchant_id text, purchase_ref text
+    explanation jsonb, fingerprint text, beneficiary_id text, merchant_id text, purchase_ref text,
+    sponsor_id text  -- staged (STAGING_COLUMNS), never written: the schema before 0016 has no such column
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS batch_deltas (
     account_id text, reward_kind text, currency text, pending bigint, confirmed bigint,

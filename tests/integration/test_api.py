@@ -657,6 +657,8 @@ async def test_openapi_declares_the_bearer_scheme_on_every_protected_route(api: 
         ("get", "/v1/operations/merchant-flags"): [[OPERATIONS]],
         ("get", "/v1/operations/reconciliation/{kind}"): [[OPERATIONS]],
         ("get", "/v1/operations/offers/{offer_id}/results"): [[OPERATIONS]],
+        ("get", "/v1/operations/sponsors/{sponsor_id}/statements/{month}"): [[OPERATIONS]],
+        ("get", "/v1/operations/sponsors/{sponsor_id}/statements/{month}/entries"): [[OPERATIONS]],
         ("get", "/v1/operations/accounts/{account_id}/export"): [[OPERATIONS]],
         ("post", "/v1/operations/accounts/{account_id}/erasure"): [[OPERATIONS]],
         ("get", "/v1/offers"): [[]],

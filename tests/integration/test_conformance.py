@@ -24,9 +24,20 @@ from stream.auth import ACCOUNTS_READ
 from stream.core.balances import BALANCE_FIELDS
 from stream.offer_admin import publish_offers, remove_offers
 from stream.settings import Settings
-from tests.conformance.scenario import ExpectedEntry, Scenario, all_scenarios, comparable, is_time, label_of, names_offer
+from tests.conformance.scenario import (
+    ExpectedEntry,
+    ExpectedNotification,
+    Scenario,
+    all_scenarios,
+    comparable,
+    comparable_notifications,
+    is_time,
+    label_of,
+    names_offer,
+    notification_view,
+)
 from tests.integration.conftest import Processes, api_headers, running_pipeline, wait_until
-from tests.integration.test_end_to_end import publish, topic_for, wire
+from tests.integration.test_end_to_end import notifications_of, publish, topic_for, wire
 from topics.catalogue import account_partition, catalogue
 
 pytestmark = pytest.mark.integration
@@ -63,10 +74,9 @@ class Conformance:
         topics = catalogue(self.settings.topic_prefix, self.settings.topic_partitions)
         codec = Codec()
         sends = []
-        if scenario.profile.get("segments"):
-            sends.append(
-                publish_segments(self.settings, codec, topics.profiles, scenario.account_id, scenario.profile["segments"])
-            )
+        if scenario.profile.get("segments") or scenario.profile.get("language"):
+            segments, language = scenario.profile.get("segments") or [], scenario.profile.get("language")
+            sends.append(publish_segments(self.settings, codec, topics.profiles, scenario.account_id, segments, language))
         for offer_id, at in (scenario.profile.get("activations") or {}).items():
             sends.append(
                 publish_activation(
@@ -155,10 +165,23 @@ class Conformance:
                 e["reward_kind"],
                 e["offer_id"],
                 json.loads(e["explanation"])["reason"],
+                e["sponsor_id"] or "bank",  # who funds it (migration 0016): NULL is the bank's own budget
             )
             for e in entries
         ]
         return view, not_earned
+
+    def notifications(self, scenario: Scenario) -> list[ExpectedNotification]:
+        """What the account was told, as a bank app reads the notifications topic (its partition, in
+        order), each id once (a consumer dedupes by id)."""
+        assert scenario.notifications is not None
+
+        def complete() -> list[dict[str, Any]] | None:
+            read = notifications_of(self.processes.env, scenario.account_id)
+            return read if len(read) >= len(scenario.notifications or []) else None
+
+        read = wait_until(complete, 30, f"the notifications of {scenario.name}")
+        return [notification_view(scenario, n) for n in read]
 
     def history(self, scenario: Scenario) -> list[dict[str, Any]]:
         """The account's history as a bank app reads it (the newest first; one page is enough here)."""
@@ -206,6 +229,9 @@ def test_scenario_end_to_end(conformance: Conformance, scenario: Scenario) -> No
         assert any(x[:2] == (label, reason) and names_offer(x[2], offer_id) for x in conformance.details), (label, offer_id)
     if scenario.budgets_used:
         assert conformance.budgets_used(scenario) == scenario.budgets_used
+    if scenario.notifications is not None:  # what the customer is told (stream.core.notices)
+        told = conformance.notifications(scenario)
+        assert comparable_notifications(told, scenario.notifications) == scenario.notifications
     expiries = sum(1 for line in scenario.ledger if line.kind == "AVAILABLE_EXPIRED")
     if expiries:  # the customer's history explains each expiry (stream.core.expiry)
         explained = [line for line in conformance.history(scenario) if line["entry_kind"] == "AVAILABLE_EXPIRED"]

@@ -315,6 +315,123 @@ async def _read_dead_letters(bootstrap: str, topic: str, want: int, timeout_s: f
     return letters
 
 
+NOTIFICATION_SCHEMA = _schema("notification.avsc")
+
+
+async def _read_partition(bootstrap: str, topic: str, partition: int) -> list[Any]:
+    """Every record of one partition up to its end offset now, in order, by a plain client."""
+    from aiokafka import TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        end = (await consumer.end_offsets([tp]))[tp]
+        records: list[Any] = []
+        while await consumer.position(tp) < end:
+            for batch in (await consumer.getmany(tp, timeout_ms=500)).values():
+                records += [record for record in batch if record.offset < end]
+        return records
+    finally:
+        await consumer.stop()
+
+
+def notifications_of(env: dict[str, str], account: str) -> list[dict[str, Any]]:
+    """What a bank app reads for ``account`` on the notifications topic: its partition (the card
+    events' own, murmur2 of the account id), in order, decoded with the shipped schema by hand,
+    each notification id once (a consumer dedupes by id: a repeat carries the same id)."""
+    from stream.settings import Settings
+    from topics.catalogue import account_partition
+
+    partitions = Settings.from_env(env).topic_partitions
+    topic = env["TOPIC_PREFIX"] + "notifications"
+    records = asyncio.run(_read_partition(env["KAFKA_BOOTSTRAP_SERVERS"], topic, account_partition(account, partitions)))
+    seen: dict[str, dict[str, Any]] = {}
+    for record in records:
+        if record.key != account.encode():
+            continue
+        assert record.value[:5] == struct.pack(">bI", 0, IDS["notification.avsc"])
+        notification = fastavro.schemaless_reader(io.BytesIO(record.value[5:]), NOTIFICATION_SCHEMA)
+        assert notification["account_id"] == account
+        seen.setdefault(notification["notification_id"], notification)
+    return list(seen.values())
+
+
+def test_bank_apps_read_each_accounts_notifications_in_its_language(pipeline) -> None:  # type: ignore[no-untyped-def]
+    """Issue 12 part 3 on the real stack: a French and an English account earn, confirm and get
+    their cashback; a points offer's lot is announced before it expires (the worker's own clock).
+    Read with an independent client: keyed and partitioned by account, in order, ids the ledger's."""
+    from datetime import datetime, timedelta
+
+    from schemas.codec import Codec
+    from stream.account_messages import publish_segments
+    from stream.core.offer_parsing import parse_offer
+    from stream.offer_admin import publish_offers, remove_offers
+    from stream.settings import Settings
+    from topics.catalogue import catalogue
+
+    processes, base_url = pipeline
+    env = processes.env
+    settings = Settings.from_env(env)
+    topics = catalogue(settings.topic_prefix, settings.topic_partitions)
+    tag = uuid.uuid4().hex[:6]
+    french, english, points = f"fr-{tag}", f"en-{tag}", f"pts-{tag}"
+    asyncio.run(publish_segments(settings, Codec(), topics.profiles, french, [], "fr"))
+    expiring = parse_offer(
+        {
+            "offer_id": f"books-points-{tag}",
+            "name": "2 points per euro at book shops",
+            "reward_kind": "POINTS",
+            "points_per_unit": 2,
+            "currency": "EUR",
+            "mccs": ["5942"],
+            "pending_days": 0,
+            "available_expiry_days": 30,
+            "expiry_notice_days": 7,
+        }
+    )
+    asyncio.run(publish_offers(settings, Codec(), topics.offers.name, [expiring]))
+    loaded = lambda: processes.metric("worker", "cashback_offers_loaded")  # noqa: E731
+    wait_until(lambda: loaded() == 3, 30, "the points offer", observe=loaded)
+    try:
+        records = [
+            card_record("CLEARING", 10_000, account_id=account, transaction_ref=f"{account}-1", mcc="5812")
+            for account in (french, english)  # dining-3-now: confirmed and available at once
+        ]
+        # Points made available 25 days ago: expire in 5 or 6 days, announced a day or two ago.
+        long_ago = datetime.now(UTC) - timedelta(days=25)
+        records.append(
+            card_record("CLEARING", 10_000, account_id=points, transaction_ref=f"{points}-1", mcc="5942", occurred_at=long_ago)
+        )
+        publish_records(env, records)
+
+        def told(account: str, count: int) -> list[dict[str, Any]] | None:
+            read = notifications_of(env, account)
+            return read if len(read) >= count else None
+
+        fr_read = wait_until(lambda: told(french, 2), 60, "the French account's notifications")
+        en_read = wait_until(lambda: told(english, 2), 60, "the English account's notifications")
+        pts_read = wait_until(lambda: told(points, 3), 60, "the expiry notice", observe=lambda: notifications_of(env, points))
+    finally:
+        asyncio.run(remove_offers(settings, topics.offers.name, [expiring.offer_id]))
+
+    assert [(n["kind"], n["language"]) for n in fr_read] == [("CONFIRMED", "fr"), ("AVAILABLE", "fr")]
+    assert fr_read[1]["line"] == "Désormais à votre disposition\u202f: 3,00\u00a0€ de cashback."
+    assert [(n["kind"], n["language"]) for n in en_read] == [("CONFIRMED", "en"), ("AVAILABLE", "en")]
+    assert en_read[0]["line"] == "EUR 3.00 cashback confirmed on your purchase of EUR 100.00: the purchase settled."
+    # Their ids are the ledger's entries' ids: what a consumer dedupes by.
+    history = httpx.get(f"{base_url}/v1/accounts/{english}/history", headers=api_headers([OPERATIONS]), timeout=5).json()
+    assert {n["notification_id"] for n in en_read} <= {line["accrual_id"] for line in history["entries"]}
+    assert [n["kind"] for n in pts_read] == ["CONFIRMED", "AVAILABLE", "EXPIRING"]
+    notice = pts_read[2]
+    assert notice["notification_id"].startswith(f"expiry_notice:{points}:{points}-1:")
+    assert (notice["amount_minor"], notice["currency"], notice["reward_kind"]) == (200, "PTS", "POINTS")
+    assert notice["expires_at"] > datetime.now(UTC) and notice["line"].startswith("You have 200 points left to use by ")
+    assert processes.metric("worker", "cashback_notifications_total", {"kind": "EXPIRING", "language": "en"}) >= 1
+
+
 def test_bad_messages_go_to_dead_letters_and_good_ones_still_count(pipeline) -> None:  # type: ignore[no-untyped-def]
     processes, base_url = pipeline
     env = processes.env

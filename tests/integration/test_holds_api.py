@@ -370,12 +370,13 @@ async def test_an_entry_sent_before_the_accrual_v3_upgrade_and_again_after_it_is
     buffer.write(struct.pack(">bI", 0, json.loads((SCHEMA_DIR / "ids.json").read_text())["accrual.v2.avsc"]))
     fastavro.schemaless_writer(buffer, v2, entry.record())
     old, new = buffer.getvalue(), CODEC.encode("accrual", entry.record())
-    appending = frozenset({CODEC.schema_id("accrual")})
-    assert staging_row(0, CODEC.decode(old)[1], old, appending)[15] == staging_row(0, CODEC.decode(new)[1], new, appending)[15]
+    appending = frozenset({CODEC.schema_id("accrual")})  # the newest version also appended sponsor_id (accrual v6)
+    old_row, new_row = (staging_row(0, CODEC.decode(raw)[1], raw, appending, appending) for raw in (old, new))
+    assert old_row[15] == new_row[15]
     connection = await asyncpg.connect(database)
     try:
-        first = await write_batch(connection, [staging_row(0, CODEC.decode(old)[1], old, appending)])
-        second = await write_batch(connection, [staging_row(0, CODEC.decode(new)[1], new, appending)])
+        first = await write_batch(connection, [old_row])
+        second = await write_batch(connection, [new_row])
     finally:
         await connection.close()
     assert (first.written, second.written, second.duplicates, second.conflicts) == (1, 0, 1, ())

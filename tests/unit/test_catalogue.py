@@ -19,6 +19,7 @@ def test_topics_keyed_by_account_are_co_partitioned(partitions: int) -> None:
         "cashback.accruals",
         "cashback.account-erasures",
         "cashback.account-instructions",
+        "cashback.notifications",
     }
     assert all(t.co_partitioned for t in keyed_by_account)
     assert {t.partitions for t in keyed_by_account} == {partitions}
@@ -67,10 +68,20 @@ def test_erasure_instructions_are_kept_a_week_and_folded_per_account() -> None:
     assert topics.account_inputs() == (topics.activations, topics.profiles, topics.erasures)
 
 
+def test_notifications_are_keyed_by_account_and_kept_a_week() -> None:
+    """Bank apps read an account's notifications in order (one partition per account, the card
+    events' own); each names an account, so they are kept a week, not the accruals' 30 days."""
+    topics = catalogue(partitions=6)
+    assert topics.notifications.name == "cashback.notifications"
+    assert topics.notifications.value_subject == "notification"
+    assert topics.notifications.co_partitioned and topics.notifications.partitions == 6
+    assert topics.notifications.config() == {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)}
+
+
 @pytest.mark.parametrize("prefix", ["cashback.", "test-1.", ""])
 def test_names_are_unique_and_prefixed(prefix: str) -> None:
     names = [t.name for t in catalogue(prefix=prefix).all()]
-    assert len(names) == len(set(names)) == 10
+    assert len(names) == len(set(names)) == 11
     assert all(name.startswith(prefix) for name in names)
 
 

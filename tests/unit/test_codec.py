@@ -22,15 +22,16 @@ SEEDED = settings(max_examples=200, derandomize=True, database=None, deadline=No
 SHIPPED_IDS = {
     "authorization_event": 1,
     "settlement_event": 2,
-    # offer.v5.avsc; offer.avsc (3), .v2 (7), .v3 (11) and .v4 (17) keep theirs (test_offers_v2.py reads their bytes)
-    "offer": 19,
+    # offer.v6.avsc; offer.avsc (3), .v2 (7), .v3 (11), .v4 (17) and .v5 (19) keep theirs (test_offers_v2.py reads their bytes)
+    "offer": 20,
     "offer_activation": 4,
-    "accrual": 18,  # accrual.v5.avsc; accrual.avsc (5), .v2 (10), .v3 (14) and .v4 (16) still decode
+    "accrual": 21,  # accrual.v6.avsc; accrual.avsc (5), .v2 (10), .v3 (14), .v4 (16) and .v5 (18) still decode
     "dead_letter": 13,  # dead_letter.v2.avsc; dead_letter.avsc (6) still decodes (test_deadletter.py)
-    "account_profile": 8,
+    "account_profile": 23,  # account_profile.v2.avsc (language); account_profile.avsc (8) still decodes
     "clock_tick": 9,
     "account_erasure": 12,
     "account_instruction": 15,
+    "notification": 22,
 }
 
 
@@ -67,7 +68,21 @@ def valid_records() -> dict[str, dict[str, Any]]:
             "stage": "matcher",
             "card_number_hashes": ["0f" * 32],
         },
-        "account_profile": {"account_id": "acct-1", "segments": ["new", "vip"], "updated_at": T0},
+        "account_profile": {"account_id": "acct-1", "segments": ["new", "vip"], "updated_at": T0, "language": "fr"},
+        "notification": {
+            "notification_id": "available_expiry:acct-1:t1:1#0",
+            "account_id": "acct-1",
+            "kind": "EXPIRING",
+            "amount_minor": 200,
+            "currency": "PTS",
+            "reward_kind": "POINTS",
+            "offer_id": "grocery-points",
+            "merchant_id": None,
+            "occurred_at": T0,
+            "language": "fr",
+            "line": "Il vous reste 200 points à utiliser au plus tard le 14 janvier 2027.",
+            "expires_at": T0,
+        },
         "clock_tick": {"partition": 3, "now": T0},
         "account_erasure": {"account_id": "acct-1", "requested_at": T0},
         "account_instruction": {

@@ -16,10 +16,12 @@ from tests.conformance.scenario import (
     Scenario,
     all_scenarios,
     comparable,
+    comparable_notifications,
     entry_view,
     is_time,
     label_of,
     names_offer,
+    notification_view,
     stored_profile,
 )
 
@@ -29,7 +31,7 @@ SCENARIOS = all_scenarios()
 def run_pure(scenario: Scenario) -> tuple[list[dict[str, Any]], list[str], Replay]:
     """Deliver the scenario's events in order through the back-test (the matcher's fold, budgets
     and time passing included); return the ledger as Postgres would hold it and the outcomes."""
-    replay = Replay(OfferBook.of(scenario.offers))
+    replay = Replay(OfferBook.of(scenario.offers), keep_notifications=True)
     replay.profiles[scenario.account_id] = stored_profile(scenario)
     for record in scenario.records:
         if is_time(record):
@@ -66,3 +68,6 @@ def test_scenario_through_the_pure_engine(scenario: Scenario) -> None:
     assert got == scenario.balances
     if scenario.outcomes is not None:
         assert outcomes == scenario.outcomes
+    if scenario.notifications is not None:  # what the customer is told (stream.core.notices)
+        told = [notification_view(scenario, n.record()) for n in replay.notifications()]
+        assert comparable_notifications(told, scenario.notifications) == scenario.notifications

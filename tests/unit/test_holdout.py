@@ -106,7 +106,7 @@ def test_the_share_defaults_to_none_and_round_trips_through_the_codec() -> None:
     assert offer().holdout_bps == 0 and offer(holdout_bps=None).holdout_bps == 0
     original = offer(holdout_bps=MAX_HOLDOUT_BPS)
     data = Codec().encode("offer", original.to_record())
-    assert data[1:5] == (19).to_bytes(4, "big")  # offer.v5.avsc (v4 added holdout_bps)
+    assert data[1:5] == (20).to_bytes(4, "big")  # offer.v6.avsc (v4 added holdout_bps)
     assert parse_offer(Codec().decode(data, expected_subject="offer")[1]) == original
 
 

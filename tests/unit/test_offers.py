@@ -47,6 +47,7 @@ def test_full_offer_is_parsed() -> None:
         raw(
             version=3,
             sponsor="merchant",
+            sponsor_id="red-cross-shop",
             reward_kind="charity",
             charity_id="red-cross",
             mccs=["5411", "5811-5814"],
@@ -264,6 +265,7 @@ def test_yaml_dates_are_utc_midnight(tmp_path: Path) -> None:
             "stackable": True,
             "version": 4,
             "sponsor": "MERCHANT",
+            "sponsor_id": "grocer-co",
         },
         {"reward_kind": "CHARITY", "charity_id": "unicef"},
         {"reward_kind": "POINTS", "mccs": [], "rate_bps": None, "points_per_unit": 2, "currency": "EUR"},

@@ -217,7 +217,7 @@ def test_v2_offer_round_trips_through_the_codec(overrides: dict[str, Any]) -> No
     original = offer(**overrides)
     codec = Codec()
     data = codec.encode("offer", original.to_record())
-    assert data[1:5] == (19).to_bytes(4, "big")  # offer.v5.avsc
+    assert data[1:5] == (20).to_bytes(4, "big")  # offer.v6.avsc
     subject, record = codec.decode(data, expected_subject="offer")
     assert subject == "offer"
     assert parse_offer(record) == original
@@ -261,18 +261,21 @@ def test_each_offer_schema_is_the_previous_plus_fields_with_defaults() -> None:
     v3 = {f["name"]: f for f in json.loads((SCHEMA_DIR / "offer.v3.avsc").read_text())["fields"]}
     v4 = {f["name"]: f for f in json.loads((SCHEMA_DIR / "offer.v4.avsc").read_text())["fields"]}
     v5 = {f["name"]: f for f in json.loads((SCHEMA_DIR / "offer.v5.avsc").read_text())["fields"]}
+    v6 = {f["name"]: f for f in json.loads((SCHEMA_DIR / "offer.v6.avsc").read_text())["fields"]}
     assert list(v2)[: len(v1)] == list(v1) and list(v3)[: len(v2)] == list(v2) and list(v4)[: len(v3)] == list(v3)
-    assert list(v5)[: len(v4)] == list(v4)
+    assert list(v5)[: len(v4)] == list(v4) and list(v6)[: len(v5)] == list(v5)
     assert all(v4[name] == v3[name] for name in v3) and all(v5[name] == v4[name] for name in v4)  # earlier fields unchanged
-    assert set(v5) - set(v1) == set(Offer.__slots__) - set(v1) - {"limits_key"}  # derived
+    assert all(v6[name] == v5[name] for name in v5)
+    assert set(v6) - set(v1) == set(Offer.__slots__) - set(v1) - {"limits_key"}  # derived
     assert set(v3) - set(v2) == {"prices"}
     assert set(v4) - set(v3) == {"holdout_bps"}
     assert set(v5) - set(v4) == {"available_expiry_days", "expiry_notice_days"}
-    assert all("default" in v5[name] for name in set(v5) - set(v1))
+    assert set(v6) - set(v5) == {"sponsor_id"}
+    assert all("default" in v6[name] for name in set(v6) - set(v1))
     assert v2["rate_bps"]["type"] == ["null", "int"]  # fixed and points offers have no rate
     ids = json.loads((SCHEMA_DIR / "ids.json").read_text())
     assert (ids["offer.avsc"], ids["offer.v2.avsc"], ids["offer.v3.avsc"], ids["offer.v4.avsc"]) == (3, 7, 11, 17)
-    assert ids["offer.v5.avsc"] == 19
+    assert (ids["offer.v5.avsc"], ids["offer.v6.avsc"]) == (19, 20)
 
 
 def _v2_bytes(record: dict[str, Any]) -> bytes:

@@ -14,7 +14,7 @@ from schemas.codec import SCHEMA_DIR, Codec
 from stream.core.entries import ITEM_KINDS, moves_money
 from stream.core.outcomes import Outcome
 from stream.core.rules import decide
-from stream.sink import appending_ids, staging_row
+from stream.sink import appending_ids, sponsoring_ids, staging_row
 from tests.factories import after_purchase, auth, book, card_event, clearing, items, legs, offer, run_decisions, run_events
 
 CODEC = Codec()
@@ -106,8 +106,8 @@ def test_a_declined_or_second_authorisation_after_a_clearing_answers_nothing() -
 
 def test_an_item_round_trips_through_accrual_v4() -> None:
     (item,) = decide(after_purchase("CHARGEBACK", 2_500), book(offer()), None).entries
-    raw = CODEC.encode("accrual", item.record())  # written with the newest version (v5 appended one more kind)
-    assert int.from_bytes(raw[1:5], "big") == json.loads((SCHEMA_DIR / "ids.json").read_text())["accrual.v5.avsc"]
+    raw = CODEC.encode("accrual", item.record())  # written with the newest version (v5 a kind, v6 sponsor_id appended)
+    assert int.from_bytes(raw[1:5], "big") == json.loads((SCHEMA_DIR / "ids.json").read_text())["accrual.v6.avsc"]
     subject, record = CODEC.decode(raw, expected_subject="accrual")
     assert subject == "accrual" and record["entry_kind"] == "RECONCILIATION"
     assert record["explanation"]["reason"] == "unknown_chargeback"
@@ -115,20 +115,23 @@ def test_an_item_round_trips_through_accrual_v4() -> None:
 
 def test_an_entry_sent_in_v3_bytes_has_the_fingerprint_of_its_v4_bytes() -> None:
     """Version 4 appended only a symbol: an entry published before the upgrade and re-emitted after it is the
-    same line to the sink (not a conflict), with or without the fields version 3 appended."""
+    same line to the sink (not a conflict), with or without the fields version 3 appended. Version 6 appended
+    sponsor_id: a bank-funded entry's bytes are the same followed by its null, one zero byte, with the same
+    fingerprint."""
     v3 = fastavro.parse_schema(json.loads((SCHEMA_DIR / "accrual.v3.avsc").read_text()))
     v3_id = json.loads((SCHEMA_DIR / "ids.json").read_text())["accrual.v3.avsc"]
     _, entries, _ = run_events([auth(), clearing()])
-    appending = appending_ids(CODEC)
+    appending, sponsoring = appending_ids(CODEC), sponsoring_ids(CODEC)
     assert v3_id in appending and CODEC.schema_id("accrual") in appending
+    assert v3_id not in sponsoring and CODEC.schema_id("accrual") in sponsoring
     for entry in entries:
         for record in (entry.record(), {**entry.record(), "merchant_id": None, "purchase_ref": None}):
             buffer = io.BytesIO()
             buffer.write(struct.pack(">bI", 0, v3_id))
             fastavro.schemaless_writer(buffer, v3, record)
             old, new = buffer.getvalue(), CODEC.encode("accrual", record)
-            assert old[5:] == new[5:]
-            fingerprints = {staging_row(0, CODEC.decode(raw)[1], raw, appending)[15] for raw in (old, new)}
+            assert old[5:] + b"\x00" == new[5:]
+            fingerprints = {staging_row(0, CODEC.decode(raw)[1], raw, appending, sponsoring)[15] for raw in (old, new)}
             assert len(fingerprints) == 1, entry.accrual_id
 
 

@@ -56,6 +56,7 @@ def test_case_1_entry_carries_its_explanation() -> None:
         },
         "merchant_id": "m-grocer",
         "purchase_ref": "txn-1",
+        "sponsor_id": None,  # bank-funded (accrual v6)
     }
 
 

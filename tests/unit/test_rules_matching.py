@@ -84,7 +84,9 @@ def test_max_reward_per_transaction() -> None:
 
 def _stacking_offers(stackable: bool) -> Any:
     bank_wide = offer(offer_id="everyday-1", rate_bps=100, mccs=[], stackable=stackable)
-    merchant = offer(offer_id="grocer-5", rate_bps=500, mccs=[], merchant_ids=["m-grocer"], sponsor="MERCHANT")
+    merchant = offer(
+        offer_id="grocer-5", rate_bps=500, mccs=[], merchant_ids=["m-grocer"], sponsor="MERCHANT", sponsor_id="grocer-co"
+    )
     return book(bank_wide, merchant)
 
 

@@ -53,6 +53,7 @@ def test_defaults() -> None:
         "sink_batch_wait_ms": 100,
         "sink_group_id": "cashback-sink",
         "clock_interval_s": 10.0,
+        "notification_default_language": "en",
         "metrics_port": 0,
         "metrics_host": "127.0.0.1",
         "api_host": "127.0.0.1",
@@ -353,7 +354,7 @@ def test_documentation_table_has_one_row_per_field() -> None:
     lines = documentation_table().splitlines()
     assert lines[:2] == ["| variable | default | meaning |", "|---|---|---|"]
     rows = lines[2:]
-    assert len(rows) == len(Settings.model_fields) == 40
+    assert len(rows) == len(Settings.model_fields) == 41
     assert [row.split("`")[1] for row in rows] == VARIABLES
     assert "| `TOPIC_PARTITIONS` | `4` | Partitions of the co-partitioned input and output topics. |" in rows
     assert "| `KAFKA_SASL_PASSWORD` |  | SASL password (never logged). |" in rows

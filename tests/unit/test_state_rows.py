@@ -47,7 +47,6 @@ def write(store: dict[str, bytes], writes: Writes, rows: bool = True) -> None:
             store.pop(key, None)  # a row a cut step never wrote may be gone by now
 
 
-
 def no_single_reads(key: str) -> Any:
     raise AssertionError(f"row {key!r} read alone: every row is read at once")
 
