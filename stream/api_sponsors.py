@@ -3,7 +3,7 @@
 
 ``GET /v1/operations/sponsors/{sponsor_id}/statements/{month}``: a merchant sponsor's statement for a calendar month
 (``YYYY-MM``, UTC, by the entries' event time), or the bank's own budget's (``sponsor_id`` ``bank``). A month that is
-not ``YYYY-MM``: 400 saying so. A sponsor no live offer names and no ledger entry carries: 404 (a typo is not a
+not ``YYYY-MM`` (years 1000 to 2999): 422, before the route reads it. A sponsor no live offer names and no ledger entry carries: 404 (a typo is not a
 statement of zeros); a known sponsor with nothing in the month: 200, no lines.
 
 ``GET /v1/operations/sponsors/{sponsor_id}/statements/{month}/entries``: the ledger lines behind it, ``?limit=`` 1 to
@@ -104,7 +104,9 @@ SPONSOR_ID = Path(
     pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
     description="A merchant sponsor's id (an offer's sponsor_id), or bank for the bank's own budget.",
 )
-MONTH = Path(..., min_length=1, max_length=32, description="The calendar month, YYYY-MM (UTC, by event time).")
+# The document says which months exist (years 1000 to 2999): one of another form is refused before any route reads it (422).
+MONTH_PATTERN = r"^[12][0-9]{3}-(0[1-9]|1[0-2])$"
+MONTH = Path(..., pattern=MONTH_PATTERN, description="The calendar month, YYYY-MM (UTC, by event time; years 1000 to 2999).")
 NOT_FOUND = "A sponsor no live offer names and no ledger entry carries."
 
 
@@ -113,7 +115,8 @@ def sponsor_routes(*, pool: Callable[..., Any], operators: Callable[..., Any]) -
     router = APIRouter()
 
     async def checked(request: Request, db: asyncpg.Pool, sponsor_id: str, month: str) -> None:
-        """400 for a month not YYYY-MM; 404 for a sponsor neither live nor in the ledger."""
+        """400 for a month the pattern admits and the calendar does not (none: kept as a guard); 404 for a sponsor
+        neither live nor in the ledger."""
         try:
             store.month_bounds(month)
         except store.MonthError as error:

@@ -221,7 +221,7 @@ def test_refusals_unknown_sponsor_bad_month_and_scope(story: Story) -> None:
     assert unknown.status_code == 404 and "nobody-co" in unknown.text
     for month in ("2026-13", "november", "2026-1"):
         bad = story.get(ROUTE.format("grocer-co", month))
-        assert bad.status_code == 400 and "YYYY-MM" in bad.text, (month, bad.text)
+        assert bad.status_code == 422 and "pattern" in bad.text, (month, bad.text)
     quiet = story.get(ROUTE.format("grocer-co", "2026-09"))
     assert quiet.status_code == 200 and quiet.json()["lines"] == [] and quiet.json()["offers"] == []
     live_only = story.get(ROUTE.format("quiet-co", "2026-11"))  # funds a live offer, no entry yet
