@@ -27,6 +27,7 @@ from typing import Any
 import msgspec
 
 from stream.changelog_table import DELETED, ChangelogTable
+from stream.core.payouts import has_cash
 from stream.core.state import AccountState, Txn
 from stream.core.state_rows import (
     RecentRow,
@@ -80,6 +81,7 @@ class AccountStates:
         # (to write again), and the slots of its recent events
         self._whole: OrderedDict[str, tuple[AccountState, bool, frozenset[str], dict[str, int]]] = OrderedDict()
         self._due: dict[int, dict[str, int]] = {}  # partition -> {account: due_ms}, once scanned
+        self._cash: dict[int, set[str]] = {}  # partition -> accounts whose wallet holds cash, once scanned
         self.pending: dict[str, Pending] = {}  # account -> its writes not yet handed to the table
 
     def get(self, account_id: str) -> AccountState | None:
@@ -120,6 +122,12 @@ class AccountStates:
             pending.rows.pop(key, None)
             pending.deletes.add(key)
         self._keep(account_id, after, True, frozenset(), writes.slots)
+        cash = self._cash.get(account_partition(account_id, self.partitions))
+        if cash is not None:
+            if has_cash(after.wallet):
+                cash.add(account_id)
+            else:
+                cash.discard(account_id)
         due = self._due.get(account_partition(account_id, self.partitions))
         if due is not None:
             if after.due_ms is None:
@@ -156,12 +164,20 @@ class AccountStates:
             index = self._due[partition] = self._scan(partition)
         return sorted((account for account, when in index.items() if when <= now_ms), key=index.__getitem__)
 
+    def with_cash(self, partition: int) -> list[str]:
+        """The accounts of ``partition`` whose wallet holds cash (``stream.core.payouts.has_cash``), in
+        order. Read once from the store with the partition's due times, then followed write by write."""
+        if partition not in self._cash:
+            self._due[partition] = self._scan(partition)
+        return sorted(self._cash[partition])
+
     def forget(self, partitions: Iterable[int]) -> None:
         """Partitions this worker no longer owns (or owns anew): their states may change elsewhere,
         so nothing of them is kept in memory."""
         gone = set(partitions)
         for partition in gone:
             self._due.pop(partition, None)
+            self._cash.pop(partition, None)
         for account_id in [a for a in self._whole if account_partition(a, self.partitions) in gone]:
             self._drop(account_id)
 
@@ -197,6 +213,7 @@ class AccountStates:
         due = self._due.get(partition)
         if due is not None:
             due.pop(account_id, None)
+        self._cash.get(partition, set()).discard(account_id)
         return keys
 
     def _stored_keys(self, prefix: str, partition: int) -> list[str]:
@@ -217,18 +234,27 @@ class AccountStates:
     def _scan(self, partition: int) -> dict[str, int]:
         # The partition's own keys: the table's whole key view reads every partition's store, and
         # Faust's RocksDB store counts its keys (list() asks) by reading them all once more.
+        # The accounts with cash (scheduled payout runs) are found on the way (``_cash``).
         index: dict[str, int] = {}
+        cash: set[str] = set()
         for key in self._stored_keys("", partition):
             if is_summary_key(key) and account_partition(key, self.partitions) == partition:
                 stored = decode_summary(self.table.get(key))
                 if stored is not None and stored.due_ms is not None:
                     index[key] = stored.due_ms
+                if stored is not None and has_cash(stored.wallet):
+                    cash.add(key)
         for account_id, pending in self.pending.items():  # not in the store yet
             if account_partition(account_id, self.partitions) == partition:
                 if pending.state.due_ms is None:
                     index.pop(account_id, None)
                 else:
                     index[account_id] = pending.state.due_ms
+                if has_cash(pending.state.wallet):
+                    cash.add(account_id)
+                else:
+                    cash.discard(account_id)
+        self._cash[partition] = cash
         return index
 
     def _keep(

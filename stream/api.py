@@ -221,6 +221,7 @@ def create_app(settings: Settings, codec: Codec, topics: Catalogue, authenticato
                     clawed_back_minor=r["clawed_back_minor"],
                     donated_minor=r["donated_minor"],
                     held_minor=r["held_minor"],
+                    paid_out_minor=r["paid_out_minor"],
                     available=format_minor(r["available_minor"], r["currency"]),
                 )
                 for r in rows

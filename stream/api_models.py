@@ -33,6 +33,10 @@ class Balance(BaseModel):
         0,
         description="Held for review: rewards an abuse rule flagged where they would have become available, not usable until released.",
     )
+    paid_out_minor: int = Field(
+        0,
+        description="Cash paid out to the customer's bank account by payout runs, net of payouts the bank rejected (back in available).",
+    )
     available: str = Field(description="available_minor formatted, e.g. '12.50 EUR' or '21 PTS'.")
 
 

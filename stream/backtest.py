@@ -23,7 +23,7 @@ from stream.core.events import CardEvent, to_event, validate
 from stream.core.lifecycle import due_events
 from stream.core.memory import TRANSACTION_HORIZON_DAYS
 from stream.core.money import format_minor
-from stream.core.notices import DEFAULT_LANGUAGE, ExpiryNotice, Notification, from_entry, from_notice, kind_of, language_of
+from stream.core.notices import DEFAULT_LANGUAGE, Notice, Notification, from_entry, from_notice, kind_of, language_of
 from stream.core.offers import OfferBook
 from stream.core.profiles import Profile, apply_activation, apply_segments, to_account_profile
 from stream.core.rules import Outcome, decide
@@ -41,7 +41,7 @@ class Replay:
     # what tells the customer something (stream.core.notices), in the order the matcher sends it: kept
     # only when asked (``keep_notifications``: the tests' oracle), not by a long back-test
     keep_notifications: bool = False
-    told: list[tuple[Entry | ExpiryNotice, str | None]] = field(default_factory=list)  # (cause, the account's language)
+    told: list[tuple[Entry | Notice, str | None]] = field(default_factory=list)  # (cause, the account's language)
     budget_used: dict[str, int] = field(default_factory=dict)
     budget_peak: dict[str, int] = field(default_factory=dict)  # the most a budget was ever used
     skipped: int = 0  # messages the matcher would dead-letter
@@ -116,7 +116,7 @@ class Replay:
         made: list[Notification] = []
         for cause, language in self.told:
             chosen = language_of(language, default_language)
-            notification = from_notice(cause, chosen) if isinstance(cause, ExpiryNotice) else from_entry(cause, chosen)
+            notification = from_entry(cause, chosen) if isinstance(cause, Entry) else from_notice(cause, chosen)
             if notification is not None:
                 made.append(notification)
         return made

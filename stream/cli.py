@@ -73,6 +73,16 @@ def _month(text: str) -> str:
     return text
 
 
+def _run_id(text: str) -> str:
+    """An argparse type: a payout run's id."""
+    from stream.payout_runs import RunIdError, check_run_id
+
+    try:
+        return check_run_id(text)
+    except RunIdError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _operator() -> str:
     import getpass
 
@@ -141,6 +151,21 @@ def parser() -> argparse.ArgumentParser:
     statement.add_argument("--sponsor", required=True, type=_sponsor, help="a merchant sponsor's id, or bank (its own budget)")
     statement.add_argument("--month", required=True, type=_month, help="the calendar month, YYYY-MM (UTC, by event time)")
     statement.set_defaults(run=commands.statement)
+
+    payouts = subcommands.add_parser("payouts", help="pay AVAILABLE cash out to customers' bank accounts")
+    payout_actions = payouts.add_subparsers(dest="action", required=True)
+    run = payout_actions.add_parser(
+        "run", help="ask a payout run now of every account the ledger shows with AVAILABLE cash (the workers decide the amounts)"
+    )
+    run.add_argument("--run-id", type=_run_id, default=None, help="the run's id (default: now, UTC, 2026-12-03T0200Z)")
+    opening = payout_actions.add_parser(
+        "open-wallets",
+        help="open, from the ledger, the wallets of accounts whose state was stored before wallets were kept",
+    )
+    opening.add_argument("--account", dest="accounts", action="append", type=_text, default=[], help="only this account (repeat)")
+    opening.add_argument("--opening-id", type=_run_id, default=None, help="the opening's id (default: open-<now, UTC>)")
+    opening.add_argument("--operator", type=_reason, default=_operator(), help="who runs it (default: the login name)")
+    payouts.set_defaults(run=commands.payouts)
 
     simulate = subcommands.add_parser("simulate", help="publish a seeded card-event stream")
     simulate.add_argument("--rate", type=RATE, default=200.0, help="events per second (0: as fast as possible)")
@@ -246,7 +271,7 @@ class _OneShotNoise(logging.Filter):
         return not (record.name == "asyncio" and message.startswith("Unclosed AIOKafka"))
 
 
-ONE_SHOT = ("offers", "accounts", "dead-letters", "topics", "migrate", "gdpr", "statement")
+ONE_SHOT = ("offers", "accounts", "dead-letters", "topics", "migrate", "gdpr", "statement", "payouts")
 
 
 def main(argv: list[str] | None = None) -> None:

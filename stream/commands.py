@@ -141,6 +141,31 @@ def gdpr(system: System, args: argparse.Namespace) -> None:
     )
 
 
+def payouts(system: System, args: argparse.Namespace) -> None:
+    """``payouts run [--run-id ID]``: a payout run asked now; ``payouts open-wallets [--account ID ...]``: the
+    wallets of states stored before wallets were kept, opened from the ledger (stream.payout_runs); one line on stdout."""
+    from datetime import UTC, datetime
+
+    from stream.core.payouts import run_id_at
+    from stream.payout_runs import ask, open_wallets, run_time
+
+    asyncio.run(_ledger_up_to_date(system))  # the ledger says whom to ask
+    asyncio.run(system.create_topics())  # the payout topics, on a cluster that predates them
+    topic = system.catalogue.payout_runs
+    if args.action == "open-wallets":
+        now = datetime.now(UTC)
+        opening_id = args.opening_id or f"open-{run_id_at(now)}"
+        sent = asyncio.run(
+            open_wallets(system.settings, system.codec, topic, opening_id, now, args.operator, args.accounts or None)
+        )
+        print(f"wallet opening {opening_id}: sent for {sent} account(s) (applied by the workers to wallets not known only)")
+        return
+    run_id = args.run_id or run_id_at(datetime.now(UTC))
+    now = run_time(run_id) or datetime.now(UTC)
+    asked = asyncio.run(ask(system.settings, system.codec, topic, run_id, now))
+    print(f"payout run {run_id}: asked of {asked} account(s) with AVAILABLE cash in the ledger")
+
+
 def statement(system: System, args: argparse.Namespace) -> None:
     """``statement --sponsor ID --month YYYY-MM``: a sponsor's monthly statement (stream.statements) on stdout."""
     from stream.statements import read, render

@@ -47,10 +47,11 @@ from stream.account_profiles import ACCOUNT_ERASED, ERASURE_SUBJECT, AccountProf
 from stream.account_states import AccountStates
 from stream.changelog_table import ChangelogTable
 from stream.core.abuse import AbuseRules
-from stream.core.events import CardEvent, to_event, validate
+from stream.core.events import CardEvent, EventType, to_event, validate
 from stream.core.lifecycle import due_events
 from stream.core.memory import RECENT_EVENTS_LIMIT
 from stream.core.offers import OfferBook
+from stream.core.payouts import latest_run_ms, run_id_at, would_pay
 from stream.core.rules import Decision, Outcome, decide
 from stream.core.state import AccountState
 from stream.deadletter import OtherReason, Stage, dead_letter
@@ -58,9 +59,10 @@ from stream.granting import BudgetLedger, PostgresBudgets, grant
 from stream.group_membership import GroupWatch
 from stream.guarded_consumer import OffsetLookups
 from stream.input_partitions import InputPartitions, PartitionRevoked
-from stream.metrics import EVENTS_CONSUMED
+from stream.metrics import EVENTS_CONSUMED, PAYOUT_SKIPS, PAYOUTS
 from stream.offer_mirror import OfferMirror
 from stream.outbox import Decided, Outbox, Staged
+from stream.payout_runs import run_record
 from stream.producing import AppSends
 from stream.settings import Settings
 from stream.store.budgets import BudgetStore, movement_id
@@ -79,6 +81,21 @@ BATCH_LIMIT = 2000
 # How long a batch waits for more messages when the stream holds none: what an event's entries may
 # wait for others to share its changelog round trip (stream.outbox.Outbox.linger).
 BATCH_LINGER_S = 0.02
+
+
+_PAYOUT_EVENTS = frozenset({EventType.PAYOUT_RUN, EventType.PAYOUT_RESULT})
+_ABOUT_AN_ACCOUNT = frozenset({*_PAYOUT_EVENTS, EventType.OPEN_WALLET})  # never the first event of an account
+_PAYOUT_ANSWERED = {Outcome.PAYOUT_CONFIRMED: "confirmed", Outcome.PAYOUT_REJECTED: "rejected"}
+_PAYOUT_SKIPPED = frozenset({Outcome.NOTHING_TO_PAY, Outcome.WALLET_UNKNOWN})
+
+
+def _count_payout(event: CardEvent, outcome: Outcome) -> None:
+    """A payout's answer decided (its currency: the payout id's), or an account a run paid nothing, and why.
+    Payouts requested are counted as they are sent (stream.outbox)."""
+    if outcome in _PAYOUT_ANSWERED:
+        PAYOUTS.labels(_PAYOUT_ANSWERED[outcome], event.billing_currency).inc()
+    elif outcome in _PAYOUT_SKIPPED:
+        PAYOUT_SKIPS.labels(outcome.value).inc()
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,8 +200,11 @@ class Matcher:
             dropped=self.account_profiles.forget,
             notifications=self.topics.notifications.name,
             language=settings.notification_default_language,
+            payouts=self.topics.payouts.name,
         )
         self.current: Staged | None = None  # the message being processed
+        self.payout_schedule = settings.payout_schedule_minutes()  # PAYOUT_SCHEDULE: () when off
+        self._payout_runs: dict[int, int] = {}  # partition -> the scheduled run last applied to it (epoch ms)
         self._budgets_of: OfferBook | None = None
         self._budget_lines: Mapping[str, tuple[int, str]] = {}
 
@@ -248,7 +268,11 @@ class Matcher:
             return None
         if await self.refuse_erased(record["account_id"], source):
             return None
-        return await self._apply(to_event(record), self.accounts.get(record["account_id"]), source)
+        event, state = to_event(record), self.accounts.get(record["account_id"])
+        if state is None and event.event_type in _ABOUT_AN_ACCOUNT:  # would make a state for an account never seen
+            await self._dead_letter(OtherReason.UNKNOWN_ACCOUNT.value, "the worker holds no state for the account", source)
+            return None
+        return await self._apply(event, state, source)
 
     async def _apply(self, event: CardEvent, state: AccountState | None, source: Source | None) -> Outcome | None:
         """Decide one event for its account and write the new state; its entries are sent at the
@@ -277,13 +301,16 @@ class Matcher:
             self.accounts.write(event.account_id, state, decision.state, self.inputs.current_tp.partition)
         # Every stored decision counts toward its account's room in the batch (with entries or not),
         # so the batch's summary of the account names each of its decisions among its recent events.
-        if (decision.entries or stored) and self.current is not None:
+        # A redelivered confirmation stores nothing and re-emits no entry, but tells the customer again (its notice).
+        if (decision.entries or decision.notices or stored) and self.current is not None:
             counted = decision.outcome is not Outcome.DUPLICATE
             # The account's language for its notifications (its profile is read once per account and cached).
             language = self.account_profiles.get(event.account_id).language if decision.entries or decision.notices else None
             decided = Decided(event.account_id, decision.entries, stored, counted, decision.notices, language)
             self.outbox.batch.decided(self.current, decided)
         EVENTS_CONSUMED.labels(event.event_type.value, decision.outcome.value).inc()
+        if event.event_type in _PAYOUT_EVENTS:
+            _count_payout(event, decision.outcome)
         return decision.outcome
 
     async def handle_tick(self, source: Source) -> None:
@@ -298,7 +325,31 @@ class Matcher:
         for account_id in self.accounts.due(source.partition, now_ms):
             for event in due_events(self.accounts.get(account_id), account_id, now_ms):
                 await self._apply(event, self.accounts.get(account_id), None)
+        await self.scheduled_payouts(source.partition, now_ms)
         EVENTS_CONSUMED.labels("CLOCK_TICK", "applied").inc()
+
+    async def scheduled_payouts(self, partition: int, now_ms: int) -> None:
+        """The payout run due by ``now_ms`` (PAYOUT_SCHEDULE), once per partition and run: a ``payout_run``
+        message for every account of the partition whose wallet holds cash at or above a minimum, published
+        on the payout-runs topic (the partition's own), where the worker reads it back like the command's
+        (``stream.payout_runs``). Published, not decided here: an input message is redelivered after a crash,
+        so its entries and its payout instruction are sent again (a duplicate re-emits them), where an event
+        made by the tick and decided before the crash would find nothing due again and leave them unsent.
+        The run's id is its scheduled time (``2026-12-03T0200Z``), the same on every worker: an account
+        decides it once (its event id), whoever asks. After a start, the latest run is asked again of the
+        accounts with cash (those that decided it: a duplicate; the others are paid by it: a run missed
+        while down)."""
+        at_ms = latest_run_ms(self.payout_schedule, now_ms)
+        if at_ms is None or self._payout_runs.get(partition) == at_ms:
+            return
+        at = datetime.fromtimestamp(at_ms / 1000, tz=UTC)
+        minimums, default = self.settings.payout_minimums_by_currency()
+        topic = self.topics.payout_runs.name
+        for account_id in self.accounts.with_cash(partition):
+            if would_pay(self.accounts.get(account_id), minimums, default):
+                value = self.codec.encode("payout_run", run_record(self.settings, run_id_at(at), account_id, at))
+                await self.sends.send(topic, account_id.encode(), value, partition)
+        self._payout_runs[partition] = at_ms
 
     async def _send_ticks(self) -> None:
         """Tick time for the partitions this worker owns."""

@@ -32,6 +32,18 @@ CASHBACK_AMOUNT = Counter(
 NOTIFICATIONS = Counter(
     "cashback_notifications_total", "Customer notifications sent by the matcher (stream.core.notices).", ["kind", "language"]
 )
+PAYOUTS = Counter(
+    "cashback_payouts_total",
+    "Cash payouts (stream.core.payouts): requested of the bank's core banking system (sent by the matcher), "
+    "then confirmed or rejected by it (decided by the matcher), per currency.",
+    ["event", "currency"],
+)
+PAYOUT_SKIPS = Counter(
+    "cashback_payout_skips_total",
+    "Accounts a payout run paid nothing: nothing_to_pay (no currency at or above its minimum) or "
+    "wallet_unknown (a state stored before wallets were kept: opened by an operator's OPEN_WALLET).",
+    ["reason"],
+)
 DEAD_LETTERS = Counter("cashback_dead_letters_total", "Messages sent to the dead-letter topic.", ["stage", "reason"])
 OFFERS_LOADED = Gauge("cashback_offers_loaded", "Offers in this worker's offer book.")
 CONSUMER_LAG = Gauge(

@@ -17,6 +17,10 @@ they are delivered in order. Staged decisions count whether they have entries or
 one summary of an account then names every decision of the batch among its recent events, so the
 changelog keeps the order an account's events were decided in.
 
+Payout instructions (``stream.core.payouts``) leave the same way, right after the PAID_OUT entries
+that move their cash (made from those entries: a redelivered run re-emits them, and asks again under
+the same payout id), keyed by account on the payouts topic, their deliveries counted before the commit.
+
 Customer notifications (``stream.core.notices``) leave with the entries that cause them, by the
 same path: after the changelog has the batch's states, each decision's entries, then its
 notifications (the entries that tell the customer something, and the engine's expiry notices),
@@ -40,9 +44,10 @@ from schemas.codec import Codec
 from stream.account_states import AccountStates
 from stream.changelog_table import ChangelogTable, Sends
 from stream.core.entries import Entry
-from stream.core.notices import DEFAULT_LANGUAGE, ExpiryNotice, from_entry, from_notice, language_of
+from stream.core.notices import DEFAULT_LANGUAGE, Notice, from_entry, from_notice, language_of
+from stream.core.payouts import orders_of
 from stream.input_partitions import InputPartitions, PartitionRevoked
-from stream.metrics import ACCRUALS, CASHBACK_AMOUNT, NOTIFICATIONS, WORKER_BATCH_SIZE, WORKER_FLUSH_SECONDS
+from stream.metrics import ACCRUALS, CASHBACK_AMOUNT, NOTIFICATIONS, PAYOUTS, WORKER_BATCH_SIZE, WORKER_FLUSH_SECONDS
 from topics.catalogue import SOURCE_TIME_HEADER
 
 log = logging.getLogger(__name__)
@@ -58,7 +63,7 @@ class Decided:
     entries: tuple[Entry, ...]
     stored: bool  # it changed the state (a redelivery's entries are sent again, nothing stored)
     counted: bool  # its entries count in the cashback metrics (not a redelivery's)
-    notices: tuple[ExpiryNotice, ...] = ()  # the engine's expiry notices (stream.core.notices)
+    notices: tuple[Notice, ...] = ()  # the engine's expiry and paid notices (stream.core.notices)
     language: str | None = None  # the account's notifications' language (None: the worker's default)
 
 
@@ -222,15 +227,17 @@ class Outbox:
         dropped: Callable[[], None] = lambda: None,
         notifications: str | None = None,
         language: str = DEFAULT_LANGUAGE,
+        payouts: str | None = None,
     ) -> None:
         """``dropped``: called when a batch's writes are dropped, for what was read from them;
         ``notifications``: the notifications topic's name (None: none sent); ``language``: theirs
-        for an account whose profile names none."""
+        for an account whose profile names none; ``payouts``: the payout instructions' topic (None: none sent)."""
         self.tables = tuple(tables)
         self.sends = sends
         self.accruals = accruals  # the accruals topic's name
         self.notifications = notifications
         self.language = language
+        self.payouts = payouts
         self.codec = codec
         self.inputs = inputs
         self.accounts = accounts
@@ -314,6 +321,14 @@ class Outbox:
             if decided.counted:
                 ACCRUALS.labels(entry.entry_kind, entry.reward_kind).inc()
                 CASHBACK_AMOUNT.labels(entry.entry_kind, entry.reward_kind, entry.currency).inc(entry.amount_minor)
+        if self.payouts is not None:
+            # After the entries that moved the cash to PAID_OUT: the bank is never asked for money the ledger
+            # is not about to hold. A redelivered run re-emits its entries, so asks again: same payout id.
+            for order in orders_of(decided.entries):
+                value = self.codec.encode("payout_instruction", order.record())
+                sends.append(await self.sends.send(self.payouts, account_key, value, None, headers))
+                if decided.counted:
+                    PAYOUTS.labels("requested", order.currency).inc()
         if self.notifications is not None and (decided.entries or decided.notices):
             await self._notify(decided, account_key, headers, sends)
         staged.deliveries.extend(send for send in sends if send is not None)

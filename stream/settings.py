@@ -24,6 +24,45 @@ class ConfigError(Exception):
     """A setting is missing or invalid; the message names the environment variable."""
 
 
+def parse_payout_schedule(text: str) -> tuple[int, ...]:
+    """``02:00,14:30`` -> (120, 870); ``off`` -> (); ValueError says what is wrong."""
+    if text.strip().lower() == "off":
+        return ()
+    minutes: set[int] = set()
+    for part in (p.strip() for p in text.split(",")):
+        hours, colon, mins = part.partition(":")
+        if not (colon and len(hours) == 2 and len(mins) == 2 and hours.isdigit() and mins.isdigit()):
+            raise ValueError(f"expected HH:MM UTC times, comma-separated, or off; got {part!r}")
+        if int(hours) > 23 or int(mins) > 59:
+            raise ValueError(f"{part} is not a time of day")
+        minutes.add(int(hours) * 60 + int(mins))
+    return tuple(sorted(minutes))
+
+
+def parse_payout_minimums(text: str) -> tuple[dict[str, int], int | None]:
+    """``EUR=1000,USD=1500,*=2000`` -> ({"EUR": 1000, "USD": 1500}, 2000); ValueError says what is wrong."""
+    from stream.core.money import is_known_currency
+
+    named: dict[str, int] = {}
+    default: int | None = None
+    for part in (p.strip() for p in text.split(",")):
+        currency, equals, amount = part.partition("=")
+        currency = currency.strip()
+        if not equals or not amount.strip().isdigit() or int(amount) < 1:
+            raise ValueError(f"expected CUR=minor (a whole number of 1 or more), got {part!r}")
+        if currency == "*":
+            if default is not None:
+                raise ValueError("* is given twice")
+            default = int(amount)
+        elif not is_known_currency(currency):
+            raise ValueError(f"{currency!r} is not an ISO 4217 currency")
+        elif currency in named:
+            raise ValueError(f"{currency} is given twice")
+        else:
+            named[currency] = int(amount)
+    return named, default
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=False)
 
@@ -125,6 +164,16 @@ class Settings(BaseSettings):
     notification_default_language: Literal["en", "fr"] = Field(
         "en", description="Language of an account's notifications when its profile names none (en, fr)."
     )
+    payout_schedule: str = Field(
+        "off",
+        description="When payout runs fall due on the workers' clock: HH:MM UTC times of every day, comma-separated "
+        "(02:00,14:00); off: none (runs only by `cashback payouts run`).",
+    )
+    payout_minimums: str = Field(
+        "*=1000",
+        description="Least AVAILABLE cash a payout run pays out, in minor units, per currency: CUR=minor, comma-separated; "
+        "*=minor for every currency not named (absent: such a currency is not paid). At least 1.",
+    )
     metrics_port: int = Field(0, ge=0, le=65535, description="Port of this process's /metrics (0: none for the worker and sink).")
     metrics_host: str = Field(
         "127.0.0.1",
@@ -169,6 +218,26 @@ class Settings(BaseSettings):
             if not host or not port.isdigit():
                 raise ValueError(f"expected host:port, got {server.strip()!r}")
         return value
+
+    @field_validator("payout_schedule")
+    @classmethod
+    def _payout_schedule_parse(cls, value: str) -> str:
+        parse_payout_schedule(value)
+        return value
+
+    def payout_schedule_minutes(self) -> tuple[int, ...]:
+        """PAYOUT_SCHEDULE as minutes after midnight UTC, sorted (): off."""
+        return parse_payout_schedule(self.payout_schedule)
+
+    @field_validator("payout_minimums")
+    @classmethod
+    def _payout_minimums_parse(cls, value: str) -> str:
+        parse_payout_minimums(value)
+        return value
+
+    def payout_minimums_by_currency(self) -> tuple[dict[str, int], int | None]:
+        """PAYOUT_MINIMUMS: the minimum per currency named, and that of every other currency (None: not paid)."""
+        return parse_payout_minimums(self.payout_minimums)
 
     @field_validator("api_auth_jwks")
     @classmethod

@@ -131,6 +131,7 @@ def totals(
     clawed: int = 0,
     donated: int = 0,
     held: int = 0,
+    paid_out: int = 0,
 ) -> dict[str, int]:
     """One balances() row, every field named, zero unless given."""
     return {
@@ -141,6 +142,7 @@ def totals(
         "clawed_back_minor": clawed,
         "donated_minor": donated,
         "held_minor": held,
+        "paid_out_minor": paid_out,
     }
 
 

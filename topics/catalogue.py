@@ -66,6 +66,9 @@ class Catalogue:
     erasures: Topic
     instructions: Topic
     notifications: Topic
+    payout_runs: Topic
+    payouts: Topic
+    payout_results: Topic
 
     def all(self) -> tuple[Topic, ...]:
         return (
@@ -80,12 +83,16 @@ class Catalogue:
             self.erasures,
             self.instructions,
             self.notifications,
+            self.payout_runs,
+            self.payouts,
+            self.payout_results,
         )
 
-    def inputs(self) -> tuple[Topic, Topic, Topic]:
-        """What the rules engine decides: the card-event topics, and the bank's instructions about
-        an account's held rewards (decided like card events, in the account's order: stream.core.holds)."""
-        return (self.authorizations, self.settlements, self.instructions)
+    def inputs(self) -> tuple[Topic, ...]:
+        """What the rules engine decides: the card-event topics, the bank's instructions about
+        an account's held rewards (decided like card events, in the account's order: stream.core.holds),
+        payout runs and the core banking system's answers to payouts (stream.core.payouts)."""
+        return (self.authorizations, self.settlements, self.instructions, self.payout_runs, self.payout_results)
 
     def account_inputs(self) -> tuple[Topic, Topic, Topic]:
         """What the matcher folds per account beside card events: activations, profiles and erasures."""
@@ -143,4 +150,10 @@ def catalogue(prefix: str = "cashback.", partitions: int = 4) -> Catalogue:
         # Kept a week: an app's consumer reads them within minutes, and each names an account (an
         # erasure cannot take a record out of a topic that is not compacted: retention does).
         notifications=keyed_by_account("notifications", "notification", 7),
+        # Cash payouts (stream.core.payouts): runs for accounts (from `cashback payouts run`), the payouts the
+        # workers ask of the bank's core banking system, and its answers. Kept 30 days, like the accruals:
+        # an unanswered payout is looked into well within that.
+        payout_runs=keyed_by_account("payout-runs", "payout_run", 30),
+        payouts=keyed_by_account("payouts", "payout_instruction", 30),
+        payout_results=keyed_by_account("payout-results", "payout_result", 30),
     )

@@ -38,6 +38,7 @@ _BOOK_FIELDS = {
     "AVAILABLE": "available_minor",
     "DONATED": "donated_minor",
     "HELD": "held_minor",
+    "PAID_OUT": "paid_out_minor",  # cash paid out to the customer's bank account, net of returned payouts (0017)
 }
 BALANCE_FIELDS = (
     "pending_minor",
@@ -47,4 +48,5 @@ BALANCE_FIELDS = (
     "clawed_back_minor",
     "donated_minor",
     "held_minor",
+    "paid_out_minor",
 )

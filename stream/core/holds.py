@@ -234,7 +234,7 @@ def spend(
 
 def _instruction(step: AccountStep) -> Instruction:
     note = step.event.note
-    assert note is not None  # an instruction event always carries one (stream.core.events.to_event)
+    assert isinstance(note, Instruction)  # an instruction event always carries one (stream.core.events.to_event)
     return note
 
 

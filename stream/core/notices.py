@@ -10,8 +10,9 @@ something when it is one of
   return window ended, or operations released a hold; a charity reward is given);
 - ``CLAWED_BACK``: CLAWED_BACK (a refund or a chargeback took it back);
 
-and the engine's expiry notices (``ExpiryNotice``: ``stream.core.expiry``) are EXPIRING. PAID is
-in the schema for the payout part, which does not exist yet: nothing makes one. Everything else
+and the engine's expiry notices (``ExpiryNotice``: ``stream.core.expiry``) are EXPIRING; its paid
+notices (``PaidNotice``: ``stream.core.payouts``, the bank confirmed a cash payout) are PAID, sent
+again when the confirmation is redelivered (same id). Everything else
 (pending adjusted, released or expired, NOT_EARNED lines, reconciliation items, holds, recredits,
 expiries) is the ledger's business, not a push.
 
@@ -48,7 +49,7 @@ CONFIRMED = "CONFIRMED"
 AVAILABLE = "AVAILABLE"
 CLAWED_BACK = "CLAWED_BACK"
 EXPIRING = "EXPIRING"
-PAID = "PAID"  # the payout part: in the schema, not produced yet
+PAID = "PAID"  # a cash payout the bank confirmed (stream.core.payouts)
 KINDS = (EARNED, CONFIRMED, AVAILABLE, CLAWED_BACK, EXPIRING, PAID)
 
 # entry kind -> notification kind (HOLD_RELEASED and DONATED only when the reward became spendable or given)
@@ -83,6 +84,19 @@ class ExpiryNotice(msgspec.Struct, frozen=True, gc=False):
     amount_minor: int
     occurred_at: int  # the notice's due time, epoch ms
     expires_at: int  # the lot's expiry, epoch ms (exclusive: usable until the day before ends)
+
+
+class PaidNotice(msgspec.Struct, frozen=True, gc=False):
+    """The engine's notice that the bank confirmed a cash payout (``stream.core.payouts.on_payout_result``)."""
+
+    notice_id: str  # <the confirmation event's id>#paid: one per payout, deterministic
+    account_id: str
+    amount_minor: int
+    currency: str
+    occurred_at: int  # the confirmation's time, epoch ms
+
+
+Notice = ExpiryNotice | PaidNotice  # what the engine tells beside its entries (``Decision.notices``)
 
 
 class Notification(msgspec.Struct, frozen=True, gc=False):
@@ -151,8 +165,23 @@ def from_entry(entry: Entry, language: str) -> Notification | None:
     )
 
 
-def from_notice(notice: ExpiryNotice, language: str) -> Notification:
-    """The EXPIRING notification of an engine notice, in ``language``."""
+def from_notice(notice: Notice, language: str) -> Notification:
+    """The EXPIRING (PAID) notification of an engine expiry (paid) notice, in ``language``."""
+    if isinstance(notice, PaidNotice):
+        line = paid_line(notice.amount_minor, notice.currency, "CASH", language)
+        return Notification(
+            notice.notice_id,
+            notice.account_id,
+            PAID,
+            notice.amount_minor,
+            notice.currency,
+            "CASH",
+            None,
+            None,
+            notice.occurred_at,
+            language,
+            line,
+        )
     reward = _reward(notice.amount_minor, notice.unit, notice.reward_kind, language)
     last_day = _date(notice.expires_at - 1, language)
     if language == "fr":
@@ -216,7 +245,7 @@ def entry_line(kind: str, entry: Entry, language: str) -> str:
 
 
 def paid_line(amount_minor: int, unit: str, reward_kind: str, language: str) -> str:
-    """The PAID line, for the payout part (nothing sends one yet)."""
+    """The PAID line: ``EUR 25.00 cashback paid to your account.``"""
     reward = _reward(amount_minor, unit, reward_kind, language)
     return f"Versement de {reward} sur votre compte." if language == "fr" else f"{_capital(reward)} paid to your account."
 

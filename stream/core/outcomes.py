@@ -28,6 +28,14 @@ class Outcome(str, enum.Enum):
     HOLD_FORFEITED = "hold_forfeited"
     FLAGGED = "flagged"
     NO_CHANGE = "no_change"
+    # cash payouts (stream.core.payouts)
+    PAID_OUT = "paid_out"  # a run paid AVAILABLE cash out (one payout per currency)
+    NOTHING_TO_PAY = "nothing_to_pay"  # a run found no currency at or above its minimum
+    WALLET_UNKNOWN = "wallet_unknown"  # a run skipped an account whose AVAILABLE is not known (stored before wallets)
+    PAYOUT_CONFIRMED = "payout_confirmed"
+    PAYOUT_REJECTED = "payout_rejected"  # the money went back to AVAILABLE
+    WALLET_OPENED = "wallet_opened"
+    LEDGER_BEHIND = "ledger_behind"  # an opening whose ledger balances are not the worker's latest: not applied
     # a purchase that earns nothing, and why (the order is the order matching judges them in)
     DECLINED = "declined"
     NOT_A_PURCHASE = "not_a_purchase"

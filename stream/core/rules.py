@@ -113,9 +113,10 @@ from stream.core.expiry import on_available_expiry, on_expiry_notice
 from stream.core.holds import on_forfeit_hold, on_hold_merchant, on_release_hold, remembered
 from stream.core.lifecycle import DAY_MS, with_lots
 from stream.core.memory import TRANSACTION_HORIZON_DAYS, home_ref, known, remember
-from stream.core.notices import ExpiryNotice
+from stream.core.notices import Notice
 from stream.core.offers import OfferBook
 from stream.core.outcomes import Outcome
+from stream.core.payouts import on_open_wallet, on_payout_result, on_payout_run, paid_again
 from stream.core.state import AccountState
 from stream.core.working_copy import AccountStep
 
@@ -123,7 +124,16 @@ __all__ = ["AccountProfile", "Decision", "Outcome", "decide", "new_state"]
 
 _NO_DELTAS: Mapping[str, int] = MappingProxyType({})
 # A lot's expiry and its notice (stream.core.expiry) are never beyond the horizon: its purchase may be long forgotten.
-_LOT_EVENTS = frozenset({EventType.AVAILABLE_EXPIRY, EventType.EXPIRY_NOTICE})
+# Nor are a payout run, a payout's answer, or a wallet's opening (stream.core.payouts): they are about no purchase.
+_LOT_EVENTS = frozenset(
+    {
+        EventType.AVAILABLE_EXPIRY,
+        EventType.EXPIRY_NOTICE,
+        EventType.PAYOUT_RUN,
+        EventType.PAYOUT_RESULT,
+        EventType.OPEN_WALLET,
+    }
+)
 
 
 class Decision(msgspec.Struct, frozen=True, gc=False):  # a record: made for every event
@@ -132,12 +142,13 @@ class Decision(msgspec.Struct, frozen=True, gc=False):  # a record: made for eve
     outcome: Outcome
     # offer_id -> minor units of its budget this event consumed (+) or gave back (-); {} when none
     budget_deltas: Mapping[str, int] = msgspec.field(default_factory=lambda: _NO_DELTAS)
-    # what the customer is to be told beside the entries: expiry notices (stream.core.notices); () when none
-    notices: tuple[ExpiryNotice, ...] = ()
+    # what the customer is to be told beside the entries: expiry and paid notices (stream.core.notices); () when none
+    notices: tuple[Notice, ...] = ()
 
 
 def new_state() -> AccountState:
-    return AccountState()
+    """A new account's state: its wallet known, empty (a stored state without one is not known)."""
+    return AccountState(wallet={})
 
 
 def decide(
@@ -158,7 +169,7 @@ def decide(
     if held is not None:
         if held != fingerprint:
             return Decision(state, (), Outcome.DUPLICATE_CONFLICT)
-        return Decision(state, replay, Outcome.DUPLICATE)
+        return Decision(state, replay, Outcome.DUPLICATE, notices=paid_again(event, state))
 
     step = AccountStep(event, state, offers, profile or NO_PROFILE, budget_remaining or _NO_DELTAS, abuse or DEFAULT_RULES)
     clock_ms = max(state.clock_ms or 0, step.at_ms)
@@ -184,11 +195,19 @@ def decide(
         clock_ms=clock_ms,
         watch=remembered(step, clock_ms),
         lots=step.lots,
+        wallet=step.wallet,
+        payouts=step.payouts,
     )
     new.due_ms = with_lots(index.next_due_ms(), new.lots)  # stream.core.lifecycle.next_due_ms(new), kept by the index
     keep(new, index, state, step.changed, forgotten)
     deltas = {offer_id: delta for offer_id, delta in step.budget_deltas.items() if delta}
-    return Decision(new, tuple(step.entries), outcome, deltas, tuple(step.notices) if step.notices else ())
+    return Decision(
+        new,
+        tuple(step.entries),
+        outcome,
+        deltas,
+        tuple(step.notices) if step.notices else (),
+    )
 
 
 # One handler per event type: stream.core.authorisations, .clearings, .clawbacks and .holds.
@@ -207,4 +226,7 @@ _HANDLERS = {
     EventType.RELEASE_HOLD: on_release_hold,
     EventType.FORFEIT_HOLD: on_forfeit_hold,
     EventType.HOLD_MERCHANT: on_hold_merchant,
+    EventType.PAYOUT_RUN: on_payout_run,
+    EventType.PAYOUT_RESULT: on_payout_result,
+    EventType.OPEN_WALLET: on_open_wallet,
 }

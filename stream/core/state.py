@@ -166,6 +166,19 @@ class Lot(msgspec.Struct, array_like=True, gc=False):
     noticed: bool = False  # the expiry notice was made (sent once: a lot stored before it was kept reads False)
 
 
+class Payout(msgspec.Struct, array_like=True, gc=False):
+    """A payout the account asked of the bank's core banking system (``stream.core.payouts``): its
+    cash amount and currency, the run that made it, when, and its answer so far (``REQUESTED``,
+    then ``CONFIRMED`` or ``REJECTED``; the first answer stands)."""
+
+    amount: int  # minor units, > 0
+    currency: str
+    run_id: str
+    requested_ms: int
+    status: str = "REQUESTED"
+    answered_by: str = ""  # the event id of its answer (a redelivered confirmation tells the customer again)
+
+
 class AccountState(msgspec.Struct, kw_only=True, dict=True):
     """One account's state. ``dict=True``: the engine keeps an index beside it
     (``stream.core.account_index``), an undeclared attribute never encoded, compared or copied."""
@@ -179,6 +192,11 @@ class AccountState(msgspec.Struct, kw_only=True, dict=True):
     clock_ms: int | None = None  # the latest event time of the account
     watch: Watch | None = None  # what the abuse rules remember (None: nothing)
     lots: list[Lot] = msgspec.field(default_factory=list)  # unused points and store credit that expire, oldest first
+    # The AVAILABLE book per "<reward kind>:<unit>" ("CASH:EUR"), kept by every entry into or out of it
+    # (``AccountStep.entry``); a key at 0 is dropped. None: not known, a state stored before it was kept
+    # (never paid from: ``stream.core.payouts``; opened from the ledger by an OPEN_WALLET instruction).
+    wallet: dict[str, int] | None = None
+    payouts: dict[str, Payout] = msgspec.field(default_factory=dict)  # by payout id: open, then the last answered
 
 
 def copy_txn(txn: Txn) -> Txn:

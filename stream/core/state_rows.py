@@ -35,7 +35,7 @@ from typing import Any, NamedTuple, TypeVar
 import msgspec
 
 from stream.core.account_index import step_from
-from stream.core.state import AccountState, Loose, Lot, Recent, Txn, Watch, state_from_plain
+from stream.core.state import AccountState, Loose, Lot, Payout, Recent, Txn, Watch, state_from_plain
 
 LAYOUT_VERSION = 3  # summary and rows in MessagePack
 JSON_LAYOUT = 2  # the same, in JSON: read, never written
@@ -67,6 +67,8 @@ class Summary(msgspec.Struct, kw_only=True, omit_defaults=True):
     fresh: dict[str, Any] = msgspec.field(default_factory=dict)  # rows as plain values once read back
     watch: Watch | None = None  # what the abuse rules remember (small and bounded: kept in the summary)
     lots: list[Lot] = msgspec.field(default_factory=list)  # rewards that expire (bounded: kept in the summary)
+    wallet: dict[str, int] | None = None  # AVAILABLE per kind and unit (None: stored before it was kept)
+    payouts: dict[str, Payout] = msgspec.field(default_factory=dict)  # open and recently answered payouts (bounded)
 
 
 class RecentRow(msgspec.Struct, array_like=True):
@@ -189,6 +191,8 @@ def assemble(
         clock_ms=stored.clock_ms,
         watch=stored.watch,
         lots=stored.lots,
+        wallet=stored.wallet,
+        payouts=stored.payouts,
     )
 
 
@@ -331,5 +335,7 @@ def split(
         fresh=dict(rows),
         watch=after.watch,
         lots=after.lots,
+        wallet=after.wallet,
+        payouts=after.payouts,
     )
     return Writes(summary, rows, deletes, new_slots)

@@ -14,11 +14,11 @@ from stream.core.eligibility import AccountProfile, LocalTime, local_time
 from stream.core.entries import RECONCILIATION, Entry, Explanation, moves_money
 from stream.core.events import CardEvent, EventType
 from stream.core.money import format_minor, prorate
-from stream.core.notices import ExpiryNotice
+from stream.core.notices import Notice
 from stream.core.offers import OfferBook, RewardKind
 from stream.core.outcomes import Outcome
 from stream.core.rewards import Amount, period_kept_until
-from stream.core.state import AccountState, Lot, Share, Txn, Watch, copy_txn
+from stream.core.state import AccountState, Lot, Payout, Share, Txn, Watch, copy_txn
 
 
 class AccountStep:
@@ -32,6 +32,8 @@ class AccountStep:
         "_own_caps",
         "_own_carry",
         "_own_lots",
+        "_own_payouts",
+        "_own_wallet",
         "abuse",
         "at_ms",
         "budget_deltas",
@@ -44,9 +46,12 @@ class AccountStep:
         "lots",
         "notices",
         "offers",
+        "payouts",
         "profile",
         "purchase",
+        "recent",
         "txns",
+        "wallet",
         "watch",
     )
 
@@ -68,6 +73,7 @@ class AccountStep:
         self.profile = profile
         self.budget_remaining = budget_remaining
         self.txns: dict[str, Txn] = state.txns  # replaced by a copy on first write
+        self.recent = state.recent  # the account's recent events before this one (read only)
         self._copied = False
         self.changed: set[str] = set()  # the transactions this step copied or made (its own to change)
         # the state's until first changed (``own_caps``, ``own_carry``): then a copy
@@ -75,9 +81,13 @@ class AccountStep:
         self.carry: dict[str, int] = state.carry
         self.lots: list[Lot] = state.lots  # unused rewards that expire (stream.core.expiry); ``own_lots`` to change
         self._own_caps = self._own_carry = self._own_lots = False
+        # AVAILABLE per "<kind>:<unit>" (None: not known); kept by ``entry``, the one place money moves
+        self.wallet: dict[str, int] | None = state.wallet
+        self.payouts: dict[str, Payout] = state.payouts  # ``own_payouts`` to change
+        self._own_wallet = self._own_payouts = False
         self.budget_deltas: dict[str, int] = {}
         self.entries: list[Entry] = []
-        self.notices: list[ExpiryNotice] = []  # what the customer is to be told beside the entries (stream.core.notices)
+        self.notices: list[Notice] = []  # what the customer is to be told beside the entries (stream.core.notices)
         self._items = 0  # reconciliation items among the entries: they take no position (``entry``)
         self._local: LocalTime | None = None
 
@@ -171,6 +181,27 @@ class AccountStep:
             self._own_lots = True
         return self.lots
 
+    def own_payouts(self) -> dict[str, Payout]:
+        """The payouts to change: the state's copied (once; a payout is replaced, never changed in place)."""
+        if not self._own_payouts:
+            self.payouts = dict(self.payouts)
+            self._own_payouts = True
+        return self.payouts
+
+    def _move_wallet(self, key: str, delta: int) -> None:
+        """The AVAILABLE book of ``key`` ("<kind>:<unit>") moved by ``delta`` (when the wallet is known)."""
+        wallet = self.wallet
+        if wallet is None:
+            return
+        if not self._own_wallet:
+            wallet = self.wallet = dict(wallet)
+            self._own_wallet = True
+        left = wallet.get(key, 0) + delta
+        if left:
+            wallet[key] = left
+        else:
+            wallet.pop(key, None)
+
     def prune_caps(self) -> None:
         """Drop the usage of the cap periods over (``stream.core.rewards.period_over``, judged on
         the local day), and of caps the offer no longer has."""
@@ -221,13 +252,21 @@ class AccountStep:
         force_post: bool = False,
         amount: Amount | None = None,
         number: str | None = None,
+        about: tuple[str, str] | None = None,
     ) -> None:
         """Record one entry; its id is ``<event_id>#<number>``, the number its position unless given (a
-        reconciliation item, named, takes none: the entries' ids are those they had before items existed)."""
+        reconciliation item, named, takes none: the entries' ids are those they had before items existed).
+        ``about``: for an entry of no share and no purchase (a payout), its (reference, cash currency).
+
+        Every entry into or out of AVAILABLE moves the account's wallet by its amount, here and nowhere else."""
         if amount_minor <= 0 and moves_money(kind):
             return
         event = self.event
-        ref = self.purchase
+        ref = self.purchase if about is None else about[0]
+        currency = (share.currency if share else event.billing_currency) if about is None else about[1]
+        reward_kind = share.reward_kind if share else "CASH"
+        if moves_money(kind) and (debit == _SPENDABLE) != (credit == _SPENDABLE):
+            self._move_wallet(f"{reward_kind}:{currency}", amount_minor if credit == _SPENDABLE else -amount_minor)
         bought = self.txns.get(ref)
         beneficiary = share.charity_id if share is not None and share.reward_kind == _CHARITY else None
         sponsor = None if share is None else share.sponsor_id  # who funds it: the share's, kept from the purchase
@@ -240,13 +279,13 @@ class AccountStep:
                 accrual_id=f"{event.event_id}#{len(self.entries) - self._items if number is None else number}",
                 source_event_id=event.event_id,
                 account_id=event.account_id,
-                transaction_ref=event.transaction_ref,
+                transaction_ref=event.transaction_ref if about is None else ref,
                 entry_kind=kind,
                 debit_book=debit,
                 credit_book=credit,
                 amount_minor=amount_minor,
-                currency=share.currency if share else event.billing_currency,
-                reward_kind=share.reward_kind if share else "CASH",
+                currency=currency,
+                reward_kind=reward_kind,
                 offer_id=share.offer_id if share else None,
                 rule_version=share.version if share else None,
                 beneficiary_id=beneficiary,
@@ -255,7 +294,7 @@ class AccountStep:
                     reason=reason,
                     detail=detail,
                     basis_minor=basis_minor,
-                    basis_currency=event.billing_currency,
+                    basis_currency=event.billing_currency if about is None else currency,
                     rate_bps=amount.rate_bps if amount else share.rate_bps if share else 0,
                     rounding=share.rounding if share else "down",
                     carried_remainder=amount.carried_out if amount else 0,
@@ -312,6 +351,7 @@ def limits_key(share: Share) -> str:
 
 _FOLLOW_UPS = frozenset({EventType.REFUND, EventType.CHARGEBACK, EventType.CHARGEBACK_REVERSAL})
 _CHARITY = RewardKind.CHARITY.value
+_SPENDABLE = "AVAILABLE"  # the book the wallet is
 _AVAILABLE_EXPIRED = "AVAILABLE_EXPIRED"  # stream.core.expiry's entry kind (not imported: it imports this module)
 
 

@@ -2,8 +2,9 @@
 
 Starts a real single-node Kafka (KRaft) and an embedded Postgres unless KAFKA_BOOTSTRAP_SERVERS
 or DATABASE_URL point at existing ones, creates the topics, migrates the ledger, loads offers,
-then runs the worker, the sink, the balance API, the simulator and (if installed) Prometheus as
-child processes. Every port is picked free, so two runs can coexist. Ctrl-C (or SIGTERM) stops
+then runs the worker, the sink, the balance API, a stand-in for the bank's core banking system
+(``stream.localstack.core_banking``: it answers the payouts, most confirmed, a few rejected), the
+simulator and (if installed) Prometheus as child processes. Every port is picked free, so two runs can coexist. Ctrl-C (or SIGTERM) stops
 everything it started, children first; a child that dies takes the stack down with a non-zero
 exit. Children are also killed by the kernel if this process dies.
 
@@ -45,6 +46,7 @@ READY_LINE = "cashback local stack is up"
 OFFERS_EXAMPLES = "examples"  # ``offers``: the example offers (deploy/offers/example.yaml)
 OFFERS_NONE = "none"  # ``offers``: publish none
 DEMO_ACCOUNT = "acct-000001"
+LOCAL_PAYOUT_SCHEDULE = ",".join(f"{minute // 60:02d}:{minute % 60:02d}" for minute in range(0, 24 * 60, 10))
 
 
 @dataclass
@@ -73,6 +75,7 @@ class LocalStack:
         self._offers_file: Path | None = None
         self._offers: list[Offer] = []
         self._simulate = False
+        self._own_servers = False  # the stack started Kafka and Postgres itself (demo data, stand-ins)
         self._tokens: dict[str, str] = {}
 
     def _offers_given(self) -> None:
@@ -86,7 +89,7 @@ class LocalStack:
 
     def _decide_demo(self) -> None:
         """What to publish and simulate, now that it is known whose servers these are."""
-        own_servers = self.broker is not None and self.postgres is not None
+        own_servers = self._own_servers = self.broker is not None and self.postgres is not None
         if self.offers is None and own_servers:
             self._offers_file = EXAMPLE_OFFERS
             self._offers = read_offers(EXAMPLE_OFFERS)
@@ -132,6 +135,12 @@ class LocalStack:
         env.setdefault("OFFER_RESULTS_INTERVAL_S", "30")
         system = System.from_env(env)
         self._decide_demo()
+        if self._own_servers:
+            # Payouts while one watches: a run every 10 minutes of every 1.00 (100 minor units) or more,
+            # answered by the core banking stand-in (stream.localstack.core_banking), unless the environment
+            # says otherwise. Only on the stack's own servers: a real cluster's payouts are the bank's.
+            env.setdefault("PAYOUT_SCHEDULE", LOCAL_PAYOUT_SCHEDULE)
+            env.setdefault("PAYOUT_MINIMUMS", "*=100")
         asyncio.run(system.create_topics())
         asyncio.run(system.migrate_database())
         if self._offers:
@@ -205,6 +214,10 @@ class LocalStack:
         self._spawn("sink", cli + ["sink"], {**env, **hashing, "METRICS_PORT": str(ports["sink"])})
         api_env = {**env, **self._auth_env(), "API_PORT": str(ports["api"]), "API_HOST": "127.0.0.1"}
         self._spawn("api", cli + ["api"], api_env)
+        if self._own_servers:
+            # A stand-in for the bank's core banking system: answers the payouts (the stack's own servers only:
+            # it must never answer a real cluster's payouts).
+            self._spawn("core-banking-standin", [sys.executable, "-m", "stream.localstack.core_banking"], env)
         prometheus_url = self._start_prometheus(ports)
         api = f"http://127.0.0.1:{ports['api']}"
         self._wait_ready(f"{api}/readyz")

@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from stream.core.events import to_event
 from stream.core.money import exponent
 from stream.core.offer_parsing import parse_offer
 from stream.core.offers import Offer
@@ -31,7 +32,7 @@ T0 = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
 DEFAULT_OFFERS = [{"offer_id": "grocery-5", "name": "5% at supermarkets", "rate_bps": 500, "mccs": ["5411"]}]
 AUTH_TYPES = {"AUTHORIZATION", "INCREMENTAL_AUTHORIZATION", "AUTHORIZATION_REVERSAL", "AUTHORIZATION_EXPIRY"}
 REVIEWS = {"RELEASE_HOLD", "FORFEIT_HOLD"}  # operations' instructions (stream.core.holds), on their own topic
-BALANCE_NAMES = ("pending", "confirmed", "available", "lifetime_earned", "clawed_back", "donated", "held")
+BALANCE_NAMES = ("pending", "confirmed", "available", "lifetime_earned", "clawed_back", "donated", "held", "paid_out")
 _DECIMAL = re.compile(r"-?\d+(?:\.\d+)?")
 
 
@@ -125,6 +126,31 @@ def _record(raw: dict[str, Any], account_id: str, defaults: dict[str, Any], inde
             "actor": spec.get("actor", "ops-conformance"),
             "reason": spec.get("reason", "reviewed"),
         }
+    if spec["type"] == "PAYOUT_RUN":  # a payout run for the account (stream.core.payouts), on its topic
+        at = spec.get("at")
+        record = {
+            "run_id": spec["run"],
+            "account_id": account_id,
+            "requested_at": datetime.fromisoformat(at) if at else T0 + timedelta(minutes=index),
+            "minimums": [
+                {"currency": c, "minimum_minor": to_minor(m, c, "payout minimum")}
+                for c, m in (spec.get("minimums") or {}).items()
+            ],
+            "default_minimum_minor": None,
+        }
+        record["event_id"] = to_event(record).event_id  # the engine's: payout-run:<run>:<account>
+        return record
+    if spec["type"] == "PAYOUT_RESULT":  # the bank's answer to the run's payout in ``currency``
+        at = spec.get("at")
+        record = {
+            "payout_id": f"p:{spec['run']}:{account_id}:{spec.get('currency', 'EUR')}",
+            "account_id": account_id,
+            "status": spec["status"],
+            "reason_code": spec.get("reason_code"),
+            "answered_at": datetime.fromisoformat(at) if at else T0 + timedelta(minutes=index),
+        }
+        record["event_id"] = to_event(record).event_id
+        return record
     where = f"event {spec.get('id', index)}"
     currency = spec.get("currency", "EUR")
     billing_currency = spec.get("billing_currency", currency)
@@ -269,7 +295,7 @@ def label_of(scenario: Scenario, source_event_id: str) -> str:
         return scenario.labels[source_event_id]
     due_ms = int(source_event_id.rsplit(":", 1)[-1]) if source_event_id.count(":") >= 3 else None
     for record in scenario.records:
-        if record["event_type"] == "TIME" and due_ms is not None and record["occurred_at"].timestamp() * 1000 >= due_ms:
+        if record.get("event_type") == "TIME" and due_ms is not None and record["occurred_at"].timestamp() * 1000 >= due_ms:
             return scenario.labels[record["event_id"]]
     return source_event_id
 
@@ -281,7 +307,7 @@ def names_offer(detail: str, offer_id: str) -> bool:
 
 
 def is_time(record: dict[str, Any]) -> bool:
-    return record["event_type"] == "TIME"
+    return record.get("event_type") == "TIME"
 
 
 def entry_view(scenario: Scenario, entry: dict[str, Any]) -> ExpectedEntry:

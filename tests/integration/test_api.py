@@ -241,6 +241,7 @@ async def test_balances_of_an_account(client: httpx.AsyncClient) -> None:
                 "clawed_back_minor": 0,
                 "donated_minor": 0,
                 "held_minor": 0,
+                "paid_out_minor": 0,
                 "available": "0.00 EUR",
             }
         ],

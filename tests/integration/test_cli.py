@@ -272,6 +272,9 @@ def test_dead_letters_without_the_topic_says_so(env: dict[str, str]) -> None:
         ["gdpr", "erase", "acct-1"],
         ["gdpr", "erase", "acct-1", "--reason", " "],
         ["local", "--duration", "0"],
+        ["payouts"],
+        ["payouts", "run", "--run-id", "a:b"],
+        ["payouts", "open-wallets", "--opening-id", " "],
         ["offers"],
         ["no-such-command"],
     ],
@@ -319,6 +322,14 @@ def test_the_gdpr_commands_never_migrate_and_say_so_in_one_line(env: dict[str, s
         refused(cashback({**env, "DATABASE_URL": fresh_database(env["DATABASE_URL"])}, *args), "run `cashback migrate` first")
     dsn = f"postgresql://cashback:hunter2@127.0.0.1:{free_port()}/cashback"
     message = refused(cashback({**env, "DATABASE_URL": dsn}, "gdpr", "export", "acct-1"), "cannot connect to Postgres", "***@")
+    assert "hunter2" not in message
+
+
+def test_the_payout_commands_say_an_unreachable_or_unmigrated_ledger_in_one_line(env: dict[str, str]) -> None:
+    for args in (["payouts", "run"], ["payouts", "open-wallets"]):
+        refused(cashback({**env, "DATABASE_URL": fresh_database(env["DATABASE_URL"])}, *args), "run `cashback migrate` first")
+    dsn = f"postgresql://cashback:hunter2@127.0.0.1:{free_port()}/cashback"
+    message = refused(cashback({**env, "DATABASE_URL": dsn}, "payouts", "run"), "cannot connect to Postgres", "***@")
     assert "hunter2" not in message
 
 

@@ -104,6 +104,10 @@ class Conformance:
                 value = Codec().encode("account_instruction", instruction)
                 message = (prefix + "account-instructions", record["account_id"].encode(), value)
                 asyncio.run(publish(bootstrap, [message]))
+            elif "minimums" in record or "payout_id" in record:  # a payout run, or the bank's answer: on their topics
+                subject, topic = ("payout_run", "payout-runs") if "minimums" in record else ("payout_result", "payout-results")
+                value = Codec().encode(subject, {k: v for k, v in record.items() if k != "event_id"})
+                asyncio.run(publish(bootstrap, [(prefix + topic, record["account_id"].encode(), value)]))
             else:
                 message = (topic_for(self.processes.env, record), record["account_id"].encode(), wire(record))
                 asyncio.run(publish(bootstrap, [message]))

@@ -115,6 +115,7 @@ def purchase_stories(tag: str) -> tuple[list[dict[str, Any]], dict[str, dict[str
             "clawed_back_minor": 0,
             "donated_minor": 0,
             "held_minor": 0,
+            "paid_out_minor": 0,
         },
         b: {
             "pending_minor": 0,
@@ -124,6 +125,7 @@ def purchase_stories(tag: str) -> tuple[list[dict[str, Any]], dict[str, dict[str
             "clawed_back_minor": 0,
             "donated_minor": 0,
             "held_minor": 0,
+            "paid_out_minor": 0,
         },
         c: {
             "pending_minor": 0,
@@ -133,6 +135,7 @@ def purchase_stories(tag: str) -> tuple[list[dict[str, Any]], dict[str, dict[str
             "clawed_back_minor": 200,
             "donated_minor": 0,
             "held_minor": 0,
+            "paid_out_minor": 0,
         },
         d: None,
         e: {
@@ -143,6 +146,7 @@ def purchase_stories(tag: str) -> tuple[list[dict[str, Any]], dict[str, dict[str
             "clawed_back_minor": 0,
             "donated_minor": 0,
             "held_minor": 0,
+            "paid_out_minor": 0,
         },
         f: {
             "pending_minor": 400,
@@ -152,6 +156,7 @@ def purchase_stories(tag: str) -> tuple[list[dict[str, Any]], dict[str, dict[str
             "clawed_back_minor": 0,
             "donated_minor": 0,
             "held_minor": 0,
+            "paid_out_minor": 0,
         },
     }
     return records, expected
@@ -206,6 +211,7 @@ def sentinel(env: dict[str, str], base_url: str) -> None:
             "clawed_back_minor": 0,
             "donated_minor": 0,
             "held_minor": 0,
+            "paid_out_minor": 0,
         },
     )
 
@@ -475,6 +481,7 @@ def test_bad_messages_go_to_dead_letters_and_good_ones_still_count(pipeline) -> 
             "clawed_back_minor": 0,
             "donated_minor": 0,
             "held_minor": 0,
+            "paid_out_minor": 0,
         },
     )
     letters = asyncio.run(
@@ -520,6 +527,7 @@ def test_the_workers_own_clock_expires_an_old_authorisation(pipeline) -> None:  
             "clawed_back_minor": 0,
             "donated_minor": 0,
             "held_minor": 0,
+            "paid_out_minor": 0,
         },
     )
     history = httpx.get(f"{base_url}/v1/accounts/{account}/history", headers=api_headers([OPERATIONS]), timeout=5).json()[
@@ -552,6 +560,7 @@ def test_the_same_event_id_on_two_accounts_is_two_events_each_paid_once(pipeline
                 "clawed_back_minor": 0,
                 "donated_minor": 0,
                 "held_minor": 0,
+                "paid_out_minor": 0,
             },
         )
     assert asyncio.run(_ledger_count(processes.env["DATABASE_URL"], accounts)) == 2
@@ -587,7 +596,9 @@ def test_the_latency_objective_counts_from_the_card_events_broker_time(pipeline)
         )
     )
     pending = {"pending_minor": 500, "confirmed_minor": 0, "available_minor": 0, "lifetime_earned_minor": 0}
-    wait_for_balance(base_url, account, {**pending, "clawed_back_minor": 0, "donated_minor": 0, "held_minor": 0})
+    wait_for_balance(
+        base_url, account, {**pending, "clawed_back_minor": 0, "donated_minor": 0, "held_minor": 0, "paid_out_minor": 0}
+    )
     # observed just after the commit the API already reads from
     wait_until(lambda: slower_than_300_s() == before + 1, 10, "one entry slower than 300 s", observe=slower_than_300_s)
 

@@ -384,7 +384,7 @@ def test_the_databases_balance_arithmetic_is_the_oracles_for_every_kind_of_entry
             rows = await connection.fetch(
                 "SELECT book_movement('PENDING', d, c, a), book_movement('CONFIRMED', d, c, a),"
                 " book_movement('AVAILABLE', d, c, a), earned_movement(k, a), clawed_back_movement(k, a),"
-                " book_movement('DONATED', d, c, a), book_movement('HELD', d, c, a)"
+                " book_movement('DONATED', d, c, a), book_movement('HELD', d, c, a), book_movement('PAID_OUT', d, c, a)"
                 " FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) WITH ORDINALITY AS t(k, d, c, a, n) ORDER BY n",
                 *[list(column) for column in zip(*legs, strict=True)],
             )

@@ -52,6 +52,7 @@ GOOD_BALANCE = {
     "clawed_back_minor": 0,
     "donated_minor": 0,
     "held_minor": 0,
+    "paid_out_minor": 0,
 }
 
 

@@ -36,6 +36,7 @@ PENDING_500 = {
     "clawed_back_minor": 0,
     "donated_minor": 0,
     "held_minor": 0,
+    "paid_out_minor": 0,
 }
 CONFIRMED_500 = {
     "pending_minor": 0,
@@ -45,6 +46,7 @@ CONFIRMED_500 = {
     "clawed_back_minor": 0,
     "donated_minor": 0,
     "held_minor": 0,
+    "paid_out_minor": 0,
 }
 
 

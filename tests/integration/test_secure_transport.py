@@ -108,6 +108,7 @@ def test_the_pipeline_runs_over_tls(
                 "clawed_back_minor": 0,
                 "donated_minor": 0,
                 "held_minor": 0,
+                "paid_out_minor": 0,
             },
             timeout_s=90,
         )

@@ -20,6 +20,9 @@ def test_topics_keyed_by_account_are_co_partitioned(partitions: int) -> None:
         "cashback.account-erasures",
         "cashback.account-instructions",
         "cashback.notifications",
+        "cashback.payout-runs",
+        "cashback.payouts",
+        "cashback.payout-results",
     }
     assert all(t.co_partitioned for t in keyed_by_account)
     assert {t.partitions for t in keyed_by_account} == {partitions}
@@ -29,14 +32,32 @@ def test_topics_keyed_by_account_are_co_partitioned(partitions: int) -> None:
     assert topics.activations.co_partitioned and topics.activations.partitions == partitions
 
 
-def test_inputs_are_authorisations_then_settlements_then_instructions() -> None:
+def test_inputs_are_authorisations_then_settlements_then_instructions_then_payout_runs_and_results() -> None:
     topics = catalogue()
     assert [t.name for t in topics.inputs()] == [
         "cashback.card.authorizations",
         "cashback.card.settlements",
         "cashback.account-instructions",
+        "cashback.payout-runs",
+        "cashback.payout-results",
     ]
-    assert [t.value_subject for t in topics.inputs()] == ["authorization_event", "settlement_event", "account_instruction"]
+    assert [t.value_subject for t in topics.inputs()] == [
+        "authorization_event",
+        "settlement_event",
+        "account_instruction",
+        "payout_run",
+        "payout_result",
+    ]
+
+
+def test_payouts_are_keyed_by_account_co_partitioned_and_kept_30_days() -> None:
+    """The core banking system reads an account's payouts in order, on the account's partition."""
+    topics = catalogue(partitions=6)
+    for topic, subject in ((topics.payouts, "payout_instruction"), (topics.payout_results, "payout_result")):
+        assert topic.value_subject == subject and topic.key == "account_id"
+        assert topic.co_partitioned and topic.partitions == 6
+        assert topic.config() == {"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)}
+    assert topics.payouts not in topics.inputs()
 
 
 def test_offers_and_activations_are_compacted() -> None:
@@ -81,7 +102,7 @@ def test_notifications_are_keyed_by_account_and_kept_a_week() -> None:
 @pytest.mark.parametrize("prefix", ["cashback.", "test-1.", ""])
 def test_names_are_unique_and_prefixed(prefix: str) -> None:
     names = [t.name for t in catalogue(prefix=prefix).all()]
-    assert len(names) == len(set(names)) == 11
+    assert len(names) == len(set(names)) == 14
     assert all(name.startswith(prefix) for name in names)
 
 

@@ -25,13 +25,16 @@ SHIPPED_IDS = {
     # offer.v6.avsc; offer.avsc (3), .v2 (7), .v3 (11), .v4 (17) and .v5 (19) keep theirs (test_offers_v2.py reads their bytes)
     "offer": 20,
     "offer_activation": 4,
-    "accrual": 21,  # accrual.v6.avsc; accrual.avsc (5), .v2 (10), .v3 (14), .v4 (16) and .v5 (18) still decode
+    "accrual": 24,  # accrual.v7.avsc; accrual.avsc (5), .v2 (10), .v3 (14), .v4 (16), .v5 (18) and .v6 (21) still decode
     "dead_letter": 13,  # dead_letter.v2.avsc; dead_letter.avsc (6) still decodes (test_deadletter.py)
     "account_profile": 23,  # account_profile.v2.avsc (language); account_profile.avsc (8) still decodes
     "clock_tick": 9,
     "account_erasure": 12,
     "account_instruction": 15,
     "notification": 22,
+    "payout_run": 25,
+    "payout_instruction": 26,
+    "payout_result": 27,
 }
 
 
@@ -97,6 +100,33 @@ def valid_records() -> dict[str, dict[str, Any]]:
             "currency": "EUR",
             "actor": "ops-1",
             "reason": "customer called, receipts checked",
+        },
+        "payout_run": {
+            "run_id": "2026-12-03T0200Z",
+            "account_id": "acct-1",
+            "requested_at": T0,
+            "minimums": [{"currency": "EUR", "minimum_minor": 1_000}, {"currency": "USD", "minimum_minor": 1_500}],
+            "default_minimum_minor": 2_000,
+            "wallet_opening": {
+                "actor": "ops-1",
+                "last_accrual_id": "evt-9#1",
+                "available": [{"reward_kind": "CASH", "unit": "EUR", "amount_minor": 2_500}],
+            },
+        },
+        "payout_instruction": {
+            "payout_id": "p:2026-12-03T0200Z:acct-1:EUR",
+            "account_id": "acct-1",
+            "amount_minor": 2_500,
+            "currency": "EUR",
+            "run_id": "2026-12-03T0200Z",
+            "requested_at": T0,
+        },
+        "payout_result": {
+            "payout_id": "p:2026-12-03T0200Z:acct-1:EUR",
+            "account_id": "acct-1",
+            "status": "REJECTED",
+            "reason_code": "account_closed",
+            "answered_at": T0,
         },
     }
 

@@ -201,8 +201,15 @@ def run(
                 if e.offer_id == offer_id
             )
             assert expense == spent[offer_id], (offer_id, expense, spent[offer_id])
-        steps.append((balances(rows.values()), list(decision.entries)))
+        totals = balances(rows.values())
+        assert state.wallet == wallet_of(totals), (state.wallet, totals)  # the wallet is the AVAILABLE the entries imply
+        steps.append((totals, list(decision.entries)))
     return steps
+
+
+def wallet_of(totals: dict[tuple[str, str, str], dict[str, int]]) -> dict[str, int]:
+    """The wallet (``AccountState.wallet``) the ledger's balances imply: AVAILABLE per "<kind>:<unit>", none at 0."""
+    return {f"{kind}:{unit}": t["available_minor"] for (_, kind, unit), t in totals.items() if t["available_minor"]}
 
 
 def ledger(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -54,6 +54,8 @@ def test_defaults() -> None:
         "sink_group_id": "cashback-sink",
         "clock_interval_s": 10.0,
         "notification_default_language": "en",
+        "payout_schedule": "off",
+        "payout_minimums": "*=1000",
         "metrics_port": 0,
         "metrics_host": "127.0.0.1",
         "api_host": "127.0.0.1",
@@ -354,10 +356,27 @@ def test_documentation_table_has_one_row_per_field() -> None:
     lines = documentation_table().splitlines()
     assert lines[:2] == ["| variable | default | meaning |", "|---|---|---|"]
     rows = lines[2:]
-    assert len(rows) == len(Settings.model_fields) == 41
+    assert len(rows) == len(Settings.model_fields) == 43
     assert [row.split("`")[1] for row in rows] == VARIABLES
     assert "| `TOPIC_PARTITIONS` | `4` | Partitions of the co-partitioned input and output topics. |" in rows
     assert "| `KAFKA_SASL_PASSWORD` |  | SASL password (never logged). |" in rows
     for row in rows:
         assert "None" not in row
         assert row.count("|") == 4
+
+
+def test_payout_settings_are_parsed_and_a_bad_one_names_its_variable() -> None:
+    settings = Settings.from_env({"PAYOUT_SCHEDULE": "14:30, 02:00", "PAYOUT_MINIMUMS": "EUR=1000,JPY=500,*=2000"})
+    assert settings.payout_schedule_minutes() == (120, 870)
+    assert settings.payout_minimums_by_currency() == ({"EUR": 1000, "JPY": 500}, 2000)
+    assert Settings.from_env({}).payout_schedule_minutes() == ()  # off: runs only by the command
+    assert Settings.from_env({"PAYOUT_MINIMUMS": "EUR=1"}).payout_minimums_by_currency() == ({"EUR": 1}, None)
+    for name, bad, why in (
+        ("PAYOUT_SCHEDULE", "2:00", "expected HH:MM UTC times"),
+        ("PAYOUT_SCHEDULE", "24:00", "is not a time of day"),
+        ("PAYOUT_MINIMUMS", "EUR=0", "a whole number of 1 or more"),
+        ("PAYOUT_MINIMUMS", "EUR=10,EUR=20", "EUR is given twice"),
+        ("PAYOUT_MINIMUMS", "XYZ=10", "is not an ISO 4217 currency"),
+    ):
+        with pytest.raises(ConfigError, match=f"{name}: .*{why}"):
+            Settings.from_env({name: bad})
