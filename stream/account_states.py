@@ -82,6 +82,8 @@ class AccountStates:
         self._whole: OrderedDict[str, tuple[AccountState, bool, frozenset[str], dict[str, int]]] = OrderedDict()
         self._due: dict[int, dict[str, int]] = {}  # partition -> {account: due_ms}, once scanned
         self._cash: dict[int, set[str]] = {}  # partition -> accounts whose wallet holds cash, once scanned
+        # partition -> {account: the clock offset of the tick that last changed it} (AccountState.ticked), once scanned
+        self._ticked: dict[int, dict[str, int]] = {}
         self.pending: dict[str, Pending] = {}  # account -> its writes not yet handed to the table
 
     def get(self, account_id: str) -> AccountState | None:
@@ -128,6 +130,9 @@ class AccountStates:
                 cash.add(account_id)
             else:
                 cash.discard(account_id)
+        ticked = self._ticked.get(account_partition(account_id, self.partitions))
+        if ticked is not None and after.ticked is not None:
+            ticked[account_id] = after.ticked
         due = self._due.get(account_partition(account_id, self.partitions))
         if due is not None:
             if after.due_ms is None:
@@ -171,6 +176,14 @@ class AccountStates:
             self._due[partition] = self._scan(partition)
         return sorted(self._cash[partition])
 
+    def ticked_since(self, partition: int, offset: int) -> list[str]:
+        """The accounts of ``partition`` a tick at ``offset`` or later changed (a tick read again: the
+        worker stopped before it was committed), in order. Read once from the store with the partition's
+        due times, then followed write by write."""
+        if partition not in self._ticked:
+            self._due[partition] = self._scan(partition)
+        return sorted(account for account, at in self._ticked[partition].items() if at >= offset)
+
     def forget(self, partitions: Iterable[int]) -> None:
         """Partitions this worker no longer owns (or owns anew): their states may change elsewhere,
         so nothing of them is kept in memory."""
@@ -178,6 +191,7 @@ class AccountStates:
         for partition in gone:
             self._due.pop(partition, None)
             self._cash.pop(partition, None)
+            self._ticked.pop(partition, None)
         for account_id in [a for a in self._whole if account_partition(a, self.partitions) in gone]:
             self._drop(account_id)
 
@@ -214,6 +228,7 @@ class AccountStates:
         if due is not None:
             due.pop(account_id, None)
         self._cash.get(partition, set()).discard(account_id)
+        self._ticked.get(partition, {}).pop(account_id, None)
         return keys
 
     def _stored_keys(self, prefix: str, partition: int) -> list[str]:
@@ -237,6 +252,7 @@ class AccountStates:
         # The accounts with cash (scheduled payout runs) are found on the way (``_cash``).
         index: dict[str, int] = {}
         cash: set[str] = set()
+        ticked: dict[str, int] = {}
         for key in self._stored_keys("", partition):
             if is_summary_key(key) and account_partition(key, self.partitions) == partition:
                 stored = decode_summary(self.table.get(key))
@@ -244,6 +260,8 @@ class AccountStates:
                     index[key] = stored.due_ms
                 if stored is not None and has_cash(stored.wallet):
                     cash.add(key)
+                if stored is not None and stored.ticked is not None:
+                    ticked[key] = stored.ticked
         for account_id, pending in self.pending.items():  # not in the store yet
             if account_partition(account_id, self.partitions) == partition:
                 if pending.state.due_ms is None:
@@ -254,7 +272,10 @@ class AccountStates:
                     cash.add(account_id)
                 else:
                     cash.discard(account_id)
+                if pending.state.ticked is not None:
+                    ticked[account_id] = pending.state.ticked
         self._cash[partition] = cash
+        self._ticked[partition] = ticked
         return index
 
     def _keep(

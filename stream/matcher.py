@@ -48,7 +48,7 @@ from stream.account_states import AccountStates
 from stream.changelog_table import ChangelogTable
 from stream.core.abuse import AbuseRules
 from stream.core.events import CardEvent, EventType, to_event, validate
-from stream.core.lifecycle import due_events
+from stream.core.lifecycle import due_events, is_time_event_id
 from stream.core.memory import RECENT_EVENTS_LIMIT
 from stream.core.offers import OfferBook
 from stream.core.payouts import latest_run_ms, run_id_at, would_pay
@@ -274,10 +274,13 @@ class Matcher:
             return None
         return await self._apply(event, state, source)
 
-    async def _apply(self, event: CardEvent, state: AccountState | None, source: Source | None) -> Outcome | None:
+    async def _apply(
+        self, event: CardEvent, state: AccountState | None, source: Source | None, ticked: int | None = None
+    ) -> Outcome | None:
         """Decide one event for its account and write the new state; its entries are sent at the
         next flush, once the changelog has the state. ``source`` is the input message, None for an
-        internal event of time passing."""
+        internal event of time passing; ``ticked``: then, the clock offset of the tick that made it,
+        kept in the new state (``_resend_ticked``)."""
         await self.outbox.room_for(event.account_id)
         self.inputs.still_owned()
         try:
@@ -293,6 +296,8 @@ class Matcher:
             log.error("event id %s seen before with other content: quarantined", event.event_id)
             await self._dead_letter(OtherReason.DUPLICATE_CONFLICT.value, "event_id seen before with other content", source)
         stored = decision.state is not state
+        if stored and ticked is not None:
+            decision.state.ticked = ticked
         if stored:
             # The state first, on the changelog, and only then its entries (at the flush): a crash
             # before the changelog has it lets no entry out (the event is decided again, maybe in
@@ -322,11 +327,44 @@ class Matcher:
             await self._dead_letter(error.failure.value, error.detail, source)
             return
         now_ms = int(record["now"].timestamp() * 1000)
+        await self._resend_ticked(source.partition, source.offset)
         for account_id in self.accounts.due(source.partition, now_ms):
             for event in due_events(self.accounts.get(account_id), account_id, now_ms):
-                await self._apply(event, self.accounts.get(account_id), None)
+                await self._apply(event, self.accounts.get(account_id), None, ticked=source.offset)
         await self.scheduled_payouts(source.partition, now_ms)
         EVENTS_CONSUMED.labels("CLOCK_TICK", "applied").inc()
+
+    async def _resend_ticked(self, partition: int, offset: int) -> None:
+        """A tick read again (the worker stopped after the changelog had the states it changed, and
+        before it was committed): send again the entries of the internal events among the recent
+        events of every account a tick at or after it changed. Those events are decided already, so
+        the tick finds nothing due for them; their entries may never have been delivered (a crash
+        between the changelog's acknowledgement and the entries' delivery). Duplicates downstream are
+        free (the ledger and the notifications' readers take an id once); a first reading of a tick
+        finds no account (every tick recorded is older)."""
+        accounts = self.accounts.ticked_since(partition, offset)
+        if not accounts or self.current is None:
+            return
+        resent = 0
+        for account_id in accounts:
+            state = self.accounts.get(account_id)
+            if state is None:
+                continue
+            entries = tuple(e for event_id, recent in state.recent.items() if is_time_event_id(event_id) for e in recent.entries)
+            if not entries:
+                continue
+            await self.outbox.room_for(account_id)
+            self.inputs.still_owned()
+            language = self.account_profiles.get(account_id).language
+            self.outbox.batch.decided(self.current, Decided(account_id, entries, False, False, (), language))
+            resent += len(entries)
+        log.warning(
+            "clock[%d] offset %d read again: %d entries of time passing sent again for %d accounts",
+            partition,
+            offset,
+            resent,
+            len(accounts),
+        )
 
     async def scheduled_payouts(self, partition: int, now_ms: int) -> None:
         """The payout run due by ``now_ms`` (PAYOUT_SCHEDULE), once per partition and run: a ``payout_run``

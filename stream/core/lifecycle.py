@@ -127,6 +127,16 @@ def due_events(state: AccountState | None, account_id: str, now_ms: int) -> list
     return [_internal_event(kind, account_id, ref, when, currency) for when, kind, ref, currency in due]
 
 
+# The internal events time passing makes, by the prefix of their ids (``_internal_event``).
+_TIME_EVENT_PREFIXES = tuple(f"{kind.lower()}:" for kind in (_EXPIRY, _WINDOW_ENDED, _LOT_EXPIRY, _LOT_NOTICE))
+
+
+def is_time_event_id(event_id: str) -> bool:
+    """Whether an event id is one of an internal event made by time passing (a card processor's
+    expiry of an authorisation may share the prefix: treating it as one only re-sends its entries)."""
+    return event_id.startswith(_TIME_EVENT_PREFIXES)
+
+
 def _internal_event(kind: str, account_id: str, transaction_ref: str, due_ms: int, currency: str) -> CardEvent:
     return CardEvent(
         event_id=f"{kind.lower()}:{account_id}:{transaction_ref}:{due_ms}",

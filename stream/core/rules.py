@@ -197,6 +197,7 @@ def decide(
         lots=step.lots,
         wallet=step.wallet,
         payouts=step.payouts,
+        ticked=state.ticked,  # the worker's, carried
     )
     new.due_ms = with_lots(index.next_due_ms(), new.lots)  # stream.core.lifecycle.next_due_ms(new), kept by the index
     keep(new, index, state, step.changed, forgotten)

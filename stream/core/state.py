@@ -196,6 +196,10 @@ class AccountState(msgspec.Struct, kw_only=True, dict=True):
     # (``AccountStep.entry``); a key at 0 is dropped. None: not known, a state stored before it was kept
     # (never paid from: ``stream.core.payouts``; opened from the ledger by an OPEN_WALLET instruction).
     wallet: dict[str, int] | None = None
+    # The clock offset of the latest tick whose internal events changed the account: set by the worker
+    # (stream.matcher), carried by the engine, which never reads it. A tick read again at or below it
+    # re-sends those events' entries (a crash may have kept them from the accruals topic).
+    ticked: int | None = None
     payouts: dict[str, Payout] = msgspec.field(default_factory=dict)  # by payout id: open, then the last answered
 
 

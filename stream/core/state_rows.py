@@ -68,6 +68,7 @@ class Summary(msgspec.Struct, kw_only=True, omit_defaults=True):
     watch: Watch | None = None  # what the abuse rules remember (small and bounded: kept in the summary)
     lots: list[Lot] = msgspec.field(default_factory=list)  # rewards that expire (bounded: kept in the summary)
     wallet: dict[str, int] | None = None  # AVAILABLE per kind and unit (None: stored before it was kept)
+    ticked: int | None = None  # the clock offset of the latest tick that changed the account (AccountState.ticked)
     payouts: dict[str, Payout] = msgspec.field(default_factory=dict)  # open and recently answered payouts (bounded)
 
 
@@ -193,6 +194,7 @@ def assemble(
         lots=stored.lots,
         wallet=stored.wallet,
         payouts=stored.payouts,
+        ticked=stored.ticked,
     )
 
 
@@ -337,5 +339,6 @@ def split(
         lots=after.lots,
         wallet=after.wallet,
         payouts=after.payouts,
+        ticked=after.ticked,
     )
     return Writes(summary, rows, deletes, new_slots)

@@ -462,6 +462,46 @@ async def test_every_accrual_carries_the_broker_timestamp_of_the_message_that_ca
     assert [accrual["entry_kind"] for _, accrual in harness.accruals_decoded()] == ["PENDING_CREATED", "EXPIRED"]
 
 
+async def test_a_tick_read_again_sends_its_entries_again_though_nothing_is_due_any_more(harness: AgentHarness) -> None:
+    """A worker stopped after the changelog had the states a tick changed and before that tick's
+    entries were delivered is handed the tick again (it was not committed): the account's state says
+    the expiry happened, so nothing is due, and without more the EXPIRED entry would never reach the
+    ledger. The tick's offset kept in the state makes the tick read again send it again (same id),
+    and a later tick send nothing more."""
+    from datetime import timedelta
+
+    from topics.catalogue import account_partition
+
+    auth = card_record(amount_minor=10_000, transaction_ref="txn-lapsing")
+    await harness.put(encode_auth(harness.codec, auth))
+    home = account_partition(ACCOUNT, harness.matcher.topics.authorizations.partitions)
+    clock = harness.matcher.topics.clock.name
+
+    async def tick(days: int, offset: int | None = None) -> None:
+        if offset is not None:
+            harness.agent.sent_offset = offset  # the same message, read again
+        value = harness.codec.encode("clock_tick", {"partition": home, "now": auth["occurred_at"] + timedelta(days=days)})
+        await harness.put(value, str(home).encode(), topic=clock, partition=home)
+
+    tick_offset = int(harness.agent.sent_offset)
+    await tick(days=31)
+    (_, pending), (_, expired) = harness.accruals_decoded()
+    assert expired["entry_kind"] == "EXPIRED"
+    state = harness.state()
+    assert state is not None and state.ticked == tick_offset and state.due_ms is None
+    harness.matcher.accounts.forget([home])  # a restarted worker: nothing of the partition in memory
+
+    await tick(days=31, offset=tick_offset)
+    assert [a["accrual_id"] for _, a in harness.accruals_decoded()] == [
+        pending["accrual_id"],
+        expired["accrual_id"],
+        expired["accrual_id"],  # sent again, the same entry
+    ]
+    assert harness.accruals.sent[1].value == harness.accruals.sent[2].value
+    await tick(days=32)  # a later tick: nothing read again, nothing due
+    assert len(harness.accruals.sent) == 3
+
+
 async def test_entries_leave_only_once_the_state_is_on_the_changelog(harness: AgentHarness) -> None:
     """A crash before the changelog has the state must let no entry out: the event is then decided
     again on the changelog's state, maybe after other events (the two input topics have no common

@@ -181,3 +181,16 @@ def test_keys_tell_summaries_from_rows() -> None:
     assert not is_summary_key(txn_key("acct-1", "txn-1"))
     assert not is_summary_key(recent_key("acct-1", 0))
     assert txn_key("acct-1", "0") != recent_key("acct-1", 0)
+
+
+def test_the_tick_that_last_changed_an_account_is_stored_and_carried_by_the_engine() -> None:
+    # The worker sets it (stream.matcher); the engine never reads it but must not lose it.
+    state = state_after(3)
+    state.ticked = 41
+    after = decide(fillers(1, start=10)[0], OFFER_BOOKS["grocery-5"], state, PROFILE).state
+    assert after is not state and after.ticked == 41
+    store: dict[str, bytes] = {}
+    write(store, split(ACCOUNT, state, after, before_in_rows=False))
+    stored = decode_summary(store[ACCOUNT])
+    assert isinstance(stored, Summary) and stored.ticked == 41
+    assert assemble(ACCOUNT, without_fresh(store[ACCOUNT]), store.get).ticked == 41  # type: ignore[union-attr]
