@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from stream.core.events import CardEvent, EventType
+from stream.core.events import CardEvent, EventType, note_event
 from stream.core.state import UNKNOWN_DUE, AccountState, Lot, Share, Txn
 
 DAY_MS = 24 * 3600 * 1000
@@ -138,25 +138,6 @@ def is_time_event_id(event_id: str) -> bool:
 
 
 def _internal_event(kind: str, account_id: str, transaction_ref: str, due_ms: int, currency: str) -> CardEvent:
-    return CardEvent(
-        event_id=f"{kind.lower()}:{account_id}:{transaction_ref}:{due_ms}",
-        event_type=EventType(kind),
-        occurred_at=datetime.fromtimestamp(due_ms / 1000, tz=UTC),
-        account_id=account_id,
-        card_token="",
-        transaction_ref=transaction_ref,
-        original_transaction_ref=None,
-        processing_code="PURCHASE",
-        response_code="00",
-        amount_minor=0,
-        currency=currency,
-        billing_amount_minor=0,
-        billing_currency=currency,
-        cashback_at_pos_minor=0,
-        mcc="0000",
-        merchant_id="",
-        merchant_name="",
-        merchant_country="",
-        merchant_timezone=None,
-        channel="IN_STORE",
-    )
+    event_id = f"{kind.lower()}:{account_id}:{transaction_ref}:{due_ms}"
+    at = datetime.fromtimestamp(due_ms / 1000, tz=UTC)
+    return note_event(event_id, EventType(kind), account_id, at, transaction_ref, currency, None)
