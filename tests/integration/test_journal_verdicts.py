@@ -105,8 +105,19 @@ async def state(connection: asyncpg.Connection) -> dict[str, list[tuple[Any, ...
     ]
     conflicts = await connection.fetch("SELECT * FROM ledger_conflicts")
     balances = await connection.fetch("SELECT * FROM balances ORDER BY account_id, reward_kind, currency")
+    # paid_out_minor: the statement before's schema predates 0017 (these batches pay nothing out: 0 where it exists)
+    assert all(row.get("paid_out_minor", 0) == 0 for row in balances)
     # sponsor_id: the statement before's schema predates 0016 (these entries are all bank-funded: NULL)
-    drop = {"entry_seq", "history_seq", "recorded_at", "conflict_seq", "detected_at", "updated_at", "sponsor_id"}
+    drop = {
+        "entry_seq",
+        "history_seq",
+        "recorded_at",
+        "conflict_seq",
+        "detected_at",
+        "updated_at",
+        "sponsor_id",
+        "paid_out_minor",
+    }
     return {
         name: [tuple(v for k, v in row.items() if k not in drop) for row in rows]
         for name, rows in (("ledger", ledger), ("balances", balances))
