@@ -21,7 +21,7 @@ from typing import Any
 import asyncpg
 
 from schemas.codec import Codec
-from stream.core.events import PAYOUT_RUN_ID
+from stream.core.payout_messages import PAYOUT_RUN_ID
 from stream.producing import send_once
 from stream.settings import Settings
 from topics.catalogue import Topic, account_partition

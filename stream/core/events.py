@@ -198,10 +198,10 @@ def validate(record: Mapping[str, Any]) -> Rejection | None:
     at values in messages it returns: a card number is reported by field name only."""
     if "instruction" in record:
         return _validate_instruction(record)
-    if "minimums" in record:
-        return _validate_payout_run(record)
-    if "payout_id" in record:
-        return _validate_payout_result(record)
+    if "minimums" in record or "payout_id" in record:  # a payout run, or the bank's answer to a payout
+        from stream.core import payout_messages
+
+        return payout_messages.validate(record)
     for name, value in record.items():
         if isinstance(value, str) and looks_like_card_number(value, identifier=name in IDENTIFIER_FIELDS):
             return Rejection(RejectReason.CARD_NUMBER_DETECTED, name)
@@ -253,90 +253,6 @@ def _validate_instruction(record: Mapping[str, Any]) -> Rejection | None:
     return None
 
 
-# --- cash payouts (stream.core.payouts): a run for an account, and the bank's answer to a payout -------
-
-PAYOUT_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # no ':' (it separates a payout id's parts)
-PAYOUT_REASON_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-PAYOUT_ANSWERS = ("CONFIRMED", "REJECTED")
-
-
-def payout_id_parts(pid: str) -> tuple[str, str, str] | None:
-    """(run id, account id, currency) of a payout id ``p:<run>:<account>:<currency>`` (None: not one)."""
-    head, _, rest = pid.partition(":")
-    run, _, rest = rest.partition(":")
-    account, _, currency = rest.rpartition(":")
-    if head != "p" or not PAYOUT_RUN_ID.fullmatch(run) or not account or not currency:
-        return None
-    return run, account, currency
-
-
-_WALLET_KINDS = frozenset({"CASH", "POINTS", "STORE_CREDIT", "CHARITY"})
-
-
-def _validate_wallet_opening(opening: Mapping[str, Any]) -> Rejection | None:
-    actor, last = opening.get("actor") or "", opening.get("last_accrual_id")
-    if looks_like_card_number(actor) or (isinstance(last, str) and looks_like_card_number(last, identifier=True)):
-        return Rejection(RejectReason.CARD_NUMBER_DETECTED, "wallet_opening")
-    if not actor or len(actor) > INSTRUCTION_TEXT_LIMIT:
-        return Rejection(RejectReason.INVALID_FIELD, "wallet_opening")
-    seen: set[tuple[str, str]] = set()
-    for line in opening.get("available") or ():
-        kind, unit = line["reward_kind"], line["unit"]
-        if not (is_known_currency(unit) or unit == "PTS"):
-            return Rejection(RejectReason.UNKNOWN_CURRENCY, "wallet_opening")
-        if kind not in _WALLET_KINDS or (kind, unit) in seen:
-            return Rejection(RejectReason.INVALID_FIELD, "wallet_opening")
-        seen.add((kind, unit))
-    return None
-
-
-def _validate_payout_run(record: Mapping[str, Any]) -> Rejection | None:
-    for name in ("run_id", "account_id"):
-        value = record.get(name)
-        if isinstance(value, str) and looks_like_card_number(value, identifier=True):
-            return Rejection(RejectReason.CARD_NUMBER_DETECTED, name)
-    if record.get("wallet_opening") is not None:
-        rejection = _validate_wallet_opening(record["wallet_opening"])
-        if rejection is not None:
-            return rejection
-    if not record.get("account_id"):
-        return Rejection(RejectReason.MISSING_FIELD, "account_id")
-    if not PAYOUT_RUN_ID.fullmatch(record.get("run_id") or ""):
-        return Rejection(RejectReason.INVALID_FIELD, "run_id")
-    seen: set[str] = set()
-    for minimum in record.get("minimums") or ():
-        if not is_known_currency(minimum["currency"]):
-            return Rejection(RejectReason.UNKNOWN_CURRENCY, "minimums")
-        if minimum["minimum_minor"] < 1 or minimum["currency"] in seen:
-            return Rejection(RejectReason.INVALID_FIELD, "minimums")
-        seen.add(minimum["currency"])
-    default = record.get("default_minimum_minor")
-    if default is not None and default < 1:
-        return Rejection(RejectReason.INVALID_FIELD, "default_minimum_minor")
-    return None
-
-
-def _validate_payout_result(record: Mapping[str, Any]) -> Rejection | None:
-    for name in ("payout_id", "account_id", "reason_code"):
-        value = record.get(name)
-        if isinstance(value, str) and looks_like_card_number(value, identifier=True):
-            return Rejection(RejectReason.CARD_NUMBER_DETECTED, name)
-    for name in ("payout_id", "account_id"):
-        if not record.get(name):
-            return Rejection(RejectReason.MISSING_FIELD, name)
-    parts = payout_id_parts(record["payout_id"])
-    if parts is None or parts[1] != record["account_id"]:  # a payout of another account, or not a payout id
-        return Rejection(RejectReason.INVALID_FIELD, "payout_id")
-    if not is_known_currency(parts[2]):
-        return Rejection(RejectReason.UNKNOWN_CURRENCY, "payout_id")
-    if record.get("status") not in PAYOUT_ANSWERS:
-        return Rejection(RejectReason.INVALID_FIELD, "status")
-    reason = record.get("reason_code")
-    if reason is not None and not PAYOUT_REASON_CODE.fullmatch(reason):
-        return Rejection(RejectReason.INVALID_FIELD, "reason_code")
-    return None
-
-
 def note_event(event_id: str, kind: EventType, account_id: str, at: datetime, ref: str, currency: str, note: Any) -> CardEvent:
     """An event about an account that is no card event (a payout run, a payout's answer, a wallet's
     opening: ``stream.core.payouts``), carrying its ``note``."""
@@ -362,54 +278,6 @@ def note_event(event_id: str, kind: EventType, account_id: str, at: datetime, re
         merchant_timezone=None,
         channel="IN_STORE",
         note=note,
-    )
-
-
-def payout_run_of(record: Mapping[str, Any]) -> CardEvent:
-    """A validated ``payout_run`` record as the account's PAYOUT_RUN event, id ``payout-run:<run>:<account>``
-    (with ``wallet_opening``: its OPEN_WALLET event, id ``open-wallet:<run>:<account>``)."""
-    opening = record.get("wallet_opening")
-    if opening is not None:
-        note_ = WalletOpening(
-            opening["actor"],
-            opening.get("last_accrual_id"),
-            tuple(sorted((a["reward_kind"], a["unit"], a["amount_minor"]) for a in opening.get("available") or ())),
-        )
-        account, run = record["account_id"], record["run_id"]
-        return note_event(
-            f"open-wallet:{run}:{account}",
-            EventType.OPEN_WALLET,
-            account,
-            record["requested_at"],
-            f"wallet:{account}",
-            "EUR",
-            note_,
-        )
-    minimums = tuple(sorted((m["currency"], m["minimum_minor"]) for m in record.get("minimums") or ()))
-    note = PayoutRun(record["run_id"], minimums, record.get("default_minimum_minor"))
-    account = record["account_id"]
-    run = record["run_id"]
-    return note_event(
-        f"payout-run:{run}:{account}", EventType.PAYOUT_RUN, account, record["requested_at"], f"payout-run:{run}", "EUR", note
-    )
-
-
-def payout_result_of(record: Mapping[str, Any]) -> CardEvent:
-    """A validated ``payout_result`` record as the account's PAYOUT_RESULT event, id
-    ``payout-result:<payout id>:<status>:<answered at, epoch ms>``: the same message again is the same
-    event (nothing decided twice); another answer for the payout is decided (the first answer stands)."""
-    pid, status = record["payout_id"], record["status"]
-    parts = payout_id_parts(pid)
-    assert parts is not None  # validated
-    note = PayoutAnswer(pid, status, record.get("reason_code") or "")
-    return note_event(
-        f"payout-result:{pid}:{status}:{int(record['answered_at'].timestamp() * 1000)}",
-        EventType.PAYOUT_RESULT,
-        record["account_id"],
-        record["answered_at"],
-        pid,
-        parts[2],
-        note,
     )
 
 
@@ -452,10 +320,10 @@ def to_event(record: Mapping[str, Any]) -> CardEvent:
     """A validated record as a CardEvent (call ``validate`` first)."""
     if "instruction" in record:
         return _instruction_event(record)
-    if "minimums" in record:
-        return payout_run_of(record)
-    if "payout_id" in record:
-        return payout_result_of(record)
+    if "minimums" in record or "payout_id" in record:
+        from stream.core import payout_messages
+
+        return payout_messages.to_event(record)
     return CardEvent(
         event_id=record["event_id"],
         event_type=EventType(record["event_type"]),

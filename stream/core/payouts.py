@@ -45,20 +45,11 @@ from typing import Any
 import msgspec
 
 from stream.core.entries import Entry, moves_money
-from stream.core.events import (
-    PAYOUT_ANSWERS,
-    CardEvent,
-    EventType,
-    PayoutAnswer,
-    PayoutRun,
-    WalletOpening,
-    note_event,
-    to_event,
-    validate,
-)
+from stream.core.events import CardEvent, EventType, PayoutAnswer, PayoutRun, WalletOpening, note_event, to_event, validate
 from stream.core.money import format_minor
 from stream.core.notices import PaidNotice
 from stream.core.outcomes import Outcome
+from stream.core.payout_messages import PAYOUT_ANSWERS
 from stream.core.state import AccountState, Payout
 from stream.core.working_copy import AccountStep
 
