@@ -36,7 +36,6 @@ import asyncio
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -48,10 +47,8 @@ from stream.account_states import AccountStates
 from stream.changelog_table import ChangelogTable
 from stream.core.abuse import AbuseRules
 from stream.core.events import CardEvent, EventType, to_event, validate
-from stream.core.lifecycle import due_events, is_time_event_id
 from stream.core.memory import RECENT_EVENTS_LIMIT
 from stream.core.offers import OfferBook
-from stream.core.payouts import latest_run_ms, run_id_at, would_pay
 from stream.core.rules import Decision, Outcome, decide
 from stream.core.state import AccountState
 from stream.deadletter import OtherReason, Stage, dead_letter
@@ -62,10 +59,10 @@ from stream.input_partitions import InputPartitions, PartitionRevoked
 from stream.metrics import EVENTS_CONSUMED, PAYOUT_SKIPS, PAYOUTS
 from stream.offer_mirror import OfferMirror
 from stream.outbox import Decided, Outbox, Staged
-from stream.payout_runs import run_record
 from stream.producing import AppSends
 from stream.settings import Settings
 from stream.store.budgets import BudgetStore, movement_id
+from stream.time_passing import TimePassing
 from stream.worker_app import PROFILE_SCHEMA, STATE_SCHEMA, STORE_OPTIONS, share_store_memory, worker_app
 from topics.catalogue import ACCOUNT_PROFILE_TABLE, ACCOUNT_STATE_TABLE, MAX_COMPACTION_LAG_MS, Catalogue
 
@@ -187,7 +184,6 @@ class Matcher:
         # A consumer out of its group owns nothing and reports no lag: watched apart (stream.group_membership).
         self.membership = GroupWatch(self.app, settings.worker_out_of_group_limit_s)
         self.app.timer(LAG_INTERVAL_S)(self._observe_lag)
-        self.app.timer(settings.clock_interval_s)(self._send_ticks)
         # The messages processed since the last flush, and the entries they wait to send.
         self.outbox = Outbox(
             (self.states, self.profiles),
@@ -203,8 +199,9 @@ class Matcher:
             payouts=self.topics.payouts.name,
         )
         self.current: Staged | None = None  # the message being processed
-        self.payout_schedule = settings.payout_schedule_minutes()  # PAYOUT_SCHEDULE: () when off
-        self._payout_runs: dict[int, int] = {}  # partition -> the scheduled run last applied to it (epoch ms)
+        # Time passing: the clock's ticks, what falls due on them, scheduled payout runs (stream.time_passing).
+        self.time = TimePassing(self)
+        self.app.timer(settings.clock_interval_s)(self.time.send_ticks)
         self._budgets_of: OfferBook | None = None
         self._budget_lines: Mapping[str, tuple[int, str]] = {}
 
@@ -251,36 +248,36 @@ class Matcher:
             await self.handle_account_message(source)
             return None
         if topic == self.topics.clock.name:
-            await self.handle_tick(source)
+            await self.time.handle_tick(source)
             return None
         subject = self.input_subjects[topic]  # only the input topics reach here
         try:
             _, record = self.codec.decode(value, expected_subject=subject)
         except DecodeError as error:
-            await self._dead_letter(error.failure.value, error.detail, source)
+            await self.send_dead_letter(error.failure.value, error.detail, source)
             return None
         rejection = validate(record)
         if rejection is not None:
-            await self._dead_letter(rejection.reason.value, rejection.detail(), source)
+            await self.send_dead_letter(rejection.reason.value, rejection.detail(), source)
             return None
         if key != record["account_id"].encode():
-            await self._dead_letter(OtherReason.KEY_MISMATCH.value, "message key is not the event's account_id", source)
+            await self.send_dead_letter(OtherReason.KEY_MISMATCH.value, "message key is not the event's account_id", source)
             return None
         if await self.refuse_erased(record["account_id"], source):
             return None
         event, state = to_event(record), self.accounts.get(record["account_id"])
         if state is None and event.event_type in _ABOUT_AN_ACCOUNT:  # would make a state for an account never seen
-            await self._dead_letter(OtherReason.UNKNOWN_ACCOUNT.value, "the worker holds no state for the account", source)
+            await self.send_dead_letter(OtherReason.UNKNOWN_ACCOUNT.value, "the worker holds no state for the account", source)
             return None
-        return await self._apply(event, state, source)
+        return await self.apply(event, state, source)
 
-    async def _apply(
+    async def apply(
         self, event: CardEvent, state: AccountState | None, source: Source | None, ticked: int | None = None
     ) -> Outcome | None:
         """Decide one event for its account and write the new state; its entries are sent at the
         next flush, once the changelog has the state. ``source`` is the input message, None for an
         internal event of time passing; ``ticked``: then, the clock offset of the tick that made it,
-        kept in the new state (``_resend_ticked``)."""
+        kept in the new state (``stream.time_passing``)."""
         await self.outbox.room_for(event.account_id)
         self.inputs.still_owned()
         try:
@@ -289,12 +286,12 @@ class Matcher:
             log.exception("rules failed on event %s", event.event_id)
             if source is None:
                 raise
-            await self._dead_letter(OtherReason.PROCESSING_ERROR.value, type(error).__name__, source)
+            await self.send_dead_letter(OtherReason.PROCESSING_ERROR.value, type(error).__name__, source)
             return None
         self.inputs.still_owned()  # a budget grant may have waited for Postgres; nothing waits from here to the state write
         if decision.outcome is Outcome.DUPLICATE_CONFLICT and source is not None:
             log.error("event id %s seen before with other content: quarantined", event.event_id)
-            await self._dead_letter(OtherReason.DUPLICATE_CONFLICT.value, "event_id seen before with other content", source)
+            await self.send_dead_letter(OtherReason.DUPLICATE_CONFLICT.value, "event_id seen before with other content", source)
         stored = decision.state is not state
         if stored and ticked is not None:
             decision.state.ticked = ticked
@@ -317,85 +314,6 @@ class Matcher:
         if event.event_type in _PAYOUT_EVENTS:
             _count_payout(event, decision.outcome)
         return decision.outcome
-
-    async def handle_tick(self, source: Source) -> None:
-        """Time passing for one partition: apply everything due by the tick's time
-        (stream.core.lifecycle) to the accounts of that partition, through the same path as card events."""
-        try:
-            _, record = self.codec.decode(source.value, expected_subject="clock_tick")
-        except DecodeError as error:
-            await self._dead_letter(error.failure.value, error.detail, source)
-            return
-        now_ms = int(record["now"].timestamp() * 1000)
-        await self._resend_ticked(source.partition, source.offset)
-        for account_id in self.accounts.due(source.partition, now_ms):
-            for event in due_events(self.accounts.get(account_id), account_id, now_ms):
-                await self._apply(event, self.accounts.get(account_id), None, ticked=source.offset)
-        await self.scheduled_payouts(source.partition, now_ms)
-        EVENTS_CONSUMED.labels("CLOCK_TICK", "applied").inc()
-
-    async def _resend_ticked(self, partition: int, offset: int) -> None:
-        """A tick read again (the worker stopped after the changelog had the states it changed, and
-        before it was committed): send again the entries of the internal events among the recent
-        events of every account a tick at or after it changed. Those events are decided already, so
-        the tick finds nothing due for them; their entries may never have been delivered (a crash
-        between the changelog's acknowledgement and the entries' delivery). Duplicates downstream are
-        free (the ledger and the notifications' readers take an id once); a first reading of a tick
-        finds no account (every tick recorded is older)."""
-        accounts = self.accounts.ticked_since(partition, offset)
-        if not accounts or self.current is None:
-            return
-        resent = 0
-        for account_id in accounts:
-            state = self.accounts.get(account_id)
-            if state is None:
-                continue
-            entries = tuple(e for event_id, recent in state.recent.items() if is_time_event_id(event_id) for e in recent.entries)
-            if not entries:
-                continue
-            await self.outbox.room_for(account_id)
-            self.inputs.still_owned()
-            language = self.account_profiles.get(account_id).language
-            self.outbox.batch.decided(self.current, Decided(account_id, entries, False, False, (), language))
-            resent += len(entries)
-        log.warning(
-            "clock[%d] offset %d read again: %d entries of time passing sent again for %d accounts",
-            partition,
-            offset,
-            resent,
-            len(accounts),
-        )
-
-    async def scheduled_payouts(self, partition: int, now_ms: int) -> None:
-        """The payout run due by ``now_ms`` (PAYOUT_SCHEDULE), once per partition and run: a ``payout_run``
-        message for every account of the partition whose wallet holds cash at or above a minimum, published
-        on the payout-runs topic (the partition's own), where the worker reads it back like the command's
-        (``stream.payout_runs``). Published, not decided here: an input message is redelivered after a crash,
-        so its entries and its payout instruction are sent again (a duplicate re-emits them), where an event
-        made by the tick and decided before the crash would find nothing due again and leave them unsent.
-        The run's id is its scheduled time (``2026-12-03T0200Z``), the same on every worker: an account
-        decides it once (its event id), whoever asks. After a start, the latest run is asked again of the
-        accounts with cash (those that decided it: a duplicate; the others are paid by it: a run missed
-        while down)."""
-        at_ms = latest_run_ms(self.payout_schedule, now_ms)
-        if at_ms is None or self._payout_runs.get(partition) == at_ms:
-            return
-        at = datetime.fromtimestamp(at_ms / 1000, tz=UTC)
-        minimums, default = self.settings.payout_minimums_by_currency()
-        topic = self.topics.payout_runs.name
-        for account_id in self.accounts.with_cash(partition):
-            if would_pay(self.accounts.get(account_id), minimums, default):
-                value = self.codec.encode("payout_run", run_record(self.settings, run_id_at(at), account_id, at))
-                await self.sends.send(topic, account_id.encode(), value, partition)
-        self._payout_runs[partition] = at_ms
-
-    async def _send_ticks(self) -> None:
-        """Tick time for the partitions this worker owns."""
-        now = datetime.now(UTC)
-        for tp in self.app.consumer.assignment():
-            if tp.topic == self.topics.authorizations.name:
-                value = self.codec.encode("clock_tick", {"partition": tp.partition, "now": now})
-                await self.clock.send(key=str(tp.partition).encode(), value=value, partition=tp.partition, force=True)
 
     async def _decide(self, event: CardEvent, state: AccountState | None) -> Decision:
         """The engine's decision, with its campaign budgets granted across all workers
@@ -423,13 +341,13 @@ class Matcher:
         if subject == ERASURE_SUBJECT:
             erased = self.account_profiles.erasure_of(source.partition, source.key, source.value)
             if isinstance(erased, Refusal):
-                await self._dead_letter(erased.reason, erased.detail, source)
+                await self.send_dead_letter(erased.reason, erased.detail, source)
                 return
             self.erase_account(erased, source.partition)
         else:
             refusal = self.account_profiles.fold(source.topic, source.partition, source.key, source.value)
             if refusal is not None:
-                await self._dead_letter(refusal.reason, refusal.detail, source)
+                await self.send_dead_letter(refusal.reason, refusal.detail, source)
                 return
         EVENTS_CONSUMED.labels(subject.upper(), "applied").inc()
 
@@ -450,10 +368,10 @@ class Matcher:
         event is validated, before it is decided."""
         if not self.account_profiles.erased(account_id):
             return False
-        await self._dead_letter(ACCOUNT_ERASED, "the account was erased: its card events are no longer processed", source)
+        await self.send_dead_letter(ACCOUNT_ERASED, "the account was erased: its card events are no longer processed", source)
         return True
 
-    async def _dead_letter(self, reason: str, detail: str, source: Source) -> None:
+    async def send_dead_letter(self, reason: str, detail: str, source: Source) -> None:
         log.warning("dead letter from %s[%d]@%d: %s (%s)", source.topic, source.partition, source.offset, reason, detail)
         payload = dead_letter(
             self.codec, Stage.MATCHER, reason, detail, source.topic, source.partition, source.offset, source.key, source.value

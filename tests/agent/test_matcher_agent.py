@@ -397,7 +397,7 @@ async def test_a_message_whose_partition_is_revoked_while_it_waits_is_left_to_th
     matcher.inputs.assigned = {matcher.inputs.current_tp}
     record = card_record(amount_minor=10_000, mcc="5411")
     source = Source(harness.auth_topic, 0, 0, ACCOUNT_KEY, encode_auth(harness.codec, record))
-    waiting = asyncio.create_task(matcher._apply(to_event(record), None, source))
+    waiting = asyncio.create_task(matcher.apply(to_event(record), None, source))
     await asyncio.sleep(0.05)
     matcher.inputs.assigned = set()  # the rebalance took the partition
     pending[0][0].set_result(None)
@@ -701,7 +701,7 @@ async def test_a_batch_begun_before_a_rebalance_is_dropped_and_its_states_never_
     staged = matcher.current = matcher.outbox.start(tp, 0)
     matcher.inputs.current_tp = tp
     source = Source(harness.auth_topic, 0, 0, ACCOUNT_KEY, encode_auth(harness.codec, record))
-    assert await matcher._apply(to_event(record), None, source) is Outcome.EARNED
+    assert await matcher.apply(to_event(record), None, source) is Outcome.EARNED
     staged.complete, matcher.current = True, None
     assert harness.state() is not None
     matcher.inputs.rebalances += 1  # revoked, and given back by the same rebalance

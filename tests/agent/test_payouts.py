@@ -169,7 +169,7 @@ async def test_a_scheduled_run_falls_due_on_the_clock_once_per_run_for_the_accou
     from topics.catalogue import account_partition
 
     matcher = harness.matcher
-    matcher.payout_schedule = (120,)  # PAYOUT_SCHEDULE=02:00
+    matcher.time.payout_schedule = (120,)  # PAYOUT_SCHEDULE=02:00
     home = account_partition(ACCOUNT, matcher.topics.authorizations.partitions)
     clock = matcher.topics.clock.name
 
