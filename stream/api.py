@@ -44,7 +44,6 @@ from stream.api_gdpr import gdpr_routes
 from stream.api_holds import hold_routes
 from stream.api_models import (
     Activation,
-    Balance,
     Balances,
     Donations,
     Explanation,
@@ -54,13 +53,14 @@ from stream.api_models import (
     LedgerConflicts,
     OfferSummary,
     Problem,
+    balance_of,
 )
 from stream.api_offer_results import offer_results_routes
+from stream.api_payouts import PayoutGauges, payout_routes
 from stream.api_reconciliation import reconciliation_routes
 from stream.api_sponsors import sponsor_routes
 from stream.auth import ACCOUNTS_READ, OFFERS_ACTIVATE, OPERATIONS, SCOPES, Authenticator, InvalidToken, Principal
 from stream.core.holdout import held_out
-from stream.core.money import format_minor
 from stream.core.offers import Offer
 from stream.kafka_clients import start_client
 from stream.metrics import API_REQUESTS
@@ -103,6 +103,8 @@ def create_app(settings: Settings, codec: Codec, topics: Catalogue, authenticato
             offers_ready=app.state.offers.ready,
         )
         reporting = asyncio.create_task(results.run()) if settings.offer_results_interval_s else None
+        payout_gauges = PayoutGauges(app.state.pool, settings.payout_gauges_interval_s)
+        paying = asyncio.create_task(payout_gauges.run()) if settings.payout_gauges_interval_s else None
         app.state.producer = make_producer(settings)
         await start_client(app.state.producer)
         log.info(
@@ -115,7 +117,7 @@ def create_app(settings: Settings, codec: Codec, topics: Catalogue, authenticato
         try:
             yield
         finally:
-            tasks = [t for t in (mirror, reconciling, following, reporting) if t is not None]
+            tasks = [t for t in (mirror, reconciling, following, reporting, paying) if t is not None]
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -210,22 +212,7 @@ def create_app(settings: Settings, codec: Codec, topics: Catalogue, authenticato
             raise no_cashback(account_id)
         return Balances(
             account_id=account_id,
-            balances=[
-                Balance(
-                    reward_kind=r["reward_kind"],
-                    currency=r["currency"],
-                    pending_minor=r["pending_minor"],
-                    confirmed_minor=r["confirmed_minor"],
-                    available_minor=r["available_minor"],
-                    lifetime_earned_minor=r["lifetime_earned_minor"],
-                    clawed_back_minor=r["clawed_back_minor"],
-                    donated_minor=r["donated_minor"],
-                    held_minor=r["held_minor"],
-                    paid_out_minor=r["paid_out_minor"],
-                    available=format_minor(r["available_minor"], r["currency"]),
-                )
-                for r in rows
-            ],
+            balances=[balance_of(r) for r in rows],
         )
 
     @app.get(
@@ -313,6 +300,7 @@ def create_app(settings: Settings, codec: Codec, topics: Catalogue, authenticato
 
     # Who pays: a sponsor's monthly statement and the entries behind it: stream.api_sponsors.
     app.include_router(sponsor_routes(pool=pool, operators=operators))
+    app.include_router(payout_routes(pool=pool, operators=operators))  # payouts and remittances: stream.api_payouts
 
     # Everything held about an account, and its erasure (GDPR): stream.api_gdpr.
     app.include_router(

@@ -5,10 +5,13 @@ document (``/openapi.json``) describes every field with its unit. The routes are
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, Field
 
+from stream.core.money import format_minor
 from stream.core.offers import Offer
 
 # The unit of a reward, said the same way in the accrual schema (accrual.v2.avsc), the README and here.
@@ -38,6 +41,15 @@ class Balance(BaseModel):
         description="Cash paid out to the customer's bank account by payout runs, net of payouts the bank rejected (back in available).",
     )
     available: str = Field(description="available_minor formatted, e.g. '12.50 EUR' or '21 PTS'.")
+
+
+def balance_of(row: Mapping[str, Any]) -> Balance:
+    """A ``balances`` row as the API says it, every book the model names (the balances route and the
+    GDPR export give the same figures)."""
+    return Balance(
+        **{name: row[name] for name in Balance.model_fields if name != "available"},
+        available=format_minor(row["available_minor"], row["currency"]),
+    )
 
 
 class Balances(BaseModel):

@@ -63,15 +63,14 @@ from stream.account_messages import erasure_message, tombstones
 from stream.api_models import (
     AccountExport,
     Activation,
-    Balance,
     ErasureStatus,
     Explanation,
     ExportedItem,
     ExportedLine,
     ExportedProfile,
     RefusedEntry,
+    balance_of,
 )
-from stream.core.money import format_minor
 from stream.producing import producer as make_producer
 from stream.settings import Settings
 from stream.store import erasure as ledger
@@ -178,7 +177,7 @@ async def export_account(
         account_id=account_id,
         exported_at=datetime.now(UTC),
         erasure=ErasureStatus(erased=False),
-        balances=[Balance(**b, available=format_minor(b["available_minor"], b["currency"])) for b in held.balances],
+        balances=[balance_of(b) for b in held.balances],
         history=[
             ExportedLine(**{k: line[k] for k in ExportedLine.model_fields if k != "explanation"}, explanation=_explained(line))
             for line in held.history

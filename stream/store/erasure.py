@@ -87,9 +87,7 @@ async def holdings(db: asyncpg.Pool | asyncpg.Connection, account_id: str) -> Le
     async def read(connection: asyncpg.Connection) -> LedgerHoldings:
         async with connection.transaction(isolation="repeatable_read", readonly=True):
             balances = await connection.fetch(
-                "SELECT reward_kind, currency::text AS currency, pending_minor, confirmed_minor, available_minor,"
-                " lifetime_earned_minor, clawed_back_minor, donated_minor, updated_at"
-                " FROM balances WHERE account_id = $1 ORDER BY reward_kind, currency",
+                "SELECT * FROM balances WHERE account_id = $1 ORDER BY reward_kind, currency",
                 account_id,
             )
             lines = await connection.fetch(_EVERY_LINE, account_id)

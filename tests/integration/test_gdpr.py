@@ -165,6 +165,11 @@ def test_an_account_is_exported_then_erased_everywhere(gdpr_pipeline: tuple[Proc
     assert exported["erasure"] == {"erased": False}
     ((line,),) = [exported["balances"]]
     assert (line["confirmed_minor"], line["pending_minor"], line["currency"]) == (500, 0, "EUR")
+    # Every book the balances route gives, the export gives too (it once left out held and paid out).
+    route = httpx.get(f"{base_url}/v1/accounts/{ERASED}/balances", headers=ops, timeout=10)
+    assert route.status_code == 200, route.text
+    assert exported["balances"] == route.json()["balances"]
+    assert {"held_minor", "paid_out_minor"} <= set(line)
     assert [h["entry_kind"] for h in exported["history"]] == ["PENDING_CREATED", "CONFIRMED", "NOT_EARNED"]
     assert all(h["explanation"]["detail"] for h in exported["history"])
     assert exported["profile"]["segments"] == ["new", "vip"]

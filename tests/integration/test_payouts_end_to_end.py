@@ -205,6 +205,12 @@ def test_a_payout_run_rejected_and_confirmed_then_asked_again_across_a_restart(
         wait_until(lambda: worker_count(processes, "PAYOUT_RESULT", "payout_confirmed") == 1, 30, "the timed run confirmed")
         assert cash(base_url, confirmed) == (0, 1_200) and cash(base_url, small) == (300, 0)
         assert cash(base_url, rejected) == (0, 1_500)
+        # The customer's data export gives the paid out book as the balances route does.
+        export = httpx.get(f"{base_url}/v1/operations/accounts/{confirmed}/export", headers=api_headers(), timeout=10)
+        assert export.status_code == 200, export.text
+        ((exported,),) = [export.json()["balances"]]
+        assert (exported["available_minor"], exported["paid_out_minor"]) == (0, 1_200)
+        assert {k: v for k, v in exported.items() if k.endswith("_minor")} == balance(base_url, confirmed)
 
         # Opening wallets from the ledger: a wallet the worker knows stays its own (no_change); an account the
         # worker never saw is dead-lettered, no state made for it.
