@@ -11,6 +11,8 @@ gauges, say) is one more ``Row`` in a dashboard's tuple.
 
 from __future__ import annotations
 
+from stream.ops.dashboard_customers import CUSTOMERS_ROW
+from stream.ops.dashboard_payouts import PAYOUTS_ROW
 from stream.ops.panel_model import Dashboard, Panel, Query, Row
 
 RATE = "$__rate_interval"
@@ -262,6 +264,8 @@ MONEY = Dashboard(
                 ),
             ),
         ),
+        PAYOUTS_ROW,
+        CUSTOMERS_ROW,
     ),
 )
 
