@@ -58,6 +58,7 @@ from stream.api_models import (
 from stream.api_offer_results import offer_results_routes
 from stream.api_payouts import PayoutGauges, payout_routes
 from stream.api_reconciliation import reconciliation_routes
+from stream.api_redemptions import redemption_routes
 from stream.api_sponsors import sponsor_routes
 from stream.auth import ACCOUNTS_READ, OFFERS_ACTIVATE, OPERATIONS, SCOPES, Authenticator, InvalidToken, Principal
 from stream.core.holdout import held_out
@@ -291,6 +292,10 @@ def create_app(settings: Settings, codec: Codec, topics: Catalogue, authenticato
             cursor_pattern=CURSOR_PATTERN,
         )
     )
+
+    # Points and store credit redeemed with an idempotency key: stream.api_redemptions.
+    wait_s = settings.api_redemption_wait_s
+    app.include_router(redemption_routes(pool, principal, codec, topics.instructions, secured=secured, wait_s=wait_s))
 
     # The items behind the reconciliation gauges: stream.api_reconciliation.
     app.include_router(reconciliation_routes(pool=pool, operators=operators))

@@ -40,6 +40,10 @@ class Balance(BaseModel):
         0,
         description="Cash paid out to the customer's bank account by payout runs, net of payouts the bank rejected (back in available).",
     )
+    redeemed_minor: int = Field(
+        0,
+        description="Points or store credit the customer redeemed (POST /v1/accounts/{account_id}/redemptions), out of available.",
+    )
     available: str = Field(description="available_minor formatted, e.g. '12.50 EUR' or '21 PTS'.")
 
 
@@ -76,7 +80,8 @@ class HistoryLine(BaseModel):
     source_event_id: str
     transaction_ref: str
     entry_kind: str = Field(
-        description="A ledger entry kind, or NOT_EARNED for a purchase that earned nothing (see explanation.reason)."
+        description="A ledger entry kind, NOT_EARNED for a purchase that earned nothing, or REDEMPTION_REFUSED for a "
+        "redemption refused (amount 0, the amount asked in explanation.basis_minor; see explanation.reason)."
     )
     debit_book: str
     credit_book: str

@@ -47,10 +47,13 @@ log = logging.getLogger(__name__)
 ACCOUNTS_READ = "cashback:accounts.read"
 OFFERS_ACTIVATE = "cashback:offers.activate"
 OPERATIONS = "cashback:operations"
+REDEMPTIONS_WRITE = "cashback:redemptions.write"
 SCOPES = {
     ACCOUNTS_READ: "balances and history of the accounts in the token's `accounts` claim (a list of account ids)",
     OFFERS_ACTIVATE: "activating and deactivating offers for the accounts in the token's `accounts` claim",
     OPERATIONS: "balances and history of any account, /v1/operations/* and the charities' donations",
+    REDEMPTIONS_WRITE: "redeeming points and store credit of the accounts in the token's `accounts` claim, and reading "
+    "those redemptions (a token that reads balances does not spend them)",
 }
 
 # Asymmetric only: an HS* token would be checked with a secret the API does not have, and "none" with nothing.
@@ -83,6 +86,10 @@ class Principal:
     def may_read(self, account_id: str) -> bool:
         """Balances and history of ``account_id``."""
         return OPERATIONS in self.scopes or (ACCOUNTS_READ in self.scopes and account_id in self.accounts)
+
+    def may_redeem_for(self, account_id: str) -> bool:
+        """Redemptions of ``account_id`` (neither reading its balances nor the operations scope spends them)."""
+        return REDEMPTIONS_WRITE in self.scopes and account_id in self.accounts
 
     def may_activate_for(self, account_id: str) -> bool:
         """Offer activations of ``account_id`` (the operations scope reads, it never acts for a customer)."""

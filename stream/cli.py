@@ -167,6 +167,14 @@ def parser() -> argparse.ArgumentParser:
     opening.add_argument("--operator", type=_reason, default=_operator(), help="who runs it (default: the login name)")
     payouts.set_defaults(run=commands.payouts)
 
+    donations = subcommands.add_parser("donations", help="remit customers' donations to the charities (payouts)")
+    donation_actions = donations.add_subparsers(dest="action", required=True)
+    remit = donation_actions.add_parser(
+        "remit", help="gather what each charity is owed per currency from the ledger into payout instructions now"
+    )
+    remit.add_argument("--run-id", type=_run_id, default=None, help="the run's id (default: now, UTC, 2026-12-03T0200Z)")
+    donations.set_defaults(run=commands.donations)
+
     simulate = subcommands.add_parser("simulate", help="publish a seeded card-event stream")
     simulate.add_argument("--rate", type=RATE, default=200.0, help="events per second (0: as fast as possible)")
     simulate.add_argument("--purchases", type=COUNT, default=10_000, help="purchases to simulate (0: endless)")
@@ -271,7 +279,7 @@ class _OneShotNoise(logging.Filter):
         return not (record.name == "asyncio" and message.startswith("Unclosed AIOKafka"))
 
 
-ONE_SHOT = ("offers", "accounts", "dead-letters", "topics", "migrate", "gdpr", "statement", "payouts")
+ONE_SHOT = ("offers", "accounts", "dead-letters", "topics", "migrate", "gdpr", "statement", "payouts", "donations")
 
 
 def main(argv: list[str] | None = None) -> None:

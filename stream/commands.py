@@ -166,6 +166,24 @@ def payouts(system: System, args: argparse.Namespace) -> None:
     print(f"payout run {run_id}: asked of {asked} account(s) with AVAILABLE cash in the ledger")
 
 
+def donations(system: System, args: argparse.Namespace) -> None:
+    """``donations remit [--run-id ID]``: a donation remittance run now (stream.donations); one line on stdout."""
+    from datetime import UTC, datetime
+
+    from stream.core.money import format_minor
+    from stream.core.payouts import run_id_at
+    from stream.donations import remit
+    from stream.payout_runs import run_time
+
+    asyncio.run(_ledger_up_to_date(system))  # the ledger says what was given
+    asyncio.run(system.create_topics())  # the donation topics, on a cluster that predates them
+    run_id = args.run_id or run_id_at(datetime.now(UTC))
+    at = run_time(run_id) or datetime.now(UTC)
+    report = asyncio.run(remit(system.settings, system.codec, system.catalogue.donation_payouts, run_id, at))
+    amounts = ", ".join(format_minor(amount, currency) for currency, amount in sorted(report.amounts.items())) or "nothing"
+    print(f"donation remittance run {run_id}: {report.recorded} remittance(s) recorded ({amounts}), {report.published} sent")
+
+
 def statement(system: System, args: argparse.Namespace) -> None:
     """``statement --sponsor ID --month YYYY-MM``: a sponsor's monthly statement (stream.statements) on stdout."""
     from stream.statements import read, render

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from stream.abuse_scan import MerchantScan
     from stream.core.abuse import AbuseRules
     from stream.core.offers import Offer
+    from stream.donations import DonationSchedule
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -217,6 +218,9 @@ class System:
             from stream.sink import Sink
 
             matcher.app.task(Sink(settings, self.catalogue, self.codec).run)
+            from stream.payout_answers import PayoutAnswers
+
+            matcher.app.task(PayoutAnswers(settings, self.catalogue, self.codec).run)
             if scan := self.merchant_scan():
                 matcher.app.task(scan.run)
         faust.Worker(matcher.app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
@@ -225,6 +229,7 @@ class System:
         """The sink process, until SIGINT or SIGTERM."""
         from stream import metrics
         from stream.deadletter import configure_hash_key
+        from stream.payout_answers import PayoutAnswers
         from stream.sink import Sink
 
         configure_hash_key(self.settings.dead_letter_hash_key)
@@ -237,14 +242,28 @@ class System:
             sink = Sink(self.settings, self.catalogue, self.codec)
             task = asyncio.create_task(sink.run())
             scanning = asyncio.create_task(scan.run()) if scan else None
-            await asyncio.wait([task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
-            if scanning is not None:
-                scanning.cancel()
-                await asyncio.gather(scanning, return_exceptions=True)
+            # Beside the ledger: the bank's answers to payouts into the payouts table, and DONATION_SCHEDULE's runs.
+            answers = PayoutAnswers(self.settings, self.catalogue, self.codec)
+            answering = asyncio.create_task(answers.run())
+            schedule = self.settings.donation_schedule_minutes()
+            remitting = asyncio.create_task(self.donation_schedule(schedule).run()) if schedule else None
+            await asyncio.wait([task, answering, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+            for side in (scanning, remitting):
+                if side is not None:
+                    side.cancel()
+                    await asyncio.gather(side, return_exceptions=True)
             sink.stop()
+            answers.stop()
             await task
+            await answering
 
         run_until_signalled(main)
+
+    def donation_schedule(self, schedule: tuple[int, ...]) -> DonationSchedule:
+        """DONATION_SCHEDULE's remittance runs (stream.donations)."""
+        from stream.donations import DonationSchedule
+
+        return DonationSchedule(self.settings, self.codec, self.catalogue.donation_payouts, schedule)
 
     def merchant_scan(self) -> MerchantScan | None:
         """The cross-account abuse rule's scan (``stream.abuse_scan``), run beside a sink; None when

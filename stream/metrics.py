@@ -174,6 +174,35 @@ OFFER_ACTIVATIONS = Gauge(
 OFFER_RESULTS_LAST_RUN = Gauge(
     "cashback_offer_results_last_run_timestamp_seconds", "When this process last computed the offer results gauges."
 )
+# Payouts (customers' and charities': the payouts table, migration 0019). The gauges are computed from the table
+# by the API every PAYOUT_GAUGES_INTERVAL_S (stream.payout_gauges); each beneficiary kind is always present (0 when
+# nothing is unanswered).
+PAYOUT_BENEFICIARIES = ("CUSTOMER", "CHARITY")
+PAYOUTS_UNANSWERED = Gauge(
+    "cashback_payouts_unanswered", "Payouts asked of the bank's core banking system and not answered yet.", ["beneficiary"]
+)
+PAYOUT_OLDEST_UNANSWERED = Gauge(
+    "cashback_payout_oldest_unanswered_seconds",
+    "Age of the oldest payout not answered yet, from its request (0: none unanswered).",
+    ["beneficiary"],
+)
+PAYOUT_GAUGES_LAST_RUN = Gauge(
+    "cashback_payout_gauges_last_run_timestamp_seconds", "When this process last computed the payout gauges."
+)
+PAYOUT_ANSWERS = Counter(
+    "cashback_payout_answers_total",
+    "Answers of the core banking system read into the payouts table by the sink (a redelivery counts again).",
+    ["beneficiary", "status"],
+)
+DONATION_REMITTANCES = Counter(
+    "cashback_donation_remittances_total",
+    "Remittances of donations to charities recorded by DONATION_SCHEDULE's runs in this process (a command's are not scraped).",
+)
+for _beneficiary in PAYOUT_BENEFICIARIES:
+    PAYOUTS_UNANSWERED.labels(_beneficiary)
+    PAYOUT_OLDEST_UNANSWERED.labels(_beneficiary)
+    for _status in ("CONFIRMED", "REJECTED"):
+        PAYOUT_ANSWERS.labels(_beneficiary, _status)
 
 
 def observe_ledger_latency(timestamps_ms: Iterable[int], written: int, now_s: float | None = None) -> None:

@@ -174,6 +174,17 @@ class Settings(BaseSettings):
         description="Least AVAILABLE cash a payout run pays out, in minor units, per currency: CUR=minor, comma-separated; "
         "*=minor for every currency not named (absent: such a currency is not paid). At least 1.",
     )
+    donation_schedule: str = Field(
+        "off",
+        description="When the sink runs donation remittance runs (charities' donations into payouts): HH:MM UTC times of "
+        "every day, comma-separated; off: none (runs only by `cashback donations remit`). Minimums: PAYOUT_MINIMUMS.",
+    )
+    payout_gauges_interval_s: float = Field(
+        60.0,
+        ge=0,
+        le=3_600,
+        description="How often the API computes the unanswered payouts gauges from the payouts table (0: never).",
+    )
     metrics_port: int = Field(0, ge=0, le=65535, description="Port of this process's /metrics (0: none for the worker and sink).")
     metrics_host: str = Field(
         "127.0.0.1",
@@ -182,6 +193,13 @@ class Settings(BaseSettings):
     )
     api_host: str = Field("127.0.0.1", description="Address the balance API listens on.")
     api_port: int = Field(8080, ge=0, le=65535, description="Port of the balance API.")
+    api_redemption_wait_s: float = Field(
+        3.0,
+        ge=0,
+        le=30,
+        description="How long POST /v1/accounts/{id}/redemptions waits for the worker's decision to reach the ledger "
+        "before answering 202 with where to ask again (0: never waits).",
+    )
     api_auth_jwks: str | None = Field(
         None,
         description="The keys that sign the balance API's bearer tokens: a JWKS file path or http(s) URL; the API refuses to start without it.",
@@ -228,6 +246,16 @@ class Settings(BaseSettings):
     def payout_schedule_minutes(self) -> tuple[int, ...]:
         """PAYOUT_SCHEDULE as minutes after midnight UTC, sorted (): off."""
         return parse_payout_schedule(self.payout_schedule)
+
+    @field_validator("donation_schedule")
+    @classmethod
+    def _donation_schedule_parse(cls, value: str) -> str:
+        parse_payout_schedule(value)
+        return value
+
+    def donation_schedule_minutes(self) -> tuple[int, ...]:
+        """DONATION_SCHEDULE as minutes after midnight UTC, sorted (): off."""
+        return parse_payout_schedule(self.donation_schedule)
 
     @field_validator("payout_minimums")
     @classmethod

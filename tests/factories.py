@@ -132,6 +132,7 @@ def totals(
     donated: int = 0,
     held: int = 0,
     paid_out: int = 0,
+    redeemed: int = 0,
 ) -> dict[str, int]:
     """One balances() row, every field named, zero unless given."""
     return {
@@ -143,6 +144,7 @@ def totals(
         "donated_minor": donated,
         "held_minor": held,
         "paid_out_minor": paid_out,
+        "redeemed_minor": redeemed,
     }
 
 

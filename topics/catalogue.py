@@ -69,6 +69,8 @@ class Catalogue:
     payout_runs: Topic
     payouts: Topic
     payout_results: Topic
+    donation_payouts: Topic
+    donation_payout_results: Topic
 
     def all(self) -> tuple[Topic, ...]:
         return (
@@ -86,6 +88,8 @@ class Catalogue:
             self.payout_runs,
             self.payouts,
             self.payout_results,
+            self.donation_payouts,
+            self.donation_payout_results,
         )
 
     def inputs(self) -> tuple[Topic, ...]:
@@ -156,4 +160,13 @@ def catalogue(prefix: str = "cashback.", partitions: int = 4) -> Catalogue:
         payout_runs=keyed_by_account("payout-runs", "payout_run", 30),
         payouts=keyed_by_account("payouts", "payout_instruction", 30),
         payout_results=keyed_by_account("payout-results", "payout_result", 30),
+        # Remittances of donations to charities (stream.donations) and the answers to them: keyed by charity id,
+        # read by the core banking system and by the sink (never by the workers, which read payout-results by
+        # account); not co-partitioned with anything. Kept 30 days, like the customers' payouts.
+        donation_payouts=Topic(
+            prefix + "donation-payouts", partitions, "charity_id", "donation_instruction", False, 30 * DAY_MS, False
+        ),
+        donation_payout_results=Topic(
+            prefix + "donation-payout-results", partitions, "charity_id", "donation_result", False, 30 * DAY_MS, False
+        ),
     )

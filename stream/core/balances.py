@@ -39,6 +39,7 @@ _BOOK_FIELDS = {
     "DONATED": "donated_minor",
     "HELD": "held_minor",
     "PAID_OUT": "paid_out_minor",  # cash paid out to the customer's bank account, net of returned payouts (0017)
+    "REDEEMED": "redeemed_minor",  # points and store credit the customer redeemed (0018)
 }
 BALANCE_FIELDS = (
     "pending_minor",
@@ -49,4 +50,5 @@ BALANCE_FIELDS = (
     "donated_minor",
     "held_minor",
     "paid_out_minor",
+    "redeemed_minor",
 )

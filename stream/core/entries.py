@@ -23,11 +23,18 @@ NOT_EARNED = "NOT_EARNED"  # a purchase that earned nothing, and why (no books m
 # event's amount its basis. Written to ``reconciliation_items``, never to the ledger's entries.
 RECONCILIATION = "RECONCILIATION"
 ITEM_KINDS = ("unknown_refund", "unknown_chargeback", "unknown_chargeback_reversal", "force_post", "late_authorisation")
-LINES_NOT_ENTRIES = frozenset({NOT_EARNED, RECONCILIATION})  # records of the accruals topic that move no money
+# A redemption refused (accrual v8, stream.core.redemptions): above the balance, or a wallet not known. No books
+# moved; ``explanation.reason`` says why, the requested amount is its basis. Written to purchases_not_earned with its
+# own line kind (migration 0018): the API answers a repeated request from it.
+REDEMPTION_REFUSED = "REDEMPTION_REFUSED"
+LINES_NOT_ENTRIES = frozenset(
+    {NOT_EARNED, RECONCILIATION, REDEMPTION_REFUSED}
+)  # records of the accruals topic that move no money
 
 
 def moves_money(entry_kind: str) -> bool:
-    """Whether a record of that kind is a ledger entry (not a NOT_EARNED line nor a reconciliation item)."""
+    """Whether a record of that kind is a ledger entry (not a NOT_EARNED line, a reconciliation item nor a refused
+    redemption)."""
     return entry_kind not in LINES_NOT_ENTRIES
 
 

@@ -45,6 +45,8 @@ class EventType(str, enum.Enum):
     PAYOUT_RUN = "PAYOUT_RUN"
     PAYOUT_RESULT = "PAYOUT_RESULT"
     OPEN_WALLET = "OPEN_WALLET"
+    # A customer's redemption of points or store credit, asked through the API (stream.core.redemptions).
+    REDEEM = "REDEEM"
 
 
 INSTRUCTION_TYPES = frozenset({EventType.RELEASE_HOLD, EventType.FORFEIT_HOLD, EventType.HOLD_MERCHANT})
@@ -117,6 +119,19 @@ class WalletOpening:
 
 
 @dataclass(frozen=True, slots=True)
+class Redemption:
+    """A redemption asked through the API (``stream.core.redemptions``): ``amount_minor`` of
+    ``reward_kind`` in the event's unit (``billing_currency``), the client's idempotency key, its
+    optional reference, and who asked (the token's subject)."""
+
+    reward_kind: str
+    amount_minor: int
+    key: str
+    reference: str = ""
+    actor: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class CardEvent:
     event_id: str
     event_type: EventType
@@ -141,7 +156,7 @@ class CardEvent:
     clearing_sequence: int | None = None
     clearing_count: int | None = None
     # an instruction's (stream.core.holds) or a payout's (stream.core.payouts); None for a card event
-    note: Instruction | PayoutRun | PayoutAnswer | WalletOpening | None = None
+    note: Instruction | PayoutRun | PayoutAnswer | WalletOpening | Redemption | None = None
 
     @property
     def approved(self) -> bool:
@@ -156,8 +171,14 @@ class CardEvent:
         digested is the ``repr`` of the tuple of the ``_CARD_FIELDS`` values (and the note, only
         when there is one: a card event's fingerprint is the one its account holds), spelled out
         by ``_card_text`` (the tuple's ``repr`` took twice as long)."""
-        text = _card_text(self)
-        text = f"{text})" if self.note is None else f"{text}, {self.note!r})"
+        note = self.note
+        if isinstance(note, Redemption):  # the request, not its time nor who sent it: a retried POST is the same event
+            text = repr(
+                (self.event_id, self.account_id, self.billing_currency, note.reward_kind, note.amount_minor, note.reference)
+            )
+        else:
+            text = _card_text(self)
+            text = f"{text})" if self.note is None else f"{text}, {self.note!r})"
         return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
 
@@ -239,6 +260,10 @@ def _validate_instruction(record: Mapping[str, Any]) -> Rejection | None:
         if isinstance(value, str) and looks_like_card_number(value, identifier=name in _INSTRUCTION_IDS):
             return Rejection(RejectReason.CARD_NUMBER_DETECTED, name)
     kind = record["instruction"]
+    if kind == EventType.REDEEM.value:
+        from stream.core import redemption_messages
+
+        return redemption_messages.validate(record)
     needed = ("transaction_ref",) if kind != EventType.HOLD_MERCHANT.value else ("merchant_id", "until")
     for name in ("event_id", "account_id", "actor", "reason", *needed):
         if not record.get(name):
@@ -283,6 +308,10 @@ def note_event(event_id: str, kind: EventType, account_id: str, at: datetime, re
 
 def _instruction_event(record: Mapping[str, Any]) -> CardEvent:
     kind = EventType(record["instruction"])
+    if kind is EventType.REDEEM:
+        from stream.core import redemption_messages
+
+        return redemption_messages.to_event(record)
     merchant = record.get("merchant_id") or ""
     until = record.get("until")
     return CardEvent(

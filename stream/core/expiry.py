@@ -19,10 +19,14 @@ opened it and how many rewards it holds.
 **First earned, first used.** Whatever takes from AVAILABLE takes from the lots of its offer and
 unit, the oldest first (``consume``): today a refund or a chargeback clawing back a reward already
 available (``stream.core.clawbacks``). The lots are per offer, not per unit across offers, so each
-sponsor's EXPENSE book gets back exactly what its own rewards left unused. The engine sees no
-redemptions, so the lots of an offer whose rewards expire hold all its AVAILABLE: a clawback of such
-a reward takes at most what its offer's lots still hold, never what already expired (the sponsor
-got that back, the customer is not charged twice).
+sponsor's EXPENSE book gets back exactly what its own rewards left unused. A redemption
+(``stream.core.redemptions``) takes from the lots of its kind and unit, whatever the offer, the oldest
+first (``stream.core.redemptions.take_from_lots``), moving it from ``amount`` to ``redeemed``, so the lots of an offer whose rewards
+expire hold all its AVAILABLE plus what was redeemed of it: a clawback of such a reward takes what its
+offer's lots still hold, then what was redeemed of them (spent: AVAILABLE may go negative, as for cash
+paid out), never what already expired (the sponsor got that back, the customer is not charged twice).
+A lot redeemed whole is kept, amount 0, until its expiry, which moves nothing and tells nothing; at the
+expiry a lot is dropped with what was redeemed of it (a refund after that takes nothing of it).
 
 **Expiry.** ``stream.core.lifecycle`` makes an internal ``AVAILABLE_EXPIRY`` event at a lot's
 expiry (id ``available_expiry:<account>:<opening purchase>:<expiry ms>``, at the expiry time, not
@@ -96,19 +100,20 @@ def consume(step: AccountStep, share: Share, amount: int) -> int:
         return 0
     lots = step.own_lots()
     taken = 0
-    emptied: list[int] = []
-    for n in pool:
-        lot = lots[n]
-        part = min(lot.amount, amount - taken)
-        taken += part
-        if part == lot.amount:
-            emptied.append(n)
-        else:
-            lots[n] = msgspec.structs.replace(lot, amount=lot.amount - part)
+    for field in ("amount", "redeemed"):  # what is left first; then what the customer redeemed (spent, not expired)
+        for n in pool:
+            lot = lots[n]
+            part = min(getattr(lot, field), amount - taken)
+            if part:
+                lots[n] = msgspec.structs.replace(lot, **{field: getattr(lot, field) - part})
+                taken += part
+            if taken == amount:
+                break
         if taken == amount:
             break
-    for n in reversed(emptied):
-        del lots[n]
+    for n in reversed(pool):
+        if not (lots[n].amount or lots[n].redeemed):
+            del lots[n]
     return taken
 
 
@@ -119,6 +124,9 @@ def on_available_expiry(step: AccountStep) -> Outcome:
     if not due:
         return Outcome.NO_CHANGE  # used up by clawbacks, or expired already
     step.lots = [lot for lot in step.own_lots() if not (lot.ref == ref and lot.expires_ms <= at)]
+    due = [lot for lot in due if lot.amount > 0]  # a lot redeemed whole leaves nothing to expire
+    if not due:
+        return Outcome.NO_CHANGE
     for lot in due:
         terms = Share(
             offer_id=lot.offer_id,
@@ -153,6 +161,8 @@ def on_expiry_notice(step: AccountStep) -> Outcome:
     lots = step.own_lots()
     for n in due:
         lot = lots[n] = msgspec.structs.replace(lots[n], noticed=True)
+        if lot.amount <= 0:  # redeemed whole: nothing left to expire, nothing to tell
+            continue
         step.notices.append(
             ExpiryNotice(
                 f"{step.event.event_id}#{lot.offer_id}:{lot.unit}",
@@ -165,4 +175,4 @@ def on_expiry_notice(step: AccountStep) -> Outcome:
                 lot.expires_ms,
             )
         )
-    return Outcome.EXPIRY_NOTICED
+    return Outcome.EXPIRY_NOTICED if step.notices else Outcome.NO_CHANGE

@@ -36,6 +36,9 @@ class Outcome(str, enum.Enum):
     PAYOUT_REJECTED = "payout_rejected"  # the money went back to AVAILABLE
     WALLET_OPENED = "wallet_opened"
     LEDGER_BEHIND = "ledger_behind"  # an opening whose ledger balances are not the worker's latest: not applied
+    # redemptions (stream.core.redemptions)
+    REDEEMED = "redeemed"  # points or store credit redeemed: AVAILABLE -> REDEEMED
+    REDEMPTION_REFUSED = "redemption_refused"  # above the balance, or a wallet not known: nothing moved
     # a purchase that earns nothing, and why (the order is the order matching judges them in)
     DECLINED = "declined"
     NOT_A_PURCHASE = "not_a_purchase"

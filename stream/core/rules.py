@@ -117,6 +117,7 @@ from stream.core.notices import Notice
 from stream.core.offers import OfferBook
 from stream.core.outcomes import Outcome
 from stream.core.payouts import on_open_wallet, on_payout_result, on_payout_run, paid_again
+from stream.core.redemptions import on_redeem
 from stream.core.state import AccountState
 from stream.core.working_copy import AccountStep
 
@@ -124,7 +125,8 @@ __all__ = ["AccountProfile", "Decision", "Outcome", "decide", "new_state"]
 
 _NO_DELTAS: Mapping[str, int] = MappingProxyType({})
 # A lot's expiry and its notice (stream.core.expiry) are never beyond the horizon: its purchase may be long forgotten.
-# Nor are a payout run, a payout's answer, or a wallet's opening (stream.core.payouts): they are about no purchase.
+# Nor are a payout run, a payout's answer, or a wallet's opening (stream.core.payouts), nor a redemption: they are
+# about no purchase.
 _LOT_EVENTS = frozenset(
     {
         EventType.AVAILABLE_EXPIRY,
@@ -132,6 +134,7 @@ _LOT_EVENTS = frozenset(
         EventType.PAYOUT_RUN,
         EventType.PAYOUT_RESULT,
         EventType.OPEN_WALLET,
+        EventType.REDEEM,  # a redemption (stream.core.redemptions): about no purchase
     }
 )
 
@@ -230,4 +233,5 @@ _HANDLERS = {
     EventType.PAYOUT_RUN: on_payout_run,
     EventType.PAYOUT_RESULT: on_payout_result,
     EventType.OPEN_WALLET: on_open_wallet,
+    EventType.REDEEM: on_redeem,
 }

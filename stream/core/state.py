@@ -157,13 +157,16 @@ class Lot(msgspec.Struct, array_like=True, gc=False):
     version: int
     reward_kind: str  # POINTS or STORE_CREDIT
     unit: str  # PTS or the ISO 4217 currency
-    amount: int  # left, > 0
+    amount: int  # left, > 0 (0 once redeemed whole: kept until its expiry for a refund to take back)
     available_ms: int  # when its first reward became available
     expires_ms: int  # the end of the UTC day its period ends on
     notice_ms: int | None  # when the customer is to be told (None: no notice)
     ref: str
     count: int = 1
     noticed: bool = False  # the expiry notice was made (sent once: a lot stored before it was kept reads False)
+    # what the customer redeemed of it (stream.core.redemptions): no longer AVAILABLE, never expired, and taken
+    # back (AVAILABLE going negative) by a refund of its purchase like any spent reward; 0 in a lot stored before
+    redeemed: int = 0
 
 
 class Payout(msgspec.Struct, array_like=True, gc=False):

@@ -253,10 +253,12 @@ class AccountStep:
         amount: Amount | None = None,
         number: str | None = None,
         about: tuple[str, str] | None = None,
+        reward_kind: str = "CASH",
     ) -> None:
         """Record one entry; its id is ``<event_id>#<number>``, the number its position unless given (a
         reconciliation item, named, takes none: the entries' ids are those they had before items existed).
-        ``about``: for an entry of no share and no purchase (a payout), its (reference, cash currency).
+        ``about``: for an entry of no share and no purchase (a payout, a redemption), its (reference, unit),
+        ``reward_kind`` the kind of such an entry (a share's is its own).
 
         Every entry into or out of AVAILABLE moves the account's wallet by its amount, here and nowhere else."""
         if amount_minor <= 0 and moves_money(kind):
@@ -264,7 +266,7 @@ class AccountStep:
         event = self.event
         ref = self.purchase if about is None else about[0]
         currency = (share.currency if share else event.billing_currency) if about is None else about[1]
-        reward_kind = share.reward_kind if share else "CASH"
+        reward_kind = share.reward_kind if share else reward_kind
         if moves_money(kind) and (debit == _SPENDABLE) != (credit == _SPENDABLE):
             self._move_wallet(f"{reward_kind}:{currency}", amount_minor if credit == _SPENDABLE else -amount_minor)
         bought = self.txns.get(ref)

@@ -1,6 +1,7 @@
 """A STAND-IN for the bank's core banking system, for the local stack only (``make run``): it is no bank
 and pays nobody. It reads the payout instructions the workers send (``<prefix>payouts``) and answers each on
-``<prefix>payout-results``: CONFIRMED for most, REJECTED (reason ``standin_rejected``) for about one in ten,
+``<prefix>payout-results``, and the charities' remittances (``<prefix>donation-payouts``, stream.donations),
+answered on ``<prefix>donation-payout-results``: CONFIRMED for most, REJECTED (reason ``standin_rejected``) for about one in ten,
 chosen from the payout id, so the same payout always gets the same answer (a repeat of an instruction is
 answered again, the same way; the worker keeps the first answer).
 
@@ -39,10 +40,12 @@ def answer_for(payout_id: str) -> tuple[str, str | None]:
 
 
 def result_record(instruction: dict[str, Any], at: datetime) -> dict[str, Any]:
+    """The answer to a customer's payout (``account_id``) or to a charity's remittance (``charity_id``)."""
     status, reason = answer_for(instruction["payout_id"])
+    beneficiary = "charity_id" if "charity_id" in instruction else "account_id"
     return {
         "payout_id": instruction["payout_id"],
-        "account_id": instruction["account_id"],
+        beneficiary: instruction[beneficiary],
         "status": status,
         "reason_code": reason,
         "answered_at": at,
@@ -53,6 +56,7 @@ async def serve(settings: Settings, codec: Codec, topics: Catalogue, stop: async
     """Answer every payout instruction until ``stop`` is set; how many were answered."""
     consumer = AIOKafkaConsumer(
         topics.payouts.name,
+        topics.donation_payouts.name,
         bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id=group_id or f"{settings.app_id}-core-banking-standin",
         enable_auto_commit=False,
@@ -68,11 +72,21 @@ async def serve(settings: Settings, codec: Codec, topics: Catalogue, stop: async
             batches = await consumer.getmany(timeout_ms=500)
             for records in batches.values():
                 for record in records:
-                    _, instruction = codec.decode(record.value, expected_subject="payout_instruction")
-                    value = codec.encode("payout_result", result_record(instruction, datetime.now(UTC)))
-                    account = instruction["account_id"]
-                    partition = account_partition(account, topics.payout_results.partitions)
-                    await client.send_and_wait(topics.payout_results.name, value, key=account.encode(), partition=partition)
+                    charity = record.topic == topics.donation_payouts.name
+                    subject, answers = (
+                        ("donation_instruction", topics.donation_payout_results)
+                        if charity
+                        else (
+                            "payout_instruction",
+                            topics.payout_results,
+                        )
+                    )
+                    _, instruction = codec.decode(record.value, expected_subject=subject)
+                    result = result_record(instruction, datetime.now(UTC))
+                    value = codec.encode("donation_result" if charity else "payout_result", result)
+                    key = instruction["charity_id" if charity else "account_id"]
+                    partition = account_partition(key, answers.partitions)
+                    await client.send_and_wait(answers.name, value, key=key.encode(), partition=partition)
                     answered += 1
             if batches:
                 await consumer.commit()  # after the answers were delivered: at least once

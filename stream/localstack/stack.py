@@ -4,9 +4,10 @@ Starts a real single-node Kafka (KRaft) and an embedded Postgres unless KAFKA_BO
 or DATABASE_URL point at existing ones, creates the topics, migrates the ledger, loads offers,
 then runs the worker, the sink, the balance API, a stand-in for the bank's core banking system
 (``stream.localstack.core_banking``: it answers the payouts, most confirmed, a few rejected), the
-simulator and (if installed) Prometheus as child processes. Every port is picked free, so two runs can coexist. Ctrl-C (or SIGTERM) stops
-everything it started, children first; a child that dies takes the stack down with a non-zero
-exit. Children are also killed by the kernel if this process dies.
+simulator with a stand-in for the bank's app redeeming points and store credit through the API
+(``stream.localstack.bank_app``) and (if installed) Prometheus as child processes. Every port is
+picked free, so two runs can coexist. Ctrl-C (or SIGTERM) stops everything it started, children
+first; a child that dies takes the stack down with a non-zero exit. Children are also killed by the kernel if this process dies.
 
 Demo data goes only where the stack owns the servers: with its own Kafka and Postgres it loads the
 example offers and runs the simulator by default; when either server is an existing one (the
@@ -141,6 +142,7 @@ class LocalStack:
             # says otherwise. Only on the stack's own servers: a real cluster's payouts are the bank's.
             env.setdefault("PAYOUT_SCHEDULE", LOCAL_PAYOUT_SCHEDULE)
             env.setdefault("PAYOUT_MINIMUMS", "*=100")
+            env.setdefault("DONATION_SCHEDULE", LOCAL_PAYOUT_SCHEDULE)  # charities' remittances too (stream.donations)
         asyncio.run(system.create_topics())
         asyncio.run(system.migrate_database())
         if self._offers:
@@ -221,6 +223,10 @@ class LocalStack:
         prometheus_url = self._start_prometheus(ports)
         api = f"http://127.0.0.1:{ports['api']}"
         self._wait_ready(f"{api}/readyz")
+        if self._simulate:
+            # A stand-in for the bank's app: redeems some points and store credit through the API (stream.localstack.bank_app).
+            app = {"BANK_APP_API_URL": api, "BANK_APP_SIGNING_KEY": str(self.data_dir / "auth" / "signing-key.pem")}
+            self._spawn("bank-app-standin", [sys.executable, "-m", "stream.localstack.bank_app"], {**env, **app}, required=False)
         hours = f"{DEMO_TTL_S // 3600} h"
         self._say(
             f"\n{READY_LINE}\n"

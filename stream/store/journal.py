@@ -27,6 +27,9 @@ the tables' sizes then (``_SET_UP``).
 The SQL of migration 0010 and ``stream.core.balances`` compute balances by the same rules; the tests hold
 them equal (tests/integration/test_ledger.py).
 
+A refused redemption (accrual v8's REDEMPTION_REFUSED, ``stream.core.redemptions``) is a line like a purchase that
+earned nothing, written to the same table under its ``line_kind`` (migration 0018) and judged alike.
+
 Reconciliation items (accrual v4's RECONCILIATION records, ``stream.core.entries``) go to their own table,
 ``reconciliation_items`` (migration 0011), in the same transaction, on both paths: one ``INSERT ... ON CONFLICT DO
 NOTHING`` keyed by account and item id, so a replayed item writes nothing and needs no look-up. Their id
@@ -45,7 +48,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from stream.core.entries import RECONCILIATION, moves_money
+from stream.core.entries import RECONCILIATION, REDEMPTION_REFUSED, moves_money
 
 # Columns of a staged row, in the order the sink hands rows over.
 STAGING_COLUMNS = (
@@ -78,6 +81,8 @@ assert STAGING_COLUMNS[_OFFER] == "offer_id"
 assert STAGING_COLUMNS[_PURCHASE] == "purchase_ref"
 
 NOT_EARNED = "NOT_EARNED"
+# The lines written to purchases_not_earned, under their line_kind (migration 0018): judged alike.
+_NOT_EARNED_LINES = frozenset({NOT_EARNED, REDEMPTION_REFUSED})
 _HOLD_REVIEWS = ("HOLD_RELEASED", "HOLD_FORFEITED")
 _RACE_ATTEMPTS = 5  # judged writes of one batch before a key violation is taken for a refusal
 # What refuses a line whose id is held: the unique keys of the two tables, and migration 0010's check across them.
@@ -133,11 +138,12 @@ RETURNING kind
 # A line's offer_id is the offer it is about where the record names one (a holdout line: migration 0013).
 _INSERT_REFUSALS = """
 INSERT INTO purchases_not_earned (accrual_id, source_event_id, account_id, transaction_ref, reason,
-    detail, basis_minor, basis_currency, occurred_at, offer_id)
+    detail, basis_minor, basis_currency, occurred_at, offer_id, line_kind)
 SELECT accrual_id, source_event_id, account_id, transaction_ref, explanation->>'reason',
-    explanation->>'detail', (explanation->>'basis_minor')::bigint, explanation->>'basis_currency', occurred_at, offer_id
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::jsonb[], $7::text[])
-    AS n(accrual_id, source_event_id, account_id, transaction_ref, occurred_at, explanation, offer_id)
+    explanation->>'detail', (explanation->>'basis_minor')::bigint, explanation->>'basis_currency', occurred_at, offer_id,
+    line_kind
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::jsonb[], $7::text[], $8::text[])
+    AS n(accrual_id, source_event_id, account_id, transaction_ref, occurred_at, explanation, offer_id, line_kind)
 """
 
 
@@ -182,7 +188,7 @@ def judge(rows: Sequence[tuple[Any, ...]], held: dict[int, Held], repeats: bool)
             held_kind, held_fingerprint, not_earned, reason, detail = here
             if held_kind is not None and held_fingerprint != fingerprint:
                 conflicts.append((1, index, index, held_kind))
-            if not_earned and (kind != NOT_EARNED or (reason, detail) != _reason_and_detail(row)):
+            if not_earned and (kind not in _NOT_EARNED_LINES or (reason, detail) != _reason_and_detail(row)):
                 conflicts.append((2, index, index, NOT_EARNED))
         first = True  # of its id in this batch
         if repeats:
@@ -192,7 +198,7 @@ def judge(rows: Sequence[tuple[Any, ...]], held: dict[int, Held], repeats: bool)
             earlier.append(index)
         if len(conflicts) > found:
             refused.add(index)
-        elif kind != RECONCILIATION and here is not None and (here[2] if kind == NOT_EARNED else here[0] is not None):
+        elif kind != RECONCILIATION and here is not None and (here[2] if kind in _NOT_EARNED_LINES else here[0] is not None):
             pass  # a replay: the ledger holds it as it is
         elif first:  # else the same row again in this batch, after its first
             new.append(index)
@@ -242,11 +248,11 @@ async def _insert(
     reconciliation items into theirs (``lines`` holds both kinds): the kinds of the items new to it."""
     if entries:
         await connection.copy_records_to_table("ledger_entries", records=[r[1:] for r in entries], columns=LEDGER_COLUMNS)
-    refusals = [r for r in lines if r[_KIND] == NOT_EARNED]
+    refusals = [r for r in lines if r[_KIND] in _NOT_EARNED_LINES]
     if refusals:
         await connection.execute(
             _INSERT_REFUSALS,
-            *([r[c] for r in refusals] for c in (_ID, _SOURCE, _ACCOUNT, _REF, _OCCURRED, _EXPLANATION, _OFFER)),
+            *([r[c] for r in refusals] for c in (_ID, _SOURCE, _ACCOUNT, _REF, _OCCURRED, _EXPLANATION, _OFFER, _KIND)),
         )
     items = [r for r in lines if r[_KIND] == RECONCILIATION]
     if not items:

@@ -12,7 +12,7 @@ SELECT * FROM (
         explanation
     FROM ledger_entries WHERE account_id = $1 AND ($2::bigint IS NULL OR history_seq < $2)
     UNION ALL
-    SELECT history_seq, accrual_id, source_event_id, transaction_ref, 'NOT_EARNED', 'NONE', 'NONE', 0,
+    SELECT history_seq, accrual_id, source_event_id, transaction_ref, line_kind, 'NONE', 'NONE', 0,
         basis_currency::text, NULL, NULL, NULL, occurred_at, recorded_at,
         jsonb_build_object('reason', reason, 'detail', detail, 'basis_minor', basis_minor,
             'basis_currency', basis_currency, 'rate_bps', 0, 'rounding', 'down', 'carried_remainder', 0,

@@ -26,13 +26,16 @@ from stream.core.events import to_event
 from stream.core.money import exponent
 from stream.core.offer_parsing import parse_offer
 from stream.core.offers import Offer
+from stream.core.redemption_messages import redeem_instruction
 
 CASES_DIR = Path(__file__).resolve().parent / "cases"
 T0 = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
 DEFAULT_OFFERS = [{"offer_id": "grocery-5", "name": "5% at supermarkets", "rate_bps": 500, "mccs": ["5411"]}]
 AUTH_TYPES = {"AUTHORIZATION", "INCREMENTAL_AUTHORIZATION", "AUTHORIZATION_REVERSAL", "AUTHORIZATION_EXPIRY"}
 REVIEWS = {"RELEASE_HOLD", "FORFEIT_HOLD"}  # operations' instructions (stream.core.holds), on their own topic
-BALANCE_NAMES = ("pending", "confirmed", "available", "lifetime_earned", "clawed_back", "donated", "held", "paid_out")
+BALANCE_NAMES = (
+    *("pending", "confirmed", "available", "lifetime_earned", "clawed_back", "donated", "held", "paid_out", "redeemed"),
+)
 _DECIMAL = re.compile(r"-?\d+(?:\.\d+)?")
 
 
@@ -126,6 +129,20 @@ def _record(raw: dict[str, Any], account_id: str, defaults: dict[str, Any], inde
             "actor": spec.get("actor", "ops-conformance"),
             "reason": spec.get("reason", "reviewed"),
         }
+    if spec["type"] == "REDEEM":  # a redemption asked through the API (stream.core.redemptions), key ``key``
+        at = spec.get("at")
+        unit = spec.get("unit", "PTS")
+        record = redeem_instruction(
+            account_id,
+            str(spec.get("key", spec["id"])),
+            spec.get("reward_kind", "POINTS"),
+            unit,
+            to_minor(spec["amount"], unit, f"redemption {spec['id']}"),
+            spec.get("reference", ""),
+            "app-conformance",
+            datetime.fromisoformat(at) if at else T0 + timedelta(minutes=index),
+        )
+        return {**record, "event_type": "REDEEM"}
     if spec["type"] == "PAYOUT_RUN":  # a payout run for the account (stream.core.payouts), on its topic
         at = spec.get("at")
         record = {

@@ -28,7 +28,7 @@ from aiokafka import AIOKafkaConsumer
 
 from schemas.codec import SCHEMA_DIR, Codec
 from stream.api import create_app
-from stream.auth import ACCOUNTS_READ, OFFERS_ACTIVATE, OPERATIONS
+from stream.auth import ACCOUNTS_READ, OFFERS_ACTIVATE, OPERATIONS, REDEMPTIONS_WRITE
 from stream.core.balances import balances
 from stream.core.entries import Entry
 from stream.core.holdout import held_out
@@ -242,6 +242,7 @@ async def test_balances_of_an_account(client: httpx.AsyncClient) -> None:
                 "donated_minor": 0,
                 "held_minor": 0,
                 "paid_out_minor": 0,
+                "redeemed_minor": 0,
                 "available": "0.00 EUR",
             }
         ],
@@ -651,6 +652,8 @@ async def test_openapi_declares_the_bearer_scheme_on_every_protected_route(api: 
         ("put", "/v1/accounts/{account_id}/offers/{offer_id}/activation"): [[OFFERS_ACTIVATE]],
         ("delete", "/v1/accounts/{account_id}/offers/{offer_id}/activation"): [[OFFERS_ACTIVATE]],
         ("get", "/v1/charities/{charity_id}/donations"): [[OPERATIONS]],
+        ("get", "/v1/charities/{charity_id}/remittances"): [[OPERATIONS]],
+        ("get", "/v1/operations/payouts"): [[OPERATIONS]],
         ("get", "/v1/operations/ledger-conflicts"): [[OPERATIONS]],
         ("get", "/v1/operations/holds"): [[OPERATIONS]],
         ("post", "/v1/operations/holds/release"): [[OPERATIONS]],
@@ -663,6 +666,8 @@ async def test_openapi_declares_the_bearer_scheme_on_every_protected_route(api: 
         ("get", "/v1/operations/accounts/{account_id}/export"): [[OPERATIONS]],
         ("post", "/v1/operations/accounts/{account_id}/erasure"): [[OPERATIONS]],
         ("get", "/v1/offers"): [[]],
+        ("post", "/v1/accounts/{account_id}/redemptions"): [[REDEMPTIONS_WRITE]],
+        ("get", "/v1/accounts/{account_id}/redemptions/{idempotency_key}"): [[REDEMPTIONS_WRITE], [ACCOUNTS_READ], [OPERATIONS]],
     }
     operations = {(method, path): op for path, item in document["paths"].items() for method, op in item.items()}
     assert set(operations) == set(expected) | {("get", "/healthz"), ("get", "/readyz")}

@@ -116,6 +116,7 @@ def purchase_stories(tag: str) -> tuple[list[dict[str, Any]], dict[str, dict[str
             "donated_minor": 0,
             "held_minor": 0,
             "paid_out_minor": 0,
+            "redeemed_minor": 0,
         },
         b: {
             "pending_minor": 0,
@@ -126,6 +127,7 @@ def purchase_stories(tag: str) -> tuple[list[dict[str, Any]], dict[str, dict[str
             "donated_minor": 0,
             "held_minor": 0,
             "paid_out_minor": 0,
+            "redeemed_minor": 0,
         },
         c: {
             "pending_minor": 0,
@@ -136,6 +138,7 @@ def purchase_stories(tag: str) -> tuple[list[dict[str, Any]], dict[str, dict[str
             "donated_minor": 0,
             "held_minor": 0,
             "paid_out_minor": 0,
+            "redeemed_minor": 0,
         },
         d: None,
         e: {
@@ -147,6 +150,7 @@ def purchase_stories(tag: str) -> tuple[list[dict[str, Any]], dict[str, dict[str
             "donated_minor": 0,
             "held_minor": 0,
             "paid_out_minor": 0,
+            "redeemed_minor": 0,
         },
         f: {
             "pending_minor": 400,
@@ -157,6 +161,7 @@ def purchase_stories(tag: str) -> tuple[list[dict[str, Any]], dict[str, dict[str
             "donated_minor": 0,
             "held_minor": 0,
             "paid_out_minor": 0,
+            "redeemed_minor": 0,
         },
     }
     return records, expected
@@ -212,6 +217,7 @@ def sentinel(env: dict[str, str], base_url: str) -> None:
             "donated_minor": 0,
             "held_minor": 0,
             "paid_out_minor": 0,
+            "redeemed_minor": 0,
         },
     )
 
@@ -482,6 +488,7 @@ def test_bad_messages_go_to_dead_letters_and_good_ones_still_count(pipeline) -> 
             "donated_minor": 0,
             "held_minor": 0,
             "paid_out_minor": 0,
+            "redeemed_minor": 0,
         },
     )
     letters = asyncio.run(
@@ -528,6 +535,7 @@ def test_the_workers_own_clock_expires_an_old_authorisation(pipeline) -> None:  
             "donated_minor": 0,
             "held_minor": 0,
             "paid_out_minor": 0,
+            "redeemed_minor": 0,
         },
     )
     history = httpx.get(f"{base_url}/v1/accounts/{account}/history", headers=api_headers([OPERATIONS]), timeout=5).json()[
@@ -561,6 +569,7 @@ def test_the_same_event_id_on_two_accounts_is_two_events_each_paid_once(pipeline
                 "donated_minor": 0,
                 "held_minor": 0,
                 "paid_out_minor": 0,
+                "redeemed_minor": 0,
             },
         )
     assert asyncio.run(_ledger_count(processes.env["DATABASE_URL"], accounts)) == 2
@@ -596,9 +605,8 @@ def test_the_latency_objective_counts_from_the_card_events_broker_time(pipeline)
         )
     )
     pending = {"pending_minor": 500, "confirmed_minor": 0, "available_minor": 0, "lifetime_earned_minor": 0}
-    wait_for_balance(
-        base_url, account, {**pending, "clawed_back_minor": 0, "donated_minor": 0, "held_minor": 0, "paid_out_minor": 0}
-    )
+    others = {"clawed_back_minor": 0, "donated_minor": 0, "held_minor": 0, "paid_out_minor": 0, "redeemed_minor": 0}
+    wait_for_balance(base_url, account, {**pending, **others})
     # observed just after the commit the API already reads from
     wait_until(lambda: slower_than_300_s() == before + 1, 10, "one entry slower than 300 s", observe=slower_than_300_s)
 

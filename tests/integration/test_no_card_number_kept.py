@@ -53,6 +53,7 @@ GOOD_BALANCE = {
     "donated_minor": 0,
     "held_minor": 0,
     "paid_out_minor": 0,
+    "redeemed_minor": 0,
 }
 
 

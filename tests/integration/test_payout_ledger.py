@@ -89,6 +89,7 @@ def test_payouts_fold_into_balances_as_the_engine_says_and_a_replay_changes_noth
         "donated_minor": 0,
         "held_minor": 0,
         "paid_out_minor": 3_000,
+        "redeemed_minor": 0,
     }
     rows = rows_of(entries)
 

@@ -165,6 +165,18 @@ def test_a_payout_run_rejected_and_confirmed_then_asked_again_across_a_restart(
         answer(env, asked[rejected], "CONFIRMED")
         wait_until(lambda: worker_count(processes, "PAYOUT_RESULT", "no_change") == 1, 30, "the late answer decided")
 
+        # The operators' view follows (the payouts table: requests from the ledger, answers read by the sink), with
+        # the first answers.
+        def listed() -> list[tuple[Any, ...]]:
+            page = httpx.get(f"{base_url}/v1/operations/payouts?beneficiary=CUSTOMER", headers=api_headers(), timeout=5)
+            return sorted((p["payout_id"], p["amount_minor"], p["status"], p["reason_code"]) for p in page.json()["payouts"])
+
+        expected = [
+            (f"p:r1:{rejected}:EUR", 1_500, "REJECTED", "account_closed"),
+            (f"p:r1:{confirmed}:EUR", 1_200, "CONFIRMED", None),
+        ]
+        wait_until(lambda: listed() == sorted(expected), 30, "the payouts table to follow", observe=listed)
+
         # The history explains each line.
         history = httpx.get(
             f"{base_url}/v1/accounts/{rejected}/history", headers=api_headers([ACCOUNTS_READ], [rejected]), timeout=5

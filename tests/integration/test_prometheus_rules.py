@@ -84,6 +84,7 @@ def test_the_runbook_documents_no_alert_that_does_not_exist() -> None:
 BOUNDED_LABELS = {
     *("group", "topic", "partition", "stage", "reason", "event_type", "budget", "unit", "job", "instance", "le"),
     *("kind", "age"),  # reconciliation: stream.core.entries.ITEM_KINDS, stream.store.reconciliation.AGE_BUCKETS
+    "beneficiary",  # payouts: stream.metrics.PAYOUT_BENEFICIARIES
 }
 
 

@@ -37,6 +37,7 @@ PENDING_500 = {
     "donated_minor": 0,
     "held_minor": 0,
     "paid_out_minor": 0,
+    "redeemed_minor": 0,
 }
 CONFIRMED_500 = {
     "pending_minor": 0,
@@ -47,6 +48,7 @@ CONFIRMED_500 = {
     "donated_minor": 0,
     "held_minor": 0,
     "paid_out_minor": 0,
+    "redeemed_minor": 0,
 }
 
 

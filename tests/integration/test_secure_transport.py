@@ -109,6 +109,7 @@ def test_the_pipeline_runs_over_tls(
                 "donated_minor": 0,
                 "held_minor": 0,
                 "paid_out_minor": 0,
+                "redeemed_minor": 0,
             },
             timeout_s=90,
         )

@@ -60,6 +60,19 @@ def test_payouts_are_keyed_by_account_co_partitioned_and_kept_30_days() -> None:
     assert topics.payouts not in topics.inputs()
 
 
+def test_charities_remittances_and_answers_have_topics_of_their_own_that_the_workers_never_read() -> None:
+    """A charity's answer must never reach the workers, which read payout-results as accounts' answers."""
+    topics = catalogue(partitions=6)
+    for topic, subject in (
+        (topics.donation_payouts, "donation_instruction"),
+        (topics.donation_payout_results, "donation_result"),
+    ):
+        assert topic.value_subject == subject and topic.key == "charity_id"
+        assert not topic.co_partitioned and topic.config() == {"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)}
+        assert topic not in topics.inputs() and topic in topics.all()
+    assert topics.donation_payout_results.name == "cashback.donation-payout-results" != topics.payout_results.name
+
+
 def test_offers_and_activations_are_compacted() -> None:
     topics = catalogue()
     for topic in (topics.offers, topics.activations, topics.profiles):
@@ -102,7 +115,7 @@ def test_notifications_are_keyed_by_account_and_kept_a_week() -> None:
 @pytest.mark.parametrize("prefix", ["cashback.", "test-1.", ""])
 def test_names_are_unique_and_prefixed(prefix: str) -> None:
     names = [t.name for t in catalogue(prefix=prefix).all()]
-    assert len(names) == len(set(names)) == 14
+    assert len(names) == len(set(names)) == 16
     assert all(name.startswith(prefix) for name in names)
 
 

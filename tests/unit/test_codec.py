@@ -25,16 +25,18 @@ SHIPPED_IDS = {
     # offer.v6.avsc; offer.avsc (3), .v2 (7), .v3 (11), .v4 (17) and .v5 (19) keep theirs (test_offers_v2.py reads their bytes)
     "offer": 20,
     "offer_activation": 4,
-    "accrual": 24,  # accrual.v7.avsc; accrual.avsc (5), .v2 (10), .v3 (14), .v4 (16), .v5 (18) and .v6 (21) still decode
+    "accrual": 28,  # accrual.v8.avsc; accrual.avsc (5), .v2 (10), .v3 (14), .v4 (16), .v5 (18), .v6 (21), .v7 (24) still decode
     "dead_letter": 13,  # dead_letter.v2.avsc; dead_letter.avsc (6) still decodes (test_deadletter.py)
     "account_profile": 23,  # account_profile.v2.avsc (language); account_profile.avsc (8) still decodes
     "clock_tick": 9,
     "account_erasure": 12,
-    "account_instruction": 15,
+    "account_instruction": 29,  # account_instruction.v2.avsc (REDEEM); account_instruction.avsc (15) still decodes
     "notification": 22,
     "payout_run": 25,
     "payout_instruction": 26,
     "payout_result": 27,
+    "donation_instruction": 30,
+    "donation_result": 31,
 }
 
 
@@ -100,6 +102,9 @@ def valid_records() -> dict[str, dict[str, Any]]:
             "currency": "EUR",
             "actor": "ops-1",
             "reason": "customer called, receipts checked",
+            "reward_kind": None,
+            "amount_minor": None,
+            "reference": None,
         },
         "payout_run": {
             "run_id": "2026-12-03T0200Z",
@@ -126,6 +131,21 @@ def valid_records() -> dict[str, dict[str, Any]]:
             "account_id": "acct-1",
             "status": "REJECTED",
             "reason_code": "account_closed",
+            "answered_at": T0,
+        },
+        "donation_instruction": {
+            "payout_id": "d:2026-12-03T0200Z:red-cross:EUR",
+            "charity_id": "red-cross",
+            "amount_minor": 12_345,
+            "currency": "EUR",
+            "run_id": "2026-12-03T0200Z",
+            "requested_at": T0,
+        },
+        "donation_result": {
+            "payout_id": "d:2026-12-03T0200Z:red-cross:EUR",
+            "charity_id": "red-cross",
+            "status": "CONFIRMED",
+            "reason_code": None,
             "answered_at": T0,
         },
     }

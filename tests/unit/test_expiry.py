@@ -234,7 +234,7 @@ def test_an_expiry_entry_round_trips_through_accrual_v5() -> None:
     assert state is not None
     _, (entry,) = tick(state, datetime(2027, 1, 2, tzinfo=UTC), offers)
     raw = CODEC.encode("accrual", entry.record())
-    assert int.from_bytes(raw[1:5], "big") == 24  # accrual.v7.avsc (v5 added the kind)
+    assert int.from_bytes(raw[1:5], "big") == 28  # accrual.v8.avsc (v5 added the kind)
     assert CODEC.decode(raw, expected_subject="accrual")[1]["entry_kind"] == "AVAILABLE_EXPIRED"
 
 

@@ -78,6 +78,7 @@ def test_the_ledger_does_not_depend_on_how_often_the_clock_ticks() -> None:
             "donated_minor": 0,
             "held_minor": 0,
             "paid_out_minor": 0,
+            "redeemed_minor": 0,
         }
     }
     kinds = sorted((e.entry_kind, e.transaction_ref, e.amount_minor) for e in once)

@@ -106,8 +106,8 @@ def test_a_declined_or_second_authorisation_after_a_clearing_answers_nothing() -
 
 def test_an_item_round_trips_through_accrual_v4() -> None:
     (item,) = decide(after_purchase("CHARGEBACK", 2_500), book(offer()), None).entries
-    raw = CODEC.encode("accrual", item.record())  # written with the newest version (v5 a kind, v6 sponsor_id, v7 kinds appended)
-    assert int.from_bytes(raw[1:5], "big") == json.loads((SCHEMA_DIR / "ids.json").read_text())["accrual.v7.avsc"]
+    raw = CODEC.encode("accrual", item.record())  # written with the newest version (v5 a kind, v6 sponsor_id, v7, v8 kinds)
+    assert int.from_bytes(raw[1:5], "big") == json.loads((SCHEMA_DIR / "ids.json").read_text())["accrual.v8.avsc"]
     subject, record = CODEC.decode(raw, expected_subject="accrual")
     assert subject == "accrual" and record["entry_kind"] == "RECONCILIATION"
     assert record["explanation"]["reason"] == "unknown_chargeback"

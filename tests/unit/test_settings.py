@@ -56,10 +56,13 @@ def test_defaults() -> None:
         "notification_default_language": "en",
         "payout_schedule": "off",
         "payout_minimums": "*=1000",
+        "donation_schedule": "off",
+        "payout_gauges_interval_s": 60.0,
         "metrics_port": 0,
         "metrics_host": "127.0.0.1",
         "api_host": "127.0.0.1",
         "api_port": 8080,
+        "api_redemption_wait_s": 3.0,
         "api_auth_jwks": None,
         "api_auth_issuer": None,
         "api_auth_audience": "cashback-api",
@@ -356,7 +359,7 @@ def test_documentation_table_has_one_row_per_field() -> None:
     lines = documentation_table().splitlines()
     assert lines[:2] == ["| variable | default | meaning |", "|---|---|---|"]
     rows = lines[2:]
-    assert len(rows) == len(Settings.model_fields) == 43
+    assert len(rows) == len(Settings.model_fields) == 46
     assert [row.split("`")[1] for row in rows] == VARIABLES
     assert "| `TOPIC_PARTITIONS` | `4` | Partitions of the co-partitioned input and output topics. |" in rows
     assert "| `KAFKA_SASL_PASSWORD` |  | SASL password (never logged). |" in rows
@@ -370,6 +373,8 @@ def test_payout_settings_are_parsed_and_a_bad_one_names_its_variable() -> None:
     assert settings.payout_schedule_minutes() == (120, 870)
     assert settings.payout_minimums_by_currency() == ({"EUR": 1000, "JPY": 500}, 2000)
     assert Settings.from_env({}).payout_schedule_minutes() == ()  # off: runs only by the command
+    assert Settings.from_env({"DONATION_SCHEDULE": "02:00"}).donation_schedule_minutes() == (120,)
+    assert Settings.from_env({}).donation_schedule_minutes() == ()  # off: remittances only by the command
     assert Settings.from_env({"PAYOUT_MINIMUMS": "EUR=1"}).payout_minimums_by_currency() == ({"EUR": 1}, None)
     for name, bad, why in (
         ("PAYOUT_SCHEDULE", "2:00", "expected HH:MM UTC times"),
@@ -377,6 +382,7 @@ def test_payout_settings_are_parsed_and_a_bad_one_names_its_variable() -> None:
         ("PAYOUT_MINIMUMS", "EUR=0", "a whole number of 1 or more"),
         ("PAYOUT_MINIMUMS", "EUR=10,EUR=20", "EUR is given twice"),
         ("PAYOUT_MINIMUMS", "XYZ=10", "is not an ISO 4217 currency"),
+        ("DONATION_SCHEDULE", "25:00", "is not a time of day"),
     ):
         with pytest.raises(ConfigError, match=f"{name}: .*{why}"):
             Settings.from_env({name: bad})
