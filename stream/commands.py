@@ -158,7 +158,10 @@ def payouts(system: System, args: argparse.Namespace) -> None:
         sent = asyncio.run(
             open_wallets(system.settings, system.codec, topic, opening_id, now, args.operator, args.accounts or None)
         )
-        print(f"wallet opening {opening_id}: sent for {sent} account(s) (applied by the workers to wallets not known only)")
+        print(
+            f"wallet opening {opening_id}: sent for {sent} account(s) (applied by the workers to wallets not known only;"
+            " an account whose recent events moved no money is marked instead: run it again once the sink has caught up)"
+        )
         return
     run_id = args.run_id or run_id_at(datetime.now(UTC))
     now = run_time(run_id) or datetime.now(UTC)

@@ -95,6 +95,10 @@ _LATEST = """
 SELECT DISTINCT ON (account_id) account_id, accrual_id FROM ledger_entries
 WHERE account_id = ANY($1::text[]) ORDER BY account_id, entry_seq DESC
 """
+_LATEST_MARK = """
+SELECT DISTINCT ON (account_id) account_id, accrual_id FROM purchases_not_earned
+WHERE account_id = ANY($1::text[]) AND line_kind = 'WALLET_MARK' ORDER BY account_id, history_seq DESC
+"""
 _AVAILABLE = """
 SELECT account_id, reward_kind, currency, available_minor FROM balances WHERE account_id = ANY($1::text[])
 """
@@ -102,7 +106,13 @@ _ACCOUNTS = "SELECT DISTINCT account_id FROM balances ORDER BY account_id"
 
 
 def opening_record(
-    opening_id: str, account_id: str, at: datetime, actor: str, last_accrual_id: str | None, available: list[tuple[str, str, int]]
+    opening_id: str,
+    account_id: str,
+    at: datetime,
+    actor: str,
+    last_accrual_id: str | None,
+    available: list[tuple[str, str, int]],
+    last_mark_id: str | None = None,
 ) -> dict[str, Any]:
     """One account's wallet opening, as a ``payout_run`` message with ``wallet_opening`` set."""
     return {
@@ -115,23 +125,27 @@ def opening_record(
             "actor": actor,
             "last_accrual_id": last_accrual_id,
             "available": [{"reward_kind": k, "unit": u, "amount_minor": a} for k, u, a in sorted(available)],
+            "last_mark_id": last_mark_id,
         },
     }
 
 
 async def ledger_wallets(
     database_url: str, accounts: list[str] | None
-) -> dict[str, tuple[str | None, list[tuple[str, str, int]]]]:
-    """Per account (those given, else every account with a balance): the ledger's latest entry id and its
-    AVAILABLE per (reward kind, unit), read in one transaction (one snapshot: the two agree)."""
+) -> dict[str, tuple[str | None, str | None, list[tuple[str, str, int]]]]:
+    """Per account (those given, else every account with a balance): the ledger's latest entry id, its latest
+    wallet mark's and its AVAILABLE per (reward kind, unit), read in one transaction (one snapshot: they agree)."""
     connection = await asyncpg.connect(database_url, timeout=30)
     try:
         async with connection.transaction(isolation="repeatable_read", readonly=True):
             wanted = accounts if accounts else [row["account_id"] for row in await connection.fetch(_ACCOUNTS)]
             latest = {row["account_id"]: row["accrual_id"] for row in await connection.fetch(_LATEST, wanted)}
-            found: dict[str, tuple[str | None, list[tuple[str, str, int]]]] = {a: (latest.get(a), []) for a in wanted}
+            marks = {row["account_id"]: row["accrual_id"] for row in await connection.fetch(_LATEST_MARK, wanted)}
+            found: dict[str, tuple[str | None, str | None, list[tuple[str, str, int]]]] = {
+                a: (latest.get(a), marks.get(a), []) for a in wanted
+            }
             for row in await connection.fetch(_AVAILABLE, wanted):
-                found[row["account_id"]][1].append((row["reward_kind"], row["currency"].strip(), row["available_minor"]))
+                found[row["account_id"]][2].append((row["reward_kind"], row["currency"].strip(), row["available_minor"]))
             return found
     finally:
         await connection.close()
@@ -147,10 +161,10 @@ async def open_wallets(
         (
             topic.name,
             account.encode(),
-            codec.encode("payout_run", opening_record(opening_id, account, at, actor, last, available)),
+            codec.encode("payout_run", opening_record(opening_id, account, at, actor, last, available, mark)),
             account_partition(account, topic.partitions),
         )
-        for account, (last, available) in sorted(wallets.items())
+        for account, (last, mark, available) in sorted(wallets.items())
     ]
     await send_once(settings, messages)
     return len(messages)

@@ -27,8 +27,13 @@ ITEM_KINDS = ("unknown_refund", "unknown_chargeback", "unknown_chargeback_revers
 # moved; ``explanation.reason`` says why, the requested amount is its basis. Written to purchases_not_earned with its
 # own line kind (migration 0018): the API answers a repeated request from it.
 REDEMPTION_REFUSED = "REDEMPTION_REFUSED"
+# A wallet opening the worker could not check (none of the account's recent events moved money) marks the
+# account's place on the accruals topic (accrual v8, ``stream.core.payouts``): the next opening is checked against
+# it. No books moved, unit XXX. Written to purchases_not_earned with its own line kind (migration 0020), never
+# shown in the customer's history.
+WALLET_MARK = "WALLET_MARK"
 LINES_NOT_ENTRIES = frozenset(
-    {NOT_EARNED, RECONCILIATION, REDEMPTION_REFUSED}
+    {NOT_EARNED, RECONCILIATION, REDEMPTION_REFUSED, WALLET_MARK}
 )  # records of the accruals topic that move no money
 
 

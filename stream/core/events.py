@@ -111,11 +111,13 @@ class PayoutAnswer:
 class WalletOpening:
     """An operator opens a wallet not known from the ledger's balances: AVAILABLE per (reward kind,
     unit, minor) as the ledger holds it with ``last_accrual_id`` its latest entry of the account
-    (None: none). Applied only when that is the latest entry the worker made for the account."""
+    and ``last_mark_id`` its latest wallet mark (None: none). Applied only when the worker's latest
+    entry or mark of the account is the one the ledger had (``stream.core.payouts``)."""
 
     actor: str
     last_accrual_id: str | None
     available: tuple[tuple[str, str, int], ...] = ()
+    last_mark_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

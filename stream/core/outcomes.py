@@ -36,6 +36,7 @@ class Outcome(str, enum.Enum):
     PAYOUT_REJECTED = "payout_rejected"  # the money went back to AVAILABLE
     WALLET_OPENED = "wallet_opened"
     LEDGER_BEHIND = "ledger_behind"  # an opening whose ledger balances are not the worker's latest: not applied
+    WALLET_MARKED = "wallet_marked"  # an opening the worker could not check: a mark made for the next one
     # redemptions (stream.core.redemptions)
     REDEEMED = "redeemed"  # points or store credit redeemed: AVAILABLE -> REDEEMED
     REDEMPTION_REFUSED = "redemption_refused"  # above the balance, or a wallet not known: nothing moved

@@ -53,8 +53,9 @@ _WALLET_KINDS = frozenset({"CASH", "POINTS", "STORE_CREDIT", "CHARITY"})
 
 
 def _validate_wallet_opening(opening: Mapping[str, Any]) -> Rejection | None:
-    actor, last = opening.get("actor") or "", opening.get("last_accrual_id")
-    if looks_like_card_number(actor) or (isinstance(last, str) and looks_like_card_number(last, identifier=True)):
+    actor = opening.get("actor") or ""
+    ids = [i for i in (opening.get("last_accrual_id"), opening.get("last_mark_id")) if isinstance(i, str)]
+    if looks_like_card_number(actor) or any(looks_like_card_number(i, identifier=True) for i in ids):
         return Rejection(RejectReason.CARD_NUMBER_DETECTED, "wallet_opening")
     if not actor or len(actor) > INSTRUCTION_TEXT_LIMIT:
         return Rejection(RejectReason.INVALID_FIELD, "wallet_opening")
@@ -125,6 +126,7 @@ def payout_run_of(record: Mapping[str, Any]) -> CardEvent:
             opening["actor"],
             opening.get("last_accrual_id"),
             tuple(sorted((a["reward_kind"], a["unit"], a["amount_minor"]) for a in opening.get("available") or ())),
+            opening.get("last_mark_id"),
         )
         account, run = record["account_id"], record["run_id"]
         return note_event(

@@ -33,7 +33,11 @@ open-wallets``: an ``OPEN_WALLET`` event) with the ledger's AVAILABLE balances o
 latest entry of it: applied, decided in order with the account's events, only when that entry is the
 latest entry the worker made for the account (among its recent events), so the ledger held every
 entry the wallet would have counted; otherwise ``ledger_behind``, nothing changes, and the operator
-asks again once the sink has caught up.
+asks again once the sink has caught up. When none of the account's recent events moved money there is
+nothing to check against (its entries are older than what the worker remembers): the opening then
+makes a ``WALLET_MARK`` line (no books, no amount; ``wallet_marked``), which reaches the ledger after
+every earlier record of the account, and the next opening, carrying the ledger's latest mark, is
+checked against it as against an entry (``latest_place``).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from typing import Any
 
 import msgspec
 
-from stream.core.entries import Entry, moves_money
+from stream.core.entries import WALLET_MARK, Entry, moves_money
 from stream.core.events import CardEvent, EventType, PayoutAnswer, PayoutRun, WalletOpening, note_event, to_event, validate
 from stream.core.money import format_minor
 from stream.core.notices import PaidNotice
@@ -62,6 +66,7 @@ CONFIRMED = "CONFIRMED"
 REJECTED = "REJECTED"
 ANSWERS = PAYOUT_ANSWERS
 KEPT_ANSWERED = 64  # answered payouts an account keeps (a second answer to them is recognised)
+MARK_UNIT = "XXX"  # ISO 4217's "no currency": a wallet mark moves nothing
 
 
 def payout_id(run_id: str, account_id: str, currency: str) -> str:
@@ -181,9 +186,10 @@ def open_wallet_event(
     actor: str,
     last_accrual_id: str | None,
     available: Iterable[tuple[str, str, int]],
+    last_mark_id: str | None = None,
 ) -> CardEvent:
     """An operator's opening of the account's wallet from the ledger (``WalletOpening``)."""
-    note = WalletOpening(actor, last_accrual_id, tuple(sorted(available)))
+    note = WalletOpening(actor, last_accrual_id, tuple(sorted(available)), last_mark_id)
     return note_event(event_id, EventType.OPEN_WALLET, account_id, at, f"wallet:{account_id}", "EUR", note)
 
 
@@ -271,17 +277,29 @@ def on_open_wallet(step: AccountStep) -> Outcome:
     assert isinstance(note, WalletOpening)
     if step.wallet is not None:
         return Outcome.NO_CHANGE  # known already: the worker's own count stands
-    if note.last_accrual_id is None or note.last_accrual_id != latest_entry_id(step):
+    latest = latest_place(step)
+    if latest is None:  # nothing recent to check the ledger against: mark the place for the next opening
+        detail = (
+            f"wallet opening asked by {note.actor} not checked: none of the account's recent events moved money; "
+            "this mark is the place the next opening is checked against"
+        )
+        step.entry(WALLET_MARK, "NONE", "NONE", 0, None, "wallet_mark", detail, about=(step.event.event_id, MARK_UNIT))
+        return Outcome.WALLET_MARKED
+    kind, accrual_id = latest
+    if accrual_id != (note.last_mark_id if kind == WALLET_MARK else note.last_accrual_id):
         return Outcome.LEDGER_BEHIND
     step.wallet = {wallet_key(kind, unit): amount for kind, unit, amount in note.available if amount}
     return Outcome.WALLET_OPENED
 
 
-def latest_entry_id(step: AccountStep) -> str | None:
-    """The id of the latest ledger entry the worker made for the account among its recent events
-    (None: none of them moved money)."""
+def latest_place(step: AccountStep) -> tuple[str, str] | None:
+    """The kind and id of the latest ledger entry or wallet mark the worker made for the account among
+    its recent events (None: none of them moved money or marked the place). The ledger holds it only
+    once it holds every earlier record of the account: an account's records share a partition of the
+    accruals topic, which the sink writes in order, and a decision is forgotten only once its records
+    were delivered (``stream.outbox``)."""
     for recent in reversed(step.recent.values()):
         for entry in reversed(recent.entries):
-            if moves_money(entry.entry_kind):
-                return entry.accrual_id
+            if moves_money(entry.entry_kind) or entry.entry_kind == WALLET_MARK:
+                return entry.entry_kind, entry.accrual_id
     return None

@@ -28,7 +28,8 @@ The SQL of migration 0010 and ``stream.core.balances`` compute balances by the s
 them equal (tests/integration/test_ledger.py).
 
 A refused redemption (accrual v8's REDEMPTION_REFUSED, ``stream.core.redemptions``) is a line like a purchase that
-earned nothing, written to the same table under its ``line_kind`` (migration 0018) and judged alike.
+earned nothing, written to the same table under its ``line_kind`` (migration 0018) and judged alike; so is a wallet
+mark (WALLET_MARK, ``stream.core.payouts``, migration 0020).
 
 Reconciliation items (accrual v4's RECONCILIATION records, ``stream.core.entries``) go to their own table,
 ``reconciliation_items`` (migration 0011), in the same transaction, on both paths: one ``INSERT ... ON CONFLICT DO
@@ -48,7 +49,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from stream.core.entries import RECONCILIATION, REDEMPTION_REFUSED, moves_money
+from stream.core.entries import RECONCILIATION, REDEMPTION_REFUSED, WALLET_MARK, moves_money
 
 # Columns of a staged row, in the order the sink hands rows over.
 STAGING_COLUMNS = (
@@ -82,7 +83,7 @@ assert STAGING_COLUMNS[_PURCHASE] == "purchase_ref"
 
 NOT_EARNED = "NOT_EARNED"
 # The lines written to purchases_not_earned, under their line_kind (migration 0018): judged alike.
-_NOT_EARNED_LINES = frozenset({NOT_EARNED, REDEMPTION_REFUSED})
+_NOT_EARNED_LINES = frozenset({NOT_EARNED, REDEMPTION_REFUSED, WALLET_MARK})
 _HOLD_REVIEWS = ("HOLD_RELEASED", "HOLD_FORFEITED")
 _RACE_ATTEMPTS = 5  # judged writes of one batch before a key violation is taken for a refusal
 # What refuses a line whose id is held: the unique keys of the two tables, and migration 0010's check across them.

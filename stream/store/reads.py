@@ -18,6 +18,7 @@ SELECT * FROM (
             'basis_currency', basis_currency, 'rate_bps', 0, 'rounding', 'down', 'carried_remainder', 0,
             'force_post', false)
     FROM purchases_not_earned WHERE account_id = $1 AND ($2::bigint IS NULL OR history_seq < $2)
+        AND line_kind <> 'WALLET_MARK'  -- the worker's bookkeeping (stream.core.payouts), not the customer's
 ) AS lines
 ORDER BY history_seq DESC LIMIT $3
 """

@@ -157,3 +157,48 @@ def test_an_entry_of_another_shape_touching_paid_out_is_refused(database: str, c
             await connection.close()
 
     asyncio.run(scenario())
+
+
+def test_a_wallet_mark_is_kept_out_of_the_history_and_the_next_opening_reads_it(database: str) -> None:
+    """An account whose recent events moved no money: the opening's WALLET_MARK goes through the sink into
+    purchases_not_earned (migration 0020), the customer's history does not show it, and the opening the command
+    builds from the ledger then (latest entry, latest mark, AVAILABLE) opens the wallet."""
+    from stream.core.memory import RECENT_EVENTS_LIMIT
+    from stream.core.outcomes import Outcome
+    from stream.core.payouts import open_wallet_event
+    from stream.payout_runs import ledger_wallets
+    from stream.store.reads import history
+    from tests.unit.test_payouts import RUN_AT, Account, purchase, without_wallet
+
+    account = Account()
+    account.feed(*purchase("t1", 40_000))
+    assert account.state is not None
+    account.state = without_wallet(account.state)
+    for n in range(RECENT_EVENTS_LIMIT + 1):
+        account.feed(card_event("AUTHORIZATION", 5_000, event_id=f"d-{n}", transaction_ref=f"d-{n}", response_code="51"))
+    marked = account.feed(open_wallet_event("acct-1", "open-1", RUN_AT, "ops", None, []))
+    assert marked.outcome is Outcome.WALLET_MARKED
+
+    async def scenario() -> tuple[str | None, str | None, list[tuple[str, str, int]]]:
+        connection = await asyncpg.connect(database)
+        try:
+            await migrate(connection)
+            rows = rows_of(list(account.rows.values()))
+            assert (await write_batch(connection, rows)).conflicts == ()
+            assert (await write_batch(connection, rows)).written == 0  # a replay writes nothing, the mark included
+            kinds = await connection.fetch("SELECT line_kind, count(*) FROM purchases_not_earned GROUP BY 1 ORDER BY 1")
+            assert [tuple(k) for k in kinds] == [("NOT_EARNED", RECENT_EVENTS_LIMIT + 1), ("WALLET_MARK", 1)]
+            pool = await asyncpg.create_pool(database, min_size=1, max_size=1)
+            try:
+                lines = await history(pool, "acct-1", None, 100)
+            finally:
+                await pool.close()
+            assert len(lines) == len(account.rows) - 1 and "WALLET_MARK" not in {line["entry_kind"] for line in lines}
+        finally:
+            await connection.close()
+        return (await ledger_wallets(database, ["acct-1"]))["acct-1"]
+
+    last, mark, available = asyncio.run(scenario())
+    assert mark == marked.entries[0].accrual_id and last == max(r for r in account.rows if r.startswith("c-t1"))
+    opened = account.feed(open_wallet_event("acct-1", "open-2", RUN_AT, "ops", last, available, mark))
+    assert opened.outcome is Outcome.WALLET_OPENED and account.state.wallet == {"CASH:EUR": 2_000}

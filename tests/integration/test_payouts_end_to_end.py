@@ -227,7 +227,7 @@ def test_a_payout_run_rejected_and_confirmed_then_asked_again_across_a_restart(
         # Opening wallets from the ledger: a wallet the worker knows stays its own (no_change); an account the
         # worker never saw is dead-lettered, no state made for it.
         out = processes.cli("payouts", "open-wallets", "--account", small, "--account", "pay-never")
-        assert out.strip().endswith("sent for 2 account(s) (applied by the workers to wallets not known only)")
+        assert "sent for 2 account(s) (applied by the workers to wallets not known only;" in out
         wait_until(lambda: worker_count(processes, "OPEN_WALLET", "no_change") == 1, 30, "the known wallet left as is")
         unknown = {"stage": "matcher", "reason": "unknown_account"}
         wait_until(lambda: processes.metric("worker", "cashback_dead_letters_total", unknown) == 1, 30, "the unknown account")

@@ -32,7 +32,7 @@ SHIPPED_IDS = {
     "account_erasure": 12,
     "account_instruction": 29,  # account_instruction.v2.avsc (REDEEM); account_instruction.avsc (15) still decodes
     "notification": 22,
-    "payout_run": 25,
+    "payout_run": 32,  # payout_run.v2.avsc (wallet_opening.last_mark_id); payout_run.avsc (25) still decodes
     "payout_instruction": 26,
     "payout_result": 27,
     "donation_instruction": 30,
@@ -116,6 +116,7 @@ def valid_records() -> dict[str, dict[str, Any]]:
                 "actor": "ops-1",
                 "last_accrual_id": "evt-9#1",
                 "available": [{"reward_kind": "CASH", "unit": "EUR", "amount_minor": 2_500}],
+                "last_mark_id": "open-wallet:open-1:acct-1#0",
             },
         },
         "payout_instruction": {
@@ -337,3 +338,14 @@ def test_no_float_or_double_in_any_schema(path: Path) -> None:
     assert not types & {"float", "double"}
     # and nowhere in the text either, not even in a nested type the walk could miss
     assert '"float"' not in path.read_text() and '"double"' not in path.read_text()
+
+
+def test_a_wallet_opening_written_with_payout_run_version_1_decodes_without_a_mark(codec: Codec) -> None:
+    """Openings already on the payout-runs topic when the workers are upgraded still decode: no mark named."""
+    record = valid_records()["payout_run"]
+    opening = {k: v for k, v in record["wallet_opening"].items() if k != "last_mark_id"}
+    older = fastavro.parse_schema(json.loads((SCHEMA_DIR / "payout_run.avsc").read_text()))
+    body = Codec(schemas={25: Schema("payout_run", 25, older)}).encode("payout_run", {**record, "wallet_opening": opening})
+    assert body[1:5] == struct.pack(">I", 25)
+    subject, decoded = codec.decode(body)
+    assert subject == "payout_run" and decoded["wallet_opening"] == {**opening, "last_mark_id": None}

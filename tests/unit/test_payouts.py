@@ -286,6 +286,56 @@ def test_an_operator_opens_a_wallet_from_a_ledger_that_has_caught_up() -> None:
     assert [o.amount_minor for o in orders_of(account.feed(run_run()).entries)] == [2_000]
 
 
+def test_an_account_whose_recent_events_moved_no_money_is_marked_then_opened_against_the_mark() -> None:
+    from stream.core.entries import WALLET_MARK
+    from stream.core.memory import RECENT_EVENTS_LIMIT
+
+    account = Account()
+    account.feed(*purchase("t1", 40_000))
+    assert account.state is not None
+    account.state = without_wallet(account.state)
+    latest = max(account.rows)
+    ledger = [("CASH", "EUR", 2_000)]
+    # More purchases that earn nothing (declined) than the worker remembers: its money entries are forgotten.
+    for n in range(RECENT_EVENTS_LIMIT + 1):
+        declined = card_event("AUTHORIZATION", 5_000, event_id=f"d-{n}", transaction_ref=f"d-{n}", response_code="51")
+        assert account.feed(declined).outcome is Outcome.DECLINED
+    # The ledger's latest entry cannot be checked any more: the opening marks the place instead.
+    marked = account.feed(open_wallet_event("acct-1", "open-1", RUN_AT, "ops", latest, ledger))
+    assert marked.outcome is Outcome.WALLET_MARKED and account.state.wallet is None
+    ((mark,),) = [marked.entries]
+    assert (mark.entry_kind, mark.amount_minor, mark.debit_book, mark.credit_book) == (WALLET_MARK, 0, "NONE", "NONE")
+    assert (mark.accrual_id, mark.currency, mark.explanation.reason) == ("open-1#0", "XXX", "wallet_mark")
+    # Asked again before the mark reached the ledger (no mark named, or an older one): behind, no second mark.
+    for old_mark in (None, "open-wallet:open-0:acct-1#0"):
+        behind = account.feed(open_wallet_event("acct-1", f"open-2{old_mark}", RUN_AT, "ops", latest, ledger, old_mark))
+        assert behind.outcome is Outcome.LEDGER_BEHIND and behind.entries == () and account.state.wallet is None
+    # Once the ledger holds the mark it holds everything before it: opened.
+    opened = account.feed(open_wallet_event("acct-1", "open-3", RUN_AT, "ops", latest, ledger, mark.accrual_id))
+    assert opened.outcome is Outcome.WALLET_OPENED and account.state.wallet == {"CASH:EUR": 2_000}
+    # The opening that made the mark, redelivered, is the same decision: the same mark again, nothing opened twice.
+    again = account.feed(open_wallet_event("acct-1", "open-1", RUN_AT, "ops", latest, ledger))
+    assert again.outcome is Outcome.DUPLICATE and again.entries == marked.entries
+
+
+def test_a_money_entry_after_the_mark_is_what_the_next_opening_is_checked_against() -> None:
+    from stream.core.memory import RECENT_EVENTS_LIMIT
+
+    account = Account()
+    account.feed(*purchase("t1", 40_000))
+    assert account.state is not None
+    account.state = without_wallet(account.state)
+    for n in range(RECENT_EVENTS_LIMIT + 1):
+        account.feed(card_event("AUTHORIZATION", 5_000, event_id=f"d-{n}", transaction_ref=f"d-{n}", response_code="51"))
+    (mark,) = account.feed(open_wallet_event("acct-1", "open-1", RUN_AT, "ops", None, [])).entries
+    account.feed(*purchase("t2", 20_000, minutes=5))  # moves money after the mark
+    latest = max(r for r in account.rows if "t2" in r)
+    stale = account.feed(open_wallet_event("acct-1", "open-2", RUN_AT, "ops", "c-t1#1", [], mark.accrual_id))
+    assert stale.outcome is Outcome.LEDGER_BEHIND and account.state.wallet is None
+    opened = account.feed(open_wallet_event("acct-1", "open-3", RUN_AT, "ops", latest, [("CASH", "EUR", 3_000)], mark.accrual_id))
+    assert opened.outcome is Outcome.WALLET_OPENED and account.state.wallet == {"CASH:EUR": 3_000}
+
+
 # --- the wallet is always the AVAILABLE the entries imply ----------------------------------------
 
 

@@ -194,7 +194,7 @@ def test_a_bad_redeem_instruction_is_refused_naming_the_field(overrides: dict[st
     assert rejection is not None and rejection.field == field
 
 
-def test_account_instruction_v2_and_accrual_v8_append_only() -> None:
+def test_account_instruction_v2_and_accrual_v8_append_only() -> None:  # accrual v8 also appends WALLET_MARK (payouts)
     v1 = json.loads((SCHEMA_DIR / "account_instruction.avsc").read_text())
     v2 = json.loads((SCHEMA_DIR / "account_instruction.v2.avsc").read_text())
     assert v2["fields"][: len(v1["fields"])][2:] == v1["fields"][2:]
@@ -209,7 +209,12 @@ def test_account_instruction_v2_and_accrual_v8_append_only() -> None:
     assert CODEC.encode("account_instruction", old)[5:] == buffer.getvalue() + b"\x00\x00\x00"
     v7 = json.loads((SCHEMA_DIR / "accrual.v7.avsc").read_text())
     v8 = json.loads((SCHEMA_DIR / "accrual.v8.avsc").read_text())
-    assert v8["fields"][4]["type"]["symbols"] == [*v7["fields"][4]["type"]["symbols"], "REDEEMED", "REDEMPTION_REFUSED"]
+    assert v8["fields"][4]["type"]["symbols"] == [
+        *v7["fields"][4]["type"]["symbols"],
+        "REDEEMED",
+        "REDEMPTION_REFUSED",
+        "WALLET_MARK",
+    ]
     assert v8["fields"][5]["type"]["symbols"] == [*v7["fields"][5]["type"]["symbols"], "REDEEMED"]
     account = Account()
     account.feed(clearing("t1", T0))
