@@ -99,6 +99,10 @@ def test_an_erased_accounts_payouts_are_pseudonymised_with_its_ledger(stack: Pro
     env, database = stack.env, stack.env["DATABASE_URL"]
     pid = payout_id("c3", "cu-erased", "EUR")
     write_entries(database, paid_out("cu-erased", "c3"))
+    # Another payout of the account answered before its PAID_OUT entry reached the ledger: a row with no amount yet.
+    early = payout_id("c4", "cu-erased", "EUR")
+    customer_answer(env, early, "cu-erased", "CONFIRMED")
+    wait_until(lambda: early in payout_rows(database, "CUSTOMER"), 30, "the answer that came first")
 
     async def erase_it() -> str:
         connection = await asyncpg.connect(database)
@@ -110,6 +114,7 @@ def test_an_erased_accounts_payouts_are_pseudonymised_with_its_ledger(stack: Pro
     pseudonym = asyncio.run(erase_it())
     rows = query(database, "SELECT payout_id, beneficiary_id, amount_minor FROM payouts WHERE beneficiary_kind = 'CUSTOMER'")
     assert not [r for r in rows if "cu-erased" in r["payout_id"] or r["beneficiary_id"] == "cu-erased"]
+    assert early not in payout_rows(database, "CUSTOMER")  # its entry will never reach the ledger: the row is gone
     (row,) = [r for r in rows if r["beneficiary_id"] == pseudonym]
     ledger = query(
         database, "SELECT transaction_ref FROM ledger_entries WHERE account_id = $1 AND entry_kind = 'PAID_OUT'", pseudonym
