@@ -29,11 +29,14 @@ import logging
 import re
 import secrets
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from schemas.codec import Codec, DecodeError
 from stream.core.card_numbers import IDENTIFIER_FIELDS, MASK, looks_like_card_number, mask_card_numbers
 from stream.metrics import DEAD_LETTERS
+
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 log = logging.getLogger(__name__)
 
@@ -211,3 +214,14 @@ def dead_letter(
         "card_number_hashes": sorted(card_number_hash(number) for number in sorted(numbers)[:HASHES_LIMIT]),
     }
     return codec.encode("dead_letter", record)
+
+
+async def send_dead_letter(
+    producer: AIOKafkaProducer, codec: Codec, topic: str, stage: Stage, message: ConsumerRecord, reason: str, detail: str
+) -> None:
+    """A consumed message that cannot be processed, to the dead-letter topic with its reason, keyed by the topic it
+    came from; returns once the broker has it (so the caller may commit past it)."""
+    value = dead_letter(
+        codec, stage, reason, detail, message.topic, message.partition, message.offset, message.key, message.value
+    )
+    await producer.send_and_wait(topic, value, key=message.topic.encode())

@@ -21,7 +21,6 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
-import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
@@ -29,13 +28,13 @@ from schemas.codec import Codec, DecodeError
 from stream.core import payout_messages
 from stream.core.donations import answer_problem, remittance_id_parts
 from stream.core.events import RejectReason
-from stream.deadletter import OtherReason, Stage, dead_letter
+from stream.deadletter import OtherReason, Stage, send_dead_letter
 from stream.kafka_clients import start_client
 from stream.metrics import PAYOUT_ANSWERS
 from stream.producing import producer as make_producer
 from stream.settings import Settings
 from stream.store import payouts as store
-from stream.store.availability import until_postgres_answers
+from stream.store.availability import KeptConnection, until_postgres_answers
 from topics.catalogue import Catalogue
 
 log = logging.getLogger(__name__)
@@ -49,7 +48,7 @@ class PayoutAnswers:
         self.customers_topic = catalogue.payout_results.name
         self.charities_topic = catalogue.donation_payout_results.name
         self.dead_letter_topic = catalogue.dead_letters.name
-        self._connection: asyncpg.Connection | None = None
+        self._db = KeptConnection(settings.database_url)
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
@@ -83,8 +82,7 @@ class PayoutAnswers:
         finally:
             await consumer.stop()
             await producer.stop()
-            if self._connection is not None:
-                await self._connection.close()
+            await self._db.close()
 
     async def handle(self, records: Sequence[ConsumerRecord], producer: AIOKafkaProducer) -> None:
         """One batch: decoded, checked, written in one transaction; the charities' bad answers dead-lettered."""
@@ -115,10 +113,10 @@ class PayoutAnswers:
             return
 
         async def attempt() -> list[int]:
-            return await store.apply_answers(await self._connect(), customers, charities)
+            return await store.apply_answers(await self._db.get(), customers, charities)
 
         async def outage(_: BaseException) -> None:
-            await self._drop_connection()
+            self._db.drop()
 
         unknown = await until_postgres_answers(attempt, "the payout answers", outage)
         for customer in customers:
@@ -130,18 +128,5 @@ class PayoutAnswers:
             detail = f"payout_id: no remittance of run {parts[0] if parts else '?'} is recorded with this id"
             await self._dead_letter(producer, sources[position], OtherReason.UNKNOWN_PAYOUT.value, detail)
 
-    async def _connect(self) -> asyncpg.Connection:
-        if self._connection is None or self._connection.is_closed():
-            self._connection = await asyncpg.connect(self.settings.database_url, timeout=10)
-        return self._connection
-
-    async def _drop_connection(self) -> None:
-        if self._connection is not None:
-            self._connection.terminate()
-            self._connection = None
-
     async def _dead_letter(self, producer: AIOKafkaProducer, message: ConsumerRecord, reason: str, detail: str) -> None:
-        value = dead_letter(
-            self.codec, Stage.SINK, reason, detail, message.topic, message.partition, message.offset, message.key, message.value
-        )
-        await producer.send_and_wait(self.dead_letter_topic, value, key=message.topic.encode())
+        await send_dead_letter(producer, self.codec, self.dead_letter_topic, Stage.SINK, message, reason, detail)

@@ -38,7 +38,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 from schemas.codec import Codec, DecodeError
 from stream.core.abuse import RULE_NAMES
 from stream.core.entries import ITEM_KINDS
-from stream.deadletter import OtherReason, Stage, dead_letter
+from stream.deadletter import OtherReason, Stage, send_dead_letter
 from stream.kafka_clients import start_client
 from stream.metrics import (
     CONSUMER_LAG,
@@ -53,7 +53,7 @@ from stream.metrics import (
 )
 from stream.producing import producer as make_producer
 from stream.settings import Settings
-from stream.store.availability import until_postgres_answers
+from stream.store.availability import KeptConnection, until_postgres_answers
 from stream.store.journal import STAGING_COLUMNS, BatchResult, write_batch
 from topics.catalogue import SOURCE_TIME_HEADER, Catalogue
 
@@ -166,7 +166,7 @@ class Sink:
         self.codec = codec
         self._appending_ids = appending_ids(codec)  # accrual v3 and later (see staging_row)
         self._sponsoring_ids = sponsoring_ids(codec)  # accrual v6 and later (see staging_row)
-        self._connection: asyncpg.Connection | None = None
+        self._db = KeptConnection(settings.database_url)
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
@@ -192,8 +192,7 @@ class Sink:
         finally:
             await consumer.stop()
             await producer.stop()
-            if self._connection is not None:
-                await self._connection.close()
+            await self._db.close()
 
     async def _drain(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
         """Steps 1 to 4, batch after batch, until stopped."""
@@ -287,7 +286,7 @@ class Sink:
         """Write the batch, waiting for Postgres as long as it takes (step 3)."""
 
         async def attempt() -> BatchResult:
-            return await write_batch(await self._connect(), rows)
+            return await write_batch(await self._db.get(), rows)
 
         async def outage(_: BaseException) -> None:
             SINK_RETRIES.inc()
@@ -295,21 +294,11 @@ class Sink:
 
         return await until_postgres_answers(attempt, "the sink's batch", outage)
 
-    async def _connect(self) -> asyncpg.Connection:
-        if self._connection is None or self._connection.is_closed():
-            self._connection = await asyncpg.connect(self.settings.database_url, timeout=10)
-        return self._connection
-
     async def _drop_connection(self) -> None:
-        if self._connection is not None:
-            self._connection.terminate()
-            self._connection = None
+        self._db.drop()
 
     async def _dead_letter(self, producer: AIOKafkaProducer, message: ConsumerRecord, reason: str, detail: str) -> None:
-        value = dead_letter(
-            self.codec, Stage.SINK, reason, detail, message.topic, message.partition, message.offset, message.key, message.value
-        )
-        await producer.send_and_wait(self.dead_letter_topic, value, key=message.topic.encode())
+        await send_dead_letter(producer, self.codec, self.dead_letter_topic, Stage.SINK, message, reason, detail)
 
     async def _commit(self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         offsets = {tp: records[-1].offset + 1 for tp, records in batches.items() if records}

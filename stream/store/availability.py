@@ -50,3 +50,28 @@ async def until_postgres_answers(
                 await on_outage(error)
             await asyncio.sleep(delay)
             delay = min(delay * 2, MAX_DELAY_S)
+
+
+class KeptConnection:
+    """The one Postgres connection a long-running consumer (the sink, the payout answers) keeps across batches:
+    made on first use, and again after an outage dropped it (``until_postgres_answers``'s ``on_outage``)."""
+
+    def __init__(self, database_url: str) -> None:
+        self._url = database_url
+        self._connection: asyncpg.Connection | None = None
+
+    async def get(self) -> asyncpg.Connection:
+        if self._connection is None or self._connection.is_closed():
+            self._connection = await asyncpg.connect(self._url, timeout=10)
+        return self._connection
+
+    def drop(self) -> None:
+        """Forget a connection an outage may have left broken, without waiting on it."""
+        if self._connection is not None:
+            self._connection.terminate()
+            self._connection = None
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
