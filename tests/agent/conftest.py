@@ -224,6 +224,30 @@ class AgentHarness:
     def state(self, account: str = ACCOUNT) -> AccountState | None:
         return self.matcher.accounts.get(account)
 
+    def hold_deliveries(self, topic: str) -> tuple[list[asyncio.Future[Any]], list[Any]]:
+        """From now on, sends to ``topic`` stay undelivered until the test resolves them: the futures
+        standing for those deliveries, and the outbox's staged messages (``Staged``) as they are started."""
+        matcher = self.matcher
+        recorded, start = matcher.sends.send, matcher.outbox.start
+        pending: list[asyncio.Future[Any]] = []
+        staged_messages: list[Any] = []
+
+        async def undelivered(*args: Any, **kwargs: Any) -> Any:
+            delivery = await recorded(*args, **kwargs)
+            if args[0] == topic:
+                delivery = asyncio.get_running_loop().create_future()  # not delivered yet
+                pending.append(delivery)
+            return delivery
+
+        def keep_staged(*args: Any, **kwargs: Any) -> Any:
+            staged = start(*args, **kwargs)
+            staged_messages.append(staged)
+            return staged
+
+        matcher.sends.send = undelivered  # type: ignore[method-assign]
+        matcher.outbox.start = keep_staged  # type: ignore[method-assign]
+        return pending, staged_messages
+
 
 def encode_auth(codec: Codec, record: dict[str, Any]) -> bytes:
     return codec.encode("authorization_event", record)

@@ -91,27 +91,7 @@ async def test_the_notifications_delivery_counts_toward_the_input_offset(harness
     (``Staged.deliveries``, ``stream.progress``): the notification's delivery is among them, and
     among the decision's in-flight sends."""
     matcher = harness.matcher
-    topic = matcher.topics.notifications.name
-    recorded = matcher.sends.send
-    pending: list[asyncio.Future[Any]] = []
-
-    async def undelivered_notifications(*args: Any, **kwargs: Any) -> Any:
-        delivery = await recorded(*args, **kwargs)
-        if args[0] == topic:
-            delivery = asyncio.get_running_loop().create_future()  # not delivered yet
-            pending.append(delivery)
-        return delivery
-
-    staged_messages: list[Any] = []
-    start = matcher.outbox.start
-
-    def keep_staged(*args: Any, **kwargs: Any) -> Any:
-        staged = start(*args, **kwargs)
-        staged_messages.append(staged)
-        return staged
-
-    matcher.sends.send = undelivered_notifications  # type: ignore[method-assign]
-    matcher.outbox.start = keep_staged  # type: ignore[method-assign]
+    pending, staged_messages = harness.hold_deliveries(matcher.topics.notifications.name)
     await harness.put(encode_auth(harness.codec, card_record(amount_minor=10_000)))
     (staged,) = staged_messages
     (notification_delivery,) = pending

@@ -110,27 +110,7 @@ async def test_the_payout_leaves_only_once_the_state_is_on_the_changelog(harness
 async def test_the_payouts_delivery_counts_toward_the_input_offset(harness: AgentHarness) -> None:
     await with_cash(harness)
     matcher = harness.matcher
-    topic = matcher.topics.payouts.name
-    recorded = matcher.sends.send
-    pending: list[asyncio.Future[Any]] = []
-
-    async def undelivered_payouts(*args: Any, **kwargs: Any) -> Any:
-        delivery = await recorded(*args, **kwargs)
-        if args[0] == topic:
-            delivery = asyncio.get_running_loop().create_future()  # not delivered yet
-            pending.append(delivery)
-        return delivery
-
-    staged_messages: list[Any] = []
-    start = matcher.outbox.start
-
-    def keep_staged(*args: Any, **kwargs: Any) -> Any:
-        staged = start(*args, **kwargs)
-        staged_messages.append(staged)
-        return staged
-
-    matcher.sends.send = undelivered_payouts  # type: ignore[method-assign]
-    matcher.outbox.start = keep_staged  # type: ignore[method-assign]
+    pending, staged_messages = harness.hold_deliveries(matcher.topics.payouts.name)
     await harness.put(run_value(harness), ACCOUNT_KEY, topic=matcher.topics.payout_runs.name)
     (staged,) = staged_messages
     (payout_delivery,) = pending
