@@ -224,6 +224,20 @@ class AgentHarness:
     def state(self, account: str = ACCOUNT) -> AccountState | None:
         return self.matcher.accounts.get(account)
 
+    def hold_changelog(self) -> list[Any]:
+        """From now on, the state table's changelog sends stay unacknowledged until the test resolves them:
+        the list they are added to (``del self.matcher.states.take_sends`` ends it)."""
+        table = self.matcher.states
+        unacked: list[Any] = []
+
+        def held_back() -> list[Any]:
+            sends = type(table).take_sends(table)
+            unacked.extend(sends)
+            return sends
+
+        table.take_sends = held_back  # type: ignore[method-assign]
+        return unacked
+
     def hold_deliveries(self, topic: str) -> tuple[list[asyncio.Future[Any]], list[Any]]:
         """From now on, sends to ``topic`` stay undelivered until the test resolves them: the futures
         standing for those deliveries, and the outbox's staged messages (``Staged``) as they are started."""

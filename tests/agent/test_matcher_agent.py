@@ -506,15 +506,7 @@ async def test_entries_leave_only_once_the_state_is_on_the_changelog(harness: Ag
     """A crash before the changelog has the state must let no entry out: the event is then decided
     again on the changelog's state, maybe after other events (the two input topics have no common
     order), and entries of the first decision would disagree with the state."""
-    table = harness.matcher.states
-    unacked: list = []  # type: ignore[type-arg]
-
-    def held_back() -> list:  # type: ignore[type-arg]
-        sends = type(table).take_sends(table)
-        unacked.extend(sends)
-        return sends
-
-    table.take_sends = held_back  # type: ignore[method-assign]
+    unacked = harness.hold_changelog()
     expected = len(harness.handled) + 1
     await harness.put_nowait(encode_auth(harness.codec, card_record(amount_minor=10_000)))
     await asyncio.sleep(0.2)
@@ -541,15 +533,8 @@ async def test_the_local_store_gets_a_write_only_after_the_changelog_and_then_th
     write reaches the local store once acknowledged, and the persisted offset (where a restart
     resumes reading the changelog) moves only after that (stream.changelog_table)."""
     table = harness.matcher.states
-    unacked: list = []  # type: ignore[type-arg]
     events: list[str] = []
-
-    def held_back() -> list:  # type: ignore[type-arg]
-        sends = type(table).take_sends(table)
-        unacked.extend(sends)
-        return sends
-
-    table.take_sends = held_back  # type: ignore[method-assign]
+    unacked = harness.hold_changelog()
     table.data.set_persisted_offset = lambda tp, offset: events.append(  # type: ignore[method-assign]
         f"offset {offset}, local store {'has' if ACCOUNT in table.data else 'lacks'} the summary"
     )

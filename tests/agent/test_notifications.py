@@ -66,15 +66,7 @@ async def test_an_earning_purchase_notifies_after_its_entry_with_the_entrys_id(h
 
 
 async def test_notifications_leave_only_once_the_state_is_on_the_changelog(harness: AgentHarness) -> None:
-    table = harness.matcher.states
-    unacked: list[Any] = []
-
-    def held_back() -> list[Any]:
-        sends = type(table).take_sends(table)
-        unacked.extend(sends)
-        return sends
-
-    table.take_sends = held_back  # type: ignore[method-assign]
+    unacked = harness.hold_changelog()
     expected = len(harness.handled) + 1
     await harness.put_nowait(encode_auth(harness.codec, card_record(amount_minor=10_000)))
     await asyncio.sleep(0.2)

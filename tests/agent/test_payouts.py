@@ -87,15 +87,7 @@ async def test_a_run_sends_the_payout_after_its_entry_and_a_redelivery_sends_the
 
 async def test_the_payout_leaves_only_once_the_state_is_on_the_changelog(harness: AgentHarness) -> None:
     await with_cash(harness)
-    table = harness.matcher.states
-    unacked: list[Any] = []
-
-    def held_back() -> list[Any]:
-        sends = type(table).take_sends(table)
-        unacked.extend(sends)
-        return sends
-
-    table.take_sends = held_back  # type: ignore[method-assign]
+    unacked = harness.hold_changelog()
     expected = len(harness.handled) + 1
     await harness.put_nowait(run_value(harness), ACCOUNT_KEY, topic=harness.matcher.topics.payout_runs.name)
     await asyncio.sleep(0.2)
@@ -194,12 +186,6 @@ async def test_a_confirmation_notifies_paid_after_the_changelog_and_again_when_r
     await harness.put(run_value(harness), ACCOUNT_KEY, topic=topics.payout_runs.name)
     value = result_value(harness, "CONFIRMED")
     table = harness.matcher.states
-    unacked: list[Any] = []
-
-    def held_back() -> list[Any]:
-        sends = type(table).take_sends(table)
-        unacked.extend(sends)
-        return sends
 
     def told() -> list[dict[str, Any]]:
         return [
@@ -208,7 +194,7 @@ async def test_a_confirmation_notifies_paid_after_the_changelog_and_again_when_r
         ]
 
     before = len(told())
-    table.take_sends = held_back  # type: ignore[method-assign]
+    unacked = harness.hold_changelog()
     expected = len(harness.handled) + 1
     await harness.put_nowait(value, ACCOUNT_KEY, topic=topics.payout_results.name)
     await asyncio.sleep(0.2)
