@@ -168,14 +168,9 @@ def test_a_wallet_mark_is_kept_out_of_the_history_and_the_next_opening_reads_it(
     from stream.core.payouts import open_wallet_event
     from stream.payout_runs import ledger_wallets
     from stream.store.reads import history
-    from tests.unit.test_payouts import RUN_AT, Account, purchase, without_wallet
+    from tests.unit.test_payouts import RUN_AT, quiet_account_without_wallet
 
-    account = Account()
-    account.feed(*purchase("t1", 40_000))
-    assert account.state is not None
-    account.state = without_wallet(account.state)
-    for n in range(RECENT_EVENTS_LIMIT + 1):
-        account.feed(card_event("AUTHORIZATION", 5_000, event_id=f"d-{n}", transaction_ref=f"d-{n}", response_code="51"))
+    account = quiet_account_without_wallet()
     marked = account.feed(open_wallet_event("acct-1", "open-1", RUN_AT, "ops", None, []))
     assert marked.outcome is Outcome.WALLET_MARKED
 

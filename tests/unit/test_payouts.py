@@ -286,20 +286,28 @@ def test_an_operator_opens_a_wallet_from_a_ledger_that_has_caught_up() -> None:
     assert [o.amount_minor for o in orders_of(account.feed(run_run()).entries)] == [2_000]
 
 
-def test_an_account_whose_recent_events_moved_no_money_is_marked_then_opened_against_the_mark() -> None:
-    from stream.core.entries import WALLET_MARK
+def quiet_account_without_wallet() -> Account:
+    """An account stored before wallets were kept, with 20.00 EUR AVAILABLE from one purchase, then more purchases
+    that earned nothing (declined) than the worker remembers: its money entries are forgotten."""
     from stream.core.memory import RECENT_EVENTS_LIMIT
 
     account = Account()
     account.feed(*purchase("t1", 40_000))
     assert account.state is not None
     account.state = without_wallet(account.state)
-    latest = max(account.rows)
-    ledger = [("CASH", "EUR", 2_000)]
-    # More purchases that earn nothing (declined) than the worker remembers: its money entries are forgotten.
     for n in range(RECENT_EVENTS_LIMIT + 1):
         declined = card_event("AUTHORIZATION", 5_000, event_id=f"d-{n}", transaction_ref=f"d-{n}", response_code="51")
         assert account.feed(declined).outcome is Outcome.DECLINED
+    return account
+
+
+def test_an_account_whose_recent_events_moved_no_money_is_marked_then_opened_against_the_mark() -> None:
+    from stream.core.entries import WALLET_MARK
+
+    account = quiet_account_without_wallet()
+    assert account.state is not None
+    latest = max(r for r in account.rows if r.startswith("c-t1"))
+    ledger = [("CASH", "EUR", 2_000)]
     # The ledger's latest entry cannot be checked any more: the opening marks the place instead.
     marked = account.feed(open_wallet_event("acct-1", "open-1", RUN_AT, "ops", latest, ledger))
     assert marked.outcome is Outcome.WALLET_MARKED and account.state.wallet is None
@@ -319,14 +327,7 @@ def test_an_account_whose_recent_events_moved_no_money_is_marked_then_opened_aga
 
 
 def test_a_money_entry_after_the_mark_is_what_the_next_opening_is_checked_against() -> None:
-    from stream.core.memory import RECENT_EVENTS_LIMIT
-
-    account = Account()
-    account.feed(*purchase("t1", 40_000))
-    assert account.state is not None
-    account.state = without_wallet(account.state)
-    for n in range(RECENT_EVENTS_LIMIT + 1):
-        account.feed(card_event("AUTHORIZATION", 5_000, event_id=f"d-{n}", transaction_ref=f"d-{n}", response_code="51"))
+    account = quiet_account_without_wallet()
     (mark,) = account.feed(open_wallet_event("acct-1", "open-1", RUN_AT, "ops", None, [])).entries
     account.feed(*purchase("t2", 20_000, minutes=5))  # moves money after the mark
     latest = max(r for r in account.rows if "t2" in r)
