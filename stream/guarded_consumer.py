@@ -22,6 +22,9 @@ The overrides, each pinned by ``tests/agent/test_guarded_consumer.py``:
   messages Faust dropped meanwhile: a worker restarted after kill -9 (which then rebuilt its tables) never
   saw the clearings published while it was down.
 
+Its consumer thread (``PromptFetches``) also asks the broker to hold an empty fetch for at most
+``FETCH_MAX_WAIT_S`` instead of Faust's hard-coded 1.5 s (see there).
+
 ``watch_partitions`` reports each guarded partition's lag and reads again a partition stuck below
 its end. ``OffsetLookups`` asks the broker, outside the group, what the agent cannot learn from Faust:
 where a partition's accounting starts, and whether a hole holds records.
@@ -53,6 +56,25 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+# How long the broker may hold the worker's fetch when none of the partitions it names has a record.
+# aiokafka keeps one fetch in flight per broker and leaves out of it every partition whose fetched
+# records the agent has not taken yet; Faust creates its consumer with fetch_max_wait_ms=1500. So a
+# fetch sent while the card partitions' last records were still being taken named only quiet
+# partitions (the clock, the account topics), and the broker held it 1.5 s while card events
+# arrived: at 1,000 events/s the worker then settled into reading each card event 0.4-3 s after it
+# was published (the benchmark's paced stage: p50 1.5 s at the worker, its stream nearly empty).
+FETCH_MAX_WAIT_S = 0.05
+
+
+class PromptFetches(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's consumer thread, its aiokafka consumer fetching with ``FETCH_MAX_WAIT_S``."""
+
+    def _create_worker_consumer(self, transport: Any) -> AIOKafkaConsumer:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = int(FETCH_MAX_WAIT_S * 1000)  # read at its start, by its fetcher
+        return consumer
+
+
 class ReadPositions(defaultdict[TP, int | None]):
     """Faust's read position per partition, except that a guarded partition has none.
 
@@ -77,6 +99,9 @@ class GuardedConsumer(faust_aiokafka.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._read_offset = ReadPositions(self._guarded)
+
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return PromptFetches(self, loop=self.loop, beacon=self.beacon)
 
     def _guarded(self, tp: TP) -> bool:
         return tp.topic in self.app.guarded_topics  # type: ignore[attr-defined]

@@ -376,9 +376,9 @@ class Matcher:
         payload = dead_letter(
             self.codec, Stage.MATCHER, reason, detail, source.topic, source.partition, source.offset, source.key, source.value
         )
-        self._sent(await self.sends.send(self.topics.dead_letters.name, source.topic.encode(), payload))
+        self.keep_delivery(await self.sends.send(self.topics.dead_letters.name, source.topic.encode(), payload))
 
-    def _sent(self, delivery: Any) -> None:
+    def keep_delivery(self, delivery: Any) -> None:
         """Keep a send's delivery future: the message's offset is committed only once it succeeded."""
         if delivery is not None and self.current is not None:
             self.current.deliveries.append(delivery)

@@ -7,6 +7,13 @@ schedule has due (``PAYOUT_SCHEDULE``) of the accounts with cash.
 A tick read again (the worker stopped before it was committed) re-sends the entries its internal
 events made: the account's state keeps the tick's offset (``AccountState.ticked``), since those
 events, decided already, are no longer due.
+
+A tick is one message, and the card events read behind it wait while it is applied: a tick applies
+the ``DUE_ACCOUNTS_PER_TICK`` accounts due earliest, and when more are due it sends itself again
+(the same time, to its partition), so the rest is applied after the card events queued meanwhile.
+A backlog of due accounts (a worker back after hours away, a replay of older events) then delays a
+card event by one slice, not by the whole backlog. The tick is committed only once its sequel was
+delivered; read again, it sends another, which finds only what is still due.
 """
 
 from __future__ import annotations
@@ -26,6 +33,10 @@ if TYPE_CHECKING:
     from stream.matcher import Matcher, Source
 
 log = logging.getLogger(__name__)
+
+# The most accounts one tick applies what is due to before the card events queued behind it (about
+# a millisecond each when the account's state is read back from the local store).
+DUE_ACCOUNTS_PER_TICK = 100
 
 
 class TimePassing:
@@ -47,9 +58,13 @@ class TimePassing:
             return
         now_ms = int(record["now"].timestamp() * 1000)
         await self._resend_ticked(source.partition, source.offset)
-        for account_id in m.accounts.due(source.partition, now_ms):
+        due = m.accounts.due(source.partition, now_ms)
+        for account_id in due[:DUE_ACCOUNTS_PER_TICK]:
             for event in due_events(m.accounts.get(account_id), account_id, now_ms):
                 await m.apply(event, m.accounts.get(account_id), None, ticked=source.offset)
+        if len(due) > DUE_ACCOUNTS_PER_TICK:
+            # The rest after the card events read meanwhile: the same tick again, on its partition.
+            m.keep_delivery(await m.sends.send(m.topics.clock.name, source.key, source.value, source.partition))
         await self.scheduled_payouts(source.partition, now_ms)
         EVENTS_CONSUMED.labels("CLOCK_TICK", "applied").inc()
 

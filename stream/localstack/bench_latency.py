@@ -51,6 +51,8 @@ class Latency:
     p99_ms: float
     max_ms: float
     published_per_s: float  # the rate the publisher achieved
+    worker_p50_ms: float  # of the part from the event's broker timestamp to its first accrual leaving the worker
+    worker_p99_ms: float
 
 
 async def enable_commit_timestamps(database_url: str) -> None:
@@ -97,7 +99,9 @@ async def publish_paced(settings: Settings, catalogue: Catalogue, messages: Sequ
 
 
 async def broker_times(settings: Settings, codec: Codec, since: dict[TopicPartition, int]) -> dict[EventKey, int]:
-    """Each event's first broker timestamp (ms) among the messages from ``since`` to the topics' end."""
+    """Each event's first message timestamp (ms) among the messages from ``since`` to the topics'
+    end: on the card-event topics, the broker's (``LogAppendTime``); on the accruals topic, the
+    worker's producer's when it handed the record over (``CreateTime``): when its entry left."""
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False)
     await consumer.start()
     try:
@@ -112,7 +116,7 @@ async def broker_times(settings: Settings, codec: Codec, since: dict[TopicPartit
             for tp, records in (await consumer.getmany(timeout_ms=1000)).items():
                 for record in records:
                     _, event = codec.decode(record.value)
-                    key = (event["account_id"], event["event_id"])
+                    key = (event["account_id"], event.get("event_id") or event["source_event_id"])
                     found[key] = min(found.get(key, record.timestamp), record.timestamp)
                 if records and records[-1].offset >= ends[tp] - 1:
                     remaining.discard(tp)
@@ -143,10 +147,15 @@ def percentile(values: Sequence[float], share: float) -> float:
     return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
 
 
-def latency(published: dict[EventKey, int], readable: dict[EventKey, float], published_per_s: float) -> Latency:
+def latency(
+    published: dict[EventKey, int], readable: dict[EventKey, float], published_per_s: float, emitted: dict[EventKey, int]
+) -> Latency:
+    """``emitted``: each event's first accrual's producer timestamp (``broker_times`` on the accruals
+    topic), which splits the delay into the worker's part and the rest (the sink and Postgres)."""
     delays = [readable[key] - at for key, at in published.items() if key in readable]
     if not delays:
         raise RuntimeError("no paced event reached Postgres")
+    in_worker: list[float] = [emitted[key] - at for key, at in published.items() if key in readable and key in emitted] or [0.0]
     return Latency(
         events=len(delays),
         without_row=len(published) - len(delays),
@@ -154,4 +163,6 @@ def latency(published: dict[EventKey, int], readable: dict[EventKey, float], pub
         p99_ms=percentile(delays, 0.99),
         max_ms=max(delays),
         published_per_s=published_per_s,
+        worker_p50_ms=percentile(in_worker, 0.50),
+        worker_p99_ms=percentile(in_worker, 0.99),
     )

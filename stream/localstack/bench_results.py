@@ -67,6 +67,9 @@ class Results:
     latency_events: int = 0
     latency_events_without_row: int = 0
     published_per_s: float = 0.0
+    # the part of the latency up to the event's first accrual leaving the worker (its producer's timestamp)
+    worker_p50_ms_at_1k: float = 0.0
+    worker_p99_ms_at_1k: float = 0.0
     paced_backlog_s: float = 0.0  # from the paced publication's end to the worker's last decision of it
     # the long run
     rss_at_quarter_bytes: int = 0
@@ -127,6 +130,8 @@ class Results:
             ("latency p50 / p99 / max", f"{self.p50_ms_at_1k:,.0f} / {self.p99_ms_at_1k:,.0f} / {self.max_ms_at_1k:,.0f} ms",
              f"{self.latency_events:,} events at {self.published_per_s:,.0f}/s ({self.latency_events_without_row:,} without a row), "
              f"worker done {self.paced_backlog_s:.1f}s after the last"),
+            ("  of which in the worker", f"{self.worker_p50_ms_at_1k:,.0f} / {self.worker_p99_ms_at_1k:,.0f} ms",
+             "p50 / p99 from the broker timestamp to the event's first accrual leaving the worker"),
             ("worker RSS at 1/4 / end", f"{self.rss_at_quarter_bytes / mib:,.0f} / {self.rss_at_end_bytes / mib:,.0f} MiB",
              f"growth {self.rss_growth:.2f} over {self.long_events:,} events ({self.long_worker_events_per_s:,.0f} events/s)"),
             ("worker RSS at each 1/8", " ".join(f"{rss / mib:,.0f}" for rss in self.rss_at_eighths_bytes) + " MiB",

@@ -440,6 +440,45 @@ async def test_a_clock_tick_expires_what_fell_due_and_only_that(harness: AgentHa
     assert harness.matcher.accounts.due(home, 2**62) == []
 
 
+async def test_a_tick_with_more_due_than_its_slice_sends_itself_again_for_the_rest(
+    harness: AgentHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tick is one message: the card events read behind it wait while it applies what is due. It
+    applies the accounts due earliest up to ``DUE_ACCOUNTS_PER_TICK`` and sends itself again (the
+    same bytes, to its partition) for the rest, committed only once that send was delivered; the
+    sequel applies the rest and sends nothing more."""
+    from datetime import timedelta
+
+    from stream import time_passing
+    from topics.catalogue import account_partition
+
+    monkeypatch.setattr(time_passing, "DUE_ACCOUNTS_PER_TICK", 2)
+    partitions = harness.matcher.topics.authorizations.partitions
+    home = account_partition(ACCOUNT, partitions)
+    accounts = [a for a in (f"acct-{n}" for n in range(1, 400)) if account_partition(a, partitions) == home][:3]
+    clock = harness.matcher.topics.clock.name
+    auths = []
+    for hours, account in enumerate(accounts):  # due in this order: the first account first
+        auth = card_record(amount_minor=10_000, account_id=account, transaction_ref=f"txn-{account}")
+        auth["occurred_at"] += timedelta(hours=hours)
+        auths.append(auth)
+        await harness.put(encode_auth(harness.codec, auth), account.encode(), partition=home)
+    tick = harness.codec.encode("clock_tick", {"partition": home, "now": auths[0]["occurred_at"] + timedelta(days=31)})
+
+    first = await harness.put(tick, str(home).encode(), topic=clock, partition=home)
+    expired = [a["account_id"] for _, a in harness.accruals_decoded() if a["entry_kind"] == "EXPIRED"]
+    assert expired == accounts[:2]
+    sequels = harness.sends.to(clock).sent
+    assert [(s.key, s.value, s.partition) for s in sequels] == [(str(home).encode(), tick, home)]
+    assert first.outcome is None and harness.matcher.accounts.due(home, 2**62) == [accounts[2]]
+
+    await harness.put(sequels[0].value, sequels[0].key, topic=clock, partition=home)
+    expired = [a["account_id"] for _, a in harness.accruals_decoded() if a["entry_kind"] == "EXPIRED"]
+    assert expired == accounts
+    assert len(harness.sends.to(clock).sent) == 1  # nothing left: no sequel
+    assert harness.matcher.accounts.due(home, 2**62) == []
+
+
 async def test_every_accrual_carries_the_broker_timestamp_of_the_message_that_caused_it(harness: AgentHarness) -> None:
     """The sink measures event-to-balance latency from the accruals' ``SOURCE_TIME_HEADER``: the
     card event's broker timestamp for its entries, the clock tick's for an expiry (not the worker's
