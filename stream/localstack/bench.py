@@ -13,8 +13,8 @@ In order, on a log of the simulator's lifecycle mix (``stream.localstack.bench_s
    its own ``cashback_sink_entries_total{result="written"}``;
 4. **COPY**: asyncpg's ``copy_records_to_table`` of those ledger rows into a scratch ledger, rows/s;
 5. **latency**: with both caught up, more of the log published at 1,000 events/s; per event, the
-   sink's commit of its first row minus the message's broker timestamp, p99
-   (``stream.localstack.bench_latency``);
+   sink's commit of its first row minus the message's broker timestamp, p99, and the part of it up
+   to the worker's send of its first accrual (``stream.localstack.bench_latency``);
 6. **correctness**: the chaos run's oracle (``stream.localstack.chaos_oracle``) replays every card
    event of those topics through the pure engine in the order the worker decided them and
    compares each account's balances, and every ledger entry, with Postgres;

@@ -53,6 +53,9 @@ class Latency:
     published_per_s: float  # the rate the publisher achieved
     worker_p50_ms: float  # of the part from the event's broker timestamp to its first accrual leaving the worker
     worker_p99_ms: float
+    # per second of publication: the p99 of the events published in it (whether the delay comes in
+    # bursts or grows while the worker falls behind)
+    p99_by_second_ms: list[float]
 
 
 async def enable_commit_timestamps(database_url: str) -> None:
@@ -165,4 +168,16 @@ def latency(
         published_per_s=published_per_s,
         worker_p50_ms=percentile(in_worker, 0.50),
         worker_p99_ms=percentile(in_worker, 0.99),
+        p99_by_second_ms=_by_second(published, readable),
     )
+
+
+def _by_second(published: dict[EventKey, int], readable: dict[EventKey, float]) -> list[float]:
+    if not published:
+        return []
+    first = min(published.values())
+    seconds: dict[int, list[float]] = {}
+    for key, at in published.items():
+        if key in readable:
+            seconds.setdefault(int((at - first) // 1000), []).append(readable[key] - at)
+    return [round(percentile(seconds[s], 0.99)) if s in seconds else 0.0 for s in range(max(seconds, default=-1) + 1)]

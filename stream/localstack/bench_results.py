@@ -70,6 +70,7 @@ class Results:
     # the part of the latency up to the event's first accrual leaving the worker (its producer's timestamp)
     worker_p50_ms_at_1k: float = 0.0
     worker_p99_ms_at_1k: float = 0.0
+    p99_by_second_ms: list[float] = field(default_factory=list)  # the latency's p99 per second of publication
     paced_backlog_s: float = 0.0  # from the paced publication's end to the worker's last decision of it
     # the long run
     rss_at_quarter_bytes: int = 0

@@ -193,6 +193,7 @@ class Bench:
         results.latency_events, results.latency_events_without_row = measured.events, measured.without_row
         results.published_per_s = measured.published_per_s
         results.worker_p50_ms_at_1k, results.worker_p99_ms_at_1k = measured.worker_p50_ms, measured.worker_p99_ms
+        results.p99_by_second_ms = measured.p99_by_second_ms
         self.say(
             f"latency: p50 {measured.p50_ms:,.0f} ms, p99 {measured.p99_ms:,.0f} ms "
             f"(to the entries leaving the worker: p50 {measured.worker_p50_ms:,.0f} ms, p99 {measured.worker_p99_ms:,.0f} ms)"
