@@ -13,7 +13,9 @@ the ``DUE_ACCOUNTS_PER_TICK`` accounts due earliest, and when more are due it se
 (the same time, to its partition), so the rest is applied after the card events queued meanwhile.
 A backlog of due accounts (a worker back after hours away, a replay of older events) then delays a
 card event by one slice, not by the whole backlog. The tick is committed only once its sequel was
-delivered; read again, it sends another, which finds only what is still due.
+delivered; read again, it sends another, which finds only what is still due. A slice that leaves
+as many accounts due as it found sends no sequel (the next tick tries again), so no loop of ticks
+can run on accounts whose due events change nothing.
 """
 
 from __future__ import annotations
@@ -63,8 +65,11 @@ class TimePassing:
             for event in due_events(m.accounts.get(account_id), account_id, now_ms):
                 await m.apply(event, m.accounts.get(account_id), None, ticked=source.offset)
         if len(due) > DUE_ACCOUNTS_PER_TICK:
-            # The rest after the card events read meanwhile: the same tick again, on its partition.
-            m.keep_delivery(await m.sends.send(m.topics.clock.name, source.key, source.value, source.partition))
+            left = len(m.accounts.due(source.partition, now_ms))
+            if left < len(due):  # the rest after the card events read meanwhile: the same tick again
+                m.keep_delivery(await m.sends.send(m.topics.clock.name, source.key, source.value, source.partition))
+            else:  # never a loop of ticks that change nothing: the next tick tries again
+                log.warning("clock[%d]: %d accounts stay due once what was due was applied", source.partition, left)
         await self.scheduled_payouts(source.partition, now_ms)
         EVENTS_CONSUMED.labels("CLOCK_TICK", "applied").inc()
 

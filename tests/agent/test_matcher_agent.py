@@ -479,6 +479,31 @@ async def test_a_tick_with_more_due_than_its_slice_sends_itself_again_for_the_re
     assert harness.matcher.accounts.due(home, 2**62) == []
 
 
+async def test_a_tick_slice_that_leaves_every_account_due_sends_no_sequel(
+    harness: AgentHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Accounts that stay due once their due events were applied (here: none is made) must not
+    make a tick send itself again and again: the next tick of the clock tries them again."""
+    from datetime import timedelta
+
+    from stream import time_passing
+    from topics.catalogue import account_partition
+
+    monkeypatch.setattr(time_passing, "DUE_ACCOUNTS_PER_TICK", 1)
+    monkeypatch.setattr(time_passing, "due_events", lambda state, account_id, now_ms: [])
+    partitions = harness.matcher.topics.authorizations.partitions
+    home = account_partition(ACCOUNT, partitions)
+    accounts = [a for a in (f"acct-{n}" for n in range(1, 400)) if account_partition(a, partitions) == home][:2]
+    auth = card_record(amount_minor=10_000)
+    for account in accounts:
+        record = {**auth, "account_id": account, "event_id": f"evt-{account}", "transaction_ref": f"txn-{account}"}
+        await harness.put(encode_auth(harness.codec, record), account.encode(), partition=home)
+    tick = harness.codec.encode("clock_tick", {"partition": home, "now": auth["occurred_at"] + timedelta(days=31)})
+    await harness.put(tick, str(home).encode(), topic=harness.matcher.topics.clock.name, partition=home)
+    assert sorted(harness.matcher.accounts.due(home, 2**62)) == sorted(accounts)  # both still due
+    assert harness.sends.to(harness.matcher.topics.clock.name).sent == []
+
+
 async def test_every_accrual_carries_the_broker_timestamp_of_the_message_that_caused_it(harness: AgentHarness) -> None:
     """The sink measures event-to-balance latency from the accruals' ``SOURCE_TIME_HEADER``: the
     card event's broker timestamp for its entries, the clock tick's for an expiry (not the worker's
