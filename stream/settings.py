@@ -123,11 +123,11 @@ class Settings(BaseSettings):
         description="Days a settled transaction (and every event id of it) is remembered after its last event: the chargeback horizon.",
     )
     worker_state_cache_items: int = Field(
-        262_144,
+        65_536,
         ge=1,
         le=10_000_000,
         description="Account states the worker keeps whole in memory, counted in their transactions and recent events "
-        "(about 1 KB each: 262,144 is about 275 MB); the least recently used are read again from the local store.",
+        "(about 1 KB each, and more with the worker's overheads: README, Performance); the least recently used are read again from the local store.",
     )
     abuse_rules_file: str | None = Field(
         None,
