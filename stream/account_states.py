@@ -50,7 +50,7 @@ from topics.catalogue import account_partition
 # simulator's lifecycle mix): the least recently used states leave first, whatever their number.
 # A state not here is read from the local store (the summary, then each row it names). The
 # worker's is its setting ``WORKER_STATE_CACHE_ITEMS`` (the same default: README, Performance).
-CACHED_ITEMS = 65_536
+CACHED_ITEMS = 262_144
 # What separates an account id from the rest of its rows' keys (``stream.core.state_rows``: never
 # in an account id), so that ``<account><separator>`` starts every row key of the account.
 _ROW_SEPARATOR = txn_key("", "")[0]

@@ -123,7 +123,7 @@ class Settings(BaseSettings):
         description="Days a settled transaction (and every event id of it) is remembered after its last event: the chargeback horizon.",
     )
     worker_state_cache_items: int = Field(
-        65_536,
+        262_144,
         ge=1,
         le=10_000_000,
         description="Account states the worker keeps whole in memory, counted in their transactions and recent events "
