@@ -209,7 +209,7 @@ class AccountStates:
         pending = self.pending.pop(account_id, None)
         prefix = account_id + _ROW_SEPARATOR
         rows = set(self._stored_keys(prefix, partition))
-        rows.update(key for key in self.table.waiting_keys() if isinstance(key, str) and key.startswith(prefix))
+        rows.update(key for key in getattr(self.table, "unsettled", {}) if isinstance(key, str) and key.startswith(prefix))
         if pending is not None:
             rows.update(pending.rows)
         held = self._drop(account_id)
@@ -253,11 +253,8 @@ class AccountStates:
         index: dict[str, int] = {}
         cash: set[str] = set()
         ticked: dict[str, int] = {}
-        # The local store's keys, and those whose changes wait for the changelog (a batch settling
-        # while the next one is processed): read through the table, the newest value of each.
-        keys = dict.fromkeys([*self._stored_keys("", partition), *self.table.waiting_keys()])
-        for key in keys:
-            if isinstance(key, str) and is_summary_key(key) and account_partition(key, self.partitions) == partition:
+        for key in self._stored_keys("", partition):
+            if is_summary_key(key) and account_partition(key, self.partitions) == partition:
                 stored = decode_summary(self.table.get(key))
                 if stored is not None and stored.due_ms is not None:
                     index[key] = stored.due_ms

@@ -21,10 +21,6 @@ settles once per batch): ``settle`` sends them to the changelog then, each to th
 made on (given, or the partition of the message being processed when it was made), the last value
 of a key only, and writes each to the local store of that partition once acknowledged.
 
-Changes made while a settle waits for its acknowledgements (the matcher goes on with the next
-batch meanwhile) are not part of it: a settle takes the changes waiting when it starts
-(``sending``, still read back under any newer change) and leaves the newer ones for the next.
-
 The sends go straight to the producer's Kafka client (``sends``, a ``stream.producing.AppSends``),
 not through Faust's buffer of pending messages: that path cost about 40 microseconds a record, for
 three records per card event. Faust still flushes that client before it commits input offsets. A
@@ -77,8 +73,6 @@ class ChangelogTable(faust.Table):
         self.unacked: list[Awaitable[Any]] = []
         # key -> (partition, value or DELETED), in the order written
         self.unsettled: dict[Any, tuple[int, Any]] = {}
-        # the changes the settle under way took from ``unsettled``: sent, not yet acknowledged
-        self.sending: dict[Any, tuple[int, Any]] = {}
 
     # set by the matcher: what to do with each local store made for this table (its memory budget)
     configure_store: Callable[[Any], None] = staticmethod(lambda store: None)
@@ -141,28 +135,9 @@ class ChangelogTable(faust.Table):
         self.unsettled.pop(key, None)  # keep the order written
         self.unsettled[key] = (partition, value)
 
-    def waiting(self, key: Any) -> tuple[int, Any] | None:
-        """The change of ``key`` not yet in the local store (partition, value or ``DELETED``), the
-        newest first: staged since the last settle, or taken by the settle under way. None: none."""
-        held = self.unsettled.get(key)
-        if held is None and self.sending:
-            held = self.sending.get(key)
-        return held
-
-    def waiting_keys(self) -> list[Any]:
-        """Every key with a change not yet in the local store."""
-        return [*self.sending, *self.unsettled]
-
-    def discard(self) -> None:
-        """Drop every change not yet acknowledged (a batch dropped: read again from the store)."""
-        self.unsettled.clear()
-        self.sending = {}
-        self.unacked.clear()
-
     def __getitem__(self, key: Any) -> Any:
-        held = self.waiting(key)
-        if held is not None:
-            value = held[1]
+        if key in self.unsettled:
+            value = self.unsettled[key][1]
             return self.__missing__(key) if value is DELETED else value
         # One look-up in the local store: mode's dict asks ``key in data`` and then ``data[key]``,
         # two RocksDB reads (and two key encodings) for every row of every account read.
@@ -181,7 +156,7 @@ class ChangelogTable(faust.Table):
         found: list[Any] = [None] * len(keys)
         stored_at: list[int] = []
         for index, key in enumerate(keys):
-            held = self.waiting(key)
+            held = self.unsettled.get(key)
             if held is None:
                 stored_at.append(index)
             elif held[1] is not DELETED:
@@ -200,9 +175,8 @@ class ChangelogTable(faust.Table):
         return found
 
     def __contains__(self, key: object) -> bool:
-        held = self.waiting(key)
-        if held is not None:
-            return held[1] is not DELETED
+        if key in self.unsettled:
+            return self.unsettled[key][1] is not DELETED
         return super().__contains__(key)
 
     # --- the changelog ---------------------------------------------------------------------------
@@ -222,30 +196,27 @@ class ChangelogTable(faust.Table):
         longer than the producer retries) is made again, the same keys and values in the same
         order, until acknowledged; ``still_owned`` raises when a partition was lost meanwhile (or
         before the first send), and the changes are then dropped from memory (the partition's next
-        owner reads what the changelog has). Changes made meanwhile wait for the next settle; one
-        settle at a time."""
-        assert not self.sending, "one settle at a time"
-        self.sending, self.unsettled = self.unsettled, {}
+        owner reads what the changelog has)."""
         try:
             await self._send_unsettled(still_owned)
             held_to = await self._acknowledged(still_owned)
         except BaseException:
-            self.sending = {}
+            self.unsettled.clear()
             self.unacked.clear()
             raise
-        self.write_settled(self.sending, held_to)
-        self.sending = {}
+        self.write_settled(self.unsettled, held_to)
+        self.unsettled.clear()
 
     async def _send_unsettled(self, still_owned: Callable[[], None]) -> None:
-        """Hand every change of the settle under way to the producer, in the order written, while
-        the partitions are still this worker's (a revocation waits for ``handing_over``)."""
-        if not self.sending:
+        """Hand every unsettled change to the producer, in the order written, while the partitions
+        are still this worker's (a revocation waits for ``handing_over``)."""
+        if not self.unsettled:
             return
         assert self.sends is not None, "the table's sends are set before the agent runs"
         name = self.changelog_topic.get_topic_name()
         async with self.handing_over:
             still_owned()
-            for key, (partition, value) in list(self.sending.items()):
+            for key, (partition, value) in list(self.unsettled.items()):
                 raw_value = None if value is DELETED else self.changelog_value(value)
                 self.unacked.append(await self.sends.send(name, self.changelog_key(key), raw_value, partition))
 

@@ -13,9 +13,7 @@ Per event, in this order:
    is full), flush the batch (``stream.outbox``): hand the batch's states to the table (one summary per account), wait
    once until the table's changelog topic has them all, then send the entries to the accruals
    topic (keyed by account, so co-partitioned with the input) and account for the batch's
-   messages. The wait for the changelog and what follows it run in the background while the agent
-   processes the next batch, whose own flush waits for them first (one batch settles at a time).
-   Every record goes straight to the producer's Kafka client (``stream.producing``).
+   messages. Every record goes straight to the producer's Kafka client (``stream.producing``).
    Then the customer notifications those entries make (``stream.core.notices``), on the
    notifications topic, keyed by account, their deliveries counted before the commit like the
    entries'.
@@ -218,32 +216,29 @@ class Matcher:
     async def _consume(self, stream: StreamT) -> None:
         await self.offers.ready.wait()  # never match a purchase before every offer is known
         buffered = cast(Any, stream.channel).queue  # what the stream holds, read but not yet processed
-        try:
-            async for event in stream.events():
-                message = event.message
-                if await self.inputs.is_next(message.tp, message.offset):
-                    self.current = staged = self.outbox.start(message.tp, message.offset, message.timestamp)
-                    self.inputs.current_tp = message.tp
-                    self.inputs.done(message.tp, message.offset, staged.deliveries)  # committable once flushed and delivered
-                    try:
-                        await self.handle(message.topic, message.partition, message.offset, message.key, message.value)
-                    except PartitionRevoked as revoked:
-                        log.info("%s[%d] revoked while offset %d waited: left to its next owner", *message.tp, message.offset)
-                        self.outbox.batch.drop(staged, revoked)
-                        continue
-                    except BaseException as error:  # the agent fails: the message is read again
-                        self.outbox.batch.drop(staged, error)
-                        raise
-                    finally:
-                        staged.complete = True
-                        self.current = None
-                # One flush for what the stream brought within the batch's linger (or a full batch).
-                if self.outbox.batch and buffered.empty():
-                    await self.outbox.linger(buffered, BATCH_LINGER_S)
-                if self.outbox.batch and (buffered.empty() or len(self.outbox.batch) >= BATCH_LIMIT):
-                    await self.outbox.flush()
-        finally:  # the agent stops or fails: a batch still being settled is dropped (read again)
-            await self.outbox.abandon()
+        async for event in stream.events():
+            message = event.message
+            if await self.inputs.is_next(message.tp, message.offset):
+                self.current = staged = self.outbox.start(message.tp, message.offset, message.timestamp)
+                self.inputs.current_tp = message.tp
+                self.inputs.done(message.tp, message.offset, staged.deliveries)  # committable once flushed and delivered
+                try:
+                    await self.handle(message.topic, message.partition, message.offset, message.key, message.value)
+                except PartitionRevoked as revoked:
+                    log.info("%s[%d] revoked while offset %d waited: left to its next owner", *message.tp, message.offset)
+                    self.outbox.batch.drop(staged, revoked)
+                    continue
+                except BaseException as error:  # the agent fails: the message is read again
+                    self.outbox.batch.drop(staged, error)
+                    raise
+                finally:
+                    staged.complete = True
+                    self.current = None
+            # One flush for what the stream brought within the batch's linger (or a full batch).
+            if self.outbox.batch and buffered.empty():
+                await self.outbox.linger(buffered, BATCH_LINGER_S)
+            if self.outbox.batch and (buffered.empty() or len(self.outbox.batch) >= BATCH_LIMIT):
+                await self.outbox.flush()
 
     async def handle(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> Outcome | None:
         """Process one input message (steps 1-3 of the module doc). Returns the outcome, or None

@@ -8,15 +8,6 @@ its messages, instead of one changelog round trip per event. A rebalance during 
 (its messages are read again): its states would otherwise reach the changelog after the partitions'
 next owner started reading it.
 
-The wait and what follows it (``_settle``) run in the background: the agent processes the next
-batch meanwhile, on the states the settling batch wrote (read back from the table until the local
-store has them). Its flush waits for the settling one first, so the changelog gets the batches'
-states, and the accruals topic their entries, in the order the batches were processed. On a busy
-worker that overlaps the changelog's round trip (the broker's work, on another core) with the next
-batch's processing, which was idle time. A settling batch that is dropped dooms the batch processed
-meanwhile (``Batch.doomed``): that one was decided on the dropped states, so it is dropped at its
-flush too, whatever happened to its partitions, and both are read again.
-
 How much may wait: a worker killed after an account's state reached the changelog and before that
 decision's entries were delivered restarts with decisions whose entries never left. A redelivered
 event re-emits its entries only while it is among its account's last ``RECENT_EVENTS_LIMIT``
@@ -138,8 +129,6 @@ class Batch:
         self._staged: Counter[str] = Counter()  # account -> its decisions that stored a state
         self.rebalances: int | None = None
         self.opened = time.monotonic()  # when its first message started
-        # why it is to be dropped at its flush: the batch before it, whose states it may have read, was
-        self.doomed: BaseException | None = None
 
     def __len__(self) -> int:
         return len(self.messages)
@@ -255,9 +244,6 @@ class Outbox:
         self.dropped = dropped
         self.batch = Batch()
         self.in_flight = InFlightDecisions(limit)
-        # the batch being settled in the background (``flush``), and its task
-        self.settling_batch: Batch | None = None
-        self.settling: asyncio.Future[None] | None = None
 
     def start(self, tp: Any, offset: int, timestamp_s: float | None = None) -> Staged:
         """A message starts to be processed, in the current batch (``timestamp_s``: its broker
@@ -267,17 +253,11 @@ class Outbox:
         return self.batch.start(tp, offset, timestamp_s)
 
     async def room_for(self, account_id: str) -> None:
-        """Wait until the account has fewer than ``limit`` decisions staged (in the batch, or in the
-        batch being settled) or with entries undelivered: flush the batch, wait for the batch being
-        settled, or wait for the account's oldest delivery."""
-        while True:
-            settling = self.settling_batch.staged(account_id) if self.settling_batch is not None else 0
-            if self.batch.staged(account_id) + settling + self.in_flight.count(account_id) < self.in_flight.limit:
-                return
+        """Wait until the account has fewer than ``limit`` decisions staged or with entries
+        undelivered: flush the batch, or wait for the account's oldest delivery."""
+        while self.batch.staged(account_id) + self.in_flight.count(account_id) >= self.in_flight.limit:
             if self.batch.staged(account_id):
-                await self.flush(wait=True)
-            elif settling:
-                await self.settled()
+                await self.flush()
             else:
                 await self.in_flight.wait_for_one()
 
@@ -285,74 +265,38 @@ class Outbox:
         """Give the stream until the batch is ``wait_s`` old to bring more messages, while it holds
         none (``buffered``: its queue). Faust hands the agent one message per turn of the event loop,
         so the stream is empty between most messages even on a backlog: flushing then would cost a
-        changelog round trip per message or two. Past that, and while the batch before is still
-        being settled, the batch goes on taking what the stream brings: its flush would only wait
-        for that settle, and the messages arriving meanwhile would wait for the agent."""
+        changelog round trip per message or two."""
         deadline = self.batch.opened + wait_s
-        while buffered.empty() and (time.monotonic() < deadline or (self.settling is not None and not self.settling.done())):
+        while buffered.empty() and time.monotonic() < deadline:
             await asyncio.sleep(LINGER_POLL_S)
 
-    async def flush(self, wait: bool = False) -> None:
-        """Hand the batch's states to the changelog, and settle them in the background: once the
-        changelog acknowledged them, the batch's entries are sent and its messages accounted for
-        (their offsets committed once their sends are delivered). The agent goes on with the next
-        batch meanwhile; the next flush first waits for this one (``settled``), so batches reach the
-        changelog, and their entries leave, one after the other. ``wait``: return once settled.
-
+    async def flush(self) -> None:
+        """The batch's states on the changelog (one wait for all of them), then its entries sent,
+        then its messages accounted for (their offsets committed once their sends are delivered).
         A rebalance since the batch started, or a partition lost while a refused changelog write
         was retried, drops the whole batch: its messages are read again, by this worker or the
-        partition's next owner. The batch processed meanwhile read the dropped states: it is dropped
-        at its own flush (``Batch.doomed``), whatever happened to its partitions."""
-        await self.settled()
-        batch, self.batch = self.batch, Batch()
-        if batch.doomed is not None:
-            self._drop(batch, [], batch.doomed)  # its pending writes too; the batch opened now reads the store
-            return
-        self.settling_batch = batch
-        self.settling = asyncio.ensure_future(self._settle(batch, self.accounts.hand_over(), self.batch))
-        if wait:
-            await self.settled()
-
-    async def settled(self) -> None:
-        """Return once the batch being settled is (its entries sent); raise what failed it, if not
-        a revocation (the agent fails: every message not accounted for is read again)."""
-        task = self.settling
-        if task is None:
-            return
-        try:
-            await asyncio.shield(task)
-        finally:
-            if task.done():
-                self.settling = self.settling_batch = None
-
-    async def abandon(self) -> None:
-        """The agent stops: a settle under way is cancelled (its messages are read again)."""
-        task, self.settling, self.settling_batch = self.settling, None, None
-        if task is not None and not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-
-    async def _settle(self, batch: Batch, written: list[str], following: Batch) -> None:
-        """The batch's states on the changelog (one wait for all of them), then its entries sent,
-        then its messages accounted for. ``written``: the accounts whose states it handed over;
-        ``following``: the batch opened after it (carries on a message a flush cut in two)."""
+        partition's next owner."""
         started = time.perf_counter()
+        batch, self.batch = self.batch, Batch()
         partitions = batch.partitions()
 
         def still_owned() -> None:
             self.inputs.still_owned(partitions, since=batch.rebalances)
 
+        written = self.accounts.hand_over()
         try:
             for table in self.tables:
                 await table.settle(still_owned)
         except PartitionRevoked as revoked:
             log.info("partitions %s revoked while the batch's states were written: left to be read again", partitions)
-            self._drop(batch, written, revoked)
-            self._doom_open_batch(revoked)
+            self.accounts.forget_accounts(written)
+            self.dropped()
+            for staged in batch.messages:
+                staged.flushed.fail(revoked)
             return
-        except BaseException as error:  # the agent fails (its messages are read again): nothing of it is kept
-            self._drop(batch, written, error)
-            self._doom_open_batch(error)
+        except BaseException:  # the agent fails (its messages are read again): nothing of it is kept
+            self.accounts.forget_accounts(written)
+            self.dropped()
             raise
         for staged in batch.messages:
             for decided in staged.decisions:
@@ -361,26 +305,9 @@ class Outbox:
             if staged.complete:
                 staged.flushed.succeed()
             else:
-                following.keep(staged)  # a flush in the middle of a clock tick: the tick goes on
+                self.batch.keep(staged)  # a flush in the middle of a clock tick: the tick goes on
         WORKER_BATCH_SIZE.observe(len(batch.messages))
         WORKER_FLUSH_SECONDS.observe(time.perf_counter() - started)
-
-    def _drop(self, batch: Batch, written: list[str], error: BaseException) -> None:
-        """Nothing of ``batch`` is kept: its states are forgotten (read again from the store), the
-        pending ones and the tables' waiting changes dropped, its messages left to be read again."""
-        self.accounts.forget_accounts(written)
-        self.accounts.drop_pending()
-        for table in self.tables:
-            table.discard()
-        self.dropped()
-        for staged in batch.messages:
-            staged.flushed.fail(error)
-
-    def _doom_open_batch(self, error: BaseException) -> None:
-        """The batch processed while a dropped one was settled may have read its states: it is
-        dropped at its flush, and its pending writes (dropped now) are never handed over."""
-        if self.batch.doomed is None:
-            self.batch.doomed = error
 
     async def _send_entries(self, staged: Staged, decided: Decided) -> None:
         account_key = decided.account_id.encode()

@@ -362,25 +362,14 @@ async def agent_harness(matcher: Matcher, codec: Codec, *, ready: bool = True) -
 
         original_flush = matcher.outbox.flush
 
-        async def notify() -> None:
-            async with harness._done:
-                harness._done.notify_all()
-
-        def settled(_: Any) -> None:  # a batch settled in the background: its flush is over
-            harness.flushing -= 1
-            asyncio.ensure_future(notify())
-
-        async def flush(wait: bool = False) -> None:
+        async def flush() -> None:
             harness.flushing += 1
             try:
-                await original_flush(wait=wait)
+                await original_flush()
             finally:
-                task = matcher.outbox.settling
-                if task is not None and not task.done():
-                    harness.flushing += 1
-                    task.add_done_callback(settled)
                 harness.flushing -= 1
-                await notify()
+                async with harness._done:
+                    harness._done.notify_all()
 
         matcher.handle = handle  # type: ignore[method-assign]
         matcher.outbox.flush = flush  # type: ignore[method-assign]

@@ -183,24 +183,16 @@ class StoreTable:
     def __init__(self, store: Any) -> None:
         self.data = store
         self.unsettled: dict[str, Any] = {}
-        self.sending: dict[str, Any] = {}  # taken by a settle under way
         self.staged: list[tuple[str, Any, int]] = []
-
-    def waiting_keys(self) -> list[str]:
-        return [*self.sending, *self.unsettled]
 
     def stage(self, key: str, value: Any, partition: int) -> None:
         self.staged.append((key, value, partition))
 
     def get(self, key: str) -> Any:
-        for waiting in (self.unsettled, self.sending):  # the newest first, as the table reads
-            if key in waiting:
-                value = waiting[key][1]
-                return None if value is DELETED else value
         return self.data.get(key)
 
     def get_many(self, keys: list[str], partition: int) -> list[Any]:
-        return [self.get(key) for key in keys]
+        return [self.data.get(key) for key in keys]
 
     def keys(self) -> Any:
         raise AssertionError("a RocksDB store is read by prefix, never whole")
@@ -224,12 +216,10 @@ async def test_on_rocksdb_only_the_accounts_keys_of_its_partition_are_read(setti
     table = StoreTable(store)
     states = AccountStates(table, partitions=4)  # type: ignore[arg-type]
     table.unsettled[f"{ACCOUNT}\x1ft\x1fnot-yet-settled"] = (1, summary)
-    table.sending[f"{ACCOUNT}\x1ft\x1fbeing-settled"] = (1, summary)
 
     assert set(states._stored_keys(ACCOUNT + "\x1f", 1)) == set(keys[1:4])
     deleted = states.erase(ACCOUNT, 1)
-    assert deleted[0] == ACCOUNT
-    assert set(deleted) == {*keys[:4], f"{ACCOUNT}\x1ft\x1fnot-yet-settled", f"{ACCOUNT}\x1ft\x1fbeing-settled"}
+    assert deleted[0] == ACCOUNT and set(deleted) == {*keys[:4], f"{ACCOUNT}\x1ft\x1fnot-yet-settled"}
     assert all(value is DELETED and partition == 1 for _, value, partition in table.staged)
     assert not any(is_summary_key(key) and key != ACCOUNT for key in deleted)
 
@@ -250,21 +240,3 @@ async def test_on_rocksdb_the_due_accounts_of_a_partition_are_read_from_its_own_
     assert states.due(1, 1_000) == [mine[1], mine[0]]  # the earliest first; the one with nothing due left out
     assert states.due(1, 200) == [mine[1]]
     assert states.due(2, 1_000) == [other]
-
-
-async def test_the_due_accounts_include_those_whose_states_wait_for_the_changelog(settings: Settings, codec: Any) -> None:
-    """A partition's first tick may come while a batch's states wait for the changelog (the next
-    batch is processed meanwhile): its scan finds those accounts too, each with its newest due time,
-    not only what the local store holds."""
-    store = Matcher(settings, codec).states._new_store_by_url("rocksdb://")
-    mine = [a for a in (f"acct-{n}" for n in range(40)) if account_partition(a, 4) == 1][:4]
-    store._db_for_partition(1).put(store._encode_key(mine[0]), encode(Summary(layout=3, due_ms=300)))
-    store._db_for_partition(1).put(store._encode_key(mine[3]), encode(Summary(layout=3, due_ms=50)))
-    table = StoreTable(store)
-    table.sending[mine[0]] = (1, encode(Summary(layout=3, due_ms=100)))  # newer than the store's
-    table.sending[mine[1]] = (1, encode(Summary(layout=3, due_ms=200)))  # not in the store yet
-    table.unsettled[mine[2]] = (1, encode(Summary(layout=3, due_ms=150)))
-    table.unsettled[mine[3]] = (1, DELETED)  # erased, the deletion not settled yet
-    states = AccountStates(table, partitions=4)  # type: ignore[arg-type]
-
-    assert states.due(1, 1_000) == [mine[0], mine[2], mine[1]]

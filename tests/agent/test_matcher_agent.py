@@ -290,19 +290,16 @@ async def test_decisions_with_undelivered_entries_are_bounded_by_the_recent_wind
 
 @pytest.mark.asyncio
 async def test_an_account_never_has_more_decisions_staged_than_its_recent_window(harness: AgentHarness) -> None:
-    """Decisions staged in a batch count too, and those of the batch being settled: the account's
-    next decision flushes the batch first (its states on the changelog, its entries sent), whatever
-    the batch's size."""
+    """Decisions staged in a batch count too: the account's next decision flushes the batch first
+    (its states on the changelog, its entries sent), whatever the batch's size."""
     from stream.matcher import IN_FLIGHT_LIMIT
 
     flushes: list[int] = []
     flush = harness.matcher.outbox.flush
 
-    async def counted_flush(wait: bool = False) -> None:
-        outbox = harness.matcher.outbox
-        settling = outbox.settling_batch.staged(ACCOUNT) if outbox.settling_batch is not None else 0
-        flushes.append(outbox.batch.staged(ACCOUNT) + settling)  # the batch being settled counts too
-        await flush(wait=wait)
+    async def counted_flush() -> None:
+        flushes.append(harness.matcher.outbox.batch.staged(ACCOUNT))
+        await flush()
 
     harness.matcher.outbox.flush = counted_flush  # type: ignore[method-assign]
     for n in range(IN_FLIGHT_LIMIT + 3):
@@ -321,9 +318,9 @@ async def test_messages_arriving_a_little_apart_share_one_flush(harness: AgentHa
     sizes: list[int] = []
     flush = harness.matcher.outbox.flush
 
-    async def counted_flush(wait: bool = False) -> None:
+    async def counted_flush() -> None:
         sizes.append(len(harness.matcher.outbox.batch))
-        await flush(wait=wait)
+        await flush()
 
     harness.matcher.outbox.flush = counted_flush  # type: ignore[method-assign]
     gap_s = BATCH_LINGER_S / 10
@@ -620,7 +617,7 @@ async def test_the_local_store_gets_a_write_only_after_the_changelog_and_then_th
     for n, sent in enumerate(unacked[1:], start=42):
         sent.set_result(Acknowledged(changelog, n))
     await harness.wait_handled(expected)
-    assert ACCOUNT in table.data and table.waiting_keys() == []
+    assert ACCOUNT in table.data and table.unsettled == {}
     assert events == [f"offset {40 + len(unacked)}, local store has the summary"]
 
 
@@ -657,142 +654,17 @@ async def test_a_write_made_while_the_partition_is_lost_never_reaches_the_local_
     harness.matcher.inputs.done = lambda tp, offset, deliveries: (accounted.append(deliveries), done(tp, offset, deliveries))  # type: ignore[method-assign]
     await harness.put_nowait(encode_auth(harness.codec, card_record(amount_minor=10_000)), ACCOUNT_KEY, partition=3)
     await asyncio.sleep(0.1)
-    assert table.sending, "the write waits for the changelog"
+    assert table.unsettled, "the write waits for the changelog"
     harness.matcher.inputs.assigned = set()  # the rebalance took the partition away
     for _ in range(50):
         await asyncio.sleep(0.1)
-        if not table.sending:
+        if not table.unsettled:
             break
-    assert table.waiting_keys() == [] and ACCOUNT not in table.data and table.get(ACCOUNT) is None
+    assert table.unsettled == {} and ACCOUNT not in table.data and table.get(ACCOUNT) is None
     assert harness.accruals.sent == []  # left to the next owner: no entry sent, the offset never committable
     [(flushed,)] = accounted
     assert flushed.done() and isinstance(flushed.exception(), PartitionRevoked)
     assert harness.state() is None  # nor kept in memory: read again from what the store holds
-
-
-async def _until(condition: Any, what: str, timeout_s: float = 5.0) -> None:
-    for _ in range(int(timeout_s / 0.01)):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"never: {what}")
-
-
-async def test_the_next_batch_is_processed_while_the_last_waits_for_the_changelog(harness: AgentHarness) -> None:
-    """The agent goes on with the next messages while a batch's states wait for the changelog's
-    acknowledgement; the next batch's states, and every entry, wait for it: batches reach the
-    changelog and their entries leave one after the other."""
-    unacked = harness.hold_changelog()
-    await harness.put_nowait(encode_auth(harness.codec, card_record(amount_minor=10_000, transaction_ref="txn-1")))
-    await _until(lambda: unacked, "the first batch's states sent")
-    first = len(unacked)
-    await harness.put_nowait(encode_auth(harness.codec, card_record(amount_minor=20_000, transaction_ref="txn-2")))
-    await _until(lambda: len(harness.handled) == 2, "the second message processed while the first batch waits")
-    assert harness.matcher.outbox.settling_batch is not None and harness.matcher.outbox.batch
-    await asyncio.sleep(0.2)  # the second batch lingered, and its flush waits for the first
-    assert len(unacked) == first, "a batch's states went to the changelog before the last one's were acknowledged"
-    assert harness.accruals.sent == [], "an entry left before its state was on the changelog"
-    for sent in unacked[:first]:
-        sent.set_result(None)
-    await _until(lambda: len(unacked) > first, "the second batch's states sent once the first's were acknowledged")
-    first_entries = len(harness.accruals.sent)
-    assert first_entries >= 1
-    await asyncio.sleep(0.1)
-    assert len(harness.accruals.sent) == first_entries, "the second batch's entries left before its states were on the changelog"
-    for sent in unacked[first:]:
-        sent.set_result(None)
-    await harness.wait_handled(2)
-    assert len(harness.accruals.sent) > first_entries
-    state = harness.state()
-    assert state is not None and set(state.txns) == {"txn-1", "txn-2"}
-
-
-async def test_while_a_batch_waits_for_the_changelog_the_next_takes_every_message_that_comes(harness: AgentHarness) -> None:
-    """Past its linger, a batch whose predecessor still waits for the changelog keeps taking the
-    messages the stream brings instead of waiting at its flush (they would wait for the agent), and
-    is flushed, whole, once that wait is over."""
-    from stream.matcher import BATCH_LINGER_S
-
-    unacked = harness.hold_changelog()
-    await harness.put_nowait(encode_auth(harness.codec, card_record(amount_minor=10_000, transaction_ref="txn-1")))
-    await _until(lambda: unacked, "the first batch's states sent")
-    first = len(unacked)
-    for n in (2, 3):
-        await harness.put_nowait(encode_auth(harness.codec, card_record(amount_minor=10_000, transaction_ref=f"txn-{n}")))
-        await asyncio.sleep(BATCH_LINGER_S * 5)
-    await _until(lambda: len(harness.handled) == 3, "both later messages decided while the first batch waits")
-    assert len(harness.matcher.outbox.batch) == 2
-    for sent in unacked[:first]:
-        sent.set_result(None)
-    await _until(lambda: len(unacked) > first, "the second batch flushed once the first settled")
-    assert harness.matcher.outbox.settling_batch is not None and len(harness.matcher.outbox.settling_batch) == 2
-    for sent in unacked[first:]:
-        sent.set_result(None)
-    await harness.wait_handled(3)
-
-
-async def test_a_batch_dropped_while_settled_drops_the_batch_processed_meanwhile(harness: AgentHarness) -> None:
-    """A batch dropped at its settle (a rebalance while the broker refused its states) takes the
-    batch processed meanwhile with it, though that one's partitions stayed: it was decided on the
-    dropped states (its summary would name rows no store ever holds). Nothing of either leaves, both
-    are read again, and nothing of them is kept in memory."""
-    table = harness.matcher.states
-    original = type(table).take_sends
-
-    def refused() -> list:  # type: ignore[type-arg]
-        sends = original(table)
-        for sent in sends:
-            if not sent.done():
-                sent.set_exception(ConnectionError("broker away"))
-        return sends
-
-    table.take_sends = refused  # type: ignore[method-assign]
-    accounted: list[list[Any]] = []
-    done = harness.matcher.inputs.done
-    harness.matcher.inputs.done = lambda tp, offset, deliveries: (accounted.append(deliveries), done(tp, offset, deliveries))  # type: ignore[method-assign]
-    await harness.put_nowait(
-        encode_auth(harness.codec, card_record(amount_minor=10_000, transaction_ref="txn-1")), ACCOUNT_KEY, partition=3
-    )
-    await _until(lambda: table.sending, "the first batch's states sent (and refused)")
-    sent_before = len(harness.changelog())
-    harness.matcher.inputs.rebalances += 1  # a rebalance gave partition 3 back: the first batch's states are stale
-    await harness.put_nowait(
-        encode_auth(harness.codec, card_record(amount_minor=20_000, transaction_ref="txn-2")), ACCOUNT_KEY, partition=3
-    )
-    await _until(lambda: len(accounted) == 2, "the second message processed on the first batch's states")
-    await _until(lambda: all(deliveries[0].done() for deliveries in accounted), "both batches dropped")
-    assert all(isinstance(deliveries[0].exception(), PartitionRevoked) for deliveries in accounted)
-    await asyncio.sleep(0.1)
-    assert harness.accruals.sent == []
-    assert harness.changelog()[:sent_before] and not any(b"txn-2" in key for key, _, _ in harness.changelog()), (
-        "the second batch's states reached the changelog"
-    )
-    assert harness.matcher.accounts.pending == {} and table.waiting_keys() == []
-    assert harness.state() is None  # read again from the store, which has neither
-
-
-async def test_a_change_staged_while_a_settle_waits_is_left_for_the_next(harness: AgentHarness) -> None:
-    """A settle takes the changes waiting when it starts; one staged meanwhile (an account message,
-    an erasure, while the last batch waits) is read back, never written to the local store by that
-    settle, and goes to the changelog with the next."""
-    table = harness.matcher.states
-    unacked = harness.hold_changelog()
-    await harness.put_nowait(encode_auth(harness.codec, card_record(amount_minor=10_000)))
-    await _until(lambda: unacked, "the batch's states sent")
-    table.stage("staged-meanwhile", b"later", 1)
-    assert table.get("staged-meanwhile") == b"later"
-    for sent in unacked:
-        sent.set_result(None)
-    await harness.wait_handled(1)
-    assert "staged-meanwhile" not in table.data, "a settle wrote a change it never sent"
-    assert table.get("staged-meanwhile") == b"later" and "staged-meanwhile" in table.unsettled
-    assert not any(key == b'"staged-meanwhile"' for key, _, _ in harness.changelog())
-    settling = asyncio.ensure_future(table.settle())
-    await _until(lambda: len(unacked) > 0 and not unacked[-1].done(), "the next settle's send")
-    unacked[-1].set_result(None)
-    await settling
-    assert (b'"staged-meanwhile"', b"later", 1) in harness.changelog()
-    assert "staged-meanwhile" in table.data and table.waiting_keys() == []
 
 
 async def test_a_state_write_the_changelog_refused_is_made_again_before_any_entry_leaves(harness: AgentHarness) -> None:
@@ -882,7 +754,7 @@ async def test_a_batch_begun_before_a_rebalance_is_dropped_and_its_states_never_
     staged.complete, matcher.current = True, None
     assert harness.state() is not None
     matcher.inputs.rebalances += 1  # revoked, and given back by the same rebalance
-    await matcher.outbox.flush(wait=True)
+    await matcher.outbox.flush()
     assert staged.flushed.done() and isinstance(staged.flushed.exception(), PartitionRevoked)
     assert harness.changelog() == [] and harness.accruals.sent == []
     assert harness.state() is None and matcher.accounts.pending == {}

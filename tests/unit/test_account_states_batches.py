@@ -34,9 +34,6 @@ class StagedTable:
     def stage(self, key: str, value: Any, partition: int) -> None:
         self.staged.append((key, value, partition))
 
-    def waiting_keys(self) -> list[str]:
-        return [key for key, _, _ in self.staged]
-
     def get(self, key: str) -> Any:
         return self.store.get(key)
 
