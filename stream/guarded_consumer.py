@@ -37,7 +37,7 @@ import logging
 import ssl
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar, cast
 
 import faust
@@ -158,6 +158,15 @@ class GuardedApp(faust.App):
 
     def _new_transport(self) -> Any:
         return GuardedTransport(self.conf.broker_consumer, self)
+
+    def on_init_dependencies(self) -> Iterable[Any]:
+        """Faust's, without its ``Monitor`` among the sensors: a sensor is called four times for
+        every message (in, stream in, stream out, out), and the Monitor's statistics serve Faust's
+        web views, which a worker does not run (its metrics are Prometheus': ``stream.metrics``).
+        The consumer still reports offsets to ``app.monitor`` directly."""
+        dependencies = super().on_init_dependencies()
+        self.sensors.remove(self.monitor)
+        return dependencies
 
 
 class OffsetLookups:

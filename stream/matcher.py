@@ -56,7 +56,7 @@ from stream.granting import BudgetLedger, PostgresBudgets, grant
 from stream.group_membership import GroupWatch
 from stream.guarded_consumer import OffsetLookups
 from stream.input_partitions import InputPartitions, PartitionRevoked
-from stream.metrics import EVENTS_CONSUMED, PAYOUT_SKIPS, PAYOUTS
+from stream.metrics import EVENTS_CONSUMED, PAYOUT_SKIPS, PAYOUTS, labelled
 from stream.offer_mirror import OfferMirror
 from stream.outbox import Decided, Outbox, Staged
 from stream.producing import AppSends
@@ -310,7 +310,7 @@ class Matcher:
             language = self.account_profiles.get(event.account_id).language if decision.entries or decision.notices else None
             decided = Decided(event.account_id, decision.entries, stored, counted, decision.notices, language)
             self.outbox.batch.decided(self.current, decided)
-        EVENTS_CONSUMED.labels(event.event_type.value, decision.outcome.value).inc()
+        labelled(EVENTS_CONSUMED, event.event_type.value, decision.outcome.value).inc()
         if event.event_type in _PAYOUT_EVENTS:
             _count_payout(event, decision.outcome)
         return decision.outcome

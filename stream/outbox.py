@@ -47,8 +47,16 @@ from stream.core.entries import Entry
 from stream.core.notices import DEFAULT_LANGUAGE, Notice, from_entry, from_notice, language_of
 from stream.core.payouts import orders_of
 from stream.input_partitions import InputPartitions, PartitionRevoked
-from stream.metrics import ACCRUALS, CASHBACK_AMOUNT, NOTIFICATIONS, PAYOUTS, WORKER_BATCH_SIZE, WORKER_FLUSH_SECONDS
-from topics.catalogue import SOURCE_TIME_HEADER
+from stream.metrics import (
+    ACCRUALS,
+    CASHBACK_AMOUNT,
+    NOTIFICATIONS,
+    PAYOUTS,
+    WORKER_BATCH_SIZE,
+    WORKER_FLUSH_SECONDS,
+    labelled,
+)
+from topics.catalogue import SOURCE_TIME_HEADER, account_partition
 
 log = logging.getLogger(__name__)
 
@@ -311,32 +319,40 @@ class Outbox:
 
     async def _send_entries(self, staged: Staged, decided: Decided) -> None:
         account_key = decided.account_id.encode()
+        # The account's partition of the co-partitioned output topics, given to the producer: its
+        # own partitioner would work out the same murmur2 again for each record, in Python.
+        partition = account_partition(decided.account_id, self.accounts.partitions)
         headers = _source_time(staged.timestamp_s)
         sends = []
         for entry in decided.entries:
             # Handed to the producer now (keyed by account: the account's partition); Faust still
             # flushes the producer before committing the input offsets, so at-least-once holds.
             value = self.codec.encode("accrual", entry.record())
-            sends.append(await self.sends.send(self.accruals, account_key, value, None, headers))
+            sends.append(await self.sends.send(self.accruals, account_key, value, partition, headers))
             if decided.counted:
-                ACCRUALS.labels(entry.entry_kind, entry.reward_kind).inc()
-                CASHBACK_AMOUNT.labels(entry.entry_kind, entry.reward_kind, entry.currency).inc(entry.amount_minor)
+                labelled(ACCRUALS, entry.entry_kind, entry.reward_kind).inc()
+                labelled(CASHBACK_AMOUNT, entry.entry_kind, entry.reward_kind, entry.currency).inc(entry.amount_minor)
         if self.payouts is not None:
             # After the entries that moved the cash to PAID_OUT: the bank is never asked for money the ledger
             # is not about to hold. A redelivered run re-emits its entries, so asks again: same payout id.
             for order in orders_of(decided.entries):
                 value = self.codec.encode("payout_instruction", order.record())
-                sends.append(await self.sends.send(self.payouts, account_key, value, None, headers))
+                sends.append(await self.sends.send(self.payouts, account_key, value, partition, headers))
                 if decided.counted:
                     PAYOUTS.labels("requested", order.currency).inc()
         if self.notifications is not None and (decided.entries or decided.notices):
-            await self._notify(decided, account_key, headers, sends)
+            await self._notify(decided, account_key, partition, headers, sends)
         staged.deliveries.extend(send for send in sends if send is not None)
         if decided.stored:
             self.in_flight.add(decided.account_id, sends)
 
     async def _notify(
-        self, decided: Decided, account_key: bytes, headers: list[tuple[str, bytes]] | None, sends: list[Any]
+        self,
+        decided: Decided,
+        account_key: bytes,
+        partition: int,
+        headers: list[tuple[str, bytes]] | None,
+        sends: list[Any],
     ) -> None:
         """The decision's notifications, sent after its entries (their deliveries join ``sends``):
         one per entry that tells the customer something, one per expiry notice."""
@@ -346,6 +362,6 @@ class Outbox:
         made += [from_notice(notice, language) for notice in decided.notices]
         for notification in made:
             value = self.codec.encode("notification", notification.record())
-            sends.append(await self.sends.send(self.notifications, account_key, value, None, headers))
+            sends.append(await self.sends.send(self.notifications, account_key, value, partition, headers))
             if decided.counted:
-                NOTIFICATIONS.labels(notification.kind, language).inc()
+                labelled(NOTIFICATIONS, notification.kind, language).inc()

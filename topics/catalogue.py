@@ -9,6 +9,7 @@ that says where an account's messages go.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from aiokafka.partitioner import murmur2
 
@@ -20,9 +21,11 @@ DAY_MS = 24 * 3600 * 1000
 SOURCE_TIME_HEADER = "cashback-source-time-ms"
 
 
+@lru_cache(maxsize=1 << 16)  # about 10 MiB at most; a worker asks it several times for each event
 def account_partition(account_id: str, partitions: int) -> int:
     """The partition of ``account_id``'s messages under Kafka's default (murmur2) partitioner, as
-    every client computes it: card events, profiles, activations and clock ticks alike."""
+    every client computes it: card events, profiles, activations and clock ticks alike. Remembered
+    for the accounts last asked: murmur2 in Python costs about 4 microseconds a key."""
     return (murmur2(account_id.encode()) & 0x7FFFFFFF) % partitions
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from aiokafka.partitioner import murmur2
 from faust.types import TP
 from prometheus_client import REGISTRY
 
@@ -22,6 +23,7 @@ from stream.input_partitions import PartitionRevoked
 from stream.store.budgets import movement_id
 from tests.agent.conftest import ACCOUNT, ACCOUNT_KEY, AgentHarness, agent_harness, encode_auth, encode_settlement
 from tests.factories import book, card_record, generated_card_number, offer
+from topics.catalogue import account_partition
 
 pytestmark = pytest.mark.asyncio
 
@@ -74,6 +76,27 @@ async def test_approved_authorization_emits_pending_accrual_and_stores_state(har
     summary = decode_summary(stored[ACCOUNT])
     assert isinstance(summary, Summary)
     assert assemble(ACCOUNT, msgspec.structs.replace(summary, fresh={}), stored.get) == state
+
+
+async def test_entries_and_notifications_name_the_accounts_partition_to_the_producer(harness: AgentHarness) -> None:
+    """The output topics are co-partitioned with the inputs: each record names its account's
+    partition (murmur2, as the card processor's client put the account's events), so the
+    producer's own partitioner does not work it out again for each record."""
+    partitions = harness.matcher.topics.accruals.partitions
+    home = account_partition(ACCOUNT, partitions)
+
+    await harness.put(encode_auth(harness.codec, card_record(amount_minor=10_000, mcc="5411")), ACCOUNT_KEY, partition=home)
+
+    accruals = harness.accruals.sent
+    notes = harness.sends.to(harness.matcher.topics.notifications.name).sent
+    assert accruals and notes
+    assert {sent.partition for sent in accruals + notes} == {home}
+    assert all(account_partition(f"acct-{n}", partitions) == murmur_partition(f"acct-{n}", partitions) for n in range(50))
+
+
+def murmur_partition(account_id: str, partitions: int) -> int:
+    """The Java client's default partitioner, written out (the rule ``account_partition`` remembers)."""
+    return (murmur2(account_id.encode()) & 0x7FFFFFFF) % partitions
 
 
 # --- 2. state carries across events ------------------------------------------------------------

@@ -24,3 +24,15 @@ async def test_the_workers_producer_gathers_a_flush_into_large_batches(settings:
         assert accumulator._batch_size == PRODUCER_BATCH_BYTES == 256 * 1024
     finally:
         await client.stop()
+
+
+@pytest.mark.asyncio
+async def test_the_worker_runs_no_faust_monitor_sensor_but_keeps_the_monitor(settings: Settings, codec: Codec) -> None:
+    """Faust calls every sensor four times a message; the worker's app drops Faust's Monitor from
+    them (``GuardedApp.on_init_dependencies``) and keeps it as ``app.monitor``, which Faust's
+    consumer still tells of offsets and commits."""
+    app: Any = Matcher(settings, codec).app
+    list(app.on_init_dependencies())  # what Faust does as the app starts
+    assert app.monitor not in set(app.sensors)
+    assert app.sensors.on_stream_event_in(None, 0, None, None) == {}  # no sensor is called for a message
+    app.monitor.on_tp_commit({})  # still there for the consumer
