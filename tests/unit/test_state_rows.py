@@ -4,6 +4,7 @@ when a crash cuts a step after its summary."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -194,3 +195,31 @@ def test_the_tick_that_last_changed_an_account_is_stored_and_carried_by_the_engi
     stored = decode_summary(store[ACCOUNT])
     assert isinstance(stored, Summary) and stored.ticked == 41
     assert assemble(ACCOUNT, without_fresh(store[ACCOUNT]), store.get).ticked == 41  # type: ignore[union-attr]
+
+
+def test_a_state_read_back_shares_its_repeated_texts_and_keeps_every_value() -> None:
+    """Decoded rows have copies of their own of every text; read back, the texts that repeat
+    (kinds, books, currencies, offers, the account, refs) are one object each again, as in the
+    state the engine made, and the state is still equal to it."""
+    state = None
+    for n, event in enumerate(fillers(12, start=0)):  # the same purchases, at a grocer: each earns
+        event = dataclasses.replace(event, mcc="5411", account_id=ACCOUNT, event_id=f"grocery-{n}")
+        state = decide(event, OFFER_BOOKS["grocery-5"], state, PROFILE).state
+    assert state is not None
+    writes = split(ACCOUNT, None, state, before_in_rows=True)
+    store = {key: encode(value) for key, value in writes.rows.items()}
+    read = assemble(ACCOUNT, without_fresh(encode(writes.summary)), store.get)
+    assert read == state
+    assert read is not None
+    entries = [entry for recent in read.recent.values() for entry in recent.entries]
+    shares = [share for txn in read.txns.values() for share in txn.shares]
+    assert len(entries) > 1 and len(shares) > 1
+    for texts in (
+        [entry.account_id for entry in entries],
+        [entry.entry_kind for entry in entries if entry.entry_kind == entries[0].entry_kind],
+        [entry.explanation.rounding for entry in entries],
+        [share.offer_id for share in shares if share.offer_id == shares[0].offer_id],
+        [share.currency for share in shares],
+        [txn.status for txn in read.txns.values() if txn.status == next(iter(read.txns.values())).status],
+    ):
+        assert len(texts) > 1 and len({id(text) for text in texts}) == 1, texts[0]
