@@ -64,7 +64,7 @@ from stream.auth import ACCOUNTS_READ, OFFERS_ACTIVATE, OPERATIONS, SCOPES, Auth
 from stream.core.holdout import held_out
 from stream.core.offers import Offer
 from stream.kafka_clients import start_client
-from stream.metrics import API_REQUESTS
+from stream.metrics import API_REQUESTS, observe_gc_pauses
 from stream.offer_mirror import OfferMirror
 from stream.offer_results import ActivationMirror, OfferResultsGauges
 from stream.producing import producer as make_producer
@@ -379,6 +379,8 @@ def create_app(settings: Settings, codec: Codec, topics: Catalogue, authenticato
         if not request.app.state.offers.ready.is_set():
             return JSONResponse({"detail": "offers not loaded yet"}, status_code=503)
         return JSONResponse({"status": "ready"})
+
+    observe_gc_pauses()  # cashback_gc_pause_seconds, as the worker and the sink report it
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> PlainTextResponse:

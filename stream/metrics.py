@@ -3,13 +3,17 @@ value is ever a label: labels are small closed sets (event type, outcome, kind, 
 
 from __future__ import annotations
 
+import bisect
+import gc
 import heapq
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_created_metrics, start_http_server
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
 
 from stream.core.abuse import RULE_NAMES
 from stream.core.entries import ITEM_KINDS
@@ -247,12 +251,66 @@ def forget_lag(group: str, topic: str, partition: int) -> None:
         pass
 
 
+GC_PAUSE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class GcPauses(Collector):
+    """``cashback_gc_pause_seconds{generation}``: how long each of the interpreter's garbage
+    collections held the process (its event loop, its consumer thread: everything waits). A
+    worker keeping hundreds of thousands of objects alive has full collections of a few hundred
+    milliseconds, which an event arriving meanwhile waits out.
+
+    Counted in the collector's own callback into plain lists, and turned into a histogram only when
+    scraped: a callback that took a metric's lock could deadlock a thread that holds it (a
+    collection starts at any allocation; prometheus/client_python issues 363 and 371)."""
+
+    def __init__(self) -> None:
+        self.buckets = [[0] * (len(GC_PAUSE_BUCKETS) + 1) for _ in range(3)]  # per generation; the last: +Inf
+        self.sums = [0.0, 0.0, 0.0]
+        self._started = 0.0
+
+    def on_collection(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        generation = info["generation"]
+        pause = time.perf_counter() - self._started
+        self.buckets[generation][bisect.bisect_left(GC_PAUSE_BUCKETS, pause)] += 1
+        self.sums[generation] += pause
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(
+            "cashback_gc_pause_seconds",
+            "Time each garbage collection of the interpreter held this process, by generation (2: a full collection).",
+            labels=["generation"],
+        )
+        for generation, counts in enumerate(self.buckets):
+            cumulative, running = [], 0
+            for bound, count in zip((*map(str, GC_PAUSE_BUCKETS), "+Inf"), counts, strict=True):
+                running += count
+                cumulative.append((bound, running))
+            family.add_metric([str(generation)], cumulative, self.sums[generation])
+        yield family
+
+
+GC_PAUSES = GcPauses()
+
+
+def observe_gc_pauses() -> None:
+    """Count this process's garbage collections in ``cashback_gc_pause_seconds`` (once per process)."""
+    if GC_PAUSES.on_collection not in gc.callbacks:
+        gc.callbacks.append(GC_PAUSES.on_collection)
+        REGISTRY.register(GC_PAUSES)
+
+
 def serve(port: int, host: str = "127.0.0.1") -> Any:
     """Expose /metrics on ``host``:``port`` (METRICS_HOST: loopback unless the deployment opens it
-    wider, e.g. 0.0.0.0 for a scraper on another host); port 0: not served. Returns the server (None
-    when not served), which serves in a thread until the process ends."""
+    wider, e.g. 0.0.0.0 for a scraper on another host), with the garbage collector's pauses
+    (``GcPauses``); port 0: not served. Returns the server (None when not served), which serves in
+    a thread until the process ends."""
     if not port:
         return None
+    observe_gc_pauses()
     server, _ = start_http_server(port, addr=host)
     log.info("metrics on %s:%d/metrics", host, port)
     return server

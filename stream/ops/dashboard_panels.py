@@ -111,6 +111,19 @@ PIPELINE = Dashboard(
                     "short",
                     quantiles("cashback_sink_batch_size", SINKS, "entries"),
                 ),
+                Panel(
+                    "Garbage collection pauses",
+                    "Seconds per second each process spent held by the interpreter's garbage collector, by generation "
+                    "(2: a full collection, which holds a worker for hundreds of milliseconds with a full state cache).",
+                    "s",
+                    (
+                        Query(
+                            f"sum by (job, generation) (rate(cashback_gc_pause_seconds_sum{{job=~\"cashback-.*\"}}[{RATE}]))",
+                            "{{job}} gen {{generation}}",
+                        ),
+                    ),
+                    stacked=True,
+                ),
             ),
         ),
         Row(
