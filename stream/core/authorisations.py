@@ -108,7 +108,7 @@ def on_incremental(step: AccountStep) -> Outcome:
         shares, purchase = reconsider(step, txn, txn.authorized_basis)
         if not shares:
             return Outcome.NO_CHANGE
-        txn.shares = shares
+        txn.shares = tuple(shares)
         txn.expires_at_ms = authorization_expires_at(purchase, [step.offers.get(s.offer_id) for s in shares])
         return _pending_outcome(step, txn, "PENDING_CREATED", "incremental authorisation")
     return Outcome.ADJUSTED if _set_pending(step, txn, "PENDING_ADJUSTED")[0] else Outcome.NO_CHANGE

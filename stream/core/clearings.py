@@ -66,7 +66,7 @@ def on_clearing(step: AccountStep) -> Outcome:
             txn.cleared_basis += purchase_basis(event)
             txn.status = "cleared" if final else "clearing"
             return still_refused(step, txn, "clearing")
-        txn.shares = shares
+        txn.shares = tuple(shares)
     basis = purchase_basis(event)
     part = "" if event.clearing_count is None else f" (part {event.clearing_sequence} of {event.clearing_count})"
     limited: Limited = []

@@ -85,7 +85,7 @@ def stack(step: AccountStep, offers: Iterable[Offer], purchase: CardEvent, local
 
 
 def new_txn(event: CardEvent, shares: list[Share], status: str) -> Txn:
-    return Txn(status=status, currency=event.billing_currency, shares=shares, merchant_id=event.merchant_id)
+    return Txn(status=status, currency=event.billing_currency, shares=tuple(shares), merchant_id=event.merchant_id)
 
 
 # The refusals a later clearing or incremental authorisation may overturn: only the amount can

@@ -118,7 +118,7 @@ PIPELINE = Dashboard(
                     "s",
                     (
                         Query(
-                            f"sum by (job, generation) (rate(cashback_gc_pause_seconds_sum{{job=~\"cashback-.*\"}}[{RATE}]))",
+                            f'sum by (job, generation) (rate(cashback_gc_pause_seconds_sum{{job=~"cashback-.*"}}[{RATE}]))',
                             "{{job}} gen {{generation}}",
                         ),
                     ),

@@ -63,7 +63,7 @@ def txns(draw: st.DrawFn) -> Txn:
     txn = Txn(
         status=draw(st.sampled_from(("authorized", "clearing", "cleared", "expired"))),
         currency="EUR",
-        shares=shares,
+        shares=tuple(shares),
         expires_at_ms=draw(st.sampled_from((None, T0_MS + 30 * DAY_MS))),
         # ids an earlier version may have kept in two transactions, too
         events={f"e-{draw(st.integers(0, 20))}": f"fp-{n}" for n in range(draw(st.integers(0, 3)))},

@@ -40,7 +40,7 @@ def test_case_12_nothing_earned_with_the_reason(overrides: dict[str, Any], reaso
         assert decision.state.txns == {}
     else:  # judged once: the transaction keeps the refusal, so its clearing is not judged again
         (txn,) = decision.state.txns.values()
-        assert txn.shares == [] and txn.refused.reason == reason
+        assert txn.shares == () and txn.refused.reason == reason
 
 
 def test_offer_excluded_mcc_wins_over_its_own_mcc_set() -> None:
