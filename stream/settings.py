@@ -127,7 +127,7 @@ class Settings(BaseSettings):
         ge=1,
         le=10_000_000,
         description="Account states the worker keeps whole in memory, counted in their transactions and recent events "
-        "(about 1.7 KB each once read back from the local store: README, Performance); the least recently used are "
+        "(about 1.2 KB each once read back from the local store: README, Performance); the least recently used are "
         "read again from the local store.",
     )
     abuse_rules_file: str | None = Field(
