@@ -47,7 +47,8 @@ from topics.catalogue import account_partition
 
 # How much of the accounts' whole states stays in memory between their events, counted in their
 # transactions, recent events and loose event ids (about 1.2 KB each once read back from the store,
-# their repeated texts shared, measured on the benchmark's log): the least recently used states leave first, whatever their number.
+# their repeated texts shared, measured on the benchmark's log): the least recently used states
+# leave first, whatever their number.
 # A state not here is read from the local store (the summary, then each row it names). The
 # worker's is its setting ``WORKER_STATE_CACHE_ITEMS`` (the same default: README, Performance).
 CACHED_ITEMS = 262_144

@@ -108,10 +108,11 @@ def decode_summary(raw: bytes | None) -> Stored | None:
 
 
 # The text fields whose values repeat, across an account's rows and across accounts: kinds, books,
-# currencies, offers, merchants, the account and its purchases' refs. A state the engine made shares one string object for each
-# (the offer's, the event's); a decoded row has copies of its own, which made the states read back from
-# the store about 1.8 times the size of those the engine made (1,893 bytes an item against 1,057 over
-# the benchmark's log), so a cache bounded in items took more memory the more of it was read back.
+# currencies, offers, merchants, the account and its purchases' refs. A state the engine made shares
+# one string object for each (the offer's, the event's); a decoded row has copies of its own, which
+# made the states read back from the store about 1.8 times the size of those the engine made (1,893
+# bytes an item against 1,057 over the benchmark's log), so a cache bounded in items took more
+# memory the more of it was read back.
 # Decoded rows share them again (``_shared_strings``): 1,187 bytes an item, for about 2 microseconds
 # more an item to read (4.6 -> 6.8). Spelled out field by field: a loop over the names cost twice that.
 _set = msgspec.structs.force_setattr  # entries are frozen: only their texts' objects change, never a value
