@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 from stream.ops.panel_model import Panel, Query, Row
-
-_WORKER = 'job="cashback-worker"'
-_RATE = "$__rate_interval"
+from stream.ops.selectors import RATE, WORKER
 
 CUSTOMERS_ROW = Row(
     "Customers",
@@ -19,7 +17,7 @@ CUSTOMERS_ROW = Row(
             "ops",
             (
                 Query(
-                    f"sum by (kind, language) (rate(cashback_notifications_total{{{_WORKER}}}[{_RATE}]))",
+                    f"sum by (kind, language) (rate(cashback_notifications_total{{{WORKER}}}[{RATE}]))",
                     "{{kind}} {{language}}",
                 ),
             ),

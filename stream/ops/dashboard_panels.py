@@ -15,12 +15,9 @@ from stream.ops.dashboard_customers import CUSTOMERS_ROW
 from stream.ops.dashboard_payouts import PAYOUTS_ROW
 from stream.ops.dashboard_reconciliation import RECONCILIATION_ROW
 from stream.ops.panel_model import Dashboard, Panel, Query, Row
+from stream.ops.selectors import API, PROCESSES, RATE, SINKS, WORKER
 
-RATE = "$__rate_interval"
-WORKER = 'job="cashback-worker"'
-SINKS = 'job=~"cashback-sink|cashback-worker"'  # a worker run --with-sink writes the ledger too
 CARD_EVENTS = f'{WORKER}, event_type!="CLOCK_TICK"'
-API = 'job="cashback-api"'
 OFFER = "(offer_id, group, currency)"
 
 
@@ -119,7 +116,7 @@ PIPELINE = Dashboard(
                     "s",
                     (
                         Query(
-                            f'sum by (job, generation) (rate(cashback_gc_pause_seconds_sum{{job=~"cashback-.*"}}[{RATE}]))',
+                            f"sum by (job, generation) (rate(cashback_gc_pause_seconds_sum{{{PROCESSES}}}[{RATE}]))",
                             "{{job}} gen {{generation}}",
                         ),
                     ),
@@ -283,7 +280,6 @@ MONEY = Dashboard(
     ),
 )
 
-PROCESSES = 'job=~"cashback-.*"'
 
 RELIABILITY = Dashboard(
     name="reliability",

@@ -5,10 +5,7 @@ remittances), as the API computes them from the payouts table; remittances recor
 from __future__ import annotations
 
 from stream.ops.panel_model import Panel, Query, Row
-
-_API = 'job="cashback-api"'
-_SINKS = 'job=~"cashback-sink|cashback-worker"'
-_RATE = "$__rate_interval"
+from stream.ops.selectors import API, RATE, SINKS
 
 PAYOUTS_ROW = Row(
     "Payouts",
@@ -18,13 +15,13 @@ PAYOUTS_ROW = Row(
             "Payouts asked of the bank's core banking system with no answer yet, customers' and charities' "
             "(GET /v1/operations/payouts?status=REQUESTED lists them).",
             "short",
-            (Query(f"max by (beneficiary) (cashback_payouts_unanswered{{{_API}}})", "{{beneficiary}}"),),
+            (Query(f"max by (beneficiary) (cashback_payouts_unanswered{{{API}}})", "{{beneficiary}}"),),
         ),
         Panel(
             "Oldest unanswered payout",
             "How long the oldest unanswered payout has waited (CashbackPayoutUnanswered past 4 hours).",
             "s",
-            (Query(f"max by (beneficiary) (cashback_payout_oldest_unanswered_seconds{{{_API}}})", "{{beneficiary}}"),),
+            (Query(f"max by (beneficiary) (cashback_payout_oldest_unanswered_seconds{{{API}}})", "{{beneficiary}}"),),
         ),
         Panel(
             "Payout answers",
@@ -32,7 +29,7 @@ PAYOUTS_ROW = Row(
             "short",
             (
                 Query(
-                    f"sum by (beneficiary, status) (rate(cashback_payout_answers_total{{{_SINKS}}}[{_RATE}]))",
+                    f"sum by (beneficiary, status) (rate(cashback_payout_answers_total{{{SINKS}}}[{RATE}]))",
                     "{{beneficiary}} {{status}}",
                 ),
             ),
@@ -42,7 +39,7 @@ PAYOUTS_ROW = Row(
             "Remittances of donations to charities recorded by the sinks' scheduled runs (DONATION_SCHEDULE); "
             "GET /v1/charities/{id}/remittances lists them, the command's runs included.",
             "short",
-            (Query(f"sum(increase(cashback_donation_remittances_total{{{_SINKS}}}[{_RATE}]))", "recorded"),),
+            (Query(f"sum(increase(cashback_donation_remittances_total{{{SINKS}}}[{RATE}]))", "recorded"),),
         ),
     ),
 )

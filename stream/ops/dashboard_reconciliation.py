@@ -5,8 +5,8 @@ what is left of the campaign budgets, and how far the ledger is behind the accru
 from __future__ import annotations
 
 from stream.ops.panel_model import Panel, Query, Row
+from stream.ops.selectors import API
 
-_API = 'job="cashback-api"'
 _ACCRUALS_LAG = 'cashback_consumer_lag_messages{topic=~".*accruals"}'  # only the sinks read the accruals topic
 
 RECONCILIATION_ROW = Row(
@@ -22,13 +22,13 @@ RECONCILIATION_ROW = Row(
             "Items recorded in the last 24 hours",
             "From the ledger (reconciliation_items), by kind.",
             "short",
-            (Query(f"max by (kind) (cashback_reconciliation_items_last_day{{{_API}}})", "{{kind}}"),),
+            (Query(f"max by (kind) (cashback_reconciliation_items_last_day{{{API}}})", "{{kind}}"),),
         ),
         Panel(
             "Uncleared authorisations by age",
             "Purchases with pending cashback (not cleared, not expired), by age of their first pending.",
             "short",
-            (Query(f"max by (age) (cashback_reconciliation_uncleared_authorisations{{{_API}}})", "{{age}}"),),
+            (Query(f"max by (age) (cashback_reconciliation_uncleared_authorisations{{{API}}})", "{{age}}"),),
             stacked=True,
         ),
         Panel(
@@ -41,7 +41,7 @@ RECONCILIATION_ROW = Row(
             "Oldest pending",
             "Age of the oldest pending cashback the ledger holds.",
             "s",
-            (Query(f"max(cashback_reconciliation_oldest_pending_seconds{{{_API}}})", "oldest"),),
+            (Query(f"max(cashback_reconciliation_oldest_pending_seconds{{{API}}})", "oldest"),),
         ),
         Panel(
             "Campaign budget left",
