@@ -29,6 +29,7 @@ from stream.offer_admin import load_offers_file
 from stream.settings import Settings
 from stream.simulate import Scenario, generate
 from stream.sink import Sink, staging_row
+from stream.store import journal
 from stream.store.journal import BatchResult, write_batch
 from stream.store.migrations import MIGRATIONS_DIR, migrate
 from tests.integration.conftest import REPO_ROOT, fresh_database
@@ -173,6 +174,46 @@ def test_conflicts_in_one_batch_and_across_not_earned_lines_are_never_written(da
                 )
                 == 0
             )
+        finally:
+            await connection.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_same_lines_twice_in_one_batch_are_written_once_without_looking(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An event redelivered makes the worker send its entries again, often into the same batch: the later copies
+    are replays, left out in Python (``first_copies``), and the batch takes the fast path (no look-up), with the
+    same result the verdict gives. An id again with other content still goes to the judged path."""
+    entries = simulated_entries(purchases=40, seed=5)
+    entry = next(e for e in entries if e["entry_kind"] == "PENDING_CREATED")
+    not_earned = next(e for e in entries if e["entry_kind"] == "NOT_EARNED")
+    other = next(e for e in entries if moves_money(e["entry_kind"]) and e["accrual_id"] != entry["accrual_id"])
+
+    async def scenario() -> None:
+        connection = await _connect_migrated(database)
+        try:
+            with monkeypatch.context() as patched:
+
+                async def no_look_up(*_: Any) -> BatchResult:
+                    raise AssertionError("the batch was judged")
+
+                patched.setattr(journal, "_write_judged", no_look_up)
+                result = await write_batch(connection, rows_of([entry, not_earned, entry, other, not_earned, entry]))
+            assert (result.written, result.duplicates, result.conflicts) == (2, 2, ())
+            counted = await connection.fetchval(
+                "SELECT (SELECT count(*) FROM ledger_entries) + (SELECT count(*) FROM purchases_not_earned)"
+            )
+            assert counted == 3
+            twin = dict(other, amount_minor=other["amount_minor"] + 1)
+            fresh = next(
+                e
+                for e in entries
+                if moves_money(e["entry_kind"]) and e["accrual_id"] not in {entry["accrual_id"], other["accrual_id"]}
+            )
+            judged = await write_batch(connection, rows_of([fresh, dict(fresh, amount_minor=fresh["amount_minor"] + 1), twin]))
+            assert (judged.written, judged.conflicts) == (1, (1, 2))
         finally:
             await connection.close()
 
