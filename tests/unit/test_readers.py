@@ -24,7 +24,7 @@ from schemas.codec import SCHEMA_DIR, Codec, DecodeError, DecodeFailure, Schema
 from schemas.readers import Reader, compile_reader
 from tests.unit.test_codec import valid_records
 
-SEEDED = settings(max_examples=100, derandomize=True, database=None, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SEEDED = settings(max_examples=60, derandomize=True, database=None, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 IDS = {name: schema_id for name, schema_id in json.loads((SCHEMA_DIR / "ids.json").read_text()).items() if name != "_doc"}
 CODEC = Codec()
 PARSED = {name: fastavro.parse_schema(json.loads((SCHEMA_DIR / name).read_text())) for name in sorted(IDS)}
