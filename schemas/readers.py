@@ -25,8 +25,8 @@ from typing import Any
 
 Reader = Callable[[bytes, int], tuple[dict[str, Any], int]]
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_LOGICAL_ONLY = "timestamp-millis"  # the one logical type compiled (on a long), as fastavro reads it
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+TIMESTAMP_MILLIS = "timestamp-millis"  # the one logical type compiled (on a long), read and written as fastavro does
 _PRIMITIVES = frozenset({"null", "boolean", "int", "long", "string", "bytes"})
 
 
@@ -100,6 +100,10 @@ class Source:
             return self.named[schema]
         return schema
 
+    def record(self, schema: dict[str, Any]) -> str:
+        """The name of the function for the record type ``schema``, its source written once per type."""
+        raise NotImplementedError
+
     def compiled(self, entry: str, label: str) -> Any:
         """The function ``entry`` of the source written. The source is ours: the schema gives it only field names
         (as repr'd literals) and counts; symbols and named types are constants of the namespace, never text."""
@@ -120,7 +124,7 @@ class _Reading(Source):
                 "_fail": _fail,
                 "_ONE": _ONE_BYTE,
                 "_ONE_LENGTH": _ONE_BYTE_LENGTH,
-                "_EPOCH": _EPOCH,
+                "_EPOCH": EPOCH,
                 "_timedelta": timedelta,
             },
         )
@@ -162,7 +166,7 @@ class _Reading(Source):
         kind = schema["type"]
         logical = schema.get("logicalType")
         if logical is not None:
-            if logical != _LOGICAL_ONLY or kind != "long":
+            if logical != TIMESTAMP_MILLIS or kind != "long":
                 raise Unsupported(f"logical type {logical!r} on {kind!r}")
             self.primitive("long", lines, indent, target)
             lines.append(f"{indent}{target} = _EPOCH + _timedelta(0, 0, 0, {target})")  # milliseconds, exactly
@@ -270,16 +274,22 @@ class _Reading(Source):
         return function
 
 
-def compile_reader(parsed: dict[str, Any]) -> Reader | None:
-    """A reader for messages written with ``parsed`` (a record schema as ``fastavro.parse_schema`` returns it):
-    ``reader(data, position)`` is (the record, the position after it). None when the schema uses something
-    this module does not compile."""
+def compile_with(make: Callable[[dict[str, Any]], Source], parsed: dict[str, Any], what: str) -> Any:
+    """The function ``make``'s source (a ``Source``, given the schema's named types) writes for ``parsed``, a record
+    schema as ``fastavro.parse_schema`` returns it; None when the schema uses something it does not compile."""
     if not isinstance(parsed, dict) or parsed.get("type") != "record":
         return None
-    source = _Reading(dict(parsed.get("__named_schemas", {})))
+    source = make(dict(parsed.get("__named_schemas", {})))
     try:
         entry = source.record(parsed)
     except Unsupported:
         return None
-    reader: Reader = source.compiled(entry, f"reader {parsed['name']}")
+    return source.compiled(entry, f"{what} {parsed['name']}")
+
+
+def compile_reader(parsed: dict[str, Any]) -> Reader | None:
+    """A reader for messages written with ``parsed`` (a record schema as ``fastavro.parse_schema`` returns it):
+    ``reader(data, position)`` is (the record, the position after it). None when the schema uses something
+    this module does not compile."""
+    reader: Reader | None = compile_with(_Reading, parsed, "reader")
     return reader

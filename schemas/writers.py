@@ -18,15 +18,12 @@ every shipped schema), and fastavro has the last word on the rest.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from schemas.readers import Source, Unsupported
+from schemas.readers import EPOCH, TIMESTAMP_MILLIS, Source, Unsupported, compile_with
 
 Writer = Callable[[bytearray, Any], None]
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_LOGICAL_ONLY = "timestamp-millis"
 
 
 class Unwritten(Exception):
@@ -51,10 +48,10 @@ def _millis(moment: Any) -> int:
     """A timestamp-millis value as milliseconds since the epoch, as fastavro counts them: an int is that already
     (the engine's entries hold their times so), a timezone-aware datetime is counted from the epoch."""
     if moment.__class__ is int:
-        return int(moment)
+        return moment
     if moment.__class__ is not datetime or moment.tzinfo is None:
         raise Unwritten
-    delta = moment - _EPOCH
+    delta = moment - EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
 
 
@@ -95,7 +92,7 @@ class _Writing(Source):
         kind = schema if isinstance(schema, str) else schema["type"]
         logical = None if isinstance(schema, str) else schema.get("logicalType")
         if logical is not None:
-            if logical != _LOGICAL_ONLY or kind != "long":
+            if logical != TIMESTAMP_MILLIS or kind != "long":
                 raise Unsupported(f"logical type {logical!r} on {kind!r}")
             lines.append(f"{indent}{value} = _millis({value})")
             self.long(lines, indent, value, 64)
@@ -190,12 +187,5 @@ def compile_writer(parsed: dict[str, Any]) -> Writer | None:
     ``writer(out, record)`` appends the record's bytes to ``out``, or raises (``Unwritten``, ``KeyError``...) for a
     record it does not take, leaving bytes of it in ``out``. None when the schema uses something this module does
     not compile."""
-    if not isinstance(parsed, dict) or parsed.get("type") != "record":
-        return None
-    source = _Writing(dict(parsed.get("__named_schemas", {})))
-    try:
-        entry = source.record(parsed)
-    except Unsupported:
-        return None
-    writer: Writer = source.compiled(entry, f"writer {parsed['name']}")
+    writer: Writer | None = compile_with(_Writing, parsed, "writer")
     return writer
