@@ -37,7 +37,9 @@ COPY_TABLE = "bench_ledger_copy"
 
 
 def accrual_of(event: dict[str, Any]) -> dict[str, Any]:
-    """A pending accrual for ``event``, as the matcher's would look (record ``accrual``)."""
+    """A pending accrual for ``event``, as the matcher's would look (record ``accrual``): every field
+    set, as the matcher sets them, so the codec's compiled writer encodes it (a missing field would
+    send each record down fastavro's slower path and understate the baseline)."""
     basis = event["billing_amount_minor"]
     amount = max(1, basis * RATE_BPS // 10_000)  # rounded down; an entry moves at least one minor unit
     return {
@@ -65,6 +67,9 @@ def accrual_of(event: dict[str, Any]) -> dict[str, Any]:
             "carried_remainder": 0,
             "force_post": False,
         },
+        "merchant_id": event["merchant_id"] or None,
+        "purchase_ref": event["transaction_ref"],
+        "sponsor_id": None,
     }
 
 

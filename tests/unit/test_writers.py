@@ -19,6 +19,8 @@ from hypothesis import strategies as st
 
 from schemas.codec import Codec, Schema
 from schemas.writers import compile_writer
+from stream.localstack.bench_baselines import accrual_of
+from stream.localstack.bench_streams import bench_log
 from tests.unit.test_codec import valid_records
 from tests.unit.test_readers import IDS, PARSED, SEEDED, values, written
 
@@ -123,6 +125,23 @@ def test_the_shipped_records_are_written_compiled(monkeypatch: pytest.MonkeyPatc
         assert codec.decode(expected[subject])[1] == fastavro.schemaless_reader(
             io.BytesIO(expected[subject][5:]), codec._latest[subject].parsed
         )
+
+
+def test_the_benchmarks_raw_loop_writes_its_accruals_compiled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The benchmark's plain-client baseline encodes a complete accrual: were a field missing, every
+    record would go down fastavro's slower path and the baseline would understate a plain client."""
+    codec = Codec()
+    log = bench_log(1, 50, 0, codec)
+    subjects = {"authorizations": "authorization_event", "settlements": "settlement_event"}
+    events = [codec.decode(v, expected_subject=subjects[r])[1] for r, _, v, _ in log.preloaded if r in subjects]
+    expected = [codec.encode("accrual", accrual_of(event)) for event in events]
+
+    def broken(*_: Any, **__: Any) -> None:
+        raise RuntimeError("fastavro's writer was called")
+
+    monkeypatch.setattr(fastavro, "schemaless_writer", broken)
+    assert len(events) >= 50
+    assert [codec.encode("accrual", accrual_of(event)) for event in events] == expected
 
 
 def test_a_timestamp_given_in_milliseconds_or_naive_is_written_as_fastavro_writes_it() -> None:
