@@ -55,6 +55,7 @@ from stream.deadletter import OtherReason, Stage, dead_letter
 from stream.granting import BudgetLedger, PostgresBudgets, grant
 from stream.group_membership import GroupWatch
 from stream.guarded_consumer import OffsetLookups
+from stream.heap import TRIM_INTERVAL_S, trimmer
 from stream.input_partitions import InputPartitions, PartitionRevoked
 from stream.metrics import EVENTS_CONSUMED, PAYOUT_SKIPS, PAYOUTS, labelled
 from stream.offer_mirror import OfferMirror
@@ -184,6 +185,10 @@ class Matcher:
         # A consumer out of its group owns nothing and reports no lag: watched apart (stream.group_membership).
         self.membership = GroupWatch(self.app, settings.worker_out_of_group_limit_s)
         self.app.timer(LAG_INTERVAL_S)(self._observe_lag)
+        # The heap pages the churn of the bounded caches freed, back to the system (stream.heap).
+        self._trim_heap = trimmer()
+        if self._trim_heap is not None:
+            self.app.timer(TRIM_INTERVAL_S)(self._trim)
         # The messages processed since the last flush, and the entries they wait to send.
         self.outbox = Outbox(
             (self.states, self.profiles),
@@ -382,6 +387,10 @@ class Matcher:
         """Keep a send's delivery future: the message's offset is committed only once it succeeded."""
         if delivery is not None and self.current is not None:
             self.current.deliveries.append(delivery)
+
+    async def _trim(self) -> None:
+        assert self._trim_heap is not None
+        self._trim_heap()  # about a millisecond (stream.heap)
 
     async def _observe_lag(self) -> None:
         await self.membership.check()  # first: the lag watch stands aside while a rebalance is under way
