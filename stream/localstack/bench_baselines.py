@@ -9,9 +9,11 @@
   worker's producer. The clock runs from the first fetch to the last batch's acknowledgement. (A
   ``send`` per message measured 16,000-21,500 events/s here where batches do 26,000-30,000: the
   baseline is what a plain client does at its best, not at its simplest.)
-- ``copy_baseline``: one asyncpg ``copy_records_to_table`` of the ledger rows the sink wrote, the
-  columns the sink writes, into a scratch table made ``LIKE ledger_entries INCLUDING ALL`` (its
-  constraints, defaults and indexes). Only the COPY is timed; the rows are read before.
+- ``copy_baseline``: the rows the sink wrote, copied again with asyncpg's ``copy_records_to_table``,
+  one COPY per table the sink writes (the ledger's entries, the purchases that earned nothing, the
+  reconciliation items: ``SINK_TABLES``), the columns the sink writes, each into a scratch table made
+  ``LIKE`` the real one ``INCLUDING ALL`` (its constraints, defaults and indexes; not its triggers).
+  Only the COPYs are timed; the rows are read before. The sink's figure is over the same rows.
 """
 
 from __future__ import annotations
@@ -28,12 +30,19 @@ from schemas.codec import Codec
 from stream.localstack.bench_watch import BenchError, Window
 from stream.localstack.chaos_oracle import partitions
 from stream.settings import Settings
-from stream.store.journal import STAGING_COLUMNS
+from stream.store.journal import ITEM_COLUMNS, NOT_EARNED_COLUMNS, STAGING_COLUMNS
 from topics.catalogue import Catalogue
 
 RATE_BPS = 100  # the raw loop's one offer: 1%
 LEDGER_COLUMNS = tuple(c for c in STAGING_COLUMNS if c != "position")  # what the sink inserts
-COPY_TABLE = "bench_ledger_copy"
+# Every table the sink writes a row of per accrual record: the columns it writes, and the column
+# that orders the rows as they were written.
+SINK_TABLES = {
+    "ledger_entries": (LEDGER_COLUMNS, "entry_seq"),
+    "purchases_not_earned": (NOT_EARNED_COLUMNS, "history_seq"),
+    "reconciliation_items": (ITEM_COLUMNS, "item_seq"),
+}
+COPY_PREFIX = "bench_copy_"  # the scratch tables: bench_copy_ledger_entries, ...
 
 
 def accrual_of(event: dict[str, Any]) -> dict[str, Any]:
@@ -117,19 +126,24 @@ async def raw_loop(settings: Settings, catalogue: Catalogue, codec: Codec, expec
         await consumer.stop()
 
 
-async def copy_baseline(database_url: str) -> Window:
-    """The ledger's rows COPYed into a scratch table of the ledger's definition (see module doc)."""
+async def copy_baseline(database_url: str) -> tuple[Window, dict[str, int]]:
+    """The rows the sink wrote COPYed into scratch tables of the same definitions (see module doc): the
+    window over all of them, and how many rows each table gave."""
     connection = await asyncpg.connect(database_url)
     try:
-        await connection.execute(f"DROP TABLE IF EXISTS {COPY_TABLE}")
-        await connection.execute(f"CREATE TABLE {COPY_TABLE} (LIKE ledger_entries INCLUDING ALL)")
-        rows = [
-            tuple(r) for r in await connection.fetch(f"SELECT {', '.join(LEDGER_COLUMNS)} FROM ledger_entries ORDER BY entry_seq")
-        ]
-        if not rows:
+        rows: dict[str, list[tuple[Any, ...]]] = {}
+        for table, (columns, order) in SINK_TABLES.items():
+            await connection.execute(f"DROP TABLE IF EXISTS {COPY_PREFIX}{table}")
+            await connection.execute(f"CREATE TABLE {COPY_PREFIX}{table} (LIKE {table} INCLUDING ALL)")
+            rows[table] = [tuple(r) for r in await connection.fetch(f"SELECT {', '.join(columns)} FROM {table} ORDER BY {order}")]
+        if not rows["ledger_entries"]:
             raise BenchError("COPY: the ledger is empty")
         started = time.perf_counter()
-        await connection.copy_records_to_table(COPY_TABLE, records=rows, columns=LEDGER_COLUMNS)
-        return Window(len(rows), time.perf_counter() - started)
+        for table, (columns, _) in SINK_TABLES.items():
+            if rows[table]:
+                await connection.copy_records_to_table(f"{COPY_PREFIX}{table}", records=rows[table], columns=columns)
+        seconds = time.perf_counter() - started
+        counts = {table: len(found) for table, found in rows.items()}
+        return Window(sum(counts.values()), seconds), counts
     finally:
         await connection.close()

@@ -125,11 +125,39 @@ ORDER BY n  -- the same conflict found twice is recorded once, the first time: w
 ON CONFLICT (account_id, accrual_id, arrived_fingerprint) DO NOTHING
 """
 
+# The columns the sink writes of a reconciliation item and of a purchase that earned nothing (the benchmark's
+# COPY baseline copies the same rows: stream.localstack.bench_baselines).
+ITEM_COLUMNS = (
+    "item_id",
+    "source_event_id",
+    "account_id",
+    "transaction_ref",
+    "purchase_ref",
+    "kind",
+    "amount_minor",
+    "currency",
+    "occurred_at",
+    "detail",
+    "fingerprint",
+)
+NOT_EARNED_COLUMNS = (
+    "accrual_id",
+    "source_event_id",
+    "account_id",
+    "transaction_ref",
+    "reason",
+    "detail",
+    "basis_minor",
+    "basis_currency",
+    "occurred_at",
+    "offer_id",
+    "line_kind",
+)
+
 # Step 3, the purchases that earned nothing (a new entry's row is ``LEDGER_COLUMNS``, copied).
 # Reconciliation items (module doc): the kinds the ledger took, one per new row.
-_INSERT_ITEMS = """
-INSERT INTO reconciliation_items (item_id, source_event_id, account_id, transaction_ref, purchase_ref, kind,
-    amount_minor, currency, occurred_at, detail, fingerprint)
+_INSERT_ITEMS = f"""
+INSERT INTO reconciliation_items ({", ".join(ITEM_COLUMNS)})
 SELECT item_id, source_event_id, account_id, transaction_ref, purchase_ref, explanation->>'reason',
     (explanation->>'basis_minor')::bigint, explanation->>'basis_currency', occurred_at, explanation->>'detail', fingerprint
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::jsonb[], $8::text[])
@@ -139,9 +167,8 @@ RETURNING kind
 """
 
 # A line's offer_id is the offer it is about where the record names one (a holdout line: migration 0013).
-_INSERT_REFUSALS = """
-INSERT INTO purchases_not_earned (accrual_id, source_event_id, account_id, transaction_ref, reason,
-    detail, basis_minor, basis_currency, occurred_at, offer_id, line_kind)
+_INSERT_REFUSALS = f"""
+INSERT INTO purchases_not_earned ({", ".join(NOT_EARNED_COLUMNS)})
 SELECT accrual_id, source_event_id, account_id, transaction_ref, explanation->>'reason',
     explanation->>'detail', (explanation->>'basis_minor')::bigint, explanation->>'basis_currency', occurred_at, offer_id,
     line_kind
