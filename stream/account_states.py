@@ -45,13 +45,12 @@ from stream.core.state_rows import (
 )
 from topics.catalogue import account_partition
 
-# How much of the accounts' whole states stays in memory between their events, counted in their
-# transactions, recent events and loose event ids (about 1.2 KB each once read back from the store,
-# their repeated texts shared, measured on the benchmark's log): the least recently used states
-# leave first, whatever their number.
+# How much of the accounts' whole states stays in memory between their events, counted in what they
+# hold (``weight_of``: about 1.2 KB of the worker's memory an item once full, measured on the
+# benchmark's long run): the least recently used states leave first, whatever their number.
 # A state not here is read from the local store (the summary, then each row it names). The
 # worker's is its setting ``WORKER_STATE_CACHE_ITEMS`` (the same default: README, Performance).
-CACHED_ITEMS = 262_144
+CACHED_ITEMS = 524_288
 # What separates an account id from the rest of its rows' keys (``stream.core.state_rows``: never
 # in an account id), so that ``<account><separator>`` starts every row key of the account.
 _ROW_SEPARATOR = txn_key("", "")[0]
@@ -75,9 +74,9 @@ class AccountStates:
     def __init__(self, table: ChangelogTable, partitions: int, cached: int = CACHED_ITEMS) -> None:
         self.table = table
         self.partitions = partitions
-        self.cached = cached  # the most items (``_weight``) the states kept in memory hold together
+        self.cached = cached  # the most items (``weight_of``) the states kept in memory hold together
         self.cached_items = 0
-        self._weights: dict[str, int] = {}  # account -> what its state in ``_whole`` counts (``_weight``)
+        self._weights: dict[str, int] = {}  # account -> what its state in ``_whole`` counts (``weight_of``)
         # account -> its state, whether stored in rows, the rows its summary carried when read
         # (to write again), and the slots of its recent events
         self._whole: OrderedDict[str, tuple[AccountState, bool, frozenset[str], dict[str, int]]] = OrderedDict()
@@ -284,7 +283,7 @@ class AccountStates:
     ) -> None:
         self._drop(account_id)
         self._whole[account_id] = (state, stored_in_rows, rewrite, slots)
-        weight = self._weights[account_id] = _weight(state)
+        weight = self._weights[account_id] = weight_of(state)
         self.cached_items += weight
         while self.cached_items > self.cached and len(self._whole) > 1:
             self._drop(next(iter(self._whole)))
@@ -296,6 +295,10 @@ class AccountStates:
         return held
 
 
-def _weight(state: AccountState) -> int:
-    """What a state kept in memory counts against ``CACHED_ITEMS``."""
-    return 1 + len(state.txns) + len(state.recent) + len(state.loose)
+def weight_of(state: AccountState) -> int:
+    """What a state kept in memory counts against ``CACHED_ITEMS``: itself, each transaction, each
+    loose event id, each recent event and each entry a recent event keeps for a redelivery. An
+    entry (its explanation, texts and numbers) takes about as much memory as a transaction: an
+    account's recent events fill with entries as it ages, so counting them keeps the bound in bytes
+    the same for young and old accounts (README, Performance)."""
+    return 1 + len(state.txns) + len(state.loose) + sum(1 + len(recent.entries) for recent in state.recent.values())

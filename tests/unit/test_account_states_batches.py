@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stream.account_states import AccountStates
+from stream.account_states import AccountStates, weight_of
 from stream.changelog_table import DELETED
 from stream.core.events import CardEvent
 from stream.core.memory import RECENT_EVENTS_LIMIT
@@ -139,8 +139,9 @@ def test_the_states_kept_in_memory_are_bounded_by_what_they_hold_not_by_their_nu
     for event in fillers(12, start=100):
         large = decide(event, offers, large, PROFILE).state
     assert large is not None
-    weight = 1 + len(large.txns) + len(large.recent) + len(large.loose)
-    small_weight = 1 + len(small.txns) + len(small.recent) + len(small.loose)
+    weight, small_weight = weight_of(large), weight_of(small)
+    assert weight == 1 + len(large.txns) + len(large.loose) + sum(1 + len(r.entries) for r in large.recent.values())
+    assert sum(len(r.entries) for r in large.recent.values()) > 0, "the entries a redelivery re-emits count too"
     accounts = AccountStates(table, partitions=4, cached=2 * weight)  # type: ignore[arg-type]
     for n in range(2 * weight // small_weight):
         accounts._keep(f"small-{n}", small, True, frozenset(), {})

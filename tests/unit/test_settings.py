@@ -44,7 +44,7 @@ def test_defaults() -> None:
         "worker_session_timeout_s": 10.0,
         "worker_out_of_group_limit_s": 120.0,
         "transaction_horizon_days": 180,
-        "worker_state_cache_items": 262_144,
+        "worker_state_cache_items": 524_288,
         "abuse_rules_file": None,
         "abuse_scan_interval_s": 300.0,
         "reconcile_interval_s": 30.0,
