@@ -46,7 +46,7 @@ from stream.core.state_rows import (
 from topics.catalogue import account_partition
 
 # How much of the accounts' whole states stays in memory between their events, counted in what they
-# hold (``weight_of``: about 1.2 KB of the worker's memory an item once full, measured on the
+# hold (``weight_of``: about 1.3 KB of the worker's memory an item once full, measured on the
 # benchmark's long run): the least recently used states leave first, whatever their number.
 # A state not here is read from the local store (the summary, then each row it names). The
 # worker's is its setting ``WORKER_STATE_CACHE_ITEMS`` (the same default: README, Performance).
