@@ -30,11 +30,10 @@ from schemas.codec import Codec
 from stream.localstack.bench_watch import BenchError, Window
 from stream.localstack.chaos_oracle import partitions
 from stream.settings import Settings
-from stream.store.journal import ITEM_COLUMNS, NOT_EARNED_COLUMNS, STAGING_COLUMNS
+from stream.store.journal import ITEM_COLUMNS, LEDGER_COLUMNS, NOT_EARNED_COLUMNS
 from topics.catalogue import Catalogue
 
 RATE_BPS = 100  # the raw loop's one offer: 1%
-LEDGER_COLUMNS = tuple(c for c in STAGING_COLUMNS if c != "position")  # what the sink inserts
 # Every table the sink writes a row of per accrual record: the columns it writes, and the column
 # that orders the rows as they were written.
 SINK_TABLES = {
