@@ -16,7 +16,9 @@ refuses (a constraint: a bug upstream) is isolated by splitting the batch and de
 
 Steps 1 and 2 of the next batch run while step 3 of this one waits for Postgres (at most one
 transaction in flight), so decoding and writing overlap; each batch's own order is the one above,
-and offsets are still committed batch after batch, each only after its own transaction.
+and offsets are still committed batch after batch, each only after its own transaction. A batch's
+step 4 runs while the next batch's step 3 does: Postgres is handed the next transaction as soon as
+it has committed one, not after a round trip to the broker and the next fetch.
 """
 
 from __future__ import annotations
@@ -198,7 +200,7 @@ class Sink:
         """Steps 1 to 4, batch after batch, until stopped."""
         # One batch is written while the next is fetched and decoded: the decoding (Python, this process) and
         # the write (Postgres) overlap. Each batch still goes 2 -> 3 -> 4 in order, and its offsets are committed
-        # only after its own transaction; at most one transaction is in flight.
+        # only after its own transaction, while the next one runs; at most one transaction is in flight.
         writing: tuple[asyncio.Task[None], dict[TopicPartition, list[ConsumerRecord]]] | None = None
         try:
             while not self._stopping.is_set():
@@ -207,12 +209,15 @@ class Sink:
                 )
                 records = [r for part in batches.values() for r in part]
                 decoded = await self._decode(records, producer) if records else None
+                written = None
                 if writing is not None:
                     await writing[0]
-                    await self._commit(consumer, writing[1])
-                    writing = None
+                    written, writing = writing[1], None
                 if decoded is not None:
                     writing = (asyncio.create_task(self._write(*decoded, producer)), batches)
+                    await asyncio.sleep(0)  # its BEGIN goes out now, not after the next fetch
+                if written is not None:
+                    await self._commit(consumer, written)  # while the next transaction runs
                 await self._observe_lag(consumer)
             if writing is not None:
                 await writing[0]

@@ -197,6 +197,30 @@ async def test_items_among_new_entries_and_replays_are_written_once_by_the_fast_
         await connection.close()
 
 
+@pytest.mark.asyncio
+async def test_an_item_held_already_sends_its_batch_to_the_judged_path_and_is_written_once(database: str) -> None:
+    # Written without looking, items are copied: the table's key refuses one it holds, and the batch is judged.
+    replay = Replay(OFFERS)
+    replay.decide(refund("held-1", "first", NOW))
+    first = await _write(database, list(replay.entries.values()))
+    assert first.items == ("unknown_refund",)
+    again = await _write(database, list(replay.entries.values()))  # items alone, all held: no error, nothing new
+    assert (again.items, again.written) == ((), 0)
+    replay.decide(card_event("CLEARING", 7_000, account_id="held-1", transaction_ref="fp2", event_id="held-force"))
+    replay.decide(refund("held-1", "second", NOW))
+    mixed = await _write(database, list(replay.entries.values()))  # the held item beside new lines
+    assert sorted(mixed.items) == ["force_post", "unknown_refund"] and mixed.written == 1
+    connection = await asyncpg.connect(database)
+    try:
+        kept = await connection.fetch(
+            "SELECT item_id, kind, amount_minor FROM reconciliation_items WHERE account_id = 'held-1' ORDER BY item_seq"
+        )
+    finally:
+        await connection.close()
+    assert [r["kind"] for r in kept] == ["unknown_refund", "force_post", "unknown_refund"]
+    assert len({r["item_id"] for r in kept}) == 3 and kept[1]["amount_minor"] == 7_000
+
+
 def test_the_sink_counts_new_items_by_kind_and_a_closed_set_of_labels() -> None:
     def sample(kind: str) -> float:
         return REGISTRY.get_sample_value("cashback_reconciliation_items_total", {"kind": kind}) or 0.0

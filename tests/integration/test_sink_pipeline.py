@@ -1,5 +1,6 @@
 """The sink's batch loop against the real Postgres, with a scripted consumer: the next batch is
-decoded while this one is written, yet each batch's offsets move only after its own transaction;
+decoded while this one is written, and a batch's offsets are committed while the next one is written,
+yet each batch's offsets move only after its own transaction, one transaction in flight;
 and the journal looks a batch's ids up in the ledger by index, whatever the ledger's size."""
 
 from __future__ import annotations
@@ -110,7 +111,9 @@ def test_the_next_batch_is_decoded_while_this_one_is_written_and_offsets_follow_
         assert log.index(f"written {number}") < commit  # offsets only after the batch's own transaction
         if number < len(batches):
             assert log.index(f"fetched {number + 1}") < log.index(f"written {number}")  # overlapped
-            assert commit < log.index(f"writing {number + 1}")  # one transaction in flight, in order
+            assert log.index(f"written {number}") < log.index(f"writing {number + 1}")  # one transaction in flight
+            assert log.index(f"writing {number + 1}") < commit  # the offsets move while the next batch is written
+            assert commit < log.index(f"committed {batches[number][-1].offset + 1}")  # and in order
     assert consumer.committed == {TopicPartition(TOPIC, 0): batches[-1][-1].offset + 1}
 
 
@@ -121,8 +124,11 @@ def test_a_batch_that_fails_to_write_moves_no_offset(database: str) -> None:
     consumer = ScriptedConsumer(sink, batches, log)
     write = sink._with_retry
 
+    writes: list[int] = []
+
     async def failing_second(rows: list[tuple[Any, ...]]) -> BatchResult:
-        if "committed" in " ".join(log):
+        writes.append(len(rows))
+        if len(writes) == 2:
             raise RuntimeError("the second batch fails")
         return await write(rows)
 
