@@ -56,7 +56,8 @@ from stream.metrics import (
 from stream.producing import producer as make_producer
 from stream.settings import Settings
 from stream.store.availability import KeptConnection, until_postgres_answers
-from stream.store.journal import STAGING_COLUMNS, BatchResult, write_batch
+from stream.store.journal import BatchResult, write_batch
+from stream.store.staged_rows import STAGING_COLUMNS
 from topics.catalogue import SOURCE_TIME_HEADER, Catalogue
 
 log = logging.getLogger(__name__)
@@ -209,15 +210,15 @@ class Sink:
                 )
                 records = [r for part in batches.values() for r in part]
                 decoded = await self._decode(records, producer) if records else None
-                written = None
+                to_commit = None
                 if writing is not None:
                     await writing[0]
-                    written, writing = writing[1], None
+                    to_commit, writing = writing[1], None
                 if decoded is not None:
                     writing = (asyncio.create_task(self._write(*decoded, producer)), batches)
                     await asyncio.sleep(0)  # its BEGIN goes out now, not after the next fetch
-                if written is not None:
-                    await self._commit(consumer, written)  # while the next transaction runs
+                if to_commit is not None:
+                    await self._commit(consumer, to_commit)  # while the next transaction runs
                 await self._observe_lag(consumer)
             if writing is not None:
                 await writing[0]

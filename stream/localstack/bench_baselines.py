@@ -30,7 +30,7 @@ from schemas.codec import Codec
 from stream.localstack.bench_watch import BenchError, Window
 from stream.localstack.chaos_oracle import partitions
 from stream.settings import Settings
-from stream.store.journal import ITEM_COLUMNS, LEDGER_COLUMNS, NOT_EARNED_COLUMNS
+from stream.store.staged_rows import ITEM_COLUMNS, LEDGER_COLUMNS, NOT_EARNED_COLUMNS
 from topics.catalogue import Catalogue
 
 RATE_BPS = 100  # the raw loop's one offer: 1%

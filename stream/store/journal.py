@@ -26,6 +26,8 @@ A row another writer committed under one of the batch's ids between 1 and 3 make
 is judged again, on what is committed then (``_RACE_ATTEMPTS``). The statements are planned at each execution, for
 the tables' sizes then (``_SET_UP``).
 
+The rows' layout, staged and as each table takes them, is ``stream.store.staged_rows``.
+
 The SQL of migration 0010 and ``stream.core.balances`` compute balances by the same rules; the tests hold
 them equal (tests/integration/test_ledger.py).
 
@@ -56,36 +58,27 @@ import asyncpg
 import msgspec
 
 from stream.core.entries import RECONCILIATION, REDEMPTION_REFUSED, WALLET_MARK, moves_money
-
-# Columns of a staged row, in the order the sink hands rows over.
-STAGING_COLUMNS = (
-    "position",
-    "accrual_id",
-    "source_event_id",
-    "account_id",
-    "transaction_ref",
-    "entry_kind",
-    "debit_book",
-    "credit_book",
-    "amount_minor",
-    "currency",
-    "reward_kind",
-    "offer_id",
-    "rule_version",
-    "occurred_at",
-    "explanation",
-    "fingerprint",
-    "beneficiary_id",
-    "merchant_id",
-    "purchase_ref",
-    "sponsor_id",  # who funds the entry (accrual v6, migration 0016): NULL is the bank's own budget
+from stream.store.staged_rows import (
+    ACCOUNT,
+    AMOUNT,
+    CREDIT,
+    CURRENCY,
+    EXPLANATION,
+    FINGERPRINT,
+    ID,
+    ITEM_COLUMNS,
+    ITEM_KIND,
+    KIND,
+    LEDGER_COLUMNS,
+    NOT_EARNED_COLUMNS,
+    OCCURRED,
+    OFFER,
+    POSITION,
+    PURCHASE,
+    REF,
+    SOURCE,
+    item_row,
 )
-LEDGER_COLUMNS = STAGING_COLUMNS[1:]  # a new entry's row in ledger_entries: all but the position
-_POSITION, _ID, _SOURCE, _ACCOUNT, _REF, _KIND, _DEBIT, _CREDIT, _AMOUNT, _CURRENCY, _REWARD = range(11)
-_OFFER, _OCCURRED, _EXPLANATION, _FINGERPRINT, _PURCHASE = 11, 13, 14, 15, 18
-assert STAGING_COLUMNS[_REWARD] == "reward_kind" and STAGING_COLUMNS[_FINGERPRINT] == "fingerprint"
-assert STAGING_COLUMNS[_OFFER] == "offer_id"
-assert STAGING_COLUMNS[_PURCHASE] == "purchase_ref"
 
 NOT_EARNED = "NOT_EARNED"
 # The lines written to purchases_not_earned, under their line_kind (migration 0018): judged alike.
@@ -136,35 +129,6 @@ ORDER BY n  -- the same conflict found twice is recorded once, the first time: w
 ON CONFLICT (account_id, accrual_id, arrived_fingerprint) DO NOTHING
 """
 
-# The columns the sink writes of a reconciliation item and of a purchase that earned nothing (the benchmark's
-# COPY baseline copies the same rows: stream.localstack.bench_baselines).
-ITEM_COLUMNS = (
-    "item_id",
-    "source_event_id",
-    "account_id",
-    "transaction_ref",
-    "purchase_ref",
-    "kind",
-    "amount_minor",
-    "currency",
-    "occurred_at",
-    "detail",
-    "fingerprint",
-)
-NOT_EARNED_COLUMNS = (
-    "accrual_id",
-    "source_event_id",
-    "account_id",
-    "transaction_ref",
-    "reason",
-    "detail",
-    "basis_minor",
-    "basis_currency",
-    "occurred_at",
-    "offer_id",
-    "line_kind",
-)
-
 # Step 3, the purchases that earned nothing (a new entry's row is ``LEDGER_COLUMNS``, copied).
 # Reconciliation items (module doc): the kinds the ledger took, one per new row.
 _INSERT_ITEMS = f"""
@@ -176,29 +140,6 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::time
 ON CONFLICT (account_id, item_id) DO NOTHING
 RETURNING kind
 """
-
-_ITEM_KIND = ITEM_COLUMNS.index("kind")
-
-
-def _item_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    """A staged reconciliation item as its row of ``reconciliation_items`` (``ITEM_COLUMNS``), the columns
-    ``_INSERT_ITEMS`` takes from the explanation read here instead."""
-    explanation = _EXPLANATION_JSON.decode(row[_EXPLANATION])
-    get = explanation.get
-    return (
-        row[_ID],
-        row[_SOURCE],
-        row[_ACCOUNT],
-        row[_REF],
-        row[_PURCHASE],
-        get("reason"),
-        get("basis_minor"),
-        get("basis_currency"),
-        row[_OCCURRED],
-        get("detail"),
-        row[_FINGERPRINT],
-    )
-
 
 # A line's offer_id is the offer it is about where the record names one (a holdout line: migration 0013).
 _INSERT_REFUSALS = f"""
@@ -245,7 +186,7 @@ def judge(rows: Sequence[tuple[Any, ...]], held: dict[int, Held], repeats: bool)
     new: list[int] = []
     seen: dict[tuple[str, str], list[int]] = {}
     for index, row in enumerate(rows):
-        kind, fingerprint = row[_KIND], row[_FINGERPRINT]
+        kind, fingerprint = row[KIND], row[FINGERPRINT]
         found = len(conflicts)
         here = held.get(index)
         if here is not None:
@@ -256,8 +197,8 @@ def judge(rows: Sequence[tuple[Any, ...]], held: dict[int, Held], repeats: bool)
                 conflicts.append((2, index, index, NOT_EARNED))
         first = True  # of its id in this batch
         if repeats:
-            earlier = seen.setdefault((row[_ACCOUNT], row[_ID]), [])
-            conflicts.extend((3, index, e, rows[e][_KIND]) for e in earlier if rows[e][_FINGERPRINT] != fingerprint)
+            earlier = seen.setdefault((row[ACCOUNT], row[ID]), [])
+            conflicts.extend((3, index, e, rows[e][KIND]) for e in earlier if rows[e][FINGERPRINT] != fingerprint)
             first = not earlier
             earlier.append(index)
         if len(conflicts) > found:
@@ -271,7 +212,7 @@ def judge(rows: Sequence[tuple[Any, ...]], held: dict[int, Held], repeats: bool)
 
 
 def _reason_and_detail(row: tuple[Any, ...]) -> tuple[Any, Any]:
-    explanation = _EXPLANATION_JSON.decode(row[_EXPLANATION])
+    explanation = _EXPLANATION_JSON.decode(row[EXPLANATION])
     return explanation.get("reason"), explanation.get("detail")
 
 
@@ -282,18 +223,19 @@ def first_copies(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]] | Non
     first: dict[tuple[str, str], str] = {}
     kept: list[tuple[Any, ...]] = []
     for row in rows:
-        key = (row[_ACCOUNT], row[_ID])
+        key = (row[ACCOUNT], row[ID])
         held = first.get(key)
         if held is None:
-            first[key] = row[_FINGERPRINT]
+            first[key] = row[FINGERPRINT]
             kept.append(row)
-        elif held != row[_FINGERPRINT]:
+        elif held != row[FINGERPRINT]:
             return None
     return kept
 
 
 async def write_batch(connection: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> BatchResult:
-    """Write one batch of staged accrual rows (``STAGING_COLUMNS`` order) in one transaction (module doc)."""
+    """Write one batch of staged accrual rows (``stream.store.staged_rows.STAGING_COLUMNS`` order) in one transaction
+    (module doc)."""
     if connection not in _PREPARED:
         await connection.execute(_SET_UP)
         _PREPARED.add(connection)
@@ -304,8 +246,8 @@ async def write_batch(connection: asyncpg.Connection, rows: Sequence[tuple[Any, 
         judged = lines is None or connection in _CAREFUL
         try:
             if lines is not None and not judged:
-                entries = [row for row in lines if moves_money(row[_KIND])]
-                items = await _write_lines(connection, entries, [row for row in lines if not moves_money(row[_KIND])])
+                entries = [row for row in lines if moves_money(row[KIND])]
+                items = await _write_lines(connection, entries, [row for row in lines if not moves_money(row[KIND])])
                 return _result(rows, entries, Verdict([], [], frozenset()), items)
             return await _write_judged(connection, rows, repeats)
         except asyncpg.exceptions.UniqueViolationError as error:
@@ -332,35 +274,35 @@ async def _insert(
     key, and the batch is judged); judged, they go in with ``ON CONFLICT DO NOTHING`` (module doc)."""
     if entries:
         await connection.copy_records_to_table("ledger_entries", records=[r[1:] for r in entries], columns=LEDGER_COLUMNS)
-    refusals = [r for r in lines if r[_KIND] in _NOT_EARNED_LINES]
+    refusals = [r for r in lines if r[KIND] in _NOT_EARNED_LINES]
     if refusals:
         await connection.execute(
             _INSERT_REFUSALS,
-            *([r[c] for r in refusals] for c in (_ID, _SOURCE, _ACCOUNT, _REF, _OCCURRED, _EXPLANATION, _OFFER, _KIND)),
+            *([r[c] for r in refusals] for c in (ID, SOURCE, ACCOUNT, REF, OCCURRED, EXPLANATION, OFFER, KIND)),
         )
-    items = [r for r in lines if r[_KIND] == RECONCILIATION]
+    items = [r for r in lines if r[KIND] == RECONCILIATION]
     if not items:
         return ()
     if new_items:
-        copied = [_item_row(r) for r in items]
+        copied = [item_row(r) for r in items]
         await connection.copy_records_to_table("reconciliation_items", records=copied, columns=ITEM_COLUMNS)
-        return tuple(r[_ITEM_KIND] for r in copied)
+        return tuple(r[ITEM_KIND] for r in copied)
     found = await connection.fetch(
         _INSERT_ITEMS,
-        *([r[c] for r in items] for c in (_ID, _SOURCE, _ACCOUNT, _REF, _PURCHASE, _OCCURRED, _EXPLANATION, _FINGERPRINT)),
+        *([r[c] for r in items] for c in (ID, SOURCE, ACCOUNT, REF, PURCHASE, OCCURRED, EXPLANATION, FINGERPRINT)),
     )
     return tuple(row[0] for row in found)
 
 
 async def _write_judged(connection: asyncpg.Connection, rows: Sequence[tuple[Any, ...]], repeats: bool) -> BatchResult:
     async with connection.transaction():
-        found = await connection.fetch(_LOOK_UP, [row[_ACCOUNT] for row in rows], [row[_ID] for row in rows])
+        found = await connection.fetch(_LOOK_UP, [row[ACCOUNT] for row in rows], [row[ID] for row in rows])
         verdict = judge(rows, {f[0] - 1: (f[1], f[2], f[3], f[4], f[5]) for f in found}, repeats)
         if verdict.conflicts:
             await _record(connection, rows, verdict.conflicts)
-        entries = [rows[i] for i in verdict.new if moves_money(rows[i][_KIND])]
+        entries = [rows[i] for i in verdict.new if moves_money(rows[i][KIND])]
         items = await _insert(
-            connection, entries, [rows[i] for i in verdict.new if not moves_money(rows[i][_KIND])], new_items=False
+            connection, entries, [rows[i] for i in verdict.new if not moves_money(rows[i][KIND])], new_items=False
         )
     if not found:
         _CAREFUL.discard(connection)  # nothing held under this batch's ids: the next one is written without looking
@@ -370,15 +312,15 @@ async def _write_judged(connection: asyncpg.Connection, rows: Sequence[tuple[Any
 def _result(
     rows: Sequence[tuple[Any, ...]], entries: list[tuple[Any, ...]], verdict: Verdict, items: tuple[str, ...] = ()
 ) -> BatchResult:
-    ledger_rows = sum(1 for i, row in enumerate(rows) if moves_money(row[_KIND]) and i not in verdict.refused)
+    ledger_rows = sum(1 for i, row in enumerate(rows) if moves_money(row[KIND]) and i not in verdict.refused)
     return BatchResult(
         written=len(entries),
         duplicates=ledger_rows - len(entries),
-        conflicts=tuple(sorted({rows[i][_POSITION] for _, i, _, _ in verdict.conflicts})),
+        conflicts=tuple(sorted({rows[i][POSITION] for _, i, _, _ in verdict.conflicts})),
         holds=tuple(
-            f"{r[_KIND]}:{_EXPLANATION_JSON.decode(r[_EXPLANATION]).get('reason') or ''}"
+            f"{r[KIND]}:{_EXPLANATION_JSON.decode(r[EXPLANATION]).get('reason') or ''}"
             for r in entries
-            if r[_CREDIT] == "HELD" or r[_KIND] in _HOLD_REVIEWS
+            if r[CREDIT] == "HELD" or r[KIND] in _HOLD_REVIEWS
         ),
         items=items,
     )
@@ -391,13 +333,13 @@ async def _record(
     arrived = [rows[i] for _, i, _, _ in conflicts]
     await connection.execute(
         _RECORD_CONFLICTS,
-        [r[_ACCOUNT] for r in arrived],
-        [r[_ID] for r in arrived],
-        [r[_SOURCE] for r in arrived],
+        [r[ACCOUNT] for r in arrived],
+        [r[ID] for r in arrived],
+        [r[SOURCE] for r in arrived],
         [held_kind for _, _, _, held_kind in conflicts],
-        [r[_KIND] for r in arrived],
-        [r[_AMOUNT] for r in arrived],
-        [r[_CURRENCY] for r in arrived],
-        [r[_FINGERPRINT] for r in arrived],
-        [r[_EXPLANATION] for r in arrived],
+        [r[KIND] for r in arrived],
+        [r[AMOUNT] for r in arrived],
+        [r[CURRENCY] for r in arrived],
+        [r[FINGERPRINT] for r in arrived],
+        [r[EXPLANATION] for r in arrived],
     )

@@ -10,7 +10,8 @@ from typing import Any
 
 import asyncpg
 
-from stream.store.journal import STAGING_COLUMNS, BatchResult
+from stream.store.journal import BatchResult
+from stream.store.staged_rows import STAGING_COLUMNS
 
 # Connections whose scratch tables exist (weak: a closed connection leaves).
 _PREPARED: weakref.WeakSet[asyncpg.Connection] = weakref.WeakSet()

@@ -18,7 +18,7 @@ import pytest
 
 from stream.core.entries import moves_money
 from stream.sink import staging_row
-from stream.store import journal
+from stream.store import journal, staged_rows
 from stream.store.journal import BatchResult, write_batch
 from stream.store.migrations import MIGRATIONS_DIR, migrate, migration_files
 from tests.integration.conftest import fresh_database
@@ -277,7 +277,7 @@ def test_an_id_is_held_by_one_kind_of_line_whoever_writes_it(database: str) -> N
             under_refusal = staged([dict(entry, accrual_id=refusal["accrual_id"], account_id=refusal["account_id"])])
             with pytest.raises(asyncpg.exceptions.UniqueViolationError) as refused:  # an entry under the refusal's id
                 await connection.copy_records_to_table(
-                    "ledger_entries", records=[under_refusal[0][1:]], columns=journal.LEDGER_COLUMNS
+                    "ledger_entries", records=[under_refusal[0][1:]], columns=staged_rows.LEDGER_COLUMNS
                 )
             names.append(refused.value.constraint_name)
         finally:

@@ -9,7 +9,8 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from stream.store.journal import STAGING_COLUMNS, judge
+from stream.store.journal import judge
+from stream.store.staged_rows import STAGING_COLUMNS
 
 
 def row(index: int, accrual_id: str, fingerprint: str, kind: str = "PENDING_CREATED", **explanation: Any) -> tuple[Any, ...]:

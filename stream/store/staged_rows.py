@@ -1,0 +1,92 @@
+"""The rows of the journal (``stream.store.journal``): the staged row the sink makes of each accrual
+(``STAGING_COLUMNS``, by ``stream.sink.staging_row``) and the rows it becomes in the ledger's tables: a ledger
+entry (``LEDGER_COLUMNS``), a reconciliation item (``ITEM_COLUMNS``, ``item_row``), a purchase that earned nothing
+(``NOT_EARNED_COLUMNS``). The benchmark's COPY baseline copies the same columns (``stream.localstack.bench_baselines``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+# Columns of a staged row, in the order the sink hands rows over.
+STAGING_COLUMNS = (
+    "position",
+    "accrual_id",
+    "source_event_id",
+    "account_id",
+    "transaction_ref",
+    "entry_kind",
+    "debit_book",
+    "credit_book",
+    "amount_minor",
+    "currency",
+    "reward_kind",
+    "offer_id",
+    "rule_version",
+    "occurred_at",
+    "explanation",
+    "fingerprint",
+    "beneficiary_id",
+    "merchant_id",
+    "purchase_ref",
+    "sponsor_id",  # who funds the entry (accrual v6, migration 0016): NULL is the bank's own budget
+)
+LEDGER_COLUMNS = STAGING_COLUMNS[1:]  # a new entry's row in ledger_entries: all but the position
+# Where a staged row holds the fields the journal reads.
+POSITION, ID, SOURCE, ACCOUNT, REF, KIND, DEBIT, CREDIT, AMOUNT, CURRENCY, REWARD = range(11)
+OFFER, OCCURRED, EXPLANATION, FINGERPRINT, PURCHASE = 11, 13, 14, 15, 18
+assert STAGING_COLUMNS[REWARD] == "reward_kind" and STAGING_COLUMNS[FINGERPRINT] == "fingerprint"
+assert STAGING_COLUMNS[OFFER] == "offer_id"
+assert STAGING_COLUMNS[PURCHASE] == "purchase_ref"
+
+# The columns the sink writes of a reconciliation item and of a purchase that earned nothing.
+ITEM_COLUMNS = (
+    "item_id",
+    "source_event_id",
+    "account_id",
+    "transaction_ref",
+    "purchase_ref",
+    "kind",
+    "amount_minor",
+    "currency",
+    "occurred_at",
+    "detail",
+    "fingerprint",
+)
+NOT_EARNED_COLUMNS = (
+    "accrual_id",
+    "source_event_id",
+    "account_id",
+    "transaction_ref",
+    "reason",
+    "detail",
+    "basis_minor",
+    "basis_currency",
+    "occurred_at",
+    "offer_id",
+    "line_kind",
+)
+
+_EXPLANATION_JSON = msgspec.json.Decoder()
+ITEM_KIND = ITEM_COLUMNS.index("kind")  # where an item's row holds its kind
+
+
+def item_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A staged reconciliation item as its row of ``reconciliation_items`` (``ITEM_COLUMNS``): the columns the
+    journal's ``INSERT`` of judged items reads out of the explanation in Postgres, read here instead."""
+    explanation = _EXPLANATION_JSON.decode(row[EXPLANATION])
+    get = explanation.get
+    return (
+        row[ID],
+        row[SOURCE],
+        row[ACCOUNT],
+        row[REF],
+        row[PURCHASE],
+        get("reason"),
+        get("basis_minor"),
+        get("basis_currency"),
+        row[OCCURRED],
+        get("detail"),
+        row[FINGERPRINT],
+    )
