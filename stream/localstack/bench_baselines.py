@@ -14,12 +14,21 @@
   reconciliation items: ``SINK_TABLES``), the columns the sink writes, each into a scratch table made
   ``LIKE`` the real one ``INCLUDING ALL`` (its constraints, defaults and indexes; not its triggers).
   Only the COPYs are timed; the rows are read before. The sink's figure is over the same rows.
+- ``faust_floor``: a bare Faust agent with the worker's settings that only counts the card events
+  Faust hands it (``stream.localstack.bench_floor``): the most any Faust agent reads here, a
+  bound on the worker's rate that no work per event lowers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import re
+import subprocess
+import sys
 import time
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -27,6 +36,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from schemas.codec import Codec
+from stream.localstack import chaos_faults
 from stream.localstack.bench_watch import BenchError, Window
 from stream.localstack.chaos_oracle import partitions
 from stream.settings import Settings
@@ -42,6 +52,7 @@ SINK_TABLES = {
     "reconciliation_items": (ITEM_COLUMNS, "item_seq"),
 }
 COPY_PREFIX = "bench_copy_"  # the scratch tables: bench_copy_ledger_entries, ...
+_FLOOR_LINE = re.compile(r'\{"events": .*\}')  # what stream.localstack.bench_floor prints
 
 
 def accrual_of(event: dict[str, Any]) -> dict[str, Any]:
@@ -146,3 +157,28 @@ async def copy_baseline(database_url: str) -> tuple[Window, dict[str, int]]:
         return Window(sum(counts.values()), seconds), counts
     finally:
         await connection.close()
+
+
+def faust_floor(
+    env: Mapping[str, str], settings: Settings, catalogue: Catalogue, expected: int, data_dir: Path, limit_s: float = 600.0
+) -> Window:
+    """A bare Faust agent counting ``expected`` preloaded card events, in a process of its own started with the
+    worker's environment ``env`` (``stream.localstack.bench_floor``), in a consumer group of its own, its
+    data directory ``data_dir``."""
+    probe = {
+        **env,
+        "WORKER_DATA_DIR": str(data_dir),
+        "APP_ID": f"{settings.app_id}-floor",
+        "FLOOR_TOPICS": ",".join((catalogue.authorizations.name, catalogue.settlements.name)),
+        "FLOOR_EVENTS": str(expected),
+    }
+    command = [sys.executable, "-m", "stream.localstack.bench_floor"]
+    try:
+        done = subprocess.run(command, env=probe, cwd=chaos_faults.REPO_ROOT, capture_output=True, text=True, timeout=limit_s)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"the bare Faust agent did not count {expected:,} events within {limit_s:.0f}s") from None
+    found = _FLOOR_LINE.search(done.stdout)  # after the terminal codes Faust's worker writes
+    if done.returncode != 0 or found is None:
+        raise BenchError(f"the bare Faust agent exited {done.returncode}: {done.stdout[-500:]} {done.stderr[-2000:]}")
+    measured = json.loads(found[0])
+    return Window(measured["events"], measured["seconds"])

@@ -52,6 +52,7 @@ class Results:
     date: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     # throughput
     raw_events_per_s: float = 0.0
+    faust_floor_events_per_s: float = 0.0  # a bare Faust agent that only counts (stream.localstack.bench_floor)
     worker_events_per_s: float = 0.0
     worker_first_event_s: float = 0.0  # from the worker's start to its first card event
     accrual_records: int = 0  # what the worker produced for the preloaded log (NOT_EARNED lines too)
@@ -91,6 +92,11 @@ class Results:
         return _ratio(self.worker_events_per_s, self.raw_events_per_s)
 
     @property
+    def floor_over_raw(self) -> float:
+        """The most ``processor_over_raw`` can be with Faust's delivery of messages on this machine."""
+        return _ratio(self.faust_floor_events_per_s, self.raw_events_per_s)
+
+    @property
     def sink_over_copy(self) -> float:
         return _ratio(self.sink_rows_per_s, self.copy_rows_per_s)
 
@@ -120,6 +126,7 @@ class Results:
             "restart_s": self.restart_s,
             "two_workers": self.two_workers,
         }
+        data["floor_over_raw"] = self.floor_over_raw
         data["line"] = self.line()
         return data
 
@@ -127,6 +134,8 @@ class Results:
         mib = 1024 * 1024
         rows = [
             ("raw aiokafka loop", f"{self.raw_events_per_s:,.0f} events/s", f"{self.events:,} card events"),
+            ("bare Faust agent", f"{self.faust_floor_events_per_s:,.0f} events/s",
+             f"only counts what Faust hands it: floor/raw {self.floor_over_raw:.3f}, the most processor/raw can be"),
             ("worker (1 process)", f"{self.worker_events_per_s:,.0f} events/s", f"first event {self.worker_first_event_s:.1f}s after start"),
             ("  processor/raw", f"{self.processor_over_raw:.3f}", "target >= 0.25"),
             ("sink", f"{self.sink_rows_per_s:,.0f} rows/s",
@@ -181,19 +190,20 @@ def chart(results: Results, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, (rates, others) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [3, 2]})
-    names = ["raw loop", "worker", "2 workers", "COPY", "sink"]
+    names = ["raw loop", "Faust floor", "worker", "2 workers", "COPY", "sink"]
     values = [
         results.raw_events_per_s,
+        results.faust_floor_events_per_s,
         results.worker_events_per_s,
         results.two_workers_events_per_s,
         results.copy_rows_per_s,
         results.sink_rows_per_s,
     ]
-    colours = ["#9e9e9e", "#1f77b4", "#1f77b4", "#9e9e9e", "#ff7f0e"]
+    colours = ["#9e9e9e", "#9e9e9e", "#1f77b4", "#1f77b4", "#9e9e9e", "#ff7f0e"]
     bars = rates.bar(names, [max(v, 1.0) for v in values], color=colours)
     rates.set_yscale("log")
     rates.set_ylabel("per second (events; COPY and sink: rows)")
-    rates.set_title("throughput: the project (colour) and plain clients (grey)")
+    rates.set_title("throughput: the project (colour) and its baselines (grey)")
     for bar, value in zip(bars, values, strict=True):
         rates.annotate(f"{value:,.0f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom")
     figures = [

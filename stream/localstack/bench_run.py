@@ -20,7 +20,7 @@ import uvloop
 from schemas.codec import Codec
 from stream.composition import System
 from stream.core.offers import OfferBook
-from stream.localstack.bench_baselines import copy_baseline, raw_loop
+from stream.localstack.bench_baselines import copy_baseline, faust_floor, raw_loop
 from stream.localstack.bench_latency import (
     broker_times,
     enable_commit_timestamps,
@@ -147,6 +147,10 @@ class Bench:
         self.say(f"raw loop over {len(log.preloaded):,} card events")
         results.raw_events_per_s = uvloop.run(raw_loop(settings, catalogue, codec, len(log.preloaded))).rate
         self.say(f"raw loop: {results.raw_events_per_s:,.0f} events/s")
+        results.faust_floor_events_per_s = faust_floor(
+            topics.env, settings, catalogue, len(log.preloaded), self.work_dir / "floor-data"
+        ).rate
+        self.say(f"bare Faust agent: {results.faust_floor_events_per_s:,.0f} events/s")
 
         self.say("worker draining the preloaded log")
         since = time.monotonic()

@@ -23,7 +23,14 @@ LINE = re.compile(
     r"^processor/raw=(\d+\.\d\d) sink/copy=(\d+\.\d\d) p99_ms_at_1k=(\d+) rss_growth=(\d+\.\d\d) "
     r"restart_s=(\d+\.\d) two_workers=(\d+\.\d\d)$"
 )
-RATES = ("raw_events_per_s", "worker_events_per_s", "sink_rows_per_s", "sink_entries_per_s", "sink_records_per_s")
+RATES = (
+    "raw_events_per_s",
+    "faust_floor_events_per_s",
+    "worker_events_per_s",
+    "sink_rows_per_s",
+    "sink_entries_per_s",
+    "sink_records_per_s",
+)
 RATES += ("copy_rows_per_s",)
 RATES += ("two_workers_events_per_s", "long_worker_events_per_s")
 
@@ -58,6 +65,7 @@ def test_the_quick_benchmark_measures_every_figure_on_a_correct_ledger(tmp_path:
     assert results["not_earned_rows"] > 0, "the lifecycle mix makes purchases that earned nothing"
     assert results["copied_rows"] == results["ledger_rows"] + results["not_earned_rows"] + results["item_rows"]
     assert figures["sink_over_copy"] == pytest.approx(results["sink_rows_per_s"] / results["copy_rows_per_s"])
+    assert results["floor_over_raw"] == pytest.approx(results["faust_floor_events_per_s"] / results["raw_events_per_s"])
     eighths = results["rss_at_eighths_bytes"]  # a poll may see several eighths at once: then equal values
     assert len(eighths) == 8 and all(rss > 0 for rss in eighths) and eighths[-1] == results["rss_at_end_bytes"], eighths
 
