@@ -19,8 +19,9 @@ asyncio's own loop 6,500-7,100, whichever the iteration: the events, the stream 
 
 Run by the benchmark as ``python -m stream.localstack.bench_floor``, a process of its own like the
 worker, with the worker's environment but its own ``APP_ID`` (a consumer group of its own) and
-``WORKER_DATA_DIR``, and ``FLOOR_TOPICS`` (comma separated) and ``FLOOR_EVENTS`` (how many to count). The clock runs from the first event to the last; it prints
-one JSON line, ``{"events": n, "seconds": s}``, and exits.
+``WORKER_DATA_DIR``, and ``FLOOR_TOPICS`` (comma separated) and ``FLOOR_EVENTS`` (how many to
+count). The clock runs from the first event to the last; it prints one JSON line,
+``{"events": n, "seconds": s}``, and exits.
 """
 
 from __future__ import annotations
