@@ -1,4 +1,5 @@
-"""What the benchmark holds the project against: the same work done by plain clients.
+"""What the benchmark holds the project against: the same work done by plain clients, and what Faust
+alone costs.
 
 - ``raw_loop``: one aiokafka consumer reads the preloaded card-event topics from their start
   (``getmany``), decodes each message with the project's codec, builds an accrual record from it
@@ -14,9 +15,9 @@
   reconciliation items: ``SINK_TABLES``), the columns the sink writes, each into a scratch table made
   ``LIKE`` the real one ``INCLUDING ALL`` (its constraints, defaults and indexes; not its triggers).
   Only the COPYs are timed; the rows are read before. The sink's figure is over the same rows.
-- ``faust_floor``: a bare Faust agent with the worker's settings that only counts the card events
+- ``faust_floor``: a bare Faust agent with the worker's own app that only counts the card events
   Faust hands it (``stream.localstack.bench_floor``): the most any Faust agent reads here, a
-  bound on the worker's rate that no work per event lowers.
+  bound on the worker's rate that no cut in the worker's own work per event lifts.
 """
 
 from __future__ import annotations
