@@ -48,6 +48,8 @@ def main() -> None:
     missing = [name for name in ENVIRONMENT if not os.environ.get(name)]
     if missing:
         sys.exit(f"bench_floor: set {', '.join(missing)}")
+    if not os.environ["FLOOR_EVENTS"].isdigit() or int(os.environ["FLOOR_EVENTS"]) < 1:
+        sys.exit(f"bench_floor: FLOOR_EVENTS must be a positive whole number, not {os.environ['FLOOR_EVENTS']!r}")
     settings = Settings.from_env(os.environ)
     topics = os.environ["FLOOR_TOPICS"].split(",")
     expected = int(os.environ["FLOOR_EVENTS"])
