@@ -163,7 +163,7 @@ def looks_like_card_number(text: str, *, identifier: bool = False) -> bool:
     """True when ``text`` holds a Luhn-valid number of 13-19 digits written as a card number is
     (together, or in a card's printed groups, in any script's digits, embedded in other text). In
     an ``identifier`` it must also start with a card scheme's issuer range (the module doc says why)."""
-    if len(_ANY_DIGIT.findall(text)) < 13:
+    if len(text) < 13 or len(_ANY_DIGIT.findall(text)) < 13:  # most fields are shorter than a card number
         return False
     plain = "".join(map(_plain, text))
     return any(

@@ -323,3 +323,15 @@ def test_the_simulators_legitimate_events_are_never_refused() -> None:
     records = [m.record for m in messages if m.role in ("authorizations", "settlements") and m.record]
     assert len(records) > 2_000
     assert [r["event_id"] for r in records if validate(r) is not None] == []
+
+
+@SEEDED
+@given(card_numbers(scheme=True), st.text(max_size=12))
+def test_a_text_as_short_as_the_shortest_card_number_is_judged_and_a_shorter_one_never_holds_one(
+    number: str, shorter: str
+) -> None:
+    """The detector's first exit skips any text of fewer than 13 characters (a card number has at
+    least 13 digits, one character each): one of exactly 13 is still read."""
+    thirteen = with_check_digit(number[:12])
+    assert looks_like_card_number(thirteen) and looks_like_card_number(thirteen, identifier=True)
+    assert not looks_like_card_number(shorter) and not looks_like_card_number(shorter, identifier=True)
