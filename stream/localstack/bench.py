@@ -5,7 +5,7 @@ In order, on a log of the simulator's lifecycle mix (``stream.localstack.bench_s
 
 1. **raw**: a plain aiokafka loop over the preloaded card-event topics (consume, decode, build and
    encode an accrual, produce; ``stream.localstack.bench_baselines``), events/s; then a bare
-   Faust agent with the worker's settings that only counts them (``stream.localstack.bench_floor``),
+   Faust agent with the worker's own app that only counts them (``stream.localstack.bench_floor``),
    events/s: the most any Faust agent reads on the machine, so ``floor/raw`` bounds ``processor/raw``;
 2. **worker**: ``stream worker``, one process, drains the same preloaded log from its start, the
    sink not running; events/s by its own ``cashback_events_consumed_total``. It folded the account
