@@ -29,6 +29,7 @@ from stream.localstack.kafka import DEFAULT_CACHE_DIR, KafkaBroker
 from stream.localstack.postgres import EmbeddedPostgres
 from stream.localstack.process import free_port, spawn, terminate
 from stream.localstack.tokens import SigningKey, mint, write_jwks
+from stream.store.journal import write_batch
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 API_ISSUER = "cashback-integration-tests"
@@ -99,6 +100,20 @@ def fresh_database(server_url: str) -> str:
     asyncio.run(create())
     base, _, _ = server_url.rpartition("/")
     return f"{base}/{name}"
+
+
+async def explained_write(connection: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> list[str]:
+    """``write_batch`` of ``rows`` with the plan of every statement it ran, its triggers' too (auto_explain,
+    as notices): what the planner chose for the tables as they are."""
+    notices: list[str] = []
+    connection.add_log_listener(lambda _, message: notices.append(message.message))
+    await connection.execute(
+        "LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on;"
+        " SET auto_explain.log_level = 'notice'"
+    )
+    await write_batch(connection, rows)
+    await connection.fetchval("SELECT 1")  # the notices of the batch's transaction are in
+    return notices
 
 
 class Processes:

@@ -12,7 +12,7 @@ import pytest
 
 from stream.store.journal import write_batch
 from stream.store.migrations import migrate
-from tests.integration.conftest import fresh_database
+from tests.integration.conftest import explained_write, fresh_database
 from tests.integration.test_ledger import rows_of, simulated_entries
 
 
@@ -31,14 +31,7 @@ def test_the_fold_probes_balances_by_key(database: str) -> None:
             await migrate(connection)
             await write_batch(connection, rows[:half])
             await connection.execute("ANALYZE balances")  # the planner knows what the table holds
-            notices: list[str] = []
-            connection.add_log_listener(lambda _, message: notices.append(message.message))
-            await connection.execute(
-                "LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on;"
-                " SET auto_explain.log_level = 'notice'"
-            )
-            await write_batch(connection, rows[half:])
-            await connection.fetchval("SELECT 1")  # the notices of the batch's transaction are in
+            notices = await explained_write(connection, rows[half:])
             folds = [n for n in notices if "WITH d AS MATERIALIZED" in n and "UPDATE balances AS b" in n]
             assert len(folds) == 1, [n[:200] for n in notices]
             return folds[0], await connection.fetchval("SELECT count(*) FROM balances")

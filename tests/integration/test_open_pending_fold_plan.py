@@ -12,7 +12,7 @@ import pytest
 
 from stream.store.journal import write_batch
 from stream.store.migrations import migrate
-from tests.integration.conftest import fresh_database
+from tests.integration.conftest import explained_write, fresh_database
 from tests.integration.test_ledger import rows_of, simulated_entries
 
 # What the ledger holds pending per purchase, offer and currency, from the entries themselves.
@@ -43,15 +43,7 @@ def test_the_fold_deletes_emptied_purchases_by_tid(database: str) -> None:
             await connection.execute("ANALYZE open_pending")  # the planner knows what the table holds
             keys = "SELECT account_id, purchase_ref, offer_id, currency FROM open_pending"
             open_before = {tuple(r) for r in await connection.fetch(keys)}
-            notices: list[str] = []
-            connection.add_log_listener(lambda _, message: notices.append(message.message))
-            await connection.execute(
-                "LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on;"
-                " SET auto_explain.log_level = 'notice'"
-            )
-            await write_batch(connection, rows[half:])
-            await connection.fetchval("SELECT 1")  # the notices of the batch's transaction are in
-            deletes = [n for n in notices if "DELETE FROM open_pending" in n]
+            deletes = [n for n in await explained_write(connection, rows[half:]) if "DELETE FROM open_pending" in n]
             emptied = len(open_before - {tuple(r) for r in await connection.fetch(keys)})
             return deletes, emptied, await connection.fetch(_PENDING_BOOK), await connection.fetch(_OPEN_PENDING)
         finally:
