@@ -1,6 +1,6 @@
 """The ledger's open_pending fold (migration 0023) deletes the purchases whose pending reached zero by
 the tuples its upsert left at zero (a TID scan), never by a join the planner could make over the whole
-table (0014's DELETE got such plans, and one round of the sink's drain spent 72 ms a batch on it).
+table (0014's DELETE got such plans: in one drain of the sink, 6,516 ms over 85 batches).
 What the fold keeps is held equal to the ledger's PENDING book here and by ``test_reconciliation.py``."""
 
 from __future__ import annotations
