@@ -28,29 +28,32 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 from collections.abc import Callable
+from typing import Any
 
 TRIM_INTERVAL_S = 30.0
 MMAP_THRESHOLD_BYTES = 128 * 1024  # glibc's initial M_MMAP_THRESHOLD, made fixed
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter (<malloc.h>)
 
 
-def _libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
-    return None if name is None else ctypes.CDLL(name)
+def _libc_function(name: str, argtypes: list[Any], restype: Any) -> Any | None:
+    """The C library's function ``name``, typed (None: no C library found, or none of that name)."""
+    library = ctypes.util.find_library("c")
+    if library is None:
+        return None
+    try:
+        function = getattr(ctypes.CDLL(library), name)
+    except (OSError, AttributeError):
+        return None
+    function.argtypes, function.restype = argtypes, restype
+    return function
 
 
 def trimmer() -> Callable[[], bool] | None:
     """A function that trims the heap (True: glibc released memory), or None where the C library
     has no ``malloc_trim``."""
-    try:
-        libc = _libc()
-        if libc is None:
-            return None
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):
+    trim = _libc_function("malloc_trim", [ctypes.c_size_t], ctypes.c_int)
+    if trim is None:
         return None
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
 
     def trim_heap() -> bool:
         return bool(trim(0))  # 0: keep no free space at the top of the heap either
@@ -61,13 +64,5 @@ def trimmer() -> Callable[[], bool] | None:
 def map_large_blocks_apart(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
     """Have glibc map every block of ``threshold`` bytes or more apart from the heap, for the rest of
     the process, and unmap it when freed (True: done; False: a C library without ``mallopt``)."""
-    try:
-        libc = _libc()
-        if libc is None:
-            return False
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, threshold))
+    mallopt = _libc_function("mallopt", [ctypes.c_int, ctypes.c_int], ctypes.c_int)
+    return mallopt is not None and bool(mallopt(_M_MMAP_THRESHOLD, threshold))
