@@ -256,8 +256,9 @@ async def watch_partitions(
 ) -> None:
     """Called periodically: report each guarded partition's lag (``lag(tp, behind)``), and read a
     partition again from where it stopped when it is stuck below its end (``InputProgress.stalled``:
-    a send failed, or nothing moved since the previous call while the agent was idle). ``busy``:
-    the agent processed messages since the previous call."""
+    a send failed, or it has not moved since the previous call while the agent was idle, or for
+    ``BUSY_WATCHES`` calls while it was busy). ``busy``: the agent processed messages since the
+    previous call."""
     consumer = app.consumer
     if app.rebalancing:
         return
@@ -271,17 +272,22 @@ async def watch_partitions(
         if highwater is None:
             continue
         if not app.progress.knows(tp):
-            # Nothing delivered since the assignment: the partition may have been left paused.
-            if highwater > 0 and not busy:
-                app.progress.start(tp, await broker_view.start_offset(tp))
-            elif highwater == 0:
+            # Nothing delivered since the assignment: the partition may have been left paused, or
+            # its records dropped by the consumer. Accounted for from here, it is read again once
+            # it does not move (busy or not: a worker with traffic elsewhere is never idle).
+            if highwater > 0:
+                start = await broker_view.start_offset(tp)
+                # Meanwhile the agent may have started it (and processed from it), or a rebalance taken it.
+                if not app.progress.knows(tp) and not app.rebalancing and tp in consumer.assignment():
+                    app.progress.start(tp, start)
+            else:
                 lag(tp, 0)
             continue
         lag(tp, max(0, highwater - app.progress.next_offset(tp)))
         stuck_at = app.progress.stalled(tp, highwater, busy)
         if stuck_at is not None:
             log.warning(
-                "%s[%d]: reading again from offset %d (a send failed, or nothing moved for %.0fs)",
+                "%s[%d]: reading again from offset %d (a send failed, or it did not move for %.0fs or more)",
                 tp.topic,
                 tp.partition,
                 stuck_at,

@@ -64,8 +64,11 @@ class InputPartitions:
             return False  # revoked while buffered: its next owner reads it from the committed offset
         if not self.progress.knows(tp):
             start = await self.broker_view.start_offset(tp)
-            log.info("accounting for %s[%d] from offset %d (first delivered: %d)", tp.topic, tp.partition, start, offset)
-            self.progress.start(tp, start)
+            if tp not in self.assigned:
+                return False  # revoked while the broker answered
+            if not self.progress.knows(tp):  # the partition watch may have started it meanwhile
+                log.info("accounting for %s[%d] from offset %d (first delivered: %d)", tp.topic, tp.partition, start, offset)
+                self.progress.start(tp, start)
         verdict = self.progress.verdict(tp, offset)
         if verdict in (Verdict.PROCESS, Verdict.SKIP):
             return verdict is Verdict.PROCESS

@@ -24,8 +24,10 @@ The protocol, per partition, for the agent:
     protocol skip a clearing in the chaos run.
 - ``committable(tp)``: the offset to commit (the next one to process, or the first one whose sends
   are not known to be delivered), None when nothing new;
-- ``stalled(tp, end_offset)`` now and then: where to read again, after a send that failed or when
-  a hole has no later message to reveal it.
+- ``stalled(tp, end_offset, busy)`` now and then: where to read again, after a send that failed or
+  when a partition below its end does not move (a hole with no later message to reveal it, a
+  partition left paused, records the consumer dropped): at the second call when the agent was idle,
+  within ``BUSY_WATCHES`` calls when it was busy with other partitions' messages.
 
 Pure bookkeeping: no Kafka, no clock. Replaying is free downstream (effects are idempotent), so
 every doubt resolves to "read again".
@@ -39,6 +41,13 @@ from collections import deque
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+# The calls of ``stalled`` a partition below its end may go without moving while the agent is busy
+# with other messages before it is read again. A partition queued behind others' messages moves
+# within seconds (the consumer fetches every partition it owns in turn); one left paused, or whose
+# records the consumer dropped, never moves, and the agent is never idle for long while clock ticks
+# and other partitions' events keep coming: it must be read again all the same.
+BUSY_WATCHES = 6
 
 
 class Delivery(Protocol):
@@ -64,6 +73,7 @@ class _Partition:
     committed: int  # what the group has committed (the next offset it would read)
     seeking_since: int | None = None  # the highest offset seen since we sought back, if seeking
     watched: int | None = None  # next_offset at the previous watch
+    unmoved: int = 0  # the watches since then at which it had not moved
     # Processed offsets whose sends are not yet known to be delivered, oldest first.
     unconfirmed: deque[tuple[int, Sequence[Any]]] = field(default_factory=deque)
     rewind_to: int | None = None  # a send failed: read again from here
@@ -140,9 +150,11 @@ class InputProgress:
     def stalled(self, tp: Hashable, end_offset: int, busy: bool = False) -> int | None:
         """Called periodically with the partition's end offset: where to read again after a send
         that failed, or when records exist past ``next_offset`` and it has not moved since the
-        previous call while the agent was idle (a message lost with nothing after it to reveal
-        the hole, or a partition left paused); None when all is well. ``busy``: the agent
-        processed messages since the previous call, so a partition that waits is only queued."""
+        previous call (a message lost with nothing after it to reveal the hole, a partition left
+        paused); None when all is well. ``busy``: the agent processed messages since the previous
+        call, so a partition that waits may be queued behind them: it is read again only once it
+        has not moved for ``BUSY_WATCHES`` calls. A busy agent delays the reading again, it never
+        prevents it."""
         part = self._partitions.get(tp)
         if part is None:
             return None
@@ -153,13 +165,16 @@ class InputProgress:
             part.seeking_since = None
             self.seeks += 1
             return part.next_offset
-        if part.next_offset >= end_offset or busy:  # all read, or queued behind other work
-            part.watched = None
+        if part.next_offset >= end_offset:  # all read
+            part.watched, part.unmoved = None, 0
             return None
-        stuck = part.watched == part.next_offset
-        part.watched = part.next_offset
-        if not stuck:
+        if part.watched != part.next_offset:  # it moved (or is watched for the first time)
+            part.watched, part.unmoved = part.next_offset, 0
             return None
+        part.unmoved += 1
+        if part.unmoved < (BUSY_WATCHES if busy else 1):
+            return None
+        part.watched, part.unmoved = None, 0
         part.seeking_since = None
         self.seeks += 1
         return part.next_offset

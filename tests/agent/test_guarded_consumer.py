@@ -284,3 +284,75 @@ async def test_messages_of_one_partition_follow_each_other_in_one_batch(harness)
     assert progress.seeks == 0
     assert max(flushes) > 1, "the messages were flushed one by one: no batch to test"
     assert progress.committable(tp) == 6
+
+
+class BrokerView:
+    """The broker's answers to the partition watch: the committed offset, once ``answer`` is set."""
+
+    def __init__(self, committed: int) -> None:
+        self.committed = committed
+        self.answer = asyncio.Event()
+        self.answer.set()
+        self.asked = 0
+
+    async def start_offset(self, tp: TP) -> int:
+        self.asked += 1
+        await self.answer.wait()
+        return self.committed
+
+
+def watched(wired, highwater: int):  # type: ignore[no-untyped-def]
+    """The wired consumer with a partition ``highwater`` long, its seeks and resumes recorded."""
+    app, consumer, tp, commits = wired
+    seeks: list[tuple[TP, int]] = []
+    resumed: list[TP] = []
+
+    async def seek(partition: TP, offset: int) -> None:
+        seeks.append((partition, offset))
+
+    consumer.highwater = lambda partition: highwater  # type: ignore[method-assign]
+    consumer.seek = seek  # type: ignore[method-assign]
+    consumer.resume_partitions = lambda tps: resumed.extend(tps)  # type: ignore[method-assign]
+    return app, tp, seeks, resumed
+
+
+@pytest.mark.asyncio
+async def test_a_partition_that_delivers_nothing_is_read_again_while_the_agent_is_busy(wired) -> None:  # type: ignore[no-untyped-def]
+    """The quick benchmark's two-worker stall: after a rebalance a partition (committed at 120, 171
+    records) handed the agent nothing, while clock ticks kept the agent busy at every other watch.
+    The watch accounts for it from its committed offset busy or not, and resumes and reads it again."""
+    from stream.guarded_consumer import watch_partitions
+    from stream.progress import BUSY_WATCHES
+
+    app, tp, seeks, resumed = watched(wired, highwater=171)
+    broker = BrokerView(committed=120)
+    lags: list[int] = []
+    watches = 0
+    while not seeks and watches < 20:
+        await watch_partitions(app, broker, True, lambda _, behind: lags.append(behind), stuck_after_s=10)
+        watches += 1
+    assert watches == BUSY_WATCHES + 2  # accounted for, watched, then BUSY_WATCHES without moving
+    assert app.progress.next_offset(tp) == 120
+    assert seeks == [(tp, 120)] and resumed == [tp]
+    assert lags and set(lags) == {51}
+
+
+@pytest.mark.asyncio
+async def test_the_watch_never_moves_back_a_partition_the_agent_started_while_the_broker_answered(wired) -> None:  # type: ignore[no-untyped-def]
+    """The watch asks the broker where a partition starts; meanwhile the agent may be handed its
+    first message, start it itself and process it. Starting it again would take it back below what
+    was processed (a seek and a tick applied twice in one run of the quick benchmark)."""
+    from stream.guarded_consumer import watch_partitions
+
+    app, tp, seeks, resumed = watched(wired, highwater=2)
+    broker = BrokerView(committed=0)
+    broker.answer.clear()
+    watch = asyncio.create_task(watch_partitions(app, broker, False, lambda *_: None, stuck_after_s=10))
+    while not broker.asked:
+        await asyncio.sleep(0)
+    app.progress.start(tp, 0)  # the agent, handed offset 0 meanwhile
+    app.progress.verdict(tp, 0)
+    app.progress.done(tp, 0)
+    broker.answer.set()
+    await watch
+    assert app.progress.next_offset(tp) == 1

@@ -8,7 +8,7 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream.progress import InputProgress, Verdict
+from stream.progress import BUSY_WATCHES, InputProgress, Verdict
 
 TP = ("cashback.card.authorizations", 0)
 
@@ -88,9 +88,40 @@ def test_a_partition_stuck_below_its_end_is_read_again_at_the_second_watch() -> 
     progress.verdict(TP, 0)
     progress.done(TP, 0)
     assert progress.stalled(TP, 3) is None  # it moved
-    assert progress.stalled(TP, 3, busy=True) is None  # queued behind other partitions' work
-    assert progress.stalled(TP, 3) is None  # a busy agent restarts the wait
     assert progress.stalled(TP, 3) == 1
+    assert progress.stalled(TP, 3) is None  # sought: a period for the re-read
+    assert progress.stalled(TP, 3) == 1
+
+
+def test_a_busy_agent_delays_the_reading_again_of_a_stuck_partition_without_preventing_it() -> None:
+    """A worker with traffic on other partitions (or clock ticks between two watches) is busy at
+    every watch: a partition left paused, or whose records the consumer dropped, is read again all
+    the same, after ``BUSY_WATCHES`` watches instead of two."""
+    progress = InputProgress()
+    progress.start(TP, 120)
+    assert progress.stalled(TP, 171, busy=True) is None  # first watch: where it stands
+    for _ in range(BUSY_WATCHES - 1):
+        assert progress.stalled(TP, 171, busy=True) is None  # perhaps queued behind the others' messages
+    assert progress.stalled(TP, 171, busy=True) == 120
+
+
+def test_a_stuck_partition_is_read_again_when_busy_and_idle_watches_alternate() -> None:
+    """What stalled the quick benchmark's two workers: clock ticks every 10 s and a watch every 5 s,
+    so every other watch found the agent busy, and each busy watch restarted the wait."""
+    progress = InputProgress()
+    progress.start(TP, 120)
+    assert progress.stalled(TP, 171, busy=False) is None
+    assert progress.stalled(TP, 171, busy=True) is None
+    assert progress.stalled(TP, 171, busy=False) == 120
+
+
+def test_a_partition_that_keeps_moving_is_never_read_again() -> None:
+    progress = InputProgress()
+    progress.start(TP, 0)
+    for offset in range(3 * BUSY_WATCHES):
+        progress.verdict(TP, offset)
+        progress.done(TP, offset)
+        assert progress.stalled(TP, 1000, busy=offset % 2 == 0) is None
 
 
 class Sent:
