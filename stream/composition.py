@@ -204,10 +204,13 @@ class System:
 
         from stream import metrics
         from stream.deadletter import configure_hash_key
+        from stream.heap import map_large_blocks_apart
         from stream.matcher import Matcher
 
         settings = self.settings
         gc.set_threshold(*WORKER_GC_THRESHOLD)
+        # fetched and produced batches and memtable blocks out of glibc's heap, unmapped when freed (stream.heap)
+        map_large_blocks_apart()
         configure_hash_key(settings.dead_letter_hash_key)
         asyncio.run(self.create_topics())
         asyncio.run(self.migrate_database())  # campaign budgets live in Postgres

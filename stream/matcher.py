@@ -55,7 +55,7 @@ from stream.deadletter import OtherReason, Stage, dead_letter
 from stream.granting import BudgetLedger, PostgresBudgets, grant
 from stream.group_membership import GroupWatch
 from stream.guarded_consumer import OffsetLookups
-from stream.heap import TRIM_INTERVAL_S, map_large_blocks_apart, trimmer
+from stream.heap import TRIM_INTERVAL_S, trimmer
 from stream.input_partitions import InputPartitions, PartitionRevoked
 from stream.metrics import EVENTS_CONSUMED, PAYOUT_SKIPS, PAYOUTS, labelled
 from stream.offer_mirror import OfferMirror
@@ -185,9 +185,7 @@ class Matcher:
         # A consumer out of its group owns nothing and reports no lag: watched apart (stream.group_membership).
         self.membership = GroupWatch(self.app, settings.worker_out_of_group_limit_s)
         self.app.timer(LAG_INTERVAL_S)(self._observe_lag)
-        # The heap pages the churn of the bounded caches freed, back to the system, and large blocks
-        # (fetched batches, produced batches, memtables) kept out of the heap (stream.heap).
-        map_large_blocks_apart()
+        # The heap pages the churn of the bounded caches freed, back to the system (stream.heap).
         self._trim_heap = trimmer()
         if self._trim_heap is not None:
             self.app.timer(TRIM_INTERVAL_S)(self._trim)
