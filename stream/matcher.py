@@ -54,7 +54,7 @@ from stream.core.state import AccountState
 from stream.deadletter import OtherReason, Stage, dead_letter
 from stream.granting import BudgetLedger, PostgresBudgets, grant
 from stream.group_membership import GroupWatch
-from stream.guarded_consumer import OffsetLookups
+from stream.guarded_consumer import OffsetLookups, keep_across_resumes
 from stream.heap import TRIM_INTERVAL_S, trimmer
 from stream.input_partitions import InputPartitions, PartitionRevoked
 from stream.metrics import EVENTS_CONSUMED, PAYOUT_SKIPS, PAYOUTS, labelled
@@ -219,8 +219,9 @@ class Matcher:
         await self.offers.run()
 
     async def _consume(self, stream: StreamT) -> None:
-        await self.offers.ready.wait()  # never match a purchase before every offer is known
         buffered = cast(Any, stream.channel).queue  # what the stream holds, read but not yet processed
+        keep_across_resumes(self.app, buffered)  # Faust would empty it as each recovery ends (stream.guarded_consumer)
+        await self.offers.ready.wait()  # never match a purchase before every offer is known
         async for event in stream.events():
             message = event.message
             if await self.inputs.is_next(message.tp, message.offset):

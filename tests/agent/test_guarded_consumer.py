@@ -356,3 +356,19 @@ async def test_the_watch_never_moves_back_a_partition_the_agent_started_while_th
     broker.answer.set()
     await watch
     assert app.progress.next_offset(tp) == 1
+
+
+def test_faust_empties_an_agent_s_queue_when_its_flow_control_resumes(matcher: Matcher) -> None:
+    """Pinned library behaviour (mode's ``FlowControlEvent.resume``, which Faust's recovery calls
+    last, after seeking the stream partitions): a queue made with ``clear_on_resume``, as an agent's
+    input queue is (``Channel.queue``), is emptied even when the flow was never suspended. The
+    matcher takes its agent's queue out of that (``keep_across_resumes``)."""
+    from stream.guarded_consumer import keep_across_resumes
+
+    emptied, kept = (matcher.app.FlowControlQueue(maxsize=10, clear_on_resume=True) for _ in range(2))
+    keep_across_resumes(matcher.app, kept)
+    for queue in (emptied, kept):
+        queue.put_nowait("fetched after the seek to the committed offsets")
+    matcher.app.flow_control.resume()
+    assert emptied.empty()
+    assert kept.qsize() == 1
