@@ -22,6 +22,10 @@ The overrides, each pinned by ``tests/agent/test_guarded_consumer.py``:
   messages Faust dropped meanwhile: a worker restarted after kill -9 (which then rebuilt its tables) never
   saw the clearings published while it was down.
 
+And ``keep_across_resumes`` keeps the agent's input queue from being emptied as each table recovery
+ends (Faust's recovery resumes its flow control after seeking the stream partitions, which emptied
+what the consumer had fetched in between).
+
 Its consumer thread (``PromptFetches``) also asks the broker to hold an empty fetch for at most
 ``FETCH_MAX_WAIT_S`` instead of Faust's hard-coded 1.5 s (see there).
 
