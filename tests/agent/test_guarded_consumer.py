@@ -372,3 +372,40 @@ def test_faust_empties_an_agent_s_queue_when_its_flow_control_resumes(matcher: M
     matcher.app.flow_control.resume()
     assert emptied.empty()
     assert kept.qsize() == 1
+
+
+class AnsweringBrokerView:
+    """The broker's answer to where a partition starts, with what happens while it answers."""
+
+    def __init__(self, committed: int, meanwhile) -> None:  # type: ignore[no-untyped-def]
+        self.committed, self.meanwhile = committed, meanwhile
+
+    async def start_offset(self, tp: TP) -> int:
+        self.meanwhile()
+        return self.committed
+
+
+@pytest.mark.asyncio
+async def test_the_agent_leaves_a_partition_revoked_while_the_broker_answered(matcher: Matcher) -> None:
+    tp = TP(matcher.topics.authorizations.name, 3)
+    inputs = matcher.inputs
+    inputs.assigned = {tp}
+    inputs.broker_view = AnsweringBrokerView(120, meanwhile=lambda: inputs.assigned.discard(tp))  # type: ignore[assignment]
+    assert not await inputs.is_next(tp, 120)
+    assert not inputs.progress.knows(tp)  # its next owner accounts for it
+
+
+@pytest.mark.asyncio
+async def test_the_agent_never_moves_back_a_partition_the_watch_started_while_the_broker_answered(matcher: Matcher) -> None:
+    tp = TP(matcher.topics.authorizations.name, 3)
+    inputs = matcher.inputs
+    inputs.assigned = {tp}
+
+    def watch_started_and_agent_processed() -> None:
+        inputs.progress.start(tp, 120)
+        inputs.progress.verdict(tp, 120)
+        inputs.progress.done(tp, 120)
+
+    inputs.broker_view = AnsweringBrokerView(120, meanwhile=watch_started_and_agent_processed)  # type: ignore[assignment]
+    assert not await inputs.is_next(tp, 120)  # processed already: skipped, not processed twice
+    assert inputs.progress.next_offset(tp) == 121
