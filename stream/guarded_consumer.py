@@ -139,6 +139,11 @@ class GuardedConsumer(faust_aiokafka.Consumer):
                 await self.seek(ensure_TP(tp), 0)
         return committed
 
+    def paused(self, tp: TP) -> bool:
+        """Whether Faust holds the partition paused (a rebalance, a table recovery), as opposed to
+        fetchable or only held while its messages fill the agent's queue."""
+        return tp in self._paused_partitions
+
     async def _commit_offsets(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
         did_commit = await super()._commit_offsets(offsets, start_new_transaction=start_new_transaction)
         if did_commit:
@@ -269,14 +274,23 @@ async def _close_quietly(admin: AIOKafkaAdminClient | None, reader: AIOKafkaCons
                 pass
 
 
+# How long the watch waits for the consumer's position of a partition: it may wait for a reset (a
+# seek) in the consumer's thread; not knowing it, the watch takes the partition's message as on its way.
+POSITION_WAIT_S = 1.0
+
+
 async def watch_partitions(
-    app: GuardedApp, broker_view: OffsetLookups, busy: bool, lag: Callable[[TP, int], None], stuck_after_s: float
+    app: GuardedApp,
+    broker_view: OffsetLookups,
+    busy: bool,
+    lag: Callable[[TP, int], None],
+    queued: Mapping[TP, int] | None = None,
 ) -> None:
     """Called periodically: report each guarded partition's lag (``lag(tp, behind)``), and read a
     partition again from where it stopped when it is stuck below its end (``InputProgress.stalled``:
-    a send failed, or it has not moved since the previous call while the agent was idle, or for
-    ``BUSY_WATCHES`` calls while it was busy). ``busy``: the agent processed messages since the
-    previous call."""
+    a send failed, or it has not moved since the previous call while its next message is not on its
+    way, ``on_its_way``). ``busy``: the agent processed messages since the previous call; ``queued``:
+    the highest offset of each partition among the messages waiting in the agent's queue."""
     consumer = app.consumer
     if app.rebalancing:
         return
@@ -291,8 +305,8 @@ async def watch_partitions(
             continue
         if not app.progress.knows(tp):
             # Nothing delivered since the assignment: the partition may have been left paused, or
-            # its records dropped by the consumer. Accounted for from here, it is read again once
-            # it does not move (busy or not: a worker with traffic elsewhere is never idle).
+            # its records dropped on their way to the agent. Accounted for from here, it is read
+            # again once it does not move (busy or not: a worker with traffic elsewhere is never idle).
             if highwater > 0:
                 start = await broker_view.start_offset(tp)
                 # Meanwhile the agent may have started it (and processed from it), or a rebalance taken it.
@@ -301,18 +315,35 @@ async def watch_partitions(
             else:
                 lag(tp, 0)
             continue
-        lag(tp, max(0, highwater - app.progress.next_offset(tp)))
-        stuck_at = app.progress.stalled(tp, highwater, busy)
+        next_offset = app.progress.next_offset(tp)
+        lag(tp, max(0, highwater - next_offset))
+        coming = busy and app.progress.waits(tp, highwater) and await on_its_way(consumer, tp, next_offset, queued or {})
+        stuck_at = app.progress.stalled(tp, highwater, busy, coming)
         if stuck_at is not None:
             log.warning(
-                "%s[%d]: reading again from offset %d (a send failed, or it did not move for %.0fs or more)",
+                "%s[%d]: reading again from offset %d (a send failed, or nothing of it reached the agent since the last check)",
                 tp.topic,
                 tp.partition,
                 stuck_at,
-                stuck_after_s,
             )
             consumer.resume_partitions([tp])
             await consumer.seek(tp, stuck_at)
+
+
+async def on_its_way(consumer: Any, tp: TP, next_offset: int, queued: Mapping[TP, int]) -> bool:
+    """Whether the message at ``next_offset`` of ``tp`` is on its way to the agent: it waits in the
+    agent's queue, or the consumer has not handed it on yet (its position is not past it) and the
+    partition is not paused. Handed on and not in the queue, it was dropped on the way (as Faust's
+    recovery emptied the agent's queue: ``keep_across_resumes``)."""
+    if queued.get(tp, -1) >= next_offset:
+        return True
+    try:
+        position = await asyncio.wait_for(consumer.position(tp), POSITION_WAIT_S)
+    except Exception:  # noqa: BLE001 - not known here (a reset under way, the consumer's thread stopping): left to the backstop
+        return True
+    if position is None:
+        return True
+    return position <= next_offset and not consumer.paused(tp)
 
 
 def broker_credentials(settings: Settings) -> Any:

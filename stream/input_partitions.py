@@ -53,6 +53,7 @@ class InputPartitions:
         self.assigned: set[Any] = set()  # the input partitions this worker owns now
         self.current_tp: Any = None  # the partition of the message being processed
         self.processed = self._processed_at_watch = 0  # messages processed; at the last watch
+        self.agent_queue: Any = None  # the agent's input queue (its stream's channel's), once it runs
         # Faust sends these signals as (app, <partitions>), which its own typing does not express.
         app.on_partitions_revoked.connect(self._on_partitions_revoked)  # type: ignore[arg-type]
         app.on_partitions_assigned.connect(self._on_partitions_assigned)  # type: ignore[arg-type]
@@ -136,7 +137,7 @@ class InputPartitions:
         self.lost(assigned)
         self.assigned = set(assigned)
 
-    async def observe_lag(self, stuck_after_s: float) -> None:
+    async def observe_lag(self) -> None:
         """The lag gauge, and the watch for a partition stuck below its end (stream.guarded_consumer)."""
         busy, self._processed_at_watch = self.processed != self._processed_at_watch, self.processed
 
@@ -144,4 +145,13 @@ class InputPartitions:
             if tp.topic in self.card_topics:
                 CONSUMER_LAG.labels(self.app_id, tp.topic, str(tp.partition)).set(behind)
 
-        await watch_partitions(self.app, self.broker_view, busy, lag, stuck_after_s=stuck_after_s)
+        await watch_partitions(self.app, self.broker_view, busy, lag, self._queued())
+
+    def _queued(self) -> dict[Any, int]:
+        """The highest offset of each partition among the messages waiting in the agent's queue."""
+        highest: dict[Any, int] = {}
+        for item in list(getattr(self.agent_queue, "_queue", ())):  # an asyncio queue's deque, read between two awaits
+            message = getattr(item, "message", None)
+            if message is not None and message.offset > highest.get(message.tp, -1):
+                highest[message.tp] = message.offset
+        return highest

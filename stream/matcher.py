@@ -221,6 +221,7 @@ class Matcher:
     async def _consume(self, stream: StreamT) -> None:
         buffered = cast(Any, stream.channel).queue  # what the stream holds, read but not yet processed
         keep_across_resumes(self.app, buffered)  # Faust would empty it as each recovery ends (stream.guarded_consumer)
+        self.inputs.agent_queue = buffered  # the partition watch looks there for a partition's next message
         await self.offers.ready.wait()  # never match a purchase before every offer is known
         async for event in stream.events():
             message = event.message
@@ -395,4 +396,4 @@ class Matcher:
 
     async def _observe_lag(self) -> None:
         await self.membership.check()  # first: the lag watch stands aside while a rebalance is under way
-        await self.inputs.observe_lag(stuck_after_s=2 * LAG_INTERVAL_S)
+        await self.inputs.observe_lag()

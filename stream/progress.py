@@ -24,10 +24,11 @@ The protocol, per partition, for the agent:
     protocol skip a clearing in the chaos run.
 - ``committable(tp)``: the offset to commit (the next one to process, or the first one whose sends
   are not known to be delivered), None when nothing new;
-- ``stalled(tp, end_offset, busy)`` now and then: where to read again, after a send that failed or
-  when a partition below its end does not move (a hole with no later message to reveal it, a
-  partition left paused, records the consumer dropped): at the second call when the agent was idle,
-  within ``BUSY_WATCHES`` calls when it was busy with other partitions' messages.
+- ``stalled(tp, end_offset, busy, on_its_way)`` now and then: where to read again, after a send
+  that failed or when a partition below its end does not move (a hole with no later message to
+  reveal it, a partition left paused, records the consumer handed on and Faust dropped): at the
+  second call, unless the agent is busy and the partition's next message is on its way (not yet
+  handed on by the consumer, or waiting in the agent's queue), which ``waits`` asks about first.
 
 Pure bookkeeping: no Kafka, no clock. Replaying is free downstream (effects are idempotent), so
 every doubt resolves to "read again".
@@ -43,11 +44,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 # The calls of ``stalled`` a partition below its end may go without moving while the agent is busy
-# with other messages before it is read again. A partition queued behind others' messages moves
-# within seconds (the consumer fetches every partition it owns in turn); one left paused, or whose
-# records the consumer dropped, never moves, and the agent is never idle for long while clock ticks
-# and other partitions' events keep coming: it must be read again all the same.
-BUSY_WATCHES = 6
+# and the partition's next message is on its way, before it is read again all the same. Behind a
+# backlog the consumer hands on one partition after another (Faust pauses a partition whose messages
+# fill the agent's queue, aiokafka hands on a partition's whole fetch before the next): in the
+# benchmark's drains, partitions waited 40 to 75 s before their first message reached the agent.
+# The bound is for a consumer that says it will hand a message on and never does.
+BACKSTOP_WATCHES = 60
 
 
 class Delivery(Protocol):
@@ -147,14 +149,21 @@ class InputProgress:
             part.unconfirmed.append((offset, deliveries))
         part.next_offset = max(part.next_offset, offset + 1)
 
-    def stalled(self, tp: Hashable, end_offset: int, busy: bool = False) -> int | None:
+    def waits(self, tp: Hashable, end_offset: int) -> bool:
+        """Whether the partition is below its end and has not moved since the previous call of
+        ``stalled``: then ``stalled`` wants to know whether its next message is on its way."""
+        part = self._partitions.get(tp)
+        return part is not None and part.rewind_to is None and part.watched == part.next_offset < end_offset
+
+    def stalled(self, tp: Hashable, end_offset: int, busy: bool = False, on_its_way: bool = False) -> int | None:
         """Called periodically with the partition's end offset: where to read again after a send
         that failed, or when records exist past ``next_offset`` and it has not moved since the
         previous call (a message lost with nothing after it to reveal the hole, a partition left
-        paused); None when all is well. ``busy``: the agent processed messages since the previous
-        call, so a partition that waits may be queued behind them: it is read again only once it
-        has not moved for ``BUSY_WATCHES`` calls. A busy agent delays the reading again, it never
-        prevents it."""
+        paused, records handed on and dropped); None when all is well. ``busy``: the agent
+        processed messages since the previous call; ``on_its_way``: the partition's next message
+        has not been handed on by the consumer yet, or waits in the agent's queue. A busy agent
+        with the message on its way is only behind other partitions: the partition is then read
+        again only once it has not moved for ``BACKSTOP_WATCHES`` calls."""
         part = self._partitions.get(tp)
         if part is None:
             return None
@@ -172,7 +181,7 @@ class InputProgress:
             part.watched, part.unmoved = part.next_offset, 0
             return None
         part.unmoved += 1
-        if part.unmoved < (BUSY_WATCHES if busy else 1):
+        if busy and on_its_way and part.unmoved < BACKSTOP_WATCHES:
             return None
         part.watched, part.unmoved = None, 0
         part.seeking_since = None

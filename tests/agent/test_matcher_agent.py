@@ -283,6 +283,20 @@ async def test_what_the_agent_holds_is_kept_when_a_table_recovery_ends(matcher, 
         assert handled.outcome is Outcome.EARNED
 
 
+async def test_the_partition_watch_sees_the_messages_waiting_in_the_agent_s_queue(matcher, codec) -> None:
+    """What the watch takes for a partition's next message on its way (stream.guarded_consumer.on_its_way)."""
+    async with agent_harness(matcher, codec, ready=False) as harness:
+        await asyncio.sleep(0.1)  # the agent's body runs up to its wait for the offers
+        assert matcher.inputs._queued() == {}
+        for _ in range(3):
+            await harness.put_nowait(encode_auth(codec, card_record()), partition=2)
+        await harness.put_nowait(encode_settlement(codec, card_record("CLEARING")), topic=harness.settlement_topic, partition=5)
+        assert matcher.inputs._queued() == {TP(harness.auth_topic, 2): 2, TP(harness.settlement_topic, 5): 3}
+        matcher.offers.ready.set()
+        await harness.wait_handled(4)
+        assert matcher.inputs._queued() == {}
+
+
 # --- 6. metrics ---------------------------------------------------------------------------------
 
 

@@ -8,7 +8,7 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream.progress import BUSY_WATCHES, InputProgress, Verdict
+from stream.progress import BACKSTOP_WATCHES, InputProgress, Verdict
 
 TP = ("cashback.card.authorizations", 0)
 
@@ -93,35 +93,48 @@ def test_a_partition_stuck_below_its_end_is_read_again_at_the_second_watch() -> 
     assert progress.stalled(TP, 3) == 1
 
 
-def test_a_busy_agent_delays_the_reading_again_of_a_stuck_partition_without_preventing_it() -> None:
-    """A worker with traffic on other partitions (or clock ticks between two watches) is busy at
-    every watch: a partition left paused, or whose records the consumer dropped, is read again all
-    the same, after ``BUSY_WATCHES`` watches instead of two."""
+def test_a_busy_agent_with_the_next_message_on_its_way_waits_up_to_the_backstop() -> None:
+    """Behind a backlog the consumer hands on one partition after another: a partition whose next
+    message is on its way (not yet handed on, or in the agent's queue) is only behind the others."""
+    progress = InputProgress()
+    progress.start(TP, 0)
+    assert progress.stalled(TP, 50_000, busy=True, on_its_way=True) is None  # first watch: where it stands
+    for _ in range(BACKSTOP_WATCHES - 1):
+        assert progress.waits(TP, 50_000)
+        assert progress.stalled(TP, 50_000, busy=True, on_its_way=True) is None
+    assert progress.stalled(TP, 50_000, busy=True, on_its_way=True) == 0  # a consumer that never hands it on
+
+
+def test_a_partition_whose_next_message_is_not_on_its_way_is_read_again_though_the_agent_is_busy() -> None:
+    """The quick benchmark's two-worker stall: after a rebalance a partition's records were handed on
+    and dropped before the agent saw them, while clock ticks and other partitions kept the agent busy."""
     progress = InputProgress()
     progress.start(TP, 120)
-    assert progress.stalled(TP, 171, busy=True) is None  # first watch: where it stands
-    for _ in range(BUSY_WATCHES - 1):
-        assert progress.stalled(TP, 171, busy=True) is None  # perhaps queued behind the others' messages
-    assert progress.stalled(TP, 171, busy=True) == 120
+    assert not progress.waits(TP, 171)  # not watched yet
+    assert progress.stalled(TP, 171, busy=True, on_its_way=False) is None
+    assert progress.waits(TP, 171)
+    assert progress.stalled(TP, 171, busy=True, on_its_way=False) == 120
 
 
 def test_a_stuck_partition_is_read_again_when_busy_and_idle_watches_alternate() -> None:
-    """What stalled the quick benchmark's two workers: clock ticks every 10 s and a watch every 5 s,
-    so every other watch found the agent busy, and each busy watch restarted the wait."""
+    """Clock ticks every 10 s and a watch every 5 s: every other watch finds the agent busy; a busy
+    watch never restarts the wait."""
     progress = InputProgress()
     progress.start(TP, 120)
     assert progress.stalled(TP, 171, busy=False) is None
-    assert progress.stalled(TP, 171, busy=True) is None
+    assert progress.stalled(TP, 171, busy=True, on_its_way=True) is None
     assert progress.stalled(TP, 171, busy=False) == 120
 
 
 def test_a_partition_that_keeps_moving_is_never_read_again() -> None:
     progress = InputProgress()
     progress.start(TP, 0)
-    for offset in range(3 * BUSY_WATCHES):
+    for offset in range(3 * BACKSTOP_WATCHES):
         progress.verdict(TP, offset)
         progress.done(TP, offset)
-        assert progress.stalled(TP, 1000, busy=offset % 2 == 0) is None
+        assert not progress.waits(TP, 10_000)
+        assert progress.stalled(TP, 10_000, busy=offset % 2 == 0) is None
+    assert not progress.waits(TP, 3 * BACKSTOP_WATCHES)  # all read
 
 
 class Sent:
