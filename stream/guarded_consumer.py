@@ -284,13 +284,13 @@ async def watch_partitions(
     broker_view: OffsetLookups,
     busy: bool,
     lag: Callable[[TP, int], None],
-    queued: Mapping[TP, int] | None = None,
+    queued: Callable[[TP], int] = lambda tp: -1,
 ) -> None:
     """Called periodically: report each guarded partition's lag (``lag(tp, behind)``), and read a
     partition again from where it stopped when it is stuck below its end (``InputProgress.stalled``:
     a send failed, or it has not moved since the previous call while its next message is not on its
     way, ``on_its_way``). ``busy``: the agent processed messages since the previous call; ``queued``:
-    the highest offset of each partition among the messages waiting in the agent's queue."""
+    the highest offset of a partition among the messages waiting in the agent's queue (-1: none)."""
     consumer = app.consumer
     if app.rebalancing:
         return
@@ -317,7 +317,7 @@ async def watch_partitions(
             continue
         next_offset = app.progress.next_offset(tp)
         lag(tp, max(0, highwater - next_offset))
-        coming = busy and app.progress.waits(tp, highwater) and await on_its_way(consumer, tp, next_offset, queued or {})
+        coming = busy and app.progress.waits(tp, highwater) and await on_its_way(consumer, tp, app.progress, queued)
         stuck_at = app.progress.stalled(tp, highwater, busy, coming)
         if stuck_at is not None:
             log.warning(
@@ -330,20 +330,21 @@ async def watch_partitions(
             await consumer.seek(tp, stuck_at)
 
 
-async def on_its_way(consumer: Any, tp: TP, next_offset: int, queued: Mapping[TP, int]) -> bool:
-    """Whether the message at ``next_offset`` of ``tp`` is on its way to the agent: it waits in the
-    agent's queue, or the consumer has not handed it on yet (its position is not past it) and the
-    partition is not paused. Handed on and not in the queue, it was dropped on the way (as Faust's
-    recovery emptied the agent's queue: ``keep_across_resumes``)."""
-    if queued.get(tp, -1) >= next_offset:
-        return True
+async def on_its_way(consumer: Any, tp: TP, progress: InputProgress, queued: Callable[[TP], int]) -> bool:
+    """Whether the next message of ``tp`` the agent must process is on its way to it: the consumer
+    has not handed it on yet (its position is not past it) and the partition is not paused, or it
+    waits in the agent's queue. Handed on and not in the queue, it was dropped on the way (as Faust's
+    recovery emptied the agent's queue: ``keep_across_resumes``). The queue is looked at after the
+    position is known, so that whatever was handed on before is there, or processed."""
     try:
         position = await asyncio.wait_for(consumer.position(tp), POSITION_WAIT_S)
     except Exception:  # noqa: BLE001 - not known here (a reset under way, the consumer's thread stopping): left to the backstop
         return True
-    if position is None:
+    if position is None or not progress.knows(tp):  # not known, or revoked meanwhile
         return True
-    return position <= next_offset and not consumer.paused(tp)
+    if position <= progress.next_offset(tp):
+        return not consumer.paused(tp)
+    return queued(tp) >= progress.next_offset(tp)
 
 
 def broker_credentials(settings: Settings) -> Any:

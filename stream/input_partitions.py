@@ -145,13 +145,13 @@ class InputPartitions:
             if tp.topic in self.card_topics:
                 CONSUMER_LAG.labels(self.app_id, tp.topic, str(tp.partition)).set(behind)
 
-        await watch_partitions(self.app, self.broker_view, busy, lag, self._queued())
+        await watch_partitions(self.app, self.broker_view, busy, lag, self.highest_queued)
 
-    def _queued(self) -> dict[Any, int]:
-        """The highest offset of each partition among the messages waiting in the agent's queue."""
-        highest: dict[Any, int] = {}
-        for item in list(getattr(self.agent_queue, "_queue", ())):  # an asyncio queue's deque, read between two awaits
+    def highest_queued(self, tp: Any) -> int:
+        """The highest offset of ``tp`` among the messages waiting in the agent's queue (-1: none)."""
+        highest = -1
+        for item in list(getattr(self.agent_queue, "_queue", ())):  # an asyncio queue's deque
             message = getattr(item, "message", None)
-            if message is not None and message.offset > highest.get(message.tp, -1):
-                highest[message.tp] = message.offset
+            if message is not None and message.tp == tp and message.offset > highest:
+                highest = message.offset
         return highest

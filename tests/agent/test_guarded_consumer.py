@@ -322,13 +322,14 @@ def watched(wired, highwater: int, position: int | None = None, paused: bool = F
     return app, tp, seeks, resumed
 
 
-async def watch_until_read_again(app, broker, seeks, queued=None, limit: int = 20) -> int:  # type: ignore[no-untyped-def]
-    """Watch as a busy agent does (every 5 s in the worker) until the partition is read again; the watches it took."""
+async def watch_until_read_again(app, broker, seeks, queued: int = -1, limit: int = 20) -> int:  # type: ignore[no-untyped-def]
+    """Watch as a busy agent does (every 5 s in the worker) until the partition is read again, the
+    agent's queue holding the partition up to offset ``queued``; the watches it took."""
     from stream.guarded_consumer import watch_partitions
 
     watches = 0
     while not seeks and watches < limit:
-        await watch_partitions(app, broker, True, lambda *_: None, queued)
+        await watch_partitions(app, broker, True, lambda *_: None, lambda _: queued)
         watches += 1
     return watches
 
@@ -359,7 +360,7 @@ async def test_a_partition_behind_a_backlog_is_not_read_again(wired) -> None:  #
 @pytest.mark.asyncio
 async def test_a_partition_whose_next_message_waits_in_the_agent_s_queue_is_not_read_again(wired) -> None:  # type: ignore[no-untyped-def]
     app, tp, seeks, resumed = watched(wired, highwater=171, position=171)
-    assert await watch_until_read_again(app, BrokerView(committed=120), seeks, queued={tp: 150}) == 20
+    assert await watch_until_read_again(app, BrokerView(committed=120), seeks, queued=150) == 20
     assert seeks == []
 
 
@@ -451,3 +452,23 @@ def test_a_partition_paused_by_faust_reads_as_paused(wired) -> None:  # type: ig
     assert consumer.paused(tp)
     consumer.resume_partitions({tp})
     assert not consumer.paused(tp)
+
+
+@pytest.mark.asyncio
+async def test_a_message_handed_on_while_the_position_is_read_is_found_in_the_queue(wired) -> None:  # type: ignore[no-untyped-def]
+    """The queue is looked at once the position is known: what the consumer handed on meanwhile is there."""
+    from stream.guarded_consumer import on_its_way
+
+    app, consumer, tp, commits = wired
+    app.progress.start(tp, 120)
+    queue: list[int] = []
+
+    async def position_while_handing_on(partition: TP) -> int:
+        queue.append(120)  # the fetch loop puts the message in the agent's queue meanwhile
+        return 121
+
+    consumer.position = position_while_handing_on  # type: ignore[method-assign]
+    assert await on_its_way(consumer, tp, app.progress, lambda _: max(queue, default=-1))
+    queue.clear()
+    consumer.position = lambda partition: asyncio.sleep(0, 121)  # type: ignore[method-assign]
+    assert not await on_its_way(consumer, tp, app.progress, lambda _: max(queue, default=-1))  # handed on, and lost

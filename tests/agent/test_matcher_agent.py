@@ -287,14 +287,16 @@ async def test_the_partition_watch_sees_the_messages_waiting_in_the_agent_s_queu
     """What the watch takes for a partition's next message on its way (stream.guarded_consumer.on_its_way)."""
     async with agent_harness(matcher, codec, ready=False) as harness:
         await asyncio.sleep(0.1)  # the agent's body runs up to its wait for the offers
-        assert matcher.inputs._queued() == {}
+        auths, settlements = TP(harness.auth_topic, 2), TP(harness.settlement_topic, 5)
+        assert matcher.inputs.highest_queued(auths) == -1
         for _ in range(3):
             await harness.put_nowait(encode_auth(codec, card_record()), partition=2)
         await harness.put_nowait(encode_settlement(codec, card_record("CLEARING")), topic=harness.settlement_topic, partition=5)
-        assert matcher.inputs._queued() == {TP(harness.auth_topic, 2): 2, TP(harness.settlement_topic, 5): 3}
+        assert (matcher.inputs.highest_queued(auths), matcher.inputs.highest_queued(settlements)) == (2, 3)
+        assert matcher.inputs.highest_queued(TP(harness.auth_topic, 5)) == -1
         matcher.offers.ready.set()
         await harness.wait_handled(4)
-        assert matcher.inputs._queued() == {}
+        assert matcher.inputs.highest_queued(auths) == -1
 
 
 # --- 6. metrics ---------------------------------------------------------------------------------
