@@ -86,6 +86,20 @@ def postgres_url(work_dir: Path) -> Iterator[str]:
         yield server.dsn
 
 
+async def one_partition_topic(bootstrap: str, prefix: str) -> str:
+    """A new topic of one partition, named ``<prefix>-<random>``."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    topic = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    finally:
+        await admin.close()
+    return topic
+
+
 def fresh_database(server_url: str) -> str:
     """A new empty database on the server, so each module starts from a clean ledger."""
     name = f"it_{uuid.uuid4().hex[:10]}"

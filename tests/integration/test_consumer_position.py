@@ -5,24 +5,17 @@ records were handed on (to Faust's queue, or lost on the way), never that they w
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from tests.integration.conftest import one_partition_topic
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.mark.asyncio
 async def test_a_partition_s_position_is_the_next_offset_handed_on_not_the_next_fetched(kafka_bootstrap: str) -> None:
-    topic = f"position-{uuid.uuid4().hex[:10]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
-    finally:
-        await admin.close()
+    topic = await one_partition_topic(kafka_bootstrap, "position")
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
     await producer.start()
     try:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import uuid
 import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -21,24 +20,13 @@ from typing import Any
 import aiokafka.client
 import pytest
 from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from schemas.codec import Codec
 from stream.kafka_clients import start_client
 from stream.offer_mirror import OfferMirror
+from tests.integration.conftest import one_partition_topic
 
 pytestmark = pytest.mark.integration
-
-
-async def _topic(bootstrap: str) -> str:
-    topic = f"kafka-clients-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
-    finally:
-        await admin.close()
-    return topic
 
 
 async def _unclosed_after_a_cancel_in_bootstrap(
@@ -92,6 +80,6 @@ async def test_start_client_leaves_nothing_open(kafka_bootstrap: str, monkeypatc
 async def test_the_offer_mirror_cancelled_as_it_starts_leaves_nothing_open(
     kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    mirror = OfferMirror(await _topic(kafka_bootstrap), Codec(), kafka_bootstrap)
+    mirror = OfferMirror(await one_partition_topic(kafka_bootstrap, "kafka-clients"), Codec(), kafka_bootstrap)
     # the mirror starts a consumer of its own: the one given is left unstarted
     assert await _unclosed_after_a_cancel_in_bootstrap(kafka_bootstrap, monkeypatch, lambda _: mirror.run()) == []
