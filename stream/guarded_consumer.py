@@ -318,6 +318,8 @@ async def watch_partitions(
         next_offset = app.progress.next_offset(tp)
         lag(tp, max(0, highwater - next_offset))
         coming = busy and app.progress.waits(tp, highwater) and await on_its_way(consumer, tp, app.progress, queued)
+        if app.rebalancing or tp not in consumer.assignment():  # while the consumer answered: nothing to seek
+            continue
         stuck_at = app.progress.stalled(tp, highwater, busy, coming)
         if stuck_at is not None:
             log.warning(

@@ -472,3 +472,26 @@ async def test_a_message_handed_on_while_the_position_is_read_is_found_in_the_qu
     queue.clear()
     consumer.position = lambda partition: asyncio.sleep(0, 121)  # type: ignore[method-assign]
     assert not await on_its_way(consumer, tp, app.progress, lambda _: max(queue, default=-1))  # handed on, and lost
+
+
+@pytest.mark.asyncio
+async def test_the_watch_seeks_nothing_revoked_while_the_consumer_answered(wired) -> None:  # type: ignore[no-untyped-def]
+    """A seek on a partition the consumer no longer holds fails (aiokafka: no current assignment), and
+    a failing timer would stop the worker."""
+    from stream.guarded_consumer import watch_partitions
+
+    app, tp, seeks, resumed = watched(wired, highwater=171, position=171)
+    consumer = app.consumer
+    app.progress.start(tp, 120)
+    await watch_partitions(app, BrokerView(committed=120), True, lambda *_: None)  # watched
+    revoked = False
+
+    async def position_then_revoked(partition: TP) -> int:
+        nonlocal revoked
+        revoked = True
+        return 171
+
+    consumer.position = position_then_revoked  # type: ignore[method-assign]
+    consumer.assignment = lambda: set() if revoked else {tp}  # type: ignore[method-assign]
+    await watch_partitions(app, BrokerView(committed=120), True, lambda *_: None)
+    assert revoked and seeks == []
