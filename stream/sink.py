@@ -3,7 +3,8 @@
 Order of one batch (the checkpoint order; never change it without changing the tests that pin it):
 
 1. fetch up to ``sink_batch_size`` accruals (``getmany``);
-2. decode them; undecodable ones are sent to the dead-letter topic and the send is awaited;
+2. decode them and make their rows for the journal (``stream.store.journal.stage``); undecodable ones are sent to
+   the dead-letter topic and the send is awaited;
 3. write the batch in ONE database transaction (entries unique by account and accrual id,
    balances from the rows actually inserted; an entry whose id the account's ledger holds with
    other content is recorded in ledger_conflicts, not written, and dead-lettered after the
@@ -56,7 +57,7 @@ from stream.metrics import (
 from stream.producing import producer as make_producer
 from stream.settings import Settings
 from stream.store.availability import KeptConnection, until_postgres_answers
-from stream.store.journal import BatchResult, write_batch
+from stream.store.journal import BatchResult, Staged, stage, write_batch
 from stream.store.staged_rows import STAGING_COLUMNS
 from topics.catalogue import SOURCE_TIME_HEADER, Catalogue
 
@@ -231,13 +232,13 @@ class Sink:
 
     async def handle(self, records: Sequence[ConsumerRecord], producer: AIOKafkaProducer) -> None:
         """Steps 2 and 3 of the module doc for one fetched batch."""
-        rows, sources = await self._decode(records, producer)
-        await self._write(rows, sources, producer)
+        staged, sources = await self._decode(records, producer)
+        await self._write(staged, sources, producer)
 
-    async def _decode(
-        self, records: Sequence[ConsumerRecord], producer: AIOKafkaProducer
-    ) -> tuple[list[tuple[Any, ...]], list[ConsumerRecord]]:
-        """Step 2: the batch's staging rows and their messages; an undecodable message is dead-lettered."""
+    async def _decode(self, records: Sequence[ConsumerRecord], producer: AIOKafkaProducer) -> tuple[Staged, list[ConsumerRecord]]:
+        """Step 2: the batch's staging rows, made ready for the journal (``stage``: the Python work of the write done
+        here, while the previous batch's transaction runs), and their messages; an undecodable message is
+        dead-lettered."""
         rows: list[tuple[Any, ...]] = []
         sources: list[ConsumerRecord] = []
         # the loop is the sink's hot path
@@ -254,22 +255,24 @@ class Sink:
                     sources.append(message)
                 except DecodeError as error:
                     await self._dead_letter(producer, message, error.failure.value, error.detail)
-        return rows, sources
+        await asyncio.sleep(0)
+        return stage(rows), sources
 
-    async def _write(self, rows: list[tuple[Any, ...]], sources: list[ConsumerRecord], producer: AIOKafkaProducer) -> None:
+    async def _write(self, staged: Staged, sources: list[ConsumerRecord], producer: AIOKafkaProducer) -> None:
+        rows = staged.rows
         if not rows:
             return
         started = time.perf_counter()
         try:
-            result = await self._with_retry(rows)
+            result = await self._with_retry(staged)
         except _REFUSED as error:
             if len(rows) == 1:
                 log.error("ledger refused entry %s: %s", rows[0][1], type(error).__name__)
                 await self._dead_letter(producer, sources[0], OtherReason.LEDGER_REJECTED.value, type(error).__name__)
                 return
             middle = len(rows) // 2
-            await self._write(rows[:middle], sources[:middle], producer)
-            await self._write(rows[middle:], sources[middle:], producer)
+            await self._write(stage(rows[:middle]), sources[:middle], producer)
+            await self._write(stage(rows[middle:]), sources[middle:], producer)
             return
         SINK_BATCH_SECONDS.observe(time.perf_counter() - started)
         SINK_BATCH_SIZE.observe(len(rows))
@@ -288,11 +291,11 @@ class Sink:
                 detail = "entry id held in the account's ledger with other content (see ledger_conflicts)"
                 await self._dead_letter(producer, by_position[position], OtherReason.LEDGER_CONFLICT.value, detail)
 
-    async def _with_retry(self, rows: list[tuple[Any, ...]]) -> BatchResult:
+    async def _with_retry(self, staged: Staged) -> BatchResult:
         """Write the batch, waiting for Postgres as long as it takes (step 3)."""
 
         async def attempt() -> BatchResult:
-            return await write_batch(await self._db.get(), rows)
+            return await write_batch(await self._db.get(), staged)
 
         async def outage(_: BaseException) -> None:
             SINK_RETRIES.inc()

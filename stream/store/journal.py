@@ -4,8 +4,14 @@ and accrual id, conflicts recorded apart, balances folded from exactly the rows 
 The ledger does part of it itself (migration 0010): every statement that inserts entries folds exactly those rows
 into balances (the arithmetic of migration 0007, per balance), and an id is held by one kind of line at most (an
 entry under the id of a purchase that earned nothing, or the reverse, is refused as ``ledger_ids_once``). So a batch
-of new lines is written as it is, without looking first: the new entries in one ``COPY`` (Postgres's fastest way
-in, triggers and constraints checked as for any insert), the purchases that earned nothing in one ``INSERT``.
+of new lines is written as it is, without looking first: each table's new lines in one ``COPY`` (Postgres's fastest
+way in, triggers and constraints checked as for any insert). Their rows are made before the transaction (``stage``;
+the sink does it while the previous batch is written), so Postgres is handed each statement as soon as it has
+answered the last. On a logged run's 227,638 accruals (186,643 entries, 27,533 purchases that earned nothing),
+written batch after batch into a fresh database, three rounds each way, the writes took 6.99, 6.75 and 6.58 s
+against 8.80, 8.40 and 8.22 s when the rows were made inside the transaction and the purchases that earned nothing
+went in by the ``INSERT`` below (asyncpg checks every element of its array arguments against Python's abstract
+collection types, and Postgres read the columns out of the JSON), for 0.2 s more Python made ahead.
 
 When an id of the batch is held already (a replay, a conflict: the unique keys or ``ledger_ids_once`` refuse the
 write and the transaction rolls back), when the batch holds one id twice with other content, or when the
@@ -20,7 +26,7 @@ twenty of the simulator's mix, is written once without looking: ``first_copies``
    twice in this batch with other content, the first one held) is a conflict: recorded in ledger_conflicts, never
    written, and returned by position for the sink to dead-letter. An id the ledger holds with the same content is
    a replay (nothing written), and so is the same line twice in one batch after its first;
-3. the new lines written as above.
+3. the new lines written: the entries copied, the purchases that earned nothing and the items by ``INSERT``.
 
 A row another writer committed under one of the batch's ids between 1 and 3 makes 3 fail the same way: the batch
 is judged again, on what is committed then (``_RACE_ATTEMPTS``). The statements are planned at each execution, for
@@ -78,6 +84,7 @@ from stream.store.staged_rows import (
     REF,
     SOURCE,
     item_row,
+    refusal_row,
 )
 
 NOT_EARNED = "NOT_EARNED"
@@ -233,22 +240,55 @@ def first_copies(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]] | Non
     return kept
 
 
-async def write_batch(connection: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> BatchResult:
-    """Write one batch of staged accrual rows (``stream.store.staged_rows.STAGING_COLUMNS`` order) in one transaction
-    (module doc)."""
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """A batch of staged rows made ready to be written without looking (``stage``), before its transaction: the
+    Python work of the write done ahead, while the previous batch's transaction runs, so that Postgres is handed
+    each statement of this one as soon as it has answered the last."""
+
+    rows: Sequence[tuple[Any, ...]]  # the batch as staged (``STAGING_COLUMNS``)
+    lines: list[tuple[Any, ...]] | None  # ``first_copies`` of the rows: None when an id comes again with other content
+    entries: list[tuple[Any, ...]]  # the lines that move money, as staged
+    ledger: list[tuple[Any, ...]]  # their rows of ledger_entries (``LEDGER_COLUMNS``)
+    refusals: list[tuple[Any, ...]]  # the purchases that earned nothing and the like (``NOT_EARNED_COLUMNS``)
+    items: list[tuple[Any, ...]]  # the reconciliation items (``ITEM_COLUMNS``)
+    moving: int  # the rows of the batch that move money (entries, each copy counted)
+
+
+def stage(rows: Sequence[tuple[Any, ...]]) -> Staged:
+    """The batch ``rows`` made ready for ``write_batch`` (``Staged``)."""
+    moving = sum(1 for row in rows if moves_money(row[KIND]))
+    lines = first_copies(rows)
+    entries: list[tuple[Any, ...]] = []
+    refusals: list[tuple[Any, ...]] = []
+    items: list[tuple[Any, ...]] = []
+    for row in lines or ():
+        kind = row[KIND]
+        if kind == RECONCILIATION:
+            items.append(item_row(row))
+        elif kind in _NOT_EARNED_LINES:
+            refusals.append(refusal_row(row))
+        else:
+            entries.append(row)
+    return Staged(rows, lines, entries, [row[1:] for row in entries], refusals, items, moving)
+
+
+async def write_batch(connection: asyncpg.Connection, batch: Sequence[tuple[Any, ...]] | Staged) -> BatchResult:
+    """Write one batch of staged accrual rows (``stream.store.staged_rows.STAGING_COLUMNS`` order, or ``stage``'s
+    of them) in one transaction (module doc)."""
     if connection not in _PREPARED:
         await connection.execute(_SET_UP)
         _PREPARED.add(connection)
-    lines = first_copies(rows)
+    staged = batch if isinstance(batch, Staged) else stage(batch)
+    rows, lines = staged.rows, staged.lines
     repeats = lines is None or len(lines) < len(rows)
     attempt = 1
     while True:
         judged = lines is None or connection in _CAREFUL
         try:
             if lines is not None and not judged:
-                entries = [row for row in lines if moves_money(row[KIND])]
-                items = await _write_lines(connection, entries, [row for row in lines if not moves_money(row[KIND])])
-                return _result(rows, entries, Verdict([], [], frozenset()), items)
+                items = await _write_lines(connection, staged)
+                return BatchResult(len(staged.entries), staged.moving - len(staged.entries), (), _holds(staged.entries), items)
             return await _write_judged(connection, rows, repeats)
         except asyncpg.exceptions.UniqueViolationError as error:
             if error.constraint_name not in _KEYS or (judged and attempt >= _RACE_ATTEMPTS):
@@ -257,21 +297,25 @@ async def write_batch(connection: asyncpg.Connection, rows: Sequence[tuple[Any, 
             _CAREFUL.add(connection)
 
 
-async def _write_lines(
-    connection: asyncpg.Connection, entries: list[tuple[Any, ...]], lines: list[tuple[Any, ...]]
-) -> tuple[str, ...]:
-    """The batch's lines, all new, written without looking (module doc)."""
+async def _write_lines(connection: asyncpg.Connection, staged: Staged) -> tuple[str, ...]:
+    """The batch's lines, all new, written without looking (module doc): each table's in one ``COPY``; the kinds of
+    the reconciliation items."""
     async with connection.transaction():
-        return await _insert(connection, entries, lines, new_items=True)
+        if staged.ledger:
+            await connection.copy_records_to_table("ledger_entries", records=staged.ledger, columns=LEDGER_COLUMNS)
+        if staged.refusals:
+            await connection.copy_records_to_table("purchases_not_earned", records=staged.refusals, columns=NOT_EARNED_COLUMNS)
+        if staged.items:
+            await connection.copy_records_to_table("reconciliation_items", records=staged.items, columns=ITEM_COLUMNS)
+    return tuple(item[ITEM_KIND] for item in staged.items)
 
 
 async def _insert(
-    connection: asyncpg.Connection, entries: list[tuple[Any, ...]], lines: list[tuple[Any, ...]], new_items: bool
+    connection: asyncpg.Connection, entries: list[tuple[Any, ...]], lines: list[tuple[Any, ...]]
 ) -> tuple[str, ...]:
-    """New entries and purchases that earned nothing into the ledger (it folds the entries into balances), and
-    reconciliation items into theirs (``lines`` holds both kinds): the kinds of the items new to it. ``new_items``:
-    the batch is written without looking, so its items are copied (an id held already is refused by the table's
-    key, and the batch is judged); judged, they go in with ``ON CONFLICT DO NOTHING`` (module doc)."""
+    """A judged batch's new entries and purchases that earned nothing into the ledger (it folds the entries into
+    balances), and its reconciliation items into theirs with ``ON CONFLICT DO NOTHING`` (``lines`` holds both kinds;
+    module doc): the kinds of the items new to it."""
     if entries:
         await connection.copy_records_to_table("ledger_entries", records=[r[1:] for r in entries], columns=LEDGER_COLUMNS)
     refusals = [r for r in lines if r[KIND] in _NOT_EARNED_LINES]
@@ -283,10 +327,6 @@ async def _insert(
     items = [r for r in lines if r[KIND] == RECONCILIATION]
     if not items:
         return ()
-    if new_items:
-        copied = [item_row(r) for r in items]
-        await connection.copy_records_to_table("reconciliation_items", records=copied, columns=ITEM_COLUMNS)
-        return tuple(r[ITEM_KIND] for r in copied)
     found = await connection.fetch(
         _INSERT_ITEMS,
         *([r[c] for r in items] for c in (ID, SOURCE, ACCOUNT, REF, PURCHASE, OCCURRED, EXPLANATION, FINGERPRINT)),
@@ -301,9 +341,7 @@ async def _write_judged(connection: asyncpg.Connection, rows: Sequence[tuple[Any
         if verdict.conflicts:
             await _record(connection, rows, verdict.conflicts)
         entries = [rows[i] for i in verdict.new if moves_money(rows[i][KIND])]
-        items = await _insert(
-            connection, entries, [rows[i] for i in verdict.new if not moves_money(rows[i][KIND])], new_items=False
-        )
+        items = await _insert(connection, entries, [rows[i] for i in verdict.new if not moves_money(rows[i][KIND])])
     if not found:
         _CAREFUL.discard(connection)  # nothing held under this batch's ids: the next one is written without looking
     return _result(rows, entries, verdict, items)
@@ -317,12 +355,17 @@ def _result(
         written=len(entries),
         duplicates=ledger_rows - len(entries),
         conflicts=tuple(sorted({rows[i][POSITION] for _, i, _, _ in verdict.conflicts})),
-        holds=tuple(
-            f"{r[KIND]}:{_EXPLANATION_JSON.decode(r[EXPLANATION]).get('reason') or ''}"
-            for r in entries
-            if r[CREDIT] == "HELD" or r[KIND] in _HOLD_REVIEWS
-        ),
+        holds=_holds(entries),
         items=items,
+    )
+
+
+def _holds(entries: list[tuple[Any, ...]]) -> tuple[str, ...]:
+    """``BatchResult.holds`` of the new entries ``entries``."""
+    return tuple(
+        f"{r[KIND]}:{_EXPLANATION_JSON.decode(r[EXPLANATION]).get('reason') or ''}"
+        for r in entries
+        if r[CREDIT] == "HELD" or r[KIND] in _HOLD_REVIEWS
     )
 
 

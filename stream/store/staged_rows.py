@@ -70,6 +70,7 @@ NOT_EARNED_COLUMNS = (
 
 _EXPLANATION_JSON = msgspec.json.Decoder()
 ITEM_KIND = ITEM_COLUMNS.index("kind")  # where an item's row holds its kind
+assert NOT_EARNED_COLUMNS[-2:] == ("offer_id", "line_kind")
 
 
 def item_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -89,4 +90,26 @@ def item_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
         row[OCCURRED],
         get("detail"),
         row[FINGERPRINT],
+    )
+
+
+def refusal_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A staged line that moves no money and is no reconciliation item (a purchase that earned nothing, a refused
+    redemption, a wallet mark) as its row of ``purchases_not_earned`` (``NOT_EARNED_COLUMNS``): the columns the
+    journal's ``INSERT`` of judged lines reads out of the explanation in Postgres, read here instead. A line's
+    offer_id is the offer it is about where the record names one (a holdout line: migration 0013)."""
+    explanation = _EXPLANATION_JSON.decode(row[EXPLANATION])
+    get = explanation.get
+    return (
+        row[ID],
+        row[SOURCE],
+        row[ACCOUNT],
+        row[REF],
+        get("reason"),
+        get("detail"),
+        get("basis_minor"),
+        get("basis_currency"),
+        row[OCCURRED],
+        row[OFFER],
+        row[KIND],
     )

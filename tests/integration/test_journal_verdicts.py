@@ -285,3 +285,45 @@ def test_an_id_is_held_by_one_kind_of_line_whoever_writes_it(database: str) -> N
         return names
 
     assert asyncio.run(scenario()) == ["ledger_ids_once", "ledger_ids_once"]
+
+
+def test_the_lines_that_move_no_money_are_the_same_rows_copied_or_inserted(postgres_url: str) -> None:
+    """A batch written without looking copies its purchases that earned nothing, refused redemptions, wallet marks and
+    reconciliation items in (``stage``: the columns read out of the explanation in Python); judged, the same lines
+    go in by ``INSERT``, which reads them in Postgres. Both give the same rows."""
+    entries = simulated_entries(purchases=80, seed=28)
+    refusal = next(e for e in entries if e["entry_kind"] == "NOT_EARNED")
+    made = [
+        dict(refusal, accrual_id=f"{refusal['accrual_id']}-offer", offer_id="offer-about"),  # a holdout line names one
+        dict(refusal, accrual_id=f"{refusal['accrual_id']}-redemption", entry_kind="REDEMPTION_REFUSED"),
+        dict(refusal, accrual_id=f"{refusal['accrual_id']}-mark", entry_kind="WALLET_MARK", currency="XXX"),
+    ]
+    batch = staged(entries + made)
+    assert {"NOT_EARNED", "RECONCILIATION", "REDEMPTION_REFUSED", "WALLET_MARK"} <= {r[staged_rows.KIND] for r in batch}
+
+    async def written(url: str, judged: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]], BatchResult]:
+        connection = await asyncpg.connect(url)
+        try:
+            await migrate(connection)
+            if judged:
+                journal._CAREFUL.add(connection)
+            result = await write_batch(connection, batch)
+            assert (connection in journal._CAREFUL) is False  # nothing was held: the next batch goes without looking
+            lines = await connection.fetch("SELECT * FROM purchases_not_earned ORDER BY accrual_id")
+            items = await connection.fetch("SELECT * FROM reconciliation_items ORDER BY account_id, item_id")
+            skipped = {"recorded_at", "history_seq", "item_seq"}
+            return (
+                [{k: v for k, v in row.items() if k not in skipped} for row in lines],
+                [{k: v for k, v in row.items() if k not in skipped} for row in items],
+                result,
+            )
+        finally:
+            await connection.close()
+
+    copied = asyncio.run(written(fresh_database(postgres_url), judged=False))
+    inserted = asyncio.run(written(fresh_database(postgres_url), judged=True))
+    assert copied == inserted
+    lines, items, result = copied
+    assert {row["line_kind"] for row in lines} == {"NOT_EARNED", "REDEMPTION_REFUSED", "WALLET_MARK"}
+    assert any(row["offer_id"] == "offer-about" for row in lines) and items
+    assert result.items == inserted[2].items and len(result.items) == len(items)

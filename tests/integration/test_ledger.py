@@ -30,7 +30,7 @@ from stream.settings import Settings
 from stream.simulate import Scenario, generate
 from stream.sink import Sink, staging_row
 from stream.store import journal
-from stream.store.journal import BatchResult, write_batch
+from stream.store.journal import BatchResult, stage, write_batch
 from stream.store.migrations import MIGRATIONS_DIR, migrate
 from tests.integration.conftest import REPO_ROOT, fresh_database
 from topics.catalogue import catalogue
@@ -330,7 +330,7 @@ def test_sink_blocks_and_retries_while_postgres_is_down() -> None:
         retries_before = REGISTRY.get_sample_value("cashback_sink_retries_total") or 0
 
         async def scenario() -> BatchResult:
-            task = asyncio.create_task(sink._with_retry(rows_of(entries)))
+            task = asyncio.create_task(sink._with_retry(stage(rows_of(entries))))
             await asyncio.sleep(2.0)
             assert not task.done(), "the batch must wait for Postgres, not be skipped"
             assert (REGISTRY.get_sample_value("cashback_sink_retries_total") or 0) > retries_before

@@ -17,7 +17,7 @@ from stream.core.entries import moves_money
 from stream.settings import Settings
 from stream.sink import Sink
 from stream.store import journal
-from stream.store.journal import BatchResult, write_batch
+from stream.store.journal import BatchResult, Staged, write_batch
 from stream.store.migrations import migrate
 from tests.integration.conftest import fresh_database
 from tests.integration.test_ledger import rows_of, simulated_entries
@@ -82,13 +82,13 @@ def test_the_next_batch_is_decoded_while_this_one_is_written_and_offsets_follow_
     consumer = ScriptedConsumer(sink, batches, log)
     write = sink._with_retry
 
-    async def gated_write(rows: list[tuple[Any, ...]]) -> BatchResult:
+    async def gated_write(staged: Staged) -> BatchResult:
         number = sum(1 for line in log if line.startswith("writing")) + 1
         log.append(f"writing {number}")
         if number < len(batches):  # hold the write until the next batch was fetched: they overlap, or this hangs
             while f"fetched {number + 1}" not in log:
                 await asyncio.sleep(0.01)
-        result = await write(rows)
+        result = await write(staged)
         log.append(f"written {number}")
         return result
 
@@ -126,11 +126,11 @@ def test_a_batch_that_fails_to_write_moves_no_offset(database: str) -> None:
 
     writes: list[int] = []
 
-    async def failing_second(rows: list[tuple[Any, ...]]) -> BatchResult:
-        writes.append(len(rows))
+    async def failing_second(staged: Staged) -> BatchResult:
+        writes.append(len(staged.rows))
         if len(writes) == 2:
             raise RuntimeError("the second batch fails")
-        return await write(rows)
+        return await write(staged)
 
     sink._with_retry = failing_second  # type: ignore[method-assign]
 
