@@ -1,10 +1,11 @@
 """The rows of the journal (``stream.store.journal``): the staged row the sink makes of each accrual
 (``STAGING_COLUMNS``, by ``stream.sink.staging_row``) and the rows it becomes in the ledger's tables: a ledger
 entry (``LEDGER_COLUMNS``), a reconciliation item (``ITEM_COLUMNS``, ``item_row``), a purchase that earned nothing
-(``NOT_EARNED_COLUMNS``). The benchmark's COPY baseline copies the same columns (``stream.localstack.bench_baselines``)."""
+(``NOT_EARNED_COLUMNS``, ``refusal_row``). The benchmark's COPY baseline copies the same columns (``stream.localstack.bench_baselines``)."""
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import msgspec
@@ -73,16 +74,18 @@ ITEM_KIND = ITEM_COLUMNS.index("kind")  # where an item's row holds its kind
 assert NOT_EARNED_COLUMNS[-2:] == ("offer_id", "line_kind")
 
 
+# The columns both tables of lines that move no money begin with: the line's id, its event, account and transaction.
+_LINE_HEAD = operator.itemgetter(ID, SOURCE, ACCOUNT, REF)
+assert ITEM_COLUMNS[:4] == ("item_id", "source_event_id", "account_id", "transaction_ref")
+assert NOT_EARNED_COLUMNS[:4] == ("accrual_id", "source_event_id", "account_id", "transaction_ref")
+
+
 def item_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
     """A staged reconciliation item as its row of ``reconciliation_items`` (``ITEM_COLUMNS``): the columns the
     journal's ``INSERT`` of judged items reads out of the explanation in Postgres, read here instead."""
-    explanation = _EXPLANATION_JSON.decode(row[EXPLANATION])
-    get = explanation.get
+    get = _EXPLANATION_JSON.decode(row[EXPLANATION]).get
     return (
-        row[ID],
-        row[SOURCE],
-        row[ACCOUNT],
-        row[REF],
+        *_LINE_HEAD(row),
         row[PURCHASE],
         get("reason"),
         get("basis_minor"),
@@ -98,13 +101,9 @@ def refusal_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
     redemption, a wallet mark) as its row of ``purchases_not_earned`` (``NOT_EARNED_COLUMNS``): the columns the
     journal's ``INSERT`` of judged lines reads out of the explanation in Postgres, read here instead. A line's
     offer_id is the offer it is about where the record names one (a holdout line: migration 0013)."""
-    explanation = _EXPLANATION_JSON.decode(row[EXPLANATION])
-    get = explanation.get
+    get = _EXPLANATION_JSON.decode(row[EXPLANATION]).get
     return (
-        row[ID],
-        row[SOURCE],
-        row[ACCOUNT],
-        row[REF],
+        *_LINE_HEAD(row),
         get("reason"),
         get("detail"),
         get("basis_minor"),
