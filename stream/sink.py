@@ -255,7 +255,7 @@ class Sink:
                     sources.append(message)
                 except DecodeError as error:
                     await self._dead_letter(producer, message, error.failure.value, error.detail)
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # as between slices: the batch being written answers Postgres before the staging
         return stage(rows), sources
 
     async def _write(self, staged: Staged, sources: list[ConsumerRecord], producer: AIOKafkaProducer) -> None:
