@@ -243,14 +243,63 @@ def test_a_batch_is_written_without_looking_until_ids_are_held_and_again_once_no
         seen = []
         try:
             await migrate(connection)
-            for rows in (first, first, second, third):  # new, a replay, new (still looked up), new
+            # new, new, a replay of the batch before the last (its ids are held: judged), new (still looked up)
+            for rows in (first, second, first, third):
                 result = await write_batch(connection, rows)
                 seen.append((result.written, result.duplicates, connection in journal._CAREFUL))
             return seen
         finally:
             await connection.close()
 
-    assert asyncio.run(scenario()) == [(40, 0, False), (0, 40, True), (40, 0, False), (len(third), 0, False)]
+    assert asyncio.run(scenario()) == [(40, 0, False), (40, 0, False), (0, 40, True), (len(third), 0, False)]
+
+
+def test_the_lines_the_last_batch_committed_are_left_out_of_the_next_without_looking(database: str) -> None:
+    """An event redelivered across a fetch's end: its lines, a few offsets after their first copies, open the next
+    batch. The connection remembers the lines its last batch committed, and leaves the same lines (same account, id
+    and fingerprint) out of the next one, counted as replays, as the verdict would: the batch is written without
+    looking instead of failing on the ledger's keys and being judged. A line under one of those ids with other
+    content is still a conflict, a line committed before the last batch is still found by looking, and what is
+    remembered goes with the connection."""
+    lines = simulated_entries(purchases=60, seed=29)
+    entries = [e for e in lines if moves_money(e["entry_kind"])]
+    others = [e for e in lines if not moves_money(e["entry_kind"])]  # purchases that earned nothing, items
+    assert len(entries) > 70 and {"NOT_EARNED", "RECONCILIATION"} <= {e["entry_kind"] for e in others}
+    first = staged(entries[:40] + others[:10])
+    again = staged(entries[35:40] + others[8:10] + entries[40:60])  # 5 entries and 2 other lines of the last batch
+    changed = staged([other_amount(entries[50])] + entries[58:60] + entries[60:70])
+    older = staged(entries[:3] + entries[70:])  # lines of the batch before the last, on a new connection
+
+    async def scenario() -> list[tuple[int, int, tuple[int, ...], bool]]:
+        connection = await asyncpg.connect(database)
+        seen = []
+        try:
+            await migrate(connection)
+            for rows in (first, again, changed):
+                result = await write_batch(connection, rows)
+                seen.append((result.written, result.duplicates, result.conflicts, connection in journal._CAREFUL))
+        finally:
+            await connection.close()
+        connection = await asyncpg.connect(database)
+        try:
+            result = await write_batch(connection, older)
+            seen.append((result.written, result.duplicates, result.conflicts, connection in journal._CAREFUL))
+            held = await connection.fetchval("SELECT count(*) FROM ledger_entries")
+            twice = await connection.fetchval(
+                "SELECT count(*) FROM (SELECT 1 FROM ledger_entries GROUP BY account_id, accrual_id HAVING count(*) > 1) t"
+            )
+            seen.append((held, twice, (), False))
+        finally:
+            await connection.close()
+        return seen
+
+    assert asyncio.run(scenario()) == [
+        (40, 0, (), False),
+        (20, 5, (), False),  # the last batch's lines left out: no look-up, so never careful
+        (10, 2, (1,), True),  # entries[50] with another amount: a conflict (position 1), found by looking
+        (len(entries) - 70, 3, (), True),  # committed two batches ago, on another connection: found by looking
+        (len(entries), 0, (), False),
+    ]
 
 
 def test_an_id_is_held_by_one_kind_of_line_whoever_writes_it(database: str) -> None:
