@@ -33,7 +33,8 @@ the exit code is 1 when the ledger differs from the oracle or a stage could not 
 
 Sizes: ``BENCH_EVENTS`` (200,000), ``BENCH_LONG_EVENTS`` (1,000,000), ``BENCH_PACED_S`` (60),
 ``BENCH_SEED`` (1); ``--quick`` or ``BENCH_QUICK=1`` runs 3,000, 4,000 and 5 s instead (the size
-``make test`` runs). Results go to ``BENCH_OUTPUT_DIR``, by default ``build/bench`` (``build/bench-quick``
+``make test`` runs). A flag wins over its variable; a value that cannot be used stops the command at once, with
+the variable's or flag's name (a usage error). Results go to ``BENCH_OUTPUT_DIR``, by default ``build/bench`` (``build/bench-quick``
 for the quick mode, so that it never overwrites a full run's). This module is the command line;
 the run is ``stream.localstack.bench_run``.
 """
@@ -42,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import shutil
 import signal
@@ -59,6 +61,8 @@ __all__ = ["Bench", "Plan", "main", "plan_of"]
 
 QUICK = {"events": 3_000, "long_events": 4_000, "paced_s": 5.0}
 FULL = {"events": 200_000, "long_events": 1_000_000, "paced_s": 60.0}
+_FLAGS = {"events": "--events", "long_events": "--long-events", "paced_s": "--paced-seconds"}
+_SWITCH = {"": False, "0": False, "false": False, "no": False, "off": False, "1": True, "true": True, "yes": True, "on": True}
 
 
 def plan_of(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> Plan:
@@ -66,26 +70,40 @@ def plan_of(argv: list[str] | None = None, environ: dict[str, str] | None = None
     quick mode ignores the size variables: a test must not inherit a full run's sizes)."""
     env = dict(os.environ if environ is None else environ)
     parser = argparse.ArgumentParser(prog="bench", description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", default=env.get("BENCH_QUICK", "") not in ("", "0"))
+    parser.add_argument("--quick", action="store_true")
     parser.add_argument("--events", type=int, help="card events preloaded (BENCH_EVENTS)")
     parser.add_argument("--long-events", type=int, help="card events of the long run (BENCH_LONG_EVENTS)")
     parser.add_argument("--paced-seconds", type=float, help="seconds published at 1,000 events/s (BENCH_PACED_S)")
-    parser.add_argument("--seed", type=int, default=int(env.get("BENCH_SEED", "1")), help="seed of the logs (BENCH_SEED)")
+    parser.add_argument("--seed", type=int, help="seed of the logs (BENCH_SEED)")
     parser.add_argument("--output", type=Path, help="where results.json and results.png go (BENCH_OUTPUT_DIR)")
     parser.add_argument("--keep", action="store_true", help="keep the run's directory (process logs, data)")
     args = parser.parse_args(argv)
+    quick = env.get("BENCH_QUICK", "").strip().lower()
+    if quick not in _SWITCH:
+        parser.error(f"BENCH_QUICK={env['BENCH_QUICK']!r} is neither on (1, true, yes, on) nor off (0, false, no, off, empty)")
+    args.quick = args.quick or _SWITCH[quick]
+    if args.seed is None:
+        try:
+            args.seed = int(env.get("BENCH_SEED", "1").replace("_", ""))
+        except ValueError:
+            parser.error(f"BENCH_SEED={env['BENCH_SEED']!r} is not a whole number")
     defaults = QUICK if args.quick else FULL
     variables = {} if args.quick else {"events": "BENCH_EVENTS", "long_events": "BENCH_LONG_EVENTS", "paced_s": "BENCH_PACED_S"}
 
     def size(name: str, given: Any) -> float:
         if given is not None:
+            if not math.isfinite(given):
+                parser.error(f"{_FLAGS[name]} {given} is not a finite number")
             return float(given)
         if name not in variables or not env.get(variables[name]):
             return float(defaults[name])
         try:
-            return float(env[variables[name]].replace("_", ""))
+            value = float(env[variables[name]].replace("_", ""))
         except ValueError:
             parser.error(f"{variables[name]}={env[variables[name]]!r} is not a number")
+        if not math.isfinite(value):
+            parser.error(f"{variables[name]}={env[variables[name]]!r} is not a finite number")
+        return value
 
     output = args.output or env.get("BENCH_OUTPUT_DIR") or REPO_ROOT / "build" / ("bench-quick" if args.quick else "bench")
     plan = Plan(
