@@ -3,7 +3,7 @@
 Order of one batch (the checkpoint order; never change it without changing the tests that pin it):
 
 1. fetch up to ``sink_batch_size`` accruals (``getmany``);
-2. decode them and make their rows for the journal (``stream.store.journal.stage``); undecodable ones are sent to
+2. decode them and make their rows for the journal (``stream.store.staged_rows.stage``); undecodable ones are sent to
    the dead-letter topic and the send is awaited;
 3. write the batch in ONE database transaction (entries unique by account and accrual id,
    balances from the rows actually inserted; an entry whose id the account's ledger holds with
@@ -58,8 +58,8 @@ from stream.metrics import (
 from stream.producing import producer as make_producer
 from stream.settings import Settings
 from stream.store.availability import KeptConnection, until_postgres_answers
-from stream.store.journal import BatchResult, Staged, stage, write_batch
-from stream.store.staged_rows import STAGING_COLUMNS
+from stream.store.journal import BatchResult, write_batch
+from stream.store.staged_rows import STAGING_COLUMNS, Staged, stage
 from topics.catalogue import SOURCE_TIME_HEADER, Catalogue
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ The ledger does part of it itself (migration 0010): every statement that inserts
 into balances (the arithmetic of migration 0007, per balance), and an id is held by one kind of line at most (an
 entry under the id of a purchase that earned nothing, or the reverse, is refused as ``ledger_ids_once``). So a batch
 of new lines is written as it is, without looking first: each table's new lines in one ``COPY`` (Postgres's fastest
-way in, triggers and constraints checked as for any insert). Their rows are made before the transaction (``stage``;
+way in, triggers and constraints checked as for any insert). Their rows are made before the transaction (``stream.store.staged_rows.stage``;
 the sink does it while the previous batch is written), so Postgres is handed each statement as soon as it has
 answered the last. On a logged run's 227,638 accruals (186,643 entries, 27,533 purchases that earned nothing),
 written batch after batch into a fresh database, three rounds each way, the writes took 6.99, 6.75 and 6.58 s
@@ -17,7 +17,7 @@ When an id of the batch is held already (a replay, a conflict: the unique keys o
 write and the transaction rolls back), when the batch holds one id twice with other content, or when the
 connection's last batch met held ids (a backlog replayed after a crash: ``_CAREFUL``), the batch is written judged
 (the same line twice in a batch, from an event redelivered whose entries the worker sent again, about one record in
-twenty of the simulator's mix, is written once without looking: ``first_copies``):
+twenty of the simulator's mix, is written once without looking: ``staged_rows.first_copies``):
 
 1. the look-up: for every row, what the account's ledger and its purchases that earned nothing already hold under
    the row's id (two index probes a row: ``LATERAL ... LIMIT 1`` is never turned into a join over a table);
@@ -44,7 +44,8 @@ log's 386,732 accruals, which the journal alone then wrote in 8.07 / 9.35 / 8.94
 against 8.23 / 7.60 / 8.76 / 8.05 / 7.22 / 7.84 / 8.83 s (the two in turn, a fresh database each, the same
 entries written and replays counted).
 
-The rows' layout, staged and as each table takes them, is ``stream.store.staged_rows``.
+The rows' layout, staged and as each table takes them, and a batch of them made ready to be written (``stage``), is
+``stream.store.staged_rows``.
 
 The SQL of migration 0010 and ``stream.core.balances`` compute balances by the same rules; the tests hold
 them equal (tests/integration/test_ledger.py).
@@ -75,7 +76,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from stream.core.entries import RECONCILIATION, REDEMPTION_REFUSED, WALLET_MARK, moves_money
+from stream.core.entries import RECONCILIATION, moves_money
 from stream.store.staged_rows import (
     ACCOUNT,
     AMOUNT,
@@ -88,20 +89,19 @@ from stream.store.staged_rows import (
     ITEM_KIND,
     KIND,
     LEDGER_COLUMNS,
+    NOT_EARNED,
     NOT_EARNED_COLUMNS,
+    NOT_EARNED_LINES,
     OCCURRED,
     OFFER,
     POSITION,
     PURCHASE,
     REF,
     SOURCE,
-    item_row,
-    refusal_row,
+    Staged,
+    stage,
 )
 
-NOT_EARNED = "NOT_EARNED"
-# The lines written to purchases_not_earned, under their line_kind (migration 0018): judged alike.
-_NOT_EARNED_LINES = frozenset({NOT_EARNED, REDEMPTION_REFUSED, WALLET_MARK})
 _HOLD_REVIEWS = ("HOLD_RELEASED", "HOLD_FORFEITED")
 _RACE_ATTEMPTS = 5  # judged writes of one batch before a key violation is taken for a refusal
 # What refuses a line whose id is held: the unique keys of the two tables, and migration 0010's check across them.
@@ -214,7 +214,7 @@ def judge(rows: Sequence[tuple[Any, ...]], held: dict[int, Held], repeats: bool)
             held_kind, held_fingerprint, not_earned, reason, detail = here
             if held_kind is not None and held_fingerprint != fingerprint:
                 conflicts.append((1, index, index, held_kind))
-            if not_earned and (kind not in _NOT_EARNED_LINES or (reason, detail) != _reason_and_detail(row)):
+            if not_earned and (kind not in NOT_EARNED_LINES or (reason, detail) != _reason_and_detail(row)):
                 conflicts.append((2, index, index, NOT_EARNED))
         first = True  # of its id in this batch
         if repeats:
@@ -224,7 +224,7 @@ def judge(rows: Sequence[tuple[Any, ...]], held: dict[int, Held], repeats: bool)
             earlier.append(index)
         if len(conflicts) > found:
             refused.add(index)
-        elif kind != RECONCILIATION and here is not None and (here[2] if kind in _NOT_EARNED_LINES else here[0] is not None):
+        elif kind != RECONCILIATION and here is not None and (here[2] if kind in NOT_EARNED_LINES else here[0] is not None):
             pass  # a replay: the ledger holds it as it is
         elif first:  # else the same row again in this batch, after its first
             new.append(index)
@@ -235,58 +235,6 @@ def judge(rows: Sequence[tuple[Any, ...]], held: dict[int, Held], repeats: bool)
 def _reason_and_detail(row: tuple[Any, ...]) -> tuple[Any, Any]:
     explanation = _EXPLANATION_JSON.decode(row[EXPLANATION])
     return explanation.get("reason"), explanation.get("detail")
-
-
-def first_copies(rows: Sequence[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]] | None, dict[tuple[str, str], str]]:
-    """The batch with each (account, id) once: a row again later in the batch with the same fingerprint (the
-    same line: an event redelivered, whose entries the worker sends again) is left out, as the verdict would leave
-    it. None when an id comes again with other content (a conflict: the batch is judged). With it, each kept line's
-    fingerprint by its (account, id)."""
-    first: dict[tuple[str, str], str] = {}
-    kept: list[tuple[Any, ...]] = []
-    for row in rows:
-        key = (row[ACCOUNT], row[ID])
-        held = first.get(key)
-        if held is None:
-            first[key] = row[FINGERPRINT]
-            kept.append(row)
-        elif held != row[FINGERPRINT]:
-            return None, {}
-    return kept, first
-
-
-@dataclass(frozen=True, slots=True)
-class Staged:
-    """A batch of staged rows made ready to be written without looking (``stage``), before its transaction: the
-    Python work of the write done ahead, while the previous batch's transaction runs, so that Postgres is handed
-    each statement of this one as soon as it has answered the last."""
-
-    rows: Sequence[tuple[Any, ...]]  # the batch as staged (``STAGING_COLUMNS``)
-    lines: list[tuple[Any, ...]] | None  # ``first_copies`` of the rows: None when an id comes again with other content
-    entries: list[tuple[Any, ...]]  # the lines that move money, as staged
-    ledger: list[tuple[Any, ...]]  # their rows of ledger_entries (``LEDGER_COLUMNS``)
-    refusals: list[tuple[Any, ...]]  # the purchases that earned nothing and the like (``NOT_EARNED_COLUMNS``)
-    items: list[tuple[Any, ...]]  # the reconciliation items (``ITEM_COLUMNS``)
-    moving: int  # the rows of the batch that move money (entries, each copy counted)
-    seen: dict[tuple[str, str], str]  # each line's fingerprint by its (account, id); empty when ``lines`` is None
-
-
-def stage(rows: Sequence[tuple[Any, ...]]) -> Staged:
-    """The batch ``rows`` made ready for ``write_batch`` (``Staged``)."""
-    moving = sum(1 for row in rows if moves_money(row[KIND]))
-    lines, seen = first_copies(rows)
-    entries: list[tuple[Any, ...]] = []
-    refusals: list[tuple[Any, ...]] = []
-    items: list[tuple[Any, ...]] = []
-    for row in lines or ():
-        kind = row[KIND]
-        if kind == RECONCILIATION:
-            items.append(item_row(row))
-        elif kind in _NOT_EARNED_LINES:
-            refusals.append(refusal_row(row))
-        else:
-            entries.append(row)
-    return Staged(rows, lines, entries, [row[1:] for row in entries], refusals, items, moving, seen)
 
 
 def _less_committed(staged: Staged, committed: dict[tuple[str, str], str] | None) -> tuple[Staged, int]:
@@ -351,7 +299,7 @@ async def _insert(
     module doc): the kinds of the items new to it."""
     if entries:
         await connection.copy_records_to_table("ledger_entries", records=[r[1:] for r in entries], columns=LEDGER_COLUMNS)
-    refusals = [r for r in lines if r[KIND] in _NOT_EARNED_LINES]
+    refusals = [r for r in lines if r[KIND] in NOT_EARNED_LINES]
     if refusals:
         await connection.execute(
             _INSERT_REFUSALS,

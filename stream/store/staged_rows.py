@@ -1,14 +1,20 @@
 """The rows of the journal (``stream.store.journal``): the staged row the sink makes of each accrual
 (``STAGING_COLUMNS``, by ``stream.sink.staging_row``) and the rows it becomes in the ledger's tables: a ledger
 entry (``LEDGER_COLUMNS``), a reconciliation item (``ITEM_COLUMNS``, ``item_row``), a purchase that earned nothing
-(``NOT_EARNED_COLUMNS``, ``refusal_row``). The benchmark's COPY baseline copies the same columns (``stream.localstack.bench_baselines``)."""
+(``NOT_EARNED_COLUMNS``, ``refusal_row``). The benchmark's COPY baseline copies the same columns (``stream.localstack.bench_baselines``).
+A batch of staged rows is made ready to be written without looking (``stage``: its later copies of a line left out,
+``first_copies``, and each table's rows made) before its transaction, while the previous batch's runs."""
 
 from __future__ import annotations
 
 import operator
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+
+from stream.core.entries import RECONCILIATION, REDEMPTION_REFUSED, WALLET_MARK, moves_money
 
 # Columns of a staged row, in the order the sink hands rows over.
 STAGING_COLUMNS = (
@@ -69,6 +75,10 @@ NOT_EARNED_COLUMNS = (
     "line_kind",
 )
 
+NOT_EARNED = "NOT_EARNED"
+# The lines written to purchases_not_earned, under their line_kind (migration 0018): judged alike.
+NOT_EARNED_LINES = frozenset({NOT_EARNED, REDEMPTION_REFUSED, WALLET_MARK})
+
 _EXPLANATION_JSON = msgspec.json.Decoder()
 ITEM_KIND = ITEM_COLUMNS.index("kind")  # where an item's row holds its kind
 assert NOT_EARNED_COLUMNS[-2:] == ("offer_id", "line_kind")
@@ -112,3 +122,55 @@ def refusal_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
         row[OFFER],
         row[KIND],
     )
+
+
+def first_copies(rows: Sequence[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]] | None, dict[tuple[str, str], str]]:
+    """The batch with each (account, id) once: a row again later in the batch with the same fingerprint (the
+    same line: an event redelivered, whose entries the worker sends again) is left out, as the journal's verdict would
+    leave it. None when an id comes again with other content (a conflict: the batch is judged). With it, each kept line's
+    fingerprint by its (account, id)."""
+    first: dict[tuple[str, str], str] = {}
+    kept: list[tuple[Any, ...]] = []
+    for row in rows:
+        key = (row[ACCOUNT], row[ID])
+        held = first.get(key)
+        if held is None:
+            first[key] = row[FINGERPRINT]
+            kept.append(row)
+        elif held != row[FINGERPRINT]:
+            return None, {}
+    return kept, first
+
+
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """A batch of staged rows made ready to be written without looking (``stage``), before its transaction: the
+    Python work of the write done ahead, while the previous batch's transaction runs, so that Postgres is handed
+    each statement of this one as soon as it has answered the last."""
+
+    rows: Sequence[tuple[Any, ...]]  # the batch as staged (``STAGING_COLUMNS``)
+    lines: list[tuple[Any, ...]] | None  # ``first_copies`` of the rows: None when an id comes again with other content
+    entries: list[tuple[Any, ...]]  # the lines that move money, as staged
+    ledger: list[tuple[Any, ...]]  # their rows of ledger_entries (``LEDGER_COLUMNS``)
+    refusals: list[tuple[Any, ...]]  # the purchases that earned nothing and the like (``NOT_EARNED_COLUMNS``)
+    items: list[tuple[Any, ...]]  # the reconciliation items (``ITEM_COLUMNS``)
+    moving: int  # the rows of the batch that move money (entries, each copy counted)
+    seen: dict[tuple[str, str], str]  # each line's fingerprint by its (account, id); empty when ``lines`` is None
+
+
+def stage(rows: Sequence[tuple[Any, ...]]) -> Staged:
+    """The batch ``rows`` made ready for ``stream.store.journal.write_batch`` (``Staged``)."""
+    moving = sum(1 for row in rows if moves_money(row[KIND]))
+    lines, seen = first_copies(rows)
+    entries: list[tuple[Any, ...]] = []
+    refusals: list[tuple[Any, ...]] = []
+    items: list[tuple[Any, ...]] = []
+    for row in lines or ():
+        kind = row[KIND]
+        if kind == RECONCILIATION:
+            items.append(item_row(row))
+        elif kind in NOT_EARNED_LINES:
+            refusals.append(refusal_row(row))
+        else:
+            entries.append(row)
+    return Staged(rows, lines, entries, [row[1:] for row in entries], refusals, items, moving, seen)

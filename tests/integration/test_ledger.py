@@ -30,8 +30,9 @@ from stream.settings import Settings
 from stream.simulate import Scenario, generate
 from stream.sink import Sink, staging_row
 from stream.store import journal
-from stream.store.journal import BatchResult, stage, write_batch
+from stream.store.journal import BatchResult, write_batch
 from stream.store.migrations import MIGRATIONS_DIR, migrate
+from stream.store.staged_rows import stage
 from tests.integration.conftest import REPO_ROOT, fresh_database
 from topics.catalogue import catalogue
 

@@ -17,8 +17,9 @@ from stream.core.entries import moves_money
 from stream.settings import Settings
 from stream.sink import Sink
 from stream.store import journal
-from stream.store.journal import BatchResult, Staged, write_batch
+from stream.store.journal import BatchResult, write_batch
 from stream.store.migrations import migrate
+from stream.store.staged_rows import Staged
 from tests.integration.conftest import fresh_database
 from tests.integration.test_ledger import rows_of, simulated_entries
 from topics.catalogue import catalogue
