@@ -3,13 +3,14 @@
 entry (``LEDGER_COLUMNS``), a reconciliation item (``ITEM_COLUMNS``, ``item_row``), a purchase that earned nothing
 (``NOT_EARNED_COLUMNS``, ``refusal_row``). The benchmark's COPY baseline copies the same columns (``stream.localstack.bench_baselines``).
 A batch of staged rows is made ready to be written without looking (``stage``: its later copies of a line left out,
-``first_copies``, and each table's rows made) before its transaction, while the previous batch's runs."""
+``first_copies``, and each table's rows made) before its transaction, while the previous batch's runs. What a
+connection's last batches committed is remembered as ``Committed`` (the journal leaves those lines out of the next)."""
 
 from __future__ import annotations
 
 import operator
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -174,3 +175,28 @@ def stage(rows: Sequence[tuple[Any, ...]]) -> Staged:
         else:
             entries.append(row)
     return Staged(rows, lines, entries, [row[1:] for row in entries], refusals, items, moving, seen)
+
+
+MEMORY_LINES = 25_000  # a journal connection remembers the lines of its last batches, between this many and twice this many
+
+
+@dataclass(slots=True)
+class Committed:
+    """The lines a connection's last batches committed as the ledger holds them: each one's fingerprint by its
+    (account, id), in two generations; when the newer holds ``MEMORY_LINES`` it becomes the older, and the older is
+    forgotten (a line forgotten is looked up again, never wrongly left out)."""
+
+    newer: dict[tuple[str, str], str] = field(default_factory=dict)
+    older: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def add(self, lines: dict[tuple[str, str], str]) -> None:
+        self.newer.update(lines)
+        if len(self.newer) >= MEMORY_LINES:
+            self.older, self.newer = self.newer, {}
+
+    def again(self, seen: dict[tuple[str, str], str]) -> set[tuple[str, str]]:
+        """The keys of ``seen`` whose line (same fingerprint) is remembered."""
+        found = {key for key in seen.keys() & self.newer.keys() if seen[key] == self.newer[key]}
+        if self.older:
+            found.update(key for key in seen.keys() & self.older.keys() if seen[key] == self.older[key])
+        return found

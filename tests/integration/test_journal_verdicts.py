@@ -239,12 +239,18 @@ def test_a_batch_is_written_without_looking_until_ids_are_held_and_again_once_no
     first, second, third = staged(entries[:40]), staged(entries[40:80]), staged(entries[80:])
 
     async def scenario() -> list[tuple[int, int, bool]]:
-        connection = await asyncpg.connect(database)
         seen = []
+        writer = await asyncpg.connect(database)  # the partitions' owner before a rebalance
         try:
-            await migrate(connection)
-            # new, new, a replay of the batch before the last (its ids are held: judged), new (still looked up)
-            for rows in (first, second, first, third):
+            await migrate(writer)
+            result = await write_batch(writer, first)
+            seen.append((result.written, result.duplicates, writer in journal._CAREFUL))
+        finally:
+            await writer.close()
+        connection = await asyncpg.connect(database)
+        try:
+            # new, a replay of what the other connection wrote (its ids are held: judged), new (still looked up)
+            for rows in (second, first, third):
                 result = await write_batch(connection, rows)
                 seen.append((result.written, result.duplicates, connection in journal._CAREFUL))
             return seen
@@ -300,6 +306,45 @@ def test_the_lines_the_last_batch_committed_are_left_out_of_the_next_without_loo
         (len(entries) - 70, 3, (), True),  # committed two batches ago, on another connection: found by looking
         (len(entries), 0, (), False),
     ]
+
+
+def test_lines_committed_batches_back_are_left_out_until_the_bounded_memory_forgets_them(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An event redelivered further back than the last batch (the worker sends an event's lines again whenever it
+    meets the event again): the connection remembers the lines of its last batches, between ``MEMORY_LINES`` and
+    twice as many, and leaves them out without looking; a line it has forgotten is found by looking, never left out
+    on a guess, and the ledger holds each line once either way."""
+    monkeypatch.setattr(staged_rows, "MEMORY_LINES", 30)
+    entries = [e for e in simulated_entries(purchases=80, seed=31) if moves_money(e["entry_kind"])]
+    assert len(entries) >= 90
+    batches = [
+        staged(entries[:20]),
+        staged(entries[20:40]),  # the memory holds 40 lines: they become its older half
+        staged(entries[:5] + entries[40:50]),  # 5 lines of two batches back: remembered, left out without looking
+        staged(entries[50:80]),  # the newer half fills again: the first two batches are forgotten
+        staged(entries[:5] + entries[80:90]),  # the same 5 lines: forgotten, so looked up, found held, replays
+    ]
+
+    async def scenario() -> tuple[list[tuple[int, int, bool]], int, int]:
+        connection = await asyncpg.connect(database)
+        seen = []
+        try:
+            await migrate(connection)
+            for rows in batches:
+                result = await write_batch(connection, rows)
+                seen.append((result.written, result.duplicates, connection in journal._CAREFUL))
+            held = await connection.fetchval("SELECT count(*) FROM ledger_entries")
+            twice = await connection.fetchval(
+                "SELECT count(*) FROM (SELECT 1 FROM ledger_entries GROUP BY account_id, accrual_id HAVING count(*) > 1) t"
+            )
+            return seen, held, twice
+        finally:
+            await connection.close()
+
+    seen, held, twice = asyncio.run(scenario())
+    assert seen == [(20, 0, False), (20, 0, False), (10, 5, False), (30, 0, False), (10, 5, True)]
+    assert (held, twice) == (90, 0)
 
 
 def test_an_id_is_held_by_one_kind_of_line_whoever_writes_it(database: str) -> None:
