@@ -49,9 +49,9 @@ meets the event again, up to tens of thousands of offsets after the first copies
 ``staged_rows.MEMORY_LINES`` and twice as many lines (``staged_rows.Committed``), in two halves (the older forgotten
 whole when the newer fills), about 310 bytes a line (15 MB at most). A line forgotten is looked up, as before. On
 another benchmark log's 227,638 accruals in batches of 2,000, 13 of 114 batches had been judged for lines 2 to 20
-batches back; none is now, and the journal alone wrote them in 5.68 / 6.58 / 5.19 / 5.74 / 5.57 / 5.46 s against
-6.16 / 6.09 / 5.43 / 5.65 / 5.73 / 6.19 s (medians 5.62 and 5.90: about 5%, within this machine's noise; what is
-sure is that no transaction is rolled back for a replay the connection wrote itself).
+batches back; none is now, and the journal alone wrote them in 5.60 / 6.62 / 5.65 / 6.01 / 6.35 / 5.94 s against
+5.91 / 6.96 / 6.36 / 6.08 / 6.62 / 6.10 s (in turn, a fresh database each: faster in each pair, medians 5.97 and
+6.23 s, about 4%); and no transaction is rolled back for a replay the connection wrote itself.
 
 The rows' layout, staged and as each table takes them, and a batch of them made ready to be written (``stage``), is
 ``stream.store.staged_rows``.
