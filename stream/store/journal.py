@@ -44,8 +44,9 @@ keys, rolled back and was judged, and the batch after it was judged too (``_CARE
 / 9.20 / 11.11 s against 8.23 / 7.60 / 8.76 / 8.05 / 7.22 / 7.84 / 8.83 s (the two in turn, a fresh database each,
 the same entries written and replays counted).
 
-The memory reaches further back than the last batch, bounded: the worker sends an event's lines again whenever it
-meets the event again, up to tens of thousands of offsets after the first copies. It holds between
+The memory reaches further back than the last batch, bounded: the copies are one or two offsets after the first in
+their partition, but when a fetch ends between them, the partition's next records may come batches later, after the
+other partitions' (up to 38,250 records later in the order a benchmark log was read). It holds between
 ``staged_rows.MEMORY_LINES`` and twice as many lines (``staged_rows.Committed``), in two halves (the older forgotten
 whole when the newer fills), about 310 bytes a line (15 MB at most). A line forgotten is looked up, as before. On
 another benchmark log's 227,638 accruals in batches of 2,000, 13 of 114 batches had been judged for lines 2 to 20
