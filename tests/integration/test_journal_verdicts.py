@@ -311,8 +311,8 @@ def test_the_lines_the_last_batch_committed_are_left_out_of_the_next_without_loo
 def test_lines_committed_batches_back_are_left_out_until_the_bounded_memory_forgets_them(
     database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An event redelivered further back than the last batch (the worker sends an event's lines again whenever it
-    meets the event again): the connection remembers the lines of its last batches, between ``MEMORY_LINES`` and
+    """Copies whose first copies came batches back (one or two offsets further in their partition, but read after
+    the other partitions' records when a fetch ended between them): the connection remembers the lines of its last batches, between ``MEMORY_LINES`` and
     twice as many, and leaves them out without looking; a line it has forgotten is found by looking, never left out
     on a guess, and the ledger holds each line once either way."""
     monkeypatch.setattr(staged_rows, "MEMORY_LINES", 30)
