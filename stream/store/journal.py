@@ -131,6 +131,7 @@ _PREPARED: weakref.WeakSet[asyncpg.Connection] = weakref.WeakSet()
 _CAREFUL: weakref.WeakSet[asyncpg.Connection] = weakref.WeakSet()
 # The lines each connection's last batches committed (module doc).
 _COMMITTED: weakref.WeakKeyDictionary[asyncpg.Connection, Committed] = weakref.WeakKeyDictionary()
+
 # The statements are prepared once per connection (asyncpg's cache, and the triggers' of migration 0010); this makes
 # Postgres plan them at each execution for the tables' sizes then, never keeping a plan made while they were small
 # (a look-up that reads a small table whole, a balances update that hashes it) for as long as the connection lives.

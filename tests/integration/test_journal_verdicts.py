@@ -265,8 +265,8 @@ def test_the_lines_the_last_batch_committed_are_left_out_of_the_next_without_loo
     batch. The connection remembers the lines its last batch committed, and leaves the same lines (same account, id
     and fingerprint) out of the next one, counted as replays, as the verdict would: the batch is written without
     looking instead of failing on the ledger's keys and being judged. A line under one of those ids with other
-    content is still a conflict, a line committed before the last batch is still found by looking, and what is
-    remembered goes with the connection."""
+    content is still a conflict, and what is remembered goes with the connection: a line another connection
+    committed is found by looking."""
     lines = simulated_entries(purchases=60, seed=29)
     entries = [e for e in lines if moves_money(e["entry_kind"])]
     others = [e for e in lines if not moves_money(e["entry_kind"])]  # purchases that earned nothing, items
@@ -312,9 +312,9 @@ def test_lines_committed_batches_back_are_left_out_until_the_bounded_memory_forg
     database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Copies whose first copies came batches back (one or two offsets further in their partition, but read after
-    the other partitions' records when a fetch ended between them): the connection remembers the lines of its last batches, between ``MEMORY_LINES`` and
-    twice as many, and leaves them out without looking; a line it has forgotten is found by looking, never left out
-    on a guess, and the ledger holds each line once either way."""
+    the other partitions' records when a fetch ended between them): the connection remembers the lines of its last
+    batches, between ``MEMORY_LINES`` and twice as many, and leaves them out without looking; a line it has
+    forgotten is found by looking, never left out on a guess, and the ledger holds each line once either way."""
     monkeypatch.setattr(staged_rows, "MEMORY_LINES", 30)
     entries = [e for e in simulated_entries(purchases=80, seed=31) if moves_money(e["entry_kind"])]
     assert len(entries) >= 90
