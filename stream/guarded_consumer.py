@@ -52,6 +52,7 @@ from faust.transport.consumer import ensure_TP
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
+from stream.direct_delivery import DirectDelivery
 from stream.kafka_clients import start_client
 from stream.progress import InputProgress
 from stream.settings import Settings
@@ -97,8 +98,9 @@ class ReadPositions(defaultdict[TP, int | None]):
         return None if self.guarded(tp) else super().__getitem__(tp)
 
 
-class GuardedConsumer(faust_aiokafka.Consumer):
-    """Faust's aiokafka consumer, committing only what ``app.progress`` says is accounted for."""
+class GuardedConsumer(DirectDelivery, faust_aiokafka.Consumer):
+    """Faust's aiokafka consumer, committing only what ``app.progress`` says is accounted for, its fetch loop
+    handing messages on directly when nothing can hold them (``stream.direct_delivery``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
