@@ -35,16 +35,20 @@ class DirectDelivery:
 
     def _holds_nothing(self, tp: TP) -> bool:
         """Whether the conductor's callback can hand on a message of ``tp`` without waiting."""
-        consumer = cast(Any, self)
+        consumer: Any = self
         app = consumer.app
         if consumer.suspend_flow.is_set() or not app.flow_control.is_active():
             return False
-        if app.producer.buffer.size > app.producer.buffer.max_messages:
+        buffer = app.producer.buffer
+        if buffer.size > buffer.max_messages:
             return False
         conductor = app.topics
         if conductor._tp_to_callback_lock.locked():
             return False
-        return not any(channel.queue.full() for channel in conductor._tp_index.get(tp, ()))
+        for channel in conductor._tp_index.get(tp, ()):
+            if channel.queue.full():
+                return False
+        return True
 
     async def _drain_messages(self, fetcher: ServiceT) -> None:  # pragma: no cover  (the consumer's own task)
         # Faust's Consumer._drain_messages, the direct callback aside (module doc).
