@@ -23,8 +23,9 @@ of a key only, and writes each to the local store of that partition once acknowl
 
 The sends go straight to the producer's Kafka client (``sends``, a ``stream.producing.AppSends``),
 not through Faust's buffer of pending messages: that path cost about 40 microseconds a record, for
-three records per card event. Faust still flushes that client before it commits input offsets. A
-rebalance must not let a change reach the changelog after the partition's next owner started
+three records per card event. They are handed over a batch per partition (``AppSends.batches``),
+one delivery per batch, whose metadata is its last record's: the persisted offset. Faust still
+flushes that client before it commits input offsets. A rebalance must not let a change reach the changelog after the partition's next owner started
 reading it: the changes are sent under ``handing_over``, a lock the revocation waits for before
 it commits and gives the partitions away (``stream.input_partitions``), and only while
 ``still_owned`` says every partition is still this worker's.
@@ -42,6 +43,8 @@ import faust
 from faust.streams import current_event
 from faust.types import TP
 from rocksdict import WriteBatch
+
+from stream.producing import Gathering
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,10 @@ class Sends(Protocol):
         partition: int | None = None,
         headers: list[tuple[str, bytes]] | None = None,
     ) -> Awaitable[Any]: ...
+
+    def batches(self, order: Sequence[str] = ()) -> Gathering:
+        """Records handed over together, a batch per topic and partition."""
+        ...
 
 
 class ChangelogTable(faust.Table):
@@ -216,9 +223,11 @@ class ChangelogTable(faust.Table):
         name = self.changelog_topic.get_topic_name()
         async with self.handing_over:
             still_owned()
+            batches = self.sends.batches()
             for key, (partition, value) in list(self.unsettled.items()):
                 raw_value = None if value is DELETED else self.changelog_value(value)
-                self.unacked.append(await self.sends.send(name, self.changelog_key(key), raw_value, partition))
+                await batches.add(name, self.changelog_key(key), raw_value, partition)
+            self.unacked.extend(await batches.send())
 
     def write_settled(self, changes: Mapping[Any, tuple[int, Any]], held_to: Mapping[TP, int]) -> None:
         """Write settled changes (key -> partition and value, or ``DELETED``) to the local store of

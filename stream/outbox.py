@@ -28,6 +28,11 @@ keyed by account on the notifications topic, in the account's language. Their de
 message's like the entries' (``Staged.deliveries``, ``InFlightDecisions``), so an offset is
 committed only once its notifications were delivered too: at least once, and a repeat (a
 redelivered event re-emits its entries) carries the same notification ids.
+
+A flush's records (entries, payout instructions, notifications) are gathered a batch per topic and
+partition and handed to the producer together once all are made, in that order of topics
+(``stream.producing.Batches``): one delivery per batch, which every message with a record in it
+waits for, instead of one per record.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ from stream.metrics import (
     WORKER_FLUSH_SECONDS,
     labelled,
 )
+from stream.producing import Gathering
 from topics.catalogue import SOURCE_TIME_HEADER, account_partition
 
 log = logging.getLogger(__name__)
@@ -306,9 +312,14 @@ class Outbox:
             self.accounts.forget_accounts(written)
             self.dropped()
             raise
+        # Every record of the batch's decisions gathered a batch per topic and partition, then handed over
+        # together: the entries first, then the payout instructions they make, then the notifications.
+        outgoing = self.sends.batches((self.accruals, *(t for t in (self.payouts, self.notifications) if t)))
         for staged in batch.messages:
             for decided in staged.decisions:
-                await self._send_entries(staged, decided)
+                await self._send_entries(staged, decided, outgoing)
+        await outgoing.send()
+        for staged in batch.messages:
             staged.decisions.clear()
             if staged.complete:
                 staged.flushed.succeed()
@@ -317,7 +328,7 @@ class Outbox:
         WORKER_BATCH_SIZE.observe(len(batch.messages))
         WORKER_FLUSH_SECONDS.observe(time.perf_counter() - started)
 
-    async def _send_entries(self, staged: Staged, decided: Decided) -> None:
+    async def _send_entries(self, staged: Staged, decided: Decided, outgoing: Gathering) -> None:
         account_key = decided.account_id.encode()
         # The account's partition of the co-partitioned output topics, given to the producer: its
         # own partitioner would work out the same murmur2 again for each record, in Python.
@@ -325,10 +336,11 @@ class Outbox:
         headers = _source_time(staged.timestamp_s)
         sends = []
         for entry in decided.entries:
-            # Handed to the producer now (keyed by account: the account's partition); Faust still
-            # flushes the producer before committing the input offsets, so at-least-once holds.
+            # Into the flush's batch of the account's partition (keyed by account), handed to the producer
+            # with the others once all are made; Faust still flushes the producer before committing the
+            # input offsets, so at-least-once holds.
             value = self.codec.encode("accrual", entry.record())
-            sends.append(await self.sends.send(self.accruals, account_key, value, partition, headers))
+            sends.append(await outgoing.add(self.accruals, account_key, value, partition, headers))
             if decided.counted:
                 labelled(ACCRUALS, entry.entry_kind, entry.reward_kind).inc()
                 labelled(CASHBACK_AMOUNT, entry.entry_kind, entry.reward_kind, entry.currency).inc(entry.amount_minor)
@@ -337,12 +349,13 @@ class Outbox:
             # is not about to hold. A redelivered run re-emits its entries, so asks again: same payout id.
             for order in orders_of(decided.entries):
                 value = self.codec.encode("payout_instruction", order.record())
-                sends.append(await self.sends.send(self.payouts, account_key, value, partition, headers))
+                sends.append(await outgoing.add(self.payouts, account_key, value, partition, headers))
                 if decided.counted:
                     PAYOUTS.labels("requested", order.currency).inc()
         if self.notifications is not None and (decided.entries or decided.notices):
-            await self._notify(decided, account_key, partition, headers, sends)
-        staged.deliveries.extend(send for send in sends if send is not None)
+            await self._notify(decided, account_key, partition, headers, sends, outgoing)
+        sends = list(dict.fromkeys(send for send in sends if send is not None))  # a batch's delivery once
+        staged.deliveries.extend(sends)
         if decided.stored:
             self.in_flight.add(decided.account_id, sends)
 
@@ -353,6 +366,7 @@ class Outbox:
         partition: int,
         headers: list[tuple[str, bytes]] | None,
         sends: list[Any],
+        outgoing: Gathering,
     ) -> None:
         """The decision's notifications, sent after its entries (their deliveries join ``sends``):
         one per entry that tells the customer something, one per expiry notice."""
@@ -362,6 +376,6 @@ class Outbox:
         made += [from_notice(notice, language) for notice in decided.notices]
         for notification in made:
             value = self.codec.encode("notification", notification.record())
-            sends.append(await self.sends.send(self.notifications, account_key, value, partition, headers))
+            sends.append(await outgoing.add(self.notifications, account_key, value, partition, headers))
             if decided.counted:
                 labelled(NOTIFICATIONS, notification.kind, language).inc()

@@ -44,6 +44,7 @@ from stream.core.rules import Outcome
 from stream.core.state import AccountState
 from stream.core.state_rows import is_summary_key
 from stream.matcher import Matcher
+from stream.producing import OneByOne
 from stream.progress import InputProgress, Verdict
 from stream.settings import Settings
 from tests.factories import book
@@ -339,6 +340,9 @@ class EveryPartition(set):  # type: ignore[type-arg]
 async def agent_harness(matcher: Matcher, codec: Codec, *, ready: bool = True) -> AsyncIterator[AgentHarness]:
     sends = RecordedSends({table.changelog_topic.get_topic_name() for table in (matcher.states, matcher.profiles)})
     matcher.sends.send = sends.send  # type: ignore[method-assign]
+    # Each record through the matcher's ``send`` (the one above, or a test's): recorded, its own delivery. The
+    # producer's batches (``stream.producing.Batches``) are covered against a real broker.
+    matcher.sends.batches = lambda order=(): OneByOne(matcher.sends)  # type: ignore[method-assign,assignment,misc]
     if ready:
         matcher.offers.ready.set()
     # test_context starts the agent only, not the app: the app's tasks and timers (the offer
