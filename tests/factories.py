@@ -192,3 +192,22 @@ def generated_card_number(length: int = 16, first: str = "4", rng: Any = None) -
     draw = rng or random.SystemRandom()
     body = first + "".join(draw.choice("0123456789") for _ in range(length - len(first) - 1))
     return body + next(digit for digit in "0123456789" if luhn_valid(body + digit))
+
+
+def fetched_message(tp: Any, offset: int) -> Any:
+    """A message of ``tp`` at ``offset`` as Faust's consumer hands it on (key ``acct-1``, an empty value)."""
+    import time
+
+    from faust.types import Message
+
+    return Message(
+        topic=tp.topic,
+        partition=tp.partition,
+        offset=offset,
+        timestamp=time.time(),
+        timestamp_type=0,
+        headers=None,
+        key=b"acct-1",
+        value=b"",
+        checksum=None,
+    )

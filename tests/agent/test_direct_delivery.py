@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,20 +20,7 @@ from faust.types import TP, Message
 from stream.direct_delivery import DirectDelivery
 from stream.guarded_consumer import GuardedConsumer
 from stream.matcher import Matcher
-
-
-def message(tp: TP, offset: int) -> Message:
-    return Message(
-        topic=tp.topic,
-        partition=tp.partition,
-        offset=offset,
-        timestamp=time.time(),
-        timestamp_type=0,
-        headers=None,
-        key=b"acct-1",
-        value=b"",
-        checksum=None,
-    )
+from tests.factories import fetched_message
 
 
 class Fetcher:
@@ -71,7 +57,7 @@ async def drain(
             return
         fetched[0] = True
         for offset in offsets:
-            yield tp, message(tp, offset)
+            yield tp, fetched_message(tp, offset)
 
     consumer.callback, consumer.getmany = callback, getmany
     drain_messages = (loop_of or type(consumer))._drain_messages
@@ -212,7 +198,7 @@ async def test_a_re_read_after_a_seek_back_is_handed_on_directly(flowing) -> Non
             fetcher._stopped.set()
             return
         for offset in batches.pop(0):
-            yield tp, message(tp, offset)
+            yield tp, fetched_message(tp, offset)
 
     consumer.callback, consumer.getmany = callback, getmany
     await asyncio.wait_for(consumer._drain_messages(fetcher), 5)

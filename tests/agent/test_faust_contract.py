@@ -20,13 +20,13 @@ order of events.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Mapping
 
 import pytest
-from faust.types import TP, Message
+from faust.types import TP
 
 from stream.matcher import Matcher
+from tests.factories import fetched_message
 
 
 class RecordingProducer:
@@ -68,17 +68,7 @@ async def test_consumer_flushes_the_producer_before_committing_offsets(matcher: 
 
     def processed(offset: int) -> bool:
         # What the agent does: the offset is the next one, its effects are handed to the producer.
-        message = Message(
-            topic=tp.topic,
-            partition=tp.partition,
-            offset=offset,
-            timestamp=time.time(),
-            timestamp_type=0,
-            headers=None,
-            key=b"acct-1",
-            value=b"",
-            checksum=None,
-        )
+        message = fetched_message(tp, offset)
         consumer.ack(message)  # Faust's own ack, as its stream does; not what decides the commit
         app.progress.verdict(tp, offset)
         app.progress.done(tp, offset)

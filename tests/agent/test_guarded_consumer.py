@@ -11,7 +11,6 @@ commit past an offset the agent has not processed.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Mapping
 
 import pytest
@@ -19,25 +18,12 @@ from faust.types import TP, Message
 
 from stream.guarded_consumer import GuardedConsumer
 from stream.matcher import Matcher
+from tests.factories import fetched_message
 
 
 class FlushingProducer:
     async def flush(self) -> None:
         pass
-
-
-def message(tp: TP, offset: int) -> Message:
-    return Message(
-        topic=tp.topic,
-        partition=tp.partition,
-        offset=offset,
-        timestamp=time.time(),
-        timestamp_type=0,
-        headers=None,
-        key=b"acct-1",
-        value=b"",
-        checksum=None,
-    )
 
 
 @pytest.fixture
@@ -90,7 +76,7 @@ async def test_a_jump_in_fetched_offsets_is_not_committed(wired) -> None:  # typ
     # Faust's fetch loop saw offset 99 and then 230: it records the jump as a gap.
     await consumer._add_gap(tp, 100, 229)
     for offset in range(230, 240):
-        consumer.ack(message(tp, offset))  # and its stream acked what it delivered
+        consumer.ack(fetched_message(tp, offset))  # and its stream acked what it delivered
     assert not await consumer.commit()
     assert commits == []
 
@@ -99,8 +85,8 @@ async def test_a_jump_in_fetched_offsets_is_not_committed(wired) -> None:  # typ
 async def test_an_ack_just_above_the_committed_offset_is_not_committed(wired) -> None:  # type: ignore[no-untyped-def]
     app, consumer, tp, commits = wired
     app.progress.start(tp, 0)  # Faust's own check skips a committed offset of 0 altogether
-    consumer.ack(message(tp, 1))
-    consumer.ack(message(tp, 2))
+    consumer.ack(fetched_message(tp, 1))
+    consumer.ack(fetched_message(tp, 2))
     assert not await consumer.commit()
     assert commits == []
 
@@ -227,7 +213,7 @@ async def drain(consumer, tp: TP, batches: list[list[int]], seek_back_at: int, s
             Fetcher._stopped.set()
             return
         for offset in pending.pop(0):
-            yield tp, message(tp, offset)
+            yield tp, fetched_message(tp, offset)
 
     consumer._seek = seek_in_thread
     consumer.callback = callback
