@@ -50,7 +50,7 @@ class DirectDelivery:
                 return False
         return True
 
-    async def _drain_messages(self, fetcher: ServiceT) -> None:  # pragma: no cover  (the consumer's own task)
+    async def _drain_messages(self, fetcher: ServiceT) -> None:
         # Faust's Consumer._drain_messages, the direct callback aside (module doc).
         consumer = cast(Any, self)
         callback = consumer.callback
