@@ -33,6 +33,11 @@ pytestmark = pytest.mark.integration
 
 BACKLOG = 20_000
 POLL_INTERVAL_S = 5  # Faust's default is 1000 s: the backlog here stands in for a far larger one
+# The worker that must drop out of its group: its first unbounded fetch (the whole backlog) must take longer than
+# the poll interval to hand on, and the one after it rejoins (what was not committed) less. It hands authorisations
+# like these on at about 5,000 a second here: this backlog holds for about 4,000 to 6,400 a second.
+REJOIN_BACKLOG = 32_000
+LAG_WATCH_S = 5.0  # stream.matcher.LAG_INTERVAL_S: how often the membership watch reports
 
 
 async def _publish_backlog(env: dict[str, str], records: list[dict[str, Any]]) -> None:
@@ -58,8 +63,10 @@ def _whole_log(processes: Processes) -> str:
 
 
 @contextmanager
-def _worker_after_backlog(kafka_bootstrap, postgres_url, work_dir, name: str, **worker_env: str) -> Iterator[Processes]:  # type: ignore[no-untyped-def]
-    """A worker (static member, as deployed) started on topics already holding ``BACKLOG`` authorisations."""
+def _worker_after_backlog(
+    kafka_bootstrap, postgres_url, work_dir, name: str, backlog: int = BACKLOG, **worker_env: str
+) -> Iterator[Processes]:  # type: ignore[no-untyped-def]
+    """A worker (static member, as deployed) started on topics already holding ``backlog`` authorisations."""
     log_dir = work_dir / f"{name}-{uuid.uuid4().hex[:8]}"
     log_dir.mkdir()
     processes = Processes(isolated_env(kafka_bootstrap, postgres_url, log_dir, name, WORKER_INSTANCE_ID=f"{name}-a"), log_dir)
@@ -69,7 +76,7 @@ def _worker_after_backlog(kafka_bootstrap, postgres_url, work_dir, name: str, **
         card_record(
             "AUTHORIZATION", 1_000, account_id=f"{name}-{n % 2000}", transaction_ref=f"{name}-{n}", event_id=f"{name}-{n}"
         )
-        for n in range(BACKLOG)
+        for n in range(backlog)
     ]
     asyncio.run(_publish_backlog(processes.env, records))
     processes.metrics_ports = {"worker": free_port()}
@@ -96,7 +103,8 @@ def test_a_worker_draining_a_backlog_stays_in_its_group(request, kafka_bootstrap
             interval_s=1.0,
             observe=lambda: _authorizations(processes),
         )
-        assert processes.metric("worker", "cashback_worker_in_group") == 1.0
+        # The watch reports every LAG_WATCH_S: a worker this quick may be done before its first report.
+        wait_until(lambda: processes.metric("worker", "cashback_worker_in_group") == 1.0, 3 * LAG_WATCH_S, "the watch's report")
         log = _whole_log(processes)
         # One join, and one revocation: the empty one before it. Never out of the group midway.
         assert log.count("Joined group") == 1
@@ -112,14 +120,15 @@ def test_a_worker_out_of_its_group_comes_back(request, kafka_bootstrap, postgres
         postgres_url,
         work_dir,
         "rejoin",
+        REJOIN_BACKLOG,
         BROKER_MAX_POLL_INTERVAL=str(POLL_INTERVAL_S),
-        BROKER_MAX_POLL_RECORDS=str(10 * BACKLOG),
+        BROKER_MAX_POLL_RECORDS=str(10 * REJOIN_BACKLOG),
         WORKER_OUT_OF_GROUP_LIMIT_S="10",
     ) as processes:
         wait_until(
-            lambda: _authorizations(processes) >= BACKLOG,
+            lambda: _authorizations(processes) >= REJOIN_BACKLOG,
             300,
-            f"the worker to process all {BACKLOG} events",
+            f"the worker to process all {REJOIN_BACKLOG} events",
             interval_s=1.0,
             observe=lambda: (_authorizations(processes), processes.metric("worker", "cashback_worker_in_group")),
         )
