@@ -38,13 +38,19 @@ def flowing(matcher: Matcher) -> tuple[Any, TP]:
 
 
 async def drain(
-    consumer: Any, tp: TP, offsets: list[int], on_each: Callable[[int], Any] | None = None, loop_of: Any = None
+    consumer: Any,
+    tp: TP,
+    offsets: list[int],
+    on_each: Callable[[int], Any] | None = None,
+    loop_of: Any = None,
+    *more_fetches: list[int],
 ) -> list[tuple[int, Any]]:
-    """Run a fetch loop (the consumer's, or ``loop_of``'s) over one fetched batch of ``offsets``. Returns each
-    offset handed on with the task the callback ran in (``"the loop's"`` for the loop's own)."""
+    """Run a fetch loop (the consumer's, or ``loop_of``'s) over one fetched batch of ``offsets`` (then
+    ``more_fetches``, one fetch each). Returns each offset handed on with the task the callback ran in
+    (``"the loop's"`` for the loop's own)."""
     handed: list[tuple[int, asyncio.Task[Any] | None]] = []
     fetcher = Fetcher()
-    fetched = [False]
+    fetches = [offsets, *more_fetches]
 
     async def callback(received: Message) -> None:
         handed.append((received.offset, asyncio.current_task()))
@@ -52,11 +58,10 @@ async def drain(
             await on_each(received.offset)
 
     async def getmany(timeout: float):  # type: ignore[no-untyped-def]
-        if fetched[0]:
+        if not fetches:
             fetcher._stopped.set()
             return
-        fetched[0] = True
-        for offset in offsets:
+        for offset in fetches.pop(0):
             yield tp, fetched_message(tp, offset)
 
     consumer.callback, consumer.getmany = callback, getmany
@@ -186,20 +191,5 @@ async def test_a_re_read_after_a_seek_back_is_handed_on_directly(flowing) -> Non
     """The guarded consumer's read positions (``ReadPositions``) hold on the direct path too: a seek back
     from the middle of a fetched batch, and the re-read of the next fetch, are all handed on."""
     consumer, tp = flowing
-    batches = [[10, 11, 12, 13], [5, 6, 7, 8, 9, 10, 11, 12, 13, 14]]
-    handed: list[int] = []
-    fetcher = Fetcher()
-
-    async def callback(received: Message) -> None:
-        handed.append(received.offset)
-
-    async def getmany(timeout: float):  # type: ignore[no-untyped-def]
-        if not batches:
-            fetcher._stopped.set()
-            return
-        for offset in batches.pop(0):
-            yield tp, fetched_message(tp, offset)
-
-    consumer.callback, consumer.getmany = callback, getmany
-    await asyncio.wait_for(consumer._drain_messages(fetcher), 5)
-    assert handed == [10, 11, 12, 13, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
+    handed = await drain(consumer, tp, [10, 11, 12, 13], None, None, [5, 6, 7, 8, 9, 10, 11, 12, 13, 14])
+    assert [offset for offset, _ in handed] == [10, 11, 12, 13, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
