@@ -208,11 +208,15 @@ class ChangelogTable(faust.Table):
             await self._send_unsettled(still_owned)
             held_to = await self._acknowledged(still_owned)
         except BaseException:
-            self.unsettled.clear()
-            self.unacked.clear()
+            self.discard_unsettled()
             raise
         self.write_settled(self.unsettled, held_to)
         self.unsettled.clear()
+
+    def discard_unsettled(self) -> None:
+        """Forget every change not settled yet (its batch was dropped: read again from the store)."""
+        self.unsettled.clear()
+        self.unacked.clear()
 
     async def _send_unsettled(self, still_owned: Callable[[], None]) -> None:
         """Hand every unsettled change to the producer, in the order written, while the partitions

@@ -101,6 +101,18 @@ class InputPartitions:
         self.progress.done(tp, offset, deliveries)
         self.processed += 1
 
+    async def read_again(self, messages: Iterable[tuple[Any, int]]) -> None:
+        """Messages processed and then dropped before any of their effects left (topic-partition,
+        offset): each partition is read again from the first of them, before anything after it
+        (what is already buffered after it is a hole: skipped until the re-read comes)."""
+        first: dict[Any, int] = {}
+        for tp, offset in messages:
+            first[tp] = min(offset, first.get(tp, offset))
+        for tp, offset in first.items():
+            back_to = self.progress.read_again(tp, offset)
+            if back_to is not None and tp in self.assigned:
+                await self.app.consumer.seek(tp, back_to)
+
     def still_owned(self, partitions: Iterable[Any] | None = None, since: int | None = None) -> None:
         """Raise PartitionRevoked when the message being processed (or one of ``partitions``) lost
         its partition while it waited (Faust does not wait for the agent before a rebalance

@@ -33,6 +33,7 @@ the recent events its account keeps with their entries, which a redelivery re-em
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -48,18 +49,17 @@ from stream.changelog_table import ChangelogTable
 from stream.core.abuse import AbuseRules
 from stream.core.events import CardEvent, EventType, to_event, validate
 from stream.core.memory import RECENT_EVENTS_LIMIT
-from stream.core.offers import OfferBook
 from stream.core.rules import Decision, Outcome, decide
 from stream.core.state import AccountState
 from stream.deadletter import OtherReason, Stage, dead_letter
-from stream.granting import BudgetLedger, PostgresBudgets, grant
+from stream.granting import BatchGrants, PostgresBudgets
 from stream.group_membership import GroupWatch
 from stream.guarded_consumer import OffsetLookups, keep_across_resumes
 from stream.heap import TRIM_INTERVAL_S, trimmer
 from stream.input_partitions import InputPartitions, PartitionRevoked
-from stream.metrics import EVENTS_CONSUMED, PAYOUT_SKIPS, PAYOUTS, labelled
+from stream.metrics import EVENTS_CONSUMED, PAYOUT_SKIPS, PAYOUTS
 from stream.offer_mirror import OfferMirror
-from stream.outbox import Decided, Outbox, Staged
+from stream.outbox import BatchDropped, Decided, Outbox, Staged
 from stream.producing import AppSends
 from stream.settings import Settings
 from stream.store.budgets import BudgetStore, movement_id
@@ -179,7 +179,8 @@ class Matcher:
         self.offers = OfferMirror(
             self.topics.offers.name, codec, settings.kafka_bootstrap_servers, **settings.kafka_client_options()
         )
-        self.budget_ledger: BudgetLedger = PostgresBudgets(BudgetStore(settings.database_url))
+        # Campaign budgets, granted a batch at a time before its states leave (stream.granting).
+        self.grants = BatchGrants(PostgresBudgets(BudgetStore(settings.database_url)), settings.budget_read_max_age_s)
         self.agent = self.app.agent(self.input, name="matcher")(self._consume)
         self.app.task(self._run_offer_mirror)
         # A consumer out of its group owns nothing and reports no lag: watched apart (stream.group_membership).
@@ -202,13 +203,12 @@ class Matcher:
             notifications=self.topics.notifications.name,
             language=settings.notification_default_language,
             payouts=self.topics.payouts.name,
+            grants=self.grants,
         )
         self.current: Staged | None = None  # the message being processed
         # Time passing: the clock's ticks, what falls due on them, scheduled payout runs (stream.time_passing).
         self.time = TimePassing(self)
         self.app.timer(settings.clock_interval_s)(self.time.send_ticks)
-        self._budgets_of: OfferBook | None = None
-        self._budget_lines: Mapping[str, tuple[int, str]] = {}
 
     def _lost(self, partitions: Iterable[int]) -> None:
         """Partitions whose accounts may change elsewhere from now on: forget what was read of them."""
@@ -235,6 +235,9 @@ class Matcher:
                     log.info("%s[%d] revoked while offset %d waited: left to its next owner", *message.tp, message.offset)
                     self.outbox.batch.drop(staged, revoked)
                     continue
+                except BatchDropped as dropped:  # read again with the rest of its batch
+                    self.outbox.batch.drop(staged, dropped)
+                    continue
                 except BaseException as error:  # the agent fails: the message is read again
                     self.outbox.batch.drop(staged, error)
                     raise
@@ -245,7 +248,8 @@ class Matcher:
             if self.outbox.batch and buffered.empty():
                 await self.outbox.linger(buffered, BATCH_LINGER_S)
             if self.outbox.batch and (buffered.empty() or len(self.outbox.batch) >= BATCH_LIMIT):
-                await self.outbox.flush()
+                with contextlib.suppress(BatchDropped):  # its messages are read again
+                    await self.outbox.flush()
 
     async def handle(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> Outcome | None:
         """Process one input message (steps 1-3 of the module doc). Returns the outcome, or None
@@ -289,6 +293,8 @@ class Matcher:
         self.inputs.still_owned()
         try:
             decision = await self._decide(event, state)
+        except BatchDropped:
+            raise
         except Exception as error:  # a bug in the rules: keep the message, keep going
             log.exception("rules failed on event %s", event.event_id)
             if source is None:
@@ -317,14 +323,15 @@ class Matcher:
             language = self.account_profiles.get(event.account_id).language if decision.entries or decision.notices else None
             decided = Decided(event.account_id, decision.entries, stored, counted, decision.notices, language)
             self.outbox.batch.decided(self.current, decided)
-        labelled(EVENTS_CONSUMED, event.event_type.value, decision.outcome.value).inc()
+        if self.current is not None:  # counted once its batch is flushed (a dropped batch is decided again)
+            self.current.outcomes.append((event.event_type.value, decision.outcome.value))
         if event.event_type in _PAYOUT_EVENTS:
             _count_payout(event, decision.outcome)
         return decision.outcome
 
     async def _decide(self, event: CardEvent, state: AccountState | None) -> Decision:
         """The engine's decision, with its campaign budgets granted across all workers
-        (stream.granting). The grant is in Postgres before anything is sent."""
+        (stream.granting). The grant is in Postgres before anything of its batch is sent."""
         book = self.offers.book
         profile = self.account_profiles.get(event.account_id)
         horizon = self.settings.transaction_horizon_days
@@ -332,14 +339,8 @@ class Matcher:
         def decide_with(remaining: Mapping[str, int] | None) -> Decision:
             return decide(event, book, state, profile, budget_remaining=remaining, horizon_days=horizon, abuse=self.abuse)
 
-        return await grant(decide_with, self._budgets(book), movement_id(event.account_id, event.event_id), self.budget_ledger)
-
-    def _budgets(self, book: OfferBook) -> Mapping[str, tuple[int, str]]:
-        """The campaign budgets of ``book`` (key: amount and unit), worked out once per book."""
-        if self._budgets_of is not book:
-            self._budget_lines = {key: (amount, unit) for o in book.offers for key, amount, unit in o.budget_lines()}
-            self._budgets_of = book
-        return self._budget_lines
+        movement = movement_id(event.account_id, event.event_id)
+        return await self.grants.decide(decide_with, book, movement, self.outbox.settle_grants)
 
     async def handle_account_message(self, source: Source) -> None:
         """An activation or a profile: fold it into the account's profile (stream.account_profiles).

@@ -159,6 +159,11 @@ LEDGER_LATENCY_SECONDS = BatchHistogram(
 # budget: a campaign budget's key (an offer id, or <offer id>@<currency>): the offers' own closed set, never
 # an account; unit: the budget's currency or points. Set by each worker whenever it reads what is left.
 CAMPAIGN_BUDGET = Gauge("cashback_campaign_budget_minor", "A campaign budget, in minor units of its unit.", ["budget", "unit"])
+BUDGET_BATCHES_REFUSED = Counter(
+    "cashback_budget_batches_refused_total",
+    "Worker batches whose campaign-budget grants were refused (another worker took the budget since it was read): "
+    "the batch is dropped and its messages read again.",
+)
 CAMPAIGN_BUDGET_REMAINING = Gauge(
     "cashback_campaign_budget_remaining_minor",
     "What is left of a campaign budget, as this worker last read it (minor units of its unit).",

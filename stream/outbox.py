@@ -29,6 +29,12 @@ message's like the entries' (``Staged.deliveries``, ``InFlightDecisions``), so a
 committed only once its notifications were delivered too: at least once, and a repeat (a
 redelivered event re-emits its entries) carries the same notification ids.
 
+A flush first records the batch's campaign-budget grants (``stream.granting.BatchGrants``), before
+anything of the batch leaves. Refused (another worker took the budget meanwhile), nothing of the batch
+is kept: its tables' changes and its accounts' states are forgotten, and its messages are read
+again from the first of each partition (``BatchDropped``); a message in the middle of its
+processing stops there.
+
 A flush's records (entries, payout instructions, notifications) are gathered a batch per topic and
 partition and handed to the producer together once all are made, in that order of topics
 (``stream.producing.Batches``): one delivery per batch, which every message with a record in it
@@ -40,7 +46,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,10 +57,12 @@ from stream.changelog_table import ChangelogTable, Sends
 from stream.core.entries import Entry
 from stream.core.notices import DEFAULT_LANGUAGE, Notice, from_entry, from_notice, language_of
 from stream.core.payouts import orders_of
+from stream.granting import BatchGrants, GrantsRefused
 from stream.input_partitions import InputPartitions, PartitionRevoked
 from stream.metrics import (
     ACCRUALS,
     CASHBACK_AMOUNT,
+    EVENTS_CONSUMED,
     NOTIFICATIONS,
     PAYOUTS,
     WORKER_BATCH_SIZE,
@@ -62,11 +70,17 @@ from stream.metrics import (
     labelled,
 )
 from stream.producing import Gathering
+from stream.progress import InFlightDecisions
 from topics.catalogue import SOURCE_TIME_HEADER, account_partition
 
 log = logging.getLogger(__name__)
 
 LINGER_POLL_S = 0.001  # how often a lingering batch looks for a new message
+
+
+class BatchDropped(Exception):
+    """The batch was dropped (its budget grants refused): its messages are read again, and the
+    one being processed stops, deciding nothing more."""
 
 
 @dataclass(slots=True)
@@ -128,6 +142,7 @@ class Staged:
     flushed: Flushed = field(default_factory=Flushed)
     deliveries: list[Any] = field(default_factory=list)
     decisions: list[Decided] = field(default_factory=list)
+    outcomes: list[tuple[str, str]] = field(default_factory=list)  # its events' (type, outcome), counted at the flush
     complete: bool = False  # processed to the end (a flush in its middle keeps it for the next)
 
     def __post_init__(self) -> None:
@@ -183,46 +198,6 @@ class Batch:
         return {staged.tp for staged in self.messages}
 
 
-class InFlightDecisions:
-    """The decisions whose entries were sent and are not yet known to be delivered, oldest first,
-    and how many of them each account has (a failed delivery counts as done: its offset is read
-    again, stream.progress). Only undelivered decisions are held: the oldest are let go as they
-    are delivered, whatever their account, so an account that never comes back holds nothing."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._decisions: deque[tuple[str, list[Any]]] = deque()
-        self._counts: Counter[str] = Counter()
-
-    def add(self, account_id: str, sends: Iterable[Any]) -> None:
-        """One decision's sends (awaitable delivery futures)."""
-        self._decisions.append((account_id, [send for send in sends if send is not None]))
-        self._counts[account_id] += 1
-
-    def count(self, account_id: str) -> int:
-        """The account's decisions not known to be delivered (counting any held behind an older
-        undelivered one of another account: never fewer than there are)."""
-        self._let_go_delivered()
-        return self._counts[account_id]
-
-    async def wait_for_one(self) -> None:
-        """Return once the oldest undelivered decision is delivered."""
-        self._let_go_delivered()
-        if self._decisions:
-            await asyncio.wait(self._decisions[0][1])
-        self._let_go_delivered()
-
-    def __len__(self) -> int:
-        return len(self._decisions)
-
-    def _let_go_delivered(self) -> None:
-        while self._decisions and all(send.done() for send in self._decisions[0][1]):
-            account_id, _ = self._decisions.popleft()
-            self._counts[account_id] -= 1
-            if not self._counts[account_id]:
-                del self._counts[account_id]
-
-
 class Outbox:
     """The batch, and what leaves it at a flush: the states first, then the entries. A message is
     accounted for as soon as it is processed (``stream.progress``: the next one of its partition may
@@ -242,10 +217,12 @@ class Outbox:
         notifications: str | None = None,
         language: str = DEFAULT_LANGUAGE,
         payouts: str | None = None,
+        grants: BatchGrants | None = None,
     ) -> None:
         """``dropped``: called when a batch's writes are dropped, for what was read from them;
         ``notifications``: the notifications topic's name (None: none sent); ``language``: theirs
-        for an account whose profile names none; ``payouts``: the payout instructions' topic (None: none sent)."""
+        for an account whose profile names none; ``payouts``: the payout instructions' topic (None: none sent); ``grants``: the batch's budget
+        grants, recorded before anything leaves (None: no budget is ever granted)."""
         self.tables = tuple(tables)
         self.sends = sends
         self.accruals = accruals  # the accruals topic's name
@@ -258,6 +235,7 @@ class Outbox:
         self.dropped = dropped
         self.batch = Batch()
         self.in_flight = InFlightDecisions(limit)
+        self.grants = grants
 
     def start(self, tp: Any, offset: int, timestamp_s: float | None = None) -> Staged:
         """A message starts to be processed, in the current batch (``timestamp_s``: its broker
@@ -291,6 +269,7 @@ class Outbox:
         was retried, drops the whole batch: its messages are read again, by this worker or the
         partition's next owner."""
         started = time.perf_counter()
+        await self.settle_grants(batch_ends=True)
         batch, self.batch = self.batch, Batch()
         partitions = batch.partitions()
 
@@ -319,6 +298,12 @@ class Outbox:
             for decided in staged.decisions:
                 await self._send_entries(staged, decided, outgoing)
         await outgoing.send()
+        outcomes: Counter[tuple[str, str]] = Counter()
+        for staged in batch.messages:
+            outcomes.update(staged.outcomes)
+            staged.outcomes.clear()
+        for (event_type, outcome), count in outcomes.items():
+            labelled(EVENTS_CONSUMED, event_type, outcome).inc(count)
         for staged in batch.messages:
             staged.decisions.clear()
             if staged.complete:
@@ -327,6 +312,27 @@ class Outbox:
                 self.batch.keep(staged)  # a flush in the middle of a clock tick: the tick goes on
         WORKER_BATCH_SIZE.observe(len(batch.messages))
         WORKER_FLUSH_SECONDS.observe(time.perf_counter() - started)
+
+    async def settle_grants(self, batch_ends: bool = False) -> None:
+        """Record the batch's budget grants (``batch_ends``: at its flush). Refused, the batch is
+        dropped: its tables' changes and its accounts' states forgotten, its messages read again
+        from the first of each partition (raises BatchDropped)."""
+        if self.grants is None:
+            return
+        try:
+            await self.grants.settle(batch_ends)
+        except GrantsRefused as refused:
+            batch, self.batch = self.batch, Batch()
+            log.info("budget grants of a batch of %d messages refused (%s): read again", len(batch), refused)
+            for table in self.tables:
+                table.discard_unsettled()
+            self.accounts.drop_pending()
+            self.accounts.forget({staged.tp.partition for staged in batch.messages})
+            self.dropped()
+            for staged in batch.messages:
+                staged.flushed.fail(refused)
+            await self.inputs.read_again((staged.tp, staged.offset) for staged in batch.messages)
+            raise BatchDropped(str(refused)) from refused
 
     async def _send_entries(self, staged: Staged, decided: Decided, outgoing: Gathering) -> None:
         account_key = decided.account_id.encode()

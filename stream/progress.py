@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -149,6 +149,19 @@ class InputProgress:
             part.unconfirmed.append((offset, deliveries))
         part.next_offset = max(part.next_offset, offset + 1)
 
+    def read_again(self, tp: Hashable, offset: int) -> int | None:
+        """The offsets from ``offset`` on were processed and then dropped before any of their sends:
+        the partition goes back to ``offset`` (a message above it is a hole: sought back). Returns
+        where to read from, None when nothing was accounted for there (not ours, or not reached)."""
+        part = self._partitions.get(tp)
+        if part is None or offset >= part.next_offset:
+            return None
+        part.next_offset = max(offset, part.committed)
+        while part.unconfirmed and part.unconfirmed[-1][0] >= offset:
+            part.unconfirmed.pop()
+        part.seeking_since = None
+        return part.next_offset
+
     def waits(self, tp: Hashable, end_offset: int) -> bool:
         """Whether the partition is below its end and has not moved since the previous call of
         ``stalled``: then ``stalled`` wants to know whether its next message is on its way."""
@@ -215,39 +228,40 @@ class InputProgress:
 
 
 class InFlightDecisions:
-    """The decisions whose entries are not yet known to be delivered, oldest first, at most
-    ``limit`` of them: ``wait_for_room`` before deciding, ``add`` the sends of each decision.
-
-    The matcher stores an account's state (on local disk at once) before its entries are
-    delivered, so a worker killed in between restarts with decisions whose entries never left.
-    A redelivered event re-emits its entries only while it is among its account's last
-    ``RECENT_EVENTS_LIMIT`` decisions (stream.core.memory); a limit no higher keeps every
-    undelivered decision among them (an account's entries share a partition, so they are
-    delivered in order)."""
+    """The decisions whose entries were sent and are not yet known to be delivered, oldest first,
+    and how many of them each account has (a failed delivery counts as done: its offset is read
+    again: ``InputProgress``). Only undelivered decisions are held: the oldest are let go as they
+    are delivered, whatever their account, so an account that never comes back holds nothing."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._decisions: deque[list[Any]] = deque()
+        self._decisions: deque[tuple[str, list[Any]]] = deque()
+        self._counts: Counter[str] = Counter()
+
+    def add(self, account_id: str, sends: Iterable[Any]) -> None:
+        """One decision's sends (awaitable delivery futures)."""
+        self._decisions.append((account_id, [send for send in sends if send is not None]))
+        self._counts[account_id] += 1
+
+    def count(self, account_id: str) -> int:
+        """The account's decisions not known to be delivered (counting any held behind an older
+        undelivered one of another account: never fewer than there are)."""
+        self._let_go_delivered()
+        return self._counts[account_id]
+
+    async def wait_for_one(self) -> None:
+        """Return once the oldest undelivered decision is delivered."""
+        self._let_go_delivered()
+        if self._decisions:
+            await asyncio.wait(self._decisions[0][1])
+        self._let_go_delivered()
 
     def __len__(self) -> int:
         return len(self._decisions)
 
-    def add(self, sends: Iterable[Any]) -> None:
-        """One decision's sends (awaitable delivery futures)."""
-        self._decisions.append([send for send in sends if send is not None])
-
-    def extend(self, decisions: Iterable[Iterable[Any]]) -> None:
-        for sends in decisions:
-            self.add(sends)
-
-    async def wait_for_room(self) -> None:
-        """Return once fewer than ``limit`` decisions wait for their deliveries (a failed delivery
-        counts as done: its offset is read again, stream.progress)."""
-        self._drop_delivered()
-        while len(self._decisions) >= self.limit:
-            await asyncio.wait(self._decisions[0])
-            self._drop_delivered()
-
-    def _drop_delivered(self) -> None:
-        while self._decisions and all(send.done() for send in self._decisions[0]):
-            self._decisions.popleft()
+    def _let_go_delivered(self) -> None:
+        while self._decisions and all(send.done() for send in self._decisions[0][1]):
+            account_id, _ = self._decisions.popleft()
+            self._counts[account_id] -= 1
+            if not self._counts[account_id]:
+                del self._counts[account_id]

@@ -116,6 +116,13 @@ class Settings(BaseSettings):
         description="Seconds a worker's consumer may stay out of its group before the worker rejoins it "
         "(and, out that long again, exits for its supervisor to restart it).",
     )
+    budget_read_max_age_s: float = Field(
+        1.0,
+        ge=0.0,
+        le=3600.0,
+        description="Seconds what a worker read of the campaign budgets may be used for before it is read again: a batch's "
+        "decisions are granted together against it, and a stale read costs at worst a refused batch, read again.",
+    )
     transaction_horizon_days: int = Field(
         180,
         ge=30,

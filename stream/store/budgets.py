@@ -9,10 +9,12 @@ for a money budget in another currency), a grant by its movement (the account an
 1. ``remaining(budgets, movement)``: budget - used, plus what this same movement was granted
    before (a redelivery sees the budget it already holds);
 2. the engine decides with that;
-3. ``apply(movement, deltas)``: in one transaction, for each budget, move ``used`` by the
-   difference from the movement's earlier grant, only if the budget still covers it
-   (``used + difference <= budget``), and record the grant. False when another worker got there
-   first: ``stream.granting`` reads ``remaining`` again and decides again (pure, so that is free).
+3. ``grant(grants)``: in one call to ``grant_budgets`` (migration 0024), one round trip, for each
+   grant in order, move ``used`` by the difference from the movement's earlier grant, only if the
+   budget covers every step (``0 <= used + difference <= budget``), and record the grant; all of
+   the call's grants or none. A worker grants a whole batch's decisions so (``stream.granting``),
+   or one decision (``apply``). Refused when another worker got there first: the caller reads what
+   is left again and decides again (pure, so that is free).
 
 The grant is applied before the event's entries are sent and its state is stored, so a stored
 state always has its budget behind it.
@@ -21,7 +23,8 @@ state always has its budget behind it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from typing import NamedTuple
 
 import asyncpg
 
@@ -30,6 +33,13 @@ def movement_id(account_id: str, event_id: str) -> str:
     """The id of one event's budget movement. Event ids are the account's, so the movement is keyed
     by both (length-prefixed: no account id can make two pairs collide)."""
     return f"{len(account_id)}:{account_id}/{event_id}"
+
+
+class Granted(NamedTuple):
+    """A call's answer: whether its grants were recorded, and what each budget it named has used now."""
+
+    granted: bool
+    used: dict[str, int]
 
 
 class BudgetStore:
@@ -79,51 +89,35 @@ class BudgetStore:
     async def apply(self, movement: str, deltas: Mapping[str, int]) -> bool:
         """Record ``movement``'s grants atomically; False (nothing changed) if a budget no longer
         covers them."""
-        try:
-            return await self._apply(movement, deltas)
-        except _NotCovered:
-            return False
+        return (await self.grant([(movement, deltas)])).granted
 
-    async def _apply(self, movement: str, deltas: Mapping[str, int]) -> bool:
+    async def grant(self, grants: Sequence[tuple[str, Mapping[str, int]]], known: Iterable[str] = ()) -> Granted:
+        """Record every one of ``grants`` (movement, budget key -> its grant in all), in order, or
+        none of them if a budget does not cover a step; in one round trip. ``known``: more budgets
+        whose use to return."""
+        movements: list[str] = []
+        keys: list[str] = []
+        deltas: list[int] = []
+        for movement, moved in grants:
+            for key, delta in moved.items():
+                movements.append(movement)
+                keys.append(key)
+                deltas.append(delta)
         pool = await self._connection_pool()
-        async with pool.acquire() as connection, connection.transaction():
-            for offer_id, delta in sorted(deltas.items()):  # a fixed order: no deadlock between workers
-                before = (
-                    await connection.fetchval(
-                        "SELECT delta_minor FROM budget_movements WHERE event_id = $1 AND offer_id = $2 FOR UPDATE",
-                        movement,
-                        offer_id,
-                    )
-                    or 0
-                )
-                difference = delta - before
-                if difference:
-                    granted = await connection.fetchval(
-                        "UPDATE offer_budgets SET used_minor = used_minor + $2, updated_at = now()"
-                        " WHERE offer_id = $1 AND used_minor + $2 <= budget_minor AND used_minor + $2 >= 0"
-                        " RETURNING true",
-                        offer_id,
-                        difference,
-                    )
-                    if not granted:
-                        if not await connection.fetchval("SELECT true FROM offer_budgets WHERE offer_id = $1", offer_id):
-                            raise LookupError(
-                                f"no campaign budget {offer_id!r} is defined (a bug: the offers' budget lines miss it)"
-                            )
-                        raise _NotCovered
-                await connection.execute(
-                    "INSERT INTO budget_movements (event_id, offer_id, delta_minor) VALUES ($1, $2, $3)"
-                    " ON CONFLICT (event_id, offer_id) DO UPDATE SET delta_minor = EXCLUDED.delta_minor",
-                    movement,
-                    offer_id,
-                    delta,
-                )
-        return True
+        try:
+            rows = await pool.fetch(
+                "SELECT budget, used, granted FROM grant_budgets($1, $2, $3, $4)", movements, keys, deltas, list(known)
+            )
+        except asyncpg.NoDataFoundError as error:
+            raise LookupError(f"{error} (a bug: the offers' budget lines miss it)") from error
+        return Granted(all(row["granted"] for row in rows), {row["budget"]: row["used"] for row in rows})
+
+    async def used_of(self, budget_keys: Iterable[str]) -> dict[str, int]:
+        """What each budget has used (a budget not defined yet: none)."""
+        pool = await self._connection_pool()
+        rows = await pool.fetch("SELECT offer_id, used_minor FROM offer_budgets WHERE offer_id = ANY($1)", list(budget_keys))
+        return {row["offer_id"]: row["used_minor"] for row in rows}
 
     async def used(self, offer_id: str) -> int:
         pool = await self._connection_pool()
         return int(await pool.fetchval("SELECT used_minor FROM offer_budgets WHERE offer_id = $1", offer_id) or 0)
-
-
-class _NotCovered(Exception):
-    """Raised inside the transaction to roll it back when a budget no longer covers a grant."""

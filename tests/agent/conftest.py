@@ -121,6 +121,7 @@ class AgentHarness:
     dead_letters: TopicSends
     handled: list[Handled] = field(default_factory=list)
     flushing: int = 0  # flushes under way
+    seeks: list[tuple[Any, int]] = field(default_factory=list)  # the consumer sought back: topic-partition, offset
     _done: asyncio.Condition = field(default_factory=asyncio.Condition)
     _failure: BaseException | None = None
     _named: dict[str, faust.types.TopicT] = field(default_factory=dict)
@@ -328,6 +329,9 @@ class EveryOffsetInOrder(InputProgress):
     def done(self, tp: Any, offset: int, deliveries: Any = ()) -> None:
         pass
 
+    def read_again(self, tp: Any, offset: int) -> int | None:
+        return offset
+
 
 class EveryPartition(set):  # type: ignore[type-arg]
     """The matcher owns every partition."""
@@ -375,8 +379,12 @@ async def agent_harness(matcher: Matcher, codec: Codec, *, ready: bool = True) -
                 async with harness._done:
                     harness._done.notify_all()
 
+        async def seek(tp: Any, offset: int) -> None:  # recorded: the harness's stream has no consumer to move
+            harness.seeks.append((tp, offset))
+
         matcher.handle = handle  # type: ignore[method-assign]
         matcher.outbox.flush = flush  # type: ignore[method-assign]
+        matcher.app.consumer.seek = seek  # type: ignore[method-assign]
         try:
             yield harness
         finally:

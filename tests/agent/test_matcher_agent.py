@@ -8,7 +8,6 @@ import json
 import logging
 import re
 import struct
-from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -20,7 +19,6 @@ from prometheus_client import REGISTRY
 from stream.core.rules import Outcome
 from stream.core.state_rows import Summary, assemble, decode_summary, recent_key, txn_key
 from stream.input_partitions import PartitionRevoked
-from stream.store.budgets import movement_id
 from tests.agent.conftest import ACCOUNT, ACCOUNT_KEY, AgentHarness, agent_harness, encode_auth, encode_settlement
 from tests.factories import book, card_record, generated_card_number, offer
 from topics.catalogue import account_partition
@@ -388,52 +386,6 @@ async def test_messages_arriving_a_little_apart_share_one_flush(harness: AgentHa
     assert asyncio.get_running_loop().time() - started < BATCH_LINGER_S + 1.0
 
 
-class ContendedBudgets:
-    """A BudgetLedger (stream.granting) whose first grant is refused: another worker spent
-    ``taken_meanwhile`` of the budget between the read and the grant."""
-
-    def __init__(self, budget: int, taken_meanwhile: int) -> None:
-        self.budget, self.used, self.taken_meanwhile = budget, 0, taken_meanwhile
-        self.reads: list[tuple[str, dict[str, int]]] = []
-        self.grants: list[tuple[str, dict[str, int]]] = []
-
-    async def remaining(self, budgets: Mapping[str, tuple[int, str]], movement: str) -> dict[str, int]:
-        left = {key: self.budget - self.used for key in budgets}
-        self.reads.append((movement, left))
-        return left
-
-    async def apply(self, movement: str, deltas: Mapping[str, int]) -> bool:
-        if self.taken_meanwhile:
-            self.used, self.taken_meanwhile = self.used + self.taken_meanwhile, 0
-            return False
-        self.grants.append((movement, dict(deltas)))
-        self.used += sum(deltas.values())
-        return True
-
-
-async def test_a_budget_taken_meanwhile_by_another_worker_is_read_again_and_decided_again(harness: AgentHarness) -> None:
-    harness.matcher.offers.book = book(offer(budget_minor=1_000, currency="EUR"))  # 5%, 10.00 EUR in all
-    ledger = ContendedBudgets(budget=1_000, taken_meanwhile=800)
-    harness.matcher.budget_ledger = ledger
-    record = card_record(amount_minor=10_000, mcc="5411")  # wants 5.00
-
-    handled = await harness.put(encode_auth(harness.codec, record), ACCOUNT_KEY)
-
-    assert handled.outcome is Outcome.EARNED
-    [(_, accrual)] = harness.accruals_decoded()
-    assert (accrual["entry_kind"], accrual["amount_minor"]) == ("PENDING_CREATED", 200)  # what was left
-    movement = movement_id(ACCOUNT, record["event_id"])  # event ids are the account's
-    assert [left for _, left in ledger.reads] == [{"grocery-5": 1_000}, {"grocery-5": 200}]
-    assert ledger.grants == [(movement, {"grocery-5": 200})]
-
-
-async def test_a_decision_that_touches_no_budget_never_reads_one(harness: AgentHarness) -> None:
-    ledger = ContendedBudgets(budget=0, taken_meanwhile=0)
-    harness.matcher.budget_ledger = ledger  # the default book has no budget
-    await harness.put(encode_auth(harness.codec, card_record(amount_minor=10_000, mcc="5411")), ACCOUNT_KEY)
-    assert ledger.reads == [] and ledger.grants == []
-
-
 async def test_a_message_whose_partition_is_revoked_while_it_waits_is_left_to_the_next_owner(harness: AgentHarness) -> None:
     """Faust does not wait for the agent before a rebalance completes: a message waiting for
     earlier deliveries may lose its partition meanwhile. It is then not decided here (its next
@@ -772,7 +724,7 @@ async def test_an_activation_between_two_purchases_applies_to_the_second(harness
 async def test_delivered_decisions_are_let_go_whatever_their_account() -> None:
     """Only undelivered decisions are held: an account whose entries were delivered and that never
     comes back holds nothing (the worker's memory does not grow with the accounts it has seen)."""
-    from stream.outbox import InFlightDecisions
+    from stream.progress import InFlightDecisions
 
     loop = asyncio.get_running_loop()
     delivered, pending = loop.create_future(), loop.create_future()

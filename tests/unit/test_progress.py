@@ -227,3 +227,21 @@ def test_whatever_is_dropped_every_record_is_processed_once_in_order_and_commits
             break
         position = sought
     assert processed == log
+
+
+def test_messages_dropped_after_processing_are_read_again_before_anything_after_them() -> None:
+    """A batch dropped before its effects left (its budget grants refused): the partition goes back
+    to its first dropped offset; the messages still buffered after it are a hole, sought back."""
+    progress = InputProgress()
+    progress.start(TP, 0)
+    for offset in range(6):
+        assert progress.verdict(TP, offset) is Verdict.PROCESS
+        progress.done(TP, offset, [Sent()] if offset < 3 else [Sent(RuntimeError("dropped"))])
+    assert progress.read_again(TP, 3) == 3
+    assert progress.next_offset(TP) == 3
+    assert progress.committable(TP) == 3  # what was flushed before stays committable, nothing after it
+    assert progress.stalled(TP, 6) is None  # the dropped sends ask for no read of their own
+    assert progress.verdict(TP, 6) is Verdict.SEEK  # the next buffered message: back to 3
+    assert progress.verdict(TP, 3) is Verdict.PROCESS
+    assert progress.read_again(TP, 5) is None  # above what is accounted for: nothing to go back to
+    assert progress.next_offset(TP) == 3
