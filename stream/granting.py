@@ -1,4 +1,4 @@
-"""Granting campaign budgets to one decision, across every worker.
+"""Granting campaign budgets to decisions, across every worker: one decision at a time, or a batch's together.
 
 The engine is pure: told how much of each budget is left, it says what the event consumes or gives
 back (``Decision.budget_deltas``). ``grant`` turns that into a grant that holds across partitions

@@ -43,6 +43,7 @@ def test_defaults() -> None:
         "worker_instance_id": None,
         "worker_session_timeout_s": 10.0,
         "worker_out_of_group_limit_s": 120.0,
+        "budget_read_max_age_s": 1.0,
         "transaction_horizon_days": 180,
         "worker_state_cache_items": 524_288,
         "abuse_rules_file": None,
@@ -359,7 +360,7 @@ def test_documentation_table_has_one_row_per_field() -> None:
     lines = documentation_table().splitlines()
     assert lines[:2] == ["| variable | default | meaning |", "|---|---|---|"]
     rows = lines[2:]
-    assert len(rows) == len(Settings.model_fields) == 46
+    assert len(rows) == len(Settings.model_fields) == 47
     assert [row.split("`")[1] for row in rows] == VARIABLES
     assert "| `TOPIC_PARTITIONS` | `4` | Partitions of the co-partitioned input and output topics. |" in rows
     assert "| `KAFKA_SASL_PASSWORD` |  | SASL password (never logged). |" in rows
