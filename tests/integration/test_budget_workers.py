@@ -29,8 +29,8 @@ pytestmark = pytest.mark.integration
 ACCOUNTS = 40
 
 
-@pytest.fixture()
-def two_workers(kafka_bootstrap: str, postgres_url: str, work_dir: Path) -> Iterator[Processes]:
+def _budget_stack(kafka_bootstrap: str, postgres_url: str, work_dir: Path, workers: dict[str, dict[str, str]]) -> Processes:
+    """Topics, the 50.00 campaign, the ``workers`` (name: extra environment) and a sink."""
     log_dir = work_dir / f"budget-{uuid.uuid4().hex[:8]}"
     log_dir.mkdir()
     processes = Processes(isolated_env(kafka_bootstrap, postgres_url, log_dir, "budget"), log_dir)
@@ -38,12 +38,17 @@ def two_workers(kafka_bootstrap: str, postgres_url: str, work_dir: Path) -> Iter
     settings = Settings.from_env(processes.env)
     campaign = offer(offer_id="campaign-5", currency="EUR", budget_minor=5_000)
     asyncio.run(publish_offers(settings, Codec(), settings.topic_prefix + "offers", [campaign]))
-    for name in ("worker-a", "worker-b"):
+    for name, extra in workers.items():
         processes.metrics_ports[name] = free_port()
-        processes.start(
-            name, "worker", env={"METRICS_PORT": str(processes.metrics_ports[name]), "WORKER_DATA_DIR": str(log_dir / name)}
-        )
+        env = {"METRICS_PORT": str(processes.metrics_ports[name]), "WORKER_DATA_DIR": str(log_dir / name), **extra}
+        processes.start(name, "worker", env=env)
     processes.start("sink", "sink")
+    return processes
+
+
+@pytest.fixture()
+def two_workers(kafka_bootstrap: str, postgres_url: str, work_dir: Path) -> Iterator[Processes]:
+    processes = _budget_stack(kafka_bootstrap, postgres_url, work_dir, {"worker-a": {}, "worker-b": {}})
     try:
         yield processes
     finally:
@@ -53,17 +58,7 @@ def two_workers(kafka_bootstrap: str, postgres_url: str, work_dir: Path) -> Iter
 @pytest.fixture()
 def one_worker(kafka_bootstrap: str, postgres_url: str, work_dir: Path) -> Iterator[Processes]:
     """One worker that reads the budgets only when it grants (BUDGET_READ_MAX_AGE_S: an hour)."""
-    log_dir = work_dir / f"budget-{uuid.uuid4().hex[:8]}"
-    log_dir.mkdir()
-    processes = Processes(isolated_env(kafka_bootstrap, postgres_url, log_dir, "budget"), log_dir)
-    processes.cli("topics")
-    settings = Settings.from_env(processes.env)
-    campaign = offer(offer_id="campaign-5", currency="EUR", budget_minor=5_000)
-    asyncio.run(publish_offers(settings, Codec(), settings.topic_prefix + "offers", [campaign]))
-    processes.metrics_ports["worker"] = free_port()
-    env = {"METRICS_PORT": str(processes.metrics_ports["worker"]), "WORKER_DATA_DIR": str(log_dir / "worker")}
-    processes.start("worker", "worker", env={**env, "BUDGET_READ_MAX_AGE_S": "3600"})
-    processes.start("sink", "sink")
+    processes = _budget_stack(kafka_bootstrap, postgres_url, work_dir, {"worker": {"BUDGET_READ_MAX_AGE_S": "3600"}})
     try:
         yield processes
     finally:
