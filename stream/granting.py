@@ -28,7 +28,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from stream.core.offers import OfferBook
 from stream.core.rules import Decision
@@ -42,6 +42,8 @@ ATTEMPTS = 20  # decide-and-grant rounds before an event is given up as contende
 # them too. A stale read costs at worst a refused batch, read again: it never grants what the budget
 # does not cover.
 READ_MAX_AGE_S = 1.0
+
+T = TypeVar("T")
 
 # budget key -> (amount in minor units, unit): what the offer book defines (Offer.budget_lines)
 Budgets = Mapping[str, tuple[int, str]]
@@ -96,11 +98,7 @@ class PostgresBudgets:
         self.store = store
 
     async def remaining(self, budgets: Budgets, movement: str) -> dict[str, int]:
-        async def read() -> dict[str, int]:
-            await self.store.define(budgets)
-            return await self.store.remaining(budgets, movement)
-
-        left = await until_postgres_answers(read, "budgets", self._outage)
+        left = await self._answer(budgets, lambda: self.store.remaining(budgets, movement))
         observe_budgets(budgets, left)  # what is left, read anyway: the budget gauges (stream.metrics)
         return left
 
@@ -108,25 +106,31 @@ class PostgresBudgets:
         return await until_postgres_answers(lambda: self.store.apply(movement, deltas), "budgets", self._outage)
 
     async def used(self, budgets: Budgets) -> dict[str, int]:
-        async def read() -> dict[str, int]:
-            await self.store.define(budgets)
-            return await self.store.used_of(budgets)
-
-        used = await until_postgres_answers(read, "budgets", self._outage)
-        observe_budgets(budgets, {key: budgets[key][0] - n for key, n in used.items() if key in budgets})
+        used = await self._answer(budgets, lambda: self.store.used_of(budgets))
+        _observe_used(budgets, used)
         return used
 
     async def grant(self, grants: Sequence[tuple[str, Mapping[str, int]]], budgets: Budgets) -> Granted:
-        async def call() -> Granted:
-            await self.store.define(budgets)
-            return await self.store.grant(grants, budgets)
-
-        granted = await until_postgres_answers(call, "budgets", self._outage)
-        observe_budgets(budgets, {key: budgets[key][0] - n for key, n in granted.used.items() if key in budgets})
+        granted = await self._answer(budgets, lambda: self.store.grant(grants, budgets))
+        _observe_used(budgets, granted.used)
         return granted
+
+    async def _answer(self, budgets: Budgets, call: Callable[[], Awaitable[T]]) -> T:
+        """``call``'s answer once ``budgets`` are defined, waiting for Postgres while it is away."""
+
+        async def defined_then_called() -> T:
+            await self.store.define(budgets)
+            return await call()
+
+        return await until_postgres_answers(defined_then_called, "budgets", self._outage)
 
     async def _outage(self, _: BaseException) -> None:
         await self.store.close()
+
+
+def _observe_used(budgets: Budgets, used: Mapping[str, int]) -> None:
+    """The budget gauges from what each budget has used."""
+    observe_budgets(budgets, {key: budgets[key][0] - n for key, n in used.items() if key in budgets})
 
 
 class _Left(Mapping[str, int]):

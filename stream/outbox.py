@@ -221,8 +221,9 @@ class Outbox:
     ) -> None:
         """``dropped``: called when a batch's writes are dropped, for what was read from them;
         ``notifications``: the notifications topic's name (None: none sent); ``language``: theirs
-        for an account whose profile names none; ``payouts``: the payout instructions' topic (None: none sent); ``grants``: the batch's budget
-        grants, recorded before anything leaves (None: no budget is ever granted)."""
+        for an account whose profile names none; ``payouts``: the payout instructions' topic (None:
+        none sent); ``grants``: the batch's budget grants, recorded before anything of it leaves
+        (None: no budget is ever granted)."""
         self.tables = tuple(tables)
         self.sends = sends
         self.accruals = accruals  # the accruals topic's name

@@ -231,7 +231,14 @@ class InFlightDecisions:
     """The decisions whose entries were sent and are not yet known to be delivered, oldest first,
     and how many of them each account has (a failed delivery counts as done: its offset is read
     again: ``InputProgress``). Only undelivered decisions are held: the oldest are let go as they
-    are delivered, whatever their account, so an account that never comes back holds nothing."""
+    are delivered, whatever their account, so an account that never comes back holds nothing.
+
+    Why a limit per account: the matcher stores an account's state before its entries are
+    delivered, so a worker killed in between restarts with decisions whose entries never left. A
+    redelivered event re-emits its entries only while it is among its account's last
+    ``RECENT_EVENTS_LIMIT`` decisions (stream.core.memory); a limit no higher keeps every
+    undelivered decision among them (an account's entries share a partition, so they are
+    delivered in order)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
