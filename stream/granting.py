@@ -17,6 +17,11 @@ granted at once. The batch's grants are recorded all or none (``stream.store.bud
 (another worker took the budget since it was read), nothing of the batch is kept: its messages are
 read again (``stream.outbox``), each decision then granted at once until a batch is flushed.
 
+Deciding with what was read is skipped when the first decision shows it would change nothing: the
+engine reads a budget only to bound a grant, and reports, per budget, the most its grants took it
+to, one after another (``Decision.budget_reach``). Where each budget has more than that left,
+every grant, and so the decision, is the same (``tests/unit/test_batch_grants.py`` pins it).
+
 Why that is the same as granting one by one: a decision the budget does not bind is the one the
 engine makes whatever the budget left, as long as it covers the decision; the call that records
 the batch checks, for each budget, every step of the batch in order, as one-by-one grants would
@@ -32,6 +37,7 @@ from typing import Protocol, TypeVar
 
 from stream.core.offers import OfferBook
 from stream.core.rules import Decision
+from stream.core.working_copy import BEYOND_ANY_VIEW
 from stream.metrics import BUDGET_BATCHES_REFUSED, observe_budgets
 from stream.store.availability import until_postgres_answers
 from stream.store.budgets import BudgetStore, Granted
@@ -195,7 +201,10 @@ class BatchGrants:
             if self._read_at is None or now - self._read_at > self.read_max_age_s:
                 self._used.update(await self.ledger.used(budgets))
                 self._read_at = now
-            tentative = decide(_Left(budgets, self._used, self._moving))
+            left = _Left(budgets, self._used, self._moving)
+            # Left more than each of its grants took a budget to, the decision stands as it is; else decide with what is left.
+            covered = all(reach < left.get(key, BEYOND_ANY_VIEW) for key, reach in decision.budget_reach.items())
+            tentative = decision if covered else decide(left)
             if tentative.budget_deltas == decision.budget_deltas:  # what is left does not bind it
                 self.pending[movement] = dict(decision.budget_deltas)
                 self._moving.update(decision.budget_deltas)

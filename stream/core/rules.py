@@ -147,6 +147,10 @@ class Decision(msgspec.Struct, frozen=True, gc=False):  # a record: made for eve
     budget_deltas: Mapping[str, int] = msgspec.field(default_factory=lambda: _NO_DELTAS)
     # what the customer is to be told beside the entries: expiry and paid notices (stream.core.notices); () when none
     notices: tuple[Notice, ...] = ()
+    # budget key -> the most the decision's grants took it to, one after another (BEYOND_ANY_VIEW when the
+    # budget's whole amount bound one): told that a budget has more than that left, every grant would be the
+    # same and so would the decision ({} when no grant asked a budget)
+    budget_reach: Mapping[str, int] = msgspec.field(default_factory=lambda: _NO_DELTAS)
 
 
 def new_state() -> AccountState:
@@ -211,6 +215,7 @@ def decide(
         outcome,
         deltas,
         tuple(step.notices) if step.notices else (),
+        step.budget_reach or _NO_DELTAS,
     )
 
 

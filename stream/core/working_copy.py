@@ -37,6 +37,7 @@ class AccountStep:
         "abuse",
         "at_ms",
         "budget_deltas",
+        "budget_reach",
         "budget_remaining",
         "caps",
         "carry",
@@ -86,6 +87,7 @@ class AccountStep:
         self.payouts: dict[str, Payout] = state.payouts  # ``own_payouts`` to change
         self._own_wallet = self._own_payouts = False
         self.budget_deltas: dict[str, int] = {}
+        self.budget_reach: dict[str, int] = {}  # budget key -> the most a grant took it to (``grant``)
         self.entries: list[Entry] = []
         self.notices: list[Notice] = []  # what the customer is to be told beside the entries (stream.core.notices)
         self._items = 0  # reconciliation items among the entries: they take no position (``entry``)
@@ -138,9 +140,12 @@ class AccountStep:
         """How much of ``wanted`` more the share may hold, and the limit that cut it (if one did).
         The caller records the grant with ``hold``."""
         room, binding = self.headroom(share)
-        if room is None or wanted <= room:
-            return wanted, None
-        return room, binding
+        granted, limit = (wanted, None) if room is None or wanted <= room else (room, binding)
+        if share.budget is not None and wanted > 0:  # what any view of the budget must leave (Decision.budget_reach)
+            key = limits_key(share)
+            reach = self.budget_deltas.get(key, 0) + granted
+            self.budget_reach[key] = max(self.budget_reach.get(key, reach), reach if reach < share.budget else BEYOND_ANY_VIEW)
+        return granted, limit
 
     def hold(self, share: Share, delta: int) -> None:
         """The share's holding changed by ``delta``: move its cap period and its offer's budget."""
@@ -351,6 +356,8 @@ def limits_key(share: Share) -> str:
     return str(share.limits_key or share.offer_id)
 
 
+# A reach at or past the budget's whole amount: no view of what is left covers it (Decision.budget_reach).
+BEYOND_ANY_VIEW = 1 << 63
 _FOLLOW_UPS = frozenset({EventType.REFUND, EventType.CHARGEBACK, EventType.CHARGEBACK_REVERSAL})
 _CHARITY = RewardKind.CHARITY.value
 _SPENDABLE = "AVAILABLE"  # the book the wallet is

@@ -13,9 +13,11 @@ from hypothesis import strategies as st
 
 from stream.core.events import CardEvent
 from stream.core.rules import Decision, decide
+from stream.core.working_copy import BEYOND_ANY_VIEW
 from stream.granting import READ_MAX_AGE_S, BatchGrants, GrantsRefused, grant
 from stream.store.budgets import Granted
 from tests.factories import auth, book, offer
+from tests.unit.test_rules_properties import OFFER_BOOKS, PROFILE, SEEDED, event_sequences
 
 BUDGET = 1_000
 BOOK = book(offer(budget_minor=BUDGET, currency="EUR"))  # grocery-5: 5% of every purchase
@@ -145,3 +147,63 @@ def test_a_movement_already_in_the_batch_is_granted_at_once_after_the_batch() ->
         assert ledger.movements == {("m-1", KEY): 500} and ledger.spent[KEY] == 500  # its own grant, once
 
     asyncio.run(scenario())
+
+
+# The books of the engine's properties whose offers have campaign budgets.
+BUDGETED_BOOKS = sorted(name for name, b in OFFER_BOOKS.items() if any(o.budget_lines() for o in b.offers))
+
+
+@SEEDED
+@given(offers_name=st.sampled_from(BUDGETED_BOOKS), events=event_sequences(multi_clearing=True), data=st.data())
+def test_a_decision_stands_under_any_view_leaving_more_than_its_reach(
+    offers_name: str, events: list[CardEvent], data: st.DataObject
+) -> None:
+    """``Decision.budget_reach``: told that every budget has more left than the decision's grants
+    took it to, the engine makes the very same decision (what lets a batch skip deciding again).
+    What is left is drawn at or just under each reach, or above it, as often."""
+    offers = OFFER_BOOKS[offers_name]
+    lines = {key: amount for o in offers.offers for key, amount, _ in o.budget_lines()}
+    state = None
+    for event in events:
+        alone = decide(event, offers, state, PROFILE)
+        view = {key: data.draw(st.integers(0, amount)) for key, amount in lines.items()}
+        above = data.draw(st.booleans())
+        for key, reach in alone.budget_reach.items():
+            if reach < BEYOND_ANY_VIEW:
+                view[key] = max(0, reach + data.draw(st.integers(1, 2_000) if above else st.integers(-2, 0)))
+        viewed = decide(event, offers, state, PROFILE, budget_remaining=view)
+        if all(reach < view.get(key, BEYOND_ANY_VIEW) for key, reach in alone.budget_reach.items()):
+            assert viewed == alone
+        state = data.draw(st.sampled_from([alone.state, viewed.state]))  # go on from either
+
+
+def test_a_view_leaving_exactly_the_reach_can_change_the_decision() -> None:
+    """Why the reach must be exceeded, not met: at 4.00 left, the 4.00 a day's cap allows is cut by
+    the budget as much as by the cap, and the entry's explanation says the budget."""
+    offers = book(offer(budget_minor=700, currency="EUR", cap={"period": "day", "amount_minor": 400}))
+    event = auth(10_000)  # 5.00 wanted, the cap allows 4.00
+    alone = decide(event, offers, None)
+    assert alone.budget_reach == {KEY: 400} and "cap 4.00 EUR per day" in alone.entries[0].explanation.detail
+    assert decide(event, offers, None, budget_remaining={KEY: 401}) == alone
+    met = decide(event, offers, None, budget_remaining={KEY: 400})
+    assert met.budget_deltas == alone.budget_deltas and "campaign budget exhausted" in met.entries[0].explanation.detail
+    assert decide(auth(20_000), book(offer(budget_minor=700, currency="EUR")), None).budget_reach == {KEY: BEYOND_ANY_VIEW}
+
+
+def test_a_decision_the_read_covers_is_decided_once() -> None:
+    async def scenario() -> list[Mapping[str, int] | None]:
+        asked: list[Mapping[str, int] | None] = []
+        event = auth(10_000)
+
+        def counting(remaining: Mapping[str, int] | None) -> Decision:
+            asked.append(remaining)
+            return decide(event, BOOK, None, budget_remaining=remaining)
+
+        grants = BatchGrants(Ledger(used=BUDGET - 501))  # 5.01 left: covers the 5.00 the purchase takes
+        await grants.decide(counting, BOOK, "m-1", grants.settle)
+        grants = BatchGrants(Ledger(used=BUDGET - 500))  # 5.00 left: decided again with it
+        await grants.decide(counting, BOOK, "m-2", grants.settle)
+        return asked
+
+    asked = asyncio.run(scenario())
+    assert [remaining is None for remaining in asked] == [True, True, False]
