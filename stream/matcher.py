@@ -70,8 +70,8 @@ from topics.catalogue import ACCOUNT_PROFILE_TABLE, ACCOUNT_STATE_TABLE, MAX_COM
 log = logging.getLogger(__name__)
 
 LAG_INTERVAL_S = 5.0
-# Decisions whose entries may be undelivered at once: at most the events an account's state keeps
-# with their entries, so a crash never loses one (stream.progress.InFlightDecisions).
+# Decisions whose entries may be undelivered when an account's state is stored: at most the events it
+# keeps with their entries, so a crash never loses one (stream.progress.InFlightDecisions).
 IN_FLIGHT_LIMIT = RECENT_EVENTS_LIMIT
 # The most messages a batch holds before it is flushed (it is flushed sooner when the stream holds
 # nothing more): bounds the memory and the time a batch's entries wait.

@@ -47,7 +47,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -191,6 +191,10 @@ class Batch:
     def staged(self, account_id: str) -> int:
         return self._staged[account_id]
 
+    def staged_counts(self) -> Mapping[str, int]:
+        """Each account's decisions that stored a state (none: absent, or 0)."""
+        return self._staged
+
     def accounts(self) -> set[str]:
         return {decision.account_id for staged in self.messages for decision in staged.decisions}
 
@@ -246,13 +250,11 @@ class Outbox:
         return self.batch.start(tp, offset, timestamp_s)
 
     async def room_for(self, account_id: str) -> None:
-        """Wait until the account has fewer than ``limit`` decisions staged or with entries
-        undelivered: flush the batch, or wait for the account's oldest delivery."""
-        while self.batch.staged(account_id) + self.in_flight.count(account_id) >= self.in_flight.limit:
-            if self.batch.staged(account_id):
-                await self.flush()
-            else:
-                await self.in_flight.wait_for_one()
+        """Flush the batch first when it holds ``limit`` decisions of the account: one summary names
+        at most that many (its recent events). Its earlier decisions still undelivered are waited
+        for at the flush, not here (``InFlightDecisions.make_room``)."""
+        if self.batch.staged(account_id) >= self.in_flight.limit:
+            await self.flush()
 
     async def linger(self, buffered: Any, wait_s: float) -> None:
         """Give the stream until the batch is ``wait_s`` old to bring more messages, while it holds
@@ -277,6 +279,7 @@ class Outbox:
         def still_owned() -> None:
             self.inputs.still_owned(partitions, since=batch.rebalances)
 
+        await self.in_flight.make_room(batch.staged_counts())  # before the states that push them out of the window
         written = self.accounts.hand_over()
         try:
             for table in self.tables:

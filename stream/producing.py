@@ -94,7 +94,9 @@ class Batches:
     the others, as first used), each topic's partitions as first used; a batch full (the producer's
     batch size) hands over every open batch at once, in the same order, so whatever was added before
     it is handed over before whatever is added after it. Two batches of one partition are handed over
-    one after the other: the producer takes a partition's next batch once it sent the last."""
+    one after the other: the producer takes a partition's next batch once it sent the last. A batch
+    is closed as it is handed over: the producer sends it at once, where it would keep an open one
+    for its linger in case more records came (none would), 5 ms on each of a flush's two waits."""
 
     def __init__(self, producer: Any, order: Sequence[str] = ()) -> None:
         self.producer = producer
@@ -123,6 +125,7 @@ class Batches:
         opened, self._open = self._open, {}
         unordered = len(self.order)
         for (topic, partition), batch in sorted(opened.items(), key=lambda item: self.order.get(item[0][0], unordered)):
+            batch.builder.close()  # complete: sent at once, not kept for the producer's linger
             handed = await self.producer.send_batch(batch.builder, topic, partition=partition)
             handed.add_done_callback(batch.settle)
             self._deliveries.append(batch.delivery)

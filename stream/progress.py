@@ -39,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections import Counter, deque
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -238,7 +238,10 @@ class InFlightDecisions:
     redelivered event re-emits its entries only while it is among its account's last
     ``RECENT_EVENTS_LIMIT`` decisions (stream.core.memory); a limit no higher keeps every
     undelivered decision among them (an account's entries share a partition, so they are
-    delivered in order)."""
+    delivered in order). It is checked when a batch's states are about to be stored
+    (``make_room``), not as each decision is made: the decisions of the batch before are
+    delivered meanwhile, most often, instead of each hot account's next decision waiting for
+    them."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -255,6 +258,15 @@ class InFlightDecisions:
         undelivered one of another account: never fewer than there are)."""
         self._let_go_delivered()
         return self._counts[account_id]
+
+    async def make_room(self, staged: Mapping[str, int]) -> None:
+        """Wait until each account's undelivered decisions and its ``staged`` ones (about to be
+        stored) are at most ``limit``: then its stored state keeps every undelivered decision of the
+        account among its recent events. Its oldest are waited for; a batch flushed after the one
+        before it was delivered waits for nothing."""
+        for account_id, count in staged.items():
+            while count and self.count(account_id) + count > self.limit:
+                await self.wait_for_one()
 
     async def wait_for_one(self) -> None:
         """Return once the oldest undelivered decision is delivered."""

@@ -314,10 +314,11 @@ async def test_consumed_counter_counts_earned_authorizations(harness: AgentHarne
 
 
 @pytest.mark.asyncio
-async def test_decisions_with_undelivered_entries_are_bounded_by_the_recent_window(harness: AgentHarness) -> None:
-    """At most IN_FLIGHT_LIMIT decisions of an account may have entries not yet delivered: its next
-    decision waits for the oldest, so a crash never leaves an undelivered decision outside the
-    events the account keeps with their entries (RECENT_EVENTS_LIMIT). Other accounts go on."""
+async def test_a_state_is_stored_only_once_its_undelivered_decisions_fit_the_recent_window(harness: AgentHarness) -> None:
+    """At most IN_FLIGHT_LIMIT decisions of an account may have entries not yet delivered once its
+    state is stored, so a crash never leaves an undelivered decision outside the events the account
+    keeps with their entries (RECENT_EVENTS_LIMIT). The account's next decision is made at once;
+    its batch's states wait, at the flush, for the oldest delivery. Other accounts' do not wait."""
     from stream.core.memory import RECENT_EVENTS_LIMIT
     from stream.matcher import IN_FLIGHT_LIMIT
 
@@ -327,16 +328,21 @@ async def test_decisions_with_undelivered_entries_are_bounded_by_the_recent_wind
     pending = [[loop.create_future()] for _ in range(IN_FLIGHT_LIMIT)]
     for sends in pending:
         matcher.outbox.in_flight.add(ACCOUNT, sends)
-    await asyncio.wait_for(matcher.outbox.room_for("acct-other"), 1)
-    waiting = asyncio.create_task(matcher.outbox.room_for(ACCOUNT))
+    other = card_record(account_id="acct-other", transaction_ref="txn-other")
+    await asyncio.wait_for(harness.put(encode_auth(harness.codec, other), key=b"acct-other"), 1)
+    stored, sent = len(harness.summaries()), len(harness.accruals.sent)
+    assert stored == 1 and sent == 1
+    await harness.put_nowait(encode_auth(harness.codec, card_record(amount_minor=10_000, mcc="5411")))
     await asyncio.sleep(0.05)
-    assert not waiting.done(), "a decision went ahead with IN_FLIGHT_LIMIT undelivered ones"
+    assert len(harness.handled) == 2, "the decision waited for earlier deliveries"
+    assert (len(harness.summaries()), len(harness.accruals.sent)) == (stored, sent), "stored with 33 undelivered"
     pending[1][0].set_result(None)  # a later one delivered: still the oldest missing
     await asyncio.sleep(0.05)
-    assert not waiting.done()
+    assert (len(harness.summaries()), len(harness.accruals.sent)) == (stored, sent)
     pending[0][0].set_exception(RuntimeError("send failed"))  # done (its offset is read again)
-    await asyncio.wait_for(waiting, 1)
-    assert matcher.outbox.in_flight.count(ACCOUNT) == IN_FLIGHT_LIMIT - 2
+    await harness.wait_handled(2)
+    assert (len(harness.summaries()), len(harness.accruals.sent)) == (stored + 1, sent + 1)
+    assert matcher.outbox.in_flight.count(ACCOUNT) <= IN_FLIGHT_LIMIT - 1
 
 
 @pytest.mark.asyncio
@@ -386,29 +392,26 @@ async def test_messages_arriving_a_little_apart_share_one_flush(harness: AgentHa
     assert asyncio.get_running_loop().time() - started < BATCH_LINGER_S + 1.0
 
 
-async def test_a_message_whose_partition_is_revoked_while_it_waits_is_left_to_the_next_owner(harness: AgentHarness) -> None:
-    """Faust does not wait for the agent before a rebalance completes: a message waiting for
-    earlier deliveries may lose its partition meanwhile. It is then not decided here (its next
-    owner reads it from the committed offset), so it is never applied twice, on two states."""
-    from stream.core.events import to_event
-    from stream.matcher import IN_FLIGHT_LIMIT, Source
+async def test_a_batch_whose_partition_is_revoked_while_its_flush_waits_is_left_to_the_next_owner(harness: AgentHarness) -> None:
+    """Faust does not wait for the agent before a rebalance completes: a batch whose flush waits
+    for earlier deliveries may lose its partition meanwhile. Nothing of it is then stored or sent
+    (its next owner reads it from the committed offset), so it is never applied twice, on two states."""
+    from stream.matcher import IN_FLIGHT_LIMIT
 
     matcher = harness.matcher
     loop = asyncio.get_running_loop()
     pending = [[loop.create_future()] for _ in range(IN_FLIGHT_LIMIT)]
     for sends in pending:
         matcher.outbox.in_flight.add(ACCOUNT, sends)
-    matcher.inputs.current_tp = ("cashback.card.authorizations", 0)
-    matcher.inputs.assigned = {matcher.inputs.current_tp}
-    record = card_record(amount_minor=10_000, mcc="5411")
-    source = Source(harness.auth_topic, 0, 0, ACCOUNT_KEY, encode_auth(harness.codec, record))
-    waiting = asyncio.create_task(matcher.apply(to_event(record), None, source))
+    staged = harness.hold_deliveries(harness.accruals.topic)[1]
+    await harness.put_nowait(encode_auth(harness.codec, card_record(amount_minor=10_000, mcc="5411")))
     await asyncio.sleep(0.05)
+    assert len(harness.handled) == 1 and harness.flushing
     matcher.inputs.assigned = set()  # the rebalance took the partition
     pending[0][0].set_result(None)
-    with pytest.raises(PartitionRevoked):
-        await asyncio.wait_for(waiting, 1)
-    assert harness.accruals.sent == [] and harness.state() is None
+    await harness.wait_handled(1)
+    assert harness.accruals.sent == [] and harness.summaries() == [] and harness.state() is None
+    assert isinstance(staged[0].flushed.exception(), PartitionRevoked)  # its offset is not committed
 
 
 # --- time passing: a clock tick applies what is due, to the accounts of its partition ------------

@@ -109,3 +109,28 @@ async def test_a_full_batch_hands_over_every_open_one_in_the_order_of_their_topi
             assert [r.value[-1] for r in read] == list(range(20))
     finally:
         await producer.stop()
+
+
+async def test_a_batch_handed_over_is_sent_at_once_whatever_the_producer_linger(kafka_bootstrap: str) -> None:
+    """A batch handed over is complete: aiokafka sends a closed batch as soon as it can, where it keeps an
+    open one for its linger, in case more records come (which none would). A flush waits for its
+    changelog batches, and its next one for its entries: 5 ms of linger each, on every flush, was most of
+    what the worker spent waiting on the broker."""
+    (topic,) = await topics(kafka_bootstrap, "batches-linger", partitions=1)
+    linger_s = 2.0
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", linger_ms=int(linger_s * 1000))
+    await producer.start()
+    try:
+        for _ in range(2):  # the first also fetches the topic's metadata
+            batches = Batches(producer, (topic,))
+            await batches.add(topic, b"acct", b"value", 0)
+            started = asyncio.get_running_loop().time()
+            await asyncio.gather(*await batches.send())
+        assert asyncio.get_running_loop().time() - started < linger_s / 4
+        lingering = producer.create_batch()  # the same batch left open: the producer waits for its linger
+        lingering.append(timestamp=None, key=b"acct", value=b"value", headers=[])
+        started = asyncio.get_running_loop().time()
+        await (await producer.send_batch(lingering, topic, partition=0))
+        assert asyncio.get_running_loop().time() - started >= linger_s * 0.9
+    finally:
+        await producer.stop()
