@@ -56,6 +56,7 @@ from dataclasses import dataclass
 # --- finding them (see the module doc) -----------------------------------------------------------
 
 # Ids some system made: a card number there must start with a card scheme's issuer range.
+SHORTEST_CARD_NUMBER = 13  # digits: no text shorter than that holds one
 IDENTIFIER_FIELDS = frozenset(
     {"event_id", "account_id", "card_token", "transaction_ref", "original_transaction_ref", "merchant_id"}
 )
@@ -163,7 +164,7 @@ def looks_like_card_number(text: str, *, identifier: bool = False) -> bool:
     """True when ``text`` holds a Luhn-valid number of 13-19 digits written as a card number is
     (together, or in a card's printed groups, in any script's digits, embedded in other text). In
     an ``identifier`` it must also start with a card scheme's issuer range (the module doc says why)."""
-    if len(text) < 13 or len(_ANY_DIGIT.findall(text)) < 13:  # most fields are shorter than a card number
+    if len(text) < SHORTEST_CARD_NUMBER or len(_ANY_DIGIT.findall(text)) < SHORTEST_CARD_NUMBER:  # most fields are shorter
         return False
     plain = "".join(map(_plain, text))
     return any(

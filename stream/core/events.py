@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from stream.core.card_numbers import IDENTIFIER_FIELDS, looks_like_card_number
+from stream.core.card_numbers import IDENTIFIER_FIELDS, SHORTEST_CARD_NUMBER, looks_like_card_number
 from stream.core.money import is_known_currency
 
 
@@ -225,8 +225,12 @@ def validate(record: Mapping[str, Any]) -> Rejection | None:
         from stream.core import payout_messages
 
         return payout_messages.validate(record)
-    for name, value in record.items():
-        if isinstance(value, str) and looks_like_card_number(value, identifier=name in IDENTIFIER_FIELDS):
+    for name, value in record.items():  # a text shorter than a card number is not looked at (most are)
+        if (
+            isinstance(value, str)
+            and len(value) >= SHORTEST_CARD_NUMBER
+            and looks_like_card_number(value, identifier=name in IDENTIFIER_FIELDS)
+        ):
             return Rejection(RejectReason.CARD_NUMBER_DETECTED, name)
     for name in _REQUIRED_TEXT:
         if not record.get(name):
