@@ -64,7 +64,7 @@ from stream.producing import AppSends
 from stream.settings import Settings
 from stream.store.budgets import BudgetStore, movement_id
 from stream.time_passing import TimePassing
-from stream.worker_app import PROFILE_SCHEMA, STATE_SCHEMA, STORE_OPTIONS, share_store_memory, worker_app
+from stream.worker_app import INPUT_SCHEMA, PROFILE_SCHEMA, STATE_SCHEMA, STORE_OPTIONS, share_store_memory, worker_app
 from topics.catalogue import ACCOUNT_PROFILE_TABLE, ACCOUNT_STATE_TABLE, MAX_COMPACTION_LAG_MS, Catalogue
 
 log = logging.getLogger(__name__)
@@ -124,12 +124,7 @@ class Matcher:
         input_topics = (*self.input_subjects, *self.account_subjects, self.topics.clock.name)
         self.app = worker_app(settings, frozenset(input_topics), self.topics.authorizations.partitions)
         broker_view = OffsetLookups(settings.app_id, settings.kafka_bootstrap_servers, **settings.kafka_client_options())
-        self.input = self.app.topic(
-            *input_topics,
-            key_serializer="raw",
-            value_serializer="raw",
-            acks=True,
-        )
+        self.input = self.app.topic(*input_topics, schema=INPUT_SCHEMA, acks=True)
         self.clock = self.app.topic(self.topics.clock.name, key_serializer="raw", value_serializer="raw")
         # Entries, dead letters and the tables' changes go straight to the producer (stream.producing).
         self.sends = AppSends(self.app)

@@ -20,6 +20,21 @@ from stream.settings import Settings
 # value_type=bytes as well, because Faust picks its local store's serializer from the table's
 # value_type alone ("raw" for bytes, JSON otherwise, whatever the schema says).
 PROFILE_SCHEMA: faust.Schema = faust.Schema(key_type=str, key_serializer="json", value_serializer="json")
+
+
+class MessageBytes(faust.Schema):
+    """The input topics' schema: an event's key and value are its message's own bytes, as Faust's
+    raw serializer leaves them, without the serializer registry's lookups for each message (3.0 to
+    1.4 µs a message, 100,000 decoded; the matcher reads the message's bytes and decodes them itself)."""
+
+    def loads_key(self, app: Any, message: Any, *, loads: Any = None, serializer: Any = None) -> Any:
+        return message.key
+
+    def loads_value(self, app: Any, message: Any, *, loads: Any = None, serializer: Any = None) -> Any:
+        return message.value
+
+
+INPUT_SCHEMA = MessageBytes(key_serializer="raw", value_serializer="raw")
 STATE_SCHEMA: faust.Schema = faust.Schema(key_type=str, value_type=bytes, key_serializer="json", value_serializer="raw")
 # Each table partition's local store (RocksDB): Faust's defaults give each one up to 3 write buffers of
 # 64 MiB and its own 2 GiB block cache, so a worker's memory grew with every partition it held (the

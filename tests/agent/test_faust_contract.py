@@ -87,3 +87,26 @@ async def test_consumer_flushes_the_producer_before_committing_offsets(matcher: 
     assert processed(42)
     assert await consumer.commit()
     assert calls == ["flush started", "flush done", ("commit", {tp: 43})]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("key", "value"), [(b"acct-1", b"\x00\x00\x00\x00\x01avro"), (b"acct-1", None), (None, b""), (None, None)]
+)
+async def test_the_input_topics_events_hold_what_fausts_raw_schema_gives(
+    matcher: Matcher, key: bytes | None, value: bytes | None
+) -> None:
+    """The input topics' schema (``stream.worker_app.INPUT_SCHEMA``) takes an event's key and value
+    straight from its message, skipping Faust's serializer registry: the same event as Faust's own
+    raw schema makes, a tombstone and a missing key included."""
+    import faust
+
+    from stream.worker_app import INPUT_SCHEMA
+
+    assert matcher.input.schema is INPUT_SCHEMA
+    message = fetched_message(TP("cashback.card.authorizations", 0), 7)
+    message.key, message.value = key, value
+    raw = faust.Schema(key_serializer="raw", value_serializer="raw")
+    ours, fausts = INPUT_SCHEMA.compile(matcher.app), raw.compile(matcher.app)
+    made, expected = await ours(message, propagate=True), await fausts(message, propagate=True)
+    assert (made.key, made.value, made.message) == (expected.key, expected.value, expected.message) == (key, value, message)
