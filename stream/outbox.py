@@ -266,20 +266,22 @@ class Outbox:
             await asyncio.sleep(LINGER_POLL_S)
 
     async def flush(self) -> None:
-        """The batch's states on the changelog (one wait for all of them), then its entries sent,
-        then its messages accounted for (their offsets committed once their sends are delivered).
+        """The batch's states on the changelog (one wait for all of them, once each account's earlier
+        decisions still undelivered leave room for them: ``InFlightDecisions.make_room``), then its
+        entries sent, then its messages accounted for (their offsets committed once their sends are
+        delivered).
         A rebalance since the batch started, or a partition lost while a refused changelog write
         was retried, drops the whole batch: its messages are read again, by this worker or the
         partition's next owner."""
         started = time.perf_counter()
         await self.settle_grants(batch_ends=True)
+        await self.in_flight.make_room(self.batch.staged_counts())  # before the states that push them out of the window
         batch, self.batch = self.batch, Batch()
         partitions = batch.partitions()
 
         def still_owned() -> None:
             self.inputs.still_owned(partitions, since=batch.rebalances)
 
-        await self.in_flight.make_room(batch.staged_counts())  # before the states that push them out of the window
         written = self.accounts.hand_over()
         try:
             for table in self.tables:
