@@ -191,6 +191,9 @@ def test_a_view_leaving_exactly_the_reach_can_change_the_decision() -> None:
 
 
 def test_a_decision_the_read_covers_is_decided_once() -> None:
+    """Read with more left than its reach, a purchase keeps the decision made with every budget
+    untouched; read with exactly its reach left, it is decided again with what was read."""
+
     async def scenario() -> list[Mapping[str, int] | None]:
         asked: list[Mapping[str, int] | None] = []
         event = auth(10_000)
