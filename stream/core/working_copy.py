@@ -144,7 +144,8 @@ class AccountStep:
         if share.budget is not None and wanted > 0:  # what any view of the budget must leave (Decision.budget_reach)
             key = limits_key(share)
             reach = self.budget_deltas.get(key, 0) + granted
-            self.budget_reach[key] = max(self.budget_reach.get(key, reach), reach if reach < share.budget else BEYOND_ANY_VIEW)
+            reach = reach if reach < share.budget else BEYOND_ANY_VIEW  # the whole budget bound it: no view covers it
+            self.budget_reach[key] = max(self.budget_reach.get(key, reach), reach)
         return granted, limit
 
     def hold(self, share: Share, delta: int) -> None:
