@@ -6,11 +6,16 @@ In order, on a log of the simulator's lifecycle mix (``stream.localstack.bench_s
 1. **raw**: a plain aiokafka loop over the preloaded card-event topics (consume, decode, build and
    encode an accrual, produce; ``stream.localstack.bench_baselines``), events/s; then a bare
    Faust agent with the worker's own app that only counts them (``stream.localstack.bench_floor``),
-   events/s: the most any Faust agent reads on the machine, so ``floor/raw`` bounds ``processor/raw``;
-2. **worker**: ``stream worker``, one process, drains the same preloaded log from its start, the
-   sink not running; events/s by its own ``cashback_events_consumed_total``. It folded the account
-   messages before the card events were published (then stopped, and started again on them), so
-   every purchase is decided with its account's profile, as the judgement assumes;
+   events/s: the most any Faust agent reads on the machine, so ``floor/raw`` bounds ``processor/raw``.
+   Both read a topic set of their own holding the same log;
+2. **worker**: ``stream worker``, one process, drains the same log, the sink not running; events/s
+   by its own ``cashback_events_consumed_total``. It folded the account messages before the card
+   events were published (then stopped, and started again on them), so every purchase is decided
+   with its account's profile, as the judgement assumes. It drains the log in two phases, each
+   published while it is stopped: the authorisations, then the settlements
+   (``stream.localstack.bench_streams.in_phases``), so that the rows are the seed's, not the
+   fetcher's order across the two topics; its rate is what both phases counted over the sum of
+   their windows;
 3. **sink**: ``stream sink`` then drains the accruals the worker produced; new ledger entries/s by
    its own ``cashback_sink_entries_total{result="written"}``;
 4. **COPY**: asyncpg's ``copy_records_to_table`` of those ledger rows into a scratch ledger, rows/s;
@@ -20,7 +25,8 @@ In order, on a log of the simulator's lifecycle mix (``stream.localstack.bench_s
 6. **correctness**: the chaos run's oracle (``stream.localstack.chaos_oracle``) replays every card
    event of those topics through the pure engine in the order the worker decided them and
    compares each account's balances, and every ledger entry, with Postgres;
-7. **two workers**: the preloaded log on topics of their own, drained by two workers;
+7. **two workers**: the preloaded log on topics of their own, drained by two workers, in the same
+   two phases;
 8. **the long run**: one worker drains ``BENCH_LONG_EVENTS`` events (its RSS at a quarter and at
    the end), is stopped with SIGTERM, more events are published, and it is started again with
    its data directory and instance id: the time to its first card event.

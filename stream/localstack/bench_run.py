@@ -32,20 +32,31 @@ from stream.localstack.bench_latency import (
 from stream.localstack.bench_results import Correctness, Results
 from stream.localstack.bench_streams import (
     PARTITIONS,
+    PHASES,
     BenchLog,
     TopicSet,
     bench_log,
     end_offsets,
+    in_phases,
     message_count,
     preload,
     prepare,
     publish_all,
     topic_set,
 )
-from stream.localstack.bench_watch import BenchError, alive, card_events_decided, first_count, rss_bytes, sink_counts, watch_drain
+from stream.localstack.bench_watch import (
+    BenchError,
+    Window,
+    alive,
+    card_events_decided,
+    first_count,
+    rss_bytes,
+    sink_counts,
+    watch_drain,
+)
 from stream.localstack.chaos_clients import drained
 from stream.localstack.chaos_faults import Processes
-from stream.localstack.chaos_log import chaos_offers
+from stream.localstack.chaos_log import Message, chaos_offers
 from stream.localstack.chaos_oracle import Report, judge
 from stream.localstack.kafka import DEFAULT_CACHE_DIR, KafkaBroker
 from stream.localstack.postgres import EmbeddedPostgres
@@ -129,8 +140,17 @@ class Bench:
     # --- the stages ------------------------------------------------------------------------------
 
     def main_topic_set(self, log: BenchLog) -> None:
-        """Stages 1 to 6 of the module doc, on one topic set."""
+        """Stages 1 to 6 of the module doc: the baselines on a topic set of their own, the rest on one."""
         results, codec = self.results, self.codec
+        baseline = self._prepare("raw", log)  # the same preloaded log, never read by a worker
+        self.say(f"raw loop over {len(log.preloaded):,} card events")
+        results.raw_events_per_s = uvloop.run(raw_loop(baseline.settings, baseline.catalogue, codec, len(log.preloaded))).rate
+        self.say(f"raw loop: {results.raw_events_per_s:,.0f} events/s")
+        results.faust_floor_events_per_s = faust_floor(
+            baseline.env, baseline.settings, baseline.catalogue, len(log.preloaded), self.work_dir / "floor-data"
+        ).rate
+        self.say(f"bare Faust agent: {results.faust_floor_events_per_s:,.0f} events/s")
+
         topics = self._prepare("main", log, cards=False)
         settings, catalogue = topics.settings, topics.catalogue
         group = self._processes(topics)
@@ -143,24 +163,11 @@ class Bench:
         group.start_worker("main-worker")
         self._wait_drained(topics, with_sink=False, check=alive(group.children, self.work_dir))
         group.stop("main-worker")
-        asyncio.run(publish_all(settings, catalogue, log.preloaded))
-        self.say(f"raw loop over {len(log.preloaded):,} card events")
-        results.raw_events_per_s = uvloop.run(raw_loop(settings, catalogue, codec, len(log.preloaded))).rate
-        self.say(f"raw loop: {results.raw_events_per_s:,.0f} events/s")
-        results.faust_floor_events_per_s = faust_floor(
-            topics.env, settings, catalogue, len(log.preloaded), self.work_dir / "floor-data"
-        ).rate
-        self.say(f"bare Faust agent: {results.faust_floor_events_per_s:,.0f} events/s")
 
-        self.say("worker draining the preloaded log")
-        since = time.monotonic()
-        group.start_worker("main-worker")
-        port, check = group.metrics_ports["main-worker"], alive(group.children, self.work_dir)
-        results.worker_first_event_s = first_count(lambda: card_events_decided(port), since, check, "the worker")
-        window = watch_drain(lambda: [card_events_decided(port)], len(log.preloaded), check, "the worker")
+        window, results.worker_first_event_s = self._drain_in_phases(topics, group, ["main-worker"], log.preloaded)
         results.worker_events_per_s = window.rate
         self.say(f"worker: {window.rate:,.0f} events/s over {window.seconds:.1f}s")
-        self._wait_drained(topics, with_sink=False, check=check)
+        port, check = group.metrics_ports["main-worker"], alive(group.children, self.work_dir)
 
         results.accrual_records = asyncio.run(message_count(settings, [catalogue.accruals.name]))
         self.say(f"sink writing {results.accrual_records:,} accrual records")
@@ -183,12 +190,13 @@ class Bench:
 
         self.say(f"publishing {len(log.later):,} more card events at {PACED_RATE:,.0f}/s")
         marks = asyncio.run(table_marks(self.database_url))
+        decided_before = card_events_decided(port)
         inputs = [catalogue.authorizations.name, catalogue.settlements.name]
         since_offsets = asyncio.run(end_offsets(settings, inputs))
         accruals_since = asyncio.run(end_offsets(settings, [catalogue.accruals.name]))
         published_per_s = uvloop.run(publish_paced(settings, catalogue, log.later, PACED_RATE))
         published_at = time.monotonic()
-        total = len(log.preloaded) + len(log.later)
+        total = decided_before + len(log.later)
         watch_drain(lambda: [card_events_decided(port)], total, check, "the worker at the paced rate")
         results.paced_backlog_s = time.monotonic() - published_at
         self._wait_drained(topics, with_sink=True, check=check)
@@ -214,19 +222,11 @@ class Bench:
         self.say("correctness " + ("passed" if results.correctness.passed else "FAILED"))
 
     def two_workers(self, log: BenchLog) -> None:
-        """Stage 7: the preloaded log drained by two workers."""
-        topics = self._prepare("pair", log)
+        """Stage 7: the preloaded log drained by two workers, in the same two phases as one."""
+        topics = self._prepare("pair", log, cards=False)
         group = self._processes(topics)
         self.say("two workers draining the preloaded log")
-        group.start_worker("pair-worker-1")
-        group.start_worker("pair-worker-2")
-        ports = [group.metrics_ports["pair-worker-1"], group.metrics_ports["pair-worker-2"]]
-        window = watch_drain(
-            lambda: [card_events_decided(p) for p in ports],
-            len(log.preloaded),
-            alive(group.children, self.work_dir),
-            "two workers",
-        )
+        window, _ = self._drain_in_phases(topics, group, ["pair-worker-1", "pair-worker-2"], log.preloaded)
         self.results.two_workers_events_per_s = window.rate
         self.say(f"two workers: {window.rate:,.0f} events/s over {window.seconds:.1f}s")
         if not window.every_process_started:
@@ -277,6 +277,39 @@ class Bench:
         group.terminate_all()
 
     # --- helpers ---------------------------------------------------------------------------------
+
+    def _drain_in_phases(
+        self, topics: TopicSet, group: Processes, workers: list[str], preloaded: list[Message]
+    ) -> tuple[Window, float]:
+        """The preloaded card events drained by ``workers`` in the phases of ``in_phases``, each
+        published while the workers are stopped. Returns the window over all phases (what each
+        counted, over the sum of their windows: no start-up is in it) and the seconds from the
+        first start to the first card event decided. The workers are left running, caught up."""
+        windows, first_event_s = [], 0.0
+
+        def decided() -> list[float]:
+            return [card_events_decided(group.metrics_ports[name]) for name in workers]
+
+        for number, (role, phase) in enumerate(zip(PHASES, in_phases(preloaded), strict=True)):
+            if number:
+                for name in workers:
+                    group.stop(name)
+            asyncio.run(publish_all(topics.settings, topics.catalogue, phase))
+            self.say(f"{topics.name}: {len(workers)} worker(s) draining {len(phase):,} {role}")
+            since = time.monotonic()
+            for name in workers:
+                group.start_worker(name)
+            check = alive(group.children, self.work_dir)
+            if not number:
+                first_event_s = first_count(lambda: sum(decided()), since, check, topics.name)
+            windows.append(watch_drain(decided, len(phase), check, topics.name))
+            self._wait_drained(topics, with_sink=False, check=check)
+        window = Window(
+            sum(w.counted for w in windows),
+            sum(w.seconds for w in windows),
+            every_process_started=all(w.every_process_started for w in windows),
+        )
+        return window, first_event_s
 
     def _prepare(self, name: str, log: BenchLog, cards: bool = True) -> TopicSet:
         """The topic set, its offers and account messages, and (``cards``) the preloaded card events."""

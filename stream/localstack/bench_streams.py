@@ -29,6 +29,7 @@ from stream.settings import Settings
 from topics.catalogue import Catalogue
 
 PARTITIONS = 8  # every topic set: two workers get four partitions each
+PHASES = ("authorizations", "settlements")  # the order a preloaded log is drained in (``in_phases``)
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,18 @@ def bench_log(seed: int, preloaded: int, later: int, codec: Codec) -> BenchLog:
         if len(cards) >= wanted:
             return BenchLog(log.account_messages, cards[:preloaded], cards[preloaded:wanted])
         asked = int(asked * 1.1)
+
+
+def in_phases(messages: list[Message]) -> list[list[Message]]:
+    """The card events as the throughput stages publish and drain them: the authorisations, then the
+    settlements (each in the log's order). A worker reading two topics that both hold a backlog
+    takes them in its fetcher's order, and the rows depend on it: a clearing decided before its
+    authorisation is a force post (confirmed at once, and a reconciliation item; the late
+    authorisation changes nothing), where the other order makes a pending line, then its
+    confirmation. Drained in these phases,
+    each account's authorisations come before its settlements, as a card processor sends them
+    (a clearing follows its authorisation by a day or more), and the rows depend on the seed alone."""
+    return [[m for m in messages if m[0] == role] for role in PHASES]
 
 
 @dataclass(frozen=True)
