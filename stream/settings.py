@@ -160,7 +160,7 @@ class Settings(BaseSettings):
         le=86_400,
         description="How often the API computes the offer results gauges, reading every live offer's ledger lines (0: never).",
     )
-    sink_batch_size: int = Field(2000, ge=1, le=100_000, description="Most accruals written per database transaction.")
+    sink_batch_size: int = Field(10_000, ge=1, le=100_000, description="Most accruals written per database transaction.")
     sink_batch_wait_ms: int = Field(100, ge=0, le=60_000, description="Longest wait to fill a sink batch.")
     sink_group_id: str = Field("cashback-sink", description="Consumer group of the sink.")
     clock_interval_s: float = Field(

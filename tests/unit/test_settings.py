@@ -50,7 +50,7 @@ def test_defaults() -> None:
         "abuse_scan_interval_s": 300.0,
         "reconcile_interval_s": 30.0,
         "offer_results_interval_s": 300.0,
-        "sink_batch_size": 2000,
+        "sink_batch_size": 10_000,
         "sink_batch_wait_ms": 100,
         "sink_group_id": "cashback-sink",
         "clock_interval_s": 10.0,
