@@ -58,9 +58,9 @@ def in_phases(messages: list[Message]) -> list[list[Message]]:
     takes them in its fetcher's order, and the rows depend on it: a clearing decided before its
     authorisation is a force post (confirmed at once, and a reconciliation item; the late
     authorisation changes nothing), where the other order makes a pending line, then its
-    confirmation. Drained in these phases,
-    each account's authorisations come before its settlements, as a card processor sends them
-    (a clearing follows its authorisation by a day or more), and the rows depend on the seed alone."""
+    confirmation. Drained in these phases, each account's authorisations come before its
+    settlements, as a card processor sends them (a clearing follows its authorisation by a day or
+    more), and the rows depend on the seed alone."""
     return [[m for m in messages if m[0] == role] for role in PHASES]
 
 
