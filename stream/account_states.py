@@ -43,6 +43,8 @@ from stream.core.state_rows import (
     split,
     txn_key,
 )
+from stream.metrics import WORKER_STATE_CACHE_ACCOUNTS, WORKER_STATE_CACHE_ITEMS, WORKER_STORE_MEMORY
+from stream.worker_app import store_memory_used
 from topics.catalogue import account_partition
 
 # How much of the accounts' whole states stays in memory between their events, counted in what they
@@ -85,6 +87,15 @@ class AccountStates:
         # partition -> {account: the clock offset of the tick that last changed it} (AccountState.ticked), once scanned
         self._ticked: dict[int, dict[str, int]] = {}
         self.pending: dict[str, Pending] = {}  # account -> its writes not yet handed to the table
+
+    def observe_memory(self) -> None:
+        """Show where the states' memory goes (README, Metrics): what the states kept whole hold, their
+        accounts, and the local stores' shared block cache (None until a RocksDB store is opened)."""
+        WORKER_STATE_CACHE_ITEMS.set(self.cached_items)
+        WORKER_STATE_CACHE_ACCOUNTS.set(len(self._whole))
+        store = store_memory_used()
+        if store is not None:
+            WORKER_STORE_MEMORY.set(store)
 
     def get(self, account_id: str) -> AccountState | None:
         """The account's state as the engine takes it (None: never seen)."""

@@ -393,3 +393,4 @@ class Matcher:
     async def _observe_lag(self) -> None:
         await self.membership.check()  # first: the lag watch stands aside while a rebalance is under way
         await self.inputs.observe_lag()
+        self.accounts.observe_memory()

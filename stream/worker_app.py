@@ -59,6 +59,12 @@ def _shared_memory() -> tuple[Any, Any]:
     return _shared["cache"], _shared["buffers"]
 
 
+def store_memory_used() -> int | None:
+    """What the shared block cache holds now, the memtables charged to it included (None: no
+    RocksDB store opened in this process)."""
+    return int(_shared["cache"].get_usage()) if _shared else None
+
+
 class SharedMemoryOptions(RocksDBOptions):
     """Faust's RocksDB options (rocksdict), but the block cache and the memtables' budget are the
     process's, shared by every store, instead of a cache of their own per store."""

@@ -50,6 +50,7 @@ from stream.localstack.bench_watch import (
     alive,
     card_events_decided,
     first_count,
+    memory_parts,
     rss_bytes,
     sink_counts,
     watch_drain,
@@ -257,6 +258,10 @@ class Bench:
                 rss.setdefault("end", now)
             while len(eighths) < 8 and counted >= plan.long_events * (len(eighths) + 1) // 8:
                 eighths.append(now)
+                items, accounts, store = memory_parts(port)  # what the worker says holds it
+                results.state_cache_items_at_eighths.append(items)
+                results.state_cache_accounts_at_eighths.append(accounts)
+                results.store_memory_at_eighths_bytes.append(store)
 
         # The log in slices of its order, each slice's authorisations then its settlements, each drained before the
         # next is published (the worker running): the rows, and so the states measured, are the seed's (as in

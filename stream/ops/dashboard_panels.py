@@ -309,6 +309,23 @@ RELIABILITY = Dashboard(
                     (Query(f"process_resident_memory_bytes{{{PROCESSES}}}", "{{job}} {{instance}}"),),
                 ),
                 Panel(
+                    "Worker state cache",
+                    "What the account states each worker keeps whole in memory hold (items, at most "
+                    "WORKER_STATE_CACHE_ITEMS), and their accounts. Full, the least recently used states are read "
+                    "back from the local store.",
+                    "short",
+                    (
+                        Query(f"cashback_worker_state_cache_items{{{WORKER}}}", "items {{instance}}"),
+                        Query(f"cashback_worker_state_cache_accounts{{{WORKER}}}", "accounts {{instance}}"),
+                    ),
+                ),
+                Panel(
+                    "Worker local stores",
+                    "Each worker's RocksDB block cache in use, its memtables charged to it (at most 64 MiB).",
+                    "bytes",
+                    (Query(f"cashback_worker_store_memory_bytes{{{WORKER}}}", "{{instance}}"),),
+                ),
+                Panel(
                     "CPU",
                     "CPU seconds per second (1 = one core).",
                     "short",
