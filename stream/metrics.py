@@ -62,7 +62,7 @@ WORKER_IN_GROUP = Gauge(
 )
 # Where a worker's memory goes, beside process_resident_memory_bytes: the account states it keeps whole
 # in memory (bounded by WORKER_STATE_CACHE_ITEMS, counted as stream.account_states.weight_of counts) and
-# its local stores' shared block cache, their memtables charged to it (bounded by STORE_MEMORY_BYTES).
+# its local stores' shared block cache, their memtables charged to it (a budget of STORE_MEMORY_BYTES, not a strict limit).
 WORKER_STATE_CACHE_ITEMS = Gauge(
     "cashback_worker_state_cache_items",
     "What the account states kept whole in memory hold (each transaction, recent event, entry kept for a "
@@ -73,7 +73,7 @@ WORKER_STATE_CACHE_ACCOUNTS = Gauge(
 )
 WORKER_STORE_MEMORY = Gauge(
     "cashback_worker_store_memory_bytes",
-    "The worker's local stores' shared RocksDB block cache in use, their memtables charged to it (at most 64 MiB).",
+    "The worker's local stores' shared RocksDB block cache in use, their memtables charged to it (a budget of 64 MiB, not a strict limit).",
 )
 WORKER_REJOINS = Counter(
     "cashback_worker_rejoins_total", "Times this worker found its consumer out of its group too long and made it rejoin."

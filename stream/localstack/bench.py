@@ -28,7 +28,8 @@ In order, on a log of the simulator's lifecycle mix (``stream.localstack.bench_s
 7. **two workers**: the preloaded log on topics of their own, drained by two workers, in the same
    two phases;
 8. **the long run**: one worker decides ``BENCH_LONG_EVENTS`` events (its RSS at a quarter and at
-   the end), published while it runs in 16 slices of the log (``bench_run.LONG_SLICES``), each slice's
+   the end, and at each eighth with what its memory gauges say: its state cache's items and
+   accounts, its stores' block cache), published while it runs in 16 slices of the log (``bench_run.LONG_SLICES``), each slice's
    authorisations then its settlements, each drained before the next (the states it holds are the
    seed's, and a clearing follows its authorisation by a slice at most); it is stopped with
    SIGTERM, more events are published, and it is started again with its data directory and

@@ -159,7 +159,7 @@ class Results:
             ("  state cache at each 1/8", " ".join(f"{items / 1000:,.0f}k" for items in self.state_cache_items_at_eighths) + " items",
              "accounts: " + " ".join(f"{accounts:,}" for accounts in self.state_cache_accounts_at_eighths)),
             ("  local stores at each 1/8", " ".join(f"{store / mib:,.0f}" for store in self.store_memory_at_eighths_bytes) + " MiB",
-             "the shared block cache in use, memtables included (at most 64)"),
+             "the shared block cache in use, memtables included (a budget of 64)"),
             ("restart to first event", f"{self.restart_s:.1f} s", f"after SIGTERM, {self.restart_events:,} events published meanwhile; target <= 15"),
             ("two workers", f"{self.two_workers_events_per_s:,.0f} events/s", f"{self.two_workers:.2f} of one; target >= 1.7"),
             ("correctness", "passed" if self.correctness.passed else "FAILED",

@@ -321,7 +321,7 @@ RELIABILITY = Dashboard(
                 ),
                 Panel(
                     "Worker local stores",
-                    "Each worker's RocksDB block cache in use, its memtables charged to it (at most 64 MiB).",
+                    "Each worker's RocksDB block cache in use, its memtables charged to it (a budget of 64 MiB, not a strict limit).",
                     "bytes",
                     (Query(f"cashback_worker_store_memory_bytes{{{WORKER}}}", "{{instance}}"),),
                 ),
