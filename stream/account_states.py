@@ -90,7 +90,7 @@ class AccountStates:
 
     def observe_memory(self) -> None:
         """Show where the states' memory goes (README, Metrics): what the states kept whole hold, their
-        accounts, and the local stores' shared block cache (None until a RocksDB store is opened)."""
+        accounts, and the local stores' shared block cache (once a RocksDB store is open)."""
         WORKER_STATE_CACHE_ITEMS.set(self.cached_items)
         WORKER_STATE_CACHE_ACCOUNTS.set(len(self._whole))
         store = store_memory_used()

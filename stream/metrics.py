@@ -62,7 +62,8 @@ WORKER_IN_GROUP = Gauge(
 )
 # Where a worker's memory goes, beside process_resident_memory_bytes: the account states it keeps whole
 # in memory (bounded by WORKER_STATE_CACHE_ITEMS, counted as stream.account_states.weight_of counts) and
-# its local stores' shared block cache, their memtables charged to it (a budget of STORE_MEMORY_BYTES, not a strict limit).
+# its local stores' shared block cache, their memtables charged to it (STORE_MEMORY_BYTES: a budget,
+# not a strict limit).
 WORKER_STATE_CACHE_ITEMS = Gauge(
     "cashback_worker_state_cache_items",
     "What the account states kept whole in memory hold (each transaction, recent event, entry kept for a "

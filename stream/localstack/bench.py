@@ -29,11 +29,11 @@ In order, on a log of the simulator's lifecycle mix (``stream.localstack.bench_s
    two phases;
 8. **the long run**: one worker decides ``BENCH_LONG_EVENTS`` events (its RSS at a quarter and at
    the end, and at each eighth with what its memory gauges say: its state cache's items and
-   accounts, its stores' block cache), published while it runs in 16 slices of the log (``bench_run.LONG_SLICES``), each slice's
-   authorisations then its settlements, each drained before the next (the states it holds are the
-   seed's, and a clearing follows its authorisation by a slice at most); it is stopped with
-   SIGTERM, more events are published, and it is started again with its data directory and
-   instance id: the time to its first card event.
+   accounts, its stores' block cache), published while it runs in 16 slices of the log
+   (``bench_run.LONG_SLICES``), each slice's authorisations then its settlements, each drained
+   before the next (the states it holds are the seed's, and a clearing follows its authorisation
+   by a slice at most); it is stopped with SIGTERM, more events are published, and it is started
+   again with its data directory and instance id: the time to its first card event.
 
 Throughput windows are explained in ``stream.localstack.bench_watch``. Every topic set has eight
 partitions; campaign budgets are left out of the offers, as in the chaos run. It prints a table,
