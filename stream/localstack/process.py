@@ -13,6 +13,7 @@ when the Python process does.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
@@ -25,7 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-__all__ = ["child_preexec", "free_port", "spawn", "terminate"]
+__all__ = ["child_preexec", "free_port", "free_ports", "spawn", "terminate"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -108,8 +109,18 @@ def terminate(proc: subprocess.Popen[Any], grace_s: float = 10.0) -> int | None:
 
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 now (the OS picks it), for a server started next."""
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` TCP ports free on 127.0.0.1 now, all different: each is held while the next is
+    picked. Ports picked one at a time, for servers that bind them only later, can come back twice
+    (the OS hands out a port again once its probe is closed): the local stack's Prometheus once took
+    the API's port while the API was still starting, and the API stopped."""
     import socket
 
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    with contextlib.ExitStack() as held:
+        probes = [held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [int(probe.getsockname()[1]) for probe in probes]

@@ -39,7 +39,7 @@ from stream.core.offers import Offer
 from stream.localstack import prometheus
 from stream.localstack.kafka import DEFAULT_CACHE_DIR, KafkaBroker
 from stream.localstack.postgres import EmbeddedPostgres
-from stream.localstack.process import free_port, spawn, terminate
+from stream.localstack.process import free_ports, spawn, terminate
 from stream.localstack.tokens import DEMO_TTL_S, LOCAL_ISSUER, SigningKey, mint, write_jwks
 from stream.offer_admin import publish_offers
 
@@ -209,7 +209,9 @@ class LocalStack:
 
     def _start_children(self, env: dict[str, str]) -> None:
         cli = [sys.executable, "-m", "stream"]
-        ports = {name: free_port() for name in ("worker", "sink", "api")}
+        # Every port at once, all different (Prometheus's too: it starts before the API is listening).
+        *served, web = free_ports(4)
+        ports = dict(zip(("worker", "sink", "api"), served, strict=True))
         # One dead-letter hash key for the run's worker and sink (unless given): their hashes of a card number match.
         hashing = {"DEAD_LETTER_HASH_KEY": env.get("DEAD_LETTER_HASH_KEY") or secrets.token_hex(32)}
         self._spawn("worker", cli + ["worker"], {**env, **hashing, "METRICS_PORT": str(ports["worker"])})
@@ -220,7 +222,7 @@ class LocalStack:
             # A stand-in for the bank's core banking system: answers the payouts (the stack's own servers only:
             # it must never answer a real cluster's payouts).
             self._spawn("core-banking-standin", [sys.executable, "-m", "stream.localstack.core_banking"], env)
-        prometheus_url = self._start_prometheus(ports)
+        prometheus_url = self._start_prometheus(ports, web)
         api = f"http://127.0.0.1:{ports['api']}"
         self._wait_ready(f"{api}/readyz")
         if self._simulate:
@@ -292,13 +294,13 @@ class LocalStack:
         if not self._stop:
             raise RuntimeError(f"the API was not ready after {timeout_s:.0f}s ({url})")
 
-    def _start_prometheus(self, ports: dict[str, int]) -> str | None:
-        """Prometheus, where installed: one scrape job per process (``cashback-worker``, ...), the alert
-        and recording rules of deploy/prometheus/rules.yml loaded. Returns its URL (None: not installed)."""
+    def _start_prometheus(self, ports: dict[str, int], port: int) -> str | None:
+        """Prometheus, where installed, listening on ``port``: one scrape job per process
+        (``cashback-worker``, ...), the alert and recording rules of deploy/prometheus/rules.yml loaded.
+        Returns its URL (None: not installed)."""
         binary = shutil.which("prometheus")
         if binary is None:
             return None
-        port = free_port()
         config = self.data_dir / "prometheus.yml"
         config.write_text(prometheus.config_text(ports))
         self._spawn("prometheus", prometheus.command(binary, config, port, self.data_dir / "prometheus"), dict(os.environ))
