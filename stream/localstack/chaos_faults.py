@@ -63,7 +63,10 @@ class Processes:
     # --- process control -------------------------------------------------------------------------
 
     def start(self, name: str, *args: str, **extra: str) -> None:
-        port = self.metrics_ports.setdefault(name, free_port())
+        port = self.metrics_ports.get(name)
+        if port is None:  # never one a process of this group was given: it may not listen on it yet (free_ports)
+            taken = set(self.metrics_ports.values())
+            port = self.metrics_ports[name] = next(candidate for candidate in iter(free_port, None) if candidate not in taken)
         log = open(self.work_dir / f"{name}.log", "ab")  # noqa: SIM115 - kept by the child
         env = {**self.env, "METRICS_PORT": str(port), "WORKER_DATA_DIR": str(self.work_dir / f"{name}-data"), **extra}
         self.children[name] = spawn([sys.executable, "-m", "stream", *args], env=env, cwd=REPO_ROOT, stdout=log, stderr=log)
