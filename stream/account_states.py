@@ -43,7 +43,7 @@ from stream.core.state_rows import (
     split,
     txn_key,
 )
-from stream.metrics import WORKER_STATE_CACHE_ACCOUNTS, WORKER_STATE_CACHE_ITEMS, WORKER_STORE_MEMORY
+from stream.metrics import STATE_CACHE_ACCOUNTS, STATE_CACHE_ITEMS_HELD, STORE_MEMORY_USED
 from stream.worker_app import store_memory_used
 from topics.catalogue import account_partition
 
@@ -91,11 +91,11 @@ class AccountStates:
     def observe_memory(self) -> None:
         """Show where the states' memory goes (README, Metrics): what the states kept whole hold, their
         accounts, and the local stores' shared block cache (once a RocksDB store is open)."""
-        WORKER_STATE_CACHE_ITEMS.set(self.cached_items)
-        WORKER_STATE_CACHE_ACCOUNTS.set(len(self._whole))
+        STATE_CACHE_ITEMS_HELD.set(self.cached_items)
+        STATE_CACHE_ACCOUNTS.set(len(self._whole))
         store = store_memory_used()
         if store is not None:
-            WORKER_STORE_MEMORY.set(store)
+            STORE_MEMORY_USED.set(store)
 
     def get(self, account_id: str) -> AccountState | None:
         """The account's state as the engine takes it (None: never seen)."""

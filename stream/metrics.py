@@ -61,18 +61,16 @@ WORKER_IN_GROUP = Gauge(
     "cashback_worker_in_group", "1 while this worker's consumer is a member of its consumer group, 0 while it is out of it."
 )
 # Where a worker's memory goes, beside process_resident_memory_bytes: the account states it keeps whole
-# in memory (bounded by WORKER_STATE_CACHE_ITEMS, counted as stream.account_states.weight_of counts) and
+# in memory (bounded by the setting WORKER_STATE_CACHE_ITEMS, counted as stream.account_states.weight_of counts) and
 # its local stores' shared block cache, their memtables charged to it (STORE_MEMORY_BYTES: a budget,
 # not a strict limit).
-WORKER_STATE_CACHE_ITEMS = Gauge(
+STATE_CACHE_ITEMS_HELD = Gauge(
     "cashback_worker_state_cache_items",
     "What the account states kept whole in memory hold (each transaction, recent event, entry kept for a "
     "redelivery and loose event id counts one item; at most WORKER_STATE_CACHE_ITEMS).",
 )
-WORKER_STATE_CACHE_ACCOUNTS = Gauge(
-    "cashback_worker_state_cache_accounts", "Accounts whose state this worker keeps whole in memory."
-)
-WORKER_STORE_MEMORY = Gauge(
+STATE_CACHE_ACCOUNTS = Gauge("cashback_worker_state_cache_accounts", "Accounts whose state this worker keeps whole in memory.")
+STORE_MEMORY_USED = Gauge(
     "cashback_worker_store_memory_bytes",
     "The worker's local stores' shared RocksDB block cache in use, their memtables charged to it (a budget of 64 MiB, not a strict limit).",
 )

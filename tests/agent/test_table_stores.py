@@ -23,7 +23,7 @@ from stream.core.events import to_event
 from stream.core.rules import decide
 from stream.core.state_rows import decode_summary, encode, split
 from stream.matcher import Matcher
-from stream.metrics import WORKER_STORE_MEMORY
+from stream.metrics import STORE_MEMORY_USED
 from stream.settings import Settings
 from stream.worker_app import STATE_SCHEMA
 from tests.factories import T0, book, card_record
@@ -275,8 +275,9 @@ def test_every_local_store_draws_on_one_shared_memory_budget(settings: Settings,
     assert cache.get_usage() > before, "the memtables are charged to the shared cache"
     assert written > 2 * STORE_MEMORY_BYTES
     assert cache.get_usage() <= 1.5 * STORE_MEMORY_BYTES
-    matcher.accounts.observe_memory()  # the gauge operators watch reads that same shared cache
-    assert WORKER_STORE_MEMORY._value.get() == cache.get_usage() > before
+    matcher.accounts.observe_memory()  # the gauge operators watch reads that same shared cache (which
+    # RocksDB's background flushes may change meanwhile: the memtables written above, not what was before)
+    assert before < STORE_MEMORY_USED._value.get() <= 1.5 * STORE_MEMORY_BYTES
 
 
 def test_the_tables_changelogs_are_compacted_within_a_bounded_time(settings: Settings, codec: Codec) -> None:

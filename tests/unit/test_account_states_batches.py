@@ -17,7 +17,7 @@ from stream.core.memory import RECENT_EVENTS_LIMIT
 from stream.core.rules import decide
 from stream.core.state import AccountState
 from stream.core.state_rows import assemble, decode_summary, is_summary_key
-from stream.metrics import WORKER_STATE_CACHE_ACCOUNTS, WORKER_STATE_CACHE_ITEMS
+from stream.metrics import STATE_CACHE_ACCOUNTS, STATE_CACHE_ITEMS_HELD
 from tests.unit.test_rules_properties import OFFER_BOOKS, OFFER_NAMES, PROFILE, SEEDED, event_sequences, fillers
 
 ACCOUNT = "acct-1"
@@ -157,9 +157,9 @@ def test_the_states_kept_in_memory_are_bounded_by_what_they_hold_not_by_their_nu
     accounts._keep("small-x", large, True, frozenset(), {})  # replaced by a larger state
     assert accounts.cached_items == 2 * weight
     accounts.observe_memory()  # what operators see of it (README, Metrics)
-    assert WORKER_STATE_CACHE_ITEMS._value.get() == 2 * weight and WORKER_STATE_CACHE_ACCOUNTS._value.get() == 2
+    assert STATE_CACHE_ITEMS_HELD._value.get() == 2 * weight and STATE_CACHE_ACCOUNTS._value.get() == 2
     accounts.forget_accounts(["large-1"])
     accounts.erase("small-x", PARTITION)
     assert accounts.cached_items == 0 and not accounts._whole
     accounts.observe_memory()
-    assert WORKER_STATE_CACHE_ITEMS._value.get() == WORKER_STATE_CACHE_ACCOUNTS._value.get() == 0
+    assert STATE_CACHE_ITEMS_HELD._value.get() == STATE_CACHE_ACCOUNTS._value.get() == 0
