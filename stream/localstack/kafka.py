@@ -49,7 +49,7 @@ from stream.localstack.kafka_java import format_storage, is_formatted, java_comm
 from stream.localstack.kafka_probe import broker_answers, log_tail, tcp_open
 from stream.localstack.kafka_security import BrokerSecurity, SecureListeners
 from stream.localstack.kafka_tansu import find_tansu_binary, tansu_command, tansu_env
-from stream.localstack.process import free_port, spawn, terminate
+from stream.localstack.process import free_ports, spawn, terminate
 
 __all__ = [
     "DEFAULT_CACHE_DIR",
@@ -207,11 +207,9 @@ class KafkaBroker:
 
     def _pick_ports(self, extra: int = 0) -> tuple[int, ...]:
         """The client port, the controller port and ``extra`` more, all different."""
-        ports = [self.requested_port or free_port()]
-        while len(ports) < 2 + extra:
-            candidate = free_port()
-            if candidate not in ports:
-                ports.append(candidate)
+        picked = [port for port in free_ports(2 + extra) if port != self.requested_port]
+        ports = ([self.requested_port] if self.requested_port else []) + picked
+        ports = ports[: 2 + extra]
         self.port, self.controller_port = ports[0], ports[1]
         return tuple(ports)
 
