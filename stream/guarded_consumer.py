@@ -53,6 +53,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
 from stream.direct_delivery import DirectDelivery
+from stream.input_order import OrderedFetches
 from stream.kafka_clients import start_client
 from stream.progress import InputProgress
 from stream.settings import Settings
@@ -98,13 +99,17 @@ class ReadPositions(defaultdict[TP, int | None]):
         return None if self.guarded(tp) else super().__getitem__(tp)
 
 
-class GuardedConsumer(DirectDelivery, faust_aiokafka.Consumer):
+class GuardedConsumer(OrderedFetches, DirectDelivery, faust_aiokafka.Consumer):
     """Faust's aiokafka consumer, committing only what ``app.progress`` says is accounted for, its fetch loop
-    handing messages on directly when nothing can hold them (``stream.direct_delivery``)."""
+    handing messages on directly when nothing can hold them (``stream.direct_delivery``), each partition's
+    messages of ``app.ordered_topics`` in the order they were published (``stream.input_order``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._read_offset = ReadPositions(self._guarded)
+        ordered: Mapping[str, int] = self.app.ordered_topics  # type: ignore[attr-defined]
+        if ordered:
+            self.order_inputs(ordered)
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return PromptFetches(self, loop=self.loop, beacon=self.beacon)
@@ -160,11 +165,15 @@ class GuardedTransport(faust_aiokafka.Transport):
 
 
 class GuardedApp(faust.App):
-    """A Faust app whose consumer commits the agent's own accounted-for offsets on ``guarded_topics``."""
+    """A Faust app whose consumer commits the agent's own accounted-for offsets on ``guarded_topics``
+    and hands on each partition's messages of ``ordered_topics`` in the order they were published."""
 
-    def __init__(self, *args: Any, guarded_topics: frozenset[str], **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, guarded_topics: frozenset[str], ordered_topics: Mapping[str, int] | None = None, **kwargs: Any
+    ) -> None:
         self.progress = InputProgress()
         self.guarded_topics = guarded_topics
+        self.ordered_topics = dict(ordered_topics or {})
         super().__init__(*args, **kwargs)
 
     def _new_transport(self) -> Any:
@@ -337,7 +346,8 @@ async def watch_partitions(
 async def on_its_way(consumer: Any, tp: TP, progress: InputProgress, queued: Callable[[TP], int]) -> bool:
     """Whether the next message of ``tp`` the agent must process is on its way to it: the consumer
     has not handed it on yet (its position is not past it) and the partition is not paused, or it
-    waits in the agent's queue. Handed on and not in the queue, it was dropped on the way (as Faust's
+    waits in the agent's queue, or the consumer keeps it until its partition's other topics are read
+    (``stream.input_order``). Handed on and not in the queue, it was dropped on the way (as Faust's
     recovery emptied the agent's queue: ``keep_across_resumes``). The queue is looked at after the
     position is known, so that whatever was handed on before is there, or processed."""
     try:
@@ -348,7 +358,7 @@ async def on_its_way(consumer: Any, tp: TP, progress: InputProgress, queued: Cal
         return True
     if position <= progress.next_offset(tp):
         return not consumer.paused(tp)
-    return queued(tp) >= progress.next_offset(tp)
+    return queued(tp) >= progress.next_offset(tp) or consumer.keeps(tp, progress.next_offset(tp))
 
 
 def broker_credentials(settings: Settings) -> Any:

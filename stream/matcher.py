@@ -122,7 +122,7 @@ class Matcher:
         self.input_subjects = {t.name: t.value_subject for t in self.topics.inputs()}
         self.account_subjects = {t.name: t.value_subject for t in self.topics.account_inputs()}
         input_topics = (*self.input_subjects, *self.account_subjects, self.topics.clock.name)
-        self.app = worker_app(settings, frozenset(input_topics), self.topics.authorizations.partitions)
+        self.app = worker_app(settings, frozenset(input_topics), self.topics.authorizations.partitions, self.topics.input_order())
         broker_view = OffsetLookups(settings.app_id, settings.kafka_bootstrap_servers, **settings.kafka_client_options())
         self.input = self.app.topic(*input_topics, schema=INPUT_SCHEMA, acks=True)
         self.clock = self.app.topic(self.topics.clock.name, key_serializer="raw", value_serializer="raw")

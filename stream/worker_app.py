@@ -5,6 +5,7 @@ its agent, tables and timers on it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import faust
@@ -124,12 +125,17 @@ PRODUCER_LINGER_S = 0.005
 PRODUCER_BATCH_BYTES = 256 * 1024
 
 
-def worker_app(settings: Settings, guarded_topics: frozenset[str], partitions: int) -> GuardedApp:
+def worker_app(
+    settings: Settings, guarded_topics: frozenset[str], partitions: int, ordered_topics: Mapping[str, int] | None = None
+) -> GuardedApp:
     """The app of a worker whose consumer commits only what the agent accounted for on
-    ``guarded_topics`` (``stream.guarded_consumer``), with topics of ``partitions`` partitions."""
+    ``guarded_topics`` (``stream.guarded_consumer``), with topics of ``partitions`` partitions, and
+    hands on each partition's messages of ``ordered_topics`` in the order they were published
+    (``stream.input_order``; the values: their places among messages of the same millisecond)."""
     return GuardedApp(
         settings.app_id,
         guarded_topics=guarded_topics,
+        ordered_topics=ordered_topics,
         broker=[f"kafka://{server.strip()}" for server in settings.kafka_bootstrap_servers.split(",")],
         broker_credentials=broker_credentials(settings),
         # Persistent local tables (RocksDB through rocksdict): a restarted worker reads its

@@ -105,6 +105,16 @@ class Catalogue:
         """What the matcher folds per account beside card events: activations, profiles and erasures."""
         return (self.activations, self.profiles, self.erasures)
 
+    def input_order(self) -> dict[str, int]:
+        """What the matcher reads (``inputs``, ``account_inputs``, the clock: all co-partitioned),
+        each with its place among a partition's messages of the same millisecond, which the worker
+        hands on in the order they were published (``stream.input_order``): an account's profile
+        and activations before its card events, an authorisation before its clearing, the bank's
+        instructions and the payouts after them, an erasure and the clock last."""
+        first = (self.profiles, self.activations, self.authorizations, self.settlements, self.instructions)
+        ties = (*first, self.payout_runs, self.payout_results, self.erasures, self.clock)
+        return {topic.name: place for place, topic in enumerate(ties)}
+
     def by_name(self, name: str) -> Topic:
         for topic in self.all():
             if topic.name == name:

@@ -11,7 +11,9 @@ commit past an offset the agent has not processed.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Mapping
+from types import SimpleNamespace
 
 import pytest
 from faust.types import TP, Message
@@ -47,6 +49,9 @@ def test_the_matcher_app_uses_the_guarded_consumer(matcher: Matcher) -> None:
     assert isinstance(matcher.app.consumer, GuardedConsumer)
     assert matcher.topics.authorizations.name in matcher.app.guarded_topics
     assert matcher.topics.clock.name in matcher.app.guarded_topics
+    # Each partition's inputs handed on in the order they were published (stream.input_order).
+    assert matcher.app.consumer.input_order is not None
+    assert matcher.app.consumer.input_order.rank == matcher.topics.input_order()
 
 
 @pytest.mark.asyncio
@@ -458,6 +463,10 @@ async def test_a_message_handed_on_while_the_position_is_read_is_found_in_the_qu
     queue.clear()
     consumer.position = lambda partition: asyncio.sleep(0, 121)  # type: ignore[method-assign]
     assert not await on_its_way(consumer, tp, app.progress, lambda _: max(queue, default=-1))  # handed on, and lost
+    # Kept by the consumer until its partition's other topics are read (stream.input_order): on its way.
+    assert consumer.input_order is not None
+    consumer.input_order.kept[tp] = deque([SimpleNamespace(offset=120, timestamp=1)])
+    assert await on_its_way(consumer, tp, app.progress, lambda _: max(queue, default=-1))
 
 
 @pytest.mark.asyncio
