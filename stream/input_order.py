@@ -36,6 +36,8 @@ from typing import Any, cast
 
 from faust.types import TP
 
+from stream.metrics import WORKER_ORDER_TIMEOUTS
+
 log = logging.getLogger(__name__)
 
 # The longest a partition's kept messages wait for another of its topics to be read to its end.
@@ -150,6 +152,7 @@ class InputOrder:
         if partition not in self.timed_out:
             self.timed_out.add(partition)
             self.timeouts += 1
+            WORKER_ORDER_TIMEOUTS.inc()
             topics = ", ".join(sorted(tp.topic for tp in unread))
             log.warning("partition %d: kept messages handed on after %.1fs waiting for %s", partition, now - since, topics)
         return True

@@ -77,6 +77,10 @@ STORE_MEMORY_USED = Gauge(
 WORKER_REJOINS = Counter(
     "cashback_worker_rejoins_total", "Times this worker found its consumer out of its group too long and made it rejoin."
 )
+WORKER_ORDER_TIMEOUTS = Counter(
+    "cashback_worker_order_timeouts_total",
+    "Times a partition's kept input messages were handed on without waiting longer for another of its topics to be read to its end.",
+)
 SINK_BATCH_SIZE = Histogram(
     "cashback_sink_batch_size", "Accruals per sink batch.", buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000, 10000)
 )

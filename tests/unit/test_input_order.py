@@ -13,6 +13,7 @@ from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import TP
 
 from stream.input_order import InputOrder
+from stream.metrics import WORKER_ORDER_TIMEOUTS
 from topics.catalogue import catalogue
 
 AUTH, CLEAR, ACT = "auth", "clear", "act"
@@ -122,12 +123,14 @@ def test_the_wait_is_bounded_and_logged_once(caplog: pytest.LogCaptureFixture) -
     fetcher.now = 1.9
     assert order.release({act, auth, clear}, lambda tp: True) == []
     fetcher.now = 2.1
+    counted = WORKER_ORDER_TIMEOUTS._value.get()
     with caplog.at_level(logging.WARNING, logger="stream.input_order"):
         assert names(order.release({act, auth, clear}, lambda tp: True)) == ["clear-a"]
         order.keep(clear, fetcher.read(clear, [Record("clear-b", 31)]))
         assert names(order.release({act, auth, clear}, lambda tp: True)) == ["clear-b"]  # no new wait
     assert [r.getMessage() for r in caplog.records] == ["partition 3: kept messages handed on after 2.1s waiting for auth"]
     assert order.timeouts == 1
+    assert WORKER_ORDER_TIMEOUTS._value.get() == counted + 1
     # Once the topic is read to its end, the partition waits again the next time.
     fetcher.position[auth] = 5
     order.keep(clear, fetcher.read(clear, [Record("clear-c", 32)]))
