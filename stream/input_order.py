@@ -10,12 +10,13 @@ ahead of it (the purchase earned nothing). ``tests/integration/test_backlog_orde
 
 So the consumer keeps what a fetch brought of those topics (``InputOrder``) and hands on each
 partition number's messages by their timestamps (CreateTime as the publisher set it, or the
-broker's LogAppendTime; at the same millisecond, by the order of ``RANK``), as Kafka Streams does
-across a task's partitions. A message is handed on only when no other topic of its partition can
-have an earlier one on its way: each topic of the partition either has a message kept, or has been
-read to its end as the last fetch knew it (its position at its highwater mark). Otherwise the
-partition waits for the next fetch, at most ``MAX_WAIT_S``: a partition whose end is not reached
-(paused, or stuck below its end) does not hold the others longer, and the wait is logged.
+broker's LogAppendTime; at the same millisecond, by their topics' rank: ``Catalogue.input_order``),
+as Kafka Streams does across a task's partitions. A message is handed on only when no other topic
+of its partition can have an earlier one on its way: each topic of the partition either has a
+message kept, or has been read to its end as the last fetch knew it (its position at its highwater
+mark). Otherwise the partition waits for the next fetch, at most ``MAX_WAIT_S``: a topic that does
+not reach its end (stuck below it, never fetched) does not hold the others longer, and the wait
+that ran out is logged and counted. A topic Faust holds paused is neither handed on nor waited for.
 
 A topic's kept messages leave it out of the next fetches (aiokafka keeps at most one fetch of a
 partition it was not asked for), so what is kept is bounded by a fetch per partition. What is
@@ -109,6 +110,8 @@ class InputOrder:
         for tp in assigned:
             if tp.topic in self.rank and may_deliver(tp):
                 groups.setdefault(tp.partition, []).append(tp)
+        for partition in [p for p in self.waiting_since if p not in groups]:  # revoked, or paused whole
+            self._waited(partition)
         out: list[tuple[TP, Any]] = []
         for partition, members in groups.items():
             self._release_group(partition, members, out)
@@ -203,7 +206,7 @@ class OrderedFetches:
             holding = order.holding()
             if holding:
                 active_partitions = active_partitions - holding
-                if not active_partitions:  # every one waits on a partition Faust holds: no busy loop
+                if not active_partitions:  # nothing else to fetch: no busy loop meanwhile
                     await asyncio.sleep(FETCH_PAUSE_S)
                     return {}
         return await super()._getmany(active_partitions, timeout)  # type: ignore[misc]

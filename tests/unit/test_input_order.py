@@ -188,6 +188,23 @@ def test_what_is_kept_is_dropped_when_revoked_or_sought() -> None:
     assert order.holding() == set()
 
 
+def test_a_wait_begins_again_after_the_partition_was_revoked() -> None:
+    fetcher = Fetcher()
+    act, auth, clear = tps(0)
+    caught_up(fetcher, act)
+    fetcher.position[auth], fetcher.highwater[auth] = 0, 1
+    order = order_of(fetcher, max_wait_s=2.0)
+    order.keep(clear, fetcher.read(clear, [Record("clear-a", 30)]))
+    assert order.release({act, auth, clear}, lambda tp: True) == []  # waits from 0.0
+    fetcher.now = 1.5
+    assert order.release(set(), lambda tp: True) == []  # revoked
+    fetcher.now = 3.0  # assigned again: its wait starts now, not at 0.0
+    order.keep(clear, fetcher.read(clear, [Record("clear-a", 30)]))
+    assert order.release({act, auth, clear}, lambda tp: True) == []
+    fetcher.now = 5.1
+    assert names(order.release({act, auth, clear}, lambda tp: True)) == ["clear-a"]
+
+
 def test_every_input_of_the_matcher_is_ordered_with_its_place_at_a_tie() -> None:
     topics = catalogue("p.", 4)
     ranks = topics.input_order()
