@@ -155,6 +155,7 @@ def test_every_alert_evaluates_and_names_only_metrics_that_exist(stack: RunningS
 HEALTH_ALERTS = (
     "CashbackWorkerDown",
     "CashbackWorkerOutOfGroup",
+    "CashbackWorkerInputOrderTimeout",
     "CashbackSinkDown",
     "CashbackProcessRestarting",
     "CashbackSinkRetrying",
