@@ -82,6 +82,17 @@ def _card(env: dict[str, str], record: dict[str, Any]) -> tuple[str, bytes, byte
     return topic_for(env, record), record["account_id"].encode(), wire(record), None
 
 
+def _purchases(
+    env: dict[str, str], accounts: list[str], kind: str, food_minor: int, first_id: int
+) -> list[tuple[str, bytes, bytes, int | None]]:
+    """Each account's grocery purchase (5%) and flight of 100.00 (4% once activated), as ``kind``."""
+    return [
+        _card(env, card_record(kind, amount, account_id=a, transaction_ref=f"{a}-{ref}", event_id=f"{a}-{first_id + n}", mcc=mcc))
+        for a in accounts
+        for n, (ref, amount, mcc) in enumerate((("food", food_minor, "5411"), ("fly", 10_000, "4511")))
+    ]
+
+
 def _activation(env: dict[str, str], account: str, offer: str) -> tuple[str, bytes, bytes, int | None]:
     changed_at = T0 - timedelta(days=1)  # activated before the purchases (whose time is T0)
     value = Codec().encode(
@@ -127,22 +138,8 @@ def test_a_backlog_is_decided_in_the_order_it_was_published(
             _card(env, card_record("AUTHORIZATION", 1_000, account_id=a, transaction_ref=f"{a}-ref", mcc="5999")) for a in fillers
         ]
         messages += [_activation(env, a, "flights-4") for a in accounts]
-        for a in accounts:
-            messages += [
-                _card(env, card_record("AUTHORIZATION", 10_000, account_id=a, transaction_ref=f"{a}-food", event_id=f"{a}-1")),
-                _card(
-                    env,
-                    card_record("AUTHORIZATION", 10_000, account_id=a, transaction_ref=f"{a}-fly", event_id=f"{a}-2", mcc="4511"),
-                ),
-            ]
-        for a in accounts:
-            messages += [
-                _card(env, card_record("CLEARING", 8_000, account_id=a, transaction_ref=f"{a}-food", event_id=f"{a}-3")),
-                _card(
-                    env,
-                    card_record("CLEARING", 10_000, account_id=a, transaction_ref=f"{a}-fly", event_id=f"{a}-4", mcc="4511"),
-                ),
-            ]
+        messages += _purchases(env, accounts, "AUTHORIZATION", food_minor=10_000, first_id=1)
+        messages += _purchases(env, accounts, "CLEARING", food_minor=8_000, first_id=3)  # the grocery's cleared for less
         asyncio.run(_publish_in_order(env["KAFKA_BOOTSTRAP_SERVERS"], messages))
 
         processes.start("worker", "worker", env={"METRICS_PORT": str(processes.metrics_ports["worker"])})

@@ -62,6 +62,19 @@ def caught_up(fetcher: Fetcher, *partitions: TP) -> None:
         fetcher.position[tp] = fetcher.highwater[tp] = 0
 
 
+def clearing_kept(auth_end: int | None) -> tuple[Fetcher, InputOrder, TP, TP, TP]:
+    """Partition 0: its activations read to their end, a clearing kept (timestamp 30), and nothing
+    read of its authorisations, whose end is ``auth_end`` (None: not known yet)."""
+    fetcher = Fetcher()
+    act, auth, clear = tps(0)
+    caught_up(fetcher, act)
+    if auth_end is not None:
+        fetcher.position[auth], fetcher.highwater[auth] = 0, auth_end
+    order = order_of(fetcher)
+    order.keep(clear, fetcher.read(clear, [Record("clear-a", 30)]))
+    return fetcher, order, act, auth, clear
+
+
 def test_a_partitions_messages_leave_in_timestamp_order_across_its_topics() -> None:
     fetcher = Fetcher()
     act, auth, clear = tps(0)
@@ -87,13 +100,8 @@ def test_the_same_millisecond_goes_by_rank() -> None:
 
 
 def test_a_topic_not_read_to_its_end_holds_the_partition_until_it_is() -> None:
-    fetcher = Fetcher()
-    act, auth, clear = tps(0)
-    caught_up(fetcher, act)
-    order = order_of(fetcher)
     # The clearings came first; the authorisations' partition has records the fetch did not bring yet.
-    order.keep(clear, fetcher.read(clear, [Record("clear-a", 30)]))
-    fetcher.position[auth], fetcher.highwater[auth] = 0, 2
+    fetcher, order, act, auth, clear = clearing_kept(auth_end=2)
     assert order.release({act, auth, clear}, lambda tp: True) == []
     assert order.holding() == {clear}  # left out of the next fetch
     order.keep(auth, fetcher.read(auth, [Record("auth-a", 10)], highwater=2))
@@ -104,21 +112,12 @@ def test_a_topic_not_read_to_its_end_holds_the_partition_until_it_is() -> None:
 
 
 def test_a_topic_whose_end_is_not_known_yet_is_waited_for() -> None:
-    fetcher = Fetcher()
-    act, auth, clear = tps(0)
-    caught_up(fetcher, act)
-    order = order_of(fetcher)
-    order.keep(clear, fetcher.read(clear, [Record("clear-a", 30)]))
+    fetcher, order, act, auth, clear = clearing_kept(auth_end=None)
     assert order.release({act, auth, clear}, lambda tp: True) == []  # nothing fetched of the authorisations yet
 
 
 def test_the_wait_is_bounded_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
-    fetcher = Fetcher()
-    act, auth, clear = tps(3)
-    caught_up(fetcher, act)
-    fetcher.position[auth], fetcher.highwater[auth] = 0, 5  # stuck below its end
-    order = order_of(fetcher, max_wait_s=2.0)
-    order.keep(clear, fetcher.read(clear, [Record("clear-a", 30)]))
+    fetcher, order, act, auth, clear = clearing_kept(auth_end=5)  # stuck below its end
     assert order.release({act, auth, clear}, lambda tp: True) == []
     fetcher.now = 1.9
     assert order.release({act, auth, clear}, lambda tp: True) == []
@@ -128,7 +127,7 @@ def test_the_wait_is_bounded_and_logged_once(caplog: pytest.LogCaptureFixture) -
         assert names(order.release({act, auth, clear}, lambda tp: True)) == ["clear-a"]
         order.keep(clear, fetcher.read(clear, [Record("clear-b", 31)]))
         assert names(order.release({act, auth, clear}, lambda tp: True)) == ["clear-b"]  # no new wait
-    assert [r.getMessage() for r in caplog.records] == ["partition 3: kept messages handed on after 2.1s waiting for auth"]
+    assert [r.getMessage() for r in caplog.records] == ["partition 0: kept messages handed on after 2.1s waiting for auth"]
     assert order.timeouts == 1
     assert WORKER_ORDER_TIMEOUTS._value.get() == counted + 1
     # Once the topic is read to its end, the partition waits again the next time.
@@ -168,12 +167,7 @@ def test_a_paused_topic_neither_leaves_nor_holds_the_others() -> None:
 
 
 def test_what_is_kept_is_dropped_when_revoked_or_sought() -> None:
-    fetcher = Fetcher()
-    act, auth, clear = tps(0)
-    caught_up(fetcher, act)
-    fetcher.position[auth], fetcher.highwater[auth] = 0, 1
-    order = order_of(fetcher)
-    order.keep(clear, fetcher.read(clear, [Record("clear-a", 30)]))
+    fetcher, order, act, auth, clear = clearing_kept(auth_end=1)
     assert order.release({act, auth, clear}, lambda tp: True) == []
     # A seek moved the clearings' position back: the fetcher reads them again, the kept copies go.
     fetcher.position[clear] = 0
@@ -189,12 +183,7 @@ def test_what_is_kept_is_dropped_when_revoked_or_sought() -> None:
 
 
 def test_a_wait_begins_again_after_the_partition_was_revoked() -> None:
-    fetcher = Fetcher()
-    act, auth, clear = tps(0)
-    caught_up(fetcher, act)
-    fetcher.position[auth], fetcher.highwater[auth] = 0, 1
-    order = order_of(fetcher, max_wait_s=2.0)
-    order.keep(clear, fetcher.read(clear, [Record("clear-a", 30)]))
+    fetcher, order, act, auth, clear = clearing_kept(auth_end=1)  # waits at most 2 s
     assert order.release({act, auth, clear}, lambda tp: True) == []  # waits from 0.0
     fetcher.now = 1.5
     assert order.release(set(), lambda tp: True) == []  # revoked
