@@ -103,9 +103,14 @@ class InputOrder:
 
         ``assigned`` is the consumer's assignment; ``may_deliver(tp)``: whether Faust would hand on
         a message of ``tp`` now (not paused). Kept messages of a partition no longer assigned, or
-        whose position moved since, are dropped."""
-        for tp in [tp for tp in self.kept if tp not in assigned or self.position(tp) != self.kept_at[tp]]:
-            self.drop((tp,))
+        whose position moved since, are dropped (and a partition emptied is forgotten, so the
+        fetcher's position is read only for partitions still kept)."""
+        stale = [
+            tp
+            for tp, records in self.kept.items()
+            if not records or tp not in assigned or self.position(tp) != self.kept_at[tp]  # emptied, revoked, sought
+        ]
+        self.drop(stale)
         groups: dict[int, list[TP]] = {}
         for tp in assigned:
             if tp.topic in self.rank and may_deliver(tp):

@@ -121,8 +121,9 @@ class Matcher:
         Path(settings.worker_data_dir).mkdir(parents=True, exist_ok=True)
         self.input_subjects = {t.name: t.value_subject for t in self.topics.inputs()}
         self.account_subjects = {t.name: t.value_subject for t in self.topics.account_inputs()}
-        input_topics = (*self.input_subjects, *self.account_subjects, self.topics.clock.name)
-        self.app = worker_app(settings, frozenset(input_topics), self.topics.authorizations.partitions, self.topics.input_order())
+        ordered = self.topics.input_order()  # every topic the agent reads, each with its place at a tie
+        input_topics = tuple(ordered)
+        self.app = worker_app(settings, frozenset(input_topics), self.topics.authorizations.partitions, ordered)
         broker_view = OffsetLookups(settings.app_id, settings.kafka_bootstrap_servers, **settings.kafka_client_options())
         self.input = self.app.topic(*input_topics, schema=INPUT_SCHEMA, acks=True)
         self.clock = self.app.topic(self.topics.clock.name, key_serializer="raw", value_serializer="raw")
