@@ -43,6 +43,7 @@ from stream.core.state_rows import (
     split,
     txn_key,
 )
+from stream.due_times import DueTimes, TickedAt
 from stream.metrics import STATE_CACHE_ACCOUNTS, STATE_CACHE_ITEMS_HELD, STORE_MEMORY_USED
 from stream.worker_app import store_memory_used
 from topics.catalogue import account_partition
@@ -82,10 +83,10 @@ class AccountStates:
         # account -> its state, whether stored in rows, the rows its summary carried when read
         # (to write again), and the slots of its recent events
         self._whole: OrderedDict[str, tuple[AccountState, bool, frozenset[str], dict[str, int]]] = OrderedDict()
-        self._due: dict[int, dict[str, int]] = {}  # partition -> {account: due_ms}, once scanned
+        self._due: dict[int, DueTimes] = {}  # partition -> when its accounts next fall due, once scanned
         self._cash: dict[int, set[str]] = {}  # partition -> accounts whose wallet holds cash, once scanned
-        # partition -> {account: the clock offset of the tick that last changed it} (AccountState.ticked), once scanned
-        self._ticked: dict[int, dict[str, int]] = {}
+        # partition -> each account's clock offset of the tick that last changed it (AccountState.ticked), once scanned
+        self._ticked: dict[int, TickedAt] = {}
         self.pending: dict[str, Pending] = {}  # account -> its writes not yet handed to the table
 
     def observe_memory(self) -> None:
@@ -143,13 +144,10 @@ class AccountStates:
                 cash.discard(account_id)
         ticked = self._ticked.get(account_partition(account_id, self.partitions))
         if ticked is not None and after.ticked is not None:
-            ticked[account_id] = after.ticked
+            ticked.set(account_id, after.ticked)
         due = self._due.get(account_partition(account_id, self.partitions))
         if due is not None:
-            if after.due_ms is None:
-                due.pop(account_id, None)
-            else:
-                due[account_id] = after.due_ms
+            due.set(account_id, after.due_ms)
 
     def hand_over(self) -> list[str]:
         """Stage every pending write in the table, account by account: its summary (carrying all
@@ -174,11 +172,12 @@ class AccountStates:
 
     def due(self, partition: int, now_ms: int) -> list[str]:
         """The accounts of ``partition`` with something due by ``now_ms``, the earliest first. The
-        partition's accounts are read once from the store, then followed write by write."""
+        partition's accounts are read once from the store, then followed write by write; a tick then
+        costs what is due, not what the partition holds (``stream.due_times``)."""
         index = self._due.get(partition)
         if index is None:
             index = self._due[partition] = self._scan(partition)
-        return sorted((account for account, when in index.items() if when <= now_ms), key=index.__getitem__)
+        return index.due_by(now_ms)
 
     def with_cash(self, partition: int) -> list[str]:
         """The accounts of ``partition`` whose wallet holds cash (``stream.core.payouts.has_cash``), in
@@ -193,7 +192,7 @@ class AccountStates:
         due times, then followed write by write."""
         if partition not in self._ticked:
             self._due[partition] = self._scan(partition)
-        return sorted(account for account, at in self._ticked[partition].items() if at >= offset)
+        return self._ticked[partition].since(offset)
 
     def forget(self, partitions: Iterable[int]) -> None:
         """Partitions this worker no longer owns (or owns anew): their states may change elsewhere,
@@ -237,9 +236,11 @@ class AccountStates:
             self.table.stage(key, DELETED, partition)
         due = self._due.get(partition)
         if due is not None:
-            due.pop(account_id, None)
+            due.discard(account_id)
         self._cash.get(partition, set()).discard(account_id)
-        self._ticked.get(partition, {}).pop(account_id, None)
+        ticked = self._ticked.get(partition)
+        if ticked is not None:
+            ticked.discard(account_id)
         return keys
 
     def _stored_keys(self, prefix: str, partition: int) -> list[str]:
@@ -257,34 +258,31 @@ class AccountStates:
             found.append(store._decode_key(raw))
         return found
 
-    def _scan(self, partition: int) -> dict[str, int]:
+    def _scan(self, partition: int) -> DueTimes:
         # The partition's own keys: the table's whole key view reads every partition's store, and
         # Faust's RocksDB store counts its keys (list() asks) by reading them all once more.
         # The accounts with cash (scheduled payout runs) are found on the way (``_cash``).
-        index: dict[str, int] = {}
+        index = DueTimes()
         cash: set[str] = set()
-        ticked: dict[str, int] = {}
+        ticked = TickedAt()
         for key in self._stored_keys("", partition):
             if is_summary_key(key) and account_partition(key, self.partitions) == partition:
                 stored = decode_summary(self.table.get(key))
-                if stored is not None and stored.due_ms is not None:
-                    index[key] = stored.due_ms
+                if stored is not None:
+                    index.set(key, stored.due_ms)
                 if stored is not None and has_cash(stored.wallet):
                     cash.add(key)
                 if stored is not None and stored.ticked is not None:
-                    ticked[key] = stored.ticked
+                    ticked.set(key, stored.ticked)
         for account_id, pending in self.pending.items():  # not in the store yet
             if account_partition(account_id, self.partitions) == partition:
-                if pending.state.due_ms is None:
-                    index.pop(account_id, None)
-                else:
-                    index[account_id] = pending.state.due_ms
+                index.set(account_id, pending.state.due_ms)
                 if has_cash(pending.state.wallet):
                     cash.add(account_id)
                 else:
                     cash.discard(account_id)
                 if pending.state.ticked is not None:
-                    ticked[account_id] = pending.state.ticked
+                    ticked.set(account_id, pending.state.ticked)
         self._cash[partition] = cash
         self._ticked[partition] = ticked
         return index
