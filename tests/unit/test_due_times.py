@@ -86,7 +86,9 @@ def test_a_tick_costs_what_is_due_not_what_the_partition_holds() -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["set", "discard"]), ACCOUNTS, st.integers(0, 40)), max_size=200), st.integers(0, 45))
-def test_the_accounts_a_tick_changed_since_an_offset_are_those_a_scan_finds(changes: list[tuple[str, str, int]], offset: int) -> None:
+def test_the_accounts_a_tick_changed_since_an_offset_are_those_a_scan_finds(
+    changes: list[tuple[str, str, int]], offset: int
+) -> None:
     ticked, at = TickedAt(), {}
     for kind, account, value in changes:
         if kind == "set":
