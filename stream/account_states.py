@@ -24,8 +24,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
-
 from stream.changelog_table import DELETED, ChangelogTable
 from stream.core.payouts import has_cash
 from stream.core.state import AccountState, Txn
@@ -40,7 +38,8 @@ from stream.core.state_rows import (
     is_summary_key,
     recent_key,
     slots_of,
-    split,
+    split_rows,
+    summary_of,
     txn_key,
 )
 from stream.due_times import DueTimes, TickedAt
@@ -61,12 +60,13 @@ _ROW_SEPARATOR = txn_key("", "")[0]
 
 @dataclass(slots=True)
 class Pending:
-    """An account's writes since the last hand-over: its last summary, every row written since (its
-    last value) and every row deleted since, on the partition they were made on."""
+    """An account's writes since the last hand-over: its last state and its recent events' slots
+    (its summary is made of them once, at the hand-over), every row written since (its last value)
+    and every row deleted since, on the partition they were made on."""
 
     partition: int
     state: AccountState
-    summary: Summary
+    slots: dict[str, int]
     rows: dict[str, Txn | RecentRow] = field(default_factory=dict)
     deletes: set[str] = field(default_factory=set)
 
@@ -122,20 +122,20 @@ class AccountStates:
         awaits before the step's entries leave)."""
         held = self._whole.get(account_id)
         if held is not None and held[0] is before:
-            writes = split(account_id, before, after, before_in_rows=held[1], rewrite=held[2], slots=held[3])
+            rows, deletes, slots = split_rows(account_id, before, after, before_in_rows=held[1], rewrite=held[2], slots=held[3])
         else:  # not the state last read or written (never seen, or dropped from memory meanwhile)
-            writes = split(account_id, before, after, before_in_rows=False)
+            rows, deletes, slots = split_rows(account_id, before, after, before_in_rows=False)
         pending = self.pending.get(account_id)
         if pending is None:
-            pending = self.pending[account_id] = Pending(partition, after, writes.summary)
-        pending.state, pending.summary = after, writes.summary
-        for key, row in writes.rows.items():
+            pending = self.pending[account_id] = Pending(partition, after, slots)
+        pending.state, pending.slots = after, slots
+        for key, row in rows.items():
             pending.rows[key] = row
             pending.deletes.discard(key)
-        for key in writes.deletes:
+        for key in deletes:
             pending.rows.pop(key, None)
             pending.deletes.add(key)
-        self._keep(account_id, after, True, frozenset(), writes.slots)
+        self._keep(account_id, after, True, frozenset(), slots)
         cash = self._cash.get(account_partition(account_id, self.partitions))
         if cash is not None:
             if has_cash(after.wallet):
@@ -156,8 +156,7 @@ class AccountStates:
         table = self.table
         accounts = list(self.pending)
         for account_id, pending in self.pending.items():
-            summary = msgspec.structs.replace(pending.summary, fresh=dict(pending.rows))
-            table.stage(account_id, encode(summary), pending.partition)
+            table.stage(account_id, encode(summary_of(pending.state, pending.slots, pending.rows)), pending.partition)
             for key, row in pending.rows.items():
                 table.stage(key, encode(row), pending.partition)
             for key in pending.deletes:

@@ -338,7 +338,21 @@ def split(
     rewrite: frozenset[str] = frozenset(),
     slots: Mapping[str, int] | None = None,
 ) -> Writes:
-    """What to store for the step from ``before`` (as last stored; None: a new account) to
+    """What to store for the step from ``before`` to ``after``: ``split_rows``, and the summary
+    naming them (``summary_of``)."""
+    rows, deletes, new_slots = split_rows(account_id, before, after, before_in_rows, rewrite, slots)
+    return Writes(summary_of(after, new_slots, rows), rows, deletes, new_slots)
+
+
+def split_rows(
+    account_id: str,
+    before: AccountState | None,
+    after: AccountState,
+    before_in_rows: bool,
+    rewrite: frozenset[str] = frozenset(),
+    slots: Mapping[str, int] | None = None,
+) -> tuple[dict[str, Txn | RecentRow], tuple[str, ...], dict[str, int]]:
+    """The rows to store for the step from ``before`` (as last stored; None: a new account) to
     ``after``. Only the transactions and recent events that changed are written: the engine never
     mutates a state, so a transaction it did not touch is the very same object in both (a state
     stored whole before this layout, ``before_in_rows`` False, has all its rows written), and the
@@ -371,21 +385,28 @@ def split(
             ),
             *(recent_key(account_id, slot) for slot in free),  # slots no event took (not in a normal step)
         )
-    summary = Summary(
+    return rows, deletes, new_slots
+
+
+def summary_of(state: AccountState, slots: Mapping[str, int], fresh: Mapping[str, Txn | RecentRow]) -> Summary:
+    """The summary of ``state``, its recent events in ``slots`` (``Writes.slots``), carrying ``fresh``:
+    the rows written since the account's last summary (its commit point). Made once per account and
+    batch by the worker, however many of the account's steps the batch holds: it names every
+    transaction of the account."""
+    return Summary(
         layout=LAYOUT_VERSION,
-        refs=list(after.txns),
+        refs=list(state.txns),
         # in the order decided, the oldest first, each with its row's slot
-        recent=list(zip(after.recent, map(new_slots.__getitem__, after.recent), strict=True)),
-        loose=after.loose,
-        caps=after.caps,
-        carry=after.carry,
-        due_ms=after.due_ms,
-        clock_ms=after.clock_ms,
-        fresh=dict(rows),
-        watch=after.watch,
-        lots=after.lots,
-        wallet=after.wallet,
-        payouts=after.payouts,
-        ticked=after.ticked,
+        recent=list(zip(state.recent, map(slots.__getitem__, state.recent), strict=True)),
+        loose=state.loose,
+        caps=state.caps,
+        carry=state.carry,
+        due_ms=state.due_ms,
+        clock_ms=state.clock_ms,
+        fresh=dict(fresh),
+        watch=state.watch,
+        lots=state.lots,
+        wallet=state.wallet,
+        payouts=state.payouts,
+        ticked=state.ticked,
     )
-    return Writes(summary, rows, deletes, new_slots)
