@@ -38,10 +38,9 @@ from stream.core.state_rows import (
     is_summary_key,
     recent_key,
     slots_of,
-    split_rows,
-    summary_of,
     txn_key,
 )
+from stream.core.state_writes import split_rows, summary_of
 from stream.due_times import DueTimes, TickedAt
 from stream.metrics import STATE_CACHE_ACCOUNTS, STATE_CACHE_ITEMS_HELD, STORE_MEMORY_USED
 from stream.worker_app import store_memory_used

@@ -21,7 +21,8 @@ from schemas.codec import Codec
 from stream.changelog_table import ChangelogTable
 from stream.core.events import to_event
 from stream.core.rules import decide
-from stream.core.state_rows import decode_summary, encode, split
+from stream.core.state_rows import decode_summary, encode
+from stream.core.state_writes import split
 from stream.matcher import Matcher
 from stream.metrics import STORE_MEMORY_USED
 from stream.settings import Settings

@@ -1,5 +1,5 @@
 """What the engine derives from an account's transactions (``stream.core.account_index``) and what
-``stream.core.state_rows.split`` reads of a step: always the same as reading every transaction."""
+``stream.core.state_writes.split`` reads of a step: always the same as reading every transaction."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from stream.core.events import CardEvent
 from stream.core.lifecycle import DAY_MS, due_events, earliest_due_ms, next_due_ms, settled
 from stream.core.rules import decide
 from stream.core.state import AccountState, Share, Txn
-from stream.core.state_rows import split, txn_key
+from stream.core.state_rows import txn_key
+from stream.core.state_writes import split
 from tests.factories import T0
 from tests.unit.test_rules_properties import OFFER_BOOKS, OFFER_NAMES, PROFILE, SEEDED, event_sequences, fillers
 

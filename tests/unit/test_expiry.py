@@ -23,7 +23,8 @@ from stream.core.offers import OfferBook
 from stream.core.outcomes import Outcome
 from stream.core.rules import decide
 from stream.core.state import AccountState
-from stream.core.state_rows import Summary, assemble, decode_summary, encode, split
+from stream.core.state_rows import Summary, assemble, decode_summary, encode
+from stream.core.state_writes import split
 from tests.factories import T0, card_event, legs, run_decisions
 
 CODEC = Codec()

@@ -31,7 +31,8 @@ from stream.core.holds import KEPT_REFUNDS, remembered
 from stream.core.offers import OfferBook
 from stream.core.outcomes import Outcome
 from stream.core.rules import decide
-from stream.core.state_rows import assemble, decode_summary, encode, split
+from stream.core.state_rows import assemble, decode_summary, encode
+from stream.core.state_writes import split
 from stream.core.working_copy import AccountStep
 from tests.factories import T0, book, card_event, offer, totals
 

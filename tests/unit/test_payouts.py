@@ -25,7 +25,8 @@ from stream.core.payouts import (
 )
 from stream.core.rules import Decision, decide
 from stream.core.state import AccountState
-from stream.core.state_rows import Summary, assemble, decode_summary, encode, split
+from stream.core.state_rows import Summary, assemble, decode_summary, encode
+from stream.core.state_writes import split
 from tests.factories import T0, book, card_event, legs, offer
 from tests.unit.test_rules_properties import OFFER_BOOKS, PROFILE, SEEDED, reviewed_sequences, wallet_of
 

@@ -24,7 +24,8 @@ from stream.core.outcomes import Outcome
 from stream.core.redemption_messages import redeem_instruction, request_tag
 from stream.core.rules import decide
 from stream.core.state import AccountState
-from stream.core.state_rows import assemble, decode_summary, encode, split
+from stream.core.state_rows import assemble, decode_summary, encode
+from stream.core.state_writes import split
 from tests.factories import T0, card_event, legs
 from tests.unit.test_expiry import POINTS, tick
 from tests.unit.test_rules_properties import SEEDED, wallet_of

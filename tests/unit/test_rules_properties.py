@@ -17,7 +17,8 @@ from stream.core.memory import RECENT_EVENTS_LIMIT
 from stream.core.offers import OfferBook
 from stream.core.rules import AccountProfile, decide
 from stream.core.state import AccountState
-from stream.core.state_rows import assemble, decode_summary, encode, split
+from stream.core.state_rows import assemble, decode_summary, encode
+from stream.core.state_writes import split
 from tests.factories import T0, book, card_record, offer
 
 # Seeded: every run tries the same examples, so a failure replays. Moderate counts keep the suite fast.

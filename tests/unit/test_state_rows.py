@@ -22,7 +22,6 @@ from stream.core.state_rows import (
     JSON_LAYOUT,
     MissingRow,
     Summary,
-    Writes,
     assemble,
     carried,
     decode_summary,
@@ -31,9 +30,9 @@ from stream.core.state_rows import (
     is_summary_key,
     recent_key,
     slots_of,
-    split,
     txn_key,
 )
+from stream.core.state_writes import Writes, split
 from tests.unit.test_rules_properties import OFFER_BOOKS, OFFER_NAMES, PROFILE, SEEDED, event_sequences, fillers
 
 ACCOUNT = "acct-1"
