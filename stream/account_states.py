@@ -266,11 +266,12 @@ class AccountStates:
         for key in self._stored_keys("", partition):
             if is_summary_key(key) and account_partition(key, self.partitions) == partition:
                 stored = decode_summary(self.table.get(key))
-                if stored is not None:
-                    index.set(key, stored.due_ms)
-                if stored is not None and has_cash(stored.wallet):
+                if stored is None:
+                    continue
+                index.set(key, stored.due_ms)
+                if has_cash(stored.wallet):
                     cash.add(key)
-                if stored is not None and stored.ticked is not None:
+                if stored.ticked is not None:
                     ticked.set(key, stored.ticked)
         for account_id, pending in self.pending.items():  # not in the store yet
             if account_partition(account_id, self.partitions) == partition:

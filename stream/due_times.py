@@ -17,7 +17,6 @@ account without reading any.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator
 
 
 class DueTimes:
@@ -32,9 +31,6 @@ class DueTimes:
 
     def __contains__(self, account_id: object) -> bool:
         return account_id in self._when
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._when)
 
     def get(self, account_id: str) -> int | None:
         return self._when.get(account_id)
@@ -81,9 +77,6 @@ class TickedAt:
 
     def __len__(self) -> int:
         return len(self._at)
-
-    def get(self, account_id: str) -> int | None:
-        return self._at.get(account_id)
 
     def set(self, account_id: str, offset: int) -> None:
         self._at[account_id] = offset
