@@ -35,7 +35,6 @@ from stream.core.state_rows import (
     decode_summary,
     encode,
     in_rows,
-    is_summary_key,
     recent_key,
     slots_of,
     txn_key,
@@ -257,15 +256,15 @@ class AccountStates:
         return found
 
     def _scan(self, partition: int) -> DueTimes:
-        # The partition's own keys: the table's whole key view reads every partition's store, and
-        # Faust's RocksDB store counts its keys (list() asks) by reading them all once more.
+        # The partition's own summaries: the table's whole key view reads every partition's store,
+        # and Faust's RocksDB store counts its keys (list() asks) by reading them all once more.
         # The accounts with cash (scheduled payout runs) are found on the way (``_cash``).
         index = DueTimes()
         cash: set[str] = set()
         ticked = TickedAt()
-        for key in self._stored_keys("", partition):
-            if is_summary_key(key) and account_partition(key, self.partitions) == partition:
-                stored = decode_summary(self.table.get(key))
+        for key, raw in self.table.heads(partition, _ROW_SEPARATOR):  # the summaries, not their rows
+            if account_partition(key, self.partitions) == partition:
+                stored = decode_summary(raw)
                 if stored is None:
                     continue
                 index.set(key, stored.due_ms)

@@ -235,7 +235,10 @@ async def test_on_rocksdb_the_due_accounts_of_a_partition_are_read_from_its_own_
         store._db_for_partition(1).put(store._encode_key(account), encode(Summary(layout=3, due_ms=due_ms)))
         store._db_for_partition(1).put(store._encode_key(f"{account}\x1ft\x1ftxn-1"), encode(Summary(layout=3)))
     store._db_for_partition(2).put(store._encode_key(other), encode(Summary(layout=3, due_ms=50)))
-    states = AccountStates(StoreTable(store), partitions=partitions)  # type: ignore[arg-type]
+    table = Matcher(settings, codec).states
+    table._data = store
+    table.keys = StoreTable.keys.__get__(table)  # type: ignore[method-assign]
+    states = AccountStates(table, partitions=partitions)
 
     assert states.due(1, 1_000) == [mine[1], mine[0]]  # the earliest first; the one with nothing due left out
     assert states.due(1, 200) == [mine[1]]

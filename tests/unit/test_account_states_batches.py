@@ -44,6 +44,9 @@ class StagedTable:
     def keys(self) -> list[str]:
         return list(self.store)
 
+    def heads(self, partition: int, separator: str) -> list[tuple[str, bytes]]:
+        return [(key, value) for key, value in self.store.items() if separator not in key]
+
     def settle(self, upto: int | None = None) -> None:
         """The changelog has the first ``upto`` staged writes (all: None), read back into a store."""
         for key, value, _ in self.staged[:upto]:
