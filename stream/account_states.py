@@ -20,13 +20,13 @@ whatever the batch had staged, so they are the account's last word on the change
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from stream.changelog_table import DELETED, ChangelogTable
-from stream.core.payouts import has_cash
-from stream.core.state import AccountState, Txn
+from stream.core.payouts import has_cash, place_holder
+from stream.core.state import AccountState, Recent, Txn
 from stream.core.state_rows import (
     RecentRow,
     Summary,
@@ -65,6 +65,7 @@ class Pending:
     partition: int
     state: AccountState
     slots: dict[str, int]
+    earlier: Mapping[str, Recent]  # its recent events before the batch (stored by earlier batches)
     rows: dict[str, Txn | RecentRow] = field(default_factory=dict)
     deletes: set[str] = field(default_factory=set)
 
@@ -125,7 +126,7 @@ class AccountStates:
             rows, deletes, slots = split_rows(account_id, before, after, before_in_rows=False)
         pending = self.pending.get(account_id)
         if pending is None:
-            pending = self.pending[account_id] = Pending(partition, after, slots)
+            pending = self.pending[account_id] = Pending(partition, after, slots, before.recent if before is not None else {})
         pending.state, pending.slots = after, slots
         for key, row in rows.items():
             pending.rows[key] = row
@@ -147,13 +148,20 @@ class AccountStates:
         if due is not None:
             due.set(account_id, after.due_ms)
 
-    def hand_over(self) -> list[str]:
+    def hand_over(self, delivered: Callable[[str], Collection[str]] | None = None) -> list[str]:
         """Stage every pending write in the table, account by account: its summary (carrying all
         the rows the batch wrote for it), then those rows, then its deletions. Returns the accounts
-        (to ``forget_accounts`` should the table drop the writes)."""
+        (to ``forget_accounts`` should the table drop the writes).
+
+        ``delivered(account_id)``: the account's events whose entries are known delivered
+        (``stream.progress.InFlightDecisions.delivered``). Those of them stored by an earlier batch
+        leave its recent events first (``_let_go``): a redelivery finds them decided and has nothing
+        to send again, as for any event past the window."""
         table = self.table
         accounts = list(self.pending)
         for account_id, pending in self.pending.items():
+            if delivered is not None:
+                self._let_go(account_id, pending, delivered(account_id))
             table.stage(account_id, encode(summary_of(pending.state, pending.slots, pending.rows)), pending.partition)
             for key, row in pending.rows.items():
                 table.stage(key, encode(row), pending.partition)
@@ -161,6 +169,25 @@ class AccountStates:
                 table.stage(key, DELETED, pending.partition)
         self.pending.clear()
         return accounts
+
+    def _let_go(self, account_id: str, pending: Pending, delivered: Collection[str]) -> None:
+        """The account's state, in memory and as the batch stores it, without the recent events
+        among ``delivered`` that an earlier batch stored (never one of this batch: their entries
+        leave after the changelog has this summary). Their rows stay in the store, named by no
+        summary, until a later event takes their slot (or an erasure deletes every row). The event
+        holding the account's latest place stays (``stream.core.payouts.place_holder``)."""
+        state, earlier = pending.state, pending.earlier
+        gone = {event_id for event_id in delivered if event_id in earlier and event_id in state.recent}
+        if not gone:
+            return
+        gone.discard(place_holder(state.recent))  # what a wallet opening is checked against (stream.core.payouts)
+        state.recent = {event_id: recent for event_id, recent in state.recent.items() if event_id not in gone}
+        for event_id in gone:
+            pending.slots.pop(event_id, None)
+        weight = self._weights.get(account_id)
+        if weight is not None and self._whole[account_id][0] is state:
+            self._weights[account_id] = weight_of(state)
+            self.cached_items += self._weights[account_id] - weight
 
     def drop_pending(self) -> None:
         """The batch's writes were dropped: forget the pending accounts (read again from the store)."""

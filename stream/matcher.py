@@ -317,7 +317,7 @@ class Matcher:
             counted = decision.outcome is not Outcome.DUPLICATE
             # The account's language for its notifications (its profile is read once per account and cached).
             language = self.account_profiles.get(event.account_id).language if decision.entries or decision.notices else None
-            decided = Decided(event.account_id, decision.entries, stored, counted, decision.notices, language)
+            decided = Decided(event.account_id, decision.entries, stored, counted, decision.notices, language, event.event_id)
             self.outbox.batch.decided(self.current, decided)
         if self.current is not None:  # counted once its batch is flushed (a dropped batch is decided again)
             self.current.outcomes.append((event.event_type.value, decision.outcome.value))

@@ -15,7 +15,8 @@ decisions (``stream.core.memory``), so an account never has more than that many 
 in the batch or with entries undelivered (``room_for``); an account's entries share a partition, so
 they are delivered in order. Staged decisions count whether they have entries or not: the batch's
 one summary of an account then names every decision of the batch among its recent events, so the
-changelog keeps the order an account's events were decided in.
+changelog keeps the order an account's events were decided in. The events of earlier batches whose
+decisions were delivered leave the summary then (``InFlightDecisions.delivered``).
 
 Payout instructions (``stream.core.payouts``) leave the same way, right after the PAID_OUT entries
 that move their cash (made from those entries: a redelivered run re-emits them, and asks again under
@@ -93,6 +94,7 @@ class Decided:
     counted: bool  # its entries count in the cashback metrics (not a redelivery's)
     notices: tuple[Notice, ...] = ()  # the engine's expiry and paid notices (stream.core.notices)
     language: str | None = None  # the account's notifications' language (None: the worker's default)
+    event_id: str | None = None  # the event decided (None: entries sent again for time passing)
 
 
 class Flushed:
@@ -282,7 +284,7 @@ class Outbox:
         def still_owned() -> None:
             self.inputs.still_owned(partitions, since=batch.rebalances)
 
-        written = self.accounts.hand_over()
+        written = self.accounts.hand_over(self.in_flight.delivered)
         try:
             for table in self.tables:
                 await table.settle(still_owned)
@@ -369,7 +371,7 @@ class Outbox:
         sends = list(dict.fromkeys(send for send in sends if send is not None))  # a batch's delivery once
         staged.deliveries.extend(sends)
         if decided.stored:
-            self.in_flight.add(decided.account_id, sends)
+            self.in_flight.add(decided.account_id, sends, decided.event_id)
 
     async def _notify(
         self,

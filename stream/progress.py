@@ -50,6 +50,10 @@ from typing import Any, Protocol
 # benchmark's drains, partitions waited 40 to 75 s before their first message reached the agent.
 # The bound is for a consumer that says it will hand a message on and never does.
 BACKSTOP_WATCHES = 60
+# The accounts whose delivered decisions ``InFlightDecisions`` remembers until their next batch (the
+# most recently delivered first kept): an account gone quiet past them keeps its recent events' entries
+# until its later decisions push them out of the window.
+DELIVERED_ACCOUNTS = 65_536
 
 
 class Delivery(Protocol):
@@ -241,17 +245,31 @@ class InFlightDecisions:
     delivered in order). It is checked when a batch's states are about to be stored
     (``make_room``), not as each decision is made: the decisions of the batch before are
     delivered meanwhile, most often, instead of each hot account's next decision waiting for
-    them."""
+    them.
+
+    And which events' decisions were delivered whole (``delivered``): their entries need no longer
+    be kept for a redelivery, and leave the account's recent events when it is next stored."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._decisions: deque[tuple[str, list[Any]]] = deque()
+        self._decisions: deque[tuple[str, list[Any], str | None]] = deque()
         self._counts: Counter[str] = Counter()
+        self._delivered: dict[str, list[str]] = {}  # account -> its events whose decisions were delivered
 
-    def add(self, account_id: str, sends: Iterable[Any]) -> None:
-        """One decision's sends (awaitable delivery futures)."""
-        self._decisions.append((account_id, [send for send in sends if send is not None]))
+    def add(self, account_id: str, sends: Iterable[Any], event_id: str | None = None) -> None:
+        """One decision's sends (awaitable delivery futures), of the event ``event_id``."""
+        self._decisions.append((account_id, [send for send in sends if send is not None], event_id))
         self._counts[account_id] += 1
+
+    def delivered(self, account_id: str) -> list[str]:
+        """The events of the account whose decisions were delivered since the last call, every send
+        of each acknowledged (a decision with a failed or cancelled send is not among them: its
+        offset is read again, and its entries sent again from its account's recent events). Their
+        entries need not be kept for a redelivery any longer (``AccountStates.hand_over``). Only
+        the last ``DELIVERED_ACCOUNTS`` accounts' are remembered: an account forgotten keeps its
+        recent events longer, never shorter."""
+        self._let_go_delivered()
+        return self._delivered.pop(account_id, [])
 
     def count(self, account_id: str) -> int:
         """The account's decisions not known to be delivered (counting any held behind an older
@@ -280,7 +298,14 @@ class InFlightDecisions:
 
     def _let_go_delivered(self) -> None:
         while self._decisions and all(send.done() for send in self._decisions[0][1]):
-            account_id, _ = self._decisions.popleft()
+            account_id, sends, event_id = self._decisions.popleft()
             self._counts[account_id] -= 1
             if not self._counts[account_id]:
                 del self._counts[account_id]
+            if event_id is not None and not any(send.cancelled() or send.exception() is not None for send in sends):
+                held = self._delivered.get(account_id)
+                if held is None:
+                    if len(self._delivered) >= DELIVERED_ACCOUNTS:
+                        del self._delivered[next(iter(self._delivered))]
+                    held = self._delivered[account_id] = []
+                held.append(event_id)

@@ -6,7 +6,9 @@
   Memory is bounded by the transactions still open, not by a window of events.
 - The last ``RECENT_EVENTS_LIMIT`` events also keep the entries they produced (``recent``), so a
   redelivery re-emits them: a worker stopped after storing the state and before its entries were
-  delivered loses nothing (the matcher keeps at most that many decisions undelivered).
+  delivered loses nothing (the matcher keeps at most that many decisions undelivered). The worker
+  lets go of those it knows delivered when it next stores the account (``stream.account_states``),
+  so most accounts keep a few.
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ from stream.core.money import format_minor
 from stream.core.notices import PaidNotice
 from stream.core.outcomes import Outcome
 from stream.core.payout_messages import PAYOUT_ANSWERS
-from stream.core.state import AccountState, Payout
+from stream.core.state import AccountState, Payout, Recent
 from stream.core.working_copy import AccountStep
 
 PAID_OUT = "PAID_OUT"  # the book, and the kind of the entry that moves cash into it
@@ -298,8 +298,22 @@ def latest_place(step: AccountStep) -> tuple[str, str] | None:
     once it holds every earlier record of the account: an account's records share a partition of the
     accruals topic, which the sink writes in order, and a decision is forgotten only once its records
     were delivered (``stream.outbox``)."""
-    for recent in reversed(step.recent.values()):
-        for entry in reversed(recent.entries):
-            if moves_money(entry.entry_kind) or entry.entry_kind == WALLET_MARK:
-                return entry.entry_kind, entry.accrual_id
+    holder = place_holder(step.recent)
+    if holder is None:
+        return None
+    entry = next(e for e in reversed(step.recent[holder].entries) if _places(e))
+    return entry.entry_kind, entry.accrual_id
+
+
+def place_holder(recent: dict[str, Recent]) -> str | None:
+    """The recent event holding the account's latest place (``latest_place``), None when none does: the
+    worker keeps it among the recent events once its entries are delivered, when it lets go of the others
+    (``stream.account_states``), so that the place a wallet opening is checked against stays the same."""
+    for event_id, held in reversed(recent.items()):
+        if any(_places(entry) for entry in held.entries):
+            return event_id
     return None
+
+
+def _places(entry: Entry) -> bool:
+    return moves_money(entry.entry_kind) or entry.entry_kind == WALLET_MARK

@@ -18,7 +18,7 @@ when they fall due, which the horizon may forget: ``stream.core.account_index``)
 the state and carried from the state given to the state returned, so an event costs what it
 touches, not what the account holds::
 
-    recent:   {event_id: Recent(fingerprint, entries)}  # the last 32 events, to re-emit after a crash
+    recent:   {event_id: Recent(fingerprint, entries)}  # the last 32 events at most, to re-emit after a crash
     txns:     {transaction_ref: Txn(..., shares=[Share, ..],  # purchases, one share per offer earned,
                                     events={event_id: fingerprint})}  # with every event id of theirs
     loose:    {event_id: Loose(fingerprint, occurred_ms)}  # events with no transaction (a refund of a

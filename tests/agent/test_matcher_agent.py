@@ -121,7 +121,10 @@ async def test_clearing_after_authorization_confirms_from_pending(harness: Agent
     assert txn.cleared_basis == 10_000
     [share] = txn.shares
     assert (share.pending, share.confirmed, share.earned) == (0, 500, 500)
-    assert set(harness.state().recent) == {auth["event_id"], clearing["event_id"]}
+    assert set(txn.events) == {auth["event_id"], clearing["event_id"]}  # both decided, for good
+    # The authorisation's entries were delivered before the clearing's batch stored the state: only the
+    # clearing's are kept to send again (README, "Effects are exactly-once").
+    assert set(harness.state().recent) == {clearing["event_id"]}
 
 
 # --- 3. bad messages are dead-lettered, processing goes on --------------------------------------
@@ -226,6 +229,41 @@ async def test_redelivered_event_changes_nothing_and_reemits_same_accruals(harne
     # A replay is counted as consumed (outcome duplicate) but not as a new accrual.
     assert counter("cashback_events_consumed_total", event_type="AUTHORIZATION", outcome="duplicate") == consumed_before + 1
     assert counter("cashback_accruals_total", entry_kind="PENDING_CREATED", reward_kind="CASH") == accruals_before + 1
+
+
+async def test_a_stored_state_keeps_the_entries_of_every_decision_not_known_delivered(harness: AgentHarness) -> None:
+    """The state a restart reads (the changelog's last summary) names among its recent events every
+    event whose entries are not known delivered, to send them again on the redelivery, and lets go of
+    those delivered at the account's next batch: redelivered then, such an event is found decided
+    and sends nothing again, its entries being on their topic already."""
+    from stream.core.state_rows import decode_summary
+
+    events = [card_record(amount_minor=10_000 + n, transaction_ref=f"txn-{n}") for n in range(4)]
+    ids = [event["event_id"] for event in events]
+
+    def stored_recent() -> set[str]:
+        summary = decode_summary(harness.summaries()[-1][1])
+        assert summary is not None and not isinstance(summary, dict)
+        return {event_id for event_id, _ in summary.recent}
+
+    pending, _ = harness.hold_deliveries(harness.accruals.topic)
+    await harness.put(encode_auth(harness.codec, events[0]))
+    await harness.put(encode_auth(harness.codec, events[1]))
+    assert stored_recent() == {ids[0], ids[1]}  # the first's entries not delivered yet
+    pending[0].set_exception(RuntimeError("the broker refused"))  # read again, and sent again from the state
+    pending[1].set_result(None)
+    await harness.put(encode_auth(harness.codec, events[2]))
+    assert stored_recent() == {ids[0], ids[2]}
+    pending[2].set_result(None)
+    await harness.put(encode_auth(harness.codec, events[3]))
+    assert stored_recent() == {ids[0], ids[3]}
+    assert set(harness.state().txns["txn-1"].events) == {ids[1]}  # decided, for good
+
+    sent = len(harness.accruals.sent)
+    again = await harness.put(encode_auth(harness.codec, events[1]))
+    assert again.outcome is Outcome.DUPLICATE and len(harness.accruals.sent) == sent
+    failed_again = await harness.put(encode_auth(harness.codec, events[0]))
+    assert failed_again.outcome is Outcome.DUPLICATE and len(harness.accruals.sent) > sent  # its entries sent again
 
 
 async def test_same_event_id_with_other_content_is_quarantined(harness: AgentHarness) -> None:
@@ -741,6 +779,39 @@ async def test_delivered_decisions_are_let_go_whatever_their_account() -> None:
     assert in_flight.count("acct-later") == 1  # never fewer than there are
     pending.set_result(None)
     assert in_flight.count("acct-slow") == 0 and len(in_flight) == 0
+
+
+async def test_only_decisions_delivered_whole_name_their_events_delivered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An event's entries may leave its account's recent events once every send of its decision was
+    acknowledged (``AccountStates.hand_over``): a failed or cancelled send is read again and sent again
+    from them. Each account's are handed out once; only the last accounts' are remembered."""
+    import stream.progress
+    from stream.progress import InFlightDecisions
+
+    loop = asyncio.get_running_loop()
+    ok, failed, cancelled, pending = (loop.create_future() for _ in range(4))
+    ok.set_result(None)
+    failed.set_exception(RuntimeError("the broker refused"))
+    cancelled.cancel()
+    in_flight = InFlightDecisions(limit=32)
+    in_flight.add("acct-a", [ok], "e1")
+    in_flight.add("acct-a", [ok, failed], "e2")
+    in_flight.add("acct-a", [cancelled], "e3")
+    in_flight.add("acct-a", [], "e4")  # nothing to send: nothing to lose
+    in_flight.add("acct-a", [ok])  # sent again for time passing: no event of its own
+    in_flight.add("acct-b", [pending], "e5")
+    in_flight.add("acct-a", [ok], "e6")  # delivered, but held behind acct-b's
+    assert in_flight.delivered("acct-a") == ["e1", "e4"]
+    assert in_flight.delivered("acct-a") == []  # handed out once
+    pending.set_result(None)
+    assert (in_flight.delivered("acct-b"), in_flight.delivered("acct-a")) == (["e5"], ["e6"])
+
+    monkeypatch.setattr(stream.progress, "DELIVERED_ACCOUNTS", 2)
+    for account in ("acct-1", "acct-2", "acct-3"):
+        in_flight.add(account, [ok], f"{account}-e")
+    assert in_flight.delivered("acct-3") == ["acct-3-e"]
+    assert in_flight.delivered("acct-1") == []  # forgotten: its recent events are kept longer, never lost
+    assert in_flight.delivered("acct-2") == ["acct-2-e"]
 
 
 async def test_a_batch_begun_before_a_rebalance_is_dropped_and_its_states_never_sent(harness: AgentHarness) -> None:
