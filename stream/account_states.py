@@ -46,11 +46,11 @@ from stream.worker_app import store_memory_used
 from topics.catalogue import account_partition
 
 # How much of the accounts' whole states stays in memory between their events, counted in what they
-# hold (``weight_of``: about 1.3 KB of the worker's memory an item once full, measured on the
+# hold (``weight_of``: about 1 KB of the worker's memory an item once full, measured on the
 # benchmark's long run): the least recently used states leave first, whatever their number.
 # A state not here is read from the local store (the summary, then each row it names). The
 # worker's is its setting ``WORKER_STATE_CACHE_ITEMS`` (the same default: README, Performance).
-CACHED_ITEMS = 524_288
+CACHED_ITEMS = 196_608
 # What separates an account id from the rest of its rows' keys (``stream.core.state_rows``: never
 # in an account id), so that ``<account><separator>`` starts every row key of the account.
 _ROW_SEPARATOR = txn_key("", "")[0]

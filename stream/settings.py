@@ -130,12 +130,12 @@ class Settings(BaseSettings):
         description="Days a settled transaction (and every event id of it) is remembered after its last event: the chargeback horizon.",
     )
     worker_state_cache_items: int = Field(
-        524_288,
+        196_608,
         ge=1,
         le=10_000_000,
         description="Account states the worker keeps whole in memory, counted in what they hold: each transaction, "
         "recent event, entry kept for a redelivery and loose event id counts one item (the worker's memory came to about "
-        "1.3 KB an item once full: README, Performance); the least recently used are read again from the local store.",
+        "1 KB an item once full: README, Performance); the least recently used are read again from the local store.",
     )
     abuse_rules_file: str | None = Field(
         None,

@@ -45,7 +45,7 @@ def test_defaults() -> None:
         "worker_out_of_group_limit_s": 120.0,
         "budget_read_max_age_s": 1.0,
         "transaction_horizon_days": 180,
-        "worker_state_cache_items": 524_288,
+        "worker_state_cache_items": 196_608,
         "abuse_rules_file": None,
         "abuse_scan_interval_s": 300.0,
         "reconcile_interval_s": 30.0,
