@@ -10,6 +10,8 @@ A batch's writes wait here (``pending``) until the matcher's flush hands them to
 carrying every row the batch wrote for it, then those rows, then the deletions. The summary stays
 the commit point of all the account's steps in the batch (``stream.core.state_rows``): a changelog
 cut after it and before a row loses nothing, a cut before it leaves the batch's steps unwritten.
+At the hand-over, the account's recent events stored by earlier batches whose decisions were
+delivered leave its state (``_let_go``): their entries need no longer be sent again.
 
 An erasure (``erase``, GDPR: ``stream.gdpr``) deletes every key of an account, its summary and
 each of its rows, whether its summary names the row or not (a step cut between its summary and its
