@@ -270,9 +270,10 @@ class AccountStates:
         return keys
 
     def _stored_keys(self, prefix: str, partition: int) -> list[str]:
-        """The keys the local store holds that start with ``prefix`` (every key: ``""``). On
-        RocksDB, only the partition's own store is read, from the prefix on (its keys are JSON
-        strings, in byte order); any other store (in memory) is read whole."""
+        """The keys the local store holds that start with ``prefix`` (an account's rows, for its
+        erasure). On RocksDB, only the partition's own store is read, from the prefix on (its keys
+        are JSON strings, in byte order); any other store (in memory) is read whole. A partition's
+        summaries are read by ``ChangelogTable.heads``."""
         store: Any = getattr(self.table, "data", None)
         if store is None or not hasattr(store, "_db_for_partition"):
             return [key for key in self.table.keys() if isinstance(key, str) and key.startswith(prefix)]
