@@ -34,6 +34,7 @@ from stream.core.state_rows import (
     Summary,
     assemble,
     carried,
+    decode_head,
     decode_summary,
     encode,
     in_rows,
@@ -289,19 +290,23 @@ class AccountStates:
         # The partition's own summaries: the table's whole key view reads every partition's store,
         # and Faust's RocksDB store counts its keys (list() asks) by reading them all once more.
         # The accounts with cash (scheduled payout runs) are found on the way (``_cash``).
-        index = DueTimes()
+        times: dict[str, int] = {}
         cash: set[str] = set()
         ticked = TickedAt()
-        for key, raw in self.table.heads(partition, _ROW_SEPARATOR):  # the summaries, not their rows
-            if account_partition(key, self.partitions) == partition:
-                stored = decode_summary(raw)
-                if stored is None:
-                    continue
-                index.set(key, stored.due_ms)
-                if has_cash(stored.wallet):
-                    cash.add(key)
-                if stored.ticked is not None:
-                    ticked.set(key, stored.ticked)
+        # The summaries, not their rows, and of their fields those read here (decode_head). The keys
+        # of this partition alone: on RocksDB its own store's, so no key's partition is worked out
+        # (a partition's million accounts would push the hot path's out of account_partition's memory).
+        for key, raw in self.table.heads(partition, _ROW_SEPARATOR, lambda key: account_partition(key, self.partitions)):
+            stored = decode_head(raw)
+            if stored is None:
+                continue
+            if stored.due_ms is not None:
+                times[key] = stored.due_ms
+            if has_cash(stored.wallet):
+                cash.add(key)
+            if stored.ticked is not None:
+                ticked.set(key, stored.ticked)
+        index = DueTimes(times)
         for account_id, pending in self.pending.items():  # not in the store yet
             if account_partition(account_id, self.partitions) == partition:
                 index.set(account_id, pending.state.due_ms)

@@ -49,6 +49,8 @@ from stream.producing import Gathering
 
 log = logging.getLogger(__name__)
 
+_ESCAPED_SEPARATOR = b"\\u001f"  # the unit separator in a JSON text (the rows' keys: stream.core.state_rows)
+
 DELETED = object()  # a staged deletion
 
 FIRST_RETRY_S, LAST_RETRY_S = 0.2, 5.0
@@ -121,8 +123,20 @@ class ChangelogTable(faust.Table):
         return cast(bytes, store._encode_value(value)) if fast is None else fast
 
     def stored_key(self, store: Any, raw: bytes) -> Any:
-        """A key read from the local store as the table wrote it."""
-        return json.loads(raw.decode()) if self.key_serializer == "json" else store._decode_key(raw)
+        """A key read from the local store as the table wrote it. A JSON text whose only escapes are
+        of the unit separator (an account id; a row's key, ``stream.core.state_rows``) is read without
+        the JSON decoder: its bytes between the quotes, each escape the separator (every backslash
+        starting one, none is part of another escape). A first clock tick reads a partition's keys."""
+        if self.key_serializer != "json":
+            return store._decode_key(raw)
+        if len(raw) > 1 and raw[:1] == b'"' and raw[-1:] == b'"':
+            text = raw[1:-1]
+            escapes = text.count(b"\\")
+            if not escapes:
+                return text.decode()
+            if escapes == text.count(_ESCAPED_SEPARATOR):
+                return text.replace(_ESCAPED_SEPARATOR, b"\x1f").decode()
+        return json.loads(raw.decode())
 
     def stored_value(self, store: Any, raw: bytes) -> Any:
         """A value read from the local store as the table reads it (a raw table's: the bytes)."""
@@ -186,17 +200,20 @@ class ChangelogTable(faust.Table):
                 found[index] = self.stored_value(store, value)
         return found
 
-    def heads(self, partition: int, separator: str) -> Iterator[tuple[str, Any]]:
+    def heads(self, partition: int, separator: str, partition_of: Callable[[str], int]) -> Iterator[tuple[str, Any]]:
         """Every text key of ``partition`` that holds no ``separator``, and its value as ``get``
         reads it (a change not settled yet first, then the local store), keys not settled yet
         included. On RocksDB the partition's own store is read in key order, and the keys that
         start with the same text and then ``separator`` are passed in one seek: what a scan of the
         heads costs is their number, not the keys filed under each (for the account states, the
-        summaries and not their tens of rows each)."""
+        summaries and not their tens of rows each). The store in memory is one mapping for every
+        partition: of its keys, those ``partition_of`` places on ``partition``."""
         store: Any = self.data
         unsettled = self.unsettled
         if not hasattr(store, "_db_for_partition"):  # the in-memory store: one mapping, no partitions
-            stored = [key for key in self.keys() if isinstance(key, str) and separator not in key]
+            stored = [
+                key for key in self.keys() if isinstance(key, str) and separator not in key and partition_of(key) == partition
+            ]
             yield from ((key, self.get(key)) for key in stored)
         else:
             db = store._db_for_partition(partition)
@@ -212,7 +229,11 @@ class ChangelogTable(faust.Table):
                     yield key, self.get(key) if key in unsettled else self.stored_value(store, cursor.value())
                     cursor.next()
                 else:  # past every key starting with ``<head><separator>``: their bytes start alike, in ASCII
-                    cursor.seek(self.store_key(store, key.split(separator, 1)[0] + separator)[:-1] + b"\xff")
+                    past = self.store_key(store, key.split(separator, 1)[0] + separator)[:-1] + b"\xff"
+                    if past > raw:
+                        cursor.seek(past)
+                    else:  # never back (a key not read back as written would loop): key by key
+                        cursor.next()
         for key, (at, value) in list(unsettled.items()):  # not in the store yet
             if at == partition and value is not DELETED and isinstance(key, str) and separator not in key:
                 if key not in self.data:

@@ -22,9 +22,12 @@ import heapq
 class DueTimes:
     """Accounts and their due times (milliseconds), the ones due by a time found the earliest first."""
 
-    def __init__(self) -> None:
-        self._when: dict[str, int] = {}
-        self._heap: list[tuple[int, str]] = []
+    def __init__(self, times: dict[str, int] | None = None) -> None:
+        """``times``: account -> due time, taken as they are (a partition's, read from its store) and
+        heaped at once, where setting them one by one pushed each."""
+        self._when: dict[str, int] = times if times is not None else {}
+        self._heap: list[tuple[int, str]] = [(when, account) for account, when in self._when.items()]
+        heapq.heapify(self._heap)
 
     def __len__(self) -> int:
         return len(self._when)

@@ -17,6 +17,9 @@ import faust
 import msgspec
 import pytest
 from faust.exceptions import ValueDecodeError
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from schemas.codec import Codec
 from stream.changelog_table import ChangelogTable
@@ -340,7 +343,11 @@ def test_a_partitions_heads_are_read_past_the_keys_filed_under_each_in_one_seek(
             return Cursor()
 
     store._db_for_partition = lambda p: Counted() if p == 1 else open_db(p)
-    found = list(table.heads(1, "\x1f"))
+
+    def partition_of(key: str) -> int:
+        raise AssertionError("a RocksDB partition's store holds its own keys alone: none is placed")
+
+    found = list(table.heads(1, "\x1f", partition_of))
     store._db_for_partition = open_db
 
     walked = {json.loads(raw): raw for raw in db.keys() if raw.startswith(b'"')}
@@ -350,3 +357,36 @@ def test_a_partitions_heads_are_read_past_the_keys_filed_under_each_in_one_seek(
     assert dict(found)["b"] == b"b, not settled yet" and dict(found)["a b"] is None
     assert dict(found)["a\\u001f"] == b"summary of a\\u001f"
     assert len(read) <= 2 * len(heads) + 1
+
+
+def test_a_key_read_back_from_the_store_is_the_key_written(settings: Settings, codec: Codec) -> None:
+    """``stored_key`` reads a JSON text without escapes as its bytes between the quotes (no JSON
+    decoder): whatever the key (quotes, backslashes, the rows' separator, any script, or no text at
+    all), it reads back what Faust's store wrote, as the JSON decoder does."""
+    table = Matcher(settings, codec).states
+    store = table._new_store_by_url("rocksdb://")
+
+    @given(key=st.one_of(st.text(max_size=40), st.text(alphabet='ab"\\\x1f\u00e9', max_size=8), st.integers()))
+    @hypothesis_settings(max_examples=400, deadline=None)
+    def reads_back(key: str | int) -> None:
+        for raw in {store._encode_key(key), table.store_key(store, key)}:
+            assert table.stored_key(store, raw) == json.loads(raw) == key
+
+    reads_back()
+
+
+def test_the_in_memory_store_s_heads_are_those_of_the_partition_asked(settings: Settings, codec: Codec) -> None:
+    """The store in memory (one mapping for every partition) gives the heads ``partition_of`` places
+    on the partition asked, and no other."""
+    table = Matcher(settings, codec).states
+    store = table._new_store_by_url("memory://")
+    table._data = store
+    for key, value in {"p1-a": b"a", "p2-b": b"b", "p1-c\x1fr\x1f0": b"row"}.items():
+        store[key] = value
+    table.unsettled.update({"p1-d": (1, b"d"), "p2-e": (2, b"e")})
+
+    def partition_of(key: str) -> int:
+        return int(key[1])
+
+    assert sorted(table.heads(1, "\x1f", partition_of)) == [("p1-a", b"a"), ("p1-d", b"d")]
+    assert sorted(table.heads(2, "\x1f", partition_of)) == [("p2-b", b"b"), ("p2-e", b"e")]

@@ -5,6 +5,7 @@ the one after it, never a mix of the two."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from hypothesis import given
@@ -45,8 +46,8 @@ class StagedTable:
     def keys(self) -> list[str]:
         return list(self.store)
 
-    def heads(self, partition: int, separator: str) -> list[tuple[str, bytes]]:
-        return [(key, value) for key, value in self.store.items() if separator not in key]
+    def heads(self, partition: int, separator: str, partition_of: Callable[[str], int]) -> list[tuple[str, bytes]]:
+        return [(key, value) for key, value in self.store.items() if separator not in key and partition_of(key) == partition]
 
     def settle(self, upto: int | None = None) -> None:
         """The changelog has the first ``upto`` staged writes (all: None), read back into a store."""

@@ -21,9 +21,12 @@ def scanned(when: dict[str, int], now_ms: int) -> list[str]:
 
 
 @settings(max_examples=300, deadline=None)
-@given(CHANGES)
-def test_the_accounts_due_are_always_those_a_scan_finds_the_earliest_first(changes: list[tuple[str, str, int | None]]) -> None:
-    index, when = DueTimes(), {}
+@given(st.dictionaries(ACCOUNTS, TIMES), CHANGES)
+def test_the_accounts_due_are_always_those_a_scan_finds_the_earliest_first(
+    start: dict[str, int], changes: list[tuple[str, str, int | None]]
+) -> None:
+    """From the times a partition's store holds (``start``, taken at once), through any changes."""
+    index, when = DueTimes(dict(start)), dict(start)
     for kind, account, value in changes:
         if kind == "set":
             index.set(account, value)

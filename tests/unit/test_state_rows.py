@@ -20,10 +20,12 @@ from stream.core.rules import decide
 from stream.core.state import AccountState
 from stream.core.state_rows import (
     JSON_LAYOUT,
+    Head,
     MissingRow,
     Summary,
     assemble,
     carried,
+    decode_head,
     decode_summary,
     encode,
     in_rows,
@@ -89,6 +91,7 @@ def test_every_step_reads_back_as_the_engine_state(offers_name: str, events: lis
             # them, and the state read back writes them with its next step.
             write(store, writes, rows=False)
             summary = decode_summary(store[ACCOUNT])
+            assert head_of(decode_head(store[ACCOUNT])) == head_of(summary) == head_of(after)
             stored = assemble(ACCOUNT, summary, store.get)
             assert stored == after
             assert assemble(ACCOUNT, summary, no_single_reads, all_at_once(store)) == after
@@ -97,6 +100,7 @@ def test_every_step_reads_back_as_the_engine_state(offers_name: str, events: lis
             continue
         write(store, writes)
         rewrite, slots = frozenset(), writes.slots
+        assert head_of(decode_head(store[ACCOUNT])) == head_of(after)
         # The rows alone hold the state, and the store holds no row the summary does not name
         # (but those a cut step left undeleted: never read, they only take room).
         assert assemble(ACCOUNT, without_fresh(store[ACCOUNT]), store.get) == after
@@ -110,6 +114,26 @@ def test_every_step_reads_back_as_the_engine_state(offers_name: str, events: lis
         if not cuts:
             assert held == named
         state = after
+
+
+def head_of(stored: Any) -> tuple[Any, ...]:
+    """What a partition's due-time index takes of a stored summary (``decode_head``) or a state."""
+    return stored.due_ms, stored.wallet, stored.ticked
+
+
+def test_a_summary_s_head_is_its_fields_of_the_same_names() -> None:
+    """``Head`` reads fields of ``Summary`` by name: each is one of its fields, typed and defaulted
+    alike, so a head read from any summary is that summary's (a renamed or retyped field fails here)."""
+    summary_fields = {field.name: field for field in msgspec.structs.fields(Summary)}
+    for field in msgspec.structs.fields(Head):
+        assert field.name in summary_fields
+        assert (field.type, field.default) == (summary_fields[field.name].type, summary_fields[field.name].default)
+    assert decode_head(None) is None
+    state = state_after(3)
+    whole = as_json(state)  # stored whole, in JSON (the first layout): read whole
+    assert head_of(decode_head(whole)) == head_of(state)
+    summary = {**msgspec.to_builtins(split(ACCOUNT, None, state, before_in_rows=True).summary), "layout": JSON_LAYOUT}
+    assert head_of(decode_head(json.dumps(summary).encode())) == head_of(state)
 
 
 def state_after(purchases: int) -> AccountState:
