@@ -49,7 +49,8 @@ from stream.producing import Gathering
 
 log = logging.getLogger(__name__)
 
-_ESCAPED_SEPARATOR = b"\\u001f"  # the unit separator in a JSON text (the rows' keys: stream.core.state_rows)
+# The unit separator as a JSON text spells it (b"\\u001f"): the separator of the rows' keys (stream.core.state_rows).
+_ESCAPED_SEPARATOR = encode_basestring_ascii("\x1f")[1:-1].encode()
 
 DELETED = object()  # a staged deletion
 
