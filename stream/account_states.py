@@ -287,15 +287,15 @@ class AccountStates:
         return found
 
     def _scan(self, partition: int) -> DueTimes:
-        # The partition's own summaries: the table's whole key view reads every partition's store,
-        # and Faust's RocksDB store counts its keys (list() asks) by reading them all once more.
-        # The accounts with cash (scheduled payout runs) are found on the way (``_cash``).
+        # The partition's own summaries (``heads``), not their rows, and of each only the fields read
+        # here (``decode_head``): the table's whole key view reads every partition's store, and Faust's
+        # RocksDB store counts its keys by reading them all once more. On RocksDB no key's partition is
+        # worked out (a partition's million accounts would push the hot path's out of
+        # ``account_partition``'s memory). The accounts with cash (scheduled payout runs) are found on
+        # the way (``_cash``).
         times: dict[str, int] = {}
         cash: set[str] = set()
         ticked = TickedAt()
-        # The summaries, not their rows, and of their fields those read here (decode_head). The keys
-        # of this partition alone: on RocksDB its own store's, so no key's partition is worked out
-        # (a partition's million accounts would push the hot path's out of account_partition's memory).
         for key, raw in self.table.heads(partition, _ROW_SEPARATOR, lambda key: account_partition(key, self.partitions)):
             stored = decode_head(raw)
             if stored is None:
