@@ -57,6 +57,9 @@ class InputPartitions:
         # Faust sends these signals as (app, <partitions>), which its own typing does not express.
         app.on_partitions_revoked.connect(self._on_partitions_revoked)  # type: ignore[arg-type]
         app.on_partitions_assigned.connect(self._on_partitions_assigned)  # type: ignore[arg-type]
+        # Its broker clients closed once the consumer stopped: a graceful stop leaves none of their
+        # tasks behind (mode's worker would wait a second for them, then cancel them unclosed).
+        app.on_before_shutdown.connect(self._on_before_shutdown)  # type: ignore[arg-type]
 
     async def is_next(self, tp: Any, offset: int) -> bool:
         """Whether the message at ``offset`` is the next one of its partition to process
@@ -141,6 +144,9 @@ class InputPartitions:
         self.lost(revoked)
         for tp in revoked:  # their next owner reports their lag: a stale value here would hold the lag alert
             forget_lag(self.app_id, tp.topic, tp.partition)
+
+    async def _on_before_shutdown(self, app: Any, **_: Any) -> None:
+        await self.broker_view.close()
 
     async def _on_partitions_assigned(self, app: Any, assigned: set[Any], **_: Any) -> None:
         """The whole new assignment; a partition's accounting restarts from its committed offset."""

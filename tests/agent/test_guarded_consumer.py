@@ -436,6 +436,24 @@ async def test_the_agent_never_moves_back_a_partition_the_watch_started_while_th
     assert inputs.progress.next_offset(tp) == 121
 
 
+class ClosingBrokerView:
+    def __init__(self) -> None:
+        self.closed = 0
+
+    async def close(self) -> None:
+        self.closed += 1
+
+
+@pytest.mark.asyncio
+async def test_the_agent_s_broker_clients_are_closed_as_the_app_stops(matcher: Matcher) -> None:
+    """Left open, their tasks outlive the app: mode's worker waits a second for them at every
+    graceful stop, then cancels them unclosed."""
+    view = ClosingBrokerView()
+    matcher.inputs.broker_view = view  # type: ignore[assignment]
+    await matcher.app.on_before_shutdown.send()  # sent by App.on_stop once the consumer stopped
+    assert view.closed == 1
+
+
 def test_a_partition_paused_by_faust_reads_as_paused(wired) -> None:  # type: ignore[no-untyped-def]
     app, consumer, tp, commits = wired
     assert not consumer.paused(tp)

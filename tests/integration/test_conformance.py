@@ -2,8 +2,9 @@
 worker, the sink, Postgres and the balance API, each gives the same ledger, reasons and balances
 as its file (and as the pure engine).
 
-Events are published one at a time and each is waited for, so the worker sees them in the file's
-order even across the two input topics. Each scenario runs with exactly its own offers live."""
+Events are published one at a time (by one producer for the module) and each is waited for, so the
+worker sees them in the file's order even across the two input topics. Each scenario runs with
+exactly its own offers live."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from schemas.codec import Codec
 from stream.account_messages import publish_activation, publish_segments
@@ -37,7 +39,7 @@ from tests.conformance.scenario import (
     notification_view,
 )
 from tests.integration.conftest import Processes, api_headers, running_pipeline, wait_until
-from tests.integration.test_end_to_end import notifications_of, publish, topic_for, wire
+from tests.integration.test_end_to_end import notifications_of, topic_for, wire
 from topics.catalogue import account_partition, catalogue
 
 pytestmark = pytest.mark.integration
@@ -53,6 +55,32 @@ class Conformance:
         self.offers_topic = processes.env["TOPIC_PREFIX"] + "offers"
         self.live_offers: list[str] = []
         self.details: list[tuple[str, str, str]] = []  # (event label, reason, detail) of the last ledger read
+        self.codec = Codec()
+        # One producer for every scenario, on a loop of its own: a new producer per message cost more
+        # than the worker's decision (its connection, metadata and producer id).
+        self._loop = asyncio.new_event_loop()
+        self._producer: AIOKafkaProducer | None = None
+
+    def publish(self, topic: str, key: bytes, value: bytes, partition: int | None = None) -> None:
+        """One message, acknowledged by every replica, before the next is published."""
+
+        async def send() -> None:
+            if self._producer is None:
+                bootstrap = self.processes.env["KAFKA_BOOTSTRAP_SERVERS"]
+                self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+                await self._producer.start()
+            await self._producer.send_and_wait(topic, value, key=key, partition=partition)
+
+        self._loop.run_until_complete(send())
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._loop.run_until_complete(self._producer.stop())
+        self._loop.close()
+
+    def wait_processed(self, before: float, what: str) -> None:
+        """Until the worker has finished with more input messages than ``before``."""
+        wait_until(lambda: self.processed() > before, 30, what, interval_s=0.02, observe=self.processed)
 
     def processed(self) -> float:
         """Input messages the worker has finished with: decided or dead-lettered."""
@@ -65,14 +93,14 @@ class Conformance:
         if self.live_offers:
             asyncio.run(remove_offers(self.settings, self.offers_topic, self.live_offers))
             wait_until(lambda: loaded() == 0, 30, "the old offers to be removed", observe=loaded)
-        asyncio.run(publish_offers(self.settings, Codec(), self.offers_topic, scenario.offers))
+        asyncio.run(publish_offers(self.settings, self.codec, self.offers_topic, scenario.offers))
         self.live_offers = [o.offer_id for o in scenario.offers]
         wait_until(lambda: loaded() == len(scenario.offers), 30, f"the offers of {scenario.name}", observe=loaded)
 
     def use_account(self, scenario: Scenario) -> None:
         """Publish the scenario's segments and activations and wait for the worker to hold them."""
         topics = catalogue(self.settings.topic_prefix, self.settings.topic_partitions)
-        codec = Codec()
+        codec = self.codec
         sends = []
         if scenario.profile.get("segments") or scenario.profile.get("language"):
             segments, language = scenario.profile.get("segments") or [], scenario.profile.get("language")
@@ -86,37 +114,27 @@ class Conformance:
         for send in sends:
             before = self.processed()
             asyncio.run(send)
-            wait_until(
-                lambda before=before: self.processed() > before, 30, "the account message to be applied", observe=self.processed
-            )
+            self.wait_processed(before, "the account message to be applied")
 
     def deliver(self, scenario: Scenario) -> None:
-        bootstrap = self.processes.env["KAFKA_BOOTSTRAP_SERVERS"]
         prefix = self.processes.env["TOPIC_PREFIX"]
         for record in scenario.records:
             before = self.processed()
+            key = record["account_id"].encode()
             if is_time(record):  # a clock tick for the account's partition, at the step's time
                 partition = account_partition(record["account_id"], self.settings.topic_partitions)
-                value = Codec().encode("clock_tick", {"partition": partition, "now": record["occurred_at"]})
-                asyncio.run(publish(bootstrap, [(prefix + "clock", str(partition).encode(), value, partition)]))
+                value = self.codec.encode("clock_tick", {"partition": partition, "now": record["occurred_at"]})
+                self.publish(prefix + "clock", str(partition).encode(), value, partition)
             elif "instruction" in record:  # operations' release or forfeit, on the instructions topic
                 instruction = {k: v for k, v in record.items() if k != "event_type"}
-                value = Codec().encode("account_instruction", instruction)
-                message = (prefix + "account-instructions", record["account_id"].encode(), value)
-                asyncio.run(publish(bootstrap, [message]))
+                self.publish(prefix + "account-instructions", key, self.codec.encode("account_instruction", instruction))
             elif "minimums" in record or "payout_id" in record:  # a payout run, or the bank's answer: on their topics
                 subject, topic = ("payout_run", "payout-runs") if "minimums" in record else ("payout_result", "payout-results")
-                value = Codec().encode(subject, {k: v for k, v in record.items() if k != "event_id"})
-                asyncio.run(publish(bootstrap, [(prefix + topic, record["account_id"].encode(), value)]))
+                value = self.codec.encode(subject, {k: v for k, v in record.items() if k != "event_id"})
+                self.publish(prefix + topic, key, value)
             else:
-                message = (topic_for(self.processes.env, record), record["account_id"].encode(), wire(record))
-                asyncio.run(publish(bootstrap, [message]))
-            wait_until(
-                lambda before=before: self.processed() > before,
-                30,
-                f"event {record['event_id']} to be processed",
-                observe=self.processed,
-            )
+                self.publish(topic_for(self.processes.env, record), key, wire(record))
+            self.wait_processed(before, f"event {record['event_id']} to be processed")
 
     async def _ledger(self, scenario: Scenario) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
         connection = await asyncpg.connect(self.processes.env["DATABASE_URL"])
@@ -157,7 +175,7 @@ class Conformance:
             return None
 
         entries, not_earned = wait_until(
-            complete, 30, f"the ledger of {scenario.name}", observe=lambda: asyncio.run(self._ledger(scenario))
+            complete, 30, f"the ledger of {scenario.name}", interval_s=0.05, observe=lambda: asyncio.run(self._ledger(scenario))
         )
         view = [
             ExpectedEntry(
@@ -218,7 +236,11 @@ def conformance(request: pytest.FixtureRequest, kafka_bootstrap: str, postgres_u
     with running_pipeline(
         request, kafka_bootstrap, postgres_url, work_dir, "conf", SINK_BATCH_WAIT_MS="20", CLOCK_INTERVAL_S="3600"
     ) as (processes, base_url):
-        yield Conformance(processes, base_url)
+        running = Conformance(processes, base_url)
+        try:
+            yield running
+        finally:
+            running.close()
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
@@ -245,5 +267,6 @@ def test_scenario_end_to_end(conformance: Conformance, scenario: Scenario) -> No
         lambda: conformance.balances(scenario) == scenario.balances,
         15,
         f"the balances of {scenario.name}",
+        interval_s=0.05,
         observe=lambda: conformance.balances(scenario),
     )
