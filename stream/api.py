@@ -39,6 +39,7 @@ from stream.api_common import (
     encode_cursor,
     no_cashback,
     secured,
+    shut_down,
 )
 from stream.api_gdpr import gdpr_routes
 from stream.api_holds import hold_routes
@@ -119,11 +120,7 @@ def create_app(settings: Settings, codec: Codec, topics: Catalogue, authenticato
             yield
         finally:
             tasks = [t for t in (mirror, reconciling, following, reporting, paying) if t is not None]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await app.state.producer.stop()
-            await app.state.pool.close()
+            await shut_down(tasks, app.state.producer, app.state.pool)
 
     app = FastAPI(
         title="Cashback balance API",

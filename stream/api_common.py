@@ -1,15 +1,19 @@
 """What the balance API's route modules share (``stream.api``, ``stream.api_holds``,
 ``stream.api_gdpr``): the path parameters' rules, each protected route's OpenAPI (its security
 requirement and error answers), the unknown-account answer, the cursors, and the refusal of query
-parameters a route does not take.
+parameters a route does not take; and the bounded shutdown of what the API's lifespan started.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import logging
 import re
+from collections.abc import Awaitable, Iterable
 from typing import Any
 
+import asyncpg
 from fastapi import HTTPException, Path, Request
 from fastapi.routing import APIRoute
 
@@ -20,6 +24,34 @@ OFFER_ID = Path(..., min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$"
 ACCOUNT_ID = Path(..., min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$", description="The bank's account id.")
 
 BEARER = "bearerAuth"  # the OpenAPI security scheme
+SHUTDOWN_STEP_S = 5.0  # each step of the API's shutdown; past it, what is left is abandoned, and said
+
+log = logging.getLogger(__name__)
+
+
+async def shut_down(tasks: Iterable[asyncio.Task[Any]], producer: Any, pool: asyncpg.Pool) -> None:
+    """Cancel the lifespan's tasks, then stop its producer, then close its pool, each step bounded
+    by ``SHUTDOWN_STEP_S``: a stop on SIGTERM must not wait for the orchestrator's kill. A pool
+    whose connection was never given back (a task cancelled mid-query: asyncpg #547, #431) is
+    terminated by ``close()`` itself once cancelled, as asyncpg documents."""
+    running = list(tasks)
+    for task in running:
+        task.cancel()
+    await _within("its background tasks", asyncio.gather(*running, return_exceptions=True))
+    await _within("its Kafka producer", producer.stop())
+    await _within("its Postgres pool", pool.close())
+
+
+async def _within(what: str, step: Awaitable[Any]) -> None:
+    """``step`` given ``SHUTDOWN_STEP_S``, then cancelled and given as long again to end (a cancel
+    the step ignores is not waited for: ``asyncio.wait_for`` would)."""
+    running = asyncio.ensure_future(step)
+    if not (await asyncio.wait({running}, timeout=SHUTDOWN_STEP_S))[0]:
+        running.cancel()
+        ended = (await asyncio.wait({running}, timeout=SHUTDOWN_STEP_S))[0]
+        log.warning(
+            "shutting down: %s did not finish within %.0f s; %s", what, SHUTDOWN_STEP_S, "cancelled" if ended else "left behind"
+        )
 
 
 def no_cashback(account_id: str) -> HTTPException:
