@@ -175,7 +175,7 @@ class Chaos:
 
         thread = threading.Thread(target=faults_loop, name="chaos-faults", daemon=True)
         thread.start()
-        rate = min(2_000.0, max(50.0, total / 150.0))  # two and a half minutes, a minute for the shortest runs
+        rate = min(2_000.0, max(50.0, total / 150.0))  # two and a half minutes, never under 50 events a second
         asyncio.run(publish_cards(self.settings, self.topics, self.card_messages, published, gate, allowed, rate, self.say))
         done_faults.wait()
         self._note("published; waiting for the pipeline to drain")
