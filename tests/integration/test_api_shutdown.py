@@ -41,7 +41,7 @@ async def test_the_stop_ends_though_a_task_ignores_its_cancel_and_a_connection_w
     monkeypatch.setattr(api_common, "SHUTDOWN_STEP_S", STEP_S)
     name = f"api-shutdown-{uuid.uuid4().hex[:8]}"
     pool = await asyncpg.create_pool(postgres_url, min_size=1, max_size=2, server_settings={"application_name": name})
-    held = await pool.acquire()  # as by a query whose task was cancelled before it gave it back
+    await pool.acquire()  # never given back, as by a query whose task was cancelled before it gave it back
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
     await producer.start()
     release = asyncio.Event()
