@@ -100,15 +100,14 @@ class Conformance:
     def use_account(self, scenario: Scenario) -> None:
         """Publish the scenario's segments and activations and wait for the worker to hold them."""
         topics = catalogue(self.settings.topic_prefix, self.settings.topic_partitions)
-        codec = self.codec
         sends = []
         if scenario.profile.get("segments") or scenario.profile.get("language"):
             segments, language = scenario.profile.get("segments") or [], scenario.profile.get("language")
-            sends.append(publish_segments(self.settings, codec, topics.profiles, scenario.account_id, segments, language))
+            sends.append(publish_segments(self.settings, self.codec, topics.profiles, scenario.account_id, segments, language))
         for offer_id, at in (scenario.profile.get("activations") or {}).items():
             sends.append(
                 publish_activation(
-                    self.settings, codec, topics.activations, scenario.account_id, offer_id, True, datetime.fromisoformat(at)
+                    self.settings, self.codec, topics.activations, scenario.account_id, offer_id, True, datetime.fromisoformat(at)
                 )
             )
         for send in sends:
