@@ -18,13 +18,14 @@ from fastapi import HTTPException, Path, Request
 from fastapi.routing import APIRoute
 
 from stream.api_models import Problem
+from stream.stopping import STEP_S, within
 
 CHARITY_ID = Path(..., min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$", description="A charity id.")
 OFFER_ID = Path(..., min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$", description="An offer id.")
 ACCOUNT_ID = Path(..., min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$", description="The bank's account id.")
 
 BEARER = "bearerAuth"  # the OpenAPI security scheme
-SHUTDOWN_STEP_S = 5.0  # each step of the API's shutdown; past it, what is left is abandoned, and said
+SHUTDOWN_STEP_S = STEP_S  # each step of the API's shutdown; past it, what is left is abandoned, and said
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +44,10 @@ async def shut_down(tasks: Iterable[asyncio.Task[Any]], producer: Any, pool: asy
 
 
 async def _within(what: str, step: Awaitable[Any]) -> None:
-    """``step`` given ``SHUTDOWN_STEP_S``, then cancelled and given as long again to end (a cancel
-    the step ignores is not waited for: ``asyncio.wait_for`` would)."""
-    running = asyncio.ensure_future(step)
-    if not (await asyncio.wait({running}, timeout=SHUTDOWN_STEP_S))[0]:
-        running.cancel()
-        ended = (await asyncio.wait({running}, timeout=SHUTDOWN_STEP_S))[0]
-        log.warning(
-            "shutting down: %s did not finish within %.0f s; %s", what, SHUTDOWN_STEP_S, "cancelled" if ended else "left behind"
-        )
+    """``step`` given ``SHUTDOWN_STEP_S`` (``stream.stopping.within``); what it raised is its own."""
+    ended = await within(what, step, SHUTDOWN_STEP_S)
+    if ended.done() and not ended.cancelled() and ended.exception() is not None:
+        log.warning("shutting down: %s ended with %s", what, type(ended.exception()).__name__)
 
 
 def no_cashback(account_id: str) -> HTTPException:

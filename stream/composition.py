@@ -234,6 +234,7 @@ class System:
         from stream.deadletter import configure_hash_key
         from stream.payout_answers import PayoutAnswers
         from stream.sink import Sink
+        from stream.stopping import within
 
         configure_hash_key(self.settings.dead_letter_hash_key)
         scan = self.merchant_scan()  # a bad ABUSE_RULES_FILE stops the sink here, before anything starts
@@ -255,10 +256,12 @@ class System:
                 if side is not None:
                     side.cancel()
                     await asyncio.gather(side, return_exceptions=True)
-            sink.stop()
+            sink.stop()  # each ends its batch (one waiting for Postgres is left to the next sink), bounded
             answers.stop()
-            await task
-            await answering
+            ended = [await within(what, running) for what, running in (("the sink", task), ("the payout answers", answering))]
+            for running in ended:
+                if running.done() and not running.cancelled():
+                    running.result()  # a crash is the process's: it exits with it
 
         run_until_signalled(main)
 

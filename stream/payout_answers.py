@@ -34,7 +34,7 @@ from stream.metrics import PAYOUT_ANSWERS
 from stream.producing import producer as make_producer
 from stream.settings import Settings
 from stream.store import payouts as store
-from stream.store.availability import KeptConnection, until_postgres_answers
+from stream.store.availability import KeptConnection, StopRequested, until_postgres_answers
 from topics.catalogue import Catalogue
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,11 @@ class PayoutAnswers:
                 records = [r for part in batches.values() for r in part]
                 if not records:
                     continue
-                await self.handle(records, producer)
+                try:
+                    await self.handle(records, producer)
+                except StopRequested as stopped:  # a stop during an outage: the batch is the next reader's
+                    log.warning("%s: the answers are left to the next reader, their offsets not committed", stopped)
+                    return
                 try:
                     await consumer.commit({tp: part[-1].offset + 1 for tp, part in batches.items() if part})
                 except (CommitFailedError, IllegalStateError) as error:
@@ -118,7 +122,7 @@ class PayoutAnswers:
         async def outage(_: BaseException) -> None:
             self._db.drop()
 
-        unknown = await until_postgres_answers(attempt, "the payout answers", outage)
+        unknown = await until_postgres_answers(attempt, "the payout answers", outage, self._stopping)
         for customer in customers:
             PAYOUT_ANSWERS.labels("CUSTOMER", customer[3]).inc()
         for charity_answer in charities:

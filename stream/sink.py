@@ -57,7 +57,7 @@ from stream.metrics import (
 )
 from stream.producing import producer as make_producer
 from stream.settings import Settings
-from stream.store.availability import KeptConnection, until_postgres_answers
+from stream.store.availability import KeptConnection, StopRequested, until_postgres_answers
 from stream.store.journal import BatchResult, write_batch
 from stream.store.staged_rows import STAGING_COLUMNS, Staged, stage
 from topics.catalogue import SOURCE_TIME_HEADER, Catalogue
@@ -227,6 +227,8 @@ class Sink:
                 await writing[0]
                 await self._commit(consumer, writing[1])
                 writing = None
+        except StopRequested as stopped:  # a stop during an outage: the batch is the next sink's to write
+            log.warning("%s: the batch is left to the next sink, its offsets not committed", stopped)
         finally:
             if writing is not None:  # left by an error: its transaction rolls back and its offsets never moved
                 writing[0].cancel()
@@ -303,7 +305,7 @@ class Sink:
             SINK_RETRIES.inc()
             await self._drop_connection()
 
-        return await until_postgres_answers(attempt, "the sink's batch", outage)
+        return await until_postgres_answers(attempt, "the sink's batch", outage, self._stopping)
 
     async def _drop_connection(self) -> None:
         self._db.drop()

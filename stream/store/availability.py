@@ -1,5 +1,7 @@
 """Postgres being away: which errors mean "not reachable now", and the one way every caller waits
-for it to answer again (never skipping the work: an outage blocks, it loses nothing)."""
+for it to answer again (never skipping the work: an outage blocks, it loses nothing). A process
+asked to stop meanwhile stops waiting (``StopRequested``): the work is left undone, its input's
+offsets not committed, for the next owner to do."""
 
 from __future__ import annotations
 
@@ -33,23 +35,49 @@ POSTGRES_UNAVAILABLE = (
 
 FIRST_DELAY_S = 0.1
 MAX_DELAY_S = 5.0
+CLOSE_TIMEOUT_S = 5.0  # a kept connection's goodbye; past it, the connection is aborted
+
+
+class StopRequested(Exception):
+    """The wait for Postgres given up because the process is stopping: the work it waited to do is
+    not done (the caller commits nothing for it)."""
 
 
 async def until_postgres_answers(
-    call: Callable[[], Awaitable[T]], what: str, on_outage: Callable[[BaseException], Awaitable[None]] | None = None
+    call: Callable[[], Awaitable[T]],
+    what: str,
+    on_outage: Callable[[BaseException], Awaitable[None]] | None = None,
+    stopping: asyncio.Event | None = None,
 ) -> T:
     """Run ``call`` until Postgres answers, backing off from 0.1 s to 5 s between attempts.
-    ``on_outage`` runs after each failed attempt (drop a broken connection, count a retry)."""
+    ``on_outage`` runs after each failed attempt (drop a broken connection, count a retry). Once
+    ``stopping`` is set, a failed attempt is not tried again: ``StopRequested`` (a stop during an
+    outage must not wait for its end; an attempt Postgres answers is never cut short)."""
     delay = FIRST_DELAY_S
     while True:
         try:
             return await call()
         except POSTGRES_UNAVAILABLE as error:
-            log.warning("Postgres unavailable for %s (%s); retrying in %.1fs", what, type(error).__name__, delay)
             if on_outage is not None:
                 await on_outage(error)
-            await asyncio.sleep(delay)
+            stopped = StopRequested(f"stopped while Postgres was unavailable for {what} ({type(error).__name__})")
+            if stopping is not None and stopping.is_set():
+                raise stopped from None
+            log.warning("Postgres unavailable for %s (%s); retrying in %.1fs", what, type(error).__name__, delay)
+            if stopping is None:
+                await asyncio.sleep(delay)
+            elif await _set_within(stopping, delay):
+                raise stopped from None
             delay = min(delay * 2, MAX_DELAY_S)
+
+
+async def _set_within(event: asyncio.Event, seconds: float) -> bool:
+    """Whether ``event`` is set within ``seconds`` (waited for, not polled)."""
+    try:
+        await asyncio.wait_for(event.wait(), seconds)
+    except TimeoutError:
+        return False
+    return True
 
 
 class KeptConnection:
@@ -72,6 +100,10 @@ class KeptConnection:
             self._connection = None
 
     async def close(self) -> None:
-        if self._connection is not None:
-            await self._connection.close()
-            self._connection = None
+        """Close the connection, within ``CLOSE_TIMEOUT_S``: one an outage left half open is aborted."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            try:
+                await connection.close(timeout=CLOSE_TIMEOUT_S)
+            except POSTGRES_UNAVAILABLE as error:  # asyncpg aborted it
+                log.info("Postgres connection aborted at close: %s", type(error).__name__)

@@ -1,0 +1,30 @@
+"""Bounded stops: each step of what a process does on SIGTERM (its tasks ended, its clients and
+connections closed) gets a bound, so that a stop never waits for the orchestrator's kill. The
+balance API's lifespan (``stream.api_common.shut_down``) and the sink process use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+from typing import TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+STEP_S = 5.0  # each step of a process's stop; past it, what is left is cancelled, and said
+
+
+async def within(what: str, step: Awaitable[T], seconds: float = STEP_S) -> asyncio.Future[T]:
+    """``step`` given ``seconds``, then cancelled and given as long again to end (a cancel the step
+    ignores is not waited for: ``asyncio.wait_for`` would). Returns the step's future: its result
+    or its error are the caller's to read (a cancelled step's is ``CancelledError``), unless it was
+    left behind (not done)."""
+    running = asyncio.ensure_future(step)
+    if not (await asyncio.wait({running}, timeout=seconds))[0]:
+        running.cancel()
+        ended = (await asyncio.wait({running}, timeout=seconds))[0]
+        log.warning("stopping: %s did not finish within %.0f s; %s", what, seconds, "cancelled" if ended else "left behind")
+    return running

@@ -1,0 +1,182 @@
+"""An operator stops a process (SIGTERM) while Postgres is down, as a redeploy during a database
+outage does: it must stop at once, cleanly, and lose nothing.
+
+- The sink, waiting to write a batch: the next sink writes it once Postgres is back, only once.
+- A worker whose campaign budget's grant waits for Postgres: the next worker decides the purchase
+  once Postgres is back, and grants it once.
+
+Against the real broker and a Postgres of the test's own (stopped and started again), with the
+worker and the sink as real processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from schemas.codec import Codec
+from stream.localstack.postgres import EmbeddedPostgres
+from stream.localstack.process import free_port
+from stream.offer_admin import publish_offers
+from stream.settings import Settings
+from tests.factories import card_record, offer
+from tests.integration.conftest import REPO_ROOT, Processes, isolated_env, wait_until
+from tests.integration.test_end_to_end import publish_records
+
+pytestmark = pytest.mark.integration
+
+STOP_WITHIN_S = 10.0  # the sink's stop during an outage, SIGTERM to exit (a kill comes after 15 s here)
+
+
+async def _pending(database_url: str, account: str) -> tuple[int, int] | None:
+    """The account's pending balance and its ledger entries (None: Postgres does not answer)."""
+    try:
+        connection = await asyncpg.connect(database_url, timeout=5)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+        return None
+    try:
+        pending = await connection.fetchval("SELECT coalesce(sum(pending_minor), 0) FROM balances WHERE account_id = $1", account)
+        entries = await connection.fetchval("SELECT count(*) FROM ledger_entries WHERE account_id = $1", account)
+        return int(pending), int(entries)
+    finally:
+        await connection.close()
+
+
+def pending(database_url: str, account: str) -> tuple[int, int] | None:
+    return asyncio.run(_pending(database_url, account))
+
+
+def authorisation(account: str, number: int) -> dict[str, object]:
+    # 2,000 at the 5% grocery offer: 100 pending
+    return card_record(
+        "AUTHORIZATION", 2_000, account_id=account, transaction_ref=f"{account}-{number}", event_id=f"{account}-e{number}"
+    )
+
+
+@contextmanager
+def own_postgres(kafka_bootstrap: str, work_dir: Path) -> Iterator[tuple[EmbeddedPostgres, Processes]]:
+    """A Postgres of the test's own, migrated, and processes (none started) on fresh topics."""
+    data_dir = Path(tempfile.mkdtemp(prefix="cashback-stop-outage-"))
+    data_dir.chmod(0o755)
+    server = EmbeddedPostgres(data_dir / "pg", port=free_port(), fast=True)
+    log_dir = work_dir / f"stop-outage-{uuid.uuid4().hex[:8]}"
+    log_dir.mkdir()
+    processes: Processes | None = None
+    try:
+        processes = Processes(isolated_env(kafka_bootstrap, server.start(), log_dir, "stopoutage"), log_dir)
+        processes.cli("topics")
+        processes.cli("migrate")
+        processes.metrics_ports = {"worker": free_port(), "sink": free_port()}
+        yield server, processes
+    finally:
+        if processes is not None:
+            processes.stop_all()
+        server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def start(processes: Processes, name: str) -> None:
+    processes.start(name, name, env={"METRICS_PORT": str(processes.metrics_ports[name])})
+
+
+def stopped_within(processes: Processes, name: str, seconds: float) -> float:
+    """SIGTERM the process; the seconds it took to exit, cleanly (a failed assertion otherwise)."""
+    process: Any = processes.children.pop(name)
+    asked = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    try:
+        code = process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=30)
+        raise AssertionError(f"the {name} did not stop within {seconds:.0f}s of SIGTERM during the outage") from None
+    assert code == 0, f"the {name}'s stop during the outage ended with {code}:\n{processes.log(name)}"
+    assert "did not finish" not in processes.log(name), f"a step of the {name}'s stop ran into its bound"
+    return time.monotonic() - asked
+
+
+def test_a_sink_stopped_during_a_postgres_outage_stops_at_once_and_loses_nothing(kafka_bootstrap: str, work_dir: Path) -> None:
+    with own_postgres(kafka_bootstrap, work_dir) as (server, processes):
+        env, database_url = processes.env, processes.env["DATABASE_URL"]
+        processes.cli("offers", "load", str(REPO_ROOT / "tests" / "integration" / "offers.yaml"))
+        start(processes, "worker")
+        start(processes, "sink")
+        account = f"outage-{uuid.uuid4().hex[:6]}"
+
+        publish_records(env, [authorisation(account, 1)])
+        wait_until(lambda: pending(database_url, account) == (100, 1), 90, "the first purchase in the ledger")
+
+        server.stop()  # the outage begins
+        publish_records(env, [authorisation(account, 2)])
+        wait_until(
+            lambda: (processes.metric("sink", "cashback_sink_retries_total") or 0) > 0,
+            60,
+            "the sink to wait for Postgres with the second purchase's batch",
+        )
+        stopped_within(processes, "sink", STOP_WITHIN_S)
+
+        server.start()  # the outage ends: a new sink writes the batch the stopped one gave up, once
+        start(processes, "sink")
+        wait_until(
+            lambda: pending(database_url, account) == (200, 2),
+            90,
+            "the second purchase in the ledger, once",
+            observe=lambda: pending(database_url, account),
+        )
+        publish_records(env, [authorisation(account, 3)])  # and the sink goes on from there
+        wait_until(lambda: pending(database_url, account) == (300, 3), 60, "the third purchase in the ledger")
+
+
+def test_a_worker_stopped_while_its_budget_grant_waits_for_postgres_stops_and_grants_once(
+    kafka_bootstrap: str, work_dir: Path
+) -> None:
+    with own_postgres(kafka_bootstrap, work_dir) as (server, processes):
+        env, database_url = processes.env, processes.env["DATABASE_URL"]
+        settings = Settings.from_env(env)
+        campaign = offer(currency="EUR", budget_minor=5_000)  # 5% at supermarkets, 50.00 to give
+        asyncio.run(publish_offers(settings, Codec(), settings.topic_prefix + "offers", [campaign]))
+        start(processes, "worker")
+        start(processes, "sink")
+        account = f"outage-{uuid.uuid4().hex[:6]}"
+
+        publish_records(env, [authorisation(account, 1)])
+        wait_until(lambda: pending(database_url, account) == (100, 1), 90, "the first purchase in the ledger")
+
+        server.stop()  # the outage begins: the next grant waits for Postgres
+        publish_records(env, [authorisation(account, 2)])
+        wait_until(
+            lambda: "Postgres unavailable for budgets" in processes.log("worker"),
+            60,
+            "the worker to wait for Postgres with the second purchase's grant",
+        )
+        stopped_within(processes, "worker", STOP_WITHIN_S)
+
+        server.start()  # the outage ends: a new worker decides the purchase the stopped one gave up, once
+        start(processes, "worker")
+        wait_until(
+            lambda: pending(database_url, account) == (200, 2),
+            90,
+            "the second purchase in the ledger, once",
+            observe=lambda: pending(database_url, account),
+        )
+        assert asyncio.run(budget_used(database_url)) == 200, "each purchase granted once"
+
+
+async def budget_used(database_url: str) -> int:
+    connection = await asyncpg.connect(database_url)
+    try:
+        return int(await connection.fetchval("SELECT used_minor FROM offer_budgets WHERE offer_id = 'grocery-5'"))
+    finally:
+        await connection.close()
