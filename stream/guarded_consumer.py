@@ -27,7 +27,8 @@ ends (Faust's recovery resumes its flow control after seeking the stream partiti
 what the consumer had fetched in between).
 
 Its consumer thread (``PromptFetches``) also asks the broker to hold an empty fetch for at most
-``FETCH_MAX_WAIT_S`` instead of Faust's hard-coded 1.5 s (see there).
+``FETCH_MAX_WAIT_S`` instead of Faust's hard-coded 1.5 s (see there). Its stop and last commit,
+the producer's stop and the app's flush before them are bounded (``stream.worker_stop``).
 
 ``watch_partitions`` reports each guarded partition's lag and reads again a partition stuck below
 its end. ``OffsetLookups`` asks the broker, outside the group, what the agent cannot learn from Faust:
@@ -57,6 +58,7 @@ from stream.input_order import OrderedFetches
 from stream.kafka_clients import start_client
 from stream.progress import InputProgress
 from stream.settings import Settings
+from stream.worker_stop import BoundedLastCommit, BoundedStopProducer, StoppingConsumerThread, flush_within
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -72,7 +74,7 @@ T = TypeVar("T")
 FETCH_MAX_WAIT_S = 0.05
 
 
-class PromptFetches(faust_aiokafka.AIOKafkaConsumerThread):
+class PromptFetches(StoppingConsumerThread):
     """Faust's consumer thread, its aiokafka consumer fetching with ``FETCH_MAX_WAIT_S``."""
 
     def _create_worker_consumer(self, transport: Any) -> AIOKafkaConsumer:
@@ -99,7 +101,7 @@ class ReadPositions(defaultdict[TP, int | None]):
         return None if self.guarded(tp) else super().__getitem__(tp)
 
 
-class GuardedConsumer(OrderedFetches, DirectDelivery, faust_aiokafka.Consumer):
+class GuardedConsumer(BoundedLastCommit, OrderedFetches, DirectDelivery, faust_aiokafka.Consumer):
     """Faust's aiokafka consumer, committing only what ``app.progress`` says is accounted for, its fetch loop
     handing messages on directly when nothing can hold them (``stream.direct_delivery``), each partition's
     messages of ``app.ordered_topics`` in the order they were published (``stream.input_order``)."""
@@ -162,6 +164,7 @@ class GuardedConsumer(OrderedFetches, DirectDelivery, faust_aiokafka.Consumer):
 
 class GuardedTransport(faust_aiokafka.Transport):
     Consumer = GuardedConsumer
+    Producer = BoundedStopProducer
 
 
 class GuardedApp(faust.App):
@@ -187,6 +190,9 @@ class GuardedApp(faust.App):
         dependencies = super().on_init_dependencies()
         self.sensors.remove(self.monitor)
         return dependencies
+
+    async def _producer_flush(self, logger: Any) -> None:
+        await flush_within(super()._producer_flush(logger))
 
 
 def keep_across_resumes(app: faust.App, queue: Any) -> None:

@@ -15,16 +15,17 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 STEP_S = 5.0  # each step of a process's stop; past it, what is left is cancelled, and said
+CANCEL_GRACE_S = 1.0  # what a cancelled step is given to end (a cancel is handled in a turn or two)
 
 
 async def within(what: str, step: Awaitable[T], seconds: float = STEP_S) -> asyncio.Future[T]:
-    """``step`` given ``seconds``, then cancelled and given as long again to end (a cancel the step
-    ignores is not waited for: ``asyncio.wait_for`` would). Returns the step's future: its result
-    or its error are the caller's to read (a cancelled step's is ``CancelledError``), unless it was
-    left behind (not done)."""
+    """``step`` given ``seconds``, then cancelled and given ``CANCEL_GRACE_S`` more to end (a cancel
+    the step ignores is not waited for: ``asyncio.wait_for`` would). Returns the step's future: its
+    result or its error are the caller's to read (a cancelled step's is ``CancelledError``), unless
+    it was left behind (not done)."""
     running = asyncio.ensure_future(step)
     if not (await asyncio.wait({running}, timeout=seconds))[0]:
         running.cancel()
-        ended = (await asyncio.wait({running}, timeout=seconds))[0]
+        ended = (await asyncio.wait({running}, timeout=min(seconds, CANCEL_GRACE_S)))[0]
         log.warning("stopping: %s did not finish within %.0f s; %s", what, seconds, "cancelled" if ended else "left behind")
     return running

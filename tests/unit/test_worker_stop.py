@@ -1,0 +1,118 @@
+"""The worker's stop bounded while the broker is away (``stream.worker_stop``): each piece alone,
+and what it relies on in aiokafka's private API. The whole stop against a real broker taken away is
+``tests/integration/test_stop_during_outage.py``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+from stream import stopping, worker_stop
+from stream.worker_stop import BoundedLastCommit, StoppingConsumerThread, _close_undelivered, flush_within
+
+CLOSED = "127.0.0.1:9"  # nothing listens: no client here connects anywhere
+
+
+class Recorded:
+    def __init__(self) -> None:
+        self.closed = 0
+
+    async def close(self) -> None:
+        self.closed += 1
+
+
+def thread_whose_consumer_stop_raises(monkeypatch: pytest.MonkeyPatch) -> tuple[StoppingConsumerThread, Recorded]:
+    """A consumer thread whose consumer's stop raised ``CancelledError`` (aiokafka #647), made without
+    Faust's consumer around it: only what ``on_thread_stop`` reads."""
+
+    async def stop_raising(self: Any) -> None:
+        raise asyncio.CancelledError
+
+    monkeypatch.setattr(faust_aiokafka.AIOKafkaConsumerThread, "on_thread_stop", stop_raising)
+    thread = object.__new__(StoppingConsumerThread)
+    client = Recorded()
+    thread._consumer = type("Consumer", (), {"_client": client})()  # type: ignore[assignment]
+    return thread, client
+
+
+def test_a_consumer_stop_cut_short_by_a_cancelled_fetch_ends_the_thread_s_stop(monkeypatch: pytest.MonkeyPatch) -> None:
+    thread, client = thread_whose_consumer_stop_raises(monkeypatch)
+    asyncio.run(thread.on_thread_stop())  # no CancelledError: the thread goes on to tell the app it stopped
+    assert client.closed == 1, "the consumer's connections are closed instead"
+
+
+def test_a_thread_stop_itself_cancelled_is_still_cancelled(monkeypatch: pytest.MonkeyPatch) -> None:
+    thread, _ = thread_whose_consumer_stop_raises(monkeypatch)
+
+    async def scenario() -> None:
+        async def stop_then_cancelled() -> None:
+            asyncio.current_task().cancel()  # type: ignore[union-attr]  # a cancel asked of this very stop
+            await thread.on_thread_stop()
+
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.create_task(stop_then_cancelled())
+
+    asyncio.run(scenario())
+
+
+def test_the_last_commit_is_given_its_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(worker_stop, "STOP_COMMIT_S", 0.2)
+
+    class Committing:
+        async def on_stop(self) -> None:
+            await asyncio.sleep(3600)  # a commit asking for a coordinator that never answers
+
+    class Consumer(BoundedLastCommit, Committing):
+        pass
+
+    started = time.monotonic()
+    asyncio.run(Consumer().on_stop())
+    assert time.monotonic() - started < 0.2 + stopping.CANCEL_GRACE_S + 0.5
+
+
+def test_the_flush_before_a_stop_is_given_its_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(worker_stop, "STOP_FLUSH_S", 0.2)
+    started = time.monotonic()
+    asyncio.run(flush_within(asyncio.sleep(3600)))
+    assert time.monotonic() - started < 0.2 + stopping.CANCEL_GRACE_S + 0.5
+
+
+def test_a_step_that_ignores_its_cancel_is_left_behind_after_the_grace() -> None:
+    async def scenario() -> tuple[bool, float]:
+        release = asyncio.Event()
+
+        async def stubborn() -> None:
+            while not release.is_set():
+                try:
+                    await release.wait()
+                except asyncio.CancelledError:
+                    continue  # ignores its cancel until released
+
+        started = time.monotonic()
+        ended = await stopping.within("a stubborn step", stubborn(), 0.2)
+        took = time.monotonic() - started
+        done = ended.done()
+        release.set()
+        await ended
+        return done, took
+
+    done, took = asyncio.run(scenario())
+    assert not done
+    assert took < 0.2 + stopping.CANCEL_GRACE_S + 0.5
+
+
+def test_aiokafka_s_private_parts_the_stop_closes_are_there() -> None:
+    async def scenario() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=CLOSED)
+        await _close_undelivered(producer)  # its sender and client, as AIOKafkaProducer.stop closes them
+        consumer = AIOKafkaConsumer(bootstrap_servers=CLOSED)
+        await consumer._client.close()  # what StoppingConsumerThread closes
+        await consumer.stop()  # (marked closed, so that it does not warn)
+        await producer.stop()
+
+    asyncio.run(scenario())
