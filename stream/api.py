@@ -34,6 +34,7 @@ from stream.api_common import (
     CHARITY_ID,
     CURSOR_PATTERN,
     OFFER_ID,
+    database_unavailable,
     declared_query_only,
     decode_cursor,
     encode_cursor,
@@ -72,6 +73,7 @@ from stream.producing import producer as make_producer
 from stream.reconciliation import ReconciliationGauges, offer_windows
 from stream.settings import Settings
 from stream.store import reads
+from stream.store.availability import POSTGRES_UNAVAILABLE
 from stream.store.migrations import pending_migrations
 from topics.catalogue import Catalogue
 
@@ -129,6 +131,8 @@ def create_app(settings: Settings, codec: Codec, topics: Catalogue, authenticato
         lifespan=lifespan,
         dependencies=[Depends(declared_query_only)],
     )
+    for unavailable in POSTGRES_UNAVAILABLE:  # a 503 to retry, not a 500, while Postgres is away
+        app.add_exception_handler(unavailable, database_unavailable)
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next: Any) -> Any:

@@ -1,7 +1,8 @@
 """What the balance API's route modules share (``stream.api``, ``stream.api_holds``,
 ``stream.api_gdpr``): the path parameters' rules, each protected route's OpenAPI (its security
-requirement and error answers), the unknown-account answer, the cursors, and the refusal of query
-parameters a route does not take; and the bounded shutdown of what the API's lifespan started.
+requirement and error answers), the unknown-account answer, the cursors, the refusal of query
+parameters a route does not take, the answer of a request that met Postgres unreachable; and the
+bounded shutdown of what the API's lifespan started.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import asyncpg
 from fastapi import HTTPException, Path, Request
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
 from stream.api_models import Problem
@@ -50,6 +52,21 @@ async def _within(what: str, step: Awaitable[Any]) -> None:
         log.warning("shutting down: %s ended with %s", what, type(ended.exception()).__name__)
 
 
+DATABASE_RETRY_AFTER_S = 5  # what a 503 of a Postgres outage tells the bank app to wait
+
+
+async def database_unavailable(request: Request, error: Exception) -> JSONResponse:
+    """A request that met Postgres unreachable (``stream.store.availability.POSTGRES_UNAVAILABLE``):
+    a 503 the bank app retries after ``Retry-After``, and one line in the log, instead of a 500 and
+    a traceback per request for as long as the outage lasts."""
+    log.warning("%s %s: the database is unavailable (%s)", request.method, request.url.path, type(error).__name__)
+    return JSONResponse(
+        {"detail": f"the ledger's database is unavailable ({type(error).__name__}): try again"},
+        status_code=503,
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+    )
+
+
 def no_cashback(account_id: str) -> HTTPException:
     """The 404 of an account never seen, and of an account the token does not act for: the same."""
     return HTTPException(status_code=404, detail=f"account {account_id} has no cashback")
@@ -57,7 +74,7 @@ def no_cashback(account_id: str) -> HTTPException:
 
 def secured(*alternatives: str, not_found: str | None = None, paged: bool = False) -> dict[str, Any]:
     """A protected route's OpenAPI: its security requirement (any one of ``alternatives``' scopes; none:
-    any valid token) and its 400, 401, 403 and 404 answers."""
+    any valid token) and its 400, 401, 403, 404 and 503 answers."""
     bad_request = "A query parameter the route does not take" + (", or a cursor this API did not return." if paged else ".")
     responses: dict[int | str, dict[str, Any]] = {
         400: {"model": Problem, "description": bad_request},
@@ -71,6 +88,10 @@ def secured(*alternatives: str, not_found: str | None = None, paged: bool = Fals
         responses[403] = {"model": Problem, "description": f"The token has none of the scopes {', '.join(alternatives)}."}
     if not_found:
         responses[404] = {"model": Problem, "description": not_found}
+    responses[503] = {
+        "model": Problem,
+        "description": "The ledger's database did not answer (an outage): try again (Retry-After).",
+    }
     security = [{BEARER: [scope]} for scope in alternatives] or [{BEARER: []}]
     return {"responses": responses, "openapi_extra": {"security": security}}
 

@@ -1,6 +1,6 @@
 """The worker's stop bounded while the broker is away (``stream.worker_stop``): each piece alone,
 and what it relies on in aiokafka's private API. The whole stop against a real broker taken away is
-``tests/integration/test_stop_during_outage.py``."""
+``tests/integration/test_outages.py``."""
 
 from __future__ import annotations
 

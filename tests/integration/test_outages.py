@@ -1,5 +1,7 @@
-"""An operator stops a process (SIGTERM) while Postgres is down, as a redeploy during a database
-outage does: it must stop at once, cleanly, and lose nothing.
+"""Outages, as operators and bank apps meet them.
+
+An operator stops a process (SIGTERM) while Postgres or the broker is away, as a redeploy during an
+outage does: it must stop at once (or within its bounds), cleanly, and lose nothing.
 
 - The sink, waiting to write a batch: the next sink writes it once Postgres is back, only once.
 - A worker whose campaign budget's grant waits for Postgres: the next worker decides the purchase
@@ -8,8 +10,11 @@ outage does: it must stop at once, cleanly, and lose nothing.
   backing off): it stops within its bounds (``stream.worker_stop``), and once the broker is back
   the next worker goes on, nothing lost or counted twice.
 
+A bank app reading balances while Postgres is away gets a 503 to retry (with Retry-After), not a
+500, and the API answers again once Postgres is back.
+
 Against the real broker and Postgres, the one stopped and started again the test's own, with the
-worker and the sink as real processes.
+worker, the sink and the API as real processes.
 """
 
 from __future__ import annotations
@@ -27,16 +32,18 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 
 from schemas.codec import Codec
+from stream.auth import ACCOUNTS_READ
 from stream.localstack.kafka import DEFAULT_CACHE_DIR, KafkaBroker
 from stream.localstack.postgres import EmbeddedPostgres
 from stream.localstack.process import free_port
 from stream.offer_admin import publish_offers
 from stream.settings import Settings
 from tests.factories import card_record, offer
-from tests.integration.conftest import REPO_ROOT, Processes, isolated_env, wait_until
+from tests.integration.conftest import REPO_ROOT, Processes, api_headers, api_ready, isolated_env, wait_until
 from tests.integration.test_end_to_end import publish_records
 
 pytestmark = pytest.mark.integration
@@ -73,7 +80,7 @@ def authorisation(account: str, number: int) -> dict[str, object]:
 
 
 @contextmanager
-def own_postgres(kafka_bootstrap: str, work_dir: Path) -> Iterator[tuple[EmbeddedPostgres, Processes]]:
+def own_postgres(kafka_bootstrap: str, work_dir: Path, **extra: str) -> Iterator[tuple[EmbeddedPostgres, Processes]]:
     """A Postgres of the test's own, migrated, and processes (none started) on fresh topics."""
     data_dir = Path(tempfile.mkdtemp(prefix="cashback-stop-outage-"))
     data_dir.chmod(0o755)
@@ -82,7 +89,7 @@ def own_postgres(kafka_bootstrap: str, work_dir: Path) -> Iterator[tuple[Embedde
     log_dir.mkdir()
     processes: Processes | None = None
     try:
-        processes = Processes(isolated_env(kafka_bootstrap, server.start(), log_dir, "stopoutage"), log_dir)
+        processes = Processes(isolated_env(kafka_bootstrap, server.start(), log_dir, "stopoutage", **extra), log_dir)
         processes.cli("topics")
         processes.cli("migrate")
         processes.metrics_ports = {"worker": free_port(), "sink": free_port()}
@@ -233,3 +240,28 @@ def test_a_worker_stopped_while_the_broker_is_away_stops_and_the_next_goes_on(po
             processes.stop_all()
         broker.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def test_a_bank_app_reading_during_a_postgres_outage_gets_a_503_to_retry(kafka_bootstrap: str, work_dir: Path) -> None:
+    api_port = free_port()
+    with own_postgres(kafka_bootstrap, work_dir, API_PORT=str(api_port)) as (server, processes):
+        base_url = f"http://127.0.0.1:{api_port}"
+        processes.start("api", "api")
+        wait_until(lambda: api_ready(base_url), 60, "the API to be ready")
+        headers = api_headers([ACCOUNTS_READ], ["acct-outage"])
+        url = f"{base_url}/v1/accounts/acct-outage/balances"
+        assert httpx.get(url, headers=headers, timeout=10).status_code == 404  # never seen
+
+        server.stop()  # the outage begins
+        for _ in range(2):  # each request while it lasts
+            answer = httpx.get(url, headers=headers, timeout=10)
+            assert answer.status_code == 503, answer.text
+            assert answer.headers["Retry-After"] == "5"
+            assert "database is unavailable" in answer.json()["detail"]
+        assert httpx.get(f"{base_url}/readyz", timeout=10).status_code == 503
+
+        server.start()  # the outage ends: the API answers again, with no restart
+        wait_until(lambda: httpx.get(url, headers=headers, timeout=10).status_code == 404, 30, "the API to answer again")
+        # uvicorn's traceback of a request that raised (the 500 answered before); asyncpg's own warning of its
+        # pool's floor, with its traceback, is the library's
+        assert "Exception in ASGI application" not in processes.log("api")
