@@ -39,6 +39,7 @@ from stream.api_common import (
     decode_cursor,
     encode_cursor,
     no_cashback,
+    publish,
     secured,
     shut_down,
 )
@@ -358,7 +359,7 @@ def create_app(settings: Settings, codec: Codec, topics: Catalogue, authenticato
         at = datetime.now(UTC)
         offer_id = offer.offer_id
         partition, key, value = activation_message(codec, account_id, offer_id, active, at, topics.activations.partitions)
-        await request.app.state.producer.send_and_wait(topics.activations.name, value, key=key, partition=partition)
+        await publish(request, topics.activations.name, value, key, partition)
         out = held_out(account_id, offer)
         return Activation(account_id=account_id, offer_id=offer_id, active=active, changed_at=at, held_out=out)
 

@@ -1,8 +1,8 @@
 """What the balance API's route modules share (``stream.api``, ``stream.api_holds``,
 ``stream.api_gdpr``): the path parameters' rules, each protected route's OpenAPI (its security
 requirement and error answers), the unknown-account answer, the cursors, the refusal of query
-parameters a route does not take, the answer of a request that met Postgres unreachable; and the
-bounded shutdown of what the API's lifespan started.
+parameters a route does not take, the answer of a request that met Postgres or the broker
+unreachable; and the bounded shutdown of what the API's lifespan started.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Iterable
 from typing import Any
 
 import asyncpg
+from aiokafka.errors import KafkaError
 from fastapi import HTTPException, Path, Request
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -53,6 +54,27 @@ async def _within(what: str, step: Awaitable[Any]) -> None:
 
 
 DATABASE_RETRY_AFTER_S = 5  # what a 503 of a Postgres outage tells the bank app to wait
+PUBLISH_TIMEOUT_S = 10.0  # a route's message to the broker, acknowledged within this or a 503
+BROKER_RETRY_AFTER_S = 5
+
+
+async def publish(request: Request, topic: str, value: bytes, key: bytes | None, partition: int) -> None:
+    """Send a route's message and wait for the broker's acknowledgement, within ``PUBLISH_TIMEOUT_S``:
+    past it, or on a Kafka error, a 503 the bank app retries (the routes that publish are idempotent:
+    an activation sets a state, a redemption has its key, a hold decision applies once). The request
+    waited for ever while the broker was away. The message may still be delivered once the broker
+    is back: the answer says so."""
+    sending = request.app.state.producer.send_and_wait(topic, value, key=key, partition=partition)
+    try:
+        await asyncio.wait_for(sending, PUBLISH_TIMEOUT_S)
+    except (TimeoutError, KafkaError) as error:
+        log.warning("%s %s: the broker did not take the message (%s)", request.method, request.url.path, type(error).__name__)
+        detail = f"the event stream did not acknowledge the request within {PUBLISH_TIMEOUT_S:.0f} s ({type(error).__name__}); "
+        raise HTTPException(
+            status_code=503,
+            detail=detail + "it may still be applied once the stream is back: send it again, it is idempotent",
+            headers={"Retry-After": str(BROKER_RETRY_AFTER_S)},
+        ) from None
 
 
 async def database_unavailable(request: Request, error: Exception) -> JSONResponse:

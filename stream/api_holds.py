@@ -29,6 +29,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 
 from schemas.codec import Codec
 from stream import instructions
+from stream.api_common import publish
 from stream.api_models import HeldReward, HeldRewards, HeldShare, HoldDecision, HoldReview, MerchantFlag, MerchantFlags, Problem
 from stream.auth import OPERATIONS, Principal
 from stream.core.events import validate
@@ -128,7 +129,7 @@ def hold_routes(
         if refused is not None:
             raise HTTPException(400, f"the instruction would be refused: {refused.detail()}")
         name, key, value, partition = instructions.message(codec, topic, instruction)
-        await request.app.state.producer.send_and_wait(name, value, key=key, partition=partition)
+        await publish(request, name, value, key, partition)
         return review.model_copy(update={"instruction_id": instruction["event_id"]})
 
     @router.post("/v1/operations/holds/release", response_model=HoldReview, status_code=202, **decision_route)

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from schemas.codec import Codec
 from stream import instructions
-from stream.api_common import ACCOUNT_ID, no_cashback
+from stream.api_common import ACCOUNT_ID, no_cashback, publish
 from stream.api_models import Balance, Problem, balance_of
 from stream.auth import ACCOUNTS_READ, OPERATIONS, REDEMPTIONS_WRITE, Principal
 from stream.core.events import validate
@@ -235,7 +235,7 @@ def redemption_routes(
         if refused is not None:
             raise HTTPException(400, f"the redemption would be refused: {refused.detail()}")
         name, key, value, partition = instructions.message(codec, topic, instruction)
-        await request.app.state.producer.send_and_wait(name, value, key=key, partition=partition)
+        await publish(request, name, value, key, partition)
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             await asyncio.sleep(POLL_S)

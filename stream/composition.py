@@ -38,6 +38,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # with the default, 6% in 53/4/0 with this one. Cyclic garbage waits a little longer to be freed; the
 # local stores' explicit collections (Faust's, on revocation) are unchanged.
 WORKER_GC_THRESHOLD = (10_000, 10, 10)
+API_GRACEFUL_S = 15  # what the requests still running at an API stop get (a publish waits 10 s at most)
 EXAMPLE_OFFERS = REPO_ROOT / "deploy" / "offers" / "example.yaml"
 
 
@@ -299,4 +300,7 @@ class System:
             log_level=settings.log_level.lower(),
             loop="uvloop",
             access_log=False,
+            # requests still running at a SIGTERM get this long, then are cancelled: uvicorn waited for them for
+            # ever (a request waiting on an outage kept the API from stopping)
+            timeout_graceful_shutdown=API_GRACEFUL_S,
         )

@@ -11,7 +11,8 @@ outage does: it must stop at once (or within its bounds), cleanly, and lose noth
   the next worker goes on, nothing lost or counted twice.
 
 A bank app reading balances while Postgres is away gets a 503 to retry (with Retry-After), not a
-500, and the API answers again once Postgres is back.
+500, and the API answers again once Postgres is back; one activating an offer while the broker is
+away gets a 503 after a bounded wait, not a request hanging for ever, and the API still stops.
 
 Against the real broker and Postgres, the one stopped and started again the test's own, with the
 worker, the sink and the API as real processes.
@@ -36,7 +37,7 @@ import httpx
 import pytest
 
 from schemas.codec import Codec
-from stream.auth import ACCOUNTS_READ
+from stream.auth import ACCOUNTS_READ, OFFERS_ACTIVATE
 from stream.localstack.kafka import DEFAULT_CACHE_DIR, KafkaBroker
 from stream.localstack.postgres import EmbeddedPostgres
 from stream.localstack.process import free_port
@@ -265,3 +266,42 @@ def test_a_bank_app_reading_during_a_postgres_outage_gets_a_503_to_retry(kafka_b
         # uvicorn's traceback of a request that raised (the 500 answered before); asyncpg's own warning of its
         # pool's floor, with its traceback, is the library's
         assert "Exception in ASGI application" not in processes.log("api")
+
+
+def test_a_bank_app_activating_while_the_broker_is_away_gets_a_503_and_the_api_stops(postgres_url: str, work_dir: Path) -> None:
+    data_dir = Path(tempfile.mkdtemp(prefix="cashback-api-broker-away-"))
+    broker = KafkaBroker(DEFAULT_CACHE_DIR, data_dir / "kafka", port=free_port(), partitions_default=4)
+    log_dir = work_dir / f"api-broker-away-{uuid.uuid4().hex[:8]}"
+    log_dir.mkdir()
+    api_port = free_port()
+    processes: Processes | None = None
+    try:
+        env = isolated_env(broker.start(), postgres_url, log_dir, "apibrokeraway", API_PORT=str(api_port))
+        processes = Processes(env, log_dir)
+        processes.cli("topics")
+        processes.cli("offers", "load", str(REPO_ROOT / "tests" / "integration" / "offers.yaml"))
+        base_url = f"http://127.0.0.1:{api_port}"
+        processes.start("api", "api")
+        wait_until(lambda: api_ready(base_url), 60, "the API to be ready")
+        url = f"{base_url}/v1/accounts/acct-away/offers/grocery-5/activation"
+        headers = api_headers([OFFERS_ACTIVATE], ["acct-away"])
+        assert httpx.put(url, headers=headers, timeout=10).status_code == 200
+
+        broker.stop()  # the broker is away
+        asked = time.monotonic()
+        answer = httpx.put(url, headers=headers, timeout=60)
+        assert answer.status_code == 503, answer.text
+        assert time.monotonic() - asked < 15, "a bounded wait for the broker"
+        assert answer.headers["Retry-After"] == "5"
+        assert "send it again" in answer.json()["detail"]
+
+        api: Any = processes.children.pop("api")
+        asked = time.monotonic()
+        api.send_signal(signal.SIGTERM)
+        api.wait(timeout=30)  # its producer's stop bounded (stream.api_common.shut_down)
+        assert time.monotonic() - asked < 15
+    finally:
+        if processes is not None:
+            processes.stop_all()
+        broker.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
