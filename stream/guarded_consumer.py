@@ -192,7 +192,10 @@ class GuardedApp(faust.App):
         return dependencies
 
     async def _producer_flush(self, logger: Any) -> None:
-        await flush_within(super()._producer_flush(logger))
+        """Faust's flush, bounded at a stop (``stream.worker_stop``); never when partitions are
+        revoked, where it keeps a table change from reaching the changelog after the next owner's."""
+        flushing = super()._producer_flush(logger)
+        await (flush_within(flushing) if self.should_stop else flushing)
 
 
 def keep_across_resumes(app: faust.App, queue: Any) -> None:

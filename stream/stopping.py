@@ -1,6 +1,7 @@
 """Bounded stops: each step of what a process does on SIGTERM (its tasks ended, its clients and
-connections closed) gets a bound, so that a stop never waits for the orchestrator's kill. The
-balance API's lifespan (``stream.api_common.shut_down``) and the sink process use it.
+connections closed) gets a bound, so that a stop never waits for the orchestrator's kill: the
+balance API's lifespan (``stream.api_common.shut_down``), the sink process
+(``stream.composition``) and the worker while the broker is away (``stream.worker_stop``).
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ async def within(what: str, step: Awaitable[T], seconds: float = STEP_S) -> asyn
     """``step`` given ``seconds``, then cancelled and given ``CANCEL_GRACE_S`` more to end (a cancel
     the step ignores is not waited for: ``asyncio.wait_for`` would). Returns the step's future: its
     result or its error are the caller's to read (a cancelled step's is ``CancelledError``), unless
-    it was left behind (not done)."""
+    it was left behind (not done). What it raised is logged too."""
     running = asyncio.ensure_future(step)
     if not (await asyncio.wait({running}, timeout=seconds))[0]:
         running.cancel()
         ended = (await asyncio.wait({running}, timeout=min(seconds, CANCEL_GRACE_S)))[0]
         log.warning("stopping: %s did not finish within %.0f s; %s", what, seconds, "cancelled" if ended else "left behind")
+    elif not running.cancelled() and running.exception() is not None:  # read here, so never "never retrieved"
+        log.warning("stopping: %s ended with %s", what, type(running.exception()).__name__)
     return running

@@ -3,7 +3,8 @@ waiting for the broker for ever, in three places of Faust's and aiokafka's stop:
 
 - the app flushes its producer before it stops (Faust's ``App.on_stop``): aiokafka's flush waits
   until every batch it holds is delivered. It is given ``STOP_FLUSH_S``, then cancelled
-  (``flush_within``);
+  (``flush_within``). Only at a stop: the flush Faust makes when partitions are revoked still waits
+  for the broker, or a table change could reach the changelog after the next owner's;
 - the consumer's last commit (Faust's ``Consumer.on_stop``) flushes the producer again and asks
   the group's coordinator, which aiokafka looks for until it answers: given ``STOP_COMMIT_S``
   (``BoundedLastCommit``);

@@ -27,7 +27,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -126,6 +126,32 @@ def stopped_within(processes: Processes, name: str, seconds: float, bounded: boo
     return time.monotonic() - asked
 
 
+def stopped_in_an_outage(
+    server: EmbeddedPostgres, processes: Processes, account: str, name: str, waiting: Callable[[], bool]
+) -> None:
+    """The account's first purchase in the ledger; Postgres stopped; a second purchase published, and
+    ``name`` seen waiting for Postgres with it (``waiting``); ``name`` stopped (SIGTERM) within
+    ``STOP_WITHIN_S``; Postgres back and ``name`` started again: the second purchase in the ledger,
+    once."""
+    env, database_url = processes.env, processes.env["DATABASE_URL"]
+    publish_records(env, [authorisation(account, 1)])
+    wait_until(lambda: pending(database_url, account) == (100, 1), 90, "the first purchase in the ledger")
+
+    server.stop()  # the outage begins
+    publish_records(env, [authorisation(account, 2)])
+    wait_until(waiting, 60, f"the {name} to wait for Postgres with the second purchase")
+    stopped_within(processes, name, STOP_WITHIN_S)
+
+    server.start()  # the outage ends: the next one does what the stopped one gave up, once
+    start(processes, name)
+    wait_until(
+        lambda: pending(database_url, account) == (200, 2),
+        90,
+        "the second purchase in the ledger, once",
+        observe=lambda: pending(database_url, account),
+    )
+
+
 def test_a_sink_stopped_during_a_postgres_outage_stops_at_once_and_loses_nothing(kafka_bootstrap: str, work_dir: Path) -> None:
     with own_postgres(kafka_bootstrap, work_dir) as (server, processes):
         env, database_url = processes.env, processes.env["DATABASE_URL"]
@@ -133,26 +159,12 @@ def test_a_sink_stopped_during_a_postgres_outage_stops_at_once_and_loses_nothing
         start(processes, "worker")
         start(processes, "sink")
         account = f"outage-{uuid.uuid4().hex[:6]}"
-
-        publish_records(env, [authorisation(account, 1)])
-        wait_until(lambda: pending(database_url, account) == (100, 1), 90, "the first purchase in the ledger")
-
-        server.stop()  # the outage begins
-        publish_records(env, [authorisation(account, 2)])
-        wait_until(
+        stopped_in_an_outage(
+            server,
+            processes,
+            account,
+            "sink",
             lambda: (processes.metric("sink", "cashback_sink_retries_total") or 0) > 0,
-            60,
-            "the sink to wait for Postgres with the second purchase's batch",
-        )
-        stopped_within(processes, "sink", STOP_WITHIN_S)
-
-        server.start()  # the outage ends: a new sink writes the batch the stopped one gave up, once
-        start(processes, "sink")
-        wait_until(
-            lambda: pending(database_url, account) == (200, 2),
-            90,
-            "the second purchase in the ledger, once",
-            observe=lambda: pending(database_url, account),
         )
         publish_records(env, [authorisation(account, 3)])  # and the sink goes on from there
         wait_until(lambda: pending(database_url, account) == (300, 3), 60, "the third purchase in the ledger")
@@ -169,26 +181,8 @@ def test_a_worker_stopped_while_its_budget_grant_waits_for_postgres_stops_and_gr
         start(processes, "worker")
         start(processes, "sink")
         account = f"outage-{uuid.uuid4().hex[:6]}"
-
-        publish_records(env, [authorisation(account, 1)])
-        wait_until(lambda: pending(database_url, account) == (100, 1), 90, "the first purchase in the ledger")
-
-        server.stop()  # the outage begins: the next grant waits for Postgres
-        publish_records(env, [authorisation(account, 2)])
-        wait_until(
-            lambda: "Postgres unavailable for budgets" in processes.log("worker"),
-            60,
-            "the worker to wait for Postgres with the second purchase's grant",
-        )
-        stopped_within(processes, "worker", STOP_WITHIN_S)
-
-        server.start()  # the outage ends: a new worker decides the purchase the stopped one gave up, once
-        start(processes, "worker")
-        wait_until(
-            lambda: pending(database_url, account) == (200, 2),
-            90,
-            "the second purchase in the ledger, once",
-            observe=lambda: pending(database_url, account),
+        stopped_in_an_outage(
+            server, processes, account, "worker", lambda: "Postgres unavailable for budgets" in processes.log("worker")
         )
         assert asyncio.run(budget_used(database_url)) == 200, "each purchase granted once"
 

@@ -8,11 +8,13 @@ import asyncio
 import time
 from typing import Any
 
+import faust
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from stream import stopping, worker_stop
+from stream.guarded_consumer import GuardedApp
 from stream.worker_stop import BoundedLastCommit, StoppingConsumerThread, _close_undelivered, flush_within
 
 CLOSED = "127.0.0.1:9"  # nothing listens: no client here connects anywhere
@@ -116,3 +118,26 @@ def test_aiokafka_s_private_parts_the_stop_closes_are_there() -> None:
         await producer.stop()
 
     asyncio.run(scenario())
+
+
+def test_the_app_s_flush_is_bounded_at_a_stop_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At a stop the flush gives up; when partitions are revoked it waits for the broker, or a table
+    change could reach the changelog after the next owner's."""
+    monkeypatch.setattr(worker_stop, "STOP_FLUSH_S", 0.2)
+
+    async def slow_flush(self: Any, logger: Any) -> None:
+        await asyncio.sleep(1.5)  # a broker slow to acknowledge
+
+    monkeypatch.setattr(faust.App, "_producer_flush", slow_flush)
+
+    async def flush_took(stopping: bool) -> float:
+        app = object.__new__(GuardedApp)  # only what _producer_flush reads: whether it is stopping
+        app._stopped, app._crashed = asyncio.Event(), asyncio.Event()  # type: ignore[misc]
+        if stopping:
+            app._stopped.set()
+        started = time.monotonic()
+        await app._producer_flush(None)
+        return time.monotonic() - started
+
+    assert asyncio.run(flush_took(stopping=False)) >= 1.5
+    assert asyncio.run(flush_took(stopping=True)) < 1.0
