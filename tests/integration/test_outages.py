@@ -50,8 +50,9 @@ from tests.integration.test_end_to_end import publish_records
 pytestmark = pytest.mark.integration
 
 STOP_WITHIN_S = 10.0  # a stop during a Postgres outage, SIGTERM to exit
-# a worker's stop while the broker is away: its flush (10 s), its producer's stop (5 s), mode's own
-# second; a cluster gives it 60 s (README, Stopping)
+# a worker's stop while the broker is away: its flush, its last commit and its producer's stop (5 s
+# each, then 1 s after the cancel: stream.worker_stop), mode's own second; a cluster gives it 60 s
+# (README, Stopping)
 STOP_BROKER_AWAY_S = 30.0
 
 
