@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+from aiokafka.errors import KafkaError
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -42,6 +43,7 @@ from stream.api_common import (
     publish,
     secured,
     shut_down,
+    stream_unavailable,
 )
 from stream.api_gdpr import gdpr_routes
 from stream.api_holds import hold_routes
@@ -134,6 +136,7 @@ def create_app(settings: Settings, codec: Codec, topics: Catalogue, authenticato
     )
     for unavailable in POSTGRES_UNAVAILABLE:  # a 503 to retry, not a 500, while Postgres is away
         app.add_exception_handler(unavailable, database_unavailable)
+    app.add_exception_handler(KafkaError, stream_unavailable)  # the same while the broker is away
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next: Any) -> Any:

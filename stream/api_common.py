@@ -87,6 +87,18 @@ async def database_unavailable(request: Request, error: Exception) -> JSONRespon
     )
 
 
+async def stream_unavailable(request: Request, error: Exception) -> JSONResponse:
+    """A request that met the broker unreachable or refusing outside ``publish`` (an export reading the
+    account's topics, an erasure publishing its tombstones, a client that cannot bootstrap): a 503
+    the bank app retries after ``Retry-After``, and one line in the log, not a 500 and a traceback."""
+    log.warning("%s %s: the event stream is unavailable (%s)", request.method, request.url.path, type(error).__name__)
+    return JSONResponse(
+        {"detail": f"the event stream did not answer ({type(error).__name__}): try again"},
+        status_code=503,
+        headers={"Retry-After": str(BROKER_RETRY_AFTER_S)},
+    )
+
+
 def no_cashback(account_id: str) -> HTTPException:
     """The 404 of an account never seen, and of an account the token does not act for: the same."""
     return HTTPException(status_code=404, detail=f"account {account_id} has no cashback")

@@ -57,6 +57,7 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from schemas.codec import Codec, DecodeError
 from stream.account_messages import erasure_message, tombstones
@@ -285,7 +286,10 @@ async def _end_offset(settings: Settings, tp: TopicPartition) -> int:
 
 
 async def _committed_to(settings: Settings, group: str, tp: TopicPartition, offset: int, timeout_s: float) -> bool:
-    """Wait until ``group`` has committed ``tp`` up to ``offset`` (True), or ``timeout_s`` passed."""
+    """Wait until ``group`` has committed ``tp`` up to ``offset`` (True), or ``timeout_s`` passed.
+    An error the broker says is retriable is asked again until then: the group's coordinator not
+    known yet (a cluster whose offsets topic is still being made, a coordinator moving after a
+    broker's failure) is a wait, not the erasure's failure."""
     if offset <= 0:
         return True
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, **settings.kafka_client_options())
@@ -294,9 +298,15 @@ async def _committed_to(settings: Settings, group: str, tp: TopicPartition, offs
     try:
         await admin.start()
         while True:
-            committed = (await admin.list_consumer_group_offsets(group, partitions=[tp])).get(tp)
-            if committed is not None and committed.offset >= offset:
-                return True
+            try:
+                committed = (await admin.list_consumer_group_offsets(group, partitions=[tp])).get(tp)
+            except KafkaError as error:
+                if not error.retriable:
+                    raise
+                log.info("the offsets of group %s are not readable yet (%s): asking again", group, type(error).__name__)
+            else:
+                if committed is not None and committed.offset >= offset:
+                    return True
             if loop.time() > deadline:
                 return False
             await asyncio.sleep(POLL_S)

@@ -37,7 +37,7 @@ import httpx
 import pytest
 
 from schemas.codec import Codec
-from stream.auth import ACCOUNTS_READ, OFFERS_ACTIVATE
+from stream.auth import ACCOUNTS_READ, OFFERS_ACTIVATE, OPERATIONS
 from stream.localstack.kafka import DEFAULT_CACHE_DIR, KafkaBroker
 from stream.localstack.postgres import EmbeddedPostgres
 from stream.localstack.process import free_port
@@ -238,7 +238,7 @@ def test_a_bank_app_reading_during_a_postgres_outage_gets_a_503_to_retry(kafka_b
 
 def test_while_the_broker_is_away_a_worker_stops_and_a_bank_app_gets_a_503(postgres_url: str, work_dir: Path) -> None:
     """The worker stops within its bounds and the next one goes on, nothing lost or counted twice; an
-    activation is answered 503 after a bounded wait; the API still stops."""
+    activation is answered 503 after a bounded wait, an export and an erasure at once; the API still stops."""
     data_dir = Path(tempfile.mkdtemp(prefix="cashback-broker-away-"))
     broker = KafkaBroker(DEFAULT_CACHE_DIR, data_dir / "kafka", port=free_port(), partitions_default=4)
     log_dir = work_dir / f"broker-away-{uuid.uuid4().hex[:8]}"
@@ -275,6 +275,14 @@ def test_while_the_broker_is_away_a_worker_stops_and_a_bank_app_gets_a_503(postg
         assert time.monotonic() - asked < 15, "a bounded wait for the broker"
         assert answer.headers["Retry-After"] == "5"
         assert "send it again" in answer.json()["detail"]
+        operations = api_headers([OPERATIONS])  # an export and an erasure reach the broker with clients of their own
+        for method, path, body in (("GET", "export", None), ("POST", "erasure", {"reason": "DSR-2026-0042"})):
+            answer = httpx.request(
+                method, f"{base_url}/v1/operations/accounts/{account}/{path}", headers=operations, json=body, timeout=60
+            )
+            assert (answer.status_code, answer.headers.get("Retry-After")) == (503, "5"), answer.text
+            assert "event stream" in answer.json()["detail"]
+        assert "Exception in ASGI application" not in processes.log("api")
         exited_within(processes, "worker", worker, asked, STOP_BROKER_AWAY_S, bounded=True)
         assert "Traceback" not in processes.log("worker").split("Signal received")[-1], "the stop raised"
         # the API too, its producer's stop bounded (stream.api_common.shut_down); uvicorn exits by the signal it got

@@ -6,16 +6,22 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
+from aiokafka import TopicPartition
+from aiokafka.errors import GroupAuthorizationFailedError, GroupCoordinatorNotAvailableError, NotCoordinatorForGroupError
+from aiokafka.structs import OffsetAndMetadata
 
 from schemas.codec import Codec
+from stream import gdpr
 from stream.account_messages import erasure_message, tombstones
 from stream.account_profiles import erased_key
 from stream.account_states import AccountStates
 from stream.changelog_table import DELETED
 from stream.cli import parser
 from stream.core.rules import decide
+from stream.settings import Settings
 from tests.factories import book, card_event
 from tests.unit.test_account_states_batches import StagedTable
 from topics.catalogue import account_partition, catalogue
@@ -82,3 +88,51 @@ def test_the_command_line_takes_an_erasure_with_a_reason_only() -> None:
         with pytest.raises(SystemExit) as stopped:
             parser().parse_args(missing)
         assert stopped.value.code == 2
+
+
+class Offsets:
+    """An admin client whose group offsets read fails with ``errors`` first, then shows ``committed``."""
+
+    def __init__(self, errors: list[Exception], committed: int) -> None:
+        self.errors, self.committed, self.asked, self.closed = errors, committed, 0, False
+
+    def __call__(self, **_: object) -> Offsets:
+        return self
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        self.closed = True
+
+    async def list_consumer_group_offsets(self, group: str, partitions: list[TopicPartition]) -> dict[TopicPartition, Any]:
+        self.asked += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return {partitions[0]: OffsetAndMetadata(self.committed, "")}
+
+
+async def committed_to(monkeypatch: pytest.MonkeyPatch, admin: Offsets, offset: int, timeout_s: float = 5.0) -> bool:
+    monkeypatch.setattr(gdpr, "AIOKafkaAdminClient", admin)
+    monkeypatch.setattr(gdpr, "POLL_S", 0.01)
+    return await gdpr._committed_to(Settings(), "cashback", TopicPartition("erasures", 0), offset, timeout_s)
+
+
+@pytest.mark.asyncio
+async def test_the_erasure_waits_while_the_group_coordinator_is_not_known_yet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh cluster (its offsets topic still being made) or a coordinator moving answers
+    GroupCoordinatorNotAvailable: the wait for the worker asks again, where it used to fail the
+    request with a 500. aiokafka marks that error retriable, which the wait relies on."""
+    assert GroupCoordinatorNotAvailableError.retriable and NotCoordinatorForGroupError.retriable
+    admin = Offsets([GroupCoordinatorNotAvailableError(), NotCoordinatorForGroupError()], committed=8)
+    assert await committed_to(monkeypatch, admin, 8)
+    assert admin.asked == 3 and admin.closed
+    assert not await committed_to(monkeypatch, Offsets([], committed=7), 8, timeout_s=0.05)  # never reached: False
+
+
+@pytest.mark.asyncio
+async def test_an_error_the_broker_will_not_retry_ends_the_wait_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    admin = Offsets([GroupAuthorizationFailedError()], committed=8)
+    with pytest.raises(GroupAuthorizationFailedError):
+        await committed_to(monkeypatch, admin, 8)
+    assert admin.asked == 1 and admin.closed
