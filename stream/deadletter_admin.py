@@ -11,6 +11,7 @@ from aiokafka.errors import UnknownTopicOrPartitionError, for_code
 
 from schemas.codec import Codec, DecodeError
 from stream.core.card_numbers import mask_card_numbers
+from stream.kafka_clients import stop_consumer
 from stream.settings import Settings
 
 
@@ -73,7 +74,7 @@ async def read_dead_letters(
         letters.sort(key=lambda letter: (letter["failed_at"] is None, letter["failed_at"] or 0))
         return letters[-limit:]
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
 
 
 def _tp(record: Any) -> TopicPartition:

@@ -72,6 +72,7 @@ from stream.api_models import (
     RefusedEntry,
     balance_of,
 )
+from stream.kafka_clients import stop_consumer
 from stream.producing import producer as make_producer
 from stream.settings import Settings
 from stream.store import erasure as ledger
@@ -139,7 +140,7 @@ async def read_account_messages(
                     if key == wanted[0] if tp == profile_tp else key.startswith(wanted[1]):
                         latest[(tp.topic, key)] = record.value
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
     profile_value = latest.pop((profile_tp.topic, wanted[0]), None)
     activations = {}
     for (_, key), value in latest.items():
@@ -282,7 +283,7 @@ async def _end_offset(settings: Settings, tp: TopicPartition) -> int:
         await consumer.start()
         return int((await consumer.end_offsets([tp]))[tp])
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
 
 
 async def _committed_to(settings: Settings, group: str, tp: TopicPartition, offset: int, timeout_s: float) -> bool:

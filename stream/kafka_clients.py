@@ -1,4 +1,4 @@
-"""Starting aiokafka clients so that a cancel never leaves a connection open.
+"""Starting and stopping aiokafka clients so that neither leaves a connection open.
 
 aiokafka's ``start()`` (consumer, producer and admin client alike) first bootstraps: it opens a
 connection, asks for the cluster's metadata, then closes that connection. Cancelled in between (a
@@ -11,12 +11,23 @@ fix closes the connection on an ``Exception`` only, and a cancel is not one).
 goes on, so the caller's ``stop()`` then finds and closes everything. The bootstrap takes
 milliseconds on a broker that answers; what can take longer (waiting for a topic's metadata,
 joining a group) holds its connections where ``stop()`` finds them, so it is cancelled after that.
+
+A consumer's ``stop()`` while the broker is away can raise ``CancelledError`` though nothing
+cancelled its caller: its fetcher cancels its fetch requests at its close and awaits each, and one
+backing off after a broker error (its sleep is in an ``except`` clause) ends cancelled, which the
+close re-raises (aio-libs/aiokafka#647). The caller's own cleanup after it (its producer's stop,
+its Postgres connection's close) was skipped, and the error looked like a cancel of the caller.
+``stop_consumer`` tells the two apart (``cut_short_by_a_fetch``) and closes the consumer's
+connections instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
 
 
 class Startable(Protocol):
@@ -39,3 +50,23 @@ async def start_client(client: Startable) -> None:
         if not starting.cancelled():
             starting.exception()  # retrieved: the cancel is what goes on, not a start's failure
         raise
+
+
+def cut_short_by_a_fetch() -> bool:
+    """Whether the ``CancelledError`` just caught from a consumer's stop is aiokafka's (module doc),
+    not a cancel of the running task, which must go on."""
+    task = asyncio.current_task()
+    return task is not None and not task.cancelling()
+
+
+async def stop_consumer(consumer: Any) -> None:
+    """``await consumer.stop()``; when aiokafka's stop is cut short by a fetch cancelled while the
+    broker was away (module doc), the consumer's connections are closed instead and the caller goes
+    on with its own cleanup. A cancel of the caller still propagates."""
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        if not cut_short_by_a_fetch():
+            raise
+        log.warning("the consumer's stop was cut short by a fetch cancelled while the broker was away; closing its connections")
+        await consumer._client.close()

@@ -19,7 +19,7 @@ from schemas.codec import Codec, DecodeError
 from stream.core.offer_parsing import UNATTRIBUTED_SPONSOR, parse_published_offer
 from stream.core.offers import Offer, OfferBook, OfferError
 from stream.deadletter import Stage
-from stream.kafka_clients import start_client
+from stream.kafka_clients import start_client, stop_consumer
 from stream.metrics import DEAD_LETTERS, OFFERS_LOADED
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class CompactedTopicMirror(Generic[T]):
                 if changed and self.ready.is_set():
                     self._notify()
         finally:
-            await consumer.stop()
+            await stop_consumer(consumer)
 
     def _loaded(self) -> None:
         log.info("%s: %d records loaded", self.topic, len(self.values))

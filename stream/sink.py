@@ -31,6 +31,7 @@ import operator
 import time
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import AsyncExitStack
 from datetime import datetime
 from typing import Any
 
@@ -43,7 +44,7 @@ from schemas.codec import Codec, DecodeError
 from stream.core.abuse import RULE_NAMES
 from stream.core.entries import ITEM_KINDS
 from stream.deadletter import OtherReason, Stage, send_dead_letter
-from stream.kafka_clients import start_client
+from stream.kafka_clients import start_client, stop_consumer
 from stream.metrics import (
     CONSUMER_LAG,
     HOLD_REVIEWS,
@@ -191,14 +192,13 @@ class Sink:
             **kafka,
         )
         producer = make_producer(self.settings)
-        try:
+        async with AsyncExitStack() as leaving:  # each step on the way out, even when one before it raised
+            leaving.push_async_callback(self._db.close)
+            leaving.push_async_callback(producer.stop)
+            leaving.push_async_callback(stop_consumer, consumer)  # first: its stop may be cut short (aiokafka #647)
             await start_client(producer)
             await start_client(consumer)
             await self._drain(consumer, producer)
-        finally:
-            await consumer.stop()
-            await producer.stop()
-            await self._db.close()
 
     async def _drain(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
         """Steps 1 to 4, batch after batch, until stopped."""

@@ -31,6 +31,7 @@ from typing import Any
 
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
+from stream.kafka_clients import cut_short_by_a_fetch
 from stream.stopping import within
 
 log = logging.getLogger(__name__)
@@ -81,8 +82,7 @@ class StoppingConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         try:
             await super().on_thread_stop()
         except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
+            if not cut_short_by_a_fetch():
                 raise  # this stop itself was cancelled
             log.warning(
                 "the consumer's stop was cut short by a fetch cancelled while the broker was away; closing its connections"

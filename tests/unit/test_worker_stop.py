@@ -1,5 +1,6 @@
-"""The worker's stop bounded while the broker is away (``stream.worker_stop``): each piece alone,
-and what it relies on in aiokafka's private API. The whole stop against a real broker taken away is
+"""The worker's stop bounded while the broker is away (``stream.worker_stop``, and the plain
+consumers' ``stream.kafka_clients.stop_consumer``): each piece alone, and what it relies on in
+aiokafka's private API. The whole stop against a real broker taken away is
 ``tests/integration/test_outages.py``."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from stream import stopping, worker_stop
 from stream.guarded_consumer import GuardedApp
+from stream.kafka_clients import stop_consumer
 from stream.worker_stop import BoundedLastCommit, StoppingConsumerThread, _close_undelivered, flush_within
 
 CLOSED = "127.0.0.1:9"  # nothing listens: no client here connects anywhere
@@ -113,7 +115,7 @@ def test_aiokafka_s_private_parts_the_stop_closes_are_there() -> None:
         producer = AIOKafkaProducer(bootstrap_servers=CLOSED)
         await _close_undelivered(producer)  # its sender and client, as AIOKafkaProducer.stop closes them
         consumer = AIOKafkaConsumer(bootstrap_servers=CLOSED)
-        await consumer._client.close()  # what StoppingConsumerThread closes
+        await consumer._client.close()  # what StoppingConsumerThread and stop_consumer close
         await consumer.stop()  # (marked closed, so that it does not warn)
         await producer.stop()
 
@@ -141,3 +143,30 @@ def test_the_app_s_flush_is_bounded_at_a_stop_only(monkeypatch: pytest.MonkeyPat
 
     assert asyncio.run(flush_took(stopping=False)) >= 1.5
     assert asyncio.run(flush_took(stopping=True)) < 1.0
+
+
+class StopRaising:
+    """A consumer whose stop raised ``CancelledError`` (aiokafka #647), as the sink's and the payout
+    answers' plain aiokafka consumers' do while the broker is away."""
+
+    def __init__(self) -> None:
+        self._client = Recorded()
+
+    async def stop(self) -> None:
+        raise asyncio.CancelledError
+
+
+def test_a_plain_consumer_s_stop_cut_short_lets_its_owner_go_on_with_its_cleanup() -> None:
+    consumer = StopRaising()
+    asyncio.run(stop_consumer(consumer))  # no CancelledError: the sink goes on to stop its producer and close Postgres
+    assert consumer._client.closed == 1, "the consumer's connections are closed instead"
+
+    async def scenario() -> None:
+        async def stop_then_cancelled() -> None:
+            asyncio.current_task().cancel()  # type: ignore[union-attr]  # a cancel asked of the owner itself
+            await stop_consumer(StopRaising())
+
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.create_task(stop_then_cancelled())
+
+    asyncio.run(scenario())
