@@ -35,6 +35,7 @@ from stream.api_common import (
     CHARITY_ID,
     CURSOR_PATTERN,
     OFFER_ID,
+    BodyLimit,
     database_unavailable,
     declared_query_only,
     decode_cursor,
@@ -137,6 +138,7 @@ def create_app(settings: Settings, codec: Codec, topics: Catalogue, authenticato
     for unavailable in POSTGRES_UNAVAILABLE:  # a 503 to retry, not a 500, while Postgres is away
         app.add_exception_handler(unavailable, database_unavailable)
     app.add_exception_handler(KafkaError, stream_unavailable)  # the same while the broker is away
+    app.add_middleware(BodyLimit)  # before the token is checked: FastAPI reads the body first
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next: Any) -> Any:

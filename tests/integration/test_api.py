@@ -28,6 +28,7 @@ from aiokafka import AIOKafkaConsumer
 
 from schemas.codec import SCHEMA_DIR, Codec
 from stream.api import create_app
+from stream.api_common import MAX_BODY_BYTES
 from stream.auth import ACCOUNTS_READ, OFFERS_ACTIVATE, OPERATIONS, REDEMPTIONS_WRITE
 from stream.core.balances import balances
 from stream.core.entries import Entry
@@ -623,6 +624,33 @@ async def test_a_rotated_signing_key_is_accepted_at_its_first_token(api: httpx.A
         assert (await api.get("/v1/accounts/api-1/balances", headers=api_headers([ACCOUNTS_READ], ["api-1"]))).status_code == 200
     finally:
         write_jwks(jwks_dir / "jwks.json", [API_KEY])
+
+
+@pytest.mark.asyncio
+async def test_a_body_over_the_bound_is_413_and_never_read_whole(api: httpx.AsyncClient) -> None:
+    """FastAPI reads a body before it checks the token: without a bound, a caller with no token made
+    the API hold whatever it sent. Declared too large, it is refused unread; sent in chunks with no
+    length, as soon as what arrived passes the bound."""
+    path = "/v1/operations/accounts/api-1/erasure"
+    too_large = {"detail": f"the request body is larger than {MAX_BODY_BYTES} bytes"}
+    declared = await api.post(path, content=b"{" + b" " * MAX_BODY_BYTES + b"}", headers={"content-type": "application/json"})
+    assert (declared.status_code, declared.json()) == (413, too_large)
+
+    sent = 0
+
+    async def chunks() -> AsyncIterator[bytes]:  # 16 MiB in 16 KiB chunks, no Content-Length
+        nonlocal sent
+        for _ in range(1024):
+            sent += 1
+            yield b" " * 16384
+
+    chunked = await api.post(path, content=chunks(), headers={"content-type": "application/json"})
+    assert (chunked.status_code, chunked.json()) == (413, too_large)
+    assert sent <= MAX_BODY_BYTES // 16384 + 2, f"{sent} chunks read: the body was read past its bound"
+
+    # a body within the bound reaches the route: an erasure whose reason is a character too long for it
+    fits = await api.post(path, json={"reason": "x" * 501}, headers=api_headers([OPERATIONS]))
+    assert fits.status_code == 422 and "500 characters" in fits.text
 
 
 @pytest.mark.asyncio
