@@ -106,7 +106,7 @@ def no_cashback(account_id: str) -> HTTPException:
 
 def secured(*alternatives: str, not_found: str | None = None, paged: bool = False) -> dict[str, Any]:
     """A protected route's OpenAPI: its security requirement (any one of ``alternatives``' scopes; none:
-    any valid token) and its 400, 401, 403, 404 and 503 answers."""
+    any valid token) and its 400, 401, 403, 404, 413 and 503 answers."""
     bad_request = "A query parameter the route does not take" + (", or a cursor this API did not return." if paged else ".")
     responses: dict[int | str, dict[str, Any]] = {
         400: {"model": Problem, "description": bad_request},
@@ -120,6 +120,7 @@ def secured(*alternatives: str, not_found: str | None = None, paged: bool = Fals
         responses[403] = {"model": Problem, "description": f"The token has none of the scopes {', '.join(alternatives)}."}
     if not_found:
         responses[404] = {"model": Problem, "description": not_found}
+    responses[413] = {"model": Problem, "description": f"A request body over {MAX_BODY_BYTES} bytes: it is not read."}
     responses[503] = {
         "model": Problem,
         "description": "The ledger's database or the event stream did not answer (an outage): try again (Retry-After).",
