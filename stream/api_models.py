@@ -250,8 +250,9 @@ class ErasureRequest(BaseModel):
     reason: str = Field(
         min_length=1,
         max_length=500,
+        pattern=r"^[^\x00-\x1f\x7f]+$",
         description="The request's reference in the DPO's register (e.g. DSR-2026-0042), never the customer's name: "
-        "it is kept in the erasure log beside the pseudonym.",
+        "it is kept in the erasure log beside the pseudonym (no control character: a 422; never a card number: a 400).",
     )
 
 

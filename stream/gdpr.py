@@ -72,6 +72,7 @@ from stream.api_models import (
     RefusedEntry,
     balance_of,
 )
+from stream.core.card_numbers import looks_like_card_number
 from stream.kafka_clients import stop_consumer
 from stream.producing import producer as make_producer
 from stream.settings import Settings
@@ -229,6 +230,11 @@ async def erase_account(
     ``ErasureIncomplete`` when the worker or the sink did not follow within ``timeout_s`` each."""
     if not reason.strip() or not operator.strip():
         raise ValueError("an erasure needs a reason (the request's reference) and an operator")
+    for name, text in (("reason", reason), ("operator", operator)):  # kept in the erasure log for good
+        if any(ord(char) < 0x20 or ord(char) == 0x7F for char in text):
+            raise ValueError(f"the erasure's {name} holds a control character")
+        if looks_like_card_number(text):
+            raise ValueError(f"the erasure's {name} looks like a card number: no card number is kept")
     messages = await read_account_messages(settings, codec, topics, account_id)
     dead = tombstones(account_id, messages.activations, topics.profiles, topics.activations)
     partition, key, value = erasure_message(codec, account_id, datetime.now(UTC), topics.erasures.partitions)

@@ -41,7 +41,7 @@ from stream.settings import Settings
 from stream.sink import staging_row
 from stream.store.journal import write_batch
 from stream.store.migrations import migrate
-from tests.factories import T0, book, card_event, offer
+from tests.factories import T0, book, card_event, generated_card_number, offer
 from tests.integration.conftest import API_KEY, api_auth_env, api_headers, api_token, fresh_database
 from topics.admin import ensure_topics
 from topics.catalogue import account_partition, catalogue
@@ -651,6 +651,15 @@ async def test_a_body_over_the_bound_is_413_and_never_read_whole(api: httpx.Asyn
     # a body within the bound reaches the route: an erasure whose reason is a character too long for it
     fits = await api.post(path, json={"reason": "x" * 501}, headers=api_headers([OPERATIONS]))
     assert fits.status_code == 422 and "500 characters" in fits.text
+
+
+@pytest.mark.asyncio
+async def test_an_erasure_reason_with_a_control_character_or_a_card_number_is_refused(client: httpx.AsyncClient) -> None:
+    """The erasure log keeps its reason for good: refused before anything is published."""
+    path = "/v1/operations/accounts/api-1/erasure"
+    assert (await client.post(path, json={"reason": "DSR-1\x00"})).status_code == 422
+    refused = await client.post(path, json={"reason": f"card {generated_card_number()}"})
+    assert refused.status_code == 400 and "looks like a card number" in refused.json()["detail"]
 
 
 @pytest.mark.asyncio

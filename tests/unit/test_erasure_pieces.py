@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from datetime import UTC, datetime
 from typing import Any
@@ -22,7 +23,7 @@ from stream.changelog_table import DELETED
 from stream.cli import parser
 from stream.core.rules import decide
 from stream.settings import Settings
-from tests.factories import book, card_event
+from tests.factories import book, card_event, generated_card_number
 from tests.unit.test_account_states_batches import StagedTable
 from topics.catalogue import account_partition, catalogue
 
@@ -136,3 +137,27 @@ async def test_an_error_the_broker_will_not_retry_ends_the_wait_at_once(monkeypa
     with pytest.raises(GroupAuthorizationFailedError):
         await committed_to(monkeypatch, admin, 8)
     assert admin.asked == 1 and admin.closed
+
+
+@pytest.mark.parametrize(
+    ("reason", "operator", "refused"),
+    [
+        (
+            "DSR-1\x00",
+            "dpo",
+            "reason holds a control character",
+        ),  # Postgres's text cannot hold a NUL: it failed after the Kafka steps
+        ("DSR-1\nforged log line", "dpo", "reason holds a control character"),
+        (f"card {generated_card_number()}", "dpo", "reason looks like a card number"),
+        ("DSR-1", f"dpo {generated_card_number(15, first='3')}", "operator looks like a card number"),
+    ],
+    ids=["nul", "line-break", "card-number-in-reason", "card-number-in-operator"],  # no card number in a test's name
+)
+def test_an_erasure_whose_log_would_keep_a_control_character_or_a_card_number_is_refused_first(
+    reason: str, operator: str, refused: str
+) -> None:
+    """Refused before anything is published: the erasure log keeps its reason and operator for good.
+    (Nothing listens at the settings' broker: a check passed would fail on connecting instead.)"""
+    settings = Settings(kafka_bootstrap_servers="127.0.0.1:9")
+    with pytest.raises(ValueError, match=refused):
+        asyncio.run(gdpr.erase_account(settings, Codec(), catalogue(), "acct-1", reason, operator, timeout_s=1))
