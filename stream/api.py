@@ -42,6 +42,7 @@ from stream.api_common import (
     encode_cursor,
     no_cashback,
     publish,
+    route_of,
     secured,
     shut_down,
     stream_unavailable,
@@ -143,8 +144,7 @@ def create_app(settings: Settings, codec: Codec, topics: Catalogue, authenticato
     @app.middleware("http")
     async def count_requests(request: Request, call_next: Any) -> Any:
         response = await call_next(request)
-        route = request.scope.get("route")
-        API_REQUESTS.labels(getattr(route, "path", "unmatched"), str(response.status_code)).inc()
+        API_REQUESTS.labels(route_of(request), str(response.status_code)).inc()
         return response
 
     generate_openapi = app.openapi

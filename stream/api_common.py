@@ -56,6 +56,13 @@ PUBLISH_TIMEOUT_S = 10.0  # a route's message to the broker, acknowledged within
 BROKER_RETRY_AFTER_S = 5
 
 
+def route_of(request: Request) -> str:
+    """The request's route as declared (``/v1/accounts/{account_id}/balances``), for a log line: its
+    path would name the account, personal data that no log keeps (and an id can be anything its
+    pattern allows, a card number's digits too)."""
+    return getattr(request.scope.get("route"), "path", "unmatched")
+
+
 async def publish(request: Request, topic: str, value: bytes, key: bytes | None, partition: int) -> None:
     """Send a route's message and wait for the broker's acknowledgement, within ``PUBLISH_TIMEOUT_S``:
     past it, or on a Kafka error, a 503 the bank app retries (the routes that publish are idempotent:
@@ -66,7 +73,7 @@ async def publish(request: Request, topic: str, value: bytes, key: bytes | None,
     try:
         await asyncio.wait_for(sending, PUBLISH_TIMEOUT_S)
     except (TimeoutError, KafkaError) as error:
-        log.warning("%s %s: the broker did not take the message (%s)", request.method, request.url.path, type(error).__name__)
+        log.warning("%s %s: the broker did not take the message (%s)", request.method, route_of(request), type(error).__name__)
         detail = f"the event stream did not acknowledge the request within {PUBLISH_TIMEOUT_S:.0f} s ({type(error).__name__}); "
         raise HTTPException(
             status_code=503,
@@ -79,7 +86,7 @@ async def database_unavailable(request: Request, error: Exception) -> JSONRespon
     """A request that met Postgres unreachable (``stream.store.availability.POSTGRES_UNAVAILABLE``):
     a 503 the bank app retries after ``Retry-After``, and one line in the log, instead of a 500 and
     a traceback per request for as long as the outage lasts."""
-    log.warning("%s %s: the database is unavailable (%s)", request.method, request.url.path, type(error).__name__)
+    log.warning("%s %s: the database is unavailable (%s)", request.method, route_of(request), type(error).__name__)
     return JSONResponse(
         {"detail": f"the ledger's database is unavailable ({type(error).__name__}): try again"},
         status_code=503,
@@ -91,7 +98,7 @@ async def stream_unavailable(request: Request, error: Exception) -> JSONResponse
     """A request that met the broker unreachable or refusing outside ``publish`` (an export reading the
     account's topics, an erasure publishing its tombstones, a client that cannot bootstrap): a 503
     the bank app retries after ``Retry-After``, and one line in the log, not a 500 and a traceback."""
-    log.warning("%s %s: the event stream is unavailable (%s)", request.method, request.url.path, type(error).__name__)
+    log.warning("%s %s: the event stream is unavailable (%s)", request.method, route_of(request), type(error).__name__)
     return JSONResponse(
         {"detail": f"the event stream did not answer ({type(error).__name__}): try again"},
         status_code=503,

@@ -234,6 +234,9 @@ def test_a_bank_app_reading_during_a_postgres_outage_gets_a_503_to_retry(kafka_b
         # uvicorn's traceback of a request that raised (the 500 answered before); asyncpg's own warning of its
         # pool's floor, with its traceback, is the library's
         assert "Exception in ASGI application" not in processes.log("api")
+        # one line per request, naming its route as declared: the path would name the account (personal data)
+        assert "GET /v1/accounts/{account_id}/balances: the database is unavailable" in processes.log("api")
+        assert "acct-outage" not in processes.log("api")
 
 
 def test_while_the_broker_is_away_a_worker_stops_and_a_bank_app_gets_a_503(postgres_url: str, work_dir: Path) -> None:
@@ -282,7 +285,7 @@ def test_while_the_broker_is_away_a_worker_stops_and_a_bank_app_gets_a_503(postg
             )
             assert (answer.status_code, answer.headers.get("Retry-After")) == (503, "5"), answer.text
             assert "event stream" in answer.json()["detail"]
-        assert "Exception in ASGI application" not in processes.log("api")
+        assert "Exception in ASGI application" not in processes.log("api") and account not in processes.log("api")
         exited_within(processes, "worker", worker, asked, STOP_BROKER_AWAY_S, bounded=True)
         assert "Traceback" not in processes.log("worker").split("Signal received")[-1], "the stop raised"
         # the API too, its producer's stop bounded (stream.api_common.shut_down); uvicorn exits by the signal it got
