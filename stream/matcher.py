@@ -4,7 +4,8 @@ engine, emits and counts.
 Per event, in this order:
 
 1. decode and validate; a bad message goes to the dead-letter topic (with its bytes, topic,
-   partition, offset and reason) and processing moves on;
+   partition, offset and reason) and processing moves on; one read off its account's partition is
+   sent there to be decided (``stream.misrouted``);
 2. ``decide(event, offers, state)`` for the event's account (its profile joined from
    ``stream.account_profiles``, its campaign budgets granted through ``stream.granting``);
 3. write what the event changed of the account's state (its summary, its transaction and its
@@ -58,6 +59,7 @@ from stream.guarded_consumer import OffsetLookups, keep_across_resumes
 from stream.heap import TRIM_INTERVAL_S, trimmer
 from stream.input_partitions import InputPartitions, PartitionRevoked
 from stream.metrics import EVENTS_CONSUMED, PAYOUT_SKIPS, PAYOUTS
+from stream.misrouted import forward
 from stream.offer_mirror import OfferMirror
 from stream.outbox import BatchDropped, Decided, Outbox, Staged
 from stream.producing import AppSends
@@ -65,7 +67,7 @@ from stream.settings import Settings
 from stream.store.budgets import BudgetStore, movement_id
 from stream.time_passing import TimePassing
 from stream.worker_app import INPUT_SCHEMA, PROFILE_SCHEMA, STATE_SCHEMA, STORE_OPTIONS, share_store_memory, worker_app
-from topics.catalogue import ACCOUNT_PROFILE_TABLE, ACCOUNT_STATE_TABLE, MAX_COMPACTION_LAG_MS, Catalogue
+from topics.catalogue import ACCOUNT_PROFILE_TABLE, ACCOUNT_STATE_TABLE, MAX_COMPACTION_LAG_MS, Catalogue, account_partition
 
 log = logging.getLogger(__name__)
 
@@ -137,10 +139,8 @@ class Matcher:
             default=None,
             schema=STATE_SCHEMA,
             value_type=bytes,
-            options=dict(STORE_OPTIONS),
-            extra_topic_configs={
-                "max.compaction.lag.ms": str(MAX_COMPACTION_LAG_MS)
-            },  # a copy: Faust's store takes keys out of it
+            options=dict(STORE_OPTIONS),  # a copy: Faust's store takes keys out of it
+            extra_topic_configs={"max.compaction.lag.ms": str(MAX_COMPACTION_LAG_MS)},
             beacon=self.app.tables.beacon,
         )
         self.app.tables.add(self.states)
@@ -269,6 +269,9 @@ class Matcher:
             return None
         if key != record["account_id"].encode():
             await self.send_dead_letter(OtherReason.KEY_MISMATCH.value, "message key is not the event's account_id", source)
+            return None
+        if partition != (home := account_partition(record["account_id"], self.topics.authorizations.partitions)):
+            self.keep_delivery(await forward(self.sends, topic, partition, key, value, home, self.current))  # stream.misrouted
             return None
         if await self.refuse_erased(record["account_id"], source):
             return None

@@ -51,6 +51,12 @@ PAYOUT_SKIPS = Counter(
     ["reason"],
 )
 DEAD_LETTERS = Counter("cashback_dead_letters_total", "Messages sent to the dead-letter topic.", ["stage", "reason"])
+MISROUTED = Counter(
+    "cashback_misrouted_forwarded_total",
+    "Input messages read on a partition other than their account's (a producer not partitioning by murmur2), "
+    "forwarded to the account's partition.",
+    ["topic"],
+)
 OFFERS_LOADED = Gauge("cashback_offers_loaded", "Offers in this worker's offer book.")
 CONSUMER_LAG = Gauge(
     "cashback_consumer_lag_messages", "Messages behind the end of each assigned partition.", ["group", "topic", "partition"]

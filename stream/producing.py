@@ -59,12 +59,13 @@ class AppSends:
         value: bytes | None,
         partition: int | None = None,
         headers: list[tuple[str, bytes]] | None = None,
+        timestamp_s: float | None = None,
     ) -> Awaitable[Any]:
         """Hand one record to the producer; returns its delivery (the record's metadata). Waits
         only when the producer's buffer is full. ``partition`` None: the key's (murmur2, as Java
-        clients partition)."""
+        clients partition). ``timestamp_s`` None: the time of the send."""
         producer = self.app.producer
-        return await producer.send(topic, key, value, partition, None, headers)
+        return await producer.send(topic, key, value, partition, timestamp_s, headers)
 
     def batches(self, order: Sequence[str] = ()) -> Batches:
         """Records to hand to the producer a batch per topic and partition (``Batches``)."""

@@ -48,6 +48,7 @@ from stream.producing import OneByOne
 from stream.progress import InputProgress, Verdict
 from stream.settings import Settings
 from tests.factories import book
+from topics.catalogue import account_partition
 
 ACCOUNT = "acct-1"
 ACCOUNT_KEY = ACCOUNT.encode()
@@ -61,6 +62,7 @@ class Sent:
     value: bytes | None
     partition: int | None
     headers: list[tuple[str, bytes]] | None = None
+    timestamp_s: float | None = None
 
 
 class RecordedSends:
@@ -78,8 +80,9 @@ class RecordedSends:
         value: bytes | None,
         partition: int | None = None,
         headers: list[tuple[str, bytes]] | None = None,
+        timestamp_s: float | None = None,
     ) -> Any:
-        self.sent.append(Sent(topic, key, value, partition, headers))
+        self.sent.append(Sent(topic, key, value, partition, headers, timestamp_s))
         delivery = asyncio.get_running_loop().create_future()
         if topic not in self.changelogs:
             delivery.set_result(None)
@@ -127,6 +130,11 @@ class AgentHarness:
     _named: dict[str, faust.types.TopicT] = field(default_factory=dict)
 
     @property
+    def home(self) -> int:
+        """The partition of ``ACCOUNT``'s messages (murmur2), where ``put`` puts a message keyed by it."""
+        return account_partition(ACCOUNT, self.matcher.topics.authorizations.partitions)
+
+    @property
     def auth_topic(self) -> str:
         return self.matcher.topics.authorizations.name
 
@@ -140,11 +148,12 @@ class AgentHarness:
         key: bytes | None = ACCOUNT_KEY,
         *,
         topic: str | None = None,
-        partition: int = 0,
+        partition: int | None = None,
         timestamp: float | None = None,
     ) -> Handled:
         """Put one raw message on the agent, as if read from ``topic`` (default: authorizations) with
-        the broker ``timestamp`` (seconds; default now), and wait until the agent has handled it."""
+        the broker ``timestamp`` (seconds; default now), and wait until the agent has handled it.
+        ``partition`` None: the key's account's, where a producer partitioning by murmur2 puts it."""
         expected = len(self.handled) + 1
         await self.put_nowait(value, key, topic=topic, partition=partition, timestamp=timestamp)
         return await self.wait_handled(expected)
@@ -155,11 +164,14 @@ class AgentHarness:
         key: bytes | None = ACCOUNT_KEY,
         *,
         topic: str | None = None,
-        partition: int = 0,
+        partition: int | None = None,
         timestamp: float | None = None,
     ) -> int:
         """Put one raw message without waiting; returns the offset it was given."""
         name = topic or self.auth_topic
+        if partition is None:
+            account = (key or b"").decode(errors="replace").split(":", 1)[0]
+            partition = account_partition(account, self.matcher.topics.authorizations.partitions) if account else 0
         if name not in self._named:
             self._named[name] = self.matcher.app.topic(name, key_serializer="raw", value_serializer="raw")
         # The wrapper names messages after its ``original_channel``; a single-topic one has a name.

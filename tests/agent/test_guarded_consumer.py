@@ -256,7 +256,7 @@ async def test_messages_of_one_partition_follow_each_other_in_one_batch(harness)
     from tests.factories import card_record
 
     progress = InputProgress()
-    tp = TP(harness.auth_topic, 0)
+    tp = TP(harness.auth_topic, harness.home)
     progress.start(tp, 0)
     harness.matcher.inputs.progress = progress
     flushes: list[int] = []

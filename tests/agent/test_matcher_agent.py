@@ -36,10 +36,10 @@ def counter(name: str, **labels: str) -> float:
 async def test_approved_authorization_emits_pending_accrual_and_stores_state(harness: AgentHarness) -> None:
     record = card_record(amount_minor=10_000, mcc="5411")
 
-    handled = await harness.put(encode_auth(harness.codec, record), ACCOUNT_KEY, partition=3)
+    handled = await harness.put(encode_auth(harness.codec, record), ACCOUNT_KEY)  # on the account's partition
 
     assert handled.outcome is Outcome.EARNED
-    assert (handled.topic, handled.partition) == (harness.auth_topic, 3)
+    assert (handled.topic, handled.partition) == (harness.auth_topic, harness.home)
     assert harness.dead_letters.sent == []
     [(key, accrual)] = harness.accruals_decoded()
     assert key == ACCOUNT_KEY
@@ -68,7 +68,7 @@ async def test_approved_authorization_emits_pending_accrual_and_stores_state(har
         json.dumps(txn_key(ACCOUNT, record["transaction_ref"])).encode(),
         json.dumps(recent_key(ACCOUNT, 0)).encode(),  # the first of the recent events' slots
     ]
-    assert {partition for _, _, partition in written} == {3}
+    assert {partition for _, _, partition in written} == {harness.home}
     stored = {json.loads(key): value for key, value, _ in written}
     # The rows alone, without the copy the summary carries of them, give the state back.
     summary = decode_summary(stored[ACCOUNT])
@@ -90,6 +90,26 @@ async def test_entries_and_notifications_name_the_accounts_partition_to_the_prod
     assert accruals and notes
     assert {sent.partition for sent in accruals + notes} == {home}
     assert all(account_partition(f"acct-{n}", partitions) == murmur_partition(f"acct-{n}", partitions) for n in range(50))
+
+
+async def test_a_message_off_its_account_s_partition_is_forwarded_there_and_decided_nowhere_else(harness: AgentHarness) -> None:
+    """A producer not partitioning by murmur2 (stream.misrouted): the message is sent again, the same
+    key, bytes and broker timestamp, to its account's partition; no state is written where it was read,
+    no entry made, and its offset waits for the copy's delivery."""
+    value = encode_auth(harness.codec, card_record(amount_minor=10_000))
+    elsewhere = (harness.home + 1) % harness.matcher.topics.authorizations.partitions
+    before = counter("cashback_misrouted_forwarded_total", topic=harness.auth_topic)
+    handled = await harness.put(value, ACCOUNT_KEY, partition=elsewhere, timestamp=1_796_119_200.25)
+
+    assert (handled.partition, handled.outcome) == (elsewhere, None)
+    [copy] = harness.sends.to(harness.auth_topic).sent
+    assert (copy.key, copy.value, copy.partition, copy.timestamp_s) == (ACCOUNT_KEY, value, harness.home, 1_796_119_200.25)
+    assert harness.accruals.sent == [] and harness.dead_letters.sent == [] and harness.changelog() == []
+    assert harness.state() is None
+    assert counter("cashback_misrouted_forwarded_total", topic=harness.auth_topic) == before + 1
+
+    # the copy, read on the account's partition, is decided there
+    assert (await harness.put(value, ACCOUNT_KEY, timestamp=1_796_119_200.25)).outcome is Outcome.EARNED
 
 
 def murmur_partition(account_id: str, partitions: int) -> int:
@@ -698,7 +718,7 @@ async def test_a_write_made_while_the_partition_is_lost_never_reaches_the_local_
     accounted: list[list[Any]] = []
     done = harness.matcher.inputs.done
     harness.matcher.inputs.done = lambda tp, offset, deliveries: (accounted.append(deliveries), done(tp, offset, deliveries))  # type: ignore[method-assign]
-    await harness.put_nowait(encode_auth(harness.codec, card_record(amount_minor=10_000)), ACCOUNT_KEY, partition=3)
+    await harness.put_nowait(encode_auth(harness.codec, card_record(amount_minor=10_000)), ACCOUNT_KEY)
     await asyncio.sleep(0.1)
     assert table.unsettled, "the write waits for the changelog"
     harness.matcher.inputs.assigned = set()  # the rebalance took the partition away

@@ -17,13 +17,16 @@ import asyncio
 import signal
 import time
 import uuid
+from typing import Any
 
 import asyncpg
 import pytest
 
+from stream.settings import Settings
 from tests.factories import card_record
 from tests.integration.conftest import REPO_ROOT, running_pipeline, wait_until
-from tests.integration.test_end_to_end import balance, publish_records, wait_for_balance
+from tests.integration.test_end_to_end import balance, publish, publish_records, topic_for, wait_for_balance, wire
+from topics.catalogue import account_partition
 
 pytestmark = pytest.mark.integration
 
@@ -112,3 +115,66 @@ def test_a_restarted_worker_processes_again_with_its_state(request, kafka_bootst
         assert restart_s <= RESTART_TARGET_S, f"restarted worker decided its first event after {restart_s:.1f}s"
         # Nothing was decided twice in effect: exactly the two lines per account.
         assert all(balance(base_url, a) == CONFIRMED_500 for a in accounts)
+
+
+def test_a_card_processor_not_partitioning_by_murmur2_is_decided_on_each_account_s_partition_across_a_restart(
+    request, kafka_bootstrap, postgres_url, work_dir
+) -> None:  # type: ignore[no-untyped-def]
+    """librdkafka's default partitioner (CRC32), or a client naming partitions itself, puts an account's
+    card events off its partition. Decided there, the account's state was stored on the wrong partition
+    and looked for on its own once read back: after a restart the worker failed on the clearing for
+    good. Each is now forwarded to its account's partition (stream.misrouted) and decided there, once,
+    a redelivery too."""
+    with running_pipeline(
+        request,
+        kafka_bootstrap,
+        postgres_url,
+        work_dir,
+        "misrouted",
+        REPO_ROOT / "tests" / "integration" / "offers.yaml",
+        WORKER_INSTANCE_ID="worker-m",
+    ) as (processes, base_url):
+        partitions = Settings.from_env(processes.env).topic_partitions
+        accounts = [f"misrouted-{uuid.uuid4().hex[:6]}-{n}" for n in range(8)]
+
+        def misrouted(records: list[dict[str, Any]]) -> None:  # each on the partition after its account's
+            def elsewhere(record: dict[str, Any]) -> int:
+                return (account_partition(record["account_id"], partitions) + 1) % partitions
+
+            messages = [(topic_for(processes.env, r), r["account_id"].encode(), wire(r), elsewhere(r)) for r in records]
+            asyncio.run(publish(processes.env["KAFKA_BOOTSTRAP_SERVERS"], messages))
+
+        def authorisation(a: str, n: int) -> dict[str, Any]:
+            return card_record("AUTHORIZATION", 10_000, account_id=a, transaction_ref=f"{a}-ref{n}", event_id=f"{a}-auth{n}")
+
+        # two purchases a batch apart: the state's first transaction is then a row of its own in the local store
+        misrouted([authorisation(a, 1) for a in accounts])
+        for account in accounts:
+            wait_for_balance(base_url, account, PENDING_500)
+        misrouted([authorisation(a, 2) for a in accounts])
+        for account in accounts:
+            wait_for_balance(base_url, account, {**PENDING_500, "pending_minor": 1000})
+        forwarded = {"topic": topic_for(processes.env, authorisation("x", 1))}
+        assert processes.metric("worker", "cashback_misrouted_forwarded_total", forwarded) == 16
+
+        worker = processes.children.pop("worker")
+        worker.send_signal(signal.SIGTERM)  # type: ignore[attr-defined]
+        worker.wait(timeout=30)  # type: ignore[attr-defined]
+        # the first purchases' clearings, and their authorisations sent again: the restarted worker reads each
+        # state back from its store
+        misrouted(
+            [card_record("CLEARING", 10_000, account_id=a, transaction_ref=f"{a}-ref1", event_id=f"{a}-clear") for a in accounts]
+            + [authorisation(a, 1) for a in accounts]
+        )
+        processes.start("worker", "worker", env={"METRICS_PORT": str(processes.metrics_ports["worker"])})
+        for account in accounts:
+            wait_for_balance(base_url, account, {**CONFIRMED_500, "pending_minor": 500})
+            assert asyncio.run(_confirmations(processes.env["DATABASE_URL"], account)) == [("PENDING", "CONFIRMED")]
+        duplicates = {"event_type": "AUTHORIZATION", "outcome": "duplicate"}
+        wait_until(
+            lambda: processes.metric("worker", "cashback_events_consumed_total", duplicates) == 8,
+            30,
+            "the authorisations sent again decided as redeliveries",
+        )
+        assert all(balance(base_url, a) == {**CONFIRMED_500, "pending_minor": 500} for a in accounts)
+        assert "Traceback" not in processes.log("worker")
