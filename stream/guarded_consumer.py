@@ -75,11 +75,14 @@ FETCH_MAX_WAIT_S = 0.05
 
 
 class PromptFetches(StoppingConsumerThread):
-    """Faust's consumer thread, its aiokafka consumer fetching with ``FETCH_MAX_WAIT_S``."""
+    """Faust's consumer thread, its aiokafka consumer fetching with ``FETCH_MAX_WAIT_S`` and reading
+    committed records only: Faust reads uncommitted ones unless the app itself is transactional, so
+    a card processor's transaction it aborted was decided and paid like any purchase."""
 
     def _create_worker_consumer(self, transport: Any) -> AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = int(FETCH_MAX_WAIT_S * 1000)  # read at its start, by its fetcher
+        consumer._fetch_max_wait_ms = int(FETCH_MAX_WAIT_S * 1000)  # both read at its start, by its fetcher
+        consumer._isolation_level = "read_committed"
         return consumer
 
 
@@ -222,6 +225,7 @@ class OffsetLookups:
         self._options = {"bootstrap_servers": bootstrap_servers, **client_options}
         self._admin: AIOKafkaAdminClient | None = None
         self._reader: AIOKafkaConsumer | None = None
+        self._reading = asyncio.Lock()  # one question at a time to the reader: the agent's and the watch's
 
     async def _until_answered(self, what: str, ask: Callable[[], Awaitable[T]]) -> T:
         """Ask until the broker answers: while it is away (a restart), the caller waits, it never
@@ -238,7 +242,10 @@ class OffsetLookups:
 
     async def _clients(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
         if self._admin is None or self._reader is None:
-            admin, reader = AIOKafkaAdminClient(**self._options), AIOKafkaConsumer(enable_auto_commit=False, **self._options)
+            admin = AIOKafkaAdminClient(**self._options)
+            # It reads what the worker's consumer reads (``PromptFetches``): committed records only, so an
+            # aborted record is no record in a hole, as the consumer never delivers it.
+            reader = AIOKafkaConsumer(enable_auto_commit=False, isolation_level="read_committed", **self._options)
             try:
                 await start_client(admin)
                 await start_client(reader)
@@ -253,7 +260,8 @@ class OffsetLookups:
 
     async def holds_records(self, tp: TP, start: int, end: int) -> bool:
         """Whether offsets [start, end) of ``tp`` hold any record."""
-        return await self._until_answered("what a hole holds", lambda: self._holds_records(tp, start, end))
+        async with self._reading:
+            return await self._until_answered("what a hole holds", lambda: self._holds_records(tp, start, end))
 
     async def _start_offset(self, tp: TP) -> int:
         admin, reader = await self._clients()
@@ -341,6 +349,9 @@ async def watch_partitions(
         if app.rebalancing or tp not in consumer.assignment():  # while the consumer answered: nothing to seek
             continue
         stuck_at = app.progress.stalled(tp, highwater, busy, coming)
+        if stuck_at == next_offset and not await broker_view.holds_records(tp, stuck_at, highwater):
+            app.progress.past_empty_tail(tp, stuck_at, highwater)  # a transaction's markers at the end, no record
+            continue
         if stuck_at is not None:
             log.warning(
                 "%s[%d]: reading again from offset %d (a send failed, or nothing of it reached the agent since the last check)",

@@ -143,6 +143,17 @@ class InputProgress:
         self.seeks += 1
         return Verdict.SEEK
 
+    def past_empty_tail(self, tp: Hashable, offset: int, end_offset: int) -> None:
+        """Offsets [``offset``, ``end_offset``) at the partition's end hold no record the consumer
+        delivers (the broker said so): a transactional producer's commit or abort markers, or what
+        it aborted. Accounted for as a hole without a record, so the partition is at its end: its
+        lag is 0, and the watch no longer reads it again and again. Nothing if it moved meanwhile."""
+        part = self._partitions.get(tp)
+        if part is not None and part.next_offset == offset < end_offset:
+            part.next_offset = end_offset
+            part.watched, part.unmoved, part.seeking_since = None, 0, None
+            self.gaps_accepted += 1
+
     def done(self, tp: Hashable, offset: int, deliveries: Sequence[Delivery] = ()) -> None:
         """``offset`` was processed: its effects were handed to the producer, and ``deliveries``
         say when they arrive. It is committable once every one of them succeeded."""

@@ -71,6 +71,10 @@ async def test_the_worker_s_fetches_are_held_by_the_broker_50_ms_at_most(matcher
     consumer = thread._create_worker_consumer(matcher.app.transport)
     assert consumer._fetch_max_wait_ms == int(FETCH_MAX_WAIT_S * 1000) == 50
     assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in inspect.getsource(AIOKafkaConsumer.start)
+    # and it reads committed records only (Faust: uncommitted unless the app is transactional); the
+    # end to end of an aborted transaction is tests/integration/test_end_to_end.py
+    assert consumer._isolation_level == "read_committed"
+    assert "isolation_level=self._isolation_level" in inspect.getsource(AIOKafkaConsumer.start)
     await consumer.stop()  # never started: closes its client
 
 

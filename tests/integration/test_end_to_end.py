@@ -22,8 +22,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from stream.auth import ACCOUNTS_READ, OPERATIONS
+from stream.settings import Settings
 from tests.factories import card_record
 from tests.integration.conftest import api_headers, wait_until
+from topics.catalogue import account_partition
 
 pytestmark = pytest.mark.integration
 
@@ -611,6 +613,56 @@ def test_a_card_processor_compressing_its_batches_is_read(pipeline, compression:
             "redeemed_minor": 0,
         },
     )
+
+
+def test_a_card_processor_s_aborted_transaction_is_never_decided(pipeline) -> None:  # type: ignore[no-untyped-def]
+    """A card processor producing in transactions (Kafka Streams with exactly-once, a transactional
+    client): what it aborted is not a purchase. Faust's consumer read uncommitted records, so the
+    aborted authorisation earned like any other. The committed one after it, on the same partition,
+    is decided: once its balance shows, the aborted one before it was read past."""
+    processes, base_url = pipeline
+    account = f"aborted-{uuid.uuid4().hex[:6]}"
+    aborted, committed = (
+        card_record("AUTHORIZATION", 10_000, account_id=account, transaction_ref=f"{account}-{n}", event_id=f"{account}-{n}")
+        for n in ("aborted", "committed")
+    )
+
+    async def send() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=processes.env["KAFKA_BOOTSTRAP_SERVERS"], transactional_id=account)
+        await producer.start()
+        try:
+            for record, end in ((aborted, producer.abort_transaction), (committed, producer.commit_transaction)):
+                await producer.begin_transaction()
+                await producer.send_and_wait(topic_for(processes.env, record), wire(record), key=account.encode())
+                await end()
+        finally:
+            await producer.stop()
+
+    asyncio.run(send())
+    wait_for_balance(
+        base_url,
+        account,
+        {
+            "pending_minor": 500,
+            "confirmed_minor": 0,
+            "available_minor": 0,
+            "lifetime_earned_minor": 0,
+            "clawed_back_minor": 0,
+            "donated_minor": 0,
+            "held_minor": 0,
+            "paid_out_minor": 0,
+            "redeemed_minor": 0,
+        },
+    )
+    assert asyncio.run(_ledger_count(processes.env["DATABASE_URL"], [account])) == 1
+    # the commit marker after it holds no record: the partition is at its end, not one behind and read again for ever
+    settings = Settings.from_env(processes.env)
+    lag = {
+        "group": settings.app_id,
+        "topic": topic_for(processes.env, committed),
+        "partition": str(account_partition(account, settings.topic_partitions)),
+    }
+    wait_until(lambda: processes.metric("worker", "cashback_consumer_lag_messages", lag) == 0, 45, "the partition at its end")
 
 
 def test_the_latency_objective_counts_from_the_card_events_broker_time(pipeline) -> None:  # type: ignore[no-untyped-def]

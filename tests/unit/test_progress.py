@@ -57,6 +57,25 @@ def test_a_hole_that_comes_back_after_the_seek_is_accepted_only_when_the_broker_
     assert progress.gaps_accepted == 1
 
 
+def test_an_end_of_partition_with_no_record_is_accounted_for_once_the_broker_says_so() -> None:
+    """A transactional producer's last marker (or what it aborted) sits below the partition's end:
+    never delivered, it left the partition one offset behind for good, read again at every watch.
+    Once the broker says the tail holds no record, the partition is at its end; not if it moved."""
+    progress = InputProgress()
+    progress.start(TP, 0)
+    for offset in (0, 1, 2):
+        assert progress.verdict(TP, offset) is Verdict.PROCESS
+        progress.done(TP, offset)
+    assert progress.stalled(TP, 4) is None  # watched for the first time at 3, the end at 4 (a marker at 3)
+    assert progress.stalled(TP, 4) == 3  # it has not moved: read again, unless the broker says 3 holds nothing
+    progress.past_empty_tail(TP, 2, 4)  # not where it stands: nothing
+    assert progress.next_offset(TP) == 3
+    progress.past_empty_tail(TP, 3, 4)
+    assert (progress.next_offset(TP), progress.committable(TP), progress.gaps_accepted) == (4, 4, 1)
+    assert progress.stalled(TP, 4) is None and progress.stalled(TP, 4) is None  # at its end: never read again
+    assert progress.verdict(TP, 4) is Verdict.PROCESS  # the next record, when it comes
+
+
 def test_a_hole_the_consumer_dropped_twice_is_read_again() -> None:
     """What Faust did in a chaos run: the re-read after the seek lost the hole's message again."""
     progress = InputProgress()
