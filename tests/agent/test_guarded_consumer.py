@@ -282,18 +282,25 @@ async def test_messages_of_one_partition_follow_each_other_in_one_batch(harness)
 
 
 class BrokerView:
-    """The broker's answers to the partition watch: the committed offset, once ``answer`` is set."""
+    """The broker's answers to the partition watch: the committed offset, once ``answer`` is set;
+    whether a partition's tail holds records (``tail_empty``: none, a transaction's markers)."""
 
-    def __init__(self, committed: int) -> None:
+    def __init__(self, committed: int, tail_empty: bool = False) -> None:
         self.committed = committed
+        self.tail_empty = tail_empty
         self.answer = asyncio.Event()
         self.answer.set()
         self.asked = 0
+        self.holes: list[tuple[TP, int, int]] = []
 
     async def start_offset(self, tp: TP) -> int:
         self.asked += 1
         await self.answer.wait()
         return self.committed
+
+    async def holds_records(self, tp: TP, start: int, end: int) -> bool:
+        self.holes.append((tp, start, end))
+        return not self.tail_empty
 
 
 def watched(wired, highwater: int, position: int | None = None, paused: bool = False):  # type: ignore[no-untyped-def]
@@ -340,6 +347,18 @@ async def test_a_partition_whose_records_were_handed_on_and_lost_is_read_again_w
     assert await watch_until_read_again(app, broker, seeks) == 3  # accounted for, watched, read again
     assert app.progress.next_offset(tp) == 120
     assert seeks == [(tp, 120)] and resumed == [tp]
+
+
+@pytest.mark.asyncio
+async def test_a_partition_whose_tail_holds_no_record_is_at_its_end_and_never_read_again(wired) -> None:  # type: ignore[no-untyped-def]
+    """A transactional producer's last commit marker: offset 170 of 171 holds no record the consumer
+    delivers. The watch asks the broker once the partition has not moved, and accounts for the tail
+    instead of reading it again at every watch (the partition one offset behind for good)."""
+    app, tp, seeks, resumed = watched(wired, highwater=171, position=171)
+    broker = BrokerView(committed=170, tail_empty=True)
+    assert await watch_until_read_again(app, broker, seeks) == 20
+    assert seeks == [] and broker.holes == [(tp, 170, 171)]  # asked once
+    assert app.progress.next_offset(tp) == 171 and app.progress.committable(tp) == 171
 
 
 @pytest.mark.asyncio
