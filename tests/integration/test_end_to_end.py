@@ -169,6 +169,19 @@ def purchase_stories(tag: str) -> tuple[list[dict[str, Any]], dict[str, dict[str
     return records, expected
 
 
+PENDING_500 = {  # one purchase of 100.00 at the 5% grocery offer, authorised
+    "pending_minor": 500,
+    "confirmed_minor": 0,
+    "available_minor": 0,
+    "lifetime_earned_minor": 0,
+    "clawed_back_minor": 0,
+    "donated_minor": 0,
+    "held_minor": 0,
+    "paid_out_minor": 0,
+    "redeemed_minor": 0,
+}
+
+
 def balance(base_url: str, account: str) -> dict[str, int] | None:
     """The account's one balance line, as the bank app acting for its customer reads it."""
     response = httpx.get(f"{base_url}/v1/accounts/{account}/balances", headers=api_headers([ACCOUNTS_READ], [account]), timeout=5)
@@ -562,17 +575,7 @@ def test_the_same_event_id_on_two_accounts_is_two_events_each_paid_once(pipeline
         wait_for_balance(
             base_url,
             account,
-            {
-                "pending_minor": 500,
-                "confirmed_minor": 0,
-                "available_minor": 0,
-                "lifetime_earned_minor": 0,
-                "clawed_back_minor": 0,
-                "donated_minor": 0,
-                "held_minor": 0,
-                "paid_out_minor": 0,
-                "redeemed_minor": 0,
-            },
+            PENDING_500,
         )
     assert asyncio.run(_ledger_count(processes.env["DATABASE_URL"], accounts)) == 2
     conflicts = httpx.get(f"{base_url}/v1/operations/ledger-conflicts", headers=api_headers([OPERATIONS]), timeout=5).json()[
@@ -598,21 +601,7 @@ def test_a_card_processor_compressing_its_batches_is_read(pipeline, compression:
             await producer.stop()
 
     asyncio.run(send())
-    wait_for_balance(
-        base_url,
-        account,
-        {
-            "pending_minor": 500,
-            "confirmed_minor": 0,
-            "available_minor": 0,
-            "lifetime_earned_minor": 0,
-            "clawed_back_minor": 0,
-            "donated_minor": 0,
-            "held_minor": 0,
-            "paid_out_minor": 0,
-            "redeemed_minor": 0,
-        },
-    )
+    wait_for_balance(base_url, account, PENDING_500)
 
 
 def test_a_card_processor_s_aborted_transaction_is_never_decided(pipeline) -> None:  # type: ignore[no-untyped-def]
@@ -639,21 +628,7 @@ def test_a_card_processor_s_aborted_transaction_is_never_decided(pipeline) -> No
             await producer.stop()
 
     asyncio.run(send())
-    wait_for_balance(
-        base_url,
-        account,
-        {
-            "pending_minor": 500,
-            "confirmed_minor": 0,
-            "available_minor": 0,
-            "lifetime_earned_minor": 0,
-            "clawed_back_minor": 0,
-            "donated_minor": 0,
-            "held_minor": 0,
-            "paid_out_minor": 0,
-            "redeemed_minor": 0,
-        },
-    )
+    wait_for_balance(base_url, account, PENDING_500)
     assert asyncio.run(_ledger_count(processes.env["DATABASE_URL"], [account])) == 1
     # the commit marker after it holds no record: the partition is at its end, not one behind and read again for ever
     settings = Settings.from_env(processes.env)

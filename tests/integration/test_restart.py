@@ -25,23 +25,20 @@ import pytest
 from stream.settings import Settings
 from tests.factories import card_record
 from tests.integration.conftest import REPO_ROOT, running_pipeline, wait_until
-from tests.integration.test_end_to_end import balance, publish, publish_records, topic_for, wait_for_balance, wire
+from tests.integration.test_end_to_end import (
+    PENDING_500,
+    balance,
+    publish,
+    publish_records,
+    topic_for,
+    wait_for_balance,
+    wire,
+)
 from topics.catalogue import account_partition
 
 pytestmark = pytest.mark.integration
 
 RESTART_TARGET_S = 15.0
-PENDING_500 = {
-    "pending_minor": 500,
-    "confirmed_minor": 0,
-    "available_minor": 0,
-    "lifetime_earned_minor": 0,
-    "clawed_back_minor": 0,
-    "donated_minor": 0,
-    "held_minor": 0,
-    "paid_out_minor": 0,
-    "redeemed_minor": 0,
-}
 CONFIRMED_500 = {
     "pending_minor": 0,
     "confirmed_minor": 500,
