@@ -25,7 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from typing import Any, Protocol
+
+from stream.stopping import within
 
 log = logging.getLogger(__name__)
 
@@ -68,5 +72,23 @@ async def stop_consumer(consumer: Any) -> None:
     except asyncio.CancelledError:
         if not cut_short_by_a_fetch():
             raise
-        log.warning("the consumer's stop was cut short by a fetch cancelled while the broker was away; closing its connections")
-        await consumer._client.close()
+        await close_connections(consumer)
+
+
+async def close_connections(consumer: Any) -> None:
+    """What is left of a consumer whose stop was cut short (module doc): its connections, closed
+    within ``stream.stopping``'s bound (private to aiokafka: pinned by tests/unit/test_worker_stop.py)."""
+    log.warning("the consumer's stop was cut short by a fetch cancelled while the broker was away; closing its connections")
+    await within("the consumer's connections", consumer._client.close())
+
+
+def closing(consumer: Any, producer: Any, *after: Callable[[], Awaitable[Any]]) -> AsyncExitStack:
+    """What a consumer loop closes on its way out (``async with``), each step even when one before
+    it raised: the consumer first (``stop_consumer``: its stop may be cut short), then the producer,
+    then ``after`` in order (a Postgres connection)."""
+    leaving = AsyncExitStack()
+    for close in reversed(after):
+        leaving.push_async_callback(close)
+    leaving.push_async_callback(producer.stop)
+    leaving.push_async_callback(stop_consumer, consumer)
+    return leaving

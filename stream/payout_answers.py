@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from contextlib import AsyncExitStack
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.errors import CommitFailedError, IllegalStateError
@@ -30,7 +29,7 @@ from stream.core import payout_messages
 from stream.core.donations import answer_problem, remittance_id_parts
 from stream.core.events import RejectReason
 from stream.deadletter import OtherReason, Stage, send_dead_letter
-from stream.kafka_clients import start_client, stop_consumer
+from stream.kafka_clients import closing, start_client
 from stream.metrics import PAYOUT_ANSWERS
 from stream.producing import producer as make_producer
 from stream.settings import Settings
@@ -67,10 +66,7 @@ class PayoutAnswers:
             **self.settings.kafka_client_options(),
         )
         producer = make_producer(self.settings)
-        async with AsyncExitStack() as leaving:  # each step on the way out, even when one before it raised
-            leaving.push_async_callback(self._db.close)
-            leaving.push_async_callback(producer.stop)
-            leaving.push_async_callback(stop_consumer, consumer)  # first: its stop may be cut short (aiokafka #647)
+        async with closing(consumer, producer, self._db.close):
             await start_client(producer)
             await start_client(consumer)
             while not self._stopping.is_set():

@@ -31,7 +31,6 @@ import operator
 import time
 from collections import Counter
 from collections.abc import Sequence
-from contextlib import AsyncExitStack
 from datetime import datetime
 from typing import Any
 
@@ -44,7 +43,7 @@ from schemas.codec import Codec, DecodeError
 from stream.core.abuse import RULE_NAMES
 from stream.core.entries import ITEM_KINDS
 from stream.deadletter import OtherReason, Stage, send_dead_letter
-from stream.kafka_clients import start_client, stop_consumer
+from stream.kafka_clients import closing, start_client
 from stream.metrics import (
     CONSUMER_LAG,
     HOLD_REVIEWS,
@@ -192,10 +191,7 @@ class Sink:
             **kafka,
         )
         producer = make_producer(self.settings)
-        async with AsyncExitStack() as leaving:  # each step on the way out, even when one before it raised
-            leaving.push_async_callback(self._db.close)
-            leaving.push_async_callback(producer.stop)
-            leaving.push_async_callback(stop_consumer, consumer)  # first: its stop may be cut short (aiokafka #647)
+        async with closing(consumer, producer, self._db.close):
             await start_client(producer)
             await start_client(consumer)
             await self._drain(consumer, producer)

@@ -1,5 +1,5 @@
 """A worker's stop while the broker is away (a redeploy during a broker outage) ends, instead of
-waiting for the broker for ever, in three places of Faust's and aiokafka's stop:
+waiting for the broker for ever, in four places of Faust's and aiokafka's stop:
 
 - the app flushes its producer before it stops (Faust's ``App.on_stop``): aiokafka's flush waits
   until every batch it holds is delivered. It is given ``STOP_FLUSH_S``, then cancelled
@@ -31,7 +31,7 @@ from typing import Any
 
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from stream.kafka_clients import cut_short_by_a_fetch
+from stream.kafka_clients import close_connections, cut_short_by_a_fetch
 from stream.stopping import within
 
 log = logging.getLogger(__name__)
@@ -84,9 +84,5 @@ class StoppingConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         except asyncio.CancelledError:
             if not cut_short_by_a_fetch():
                 raise  # this stop itself was cancelled
-            log.warning(
-                "the consumer's stop was cut short by a fetch cancelled while the broker was away; closing its connections"
-            )
-            consumer = self._consumer
-            if consumer is not None:
-                await within("the consumer's connections", consumer._client.close())
+            if self._consumer is not None:
+                await close_connections(self._consumer)
