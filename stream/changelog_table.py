@@ -29,6 +29,15 @@ flushes that client before it commits input offsets. A rebalance must not let a 
 reading it: the changes are sent under ``handing_over``, a lock the revocation waits for before
 it commits and gives the partitions away (``stream.input_partitions``), and only while
 ``still_owned`` says every partition is still this worker's.
+
+A local store that refuses a write (its disk full, its files gone) stops the worker at once
+(``EXIT_STORE_FAILED``): RocksDB keeps a failed write's error in the open database for good, room
+made again or not, so every later batch would fail the same way, its states sent to the changelog
+again each time. The batch's changes were on the changelog before the write, and its entries not
+yet sent, nothing of it committed: the worker started again reads them back from the changelog
+and sends its entries again, as after a kill. Before this, the changes stayed in memory and the
+agent, restarted by Faust, built on them batch after batch: more undelivered decisions per
+account than its recent events keep, whose entries no restart could send again.
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ from faust.types import TP
 from rocksdict import WriteBatch
 
 from stream.producing import Gathering
+from stream.stopping import exit_now
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +65,7 @@ _ESCAPED_SEPARATOR = encode_basestring_ascii("\x1f")[1:-1].encode()
 DELETED = object()  # a staged deletion
 
 FIRST_RETRY_S, LAST_RETRY_S = 0.2, 5.0
+EXIT_STORE_FAILED = 74  # EX_IOERR: the local store refused a write; start the worker again once it can write
 
 
 class Sends(Protocol):
@@ -87,6 +98,8 @@ class ChangelogTable(faust.Table):
 
     # set by the matcher: what to do with each local store made for this table (its memory budget)
     configure_store: Callable[[Any], None] = staticmethod(lambda store: None)
+    # what ends the process when the local store refuses a write (the tests' own in their place)
+    exit: Callable[[int], None] = staticmethod(exit_now)
 
     # --- keys and values as bytes ---------------------------------------------------------------
     # Faust's serializer registry takes about 4.4 µs to encode a key (a JSON encoder class of its
@@ -269,7 +282,20 @@ class ChangelogTable(faust.Table):
         except BaseException:
             self.discard_unsettled()
             raise
-        self.write_settled(self.unsettled, held_to)
+        try:
+            self.write_settled(self.unsettled, held_to)
+        except Exception as error:  # the store's error, for good: the module doc
+            self.discard_unsettled()
+            log.critical(
+                "table %s: the local store refused a write (%s); exiting with code %d for the worker's supervisor to "
+                "start it again once the store can be written (WORKER_DATA_DIR: its disk full?). The batch's states are "
+                "on the changelog and its entries not sent: the restarted worker sends them",
+                self.name,
+                error,
+                EXIT_STORE_FAILED,
+            )
+            self.exit(EXIT_STORE_FAILED)
+            raise
         self.unsettled.clear()
 
     def discard_unsettled(self) -> None:

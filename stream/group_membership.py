@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -32,6 +31,7 @@ from typing import Any
 from aiokafka.protocol.group import JoinGroupRequest
 
 from stream.metrics import WORKER_IN_GROUP, WORKER_REJOINS
+from stream.stopping import exit_now
 
 log = logging.getLogger(__name__)
 
@@ -77,15 +77,10 @@ async def _rejoin(client: Any) -> None:
     client._coordinator.request_rejoin()
 
 
-def _exit(code: int) -> None:
-    logging.shutdown()
-    os._exit(code)
-
-
 class GroupWatch:
     """Watches the worker's group membership (module doc)."""
 
-    def __init__(self, app: Any, limit_s: float, exit: Callable[[int], None] = _exit) -> None:
+    def __init__(self, app: Any, limit_s: float, exit: Callable[[int], None] = exit_now) -> None:
         self.app = app
         self.limit_s = limit_s
         self.exit = exit

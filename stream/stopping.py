@@ -1,13 +1,15 @@
 """Bounded stops: each step of what a process does on SIGTERM (its tasks ended, its clients and
 connections closed) gets a bound, so that a stop never waits for the orchestrator's kill: the
 balance API's lifespan (``stream.api_common.shut_down``), the sink process
-(``stream.composition``) and the worker while the broker is away (``stream.worker_stop``).
+(``stream.composition``) and the worker while the broker is away (``stream.worker_stop``). And
+the stop that is not one: ``exit_now``, for a worker that must not go on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -32,3 +34,11 @@ async def within(what: str, step: Awaitable[T], seconds: float = STEP_S) -> asyn
     elif not running.cancelled() and running.exception() is not None:  # read here, so never "never retrieved"
         log.warning("stopping: %s ended with %s", what, type(running.exception()).__name__)
     return running
+
+
+def exit_now(code: int) -> None:
+    """End the process at once with ``code``, as a kill would (nothing of it is stopped or flushed, its
+    logs aside), for its supervisor to start it again: what a worker does when it cannot go on without
+    risking what it holds (``stream.group_membership``, ``stream.changelog_table``)."""
+    logging.shutdown()
+    os._exit(code)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -17,6 +18,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,7 @@ import pytest
 from stream.auth import OPERATIONS
 from stream.localstack.kafka import DEFAULT_CACHE_DIR, KafkaBroker
 from stream.localstack.postgres import EmbeddedPostgres
-from stream.localstack.process import free_port, spawn, terminate
+from stream.localstack.process import child_preexec, free_port, spawn, terminate
 from stream.localstack.tokens import SigningKey, mint, write_jwks
 from stream.store.journal import write_batch
 
@@ -130,6 +132,11 @@ async def explained_write(connection: asyncpg.Connection, rows: list[tuple[Any, 
     return notices
 
 
+def _limited_files(file_bytes: int) -> None:
+    child_preexec()
+    resource.setrlimit(resource.RLIMIT_FSIZE, (file_bytes, file_bytes))
+
+
 class Processes:
     """The project's processes, started as real subprocesses with their own environment."""
 
@@ -153,7 +160,9 @@ class Processes:
         assert result.returncode == 0, f"cashback {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
         return result.stdout
 
-    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> None:
+    def start(self, name: str, *args: str, env: dict[str, str] | None = None, file_bytes: int | None = None) -> None:
+        """``file_bytes``: the most any file the process writes may hold (``RLIMIT_FSIZE``): a write past it
+        fails with EFBIG as one on a full disk fails with ENOSPC (Python ignores the SIGXFSZ that comes with it)."""
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - kept by the child
         self.children[name] = spawn(
             [sys.executable, "-m", "stream", *args],
@@ -161,6 +170,7 @@ class Processes:
             cwd=REPO_ROOT,
             stdout=log,
             stderr=log,
+            preexec_fn=child_preexec if file_bytes is None else partial(_limited_files, file_bytes),
         )
         log.close()
 

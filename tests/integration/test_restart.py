@@ -1,5 +1,6 @@
 """What operators do to a worker, against the real broker and Postgres: stop it (SIGTERM) or kill
-it (SIGKILL) between an authorisation and its clearing, start it again, and everything goes on.
+it (SIGKILL) between an authorisation and its clearing, start it again, and everything goes on; and
+what they let happen to it: its disk filling (it exits, and started again with room loses nothing).
 
 Two things are checked each time:
 - it processes again, within the restart target (15 s from the new process's start to its first
@@ -22,6 +23,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from stream.changelog_table import EXIT_STORE_FAILED
 from stream.settings import Settings
 from tests.factories import card_record
 from tests.integration.conftest import REPO_ROOT, running_pipeline, wait_until
@@ -39,6 +41,7 @@ from topics.catalogue import account_partition
 pytestmark = pytest.mark.integration
 
 RESTART_TARGET_S = 15.0
+STORE_FILE_BYTES = 256 * 1024  # past RocksDB's own files at a store's opening (its info log the largest)
 CONFIRMED_500 = {
     "pending_minor": 0,
     "confirmed_minor": 500,
@@ -175,3 +178,46 @@ def test_a_card_processor_not_partitioning_by_murmur2_is_decided_on_each_account
         )
         assert all(balance(base_url, a) == {**CONFIRMED_500, "pending_minor": 500} for a in accounts)
         assert "Traceback" not in processes.log("worker")
+
+
+def test_a_worker_whose_local_store_refuses_a_write_exits_and_started_again_loses_nothing(
+    request, kafka_bootstrap, postgres_url, work_dir
+) -> None:  # type: ignore[no-untyped-def]
+    """A full disk under WORKER_DATA_DIR. RocksDB keeps a failed write's error in the open database for
+    good, and the table kept the batch's changes in memory: Faust restarted the agent, which built on
+    them batch after batch, nothing delivered, more decisions per account than its recent events keep,
+    every attempt sending them to the changelog again (a 3 MB data directory filling: 377 ledger
+    entries never sent, found by the chaos oracle). The worker now exits (code 74) at the first refused
+    write, and started again with room sends every entry (stream.changelog_table). The disk here is a
+    file-size limit on the worker: RocksDB's write-ahead log grows past it and the write fails."""
+    with running_pipeline(
+        request,
+        kafka_bootstrap,
+        postgres_url,
+        work_dir,
+        "store-full",
+        REPO_ROOT / "tests" / "integration" / "offers.yaml",
+        WORKER_INSTANCE_ID="worker-f",
+    ) as (processes, base_url):
+        processes.stop("worker")  # started again on a disk that fills
+        accounts = [f"full-{uuid.uuid4().hex[:6]}-{n}" for n in range(8)]
+        purchases = 60  # each account's: more than the recent events it keeps with their entries (32)
+        publish_records(
+            processes.env,
+            [
+                card_record("AUTHORIZATION", 10_000, account_id=a, transaction_ref=f"{a}-ref{n}", event_id=f"{a}-auth{n}")
+                for n in range(purchases)
+                for a in accounts
+            ],
+        )
+        port = {"METRICS_PORT": str(processes.metrics_ports["worker"])}
+        processes.start("worker", "worker", env=port, file_bytes=STORE_FILE_BYTES)
+        worker = processes.children["worker"]
+        assert worker.wait(timeout=120) == EXIT_STORE_FAILED, processes.log("worker")  # type: ignore[attr-defined]
+        del processes.children["worker"]
+        assert "the local store refused a write" in processes.log("worker")
+
+        processes.start("worker", "worker", env=port)
+        pending = {**PENDING_500, "pending_minor": 500 * purchases}
+        for account in accounts:
+            wait_for_balance(base_url, account, pending, timeout_s=60)
