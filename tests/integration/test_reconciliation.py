@@ -33,6 +33,7 @@ from stream.store.journal import write_batch
 from stream.store.migrations import migrate
 from tests.factories import book, card_event, offer
 from tests.integration.conftest import api_auth_env, api_headers, fresh_database
+from topics.admin import ensure_topics
 
 pytestmark = pytest.mark.integration
 
@@ -288,7 +289,7 @@ async def test_the_gauges_on_a_known_ledger(database: str) -> None:
 def settings(database: str, kafka_bootstrap: str, work_dir: Path) -> Settings:
     jwks_dir = work_dir / f"recon-auth-{uuid.uuid4().hex[:8]}"
     jwks_dir.mkdir()
-    return Settings.from_env(
+    settings = Settings.from_env(
         {
             "DATABASE_URL": database,
             "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
@@ -297,6 +298,9 @@ def settings(database: str, kafka_bootstrap: str, work_dir: Path) -> Settings:
             **api_auth_env(jwks_dir),
         }
     )
+    # the API's offer and activation mirrors read their topics: missing, each stop waited its bound (5 s)
+    asyncio.run(ensure_topics(kafka_bootstrap, [settings.topics().offers, settings.topics().activations]))
+    return settings
 
 
 @pytest_asyncio.fixture()
