@@ -27,7 +27,12 @@ POSTGRES_UNAVAILABLE = (
     asyncpg.exceptions.InterfaceError,
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
-    asyncpg.exceptions.TooManyConnectionsError,
+    # Postgres up but short of a resource (class 53: its disk full, out of memory, too many
+    # connections) or failing at its own I/O (class 58): it cannot do the work now, and may once an
+    # operator made room. Until they were listed here, the sink's writes and the budget grants raised
+    # them at once instead of waiting, as refusals.
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.PostgresSystemError,
     # A connection left mid-operation by an outage ("cannot switch to state ..., another operation
     # is in progress"): seen in the chaos run's Postgres outage; drop it and connect again.
     asyncpg.exceptions.InternalClientError,

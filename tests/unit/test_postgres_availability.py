@@ -10,7 +10,9 @@ import asyncio
 import socket
 import time
 from datetime import UTC, datetime
+from functools import partial
 
+import asyncpg
 import pytest
 from aiokafka import ConsumerRecord
 
@@ -41,6 +43,39 @@ def test_an_outage_is_waited_out_when_no_stop_is_asked() -> None:
     assert asyncio.run(until_postgres_answers(flaky, "a test", stopping=asyncio.Event())) == "written"
     assert len(calls) == 4
     assert calls[-1] - calls[0] >= availability.FIRST_DELAY_S * (1 + 2 + 4) * 0.9  # backed off between attempts
+
+
+@pytest.mark.parametrize(
+    "short",
+    [asyncpg.exceptions.DiskFullError, asyncpg.exceptions.OutOfMemoryError, asyncpg.exceptions.TooManyConnectionsError],
+)
+def test_postgres_short_of_a_resource_is_waited_out_not_taken_for_a_refusal(short: type[Exception]) -> None:
+    """Its disk full (53100), out of memory (53200), too many connections (53300), or an I/O error of its own
+    (58030): Postgres cannot do the work now, and may once an operator made room."""
+    for error in (short("no room"), asyncpg.exceptions.PostgresIOError("could not write block")):
+        calls: list[int] = []
+        waited = until_postgres_answers(partial(_refused_twice, error, calls), "a test", stopping=asyncio.Event())
+        assert asyncio.run(waited) == "written"
+        assert len(calls) == 3
+
+
+async def _refused_twice(error: Exception, calls: list[int]) -> str:
+    calls.append(1)
+    if len(calls) < 3:
+        raise error
+    return "written"
+
+
+def test_a_refusal_is_not_waited_out() -> None:
+    calls: list[int] = []
+
+    async def refused() -> None:
+        calls.append(1)
+        raise asyncpg.exceptions.CheckViolationError("balance below zero")
+
+    with pytest.raises(asyncpg.exceptions.CheckViolationError):
+        asyncio.run(until_postgres_answers(refused, "a test", stopping=asyncio.Event()))
+    assert calls == [1]
 
 
 def test_a_stop_during_an_outage_ends_the_wait_at_once() -> None:
