@@ -98,7 +98,7 @@ class ChangelogTable(faust.Table):
 
     # set by the matcher: what to do with each local store made for this table (its memory budget)
     configure_store: Callable[[Any], None] = staticmethod(lambda store: None)
-    # what ends the process when the local store refuses a write (the tests' own in their place)
+    # what ends the process when the local store refuses a write (a class attribute: a test may put its own in its place)
     exit: Callable[[int], None] = staticmethod(exit_now)
 
     # --- keys and values as bytes ---------------------------------------------------------------

@@ -66,6 +66,12 @@ async def _confirmations(database_url: str, account: str) -> list[tuple[str, str
         await connection.close()
 
 
+def _pipeline(request, kafka_bootstrap, postgres_url, work_dir, name: str, instance: str):  # type: ignore[no-untyped-def]
+    """The pipeline with the end-to-end offers, its worker a static member (its instance id kept across restarts)."""
+    offers = REPO_ROOT / "tests" / "integration" / "offers.yaml"
+    return running_pipeline(request, kafka_bootstrap, postgres_url, work_dir, name, offers, WORKER_INSTANCE_ID=instance)
+
+
 def _decided(processes) -> float:  # type: ignore[no-untyped-def]
     """Card events the worker decided (clock ticks do not count)."""
     try:
@@ -76,15 +82,7 @@ def _decided(processes) -> float:  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("how", ["sigterm", "sigkill"])
 def test_a_restarted_worker_processes_again_with_its_state(request, kafka_bootstrap, postgres_url, work_dir, how) -> None:  # type: ignore[no-untyped-def]
-    with running_pipeline(
-        request,
-        kafka_bootstrap,
-        postgres_url,
-        work_dir,
-        f"restart-{how}",
-        REPO_ROOT / "tests" / "integration" / "offers.yaml",
-        WORKER_INSTANCE_ID="worker-a",
-    ) as (processes, base_url):
+    with _pipeline(request, kafka_bootstrap, postgres_url, work_dir, f"restart-{how}", "worker-a") as (processes, base_url):
         accounts = [f"{how}-{uuid.uuid4().hex[:6]}-{n}" for n in range(8)]  # spread over the partitions
         publish_records(
             processes.env,
@@ -125,15 +123,7 @@ def test_a_card_processor_not_partitioning_by_murmur2_is_decided_on_each_account
     and looked for on its own once read back: after a restart the worker failed on the clearing for
     good. Each is now forwarded to its account's partition (stream.misrouted) and decided there, once,
     a redelivery too."""
-    with running_pipeline(
-        request,
-        kafka_bootstrap,
-        postgres_url,
-        work_dir,
-        "misrouted",
-        REPO_ROOT / "tests" / "integration" / "offers.yaml",
-        WORKER_INSTANCE_ID="worker-m",
-    ) as (processes, base_url):
+    with _pipeline(request, kafka_bootstrap, postgres_url, work_dir, "misrouted", "worker-m") as (processes, base_url):
         partitions = Settings.from_env(processes.env).topic_partitions
         accounts = [f"misrouted-{uuid.uuid4().hex[:6]}-{n}" for n in range(8)]
 
@@ -190,15 +180,7 @@ def test_a_worker_whose_local_store_refuses_a_write_exits_and_started_again_lose
     entries never sent, found by the chaos oracle). The worker now exits (code 74) at the first refused
     write, and started again with room sends every entry (stream.changelog_table). The disk here is a
     file-size limit on the worker: RocksDB's write-ahead log grows past it and the write fails."""
-    with running_pipeline(
-        request,
-        kafka_bootstrap,
-        postgres_url,
-        work_dir,
-        "store-full",
-        REPO_ROOT / "tests" / "integration" / "offers.yaml",
-        WORKER_INSTANCE_ID="worker-f",
-    ) as (processes, base_url):
+    with _pipeline(request, kafka_bootstrap, postgres_url, work_dir, "store-full", "worker-f") as (processes, base_url):
         processes.stop("worker")  # started again on a disk that fills
         accounts = [f"full-{uuid.uuid4().hex[:6]}-{n}" for n in range(8)]
         purchases = 60  # each account's: more than the recent events it keeps with their entries (32)
