@@ -22,6 +22,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from stream.auth import ACCOUNTS_READ, OPERATIONS
+from stream.core.balances import BALANCE_FIELDS
 from stream.settings import Settings
 from tests.factories import card_record
 from tests.integration.conftest import api_headers, wait_until
@@ -109,77 +110,23 @@ def purchase_stories(tag: str) -> tuple[list[dict[str, Any]], dict[str, dict[str
         + story(f, ("AUTHORIZATION", 5_000, {}), ("INCREMENTAL_AUTHORIZATION", 3_000, {}))  # case 4
     )
     expected = {
-        a: {
-            "pending_minor": 0,
-            "confirmed_minor": 400,
-            "available_minor": 0,
-            "lifetime_earned_minor": 400,
-            "clawed_back_minor": 0,
-            "donated_minor": 0,
-            "held_minor": 0,
-            "paid_out_minor": 0,
-            "redeemed_minor": 0,
-        },
-        b: {
-            "pending_minor": 0,
-            "confirmed_minor": 50,
-            "available_minor": 0,
-            "lifetime_earned_minor": 50,
-            "clawed_back_minor": 0,
-            "donated_minor": 0,
-            "held_minor": 0,
-            "paid_out_minor": 0,
-            "redeemed_minor": 0,
-        },
-        c: {
-            "pending_minor": 0,
-            "confirmed_minor": 300,
-            "available_minor": 0,
-            "lifetime_earned_minor": 500,
-            "clawed_back_minor": 200,
-            "donated_minor": 0,
-            "held_minor": 0,
-            "paid_out_minor": 0,
-            "redeemed_minor": 0,
-        },
+        a: balance_line(confirmed_minor=400, lifetime_earned_minor=400),
+        b: balance_line(confirmed_minor=50, lifetime_earned_minor=50),
+        c: balance_line(confirmed_minor=300, lifetime_earned_minor=500, clawed_back_minor=200),
         d: None,
-        e: {
-            "pending_minor": 0,
-            "confirmed_minor": 0,
-            "available_minor": 150,
-            "lifetime_earned_minor": 150,
-            "clawed_back_minor": 0,
-            "donated_minor": 0,
-            "held_minor": 0,
-            "paid_out_minor": 0,
-            "redeemed_minor": 0,
-        },
-        f: {
-            "pending_minor": 400,
-            "confirmed_minor": 0,
-            "available_minor": 0,
-            "lifetime_earned_minor": 0,
-            "clawed_back_minor": 0,
-            "donated_minor": 0,
-            "held_minor": 0,
-            "paid_out_minor": 0,
-            "redeemed_minor": 0,
-        },
+        e: balance_line(available_minor=150, lifetime_earned_minor=150),
+        f: balance_line(pending_minor=400),
     }
     return records, expected
 
 
-PENDING_500 = {  # one purchase of 100.00 at the 5% grocery offer, authorised
-    "pending_minor": 500,
-    "confirmed_minor": 0,
-    "available_minor": 0,
-    "lifetime_earned_minor": 0,
-    "clawed_back_minor": 0,
-    "donated_minor": 0,
-    "held_minor": 0,
-    "paid_out_minor": 0,
-    "redeemed_minor": 0,
-}
+def balance_line(**minor: int) -> dict[str, int]:
+    """An account's balance line as the API gives it: the figures named, every other one 0."""
+    assert set(minor) <= set(BALANCE_FIELDS), set(minor) - set(BALANCE_FIELDS)
+    return {**dict.fromkeys(BALANCE_FIELDS, 0), **minor}
+
+
+PENDING_500 = balance_line(pending_minor=500)  # one purchase of 100.00 at the 5% grocery offer, authorised
 
 
 def balance(base_url: str, account: str) -> dict[str, int] | None:
@@ -223,17 +170,7 @@ def sentinel(env: dict[str, str], base_url: str) -> None:
     wait_for_balance(
         base_url,
         account,
-        {
-            "pending_minor": 100,
-            "confirmed_minor": 0,
-            "available_minor": 0,
-            "lifetime_earned_minor": 0,
-            "clawed_back_minor": 0,
-            "donated_minor": 0,
-            "held_minor": 0,
-            "paid_out_minor": 0,
-            "redeemed_minor": 0,
-        },
+        balance_line(pending_minor=100),
     )
 
 
@@ -494,17 +431,7 @@ def test_bad_messages_go_to_dead_letters_and_good_ones_still_count(pipeline) -> 
     wait_for_balance(
         base_url,
         account,
-        {
-            "pending_minor": 0,
-            "confirmed_minor": 500,
-            "available_minor": 0,
-            "lifetime_earned_minor": 500,
-            "clawed_back_minor": 0,
-            "donated_minor": 0,
-            "held_minor": 0,
-            "paid_out_minor": 0,
-            "redeemed_minor": 0,
-        },
+        balance_line(confirmed_minor=500, lifetime_earned_minor=500),
     )
     letters = asyncio.run(
         _read_dead_letters(env["KAFKA_BOOTSTRAP_SERVERS"], env["TOPIC_PREFIX"] + "dead-letters", len(bad_messages) + 1)
@@ -541,17 +468,7 @@ def test_the_workers_own_clock_expires_an_old_authorisation(pipeline) -> None:  
     wait_for_balance(
         base_url,
         account,
-        {
-            "pending_minor": 0,
-            "confirmed_minor": 0,
-            "available_minor": 0,
-            "lifetime_earned_minor": 0,
-            "clawed_back_minor": 0,
-            "donated_minor": 0,
-            "held_minor": 0,
-            "paid_out_minor": 0,
-            "redeemed_minor": 0,
-        },
+        balance_line(),
     )
     history = httpx.get(f"{base_url}/v1/accounts/{account}/history", headers=api_headers([OPERATIONS]), timeout=5).json()[
         "entries"

@@ -30,6 +30,7 @@ from tests.integration.conftest import REPO_ROOT, running_pipeline, wait_until
 from tests.integration.test_end_to_end import (
     PENDING_500,
     balance,
+    balance_line,
     publish,
     publish_records,
     topic_for,
@@ -42,17 +43,7 @@ pytestmark = pytest.mark.integration
 
 RESTART_TARGET_S = 15.0
 STORE_FILE_BYTES = 256 * 1024  # past RocksDB's own files at a store's opening (its info log the largest)
-CONFIRMED_500 = {
-    "pending_minor": 0,
-    "confirmed_minor": 500,
-    "available_minor": 0,
-    "lifetime_earned_minor": 500,
-    "clawed_back_minor": 0,
-    "donated_minor": 0,
-    "held_minor": 0,
-    "paid_out_minor": 0,
-    "redeemed_minor": 0,
-}
+CONFIRMED_500 = balance_line(confirmed_minor=500, lifetime_earned_minor=500)
 
 
 async def _confirmations(database_url: str, account: str) -> list[tuple[str, str]]:
@@ -143,7 +134,7 @@ def test_a_card_processor_not_partitioning_by_murmur2_is_decided_on_each_account
             wait_for_balance(base_url, account, PENDING_500)
         misrouted([authorisation(a, 2) for a in accounts])
         for account in accounts:
-            wait_for_balance(base_url, account, {**PENDING_500, "pending_minor": 1000})
+            wait_for_balance(base_url, account, balance_line(pending_minor=1000))
         forwarded = {"topic": topic_for(processes.env, authorisation("x", 1))}
         assert processes.metric("worker", "cashback_misrouted_forwarded_total", forwarded) == 16
 
@@ -157,8 +148,9 @@ def test_a_card_processor_not_partitioning_by_murmur2_is_decided_on_each_account
             + [authorisation(a, 1) for a in accounts]
         )
         processes.start("worker", "worker", env={"METRICS_PORT": str(processes.metrics_ports["worker"])})
+        first_confirmed = balance_line(pending_minor=500, confirmed_minor=500, lifetime_earned_minor=500)
         for account in accounts:
-            wait_for_balance(base_url, account, {**CONFIRMED_500, "pending_minor": 500})
+            wait_for_balance(base_url, account, first_confirmed)
             assert asyncio.run(_confirmations(processes.env["DATABASE_URL"], account)) == [("PENDING", "CONFIRMED")]
         duplicates = {"event_type": "AUTHORIZATION", "outcome": "duplicate"}
         wait_until(
@@ -166,7 +158,7 @@ def test_a_card_processor_not_partitioning_by_murmur2_is_decided_on_each_account
             30,
             "the authorisations sent again decided as redeliveries",
         )
-        assert all(balance(base_url, a) == {**CONFIRMED_500, "pending_minor": 500} for a in accounts)
+        assert all(balance(base_url, a) == first_confirmed for a in accounts)
         assert "Traceback" not in processes.log("worker")
 
 
@@ -200,6 +192,6 @@ def test_a_worker_whose_local_store_refuses_a_write_exits_and_started_again_lose
         assert "the local store refused a write" in processes.log("worker")
 
         processes.start("worker", "worker", env=port)
-        pending = {**PENDING_500, "pending_minor": 500 * purchases}
+        pending = balance_line(pending_minor=500 * purchases)
         for account in accounts:
             wait_for_balance(base_url, account, pending, timeout_s=60)
