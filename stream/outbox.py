@@ -15,8 +15,11 @@ decisions (``stream.core.memory``), so an account never has more than that many 
 in the batch or with entries undelivered (``room_for``); an account's entries share a partition, so
 they are delivered in order. Staged decisions count whether they have entries or not: the batch's
 one summary of an account then names every decision of the batch among its recent events, so the
-changelog keeps the order an account's events were decided in. The events of earlier batches whose
-decisions were delivered leave the summary then (``InFlightDecisions.delivered``).
+changelog keeps the order an account's events were decided in. A redelivered event that sends its
+entries again counts too (``Decided.in_flight``): after a crash they may never have left, and a
+state stored before they are delivered must keep it among its recent events, or a second crash
+loses them. The events of earlier batches whose decisions were delivered leave the summary then
+(``InFlightDecisions.delivered``).
 
 Payout instructions (``stream.core.payouts``) leave the same way, right after the PAID_OUT entries
 that move their cash (made from those entries: a redelivered run re-emits them, and asks again under
@@ -95,6 +98,14 @@ class Decided:
     notices: tuple[Notice, ...] = ()  # the engine's expiry and paid notices (stream.core.notices)
     language: str | None = None  # the account's notifications' language (None: the worker's default)
     event_id: str | None = None  # the event decided (None: entries sent again for time passing)
+
+    @property
+    def in_flight(self) -> bool:
+        """Whether it counts in its account's room (``room_for``, ``InFlightDecisions``) until its
+        entries are delivered: it stored a state, or it sends entries again (a redelivery: they may
+        never have left). Either way its event must stay among the account's recent events, with its
+        entries, in every state stored until then."""
+        return self.stored or bool(self.entries)
 
 
 class Flushed:
@@ -177,7 +188,7 @@ class Batch:
 
     def decided(self, staged: Staged, decision: Decided) -> None:
         staged.decisions.append(decision)
-        if decision.stored:
+        if decision.in_flight:
             self._staged[decision.account_id] += 1
 
     def drop(self, staged: Staged, error: BaseException) -> None:
@@ -187,14 +198,14 @@ class Batch:
             return
         self.messages.remove(staged)
         for decision in staged.decisions:
-            if decision.stored:
+            if decision.in_flight:
                 self._staged[decision.account_id] -= 1
 
     def staged(self, account_id: str) -> int:
         return self._staged[account_id]
 
     def staged_counts(self) -> Mapping[str, int]:
-        """Each account's decisions that stored a state (none: absent, or 0)."""
+        """Each account's decisions that count in its room (``Decided.in_flight``; none: absent, or 0)."""
         return self._staged
 
     def accounts(self) -> set[str]:
@@ -370,7 +381,7 @@ class Outbox:
             await self._notify(decided, account_key, partition, headers, sends, outgoing)
         sends = list(dict.fromkeys(send for send in sends if send is not None))  # a batch's delivery once
         staged.deliveries.extend(sends)
-        if decided.stored:
+        if decided.in_flight:
             self.in_flight.add(decided.account_id, sends, decided.event_id)
 
     async def _notify(

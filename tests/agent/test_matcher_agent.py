@@ -286,6 +286,51 @@ async def test_a_stored_state_keeps_the_entries_of_every_decision_not_known_deli
     assert failed_again.outcome is Outcome.DUPLICATE and len(harness.accruals.sent) > sent  # its entries sent again
 
 
+async def test_a_redelivered_event_sending_its_entries_again_keeps_its_place_among_the_recent_events(
+    harness: AgentHarness,
+) -> None:
+    """After a crash, a redelivered event whose entries are not known delivered sends them again from
+    its account's recent events. Until they are delivered it counts in its account's room like a new
+    decision, so no state stored meanwhile lets it out of the recent events. It did not count: a batch
+    with the redelivery and 32 new decisions of the account stored a state whose recent events were
+    the 32 new ones, on the changelog before the redelivery's entries were sent, and a second crash
+    there lost them for good (read again, the event is found decided, with nothing kept to send). A
+    probe that made a worker fail and start again on a backlog lost an account's first 12 decisions."""
+    from stream.core.state_rows import decode_summary
+    from stream.matcher import IN_FLIGHT_LIMIT
+    from stream.progress import InFlightDecisions
+
+    matcher = harness.matcher
+    record = card_record(amount_minor=10_000, transaction_ref="txn-first")
+    first = encode_auth(harness.codec, record)
+    await harness.put(first)  # decided, and its entries delivered
+    # The worker started again: what it knew of deliveries is gone, its states are read back.
+    matcher.outbox.in_flight = InFlightDecisions(IN_FLIGHT_LIMIT)
+    matcher.accounts.forget([harness.home])
+    stored_before, sent_before = len(harness.summaries()), len(harness.accruals.sent)
+    delivered_at_once = matcher.sends.send
+    pending, _ = harness.hold_deliveries(harness.accruals.topic)
+
+    await harness.put_nowait(first)  # read again: its entries are sent again
+    new = [card_record(amount_minor=1_000, transaction_ref=f"txn-{n}") for n in range(IN_FLIGHT_LIMIT)]
+    for event in new:
+        await harness.put_nowait(encode_auth(harness.codec, event))
+    await asyncio.sleep(0.2)
+    stored = [decode_summary(value) for _, value, _ in harness.summaries()[stored_before:]]
+    assert stored, "the account's state was stored"
+    assert pending and not any(delivery.done() for delivery in pending)
+    for summary in stored:
+        assert summary is not None and not isinstance(summary, dict)
+        assert record["event_id"] in {event_id for event_id, _ in summary.recent}, "stored without the redelivery"
+
+    matcher.sends.send = delivered_at_once  # type: ignore[method-assign] - those held delivered too: everything goes on
+    for delivery in pending:
+        delivery.set_result(None)
+    await harness.wait_handled(IN_FLIGHT_LIMIT + 2)
+    again = [a["accrual_id"] for _, a in harness.accruals_decoded()[sent_before:]]
+    assert sorted(again) == sorted(f"{event['event_id']}#0" for event in [record, *new])  # the redelivery's once
+
+
 async def test_same_event_id_with_other_content_is_quarantined(harness: AgentHarness) -> None:
     original = card_record(amount_minor=10_000)
     conflicting = dict(original, amount_minor=20_000, billing_amount_minor=20_000)
