@@ -16,6 +16,8 @@ The overrides, each pinned by ``tests/agent/test_guarded_consumer.py``:
 - ``_read_offset`` (``ReadPositions``): none for a guarded partition, so that Faust's fetch loop
   never drops the re-read that follows a seek back;
 - ``_commit_offsets``: tells the progress what was committed;
+- ``on_task_error`` (Faust's call when its agent raised, before it starts the agent again in the
+  same process): the worker exits instead (``stream.stopping.agent_failed``);
 - ``seek_to_committed`` (Faust's seek after a recovery): also moves a partition with no committed
   offset back to its start. aiokafka's ``seek_to_committed`` seeks only committed offsets above 0,
   so such a partition kept the position the fetcher reached while the tables recovered, past the
@@ -58,6 +60,7 @@ from stream.input_order import OrderedFetches
 from stream.kafka_clients import start_client
 from stream.progress import InputProgress
 from stream.settings import Settings
+from stream.stopping import agent_failed
 from stream.worker_stop import BoundedLastCommit, BoundedStopProducer, StoppingConsumerThread, flush_within
 
 log = logging.getLogger(__name__)
@@ -163,6 +166,9 @@ class GuardedConsumer(BoundedLastCommit, OrderedFetches, DirectDelivery, faust_a
             for tp, offset in offsets.items():
                 progress.committed(tp, offset)
         return did_commit
+
+    async def on_task_error(self, exc: BaseException) -> None:
+        agent_failed(exc)
 
 
 class GuardedTransport(faust_aiokafka.Transport):

@@ -2,7 +2,8 @@
 connections closed) gets a bound, so that a stop never waits for the orchestrator's kill: the
 balance API's lifespan (``stream.api_common.shut_down``), the sink process
 (``stream.composition``) and the worker while the broker is away (``stream.worker_stop``). And
-the stop that is not one: ``exit_now``, for a worker that must not go on.
+the stop that is not one: ``exit_now``, for a worker that must not go on (``agent_failed``: its
+agent raised).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 log = logging.getLogger(__name__)
@@ -19,6 +20,7 @@ T = TypeVar("T")
 
 STEP_S = 5.0  # each step of a process's stop; past it, what is left is cancelled, and said
 CANCEL_GRACE_S = 1.0  # what a cancelled step is given to end (a cancel is handled in a turn or two)
+EXIT_AGENT_FAILED = 70  # EX_SOFTWARE: the matcher agent raised what no code path of it handles
 
 
 async def within(what: str, step: Awaitable[T], seconds: float = STEP_S) -> asyncio.Future[T]:
@@ -39,6 +41,26 @@ async def within(what: str, step: Awaitable[T], seconds: float = STEP_S) -> asyn
 def exit_now(code: int) -> None:
     """End the process at once with ``code``, as a kill would (nothing of it is stopped or flushed, its
     logs aside), for its supervisor to start it again: what a worker does when it cannot go on without
-    risking what it holds (``stream.group_membership``, ``stream.changelog_table``)."""
+    risking what it holds (``stream.group_membership``, ``stream.changelog_table``, ``agent_failed``)."""
     logging.shutdown()
     os._exit(code)
+
+
+def agent_failed(error: BaseException, exit: Callable[[int], None] = exit_now) -> None:
+    """What the worker does when its matcher agent raised what no code path of the agent handles
+    (``stream.guarded_consumer``: Faust says so to its consumer): it exits (``EXIT_AGENT_FAILED``),
+    as a kill would. Faust's supervisor would start the agent again in the same process, on what
+    the process holds: in a probe with faults injected at random (3,000 simulated purchases, the
+    first fault 2 s after the start), the worker counted 1,212 events in its first 10 s and none in
+    the 30 s more it was watched, alive, in its group, reading every partition again every 10 s.
+    A worker started again reads from the committed offsets, so what the failed batch decided is
+    decided again, its entries sent from the changelog's state (the recent events keep them): the
+    kill's path, tested."""
+    log.critical(
+        "the matcher agent failed (%s); exiting with code %d for the worker's supervisor to start it again: "
+        "the messages since the last commit are read again",
+        type(error).__name__,
+        EXIT_AGENT_FAILED,
+        exc_info=error,
+    )
+    exit(EXIT_AGENT_FAILED)

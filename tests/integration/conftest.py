@@ -160,12 +160,15 @@ class Processes:
         assert result.returncode == 0, f"cashback {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
         return result.stdout
 
-    def start(self, name: str, *args: str, env: dict[str, str] | None = None, file_bytes: int | None = None) -> None:
+    def start(
+        self, name: str, *args: str, env: dict[str, str] | None = None, file_bytes: int | None = None, module: str = "stream"
+    ) -> None:
         """``file_bytes``: the most any file the process writes may hold (``RLIMIT_FSIZE``): a write past it
-        fails with EFBIG as one on a full disk fails with ENOSPC (Python ignores the SIGXFSZ that comes with it)."""
+        fails with EFBIG as one on a full disk fails with ENOSPC (Python ignores the SIGXFSZ that comes with it).
+        ``module``: what ``python -m`` runs (a test's fault injected around the command line)."""
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - kept by the child
         self.children[name] = spawn(
-            [sys.executable, "-m", "stream", *args],
+            [sys.executable, "-m", module, *args],
             env={**self.env, **(env or {})},
             cwd=REPO_ROOT,
             stdout=log,

@@ -1,6 +1,7 @@
 """What operators do to a worker, against the real broker and Postgres: stop it (SIGTERM) or kill
 it (SIGKILL) between an authorisation and its clearing, start it again, and everything goes on; and
-what they let happen to it: its disk filling (it exits, and started again with room loses nothing).
+what they let happen to it: its disk filling (it exits, and started again with room loses nothing),
+an error its agent does not handle (it exits, and started again loses nothing).
 
 Two things are checked each time:
 - it processes again, within the restart target (15 s from the new process's start to its first
@@ -25,6 +26,7 @@ import pytest
 
 from stream.changelog_table import EXIT_STORE_FAILED
 from stream.settings import Settings
+from stream.stopping import EXIT_AGENT_FAILED
 from tests.factories import card_record
 from tests.integration.conftest import REPO_ROOT, running_pipeline, wait_until
 from tests.integration.test_end_to_end import (
@@ -190,6 +192,40 @@ def test_a_worker_whose_local_store_refuses_a_write_exits_and_started_again_lose
         assert worker.wait(timeout=120) == EXIT_STORE_FAILED, processes.log("worker")  # type: ignore[attr-defined]
         del processes.children["worker"]
         assert "the local store refused a write" in processes.log("worker")
+
+        processes.start("worker", "worker", env=port)
+        pending = balance_line(pending_minor=500 * purchases)
+        for account in accounts:
+            wait_for_balance(base_url, account, pending, timeout_s=60)
+
+
+def test_a_worker_whose_agent_fails_exits_and_started_again_loses_nothing(
+    request, kafka_bootstrap, postgres_url, work_dir
+) -> None:  # type: ignore[no-untyped-def]
+    """An error no code path of the agent handles, raised after a batch's states reached the changelog
+    and before its entries were sent. Faust started the agent again in the same process, and the
+    worker never exited (a probe with faults at random: it stopped deciding within seconds of the
+    first, and stayed up reading every partition again every 10 s). The worker now exits (code 70) and,
+    started again, reads from its committed offsets: every purchase is pending once
+    (stream.stopping.agent_failed)."""
+    with _pipeline(request, kafka_bootstrap, postgres_url, work_dir, "agent-fails", "worker-g") as (processes, base_url):
+        processes.stop("worker")  # started again with a fault in it
+        accounts = [f"fails-{uuid.uuid4().hex[:6]}-{n}" for n in range(8)]
+        purchases = 10
+        publish_records(
+            processes.env,
+            [
+                card_record("AUTHORIZATION", 10_000, account_id=a, transaction_ref=f"{a}-ref{n}", event_id=f"{a}-auth{n}")
+                for n in range(purchases)
+                for a in accounts
+            ],
+        )
+        port = {"METRICS_PORT": str(processes.metrics_ports["worker"])}
+        processes.start("worker", "worker", env={**port, "FAIL_AT_ENTRIES": "5"}, module="tests.integration.failing_worker")
+        worker = processes.children["worker"]
+        assert worker.wait(timeout=90) == EXIT_AGENT_FAILED, processes.log("worker")  # type: ignore[attr-defined]
+        del processes.children["worker"]
+        assert "the matcher agent failed (RuntimeError)" in processes.log("worker")
 
         processes.start("worker", "worker", env=port)
         pending = balance_line(pending_minor=500 * purchases)

@@ -170,3 +170,15 @@ def test_a_plain_consumer_s_stop_cut_short_lets_its_owner_go_on_with_its_cleanup
             await asyncio.create_task(stop_then_cancelled())
 
     asyncio.run(scenario())
+
+
+def test_an_agent_s_failure_ends_the_worker_with_its_code_and_says_why(caplog: pytest.LogCaptureFixture) -> None:
+    """The worker's exit when its agent raised (wired in through the consumer's ``on_task_error``: the
+    real worker's exit and restart are ``tests/integration/test_restart.py``)."""
+    exits: list[int] = []
+    with caplog.at_level("CRITICAL", logger="stream.stopping"):
+        stopping.agent_failed(RuntimeError("boom"), exit=exits.append)
+    assert exits == [stopping.EXIT_AGENT_FAILED] == [70]
+    (record,) = caplog.records
+    assert record.levelname == "CRITICAL" and "the matcher agent failed (RuntimeError)" in record.getMessage()
+    assert record.exc_info is not None and record.exc_info[1].args == ("boom",)
