@@ -5,7 +5,9 @@ order its worker decided them, since the two input topics have no common order. 
 read from the table's changelog: each stored state adds the event it decided to the account's
 recent event ids. Were the changelog compacted, events missing from it would be ordered by where
 their first entries sit on the accruals topic. The
-entries and balances that come out are compared with Postgres, and every message that must be
+entries and balances that come out are compared with Postgres, so are the lines that explain what
+moved no money (a purchase that earned nothing, a refused redemption: the account's history), and
+every message that must be
 dead-lettered (undecodable, invalid, a conflicting duplicate) is looked for on the dead-letter
 topic.
 """
@@ -23,7 +25,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from schemas.codec import Codec, DecodeError
 from stream.core.balances import BALANCE_FIELDS, balances
-from stream.core.entries import Entry, moves_money
+from stream.core.entries import RECONCILIATION, Entry, moves_money
 from stream.core.events import to_event, validate
 from stream.core.offers import OfferBook
 from stream.core.profiles import apply_activation, apply_segments, to_account_profile
@@ -43,6 +45,7 @@ class Report:
     mismatched_accounts: int = 0
     duplicate_entries: int = 0
     lost_entries: int = 0
+    lost_lines: int = 0  # history lines (what moved no money) the pure engine writes and Postgres lacks
     recovery_s: dict[str, float] = field(default_factory=dict)
     timeline: list[tuple[float, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -58,6 +61,7 @@ class Report:
             self.mismatched_accounts == 0
             and self.duplicate_entries == 0
             and self.lost_entries == 0
+            and self.lost_lines == 0
             and self.poison_in_dlq == self.poison_total
             and self.recovery_max_s <= RESTART_TARGET_S
             and not self.crashed
@@ -69,6 +73,7 @@ class Report:
             f"chaos {self.events} events: mismatched_accounts={self.mismatched_accounts} "
             f"duplicate_entries={self.duplicate_entries} poison_in_dlq={self.poison_in_dlq}/{self.poison_total} "
             f"lost_entries={self.lost_entries} recovery_s={self.recovery_max_s:.1f}"
+            + (f" lost_lines={self.lost_lines}" if self.lost_lines else "")
             + (f" crashed={','.join(self.crashed)}" if self.crashed else "")
             + (f" not_drained={','.join(self.stuck)}" if self.stuck else "")
         )
@@ -177,6 +182,7 @@ async def judge(settings: Settings, topics: Catalogue, codec: Codec, book: Offer
             per_account[value["account_id"]][topic].append((to_event(value), where))
 
     oracle: dict[str, Entry] = {}
+    lines: dict[str, Entry] = {}  # the history lines, reconciliation items aside (a table of their own)
     windowed = 0  # accounts with card events the changelog does not order
     for account, by_topic in per_account.items():
         auths, settlements = by_topic[topics.authorizations.name], by_topic[topics.settlements.name]
@@ -193,10 +199,13 @@ async def judge(settings: Settings, topics: Catalogue, codec: Codec, book: Offer
                 for entry in decision.entries:
                     if moves_money(entry.entry_kind):
                         oracle.setdefault(entry.accrual_id, entry)
+                    elif entry.entry_kind != RECONCILIATION:
+                        lines.setdefault(entry.accrual_id, entry)
 
     connection = await asyncpg.connect(settings.database_url)
     try:
         ledger_ids = {row["accrual_id"] for row in await connection.fetch("SELECT accrual_id FROM ledger_entries")}
+        line_ids = {row["accrual_id"] for row in await connection.fetch("SELECT accrual_id FROM purchases_not_earned")}
         rows = await connection.fetch("SELECT * FROM balances")
     finally:
         await connection.close()
@@ -220,6 +229,11 @@ async def judge(settings: Settings, topics: Catalogue, codec: Codec, book: Offer
         report.notes.append(f"lost {accrual_id}: {entry.entry_kind} {entry.amount_minor} {entry.currency} of {entry.account_id}")
     if extra:
         report.notes.append(f"in the ledger, not in the oracle: {extra[:5]}")
+    lost_lines = sorted(set(lines) - line_ids)
+    report.lost_lines = len(lost_lines)
+    for accrual_id in lost_lines[:5]:
+        line = lines[accrual_id]
+        report.notes.append(f"lost line {accrual_id}: {line.entry_kind} ({line.explanation.reason}) of {line.account_id}")
     report.poison_total = len(must_dead_letter)
     report.poison_in_dlq = len(must_dead_letter & dead)
     for account in mismatched[:5]:
