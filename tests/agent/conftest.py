@@ -10,7 +10,8 @@ replaced, and why:
 - the table's changelog writes are acknowledged at once (there is no broker to do it);
 - ``matcher.handle`` and ``matcher.outbox.flush`` are wrapped (the originals still do all the work) so a
   test can wait until the agent has *finished* an event: handled it, and flushed its batch (its
-  entries are sent at the flush). ``AgentTestWrapper.put(wait=True)`` is not that signal: for an
+  entries are sent at the flush), and so that the wait fails when either raised (a flush's
+  ``BatchDropped`` aside: the agent goes on). ``AgentTestWrapper.put(wait=True)`` is not that signal: for an
   agent that does not yield, it returns as soon as the value has passed the stream's processors,
   i.e. before the agent body has handled it (as soon as a send really suspends, the caller resumes
   first). It also never returns while the agent is blocked before its loop (offers not ready);
@@ -44,6 +45,7 @@ from stream.core.rules import Outcome
 from stream.core.state import AccountState
 from stream.core.state_rows import is_summary_key
 from stream.matcher import Matcher
+from stream.outbox import BatchDropped
 from stream.producing import OneByOne
 from stream.progress import InputProgress, Verdict
 from stream.settings import Settings
@@ -386,6 +388,11 @@ async def agent_harness(matcher: Matcher, codec: Codec, *, ready: bool = True) -
             harness.flushing += 1
             try:
                 await original_flush()
+            except BatchDropped:  # its messages are read again: the agent goes on
+                raise
+            except BaseException as error:  # the agent fails: the waiting test is told
+                harness._failure = error
+                raise
             finally:
                 harness.flushing -= 1
                 async with harness._done:
