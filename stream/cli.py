@@ -14,6 +14,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from stream import commands
@@ -90,6 +91,22 @@ def _operator() -> str:
         return getpass.getuser()
     except (KeyError, OSError):  # no login name (a container's numeric user)
         return "unknown"
+
+
+def _dead_letter_reason(text: str) -> str:
+    from stream.deadletter_admin import REASONS
+
+    if text not in REASONS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a dead-letter reason; one of: {', '.join(sorted(REASONS))}")
+    return text
+
+
+def _utc_time(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a time (ISO 8601, such as 2026-12-01T08:00)") from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 POSITIVE = _number(int, 1, what="a whole number of 1 or more")
@@ -197,8 +214,26 @@ def parser() -> argparse.ArgumentParser:
     abuse.add_argument("file", nargs="?", help="the YAML file (default: ABUSE_RULES_FILE, else the documented defaults)")
     abuse.set_defaults(run=commands.abuse_rules)
 
-    dead = subcommands.add_parser("dead-letters", help="print the dead-letter topic")
-    dead.add_argument("--limit", type=POSITIVE, default=50, help="the newest N dead letters")
+    dead = subcommands.add_parser("dead-letters", help="print the dead-letter topic, or replay dead letters")
+    dead.add_argument(
+        "action",
+        nargs="?",
+        choices=("show", "replay"),
+        default="show",
+        help="show (default): the newest dead letters; replay: publish those of --reason again on their source topics",
+    )
+    dead.add_argument("--limit", type=POSITIVE, default=50, help="show: the newest N dead letters")
+    dead.add_argument(
+        "--reason",
+        action="append",
+        type=_dead_letter_reason,
+        default=[],
+        help="replay: the dead letters of this reason (repeatable)",
+    )
+    dead.add_argument(
+        "--since", type=_utc_time, help="replay: only dead letters written at or after this time (ISO 8601, UTC if no offset)"
+    )
+    dead.add_argument("--dry-run", action="store_true", help="replay: list what would be replayed, publish nothing")
     dead.set_defaults(run=commands.dead_letters)
 
     local = subcommands.add_parser("local", help="run the whole system on the embedded local stack")

@@ -254,11 +254,20 @@ def abuse_rules(system: System, args: argparse.Namespace) -> None:
 
 
 def dead_letters(system: System, args: argparse.Namespace) -> None:
-    from stream.deadletter_admin import NoDeadLetterTopic, show_dead_letters
+    from stream.deadletter_admin import NoDeadLetterTopic, format_replay, replay_dead_letters, show_dead_letters
 
     settings, topic = system.settings, system.catalogue.dead_letters.name
+    if args.action == "replay" and not args.reason:
+        raise UsageError(
+            "dead-letters replay: name the dead letters to replay with --reason (repeatable), once their cause is fixed"
+        )
     try:
-        asyncio.run(show_dead_letters(settings, system.codec, topic, args.limit))
+        if args.action == "replay":
+            reasons = frozenset(args.reason)
+            replay = replay_dead_letters(settings, system.codec, system.catalogue, reasons, args.since, args.dry_run)
+            print(format_replay(asyncio.run(replay), args.dry_run))
+        else:
+            asyncio.run(show_dead_letters(settings, system.codec, topic, args.limit))
     except NoDeadLetterTopic:
         raise UsageError(
             f"Kafka at {settings.kafka_bootstrap_servers} has no topic {topic} (is TOPIC_PREFIX right? "

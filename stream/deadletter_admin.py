@@ -1,18 +1,43 @@
-"""Reading the dead-letter topic: what failed, where, and why (never the payload's content)."""
+"""Reading the dead-letter topic: what failed, where, and why (never the payload's content); and
+replaying dead letters once their cause is fixed.
+
+A replay publishes a dead letter's original key and bytes again on the topic it came from (keyed
+as before, so on its account's partition), with a header naming the dead letter it came from
+(``REPLAYED_FROM_HEADER``), for the pipeline to process as a new message. That is safe to repeat:
+an event is decided once by its event id (a replayed event already decided is a duplicate and
+changes nothing), and the ledger keeps an entry once by its id; a replay whose cause is not fixed
+is dead-lettered again. What cannot be replayed is left, and said: a dead letter whose original had
+card numbers masked (its bytes are no longer the processor's message; the processor sends it again
+without them), one too large to have kept its bytes, one that is not a dead letter, and one from a
+topic the pipeline does not read (``REPLAYABLE``).
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import UnknownTopicOrPartitionError, for_code
 
-from schemas.codec import Codec, DecodeError
+from schemas.codec import Codec, DecodeError, DecodeFailure
+from stream.account_profiles import ACCOUNT_ERASED
 from stream.core.card_numbers import mask_card_numbers
+from stream.core.events import RejectReason
+from stream.deadletter import OtherReason
 from stream.kafka_clients import stop_consumer
+from stream.producing import producer
 from stream.settings import Settings
+from topics.catalogue import Catalogue
+
+REPLAYED_FROM_HEADER = "cashback-replayed-from"  # <dead-letter topic>[<partition>]@<offset>
+# Every reason a dead letter is written with (what ``--reason`` accepts).
+REASONS = frozenset(r.value for r in (*DecodeFailure, *RejectReason, *OtherReason)) | {ACCOUNT_ERASED}
 
 
 class NoDeadLetterTopic(LookupError):
@@ -37,10 +62,11 @@ async def _partitions(settings: Settings, topic: str) -> list[int]:
 
 
 async def read_dead_letters(
-    settings: Settings, codec: Codec, topic: str, limit: int, stall_timeout_s: float = 30.0
+    settings: Settings, codec: Codec, topic: str, limit: int | None, stall_timeout_s: float = 30.0
 ) -> list[dict[str, Any]]:
-    """The newest ``limit`` dead letters, oldest first. A record that is not a dead letter is
-    listed with the reason ``unreadable`` (and the decoding problem as its detail)."""
+    """The newest ``limit`` dead letters (None: every one), oldest first, each with where it sits
+    (``dead_letter_at``: partition and offset). A record that is not a dead letter is listed with
+    the reason ``unreadable`` (and the decoding problem as its detail)."""
     partitions = [TopicPartition(topic, p) for p in await _partitions(settings, topic)]
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
@@ -54,7 +80,7 @@ async def read_dead_letters(
         begin = await consumer.beginning_offsets(partitions)
         end = await consumer.end_offsets(partitions)
         for tp in partitions:
-            consumer.seek(tp, max(begin[tp], end[tp] - limit))
+            consumer.seek(tp, begin[tp] if limit is None else max(begin[tp], end[tp] - limit))
         letters: list[dict[str, Any]] = []
         loop = asyncio.get_running_loop()
         deadline = loop.time() + stall_timeout_s
@@ -72,7 +98,7 @@ async def read_dead_letters(
             for records in batches.values():
                 letters.extend(_letter(codec, record) for record in records if record.offset < end[_tp(record)])
         letters.sort(key=lambda letter: (letter["failed_at"] is None, letter["failed_at"] or 0))
-        return letters[-limit:]
+        return letters if limit is None else letters[-limit:]
     finally:
         await stop_consumer(consumer)
 
@@ -83,9 +109,10 @@ def _tp(record: Any) -> TopicPartition:
 
 def _letter(codec: Codec, record: Any) -> dict[str, Any]:
     try:
-        return codec.decode(record.value, "dead_letter")[1]
+        return {**codec.decode(record.value, "dead_letter")[1], "dead_letter_at": (record.partition, record.offset)}
     except DecodeError as error:
         return {
+            "dead_letter_at": (record.partition, record.offset),
             "failed_at": None,
             "stage": "?",
             "reason": "unreadable",
@@ -118,3 +145,82 @@ async def show_dead_letters(settings: Settings, codec: Codec, topic: str, limit:
     for letter in letters:
         print(format_letter(letter))
     print(f"{len(letters)} dead letters shown (the newest {limit} at most) from {topic}")
+
+
+@dataclass
+class Replay:
+    """What a replay found: the dead letters it published again (or would, in a dry run), and
+    those of the reasons asked for that it left, counted by why."""
+
+    replayed: list[dict[str, Any]] = field(default_factory=list)
+    left: Counter[str] = field(default_factory=Counter)
+
+
+def replayable_topics(catalogue: Catalogue) -> frozenset[str]:
+    """The topics a dead letter may be replayed on: what the matcher reads, and the accruals the sink writes."""
+    return frozenset(t.name for t in (*catalogue.inputs(), *catalogue.account_inputs(), catalogue.accruals))
+
+
+def why_not_replayable(letter: dict[str, Any], topics: frozenset[str]) -> str | None:
+    """Why a dead letter cannot be published again as it came (None: it can)."""
+    if letter["reason"] == "unreadable":
+        return "not a dead letter"
+    if letter["reason"] == OtherReason.TOO_LARGE.value or letter.get("value") is None:
+        return "too large: its bytes were not kept"
+    if letter.get("card_number_hashes"):
+        return "card numbers were masked in it: the processor must send it again without them"
+    if letter["source_topic"] not in topics:
+        return f"from {letter['source_topic']}, a topic the pipeline does not read"
+    return None
+
+
+def choose(letters: Iterable[dict[str, Any]], reasons: frozenset[str], since: datetime | None, topics: frozenset[str]) -> Replay:
+    """The dead letters of ``reasons`` written at or after ``since`` that can be replayed, and the others of those reasons left."""
+    replay = Replay()
+    for letter in letters:
+        if letter["reason"] not in reasons or (
+            since is not None and (letter["failed_at"] is None or letter["failed_at"] < since)
+        ):
+            continue
+        why = why_not_replayable(letter, topics)
+        if why is None:
+            replay.replayed.append(letter)
+        else:
+            replay.left[why] += 1
+    return replay
+
+
+async def replay_dead_letters(
+    settings: Settings,
+    codec: Codec,
+    catalogue: Catalogue,
+    reasons: frozenset[str],
+    since: datetime | None = None,
+    dry_run: bool = False,
+) -> Replay:
+    """Publish again every replayable dead letter of ``reasons`` (written at or after ``since``) on its
+    source topic, oldest first, and wait until the broker has them all; ``dry_run``: only say which."""
+    topic = catalogue.dead_letters.name
+    replay = choose(await read_dead_letters(settings, codec, topic, None), reasons, since, replayable_topics(catalogue))
+    if dry_run or not replay.replayed:
+        return replay
+    client = producer(settings)
+    try:
+        await client.start()
+        for letter in replay.replayed:
+            partition, offset = letter["dead_letter_at"]
+            header = (REPLAYED_FROM_HEADER, f"{topic}[{partition}]@{offset}".encode())
+            await client.send(letter["source_topic"], letter["value"], key=letter["key"], headers=[header])
+        await client.flush()
+    finally:
+        await client.stop()
+    return replay
+
+
+def format_replay(replay: Replay, dry_run: bool) -> str:
+    """What a replay did, a line per dead letter (as ``format_letter``) and a last line of counts."""
+    lines = [("would replay " if dry_run else "replayed ") + format_letter(letter) for letter in replay.replayed]
+    left = "; ".join(f"{count} {why}" for why, count in sorted(replay.left.items()))
+    verb = "would be replayed" if dry_run else "replayed"
+    lines.append(f"{len(replay.replayed)} dead letters {verb}" + (f"; left: {left}" if left else ""))
+    return "\n".join(lines)
