@@ -9,7 +9,7 @@ changes nothing), and the ledger keeps an entry once by its id; a replay whose c
 is dead-lettered again. What cannot be replayed is left, and said: a dead letter whose original had
 card numbers masked (its bytes are no longer the processor's message; the processor sends it again
 without them), one too large to have kept its bytes, one that is not a dead letter, and one from a
-topic the pipeline does not read (``REPLAYABLE``).
+topic a replay does not publish on (``replayable_topics``).
 """
 
 from __future__ import annotations
@@ -157,8 +157,11 @@ class Replay:
 
 
 def replayable_topics(catalogue: Catalogue) -> frozenset[str]:
-    """The topics a dead letter may be replayed on: what the matcher reads, and the accruals the sink writes."""
-    return frozenset(t.name for t in (*catalogue.inputs(), *catalogue.account_inputs(), catalogue.accruals))
+    """The topics a dead letter may be replayed on: what the matcher reads, the accruals the sink writes and
+    the charities' remittance answers read beside it (the other answers are among the matcher's inputs)."""
+    return frozenset(
+        t.name for t in (*catalogue.inputs(), *catalogue.account_inputs(), catalogue.accruals, catalogue.donation_payout_results)
+    )
 
 
 def why_not_replayable(letter: dict[str, Any], topics: frozenset[str]) -> str | None:
@@ -170,7 +173,7 @@ def why_not_replayable(letter: dict[str, Any], topics: frozenset[str]) -> str | 
     if letter.get("card_number_hashes"):
         return "card numbers were masked in it: the processor must send it again without them"
     if letter["source_topic"] not in topics:
-        return f"from {letter['source_topic']}, a topic the pipeline does not read"
+        return f"from {letter['source_topic']}, a topic a replay does not publish on"
     return None
 
 

@@ -4,12 +4,10 @@ The log is read back from the broker; each account's card events go through ``de
 order its worker decided them, since the two input topics have no common order. That order is
 read from the table's changelog: each stored state adds the event it decided to the account's
 recent event ids. Were the changelog compacted, events missing from it would be ordered by where
-their first entries sit on the accruals topic. The
-entries and balances that come out are compared with Postgres, so are the lines that explain what
-moved no money (a purchase that earned nothing, a refused redemption: the account's history), and
-every message that must be
-dead-lettered (undecodable, invalid, a conflicting duplicate) is looked for on the dead-letter
-topic.
+their first entries sit on the accruals topic. The entries and balances that come out are compared
+with Postgres, and so are the lines that explain what moved no money (a purchase that earned
+nothing, a refused redemption: the account's history); every message that must be dead-lettered
+(undecodable, invalid, a conflicting duplicate) is looked for on the dead-letter topic.
 """
 
 from __future__ import annotations

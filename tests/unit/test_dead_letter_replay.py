@@ -44,7 +44,7 @@ def test_only_whole_dead_letters_of_the_reasons_asked_for_from_the_pipeline_s_to
     assert replay.left == {
         "card numbers were masked in it: the processor must send it again without them": 1,
         "too large: its bytes were not kept": 1,
-        "from somebody.else, a topic the pipeline does not read": 1,
+        "from somebody.else, a topic a replay does not publish on": 1,
         "not a dead letter": 1,
     }
 
