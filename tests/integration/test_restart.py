@@ -65,6 +65,45 @@ def _pipeline(request, kafka_bootstrap, postgres_url, work_dir, name: str, insta
     return running_pipeline(request, kafka_bootstrap, postgres_url, work_dir, name, offers, WORKER_INSTANCE_ID=instance)
 
 
+def _purchases(processes, prefix: str, purchases: int) -> list[str]:  # type: ignore[no-untyped-def]
+    """``purchases`` authorisations of 100.00 for each of 8 accounts (spread over the partitions), published; the accounts."""
+    accounts = [f"{prefix}-{uuid.uuid4().hex[:6]}-{n}" for n in range(8)]
+    publish_records(
+        processes.env,
+        [
+            card_record("AUTHORIZATION", 10_000, account_id=a, transaction_ref=f"{a}-ref{n}", event_id=f"{a}-auth{n}")
+            for n in range(purchases)
+            for a in accounts
+        ],
+    )
+    return accounts
+
+
+def _exits_then_loses_nothing(  # type: ignore[no-untyped-def]
+    processes,
+    base_url: str,
+    accounts: list[str],
+    purchases: int,
+    code: int,
+    said: str,
+    env: dict[str, str] | None = None,
+    **start: Any,
+) -> None:
+    """The worker started (``env`` added to its environment, ``start`` to ``Processes.start``) exits with
+    ``code``, its log saying ``said``; started again as it is, it makes every purchase pending, once."""
+    port = {"METRICS_PORT": str(processes.metrics_ports["worker"])}
+    processes.start("worker", "worker", env={**port, **(env or {})}, **start)
+    worker = processes.children["worker"]
+    assert worker.wait(timeout=120) == code, processes.log("worker")
+    del processes.children["worker"]
+    assert said in processes.log("worker")
+
+    processes.start("worker", "worker", env=port)
+    pending = balance_line(pending_minor=500 * purchases)
+    for account in accounts:
+        wait_for_balance(base_url, account, pending, timeout_s=60)
+
+
 def _decided(processes) -> float:  # type: ignore[no-untyped-def]
     """Card events the worker decided (clock ticks do not count)."""
     try:
@@ -176,27 +215,17 @@ def test_a_worker_whose_local_store_refuses_a_write_exits_and_started_again_lose
     file-size limit on the worker: RocksDB's write-ahead log grows past it and the write fails."""
     with _pipeline(request, kafka_bootstrap, postgres_url, work_dir, "store-full", "worker-f") as (processes, base_url):
         processes.stop("worker")  # started again on a disk that fills
-        accounts = [f"full-{uuid.uuid4().hex[:6]}-{n}" for n in range(8)]
         purchases = 60  # each account's: more than the recent events it keeps with their entries (32)
-        publish_records(
-            processes.env,
-            [
-                card_record("AUTHORIZATION", 10_000, account_id=a, transaction_ref=f"{a}-ref{n}", event_id=f"{a}-auth{n}")
-                for n in range(purchases)
-                for a in accounts
-            ],
+        accounts = _purchases(processes, "full", purchases)
+        _exits_then_loses_nothing(
+            processes,
+            base_url,
+            accounts,
+            purchases,
+            EXIT_STORE_FAILED,
+            "the local store refused a write",
+            file_bytes=STORE_FILE_BYTES,
         )
-        port = {"METRICS_PORT": str(processes.metrics_ports["worker"])}
-        processes.start("worker", "worker", env=port, file_bytes=STORE_FILE_BYTES)
-        worker = processes.children["worker"]
-        assert worker.wait(timeout=120) == EXIT_STORE_FAILED, processes.log("worker")  # type: ignore[attr-defined]
-        del processes.children["worker"]
-        assert "the local store refused a write" in processes.log("worker")
-
-        processes.start("worker", "worker", env=port)
-        pending = balance_line(pending_minor=500 * purchases)
-        for account in accounts:
-            wait_for_balance(base_url, account, pending, timeout_s=60)
 
 
 def test_a_worker_whose_agent_fails_exits_and_started_again_loses_nothing(
@@ -210,24 +239,17 @@ def test_a_worker_whose_agent_fails_exits_and_started_again_loses_nothing(
     (stream.stopping.agent_failed)."""
     with _pipeline(request, kafka_bootstrap, postgres_url, work_dir, "agent-fails", "worker-g") as (processes, base_url):
         processes.stop("worker")  # started again with a fault in it
-        accounts = [f"fails-{uuid.uuid4().hex[:6]}-{n}" for n in range(8)]
         purchases = 10
-        publish_records(
-            processes.env,
-            [
-                card_record("AUTHORIZATION", 10_000, account_id=a, transaction_ref=f"{a}-ref{n}", event_id=f"{a}-auth{n}")
-                for n in range(purchases)
-                for a in accounts
-            ],
+        accounts = _purchases(processes, "fails", purchases)
+        said = "the matcher agent failed (RuntimeError)"
+        fault = {"FAIL_AT_ENTRIES": "5"}
+        _exits_then_loses_nothing(
+            processes,
+            base_url,
+            accounts,
+            purchases,
+            EXIT_AGENT_FAILED,
+            said,
+            env=fault,
+            module="tests.integration.failing_worker",
         )
-        port = {"METRICS_PORT": str(processes.metrics_ports["worker"])}
-        processes.start("worker", "worker", env={**port, "FAIL_AT_ENTRIES": "5"}, module="tests.integration.failing_worker")
-        worker = processes.children["worker"]
-        assert worker.wait(timeout=90) == EXIT_AGENT_FAILED, processes.log("worker")  # type: ignore[attr-defined]
-        del processes.children["worker"]
-        assert "the matcher agent failed (RuntimeError)" in processes.log("worker")
-
-        processes.start("worker", "worker", env=port)
-        pending = balance_line(pending_minor=500 * purchases)
-        for account in accounts:
-            wait_for_balance(base_url, account, pending, timeout_s=60)
