@@ -16,13 +16,12 @@ The overrides, each pinned by ``tests/agent/test_guarded_consumer.py``:
 - ``_read_offset`` (``ReadPositions``): none for a guarded partition, so that Faust's fetch loop
   never drops the re-read that follows a seek back;
 - ``_commit_offsets``: tells the progress what was committed;
-- ``on_task_error`` (Faust's call when its agent raised, before it starts the agent again in the
-  same process): the worker exits instead (``stream.stopping.agent_failed``);
 - ``seek_to_committed`` (Faust's seek after a recovery): also moves a partition with no committed
   offset back to its start. aiokafka's ``seek_to_committed`` seeks only committed offsets above 0,
   so such a partition kept the position the fetcher reached while the tables recovered, past the
   messages Faust dropped meanwhile: a worker restarted after kill -9 (which then rebuilt its tables) never
-  saw the clearings published while it was down.
+  saw the clearings published while it was down;
+- ``on_task_error`` (``stream.stopping.ExitOnAgentFailure``; ``tests/integration/test_restart.py``).
 
 And ``keep_across_resumes`` keeps the agent's input queue from being emptied as each table recovery
 ends (Faust's recovery resumes its flow control after seeking the stream partitions, which emptied
@@ -60,7 +59,7 @@ from stream.input_order import OrderedFetches
 from stream.kafka_clients import start_client
 from stream.progress import InputProgress
 from stream.settings import Settings
-from stream.stopping import agent_failed
+from stream.stopping import ExitOnAgentFailure
 from stream.worker_stop import BoundedLastCommit, BoundedStopProducer, StoppingConsumerThread, flush_within
 
 log = logging.getLogger(__name__)
@@ -107,7 +106,7 @@ class ReadPositions(defaultdict[TP, int | None]):
         return None if self.guarded(tp) else super().__getitem__(tp)
 
 
-class GuardedConsumer(BoundedLastCommit, OrderedFetches, DirectDelivery, faust_aiokafka.Consumer):
+class GuardedConsumer(BoundedLastCommit, OrderedFetches, DirectDelivery, ExitOnAgentFailure, faust_aiokafka.Consumer):
     """Faust's aiokafka consumer, committing only what ``app.progress`` says is accounted for, its fetch loop
     handing messages on directly when nothing can hold them (``stream.direct_delivery``), each partition's
     messages of ``app.ordered_topics`` in the order they were published (``stream.input_order``)."""
@@ -166,9 +165,6 @@ class GuardedConsumer(BoundedLastCommit, OrderedFetches, DirectDelivery, faust_a
             for tp, offset in offsets.items():
                 progress.committed(tp, offset)
         return did_commit
-
-    async def on_task_error(self, exc: BaseException) -> None:
-        agent_failed(exc)
 
 
 class GuardedTransport(faust_aiokafka.Transport):

@@ -13,13 +13,10 @@ decision's entries were delivered restarts with decisions whose entries never le
 event re-emits its entries only while it is among its account's last ``RECENT_EVENTS_LIMIT``
 decisions (``stream.core.memory``), so an account never has more than that many decisions staged
 in the batch or with entries undelivered (``room_for``); an account's entries share a partition, so
-they are delivered in order. Staged decisions count whether they have entries or not: the batch's
-one summary of an account then names every decision of the batch among its recent events, so the
-changelog keeps the order an account's events were decided in. A redelivered event that sends its
-entries again counts too (``Decided.in_flight``): after a crash they may never have left, and a
-state stored before they are delivered must keep it among its recent events, or a second crash
-loses them. The events of earlier batches whose decisions were delivered leave the summary then
-(``InFlightDecisions.delivered``).
+they are delivered in order. Staged decisions count with entries or not (the batch's one summary of
+an account names every decision of the batch among its recent events: the changelog keeps the order
+they were decided in), and so does a redelivery sending entries again (``Decided.in_flight``: they may
+never have left). Events of earlier batches delivered leave the summary (``InFlightDecisions.delivered``).
 
 Payout instructions (``stream.core.payouts``) leave the same way, right after the PAID_OUT entries
 that move their cash (made from those entries: a redelivered run re-emits them, and asks again under
@@ -101,10 +98,7 @@ class Decided:
 
     @property
     def in_flight(self) -> bool:
-        """Whether it counts in its account's room (``room_for``, ``InFlightDecisions``) until its
-        entries are delivered: it stored a state, or it sends entries again (a redelivery: they may
-        never have left). Either way its event must stay among the account's recent events, with its
-        entries, in every state stored until then."""
+        """Whether it counts in its account's room until delivered: it stored a state, or sends entries again (module doc)."""
         return self.stored or bool(self.entries)
 
 
