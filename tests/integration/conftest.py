@@ -198,6 +198,13 @@ class Processes:
         ]
         return sum(values) if values else None
 
+    def consumed(self, name: str = "worker", **labels: str) -> float:
+        """The events a worker counted as decided (``cashback_events_consumed_total`` with ``labels``): 0 until it serves metrics."""
+        try:
+            return self.metric(name, "cashback_events_consumed_total", labels) or 0.0
+        except httpx.HTTPError:  # not serving yet
+            return 0.0
+
     def log(self, name: str) -> str:
         path = self.log_dir / f"{name}.log"
         return path.read_text(errors="replace")[-20000:] if path.exists() else ""

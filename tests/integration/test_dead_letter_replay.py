@@ -16,13 +16,6 @@ from tests.integration.test_end_to_end import balance, balance_line, publish_rec
 pytestmark = pytest.mark.integration
 
 
-def _duplicates(processes) -> float:  # type: ignore[no-untyped-def]
-    try:
-        return processes.metric("worker", "cashback_events_consumed_total", {"outcome": "duplicate"}) or 0.0
-    except Exception:  # noqa: BLE001 - not serving yet
-        return 0.0
-
-
 def test_a_dead_letter_replayed_once_its_cause_is_fixed_is_decided_once(request, kafka_bootstrap, postgres_url, work_dir) -> None:  # type: ignore[no-untyped-def]
     offers = REPO_ROOT / "tests" / "integration" / "offers.yaml"
     with running_pipeline(request, kafka_bootstrap, postgres_url, work_dir, "replay", offers) as (processes, base_url):
@@ -55,5 +48,5 @@ def test_a_dead_letter_replayed_once_its_cause_is_fixed_is_decided_once(request,
 
         again = processes.cli("dead-letters", "replay", "--reason", "processing_error")
         assert again.splitlines()[-1] == "1 dead letters replayed", again  # the dead letter stays where it was
-        wait_until(lambda: _duplicates(processes) >= 1, 60, "the replayed event to be found decided")
+        wait_until(lambda: processes.consumed(outcome="duplicate") >= 1, 60, "the replayed event to be found decided")
         assert balance(base_url, account) == balance_line(pending_minor=1_000)

@@ -51,13 +51,6 @@ async def _publish_backlog(env: dict[str, str], records: list[dict[str, Any]]) -
         await producer.stop()
 
 
-def _authorizations(processes: Processes) -> float:
-    try:
-        return processes.metric("worker", "cashback_events_consumed_total", {"event_type": "AUTHORIZATION"}) or 0.0
-    except Exception:  # noqa: BLE001 - not serving yet
-        return 0.0
-
-
 def _whole_log(processes: Processes) -> str:
     return (processes.log_dir / "worker.log").read_text(errors="replace")
 
@@ -97,11 +90,11 @@ def test_a_worker_draining_a_backlog_stays_in_its_group(request, kafka_bootstrap
         kafka_bootstrap, postgres_url, work_dir, "stay", BROKER_MAX_POLL_INTERVAL=str(POLL_INTERVAL_S)
     ) as processes:
         wait_until(
-            lambda: _authorizations(processes) >= BACKLOG,
+            lambda: processes.consumed(event_type="AUTHORIZATION") >= BACKLOG,
             180,
             f"the worker to process all {BACKLOG} events",
             interval_s=1.0,
-            observe=lambda: _authorizations(processes),
+            observe=lambda: processes.consumed(event_type="AUTHORIZATION"),
         )
         # The watch reports every LAG_WATCH_S: a worker this quick may be done before its first report.
         wait_until(lambda: processes.metric("worker", "cashback_worker_in_group") == 1.0, 3 * LAG_WATCH_S, "the watch's report")
@@ -126,11 +119,14 @@ def test_a_worker_out_of_its_group_comes_back(request, kafka_bootstrap, postgres
         WORKER_OUT_OF_GROUP_LIMIT_S="10",
     ) as processes:
         wait_until(
-            lambda: _authorizations(processes) >= REJOIN_BACKLOG,
+            lambda: processes.consumed(event_type="AUTHORIZATION") >= REJOIN_BACKLOG,
             300,
             f"the worker to process all {REJOIN_BACKLOG} events",
             interval_s=1.0,
-            observe=lambda: (_authorizations(processes), processes.metric("worker", "cashback_worker_in_group")),
+            observe=lambda: (
+                processes.consumed(event_type="AUTHORIZATION"),
+                processes.metric("worker", "cashback_worker_in_group"),
+            ),
         )
         log = _whole_log(processes)
         assert "out of its consumer group" in log  # it did drop out, and came back

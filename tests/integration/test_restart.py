@@ -104,14 +104,6 @@ def _exits_then_loses_nothing(  # type: ignore[no-untyped-def]
         wait_for_balance(base_url, account, pending, timeout_s=60)
 
 
-def _decided(processes) -> float:  # type: ignore[no-untyped-def]
-    """Card events the worker decided (clock ticks do not count)."""
-    try:
-        return processes.metric("worker", "cashback_events_consumed_total", {"event_type": "CLEARING"}) or 0.0
-    except Exception:  # noqa: BLE001 - not serving yet
-        return 0.0
-
-
 @pytest.mark.parametrize("how", ["sigterm", "sigkill"])
 def test_a_restarted_worker_processes_again_with_its_state(request, kafka_bootstrap, postgres_url, work_dir, how) -> None:  # type: ignore[no-untyped-def]
     with _pipeline(request, kafka_bootstrap, postgres_url, work_dir, f"restart-{how}", "worker-a") as (processes, base_url):
@@ -137,7 +129,7 @@ def test_a_restarted_worker_processes_again_with_its_state(request, kafka_bootst
         )
         started = time.monotonic()
         processes.start("worker", "worker", env={"METRICS_PORT": str(processes.metrics_ports["worker"])})
-        wait_until(lambda: _decided(processes) > 0, 60, "the restarted worker to decide an event")
+        wait_until(lambda: processes.consumed(event_type="CLEARING") > 0, 60, "the restarted worker to decide an event")
         restart_s = time.monotonic() - started
         for account in accounts:
             wait_for_balance(base_url, account, CONFIRMED_500)
