@@ -64,6 +64,7 @@ from stream.offer_mirror import OfferMirror
 from stream.outbox import BatchDropped, Decided, Outbox, Staged
 from stream.producing import AppSends
 from stream.settings import Settings
+from stream.stopping import cancel_is_failure
 from stream.store.budgets import BudgetStore, movement_id
 from stream.time_passing import TimePassing
 from stream.worker_app import INPUT_SCHEMA, PROFILE_SCHEMA, STATE_SCHEMA, STORE_OPTIONS, share_store_memory, worker_app
@@ -90,8 +91,7 @@ _PAYOUT_SKIPPED = frozenset({Outcome.NOTHING_TO_PAY, Outcome.WALLET_UNKNOWN})
 
 
 def _count_payout(event: CardEvent, outcome: Outcome) -> None:
-    """A payout's answer decided (its currency: the payout id's), or an account a run paid nothing, and why.
-    Payouts requested are counted as they are sent (stream.outbox)."""
+    """A payout's answer decided (in the payout id's currency), or an account a run paid nothing, and why (requests: outbox)."""
     if outcome in _PAYOUT_ANSWERED:
         PAYOUTS.labels(_PAYOUT_ANSWERED[outcome], event.billing_currency).inc()
     elif outcome in _PAYOUT_SKIPPED:
@@ -177,7 +177,7 @@ class Matcher:
         )
         # Campaign budgets, granted a batch at a time before its states leave (stream.granting).
         self.grants = BatchGrants(PostgresBudgets(BudgetStore(settings.database_url)), settings.budget_read_max_age_s)
-        self.agent = self.app.agent(self.input, name="matcher")(self._consume)
+        self.agent = self.app.agent(self.input, name="matcher")(cancel_is_failure(self._consume))  # stream.stopping
         self.app.task(self._run_offer_mirror)
         # A consumer out of its group owns nothing and reports no lag: watched apart (stream.group_membership).
         self.membership = GroupWatch(self.app, settings.worker_out_of_group_limit_s)

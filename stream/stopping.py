@@ -3,20 +3,22 @@ connections closed) gets a bound, so that a stop never waits for the orchestrato
 balance API's lifespan (``stream.api_common.shut_down``), the sink process
 (``stream.composition``) and the worker while the broker is away (``stream.worker_stop``). And
 the stop that is not one: ``exit_now``, for a worker that must not go on (``agent_failed``: its
-agent raised).
+agent raised; ``cancel_is_failure``: its agent was cancelled by nothing that stops it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TypeVar
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+A = TypeVar("A")
 
 STEP_S = 5.0  # each step of a process's stop; past it, what is left is cancelled, and said
 CANCEL_GRACE_S = 1.0  # what a cancelled step is given to end (a cancel is handled in a turn or two)
@@ -72,3 +74,28 @@ class ExitOnAgentFailure:
 
     async def on_task_error(self, exc: BaseException) -> None:
         agent_failed(exc)
+
+
+class StrayCancel(RuntimeError):
+    """A ``CancelledError`` reached the agent's end while nothing had cancelled its task."""
+
+
+def cancel_is_failure(agent: Callable[[A], Coroutine[object, object, None]]) -> Callable[[A], Coroutine[object, object, None]]:
+    """``agent`` (a Faust agent's function) with a ``CancelledError`` its task was not asked for made
+    a failure (``StrayCancel``, so ``agent_failed``). Faust cancels an agent's task to stop it; any
+    other ``CancelledError`` that ends the agent came from something it awaited (a future cancelled
+    under it), and Faust takes it for a rebalance ("Restarting on rebalance") and starts the agent
+    again in the same process without calling its error handler: the in-place restart that
+    ``agent_failed`` exists to avoid. Python 3.11's ``Task.cancelling`` tells the two apart."""
+
+    @functools.wraps(agent)
+    async def guarded(stream: A) -> None:
+        try:
+            await agent(stream)
+        except asyncio.CancelledError as cancel:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise
+            raise StrayCancel("the matcher agent was cancelled by something it awaited, not by a stop") from cancel
+
+    return guarded

@@ -220,21 +220,26 @@ def test_a_worker_whose_local_store_refuses_a_write_exits_and_started_again_lose
         )
 
 
+@pytest.mark.parametrize("fault", ["error", "cancel"])
 def test_a_worker_whose_agent_fails_exits_and_started_again_loses_nothing(
-    request, kafka_bootstrap, postgres_url, work_dir
+    request, kafka_bootstrap, postgres_url, work_dir, fault
 ) -> None:  # type: ignore[no-untyped-def]
     """An error no code path of the agent handles, raised after a batch's states reached the changelog
     and before its entries were sent. Faust started the agent again in the same process, and the
     worker never exited (a probe with faults at random: it stopped deciding within seconds of the
     first, and stayed up reading every partition again every 10 s). The worker now exits (code 70) and,
     started again, reads from its committed offsets: every purchase is pending once
-    (stream.stopping.agent_failed)."""
-    with _pipeline(request, kafka_bootstrap, postgres_url, work_dir, "agent-fails", "worker-g") as (processes, base_url):
+    (stream.stopping.agent_failed). A ``CancelledError`` the agent's task was not asked for (a future it
+    awaited cancelled under it) Faust took for a rebalance, restarting the agent in place without its
+    error handler: it now fails the same way (stream.stopping.cancel_is_failure)."""
+    with _pipeline(request, kafka_bootstrap, postgres_url, work_dir, f"agent-{fault}", f"worker-{fault}") as (
+        processes,
+        base_url,
+    ):
         processes.stop("worker")  # started again with a fault in it
         purchases = 10
         accounts = _purchases(processes, "fails", purchases)
-        said = "the matcher agent failed (RuntimeError)"
-        fault = {"FAIL_AT_ENTRIES": "5"}
+        said = "the matcher agent failed (RuntimeError)" if fault == "error" else "the matcher agent failed (StrayCancel)"
         _exits_then_loses_nothing(
             processes,
             base_url,
@@ -242,6 +247,6 @@ def test_a_worker_whose_agent_fails_exits_and_started_again_loses_nothing(
             purchases,
             EXIT_AGENT_FAILED,
             said,
-            env=fault,
+            env={"FAIL_AT_ENTRIES": "5", "FAIL_WITH": fault},
             module="tests.integration.failing_worker",
         )

@@ -182,3 +182,67 @@ def test_an_agent_s_failure_ends_the_worker_with_its_code_and_says_why(caplog: p
     (record,) = caplog.records
     assert record.levelname == "CRITICAL" and "the matcher agent failed (RuntimeError)" in record.getMessage()
     assert record.exc_info is not None and record.exc_info[1].args == ("boom",)
+
+
+async def _cancelled_under(waiting: asyncio.Future[None]) -> None:
+    """What an agent's function does when a future it awaits is cancelled by someone else."""
+    asyncio.get_running_loop().call_soon(waiting.cancel)
+    await waiting
+
+
+def test_a_cancel_the_agent_s_task_was_not_asked_for_is_a_failure() -> None:
+    async def scenario() -> None:
+        guarded = stopping.cancel_is_failure(_cancelled_under)
+        with pytest.raises(stopping.StrayCancel) as raised:
+            await guarded(asyncio.get_running_loop().create_future())
+        assert isinstance(raised.value.__cause__, asyncio.CancelledError)
+
+    asyncio.run(scenario())
+
+
+def test_a_stop_s_cancel_of_the_agent_s_task_stays_a_cancel() -> None:
+    """Faust stops an agent by cancelling its task: that is not a failure, the worker stops as asked."""
+
+    async def forever(_: object) -> None:
+        await asyncio.Event().wait()
+
+    async def scenario() -> None:
+        task = asyncio.create_task(stopping.cancel_is_failure(forever)(None))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("guarded", [False, True])
+def test_faust_calls_the_agent_s_error_handler_for_a_stray_cancel_only_once_it_is_a_failure(guarded: bool) -> None:
+    """Faust's ``Agent._execute_actor`` as the guard relies on: a ``CancelledError`` ending the agent while
+    it is not stopping is taken for a rebalance, the agent crashed and started again, its error handler
+    (the worker's exit) not called; a ``StrayCancel`` goes to the error handler first."""
+    app = faust.App("stray-cancel", broker=f"kafka://{CLOSED}", store="memory://")
+    handled: list[BaseException] = []
+    crashed: list[BaseException] = []
+
+    async def on_error(agent: Any, exc: BaseException) -> None:
+        handled.append(exc)
+
+    function = stopping.cancel_is_failure(_cancelled_under) if guarded else _cancelled_under
+    agent = app.agent(app.topic("stray-cancel"), name="stray")(function)
+    agent._on_error = on_error  # the app's: the consumer's on_task_error, the worker's exit
+
+    async def scenario() -> None:
+        class Ref:
+            async def crash(self, exc: BaseException) -> None:
+                crashed.append(exc)
+
+        agent.supervisor = type("Supervisor", (), {"wakeup": lambda self: None})()  # type: ignore[assignment]
+        await agent._execute_actor(function(asyncio.get_running_loop().create_future()), Ref())  # type: ignore[arg-type]
+
+    asyncio.run(scenario())
+    assert len(crashed) == 1
+    if guarded:
+        assert [type(e) for e in handled] == [stopping.StrayCancel]
+    else:
+        assert handled == [] and isinstance(crashed[0], asyncio.CancelledError)
