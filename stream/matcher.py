@@ -313,14 +313,14 @@ class Matcher:
             # another order of the two input topics, on the changelog's state); a crash after it
             # finds the event decided and sends the same entries again (the recent events keep them).
             self.accounts.write(event.account_id, state, decision.state, self.inputs.current_tp.partition)
-        # Every stored decision counts toward its account's room in the batch (with entries or not),
-        # so the batch's summary of the account names each of its decisions among its recent events.
-        # A redelivered confirmation stores nothing and re-emits no entry, but tells the customer again (its notice).
-        if (decision.entries or decision.notices or stored) and self.current is not None:
+        # A decision holding a place among the account's recent events counts in its room, entries or not: a new one,
+        # or one read again after a restart (stream.outbox). A redelivered confirmation may only notify again.
+        placed = stored or (decision.outcome is Outcome.DUPLICATE and state is not None and event.event_id in state.recent)
+        if (decision.entries or decision.notices or placed) and self.current is not None:
             counted = decision.outcome is not Outcome.DUPLICATE
             # The account's language for its notifications (its profile is read once per account and cached).
             language = self.account_profiles.get(event.account_id).language if decision.entries or decision.notices else None
-            decided = Decided(event.account_id, decision.entries, stored, counted, decision.notices, language, event.event_id)
+            decided = Decided(event.account_id, decision.entries, placed, counted, decision.notices, language, event.event_id)
             self.outbox.batch.decided(self.current, decided)
         if self.current is not None:  # counted once its batch is flushed (a dropped batch is decided again)
             self.current.outcomes.append((event.event_type.value, decision.outcome.value))

@@ -15,8 +15,9 @@ decisions (``stream.core.memory``), so an account never has more than that many 
 in the batch or with entries undelivered (``room_for``); an account's entries share a partition, so
 they are delivered in order. Staged decisions count with entries or not (the batch's one summary of
 an account names every decision of the batch among its recent events: the changelog keeps the order
-they were decided in), and so does a redelivery sending entries again (``Decided.in_flight``: they may
-never have left). Events of earlier batches delivered leave the summary (``InFlightDecisions.delivered``).
+they were decided in), and so does a redelivery of one of its recent events, entries or not (``Decided.in_flight``:
+after a restart nothing says which left, and each holds its place in the window as when it was decided).
+Events of earlier batches delivered leave the summary (``InFlightDecisions.delivered``).
 
 Payout instructions (``stream.core.payouts``) leave the same way, right after the PAID_OUT entries
 that move their cash (made from those entries: a redelivered run re-emits them, and asks again under
@@ -90,7 +91,7 @@ class Decided:
 
     account_id: str
     entries: tuple[Entry, ...]
-    stored: bool  # it changed the state (a redelivery's entries are sent again, nothing stored)
+    placed: bool  # it holds a place among its account's recent events: it stored a state, or is a redelivery of one
     counted: bool  # its entries count in the cashback metrics (not a redelivery's)
     notices: tuple[Notice, ...] = ()  # the engine's expiry and paid notices (stream.core.notices)
     language: str | None = None  # the account's notifications' language (None: the worker's default)
@@ -98,8 +99,8 @@ class Decided:
 
     @property
     def in_flight(self) -> bool:
-        """Whether it counts in its account's room until delivered: it stored a state, or sends entries again (module doc)."""
-        return self.stored or bool(self.entries)
+        """Whether it counts in its account's room until delivered (module doc): it holds a place, or re-sends entries."""
+        return self.placed or bool(self.entries)
 
 
 class Flushed:
@@ -157,12 +158,11 @@ class Staged:
 
 
 class Batch:
-    """The messages processed since the last flush, in order, and the rebalance count when the
-    first of them started (``InputPartitions.rebalances``)."""
+    """The messages processed since the last flush, in order; the rebalance count at its first (``InputPartitions``)."""
 
     def __init__(self) -> None:
         self.messages: list[Staged] = []
-        self._staged: Counter[str] = Counter()  # account -> its decisions that stored a state
+        self._staged: Counter[str] = Counter()  # account -> its decisions that count in its room (Decided.in_flight)
         self.rebalances: int | None = None
         self.opened = time.monotonic()  # when its first message started
 

@@ -331,6 +331,54 @@ async def test_a_redelivered_event_sending_its_entries_again_keeps_its_place_amo
     assert sorted(again) == sorted(f"{event['event_id']}#0" for event in [record, *new])  # the redelivery's once
 
 
+async def test_redelivered_events_without_entries_keep_their_places_too(harness: AgentHarness) -> None:
+    """The same after a restart, when the account's recent events hold decisions that made no entry (an
+    increment of a purchase that earned nothing): read again, they send nothing, but they still hold
+    their places in the window. They did not count in the account's room, so a new decision stored a
+    state that pushed the oldest recent event out while its entries, sent again, were not yet
+    delivered: a second crash lost them (a probe with faults at random in a worker's flush, each exit
+    followed by a start: 50 entries of 22 accounts lost in one run)."""
+    from stream.core.state_rows import decode_summary
+    from stream.matcher import IN_FLIGHT_LIMIT
+    from stream.progress import InFlightDecisions
+
+    matcher = harness.matcher
+    earning = card_record(amount_minor=10_000, transaction_ref="txn-earning")
+    nothing = card_record(mcc="5999", transaction_ref="txn-nothing")  # no offer: one NOT_EARNED line
+    increments = [
+        card_record("INCREMENTAL_AUTHORIZATION", 100, mcc="5999", transaction_ref="txn-nothing")
+        for _ in range(IN_FLIGHT_LIMIT - 2)
+    ]
+    window = [earning, nothing, *increments]  # the account's recent events, all of them
+    delivered_at_once = matcher.sends.send
+    harness.hold_deliveries(harness.accruals.topic)  # never delivered: the worker is about to crash
+    for record in window:
+        await harness.put_nowait(encode_auth(harness.codec, record))
+    await harness.wait_handled(len(window))
+    await asyncio.sleep(0.2)  # its batch flushed: the states on the changelog, the entries sent
+    assert list(harness.state().recent) == [record["event_id"] for record in window]
+    # The worker started again: none of it was committed, all of it is read again, then a new purchase.
+    matcher.outbox.in_flight = InFlightDecisions(IN_FLIGHT_LIMIT)
+    matcher.accounts.forget([harness.home])
+    stored_before, sent_before = len(harness.summaries()), len(harness.accruals.sent)
+    pending, _ = harness.hold_deliveries(harness.accruals.topic)
+    new = card_record(amount_minor=1_000, transaction_ref="txn-new")
+    for record in [*window, new]:
+        await harness.put_nowait(encode_auth(harness.codec, record))
+    await asyncio.sleep(0.3)
+    assert pending and not any(delivery.done() for delivery in pending)
+    for summary in (decode_summary(value) for _, value, _ in harness.summaries()[stored_before:]):
+        assert summary is not None and not isinstance(summary, dict)
+        assert earning["event_id"] in {event_id for event_id, _ in summary.recent}, "stored without the redelivery"
+
+    matcher.sends.send = delivered_at_once  # type: ignore[method-assign] - everything delivered from now on
+    for delivery in pending:
+        delivery.set_result(None)
+    await harness.wait_handled(2 * len(window) + 1)
+    again = sorted(a["accrual_id"] for _, a in harness.accruals_decoded()[sent_before:])
+    assert again == sorted(f"{record['event_id']}#0" for record in [earning, nothing, new])
+
+
 async def test_same_event_id_with_other_content_is_quarantined(harness: AgentHarness) -> None:
     original = card_record(amount_minor=10_000)
     conflicting = dict(original, amount_minor=20_000, billing_amount_minor=20_000)
