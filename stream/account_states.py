@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stream.changelog_table import DELETED, ChangelogTable
+from stream.core.entries import Entry
 from stream.core.payouts import has_cash, place_holder
 from stream.core.state import AccountState, Recent, Txn
 from stream.core.state_rows import (
@@ -90,6 +91,8 @@ class AccountStates:
         # partition -> each account's clock offset of the tick that last changed it (AccountState.ticked), once scanned
         self._ticked: dict[int, TickedAt] = {}
         self.pending: dict[str, Pending] = {}  # account -> its writes not yet handed to the table
+        # The entries of recent events the last hand-over's states drop, not known delivered (hand_over).
+        self.leaving: list[tuple[str, tuple[Entry, ...]]] = []
 
     def observe_memory(self) -> None:
         """Show where the states' memory goes (README, Metrics): what the states kept whole hold, their
@@ -159,12 +162,23 @@ class AccountStates:
         ``delivered(account_id)``: the account's events whose entries are known delivered
         (``stream.progress.InFlightDecisions.delivered``). Those of them stored by an earlier batch
         leave its recent events first (``_let_go``): a redelivery finds them decided and has nothing
-        to send again, as for any event past the window."""
+        to send again, as for any event past the window.
+
+        The entries of the other recent events stored by an earlier batch that the new state no longer
+        holds (pushed out of the window by its new events) go to ``leaving``: no delivery of theirs is
+        known (read back after a restart, their messages maybe not read again yet), so the flush
+        delivers them before it stores the state (``stream.outbox``)."""
         table = self.table
         accounts = list(self.pending)
         for account_id, pending in self.pending.items():
-            if delivered is not None:
-                self._let_go(account_id, pending, delivered(account_id))
+            known = set(delivered(account_id)) if delivered is not None else set()
+            self._let_go(account_id, pending, known)
+            recent = pending.state.recent
+            self.leaving += [
+                (account_id, was.entries)
+                for event_id, was in pending.earlier.items()
+                if was.entries and event_id not in recent and event_id not in known
+            ]
             table.stage(account_id, encode(summary_of(pending.state, pending.slots, pending.rows)), pending.partition)
             for key, row in pending.rows.items():
                 table.stage(key, encode(row), pending.partition)

@@ -37,6 +37,11 @@ is kept: its tables' changes and its accounts' states are forgotten, and its mes
 again from the first of each partition (``BatchDropped``); a message in the middle of its
 processing stops there.
 
+After a restart, a state read back names recent events whose delivery no one knew; when the batch's
+new events push such an event out of its account's window before its message was read again (the
+other input topic late), its entries are sent again and delivered before the state that drops it is
+stored (``_deliver_leaving``), since a later redelivery finds it decided with nothing to send.
+
 A flush's records (entries, payout instructions, notifications) are gathered a batch per topic and
 partition and handed to the producer together once all are made, in that order of topics
 (``stream.producing.Batches``): one delivery per batch, which every message with a record in it
@@ -72,7 +77,7 @@ from stream.metrics import (
     labelled,
 )
 from stream.producing import Gathering
-from stream.progress import InFlightDecisions
+from stream.progress import Flushed, InFlightDecisions
 from topics.catalogue import SOURCE_TIME_HEADER, account_partition
 
 log = logging.getLogger(__name__)
@@ -101,34 +106,6 @@ class Decided:
     def in_flight(self) -> bool:
         """Whether it counts in its account's room until delivered (module doc): it holds a place, or re-sends entries."""
         return self.placed or bool(self.entries)
-
-
-class Flushed:
-    """A delivery (``stream.progress``) that is done when the message's batch was flushed: its
-    offset is never committed before its entries were even sent. A dropped batch fails it, and the
-    offset is read again."""
-
-    __slots__ = ("_done", "_error")
-
-    def __init__(self) -> None:
-        self._done = False
-        self._error: BaseException | None = None
-
-    def done(self) -> bool:
-        return self._done
-
-    def cancelled(self) -> bool:
-        return False
-
-    def exception(self) -> BaseException | None:
-        return self._error
-
-    def succeed(self) -> None:
-        self._done = True
-
-    def fail(self, error: BaseException) -> None:
-        if not self._done:
-            self._done, self._error = True, error
 
 
 def _source_time(timestamp_s: float | None) -> list[tuple[str, bytes]] | None:
@@ -291,6 +268,7 @@ class Outbox:
 
         written = self.accounts.hand_over(self.in_flight.delivered)
         try:
+            await self._deliver_leaving()
             for table in self.tables:
                 await table.settle(still_owned)
         except PartitionRevoked as revoked:
@@ -346,6 +324,16 @@ class Outbox:
                 staged.flushed.fail(refused)
             await self.inputs.read_again((staged.tp, staged.offset) for staged in batch.messages)
             raise BatchDropped(str(refused)) from refused
+
+    async def _deliver_leaving(self) -> None:
+        """Send again, and wait for, the entries of recent events the states about to be stored drop
+        with no delivery known (``AccountStates.leaving``; the ledger takes a repeat as a replay)."""
+        leaving, self.accounts.leaving = self.accounts.leaving, []
+        if leaving:
+            outgoing = self.sends.batches((self.accruals, *(t for t in (self.payouts, self.notifications) if t)))
+            for account_id, entries in leaving:
+                await self._send_entries(Staged(None, -1), Decided(account_id, entries, False, False), outgoing)
+            await asyncio.gather(*await outgoing.send())
 
     async def _send_entries(self, staged: Staged, decided: Decided, outgoing: Gathering) -> None:
         account_key = decided.account_id.encode()

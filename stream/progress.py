@@ -320,3 +320,31 @@ class InFlightDecisions:
                         del self._delivered[next(iter(self._delivered))]
                     held = self._delivered[account_id] = []
                 held.append(event_id)
+
+
+class Flushed:
+    """A delivery (``InputProgress``) that is done when the message's batch was flushed (``stream.outbox``): its
+    offset is never committed before its entries were even sent. A dropped batch fails it, and the
+    offset is read again."""
+
+    __slots__ = ("_done", "_error")
+
+    def __init__(self) -> None:
+        self._done = False
+        self._error: BaseException | None = None
+
+    def done(self) -> bool:
+        return self._done
+
+    def cancelled(self) -> bool:
+        return False
+
+    def exception(self) -> BaseException | None:
+        return self._error
+
+    def succeed(self) -> None:
+        self._done = True
+
+    def fail(self, error: BaseException) -> None:
+        if not self._done:
+            self._done, self._error = True, error
