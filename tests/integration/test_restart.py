@@ -19,6 +19,7 @@ import asyncio
 import signal
 import time
 import uuid
+from collections import Counter
 from typing import Any
 
 import asyncpg
@@ -44,7 +45,9 @@ from topics.catalogue import account_partition
 pytestmark = pytest.mark.integration
 
 RESTART_TARGET_S = 15.0
-STORE_FILE_BYTES = 256 * 1024  # past RocksDB's own files at a store's opening (its info log the largest)
+# Past RocksDB's own files at a store's opening (its info log the largest, about 25 KB), and well short of
+# what one partition's write-ahead log takes in the full-disk test however its batches fall (its doc).
+STORE_FILE_BYTES = 128 * 1024
 CONFIRMED_500 = balance_line(confirmed_minor=500, lifetime_earned_minor=500)
 
 
@@ -66,8 +69,15 @@ def _pipeline(request, kafka_bootstrap, postgres_url, work_dir, name: str, insta
 
 
 def _purchases(processes, prefix: str, purchases: int) -> list[str]:  # type: ignore[no-untyped-def]
-    """``purchases`` authorisations of 100.00 for each of 8 accounts (spread over the partitions), published; the accounts."""
-    accounts = [f"{prefix}-{uuid.uuid4().hex[:6]}-{n}" for n in range(8)]
+    """``purchases`` authorisations of 100.00 for each of two accounts on each partition, published; the accounts."""
+    partitions = Settings.from_env(processes.env).topic_partitions
+    taken: Counter[int] = Counter()
+    accounts = []
+    while len(accounts) < 2 * partitions:
+        account = f"{prefix}-{uuid.uuid4().hex[:6]}"
+        if taken[partition := account_partition(account, partitions)] < 2:
+            taken[partition] += 1
+            accounts.append(account)
     publish_records(
         processes.env,
         [
@@ -204,10 +214,15 @@ def test_a_worker_whose_local_store_refuses_a_write_exits_and_started_again_lose
     every attempt sending them to the changelog again (a 3 MB data directory filling: 377 ledger
     entries never sent, found by the chaos oracle). The worker now exits (code 74) at the first refused
     write, and started again with room sends every entry (stream.changelog_table). The disk here is a
-    file-size limit on the worker: RocksDB's write-ahead log grows past it and the write fails."""
+    file-size limit on the worker: RocksDB's write-ahead log grows past it and the write fails. It must,
+    whatever the batches: two accounts on each partition, 120 decisions of each stored in 4 flushes
+    at least, each state holding 32 recent events (about 800 bytes each on the log:
+    some 200 KB for two accounts at the fewest). With 60 decisions and a 256 KB limit, a partition's log
+    took 258,423 bytes for two accounts, under the limit: when the accounts fell two on each partition
+    the worker never exited (about 1 run in 25)."""
     with _pipeline(request, kafka_bootstrap, postgres_url, work_dir, "store-full", "worker-f") as (processes, base_url):
         processes.stop("worker")  # started again on a disk that fills
-        purchases = 60  # each account's: more than the recent events it keeps with their entries (32)
+        purchases = 120  # each account's: more than the recent events it keeps with their entries (32)
         accounts = _purchases(processes, "full", purchases)
         _exits_then_loses_nothing(
             processes,
