@@ -331,6 +331,27 @@ async def test_a_redelivered_event_sending_its_entries_again_keeps_its_place_amo
     assert sorted(again) == sorted(f"{event['event_id']}#0" for event in [record, *new])  # the redelivery's once
 
 
+async def _decided_undelivered_then_restarted(harness: AgentHarness, window: list[dict[str, Any]]) -> tuple[int, int, list[Any]]:
+    """``window`` decided for one account, its entries never delivered, then the worker started again
+    (what it knew of deliveries gone, the states read back): the summaries and accruals sent so far,
+    and the deliveries held from now on."""
+    from stream.matcher import IN_FLIGHT_LIMIT
+    from stream.progress import InFlightDecisions
+
+    matcher = harness.matcher
+    harness.hold_deliveries(harness.accruals.topic)  # never delivered: the worker is about to crash
+    for record in window:
+        await harness.put_nowait(encode_auth(harness.codec, record))
+    await harness.wait_handled(len(window))
+    await asyncio.sleep(0.2)  # its batch flushed: the states on the changelog, the entries sent
+    assert list(harness.state().recent) == [record["event_id"] for record in window]
+    matcher.outbox.in_flight = InFlightDecisions(IN_FLIGHT_LIMIT)
+    matcher.accounts.forget([harness.home])
+    stored_before, sent_before = len(harness.summaries()), len(harness.accruals.sent)
+    pending, _ = harness.hold_deliveries(harness.accruals.topic)
+    return stored_before, sent_before, pending
+
+
 async def test_redelivered_events_without_entries_keep_their_places_too(harness: AgentHarness) -> None:
     """The same after a restart, when the account's recent events hold decisions that made no entry (an
     increment of a purchase that earned nothing): read again, they send nothing, but they still hold
@@ -340,7 +361,6 @@ async def test_redelivered_events_without_entries_keep_their_places_too(harness:
     followed by a start: 50 entries of 22 accounts lost in one run)."""
     from stream.core.state_rows import decode_summary
     from stream.matcher import IN_FLIGHT_LIMIT
-    from stream.progress import InFlightDecisions
 
     matcher = harness.matcher
     earning = card_record(amount_minor=10_000, transaction_ref="txn-earning")
@@ -351,17 +371,8 @@ async def test_redelivered_events_without_entries_keep_their_places_too(harness:
     ]
     window = [earning, nothing, *increments]  # the account's recent events, all of them
     delivered_at_once = matcher.sends.send
-    harness.hold_deliveries(harness.accruals.topic)  # never delivered: the worker is about to crash
-    for record in window:
-        await harness.put_nowait(encode_auth(harness.codec, record))
-    await harness.wait_handled(len(window))
-    await asyncio.sleep(0.2)  # its batch flushed: the states on the changelog, the entries sent
-    assert list(harness.state().recent) == [record["event_id"] for record in window]
-    # The worker started again: none of it was committed, all of it is read again, then a new purchase.
-    matcher.outbox.in_flight = InFlightDecisions(IN_FLIGHT_LIMIT)
-    matcher.accounts.forget([harness.home])
-    stored_before, sent_before = len(harness.summaries()), len(harness.accruals.sent)
-    pending, _ = harness.hold_deliveries(harness.accruals.topic)
+    stored_before, sent_before, pending = await _decided_undelivered_then_restarted(harness, window)
+    # None of it was committed: all of it is read again, then a new purchase.
     new = card_record(amount_minor=1_000, transaction_ref="txn-new")
     for record in [*window, new]:
         await harness.put_nowait(encode_auth(harness.codec, record))
@@ -388,23 +399,13 @@ async def test_a_recent_event_pushed_out_before_it_is_read_again_is_delivered_fi
     lost 32 to 68 entries in two of five runs)."""
     from stream.core.state_rows import decode_summary
     from stream.matcher import IN_FLIGHT_LIMIT
-    from stream.progress import InFlightDecisions
 
     matcher = harness.matcher
     window = [card_record(amount_minor=1_000, transaction_ref=f"txn-{n}") for n in range(IN_FLIGHT_LIMIT)]
     delivered_at_once = matcher.sends.send
-    harness.hold_deliveries(harness.accruals.topic)  # never delivered: the worker is about to crash
-    for record in window:
-        await harness.put_nowait(encode_auth(harness.codec, record))
-    await harness.wait_handled(len(window))
-    await asyncio.sleep(0.2)
+    stored_before, sent_before, pending = await _decided_undelivered_then_restarted(harness, window)
     oldest = window[0]["event_id"]
-    assert list(harness.state().recent) == [record["event_id"] for record in window]
-    # Started again; only a new purchase is read (the window's messages not yet).
-    matcher.outbox.in_flight = InFlightDecisions(IN_FLIGHT_LIMIT)
-    matcher.accounts.forget([harness.home])
-    stored_before, sent_before = len(harness.summaries()), len(harness.accruals.sent)
-    pending, _ = harness.hold_deliveries(harness.accruals.topic)
+    # Only a new purchase is read (the window's messages not yet).
     new = card_record(amount_minor=1_000, transaction_ref="txn-new")
     await harness.put_nowait(encode_auth(harness.codec, new))
     await asyncio.sleep(0.3)
