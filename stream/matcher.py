@@ -198,6 +198,7 @@ class Matcher:
             dropped=self.account_profiles.forget,
             notifications=self.topics.notifications.name,
             language=settings.notification_default_language,
+            languages=lambda account_id: self.account_profiles.get(account_id).language,
             payouts=self.topics.payouts.name,
             grants=self.grants,
         )

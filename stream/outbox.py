@@ -204,12 +204,14 @@ class Outbox:
         dropped: Callable[[], None] = lambda: None,
         notifications: str | None = None,
         language: str = DEFAULT_LANGUAGE,
+        languages: Callable[[str], str | None] = lambda account_id: None,
         payouts: str | None = None,
         grants: BatchGrants | None = None,
     ) -> None:
         """``dropped``: called when a batch's writes are dropped, for what was read from them;
         ``notifications``: the notifications topic's name (None: none sent); ``language``: theirs
-        for an account whose profile names none; ``payouts``: the payout instructions' topic (None:
+        for an account whose profile names none; ``languages``: an account's profile's (for entries
+        sent again outside a decision: ``_deliver_leaving``); ``payouts``: the payout instructions' topic (None:
         none sent); ``grants``: the batch's budget grants, recorded before anything of it leaves
         (None: no budget is ever granted)."""
         self.tables = tuple(tables)
@@ -217,6 +219,7 @@ class Outbox:
         self.accruals = accruals  # the accruals topic's name
         self.notifications = notifications
         self.language = language
+        self.languages = languages
         self.payouts = payouts
         self.codec = codec
         self.inputs = inputs
@@ -330,9 +333,16 @@ class Outbox:
         with no delivery known (``AccountStates.leaving``; the ledger takes a repeat as a replay)."""
         leaving, self.accounts.leaving = self.accounts.leaving, []
         if leaving:
+            log.info(
+                "entries of %d recent events of %d accounts sent again before the states that drop them are stored "
+                "(pushed out of their windows before they were read again after a restart)",
+                len(leaving),
+                len({account_id for account_id, _ in leaving}),
+            )
             outgoing = self.sends.batches((self.accruals, *(t for t in (self.payouts, self.notifications) if t)))
             for account_id, entries in leaving:
-                await self._send_entries(Staged(None, -1), Decided(account_id, entries, False, False), outgoing)
+                again = Decided(account_id, entries, False, False, language=self.languages(account_id))
+                await self._send_entries(Staged(None, -1), again, outgoing)
             await asyncio.gather(*await outgoing.send())
 
     async def _send_entries(self, staged: Staged, decided: Decided, outgoing: Gathering) -> None:

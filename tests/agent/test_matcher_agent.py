@@ -396,15 +396,19 @@ async def test_a_recent_event_pushed_out_before_it_is_read_again_is_delivered_fi
     oldest recent event out of the window: its entries, delivery unknown, are sent again and
     delivered before the state that drops it is stored. Before, nothing sent them: the redelivery,
     read later, found the event decided with nothing to send (a fault probe with a small state cache
-    lost 32 to 68 entries in two of five runs)."""
+    lost 32 to 68 entries in two of five runs). Its notifications go with them, in the account's
+    language (its profile's, as for a decision)."""
     from stream.core.state_rows import decode_summary
     from stream.matcher import IN_FLIGHT_LIMIT
+    from tests.agent.test_notifications import notifications, set_language
 
     matcher = harness.matcher
     window = [card_record(amount_minor=1_000, transaction_ref=f"txn-{n}") for n in range(IN_FLIGHT_LIMIT)]
     delivered_at_once = matcher.sends.send
     stored_before, sent_before, pending = await _decided_undelivered_then_restarted(harness, window)
     oldest = window[0]["event_id"]
+    await set_language(harness, "fr")
+    notified_before = len(notifications(harness))
     # Only a new purchase is read (the window's messages not yet).
     new = card_record(amount_minor=1_000, transaction_ref="txn-new")
     await harness.put_nowait(encode_auth(harness.codec, new))
@@ -412,11 +416,13 @@ async def test_a_recent_event_pushed_out_before_it_is_read_again_is_delivered_fi
     sent = [a["accrual_id"] for _, a in harness.accruals_decoded()[sent_before:]]
     assert sent == [f"{oldest}#0"], "the pushed-out event's entries are sent first, alone"
     assert len(harness.summaries()) == stored_before, "no state stored before they are delivered"
+    [(_, notified)] = notifications(harness)[notified_before:]
+    assert (notified["notification_id"], notified["language"]) == (f"{oldest}#0", "fr")
 
     matcher.sends.send = delivered_at_once  # type: ignore[method-assign]
     for delivery in pending:
         delivery.set_result(None)
-    await harness.wait_handled(len(window) + 1)
+    await harness.wait_handled(len(window) + 2)  # the window, the profile, the new purchase
     await asyncio.sleep(0.2)
     stored = [decode_summary(value) for _, value, _ in harness.summaries()[stored_before:]]
     assert stored and all(oldest not in {e for e, _ in summary.recent} for summary in stored)  # type: ignore[union-attr]
