@@ -55,6 +55,9 @@ from topics.catalogue import account_partition
 # A state not here is read from the local store (the summary, then each row it names). The
 # worker's is its setting ``WORKER_STATE_CACHE_ITEMS`` (the same default: README, Performance).
 CACHED_ITEMS = 196_608
+# The accounts whose place holder (``_let_go``) is remembered delivered, the most recently stored kept:
+# one forgotten has the holder's entries sent again once its window passes it (``leaving``), a replay.
+HELD_ACCOUNTS = 65_536
 # What separates an account id from the rest of its rows' keys (``stream.core.state_rows``: never
 # in an account id), so that ``<account><separator>`` starts every row key of the account.
 _ROW_SEPARATOR = txn_key("", "")[0]
@@ -93,6 +96,8 @@ class AccountStates:
         self.pending: dict[str, Pending] = {}  # account -> its writes not yet handed to the table
         # The entries of recent events the last hand-over's states drop, not known delivered (hand_over).
         self.leaving: list[tuple[str, tuple[Entry, ...]]] = []
+        # account -> the recent event holding its place, kept though known delivered (_let_go)
+        self._held: dict[str, str] = {}
 
     def observe_memory(self) -> None:
         """Show where the states' memory goes (README, Metrics): what the states kept whole hold, their
@@ -172,6 +177,8 @@ class AccountStates:
         accounts = list(self.pending)
         for account_id, pending in self.pending.items():
             known = set(delivered(account_id)) if delivered is not None else set()
+            if (held := self._held.pop(account_id, None)) is not None:
+                known.add(held)
             self._let_go(account_id, pending, known)
             recent = pending.state.recent
             self.leaving += [
@@ -192,12 +199,19 @@ class AccountStates:
         among ``delivered`` that an earlier batch stored (never one of this batch: their entries
         leave after the changelog has this summary). Their rows stay in the store, named by no
         summary, until a later event takes their slot (or an erasure deletes every row). The event
-        holding the account's latest place stays (``stream.core.payouts.place_holder``)."""
+        holding the account's latest place stays (``stream.core.payouts.place_holder``), remembered
+        delivered: it leaves at a later hand-over once another event holds the place, and meanwhile
+        its window passing it sends nothing again (``leaving``)."""
         state, earlier = pending.state, pending.earlier
         gone = {event_id for event_id in delivered if event_id in earlier and event_id in state.recent}
         if not gone:
             return
-        gone.discard(place_holder(state.recent))  # what a wallet opening is checked against (stream.core.payouts)
+        holder = place_holder(state.recent)  # what a wallet opening is checked against (stream.core.payouts)
+        if holder in gone:
+            gone.discard(holder)
+            self._held[account_id] = holder
+            if len(self._held) > HELD_ACCOUNTS:
+                del self._held[next(iter(self._held))]
         state.recent = {event_id: recent for event_id, recent in state.recent.items() if event_id not in gone}
         for event_id in gone:
             pending.slots.pop(event_id, None)

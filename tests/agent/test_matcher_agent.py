@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import struct
+from collections import Counter
 from typing import Any
 
 import msgspec
@@ -428,6 +429,19 @@ async def test_a_recent_event_pushed_out_before_it_is_read_again_is_delivered_fi
     assert stored and all(oldest not in {e for e, _ in summary.recent} for summary in stored)  # type: ignore[union-attr]
     sent = [a["accrual_id"] for _, a in harness.accruals_decoded()[sent_before:]]
     assert sent == [f"{oldest}#0", f"{new['event_id']}#0"]
+
+
+async def test_an_account_s_window_passing_its_delivered_events_sends_nothing_again(harness: AgentHarness) -> None:
+    """Without a restart, every recent event a window passes had its delivery seen, the one holding the
+    account's place too (kept among the recent events once delivered, until another holds it): nothing
+    is sent again. Before the holder was remembered delivered, each one passed went again as if its
+    delivery were unknown: 15 repeats for 45 purchases here."""
+    for n in range(45):
+        await harness.put(encode_auth(harness.codec, card_record(amount_minor=1_000, transaction_ref=f"txn-{n}")))
+        for _ in range(2):  # authorisations of the same purchase again, which earn nothing more
+            await harness.put(encode_auth(harness.codec, card_record(amount_minor=1_000, transaction_ref=f"txn-{n}")))
+    sent = Counter(accrual["accrual_id"] for _, accrual in harness.accruals_decoded())
+    assert len(sent) == 45 and sent.most_common(1)[0][1] == 1, [i for i, times in sent.items() if times > 1]
 
 
 async def test_same_event_id_with_other_content_is_quarantined(harness: AgentHarness) -> None:
