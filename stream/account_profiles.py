@@ -79,6 +79,10 @@ class AccountProfiles:
                 self._read.popitem(last=False)
         return profile
 
+    def language(self, account_id: str) -> str | None:
+        """The language the account's profile names for its notifications (None: none)."""
+        return self.get(account_id).language
+
     def forget(self) -> None:
         """The profiles read may have changed elsewhere (partitions moved) or never reached the
         changelog (a dropped batch): read them again from the table."""

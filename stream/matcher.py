@@ -169,9 +169,7 @@ class Matcher:
         for table in (self.states, self.profiles):
             table.sends, table.handing_over = self.sends, self.handing_over
             table.configure_store = share_store_memory  # one memory budget for every local store
-        self.account_profiles = AccountProfiles(
-            self.profiles, codec, self.account_subjects, self.topics.authorizations.partitions
-        )
+        self.account_profiles = AccountProfiles(self.profiles, codec, self.account_subjects, self.accounts.partitions)
         self.offers = OfferMirror(
             self.topics.offers.name, codec, settings.kafka_bootstrap_servers, **settings.kafka_client_options()
         )
@@ -198,7 +196,7 @@ class Matcher:
             dropped=self.account_profiles.forget,
             notifications=self.topics.notifications.name,
             language=settings.notification_default_language,
-            languages=lambda account_id: self.account_profiles.get(account_id).language,
+            languages=self.account_profiles.language,
             payouts=self.topics.payouts.name,
             grants=self.grants,
         )
@@ -320,7 +318,7 @@ class Matcher:
         if (decision.entries or decision.notices or placed) and self.current is not None:
             counted = decision.outcome is not Outcome.DUPLICATE
             # The account's language for its notifications (its profile is read once per account and cached).
-            language = self.account_profiles.get(event.account_id).language if decision.entries or decision.notices else None
+            language = self.account_profiles.language(event.account_id) if decision.entries or decision.notices else None
             decided = Decided(event.account_id, decision.entries, placed, counted, decision.notices, language, event.event_id)
             self.outbox.batch.decided(self.current, decided)
         if self.current is not None:  # counted once its batch is flushed (a dropped batch is decided again)

@@ -211,9 +211,9 @@ class Outbox:
         """``dropped``: called when a batch's writes are dropped, for what was read from them;
         ``notifications``: the notifications topic's name (None: none sent); ``language``: theirs
         for an account whose profile names none; ``languages``: an account's profile's (for entries
-        sent again outside a decision: ``_deliver_leaving``); ``payouts``: the payout instructions' topic (None:
-        none sent); ``grants``: the batch's budget grants, recorded before anything of it leaves
-        (None: no budget is ever granted)."""
+        sent again outside a decision: ``_deliver_leaving``); ``payouts``: the payout instructions'
+        topic (None: none sent); ``grants``: the batch's budget grants, recorded before anything of
+        it leaves (None: no budget is ever granted)."""
         self.tables = tuple(tables)
         self.sends = sends
         self.accruals = accruals  # the accruals topic's name
