@@ -4,8 +4,9 @@ engine, emits and counts.
 Per event, in this order:
 
 1. decode and validate; a bad message goes to the dead-letter topic (with its bytes, topic,
-   partition, offset and reason) and processing moves on; one read off its account's partition is
-   sent there to be decided (``stream.misrouted``);
+   partition, offset and reason) and processing moves on, as does an event dated further ahead of
+   the worker's clock than ``EVENT_AHEAD_LIMIT_DAYS`` (its time would become its account's clock);
+   one read off its account's partition is sent there to be decided (``stream.misrouted``);
 2. ``decide(event, offers, state)`` for the event's account (its profile joined from
    ``stream.account_profiles``, its campaign budgets granted through ``stream.granting``);
 3. write what the event changed of the account's state (its summary, its transaction and its
@@ -36,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +50,7 @@ from stream.account_profiles import ACCOUNT_ERASED, ERASURE_SUBJECT, AccountProf
 from stream.account_states import AccountStates
 from stream.changelog_table import ChangelogTable
 from stream.core.abuse import AbuseRules
-from stream.core.events import CardEvent, EventType, to_event, validate
+from stream.core.events import CardEvent, EventType, ahead_of_clock, to_event, validate
 from stream.core.memory import RECENT_EVENTS_LIMIT
 from stream.core.rules import Decision, Outcome, decide
 from stream.core.state import AccountState
@@ -58,7 +60,7 @@ from stream.group_membership import GroupWatch
 from stream.guarded_consumer import OffsetLookups, keep_across_resumes
 from stream.heap import TRIM_INTERVAL_S, trimmer
 from stream.input_partitions import InputPartitions, PartitionRevoked
-from stream.metrics import EVENTS_CONSUMED, PAYOUT_SKIPS, PAYOUTS
+from stream.metrics import EVENTS_CONSUMED, count_payout_decision
 from stream.misrouted import forward
 from stream.offer_mirror import OfferMirror
 from stream.outbox import BatchDropped, Decided, Outbox, Staged
@@ -86,16 +88,6 @@ BATCH_LINGER_S = 0.02
 
 _PAYOUT_EVENTS = frozenset({EventType.PAYOUT_RUN, EventType.PAYOUT_RESULT})
 _ABOUT_AN_ACCOUNT = frozenset({*_PAYOUT_EVENTS, EventType.OPEN_WALLET})  # never the first event of an account
-_PAYOUT_ANSWERED = {Outcome.PAYOUT_CONFIRMED: "confirmed", Outcome.PAYOUT_REJECTED: "rejected"}
-_PAYOUT_SKIPPED = frozenset({Outcome.NOTHING_TO_PAY, Outcome.WALLET_UNKNOWN})
-
-
-def _count_payout(event: CardEvent, outcome: Outcome) -> None:
-    """A payout's answer decided (in the payout id's currency), or an account a run paid nothing, and why (requests: outbox)."""
-    if outcome in _PAYOUT_ANSWERED:
-        PAYOUTS.labels(_PAYOUT_ANSWERED[outcome], event.billing_currency).inc()
-    elif outcome in _PAYOUT_SKIPPED:
-        PAYOUT_SKIPS.labels(outcome.value).inc()
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +111,7 @@ class Matcher:
         self.settings = settings
         self.abuse = abuse
         self.codec = codec
+        self.event_ahead_limit_ms = settings.event_ahead_limit_ms()  # EVENT_AHEAD_LIMIT_DAYS (None: off)
         self.topics = topics or settings.topics()
         Path(settings.worker_data_dir).mkdir(parents=True, exist_ok=True)
         self.input_subjects = {t.name: t.value_subject for t in self.topics.inputs()}
@@ -274,7 +267,11 @@ class Matcher:
             return None
         if await self.refuse_erased(record["account_id"], source):
             return None
-        event, state = to_event(record), self.accounts.get(record["account_id"])
+        event = to_event(record)
+        if (ahead := ahead_of_clock(event, int(time.time() * 1000), self.event_ahead_limit_ms)) is not None:
+            await self.send_dead_letter(ahead.reason.value, ahead.detail(), source)  # it would move the account's clock
+            return None
+        state = self.accounts.get(record["account_id"])
         if state is None and event.event_type in _ABOUT_AN_ACCOUNT:  # would make a state for an account never seen
             await self.send_dead_letter(OtherReason.UNKNOWN_ACCOUNT.value, "the worker holds no state for the account", source)
             return None
@@ -324,7 +321,7 @@ class Matcher:
         if self.current is not None:  # counted once its batch is flushed (a dropped batch is decided again)
             self.current.outcomes.append((event.event_type.value, decision.outcome.value))
         if event.event_type in _PAYOUT_EVENTS:
-            _count_payout(event, decision.outcome)
+            count_payout_decision(decision.outcome, event.billing_currency)
         return decision.outcome
 
     async def _decide(self, event: CardEvent, state: AccountState | None) -> Decision:

@@ -19,6 +19,7 @@ from prometheus_client.utils import floatToGoString
 
 from stream.core.abuse import RULE_NAMES
 from stream.core.entries import ITEM_KINDS
+from stream.core.outcomes import Outcome
 
 # No ``*_created`` series (a creation timestamp beside every counter and histogram): they double what
 # each scrape reads and no rule or dashboard uses them (Prometheus computes rates from the counters).
@@ -306,6 +307,17 @@ def observe_ledger_latency(timestamps_ms: Iterable[int], written: int, now_s: fl
         return
     now_ms = (time.time() if now_s is None else now_s) * 1000.0
     LEDGER_LATENCY_SECONDS.observe_many(max(0.0, now_ms - t) / 1000.0 for t in heapq.nlargest(written, timestamps_ms))
+
+
+_PAYOUT_ANSWERED = {Outcome.PAYOUT_CONFIRMED: "confirmed", Outcome.PAYOUT_REJECTED: "rejected"}
+
+
+def count_payout_decision(outcome: Outcome, currency: str) -> None:
+    """A payout's answer decided (in the payout id's currency), or an account a run paid nothing, and why (requests: outbox)."""
+    if outcome in _PAYOUT_ANSWERED:
+        PAYOUTS.labels(_PAYOUT_ANSWERED[outcome], currency).inc()
+    elif outcome in (Outcome.NOTHING_TO_PAY, Outcome.WALLET_UNKNOWN):
+        PAYOUT_SKIPS.labels(outcome.value).inc()
 
 
 def observe_budgets(budgets: Mapping[str, tuple[int, str]], remaining: Mapping[str, int]) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from topics.catalogue import Catalogue, catalogue
@@ -37,6 +37,20 @@ def parse_payout_schedule(text: str) -> tuple[int, ...]:
             raise ValueError(f"{part} is not a time of day")
         minutes.add(int(hours) * 60 + int(mins))
     return tuple(sorted(minutes))
+
+
+def parse_event_ahead_limit(text: str, horizon_days: int) -> int | None:
+    """``90`` -> 90; ``off`` -> None; ValueError says what is wrong. The limit must be below the
+    transaction horizon (``horizon_days``; 0: unknown, not checked): an event accepted that far ahead
+    would put every event of the present beyond its account's horizon."""
+    text = text.strip()
+    if text.lower() == "off":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"expected a whole number of days (1 or more) or off, got {text!r}")
+    if horizon_days and int(text) >= horizon_days:
+        raise ValueError(f"{text} days is not below TRANSACTION_HORIZON_DAYS ({horizon_days})")
+    return int(text)
 
 
 def parse_payout_minimums(text: str) -> tuple[dict[str, int], int | None]:
@@ -128,6 +142,12 @@ class Settings(BaseSettings):
         ge=30,
         le=3650,
         description="Days a settled transaction (and every event id of it) is remembered after its last event: the chargeback horizon.",
+    )
+    event_ahead_limit_days: str | None = Field(
+        None,
+        description="Days an input event may be dated ahead of the worker's clock; one dated further is dead-lettered "
+        "(`ahead_of_clock`), for its time would move its account's clock. A whole number below TRANSACTION_HORIZON_DAYS; "
+        "unset: half of it (90); off: no limit, for a synthetic timeline run ahead of the wall clock.",
     )
     worker_state_cache_items: int = Field(
         196_608,
@@ -244,6 +264,22 @@ class Settings(BaseSettings):
             if not host or not port.isdigit():
                 raise ValueError(f"expected host:port, got {server.strip()!r}")
         return value
+
+    @field_validator("event_ahead_limit_days")
+    @classmethod
+    def _event_ahead_limit_parse(cls, value: str | None, info: ValidationInfo) -> str | None:
+        horizon = info.data.get("transaction_horizon_days")  # absent: TRANSACTION_HORIZON_DAYS is invalid, reported
+        if value is not None:
+            parse_event_ahead_limit(value, horizon if horizon is not None else 0)
+        return value
+
+    def event_ahead_limit_ms(self) -> int | None:
+        """EVENT_AHEAD_LIMIT_DAYS in milliseconds (None: off)."""
+        if self.event_ahead_limit_days is None:
+            days: int | None = self.transaction_horizon_days // 2
+        else:
+            days = parse_event_ahead_limit(self.event_ahead_limit_days, self.transaction_horizon_days)
+        return None if days is None else days * 86_400_000
 
     @field_validator("payout_schedule")
     @classmethod

@@ -64,15 +64,17 @@ class RejectReason(str, enum.Enum):
     INVALID_MCC = "invalid_mcc"
     INVALID_FIELD = "invalid_field"
     CARD_NUMBER_DETECTED = "card_number_detected"
+    AHEAD_OF_CLOCK = "ahead_of_clock"  # dated further ahead of the worker's clock than EVENT_AHEAD_LIMIT_DAYS
 
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
     reason: RejectReason
     field: str
+    why: str = ""  # more than the reason says, when it needs it (never a value a message could carry a card number in)
 
     def detail(self) -> str:
-        return f"field {self.field}: {self.reason.value}"
+        return f"field {self.field}: {self.reason.value}" + (f" ({self.why})" if self.why else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +255,23 @@ def validate(record: Mapping[str, Any]) -> Rejection | None:
     ):
         return Rejection(RejectReason.MISSING_FIELD, "original_transaction_ref")
     return None
+
+
+_DAY_MS = 86_400_000
+
+
+def ahead_of_clock(event: CardEvent, now_ms: int, limit_ms: int | None) -> Rejection | None:
+    """Why ``event`` may not be applied when dated more than ``limit_ms`` after ``now_ms`` (the
+    worker's clock; None: no limit), or None. An event's time becomes its account's clock, by which
+    the account forgets its settled transactions and refuses what is older than its horizon: one
+    event from a clock years off would put every real event after it beyond the horizon."""
+    if limit_ms is None:
+        return None
+    ahead_ms = event.occurred_at_ms - now_ms
+    if ahead_ms <= limit_ms:
+        return None
+    why = f"{ahead_ms / _DAY_MS:,.1f} days ahead of the worker's clock, more than {limit_ms / _DAY_MS:g}"
+    return Rejection(RejectReason.AHEAD_OF_CLOCK, "occurred_at", why)
 
 
 # An instruction's free text (who, why) is written by people: bounded, and checked for card numbers.

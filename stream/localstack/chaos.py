@@ -96,6 +96,7 @@ class Chaos:
             # again even when no card event is due for its partitions), but the log's timeline is
             # years ahead (FUTURE), so nothing falls due while the run lasts.
             "CLOCK_INTERVAL_S": "1",
+            "EVENT_AHEAD_LIMIT_DAYS": "off",  # that timeline is dated years ahead of the workers' clock on purpose
             # Eight partitions: with four, Faust's sticky assignor keeps two on each of the first
             # two workers and gives a third nothing; with eight, partitions (and their table state)
             # really move to the third worker and back when it leaves.

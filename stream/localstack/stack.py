@@ -143,6 +143,10 @@ class LocalStack:
             env.setdefault("PAYOUT_SCHEDULE", LOCAL_PAYOUT_SCHEDULE)
             env.setdefault("PAYOUT_MINIMUMS", "*=100")
             env.setdefault("DONATION_SCHEDULE", LOCAL_PAYOUT_SCHEDULE)  # charities' remittances too (stream.donations)
+        if self._simulate:
+            # The simulator's timeline runs thousands of times faster than the wall clock (a purchase every
+            # 5 simulated minutes), so within the hour its events are dated months ahead of the worker's clock.
+            env.setdefault("EVENT_AHEAD_LIMIT_DAYS", "off")
         asyncio.run(system.create_topics())
         asyncio.run(system.migrate_database())
         if self._offers:

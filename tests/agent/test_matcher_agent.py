@@ -9,6 +9,7 @@ import logging
 import re
 import struct
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -21,7 +22,7 @@ from stream.core.rules import Outcome
 from stream.core.state_rows import Summary, assemble, decode_summary, recent_key, txn_key
 from stream.input_partitions import PartitionRevoked
 from tests.agent.conftest import ACCOUNT, ACCOUNT_KEY, AgentHarness, agent_harness, encode_auth, encode_settlement
-from tests.factories import book, card_record, generated_card_number, offer
+from tests.factories import T0, book, card_record, generated_card_number, offer
 from topics.catalogue import account_partition
 
 pytestmark = pytest.mark.asyncio
@@ -224,6 +225,41 @@ async def test_card_number_in_merchant_name_is_dead_lettered_without_the_digits(
     assert not log_leaks
     [(_, accrual)] = harness.accruals_decoded()
     assert set(harness.state().recent) == {accrual["source_event_id"]}  # only the good event
+
+
+async def test_an_event_dated_far_ahead_is_dead_lettered_and_leaves_its_account_s_clock_alone(harness: AgentHarness) -> None:
+    """A processor's clock years off (or a time in the wrong unit): its event is refused with how far ahead it
+    is (EVENT_AHEAD_LIMIT_DAYS, 90 by default), and the account's next real purchase earns."""
+    dead_before = counter("cashback_dead_letters_total", stage="matcher", reason="ahead_of_clock")
+    far = encode_auth(harness.codec, card_record(transaction_ref="txn-far", occurred_at=datetime.now(UTC) + timedelta(days=3650)))
+
+    rejected = await harness.put(far)
+    now = await harness.put(encode_auth(harness.codec, card_record(transaction_ref="txn-now")))
+
+    assert (rejected.outcome, now.outcome) == (None, Outcome.EARNED)
+    [(_, dead)] = harness.dead_letters_decoded()
+    assert (dead["reason"], dead["value"]) == ("ahead_of_clock", far)
+    assert re.fullmatch(
+        r"field occurred_at: ahead_of_clock \(3,6\d\d\.\d days ahead of the worker's clock, more than 90\)", dead["detail"]
+    )
+    assert counter("cashback_dead_letters_total", stage="matcher", reason="ahead_of_clock") == dead_before + 1
+    assert harness.state().clock_ms == int(T0.timestamp() * 1000)
+    assert set(harness.state().txns) == {"txn-now"}
+
+
+async def test_with_no_limit_an_event_dated_far_ahead_puts_its_account_s_present_beyond_the_horizon(
+    harness: AgentHarness,
+) -> None:
+    """What the limit prevents (EVENT_AHEAD_LIMIT_DAYS off, as for the benchmark's timeline): the event's time
+    becomes the account's clock, and every real purchase after it is older than the horizon."""
+    harness.matcher.event_ahead_limit_ms = None
+    far = card_record(transaction_ref="txn-far", occurred_at=datetime.now(UTC) + timedelta(days=3650))
+
+    accepted = await harness.put(encode_auth(harness.codec, far))
+    now = await harness.put(encode_auth(harness.codec, card_record(transaction_ref="txn-now")))
+
+    assert accepted.outcome is not None and harness.dead_letters.sent == []
+    assert now.outcome is Outcome.BEYOND_HORIZON
 
 
 # --- 4. redelivery ------------------------------------------------------------------------------

@@ -137,6 +137,28 @@ async def test_answers_are_decided_and_a_malformed_one_is_dead_lettered(harness:
     )
 
 
+async def test_a_run_dated_far_ahead_is_dead_lettered_and_pays_nothing(harness: AgentHarness) -> None:
+    """A run id naming a time in 2099 would date the run there, and so its accounts' clocks: refused
+    (EVENT_AHEAD_LIMIT_DAYS), the wallet left as it was, and a run of the present pays as before."""
+    await with_cash(harness)
+    topics = harness.matcher.topics
+    record = {
+        "run_id": "2099-01-01T0000Z",
+        "account_id": ACCOUNT,
+        "requested_at": datetime(2099, 1, 1, tzinfo=UTC),
+        "minimums": [{"currency": "EUR", "minimum_minor": 1_000}],
+        "default_minimum_minor": None,
+    }
+    refused = await harness.put(harness.codec.encode("payout_run", record), ACCOUNT_KEY, topic=topics.payout_runs.name)
+    assert refused.outcome is None and payouts(harness) == []
+    [(_, letter)] = harness.dead_letters_decoded()
+    assert (letter["reason"], letter["source_topic"]) == ("ahead_of_clock", topics.payout_runs.name)
+    assert harness.state().wallet == {"CASH:EUR": 2_000}
+    paid = await harness.put(run_value(harness), ACCOUNT_KEY, topic=topics.payout_runs.name)
+    assert paid.outcome is Outcome.PAID_OUT
+    assert [p["amount_minor"] for _, p in payouts(harness)] == [2_000]
+
+
 async def test_a_scheduled_run_falls_due_on_the_clock_once_per_run_for_the_accounts_with_cash(harness: AgentHarness) -> None:
     from topics.catalogue import account_partition
 

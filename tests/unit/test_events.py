@@ -15,6 +15,7 @@ from stream.core.events import (
     EventType,
     Rejection,
     RejectReason,
+    ahead_of_clock,
     to_event,
     validate,
 )
@@ -313,3 +314,18 @@ def test_fingerprint_tells_none_from_empty_text(field: str) -> None:
 def test_fingerprint_tells_none_from_the_text_none() -> None:
     event = card_event(original_transaction_ref=None)
     assert dataclasses.replace(event, original_transaction_ref="None").fingerprint() != event.fingerprint()
+
+
+def test_an_event_dated_further_ahead_of_the_clock_than_the_limit_is_refused_with_how_far() -> None:
+    day_ms = 86_400_000
+    event = card_event(occurred_at=T0)
+    at_ms = event.occurred_at_ms
+    assert ahead_of_clock(event, at_ms - 90 * day_ms, 90 * day_ms) is None  # exactly the limit: applied
+    assert ahead_of_clock(event, at_ms + 400 * day_ms, 90 * day_ms) is None  # the past is never refused here
+    assert ahead_of_clock(event, at_ms - 10_000 * day_ms, None) is None  # no limit
+    refused = ahead_of_clock(event, at_ms - 90 * day_ms - 1, 90 * day_ms)
+    assert refused is not None
+    assert (refused.reason, refused.field) == (RejectReason.AHEAD_OF_CLOCK, "occurred_at")
+    assert refused.detail() == "field occurred_at: ahead_of_clock (90.0 days ahead of the worker's clock, more than 90)"
+    far = ahead_of_clock(card_event(occurred_at=T0.replace(year=2126)), at_ms, 2 * day_ms)
+    assert far is not None and "36,524.0 days ahead of the worker's clock, more than 2)" in far.detail()

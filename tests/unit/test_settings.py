@@ -45,6 +45,7 @@ def test_defaults() -> None:
         "worker_out_of_group_limit_s": 120.0,
         "budget_read_max_age_s": 1.0,
         "transaction_horizon_days": 180,
+        "event_ahead_limit_days": None,
         "worker_state_cache_items": 196_608,
         "abuse_rules_file": None,
         "abuse_scan_interval_s": 300.0,
@@ -360,7 +361,7 @@ def test_documentation_table_has_one_row_per_field() -> None:
     lines = documentation_table().splitlines()
     assert lines[:2] == ["| variable | default | meaning |", "|---|---|---|"]
     rows = lines[2:]
-    assert len(rows) == len(Settings.model_fields) == 47
+    assert len(rows) == len(Settings.model_fields) == 48
     assert [row.split("`")[1] for row in rows] == VARIABLES
     assert "| `TOPIC_PARTITIONS` | `4` | Partitions of the co-partitioned input and output topics. |" in rows
     assert "| `KAFKA_SASL_PASSWORD` |  | SASL password (never logged). |" in rows
@@ -387,3 +388,25 @@ def test_payout_settings_are_parsed_and_a_bad_one_names_its_variable() -> None:
     ):
         with pytest.raises(ConfigError, match=f"{name}: .*{why}"):
             Settings.from_env({name: bad})
+
+
+def test_the_event_ahead_limit_is_half_the_horizon_unless_given_and_always_below_it() -> None:
+    day_ms = 86_400_000
+    assert Settings.from_env({}).event_ahead_limit_ms() == 90 * day_ms
+    assert Settings.from_env({"TRANSACTION_HORIZON_DAYS": "61"}).event_ahead_limit_ms() == 30 * day_ms
+    assert Settings.from_env({"EVENT_AHEAD_LIMIT_DAYS": "2"}).event_ahead_limit_ms() == 2 * day_ms
+    assert Settings.from_env({"EVENT_AHEAD_LIMIT_DAYS": "179"}).event_ahead_limit_ms() == 179 * day_ms
+    assert Settings.from_env({"EVENT_AHEAD_LIMIT_DAYS": "OFF"}).event_ahead_limit_ms() is None
+    for environ, why in (
+        ({"EVENT_AHEAD_LIMIT_DAYS": "0"}, "a whole number of days \\(1 or more\\) or off, got '0'"),
+        ({"EVENT_AHEAD_LIMIT_DAYS": "1.5"}, "got '1.5'"),
+        ({"EVENT_AHEAD_LIMIT_DAYS": ""}, "got ''"),
+        ({"EVENT_AHEAD_LIMIT_DAYS": "180"}, "180 days is not below TRANSACTION_HORIZON_DAYS \\(180\\)"),
+        ({"EVENT_AHEAD_LIMIT_DAYS": "45", "TRANSACTION_HORIZON_DAYS": "40"}, "45 days is not below TRANSACTION_HORIZON_DAYS"),
+    ):
+        with pytest.raises(ConfigError, match=f"EVENT_AHEAD_LIMIT_DAYS: .*{why}"):
+            Settings.from_env(environ)
+    # A bad horizon is reported as such, not as a limit it cannot be compared with.
+    with pytest.raises(ConfigError, match="TRANSACTION_HORIZON_DAYS") as raised:
+        Settings.from_env({"TRANSACTION_HORIZON_DAYS": "many", "EVENT_AHEAD_LIMIT_DAYS": "10"})
+    assert "EVENT_AHEAD_LIMIT_DAYS" not in str(raised.value)
