@@ -215,6 +215,11 @@ assert _CARD_FIELDS == (
 
 _REQUIRED_TEXT = ("event_id", "account_id", "card_token", "transaction_ref", "merchant_id")
 _AMOUNTS = ("amount_minor", "billing_amount_minor", "cashback_at_pos_minor")
+# The largest amount a card network carries: ISO 8583's amount fields (DE4, DE5, DE6) are 12 digits of minor
+# units. Anything larger is no purchase, and would let a few messages carry an account's totals past what
+# 64 bits hold (the state's encoding, the ledger's bigint balances).
+MAX_CARD_AMOUNT_MINOR = 999_999_999_999
+AMOUNT_TOO_LARGE = "more than 12 digits of minor units, ISO 8583's amount fields"  # a larger amount's rejection, why
 _MCC = re.compile(r"[0-9]{4}")
 
 
@@ -240,6 +245,8 @@ def validate(record: Mapping[str, Any]) -> Rejection | None:
     for name in _AMOUNTS:
         if record.get(name, 0) < 0:
             return Rejection(RejectReason.NEGATIVE_AMOUNT, name)
+        if record.get(name, 0) > MAX_CARD_AMOUNT_MINOR:
+            return Rejection(RejectReason.INVALID_FIELD, name, AMOUNT_TOO_LARGE)
     for name in ("currency", "billing_currency"):
         if not is_known_currency(record.get(name, "")):
             return Rejection(RejectReason.UNKNOWN_CURRENCY, name)

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.codec import SCHEMA_DIR, Codec, DecodeError, DecodeFailure
-from stream.core.events import CardEvent, Rejection, RejectReason, to_event, validate
+from stream.core.events import AMOUNT_TOO_LARGE, CardEvent, Rejection, RejectReason, to_event, validate
 from tests.unit.test_codec import valid_records
 from topics.catalogue import catalogue
 
@@ -207,7 +207,10 @@ def test_any_record_the_decoder_returns_is_refused_with_a_reason_or_becomes_an_e
             return
         assert isinstance(rejection, Rejection) and isinstance(rejection.reason, RejectReason)
         assert rejection.field in record or rejection.field in ("original_transaction_ref", "clearing_sequence")
-        assert rejection.detail() == f"field {rejection.field}: {rejection.reason.value}"  # a name, never a value
+        assert rejection.why in ("", AMOUNT_TOO_LARGE)  # a fixed text
+        assert rejection.detail() == f"field {rejection.field}: {rejection.reason.value}" + (
+            f" ({rejection.why})" if rejection.why else ""
+        )  # a name, never a value
         outcomes[rejection.reason.value] = outcomes.get(rejection.reason.value, 0) + 1
 
     refused_or_an_event()

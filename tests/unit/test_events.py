@@ -66,6 +66,16 @@ def test_negative_amount(field: str) -> None:
     assert validate(card_record(**{field: -1})) == Rejection(RejectReason.NEGATIVE_AMOUNT, field)
 
 
+@pytest.mark.parametrize("field", ["amount_minor", "billing_amount_minor", "cashback_at_pos_minor"])
+def test_an_amount_of_more_than_twelve_digits_is_refused(field: str) -> None:
+    largest = {"amount_minor": 999_999_999_999, "billing_amount_minor": 999_999_999_999}
+    assert validate(card_record(**{**largest, field: 999_999_999_999})) is None  # ISO 8583's largest amount
+    refused = validate(card_record(**{**largest, field: 10**12}))
+    assert refused is not None and (refused.reason, refused.field) == (RejectReason.INVALID_FIELD, field)
+    assert refused.detail() == f"field {field}: invalid_field (more than 12 digits of minor units, ISO 8583's amount fields)"
+    assert validate(card_record(**{field: 2**63 - 1})) == refused
+
+
 def test_zero_amount_is_allowed() -> None:
     assert validate(card_record(amount_minor=0)) is None
 
