@@ -223,9 +223,29 @@ AMOUNT_TOO_LARGE = "more than 12 digits of minor units, ISO 8583's amount fields
 _MCC = re.compile(r"[0-9]{4}")
 
 
+# The longest text a field of an input message may hold (ids, names, codes), in characters; the people's
+# free text of instructions (who, why) has its own bound. The API takes ids of up to 128 characters, and
+# ids made of two (a redemption's ``r:<account>:<key>``, a payout's) stay under this. Kept in the
+# account's state and in every entry of its event, a field of hundreds of kilobytes made the state's
+# changelog record larger than Kafka takes, and the worker wrote it again forever.
+TEXT_FIELD_LIMIT = 256
+_FREE_TEXT = frozenset({"actor", "reason"})
+TEXT_TOO_LONG = f"more than {TEXT_FIELD_LIMIT} characters"  # a longer text's rejection, why
+
+
 def validate(record: Mapping[str, Any]) -> Rejection | None:
     """The first thing wrong with a decoded card-event record (or instruction), or None. Never looks
     at values in messages it returns: a card number is reported by field name only."""
+    rejection = _validate_fields(record)
+    if rejection is not None:
+        return rejection
+    for name, value in record.items():  # after the card numbers: a long field holding one is reported as such
+        if isinstance(value, str) and len(value) > TEXT_FIELD_LIMIT and name not in _FREE_TEXT:
+            return Rejection(RejectReason.INVALID_FIELD, name, TEXT_TOO_LONG)
+    return None
+
+
+def _validate_fields(record: Mapping[str, Any]) -> Rejection | None:
     if "instruction" in record:
         return _validate_instruction(record)
     if "minimums" in record or "payout_id" in record:  # a payout run, or the bank's answer to a payout

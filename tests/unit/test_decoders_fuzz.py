@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.codec import SCHEMA_DIR, Codec, DecodeError, DecodeFailure
-from stream.core.events import AMOUNT_TOO_LARGE, CardEvent, Rejection, RejectReason, to_event, validate
+from stream.core.events import AMOUNT_TOO_LARGE, TEXT_TOO_LONG, CardEvent, Rejection, RejectReason, to_event, validate
 from tests.unit.test_codec import valid_records
 from topics.catalogue import catalogue
 
@@ -207,7 +207,7 @@ def test_any_record_the_decoder_returns_is_refused_with_a_reason_or_becomes_an_e
             return
         assert isinstance(rejection, Rejection) and isinstance(rejection.reason, RejectReason)
         assert rejection.field in record or rejection.field in ("original_transaction_ref", "clearing_sequence")
-        assert rejection.why in ("", AMOUNT_TOO_LARGE)  # a fixed text
+        assert rejection.why in ("", AMOUNT_TOO_LARGE, TEXT_TOO_LONG)  # a fixed text
         assert rejection.detail() == f"field {rejection.field}: {rejection.reason.value}" + (
             f" ({rejection.why})" if rejection.why else ""
         )  # a name, never a value

@@ -11,6 +11,7 @@ import pytest
 
 from stream.core.card_numbers import looks_like_card_number, luhn_valid
 from stream.core.events import (
+    TEXT_TOO_LONG,
     CardEvent,
     EventType,
     Rejection,
@@ -74,6 +75,16 @@ def test_an_amount_of_more_than_twelve_digits_is_refused(field: str) -> None:
     assert refused is not None and (refused.reason, refused.field) == (RejectReason.INVALID_FIELD, field)
     assert refused.detail() == f"field {field}: invalid_field (more than 12 digits of minor units, ISO 8583's amount fields)"
     assert validate(card_record(**{field: 2**63 - 1})) == refused
+
+
+@pytest.mark.parametrize(
+    "field", ["event_id", "account_id", "card_token", "transaction_ref", "merchant_id", "merchant_name", "merchant_timezone"]
+)
+def test_a_text_field_of_more_than_256_characters_is_refused(field: str) -> None:
+    assert validate(card_record(**{field: "x" * 256})) is None
+    refused = validate(card_record(**{field: "x" * 257}))
+    assert refused == Rejection(RejectReason.INVALID_FIELD, field, TEXT_TOO_LONG)
+    assert refused.detail() == f"field {field}: invalid_field (more than 256 characters)"
 
 
 def test_zero_amount_is_allowed() -> None:

@@ -441,6 +441,8 @@ def test_an_instruction_is_validated_like_a_card_event() -> None:
     assert validate(card) is not None and validate(card).reason is RejectReason.CARD_NUMBER_DETECTED  # type: ignore[union-attr]
     assert validate(dict(record, transaction_ref=None)).field == "transaction_ref"  # type: ignore[union-attr]
     assert validate(dict(record, reason="x" * 501)).reason is RejectReason.INVALID_FIELD  # type: ignore[union-attr]
+    assert validate(dict(record, reason="x" * 500, actor="y" * 500)) is None  # people's free text: up to 500
+    assert validate(dict(record, transaction_ref="t" * 257)).field == "transaction_ref"  # type: ignore[union-attr]
     flag = instructions.merchant_hold(1, ACCOUNT, "m-1", "PTS", T0, "why", T0)
     assert validate(flag) is None and validate(dict(flag, until=None)).field == "until"  # type: ignore[union-attr]
 
