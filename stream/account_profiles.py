@@ -35,7 +35,7 @@ from stream.changelog_table import DELETED, ChangelogTable
 from stream.core.card_numbers import looks_like_card_number
 from stream.core.eligibility import AccountProfile
 from stream.core.events import RejectReason
-from stream.core.profiles import apply_activation, apply_segments, to_account_profile
+from stream.core.profiles import apply_activation, apply_segments, to_account_profile, too_large
 from stream.deadletter import OtherReason
 from topics.catalogue import account_partition
 
@@ -147,6 +147,9 @@ class AccountProfiles:
                 return None
             return Refusal(ACCOUNT_ERASED, f"the account was erased: its {subject} is not kept")
         profile = self.table.get(account_id)
+        oversized = too_large(profile, subject, record)
+        if oversized is not None:
+            return Refusal(RejectReason.INVALID_FIELD.value, f"field {oversized}: the profile would be too large")
         self._read.pop(account_id, None)
         if subject == "offer_activation":
             if record is None:  # tombstone of account_id:offer_id

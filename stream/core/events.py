@@ -246,8 +246,10 @@ def validate(record: Mapping[str, Any]) -> Rejection | None:
 
 
 def _validate_fields(record: Mapping[str, Any]) -> Rejection | None:
-    if "instruction" in record:
-        return _validate_instruction(record)
+    if "instruction" in record:  # the bank's instruction about an account's rewards
+        from stream.core import instruction_messages
+
+        return instruction_messages.validate(record)
     if "minimums" in record or "payout_id" in record:  # a payout run, or the bank's answer to a payout
         from stream.core import payout_messages
 
@@ -303,31 +305,6 @@ def ahead_of_clock(event: CardEvent, now_ms: int, limit_ms: int | None) -> Rejec
 
 # An instruction's free text (who, why) is written by people: bounded, and checked for card numbers.
 INSTRUCTION_TEXT_LIMIT = 500
-_INSTRUCTION_IDS = frozenset({"event_id", "account_id", "transaction_ref", "offer_id", "merchant_id"})
-
-
-def _validate_instruction(record: Mapping[str, Any]) -> Rejection | None:
-    """The first thing wrong with a decoded instruction (the ``account_instruction`` schema)."""
-    for name, value in record.items():
-        if isinstance(value, str) and looks_like_card_number(value, identifier=name in _INSTRUCTION_IDS):
-            return Rejection(RejectReason.CARD_NUMBER_DETECTED, name)
-    kind = record["instruction"]
-    if kind == EventType.REDEEM.value:
-        from stream.core import redemption_messages
-
-        return redemption_messages.validate(record)
-    needed = ("transaction_ref",) if kind != EventType.HOLD_MERCHANT.value else ("merchant_id", "until")
-    for name in ("event_id", "account_id", "actor", "reason", *needed):
-        if not record.get(name):
-            return Rejection(RejectReason.MISSING_FIELD, name)
-    if not (
-        is_known_currency(record.get("currency", "")) or record.get("currency") == "PTS"
-    ):  # PTS: a merchant flagged in points
-        return Rejection(RejectReason.UNKNOWN_CURRENCY, "currency")
-    for name in ("actor", "reason"):
-        if len(record[name]) > INSTRUCTION_TEXT_LIMIT:
-            return Rejection(RejectReason.INVALID_FIELD, name)
-    return None
 
 
 def note_event(event_id: str, kind: EventType, account_id: str, at: datetime, ref: str, currency: str, note: Any) -> CardEvent:
@@ -358,49 +335,12 @@ def note_event(event_id: str, kind: EventType, account_id: str, at: datetime, re
     )
 
 
-def _instruction_event(record: Mapping[str, Any]) -> CardEvent:
-    kind = EventType(record["instruction"])
-    if kind is EventType.REDEEM:
-        from stream.core import redemption_messages
-
-        return redemption_messages.to_event(record)
-    merchant = record.get("merchant_id") or ""
-    until = record.get("until")
-    return CardEvent(
-        event_id=record["event_id"],
-        event_type=kind,
-        occurred_at=record["occurred_at"],
-        account_id=record["account_id"],
-        card_token="",
-        # a merchant's flag belongs to no purchase: its id is kept apart, like a refund of an unknown purchase
-        transaction_ref=record.get("transaction_ref") or f"merchant:{merchant}",
-        original_transaction_ref=None,
-        processing_code="PURCHASE",
-        response_code="00",
-        amount_minor=0,
-        currency=record["currency"],
-        billing_amount_minor=0,
-        billing_currency=record["currency"],
-        cashback_at_pos_minor=0,
-        mcc="0000",
-        merchant_id=merchant,
-        merchant_name="",
-        merchant_country="",
-        merchant_timezone=None,
-        channel="IN_STORE",
-        note=Instruction(
-            actor=record["actor"],
-            reason=record["reason"],
-            offer_id=record.get("offer_id"),
-            until_ms=int(until.timestamp() * 1000) if until is not None else None,
-        ),
-    )
-
-
 def to_event(record: Mapping[str, Any]) -> CardEvent:
     """A validated record as a CardEvent (call ``validate`` first)."""
     if "instruction" in record:
-        return _instruction_event(record)
+        from stream.core import instruction_messages
+
+        return instruction_messages.to_event(record)
     if "minimums" in record or "payout_id" in record:
         from stream.core import payout_messages
 

@@ -1145,3 +1145,48 @@ async def test_an_account_message_carrying_a_card_number_is_dead_lettered_masked
     leaked = any(pan.encode() in (letter["value"] or b"") + (letter["key"] or b"") for _, letter in letters)
     assert not leaked
     assert harness.matcher.profiles.get(pan) is None and harness.matcher.profiles.get(ACCOUNT) is None
+
+
+async def test_an_account_message_that_would_make_its_profile_too_large_is_dead_lettered_and_the_profile_kept(
+    harness: AgentHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A profile is one value on the profile table's changelog: past about 1 MB the broker refuses it and the
+    worker would write it again forever. Segments, their names and the offers active at once are bounded."""
+    from stream.core import profiles
+
+    monkeypatch.setattr(profiles, "ACTIVATIONS_LIMIT", 2)  # 1,024: two make the test short
+    matcher = harness.matcher
+    partition = account_partition(ACCOUNT, matcher.topics.authorizations.partitions)
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+
+    async def put_profile(segments: list[str]) -> None:
+        value = harness.codec.encode("account_profile", {"account_id": ACCOUNT, "segments": segments, "updated_at": at})
+        await harness.put(value, ACCOUNT_KEY, topic=matcher.topics.profiles.name, partition=partition)
+
+    async def put_activation(offer_id: str, active: bool = True) -> None:
+        value = harness.codec.encode(
+            "offer_activation", {"account_id": ACCOUNT, "offer_id": offer_id, "active": active, "changed_at": at}
+        )
+        await harness.put(value, f"{ACCOUNT}:{offer_id}".encode(), topic=matcher.topics.activations.name, partition=partition)
+
+    def kept() -> tuple[list[str], list[str]]:
+        profile = matcher.profiles.get(ACCOUNT)
+        return list(profile["segments"]), sorted(profile["activations"])
+
+    await put_profile(["vip"])
+    await put_profile([f"s{n}" for n in range(257)])
+    await put_profile(["vip", "x" * 257])
+    await put_activation("o-1")
+    await put_activation("o-2")
+    await put_activation("o-3")  # a third offer active: refused
+    await put_activation("o-2")  # active already: folds
+    await put_activation("o-1", active=False)
+    await put_activation("o-3")  # room again
+
+    assert kept() == (["vip"], ["o-2", "o-3"])
+    details = [(letter["reason"], letter["detail"]) for _, letter in harness.dead_letters_decoded()]
+    assert details == [
+        ("invalid_field", "field segments (more than 256): the profile would be too large"),
+        ("invalid_field", "field segments (one of more than 256 characters): the profile would be too large"),
+        ("invalid_field", "field offer_id (the account has 2 offers active already): the profile would be too large"),
+    ]
