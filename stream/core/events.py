@@ -246,6 +246,7 @@ def validate(record: Mapping[str, Any]) -> Rejection | None:
 
 
 def _validate_fields(record: Mapping[str, Any]) -> Rejection | None:
+    """The checks of each kind of record, in their order (``validate`` then bounds every text)."""
     if "instruction" in record:  # the bank's instruction about an account's rewards
         from stream.core import instruction_messages
 
