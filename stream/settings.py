@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from stream.core.events import DAY_MS
 from stream.setting_values import parse_event_ahead_limit, parse_payout_minimums, parse_payout_schedule
 from topics.catalogue import Catalogue, catalogue
 
@@ -227,7 +228,7 @@ class Settings(BaseSettings):
             days: int | None = self.transaction_horizon_days // 2
         else:
             days = parse_event_ahead_limit(self.event_ahead_limit_days, self.transaction_horizon_days)
-        return None if days is None else days * 86_400_000
+        return None if days is None else days * DAY_MS
 
     @field_validator("payout_schedule")
     @classmethod

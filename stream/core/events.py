@@ -52,6 +52,8 @@ class EventType(str, enum.Enum):
 INSTRUCTION_TYPES = frozenset({EventType.RELEASE_HOLD, EventType.FORFEIT_HOLD, EventType.HOLD_MERCHANT})
 
 
+DAY_MS = 86_400_000  # a day in epoch milliseconds, as event times are counted
+
 APPROVED_RESPONSE_CODES = frozenset({"00", "08", "10", "11"})  # approved, honour with id, partial, VIP
 
 
@@ -287,9 +289,6 @@ def _validate_fields(record: Mapping[str, Any]) -> Rejection | None:
     return None
 
 
-_DAY_MS = 86_400_000
-
-
 def ahead_of_clock(event: CardEvent, now_ms: int, limit_ms: int | None) -> Rejection | None:
     """Why ``event`` may not be applied when dated more than ``limit_ms`` after ``now_ms`` (the
     worker's clock; None: no limit), or None. An event's time becomes its account's clock, by which
@@ -300,7 +299,7 @@ def ahead_of_clock(event: CardEvent, now_ms: int, limit_ms: int | None) -> Rejec
     ahead_ms = event.occurred_at_ms - now_ms
     if ahead_ms <= limit_ms:
         return None
-    why = f"{ahead_ms / _DAY_MS:,.1f} days ahead of the worker's clock, more than {limit_ms / _DAY_MS:g}"
+    why = f"{ahead_ms / DAY_MS:,.1f} days ahead of the worker's clock, more than {limit_ms / DAY_MS:g}"
     return Rejection(RejectReason.AHEAD_OF_CLOCK, "occurred_at", why)
 
 

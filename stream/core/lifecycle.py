@@ -22,10 +22,9 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from stream.core.events import CardEvent, EventType, note_event
+from stream.core.events import DAY_MS, CardEvent, EventType, note_event
 from stream.core.state import UNKNOWN_DUE, AccountState, Lot, Share, Txn
 
-DAY_MS = 24 * 3600 * 1000
 _EXPIRY = EventType.AUTHORIZATION_EXPIRY.value
 _WINDOW_ENDED = EventType.RETURN_WINDOW_ENDED.value
 _LOT_EXPIRY = EventType.AVAILABLE_EXPIRY.value

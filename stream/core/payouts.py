@@ -49,7 +49,17 @@ from typing import Any
 import msgspec
 
 from stream.core.entries import WALLET_MARK, Entry, moves_money
-from stream.core.events import CardEvent, EventType, PayoutAnswer, PayoutRun, WalletOpening, note_event, to_event, validate
+from stream.core.events import (
+    DAY_MS,
+    CardEvent,
+    EventType,
+    PayoutAnswer,
+    PayoutRun,
+    WalletOpening,
+    note_event,
+    to_event,
+    validate,
+)
 from stream.core.money import format_minor
 from stream.core.notices import PaidNotice
 from stream.core.outcomes import Outcome
@@ -104,9 +114,6 @@ def orders_of(entries: Iterable[Entry]) -> list[PayoutOrder]:
         for e in entries
         if e.entry_kind == PAID_OUT
     ]
-
-
-DAY_MS = 86_400_000
 
 
 def latest_run_ms(schedule: tuple[int, ...], now_ms: int) -> int | None:
