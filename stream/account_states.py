@@ -28,6 +28,8 @@ from typing import Any
 
 from stream.changelog_table import DELETED, ChangelogTable
 from stream.core.entries import Entry
+from stream.core.events import CardEvent
+from stream.core.memory import adds_a_name
 from stream.core.payouts import has_cash, place_holder
 from stream.core.state import AccountState, Recent, Txn
 from stream.core.state_rows import (
@@ -58,6 +60,11 @@ CACHED_ITEMS = 196_608
 # The accounts whose place holder (``_let_go``) is remembered delivered, the most recently stored kept:
 # one forgotten has the holder's entries sent again once its window passes it (``leaving``), a replay.
 HELD_ACCOUNTS = 65_536
+# The largest stored summary (bytes) of an account that may name a new transaction or event id
+# (``stream.core.memory.adds_a_name``). A summary names every transaction kept; one larger than Kafka
+# takes (1 MB by default) was written again forever, the worker processing nothing else. Half of that
+# leaves room for a batch's steps of the account (at most ``IN_FLIGHT_LIMIT``) and the rows it carries.
+FULL_SUMMARY_BYTES = 512 * 1024
 # What separates an account id from the rest of its rows' keys (``stream.core.state_rows``: never
 # in an account id), so that ``<account><separator>`` starts every row key of the account.
 _ROW_SEPARATOR = txn_key("", "")[0]
@@ -98,6 +105,7 @@ class AccountStates:
         self.leaving: list[tuple[str, tuple[Entry, ...]]] = []
         # account -> the recent event holding its place, kept though known delivered (_let_go)
         self._held: dict[str, str] = {}
+        self._full: dict[str, int] = {}  # account -> its stored summary's bytes, at FULL_SUMMARY_BYTES or more
 
     def observe_memory(self) -> None:
         """Show where the states' memory goes (README, Metrics): what the states kept whole hold, their
@@ -117,7 +125,9 @@ class AccountStates:
         if held is not None:
             self._whole.move_to_end(account_id)
             return held[0]
-        stored = decode_summary(self.table.get(account_id))
+        raw = self.table.get(account_id)
+        self._note_size(account_id, len(raw) if raw is not None else 0)
+        stored = decode_summary(raw)
         partition = account_partition(account_id, self.partitions)
         state = assemble(account_id, stored, self.table.get, lambda keys: self.table.get_many(keys, partition))
         if state is not None:
@@ -186,13 +196,30 @@ class AccountStates:
                 for event_id, was in pending.earlier.items()
                 if was.entries and event_id not in recent and event_id not in known
             ]
-            table.stage(account_id, encode(summary_of(pending.state, pending.slots, pending.rows)), pending.partition)
+            summary = encode(summary_of(pending.state, pending.slots, pending.rows))
+            self._note_size(account_id, len(summary))
+            table.stage(account_id, summary, pending.partition)
             for key, row in pending.rows.items():
                 table.stage(key, encode(row), pending.partition)
             for key in pending.deletes:
                 table.stage(key, DELETED, pending.partition)
         self.pending.clear()
         return accounts
+
+    def refusal(self, account_id: str, event: CardEvent, state: AccountState | None) -> str | None:
+        """Why the card event is not decided now (None: it is): its account's stored summary is full
+        (``FULL_SUMMARY_BYTES``) and the event would name one more transaction or event id in it.
+        Events of the transactions it holds are decided, and settle them towards the horizon."""
+        size = self._full.get(account_id)
+        if size is None or not adds_a_name(state, event):
+            return None
+        return f"the account's stored summary is full ({size:,} bytes, at most {FULL_SUMMARY_BYTES:,} to name a new transaction)"
+
+    def _note_size(self, account_id: str, size: int) -> None:
+        if size >= FULL_SUMMARY_BYTES:
+            self._full[account_id] = size
+        elif self._full:
+            self._full.pop(account_id, None)
 
     def _let_go(self, account_id: str, pending: Pending, delivered: Collection[str]) -> None:
         """The account's state, in memory and as the batch stores it, without the recent events
@@ -253,6 +280,7 @@ class AccountStates:
         """Partitions this worker no longer owns (or owns anew): their states may change elsewhere,
         so nothing of them is kept in memory."""
         gone = set(partitions)
+        self._full.clear()  # noted again as each full account is next read or stored
         for partition in gone:
             self._due.pop(partition, None)
             self._cash.pop(partition, None)
@@ -278,6 +306,7 @@ class AccountStates:
         if pending is not None:
             rows.update(pending.rows)
         held = self._drop(account_id)
+        self._full.pop(account_id, None)
         stored = decode_summary(self.table.get(account_id)) if held is None else None
         if held is not None:  # the rows its state names, should the store not have them yet
             rows.update(txn_key(account_id, ref) for ref in held[0].txns)
@@ -289,13 +318,10 @@ class AccountStates:
         keys = [account_id, *sorted(rows)]
         for key in keys:
             self.table.stage(key, DELETED, partition)
-        due = self._due.get(partition)
-        if due is not None:
-            due.discard(account_id)
         self._cash.get(partition, set()).discard(account_id)
-        ticked = self._ticked.get(partition)
-        if ticked is not None:
-            ticked.discard(account_id)
+        for index in (self._due.get(partition), self._ticked.get(partition)):
+            if index is not None:
+                index.discard(account_id)
         return keys
 
     def _stored_keys(self, prefix: str, partition: int) -> list[str]:

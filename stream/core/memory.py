@@ -4,6 +4,11 @@
   keep it (a refund of a purchase never seen, a declined authorisation), in ``loose``, until the
   transaction is settled and its last event is older than the horizon (the chargeback horizon).
   Memory is bounded by the transactions still open, not by a window of events.
+- ``loose`` keeps the last ``LOOSE_IDS_LIMIT`` of those ids at most, the earliest kept forgotten
+  first. They are stored in the account's summary, one record: a card-testing run of thousands of
+  declined authorisations on one card made it larger than Kafka takes, and the worker wrote it
+  again forever. A redelivery of a forgotten one is decided again, into the same entry ids (a
+  decline's ``NOT_EARNED`` line), which the ledger already holds.
 - The last ``RECENT_EVENTS_LIMIT`` events also keep the entries they produced (``recent``), so a
   redelivery re-emits them: a worker stopped after storing the state and before its entries were
   delivered loses nothing (the matcher keeps at most that many decisions undelivered). The worker
@@ -27,8 +32,23 @@ from stream.core.working_copy import AccountStep
 RECENT_EVENTS_LIMIT = 32
 # How long a settled transaction is remembered after its last event (the chargeback horizon).
 TRANSACTION_HORIZON_DAYS = 180
+# The most ids of events with no transaction (``loose``) an account keeps: at most about 300 KB of
+# its summary with ids of the 256 characters an input field may hold (stream.core.events), far more
+# declines than a cardholder makes in the horizon.
+LOOSE_IDS_LIMIT = 1024
 
 _FOLLOW_UPS = frozenset({EventType.REFUND, EventType.CHARGEBACK, EventType.CHARGEBACK_REVERSAL})
+# What the card processors send (the other types are the bank's instructions and time passing).
+_CARD_TYPES = frozenset(
+    {
+        *_FOLLOW_UPS,
+        EventType.AUTHORIZATION,
+        EventType.INCREMENTAL_AUTHORIZATION,
+        EventType.AUTHORIZATION_REVERSAL,
+        EventType.AUTHORIZATION_EXPIRY,
+        EventType.CLEARING,
+    }
+)
 
 
 def home_ref(event: CardEvent) -> str:
@@ -55,6 +75,15 @@ def known(state: AccountState, event: CardEvent) -> tuple[str | None, tuple[Entr
     return index_of(state).fingerprint(event.event_id), ()
 
 
+def adds_a_name(state: AccountState | None, event: CardEvent) -> bool:
+    """Whether deciding a card event would have its account keep one more name in its summary
+    (``stream.core.state_rows``): a transaction it does not hold yet, or the id of an event with no
+    transaction (``loose``). A redelivery adds none."""
+    if state is None or event.event_type not in _CARD_TYPES or home_ref(event) in state.txns:
+        return False
+    return known(state, event)[0] is None
+
+
 def remember(
     state: AccountState, step: AccountStep, fingerprint: str, forget_before_ms: int, index: TxnIndex
 ) -> tuple[dict[str, Recent], dict[str, Loose], dict[str, Txn], tuple[str, ...]]:
@@ -75,6 +104,8 @@ def remember(
         home = ref
     elif step.at_ms >= forget_before_ms:
         loose[event.event_id] = Loose(fingerprint, step.at_ms)
+        while len(loose) > LOOSE_IDS_LIMIT:
+            del loose[next(iter(loose))]
     for changed in step.changed:  # before the horizon judges what is settled
         step.txns[changed].due_ms = earliest_due_ms(step.txns[changed])
     recent = dict(state.recent)

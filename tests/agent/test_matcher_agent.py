@@ -267,6 +267,40 @@ async def test_with_no_limit_an_event_dated_far_ahead_puts_its_account_s_present
     assert now.outcome is Outcome.BEYOND_HORIZON
 
 
+async def test_an_account_whose_stored_summary_is_full_has_its_new_transactions_dead_lettered_and_the_rest_decided(
+    harness: AgentHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A summary names every transaction its account keeps; one larger than Kafka takes was written again
+    forever, and the worker processed nothing else. Past ``FULL_SUMMARY_BYTES`` (made small here), a card
+    event that would name one more transaction or event id is dead-lettered (account_state_full); a
+    redelivery, the events of the transactions it holds and other accounts are decided."""
+    from stream import account_states
+
+    monkeypatch.setattr(account_states, "FULL_SUMMARY_BYTES", 1_000)
+    dead_before = counter("cashback_dead_letters_total", stage="matcher", reason="account_state_full")
+    purchases = [card_record(transaction_ref=f"txn-{n:03d}", event_id=f"evt-{n:03d}") for n in range(60)]
+    outcomes = [(await harness.put(encode_auth(harness.codec, record))).outcome for record in purchases]
+
+    stored = len(harness.summaries()[-1][1])
+    assert stored >= 1_000 and Outcome.EARNED in outcomes and outcomes[-1] is None, (stored, outcomes)
+    kept = set(harness.state().txns)
+    refused = [record for record, outcome in zip(purchases, outcomes, strict=True) if outcome is None]
+    assert kept == {record["transaction_ref"] for record in purchases} - {r["transaction_ref"] for r in refused}
+    dead = harness.dead_letters_decoded()
+    assert [record["reason"] for _, record in dead] == ["account_state_full"] * len(refused)
+    assert re.fullmatch(
+        r"the account's stored summary is full \(1,\d\d\d bytes, at most 1,000 to name a new transaction\)", dead[0][1]["detail"]
+    )
+    assert counter("cashback_dead_letters_total", stage="matcher", reason="account_state_full") == dead_before + len(refused)
+
+    again = await harness.put(encode_auth(harness.codec, purchases[0]))  # a redelivery names nothing new
+    clearing = card_record("CLEARING", transaction_ref="txn-000", event_id="evt-clearing")
+    cleared = await harness.put(encode_settlement(harness.codec, clearing), topic=harness.settlement_topic)
+    other = await harness.put(encode_auth(harness.codec, card_record(account_id="acct-2", event_id="evt-other")), key=b"acct-2")
+    assert (again.outcome, cleared.outcome, other.outcome) == (Outcome.DUPLICATE, Outcome.CONFIRMED, Outcome.EARNED)
+    assert len(harness.dead_letters.sent) == len(refused)
+
+
 # --- 4. redelivery ------------------------------------------------------------------------------
 
 

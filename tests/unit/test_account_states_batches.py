@@ -182,3 +182,40 @@ def test_the_states_kept_in_memory_are_bounded_by_what_they_hold_not_by_their_nu
     assert accounts.cached_items == 0 and not accounts._whole
     accounts.observe_memory()
     assert STATE_CACHE_ITEMS_HELD._value.get() == STATE_CACHE_ACCOUNTS._value.get() == 0
+
+
+def test_an_account_whose_stored_summary_is_full_is_known_full_when_read_back_and_no_longer_once_it_shrinks(
+    monkeypatch: Any,
+) -> None:
+    """``refusal``: a worker started again reads the account's summary from its store and knows it full
+    at once; a state stored smaller (settled transactions forgotten) names new transactions again."""
+    from stream import account_states
+    from stream.core.state import Txn
+
+    monkeypatch.setattr(account_states, "FULL_SUMMARY_BYTES", 600)
+    offers = OFFER_BOOKS["grocery-5"]
+    events = fillers(40, start=0)
+    table = StagedTable()
+    states = AccountStates(table, partitions=8)  # type: ignore[arg-type]
+    state = None
+    for event in events:
+        after = decide(event, offers, state, PROFILE).state
+        states.write(ACCOUNT, state, after, PARTITION)
+        state = after
+    states.hand_over()
+    table.settle()
+    new = fillers(1, start=1_000)[0]
+    assert new.transaction_ref not in state.txns
+    assert states.refusal(ACCOUNT, new, state) is not None
+    assert states.refusal(ACCOUNT, events[0], state) is None  # a redelivery names nothing new
+
+    started_again = AccountStates(table, partitions=8)  # type: ignore[arg-type]
+    read = started_again.get(ACCOUNT)
+    detail = started_again.refusal(ACCOUNT, new, read)
+    assert detail is not None and "at most 600" in detail
+    assert started_again.refusal("acct-2", new, None) is None
+
+    smaller = AccountState(txns={ref: Txn(status="cleared", currency="EUR") for ref in list(read.txns)[:2]})
+    started_again.write(ACCOUNT, read, smaller, PARTITION)
+    started_again.hand_over()
+    assert started_again.refusal(ACCOUNT, new, smaller) is None

@@ -15,7 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stream.core.events import CardEvent
-from stream.core.memory import RECENT_EVENTS_LIMIT
+from stream.core.memory import LOOSE_IDS_LIMIT, RECENT_EVENTS_LIMIT
+from stream.core.outcomes import Outcome
 from stream.core.rules import decide
 from stream.core.state import AccountState
 from stream.core.state_rows import (
@@ -246,3 +247,41 @@ def test_a_state_read_back_shares_its_repeated_texts_and_keeps_every_value() -> 
         [txn.status for txn in read.txns.values() if txn.status == next(iter(read.txns.values())).status],
     ):
         assert len(texts) > 1 and len({id(text) for text in texts}) == 1, texts[0]
+
+
+def test_an_account_s_declines_keep_its_summary_bounded_and_a_forgotten_one_makes_the_same_entry_again() -> None:
+    """A card-testing run: declined authorisations with ids of the most characters an input field
+    holds. Their ids live in the summary (``loose``): 4,224 of them with 200-character ids made it
+    larger than Kafka's 1 MB, and the worker wrote it again forever. The account keeps the last
+    ``LOOSE_IDS_LIMIT``; a redelivery of one forgotten is declined again into the same entry id."""
+    from datetime import timedelta
+
+    from tests.factories import T0, card_event
+
+    offers = OFFER_BOOKS["grocery-5"]
+    declines = [
+        card_event(
+            event_id=f"{n:06d}-" + "x" * 249,
+            transaction_ref=f"card-test-{n}",
+            occurred_at=T0 + timedelta(seconds=n),
+            response_code="05",
+        )
+        for n in range(LOOSE_IDS_LIMIT + 200)
+    ]
+    state, first = None, {}
+    for event in declines:
+        decision = decide(event, offers, state, PROFILE)
+        assert decision.outcome is Outcome.DECLINED
+        state, first[event.event_id] = decision.state, decision.entries
+    assert state is not None
+    assert list(state.loose) == [event.event_id for event in declines[-LOOSE_IDS_LIMIT:]]
+    summary = encode(split(ACCOUNT, None, state, before_in_rows=True).summary)
+    assert len(summary) < 400_000, len(summary)  # about 290 bytes a decline at most
+
+    kept = declines[-RECENT_EVENTS_LIMIT - 1]  # kept, no longer among the recent events
+    again = decide(kept, offers, state, PROFILE)
+    assert again.outcome is Outcome.DUPLICATE and again.entries == ()
+    forgotten = decide(declines[0], offers, state, PROFILE)
+    assert forgotten.outcome is Outcome.DECLINED
+    assert [e.accrual_id for e in forgotten.entries] == [e.accrual_id for e in first[declines[0].event_id]]
+    assert forgotten.entries == first[declines[0].event_id]
