@@ -29,7 +29,7 @@ from typing import Any
 from stream.changelog_table import DELETED, ChangelogTable
 from stream.core.entries import Entry
 from stream.core.events import CardEvent
-from stream.core.memory import adds_a_name
+from stream.core.memory import adds_a_name, crowded
 from stream.core.payouts import has_cash, place_holder
 from stream.core.state import AccountState, Recent, Txn
 from stream.core.state_rows import (
@@ -207,13 +207,13 @@ class AccountStates:
         return accounts
 
     def refusal(self, account_id: str, event: CardEvent, state: AccountState | None) -> str | None:
-        """Why the card event is not decided now (None: it is): its account's stored summary is full
-        (``FULL_SUMMARY_BYTES``) and the event would name one more transaction or event id in it.
-        Events of the transactions it holds are decided, and settle them towards the horizon."""
-        size = self._full.get(account_id)
-        if size is None or not adds_a_name(state, event):
-            return None
-        return f"the account's stored summary is full ({size:,} bytes, at most {FULL_SUMMARY_BYTES:,} to name a new transaction)"
+        """Why the card event is not decided now (None: it is): it would name a new transaction or id in its
+        account's full summary (``FULL_SUMMARY_BYTES``), or join a transaction ``crowded`` with event ids."""
+        if (size := self._full.get(account_id)) is not None and adds_a_name(state, event):
+            return f"the account's stored summary is full ({size:,} bytes, {FULL_SUMMARY_BYTES:,} at most): no new transaction"
+        if (ids := crowded(state, event)) is not None:
+            return f"the event's transaction holds {ids:,} event ids, the most one keeps"
+        return None
 
     def _note_size(self, account_id: str, size: int) -> None:
         if size >= FULL_SUMMARY_BYTES:

@@ -9,6 +9,8 @@
   declined authorisations on one card made it larger than Kafka takes, and the worker wrote it
   again forever. A redelivery of a forgotten one is decided again, into the same entry ids (a
   decline's ``NOT_EARNED`` line), which the ledger already holds.
+- A transaction keeps ``TXN_EVENT_IDS_LIMIT`` event ids at most: the worker dead-letters a new
+  event of a transaction holding that many (``crowded``) rather than decide it.
 - The last ``RECENT_EVENTS_LIMIT`` events also keep the entries they produced (``recent``), so a
   redelivery re-emits them: a worker stopped after storing the state and before its entries were
   delivered loses nothing (the matcher keeps at most that many decisions undelivered). The worker
@@ -36,6 +38,11 @@ TRANSACTION_HORIZON_DAYS = 180
 # its summary with ids of the 256 characters an input field may hold (stream.core.events), far more
 # declines than a cardholder makes in the horizon.
 LOOSE_IDS_LIMIT = 1024
+# The most event ids one transaction keeps (authorisations, incremental ones, clearings, refunds...):
+# one transaction is one stored row, carried in its account's summary when it changes. 4,415
+# incremental authorisations with 200-character ids made that row larger than Kafka takes. A real
+# purchase has a few events, a long hotel stay a few dozen.
+TXN_EVENT_IDS_LIMIT = 256
 
 _FOLLOW_UPS = frozenset({EventType.REFUND, EventType.CHARGEBACK, EventType.CHARGEBACK_REVERSAL})
 # What the card processors send (the other types are the bank's instructions and time passing).
@@ -82,6 +89,15 @@ def adds_a_name(state: AccountState | None, event: CardEvent) -> bool:
     if state is None or event.event_type not in _CARD_TYPES or home_ref(event) in state.txns:
         return False
     return known(state, event)[0] is None
+
+
+def crowded(state: AccountState | None, event: CardEvent) -> int | None:
+    """The event ids the event's transaction holds when it holds ``TXN_EVENT_IDS_LIMIT`` and the
+    event is not one of them (None: the event may join it, or it has no transaction yet)."""
+    txn = state.txns.get(home_ref(event)) if state is not None else None
+    if txn is None or len(txn.events) < TXN_EVENT_IDS_LIMIT or event.event_id in txn.events:
+        return None
+    return len(txn.events)
 
 
 def remember(

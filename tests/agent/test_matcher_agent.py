@@ -289,7 +289,7 @@ async def test_an_account_whose_stored_summary_is_full_has_its_new_transactions_
     dead = harness.dead_letters_decoded()
     assert [record["reason"] for _, record in dead] == ["account_state_full"] * len(refused)
     assert re.fullmatch(
-        r"the account's stored summary is full \(1,\d\d\d bytes, at most 1,000 to name a new transaction\)", dead[0][1]["detail"]
+        r"the account's stored summary is full \(1,\d\d\d bytes, 1,000 at most\): no new transaction", dead[0][1]["detail"]
     )
     assert counter("cashback_dead_letters_total", stage="matcher", reason="account_state_full") == dead_before + len(refused)
 
@@ -299,6 +299,33 @@ async def test_an_account_whose_stored_summary_is_full_has_its_new_transactions_
     other = await harness.put(encode_auth(harness.codec, card_record(account_id="acct-2", event_id="evt-other")), key=b"acct-2")
     assert (again.outcome, cleared.outcome, other.outcome) == (Outcome.DUPLICATE, Outcome.CONFIRMED, Outcome.EARNED)
     assert len(harness.dead_letters.sent) == len(refused)
+
+
+async def test_a_new_event_of_a_transaction_holding_the_most_event_ids_is_dead_lettered(
+    harness: AgentHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transaction is one stored row with every event id of its life: 4,415 incremental authorisations with
+    200-character ids made it larger than Kafka takes, and the worker wrote it again forever. Past
+    ``TXN_EVENT_IDS_LIMIT`` (made small here) a new event of the transaction is dead-lettered
+    (account_state_full); its redeliveries and the account's other transactions are decided."""
+    from stream.core import memory
+
+    monkeypatch.setattr(memory, "TXN_EVENT_IDS_LIMIT", 4)
+    events = [card_record(transaction_ref="txn-1", event_id="evt-0")] + [
+        card_record("INCREMENTAL_AUTHORIZATION", 1_000, transaction_ref="txn-1", event_id=f"evt-{n}") for n in range(1, 6)
+    ]
+    outcomes = [(await harness.put(encode_auth(harness.codec, record))).outcome for record in events]
+
+    assert outcomes == [Outcome.EARNED, Outcome.ADJUSTED, Outcome.ADJUSTED, Outcome.ADJUSTED, None, None]
+    assert set(harness.state().txns["txn-1"].events) == {"evt-0", "evt-1", "evt-2", "evt-3"}
+    dead = harness.dead_letters_decoded()
+    assert [(record["reason"], record["detail"]) for _, record in dead] == [
+        ("account_state_full", "the event's transaction holds 4 event ids, the most one keeps")
+    ] * 2
+    again = await harness.put(encode_auth(harness.codec, events[1]))
+    other = await harness.put(encode_auth(harness.codec, card_record(transaction_ref="txn-2", event_id="evt-other")))
+    assert (again.outcome, other.outcome) == (Outcome.DUPLICATE, Outcome.EARNED)
+    assert len(harness.dead_letters.sent) == 2
 
 
 # --- 4. redelivery ------------------------------------------------------------------------------
