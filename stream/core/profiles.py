@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
-from stream.core.eligibility import AccountProfile
+from stream.core.eligibility import NO_PROFILE, AccountProfile
 from stream.core.events import TEXT_FIELD_LIMIT, TEXT_TOO_LONG
 
 # {"segments": [...], "activations": {offer_id: activated_at_ms}, "language": "fr" | "en" (absent or None: the
@@ -56,7 +56,7 @@ def new_profile() -> Profile:
 def to_account_profile(profile: Profile | None) -> AccountProfile:
     """The engine's view of a stored profile (activation times back to UTC datetimes)."""
     if not profile:
-        return AccountProfile()
+        return NO_PROFILE  # one shared: most accounts have none, and the worker keeps 65,536 read
     return AccountProfile(
         segments=frozenset(profile["segments"]),
         activations=MappingProxyType(
