@@ -92,9 +92,10 @@ def adds_a_name(state: AccountState | None, event: CardEvent) -> bool:
 
 
 def crowded(state: AccountState | None, event: CardEvent) -> int | None:
-    """The event ids the event's transaction holds when it holds ``TXN_EVENT_IDS_LIMIT`` and the
-    event is not one of them (None: the event may join it, or it has no transaction yet)."""
-    txn = state.txns.get(home_ref(event)) if state is not None else None
+    """The event ids a card event's transaction holds when it holds ``TXN_EVENT_IDS_LIMIT`` and the
+    event is not one of them (None: the event may join it, or it has no transaction yet). The bank's
+    instructions about a transaction (a hold's release) are never refused."""
+    txn = state.txns.get(home_ref(event)) if state is not None and event.event_type in _CARD_TYPES else None
     if txn is None or len(txn.events) < TXN_EVENT_IDS_LIMIT or event.event_id in txn.events:
         return None
     return len(txn.events)
