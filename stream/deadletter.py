@@ -57,7 +57,7 @@ class OtherReason(str, enum.Enum):
     TOO_LARGE = "too_large"  # the original bytes would not fit a dead letter: digest and size kept
     UNKNOWN_ACCOUNT = "unknown_account"  # a payout run, answer or wallet opening for an account the worker holds nothing of
     UNKNOWN_PAYOUT = "unknown_payout"  # an answer to a charity remittance the payouts table does not hold
-    ACCOUNT_STATE_FULL = "account_state_full"  # a new transaction of an account whose stored summary is full
+    ACCOUNT_STATE_FULL = "account_state_full"  # its account's state would outgrow Kafka's record (stream.account_states)
 
 
 # The most original bytes (key and value) a dead letter carries. Kafka's default message limit is

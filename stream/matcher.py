@@ -6,7 +6,7 @@ Per event, in this order:
 1. decode and validate; a bad message goes to the dead-letter topic (with its bytes, topic,
    partition, offset and reason) and processing moves on, as does an event dated further ahead of
    the worker's clock than ``EVENT_AHEAD_LIMIT_DAYS`` (its time would become its account's clock),
-   and one naming a new transaction in an account whose summary is full (``FULL_SUMMARY_BYTES``);
+   and one its account's state cannot take within Kafka's record limit (``AccountStates.refusal``);
    one read off its account's partition is sent there to be decided (``stream.misrouted``);
 2. ``decide(event, offers, state)`` for the event's account (its profile joined from
    ``stream.account_profiles``, its campaign budgets granted through ``stream.granting``);
@@ -276,7 +276,7 @@ class Matcher:
         if state is None and event.event_type in _ABOUT_AN_ACCOUNT:  # would make a state for an account never seen
             await self.send_dead_letter(OtherReason.UNKNOWN_ACCOUNT.value, "the worker holds no state for the account", source)
             return None
-        if (full := self.accounts.refusal(event.account_id, event, state)) is not None:  # its summary would outgrow Kafka
+        if (full := self.accounts.refusal(event.account_id, event, state)) is not None:  # its state would outgrow Kafka's record
             await self.send_dead_letter(OtherReason.ACCOUNT_STATE_FULL.value, full, source)
             return None
         return await self.apply(event, state, source)
