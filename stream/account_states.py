@@ -32,6 +32,7 @@ from stream.core.events import CardEvent
 from stream.core.memory import adds_a_name, crowded
 from stream.core.payouts import has_cash, place_holder
 from stream.core.state import AccountState, Recent, Txn
+from stream.core.state_memory import memory_of
 from stream.core.state_rows import (
     RecentRow,
     Summary,
@@ -47,16 +48,15 @@ from stream.core.state_rows import (
 )
 from stream.core.state_writes import split_rows, summary_of
 from stream.due_times import DueTimes, TickedAt
-from stream.metrics import STATE_CACHE_ACCOUNTS, STATE_CACHE_ITEMS_HELD, STORE_MEMORY_USED
+from stream.metrics import STATE_CACHE_ACCOUNTS, STATE_CACHE_BYTES, STORE_MEMORY_USED
 from stream.worker_app import store_memory_used
 from topics.catalogue import account_partition
 
-# How much of the accounts' whole states stays in memory between their events, counted in what they
-# hold (``weight_of``: about 1 KB of the worker's memory an item once full, measured on the
-# benchmark's long run): the least recently used states leave first, whatever their number.
-# A state not here is read from the local store (the summary, then each row it names). The
-# worker's is its setting ``WORKER_STATE_CACHE_ITEMS`` (the same default: README, Performance).
-CACHED_ITEMS = 196_608
+# How much of the accounts' whole states stays in memory between their events, in bytes as
+# ``stream.core.state_memory.memory_of`` estimates them: the least recently used states leave first,
+# whatever their number. A state not here is read from the local store (the summary, then each row it
+# names). The worker's is its setting ``WORKER_STATE_CACHE_MB`` (the same default: README, Performance).
+CACHED_BYTES = 192 * 2**20
 # The accounts whose place holder (``_let_go``) is remembered delivered, the most recently stored kept:
 # one forgotten has the holder's entries sent again once its window passes it (``leaving``), a replay.
 HELD_ACCOUNTS = 65_536
@@ -87,12 +87,12 @@ class Pending:
 class AccountStates:
     """Read, write and find due the states of the accounts of this worker's partitions."""
 
-    def __init__(self, table: ChangelogTable, partitions: int, cached: int = CACHED_ITEMS) -> None:
+    def __init__(self, table: ChangelogTable, partitions: int, cached: int = CACHED_BYTES) -> None:
         self.table = table
         self.partitions = partitions
-        self.cached = cached  # the most items (``weight_of``) the states kept in memory hold together
-        self.cached_items = 0
-        self._weights: dict[str, int] = {}  # account -> what its state in ``_whole`` counts (``weight_of``)
+        self.cached = cached  # the most bytes (``memory_of``) the states kept in memory take together
+        self.cached_bytes = 0
+        self._sizes: dict[str, int] = {}  # account -> what its state in ``_whole`` takes (``memory_of``)
         # account -> its state, whether stored in rows, the rows its summary carried when read
         # (to write again), and the slots of its recent events
         self._whole: OrderedDict[str, tuple[AccountState, bool, frozenset[str], dict[str, int]]] = OrderedDict()
@@ -110,7 +110,7 @@ class AccountStates:
     def observe_memory(self) -> None:
         """Show where the states' memory goes (README, Metrics): what the states kept whole hold, their
         accounts, and the local stores' shared block cache (once a RocksDB store is open)."""
-        STATE_CACHE_ITEMS_HELD.set(self.cached_items)
+        STATE_CACHE_BYTES.set(self.cached_bytes)
         STATE_CACHE_ACCOUNTS.set(len(self._whole))
         store = store_memory_used()
         if store is not None:
@@ -242,10 +242,10 @@ class AccountStates:
         state.recent = {event_id: recent for event_id, recent in state.recent.items() if event_id not in gone}
         for event_id in gone:
             pending.slots.pop(event_id, None)
-        weight = self._weights.get(account_id)
-        if weight is not None and self._whole[account_id][0] is state:
-            self._weights[account_id] = weight_of(state)
-            self.cached_items += self._weights[account_id] - weight
+        size = self._sizes.get(account_id)
+        if size is not None and self._whole[account_id][0] is state:
+            self._sizes[account_id] = memory_of(state)
+            self.cached_bytes += self._sizes[account_id] - size
 
     def drop_pending(self) -> None:
         """The batch's writes were dropped: forget the pending accounts (read again from the store)."""
@@ -379,22 +379,13 @@ class AccountStates:
     ) -> None:
         self._drop(account_id)
         self._whole[account_id] = (state, stored_in_rows, rewrite, slots)
-        weight = self._weights[account_id] = weight_of(state)
-        self.cached_items += weight
-        while self.cached_items > self.cached and len(self._whole) > 1:
+        self._sizes[account_id] = memory_of(state)
+        self.cached_bytes += self._sizes[account_id]
+        while self.cached_bytes > self.cached and len(self._whole) > 1:
             self._drop(next(iter(self._whole)))
 
     def _drop(self, account_id: str) -> tuple[AccountState, bool, frozenset[str], dict[str, int]] | None:
         held = self._whole.pop(account_id, None)
         if held is not None:
-            self.cached_items -= self._weights.pop(account_id)
+            self.cached_bytes -= self._sizes.pop(account_id)
         return held
-
-
-def weight_of(state: AccountState) -> int:
-    """What a state kept in memory counts against ``CACHED_ITEMS``: itself, each transaction, each
-    loose event id, each recent event and each entry a recent event keeps for a redelivery. An
-    entry (its explanation, texts and numbers) takes about as much memory as a transaction: an
-    account's recent events fill with entries as it ages, so counting them keeps the bound in bytes
-    the same for young and old accounts (README, Performance)."""
-    return 1 + len(state.txns) + len(state.loose) + sum(1 + len(recent.entries) for recent in state.recent.values())

@@ -1,7 +1,7 @@
 """Handing the memory a process freed back to the system: glibc's ``malloc_trim``, and large
 blocks mapped apart (``mallopt(M_MMAP_THRESHOLD)``).
 
-The worker's caches are bounded (the account states, ``WORKER_STATE_CACHE_ITEMS``; the profiles;
+The worker's caches are bounded (the account states, ``WORKER_STATE_CACHE_MB``; the profiles;
 the local stores' shared budget), but once full they churn: states leave, others are read back from
 the store, fetched batches and encoded rows come and go. glibc hands freed memory back to the system
 by itself only from the top of its heaps, so pages freed anywhere below stay in the process's RSS

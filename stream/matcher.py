@@ -139,7 +139,7 @@ class Matcher:
         )
         self.app.tables.add(self.states)
         # The states as the engine takes them: a summary and rows per account in that table.
-        self.accounts = AccountStates(self.states, self.topics.authorizations.partitions, settings.worker_state_cache_items)
+        self.accounts = AccountStates(self.states, self.topics.authorizations.partitions, settings.worker_state_cache_mb * 2**20)
         card_partitions = self.topics.authorizations.name
         self.inputs = InputPartitions(
             self.app,

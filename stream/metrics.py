@@ -68,13 +68,12 @@ WORKER_IN_GROUP = Gauge(
     "cashback_worker_in_group", "1 while this worker's consumer is a member of its consumer group, 0 while it is out of it."
 )
 # Where a worker's memory goes, beside process_resident_memory_bytes: the account states it keeps whole
-# in memory (bounded by the setting WORKER_STATE_CACHE_ITEMS, counted as stream.account_states.weight_of counts) and
-# its local stores' shared block cache, their memtables charged to it (STORE_MEMORY_BYTES: a budget,
-# not a strict limit).
-STATE_CACHE_ITEMS_HELD = Gauge(
-    "cashback_worker_state_cache_items",
-    "What the account states kept whole in memory hold (each transaction, recent event, entry kept for a "
-    "redelivery and loose event id counts one item; at most WORKER_STATE_CACHE_ITEMS).",
+# in memory (bounded by the setting WORKER_STATE_CACHE_MB, as stream.core.state_memory.memory_of estimates
+# them) and its local stores' shared block cache, their memtables charged to it (STORE_MEMORY_BYTES: a
+# budget, not a strict limit).
+STATE_CACHE_BYTES = Gauge(
+    "cashback_worker_state_cache_bytes",
+    "The memory the account states kept whole take, as estimated part by part (at most WORKER_STATE_CACHE_MB).",
 )
 STATE_CACHE_ACCOUNTS = Gauge("cashback_worker_state_cache_accounts", "Accounts whose state this worker keeps whole in memory.")
 STORE_MEMORY_USED = Gauge(

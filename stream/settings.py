@@ -26,6 +26,11 @@ class ConfigError(Exception):
     """A setting is missing or invalid; the message names the environment variable."""
 
 
+# Variables an earlier version read, and what replaced them: one still set stops the process at start
+# rather than be ignored (a bound an operator chose would silently no longer hold).
+_REPLACED = {"WORKER_STATE_CACHE_ITEMS": "WORKER_STATE_CACHE_MB, the states' memory in MiB (README, Performance)"}
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=False)
 
@@ -98,13 +103,13 @@ class Settings(BaseSettings):
         "(`ahead_of_clock`), for its time would move its account's clock. A whole number below TRANSACTION_HORIZON_DAYS; "
         "unset: half of it (90); off: no limit, for a synthetic timeline run ahead of the wall clock.",
     )
-    worker_state_cache_items: int = Field(
-        196_608,
+    worker_state_cache_mb: int = Field(
+        192,
         ge=1,
-        le=10_000_000,
-        description="Account states the worker keeps whole in memory, counted in what they hold: each transaction, "
-        "recent event, entry kept for a redelivery and loose event id counts one item (the worker's memory came to about "
-        "1 KB an item once full: README, Performance); the least recently used are read again from the local store.",
+        le=1_048_576,
+        description="MiB of account states the worker keeps whole in memory, as estimated from what each holds (its "
+        "transactions and their event ids, recent events and their entries: README, Performance); the least recently "
+        "used are read again from the local store. Replaces WORKER_STATE_CACHE_ITEMS, a count of what they held.",
     )
     abuse_rules_file: str | None = Field(
         None,
@@ -283,6 +288,8 @@ class Settings(BaseSettings):
         """Build from ``environ`` (default: the process environment); ConfigError names the variable."""
         if environ is None:
             environ = os.environ
+        for name in {key.upper() for key in environ} & _REPLACED.keys():
+            raise ConfigError(f"invalid configuration: {name}: no longer read; set {_REPLACED[name]}")
         try:
             known = {name.upper() for name in cls.model_fields}
             values: dict[str, Any] = {k.lower(): v for k, v in environ.items() if k.upper() in known}

@@ -81,8 +81,8 @@ class Results:
     rss_at_quarter_bytes: int = 0
     rss_at_end_bytes: int = 0
     rss_at_eighths_bytes: list[int] = field(default_factory=list)  # after 1/8, 2/8, ... 8/8 of the long run
-    # the worker's own gauges at those points: its state cache (items, accounts) and its stores' block cache
-    state_cache_items_at_eighths: list[int] = field(default_factory=list)
+    # the worker's own gauges at those points: its state cache (estimated bytes, accounts) and its stores' block cache
+    state_cache_bytes_at_eighths: list[int] = field(default_factory=list)
     state_cache_accounts_at_eighths: list[int] = field(default_factory=list)
     store_memory_at_eighths_bytes: list[int] = field(default_factory=list)
     long_worker_events_per_s: float = 0.0
@@ -156,7 +156,7 @@ class Results:
              f"growth {self.rss_growth:.2f} over {self.long_events:,} events ({self.long_worker_events_per_s:,.0f} events/s)"),
             ("worker RSS at each 1/8", " ".join(f"{rss / mib:,.0f}" for rss in self.rss_at_eighths_bytes) + " MiB",
              "whether it levels off (the bounded caches full) or keeps growing"),
-            ("  state cache at each 1/8", " ".join(f"{items / 1000:,.0f}k" for items in self.state_cache_items_at_eighths) + " items",
+            ("  state cache at each 1/8", " ".join(f"{held / mib:,.0f}" for held in self.state_cache_bytes_at_eighths) + " MiB",
              "accounts: " + " ".join(f"{accounts:,}" for accounts in self.state_cache_accounts_at_eighths)),
             ("  local stores at each 1/8", " ".join(f"{store / mib:,.0f}" for store in self.store_memory_at_eighths_bytes) + " MiB",
              "the shared block cache in use, memtables included (a budget of 64)"),

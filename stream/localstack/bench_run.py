@@ -258,8 +258,8 @@ class Bench:
                 rss.setdefault("end", now)
             while len(eighths) < 8 and counted >= plan.long_events * (len(eighths) + 1) // 8:
                 eighths.append(now)
-                items, accounts, store = memory_parts(port)  # what the worker says holds it
-                results.state_cache_items_at_eighths.append(items)
+                held, accounts, store = memory_parts(port)  # what the worker says holds it
+                results.state_cache_bytes_at_eighths.append(held)
                 results.state_cache_accounts_at_eighths.append(accounts)
                 results.store_memory_at_eighths_bytes.append(store)
 

@@ -72,15 +72,16 @@ def card_events_decided(port: int) -> float:
     return sum(value for _, labels, value in samples(port, _DECIDED) if labels.get("event_type") in CARD_EVENT_TYPES)
 
 
-_MEMORY = ("cashback_worker_state_cache_items", "cashback_worker_state_cache_accounts", "cashback_worker_store_memory_bytes")
+_MEMORY = ("cashback_worker_state_cache_bytes", "cashback_worker_state_cache_accounts", "cashback_worker_store_memory_bytes")
 
 
 def memory_parts(port: int) -> tuple[int, int, int]:
-    """Where the worker says its memory goes (its gauges, set every few seconds): the items its state
-    cache holds, their accounts, and its local stores' shared block cache in bytes (0: not shown yet)."""
+    """Where the worker says its memory goes (its gauges, set every few seconds): the bytes its state
+    cache holds (estimated), their accounts, and its local stores' shared block cache in bytes (0: not
+    shown yet)."""
     found = {name: value for name, _, value in samples(port, frozenset(_MEMORY))}
-    items, accounts, store = (int(found.get(name, 0)) for name in _MEMORY)
-    return items, accounts, store
+    held, accounts, store = (int(found.get(name, 0)) for name in _MEMORY)
+    return held, accounts, store
 
 
 def sink_counts(port: int) -> tuple[float, float]:

@@ -310,12 +310,12 @@ RELIABILITY = Dashboard(
                 ),
                 Panel(
                     "Worker state cache",
-                    "What the account states each worker keeps whole in memory hold (items, at most "
-                    "WORKER_STATE_CACHE_ITEMS), and their accounts. Full, the least recently used states are read "
-                    "back from the local store.",
+                    "The memory the account states each worker keeps whole take, as estimated from what they hold "
+                    "(at most WORKER_STATE_CACHE_MB), and their accounts. Full, the least recently used states are "
+                    "read back from the local store.",
                     "short",
                     (
-                        Query(f"cashback_worker_state_cache_items{{{WORKER}}}", "items {{instance}}"),
+                        Query(f"cashback_worker_state_cache_bytes{{{WORKER}}} / 1048576", "MiB {{instance}}"),
                         Query(f"cashback_worker_state_cache_accounts{{{WORKER}}}", "accounts {{instance}}"),
                     ),
                 ),

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from schemas.codec import Codec, DecodeError
-from stream.account_states import CACHED_ITEMS
+from stream.account_states import CACHED_BYTES
 from stream.backtest import Replay
 from stream.composition import REPO_ROOT
 from stream.core.offers import OfferBook
@@ -78,9 +78,9 @@ def test_the_quick_benchmark_measures_every_figure_on_a_correct_ledger(tmp_path:
     eighths = results["rss_at_eighths_bytes"]  # a poll may see several eighths at once: then equal values
     assert len(eighths) == 8 and all(rss > 0 for rss in eighths) and eighths[-1] == results["rss_at_end_bytes"], eighths
     # beside each, what the worker's own gauges said holds its memory (set every few seconds: 0 before the first)
-    items, stores = results["state_cache_items_at_eighths"], results["store_memory_at_eighths_bytes"]
-    assert len(items) == len(stores) == len(results["state_cache_accounts_at_eighths"]) == 8, results
-    assert 0 < items[-1] <= CACHED_ITEMS and 0 < stores[-1] <= 1.5 * STORE_MEMORY_BYTES, results
+    held, stores = results["state_cache_bytes_at_eighths"], results["store_memory_at_eighths_bytes"]
+    assert len(held) == len(stores) == len(results["state_cache_accounts_at_eighths"]) == 8, results
+    assert 0 < held[-1] <= CACHED_BYTES and 0 < stores[-1] <= 1.5 * STORE_MEMORY_BYTES, results
 
     # The rows are the seed's: the pure engine on the same log, drained in the bench's phases (its
     # authorisations, then its settlements), writes exactly as many. The fetcher's order across the

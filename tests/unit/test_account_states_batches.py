@@ -11,15 +11,16 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stream.account_states import AccountStates, weight_of
+from stream.account_states import AccountStates
 from stream.changelog_table import DELETED
 from stream.core.events import CardEvent
 from stream.core.memory import RECENT_EVENTS_LIMIT
 from stream.core.payouts import place_holder
 from stream.core.rules import decide
 from stream.core.state import AccountState
+from stream.core.state_memory import memory_of
 from stream.core.state_rows import assemble, decode_summary, is_summary_key
-from stream.metrics import STATE_CACHE_ACCOUNTS, STATE_CACHE_ITEMS_HELD
+from stream.metrics import STATE_CACHE_ACCOUNTS, STATE_CACHE_BYTES
 from tests.unit.test_rules_properties import OFFER_BOOKS, OFFER_NAMES, PROFILE, SEEDED, event_sequences, fillers
 
 ACCOUNT = "acct-1"
@@ -96,7 +97,7 @@ def test_any_cut_of_a_batch_reads_back_as_before_or_after_it(
             assert set(expected.recent) == set(recent) - (known - {place_holder(recent)})
             held = {place_holder(recent)} & known  # let go at a later hand-over once another holds the place
             assert place_holder(expected.recent) == place_holder(recent)  # a wallet opening's place stays
-            assert accounts.cached_items == sum(weight_of(held[0]) for held in accounts._whole.values())
+            assert accounts.cached_bytes == sum(memory_of(held[0]) for held in accounts._whole.values())
         staged = list(table.staged)
         assert handed == ([ACCOUNT] if staged else [])
         if not staged:
@@ -149,9 +150,9 @@ def test_a_dropped_batch_forgets_its_accounts() -> None:
     assert accounts.pending == {} and accounts.get(ACCOUNT) is None
 
 
-def test_the_states_kept_in_memory_are_bounded_by_what_they_hold_not_by_their_number() -> None:
+def test_the_states_kept_in_memory_are_bounded_by_the_memory_they_take_not_by_their_number() -> None:
     """A few large states take the room of many small ones: the least recently used leave first,
-    and the count of what is kept follows every way a state leaves (forgotten, erased, replaced)."""
+    and the bytes counted follow every way a state leaves (forgotten, erased, replaced)."""
     table = StagedTable()
     offers = OFFER_BOOKS["grocery-5"]
     small = decide(fillers(1, start=0)[0], offers, None, PROFILE).state
@@ -159,29 +160,29 @@ def test_the_states_kept_in_memory_are_bounded_by_what_they_hold_not_by_their_nu
     for event in fillers(12, start=100):
         large = decide(event, offers, large, PROFILE).state
     assert large is not None
-    weight, small_weight = weight_of(large), weight_of(small)
-    assert weight == 1 + len(large.txns) + len(large.loose) + sum(1 + len(r.entries) for r in large.recent.values())
+    size, small_size = memory_of(large), memory_of(small)
     assert sum(len(r.entries) for r in large.recent.values()) > 0, "the entries a redelivery re-emits count too"
-    accounts = AccountStates(table, partitions=4, cached=2 * weight)  # type: ignore[arg-type]
-    for n in range(2 * weight // small_weight):
+    assert size > 5 * small_size
+    accounts = AccountStates(table, partitions=4, cached=2 * size)  # type: ignore[arg-type]
+    for n in range(2 * size // small_size):
         accounts._keep(f"small-{n}", small, True, frozenset(), {})
-    assert accounts.cached_items <= 2 * weight
+    assert accounts.cached_bytes <= 2 * size
     accounts._keep("large-1", large, True, frozenset(), {})
     accounts._keep("large-2", large, True, frozenset(), {})
     assert list(accounts._whole) == ["large-1", "large-2"], "the small ones, used least recently, left"
-    assert accounts.cached_items == 2 * weight
+    assert accounts.cached_bytes == 2 * size
     accounts.get("large-1")  # used: now the most recent
     accounts._keep("small-x", small, True, frozenset(), {})
     assert list(accounts._whole) == ["large-1", "small-x"]
     accounts._keep("small-x", large, True, frozenset(), {})  # replaced by a larger state
-    assert accounts.cached_items == 2 * weight
+    assert accounts.cached_bytes == 2 * size
     accounts.observe_memory()  # what operators see of it (README, Metrics)
-    assert STATE_CACHE_ITEMS_HELD._value.get() == 2 * weight and STATE_CACHE_ACCOUNTS._value.get() == 2
+    assert STATE_CACHE_BYTES._value.get() == 2 * size and STATE_CACHE_ACCOUNTS._value.get() == 2
     accounts.forget_accounts(["large-1"])
     accounts.erase("small-x", PARTITION)
-    assert accounts.cached_items == 0 and not accounts._whole
+    assert accounts.cached_bytes == 0 and not accounts._whole
     accounts.observe_memory()
-    assert STATE_CACHE_ITEMS_HELD._value.get() == STATE_CACHE_ACCOUNTS._value.get() == 0
+    assert STATE_CACHE_BYTES._value.get() == STATE_CACHE_ACCOUNTS._value.get() == 0
 
 
 def test_an_account_whose_stored_summary_is_full_is_known_full_when_read_back_and_no_longer_once_it_shrinks(

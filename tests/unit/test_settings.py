@@ -46,7 +46,7 @@ def test_defaults() -> None:
         "budget_read_max_age_s": 1.0,
         "transaction_horizon_days": 180,
         "event_ahead_limit_days": None,
-        "worker_state_cache_items": 196_608,
+        "worker_state_cache_mb": 192,
         "abuse_rules_file": None,
         "abuse_scan_interval_s": 300.0,
         "reconcile_interval_s": 30.0,
@@ -170,6 +170,16 @@ def test_every_bad_variable_is_named() -> None:
     with pytest.raises(ConfigError) as caught:
         Settings.from_env({"TOPIC_PARTITIONS": "abc", "API_PORT": "-1"})
     assert "TOPIC_PARTITIONS" in str(caught.value) and "API_PORT" in str(caught.value)
+
+
+@pytest.mark.parametrize("variable", ["WORKER_STATE_CACHE_ITEMS", "worker_state_cache_items"])
+def test_a_replaced_variable_still_set_stops_the_process_naming_its_successor(variable: str) -> None:
+    """The states' cache was bounded by a count (WORKER_STATE_CACHE_ITEMS), now by its memory in MiB: a
+    deployment still setting the count is told so at start, its bound not silently dropped."""
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({variable: "196608"})
+    assert "WORKER_STATE_CACHE_ITEMS" in str(caught.value) and "WORKER_STATE_CACHE_MB" in str(caught.value)
+    assert Settings.from_env({"WORKER_STATE_CACHE_MB": "64"}).worker_state_cache_mb == 64
 
 
 def test_settings_are_frozen() -> None:
