@@ -108,7 +108,7 @@ class AccountStates:
         self._full: dict[str, int] = {}  # account -> its stored summary's bytes, at FULL_SUMMARY_BYTES or more
 
     def observe_memory(self) -> None:
-        """Show where the states' memory goes (README, Metrics): what the states kept whole hold, their
+        """Show where the states' memory goes (README, Metrics): what the states kept whole take, their
         accounts, and the local stores' shared block cache (once a RocksDB store is open)."""
         STATE_CACHE_BYTES.set(self.cached_bytes)
         STATE_CACHE_ACCOUNTS.set(len(self._whole))
