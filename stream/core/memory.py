@@ -25,7 +25,7 @@ from stream.core.entries import Entry
 from stream.core.events import CardEvent, EventType
 from stream.core.lifecycle import earliest_due_ms
 from stream.core.state import AccountState, Loose, Recent, Txn
-from stream.core.working_copy import AccountStep
+from stream.core.working_copy import FOLLOW_UPS, AccountStep, purchase_ref
 
 # How many recent events an account keeps with the entries they produced. A redelivery of one of
 # them re-emits the same entries (same ids, a no-op downstream), so a worker stopped after storing
@@ -44,11 +44,10 @@ LOOSE_IDS_LIMIT = 1024
 # purchase has a few events, a long hotel stay a few dozen.
 TXN_EVENT_IDS_LIMIT = 256
 
-_FOLLOW_UPS = frozenset({EventType.REFUND, EventType.CHARGEBACK, EventType.CHARGEBACK_REVERSAL})
 # What the card processors send (the other types are the bank's instructions and time passing).
 _CARD_TYPES = frozenset(
     {
-        *_FOLLOW_UPS,
+        *FOLLOW_UPS,
         EventType.AUTHORIZATION,
         EventType.INCREMENTAL_AUTHORIZATION,
         EventType.AUTHORIZATION_REVERSAL,
@@ -56,13 +55,6 @@ _CARD_TYPES = frozenset(
         EventType.CLEARING,
     }
 )
-
-
-def home_ref(event: CardEvent) -> str:
-    """The transaction an event belongs to: a refund or a chargeback belongs to its purchase."""
-    if event.event_type in _FOLLOW_UPS:
-        return event.original_transaction_ref or event.transaction_ref
-    return event.transaction_ref
 
 
 def known(state: AccountState, event: CardEvent) -> tuple[str | None, tuple[Entry, ...]]:
@@ -76,7 +68,7 @@ def known(state: AccountState, event: CardEvent) -> tuple[str | None, tuple[Entr
     loose = state.loose.get(event.event_id)
     if loose is not None:
         return loose.fingerprint, ()
-    home = state.txns.get(home_ref(event))
+    home = state.txns.get(purchase_ref(event))
     if home is not None and event.event_id in home.events:
         return home.events[event.event_id], ()
     return index_of(state).fingerprint(event.event_id), ()
@@ -86,7 +78,7 @@ def adds_a_name(state: AccountState | None, event: CardEvent) -> bool:
     """Whether deciding a card event would have its account keep one more name in its summary
     (``stream.core.state_rows``): a transaction it does not hold yet, or the id of an event with no
     transaction (``loose``). A redelivery adds none."""
-    if state is None or event.event_type not in _CARD_TYPES or home_ref(event) in state.txns:
+    if state is None or event.event_type not in _CARD_TYPES or purchase_ref(event) in state.txns:
         return False
     return known(state, event)[0] is None
 
@@ -95,7 +87,7 @@ def crowded(state: AccountState | None, event: CardEvent) -> int | None:
     """The event ids a card event's transaction holds when it holds ``TXN_EVENT_IDS_LIMIT`` and the
     event is not one of them (None: the event may join it, or it has no transaction yet). The bank's
     instructions about a transaction (a hold's release) are never refused."""
-    txn = state.txns.get(home_ref(event)) if state is not None and event.event_type in _CARD_TYPES else None
+    txn = state.txns.get(purchase_ref(event)) if state is not None and event.event_type in _CARD_TYPES else None
     if txn is None or len(txn.events) < TXN_EVENT_IDS_LIMIT or event.event_id in txn.events:
         return None
     return len(txn.events)
@@ -110,7 +102,7 @@ def remember(
     derived from the state's (``stream.core.account_index.derive``), changed to describe the new
     transactions."""
     event = step.event
-    ref = home_ref(event)
+    ref = purchase_ref(event)
     loose = {k: v for k, v in state.loose.items() if v.occurred_ms >= forget_before_ms} if state.loose else {}
     home = None
     if ref in step.txns:

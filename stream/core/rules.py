@@ -112,14 +112,14 @@ from stream.core.events import CardEvent, EventType
 from stream.core.expiry import on_available_expiry, on_expiry_notice
 from stream.core.holds import on_forfeit_hold, on_hold_merchant, on_release_hold, remembered
 from stream.core.lifecycle import DAY_MS, with_lots
-from stream.core.memory import TRANSACTION_HORIZON_DAYS, home_ref, known, remember
+from stream.core.memory import TRANSACTION_HORIZON_DAYS, known, remember
 from stream.core.notices import Notice
 from stream.core.offers import OfferBook
 from stream.core.outcomes import Outcome
 from stream.core.payouts import on_open_wallet, on_payout_result, on_payout_run, paid_again
 from stream.core.redemptions import on_redeem
 from stream.core.state import AccountState
-from stream.core.working_copy import AccountStep
+from stream.core.working_copy import AccountStep, purchase_ref
 
 __all__ = ["AccountProfile", "Decision", "Outcome", "decide", "new_state"]
 
@@ -181,7 +181,7 @@ def decide(
     step = AccountStep(event, state, offers, profile or NO_PROFILE, budget_remaining or _NO_DELTAS, abuse or DEFAULT_RULES)
     clock_ms = max(state.clock_ms or 0, step.at_ms)
     forget_before_ms = clock_ms - horizon_days * DAY_MS
-    if home_ref(event) not in state.txns and step.at_ms < forget_before_ms and event.event_type not in _LOT_EVENTS:
+    if purchase_ref(event) not in state.txns and step.at_ms < forget_before_ms and event.event_type not in _LOT_EVENTS:
         # Numbered apart: the event may be a redelivery whose first entries the ledger holds.
         outcome = step.not_earned(
             Outcome.BEYOND_HORIZON,

@@ -359,16 +359,16 @@ def limits_key(share: Share) -> str:
 
 # A reach at or past the budget's whole amount: no view of what is left covers it (Decision.budget_reach).
 BEYOND_ANY_VIEW = 1 << 63
-_FOLLOW_UPS = frozenset({EventType.REFUND, EventType.CHARGEBACK, EventType.CHARGEBACK_REVERSAL})
+FOLLOW_UPS = frozenset({EventType.REFUND, EventType.CHARGEBACK, EventType.CHARGEBACK_REVERSAL})  # about an earlier purchase
 _CHARITY = RewardKind.CHARITY.value
 _SPENDABLE = "AVAILABLE"  # the book the wallet is
 _AVAILABLE_EXPIRED = "AVAILABLE_EXPIRED"  # stream.core.expiry's entry kind (not imported: it imports this module)
 
 
 def purchase_ref(event: CardEvent) -> str:
-    """The purchase an event is about (``Entry.purchase_ref``): a refund's or a chargeback's
-    original transaction, else the event's own (the rule of ``stream.core.memory.home_ref``)."""
-    if event.event_type in _FOLLOW_UPS:
+    """The purchase an event is about (``Entry.purchase_ref``), the transaction its id is kept with
+    (``stream.core.memory``): a refund's or a chargeback's original transaction, else the event's own."""
+    if event.event_type in FOLLOW_UPS:
         return event.original_transaction_ref or event.transaction_ref
     return event.transaction_ref
 
