@@ -155,7 +155,11 @@ class AccountStates:
         for key in deletes:
             pending.rows.pop(key, None)
             pending.deletes.add(key)
-        self._keep(account_id, after, True, frozenset(), slots)
+        if account_id in self._sizes:  # kept in memory: its size is estimated again at the hand-over, not per event
+            self._whole[account_id] = (after, True, frozenset(), slots)
+            self._whole.move_to_end(account_id)
+        else:
+            self._keep(account_id, after, True, frozenset(), slots)
         cash = self._cash.get(account_partition(account_id, self.partitions))
         if cash is not None:
             if has_cash(after.wallet):
@@ -190,6 +194,9 @@ class AccountStates:
             if (held := self._held.pop(account_id, None)) is not None:
                 known.add(held)
             self._let_go(account_id, pending, known)
+            if (size := self._sizes.get(account_id)) is not None:  # kept in memory: its size, once per batch
+                self._sizes[account_id] = memory_of(self._whole[account_id][0])
+                self.cached_bytes += self._sizes[account_id] - size
             recent = pending.state.recent
             self.leaving += [
                 (account_id, was.entries)
@@ -204,6 +211,7 @@ class AccountStates:
             for key in pending.deletes:
                 table.stage(key, DELETED, pending.partition)
         self.pending.clear()
+        self._evict()
         return accounts
 
     def refusal(self, account_id: str, event: CardEvent, state: AccountState | None) -> str | None:
@@ -242,10 +250,6 @@ class AccountStates:
         state.recent = {event_id: recent for event_id, recent in state.recent.items() if event_id not in gone}
         for event_id in gone:
             pending.slots.pop(event_id, None)
-        size = self._sizes.get(account_id)
-        if size is not None and self._whole[account_id][0] is state:
-            self._sizes[account_id] = memory_of(state)
-            self.cached_bytes += self._sizes[account_id] - size
 
     def drop_pending(self) -> None:
         """The batch's writes were dropped: forget the pending accounts (read again from the store)."""
@@ -381,6 +385,9 @@ class AccountStates:
         self._whole[account_id] = (state, stored_in_rows, rewrite, slots)
         self._sizes[account_id] = memory_of(state)
         self.cached_bytes += self._sizes[account_id]
+        self._evict()
+
+    def _evict(self) -> None:
         while self.cached_bytes > self.cached and len(self._whole) > 1:
             self._drop(next(iter(self._whole)))
 

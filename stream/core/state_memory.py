@@ -34,7 +34,7 @@ PAYOUT_BYTES = 460  # an open or recently answered payout
 
 def memory_of(state: AccountState) -> int:
     """The bytes ``state`` takes in memory, read back and kept whole, estimated part by part. It reads
-    every transaction's event ids and shares: O(transactions), at each event of the account (README)."""
+    every transaction's event ids and shares: O(transactions), once per batch of the account's events."""
     txns = state.txns.values()
     recent = state.recent.values()
     return (
