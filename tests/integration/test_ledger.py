@@ -105,6 +105,37 @@ def test_sql_balances_equal_the_engine_and_a_replay_changes_nothing(database: st
     asyncio.run(scenario())
 
 
+async def _temp_files(connection: asyncpg.Connection) -> int:
+    """The temporary files Postgres has written for the connection's database, this connection's own counted."""
+    await connection.execute("SELECT pg_stat_force_next_flush()")
+    return int(await connection.fetchval("SELECT temp_files FROM pg_stat_database WHERE datname = current_database()"))
+
+
+def test_a_sink_sized_batch_hands_its_triggers_the_inserted_rows_in_memory(postgres_url: str) -> None:
+    """The ledger's statement triggers read the rows a COPY inserted from a transition table; at Postgres's default
+    work_mem a batch of the sink's default size spilled it to a temporary file, read back by each trigger."""
+    rows = rows_of(simulated_entries(purchases=4000, seed=5))
+    assert len(rows) >= Settings.from_env({}).sink_batch_size
+
+    async def write(url: str, work_mem: str | None) -> tuple[int, int]:
+        connection = await _connect_migrated(url)
+        try:
+            await connection.execute(journal._SET_UP)
+            journal._PREPARED.add(connection)
+            if work_mem is not None:
+                await connection.execute(f"SET work_mem = '{work_mem}'")
+            before = await _temp_files(connection)
+            result = await write_batch(connection, rows)
+            return result.written, await _temp_files(connection) - before
+        finally:
+            await connection.close()
+
+    written, spilled = asyncio.run(write(fresh_database(postgres_url), None))
+    assert written > 9_000 and spilled == 0
+    written_at_default, spilled_at_default = asyncio.run(write(fresh_database(postgres_url), "4MB"))
+    assert written_at_default == written and spilled_at_default > 0  # what the setting spares
+
+
 def test_same_entry_id_with_other_content_is_a_conflict_not_a_credit(database: str) -> None:
     entry = next(e for e in simulated_entries(purchases=20, seed=5) if e["entry_kind"] == "PENDING_CREATED")
     tampered = dict(entry, amount_minor=entry["amount_minor"] + 1_000)
