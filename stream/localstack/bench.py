@@ -18,7 +18,8 @@ In order, on a log of the simulator's lifecycle mix (``stream.localstack.bench_s
    their windows;
 3. **sink**: ``stream sink`` then drains the accruals the worker produced; new ledger entries/s by
    its own ``cashback_sink_entries_total{result="written"}``;
-4. **COPY**: asyncpg's ``copy_records_to_table`` of those ledger rows into a scratch ledger, rows/s;
+4. **COPY**: asyncpg's ``copy_records_to_table`` of the rows the sink wrote into scratch tables, rows/s:
+   the median of three passes (``bench_baselines.COPY_PASSES``), each pass's rate in ``results.json``;
 5. **latency**: with both caught up, more of the log published at 1,000 events/s; per event, the
    sink's commit of its first row minus the message's broker timestamp, p99, and the part of it up
    to the worker's send of its first accrual (``stream.localstack.bench_latency``);

@@ -63,7 +63,8 @@ class Results:
     ledger_rows: int = 0
     not_earned_rows: int = 0
     item_rows: int = 0
-    copy_rows_per_s: float = 0.0
+    copy_rows_per_s: float = 0.0  # the median of the COPY passes (stream.localstack.bench_baselines.copy_baseline)
+    copy_passes_rows_per_s: list[float] = field(default_factory=list)  # each pass, in the order they ran
     two_workers_events_per_s: float = 0.0
     # latency at the paced rate
     p50_ms_at_1k: float = 0.0
@@ -145,7 +146,8 @@ class Results:
             ("sink", f"{self.sink_rows_per_s:,.0f} rows/s",
              f"{self.sink_entries_per_s:,.0f} ledger entries/s; {self.sink_records_per_s:,.0f} accrual records/s (re-sent ones too)"),
             ("asyncpg COPY", f"{self.copy_rows_per_s:,.0f} rows/s",
-             f"the same {self.copied_rows:,} rows: {self.ledger_rows:,} entries, {self.not_earned_rows:,} not earned, {self.item_rows:,} items"),
+             f"the same {self.copied_rows:,} rows: {self.ledger_rows:,} entries, {self.not_earned_rows:,} not earned, {self.item_rows:,} items; "
+             "median of " + " / ".join(f"{rate:,.0f}" for rate in self.copy_passes_rows_per_s)),
             ("  sink/copy", f"{self.sink_over_copy:.3f}", "target >= 0.5"),
             ("latency p50 / p99 / max", f"{self.p50_ms_at_1k:,.0f} / {self.p99_ms_at_1k:,.0f} / {self.max_ms_at_1k:,.0f} ms",
              f"{self.latency_events:,} events at {self.published_per_s:,.0f}/s ({self.latency_events_without_row:,} without a row), "

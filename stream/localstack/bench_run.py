@@ -181,14 +181,18 @@ class Bench:
         self.say(f"sink: {results.sink_entries_per_s:,.0f} ledger entries/s over {sinking.seconds:.1f}s")
         self._wait_drained(topics, with_sink=True, check=check)
 
-        copied, per_table = asyncio.run(copy_baseline(self.database_url))
+        copied, per_table, results.copy_passes_rows_per_s = asyncio.run(copy_baseline(self.database_url))
         results.copied_rows, results.copy_rows_per_s = int(copied.counted), copied.rate
         results.ledger_rows = per_table["ledger_entries"]
         results.not_earned_rows = per_table["purchases_not_earned"]
         results.item_rows = per_table["reconciliation_items"]
         # every row the sink wrote, over its window: the rows COPY wrote again
         results.sink_rows_per_s = copied.counted / sinking.seconds if sinking.seconds else 0.0
-        self.say(f"COPY of the sink's {results.copied_rows:,} rows ({results.ledger_rows:,} ledger): {copied.seconds:.2f}s")
+        passes = " / ".join(f"{rate:,.0f}" for rate in results.copy_passes_rows_per_s)
+        self.say(
+            f"COPY of the sink's {results.copied_rows:,} rows ({results.ledger_rows:,} ledger): {copied.seconds:.2f}s, "
+            f"the median of {passes} rows/s"
+        )
 
         self.say(f"publishing {len(log.later):,} more card events at {PACED_RATE:,.0f}/s")
         marks = asyncio.run(table_marks(self.database_url))

@@ -21,6 +21,7 @@ from stream.backtest import Replay
 from stream.composition import REPO_ROOT
 from stream.core.offers import OfferBook
 from stream.localstack.bench import Plan, plan_of
+from stream.localstack.bench_baselines import COPY_PASSES
 from stream.localstack.bench_streams import PHASES, bench_log, in_phases
 from stream.localstack.chaos_log import Message, chaos_offers
 from stream.simulate.messages import Outgoing
@@ -74,6 +75,8 @@ def test_the_quick_benchmark_measures_every_figure_on_a_correct_ledger(tmp_path:
     assert results["not_earned_rows"] > 0, "the lifecycle mix makes purchases that earned nothing"
     assert results["copied_rows"] == results["ledger_rows"] + results["not_earned_rows"] + results["item_rows"]
     assert figures["sink_over_copy"] == pytest.approx(results["sink_rows_per_s"] / results["copy_rows_per_s"])
+    passes = results["copy_passes_rows_per_s"]  # the baseline is the median of its passes
+    assert len(passes) == COPY_PASSES and results["copy_rows_per_s"] == pytest.approx(sorted(passes)[len(passes) // 2])
     assert results["floor_over_raw"] == pytest.approx(results["faust_floor_events_per_s"] / results["raw_events_per_s"])
     eighths = results["rss_at_eighths_bytes"]  # a poll may see several eighths at once: then equal values
     assert len(eighths) == 8 and all(rss > 0 for rss in eighths) and eighths[-1] == results["rss_at_end_bytes"], eighths
