@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import bisect
 import gc
-import heapq
 import logging
 import threading
 import time
@@ -145,10 +144,15 @@ class BatchHistogram(Collector):
         registry.register(self)
 
     def observe_many(self, values: Iterable[float]) -> None:
-        counts, total, where, bounds = [0] * len(self._counts), 0.0, bisect.bisect_left, self.bounds
-        for value in values:
-            counts[where(bounds, value)] += 1
-            total += value
+        # Sorted once (in C), each bucket's count is two bisections apart: a batch of 10,000 took 4 ms one value at a
+        # time, in the sink's event loop between one transaction's commit and the next's BEGIN.
+        ordered, counts, start = sorted(values), [], 0
+        for bound in self.bounds:
+            end = bisect.bisect_right(ordered, bound, start)  # the values up to and including the bound: ``le``
+            counts.append(end - start)
+            start = end
+        counts.append(len(ordered) - start)
+        total = sum(ordered)
         with self._lock:
             self._counts = [held + new for held, new in zip(self._counts, counts, strict=True)]
             self._sum += total
@@ -305,7 +309,7 @@ def observe_ledger_latency(timestamps_ms: Iterable[int], written: int, now_s: fl
     if written <= 0:
         return
     now_ms = (time.time() if now_s is None else now_s) * 1000.0
-    LEDGER_LATENCY_SECONDS.observe_many(max(0.0, now_ms - t) / 1000.0 for t in heapq.nlargest(written, timestamps_ms))
+    LEDGER_LATENCY_SECONDS.observe_many([max(0.0, now_ms - t) / 1000.0 for t in sorted(timestamps_ms)[-written:]])
 
 
 _PAYOUT_ANSWERED = {Outcome.PAYOUT_CONFIRMED: "confirmed", Outcome.PAYOUT_REJECTED: "rejected"}

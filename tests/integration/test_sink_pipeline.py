@@ -34,22 +34,27 @@ def database(postgres_url: str) -> str:
 
 
 class ScriptedConsumer:
-    """Hands out the given batches, one per ``getmany``, then stops the sink; records what happens."""
+    """Hands out the given batches as aiokafka's ``getmany`` does a fetch: a call that may wait (``timeout_ms`` above 0)
+    with nothing held fetches the next batch, and every call returns at most ``max_records`` of what is held, a call
+    that may not wait nothing when nothing is; then stops the sink. Records what happens."""
 
     def __init__(self, sink: Sink, batches: list[list[ConsumerRecord]], log: list[str]) -> None:
         self.sink, self.batches, self.log = sink, batches, log
         self.fetched = 0
+        self.held: list[ConsumerRecord] = []
         self.committed: dict[TopicPartition, int] = {}
 
     async def getmany(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[ConsumerRecord]]:
-        if self.fetched == len(self.batches):
-            self.sink.stop()
-            return {}
-        batch = self.batches[self.fetched]
-        self.fetched += 1
-        self.log.append(f"fetched {self.fetched}")
+        if not self.held and timeout_ms > 0:
+            if self.fetched == len(self.batches):
+                self.sink.stop()
+                return {}
+            self.held = list(self.batches[self.fetched])
+            self.fetched += 1
+            self.log.append(f"fetched {self.fetched}")
+        taken, self.held = self.held[:max_records], self.held[max_records:]
         by_partition: dict[TopicPartition, list[ConsumerRecord]] = {}
-        for record in batch:
+        for record in taken:
             by_partition.setdefault(TopicPartition(record.topic, record.partition), []).append(record)
         return by_partition
 
@@ -177,3 +182,31 @@ def test_the_look_up_probes_the_ledger_by_index_never_scans_it(database: str) ->
     assert "Seq Scan on ledger_entries" not in plan
     # and no plan made once for the tables' sizes then: the journal's statements are planned for their sizes now
     assert plan_cache_mode == "force_custom_plan"
+
+
+def test_a_batch_is_fetched_in_slices_waiting_only_for_the_first() -> None:
+    """``Sink._fetch``: up to ``sink_batch_size`` records, taken a slice at a time (aiokafka unpacks what a ``getmany``
+    returns in that call), each partition's in order, and only the first call may wait."""
+    sink = Sink(Settings.from_env({"SINK_BATCH_SIZE": "1200", "SINK_BATCH_WAIT_MS": "250"}), catalogue(), CODEC)
+    held = [ConsumerRecord(TOPIC, offset % 2, offset, 0, 0, b"k", b"v", None, 1, 1, []) for offset in range(2_000)]
+    calls: list[tuple[int, int, int]] = []
+
+    class Consumer:
+        async def getmany(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[ConsumerRecord]]:
+            nonlocal held
+            taken, held = held[:max_records], held[max_records:]
+            calls.append((timeout_ms, max_records, len(taken)))
+            by_partition: dict[TopicPartition, list[ConsumerRecord]] = {}
+            for record in taken:
+                by_partition.setdefault(TopicPartition(record.topic, record.partition), []).append(record)
+            return by_partition
+
+    batch = asyncio.run(sink._fetch(Consumer()))  # type: ignore[arg-type]
+    assert sum(len(records) for records in batch.values()) == 1_200
+    for tp, records in batch.items():
+        assert [r.offset for r in records] == [o for o in range(1_200) if o % 2 == tp.partition]
+    assert calls == [(250, 500, 500), (0, 500, 500), (0, 200, 200)]
+
+    calls.clear()  # 800 left: taken whole, then a call that may not wait finds nothing and ends the batch
+    assert sum(len(records) for records in asyncio.run(sink._fetch(Consumer())).values()) == 800  # type: ignore[arg-type]
+    assert calls == [(250, 500, 500), (0, 500, 300), (0, 400, 0)]
