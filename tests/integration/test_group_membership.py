@@ -34,9 +34,11 @@ pytestmark = pytest.mark.integration
 BACKLOG = 20_000
 POLL_INTERVAL_S = 5  # Faust's default is 1000 s: the backlog here stands in for a far larger one
 # The worker that must drop out of its group: its first unbounded fetch (the whole backlog) must take longer than
-# the poll interval to hand on, and the one after it rejoins (what was not committed) less. It hands authorisations
-# like these on at about 5,000 a second here: this backlog holds for about 4,000 to 6,400 a second.
+# the poll interval to hand on. How fast it hands authorisations like these on depends on the day's machine: about
+# 5,000 a second when 32,000 were chosen, more than 6,400 (all handed on within the interval) on a faster day. So the
+# backlog starts there and doubles, on fresh topics, until the worker drops out (``REJOIN_ATTEMPTS``).
 REJOIN_BACKLOG = 32_000
+REJOIN_ATTEMPTS = 3  # 32,000, 64,000, 128,000: the last holds up to about 25,000 a second
 LAG_WATCH_S = 5.0  # stream.matcher.LAG_INTERVAL_S: how often the membership watch reports
 
 
@@ -107,29 +109,38 @@ def test_a_worker_draining_a_backlog_stays_in_its_group(request, kafka_bootstrap
 
 def test_a_worker_out_of_its_group_comes_back(request, kafka_bootstrap, postgres_url, work_dir) -> None:  # type: ignore[no-untyped-def]
     """Batches as large as Faust's default (unbounded) make the worker drop out of its group, as
-    in the benchmark; the worker's watch notices and rejoins, and every event is processed."""
-    with _worker_after_backlog(
-        kafka_bootstrap,
-        postgres_url,
-        work_dir,
-        "rejoin",
-        REJOIN_BACKLOG,
-        BROKER_MAX_POLL_INTERVAL=str(POLL_INTERVAL_S),
-        BROKER_MAX_POLL_RECORDS=str(10 * REJOIN_BACKLOG),
-        WORKER_OUT_OF_GROUP_LIMIT_S="10",
-    ) as processes:
-        wait_until(
-            lambda: processes.consumed(event_type="AUTHORIZATION") >= REJOIN_BACKLOG,
-            300,
-            f"the worker to process all {REJOIN_BACKLOG} events",
-            interval_s=1.0,
-            observe=lambda: (
-                processes.consumed(event_type="AUTHORIZATION"),
-                processes.metric("worker", "cashback_worker_in_group"),
-            ),
-        )
-        log = _whole_log(processes)
-        assert "out of its consumer group" in log  # it did drop out, and came back
-        assert log.count("Joined group") >= 2
-        assert (processes.metric("worker", "cashback_worker_rejoins_total") or 0.0) >= 1.0
-        wait_until(lambda: processes.metric("worker", "cashback_worker_in_group") == 1.0, 30, "the worker back in its group")
+    in the benchmark; the worker's watch notices and rejoins, and every event is processed. A backlog
+    this machine hands on within the poll interval proves nothing: the next attempt doubles it."""
+    for attempt in range(REJOIN_ATTEMPTS):
+        backlog = REJOIN_BACKLOG << attempt
+        with _worker_after_backlog(
+            kafka_bootstrap,
+            postgres_url,
+            work_dir,
+            f"rejoin{attempt}",
+            backlog,
+            BROKER_MAX_POLL_INTERVAL=str(POLL_INTERVAL_S),
+            BROKER_MAX_POLL_RECORDS=str(10 * backlog),
+            WORKER_OUT_OF_GROUP_LIMIT_S="10",
+        ) as processes:
+            wait_until(
+                lambda: processes.consumed(event_type="AUTHORIZATION") >= backlog,  # noqa: B023 - read within the attempt
+                300,
+                f"the worker to process all {backlog} events",
+                interval_s=1.0,
+                observe=lambda: (
+                    processes.consumed(event_type="AUTHORIZATION"),
+                    processes.metric("worker", "cashback_worker_in_group"),
+                ),
+            )
+            log = _whole_log(processes)
+            if "out of its consumer group" not in log:  # the whole fetch was handed on within the interval
+                assert log.count("Joined group") == 1, log[-3000:]
+                continue
+            assert log.count("Joined group") >= 2  # it did drop out, and came back
+            assert (processes.metric("worker", "cashback_worker_rejoins_total") or 0.0) >= 1.0
+            wait_until(lambda: processes.metric("worker", "cashback_worker_in_group") == 1.0, 30, "the worker back in its group")
+            return
+    pytest.fail(
+        f"no fetch of up to {REJOIN_BACKLOG << (REJOIN_ATTEMPTS - 1):,} authorisations outlasted the {POLL_INTERVAL_S} s poll interval"
+    )
