@@ -51,6 +51,7 @@ from stream.localstack.bench_watch import (
     card_events_decided,
     first_count,
     memory_parts,
+    reported_memory,
     rss_bytes,
     sink_counts,
     watch_drain,
@@ -284,6 +285,11 @@ class Bench:
                 watch_drain(lambda: [card_events_decided(port)], decided, check, "the long run", on_poll=sample)
         if first is not None and time.monotonic() > first[0]:
             results.long_worker_events_per_s = (decided - first[1]) / (time.monotonic() - first[0])
+        if results.state_cache_bytes_at_eighths and not results.state_cache_bytes_at_eighths[-1]:
+            # the log was decided before the worker first reported its memory: the end's figures once it has
+            held, accounts, store = reported_memory(port, check)
+            results.state_cache_bytes_at_eighths[-1], results.state_cache_accounts_at_eighths[-1] = held, accounts
+            results.store_memory_at_eighths_bytes[-1] = store
         results.rss_at_quarter_bytes, results.rss_at_end_bytes = rss["quarter"], rss["end"]
         results.rss_at_eighths_bytes = eighths
         self.say(

@@ -84,6 +84,23 @@ def memory_parts(port: int) -> tuple[int, int, int]:
     return held, accounts, store
 
 
+MEMORY_REPORT_S = 5.0  # how often the worker sets the gauges memory_parts reads (stream.matcher.LAG_INTERVAL_S)
+
+
+def reported_memory(port: int, check: Callable[[], None], limit_s: float = 3 * MEMORY_REPORT_S) -> tuple[int, int, int]:
+    """``memory_parts`` once the worker has set its gauges: a drain quicker than its first report (the quick mode,
+    a fast machine) is over before it. BenchError past ``limit_s``."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        check()
+        held, accounts, store = memory_parts(port)
+        if held > 0 and store > 0:
+            return held, accounts, store
+        if time.monotonic() > deadline:
+            raise BenchError(f"the worker set no memory gauges within {limit_s:.0f}s")
+        time.sleep(POLL_S)
+
+
 def sink_counts(port: int) -> tuple[float, float]:
     """The sink's (accrual records handled, new ledger entries written): ``cashback_sink_batch_size``'s
     sum counts every record of its batches (NOT_EARNED lines and re-sent entries too),

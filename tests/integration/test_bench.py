@@ -23,7 +23,9 @@ from stream.core.offers import OfferBook
 from stream.localstack.bench import Plan, plan_of
 from stream.localstack.bench_baselines import COPY_PASSES
 from stream.localstack.bench_streams import PHASES, bench_log, in_phases
+from stream.localstack.bench_watch import MEMORY_REPORT_S
 from stream.localstack.chaos_log import Message, chaos_offers
+from stream.matcher import LAG_INTERVAL_S
 from stream.simulate.messages import Outgoing
 from stream.worker_app import STORE_MEMORY_BYTES
 
@@ -123,3 +125,7 @@ def test_the_bench_drains_each_accounts_authorisations_before_its_settlements() 
     for phase in phases:  # each in the log's order
         positions = [where[id(m)] for m in phase]
         assert positions == sorted(positions)
+
+
+def test_the_bench_waits_for_the_interval_at_which_the_worker_reports_its_memory() -> None:
+    assert MEMORY_REPORT_S == LAG_INTERVAL_S
