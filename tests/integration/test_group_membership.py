@@ -35,8 +35,9 @@ BACKLOG = 20_000
 POLL_INTERVAL_S = 5  # Faust's default is 1000 s: the backlog here stands in for a far larger one
 # The worker that must drop out of its group: its first unbounded fetch (the whole backlog) must take longer than
 # the poll interval to hand on. How fast it hands authorisations like these on depends on the day's machine: about
-# 5,000 a second when 32,000 were chosen, more than 6,400 (all handed on within the interval) on a faster day. So the
-# backlog starts there and doubles, on fresh topics, until the worker drops out (``REJOIN_ATTEMPTS``).
+# 5,000 a second when 32,000 were chosen, more than 6,400 (all handed on within the interval) on a faster day; and
+# one that drops out just before the fetch's end is brought back by aiokafka's next fetch before its watch acts. So
+# the backlog starts there and doubles, on fresh topics, until the worker stays out for its watch (``REJOIN_ATTEMPTS``).
 REJOIN_BACKLOG = 32_000
 REJOIN_ATTEMPTS = 3  # 32,000, 64,000, 128,000: the last holds up to about 25,000 a second
 LAG_WATCH_S = 5.0  # stream.matcher.LAG_INTERVAL_S: how often the membership watch reports
@@ -134,8 +135,13 @@ def test_a_worker_out_of_its_group_comes_back(request, kafka_bootstrap, postgres
                 ),
             )
             log = _whole_log(processes)
-            if "out of its consumer group" not in log:  # the whole fetch was handed on within the interval
-                assert log.count("Joined group") == 1, log[-3000:]
+            if "out of its consumer group" not in log:
+                # The watch had nothing to do: either the whole fetch was handed on within the interval
+                # (one join), or the worker dropped out near its end and its next fetch, soon after,
+                # made aiokafka rejoin by itself before the watch's limit (two joins; every event was
+                # processed all the same). Neither exercises the watch: the next attempt doubles the backlog.
+                assert log.count("Joined group") in (1, 2), log[-3000:]
+                assert (processes.metric("worker", "cashback_worker_rejoins_total") or 0.0) == 0.0
                 continue
             assert log.count("Joined group") >= 2  # it did drop out, and came back
             assert (processes.metric("worker", "cashback_worker_rejoins_total") or 0.0) >= 1.0
