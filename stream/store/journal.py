@@ -111,6 +111,7 @@ from stream.store.staged_rows import (
     Committed,
     Staged,
     stage,
+    without,
 )
 
 _HOLD_REVIEWS = ("HOLD_RELEASED", "HOLD_FORFEITED")
@@ -261,7 +262,7 @@ def _less_committed(staged: Staged, committed: Committed | None) -> tuple[Staged
     again = committed.again(staged.seen)
     if not again:
         return staged, 0
-    kept = stage([row for row in staged.rows if (row[ACCOUNT], row[ID]) not in again])
+    kept = without(staged, again)
     return kept, staged.moving - kept.moving
 
 

@@ -4,7 +4,8 @@ entry (``LEDGER_COLUMNS``), a reconciliation item (``ITEM_COLUMNS``, ``item_row`
 (``NOT_EARNED_COLUMNS``, ``refusal_row``). The benchmark's COPY baseline copies the same columns (``stream.localstack.bench_baselines``).
 A batch of staged rows is made ready to be written without looking (``stage``: its later copies of a line left out,
 ``first_copies``, and each table's rows made) before its transaction, while the previous batch's runs. What a
-connection's last batches committed is remembered as ``Committed`` (the journal leaves those lines out of the next)."""
+connection's last batches committed is remembered as ``Committed`` (the journal leaves those lines out of the next
+batch as staged: ``without``)."""
 
 from __future__ import annotations
 
@@ -87,6 +88,7 @@ assert NOT_EARNED_COLUMNS[-2:] == ("offer_id", "line_kind")
 
 # The columns both tables of lines that move no money begin with: the line's id, its event, account and transaction.
 _LINE_HEAD = operator.itemgetter(ID, SOURCE, ACCOUNT, REF)
+_LINE_ID, _LINE_ACCOUNT = 0, 2  # where those rows hold the line's id and account
 assert ITEM_COLUMNS[:4] == ("item_id", "source_event_id", "account_id", "transaction_ref")
 assert NOT_EARNED_COLUMNS[:4] == ("accrual_id", "source_event_id", "account_id", "transaction_ref")
 
@@ -175,6 +177,28 @@ def stage(rows: Sequence[tuple[Any, ...]]) -> Staged:
         else:
             entries.append(row)
     return Staged(rows, lines, entries, [row[1:] for row in entries], refusals, items, moving, seen)
+
+
+def without(staged: Staged, keys: set[tuple[str, str]]) -> Staged:
+    """``staged`` without the lines ``keys`` names by (account, id), every copy of each: what ``stage`` makes of the
+    rows left, by filtering what it made (a reconciliation item or a refusal is not made from its explanation again).
+    For a batch whose ``lines`` are not None (each id in it with one content)."""
+
+    def kept(rows: Sequence[tuple[Any, ...]], account: int, line_id: int) -> list[tuple[Any, ...]]:
+        return [row for row in rows if (row[account], row[line_id]) not in keys]
+
+    assert staged.lines is not None
+    rows = kept(staged.rows, ACCOUNT, ID)
+    return Staged(
+        rows,
+        kept(staged.lines, ACCOUNT, ID),
+        kept(staged.entries, ACCOUNT, ID),
+        kept(staged.ledger, ACCOUNT - 1, ID - 1),  # an entry's row less its position
+        kept(staged.refusals, _LINE_ACCOUNT, _LINE_ID),
+        kept(staged.items, _LINE_ACCOUNT, _LINE_ID),
+        sum(1 for row in rows if moves_money(row[KIND])),
+        {key: fingerprint for key, fingerprint in staged.seen.items() if key not in keys},
+    )
 
 
 MEMORY_LINES = 25_000  # a journal connection remembers the lines of its last batches, between this many and twice this many
