@@ -39,7 +39,7 @@ POLL_INTERVAL_S = 5  # Faust's default is 1000 s: the backlog here stands in for
 # one that drops out just before the fetch's end is brought back by aiokafka's next fetch before its watch acts. So
 # the backlog starts there and doubles, on fresh topics, until the worker stays out for its watch (``REJOIN_ATTEMPTS``).
 REJOIN_BACKLOG = 32_000
-REJOIN_ATTEMPTS = 3  # 32,000, 64,000, 128,000: the last holds up to about 25,000 a second
+REJOIN_ATTEMPTS = 4  # 32,000 to 256,000: the last holds about 25 s of handing on at 10,000 a second
 LAG_WATCH_S = 5.0  # stream.matcher.LAG_INTERVAL_S: how often the membership watch reports
 
 
