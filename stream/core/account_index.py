@@ -8,7 +8,11 @@ not what the account holds: never stored, always equal to recomputing it from th
 - ``due``: a heap of (due time, ref), so the account's next due time (``AccountState.due_ms``) is
   the earliest one still true (``stream.core.lifecycle.next_due_ms`` in full);
 - ``idle``: a heap of (last event time, ref) of the settled transactions, the only ones the
-  horizon forgets (``stream.core.memory``).
+  horizon forgets (``stream.core.memory``);
+- ``event_count`` and ``share_count``: how many event ids and cashback shares the transactions
+  hold together, what a state's memory is estimated from (``stream.core.state_memory``), kept
+  exactly as each step changes or forgets transactions instead of counted in every one at each
+  estimate.
 
 Nothing of it is trusted blindly: a heap entry no longer true (its transaction changed or
 forgotten) is dropped when it reaches the top (every change of a transaction pushes its new
@@ -45,7 +49,7 @@ _STEP = "_step"
 class TxnIndex:
     """The derived index of one state's transactions (``txns``, the very dict it describes)."""
 
-    __slots__ = ("_own_due", "_own_idle", "due", "idle", "ids", "kept", "txns")
+    __slots__ = ("_own_due", "_own_idle", "due", "event_count", "idle", "ids", "kept", "share_count", "txns")
 
     def __init__(self, txns: dict[str, Txn]) -> None:
         self.txns = txns
@@ -55,6 +59,8 @@ class TxnIndex:
         self.idle: list[tuple[int, str]] = []
         self._own_due = self._own_idle = True  # the heaps are this index's own (not shared with another)
         self._fill(txns.items())
+        self.event_count = sum(len(txn.events) for txn in txns.values())  # exact, unlike ``kept``
+        self.share_count = sum(len(txn.shares) for txn in txns.values())
 
     def _fill(self, items: Iterable[tuple[str, Txn]]) -> None:
         due, idle = self.due, self.idle
@@ -72,6 +78,7 @@ class TxnIndex:
         child = TxnIndex.__new__(TxnIndex)
         child.txns, child.ids, child.kept = self.txns, self.ids, self.kept
         child.due, child.idle, child._own_due, child._own_idle = self.due, self.idle, False, False
+        child.event_count, child.share_count = self.event_count, self.share_count
         return child
 
     def _due(self) -> list[tuple[int, str]]:
@@ -100,10 +107,16 @@ class TxnIndex:
         if home is not None and self.ids is not None:
             self.ids.add(event_id)  # shared: another state holding it reads its transactions
             self.kept += 1
+        before = self.txns  # the transactions this index described (the state's the step was decided on)
         for ref in changed:
             txn = txns.get(ref)
+            if (was := before.get(ref)) is not None:
+                self.event_count -= len(was.events)
+                self.share_count -= len(was.shares)
             if txn is None:
                 continue
+            self.event_count += len(txn.events)
+            self.share_count += len(txn.shares)
             when = txn_due_ms(txn)
             if when is not None:
                 heapq.heappush(self._due(), (when, ref))
@@ -123,7 +136,10 @@ class TxnIndex:
             if not own:
                 txns = dict(txns)
             for ref in forgotten:  # their ids stay in ``ids`` (shared) until it is made again
-                self.kept -= len(txns.pop(ref).events)
+                gone = txns.pop(ref)
+                self.kept -= len(gone.events)
+                self.event_count -= len(gone.events)
+                self.share_count -= len(gone.shares)
         self.txns = txns
         limit = 2 * len(txns) + 64
         if len(self.due) > limit or len(self.idle) > limit:  # mostly entries no longer true
@@ -167,6 +183,15 @@ def index_of(state: AccountState) -> TxnIndex:
     if index is None or index.txns is not state.txns:
         index = state.__dict__[_INDEX] = TxnIndex(state.txns)
     return index
+
+
+def counts_of(state: AccountState) -> tuple[int, int] | None:
+    """The event ids and shares the state's transactions hold together, as its index keeps them
+    (None: no index describes them; a state read from the store has none until decided on)."""
+    index: TxnIndex | None = state.__dict__.get(_INDEX)
+    if index is None or index.txns is not state.txns:
+        return None
+    return index.event_count, index.share_count
 
 
 def derive(state: AccountState) -> TxnIndex:

@@ -17,6 +17,7 @@ the measure, for accounts made of transactions and for accounts made of recent e
 
 from __future__ import annotations
 
+from stream.core.account_index import counts_of
 from stream.core.state import AccountState
 
 STATE_BYTES = 1_200  # the state, its maps and records, and the cache's entry for it
@@ -33,14 +34,18 @@ PAYOUT_BYTES = 460  # an open or recently answered payout
 
 
 def memory_of(state: AccountState) -> int:
-    """The bytes ``state`` takes in memory, read back and kept whole, estimated part by part. It reads
-    every transaction's event ids and shares: O(transactions), once per batch of the account's events."""
-    txns = state.txns.values()
+    """The bytes ``state`` takes in memory, read back and kept whole, estimated part by part. The
+    transactions' event ids and shares are counted by the index the engine keeps beside a state it
+    decided (``stream.core.account_index.counts_of``); a state without one (read from the store) has
+    every transaction read: O(transactions)."""
+    counts = counts_of(state)
+    events, shares = counts if counts is not None else _counted(state)
     recent = state.recent.values()
     return (
         STATE_BYTES
         + TXN_BYTES * len(state.txns)
-        + sum(TXN_EVENT_BYTES * len(txn.events) + SHARE_BYTES * len(txn.shares) for txn in txns)
+        + TXN_EVENT_BYTES * events
+        + SHARE_BYTES * shares
         + RECENT_BYTES * len(state.recent)
         + ENTRY_BYTES * sum(len(held.entries) for held in recent)
         + LOOSE_BYTES * len(state.loose)
@@ -49,3 +54,9 @@ def memory_of(state: AccountState) -> int:
         + CARRY_BYTES * len(state.carry)
         + PAYOUT_BYTES * len(state.payouts)
     )
+
+
+def _counted(state: AccountState) -> tuple[int, int]:
+    """The event ids and shares of the state's transactions, every one read."""
+    txns = state.txns.values()
+    return sum(len(txn.events) for txn in txns), sum(len(txn.shares) for txn in txns)

@@ -1,5 +1,6 @@
-"""What the engine derives from an account's transactions (``stream.core.account_index``) and what
-``stream.core.state_writes.split`` reads of a step: always the same as reading every transaction."""
+"""What the engine derives from an account's transactions (``stream.core.account_index``), what
+``stream.core.state_writes.split`` reads of a step and what ``stream.core.state_memory.memory_of``
+estimates from the index: always the same as reading every transaction."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream.core import account_index
-from stream.core.account_index import TxnIndex, index_of, step_from
+from stream.core.account_index import TxnIndex, counts_of, index_of, step_from
 from stream.core.events import CardEvent
 from stream.core.lifecycle import DAY_MS, due_events, earliest_due_ms, next_due_ms, settled
 from stream.core.rules import decide
 from stream.core.state import AccountState, Share, Txn
+from stream.core.state_memory import memory_of
 from stream.core.state_rows import txn_key
 from stream.core.state_writes import split
 from tests.factories import T0
@@ -35,6 +37,11 @@ def scanned(state: AccountState, event_id: str) -> str | None:
 def forgotten(txns: dict[str, Txn], before_ms: int) -> dict[str, Txn]:
     """The transactions the horizon keeps, every one read: not settled, or changed since."""
     return {r: t for r, t in txns.items() if not (t.last_ms is not None and t.last_ms < before_ms and settled(t))}
+
+
+def counted(txns: dict[str, Txn]) -> tuple[int, int]:
+    """The event ids and shares the transactions hold, every one read."""
+    return sum(len(t.events) for t in txns.values()), sum(len(t.shares) for t in txns.values())
 
 
 def unindexed(state: AccountState) -> AccountState:
@@ -122,6 +129,7 @@ def follow_steps(first: dict[str, Txn], data: st.DataObject) -> None:
         )
         assert kept == expected and list(kept) == list(expected)
         assert gone == expected_gone
+        assert (index.event_count, index.share_count) == counted(kept)
         state = AccountState(txns=kept)
         assert index.next_due_ms() == next_due_ms(state)
         for event_id in every_id:
@@ -173,6 +181,8 @@ def decide_both_ways(offers_name: str, events: list[CardEvent], data: st.DataObj
             new = kept.state
             assert new.due_ms == next_due_ms(new)
             assert new.txns == forgotten(new.txns, (new.clock_ms or 0) - horizon * DAY_MS)
+            assert counts_of(new) == counted(new.txns)  # the memory estimate's counts, kept step by step
+            assert counts_of(unindexed(new)) is None and memory_of(new) == memory_of(unindexed(new))
             for event_id in {e for t in new.txns.values() for e in t.events} | {step_event.event_id, "never-seen"}:
                 assert index_of(new).fingerprint(event_id) == scanned(new, event_id)
             state = new
