@@ -59,8 +59,7 @@ class TxnIndex:
         self.idle: list[tuple[int, str]] = []
         self._own_due = self._own_idle = True  # the heaps are this index's own (not shared with another)
         self._fill(txns.items())
-        self.event_count = sum(len(txn.events) for txn in txns.values())  # exact, unlike ``kept``
-        self.share_count = sum(len(txn.shares) for txn in txns.values())
+        self.event_count, self.share_count = tally(txns)  # exact, unlike ``kept``
 
     def _fill(self, items: Iterable[tuple[str, Txn]]) -> None:
         due, idle = self.due, self.idle
@@ -183,6 +182,15 @@ def index_of(state: AccountState) -> TxnIndex:
     if index is None or index.txns is not state.txns:
         index = state.__dict__[_INDEX] = TxnIndex(state.txns)
     return index
+
+
+def tally(txns: dict[str, Txn]) -> tuple[int, int]:
+    """The event ids and shares ``txns`` hold together, every transaction read."""
+    events = shares = 0
+    for txn in txns.values():
+        events += len(txn.events)
+        shares += len(txn.shares)
+    return events, shares
 
 
 def counts_of(state: AccountState) -> tuple[int, int] | None:

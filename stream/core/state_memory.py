@@ -17,7 +17,7 @@ the measure, for accounts made of transactions and for accounts made of recent e
 
 from __future__ import annotations
 
-from stream.core.account_index import counts_of
+from stream.core.account_index import counts_of, tally
 from stream.core.state import AccountState
 
 STATE_BYTES = 1_200  # the state, its maps and records, and the cache's entry for it
@@ -39,7 +39,7 @@ def memory_of(state: AccountState) -> int:
     decided (``stream.core.account_index.counts_of``); a state without one (read from the store) has
     every transaction read: O(transactions)."""
     counts = counts_of(state)
-    events, shares = counts if counts is not None else _counted(state)
+    events, shares = counts if counts is not None else tally(state.txns)
     recent = state.recent.values()
     return (
         STATE_BYTES
@@ -54,9 +54,3 @@ def memory_of(state: AccountState) -> int:
         + CARRY_BYTES * len(state.carry)
         + PAYOUT_BYTES * len(state.payouts)
     )
-
-
-def _counted(state: AccountState) -> tuple[int, int]:
-    """The event ids and shares of the state's transactions, every one read."""
-    txns = state.txns.values()
-    return sum(len(txn.events) for txn in txns), sum(len(txn.shares) for txn in txns)
