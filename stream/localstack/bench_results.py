@@ -66,6 +66,13 @@ class Results:
     copy_rows_per_s: float = 0.0  # the median of the COPY passes (stream.localstack.bench_baselines.copy_baseline)
     copy_passes_rows_per_s: list[float] = field(default_factory=list)  # each pass, in the order they ran
     two_workers_events_per_s: float = 0.0
+    # The share of the machine's CPU time busy over the one worker's drain and over the two workers'
+    # (every process: the workers, the broker, the benchmark; None: not known, not Linux), and each of
+    # the two workers' share of the events: what says whether the pair was held by the cores or by
+    # how the partitions' events fell between them.
+    worker_cores_busy: float | None = None
+    two_workers_cores_busy: float | None = None
+    two_workers_shares: list[float] = field(default_factory=list)
     # latency at the paced rate
     p50_ms_at_1k: float = 0.0
     p99_ms_at_1k: float = 0.0
@@ -164,6 +171,9 @@ class Results:
              "the shared block cache in use, memtables included (a budget of 64)"),
             ("restart to first event", f"{self.restart_s:.1f} s", f"after SIGTERM, {self.restart_events:,} events published meanwhile; target <= 15"),
             ("two workers", f"{self.two_workers_events_per_s:,.0f} events/s", f"{self.two_workers:.2f} of one; target >= 1.7"),
+            ("  cores busy, one / two workers", f"{_percent(self.worker_cores_busy)} / {_percent(self.two_workers_cores_busy)}",
+             f"of the machine's {self.cpu_count} over each drain (every process); each worker's share of the events: "
+             + (" / ".join(_percent(share) for share in self.two_workers_shares) or "-")),
             ("correctness", "passed" if self.correctness.passed else "FAILED",
              f"{self.correctness.accounts:,} accounts, mismatched {self.correctness.mismatched_accounts}, "
              f"lost {self.correctness.lost_entries}, duplicate {self.correctness.duplicate_entries}, "
@@ -177,6 +187,10 @@ class Results:
         )
         lines = [head] + [f"  {a:<{width}}  {b:>{value_width}}  {c}" for a, b, c in rows]
         return "\n".join(lines + [f"  note: {n}" for n in self.notes + self.correctness.notes])
+
+
+def _percent(share: float | None) -> str:
+    return "-" if share is None else f"{share:.0%}"
 
 
 def _ratio(numerator: float, denominator: float) -> float:

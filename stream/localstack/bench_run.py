@@ -169,6 +169,7 @@ class Bench:
 
         window, results.worker_first_event_s = self._drain_in_phases(topics, group, ["main-worker"], log.preloaded)
         results.worker_events_per_s = window.rate
+        results.worker_cores_busy = window.cores_busy
         self.say(f"worker: {window.rate:,.0f} events/s over {window.seconds:.1f}s")
         port, check = group.metrics_ports["main-worker"], alive(group.children, self.work_dir)
 
@@ -235,6 +236,8 @@ class Bench:
         self.say("two workers draining the preloaded log")
         window, _ = self._drain_in_phases(topics, group, ["pair-worker-1", "pair-worker-2"], log.preloaded)
         self.results.two_workers_events_per_s = window.rate
+        self.results.two_workers_cores_busy = window.cores_busy
+        self.results.two_workers_shares = [count / sum(window.counts) for count in window.counts] if sum(window.counts) else []
         self.say(f"two workers: {window.rate:,.0f} events/s over {window.seconds:.1f}s")
         if not window.every_process_started:
             self.results.notes.append("one of the two workers decided nothing: the pair's figure is one worker's")
@@ -336,12 +339,7 @@ class Bench:
                 first_event_s = first_count(lambda: sum(decided()), since, check, topics.name)
             windows.append(watch_drain(decided, len(phase), check, topics.name))
             self._wait_drained(topics, with_sink=False, check=check)
-        window = Window(
-            sum(w.counted for w in windows),
-            sum(w.seconds for w in windows),
-            every_process_started=all(w.every_process_started for w in windows),
-        )
-        return window, first_event_s
+        return Window.joined(windows), first_event_s
 
     def _prepare(self, name: str, log: BenchLog, cards: bool = True) -> TopicSet:
         """The topic set, its offers and account messages, and (``cards``) the preloaded card events."""

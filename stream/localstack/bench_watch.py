@@ -9,7 +9,9 @@ checks and recovery are not in it) and closes at the first poll that shows the w
 the rate is what was counted in between over the time between. Both ends are polls, so a window
 is longer than the work by at most 0.1 s and 2%, never shorter: a rate is never overstated. A
 drain that makes no progress for ``STALL_S`` or whose process exits stops the benchmark
-(``BenchError``).
+(``BenchError``). Each poll also reads the machine's CPU time (/proc/stat), so a window says how
+busy the cores were over it, every process counted: what tells a drain held by its cores (two
+workers, a broker and the benchmark on two) from one held by something else.
 """
 
 from __future__ import annotations
@@ -121,6 +123,28 @@ def rss_bytes(pid: int) -> int:
     raise BenchError(f"no VmRSS for process {pid}")
 
 
+def cpu_ticks(stat: Path = Path("/proc/stat")) -> tuple[int, int] | None:
+    """The machine's CPU time so far, in clock ticks summed over its cores: (busy, all), from the first
+    line of /proc/stat (user, nice, system, idle, iowait, irq, softirq, steal; a guest's time is in
+    user's already). None where there is none (not Linux): the figures that need it are left out."""
+    try:
+        first = stat.read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    if len(first) < 5 or first[0] != "cpu":
+        return None
+    ticks = [int(value) for value in first[1:9]]
+    idle = ticks[3] + ticks[4]  # idle, and waiting for input or output with nothing to run
+    return sum(ticks) - idle, sum(ticks)
+
+
+def busy_between(start: tuple[int, int] | None, end: tuple[int, int] | None) -> float | None:
+    """The share of the machine's CPU time that was busy between two ``cpu_ticks`` readings (0 to 1)."""
+    if start is None or end is None or end[1] <= start[1]:
+        return None
+    return (end[0] - start[0]) / (end[1] - start[1])
+
+
 def log_tail(path: Path, lines: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -146,10 +170,34 @@ class Window:
     counted: float
     seconds: float
     every_process_started: bool = True  # False: some watched process counted nothing (the window is the others')
+    # The share of the machine's CPU time that was busy over the window: every process's, the watched
+    # ones, the broker's and the benchmark's own (``cpu_ticks``; None: not known). Near 1, the cores
+    # were the limit.
+    cores_busy: float | None = None
+    counts: tuple[float, ...] = ()  # what each watched process had counted when the window closed
 
     @property
     def rate(self) -> float:
         return self.counted / self.seconds if self.seconds > 0 else 0.0
+
+    @classmethod
+    def joined(cls, windows: Sequence[Window]) -> Window:
+        """Several drains (the phases of one) as one window: what all counted over all their time;
+        the cores' busy share weighted by each window's length (None if one's is not known); each
+        process's counts added up (the same processes, in the same order, in each; none if not)."""
+        seconds = sum(w.seconds for w in windows)
+        busy = [(w.cores_busy, w.seconds) for w in windows]
+        return cls(
+            sum(w.counted for w in windows),
+            seconds,
+            every_process_started=all(w.every_process_started for w in windows),
+            cores_busy=None
+            if not seconds or any(share is None for share, _ in busy)
+            else sum((share or 0.0) * length for share, length in busy) / seconds,
+            counts=tuple(map(sum, zip(*(w.counts for w in windows), strict=True)))
+            if len({len(w.counts) for w in windows}) == 1
+            else (),
+        )
 
 
 def first_count(count: Callable[[], float], since: float, check: Callable[[], None], what: str, limit_s: float = 300.0) -> float:
@@ -168,29 +216,38 @@ def watch_drain(
     check: Callable[[], None],
     what: str,
     on_poll: Callable[[float], None] | None = None,
+    cpu: Callable[[], tuple[int, int] | None] = cpu_ticks,
 ) -> Window:
     """Poll ``counts()`` (one count per watched process) until they add up to ``total``; the window
-    of the module doc. ``on_poll`` sees the sum at each poll (the long run samples memory there)."""
+    of the module doc. ``on_poll`` sees the sum at each poll (the long run samples memory there);
+    ``cpu()`` is read at each poll too, for the share of the machine busy over the window."""
     watched = time.monotonic()
-    before = (watched, 0.0)  # the last poll before every process had counted something
+    # a poll: its time, the count, the machine's CPU ticks
+    before: tuple[float, float, tuple[int, int] | None] = (watched, 0.0, cpu())  # the last before every process had counted
     before_any = before  # the last poll before any had
-    opened: tuple[float, float] | None = None
+    opened: tuple[float, float, tuple[int, int] | None] | None = None
     best, progressed = -1.0, time.monotonic()
     while True:
         check()
-        now, found = time.monotonic(), list(counts())
+        now, found, ticks = time.monotonic(), list(counts()), cpu()
         counted = sum(found)
         if on_poll is not None:
             on_poll(counted)
         if opened is None and all(c > 0 for c in found):
             opened = before
         elif opened is None:
-            before = (now, counted)
+            before = (now, counted, ticks)
             if counted == 0:
                 before_any = before
         if counted >= total:
             start = opened or before_any
-            return Window(total - start[1], now - start[0], every_process_started=opened is not None)
+            return Window(
+                total - start[1],
+                now - start[0],
+                every_process_started=opened is not None,
+                cores_busy=busy_between(start[2], ticks),
+                counts=tuple(found),
+            )
         if counted > best:
             best, progressed = counted, now
         elif now - progressed > STALL_S:

@@ -79,6 +79,12 @@ def test_the_quick_benchmark_measures_every_figure_on_a_correct_ledger(tmp_path:
     assert figures["sink_over_copy"] == pytest.approx(results["sink_rows_per_s"] / results["copy_rows_per_s"])
     passes = results["copy_passes_rows_per_s"]  # the baseline is the median of its passes
     assert len(passes) == COPY_PASSES and results["copy_rows_per_s"] == pytest.approx(sorted(passes)[len(passes) // 2])
+    # how busy the machine's cores were over the one worker's drain and the two workers', and how the
+    # events fell between the two (in a quick run the first worker up may take them all before the
+    # second joins: a share may be 0)
+    assert 0 < results["worker_cores_busy"] <= 1 and 0 < results["two_workers_cores_busy"] <= 1, results
+    shares = results["two_workers_shares"]
+    assert len(shares) == 2 and all(share >= 0 for share in shares) and sum(shares) == pytest.approx(1), shares
     assert results["floor_over_raw"] == pytest.approx(results["faust_floor_events_per_s"] / results["raw_events_per_s"])
     eighths = results["rss_at_eighths_bytes"]  # a poll may see several eighths at once: then equal values
     assert len(eighths) == 8 and all(rss > 0 for rss in eighths) and eighths[-1] == results["rss_at_end_bytes"], eighths
