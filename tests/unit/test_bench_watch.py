@@ -1,6 +1,7 @@
 """The benchmark's polls of a process's /metrics (stream.localstack.bench_watch): they read the right
 samples, and they ask the process for those alone, so that measuring a drain costs the process
-measured as little as it can."""
+measured as little as it can. And the machine's CPU time read at each poll: how busy the cores were
+over a drain's window, from its opening poll to its closing one."""
 
 from __future__ import annotations
 
