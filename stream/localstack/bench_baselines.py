@@ -41,7 +41,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from schemas.codec import Codec
 from stream.localstack import chaos_faults
-from stream.localstack.bench_watch import BenchError, Window
+from stream.localstack.bench_watch import BenchError, Window, busy_between, cpu_ticks
 from stream.localstack.chaos_oracle import partitions
 from stream.settings import Settings
 from stream.store.staged_rows import ITEM_COLUMNS, LEDGER_COLUMNS, NOT_EARNED_COLUMNS
@@ -160,11 +160,12 @@ async def copy_baseline(database_url: str, passes: int = COPY_PASSES) -> tuple[W
             for table in SINK_TABLES:
                 await connection.execute(f"DROP TABLE IF EXISTS {COPY_PREFIX}{table}")
                 await connection.execute(f"CREATE TABLE {COPY_PREFIX}{table} (LIKE {table} INCLUDING ALL)")
-            started = time.perf_counter()
+            started, ticks = time.perf_counter(), cpu_ticks()
             for table, (columns, _) in SINK_TABLES.items():
                 if rows[table]:
                     await connection.copy_records_to_table(f"{COPY_PREFIX}{table}", records=rows[table], columns=columns)
-            windows.append(Window(sum(counts.values()), time.perf_counter() - started))
+            seconds, busy = time.perf_counter() - started, busy_between(ticks, cpu_ticks())
+            windows.append(Window(sum(counts.values()), seconds, cores_busy=busy))
         median = sorted(windows, key=lambda window: window.seconds)[len(windows) // 2]
         return median, counts, [window.rate for window in windows]
     finally:

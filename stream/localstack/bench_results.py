@@ -65,6 +65,10 @@ class Results:
     item_rows: int = 0
     copy_rows_per_s: float = 0.0  # the median of the COPY passes (stream.localstack.bench_baselines.copy_baseline)
     copy_passes_rows_per_s: list[float] = field(default_factory=list)  # each pass, in the order they ran
+    # the share of the machine's CPU time busy over the sink's drain and over COPY's median pass (every process;
+    # None: not known): whether the sink is held by the cores, as COPY is not
+    sink_cores_busy: float | None = None
+    copy_cores_busy: float | None = None
     two_workers_events_per_s: float = 0.0
     # The share of the machine's CPU time busy over the one worker's drain and over the two workers'
     # (every process: the workers, the broker, the benchmark; None: not known, not Linux), and each of
@@ -156,6 +160,8 @@ class Results:
              f"the same {self.copied_rows:,} rows: {self.ledger_rows:,} entries, {self.not_earned_rows:,} not earned, {self.item_rows:,} items; "
              "median of " + " / ".join(f"{rate:,.0f}" for rate in self.copy_passes_rows_per_s)),
             ("  sink/copy", f"{self.sink_over_copy:.3f}", "target >= 0.5"),
+            ("  cores busy, sink / COPY", f"{_percent(self.sink_cores_busy)} / {_percent(self.copy_cores_busy)}",
+             f"of the machine's {self.cpu_count} over the sink's drain and over COPY's median pass (every process)"),
             ("latency p50 / p99 / max", f"{self.p50_ms_at_1k:,.0f} / {self.p99_ms_at_1k:,.0f} / {self.max_ms_at_1k:,.0f} ms",
              f"{self.latency_events:,} events at {self.published_per_s:,.0f}/s ({self.latency_events_without_row:,} without a row), "
              f"worker done {self.paced_backlog_s:.1f}s after the last"),

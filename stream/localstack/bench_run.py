@@ -179,12 +179,14 @@ class Bench:
         sink_port = group.metrics_ports["main-sink"]
         sinking = watch_drain(lambda: [sink_counts(sink_port)[0]], results.accrual_records, check, "the sink")
         results.sink_records_per_s = sinking.rate
+        results.sink_cores_busy = sinking.cores_busy
         results.sink_entries_per_s = sink_counts(sink_port)[1] / sinking.seconds if sinking.seconds else 0.0
         self.say(f"sink: {results.sink_entries_per_s:,.0f} ledger entries/s over {sinking.seconds:.1f}s")
         self._wait_drained(topics, with_sink=True, check=check)
 
         copied, per_table, results.copy_passes_rows_per_s = asyncio.run(copy_baseline(self.database_url))
         results.copied_rows, results.copy_rows_per_s = int(copied.counted), copied.rate
+        results.copy_cores_busy = copied.cores_busy
         results.ledger_rows = per_table["ledger_entries"]
         results.not_earned_rows = per_table["purchases_not_earned"]
         results.item_rows = per_table["reconciliation_items"]

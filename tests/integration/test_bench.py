@@ -83,6 +83,9 @@ def test_the_quick_benchmark_measures_every_figure_on_a_correct_ledger(tmp_path:
     # events fell between the two (in a quick run the first worker up may take them all before the
     # second joins: a share may be 0)
     assert 0 < results["worker_cores_busy"] <= 1 and 0 < results["two_workers_cores_busy"] <= 1, results
+    # and over the sink's drain and COPY's median pass (a quick pass may be shorter than the clock's tick: none)
+    assert 0 < results["sink_cores_busy"] <= 1, results
+    assert results["copy_cores_busy"] is None or 0 <= results["copy_cores_busy"] <= 1, results
     shares = results["two_workers_shares"]
     assert len(shares) == 2 and all(share >= 0 for share in shares) and sum(shares) == pytest.approx(1), shares
     assert results["floor_over_raw"] == pytest.approx(results["faust_floor_events_per_s"] / results["raw_events_per_s"])
