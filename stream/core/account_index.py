@@ -176,10 +176,16 @@ def _in_order(txns: dict[str, Txn], refs: set[str]) -> tuple[str, ...]:
     return tuple(found)
 
 
+def _kept_index(state: AccountState) -> TxnIndex | None:
+    """The index kept beside the state, if it describes the state's transactions (None: none does)."""
+    index: TxnIndex | None = state.__dict__.get(_INDEX)
+    return index if index is not None and index.txns is state.txns else None
+
+
 def index_of(state: AccountState) -> TxnIndex:
     """The state's index (built when missing)."""
-    index: TxnIndex | None = state.__dict__.get(_INDEX)
-    if index is None or index.txns is not state.txns:
+    index = _kept_index(state)
+    if index is None:
         index = state.__dict__[_INDEX] = TxnIndex(state.txns)
     return index
 
@@ -196,10 +202,8 @@ def tally(txns: dict[str, Txn]) -> tuple[int, int]:
 def counts_of(state: AccountState) -> tuple[int, int] | None:
     """The event ids and shares the state's transactions hold together, as its index keeps them
     (None: no index describes them; a state read from the store has none until decided on)."""
-    index: TxnIndex | None = state.__dict__.get(_INDEX)
-    if index is None or index.txns is not state.txns:
-        return None
-    return index.event_count, index.share_count
+    index = _kept_index(state)
+    return None if index is None else (index.event_count, index.share_count)
 
 
 def derive(state: AccountState) -> TxnIndex:

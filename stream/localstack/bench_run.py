@@ -239,7 +239,7 @@ class Bench:
         window, _ = self._drain_in_phases(topics, group, ["pair-worker-1", "pair-worker-2"], log.preloaded)
         self.results.two_workers_events_per_s = window.rate
         self.results.two_workers_cores_busy = window.cores_busy
-        self.results.two_workers_shares = [count / sum(window.counts) for count in window.counts] if sum(window.counts) else []
+        self.results.two_workers_shares = window.shares
         self.say(f"two workers: {window.rate:,.0f} events/s over {window.seconds:.1f}s")
         if not window.every_process_started:
             self.results.notes.append("one of the two workers decided nothing: the pair's figure is one worker's")

@@ -180,6 +180,12 @@ class Window:
     def rate(self) -> float:
         return self.counted / self.seconds if self.seconds > 0 else 0.0
 
+    @property
+    def shares(self) -> list[float]:
+        """Each watched process's share of what they had counted at the close (none if nothing was)."""
+        total = sum(self.counts)
+        return [count / total for count in self.counts] if total else []
+
     @classmethod
     def joined(cls, windows: Sequence[Window]) -> Window:
         """Several drains (the phases of one) as one window: what all counted over all their time;

@@ -116,7 +116,7 @@ def test_a_window_s_busy_share_runs_from_its_opening_poll_to_its_closing_one() -
     # opened at the poll before both had counted ((30, 300): the second process counted nothing there)
     assert window.counted == 100 - 5.0
     assert window.cores_busy == (410 - 30) / (700 - 300)
-    assert window.counts == (60.0, 40.0)
+    assert window.counts == (60.0, 40.0) and window.shares == [0.6, 0.4]
 
 
 def test_phases_join_into_one_window_their_shares_weighted_by_length() -> None:
