@@ -9,10 +9,18 @@ from __future__ import annotations
 
 import json
 import os
+import platform
+import sys
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+
+def interpreter() -> str:
+    """This interpreter: its implementation, version and executable, the virtual environment's resolved to the
+    installed one it was made from (which build it is: a distribution's, a version manager's)."""
+    return f"{platform.python_implementation()} {platform.python_version()} {os.path.realpath(sys.executable)}"
 
 
 @dataclass
@@ -50,6 +58,9 @@ class Results:
     partitions: int
     cpu_count: int = field(default_factory=lambda: os.cpu_count() or 0)
     date: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    # the interpreter every process of the run ran on (they are started with the benchmark's own): its build
+    # moves every Python figure (README, Performance: a distribution's optimised build or a version manager's)
+    python: str = field(default_factory=interpreter)
     # throughput
     raw_events_per_s: float = 0.0
     faust_floor_events_per_s: float = 0.0  # a bare Faust agent that only counts (stream.localstack.bench_floor)
@@ -189,7 +200,7 @@ class Results:
         value_width = max(len(r[1]) for r in rows)
         head = (
             f"bench seed={self.seed} events={self.events:,} long={self.long_events:,} partitions={self.partitions} "
-            f"cpus={self.cpu_count} {self.date}{' (quick)' if self.quick else ''}"
+            f"cpus={self.cpu_count} {self.date}{' (quick)' if self.quick else ''}\n  python {self.python}"
         )
         lines = [head] + [f"  {a:<{width}}  {b:>{value_width}}  {c}" for a, b, c in rows]
         return "\n".join(lines + [f"  note: {n}" for n in self.notes + self.correctness.notes])

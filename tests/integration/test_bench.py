@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -68,6 +69,9 @@ def test_the_quick_benchmark_measures_every_figure_on_a_correct_ledger(tmp_path:
     assert results["line"] == last
     assert results["quick"] is True and results["seed"] == 1 and results["cpu_count"] >= 1 and results["date"]
     assert results["events"] == 3_000 and results["long_events"] == 4_000 and results["partitions"] == 8
+    # which interpreter ran it (its build moves every figure): this one, the virtual environment's resolved
+    assert results["python"] == f"CPython {platform.python_version()} {os.path.realpath(sys.executable)}", results["python"]
+    assert f"\n  python {results['python']}\n" in run.stdout, output
     figures = results["figures"]
     assert set(figures) == {"processor_over_raw", "sink_over_copy", "p99_ms_at_1k", "rss_growth", "restart_s", "two_workers"}
     assert all(value > 0 for value in figures.values()), figures
