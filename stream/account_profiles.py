@@ -154,9 +154,9 @@ class AccountProfiles:
         if subject == "offer_activation":
             if record is None:  # tombstone of account_id:offer_id
                 record = {"account_id": account_id, "offer_id": text_key.split(":", 1)[-1], "active": False}
-            self.table[account_id] = apply_activation(profile, record)
+            self.table.stage(account_id, apply_activation(profile, record), partition)
         else:
-            self.table[account_id] = apply_segments(profile, record)
+            self.table.stage(account_id, apply_segments(profile, record), partition)
         return None
 
 

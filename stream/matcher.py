@@ -1,7 +1,9 @@
 """The matcher: a Faust agent over both card-event topics. It only decodes, calls the pure rules
 engine, emits and counts.
 
-Per event, in this order:
+The agent takes the message Faust's stream hands it, then, in the same turn, those waiting in its
+queue behind it (``Matcher._queued``: a flush's waits let a fetch's messages gather there). Per
+event, in this order:
 
 1. decode and validate; a bad message goes to the dead-letter topic (with its bytes, topic,
    partition, offset and reason) and processing moves on, as does an event dated further ahead of
@@ -39,11 +41,13 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+from faust.streams import _current_event as faust_current_event
 from faust.types import StreamT
 
 from schemas.codec import Codec, DecodeError
@@ -213,32 +217,68 @@ class Matcher:
         self.inputs.agent_queue = buffered  # the partition watch looks there for a partition's next message
         await self.offers.ready.wait()  # never match a purchase before every offer is known
         async for event in stream.events():
-            message = event.message
-            if await self.inputs.is_next(message.tp, message.offset):
-                self.current = staged = self.outbox.start(message.tp, message.offset, message.timestamp)
-                self.inputs.current_tp = message.tp
-                self.inputs.done(message.tp, message.offset, staged.deliveries)  # committable once flushed and delivered
+            await self._take(event.message)
+            # Then what the queue holds already, taken in the same turn (``_queued``).
+            while len(self.outbox.batch) < BATCH_LIMIT and (queued := self._queued(buffered)) is not None:
                 try:
-                    await self.handle(message.topic, message.partition, message.offset, message.key, message.value)
-                except PartitionRevoked as revoked:
-                    log.info("%s[%d] revoked while offset %d waited: left to its next owner", *message.tp, message.offset)
-                    self.outbox.batch.drop(staged, revoked)
-                    continue
-                except BatchDropped as dropped:  # read again with the rest of its batch
-                    self.outbox.batch.drop(staged, dropped)
-                    continue
-                except BaseException as error:  # the agent fails: the message is read again
-                    self.outbox.batch.drop(staged, error)
-                    raise
+                    await self._take(queued.message)
                 finally:
-                    staged.complete = True
-                    self.current = None
+                    queued.ack()  # as the stream acks its event, whatever became of it
             # One flush for what the stream brought within the batch's linger (or a full batch).
             if self.outbox.batch and buffered.empty():
                 await self.outbox.linger(buffered, BATCH_LINGER_S)
             if self.outbox.batch and (buffered.empty() or len(self.outbox.batch) >= BATCH_LIMIT):
                 with contextlib.suppress(BatchDropped):  # its messages are read again
                     await self.outbox.flush()
+
+    def _queued(self, buffered: Any) -> Any:
+        """The next event waiting in the agent's queue (``buffered``), taken without Faust's stream, or
+        None when it holds none. Faust's stream hands the agent one event per turn of the event loop
+        (an ``await sleep(0)`` before each, its iterator's steps around it); what a fetch put in the
+        queue meanwhile is taken here in the same turn instead. Each event gets what the stream gives
+        it (``faust/_cython/streams.pyx``, ``StreamIterator``): one fetched before the consumer's
+        latest rebalance, or while the app's flow is stopped, is skipped (its partition is read again
+        from the committed offset) and acknowledged, as Faust's pure-Python stream does (which
+        offsets are committed is the progress's decision either way: ``stream.guarded_consumer``);
+        one of an acking topic is tracked as unacknowledged until the caller acks it; it becomes the
+        task's current event, as Faust's own code may ask for it. The sensors' calls are left out:
+        the worker's app has none (``stream.guarded_consumer``). ``tests/agent/test_matcher_agent.py``
+        pins these."""
+        app = self.app
+        while not buffered.empty():
+            event = buffered.get_nowait()  # raises what Faust threw into the queue, as the stream does
+            message = event.message
+            if not app.flow_control.is_active() or message.generation_id != app.consumer_generation_id:
+                event.ack()
+                continue
+            if not message.tracked and message.topic in app.topics.acking_topics:
+                message.tracked = True
+                app.consumer.unacked.add(message)
+            faust_current_event.set(weakref.ref(event))
+            return event
+        return None
+
+    async def _take(self, message: Any) -> None:
+        """Process one message of the agent's queue when it is its partition's next (steps 1-3 of the
+        module doc), staged in the batch."""
+        if not await self.inputs.is_next(message.tp, message.offset):
+            return
+        self.current = staged = self.outbox.start(message.tp, message.offset, message.timestamp)
+        self.inputs.current_tp = message.tp
+        self.inputs.done(message.tp, message.offset, staged.deliveries)  # committable once flushed and delivered
+        try:
+            await self.handle(message.topic, message.partition, message.offset, message.key, message.value)
+        except PartitionRevoked as revoked:
+            log.info("%s[%d] revoked while offset %d waited: left to its next owner", *message.tp, message.offset)
+            self.outbox.batch.drop(staged, revoked)
+        except BatchDropped as dropped:  # read again with the rest of its batch
+            self.outbox.batch.drop(staged, dropped)
+        except BaseException as error:  # the agent fails: the message is read again
+            self.outbox.batch.drop(staged, error)
+            raise
+        finally:
+            staged.complete = True
+            self.current = None
 
     async def handle(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> Outcome | None:
         """Process one input message (steps 1-3 of the module doc). Returns the outcome, or None

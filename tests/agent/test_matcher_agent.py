@@ -615,6 +615,72 @@ async def test_the_partition_watch_sees_the_messages_waiting_in_the_agent_s_queu
         assert matcher.inputs.highest_queued(auths) == -1
 
 
+async def test_what_waits_in_the_agent_s_queue_is_taken_in_one_turn_each_message_tracked_and_acknowledged(matcher, codec) -> None:
+    """Faust's stream hands the agent one event per turn of the event loop; the agent takes what
+    waits behind it in the same turn (``Matcher._queued``), each message tracked and acknowledged
+    as the stream would (unacknowledged ones would be held by the consumer for ever), and the
+    batch is flushed once."""
+    async with agent_harness(matcher, codec, ready=False) as harness:
+        await asyncio.sleep(0.1)  # the agent's body runs up to its wait for the offers
+        matcher.app.topics.acking_topics.add(harness.auth_topic)  # as the worker's subscription makes it
+        for n in range(5):
+            await harness.put_nowait(encode_auth(codec, card_record(amount_minor=1_000, transaction_ref=f"txn-{n}")))
+        queued = list(matcher.inputs.agent_queue._queue)
+        flushes: list[int] = []
+        flush = matcher.outbox.flush
+
+        async def counted_flush() -> None:
+            flushes.append(len(matcher.outbox.batch))
+            await flush()
+
+        matcher.outbox.flush = counted_flush  # type: ignore[method-assign]
+        matcher.offers.ready.set()
+        await harness.wait_handled(5)
+        (stream,) = [actor.stream for actor in harness.agent._actors]
+        assert [handled.outcome for handled in harness.handled] == [Outcome.EARNED] * 5
+        assert stream.events_total == 1  # the stream handed over the first; the rest were taken behind it
+        assert flushes == [5]
+        assert len(queued) == 5 and all(event.message.tracked and event.message.acked for event in queued)
+        assert not matcher.app.consumer.unacked
+
+
+async def test_a_queued_message_fetched_before_the_latest_rebalance_is_skipped_and_acknowledged(matcher, codec) -> None:
+    """What Faust's stream does with a message of an older consumer generation (fetched before the
+    latest rebalance, read again from the committed offset after it), the agent does with one it
+    takes from its queue: skipped. And acknowledged, as Faust's pure-Python stream does (its
+    Cython one leaves it unacknowledged; the commits are the progress's either way)."""
+    async with agent_harness(matcher, codec, ready=False) as harness:
+        await asyncio.sleep(0.1)
+        for ref in ("txn-first", "txn-stale", "txn-last"):
+            await harness.put_nowait(encode_auth(codec, card_record(amount_minor=1_000, transaction_ref=ref)))
+        first, stale, last = matcher.inputs.agent_queue._queue
+        stale.message.generation_id = matcher.app.consumer_generation_id - 1
+        matcher.offers.ready.set()
+        await harness.wait_handled(2)
+        await asyncio.sleep(0.1)
+        assert [handled.offset for handled in harness.handled] == [first.message.offset, last.message.offset]
+        assert stale.message.acked
+        assert set(harness.state().txns) == {"txn-first", "txn-last"}
+
+
+async def test_a_profile_taken_from_the_queue_behind_another_partition_s_event_is_kept_on_its_own(matcher, codec) -> None:
+    """A table write is staged on the partition of the message that made it, not on the partition
+    of the event Faust's stream handed over last (an account's profile must be where its card
+    events are)."""
+    async with agent_harness(matcher, codec, ready=False) as harness:
+        await asyncio.sleep(0.1)
+        partitions = matcher.topics.authorizations.partitions
+        other = next(f"acct-{n}" for n in range(100) if account_partition(f"acct-{n}", partitions) != harness.home)
+        await harness.put_nowait(encode_auth(codec, card_record(amount_minor=1_000)))
+        value = codec.encode("account_profile", {"account_id": other, "segments": ["premium"], "updated_at": T0})
+        home = account_partition(other, partitions)
+        await harness.put_nowait(value, other.encode(), topic=matcher.topics.profiles.name, partition=home)
+        matcher.offers.ready.set()
+        await harness.wait_handled(2)
+        profiles = harness.sends.to(matcher.profiles.changelog_topic.get_topic_name()).sent
+        assert [(json.loads(sent.key), sent.partition) for sent in profiles] == [(other, home)]
+
+
 # --- 6. metrics ---------------------------------------------------------------------------------
 
 
