@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from faust.streams import _current_event as faust_current_event
-from faust.types import StreamT
+from faust.types import EventT, Message, StreamT
 
 from schemas.codec import Codec, DecodeError
 from stream.account_profiles import ACCOUNT_ERASED, ERASURE_SUBJECT, AccountProfiles, Refusal
@@ -231,7 +231,7 @@ class Matcher:
                 with contextlib.suppress(BatchDropped):  # its messages are read again
                     await self.outbox.flush()
 
-    def _queued(self, buffered: Any) -> Any:
+    def _queued(self, buffered: Any) -> EventT | None:
         """The next event waiting in the agent's queue (``buffered``), taken without Faust's stream, or
         None when it holds none. Faust's stream hands the agent one event per turn of the event loop
         (an ``await sleep(0)`` before each, its iterator's steps around it); what a fetch put in the
@@ -258,7 +258,7 @@ class Matcher:
             return event
         return None
 
-    async def _take(self, message: Any) -> None:
+    async def _take(self, message: Message) -> None:
         """Process one message of the agent's queue when it is its partition's next (steps 1-3 of the
         module doc), staged in the batch."""
         if not await self.inputs.is_next(message.tp, message.offset):
