@@ -2,7 +2,7 @@
 engine, emits and counts.
 
 The agent takes the message Faust's stream hands it, then, in the same turn, those waiting in its
-queue behind it (``Matcher._queued``: a flush's waits let a fetch's messages gather there). Per
+queue behind it (``stream.agent_queue``: a flush's waits let a fetch's messages gather there). Per
 event, in this order:
 
 1. decode and validate; a bad message goes to the dead-letter topic (with its bytes, topic,
@@ -41,18 +41,16 @@ import asyncio
 import contextlib
 import logging
 import time
-import weakref
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from faust.streams import _current_event as faust_current_event
-from faust.types import EventT, Message, StreamT
+from faust.types import Message, StreamT
 
 from schemas.codec import Codec, DecodeError
 from stream.account_profiles import ACCOUNT_ERASED, ERASURE_SUBJECT, AccountProfiles, Refusal
 from stream.account_states import AccountStates
+from stream.agent_queue import Source, take_queued
 from stream.changelog_table import ChangelogTable
 from stream.core.abuse import AbuseRules
 from stream.core.events import CardEvent, EventType, ahead_of_clock, to_event, validate
@@ -93,17 +91,6 @@ BATCH_LINGER_S = 0.02
 
 _PAYOUT_EVENTS = frozenset({EventType.PAYOUT_RUN, EventType.PAYOUT_RESULT})
 _ABOUT_AN_ACCOUNT = frozenset({*_PAYOUT_EVENTS, EventType.OPEN_WALLET})  # never the first event of an account
-
-
-@dataclass(frozen=True, slots=True)
-class Source:
-    """One input message: where it was read, and its bytes (kept whole for a dead letter)."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
 
 
 class Matcher:
@@ -218,8 +205,8 @@ class Matcher:
         await self.offers.ready.wait()  # never match a purchase before every offer is known
         async for event in stream.events():
             await self._take(event.message)
-            # Then what the queue holds already, taken in the same turn (``_queued``).
-            while len(self.outbox.batch) < BATCH_LIMIT and (queued := self._queued(buffered)) is not None:
+            # Then what the queue holds already, taken in the same turn (stream.agent_queue).
+            while len(self.outbox.batch) < BATCH_LIMIT and (queued := take_queued(self.app, buffered)) is not None:
                 try:
                     await self._take(queued.message)
                 finally:
@@ -230,33 +217,6 @@ class Matcher:
             if self.outbox.batch and (buffered.empty() or len(self.outbox.batch) >= BATCH_LIMIT):
                 with contextlib.suppress(BatchDropped):  # its messages are read again
                     await self.outbox.flush()
-
-    def _queued(self, buffered: Any) -> EventT | None:
-        """The next event waiting in the agent's queue (``buffered``), taken without Faust's stream, or
-        None when it holds none. Faust's stream hands the agent one event per turn of the event loop
-        (an ``await sleep(0)`` before each, its iterator's steps around it); what a fetch put in the
-        queue meanwhile is taken here in the same turn instead. Each event gets what the stream gives
-        it (``faust/_cython/streams.pyx``, ``StreamIterator``): one fetched before the consumer's
-        latest rebalance, or while the app's flow is stopped, is skipped (its partition is read again
-        from the committed offset) and acknowledged, as Faust's pure-Python stream does (which
-        offsets are committed is the progress's decision either way: ``stream.guarded_consumer``);
-        one of an acking topic is tracked as unacknowledged until the caller acks it; it becomes the
-        task's current event, as Faust's own code may ask for it. The sensors' calls are left out:
-        the worker's app has none (``stream.guarded_consumer``). ``tests/agent/test_matcher_agent.py``
-        pins these."""
-        app = self.app
-        while not buffered.empty():
-            event = buffered.get_nowait()  # raises what Faust threw into the queue, as the stream does
-            message = event.message
-            if not app.flow_control.is_active() or message.generation_id != app.consumer_generation_id:
-                event.ack()
-                continue
-            if not message.tracked and message.topic in app.topics.acking_topics:
-                message.tracked = True
-                app.consumer.unacked.add(message)
-            faust_current_event.set(weakref.ref(event))
-            return event
-        return None
 
     async def _take(self, message: Message) -> None:
         """Process one message of the agent's queue when it is its partition's next (steps 1-3 of the

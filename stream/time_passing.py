@@ -32,7 +32,8 @@ from stream.outbox import Decided
 from stream.payout_runs import run_record
 
 if TYPE_CHECKING:
-    from stream.matcher import Matcher, Source
+    from stream.agent_queue import Source
+    from stream.matcher import Matcher
 
 log = logging.getLogger(__name__)
 

@@ -617,7 +617,7 @@ async def test_the_partition_watch_sees_the_messages_waiting_in_the_agent_s_queu
 
 async def test_what_waits_in_the_agent_s_queue_is_taken_in_one_turn_each_message_tracked_and_acknowledged(matcher, codec) -> None:
     """Faust's stream hands the agent one event per turn of the event loop; the agent takes what
-    waits behind it in the same turn (``Matcher._queued``), each message tracked and acknowledged
+    waits behind it in the same turn (``stream.agent_queue``), each message tracked and acknowledged
     as the stream would (unacknowledged ones would be held by the consumer for ever), and the
     batch is flushed once."""
     async with agent_harness(matcher, codec, ready=False) as harness:
