@@ -1,6 +1,7 @@
 """What operators do to a worker, against the real broker and Postgres: stop it (SIGTERM) or kill
-it (SIGKILL) between an authorisation and its clearing, start it again, and everything goes on; and
-what they let happen to it: its disk filling (it exits, and started again with room loses nothing),
+it (SIGKILL) between an authorisation and its clearing, start it again, and everything goes on; kill
+it while its own clock makes purchases available, and each is made available once; and what they
+let happen to it: its disk filling (it exits, and started again with room loses nothing),
 an error its agent does not handle (it exits, and started again loses nothing).
 
 Two things are checked each time:
@@ -20,6 +21,7 @@ import signal
 import time
 import uuid
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -265,3 +267,84 @@ def test_a_worker_whose_agent_fails_exits_and_started_again_loses_nothing(
             env={"FAIL_AT_ENTRIES": "5", "FAIL_WITH": fault},
             module="tests.integration.failing_worker",
         )
+
+
+async def _ledger_lines(database_url: str, prefix: str) -> tuple[Counter[tuple[str, str]], list[tuple[int, int, int]]]:
+    """Of the accounts named ``prefix``*: their ledger's lines by (transaction, entry kind), and their balances
+    (pending, confirmed, available)."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        lines = await connection.fetch(
+            "SELECT transaction_ref, entry_kind, count(*) AS n FROM ledger_entries WHERE account_id LIKE $1 "
+            "GROUP BY transaction_ref, entry_kind",
+            f"{prefix}%",
+        )
+        balances = await connection.fetch(
+            "SELECT pending_minor, confirmed_minor, available_minor FROM balances WHERE account_id LIKE $1", f"{prefix}%"
+        )
+    finally:
+        await connection.close()
+    counted = Counter({(row["transaction_ref"], row["entry_kind"]): row["n"] for row in lines})
+    return counted, [(row["pending_minor"], row["confirmed_minor"], row["available_minor"]) for row in balances]
+
+
+def test_a_worker_killed_while_its_clock_makes_purchases_available_makes_each_available_once(
+    request, kafka_bootstrap, postgres_url, work_dir
+) -> None:  # type: ignore[no-untyped-def]
+    """Time passing under kill -9. Purchases settled 40 days ago (force posts at the 5% grocery offer,
+    its return window 30 days) are confirmed as they are decided, and the worker's own clock ticks then
+    end their return windows: CONFIRMED to AVAILABLE, decided on the ticks, not on any card event. The
+    worker is killed while its ticks are doing so (some windows ended, others not yet), and started
+    again: every purchase is made available exactly once, none left confirmed, none twice, and each
+    account's balance is what its ledger says."""
+    accounts, purchases = 2_000, 3
+    total = accounts * purchases
+    with _pipeline(request, kafka_bootstrap, postgres_url, work_dir, "time-kill", "worker-t") as (processes, _):
+        processes.stop("worker")  # the clearings all published first: the restarted worker's ticks have much to do
+        prefix = f"due-{uuid.uuid4().hex[:6]}-"
+        settled = datetime.now(UTC) - timedelta(days=40)
+        publish_records(
+            processes.env,
+            [
+                card_record(
+                    "CLEARING",
+                    10_000,
+                    account_id=f"{prefix}{a}",
+                    transaction_ref=f"{prefix}{a}-ref{n}",
+                    event_id=f"{prefix}{a}-clear{n}",
+                    occurred_at=settled + timedelta(minutes=n),
+                )
+                for n in range(purchases)
+                for a in range(accounts)
+            ],
+        )
+        port = {"METRICS_PORT": str(processes.metrics_ports["worker"])}
+        processes.start("worker", "worker", env=port)
+        windows_ended = {"event_type": "RETURN_WINDOW_ENDED"}
+        seen = wait_until(
+            lambda: (n := processes.consumed(**windows_ended)) >= total // 5 and n,
+            120,
+            "the worker's clock to end some return windows",
+            interval_s=0.02,
+        )
+        worker = processes.children.pop("worker")
+        worker.send_signal(signal.SIGKILL)  # type: ignore[attr-defined]
+        worker.wait(timeout=30)  # type: ignore[attr-defined]
+        assert seen < total, f"every return window had ended ({seen:.0f}) before the kill: nothing was cut"
+
+        processes.start("worker", "worker", env=port)
+        database_url = processes.env["DATABASE_URL"]
+        made_available = (0, 0, 500 * purchases)
+        wait_until(
+            lambda: (b := asyncio.run(_ledger_lines(database_url, prefix))[1]) and b.count(made_available) == accounts,
+            180,
+            f"each of the {accounts} accounts' {purchases} purchases made available",
+            interval_s=1.0,
+            observe=lambda: Counter(asyncio.run(_ledger_lines(database_url, prefix))[1]).most_common(3),
+        )
+        lines, _ = asyncio.run(_ledger_lines(database_url, prefix))
+        refs = {f"{prefix}{a}-ref{n}" for a in range(accounts) for n in range(purchases)}
+        assert {ref for ref, _ in lines} == refs
+        assert {kind for _, kind in lines} == {"CONFIRMED", "MADE_AVAILABLE"}
+        assert set(lines.values()) == {1}, [key for key, n in lines.items() if n != 1][:5]
+        assert "Traceback" not in processes.log("worker")
