@@ -2,14 +2,18 @@
 ``cashback payouts run`` asks a run, a stand-in for the bank's core banking system (a plain aiokafka
 client and fastavro, not the project's codec) reads the payout instructions and answers one REJECTED
 and one CONFIRMED; the ledger and the API's balances and history show it. The same run asked again pays
-nothing twice, and a worker restarted in between loses nothing: the next run pays the returned money."""
+nothing twice, and a worker restarted in between loses nothing: the next run pays the returned money.
+A worker killed in the middle of a run pays each account once."""
 
 from __future__ import annotations
 
 import asyncio
 import io
 import json
+import signal
 import struct
+import uuid
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -301,3 +305,79 @@ async def _results(bootstrap: str, topic: str) -> list[dict[str, Any]]:
     finally:
         await consumer.stop()
     return found
+
+
+async def _paid(database_url: str, prefix: str) -> tuple[Counter[str], list[tuple[int, int]]]:
+    """Of the accounts named ``prefix``*: their PAID_OUT lines by account, and their (available, paid out) cash."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        lines = await connection.fetch(
+            "SELECT account_id FROM ledger_entries WHERE entry_kind = 'PAID_OUT' AND account_id LIKE $1", f"{prefix}%"
+        )
+        cash = await connection.fetch(
+            "SELECT available_minor, paid_out_minor FROM balances WHERE account_id LIKE $1", f"{prefix}%"
+        )
+    finally:
+        await connection.close()
+    return Counter(row["account_id"] for row in lines), [(row["available_minor"], row["paid_out_minor"]) for row in cash]
+
+
+def test_a_worker_killed_in_the_middle_of_a_payout_run_pays_each_account_once(
+    request: pytest.FixtureRequest, kafka_bootstrap: str, postgres_url: str, work_dir: Path
+) -> None:
+    """Money out under kill -9. A run is asked of 5,000 accounts with 15.00 EUR AVAILABLE each while the
+    worker is stopped; started, it is killed once some of them are paid (their PAID_OUT entries and
+    payout instructions made) and others not yet, and started again. Every account is paid once: one
+    PAID_OUT line, its whole cash moved, and the bank asked under one payout id (an instruction sent again
+    after the crash carries the same id and amount, for the bank to take once)."""
+    accounts = 5_000
+    with running_pipeline(
+        request,
+        kafka_bootstrap,
+        postgres_url,
+        work_dir,
+        "payout-kill",
+        REPO_ROOT / "tests" / "integration" / "offers.yaml",
+        PAYOUT_MINIMUMS="EUR=1000",
+        WORKER_INSTANCE_ID="worker-p",
+    ) as (processes, _):
+        env, database_url = processes.env, processes.env["DATABASE_URL"]
+        prefix = f"payk-{uuid.uuid4().hex[:6]}-"
+        names = [f"{prefix}{n}" for n in range(accounts)]
+        publish_records(env, [record for name in names for record in dining(name, 50_000)])
+        wait_until(
+            lambda: asyncio.run(_paid(database_url, prefix))[1].count((1_500, 0)) == accounts,
+            120,
+            "every account's cash AVAILABLE in the ledger",
+            interval_s=1.0,
+        )
+        processes.stop("worker")  # the run's messages all waiting: the started worker is killed in their middle
+        processes.cli("payouts", "run", "--run-id", "r-kill")
+        port = {"METRICS_PORT": str(processes.metrics_ports["worker"])}
+        processes.start("worker", "worker", env=port)
+        seen = wait_until(
+            lambda: (n := processes.consumed(event_type="PAYOUT_RUN", outcome="paid_out")) >= accounts // 5 and n,
+            120,
+            "the worker to pay some of the run",
+            interval_s=0.02,
+        )
+        worker = processes.children.pop("worker")
+        worker.send_signal(signal.SIGKILL)  # type: ignore[attr-defined]
+        worker.wait(timeout=30)  # type: ignore[attr-defined]
+        assert seen < accounts, f"the whole run was paid ({seen:.0f}) before the kill: nothing was cut"
+
+        processes.start("worker", "worker", env=port)
+        wait_until(
+            lambda: asyncio.run(_paid(database_url, prefix))[1].count((0, 1_500)) == accounts,
+            180,
+            f"each of the {accounts} accounts paid out",
+            interval_s=1.0,
+            observe=lambda: Counter(asyncio.run(_paid(database_url, prefix))[1]).most_common(3),
+        )
+        lines, _ = asyncio.run(_paid(database_url, prefix))
+        assert lines == Counter(dict.fromkeys(names, 1))
+        asked: dict[str, set[tuple[str, int]]] = {}
+        for payout in instructions(env, accounts):
+            asked.setdefault(payout["account_id"], set()).add((payout["payout_id"], payout["amount_minor"]))
+        assert asked == {name: {(f"p:r-kill:{name}:EUR", 1_500)} for name in names}
+        assert "Traceback" not in processes.log("worker")
