@@ -322,37 +322,43 @@ async def _paid(database_url: str, prefix: str) -> tuple[Counter[str], list[tupl
     return Counter(row["account_id"] for row in lines), [(row["available_minor"], row["paid_out_minor"]) for row in cash]
 
 
+@pytest.mark.parametrize("asked_by", ["command", "schedule"])
 def test_a_worker_killed_in_the_middle_of_a_payout_run_pays_each_account_once(
-    request: pytest.FixtureRequest, kafka_bootstrap: str, postgres_url: str, work_dir: Path
+    request: pytest.FixtureRequest, kafka_bootstrap: str, postgres_url: str, work_dir: Path, asked_by: str
 ) -> None:
     """Money out under kill -9. A run is asked of 5,000 accounts with 15.00 EUR AVAILABLE each while the
-    worker is stopped; started, it is killed once some of them are paid (their PAID_OUT entries and
-    payout instructions made) and others not yet, and started again. Every account is paid once: one
-    PAID_OUT line, its whole cash moved, and the bank asked under one payout id (an instruction sent again
-    after the crash carries the same id and amount, for the bank to take once)."""
+    worker is stopped (``cashback payouts run``), or falls due as it starts (``PAYOUT_SCHEDULE``: the latest
+    run is asked again of the accounts with cash at a start, its payout runs published by the worker's own
+    clock); the worker is killed once some of them are paid (their PAID_OUT entries and payout instructions
+    made) and others not yet, and started again. Every account is paid once: one PAID_OUT line, its whole
+    cash moved, and the bank asked under one payout id (an instruction sent again after the crash carries the
+    same id and amount, for the bank to take once)."""
     accounts = 5_000
+    schedule = {"PAYOUT_SCHEDULE": "00:00"} if asked_by == "schedule" else {}
     with running_pipeline(
         request,
         kafka_bootstrap,
         postgres_url,
         work_dir,
-        "payout-kill",
+        f"payout-kill-{asked_by}",
         REPO_ROOT / "tests" / "integration" / "offers.yaml",
         PAYOUT_MINIMUMS="EUR=1000",
         WORKER_INSTANCE_ID="worker-p",
+        **schedule,
     ) as (processes, _):
         env, database_url = processes.env, processes.env["DATABASE_URL"]
         prefix = f"payk-{uuid.uuid4().hex[:6]}-"
         names = [f"{prefix}{n}" for n in range(accounts)]
-        publish_records(env, [record for name in names for record in dining(name, 50_000)])
+        publish_records(env, [record for name in names for record in dining(name, 50_000)])  # after the start's run
         wait_until(
             lambda: asyncio.run(_paid(database_url, prefix))[1].count((1_500, 0)) == accounts,
             120,
             "every account's cash AVAILABLE in the ledger",
             interval_s=1.0,
         )
-        processes.stop("worker")  # the run's messages all waiting: the started worker is killed in their middle
-        processes.cli("payouts", "run", "--run-id", "r-kill")
+        processes.stop("worker")  # the run all to do: the started worker is killed in its middle
+        if asked_by == "command":
+            processes.cli("payouts", "run", "--run-id", "r-kill")
         port = {"METRICS_PORT": str(processes.metrics_ports["worker"])}
         processes.start("worker", "worker", env=port)
         seen = wait_until(
@@ -376,8 +382,11 @@ def test_a_worker_killed_in_the_middle_of_a_payout_run_pays_each_account_once(
         )
         lines, _ = asyncio.run(_paid(database_url, prefix))
         assert lines == Counter(dict.fromkeys(names, 1))
+        paid = instructions(env, accounts)
+        (run,) = {payout["run_id"] for payout in paid}  # the command's, or the schedule's latest (its time)
         asked: dict[str, set[tuple[str, int]]] = {}
-        for payout in instructions(env, accounts):
+        for payout in paid:
             asked.setdefault(payout["account_id"], set()).add((payout["payout_id"], payout["amount_minor"]))
-        assert asked == {name: {(f"p:r-kill:{name}:EUR", 1_500)} for name in names}
+        assert asked == {name: {(f"p:{run}:{name}:EUR", 1_500)} for name in names}
+        assert run == "r-kill" if asked_by == "command" else run.endswith("T0000Z")
         assert "Traceback" not in processes.log("worker")
