@@ -28,6 +28,7 @@ import asyncpg
 import pytest
 
 from stream.changelog_table import EXIT_STORE_FAILED
+from stream.localstack.process import free_port
 from stream.settings import Settings
 from stream.stopping import EXIT_AGENT_FAILED
 from tests.factories import card_record
@@ -288,51 +289,64 @@ async def _ledger_lines(database_url: str, prefix: str) -> tuple[Counter[tuple[s
     return counted, [(row["pending_minor"], row["confirmed_minor"], row["available_minor"]) for row in balances]
 
 
-def test_a_worker_killed_while_its_clock_makes_purchases_available_makes_each_available_once(
-    request, kafka_bootstrap, postgres_url, work_dir
+@pytest.mark.parametrize("how", ["kill", "join"])
+def test_a_worker_killed_or_joined_while_its_clock_makes_purchases_available_makes_each_available_once(
+    request, kafka_bootstrap, postgres_url, work_dir, how
 ) -> None:  # type: ignore[no-untyped-def]
-    """Time passing under kill -9. Purchases settled 40 days ago (force posts at the 5% grocery offer,
-    its return window 30 days) are confirmed as they are decided, and the worker's own clock ticks then
-    end their return windows: CONFIRMED to AVAILABLE, decided on the ticks, not on any card event. The
-    worker is killed while its ticks are doing so (some windows ended, others not yet), and started
-    again: every purchase is made available exactly once, none left confirmed, none twice, and each
-    account's balance is what its ledger says."""
+    """Time passing under kill -9, and under a rebalance. Purchases settled 40 days ago (force posts at
+    the 5% grocery offer, its return window 30 days) are confirmed as they are decided, and the workers'
+    own clock ticks then end their return windows: CONFIRMED to AVAILABLE, decided on the ticks, not on
+    any card event. While the ticks are doing so (some windows ended, others not yet), the worker is
+    killed and started again; or, the purchases published a wave a second, a second worker joins the
+    group and takes partitions with their states, and decides windows ending there. Every purchase is
+    made available exactly once, none left confirmed, none twice, and each account's balance is what
+    its ledger says."""
     accounts, purchases = 2_000, 3
     total = accounts * purchases
-    with _pipeline(request, kafka_bootstrap, postgres_url, work_dir, "time-kill", "worker-t") as (processes, _):
-        processes.stop("worker")  # the clearings all published first: the restarted worker's ticks have much to do
+    with _pipeline(request, kafka_bootstrap, postgres_url, work_dir, f"time-{how}", "worker-t") as (processes, _):
         prefix = f"due-{uuid.uuid4().hex[:6]}-"
         settled = datetime.now(UTC) - timedelta(days=40)
-        publish_records(
-            processes.env,
-            [
-                card_record(
-                    "CLEARING",
-                    10_000,
-                    account_id=f"{prefix}{a}",
-                    transaction_ref=f"{prefix}{a}-ref{n}",
-                    event_id=f"{prefix}{a}-clear{n}",
-                    occurred_at=settled + timedelta(minutes=n),
-                )
-                for n in range(purchases)
-                for a in range(accounts)
-            ],
-        )
-        port = {"METRICS_PORT": str(processes.metrics_ports["worker"])}
-        processes.start("worker", "worker", env=port)
+        clearings = [
+            card_record(
+                "CLEARING",
+                10_000,
+                account_id=f"{prefix}{a}",
+                transaction_ref=f"{prefix}{a}-ref{n}",
+                event_id=f"{prefix}{a}-clear{n}",
+                occurred_at=settled + timedelta(minutes=n),
+            )
+            for n in range(purchases)
+            for a in range(accounts)
+        ]
         windows_ended = {"event_type": "RETURN_WINDOW_ENDED"}
-        seen = wait_until(
-            lambda: (n := processes.consumed(**windows_ended)) >= total // 5 and n,
-            120,
-            "the worker's clock to end some return windows",
-            interval_s=0.02,
-        )
-        worker = processes.children.pop("worker")
-        worker.send_signal(signal.SIGKILL)  # type: ignore[attr-defined]
-        worker.wait(timeout=30)  # type: ignore[attr-defined]
-        assert seen < total, f"every return window had ended ({seen:.0f}) before the kill: nothing was cut"
+        if how == "kill":
+            processes.stop("worker")  # the clearings all published first: the restarted worker's ticks have much to do
+            publish_records(processes.env, clearings)
+            port = {"METRICS_PORT": str(processes.metrics_ports["worker"])}
+            processes.start("worker", "worker", env=port)
+            seen = wait_until(
+                lambda: (n := processes.consumed(**windows_ended)) >= total // 5 and n,
+                120,
+                "the worker's clock to end some return windows",
+                interval_s=0.02,
+            )
+            worker = processes.children.pop("worker")
+            worker.send_signal(signal.SIGKILL)  # type: ignore[attr-defined]
+            worker.wait(timeout=30)  # type: ignore[attr-defined]
+            assert seen < total, f"every return window had ended ({seen:.0f}) before the kill: nothing was cut"
+            processes.start("worker", "worker", env=port)
+        else:
+            waves = 15
+            for wave in range(waves):
+                publish_records(processes.env, clearings[wave::waves])
+                if wave == 2:  # a second worker of the group, with its own store and instance id
+                    processes.metrics_ports["worker-2"] = free_port()
+                    joining = {"METRICS_PORT": str(processes.metrics_ports["worker-2"]), "WORKER_INSTANCE_ID": "worker-t2"}
+                    processes.start(
+                        "worker-2", "worker", env={**joining, "WORKER_DATA_DIR": processes.env["WORKER_DATA_DIR"] + "-2"}
+                    )
+                time.sleep(1.0)
 
-        processes.start("worker", "worker", env=port)
         database_url = processes.env["DATABASE_URL"]
         made_available = (0, 0, 500 * purchases)
         wait_until(
@@ -347,4 +361,7 @@ def test_a_worker_killed_while_its_clock_makes_purchases_available_makes_each_av
         assert {ref for ref, _ in lines} == refs
         assert {kind for _, kind in lines} == {"CONFIRMED", "MADE_AVAILABLE"}
         assert set(lines.values()) == {1}, [key for key, n in lines.items() if n != 1][:5]
-        assert "Traceback" not in processes.log("worker")
+        if how == "join":  # the rebalance came while time passed: each worker ended windows
+            assert processes.consumed("worker-2", **windows_ended) > 0
+            assert processes.consumed("worker", **windows_ended) > 0
+        assert "Traceback" not in processes.log("worker") + processes.log("worker-2")
