@@ -12,6 +12,7 @@ import asyncio
 import os
 import resource
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -180,6 +181,19 @@ class Processes:
     def stop(self, name: str) -> None:
         process = self.children.pop(name)
         terminate(process, grace_s=15.0)  # type: ignore[arg-type]
+
+    def kill_in_the_middle(self, decided: dict[str, str], at_least: float, total: float) -> None:
+        """kill -9 the worker once it counts ``at_least`` events ``decided`` (``consumed``'s labels), polled every
+        20 ms, asserting it had not counted ``total`` (else nothing was cut); then start it again as a
+        supervisor would, with the same settings and metrics port."""
+        seen = wait_until(
+            lambda: (n := self.consumed(**decided)) >= at_least and n, 120, f"the worker to decide {decided}", interval_s=0.02
+        )
+        worker = self.children.pop("worker")
+        worker.send_signal(signal.SIGKILL)  # type: ignore[attr-defined]
+        worker.wait(timeout=30)  # type: ignore[attr-defined]
+        assert seen < total, f"the worker decided all {seen:.0f} {decided} before the kill: nothing was cut"
+        self.start("worker", "worker", env={"METRICS_PORT": str(self.metrics_ports["worker"])})
 
     def stop_all(self) -> None:
         for name in list(self.children):

@@ -322,19 +322,8 @@ def test_a_worker_killed_or_joined_while_its_clock_makes_purchases_available_mak
         if how == "kill":
             processes.stop("worker")  # the clearings all published first: the restarted worker's ticks have much to do
             publish_records(processes.env, clearings)
-            port = {"METRICS_PORT": str(processes.metrics_ports["worker"])}
-            processes.start("worker", "worker", env=port)
-            seen = wait_until(
-                lambda: (n := processes.consumed(**windows_ended)) >= total // 5 and n,
-                120,
-                "the worker's clock to end some return windows",
-                interval_s=0.02,
-            )
-            worker = processes.children.pop("worker")
-            worker.send_signal(signal.SIGKILL)  # type: ignore[attr-defined]
-            worker.wait(timeout=30)  # type: ignore[attr-defined]
-            assert seen < total, f"every return window had ended ({seen:.0f}) before the kill: nothing was cut"
-            processes.start("worker", "worker", env=port)
+            processes.start("worker", "worker", env={"METRICS_PORT": str(processes.metrics_ports["worker"])})
+            processes.kill_in_the_middle(windows_ended, total // 5, total)
         else:
             waves = 15
             for wave in range(waves):
