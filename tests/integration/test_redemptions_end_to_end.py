@@ -2,11 +2,14 @@
 AVAILABLE, a bank app's token with ``cashback:redemptions.write`` redeems some with an idempotency key
 (201), the same key again answers from the ledger and redeems nothing more, the same key with another body
 is a 409, a redemption above the balance a 409 with its reason, and a token without the scope a 403 (no
-token a 401). The ledger, the balances and the history show it line by line."""
+token a 401). The ledger, the balances and the history show it line by line. A worker killed in the middle
+of a bank app's redemptions, each asked twice, redeems each once."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -188,3 +191,88 @@ async def bank_app_round(env: dict[str, str], base_url: str) -> list[Any]:
             return await redeem_round(pool, client, API_KEY, API_AUDIENCE, "it", 1, issuer=API_ISSUER)
     finally:
         await pool.close()
+
+
+async def _redeemed(database_url: str, prefix: str) -> tuple[Counter[str], list[tuple[int, int]]]:
+    """Of the accounts named ``prefix``*: their redemption lines (REDEEMED entries and refusals) by accrual id, and
+    their points (available, redeemed)."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        lines = await connection.fetch(
+            "SELECT accrual_id FROM ledger_entries WHERE entry_kind = 'REDEEMED' AND account_id LIKE $1"
+            " UNION ALL SELECT accrual_id FROM purchases_not_earned WHERE line_kind = 'REDEMPTION_REFUSED'"
+            " AND account_id LIKE $1",
+            f"{prefix}%",
+        )
+        held = await connection.fetch(
+            "SELECT available_minor, redeemed_minor FROM balances WHERE account_id LIKE $1 AND currency = 'PTS'", f"{prefix}%"
+        )
+    finally:
+        await connection.close()
+    return Counter(row["accrual_id"] for row in lines), [(row["available_minor"], row["redeemed_minor"]) for row in held]
+
+
+def test_a_worker_killed_in_the_middle_of_redemptions_redeems_each_once(
+    request: pytest.FixtureRequest, kafka_bootstrap: str, postgres_url: str, work_dir: Path
+) -> None:
+    """Customers' points spent under kill -9. A bank app asks 3 redemptions of 30 points of each of 400
+    accounts holding 100, each asked twice (a retry with the same key and body, as after a time-out), while
+    the worker is stopped (the API answers 202: not decided yet). The worker started is killed once some are
+    redeemed and others not yet, and started again; the bank app then asks each once more. Every redemption
+    is redeemed once (one REDEEMED line under its id, none refused), every account keeps 10 points, and
+    the last asks are answered 201 from the ledger."""
+    offers = work_dir / "redemption-kill-offers.yaml"
+    offers.write_text(OFFERS)
+    accounts, each = 400, 3
+    total = accounts * each
+    with running_pipeline(
+        request,
+        kafka_bootstrap,
+        postgres_url,
+        work_dir,
+        "redeem-kill",
+        offers,
+        API_REDEMPTION_WAIT_S="0",
+        WORKER_INSTANCE_ID="w-r",
+    ) as (processes, base_url):
+        env, database_url = processes.env, processes.env["DATABASE_URL"]
+        prefix = f"redk-{uuid.uuid4().hex[:6]}-"
+        names = [f"{prefix}{n}" for n in range(accounts)]
+        publish_records(env, [record for name in names for record in purchase(name, f"{name}-t", 10_000, "5411")])
+        wait_until(
+            lambda: asyncio.run(_redeemed(database_url, prefix))[1].count((100, 0)) == accounts,
+            120,
+            "100 points available on every account",
+            interval_s=1.0,
+        )
+        processes.stop("worker")
+        body = {"reward_kind": "POINTS", "unit": "PTS", "amount_minor": 30}
+        asks = [(name, f"k{n}") for n in range(each) for name in names]
+
+        def ask_all() -> Counter[int]:
+            with httpx.Client(base_url=base_url, timeout=30) as client:
+                return Counter(
+                    client.post(
+                        f"/v1/accounts/{name}/redemptions",
+                        json=body,
+                        headers={**api_headers((REDEMPTIONS_WRITE,), [name]), "Idempotency-Key": key},
+                    ).status_code
+                    for name, key in asks
+                )
+
+        assert ask_all() == Counter({202: total})
+        assert ask_all() == Counter({202: total})  # asked again, nothing decided yet: the same events
+        processes.start("worker", "worker", env={"METRICS_PORT": str(processes.metrics_ports["worker"])})
+        processes.kill_in_the_middle({"event_type": "REDEEM", "outcome": "redeemed"}, total // 5, total)
+        wait_until(
+            lambda: asyncio.run(_redeemed(database_url, prefix))[1].count((10, 90)) == accounts,
+            180,
+            f"each of the {accounts} accounts' {each} redemptions redeemed",
+            interval_s=1.0,
+            observe=lambda: Counter(asyncio.run(_redeemed(database_url, prefix))[1]).most_common(3),
+        )
+        lines, _ = asyncio.run(_redeemed(database_url, prefix))
+        assert lines == Counter({f"r:{name}:{key}#0": 1 for name, key in asks})
+        assert ask_all() == Counter({201: total})  # answered from the ledger, nothing redeemed again
+        assert asyncio.run(_redeemed(database_url, prefix))[1].count((10, 90)) == accounts
+        assert "Traceback" not in processes.log("worker")

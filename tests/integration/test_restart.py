@@ -325,10 +325,10 @@ def test_a_worker_killed_or_joined_while_its_clock_makes_purchases_available_mak
             processes.start("worker", "worker", env={"METRICS_PORT": str(processes.metrics_ports["worker"])})
             processes.kill_in_the_middle(windows_ended, total // 5, total)
         else:
-            waves = 15
+            waves = 20
             for wave in range(waves):
                 publish_records(processes.env, clearings[wave::waves])
-                if wave == 2:  # a second worker of the group, with its own store and instance id
+                if wave == 1:  # a second worker of the group, with its own store and instance id
                     processes.metrics_ports["worker-2"] = free_port()
                     joining = {"METRICS_PORT": str(processes.metrics_ports["worker-2"]), "WORKER_INSTANCE_ID": "worker-t2"}
                     processes.start(
