@@ -17,7 +17,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -233,6 +234,27 @@ def wait_until(condition, timeout_s: float, what: str, interval_s: float = 0.25,
         time.sleep(interval_s)
     seen = f"; last seen: {observe()!r}" if observe else ""
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}{seen}")
+
+
+def rows_of(database_url: str, query: str, *args: Any) -> list[tuple[Any, ...]]:
+    """The rows of one query, each as a tuple."""
+
+    async def read() -> list[tuple[Any, ...]]:
+        connection = await asyncpg.connect(database_url)
+        try:
+            return [tuple(row) for row in await connection.fetch(query, *args)]
+        finally:
+            await connection.close()
+
+    return asyncio.run(read())
+
+
+def wait_for_each(read: Callable[[], list[Any]], expected: Any, count: int, what: str, timeout_s: float = 180) -> None:
+    """Until ``count`` of the rows ``read()`` returns are ``expected`` (each account's balance, say), polled every
+    second; a time-out says the three commonest rows seen last."""
+    wait_until(
+        lambda: read().count(expected) == count, timeout_s, what, interval_s=1.0, observe=lambda: Counter(read()).most_common(3)
+    )
 
 
 def api_ready(base_url: str) -> bool:

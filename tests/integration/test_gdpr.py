@@ -27,7 +27,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from schemas.codec import Codec
 from stream.auth import ACCOUNTS_READ
 from tests.factories import card_record
-from tests.integration.conftest import REPO_ROOT, Processes, api_headers, running_pipeline, wait_until
+from tests.integration.conftest import REPO_ROOT, Processes, api_headers, rows_of, running_pipeline, wait_until
 from tests.integration.test_end_to_end import publish_records
 
 pytestmark = pytest.mark.integration
@@ -61,14 +61,7 @@ def now() -> datetime:
 
 
 def query(env: dict[str, str], sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    async def run() -> list[tuple[Any, ...]]:
-        connection = await asyncpg.connect(env["DATABASE_URL"])
-        try:
-            return [tuple(row) for row in await connection.fetch(sql, *args)]
-        finally:
-            await connection.close()
-
-    return asyncio.run(run())
+    return rows_of(env["DATABASE_URL"], sql, *args)
 
 
 def naming(env: dict[str, str], text: str, tables: tuple[str, ...] = TABLES) -> dict[str, int]:

@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaConsumer
 
 from stream.auth import ACCOUNTS_READ
 from tests.factories import card_record
-from tests.integration.conftest import REPO_ROOT, Processes, api_headers, running_pipeline, wait_until
+from tests.integration.conftest import REPO_ROOT, Processes, api_headers, rows_of, running_pipeline, wait_for_each, wait_until
 from tests.integration.test_end_to_end import balance, notifications_of, publish, publish_records
 
 pytestmark = pytest.mark.integration
@@ -306,21 +306,6 @@ async def _results(bootstrap: str, topic: str) -> list[dict[str, Any]]:
     return found
 
 
-async def _paid(database_url: str, prefix: str) -> tuple[Counter[str], list[tuple[int, int]]]:
-    """Of the accounts named ``prefix``*: their PAID_OUT lines by account, and their (available, paid out) cash."""
-    connection = await asyncpg.connect(database_url)
-    try:
-        lines = await connection.fetch(
-            "SELECT account_id FROM ledger_entries WHERE entry_kind = 'PAID_OUT' AND account_id LIKE $1", f"{prefix}%"
-        )
-        cash = await connection.fetch(
-            "SELECT available_minor, paid_out_minor FROM balances WHERE account_id LIKE $1", f"{prefix}%"
-        )
-    finally:
-        await connection.close()
-    return Counter(row["account_id"] for row in lines), [(row["available_minor"], row["paid_out_minor"]) for row in cash]
-
-
 @pytest.mark.parametrize("asked_by", ["command", "schedule"])
 def test_a_worker_killed_in_the_middle_of_a_payout_run_pays_each_account_once(
     request: pytest.FixtureRequest, kafka_bootstrap: str, postgres_url: str, work_dir: Path, asked_by: str
@@ -348,27 +333,21 @@ def test_a_worker_killed_in_the_middle_of_a_payout_run_pays_each_account_once(
         env, database_url = processes.env, processes.env["DATABASE_URL"]
         prefix = f"payk-{uuid.uuid4().hex[:6]}-"
         names = [f"{prefix}{n}" for n in range(accounts)]
+
+        def cash() -> list[tuple[Any, ...]]:
+            query = "SELECT available_minor, paid_out_minor FROM balances WHERE account_id LIKE $1"
+            return rows_of(database_url, query, f"{prefix}%")
+
         publish_records(env, [record for name in names for record in dining(name, 50_000)])  # after the start's run
-        wait_until(
-            lambda: asyncio.run(_paid(database_url, prefix))[1].count((1_500, 0)) == accounts,
-            120,
-            "every account's cash AVAILABLE in the ledger",
-            interval_s=1.0,
-        )
+        wait_for_each(cash, (1_500, 0), accounts, "every account's cash AVAILABLE in the ledger")
         processes.stop("worker")  # the run all to do: the started worker is killed in its middle
         if asked_by == "command":
             processes.cli("payouts", "run", "--run-id", "r-kill")
         processes.start("worker", "worker", env={"METRICS_PORT": str(processes.metrics_ports["worker"])})
         processes.kill_in_the_middle({"event_type": "PAYOUT_RUN", "outcome": "paid_out"}, accounts // 5, accounts)
-        wait_until(
-            lambda: asyncio.run(_paid(database_url, prefix))[1].count((0, 1_500)) == accounts,
-            180,
-            f"each of the {accounts} accounts paid out",
-            interval_s=1.0,
-            observe=lambda: Counter(asyncio.run(_paid(database_url, prefix))[1]).most_common(3),
-        )
-        lines, _ = asyncio.run(_paid(database_url, prefix))
-        assert lines == Counter(dict.fromkeys(names, 1))
+        wait_for_each(cash, (0, 1_500), accounts, f"each of the {accounts} accounts paid out")
+        query = "SELECT account_id FROM ledger_entries WHERE entry_kind = 'PAID_OUT' AND account_id LIKE $1"
+        assert Counter(account for (account,) in rows_of(database_url, query, f"{prefix}%")) == Counter(names)
         paid = instructions(env, accounts)
         (run,) = {payout["run_id"] for payout in paid}  # the command's, or the schedule's latest (its time)
         asked: dict[str, set[tuple[str, int]]] = {}

@@ -19,7 +19,7 @@ import pytest
 
 from stream.auth import ACCOUNTS_READ, OPERATIONS, REDEMPTIONS_WRITE
 from tests.factories import card_record
-from tests.integration.conftest import api_headers, running_pipeline
+from tests.integration.conftest import api_headers, rows_of, running_pipeline, wait_for_each
 from tests.integration.test_end_to_end import balance, publish_records
 from tests.integration.test_payouts_end_to_end import wait_until
 
@@ -193,25 +193,6 @@ async def bank_app_round(env: dict[str, str], base_url: str) -> list[Any]:
         await pool.close()
 
 
-async def _redeemed(database_url: str, prefix: str) -> tuple[Counter[str], list[tuple[int, int]]]:
-    """Of the accounts named ``prefix``*: their redemption lines (REDEEMED entries and refusals) by accrual id, and
-    their points (available, redeemed)."""
-    connection = await asyncpg.connect(database_url)
-    try:
-        lines = await connection.fetch(
-            "SELECT accrual_id FROM ledger_entries WHERE entry_kind = 'REDEEMED' AND account_id LIKE $1"
-            " UNION ALL SELECT accrual_id FROM purchases_not_earned WHERE line_kind = 'REDEMPTION_REFUSED'"
-            " AND account_id LIKE $1",
-            f"{prefix}%",
-        )
-        held = await connection.fetch(
-            "SELECT available_minor, redeemed_minor FROM balances WHERE account_id LIKE $1 AND currency = 'PTS'", f"{prefix}%"
-        )
-    finally:
-        await connection.close()
-    return Counter(row["accrual_id"] for row in lines), [(row["available_minor"], row["redeemed_minor"]) for row in held]
-
-
 def test_a_worker_killed_in_the_middle_of_redemptions_redeems_each_once(
     request: pytest.FixtureRequest, kafka_bootstrap: str, postgres_url: str, work_dir: Path
 ) -> None:
@@ -238,13 +219,13 @@ def test_a_worker_killed_in_the_middle_of_redemptions_redeems_each_once(
         env, database_url = processes.env, processes.env["DATABASE_URL"]
         prefix = f"redk-{uuid.uuid4().hex[:6]}-"
         names = [f"{prefix}{n}" for n in range(accounts)]
+
+        def held() -> list[tuple[Any, ...]]:
+            query = "SELECT available_minor, redeemed_minor FROM balances WHERE account_id LIKE $1 AND currency = 'PTS'"
+            return rows_of(database_url, query, f"{prefix}%")
+
         publish_records(env, [record for name in names for record in purchase(name, f"{name}-t", 10_000, "5411")])
-        wait_until(
-            lambda: asyncio.run(_redeemed(database_url, prefix))[1].count((100, 0)) == accounts,
-            120,
-            "100 points available on every account",
-            interval_s=1.0,
-        )
+        wait_for_each(held, (100, 0), accounts, "100 points available on every account")
         processes.stop("worker")
         body = {"reward_kind": "POINTS", "unit": "PTS", "amount_minor": 30}
         asks = [(name, f"k{n}") for n in range(each) for name in names]
@@ -264,15 +245,13 @@ def test_a_worker_killed_in_the_middle_of_redemptions_redeems_each_once(
         assert ask_all() == Counter({202: total})  # asked again, nothing decided yet: the same events
         processes.start("worker", "worker", env={"METRICS_PORT": str(processes.metrics_ports["worker"])})
         processes.kill_in_the_middle({"event_type": "REDEEM", "outcome": "redeemed"}, total // 5, total)
-        wait_until(
-            lambda: asyncio.run(_redeemed(database_url, prefix))[1].count((10, 90)) == accounts,
-            180,
-            f"each of the {accounts} accounts' {each} redemptions redeemed",
-            interval_s=1.0,
-            observe=lambda: Counter(asyncio.run(_redeemed(database_url, prefix))[1]).most_common(3),
+        wait_for_each(held, (10, 90), accounts, f"each of the {accounts} accounts' {each} redemptions redeemed")
+        query = (
+            "SELECT accrual_id FROM ledger_entries WHERE entry_kind = 'REDEEMED' AND account_id LIKE $1 UNION ALL"
+            " SELECT accrual_id FROM purchases_not_earned WHERE line_kind = 'REDEMPTION_REFUSED' AND account_id LIKE $1"
         )
-        lines, _ = asyncio.run(_redeemed(database_url, prefix))
-        assert lines == Counter({f"r:{name}:{key}#0": 1 for name, key in asks})
+        lines = Counter(accrual_id for (accrual_id,) in rows_of(database_url, query, f"{prefix}%"))
+        assert lines == Counter(f"r:{name}:{key}#0" for name, key in asks)
         assert ask_all() == Counter({201: total})  # answered from the ledger, nothing redeemed again
-        assert asyncio.run(_redeemed(database_url, prefix))[1].count((10, 90)) == accounts
+        assert held().count((10, 90)) == accounts
         assert "Traceback" not in processes.log("worker")

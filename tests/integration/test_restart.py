@@ -32,7 +32,7 @@ from stream.localstack.process import free_port
 from stream.settings import Settings
 from stream.stopping import EXIT_AGENT_FAILED
 from tests.factories import card_record
-from tests.integration.conftest import REPO_ROOT, running_pipeline, wait_until
+from tests.integration.conftest import REPO_ROOT, rows_of, running_pipeline, wait_for_each, wait_until
 from tests.integration.test_end_to_end import (
     PENDING_500,
     balance,
@@ -270,25 +270,6 @@ def test_a_worker_whose_agent_fails_exits_and_started_again_loses_nothing(
         )
 
 
-async def _ledger_lines(database_url: str, prefix: str) -> tuple[Counter[tuple[str, str]], list[tuple[int, int, int]]]:
-    """Of the accounts named ``prefix``*: their ledger's lines by (transaction, entry kind), and their balances
-    (pending, confirmed, available)."""
-    connection = await asyncpg.connect(database_url)
-    try:
-        lines = await connection.fetch(
-            "SELECT transaction_ref, entry_kind, count(*) AS n FROM ledger_entries WHERE account_id LIKE $1 "
-            "GROUP BY transaction_ref, entry_kind",
-            f"{prefix}%",
-        )
-        balances = await connection.fetch(
-            "SELECT pending_minor, confirmed_minor, available_minor FROM balances WHERE account_id LIKE $1", f"{prefix}%"
-        )
-    finally:
-        await connection.close()
-    counted = Counter({(row["transaction_ref"], row["entry_kind"]): row["n"] for row in lines})
-    return counted, [(row["pending_minor"], row["confirmed_minor"], row["available_minor"]) for row in balances]
-
-
 @pytest.mark.parametrize("how", ["kill", "join"])
 def test_a_worker_killed_or_joined_while_its_clock_makes_purchases_available_makes_each_available_once(
     request, kafka_bootstrap, postgres_url, work_dir, how
@@ -337,15 +318,18 @@ def test_a_worker_killed_or_joined_while_its_clock_makes_purchases_available_mak
                 time.sleep(1.0)
 
         database_url = processes.env["DATABASE_URL"]
+        pattern = f"{prefix}%"
+
+        def balances() -> list[tuple[Any, ...]]:
+            query = "SELECT pending_minor, confirmed_minor, available_minor FROM balances WHERE account_id LIKE $1"
+            return rows_of(database_url, query, pattern)
+
         made_available = (0, 0, 500 * purchases)
-        wait_until(
-            lambda: (b := asyncio.run(_ledger_lines(database_url, prefix))[1]) and b.count(made_available) == accounts,
-            180,
-            f"each of the {accounts} accounts' {purchases} purchases made available",
-            interval_s=1.0,
-            observe=lambda: Counter(asyncio.run(_ledger_lines(database_url, prefix))[1]).most_common(3),
+        wait_for_each(
+            balances, made_available, accounts, f"each of the {accounts} accounts' {purchases} purchases made available"
         )
-        lines, _ = asyncio.run(_ledger_lines(database_url, prefix))
+        query = "SELECT transaction_ref, entry_kind, count(*) FROM ledger_entries WHERE account_id LIKE $1 GROUP BY 1, 2"
+        lines = {(ref, kind): n for ref, kind, n in rows_of(database_url, query, pattern)}
         refs = {f"{prefix}{a}-ref{n}" for a in range(accounts) for n in range(purchases)}
         assert {ref for ref, _ in lines} == refs
         assert {kind for _, kind in lines} == {"CONFIRMED", "MADE_AVAILABLE"}
