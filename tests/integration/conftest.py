@@ -236,17 +236,22 @@ def wait_until(condition, timeout_s: float, what: str, interval_s: float = 0.25,
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}{seen}")
 
 
-def rows_of(database_url: str, query: str, *args: Any) -> list[tuple[Any, ...]]:
-    """The rows of one query, each as a tuple."""
+def records_of(database_url: str, query: str, *args: Any) -> list[asyncpg.Record]:
+    """The rows of one query, on a connection of its own."""
 
-    async def read() -> list[tuple[Any, ...]]:
+    async def read() -> list[asyncpg.Record]:
         connection = await asyncpg.connect(database_url)
         try:
-            return [tuple(row) for row in await connection.fetch(query, *args)]
+            return list(await connection.fetch(query, *args))
         finally:
             await connection.close()
 
     return asyncio.run(read())
+
+
+def rows_of(database_url: str, query: str, *args: Any) -> list[tuple[Any, ...]]:
+    """The rows of one query, each as a tuple."""
+    return [tuple(row) for row in records_of(database_url, query, *args)]
 
 
 def wait_for_each(read: Callable[[], list[Any]], expected: Any, count: int, what: str, timeout_s: float = 180) -> None:

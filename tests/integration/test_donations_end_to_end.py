@@ -31,7 +31,7 @@ from stream.core.entries import Entry
 from stream.store import payouts as store
 from stream.store.journal import write_batch
 from tests.factories import book, offer
-from tests.integration.conftest import Processes, api_auth_env, free_port, fresh_database, wait_until
+from tests.integration.conftest import Processes, api_auth_env, free_port, fresh_database, records_of, wait_until
 from tests.integration.test_api import _run
 from tests.integration.test_end_to_end import publish
 from tests.integration.test_payout_ledger import rows_of
@@ -63,14 +63,7 @@ def write_entries(database: str, entries: list[Entry]) -> None:
 
 
 def query(database: str, sql: str, *args: Any) -> list[dict[str, Any]]:
-    async def read() -> list[dict[str, Any]]:
-        connection = await asyncpg.connect(database)
-        try:
-            return [dict(row) for row in await connection.fetch(sql, *args)]
-        finally:
-            await connection.close()
-
-    return asyncio.run(read())
+    return [dict(row) for row in records_of(database, sql, *args)]
 
 
 def payout_rows(database: str, kind: str) -> dict[str, tuple[Any, ...]]:
